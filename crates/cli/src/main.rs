@@ -1,0 +1,3 @@
+//! The `parvm` command-line tool (being written).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Integration tests of the parvm command-line tool.

@@ -1,0 +1,1 @@
+//! parvm-env-config (being written).

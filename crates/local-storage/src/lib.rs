@@ -1,0 +1,1 @@
+//! parvm-local-storage (being written).

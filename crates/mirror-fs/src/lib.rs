@@ -1,0 +1,1 @@
+//! parvm-mirror-fs (being written).

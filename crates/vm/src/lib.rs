@@ -1,0 +1,1 @@
+//! parvm-vm (being written).

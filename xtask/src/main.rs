@@ -1,0 +1,3 @@
+//! parvm automation (being written).
+
+fn main() {}
