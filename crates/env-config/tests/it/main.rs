@@ -1,1 +1,166 @@
-//! Integration tests of parvm-env-config.
+//! Integration tests of parvm-env-config: the environment read through a lookup, on real
+//! temp folders.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use parvm_env_config::{Config, Error, TransportKind};
+
+/// A fake environment over a temp folder that plays the home folder.
+struct Env {
+    vars: HashMap<String, OsString>,
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let home = tempfile::tempdir().unwrap();
+        let mut vars = HashMap::new();
+        vars.insert("HOME".to_owned(), home.path().as_os_str().to_owned());
+        Env { vars, home }
+    }
+
+    fn set(mut self, name: &str, value: impl Into<OsString>) -> Env {
+        self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    fn home(&self) -> PathBuf {
+        self.home.path().canonicalize().unwrap()
+    }
+
+    fn config(&self) -> Result<Config, Error> {
+        Config::from_lookup(|name| self.vars.get(name).cloned())
+    }
+}
+
+fn join(paths: &[&Path]) -> OsString {
+    let text: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    text.join(":").into()
+}
+
+#[test]
+fn defaults_are_temp_folder_and_home() {
+    let env = Env::new();
+    let config = env.config().unwrap();
+    assert_eq!(
+        config.local_root(),
+        std::env::temp_dir().canonicalize().unwrap()
+    );
+    assert_eq!(config.mirrored_roots(), [env.home()]);
+    assert!(!config.hostname().is_empty());
+    assert_eq!(config.workers(), None);
+    assert_eq!(config.transport(), None);
+}
+
+#[test]
+fn mirrored_roots_keep_order_expand_tilde_and_resolve_symlinks() {
+    let env = Env::new();
+    let real = env.home().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, env.home().join("link")).unwrap();
+    std::fs::create_dir(env.home().join("second")).unwrap();
+    let env = env.set("PARALLEL_MIRRORED_STORAGE", "~/link:~/second");
+    let config = env.config().unwrap();
+    assert_eq!(config.mirrored_roots(), [real, env.home().join("second")]);
+}
+
+#[test]
+fn missing_local_root_is_created_with_tilde_expanded() {
+    let env = Env::new().set("PARALLEL_LOCAL_STORAGE", "~/scratch/deep");
+    let config = env.config().unwrap();
+    assert_eq!(config.local_root(), env.home().join("scratch/deep"));
+    assert!(config.local_root().is_dir());
+}
+
+#[test]
+fn bad_mirrored_entries_name_variable_and_entry() {
+    let env = Env::new();
+    let home = env.home();
+    let cases: Vec<(OsString, &str)> = vec![
+        (join(&[&home, Path::new("")]), "empty entry at position 2"),
+        (":/x".into(), "empty entry at position 1"),
+        ("relative/dir".into(), "`relative/dir` is a relative path"),
+        (join(&[&home.join("missing")]), "missing"),
+        (
+            "~nobody-parvm-test/x".into(),
+            "names user `nobody-parvm-test`",
+        ),
+    ];
+    for (value, expected) in cases {
+        let env = Env::new().set("PARALLEL_MIRRORED_STORAGE", value.clone());
+        let message = env.config().unwrap_err().to_string();
+        assert!(message.contains("PARALLEL_MIRRORED_STORAGE"), "{message}");
+        assert!(message.contains(expected), "{value:?}: {message}");
+    }
+}
+
+#[test]
+fn a_file_is_not_a_root() {
+    let env = Env::new();
+    let file = env.home().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let env = env
+        .set("PARALLEL_MIRRORED_STORAGE", file.clone())
+        .set("PARALLEL_LOCAL_STORAGE", file.clone());
+    assert!(matches!(env.config(), Err(Error::NotAFolder { .. })));
+}
+
+#[test]
+fn local_root_under_a_file_cannot_be_created() {
+    let env = Env::new();
+    let file = env.home().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let env = env.set("PARALLEL_LOCAL_STORAGE", file.join("sub"));
+    let err = env.config().unwrap_err();
+    assert!(matches!(err, Error::CreateLocalRoot { .. }), "{err}");
+    assert!(err.to_string().contains("PARALLEL_LOCAL_STORAGE"));
+}
+
+#[test]
+fn parvm_variables_are_parsed_and_checked() {
+    let env = Env::new()
+        .set("PARVM_WORKERS", "3")
+        .set("PARVM_TRANSPORT", "tcp")
+        .set("PARVM_HOSTNAME", "node-a")
+        .set("PARVM_LOG", "debug");
+    let config = env.config().unwrap();
+    assert_eq!(config.workers(), Some(3));
+    assert_eq!(config.transport(), Some(TransportKind::Tcp));
+    assert_eq!(config.hostname(), "node-a");
+    assert_eq!(config.log_filter(), Some("debug"));
+
+    let bad: [(&str, OsString); 5] = [
+        ("PARVM_WORKERS", "0".into()),
+        ("PARVM_WORKERS", "many".into()),
+        ("PARVM_TRANSPORT", "pvm".into()),
+        ("PARVM_HOSTNAME", "".into()),
+        ("PARVM_HOSTNAME", OsString::from_vec(b"node\xff".to_vec())),
+    ];
+    for (name, value) in bad {
+        let err = Env::new().set(name, value.clone()).config().unwrap_err();
+        assert!(err.to_string().contains(name), "{name}={value:?}: {err}");
+    }
+}
+
+#[test]
+fn builder_resolves_like_the_environment() {
+    let shared = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let config = Config::builder()
+        .local_root(local.path().join("new"))
+        .mirrored_roots([shared.path()])
+        .workers(2)
+        .transport(TransportKind::Local)
+        .build()
+        .unwrap();
+    assert!(config.local_root().is_dir());
+    assert_eq!(
+        config.mirrored_roots(),
+        [shared.path().canonicalize().unwrap()]
+    );
+    assert!(Config::builder().mirrored_roots(["rel"]).build().is_err());
+    assert!(Config::builder().workers(0).build().is_err());
+}

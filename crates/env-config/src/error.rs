@@ -1,0 +1,118 @@
+//! The one error type of `parvm-env-config`.
+
+use std::path::PathBuf;
+
+/// A configuration value that cannot be used, with the variable and entry it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A variable holds bytes that are not UTF-8 where text is required.
+    #[error("{variable} is not valid UTF-8; set it to plain text")]
+    NotUnicode {
+        /// The environment variable.
+        variable: &'static str,
+    },
+    /// A `:`-separated list has an empty entry (for example a trailing `:`).
+    #[error(
+        "{variable} has an empty entry at position {position} (a doubled or trailing `:`?); remove it, an empty entry would make the current folder shared"
+    )]
+    EmptyEntry {
+        /// The environment variable.
+        variable: &'static str,
+        /// The 1-based position of the empty entry.
+        position: usize,
+    },
+    /// An entry is a relative path where an absolute one is required.
+    #[error("{variable} entry `{}` is a relative path; give an absolute path (or one starting with `~`)", entry.display())]
+    RelativePath {
+        /// The environment variable.
+        variable: &'static str,
+        /// The entry as given.
+        entry: PathBuf,
+    },
+    /// `~` was used but the home folder is unknown.
+    #[error("{variable} entry `{}` starts with `~` but the home folder is unknown; set HOME or give an absolute path", entry.display())]
+    NoHome {
+        /// The environment variable.
+        variable: &'static str,
+        /// The entry as given.
+        entry: PathBuf,
+    },
+    /// `~user` names a user that does not exist.
+    #[error("{variable} entry `{}` names user `{user}`, who does not exist on this host", entry.display())]
+    UnknownUser {
+        /// The environment variable.
+        variable: &'static str,
+        /// The entry as given.
+        entry: PathBuf,
+        /// The user name after `~`.
+        user: String,
+    },
+    /// A mirrored-storage root does not exist or cannot be resolved.
+    #[error("{variable} entry `{}` cannot be used; create the folder or fix the entry", entry.display())]
+    Unresolvable {
+        /// The environment variable.
+        variable: &'static str,
+        /// The entry after `~` expansion.
+        entry: PathBuf,
+        /// Why it could not be resolved.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path that must be a folder is something else.
+    #[error("{variable} entry `{}` is not a folder; point it at a folder", entry.display())]
+    NotAFolder {
+        /// The environment variable.
+        variable: &'static str,
+        /// The path.
+        entry: PathBuf,
+    },
+    /// The local storage root is missing and cannot be created.
+    #[error("{variable} folder `{}` does not exist and cannot be created; create it or choose another folder", path.display())]
+    CreateLocalRoot {
+        /// The environment variable.
+        variable: &'static str,
+        /// The folder.
+        path: PathBuf,
+        /// Why it could not be created.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A number was expected.
+    #[error("{variable} is `{value}`, not a whole number of at least 1")]
+    NotACount {
+        /// The environment variable.
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// An unknown transport name.
+    #[error("{variable} is `{value}`; use `local`, `tcp` or `mpi`")]
+    UnknownTransport {
+        /// The environment variable.
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// A host name that is empty or holds white space or `/`.
+    #[error(
+        "{variable} is `{value}`, which is not a usable host name (empty, or holds white space or `/`)"
+    )]
+    BadHostname {
+        /// The environment variable.
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// The system host name could not be read.
+    #[error("cannot read this machine's host name; set PARVM_HOSTNAME")]
+    Hostname(#[source] std::io::Error),
+    /// The effective user has no name.
+    #[error(
+        "the effective user (uid {uid}) has no entry in the user database; cannot name its storage folder"
+    )]
+    NoUserName {
+        /// The effective user id.
+        uid: u32,
+    },
+}
