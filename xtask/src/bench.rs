@@ -1,0 +1,32 @@
+//! `cargo xtask bench <what>`: the benchmarks, each measured against a baseline in the same run.
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, transport_arg};
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some((what, rest)) = args.split_first() else {
+        bail!("bench what? mirror, spawn or messaging");
+    };
+    let transport = transport_arg(rest)?;
+    let (package, bench, features): (&str, &str, &[&str]) =
+        match (what.as_str(), transport.as_str()) {
+            ("mirror", _) => ("parvm-mirror-fs", "mirror", &[]),
+            ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
+            ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
+            (other, _) => bail!("unknown benchmark `{other}`; use mirror, spawn or messaging"),
+        };
+    let passthrough: Vec<&String> = rest
+        .iter()
+        .filter(|arg| *arg != "--transport" && **arg != transport)
+        .collect();
+    crate::exec(
+        cargo()
+            .args(["bench", "-p", package, "--bench", bench])
+            .args(features)
+            .arg("--")
+            .arg(what)
+            .args(passthrough),
+    )
+}

@@ -1,0 +1,182 @@
+//! `cargo xtask demo`: examples 01–06 in a temporary storage that is removed afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, exec, mpirun_root_env, root, target_dir, transport_arg};
+
+/// A scratch setup: shared (mirrored) storage holding a project folder, and local storage.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    shared: PathBuf,
+    project: PathBuf,
+    local: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = tempfile::Builder::new().prefix("parvm-demo-").tempdir()?;
+        let shared = dir.path().canonicalize()?.join("shared");
+        let project = shared.join("project");
+        let local = dir.path().canonicalize()?.join("local");
+        std::fs::create_dir_all(project.join("models"))?;
+        std::fs::create_dir_all(&local)?;
+        std::fs::write(
+            project.join("amp.cir"),
+            "* a two-stage amplifier\nR1 in out 1k\n",
+        )?;
+        std::fs::write(
+            project.join("opamp.inc"),
+            ".subckt opamp inp inn out\n.ends\n",
+        )?;
+        std::fs::write(
+            project.join("models/cmos.lib"),
+            ".model nmos nmos level=1\n",
+        )?;
+        Ok(Scratch {
+            _dir: dir,
+            shared,
+            project,
+            local,
+        })
+    }
+
+    fn apply(&self, command: &mut Command) {
+        command
+            .current_dir(&self.project)
+            .env("PARALLEL_MIRRORED_STORAGE", &self.shared)
+            .env("PARALLEL_LOCAL_STORAGE", &self.local);
+    }
+
+    /// Fails when a task folder was left behind in local storage.
+    fn check_clean(&self) -> Result<()> {
+        let leftovers = leftover_task_folders(&self.local)?;
+        if !leftovers.is_empty() {
+            bail!("the demo left task folders behind: {leftovers:?}");
+        }
+        Ok(())
+    }
+}
+
+fn leftover_task_folders(local: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for user_dir in std::fs::read_dir(local)? {
+        let user_dir = user_dir?.path();
+        if user_dir.is_dir() {
+            for entry in std::fs::read_dir(&user_dir)? {
+                found.push(entry?.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The example names (`01-config` …), in order.
+fn examples() -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .context("cannot read the examples folder")?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join("main.rs").is_file())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Entry point of `cargo xtask demo`.
+pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|arg| arg == "--data") {
+        return data_layer();
+    }
+    let transport = transport_arg(args)?;
+    let names = examples()?;
+    if names.is_empty() {
+        bail!("no examples found under examples/");
+    }
+    let features: &[&str] = if transport == "mpi" {
+        &["--features", "mpi"]
+    } else {
+        &[]
+    };
+    println!("Building the examples (release)...");
+    exec(
+        cargo()
+            .args(["build", "--quiet", "--release", "--examples"])
+            .args(features),
+    )?;
+    let scratch = Scratch::new()?;
+    for name in &names {
+        println!("\n━━━━━━━━━━ example {name} ({transport} transport) ━━━━━━━━━━");
+        let program = target_dir().join("release/examples").join(name);
+        let mut command = if transport == "mpi" {
+            let mut command = Command::new("mpirun");
+            mpirun_root_env(&mut command);
+            command.args(["--oversubscribe", "-n", "3"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        scratch.apply(&mut command);
+        command.env("PARVM_TRANSPORT", &transport);
+        exec(&mut command).with_context(|| format!("example {name} failed"))?;
+        scratch.check_clean()?;
+    }
+    println!(
+        "\nAll {} examples ran; local storage is clean.",
+        names.len()
+    );
+    Ok(())
+}
+
+/// The data layer on a generated tree: configuration, one task's mirroring, storage.
+fn data_layer() -> Result<()> {
+    exec(cargo().args(["build", "--quiet", "--release", "-p", "parvm-cli"]))?;
+    let parvm = target_dir().join("release/parvm");
+    let scratch = Scratch::new()?;
+    let task = scratch.local.join("task-folder");
+    let steps: Vec<Vec<String>> = vec![
+        vec!["config".into()],
+        vec![
+            "mirror".into(),
+            "--map".into(),
+            "*.cir=.".into(),
+            "--map".into(),
+            "models=lib".into(),
+            "--into".into(),
+            task.display().to_string(),
+        ],
+        vec!["storage".into(), "list".into()],
+        vec!["storage".into(), "sweep".into()],
+    ];
+    for step in steps {
+        println!("\n$ parvm {}", step.join(" "));
+        let mut command = Command::new(&parvm);
+        command.args(&step);
+        scratch.apply(&mut command);
+        exec(&mut command)?;
+        if step[0] == "mirror" {
+            println!("\n$ find {}", task.display());
+            for entry in walk(&task)? {
+                println!("{}", entry.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        out.push(next.clone());
+        if next.is_dir() && !next.is_symlink() {
+            for entry in std::fs::read_dir(&next)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
