@@ -1,9 +1,57 @@
 //! A small message-passing trait for parvm, with backends.
 //!
-//! Rank 0 is the spawner; every other rank is a worker. The trait moves opaque byte
-//! payloads; what they mean is the VM's business.
+//! Rank 0 is the spawner; every other rank is a worker. The [`Transport`] trait moves
+//! opaque byte payloads (the VM puts MessagePack in them) and reports peers that join or
+//! are lost; what the payloads mean is the VM's business. Backends:
+//!
+//! - [`local`]: the spawner starts N copies of its own executable and talks to them over
+//!   Unix sockets; nothing to install. The default.
+//! - [`tcp`]: workers started by any launcher connect to the spawner and authenticate with
+//!   a shared secret.
+//! - `mpi` (cargo feature `mpi`): rsmpi, started by `mpirun`.
+//!
+//! All of them carry [`frame`]s: a 12-byte header with a magic, a version and a length
+//! checked against a limit before anything is allocated, so a malformed or foreign peer is
+//! dropped (an [`Event::PeerLost`]) and never crashes the spawner.
+//!
+//! # Example
+//!
+//! The same program is spawner and worker: [`worker_from_env`] tells which one runs.
+//!
+//! ```no_run
+//! use parvm_transport::local::{LocalOptions, LocalTransport};
+//! use parvm_transport::{Event, Transport, Wait};
+//!
+//! if let Some(worker) = parvm_transport::worker_from_env()? {
+//!     // A worker: echo every message back to the spawner until it goes away.
+//!     while let Ok(Some(event)) = worker.recv(Wait::Forever) {
+//!         match event {
+//!             Event::Message { from, payload } => worker.send(from, &payload)?,
+//!             Event::PeerLost { .. } => break,
+//!             _ => {}
+//!         }
+//!     }
+//!     return Ok(());
+//! }
+//! // The spawner: start two copies of this program and talk to them.
+//! let vm = LocalTransport::launch(LocalOptions::new(2))?;
+//! vm.send(1, b"hello")?;
+//! if let Some(Event::Message { from, payload }) = vm.recv(Wait::Forever)? {
+//!     assert_eq!((from, payload.as_slice()), (1, &b"hello"[..]));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+#[doc(hidden)]
+pub mod bench_support;
 mod error;
+pub mod frame;
+pub mod local;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+mod secret;
+mod star;
+pub mod tcp;
 
 use std::time::Duration;
 
@@ -94,6 +142,44 @@ pub trait Transport: Send + Sync {
     fn size(&self) -> usize {
         self.peers().len()
     }
+}
+
+/// The name of the host this process runs on: `PARVM_HOSTNAME` when set and not empty,
+/// else the system's hostname, else `localhost`.
+#[must_use]
+pub fn this_host() -> String {
+    if let Some(name) = std::env::var_os(local::HOSTNAME_VAR).filter(|n| !n.is_empty()) {
+        return name.to_string_lossy().into_owned();
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Joins the virtual machine when this process was started as a worker, by any backend.
+///
+/// Tries, in order: the local backend (`PARVM_LOCAL_SOCKET` set by
+/// [`local::LocalTransport::launch`]), then TCP (`PARVM_CONNECT`). Returns `Ok(None)` when
+/// this process is not a worker, i.e. it is the spawner.
+///
+/// # Errors
+/// The variables of a backend are set but joining fails; see [`local::worker_from_env`]
+/// and [`tcp::worker_from_env`].
+pub fn worker_from_env() -> Result<Option<Box<dyn Transport>>, Error> {
+    if let Some(worker) = local::worker_from_env()? {
+        return Ok(Some(Box::new(worker)));
+    }
+    if let Some(worker) = tcp::worker_from_env()? {
+        return Ok(Some(Box::new(worker)));
+    }
+    // MPI: the MPI backend decides how it detects that this process is an MPI worker rank
+    // (a rank other than 0 of an `mpirun` launch) and hooks in here, e.g.
+    // `if let Some(worker) = mpi::worker_from_env()? { return Ok(Some(Box::new(worker))); }`
+    #[cfg(feature = "mpi")]
+    {}
+    Ok(None)
 }
 
 #[cfg(test)]

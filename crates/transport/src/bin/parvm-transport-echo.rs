@@ -1,0 +1,62 @@
+//! A worker for the integration tests of parvm-transport: echoes every message, and obeys
+//! a few commands (`!pid`, `!host`, `!env:NAME`, `!exit:CODE`, `!hang`).
+//!
+//! Started without worker variables and with `PARVM_ECHO_SPAWNER=N`, it is a spawner
+//! instead: it launches N copies of itself, prints their pids on one line, and waits.
+
+use std::io::Write;
+use std::time::Duration;
+
+use parvm_transport::local::{LocalOptions, LocalTransport};
+use parvm_transport::{Event, Transport, Wait};
+
+fn answer(worker: &dyn Transport, payload: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(payload).unwrap_or("");
+    if text == "!pid" {
+        Some(std::process::id().to_string().into_bytes())
+    } else if text == "!host" {
+        Some(worker.host().into_bytes())
+    } else if let Some(name) = text.strip_prefix("!env:") {
+        Some(
+            std::env::var(name)
+                .unwrap_or_else(|_| "<unset>".into())
+                .into_bytes(),
+        )
+    } else if let Some(code) = text.strip_prefix("!exit:") {
+        std::process::exit(code.parse().unwrap_or(1));
+    } else if text == "!hang" {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    } else {
+        Some(payload.to_vec())
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(worker) = parvm_transport::worker_from_env()? {
+        loop {
+            match worker.recv(Wait::Forever) {
+                Ok(Some(Event::Message { from, payload })) => {
+                    if let Some(reply) = answer(&*worker, &payload) {
+                        worker.send(from, &reply)?;
+                    }
+                }
+                Ok(Some(Event::PeerLost { .. })) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    }
+    let workers: usize = std::env::var("PARVM_ECHO_SPAWNER")?.parse()?;
+    let vm = LocalTransport::launch(LocalOptions::new(workers))?;
+    let pids: Vec<String> = vm
+        .worker_pids()
+        .iter()
+        .map(|(_, pid)| pid.to_string())
+        .collect();
+    println!("{}", pids.join(" "));
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
