@@ -1,1 +1,55 @@
-//! parvm-local-storage (being written).
+//! Host-local task folders for parvm: one private folder per task (or per worker and
+//! VM, when persistent), marked with its owner and locked while in use, so that stale
+//! folders left by crashes, reboots and reused pids can be told apart from live ones
+//! and swept safely.
+//!
+//! ```text
+//! <local root>/parvm-<user>/                mode 0700, owned by the user, not a symlink: else refused
+//!     <pid hex>_vm<vm index hex>[_<n>]/     one folder per worker process and VM index
+//!         .parvm-owner                      JSON: pid, boot id, process start time, host
+//!         .parvm-lock                       flock'ed by the worker while it uses the folder
+//! ```
+//!
+//! A folder is *stale* when its owner marker names another boot, a dead process, or a
+//! pid now carried by a process with another start time, and its lock is free. Where
+//! the file system cannot `flock` (some NFS), the marker alone decides and a warning is
+//! logged. Removal renames a folder to `.parvm-trash-*` first and never follows symlinks.
+//!
+//! ```
+//! use parvm_local_storage::{FolderState, LocalStorage, Persistence};
+//!
+//! let root = tempfile::tempdir()?;
+//! let (storage, _swept) = LocalStorage::open_and_sweep(root.path())?;
+//!
+//! // A temporary folder lives as long as its task.
+//! let folder = storage.take(0, Persistence::Temporary)?;
+//! std::fs::write(folder.path().join("out.txt"), "result")?;
+//! assert_eq!(storage.list()?[0].state, FolderState::InUse);
+//! let path = folder.path().to_path_buf();
+//! folder.release()?;
+//! assert!(!path.exists());
+//!
+//! // A persistent folder is handed to the next task of the same VM index.
+//! let first = storage.take(1, Persistence::Persistent)?;
+//! let kept = first.path().to_path_buf();
+//! first.release()?;
+//! let again = storage.take(1, Persistence::Persistent)?;
+//! assert!(again.reused());
+//! assert_eq!(again.path(), kept);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod folder;
+mod lock;
+mod owner;
+mod scan;
+mod storage;
+mod tree;
+
+pub use error::Error;
+pub use folder::{Persistence, TaskFolder};
+pub use lock::LOCK_FILE;
+pub use owner::{OWNER_FILE, OwnerMarker};
+pub use scan::{Failure, FolderInfo, FolderState, SweepReport, human_size};
+pub use storage::{DEFAULT_GRACE, LocalStorage, StorageOptions};

@@ -1,0 +1,115 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while opening local storage or taking, listing and
+/// removing task folders.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The local storage root does not exist or is not a folder.
+    #[error(
+        "local storage root `{}` is not an existing folder: create it or set PARALLEL_LOCAL_STORAGE to one",
+        path.display()
+    )]
+    RootMissing {
+        /// The local storage root.
+        path: PathBuf,
+    },
+    /// The local storage root (or the per-user folder in it) cannot be written.
+    #[error(
+        "local storage `{}` is not writable: make it writable or set PARALLEL_LOCAL_STORAGE to a writable folder",
+        path.display()
+    )]
+    NotWritable {
+        /// The folder that cannot be written.
+        path: PathBuf,
+        /// The reason reported by the system.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The effective user has no name, so the per-user folder cannot be named.
+    #[error("cannot name the per-user storage folder")]
+    UserName {
+        /// The reason from the configuration crate.
+        #[source]
+        source: parvm_env_config::Error,
+    },
+    /// The per-user folder is a symlink; following it could hand task data to whoever made it.
+    #[error(
+        "per-user storage folder `{}` is a symlink, refusing to use it: remove it (parvm makes a fresh one)",
+        path.display()
+    )]
+    UserDirSymlink {
+        /// The per-user folder.
+        path: PathBuf,
+    },
+    /// Something other than a folder sits where the per-user folder should be.
+    #[error(
+        "per-user storage path `{}` is not a folder: remove it (parvm makes a fresh folder)",
+        path.display()
+    )]
+    UserDirNotFolder {
+        /// The per-user folder.
+        path: PathBuf,
+    },
+    /// The per-user folder belongs to another user, who could read or replace task data.
+    #[error(
+        "per-user storage folder `{}` is owned by uid {owner}, not by you (uid {expected}): remove it or change its owner",
+        path.display()
+    )]
+    UserDirNotOwned {
+        /// The per-user folder.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        expected: u32,
+    },
+    /// The per-user folder grants access to group or others.
+    #[error(
+        "per-user storage folder `{}` has mode {mode:04o}, open to group or others: remove it or fix its mode (chmod 700)",
+        path.display()
+    )]
+    UserDirMode {
+        /// The per-user folder.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file or folder could not be inspected.
+    #[error("cannot inspect `{}`", path.display())]
+    Inspect {
+        /// What was inspected.
+        path: PathBuf,
+        /// The reason reported by the system.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task folder could not be created or prepared (owner marker, lock file).
+    #[error("cannot create task folder `{}`", path.display())]
+    CreateFolder {
+        /// The task folder.
+        path: PathBuf,
+        /// The reason reported by the system.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The persistent folder of a VM index is already handed out and not yet released.
+    #[error(
+        "the persistent folder for vm index {vm_index} is still in use by another task of this process: release it first"
+    )]
+    PersistentInUse {
+        /// The VM index.
+        vm_index: u32,
+    },
+    /// A folder could not be removed.
+    #[error("cannot remove `{}`", path.display())]
+    Remove {
+        /// The file or folder that resisted.
+        path: PathBuf,
+        /// The reason reported by the system.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,185 @@
+//! One task folder, held (locked) by this process while a task uses it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::Error;
+use crate::lock::still_linked;
+use crate::tree::remove_tree;
+
+/// Prefix of the names folders get just before they are deleted.
+pub(crate) const TRASH_PREFIX: &str = ".parvm-trash-";
+
+/// Whether a task folder outlives its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persistence {
+    /// A fresh folder per task, removed when the task ends (also when it failed).
+    Temporary,
+    /// One folder per process and VM index, kept and handed to the next task.
+    Persistent,
+}
+
+/// A folder this process made and locked: its path, its identity and its lock.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) path: PathBuf,
+    pub(crate) name: String,
+    /// `None` only where the file system cannot lock; the file is then unlocked.
+    pub(crate) lock: Option<File>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Held {
+    pub(crate) fn new(path: PathBuf, name: String, lock: Option<File>) -> io::Result<Held> {
+        let meta = std::fs::symlink_metadata(&path)?;
+        Ok(Held { path, name, lock, dev: meta.dev(), ino: meta.ino() })
+    }
+
+    /// Whether the folder is still the one we made, with our lock file in it: a forced
+    /// clear from elsewhere may have removed it since.
+    fn intact(&self) -> bool {
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.is_dir() && m.dev() == self.dev && m.ino() == self.ino);
+        same && self.lock.as_ref().is_none_or(|lock| still_linked(lock, &self.path))
+    }
+
+    /// Renames the folder to a trash name, then deletes it; the lock is dropped last so
+    /// nobody sees a half-removed folder under its live name.
+    pub(crate) fn remove(self) -> Result<(), Error> {
+        if let Some(trash) = move_to_trash(&self.path)? {
+            remove_tree(&trash)?;
+        }
+        drop(self.lock);
+        Ok(())
+    }
+}
+
+/// Persistent folders of one [`crate::LocalStorage`], by VM index.
+pub(crate) type Kept = Arc<Mutex<HashMap<u32, Slot>>>;
+
+/// A persistent folder is either waiting in the storage or lent to a [`TaskFolder`].
+#[derive(Debug)]
+pub(crate) enum Slot {
+    Waiting(Held),
+    Lent,
+}
+
+pub(crate) fn lock_kept(kept: &Kept) -> MutexGuard<'_, HashMap<u32, Slot>> {
+    // A panic elsewhere cannot leave the map half-updated: every change is one insert.
+    kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes the waiting persistent folder of `vm_index` out of `kept`, marking it lent.
+/// `Ok(None)`: there is none (or it was removed behind our back), make a new one.
+pub(crate) fn borrow_kept(kept: &mut HashMap<u32, Slot>, vm_index: u32) -> Result<Option<Held>, Error> {
+    match kept.insert(vm_index, Slot::Lent) {
+        Some(Slot::Lent) => Err(Error::PersistentInUse { vm_index }),
+        Some(Slot::Waiting(held)) if held.intact() => Ok(Some(held)),
+        Some(Slot::Waiting(_)) | None => Ok(None),
+    }
+}
+
+/// A task folder in use by this process; its lock is held as long as this value lives.
+///
+/// A [`Persistence::Temporary`] folder is removed by [`TaskFolder::release`] or on drop.
+/// A [`Persistence::Persistent`] folder goes back to its [`crate::LocalStorage`], which
+/// hands it to the next task with the same VM index.
+#[derive(Debug)]
+pub struct TaskFolder {
+    held: Option<Held>,
+    vm_index: u32,
+    persistence: Persistence,
+    reused: bool,
+    kept: Kept,
+}
+
+impl TaskFolder {
+    pub(crate) fn new(held: Held, vm_index: u32, persistence: Persistence, reused: bool, kept: Kept) -> Self {
+        TaskFolder { held: Some(held), vm_index, persistence, reused, kept }
+    }
+
+    fn held(&self) -> &Held {
+        // `held` is only taken out by `finish`, which consumes or drops the value.
+        self.held.as_ref().unwrap_or_else(|| unreachable!("task folder used after release"))
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        &self.held().path
+    }
+
+    /// The folder's name inside the per-user folder, e.g. `1a2b_vm0`.
+    pub fn name(&self) -> &str {
+        &self.held().name
+    }
+
+    /// The VM index this folder belongs to.
+    pub fn vm_index(&self) -> u32 {
+        self.vm_index
+    }
+
+    /// Whether the folder is removed or kept after the task.
+    pub fn persistence(&self) -> Persistence {
+        self.persistence
+    }
+
+    /// `true` when an earlier task of this process left this persistent folder: the
+    /// caller refreshes its mirrored inputs instead of mirroring from scratch.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Ends the task's use of the folder: removes a temporary folder, hands a persistent
+    /// one back to its storage. Dropping does the same but can only log errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Remove`] when a temporary folder cannot be removed completely.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        match self.persistence {
+            Persistence::Temporary => held.remove(),
+            Persistence::Persistent => {
+                lock_kept(&self.kept).insert(self.vm_index, Slot::Waiting(held));
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for TaskFolder {
+    fn drop(&mut self) {
+        if let Err(error) = self.finish() {
+            tracing::warn!(%error, "task folder not fully removed; a later sweep removes the rest");
+        }
+    }
+}
+
+/// Renames `path` to a unique trash name in the same folder. `Ok(None)`: it is gone.
+pub(crate) fn move_to_trash(path: &Path) -> Result<Option<PathBuf>, Error> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let trash = parent.join(format!("{TRASH_PREFIX}{:x}-{count:x}-{nanos:x}-{name}", std::process::id()));
+    match std::fs::rename(path, &trash) {
+        Ok(()) => Ok(Some(trash)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Remove { path: path.to_path_buf(), source }),
+    }
+}

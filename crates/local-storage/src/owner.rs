@@ -1,0 +1,227 @@
+//! The owner marker (`.parvm-owner`) and the liveness check built on it.
+//!
+//! A pid alone does not say whether a folder's owner is alive: after a reboot or once
+//! pids wrap, another process may carry the same number. The marker therefore also holds
+//! the boot id and the process start time, which together name one process run.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// File name of the owner marker inside a task folder.
+pub const OWNER_FILE: &str = ".parvm-owner";
+const OWNER_TMP: &str = ".parvm-owner.tmp";
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Who made a task folder: one run of one process on one boot of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct OwnerMarker {
+    /// The process id.
+    pub pid: u32,
+    /// The kernel boot id (`/proc/sys/kernel/random/boot_id`), if it could be read.
+    pub boot_id: Option<String>,
+    /// Start time of the process in clock ticks after boot (`/proc/<pid>/stat` field 22).
+    pub start_time: Option<u64>,
+    /// Host name of the owner.
+    pub host: String,
+}
+
+/// Why an owner is known to be gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Gone {
+    OtherBoot { theirs: String, ours: String },
+    NoProcess,
+    PidReused { theirs: u64, now: u64 },
+}
+
+/// What the marker says about its owner, seen from this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    Alive,
+    Gone(Gone),
+    /// Made on another host that shares this local root: we cannot check its processes.
+    OtherHost,
+}
+
+impl OwnerMarker {
+    /// A marker naming `pid` with the given boot id, start time and host.
+    pub fn new(pid: u32, boot_id: Option<String>, start_time: Option<u64>, host: impl Into<String>) -> Self {
+        OwnerMarker { pid, boot_id, start_time, host: host.into() }
+    }
+
+    /// The marker of the calling process on `host`.
+    pub fn current(host: &str) -> Self {
+        let pid = std::process::id();
+        OwnerMarker::new(pid, boot_id(), start_time(pid), host)
+    }
+
+    /// Reads the marker in `folder`. `Ok(None)`: there is none. A garbled marker is an
+    /// error of kind `InvalidData`. A symlink planted in its place is not followed.
+    pub(crate) fn read(folder: &Path) -> io::Result<Option<OwnerMarker>> {
+        let bytes = match read_nofollow(&folder.join(OWNER_FILE)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        let marker: OwnerMarker =
+            serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if marker.pid == 0 || i32::try_from(marker.pid).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("pid {} out of range", marker.pid)));
+        }
+        Ok(Some(marker))
+    }
+
+    /// Writes the marker into `folder` through a temporary name, so a reader sees
+    /// either no marker or a whole one.
+    pub(crate) fn write(&self, folder: &Path) -> io::Result<()> {
+        let tmp = folder.join(OWNER_TMP);
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, folder.join(OWNER_FILE))
+    }
+
+    /// Whether the owner still runs, judged from `me`, the marker of the caller.
+    pub(crate) fn liveness(&self, me: &OwnerMarker) -> Liveness {
+        let same_host = self.host == me.host;
+        match (&self.boot_id, &me.boot_id) {
+            // Same boot id means same machine, even if a simulated host name differs.
+            (Some(theirs), Some(ours)) if theirs == ours => self.process_liveness(),
+            _ if !same_host => Liveness::OtherHost,
+            (Some(theirs), Some(ours)) => {
+                Liveness::Gone(Gone::OtherBoot { theirs: theirs.clone(), ours: ours.clone() })
+            }
+            _ => self.process_liveness(),
+        }
+    }
+
+    fn process_liveness(&self) -> Liveness {
+        let Ok(raw) = i32::try_from(self.pid) else {
+            return Liveness::Gone(Gone::NoProcess);
+        };
+        // Signal 0 only checks existence; EPERM means it exists under another user.
+        match kill(Pid::from_raw(raw), None) {
+            Err(Errno::ESRCH) => return Liveness::Gone(Gone::NoProcess),
+            Ok(()) | Err(_) => {}
+        }
+        match (self.start_time, start_time_io(self.pid)) {
+            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => Liveness::Gone(Gone::NoProcess),
+            (Some(theirs), Ok(now)) if theirs != now => Liveness::Gone(Gone::PidReused { theirs, now }),
+            _ => Liveness::Alive,
+        }
+    }
+}
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gone::OtherBoot { theirs, ours } => write!(f, "made during boot {theirs}, this is boot {ours}"),
+            Gone::NoProcess => write!(f, "owner process is gone"),
+            Gone::PidReused { theirs, now } => {
+                write!(f, "owner pid was reused (start time {theirs}, now {now})")
+            }
+        }
+    }
+}
+
+/// Reads a small file without following a symlink in its last component.
+fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    // A marker is tiny; a huge file in its place is garbage, not worth reading whole.
+    Read::by_ref(&mut file).take(64 * 1024).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The boot id of the running kernel, if readable.
+pub(crate) fn boot_id() -> Option<String> {
+    let text = fs::read_to_string(BOOT_ID).ok()?;
+    Some(text.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Start time of process `pid`, if readable.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    start_time_io(pid).ok()
+}
+
+fn start_time_io(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_time(&stat).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc stat format"))
+}
+
+/// Field 22 of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
+/// may itself hold spaces and `)`, so fields are counted from the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts with field 3 (state); field 22 is 19 fields further.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_time_with_odd_command_names() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        for comm in ["(sh)", "(a b) c)", "())"] {
+            assert_eq!(parse_start_time(&format!("77 {comm} {tail}")), Some(424242), "{comm}");
+        }
+        assert_eq!(parse_start_time("77 (sh) S 1 2"), None);
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn current_process_is_alive() {
+        let me = OwnerMarker::current("h");
+        assert!(me.start_time.is_some());
+        assert!(me.boot_id.is_some());
+        assert_eq!(me.liveness(&me), Liveness::Alive);
+    }
+
+    #[test]
+    fn liveness_table() {
+        let me = OwnerMarker::current("h");
+        let boot = me.boot_id.clone();
+        let st = me.start_time.unwrap();
+        let other_boot = Some("00000000-0000-0000-0000-000000000000".to_owned());
+        let rows = [
+            (OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "h"), "other boot"),
+            (OwnerMarker::new(me.pid, boot.clone(), Some(st + 1), "h"), "reused"),
+            (OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "elsewhere"), "other host"),
+            (OwnerMarker::new(me.pid, boot.clone(), Some(st), "simulated"), "alive"),
+            (OwnerMarker::new(me.pid, None, None, "h"), "alive"),
+        ];
+        for (marker, want) in rows {
+            let got = match marker.liveness(&me) {
+                Liveness::Alive => "alive",
+                Liveness::OtherHost => "other host",
+                Liveness::Gone(Gone::OtherBoot { .. }) => "other boot",
+                Liveness::Gone(Gone::PidReused { .. }) => "reused",
+                Liveness::Gone(Gone::NoProcess) => "no process",
+            };
+            assert_eq!(got, want, "{marker:?}");
+        }
+    }
+
+    #[test]
+    fn marker_round_trips_and_rejects_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(OwnerMarker::read(tmp.path()).unwrap().is_none());
+        let me = OwnerMarker::current("h");
+        me.write(tmp.path()).unwrap();
+        assert_eq!(OwnerMarker::read(tmp.path()).unwrap(), Some(me));
+        for garbage in [&b"{not json"[..], br#"{"pid":0,"boot_id":null,"start_time":null,"host":"h"}"#] {
+            fs::write(tmp.path().join(OWNER_FILE), garbage).unwrap();
+            let err = OwnerMarker::read(tmp.path()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+    }
+}

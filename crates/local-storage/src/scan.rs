@@ -1,0 +1,339 @@
+//! Listing the folders in the per-user folder, and sweeping or clearing them.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::folder::{TRASH_PREFIX, move_to_trash};
+use crate::lock::{Attempt, still_linked};
+use crate::owner::{Liveness, OwnerMarker};
+use crate::tree::{remove_tree, tree_size};
+use crate::{Error, LocalStorage};
+
+/// What a folder in the per-user folder is, as far as this process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FolderState {
+    /// Its lock is held: a worker is using it. Where the file system cannot lock, a
+    /// folder whose owner process is alive counts as in use.
+    InUse,
+    /// Its owner process is alive but does not hold the lock (e.g. a kept persistent
+    /// folder of a storage that was closed).
+    Idle,
+    /// Its owner is gone (another boot, a dead process, a reused pid) and the lock is free.
+    Stale,
+    /// Owned by another user: never removed.
+    Foreign,
+    /// Made on another host sharing this local root, whose processes cannot be checked.
+    OtherHost,
+    /// No readable owner marker, or not a folder. Swept only when its lock is free and
+    /// it is older than the grace period, since it may be a folder being made right now.
+    Unknown,
+    /// Left over from an interrupted removal (`.parvm-trash-*`); always removable.
+    Trash,
+}
+
+/// One entry of the per-user folder, as [`LocalStorage::list`] sees it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct FolderInfo {
+    /// Its name (lossily converted to UTF-8 for display).
+    pub name: String,
+    /// Its path.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// Its owner marker, when readable.
+    pub owner: Option<OwnerMarker>,
+    /// What it is.
+    pub state: FolderState,
+    /// Why it is in that state, for people.
+    pub detail: String,
+    /// The uid owning it.
+    pub uid: u32,
+    /// Seconds since it last changed.
+    pub age_secs: u64,
+    /// Bytes in its regular files; symlinks are not followed.
+    pub size: u64,
+    /// `size` for people, e.g. `1.5 MiB`.
+    pub size_human: String,
+}
+
+/// A folder that could not be removed, and why.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The folder.
+    pub folder: FolderInfo,
+    /// The error, as text.
+    pub error: String,
+}
+
+/// What [`LocalStorage::sweep`] or [`LocalStorage::clear`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Folders removed.
+    pub removed: Vec<FolderInfo>,
+    /// Folders left in place (see their state).
+    pub kept: Vec<FolderInfo>,
+    /// Folders that could not be removed.
+    pub failed: Vec<Failure>,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// `bytes_freed` for people.
+    pub bytes_freed_human: String,
+}
+
+/// Which folders a pass removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Sweep,
+    Clear,
+    ClearForce,
+}
+
+/// A classified entry, with the lock if classifying took it.
+struct Probe {
+    info: FolderInfo,
+    lock: Option<Attempt>,
+}
+
+/// Formats a byte count with binary units: `512 B`, `1.5 KiB`, `3.0 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn lossy_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
+}
+
+impl std::fmt::Display for FolderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FolderState::InUse => "in use",
+            FolderState::Idle => "idle",
+            FolderState::Stale => "stale",
+            FolderState::Foreign => "foreign",
+            FolderState::OtherHost => "other host",
+            FolderState::Unknown => "unknown",
+            FolderState::Trash => "trash",
+        })
+    }
+}
+
+impl LocalStorage {
+    /// Lists every entry of the per-user folder with its owner, state and size.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inspect`] when the per-user folder cannot be read.
+    pub fn list(&self) -> Result<Vec<FolderInfo>, Error> {
+        let mut out = Vec::new();
+        for (name, path) in self.entries()? {
+            if let Some(mut probe) = self.probe(&name, &path, false) {
+                probe.info.size = tree_size(&path);
+                probe.info.size_human = human_size(probe.info.size);
+                out.push(probe.info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes stale folders: owner gone and lock free; also unknown ones past the grace
+    /// period and trash. Run when a worker starts ([`LocalStorage::open_and_sweep`]) and
+    /// on request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inspect`] when the per-user folder cannot be read; a folder that cannot
+    /// be removed is reported in [`SweepReport::failed`].
+    pub fn sweep(&self) -> Result<SweepReport, Error> {
+        self.pass(Pass::Sweep)
+    }
+
+    /// Removes every folder whose lock is free, except young unknown ones; with `force`,
+    /// also folders in use. Folders owned by another user are never removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`LocalStorage::sweep`].
+    pub fn clear(&self, force: bool) -> Result<SweepReport, Error> {
+        self.pass(if force { Pass::ClearForce } else { Pass::Clear })
+    }
+
+    fn entries(&self) -> Result<Vec<(String, PathBuf)>, Error> {
+        let fail = |source| Error::Inspect { path: self.dir.clone(), source };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn pass(&self, pass: Pass) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        for (name, path) in self.entries()? {
+            let Some(probe) = self.probe(&name, &path, false) else { continue };
+            if !self.removable(&probe.info, pass) {
+                report.kept.push(probe.info);
+                continue;
+            }
+            match self.remove_checked(&name, &path, probe, pass) {
+                Ok(Some(info)) => {
+                    report.bytes_freed += info.size;
+                    report.removed.push(info);
+                }
+                Ok(None) => {}
+                Err((info, error)) => report.failed.push(Failure { folder: info, error: error.to_string() }),
+            }
+        }
+        report.bytes_freed_human = human_size(report.bytes_freed);
+        Ok(report)
+    }
+
+    fn removable(&self, info: &FolderInfo, pass: Pass) -> bool {
+        let old = Duration::from_secs(info.age_secs) >= self.grace;
+        match info.state {
+            FolderState::Foreign => false,
+            FolderState::Trash | FolderState::Stale => true,
+            FolderState::Unknown => old || pass == Pass::ClearForce,
+            FolderState::Idle | FolderState::OtherHost => pass != Pass::Sweep,
+            FolderState::InUse => pass == Pass::ClearForce,
+        }
+    }
+
+    /// Removes a folder chosen from a first look, after locking it and looking again,
+    /// so a folder that came to life (or was removed by a racing sweeper) is left alone.
+    /// `Ok(None)`: it is no longer removable, or already gone.
+    fn remove_checked(
+        &self,
+        name: &str,
+        path: &Path,
+        first: Probe,
+        pass: Pass,
+    ) -> Result<Option<FolderInfo>, (FolderInfo, Error)> {
+        let locked = matches!(first.lock, Some(Attempt::Held(_)));
+        let probe = match (locked, first.info.state) {
+            (true, _) | (false, FolderState::Trash | FolderState::InUse | FolderState::Foreign) => first,
+            _ => match self.probe(name, path, true) {
+                Some(probe) if self.removable(&probe.info, pass) => probe,
+                _ => return Ok(None),
+            },
+        };
+        if let Some(Attempt::Held(file)) = &probe.lock {
+            if !still_linked(file, path) {
+                return Ok(None);
+            }
+        }
+        let mut info = probe.info;
+        info.size = tree_size(path);
+        info.size_human = human_size(info.size);
+        let removed = move_to_trash(path).and_then(|trash| trash.map_or(Ok(()), |t| remove_tree(&t)));
+        drop(probe.lock);
+        match removed {
+            Ok(()) => Ok(Some(info)),
+            Err(error) => Err((info, error)),
+        }
+    }
+
+    /// Classifies one entry; `create_lock` makes a missing lock file so the entry can be
+    /// locked for removal. `None`: it vanished.
+    fn probe(&self, name: &str, path: &Path, create_lock: bool) -> Option<Probe> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let age_secs = SystemTime::now()
+            .duration_since(meta.modified().ok()?)
+            .map_or(0, |age| age.as_secs());
+        let info = |state, detail: String, owner| FolderInfo {
+            name: name.to_owned(),
+            path: path.to_path_buf(),
+            owner,
+            state,
+            detail,
+            uid: meta.uid(),
+            age_secs,
+            size: 0,
+            size_human: human_size(0),
+        };
+        if meta.uid() != self.uid {
+            let detail = format!("owned by uid {}, not by you (uid {})", meta.uid(), self.uid);
+            return Some(Probe { info: info(FolderState::Foreign, detail, None), lock: None });
+        }
+        if name.starts_with(TRASH_PREFIX) {
+            let detail = "left over from an interrupted removal".to_owned();
+            return Some(Probe { info: info(FolderState::Trash, detail, None), lock: None });
+        }
+        if !meta.is_dir() {
+            let detail = "not a folder".to_owned();
+            return Some(Probe { info: info(FolderState::Unknown, detail, None), lock: None });
+        }
+        let lock = match self.backend.try_lock(path, create_lock) {
+            Ok(Attempt::Busy) => {
+                let owner = OwnerMarker::read(path).ok().flatten();
+                let detail = "its lock is held".to_owned();
+                return Some(Probe { info: info(FolderState::InUse, detail, owner), lock: Some(Attempt::Busy) });
+            }
+            Ok(attempt) => Some(attempt),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                let detail = format!("cannot open its lock file: {e}");
+                return Some(Probe { info: info(FolderState::Unknown, detail, None), lock: None });
+            }
+        };
+        let (state, detail, owner) = self.judge_owner(path, lock.as_ref());
+        Some(Probe { info: info(state, detail, owner), lock })
+    }
+
+    /// Judges a folder whose lock is not held by anyone else, from its owner marker.
+    fn judge_owner(&self, path: &Path, lock: Option<&Attempt>) -> (FolderState, String, Option<OwnerMarker>) {
+        let marker = match OwnerMarker::read(path) {
+            Ok(Some(marker)) => marker,
+            Ok(None) => return (FolderState::Unknown, "no owner marker".to_owned(), None),
+            Err(e) => return (FolderState::Unknown, format!("owner marker unreadable: {e}"), None),
+        };
+        let me = OwnerMarker::current(&self.host);
+        let lockless = matches!(lock, Some(Attempt::Unsupported));
+        let (state, detail) = match marker.liveness(&me) {
+            Liveness::Alive if lockless => (FolderState::InUse, "owner alive (locks unsupported here)".to_owned()),
+            Liveness::Alive => (FolderState::Idle, format!("owner pid {} alive, lock free", marker.pid)),
+            Liveness::Gone(gone) => (FolderState::Stale, gone.to_string()),
+            Liveness::OtherHost => (FolderState::OtherHost, format!("made on host `{}`", marker.host)),
+        };
+        (state, detail, Some(marker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        let rows = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (5 * 1024 * 1024, "5.0 MiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (bytes, want) in rows {
+            assert_eq!(human_size(bytes), want);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The per-user storage folder and the making of task folders in it.
+
+use std::fs::{DirBuilder, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{AccessFlags, access, geteuid};
+use parvm_env_config::Config;
+
+use crate::folder::{Held, Kept, TaskFolder, borrow_kept, lock_kept};
+use crate::lock::{Attempt, LockBackend, still_linked};
+use crate::owner::OwnerMarker;
+use crate::{Error, Persistence, SweepReport};
+
+/// How long a folder without a readable owner marker is spared by `sweep` (and by
+/// `clear` without force): it may be a folder another worker is making right now.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
+
+/// Names tried for one process and VM index before giving up: far more than PID reuse
+/// and not-yet-removed folders can explain.
+const MAX_SUFFIX: u32 = 10_000;
+
+/// Settings for opening a [`LocalStorage`]; start from [`LocalStorage::options`].
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    host: Option<String>,
+    grace: Duration,
+    backend: LockBackend,
+}
+
+impl StorageOptions {
+    /// The host name written into owner markers. Default: the real host name.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// How old a folder without a readable owner marker must be before sweeping removes
+    /// it. Default: [`DEFAULT_GRACE`].
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Test seam: behave as if the file system could not `flock`.
+    #[cfg(test)]
+    pub(crate) fn without_flock(mut self) -> Self {
+        self.backend = LockBackend::Unsupported;
+        self
+    }
+
+    /// Opens (and makes, if missing) `<local_root>/parvm-<user>`; see [`LocalStorage::open`].
+    ///
+    /// # Errors
+    ///
+    /// As [`LocalStorage::open`].
+    pub fn open(self, local_root: &Path) -> Result<LocalStorage, Error> {
+        let meta = std::fs::metadata(local_root);
+        if !meta.is_ok_and(|m| m.is_dir()) {
+            return Err(Error::RootMissing { path: local_root.to_path_buf() });
+        }
+        let user = parvm_env_config::current_user().map_err(|source| Error::UserName { source })?;
+        let dir = local_root.join(format!("parvm-{user}"));
+        let uid = geteuid().as_raw();
+        make_user_dir(local_root, &dir)?;
+        verify_user_dir(&dir, uid)?;
+        let host = self.host.unwrap_or_else(real_host);
+        Ok(LocalStorage { dir, uid, host, grace: self.grace, backend: self.backend, kept: Kept::default() })
+    }
+}
+
+/// The per-user local storage folder, `<local root>/parvm-<user>`, and the task
+/// folders in it.
+///
+/// It keeps this process's persistent folders (and their locks) while it lives.
+#[derive(Debug)]
+pub struct LocalStorage {
+    pub(crate) dir: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) host: String,
+    pub(crate) grace: Duration,
+    pub(crate) backend: LockBackend,
+    kept: Kept,
+}
+
+impl LocalStorage {
+    /// Default settings, to adjust before [`StorageOptions::open`].
+    pub fn options() -> StorageOptions {
+        StorageOptions { host: None, grace: DEFAULT_GRACE, backend: LockBackend::Flock }
+    }
+
+    /// Opens `<local_root>/parvm-<user>`, making it with mode 0700 if missing, and
+    /// refuses it unless it is a real folder owned by the effective user and closed to
+    /// group and others.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RootMissing`], [`Error::NotWritable`], [`Error::UserName`],
+    /// [`Error::UserDirSymlink`], [`Error::UserDirNotFolder`], [`Error::UserDirNotOwned`],
+    /// [`Error::UserDirMode`], [`Error::Inspect`], [`Error::CreateFolder`].
+    pub fn open(local_root: &Path) -> Result<LocalStorage, Error> {
+        LocalStorage::options().open(local_root)
+    }
+
+    /// Opens the local storage named by `config` (its local root and host name).
+    ///
+    /// # Errors
+    ///
+    /// As [`LocalStorage::open`].
+    pub fn from_config(config: &Config) -> Result<LocalStorage, Error> {
+        LocalStorage::options().host(config.hostname()).open(config.local_root())
+    }
+
+    /// Opens the storage and sweeps stale folders, as a worker does when it starts.
+    ///
+    /// # Errors
+    ///
+    /// As [`LocalStorage::open`] and [`LocalStorage::sweep`].
+    pub fn open_and_sweep(local_root: &Path) -> Result<(LocalStorage, SweepReport), Error> {
+        let storage = LocalStorage::open(local_root)?;
+        let report = storage.sweep()?;
+        Ok((storage, report))
+    }
+
+    /// The per-user folder, `<local root>/parvm-<user>`.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host name written into owner markers.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Takes a task folder for a task of VM `vm_index`.
+    ///
+    /// Temporary: a new folder `<pid hex>_vm<vm index hex>[_<n>]`. Persistent: the
+    /// folder this process kept for `vm_index`, if any ([`TaskFolder::reused`] is then
+    /// `true`), else a new one that is kept after the task.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CreateFolder`]; [`Error::PersistentInUse`] when the persistent folder
+    /// of `vm_index` is still held by another [`TaskFolder`].
+    pub fn take(&self, vm_index: u32, persistence: Persistence) -> Result<TaskFolder, Error> {
+        if persistence == Persistence::Temporary {
+            let held = self.create(vm_index)?;
+            return Ok(TaskFolder::new(held, vm_index, persistence, false, self.kept.clone()));
+        }
+        let mut kept = lock_kept(&self.kept);
+        let (held, reused) = match borrow_kept(&mut kept, vm_index)? {
+            Some(held) => (held, true),
+            None => match self.create(vm_index) {
+                Ok(held) => (held, false),
+                Err(error) => {
+                    kept.remove(&vm_index);
+                    return Err(error);
+                }
+            },
+        };
+        Ok(TaskFolder::new(held, vm_index, persistence, reused, self.kept.clone()))
+    }
+
+    /// Removes the persistent folder this process keeps for `vm_index`, e.g. when its
+    /// VM is finished. `Ok(false)`: there was none waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PersistentInUse`] while a task holds it; [`Error::Remove`].
+    pub fn discard(&self, vm_index: u32) -> Result<bool, Error> {
+        let held = {
+            let mut kept = lock_kept(&self.kept);
+            let held = borrow_kept(&mut kept, vm_index)?;
+            kept.remove(&vm_index);
+            held
+        };
+        match held {
+            Some(held) => held.remove().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Makes and claims a new folder, trying `_<n>` suffixes past names that exist.
+    fn create(&self, vm_index: u32) -> Result<Held, Error> {
+        let me = OwnerMarker::current(&self.host);
+        let base = format!("{:x}_vm{vm_index:x}", me.pid);
+        for n in 0..MAX_SUFFIX {
+            let name = if n == 0 { base.clone() } else { format!("{base}_{n}") };
+            let path = self.dir.join(&name);
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(Error::CreateFolder { path, source }),
+                Ok(()) => {}
+            }
+            if let Some(held) = self.claim(path, name, &me)? {
+                return Ok(held);
+            }
+        }
+        let source = io::Error::other(format!("{MAX_SUFFIX} folder names for this process are taken"));
+        Err(Error::CreateFolder { path: self.dir.join(base), source })
+    }
+
+    /// Locks a folder we just made and writes its owner marker. `Ok(None)`: a forced
+    /// clear removed it meanwhile; try the next name.
+    fn claim(&self, path: PathBuf, name: String, me: &OwnerMarker) -> Result<Option<Held>, Error> {
+        let lock = match self.lock_new(&path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::CreateFolder { path, source }),
+        };
+        if lock.as_ref().is_some_and(|file| !still_linked(file, &path)) {
+            return Ok(None);
+        }
+        let written = me.write(&path).and_then(|()| Held::new(path.clone(), name, lock));
+        match written {
+            Ok(held) => Ok(Some(held)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => {
+                let _ = crate::tree::remove_tree(&path);
+                Err(Error::CreateFolder { path, source })
+            }
+        }
+    }
+
+    /// Locks the lock file of a new folder, waiting: only a lister may hold it, and only
+    /// for an instant. `Ok(None)`: the file system cannot lock.
+    fn lock_new(&self, folder: &Path) -> io::Result<Option<File>> {
+        loop {
+            match self.backend.try_lock(folder, true)? {
+                Attempt::Held(file) => return Ok(Some(file)),
+                Attempt::Unsupported => return Ok(None),
+                Attempt::Busy | Attempt::Missing => std::thread::yield_now(),
+            }
+        }
+    }
+}
+
+/// Makes the per-user folder with mode 0700; another process making it first is fine.
+fn make_user_dir(local_root: &Path, dir: &Path) -> Result<(), Error> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) if denied(&source) => Err(Error::NotWritable { path: local_root.to_path_buf(), source }),
+        Err(source) => Err(Error::CreateFolder { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+}
+
+/// Refuses a per-user folder that someone else could read, replace or redirect.
+fn verify_user_dir(dir: &Path, uid: u32) -> Result<(), Error> {
+    let path = dir.to_path_buf();
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Inspect { path: path.clone(), source })?;
+    if meta.file_type().is_symlink() {
+        return Err(Error::UserDirSymlink { path });
+    }
+    if !meta.is_dir() {
+        return Err(Error::UserDirNotFolder { path });
+    }
+    if meta.uid() != uid {
+        return Err(Error::UserDirNotOwned { path, owner: meta.uid(), expected: uid });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::UserDirMode { path, mode: meta.mode() & 0o7777 });
+    }
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK)
+        .map_err(|errno| Error::NotWritable { path, source: errno.into() })
+}
+
+fn real_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        LocalStorage::options()
+    }
+}

@@ -1,0 +1,215 @@
+//! Measuring and removing folder trees through directory descriptors.
+//!
+//! Every step works relative to an open directory and opens with `O_NOFOLLOW`, so a
+//! symlink a task left behind is removed or skipped as a link, never followed, even if
+//! the tree changes while we walk it. Names are raw bytes, so non-UTF-8 names work.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, fchmod, fchmodat, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use crate::Error;
+
+/// Flags for opening a folder we walk: never through a symlink, never inherited.
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Owner read, write and search: what we need to empty a folder a task made read-only.
+const OWNER_RWX: u32 = 0o700;
+
+fn is_dir(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+fn is_regular(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+/// Splits `path` into its parent folder (opened) and its last component.
+fn open_parent(path: &Path) -> io::Result<(Dir, CString)> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let dir = Dir::open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    Ok((dir, cstring(name)?))
+}
+
+fn cstring(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn child_path(parent: &Path, name: &CStr) -> PathBuf {
+    parent.join(OsStr::from_bytes(name.to_bytes()))
+}
+
+/// The names in an open folder, without `.` and `..`, collected first so that removing
+/// entries does not disturb the directory stream.
+fn names(dir: &mut Dir) -> io::Result<Vec<CString>> {
+    let mut out = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `path` and everything under it; a missing `path` is fine.
+///
+/// A symlink (at the top or inside) is unlinked, never followed. Folders a task made
+/// read-only are given owner `rwx` first so their entries can be unlinked.
+pub(crate) fn remove_tree(path: &Path) -> Result<(), Error> {
+    let fail = |source| Error::Remove { path: path.to_path_buf(), source };
+    let (parent, name) = open_parent(path).map_err(fail)?;
+    remove_entry(&parent, &name, path)
+}
+
+fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
+    let fail = |errno: Errno| Error::Remove { path: path.to_path_buf(), source: errno.into() };
+    let stat = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => return Ok(()),
+        other => other.map_err(fail)?,
+    };
+    if is_dir(&stat) {
+        let Some(mut dir) = open_dir_for_removal(parent, name).map_err(fail)? else {
+            return Ok(());
+        };
+        for child in names(&mut dir).map_err(|e| Error::Remove { path: path.to_path_buf(), source: e })? {
+            remove_entry(&dir, &child, &child_path(path, &child))?;
+        }
+    }
+    let flag = if is_dir(&stat) { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+    match unlinkat(parent, name, flag) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(fail(errno)),
+    }
+}
+
+/// Opens a sub-folder to empty it, making it readable and writable for its owner when
+/// a task took those rights away. `None`: it vanished meanwhile (another remover).
+fn open_dir_for_removal(parent: &Dir, name: &CStr) -> nix::Result<Option<Dir>> {
+    let dir = match Dir::openat(parent, name, dir_flags(), Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::EACCES) => {
+            chmod_nofollow(parent, name)?;
+            Dir::openat(parent, name, dir_flags(), Mode::empty())?
+        }
+        Err(errno) => return Err(errno),
+    };
+    let mode = fstat(dir.as_fd())?.st_mode;
+    if mode & OWNER_RWX != OWNER_RWX {
+        fchmod(dir.as_fd(), Mode::from_bits_truncate(mode | OWNER_RWX))?;
+    }
+    Ok(Some(dir))
+}
+
+/// Gives owner `rwx` to a folder we cannot open yet. Prefers the no-follow form; older C
+/// libraries do not support it, and then the entry was just seen as a folder by `lstat`.
+fn chmod_nofollow(parent: &Dir, name: &CStr) -> nix::Result<()> {
+    let mode = Mode::from_bits_truncate(OWNER_RWX);
+    match fchmodat(parent, name, mode, FchmodatFlags::NoFollowSymlink) {
+        Err(Errno::EOPNOTSUPP) => fchmodat(parent, name, mode, FchmodatFlags::FollowSymlink),
+        other => other,
+    }
+}
+
+/// Total size in bytes of the regular files under `path` (or of `path` itself).
+///
+/// Symlinks count as nothing and are never followed; parts we cannot read or that
+/// vanish while we walk are skipped, since the size is only informative.
+pub(crate) fn tree_size(path: &Path) -> u64 {
+    let Ok((parent, name)) = open_parent(path) else {
+        return 0;
+    };
+    entry_size(&parent, &name)
+}
+
+fn entry_size(parent: &Dir, name: &CStr) -> u64 {
+    let Ok(stat) = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        return 0;
+    };
+    if is_regular(&stat) {
+        return u64::try_from(stat.st_size).unwrap_or(0);
+    }
+    if !is_dir(&stat) {
+        return 0;
+    }
+    let Ok(mut dir) = Dir::openat(parent, name, dir_flags(), Mode::empty()) else {
+        return 0;
+    };
+    let children = names(&mut dir).unwrap_or_default();
+    children.iter().map(|child| entry_size(&dir, child)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    #[test]
+    fn removes_nested_tree_with_read_only_folders_and_odd_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        let deep = top.join("a").join(OsStr::from_bytes(b"b\xff\xfe"));
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), b"12345").unwrap();
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(top.join("a"), fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+    }
+
+    #[test]
+    fn size_and_removal_never_follow_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), vec![0u8; 1000]).unwrap();
+        let top = tmp.path().join("top");
+        fs::create_dir(&top).unwrap();
+        fs::write(top.join("mine"), b"abc").unwrap();
+        symlink(&outside, top.join("link")).unwrap();
+        assert_eq!(tree_size(&top), 3);
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert_eq!(fs::read(outside.join("keep")).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn top_level_symlink_is_unlinked_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let link = tmp.path().join("link");
+        symlink(&outside, &link).unwrap();
+        assert_eq!(tree_size(&link), 0);
+        remove_tree(&link).unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert!(outside.join("keep").exists());
+    }
+
+    #[test]
+    fn missing_path_is_removed_already() {
+        let tmp = tempfile::tempdir().unwrap();
+        remove_tree(&tmp.path().join("nothing")).unwrap();
+        assert_eq!(tree_size(&tmp.path().join("nothing")), 0);
+    }
+}
