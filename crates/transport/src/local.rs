@@ -434,14 +434,21 @@ impl LocalTransport {
             options.max_frame,
         );
         // From here on, dropping `spawner` kills and reaps the workers.
-        let spawner = Spawner {
+        let mut spawner = Spawner {
             hub: hub.clone(),
             procs,
             shutdown_grace: options.shutdown_grace,
             keeper_stop: Some(keeper_stop),
             keeper: Some(keeper),
         };
-        let streams = accept_all(&listener, &spawner.procs, &token, options.connect_timeout)?;
+        let streams = match accept_all(&listener, &spawner.procs, &token, options.connect_timeout) {
+            Ok(streams) => streams,
+            Err(err) => {
+                // The launch failed: no point waiting for workers to leave by themselves.
+                spawner.shutdown_grace = Duration::ZERO;
+                return Err(err);
+            }
+        };
         drop(listener);
         drop(dir);
 

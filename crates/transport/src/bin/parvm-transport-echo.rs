@@ -1,5 +1,5 @@
 //! A worker for the integration tests of parvm-transport: echoes every message, and obeys
-//! a few commands (`!pid`, `!host`, `!env:NAME`, `!exit:CODE`, `!hang`).
+//! a few commands (`!pid`, `!host`, `!env:NAME`, `!exit:CODE`, `!sendto:RANK`, `!hang`).
 //!
 //! Started without worker variables and with `PARVM_ECHO_SPAWNER=N`, it is a spawner
 //! instead: it launches N copies of itself, prints their pids on one line, and waits.
@@ -24,6 +24,12 @@ fn answer(worker: &dyn Transport, payload: &[u8]) -> Option<Vec<u8>> {
         )
     } else if let Some(code) = text.strip_prefix("!exit:") {
         std::process::exit(code.parse().unwrap_or(1));
+    } else if let Some(rank) = text.strip_prefix("!sendto:") {
+        let result = worker.send(rank.parse().unwrap_or(u32::MAX), b"x");
+        Some(match result {
+            Ok(()) => b"sent".to_vec(),
+            Err(err) => err.to_string().into_bytes(),
+        })
     } else if text == "!hang" {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
