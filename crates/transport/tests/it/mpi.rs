@@ -1,0 +1,292 @@
+//! The MPI backend under a real `mpirun`, driving the `parvm-mpi-echo` test binary.
+//!
+//! Skipped, with a message, when `mpirun` is not on the PATH. Every run has a deadline
+//! and a guard that ends mpirun and its ranks, so a hang fails the test instead of CI.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const ECHO: &str = env!("CARGO_BIN_EXE_parvm-mpi-echo");
+
+/// How long one mpirun may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// The tests time waits and measure CPU: one mpirun at a time keeps them from competing
+/// for the machine's cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn find_mpirun() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("mpirun"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Ends mpirun (which ends its ranks) when dropped, also when the test fails.
+struct MpirunGuard {
+    child: Child,
+}
+
+impl MpirunGuard {
+    fn children(&self) -> Vec<Pid> {
+        let parent = self.child.id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // The fields after the command name (which may hold spaces) start at `)`.
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+                (ppid == parent).then_some(Pid::from_raw(pid))
+            })
+            .collect()
+    }
+}
+
+impl Drop for MpirunGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        // mpirun ends its ranks on SIGTERM; give it a moment, then kill what is left.
+        let _ = kill(pid, Signal::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for rank in self.children() {
+            let _ = kill(rank, Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one mpirun printed.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+    }
+
+    /// The `key=value` fields of every stdout line that starts with `word`.
+    fn lines(&self, word: &str) -> Vec<BTreeMap<String, String>> {
+        self.stdout
+            .lines()
+            .filter(|line| line.split_whitespace().next() == Some(word))
+            .map(|line| {
+                line.split_whitespace()
+                    .filter_map(|field| field.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn field(&self, word: &str, key: &str) -> f64 {
+        let lines = self.lines(word);
+        let value = lines
+            .first()
+            .and_then(|line| line.get(key))
+            .unwrap_or_else(|| panic!("no `{word} {key}=` line\n{}", self.all()));
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("`{word} {key}={value}` is not a number"))
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `mpirun --oversubscribe <args>`; `None` (after saying so) when mpirun is missing.
+fn mpirun(args: &[&str]) -> Option<Run> {
+    let Some(mpirun) = find_mpirun() else {
+        eprintln!("skipping the MPI test: `mpirun` is not on the PATH (install Open MPI or MPICH)");
+        return None;
+    };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut command = Command::new(mpirun);
+    command
+        .arg("--oversubscribe")
+        .args(args)
+        .env_remove("PARVM_HOSTNAME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if nix::unistd::Uid::effective().is_root() {
+        command
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    let mut guard = MpirunGuard {
+        child: command.spawn().expect("start mpirun"),
+    };
+    let stdout = drain(guard.child.stdout.take().expect("piped stdout"));
+    let stderr = drain(guard.child.stderr.take().expect("piped stderr"));
+    let until = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = guard.child.try_wait().expect("poll mpirun") {
+            break Some(status);
+        }
+        if Instant::now() >= until {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        drop(guard);
+        panic!(
+            "mpirun {args:?} did not finish within {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
+            stdout.join().unwrap_or_default(),
+            stderr.join().unwrap_or_default()
+        );
+    }
+    let run = Run {
+        status: status.expect("checked above"),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    Some(run)
+}
+
+fn mpirun_ok(args: &[&str]) -> Option<Run> {
+    let run = mpirun(args)?;
+    assert!(run.status.success(), "mpirun {args:?} failed: {}\n{}", run.status, run.all());
+    Some(run)
+}
+
+#[test]
+fn ranks_sizes_and_the_processor_name() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "info"]) else {
+        return;
+    };
+    let lines = run.lines("info");
+    assert_eq!(lines.len(), 3, "{}", run.all());
+    let host = nix::unistd::gethostname().expect("hostname");
+    let host = host.to_string_lossy();
+    let mut ranks: Vec<&str> = lines.iter().map(|line| line["rank"].as_str()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, ["0", "1", "2"]);
+    for line in &lines {
+        assert_eq!(line["size"], "3");
+        assert_eq!(line["backend"], "mpi");
+        assert_eq!(line["launched"], "true");
+        assert_eq!(line["host"], host);
+        assert_eq!(line["peers"], format!("0:{host},1:{host},2:{host}"));
+    }
+}
+
+#[test]
+fn hosts_come_from_parvm_hostname_per_app_context() {
+    let Some(run) = mpirun_ok(&[
+        "-np", "1", "-x", "PARVM_HOSTNAME=a", ECHO, "info", ":", //
+        "-np", "2", "-x", "PARVM_HOSTNAME=b", ECHO, "info",
+    ]) else {
+        return;
+    };
+    let lines = run.lines("info");
+    assert_eq!(lines.len(), 3, "{}", run.all());
+    for line in &lines {
+        assert_eq!(line["peers"], "0:a,1:b,2:b", "{}", run.all());
+        let expected = if line["rank"] == "0" { "a" } else { "b" };
+        assert_eq!(line["host"], expected);
+    }
+}
+
+#[test]
+fn an_empty_parvm_hostname_is_refused_by_name() {
+    let Some(run) = mpirun(&["-n", "2", "-x", "PARVM_HOSTNAME=", ECHO, "info"]) else {
+        return;
+    };
+    assert!(!run.status.success(), "{}", run.all());
+    assert!(run.stderr.contains("PARVM_HOSTNAME is empty"), "{}", run.all());
+}
+
+#[test]
+fn ping_pong_from_0_bytes_to_10_mib_keeps_every_byte() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "pingpong"]) else {
+        return;
+    };
+    assert_eq!(run.lines("pingpong").len(), 1, "{}", run.all());
+}
+
+#[test]
+fn ranks_sending_10_mib_to_each_other_at_once_do_not_deadlock() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "exchange"]) else {
+        return;
+    };
+    assert_eq!(run.lines("exchange").len(), 3, "{}", run.all());
+}
+
+#[test]
+fn one_thread_sends_while_another_waits_in_recv() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "threads"]) else {
+        return;
+    };
+    assert_eq!(run.lines("threads").len(), 1, "{}", run.all());
+}
+
+#[test]
+fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "timeouts"]) else {
+        return;
+    };
+    let nowait = run.field("nowait", "elapsed_us");
+    assert!(nowait < 20_000.0, "NoWait took {nowait} us\n{}", run.all());
+    let for200 = run.field("for200", "elapsed_us");
+    assert!(
+        (200_000.0..600_000.0).contains(&for200),
+        "For(200 ms) took {for200} us\n{}",
+        run.all()
+    );
+    let for1s = run.field("for1s", "elapsed_us");
+    assert!(
+        (1_000_000.0..1_500_000.0).contains(&for1s),
+        "For(1 s) took {for1s} us\n{}",
+        run.all()
+    );
+    let cpu = run.field("for1s", "cpu_percent");
+    assert!(cpu < 5.0, "an idle recv(For(1 s)) used {cpu}% of a core\n{}", run.all());
+    let forever = run.lines("forever");
+    assert_eq!(forever.len(), 2, "{}", run.all());
+    for line in forever {
+        let cpu: f64 = line["cpu_percent"].parse().expect("a number");
+        assert!(cpu < 5.0, "an idle recv(Forever) used {cpu}% of a core\n{}", run.all());
+    }
+}
+
+#[test]
+fn a_dying_rank_ends_the_job_and_mpirun_names_it() {
+    let Some(run) = mpirun(&["-n", "3", "-x", "PARVM_HOSTNAME=b", ECHO, "die"]) else {
+        return;
+    };
+    assert!(!run.status.success(), "{}", run.all());
+    assert!(run.stderr.contains("rank 2 on host b dies now"), "{}", run.all());
+    // Open MPI: "mpirun noticed that process rank 2 with PID ... on node ... exited on signal 6".
+    assert!(run.all().contains("rank 2"), "{}", run.all());
+    assert!(!run.stdout.contains("survived"), "{}", run.all());
+}
