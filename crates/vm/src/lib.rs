@@ -1,1 +1,56 @@
-//! parvm-vm (being written).
+//! The parvm virtual machine: spawn registered tasks (or external commands) on free slots,
+//! each in its own local folder filled by mirroring, and exchange messages with them.
+//!
+//! The same executable runs on every slot. The program registers its tasks and calls
+//! [`Runtime::start`]: in a worker process that call runs the spawn loop and exits; in the
+//! spawner it starts the workers (local processes by default) and returns. VM objects built
+//! from the runtime spawn tasks and receive their results, exits and messages.
+//!
+//! ```no_run
+//! use parvm_vm::{Message, Runtime, Spawn, TaskContext, Tasks};
+//!
+//! fn hello(ctx: &TaskContext, name: String) -> Result<String, String> {
+//!     Ok(format!("hello {name} from task {} on {}", ctx.task_id(), ctx.host_id()))
+//! }
+//!
+//! let runtime = Runtime::start(Tasks::new().register("hello", hello))?;
+//! let vm = runtime.vm().build()?;
+//! let ids = vm.spawn(Spawn::task("hello", &"world".to_string()).count(2))?;
+//! let mut exits = 0;
+//! while exits < ids.len() {
+//!     match vm.recv()? {
+//!         Message::TaskResult { task, outcome } => match outcome {
+//!             Ok(value) => println!("{task}: {}", value.decode::<String>()?),
+//!             Err(failure) => println!("{task} failed: {failure}"),
+//!         },
+//!         Message::TaskExit { .. } => exits += 1,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! For tests, [`memory`] runs a whole VM in one process, with workers on threads.
+
+mod capture;
+mod error;
+mod ids;
+mod logging;
+pub mod memory;
+mod message;
+mod protocol;
+mod spawner;
+mod storage;
+mod tasks;
+mod vm;
+mod worker;
+
+pub use error::Error;
+pub use ids::{HostId, TaskId};
+pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
+pub use parvm_env_config::{Config, TransportKind};
+pub use tasks::{Spawn, Tasks};
+pub use vm::{
+    ClearReport, Layout, LayoutHost, LayoutSlot, Runtime, RuntimeBuilder, Vm, VmBuilder,
+};
+pub use worker::{TaskContext, Worker};

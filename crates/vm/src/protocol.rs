@@ -1,0 +1,177 @@
+//! The frames the spawner and the workers exchange.
+//!
+//! Every payload is one version byte ([`VERSION`]) followed by a MessagePack (rmp-serde)
+//! encoding of [`ToWorker`] or [`FromWorker`]. Byte payloads travel as MessagePack binary
+//! (`serde_bytes`), so a 10 MiB user message is one copy, not ten million integers.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TaskId;
+
+/// The version of this protocol; a frame with another first byte is refused.
+pub(crate) const VERSION: u8 = 1;
+
+/// From the spawner to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker<'a> {
+    /// Run a task.
+    Spawn(#[serde(borrow)] SpawnRequest<'a>),
+    /// A user message for task number `to` on this worker.
+    User {
+        from: TaskId,
+        to: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// Clear local storage on this host, skipping folders in use unless `force`.
+    Clear { force: bool },
+    /// The VM with this index is gone: drop its persistent folder.
+    ForgetVm { vm: u32 },
+    /// Leave the spawn loop and exit.
+    Exit,
+}
+
+/// Everything a worker needs to run one task.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SpawnRequest<'a> {
+    pub number: u64,
+    pub vm: u32,
+    #[serde(borrow)]
+    pub job: Job<'a>,
+    /// The VM's abstract mirror map, MessagePack-encoded once when the VM was built.
+    #[serde(borrow, with = "serde_bytes")]
+    pub mirror: Option<Cow<'a, [u8]>>,
+    pub folder: bool,
+    pub persistent: bool,
+    pub startup: Option<Startup>,
+    pub send_back: bool,
+}
+
+/// What to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Job<'a> {
+    /// A registered function and its MessagePack-encoded arguments.
+    Function {
+        name: Cow<'a, str>,
+        #[serde(borrow, with = "serde_bytes")]
+        args: Cow<'a, [u8]>,
+    },
+    /// An external command.
+    Command {
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+}
+
+/// Where a task starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Startup {
+    /// A folder relative to the task folder.
+    InFolder(PathBuf),
+    /// A folder in mirrored storage: (root index, relative suffix).
+    Mirrored(usize, PathBuf),
+    /// A literal absolute path, used as is on every host.
+    Literal(PathBuf),
+}
+
+/// From a worker to the spawner.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker<'a> {
+    /// Task `number` ended: its result (when sent back) and its exit in one frame.
+    Done {
+        number: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        value: Option<Cow<'a, [u8]>>,
+        error: Option<String>,
+    },
+    /// A user message from task `from` on this worker to task `to`.
+    User {
+        from: u64,
+        to: TaskId,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// Output lines the worker wrote while task `number` ran (0: between tasks).
+    Output {
+        number: u64,
+        stderr: bool,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// The answer to [`ToWorker::Clear`].
+    Cleared { removed: u64, error: Option<String> },
+}
+
+/// Encodes a frame: the version byte, then MessagePack.
+pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    rmp_serde::encode::write(&mut out, frame)?;
+    Ok(out)
+}
+
+/// Decodes a frame, checking the version byte.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, String> {
+    match payload.split_first() {
+        None => Err("empty frame".to_owned()),
+        Some((&VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
+        Some((other, _)) => Err(format!(
+            "protocol version {other}, this program speaks version {VERSION}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = ToWorker::Spawn(SpawnRequest {
+            number: 7,
+            vm: 2,
+            job: Job::Function {
+                name: Cow::Borrowed("hello"),
+                args: Cow::Borrowed(&[1, 2, 3]),
+            },
+            mirror: None,
+            folder: true,
+            persistent: false,
+            startup: Some(Startup::Mirrored(1, PathBuf::from("a/b"))),
+            send_back: true,
+        });
+        let bytes = encode(&frame).unwrap();
+        let back: ToWorker<'_> = decode(&bytes).unwrap();
+        match back {
+            ToWorker::Spawn(req) => {
+                assert_eq!(req.number, 7);
+                assert_eq!(req.startup, Some(Startup::Mirrored(1, PathBuf::from("a/b"))));
+                assert!(matches!(req.job, Job::Function { ref name, ref args } if name == "hello" && args.as_ref() == [1, 2, 3]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn big_byte_payloads_are_binary() {
+        let data = vec![7u8; 100_000];
+        let bytes = encode(&FromWorker::User {
+            from: 1,
+            to: TaskId::SPAWNER,
+            data: Cow::Borrowed(&data),
+        })
+        .unwrap();
+        assert!(bytes.len() < data.len() + 64, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn foreign_frames_are_refused() {
+        assert!(decode::<FromWorker<'_>>(&[]).is_err());
+        assert!(decode::<FromWorker<'_>>(&[99, 1, 2]).unwrap_err().contains("version 99"));
+        assert!(decode::<FromWorker<'_>>(&[VERSION, 0xc1]).is_err());
+    }
+}

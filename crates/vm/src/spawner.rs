@@ -1,0 +1,415 @@
+//! The spawner's shared state: slots, per-VM inboxes, and the event pump.
+//!
+//! No thread is dedicated to receiving. A thread that waits for a message (in
+//! [`Vm::recv`](crate::Vm::recv) or elsewhere) pulls the next event from the transport
+//! itself and files it into the inbox of the VM it belongs to; other waiting threads sleep
+//! on a condition variable until their message is filed. This keeps a spawn round trip to
+//! the transport's own latency, without a hop through another thread.
+
+use std::any::TypeId;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use parvm_env_config::Config;
+use parvm_transport::{Event, Rank, Transport, Wait};
+
+use crate::message::{ExitStatus, Payload, TaskFailure, Value};
+use crate::protocol::{self, FromWorker, ToWorker};
+use crate::{Error, HostId, Message, TaskId, Tasks};
+
+/// How long finalize waits for workers to leave.
+const FINALIZE_GRACE: Duration = Duration::from_secs(5);
+
+/// One worker slot.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub host: String,
+    pub running: Option<Running>,
+}
+
+/// The task occupying a slot, until its exit is received.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub number: u64,
+    pub vm: u32,
+    pub label: String,
+    pub send_back: bool,
+    pub returns: Option<(TypeId, &'static str)>,
+    /// The worker reported the end; the slot frees when the VM receives the exit.
+    pub ended: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub slots: BTreeMap<Rank, Slot>,
+    pub inboxes: HashMap<u32, VecDeque<Message>>,
+    pub pulling: bool,
+    pub cleared: Vec<(Rank, Result<u64, String>)>,
+}
+
+/// When a wait ends.
+#[derive(Clone, Copy)]
+pub(crate) enum Until {
+    Forever,
+    At(Instant),
+    Now,
+}
+
+impl Until {
+    pub(crate) fn after(timeout: Duration) -> Until {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Until::Forever, Until::At)
+    }
+}
+
+/// What the spawner process's VMs share.
+pub(crate) struct Shared {
+    pub transport: Box<dyn Transport>,
+    pub backend: &'static str,
+    pub tasks: Tasks,
+    pub config: Config,
+    pub host: String,
+    pub next_number: AtomicU64,
+    pub next_vm: AtomicU32,
+    pub finalized: AtomicBool,
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn new(transport: Box<dyn Transport>, tasks: Tasks, config: Config) -> Shared {
+        let backend = transport.backend();
+        let me = transport.rank();
+        let mut state = State::default();
+        let mut host = String::new();
+        for peer in transport.peers() {
+            if peer.rank == me {
+                host = peer.host;
+            } else {
+                state.slots.insert(
+                    peer.rank,
+                    Slot {
+                        host: peer.host,
+                        running: None,
+                    },
+                );
+            }
+        }
+        Shared {
+            transport,
+            backend,
+            tasks,
+            config,
+            host,
+            next_number: AtomicU64::new(1),
+            next_vm: AtomicU32::new(0),
+            finalized: AtomicBool::new(false),
+            state: Mutex::new(state),
+            cond: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if self.finalized.load(Ordering::Acquire) {
+            Err(Error::Finalized)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn send(&self, to: Rank, frame: &ToWorker<'_>) -> Result<(), Error> {
+        let bytes = protocol::encode(frame).map_err(|source| Error::Encode {
+            what: format!("a frame for rank {to}"),
+            source,
+        })?;
+        self.transport
+            .send(to, &bytes)
+            .map_err(|e| Error::transport(self.backend, e))
+    }
+
+    /// Pumps events until `take` finds what the caller waits for, or `until` passes.
+    pub(crate) fn pump<R>(
+        &self,
+        until: Until,
+        mut take: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<Option<R>, Error> {
+        let mut state = self.lock();
+        loop {
+            if let Some(found) = take(&mut state) {
+                return Ok(Some(found));
+            }
+            let wait = match until {
+                Until::Forever => Wait::Forever,
+                Until::Now => Wait::NoWait,
+                Until::At(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Wait::For(left),
+                    _ => Wait::NoWait,
+                },
+            };
+            if state.pulling {
+                if matches!(wait, Wait::NoWait) {
+                    return Ok(None);
+                }
+                // Another thread is receiving; it files our message and wakes us.
+                let nap = match wait {
+                    Wait::For(left) => left.min(Duration::from_millis(100)),
+                    _ => Duration::from_millis(100),
+                };
+                state = self
+                    .cond
+                    .wait_timeout(state, nap)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            state.pulling = true;
+            drop(state);
+            let event = self.transport.recv(wait);
+            state = self.lock();
+            state.pulling = false;
+            self.cond.notify_all();
+            let lines = match event {
+                Ok(Some(event)) => self.dispatch(&mut state, event),
+                Ok(None) => {
+                    if matches!(wait, Wait::NoWait) {
+                        return Ok(take(&mut state));
+                    }
+                    Vec::new()
+                }
+                Err(e) => return Err(Error::transport(self.backend, e)),
+            };
+            if !lines.is_empty() {
+                drop(state);
+                print_lines(&lines);
+                state = self.lock();
+            }
+        }
+    }
+
+    /// Files one transport event; returns output lines to print once the lock is released.
+    fn dispatch(&self, state: &mut State, event: Event) -> Vec<(bool, String)> {
+        match event {
+            Event::Message { from, payload } => match protocol::decode::<FromWorker<'_>>(&payload)
+            {
+                Ok(frame) => self.dispatch_frame(state, from, frame),
+                Err(reason) => {
+                    tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
+                    Vec::new()
+                }
+            },
+            Event::PeerLost { rank, reason } => {
+                self.lose(state, rank, &reason);
+                Vec::new()
+            }
+            Event::PeerJoined(peer) => {
+                let known = state.slots.values().any(|slot| slot.host == peer.host);
+                state.slots.insert(
+                    peer.rank,
+                    Slot {
+                        host: peer.host.clone(),
+                        running: None,
+                    },
+                );
+                if !known {
+                    for inbox in state.inboxes.values_mut() {
+                        inbox.push_back(Message::HostAdd {
+                            hosts: vec![HostId(peer.host.clone())],
+                        });
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn dispatch_frame(
+        &self,
+        state: &mut State,
+        from: Rank,
+        frame: FromWorker<'_>,
+    ) -> Vec<(bool, String)> {
+        match frame {
+            FromWorker::Done {
+                number,
+                value,
+                error,
+            } => {
+                let Some(slot) = state.slots.get_mut(&from) else {
+                    return Vec::new();
+                };
+                let Some(running) = slot.running.as_mut().filter(|r| r.number == number) else {
+                    tracing::warn!(rank = from, number, "end of a task this slot does not run");
+                    return Vec::new();
+                };
+                let task = TaskId { slot: from, number };
+                let (vm, send_back, returns) = (running.vm, running.send_back, running.returns);
+                running.ended = true;
+                match state.inboxes.get_mut(&vm) {
+                    Some(inbox) => {
+                        if send_back {
+                            let outcome = match (&error, value) {
+                                (Some(message), _) => Err(TaskFailure {
+                                    message: message.clone(),
+                                }),
+                                (None, value) => Ok(Value {
+                                    task,
+                                    bytes: value.map(|v| v.into_owned()).unwrap_or_default(),
+                                    returns,
+                                }),
+                            };
+                            inbox.push_back(Message::TaskResult { task, outcome });
+                        }
+                        let status = match error {
+                            None => ExitStatus::Completed,
+                            Some(reason) => ExitStatus::Failed { reason },
+                        };
+                        inbox.push_back(Message::TaskExit { task, status });
+                    }
+                    // The VM is gone: nobody receives the exit, so the slot frees now.
+                    None => slot.running = None,
+                }
+                Vec::new()
+            }
+            FromWorker::User { from: number, to, data } => {
+                let sender = TaskId { slot: from, number };
+                let vm = state
+                    .slots
+                    .get(&from)
+                    .and_then(|slot| slot.running.as_ref())
+                    .filter(|r| r.number == number)
+                    .map(|r| r.vm);
+                if to.slot == 0 {
+                    if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
+                        inbox.push_back(Message::User {
+                            from: sender,
+                            data: Payload(data.into_owned()),
+                        });
+                    }
+                } else if is_live(state, to) {
+                    let frame = ToWorker::User {
+                        from: sender,
+                        to: to.number,
+                        data,
+                    };
+                    if let Err(e) = self.send(to.slot, &frame) {
+                        tracing::debug!(to = %to, error = %e, "cannot forward a message");
+                    }
+                } else {
+                    tracing::debug!(to = %to, "dropping a message for a task that has ended");
+                }
+                Vec::new()
+            }
+            FromWorker::Output {
+                number,
+                stderr,
+                data,
+            } => {
+                let host = state.slots.get(&from).map_or("?", |slot| slot.host.as_str());
+                let tag = if number == 0 {
+                    format!("[w{from}@{host}]")
+                } else {
+                    format!("[{from}:{number}@{host}]")
+                };
+                String::from_utf8_lossy(&data)
+                    .lines()
+                    .map(|line| (stderr, format!("{tag} {line}")))
+                    .collect()
+            }
+            FromWorker::Cleared { removed, error } => {
+                state
+                    .cleared
+                    .push((from, error.map_or(Ok(removed), Err)));
+                Vec::new()
+            }
+        }
+    }
+
+    /// A worker is gone: its task fails, and its host leaves when it was the last one.
+    fn lose(&self, state: &mut State, rank: Rank, reason: &str) {
+        let Some(slot) = state.slots.remove(&rank) else {
+            return;
+        };
+        if self.finalized.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
+        if let Some(running) = slot.running.filter(|r| !r.ended)
+            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
+        {
+            inbox.push_back(Message::TaskExit {
+                task: TaskId {
+                    slot: rank,
+                    number: running.number,
+                },
+                status: ExitStatus::Failed {
+                    reason: format!(
+                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
+                        slot.host
+                    ),
+                },
+            });
+        }
+        if !state.slots.values().any(|other| other.host == slot.host) {
+            for inbox in state.inboxes.values_mut() {
+                inbox.push_back(Message::HostDelete {
+                    host: HostId(slot.host.clone()),
+                });
+            }
+        }
+    }
+
+    /// Tells every worker to leave, and waits (a little) until they have.
+    pub(crate) fn finalize(&self) {
+        if self.finalized.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ranks: Vec<Rank> = self.lock().slots.keys().copied().collect();
+        for rank in ranks {
+            if let Err(e) = self.send(rank, &ToWorker::Exit) {
+                tracing::debug!(rank, error = %e, "cannot tell a worker to exit");
+            }
+        }
+        let until = Until::after(FINALIZE_GRACE);
+        match self.pump(until, |state| state.slots.is_empty().then_some(())) {
+            Ok(Some(())) => {}
+            Ok(None) => tracing::debug!("workers did not all leave in time"),
+            Err(e) => tracing::debug!(error = %e, "transport failed while finalizing"),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.finalize();
+    }
+}
+
+/// Whether `task` is still running (its end not yet reported).
+pub(crate) fn is_live(state: &State, task: TaskId) -> bool {
+    state
+        .slots
+        .get(&task.slot)
+        .and_then(|slot| slot.running.as_ref())
+        .is_some_and(|r| r.number == task.number && !r.ended)
+}
+
+fn print_lines(lines: &[(bool, String)]) {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for (stderr, line) in lines {
+        let _ = if *stderr {
+            writeln!(err, "{line}")
+        } else {
+            writeln!(out, "{line}")
+        };
+    }
+    let _ = out.flush();
+}

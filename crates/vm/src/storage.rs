@@ -1,0 +1,201 @@
+//! The worker's task folders: local storage composed with mirroring.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use parvm_env_config::Config;
+use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
+use parvm_mirror_fs::{AbstractMirrorMap, MirrorMap, MirrorOptions};
+
+use crate::Error;
+use crate::protocol::{SpawnRequest, Startup};
+
+/// Translates a VM's mirror map for travel, encoded once when the VM is built.
+pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Result<Vec<u8>, Error> {
+    let mut map = MirrorMap::new();
+    for (source, target) in entries {
+        map = map.entry(source.as_str(), target).map_err(Error::Mirror)?;
+    }
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        what: "read the current folder",
+        path: ".".into(),
+        source,
+    })?;
+    let abstract_map = map
+        .to_abstract(config.mirrored_roots(), &cwd)
+        .map_err(Error::Mirror)?;
+    rmp_serde::to_vec(&abstract_map).map_err(|source| Error::Encode {
+        what: "the mirror map".to_owned(),
+        source,
+    })
+}
+
+/// Clears local storage in this process (the spawner's host).
+pub(crate) fn clear_here(config: &Config, force: bool) -> Result<u64, String> {
+    let storage = LocalStorage::from_config(config).map_err(|e| error_chain(&e))?;
+    let report = storage.clear(force).map_err(|e| error_chain(&e))?;
+    Ok(report.removed.len() as u64)
+}
+
+/// An error and its sources, in one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
+}
+
+/// Where a task runs, and the folder to release after it.
+pub(crate) struct Prepared {
+    pub dir: Option<PathBuf>,
+    folder: Option<TaskFolder>,
+}
+
+impl Prepared {
+    /// Removes a temporary folder, hands a persistent one back.
+    pub(crate) fn release(self) -> Result<(), String> {
+        match self.folder {
+            Some(folder) => folder.release().map_err(|e| error_chain(&e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A worker's local storage, opened on first use.
+pub(crate) struct Storage {
+    config: Config,
+    local: Option<Result<LocalStorage, String>>,
+    maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
+}
+
+impl Storage {
+    pub(crate) fn new(config: &Config) -> Storage {
+        Storage {
+            config: config.clone(),
+            local: None,
+            maps: HashMap::new(),
+        }
+    }
+
+    fn local(&mut self) -> Result<&LocalStorage, String> {
+        let config = &self.config;
+        self.local
+            .get_or_insert_with(|| LocalStorage::from_config(config).map_err(|e| error_chain(&e)))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Sweeps stale folders, as every worker does when it starts.
+    pub(crate) fn sweep(&mut self) {
+        match self.local().map(LocalStorage::sweep) {
+            Ok(Ok(report)) if !report.removed.is_empty() => {
+                tracing::info!(
+                    removed = report.removed.len(),
+                    freed = %report.bytes_freed_human,
+                    "swept stale task folders"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "cannot sweep local storage"),
+            Err(e) => tracing::debug!(error = %e, "local storage unavailable"),
+        }
+    }
+
+    pub(crate) fn clear(&mut self, force: bool) -> Result<u64, String> {
+        let report = self.local()?.clear(force).map_err(|e| error_chain(&e))?;
+        Ok(report.removed.len() as u64)
+    }
+
+    /// Drops the persistent folder kept for VM `vm`.
+    pub(crate) fn forget(&mut self, vm: u32) {
+        self.maps.remove(&vm);
+        if let Ok(local) = self.local()
+            && let Err(e) = local.discard(vm)
+        {
+            tracing::warn!(vm, error = %error_chain(&e), "cannot remove a persistent folder");
+        }
+    }
+
+    /// Drops every persistent folder, when the worker leaves.
+    pub(crate) fn forget_all(&mut self) {
+        let vms: Vec<u32> = self.maps.keys().copied().collect();
+        for vm in vms {
+            self.forget(vm);
+        }
+    }
+
+    /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder.
+    pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, String> {
+        if !request.folder {
+            let dir = crate::worker::startup_without_folder(
+                request.startup.as_ref(),
+                self.config.mirrored_roots(),
+            )?;
+            return Ok(Prepared { dir, folder: None });
+        }
+        let map = self.map(request.vm, request.mirror.as_deref())?;
+        let persistence = if request.persistent {
+            Persistence::Persistent
+        } else {
+            Persistence::Temporary
+        };
+        if request.persistent {
+            // Remember the VM even without a map, so the folder is dropped at exit.
+            self.maps.entry(request.vm).or_insert_with(|| (Vec::new(), MirrorMap::new()));
+        }
+        let folder = self
+            .local()?
+            .take(request.vm, persistence)
+            .map_err(|e| error_chain(&e))?;
+        if let Some(map) = &map {
+            let options = MirrorOptions::new();
+            let copied = if folder.reused() {
+                parvm_mirror_fs::refresh(map, folder.path(), &options)
+            } else {
+                parvm_mirror_fs::mirror(map, folder.path(), &options)
+            };
+            // On failure the folder is released by its drop (removed when temporary).
+            let report = copied.map_err(|e| error_chain(&e))?;
+            tracing::debug!(
+                files = report.files,
+                bytes = report.bytes,
+                skipped = report.skipped,
+                "mirrored into {}",
+                folder.path().display()
+            );
+        }
+        let dir = match &request.startup {
+            None => folder.path().to_owned(),
+            Some(Startup::InFolder(sub)) => folder.path().join(sub),
+            Some(_) => return Err("a startup folder outside the task folder was sent with a task folder".to_owned()),
+        };
+        Ok(Prepared {
+            dir: Some(dir),
+            folder: Some(folder),
+        })
+    }
+
+    /// The VM's mirror map on this host, decoded once per VM (and again if it changes).
+    fn map(&mut self, vm: u32, bytes: Option<&[u8]>) -> Result<Option<MirrorMap>, String> {
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        if let Some((cached, map)) = self.maps.get(&vm)
+            && cached.as_slice() == bytes
+        {
+            return Ok(Some(map.clone()));
+        }
+        let abstract_map: AbstractMirrorMap = rmp_serde::from_slice(bytes)
+            .map_err(|e| format!("cannot decode the mirror map: {e}"))?;
+        let map = abstract_map
+            .to_actual(self.config.mirrored_roots())
+            .map_err(|e| error_chain(&e))?;
+        self.maps.insert(vm, (bytes.to_vec(), map.clone()));
+        Ok(Some(map))
+    }
+}
+

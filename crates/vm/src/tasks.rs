@@ -1,0 +1,267 @@
+//! The task registry and the spawn request builder.
+
+use std::any::TypeId;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::worker::TaskContext;
+use crate::{Error, HostId};
+
+/// The erased body of a registered task: decode the arguments, run, encode the result.
+type Body = dyn Fn(&TaskContext<'_>, &[u8]) -> Result<Vec<u8>, String> + Send + Sync;
+
+/// One registered task.
+pub(crate) struct Entry {
+    pub(crate) body: Box<Body>,
+    pub(crate) args: (TypeId, &'static str),
+    pub(crate) returns: (TypeId, &'static str),
+}
+
+/// The functions this program can run as tasks, by name.
+///
+/// The same executable runs on every slot, so the spawner and the workers build the same
+/// registry; a task is found by its name, and its arguments and result travel as
+/// MessagePack.
+///
+/// ```
+/// use parvm_vm::{Tasks, TaskContext};
+///
+/// fn square(_ctx: &TaskContext, x: i64) -> Result<i64, String> {
+///     Ok(x * x)
+/// }
+///
+/// let tasks = Tasks::new().register("square", square);
+/// assert!(tasks.contains("square"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Tasks {
+    entries: BTreeMap<String, Arc<Entry>>,
+    duplicate: Option<String>,
+}
+
+impl Tasks {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Tasks::default()
+    }
+
+    /// Registers `task` under `name`.
+    ///
+    /// The task gets a [`TaskContext`] and its arguments, and returns its result or an error;
+    /// an `Err` (shown with `Display`) or a panic reaches the spawner as a failed
+    /// [`TaskResult`](crate::Message::TaskResult). Registering a name twice is reported
+    /// by [`Runtime::start`](crate::Runtime::start).
+    #[must_use]
+    pub fn register<A, R, E, F>(mut self, name: &str, task: F) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        E: fmt::Display,
+        F: Fn(&TaskContext<'_>, A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let task_name = name.to_owned();
+        let body = move |ctx: &TaskContext<'_>, bytes: &[u8]| -> Result<Vec<u8>, String> {
+            let args: A = rmp_serde::from_slice(bytes).map_err(|e| {
+                format!(
+                    "cannot decode the arguments of task `{task_name}` as `{}`: {e}",
+                    std::any::type_name::<A>()
+                )
+            })?;
+            let value = task(ctx, args).map_err(|e| e.to_string())?;
+            rmp_serde::to_vec(&value).map_err(|e| {
+                format!(
+                    "cannot encode the result of task `{task_name}` (`{}`): {e}",
+                    std::any::type_name::<R>()
+                )
+            })
+        };
+        let entry = Entry {
+            body: Box::new(body),
+            args: (TypeId::of::<A>(), std::any::type_name::<A>()),
+            returns: (TypeId::of::<R>(), std::any::type_name::<R>()),
+        };
+        if self
+            .entries
+            .insert(name.to_owned(), Arc::new(entry))
+            .is_some()
+        {
+            self.duplicate.get_or_insert_with(|| name.to_owned());
+        }
+        self
+    }
+
+    /// Whether a task is registered under `name`.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.entries.get(name)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match &self.duplicate {
+            Some(name) => Err(Error::DuplicateTask { name: name.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Finds `name` and checks the argument type, before anything is sent.
+    pub(crate) fn lookup(
+        &self,
+        name: &str,
+        given: (TypeId, &'static str),
+    ) -> Result<&Arc<Entry>, Error> {
+        let entry = self.get(name).ok_or_else(|| Error::UnknownTask {
+            name: name.to_owned(),
+            known: self.names().collect::<Vec<_>>().join(", "),
+        })?;
+        if entry.args.0 != given.0 {
+            return Err(Error::WrongArgs {
+                name: name.to_owned(),
+                expected: entry.args.1,
+                given: given.1,
+            });
+        }
+        Ok(entry)
+    }
+}
+
+impl fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.keys()).finish()
+    }
+}
+
+/// What to spawn, how many, where: built with [`Spawn::task`] or [`Spawn::command`].
+///
+/// ```
+/// use parvm_vm::Spawn;
+///
+/// let hello = Spawn::task("hello", &()).count(2);
+/// let listing = Spawn::command("ls").arg("-l").env("LC_ALL", "C").send_back(false);
+/// # let _ = (hello, listing);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    pub(crate) job: JobSpec,
+    pub(crate) count: usize,
+    pub(crate) hosts: Option<Vec<HostId>>,
+    pub(crate) send_back: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum JobSpec {
+    Function {
+        name: String,
+        args: Result<Vec<u8>, String>,
+        args_type: (TypeId, &'static str),
+    },
+    Command {
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+}
+
+impl Spawn {
+    /// Runs the task registered under `name` with `args`.
+    ///
+    /// `A` must be exactly the argument type the task was registered with (a `&str` is not
+    /// a `String`); a different type is refused by `spawn` before anything is sent.
+    #[must_use]
+    pub fn task<A: Serialize + 'static>(name: impl Into<String>, args: &A) -> Spawn {
+        Spawn::with(JobSpec::Function {
+            name: name.into(),
+            args: rmp_serde::to_vec(args).map_err(|e| e.to_string()),
+            args_type: (TypeId::of::<A>(), std::any::type_name::<A>()),
+        })
+    }
+
+    /// Runs the external command `program` in the task folder; its result is a
+    /// [`CommandStatus`](crate::CommandStatus).
+    #[must_use]
+    pub fn command(program: impl Into<String>) -> Spawn {
+        Spawn::with(JobSpec::Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        })
+    }
+
+    fn with(job: JobSpec) -> Spawn {
+        Spawn {
+            job,
+            count: 1,
+            hosts: None,
+            send_back: true,
+        }
+    }
+
+    /// Adds one argument to a command (ignored for a registered task).
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<String>) -> Spawn {
+        if let JobSpec::Command { args, .. } = &mut self.job {
+            args.push(arg.into());
+        }
+        self
+    }
+
+    /// Adds arguments to a command (ignored for a registered task).
+    #[must_use]
+    pub fn args<S: Into<String>>(mut self, more: impl IntoIterator<Item = S>) -> Spawn {
+        if let JobSpec::Command { args, .. } = &mut self.job {
+            args.extend(more.into_iter().map(Into::into));
+        }
+        self
+    }
+
+    /// Sets an environment variable for a command (ignored for a registered task).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Spawn {
+        if let JobSpec::Command { env, .. } = &mut self.job {
+            env.push((key.into(), value.into()));
+        }
+        self
+    }
+
+    /// How many copies to start, at most; default 1. Fewer start when fewer slots are free.
+    #[must_use]
+    pub fn count(mut self, count: usize) -> Spawn {
+        self.count = count;
+        self
+    }
+
+    /// Starts one copy on every free slot (of the target hosts).
+    #[must_use]
+    pub fn fill(mut self) -> Spawn {
+        self.count = usize::MAX;
+        self
+    }
+
+    /// Only these hosts; default: any host.
+    #[must_use]
+    pub fn hosts<H: Into<HostId>>(mut self, hosts: impl IntoIterator<Item = H>) -> Spawn {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the task's result comes back as a [`TaskResult`](crate::Message::TaskResult);
+    /// default true. The [`TaskExit`](crate::Message::TaskExit) always comes.
+    #[must_use]
+    pub fn send_back(mut self, send_back: bool) -> Spawn {
+        self.send_back = send_back;
+        self
+    }
+}

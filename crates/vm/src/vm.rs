@@ -1,0 +1,817 @@
+//! The spawner's API: the runtime, VM objects, spawning and messaging.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parvm_env_config::{Config, TransportKind};
+use parvm_transport::Transport;
+use serde::Serialize;
+
+use crate::protocol::{Job, SpawnRequest, Startup, ToWorker};
+use crate::spawner::{Running, Shared, Until, is_live};
+use crate::tasks::JobSpec;
+use crate::{Error, HostId, Message, Spawn, TaskId, Tasks, Worker};
+
+/// The parvm runtime of this process: the transport and the workers, shared by all VMs.
+///
+/// The same executable runs on every slot: [`Runtime::start`] in a worker process runs the
+/// spawn loop and exits the process; in the spawner it starts the workers and returns.
+/// Dropping the runtime and all its VMs (or calling [`Runtime::finalize`]) sends the
+/// workers home.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+/// How [`Runtime`] starts: transport, worker count, configuration, log level.
+pub struct RuntimeBuilder {
+    tasks: Tasks,
+    config: Option<Config>,
+    workers: Option<usize>,
+    transport: Option<TransportKind>,
+    debug: Option<u8>,
+    program: Option<(PathBuf, Vec<String>)>,
+}
+
+impl Runtime {
+    /// Starts with the configuration from the environment (see [`RuntimeBuilder`]).
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::start`].
+    pub fn start(tasks: Tasks) -> Result<Runtime, Error> {
+        Runtime::builder(tasks).start()
+    }
+
+    /// A builder for a runtime running `tasks`.
+    #[must_use]
+    pub fn builder(tasks: Tasks) -> RuntimeBuilder {
+        RuntimeBuilder {
+            tasks,
+            config: None,
+            workers: None,
+            transport: None,
+            debug: None,
+            program: None,
+        }
+    }
+
+    /// A spawner runtime over a transport you built (rank 0 of it); its workers run
+    /// [`Worker::serve`] with the same `tasks`.
+    ///
+    /// # Errors
+    /// The task registry has a duplicate name, or the transport is not rank 0.
+    pub fn from_transport(
+        transport: Box<dyn Transport>,
+        tasks: Tasks,
+        config: Config,
+    ) -> Result<Runtime, Error> {
+        tasks.check()?;
+        if transport.rank() != 0 {
+            return Err(Error::NotSpawner {
+                what: "Runtime::from_transport",
+            });
+        }
+        Ok(Runtime {
+            shared: Arc::new(Shared::new(transport, tasks, config)),
+        })
+    }
+
+    /// A builder for a new VM object on this runtime; each VM gets its own index.
+    #[must_use]
+    pub fn vm(&self) -> VmBuilder {
+        VmBuilder {
+            shared: Arc::clone(&self.shared),
+            mirror: Vec::new(),
+            startup: None,
+            persistent: false,
+            local_folder: false,
+        }
+    }
+
+    /// The configuration the spawner runs with.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The transport backend's name (`local`, `tcp`, `mpi`, `memory`).
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        self.shared.backend
+    }
+
+    /// Hosts with workers, plus the spawner's own host, sorted by name.
+    #[must_use]
+    pub fn hosts(&self) -> Vec<HostId> {
+        let state = self.shared.lock();
+        let mut hosts: Vec<HostId> = state
+            .slots
+            .values()
+            .map(|slot| HostId(slot.host.clone()))
+            .chain(std::iter::once(HostId(self.shared.host.clone())))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// All slots, the spawner's slot 0 included (as in PyOPUS).
+    #[must_use]
+    pub fn slots(&self) -> usize {
+        self.shared.lock().slots.len() + 1
+    }
+
+    /// Worker slots with no task.
+    #[must_use]
+    pub fn free_slots(&self) -> usize {
+        let state = self.shared.lock();
+        state.slots.values().filter(|s| s.running.is_none()).count()
+    }
+
+    /// The spawner's host.
+    #[must_use]
+    pub fn host_id(&self) -> HostId {
+        HostId(self.shared.host.clone())
+    }
+
+    /// Hosts, slots and running tasks; print it with `{}`.
+    #[must_use]
+    pub fn describe(&self) -> Layout {
+        let state = self.shared.lock();
+        let mut hosts: Vec<LayoutHost> = Vec::new();
+        let mut spawner = LayoutHost {
+            host: HostId(self.shared.host.clone()),
+            spawner: true,
+            slots: Vec::new(),
+        };
+        for (&rank, slot) in &state.slots {
+            let entry = LayoutSlot {
+                slot: rank,
+                task: slot.running.as_ref().map(|r| {
+                    (
+                        TaskId {
+                            slot: rank,
+                            number: r.number,
+                        },
+                        r.label.clone(),
+                        r.vm,
+                    )
+                }),
+            };
+            if slot.host == spawner.host.0 {
+                spawner.slots.push(entry);
+            } else if let Some(host) = hosts.iter_mut().find(|h| h.host.0 == slot.host) {
+                host.slots.push(entry);
+            } else {
+                hosts.push(LayoutHost {
+                    host: HostId(slot.host.clone()),
+                    spawner: false,
+                    slots: vec![entry],
+                });
+            }
+        }
+        hosts.insert(0, spawner);
+        Layout {
+            backend: self.shared.backend,
+            hosts,
+        }
+    }
+
+    /// Removes stale and unused task folders in local storage on every host (and on the
+    /// spawner's), skipping folders in use unless `force`. Waits at most `timeout` for
+    /// busy workers to answer.
+    ///
+    /// # Errors
+    /// The VM was finalized or the transport failed; a host that cannot clear is reported
+    /// in the [`ClearReport`], not as an error.
+    pub fn clear_local_storage(&self, force: bool, timeout: Duration) -> Result<ClearReport, Error> {
+        self.shared.check_open()?;
+        let mut report = ClearReport { hosts: Vec::new() };
+        let local = crate::storage::clear_here(&self.shared.config, force);
+        report.hosts.push((HostId(self.shared.host.clone()), local));
+        let targets: Vec<(u32, String)> = {
+            let mut state = self.shared.lock();
+            state.cleared.clear();
+            let mut seen = Vec::new();
+            for (&rank, slot) in &state.slots {
+                if !seen.iter().any(|(_, h): &(u32, String)| *h == slot.host) {
+                    seen.push((rank, slot.host.clone()));
+                }
+            }
+            seen
+        };
+        for (rank, _) in &targets {
+            self.shared.send(*rank, &ToWorker::Clear { force })?;
+        }
+        let wanted = targets.len();
+        let replies = self
+            .shared
+            .pump(Until::after(timeout), |state| {
+                (state.cleared.len() >= wanted).then(|| std::mem::take(&mut state.cleared))
+            })?
+            .unwrap_or_else(|| std::mem::take(&mut self.shared.lock().cleared));
+        for (rank, host) in targets {
+            let outcome = replies
+                .iter()
+                .find(|(r, _)| *r == rank)
+                .map(|(_, outcome)| outcome.clone())
+                .unwrap_or_else(|| Err(format!("no answer within {timeout:?}")));
+            report.hosts.push((HostId(host), outcome));
+        }
+        Ok(report)
+    }
+
+    /// Sends the workers home now; VMs of this runtime fail with [`Error::Finalized`] from
+    /// then on. Dropping the last runtime handle and VM does the same.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for backends that can fail here.
+    pub fn finalize(self) -> Result<(), Error> {
+        self.shared.finalize();
+        Ok(())
+    }
+}
+
+impl RuntimeBuilder {
+    /// The configuration; default [`Config::from_env`].
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The number of local workers; default `PARVM_WORKERS`, else the number of cores.
+    #[must_use]
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = Some(count);
+        self
+    }
+
+    /// The transport; default `PARVM_TRANSPORT`, else local.
+    #[must_use]
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = Some(kind);
+        self
+    }
+
+    /// PyOPUS-style debug level for parvm's own logs when `PARVM_LOG` is not set:
+    /// 0 warnings (default), 1 info, 2 debug, 3 or more trace.
+    #[must_use]
+    pub fn debug(mut self, level: u8) -> Self {
+        self.debug = Some(level);
+        self
+    }
+
+    /// The program local workers run, with its arguments; default this executable with
+    /// this process's arguments. Tests use it to run a test program as the workers.
+    #[must_use]
+    pub fn program(mut self, program: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        self.program = Some((program.into(), args));
+        self
+    }
+
+    /// In a worker process: serves spawn requests, then exits the process (never returns).
+    /// In the spawner: starts the transport and its workers and returns the runtime.
+    ///
+    /// # Errors
+    /// The configuration is invalid, a task name is registered twice, or the transport
+    /// cannot start.
+    pub fn start(self) -> Result<Runtime, Error> {
+        self.tasks.check()?;
+        let config = match self.config {
+            Some(config) => config,
+            None => Config::from_env().map_err(Error::Config)?,
+        };
+        crate::logging::init(config.log_filter(), self.debug);
+        let worker = parvm_transport::worker_from_env()
+            .map_err(|e| Error::transport("worker start-up", e))?;
+        if let Some(transport) = worker {
+            let code = match Worker::new(self.tasks, config)
+                .capture_output(true)
+                .serve(transport)
+            {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker failed");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        let kind = self
+            .transport
+            .or(config.transport())
+            .unwrap_or(TransportKind::Local);
+        let transport: Box<dyn Transport> = match kind {
+            TransportKind::Local => {
+                let workers = self
+                    .workers
+                    .or(config.workers())
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let mut options = parvm_transport::local::LocalOptions::new(workers)
+                    .spawner_host(config.hostname());
+                if let Some((program, args)) = self.program {
+                    options = options.program(program, args);
+                }
+                Box::new(
+                    parvm_transport::local::LocalTransport::launch(options)
+                        .map_err(|e| Error::transport("local", e))?,
+                )
+            }
+            other => {
+                return Err(Error::Setting {
+                    setting: "transport",
+                    reason: format!(
+                        "the `{}` transport is not wired into the VM yet; use PARVM_TRANSPORT=local, or build the transport yourself and call `Runtime::from_transport`",
+                        other.name()
+                    ),
+                });
+            }
+        };
+        Runtime::from_transport(transport, self.tasks, config)
+    }
+}
+
+/// Builds a [`Vm`]: mirror map, startup folder, persistent storage.
+pub struct VmBuilder {
+    shared: Arc<Shared>,
+    mirror: Vec<(String, PathBuf)>,
+    startup: Option<PathBuf>,
+    persistent: bool,
+    local_folder: bool,
+}
+
+impl VmBuilder {
+    /// Copies what `source` (a path or glob on the spawner, inside mirrored storage;
+    /// relative to the current folder) matches into folder `target` of each task folder.
+    /// Default: no mirroring. Entries apply in the order given.
+    #[must_use]
+    pub fn mirror(mut self, source: impl Into<String>, target: impl Into<PathBuf>) -> Self {
+        self.mirror.push((source.into(), target.into()));
+        self
+    }
+
+    /// Where tasks start. With a task folder (a mirror map, persistent or local folder)
+    /// it is relative to the task folder; without one it is a folder on the spawner,
+    /// translated through mirrored storage to each host. Default: the task folder, or the
+    /// worker's own current folder.
+    #[must_use]
+    pub fn startup_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.startup = Some(dir.into());
+        self
+    }
+
+    /// Whether a worker keeps its task folder for the next task of this VM; default false.
+    /// Mirrored files that changed at the source are copied again before reuse.
+    #[must_use]
+    pub fn persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+
+    /// Whether each task gets a (fresh) folder in local storage even without a mirror map;
+    /// default false.
+    #[must_use]
+    pub fn local_folder(mut self, on: bool) -> Self {
+        self.local_folder = on;
+        self
+    }
+
+    /// Checks the settings and builds the VM.
+    ///
+    /// # Errors
+    /// A mirror source is outside mirrored storage or the map is invalid, or the startup
+    /// folder is absolute while a task folder is used.
+    pub fn build(self) -> Result<Vm, Error> {
+        self.shared.check_open()?;
+        let folder = self.persistent || self.local_folder || !self.mirror.is_empty();
+        let mirror = if self.mirror.is_empty() {
+            None
+        } else {
+            Some(crate::storage::encode_map(&self.shared.config, &self.mirror)?)
+        };
+        let startup = match self.startup {
+            None => None,
+            Some(dir) if folder => {
+                if dir.is_absolute()
+                    || dir
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(Error::Setting {
+                        setting: "startup_dir",
+                        reason: format!(
+                            "`{}` must be relative to the task folder and stay inside it, because the VM uses task folders",
+                            dir.display()
+                        ),
+                    });
+                }
+                Some(Startup::InFolder(dir))
+            }
+            Some(dir) => Some(translate_startup(&self.shared.config, &dir)?),
+        };
+        let index = self.shared.next_vm.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .lock()
+            .inboxes
+            .insert(index, std::collections::VecDeque::new());
+        Ok(Vm {
+            shared: self.shared,
+            index,
+            mirror,
+            folder,
+            persistent: self.persistent,
+            startup,
+        })
+    }
+}
+
+fn translate_startup(config: &Config, dir: &Path) -> Result<Startup, Error> {
+    let absolute = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        what: "resolve the startup folder",
+        path: dir.to_owned(),
+        source,
+    })?;
+    for (index, root) in config.mirrored_roots().iter().enumerate() {
+        if let Ok(suffix) = absolute.strip_prefix(root) {
+            return Ok(Startup::Mirrored(index, suffix.to_owned()));
+        }
+    }
+    tracing::debug!(dir = %absolute.display(), "startup folder is outside mirrored storage; used as is on every host");
+    Ok(Startup::Literal(absolute))
+}
+
+/// A virtual machine object: spawns tasks with its own mirror map and storage settings,
+/// and receives the messages of the tasks it spawned.
+pub struct Vm {
+    shared: Arc<Shared>,
+    index: u32,
+    mirror: Option<Vec<u8>>,
+    folder: bool,
+    persistent: bool,
+    startup: Option<Startup>,
+}
+
+impl Vm {
+    /// This VM's index (distinct for every VM of the process; names its task folders).
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The runtime this VM belongs to.
+    #[must_use]
+    pub fn runtime(&self) -> Runtime {
+        Runtime {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// See [`Runtime::hosts`].
+    #[must_use]
+    pub fn hosts(&self) -> Vec<HostId> {
+        self.runtime().hosts()
+    }
+
+    /// See [`Runtime::slots`].
+    #[must_use]
+    pub fn slots(&self) -> usize {
+        self.runtime().slots()
+    }
+
+    /// See [`Runtime::free_slots`].
+    #[must_use]
+    pub fn free_slots(&self) -> usize {
+        self.runtime().free_slots()
+    }
+
+    /// The spawner's own task id, `0:0`.
+    #[must_use]
+    pub fn task_id(&self) -> TaskId {
+        TaskId::SPAWNER
+    }
+
+    /// The spawner's host.
+    #[must_use]
+    pub fn host_id(&self) -> HostId {
+        HostId(self.shared.host.clone())
+    }
+
+    /// The host a task runs on, if its slot is known.
+    #[must_use]
+    pub fn host_of(&self, task: TaskId) -> Option<HostId> {
+        if task.slot == 0 {
+            return Some(self.host_id());
+        }
+        self.shared
+            .lock()
+            .slots
+            .get(&task.slot)
+            .map(|slot| HostId(slot.host.clone()))
+    }
+
+    /// The spawner has no parent.
+    #[must_use]
+    pub fn parent_task_id(&self) -> Option<TaskId> {
+        None
+    }
+
+    /// See [`Runtime::describe`].
+    #[must_use]
+    pub fn describe(&self) -> Layout {
+        self.runtime().describe()
+    }
+
+    /// See [`Runtime::clear_local_storage`].
+    ///
+    /// # Errors
+    /// As [`Runtime::clear_local_storage`].
+    pub fn clear_local_storage(&self, force: bool, timeout: Duration) -> Result<ClearReport, Error> {
+        self.runtime().clear_local_storage(force, timeout)
+    }
+
+    /// Spawns tasks on free slots and returns their ids; fewer than asked (or none) when
+    /// fewer slots are free.
+    ///
+    /// # Errors
+    /// The task is not registered or its arguments have the wrong type (nothing is sent),
+    /// the VM was finalized, or the transport failed.
+    pub fn spawn(&self, spawn: Spawn) -> Result<Vec<TaskId>, Error> {
+        self.shared.check_open()?;
+        let (label, returns, job) = match &spawn.job {
+            JobSpec::Function {
+                name,
+                args,
+                args_type,
+            } => {
+                let entry = self.shared.tasks.lookup(name, *args_type)?;
+                let args = args.as_ref().map_err(|reason| Error::Setting {
+                    setting: "spawn arguments",
+                    reason: format!("cannot encode the arguments of task `{name}`: {reason}"),
+                })?;
+                (
+                    name.clone(),
+                    Some(entry.returns),
+                    Job::Function {
+                        name: name.as_str().into(),
+                        args: args.as_slice().into(),
+                    },
+                )
+            }
+            JobSpec::Command { program, args, env } => (
+                program.clone(),
+                Some((
+                    std::any::TypeId::of::<crate::CommandStatus>(),
+                    std::any::type_name::<crate::CommandStatus>(),
+                )),
+                Job::Command {
+                    program: program.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                },
+            ),
+        };
+        let chosen: Vec<(u32, u64)> = {
+            let mut state = self.shared.lock();
+            let mut chosen = Vec::new();
+            for (&rank, slot) in &mut state.slots {
+                if chosen.len() >= spawn.count {
+                    break;
+                }
+                if slot.running.is_some() {
+                    continue;
+                }
+                if let Some(hosts) = &spawn.hosts
+                    && !hosts.iter().any(|h| h.0 == slot.host)
+                {
+                    continue;
+                }
+                let number = self.shared.next_number.fetch_add(1, Ordering::Relaxed);
+                slot.running = Some(Running {
+                    number,
+                    vm: self.index,
+                    label: label.clone(),
+                    send_back: spawn.send_back,
+                    returns,
+                    ended: false,
+                });
+                chosen.push((rank, number));
+            }
+            chosen
+        };
+        let mut frame = ToWorker::Spawn(SpawnRequest {
+            number: 0,
+            vm: self.index,
+            job,
+            mirror: self.mirror.as_deref().map(Into::into),
+            folder: self.folder,
+            persistent: self.persistent,
+            startup: self.startup.clone(),
+            send_back: spawn.send_back,
+        });
+        let mut ids = Vec::with_capacity(chosen.len());
+        for (rank, number) in chosen {
+            if let ToWorker::Spawn(request) = &mut frame {
+                request.number = number;
+            }
+            if let Err(e) = self.shared.send(rank, &frame) {
+                // The worker is gone; its loss arrives as an event and fails the task.
+                tracing::debug!(rank, error = %e, "cannot send a spawn request");
+            }
+            ids.push(TaskId { slot: rank, number });
+        }
+        Ok(ids)
+    }
+
+    /// Waits for the next message for this VM.
+    ///
+    /// # Errors
+    /// The VM was finalized or the transport failed.
+    pub fn recv(&self) -> Result<Message, Error> {
+        loop {
+            if let Some(message) = self.next(Until::Forever)? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Waits at most `timeout`; `Ok(None)` when nothing came.
+    ///
+    /// # Errors
+    /// As [`Vm::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>, Error> {
+        self.next(Until::after(timeout))
+    }
+
+    /// Returns a message that has already arrived, else `Ok(None)`.
+    ///
+    /// # Errors
+    /// As [`Vm::recv`].
+    pub fn try_recv(&self) -> Result<Option<Message>, Error> {
+        self.next(Until::Now)
+    }
+
+    fn next(&self, until: Until) -> Result<Option<Message>, Error> {
+        self.shared.check_open()?;
+        let index = self.index;
+        self.shared.pump(until, |state| {
+            let message = state.inboxes.get_mut(&index)?.pop_front()?;
+            if let Message::TaskExit { task, .. } = &message
+                && let Some(slot) = state.slots.get_mut(&task.slot)
+                && slot.running.as_ref().is_some_and(|r| r.number == task.number)
+            {
+                slot.running = None;
+            }
+            Some(message)
+        })
+    }
+
+    /// Sends `value` (MessagePack) to task `to`; decode with [`Payload::decode`](crate::Payload::decode).
+    ///
+    /// # Errors
+    /// The value cannot be encoded, the VM was finalized, or the transport failed. A
+    /// message to a task that has ended is dropped, not an error.
+    pub fn send<T: Serialize>(&self, to: TaskId, value: &T) -> Result<(), Error> {
+        let data = rmp_serde::to_vec(value).map_err(|source| Error::Encode {
+            what: format!("a message to task {to}"),
+            source,
+        })?;
+        self.send_bytes(to, &data)
+    }
+
+    /// Sends raw bytes to task `to`.
+    ///
+    /// # Errors
+    /// As [`Vm::send`].
+    pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
+        self.shared.check_open()?;
+        if to.slot == 0 {
+            if let Some(inbox) = self.shared.lock().inboxes.get_mut(&self.index) {
+                inbox.push_back(Message::User {
+                    from: TaskId::SPAWNER,
+                    data: crate::Payload(data.to_vec()),
+                });
+            }
+            return Ok(());
+        }
+        if !is_live(&self.shared.lock(), to) {
+            tracing::debug!(to = %to, "dropping a message for a task that has ended");
+            return Ok(());
+        }
+        self.shared.send(
+            to.slot,
+            &ToWorker::User {
+                from: TaskId::SPAWNER,
+                to: to.number,
+                data: data.into(),
+            },
+        )
+    }
+
+    /// Releases this VM: its pending messages are dropped, its running tasks finish
+    /// unobserved, and workers drop its persistent folders. Dropping the VM does the same.
+    pub fn finalize(self) {}
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let ranks: Vec<u32> = {
+            let mut state = self.shared.lock();
+            state.inboxes.remove(&self.index);
+            for slot in state.slots.values_mut() {
+                if slot
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.vm == self.index && r.ended)
+                {
+                    slot.running = None;
+                }
+            }
+            state.slots.keys().copied().collect()
+        };
+        if self.persistent && !self.shared.finalized.load(Ordering::Acquire) {
+            for rank in ranks {
+                let _ = self.shared.send(rank, &ToWorker::ForgetVm { vm: self.index });
+            }
+        }
+    }
+}
+
+/// What [`Runtime::clear_local_storage`] did on each host.
+#[derive(Debug, Clone)]
+pub struct ClearReport {
+    /// Per host: how many folders were removed, or why clearing failed.
+    pub hosts: Vec<(HostId, Result<u64, String>)>,
+}
+
+impl fmt::Display for ClearReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (host, outcome) in &self.hosts {
+            match outcome {
+                Ok(removed) => writeln!(f, "{host}: removed {removed} folder(s)")?,
+                Err(reason) => writeln!(f, "{host}: failed: {reason}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hosts, slots and running tasks, from [`Runtime::describe`].
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The transport backend.
+    pub backend: &'static str,
+    /// The hosts, the spawner's first.
+    pub hosts: Vec<LayoutHost>,
+}
+
+/// One host in a [`Layout`].
+#[derive(Debug, Clone)]
+pub struct LayoutHost {
+    /// The host.
+    pub host: HostId,
+    /// Whether the spawner runs on it.
+    pub spawner: bool,
+    /// Its worker slots.
+    pub slots: Vec<LayoutSlot>,
+}
+
+/// One worker slot in a [`Layout`].
+#[derive(Debug, Clone)]
+pub struct LayoutSlot {
+    /// The slot number.
+    pub slot: u32,
+    /// The task in it: id, task name or program, VM index.
+    pub task: Option<(TaskId, String, u32)>,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "transport: {}", self.backend)?;
+        for host in &self.hosts {
+            let free: Vec<String> = host
+                .slots
+                .iter()
+                .filter(|s| s.task.is_none())
+                .map(|s| s.slot.to_string())
+                .collect();
+            writeln!(
+                f,
+                "host {}{}: {} worker slot(s), free: [{}]",
+                host.host,
+                if host.spawner { " (spawner, slot 0)" } else { "" },
+                host.slots.len(),
+                free.join(", ")
+            )?;
+            for slot in &host.slots {
+                if let Some((task, label, vm)) = &slot.task {
+                    writeln!(f, "  slot {:>3}: task {task} `{label}` (vm {vm})", slot.slot)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,440 @@
+//! The worker side: the spawn loop and the context a task runs with.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parvm_env_config::Config;
+use parvm_transport::{Event, Transport, Wait};
+use serde::Serialize;
+
+use crate::capture::Capture;
+use crate::message::{CommandStatus, Payload};
+use crate::protocol::{self, FromWorker, Job, SpawnRequest, ToWorker};
+use crate::storage::Storage;
+use crate::{Error, HostId, TaskId, Tasks};
+
+/// What a running task can see and do: its ids, its folder, and messages.
+pub struct TaskContext<'a> {
+    transport: &'a dyn Transport,
+    id: TaskId,
+    host: &'a str,
+    dir: Option<&'a Path>,
+    state: &'a LoopState,
+}
+
+/// What the spawn loop and a running task share.
+#[derive(Default)]
+struct LoopState {
+    /// Control frames that arrived while a task waited for a user message.
+    deferred: RefCell<VecDeque<Vec<u8>>>,
+    exit_requested: Cell<bool>,
+    spawner_lost: Cell<bool>,
+}
+
+impl TaskContext<'_> {
+    /// This task's id.
+    #[must_use]
+    pub fn task_id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The host this task runs on.
+    #[must_use]
+    pub fn host_id(&self) -> HostId {
+        HostId(self.host.to_owned())
+    }
+
+    /// The task that spawned this one: the spawner, `0:0`.
+    #[must_use]
+    pub fn parent_task_id(&self) -> TaskId {
+        TaskId::SPAWNER
+    }
+
+    /// The folder the task runs in (its task folder, or the startup folder), if it has one.
+    /// The worker also makes it the current folder, except for in-process workers.
+    #[must_use]
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir
+    }
+
+    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`].
+    ///
+    /// # Errors
+    /// The value cannot be encoded, or the transport failed. A message to a task that has
+    /// ended is dropped, not an error.
+    pub fn send<T: Serialize>(&self, to: TaskId, value: &T) -> Result<(), Error> {
+        let data = rmp_serde::to_vec(value).map_err(|source| Error::Encode {
+            what: format!("a message from task {} to task {to}", self.id),
+            source,
+        })?;
+        self.send_bytes(to, &data)
+    }
+
+    /// Sends raw bytes to task `to`.
+    ///
+    /// # Errors
+    /// The transport failed.
+    pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
+        let frame = protocol::encode(&FromWorker::User {
+            from: self.id.number,
+            to,
+            data: data.into(),
+        })
+        .map_err(|source| Error::Encode {
+            what: format!("a message from task {} to task {to}", self.id),
+            source,
+        })?;
+        self.transport
+            .send(0, &frame)
+            .map_err(|e| Error::transport(self.transport.backend(), e))
+    }
+
+    /// Waits for the next user message to this task.
+    ///
+    /// # Errors
+    /// [`Error::Finalized`] when the spawner finalized the VM, [`Error::SpawnerLost`] when
+    /// it is gone, or a transport failure: the task should return.
+    pub fn recv(&self) -> Result<(TaskId, Payload), Error> {
+        loop {
+            if let Some(message) = self.wait(None)? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for a user message; `Ok(None)` when none came.
+    ///
+    /// # Errors
+    /// As [`TaskContext::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<(TaskId, Payload)>, Error> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Returns a user message that has already arrived, else `Ok(None)`.
+    ///
+    /// # Errors
+    /// As [`TaskContext::recv`].
+    pub fn try_recv(&self) -> Result<Option<(TaskId, Payload)>, Error> {
+        self.wait(Some(Instant::now()))
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<Option<(TaskId, Payload)>, Error> {
+        loop {
+            if self.state.spawner_lost.get() {
+                return Err(Error::SpawnerLost);
+            }
+            if self.state.exit_requested.get() {
+                return Err(Error::Finalized);
+            }
+            let wait = match deadline {
+                None => Wait::Forever,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Wait::For(left),
+                    _ => Wait::NoWait,
+                },
+            };
+            let event = self
+                .transport
+                .recv(wait)
+                .map_err(|e| Error::transport(self.transport.backend(), e))?;
+            match event {
+                None => return Ok(None),
+                Some(Event::Message { from: 0, payload }) => {
+                    match protocol::decode::<ToWorker<'_>>(&payload) {
+                        Ok(ToWorker::User { from, to, data }) => {
+                            if to == self.id.number {
+                                return Ok(Some((from, Payload(data.into_owned()))));
+                            }
+                            tracing::debug!(to, "dropping a message for a task that has ended");
+                        }
+                        Ok(ToWorker::Exit) => self.state.exit_requested.set(true),
+                        Ok(_) => self.state.deferred.borrow_mut().push_back(payload),
+                        Err(reason) => tracing::warn!(%reason, "dropping an unreadable frame"),
+                    }
+                }
+                Some(Event::PeerLost { rank: 0, .. }) => self.state.spawner_lost.set(true),
+                Some(_) => {}
+            }
+            if matches!(wait, Wait::NoWait)
+                && !self.state.exit_requested.get()
+                && !self.state.spawner_lost.get()
+            {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// The spawn loop of a worker process (or of an in-process worker thread).
+///
+/// [`Runtime::start`](crate::Runtime::start) runs it for you in worker processes; build
+/// one by hand for an in-process [`memory`](crate::memory) cluster or a transport of your own.
+pub struct Worker {
+    tasks: Tasks,
+    config: Config,
+    change_dir: bool,
+    capture_output: bool,
+}
+
+impl Worker {
+    /// A worker running `tasks`, with local and mirrored storage from `config`.
+    #[must_use]
+    pub fn new(tasks: Tasks, config: Config) -> Worker {
+        Worker {
+            tasks,
+            config,
+            change_dir: true,
+            capture_output: false,
+        }
+    }
+
+    /// Whether a task's folder becomes the process's current folder; default true. Turn it
+    /// off for workers on threads, which share one current folder.
+    #[must_use]
+    pub fn change_dir(mut self, on: bool) -> Worker {
+        self.change_dir = on;
+        self
+    }
+
+    /// Whether file descriptors 1 and 2 are redirected and forwarded to the spawner, tagged
+    /// with the task id; default false (the runtime turns it on in worker processes).
+    #[must_use]
+    pub fn capture_output(mut self, on: bool) -> Worker {
+        self.capture_output = on;
+        self
+    }
+
+    /// Serves spawn requests until the spawner says exit or goes away.
+    ///
+    /// # Errors
+    /// The transport failed, or output could not be redirected.
+    pub fn serve(self, transport: Box<dyn Transport>) -> Result<(), Error> {
+        let transport: Arc<dyn Transport> = Arc::from(transport);
+        let host = transport.host();
+        let rank = transport.rank();
+        let backend = transport.backend();
+        let mut storage = Storage::new(&self.config);
+        storage.sweep();
+        let capture = if self.capture_output {
+            Some(Capture::start(Arc::clone(&transport), backend == "local")?)
+        } else {
+            None
+        };
+        tracing::debug!(rank, %host, "worker serving");
+        let home = std::env::current_dir().ok();
+        let state = LoopState::default();
+        let result = loop {
+            let deferred = state.deferred.borrow_mut().pop_front();
+            let payload = match deferred {
+                Some(payload) => payload,
+                None => match transport.recv(Wait::Forever) {
+                    Ok(Some(Event::Message { from: 0, payload })) => payload,
+                    Ok(Some(Event::PeerLost { rank: 0, reason })) => {
+                        tracing::debug!(%reason, "spawner lost, leaving");
+                        break Ok(());
+                    }
+                    Ok(_) => continue,
+                    Err(e) => break Err(Error::transport(backend, e)),
+                },
+            };
+            let frame = match protocol::decode::<ToWorker<'_>>(&payload) {
+                Ok(frame) => frame,
+                Err(reason) => {
+                    tracing::warn!(%reason, "dropping an unreadable frame from the spawner");
+                    continue;
+                }
+            };
+            match frame {
+                ToWorker::Spawn(request) => {
+                    let ctx = Run {
+                        worker: &self,
+                        transport: &*transport,
+                        host: &host,
+                        rank,
+                        state: &state,
+                        capture: capture.as_ref(),
+                        home: home.as_deref(),
+                    };
+                    ctx.run(&mut storage, &request);
+                    if state.exit_requested.get() || state.spawner_lost.get() {
+                        break Ok(());
+                    }
+                }
+                ToWorker::User { to, .. } => {
+                    tracing::debug!(to, "dropping a message for a task that has ended");
+                }
+                ToWorker::Clear { force } => {
+                    let (removed, error) = match storage.clear(force) {
+                        Ok(removed) => (removed, None),
+                        Err(e) => (0, Some(e)),
+                    };
+                    send(&*transport, &FromWorker::Cleared { removed, error });
+                }
+                ToWorker::ForgetVm { vm } => storage.forget(vm),
+                ToWorker::Exit => break Ok(()),
+            }
+        };
+        storage.forget_all();
+        if let Some(capture) = capture {
+            capture.finish();
+        }
+        result
+    }
+}
+
+/// Sends a frame to the spawner; a failure is logged, because the spawner's loss shows up
+/// as an event anyway.
+fn send(transport: &dyn Transport, frame: &FromWorker<'_>) {
+    match protocol::encode(frame) {
+        Ok(bytes) => {
+            if let Err(e) = transport.send(0, &bytes) {
+                tracing::warn!(error = %e, "cannot send to the spawner");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a frame for the spawner"),
+    }
+}
+
+/// Everything one task run needs.
+struct Run<'a> {
+    worker: &'a Worker,
+    transport: &'a dyn Transport,
+    host: &'a str,
+    rank: u32,
+    state: &'a LoopState,
+    capture: Option<&'a Capture>,
+    home: Option<&'a Path>,
+}
+
+impl Run<'_> {
+    fn run(&self, storage: &mut Storage, request: &SpawnRequest<'_>) {
+        let id = TaskId {
+            slot: self.rank,
+            number: request.number,
+        };
+        tracing::debug!(task = %id, "task starting");
+        if let Some(capture) = self.capture {
+            capture.set_task(id.number);
+        }
+        let outcome = match storage.prepare(request) {
+            Err(reason) => Err(format!("cannot prepare the task folder: {reason}")),
+            Ok(prepared) => {
+                let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
+                if let Err(e) = prepared.release() {
+                    tracing::warn!(task = %id, error = %e, "cannot remove the task folder");
+                }
+                outcome
+            }
+        };
+        if let Some(capture) = self.capture {
+            capture.drain();
+            capture.set_task(0);
+        }
+        if let Err(reason) = &outcome {
+            tracing::debug!(task = %id, %reason, "task failed");
+        }
+        let (value, error) = match outcome {
+            Ok(bytes) => (request.send_back.then_some(bytes), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        send(
+            self.transport,
+            &FromWorker::Done {
+                number: request.number,
+                value: value.map(Into::into),
+                error,
+            },
+        );
+    }
+
+    fn run_in(&self, id: TaskId, dir: Option<&Path>, job: &Job<'_>) -> Result<Vec<u8>, String> {
+        let changed = match dir {
+            Some(dir) if self.worker.change_dir => {
+                std::env::set_current_dir(dir).map_err(|e| {
+                    format!("cannot enter the startup folder `{}`: {e}", dir.display())
+                })?;
+                true
+            }
+            _ => false,
+        };
+        let ctx = TaskContext {
+            transport: self.transport,
+            id,
+            host: self.host,
+            dir,
+            state: self.state,
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_job(&ctx, job)
+        }))
+        .unwrap_or_else(|panic| Err(format!("task panicked: {}", panic_text(&*panic))));
+        if changed && let Some(home) = self.home {
+            let _ = std::env::set_current_dir(home);
+        }
+        outcome
+    }
+
+    fn run_job(&self, ctx: &TaskContext<'_>, job: &Job<'_>) -> Result<Vec<u8>, String> {
+        match job {
+            Job::Function { name, args } => match self.worker.tasks.get(name) {
+                Some(entry) => (entry.body)(ctx, args),
+                None => Err(format!(
+                    "task `{name}` is not registered in the worker's program; run the same executable on every slot"
+                )),
+            },
+            Job::Command { program, args, env } => {
+                let mut command = std::process::Command::new(program);
+                command
+                    .args(args)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(std::process::Stdio::null());
+                if let Some(dir) = ctx.dir {
+                    command.current_dir(dir);
+                }
+                let status = command
+                    .status()
+                    .map_err(|e| format!("cannot run command `{program}`: {e}"))?;
+                let status = CommandStatus {
+                    code: status.code(),
+                    signal: std::os::unix::process::ExitStatusExt::signal(&status),
+                };
+                rmp_serde::to_vec(&status).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a non-text panic payload".to_owned()
+    }
+}
+
+/// Resolves where a task starts when it has no task folder.
+pub(crate) fn startup_without_folder(
+    startup: Option<&protocol::Startup>,
+    roots: &[PathBuf],
+) -> Result<Option<PathBuf>, String> {
+    match startup {
+        None => Ok(None),
+        Some(protocol::Startup::Literal(path)) => Ok(Some(path.clone())),
+        Some(protocol::Startup::Mirrored(index, suffix)) => match roots.get(*index) {
+            Some(root) => Ok(Some(root.join(suffix))),
+            None => Err(format!(
+                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
+                roots.len()
+            )),
+        },
+        Some(protocol::Startup::InFolder(path)) => Err(format!(
+            "startup folder `{}` is relative to a task folder, but the task has none",
+            path.display()
+        )),
+    }
+}
