@@ -8,10 +8,12 @@ use parvm_transport::local::{LocalOptions, LocalTransport};
 use parvm_transport::{Event, Wait};
 
 fn rounds_for(size: usize) -> usize {
-    match size {
-        0..=2048 => 20_000,
-        ..=200_000 => 2_000,
-        _ => 100,
+    if size <= 2048 {
+        20_000
+    } else if size <= 200_000 {
+        2_000
+    } else {
+        100
     }
 }
 

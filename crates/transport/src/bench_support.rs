@@ -98,7 +98,10 @@ pub fn transport_pingpong(
         let start = Instant::now();
         transport.send(to, &payload)?;
         match transport.recv(Wait::Forever)? {
-            Some(Event::Message { from, payload: back }) if from == to && back.len() == size => {}
+            Some(Event::Message {
+                from,
+                payload: back,
+            }) if from == to && back.len() == size => {}
             other => return Err(format!("unexpected answer from rank {to}: {other:?}").into()),
         }
         times.push(start.elapsed());

@@ -10,7 +10,9 @@ use crate::Rank;
 #[non_exhaustive]
 pub enum Error {
     /// A rank that this transport does not know was addressed.
-    #[error("rank {rank} is not part of this virtual machine (it has {size} ranks); address a rank from `peers()`")]
+    #[error(
+        "rank {rank} is not part of this virtual machine (it has {size} ranks); address a rank from `peers()`"
+    )]
     UnknownRank {
         /// The rank addressed.
         rank: crate::Rank,
@@ -20,7 +22,9 @@ pub enum Error {
 
     // --- frames -------------------------------------------------------------------------
     /// A frame header announced more bytes than the limit allows.
-    #[error("a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (raise `max_frame` if such messages are legitimate)")]
+    #[error(
+        "a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (raise `max_frame` if such messages are legitimate)"
+    )]
     FrameTooLarge {
         /// The announced payload length.
         len: u64,
@@ -28,13 +32,17 @@ pub enum Error {
         limit: u64,
     },
     /// A frame header does not start with the parvm magic: the peer speaks another protocol.
-    #[error("a frame starts with bytes {start:02x?}, not a parvm frame header; the peer speaks another protocol and is dropped")]
+    #[error(
+        "a frame starts with bytes {start:02x?}, not a parvm frame header; the peer speaks another protocol and is dropped"
+    )]
     ForeignFrame {
         /// The first four bytes received.
         start: [u8; 4],
     },
     /// A frame header has another format version.
-    #[error("a frame has format version {found}, this build reads version {expected}; run the same parvm version on every rank")]
+    #[error(
+        "a frame has format version {found}, this build reads version {expected}; run the same parvm version on every rank"
+    )]
     FrameVersion {
         /// The version received.
         found: u8,
@@ -59,7 +67,9 @@ pub enum Error {
 
     // --- peers --------------------------------------------------------------------------
     /// A worker tried to send to another worker; workers reach only rank 0.
-    #[error("rank {from} cannot send to rank {to}: workers reach only the spawner (rank 0), which routes worker-to-worker messages")]
+    #[error(
+        "rank {from} cannot send to rank {to}: workers reach only the spawner (rank 0), which routes worker-to-worker messages"
+    )]
     NotRoutable {
         /// The sending rank.
         from: Rank,
@@ -103,7 +113,9 @@ pub enum Error {
 
     // --- local backend ------------------------------------------------------------------
     /// The local backend was asked for no workers.
-    #[error("the local transport needs at least one worker; set PARVM_WORKERS or the host list to 1 or more")]
+    #[error(
+        "the local transport needs at least one worker; set PARVM_WORKERS or the host list to 1 or more"
+    )]
     NoWorkers,
     /// The socket path is longer than a Unix socket address allows.
     #[error("socket path `{}` is longer than the {max} bytes a Unix socket allows; point TMPDIR to a shorter folder", path.display())]
@@ -125,7 +137,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A worker exited before it connected.
-    #[error("worker rank {rank} on host `{host}` (pid {pid}) {status} before it connected; run the program by hand to see why it stops")]
+    #[error(
+        "worker rank {rank} on host `{host}` (pid {pid}) {status} before it connected; run the program by hand to see why it stops"
+    )]
     WorkerExited {
         /// The worker's rank.
         rank: Rank,
@@ -137,7 +151,9 @@ pub enum Error {
         status: String,
     },
     /// Workers did not connect in time.
-    #[error("workers {ranks:?} did not connect within {timeout:?}; they may be stuck before calling `worker_from_env` (raise the connect timeout if start-up is slow)")]
+    #[error(
+        "workers {ranks:?} did not connect within {timeout:?}; they may be stuck before calling `worker_from_env` (raise the connect timeout if start-up is slow)"
+    )]
     WorkerTimeout {
         /// The ranks that did not connect.
         ranks: Vec<Rank>,
@@ -155,7 +171,9 @@ pub enum Error {
         reason: String,
     },
     /// The local worker variables are set, but this process's parent is not the spawner.
-    #[error("PARVM_LOCAL_SOCKET is set but this process's parent is pid {actual}, not the spawner pid {expected}: the spawner is gone, or a task started a parvm program without removing the PARVM_LOCAL_* variables (see `parvm_transport::local::WORKER_ENV_VARS`)")]
+    #[error(
+        "PARVM_LOCAL_SOCKET is set but this process's parent is pid {actual}, not the spawner pid {expected}: the spawner is gone, or a task started a parvm program without removing the PARVM_LOCAL_* variables (see `parvm_transport::local::WORKER_ENV_VARS`)"
+    )]
     NotSpawnerChild {
         /// The spawner's pid from the environment.
         expected: u32,
@@ -185,7 +203,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A worker could not connect to the spawner.
-    #[error("cannot connect to the spawner at `{addr}`; check PARVM_CONNECT and that the spawner listens there")]
+    #[error(
+        "cannot connect to the spawner at `{addr}`; check PARVM_CONNECT and that the spawner listens there"
+    )]
     Connect {
         /// The address.
         addr: String,
@@ -237,27 +257,37 @@ pub enum Error {
         source: std::io::Error,
     },
     /// No secret file was named and the home folder is unknown.
-    #[error("HOME is not set, so the default secret file ~/.parvm/secret cannot be found; set PARVM_SECRET_FILE")]
+    #[error(
+        "HOME is not set, so the default secret file ~/.parvm/secret cannot be found; set PARVM_SECRET_FILE"
+    )]
     NoHome,
 
     // --- mpi backend --------------------------------------------------------------------
     /// MPI was already initialised in this process.
-    #[error("MPI is already initialised in this process; create the MPI transport once, before any other use of MPI, and keep it for the whole run")]
+    #[error(
+        "MPI is already initialised in this process; create the MPI transport once, before any other use of MPI, and keep it for the whole run"
+    )]
     MpiAlreadyInitialized,
     /// The MPI library does not provide `MPI_THREAD_MULTIPLE`.
-    #[error("the MPI library provides thread level {provided}, but the mpi transport needs MPI_THREAD_MULTIPLE; use an MPI built with thread support (for Open MPI, `ompi_info | grep -i thread` must say `MPI_THREAD_MULTIPLE: yes`)")]
+    #[error(
+        "the MPI library provides thread level {provided}, but the mpi transport needs MPI_THREAD_MULTIPLE; use an MPI built with thread support (for Open MPI, `ompi_info | grep -i thread` must say `MPI_THREAD_MULTIPLE: yes`)"
+    )]
     MpiThreadLevel {
         /// The level the library provides.
         provided: String,
     },
     /// `PARVM_HOSTNAME` is set but unusable.
-    #[error("PARVM_HOSTNAME {problem}; set it to a non-empty UTF-8 host name or unset it to use the processor name")]
+    #[error(
+        "PARVM_HOSTNAME {problem}; set it to a non-empty UTF-8 host name or unset it to use the processor name"
+    )]
     MpiHostname {
         /// What is wrong with it.
         problem: &'static str,
     },
     /// An MPI call failed (the transport itself, not one peer).
-    #[error("MPI call {call} failed on rank {rank}: {reason}; if a rank died, mpirun ends the whole job and names that rank")]
+    #[error(
+        "MPI call {call} failed on rank {rank}: {reason}; if a rank died, mpirun ends the whole job and names that rank"
+    )]
     Mpi {
         /// The MPI function.
         call: &'static str,
@@ -267,7 +297,9 @@ pub enum Error {
         reason: String,
     },
     /// Sending to a rank over MPI failed.
-    #[error("cannot send {bytes} bytes over MPI to rank {rank} on host `{host}`: {reason}; if that rank died, mpirun ends the whole job")]
+    #[error(
+        "cannot send {bytes} bytes over MPI to rank {rank} on host `{host}`: {reason}; if that rank died, mpirun ends the whole job"
+    )]
     MpiSend {
         /// The addressed rank.
         rank: Rank,
@@ -279,7 +311,9 @@ pub enum Error {
         reason: String,
     },
     /// A payload is larger than one MPI message can carry.
-    #[error("a payload of {bytes} bytes for rank {rank} exceeds the {max} bytes one MPI message can carry; send it in parts")]
+    #[error(
+        "a payload of {bytes} bytes for rank {rank} exceeds the {max} bytes one MPI message can carry; send it in parts"
+    )]
     MpiTooLarge {
         /// The addressed rank.
         rank: Rank,

@@ -100,7 +100,10 @@ pub fn write_frame<W: Write + ?Sized>(writer: &mut W, payload: &[u8]) -> io::Res
 /// # Errors
 /// A bad header (see [`decode_header`]), [`Error::FrameTruncated`] when the stream ends
 /// inside a frame, [`Error::FrameIo`] for other I/O errors.
-pub fn read_frame<R: Read + ?Sized>(reader: &mut R, max_frame: u64) -> Result<Option<Vec<u8>>, Error> {
+pub fn read_frame<R: Read + ?Sized>(
+    reader: &mut R,
+    max_frame: u64,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -164,7 +167,10 @@ mod tests {
             let bytes = framed(&payload);
             assert_eq!(bytes.len(), HEADER_LEN + size);
             let mut cursor = Cursor::new(bytes);
-            assert_eq!(read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap(), Some(payload));
+            assert_eq!(
+                read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap(),
+                Some(payload)
+            );
             assert_eq!(read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap(), None);
         }
     }
@@ -178,10 +184,13 @@ mod tests {
         version.extend_from_slice(b"abc");
         let mut truncated = framed(b"hello");
         truncated.pop();
-        let cases: Vec<(&str, Vec<u8>, fn(&Error) -> bool)> = vec![
-            ("4 GiB announced", huge, |e| {
-                matches!(e, Error::FrameTooLarge { len, .. } if *len == 4 << 30)
-            }),
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+            (
+                "4 GiB announced",
+                huge,
+                |e| matches!(e, Error::FrameTooLarge { len, .. } if *len == 4 << 30),
+            ),
             ("foreign magic", b"GET / HTTP/1.1\r\n".to_vec(), |e| {
                 matches!(e, Error::ForeignFrame { .. })
             }),
@@ -192,7 +201,13 @@ mod tests {
                 matches!(e, Error::FrameTruncated { got: 3, .. })
             }),
             ("truncated payload", truncated, |e| {
-                matches!(e, Error::FrameTruncated { expected: 5, got: 4 })
+                matches!(
+                    e,
+                    Error::FrameTruncated {
+                        expected: 5,
+                        got: 4
+                    }
+                )
             }),
         ];
         for (name, bytes, check) in cases {

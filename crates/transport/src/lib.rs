@@ -161,8 +161,9 @@ pub fn this_host() -> String {
 /// Joins the virtual machine when this process was started as a worker, by any backend.
 ///
 /// Tries, in order: the local backend (`PARVM_LOCAL_SOCKET` set by
-/// [`local::LocalTransport::launch`]), then TCP (`PARVM_CONNECT`). Returns `Ok(None)` when
-/// this process is not a worker, i.e. it is the spawner.
+/// [`local::LocalTransport::launch`]), then TCP (`PARVM_CONNECT`), then, with the `mpi`
+/// feature, MPI (a rank other than 0 under `mpirun`; see `mpi::worker_from_env`). Returns
+/// `Ok(None)` when this process is not a worker, i.e. it is the spawner.
 ///
 /// # Errors
 /// The variables of a backend are set but joining fails; see [`local::worker_from_env`]
@@ -174,11 +175,12 @@ pub fn worker_from_env() -> Result<Option<Box<dyn Transport>>, Error> {
     if let Some(worker) = tcp::worker_from_env()? {
         return Ok(Some(Box::new(worker)));
     }
-    // MPI: the MPI backend decides how it detects that this process is an MPI worker rank
-    // (a rank other than 0 of an `mpirun` launch) and hooks in here, e.g.
-    // `if let Some(worker) = mpi::worker_from_env()? { return Ok(Some(Box::new(worker))); }`
+    // MPI: a rank other than 0 of an `mpirun` launch (unless PARVM_TRANSPORT names
+    // another backend).
     #[cfg(feature = "mpi")]
-    {}
+    if let Some(worker) = mpi::worker_from_env()? {
+        return Ok(Some(Box::new(worker)));
+    }
     Ok(None)
 }
 

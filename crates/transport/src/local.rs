@@ -244,7 +244,11 @@ impl Spawner {
         let deadline = Instant::now() + grace;
         let mut pause = Duration::from_micros(100);
         loop {
-            let running = self.procs.iter().filter(|p| p.try_status().is_none()).count();
+            let running = self
+                .procs
+                .iter()
+                .filter(|p| p.try_status().is_none())
+                .count();
             if running == 0 || Instant::now() >= deadline {
                 break;
             }
@@ -254,7 +258,11 @@ impl Spawner {
         for proc in &self.procs {
             let mut child = lock(&proc.child);
             if matches!(child.try_wait(), Ok(None)) {
-                tracing::debug!(rank = proc.rank, pid = proc.pid, "killing worker that did not exit");
+                tracing::debug!(
+                    rank = proc.rank,
+                    pid = proc.pid,
+                    "killing worker that did not exit"
+                );
                 let _ = child.kill();
             }
             let _ = child.wait();
@@ -276,9 +284,7 @@ impl Drop for Spawner {
 
 /// Starts the children on a dedicated thread that stays alive (as their parent thread for
 /// `PR_SET_PDEATHSIG`) until `stop` is dropped.
-fn spawn_keeper(
-    commands: Vec<(Rank, Command, PathBuf)>,
-) -> Result<(Vec<(Rank, Child)>, Sender<()>, JoinHandle<()>), Error> {
+fn spawn_keeper(commands: Vec<(Rank, Command, PathBuf)>) -> Result<Keeper, Error> {
     let (result_tx, result_rx) = crossbeam_channel::bounded(1);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let keeper = std::thread::Builder::new()
@@ -322,7 +328,19 @@ fn spawn_keeper(
         let _ = keeper.join();
         return Err(err);
     }
-    Ok((children, stop_tx, keeper))
+    Ok(Keeper {
+        children,
+        stop: stop_tx,
+        thread: keeper,
+    })
+}
+
+/// The started children and the thread that forked them.
+struct Keeper {
+    children: Vec<(Rank, Child)>,
+    /// Dropping this lets the thread end.
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
 }
 
 fn random_token() -> String {
@@ -343,7 +361,10 @@ impl LocalTransport {
     /// exits early ([`Error::WorkerExited`]) or does not connect in time
     /// ([`Error::WorkerTimeout`]). Every started worker is killed and reaped on error.
     pub fn launch(options: LocalOptions) -> Result<LocalTransport, Error> {
-        let spawner_host = options.spawner_host.clone().unwrap_or_else(crate::this_host);
+        let spawner_host = options
+            .spawner_host
+            .clone()
+            .unwrap_or_else(crate::this_host);
         let hosts = options.hosts.clone().unwrap_or_else(|| {
             vec![SimulatedHost {
                 name: spawner_host.clone(),
@@ -412,7 +433,11 @@ impl LocalTransport {
                 (rank, command, program.clone())
             })
             .collect();
-        let (children, keeper_stop, keeper) = spawn_keeper(commands)?;
+        let Keeper {
+            children,
+            stop: keeper_stop,
+            thread: keeper,
+        } = spawn_keeper(commands)?;
         let procs: Vec<Arc<WorkerProc>> = children
             .into_iter()
             .zip(&plan)
@@ -606,11 +631,19 @@ fn check_hello(
         }
     };
     if !same_bytes(hello.token.as_bytes(), token.as_bytes()) {
-        tracing::warn!(rank = hello.rank, pid = hello.pid, "dropped a local connection with a wrong token");
+        tracing::warn!(
+            rank = hello.rank,
+            pid = hello.pid,
+            "dropped a local connection with a wrong token"
+        );
         return None;
     }
     if !pending.contains(&hello.rank) {
-        tracing::warn!(rank = hello.rank, pid = hello.pid, "dropped a second connection for the same rank");
+        tracing::warn!(
+            rank = hello.rank,
+            pid = hello.pid,
+            "dropped a second connection for the same rank"
+        );
         return None;
     }
     stream.set_read_timeout(None).ok()?;
@@ -622,7 +655,9 @@ fn env_var(var: &'static str) -> Result<String, Error> {
         None => Err(Error::BadWorkerEnv {
             var,
             value: String::new(),
-            reason: format!("it is missing while {SOCKET_VAR} is set; start workers with `LocalTransport::launch`"),
+            reason: format!(
+                "it is missing while {SOCKET_VAR} is set; start workers with `LocalTransport::launch`"
+            ),
         }),
         Some(value) => value.into_string().map_err(|value| Error::BadWorkerEnv {
             var,
@@ -698,8 +733,15 @@ pub fn worker_from_env() -> Result<Option<LocalTransport>, Error> {
     };
     let hello = rmp_serde::to_vec(&hello).map_err(|e| join_err(io::Error::other(e)))?;
     frame::write_frame(&mut stream, &hello).map_err(join_err)?;
-    let client = Client::new("local", rank, host, spawner_host, max_frame, Stream::Unix(stream))
-        .map_err(join_err)?;
+    let client = Client::new(
+        "local",
+        rank,
+        host,
+        spawner_host,
+        max_frame,
+        Stream::Unix(stream),
+    )
+    .map_err(join_err)?;
     Ok(Some(LocalTransport {
         side: Side::Worker(client),
     }))
@@ -773,7 +815,13 @@ mod tests {
 
     #[test]
     fn status_words() {
-        assert_eq!(describe_status(ExitStatus::from_raw(9)), "was killed by signal SIGKILL");
-        assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(9)),
+            "was killed by signal SIGKILL"
+        );
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
     }
 }

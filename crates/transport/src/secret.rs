@@ -142,7 +142,10 @@ mod tests {
 
     #[test]
     fn debug_hides_the_bytes() {
-        assert_eq!(format!("{:?}", Secret::new(b"hunter2".to_vec())), "Secret(..)");
+        assert_eq!(
+            format!("{:?}", Secret::new(b"hunter2".to_vec())),
+            "Secret(..)"
+        );
     }
 
     #[test]
@@ -151,16 +154,25 @@ mod tests {
         let path = dir.path().join("secret");
         fs::write(&path, "passphrase \n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(Secret::load(&path).unwrap(), Secret::new(b"passphrase".to_vec()));
+        assert_eq!(
+            Secret::load(&path).unwrap(),
+            Secret::new(b"passphrase".to_vec())
+        );
     }
 
     #[test]
     fn empty_and_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
-        assert!(matches!(Secret::load(&path), Err(Error::SecretIo { what: "read", .. })));
+        assert!(matches!(
+            Secret::load(&path),
+            Err(Error::SecretIo { what: "read", .. })
+        ));
         fs::write(&path, "\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(Secret::load(&path), Err(Error::SecretEmpty { .. })));
+        assert!(matches!(
+            Secret::load(&path),
+            Err(Error::SecretEmpty { .. })
+        ));
     }
 }

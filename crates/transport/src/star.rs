@@ -18,9 +18,17 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{Error, Event, Peer, Rank, Wait, frame};
 
-/// How long a receiver spins (checking without sleeping) before it blocks. Blocking and
-/// being woken costs tens of microseconds; a message in a ping-pong usually arrives sooner.
-const SPIN: Duration = Duration::from_micros(40);
+/// How long the spawner's `recv` spins on its channel before it sleeps. Being woken costs
+/// a few microseconds per hop, and the spawner has two hops (socket to reader thread,
+/// reader thread to channel); a message in a ping-pong usually arrives within this time.
+const HUB_SPIN: Duration = Duration::from_micros(HUB_SPIN_US);
+const HUB_SPIN_US: u64 = 20;
+
+/// How long a worker's `recv` spins on its socket before it sleeps. Zero: a spinning
+/// worker takes the core that the spawner's reader thread needs to deliver its next
+/// message, which on small machines costs far more than it saves.
+const CLIENT_SPIN: Duration = Duration::from_micros(CLIENT_SPIN_US);
+const CLIENT_SPIN_US: u64 = 0;
 
 /// Size of the read buffer on each connection: small frames arrive in one system call.
 const READ_BUFFER: usize = 64 * 1024;
@@ -88,7 +96,9 @@ impl AsFd for Stream {
 /// Locks a mutex, ignoring poisoning: the data behind our mutexes stays consistent even
 /// when a thread panicked while holding one (a stream, a child handle).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Waits until `fd` is readable (or hung up), as long as `wait` allows: spins briefly, then
@@ -112,7 +122,7 @@ fn wait_readable(fd: BorrowedFd<'_>, wait: Wait) -> io::Result<bool> {
         Wait::Forever => None,
         Wait::For(d) => Some(Instant::now() + d),
     };
-    let spin_until = Instant::now() + SPIN;
+    let spin_until = Instant::now() + CLIENT_SPIN;
     while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
         std::hint::spin_loop();
         if poll_once(PollTimeout::ZERO)? {
@@ -138,29 +148,42 @@ fn wait_readable(fd: BorrowedFd<'_>, wait: Wait) -> io::Result<bool> {
     }
 }
 
-/// Receives from a channel as long as `wait` allows, spinning briefly before sleeping.
-fn recv_channel(rx: &Receiver<Event>, wait: Wait) -> Option<Event> {
+/// Receives from a channel as long as `wait` allows, spinning briefly before sleeping
+/// when the previous wait was short.
+///
+/// The spin is adaptive: spinning holds a core, and on a small machine the reader thread
+/// that must deliver the message may need that very core (a big payload keeps it busy
+/// longer than the spin). So the receiver spins only while messages keep arriving within
+/// the spin window, and sleeps at once after a wait that took longer.
+fn recv_channel(rx: &Receiver<Event>, wait: Wait, spin: &AtomicBool) -> Option<Event> {
     match rx.try_recv() {
         Ok(event) => return Some(event),
         Err(TryRecvError::Disconnected) => return None,
         Err(TryRecvError::Empty) => {}
     }
+    let start = Instant::now();
     let deadline = match wait {
         Wait::NoWait => return None,
         Wait::Forever => None,
-        Wait::For(d) => Some(Instant::now() + d),
+        Wait::For(d) => Some(start + d),
     };
-    let spin_until = Instant::now() + SPIN;
-    while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
-        std::hint::spin_loop();
-        if let Ok(event) = rx.try_recv() {
-            return Some(event);
+    let got = |event: Event| {
+        spin.store(start.elapsed() < HUB_SPIN, Ordering::Relaxed);
+        Some(event)
+    };
+    if spin.load(Ordering::Relaxed) {
+        let spin_until = start + HUB_SPIN;
+        while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
+            std::hint::spin_loop();
+            if let Ok(event) = rx.try_recv() {
+                return got(event);
+            }
         }
     }
     match deadline {
-        None => rx.recv().ok(),
+        None => rx.recv().ok().and_then(got),
         Some(deadline) => match rx.recv_deadline(deadline) {
-            Ok(event) => Some(event),
+            Ok(event) => got(event),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
         },
     }
@@ -261,7 +284,9 @@ impl Client {
                 reason: reason.clone(),
             });
         }
-        if reader.stream.buffer().is_empty() {
+        // Waiting forever needs no poll: a blocking read sleeps until data arrives, and
+        // saves two system calls per message.
+        if reader.stream.buffer().is_empty() && wait != Wait::Forever {
             let ready = wait_readable(reader.stream.get_ref().as_fd(), wait).map_err(|source| {
                 Error::Io {
                     backend: self.backend,
@@ -318,6 +343,8 @@ pub(crate) struct Hub {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     closing: AtomicBool,
+    /// Whether `recv` spins before sleeping; see [`recv_channel`].
+    spin: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -336,6 +363,7 @@ impl Hub {
             tx,
             rx,
             closing: AtomicBool::new(false),
+            spin: AtomicBool::new(true),
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -420,7 +448,10 @@ impl Hub {
     }
 
     pub(crate) fn peers(&self) -> Vec<Peer> {
-        let conns = self.conns.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = self
+            .conns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         std::iter::once(self.me.clone())
             .chain(
                 conns
@@ -440,7 +471,10 @@ impl Hub {
             return Ok(());
         }
         let conn = {
-            let conns = self.conns.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let conns = self
+                .conns
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match conns.get(&to) {
                 Some(conn) => conn.clone(),
                 None => {
@@ -468,14 +502,17 @@ impl Hub {
     }
 
     pub(crate) fn recv(&self, wait: Wait) -> Option<Event> {
-        recv_channel(&self.rx, wait)
+        recv_channel(&self.rx, wait, &self.spin)
     }
 
     /// Stops delivering events and shuts every connection down, which ends the readers
     /// and tells the workers to leave.
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let conns = self.conns.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = self
+            .conns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for conn in conns.values() {
             conn.control.shutdown();
         }

@@ -125,7 +125,10 @@ impl fmt::Debug for TcpTransport {
                 .field("rank", &0)
                 .field("addr", &s.addr)
                 .finish(),
-            Side::Worker(c) => f.debug_struct("TcpTransport").field("rank", &c.rank()).finish(),
+            Side::Worker(c) => f
+                .debug_struct("TcpTransport")
+                .field("rank", &c.rank())
+                .finish(),
         }
     }
 }
@@ -154,10 +157,8 @@ impl Drop for Listening {
     fn drop(&mut self) {
         self.hub.close();
         // Wakes the accept thread: a listening socket that is shut down fails `accept`.
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         for (_, stream) in lock(&self.shared.pending).iter() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -257,7 +258,8 @@ impl TcpTransport {
         };
         let io_reason = |err: io::Error| match err.kind() {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
-                "the spawner closed the connection (is the secret the same on both sides?)".to_string()
+                "the spawner closed the connection (is the secret the same on both sides?)"
+                    .to_string()
             }
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 "the spawner did not answer in time (is it a parvm spawner?)".to_string()
@@ -278,9 +280,13 @@ impl TcpTransport {
         stream.write_all(&hello).map_err(|e| hs_err(io_reason(e)))?;
 
         let mut answer = [0u8; 8 + NONCE + MAC];
-        stream.read_exact(&mut answer).map_err(|e| hs_err(io_reason(e)))?;
+        stream
+            .read_exact(&mut answer)
+            .map_err(|e| hs_err(io_reason(e)))?;
         if answer[..8] != MAGIC {
-            return Err(hs_err("the peer is not a parvm spawner of this version".into()));
+            return Err(hs_err(
+                "the peer is not a parvm spawner of this version".into(),
+            ));
         }
         let their_nonce = &answer[8..8 + NONCE];
         proof(secret, b"parvm spawner", &my_nonce, their_nonce)
@@ -300,13 +306,19 @@ impl TcpTransport {
         stream.write_all(&reply).map_err(|e| hs_err(io_reason(e)))?;
 
         let mut welcome = [0u8; 5];
-        stream.read_exact(&mut welcome).map_err(|e| hs_err(io_reason(e)))?;
+        stream
+            .read_exact(&mut welcome)
+            .map_err(|e| hs_err(io_reason(e)))?;
         let rank = Rank::from_le_bytes([welcome[0], welcome[1], welcome[2], welcome[3]]);
         let mut spawner_host = vec![0u8; usize::from(welcome[4])];
-        stream.read_exact(&mut spawner_host).map_err(|e| hs_err(io_reason(e)))?;
+        stream
+            .read_exact(&mut spawner_host)
+            .map_err(|e| hs_err(io_reason(e)))?;
         let spawner_host = String::from_utf8_lossy(&spawner_host).into_owned();
         if rank == 0 {
-            return Err(hs_err("the spawner assigned rank 0, which is its own".into()));
+            return Err(hs_err(
+                "the spawner assigned rank 0, which is its own".into(),
+            ));
         }
         stream
             .set_read_timeout(None)
@@ -396,12 +408,18 @@ fn serve(stream: TcpStream, addr: SocketAddr, id: u64, shared: &Shared) {
     let explain: star::Explain = {
         let peer = peer.clone();
         Box::new(move |reason| {
-            format!("worker rank {} on host `{}` ({addr}): {reason}", peer.rank, peer.host)
+            format!(
+                "worker rank {} on host `{}` ({addr}): {reason}",
+                peer.rank, peer.host
+            )
         })
     };
     match shared.hub.add(peer.clone(), Stream::Tcp(stream), explain) {
         Ok(run) => {
-            tracing::info!("worker rank {rank} on host `{}` joined from {addr}", peer.host);
+            tracing::info!(
+                "worker rank {rank} on host `{}` joined from {addr}",
+                peer.host
+            );
             shared.hub.post(Event::PeerJoined(peer));
             run();
         }

@@ -58,9 +58,22 @@ fn launch_and_ping_pong() {
 #[test]
 fn sizes_from_empty_to_ten_mib() {
     let vm = launch(1);
-    for size in [0usize, 1, 11, 12, 13, 1024, 64 * 1024 + 1, 1 << 20, 10 << 20] {
+    for size in [
+        0usize,
+        1,
+        11,
+        12,
+        13,
+        1024,
+        64 * 1024 + 1,
+        1 << 20,
+        10 << 20,
+    ] {
         let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        assert!(ask(&vm, 1, &payload) == payload, "size {size} came back changed");
+        assert!(
+            ask(&vm, 1, &payload) == payload,
+            "size {size} came back changed"
+        );
     }
 }
 
@@ -76,7 +89,10 @@ fn waiting_with_nothing_to_receive() {
 #[test]
 fn unknown_rank_and_worker_to_worker() {
     let vm = launch(2);
-    assert!(matches!(vm.send(7, b"x"), Err(Error::UnknownRank { rank: 7, .. })));
+    assert!(matches!(
+        vm.send(7, b"x"),
+        Err(Error::UnknownRank { rank: 7, .. })
+    ));
     let answer = ask_text(&vm, 1, "!sendto:2");
     assert!(answer.contains("rank 1 cannot send to rank 2"), "{answer}");
     // Sending to the spawner works: the "x" arrives, then the report.
@@ -98,8 +114,14 @@ fn killed_worker_is_lost_with_its_signal() {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let reason = lost_reason(&vm, 1);
     assert!(reason.contains("SIGKILL"), "{reason}");
-    assert!(reason.contains("rank 1") && reason.contains(&pid.to_string()), "{reason}");
-    assert!(matches!(vm.send(1, b"x"), Err(Error::PeerLost { rank: 1, .. })));
+    assert!(
+        reason.contains("rank 1") && reason.contains(&pid.to_string()),
+        "{reason}"
+    );
+    assert!(matches!(
+        vm.send(1, b"x"),
+        Err(Error::PeerLost { rank: 1, .. })
+    ));
     let ranks: Vec<u32> = vm.peers().iter().map(|p| p.rank).collect();
     assert_eq!(ranks, [0, 2]);
     // The reader reaped it: no zombie is left.
@@ -146,7 +168,10 @@ fn killing_the_spawner_process_ends_the_workers() {
     BufReader::new(spawner.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let pids: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
     assert_eq!(pids.len(), 2, "{line}");
     guard.0.extend(&pids);
     spawner.kill().unwrap();
@@ -170,8 +195,7 @@ fn simulated_hosts_get_their_name_and_env() {
             env: vec![("PARALLEL_MIRRORED_STORAGE".into(), "/b".into())],
         },
     ];
-    let vm = LocalTransport::launch(echo(LocalOptions::hosts(hosts)).spawner_host("home"))
-        .unwrap();
+    let vm = LocalTransport::launch(echo(LocalOptions::hosts(hosts)).spawner_host("home")).unwrap();
     let peers: Vec<(u32, String)> = vm.peers().into_iter().map(|p| (p.rank, p.host)).collect();
     assert_eq!(
         peers,
@@ -186,7 +210,10 @@ fn simulated_hosts_get_their_name_and_env() {
     for (rank, host, storage) in [(1, "alpha", "/a"), (2, "alpha", "/a"), (3, "beta", "/b")] {
         assert_eq!(ask_text(&vm, rank, "!host"), host);
         assert_eq!(ask_text(&vm, rank, "!env:PARVM_HOSTNAME"), host);
-        assert_eq!(ask_text(&vm, rank, "!env:PARALLEL_MIRRORED_STORAGE"), storage);
+        assert_eq!(
+            ask_text(&vm, rank, "!env:PARALLEL_MIRRORED_STORAGE"),
+            storage
+        );
     }
 }
 
@@ -212,13 +239,21 @@ fn worker_that_never_connects_times_out() {
             .shutdown_grace(Duration::ZERO),
     )
     .unwrap_err();
-    assert!(matches!(&err, Error::WorkerTimeout { ranks, .. } if ranks == &[1, 2]), "{err}");
+    assert!(
+        matches!(&err, Error::WorkerTimeout { ranks, .. } if ranks == &[1, 2]),
+        "{err}"
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
 fn missing_program_is_named() {
-    let err = LocalTransport::launch(LocalOptions::new(1).program("/nonexistent/parvm-worker", Vec::<OsString>::new()))
-        .unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/parvm-worker"), "{err}");
+    let err = LocalTransport::launch(
+        LocalOptions::new(1).program("/nonexistent/parvm-worker", Vec::<OsString>::new()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/parvm-worker"),
+        "{err}"
+    );
 }

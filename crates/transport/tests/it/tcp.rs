@@ -184,7 +184,10 @@ fn a_silent_peer_does_not_block_others() {
     let silent = TcpStream::connect(addr).unwrap();
     let start = Instant::now();
     assert_still_serves(&spawner, addr);
-    assert!(start.elapsed() < timeout, "the good worker waited for the silent one");
+    assert!(
+        start.elapsed() < timeout,
+        "the good worker waited for the silent one"
+    );
     assert_closed(silent, timeout + crate::PATIENCE);
     assert!(start.elapsed() >= timeout - Duration::from_millis(100));
 }
@@ -222,12 +225,18 @@ fn secret_file_readable_by_others_is_refused() {
         let err = Secret::load(&path).unwrap_err();
         assert!(matches!(err, Error::SecretInsecure { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains("chmod 600") && text.contains(&*path.to_string_lossy()), "{text}");
+        assert!(
+            text.contains("chmod 600") && text.contains(&*path.to_string_lossy()),
+            "{text}"
+        );
         // load_or_create must not "fix" an existing file either.
         assert!(Secret::load_or_create(&path).is_err());
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(Secret::load(&path).unwrap(), Secret::new(b"s3cret".to_vec()));
+    assert_eq!(
+        Secret::load(&path).unwrap(),
+        Secret::new(b"s3cret".to_vec())
+    );
 }
 
 #[test]
