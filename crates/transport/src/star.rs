@@ -201,6 +201,8 @@ pub(crate) struct Client {
     max_frame: u64,
     reader: Mutex<ClientReader>,
     writer: Mutex<Stream>,
+    /// Mirrors `ClientReader::lost`, readable while another thread blocks in `recv`.
+    spawner_lost: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -231,6 +233,7 @@ impl Client {
                 lost: None,
             }),
             writer: Mutex::new(writer),
+            spawner_lost: AtomicBool::new(false),
         })
     }
 
@@ -247,7 +250,7 @@ impl Client {
             rank: self.rank,
             host: self.host.clone(),
         }];
-        if lock(&self.reader).lost.is_none() {
+        if !self.spawner_lost.load(Ordering::SeqCst) {
             peers.insert(
                 0,
                 Peer {
@@ -305,6 +308,7 @@ impl Client {
         };
         reader.stream.get_ref().shutdown();
         reader.lost = Some(reason.clone());
+        self.spawner_lost.store(true, Ordering::SeqCst);
         Ok(Some(Event::PeerLost { rank: 0, reason }))
     }
 }

@@ -258,3 +258,46 @@ fn missing_secret_file_is_created_private() {
     let err = Secret::load(&missing).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn worker_sends_and_lists_peers_while_another_thread_receives() {
+    let (spawner, addr) = listen();
+    let worker =
+        std::sync::Arc::new(TcpTransport::connect(&addr.to_string(), &secret(), "w").unwrap());
+    joined(&spawner);
+    let receiver = {
+        let worker = worker.clone();
+        std::thread::spawn(move || {
+            let first = worker.recv(Wait::Forever);
+            let second = worker.recv(Wait::Forever);
+            (first, second)
+        })
+    };
+    // The receiving thread holds the socket; these must not wait for it.
+    assert_eq!(worker.peers().len(), 2);
+    worker.send(0, b"up").unwrap();
+    assert!(matches!(
+        worker.send(2, b"x"),
+        Err(Error::NotRoutable { from: 1, to: 2 })
+    ));
+    assert_eq!(
+        next_event(&spawner),
+        Event::Message {
+            from: 1,
+            payload: b"up".to_vec()
+        }
+    );
+    drop(spawner);
+    // The worker sees the spawner go: once as an event, then as errors.
+    let (first, second) = receiver.join().unwrap();
+    assert!(
+        matches!(first, Ok(Some(Event::PeerLost { rank: 0, .. }))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(Error::PeerLost { rank: 0, .. })),
+        "{second:?}"
+    );
+    assert_eq!(worker.peers().len(), 1);
+    assert!(worker.send(0, b"late").is_err());
+}
