@@ -1,25 +1,30 @@
 //! The copy engine: [`mirror`] fills a task folder from a [`MirrorMap`], [`refresh`] brings
 //! an earlier mirror up to date.
 //!
-//! Both work in three steps. A planning pass reads the source folders once (file types come
-//! from the folder listing, so plain files are not looked at yet). Then folders are created,
-//! parents first. Then files and symlinks are copied in parallel on a small scoped thread
-//! pool; each file is opened, `fstat`-ed, copied with `copy_file_range` (read/write where the
-//! file systems do not allow it), and given its mode and times on the open descriptor.
-//! Folder modes and times are set last, deepest first, because writing into a folder changes
-//! its time and a read-only folder could not be filled.
+//! First every source glob is expanded and checked, and the target folders are created, so
+//! a missing literal source is reported before anything is copied. Then a small scoped
+//! thread pool walks the source folders and copies in one pass: a worker that takes a folder
+//! lists it once (file types come from the listing), creates its subfolders in the
+//! destination, and queues its files in batches that any worker may take. Every file
+//! operation is relative to open folder descriptors, so no path is looked up twice. A file
+//! is opened, `fstat`-ed once, copied with `copy_file_range` (read/write where the file
+//! systems do not allow it), and given its mode and times on the open descriptor. Folder
+//! modes and times are set last, deepest first, because writing into a folder changes its
+//! time and a read-only folder could not be filled.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, OFlag};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
@@ -36,7 +41,7 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 pub struct Progress {
     /// Files and symlinks handled so far (copied or found up to date).
     pub done: u64,
-    /// Files and symlinks to handle in all.
+    /// Files and symlinks found so far; grows while source folders are still being listed.
     pub total: u64,
     /// Bytes copied so far.
     pub bytes: u64,
@@ -146,26 +151,25 @@ enum Mode_ {
     Refresh,
 }
 
-struct DirJob {
-    from: PathBuf,
-    to: PathBuf,
-    mode: u32,
-    atime: TimeSpec,
-    mtime: TimeSpec,
-}
-
-enum Job {
-    File { from: PathBuf, to: PathBuf },
-    Link { from: PathBuf, to: PathBuf },
-}
-
-#[derive(Default)]
-struct Plan {
-    /// Target folders, with the source that needs each (for messages).
-    targets: Vec<(PathBuf, PathBuf)>,
-    dirs: Vec<DirJob>,
-    jobs: Vec<Job>,
-    unmatched: Vec<PathBuf>,
+fn run(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions, mode: Mode_) -> Result<MirrorReport> {
+    let start = Instant::now();
+    let mut created = Created::default();
+    let result = prepare(map, task_dir, mode, &mut created).and_then(|prepared| {
+        if let Some(hook) = &options.after_plan {
+            hook();
+        }
+        execute(prepared, options, mode, &mut created)
+    });
+    match result {
+        Ok(mut report) => {
+            report.elapsed = start.elapsed();
+            Ok(report)
+        }
+        Err(e) => {
+            created.undo();
+            Err(e)
+        }
+    }
 }
 
 /// What this call created, to remove it again when copying fails.
@@ -190,194 +194,153 @@ impl Created {
     }
 }
 
-fn run(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions, mode: Mode_) -> Result<MirrorReport> {
-    let start = Instant::now();
-    let plan = plan(map, task_dir)?;
-    if let Some(hook) = &options.after_plan {
-        hook();
+/// A source folder and its destination folder, both open.
+struct DirPair {
+    src_path: PathBuf,
+    dst_path: PathBuf,
+    src: OwnedFd,
+    dst: OwnedFd,
+}
+
+impl DirPair {
+    fn open(src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
+        let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty()).map_err(|e| vanished_or_read(&src_path, e))?;
+        let dst = nix::fcntl::open(&dst_path, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
+            .map_err(|e| Error::Create { path: dst_path.clone(), source: e.into() })?;
+        Ok(DirPair { src_path, dst_path, src, dst })
     }
-    let mut created = Created::default();
-    let result = execute(&plan, options, mode, &mut created);
-    match result {
-        Ok(mut report) => {
-            report.unmatched = plan.unmatched;
-            report.elapsed = start.elapsed();
-            Ok(report)
-        }
-        Err(e) => {
-            created.undo();
-            Err(e)
-        }
+
+    fn src_of(&self, name: &CStr) -> PathBuf {
+        self.src_path.join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    fn dst_of(&self, name: &CStr) -> PathBuf {
+        self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
     }
 }
 
-// ----------------------------------------------------------------------------------------
-// Planning
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
+}
 
-fn plan(map: &MirrorMap, task_dir: &Path) -> Result<Plan> {
-    let mut plan = Plan::default();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Link,
+}
+
+/// A piece of work for the pool.
+enum Unit {
+    /// List a source folder whose destination folder exists already.
+    Dir { src: PathBuf, dst: PathBuf },
+    /// Copy these entries of one folder pair.
+    Names { pair: Arc<DirPair>, names: Vec<(CString, Kind)> },
+}
+
+/// Mode and times a destination folder gets at the end.
+struct DirAttrs {
+    from: PathBuf,
+    to: PathBuf,
+    mode: u32,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+}
+
+/// Most entries per batch: shared state (queue, counters, progress) is touched once per batch.
+const BATCH: usize = 64;
+
+/// Entries per batch of top-level matches (their sizes are unknown, so keep batches small).
+const TOP_BATCH: usize = 8;
+
+// ----------------------------------------------------------------------------------------
+// Preparation: expand the globs, check the sources, create the target folders.
+
+struct Prepared {
+    units: Vec<Unit>,
+    dirs: Vec<DirAttrs>,
+    unmatched: Vec<PathBuf>,
+}
+
+fn prepare(map: &MirrorMap, task_dir: &Path, mode: Mode_, created: &mut Created) -> Result<Prepared> {
+    // Every source is checked before anything is created or copied.
+    let mut resolved = Vec::new();
+    let mut unmatched = Vec::new();
     for entry in map.entries() {
         let target = if entry.target.as_os_str().is_empty() { task_dir.to_path_buf() } else { task_dir.join(&entry.target) };
-        plan.targets.push((target.clone(), entry.source.clone()));
         let matches = glob::expand(&entry.source)?;
         if matches.is_empty() {
             if path_has_glob(&entry.source) {
-                plan.unmatched.push(entry.source.clone());
+                unmatched.push(entry.source.clone());
                 continue;
             }
             return Err(Error::SourceMissing { path: entry.source.clone() });
         }
+        let mut found = Vec::with_capacity(matches.len());
         for from in matches {
-            let Some(name) = from.file_name() else {
-                return Err(Error::Copy {
-                    from: from.clone(),
-                    to: target,
-                    source: io::Error::new(ErrorKind::InvalidInput, "the source has no file name to copy it under"),
-                });
-            };
-            let to = target.join(name);
+            let name = from.file_name().map(OsStr::to_os_string).ok_or_else(|| Error::Copy {
+                from: from.clone(),
+                to: target.clone(),
+                source: io::Error::new(ErrorKind::InvalidInput, "the source has no file name to copy it under"),
+            })?;
             // A match at the top level is followed when it is a symlink.
             let meta = fs::metadata(&from).map_err(|source| match source.kind() {
                 ErrorKind::NotFound => Error::SourceMissing { path: from.clone() },
                 _ => Error::Read { path: from.clone(), source },
             })?;
+            found.push((from, name, meta));
+        }
+        resolved.push((entry.source.clone(), target, found));
+    }
+
+    let mut units = Vec::new();
+    let mut dirs = Vec::new();
+    for (source, target, found) in resolved {
+        ensure_dir_all(&target, &source, created)?;
+        let mut files: Vec<(CString, Kind)> = Vec::new();
+        let mut files_parent: Option<PathBuf> = None;
+        for (from, name, meta) in found {
+            let to = target.join(&name);
             if meta.is_dir() {
-                plan.dirs.push(dir_job(from.clone(), to.clone(), &meta));
-                walk(&from, &to, &mut plan)?;
+                make_dir(&to, &from, mode, created)?;
+                dirs.push(DirAttrs {
+                    mode: meta.mode() & 0o7777,
+                    atime: TimeSpec::new(meta.atime(), meta.atime_nsec()),
+                    mtime: TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+                units.push(Unit::Dir { src: from, dst: to });
             } else if meta.is_file() {
-                plan.jobs.push(Job::File { from, to });
+                let parent = from.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+                if files_parent.as_ref() != Some(&parent) || files.len() >= TOP_BATCH {
+                    flush_files(&mut units, files_parent.take(), &target, &mut files)?;
+                    files_parent = Some(parent);
+                }
+                files.push((cstring(&name, &from)?, Kind::File));
             } else {
                 tracing::warn!("skipping `{}`: neither a file nor a folder", from.display());
             }
         }
+        flush_files(&mut units, files_parent, &target, &mut files)?;
     }
-    Ok(plan)
+    Ok(Prepared { units, dirs, unmatched })
 }
 
-fn dir_job(from: PathBuf, to: PathBuf, meta: &fs::Metadata) -> DirJob {
-    DirJob {
-        from,
-        to,
-        mode: meta.mode() & 0o7777,
-        atime: TimeSpec::new(meta.atime(), meta.atime_nsec()),
-        mtime: TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
-    }
-}
-
-fn walk(from: &Path, to: &Path, plan: &mut Plan) -> Result<()> {
-    let read_err = |source: io::Error| match source.kind() {
-        ErrorKind::NotFound => Error::SourceVanished { path: from.to_path_buf() },
-        _ => Error::Read { path: from.to_path_buf(), source },
-    };
-    let entries = fs::read_dir(from).map_err(read_err)?;
-    // Sorting keeps plans (and so error reports and progress) reproducible.
-    let mut entries = entries.collect::<io::Result<Vec<_>>>().map_err(read_err)?;
-    entries.sort_unstable_by(|a, b| a.file_name().cmp(&b.file_name()));
-    for entry in entries {
-        let name = entry.file_name();
-        let src = from.join(&name);
-        let kind = entry.file_type().map_err(|source| Error::Read { path: src.clone(), source })?;
-        let dst = to.join(&name);
-        if kind.is_dir() {
-            let meta = entry.metadata().map_err(|source| match source.kind() {
-                ErrorKind::NotFound => Error::SourceVanished { path: src.clone() },
-                _ => Error::Read { path: src.clone(), source },
-            })?;
-            plan.dirs.push(dir_job(src.clone(), dst.clone(), &meta));
-            walk(&src, &dst, plan)?;
-        } else if kind.is_file() {
-            plan.jobs.push(Job::File { from: src, to: dst });
-        } else if kind.is_symlink() {
-            plan.jobs.push(Job::Link { from: src, to: dst });
-        } else {
-            tracing::warn!("skipping `{}`: neither a file, a folder nor a symlink", src.display());
-        }
+fn flush_files(units: &mut Vec<Unit>, parent: Option<PathBuf>, target: &Path, files: &mut Vec<(CString, Kind)>) -> Result<()> {
+    if let Some(parent) = parent
+        && !files.is_empty()
+    {
+        let pair = Arc::new(DirPair::open(parent, target.to_path_buf())?);
+        units.push(Unit::Names { pair, names: std::mem::take(files) });
     }
     Ok(())
 }
 
-// ----------------------------------------------------------------------------------------
-// Execution
-
-fn execute(plan: &Plan, options: &MirrorOptions, mode: Mode_, created: &mut Created) -> Result<MirrorReport> {
-    let mut report = MirrorReport::default();
-    for (target, from) in &plan.targets {
-        ensure_dir_all(target, from, created)?;
-    }
-    for dir in &plan.dirs {
-        if make_dir(&dir.to, &dir.from, created)? || mode == Mode_::Full {
-            report.dirs += 1;
-        }
-    }
-
-    let counters = Counters::default();
-    let jobs = &plan.jobs;
-    let threads = thread_count(options, jobs.len());
-    if threads <= 1 {
-        let mut worker = Worker::new(jobs, &counters, options, mode);
-        let result = worker.run();
-        created.files.append(&mut worker.written);
-        result?;
-    } else {
-        let outcomes = std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut worker = Worker::new(jobs, &counters, options, mode);
-                        let result = worker.run();
-                        (worker.written, result)
-                    })
-                })
-                .collect();
-            let mut worker = Worker::new(jobs, &counters, options, mode);
-            let result = worker.run();
-            let mut outcomes = vec![(worker.written, result)];
-            for handle in handles {
-                outcomes.push(handle.join().unwrap_or_else(|_| (Vec::new(), Err(Error::WorkerPanicked))));
-            }
-            outcomes
-        });
-        let mut first_error = None;
-        let mut written = Vec::new();
-        for (mut files, result) in outcomes {
-            written.append(&mut files);
-            if let Err(e) = result {
-                // A worker that stopped because another one failed reports nothing; keep the
-                // first real error.
-                first_error.get_or_insert(e);
-            }
-        }
-        created.files.append(&mut written);
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-    }
-
-    // Deepest first, so setting a folder's time is not undone by its children.
-    for dir in plan.dirs.iter().rev() {
-        set_dir_attrs(dir)?;
-    }
-
-    report.files = counters.files.load(Ordering::Relaxed);
-    report.symlinks = counters.links.load(Ordering::Relaxed);
-    report.bytes = counters.bytes.load(Ordering::Relaxed);
-    report.skipped = counters.skipped.load(Ordering::Relaxed);
-    if let Some(progress) = &options.progress {
-        let n = jobs.len() as u64;
-        progress(&Progress { done: n, total: n, bytes: report.bytes });
-    }
-    Ok(report)
-}
-
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-fn thread_count(options: &MirrorOptions, jobs: usize) -> usize {
-    let want = options.threads.unwrap_or_else(|| cores().min(16));
-    // A thread costs tens of microseconds to start; below a few files it does not pay.
-    want.min(jobs.div_ceil(2)).max(1)
+fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Error::Read {
+        path: from.to_path_buf(),
+        source: io::Error::new(ErrorKind::InvalidInput, "file name holds a NUL byte"),
+    })
 }
 
 /// Creates `dir` and its missing parents; refuses a non-folder (or a symlink) in the way.
@@ -391,26 +354,33 @@ fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> 
     if let Some(parent) = dir.parent() {
         ensure_dir_all(parent, from, created)?;
     }
-    make_dir(dir, from, created).map(drop)
+    make_dir(dir, from, Mode_::Full, created)
 }
 
-/// Creates one folder (owner-writable until its mode is set at the end); true when this call
-/// created it. An existing folder is fine; anything else in the way is an error.
-fn make_dir(dir: &Path, from: &Path, created: &mut Created) -> Result<bool> {
+/// Creates one folder (owner-writable until its mode is set at the end), recording it when
+/// this call created it. An existing folder is fine; anything else in the way is an error.
+fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Result<()> {
+    let in_the_way = || Error::NotAFolder { path: dir.to_path_buf(), from: from.to_path_buf() };
+    if mode == Mode_::Refresh {
+        match nix::sys::stat::lstat(dir) {
+            Ok(st) if is_dir(&st) => return Ok(()),
+            Ok(_) => return Err(in_the_way()),
+            Err(_) => {}
+        }
+    }
     match nix::unistd::mkdir(dir, Mode::S_IRWXU) {
         Ok(()) => {
             created.dirs.push(dir.to_path_buf());
-            Ok(true)
+            Ok(())
         }
-        Err(Errno::EEXIST) => match fs::symlink_metadata(dir) {
-            Ok(meta) if meta.is_dir() => Ok(false),
-            Ok(_) => Err(Error::NotAFolder { path: dir.to_path_buf(), from: from.to_path_buf() }),
-            Err(source) => Err(Error::Create { path: dir.to_path_buf(), source }),
+        Err(Errno::EEXIST) => match nix::sys::stat::lstat(dir) {
+            Ok(st) if is_dir(&st) => Ok(()),
+            Ok(_) => Err(in_the_way()),
+            Err(e) => Err(Error::Create { path: dir.to_path_buf(), source: e.into() }),
         },
-        Err(Errno::ENOTDIR) => Err(Error::NotAFolder {
-            path: dir.parent().unwrap_or(dir).to_path_buf(),
-            from: from.to_path_buf(),
-        }),
+        Err(Errno::ENOTDIR) => {
+            Err(Error::NotAFolder { path: dir.parent().unwrap_or(dir).to_path_buf(), from: from.to_path_buf() })
+        }
         Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
             Err(Error::DiskFull { from: from.to_path_buf(), to: dir.to_path_buf(), source: e.into() })
         }
@@ -418,8 +388,189 @@ fn make_dir(dir: &Path, from: &Path, created: &mut Created) -> Result<bool> {
     }
 }
 
-fn set_dir_attrs(dir: &DirJob) -> Result<()> {
+fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_file(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+fn vanished_or_read(path: &Path, e: Errno) -> Error {
+    match e {
+        Errno::ENOENT => Error::SourceVanished { path: path.to_path_buf() },
+        e => Error::Read { path: path.to_path_buf(), source: e.into() },
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Execution: the pool.
+
+#[derive(Default)]
+struct QueueState {
+    units: Vec<Unit>,
+    /// Units taken and not finished yet.
+    active: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<QueueState>,
+    ready: Condvar,
+    abort: AtomicBool,
+    found: AtomicU64,
+    done: AtomicU64,
+    bytes: AtomicU64,
+    threads: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A worker that panicked while holding the lock left consistent data: the queue is a
+        // plain list and counter, so poisoning is ignored.
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a unit, waiting while other workers may still add some; `None` when all is done.
+    fn take(&self) -> Option<Unit> {
+        let mut state = self.lock();
+        loop {
+            if self.abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(unit) = state.units.pop() {
+                state.active += 1;
+                return Some(unit);
+            }
+            if state.active == 0 {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn add(&self, units: Vec<Unit>) {
+        if units.is_empty() {
+            return;
+        }
+        let n = units.len();
+        self.lock().units.extend(units);
+        if n == 1 {
+            self.ready.notify_one();
+        } else {
+            self.ready.notify_all();
+        }
+    }
+
+    fn finish(&self) {
+        let mut state = self.lock();
+        state.active -= 1;
+        if state.active == 0 && state.units.is_empty() {
+            self.ready.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+        let _state = self.lock();
+        self.ready.notify_all();
+    }
+}
+
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn execute(prepared: Prepared, options: &MirrorOptions, mode: Mode_, created: &mut Created) -> Result<MirrorReport> {
+    let Prepared { units, dirs: top_dirs, unmatched } = prepared;
+    let found: usize =
+        units.iter().map(|u| if let Unit::Names { names, .. } = u { names.len() } else { 0 }).sum();
+    let has_dirs = units.iter().any(|u| matches!(u, Unit::Dir { .. }));
+    let want = options.threads.unwrap_or_else(|| cores().min(16));
+    // A thread costs tens of microseconds to start: a few loose files are copied inline.
+    let threads = if has_dirs { want } else { want.min(found.div_ceil(8)).max(1) };
+
+    let shared = Shared { threads, ..Shared::default() };
+    shared.found.store(found as u64, Ordering::Relaxed);
+    shared.add(units);
+    let outcomes: Vec<Worker<'_>> = if threads <= 1 {
+        let mut worker = Worker::new(&shared, options, mode);
+        worker.run();
+        vec![worker]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut worker = Worker::new(&shared, options, mode);
+                        worker.run();
+                        worker
+                    })
+                })
+                .collect();
+            let mut worker = Worker::new(&shared, options, mode);
+            worker.run();
+            let mut outcomes = vec![worker];
+            for handle in handles {
+                match handle.join() {
+                    Ok(worker) => outcomes.push(worker),
+                    Err(_) => {
+                        let mut dead = Worker::new(&shared, options, mode);
+                        dead.error = Some(Error::WorkerPanicked);
+                        outcomes.push(dead);
+                    }
+                }
+            }
+            outcomes
+        })
+    };
+
+    let mut report = MirrorReport { unmatched, ..MirrorReport::default() };
+    let mut first_error = None;
+    let mut dirs = top_dirs;
+    for mut worker in outcomes {
+        created.dirs.append(&mut worker.created_dirs);
+        created.files.append(&mut worker.written);
+        dirs.append(&mut worker.dirs);
+        report.files += worker.files;
+        report.symlinks += worker.links;
+        report.dirs += worker.dir_count;
+        report.skipped += worker.skipped;
+        report.bytes += worker.total_bytes;
+        if let Some(e) = worker.error {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    // Deepest first, so setting a folder's time is not undone by work in its children.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.to.components().count()));
+    for dir in &dirs {
+        set_dir_attrs(dir, mode)?;
+    }
+    if mode == Mode_::Full {
+        report.dirs = dirs.len() as u64;
+    }
+    if let Some(progress) = &options.progress {
+        let n = shared.found.load(Ordering::Relaxed);
+        progress(&Progress { done: n, total: n, bytes: report.bytes });
+    }
+    Ok(report)
+}
+
+fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
     let err = |e: Errno| Error::Copy { from: dir.from.clone(), to: dir.to.clone(), source: e.into() };
+    if mode == Mode_::Refresh
+        && let Ok(st) = nix::sys::stat::lstat(&dir.to)
+        && st.st_mode & 0o7777 == dir.mode
+        && st.st_mtime == dir.mtime.tv_sec()
+        && st.st_mtime_nsec == dir.mtime.tv_nsec()
+    {
+        return Ok(());
+    }
     nix::sys::stat::fchmodat(
         AT_FDCWD,
         &dir.to,
@@ -430,148 +581,212 @@ fn set_dir_attrs(dir: &DirJob) -> Result<()> {
     nix::sys::stat::utimensat(AT_FDCWD, &dir.to, &dir.atime, &dir.mtime, UtimensatFlags::NoFollowSymlink).map_err(err)
 }
 
-#[derive(Default)]
-struct Counters {
-    next: AtomicUsize,
-    abort: AtomicBool,
-    done: AtomicU64,
-    files: AtomicU64,
-    links: AtomicU64,
-    bytes: AtomicU64,
-    skipped: AtomicU64,
-}
-
-/// Files per progress batch: shared counters are touched once per batch, not per file.
-const BATCH: u64 = 64;
-
 struct Worker<'a> {
-    jobs: &'a [Job],
-    counters: &'a Counters,
+    shared: &'a Shared,
     options: &'a MirrorOptions,
     mode: Mode_,
+    error: Option<Error>,
     /// Destination files and symlinks this worker wrote (removed again on failure).
     written: Vec<PathBuf>,
+    created_dirs: Vec<PathBuf>,
+    dirs: Vec<DirAttrs>,
     buf: Vec<u8>,
     files: u64,
     links: u64,
-    bytes: u64,
+    dir_count: u64,
     skipped: u64,
-    pending: u64,
+    total_bytes: u64,
 }
 
 impl<'a> Worker<'a> {
-    fn new(jobs: &'a [Job], counters: &'a Counters, options: &'a MirrorOptions, mode: Mode_) -> Worker<'a> {
+    fn new(shared: &'a Shared, options: &'a MirrorOptions, mode: Mode_) -> Worker<'a> {
         Worker {
-            jobs,
-            counters,
+            shared,
             options,
             mode,
+            error: None,
             written: Vec::new(),
+            created_dirs: Vec::new(),
+            dirs: Vec::new(),
             buf: Vec::new(),
             files: 0,
             links: 0,
-            bytes: 0,
+            dir_count: 0,
             skipped: 0,
-            pending: 0,
+            total_bytes: 0,
         }
     }
 
-    fn run(&mut self) -> Result<()> {
-        let result = self.run_jobs();
-        self.flush();
-        if result.is_err() {
-            self.counters.abort.store(true, Ordering::Relaxed);
+    fn run(&mut self) {
+        while let Some(unit) = self.shared.take() {
+            let result = match unit {
+                Unit::Dir { src, dst } => self.list(src, dst),
+                Unit::Names { pair, names } => self.names(&pair, &names),
+            };
+            if let Err(e) = result {
+                self.error = Some(e);
+                self.shared.stop();
+                return;
+            }
+            self.shared.finish();
         }
-        result
     }
 
-    fn run_jobs(&mut self) -> Result<()> {
-        loop {
-            if self.counters.abort.load(Ordering::Relaxed) {
+    /// Lists one source folder: creates its subfolders, queues them, and copies its entries
+    /// (the first batch here, the rest queued for any worker).
+    fn list(&mut self, src: PathBuf, dst: PathBuf) -> Result<()> {
+        let pair = Arc::new(DirPair::open(src, dst)?);
+        let mut dir = nix::dir::Dir::openat(&pair.src, c".", dir_flags(), Mode::empty())
+            .map_err(|e| vanished_or_read(&pair.src_path, e))?;
+        let mut subdirs = Vec::new();
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| vanished_or_read(&pair.src_path, e))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(kind) => kind,
+                None => {
+                    let st = nix::sys::stat::fstatat(&pair.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+                    match st.st_mode & libc::S_IFMT {
+                        libc::S_IFDIR => nix::dir::Type::Directory,
+                        libc::S_IFREG => nix::dir::Type::File,
+                        libc::S_IFLNK => nix::dir::Type::Symlink,
+                        _ => nix::dir::Type::Fifo,
+                    }
+                }
+            };
+            match kind {
+                nix::dir::Type::Directory => {
+                    self.subdir(&pair, name)?;
+                    subdirs.push(Unit::Dir { src: pair.src_of(name), dst: pair.dst_of(name) });
+                }
+                nix::dir::Type::File => names.push((name.to_owned(), Kind::File)),
+                nix::dir::Type::Symlink => names.push((name.to_owned(), Kind::Link)),
+                _ => tracing::warn!("skipping `{}`: neither a file, a folder nor a symlink", pair.src_of(name).display()),
+            }
+        }
+        drop(dir);
+        let st = nix::sys::stat::fstat(&pair.src).map_err(|e| vanished_or_read(&pair.src_path, e))?;
+        let (atime, mtime) = times(&st);
+        self.dirs.push(DirAttrs {
+            from: pair.src_path.clone(),
+            to: pair.dst_path.clone(),
+            mode: st.st_mode & 0o7777,
+            atime,
+            mtime,
+        });
+        self.shared.found.fetch_add(names.len() as u64, Ordering::Relaxed);
+        // Keep the first batch; everything else goes to the queue for any worker. Batches are
+        // small enough that every thread gets a share of a folder with few (large) files.
+        let batch = names.len().div_ceil(2 * self.shared.threads).clamp(1, BATCH);
+        let rest = if names.len() > batch { names.split_off(batch) } else { Vec::new() };
+        let mut queued = subdirs;
+        for chunk in rest.chunks(batch) {
+            queued.push(Unit::Names { pair: Arc::clone(&pair), names: chunk.to_vec() });
+        }
+        self.shared.add(queued);
+        self.names(&pair, &names)
+    }
+
+    /// Creates the destination of a subfolder; an existing folder is fine.
+    fn subdir(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
+        let in_the_way = || Error::NotAFolder { path: pair.dst_of(name), from: pair.src_of(name) };
+        if self.mode == Mode_::Refresh {
+            match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_dir(&st) => return Ok(()),
+                Ok(_) => return Err(in_the_way()),
+                Err(_) => {}
+            }
+        }
+        match nix::sys::stat::mkdirat(&pair.dst, name, Mode::S_IRWXU) {
+            Ok(()) => {
+                self.created_dirs.push(pair.dst_of(name));
+                self.dir_count += 1;
+                Ok(())
+            }
+            Err(Errno::EEXIST) => match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_dir(&st) => Ok(()),
+                _ => Err(in_the_way()),
+            },
+            Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
+                Err(Error::DiskFull { from: pair.src_of(name), to: pair.dst_of(name), source: e.into() })
+            }
+            Err(e) => Err(Error::Create { path: pair.dst_of(name), source: e.into() }),
+        }
+    }
+
+    fn names(&mut self, pair: &DirPair, names: &[(CString, Kind)]) -> Result<()> {
+        let bytes_before = self.total_bytes;
+        for (name, kind) in names {
+            if self.shared.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let i = self.counters.next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = self.jobs.get(i) else { return Ok(()) };
-            match job {
-                Job::File { from, to } => self.file(from, to)?,
-                Job::Link { from, to } => self.link(from, to)?,
-            }
-            self.pending += 1;
-            if self.pending >= BATCH {
-                self.flush();
+            match kind {
+                Kind::File => self.file(pair, name)?,
+                Kind::Link => self.link(pair, name)?,
             }
         }
-    }
-
-    fn flush(&mut self) {
-        let c = self.counters;
-        c.files.fetch_add(std::mem::take(&mut self.files), Ordering::Relaxed);
-        c.links.fetch_add(std::mem::take(&mut self.links), Ordering::Relaxed);
-        let bytes = c.bytes.fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
-        c.skipped.fetch_add(std::mem::take(&mut self.skipped), Ordering::Relaxed);
-        let done = c.done.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
+        let done = self.shared.done.fetch_add(names.len() as u64, Ordering::Relaxed) + names.len() as u64;
+        let bytes = self.shared.bytes.fetch_add(self.total_bytes - bytes_before, Ordering::Relaxed)
+            + (self.total_bytes - bytes_before);
         if let Some(progress) = &self.options.progress {
-            let total = self.jobs.len() as u64;
-            progress(&Progress {
-                done: c.done.load(Ordering::Relaxed).max(done),
-                total,
-                bytes: c.bytes.load(Ordering::Relaxed).max(bytes),
-            });
+            progress(&Progress { done, total: self.shared.found.load(Ordering::Relaxed), bytes });
         }
+        Ok(())
     }
 
-    fn file(&mut self, from: &Path, to: &Path) -> Result<()> {
-        if self.mode == Mode_::Refresh && up_to_date(from, to)? {
+    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
+        if self.mode == Mode_::Refresh && up_to_date(pair, name)? {
             self.skipped += 1;
             return Ok(());
         }
-        self.bytes += copy_file(from, to, &mut self.buf, &mut self.written)?;
+        self.total_bytes += copy_file(pair, name, &mut self.buf, &mut self.written)?;
         self.files += 1;
         Ok(())
     }
 
-    fn link(&mut self, from: &Path, to: &Path) -> Result<()> {
-        let vanished = |e: io::Error| match e.kind() {
-            ErrorKind::NotFound => Error::SourceVanished { path: from.to_path_buf() },
-            _ => Error::Read { path: from.to_path_buf(), source: e },
-        };
-        let target = fs::read_link(from).map_err(vanished)?;
-        if self.mode == Mode_::Refresh && fs::read_link(to).is_ok_and(|t| t == target) {
+    fn link(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
+        let target = nix::fcntl::readlinkat(&pair.src, name).map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+        if self.mode == Mode_::Refresh && nix::fcntl::readlinkat(&pair.dst, name).is_ok_and(|t| t == target) {
             self.skipped += 1;
             return Ok(());
         }
-        let copy_err = |e: Errno| Error::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source: e.into() };
-        match nix::unistd::symlinkat(&target, AT_FDCWD, to) {
+        let copy_err = |e: Errno| dst_error(pair, name, e);
+        match nix::unistd::symlinkat(target.as_os_str(), &pair.dst, name) {
             Ok(()) => {}
             Err(Errno::EEXIST) => {
-                replace_non_dir(from, to)?;
-                nix::unistd::symlinkat(&target, AT_FDCWD, to).map_err(copy_err)?;
-            }
-            Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
-                return Err(Error::DiskFull { from: from.to_path_buf(), to: to.to_path_buf(), source: e.into() });
+                replace_non_dir(pair, name)?;
+                nix::unistd::symlinkat(target.as_os_str(), &pair.dst, name).map_err(copy_err)?;
             }
             Err(e) => return Err(copy_err(e)),
         }
-        self.written.push(to.to_path_buf());
-        let st = nix::sys::stat::lstat(from).map_err(|e| vanished(e.into()))?;
+        self.written.push(pair.dst_of(name));
+        let st = nix::sys::stat::fstatat(&pair.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
         let (atime, mtime) = times(&st);
-        nix::sys::stat::utimensat(AT_FDCWD, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(copy_err)?;
+        nix::sys::stat::utimensat(&pair.dst, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(copy_err)?;
         self.links += 1;
         Ok(())
     }
 }
 
-/// Removes what stands at `to` so a file or symlink can take its place; a folder is refused.
-fn replace_non_dir(from: &Path, to: &Path) -> Result<()> {
-    match fs::symlink_metadata(to) {
-        Ok(meta) if meta.is_dir() => Err(Error::Copy {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
+/// Removes what stands at the destination so a file or symlink can take its place; a folder
+/// is refused.
+fn replace_non_dir(pair: &DirPair, name: &CStr) -> Result<()> {
+    match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_dir(&st) => Err(Error::Copy {
+            from: pair.src_of(name),
+            to: pair.dst_of(name),
             source: io::Error::new(ErrorKind::IsADirectory, "a folder is in the way; remove it from the task folder"),
         }),
-        _ => fs::remove_file(to).or_else(|e| if e.kind() == ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(
-            |source| Error::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source },
-        ),
+        _ => match nix::unistd::unlinkat(&pair.dst, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(dst_error(pair, name, e)),
+        },
     }
 }
 
@@ -579,87 +794,86 @@ fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
     (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
 }
 
-/// True when `to` is a regular file with the size, modification time and mode of `from`.
-fn up_to_date(from: &Path, to: &Path) -> Result<bool> {
-    let src = nix::sys::stat::stat(from).map_err(|e| match e {
-        Errno::ENOENT => Error::SourceVanished { path: from.to_path_buf() },
-        e => Error::Read { path: from.to_path_buf(), source: e.into() },
-    })?;
-    let Ok(dst) = nix::sys::stat::lstat(to) else { return Ok(false) };
-    Ok(dst.st_mode & libc::S_IFMT == libc::S_IFREG
+/// True when the destination is a regular file with the size, modification time and mode of
+/// the source.
+fn up_to_date(pair: &DirPair, name: &CStr) -> Result<bool> {
+    let src = nix::sys::stat::fstatat(&pair.src, name, AtFlags::empty())
+        .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+    let Ok(dst) = nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        return Ok(false);
+    };
+    Ok(is_file(&dst)
         && dst.st_size == src.st_size
         && dst.st_mtime == src.st_mtime
         && dst.st_mtime_nsec == src.st_mtime_nsec
         && dst.st_mode & 0o7777 == src.st_mode & 0o7777)
 }
 
-/// Opens the destination for writing, replacing a symlink or a read-only file in the way
-/// (never writing through a symlink). Records the destination as written.
-fn open_dst(from: &Path, to: &Path, mode: u32, written: &mut Vec<PathBuf>) -> Result<OwnedFd> {
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-    let create_mode = Mode::from_bits_truncate(mode & 0o777);
-    let fd = match nix::fcntl::open(to, flags, create_mode) {
-        Ok(fd) => fd,
-        Err(Errno::ELOOP | Errno::EACCES | Errno::ETXTBSY) => {
-            replace_non_dir(from, to)?;
-            nix::fcntl::open(to, flags | OFlag::O_EXCL, create_mode).map_err(|e| dst_error(from, to, e))?
-        }
-        Err(e) => return Err(dst_error(from, to, e)),
-    };
-    written.push(to.to_path_buf());
-    Ok(fd)
-}
-
-fn dst_error(from: &Path, to: &Path, e: Errno) -> Error {
-    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+fn dst_error(pair: &DirPair, name: &CStr, e: Errno) -> Error {
+    let (from, to) = (pair.src_of(name), pair.dst_of(name));
     match e {
         Errno::ENOSPC | Errno::EDQUOT => Error::DiskFull { from, to, source: e.into() },
+        Errno::EISDIR => Error::Copy {
+            from,
+            to,
+            source: io::Error::new(ErrorKind::IsADirectory, "a folder is in the way; remove it from the task folder"),
+        },
         _ => Error::Copy { from, to, source: e.into() },
     }
 }
 
+/// Opens the destination for writing, replacing a symlink or a read-only file in the way
+/// (never writing through a symlink). Records the destination as written.
+fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) -> Result<OwnedFd> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let create_mode = Mode::from_bits_truncate(mode & 0o777);
+    let fd = match nix::fcntl::openat(&pair.dst, name, flags, create_mode) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP | Errno::EACCES | Errno::ETXTBSY) => {
+            replace_non_dir(pair, name)?;
+            nix::fcntl::openat(&pair.dst, name, flags | OFlag::O_EXCL, create_mode).map_err(|e| dst_error(pair, name, e))?
+        }
+        Err(e) => return Err(dst_error(pair, name, e)),
+    };
+    written.push(pair.dst_of(name));
+    Ok(fd)
+}
+
 /// Copies one file by content, with its mode and times; returns the bytes copied.
-fn copy_file(from: &Path, to: &Path, buf: &mut Vec<u8>, written: &mut Vec<PathBuf>) -> Result<u64> {
-    let src = nix::fcntl::open(from, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
-        Errno::ENOENT => Error::SourceVanished { path: from.to_path_buf() },
-        e => Error::Read { path: from.to_path_buf(), source: e.into() },
-    })?;
-    let st = nix::sys::stat::fstat(&src).map_err(|e| Error::Read { path: from.to_path_buf(), source: e.into() })?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::SourceVanished { path: from.to_path_buf() });
+fn copy_file(pair: &DirPair, name: &CStr, buf: &mut Vec<u8>, written: &mut Vec<PathBuf>) -> Result<u64> {
+    // Top-level matches that are symlinks are followed here, on purpose.
+    let src = nix::fcntl::openat(&pair.src, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+    let st = nix::sys::stat::fstat(&src).map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+    if !is_file(&st) {
+        // It was a file when listed: it was replaced meanwhile.
+        return Err(Error::SourceVanished { path: pair.src_of(name) });
     }
     let mode = st.st_mode & 0o7777;
-    let dst = open_dst(from, to, mode, written)?;
+    let dst = open_dst(pair, name, mode, written)?;
     let size = u64::try_from(st.st_size).unwrap_or(0);
-    let copied = copy_data(&src, &dst, size, buf).map_err(|e| dst_error(from, to, e))?;
-    nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode)).map_err(|e| dst_error(from, to, e))?;
+    let copied = copy_data(&src, &dst, size, buf).map_err(|e| dst_error(pair, name, e))?;
+    nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode)).map_err(|e| dst_error(pair, name, e))?;
     let (atime, mtime) = times(&st);
-    nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(from, to, e))?;
+    nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
     Ok(copied)
 }
 
-/// Below this size, one read and one write beat setting up an in-kernel copy.
-const SMALL: u64 = 0;
-
-/// Copies `size` bytes (fewer if the source shrank meanwhile) from `src` to `dst`.
+/// Copies `size` bytes (fewer if the source shrank meanwhile) from `src` to `dst`, in the
+/// kernel where the file systems allow it.
 fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64, buf: &mut Vec<u8>) -> std::result::Result<u64, Errno> {
     let mut done = 0u64;
-    if size > SMALL {
-        while done < size {
-            let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(1 << 30);
-            match nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
-                Ok(0) => return Ok(done),
-                Ok(n) => done += n as u64,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EPERM) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if done >= size {
-            return Ok(done);
+    while done < size {
+        let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(1 << 30);
+        match nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
+            Ok(0) => return Ok(done),
+            Ok(n) => done += n as u64,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EPERM) => break,
+            Err(e) => return Err(e),
         }
     }
-    if buf.is_empty() {
+    if buf.is_empty() && done < size {
         buf.resize(256 * 1024, 0);
     }
     while done < size {
