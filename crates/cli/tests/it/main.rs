@@ -1,1 +1,211 @@
-//! Integration tests of the parvm command-line tool.
+//! Integration tests of the `parvm` command-line tool: the real binary on real temp trees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A shared folder holding a project, and a local storage root, in one temp folder.
+struct Site {
+    _dir: tempfile::TempDir,
+    shared: PathBuf,
+    project: PathBuf,
+    local: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let shared = base.join("shared");
+        let project = shared.join("proj");
+        let local = base.join("local");
+        std::fs::create_dir_all(project.join("models/deep")).unwrap();
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(project.join("amp.cir"), "R1 a b 1k\n").unwrap();
+        std::fs::write(project.join("bias.cir"), "V1 a 0 1\n").unwrap();
+        std::fs::write(project.join("models/deep/cmos.lib"), "x").unwrap();
+        Site {
+            _dir: dir,
+            shared,
+            project,
+            local,
+        }
+    }
+
+    fn parvm(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_parvm"))
+            .args(args)
+            .current_dir(&self.project)
+            .env("PARALLEL_MIRRORED_STORAGE", &self.shared)
+            .env("PARALLEL_LOCAL_STORAGE", &self.local)
+            .env_remove("PARVM_HOSTNAME")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.parvm(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.parvm(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn task(&self) -> PathBuf {
+        self.local.join("task")
+    }
+}
+
+fn task_arg(site: &Site) -> String {
+    site.task().display().to_string()
+}
+
+#[test]
+fn config_shows_roots_with_indices_and_the_user_folder() {
+    let site = Site::new();
+    let shown = site.json(&["config"]);
+    assert_eq!(shown["local_root"], site.local.display().to_string());
+    assert_eq!(shown["mirrored_roots"][0]["index"], 0);
+    assert_eq!(
+        shown["mirrored_roots"][0]["path"],
+        site.shared.display().to_string()
+    );
+    assert!(shown["user_folder"].as_str().unwrap().contains("parvm-"));
+    assert!(site.ok(&["config"]).contains("[0] "));
+}
+
+#[test]
+fn config_refuses_a_trailing_colon() {
+    let site = Site::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .arg("config")
+        .env(
+            "PARALLEL_MIRRORED_STORAGE",
+            format!("{}:", site.shared.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty entry"));
+}
+
+#[test]
+fn mirror_copies_then_refresh_copies_only_changes() {
+    let site = Site::new();
+    let task = task_arg(&site);
+    let report = site.json(&[
+        "mirror",
+        "--map",
+        "*.cir=.",
+        "--map",
+        "models=lib",
+        "--into",
+        &task,
+    ]);
+    assert_eq!(report["report"]["files"], 3);
+    assert_eq!(report["entries"][0]["root"], 0);
+    assert_eq!(report["entries"][0]["suffix"], "proj/*.cir");
+    assert!(site.task().join("amp.cir").is_file());
+    assert!(site.task().join("lib/models/deep/cmos.lib").is_file());
+
+    std::fs::write(site.project.join("amp.cir"), "R1 a b 2k, changed\n").unwrap();
+    std::fs::write(site.task().join("written-by-task.raw"), "result").unwrap();
+    let args = [
+        "mirror",
+        "--map",
+        "*.cir=.",
+        "--map",
+        "models=lib",
+        "--into",
+        &task,
+        "--refresh",
+    ];
+    let report = site.json(&args);
+    assert_eq!(report["report"]["files"], 1);
+    assert_eq!(report["report"]["skipped"], 2);
+    assert_eq!(
+        std::fs::read_to_string(site.task().join("amp.cir")).unwrap(),
+        "R1 a b 2k, changed\n"
+    );
+    assert!(site.task().join("written-by-task.raw").is_file());
+}
+
+#[test]
+fn bad_maps_are_refused_before_anything_is_copied() {
+    let site = Site::new();
+    let task = task_arg(&site);
+    let cases: [(&str, &str); 6] = [
+        ("*.cir=../x", "leaves the task folder"),
+        ("*.cir=a/../../x", "leaves the task folder"),
+        ("*.cir=/abs", "absolute"),
+        ("/etc/hostname=.", "not inside any mirrored storage root"),
+        ("missing.cir=.", "does not exist"),
+        ("no-equals-sign", "SOURCE=TARGET"),
+    ];
+    for (map, expected) in cases {
+        let message = site.fails(&[
+            "mirror",
+            "--map",
+            "amp.cir=.",
+            "--map",
+            map,
+            "--into",
+            &task,
+        ]);
+        assert!(message.contains(expected), "{map}: {message}");
+        assert!(
+            !site.task().join("amp.cir").exists(),
+            "{map}: something was copied"
+        );
+    }
+}
+
+#[test]
+fn unmatched_glob_is_reported_not_fatal() {
+    let site = Site::new();
+    let out = site.ok(&["mirror", "--map", "*.nothing=.", "--into", &task_arg(&site)]);
+    assert!(out.contains("matched nothing"), "{out}");
+}
+
+#[test]
+fn storage_list_and_sweep_on_an_empty_root() {
+    let site = Site::new();
+    assert_eq!(site.json(&["storage", "list"]), serde_json::json!([]));
+    let report = site.json(&["storage", "sweep"]);
+    assert_eq!(report["removed"], serde_json::json!([]));
+    assert!(site.ok(&["storage", "clear"]).contains("0 removed"));
+}
+
+#[test]
+fn storage_sweeps_a_folder_whose_owner_is_dead() {
+    let site = Site::new();
+    site.ok(&["storage", "list"]);
+    let user_folder = PathBuf::from(site.json(&["config"])["user_folder"].as_str().unwrap());
+    let stale = user_folder.join("7ffffffe_vm0");
+    std::fs::create_dir(&stale).unwrap();
+    let marker = r#"{"pid":2147483646,"boot_id":"00000000-0000-0000-0000-000000000000","start_time":1,"host":"HOST"}"#;
+    let host = site.json(&["config"])["hostname"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(stale.join(".parvm-owner"), marker.replace("HOST", &host)).unwrap();
+    std::fs::write(stale.join("data"), vec![0u8; 2048]).unwrap();
+    let listed = site.json(&["storage", "list"]);
+    assert_eq!(listed[0]["state"], "stale", "{listed}");
+    let report = site.json(&["storage", "sweep"]);
+    assert_eq!(report["removed"][0]["name"], "7ffffffe_vm0");
+    assert!(!Path::new(&stale).exists());
+}

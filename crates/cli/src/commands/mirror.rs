@@ -1,0 +1,141 @@
+//! `parvm mirror`: what one task's mirroring does, end to end, on this host.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use parvm_env_config::Config;
+use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirrorReport};
+use serde::Serialize;
+
+/// Arguments of `parvm mirror`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A mirror map entry `SOURCE=TARGET`: a source glob (relative to the current folder,
+    /// inside the mirrored storage) and a target folder inside `--into`. Splits at the last
+    /// `=`. Repeat for several entries; they are applied in order.
+    #[arg(long = "map", value_name = "SRC=DST", required = true)]
+    pub maps: Vec<String>,
+    /// The task folder to fill.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// Copy again only what changed at the source since an earlier mirror into DIR.
+    #[arg(long)]
+    pub refresh: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    entries: Vec<ShownEntry>,
+    into: &'a PathBuf,
+    refresh: bool,
+    report: MirrorReport,
+}
+
+#[derive(Debug, Serialize)]
+struct ShownEntry {
+    source: String,
+    root: usize,
+    suffix: String,
+    target: String,
+}
+
+/// Splits `SRC=DST` at the last `=`.
+fn split_entry(text: &str) -> Result<(&str, &str)> {
+    match text.rsplit_once('=') {
+        Some((source, target)) if !source.is_empty() && !target.is_empty() => Ok((source, target)),
+        _ => bail!("mirror entry `{text}` is not SOURCE=TARGET (e.g. `*.cir=.` or `models=lib`)"),
+    }
+}
+
+/// Translates the map to abstract paths and back on this host, then mirrors into `--into`.
+pub fn run(args: &Args, json: bool) -> Result<()> {
+    let config = Config::from_env()?;
+    let mut map = MirrorMap::new();
+    for text in &args.maps {
+        let (source, target) = split_entry(text)?;
+        map = map.entry(source, target)?;
+    }
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    let roots = config.mirrored_roots();
+    let abstract_map = map.to_abstract(roots, &cwd)?;
+    let actual = abstract_map.to_actual(roots)?;
+    std::fs::create_dir_all(&args.into)
+        .with_context(|| format!("cannot create the task folder `{}`", args.into.display()))?;
+    let options = MirrorOptions::new();
+    let report = if args.refresh {
+        parvm_mirror_fs::refresh(&actual, &args.into, &options)?
+    } else {
+        parvm_mirror_fs::mirror(&actual, &args.into, &options)?
+    };
+    let entries = map
+        .entries()
+        .iter()
+        .zip(&abstract_map.entries)
+        .map(|(given, abstracted)| ShownEntry {
+            source: given.source.display().to_string(),
+            root: abstracted.source.root,
+            suffix: abstracted.source.suffix.display().to_string(),
+            target: given.target.display().to_string(),
+        })
+        .collect();
+    let shown = Shown {
+        entries,
+        into: &args.into,
+        refresh: args.refresh,
+        report,
+    };
+    if json {
+        return super::print_json(&shown);
+    }
+    print_text(&shown);
+    Ok(())
+}
+
+fn print_text(shown: &Shown<'_>) {
+    for entry in &shown.entries {
+        println!(
+            "{:<16} -> root [{}] {:<20} -> {}/{}",
+            entry.source,
+            entry.root,
+            entry.suffix,
+            shown.into.display(),
+            entry.target
+        );
+    }
+    let report = &shown.report;
+    let verb = if shown.refresh {
+        "refreshed"
+    } else {
+        "mirrored"
+    };
+    println!(
+        "{verb}: {} files, {} folders, {} symlinks, {} in {:.1} ms{}",
+        report.files,
+        report.dirs,
+        report.symlinks,
+        parvm_local_storage::human_size(report.bytes),
+        report.elapsed.as_secs_f64() * 1e3,
+        if shown.refresh {
+            format!(", {} up to date", report.skipped)
+        } else {
+            String::new()
+        }
+    );
+    for unmatched in &report.unmatched {
+        println!("note: `{}` matched nothing", unmatched.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_split_at_the_last_equals_sign() {
+        assert_eq!(split_entry("*.cir=.").unwrap(), ("*.cir", "."));
+        assert_eq!(split_entry("a=b=c").unwrap(), ("a=b", "c"));
+        for bad in ["nothing", "=x", "x="] {
+            assert!(split_entry(bad).is_err(), "{bad}");
+        }
+    }
+}
