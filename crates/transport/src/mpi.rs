@@ -94,6 +94,9 @@ const FIRST_SLEEP: Duration = Duration::from_micros(20);
 /// The environment variable that overrides the host name a rank reports.
 const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
 
+/// The environment variable that names the backend.
+const TRANSPORT_VAR: &str = "PARVM_TRANSPORT";
+
 /// The variables a launcher sets in the processes it starts: Open MPI's `mpirun`
 /// (`OMPI_COMM_WORLD_SIZE`), MPICH's Hydra and other PMI launchers (`PMI_SIZE`,
 /// `PMI_RANK`), and PMIx launchers such as Open MPI 5 or `srun --mpi=pmix` (`PMIX_RANK`).
@@ -105,6 +108,43 @@ pub fn launched_by_mpirun() -> bool {
     LAUNCHER_VARS
         .iter()
         .any(|var| std::env::var_os(var).is_some())
+}
+
+/// The variables that hold this process's rank, set by the same launchers, in the order
+/// they are read.
+const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
+
+/// The rank the launcher gave this process, read from the environment without
+/// initialising MPI; `None` when no launcher set one (or it is not a number).
+pub fn launch_rank() -> Option<Rank> {
+    RANK_VARS
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
+}
+
+/// Whether the environment selects the MPI backend: `PARVM_TRANSPORT=mpi`, or
+/// `PARVM_TRANSPORT` unset (or empty) and the process started by `mpirun`.
+pub fn selected_by_env() -> bool {
+    match std::env::var(TRANSPORT_VAR) {
+        Ok(name) if !name.is_empty() => name == "mpi",
+        _ => launched_by_mpirun(),
+    }
+}
+
+/// Joins the virtual machine as a worker when the MPI backend is selected
+/// ([`selected_by_env`]) and the launcher made this process a rank other than 0;
+/// `Ok(None)` otherwise (rank 0 is the spawner and calls [`MpiTransport::init`] itself).
+///
+/// # Errors
+/// As [`MpiTransport::init`].
+pub fn worker_from_env() -> Result<Option<MpiTransport>, Error> {
+    if !selected_by_env() {
+        return Ok(None);
+    }
+    match launch_rank() {
+        Some(rank) if rank != 0 => MpiTransport::init().map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The MPI transport: one per process, created with [`MpiTransport::init`].
@@ -358,7 +398,9 @@ impl Backoff {
 /// `PARVM_HOSTNAME`, checked before MPI starts so a bad value fails this rank alone.
 fn hostname_override() -> Result<Option<String>, Error> {
     match std::env::var(HOSTNAME_VAR) {
-        Ok(host) if host.is_empty() => Err(Error::MpiHostname { problem: "is empty" }),
+        Ok(host) if host.is_empty() => Err(Error::MpiHostname {
+            problem: "is empty",
+        }),
         Ok(host) => Ok(Some(host)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(Error::MpiHostname {
@@ -447,7 +489,10 @@ mod raw {
         }
         let len = usize::try_from(len).unwrap_or(0).min(text.len());
         let bytes: Vec<u8> = text[..len].iter().map(|&c| c as u8).collect();
-        format!("{} (MPI error code {code})", String::from_utf8_lossy(&bytes))
+        format!(
+            "{} (MPI error code {code})",
+            String::from_utf8_lossy(&bytes)
+        )
     }
 
     /// A private duplicate of `MPI_COMM_WORLD` with `MPI_ERRORS_RETURN`.

@@ -20,6 +20,9 @@ macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*); } };
 }
 
+/// Whether this rank joined through `parvm_transport::worker_from_env`.
+static VIA_HOOK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What a worker takes as "leave the loop".
 const STOP: &[u8] = b"parvm-mpi-echo:stop";
 
@@ -38,15 +41,23 @@ const SIZES: [usize; 9] = [
 
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    let transport = match MpiTransport::init() {
-        Ok(transport) => transport,
+    // Workers join through the crate's generic hook, the spawner (rank 0) directly: the
+    // way the VM starts.
+    let joined = match parvm_transport::worker_from_env() {
+        Ok(Some(worker)) => Ok((worker, true)),
+        Ok(None) => MpiTransport::init().map(|t| (Box::new(t) as Box<dyn Transport>, false)),
+        Err(e) => Err(e),
+    };
+    let (transport, via_hook) = match joined {
+        Ok(joined) => joined,
         Err(e) => {
             eprintln!("parvm-mpi-echo: {e}");
             return ExitCode::FAILURE;
         }
     };
+    VIA_HOOK.store(via_hook, std::sync::atomic::Ordering::Relaxed);
     let rank = transport.rank();
-    let outcome = run(&transport, &mode);
+    let outcome = run(transport.as_ref(), &mode);
     // Finalise MPI before reporting the outcome.
     drop(transport);
     match outcome {
@@ -58,7 +69,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(t: &MpiTransport, mode: &str) -> Result<()> {
+fn run(t: &dyn Transport, mode: &str) -> Result<()> {
     match mode {
         "info" => info(t),
         "pingpong" => pingpong(t),
@@ -67,23 +78,26 @@ fn run(t: &MpiTransport, mode: &str) -> Result<()> {
         "threads" => threads(t),
         "die" => die(t),
         "die-send" => die_send(t),
-        other => bail!("unknown mode `{other}`; use info, pingpong, exchange, timeouts, threads or die"),
+        other => {
+            bail!("unknown mode `{other}`; use info, pingpong, exchange, timeouts, threads or die")
+        }
     }
 }
 
-fn info(t: &MpiTransport) -> Result<()> {
+fn info(t: &dyn Transport) -> Result<()> {
     let peers: Vec<String> = t
         .peers()
         .iter()
         .map(|peer| format!("{}:{}", peer.rank, peer.host))
         .collect();
     println!(
-        "info rank={} size={} host={} backend={} launched={} peers={}",
+        "info rank={} size={} host={} backend={} launched={} hook={} peers={}",
         t.rank(),
         t.size(),
         t.host(),
         t.backend(),
         parvm_transport::mpi::launched_by_mpirun(),
+        VIA_HOOK.load(std::sync::atomic::Ordering::Relaxed),
         peers.join(",")
     );
     Ok(())
@@ -96,7 +110,7 @@ fn pattern(len: usize, peer: Rank) -> Vec<u8> {
         .collect()
 }
 
-fn expect_message(t: &MpiTransport, wait: Wait) -> Result<(Rank, Vec<u8>)> {
+fn expect_message(t: &dyn Transport, wait: Wait) -> Result<(Rank, Vec<u8>)> {
     match t.recv(wait)? {
         Some(Event::Message { from, payload }) => Ok((from, payload)),
         Some(other) => bail!("expected a message, got {other:?}"),
@@ -105,7 +119,7 @@ fn expect_message(t: &MpiTransport, wait: Wait) -> Result<(Rank, Vec<u8>)> {
 }
 
 /// Workers echo every message back until told to stop.
-fn echo_until_stop(t: &MpiTransport) -> Result<()> {
+fn echo_until_stop(t: &dyn Transport) -> Result<()> {
     loop {
         let (from, payload) = expect_message(t, Wait::Forever)?;
         if payload == STOP {
@@ -115,14 +129,14 @@ fn echo_until_stop(t: &MpiTransport) -> Result<()> {
     }
 }
 
-fn stop_workers(t: &MpiTransport) -> Result<()> {
+fn stop_workers(t: &dyn Transport) -> Result<()> {
     for worker in 1..t.size() as Rank {
         t.send(worker, STOP)?;
     }
     Ok(())
 }
 
-fn pingpong(t: &MpiTransport) -> Result<()> {
+fn pingpong(t: &dyn Transport) -> Result<()> {
     if t.rank() != 0 {
         return echo_until_stop(t);
     }
@@ -131,7 +145,10 @@ fn pingpong(t: &MpiTransport) -> Result<()> {
             let sent = pattern(len, worker);
             t.send(worker, &sent)?;
             let (from, got) = expect_message(t, Wait::For(Duration::from_secs(30)))?;
-            ensure!(from == worker, "answer to rank {worker} came from rank {from}");
+            ensure!(
+                from == worker,
+                "answer to rank {worker} came from rank {from}"
+            );
             ensure!(
                 got == sent,
                 "{len} bytes came back from rank {worker} as {} different bytes",
@@ -149,7 +166,7 @@ fn pingpong(t: &MpiTransport) -> Result<()> {
 
 /// Every rank sends 10 MiB to every other rank before receiving anything: with plain
 /// blocking sends this deadlocks.
-fn exchange(t: &MpiTransport) -> Result<()> {
+fn exchange(t: &dyn Transport) -> Result<()> {
     let me = t.rank();
     let len = 10 << 20;
     for peer in (0..t.size() as Rank).filter(|&peer| peer != me) {
@@ -169,23 +186,27 @@ fn cpu_time() -> Result<Duration> {
 }
 
 /// Waits `wait` with nothing arriving; returns (elapsed, CPU share of one core in %).
-fn idle(t: &MpiTransport, wait: Wait) -> Result<(Duration, f64)> {
+fn idle(t: &dyn Transport, wait: Wait) -> Result<(Duration, f64)> {
     let cpu = cpu_time()?;
     let start = Instant::now();
     let got = t.recv(wait)?;
     let elapsed = start.elapsed();
     let used = cpu_time()?.saturating_sub(cpu);
-    ensure!(got.is_none(), "expected nothing within {wait:?}, got {got:?}");
+    ensure!(
+        got.is_none(),
+        "expected nothing within {wait:?}, got {got:?}"
+    );
     Ok((elapsed, 100.0 * used.as_secs_f64() / elapsed.as_secs_f64()))
 }
 
-fn timeouts(t: &MpiTransport) -> Result<()> {
+fn timeouts(t: &dyn Transport) -> Result<()> {
     if t.rank() != 0 {
         let cpu = cpu_time()?;
         let start = Instant::now();
         let (_, payload) = expect_message(t, Wait::Forever)?;
         ensure!(payload == STOP, "expected the stop message");
-        let share = 100.0 * cpu_time()?.saturating_sub(cpu).as_secs_f64() / start.elapsed().as_secs_f64();
+        let share =
+            100.0 * cpu_time()?.saturating_sub(cpu).as_secs_f64() / start.elapsed().as_secs_f64();
         println!("forever rank={} cpu_percent={share:.2}", t.rank());
         return Ok(());
     }
@@ -194,12 +215,15 @@ fn timeouts(t: &MpiTransport) -> Result<()> {
     let (elapsed, _) = idle(t, Wait::For(Duration::from_millis(200)))?;
     println!("for200 elapsed_us={}", elapsed.as_micros());
     let (elapsed, share) = idle(t, Wait::For(Duration::from_secs(1)))?;
-    println!("for1s elapsed_us={} cpu_percent={share:.2}", elapsed.as_micros());
+    println!(
+        "for1s elapsed_us={} cpu_percent={share:.2}",
+        elapsed.as_micros()
+    );
     stop_workers(t)
 }
 
 /// One thread blocks in `recv` while another sends: the trait's promise.
-fn threads(t: &MpiTransport) -> Result<()> {
+fn threads(t: &dyn Transport) -> Result<()> {
     if t.rank() != 0 {
         return echo_until_stop(t);
     }
@@ -234,7 +258,7 @@ fn threads(t: &MpiTransport) -> Result<()> {
 }
 
 /// The last rank dies without finalising; mpirun must end the job and name it.
-fn die(t: &MpiTransport) -> Result<()> {
+fn die(t: &dyn Transport) -> Result<()> {
     let last = t.size() as Rank - 1;
     if t.rank() == last && last != 0 {
         eprintln!("rank {last} on host {} dies now", t.host());
@@ -242,12 +266,15 @@ fn die(t: &MpiTransport) -> Result<()> {
     }
     // Everyone else waits for a message that never comes; mpirun ends them.
     let got = t.recv(Wait::For(Duration::from_secs(60)))?;
-    bail!("rank {} survived the death of rank {last} (got {got:?})", t.rank())
+    bail!(
+        "rank {} survived the death of rank {last} (got {got:?})",
+        t.rank()
+    )
 }
 
 /// The last rank dies; rank 0 then tries to reach it. Under `mpirun --enable-recovery`
 /// the job survives, and the failure must name the rank and its host.
-fn die_send(t: &MpiTransport) -> Result<()> {
+fn die_send(t: &dyn Transport) -> Result<()> {
     let last = t.size() as Rank - 1;
     if t.rank() == last && last != 0 {
         eprintln!("rank {last} on host {} dies now", t.host());

@@ -175,7 +175,12 @@ fn mpirun(args: &[&str]) -> Option<Run> {
 
 fn mpirun_ok(args: &[&str]) -> Option<Run> {
     let run = mpirun(args)?;
-    assert!(run.status.success(), "mpirun {args:?} failed: {}\n{}", run.status, run.all());
+    assert!(
+        run.status.success(),
+        "mpirun {args:?} failed: {}\n{}",
+        run.status,
+        run.all()
+    );
     Some(run)
 }
 
@@ -195,6 +200,9 @@ fn ranks_sizes_and_the_processor_name() {
         assert_eq!(line["size"], "3");
         assert_eq!(line["backend"], "mpi");
         assert_eq!(line["launched"], "true");
+        // Workers join through `worker_from_env`, the spawner does not.
+        let hook = if line["rank"] == "0" { "false" } else { "true" };
+        assert_eq!(line["hook"], hook);
         assert_eq!(line["host"], host);
         assert_eq!(line["peers"], format!("0:{host},1:{host},2:{host}"));
     }
@@ -203,8 +211,19 @@ fn ranks_sizes_and_the_processor_name() {
 #[test]
 fn hosts_come_from_parvm_hostname_per_app_context() {
     let Some(run) = mpirun_ok(&[
-        "-np", "1", "-x", "PARVM_HOSTNAME=a", ECHO, "info", ":", //
-        "-np", "2", "-x", "PARVM_HOSTNAME=b", ECHO, "info",
+        "-np",
+        "1",
+        "-x",
+        "PARVM_HOSTNAME=a",
+        ECHO,
+        "info",
+        ":", //
+        "-np",
+        "2",
+        "-x",
+        "PARVM_HOSTNAME=b",
+        ECHO,
+        "info",
     ]) else {
         return;
     };
@@ -223,7 +242,11 @@ fn an_empty_parvm_hostname_is_refused_by_name() {
         return;
     };
     assert!(!run.status.success(), "{}", run.all());
-    assert!(run.stderr.contains("PARVM_HOSTNAME is empty"), "{}", run.all());
+    assert!(
+        run.stderr.contains("PARVM_HOSTNAME is empty"),
+        "{}",
+        run.all()
+    );
 }
 
 #[test]
@@ -270,12 +293,20 @@ fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
         run.all()
     );
     let cpu = run.field("for1s", "cpu_percent");
-    assert!(cpu < 5.0, "an idle recv(For(1 s)) used {cpu}% of a core\n{}", run.all());
+    assert!(
+        cpu < 5.0,
+        "an idle recv(For(1 s)) used {cpu}% of a core\n{}",
+        run.all()
+    );
     let forever = run.lines("forever");
     assert_eq!(forever.len(), 2, "{}", run.all());
     for line in forever {
         let cpu: f64 = line["cpu_percent"].parse().expect("a number");
-        assert!(cpu < 5.0, "an idle recv(Forever) used {cpu}% of a core\n{}", run.all());
+        assert!(
+            cpu < 5.0,
+            "an idle recv(Forever) used {cpu}% of a core\n{}",
+            run.all()
+        );
     }
 }
 
@@ -285,8 +316,26 @@ fn a_dying_rank_ends_the_job_and_mpirun_names_it() {
         return;
     };
     assert!(!run.status.success(), "{}", run.all());
-    assert!(run.stderr.contains("rank 2 on host b dies now"), "{}", run.all());
+    assert!(
+        run.stderr.contains("rank 2 on host b dies now"),
+        "{}",
+        run.all()
+    );
     // Open MPI: "mpirun noticed that process rank 2 with PID ... on node ... exited on signal 6".
     assert!(run.all().contains("rank 2"), "{}", run.all());
     assert!(!run.stdout.contains("survived"), "{}", run.all());
+}
+
+#[test]
+fn another_backend_named_in_parvm_transport_keeps_workers_off_the_mpi_hook() {
+    let Some(run) = mpirun_ok(&["-n", "2", "-x", "PARVM_TRANSPORT=tcp", ECHO, "info"]) else {
+        return;
+    };
+    let lines = run.lines("info");
+    assert_eq!(lines.len(), 2, "{}", run.all());
+    assert!(
+        lines.iter().all(|line| line["hook"] == "false"),
+        "{}",
+        run.all()
+    );
 }
