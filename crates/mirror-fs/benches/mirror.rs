@@ -27,8 +27,20 @@ struct Tree {
 }
 
 const TREES: [Tree; 2] = [
-    Tree { name: "A 2000 x 4 KiB", dirs: 20, files_per_dir: 100, size: 4096, reps: 15 },
-    Tree { name: "B 4 x 64 MiB", dirs: 1, files_per_dir: 4, size: 64 << 20, reps: 5 },
+    Tree {
+        name: "A 2000 x 4 KiB",
+        dirs: 20,
+        files_per_dir: 100,
+        size: 4096,
+        reps: 15,
+    },
+    Tree {
+        name: "B 4 x 64 MiB",
+        dirs: 1,
+        files_per_dir: 4,
+        size: 64 << 20,
+        reps: 5,
+    },
 ];
 
 fn main() -> BoxResult<()> {
@@ -38,7 +50,13 @@ fn main() -> BoxResult<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--dir" => dirs.push(PathBuf::from(args.next().ok_or("--dir needs a folder")?)),
-            "--reps" => reps_override = Some(args.next().ok_or("--reps needs a number")?.parse::<usize>()?),
+            "--reps" => {
+                reps_override = Some(
+                    args.next()
+                        .ok_or("--reps needs a number")?
+                        .parse::<usize>()?,
+                )
+            }
             // cargo bench passes --bench; other harness flags are ignored too.
             _ => {}
         }
@@ -47,7 +65,10 @@ fn main() -> BoxResult<()> {
         dirs.push(PathBuf::from("/dev/shm"));
         let exe = std::env::current_exe()?;
         // The bench binary lives in <target>/release/deps/.
-        let target = exe.ancestors().nth(3).ok_or("cannot find the target folder")?;
+        let target = exe
+            .ancestors()
+            .nth(3)
+            .ok_or("cannot find the target folder")?;
         dirs.push(target.to_path_buf());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -115,7 +136,11 @@ fn bench_tree(work: &Path, tree: &Tree, reps: usize) -> BoxResult<Row> {
     }
     remove(&dst)?;
     remove(&src)?;
-    Ok(Row { full: median(full), cp: median(cp), refresh: median(refreshes) })
+    Ok(Row {
+        full: median(full),
+        cp: median(cp),
+        refresh: median(refreshes),
+    })
 }
 
 fn make_tree(src: &Path, tree: &Tree) -> BoxResult<()> {

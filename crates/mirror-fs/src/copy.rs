@@ -17,7 +17,6 @@ use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -151,7 +150,12 @@ enum Mode_ {
     Refresh,
 }
 
-fn run(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions, mode: Mode_) -> Result<MirrorReport> {
+fn run(
+    map: &MirrorMap,
+    task_dir: &Path,
+    options: &MirrorOptions,
+    mode: Mode_,
+) -> Result<MirrorReport> {
     let start = Instant::now();
     let mut created = Created::default();
     let result = prepare(map, task_dir, mode, &mut created).and_then(|prepared| {
@@ -204,10 +208,19 @@ struct DirPair {
 
 impl DirPair {
     fn open(src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
-        let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty()).map_err(|e| vanished_or_read(&src_path, e))?;
+        let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty())
+            .map_err(|e| vanished_or_read(&src_path, e))?;
         let dst = nix::fcntl::open(&dst_path, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
-            .map_err(|e| Error::Create { path: dst_path.clone(), source: e.into() })?;
-        Ok(DirPair { src_path, dst_path, src, dst })
+            .map_err(|e| Error::Create {
+                path: dst_path.clone(),
+                source: e.into(),
+            })?;
+        Ok(DirPair {
+            src_path,
+            dst_path,
+            src,
+            dst,
+        })
     }
 
     fn src_of(&self, name: &CStr) -> PathBuf {
@@ -234,7 +247,10 @@ enum Unit {
     /// List a source folder whose destination folder exists already.
     Dir { src: PathBuf, dst: PathBuf },
     /// Copy these entries of one folder pair.
-    Names { pair: Arc<DirPair>, names: Vec<(CString, Kind)> },
+    Names {
+        pair: Arc<DirPair>,
+        names: Vec<(CString, Kind)>,
+    },
 }
 
 /// Mode and times a destination folder gets at the end.
@@ -257,35 +273,54 @@ const TOP_BATCH: usize = 8;
 
 struct Prepared {
     units: Vec<Unit>,
-    dirs: Vec<DirAttrs>,
     unmatched: Vec<PathBuf>,
 }
 
-fn prepare(map: &MirrorMap, task_dir: &Path, mode: Mode_, created: &mut Created) -> Result<Prepared> {
+fn prepare(
+    map: &MirrorMap,
+    task_dir: &Path,
+    mode: Mode_,
+    created: &mut Created,
+) -> Result<Prepared> {
     // Every source is checked before anything is created or copied.
     let mut resolved = Vec::new();
     let mut unmatched = Vec::new();
     for entry in map.entries() {
-        let target = if entry.target.as_os_str().is_empty() { task_dir.to_path_buf() } else { task_dir.join(&entry.target) };
+        let target = if entry.target.as_os_str().is_empty() {
+            task_dir.to_path_buf()
+        } else {
+            task_dir.join(&entry.target)
+        };
         let matches = glob::expand(&entry.source)?;
         if matches.is_empty() {
             if path_has_glob(&entry.source) {
                 unmatched.push(entry.source.clone());
                 continue;
             }
-            return Err(Error::SourceMissing { path: entry.source.clone() });
+            return Err(Error::SourceMissing {
+                path: entry.source.clone(),
+            });
         }
         let mut found = Vec::with_capacity(matches.len());
         for from in matches {
-            let name = from.file_name().map(OsStr::to_os_string).ok_or_else(|| Error::Copy {
-                from: from.clone(),
-                to: target.clone(),
-                source: io::Error::new(ErrorKind::InvalidInput, "the source has no file name to copy it under"),
-            })?;
+            let name = from
+                .file_name()
+                .map(OsStr::to_os_string)
+                .ok_or_else(|| Error::Copy {
+                    from: from.clone(),
+                    to: target.clone(),
+                    source: io::Error::new(
+                        ErrorKind::InvalidInput,
+                        "the source has no file name to copy it under",
+                    ),
+                })?;
             // A match at the top level is followed when it is a symlink.
             let meta = fs::metadata(&from).map_err(|source| match source.kind() {
                 ErrorKind::NotFound => Error::SourceMissing { path: from.clone() },
-                _ => Error::Read { path: from.clone(), source },
+                _ => Error::Read {
+                    path: from.clone(),
+                    source,
+                },
             })?;
             found.push((from, name, meta));
         }
@@ -293,7 +328,6 @@ fn prepare(map: &MirrorMap, task_dir: &Path, mode: Mode_, created: &mut Created)
     }
 
     let mut units = Vec::new();
-    let mut dirs = Vec::new();
     for (source, target, found) in resolved {
         ensure_dir_all(&target, &source, created)?;
         let mut files: Vec<(CString, Kind)> = Vec::new();
@@ -301,17 +335,13 @@ fn prepare(map: &MirrorMap, task_dir: &Path, mode: Mode_, created: &mut Created)
         for (from, name, meta) in found {
             let to = target.join(&name);
             if meta.is_dir() {
+                // Its mode and times are recorded when a worker lists it.
                 make_dir(&to, &from, mode, created)?;
-                dirs.push(DirAttrs {
-                    mode: meta.mode() & 0o7777,
-                    atime: TimeSpec::new(meta.atime(), meta.atime_nsec()),
-                    mtime: TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
-                    from: from.clone(),
-                    to: to.clone(),
-                });
                 units.push(Unit::Dir { src: from, dst: to });
             } else if meta.is_file() {
-                let parent = from.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+                let parent = from
+                    .parent()
+                    .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
                 if files_parent.as_ref() != Some(&parent) || files.len() >= TOP_BATCH {
                     flush_files(&mut units, files_parent.take(), &target, &mut files)?;
                     files_parent = Some(parent);
@@ -323,15 +353,23 @@ fn prepare(map: &MirrorMap, task_dir: &Path, mode: Mode_, created: &mut Created)
         }
         flush_files(&mut units, files_parent, &target, &mut files)?;
     }
-    Ok(Prepared { units, dirs, unmatched })
+    Ok(Prepared { units, unmatched })
 }
 
-fn flush_files(units: &mut Vec<Unit>, parent: Option<PathBuf>, target: &Path, files: &mut Vec<(CString, Kind)>) -> Result<()> {
+fn flush_files(
+    units: &mut Vec<Unit>,
+    parent: Option<PathBuf>,
+    target: &Path,
+    files: &mut Vec<(CString, Kind)>,
+) -> Result<()> {
     if let Some(parent) = parent
         && !files.is_empty()
     {
         let pair = Arc::new(DirPair::open(parent, target.to_path_buf())?);
-        units.push(Unit::Names { pair, names: std::mem::take(files) });
+        units.push(Unit::Names {
+            pair,
+            names: std::mem::take(files),
+        });
     }
     Ok(())
 }
@@ -347,9 +385,19 @@ fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
 fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => return Err(Error::NotAFolder { path: dir.to_path_buf(), from: from.to_path_buf() }),
+        Ok(_) => {
+            return Err(Error::NotAFolder {
+                path: dir.to_path_buf(),
+                from: from.to_path_buf(),
+            });
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(source) => return Err(Error::Create { path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(Error::Create {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
     }
     if let Some(parent) = dir.parent() {
         ensure_dir_all(parent, from, created)?;
@@ -360,7 +408,10 @@ fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> 
 /// Creates one folder (owner-writable until its mode is set at the end), recording it when
 /// this call created it. An existing folder is fine; anything else in the way is an error.
 fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Result<()> {
-    let in_the_way = || Error::NotAFolder { path: dir.to_path_buf(), from: from.to_path_buf() };
+    let in_the_way = || Error::NotAFolder {
+        path: dir.to_path_buf(),
+        from: from.to_path_buf(),
+    };
     if mode == Mode_::Refresh {
         match nix::sys::stat::lstat(dir) {
             Ok(st) if is_dir(&st) => return Ok(()),
@@ -376,15 +427,24 @@ fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Resu
         Err(Errno::EEXIST) => match nix::sys::stat::lstat(dir) {
             Ok(st) if is_dir(&st) => Ok(()),
             Ok(_) => Err(in_the_way()),
-            Err(e) => Err(Error::Create { path: dir.to_path_buf(), source: e.into() }),
+            Err(e) => Err(Error::Create {
+                path: dir.to_path_buf(),
+                source: e.into(),
+            }),
         },
-        Err(Errno::ENOTDIR) => {
-            Err(Error::NotAFolder { path: dir.parent().unwrap_or(dir).to_path_buf(), from: from.to_path_buf() })
-        }
-        Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
-            Err(Error::DiskFull { from: from.to_path_buf(), to: dir.to_path_buf(), source: e.into() })
-        }
-        Err(e) => Err(Error::Create { path: dir.to_path_buf(), source: e.into() }),
+        Err(Errno::ENOTDIR) => Err(Error::NotAFolder {
+            path: dir.parent().unwrap_or(dir).to_path_buf(),
+            from: from.to_path_buf(),
+        }),
+        Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => Err(Error::DiskFull {
+            from: from.to_path_buf(),
+            to: dir.to_path_buf(),
+            source: e.into(),
+        }),
+        Err(e) => Err(Error::Create {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        }),
     }
 }
 
@@ -398,8 +458,13 @@ fn is_file(st: &FileStat) -> bool {
 
 fn vanished_or_read(path: &Path, e: Errno) -> Error {
     match e {
-        Errno::ENOENT => Error::SourceVanished { path: path.to_path_buf() },
-        e => Error::Read { path: path.to_path_buf(), source: e.into() },
+        Errno::ENOENT => Error::SourceVanished {
+            path: path.to_path_buf(),
+        },
+        e => Error::Read {
+            path: path.to_path_buf(),
+            source: e.into(),
+        },
     }
 }
 
@@ -428,7 +493,9 @@ impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A worker that panicked while holding the lock left consistent data: the queue is a
         // plain list and counter, so poisoning is ignored.
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes a unit, waiting while other workers may still add some; `None` when all is done.
@@ -445,7 +512,10 @@ impl Shared {
             if state.active == 0 {
                 return None;
             }
-            state = self.ready.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -482,16 +552,36 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn execute(prepared: Prepared, options: &MirrorOptions, mode: Mode_, created: &mut Created) -> Result<MirrorReport> {
-    let Prepared { units, dirs: top_dirs, unmatched } = prepared;
-    let found: usize =
-        units.iter().map(|u| if let Unit::Names { names, .. } = u { names.len() } else { 0 }).sum();
+fn execute(
+    prepared: Prepared,
+    options: &MirrorOptions,
+    mode: Mode_,
+    created: &mut Created,
+) -> Result<MirrorReport> {
+    let Prepared { units, unmatched } = prepared;
+    let found: usize = units
+        .iter()
+        .map(|u| {
+            if let Unit::Names { names, .. } = u {
+                names.len()
+            } else {
+                0
+            }
+        })
+        .sum();
     let has_dirs = units.iter().any(|u| matches!(u, Unit::Dir { .. }));
     let want = options.threads.unwrap_or_else(|| cores().min(16));
     // A thread costs tens of microseconds to start: a few loose files are copied inline.
-    let threads = if has_dirs { want } else { want.min(found.div_ceil(8)).max(1) };
+    let threads = if has_dirs {
+        want
+    } else {
+        want.min(found.div_ceil(8)).max(1)
+    };
 
-    let shared = Shared { threads, ..Shared::default() };
+    let shared = Shared {
+        threads,
+        ..Shared::default()
+    };
     shared.found.store(found as u64, Ordering::Relaxed);
     shared.add(units);
     let outcomes: Vec<Worker<'_>> = if threads <= 1 {
@@ -526,9 +616,12 @@ fn execute(prepared: Prepared, options: &MirrorOptions, mode: Mode_, created: &m
         })
     };
 
-    let mut report = MirrorReport { unmatched, ..MirrorReport::default() };
+    let mut report = MirrorReport {
+        unmatched,
+        ..MirrorReport::default()
+    };
     let mut first_error = None;
-    let mut dirs = top_dirs;
+    let mut dirs = Vec::new();
     for mut worker in outcomes {
         created.dirs.append(&mut worker.created_dirs);
         created.files.append(&mut worker.written);
@@ -556,13 +649,21 @@ fn execute(prepared: Prepared, options: &MirrorOptions, mode: Mode_, created: &m
     }
     if let Some(progress) = &options.progress {
         let n = shared.found.load(Ordering::Relaxed);
-        progress(&Progress { done: n, total: n, bytes: report.bytes });
+        progress(&Progress {
+            done: n,
+            total: n,
+            bytes: report.bytes,
+        });
     }
     Ok(report)
 }
 
 fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
-    let err = |e: Errno| Error::Copy { from: dir.from.clone(), to: dir.to.clone(), source: e.into() };
+    let err = |e: Errno| Error::Copy {
+        from: dir.from.clone(),
+        to: dir.to.clone(),
+        source: e.into(),
+    };
     if mode == Mode_::Refresh
         && let Ok(st) = nix::sys::stat::lstat(&dir.to)
         && st.st_mode & 0o7777 == dir.mode
@@ -578,7 +679,14 @@ fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(err)?;
-    nix::sys::stat::utimensat(AT_FDCWD, &dir.to, &dir.atime, &dir.mtime, UtimensatFlags::NoFollowSymlink).map_err(err)
+    nix::sys::stat::utimensat(
+        AT_FDCWD,
+        &dir.to,
+        &dir.atime,
+        &dir.mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(err)
 }
 
 struct Worker<'a> {
@@ -662,15 +770,22 @@ impl<'a> Worker<'a> {
             match kind {
                 nix::dir::Type::Directory => {
                     self.subdir(&pair, name)?;
-                    subdirs.push(Unit::Dir { src: pair.src_of(name), dst: pair.dst_of(name) });
+                    subdirs.push(Unit::Dir {
+                        src: pair.src_of(name),
+                        dst: pair.dst_of(name),
+                    });
                 }
                 nix::dir::Type::File => names.push((name.to_owned(), Kind::File)),
                 nix::dir::Type::Symlink => names.push((name.to_owned(), Kind::Link)),
-                _ => tracing::warn!("skipping `{}`: neither a file, a folder nor a symlink", pair.src_of(name).display()),
+                _ => tracing::warn!(
+                    "skipping `{}`: neither a file, a folder nor a symlink",
+                    pair.src_of(name).display()
+                ),
             }
         }
         drop(dir);
-        let st = nix::sys::stat::fstat(&pair.src).map_err(|e| vanished_or_read(&pair.src_path, e))?;
+        let st =
+            nix::sys::stat::fstat(&pair.src).map_err(|e| vanished_or_read(&pair.src_path, e))?;
         let (atime, mtime) = times(&st);
         self.dirs.push(DirAttrs {
             from: pair.src_path.clone(),
@@ -679,14 +794,26 @@ impl<'a> Worker<'a> {
             atime,
             mtime,
         });
-        self.shared.found.fetch_add(names.len() as u64, Ordering::Relaxed);
+        self.shared
+            .found
+            .fetch_add(names.len() as u64, Ordering::Relaxed);
         // Keep the first batch; everything else goes to the queue for any worker. Batches are
         // small enough that every thread gets a share of a folder with few (large) files.
-        let batch = names.len().div_ceil(2 * self.shared.threads).clamp(1, BATCH);
-        let rest = if names.len() > batch { names.split_off(batch) } else { Vec::new() };
+        let batch = names
+            .len()
+            .div_ceil(2 * self.shared.threads)
+            .clamp(1, BATCH);
+        let rest = if names.len() > batch {
+            names.split_off(batch)
+        } else {
+            Vec::new()
+        };
         let mut queued = subdirs;
         for chunk in rest.chunks(batch) {
-            queued.push(Unit::Names { pair: Arc::clone(&pair), names: chunk.to_vec() });
+            queued.push(Unit::Names {
+                pair: Arc::clone(&pair),
+                names: chunk.to_vec(),
+            });
         }
         self.shared.add(queued);
         self.names(&pair, &names)
@@ -694,7 +821,10 @@ impl<'a> Worker<'a> {
 
     /// Creates the destination of a subfolder; an existing folder is fine.
     fn subdir(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
-        let in_the_way = || Error::NotAFolder { path: pair.dst_of(name), from: pair.src_of(name) };
+        let in_the_way = || Error::NotAFolder {
+            path: pair.dst_of(name),
+            from: pair.src_of(name),
+        };
         if self.mode == Mode_::Refresh {
             match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if is_dir(&st) => return Ok(()),
@@ -708,14 +838,21 @@ impl<'a> Worker<'a> {
                 self.dir_count += 1;
                 Ok(())
             }
-            Err(Errno::EEXIST) => match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if is_dir(&st) => Ok(()),
-                _ => Err(in_the_way()),
-            },
-            Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
-                Err(Error::DiskFull { from: pair.src_of(name), to: pair.dst_of(name), source: e.into() })
+            Err(Errno::EEXIST) => {
+                match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) if is_dir(&st) => Ok(()),
+                    _ => Err(in_the_way()),
+                }
             }
-            Err(e) => Err(Error::Create { path: pair.dst_of(name), source: e.into() }),
+            Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => Err(Error::DiskFull {
+                from: pair.src_of(name),
+                to: pair.dst_of(name),
+                source: e.into(),
+            }),
+            Err(e) => Err(Error::Create {
+                path: pair.dst_of(name),
+                source: e.into(),
+            }),
         }
     }
 
@@ -730,11 +867,22 @@ impl<'a> Worker<'a> {
                 Kind::Link => self.link(pair, name)?,
             }
         }
-        let done = self.shared.done.fetch_add(names.len() as u64, Ordering::Relaxed) + names.len() as u64;
-        let bytes = self.shared.bytes.fetch_add(self.total_bytes - bytes_before, Ordering::Relaxed)
+        let done = self
+            .shared
+            .done
+            .fetch_add(names.len() as u64, Ordering::Relaxed)
+            + names.len() as u64;
+        let bytes = self
+            .shared
+            .bytes
+            .fetch_add(self.total_bytes - bytes_before, Ordering::Relaxed)
             + (self.total_bytes - bytes_before);
         if let Some(progress) = &self.options.progress {
-            progress(&Progress { done, total: self.shared.found.load(Ordering::Relaxed), bytes });
+            progress(&Progress {
+                done,
+                total: self.shared.found.load(Ordering::Relaxed),
+                bytes,
+            });
         }
         Ok(())
     }
@@ -750,8 +898,11 @@ impl<'a> Worker<'a> {
     }
 
     fn link(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
-        let target = nix::fcntl::readlinkat(&pair.src, name).map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
-        if self.mode == Mode_::Refresh && nix::fcntl::readlinkat(&pair.dst, name).is_ok_and(|t| t == target) {
+        let target = nix::fcntl::readlinkat(&pair.src, name)
+            .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+        if self.mode == Mode_::Refresh
+            && nix::fcntl::readlinkat(&pair.dst, name).is_ok_and(|t| t == target)
+        {
             self.skipped += 1;
             return Ok(());
         }
@@ -768,7 +919,14 @@ impl<'a> Worker<'a> {
         let st = nix::sys::stat::fstatat(&pair.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
         let (atime, mtime) = times(&st);
-        nix::sys::stat::utimensat(&pair.dst, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(copy_err)?;
+        nix::sys::stat::utimensat(
+            &pair.dst,
+            name,
+            &atime,
+            &mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(copy_err)?;
         self.links += 1;
         Ok(())
     }
@@ -781,17 +939,25 @@ fn replace_non_dir(pair: &DirPair, name: &CStr) -> Result<()> {
         Ok(st) if is_dir(&st) => Err(Error::Copy {
             from: pair.src_of(name),
             to: pair.dst_of(name),
-            source: io::Error::new(ErrorKind::IsADirectory, "a folder is in the way; remove it from the task folder"),
+            source: io::Error::new(
+                ErrorKind::IsADirectory,
+                "a folder is in the way; remove it from the task folder",
+            ),
         }),
-        _ => match nix::unistd::unlinkat(&pair.dst, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(dst_error(pair, name, e)),
-        },
+        _ => {
+            match nix::unistd::unlinkat(&pair.dst, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(dst_error(pair, name, e)),
+            }
+        }
     }
 }
 
 fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
-    (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
+    (
+        TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+    )
 }
 
 /// True when the destination is a regular file with the size, modification time and mode of
@@ -812,26 +978,39 @@ fn up_to_date(pair: &DirPair, name: &CStr) -> Result<bool> {
 fn dst_error(pair: &DirPair, name: &CStr, e: Errno) -> Error {
     let (from, to) = (pair.src_of(name), pair.dst_of(name));
     match e {
-        Errno::ENOSPC | Errno::EDQUOT => Error::DiskFull { from, to, source: e.into() },
+        Errno::ENOSPC | Errno::EDQUOT => Error::DiskFull {
+            from,
+            to,
+            source: e.into(),
+        },
         Errno::EISDIR => Error::Copy {
             from,
             to,
-            source: io::Error::new(ErrorKind::IsADirectory, "a folder is in the way; remove it from the task folder"),
+            source: io::Error::new(
+                ErrorKind::IsADirectory,
+                "a folder is in the way; remove it from the task folder",
+            ),
         },
-        _ => Error::Copy { from, to, source: e.into() },
+        _ => Error::Copy {
+            from,
+            to,
+            source: e.into(),
+        },
     }
 }
 
 /// Opens the destination for writing, replacing a symlink or a read-only file in the way
 /// (never writing through a symlink). Records the destination as written.
 fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) -> Result<OwnedFd> {
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let create_mode = Mode::from_bits_truncate(mode & 0o777);
     let fd = match nix::fcntl::openat(&pair.dst, name, flags, create_mode) {
         Ok(fd) => fd,
         Err(Errno::ELOOP | Errno::EACCES | Errno::ETXTBSY) => {
             replace_non_dir(pair, name)?;
-            nix::fcntl::openat(&pair.dst, name, flags | OFlag::O_EXCL, create_mode).map_err(|e| dst_error(pair, name, e))?
+            nix::fcntl::openat(&pair.dst, name, flags | OFlag::O_EXCL, create_mode)
+                .map_err(|e| dst_error(pair, name, e))?
         }
         Err(e) => return Err(dst_error(pair, name, e)),
     };
@@ -840,20 +1019,33 @@ fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) 
 }
 
 /// Copies one file by content, with its mode and times; returns the bytes copied.
-fn copy_file(pair: &DirPair, name: &CStr, buf: &mut Vec<u8>, written: &mut Vec<PathBuf>) -> Result<u64> {
+fn copy_file(
+    pair: &DirPair,
+    name: &CStr,
+    buf: &mut Vec<u8>,
+    written: &mut Vec<PathBuf>,
+) -> Result<u64> {
     // Top-level matches that are symlinks are followed here, on purpose.
-    let src = nix::fcntl::openat(&pair.src, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
+    let src = nix::fcntl::openat(
+        &pair.src,
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
     let st = nix::sys::stat::fstat(&src).map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
     if !is_file(&st) {
         // It was a file when listed: it was replaced meanwhile.
-        return Err(Error::SourceVanished { path: pair.src_of(name) });
+        return Err(Error::SourceVanished {
+            path: pair.src_of(name),
+        });
     }
     let mode = st.st_mode & 0o7777;
     let dst = open_dst(pair, name, mode, written)?;
     let size = u64::try_from(st.st_size).unwrap_or(0);
     let copied = copy_data(&src, &dst, size, buf).map_err(|e| dst_error(pair, name, e))?;
-    nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode)).map_err(|e| dst_error(pair, name, e))?;
+    nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode))
+        .map_err(|e| dst_error(pair, name, e))?;
     let (atime, mtime) = times(&st);
     nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
     Ok(copied)
@@ -861,15 +1053,24 @@ fn copy_file(pair: &DirPair, name: &CStr, buf: &mut Vec<u8>, written: &mut Vec<P
 
 /// Copies `size` bytes (fewer if the source shrank meanwhile) from `src` to `dst`, in the
 /// kernel where the file systems allow it.
-fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64, buf: &mut Vec<u8>) -> std::result::Result<u64, Errno> {
+fn copy_data(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    size: u64,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<u64, Errno> {
     let mut done = 0u64;
     while done < size {
-        let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(1 << 30);
+        let want = usize::try_from(size - done)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
         match nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
             Ok(0) => return Ok(done),
             Ok(n) => done += n as u64,
             Err(Errno::EINTR) => {}
-            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EPERM) => break,
+            Err(
+                Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EPERM,
+            ) => break,
             Err(e) => return Err(e),
         }
     }
@@ -877,7 +1078,9 @@ fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64, buf: &mut Vec<u8>) -> std:
         buf.resize(256 * 1024, 0);
     }
     while done < size {
-        let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(size - done)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = match nix::unistd::read(src.as_fd(), &mut buf[..want]) {
             Ok(0) => return Ok(done),
             Ok(n) => n,

@@ -44,7 +44,10 @@ enum Token {
     Star,
     Any,
     Lit(u32),
-    Class { negated: bool, ranges: Vec<(u32, u32)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(u32, u32)>,
+    },
 }
 
 impl Token {
@@ -52,7 +55,9 @@ impl Token {
         match self {
             Token::Star | Token::Any => true,
             Token::Lit(l) => *l == c,
-            Token::Class { negated, ranges } => ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+            }
         }
     }
 }
@@ -178,14 +183,33 @@ pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
                 let compiled = Pattern::new(name.as_bytes());
                 let mut next = Vec::new();
                 for base in &current {
-                    let dir = if base.as_os_str().is_empty() { Path::new(".") } else { base.as_path() };
+                    let dir = if base.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        base.as_path()
+                    };
                     let entries = match fs::read_dir(dir) {
                         Ok(entries) => entries,
-                        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => continue,
-                        Err(source) => return Err(Error::Read { path: dir.to_path_buf(), source }),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::NotFound | ErrorKind::NotADirectory
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(source) => {
+                            return Err(Error::Read {
+                                path: dir.to_path_buf(),
+                                source,
+                            });
+                        }
                     };
                     for entry in entries {
-                        let entry = entry.map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+                        let entry = entry.map_err(|source| Error::Read {
+                            path: dir.to_path_buf(),
+                            source,
+                        })?;
                         let file_name = entry.file_name();
                         if compiled.matches(file_name.as_bytes()) {
                             next.push(base.join(file_name));
@@ -265,7 +289,9 @@ mod tests {
         match tokens.split_first() {
             None => name.is_empty(),
             Some((Token::Star, rest)) => (0..=name.len()).any(|k| naive(rest, &name[k..])),
-            Some((token, rest)) => !name.is_empty() && token.matches_one(name[0]) && naive(rest, &name[1..]),
+            Some((token, rest)) => {
+                !name.is_empty() && token.matches_one(name[0]) && naive(rest, &name[1..])
+            }
         }
     }
 
@@ -287,7 +313,13 @@ mod tests {
     fn expand_walks_only_wild_components() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for p in ["data/a.lib", "data/b.lib", "data/c.txt", "data/.h.lib", "other/a.lib"] {
+        for p in [
+            "data/a.lib",
+            "data/b.lib",
+            "data/c.txt",
+            "data/.h.lib",
+            "other/a.lib",
+        ] {
             let p = root.join(p);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b"x").unwrap();
@@ -296,9 +328,21 @@ mod tests {
         assert_eq!(got, vec![root.join("data/a.lib"), root.join("data/b.lib")]);
         let got = expand(&root.join("*/a.lib")).unwrap();
         assert_eq!(got, vec![root.join("data/a.lib"), root.join("other/a.lib")]);
-        assert_eq!(expand(&root.join("missing/*")).unwrap(), Vec::<PathBuf>::new());
-        assert_eq!(expand(&root.join("data/a.lib/*")).unwrap(), Vec::<PathBuf>::new());
-        assert_eq!(expand(&root.join("data/c.txt")).unwrap(), vec![root.join("data/c.txt")]);
-        assert_eq!(expand(&root.join("data/none")).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            expand(&root.join("missing/*")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            expand(&root.join("data/a.lib/*")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            expand(&root.join("data/c.txt")).unwrap(),
+            vec![root.join("data/c.txt")]
+        );
+        assert_eq!(
+            expand(&root.join("data/none")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
     }
 }

@@ -45,9 +45,16 @@ impl MirrorMap {
     ///
     /// [`Error::TargetAbsolute`] or [`Error::TargetEscapes`] when `target` is absolute or
     /// climbs out of the task folder (`../x`, `a/../../x`); `a/../b` and `.` are fine.
-    pub fn entry(mut self, source: impl Into<PathBuf>, target: impl AsRef<Path>) -> Result<MirrorMap> {
+    pub fn entry(
+        mut self,
+        source: impl Into<PathBuf>,
+        target: impl AsRef<Path>,
+    ) -> Result<MirrorMap> {
         let target = check_target(target.as_ref())?;
-        self.entries.push(MirrorEntry { source: source.into(), target });
+        self.entries.push(MirrorEntry {
+            source: source.into(),
+            target,
+        });
         Ok(self)
     }
 
@@ -67,7 +74,10 @@ impl MirrorMap {
             .entries
             .iter()
             .map(|e| {
-                Ok(AbstractMirrorEntry { source: to_abstract_from(roots, cwd, &e.source)?, target: e.target.clone() })
+                Ok(AbstractMirrorEntry {
+                    source: to_abstract_from(roots, cwd, &e.source)?,
+                    target: e.target.clone(),
+                })
             })
             .collect::<Result<_>>()?;
         Ok(AbstractMirrorMap { entries })
@@ -103,7 +113,12 @@ impl AbstractMirrorMap {
         let entries = self
             .entries
             .iter()
-            .map(|e| Ok(MirrorEntry { source: to_actual(roots, &e.source)?, target: check_target(&e.target)? }))
+            .map(|e| {
+                Ok(MirrorEntry {
+                    source: to_actual(roots, &e.source)?,
+                    target: check_target(&e.target)?,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(MirrorMap { entries })
     }
@@ -116,12 +131,16 @@ fn check_target(target: &Path) -> Result<PathBuf> {
     for component in target.components() {
         match component {
             Component::Prefix(_) | Component::RootDir => {
-                return Err(Error::TargetAbsolute { target: target.to_path_buf() });
+                return Err(Error::TargetAbsolute {
+                    target: target.to_path_buf(),
+                });
             }
             Component::CurDir => {}
             Component::ParentDir => {
                 if depth == 0 {
-                    return Err(Error::TargetEscapes { target: target.to_path_buf() });
+                    return Err(Error::TargetEscapes {
+                        target: target.to_path_buf(),
+                    });
                 }
                 depth -= 1;
                 out.pop();
@@ -141,9 +160,20 @@ mod tests {
 
     #[test]
     fn targets_table() {
-        let ok = [(".", ""), ("", ""), ("a", "a"), ("a/../b", "b"), ("./a/./b/", "a/b"), ("a/b/..", "a")];
+        let ok = [
+            (".", ""),
+            ("", ""),
+            ("a", "a"),
+            ("a/../b", "b"),
+            ("./a/./b/", "a/b"),
+            ("a/b/..", "a"),
+        ];
         for (input, want) in ok {
-            assert_eq!(check_target(Path::new(input)).unwrap(), Path::new(want), "{input}");
+            assert_eq!(
+                check_target(Path::new(input)).unwrap(),
+                Path::new(want),
+                "{input}"
+            );
         }
         let escapes = ["..", "../x", "a/../../x", "a/../.."];
         for input in escapes {
@@ -158,7 +188,9 @@ mod tests {
     #[test]
     fn abstract_map_round_trips_through_serde() {
         let roots = vec![PathBuf::from("/parvm-test-nonexistent/r0")];
-        let map = MirrorMap::new().entry("/parvm-test-nonexistent/r0/lib/*.lib", "m").unwrap();
+        let map = MirrorMap::new()
+            .entry("/parvm-test-nonexistent/r0/lib/*.lib", "m")
+            .unwrap();
         let abs = map.to_abstract(&roots, Path::new("/")).unwrap();
         let json = serde_json::to_string(&abs).unwrap();
         let back: AbstractMirrorMap = serde_json::from_str(&json).unwrap();
@@ -173,7 +205,10 @@ mod tests {
     fn peer_target_checked_again() {
         let bad = AbstractMirrorMap {
             entries: vec![AbstractMirrorEntry {
-                source: AbstractPath { root: 0, suffix: "x".into() },
+                source: AbstractPath {
+                    root: 0,
+                    suffix: "x".into(),
+                },
                 target: "../../etc".into(),
             }],
         };

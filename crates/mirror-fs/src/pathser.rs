@@ -50,13 +50,21 @@ pub(crate) mod vec {
     use super::*;
 
     /// Serializes a list of paths.
-    pub(crate) fn serialize<S: Serializer>(paths: &[PathBuf], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        paths: &[PathBuf],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(paths.iter().map(|p| repr(p)))
     }
 
     /// Deserializes a list of paths.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
-        Ok(Vec::<Repr>::deserialize(deserializer)?.into_iter().map(from_repr).collect())
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<PathBuf>, D::Error> {
+        Ok(Vec::<Repr>::deserialize(deserializer)?
+            .into_iter()
+            .map(from_repr)
+            .collect())
     }
 }
 
@@ -72,7 +80,9 @@ pub(crate) mod seconds {
     }
 
     /// Deserializes a duration from seconds.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(deserializer)?;
         Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }

@@ -34,7 +34,10 @@ pub fn to_abstract(roots: &[PathBuf], path: &Path) -> Result<AbstractPath> {
     if path.is_absolute() {
         return to_abstract_from(roots, Path::new("/"), path);
     }
-    let cwd = std::env::current_dir().map_err(|source| Error::Read { path: PathBuf::from("."), source })?;
+    let cwd = std::env::current_dir().map_err(|source| Error::Read {
+        path: PathBuf::from("."),
+        source,
+    })?;
     to_abstract_from(roots, &cwd, path)
 }
 
@@ -57,16 +60,24 @@ pub fn to_abstract_from(roots: &[PathBuf], cwd: &Path, path: &Path) -> Result<Ab
     } else if cwd.is_absolute() {
         cwd.join(path)
     } else {
-        return Err(Error::RelativeCwd { cwd: cwd.to_path_buf() });
+        return Err(Error::RelativeCwd {
+            cwd: cwd.to_path_buf(),
+        });
     };
     let normal = normalize(&absolute);
     let resolved = resolve_literal_prefix(&normal);
     for (root, prefix) in roots.iter().enumerate() {
         if let Ok(suffix) = resolved.strip_prefix(prefix) {
-            return Ok(AbstractPath { root, suffix: suffix.to_path_buf() });
+            return Ok(AbstractPath {
+                root,
+                suffix: suffix.to_path_buf(),
+            });
         }
     }
-    Err(Error::NoRoot { path: resolved, roots: list_roots(roots) })
+    Err(Error::NoRoot {
+        path: resolved,
+        roots: list_roots(roots),
+    })
 }
 
 /// Translates an abstract path into a path on this host: root `root` joined with the suffix.
@@ -76,9 +87,18 @@ pub fn to_abstract_from(roots: &[PathBuf], cwd: &Path, path: &Path) -> Result<Ab
 /// [`Error::RootIndex`] when this host has fewer roots than the index needs;
 /// [`Error::BadSuffix`] when the suffix is absolute or holds `..` (a malformed request).
 pub fn to_actual(roots: &[PathBuf], path: &AbstractPath) -> Result<PathBuf> {
-    let root = roots.get(path.root).ok_or(Error::RootIndex { index: path.root, count: roots.len() })?;
-    if !path.suffix.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(Error::BadSuffix { suffix: path.suffix.clone() });
+    let root = roots.get(path.root).ok_or(Error::RootIndex {
+        index: path.root,
+        count: roots.len(),
+    })?;
+    if !path
+        .suffix
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::BadSuffix {
+            suffix: path.suffix.clone(),
+        });
     }
     if path.suffix.as_os_str().is_empty() {
         return Ok(root.clone());
@@ -163,24 +183,58 @@ mod tests {
         assert!(matches!(err, Error::NoRoot { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent-parvm/home"), "{err}");
         let ok = to_abstract(&roots, Path::new("/nonexistent-parvm/home/x")).unwrap();
-        assert_eq!(ok, AbstractPath { root: 0, suffix: PathBuf::from("x") });
+        assert_eq!(
+            ok,
+            AbstractPath {
+                root: 0,
+                suffix: PathBuf::from("x")
+            }
+        );
     }
 
     #[test]
     fn to_actual_errors() {
         let roots = vec![PathBuf::from("/r0")];
-        let err = to_actual(&roots, &AbstractPath { root: 3, suffix: "x".into() }).unwrap_err();
-        assert!(err.to_string().contains("index 3") && err.to_string().contains("1 root"), "{err}");
+        let err = to_actual(
+            &roots,
+            &AbstractPath {
+                root: 3,
+                suffix: "x".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("index 3") && err.to_string().contains("1 root"),
+            "{err}"
+        );
         for bad in ["/etc/passwd", "../x", "a/../../x"] {
-            let err = to_actual(&roots, &AbstractPath { root: 0, suffix: bad.into() }).unwrap_err();
+            let err = to_actual(
+                &roots,
+                &AbstractPath {
+                    root: 0,
+                    suffix: bad.into(),
+                },
+            )
+            .unwrap_err();
             assert!(matches!(err, Error::BadSuffix { .. }), "{bad}: {err}");
         }
-        assert_eq!(to_actual(&roots, &AbstractPath { root: 0, suffix: "".into() }).unwrap(), Path::new("/r0"));
+        assert_eq!(
+            to_actual(
+                &roots,
+                &AbstractPath {
+                    root: 0,
+                    suffix: "".into()
+                }
+            )
+            .unwrap(),
+            Path::new("/r0")
+        );
     }
 
     #[test]
     fn relative_cwd_refused() {
-        let err = to_abstract_from(&[PathBuf::from("/")], Path::new("rel"), Path::new("x")).unwrap_err();
+        let err =
+            to_abstract_from(&[PathBuf::from("/")], Path::new("rel"), Path::new("x")).unwrap_err();
         assert!(matches!(err, Error::RelativeCwd { .. }), "{err}");
     }
 }

@@ -1,0 +1,412 @@
+//! The copy engine on real trees: every rule and every bad input.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use parvm_mirror_fs::{Error, MirrorMap, MirrorOptions, Progress, mirror};
+
+use crate::{Fixture, listing, set_mode};
+
+fn opts() -> MirrorOptions {
+    MirrorOptions::new()
+}
+
+#[test]
+fn files_dirs_and_globs_land_in_their_targets() {
+    let fx = Fixture::new();
+    fx.file("lib/a.lib", b"aaa");
+    fx.file("lib/b.lib", b"bb");
+    fx.file("lib/c.txt", b"c");
+    fx.file("lib/.hidden.lib", b"h");
+    fx.file("tree/x/y.txt", b"y");
+    fx.file("top.cir", b"top");
+    let map = MirrorMap::new()
+        .entry(fx.src("lib/*.lib"), "models/deep")
+        .unwrap()
+        .entry(fx.src("tree"), ".")
+        .unwrap()
+        .entry(fx.src("top.cir"), "")
+        .unwrap();
+    let report = mirror(&map, &fx.task, &opts()).unwrap();
+    assert_eq!(
+        listing(&fx.task),
+        [
+            "models",
+            "models/deep",
+            "models/deep/a.lib",
+            "models/deep/b.lib",
+            "top.cir",
+            "tree",
+            "tree/x",
+            "tree/x/y.txt"
+        ]
+        .map(PathBuf::from)
+    );
+    assert_eq!(fs::read(fx.dst("models/deep/a.lib")).unwrap(), b"aaa");
+    assert_eq!(
+        (report.files, report.dirs, report.symlinks, report.bytes),
+        (4, 2, 0, 3 + 2 + 1 + 3)
+    );
+    assert!(report.unmatched.is_empty());
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["files"], 4);
+    assert!(json["elapsed"].is_f64());
+}
+
+#[test]
+fn literal_missing_source_is_an_error_and_nothing_is_copied() {
+    let fx = Fixture::new();
+    fx.file("a.txt", b"a");
+    let map = MirrorMap::new()
+        .entry(fx.src("a.txt"), "in")
+        .unwrap()
+        .entry(fx.src("missing.txt"), "in")
+        .unwrap();
+    let err = mirror(&map, &fx.task, &opts()).unwrap_err();
+    assert!(matches!(err, Error::SourceMissing { .. }), "{err}");
+    assert!(err.to_string().contains("missing.txt"), "{err}");
+    assert!(
+        listing(&fx.task).is_empty(),
+        "the first entry was not copied either"
+    );
+}
+
+#[test]
+fn glob_matching_nothing_is_reported_not_an_error() {
+    let fx = Fixture::new();
+    fx.file("a.txt", b"a");
+    let pattern = fx.src("*.none");
+    let map = MirrorMap::new()
+        .entry(&pattern, ".")
+        .unwrap()
+        .entry(fx.src("a.txt"), ".")
+        .unwrap();
+    let report = mirror(&map, &fx.task, &opts()).unwrap();
+    assert_eq!(report.unmatched, vec![pattern]);
+    assert_eq!(report.files, 1);
+}
+
+#[test]
+fn a_file_in_the_way_of_a_folder_is_a_clear_error() {
+    let fx = Fixture::new();
+    fx.file("tree/sub/x.txt", b"x");
+    // The target folder itself is a file.
+    fs::write(fx.dst("models"), b"task output").unwrap();
+    let map = MirrorMap::new()
+        .entry(fx.src("tree/sub/x.txt"), "models")
+        .unwrap();
+    let err = mirror(&map, &fx.task, &opts()).unwrap_err();
+    assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
+    assert!(err.to_string().contains("models"), "{err}");
+    assert_eq!(
+        fs::read(fx.dst("models")).unwrap(),
+        b"task output",
+        "nothing lost"
+    );
+    // A folder inside a copied tree is a file in the task folder.
+    fs::create_dir(fx.dst("tree")).unwrap();
+    fs::write(fx.dst("tree/sub"), b"in the way").unwrap();
+    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    let err = mirror(&map, &fx.task, &opts()).unwrap_err();
+    assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
+    assert!(err.to_string().contains("tree/sub"), "{err}");
+    assert_eq!(fs::read(fx.dst("tree/sub")).unwrap(), b"in the way");
+}
+
+#[test]
+fn a_folder_in_the_way_of_a_file_is_a_clear_error() {
+    let fx = Fixture::new();
+    fx.file("x.txt", b"x");
+    fs::create_dir(fx.dst("x.txt")).unwrap();
+    let map = MirrorMap::new().entry(fx.src("x.txt"), ".").unwrap();
+    let err = mirror(&map, &fx.task, &opts()).unwrap_err();
+    assert!(matches!(err, Error::Copy { .. }), "{err}");
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        msg.contains("x.txt") && msg.contains("folder is in the way"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn non_utf8_names_are_matched_and_copied() {
+    let fx = Fixture::new();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.lib");
+    let odd_dir = std::ffi::OsStr::from_bytes(b"d\xff");
+    fx.file(Path::new(odd), b"latin1");
+    fx.file(Path::new(odd_dir).join(odd), b"inner");
+    let map = MirrorMap::new()
+        .entry(fx.src("*.lib"), "m")
+        .unwrap()
+        .entry(fx.src("d*"), "m")
+        .unwrap();
+    let report = mirror(&map, &fx.task, &opts()).unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(fs::read(fx.dst("m").join(odd)).unwrap(), b"latin1");
+    assert_eq!(
+        fs::read(fx.dst("m").join(odd_dir).join(odd)).unwrap(),
+        b"inner"
+    );
+}
+
+#[test]
+fn symlinks_inside_a_copied_folder_stay_symlinks() {
+    let fx = Fixture::new();
+    fx.file("tree/real.txt", b"r");
+    fx.file("outside.txt", b"o");
+    symlink("real.txt", fx.src("tree/rel")).unwrap();
+    symlink(fx.src("outside.txt"), fx.src("tree/abs")).unwrap();
+    symlink("nowhere", fx.src("tree/dangling")).unwrap();
+    fs::create_dir(fx.src("tree/d")).unwrap();
+    symlink("../real.txt", fx.src("tree/d/up")).unwrap();
+    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    let report = mirror(&map, &fx.task, &opts()).unwrap();
+    assert_eq!(report.symlinks, 4);
+    for (link, target) in [
+        ("tree/rel", PathBuf::from("real.txt")),
+        ("tree/abs", fx.src("outside.txt")),
+        ("tree/dangling", "nowhere".into()),
+        ("tree/d/up", "../real.txt".into()),
+    ] {
+        let meta = fs::symlink_metadata(fx.dst(link)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{link}");
+        assert_eq!(fs::read_link(fx.dst(link)).unwrap(), target);
+    }
+}
+
+#[test]
+fn top_level_symlinks_are_followed() {
+    let fx = Fixture::new();
+    fx.file("real/f.txt", b"f");
+    fx.file("file.txt", b"content");
+    symlink(fx.src("real"), fx.src("link-dir")).unwrap();
+    symlink("file.txt", fx.src("link-file")).unwrap();
+    let map = MirrorMap::new().entry(fx.src("link-*"), ".").unwrap();
+    mirror(&map, &fx.task, &opts()).unwrap();
+    let dir = fs::symlink_metadata(fx.dst("link-dir")).unwrap();
+    assert!(dir.is_dir(), "a link to a folder gives a copied folder");
+    assert_eq!(fs::read(fx.dst("link-dir/f.txt")).unwrap(), b"f");
+    let file = fs::symlink_metadata(fx.dst("link-file")).unwrap();
+    assert!(file.is_file(), "a link to a file gives a file");
+    assert_eq!(fs::read(fx.dst("link-file")).unwrap(), b"content");
+}
+
+#[test]
+fn mode_and_mtime_are_kept_for_files_and_folders() {
+    let fx = Fixture::new();
+    let exe = fx.file("tree/run.sh", b"#!/bin/sh\n");
+    let ro = fx.file("tree/ro/data", b"d");
+    set_mode(&exe, 0o750);
+    set_mode(&ro, 0o444);
+    let old = SystemTime::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
+    for p in [&exe, &ro] {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .or_else(|_| fs::File::open(p))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let ro_dir = fx.src("tree/ro");
+    set_mode(&ro_dir, 0o555);
+    fs::File::open(&ro_dir).unwrap().set_modified(old).unwrap();
+    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    mirror(&map, &fx.task, &opts()).unwrap();
+    for rel in ["tree/run.sh", "tree/ro/data", "tree/ro", "tree"] {
+        let (s, d) = (
+            fs::metadata(fx.src(rel)).unwrap(),
+            fs::metadata(fx.dst(rel)).unwrap(),
+        );
+        assert_eq!(d.permissions().mode(), s.permissions().mode(), "{rel}");
+        assert_eq!(
+            (d.mtime(), d.mtime_nsec()),
+            (s.mtime(), s.mtime_nsec()),
+            "{rel}"
+        );
+    }
+    assert_eq!(
+        fs::metadata(fx.dst("tree/ro"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o555
+    );
+    set_mode(&fx.dst("tree/ro"), 0o755);
+    set_mode(&ro_dir, 0o755);
+}
+
+#[test]
+fn mirroring_twice_overwrites_read_only_copies() {
+    let fx = Fixture::new();
+    let f = fx.file("ro.txt", b"one");
+    set_mode(&f, 0o444);
+    let map = MirrorMap::new().entry(&f, ".").unwrap();
+    mirror(&map, &fx.task, &opts()).unwrap();
+    set_mode(&f, 0o644);
+    fs::write(&f, b"two").unwrap();
+    set_mode(&f, 0o444);
+    mirror(&map, &fx.task, &opts()).unwrap();
+    assert_eq!(fs::read(fx.dst("ro.txt")).unwrap(), b"two");
+}
+
+#[test]
+fn a_symlink_in_the_task_folder_is_replaced_not_written_through() {
+    let fx = Fixture::new();
+    let f = fx.file("x.txt", b"new");
+    let victim = fx.task.join("victim.txt");
+    fs::write(&victim, b"keep").unwrap();
+    symlink(&victim, fx.dst("x.txt")).unwrap();
+    mirror(&MirrorMap::new().entry(&f, ".").unwrap(), &fx.task, &opts()).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    assert!(fs::symlink_metadata(fx.dst("x.txt")).unwrap().is_file());
+}
+
+#[test]
+fn a_source_vanishing_mid_copy_is_named() {
+    let fx = Fixture::new();
+    let gone = fx.file("lib/gone.lib", b"g");
+    fx.file("lib/stays.lib", b"s");
+    let map = MirrorMap::new().entry(fx.src("lib/*.lib"), "m").unwrap();
+    let to_remove = gone.clone();
+    let options = MirrorOptions::new().after_plan(move || fs::remove_file(&to_remove).unwrap());
+    let err = mirror(&map, &fx.task, &options).unwrap_err();
+    assert!(matches!(err, Error::SourceVanished { .. }), "{err}");
+    assert!(err.to_string().contains("gone.lib"), "{err}");
+    assert!(!fx.dst("m").exists(), "the partial copy is removed");
+
+    // A whole folder vanishing after the plan.
+    let fx = Fixture::new();
+    fx.file("tree/sub/a.txt", b"a");
+    let tree = fx.src("tree");
+    let map = MirrorMap::new().entry(&tree, ".").unwrap();
+    let options = MirrorOptions::new().after_plan(move || fs::remove_dir_all(&tree).unwrap());
+    let err = mirror(&map, &fx.task, &options).unwrap_err();
+    assert!(matches!(err, Error::SourceVanished { .. }), "{err}");
+    assert!(err.to_string().contains("tree"), "{err}");
+}
+
+#[test]
+fn progress_is_reported_and_ends_complete() {
+    let fx = Fixture::new();
+    for i in 0..300 {
+        fx.file(format!("tree/d{}/f{i}", i % 3), b"0123456789");
+    }
+    let calls = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(Mutex::new(None::<Progress>));
+    let (c, l) = (Arc::clone(&calls), Arc::clone(&last));
+    let options = MirrorOptions::new().threads(2).progress(move |p| {
+        c.fetch_add(1, Ordering::Relaxed);
+        *l.lock().unwrap() = Some(*p);
+    });
+    let report = mirror(
+        &MirrorMap::new().entry(fx.src("tree"), ".").unwrap(),
+        &fx.task,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(report.files, 300);
+    assert_eq!(report.bytes, 3000);
+    assert!(calls.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        *last.lock().unwrap(),
+        Some(Progress {
+            done: 300,
+            total: 300,
+            bytes: 3000
+        })
+    );
+}
+
+#[test]
+fn large_files_are_copied_exactly_with_any_thread_count() {
+    let fx = Fixture::new();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fx.file("big/a.bin", &data);
+    fx.file("big/b.bin", &data[..1_000_001]);
+    fx.file("big/empty", b"");
+    for threads in [1, 2, 5] {
+        let task = fx.task.join(format!("t{threads}"));
+        fs::create_dir(&task).unwrap();
+        let report = mirror(
+            &MirrorMap::new().entry(fx.src("big"), ".").unwrap(),
+            &task,
+            &MirrorOptions::new().threads(threads),
+        )
+        .unwrap();
+        assert_eq!(report.bytes, 4_000_001);
+        assert_eq!(fs::read(task.join("big/a.bin")).unwrap(), data);
+        assert_eq!(
+            fs::read(task.join("big/b.bin")).unwrap(),
+            &data[..1_000_001]
+        );
+        assert_eq!(fs::read(task.join("big/empty")).unwrap(), b"");
+    }
+}
+
+/// A tiny tmpfs, unmounted (and its mount point removed) on drop.
+struct TinyTmpfs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TinyTmpfs {
+    fn mount(size: &str) -> Result<TinyTmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("mnt");
+        fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(TinyTmpfs { _dir: dir, path })
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn full_disk_removes_the_partial_copy_and_names_the_file() {
+    let tmpfs = match TinyTmpfs::mount("64k") {
+        Ok(t) => t,
+        Err(reason) => {
+            println!("skipped: cannot mount a tiny tmpfs ({reason})");
+            return;
+        }
+    };
+    let fx = Fixture::new();
+    for i in 0..4 {
+        fx.file(format!("tree/small{i}.txt"), b"small");
+    }
+    fx.file("tree/zz-big.bin", &vec![7u8; 256 * 1024]);
+    let task = tmpfs.path.join("task");
+    fs::create_dir(&task).unwrap();
+    fs::write(task.join("task-output.txt"), b"mine").unwrap();
+    let map = MirrorMap::new().entry(fx.src("tree"), "in").unwrap();
+    let err = mirror(&map, &task, &MirrorOptions::new().threads(1)).unwrap_err();
+    assert!(matches!(err, Error::DiskFull { .. }), "{err}");
+    assert!(err.to_string().contains("zz-big.bin"), "{err}");
+    assert_eq!(
+        listing(&task),
+        [PathBuf::from("task-output.txt")],
+        "partial copy removed, task file kept"
+    );
+}
