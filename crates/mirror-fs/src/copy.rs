@@ -797,12 +797,17 @@ impl<'a> Worker<'a> {
         self.shared
             .found
             .fetch_add(names.len() as u64, Ordering::Relaxed);
-        // Keep the first batch; everything else goes to the queue for any worker. Batches are
-        // small enough that every thread gets a share of a folder with few (large) files.
-        let batch = names
-            .len()
-            .div_ceil(2 * self.shared.threads)
-            .clamp(1, BATCH);
+        // Keep the first batch; everything else goes to the queue for any worker. When work is
+        // short, batches are small enough that every thread gets a share of a folder with few
+        // (large) files.
+        let threads = self.shared.threads;
+        let batch = if self.shared.lock().units.len() + subdirs.len() >= threads {
+            // Enough other folders to keep every thread busy: threads working in different
+            // folders do not contend for the same folder's locks in the kernel.
+            names.len().max(1)
+        } else {
+            names.len().div_ceil(2 * threads).clamp(1, BATCH)
+        };
         let rest = if names.len() > batch {
             names.split_off(batch)
         } else {
