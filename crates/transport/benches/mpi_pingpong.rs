@@ -25,7 +25,7 @@ const REPEATS: usize = 3;
 fn rounds_for(size: usize) -> usize {
     match size {
         0..=2048 => 20_000,
-        ..=200_000 => 2_000,
+        2049..=200_000 => 2_000,
         _ => 100,
     }
 }
