@@ -1,0 +1,144 @@
+//! Opening the per-user folder: made safely, and refused when unsafe.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::process::Command;
+
+use parvm_local_storage::{Error, LocalStorage};
+
+fn user_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(format!("parvm-{}", parvm_env_config::current_user().expect("user name")))
+}
+
+#[test]
+fn makes_a_private_per_user_folder_and_reopens_it() {
+    let root = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(root.path()).unwrap();
+    assert_eq!(storage.path(), user_dir(root.path()));
+    let meta = fs::symlink_metadata(storage.path()).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    LocalStorage::open(root.path()).expect("second open of the same folder");
+}
+
+#[test]
+fn from_config_uses_root_and_host() {
+    let root = tempfile::tempdir().unwrap();
+    let config = parvm_env_config::Config::builder()
+        .local_root(root.path())
+        .mirrored_roots([root.path()])
+        .hostname("node9")
+        .build()
+        .unwrap();
+    let storage = LocalStorage::from_config(&config).unwrap();
+    assert_eq!(storage.host(), "node9");
+    assert!(storage.path().starts_with(config.local_root()));
+}
+
+#[test]
+fn refuses_a_per_user_folder_owned_by_another_user() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = user_dir(root.path());
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let err = LocalStorage::open(root.path()).unwrap_err();
+    assert!(matches!(err, Error::UserDirNotOwned { owner: 65534, .. }), "{err}");
+    assert!(err.to_string().contains("remove it or change its owner"), "{err}");
+}
+
+#[test]
+fn refuses_group_or_world_access() {
+    for mode in [0o770, 0o707, 0o750, 0o1777] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = user_dir(root.path());
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let err = LocalStorage::open(root.path()).unwrap_err();
+        assert!(matches!(err, Error::UserDirMode { .. }), "{mode:o}: {err}");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+    }
+}
+
+#[test]
+fn refuses_a_symlinked_per_user_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let elsewhere = root.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    symlink(&elsewhere, user_dir(root.path())).unwrap();
+    let err = LocalStorage::open(root.path()).unwrap_err();
+    assert!(matches!(err, Error::UserDirSymlink { .. }), "{err}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+}
+
+#[test]
+fn refuses_a_file_where_the_per_user_folder_should_be() {
+    let root = tempfile::tempdir().unwrap();
+    fs::write(user_dir(root.path()), b"not a folder").unwrap();
+    let err = LocalStorage::open(root.path()).unwrap_err();
+    assert!(matches!(err, Error::UserDirNotFolder { .. }), "{err}");
+    assert_eq!(fs::read(user_dir(root.path())).unwrap(), b"not a folder", "bad input kept");
+}
+
+#[test]
+fn refuses_a_missing_or_non_folder_root() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("file");
+    fs::write(&file, b"").unwrap();
+    for bad in [root.path().join("missing"), file] {
+        let err = LocalStorage::open(&bad).unwrap_err();
+        assert!(matches!(err, Error::RootMissing { .. }), "{err}");
+        assert!(err.to_string().contains("PARALLEL_LOCAL_STORAGE"), "{err}");
+    }
+}
+
+/// A read-only bind mount of a temp folder, unmounted on drop.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn new(source: &std::path::Path, target: &std::path::Path) -> Option<ReadOnlyMount> {
+        let run = |args: &[&std::ffi::OsStr]| Command::new("mount").args(args).status().is_ok_and(|s| s.success());
+        if !run(&["--bind".as_ref(), source.as_os_str(), target.as_os_str()]) {
+            return None;
+        }
+        let mount = ReadOnlyMount(target.to_path_buf());
+        run(&["-o".as_ref(), "remount,ro,bind".as_ref(), target.as_os_str()]).then_some(mount)
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn refuses_a_read_only_root_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, target) = (tmp.path().join("rw"), tmp.path().join("ro"));
+    fs::create_dir(&source).unwrap();
+    fs::create_dir(&target).unwrap();
+    let Some(_mount) = ReadOnlyMount::new(&source, &target) else {
+        eprintln!("skipped: cannot make a read-only bind mount here (needs root and mount)");
+        return;
+    };
+    let err = LocalStorage::open(&target).unwrap_err();
+    assert!(matches!(err, Error::NotWritable { .. }), "{err}");
+    assert!(err.to_string().contains("not writable"), "{err}");
+}
+
+#[test]
+fn refuses_an_existing_per_user_folder_on_a_read_only_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, target) = (tmp.path().join("rw"), tmp.path().join("ro"));
+    fs::create_dir(&source).unwrap();
+    fs::create_dir(&target).unwrap();
+    LocalStorage::open(&source).unwrap();
+    let Some(_mount) = ReadOnlyMount::new(&source, &target) else {
+        eprintln!("skipped: cannot make a read-only bind mount here (needs root and mount)");
+        return;
+    };
+    let err = LocalStorage::open(&target).unwrap_err();
+    assert!(matches!(err, Error::NotWritable { .. }), "{err}");
+}

@@ -1,0 +1,163 @@
+//! Listing, sweeping and clearing: what is stale, what is never touched.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use parvm_local_storage::{FolderState, LocalStorage, OwnerMarker, Persistence};
+
+use crate::{HOST, boot_id, dead_pid, exists, fake_folder, names, state_of, storage};
+
+fn me() -> OwnerMarker {
+    OwnerMarker::current(HOST)
+}
+
+#[test]
+fn stale_by_dead_pid_other_boot_and_pid_reuse_are_swept() {
+    let (_root, storage) = storage();
+    let me = me();
+    let other_boot = "00000000-1111-2222-3333-444444444444".to_owned();
+    let rows = [
+        ("dead_vm0", OwnerMarker::new(dead_pid(), Some(boot_id()), Some(1), HOST), "gone"),
+        ("boot_vm0", OwnerMarker::new(me.pid, Some(other_boot), me.start_time, HOST), "boot"),
+        ("reuse_vm0", OwnerMarker::new(me.pid, Some(boot_id()), Some(me.start_time.unwrap() + 7), HOST), "reused"),
+    ];
+    for (name, marker, why) in &rows {
+        fake_folder(&storage, name, Some(marker));
+        let info = crate::info_of(&storage, name).unwrap();
+        assert_eq!(info.state, FolderState::Stale, "{name}: {}", info.detail);
+        assert!(info.detail.contains(why), "{name}: {}", info.detail);
+        assert_eq!(info.owner.as_ref(), Some(marker));
+        assert_eq!(info.size, 10 + fs::metadata(info.path.join(".parvm-owner")).unwrap().len());
+    }
+    let report = storage.sweep().unwrap();
+    assert_eq!(names(&report.removed), ["boot_vm0", "dead_vm0", "reuse_vm0"]);
+    assert!(report.failed.is_empty());
+    assert!(report.bytes_freed > 30);
+    assert!(storage.list().unwrap().is_empty());
+}
+
+#[test]
+fn in_use_folders_survive_sweep_and_clear_without_force() {
+    let (_root, storage) = storage();
+    let temporary = storage.take(0, Persistence::Temporary).unwrap();
+    let persistent = storage.take(1, Persistence::Persistent).unwrap();
+    for report in [storage.sweep().unwrap(), storage.clear(false).unwrap()] {
+        assert!(report.removed.is_empty());
+        assert_eq!(report.kept.len(), 2);
+        assert!(report.kept.iter().all(|info| info.state == FolderState::InUse));
+    }
+    assert!(temporary.path().exists() && persistent.path().exists());
+}
+
+#[test]
+fn clear_with_force_removes_folders_in_use() {
+    let (_root, storage) = storage();
+    let folder = storage.take(0, Persistence::Temporary).unwrap();
+    let report = storage.clear(true).unwrap();
+    assert_eq!(names(&report.removed), [folder.name()]);
+    assert!(!exists(folder.path()));
+    folder.release().expect("releasing a folder removed behind our back is fine");
+}
+
+#[test]
+fn idle_folders_are_cleared_but_not_swept() {
+    let (_root, storage) = storage();
+    fake_folder(&storage, "idle_vm0", Some(&me()));
+    assert_eq!(state_of(&storage, "idle_vm0"), Some(FolderState::Idle));
+    assert!(storage.sweep().unwrap().removed.is_empty());
+    assert_eq!(names(&storage.clear(false).unwrap().removed), ["idle_vm0"]);
+}
+
+#[test]
+fn folders_of_another_user_are_never_removed() {
+    let (_root, storage) = storage();
+    let dead = OwnerMarker::new(dead_pid(), Some(boot_id()), None, HOST);
+    let path = fake_folder(&storage, "theirs_vm0", Some(&dead));
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    assert_eq!(state_of(&storage, "theirs_vm0"), Some(FolderState::Foreign));
+    for report in [storage.sweep().unwrap(), storage.clear(false).unwrap(), storage.clear(true).unwrap()] {
+        assert!(report.removed.is_empty());
+        assert_eq!(report.kept[0].state, FolderState::Foreign);
+    }
+    assert!(path.join("data").exists());
+}
+
+#[test]
+fn sweep_and_size_never_follow_a_symlink_to_an_outside_folder() {
+    let (root, storage) = storage();
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("precious"), vec![1u8; 4096]).unwrap();
+    let dead = OwnerMarker::new(dead_pid(), Some(boot_id()), None, HOST);
+    let path = fake_folder(&storage, "dead_vm1", Some(&dead));
+    symlink(&outside, path.join("link")).unwrap();
+    let info = crate::info_of(&storage, "dead_vm1").unwrap();
+    assert!(info.size < 4096, "size followed the link: {}", info.size);
+    assert_eq!(names(&storage.sweep().unwrap().removed), ["dead_vm1"]);
+    assert_eq!(fs::read(outside.join("precious")).unwrap().len(), 4096);
+}
+
+#[test]
+fn unknown_folders_wait_for_the_grace_period() {
+    let root = tempfile::tempdir().unwrap();
+    let patient = LocalStorage::options().host(HOST).grace(Duration::from_secs(3600)).open(root.path()).unwrap();
+    fake_folder(&patient, "nomarker_vm0", None);
+    let garbled = fake_folder(&patient, "garbled_vm0", None);
+    fs::write(garbled.join(".parvm-owner"), b"{{{").unwrap();
+    fs::write(patient.path().join("stray-file"), b"").unwrap();
+    for name in ["nomarker_vm0", "garbled_vm0", "stray-file"] {
+        assert_eq!(state_of(&patient, name), Some(FolderState::Unknown), "{name}");
+    }
+    assert!(patient.sweep().unwrap().removed.is_empty(), "young unknown folders may be being made");
+    assert!(patient.clear(false).unwrap().removed.is_empty());
+    let eager = LocalStorage::options().host(HOST).grace(Duration::ZERO).open(root.path()).unwrap();
+    assert_eq!(eager.sweep().unwrap().removed.len(), 3);
+}
+
+#[test]
+fn leftover_trash_is_swept() {
+    let (_root, storage) = storage();
+    fake_folder(&storage, ".parvm-trash-1-2-3-dead_vm0", None);
+    assert_eq!(state_of(&storage, ".parvm-trash-1-2-3-dead_vm0"), Some(FolderState::Trash));
+    assert_eq!(storage.sweep().unwrap().removed.len(), 1);
+}
+
+#[test]
+fn other_host_folders_are_listed_but_not_swept() {
+    let (_root, storage) = storage();
+    let marker = OwnerMarker::new(1, Some("another-boot".into()), Some(1), "far-away");
+    fake_folder(&storage, "far_vm0", Some(&marker));
+    assert_eq!(state_of(&storage, "far_vm0"), Some(FolderState::OtherHost));
+    assert!(storage.sweep().unwrap().removed.is_empty());
+}
+
+#[test]
+fn a_simulated_host_on_this_machine_is_judged_by_its_process() {
+    let (_root, storage) = storage();
+    let marker = OwnerMarker::new(dead_pid(), Some(boot_id()), None, "simulated-host");
+    fake_folder(&storage, "sim_vm0", Some(&marker));
+    assert_eq!(state_of(&storage, "sim_vm0"), Some(FolderState::Stale));
+}
+
+#[test]
+fn reports_serialize_to_json_for_the_cli() {
+    let (_root, storage) = storage();
+    let _folder = storage.take(0, Persistence::Temporary).unwrap();
+    let json = serde_json::to_value(storage.list().unwrap()).unwrap();
+    assert_eq!(json[0]["state"], "in_use");
+    assert!(json[0]["size_human"].as_str().unwrap().ends_with(" B"));
+    assert_eq!(json[0]["owner"]["host"], HOST);
+    let report = serde_json::to_value(storage.sweep().unwrap()).unwrap();
+    assert_eq!(report["bytes_freed_human"], "0 B");
+}
+
+#[test]
+fn open_and_sweep_cleans_up_on_worker_start() {
+    let root = tempfile::tempdir().unwrap();
+    let first = LocalStorage::open(root.path()).unwrap();
+    let dead = OwnerMarker::new(dead_pid(), Some(boot_id()), None, first.host());
+    fake_folder(&first, "dead_vm0", Some(&dead));
+    let (_storage, report) = LocalStorage::open_and_sweep(root.path()).unwrap();
+    assert_eq!(names(&report.removed), ["dead_vm0"]);
+}

@@ -1,0 +1,143 @@
+//! Taking task folders: names, markers, locks, removal and persistent reuse.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use parvm_local_storage::{Error, FolderState, OwnerMarker, Persistence};
+
+use crate::{HOST, exists, state_of, storage};
+
+#[test]
+fn temporary_folder_is_named_marked_locked_and_removed() {
+    let (_root, storage) = storage();
+    let folder = storage.take(0x2a, Persistence::Temporary).unwrap();
+    assert_eq!(folder.name(), format!("{:x}_vm2a", std::process::id()));
+    assert!(!folder.reused());
+    let marker: OwnerMarker = serde_json::from_slice(&fs::read(folder.path().join(".parvm-owner")).unwrap()).unwrap();
+    assert_eq!(marker, OwnerMarker::current(HOST));
+    assert_eq!(state_of(&storage, folder.name()), Some(FolderState::InUse));
+    let path = folder.path().to_path_buf();
+    folder.release().unwrap();
+    assert!(!exists(&path));
+    assert!(storage.list().unwrap().is_empty(), "no trash left behind");
+}
+
+#[test]
+fn existing_names_get_a_suffix() {
+    let (_root, storage) = storage();
+    let base = format!("{:x}_vm0", std::process::id());
+    fs::create_dir(storage.path().join(&base)).unwrap();
+    let first = storage.take(0, Persistence::Temporary).unwrap();
+    let second = storage.take(0, Persistence::Temporary).unwrap();
+    assert_eq!(first.name(), format!("{base}_1"));
+    assert_eq!(second.name(), format!("{base}_2"));
+}
+
+#[test]
+fn temporary_folder_is_removed_when_the_task_panics() {
+    let (_root, storage) = storage();
+    let mut path = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let folder = storage.take(0, Persistence::Temporary).unwrap();
+        path = Some(folder.path().to_path_buf());
+        panic!("task failed");
+    }));
+    assert!(outcome.is_err());
+    assert!(!exists(&path.unwrap()));
+}
+
+#[test]
+fn removal_never_follows_a_symlink_out_of_the_task_folder() {
+    let (root, storage) = storage();
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("precious"), vec![7u8; 8192]).unwrap();
+    let folder = storage.take(0, Persistence::Temporary).unwrap();
+    symlink(&outside, folder.path().join("link")).unwrap();
+    symlink(outside.join("precious"), folder.path().join("file-link")).unwrap();
+    let info = crate::info_of(&storage, folder.name()).unwrap();
+    assert!(info.size < 1024, "size follows no link: {}", info.size);
+    let path = folder.path().to_path_buf();
+    folder.release().unwrap();
+    assert!(!exists(&path));
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), vec![7u8; 8192]);
+}
+
+#[test]
+fn removal_handles_read_only_folders_and_non_utf8_names() {
+    let (_root, storage) = storage();
+    let folder = storage.take(0, Persistence::Temporary).unwrap();
+    let odd = folder.path().join(OsStr::from_bytes(b"r\xe9sultat"));
+    fs::create_dir_all(odd.join("deep")).unwrap();
+    fs::write(odd.join("deep").join(OsStr::from_bytes(b"\xff")), b"x").unwrap();
+    fs::set_permissions(odd.join("deep"), fs::Permissions::from_mode(0o500)).unwrap();
+    fs::set_permissions(&odd, fs::Permissions::from_mode(0o000)).unwrap();
+    let path = folder.path().to_path_buf();
+    folder.release().unwrap();
+    assert!(!exists(&path));
+}
+
+#[test]
+fn persistent_folder_is_reused_by_the_same_vm_index_only() {
+    let (_root, storage) = storage();
+    let first = storage.take(3, Persistence::Persistent).unwrap();
+    assert!(!first.reused());
+    let path = first.path().to_path_buf();
+    fs::write(path.join("written-by-task"), b"1").unwrap();
+    let other_vm = storage.take(4, Persistence::Persistent).unwrap();
+    assert_ne!(other_vm.path(), path, "two VM indices never share a folder");
+    first.release().unwrap();
+    assert_eq!(state_of(&storage, &path.file_name().unwrap().to_string_lossy()), Some(FolderState::InUse));
+    let again = storage.take(3, Persistence::Persistent).unwrap();
+    assert!(again.reused());
+    assert_eq!(again.path(), path);
+    assert!(path.join("written-by-task").exists());
+}
+
+#[test]
+fn persistent_folder_cannot_be_lent_twice() {
+    let (_root, storage) = storage();
+    let held = storage.take(1, Persistence::Persistent).unwrap();
+    let err = storage.take(1, Persistence::Persistent).unwrap_err();
+    assert!(matches!(err, Error::PersistentInUse { vm_index: 1 }), "{err}");
+    drop(held);
+    assert!(storage.take(1, Persistence::Persistent).unwrap().reused());
+}
+
+#[test]
+fn discard_removes_a_kept_persistent_folder() {
+    let (_root, storage) = storage();
+    let folder = storage.take(5, Persistence::Persistent).unwrap();
+    let path = folder.path().to_path_buf();
+    drop(folder);
+    assert!(storage.discard(5).unwrap());
+    assert!(!exists(&path));
+    assert!(!storage.discard(5).unwrap());
+    assert!(!storage.take(5, Persistence::Persistent).unwrap().reused());
+}
+
+#[test]
+fn persistent_folder_removed_by_a_forced_clear_is_made_again() {
+    let (_root, storage) = storage();
+    drop(storage.take(6, Persistence::Persistent).unwrap());
+    let report = storage.clear(true).unwrap();
+    assert_eq!(report.removed.len(), 1);
+    let again = storage.take(6, Persistence::Persistent).unwrap();
+    assert!(!again.reused(), "a removed folder is not handed out as reused");
+    assert!(again.path().join(".parvm-owner").exists());
+}
+
+#[test]
+fn closing_the_storage_keeps_persistent_folders_on_disk_as_idle() {
+    let (root, storage) = storage();
+    let name = {
+        let folder = storage.take(2, Persistence::Persistent).unwrap();
+        folder.name().to_owned()
+    };
+    drop(storage);
+    let reopened = parvm_local_storage::LocalStorage::options().host(HOST).open(root.path()).unwrap();
+    assert_eq!(state_of(&reopened, &name), Some(FolderState::Idle));
+    assert!(reopened.sweep().unwrap().removed.is_empty(), "idle is not stale");
+}
