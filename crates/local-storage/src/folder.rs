@@ -40,7 +40,13 @@ pub(crate) struct Held {
 impl Held {
     pub(crate) fn new(path: PathBuf, name: String, lock: Option<File>) -> io::Result<Held> {
         let meta = std::fs::symlink_metadata(&path)?;
-        Ok(Held { path, name, lock, dev: meta.dev(), ino: meta.ino() })
+        Ok(Held {
+            path,
+            name,
+            lock,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
 
     /// Whether the folder is still the one we made, with our lock file in it: a forced
@@ -48,7 +54,10 @@ impl Held {
     fn intact(&self) -> bool {
         let same = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.is_dir() && m.dev() == self.dev && m.ino() == self.ino);
-        same && self.lock.as_ref().is_none_or(|lock| still_linked(lock, &self.path))
+        same && self
+            .lock
+            .as_ref()
+            .is_none_or(|lock| still_linked(lock, &self.path))
     }
 
     /// Renames the folder to a trash name, then deletes it; the lock is dropped last so
@@ -79,7 +88,10 @@ pub(crate) fn lock_kept(kept: &Kept) -> MutexGuard<'_, HashMap<u32, Slot>> {
 
 /// Takes the waiting persistent folder of `vm_index` out of `kept`, marking it lent.
 /// `Ok(None)`: there is none (or it was removed behind our back), make a new one.
-pub(crate) fn borrow_kept(kept: &mut HashMap<u32, Slot>, vm_index: u32) -> Result<Option<Held>, Error> {
+pub(crate) fn borrow_kept(
+    kept: &mut HashMap<u32, Slot>,
+    vm_index: u32,
+) -> Result<Option<Held>, Error> {
     match kept.insert(vm_index, Slot::Lent) {
         Some(Slot::Lent) => Err(Error::PersistentInUse { vm_index }),
         Some(Slot::Waiting(held)) if held.intact() => Ok(Some(held)),
@@ -102,13 +114,27 @@ pub struct TaskFolder {
 }
 
 impl TaskFolder {
-    pub(crate) fn new(held: Held, vm_index: u32, persistence: Persistence, reused: bool, kept: Kept) -> Self {
-        TaskFolder { held: Some(held), vm_index, persistence, reused, kept }
+    pub(crate) fn new(
+        held: Held,
+        vm_index: u32,
+        persistence: Persistence,
+        reused: bool,
+        kept: Kept,
+    ) -> Self {
+        TaskFolder {
+            held: Some(held),
+            vm_index,
+            persistence,
+            reused,
+            kept,
+        }
     }
 
     fn held(&self) -> &Held {
         // `held` is only taken out by `finish`, which consumes or drops the value.
-        self.held.as_ref().unwrap_or_else(|| unreachable!("task folder used after release"))
+        self.held
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("task folder used after release"))
     }
 
     /// The folder's path.
@@ -169,17 +195,30 @@ impl Drop for TaskFolder {
     }
 }
 
+/// The pid of the process that made a trash name, from the part after the prefix.
+pub(crate) fn trash_remover(rest: &str) -> Option<u32> {
+    u32::from_str_radix(rest.split('-').next()?, 16).ok()
+}
+
 /// Renames `path` to a unique trash name in the same folder. `Ok(None)`: it is gone.
 pub(crate) fn move_to_trash(path: &Path) -> Result<Option<PathBuf>, Error> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let parent = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let trash = parent.join(format!("{TRASH_PREFIX}{:x}-{count:x}-{nanos:x}-{name}", std::process::id()));
+    let trash = parent.join(format!(
+        "{TRASH_PREFIX}{:x}-{count:x}-{nanos:x}-{name}",
+        std::process::id()
+    ));
     match std::fs::rename(path, &trash) {
         Ok(()) => Ok(Some(trash)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Remove { path: path.to_path_buf(), source }),
+        Err(source) => Err(Error::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }

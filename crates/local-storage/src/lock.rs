@@ -42,7 +42,9 @@ impl LockBackend {
     pub(crate) fn try_lock(self, folder: &Path, create: bool) -> io::Result<Attempt> {
         let path = folder.join(LOCK_FILE);
         let file = match open_lock_file(&path, create) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(Attempt::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => {
+                return Ok(Attempt::Missing);
+            }
             other => other?,
         };
         if self == LockBackend::Unsupported {
@@ -92,7 +94,10 @@ fn warn_unsupported(folder: &Path) {
 /// Whether `file` is still the lock file at `folder/.parvm-lock`: after we won the lock,
 /// the folder may have been removed (or removed and made again) by someone else.
 pub(crate) fn still_linked(file: &File, folder: &Path) -> bool {
-    let (Ok(held), Ok(on_disk)) = (file.metadata(), std::fs::symlink_metadata(folder.join(LOCK_FILE))) else {
+    let (Ok(held), Ok(on_disk)) = (
+        file.metadata(),
+        std::fs::symlink_metadata(folder.join(LOCK_FILE)),
+    ) else {
         return false;
     };
     held.nlink() > 0 && held.dev() == on_disk.dev() && held.ino() == on_disk.ino()
@@ -105,14 +110,23 @@ mod tests {
     #[test]
     fn second_lock_on_same_folder_is_busy_until_released() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(matches!(LockBackend::Flock.try_lock(tmp.path(), false).unwrap(), Attempt::Missing));
+        assert!(matches!(
+            LockBackend::Flock.try_lock(tmp.path(), false).unwrap(),
+            Attempt::Missing
+        ));
         let Attempt::Held(first) = LockBackend::Flock.try_lock(tmp.path(), true).unwrap() else {
             panic!("first lock not held");
         };
         assert!(still_linked(&first, tmp.path()));
-        assert!(matches!(LockBackend::Flock.try_lock(tmp.path(), true).unwrap(), Attempt::Busy));
+        assert!(matches!(
+            LockBackend::Flock.try_lock(tmp.path(), true).unwrap(),
+            Attempt::Busy
+        ));
         drop(first);
-        assert!(matches!(LockBackend::Flock.try_lock(tmp.path(), false).unwrap(), Attempt::Held(_)));
+        assert!(matches!(
+            LockBackend::Flock.try_lock(tmp.path(), false).unwrap(),
+            Attempt::Held(_)
+        ));
     }
 
     #[test]

@@ -51,8 +51,18 @@ pub(crate) enum Liveness {
 
 impl OwnerMarker {
     /// A marker naming `pid` with the given boot id, start time and host.
-    pub fn new(pid: u32, boot_id: Option<String>, start_time: Option<u64>, host: impl Into<String>) -> Self {
-        OwnerMarker { pid, boot_id, start_time, host: host.into() }
+    pub fn new(
+        pid: u32,
+        boot_id: Option<String>,
+        start_time: Option<u64>,
+        host: impl Into<String>,
+    ) -> Self {
+        OwnerMarker {
+            pid,
+            boot_id,
+            start_time,
+            host: host.into(),
+        }
     }
 
     /// The marker of the calling process on `host`.
@@ -68,10 +78,13 @@ impl OwnerMarker {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             other => other?,
         };
-        let marker: OwnerMarker =
-            serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let marker: OwnerMarker = serde_json::from_slice(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if marker.pid == 0 || i32::try_from(marker.pid).is_err() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("pid {} out of range", marker.pid)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("pid {} out of range", marker.pid),
+            ));
         }
         Ok(Some(marker))
     }
@@ -93,25 +106,23 @@ impl OwnerMarker {
             // Same boot id means same machine, even if a simulated host name differs.
             (Some(theirs), Some(ours)) if theirs == ours => self.process_liveness(),
             _ if !same_host => Liveness::OtherHost,
-            (Some(theirs), Some(ours)) => {
-                Liveness::Gone(Gone::OtherBoot { theirs: theirs.clone(), ours: ours.clone() })
-            }
+            (Some(theirs), Some(ours)) => Liveness::Gone(Gone::OtherBoot {
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            }),
             _ => self.process_liveness(),
         }
     }
 
     fn process_liveness(&self) -> Liveness {
-        let Ok(raw) = i32::try_from(self.pid) else {
+        if !pid_alive(self.pid) {
             return Liveness::Gone(Gone::NoProcess);
-        };
-        // Signal 0 only checks existence; EPERM means it exists under another user.
-        match kill(Pid::from_raw(raw), None) {
-            Err(Errno::ESRCH) => return Liveness::Gone(Gone::NoProcess),
-            Ok(()) | Err(_) => {}
         }
         match (self.start_time, start_time_io(self.pid)) {
             (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => Liveness::Gone(Gone::NoProcess),
-            (Some(theirs), Ok(now)) if theirs != now => Liveness::Gone(Gone::PidReused { theirs, now }),
+            (Some(theirs), Ok(now)) if theirs != now => {
+                Liveness::Gone(Gone::PidReused { theirs, now })
+            }
             _ => Liveness::Alive,
         }
     }
@@ -120,7 +131,9 @@ impl OwnerMarker {
 impl std::fmt::Display for Gone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Gone::OtherBoot { theirs, ours } => write!(f, "made during boot {theirs}, this is boot {ours}"),
+            Gone::OtherBoot { theirs, ours } => {
+                write!(f, "made during boot {theirs}, this is boot {ours}")
+            }
             Gone::NoProcess => write!(f, "owner process is gone"),
             Gone::PidReused { theirs, now } => {
                 write!(f, "owner pid was reused (start time {theirs}, now {now})")
@@ -129,14 +142,29 @@ impl std::fmt::Display for Gone {
     }
 }
 
+/// Whether a process `pid` exists on this machine (under any user).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    // Pid 0 and negative pids name process groups, not a process.
+    // Signal 0 only checks existence; EPERM means it exists under another user.
+    raw > 0 && !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
+}
+
 /// Reads a small file without following a symlink in its last component.
 fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     let mut bytes = Vec::new();
     // A marker is tiny; a huge file in its place is garbage, not worth reading whole.
-    Read::by_ref(&mut file).take(64 * 1024).read_to_end(&mut bytes)?;
+    Read::by_ref(&mut file)
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -153,7 +181,8 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 
 fn start_time_io(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_time(&stat).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc stat format"))
+    parse_start_time(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc stat format"))
 }
 
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
@@ -172,7 +201,11 @@ mod tests {
     fn parses_start_time_with_odd_command_names() {
         let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
         for comm in ["(sh)", "(a b) c)", "())"] {
-            assert_eq!(parse_start_time(&format!("77 {comm} {tail}")), Some(424242), "{comm}");
+            assert_eq!(
+                parse_start_time(&format!("77 {comm} {tail}")),
+                Some(424242),
+                "{comm}"
+            );
         }
         assert_eq!(parse_start_time("77 (sh) S 1 2"), None);
         assert_eq!(parse_start_time("garbage"), None);
@@ -193,10 +226,22 @@ mod tests {
         let st = me.start_time.unwrap();
         let other_boot = Some("00000000-0000-0000-0000-000000000000".to_owned());
         let rows = [
-            (OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "h"), "other boot"),
-            (OwnerMarker::new(me.pid, boot.clone(), Some(st + 1), "h"), "reused"),
-            (OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "elsewhere"), "other host"),
-            (OwnerMarker::new(me.pid, boot.clone(), Some(st), "simulated"), "alive"),
+            (
+                OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "h"),
+                "other boot",
+            ),
+            (
+                OwnerMarker::new(me.pid, boot.clone(), Some(st + 1), "h"),
+                "reused",
+            ),
+            (
+                OwnerMarker::new(me.pid, other_boot.clone(), Some(st), "elsewhere"),
+                "other host",
+            ),
+            (
+                OwnerMarker::new(me.pid, boot.clone(), Some(st), "simulated"),
+                "alive",
+            ),
             (OwnerMarker::new(me.pid, None, None, "h"), "alive"),
         ];
         for (marker, want) in rows {
@@ -218,7 +263,10 @@ mod tests {
         let me = OwnerMarker::current("h");
         me.write(tmp.path()).unwrap();
         assert_eq!(OwnerMarker::read(tmp.path()).unwrap(), Some(me));
-        for garbage in [&b"{not json"[..], br#"{"pid":0,"boot_id":null,"start_time":null,"host":"h"}"#] {
+        for garbage in [
+            &b"{not json"[..],
+            br#"{"pid":0,"boot_id":null,"start_time":null,"host":"h"}"#,
+        ] {
             fs::write(tmp.path().join(OWNER_FILE), garbage).unwrap();
             let err = OwnerMarker::read(tmp.path()).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);

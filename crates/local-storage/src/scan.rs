@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::folder::{TRASH_PREFIX, move_to_trash};
+use crate::folder::{TRASH_PREFIX, move_to_trash, trash_remover};
 use crate::lock::{Attempt, still_linked};
-use crate::owner::{Liveness, OwnerMarker};
+use crate::owner::{Liveness, OwnerMarker, pid_alive};
 use crate::tree::{remove_tree, tree_size};
 use crate::{Error, LocalStorage};
 
@@ -96,6 +96,14 @@ enum Pass {
     ClearForce,
 }
 
+/// What became of one folder a pass meant to remove.
+enum Outcome {
+    Removed(FolderInfo),
+    /// It came to life, or someone else removed it first.
+    Skipped,
+    Failed(Failure),
+}
+
 /// A classified entry, with the lock if classifying took it.
 struct Probe {
     info: FolderInfo,
@@ -176,11 +184,17 @@ impl LocalStorage {
     }
 
     fn entries(&self) -> Result<Vec<(String, PathBuf)>, Error> {
-        let fail = |source| Error::Inspect { path: self.dir.clone(), source };
+        let fail = |source| Error::Inspect {
+            path: self.dir.clone(),
+            source,
+        };
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(fail)? {
             let entry = entry.map_err(fail)?;
-            out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+            out.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
         }
         out.sort();
         Ok(out)
@@ -189,18 +203,20 @@ impl LocalStorage {
     fn pass(&self, pass: Pass) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         for (name, path) in self.entries()? {
-            let Some(probe) = self.probe(&name, &path, false) else { continue };
+            let Some(probe) = self.probe(&name, &path, false) else {
+                continue;
+            };
             if !self.removable(&probe.info, pass) {
                 report.kept.push(probe.info);
                 continue;
             }
             match self.remove_checked(&name, &path, probe, pass) {
-                Ok(Some(info)) => {
+                Outcome::Removed(info) => {
                     report.bytes_freed += info.size;
                     report.removed.push(info);
                 }
-                Ok(None) => {}
-                Err((info, error)) => report.failed.push(Failure { folder: info, error: error.to_string() }),
+                Outcome::Skipped => {}
+                Outcome::Failed(failure) => report.failed.push(failure),
             }
         }
         report.bytes_freed_human = human_size(report.bytes_freed);
@@ -220,35 +236,34 @@ impl LocalStorage {
 
     /// Removes a folder chosen from a first look, after locking it and looking again,
     /// so a folder that came to life (or was removed by a racing sweeper) is left alone.
-    /// `Ok(None)`: it is no longer removable, or already gone.
-    fn remove_checked(
-        &self,
-        name: &str,
-        path: &Path,
-        first: Probe,
-        pass: Pass,
-    ) -> Result<Option<FolderInfo>, (FolderInfo, Error)> {
+    fn remove_checked(&self, name: &str, path: &Path, first: Probe, pass: Pass) -> Outcome {
         let locked = matches!(first.lock, Some(Attempt::Held(_)));
         let probe = match (locked, first.info.state) {
-            (true, _) | (false, FolderState::Trash | FolderState::InUse | FolderState::Foreign) => first,
+            (true, _) | (false, FolderState::Trash | FolderState::InUse | FolderState::Foreign) => {
+                first
+            }
             _ => match self.probe(name, path, true) {
                 Some(probe) if self.removable(&probe.info, pass) => probe,
-                _ => return Ok(None),
+                _ => return Outcome::Skipped,
             },
         };
-        if let Some(Attempt::Held(file)) = &probe.lock {
-            if !still_linked(file, path) {
-                return Ok(None);
-            }
+        if let Some(Attempt::Held(file)) = &probe.lock
+            && !still_linked(file, path)
+        {
+            return Outcome::Skipped;
         }
         let mut info = probe.info;
         info.size = tree_size(path);
         info.size_human = human_size(info.size);
-        let removed = move_to_trash(path).and_then(|trash| trash.map_or(Ok(()), |t| remove_tree(&t)));
+        let removed =
+            move_to_trash(path).and_then(|trash| trash.map_or(Ok(()), |t| remove_tree(&t)));
         drop(probe.lock);
         match removed {
-            Ok(()) => Ok(Some(info)),
-            Err(error) => Err((info, error)),
+            Ok(()) => Outcome::Removed(info),
+            Err(error) => Outcome::Failed(Failure {
+                folder: info,
+                error: error.to_string(),
+            }),
         }
     }
 
@@ -272,47 +287,94 @@ impl LocalStorage {
         };
         if meta.uid() != self.uid {
             let detail = format!("owned by uid {}, not by you (uid {})", meta.uid(), self.uid);
-            return Some(Probe { info: info(FolderState::Foreign, detail, None), lock: None });
+            return Some(Probe {
+                info: info(FolderState::Foreign, detail, None),
+                lock: None,
+            });
         }
-        if name.starts_with(TRASH_PREFIX) {
-            let detail = "left over from an interrupted removal".to_owned();
-            return Some(Probe { info: info(FolderState::Trash, detail, None), lock: None });
+        if let Some(remover) = name.strip_prefix(TRASH_PREFIX).map(trash_remover) {
+            let (state, detail) = match remover {
+                // Its remover is still at work: leave it be rather than race it.
+                Some(pid) if pid_alive(pid) => (
+                    FolderState::InUse,
+                    format!("being removed by process {pid}"),
+                ),
+                _ => (
+                    FolderState::Trash,
+                    "left over from an interrupted removal".to_owned(),
+                ),
+            };
+            return Some(Probe {
+                info: info(state, detail, None),
+                lock: None,
+            });
         }
         if !meta.is_dir() {
             let detail = "not a folder".to_owned();
-            return Some(Probe { info: info(FolderState::Unknown, detail, None), lock: None });
+            return Some(Probe {
+                info: info(FolderState::Unknown, detail, None),
+                lock: None,
+            });
         }
         let lock = match self.backend.try_lock(path, create_lock) {
             Ok(Attempt::Busy) => {
                 let owner = OwnerMarker::read(path).ok().flatten();
                 let detail = "its lock is held".to_owned();
-                return Some(Probe { info: info(FolderState::InUse, detail, owner), lock: Some(Attempt::Busy) });
+                return Some(Probe {
+                    info: info(FolderState::InUse, detail, owner),
+                    lock: Some(Attempt::Busy),
+                });
             }
             Ok(attempt) => Some(attempt),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
                 let detail = format!("cannot open its lock file: {e}");
-                return Some(Probe { info: info(FolderState::Unknown, detail, None), lock: None });
+                return Some(Probe {
+                    info: info(FolderState::Unknown, detail, None),
+                    lock: None,
+                });
             }
         };
         let (state, detail, owner) = self.judge_owner(path, lock.as_ref());
-        Some(Probe { info: info(state, detail, owner), lock })
+        Some(Probe {
+            info: info(state, detail, owner),
+            lock,
+        })
     }
 
     /// Judges a folder whose lock is not held by anyone else, from its owner marker.
-    fn judge_owner(&self, path: &Path, lock: Option<&Attempt>) -> (FolderState, String, Option<OwnerMarker>) {
+    fn judge_owner(
+        &self,
+        path: &Path,
+        lock: Option<&Attempt>,
+    ) -> (FolderState, String, Option<OwnerMarker>) {
         let marker = match OwnerMarker::read(path) {
             Ok(Some(marker)) => marker,
             Ok(None) => return (FolderState::Unknown, "no owner marker".to_owned(), None),
-            Err(e) => return (FolderState::Unknown, format!("owner marker unreadable: {e}"), None),
+            Err(e) => {
+                return (
+                    FolderState::Unknown,
+                    format!("owner marker unreadable: {e}"),
+                    None,
+                );
+            }
         };
         let me = OwnerMarker::current(&self.host);
         let lockless = matches!(lock, Some(Attempt::Unsupported));
         let (state, detail) = match marker.liveness(&me) {
-            Liveness::Alive if lockless => (FolderState::InUse, "owner alive (locks unsupported here)".to_owned()),
-            Liveness::Alive => (FolderState::Idle, format!("owner pid {} alive, lock free", marker.pid)),
+            Liveness::Alive if lockless => (
+                FolderState::InUse,
+                "owner alive (locks unsupported here)".to_owned(),
+            ),
+            Liveness::Alive => (
+                FolderState::Idle,
+                format!("owner pid {} alive, lock free", marker.pid),
+            ),
             Liveness::Gone(gone) => (FolderState::Stale, gone.to_string()),
-            Liveness::OtherHost => (FolderState::OtherHost, format!("made on host `{}`", marker.host)),
+            Liveness::OtherHost => (
+                FolderState::OtherHost,
+                format!("made on host `{}`", marker.host),
+            ),
         };
         (state, detail, Some(marker))
     }

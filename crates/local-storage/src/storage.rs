@@ -59,7 +59,9 @@ impl StorageOptions {
     pub fn open(self, local_root: &Path) -> Result<LocalStorage, Error> {
         let meta = std::fs::metadata(local_root);
         if !meta.is_ok_and(|m| m.is_dir()) {
-            return Err(Error::RootMissing { path: local_root.to_path_buf() });
+            return Err(Error::RootMissing {
+                path: local_root.to_path_buf(),
+            });
         }
         let user = parvm_env_config::current_user().map_err(|source| Error::UserName { source })?;
         let dir = local_root.join(format!("parvm-{user}"));
@@ -67,7 +69,14 @@ impl StorageOptions {
         make_user_dir(local_root, &dir)?;
         verify_user_dir(&dir, uid)?;
         let host = self.host.unwrap_or_else(real_host);
-        Ok(LocalStorage { dir, uid, host, grace: self.grace, backend: self.backend, kept: Kept::default() })
+        Ok(LocalStorage {
+            dir,
+            uid,
+            host,
+            grace: self.grace,
+            backend: self.backend,
+            kept: Kept::default(),
+        })
     }
 }
 
@@ -88,7 +97,11 @@ pub struct LocalStorage {
 impl LocalStorage {
     /// Default settings, to adjust before [`StorageOptions::open`].
     pub fn options() -> StorageOptions {
-        StorageOptions { host: None, grace: DEFAULT_GRACE, backend: LockBackend::Flock }
+        StorageOptions {
+            host: None,
+            grace: DEFAULT_GRACE,
+            backend: LockBackend::Flock,
+        }
     }
 
     /// Opens `<local_root>/parvm-<user>`, making it with mode 0700 if missing, and
@@ -110,7 +123,9 @@ impl LocalStorage {
     ///
     /// As [`LocalStorage::open`].
     pub fn from_config(config: &Config) -> Result<LocalStorage, Error> {
-        LocalStorage::options().host(config.hostname()).open(config.local_root())
+        LocalStorage::options()
+            .host(config.hostname())
+            .open(config.local_root())
     }
 
     /// Opens the storage and sweeps stale folders, as a worker does when it starts.
@@ -147,7 +162,13 @@ impl LocalStorage {
     pub fn take(&self, vm_index: u32, persistence: Persistence) -> Result<TaskFolder, Error> {
         if persistence == Persistence::Temporary {
             let held = self.create(vm_index)?;
-            return Ok(TaskFolder::new(held, vm_index, persistence, false, self.kept.clone()));
+            return Ok(TaskFolder::new(
+                held,
+                vm_index,
+                persistence,
+                false,
+                self.kept.clone(),
+            ));
         }
         let mut kept = lock_kept(&self.kept);
         let (held, reused) = match borrow_kept(&mut kept, vm_index)? {
@@ -160,7 +181,13 @@ impl LocalStorage {
                 }
             },
         };
-        Ok(TaskFolder::new(held, vm_index, persistence, reused, self.kept.clone()))
+        Ok(TaskFolder::new(
+            held,
+            vm_index,
+            persistence,
+            reused,
+            self.kept.clone(),
+        ))
     }
 
     /// Removes the persistent folder this process keeps for `vm_index`, e.g. when its
@@ -187,7 +214,11 @@ impl LocalStorage {
         let me = OwnerMarker::current(&self.host);
         let base = format!("{:x}_vm{vm_index:x}", me.pid);
         for n in 0..MAX_SUFFIX {
-            let name = if n == 0 { base.clone() } else { format!("{base}_{n}") };
+            let name = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}_{n}")
+            };
             let path = self.dir.join(&name);
             match DirBuilder::new().mode(0o700).create(&path) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -198,8 +229,13 @@ impl LocalStorage {
                 return Ok(held);
             }
         }
-        let source = io::Error::other(format!("{MAX_SUFFIX} folder names for this process are taken"));
-        Err(Error::CreateFolder { path: self.dir.join(base), source })
+        let source = io::Error::other(format!(
+            "{MAX_SUFFIX} folder names for this process are taken"
+        ));
+        Err(Error::CreateFolder {
+            path: self.dir.join(base),
+            source,
+        })
     }
 
     /// Locks a folder we just made and writes its owner marker. `Ok(None)`: a forced
@@ -213,7 +249,9 @@ impl LocalStorage {
         if lock.as_ref().is_some_and(|file| !still_linked(file, &path)) {
             return Ok(None);
         }
-        let written = me.write(&path).and_then(|()| Held::new(path.clone(), name, lock));
+        let written = me
+            .write(&path)
+            .and_then(|()| Held::new(path.clone(), name, lock));
         match written {
             Ok(held) => Ok(Some(held)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -242,19 +280,31 @@ fn make_user_dir(local_root: &Path, dir: &Path) -> Result<(), Error> {
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) if denied(&source) => Err(Error::NotWritable { path: local_root.to_path_buf(), source }),
-        Err(source) => Err(Error::CreateFolder { path: dir.to_path_buf(), source }),
+        Err(source) if denied(&source) => Err(Error::NotWritable {
+            path: local_root.to_path_buf(),
+            source,
+        }),
+        Err(source) => Err(Error::CreateFolder {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
 fn denied(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    )
 }
 
 /// Refuses a per-user folder that someone else could read, replace or redirect.
 fn verify_user_dir(dir: &Path, uid: u32) -> Result<(), Error> {
     let path = dir.to_path_buf();
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Inspect { path: path.clone(), source })?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Inspect {
+        path: path.clone(),
+        source,
+    })?;
     if meta.file_type().is_symlink() {
         return Err(Error::UserDirSymlink { path });
     }
@@ -262,13 +312,22 @@ fn verify_user_dir(dir: &Path, uid: u32) -> Result<(), Error> {
         return Err(Error::UserDirNotFolder { path });
     }
     if meta.uid() != uid {
-        return Err(Error::UserDirNotOwned { path, owner: meta.uid(), expected: uid });
+        return Err(Error::UserDirNotOwned {
+            path,
+            owner: meta.uid(),
+            expected: uid,
+        });
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(Error::UserDirMode { path, mode: meta.mode() & 0o7777 });
+        return Err(Error::UserDirMode {
+            path,
+            mode: meta.mode() & 0o7777,
+        });
     }
-    access(dir, AccessFlags::W_OK | AccessFlags::X_OK)
-        .map_err(|errno| Error::NotWritable { path, source: errno.into() })
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|errno| Error::NotWritable {
+        path,
+        source: errno.into(),
+    })
 }
 
 fn real_host() -> String {
@@ -281,5 +340,80 @@ fn real_host() -> String {
 impl Default for StorageOptions {
     fn default() -> Self {
         LocalStorage::options()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FolderState;
+
+    fn storage_without_flock(root: &Path) -> LocalStorage {
+        LocalStorage::options()
+            .host("h")
+            .grace(Duration::ZERO)
+            .without_flock()
+            .open(root)
+            .unwrap()
+    }
+
+    fn state(storage: &LocalStorage, name: &str) -> Option<FolderState> {
+        storage
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| i.state)
+    }
+
+    #[test]
+    fn storage_and_folders_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<LocalStorage>();
+        check::<TaskFolder>();
+    }
+
+    #[test]
+    fn without_flock_a_live_owner_means_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = storage_without_flock(root.path());
+        let folder = storage.take(0, Persistence::Temporary).unwrap();
+        assert_eq!(state(&storage, folder.name()), Some(FolderState::InUse));
+        assert!(storage.sweep().unwrap().removed.is_empty());
+        assert!(storage.clear(false).unwrap().removed.is_empty());
+        let path = folder.path().to_path_buf();
+        folder.release().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn without_flock_a_dead_owner_is_still_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = storage_without_flock(root.path());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let folder = storage.path().join("dead_vm0");
+        std::fs::create_dir(&folder).unwrap();
+        OwnerMarker::new(pid, crate::owner::boot_id(), None, "h")
+            .write(&folder)
+            .unwrap();
+        assert_eq!(state(&storage, "dead_vm0"), Some(FolderState::Stale));
+        assert_eq!(storage.sweep().unwrap().removed.len(), 1);
+        assert!(!folder.exists());
+    }
+
+    #[test]
+    fn without_flock_persistent_folders_are_still_reused() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = storage_without_flock(root.path());
+        let path = storage
+            .take(1, Persistence::Persistent)
+            .unwrap()
+            .path()
+            .to_path_buf();
+        let again = storage.take(1, Persistence::Persistent).unwrap();
+        assert!(again.reused());
+        assert_eq!(again.path(), path);
     }
 }

@@ -43,7 +43,11 @@ fn open_parent(path: &Path) -> io::Result<(Dir, CString)> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let dir = Dir::open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let dir = Dir::open(
+        parent,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     Ok((dir, cstring(name)?))
 }
 
@@ -74,13 +78,19 @@ fn names(dir: &mut Dir) -> io::Result<Vec<CString>> {
 /// A symlink (at the top or inside) is unlinked, never followed. Folders a task made
 /// read-only are given owner `rwx` first so their entries can be unlinked.
 pub(crate) fn remove_tree(path: &Path) -> Result<(), Error> {
-    let fail = |source| Error::Remove { path: path.to_path_buf(), source };
+    let fail = |source| Error::Remove {
+        path: path.to_path_buf(),
+        source,
+    };
     let (parent, name) = open_parent(path).map_err(fail)?;
     remove_entry(&parent, &name, path)
 }
 
 fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
-    let fail = |errno: Errno| Error::Remove { path: path.to_path_buf(), source: errno.into() };
+    let fail = |errno: Errno| Error::Remove {
+        path: path.to_path_buf(),
+        source: errno.into(),
+    };
     let stat = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => return Ok(()),
         other => other.map_err(fail)?,
@@ -89,11 +99,18 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
         let Some(mut dir) = open_dir_for_removal(parent, name).map_err(fail)? else {
             return Ok(());
         };
-        for child in names(&mut dir).map_err(|e| Error::Remove { path: path.to_path_buf(), source: e })? {
+        for child in names(&mut dir).map_err(|e| Error::Remove {
+            path: path.to_path_buf(),
+            source: e,
+        })? {
             remove_entry(&dir, &child, &child_path(path, &child))?;
         }
     }
-    let flag = if is_dir(&stat) { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+    let flag = if is_dir(&stat) {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
     match unlinkat(parent, name, flag) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(errno) => Err(fail(errno)),

@@ -39,7 +39,9 @@ pub fn fake_folder(storage: &LocalStorage, name: &str, marker: Option<&OwnerMark
 
 /// The pid of a process that has exited and been reaped.
 pub fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
     let pid = child.id();
     child.wait().expect("wait for true");
     pid
@@ -47,7 +49,10 @@ pub fn dead_pid() -> u32 {
 
 /// The boot id of the running kernel.
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id").trim().to_owned()
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .trim()
+        .to_owned()
 }
 
 /// The state `list` reports for the entry called `name`.
@@ -57,7 +62,11 @@ pub fn state_of(storage: &LocalStorage, name: &str) -> Option<FolderState> {
 
 /// What `list` reports for the entry called `name`.
 pub fn info_of(storage: &LocalStorage, name: &str) -> Option<FolderInfo> {
-    storage.list().expect("list").into_iter().find(|info| info.name == name)
+    storage
+        .list()
+        .expect("list")
+        .into_iter()
+        .find(|info| info.name == name)
 }
 
 /// Names in a report section.

@@ -7,7 +7,10 @@ use std::process::Command;
 use parvm_local_storage::{Error, LocalStorage};
 
 fn user_dir(root: &std::path::Path) -> std::path::PathBuf {
-    root.join(format!("parvm-{}", parvm_env_config::current_user().expect("user name")))
+    root.join(format!(
+        "parvm-{}",
+        parvm_env_config::current_user().expect("user name")
+    ))
 }
 
 #[test]
@@ -43,8 +46,14 @@ fn refuses_a_per_user_folder_owned_by_another_user() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     let err = LocalStorage::open(root.path()).unwrap_err();
-    assert!(matches!(err, Error::UserDirNotOwned { owner: 65534, .. }), "{err}");
-    assert!(err.to_string().contains("remove it or change its owner"), "{err}");
+    assert!(
+        matches!(err, Error::UserDirNotOwned { owner: 65534, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("remove it or change its owner"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,7 +87,11 @@ fn refuses_a_file_where_the_per_user_folder_should_be() {
     fs::write(user_dir(root.path()), b"not a folder").unwrap();
     let err = LocalStorage::open(root.path()).unwrap_err();
     assert!(matches!(err, Error::UserDirNotFolder { .. }), "{err}");
-    assert_eq!(fs::read(user_dir(root.path())).unwrap(), b"not a folder", "bad input kept");
+    assert_eq!(
+        fs::read(user_dir(root.path())).unwrap(),
+        b"not a folder",
+        "bad input kept"
+    );
 }
 
 #[test]
@@ -98,12 +111,22 @@ struct ReadOnlyMount(std::path::PathBuf);
 
 impl ReadOnlyMount {
     fn new(source: &std::path::Path, target: &std::path::Path) -> Option<ReadOnlyMount> {
-        let run = |args: &[&std::ffi::OsStr]| Command::new("mount").args(args).status().is_ok_and(|s| s.success());
+        let run = |args: &[&std::ffi::OsStr]| {
+            Command::new("mount")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         if !run(&["--bind".as_ref(), source.as_os_str(), target.as_os_str()]) {
             return None;
         }
         let mount = ReadOnlyMount(target.to_path_buf());
-        run(&["-o".as_ref(), "remount,ro,bind".as_ref(), target.as_os_str()]).then_some(mount)
+        run(&[
+            "-o".as_ref(),
+            "remount,ro,bind".as_ref(),
+            target.as_os_str(),
+        ])
+        .then_some(mount)
     }
 }
 

@@ -35,11 +35,19 @@ fn concurrent_takers_get_distinct_folders_while_sweepers_run() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let unique: HashSet<_> = folders.iter().map(|f| f.path()).collect();
     assert_eq!(unique.len(), folders.len(), "no folder handed out twice");
-    assert!(folders.iter().all(|f| f.path().join(".parvm-owner").exists()), "held folders survive");
+    assert!(
+        folders
+            .iter()
+            .all(|f| f.path().join(".parvm-owner").exists()),
+        "held folders survive"
+    );
 }
 
 #[test]
@@ -75,8 +83,13 @@ const CHILD_ROOT: &str = "PARVM_LOCAL_STORAGE_TEST_CHILD_ROOT";
 /// the variable set, it takes a folder, prints its path and holds it until stdin closes.
 #[test]
 fn child_holds_a_folder() {
-    let Some(root) = std::env::var_os(CHILD_ROOT) else { return };
-    let storage = LocalStorage::options().host(HOST).open(root.as_ref()).unwrap();
+    let Some(root) = std::env::var_os(CHILD_ROOT) else {
+        return;
+    };
+    let storage = LocalStorage::options()
+        .host(HOST)
+        .open(root.as_ref())
+        .unwrap();
     let folder = storage.take(7, Persistence::Temporary).unwrap();
     println!("HELD={}", folder.path().display());
     let _ = std::io::stdin().lines().count();
@@ -96,7 +109,12 @@ impl Drop for ChildGuard {
 fn a_folder_held_by_another_process_is_in_use_until_that_process_dies() {
     let (root, storage) = storage();
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["race::child_holds_a_folder", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "race::child_holds_a_folder",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ROOT, root.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -108,7 +126,10 @@ fn a_folder_held_by_another_process_is_in_use_until_that_process_dies() {
         .lines()
         .map_while(Result::ok)
         // The harness prints `test <name> ... ` on the same line before our output.
-        .find_map(|line| line.split_once("HELD=").map(|(_, path)| PathBuf::from(path)))
+        .find_map(|line| {
+            line.split_once("HELD=")
+                .map(|(_, path)| PathBuf::from(path))
+        })
         .expect("child reports its folder");
     let name = held.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(state_of(&storage, &name), Some(FolderState::InUse));

@@ -18,9 +18,26 @@ fn stale_by_dead_pid_other_boot_and_pid_reuse_are_swept() {
     let me = me();
     let other_boot = "00000000-1111-2222-3333-444444444444".to_owned();
     let rows = [
-        ("dead_vm0", OwnerMarker::new(dead_pid(), Some(boot_id()), Some(1), HOST), "gone"),
-        ("boot_vm0", OwnerMarker::new(me.pid, Some(other_boot), me.start_time, HOST), "boot"),
-        ("reuse_vm0", OwnerMarker::new(me.pid, Some(boot_id()), Some(me.start_time.unwrap() + 7), HOST), "reused"),
+        (
+            "dead_vm0",
+            OwnerMarker::new(dead_pid(), Some(boot_id()), Some(1), HOST),
+            "gone",
+        ),
+        (
+            "boot_vm0",
+            OwnerMarker::new(me.pid, Some(other_boot), me.start_time, HOST),
+            "boot",
+        ),
+        (
+            "reuse_vm0",
+            OwnerMarker::new(
+                me.pid,
+                Some(boot_id()),
+                Some(me.start_time.unwrap() + 7),
+                HOST,
+            ),
+            "reused",
+        ),
     ];
     for (name, marker, why) in &rows {
         fake_folder(&storage, name, Some(marker));
@@ -28,10 +45,16 @@ fn stale_by_dead_pid_other_boot_and_pid_reuse_are_swept() {
         assert_eq!(info.state, FolderState::Stale, "{name}: {}", info.detail);
         assert!(info.detail.contains(why), "{name}: {}", info.detail);
         assert_eq!(info.owner.as_ref(), Some(marker));
-        assert_eq!(info.size, 10 + fs::metadata(info.path.join(".parvm-owner")).unwrap().len());
+        assert_eq!(
+            info.size,
+            10 + fs::metadata(info.path.join(".parvm-owner")).unwrap().len()
+        );
     }
     let report = storage.sweep().unwrap();
-    assert_eq!(names(&report.removed), ["boot_vm0", "dead_vm0", "reuse_vm0"]);
+    assert_eq!(
+        names(&report.removed),
+        ["boot_vm0", "dead_vm0", "reuse_vm0"]
+    );
     assert!(report.failed.is_empty());
     assert!(report.bytes_freed > 30);
     assert!(storage.list().unwrap().is_empty());
@@ -45,7 +68,12 @@ fn in_use_folders_survive_sweep_and_clear_without_force() {
     for report in [storage.sweep().unwrap(), storage.clear(false).unwrap()] {
         assert!(report.removed.is_empty());
         assert_eq!(report.kept.len(), 2);
-        assert!(report.kept.iter().all(|info| info.state == FolderState::InUse));
+        assert!(
+            report
+                .kept
+                .iter()
+                .all(|info| info.state == FolderState::InUse)
+        );
     }
     assert!(temporary.path().exists() && persistent.path().exists());
 }
@@ -57,7 +85,9 @@ fn clear_with_force_removes_folders_in_use() {
     let report = storage.clear(true).unwrap();
     assert_eq!(names(&report.removed), [folder.name()]);
     assert!(!exists(folder.path()));
-    folder.release().expect("releasing a folder removed behind our back is fine");
+    folder
+        .release()
+        .expect("releasing a folder removed behind our back is fine");
 }
 
 #[test]
@@ -76,7 +106,11 @@ fn folders_of_another_user_are_never_removed() {
     let path = fake_folder(&storage, "theirs_vm0", Some(&dead));
     nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     assert_eq!(state_of(&storage, "theirs_vm0"), Some(FolderState::Foreign));
-    for report in [storage.sweep().unwrap(), storage.clear(false).unwrap(), storage.clear(true).unwrap()] {
+    for report in [
+        storage.sweep().unwrap(),
+        storage.clear(false).unwrap(),
+        storage.clear(true).unwrap(),
+    ] {
         assert!(report.removed.is_empty());
         assert_eq!(report.kept[0].state, FolderState::Foreign);
     }
@@ -101,26 +135,52 @@ fn sweep_and_size_never_follow_a_symlink_to_an_outside_folder() {
 #[test]
 fn unknown_folders_wait_for_the_grace_period() {
     let root = tempfile::tempdir().unwrap();
-    let patient = LocalStorage::options().host(HOST).grace(Duration::from_secs(3600)).open(root.path()).unwrap();
+    let patient = LocalStorage::options()
+        .host(HOST)
+        .grace(Duration::from_secs(3600))
+        .open(root.path())
+        .unwrap();
     fake_folder(&patient, "nomarker_vm0", None);
     let garbled = fake_folder(&patient, "garbled_vm0", None);
     fs::write(garbled.join(".parvm-owner"), b"{{{").unwrap();
     fs::write(patient.path().join("stray-file"), b"").unwrap();
     for name in ["nomarker_vm0", "garbled_vm0", "stray-file"] {
-        assert_eq!(state_of(&patient, name), Some(FolderState::Unknown), "{name}");
+        assert_eq!(
+            state_of(&patient, name),
+            Some(FolderState::Unknown),
+            "{name}"
+        );
     }
-    assert!(patient.sweep().unwrap().removed.is_empty(), "young unknown folders may be being made");
+    assert!(
+        patient.sweep().unwrap().removed.is_empty(),
+        "young unknown folders may be being made"
+    );
     assert!(patient.clear(false).unwrap().removed.is_empty());
-    let eager = LocalStorage::options().host(HOST).grace(Duration::ZERO).open(root.path()).unwrap();
+    let eager = LocalStorage::options()
+        .host(HOST)
+        .grace(Duration::ZERO)
+        .open(root.path())
+        .unwrap();
     assert_eq!(eager.sweep().unwrap().removed.len(), 3);
 }
 
 #[test]
 fn leftover_trash_is_swept() {
     let (_root, storage) = storage();
-    fake_folder(&storage, ".parvm-trash-1-2-3-dead_vm0", None);
-    assert_eq!(state_of(&storage, ".parvm-trash-1-2-3-dead_vm0"), Some(FolderState::Trash));
-    assert_eq!(storage.sweep().unwrap().removed.len(), 1);
+    let leftover = format!(".parvm-trash-{:x}-2-3-dead_vm0", dead_pid());
+    let in_progress = format!(".parvm-trash-{:x}-2-3-live_vm0", std::process::id());
+    fake_folder(&storage, &leftover, None);
+    fake_folder(&storage, &in_progress, None);
+    assert_eq!(state_of(&storage, &leftover), Some(FolderState::Trash));
+    assert_eq!(
+        state_of(&storage, &in_progress),
+        Some(FolderState::InUse),
+        "its remover lives"
+    );
+    assert_eq!(
+        names(&storage.sweep().unwrap().removed),
+        [leftover.as_str()]
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@ fn temporary_folder_is_named_marked_locked_and_removed() {
     let folder = storage.take(0x2a, Persistence::Temporary).unwrap();
     assert_eq!(folder.name(), format!("{:x}_vm2a", std::process::id()));
     assert!(!folder.reused());
-    let marker: OwnerMarker = serde_json::from_slice(&fs::read(folder.path().join(".parvm-owner")).unwrap()).unwrap();
+    let marker: OwnerMarker =
+        serde_json::from_slice(&fs::read(folder.path().join(".parvm-owner")).unwrap()).unwrap();
     assert_eq!(marker, OwnerMarker::current(HOST));
     assert_eq!(state_of(&storage, folder.name()), Some(FolderState::InUse));
     let path = folder.path().to_path_buf();
@@ -89,7 +90,10 @@ fn persistent_folder_is_reused_by_the_same_vm_index_only() {
     let other_vm = storage.take(4, Persistence::Persistent).unwrap();
     assert_ne!(other_vm.path(), path, "two VM indices never share a folder");
     first.release().unwrap();
-    assert_eq!(state_of(&storage, &path.file_name().unwrap().to_string_lossy()), Some(FolderState::InUse));
+    assert_eq!(
+        state_of(&storage, &path.file_name().unwrap().to_string_lossy()),
+        Some(FolderState::InUse)
+    );
     let again = storage.take(3, Persistence::Persistent).unwrap();
     assert!(again.reused());
     assert_eq!(again.path(), path);
@@ -101,7 +105,10 @@ fn persistent_folder_cannot_be_lent_twice() {
     let (_root, storage) = storage();
     let held = storage.take(1, Persistence::Persistent).unwrap();
     let err = storage.take(1, Persistence::Persistent).unwrap_err();
-    assert!(matches!(err, Error::PersistentInUse { vm_index: 1 }), "{err}");
+    assert!(
+        matches!(err, Error::PersistentInUse { vm_index: 1 }),
+        "{err}"
+    );
     drop(held);
     assert!(storage.take(1, Persistence::Persistent).unwrap().reused());
 }
@@ -125,7 +132,10 @@ fn persistent_folder_removed_by_a_forced_clear_is_made_again() {
     let report = storage.clear(true).unwrap();
     assert_eq!(report.removed.len(), 1);
     let again = storage.take(6, Persistence::Persistent).unwrap();
-    assert!(!again.reused(), "a removed folder is not handed out as reused");
+    assert!(
+        !again.reused(),
+        "a removed folder is not handed out as reused"
+    );
     assert!(again.path().join(".parvm-owner").exists());
 }
 
@@ -137,7 +147,13 @@ fn closing_the_storage_keeps_persistent_folders_on_disk_as_idle() {
         folder.name().to_owned()
     };
     drop(storage);
-    let reopened = parvm_local_storage::LocalStorage::options().host(HOST).open(root.path()).unwrap();
+    let reopened = parvm_local_storage::LocalStorage::options()
+        .host(HOST)
+        .open(root.path())
+        .unwrap();
     assert_eq!(state_of(&reopened, &name), Some(FolderState::Idle));
-    assert!(reopened.sweep().unwrap().removed.is_empty(), "idle is not stale");
+    assert!(
+        reopened.sweep().unwrap().removed.is_empty(),
+        "idle is not stale"
+    );
 }
