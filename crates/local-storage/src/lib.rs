@@ -15,6 +15,22 @@
 //! the file system cannot `flock` (some NFS), the marker alone decides and a warning is
 //! logged. Removal renames a folder to `.parvm-trash-*` first and never follows symlinks.
 //!
+//! | [`FolderState`] | meaning | `sweep` | `clear(false)` | `clear(true)` |
+//! | --- | --- | --- | --- | --- |
+//! | `InUse` | lock held (or, without `flock`, owner alive) | keep | keep | remove |
+//! | `Idle` | owner alive, lock free | keep | remove | remove |
+//! | `Stale` | owner gone, lock free | remove | remove | remove |
+//! | `OtherHost` | made on another host sharing the root | keep | remove | remove |
+//! | `Unknown` | no readable marker, or not a folder | remove if older than the grace | same | remove |
+//! | `Trash` | left by an interrupted removal | remove | remove | remove |
+//! | `Foreign` | owned by another user | keep | keep | keep |
+//!
+//! Unknown folders get a grace period ([`DEFAULT_GRACE`], see [`StorageOptions::grace`])
+//! because a folder another worker has just made has no marker for an instant. Every
+//! removal first takes the folder's lock without waiting and looks again, so a folder
+//! that came to life, or that a racing sweeper removed, is left alone. Workers sweep
+//! when they start ([`LocalStorage::open_and_sweep`]).
+//!
 //! ```
 //! use parvm_local_storage::{FolderState, LocalStorage, Persistence};
 //!

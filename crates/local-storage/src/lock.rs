@@ -61,6 +61,24 @@ impl LockBackend {
             Err(TryLockError::Error(e)) => Err(e),
         }
     }
+
+    /// Makes and locks the lock file of a folder we just made, waiting if need be: only
+    /// a lister or sweeper can hold it, and only briefly. `Ok(None)`: cannot lock here.
+    pub(crate) fn lock_new(self, folder: &Path) -> io::Result<Option<File>> {
+        let file = open_lock_file(&folder.join(LOCK_FILE), true)?;
+        if self == LockBackend::Unsupported {
+            warn_unsupported(folder);
+            return Ok(None);
+        }
+        match file.lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if unsupported(&e) => {
+                warn_unsupported(folder);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {

@@ -1,6 +1,6 @@
 //! The per-user storage folder and the making of task folders in it.
 
-use std::fs::{DirBuilder, File};
+use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use nix::unistd::{AccessFlags, access, geteuid};
 use parvm_env_config::Config;
 
 use crate::folder::{Held, Kept, TaskFolder, borrow_kept, lock_kept};
-use crate::lock::{Attempt, LockBackend, still_linked};
+use crate::lock::{LockBackend, still_linked};
 use crate::owner::OwnerMarker;
 use crate::{Error, Persistence, SweepReport};
 
@@ -83,7 +83,9 @@ impl StorageOptions {
 /// The per-user local storage folder, `<local root>/parvm-<user>`, and the task
 /// folders in it.
 ///
-/// It keeps this process's persistent folders (and their locks) while it lives.
+/// It keeps this process's persistent folders, locked, while it lives. Dropping it
+/// unlocks them but leaves them on disk (idle while this process runs, stale after);
+/// [`LocalStorage::discard`] removes one.
 #[derive(Debug)]
 pub struct LocalStorage {
     pub(crate) dir: PathBuf,
@@ -241,7 +243,7 @@ impl LocalStorage {
     /// Locks a folder we just made and writes its owner marker. `Ok(None)`: a forced
     /// clear removed it meanwhile; try the next name.
     fn claim(&self, path: PathBuf, name: String, me: &OwnerMarker) -> Result<Option<Held>, Error> {
-        let lock = match self.lock_new(&path) {
+        let lock = match self.backend.lock_new(&path) {
             Ok(lock) => lock,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(Error::CreateFolder { path, source }),
@@ -258,18 +260,6 @@ impl LocalStorage {
             Err(source) => {
                 let _ = crate::tree::remove_tree(&path);
                 Err(Error::CreateFolder { path, source })
-            }
-        }
-    }
-
-    /// Locks the lock file of a new folder, waiting: only a lister may hold it, and only
-    /// for an instant. `Ok(None)`: the file system cannot lock.
-    fn lock_new(&self, folder: &Path) -> io::Result<Option<File>> {
-        loop {
-            match self.backend.try_lock(folder, true)? {
-                Attempt::Held(file) => return Ok(Some(file)),
-                Attempt::Unsupported => return Ok(None),
-                Attempt::Busy | Attempt::Missing => std::thread::yield_now(),
             }
         }
     }

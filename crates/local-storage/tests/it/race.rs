@@ -145,3 +145,76 @@ fn a_folder_held_by_another_process_is_in_use_until_that_process_dies() {
     assert_eq!(storage.sweep().unwrap().removed.len(), 1);
     assert!(!exists(&held));
 }
+
+const SWEEP_ROOT: &str = "PARVM_LOCAL_STORAGE_TEST_SWEEP_ROOT";
+
+/// Not a test on its own: when started by `two_processes_*` with the variable set, it
+/// waits for a line on stdin, sweeps, and prints how many folders it removed.
+#[test]
+fn child_sweeps() {
+    let Some(root) = std::env::var_os(SWEEP_ROOT) else {
+        return;
+    };
+    let storage = LocalStorage::options()
+        .host(HOST)
+        .open(root.as_ref())
+        .unwrap();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    let report = storage.sweep().unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    println!("REMOVED={}", report.removed.len());
+}
+
+#[test]
+fn two_processes_sweeping_together_remove_each_stale_folder_once() {
+    use std::io::{Read, Write};
+    let (root, storage) = storage();
+    let dead = OwnerMarker::new(dead_pid(), Some(boot_id()), None, HOST);
+    for i in 0..200 {
+        fake_folder(&storage, &format!("dead_vm{i:x}"), Some(&dead));
+    }
+    let mut children: Vec<ChildGuard> = (0..2)
+        .map(|_| {
+            let child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "race::child_sweeps",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(SWEEP_ROOT, root.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            ChildGuard(child)
+        })
+        .collect();
+    for child in &mut children {
+        child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let mut removed: usize = storage.sweep().unwrap().removed.len();
+    for child in &mut children {
+        // Read all of it: closing the pipe early would fail the child's last prints.
+        let mut output = String::new();
+        child
+            .0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut output)
+            .unwrap();
+        let count = output
+            .lines()
+            .find_map(|line| {
+                line.split_once("REMOVED=")
+                    .and_then(|(_, n)| n.trim().parse::<usize>().ok())
+            })
+            .expect("child reports its count");
+        removed += count;
+        assert!(child.0.wait().unwrap().success());
+    }
+    assert_eq!(removed, 200);
+    assert!(storage.list().unwrap().is_empty());
+}
