@@ -90,12 +90,12 @@ impl OwnerMarker {
     }
 
     /// Writes the marker into `folder` through a temporary name, so a reader sees
-    /// either no marker or a whole one.
+    /// either no marker or a whole one. No `fsync`: a marker torn by a crash names a
+    /// past boot anyway and reads as garbled, which sweeping handles.
     pub(crate) fn write(&self, folder: &Path) -> io::Result<()> {
         let tmp = folder.join(OWNER_TMP);
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
-        file.sync_all()?;
         fs::rename(&tmp, folder.join(OWNER_FILE))
     }
 

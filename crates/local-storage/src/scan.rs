@@ -271,9 +271,11 @@ impl LocalStorage {
     /// locked for removal. `None`: it vanished.
     fn probe(&self, name: &str, path: &Path, create_lock: bool) -> Option<Probe> {
         let meta = std::fs::symlink_metadata(path).ok()?;
-        let age_secs = SystemTime::now()
-            .duration_since(meta.modified().ok()?)
-            .map_or(0, |age| age.as_secs());
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        let age_secs = age.map_or(0, |age| age.as_secs());
         let info = |state, detail: String, owner| FolderInfo {
             name: name.to_owned(),
             path: path.to_path_buf(),
