@@ -1,5 +1,6 @@
 //! The spawner's API: the runtime, VM objects, spawning and messaging.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub struct RuntimeBuilder {
     transport: Option<TransportKind>,
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
+    hosts: Option<Vec<(String, usize)>>,
 }
 
 impl Runtime {
@@ -55,6 +57,7 @@ impl Runtime {
             transport: None,
             debug: None,
             program: None,
+            hosts: None,
         }
     }
 
@@ -273,6 +276,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Local workers grouped on simulated hosts (name, workers), for trying multi-host
+    /// behaviour on one machine; default: all workers on this host.
+    #[must_use]
+    pub fn simulated_hosts<S: Into<String>>(
+        mut self,
+        hosts: impl IntoIterator<Item = (S, usize)>,
+    ) -> Self {
+        self.hosts = Some(hosts.into_iter().map(|(h, n)| (h.into(), n)).collect());
+        self
+    }
+
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
@@ -311,8 +325,21 @@ impl RuntimeBuilder {
                     .workers
                     .or(config.workers())
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                let mut options = parvm_transport::local::LocalOptions::new(workers)
-                    .spawner_host(config.hostname());
+                let hosts = self
+                    .hosts
+                    .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
+                let env = worker_env(&config, self.debug);
+                let mut options = parvm_transport::local::LocalOptions::hosts(
+                    hosts
+                        .into_iter()
+                        .map(|(name, workers)| parvm_transport::local::SimulatedHost {
+                            name,
+                            workers,
+                            env: env.clone(),
+                        })
+                        .collect(),
+                )
+                .spawner_host(config.hostname());
                 if let Some((program, args)) = self.program {
                     options = options.program(program, args);
                 }
@@ -333,6 +360,24 @@ impl RuntimeBuilder {
         };
         Runtime::from_transport(transport, self.tasks, config)
     }
+}
+
+/// The environment local workers get, so they use the spawner's storage settings even
+/// when the spawner's configuration was built by hand.
+fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(
+        OsString::from("PARALLEL_LOCAL_STORAGE"),
+        config.local_root().as_os_str().to_owned(),
+    )];
+    let roots = config.mirrored_roots();
+    if !roots.is_empty() && roots.iter().all(|r| !r.as_os_str().as_encoded_bytes().contains(&b':')) {
+        let joined = std::env::join_paths(roots).unwrap_or_default();
+        env.push((OsString::from("PARALLEL_MIRRORED_STORAGE"), joined));
+    }
+    if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
+        env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
+    }
+    env
 }
 
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.

@@ -391,6 +391,11 @@ impl Run<'_> {
                     .args(args)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(std::process::Stdio::null());
+                // A parvm program started by the command must not join this VM as a worker.
+                for var in parvm_transport::local::WORKER_ENV_VARS {
+                    command.env_remove(var);
+                }
+                command.env_remove(parvm_transport::tcp::CONNECT_VAR);
                 if let Some(dir) = ctx.dir {
                     command.current_dir(dir);
                 }

@@ -1,0 +1,50 @@
+//! Test support for parvm-vm: the workers of the integration tests run this program, and a
+//! few tests run it as a spawner. Not meant for users.
+//!
+//! As a spawner, the first argument picks a scenario:
+//! - `hang`: spawns a long task with a task folder on every worker, prints
+//!   `READY <worker pids>` and waits to be killed;
+//! - `print`: spawns the `print` task once and finalizes;
+//! - `start-finalize`: starts and finalizes (for timing).
+
+mod tasks;
+
+use std::time::Duration;
+
+use parvm_vm::{Message, Runtime, Spawn};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = Runtime::start(tasks::tasks())?;
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    match scenario.as_str() {
+        "hang" => {
+            let vm = runtime.vm().local_folder(true).build()?;
+            let ids = vm.spawn(Spawn::task("pid", &()).fill())?;
+            let mut pids = Vec::new();
+            let mut exits = 0;
+            while exits < ids.len() {
+                match vm.recv()? {
+                    Message::TaskResult { outcome: Ok(value), .. } => pids.push(value.decode::<u32>()?),
+                    Message::TaskExit { .. } => exits += 1,
+                    _ => {}
+                }
+            }
+            vm.spawn(Spawn::task("sleep", &60_000u64).fill())?;
+            let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+            println!("READY {}", pids.join(" "));
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        "print" => {
+            let vm = runtime.vm().build()?;
+            vm.spawn(Spawn::task("print", &"hello".to_string()))?;
+            loop {
+                if let Message::TaskExit { .. } = vm.recv()? {
+                    break;
+                }
+            }
+        }
+        _ => {}
+    }
+    runtime.finalize()?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The tasks of the test program; the integration tests include this file too, so the
+//! spawner (the test) and the workers (this program) share one registry.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use parvm_vm::{TaskContext, TaskId, Tasks};
+
+/// Every test task, by name.
+pub fn tasks() -> Tasks {
+    Tasks::new()
+        .register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
+        .register("echo", |_: &TaskContext, text: String| Ok::<_, Infallible>(text))
+        .register("add", |_: &TaskContext, (a, b): (i64, i64)| Ok::<_, Infallible>(a + b))
+        .register("panic", |_: &TaskContext, text: String| -> Result<(), Infallible> {
+            panic!("{text}")
+        })
+        .register("fail", |_: &TaskContext, text: String| Err::<(), _>(text))
+        .register("exit", |_: &TaskContext, code: i32| -> Result<(), Infallible> {
+            std::process::exit(code)
+        })
+        .register("pid", |_: &TaskContext, (): ()| Ok::<_, Infallible>(std::process::id()))
+        .register("sleep", |_: &TaskContext, ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok::<_, Infallible>(())
+        })
+        .register("bounce", bounce)
+        .register("recv_one", |ctx: &TaskContext, (): ()| {
+            let (_, data) = ctx.recv().map_err(|e| e.to_string())?;
+            data.decode::<String>().map_err(|e| e.to_string())
+        })
+        .register("relay", |ctx: &TaskContext, to: TaskId| {
+            ctx.send(to, &format!("hi from {}", ctx.task_id()))
+                .map_err(|e| e.to_string())
+        })
+        .register("list", |ctx: &TaskContext, (): ()| {
+            let dir = ctx.dir().map_or_else(|| ".".into(), ToOwned::to_owned);
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| format!("cannot list `{}`: {e}", dir.display()))?
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with(".parvm"))
+                .collect();
+            names.sort();
+            Ok::<_, String>(names)
+        })
+        .register("cwd", |_: &TaskContext, (): ()| {
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .map_err(|e| e.to_string())
+        })
+        .register("dir", |ctx: &TaskContext, (): ()| {
+            Ok::<_, Infallible>(ctx.dir().map(|d| d.display().to_string()))
+        })
+        .register("print", |_: &TaskContext, text: String| {
+            println!("{text}");
+            eprintln!("err: {text}");
+            Ok::<_, Infallible>(())
+        })
+        .register("write", |ctx: &TaskContext, (name, fail): (String, bool)| {
+            let dir = ctx.dir().ok_or("the task has no folder")?;
+            let before: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| e.to_string())?
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with(".parvm"))
+                .collect();
+            std::fs::write(dir.join(&name), "written").map_err(|e| e.to_string())?;
+            if fail {
+                panic!("failing after writing {name}");
+            }
+            Ok::<_, String>(before)
+        })
+}
+
+/// Sends every message back to its sender until an empty one arrives; returns the count.
+fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
+    let mut count = 0;
+    loop {
+        let (from, data) = ctx.recv().map_err(|e| e.to_string())?;
+        if data.bytes().is_empty() {
+            return Ok(count);
+        }
+        ctx.send_bytes(from, data.bytes()).map_err(|e| e.to_string())?;
+        count += 1;
+    }
+}
