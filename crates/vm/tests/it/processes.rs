@@ -106,6 +106,8 @@ fn killed_spawner_workers_exit_and_folders_are_swept_next_start() {
             .env("PARALLEL_LOCAL_STORAGE", local.path())
             .env("PARALLEL_MIRRORED_STORAGE", shared.path())
             .env("PARVM_WORKERS", "2")
+            // The next VM's workers run on host `alpha`: folders of another host are kept.
+            .env("PARVM_HOSTNAME", "alpha")
             .env_remove("PARVM_TRANSPORT")
             .stdout(Stdio::piped())
             .spawn()
@@ -122,17 +124,26 @@ fn killed_spawner_workers_exit_and_folders_are_swept_next_start() {
         .collect();
     assert_eq!(pids.len(), 2);
     let _guard = PidsGuard(pids.clone());
+    assert_eq!(task_folders(local.path()).len(), 2, "one task folder per worker");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    wait_until("the workers exit", || pids.iter().all(|pid| !alive(*pid)));
+    // Reaped, not only dead: a zombie's pid still counts as a live owner for local storage.
+    wait_until("the workers exit and are reaped", || {
+        pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
 
     let h = Harness::start_in(Backend::Local, &[("alpha", 1)], local, shared);
-    let left = h.task_folders();
-    assert!(left.len() <= 2, "{left:?}");
     let vm = h.vm();
     let ids = vm.spawn(Spawn::task("noop", &())).unwrap();
     collect(&vm, &ids);
     assert!(h.task_folders().is_empty(), "stale folders swept: {:?}", h.task_folders());
+}
+
+fn task_folders(local: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let user = parvm_env_config::current_user().unwrap();
+    std::fs::read_dir(local.join(format!("parvm-{user}")))
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 #[test]
