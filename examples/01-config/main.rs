@@ -18,8 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Task ID   : {}", vm.task_id());
     println!(
         "Parent ID : {}",
-        vm.parent_task_id()
-            .map_or_else(|| "none (the spawner has no parent)".to_owned(), |id| id.to_string())
+        vm.parent_task_id().map_or_else(
+            || "none (the spawner has no parent)".to_owned(),
+            |id| id.to_string()
+        )
     );
     println!("Transport : {}", runtime.backend());
 
@@ -27,14 +29,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", vm.describe());
     println!("----");
 
-    println!("Total process slots: {} (the spawner's slot 0 included)", vm.slots());
+    println!(
+        "Total process slots: {} (the spawner's slot 0 included)",
+        vm.slots()
+    );
     println!("Free process slots : {}", vm.free_slots());
 
     let config = runtime.config();
     println!("---- Storage");
-    println!("Local storage (PARALLEL_LOCAL_STORAGE)       : {}", config.local_root().display());
+    println!(
+        "Local storage (PARALLEL_LOCAL_STORAGE)       : {}",
+        config.local_root().display()
+    );
     for (index, root) in config.mirrored_roots().iter().enumerate() {
-        println!("Mirrored storage {index} (PARALLEL_MIRRORED_STORAGE): {}", root.display());
+        println!(
+            "Mirrored storage {index} (PARALLEL_MIRRORED_STORAGE): {}",
+            root.display()
+        );
     }
 
     drop(vm);

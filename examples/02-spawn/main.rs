@@ -12,7 +12,9 @@ use parvm::vm::{Message, Runtime, Spawn, TaskContext, Tasks};
 /// The task: say hello on stdout, and return a greeting naming the task, host and folder.
 fn hello(ctx: &TaskContext, (): ()) -> Result<String, Infallible> {
     println!("Worker {} at {}.", ctx.task_id(), ctx.host_id());
-    let dir = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let dir = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     Ok(format!(
         "Hello, I am worker {} on {} in {dir}.",
         ctx.task_id(),
@@ -49,9 +51,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "Received from {task} TaskResult success=true\n  {}",
                     value.decode::<String>()?
                 ),
-                Err(failure) => println!("Received from {task} TaskResult success=false\n  {failure}"),
+                Err(failure) => {
+                    println!("Received from {task} TaskResult success=false\n  {failure}")
+                }
             },
-            Message::TaskExit { task, status } => println!("Received from {task} TaskExit ({status})"),
+            Message::TaskExit { task, status } => {
+                println!("Received from {task} TaskExit ({status})")
+            }
             other => println!("Received {other:?}"),
         }
         println!("Free slots: {}\n", vm.free_slots());

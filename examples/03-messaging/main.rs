@@ -20,7 +20,8 @@ fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
         if data.bytes() == STOP {
             return Ok(count);
         }
-        ctx.send_bytes(from, data.bytes()).map_err(|e| e.to_string())?;
+        ctx.send_bytes(from, data.bytes())
+            .map_err(|e| e.to_string())?;
         count += 1;
     }
 }
@@ -31,7 +32,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Prefer a host other than the spawner's, as PyOPUS's demo does.
     let me = vm.host_id();
-    let target = vm.hosts().into_iter().find(|h| *h != me).unwrap_or(me.clone());
+    let target = vm
+        .hosts()
+        .into_iter()
+        .find(|h| *h != me)
+        .unwrap_or(me.clone());
     if target == me {
         println!("Measuring local communication (all workers run on {me}).");
     }
@@ -40,9 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("no free slot for the bounce task".into());
     };
     println!("Bounce task {task} on {target}.\n");
-    println!("{:>12} {:>10} {:>12} {:>14}", "size", "rounds", "one-way", "rate");
+    println!(
+        "{:>12} {:>10} {:>12} {:>14}",
+        "size", "rounds", "one-way", "rate"
+    );
 
-    for size in [0usize, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000] {
+    for size in [
+        0usize, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000,
+    ] {
         let data = vec![0x55u8; size];
         // Warm up, then run for about 0.2 s (at least 3 rounds).
         for _ in 0..3 {
@@ -68,8 +78,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     vm.send_bytes(task, STOP)?;
     loop {
         match vm.recv()? {
-            Message::TaskResult { outcome: Ok(value), .. } => {
-                println!("\nThe bounce task sent back {} messages.", value.decode::<u64>()?);
+            Message::TaskResult {
+                outcome: Ok(value), ..
+            } => {
+                println!(
+                    "\nThe bounce task sent back {} messages.",
+                    value.decode::<u64>()?
+                );
             }
             Message::TaskExit { .. } => break,
             _ => {}

@@ -12,7 +12,12 @@ use parvm::vm::{Message, Runtime, Spawn, TaskContext, Tasks};
 /// Says hello and lists the task folder.
 fn hello_ls(ctx: &TaskContext, (): ()) -> Result<(), String> {
     let here = std::env::current_dir().map_err(|e| e.to_string())?;
-    println!("Hello, I am task {} on {} in {}.", ctx.task_id(), ctx.host_id(), here.display());
+    println!(
+        "Hello, I am task {} on {} in {}.",
+        ctx.task_id(),
+        ctx.host_id(),
+        here.display()
+    );
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&here).map_err(|e| e.to_string())? {
@@ -45,15 +50,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
-    println!("Mirroring {} to each task folder.", std::env::current_dir()?.display());
+    println!(
+        "Mirroring {} to each task folder.",
+        std::env::current_dir()?.display()
+    );
 
     println!("\nSpawning a task.");
     let ids = vm.spawn(Spawn::task("hello_ls", &()))?;
-    println!("Spawned: {ids:?}");
+    println!(
+        "Spawned: {}",
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("Collecting its output ...");
     loop {
         match vm.recv()? {
-            Message::TaskResult { outcome: Err(failure), task } => println!("Task {task} failed: {failure}"),
+            Message::TaskResult {
+                outcome: Err(failure),
+                task,
+            } => println!("Task {task} failed: {failure}"),
             Message::TaskExit { task, status } => {
                 println!("Task {task} exited ({status}); its folder is removed.");
                 break;

@@ -115,8 +115,12 @@ impl Parser {
             let add = op == "+";
             self.at += 1;
             let rhs = self.product()?;
-            value = if add { value.checked_add(rhs) } else { value.checked_sub(rhs) }
-                .ok_or("overflow")?;
+            value = if add {
+                value.checked_add(rhs)
+            } else {
+                value.checked_sub(rhs)
+            }
+            .ok_or("overflow")?;
         }
         Ok(value)
     }
@@ -142,13 +146,18 @@ impl Parser {
             self.at += 1;
             let exponent = self.power()?;
             let exponent = u32::try_from(exponent).map_err(|_| "negative or huge exponent")?;
-            return base.checked_pow(exponent).ok_or_else(|| "overflow".to_owned());
+            return base
+                .checked_pow(exponent)
+                .ok_or_else(|| "overflow".to_owned());
         }
         Ok(base)
     }
 
     fn atom(&mut self) -> Result<i64, String> {
-        let token = self.peek().ok_or("the expression ends too early")?.to_owned();
+        let token = self
+            .peek()
+            .ok_or("the expression ends too early")?
+            .to_owned();
         self.at += 1;
         match token.as_str() {
             "(" => {
@@ -160,9 +169,9 @@ impl Parser {
                 Ok(value)
             }
             "-" => Ok(-self.atom()?),
-            number if number.chars().all(|c| c.is_ascii_digit()) => {
-                number.parse().map_err(|e| format!("bad number `{number}`: {e}"))
-            }
+            number if number.chars().all(|c| c.is_ascii_digit()) => number
+                .parse()
+                .map_err(|e| format!("bad number `{number}`: {e}")),
             name => Err(format!("name `{name}` is not defined")),
         }
     }

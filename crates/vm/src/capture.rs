@@ -38,7 +38,10 @@ impl Capture {
     /// Redirects fd 1 and 2 and starts the forwarding thread. With `watch_parent`, the
     /// thread also ends the process when its parent (the spawner) is gone, so a worker does
     /// not outlive a killed spawner while a long task runs.
-    pub(crate) fn start(transport: Arc<dyn Transport>, watch_parent: bool) -> Result<Capture, Error> {
+    pub(crate) fn start(
+        transport: Arc<dyn Transport>,
+        watch_parent: bool,
+    ) -> Result<Capture, Error> {
         let io = |what: &'static str| {
             move |e: Errno| Error::Io {
                 what,
@@ -49,7 +52,8 @@ impl Capture {
         let (out, out_w) = nix::unistd::pipe().map_err(io("create an output pipe"))?;
         let (err, err_w) = nix::unistd::pipe().map_err(io("create an output pipe"))?;
         for fd in [&out, &err] {
-            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io("configure an output pipe"))?;
+            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .map_err(io("configure an output pipe"))?;
         }
         let _ = std::io::stdout().flush();
         nix::unistd::dup2_stdout(&out_w).map_err(io("redirect standard output"))?;
@@ -138,7 +142,10 @@ fn pump(inner: &Inner, partial: &mut [Vec<u8>; 2], flush: bool) {
         let cut = if flush || buffer.len() > MAX_PARTIAL {
             buffer.len()
         } else {
-            buffer.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            buffer
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
         };
         if cut == 0 {
             continue;

@@ -21,7 +21,9 @@ pub enum Error {
         source: parvm_transport::Error,
     },
     /// A spawn named a task that is not registered in this program.
-    #[error("task `{name}` is not registered; register it with `Tasks::register(\"{name}\", ...)` (registered: {known})")]
+    #[error(
+        "task `{name}` is not registered; register it with `Tasks::register(\"{name}\", ...)` (registered: {known})"
+    )]
     UnknownTask {
         /// The name that was spawned.
         name: String,
@@ -75,7 +77,9 @@ pub enum Error {
         wanted: &'static str,
     },
     /// A peer sent a frame this VM cannot read (another version, or garbage).
-    #[error("rank {rank} sent a frame this program cannot read ({reason}); run the same parvm build on every host")]
+    #[error(
+        "rank {rank} sent a frame this program cannot read ({reason}); run the same parvm build on every host"
+    )]
     Protocol {
         /// The sender.
         rank: u32,

@@ -50,7 +50,5 @@ pub use ids::{HostId, TaskId};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
 pub use tasks::{Spawn, Tasks};
-pub use vm::{
-    ClearReport, Layout, LayoutHost, LayoutSlot, Runtime, RuntimeBuilder, Vm, VmBuilder,
-};
+pub use vm::{ClearReport, Layout, LayoutHost, LayoutSlot, Runtime, RuntimeBuilder, Vm, VmBuilder};
 pub use worker::{TaskContext, Worker};

@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use parvm_transport::{Error, Event, Peer, Rank, Transport, Wait};
 
 struct Fabric {
@@ -110,14 +110,8 @@ impl Transport for MemoryTransport {
     fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
         Ok(match wait {
             Wait::Forever => self.inbox.recv().ok(),
-            Wait::For(timeout) => match self.inbox.recv_timeout(timeout) {
-                Ok(event) => Some(event),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
-            Wait::NoWait => match self.inbox.try_recv() {
-                Ok(event) => Some(event),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-            },
+            Wait::For(timeout) => self.inbox.recv_timeout(timeout).ok(),
+            Wait::NoWait => self.inbox.try_recv().ok(),
         })
     }
 

@@ -149,8 +149,13 @@ mod tests {
         match back {
             ToWorker::Spawn(req) => {
                 assert_eq!(req.number, 7);
-                assert_eq!(req.startup, Some(Startup::Mirrored(1, PathBuf::from("a/b"))));
-                assert!(matches!(req.job, Job::Function { ref name, ref args } if name == "hello" && args.as_ref() == [1, 2, 3]));
+                assert_eq!(
+                    req.startup,
+                    Some(Startup::Mirrored(1, PathBuf::from("a/b")))
+                );
+                assert!(
+                    matches!(req.job, Job::Function { ref name, ref args } if name == "hello" && args.as_ref() == [1, 2, 3])
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -171,7 +176,11 @@ mod tests {
     #[test]
     fn foreign_frames_are_refused() {
         assert!(decode::<FromWorker<'_>>(&[]).is_err());
-        assert!(decode::<FromWorker<'_>>(&[99, 1, 2]).unwrap_err().contains("version 99"));
+        assert!(
+            decode::<FromWorker<'_>>(&[99, 1, 2])
+                .unwrap_err()
+                .contains("version 99")
+        );
         assert!(decode::<FromWorker<'_>>(&[VERSION, 0xc1]).is_err());
     }
 }

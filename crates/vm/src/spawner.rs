@@ -197,14 +197,15 @@ impl Shared {
     /// Files one transport event; returns output lines to print once the lock is released.
     fn dispatch(&self, state: &mut State, event: Event) -> Vec<(bool, String)> {
         match event {
-            Event::Message { from, payload } => match protocol::decode::<FromWorker<'_>>(&payload)
-            {
-                Ok(frame) => self.dispatch_frame(state, from, frame),
-                Err(reason) => {
-                    tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
-                    Vec::new()
+            Event::Message { from, payload } => {
+                match protocol::decode::<FromWorker<'_>>(&payload) {
+                    Ok(frame) => self.dispatch_frame(state, from, frame),
+                    Err(reason) => {
+                        tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
+                        Vec::new()
+                    }
                 }
-            },
+            }
             Event::PeerLost { rank, reason } => {
                 self.lose(state, rank, &reason);
                 Vec::new()
@@ -278,7 +279,11 @@ impl Shared {
                 }
                 Vec::new()
             }
-            FromWorker::User { from: number, to, data } => {
+            FromWorker::User {
+                from: number,
+                to,
+                data,
+            } => {
                 let sender = TaskId { slot: from, number };
                 let vm = state
                     .slots
@@ -312,7 +317,10 @@ impl Shared {
                 stderr,
                 data,
             } => {
-                let host = state.slots.get(&from).map_or("?", |slot| slot.host.as_str());
+                let host = state
+                    .slots
+                    .get(&from)
+                    .map_or("?", |slot| slot.host.as_str());
                 let tag = if number == 0 {
                     format!("[w{from}@{host}]")
                 } else {
@@ -324,9 +332,7 @@ impl Shared {
                     .collect()
             }
             FromWorker::Cleared { removed, error } => {
-                state
-                    .cleared
-                    .push((from, error.map_or(Ok(removed), Err)));
+                state.cleared.push((from, error.map_or(Ok(removed), Err)));
                 Vec::new()
             }
         }

@@ -145,7 +145,9 @@ impl Storage {
         };
         if request.persistent {
             // Remember the VM even without a map, so the folder is dropped at exit.
-            self.maps.entry(request.vm).or_insert_with(|| (Vec::new(), MirrorMap::new()));
+            self.maps
+                .entry(request.vm)
+                .or_insert_with(|| (Vec::new(), MirrorMap::new()));
         }
         let folder = self
             .local()?
@@ -171,7 +173,12 @@ impl Storage {
         let dir = match &request.startup {
             None => folder.path().to_owned(),
             Some(Startup::InFolder(sub)) => folder.path().join(sub),
-            Some(_) => return Err("a startup folder outside the task folder was sent with a task folder".to_owned()),
+            Some(_) => {
+                return Err(
+                    "a startup folder outside the task folder was sent with a task folder"
+                        .to_owned(),
+                );
+            }
         };
         Ok(Prepared {
             dir: Some(dir),
@@ -198,4 +205,3 @@ impl Storage {
         Ok(Some(map))
     }
 }
-

@@ -190,7 +190,11 @@ impl Runtime {
     /// # Errors
     /// The VM was finalized or the transport failed; a host that cannot clear is reported
     /// in the [`ClearReport`], not as an error.
-    pub fn clear_local_storage(&self, force: bool, timeout: Duration) -> Result<ClearReport, Error> {
+    pub fn clear_local_storage(
+        &self,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<ClearReport, Error> {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
         let local = crate::storage::clear_here(&self.shared.config, force);
@@ -200,7 +204,10 @@ impl Runtime {
             state.cleared.clear();
             let mut seen = Vec::new();
             for (&rank, slot) in &state.slots {
-                if !seen.iter().any(|(_, h): &(u32, String)| *h == slot.host) {
+                // The spawner already cleared its own host.
+                if slot.host != self.shared.host
+                    && !seen.iter().any(|(_, h): &(u32, String)| *h == slot.host)
+                {
                     seen.push((rank, slot.host.clone()));
                 }
             }
@@ -370,7 +377,11 @@ fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
         config.local_root().as_os_str().to_owned(),
     )];
     let roots = config.mirrored_roots();
-    if !roots.is_empty() && roots.iter().all(|r| !r.as_os_str().as_encoded_bytes().contains(&b':')) {
+    if !roots.is_empty()
+        && roots
+            .iter()
+            .all(|r| !r.as_os_str().as_encoded_bytes().contains(&b':'))
+    {
         let joined = std::env::join_paths(roots).unwrap_or_default();
         env.push((OsString::from("PARALLEL_MIRRORED_STORAGE"), joined));
     }
@@ -436,7 +447,10 @@ impl VmBuilder {
         let mirror = if self.mirror.is_empty() {
             None
         } else {
-            Some(crate::storage::encode_map(&self.shared.config, &self.mirror)?)
+            Some(crate::storage::encode_map(
+                &self.shared.config,
+                &self.mirror,
+            )?)
         };
         let startup = match self.startup {
             None => None,
@@ -574,7 +588,11 @@ impl Vm {
     ///
     /// # Errors
     /// As [`Runtime::clear_local_storage`].
-    pub fn clear_local_storage(&self, force: bool, timeout: Duration) -> Result<ClearReport, Error> {
+    pub fn clear_local_storage(
+        &self,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<ClearReport, Error> {
         self.runtime().clear_local_storage(force, timeout)
     }
 
@@ -706,7 +724,10 @@ impl Vm {
             let message = state.inboxes.get_mut(&index)?.pop_front()?;
             if let Message::TaskExit { task, .. } = &message
                 && let Some(slot) = state.slots.get_mut(&task.slot)
-                && slot.running.as_ref().is_some_and(|r| r.number == task.number)
+                && slot
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.number == task.number)
             {
                 slot.running = None;
             }
@@ -779,7 +800,9 @@ impl Drop for Vm {
         };
         if self.persistent && !self.shared.finalized.load(Ordering::Acquire) {
             for rank in ranks {
-                let _ = self.shared.send(rank, &ToWorker::ForgetVm { vm: self.index });
+                let _ = self
+                    .shared
+                    .send(rank, &ToWorker::ForgetVm { vm: self.index });
             }
         }
     }
@@ -847,13 +870,21 @@ impl fmt::Display for Layout {
                 f,
                 "host {}{}: {} worker slot(s), free: [{}]",
                 host.host,
-                if host.spawner { " (spawner, slot 0)" } else { "" },
+                if host.spawner {
+                    " (spawner, slot 0)"
+                } else {
+                    ""
+                },
                 host.slots.len(),
                 free.join(", ")
             )?;
             for slot in &host.slots {
                 if let Some((task, label, vm)) = &slot.task {
-                    writeln!(f, "  slot {:>3}: task {task} `{label}` (vm {vm})", slot.slot)?;
+                    writeln!(
+                        f,
+                        "  slot {:>3}: task {task} `{label}` (vm {vm})",
+                        slot.slot
+                    )?;
                 }
             }
         }

@@ -367,10 +367,9 @@ impl Run<'_> {
             dir,
             state: self.state,
         };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run_job(&ctx, job)
-        }))
-        .unwrap_or_else(|panic| Err(format!("task panicked: {}", panic_text(&*panic))));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_job(&ctx, job)))
+                .unwrap_or_else(|panic| Err(format!("task panicked: {}", panic_text(&*panic))));
         if changed && let Some(home) = self.home {
             let _ = std::env::set_current_dir(home);
         }

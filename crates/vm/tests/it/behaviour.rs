@@ -51,13 +51,19 @@ fn spawn_two_collect_results_and_exits(backend: Backend) {
         .unwrap();
     assert_eq!(ids.len(), 2);
     assert_eq!(vm.free_slots(), 0);
-    assert!(vm.spawn(Spawn::task("noop", &())).unwrap().is_empty(), "no slot free");
+    assert!(
+        vm.spawn(Spawn::task("noop", &())).unwrap().is_empty(),
+        "no slot free"
+    );
     let (outcomes, _) = collect(&vm, &ids);
     for id in &ids {
         let outcome = &outcomes[id];
         let value = outcome.result.as_ref().unwrap().as_ref().unwrap();
         assert_eq!(value.decode::<i64>().unwrap(), 5);
-        assert!(matches!(value.decode::<String>(), Err(Error::WrongResultType { .. })));
+        assert!(matches!(
+            value.decode::<String>(),
+            Err(Error::WrongResultType { .. })
+        ));
         assert_eq!(outcome.exit, Some(ExitStatus::Completed));
         assert_eq!((outcome.results, outcome.exits), (1, 1));
     }
@@ -68,10 +74,20 @@ fn unregistered_task_is_refused_before_sending(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.vm();
     let err = vm.spawn(Spawn::task("nope", &())).unwrap_err();
-    assert!(matches!(err, Error::UnknownTask { ref name, .. } if name == "nope"), "{err}");
-    assert!(err.to_string().contains("echo"), "lists registered names: {err}");
+    assert!(
+        matches!(err, Error::UnknownTask { ref name, .. } if name == "nope"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("echo"),
+        "lists registered names: {err}"
+    );
     assert_eq!(vm.free_slots(), 1);
-    assert!(vm.recv_timeout(Duration::from_millis(50)).unwrap().is_none());
+    assert!(
+        vm.recv_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn wrong_argument_type_is_refused_before_sending(backend: Backend) {
@@ -91,32 +107,53 @@ fn wrong_argument_type_is_refused_before_sending(backend: Backend) {
 fn panic_fails_the_task_and_the_worker_lives_on(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::task("panic", &"boom 42".to_string())).unwrap();
+    let ids = vm
+        .spawn(Spawn::task("panic", &"boom 42".to_string()))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &ids);
     let outcome = &outcomes[&ids[0]];
     let failure = outcome.result.as_ref().unwrap().as_ref().unwrap_err();
     assert!(failure.message.contains("boom 42"), "{failure}");
-    assert!(matches!(&outcome.exit, Some(ExitStatus::Failed { reason }) if reason.contains("boom 42")));
+    assert!(
+        matches!(&outcome.exit, Some(ExitStatus::Failed { reason }) if reason.contains("boom 42"))
+    );
     let again = vm.spawn(Spawn::task("echo", &"alive".to_string())).unwrap();
-    assert_eq!(again[0].slot, ids[0].slot, "the same worker runs the next task");
+    assert_eq!(
+        again[0].slot, ids[0].slot,
+        "the same worker runs the next task"
+    );
     let (outcomes, _) = collect(&vm, &again);
-    let value = outcomes[&again[0]].result.as_ref().unwrap().as_ref().unwrap();
+    let value = outcomes[&again[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap();
     assert_eq!(value.decode::<String>().unwrap(), "alive");
 }
 
 fn error_result_fails_the_task(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::task("fail", &"bad input x".to_string())).unwrap();
+    let ids = vm
+        .spawn(Spawn::task("fail", &"bad input x".to_string()))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let failure = outcomes[&ids[0]].result.as_ref().unwrap().as_ref().unwrap_err();
+    let failure = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
     assert_eq!(failure.message, "bad input x");
 }
 
 fn send_back_off_gives_only_the_exit(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::task("echo", &"x".to_string()).send_back(false)).unwrap();
+    let ids = vm
+        .spawn(Spawn::task("echo", &"x".to_string()).send_back(false))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &ids);
     assert_eq!(outcomes[&ids[0]].results, 0);
     assert_eq!(outcomes[&ids[0]].exit, Some(ExitStatus::Completed));
@@ -149,8 +186,16 @@ fn worker_to_worker_messages_route_via_the_spawner(backend: Backend) {
     let receiver = vm.spawn(Spawn::task("recv_one", &())).unwrap();
     let sender = vm.spawn(Spawn::task("relay", &receiver[0])).unwrap();
     let (outcomes, _) = collect(&vm, &[receiver[0], sender[0]]);
-    let value = outcomes[&receiver[0]].result.as_ref().unwrap().as_ref().unwrap();
-    assert_eq!(value.decode::<String>().unwrap(), format!("hi from {}", sender[0]));
+    let value = outcomes[&receiver[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        value.decode::<String>().unwrap(),
+        format!("hi from {}", sender[0])
+    );
 }
 
 fn messages_to_an_ended_task_are_dropped(backend: Backend) {
@@ -163,10 +208,20 @@ fn messages_to_an_ended_task_are_dropped(backend: Backend) {
     assert_eq!(second[0].slot, first[0].slot);
     assert_ne!(second[0], first[0]);
     // Also a late message that reaches the worker: addressed to the old number.
-    assert!(vm.recv_timeout(Duration::from_millis(200)).unwrap().is_none(), "not delivered to the next task");
+    assert!(
+        vm.recv_timeout(Duration::from_millis(200))
+            .unwrap()
+            .is_none(),
+        "not delivered to the next task"
+    );
     vm.send(second[0], &"for the living".to_string()).unwrap();
     let (outcomes, _) = collect(&vm, &second);
-    let value = outcomes[&second[0]].result.as_ref().unwrap().as_ref().unwrap();
+    let value = outcomes[&second[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap();
     assert_eq!(value.decode::<String>().unwrap(), "for the living");
 }
 
@@ -231,8 +286,22 @@ fn two_vms_with_different_mirror_maps(backend: Backend) {
     let b = second.spawn(Spawn::task("list", &())).unwrap();
     let (outcomes_a, _) = collect(&first, &a);
     let (outcomes_b, _) = collect(&second, &b);
-    let list_a: Vec<String> = outcomes_a[&a[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
-    let list_b: Vec<String> = outcomes_b[&b[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
+    let list_a: Vec<String> = outcomes_a[&a[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
+    let list_b: Vec<String> = outcomes_b[&b[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
     assert_eq!(list_a, ["sub", "x.txt"]);
     assert_eq!(list_b, ["inputs"]);
 }
@@ -240,40 +309,81 @@ fn two_vms_with_different_mirror_maps(backend: Backend) {
 fn temporary_folder_removed_even_when_the_task_fails(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.runtime().vm().local_folder(true).build().unwrap();
-    let ok = vm.spawn(Spawn::task("write", &("out.txt".to_string(), false))).unwrap();
+    let ok = vm
+        .spawn(Spawn::task("write", &("out.txt".to_string(), false)))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &ok);
-    let before: Vec<String> = outcomes[&ok[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
+    let before: Vec<String> = outcomes[&ok[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
     assert!(before.is_empty(), "a fresh folder: {before:?}");
-    assert!(h.task_folders().is_empty(), "removed after success: {:?}", h.task_folders());
-    let failing = vm.spawn(Spawn::task("write", &("out.txt".to_string(), true))).unwrap();
+    assert!(
+        h.task_folders().is_empty(),
+        "removed after success: {:?}",
+        h.task_folders()
+    );
+    let failing = vm
+        .spawn(Spawn::task("write", &("out.txt".to_string(), true)))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &failing);
     assert!(outcomes[&failing[0]].result.as_ref().unwrap().is_err());
-    assert!(h.task_folders().is_empty(), "removed after a panic: {:?}", h.task_folders());
+    assert!(
+        h.task_folders().is_empty(),
+        "removed after a panic: {:?}",
+        h.task_folders()
+    );
 }
 
 fn persistent_folder_is_reused_then_removed(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.runtime().vm().persistent(true).build().unwrap();
-    let first = vm.spawn(Spawn::task("write", &("one.txt".to_string(), false))).unwrap();
+    let first = vm
+        .spawn(Spawn::task("write", &("one.txt".to_string(), false)))
+        .unwrap();
     collect(&vm, &first);
     assert_eq!(h.task_folders().len(), 1, "kept for the next task");
-    let second = vm.spawn(Spawn::task("write", &("two.txt".to_string(), false))).unwrap();
+    let second = vm
+        .spawn(Spawn::task("write", &("two.txt".to_string(), false)))
+        .unwrap();
     let (outcomes, _) = collect(&vm, &second);
-    let before: Vec<String> = outcomes[&second[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
+    let before: Vec<String> = outcomes[&second[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
     assert_eq!(before, ["one.txt"]);
     drop(vm);
-    crate::harness::wait_until("the persistent folder is removed", || h.task_folders().is_empty());
+    crate::harness::wait_until("the persistent folder is removed", || {
+        h.task_folders().is_empty()
+    });
 }
 
 fn describe_lists_hosts_slots_and_tasks(backend: Backend) {
     let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 1)]);
     let vm = h.vm();
     let hosts = vm.hosts();
-    assert!(hosts.contains(&HostId::from("alpha")) && hosts.contains(&HostId::from("beta")), "{hosts:?}");
+    assert!(
+        hosts.contains(&HostId::from("alpha")) && hosts.contains(&HostId::from("beta")),
+        "{hosts:?}"
+    );
     let ids = vm.spawn(Spawn::task("sleep", &300u64)).unwrap();
     let text = vm.describe().to_string();
-    assert!(text.contains("host alpha") && text.contains("host beta"), "{text}");
-    assert!(text.contains(&format!("task {}", ids[0])) && text.contains("`sleep`"), "{text}");
+    assert!(
+        text.contains("host alpha") && text.contains("host beta"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("task {}", ids[0])) && text.contains("`sleep`"),
+        "{text}"
+    );
     assert_eq!(vm.host_of(ids[0]), Some(HostId::from("alpha")));
     collect(&vm, &ids);
 }
@@ -283,31 +393,59 @@ fn clear_local_storage_on_every_host(backend: Backend) {
     let vm = h.runtime().vm().persistent(true).build().unwrap();
     let ids = vm.spawn(Spawn::task("noop", &())).unwrap();
     collect(&vm, &ids);
-    let report = vm.clear_local_storage(false, Duration::from_secs(10)).unwrap();
+    let report = vm
+        .clear_local_storage(false, Duration::from_secs(10))
+        .unwrap();
     assert_eq!(report.hosts.len(), 3, "{report}");
     assert!(report.hosts.iter().all(|(_, r)| r.is_ok()), "{report}");
-    assert_eq!(h.task_folders().len(), 1, "the kept persistent folder is in use and stays");
+    assert_eq!(
+        h.task_folders().len(),
+        1,
+        "the kept persistent folder is in use and stays"
+    );
 }
 
 fn external_command_status_is_the_result(backend: Backend) {
     let h = Harness::start(backend, 1);
     let vm = h.runtime().vm().local_folder(true).build().unwrap();
     let ids = vm
-        .spawn(Spawn::command("sh").arg("-c").arg("test -z \"$PARVM_LOCAL_SOCKET\" && echo $GREETING > f && exit 3").env("GREETING", "hi"))
+        .spawn(
+            Spawn::command("sh")
+                .arg("-c")
+                .arg("test -z \"$PARVM_LOCAL_SOCKET\" && echo $GREETING > f && exit 3")
+                .env("GREETING", "hi"),
+        )
         .unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let status: CommandStatus = outcomes[&ids[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
+    let status: CommandStatus = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
     assert_eq!(status.code, Some(3));
     let missing = vm.spawn(Spawn::command("/nonexistent/program")).unwrap();
     let (outcomes, _) = collect(&vm, &missing);
-    let failure = outcomes[&missing[0]].result.as_ref().unwrap().as_ref().unwrap_err();
-    assert!(failure.message.contains("/nonexistent/program"), "{failure}");
+    let failure = outcomes[&missing[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
+    assert!(
+        failure.message.contains("/nonexistent/program"),
+        "{failure}"
+    );
 }
 
 fn spawn_on_target_hosts(backend: Backend) {
     let h = Harness::start_hosts(backend, &[("alpha", 2), ("beta", 1)]);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::task("noop", &()).fill().hosts(["beta"])).unwrap();
+    let ids = vm
+        .spawn(Spawn::task("noop", &()).fill().hosts(["beta"]))
+        .unwrap();
     assert_eq!(ids.len(), 1);
     assert_eq!(vm.host_of(ids[0]), Some(HostId::from("beta")));
     collect(&vm, &ids);

@@ -46,7 +46,14 @@ fn pid_of_worker(h: &Harness, host: &str) -> (i32, parvm_vm::TaskId) {
     let vm = h.vm();
     let ids = vm.spawn(Spawn::task("pid", &()).hosts([host])).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let pid: u32 = outcomes[&ids[0]].result.as_ref().unwrap().as_ref().unwrap().decode().unwrap();
+    let pid: u32 = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
     (i32::try_from(pid).unwrap(), ids[0])
 }
 
@@ -54,7 +61,9 @@ fn pid_of_worker(h: &Harness, host: &str) -> (i32, parvm_vm::TaskId) {
 fn task_calling_exit_fails_and_its_host_leaves() {
     let h = Harness::start_hosts(Backend::Local, &[("alpha", 1), ("beta", 1)]);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::task("exit", &3i32).hosts(["beta"])).unwrap();
+    let ids = vm
+        .spawn(Spawn::task("exit", &3i32).hosts(["beta"]))
+        .unwrap();
     let (outcomes, others) = collect(&vm, &ids);
     assert!(
         matches!(&outcomes[&ids[0]].exit, Some(ExitStatus::Failed { reason }) if reason.contains("died")),
@@ -62,7 +71,11 @@ fn task_calling_exit_fails_and_its_host_leaves() {
         outcomes[&ids[0]].exit
     );
     let others = if others.is_empty() {
-        vec![vm.recv_timeout(crate::harness::DEADLINE).unwrap().expect("host delete")]
+        vec![
+            vm.recv_timeout(crate::harness::DEADLINE)
+                .unwrap()
+                .expect("host delete"),
+        ]
     } else {
         others
     };
@@ -88,8 +101,14 @@ fn worker_killed_mid_task_gives_a_failed_exit() {
     wait_until("the task folder exists", || !h.task_folders().is_empty());
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     let (outcomes, others) = collect(&vm, &ids);
-    assert!(matches!(outcomes[&ids[0]].exit, Some(ExitStatus::Failed { .. })));
-    assert!(others.is_empty(), "alpha still has a worker: no host delete: {others:?}");
+    assert!(matches!(
+        outcomes[&ids[0]].exit,
+        Some(ExitStatus::Failed { .. })
+    ));
+    assert!(
+        others.is_empty(),
+        "alpha still has a worker: no host delete: {others:?}"
+    );
     assert_eq!(vm.free_slots(), 1);
     let again = vm.spawn(Spawn::task("noop", &())).unwrap();
     assert_ne!(again[0].slot, first.slot);
@@ -124,19 +143,28 @@ fn killed_spawner_workers_exit_and_folders_are_swept_next_start() {
         .collect();
     assert_eq!(pids.len(), 2);
     let _guard = PidsGuard(pids.clone());
-    assert_eq!(task_folders(local.path()).len(), 2, "one task folder per worker");
+    assert_eq!(
+        task_folders(local.path()).len(),
+        2,
+        "one task folder per worker"
+    );
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Reaped, not only dead: a zombie's pid still counts as a live owner for local storage.
     wait_until("the workers exit and are reaped", || {
-        pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        pids.iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
     });
 
     let h = Harness::start_in(Backend::Local, &[("alpha", 1)], local, shared);
     let vm = h.vm();
     let ids = vm.spawn(Spawn::task("noop", &())).unwrap();
     collect(&vm, &ids);
-    assert!(h.task_folders().is_empty(), "stale folders swept: {:?}", h.task_folders());
+    assert!(
+        h.task_folders().is_empty(),
+        "stale folders swept: {:?}",
+        h.task_folders()
+    );
 }
 
 fn task_folders(local: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -162,5 +190,8 @@ fn worker_output_reaches_the_spawner_tagged_with_the_task() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("[1:1@gamma] hello"), "stdout: {stdout}");
-    assert!(stderr.contains("[1:1@gamma] err: hello"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("[1:1@gamma] err: hello"),
+        "stderr: {stderr}"
+    );
 }

@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut exits = 0;
             while exits < ids.len() {
                 match vm.recv()? {
-                    Message::TaskResult { outcome: Ok(value), .. } => pids.push(value.decode::<u32>()?),
+                    Message::TaskResult {
+                        outcome: Ok(value), ..
+                    } => pids.push(value.decode::<u32>()?),
                     Message::TaskExit { .. } => exits += 1,
                     _ => {}
                 }

@@ -10,16 +10,24 @@ use parvm_vm::{TaskContext, TaskId, Tasks};
 pub fn tasks() -> Tasks {
     Tasks::new()
         .register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
-        .register("echo", |_: &TaskContext, text: String| Ok::<_, Infallible>(text))
-        .register("add", |_: &TaskContext, (a, b): (i64, i64)| Ok::<_, Infallible>(a + b))
-        .register("panic", |_: &TaskContext, text: String| -> Result<(), Infallible> {
-            panic!("{text}")
+        .register("echo", |_: &TaskContext, text: String| {
+            Ok::<_, Infallible>(text)
         })
+        .register("add", |_: &TaskContext, (a, b): (i64, i64)| {
+            Ok::<_, Infallible>(a + b)
+        })
+        .register(
+            "panic",
+            |_: &TaskContext, text: String| -> Result<(), Infallible> { panic!("{text}") },
+        )
         .register("fail", |_: &TaskContext, text: String| Err::<(), _>(text))
-        .register("exit", |_: &TaskContext, code: i32| -> Result<(), Infallible> {
-            std::process::exit(code)
+        .register(
+            "exit",
+            |_: &TaskContext, code: i32| -> Result<(), Infallible> { std::process::exit(code) },
+        )
+        .register("pid", |_: &TaskContext, (): ()| {
+            Ok::<_, Infallible>(std::process::id())
         })
-        .register("pid", |_: &TaskContext, (): ()| Ok::<_, Infallible>(std::process::id()))
         .register("sleep", |_: &TaskContext, ms: u64| {
             std::thread::sleep(Duration::from_millis(ms));
             Ok::<_, Infallible>(())
@@ -57,20 +65,23 @@ pub fn tasks() -> Tasks {
             eprintln!("err: {text}");
             Ok::<_, Infallible>(())
         })
-        .register("write", |ctx: &TaskContext, (name, fail): (String, bool)| {
-            let dir = ctx.dir().ok_or("the task has no folder")?;
-            let before: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|e| e.to_string())?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with(".parvm"))
-                .collect();
-            std::fs::write(dir.join(&name), "written").map_err(|e| e.to_string())?;
-            if fail {
-                panic!("failing after writing {name}");
-            }
-            Ok::<_, String>(before)
-        })
+        .register(
+            "write",
+            |ctx: &TaskContext, (name, fail): (String, bool)| {
+                let dir = ctx.dir().ok_or("the task has no folder")?;
+                let before: Vec<String> = std::fs::read_dir(dir)
+                    .map_err(|e| e.to_string())?
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(".parvm"))
+                    .collect();
+                std::fs::write(dir.join(&name), "written").map_err(|e| e.to_string())?;
+                if fail {
+                    panic!("failing after writing {name}");
+                }
+                Ok::<_, String>(before)
+            },
+        )
 }
 
 /// Sends every message back to its sender until an empty one arrives; returns the count.
@@ -81,7 +92,8 @@ fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
         if data.bytes().is_empty() {
             return Ok(count);
         }
-        ctx.send_bytes(from, data.bytes()).map_err(|e| e.to_string())?;
+        ctx.send_bytes(from, data.bytes())
+            .map_err(|e| e.to_string())?;
         count += 1;
     }
 }
