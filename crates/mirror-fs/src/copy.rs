@@ -18,7 +18,7 @@ use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::glob::{self, path_has_glob};
+use crate::manifest::Sig;
 use crate::map::MirrorMap;
 
 /// A progress callback; see [`MirrorOptions::progress`].
@@ -52,6 +53,7 @@ pub struct MirrorOptions {
     progress: Option<ProgressFn>,
     threads: Option<usize>,
     after_plan: Option<Arc<dyn Fn() + Send + Sync>>,
+    no_inotify: bool,
 }
 
 impl std::fmt::Debug for MirrorOptions {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for MirrorOptions {
         f.debug_struct("MirrorOptions")
             .field("progress", &self.progress.is_some())
             .field("threads", &self.threads)
+            .field("no_inotify", &self.no_inotify)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +91,23 @@ impl MirrorOptions {
     pub fn after_plan(mut self, f: impl Fn() + Send + Sync + 'static) -> MirrorOptions {
         self.after_plan = Some(Arc::new(f));
         self
+    }
+
+    /// Test seam: [`crate::MirroredFolder`] does not watch the task folder with inotify, as
+    /// if the kernel refused it, so every refresh verifies every destination. Not part of
+    /// the stable API.
+    #[doc(hidden)]
+    pub fn no_inotify(mut self) -> MirrorOptions {
+        self.no_inotify = true;
+        self
+    }
+
+    pub(crate) fn inotify_disabled(&self) -> bool {
+        self.no_inotify
+    }
+
+    pub(crate) fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(|| cores().min(16))
     }
 }
 
@@ -129,7 +149,7 @@ pub struct MirrorReport {
 /// full; [`Error::Copy`], [`Error::Read`] or [`Error::Create`] for other failures. When
 /// copying fails, the files and folders this call created are removed again.
 pub fn mirror(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Result<MirrorReport> {
-    run(map, task_dir, options, Mode_::Full)
+    run(map, task_dir, options, Mode_::Full, None).map(|(report, _)| report)
 }
 
 /// Brings a task folder mirrored earlier from the same `map` up to date: copies again only
@@ -141,33 +161,38 @@ pub fn mirror(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Resu
 ///
 /// As [`mirror`].
 pub fn refresh(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Result<MirrorReport> {
-    run(map, task_dir, options, Mode_::Refresh)
+    run(map, task_dir, options, Mode_::Refresh, None).map(|(report, _)| report)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode_ {
+pub(crate) enum Mode_ {
     Full,
     Refresh,
 }
 
-fn run(
+/// Mirrors (or refreshes) `map` into `task_dir`; with `plan`, also records what was copied
+/// (for a [`crate::MirroredFolder`]).
+pub(crate) fn run(
     map: &MirrorMap,
     task_dir: &Path,
     options: &MirrorOptions,
     mode: Mode_,
-) -> Result<MirrorReport> {
+    mut plan: Option<&mut Plan>,
+) -> Result<(MirrorReport, Recorded)> {
     let start = Instant::now();
     let mut created = Created::default();
-    let result = prepare(map, task_dir, mode, &mut created).and_then(|prepared| {
+    let record = plan.is_some();
+    let result = prepare(map, task_dir, mode, &mut created, plan.as_deref_mut()).and_then(|prepared| {
         if let Some(hook) = &options.after_plan {
             hook();
         }
-        execute(prepared, options, mode, &mut created)
+        let first_id = plan.as_ref().map_or(0, |p| p.next_id);
+        execute(prepared, options, mode, &mut created, first_id, record)
     });
     match result {
-        Ok(mut report) => {
+        Ok((mut report, recorded)) => {
             report.elapsed = start.elapsed();
-            Ok(report)
+            Ok((report, recorded))
         }
         Err(e) => {
             created.undo();
@@ -178,13 +203,13 @@ fn run(
 
 /// What this call created, to remove it again when copying fails.
 #[derive(Default)]
-struct Created {
-    dirs: Vec<PathBuf>,
-    files: Vec<PathBuf>,
+pub(crate) struct Created {
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
 }
 
 impl Created {
-    fn undo(&self) {
+    pub(crate) fn undo(&self) {
         for file in &self.files {
             let _ = fs::remove_file(file);
         }
@@ -199,7 +224,9 @@ impl Created {
 }
 
 /// A source folder and its destination folder, both open.
-struct DirPair {
+pub(crate) struct DirPair {
+    /// Names the folder pair in a [`Recorded`] (meaningless when not recording).
+    id: u32,
     src_path: PathBuf,
     dst_path: PathBuf,
     src: OwnedFd,
@@ -207,7 +234,7 @@ struct DirPair {
 }
 
 impl DirPair {
-    fn open(src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
+    pub(crate) fn open(id: u32, src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
         let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty())
             .map_err(|e| vanished_or_read(&src_path, e))?;
         let dst = nix::fcntl::open(&dst_path, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
@@ -216,6 +243,7 @@ impl DirPair {
                 source: e.into(),
             })?;
         Ok(DirPair {
+            id,
             src_path,
             dst_path,
             src,
@@ -232,20 +260,20 @@ impl DirPair {
     }
 }
 
-fn dir_flags() -> OFlag {
+pub(crate) fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     File,
     Link,
 }
 
 /// A piece of work for the pool.
-enum Unit {
+pub(crate) enum Unit {
     /// List a source folder whose destination folder exists already.
-    Dir { src: PathBuf, dst: PathBuf },
+    Dir { id: u32, src: PathBuf, dst: PathBuf },
     /// Copy these entries of one folder pair.
     Names {
         pair: Arc<DirPair>,
@@ -254,12 +282,71 @@ enum Unit {
 }
 
 /// Mode and times a destination folder gets at the end.
-struct DirAttrs {
-    from: PathBuf,
-    to: PathBuf,
-    mode: u32,
-    atime: TimeSpec,
-    mtime: TimeSpec,
+pub(crate) struct DirAttrs {
+    pub(crate) from: PathBuf,
+    pub(crate) to: PathBuf,
+    pub(crate) mode: u32,
+    pub(crate) atime: TimeSpec,
+    pub(crate) mtime: TimeSpec,
+}
+
+impl DirAttrs {
+    pub(crate) fn of(from: PathBuf, to: PathBuf, st: &FileStat) -> DirAttrs {
+        let (atime, mtime) = times(st);
+        DirAttrs {
+            from,
+            to,
+            mode: st.st_mode & 0o7777,
+            atime,
+            mtime,
+        }
+    }
+}
+
+/// What a recording run copied: every source folder it listed and every file and symlink
+/// it copied, with the source's metadata as copied.
+#[derive(Default)]
+pub(crate) struct Recorded {
+    pub(crate) dirs: Vec<DirRecord>,
+    pub(crate) batches: Vec<Batch>,
+}
+
+/// A source folder listed by a recording run.
+pub(crate) struct DirRecord {
+    pub(crate) id: u32,
+    pub(crate) src: PathBuf,
+    pub(crate) dst: PathBuf,
+    /// Taken before the folder was listed, so an entry added meanwhile changes it.
+    pub(crate) sig: Sig,
+}
+
+/// Entries of one folder pair copied by a recording run; `sigs[i]` belongs to `names[i]`.
+pub(crate) struct Batch {
+    pub(crate) dir: u32,
+    pub(crate) names: Vec<(CString, Kind)>,
+    pub(crate) sigs: Vec<Sig>,
+}
+
+/// What planning a recording mirror learned about the map, for the manifest.
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// The next free folder id.
+    pub(crate) next_id: u32,
+    /// One per map entry, in map order.
+    pub(crate) entries: Vec<EntryPlan>,
+    /// Parents of top-level file matches: (id, source parent, target, map entry index).
+    pub(crate) top_parents: Vec<(u32, PathBuf, PathBuf, usize)>,
+    /// Top-level folder matches: (id, source, destination, map entry index).
+    pub(crate) roots: Vec<(u32, PathBuf, PathBuf, usize)>,
+}
+
+/// How one map entry was expanded.
+pub(crate) struct EntryPlan {
+    pub(crate) target: PathBuf,
+    pub(crate) glob: bool,
+    /// Folders the expansion read (or found missing), with their metadata before reading.
+    pub(crate) folders: Vec<(PathBuf, Option<Sig>)>,
+    pub(crate) matches: Vec<PathBuf>,
 }
 
 /// Most entries per batch: shared state (queue, counters, progress) is touched once per batch.
@@ -271,9 +358,9 @@ const TOP_BATCH: usize = 8;
 // ----------------------------------------------------------------------------------------
 // Preparation: expand the globs, check the sources, create the target folders.
 
-struct Prepared {
-    units: Vec<Unit>,
-    unmatched: Vec<PathBuf>,
+pub(crate) struct Prepared {
+    pub(crate) units: Vec<Unit>,
+    pub(crate) unmatched: Vec<PathBuf>,
 }
 
 fn prepare(
@@ -281,17 +368,31 @@ fn prepare(
     task_dir: &Path,
     mode: Mode_,
     created: &mut Created,
+    mut plan: Option<&mut Plan>,
 ) -> Result<Prepared> {
     // Every source is checked before anything is created or copied.
     let mut resolved = Vec::new();
     let mut unmatched = Vec::new();
-    for entry in map.entries() {
+    for (index, entry) in map.entries().iter().enumerate() {
         let target = if entry.target.as_os_str().is_empty() {
             task_dir.to_path_buf()
         } else {
             task_dir.join(&entry.target)
         };
-        let matches = glob::expand(&entry.source)?;
+        let matches = match plan.as_deref_mut() {
+            Some(plan) => {
+                let mut folders = Vec::new();
+                let matches = glob::expand_traced(&entry.source, &mut folders)?;
+                plan.entries.push(EntryPlan {
+                    target: target.clone(),
+                    glob: path_has_glob(&entry.source),
+                    folders,
+                    matches: matches.clone(),
+                });
+                matches
+            }
+            None => glob::expand(&entry.source)?,
+        };
         if matches.is_empty() {
             if path_has_glob(&entry.source) {
                 unmatched.push(entry.source.clone());
@@ -324,27 +425,46 @@ fn prepare(
             })?;
             found.push((from, name, meta));
         }
-        resolved.push((entry.source.clone(), target, found));
+        resolved.push((index, entry.source.clone(), target, found));
     }
 
     let mut units = Vec::new();
-    for (source, target, found) in resolved {
+    let mut next_id = 0u32;
+    for (index, source, target, found) in resolved {
         ensure_dir_all(&target, &source, created)?;
         let mut files: Vec<(CString, Kind)> = Vec::new();
-        let mut files_parent: Option<PathBuf> = None;
+        let mut files_parent: Option<(u32, PathBuf)> = None;
         for (from, name, meta) in found {
             let to = target.join(&name);
             if meta.is_dir() {
                 // Its mode and times are recorded when a worker lists it.
                 make_dir(&to, &from, mode, created)?;
-                units.push(Unit::Dir { src: from, dst: to });
+                let id = next_id;
+                next_id += 1;
+                if let Some(plan) = plan.as_deref_mut() {
+                    plan.roots.push((id, from.clone(), to.clone(), index));
+                }
+                units.push(Unit::Dir { id, src: from, dst: to });
             } else if meta.is_file() {
                 let parent = from
                     .parent()
                     .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-                if files_parent.as_ref() != Some(&parent) || files.len() >= TOP_BATCH {
+                let same = files_parent.as_ref().is_some_and(|(_, p)| *p == parent);
+                if !same || files.len() >= TOP_BATCH {
+                    let id = match &files_parent {
+                        Some((id, _)) if same => *id,
+                        _ => {
+                            let id = next_id;
+                            next_id += 1;
+                            if let Some(plan) = plan.as_deref_mut() {
+                                plan.top_parents
+                                    .push((id, parent.clone(), target.clone(), index));
+                            }
+                            id
+                        }
+                    };
                     flush_files(&mut units, files_parent.take(), &target, &mut files)?;
-                    files_parent = Some(parent);
+                    files_parent = Some((id, parent));
                 }
                 files.push((cstring(&name, &from)?, Kind::File));
             } else {
@@ -353,19 +473,22 @@ fn prepare(
         }
         flush_files(&mut units, files_parent, &target, &mut files)?;
     }
+    if let Some(plan) = plan {
+        plan.next_id = next_id;
+    }
     Ok(Prepared { units, unmatched })
 }
 
 fn flush_files(
     units: &mut Vec<Unit>,
-    parent: Option<PathBuf>,
+    parent: Option<(u32, PathBuf)>,
     target: &Path,
     files: &mut Vec<(CString, Kind)>,
 ) -> Result<()> {
-    if let Some(parent) = parent
+    if let Some((id, parent)) = parent
         && !files.is_empty()
     {
-        let pair = Arc::new(DirPair::open(parent, target.to_path_buf())?);
+        let pair = Arc::new(DirPair::open(id, parent, target.to_path_buf())?);
         units.push(Unit::Names {
             pair,
             names: std::mem::take(files),
@@ -374,7 +497,7 @@ fn flush_files(
     Ok(())
 }
 
-fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
+pub(crate) fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| Error::Read {
         path: from.to_path_buf(),
         source: io::Error::new(ErrorKind::InvalidInput, "file name holds a NUL byte"),
@@ -382,7 +505,7 @@ fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
 }
 
 /// Creates `dir` and its missing parents; refuses a non-folder (or a symlink) in the way.
-fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> {
+pub(crate) fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(()),
         Ok(_) => {
@@ -407,7 +530,7 @@ fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> 
 
 /// Creates one folder (owner-writable until its mode is set at the end), recording it when
 /// this call created it. An existing folder is fine; anything else in the way is an error.
-fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Result<()> {
+pub(crate) fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Result<()> {
     let in_the_way = || Error::NotAFolder {
         path: dir.to_path_buf(),
         from: from.to_path_buf(),
@@ -448,15 +571,15 @@ fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Resu
     }
 }
 
-fn is_dir(st: &FileStat) -> bool {
+pub(crate) fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-fn is_file(st: &FileStat) -> bool {
+pub(crate) fn is_file(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
-fn vanished_or_read(path: &Path, e: Errno) -> Error {
+pub(crate) fn vanished_or_read(path: &Path, e: Errno) -> Error {
     match e {
         Errno::ENOENT => Error::SourceVanished {
             path: path.to_path_buf(),
@@ -487,6 +610,9 @@ struct Shared {
     done: AtomicU64,
     bytes: AtomicU64,
     threads: usize,
+    /// The next free folder id (for recording).
+    next_id: AtomicU32,
+    record: bool,
 }
 
 impl Shared {
@@ -547,17 +673,21 @@ impl Shared {
     }
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn execute(
+/// Runs the pool over `prepared`; when `record`, also returns what was copied (new folders
+/// get ids from `first_id` on).
+pub(crate) fn execute(
     prepared: Prepared,
     options: &MirrorOptions,
     mode: Mode_,
     created: &mut Created,
-) -> Result<MirrorReport> {
+    first_id: u32,
+    record: bool,
+) -> Result<(MirrorReport, Recorded)> {
     let Prepared { units, unmatched } = prepared;
     let found: usize = units
         .iter()
@@ -580,6 +710,8 @@ fn execute(
 
     let shared = Shared {
         threads,
+        next_id: AtomicU32::new(first_id),
+        record,
         ..Shared::default()
     };
     shared.found.store(found as u64, Ordering::Relaxed);
@@ -622,7 +754,10 @@ fn execute(
     };
     let mut first_error = None;
     let mut dirs = Vec::new();
+    let mut recorded = Recorded::default();
     for mut worker in outcomes {
+        recorded.dirs.append(&mut worker.rec_dirs);
+        recorded.batches.append(&mut worker.rec_batches);
         created.dirs.append(&mut worker.created_dirs);
         created.files.append(&mut worker.written);
         dirs.append(&mut worker.dirs);
@@ -655,10 +790,10 @@ fn execute(
             bytes: report.bytes,
         });
     }
-    Ok(report)
+    Ok((report, recorded))
 }
 
-fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
+pub(crate) fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
     let err = |e: Errno| Error::Copy {
         from: dir.from.clone(),
         to: dir.to.clone(),
@@ -698,6 +833,8 @@ struct Worker<'a> {
     written: Vec<PathBuf>,
     created_dirs: Vec<PathBuf>,
     dirs: Vec<DirAttrs>,
+    rec_dirs: Vec<DirRecord>,
+    rec_batches: Vec<Batch>,
     buf: Vec<u8>,
     files: u64,
     links: u64,
@@ -716,6 +853,8 @@ impl<'a> Worker<'a> {
             written: Vec::new(),
             created_dirs: Vec::new(),
             dirs: Vec::new(),
+            rec_dirs: Vec::new(),
+            rec_batches: Vec::new(),
             buf: Vec::new(),
             files: 0,
             links: 0,
@@ -728,8 +867,8 @@ impl<'a> Worker<'a> {
     fn run(&mut self) {
         while let Some(unit) = self.shared.take() {
             let result = match unit {
-                Unit::Dir { src, dst } => self.list(src, dst),
-                Unit::Names { pair, names } => self.names(&pair, &names),
+                Unit::Dir { id, src, dst } => self.list(id, src, dst),
+                Unit::Names { pair, names } => self.names(&pair, names),
             };
             if let Err(e) = result {
                 self.error = Some(e);
@@ -742,8 +881,12 @@ impl<'a> Worker<'a> {
 
     /// Lists one source folder: creates its subfolders, queues them, and copies its entries
     /// (the first batch here, the rest queued for any worker).
-    fn list(&mut self, src: PathBuf, dst: PathBuf) -> Result<()> {
-        let pair = Arc::new(DirPair::open(src, dst)?);
+    fn list(&mut self, id: u32, src: PathBuf, dst: PathBuf) -> Result<()> {
+        let pair = Arc::new(DirPair::open(id, src, dst)?);
+        // Taken before listing: an entry added while the folder is listed changes the
+        // folder's time after this, so a later refresh lists it again.
+        let st =
+            nix::sys::stat::fstat(&pair.src).map_err(|e| vanished_or_read(&pair.src_path, e))?;
         let mut dir = nix::dir::Dir::openat(&pair.src, c".", dir_flags(), Mode::empty())
             .map_err(|e| vanished_or_read(&pair.src_path, e))?;
         let mut subdirs = Vec::new();
@@ -771,6 +914,7 @@ impl<'a> Worker<'a> {
                 nix::dir::Type::Directory => {
                     self.subdir(&pair, name)?;
                     subdirs.push(Unit::Dir {
+                        id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
                         src: pair.src_of(name),
                         dst: pair.dst_of(name),
                     });
@@ -784,8 +928,14 @@ impl<'a> Worker<'a> {
             }
         }
         drop(dir);
-        let st =
-            nix::sys::stat::fstat(&pair.src).map_err(|e| vanished_or_read(&pair.src_path, e))?;
+        if self.shared.record {
+            self.rec_dirs.push(DirRecord {
+                id,
+                src: pair.src_path.clone(),
+                dst: pair.dst_path.clone(),
+                sig: Sig::of(&st),
+            });
+        }
         let (atime, mtime) = times(&st);
         self.dirs.push(DirAttrs {
             from: pair.src_path.clone(),
@@ -821,7 +971,7 @@ impl<'a> Worker<'a> {
             });
         }
         self.shared.add(queued);
-        self.names(&pair, &names)
+        self.names(&pair, names)
     }
 
     /// Creates the destination of a subfolder; an existing folder is fine.
@@ -861,22 +1011,34 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn names(&mut self, pair: &DirPair, names: &[(CString, Kind)]) -> Result<()> {
+    fn names(&mut self, pair: &DirPair, names: Vec<(CString, Kind)>) -> Result<()> {
         let bytes_before = self.total_bytes;
-        for (name, kind) in names {
+        let mut sigs = Vec::with_capacity(if self.shared.record { names.len() } else { 0 });
+        for (name, kind) in &names {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            match kind {
+            let sig = match kind {
                 Kind::File => self.file(pair, name)?,
                 Kind::Link => self.link(pair, name)?,
+            };
+            if self.shared.record {
+                sigs.push(sig.unwrap_or_default());
             }
+        }
+        let count = names.len();
+        if self.shared.record {
+            self.rec_batches.push(Batch {
+                dir: pair.id,
+                names,
+                sigs,
+            });
         }
         let done = self
             .shared
             .done
-            .fetch_add(names.len() as u64, Ordering::Relaxed)
-            + names.len() as u64;
+            .fetch_add(count as u64, Ordering::Relaxed)
+            + count as u64;
         let bytes = self
             .shared
             .bytes
@@ -892,24 +1054,27 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
+    /// Copies one file (unless a stateless refresh finds it up to date); returns the
+    /// source's metadata as copied.
+    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<Sig>> {
         if self.mode == Mode_::Refresh && up_to_date(pair, name)? {
             self.skipped += 1;
-            return Ok(());
+            return Ok(None);
         }
-        self.total_bytes += copy_file(pair, name, &mut self.buf, &mut self.written)?;
+        let (bytes, st) = copy_file(pair, name, &mut self.buf, &mut self.written)?;
+        self.total_bytes += bytes;
         self.files += 1;
-        Ok(())
+        Ok(Some(Sig::of(&st)))
     }
 
-    fn link(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
+    fn link(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<Sig>> {
         let target = nix::fcntl::readlinkat(&pair.src, name)
             .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
         if self.mode == Mode_::Refresh
             && nix::fcntl::readlinkat(&pair.dst, name).is_ok_and(|t| t == target)
         {
             self.skipped += 1;
-            return Ok(());
+            return Ok(None);
         }
         let copy_err = |e: Errno| dst_error(pair, name, e);
         match nix::unistd::symlinkat(target.as_os_str(), &pair.dst, name) {
@@ -933,7 +1098,7 @@ impl<'a> Worker<'a> {
         )
         .map_err(copy_err)?;
         self.links += 1;
-        Ok(())
+        Ok(Some(Sig::of(&st)))
     }
 }
 
@@ -958,7 +1123,7 @@ fn replace_non_dir(pair: &DirPair, name: &CStr) -> Result<()> {
     }
 }
 
-fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
+pub(crate) fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
     (
         TimeSpec::new(st.st_atime, st.st_atime_nsec),
         TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
@@ -1029,7 +1194,7 @@ fn copy_file(
     name: &CStr,
     buf: &mut Vec<u8>,
     written: &mut Vec<PathBuf>,
-) -> Result<u64> {
+) -> Result<(u64, FileStat)> {
     // Top-level matches that are symlinks are followed here, on purpose.
     let src = nix::fcntl::openat(
         &pair.src,
@@ -1053,7 +1218,7 @@ fn copy_file(
         .map_err(|e| dst_error(pair, name, e))?;
     let (atime, mtime) = times(&st);
     nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
-    Ok(copied)
+    Ok((copied, st))
 }
 
 /// Copies `size` bytes (fewer if the source shrank meanwhile) from `src` to `dst`, in the

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::manifest::Sig;
 
 /// True when `bytes` holds a glob character (`*`, `?` or `[`).
 pub fn has_glob(bytes: &[u8]) -> bool {
@@ -176,7 +177,31 @@ fn parse_class(chars: &[u32]) -> Option<(Token, usize)> {
 ///
 /// [`Error::Read`] when a folder that must be listed cannot be read.
 pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
+    expand_inner(pattern, None)
+}
+
+/// As [`expand`], and records in `folders` every folder whose listing decided the result,
+/// with its metadata taken before it was read (`None` when it was missing): the folders
+/// listed for a wild component, and the parents of the candidates checked for existence.
+/// When none of these changed, expanding again gives the same matches.
+pub(crate) fn expand_traced(
+    pattern: &Path,
+    folders: &mut Vec<(PathBuf, Option<Sig>)>,
+) -> Result<Vec<PathBuf>> {
+    expand_inner(pattern, Some(folders))
+}
+
+/// The metadata of a folder a glob depends on (symlinks followed, as listing does).
+pub(crate) fn folder_sig(dir: &Path) -> Option<Sig> {
+    nix::sys::stat::stat(dir).ok().map(|st| Sig::of(&st))
+}
+
+fn expand_inner(
+    pattern: &Path,
+    mut trace: Option<&mut Vec<(PathBuf, Option<Sig>)>>,
+) -> Result<Vec<PathBuf>> {
     let mut current = vec![PathBuf::new()];
+    let mut last_wild = false;
     for component in pattern.components() {
         match component {
             Component::Normal(name) if has_glob(name.as_bytes()) => {
@@ -188,6 +213,9 @@ pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
                     } else {
                         base.as_path()
                     };
+                    if let Some(trace) = trace.as_deref_mut() {
+                        trace.push((dir.to_path_buf(), folder_sig(dir)));
+                    }
                     let entries = match fs::read_dir(dir) {
                         Ok(entries) => entries,
                         Err(e)
@@ -217,12 +245,28 @@ pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
                     }
                 }
                 current = next;
+                last_wild = true;
             }
-            other => current.iter_mut().for_each(|path| path.push(other)),
+            other => {
+                current.iter_mut().for_each(|path| path.push(other));
+                last_wild = false;
+            }
         }
         if current.is_empty() {
             return Ok(current);
         }
+    }
+    if let Some(trace) = trace {
+        // A literal last component: whether it exists is decided by its parent's listing.
+        if !last_wild {
+            for path in &current {
+                if let Some(parent) = path.parent() {
+                    trace.push((parent.to_path_buf(), folder_sig(parent)));
+                }
+            }
+        }
+        trace.sort_by(|a, b| a.0.cmp(&b.0));
+        trace.dedup_by(|a, b| a.0 == b.0);
     }
     current.retain(|path| fs::symlink_metadata(path).is_ok());
     current.sort();

@@ -33,12 +33,16 @@
 
 mod copy;
 mod error;
+mod folder;
 pub mod glob;
+mod manifest;
 mod map;
 mod pathser;
 mod translate;
+mod watch;
 
 pub use copy::{MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh};
 pub use error::{Error, Result};
+pub use folder::MirroredFolder;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

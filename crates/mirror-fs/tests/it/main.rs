@@ -1,6 +1,7 @@
 //! Integration tests of parvm-mirror-fs, on real temporary folders.
 
 mod copy;
+mod folder;
 mod map;
 mod model;
 mod refresh;

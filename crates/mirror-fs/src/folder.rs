@@ -1,0 +1,1152 @@
+//! [`MirroredFolder`]: a task folder kept across tasks, with a manifest of what was copied
+//! and an inotify watch on the copies, so bringing it up to date costs one `stat` per
+//! source file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::copy::{
+    self, Created, DirAttrs, DirPair, Kind, Mode_, MirrorOptions, MirrorReport, Plan, Prepared,
+    Recorded, Unit, dir_flags, vanished_or_read,
+};
+use crate::error::{Error, Result};
+use crate::glob;
+use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
+use crate::map::MirrorMap;
+use crate::watch::{Suspects, Watch};
+
+/// A task folder that stays across tasks (persistent storage), kept up to date with the
+/// sources at a fraction of the cost of mirroring it again.
+///
+/// [`MirroredFolder::mirror`] copies what the map names, like [`crate::mirror`], and
+/// remembers, for every copied file and symlink, the source's size, times, inode and mode as
+/// copied, and for every copied source folder its metadata. It then watches the destination
+/// folders with inotify. [`MirroredFolder::refresh`], called before each next task:
+///
+/// - looks at every source file once (one `stat`, in parallel) and copies again those that
+///   changed; a source folder whose time changed is listed again and new entries are copied;
+///   a glob is expanded again when a folder it read changed;
+/// - copies again every mirrored file or symlink the tasks deleted, renamed, replaced,
+///   edited or `chmod`-ed (inotify names them), and restores the mode and times of mirrored
+///   folders the tasks changed;
+/// - leaves alone the files the tasks wrote that are not mirrored entries, and the copies of
+///   entries that are gone at the source (like [`crate::mirror`], it never deletes).
+///
+/// When inotify is not available (the kernel's limits), or its queue overflowed, or a
+/// mirrored folder was deleted or moved in the task folder, that round verifies every
+/// destination against the manifest as well (two `stat`s per file, like [`crate::refresh`]).
+///
+/// Not noticed: a mirrored file changed through a hard link the task made outside the
+/// mirrored folders, and a source whose content changed while its size, modification time,
+/// change time and inode all stayed the same.
+///
+/// ```
+/// use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder};
+///
+/// let shared = tempfile::tempdir()?;
+/// std::fs::write(shared.path().join("top.cir"), "netlist v1")?;
+/// let map = MirrorMap::new().entry(shared.path().join("top.cir"), ".")?;
+/// let task = tempfile::tempdir()?;
+/// let options = MirrorOptions::new();
+///
+/// let mut folder = MirroredFolder::mirror(&map, task.path(), &options)?;
+/// assert_eq!(folder.report().files, 1);
+/// // A task edits its copy; the next refresh restores it.
+/// std::fs::write(task.path().join("top.cir"), "scribbled")?;
+/// let report = folder.refresh(&options)?;
+/// assert_eq!(report.files, 1);
+/// assert_eq!(std::fs::read_to_string(task.path().join("top.cir"))?, "netlist v1");
+/// // Nothing changed: nothing copied.
+/// assert_eq!(folder.refresh(&options)?.files, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct MirroredFolder {
+    map: MirrorMap,
+    task_dir: PathBuf,
+    manifest: Manifest,
+    watch: Option<Watch>,
+    /// Verify every destination next time (no watch, or it missed events, or a refresh failed).
+    verify_all: bool,
+    /// Events seen after the last refresh that were not its own writes.
+    pending: Suspects,
+    inotify: bool,
+    report: MirrorReport,
+}
+
+impl MirroredFolder {
+    /// Mirrors `map` into `task_dir` (see [`crate::mirror`]), records what was copied, and
+    /// starts watching the copies.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::mirror`]. Failing to watch is not an error: refreshes then verify every
+    /// destination.
+    pub fn mirror(
+        map: &MirrorMap,
+        task_dir: &Path,
+        options: &MirrorOptions,
+    ) -> Result<MirroredFolder> {
+        let mut plan = Plan::default();
+        let (report, recorded) = copy::run(map, task_dir, options, Mode_::Full, Some(&mut plan))?;
+        let manifest = initial_manifest(map, plan, recorded);
+        let inotify = !options.inotify_disabled();
+        let watch = if inotify { start_watch(&manifest) } else { None };
+        Ok(MirroredFolder {
+            map: map.clone(),
+            task_dir: task_dir.to_path_buf(),
+            verify_all: watch.is_none(),
+            manifest,
+            watch,
+            pending: Suspects::default(),
+            inotify,
+            report,
+        })
+    }
+
+    /// Brings the folder up to date with the sources and undoes the tasks' changes to
+    /// mirrored entries (see [`MirroredFolder`]). [`MirrorReport::skipped`] counts the
+    /// entries found up to date.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SourceMissing`] when a literal source of the map is gone;
+    /// [`Error::SourceVanished`], [`Error::NotAFolder`], [`Error::DiskFull`],
+    /// [`Error::Copy`], [`Error::Read`] or [`Error::Create`] as for [`crate::mirror`]. After
+    /// an error the next refresh verifies every destination.
+    pub fn refresh(&mut self, options: &MirrorOptions) -> Result<MirrorReport> {
+        let start = Instant::now();
+        let mut suspects = std::mem::take(&mut self.pending);
+        let mut verify = self.verify_all;
+        let mut rewatch = false;
+        if let Some(watch) = &self.watch
+            && watch.drain(&self.manifest, &mut suspects, None).is_err()
+        {
+            verify = true;
+            rewatch = true;
+        }
+        if rewatch {
+            // Events are not trusted any more; a fresh watch starts after this round.
+            self.watch = None;
+        }
+        self.verify_all = true;
+        let mut report = self.refresh_inner(options, verify, suspects)?;
+        if self.watch.is_none() && self.inotify {
+            self.watch = start_watch(&self.manifest);
+            self.pending = Suspects::default();
+        }
+        self.verify_all = self.watch.is_none();
+        report.elapsed = start.elapsed();
+        self.report = report.clone();
+        Ok(report)
+    }
+
+    /// What the last [`MirroredFolder::mirror`] or [`MirroredFolder::refresh`] did.
+    pub fn report(&self) -> &MirrorReport {
+        &self.report
+    }
+
+    /// The map this folder mirrors. A task with another map needs a new
+    /// [`MirroredFolder::mirror`].
+    pub fn map(&self) -> &MirrorMap {
+        &self.map
+    }
+
+    /// The task folder.
+    pub fn task_dir(&self) -> &Path {
+        &self.task_dir
+    }
+
+    /// Number of mirrored files and symlinks the folder keeps up to date.
+    pub fn entries(&self) -> usize {
+        self.manifest.entries.len()
+    }
+
+    /// True when inotify watches the copies; false when every refresh verifies every
+    /// destination (inotify refused or disabled).
+    pub fn is_watching(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    fn refresh_inner(
+        &mut self,
+        options: &MirrorOptions,
+        verify: bool,
+        suspects: Suspects,
+    ) -> Result<MirrorReport> {
+        let m = &self.manifest;
+        let scan = scan(m, verify, options.thread_count());
+        if let Some(e) = scan.error {
+            return Err(e);
+        }
+        let quiet = scan.changed.is_empty()
+            && scan.gone.is_empty()
+            && scan.dirs_changed.is_empty()
+            && scan.dirs_gone.is_empty()
+            && scan.dst_missing.is_empty()
+            && scan.dir_attrs.is_empty()
+            && suspects.entries.is_empty()
+            && suspects.dirs.is_empty();
+        let mut changes = Changes::new(m);
+        changes.globs(m, &self.map)?;
+        if quiet && !changes.structural {
+            return Ok(MirrorReport {
+                skipped: m.entries.len() as u64,
+                unmatched: unmatched(m, &self.map),
+                ..MirrorReport::default()
+            });
+        }
+        changes.apply_scan(m, scan)?;
+        for i in suspects.entries {
+            changes.recopy(m, i);
+        }
+        changes.attrs.extend(suspects.dirs);
+        changes.relist_all(m)?;
+
+        let mut created = Created::default();
+        let outcome = changes.execute(m, &self.task_dir, options, &mut created);
+        let (mut report, recorded, touched) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                created.undo();
+                return Err(e);
+            }
+        };
+        let copied = report.files + report.symlinks;
+        report.skipped = (m.entries.len() as u64).saturating_sub(copied);
+        let literal = m.literal.clone();
+        let old = std::mem::take(&mut self.manifest);
+        self.manifest = changes.commit(old, recorded, literal);
+        report.unmatched = unmatched(&self.manifest, &self.map);
+
+        if let Some(watch) = &mut self.watch {
+            let mut ignore: HashSet<PathBuf> = created.files.into_iter().collect();
+            ignore.extend(created.dirs);
+            ignore.extend(touched);
+            let mut pending = Suspects::default();
+            let synced = watch.sync(&self.manifest);
+            if synced.is_err()
+                || watch
+                    .drain(&self.manifest, &mut pending, Some(&ignore))
+                    .is_err()
+            {
+                self.watch = None;
+            } else {
+                self.pending = pending;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn start_watch(m: &Manifest) -> Option<Watch> {
+    match Watch::new(m) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::debug!(
+                "cannot watch the task folder with inotify ({e}); every refresh verifies every copy"
+            );
+            None
+        }
+    }
+}
+
+fn unmatched(m: &Manifest, map: &MirrorMap) -> Vec<PathBuf> {
+    m.globs
+        .iter()
+        .filter(|g| g.matches.is_empty())
+        .filter_map(|g| map.entries().get(g.entry).map(|e| e.source.clone()))
+        .collect()
+}
+
+/// The manifest of a first mirror, from its plan and what it recorded.
+fn initial_manifest(map: &MirrorMap, plan: Plan, recorded: Recorded) -> Manifest {
+    let Plan {
+        entries: plans,
+        top_parents,
+        roots,
+        ..
+    } = plan;
+    let mut dirs: Vec<Option<DirRec>> = Vec::new();
+    let put = |dirs: &mut Vec<Option<DirRec>>, id: u32, rec: DirRec| {
+        let id = id as usize;
+        if dirs.len() <= id {
+            dirs.resize_with(id + 1, || None);
+        }
+        dirs[id] = Some(rec);
+    };
+    for (id, src, dst, entry) in top_parents {
+        put(
+            &mut dirs,
+            id,
+            DirRec {
+                src,
+                dst,
+                sig: Sig::default(),
+                origin: Origin::Top { entry },
+                start: 0,
+                end: 0,
+            },
+        );
+    }
+    let roots: HashMap<u32, usize> = roots.into_iter().map(|(id, _, _, e)| (id, e)).collect();
+    for d in recorded.dirs {
+        let origin = roots
+            .get(&d.id)
+            .map_or(Origin::Sub, |&entry| Origin::Root { entry });
+        put(
+            &mut dirs,
+            d.id,
+            DirRec {
+                src: d.src,
+                dst: d.dst,
+                sig: d.sig,
+                origin,
+                start: 0,
+                end: 0,
+            },
+        );
+    }
+    let entries = batch_entries(recorded.batches);
+    let literal: Vec<bool> = plans.iter().map(|p| !p.glob).collect();
+    let globs = plans
+        .into_iter()
+        .enumerate()
+        .filter(|(_, p)| p.glob)
+        .map(|(entry, p)| GlobRec {
+            entry,
+            target: p.target,
+            folders: p.folders,
+            matches: p.matches,
+        })
+        .collect();
+    debug_assert_eq!(literal.len(), map.entries().len());
+    Manifest::build(dirs, entries, globs, literal)
+}
+
+fn batch_entries(batches: Vec<copy::Batch>) -> Vec<EntryRec> {
+    let mut entries = Vec::with_capacity(batches.iter().map(|b| b.names.len()).sum());
+    for b in batches {
+        for ((name, kind), sig) in b.names.into_iter().zip(b.sigs) {
+            entries.push(EntryRec {
+                dir: b.dir,
+                name,
+                kind,
+                sig,
+            });
+        }
+    }
+    entries
+}
+
+// ----------------------------------------------------------------------------------------
+// The scan: one stat per source entry, in parallel.
+
+#[derive(Default)]
+struct Scan {
+    /// Entries whose source (or, when verifying, destination) differs: (entry, new type bits
+    /// of the source, 0 when only the destination differs).
+    changed: Vec<(u32, u32)>,
+    /// Entries gone at the source.
+    gone: Vec<u32>,
+    /// Copied folders whose own metadata changed (entries added or removed, mode).
+    dirs_changed: Vec<u32>,
+    /// Folders that cannot be opened at the source any more.
+    dirs_gone: Vec<(u32, Errno)>,
+    /// When verifying: folders whose destination is missing.
+    dst_missing: Vec<u32>,
+    /// When verifying: folders whose destination mode or time differ from the source's.
+    dir_attrs: Vec<u32>,
+    error: Option<Error>,
+}
+
+impl Scan {
+    fn merge(&mut self, other: Scan) {
+        self.changed.extend(other.changed);
+        self.gone.extend(other.gone);
+        self.dirs_changed.extend(other.dirs_changed);
+        self.dirs_gone.extend(other.dirs_gone);
+        self.dst_missing.extend(other.dst_missing);
+        self.dir_attrs.extend(other.dir_attrs);
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+    }
+}
+
+/// Entries per scan thread below which another thread costs more than it saves.
+const ENTRIES_PER_THREAD: usize = 512;
+
+fn scan(m: &Manifest, verify: bool, threads: usize) -> Scan {
+    let threads = threads
+        .min(m.chunks.len())
+        .min(m.entries.len().div_ceil(ENTRIES_PER_THREAD))
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut out = Scan::default();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = m.chunks.get(i) else { break };
+            scan_chunk(m, chunk, verify, &mut out);
+            if out.error.is_some() {
+                // Later chunks are skipped by every thread.
+                next.store(m.chunks.len(), Ordering::Relaxed);
+                break;
+            }
+        }
+        out
+    };
+    if threads == 1 {
+        return work();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for handle in handles {
+            match handle.join() {
+                Ok(out) => all.merge(out),
+                Err(_) => {
+                    all.error.get_or_insert(Error::WorkerPanicked);
+                }
+            }
+        }
+        all
+    })
+}
+
+fn scan_chunk(m: &Manifest, chunk: &crate::manifest::Chunk, verify: bool, out: &mut Scan) {
+    let d = &m.dirs[chunk.dir as usize];
+    let src = match nix::fcntl::open(&d.src, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e @ (Errno::ENOENT | Errno::ENOTDIR)) => {
+            if chunk.first {
+                out.dirs_gone.push((chunk.dir, e));
+            }
+            return;
+        }
+        Err(e) => {
+            out.error = Some(vanished_or_read(&d.src, e));
+            return;
+        }
+    };
+    let mut src_dir_st = None;
+    if chunk.first && !d.is_top() {
+        match nix::sys::stat::fstat(&src) {
+            Ok(st) => {
+                if Sig::of(&st) != d.sig {
+                    out.dirs_changed.push(chunk.dir);
+                }
+                src_dir_st = Some(st);
+            }
+            Err(e) => {
+                out.error = Some(vanished_or_read(&d.src, e));
+                return;
+            }
+        }
+    }
+    let dst = if verify {
+        match nix::fcntl::open(&d.dst, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty()) {
+            Ok(fd) => {
+                if let Some(s) = src_dir_st
+                    && !nix::sys::stat::fstat(&fd).is_ok_and(|t| {
+                        t.st_mode & 0o7777 == s.st_mode & 0o7777
+                            && t.st_mtime == s.st_mtime
+                            && t.st_mtime_nsec == s.st_mtime_nsec
+                    })
+                {
+                    out.dir_attrs.push(chunk.dir);
+                }
+                Some(fd)
+            }
+            Err(_) => {
+                if chunk.first {
+                    out.dst_missing.push(chunk.dir);
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // Top-level matches are followed when they are symlinks, as when they were copied.
+    let flags = if d.is_top() {
+        AtFlags::empty()
+    } else {
+        AtFlags::AT_SYMLINK_NOFOLLOW
+    };
+    for i in chunk.start..chunk.end {
+        let e = &m.entries[i as usize];
+        match nix::sys::stat::fstatat(&src, e.name.as_c_str(), flags) {
+            Ok(st) => {
+                let sig = Sig::of(&st);
+                if sig != e.sig {
+                    out.changed.push((i, sig.file_type()));
+                    continue;
+                }
+            }
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                out.gone.push(i);
+                continue;
+            }
+            Err(err) => {
+                out.error = Some(Error::Read {
+                    path: d.src.join(OsStr::from_bytes(e.name.to_bytes())),
+                    source: err.into(),
+                });
+                return;
+            }
+        }
+        if verify {
+            let intact = dst.as_ref().is_some_and(|dst| {
+                nix::sys::stat::fstatat(dst, e.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| e.sig.copied_as(&st))
+            });
+            if !intact {
+                out.changed.push((i, 0));
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Changes: what the scan, the events and the globs say, turned into copy work and a new
+// manifest.
+
+/// A folder to create and copy as a tree.
+struct NewDir {
+    src: PathBuf,
+    dst: PathBuf,
+    origin: Origin,
+}
+
+struct Changes {
+    dead_dirs: Vec<bool>,
+    dead_entries: Vec<bool>,
+    /// Folder id → names to copy into it (ids past the manifest are new top parents).
+    copy: BTreeMap<u32, Vec<(CString, Kind)>>,
+    new_dirs: Vec<NewDir>,
+    /// New parents of top-level files: (source parent, target, map entry).
+    new_tops: Vec<(PathBuf, PathBuf, usize)>,
+    /// Folders to list again.
+    relist: BTreeSet<u32>,
+    /// New metadata of folders listed again.
+    relisted: HashMap<u32, Sig>,
+    /// Folders whose destination mode and times are set again.
+    attrs: BTreeSet<u32>,
+    /// Folders whose destination must be created again.
+    ensure: BTreeSet<u32>,
+    /// Replacement glob records (by map entry).
+    globs: HashMap<usize, GlobRec>,
+    /// Origins of the new folders (by id); folders found inside them are `Sub`.
+    origins: HashMap<u32, Origin>,
+    /// The manifest's structure changes (entries or folders added or dropped).
+    structural: bool,
+}
+
+impl Changes {
+    fn new(m: &Manifest) -> Changes {
+        Changes {
+            dead_dirs: vec![false; m.dirs.len()],
+            dead_entries: vec![false; m.entries.len()],
+            copy: BTreeMap::new(),
+            new_dirs: Vec::new(),
+            new_tops: Vec::new(),
+            relist: BTreeSet::new(),
+            relisted: HashMap::new(),
+            attrs: BTreeSet::new(),
+            ensure: BTreeSet::new(),
+            globs: HashMap::new(),
+            origins: HashMap::new(),
+            structural: false,
+        }
+    }
+
+    fn recopy(&mut self, m: &Manifest, i: u32) {
+        let e = &m.entries[i as usize];
+        if self.dead_entries[i as usize] || self.dead_dirs[e.dir as usize] {
+            return;
+        }
+        let names = self.copy.entry(e.dir).or_default();
+        if !names.iter().any(|(n, _)| *n == e.name) {
+            names.push((e.name.clone(), e.kind));
+        }
+    }
+
+    fn drop_entry(&mut self, i: u32) {
+        self.dead_entries[i as usize] = true;
+        self.structural = true;
+    }
+
+    /// Drops folder `id` and every folder copied below it (the copies stay).
+    fn drop_tree(&mut self, m: &Manifest, id: u32) {
+        let root = &m.dirs[id as usize];
+        for (j, d) in m.dirs.iter().enumerate() {
+            if j == id as usize
+                || (d.origin == Origin::Sub && d.dst.starts_with(&root.dst) && d.src.starts_with(&root.src))
+            {
+                self.dead_dirs[j] = true;
+            }
+        }
+        self.structural = true;
+    }
+
+    /// Copies `path`, a (new or changed) top-level match of map entry `entry`.
+    fn add_match(&mut self, m: &Manifest, entry: usize, target: &Path, path: &Path) -> Result<()> {
+        let literal = m.literal.get(entry).copied().unwrap_or(false);
+        let st = match nix::sys::stat::stat(path) {
+            Ok(st) => st,
+            Err(Errno::ENOENT | Errno::ENOTDIR) if !literal => return Ok(()),
+            Err(Errno::ENOENT) => {
+                return Err(Error::SourceMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(vanished_or_read(path, e)),
+        };
+        let Some(name) = path.file_name() else {
+            return Ok(());
+        };
+        self.structural = true;
+        if copy::is_dir(&st) {
+            self.new_dirs.push(NewDir {
+                src: path.to_path_buf(),
+                dst: target.join(name),
+                origin: Origin::Root { entry },
+            });
+        } else if copy::is_file(&st) {
+            let parent = path
+                .parent()
+                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+            let existing = m.dirs.iter().position(|d| {
+                d.origin == (Origin::Top { entry }) && d.src == parent && d.dst == target
+            });
+            let id = match existing {
+                Some(id) if !self.dead_dirs[id] => id as u32,
+                _ => match self
+                    .new_tops
+                    .iter()
+                    .position(|(p, t, e)| *p == parent && t == target && *e == entry)
+                {
+                    Some(k) => (m.dirs.len() + k) as u32,
+                    None => {
+                        self.new_tops.push((parent, target.to_path_buf(), entry));
+                        (m.dirs.len() + self.new_tops.len() - 1) as u32
+                    }
+                },
+            };
+            let name = copy::cstring(name, path)?;
+            let names = self.copy.entry(id).or_default();
+            if !names.iter().any(|(n, _)| *n == name) {
+                names.push((name, Kind::File));
+            }
+        } else {
+            tracing::warn!("skipping `{}`: neither a file nor a folder", path.display());
+        }
+        Ok(())
+    }
+
+    /// Expands again every glob a folder of which changed; copies new matches and forgets
+    /// matches that are gone.
+    fn globs(&mut self, m: &Manifest, map: &MirrorMap) -> Result<()> {
+        for old in &m.globs {
+            let changed = old
+                .folders
+                .iter()
+                .any(|(path, sig)| glob::folder_sig(path) != *sig);
+            if !changed {
+                continue;
+            }
+            self.structural = true;
+            let entry = old.entry;
+            let Some(source) = map.entries().get(entry).map(|e| &e.source) else {
+                continue;
+            };
+            let mut folders = Vec::new();
+            let matches = glob::expand_traced(&source, &mut folders)?;
+            for gone in old.matches.iter().filter(|p| matches.binary_search(p).is_err()) {
+                self.forget_match(m, entry, &old.target, gone);
+            }
+            for new in matches.iter().filter(|p| old.matches.binary_search(p).is_err()) {
+                self.add_match(m, entry, &old.target, new)?;
+            }
+            self.globs.insert(
+                entry,
+                GlobRec {
+                    entry,
+                    target: old.target.clone(),
+                    folders,
+                    matches,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets a match of map entry `entry` that is gone at the source (its copy stays).
+    fn forget_match(&mut self, m: &Manifest, entry: usize, target: &Path, path: &Path) {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        for (id, d) in m.dirs.iter().enumerate() {
+            match d.origin {
+                Origin::Root { entry: e } if e == entry && d.src == path => {
+                    self.drop_tree(m, id as u32);
+                }
+                Origin::Top { entry: e } if e == entry && d.src == parent && d.dst == target => {
+                    if let Ok(cname) = CString::new(name.as_bytes())
+                        && let Some(i) = m.find(id as u32, &cname)
+                    {
+                        self.drop_entry(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_scan(&mut self, m: &Manifest, scan: Scan) -> Result<()> {
+        for (id, errno) in scan.dirs_gone {
+            let d = &m.dirs[id as usize];
+            match d.origin {
+                Origin::Root { entry } => {
+                    let literal = m.literal.get(entry).copied().unwrap_or(false);
+                    if errno == Errno::ENOTDIR {
+                        // A folder replaced by a file: copy the file instead.
+                        self.drop_tree(m, id);
+                        let target = d.dst.parent().unwrap_or(&d.dst).to_path_buf();
+                        let src = d.src.clone();
+                        self.add_match(m, entry, &target, &src)?;
+                    } else if literal {
+                        return Err(Error::SourceMissing { path: d.src.clone() });
+                    } else {
+                        self.drop_tree(m, id);
+                    }
+                }
+                Origin::Top { entry } => {
+                    if m.literal.get(entry).copied().unwrap_or(false) {
+                        let name = m.entries[d.start as usize..d.end as usize]
+                            .first()
+                            .map(|e| OsStr::from_bytes(e.name.to_bytes()).to_os_string())
+                            .unwrap_or_default();
+                        return Err(Error::SourceMissing {
+                            path: d.src.join(name),
+                        });
+                    }
+                    self.dead_dirs[id as usize] = true;
+                    self.structural = true;
+                }
+                Origin::Sub => self.drop_tree(m, id),
+            }
+        }
+        for i in scan.gone {
+            let e = &m.entries[i as usize];
+            let d = &m.dirs[e.dir as usize];
+            if let Origin::Top { entry } = d.origin
+                && m.literal.get(entry).copied().unwrap_or(false)
+            {
+                return Err(Error::SourceMissing {
+                    path: d.src.join(OsStr::from_bytes(e.name.to_bytes())),
+                });
+            }
+            self.drop_entry(i);
+            if !d.is_top() {
+                self.relist.insert(e.dir);
+            }
+        }
+        for (i, new_type) in scan.changed {
+            let e = &m.entries[i as usize];
+            let d = &m.dirs[e.dir as usize];
+            let old_type = if e.kind == Kind::Link {
+                libc::S_IFLNK
+            } else {
+                libc::S_IFREG
+            };
+            if new_type == 0 || new_type == old_type {
+                self.recopy(m, i);
+            } else if let Origin::Top { entry } = d.origin {
+                // A top-level file replaced by a folder.
+                self.drop_entry(i);
+                let path = d.src.join(OsStr::from_bytes(e.name.to_bytes()));
+                let target = d.dst.clone();
+                self.add_match(m, entry, &target, &path)?;
+            } else {
+                // Listing the folder again finds what stands there now.
+                self.drop_entry(i);
+                self.relist.insert(e.dir);
+            }
+        }
+        for id in scan.dirs_changed {
+            self.relist.insert(id);
+        }
+        for id in scan.dst_missing {
+            self.ensure.insert(id);
+        }
+        self.attrs.extend(scan.dir_attrs);
+        Ok(())
+    }
+
+    fn relist_all(&mut self, m: &Manifest) -> Result<()> {
+        let ids: Vec<u32> = self.relist.iter().copied().collect();
+        for id in ids {
+            if !self.dead_dirs[id as usize] {
+                self.relist_one(m, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists a copied source folder again: new entries and subfolders are copied, entries
+    /// and subfolders gone are forgotten.
+    fn relist_one(&mut self, m: &Manifest, id: u32) -> Result<()> {
+        let d = &m.dirs[id as usize];
+        let fd: OwnedFd = match nix::fcntl::open(&d.src, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                self.drop_tree(m, id);
+                return Ok(());
+            }
+            Err(e) => return Err(vanished_or_read(&d.src, e)),
+        };
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| vanished_or_read(&d.src, e))?;
+        let mut listing: Vec<(CString, nix::dir::Type)> = Vec::new();
+        {
+            let mut dir = nix::dir::Dir::openat(&fd, c".", dir_flags(), Mode::empty())
+                .map_err(|e| vanished_or_read(&d.src, e))?;
+            for entry in dir.iter() {
+                let entry = entry.map_err(|e| vanished_or_read(&d.src, e))?;
+                let name = entry.file_name();
+                if name == c"." || name == c".." {
+                    continue;
+                }
+                let kind = match entry.file_type() {
+                    Some(kind) => kind,
+                    None => match nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    {
+                        Ok(st) => match st.st_mode & libc::S_IFMT {
+                            libc::S_IFDIR => nix::dir::Type::Directory,
+                            libc::S_IFREG => nix::dir::Type::File,
+                            libc::S_IFLNK => nix::dir::Type::Symlink,
+                            _ => nix::dir::Type::Fifo,
+                        },
+                        Err(Errno::ENOENT) => continue,
+                        Err(e) => {
+                            return Err(vanished_or_read(
+                                &d.src.join(OsStr::from_bytes(name.to_bytes())),
+                                e,
+                            ));
+                        }
+                    },
+                };
+                listing.push((name.to_owned(), kind));
+            }
+        }
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+        // The live subfolders copied from this folder, by name.
+        let children: Vec<(u32, &OsStr)> = m
+            .dirs
+            .iter()
+            .enumerate()
+            .filter(|(j, c)| {
+                !self.dead_dirs[*j]
+                    && c.origin == Origin::Sub
+                    && c.src.parent() == Some(d.src.as_path())
+                    && c.dst.parent() == Some(d.dst.as_path())
+            })
+            .filter_map(|(j, c)| c.src.file_name().map(|n| (j as u32, n)))
+            .collect();
+        let child = |name: &CStr| {
+            children
+                .iter()
+                .find(|(_, n)| n.as_bytes() == name.to_bytes())
+                .map(|(j, _)| *j)
+        };
+        for (name, kind) in &listing {
+            let entry = m.find(id, name).filter(|&i| !self.dead_entries[i as usize]);
+            let sub = child(name);
+            let kind = match kind {
+                nix::dir::Type::File => Kind::File,
+                nix::dir::Type::Symlink => Kind::Link,
+                nix::dir::Type::Directory => {
+                    if sub.is_none() {
+                        if let Some(i) = entry {
+                            self.drop_entry(i);
+                        }
+                        self.structural = true;
+                        let os = OsStr::from_bytes(name.to_bytes());
+                        self.new_dirs.push(NewDir {
+                            src: d.src.join(os),
+                            dst: d.dst.join(os),
+                            origin: Origin::Sub,
+                        });
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(j) = sub {
+                self.drop_tree(m, j);
+            }
+            match entry {
+                Some(i) if m.entries[i as usize].kind == kind => {}
+                other => {
+                    if let Some(i) = other {
+                        self.drop_entry(i);
+                    }
+                    self.structural = true;
+                    let names = self.copy.entry(id).or_default();
+                    if !names.iter().any(|(n, _)| n == name) {
+                        names.push((name.clone(), kind));
+                    }
+                }
+            }
+        }
+        let listed = |name: &[u8]| {
+            listing
+                .binary_search_by(|(n, _)| n.to_bytes().cmp(name))
+                .is_ok()
+        };
+        for i in d.start..d.end {
+            if !listed(m.entries[i as usize].name.to_bytes()) && !self.dead_entries[i as usize] {
+                self.drop_entry(i);
+            }
+        }
+        for (j, n) in &children {
+            if !listed(n.as_bytes()) {
+                self.drop_tree(m, *j);
+            }
+        }
+        self.relisted.insert(id, Sig::of(&st));
+        self.attrs.insert(id);
+        Ok(())
+    }
+
+    /// Copies what the changes name. Returns the report, what was recorded, and the
+    /// destination folders whose attributes were set (so their events are not taken for
+    /// the tasks').
+    fn execute(
+        &mut self,
+        m: &Manifest,
+        _task_dir: &Path,
+        options: &MirrorOptions,
+        created: &mut Created,
+    ) -> Result<(MirrorReport, Recorded, Vec<PathBuf>)> {
+        let dir_src = |id: u32| -> &Path {
+            match m.dirs.get(id as usize) {
+                Some(d) => &d.src,
+                None => &self.new_tops[id as usize - m.dirs.len()].0,
+            }
+        };
+        let dir_dst = |id: u32| -> &Path {
+            match m.dirs.get(id as usize) {
+                Some(d) => &d.dst,
+                None => &self.new_tops[id as usize - m.dirs.len()].1,
+            }
+        };
+        // Destinations the tasks deleted come back first, parents before children (folder
+        // ids follow destination order).
+        let mut writable: BTreeMap<PathBuf, u32> = BTreeMap::new();
+        let mut restore: BTreeSet<u32> = BTreeSet::new();
+        for &id in &self.ensure {
+            if self.dead_dirs[id as usize] {
+                continue;
+            }
+            copy::ensure_dir_all(dir_dst(id), dir_src(id), created)?;
+            if !m.dirs[id as usize].is_top() {
+                restore.insert(id);
+            }
+        }
+        // Dropped folders are not restored; ids past the manifest are new top parents.
+        let copy_ids: Vec<u32> = self
+            .copy
+            .keys()
+            .copied()
+            .filter(|&id| (id as usize) >= m.dirs.len() || !self.dead_dirs[id as usize])
+            .collect();
+        let mut units = Vec::new();
+        for id in copy_ids {
+            let Some(names) = self.copy.remove(&id) else {
+                continue;
+            };
+            if names.is_empty() {
+                continue;
+            }
+            let (src, dst) = (dir_src(id).to_path_buf(), dir_dst(id).to_path_buf());
+            if (id as usize) >= m.dirs.len() {
+                copy::ensure_dir_all(&dst, &src, created)?;
+            }
+            make_writable(&dst, &src, &mut writable)?;
+            if m.dirs.get(id as usize).is_some_and(|d| !d.is_top()) {
+                restore.insert(id);
+            }
+            let pair = Arc::new(DirPair::open(id, src, dst)?);
+            for chunk in names.chunks(64) {
+                units.push(Unit::Names {
+                    pair: Arc::clone(&pair),
+                    names: chunk.to_vec(),
+                });
+            }
+        }
+        let mut next = (m.dirs.len() + self.new_tops.len()) as u32;
+        for nd in &self.new_dirs {
+            let parent = nd.dst.parent().unwrap_or(&nd.dst);
+            copy::ensure_dir_all(parent, &nd.src, created)?;
+            make_writable(parent, &nd.src, &mut writable)?;
+            copy::make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
+            self.origins.insert(next, nd.origin);
+            units.push(Unit::Dir {
+                id: next,
+                src: nd.src.clone(),
+                dst: nd.dst.clone(),
+            });
+            next += 1;
+        }
+        for &id in &self.attrs {
+            if !self.dead_dirs.get(id as usize).copied().unwrap_or(true) {
+                restore.insert(id);
+            }
+        }
+        let (report, recorded) = if units.is_empty() {
+            (MirrorReport::default(), Recorded::default())
+        } else {
+            let prepared = Prepared {
+                units,
+                unmatched: Vec::new(),
+            };
+            copy::execute(prepared, options, Mode_::Full, created, next, true)?
+        };
+        // Folder modes and times, deepest first; also of the folders made writable.
+        let mut touched = Vec::new();
+        let mut attrs: Vec<(Option<&Path>, PathBuf, u32)> = restore
+            .iter()
+            .filter_map(|&id| m.dirs.get(id as usize))
+            .map(|d| (Some(d.src.as_path()), d.dst.clone(), 0))
+            .collect();
+        for (dst, mode) in writable {
+            if !attrs.iter().any(|(_, d, _)| *d == dst) {
+                // A target folder that is not mirrored: it gets its own mode back.
+                attrs.push((None, dst, mode));
+            }
+        }
+        attrs.sort_by_key(|(_, dst, _)| std::cmp::Reverse(dst.components().count()));
+        for (src, dst, mode) in attrs {
+            match src {
+                Some(src) => {
+                    let st = nix::sys::stat::stat(src).map_err(|e| vanished_or_read(src, e))?;
+                    copy::set_dir_attrs(
+                        &DirAttrs::of(src.to_path_buf(), dst.clone(), &st),
+                        Mode_::Refresh,
+                    )?;
+                }
+                None => {
+                    nix::sys::stat::fchmodat(
+                        nix::fcntl::AT_FDCWD,
+                        &dst,
+                        Mode::from_bits_truncate(mode),
+                        nix::sys::stat::FchmodatFlags::FollowSymlink,
+                    )
+                    .map_err(|e| Error::Create {
+                        path: dst.clone(),
+                        source: e.into(),
+                    })?;
+                }
+            }
+            touched.push(dst);
+        }
+        Ok((report, recorded, touched))
+    }
+
+    /// The manifest after the changes and the copies.
+    fn commit(self, old: Manifest, recorded: Recorded, literal: Vec<bool>) -> Manifest {
+        let globs: Vec<GlobRec> = old
+            .globs
+            .iter()
+            .map(|g| self.globs.get(&g.entry).cloned().unwrap_or_else(|| g.clone()))
+            .collect();
+        let n_old = old.dirs.len();
+        let (mut dirs, mut entries) = old.into_parts();
+        for (id, slot) in dirs.iter_mut().enumerate() {
+            if self.dead_dirs[id] {
+                *slot = None;
+            } else if let (Some(d), Some(sig)) = (slot.as_mut(), self.relisted.get(&(id as u32))) {
+                d.sig = *sig;
+            }
+        }
+        let mut k = 0;
+        entries.retain(|_| {
+            let keep = !self.dead_entries[k];
+            k += 1;
+            keep
+        });
+        for (src, dst, entry) in self.new_tops {
+            dirs.push(Some(DirRec {
+                src,
+                dst,
+                sig: Sig::default(),
+                origin: Origin::Top { entry },
+                start: 0,
+                end: 0,
+            }));
+        }
+        debug_assert!(dirs.len() >= n_old);
+        for d in recorded.dirs {
+            let id = d.id as usize;
+            if dirs.len() <= id {
+                dirs.resize_with(id + 1, || None);
+            }
+            let origin = self.origins.get(&d.id).copied().unwrap_or(Origin::Sub);
+            dirs[id] = Some(DirRec {
+                src: d.src,
+                dst: d.dst,
+                sig: d.sig,
+                origin,
+                start: 0,
+                end: 0,
+            });
+        }
+        entries.extend(batch_entries(recorded.batches));
+        Manifest::build(dirs, entries, globs, literal)
+    }
+}
+
+/// Makes an existing destination folder writable for its owner (a copy of a read-only
+/// source folder is read-only), remembering it so its mode is set again afterwards.
+fn make_writable(dst: &Path, src: &Path, done: &mut BTreeMap<PathBuf, u32>) -> Result<()> {
+    if done.contains_key(dst) {
+        return Ok(());
+    }
+    let st = nix::sys::stat::lstat(dst).map_err(|e| Error::Create {
+        path: dst.to_path_buf(),
+        source: e.into(),
+    })?;
+    if !copy::is_dir(&st) {
+        return Err(Error::NotAFolder {
+            path: dst.to_path_buf(),
+            from: src.to_path_buf(),
+        });
+    }
+    if st.st_mode & 0o700 != 0o700 {
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            dst,
+            Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| Error::Create {
+            path: dst.to_path_buf(),
+            source: e.into(),
+        })?;
+        done.insert(dst.to_path_buf(), st.st_mode & 0o7777);
+    }
+    Ok(())
+}

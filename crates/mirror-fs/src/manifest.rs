@@ -1,0 +1,298 @@
+//! The manifest of a [`crate::MirroredFolder`]: what a mirror copied, and the source's
+//! metadata as copied, laid out for a fast parallel scan (entries grouped by folder, folders
+//! cut into chunks).
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+use nix::sys::stat::FileStat;
+
+use crate::copy::Kind;
+
+/// The metadata that tells whether a source changed since it was copied.
+///
+/// The inode and the change time catch what size and modification time miss: a file
+/// replaced by a rename (`rsync`, editors that save atomically) with its old time kept, or a
+/// `chmod`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sig {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: i64,
+    pub(crate) mtime: i64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) ctime: i64,
+    pub(crate) ctime_ns: i64,
+    /// File type and permission bits (`st_mode`).
+    pub(crate) mode: u32,
+}
+
+impl Sig {
+    #[allow(clippy::unnecessary_cast)] // The field types differ between targets.
+    pub(crate) fn of(st: &FileStat) -> Sig {
+        Sig {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as i64,
+            mtime: st.st_mtime as i64,
+            mtime_ns: st.st_mtime_nsec as i64,
+            ctime: st.st_ctime as i64,
+            ctime_ns: st.st_ctime_nsec as i64,
+            mode: st.st_mode as u32,
+        }
+    }
+
+    /// The file type bits (`S_IFMT`).
+    pub(crate) fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    /// True when a destination with metadata `dst` is an intact copy of a source that had
+    /// this metadata when copied: same type, permissions, size and modification time (the
+    /// copy keeps them). Symlinks are compared by type and time only.
+    #[allow(clippy::unnecessary_cast)]
+    pub(crate) fn copied_as(&self, dst: &FileStat) -> bool {
+        let kind = dst.st_mode as u32 & libc::S_IFMT;
+        if kind != self.file_type()
+            || dst.st_mtime as i64 != self.mtime
+            || dst.st_mtime_nsec as i64 != self.mtime_ns
+        {
+            return false;
+        }
+        kind == libc::S_IFLNK
+            || (dst.st_size as i64 == self.size && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777)
+    }
+}
+
+/// Where a manifest folder comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A folder inside a copied folder tree.
+    Sub,
+    /// A folder matched by map entry `entry` and copied as a tree.
+    Root { entry: usize },
+    /// The parent folder of files matched by map entry `entry`, copied into its target
+    /// (the folder itself is not mirrored: its entries are).
+    Top { entry: usize },
+}
+
+/// A source folder and its destination.
+#[derive(Debug)]
+pub(crate) struct DirRec {
+    pub(crate) src: PathBuf,
+    pub(crate) dst: PathBuf,
+    /// The source folder's metadata when it was last listed (unused for [`Origin::Top`]).
+    pub(crate) sig: Sig,
+    pub(crate) origin: Origin,
+    /// Its entries: `entries[start..end]`, sorted by name.
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl DirRec {
+    pub(crate) fn is_top(&self) -> bool {
+        matches!(self.origin, Origin::Top { .. })
+    }
+}
+
+/// A copied file or symlink.
+#[derive(Debug)]
+pub(crate) struct EntryRec {
+    pub(crate) dir: u32,
+    pub(crate) name: CString,
+    pub(crate) kind: Kind,
+    /// The source's metadata as copied.
+    pub(crate) sig: Sig,
+}
+
+/// A map entry with glob characters and what it expanded to.
+#[derive(Debug, Clone)]
+pub(crate) struct GlobRec {
+    pub(crate) entry: usize,
+    pub(crate) target: PathBuf,
+    /// The folders whose listings decided the expansion, with their metadata before.
+    pub(crate) folders: Vec<(PathBuf, Option<Sig>)>,
+    pub(crate) matches: Vec<PathBuf>,
+}
+
+/// A slice of one folder's entries: the unit of the parallel scan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunk {
+    pub(crate) dir: u32,
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+    /// The folder's first chunk, which also checks the folder itself.
+    pub(crate) first: bool,
+}
+
+/// Most entries per scan chunk: enough to pay for opening the folder, small enough to
+/// spread a big folder over the threads.
+const CHUNK: u32 = 256;
+
+/// Everything a [`crate::MirroredFolder`] knows about what it copied.
+#[derive(Debug, Default)]
+pub(crate) struct Manifest {
+    /// Sorted by destination, so a parent comes before its children.
+    pub(crate) dirs: Vec<DirRec>,
+    /// Grouped by folder (in folder order), sorted by name within a folder.
+    pub(crate) entries: Vec<EntryRec>,
+    pub(crate) chunks: Vec<Chunk>,
+    pub(crate) globs: Vec<GlobRec>,
+    /// Per map entry: true when its source is literal (a missing one is an error).
+    pub(crate) literal: Vec<bool>,
+    /// Destination folder → the folders copied into it.
+    pub(crate) by_dst: HashMap<PathBuf, Vec<u32>>,
+}
+
+impl Manifest {
+    /// Builds the manifest from folders indexed by id (`None`: no such folder any more) and
+    /// entries naming those ids; of two entries with the same folder and name, the later
+    /// wins. Entries of missing folders are dropped.
+    pub(crate) fn build(
+        dirs: Vec<Option<DirRec>>,
+        mut entries: Vec<EntryRec>,
+        globs: Vec<GlobRec>,
+        literal: Vec<bool>,
+    ) -> Manifest {
+        let mut order: Vec<(u32, DirRec)> = dirs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(id, d)| d.map(|d| (id as u32, d)))
+            .collect();
+        order.sort_by(|a, b| (&a.1.dst, &a.1.src).cmp(&(&b.1.dst, &b.1.src)));
+        let mut remap = HashMap::with_capacity(order.len());
+        for (new, (old, _)) in order.iter().enumerate() {
+            remap.insert(*old, new as u32);
+        }
+        let mut dirs: Vec<DirRec> = order.into_iter().map(|(_, d)| d).collect();
+        entries.retain_mut(|e| match remap.get(&e.dir) {
+            Some(&new) => {
+                e.dir = new;
+                true
+            }
+            None => false,
+        });
+        // Stable: of equal (folder, name), the later stays last, and is kept below.
+        entries.sort_by(|a, b| (a.dir, a.name.as_c_str()).cmp(&(b.dir, b.name.as_c_str())));
+        let mut deduped: Vec<EntryRec> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match deduped.last_mut() {
+                Some(last) if last.dir == e.dir && last.name == e.name => *last = e,
+                _ => deduped.push(e),
+            }
+        }
+        let entries = deduped;
+        let mut chunks = Vec::new();
+        let mut by_dst: HashMap<PathBuf, Vec<u32>> = HashMap::new();
+        let mut i = 0usize;
+        for (id, dir) in dirs.iter_mut().enumerate() {
+            let start = i;
+            while i < entries.len() && entries[i].dir == id as u32 {
+                i += 1;
+            }
+            dir.start = start as u32;
+            dir.end = i as u32;
+            let mut s = dir.start;
+            loop {
+                let e = (s + CHUNK).min(dir.end);
+                chunks.push(Chunk {
+                    dir: id as u32,
+                    start: s,
+                    end: e,
+                    first: s == dir.start,
+                });
+                s = e;
+                if s >= dir.end {
+                    break;
+                }
+            }
+            by_dst.entry(dir.dst.clone()).or_default().push(id as u32);
+        }
+        Manifest {
+            dirs,
+            entries,
+            chunks,
+            globs,
+            literal,
+            by_dst,
+        }
+    }
+
+    /// The entry of folder `dir` called `name`.
+    pub(crate) fn find(&self, dir: u32, name: &CStr) -> Option<u32> {
+        let d = &self.dirs[dir as usize];
+        let slice = &self.entries[d.start as usize..d.end as usize];
+        slice
+            .binary_search_by(|e| e.name.as_c_str().cmp(name))
+            .ok()
+            .map(|i| d.start + i as u32)
+    }
+
+    /// Takes the manifest apart again, for [`Manifest::build`] after changes.
+    pub(crate) fn into_parts(self) -> (Vec<Option<DirRec>>, Vec<EntryRec>) {
+        (self.dirs.into_iter().map(Some).collect(), self.entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(dst: &str) -> DirRec {
+        DirRec {
+            src: PathBuf::from("/s").join(dst),
+            dst: PathBuf::from("/t").join(dst),
+            sig: Sig::default(),
+            origin: Origin::Sub,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn entry(dir: u32, name: &str, size: i64) -> EntryRec {
+        EntryRec {
+            dir,
+            name: CString::new(name).unwrap(),
+            kind: Kind::File,
+            sig: Sig {
+                size,
+                ..Sig::default()
+            },
+        }
+    }
+
+    #[test]
+    fn build_orders_dedups_and_chunks() {
+        let dirs = vec![Some(dir("b")), None, Some(dir("a"))];
+        let mut entries: Vec<EntryRec> = (0..600).map(|i| entry(0, &format!("f{i:03}"), 1)).collect();
+        entries.push(entry(2, "x", 1));
+        entries.push(entry(1, "gone", 1));
+        entries.push(entry(0, "f000", 2));
+        let m = Manifest::build(dirs, entries, Vec::new(), Vec::new());
+        assert_eq!(m.dirs.len(), 2);
+        assert_eq!(m.dirs[0].dst, PathBuf::from("/t/a"));
+        assert_eq!(m.entries.len(), 601);
+        let f0 = m.find(1, c"f000").unwrap();
+        assert_eq!(m.entries[f0 as usize].sig.size, 2, "the later entry wins");
+        assert!(m.find(0, c"gone").is_none());
+        let chunks: Vec<(u32, u32, u32, bool)> =
+            m.chunks.iter().map(|c| (c.dir, c.start, c.end, c.first)).collect();
+        assert_eq!(
+            chunks,
+            vec![
+                (0, 0, 1, true),
+                (1, 1, 257, true),
+                (1, 257, 513, false),
+                (1, 513, 601, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_folder_gets_one_chunk() {
+        let m = Manifest::build(vec![Some(dir("a"))], Vec::new(), Vec::new(), Vec::new());
+        assert_eq!(m.chunks.len(), 1);
+        assert!(m.chunks[0].first);
+    }
+}
