@@ -118,10 +118,16 @@ impl OwnerMarker {
         if !pid_alive(self.pid) {
             return Liveness::Gone(Gone::NoProcess);
         }
-        match (self.start_time, start_time_io(self.pid)) {
+        match (self.start_time, proc_stat(self.pid)) {
             (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => Liveness::Gone(Gone::NoProcess),
-            (Some(theirs), Ok(now)) if theirs != now => {
-                Liveness::Gone(Gone::PidReused { theirs, now })
+            // A zombie has exited and closed its files (its lock is free); only its
+            // parent has not reaped it yet, e.g. because the parent was killed too.
+            (_, Ok(stat)) if stat.exited() => Liveness::Gone(Gone::NoProcess),
+            (Some(theirs), Ok(stat)) if theirs != stat.start_time => {
+                Liveness::Gone(Gone::PidReused {
+                    theirs,
+                    now: stat.start_time,
+                })
             }
             _ => Liveness::Alive,
         }
@@ -180,22 +186,47 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 }
 
 fn start_time_io(pid: u32) -> io::Result<u64> {
+    proc_stat(pid).map(|stat| stat.start_time)
+}
+
+/// What `/proc/<pid>/stat` says about a process: its state letter and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    state: char,
+    start_time: u64,
+}
+
+impl ProcStat {
+    /// Zombie (`Z`) or dead (`X`, `x`): the process has exited.
+    fn exited(self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+fn proc_stat(pid: u32) -> io::Result<ProcStat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_time(&stat)
+    parse_stat(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc stat format"))
 }
 
-/// Field 22 of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
-/// may itself hold spaces and `)`, so fields are counted from the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts with field 3 (state); field 22 is 19 fields further.
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// Fields 3 (state) and 22 (start time) of `/proc/<pid>/stat`. The command name
+/// (field 2) is in parentheses and may itself hold spaces and `)`, so fields are counted
+/// from the last `)`.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 is 19 fields after field 3.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_start_time(stat: &str) -> Option<u64> {
+        parse_stat(stat).map(|parsed| parsed.start_time)
+    }
 
     #[test]
     fn parses_start_time_with_odd_command_names() {
@@ -208,6 +239,10 @@ mod tests {
             );
         }
         assert_eq!(parse_start_time("77 (sh) S 1 2"), None);
+        let zombie = parse_stat("77 (sh) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 9 20");
+        assert_eq!(zombie.map(ProcStat::exited), Some(true));
+        let running = parse_stat("77 (sh) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 9 20");
+        assert_eq!(running.map(ProcStat::exited), Some(false));
         assert_eq!(parse_start_time("garbage"), None);
     }
 

@@ -221,3 +221,35 @@ fn open_and_sweep_cleans_up_on_worker_start() {
     let (_storage, report) = LocalStorage::open_and_sweep(root.path()).unwrap();
     assert_eq!(names(&report.removed), ["dead_vm0"]);
 }
+
+#[test]
+fn a_zombie_owner_is_gone() {
+    // A worker whose spawner was killed too can stay a zombie until someone reaps it;
+    // it has exited and released its lock, so its folder must count as stale.
+    let (_root, storage) = storage();
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stat_path = format!("/proc/{pid}/stat");
+    let start_time = loop {
+        let stat = fs::read_to_string(&stat_path).expect("zombie stat");
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        if fields[0] == "Z" {
+            break fields[19].parse::<u64>().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child {pid} never became a zombie"
+        );
+        std::thread::yield_now();
+    };
+    let marker = OwnerMarker::new(pid, Some(boot_id()), Some(start_time), HOST);
+    fake_folder(&storage, "zombie_vm0", Some(&marker));
+    let state = state_of(&storage, "zombie_vm0");
+    child.wait().expect("reap the zombie");
+    assert_eq!(state, Some(FolderState::Stale));
+}
