@@ -3,10 +3,12 @@
 //! `cargo bench -p parvm-mirror-fs --bench mirror -- [--dir BASE] [--reps N]`
 //!
 //! Tree A is 2000 files of 4 KiB in 20 folders, tree B is 4 files of 64 MiB. For each tree
-//! and base folder it times a full mirror into a fresh folder, a refresh with nothing
-//! changed, and `cp -a SRC DST` into a fresh DST, and prints the medians. Removing old
-//! copies is not timed. Without `--dir`, it runs on /dev/shm and on a folder under the
-//! target folder on disk.
+//! and base folder it times a full mirror into a fresh folder (`MirroredFolder::mirror`,
+//! which also records the manifest and starts the inotify watch), `MirroredFolder::refresh`
+//! with nothing changed, the same without inotify (every copy verified), the stateless
+//! `refresh` with nothing changed, and `cp -a SRC DST` into a fresh DST, and prints the
+//! medians. Removing old copies is not timed. Without `--dir`, it runs on /dev/shm and on a
+//! folder under the target folder on disk.
 
 use std::error::Error;
 use std::fs;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use parvm_mirror_fs::{MirrorMap, MirrorOptions, mirror, refresh};
+use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder, mirror, refresh};
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
@@ -79,22 +81,38 @@ fn main() -> BoxResult<()> {
         let guard = RemoveOnDrop(work.clone());
         println!("\nbase: {} ({})", base.display(), fs_type(&base));
         println!(
-            "{:<16} {:>11} {:>11} {:>9} {:>11} {:>13}",
-            "tree", "parvm full", "cp -a", "parvm/cp", "refresh", "refresh/full"
+            "{:<16} {:>10} {:>10} {:>10} {:>9} {:>18} {:>18} {:>18}",
+            "tree",
+            "mirror",
+            "folder",
+            "cp -a",
+            "folder/cp",
+            "folder.refresh",
+            "  (no inotify)",
+            "stateless refresh"
         );
         for tree in &TREES {
             let reps = reps_override.unwrap_or(tree.reps);
             let row = bench_tree(&work, tree, reps)?;
+            let pct = |d: Duration| 100.0 * d.as_secs_f64() / row.folder.as_secs_f64();
             println!(
-                "{:<16} {:>11} {:>11} {:>9.2} {:>11} {:>12.1}%",
+                "{:<16} {:>10} {:>10} {:>10} {:>9.2} {:>9} {:>7.1}% {:>9} {:>7.1}% {:>9} {:>7.1}%",
                 tree.name,
                 ms(row.full),
+                ms(row.folder),
                 ms(row.cp),
-                row.full.as_secs_f64() / row.cp.as_secs_f64(),
+                row.folder.as_secs_f64() / row.cp.as_secs_f64(),
                 ms(row.refresh),
-                100.0 * row.refresh.as_secs_f64() / row.full.as_secs_f64(),
+                pct(row.refresh),
+                ms(row.verify),
+                pct(row.verify),
+                ms(row.stateless),
+                pct(row.stateless),
             );
         }
+        println!(
+            "(mirror = stateless mirror(), folder = MirroredFolder::mirror; refresh percentages are of folder)"
+        );
         drop(guard);
     }
     Ok(())
@@ -102,16 +120,25 @@ fn main() -> BoxResult<()> {
 
 struct Row {
     full: Duration,
+    folder: Duration,
     cp: Duration,
     refresh: Duration,
+    verify: Duration,
+    stateless: Duration,
 }
+
+/// Refreshes per mirror: the median hides a slow first one.
+const REFRESHES: usize = 5;
 
 fn bench_tree(work: &Path, tree: &Tree, reps: usize) -> BoxResult<Row> {
     let src = work.join(format!("src-{}", &tree.name[..1]));
     make_tree(&src, tree)?;
     let map = MirrorMap::new().entry(&src, ".")?;
     let options = MirrorOptions::new();
-    let (mut full, mut cp, mut refreshes) = (Vec::new(), Vec::new(), Vec::new());
+    let no_inotify = MirrorOptions::new().no_inotify();
+    let files = tree.dirs * tree.files_per_dir;
+    let (mut full, mut folders, mut cp) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut refreshes, mut verifies, mut stateless) = (Vec::new(), Vec::new(), Vec::new());
     let dst = work.join("dst");
     for _ in 0..reps {
         remove(&dst)?;
@@ -119,12 +146,40 @@ fn bench_tree(work: &Path, tree: &Tree, reps: usize) -> BoxResult<Row> {
         let t = Instant::now();
         let report = mirror(&map, &dst, &options)?;
         full.push(t.elapsed());
-        assert_eq!(report.files as usize, tree.dirs * tree.files_per_dir);
+        assert_eq!(report.files as usize, files);
 
+        for _ in 0..REFRESHES {
+            let t = Instant::now();
+            let report = refresh(&map, &dst, &options)?;
+            stateless.push(t.elapsed());
+            assert_eq!(report.files, 0);
+        }
+
+        remove(&dst)?;
+        fs::create_dir(&dst)?;
         let t = Instant::now();
-        let report = refresh(&map, &dst, &options)?;
-        refreshes.push(t.elapsed());
-        assert_eq!(report.files, 0);
+        let mut folder = MirroredFolder::mirror(&map, &dst, &options)?;
+        folders.push(t.elapsed());
+        assert_eq!(folder.report().files as usize, files);
+        assert!(folder.is_watching(), "inotify refused");
+        for _ in 0..REFRESHES {
+            let t = Instant::now();
+            let report = folder.refresh(&options)?;
+            refreshes.push(t.elapsed());
+            assert_eq!(report.files, 0);
+        }
+        drop(folder);
+
+        remove(&dst)?;
+        fs::create_dir(&dst)?;
+        let mut folder = MirroredFolder::mirror(&map, &dst, &no_inotify)?;
+        for _ in 0..REFRESHES {
+            let t = Instant::now();
+            let report = folder.refresh(&no_inotify)?;
+            verifies.push(t.elapsed());
+            assert_eq!(report.files, 0);
+        }
+        drop(folder);
 
         remove(&dst)?;
         let t = Instant::now();
@@ -138,8 +193,11 @@ fn bench_tree(work: &Path, tree: &Tree, reps: usize) -> BoxResult<Row> {
     remove(&src)?;
     Ok(Row {
         full: median(full),
+        folder: median(folders),
         cp: median(cp),
         refresh: median(refreshes),
+        verify: median(verifies),
+        stateless: median(stateless),
     })
 }
 
@@ -170,7 +228,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
 fn remove(path: &Path) -> BoxResult<()> {

@@ -182,13 +182,14 @@ pub(crate) fn run(
     let start = Instant::now();
     let mut created = Created::default();
     let record = plan.is_some();
-    let result = prepare(map, task_dir, mode, &mut created, plan.as_deref_mut()).and_then(|prepared| {
-        if let Some(hook) = &options.after_plan {
-            hook();
-        }
-        let first_id = plan.as_ref().map_or(0, |p| p.next_id);
-        execute(prepared, options, mode, &mut created, first_id, record)
-    });
+    let result =
+        prepare(map, task_dir, mode, &mut created, plan.as_deref_mut()).and_then(|prepared| {
+            if let Some(hook) = &options.after_plan {
+                hook();
+            }
+            let first_id = plan.as_ref().map_or(0, |p| p.next_id);
+            execute(prepared, options, mode, &mut created, first_id, record)
+        });
     match result {
         Ok((mut report, recorded)) => {
             report.elapsed = start.elapsed();
@@ -444,7 +445,11 @@ fn prepare(
                 if let Some(plan) = plan.as_deref_mut() {
                     plan.roots.push((id, from.clone(), to.clone(), index));
                 }
-                units.push(Unit::Dir { id, src: from, dst: to });
+                units.push(Unit::Dir {
+                    id,
+                    src: from,
+                    dst: to,
+                });
             } else if meta.is_file() {
                 let parent = from
                     .parent()
@@ -1034,11 +1039,7 @@ impl<'a> Worker<'a> {
                 sigs,
             });
         }
-        let done = self
-            .shared
-            .done
-            .fetch_add(count as u64, Ordering::Relaxed)
-            + count as u64;
+        let done = self.shared.done.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
         let bytes = self
             .shared
             .bytes

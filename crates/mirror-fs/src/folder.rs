@@ -8,21 +8,21 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use crate::copy::{
-    self, Created, DirAttrs, DirPair, Kind, Mode_, MirrorOptions, MirrorReport, Plan, Prepared,
+    self, Created, DirAttrs, DirPair, Kind, MirrorOptions, MirrorReport, Mode_, Plan, Prepared,
     Recorded, Unit, dir_flags, vanished_or_read,
 };
 use crate::error::{Error, Result};
 use crate::glob;
 use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
 use crate::map::MirrorMap;
+use crate::scan::{self, Scan, ScanPool};
 use crate::watch::{Suspects, Watch};
 
 /// A task folder that stays across tasks (persistent storage), kept up to date with the
@@ -74,7 +74,9 @@ use crate::watch::{Suspects, Watch};
 pub struct MirroredFolder {
     map: MirrorMap,
     task_dir: PathBuf,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
+    /// Scan helpers (none for small folders or one thread).
+    pool: Option<ScanPool>,
     watch: Option<Watch>,
     /// Verify every destination next time (no watch, or it missed events, or a refresh failed).
     verify_all: bool,
@@ -101,12 +103,20 @@ impl MirroredFolder {
         let (report, recorded) = copy::run(map, task_dir, options, Mode_::Full, Some(&mut plan))?;
         let manifest = initial_manifest(map, plan, recorded);
         let inotify = !options.inotify_disabled();
-        let watch = if inotify { start_watch(&manifest) } else { None };
+        let watch = if inotify {
+            start_watch(&manifest)
+        } else {
+            None
+        };
+        let threads = options.thread_count();
+        let pool = (threads > 1 && manifest.entries.len() >= 2 * scan::ENTRIES_PER_THREAD)
+            .then(|| ScanPool::new(threads - 1));
         Ok(MirroredFolder {
             map: map.clone(),
             task_dir: task_dir.to_path_buf(),
             verify_all: watch.is_none(),
-            manifest,
+            manifest: Arc::new(manifest),
+            pool,
             watch,
             pending: Suspects::default(),
             inotify,
@@ -184,8 +194,11 @@ impl MirroredFolder {
         verify: bool,
         suspects: Suspects,
     ) -> Result<MirrorReport> {
-        let m = &self.manifest;
-        let scan = scan(m, verify, options.thread_count());
+        let m = Arc::clone(&self.manifest);
+        let scan = match &self.pool {
+            Some(pool) => pool.scan(&m, verify, options.thread_count()),
+            None => scan::scan_alone(&m, verify),
+        };
         if let Some(e) = scan.error {
             return Err(e);
         }
@@ -197,24 +210,24 @@ impl MirroredFolder {
             && scan.dir_attrs.is_empty()
             && suspects.entries.is_empty()
             && suspects.dirs.is_empty();
-        let mut changes = Changes::new(m);
-        changes.globs(m, &self.map)?;
+        let mut changes = Changes::new(&m);
+        changes.globs(&m, &self.map)?;
         if quiet && !changes.structural {
             return Ok(MirrorReport {
                 skipped: m.entries.len() as u64,
-                unmatched: unmatched(m, &self.map),
+                unmatched: unmatched(&m, &self.map),
                 ..MirrorReport::default()
             });
         }
-        changes.apply_scan(m, scan)?;
+        changes.apply_scan(&m, scan)?;
         for i in suspects.entries {
-            changes.recopy(m, i);
+            changes.recopy(&m, i);
         }
         changes.attrs.extend(suspects.dirs);
-        changes.relist_all(m)?;
+        changes.relist_all(&m)?;
 
         let mut created = Created::default();
-        let outcome = changes.execute(m, &self.task_dir, options, &mut created);
+        let outcome = changes.execute(&m, options, &mut created);
         let (mut report, recorded, touched) = match outcome {
             Ok(done) => done,
             Err(e) => {
@@ -225,8 +238,10 @@ impl MirroredFolder {
         let copied = report.files + report.symlinks;
         report.skipped = (m.entries.len() as u64).saturating_sub(copied);
         let literal = m.literal.clone();
-        let old = std::mem::take(&mut self.manifest);
-        self.manifest = changes.commit(old, recorded, literal);
+        drop(m);
+        // A helper thread that woke late may still hold the old manifest: then it is cloned.
+        let old = Arc::unwrap_or_clone(std::mem::take(&mut self.manifest));
+        self.manifest = Arc::new(changes.commit(old, recorded, literal));
         report.unmatched = unmatched(&self.manifest, &self.map);
 
         if let Some(watch) = &mut self.watch {
@@ -350,176 +365,6 @@ fn batch_entries(batches: Vec<copy::Batch>) -> Vec<EntryRec> {
 }
 
 // ----------------------------------------------------------------------------------------
-// The scan: one stat per source entry, in parallel.
-
-#[derive(Default)]
-struct Scan {
-    /// Entries whose source (or, when verifying, destination) differs: (entry, new type bits
-    /// of the source, 0 when only the destination differs).
-    changed: Vec<(u32, u32)>,
-    /// Entries gone at the source.
-    gone: Vec<u32>,
-    /// Copied folders whose own metadata changed (entries added or removed, mode).
-    dirs_changed: Vec<u32>,
-    /// Folders that cannot be opened at the source any more.
-    dirs_gone: Vec<(u32, Errno)>,
-    /// When verifying: folders whose destination is missing.
-    dst_missing: Vec<u32>,
-    /// When verifying: folders whose destination mode or time differ from the source's.
-    dir_attrs: Vec<u32>,
-    error: Option<Error>,
-}
-
-impl Scan {
-    fn merge(&mut self, other: Scan) {
-        self.changed.extend(other.changed);
-        self.gone.extend(other.gone);
-        self.dirs_changed.extend(other.dirs_changed);
-        self.dirs_gone.extend(other.dirs_gone);
-        self.dst_missing.extend(other.dst_missing);
-        self.dir_attrs.extend(other.dir_attrs);
-        if self.error.is_none() {
-            self.error = other.error;
-        }
-    }
-}
-
-/// Entries per scan thread below which another thread costs more than it saves.
-const ENTRIES_PER_THREAD: usize = 512;
-
-fn scan(m: &Manifest, verify: bool, threads: usize) -> Scan {
-    let threads = threads
-        .min(m.chunks.len())
-        .min(m.entries.len().div_ceil(ENTRIES_PER_THREAD))
-        .max(1);
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut out = Scan::default();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(chunk) = m.chunks.get(i) else { break };
-            scan_chunk(m, chunk, verify, &mut out);
-            if out.error.is_some() {
-                // Later chunks are skipped by every thread.
-                next.store(m.chunks.len(), Ordering::Relaxed);
-                break;
-            }
-        }
-        out
-    };
-    if threads == 1 {
-        return work();
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mut all = work();
-        for handle in handles {
-            match handle.join() {
-                Ok(out) => all.merge(out),
-                Err(_) => {
-                    all.error.get_or_insert(Error::WorkerPanicked);
-                }
-            }
-        }
-        all
-    })
-}
-
-fn scan_chunk(m: &Manifest, chunk: &crate::manifest::Chunk, verify: bool, out: &mut Scan) {
-    let d = &m.dirs[chunk.dir as usize];
-    let src = match nix::fcntl::open(&d.src, dir_flags(), Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e @ (Errno::ENOENT | Errno::ENOTDIR)) => {
-            if chunk.first {
-                out.dirs_gone.push((chunk.dir, e));
-            }
-            return;
-        }
-        Err(e) => {
-            out.error = Some(vanished_or_read(&d.src, e));
-            return;
-        }
-    };
-    let mut src_dir_st = None;
-    if chunk.first && !d.is_top() {
-        match nix::sys::stat::fstat(&src) {
-            Ok(st) => {
-                if Sig::of(&st) != d.sig {
-                    out.dirs_changed.push(chunk.dir);
-                }
-                src_dir_st = Some(st);
-            }
-            Err(e) => {
-                out.error = Some(vanished_or_read(&d.src, e));
-                return;
-            }
-        }
-    }
-    let dst = if verify {
-        match nix::fcntl::open(&d.dst, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty()) {
-            Ok(fd) => {
-                if let Some(s) = src_dir_st
-                    && !nix::sys::stat::fstat(&fd).is_ok_and(|t| {
-                        t.st_mode & 0o7777 == s.st_mode & 0o7777
-                            && t.st_mtime == s.st_mtime
-                            && t.st_mtime_nsec == s.st_mtime_nsec
-                    })
-                {
-                    out.dir_attrs.push(chunk.dir);
-                }
-                Some(fd)
-            }
-            Err(_) => {
-                if chunk.first {
-                    out.dst_missing.push(chunk.dir);
-                }
-                None
-            }
-        }
-    } else {
-        None
-    };
-    // Top-level matches are followed when they are symlinks, as when they were copied.
-    let flags = if d.is_top() {
-        AtFlags::empty()
-    } else {
-        AtFlags::AT_SYMLINK_NOFOLLOW
-    };
-    for i in chunk.start..chunk.end {
-        let e = &m.entries[i as usize];
-        match nix::sys::stat::fstatat(&src, e.name.as_c_str(), flags) {
-            Ok(st) => {
-                let sig = Sig::of(&st);
-                if sig != e.sig {
-                    out.changed.push((i, sig.file_type()));
-                    continue;
-                }
-            }
-            Err(Errno::ENOENT | Errno::ENOTDIR) => {
-                out.gone.push(i);
-                continue;
-            }
-            Err(err) => {
-                out.error = Some(Error::Read {
-                    path: d.src.join(OsStr::from_bytes(e.name.to_bytes())),
-                    source: err.into(),
-                });
-                return;
-            }
-        }
-        if verify {
-            let intact = dst.as_ref().is_some_and(|dst| {
-                nix::sys::stat::fstatat(dst, e.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| e.sig.copied_as(&st))
-            });
-            if !intact {
-                out.changed.push((i, 0));
-            }
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------------------
 // Changes: what the scan, the events and the globs say, turned into copy work and a new
 // manifest.
 
@@ -593,7 +438,9 @@ impl Changes {
         let root = &m.dirs[id as usize];
         for (j, d) in m.dirs.iter().enumerate() {
             if j == id as usize
-                || (d.origin == Origin::Sub && d.dst.starts_with(&root.dst) && d.src.starts_with(&root.src))
+                || (d.origin == Origin::Sub
+                    && d.dst.starts_with(&root.dst)
+                    && d.src.starts_with(&root.src))
             {
                 self.dead_dirs[j] = true;
             }
@@ -673,11 +520,18 @@ impl Changes {
                 continue;
             };
             let mut folders = Vec::new();
-            let matches = glob::expand_traced(&source, &mut folders)?;
-            for gone in old.matches.iter().filter(|p| matches.binary_search(p).is_err()) {
+            let matches = glob::expand_traced(source, &mut folders)?;
+            for gone in old
+                .matches
+                .iter()
+                .filter(|p| matches.binary_search(p).is_err())
+            {
                 self.forget_match(m, entry, &old.target, gone);
             }
-            for new in matches.iter().filter(|p| old.matches.binary_search(p).is_err()) {
+            for new in matches
+                .iter()
+                .filter(|p| old.matches.binary_search(p).is_err())
+            {
                 self.add_match(m, entry, &old.target, new)?;
             }
             self.globs.insert(
@@ -728,7 +582,9 @@ impl Changes {
                         let src = d.src.clone();
                         self.add_match(m, entry, &target, &src)?;
                     } else if literal {
-                        return Err(Error::SourceMissing { path: d.src.clone() });
+                        return Err(Error::SourceMissing {
+                            path: d.src.clone(),
+                        });
                     } else {
                         self.drop_tree(m, id);
                     }
@@ -831,22 +687,23 @@ impl Changes {
                 }
                 let kind = match entry.file_type() {
                     Some(kind) => kind,
-                    None => match nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    {
-                        Ok(st) => match st.st_mode & libc::S_IFMT {
-                            libc::S_IFDIR => nix::dir::Type::Directory,
-                            libc::S_IFREG => nix::dir::Type::File,
-                            libc::S_IFLNK => nix::dir::Type::Symlink,
-                            _ => nix::dir::Type::Fifo,
-                        },
-                        Err(Errno::ENOENT) => continue,
-                        Err(e) => {
-                            return Err(vanished_or_read(
-                                &d.src.join(OsStr::from_bytes(name.to_bytes())),
-                                e,
-                            ));
+                    None => {
+                        match nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                            Ok(st) => match st.st_mode & libc::S_IFMT {
+                                libc::S_IFDIR => nix::dir::Type::Directory,
+                                libc::S_IFREG => nix::dir::Type::File,
+                                libc::S_IFLNK => nix::dir::Type::Symlink,
+                                _ => nix::dir::Type::Fifo,
+                            },
+                            Err(Errno::ENOENT) => continue,
+                            Err(e) => {
+                                return Err(vanished_or_read(
+                                    &d.src.join(OsStr::from_bytes(name.to_bytes())),
+                                    e,
+                                ));
+                            }
                         }
-                    },
+                    }
                 };
                 listing.push((name.to_owned(), kind));
             }
@@ -937,7 +794,6 @@ impl Changes {
     fn execute(
         &mut self,
         m: &Manifest,
-        _task_dir: &Path,
         options: &MirrorOptions,
         created: &mut Created,
     ) -> Result<(MirrorReport, Recorded, Vec<PathBuf>)> {
@@ -1071,7 +927,12 @@ impl Changes {
         let globs: Vec<GlobRec> = old
             .globs
             .iter()
-            .map(|g| self.globs.get(&g.entry).cloned().unwrap_or_else(|| g.clone()))
+            .map(|g| {
+                self.globs
+                    .get(&g.entry)
+                    .cloned()
+                    .unwrap_or_else(|| g.clone())
+            })
             .collect();
         let n_old = old.dirs.len();
         let (mut dirs, mut entries) = old.into_parts();

@@ -38,6 +38,7 @@ pub mod glob;
 mod manifest;
 mod map;
 mod pathser;
+mod scan;
 mod translate;
 mod watch;
 

@@ -61,7 +61,8 @@ impl Sig {
             return false;
         }
         kind == libc::S_IFLNK
-            || (dst.st_size as i64 == self.size && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777)
+            || (dst.st_size as i64 == self.size
+                && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777)
     }
 }
 
@@ -78,7 +79,7 @@ pub(crate) enum Origin {
 }
 
 /// A source folder and its destination.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct DirRec {
     pub(crate) src: PathBuf,
     pub(crate) dst: PathBuf,
@@ -97,7 +98,7 @@ impl DirRec {
 }
 
 /// A copied file or symlink.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct EntryRec {
     pub(crate) dir: u32,
     pub(crate) name: CString,
@@ -131,7 +132,7 @@ pub(crate) struct Chunk {
 const CHUNK: u32 = 256;
 
 /// Everything a [`crate::MirroredFolder`] knows about what it copied.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Manifest {
     /// Sorted by destination, so a parent comes before its children.
     pub(crate) dirs: Vec<DirRec>,
@@ -265,7 +266,8 @@ mod tests {
     #[test]
     fn build_orders_dedups_and_chunks() {
         let dirs = vec![Some(dir("b")), None, Some(dir("a"))];
-        let mut entries: Vec<EntryRec> = (0..600).map(|i| entry(0, &format!("f{i:03}"), 1)).collect();
+        let mut entries: Vec<EntryRec> =
+            (0..600).map(|i| entry(0, &format!("f{i:03}"), 1)).collect();
         entries.push(entry(2, "x", 1));
         entries.push(entry(1, "gone", 1));
         entries.push(entry(0, "f000", 2));
@@ -276,8 +278,11 @@ mod tests {
         let f0 = m.find(1, c"f000").unwrap();
         assert_eq!(m.entries[f0 as usize].sig.size, 2, "the later entry wins");
         assert!(m.find(0, c"gone").is_none());
-        let chunks: Vec<(u32, u32, u32, bool)> =
-            m.chunks.iter().map(|c| (c.dir, c.start, c.end, c.first)).collect();
+        let chunks: Vec<(u32, u32, u32, bool)> = m
+            .chunks
+            .iter()
+            .map(|c| (c.dir, c.start, c.end, c.first))
+            .collect();
         assert_eq!(
             chunks,
             vec![

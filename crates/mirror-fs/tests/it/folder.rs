@@ -32,7 +32,10 @@ fn later() -> SystemTime {
 /// tree/ (folders, files, a symlink) → in/, lib/*.lib → models/, top.cir → task folder.
 fn setup(fx: &Fixture) -> MirrorMap {
     for i in 0..30 {
-        fx.file(format!("tree/d{}/f{i}.txt", i % 3), format!("v1 {i}").as_bytes());
+        fx.file(
+            format!("tree/d{}/f{i}.txt", i % 3),
+            format!("v1 {i}").as_bytes(),
+        );
     }
     fx.file("tree/d0/sub/deep.txt", b"deep");
     symlink("f0.txt", fx.src("tree/d0/link")).unwrap();
@@ -61,7 +64,10 @@ fn nothing_changed_copies_nothing() {
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         assert_eq!(copies(folder.report()), 30 + 1 + 1 + 2 + 1);
         assert_eq!(folder.entries(), 35);
-        assert_eq!(folder.is_watching(), !format!("{options:?}").contains("no_inotify: true"));
+        assert_eq!(
+            folder.is_watching(),
+            !format!("{options:?}").contains("no_inotify: true")
+        );
         for _ in 0..3 {
             let report = folder.refresh(&options).unwrap();
             assert_eq!(copies(&report), 0, "{options:?} {report:?}");
@@ -83,7 +89,10 @@ fn source_edits_are_copied_again() {
         fs::write(fx.src("tree/d1/f1.txt"), b"v2 one, longer").unwrap();
         // Replaced by a rename with the old time kept (rsync -t, atomic saves): only the
         // inode and change time tell.
-        let old = fs::metadata(fx.src("lib/a.lib")).unwrap().modified().unwrap();
+        let old = fs::metadata(fx.src("lib/a.lib"))
+            .unwrap()
+            .modified()
+            .unwrap();
         fx.file("lib/.a.tmp", b"model A");
         set_mtime(&fx.src("lib/.a.tmp"), old);
         fs::rename(fx.src("lib/.a.tmp"), fx.src("lib/a.lib")).unwrap();
@@ -94,11 +103,21 @@ fn source_edits_are_copied_again() {
         symlink("f3.txt", fx.src("tree/d0/link")).unwrap();
 
         let report = folder.refresh(&options).unwrap();
-        assert_eq!((report.files, report.symlinks), (4, 1), "{options:?} {report:?}");
+        assert_eq!(
+            (report.files, report.symlinks),
+            (4, 1),
+            "{options:?} {report:?}"
+        );
         assert_eq!(fs::read(fx.dst("in/tree/d0/f0.txt")).unwrap(), b"v2 0");
-        assert_eq!(fs::read(fx.dst("in/tree/d1/f1.txt")).unwrap(), b"v2 one, longer");
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d1/f1.txt")).unwrap(),
+            b"v2 one, longer"
+        );
         assert_eq!(fs::read(fx.dst("models/a.lib")).unwrap(), b"model A");
-        assert_eq!(fs::metadata(fx.dst("top.cir")).unwrap().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(fx.dst("top.cir")).unwrap().mode() & 0o777,
+            0o755
+        );
         assert_eq!(
             fs::read_link(fx.dst("in/tree/d0/link")).unwrap(),
             Path::new("f3.txt")
@@ -123,8 +142,14 @@ fn new_sources_are_copied_and_gone_ones_leave_their_copy() {
 
         let report = folder.refresh(&options).unwrap();
         assert_eq!(report.files, 3, "{options:?} {report:?}");
-        assert_eq!(fs::read(fx.dst("in/tree/d2/new.txt")).unwrap(), b"new in a folder");
-        assert_eq!(fs::read(fx.dst("in/tree/d9/x/y.txt")).unwrap(), b"new folder tree");
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d2/new.txt")).unwrap(),
+            b"new in a folder"
+        );
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d9/x/y.txt")).unwrap(),
+            b"new folder tree"
+        );
         assert_eq!(fs::read(fx.dst("models/c.lib")).unwrap(), b"model c");
         assert!(!fx.dst("models/d.txt").exists());
         // Gone at the source: the copy stays, and is not looked after any more.
@@ -152,7 +177,11 @@ fn task_changes_to_mirrored_entries_are_undone() {
         let map = setup(&fx);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         fs::remove_file(fx.dst("in/tree/d0/f0.txt")).unwrap();
-        fs::rename(fx.dst("in/tree/d1/f1.txt"), fx.dst("in/tree/d1/renamed.txt")).unwrap();
+        fs::rename(
+            fx.dst("in/tree/d1/f1.txt"),
+            fx.dst("in/tree/d1/renamed.txt"),
+        )
+        .unwrap();
         fs::write(fx.dst("in/tree/d2/f2.txt"), b"edited in place").unwrap();
         set_mode(&fx.dst("models/a.lib"), 0o600);
         fs::write(fx.dst("top.cir"), b"overwritten").unwrap();
@@ -163,16 +192,26 @@ fn task_changes_to_mirrored_entries_are_undone() {
         fs::write(fx.dst("out.log"), b"log").unwrap();
 
         let report = folder.refresh(&options).unwrap();
-        assert_eq!((report.files, report.symlinks), (5, 1), "{options:?} {report:?}");
+        assert_eq!(
+            (report.files, report.symlinks),
+            (5, 1),
+            "{options:?} {report:?}"
+        );
         assert_eq!(fs::read(fx.dst("in/tree/d0/f0.txt")).unwrap(), b"v1 0");
         assert_eq!(fs::read(fx.dst("in/tree/d1/f1.txt")).unwrap(), b"v1 1");
         assert_eq!(fs::read(fx.dst("in/tree/d2/f2.txt")).unwrap(), b"v1 2");
         let mode = fs::metadata(fx.src("lib/a.lib")).unwrap().mode();
         assert_eq!(fs::metadata(fx.dst("models/a.lib")).unwrap().mode(), mode);
         assert_eq!(fs::read(fx.dst("top.cir")).unwrap(), b"netlist");
-        assert_eq!(fs::read_link(fx.dst("in/tree/d0/link")).unwrap(), Path::new("f0.txt"));
+        assert_eq!(
+            fs::read_link(fx.dst("in/tree/d0/link")).unwrap(),
+            Path::new("f0.txt")
+        );
         assert_eq!(fs::read(fx.dst("in/tree/d1/renamed.txt")).unwrap(), b"v1 1");
-        assert_eq!(fs::read(fx.dst("in/tree/d0/output.dat")).unwrap(), b"result");
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d0/output.dat")).unwrap(),
+            b"result"
+        );
         assert_eq!(fs::read(fx.dst("out.log")).unwrap(), b"log");
         assert_eq!(copies(&folder.refresh(&options).unwrap()), 0, "{options:?}");
     }
@@ -188,13 +227,19 @@ fn a_deleted_mirrored_folder_comes_back() {
         fs::rename(fx.dst("models"), fx.dst("models-moved")).unwrap();
         let report = folder.refresh(&options).unwrap();
         assert_eq!(copies(&report), 10 + 1 + 1 + 2, "{options:?} {report:?}");
-        assert_eq!(fs::read(fx.dst("in/tree/d0/sub/deep.txt")).unwrap(), b"deep");
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d0/sub/deep.txt")).unwrap(),
+            b"deep"
+        );
         assert_eq!(fs::read(fx.dst("models/a.lib")).unwrap(), b"model a");
         // The watch is set up again: later task edits are still seen.
         fs::write(fx.dst("in/tree/d0/sub/deep.txt"), b"scribbled").unwrap();
         let report = folder.refresh(&options).unwrap();
         assert_eq!(report.files, 1, "{options:?} {report:?}");
-        assert_eq!(fs::read(fx.dst("in/tree/d0/sub/deep.txt")).unwrap(), b"deep");
+        assert_eq!(
+            fs::read(fx.dst("in/tree/d0/sub/deep.txt")).unwrap(),
+            b"deep"
+        );
         assert_eq!(copies(&folder.refresh(&options).unwrap()), 0, "{options:?}");
     }
 }
@@ -287,5 +332,278 @@ fn a_glob_that_matches_nothing_yet_picks_up_new_matches() {
         assert_eq!(report.files, 1, "{options:?} {report:?}");
         assert_eq!(fs::read(fx.dst("trees/t/more.txt")).unwrap(), b"more");
         assert_eq!(copies(&folder.refresh(&options).unwrap()), 0, "{options:?}");
+    }
+}
+
+mod law {
+    //! Property: after random source edits and random task edits, a refresh makes every
+    //! mirrored entry equal to its source again and keeps every file the task wrote.
+
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, SystemTime};
+
+    use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder};
+    use proptest::prelude::*;
+
+    use crate::model::{Node, Tree, build, read, tree};
+
+    #[derive(Debug, Clone)]
+    enum SourceEdit {
+        Write {
+            at: usize,
+            content: Vec<u8>,
+        },
+        Chmod {
+            at: usize,
+            exec: bool,
+        },
+        Remove {
+            at: usize,
+        },
+        Add {
+            at: usize,
+            name: u8,
+            content: Vec<u8>,
+        },
+        Relink {
+            at: usize,
+        },
+    }
+
+    #[derive(Debug, Clone)]
+    enum TaskEdit {
+        Delete { at: usize },
+        Rename { at: usize },
+        Write { at: usize, content: Vec<u8> },
+        Chmod { at: usize },
+        NewFile { at: usize, content: Vec<u8> },
+        RemoveDir { at: usize },
+    }
+
+    fn content() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..40)
+    }
+
+    fn source_edit() -> impl Strategy<Value = SourceEdit> {
+        prop_oneof![
+            (any::<usize>(), content()).prop_map(|(at, content)| SourceEdit::Write { at, content }),
+            (any::<usize>(), any::<bool>()).prop_map(|(at, exec)| SourceEdit::Chmod { at, exec }),
+            any::<usize>().prop_map(|at| SourceEdit::Remove { at }),
+            (any::<usize>(), 0u8..4, content()).prop_map(|(at, name, content)| SourceEdit::Add {
+                at,
+                name,
+                content
+            }),
+            any::<usize>().prop_map(|at| SourceEdit::Relink { at }),
+        ]
+    }
+
+    fn task_edit() -> impl Strategy<Value = TaskEdit> {
+        prop_oneof![
+            any::<usize>().prop_map(|at| TaskEdit::Delete { at }),
+            any::<usize>().prop_map(|at| TaskEdit::Rename { at }),
+            (any::<usize>(), content()).prop_map(|(at, content)| TaskEdit::Write { at, content }),
+            any::<usize>().prop_map(|at| TaskEdit::Chmod { at }),
+            (any::<usize>(), content()).prop_map(|(at, content)| TaskEdit::NewFile { at, content }),
+            any::<usize>().prop_map(|at| TaskEdit::RemoveDir { at }),
+        ]
+    }
+
+    fn past() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+    }
+
+    /// Source files get times in the past, as inputs on a shared folder have; an edit gets
+    /// a time of its own, so every edit shows (the kernel's clock is coarser than a test).
+    fn age(root: &Path, t: SystemTime) {
+        for (rel, node) in read(root) {
+            if matches!(node, Node::File { .. }) {
+                let f = fs::File::options()
+                    .write(true)
+                    .open(root.join(rel))
+                    .unwrap();
+                f.set_modified(t).unwrap();
+            }
+        }
+    }
+
+    fn pick(tree: &Tree, at: usize, want: impl Fn(&Node) -> bool) -> Option<&PathBuf> {
+        let all: Vec<&PathBuf> = tree
+            .iter()
+            .filter(|(_, n)| want(n))
+            .map(|(p, _)| p)
+            .collect();
+        (!all.is_empty()).then(|| all[at % all.len()])
+    }
+
+    fn is_file(n: &Node) -> bool {
+        matches!(n, Node::File { .. })
+    }
+
+    fn apply_source(src: &Path, edit: &SourceEdit, round: u64) {
+        let now = read(src);
+        let stamp = past() + Duration::from_secs(1000 * round + 1);
+        match edit {
+            SourceEdit::Write { at, content } => {
+                if let Some(p) = pick(&now, *at, is_file) {
+                    fs::write(src.join(p), content).unwrap();
+                    let f = fs::File::options().write(true).open(src.join(p)).unwrap();
+                    f.set_modified(stamp).unwrap();
+                }
+            }
+            SourceEdit::Chmod { at, exec } => {
+                if let Some(p) = pick(&now, *at, is_file) {
+                    let mode = if *exec { 0o755 } else { 0o640 };
+                    fs::set_permissions(src.join(p), fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            SourceEdit::Remove { at } => {
+                if let Some(p) = pick(&now, *at, |n| !matches!(n, Node::Dir)) {
+                    fs::remove_file(src.join(p)).unwrap();
+                }
+            }
+            SourceEdit::Add { at, name, content } => {
+                let dir = pick(&now, *at, |n| matches!(n, Node::Dir))
+                    .map_or_else(|| src.to_path_buf(), |d| src.join(d));
+                let path = dir.join(format!("new{name}"));
+                if !path.exists() && fs::symlink_metadata(&path).is_err() {
+                    fs::write(&path, content).unwrap();
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+                    let f = fs::File::options().write(true).open(&path).unwrap();
+                    f.set_modified(stamp).unwrap();
+                }
+            }
+            SourceEdit::Relink { at } => {
+                if let Some(p) = pick(&now, *at, |n| matches!(n, Node::Link(_))) {
+                    fs::remove_file(src.join(p)).unwrap();
+                    symlink(format!("retargeted-{round}"), src.join(p)).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Applies a task edit to the mirror of `src` in `dst`; records files the task made.
+    fn apply_task(
+        dst: &Path,
+        edit: &TaskEdit,
+        n: usize,
+        task_files: &mut BTreeMap<PathBuf, Vec<u8>>,
+    ) {
+        let now = read(dst);
+        let mirrored = |n: &Node| !matches!(n, Node::Dir);
+        let not_task = |p: &&PathBuf| !task_files.keys().any(|t| p.starts_with(t));
+        let pick_mirrored = |at: usize, want: &dyn Fn(&Node) -> bool| -> Option<PathBuf> {
+            let all: Vec<&PathBuf> = now
+                .iter()
+                .filter(|(p, node)| want(node) && not_task(p))
+                .map(|(p, _)| p)
+                .collect();
+            (!all.is_empty()).then(|| all[at % all.len()].clone())
+        };
+        match edit {
+            TaskEdit::Delete { at } => {
+                if let Some(p) = pick_mirrored(*at, &mirrored) {
+                    fs::remove_file(dst.join(p)).unwrap();
+                }
+            }
+            TaskEdit::Rename { at } => {
+                if let Some(p) = pick_mirrored(*at, &is_file) {
+                    let to = p.with_file_name(format!("task-renamed-{n}"));
+                    let content = fs::read(dst.join(&p)).unwrap();
+                    fs::rename(dst.join(&p), dst.join(&to)).unwrap();
+                    task_files.insert(to, content);
+                }
+            }
+            TaskEdit::Write { at, content } => {
+                if let Some(p) = pick_mirrored(*at, &is_file) {
+                    let path = dst.join(p);
+                    let mode = fs::metadata(&path).unwrap().permissions().mode();
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+                    fs::write(&path, content).unwrap();
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            TaskEdit::Chmod { at } => {
+                if let Some(p) = pick_mirrored(*at, &is_file) {
+                    fs::set_permissions(dst.join(p), fs::Permissions::from_mode(0o600)).unwrap();
+                }
+            }
+            TaskEdit::NewFile { at, content } => {
+                let dir =
+                    pick_mirrored(*at, &|n: &Node| matches!(n, Node::Dir)).unwrap_or_default();
+                let path = dir.join(format!("task-out-{n}"));
+                fs::write(dst.join(&path), content).unwrap();
+                task_files.insert(path, content.clone());
+            }
+            TaskEdit::RemoveDir { at } => {
+                if let Some(p) = pick_mirrored(*at, &|n: &Node| matches!(n, Node::Dir)) {
+                    fs::remove_dir_all(dst.join(&p)).unwrap();
+                    task_files.retain(|t, _| !t.starts_with(&p));
+                }
+            }
+        }
+    }
+
+    fn check(
+        src: &Path,
+        dst: &Path,
+        task_files: &BTreeMap<PathBuf, Vec<u8>>,
+    ) -> Result<(), TestCaseError> {
+        let want = read(src);
+        let got = read(dst);
+        for (path, node) in &want {
+            prop_assert_eq!(got.get(path), Some(node), "`{}`", path.display());
+        }
+        for (path, content) in task_files {
+            let got = fs::read(dst.join(path)).ok();
+            prop_assert_eq!(got.as_ref(), Some(content), "`{}`", path.display());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        #[test]
+        fn refresh_restores_every_mirrored_entry_and_keeps_task_files(
+            model in tree(),
+            rounds in proptest::collection::vec(
+                (proptest::collection::vec(source_edit(), 0..4), proptest::collection::vec(task_edit(), 0..4)),
+                1..3,
+            ),
+            inotify in any::<bool>(),
+            threads in 1usize..3,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            let task = dir.path().join("task");
+            build(&src, &model);
+            age(&src, past());
+            fs::create_dir(&task).unwrap();
+            let map = MirrorMap::new().entry(&src, ".").unwrap();
+            let mut options = MirrorOptions::new().threads(threads);
+            if !inotify {
+                options = options.no_inotify();
+            }
+            let mut folder = MirroredFolder::mirror(&map, &task, &options).unwrap();
+            let dst = task.join("src");
+            let mut task_files = BTreeMap::new();
+            let mut n = 0;
+            for (round, (source_edits, task_edits)) in rounds.iter().enumerate() {
+                for edit in source_edits {
+                    apply_source(&src, edit, round as u64 + 1);
+                }
+                for edit in task_edits {
+                    apply_task(&dst, edit, n, &mut task_files);
+                    n += 1;
+                }
+                folder.refresh(&options).unwrap();
+                check(&src, &dst, &task_files)?;
+                let again = folder.refresh(&options).unwrap();
+                prop_assert_eq!(again.files + again.symlinks, 0, "{:?}", again);
+            }
+        }
     }
 }

@@ -9,15 +9,15 @@ use parvm_mirror_fs::{MirrorMap, MirrorOptions, mirror, refresh};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
+pub(crate) enum Node {
     Dir,
     File { content: Vec<u8>, exec: bool },
     Link(PathBuf),
 }
 
-type Tree = BTreeMap<PathBuf, Node>;
+pub(crate) type Tree = BTreeMap<PathBuf, Node>;
 
-fn tree() -> impl Strategy<Value = Tree> {
+pub(crate) fn tree() -> impl Strategy<Value = Tree> {
     let name = prop::sample::select(vec!["a", "b", "c.txt", "d.lib", "e"]);
     let node = prop_oneof![
         3 => (proptest::collection::vec(any::<u8>(), 0..300), any::<bool>())
@@ -56,7 +56,7 @@ fn tree() -> impl Strategy<Value = Tree> {
     )
 }
 
-fn build(root: &Path, tree: &Tree) {
+pub(crate) fn build(root: &Path, tree: &Tree) {
     fs::create_dir_all(root).unwrap();
     for (rel, node) in tree {
         let path = root.join(rel);
@@ -75,7 +75,7 @@ fn build(root: &Path, tree: &Tree) {
     }
 }
 
-fn read(root: &Path) -> Tree {
+pub(crate) fn read(root: &Path) -> Tree {
     let mut tree = Tree::new();
     fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
         for entry in fs::read_dir(dir).unwrap() {
