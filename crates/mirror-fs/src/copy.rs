@@ -155,7 +155,9 @@ pub fn mirror(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Resu
 /// Brings a task folder mirrored earlier from the same `map` up to date: copies again only
 /// the files whose size, modification time or mode differ at the source, or that are missing
 /// from the task folder, and symlinks whose target differs. Everything else, including files
-/// the tasks wrote, is left alone.
+/// the tasks wrote, is left alone. It needs no state, so any process can refresh a folder
+/// another one mirrored; it looks at every source and every copy (two `stat`s per file).
+/// A process that keeps the folder does better with [`crate::MirroredFolder`].
 ///
 /// # Errors
 ///

@@ -6,11 +6,28 @@
 //!   may be mounted elsewhere.
 //! - A [`MirrorMap`] lists (source glob, target folder) pairs; [`MirrorMap::to_abstract`]
 //!   makes the host-independent [`AbstractMirrorMap`] that travels in a spawn request.
-//! - [`mirror`] copies what a map names into a task folder, in parallel; [`refresh`] copies
-//!   again only what changed at the source (for persistent task folders).
+//! - [`mirror`] copies what a map names into a task folder, in parallel.
+//! - Persistent task folders (kept from one task to the next) are brought up to date before
+//!   each task, in one of two ways:
+//!
+//! | | [`MirroredFolder::refresh`] (stateful) | [`refresh`] (stateless) |
+//! | --- | --- | --- |
+//! | use when | the same process keeps the folder (a worker) | another process mirrored it (`parvm mirror --refresh`) |
+//! | per source file | one `stat`, in parallel, compared with the manifest (size, times, inode, mode) | one `stat` of the source and one of the copy (size, mtime, mode) |
+//! | the tasks' changes to copies | named by inotify and copied again; when inotify is refused or overflows, every copy is verified (two `stat`s) | found by comparing each copy with its source |
+//! | a source folder whose time changed | listed again: new entries copied | every folder listed every time |
+//! | a glob | expanded again when a folder it read changed | expanded every time |
+//! | cost, 2000 small files on tmpfs | ≈ 5–8% of a full mirror | ≈ 20–35% of a full mirror |
+//!
+//! Both leave alone the files the tasks wrote that are not mirrored entries, and the
+//! copies of entries that are gone at the source: mirroring never deletes. Both miss a
+//! source edited in place with its size and modification time put back; the stateful one
+//! still sees it when the inode or the change time moved (a rename over it, a `chmod`), and
+//! sees every in-place edit of a copy by a task (inotify), even one that keeps size and time.
+//! Neither sees a copy changed through a hard link made outside the mirrored folders.
 //!
 //! ```
-//! use parvm_mirror_fs::{mirror, refresh, MirrorMap, MirrorOptions};
+//! use parvm_mirror_fs::{mirror, refresh, MirrorMap, MirrorOptions, MirroredFolder};
 //!
 //! let shared = tempfile::tempdir()?;
 //! std::fs::create_dir(shared.path().join("lib"))?;
@@ -28,6 +45,15 @@
 //! // Nothing changed at the source: a refresh copies nothing.
 //! let again = refresh(&map, task.path(), &MirrorOptions::new())?;
 //! assert_eq!((again.files, again.skipped), (0, 2));
+//!
+//! // A worker that keeps the folder: mirror once, then refresh before each task.
+//! let kept = tempfile::tempdir()?;
+//! let mut folder = MirroredFolder::mirror(&map, kept.path(), &MirrorOptions::new())?;
+//! std::fs::remove_file(kept.path().join("top.cir"))?; // a task deletes an input
+//! std::fs::write(shared.path().join("lib/b.lib"), "model b")?; // a new input appears
+//! let report = folder.refresh(&MirrorOptions::new())?;
+//! assert_eq!(report.files, 2);
+//! assert_eq!(std::fs::read_to_string(kept.path().join("top.cir"))?, "netlist");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
