@@ -66,6 +66,14 @@
 //! of the killed workers stay behind on their hosts; their owner records name dead
 //! processes, so the next run's sweep finds them stale and removes them.
 //!
+//! # Leaving
+//!
+//! MPI has no notice of a rank that finalises and exits. A worker made with
+//! [`MpiTransport::leave_on_drop`] tells rank 0 when its transport is dropped (one empty
+//! message with its own tag), and rank 0 turns that into an [`Event::PeerLost`], as the
+//! other backends report a worker whose connection closed. The VM uses this so the
+//! spawner knows when its workers have left.
+//!
 //! # Finalising
 //!
 //! Dropping the transport frees its communicator and finalises MPI (`MPI_Finalize`).
@@ -166,6 +174,7 @@ pub struct MpiTransport {
     arrived: Condvar,
     rank: Rank,
     peers: Vec<Peer>,
+    leave_on_drop: bool,
     _universe: Universe,
 }
 
@@ -225,8 +234,17 @@ impl MpiTransport {
             arrived: Condvar::new(),
             rank,
             peers,
+            leave_on_drop: false,
             _universe: universe,
         })
+    }
+
+    /// Whether dropping this transport tells rank 0 that this rank leaves (rank 0 then
+    /// sees an [`Event::PeerLost`] for it); default false. Has no effect on rank 0.
+    #[must_use]
+    pub fn leave_on_drop(mut self, on: bool) -> Self {
+        self.leave_on_drop = on;
+        self
     }
 
     fn host_of(&self, rank: Rank) -> Option<&str> {
@@ -247,7 +265,15 @@ impl MpiTransport {
             return Ok(None);
         };
         let from = Rank::try_from(probed.source()).unwrap_or(Rank::MAX);
+        let leaving = probed.is_leave();
         Ok(Some(match probed.receive() {
+            Ok(_) if leaving => Event::PeerLost {
+                rank: from,
+                reason: format!(
+                    "rank {from} on host `{}` left (its transport was dropped)",
+                    self.host_of(from).unwrap_or("?")
+                ),
+            },
             Ok(payload) => Event::Message { from, payload },
             Err(e) => Event::PeerLost {
                 rank: from,
@@ -395,6 +421,15 @@ impl Transport for MpiTransport {
     }
 }
 
+impl Drop for MpiTransport {
+    fn drop(&mut self) {
+        if self.leave_on_drop && self.rank != 0 {
+            // Rank 0 may be gone or finalising; there is nobody to tell about a failure.
+            let _ = self.comm.send_leave(0);
+        }
+    }
+}
+
 /// Spin first, then sleep with doubling pauses up to [`MAX_SLEEP`].
 struct Backoff {
     spin_until: Instant,
@@ -481,6 +516,9 @@ mod raw {
 
     /// The tag of every parvm message on the backend's private communicator.
     const TAG: c_int = 0x7076;
+
+    /// The tag of the empty message a leaving rank sends to rank 0.
+    const LEAVE_TAG: c_int = 0x7077;
 
     /// An MPI call that returned an error code (possible because of `MPI_ERRORS_RETURN`).
     #[derive(Debug)]
@@ -621,7 +659,25 @@ mod raw {
             }
         }
 
-        /// A matched probe for a message from any rank.
+        /// Tells `dest` that this rank leaves: an empty message with [`LEAVE_TAG`].
+        pub(super) fn send_leave(&self, dest: c_int) -> Result<(), MpiError> {
+            // SAFETY: a zero-length send reads no buffer; the pointer only has to be valid.
+            unsafe {
+                check(
+                    "MPI_Send",
+                    ffi::MPI_Send(
+                        [0u8; 1].as_ptr().cast::<c_void>(),
+                        0,
+                        ffi::RSMPI_UINT8_T,
+                        dest,
+                        LEAVE_TAG,
+                        self.0,
+                    ),
+                )
+            }
+        }
+
+        /// A matched probe for a message from any rank, of either tag.
         pub(super) fn improbe(&self) -> Result<Option<Probed>, MpiError> {
             let mut flag: c_int = 0;
             let mut message = MaybeUninit::<ffi::MPI_Message>::uninit();
@@ -633,7 +689,7 @@ mod raw {
                     "MPI_Improbe",
                     ffi::MPI_Improbe(
                         ffi::RSMPI_ANY_SOURCE,
-                        TAG,
+                        ffi::RSMPI_ANY_TAG,
                         self.0,
                         &mut flag,
                         message.as_mut_ptr(),
@@ -648,6 +704,7 @@ mod raw {
                 let mut probed = Probed {
                     message: message.assume_init(),
                     source: status.MPI_SOURCE,
+                    leave: status.MPI_TAG == LEAVE_TAG,
                     count: 0,
                 };
                 // On failure `probed` is dropped, which still receives the message.
@@ -715,10 +772,16 @@ mod raw {
     pub(super) struct Probed {
         message: ffi::MPI_Message,
         source: c_int,
+        leave: bool,
         count: c_int,
     }
 
     impl Probed {
+        /// Whether this is a leaving rank's notice rather than a payload.
+        pub(super) fn is_leave(&self) -> bool {
+            self.leave
+        }
+
         /// The sending rank.
         pub(super) fn source(&self) -> c_int {
             self.source

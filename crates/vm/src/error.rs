@@ -120,6 +120,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Fewer workers joined than the runtime was asked to wait for.
+    #[error("only {joined} of {wanted} workers joined within {timeout:?}; {hint}")]
+    WorkersMissing {
+        /// How many were asked for.
+        wanted: usize,
+        /// How many joined.
+        joined: usize,
+        /// How long the runtime waited.
+        timeout: std::time::Duration,
+        /// What to do, e.g. the address workers must connect to.
+        hint: String,
+    },
     /// The spawner went away while a task was waiting for a message.
     #[error("the spawner is gone; the task should return")]
     SpawnerLost,

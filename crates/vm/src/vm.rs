@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+
 use parvm_env_config::{Config, TransportKind};
 use parvm_transport::Transport;
+use parvm_transport::tcp::{Secret, TcpOptions, TcpTransport};
 use serde::Serialize;
 
 use crate::protocol::{Job, SpawnRequest, Startup, ToWorker};
@@ -25,6 +28,7 @@ use crate::{Error, HostId, Message, Spawn, TaskId, Tasks, Worker};
 #[derive(Clone)]
 pub struct Runtime {
     shared: Arc<Shared>,
+    listen: Option<SocketAddr>,
 }
 
 /// How [`Runtime`] starts: transport, worker count, configuration, log level.
@@ -36,6 +40,9 @@ pub struct RuntimeBuilder {
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
     hosts: Option<Vec<(String, usize)>>,
+    listen: Option<SocketAddr>,
+    secret: Option<Secret>,
+    wait_for: Option<(usize, Duration)>,
 }
 
 impl Runtime {
@@ -58,6 +65,9 @@ impl Runtime {
             debug: None,
             program: None,
             hosts: None,
+            listen: None,
+            secret: None,
+            wait_for: None,
         }
     }
 
@@ -79,6 +89,7 @@ impl Runtime {
         }
         Ok(Runtime {
             shared: Arc::new(Shared::new(transport, tasks, config)),
+            listen: None,
         })
     }
 
@@ -87,6 +98,7 @@ impl Runtime {
     pub fn vm(&self) -> VmBuilder {
         VmBuilder {
             shared: Arc::clone(&self.shared),
+            listen: self.listen,
             mirror: Vec::new(),
             startup: None,
             persistent: false,
@@ -104,6 +116,45 @@ impl Runtime {
     #[must_use]
     pub fn backend(&self) -> &'static str {
         self.shared.backend
+    }
+
+    /// The address the TCP spawner listens on (with the port it chose); `None` on other
+    /// transports.
+    #[must_use]
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.listen
+    }
+
+    /// Waits until at least `workers` workers have joined (TCP workers join whenever they
+    /// connect; other transports have all theirs from the start), at most `timeout`, and
+    /// returns how many there are.
+    ///
+    /// # Errors
+    /// [`Error::WorkersMissing`] when fewer joined in time; the transport failed.
+    pub fn wait_for_workers(&self, workers: usize, timeout: Duration) -> Result<usize, Error> {
+        self.shared.check_open()?;
+        let joined = self.shared.pump(Until::after(timeout), |state| {
+            (state.slots.len() >= workers).then_some(state.slots.len())
+        })?;
+        match joined {
+            Some(joined) => Ok(joined),
+            None => Err(Error::WorkersMissing {
+                wanted: workers,
+                joined: self.shared.lock().slots.len(),
+                timeout,
+                hint: match self.listen {
+                    Some(addr) => format!(
+                        "start more workers with {}={}",
+                        parvm_transport::tcp::CONNECT_VAR,
+                        connect_address(addr, &self.shared.host)
+                    ),
+                    None => format!(
+                        "the `{}` transport has no more workers",
+                        self.shared.backend
+                    ),
+                },
+            }),
+        }
     }
 
     /// Hosts with workers, plus the spawner's own host, sorted by name.
@@ -260,7 +311,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The transport; default `PARVM_TRANSPORT`, else local.
+    /// The transport; default `PARVM_TRANSPORT`, else MPI under `mpirun`, else local.
     #[must_use]
     pub fn transport(mut self, kind: TransportKind) -> Self {
         self.transport = Some(kind);
@@ -294,12 +345,47 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
+    /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
+    /// from other hosts. Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The secret TCP workers must prove they know; default the secret file
+    /// (`PARVM_SECRET_FILE`, else `~/.parvm/secret`), created with a random secret when
+    /// missing. Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Makes [`start`](Self::start) wait until `workers` TCP workers have joined, at most
+    /// `timeout`; default: no wait (workers join whenever they connect, and VMs see them
+    /// as [`Message::HostAdd`](crate::Message::HostAdd)). Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_wait_for(mut self, workers: usize, timeout: Duration) -> Self {
+        self.wait_for = Some((workers, timeout));
+        self
+    }
+
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
+    /// The transport is the one set with [`transport`](Self::transport), else
+    /// `PARVM_TRANSPORT`, else MPI when the process was started by `mpirun` (and built
+    /// with the `mpi` feature), else local. A process is a worker when the local or TCP
+    /// transport started it (`PARVM_LOCAL_SOCKET`, `PARVM_CONNECT`) or when it is an MPI
+    /// rank other than 0.
+    ///
     /// # Errors
-    /// The configuration is invalid, a task name is registered twice, or the transport
-    /// cannot start.
+    /// The configuration is invalid, a task name is registered twice, the transport
+    /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
+    /// without the `mpi` feature, or fewer TCP workers than asked for with
+    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time.
     pub fn start(self) -> Result<Runtime, Error> {
         self.tasks.check()?;
         let config = match self.config {
@@ -307,27 +393,30 @@ impl RuntimeBuilder {
             None => Config::from_env().map_err(Error::Config)?,
         };
         crate::logging::init(config.log_filter(), self.debug);
-        let worker = parvm_transport::worker_from_env()
-            .map_err(|e| Error::transport("worker start-up", e))?;
+        let worker = parvm_transport::local::worker_from_env()
+            .map_err(|e| Error::transport("local", e))?
+            .map(|t| Box::new(t) as Box<dyn Transport>);
+        let worker = match worker {
+            Some(worker) => Some(worker),
+            None => parvm_transport::tcp::worker_from_env()
+                .map_err(|e| Error::transport("tcp", e))?
+                .map(|t| Box::new(t) as Box<dyn Transport>),
+        };
         if let Some(transport) = worker {
-            let code = match Worker::new(self.tasks, config)
-                .capture_output(true)
-                .serve(transport)
-            {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!(error = %e, "worker failed");
-                    1
-                }
-            };
-            std::process::exit(code);
+            serve_and_exit(self.tasks, config, transport);
         }
-        let kind = self
-            .transport
-            .or(config.transport())
-            .unwrap_or(TransportKind::Local);
+        let kind = match self.transport.or(config.transport()) {
+            Some(kind) => kind,
+            None if mpi_launch_size().is_some() => TransportKind::Mpi,
+            None => TransportKind::Local,
+        };
         let transport: Box<dyn Transport> = match kind {
             TransportKind::Local => {
+                if let Some(size) = mpi_launch_size().filter(|&size| size > 1) {
+                    tracing::warn!(
+                        "started by mpirun with {size} ranks but running the local transport: every rank is a spawner of its own"
+                    );
+                }
                 let workers = self
                     .workers
                     .or(config.workers())
@@ -355,19 +444,254 @@ impl RuntimeBuilder {
                         .map_err(|e| Error::transport("local", e))?,
                 )
             }
-            other => {
-                return Err(Error::Setting {
-                    setting: "transport",
-                    reason: format!(
-                        "the `{}` transport is not wired into the VM yet; use PARVM_TRANSPORT=local, or build the transport yourself and call `Runtime::from_transport`",
-                        other.name()
-                    ),
-                });
+            TransportKind::Tcp => {
+                let secret = match self.secret {
+                    Some(secret) => secret,
+                    None => {
+                        let path =
+                            Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
+                        Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
+                    }
+                };
+                let addr = match self.listen {
+                    Some(addr) => addr,
+                    None => listen_from_env()?,
+                };
+                let transport = TcpTransport::listen(
+                    TcpOptions::new(secret).addr(addr).host(config.hostname()),
+                )
+                .map_err(|e| Error::transport("tcp", e))?;
+                let bound = transport.local_addr().unwrap_or(addr);
+                let connect = connect_address(bound, config.hostname());
+                tracing::info!(listen = %bound, "tcp spawner listening");
+                eprintln!(
+                    "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
+                    parvm_transport::tcp::CONNECT_VAR,
+                    parvm_transport::tcp::SECRET_FILE_VAR,
+                );
+                let runtime = Runtime::from_transport(Box::new(transport), self.tasks, config)?;
+                let runtime = Runtime {
+                    listen: Some(bound),
+                    ..runtime
+                };
+                if let Some((workers, timeout)) = self.wait_for {
+                    runtime.wait_for_workers(workers, timeout)?;
+                }
+                return Ok(runtime);
             }
+            TransportKind::Mpi => return start_mpi(self.tasks, config),
         };
         Runtime::from_transport(transport, self.tasks, config)
     }
 }
+
+/// Runs the spawn loop in this worker process and exits the process.
+fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Transport>) -> ! {
+    let code = match Worker::new(tasks, config)
+        .capture_output(true)
+        .serve(transport)
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "worker failed");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// MPI: rank 0 becomes the spawner, every other rank serves and exits.
+#[cfg(feature = "mpi")]
+fn start_mpi(tasks: Tasks, config: Config) -> Result<Runtime, Error> {
+    let transport = parvm_transport::mpi::MpiTransport::init()
+        .map_err(|e| Error::transport("mpi", e))?
+        .leave_on_drop(true);
+    if transport.rank() != 0 {
+        // The output-forwarding thread keeps its handle on the transport until the
+        // process ends, but MPI must be finalised before that: the worker serves through
+        // a handle that can be closed under it.
+        let closable = mpi_worker::Closable::new(transport);
+        let code = match Worker::new(tasks, config)
+            .capture_output(true)
+            .serve(Box::new(closable.clone()))
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "worker failed");
+                1
+            }
+        };
+        closable.close();
+        std::process::exit(code);
+    }
+    let peers = transport.peers();
+    for peer in &peers {
+        tracing::info!(rank = peer.rank, host = %peer.host, "mpi rank");
+    }
+    if peers.len() < 2 {
+        tracing::warn!(
+            "mpi: this job has a single rank, so there are no workers; start it with `mpirun -n <1 + workers>`"
+        );
+    }
+    Runtime::from_transport(Box::new(transport), tasks, config)
+}
+
+/// A worker's MPI transport that can be finalised while other handles on it remain.
+#[cfg(feature = "mpi")]
+mod mpi_worker {
+    use std::sync::{Arc, PoisonError, RwLock};
+
+    use parvm_transport::mpi::MpiTransport;
+    use parvm_transport::{Event, Peer, Rank, Transport, Wait};
+
+    /// Shares one [`MpiTransport`]; [`Closable::close`] drops it (finalising MPI) and
+    /// every handle fails from then on as if the spawner were lost.
+    #[derive(Clone)]
+    pub(super) struct Closable {
+        inner: Arc<RwLock<Option<MpiTransport>>>,
+        rank: Rank,
+        peers: Vec<Peer>,
+    }
+
+    impl Closable {
+        pub(super) fn new(transport: MpiTransport) -> Closable {
+            Closable {
+                rank: transport.rank(),
+                peers: transport.peers(),
+                inner: Arc::new(RwLock::new(Some(transport))),
+            }
+        }
+
+        /// Drops the transport; waits for calls in progress on other handles.
+        pub(super) fn close(&self) {
+            let transport = self
+                .inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            drop(transport);
+        }
+
+        fn closed(&self, rank: Rank) -> parvm_transport::Error {
+            parvm_transport::Error::PeerLost {
+                rank,
+                host: self
+                    .peers
+                    .iter()
+                    .find(|p| p.rank == rank)
+                    .map(|p| p.host.clone())
+                    .unwrap_or_default(),
+                reason: "this worker has finalised MPI".to_owned(),
+            }
+        }
+    }
+
+    impl Transport for Closable {
+        fn rank(&self) -> Rank {
+            self.rank
+        }
+
+        fn peers(&self) -> Vec<Peer> {
+            self.peers.clone()
+        }
+
+        fn send(&self, to: Rank, payload: &[u8]) -> Result<(), parvm_transport::Error> {
+            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
+                Some(transport) => transport.send(to, payload),
+                None => Err(self.closed(to)),
+            }
+        }
+
+        fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
+            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
+                Some(transport) => transport.recv(wait),
+                None => Ok(Some(Event::PeerLost {
+                    rank: 0,
+                    reason: "this worker has finalised MPI".to_owned(),
+                })),
+            }
+        }
+
+        fn backend(&self) -> &'static str {
+            "mpi"
+        }
+
+        fn size(&self) -> usize {
+            self.peers.len()
+        }
+    }
+}
+
+/// MPI without the `mpi` feature: a clear error instead of N independent spawners.
+#[cfg(not(feature = "mpi"))]
+fn start_mpi(_tasks: Tasks, _config: Config) -> Result<Runtime, Error> {
+    let why = match mpi_launch_size() {
+        Some(size) => format!("this process was started by mpirun ({size} ranks)"),
+        None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),
+    };
+    Err(Error::Setting {
+        setting: "transport",
+        reason: format!(
+            "the MPI transport is not built into this program but {why}; build it with `--features mpi` (the `mpi` feature of parvm or parvm-vm), or set PARVM_TRANSPORT=local or tcp"
+        ),
+    })
+}
+
+/// The number of ranks when an MPI launcher started this process (Open MPI, MPICH/PMI,
+/// PMIx), read from its environment; `None` when no launcher did, or it started one rank
+/// of one process (then there is nothing to distribute).
+fn mpi_launch_size() -> Option<usize> {
+    const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
+    const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    let size = SIZE_VARS
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.trim().parse::<usize>().ok());
+    match size {
+        Some(size) => Some(size),
+        // A launcher that sets a rank but no size we know of: assume several ranks.
+        None if RANK_VARS.iter().any(|var| std::env::var_os(var).is_some()) => Some(2),
+        None => None,
+    }
+}
+
+/// `PARVM_LISTEN`, else loopback with a free port.
+fn listen_from_env() -> Result<SocketAddr, Error> {
+    let Some(value) = std::env::var_os(LISTEN_VAR).filter(|v| !v.is_empty()) else {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    };
+    let bad = |reason: String| Error::Setting {
+        setting: LISTEN_VAR,
+        reason,
+    };
+    let text = value
+        .to_str()
+        .ok_or_else(|| bad(format!("`{}` is not UTF-8", value.to_string_lossy())))?;
+    text.to_socket_addrs()
+        .map_err(|e| {
+            bad(format!(
+                "`{text}` is not an address to listen on ({e}); use host:port, e.g. 0.0.0.0:7070"
+            ))
+        })?
+        .next()
+        .ok_or_else(|| {
+            bad(format!(
+                "`{text}` resolves to no address; use host:port, e.g. 0.0.0.0:7070"
+            ))
+        })
+}
+
+/// The address workers connect to: the bound one, or this host's name and the port when
+/// bound to every interface.
+fn connect_address(bound: SocketAddr, host: &str) -> String {
+    if bound.ip().is_unspecified() {
+        format!("{host}:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
+}
+
+/// The variable naming the address a TCP spawner listens on.
+pub(crate) const LISTEN_VAR: &str = "PARVM_LISTEN";
 
 /// The environment local workers get, so they use the spawner's storage settings even
 /// when the spawner's configuration was built by hand.
@@ -394,6 +718,7 @@ fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.
 pub struct VmBuilder {
     shared: Arc<Shared>,
+    listen: Option<SocketAddr>,
     mirror: Vec<(String, PathBuf)>,
     startup: Option<PathBuf>,
     persistent: bool,
@@ -479,6 +804,7 @@ impl VmBuilder {
             .insert(index, std::collections::VecDeque::new());
         Ok(Vm {
             shared: self.shared,
+            listen: self.listen,
             index,
             mirror,
             folder,
@@ -507,6 +833,7 @@ fn translate_startup(config: &Config, dir: &Path) -> Result<Startup, Error> {
 /// and receives the messages of the tasks it spawned.
 pub struct Vm {
     shared: Arc<Shared>,
+    listen: Option<SocketAddr>,
     index: u32,
     mirror: Option<Vec<u8>>,
     folder: bool,
@@ -526,6 +853,7 @@ impl Vm {
     pub fn runtime(&self) -> Runtime {
         Runtime {
             shared: Arc::clone(&self.shared),
+            listen: self.listen,
         }
     }
 
