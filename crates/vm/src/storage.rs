@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use parvm_env_config::Config;
 use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
-use parvm_mirror_fs::{AbstractMirrorMap, MirrorMap, MirrorOptions};
+use parvm_mirror_fs::{AbstractMirrorMap, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder};
 
 use crate::Error;
 use crate::protocol::{SpawnRequest, Startup};
@@ -70,6 +70,9 @@ pub(crate) struct Storage {
     config: Config,
     local: Option<Result<LocalStorage, String>>,
     maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
+    /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
+    /// stat per source file and sees what tasks changed in the folder.
+    mirrored: HashMap<u32, MirroredFolder>,
 }
 
 impl Storage {
@@ -78,6 +81,7 @@ impl Storage {
             config: config.clone(),
             local: None,
             maps: HashMap::new(),
+            mirrored: HashMap::new(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Storage {
     /// Drops the persistent folder kept for VM `vm`.
     pub(crate) fn forget(&mut self, vm: u32) {
         self.maps.remove(&vm);
+        self.mirrored.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
         {
@@ -154,14 +159,8 @@ impl Storage {
             .take(request.vm, persistence)
             .map_err(|e| error_chain(&e))?;
         if let Some(map) = &map {
-            let options = MirrorOptions::new();
-            let copied = if folder.reused() {
-                parvm_mirror_fs::refresh(map, folder.path(), &options)
-            } else {
-                parvm_mirror_fs::mirror(map, folder.path(), &options)
-            };
             // On failure the folder is released by its drop (removed when temporary).
-            let report = copied.map_err(|e| error_chain(&e))?;
+            let report = self.fill(request.vm, &folder, map)?;
             tracing::debug!(
                 files = report.files,
                 bytes = report.bytes,
@@ -184,6 +183,35 @@ impl Storage {
             dir: Some(dir),
             folder: Some(folder),
         })
+    }
+
+    /// Mirrors `map` into `folder`. A temporary folder gets a plain copy; a persistent one
+    /// is refreshed when it was filled from the same map before, else mirrored afresh and
+    /// remembered for the next reuse.
+    fn fill(
+        &mut self,
+        vm: u32,
+        folder: &TaskFolder,
+        map: &MirrorMap,
+    ) -> Result<MirrorReport, String> {
+        let options = MirrorOptions::new();
+        if folder.persistence() == Persistence::Temporary {
+            return parvm_mirror_fs::mirror(map, folder.path(), &options)
+                .map_err(|e| error_chain(&e));
+        }
+        if folder.reused()
+            && let Some(mirrored) = self.mirrored.get_mut(&vm)
+            && mirrored.map() == map
+            && mirrored.task_dir() == folder.path()
+        {
+            return mirrored.refresh(&options).map_err(|e| error_chain(&e));
+        }
+        self.mirrored.remove(&vm);
+        let mirrored =
+            MirroredFolder::mirror(map, folder.path(), &options).map_err(|e| error_chain(&e))?;
+        let report = mirrored.report().clone();
+        self.mirrored.insert(vm, mirrored);
+        Ok(report)
     }
 
     /// The VM's mirror map on this host, decoded once per VM (and again if it changes).

@@ -33,6 +33,7 @@ suite!(
     two_vms_with_different_mirror_maps,
     temporary_folder_removed_even_when_the_task_fails,
     persistent_folder_is_reused_then_removed,
+    persistent_folder_never_runs_on_stale_inputs,
     describe_lists_hosts_slots_and_tasks,
     clear_local_storage_on_every_host,
     external_command_status_is_the_result,
@@ -364,6 +365,45 @@ fn persistent_folder_is_reused_then_removed(backend: Backend) {
     crate::harness::wait_until("the persistent folder is removed", || {
         h.task_folders().is_empty()
     });
+}
+
+fn persistent_folder_never_runs_on_stale_inputs(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let project = h.shared.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("in.txt"), "version 1").unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(project.join("*.txt").display().to_string(), ".")
+        .persistent(true)
+        .build()
+        .unwrap();
+    let read = |action: &str| -> String {
+        let ids = vm
+            .spawn(Spawn::task(
+                "read_then",
+                &("in.txt".to_string(), action.to_string()),
+            ))
+            .unwrap();
+        let (outcomes, _) = collect(&vm, &ids);
+        outcomes[&ids[0]]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .decode()
+            .unwrap()
+    };
+    // The task edits its copy in place (same size): the next task sees the source again.
+    assert_eq!(read("edit"), "version 1");
+    assert_eq!(read("keep"), "version 1");
+    // The source changes: the next task sees the new version, then deletes its copy.
+    std::fs::write(project.join("in.txt"), "version 2, longer").unwrap();
+    assert_eq!(read("delete"), "version 2, longer");
+    assert_eq!(read("keep"), "version 2, longer");
+    assert_eq!(h.task_folders().len(), 1, "one persistent folder, reused");
 }
 
 fn describe_lists_hosts_slots_and_tasks(backend: Backend) {

@@ -52,6 +52,7 @@ pub fn tasks() -> Tasks {
             names.sort();
             Ok::<_, String>(names)
         })
+        .register("read_then", read_then)
         .register("cwd", |_: &TaskContext, (): ()| {
             std::env::current_dir()
                 .map(|d| d.display().to_string())
@@ -85,6 +86,20 @@ pub fn tasks() -> Tasks {
 }
 
 /// Sends every message back to its sender until an empty one arrives; returns the count.
+/// Reads a file in the task folder, then `edit`s it in place (same size), `delete`s it, or
+/// leaves it (`keep`): the next task on a persistent folder must see the source again.
+fn read_then(ctx: &TaskContext, (name, action): (String, String)) -> Result<String, String> {
+    let dir = ctx.dir().ok_or("this task has no folder")?;
+    let path = dir.join(&name);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{name}`: {e}"))?;
+    match action.as_str() {
+        "edit" => std::fs::write(&path, "x".repeat(text.len())).map_err(|e| e.to_string())?,
+        "delete" => std::fs::remove_file(&path).map_err(|e| e.to_string())?,
+        _ => {}
+    }
+    Ok(text)
+}
+
 fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
     let mut count = 0;
     loop {
