@@ -1,5 +1,5 @@
-//! The behaviour suite: every function takes a backend, and runs on each of them (the MPI
-//! backend is to join the list).
+//! The behaviour suite: every function takes a backend, and runs on each of them: memory,
+//! local, TCP, and MPI (with the `mpi` feature, under `mpirun`; see `crate::mpirun`).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -15,6 +15,21 @@ macro_rules! suite {
         }
         mod local {
             $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
+        }
+        mod tcp {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
+        }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )*
         }
     };
 }

@@ -2,11 +2,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parvm_transport::tcp::Secret;
 use parvm_vm::memory::MemoryTransport;
-use parvm_vm::{Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, Value, Vm, Worker};
+use parvm_vm::{
+    Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, TransportKind, Value, Vm, Worker,
+};
 
 /// Which transport a suite runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +19,51 @@ pub enum Backend {
     Memory,
     /// Worker processes running the test program, over Unix sockets.
     Local,
+    /// Worker processes running the test program, connected over TCP (`PARVM_CONNECT`).
+    Tcp,
+    /// This test program as rank 0 under `mpirun`, the test program as the other ranks
+    /// (see `crate::mpirun`).
+    #[cfg(feature = "mpi")]
+    Mpi,
+}
+
+/// A folder a harness works in: a temporary one it owns, or one it was given (under
+/// `mpirun`, the folders belong to the test that started mpirun).
+pub struct Folder {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Folder {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl From<tempfile::TempDir> for Folder {
+    fn from(temp: tempfile::TempDir) -> Folder {
+        Folder {
+            path: temp.path().to_owned(),
+            _temp: Some(temp),
+        }
+    }
+}
+
+/// Kills and reaps a worker process when dropped, after giving it a moment to leave.
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -23,8 +72,10 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub struct Harness {
     pub runtime: Option<Runtime>,
     threads: Vec<JoinHandle<()>>,
-    pub local: tempfile::TempDir,
-    pub shared: tempfile::TempDir,
+    processes: Vec<WorkerProcess>,
+    pub local: Folder,
+    pub shared: Folder,
+    _secret: Option<tempfile::TempDir>,
 }
 
 pub fn config(local: &Path, shared: &Path, host: &str) -> Config {
@@ -42,6 +93,10 @@ impl Harness {
     }
 
     pub fn start_hosts(backend: Backend, hosts: &[(&str, usize)]) -> Harness {
+        #[cfg(feature = "mpi")]
+        if backend == Backend::Mpi {
+            return Harness::start_mpi(hosts);
+        }
         let local = tempfile::tempdir().expect("temp folder");
         let shared = tempfile::tempdir().expect("temp folder");
         Harness::start_in(backend, hosts, local, shared)
@@ -55,6 +110,8 @@ impl Harness {
     ) -> Harness {
         let config = config(local.path(), shared.path(), "spawner");
         let mut threads = Vec::new();
+        let mut processes = Vec::new();
+        let mut secret_dir = None;
         let runtime = match backend {
             Backend::Memory => {
                 let mut names = vec!["spawner"];
@@ -81,12 +138,98 @@ impl Harness {
                 .program(env!("CARGO_BIN_EXE_parvm-vm-testprog"), Vec::new())
                 .start()
                 .expect("local runtime starts"),
+            Backend::Tcp => {
+                let dir = tempfile::tempdir().expect("temp folder");
+                let secret_file = dir.path().join("secret");
+                let secret = Secret::load_or_create(&secret_file).expect("secret file");
+                secret_dir = Some(dir);
+                let runtime = Runtime::builder(crate::tasks::tasks())
+                    .config(config.clone())
+                    .transport(TransportKind::Tcp)
+                    .tcp_listen(([127, 0, 0, 1], 0).into())
+                    .tcp_secret(secret)
+                    .start()
+                    .expect("tcp runtime starts");
+                let addr = runtime.tcp_addr().expect("a tcp address");
+                // One at a time, so ranks follow the order of `hosts` as on the other
+                // backends (ranks are given in the order workers connect).
+                let mut joined = 0;
+                for (host, count) in hosts {
+                    for _ in 0..*count {
+                        let child = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+                            .env("PARVM_CONNECT", addr.to_string())
+                            .env("PARVM_SECRET_FILE", &secret_file)
+                            .env("PARVM_HOSTNAME", host)
+                            .env("PARALLEL_LOCAL_STORAGE", local.path())
+                            .env("PARALLEL_MIRRORED_STORAGE", shared.path())
+                            .env_remove("PARVM_TRANSPORT")
+                            .env_remove("PARVM_LOCAL_SOCKET")
+                            .stdin(Stdio::null())
+                            .spawn()
+                            .expect("start a tcp worker");
+                        processes.push(WorkerProcess(child));
+                        joined += 1;
+                        runtime
+                            .wait_for_workers(joined, DEADLINE)
+                            .expect("the tcp worker joins");
+                    }
+                }
+                runtime
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi => unreachable!("handled by start_mpi"),
         };
         Harness {
             runtime: Some(runtime),
             threads,
-            local,
-            shared,
+            processes,
+            local: local.into(),
+            shared: shared.into(),
+            _secret: secret_dir,
+        }
+    }
+
+    /// Rank 0 of an `mpirun` started by `crate::mpirun::suite_test`: the folders come
+    /// from the environment, and the ranks must be laid out as `hosts` says.
+    #[cfg(feature = "mpi")]
+    fn start_mpi(hosts: &[(&str, usize)]) -> Harness {
+        if std::env::var_os(crate::mpirun::PROBE_VAR).is_some() {
+            crate::mpirun::report_layout(hosts);
+        }
+        let var = |name: &str| -> PathBuf {
+            std::env::var_os(name)
+                .unwrap_or_else(|| panic!("{name} is not set under mpirun"))
+                .into()
+        };
+        let local = var("PARALLEL_LOCAL_STORAGE");
+        let shared = var("PARALLEL_MIRRORED_STORAGE");
+        let runtime = Runtime::builder(crate::tasks::tasks())
+            .config(config(&local, &shared, "spawner"))
+            .transport(TransportKind::Mpi)
+            .start()
+            .expect("mpi runtime starts");
+        let layout = runtime.describe();
+        for (host, count) in hosts {
+            let found = layout
+                .hosts
+                .iter()
+                .find(|h| h.host.to_string() == *host)
+                .map_or(0, |h| h.slots.len());
+            assert_eq!(found, *count, "ranks on host {host}: {layout}");
+        }
+        Harness {
+            runtime: Some(runtime),
+            threads: Vec::new(),
+            processes: Vec::new(),
+            local: Folder {
+                path: local,
+                _temp: None,
+            },
+            shared: Folder {
+                path: shared,
+                _temp: None,
+            },
+            _secret: None,
         }
     }
 
@@ -127,6 +270,7 @@ impl Drop for Harness {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        self.processes.clear();
     }
 }
 

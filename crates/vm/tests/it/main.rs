@@ -1,9 +1,21 @@
 //! Integration tests of parvm-vm. The behaviour suite runs on every backend; faults that
-//! need real processes run on the local backend only.
+//! need real processes run on the local backend, and under `mpirun` with the `mpi` feature.
 
 #[path = "../../src/bin/parvm-vm-testprog/tasks.rs"]
 mod tasks;
 
 mod behaviour;
 mod harness;
+#[cfg(feature = "mpi")]
+mod mpirun;
 mod processes;
+
+/// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
+/// silently.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn mpi_suite_needs_the_mpi_feature() {
+    eprintln!(
+        "SKIPPING the MPI suite: built without the `mpi` feature (run `cargo test -p parvm-vm --features mpi`)"
+    );
+}
