@@ -3,6 +3,7 @@
 pub mod config;
 pub mod mirror;
 pub mod storage;
+pub mod worker;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -27,6 +27,8 @@ enum Command {
         #[command(subcommand)]
         action: commands::storage::Action,
     },
+    /// Join a TCP spawner as a worker that runs external-command tasks.
+    Worker(commands::worker::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Config => commands::config::run(cli.json),
         Command::Mirror(args) => commands::mirror::run(&args, cli.json),
         Command::Storage { action } => commands::storage::run(&action, cli.json),
+        Command::Worker(args) => commands::worker::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
