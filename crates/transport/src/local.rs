@@ -515,20 +515,27 @@ fn explain_loss(proc: &WorkerProc, reason: String) -> String {
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut pause = Duration::from_micros(50);
     loop {
-        if let Some(status) = proc.try_status() {
-            return format!(
-                "worker rank {} (pid {}) on host `{}`: {reason}; the process {}",
-                proc.rank,
-                proc.pid,
-                proc.host,
-                describe_status(status)
+        let status = proc.try_status();
+        if status.is_some() || Instant::now() >= deadline {
+            let fate = status.map_or_else(
+                || "is still running".to_string(),
+                |status| describe_status(status),
             );
-        }
-        if Instant::now() >= deadline {
-            return format!(
-                "worker rank {} (pid {}) on host `{}`: {reason}; the process is still running",
+            let text = format!(
+                "worker rank {} (pid {}) on host `{}`: {reason}; the process {fate}",
                 proc.rank, proc.pid, proc.host
             );
+            // The hub logs a clean close at debug level, as the orderly way to leave; a
+            // worker that closed cleanly because it died or failed deserves a warning.
+            if reason == star::CLOSED && !status.is_some_and(|s| s.success()) {
+                tracing::warn!(
+                    backend = "local",
+                    rank = proc.rank,
+                    host = %proc.host,
+                    "lost peer: {text}"
+                );
+            }
+            return text;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

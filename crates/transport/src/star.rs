@@ -3,12 +3,12 @@
 //! one socket directly in `recv`, with no thread in between).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,20 +18,67 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{Error, Event, Peer, Rank, Wait, frame};
 
-/// How long the spawner's `recv` spins on its channel before it sleeps. Being woken costs
-/// a few microseconds per hop, and the spawner has two hops (socket to reader thread,
-/// reader thread to channel); a message in a ping-pong usually arrives within this time.
-const HUB_SPIN: Duration = Duration::from_micros(HUB_SPIN_US);
-const HUB_SPIN_US: u64 = 20;
+/// How long a waiter spins before it sleeps, unless `PARVM_SPIN_US` says otherwise; see
+/// [`Spin`].
+const SPIN_WINDOW_US: u64 = 100;
 
-/// How long a worker's `recv` spins on its socket before it sleeps. Zero: a spinning
-/// worker takes the core that the spawner's reader thread needs to deliver its next
-/// message, which on small machines costs far more than it saves.
-const CLIENT_SPIN: Duration = Duration::from_micros(CLIENT_SPIN_US);
-const CLIENT_SPIN_US: u64 = 0;
+/// Overrides [`SPIN_WINDOW_US`]: microseconds a waiting `recv` polls before it sleeps
+/// (0: never spin, for machines shared with other jobs).
+pub const SPIN_VAR: &str = "PARVM_SPIN_US";
 
-/// Size of the read buffer on each connection: small frames arrive in one system call.
-const READ_BUFFER: usize = 64 * 1024;
+/// Size of the read buffer on each connection: small frames (and bursts of them) arrive
+/// in one system call, while the part of a big payload that passes through this buffer
+/// (and is copied twice) stays small; the rest is read straight into the payload.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Reads one frame like [`frame::read_frame`], but copies only what is already buffered
+/// and reads the rest of the payload straight from the stream into memory that is not
+/// zeroed first: a 10 MiB payload costs the kernel's copy and nothing more.
+fn read_frame(reader: &mut BufReader<Stream>, max_frame: u64) -> Result<Option<Vec<u8>>, Error> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    let mut got = 0;
+    while got < frame::HEADER_LEN {
+        match reader.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: frame::HEADER_LEN as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    let len = frame::decode_header(&header, max_frame)?;
+    let mut payload = Vec::with_capacity(len);
+    let buffered = reader.buffer();
+    let take = buffered.len().min(len);
+    payload.extend_from_slice(&buffered[..take]);
+    reader.consume(take);
+    let rest = (len - payload.len()) as u64;
+    if rest > 0 {
+        // The buffer is empty now, so reading past it keeps the stream in order.
+        // Through the concrete stream: std reads into its uninitialised memory directly,
+        // where a generic reader would zero each chunk first.
+        let read = match reader.get_mut() {
+            Stream::Unix(s) => Read::take(&*s, rest).read_to_end(&mut payload),
+            Stream::Tcp(s) => Read::take(&*s, rest).read_to_end(&mut payload),
+        };
+        match read {
+            Ok(_) if payload.len() == len => {}
+            Ok(_) => {
+                return Err(Error::FrameTruncated {
+                    expected: len as u64,
+                    got: payload.len() as u64,
+                });
+            }
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(Some(payload))
+}
 
 /// A connected byte stream of either family.
 #[derive(Debug)]
@@ -101,61 +148,140 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Waits until `fd` is readable (or hung up), as long as `wait` allows: spins briefly, then
-/// sleeps in `poll`. Returns whether it is readable.
-fn wait_readable(fd: BorrowedFd<'_>, wait: Wait) -> io::Result<bool> {
-    let poll_once = |timeout: PollTimeout| -> io::Result<bool> {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(n) => return Ok(n > 0),
-                Err(Errno::EINTR) => {}
-                Err(errno) => return Err(io::Error::from(errno)),
+/// The spin window: [`SPIN_WINDOW_US`], or `PARVM_SPIN_US` when set to a number.
+fn spin_window() -> Duration {
+    static WINDOW: OnceLock<Duration> = OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        let us = std::env::var(SPIN_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(SPIN_WINDOW_US);
+        Duration::from_micros(us.min(1_000_000))
+    })
+}
+
+/// Adaptive spin-then-sleep for one waiter.
+///
+/// Waking a sleeping process costs tens of microseconds on a virtual machine (the idle
+/// vCPU halts and must be woken by the hypervisor), far more than the message it waits
+/// for takes to arrive in a ping-pong or a spawn round trip. So a waiter first polls for a
+/// short window, yielding the core between polls: a thread woken on the same core (such as
+/// the spawner's reader thread, or another worker) runs at once, so spinning never holds
+/// back the thread that must produce the message. It spins only while recent waits were
+/// short: after a wait longer than twice the window it sleeps at once, so an idle process
+/// burns no core. A wait measured while not spinning includes the wake-up (and makes the
+/// peer wait longer too), so both ends could stay asleep for good; hence the margin of
+/// twice the window, and a probe spin every [`PROBE_EVERY`] waits while spinning is off.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    on: AtomicBool,
+    /// Waits since spinning was turned off.
+    off_for: AtomicU32,
+}
+
+/// While spinning is off, every this many waits spin anyway, to find out whether the
+/// messages have become quick again.
+const PROBE_EVERY: u32 = 16;
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin {
+            on: AtomicBool::new(true),
+            off_for: AtomicU32::new(0),
+        }
+    }
+
+    /// Polls `ready` until it yields something, the spin window (counted from `start`)
+    /// ends, or `deadline` passes. Does nothing while spinning is off.
+    fn spin<T>(
+        &self,
+        start: Instant,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> io::Result<Option<T>>,
+    ) -> io::Result<Option<T>> {
+        let window = spin_window();
+        if window.is_zero() {
+            return Ok(None);
+        }
+        if !self.on.load(Ordering::Relaxed) {
+            let off_for = self.off_for.fetch_add(1, Ordering::Relaxed) + 1;
+            if off_for % PROBE_EVERY != 0 {
+                return Ok(None);
             }
         }
-    };
-    if poll_once(PollTimeout::ZERO)? {
-        return Ok(true);
-    }
-    let deadline = match wait {
-        Wait::NoWait => return Ok(false),
-        Wait::Forever => None,
-        Wait::For(d) => Some(Instant::now() + d),
-    };
-    let spin_until = Instant::now() + CLIENT_SPIN;
-    while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
-        std::hint::spin_loop();
-        if poll_once(PollTimeout::ZERO)? {
-            return Ok(true);
+        let until = deadline.map_or(start + window, |d| d.min(start + window));
+        loop {
+            if let Some(found) = ready()? {
+                return Ok(Some(found));
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            std::thread::yield_now();
         }
     }
+
+    /// Remembers how long a wait that started at `start` took (`None`: it timed out).
+    fn record(&self, start: Option<Instant>) {
+        let quick = start.is_some_and(|start| start.elapsed() < 2 * spin_window());
+        if quick {
+            self.off_for.store(0, Ordering::Relaxed);
+        }
+        self.on.store(quick, Ordering::Relaxed);
+    }
+}
+
+/// How a worker's wait for its socket went.
+enum Waited {
+    /// Data was there already.
+    No,
+    /// It waited from this moment on, and data is there (or the read will wait for it).
+    Since(Instant),
+    /// No data came in time.
+    TimedOut,
+}
+
+/// Whether `fd` is readable (or hung up) right now.
+fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    poll_readable(fd, PollTimeout::ZERO)
+}
+
+fn poll_readable(fd: BorrowedFd<'_>, timeout: PollTimeout) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(io::Error::from(errno)),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or hung up), sleeping in `poll` until `deadline` (`None`:
+/// forever). Returns whether it is readable.
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
     loop {
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(false);
+                    return readable_now(fd);
                 }
                 // Round up to whole milliseconds so a short wait does not turn into a spin.
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
                 PollTimeout::try_from(Duration::from_millis(ms as u64)).unwrap_or(PollTimeout::MAX)
             }
         };
-        if poll_once(timeout)? {
+        if poll_readable(fd, timeout)? {
             return Ok(true);
         }
     }
 }
 
-/// Receives from a channel as long as `wait` allows, spinning briefly before sleeping
-/// when the previous wait was short.
-///
-/// The spin is adaptive: spinning holds a core, and on a small machine the reader thread
-/// that must deliver the message may need that very core (a big payload keeps it busy
-/// longer than the spin). So the receiver spins only while messages keep arriving within
-/// the spin window, and sleeps at once after a wait that took longer.
-fn recv_channel(rx: &Receiver<Event>, wait: Wait, spin: &AtomicBool) -> Option<Event> {
+/// Receives from a channel as long as `wait` allows, spinning briefly (see [`Spin`])
+/// before sleeping.
+fn recv_channel(rx: &Receiver<Event>, wait: Wait, spin: &Spin) -> Option<Event> {
     match rx.try_recv() {
         Ok(event) => return Some(event),
         Err(TryRecvError::Disconnected) => return None,
@@ -167,26 +293,23 @@ fn recv_channel(rx: &Receiver<Event>, wait: Wait, spin: &AtomicBool) -> Option<E
         Wait::Forever => None,
         Wait::For(d) => Some(start + d),
     };
-    let got = |event: Event| {
-        spin.store(start.elapsed() < HUB_SPIN, Ordering::Relaxed);
-        Some(event)
-    };
-    if spin.load(Ordering::Relaxed) {
-        let spin_until = start + HUB_SPIN;
-        while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
-            std::hint::spin_loop();
-            if let Ok(event) = rx.try_recv() {
-                return got(event);
-            }
-        }
-    }
-    match deadline {
-        None => rx.recv().ok().and_then(got),
-        Some(deadline) => match rx.recv_deadline(deadline) {
-            Ok(event) => got(event),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+    let spun = spin.spin(start, deadline, || match rx.try_recv() {
+        Ok(event) => Ok(Some(Some(event))),
+        Err(TryRecvError::Disconnected) => Ok(Some(None)),
+        Err(TryRecvError::Empty) => Ok(None),
+    });
+    let event = match spun {
+        Ok(Some(event)) => event,
+        _ => match deadline {
+            None => rx.recv().ok(),
+            Some(deadline) => match rx.recv_deadline(deadline) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            },
         },
-    }
+    };
+    spin.record(event.as_ref().map(|_| start));
+    event
 }
 
 // --- worker side -----------------------------------------------------------------------
@@ -203,6 +326,8 @@ pub(crate) struct Client {
     writer: Mutex<Stream>,
     /// Mirrors `ClientReader::lost`, readable while another thread blocks in `recv`.
     spawner_lost: AtomicBool,
+    /// How `recv` spins before sleeping.
+    spin: Spin,
 }
 
 #[derive(Debug)]
@@ -234,6 +359,7 @@ impl Client {
             }),
             writer: Mutex::new(writer),
             spawner_lost: AtomicBool::new(false),
+            spin: Spin::new(),
         })
     }
 
@@ -278,6 +404,37 @@ impl Client {
         })
     }
 
+    /// Waits until the socket has data (or hung up) as long as `wait` allows: spins
+    /// briefly (see [`Spin`]), then sleeps (a blocking `Wait::Forever` returns at once and
+    /// leaves the sleeping to the read that follows).
+    fn wait_socket(&self, stream: &Stream, wait: Wait) -> io::Result<Waited> {
+        let fd = stream.as_fd();
+        if readable_now(fd)? {
+            return Ok(Waited::No);
+        }
+        let start = Instant::now();
+        let deadline = match wait {
+            Wait::NoWait => return Ok(Waited::TimedOut),
+            Wait::Forever => None,
+            Wait::For(d) => Some(start + d),
+        };
+        if self
+            .spin
+            .spin(start, deadline, || Ok(readable_now(fd)?.then_some(())))?
+            .is_some()
+        {
+            return Ok(Waited::Since(start));
+        }
+        // Waiting forever needs no poll: the blocking read that follows sleeps until data
+        // arrives, and saves two system calls per message.
+        if deadline.is_none() || wait_readable(fd, deadline)? {
+            Ok(Waited::Since(start))
+        } else {
+            self.spin.record(None);
+            Ok(Waited::TimedOut)
+        }
+    }
+
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
         let mut reader = lock(&self.reader);
         if let Some(reason) = &reader.lost {
@@ -287,21 +444,24 @@ impl Client {
                 reason: reason.clone(),
             });
         }
-        // Waiting forever needs no poll: a blocking read sleeps until data arrives, and
-        // saves two system calls per message.
-        if reader.stream.buffer().is_empty() && wait != Wait::Forever {
-            let ready = wait_readable(reader.stream.get_ref().as_fd(), wait).map_err(|source| {
+        let mut waited = Waited::No;
+        if reader.stream.buffer().is_empty() {
+            waited = self.wait_socket(reader.stream.get_ref(), wait).map_err(|source| {
                 Error::Io {
                     backend: self.backend,
                     what: "wait for the spawner's next message".into(),
                     source,
                 }
             })?;
-            if !ready {
+            if matches!(waited, Waited::TimedOut) {
                 return Ok(None);
             }
         }
-        let reason = match frame::read_frame(&mut reader.stream, self.max_frame) {
+        let read = read_frame(&mut reader.stream, self.max_frame);
+        if let Waited::Since(start) = waited {
+            self.spin.record(Some(start));
+        }
+        let reason = match read {
             Ok(Some(payload)) => return Ok(Some(Event::Message { from: 0, payload })),
             Ok(None) => "the spawner closed the connection".to_string(),
             Err(err) => format!("the connection to the spawner broke: {}", error_chain(&err)),
@@ -347,13 +507,17 @@ pub(crate) struct Hub {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     closing: AtomicBool,
-    /// Whether `recv` spins before sleeping; see [`recv_channel`].
-    spin: AtomicBool,
+    /// How `recv` spins before sleeping.
+    spin: Spin,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The reason given when a peer closed its connection between two frames.
+pub(crate) const CLOSED: &str = "it closed its connection";
+
 /// Turns the reason a connection ended into the reason reported in `PeerLost` (the local
-/// backend adds the process's exit status).
+/// backend adds the process's exit status). The hub logs a clean close ([`CLOSED`]) at
+/// debug level, so an explainer that learns the peer died should warn itself.
 pub(crate) type Explain = Box<dyn FnOnce(String) -> String + Send>;
 
 impl Hub {
@@ -367,7 +531,7 @@ impl Hub {
             tx,
             rx,
             closing: AtomicBool::new(false),
-            spin: AtomicBool::new(true),
+            spin: Spin::new(),
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -424,12 +588,12 @@ impl Hub {
     fn read_loop(&self, conn: &Conn, stream: Stream, explain: Explain) {
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
         let reason = loop {
-            match frame::read_frame(&mut reader, self.max_frame) {
+            match read_frame(&mut reader, self.max_frame) {
                 Ok(Some(payload)) => self.post(Event::Message {
                     from: conn.peer.rank,
                     payload,
                 }),
-                Ok(None) => break "it closed its connection".to_string(),
+                Ok(None) => break CLOSED.to_string(),
                 Err(err) => break format!("its connection failed: {}", error_chain(&err)),
             }
         };
@@ -438,13 +602,26 @@ impl Hub {
         if self.is_closing() {
             return;
         }
+        // A clean end of stream is how a worker leaves after it was told to (finalize), so
+        // it is no news; a broken connection is. The local backend warns on its own about
+        // a worker that closed cleanly because it died (see `Explain`).
+        let orderly = reason == CLOSED;
         let reason = explain(reason);
-        tracing::warn!(
-            backend = self.backend,
-            rank = conn.peer.rank,
-            host = %conn.peer.host,
-            "lost peer: {reason}"
-        );
+        if orderly {
+            tracing::debug!(
+                backend = self.backend,
+                rank = conn.peer.rank,
+                host = %conn.peer.host,
+                "peer left: {reason}"
+            );
+        } else {
+            tracing::warn!(
+                backend = self.backend,
+                rank = conn.peer.rank,
+                host = %conn.peer.host,
+                "lost peer: {reason}"
+            );
+        }
         self.post(Event::PeerLost {
             rank: conn.peer.rank,
             reason,

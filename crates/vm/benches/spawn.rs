@@ -1,16 +1,26 @@
-//! Spawn and messaging benchmarks of the VM on the local backend (run with
-//! `cargo bench -p parvm-vm`). This binary is also its own worker program.
+//! Spawn and messaging benchmarks of the VM on the local backend. This binary is also its
+//! own worker program.
 //!
-//! - no-op spawn round trip (spawn, result, exit) on 1 worker: median µs per task;
-//! - no-op tasks on all workers kept busy: tasks per second;
-//! - VM-level ping-pong one-way latency and rate for 0 B, 1 KiB, 100 KiB, 10 MiB, next to
-//!   the transport crate's raw Unix-socket baseline;
-//! - whole-process start + finalize with 2 workers (the test program, median of 10).
+//! `cargo bench -p parvm-vm --bench spawn [-- spawn|messaging]` runs one part, or both when
+//! no part is named:
+//!
+//! - `spawn`: no-op spawn round trip (spawn, result, exit), median µs, with 1 worker and
+//!   with all workers started; no-op tasks per second with all workers kept busy; whole
+//!   process start + finalize with 2 workers (the test program, median of 10);
+//! - `messaging`: ping-pong one-way latency and rate through the VM for 0 B, 1 KiB,
+//!   100 KiB and 10 MiB, next to the transport crate's raw Unix-socket ping-pong of the
+//!   same size in the same run, with the ratios.
+//!
+//! Other processes on the machine change these numbers a lot (a busy machine wakes a
+//! sleeping process faster than an idle one), so run it several times; `uptime` shows
+//! the load.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use parvm_vm::{Message, Runtime, Spawn, TaskContext, Tasks, Vm};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn tasks() -> Tasks {
     Tasks::new()
@@ -29,44 +39,64 @@ fn tasks() -> Tasks {
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
-    samples[samples.len() / 2]
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
-fn wait_exit(vm: &Vm) {
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn wait_exit(vm: &Vm) -> Res<()> {
     loop {
-        if let Message::TaskExit { .. } = vm.recv().expect("recv") {
-            return;
+        if let Message::TaskExit { .. } = vm.recv()? {
+            return Ok(());
         }
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
+fn start(workers: usize) -> Res<(Runtime, Vm)> {
     let runtime = Runtime::builder(tasks()).workers(workers).start()?;
     let vm = runtime.vm().build()?;
-    println!("parvm-vm benchmarks, local backend, {workers} workers");
+    Ok((runtime, vm))
+}
 
-    // No-op round trip on one worker.
-    let rounds = 20_000;
+/// Median no-op spawn round trip: spawn one task, wait for its result and exit.
+fn round_trip(vm: &Vm, rounds: usize) -> Res<Duration> {
+    let warm = rounds / 10;
     let mut samples = Vec::with_capacity(rounds);
-    for i in 0..rounds + 1000 {
+    for i in 0..rounds + warm {
         let start = Instant::now();
-        vm.spawn(Spawn::task("noop", &()).hosts([vm.host_id()]))?;
-        wait_exit(&vm);
-        if i >= 1000 {
+        vm.spawn(Spawn::task("noop", &()))?;
+        wait_exit(vm)?;
+        if i >= warm {
             samples.push(start.elapsed());
         }
     }
-    let med = median(samples);
+    Ok(median(samples))
+}
+
+fn spawn_part(workers: usize) -> Res<()> {
+    let rounds = 20_000;
+    {
+        let (runtime, vm) = start(1)?;
+        let med = round_trip(&vm, rounds)?;
+        println!(
+            "no-op spawn round trip, 1 worker     : median {:7.1} us  ({:.0} tasks/s)",
+            us(med),
+            1.0 / med.as_secs_f64()
+        );
+        drop(vm);
+        runtime.finalize()?;
+    }
+    let (runtime, vm) = start(workers)?;
+    let med = round_trip(&vm, rounds)?;
     println!(
-        "no-op spawn round trip, 1 worker : median {:6.1} us  ({:.0} tasks/s)",
-        med.as_secs_f64() * 1e6,
+        "no-op spawn round trip, {workers} workers    : median {:7.1} us  ({:.0} tasks/s)",
+        us(med),
         1.0 / med.as_secs_f64()
     );
 
-    // No-op tasks, all workers busy.
+    // No-op tasks, all workers kept busy.
     let total = 40_000u64;
     let start = Instant::now();
     let (mut spawned, mut done) = (0u64, 0u64);
@@ -80,44 +110,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "no-op tasks, {workers} workers busy   : {:6.1} us/task  ({:.0} tasks/s)",
+        "no-op tasks, {workers} workers busy         : {:7.1} us/task ({:.0} tasks/s)",
         secs / total as f64 * 1e6,
         total as f64 / secs
     );
-
-    // Ping-pong through the VM.
-    let ids = vm.spawn(Spawn::task("bounce", &()))?;
-    let task = ids[0];
-    println!("ping-pong one-way (median)        :        VM           raw Unix socket");
-    for size in [0usize, 1024, 100 * 1024, 10 * 1024 * 1024] {
-        let data = vec![0x5au8; size];
-        let rounds = if size >= 1 << 20 { 30 } else { 3000 };
-        let mut samples = Vec::with_capacity(rounds);
-        for i in 0..rounds + 5 {
-            let start = Instant::now();
-            vm.send_bytes(task, &data)?;
-            match vm.recv()? {
-                Message::User { .. } => {}
-                other => return Err(format!("unexpected {other:?}").into()),
-            }
-            if i >= 5 {
-                samples.push(start.elapsed());
-            }
-        }
-        let one_way = median(samples) / 2;
-        let raw = parvm_transport::bench_support::raw_unix_pingpong(size, rounds)?;
-        let rate = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
-        println!(
-            "  {:>9} B                      : {:8.1} us {:7.0} MB/s  {:8.1} us {:7.0} MB/s",
-            size,
-            one_way.as_secs_f64() * 1e6,
-            rate(one_way),
-            raw.one_way.as_secs_f64() * 1e6,
-            rate(raw.one_way)
-        );
-    }
-    vm.send_bytes(task, b"stop")?;
-    wait_exit(&vm);
     drop(vm);
     runtime.finalize()?;
 
@@ -138,8 +134,83 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!(
-        "start + finalize, 2 workers       : median {:6.1} ms (whole process)",
+        "start + finalize, 2 workers          : median {:7.1} ms (whole process)",
         median(samples).as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+fn messaging_part(workers: usize) -> Res<()> {
+    let (runtime, vm) = start(workers)?;
+    let ids = vm.spawn(Spawn::task("bounce", &()))?;
+    let Some(&task) = ids.first() else {
+        return Err("no free slot for the bounce task".into());
+    };
+    println!(
+        "ping-pong one-way, median  :       VM             raw Unix socket      VM/raw  raw/VM rate"
+    );
+    for size in [0usize, 1024, 100 * 1024, 10 * 1024 * 1024] {
+        let data = vec![0x5au8; size];
+        let rounds = if size >= 1 << 20 { 40 } else { 3000 };
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..rounds + 5 {
+            let start = Instant::now();
+            vm.send_bytes(task, &data)?;
+            match vm.recv()? {
+                Message::User { data: back, .. } if back.bytes().len() == size => {}
+                other => return Err(format!("unexpected {other:?}").into()),
+            }
+            if i >= 5 {
+                samples.push(start.elapsed());
+            }
+        }
+        let one_way = median(samples) / 2;
+        let raw = parvm_transport::bench_support::raw_unix_pingpong(size, rounds)?.one_way;
+        let rate = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
+        let ratio = one_way.as_secs_f64() / raw.as_secs_f64();
+        println!(
+            "  {:>9} B               : {:8.1} us {:6.0} MB/s  {:8.1} us {:6.0} MB/s  {:5.2}x  {:5.0}%",
+            size,
+            us(one_way),
+            rate(one_way),
+            us(raw),
+            rate(raw),
+            ratio,
+            100.0 / ratio
+        );
+    }
+    vm.send_bytes(task, b"stop")?;
+    wait_exit(&vm)?;
+    drop(vm);
+    runtime.finalize()?;
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    // `cargo bench` adds `--bench`; the first other argument names the part to run.
+    let part = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let (spawn, messaging) = match part.as_deref() {
+        None => (true, true),
+        Some("spawn") => (true, false),
+        Some("messaging") => (false, true),
+        Some(other) => {
+            return Err(
+                format!("unknown part `{other}`: use `spawn`, `messaging` or nothing").into(),
+            );
+        }
+    };
+    // Workers run this same main; only the spawner prints the header.
+    if std::env::var_os(parvm_transport::local::SOCKET_VAR).is_none() {
+        println!("parvm-vm benchmarks, local backend, {workers} cores");
+    }
+    if spawn {
+        spawn_part(workers)?;
+    }
+    if messaging {
+        messaging_part(workers)?;
+    }
     Ok(())
 }

@@ -29,8 +29,8 @@ fn filter_or_warn(filter: Option<&str>, debug: Option<u8>) -> String {
             _ => "warn,parvm_vm=trace,parvm_transport=trace,parvm_local_storage=trace,parvm_mirror_fs=trace",
         }
         .to_owned(),
-        // Lost workers reach the program as task exits and host deletions; the transport's
-        // own warnings about them would only repeat that.
-        (None, None) => "warn,parvm_transport=error".to_owned(),
+        // Workers that leave in order (finalize) are logged by the transport at debug
+        // level; only a worker lost unexpectedly is a warning.
+        (None, None) => "warn".to_owned(),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::any::TypeId;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -83,20 +84,45 @@ pub struct TaskFailure {
 }
 
 /// The bytes of a user message.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Payload(pub(crate) Vec<u8>);
+///
+/// A received message keeps the buffer its frame arrived in and the range of the message
+/// within it, so a big message is not copied again on its way to the program.
+#[derive(Clone)]
+pub struct Payload {
+    buf: Vec<u8>,
+    range: Range<usize>,
+}
 
 impl Payload {
+    /// A payload of all of `buf`.
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Payload {
+        let range = 0..buf.len();
+        Payload { buf, range }
+    }
+
+    /// A payload in `frame`, where [`protocol::locate`](crate::protocol::locate) found it
+    /// (or the bytes it had to copy).
+    pub(crate) fn from_frame(frame: Vec<u8>, located: Result<Range<usize>, Vec<u8>>) -> Payload {
+        match located {
+            Ok(range) => Payload { buf: frame, range },
+            Err(bytes) => Payload::from_vec(bytes),
+        }
+    }
+
     /// The raw bytes (as sent with `send_bytes`, or MessagePack as sent with `send`).
     #[must_use]
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.buf[self.range.clone()]
     }
 
-    /// Takes the raw bytes.
+    /// Takes the raw bytes (moving them to the front of the buffer they arrived in, when
+    /// they do not start there).
     #[must_use]
     pub fn into_bytes(self) -> Vec<u8> {
-        self.0
+        let Payload { mut buf, range } = self;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        buf
     }
 
     /// Decodes a value sent with `send`.
@@ -104,17 +130,25 @@ impl Payload {
     /// # Errors
     /// [`Error::Decode`] when the bytes are not a MessagePack `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        rmp_serde::from_slice(&self.0).map_err(|source| Error::Decode {
-            what: format!("a user message of {} bytes", self.0.len()),
+        rmp_serde::from_slice(self.bytes()).map_err(|source| Error::Decode {
+            what: format!("a user message of {} bytes", self.range.len()),
             wanted: std::any::type_name::<T>(),
             source,
         })
     }
 }
 
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Payload {}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({} bytes)", self.0.len())
+        write!(f, "Payload({} bytes)", self.range.len())
     }
 }
 
@@ -122,7 +156,7 @@ impl fmt::Debug for Payload {
 #[derive(Clone)]
 pub struct Value {
     pub(crate) task: TaskId,
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Payload,
     pub(crate) returns: Option<(TypeId, &'static str)>,
 }
 
@@ -142,7 +176,7 @@ impl Value {
                 wanted: std::any::type_name::<T>(),
             });
         }
-        rmp_serde::from_slice(&self.bytes).map_err(|source| Error::Decode {
+        rmp_serde::from_slice(self.bytes.bytes()).map_err(|source| Error::Decode {
             what: format!("the result of task {}", self.task),
             wanted: std::any::type_name::<T>(),
             source,
@@ -152,7 +186,7 @@ impl Value {
     /// The encoded bytes (MessagePack).
     #[must_use]
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.bytes()
     }
 
     /// The name of the type the task returns, when known.
@@ -167,7 +201,7 @@ impl fmt::Debug for Value {
         write!(
             f,
             "Value({} bytes of {})",
-            self.bytes.len(),
+            self.bytes.bytes().len(),
             self.type_name().unwrap_or("?")
         )
     }

@@ -108,10 +108,39 @@ pub(crate) enum FromWorker<'a> {
 
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let mut out = Vec::with_capacity(64);
-    out.push(VERSION);
-    rmp_serde::encode::write(&mut out, frame)?;
+    let mut out = Vec::new();
+    encode_into(&mut out, frame)?;
     Ok(out)
+}
+
+/// Encodes a frame into `out`, replacing what it held; reusing one buffer spares a big
+/// message a fresh allocation (and its page faults) on every send.
+pub(crate) fn encode_into<T: Serialize>(
+    out: &mut Vec<u8>,
+    frame: &T,
+) -> Result<(), rmp_serde::encode::Error> {
+    out.clear();
+    out.push(VERSION);
+    rmp_serde::encode::write(out, frame)
+}
+
+/// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
+/// when the decoder did not borrow them from it. The answer holds no borrow, so the caller
+/// can then keep `frame` as the field's buffer.
+pub(crate) fn locate(frame: &[u8], field: Cow<'_, [u8]>) -> Result<std::ops::Range<usize>, Vec<u8>> {
+    match field {
+        Cow::Borrowed(bytes) => span(frame, bytes).ok_or_else(|| bytes.to_vec()),
+        Cow::Owned(bytes) => Err(bytes),
+    }
+}
+
+/// Where `field`, a slice borrowed from `frame` by [`decode`], lies in `frame`; `None` when
+/// it is not a part of it (the decoder copied it).
+fn span(frame: &[u8], field: &[u8]) -> Option<std::ops::Range<usize>> {
+    let base = frame.as_ptr() as usize;
+    let start = (field.as_ptr() as usize).checked_sub(base)?;
+    let end = start.checked_add(field.len())?;
+    (end <= frame.len()).then_some(start..end)
 }
 
 /// Decodes a frame, checking the version byte.

@@ -20,6 +20,9 @@ use crate::message::{ExitStatus, Payload, TaskFailure, Value};
 use crate::protocol::{self, FromWorker, ToWorker};
 use crate::{Error, HostId, Message, TaskId, Tasks};
 
+/// The largest send buffer kept for reuse; a bigger one is freed after its message.
+pub(crate) const MAX_SCRATCH: usize = 64 << 20;
+
 /// How long finalize waits for workers to leave.
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
 
@@ -78,6 +81,8 @@ pub(crate) struct Shared {
     pub finalized: AtomicBool,
     state: Mutex<State>,
     cond: Condvar,
+    /// The buffer frames are encoded into, reused from one send to the next.
+    scratch: Mutex<Vec<u8>>,
 }
 
 impl Shared {
@@ -110,6 +115,7 @@ impl Shared {
             finalized: AtomicBool::new(false),
             state: Mutex::new(state),
             cond: Condvar::new(),
+            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -126,13 +132,23 @@ impl Shared {
     }
 
     pub(crate) fn send(&self, to: Rank, frame: &ToWorker<'_>) -> Result<(), Error> {
-        let bytes = protocol::encode(frame).map_err(|source| Error::Encode {
+        // One thread at a time reuses the scratch buffer; another sender meanwhile (a
+        // forwarded message while the program sends) encodes into a buffer of its own.
+        let mut scratch = self.scratch.try_lock().ok();
+        let mut own = Vec::new();
+        let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
+        protocol::encode_into(bytes, frame).map_err(|source| Error::Encode {
             what: format!("a frame for rank {to}"),
             source,
         })?;
-        self.transport
-            .send(to, &bytes)
-            .map_err(|e| Error::transport(self.backend, e))
+        let sent = self
+            .transport
+            .send(to, bytes)
+            .map_err(|e| Error::transport(self.backend, e));
+        if bytes.capacity() > MAX_SCRATCH {
+            *bytes = Vec::new();
+        }
+        sent
     }
 
     /// Pumps events until `take` finds what the caller waits for, or `until` passes.
@@ -197,15 +213,7 @@ impl Shared {
     /// Files one transport event; returns output lines to print once the lock is released.
     fn dispatch(&self, state: &mut State, event: Event) -> Vec<(bool, String)> {
         match event {
-            Event::Message { from, payload } => {
-                match protocol::decode::<FromWorker<'_>>(&payload) {
-                    Ok(frame) => self.dispatch_frame(state, from, frame),
-                    Err(reason) => {
-                        tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
-                        Vec::new()
-                    }
-                }
-            }
+            Event::Message { from, payload } => self.dispatch_frame(state, from, payload),
             Event::PeerLost { rank, reason } => {
                 self.lose(state, rank, &reason);
                 Vec::new()
@@ -231,12 +239,14 @@ impl Shared {
         }
     }
 
-    fn dispatch_frame(
-        &self,
-        state: &mut State,
-        from: Rank,
-        frame: FromWorker<'_>,
-    ) -> Vec<(bool, String)> {
+    fn dispatch_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Vec<(bool, String)> {
+        let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
+            Ok(frame) => frame,
+            Err(reason) => {
+                tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
+                return Vec::new();
+            }
+        };
         match frame {
             FromWorker::Done {
                 number,
@@ -262,7 +272,13 @@ impl Shared {
                                 }),
                                 (None, value) => Ok(Value {
                                     task,
-                                    bytes: value.map(|v| v.into_owned()).unwrap_or_default(),
+                                    bytes: match value {
+                                        Some(value) => {
+                                            let located = protocol::locate(&payload, value);
+                                            Payload::from_frame(payload, located)
+                                        }
+                                        None => Payload::from_vec(Vec::new()),
+                                    },
                                     returns,
                                 }),
                             };
@@ -293,9 +309,10 @@ impl Shared {
                     .map(|r| r.vm);
                 if to.slot == 0 {
                     if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
+                        let located = protocol::locate(&payload, data);
                         inbox.push_back(Message::User {
                             from: sender,
-                            data: Payload(data.into_owned()),
+                            data: Payload::from_frame(payload, located),
                         });
                     }
                 } else if is_live(state, to) {

@@ -1086,7 +1086,7 @@ impl Vm {
             if let Some(inbox) = self.shared.lock().inboxes.get_mut(&self.index) {
                 inbox.push_back(Message::User {
                     from: TaskId::SPAWNER,
-                    data: crate::Payload(data.to_vec()),
+                    data: crate::Payload::from_vec(data.to_vec()),
                 });
             }
             return Ok(());

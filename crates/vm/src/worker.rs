@@ -32,6 +32,39 @@ struct LoopState {
     deferred: RefCell<VecDeque<Vec<u8>>>,
     exit_requested: Cell<bool>,
     spawner_lost: Cell<bool>,
+    /// The buffer frames to the spawner are encoded into, reused from one send to the next.
+    scratch: RefCell<Vec<u8>>,
+}
+
+/// Why [`LoopState::send`] failed.
+enum SendError {
+    Encode(rmp_serde::encode::Error),
+    Transport(parvm_transport::Error),
+}
+
+impl LoopState {
+    /// Encodes `frame` into the reused buffer and sends it to the spawner.
+    fn send(&self, transport: &dyn Transport, frame: &FromWorker<'_>) -> Result<(), SendError> {
+        let mut scratch = self.scratch.borrow_mut();
+        protocol::encode_into(&mut scratch, frame).map_err(SendError::Encode)?;
+        let sent = transport.send(0, &scratch).map_err(SendError::Transport);
+        if scratch.capacity() > crate::spawner::MAX_SCRATCH {
+            *scratch = Vec::new();
+        }
+        sent
+    }
+
+    /// As [`LoopState::send`]; a failure is logged, because the spawner's loss shows up
+    /// as an event anyway.
+    fn send_or_log(&self, transport: &dyn Transport, frame: &FromWorker<'_>) {
+        match self.send(transport, frame) {
+            Ok(()) => {}
+            Err(SendError::Transport(e)) => tracing::warn!(error = %e, "cannot send to the spawner"),
+            Err(SendError::Encode(e)) => {
+                tracing::error!(error = %e, "cannot encode a frame for the spawner");
+            }
+        }
+    }
 }
 
 impl TaskContext<'_> {
@@ -78,18 +111,18 @@ impl TaskContext<'_> {
     /// # Errors
     /// The transport failed.
     pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
-        let frame = protocol::encode(&FromWorker::User {
+        let frame = FromWorker::User {
             from: self.id.number,
             to,
             data: data.into(),
+        };
+        self.state.send(self.transport, &frame).map_err(|e| match e {
+            SendError::Encode(source) => Error::Encode {
+                what: format!("a message from task {} to task {to}", self.id),
+                source,
+            },
+            SendError::Transport(e) => Error::transport(self.transport.backend(), e),
         })
-        .map_err(|source| Error::Encode {
-            what: format!("a message from task {} to task {to}", self.id),
-            source,
-        })?;
-        self.transport
-            .send(0, &frame)
-            .map_err(|e| Error::transport(self.transport.backend(), e))
     }
 
     /// Waits for the next user message to this task.
@@ -146,7 +179,8 @@ impl TaskContext<'_> {
                     match protocol::decode::<ToWorker<'_>>(&payload) {
                         Ok(ToWorker::User { from, to, data }) => {
                             if to == self.id.number {
-                                return Ok(Some((from, Payload(data.into_owned()))));
+                                let located = protocol::locate(&payload, data);
+                                return Ok(Some((from, Payload::from_frame(payload, located))));
                             }
                             tracing::debug!(to, "dropping a message for a task that has ended");
                         }
@@ -271,7 +305,7 @@ impl Worker {
                         Ok(removed) => (removed, None),
                         Err(e) => (0, Some(e)),
                     };
-                    send(&*transport, &FromWorker::Cleared { removed, error });
+                    state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
                 ToWorker::Exit => break Ok(()),
@@ -282,19 +316,6 @@ impl Worker {
             capture.finish();
         }
         result
-    }
-}
-
-/// Sends a frame to the spawner; a failure is logged, because the spawner's loss shows up
-/// as an event anyway.
-fn send(transport: &dyn Transport, frame: &FromWorker<'_>) {
-    match protocol::encode(frame) {
-        Ok(bytes) => {
-            if let Err(e) = transport.send(0, &bytes) {
-                tracing::warn!(error = %e, "cannot send to the spawner");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot encode a frame for the spawner"),
     }
 }
 
@@ -340,7 +361,7 @@ impl Run<'_> {
             Ok(bytes) => (request.send_back.then_some(bytes), None),
             Err(reason) => (None, Some(reason)),
         };
-        send(
+        self.state.send_or_log(
             self.transport,
             &FromWorker::Done {
                 number: request.number,

@@ -143,11 +143,10 @@ fn killed_spawner_workers_exit_and_folders_are_swept_next_start() {
         .collect();
     assert_eq!(pids.len(), 2);
     let _guard = PidsGuard(pids.clone());
-    assert_eq!(
-        task_folders(local.path()).len(),
-        2,
-        "one task folder per worker"
-    );
+    // READY follows the spawn requests at once; the workers make their folders meanwhile.
+    wait_until("one task folder per worker", || {
+        task_folders(local.path()).len() == 2
+    });
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Reaped, not only dead: a zombie's pid still counts as a live owner for local storage.
