@@ -247,6 +247,39 @@ impl MpiTransport {
         self
     }
 
+    /// For benchmarks in other crates: a raw rsmpi ping-pong of `size` bytes between
+    /// ranks 0 and 1 on `MPI_COMM_WORLD` (blocking send and receive, after a barrier),
+    /// returning the mean one-way time over `rounds` round trips. Collective: every rank
+    /// calls it; ranks above 1 only join the barrier.
+    #[doc(hidden)]
+    pub fn raw_world_pingpong(&self, size: usize, rounds: usize) -> Duration {
+        use mpi::point_to_point::{Destination, Source};
+        let world = SimpleCommunicator::world();
+        world.barrier();
+        if world.rank() > 1 || world.size() < 2 {
+            return Duration::ZERO;
+        }
+        let mut buffer = vec![7u8; size];
+        let peer = world.process_at_rank(1 - world.rank());
+        let start = Instant::now();
+        for _ in 0..rounds {
+            if world.rank() == 0 {
+                peer.send(&buffer[..]);
+                peer.receive_into(&mut buffer[..]);
+            } else {
+                peer.receive_into(&mut buffer[..]);
+                peer.send(&buffer[..]);
+            }
+        }
+        start.elapsed() / (2 * u32::try_from(rounds.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// For benchmarks in other crates: a barrier on `MPI_COMM_WORLD`.
+    #[doc(hidden)]
+    pub fn world_barrier(&self) {
+        SimpleCommunicator::world().barrier();
+    }
+
     fn host_of(&self, rank: Rank) -> Option<&str> {
         let index = usize::try_from(rank).ok()?;
         self.peers.get(index).map(|peer| peer.host.as_str())
