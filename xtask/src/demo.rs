@@ -111,9 +111,19 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("\n━━━━━━━━━━ example {name} ({transport} transport) ━━━━━━━━━━");
         let program = target_dir().join("release/examples").join(name);
         let mut command = if transport == "mpi" {
+            // mpirun hands its own environment only to ranks on this host; `-x` exports a
+            // variable to every rank, as a real cluster needs.
             let mut command = Command::new("mpirun");
             mpirun_root_env(&mut command);
-            command.args(["--oversubscribe", "-n", "3"]).arg(&program);
+            command.args(["--oversubscribe", "-n", "3"]);
+            for var in [
+                "PARALLEL_MIRRORED_STORAGE",
+                "PARALLEL_LOCAL_STORAGE",
+                "PARVM_TRANSPORT",
+            ] {
+                command.args(["-x", var]);
+            }
+            command.arg(&program);
             command
         } else {
             Command::new(&program)
