@@ -517,10 +517,7 @@ fn explain_loss(proc: &WorkerProc, reason: String) -> String {
     loop {
         let status = proc.try_status();
         if status.is_some() || Instant::now() >= deadline {
-            let fate = status.map_or_else(
-                || "is still running".to_string(),
-                |status| describe_status(status),
-            );
+            let fate = status.map_or_else(|| "is still running".to_string(), describe_status);
             let text = format!(
                 "worker rank {} (pid {}) on host `{}`: {reason}; the process {fate}",
                 proc.rank, proc.pid, proc.host

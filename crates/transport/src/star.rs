@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -205,7 +205,7 @@ impl Spin {
         }
         if !self.on.load(Ordering::Relaxed) {
             let off_for = self.off_for.fetch_add(1, Ordering::Relaxed) + 1;
-            if off_for % PROBE_EVERY != 0 {
+            if !off_for.is_multiple_of(PROBE_EVERY) {
                 return Ok(None);
             }
         }
@@ -302,10 +302,7 @@ fn recv_channel(rx: &Receiver<Event>, wait: Wait, spin: &Spin) -> Option<Event> 
         Ok(Some(event)) => event,
         _ => match deadline {
             None => rx.recv().ok(),
-            Some(deadline) => match rx.recv_deadline(deadline) {
-                Ok(event) => Some(event),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            Some(deadline) => rx.recv_deadline(deadline).ok(),
         },
     };
     spin.record(event.as_ref().map(|_| start));
@@ -446,13 +443,13 @@ impl Client {
         }
         let mut waited = Waited::No;
         if reader.stream.buffer().is_empty() {
-            waited = self.wait_socket(reader.stream.get_ref(), wait).map_err(|source| {
-                Error::Io {
+            waited = self
+                .wait_socket(reader.stream.get_ref(), wait)
+                .map_err(|source| Error::Io {
                     backend: self.backend,
                     what: "wait for the spawner's next message".into(),
                     source,
-                }
-            })?;
+                })?;
             if matches!(waited, Waited::TimedOut) {
                 return Ok(None);
             }
@@ -587,12 +584,28 @@ impl Hub {
 
     fn read_loop(&self, conn: &Conn, stream: Stream, explain: Explain) {
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+        // The reader spins too: the program's thread spinning in `recv` keeps one core
+        // awake, but the reply comes through this thread, and waking it from a blocking
+        // read costs more than the message in a ping-pong.
+        let spin = Spin::new();
         let reason = loop {
+            let waited = reader.buffer().is_empty().then(|| {
+                let fd = reader.get_ref().as_fd();
+                let start = Instant::now();
+                // A poll error shows up again in the read that follows.
+                let _ = spin.spin(start, None, || Ok(readable_now(fd)?.then_some(())));
+                start
+            });
             match read_frame(&mut reader, self.max_frame) {
-                Ok(Some(payload)) => self.post(Event::Message {
-                    from: conn.peer.rank,
-                    payload,
-                }),
+                Ok(Some(payload)) => {
+                    if waited.is_some() {
+                        spin.record(waited);
+                    }
+                    self.post(Event::Message {
+                        from: conn.peer.rank,
+                        payload,
+                    });
+                }
                 Ok(None) => break CLOSED.to_string(),
                 Err(err) => break format!("its connection failed: {}", error_chain(&err)),
             }

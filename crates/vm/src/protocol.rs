@@ -127,7 +127,10 @@ pub(crate) fn encode_into<T: Serialize>(
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
 /// when the decoder did not borrow them from it. The answer holds no borrow, so the caller
 /// can then keep `frame` as the field's buffer.
-pub(crate) fn locate(frame: &[u8], field: Cow<'_, [u8]>) -> Result<std::ops::Range<usize>, Vec<u8>> {
+pub(crate) fn locate(
+    frame: &[u8],
+    field: Cow<'_, [u8]>,
+) -> Result<std::ops::Range<usize>, Vec<u8>> {
     match field {
         Cow::Borrowed(bytes) => span(frame, bytes).ok_or_else(|| bytes.to_vec()),
         Cow::Owned(bytes) => Err(bytes),

@@ -239,7 +239,12 @@ impl Shared {
         }
     }
 
-    fn dispatch_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Vec<(bool, String)> {
+    fn dispatch_frame(
+        &self,
+        state: &mut State,
+        from: Rank,
+        payload: Vec<u8>,
+    ) -> Vec<(bool, String)> {
         let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
             Ok(frame) => frame,
             Err(reason) => {

@@ -59,7 +59,9 @@ impl LoopState {
     fn send_or_log(&self, transport: &dyn Transport, frame: &FromWorker<'_>) {
         match self.send(transport, frame) {
             Ok(()) => {}
-            Err(SendError::Transport(e)) => tracing::warn!(error = %e, "cannot send to the spawner"),
+            Err(SendError::Transport(e)) => {
+                tracing::warn!(error = %e, "cannot send to the spawner")
+            }
             Err(SendError::Encode(e)) => {
                 tracing::error!(error = %e, "cannot encode a frame for the spawner");
             }
@@ -116,13 +118,15 @@ impl TaskContext<'_> {
             to,
             data: data.into(),
         };
-        self.state.send(self.transport, &frame).map_err(|e| match e {
-            SendError::Encode(source) => Error::Encode {
-                what: format!("a message from task {} to task {to}", self.id),
-                source,
-            },
-            SendError::Transport(e) => Error::transport(self.transport.backend(), e),
-        })
+        self.state
+            .send(self.transport, &frame)
+            .map_err(|e| match e {
+                SendError::Encode(source) => Error::Encode {
+                    what: format!("a message from task {} to task {to}", self.id),
+                    source,
+                },
+                SendError::Transport(e) => Error::transport(self.transport.backend(), e),
+            })
     }
 
     /// Waits for the next user message to this task.
