@@ -720,3 +720,104 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UnixStream, BufReader<Stream>) {
+        let (near, far) = UnixStream::pair().unwrap();
+        (
+            near,
+            BufReader::with_capacity(READ_BUFFER, Stream::Unix(far)),
+        )
+    }
+
+    #[test]
+    fn frames_of_every_size_read_back_in_order() {
+        let (mut near, mut reader) = pair();
+        let sizes = [
+            0usize,
+            1,
+            12,
+            READ_BUFFER - 20,
+            READ_BUFFER,
+            3 * READ_BUFFER + 7,
+            1 << 20,
+        ];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        let sent = payloads.clone();
+        let writer = std::thread::spawn(move || {
+            for payload in &sent {
+                frame::write_frame(&mut near, payload).unwrap();
+            }
+        });
+        for payload in &payloads {
+            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
+            assert!(got.as_ref() == Some(payload));
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let (mut near, mut reader) = pair();
+        let mut truncated = frame::encode_header(100).to_vec();
+        truncated.extend_from_slice(&[1; 40]);
+        near.write_all(&truncated).unwrap();
+        drop(near);
+        assert!(matches!(
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME),
+            Err(Error::FrameTruncated {
+                expected: 100,
+                got: 40
+            })
+        ));
+        let (mut near, mut reader) = pair();
+        near.write_all(&frame::encode_header(1 << 40)).unwrap();
+        assert!(matches!(
+            read_frame(&mut reader, 1 << 20),
+            Err(Error::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn spinning_turns_off_after_a_long_wait_and_probes_back() {
+        let spin = Spin::new();
+        let now = Instant::now();
+        // Something ready at once is found while spinning is on.
+        assert_eq!(spin.spin(now, None, || Ok(Some(1))).unwrap(), Some(1));
+        spin.record(None);
+        assert!(!spin.on.load(Ordering::Relaxed));
+        // Off: most waits do not even look; every PROBE_EVERY-th one does.
+        let mut looked = 0;
+        for _ in 0..PROBE_EVERY {
+            let _ = spin.spin(Instant::now(), None, || {
+                looked += 1;
+                Ok(Some(()))
+            });
+        }
+        assert_eq!(looked, 1);
+        spin.record(Some(Instant::now()));
+        assert!(spin.on.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn spinning_stops_at_the_window_or_the_deadline() {
+        let spin = Spin::new();
+        let start = Instant::now();
+        assert_eq!(spin.spin(start, None, || Ok(None::<()>)).unwrap(), None);
+        assert!(start.elapsed() >= spin_window());
+        let start = Instant::now();
+        let _ = spin.spin(start, Some(start), || Ok(None::<()>));
+        assert!(start.elapsed() < spin_window() + Duration::from_millis(50));
+    }
+}

@@ -181,9 +181,50 @@ fn messaging_part(workers: usize) -> Res<()> {
     }
     vm.send_bytes(task, b"stop")?;
     wait_exit(&vm)?;
+    // Idle: a VM waiting for a message that does not come must sleep, not spin.
+    let idle = Duration::from_millis(500);
+    let before = cpu_ticks();
+    let waited = vm.recv_timeout(idle)?;
+    let after = cpu_ticks();
+    let share = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
+    println!(
+        "idle recv_timeout(500 ms)  : spawner {:.0}% of a core, workers {:.0}% (got {})",
+        share(before.0, after.0),
+        share(before.1, after.1),
+        if waited.is_some() {
+            "a message"
+        } else {
+            "nothing"
+        }
+    );
     drop(vm);
     runtime.finalize()?;
     Ok(())
+}
+
+/// CPU time in clock ticks (100 per second) of this process and of its children.
+fn cpu_ticks() -> (u64, u64) {
+    let ticks = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    };
+    let mut children = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            children += list.split_whitespace().map(ticks).sum::<u64>();
+        }
+    }
+    (ticks("self"), children)
 }
 
 fn main() -> Res<()> {

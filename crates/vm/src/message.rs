@@ -233,3 +233,37 @@ impl fmt::Display for CommandStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_in_a_frame() {
+        let frame = b"headerHELLOtrailer".to_vec();
+        let payload = Payload::from_frame(frame.clone(), Ok(6..11));
+        assert_eq!(payload.bytes(), b"HELLO");
+        assert_eq!(payload, Payload::from_vec(b"HELLO".to_vec()));
+        assert_eq!(format!("{payload:?}"), "Payload(5 bytes)");
+        assert_eq!(payload.clone().into_bytes(), b"HELLO");
+        let copied = Payload::from_frame(frame, Err(b"copy".to_vec()));
+        assert_eq!(copied.into_bytes(), b"copy");
+        let empty = Payload::from_frame(b"abc".to_vec(), Ok(3..3));
+        assert!(empty.bytes().is_empty());
+        assert!(empty.into_bytes().is_empty());
+    }
+
+    #[test]
+    fn payload_decodes_its_range_only() {
+        let mut frame = vec![0xc1u8; 4];
+        let start = frame.len();
+        frame.extend(rmp_serde::to_vec(&(7u32, "x")).unwrap());
+        let end = frame.len();
+        frame.push(0xc1);
+        let payload = Payload::from_frame(frame, Ok(start..end));
+        assert_eq!(
+            payload.decode::<(u32, String)>().unwrap(),
+            (7, "x".to_owned())
+        );
+    }
+}

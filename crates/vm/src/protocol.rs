@@ -206,6 +206,37 @@ mod tests {
     }
 
     #[test]
+    fn byte_fields_are_located_in_their_frame() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let frame = encode(&ToWorker::User {
+            from: TaskId::SPAWNER,
+            to: 3,
+            data: Cow::Borrowed(&data),
+        })
+        .unwrap();
+        let ToWorker::User { data: field, .. } = decode::<ToWorker<'_>>(&frame).unwrap() else {
+            panic!("not a user frame");
+        };
+        assert!(matches!(field, Cow::Borrowed(_)), "the decoder copied");
+        let range = locate(&frame, field).unwrap();
+        assert_eq!(&frame[range], &data[..]);
+        // Bytes that are not in the frame come back as they are.
+        let elsewhere = vec![1u8, 2, 3];
+        assert_eq!(
+            locate(&frame, Cow::Borrowed(&elsewhere)),
+            Err(vec![1, 2, 3])
+        );
+        assert_eq!(locate(&frame, Cow::Owned(vec![9])), Err(vec![9]));
+    }
+
+    #[test]
+    fn encode_into_replaces_the_buffer() {
+        let mut out = vec![0xaa; 1000];
+        encode_into(&mut out, &ToWorker::Exit).unwrap();
+        assert_eq!(out, encode(&ToWorker::Exit).unwrap());
+    }
+
+    #[test]
     fn foreign_frames_are_refused() {
         assert!(decode::<FromWorker<'_>>(&[]).is_err());
         assert!(
