@@ -407,7 +407,11 @@ impl RuntimeBuilder {
         }
         let kind = match self.transport.or(config.transport()) {
             Some(kind) => kind,
-            None if mpi_launch_size().is_some() => TransportKind::Mpi,
+            // A build without MPI runs a one-rank mpirun job locally; several ranks get
+            // the error that says to build with the feature.
+            None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
+                TransportKind::Mpi
+            }
             None => TransportKind::Local,
         };
         let transport: Box<dyn Transport> = match kind {

@@ -50,7 +50,7 @@ impl From<tempfile::TempDir> for Folder {
 }
 
 /// Kills and reaps a worker process when dropped, after giving it a moment to leave.
-struct WorkerProcess(Child);
+pub struct WorkerProcess(pub Child);
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {

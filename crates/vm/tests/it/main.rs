@@ -9,6 +9,7 @@ mod harness;
 #[cfg(feature = "mpi")]
 mod mpirun;
 mod processes;
+mod selection;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.

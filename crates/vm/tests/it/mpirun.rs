@@ -221,7 +221,7 @@ impl Mpirun {
         drop(guard);
         stdout_seen.extend(lines.iter());
         let run = Run {
-            status: status.unwrap_or_else(|| ExitStatus::default()),
+            status: status.unwrap_or_default(),
             stdout: stdout_seen.join("\n"),
             stderr: stderr.join().unwrap_or_default(),
         };
