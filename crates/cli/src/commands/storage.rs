@@ -43,10 +43,7 @@ fn print_list(storage: &LocalStorage, folders: &[FolderInfo]) {
         println!("  (no task folders)");
         return;
     }
-    println!(
-        "  {:<24} {:<10} {:>10}  {}",
-        "folder", "state", "size", "owner"
-    );
+    println!("  {:<24} {:<10} {:>10}  owner", "folder", "state", "size");
     for folder in folders {
         let owner = folder
             .owner
