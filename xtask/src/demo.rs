@@ -158,9 +158,20 @@ fn data_layer() -> Result<()> {
             task.display().to_string(),
         ],
         vec!["storage".into(), "list".into()],
+        vec!["plant".into()],
+        vec!["storage".into(), "list".into()],
         vec!["storage".into(), "sweep".into()],
+        vec!["storage".into(), "list".into()],
     ];
     for step in steps {
+        if step[0] == "plant" {
+            let left = plant_crashed_worker_folder(&scratch.local)?;
+            println!(
+                "\n(a worker killed before the last reboot left {} behind)",
+                left.display()
+            );
+            continue;
+        }
         println!("\n$ parvm {}", step.join(" "));
         let mut command = Command::new(&parvm);
         command.args(&step);
@@ -174,6 +185,33 @@ fn data_layer() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes a task folder whose owner marker names a dead process of an earlier boot, as a
+/// worker killed before a reboot leaves behind.
+fn plant_crashed_worker_folder(local: &Path) -> Result<PathBuf> {
+    let user_folder = std::fs::read_dir(local)?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("parvm-"))
+        })
+        .context("the per-user folder was not made")?;
+    let folder = user_folder.join("7a3f_vm0");
+    std::fs::create_dir_all(folder.join("lib"))?;
+    std::fs::write(
+        folder.join("amp.cir"),
+        "* a netlist copied for a task that never finished\n",
+    )?;
+    std::fs::write(folder.join("lib/cmos.lib"), vec![b'x'; 40_000])?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let marker = format!(
+        r#"{{"pid":31295,"boot_id":"00000000-0000-0000-0000-000000000000","start_time":4242,"host":"{}"}}"#,
+        host.trim()
+    );
+    std::fs::write(folder.join(".parvm-owner"), marker)?;
+    Ok(folder)
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
