@@ -119,6 +119,20 @@ pub trait Transport: Send + Sync {
     /// The rank is unknown or lost, or the bytes could not be written.
     fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error>;
 
+    /// Sends the concatenation of `parts` to rank `to` as one payload: the receiver sees
+    /// one [`Event::Message`] as after [`Transport::send`]. Backends override it to spare
+    /// the copy into one buffer (a header and a large payload that lies elsewhere); the
+    /// default joins the parts and calls [`Transport::send`].
+    ///
+    /// # Errors
+    /// As [`Transport::send`].
+    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        match parts {
+            [one] => self.send(to, one),
+            _ => self.send(to, &parts.concat()),
+        }
+    }
+
     /// Waits for the next event, as long as `wait` allows.
     ///
     /// # Errors

@@ -104,6 +104,10 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 /// 64 KiB), so the call returns without waiting for the receiver and cannot deadlock.
 const EAGER: usize = 1024;
 
+/// A second part at least this large makes [`Transport::send_parts`] send two messages
+/// rather than join the parts: below it the copy costs less than a second message.
+const SPLIT: usize = 64 * 1024;
+
 /// How many probes the spin makes between two readings of the clock.
 const SPINS_PER_CLOCK_READ: u32 = 16;
 
@@ -171,6 +175,9 @@ pub struct MpiTransport {
     // Field order matters: the communicator is freed before the universe finalises MPI.
     comm: raw::Comm,
     inbox: Mutex<VecDeque<Event>>,
+    /// Held across the two messages of a [`Transport::send_parts`] split send, so two
+    /// threads cannot interleave their heads and tails.
+    split: Mutex<()>,
     arrived: Condvar,
     rank: Rank,
     peers: Vec<Peer>,
@@ -231,6 +238,7 @@ impl MpiTransport {
         Ok(MpiTransport {
             comm,
             inbox: Mutex::new(VecDeque::new()),
+            split: Mutex::new(()),
             arrived: Condvar::new(),
             rank,
             peers,
@@ -299,6 +307,9 @@ impl MpiTransport {
         };
         let from = Rank::try_from(probed.source()).unwrap_or(Rank::MAX);
         let leaving = probed.is_leave();
+        if probed.is_head() {
+            return Ok(Some(self.take_split(from, probed)));
+        }
         Ok(Some(match probed.receive() {
             Ok(_) if leaving => Event::PeerLost {
                 rank: from,
@@ -316,6 +327,74 @@ impl MpiTransport {
                 ),
             },
         }))
+    }
+
+    /// The head of a split message arrived: receive it, wait for its tail (sent right
+    /// after it) and receive the tail behind the head into one vector, without a copy of
+    /// the tail.
+    fn take_split(&self, from: Rank, head: raw::Probed) -> Event {
+        let lost = |e: raw::MpiError| Event::PeerLost {
+            rank: from,
+            reason: format!(
+                "receiving from rank {from} on host `{}` failed: {e}",
+                self.host_of(from).unwrap_or("?")
+            ),
+        };
+        let head = match head.receive() {
+            Ok(head) => head,
+            Err(e) => return lost(e),
+        };
+        let source = i32::try_from(from).unwrap_or(-1);
+        let mut backoff = Backoff::new(SPIN);
+        let tail = loop {
+            match self.comm.improbe_tail(source) {
+                Ok(Some(tail)) => break tail,
+                Ok(None) => match backoff.next() {
+                    None => std::hint::spin_loop(),
+                    Some(sleep) => std::thread::sleep(sleep),
+                },
+                Err(e) => return lost(e),
+            }
+        };
+        let mut payload = Vec::with_capacity(head.len().saturating_add(tail.len()));
+        payload.extend_from_slice(&head);
+        match tail.receive_append(&mut payload) {
+            Ok(()) => Event::Message { from, payload },
+            Err(e) => lost(e),
+        }
+    }
+
+    /// Sends one payload of `count` bytes: eagerly when small, else an `MPI_Isend` that
+    /// takes incoming messages into the inbox while it waits for its receiver.
+    fn send_one(
+        &self,
+        dest: std::ffi::c_int,
+        payload: &[u8],
+        count: std::ffi::c_int,
+        tail: bool,
+        fail: &dyn Fn(raw::MpiError) -> Error,
+    ) -> Result<(), Error> {
+        if payload.len() <= EAGER && !tail {
+            return self.comm.send_eager(dest, payload, count).map_err(fail);
+        }
+        let mut request = self.comm.isend(dest, payload, count, tail).map_err(fail)?;
+        if request.test().map_err(fail)? {
+            return Ok(());
+        }
+        // The receiver has not taken the message yet. A transfer in progress is not idle
+        // waiting, so spin as long as it would take at 1 GB/s before backing off.
+        let transfer = Duration::from_nanos(u64::try_from(payload.len()).unwrap_or(u64::MAX));
+        let mut backoff = Backoff::new(SPIN.saturating_add(transfer));
+        loop {
+            self.drain_one()?;
+            if request.test().map_err(fail)? {
+                return Ok(());
+            }
+            match backoff.next() {
+                None => std::hint::spin_loop(),
+                Some(sleep) => std::thread::sleep(sleep),
+            }
+        }
     }
 
     /// While a send waits for its receiver: take one incoming message into the inbox,
@@ -363,27 +442,46 @@ impl Transport for MpiTransport {
                 max: i32::MAX as usize,
             });
         };
-        if payload.len() <= EAGER {
-            return self.comm.send_eager(dest, payload, count).map_err(fail);
-        }
-        let mut request = self.comm.isend(dest, payload, count).map_err(fail)?;
-        if request.test().map_err(fail)? {
-            return Ok(());
-        }
-        // The receiver has not taken the message yet. A transfer in progress is not idle
-        // waiting, so spin as long as it would take at 1 GB/s before backing off.
-        let transfer = Duration::from_nanos(u64::try_from(payload.len()).unwrap_or(u64::MAX));
-        let mut backoff = Backoff::new(SPIN.saturating_add(transfer));
-        loop {
-            self.drain_one()?;
-            if request.test().map_err(fail)? {
-                return Ok(());
-            }
-            match backoff.next() {
-                None => std::hint::spin_loop(),
-                Some(sleep) => std::thread::sleep(sleep),
-            }
-        }
+        self.send_one(dest, payload, count, false, &fail)
+    }
+
+    /// A payload of two parts whose second is large goes as two messages: the head
+    /// (eager, with its own tag) and the tail (sent from where it lies, not copied). The
+    /// receiver waits for the tail when it sees the head and receives it behind the head,
+    /// so the event is one payload as with [`Transport::send`]. Other shapes are joined.
+    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        let (head, tail) = match parts {
+            [head, tail] if head.len() <= EAGER && tail.len() >= SPLIT => (*head, *tail),
+            _ => return self.send(to, &parts.concat()),
+        };
+        let Some(host) = self.host_of(to) else {
+            return Err(Error::UnknownRank {
+                rank: to,
+                size: self.peers.len(),
+            });
+        };
+        let bytes = head.len().saturating_add(tail.len());
+        let fail = |e: raw::MpiError| Error::MpiSend {
+            rank: to,
+            host: host.to_owned(),
+            bytes,
+            reason: e.to_string(),
+        };
+        let (Ok(dest), Ok(head_count), Ok(tail_count), Ok(_)) = (
+            i32::try_from(to),
+            i32::try_from(head.len()),
+            i32::try_from(tail.len()),
+            i32::try_from(bytes),
+        ) else {
+            return Err(Error::MpiTooLarge {
+                rank: to,
+                bytes,
+                max: i32::MAX as usize,
+            });
+        };
+        let _split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
+        self.comm.send_head(dest, head, head_count).map_err(&fail)?;
+        self.send_one(dest, tail, tail_count, true, &fail)
     }
 
     fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
@@ -553,6 +651,14 @@ mod raw {
     /// The tag of the empty message a leaving rank sends to rank 0.
     const LEAVE_TAG: c_int = 0x7077;
 
+    /// The tag of the head of a split message (`send_parts`); its tail follows.
+    const HEAD_TAG: c_int = 0x7078;
+
+    /// The tag of the tail of a split message. MPI keeps the order of the messages of one
+    /// sender on one communicator that match one receive, so a head's tail is the next
+    /// message with this tag from the head's sender.
+    const TAIL_TAG: c_int = 0x7079;
+
     /// An MPI call that returned an error code (possible because of `MPI_ERRORS_RETURN`).
     #[derive(Debug)]
     pub(super) struct MpiError {
@@ -641,6 +747,7 @@ mod raw {
             dest: c_int,
             buf: &'a [u8],
             count: c_int,
+            tail: bool,
         ) -> Result<SendRequest<'a>, MpiError> {
             debug_assert_eq!(usize::try_from(count).ok(), Some(buf.len()));
             let mut request = MaybeUninit::<ffi::MPI_Request>::uninit();
@@ -654,7 +761,7 @@ mod raw {
                         count,
                         ffi::RSMPI_UINT8_T,
                         dest,
-                        TAG,
+                        if tail { TAIL_TAG } else { TAG },
                         self.0,
                         request.as_mut_ptr(),
                     ),
@@ -692,6 +799,30 @@ mod raw {
             }
         }
 
+        /// Sends the head of a split message (small enough to go eagerly) to `dest`.
+        pub(super) fn send_head(
+            &self,
+            dest: c_int,
+            buf: &[u8],
+            count: c_int,
+        ) -> Result<(), MpiError> {
+            debug_assert_eq!(usize::try_from(count).ok(), Some(buf.len()));
+            // SAFETY: `buf` holds `count` bytes and is borrowed for the whole call.
+            unsafe {
+                check(
+                    "MPI_Send",
+                    ffi::MPI_Send(
+                        buf.as_ptr().cast::<c_void>(),
+                        count,
+                        ffi::RSMPI_UINT8_T,
+                        dest,
+                        HEAD_TAG,
+                        self.0,
+                    ),
+                )
+            }
+        }
+
         /// Tells `dest` that this rank leaves: an empty message with [`LEAVE_TAG`].
         pub(super) fn send_leave(&self, dest: c_int) -> Result<(), MpiError> {
             // SAFETY: a zero-length send reads no buffer; the pointer only has to be valid.
@@ -710,8 +841,19 @@ mod raw {
             }
         }
 
-        /// A matched probe for a message from any rank, of either tag.
+        /// A matched probe for a message from any rank, of any tag.
         pub(super) fn improbe(&self) -> Result<Option<Probed>, MpiError> {
+            // SAFETY: reading predefined constants of an initialised MPI.
+            let (source, tag) = unsafe { (ffi::RSMPI_ANY_SOURCE, ffi::RSMPI_ANY_TAG) };
+            self.improbe_matching(source, tag)
+        }
+
+        /// A matched probe for the tail of a split message from `source`.
+        pub(super) fn improbe_tail(&self, source: c_int) -> Result<Option<Probed>, MpiError> {
+            self.improbe_matching(source, TAIL_TAG)
+        }
+
+        fn improbe_matching(&self, source: c_int, tag: c_int) -> Result<Option<Probed>, MpiError> {
             let mut flag: c_int = 0;
             let mut message = MaybeUninit::<ffi::MPI_Message>::uninit();
             let mut status = MaybeUninit::<ffi::MPI_Status>::uninit();
@@ -721,8 +863,8 @@ mod raw {
                 check(
                     "MPI_Improbe",
                     ffi::MPI_Improbe(
-                        ffi::RSMPI_ANY_SOURCE,
-                        ffi::RSMPI_ANY_TAG,
+                        source,
+                        tag,
                         self.0,
                         &mut flag,
                         message.as_mut_ptr(),
@@ -738,6 +880,7 @@ mod raw {
                     message: message.assume_init(),
                     source: status.MPI_SOURCE,
                     leave: status.MPI_TAG == LEAVE_TAG,
+                    head: status.MPI_TAG == HEAD_TAG,
                     count: 0,
                 };
                 // On failure `probed` is dropped, which still receives the message.
@@ -806,6 +949,7 @@ mod raw {
         message: ffi::MPI_Message,
         source: c_int,
         leave: bool,
+        head: bool,
         count: c_int,
     }
 
@@ -813,6 +957,41 @@ mod raw {
         /// Whether this is a leaving rank's notice rather than a payload.
         pub(super) fn is_leave(&self) -> bool {
             self.leave
+        }
+
+        /// Whether this is the head of a split message, whose tail follows.
+        pub(super) fn is_head(&self) -> bool {
+            self.head
+        }
+
+        /// The size of the message in bytes.
+        pub(super) fn len(&self) -> usize {
+            usize::try_from(self.count).unwrap_or(0)
+        }
+
+        /// Receives the message at the end of `out`, growing it by the probed size.
+        pub(super) fn receive_append(mut self, out: &mut Vec<u8>) -> Result<(), MpiError> {
+            let len = self.len();
+            out.reserve(len);
+            let start = out.len();
+            // SAFETY: `reserve` made room for `len` more bytes after the `start` bytes the
+            // vector holds; `message` is a matched message from MPI_Improbe, received
+            // exactly once (MPI sets it to MPI_MESSAGE_NULL, so Drop does nothing).
+            unsafe {
+                check(
+                    "MPI_Mrecv",
+                    ffi::MPI_Mrecv(
+                        out.as_mut_ptr().add(start).cast::<c_void>(),
+                        self.count,
+                        ffi::RSMPI_UINT8_T,
+                        &mut self.message,
+                        ffi::RSMPI_STATUS_IGNORE,
+                    ),
+                )?;
+                // SAFETY: MPI_Mrecv succeeded, so it wrote all `len` bytes after `start`.
+                out.set_len(start + len);
+            }
+            Ok(())
         }
 
         /// The sending rank.

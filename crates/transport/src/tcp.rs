@@ -532,6 +532,13 @@ impl Transport for TcpTransport {
         }
     }
 
+    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        match &self.side {
+            Side::Spawner(s) => s.hub.send_parts(to, parts),
+            Side::Worker(c) => c.send_parts(to, parts),
+        }
+    }
+
     fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
         match &self.side {
             Side::Spawner(s) => Ok(s.hub.recv(wait)),

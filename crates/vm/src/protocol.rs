@@ -124,6 +124,34 @@ pub(crate) fn encode_into<T: Serialize>(
     rmp_serde::encode::write(out, frame)
 }
 
+/// Encodes into `out` the head of a frame whose last field is a byte field now empty, so
+/// that the head followed by `len` bytes is the frame with those bytes in that field:
+/// the bytes can then travel from where they lie ([`Transport::send_parts`]) instead of
+/// being copied into the frame. `Ok(false)` (and `out` unspecified) when the encoding
+/// does not end with the empty byte field, or `len` does not fit.
+///
+/// [`Transport::send_parts`]: parvm_transport::Transport::send_parts
+pub(crate) fn encode_head_into<T: Serialize>(
+    out: &mut Vec<u8>,
+    frame: &T,
+    len: usize,
+) -> Result<bool, rmp_serde::encode::Error> {
+    /// MessagePack's empty binary (bin 8, length 0) and the marker of bin 32.
+    const EMPTY_BIN: [u8; 2] = [0xc4, 0x00];
+    const BIN32: u8 = 0xc6;
+    encode_into(out, frame)?;
+    let (Some(kept), Ok(len)) = (out.len().checked_sub(2), u32::try_from(len)) else {
+        return Ok(false);
+    };
+    if out[kept..] != EMPTY_BIN {
+        return Ok(false);
+    }
+    out.truncate(kept);
+    out.push(BIN32);
+    out.extend_from_slice(&len.to_be_bytes());
+    Ok(true)
+}
+
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
 /// when the decoder did not borrow them from it. The answer holds no borrow, so the caller
 /// can then keep `frame` as the field's buffer.
@@ -234,6 +262,43 @@ mod tests {
         let mut out = vec![0xaa; 1000];
         encode_into(&mut out, &ToWorker::Exit).unwrap();
         assert_eq!(out, encode(&ToWorker::Exit).unwrap());
+    }
+
+    #[test]
+    fn a_head_and_its_bytes_decode_as_the_whole_frame() {
+        for size in [0usize, 1, 255, 256, 70_000] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            let mut head = Vec::new();
+            let empty = FromWorker::User {
+                from: 4,
+                to: TaskId::SPAWNER,
+                data: Cow::Borrowed(&[]),
+            };
+            assert!(encode_head_into(&mut head, &empty, data.len()).unwrap());
+            head.extend_from_slice(&data);
+            let FromWorker::User {
+                from, data: back, ..
+            } = decode(&head).unwrap()
+            else {
+                panic!("not a user frame");
+            };
+            assert_eq!((from, back.as_ref()), (4, &data[..]));
+            let mut head = Vec::new();
+            let empty = ToWorker::User {
+                from: TaskId::SPAWNER,
+                to: 9,
+                data: Cow::Borrowed(&[]),
+            };
+            assert!(encode_head_into(&mut head, &empty, data.len()).unwrap());
+            head.extend_from_slice(&data);
+            let ToWorker::User { to, data: back, .. } = decode(&head).unwrap() else {
+                panic!("not a user frame");
+            };
+            assert_eq!((to, back.as_ref()), (9, &data[..]));
+        }
+        // A frame that does not end with an empty byte field has no head.
+        let mut head = Vec::new();
+        assert!(!encode_head_into(&mut head, &ToWorker::Exit, 10).unwrap());
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::{Error, HostId, Message, TaskId, Tasks};
 /// The largest send buffer kept for reuse; a bigger one is freed after its message.
 pub(crate) const MAX_SCRATCH: usize = 64 << 20;
 
+/// User data at least this large is sent from where it lies
+/// ([`parvm_transport::Transport::send_parts`]) rather than copied behind its frame's head.
+pub(crate) const SPLIT: usize = 64 << 10;
+
 /// How long finalize waits for workers to leave.
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
 
@@ -149,6 +153,44 @@ impl Shared {
             *bytes = Vec::new();
         }
         sent
+    }
+
+    /// Sends `frame`, whose last field is the byte field `data` left empty, followed by
+    /// `data`: large data travels from where it lies instead of being copied into the
+    /// frame (see [`protocol::encode_head_into`]).
+    pub(crate) fn send_with_tail(
+        &self,
+        to: Rank,
+        frame: &ToWorker<'_>,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let mut scratch = self.scratch.try_lock().ok();
+        let mut own = Vec::new();
+        let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
+        let headed = protocol::encode_head_into(bytes, frame, data.len()).map_err(|source| {
+            Error::Encode {
+                what: format!("a frame for rank {to}"),
+                source,
+            }
+        })?;
+        if !headed {
+            return Err(Error::Encode {
+                what: format!("a frame for rank {to}"),
+                source: rmp_serde::encode::Error::Syntax(
+                    "the frame does not end with its byte field".to_owned(),
+                ),
+            });
+        }
+        let sent = if data.len() < SPLIT {
+            bytes.extend_from_slice(data);
+            self.transport.send(to, bytes)
+        } else {
+            self.transport.send_parts(to, &[bytes, data])
+        };
+        if bytes.capacity() > MAX_SCRATCH {
+            *bytes = Vec::new();
+        }
+        sent.map_err(|e| Error::transport(self.backend, e))
     }
 
     /// Pumps events until `take` finds what the caller waits for, or `until` passes.

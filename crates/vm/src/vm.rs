@@ -606,6 +606,13 @@ mod mpi_worker {
             }
         }
 
+        fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), parvm_transport::Error> {
+            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
+                Some(transport) => transport.send_parts(to, parts),
+                None => Err(self.closed(to)),
+            }
+        }
+
         fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
             match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
                 Some(transport) => transport.recv(wait),
@@ -1099,13 +1106,14 @@ impl Vm {
             tracing::debug!(to = %to, "dropping a message for a task that has ended");
             return Ok(());
         }
-        self.shared.send(
+        self.shared.send_with_tail(
             to.slot,
             &ToWorker::User {
                 from: TaskId::SPAWNER,
                 to: to.number,
-                data: data.into(),
+                data: (&[][..]).into(),
             },
+            data,
         )
     }
 

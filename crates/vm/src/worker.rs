@@ -54,6 +54,34 @@ impl LoopState {
         sent
     }
 
+    /// Sends `frame`, whose last field is the byte field `data` left empty, followed by
+    /// `data`, without copying large data (see [`protocol::encode_head_into`]).
+    fn send_with_tail(
+        &self,
+        transport: &dyn Transport,
+        frame: &FromWorker<'_>,
+        data: &[u8],
+    ) -> Result<(), SendError> {
+        let mut scratch = self.scratch.borrow_mut();
+        let headed = protocol::encode_head_into(&mut scratch, frame, data.len())
+            .map_err(SendError::Encode)?;
+        if !headed {
+            return Err(SendError::Encode(rmp_serde::encode::Error::Syntax(
+                "the frame does not end with its byte field".to_owned(),
+            )));
+        }
+        let sent = if data.len() < crate::spawner::SPLIT {
+            scratch.extend_from_slice(data);
+            transport.send(0, &scratch)
+        } else {
+            transport.send_parts(0, &[&scratch, data])
+        };
+        if scratch.capacity() > crate::spawner::MAX_SCRATCH {
+            *scratch = Vec::new();
+        }
+        sent.map_err(SendError::Transport)
+    }
+
     /// As [`LoopState::send`]; a failure is logged, because the spawner's loss shows up
     /// as an event anyway.
     fn send_or_log(&self, transport: &dyn Transport, frame: &FromWorker<'_>) {
@@ -116,10 +144,10 @@ impl TaskContext<'_> {
         let frame = FromWorker::User {
             from: self.id.number,
             to,
-            data: data.into(),
+            data: (&[][..]).into(),
         };
         self.state
-            .send(self.transport, &frame)
+            .send_with_tail(self.transport, &frame, data)
             .map_err(|e| match e {
                 SendError::Encode(source) => Error::Encode {
                     what: format!("a message from task {} to task {to}", self.id),
