@@ -124,32 +124,75 @@ pub(crate) fn encode_into<T: Serialize>(
     rmp_serde::encode::write(out, frame)
 }
 
-/// Encodes into `out` the head of a frame whose last field is a byte field now empty, so
-/// that the head followed by `len` bytes is the frame with those bytes in that field:
-/// the bytes can then travel from where they lie ([`Transport::send_parts`]) instead of
-/// being copied into the frame. `Ok(false)` (and `out` unspecified) when the encoding
-/// does not end with the empty byte field, or `len` does not fit.
+/// The first byte of a user message frame, which has a fixed binary head instead of
+/// MessagePack: `USER`, a task id (slot `u32`, number `u64`) and a task number (`u64`),
+/// little-endian, then the message bytes. For [`ToWorker::User`] the id is the sender and
+/// the number the receiver; for [`FromWorker::User`] the other way round.
+pub(crate) const USER: u8 = 0x55;
+
+/// The size of a user message frame's head.
+pub(crate) const USER_HEAD: usize = 1 + 4 + 8 + 8;
+
+/// The frames of one direction: MessagePack, with a fixed head for user messages.
+pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
+    /// The task id and task number of a user message frame (see [`USER`]); `None` for
+    /// other frames.
+    fn user_head(&self) -> Option<(TaskId, u64)>;
+
+    /// The user message frame with this head and these bytes.
+    fn user(id: TaskId, number: u64, data: &'a [u8]) -> Self;
+}
+
+impl<'a> Frame<'a> for ToWorker<'a> {
+    fn user_head(&self) -> Option<(TaskId, u64)> {
+        match self {
+            ToWorker::User { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        }
+    }
+
+    fn user(from: TaskId, to: u64, data: &'a [u8]) -> Self {
+        ToWorker::User {
+            from,
+            to,
+            data: Cow::Borrowed(data),
+        }
+    }
+}
+
+impl<'a> Frame<'a> for FromWorker<'a> {
+    fn user_head(&self) -> Option<(TaskId, u64)> {
+        match self {
+            FromWorker::User { from, to, .. } => Some((*to, *from)),
+            _ => None,
+        }
+    }
+
+    fn user(to: TaskId, from: u64, data: &'a [u8]) -> Self {
+        FromWorker::User {
+            from,
+            to,
+            data: Cow::Borrowed(data),
+        }
+    }
+}
+
+/// Encodes into `out` (replacing what it held) the head of user message frame `frame`,
+/// whose bytes then follow: they can travel from where they lie
+/// ([`Transport::send_parts`]) instead of being copied into the frame. The bytes in
+/// `frame` are ignored. `false` when `frame` is not a user message.
 ///
 /// [`Transport::send_parts`]: parvm_transport::Transport::send_parts
-pub(crate) fn encode_head_into<T: Serialize>(
-    out: &mut Vec<u8>,
-    frame: &T,
-    len: usize,
-) -> Result<bool, rmp_serde::encode::Error> {
-    /// MessagePack's empty binary (bin 8, length 0) and the marker of bin 32.
-    const EMPTY_BIN: [u8; 2] = [0xc4, 0x00];
-    const BIN32: u8 = 0xc6;
-    encode_into(out, frame)?;
-    let (Some(kept), Ok(len)) = (out.len().checked_sub(2), u32::try_from(len)) else {
-        return Ok(false);
+pub(crate) fn encode_user_head<'a, T: Frame<'a>>(out: &mut Vec<u8>, frame: &T) -> bool {
+    let Some((id, number)) = frame.user_head() else {
+        return false;
     };
-    if out[kept..] != EMPTY_BIN {
-        return Ok(false);
-    }
-    out.truncate(kept);
-    out.push(BIN32);
-    out.extend_from_slice(&len.to_be_bytes());
-    Ok(true)
+    out.clear();
+    out.push(USER);
+    out.extend_from_slice(&id.slot.to_le_bytes());
+    out.extend_from_slice(&id.number.to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
+    true
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -175,10 +218,30 @@ fn span(frame: &[u8], field: &[u8]) -> Option<std::ops::Range<usize>> {
 }
 
 /// Decodes a frame, checking the version byte.
-pub(crate) fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, String> {
+pub(crate) fn decode<'a, T: Frame<'a>>(payload: &'a [u8]) -> Result<T, String> {
     match payload.split_first() {
         None => Err("empty frame".to_owned()),
         Some((&VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
+        Some((&USER, _)) => {
+            let (Some(head), Some(data)) = (payload.get(..USER_HEAD), payload.get(USER_HEAD..))
+            else {
+                return Err(format!(
+                    "a user message frame of {} bytes, shorter than its {USER_HEAD}-byte head",
+                    payload.len()
+                ));
+            };
+            let mut slot = [0u8; 4];
+            let mut number = [0u8; 8];
+            let mut other = [0u8; 8];
+            slot.copy_from_slice(&head[1..5]);
+            number.copy_from_slice(&head[5..13]);
+            other.copy_from_slice(&head[13..21]);
+            let id = TaskId {
+                slot: u32::from_le_bytes(slot),
+                number: u64::from_le_bytes(number),
+            };
+            Ok(T::user(id, u64::from_le_bytes(other), data))
+        }
         Some((other, _)) => Err(format!(
             "protocol version {other}, this program speaks version {VERSION}"
         )),
@@ -265,40 +328,64 @@ mod tests {
     }
 
     #[test]
-    fn a_head_and_its_bytes_decode_as_the_whole_frame() {
-        for size in [0usize, 1, 255, 256, 70_000] {
+    fn a_user_head_and_its_bytes_decode_as_the_whole_frame() {
+        let sender = TaskId {
+            slot: 3,
+            number: u64::MAX - 1,
+        };
+        for size in [0usize, 1, 255, 70_000] {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-            let mut head = Vec::new();
-            let empty = FromWorker::User {
+            let mut frame = Vec::new();
+            let head = FromWorker::User {
                 from: 4,
-                to: TaskId::SPAWNER,
+                to: sender,
                 data: Cow::Borrowed(&[]),
             };
-            assert!(encode_head_into(&mut head, &empty, data.len()).unwrap());
-            head.extend_from_slice(&data);
+            assert!(encode_user_head(&mut frame, &head));
+            assert_eq!(frame.len(), USER_HEAD);
+            frame.extend_from_slice(&data);
             let FromWorker::User {
-                from, data: back, ..
-            } = decode(&head).unwrap()
+                from,
+                to,
+                data: back,
+            } = decode(&frame).unwrap()
             else {
                 panic!("not a user frame");
             };
-            assert_eq!((from, back.as_ref()), (4, &data[..]));
-            let mut head = Vec::new();
-            let empty = ToWorker::User {
-                from: TaskId::SPAWNER,
+            assert_eq!((from, to, back.as_ref()), (4, sender, &data[..]));
+            let located = locate(&frame, back).unwrap();
+            assert_eq!(&frame[located], &data[..]);
+            let mut frame = vec![0xaa; 3];
+            let head = ToWorker::User {
+                from: sender,
                 to: 9,
                 data: Cow::Borrowed(&[]),
             };
-            assert!(encode_head_into(&mut head, &empty, data.len()).unwrap());
-            head.extend_from_slice(&data);
-            let ToWorker::User { to, data: back, .. } = decode(&head).unwrap() else {
+            assert!(encode_user_head(&mut frame, &head));
+            frame.extend_from_slice(&data);
+            let ToWorker::User {
+                from,
+                to,
+                data: back,
+            } = decode(&frame).unwrap()
+            else {
                 panic!("not a user frame");
             };
-            assert_eq!((to, back.as_ref()), (9, &data[..]));
+            assert_eq!((from, to, back.as_ref()), (sender, 9, &data[..]));
         }
-        // A frame that does not end with an empty byte field has no head.
-        let mut head = Vec::new();
-        assert!(!encode_head_into(&mut head, &ToWorker::Exit, 10).unwrap());
+        // Other frames have no user head.
+        let mut frame = Vec::new();
+        assert!(!encode_user_head(&mut frame, &ToWorker::Exit));
+    }
+
+    #[test]
+    fn truncated_user_frames_are_refused() {
+        for len in 1..USER_HEAD {
+            let mut frame = vec![0u8; len];
+            frame[0] = USER;
+            let err = decode::<ToWorker<'_>>(&frame).unwrap_err();
+            assert!(err.contains("shorter than its"), "{err}");
+        }
     }
 
     #[test]

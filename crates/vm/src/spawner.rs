@@ -7,6 +7,7 @@
 //! the transport's own latency, without a hop through another thread.
 
 use std::any::TypeId;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -155,9 +156,9 @@ impl Shared {
         sent
     }
 
-    /// Sends `frame`, whose last field is the byte field `data` left empty, followed by
-    /// `data`: large data travels from where it lies instead of being copied into the
-    /// frame (see [`protocol::encode_head_into`]).
+    /// Sends user message frame `frame` (its bytes left empty) followed by `data`: large
+    /// data travels from where it lies instead of being copied into the frame (see
+    /// [`protocol::encode_user_head`]).
     pub(crate) fn send_with_tail(
         &self,
         to: Rank,
@@ -167,17 +168,11 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        let headed = protocol::encode_head_into(bytes, frame, data.len()).map_err(|source| {
-            Error::Encode {
-                what: format!("a frame for rank {to}"),
-                source,
-            }
-        })?;
-        if !headed {
+        if !protocol::encode_user_head(bytes, frame) {
             return Err(Error::Encode {
                 what: format!("a frame for rank {to}"),
                 source: rmp_serde::encode::Error::Syntax(
-                    "the frame does not end with its byte field".to_owned(),
+                    "only a user message has a head to send its bytes behind".to_owned(),
                 ),
             });
         }
@@ -366,9 +361,9 @@ impl Shared {
                     let frame = ToWorker::User {
                         from: sender,
                         to: to.number,
-                        data,
+                        data: Cow::Borrowed(&[]),
                     };
-                    if let Err(e) = self.send(to.slot, &frame) {
+                    if let Err(e) = self.send_with_tail(to.slot, &frame, &data) {
                         tracing::debug!(to = %to, error = %e, "cannot forward a message");
                     }
                 } else {

@@ -54,8 +54,8 @@ impl LoopState {
         sent
     }
 
-    /// Sends `frame`, whose last field is the byte field `data` left empty, followed by
-    /// `data`, without copying large data (see [`protocol::encode_head_into`]).
+    /// Sends user message frame `frame` (its bytes left empty) followed by `data`, without
+    /// copying large data (see [`protocol::encode_user_head`]).
     fn send_with_tail(
         &self,
         transport: &dyn Transport,
@@ -63,11 +63,9 @@ impl LoopState {
         data: &[u8],
     ) -> Result<(), SendError> {
         let mut scratch = self.scratch.borrow_mut();
-        let headed = protocol::encode_head_into(&mut scratch, frame, data.len())
-            .map_err(SendError::Encode)?;
-        if !headed {
+        if !protocol::encode_user_head(&mut scratch, frame) {
             return Err(SendError::Encode(rmp_serde::encode::Error::Syntax(
-                "the frame does not end with its byte field".to_owned(),
+                "only a user message has a head to send its bytes behind".to_owned(),
             )));
         }
         let sent = if data.len() < crate::spawner::SPLIT {
