@@ -37,6 +37,12 @@
 //! inbox that `recv` reads first. Two ranks that send large messages to each other at the
 //! same time therefore cannot deadlock, as they can with a plain `MPI_Send`.
 //!
+//! [`Transport::send_parts`] with a small head and a large (64 KiB or more) second part
+//! sends two messages, the head with its own tag and then the part from where it lies,
+//! so the part is never copied into one buffer; the receiver takes the part behind the
+//! head into one vector and reports one [`Event::Message`]. MPI keeps the order of one
+//! sender's messages, and a lock keeps two sending threads from interleaving their pairs.
+//!
 //! # Waiting costs no core
 //!
 //! Open MPI's blocking calls spin at 100% of a core (so does PyOPUS's receive with a
