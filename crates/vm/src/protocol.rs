@@ -3,6 +3,9 @@
 //! Every payload is one version byte ([`VERSION`]) followed by a MessagePack (rmp-serde)
 //! encoding of [`ToWorker`] or [`FromWorker`]. Byte payloads travel as MessagePack binary
 //! (`serde_bytes`), so a 10 MiB user message is one copy, not ten million integers.
+//! User messages, the hot path, instead start with [`USER`] and a fixed 21-byte head
+//! followed by the message bytes, which the sender passes to
+//! [`Transport::send_parts`](parvm_transport::Transport::send_parts) from where they lie.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
