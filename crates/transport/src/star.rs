@@ -775,6 +775,97 @@ fn write_parts<W: std::io::Write + ?Sized>(writer: &mut W, parts: &[&[u8]]) -> i
     Ok(())
 }
 
+/// One end of a star: the spawner's hub or a worker's client. The local and TCP backends
+/// differ in how ends are made and connected, not in how they move messages, so both
+/// implement [`Transport`](crate::Transport) through this view.
+pub(crate) enum Endpoint<'a> {
+    /// The spawner (rank 0).
+    Hub(&'a Hub),
+    /// A worker.
+    Client(&'a Client),
+}
+
+impl Endpoint<'_> {
+    pub(crate) fn rank(&self) -> Rank {
+        match self {
+            Endpoint::Hub(_) => 0,
+            Endpoint::Client(c) => c.rank(),
+        }
+    }
+
+    pub(crate) fn peers(&self) -> Vec<Peer> {
+        match self {
+            Endpoint::Hub(h) => h.peers(),
+            Endpoint::Client(c) => c.peers(),
+        }
+    }
+
+    pub(crate) fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {
+        match self {
+            Endpoint::Hub(h) => h.send(to, payload),
+            Endpoint::Client(c) => c.send(to, payload),
+        }
+    }
+
+    pub(crate) fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        match self {
+            Endpoint::Hub(h) => h.send_parts(to, parts),
+            Endpoint::Client(c) => c.send_parts(to, parts),
+        }
+    }
+
+    pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
+        match self {
+            Endpoint::Hub(h) => Ok(h.recv(wait)),
+            Endpoint::Client(c) => c.recv(wait),
+        }
+    }
+
+    pub(crate) fn host(&self) -> String {
+        match self {
+            Endpoint::Hub(h) => h.me().host.clone(),
+            Endpoint::Client(c) => c.host(),
+        }
+    }
+}
+
+/// Implements [`Transport`](crate::Transport) for a star backend type that has
+/// `fn endpoint(&self) -> Endpoint<'_>`.
+macro_rules! star_transport {
+    ($backend:ty, $name:literal) => {
+        impl $crate::Transport for $backend {
+            fn rank(&self) -> $crate::Rank {
+                self.endpoint().rank()
+            }
+
+            fn peers(&self) -> Vec<$crate::Peer> {
+                self.endpoint().peers()
+            }
+
+            fn send(&self, to: $crate::Rank, payload: &[u8]) -> Result<(), $crate::Error> {
+                self.endpoint().send(to, payload)
+            }
+
+            fn send_parts(&self, to: $crate::Rank, parts: &[&[u8]]) -> Result<(), $crate::Error> {
+                self.endpoint().send_parts(to, parts)
+            }
+
+            fn recv(&self, wait: $crate::Wait) -> Result<Option<$crate::Event>, $crate::Error> {
+                self.endpoint().recv(wait)
+            }
+
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            fn host(&self) -> String {
+                self.endpoint().host()
+            }
+        }
+    };
+}
+pub(crate) use star_transport;
+
 #[cfg(test)]
 mod tests {
     use super::*;

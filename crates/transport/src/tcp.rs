@@ -32,7 +32,7 @@ use sha2::Sha256;
 
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::{self, Client, Hub, Stream, lock};
-use crate::{Error, Event, Peer, Rank, Transport, Wait, frame};
+use crate::{Error, Event, Peer, Rank, frame};
 
 /// The variable telling a worker where the spawner listens (`host:port`).
 pub const CONNECT_VAR: &str = "PARVM_CONNECT";
@@ -510,53 +510,16 @@ pub fn worker_from_env() -> Result<Option<TcpTransport>, Error> {
     TcpTransport::connect(&addr, &secret, &crate::this_host()).map(Some)
 }
 
-impl Transport for TcpTransport {
-    fn rank(&self) -> Rank {
+impl TcpTransport {
+    fn endpoint(&self) -> crate::star::Endpoint<'_> {
         match &self.side {
-            Side::Spawner(_) => 0,
-            Side::Worker(c) => c.rank(),
-        }
-    }
-
-    fn peers(&self) -> Vec<Peer> {
-        match &self.side {
-            Side::Spawner(s) => s.hub.peers(),
-            Side::Worker(c) => c.peers(),
-        }
-    }
-
-    fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {
-        match &self.side {
-            Side::Spawner(s) => s.hub.send(to, payload),
-            Side::Worker(c) => c.send(to, payload),
-        }
-    }
-
-    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
-        match &self.side {
-            Side::Spawner(s) => s.hub.send_parts(to, parts),
-            Side::Worker(c) => c.send_parts(to, parts),
-        }
-    }
-
-    fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
-        match &self.side {
-            Side::Spawner(s) => Ok(s.hub.recv(wait)),
-            Side::Worker(c) => c.recv(wait),
-        }
-    }
-
-    fn backend(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn host(&self) -> String {
-        match &self.side {
-            Side::Spawner(s) => s.hub.me().host.clone(),
-            Side::Worker(c) => c.host(),
+            Side::Spawner(s) => crate::star::Endpoint::Hub(&s.hub),
+            Side::Worker(c) => crate::star::Endpoint::Client(c),
         }
     }
 }
+
+crate::star::star_transport!(TcpTransport, "tcp");
 
 #[cfg(test)]
 mod tests {
