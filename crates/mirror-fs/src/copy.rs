@@ -54,6 +54,7 @@ pub struct MirrorOptions {
     threads: Option<usize>,
     after_plan: Option<Arc<dyn Fn() + Send + Sync>>,
     no_inotify: bool,
+    untrusted_sources: bool,
 }
 
 impl std::fmt::Debug for MirrorOptions {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for MirrorOptions {
             .field("progress", &self.progress.is_some())
             .field("threads", &self.threads)
             .field("no_inotify", &self.no_inotify)
+            .field("untrusted_sources", &self.untrusted_sources)
             .finish_non_exhaustive()
     }
 }
@@ -102,8 +104,22 @@ impl MirrorOptions {
         self
     }
 
+    /// Test seam: [`crate::MirroredFolder`] treats every source folder as if it were on a
+    /// network file system (not watched, every refresh looks at every source file). Not
+    /// part of the stable API.
+    #[doc(hidden)]
+    pub fn untrusted_sources(mut self) -> MirrorOptions {
+        self.untrusted_sources = true;
+        self
+    }
+
     pub(crate) fn inotify_disabled(&self) -> bool {
         self.no_inotify
+    }
+
+    /// True when the source folders may be watched (if on a trusted file system).
+    pub(crate) fn sources_watchable(&self) -> bool {
+        !self.no_inotify && !self.untrusted_sources
     }
 
     pub(crate) fn thread_count(&self) -> usize {

@@ -20,10 +20,11 @@ use crate::copy::{
 };
 use crate::error::{Error, Result};
 use crate::glob;
-use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
+use crate::manifest::{Chunk, DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
 use crate::map::MirrorMap;
 use crate::scan::{self, Scan, ScanPool};
-use crate::watch::{Suspects, Watch};
+use crate::srcwatch::{SourceWatch, Untrusted};
+use crate::watch::{Broken, Suspects, Watch};
 
 /// A task folder that stays across tasks (persistent storage), kept up to date with the
 /// sources at a fraction of the cost of mirroring it again.
@@ -34,7 +35,11 @@ use crate::watch::{Suspects, Watch};
 /// folders with inotify. [`MirroredFolder::refresh`], called before each next task:
 ///
 /// - looks at every source file once (one `stat`, in parallel) and copies again those that
-///   changed; a source folder whose time changed is listed again and new entries are copied;
+///   changed; but when every copied source folder is on a local file system (tmpfs, ext4,
+///   xfs, btrfs, ...), whose changes all go through this kernel, inotify on the source
+///   folders names what changed and only that is looked at (plus files with hard links and
+///   top-level matches); a source folder whose time changed is listed again and new entries
+///   are copied;
 ///   a glob is expanded again when a folder it read changed;
 /// - copies again every mirrored file or symlink the tasks deleted, renamed, replaced,
 ///   edited or `chmod`-ed (inotify names them), and restores the mode and times of mirrored
@@ -48,7 +53,9 @@ use crate::watch::{Suspects, Watch};
 ///
 /// Not noticed: a mirrored file changed through a hard link the task made outside the
 /// mirrored folders, and a source whose content changed while its size, modification time,
-/// change time and inode all stayed the same.
+/// change time and inode all stayed the same. While the sources are watched: a source
+/// written through a shared memory mapping, or through a hard link made outside the watched
+/// folders after the last full scan (see the crate docs).
 ///
 /// ```
 /// use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder};
@@ -83,6 +90,13 @@ pub struct MirroredFolder {
     /// Events seen after the last refresh that were not its own writes.
     pending: Suspects,
     inotify: bool,
+    /// Inotify on the source folders, when all are on trusted local file systems.
+    sources: Option<SourceWatch>,
+    /// The source watch has heard every change since the last full scan: the next refresh
+    /// looks only at what it names.
+    sources_armed: bool,
+    /// Source entries the last refresh looked at.
+    scanned: usize,
     report: MirrorReport,
 }
 
@@ -120,6 +134,11 @@ impl MirroredFolder {
             watch,
             pending: Suspects::default(),
             inotify,
+            // Armed by the first refresh, before its full scan: armed now, it would still
+            // miss what changed during the copy, and the mirror would pay for it.
+            sources: None,
+            sources_armed: false,
+            scanned: 0,
             report,
         })
     }
@@ -136,6 +155,7 @@ impl MirroredFolder {
     /// an error the next refresh verifies every destination.
     pub fn refresh(&mut self, options: &MirrorOptions) -> Result<MirrorReport> {
         let start = Instant::now();
+        let targets = self.source_targets(options);
         let mut suspects = std::mem::take(&mut self.pending);
         let mut verify = self.verify_all;
         let mut rewatch = false;
@@ -150,7 +170,8 @@ impl MirroredFolder {
             self.watch = None;
         }
         self.verify_all = true;
-        let mut report = self.refresh_inner(options, verify, suspects)?;
+        let mut report = self.refresh_inner(options, verify, suspects, targets.as_deref())?;
+        self.sync_sources();
         if self.watch.is_none() && self.inotify {
             self.watch = start_watch(&self.manifest);
             self.pending = Suspects::default();
@@ -188,16 +209,74 @@ impl MirroredFolder {
         self.watch.is_some()
     }
 
+    /// Test seam: true when inotify watches the source folders (all on trusted local file
+    /// systems). Not part of the stable API.
+    #[doc(hidden)]
+    pub fn is_watching_sources(&self) -> bool {
+        self.sources.is_some()
+    }
+
+    /// Test seam: how many source entries the last refresh looked at (`stat`). Not part of
+    /// the stable API.
+    #[doc(hidden)]
+    pub fn last_scanned(&self) -> usize {
+        self.scanned
+    }
+
+    /// The scan chunks to look at instead of every source entry, when the source watch has
+    /// heard every change since the last full scan; `None`: scan everything. A missing or
+    /// broken watch is armed again here, before the full scan, so the two leave no gap.
+    fn source_targets(&mut self, options: &MirrorOptions) -> Option<Vec<Chunk>> {
+        let armed = std::mem::replace(&mut self.sources_armed, false);
+        if !options.sources_watchable() {
+            self.sources = None;
+            return None;
+        }
+        let Some(watch) = &self.sources else {
+            self.sources = start_source_watch(&self.manifest);
+            return None;
+        };
+        match watch.targets(&self.manifest) {
+            Ok(chunks) => armed.then_some(chunks),
+            Err(Broken) => {
+                self.sources = start_source_watch(&self.manifest);
+                None
+            }
+        }
+    }
+
+    /// After a refresh: watches the source folders it copied. A folder watched only now was
+    /// copied before, so the next refresh scans everything.
+    fn sync_sources(&mut self) {
+        if let Some(watch) = &mut self.sources {
+            match watch.sync(&self.manifest) {
+                Ok(added) => self.sources_armed = !added,
+                Err(Untrusted) => self.sources = None,
+            }
+        }
+    }
+
     fn refresh_inner(
         &mut self,
         options: &MirrorOptions,
         verify: bool,
         suspects: Suspects,
+        targets: Option<&[Chunk]>,
     ) -> Result<MirrorReport> {
         let m = Arc::clone(&self.manifest);
-        let scan = match &self.pool {
-            Some(pool) => pool.scan(&m, verify, options.thread_count()),
-            None => scan::scan_alone(&m, verify),
+        let scan = match targets {
+            // The destinations are trusted too (their watch is sound): only what was named.
+            Some(chunks) if !verify => {
+                self.scanned = chunks.iter().map(|c| (c.end - c.start) as usize).sum();
+                scan::scan_some(&m, chunks)
+            }
+            _ => {
+                self.scanned = m.entries.len();
+                match &self.pool {
+                    Some(pool) => pool.scan(&m, verify, options.thread_count()),
+                    None => scan::scan_alone(&m, verify),
+                }
+            }
         };
         if let Some(e) = scan.error {
             return Err(e);
@@ -261,6 +340,19 @@ impl MirroredFolder {
             }
         }
         Ok(report)
+    }
+}
+
+fn start_source_watch(m: &Manifest) -> Option<SourceWatch> {
+    match SourceWatch::new(m) {
+        Ok(watch) => Some(watch),
+        Err(Untrusted) => {
+            tracing::debug!(
+                "a source folder is not on a trusted local file system, or cannot be watched; \
+                 every refresh looks at every source file"
+            );
+            None
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! | | [`MirroredFolder::refresh`] (stateful) | [`refresh`] (stateless) |
 //! | --- | --- | --- |
 //! | use when | the same process keeps the folder (a worker) | another process mirrored it (`parvm mirror --refresh`) |
-//! | per source file | one `stat`, in parallel, compared with the manifest (size, times, inode, mode) | one `stat` of the source and one of the copy (size, mtime, mode) |
+//! | per source file | one `stat`, in parallel, compared with the manifest (size, times, inode, mode); none when every copied source folder is on a local file system (tmpfs, ramfs, ext2/3/4, xfs, btrfs, f2fs, zfs): inotify on the source folders names what changed and only that is looked at, plus files with hard links (`st_nlink` > 1: they can change through a name outside the watched folders) and top-level matches of the map. Network and cluster file systems (NFS, SMB, FUSE, Lustre, GPFS, Ceph, 9p, AFS) and overlayfs can change behind this kernel's back: always scanned; so is everything in the first refresh, and in the one after the source watch overflowed, lost a folder or gained one | one `stat` of the source and one of the copy (size, mtime, mode) |
 //! | the tasks' changes to copies | named by inotify and copied again; when inotify is refused or overflows, every copy is verified (two `stat`s) | found by comparing each copy with its source |
 //! | a source folder whose time changed | listed again: new entries copied | every folder listed every time |
 //! | a glob | expanded again when a folder it read changed | expanded every time |
@@ -22,9 +22,14 @@
 //! Both leave alone the files the tasks wrote that are not mirrored entries, and the
 //! copies of entries that are gone at the source: mirroring never deletes. Both miss a
 //! source edited in place with its size and modification time put back; the stateful one
-//! still sees it when the inode or the change time moved (a rename over it, a `chmod`), and
-//! sees every in-place edit of a copy by a task (inotify), even one that keeps size and time.
-//! Neither sees a copy changed through a hard link made outside the mirrored folders.
+//! still sees it when the inode or the change time moved (a rename over it, a `chmod`) or
+//! when it watches the sources, and sees every in-place edit of a copy by a task (inotify),
+//! even one that keeps size and time. Neither sees a copy changed through a hard link made
+//! outside the mirrored folders. When the stateful one watches the sources, it misses a
+//! source written through a shared memory mapping (inotify does not report those) until
+//! something else about the file changes, and a source edited through a hard link made
+//! outside the watched folders after the last full scan (making the link tells no folder
+//! watch; a link that existed then is looked at every time).
 //!
 //! ```
 //! use parvm_mirror_fs::{mirror, refresh, MirrorMap, MirrorOptions, MirroredFolder};
@@ -65,6 +70,7 @@ mod manifest;
 mod map;
 mod pathser;
 mod scan;
+mod srcwatch;
 mod translate;
 mod watch;
 

@@ -26,6 +26,10 @@ pub(crate) struct Sig {
     pub(crate) ctime_ns: i64,
     /// File type and permission bits (`st_mode`).
     pub(crate) mode: u32,
+    /// Link count: a file with more than one name can change through a name outside the
+    /// watched source folders, so its source is always looked at (see
+    /// [`crate::MirroredFolder::refresh`]).
+    pub(crate) nlink: u64,
 }
 
 impl Sig {
@@ -40,6 +44,7 @@ impl Sig {
             ctime: st.st_ctime as i64,
             ctime_ns: st.st_ctime_nsec as i64,
             mode: st.st_mode as u32,
+            nlink: st.st_nlink as u64,
         }
     }
 
@@ -144,6 +149,10 @@ pub(crate) struct Manifest {
     pub(crate) literal: Vec<bool>,
     /// Destination folder → the folders copied into it.
     pub(crate) by_dst: HashMap<PathBuf, Vec<u32>>,
+    /// Entries whose source is looked at even when inotify watches the source folders:
+    /// files with hard links (changed through another name, no event reaches the watched
+    /// folder) and top-level matches (followed when symlinks, so their folder says nothing).
+    pub(crate) always: Vec<u32>,
 }
 
 impl Manifest {
@@ -210,6 +219,12 @@ impl Manifest {
             }
             by_dst.entry(dir.dst.clone()).or_default().push(id as u32);
         }
+        let always = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.sig.nlink > 1 || dirs[e.dir as usize].is_top())
+            .map(|(i, _)| i as u32)
+            .collect();
         Manifest {
             dirs,
             entries,
@@ -217,6 +232,7 @@ impl Manifest {
             globs,
             literal,
             by_dst,
+            always,
         }
     }
 

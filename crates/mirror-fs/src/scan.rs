@@ -163,6 +163,18 @@ pub(crate) fn scan_alone(m: &Manifest, verify: bool) -> Scan {
     out
 }
 
+/// Scans only `chunks` (what the source watch named) on the calling thread: they are few.
+pub(crate) fn scan_some(m: &Manifest, chunks: &[Chunk]) -> Scan {
+    let mut out = Scan::default();
+    for chunk in chunks {
+        scan_chunk(m, chunk, false, &mut out);
+        if out.error.is_some() {
+            break;
+        }
+    }
+    out
+}
+
 fn helper(shared: &PoolShared) {
     let mut seen = 0;
     loop {

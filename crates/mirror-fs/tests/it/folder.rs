@@ -10,9 +10,14 @@ use parvm_mirror_fs::{Error, MirrorMap, MirrorOptions, MirroredFolder};
 
 use crate::{Fixture, set_mode};
 
-/// Both flavours: with inotify, and with the fallback that verifies every copy.
-fn flavours() -> [MirrorOptions; 2] {
-    [MirrorOptions::new(), MirrorOptions::new().no_inotify()]
+/// The flavours: with inotify (on the sources too when trusted), with the fallback that
+/// verifies every copy, and with sources treated as on a network file system.
+fn flavours() -> [MirrorOptions; 3] {
+    [
+        MirrorOptions::new(),
+        MirrorOptions::new().no_inotify(),
+        MirrorOptions::new().untrusted_sources(),
+    ]
 }
 
 /// Moves a file's modification time, so an edit of the same size shows.
@@ -575,6 +580,7 @@ mod law {
             ),
             inotify in any::<bool>(),
             threads in 1usize..3,
+            warm in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let src = dir.path().join("src");
@@ -588,6 +594,11 @@ mod law {
                 options = options.no_inotify();
             }
             let mut folder = MirroredFolder::mirror(&map, &task, &options).unwrap();
+            if warm {
+                // The source watch is armed only after a first full scan: then the first
+                // round's source edits are found by its events alone.
+                folder.refresh(&options).unwrap();
+            }
             let dst = task.join("src");
             let mut task_files = BTreeMap::new();
             let mut n = 0;

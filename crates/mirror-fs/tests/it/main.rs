@@ -5,6 +5,7 @@ mod folder;
 mod map;
 mod model;
 mod refresh;
+mod srcwatch;
 mod translate;
 
 use std::fs;
@@ -24,7 +25,18 @@ pub struct Fixture {
 impl Fixture {
     /// Makes both folders in a fresh temp folder.
     pub fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp folder");
+        Fixture::in_temp(tempfile::tempdir().expect("temp folder"))
+    }
+
+    /// Makes both folders on tmpfs (`/dev/shm`) when there is one, else as [`Fixture::new`].
+    pub fn on_tmpfs() -> Fixture {
+        match tempfile::tempdir_in("/dev/shm") {
+            Ok(dir) => Fixture::in_temp(dir),
+            Err(_) => Fixture::new(),
+        }
+    }
+
+    fn in_temp(dir: tempfile::TempDir) -> Fixture {
         let base = dir.path().canonicalize().expect("canonical temp folder");
         let shared = base.join("shared");
         let task = base.join("task");
