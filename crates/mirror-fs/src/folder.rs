@@ -53,9 +53,10 @@ use crate::watch::{Broken, Suspects, Watch};
 ///
 /// Not noticed: a mirrored file changed through a hard link the task made outside the
 /// mirrored folders, and a source whose content changed while its size, modification time,
-/// change time and inode all stayed the same. While the sources are watched: a source
+/// change time and inode all stayed the same. While the sources are watched, a source
 /// written through a shared memory mapping, or through a hard link made outside the watched
-/// folders after the last full scan (see the crate docs).
+/// folders after the last full scan, is seen only by the next full scan, at most
+/// [`crate::FULL_SCAN_EVERY`] later (see the crate docs).
 ///
 /// ```
 /// use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder};
@@ -97,6 +98,8 @@ pub struct MirroredFolder {
     sources_armed: bool,
     /// Source entries the last refresh looked at.
     scanned: usize,
+    /// When every source file was last looked at (a mirror or a full scan).
+    last_full_scan: Instant,
     report: MirrorReport,
 }
 
@@ -139,6 +142,7 @@ impl MirroredFolder {
             sources: None,
             sources_armed: false,
             scanned: 0,
+            last_full_scan: Instant::now(),
             report,
         })
     }
@@ -237,7 +241,11 @@ impl MirroredFolder {
             return None;
         };
         match watch.targets(&self.manifest) {
-            Ok(chunks) => armed.then_some(chunks),
+            // Events alone are trusted only for a while: see FULL_SCAN_EVERY.
+            Ok(chunks) => {
+                let fresh = self.last_full_scan.elapsed() < options.full_scan_interval();
+                (armed && fresh).then_some(chunks)
+            }
             Err(Broken) => {
                 self.sources = start_source_watch(&self.manifest);
                 None
@@ -272,6 +280,7 @@ impl MirroredFolder {
             }
             _ => {
                 self.scanned = m.entries.len();
+                self.last_full_scan = Instant::now();
                 match &self.pool {
                     Some(pool) => pool.scan(&m, verify, options.thread_count()),
                     None => scan::scan_alone(&m, verify),

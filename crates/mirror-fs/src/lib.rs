@@ -25,11 +25,12 @@
 //! still sees it when the inode or the change time moved (a rename over it, a `chmod`) or
 //! when it watches the sources, and sees every in-place edit of a copy by a task (inotify),
 //! even one that keeps size and time. Neither sees a copy changed through a hard link made
-//! outside the mirrored folders. When the stateful one watches the sources, it misses a
-//! source written through a shared memory mapping (inotify does not report those) until
-//! something else about the file changes, and a source edited through a hard link made
-//! outside the watched folders after the last full scan (making the link tells no folder
-//! watch; a link that existed then is looked at every time).
+//! outside the mirrored folders. When the stateful one watches the sources, two source
+//! changes send no event: writes through a shared memory mapping, and an edit through a
+//! hard link made outside the watched folders after the last full scan (making the link
+//! tells no folder watch; a link that existed then is looked at every time). Both are
+//! caught by the next full scan, which runs whenever [`FULL_SCAN_EVERY`] (1 s) has passed
+//! since the last one, so such a change goes unseen for at most that long.
 //!
 //! ```
 //! use parvm_mirror_fs::{mirror, refresh, MirrorMap, MirrorOptions, MirroredFolder};
@@ -74,7 +75,9 @@ mod srcwatch;
 mod translate;
 mod watch;
 
-pub use copy::{MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh};
+pub use copy::{
+    FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
+};
 pub use error::{Error, Result};
 pub use folder::MirroredFolder;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};

@@ -30,6 +30,12 @@ fn setup(fx: &Fixture) -> MirrorMap {
 
 /// Mirrors and refreshes once, so the source watch has heard everything since a full scan.
 /// `None` when this machine's temp folders are not on a trusted file system.
+/// Options under which events alone are trusted for an hour, so assertions about what a
+/// refresh looked at do not depend on how fast a loaded machine runs the test.
+fn events_trusted() -> MirrorOptions {
+    MirrorOptions::new().full_scan_every(std::time::Duration::from_secs(3600))
+}
+
 fn armed(fx: &Fixture, map: &MirrorMap, options: &MirrorOptions) -> Option<MirroredFolder> {
     let mut folder = MirroredFolder::mirror(map, &fx.task, options).unwrap();
     let report = folder.refresh(options).unwrap();
@@ -132,7 +138,7 @@ fn change_everything(options: &MirrorOptions) -> Option<(MirrorReport, usize, Ve
 fn nothing_changed_needs_no_scan() {
     let fx = Fixture::on_tmpfs();
     let map = setup(&fx);
-    let options = MirrorOptions::new();
+    let options = events_trusted();
     let Some(mut folder) = armed(&fx, &map, &options) else {
         return;
     };
@@ -146,7 +152,7 @@ fn nothing_changed_needs_no_scan() {
 
 #[test]
 fn every_source_change_is_copied_without_a_scan() {
-    let Some((report, scanned, trusted)) = change_everything(&MirrorOptions::new()) else {
+    let Some((report, scanned, trusted)) = change_everything(&events_trusted()) else {
         return;
     };
     assert_eq!(report.files, 7, "{report:?}");
@@ -178,7 +184,7 @@ fn a_hard_linked_source_edited_through_its_other_name_is_copied_again() {
     let outside = fx.src("elsewhere/f7.txt");
     fs::create_dir_all(outside.parent().unwrap()).unwrap();
     fs::hard_link(fx.src("tree/d1/f7.txt"), &outside).unwrap();
-    let options = MirrorOptions::new();
+    let options = events_trusted();
     let Some(mut folder) = armed(&fx, &map, &options) else {
         return;
     };
@@ -201,11 +207,12 @@ fn a_hard_linked_source_edited_through_its_other_name_is_copied_again() {
 /// the file's link count recorded as 1 stays and edits through the new name go unseen until
 /// the next full scan.
 #[test]
-#[ignore = "known gap of the source watch: a hard link made after the last full scan"]
-fn a_hard_link_made_after_the_mirror_is_followed_too() {
+fn a_hard_link_made_after_the_mirror_is_followed_by_the_next_full_scan() {
+    // No event reaches the watched folder for an edit through a link made later; the
+    // periodic full scan (every FULL_SCAN_EVERY, here at once) catches it.
     let fx = Fixture::on_tmpfs();
     let map = setup(&fx);
-    let options = MirrorOptions::new();
+    let options = MirrorOptions::new().full_scan_every(std::time::Duration::ZERO);
     let Some(mut folder) = armed(&fx, &map, &options) else {
         return;
     };
@@ -225,7 +232,7 @@ fn a_hard_link_made_after_the_mirror_is_followed_too() {
 fn a_lost_watch_falls_back_to_the_scan_and_rearms() {
     let fx = Fixture::on_tmpfs();
     let map = setup(&fx);
-    let options = MirrorOptions::new();
+    let options = events_trusted();
     let Some(mut folder) = armed(&fx, &map, &options) else {
         return;
     };
@@ -250,7 +257,7 @@ fn a_source_tree_swapped_by_renaming_an_ancestor_is_copied_again() {
     let fx = Fixture::on_tmpfs();
     fx.file("proj/tree/a.txt", b"old a");
     let map = MirrorMap::new().entry(fx.src("proj/tree"), ".").unwrap();
-    let options = MirrorOptions::new();
+    let options = events_trusted();
     let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
     folder.refresh(&options).unwrap();
     if !folder.is_watching_sources() {
@@ -265,4 +272,22 @@ fn a_source_tree_swapped_by_renaming_an_ancestor_is_copied_again() {
     let report = folder.refresh(&options).unwrap();
     assert_eq!(report.files, 1, "{report:?}");
     assert_eq!(fs::read(fx.dst("tree/a.txt")).unwrap(), b"new a");
+}
+
+#[test]
+fn events_alone_are_trusted_only_until_the_next_full_scan_is_due() {
+    let fx = Fixture::on_tmpfs();
+    let map = setup(&fx);
+    let Some(mut folder) = armed(&fx, &map, &events_trusted()) else {
+        return;
+    };
+    folder.refresh(&events_trusted()).unwrap();
+    assert!(folder.last_scanned() < folder.entries(), "events alone");
+    let due = MirrorOptions::new().full_scan_every(std::time::Duration::ZERO);
+    folder.refresh(&due).unwrap();
+    assert_eq!(
+        folder.last_scanned(),
+        folder.entries(),
+        "a full scan when due"
+    );
 }
