@@ -74,7 +74,7 @@ fn spawn_two_collect_results_and_exits(backend: Backend) {
     let (outcomes, _) = collect(&vm, &ids);
     for id in &ids {
         let outcome = &outcomes[id];
-        let value = outcome.result.as_ref().unwrap().as_ref().unwrap();
+        let value = outcome.ok_value();
         assert_eq!(value.decode::<i64>().unwrap(), 5);
         assert!(matches!(
             value.decode::<String>(),
@@ -139,12 +139,7 @@ fn panic_fails_the_task_and_the_worker_lives_on(backend: Backend) {
         "the same worker runs the next task"
     );
     let (outcomes, _) = collect(&vm, &again);
-    let value = outcomes[&again[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap();
+    let value = outcomes[&again[0]].ok_value();
     assert_eq!(value.decode::<String>().unwrap(), "alive");
 }
 
@@ -192,7 +187,7 @@ fn ping_pong_between_spawner_and_task(backend: Backend) {
     }
     vm.send_bytes(ids[0], &[]).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let value = outcomes[&ids[0]].result.as_ref().unwrap().as_ref().unwrap();
+    let value = outcomes[&ids[0]].ok_value();
     assert_eq!(value.decode::<u64>().unwrap(), 4);
 }
 
@@ -202,12 +197,7 @@ fn worker_to_worker_messages_route_via_the_spawner(backend: Backend) {
     let receiver = vm.spawn(Spawn::task("recv_one", &())).unwrap();
     let sender = vm.spawn(Spawn::task("relay", &receiver[0])).unwrap();
     let (outcomes, _) = collect(&vm, &[receiver[0], sender[0]]);
-    let value = outcomes[&receiver[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap();
+    let value = outcomes[&receiver[0]].ok_value();
     assert_eq!(
         value.decode::<String>().unwrap(),
         format!("hi from {}", sender[0])
@@ -232,12 +222,7 @@ fn messages_to_an_ended_task_are_dropped(backend: Backend) {
     );
     vm.send(second[0], &"for the living".to_string()).unwrap();
     let (outcomes, _) = collect(&vm, &second);
-    let value = outcomes[&second[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap();
+    let value = outcomes[&second[0]].ok_value();
     assert_eq!(value.decode::<String>().unwrap(), "for the living");
 }
 
@@ -302,22 +287,8 @@ fn two_vms_with_different_mirror_maps(backend: Backend) {
     let b = second.spawn(Spawn::task("list", &())).unwrap();
     let (outcomes_a, _) = collect(&first, &a);
     let (outcomes_b, _) = collect(&second, &b);
-    let list_a: Vec<String> = outcomes_a[&a[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
-    let list_b: Vec<String> = outcomes_b[&b[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let list_a: Vec<String> = outcomes_a[&a[0]].value();
+    let list_b: Vec<String> = outcomes_b[&b[0]].value();
     assert_eq!(list_a, ["sub", "x.txt"]);
     assert_eq!(list_b, ["inputs"]);
 }
@@ -329,14 +300,7 @@ fn temporary_folder_removed_even_when_the_task_fails(backend: Backend) {
         .spawn(Spawn::task("write", &("out.txt".to_string(), false)))
         .unwrap();
     let (outcomes, _) = collect(&vm, &ok);
-    let before: Vec<String> = outcomes[&ok[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let before: Vec<String> = outcomes[&ok[0]].value();
     assert!(before.is_empty(), "a fresh folder: {before:?}");
     assert!(
         h.task_folders().is_empty(),
@@ -367,14 +331,7 @@ fn persistent_folder_is_reused_then_removed(backend: Backend) {
         .spawn(Spawn::task("write", &("two.txt".to_string(), false)))
         .unwrap();
     let (outcomes, _) = collect(&vm, &second);
-    let before: Vec<String> = outcomes[&second[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let before: Vec<String> = outcomes[&second[0]].value();
     assert_eq!(before, ["one.txt"]);
     drop(vm);
     crate::harness::wait_until("the persistent folder is removed", || {
@@ -402,14 +359,7 @@ fn persistent_folder_never_runs_on_stale_inputs(backend: Backend) {
             ))
             .unwrap();
         let (outcomes, _) = collect(&vm, &ids);
-        outcomes[&ids[0]]
-            .result
-            .as_ref()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .decode()
-            .unwrap()
+        outcomes[&ids[0]].value()
     };
     // The task edits its copy in place (same size): the next task sees the source again.
     assert_eq!(read("edit"), "version 1");
@@ -472,14 +422,7 @@ fn external_command_status_is_the_result(backend: Backend) {
         )
         .unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let status: CommandStatus = outcomes[&ids[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let status: CommandStatus = outcomes[&ids[0]].value();
     assert_eq!(status.code, Some(3));
     let missing = vm.spawn(Spawn::command("/nonexistent/program")).unwrap();
     let (outcomes, _) = collect(&vm, &missing);

@@ -283,6 +283,21 @@ pub struct Outcome {
     pub exits: usize,
 }
 
+impl Outcome {
+    /// The task's value; panics (failing the test) when it has no result or failed.
+    pub fn ok_value(&self) -> &Value {
+        match &self.result {
+            Some(Ok(value)) => value,
+            other => panic!("expected a successful result, got {other:?}"),
+        }
+    }
+
+    /// The task's value, decoded as `T`.
+    pub fn value<T: serde::de::DeserializeOwned + 'static>(&self) -> T {
+        self.ok_value().decode().expect("decode the task's value")
+    }
+}
+
 /// Receives until every task in `ids` has exited; other messages are returned too.
 pub fn collect(vm: &Vm, ids: &[TaskId]) -> (HashMap<TaskId, Outcome>, Vec<Message>) {
     let deadline = Instant::now() + DEADLINE;

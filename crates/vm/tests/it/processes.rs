@@ -46,14 +46,7 @@ fn pid_of_worker(h: &Harness, host: &str) -> (i32, parvm_vm::TaskId) {
     let vm = h.vm();
     let ids = vm.spawn(Spawn::task("pid", &()).hosts([host])).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
-    let pid: u32 = outcomes[&ids[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let pid: u32 = outcomes[&ids[0]].value();
     (i32::try_from(pid).unwrap(), ids[0])
 }
 

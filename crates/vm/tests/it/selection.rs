@@ -146,7 +146,7 @@ fn a_late_tcp_worker_arrives_as_host_add() {
         .spawn(parvm_vm::Spawn::task("echo", &"late".to_string()))
         .unwrap();
     let (outcomes, _) = crate::harness::collect(&vm, &ids);
-    let value = outcomes[&ids[0]].result.as_ref().unwrap().as_ref().unwrap();
+    let value = outcomes[&ids[0]].ok_value();
     assert_eq!(value.decode::<String>().unwrap(), "late");
     drop(vm);
     runtime.finalize().unwrap();
