@@ -88,6 +88,10 @@ pub struct SweepReport {
     pub bytes_freed_human: String,
 }
 
+/// How long a probe waits for the lock of a folder whose owner is gone (see
+/// `try_lock_stale_aware`).
+const STALE_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Which folders a pass removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -318,7 +322,7 @@ impl LocalStorage {
                 lock: None,
             });
         }
-        let lock = match self.backend.try_lock(path, create_lock) {
+        let lock = match self.try_lock_stale_aware(path, create_lock) {
             Ok(Attempt::Busy) => {
                 let owner = OwnerMarker::read(path).ok().flatten();
                 let detail = "its lock is held".to_owned();
@@ -345,6 +349,34 @@ impl LocalStorage {
     }
 
     /// Judges a folder whose lock is not held by anyone else, from its owner marker.
+    /// Tries the folder's lock. When it is held although the owner marker says the owner is
+    /// gone, tries again for a moment: the holder is then almost always a child that another
+    /// thread of some process just forked, which keeps a copy of the lock file's descriptor
+    /// (and so the flock) until it execs, a matter of microseconds. A holder that stays is
+    /// a real one, and the folder is in use.
+    fn try_lock_stale_aware(&self, path: &Path, create: bool) -> io::Result<Attempt> {
+        let first = self.backend.try_lock(path, create)?;
+        if !matches!(first, Attempt::Busy) || !self.owner_is_gone(path) {
+            return Ok(first);
+        }
+        let deadline = std::time::Instant::now() + STALE_LOCK_PATIENCE;
+        loop {
+            std::thread::yield_now();
+            let again = self.backend.try_lock(path, create)?;
+            if !matches!(again, Attempt::Busy) || std::time::Instant::now() >= deadline {
+                return Ok(again);
+            }
+        }
+    }
+
+    fn owner_is_gone(&self, path: &Path) -> bool {
+        let me = OwnerMarker::current(&self.host);
+        matches!(
+            OwnerMarker::read(path),
+            Ok(Some(marker)) if matches!(marker.liveness(&me), Liveness::Gone(_))
+        )
+    }
+
     fn judge_owner(
         &self,
         path: &Path,
