@@ -137,8 +137,11 @@ fn killed_spawner_workers_exit_and_folders_are_swept_next_start() {
     assert_eq!(pids.len(), 2);
     let _guard = PidsGuard(pids.clone());
     // READY follows the spawn requests at once; the workers make their folders meanwhile.
-    wait_until("one task folder per worker", || {
-        task_folders(local.path()).len() == 2
+    // Wait for the owner markers too: a folder killed between its mkdir and its marker is
+    // "unknown" and, by design, swept only after the grace period.
+    wait_until("one marked task folder per worker", || {
+        let folders = task_folders(local.path());
+        folders.len() == 2 && folders.iter().all(|f| f.join(".parvm-owner").is_file())
     });
     child.0.kill().unwrap();
     child.0.wait().unwrap();
