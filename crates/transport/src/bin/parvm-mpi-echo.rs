@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
-use parvm_transport::mpi::MpiTransport;
+use parvm_transport::mpi::{INLINE, MpiTransport, Unchecked};
 use parvm_transport::{Event, Rank, Transport, Wait};
 
 /// Errors end the run with a message; no error type of its own is needed here.
@@ -26,12 +26,16 @@ static VIA_HOOK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// What a worker takes as "leave the loop".
 const STOP: &[u8] = b"parvm-mpi-echo:stop";
 
-/// The sizes the ping-pong checks, 0 B to 10 MiB.
-const SIZES: [usize; 9] = [
+/// The sizes the ping-pong checks, 0 B to 10 MiB, with both sides of the posted
+/// receive's size.
+const SIZES: [usize; 12] = [
     0,
     1,
     1000,
     1024,
+    INLINE - 1,
+    INLINE,
+    INLINE + 1,
     65_536,
     100 * 1024,
     1 << 20,
@@ -41,6 +45,9 @@ const SIZES: [usize; 9] = [
 
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode == "malformed" {
+        return malformed_main();
+    }
     // Workers join through the crate's generic hook, the spawner (rank 0) directly: the
     // way the VM starts.
     let joined = match parvm_transport::worker_from_env() {
@@ -76,10 +83,13 @@ fn run(t: &dyn Transport, mode: &str) -> Result<()> {
         "exchange" => exchange(t),
         "timeouts" => timeouts(t),
         "threads" => threads(t),
+        "parts" => parts(t),
         "die" => die(t),
         "die-send" => die_send(t),
         other => {
-            bail!("unknown mode `{other}`; use info, pingpong, exchange, timeouts, threads or die")
+            bail!(
+                "unknown mode `{other}`; use info, pingpong, exchange, timeouts, threads, parts, malformed or die"
+            )
         }
     }
 }
@@ -295,5 +305,144 @@ fn die_send(t: &dyn Transport) -> Result<()> {
     }
     let got = t.recv(Wait::For(Duration::from_secs(2)))?;
     println!("rank 0 waited again: {got:?}");
+    Ok(())
+}
+
+/// The shapes `send_parts` is checked with: (part sizes), around the posted receive's size.
+fn part_shapes() -> Vec<Vec<usize>> {
+    vec![
+        vec![],
+        vec![21, 0],
+        vec![21, INLINE - 21],
+        vec![21, INLINE - 20],
+        vec![100, 100 * 1024],
+        vec![0, 1 << 20],
+        vec![INLINE + 5, 10],
+        vec![INLINE, INLINE],
+        vec![7, 5000, 70_000],
+    ]
+}
+
+/// Rank 0 sends payloads in parts; workers answer each in two halves, so both sides'
+/// splits are checked.
+fn parts(t: &dyn Transport) -> Result<()> {
+    if t.rank() != 0 {
+        loop {
+            let (from, payload) = expect_message(t, Wait::Forever)?;
+            if payload == STOP {
+                return Ok(());
+            }
+            let (head, tail) = payload.split_at(payload.len() / 2);
+            t.send_parts(from, &[head, tail])?;
+        }
+    }
+    for worker in 1..t.size() as Rank {
+        for shape in part_shapes() {
+            let whole = pattern(shape.iter().sum(), worker);
+            let mut rest = &whole[..];
+            let parts: Vec<&[u8]> = shape
+                .iter()
+                .map(|&len| {
+                    let (part, after) = rest.split_at(len);
+                    rest = after;
+                    part
+                })
+                .collect();
+            t.send_parts(worker, &parts)?;
+            let (from, got) = expect_message(t, Wait::For(Duration::from_secs(30)))?;
+            ensure!(
+                from == worker,
+                "answer to rank {worker} came from rank {from}"
+            );
+            ensure!(
+                got == whole,
+                "parts {shape:?} came back from rank {worker} as {} different bytes",
+                got.len()
+            );
+        }
+    }
+    stop_workers(t)?;
+    println!("parts ok shapes={}", part_shapes().len());
+    Ok(())
+}
+
+/// Malformed traffic, with every rank on the backend directly: rank 1 sends a message too
+/// large for the posted receive, then a head whose tail never comes, then a message that
+/// must wait behind that head; rank 2 sends a message that must not wait.
+fn malformed_main() -> ExitCode {
+    let transport = match MpiTransport::init() {
+        Ok(transport) => transport,
+        Err(e) => {
+            eprintln!("parvm-mpi-echo malformed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match malformed(&transport) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Said before finalising, which waits for the other ranks.
+            eprintln!("parvm-mpi-echo malformed rank {}: {e}", transport.rank());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn malformed(t: &MpiTransport) -> Result<()> {
+    ensure!(t.size() == 3, "run malformed with 3 ranks");
+    match t.rank() {
+        1 => {
+            t.send_unchecked(0, &pattern(INLINE + 1, 1), Unchecked::Whole)?;
+            t.send_unchecked(0, b"head", Unchecked::HeadWithoutTail)?;
+            t.send(0, b"after the head")?;
+            t.world_barrier();
+            let (_, payload) = expect_message(t, Wait::For(Duration::from_secs(30)))?;
+            ensure!(payload == STOP, "expected the stop message");
+            t.send_unchecked(0, &[], Unchecked::Leave)?;
+            Ok(())
+        }
+        2 => {
+            t.send(0, b"from rank 2")?;
+            t.world_barrier();
+            Ok(())
+        }
+        _ => malformed_receiver(t),
+    }
+}
+
+fn malformed_receiver(t: &MpiTransport) -> Result<()> {
+    t.world_barrier();
+    let mut events = Vec::new();
+    while let Some(event) = t.recv(Wait::For(Duration::from_millis(300)))? {
+        events.push(event);
+    }
+    let truncated = events.iter().any(|event| {
+        matches!(event, Event::PeerLost { rank: 1, reason } if reason.contains("could not receive"))
+    });
+    ensure!(
+        truncated,
+        "the oversized message was not reported: {events:?}"
+    );
+    let from_2 = events.iter().any(
+        |event| matches!(event, Event::Message { from: 2, payload } if payload == b"from rank 2"),
+    );
+    ensure!(
+        from_2,
+        "rank 2's message waited behind rank 1's head: {events:?}"
+    );
+    let early = events
+        .iter()
+        .any(|event| matches!(event, Event::Message { from: 1, .. }));
+    ensure!(!early, "rank 1's message overtook its head: {events:?}");
+    t.send(1, STOP)?;
+    let (from, payload) = expect_message(t, Wait::For(Duration::from_secs(30)))?;
+    ensure!(
+        from == 1 && payload == b"after the head",
+        "expected rank 1's held message once it left, got {payload:?} from rank {from}"
+    );
+    match t.recv(Wait::For(Duration::from_secs(30)))? {
+        Some(Event::PeerLost { rank: 1, reason }) if reason.contains("left") => {}
+        other => bail!("expected rank 1 to leave, got {other:?}"),
+    }
+    println!("malformed ok");
     Ok(())
 }

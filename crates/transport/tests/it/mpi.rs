@@ -274,6 +274,25 @@ fn one_thread_sends_while_another_waits_in_recv() {
 }
 
 #[test]
+fn parts_of_every_shape_arrive_as_one_payload() {
+    let Some(run) = mpirun_ok(&["-n", "3", ECHO, "parts"]) else {
+        return;
+    };
+    assert_eq!(run.lines("parts").len(), 1, "{}", run.all());
+}
+
+#[test]
+fn malformed_messages_are_reported_and_a_missing_tail_holds_back_only_its_sender() {
+    // The oversized message must go eagerly: Open MPI leaves the sender of a truncated
+    // rendezvous message waiting forever, which would hang the test, not the receiver.
+    let eager = ["--mca", "btl_vader_eager_limit", "16384"];
+    let Some(run) = mpirun_ok(&[&eager[..], &["-n", "3", ECHO, "malformed"]].concat()) else {
+        return;
+    };
+    assert_eq!(run.lines("malformed").len(), 1, "{}", run.all());
+}
+
+#[test]
 fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
     let Some(run) = mpirun_ok(&["-n", "3", ECHO, "timeouts"]) else {
         return;
