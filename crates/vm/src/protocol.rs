@@ -91,9 +91,10 @@ pub(crate) enum FromWorker<'a> {
         value: Option<Cow<'a, [u8]>>,
         error: Option<String>,
     },
-    /// A user message from task `from` on this worker to task `to`.
+    /// A user message from task `from` on this worker to task `to`. `from` is `None` in a
+    /// compact frame to the spawner ([`USER_SPAWNER`]): the task the slot runs.
     User {
-        from: u64,
+        from: Option<u64>,
         to: TaskId,
         #[serde(borrow, with = "serde_bytes")]
         data: Cow<'a, [u8]>,
@@ -136,48 +137,141 @@ pub(crate) const USER: u8 = 0x55;
 /// The size of a user message frame's head.
 pub(crate) const USER_HEAD: usize = 1 + 4 + 8 + 8;
 
-/// The frames of one direction: MessagePack, with a fixed head for user messages.
-pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
-    /// The task id and task number of a user message frame (see [`USER`]); `None` for
-    /// other frames.
-    fn user_head(&self) -> Option<(TaskId, u64)>;
+/// The first byte of a compact user message frame between the spawner and the task a
+/// slot runs, the hot path of a ping-pong: from the spawner ([`ToWorker::User`]) it
+/// carries only the receiving task's number (LEB128), to the spawner
+/// ([`FromWorker::User`]) nothing at all, because the spawner knows which task the slot
+/// runs (a worker sends a task's messages before it reports the task's end, on one
+/// ordered channel). A small message then costs its own bytes and one or two more.
+pub(crate) const USER_SPAWNER: u8 = 0x56;
 
-    /// The user message frame with this head and these bytes.
-    fn user(id: TaskId, number: u64, data: &'a [u8]) -> Self;
+/// The frames of one direction: MessagePack, with binary heads for user messages.
+pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
+    /// Writes into `out` (replacing what it held) the head of this user message frame,
+    /// ignoring its bytes; `false` for other frames.
+    fn write_user_head(&self, out: &mut Vec<u8>) -> bool;
+
+    /// The user message frame whose first byte is `kind` ([`USER`] or [`USER_SPAWNER`]),
+    /// read from the bytes that follow it (`rest`), where its data is borrowed.
+    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String>;
 }
 
 impl<'a> Frame<'a> for ToWorker<'a> {
-    fn user_head(&self) -> Option<(TaskId, u64)> {
-        match self {
-            ToWorker::User { from, to, .. } => Some((*from, *to)),
-            _ => None,
+    fn write_user_head(&self, out: &mut Vec<u8>) -> bool {
+        let ToWorker::User { from, to, .. } = self else {
+            return false;
+        };
+        out.clear();
+        if *from == TaskId::SPAWNER {
+            out.push(USER_SPAWNER);
+            write_leb128(out, *to);
+        } else {
+            write_full_head(out, *from, *to);
         }
+        true
     }
 
-    fn user(from: TaskId, to: u64, data: &'a [u8]) -> Self {
-        ToWorker::User {
+    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String> {
+        let (from, to, data) = if kind == USER_SPAWNER {
+            let (to, data) = read_leb128(rest)?;
+            (TaskId::SPAWNER, to, data)
+        } else {
+            read_full_head(rest)?
+        };
+        Ok(ToWorker::User {
             from,
             to,
             data: Cow::Borrowed(data),
-        }
+        })
     }
 }
 
 impl<'a> Frame<'a> for FromWorker<'a> {
-    fn user_head(&self) -> Option<(TaskId, u64)> {
-        match self {
-            FromWorker::User { from, to, .. } => Some((*to, *from)),
-            _ => None,
+    fn write_user_head(&self, out: &mut Vec<u8>) -> bool {
+        let FromWorker::User { from, to, .. } = self else {
+            return false;
+        };
+        out.clear();
+        match (from, *to == TaskId::SPAWNER) {
+            (_, true) => out.push(USER_SPAWNER),
+            (Some(from), false) => write_full_head(out, *to, *from),
+            // Only a decoded compact frame lacks its sender, and it is for the spawner.
+            (None, false) => return false,
         }
+        true
     }
 
-    fn user(to: TaskId, from: u64, data: &'a [u8]) -> Self {
-        FromWorker::User {
+    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String> {
+        let (from, to, data) = if kind == USER_SPAWNER {
+            (None, TaskId::SPAWNER, rest)
+        } else {
+            let (to, from, data) = read_full_head(rest)?;
+            (Some(from), to, data)
+        };
+        Ok(FromWorker::User {
             from,
             to,
             data: Cow::Borrowed(data),
+        })
+    }
+}
+
+/// Writes a [`USER`] head: the kind byte, `id` and `number`.
+fn write_full_head(out: &mut Vec<u8>, id: TaskId, number: u64) {
+    out.push(USER);
+    out.extend_from_slice(&id.slot.to_le_bytes());
+    out.extend_from_slice(&id.number.to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
+}
+
+/// Reads what follows the kind byte of a [`USER`] frame: the task id, the task number
+/// and the message bytes.
+fn read_full_head(rest: &[u8]) -> Result<(TaskId, u64, &[u8]), String> {
+    let (Some(head), Some(data)) = (rest.get(..USER_HEAD - 1), rest.get(USER_HEAD - 1..)) else {
+        return Err(format!(
+            "a user message frame of {} bytes, shorter than its {USER_HEAD}-byte head",
+            rest.len() + 1
+        ));
+    };
+    let mut slot = [0u8; 4];
+    let mut number = [0u8; 8];
+    let mut other = [0u8; 8];
+    slot.copy_from_slice(&head[0..4]);
+    number.copy_from_slice(&head[4..12]);
+    other.copy_from_slice(&head[12..20]);
+    let id = TaskId {
+        slot: u32::from_le_bytes(slot),
+        number: u64::from_le_bytes(number),
+    };
+    Ok((id, u64::from_le_bytes(other), data))
+}
+
+/// Appends `value` as unsigned LEB128: seven bits a byte, low bits first, the high bit
+/// set on every byte but the last.
+fn write_leb128(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an unsigned LEB128 number from the start of `bytes`; returns it and the bytes
+/// after it. Refuses a number that is cut off or does not fit 64 bits.
+fn read_leb128(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
+    let mut value: u64 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        let shift = 7 * index as u32;
+        if shift == 63 && bits > 1 {
+            return Err("a compact user message frame's task number exceeds 64 bits".to_owned());
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Ok((value, &bytes[index + 1..]));
         }
     }
+    Err("a compact user message frame's task number is cut off".to_owned())
 }
 
 /// Encodes into `out` (replacing what it held) the head of user message frame `frame`,
@@ -187,15 +281,7 @@ impl<'a> Frame<'a> for FromWorker<'a> {
 ///
 /// [`Transport::send_parts`]: parvm_transport::Transport::send_parts
 pub(crate) fn encode_user_head<'a, T: Frame<'a>>(out: &mut Vec<u8>, frame: &T) -> bool {
-    let Some((id, number)) = frame.user_head() else {
-        return false;
-    };
-    out.clear();
-    out.push(USER);
-    out.extend_from_slice(&id.slot.to_le_bytes());
-    out.extend_from_slice(&id.number.to_le_bytes());
-    out.extend_from_slice(&number.to_le_bytes());
-    true
+    frame.write_user_head(out)
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -225,26 +311,7 @@ pub(crate) fn decode<'a, T: Frame<'a>>(payload: &'a [u8]) -> Result<T, String> {
     match payload.split_first() {
         None => Err("empty frame".to_owned()),
         Some((&VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
-        Some((&USER, _)) => {
-            let (Some(head), Some(data)) = (payload.get(..USER_HEAD), payload.get(USER_HEAD..))
-            else {
-                return Err(format!(
-                    "a user message frame of {} bytes, shorter than its {USER_HEAD}-byte head",
-                    payload.len()
-                ));
-            };
-            let mut slot = [0u8; 4];
-            let mut number = [0u8; 8];
-            let mut other = [0u8; 8];
-            slot.copy_from_slice(&head[1..5]);
-            number.copy_from_slice(&head[5..13]);
-            other.copy_from_slice(&head[13..21]);
-            let id = TaskId {
-                slot: u32::from_le_bytes(slot),
-                number: u64::from_le_bytes(number),
-            };
-            Ok(T::user(id, u64::from_le_bytes(other), data))
-        }
+        Some((&kind, rest)) if kind == USER || kind == USER_SPAWNER => T::read_user(kind, rest),
         Some((other, _)) => Err(format!(
             "protocol version {other}, this program speaks version {VERSION}"
         )),
@@ -291,7 +358,7 @@ mod tests {
     fn big_byte_payloads_are_binary() {
         let data = vec![7u8; 100_000];
         let bytes = encode(&FromWorker::User {
-            from: 1,
+            from: Some(1),
             to: TaskId::SPAWNER,
             data: Cow::Borrowed(&data),
         })
@@ -340,7 +407,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
             let mut frame = Vec::new();
             let head = FromWorker::User {
-                from: 4,
+                from: Some(4),
                 to: sender,
                 data: Cow::Borrowed(&[]),
             };
@@ -355,7 +422,7 @@ mod tests {
             else {
                 panic!("not a user frame");
             };
-            assert_eq!((from, to, back.as_ref()), (4, sender, &data[..]));
+            assert_eq!((from, to, back.as_ref()), (Some(4), sender, &data[..]));
             let located = locate(&frame, back).unwrap();
             assert_eq!(&frame[located], &data[..]);
             let mut frame = vec![0xaa; 3];
@@ -379,6 +446,90 @@ mod tests {
         // Other frames have no user head.
         let mut frame = Vec::new();
         assert!(!encode_user_head(&mut frame, &ToWorker::Exit));
+    }
+
+    #[test]
+    fn user_messages_between_the_spawner_and_a_slot_have_compact_heads() {
+        for (number, head_len) in [(1u64, 2), (127, 2), (128, 3), (u64::MAX, 11)] {
+            for size in [0usize, 1, 1000] {
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let mut frame = Vec::new();
+                let head = ToWorker::User {
+                    from: TaskId::SPAWNER,
+                    to: number,
+                    data: Cow::Borrowed(&[]),
+                };
+                assert!(encode_user_head(&mut frame, &head));
+                assert_eq!((frame[0], frame.len()), (USER_SPAWNER, head_len));
+                frame.extend_from_slice(&data);
+                let ToWorker::User {
+                    from,
+                    to,
+                    data: back,
+                } = decode(&frame).unwrap()
+                else {
+                    panic!("not a user frame");
+                };
+                assert_eq!(
+                    (from, to, back.as_ref()),
+                    (TaskId::SPAWNER, number, &data[..])
+                );
+                let mut frame = Vec::new();
+                let head = FromWorker::User {
+                    from: Some(number),
+                    to: TaskId::SPAWNER,
+                    data: Cow::Borrowed(&[]),
+                };
+                assert!(encode_user_head(&mut frame, &head));
+                assert_eq!(frame, [USER_SPAWNER]);
+                frame.extend_from_slice(&data);
+                let FromWorker::User {
+                    from,
+                    to,
+                    data: back,
+                } = decode(&frame).unwrap()
+                else {
+                    panic!("not a user frame");
+                };
+                assert_eq!(
+                    (from, to, back.as_ref()),
+                    (None, TaskId::SPAWNER, &data[..])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn broken_compact_task_numbers_are_refused() {
+        let cut_off = decode::<ToWorker<'_>>(&[USER_SPAWNER, 0x80, 0x80]).unwrap_err();
+        assert!(cut_off.contains("cut off"), "{cut_off}");
+        let empty = decode::<ToWorker<'_>>(&[USER_SPAWNER]).unwrap_err();
+        assert!(empty.contains("cut off"), "{empty}");
+        let mut too_big = vec![USER_SPAWNER];
+        too_big.extend([0xff; 9]);
+        too_big.push(0x02);
+        let err = decode::<ToWorker<'_>>(&too_big).unwrap_err();
+        assert!(err.contains("64 bits"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn leb128_round_trips(value: u64, tail: Vec<u8>) {
+            let mut bytes = Vec::new();
+            write_leb128(&mut bytes, value);
+            proptest::prop_assert!(bytes.len() <= 10);
+            bytes.extend_from_slice(&tail);
+            let (back, rest) = read_leb128(&bytes).unwrap();
+            proptest::prop_assert_eq!(back, value);
+            proptest::prop_assert_eq!(rest, &tail[..]);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes: Vec<u8>) {
+            // Whatever a peer sends, decoding returns; it never panics.
+            let _ = decode::<ToWorker<'_>>(&bytes);
+            let _ = decode::<FromWorker<'_>>(&bytes);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::any::TypeId;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -53,8 +53,12 @@ pub(crate) struct Running {
 #[derive(Default)]
 pub(crate) struct State {
     pub slots: BTreeMap<Rank, Slot>,
-    pub inboxes: HashMap<u32, VecDeque<Message>>,
+    pub inboxes: BTreeMap<u32, VecDeque<Message>>,
     pub pulling: bool,
+    /// Threads asleep on the condition variable, waiting for the puller to file their
+    /// message; the puller wakes them only when there are some, since a wake-up is a
+    /// system call even with nobody to wake.
+    pub sleepers: usize,
     pub cleared: Vec<(Rank, Result<u64, String>)>,
 }
 
@@ -216,11 +220,13 @@ impl Shared {
                     Wait::For(left) => left.min(Duration::from_millis(100)),
                     _ => Duration::from_millis(100),
                 };
+                state.sleepers += 1;
                 state = self
                     .cond
                     .wait_timeout(state, nap)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
+                state.sleepers -= 1;
                 continue;
             }
             state.pulling = true;
@@ -228,7 +234,9 @@ impl Shared {
             let event = self.transport.recv(wait);
             state = self.lock();
             state.pulling = false;
-            self.cond.notify_all();
+            if state.sleepers > 0 {
+                self.cond.notify_all();
+            }
             let lines = match event {
                 Ok(Some(event)) => self.dispatch(&mut state, event),
                 Ok(None) => {
@@ -342,13 +350,21 @@ impl Shared {
                 to,
                 data,
             } => {
-                let sender = TaskId { slot: from, number };
-                let vm = state
+                // A compact frame names no sender: it is the task the slot runs.
+                let running = state
                     .slots
                     .get(&from)
                     .and_then(|slot| slot.running.as_ref())
-                    .filter(|r| r.number == number)
-                    .map(|r| r.vm);
+                    .filter(|r| number.is_none_or(|number| r.number == number));
+                let vm = running.map(|r| r.vm);
+                let Some(number) = number.or(running.map(|r| r.number)) else {
+                    tracing::warn!(
+                        rank = from,
+                        "dropping a message from a slot that runs no task"
+                    );
+                    return Vec::new();
+                };
+                let sender = TaskId { slot: from, number };
                 if to.slot == 0 {
                     if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
                         let located = protocol::locate(&payload, data);

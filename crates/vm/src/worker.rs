@@ -140,7 +140,7 @@ impl TaskContext<'_> {
     /// The transport failed.
     pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
         let frame = FromWorker::User {
-            from: self.id.number,
+            from: Some(self.id.number),
             to,
             data: (&[][..]).into(),
         };

@@ -466,7 +466,7 @@ impl MpiTransport {
             return None;
         }
         match arrival.tag {
-            Some(raw::Tag::Data) => Some(Event::Message {
+            Some(raw::Tag::Data | raw::Tag::DataByte(_)) => Some(Event::Message {
                 from,
                 payload: arrival.payload,
             }),
@@ -598,7 +598,11 @@ impl Transport for MpiTransport {
         }
         let dest = self.dest(to, payload.len())?;
         let fail = |e| self.send_failed(to, payload.len(), e);
-        self.send_one(&self.comm, dest, payload, raw::Tag::Data, &fail)
+        let (tag, body) = match payload.split_first() {
+            Some((&first, rest)) => (raw::Tag::DataByte(first), rest),
+            None => (raw::Tag::Data, payload),
+        };
+        self.send_one(&self.comm, dest, body, tag, &fail)
     }
 
     /// A payload that fits the receiver's posted buffer goes as one message (its parts
@@ -616,15 +620,22 @@ impl Transport for MpiTransport {
     }
 
     fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
-        let start = Instant::now();
+        let mut rx = self.lock_rx();
+        if let Some(event) = rx.inbox.pop_front() {
+            return Ok(Some(event));
+        }
+        if let Some(event) = self.take_one(&mut rx)? {
+            return Ok(Some(event));
+        }
+        // Nothing there yet. The clock is read only now: the hot path never reads it.
+        // `Some(None)`: a timeout so long that the deadline overflows, i.e. forever.
         let deadline = match wait {
+            Wait::NoWait => return Ok(None),
             Wait::Forever => None,
-            Wait::For(timeout) => Some(start.checked_add(timeout)),
-            Wait::NoWait => Some(Some(start)),
+            Wait::For(timeout) => Some(Instant::now().checked_add(timeout)),
         };
         let mut backoff = Backoff::new(SPIN);
         let mut woke = false;
-        let mut rx = self.lock_rx();
         loop {
             if let Some(event) = rx.inbox.pop_front() {
                 return Ok(Some(event));
@@ -640,16 +651,19 @@ impl Transport for MpiTransport {
                     return Ok(Some(event));
                 }
             }
-            // `Some(None)`: a timeout so long that the deadline overflows, i.e. forever.
-            let left = match deadline {
+            // The deadline is checked where the back-off read the clock anyway.
+            let left = || match deadline {
                 Some(Some(deadline)) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(None),
+                    Some(left) if !left.is_zero() => Ok(Some(left)),
+                    _ => Err(()),
                 },
-                _ => None,
+                _ => Ok(None),
             };
             match backoff.next() {
                 None if backoff.spins == 0 => {
+                    if left().is_err() {
+                        return Ok(None);
+                    }
                     // Let a sending thread drain into the inbox now and then.
                     drop(rx);
                     std::hint::spin_loop();
@@ -657,6 +671,9 @@ impl Transport for MpiTransport {
                 }
                 None => std::hint::spin_loop(),
                 Some(sleep) => {
+                    let Ok(left) = left() else {
+                        return Ok(None);
+                    };
                     let sleep = left.map_or(sleep, |left| left.min(sleep));
                     woke = true;
                     rx = self
@@ -703,9 +720,12 @@ pub enum Unchecked {
     Leave,
 }
 
-/// Spin first, then sleep with doubling pauses up to [`MAX_SLEEP`].
+/// Spin first, then sleep with doubling pauses up to [`MAX_SLEEP`]. The clock is first
+/// read after [`SPINS_PER_CLOCK_READ`] spins, so a message that is already there costs no
+/// clock reading.
 struct Backoff {
-    spin_until: Instant,
+    spin: Duration,
+    spin_until: Option<Instant>,
     sleep: Duration,
     /// Probes since the clock was last read: reading it on every probe would cost more
     /// than the probe.
@@ -714,9 +734,9 @@ struct Backoff {
 
 impl Backoff {
     fn new(spin: Duration) -> Self {
-        let now = Instant::now();
         Backoff {
-            spin_until: now.checked_add(spin).unwrap_or(now),
+            spin,
+            spin_until: None,
             sleep: FIRST_SLEEP,
             spins: 0,
         }
@@ -728,7 +748,11 @@ impl Backoff {
             self.spins += 1;
             return None;
         }
-        if Instant::now() < self.spin_until {
+        let now = Instant::now();
+        let spin_until = *self
+            .spin_until
+            .get_or_insert_with(|| now.checked_add(self.spin).unwrap_or(now));
+        if now < spin_until {
             self.spins = 0;
             return None;
         }
