@@ -6,11 +6,11 @@
 //! Run with `cargo bench -p parvm-transport --features mpi --bench mpi_pingpong`; started
 //! outside `mpirun`, it starts itself again under `mpirun -n 2`.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, CommunicatorCollectives, Destination, Source};
+use mpi::traits::{Communicator, CommunicatorCollectives};
 use nix::time::{ClockId, clock_gettime};
 use parvm_transport::mpi::{MpiTransport, launched_by_mpirun};
 use parvm_transport::{Event, Transport, Wait};
@@ -32,7 +32,7 @@ fn rounds_for(size: usize) -> usize {
 
 fn main() -> ExitCode {
     if !launched_by_mpirun() {
-        return rerun_under_mpirun();
+        return parvm_transport::bench_support::rerun_under_mpirun("mpi_pingpong", 2);
     }
     let transport = match MpiTransport::init() {
         Ok(transport) => transport,
@@ -51,55 +51,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn rerun_under_mpirun() -> ExitCode {
-    let me = match std::env::current_exe() {
-        Ok(me) => me,
-        Err(e) => {
-            eprintln!("mpi_pingpong: cannot find its own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut command = Command::new("mpirun");
-    command
-        .args(["-n", "2", "--oversubscribe"])
-        .arg(me)
-        .args(std::env::args_os().skip(1));
-    if nix::unistd::Uid::effective().is_root() {
-        command
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    match command.status() {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("mpi_pingpong: mpirun -n 2 ended with {status}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("mpi_pingpong: cannot run mpirun ({e}); install Open MPI or MPICH");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// One-way time of a raw rsmpi ping-pong between ranks 0 and 1.
-fn raw_pingpong(world: &SimpleCommunicator, size: usize, rounds: usize) -> Duration {
-    let mut buffer = vec![7u8; size];
-    let peer = world.process_at_rank(1 - world.rank());
-    world.barrier();
-    let start = Instant::now();
-    for _ in 0..rounds {
-        if world.rank() == 0 {
-            peer.send(&buffer[..]);
-            peer.receive_into(&mut buffer[..]);
-        } else {
-            peer.receive_into(&mut buffer[..]);
-            peer.send(&buffer[..]);
-        }
-    }
-    start.elapsed() / (2 * rounds as u32)
 }
 
 /// One-way time of the same ping-pong through the transport.
@@ -170,12 +121,12 @@ fn bench(t: &MpiTransport) -> Result<()> {
     for size in SIZES {
         let rounds = rounds_for(size);
         // Warm both paths up (connections, allocator, page faults).
-        raw_pingpong(&world, size, rounds / 10 + 1);
+        t.raw_world_pingpong(size, rounds / 10 + 1);
         transport_pingpong(t, &world, size, rounds / 10 + 1)?;
         let mut raw = Duration::MAX;
         let mut ours = Duration::MAX;
         for _ in 0..REPEATS {
-            raw = raw.min(raw_pingpong(&world, size, rounds));
+            raw = raw.min(t.raw_world_pingpong(size, rounds));
             ours = ours.min(transport_pingpong(t, &world, size, rounds)?);
         }
         if me == 0 {

@@ -1,5 +1,6 @@
 //! Measurements shared by this crate's bench and the VM's: a raw Unix-socket ping-pong
-//! baseline and the same ping-pong through a [`Transport`].
+//! baseline and the same ping-pong through a [`Transport`], and the start of the MPI
+//! benchmarks under `mpirun`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -107,4 +108,40 @@ pub fn transport_pingpong(
         times.push(start.elapsed());
     }
     Ok(PingPong::from_rounds(size, times))
+}
+
+/// Runs this program again under `mpirun --oversubscribe -n <ranks>`, with the same
+/// arguments (and the variables Open MPI wants when run as root): how an MPI benchmark
+/// started by `cargo bench` gets its ranks. `name` prefixes the error messages.
+#[cfg(feature = "mpi")]
+pub fn rerun_under_mpirun(name: &str, ranks: u32) -> std::process::ExitCode {
+    use std::process::{Command, ExitCode};
+    let me = match std::env::current_exe() {
+        Ok(me) => me,
+        Err(e) => {
+            eprintln!("{name}: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut command = Command::new("mpirun");
+    command
+        .args(["--oversubscribe", "-n", &ranks.to_string()])
+        .arg(me)
+        .args(std::env::args_os().skip(1));
+    if nix::unistd::Uid::effective().is_root() {
+        command
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    match command.status() {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{name}: mpirun -n {ranks} ended with {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{name}: cannot run mpirun ({e}); install Open MPI or MPICH");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! itself under `mpirun --oversubscribe -n 2`: rank 0 is the spawner, rank 1 the worker.
 
 use std::convert::Infallible;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
@@ -37,40 +37,12 @@ fn tasks() -> Tasks {
 
 fn main() -> ExitCode {
     if !parvm_transport::mpi::launched_by_mpirun() {
-        return rerun_under_mpirun();
+        return parvm_transport::bench_support::rerun_under_mpirun("spawn_mpi", 2);
     }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spawn_mpi: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn rerun_under_mpirun() -> ExitCode {
-    let Ok(me) = std::env::current_exe() else {
-        eprintln!("spawn_mpi: cannot find this program's path");
-        return ExitCode::FAILURE;
-    };
-    let mut command = Command::new("mpirun");
-    command
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(me)
-        .args(std::env::args_os().skip(1));
-    if nix::unistd::Uid::effective().is_root() {
-        command
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    match command.status() {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("spawn_mpi: mpirun failed ({status})");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("spawn_mpi: cannot run mpirun ({e}); install Open MPI or MPICH");
             ExitCode::FAILURE
         }
     }

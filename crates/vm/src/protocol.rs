@@ -448,53 +448,55 @@ mod tests {
         assert!(!encode_user_head(&mut frame, &ToWorker::Exit));
     }
 
+    /// The user message frame of `head` with `data` behind it.
+    fn user_frame<'a, T: Frame<'a>>(head: &T, data: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        assert!(encode_user_head(&mut frame, head));
+        frame.extend_from_slice(data);
+        frame
+    }
+
     #[test]
     fn user_messages_between_the_spawner_and_a_slot_have_compact_heads() {
         for (number, head_len) in [(1u64, 2), (127, 2), (128, 3), (u64::MAX, 11)] {
             for size in [0usize, 1, 1000] {
                 let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-                let mut frame = Vec::new();
-                let head = ToWorker::User {
-                    from: TaskId::SPAWNER,
-                    to: number,
-                    data: Cow::Borrowed(&[]),
-                };
-                assert!(encode_user_head(&mut frame, &head));
-                assert_eq!((frame[0], frame.len()), (USER_SPAWNER, head_len));
-                frame.extend_from_slice(&data);
-                let ToWorker::User {
-                    from,
-                    to,
-                    data: back,
-                } = decode(&frame).unwrap()
-                else {
-                    panic!("not a user frame");
-                };
-                assert_eq!(
-                    (from, to, back.as_ref()),
-                    (TaskId::SPAWNER, number, &data[..])
+                let to_worker = ToWorker::user_from_spawner(number);
+                let frame = user_frame(&to_worker, &data);
+                assert_eq!((frame[0], frame.len()), (USER_SPAWNER, head_len + size));
+                let back = decode::<ToWorker<'_>>(&frame).unwrap();
+                assert!(
+                    matches!(back, ToWorker::User { from: TaskId::SPAWNER, to, data: ref d } if to == number && d.as_ref() == data),
+                    "{back:?}"
                 );
-                let mut frame = Vec::new();
-                let head = FromWorker::User {
-                    from: Some(number),
-                    to: TaskId::SPAWNER,
-                    data: Cow::Borrowed(&[]),
-                };
-                assert!(encode_user_head(&mut frame, &head));
-                assert_eq!(frame, [USER_SPAWNER]);
-                frame.extend_from_slice(&data);
-                let FromWorker::User {
-                    from,
-                    to,
-                    data: back,
-                } = decode(&frame).unwrap()
-                else {
-                    panic!("not a user frame");
-                };
-                assert_eq!(
-                    (from, to, back.as_ref()),
-                    (None, TaskId::SPAWNER, &data[..])
+                let from_worker = FromWorker::user_to_spawner(number);
+                let frame = user_frame(&from_worker, &data);
+                assert_eq!((frame[0], frame.len()), (USER_SPAWNER, 1 + size));
+                let back = decode::<FromWorker<'_>>(&frame).unwrap();
+                assert!(
+                    matches!(back, FromWorker::User { from: None, to: TaskId::SPAWNER, data: ref d } if d.as_ref() == data),
+                    "{back:?}"
                 );
+            }
+        }
+    }
+
+    impl ToWorker<'_> {
+        fn user_from_spawner(to: u64) -> Self {
+            ToWorker::User {
+                from: TaskId::SPAWNER,
+                to,
+                data: Cow::Borrowed(&[]),
+            }
+        }
+    }
+
+    impl FromWorker<'_> {
+        fn user_to_spawner(from: u64) -> Self {
+            FromWorker::User {
+                from: Some(from),
+                to: TaskId::SPAWNER,
+                data: Cow::Borrowed(&[]),
             }
         }
     }
