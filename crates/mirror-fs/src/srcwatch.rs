@@ -12,13 +12,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
 
 use crate::copy::dir_flags;
 use crate::manifest::{Chunk, Manifest};
-use crate::watch::Broken;
+use crate::watch::{Broken, drain_events};
 
 /// `statfs` magic numbers of the local file systems trusted to report every change.
 const TRUSTED: [u32; 7] = [
@@ -177,50 +176,21 @@ impl SourceWatch {
         entries: &mut Vec<u32>,
     ) -> Result<(), Broken> {
         let mut by_src: Option<HashMap<&Path, Vec<u32>>> = None;
-        let mut broken = false;
-        loop {
-            let events = match self.fd.read_events() {
-                Ok(events) => events,
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => continue,
-                Err(_) => return Err(Broken),
+        drain_events(&self.fd, &self.by_wd, |path, ev| {
+            let index = by_src.get_or_insert_with(|| src_index(m));
+            let Some(ids) = index.get(path) else {
+                return false;
             };
-            if events.is_empty() {
-                break;
+            // The folder is looked at too: a name added or removed changes its time, and
+            // then it is listed again.
+            dirs.extend(ids.iter().copied());
+            if let Some(name) = &ev.name
+                && let Ok(cname) = CString::new(name.as_bytes())
+            {
+                entries.extend(ids.iter().filter_map(|&d| m.find(d, &cname)));
             }
-            for ev in events {
-                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                    broken = true;
-                    continue;
-                }
-                // A watch removed on purpose reports IN_IGNORED under a forgotten descriptor.
-                let Some(path) = self.by_wd.get(&ev.wd) else {
-                    continue;
-                };
-                if ev.mask.intersects(
-                    AddWatchFlags::IN_DELETE_SELF
-                        | AddWatchFlags::IN_MOVE_SELF
-                        | AddWatchFlags::IN_IGNORED
-                        | AddWatchFlags::IN_UNMOUNT,
-                ) {
-                    broken = true;
-                    continue;
-                }
-                let index = by_src.get_or_insert_with(|| src_index(m));
-                let Some(ids) = index.get(path.as_path()) else {
-                    continue;
-                };
-                // The folder is looked at too: a name added or removed changes its time, and
-                // then it is listed again.
-                dirs.extend(ids.iter().copied());
-                if let Some(name) = &ev.name
-                    && let Ok(cname) = CString::new(name.as_bytes())
-                {
-                    entries.extend(ids.iter().filter_map(|&d| m.find(d, &cname)));
-                }
-            }
-        }
-        if broken { Err(Broken) } else { Ok(()) }
+            false
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 
 use crate::manifest::Manifest;
 
@@ -100,80 +100,86 @@ impl Watch {
         out: &mut Suspects,
         ignore: Option<&HashSet<PathBuf>>,
     ) -> Result<(), Broken> {
-        let mut broken = false;
-        loop {
-            let events = match self.fd.read_events() {
-                Ok(events) => events,
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::debug!("cannot read inotify events: {e}; verifying everything");
-                    return Err(Broken);
-                }
+        drain_events(&self.fd, &self.by_wd, |dir_path, ev| {
+            let Some(dirs) = m.by_dst.get(dir_path) else {
+                return false;
             };
-            if events.is_empty() {
-                break;
+            let Some(name) = &ev.name else {
+                if !ignore.is_some_and(|set| set.contains(dir_path)) {
+                    // The folder itself: its mode or times.
+                    out.dirs.extend(
+                        dirs.iter()
+                            .filter(|&&d| !m.dirs[d as usize].is_top())
+                            .copied(),
+                    );
+                }
+                return false;
+            };
+            if ignore.is_some_and(|set| set.contains(&dir_path.join(name))) {
+                return false;
             }
-            for ev in events {
-                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                    broken = true;
-                    continue;
-                }
-                // A watch removed on purpose reports IN_IGNORED under a forgotten descriptor.
-                let Some(dir_path) = self.by_wd.get(&ev.wd) else {
-                    continue;
-                };
-                if ev.mask.intersects(
-                    AddWatchFlags::IN_DELETE_SELF
-                        | AddWatchFlags::IN_MOVE_SELF
-                        | AddWatchFlags::IN_IGNORED
-                        | AddWatchFlags::IN_UNMOUNT,
-                ) {
-                    broken = true;
-                    continue;
-                }
-                let Some(dirs) = m.by_dst.get(dir_path) else {
-                    continue;
-                };
-                match &ev.name {
-                    None => {
-                        if ignore.is_some_and(|set| set.contains(dir_path)) {
-                            continue;
-                        }
-                        // The folder itself: its mode or times.
-                        out.dirs.extend(
-                            dirs.iter()
-                                .filter(|&&d| !m.dirs[d as usize].is_top())
-                                .copied(),
-                        );
-                    }
-                    Some(name) => {
-                        if ignore.is_some_and(|set| set.contains(&dir_path.join(name))) {
-                            continue;
-                        }
-                        if let Ok(cname) = CString::new(name.as_bytes()) {
-                            for &d in dirs {
-                                if let Some(i) = m.find(d, &cname) {
-                                    out.entries.push(i);
-                                }
-                            }
-                        }
-                        if ev.mask.contains(AddWatchFlags::IN_ISDIR)
-                            && is_mirrored_dir(m, &dir_path.join(name))
-                        {
-                            if ev.mask.contains(AddWatchFlags::IN_ATTRIB) {
-                                // Its own watch reports it too, as an event without a name.
-                                continue;
-                            }
-                            // A mirrored folder deleted, moved away or replaced.
-                            broken = true;
-                        }
+            if let Ok(cname) = CString::new(name.as_bytes()) {
+                for &d in dirs {
+                    if let Some(i) = m.find(d, &cname) {
+                        out.entries.push(i);
                     }
                 }
             }
-        }
-        if broken { Err(Broken) } else { Ok(()) }
+            // A mirrored folder deleted, moved away or replaced breaks the watch; a change
+            // of its attributes does not (its own watch reports that, without a name).
+            ev.mask.contains(AddWatchFlags::IN_ISDIR)
+                && !ev.mask.contains(AddWatchFlags::IN_ATTRIB)
+                && is_mirrored_dir(m, &dir_path.join(name))
+        })
     }
+}
+
+/// Reads every queued event of `fd` and calls `each` with the watched folder (from
+/// `by_wd`) and the event; `each` returns whether the event makes the watch untrustworthy.
+/// The queue is always read to the end. [`Broken`] when the events may not name
+/// everything: the queue overflowed, a watched folder was deleted, moved or unmounted, the
+/// kernel dropped a watch, `each` said so, or the queue could not be read.
+pub(crate) fn drain_events(
+    fd: &Inotify,
+    by_wd: &HashMap<WatchDescriptor, PathBuf>,
+    mut each: impl FnMut(&Path, &InotifyEvent) -> bool,
+) -> Result<(), Broken> {
+    let mut broken = false;
+    loop {
+        let events = match fd.read_events() {
+            Ok(events) => events,
+            Err(Errno::EAGAIN) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::debug!("cannot read inotify events: {e}; verifying everything");
+                return Err(Broken);
+            }
+        };
+        if events.is_empty() {
+            break;
+        }
+        for ev in events {
+            if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                broken = true;
+                continue;
+            }
+            // A watch removed on purpose reports IN_IGNORED under a forgotten descriptor.
+            let Some(dir_path) = by_wd.get(&ev.wd) else {
+                continue;
+            };
+            if ev.mask.intersects(
+                AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_IGNORED
+                    | AddWatchFlags::IN_UNMOUNT,
+            ) {
+                broken = true;
+                continue;
+            }
+            broken |= each(dir_path, &ev);
+        }
+    }
+    if broken { Err(Broken) } else { Ok(()) }
 }
 
 fn is_mirrored_dir(m: &Manifest, path: &Path) -> bool {
