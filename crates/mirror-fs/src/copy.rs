@@ -622,6 +622,22 @@ pub(crate) fn is_file(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
+/// The type of a listed entry of folder `dir`: as the listing says, or, where the file
+/// system does not say (`DT_UNKNOWN`), from an `fstatat` that does not follow symlinks.
+/// Anything but a folder, a regular file or a symlink counts as a fifo (skipped).
+pub(crate) fn entry_kind(dir: &impl AsFd, entry: &nix::dir::Entry) -> nix::Result<nix::dir::Type> {
+    if let Some(kind) = entry.file_type() {
+        return Ok(kind);
+    }
+    let st = nix::sys::stat::fstatat(dir, entry.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => nix::dir::Type::Directory,
+        libc::S_IFREG => nix::dir::Type::File,
+        libc::S_IFLNK => nix::dir::Type::Symlink,
+        _ => nix::dir::Type::Fifo,
+    })
+}
+
 pub(crate) fn vanished_or_read(path: &Path, e: Errno) -> Error {
     match e {
         Errno::ENOENT => Error::SourceVanished {
@@ -940,19 +956,8 @@ impl<'a> Worker<'a> {
             if name == c"." || name == c".." {
                 continue;
             }
-            let kind = match entry.file_type() {
-                Some(kind) => kind,
-                None => {
-                    let st = nix::sys::stat::fstatat(&pair.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
-                    match st.st_mode & libc::S_IFMT {
-                        libc::S_IFDIR => nix::dir::Type::Directory,
-                        libc::S_IFREG => nix::dir::Type::File,
-                        libc::S_IFLNK => nix::dir::Type::Symlink,
-                        _ => nix::dir::Type::Fifo,
-                    }
-                }
-            };
+            let kind = entry_kind(&pair.src, &entry)
+                .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
             match kind {
                 nix::dir::Type::Directory => {
                     self.subdir(&pair, name)?;

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use crate::copy::{
     self, Created, DirAttrs, DirPair, Kind, MirrorOptions, MirrorReport, Mode_, Plan, Prepared,
-    Recorded, Unit, dir_flags, vanished_or_read,
+    Recorded, Unit, dir_flags, entry_kind, vanished_or_read,
 };
 use crate::error::{Error, Result};
 use crate::glob;
@@ -786,24 +785,15 @@ impl Changes {
                 if name == c"." || name == c".." {
                     continue;
                 }
-                let kind = match entry.file_type() {
-                    Some(kind) => kind,
-                    None => {
-                        match nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                            Ok(st) => match st.st_mode & libc::S_IFMT {
-                                libc::S_IFDIR => nix::dir::Type::Directory,
-                                libc::S_IFREG => nix::dir::Type::File,
-                                libc::S_IFLNK => nix::dir::Type::Symlink,
-                                _ => nix::dir::Type::Fifo,
-                            },
-                            Err(Errno::ENOENT) => continue,
-                            Err(e) => {
-                                return Err(vanished_or_read(
-                                    &d.src.join(OsStr::from_bytes(name.to_bytes())),
-                                    e,
-                                ));
-                            }
-                        }
+                let kind = match entry_kind(&fd, &entry) {
+                    Ok(kind) => kind,
+                    // Removed since it was listed: as if it had not been listed.
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => {
+                        return Err(vanished_or_read(
+                            &d.src.join(OsStr::from_bytes(name.to_bytes())),
+                            e,
+                        ));
                     }
                 };
                 listing.push((name.to_owned(), kind));
