@@ -3,9 +3,11 @@
 //! Every payload is one version byte ([`VERSION`]) followed by a MessagePack (rmp-serde)
 //! encoding of [`ToWorker`] or [`FromWorker`]. Byte payloads travel as MessagePack binary
 //! (`serde_bytes`), so a 10 MiB user message is one copy, not ten million integers.
-//! User messages, the hot path, instead start with [`USER`] and a fixed 21-byte head
-//! followed by the message bytes, which the sender passes to
-//! [`Transport::send_parts`](parvm_transport::Transport::send_parts) from where they lie.
+//! User messages, the hot path, instead have a binary head followed by the message bytes,
+//! which the sender passes to
+//! [`Transport::send_parts`](parvm_transport::Transport::send_parts) from where they lie:
+//! one to three bytes ([`USER_SPAWNER`]) between the spawner and the task a slot runs, a
+//! fixed 21 bytes ([`USER`]) otherwise.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
