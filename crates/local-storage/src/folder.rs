@@ -16,6 +16,11 @@ use crate::tree::remove_tree;
 /// Prefix of the names folders get just before they are deleted.
 pub(crate) const TRASH_PREFIX: &str = ".parvm-trash-";
 
+/// Prefix of the names new task folders have while they are made: locked and given their
+/// owner marker under this name, a folder is then renamed to its task-folder name, so
+/// every folder under such a name has a marker. The maker's pid (hex) follows.
+pub(crate) const STAGING_PREFIX: &str = ".parvm-new-";
+
 /// Whether a task folder outlives its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,24 +200,31 @@ impl Drop for TaskFolder {
     }
 }
 
-/// The pid of the process that made a trash name, from the part after the prefix.
-pub(crate) fn trash_remover(rest: &str) -> Option<u32> {
+/// The pid of the process that made a trash or staging name, from the part after the
+/// prefix.
+pub(crate) fn pid_in_name(rest: &str) -> Option<u32> {
     u32::from_str_radix(rest.split('-').next()?, 16).ok()
 }
 
-/// Renames `path` to a unique trash name in the same folder. `Ok(None)`: it is gone.
-pub(crate) fn move_to_trash(path: &Path) -> Result<Option<PathBuf>, Error> {
+/// A name no other call in any process makes: `prefix`, this process's pid, a counter and
+/// the clock's nanoseconds (hex), then `suffix`.
+pub(crate) fn unique_name(prefix: &str, suffix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let trash = parent.join(format!(
-        "{TRASH_PREFIX}{:x}-{count:x}-{nanos:x}-{name}",
+    format!(
+        "{prefix}{:x}-{count:x}-{nanos:x}{suffix}",
         std::process::id()
-    ));
+    )
+}
+
+/// Renames `path` to a unique trash name in the same folder. `Ok(None)`: it is gone.
+pub(crate) fn move_to_trash(path: &Path) -> Result<Option<PathBuf>, Error> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let trash = parent.join(unique_name(TRASH_PREFIX, &format!("-{name}")));
     match std::fs::rename(path, &trash) {
         Ok(()) => Ok(Some(trash)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

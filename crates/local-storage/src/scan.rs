@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::folder::{TRASH_PREFIX, move_to_trash, trash_remover};
+use crate::folder::{STAGING_PREFIX, TRASH_PREFIX, move_to_trash, pid_in_name};
 use crate::lock::{Attempt, still_linked};
 use crate::owner::{Liveness, OwnerMarker, pid_alive};
 use crate::tree::{remove_tree, tree_size};
@@ -33,7 +33,8 @@ pub enum FolderState {
     /// No readable owner marker, or not a folder. Swept only when its lock is free and
     /// it is older than the grace period, since it may be a folder being made right now.
     Unknown,
-    /// Left over from an interrupted removal (`.parvm-trash-*`); always removable.
+    /// Left over from an interrupted removal (`.parvm-trash-*`) or creation
+    /// (`.parvm-new-*`) whose process is gone; always removable.
     Trash,
 }
 
@@ -298,16 +299,23 @@ impl LocalStorage {
                 lock: None,
             });
         }
-        if let Some(remover) = name.strip_prefix(TRASH_PREFIX).map(trash_remover) {
-            let (state, detail) = match remover {
-                // Its remover is still at work: leave it be rather than race it.
+        let passing = [
+            (TRASH_PREFIX, "removed", "removal"),
+            (STAGING_PREFIX, "made", "creation"),
+        ];
+        for (prefix, doing, deed) in passing {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let (state, detail) = match pid_in_name(rest) {
+                // Its maker or remover is still at work: leave it be rather than race it.
                 Some(pid) if pid_alive(pid) => (
                     FolderState::InUse,
-                    format!("being removed by process {pid}"),
+                    format!("being {doing} by process {pid}"),
                 ),
                 _ => (
                     FolderState::Trash,
-                    "left over from an interrupted removal".to_owned(),
+                    format!("left over from an interrupted {deed}"),
                 ),
             };
             return Some(Probe {

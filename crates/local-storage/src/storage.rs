@@ -1,15 +1,17 @@
 //! The per-user storage folder and the making of task folders in it.
 
-use std::fs::DirBuilder;
+use std::fs::{DirBuilder, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use nix::unistd::{AccessFlags, access, geteuid};
 use parvm_env_config::Config;
 
-use crate::folder::{Held, Kept, TaskFolder, borrow_kept, lock_kept};
+use crate::folder::{Held, Kept, STAGING_PREFIX, TaskFolder, borrow_kept, lock_kept, unique_name};
 use crate::lock::{LockBackend, still_linked};
 use crate::owner::OwnerMarker;
 use crate::{Error, Persistence, SweepReport};
@@ -22,12 +24,26 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
 /// and not-yet-removed folders can explain.
 const MAX_SUFFIX: u32 = 10_000;
 
+/// How often making a folder starts again after its staging folder was removed under it.
+const MAX_RESTARTS: u32 = 100;
+
+/// Where [`LocalStorage::place`] left a staged folder.
+enum Placed {
+    /// Under its task-folder name, held.
+    Held(Held),
+    /// Removed by someone else meanwhile; start again.
+    Vanished,
+    /// The file system cannot rename without replacing (the staging folder is removed).
+    Unsupported,
+}
+
 /// Settings for opening a [`LocalStorage`]; start from [`LocalStorage::options`].
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
     host: Option<String>,
     grace: Duration,
     backend: LockBackend,
+    staged: bool,
 }
 
 impl StorageOptions {
@@ -48,6 +64,14 @@ impl StorageOptions {
     #[cfg(test)]
     pub(crate) fn without_flock(mut self) -> Self {
         self.backend = LockBackend::Unsupported;
+        self
+    }
+
+    /// Test seam: behave as if the file system could not rename without replacing, so
+    /// folders are made in place.
+    #[cfg(test)]
+    pub(crate) fn without_staging(mut self) -> Self {
+        self.staged = false;
         self
     }
 
@@ -75,6 +99,7 @@ impl StorageOptions {
             host,
             grace: self.grace,
             backend: self.backend,
+            staged: self.staged,
             kept: Kept::default(),
         })
     }
@@ -93,6 +118,8 @@ pub struct LocalStorage {
     pub(crate) host: String,
     pub(crate) grace: Duration,
     pub(crate) backend: LockBackend,
+    /// Whether new folders are made under a staging name and renamed into place.
+    staged: bool,
     kept: Kept,
 }
 
@@ -103,6 +130,7 @@ impl LocalStorage {
             host: None,
             grace: DEFAULT_GRACE,
             backend: LockBackend::Flock,
+            staged: true,
         }
     }
 
@@ -211,13 +239,117 @@ impl LocalStorage {
         }
     }
 
-    /// Makes and claims a new folder, trying `_<n>` suffixes past names that exist.
+    /// Makes and claims a new folder `<pid hex>_vm<vm index hex>[_<n>]`. It is made,
+    /// locked and given its owner marker under a staging name, then renamed into place
+    /// without replacing anything, so a folder under a task-folder name always has its
+    /// marker: a worker killed halfway leaves a staging folder the next sweep removes at
+    /// once, not an unmarked folder it must spare for the grace period. Where the file
+    /// system cannot rename without replacing, the folder is made in place.
     fn create(&self, vm_index: u32) -> Result<Held, Error> {
         let me = OwnerMarker::current(&self.host);
         let base = format!("{:x}_vm{vm_index:x}", me.pid);
+        if !self.staged {
+            return self.create_in_place(&base, &me);
+        }
+        // A forced clear elsewhere may remove the staging folder; then start again.
+        for _ in 0..MAX_RESTARTS {
+            let Some((staging, lock)) = self.stage(&me)? else {
+                continue;
+            };
+            match self.place(&staging, lock, &base)? {
+                Placed::Held(held) => return Ok(held),
+                Placed::Vanished => {}
+                Placed::Unsupported => return self.create_in_place(&base, &me),
+            }
+        }
+        Err(Error::CreateFolder {
+            path: self.dir.join(base),
+            source: io::Error::other(format!(
+                "its staging folder was removed {MAX_RESTARTS} times while it was made; is a forced clear running in a loop?"
+            )),
+        })
+    }
+
+    /// Makes a staging folder, locks it and writes the owner marker. `Ok(None)`: it was
+    /// removed meanwhile.
+    fn stage(&self, me: &OwnerMarker) -> Result<Option<(PathBuf, Option<File>)>, Error> {
+        let path = self.dir.join(unique_name(STAGING_PREFIX, ""));
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(source) => return Err(Error::CreateFolder { path, source }),
+            Ok(()) => {}
+        }
+        let lock = match self.backend.lock_new(&path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                let _ = crate::tree::remove_tree(&path);
+                return Err(Error::CreateFolder { path, source });
+            }
+        };
+        match me.write(&path) {
+            Ok(()) => Ok(Some((path, lock))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => {
+                let _ = crate::tree::remove_tree(&path);
+                Err(Error::CreateFolder { path, source })
+            }
+        }
+    }
+
+    /// Renames a staged folder to the first free name of `base`, `base_1`, ...
+    fn place(&self, staging: &Path, lock: Option<File>, base: &str) -> Result<Placed, Error> {
         for n in 0..MAX_SUFFIX {
             let name = if n == 0 {
-                base.clone()
+                base.to_owned()
+            } else {
+                format!("{base}_{n}")
+            };
+            let path = self.dir.join(&name);
+            match renameat2(
+                AT_FDCWD,
+                staging,
+                AT_FDCWD,
+                &path,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {
+                    return match Held::new(path.clone(), name, lock) {
+                        Ok(held) => Ok(Placed::Held(held)),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Placed::Vanished),
+                        Err(source) => Err(Error::CreateFolder { path, source }),
+                    };
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(Errno::ENOENT) => return Ok(Placed::Vanished),
+                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                    let _ = crate::tree::remove_tree(staging);
+                    return Ok(Placed::Unsupported);
+                }
+                Err(e) => {
+                    let _ = crate::tree::remove_tree(staging);
+                    return Err(Error::CreateFolder {
+                        path,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        let _ = crate::tree::remove_tree(staging);
+        Err(Error::CreateFolder {
+            path: self.dir.join(base),
+            source: io::Error::other(format!(
+                "{MAX_SUFFIX} folder names for this process are taken"
+            )),
+        })
+    }
+
+    /// Makes and claims a new folder in place, trying `_<n>` suffixes past names that
+    /// exist; for file systems that cannot rename without replacing.
+    fn create_in_place(&self, base: &str, me: &OwnerMarker) -> Result<Held, Error> {
+        for n in 0..MAX_SUFFIX {
+            let name = if n == 0 {
+                base.to_owned()
             } else {
                 format!("{base}_{n}")
             };
@@ -227,7 +359,7 @@ impl LocalStorage {
                 Err(source) => return Err(Error::CreateFolder { path, source }),
                 Ok(()) => {}
             }
-            if let Some(held) = self.claim(path, name, &me)? {
+            if let Some(held) = self.claim(path, name, me)? {
                 return Ok(held);
             }
         }
@@ -374,6 +506,26 @@ mod tests {
         let path = folder.path().to_path_buf();
         folder.release().unwrap();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn without_staging_folders_are_made_in_place_marked_and_locked() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::options()
+            .host("h")
+            .without_staging()
+            .open(root.path())
+            .unwrap();
+        let base = format!("{:x}_vm0", std::process::id());
+        std::fs::create_dir(storage.path().join(&base)).unwrap();
+        let folder = storage.take(0, Persistence::Temporary).unwrap();
+        assert_eq!(folder.name(), format!("{base}_1"));
+        assert_eq!(state(&storage, folder.name()), Some(FolderState::InUse));
+        assert_eq!(
+            OwnerMarker::read(folder.path()).unwrap(),
+            Some(OwnerMarker::current("h"))
+        );
+        folder.release().unwrap();
     }
 
     #[test]

@@ -184,6 +184,40 @@ fn leftover_trash_is_swept() {
 }
 
 #[test]
+fn a_folder_left_halfway_made_is_swept_at_once_unless_its_maker_lives() {
+    // The default grace period: an unmarked folder under a task-folder name would be
+    // spared for ten minutes, a staging folder of a dead maker is not.
+    let (_root, storage) = storage();
+    let leftover = format!(".parvm-new-{:x}-4-5", dead_pid());
+    let in_progress = format!(".parvm-new-{:x}-4-5", std::process::id());
+    fake_folder(&storage, &leftover, None);
+    fake_folder(&storage, &in_progress, None);
+    let listed = storage.list().unwrap();
+    let detail = |name: &str| {
+        let info = listed.iter().find(|info| info.name == name).unwrap();
+        (info.state, info.detail.clone())
+    };
+    assert_eq!(
+        detail(&leftover),
+        (
+            FolderState::Trash,
+            "left over from an interrupted creation".to_owned()
+        )
+    );
+    assert_eq!(
+        detail(&in_progress).0,
+        FolderState::InUse,
+        "its maker lives"
+    );
+    assert!(detail(&in_progress).1.contains("being made by process"));
+    assert_eq!(
+        names(&storage.sweep().unwrap().removed),
+        [leftover.as_str()]
+    );
+    assert!(storage.clear(false).unwrap().removed.is_empty());
+}
+
+#[test]
 fn other_host_folders_are_listed_but_not_swept() {
     let (_root, storage) = storage();
     let marker = OwnerMarker::new(1, Some("another-boot".into()), Some(1), "far-away");

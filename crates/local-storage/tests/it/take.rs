@@ -19,6 +19,11 @@ fn temporary_folder_is_named_marked_locked_and_removed() {
         serde_json::from_slice(&fs::read(folder.path().join(".parvm-owner")).unwrap()).unwrap();
     assert_eq!(marker, OwnerMarker::current(HOST));
     assert_eq!(state_of(&storage, folder.name()), Some(FolderState::InUse));
+    assert_eq!(
+        storage.list().unwrap().len(),
+        1,
+        "no staging folder left behind"
+    );
     let path = folder.path().to_path_buf();
     folder.release().unwrap();
     assert!(!exists(&path));
