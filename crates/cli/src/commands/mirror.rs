@@ -21,6 +21,10 @@ pub struct Args {
     /// Copy again only what changed at the source since an earlier mirror into DIR.
     #[arg(long)]
     pub refresh: bool,
+    /// Draw no progress bar (it is drawn only when standard error is a terminal and the
+    /// output is not JSON).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,6 +41,18 @@ struct ShownEntry {
     root: usize,
     suffix: String,
     target: String,
+}
+
+/// A bar of files done out of files found, on standard error; indicatif hides it when
+/// standard error is not a terminal, so scripts and logs never see it.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {bar:30} {pos}/{len} files, {msg} [{elapsed}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Splits `SRC=DST` at the last `=`.
@@ -61,12 +77,24 @@ pub fn run(args: &Args, json: bool) -> Result<()> {
     let actual = abstract_map.to_actual(roots)?;
     std::fs::create_dir_all(&args.into)
         .with_context(|| format!("cannot create the task folder `{}`", args.into.display()))?;
-    let options = MirrorOptions::new();
-    let report = if args.refresh {
-        parvm_mirror_fs::refresh(&actual, &args.into, &options)?
+    let bar = (!json && !args.no_progress).then(progress_bar);
+    let mut options = MirrorOptions::new();
+    if let Some(bar) = bar.clone() {
+        options = options.progress(move |progress| {
+            bar.set_length(progress.total);
+            bar.set_position(progress.done);
+            bar.set_message(parvm_local_storage::human_size(progress.bytes));
+        });
+    }
+    let outcome = if args.refresh {
+        parvm_mirror_fs::refresh(&actual, &args.into, &options)
     } else {
-        parvm_mirror_fs::mirror(&actual, &args.into, &options)?
+        parvm_mirror_fs::mirror(&actual, &args.into, &options)
     };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = outcome?;
     let entries = map
         .entries()
         .iter()
