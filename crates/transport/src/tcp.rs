@@ -9,11 +9,14 @@
 //! ```text
 //! worker  -> spawner  magic(8) nonce_w(32)
 //! spawner -> worker   magic(8) nonce_s(32) HMAC(secret, "parvm spawner" nonce_w nonce_s)
-//! worker  -> spawner  HMAC(secret, "parvm worker" nonce_s nonce_w) host_len(1) host
+//! worker  -> spawner  host_len(1) host HMAC(secret, "parvm worker" nonce_s nonce_w host_len host)
 //! spawner -> worker   rank(4, little-endian) host_len(1) spawner_host
 //! ```
 //!
-//! A peer with a wrong magic or proof is dropped having sent at most 72 bytes; a silent
+//! The worker's proof covers the host name it reports, so nobody on the way can make a
+//! worker appear on another host (and so mirror into another host's paths).
+//!
+//! A peer with a wrong magic or proof is dropped having sent at most 328 bytes; a silent
 //! peer is dropped after the handshake timeout. Each connection is handshaken on its own
 //! thread, so a slow peer never delays the others. After the handshake, traffic is frames
 //! (see [`crate::frame`]); the topology is a star as in [`crate::local`].
@@ -37,7 +40,7 @@ use crate::{Error, Event, Peer, Rank, frame};
 /// The variable telling a worker where the spawner listens (`host:port`).
 pub const CONNECT_VAR: &str = "PARVM_CONNECT";
 
-const MAGIC: [u8; 8] = *b"PVTCP\x00\x01\x00";
+const MAGIC: [u8; 8] = *b"PVTCP\x00\x02\x00";
 const NONCE: usize = 32;
 const MAC: usize = 32;
 /// At most this many handshakes run at once; more connections are closed at once.
@@ -52,6 +55,14 @@ fn proof(secret: &Secret, label: &[u8], first: &[u8], second: &[u8]) -> HmacSha2
     mac.update(label);
     mac.update(first);
     mac.update(second);
+    mac
+}
+
+/// The worker's proof: over both nonces and the host name it reports (length-prefixed).
+fn worker_proof(secret: &Secret, nonce_s: &[u8], nonce_w: &[u8], host: &[u8]) -> HmacSha256 {
+    let mut mac = proof(secret, b"parvm worker", nonce_s, nonce_w);
+    mac.update(&[u8::try_from(host.len()).unwrap_or(u8::MAX)]);
+    mac.update(host);
     mac
 }
 
@@ -297,12 +308,13 @@ impl TcpTransport {
                 ))
             })?;
         let host = truncate_host(hostname);
-        let mut reply = proof(secret, b"parvm worker", their_nonce, &my_nonce)
-            .finalize()
-            .into_bytes()
-            .to_vec();
-        reply.push(host.len() as u8);
+        let mut reply = vec![host.len() as u8];
         reply.extend_from_slice(host.as_bytes());
+        reply.extend_from_slice(
+            &worker_proof(secret, their_nonce, &my_nonce, host.as_bytes())
+                .finalize()
+                .into_bytes(),
+        );
         stream.write_all(&reply).map_err(|e| hs_err(io_reason(e)))?;
 
         let mut welcome = [0u8; 5];
@@ -467,13 +479,18 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Result<(Rank, String), Stri
     stream
         .write_all(&answer)
         .map_err(|e| format!("handshake failed: {e}"))?;
-    let mut their_proof = [0u8; MAC + 1];
-    read(&mut their_proof)?;
-    proof(&shared.secret, b"parvm worker", &my_nonce, their_nonce)
-        .verify_slice(&their_proof[..MAC])
-        .map_err(|_| "it does not know the shared secret".to_string())?;
-    let mut host = vec![0u8; usize::from(their_proof[MAC])];
+    let mut host_len = [0u8; 1];
+    read(&mut host_len)?;
+    let mut host = vec![0u8; usize::from(host_len[0])];
     read(&mut host)?;
+    let mut their_proof = [0u8; MAC];
+    read(&mut their_proof)?;
+    worker_proof(&shared.secret, &my_nonce, their_nonce, &host)
+        .verify_slice(&their_proof)
+        .map_err(|_| {
+            "it does not know the shared secret (or its host name was changed on the way)"
+                .to_string()
+        })?;
     let host = String::from_utf8_lossy(&host).into_owned();
 
     let rank = shared.next_rank.fetch_add(1, Ordering::SeqCst);

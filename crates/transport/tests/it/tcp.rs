@@ -14,7 +14,7 @@ use sha2::Sha256;
 
 use crate::{ECHO, KillOnDrop, ask, ask_text, next_event};
 
-const MAGIC: &[u8; 8] = b"PVTCP\x00\x01\x00";
+const MAGIC: &[u8; 8] = b"PVTCP\x00\x02\x00";
 
 fn secret() -> Secret {
     Secret::new(b"correct horse battery staple".to_vec())
@@ -65,6 +65,11 @@ fn assert_still_serves(spawner: &TcpTransport, addr: SocketAddr) {
 
 /// Runs the worker's half of the handshake by hand with `key`; returns the stream.
 fn raw_handshake(addr: SocketAddr, key: &[u8]) -> TcpStream {
+    raw_handshake_as(addr, key, b"raw", b"raw")
+}
+
+/// As [`raw_handshake`], reporting host `sent` with a proof made over host `proven`.
+fn raw_handshake_as(addr: SocketAddr, key: &[u8], sent: &[u8], proven: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     let nonce = [7u8; 32];
     stream.write_all(MAGIC).unwrap();
@@ -75,11 +80,29 @@ fn raw_handshake(addr: SocketAddr, key: &[u8]) -> TcpStream {
     mac.update(b"parvm worker");
     mac.update(&answer[8..40]);
     mac.update(&nonce);
-    let mut reply = mac.finalize().into_bytes().to_vec();
-    reply.push(3);
-    reply.extend_from_slice(b"raw");
+    mac.update(&[proven.len() as u8]);
+    mac.update(proven);
+    let mut reply = vec![sent.len() as u8];
+    reply.extend_from_slice(sent);
+    reply.extend_from_slice(&mac.finalize().into_bytes());
     stream.write_all(&reply).unwrap();
     stream
+}
+
+#[test]
+fn a_host_name_changed_on_the_way_is_refused() {
+    let (spawner, addr) = listen();
+    let key = b"correct horse battery staple";
+    let honest = raw_handshake_as(addr, key, b"node1", b"node1");
+    assert_eq!(joined(&spawner).host, "node1");
+    let forged = raw_handshake_as(addr, key, b"elsewhere", b"node1");
+    assert_closed(forged, crate::PATIENCE);
+    drop(honest);
+    assert!(matches!(
+        next_event(&spawner),
+        Event::PeerLost { rank: 1, .. }
+    ));
+    assert_still_serves(&spawner, addr);
 }
 
 #[test]
