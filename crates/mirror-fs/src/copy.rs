@@ -12,6 +12,7 @@
 //! modes and times are set last, deepest first, because writing into a folder changes its
 //! time and a read-only folder could not be filled.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io::{self, ErrorKind};
@@ -19,7 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -270,23 +271,33 @@ pub(crate) struct DirPair {
     dst_path: PathBuf,
     src: OwnedFd,
     dst: OwnedFd,
+    /// The destination folder's identity when this pair holds it writable for its owner
+    /// (see [`DirPair::open`]).
+    loosened: Option<FolderId>,
 }
 
 impl DirPair {
+    /// Opens a source folder and its destination. A destination an earlier run copied
+    /// from a read-only source folder is read-only too, and its owner cannot add to it
+    /// unless root: it is made writable for its owner while the pair lives, and its mode
+    /// is set back when the pair is dropped (the run sets the source's mode at its end).
     pub(crate) fn open(id: u32, src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
         let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty())
             .map_err(|e| vanished_or_read(&src_path, e))?;
+        let create_err = |e: Errno| Error::Create {
+            path: dst_path.clone(),
+            source: e.into(),
+        };
         let dst = nix::fcntl::open(&dst_path, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
-            .map_err(|e| Error::Create {
-                path: dst_path.clone(),
-                source: e.into(),
-            })?;
+            .map_err(create_err)?;
+        let loosened = loosen(&dst).map_err(create_err)?;
         Ok(DirPair {
             id,
             src_path,
             dst_path,
             src,
             dst,
+            loosened,
         })
     }
 
@@ -296,6 +307,67 @@ impl DirPair {
 
     fn dst_of(&self, name: &CStr) -> PathBuf {
         self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
+    }
+}
+
+impl Drop for DirPair {
+    fn drop(&mut self) {
+        if let Some(id) = self.loosened {
+            tighten(&self.dst, id, &self.dst_path);
+        }
+    }
+}
+
+/// A folder's device and inode.
+type FolderId = (u64, u64);
+
+/// Destination folders made writable for their owner by open [`DirPair`]s of this
+/// process: how many pairs hold each, and its mode before. Two pairs can share a folder
+/// (two map entries with one target); the mode is set back when the last one is dropped.
+static LOOSENED: Mutex<BTreeMap<FolderId, (usize, u32)>> = Mutex::new(BTreeMap::new());
+
+/// Makes folder `dir` readable, writable and searchable for its owner while this pair
+/// lives; `None` when it already was (or is not ours to change: writing into it then
+/// fails with its own error).
+#[allow(clippy::unnecessary_cast)]
+fn loosen(dir: &OwnedFd) -> nix::Result<Option<FolderId>> {
+    let st = nix::sys::stat::fstat(dir)?;
+    let id = (st.st_dev as u64, st.st_ino as u64);
+    // Under the lock, so a folder another pair loosened a moment ago is counted, not
+    // taken for one that was writable all along.
+    let mut loosened = LOOSENED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((holders, _)) = loosened.get_mut(&id) {
+        *holders += 1;
+        return Ok(Some(id));
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o700 == 0o700 {
+        return Ok(None);
+    }
+    match nix::sys::stat::fchmod(dir, Mode::from_bits_truncate(mode | 0o700)) {
+        Ok(()) => {
+            loosened.insert(id, (1, mode));
+            Ok(Some(id))
+        }
+        Err(Errno::EPERM) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Undoes [`loosen`] for one pair; the last pair holding the folder sets its mode back.
+fn tighten(dir: &OwnedFd, id: FolderId, path: &Path) {
+    let mut loosened = LOOSENED.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some((holders, mode)) = loosened.get_mut(&id) else {
+        return;
+    };
+    *holders -= 1;
+    if *holders > 0 {
+        return;
+    }
+    let mode = *mode;
+    loosened.remove(&id);
+    if let Err(e) = nix::sys::stat::fchmod(dir, Mode::from_bits_truncate(mode)) {
+        tracing::debug!("cannot set the mode of `{}` back: {e}", path.display());
     }
 }
 

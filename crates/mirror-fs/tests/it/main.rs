@@ -7,6 +7,7 @@ mod model;
 mod refresh;
 mod srcwatch;
 mod translate;
+mod unprivileged;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
