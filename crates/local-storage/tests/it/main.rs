@@ -4,6 +4,7 @@ mod open;
 mod race;
 mod sweep;
 mod take;
+mod unprivileged;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,54 +3,12 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
 use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder, mirror, refresh};
+use parvm_test_support::as_unprivileged;
 
 use crate::{Fixture, set_mode};
-
-/// Set in the child that runs a test as `nobody`.
-const CHILD_VAR: &str = "PARVM_TEST_UNPRIVILEGED";
-
-/// The uid and gid of `nobody` on Debian and most Linux systems.
-const NOBODY: u32 = 65534;
-
-/// Runs `body` as a user who is not root: here, when this process is not root (or is the
-/// child); as root, in a copy of this test binary started as `nobody` with only the test
-/// `name`, whose outcome becomes this test's.
-fn as_unprivileged(name: &str, body: fn()) {
-    if std::env::var_os(CHILD_VAR).is_some() || !nix::unistd::Uid::effective().is_root() {
-        body();
-        return;
-    }
-    // The test binary may live where `nobody` cannot reach (under /root); a copy in a
-    // folder `nobody` owns can run anywhere.
-    let dir = tempfile::tempdir().expect("temp folder");
-    let exe = dir.path().join("it");
-    fs::copy(std::env::current_exe().expect("own path"), &exe).expect("copy the test binary");
-    set_mode(&exe, 0o755);
-    for path in [dir.path(), exe.as_path()] {
-        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
-    }
-    let output = Command::new(&exe)
-        .args([name, "--exact", "--test-threads=1", "--nocapture"])
-        .env(CHILD_VAR, "1")
-        .env("TMPDIR", dir.path())
-        .current_dir(dir.path())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .expect("run the test binary as nobody");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{name} failed as nobody ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// A shared folder `ro` (mode 0555) holding `a.txt`, mirrored into the task folder.
 fn read_only_source(fx: &Fixture) -> MirrorMap {
