@@ -2,7 +2,10 @@
 //!
 //! Root ignores permission bits, and CI runs as root, so a test about read-only folders
 //! proves nothing there unless it runs as somebody else: [`as_unprivileged`] runs its body
-//! as `nobody` in a copy of the calling test binary.
+//! as `nobody` in a copy of the calling test binary. [`mpirun`] runs `mpirun` so that a
+//! hang fails the test instead of CI, and nothing outlives it.
+
+pub mod mpirun;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

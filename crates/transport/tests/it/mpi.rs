@@ -3,16 +3,10 @@
 //! Skipped, with a message, when `mpirun` is not on the PATH. Every run has a deadline
 //! and a guard that ends mpirun and its ranks, so a hang fails the test instead of CI.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use parvm_test_support::mpirun::{Mpirun, Run, skip_without_mpirun};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_parvm-mpi-echo");
 
@@ -23,154 +17,12 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// for the machine's cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn find_mpirun() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mpirun"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Ends mpirun (which ends its ranks) when dropped, also when the test fails.
-struct MpirunGuard {
-    child: Child,
-}
-
-impl MpirunGuard {
-    fn children(&self) -> Vec<Pid> {
-        let parent = self.child.id().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|entry| {
-                let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                // The fields after the command name (which may hold spaces) start at `)`.
-                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-                (ppid == parent).then_some(Pid::from_raw(pid))
-            })
-            .collect()
-    }
-}
-
-impl Drop for MpirunGuard {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = Pid::from_raw(self.child.id() as i32);
-        // mpirun ends its ranks on SIGTERM; give it a moment, then kill what is left.
-        let _ = kill(pid, Signal::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for rank in self.children() {
-            let _ = kill(rank, Signal::SIGKILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one mpirun printed.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
-    }
-
-    /// The `key=value` fields of every stdout line that starts with `word`.
-    fn lines(&self, word: &str) -> Vec<BTreeMap<String, String>> {
-        self.stdout
-            .lines()
-            .filter(|line| line.split_whitespace().next() == Some(word))
-            .map(|line| {
-                line.split_whitespace()
-                    .filter_map(|field| field.split_once('='))
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn field(&self, word: &str, key: &str) -> f64 {
-        let lines = self.lines(word);
-        let value = lines
-            .first()
-            .and_then(|line| line.get(key))
-            .unwrap_or_else(|| panic!("no `{word} {key}=` line\n{}", self.all()));
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("`{word} {key}={value}` is not a number"))
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
 /// Runs `mpirun --oversubscribe <args>`; `None` (after saying so) when mpirun is missing.
 fn mpirun(args: &[&str]) -> Option<Run> {
-    let Some(mpirun) = find_mpirun() else {
-        eprintln!("skipping the MPI test: `mpirun` is not on the PATH (install Open MPI or MPICH)");
-        return None;
-    };
+    let mpirun = skip_without_mpirun()?;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut command = Command::new(mpirun);
-    command
-        .arg("--oversubscribe")
-        .args(args)
-        .env_remove("PARVM_HOSTNAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if nix::unistd::Uid::effective().is_root() {
-        command
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    let mut guard = MpirunGuard {
-        child: command.spawn().expect("start mpirun"),
-    };
-    let stdout = drain(guard.child.stdout.take().expect("piped stdout"));
-    let stderr = drain(guard.child.stderr.take().expect("piped stderr"));
-    let until = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = guard.child.try_wait().expect("poll mpirun") {
-            break Some(status);
-        }
-        if Instant::now() >= until {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if status.is_none() {
-        drop(guard);
-        panic!(
-            "mpirun {args:?} did not finish within {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-            stdout.join().unwrap_or_default(),
-            stderr.join().unwrap_or_default()
-        );
-    }
-    let run = Run {
-        status: status.expect("checked above"),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    };
-    Some(run)
+    let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    Some(Mpirun::run(&mpirun, &args, &[], Instant::now() + DEADLINE))
 }
 
 fn mpirun_ok(args: &[&str]) -> Option<Run> {

@@ -11,17 +11,15 @@
 //! Skipped, with a message, when `mpirun` is not on the PATH. Every mpirun has a deadline
 //! and a guard that kills its process group, so a hang fails the test instead of CI.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use parvm_test_support::mpirun::{Mpirun, Run, skip_without_mpirun};
 
 /// Set (to anything) in a probe run: `Harness::start` prints the layout and exits.
 pub const PROBE_VAR: &str = "PARVM_TEST_MPI_PROBE";
@@ -32,210 +30,13 @@ const LAYOUT_WORD: &str = "PARVM-TEST-LAYOUT";
 /// How long one mpirun may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Two mpiruns at a time: more only make them compete for the machine's cores.
-static SLOTS: Mutex<u32> = Mutex::new(0);
-const MAX_AT_ONCE: u32 = 2;
-
 const TESTPROG: &str = env!("CARGO_BIN_EXE_parvm-vm-testprog");
 
-fn find_mpirun() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mpirun"))
-        .find(|candidate| candidate.is_file())
-}
-
-fn skip_without_mpirun() -> Option<PathBuf> {
-    let found = find_mpirun();
-    if found.is_none() {
-        eprintln!("SKIPPING the MPI test: `mpirun` is not on the PATH (install Open MPI or MPICH)");
-    }
-    found
-}
-
-/// Held while an mpirun runs; at most [`MAX_AT_ONCE`] exist.
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        loop {
-            {
-                let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-                if *used < MAX_AT_ONCE {
-                    *used += 1;
-                    return Slot;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-    }
-}
-
-/// Kills mpirun's whole process group (mpirun, its ranks and their children) when
-/// dropped, unless mpirun has exited and its ranks with it.
-pub struct MpirunGuard {
-    child: Child,
-    _slot: Slot,
-}
-
-impl Drop for MpirunGuard {
-    fn drop(&mut self) {
-        let group = Pid::from_raw(self.child.id() as i32);
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // mpirun ends its ranks on SIGTERM; give it a moment.
-            let _ = kill(group, Signal::SIGTERM);
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// An mpirun in its own process group, output piped.
-pub struct Mpirun {
-    pub guard: MpirunGuard,
-    lines: Receiver<String>,
-    stdout_seen: Vec<String>,
-    stderr: JoinHandle<String>,
-}
-
-/// What one mpirun printed, and how it ended.
-pub struct Run {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn all(&self) -> String {
-        format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// `mpirun --oversubscribe <args>` with the root flags when root, and no parvm variables
-/// from the test's own environment.
-fn mpirun_command(mpirun: &Path, args: &[String]) -> Command {
-    let mut command = Command::new(mpirun);
-    command
-        .arg("--oversubscribe")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    for var in [
-        "PARVM_HOSTNAME",
-        "PARVM_TRANSPORT",
-        "PARVM_CONNECT",
-        "PARVM_LOCAL_SOCKET",
-        "PARVM_WORKERS",
-        "PARVM_LOG",
-        PROBE_VAR,
-        INNER_VAR,
-    ] {
-        command.env_remove(var);
-    }
-    if nix::unistd::Uid::effective().is_root() {
-        command
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    command
-}
-
-impl Mpirun {
-    pub fn start(mpirun: &Path, args: &[String]) -> Mpirun {
-        let slot = Slot::take();
-        let mut child = mpirun_command(mpirun, args).spawn().expect("start mpirun");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let (send, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stderr.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        });
-        Mpirun {
-            guard: MpirunGuard { child, _slot: slot },
-            lines,
-            stdout_seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// Waits for a stdout line starting with `prefix`, until `deadline`.
-    pub fn wait_line(&mut self, prefix: &str, deadline: Instant) -> Option<String> {
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout_seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return Some(line);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// Waits for mpirun to end, at most until `deadline`; panics (after killing it) when
-    /// it does not.
-    pub fn finish(mut self, deadline: Instant) -> Run {
-        let status = loop {
-            if let Some(status) = self.guard.child.try_wait().expect("poll mpirun") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let Mpirun {
-            guard,
-            lines,
-            mut stdout_seen,
-            stderr,
-        } = self;
-        // Ends the ranks for good (also when mpirun hung) before the pipes are read.
-        drop(guard);
-        stdout_seen.extend(lines.iter());
-        let run = Run {
-            status: status.unwrap_or_default(),
-            stdout: stdout_seen.join("\n"),
-            stderr: stderr.join().unwrap_or_default(),
-        };
-        assert!(
-            status.is_some(),
-            "mpirun did not finish within the deadline; killed\n{}",
-            run.all()
-        );
-        run
-    }
-}
+/// What the ranks of a suite test's mpirun must not inherit from the outer run.
+const OUR_VARS: [&str; 2] = [PROBE_VAR, INNER_VAR];
 
 fn run_to_end(mpirun: &Path, args: &[String]) -> Run {
-    Mpirun::start(mpirun, args).finish(Instant::now() + DEADLINE)
+    Mpirun::run(mpirun, args, &OUR_VARS, Instant::now() + DEADLINE)
 }
 
 /// The app context for `count` ranks of `program` on a simulated host: its own host
@@ -394,7 +195,7 @@ fn a_killed_rank_ends_the_job_and_its_folders_are_swept_by_the_next_run() {
             context(2, "alpha", local.path(), shared.path(), &[], &[TESTPROG]),
         ])
     };
-    let mut run = Mpirun::start(&mpirun, &job("hang"));
+    let mut run = Mpirun::start(&mpirun, &job("hang"), &OUR_VARS);
     let deadline = Instant::now() + DEADLINE;
     let Some(ready) = run.wait_line("READY", deadline) else {
         panic!("no READY line\n{}", run.finish(deadline).all());
