@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use parvm_mirror_fs::{Error, MirrorMap, MirrorOptions, MirroredFolder};
 
-use crate::{Fixture, set_mode};
+use crate::{Fixture, set_mode, set_mtime};
 
 /// The flavours: with inotify (on the sources too when trusted), with the fallback that
 /// verifies every copy, and with sources treated as on a network file system.
@@ -18,16 +18,6 @@ fn flavours() -> [MirrorOptions; 3] {
         MirrorOptions::new().no_inotify(),
         MirrorOptions::new().untrusted_sources(),
     ]
-}
-
-/// Moves a file's modification time, so an edit of the same size shows.
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 fn later() -> SystemTime {

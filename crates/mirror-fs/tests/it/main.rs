@@ -69,6 +69,16 @@ impl Fixture {
     }
 }
 
+/// Moves a file's modification time, so an edit of the same size shows.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open for writing")
+        .set_modified(t)
+        .expect("set the modification time");
+}
+
 /// Lists a folder recursively as sorted relative paths.
 pub fn listing(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirrorReport, MirroredFolder};
 
-use crate::{Fixture, listing};
+use crate::{Fixture, listing, set_mtime};
 
 /// tree/ (3 folders of 10 files) → in/, top.cir → task folder (a top-level match, always
 /// looked at).
@@ -28,14 +28,14 @@ fn setup(fx: &Fixture) -> MirrorMap {
         .unwrap()
 }
 
-/// Mirrors and refreshes once, so the source watch has heard everything since a full scan.
-/// `None` when this machine's temp folders are not on a trusted file system.
 /// Options under which events alone are trusted for an hour, so assertions about what a
 /// refresh looked at do not depend on how fast a loaded machine runs the test.
 fn events_trusted() -> MirrorOptions {
     MirrorOptions::new().full_scan_every(std::time::Duration::from_secs(3600))
 }
 
+/// Mirrors and refreshes once, so the source watch has heard everything since a full scan.
+/// `None` when this machine's temp folders are not on a trusted file system.
 fn armed(fx: &Fixture, map: &MirrorMap, options: &MirrorOptions) -> Option<MirroredFolder> {
     let mut folder = MirroredFolder::mirror(map, &fx.task, options).unwrap();
     let report = folder.refresh(options).unwrap();
@@ -50,15 +50,6 @@ fn armed(fx: &Fixture, map: &MirrorMap, options: &MirrorOptions) -> Option<Mirro
         return None;
     }
     Some(folder)
-}
-
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 fn mtime(path: &Path) -> SystemTime {
