@@ -32,7 +32,8 @@ pub fn as_unprivileged(name: &str, body: impl FnOnce()) {
         body();
         return;
     }
-    let dir = tempfile::tempdir().expect("a temporary folder");
+    // In /tmp itself, which everybody can reach: $TMPDIR may be under /root.
+    let dir = tempfile::tempdir_in("/tmp").expect("a temporary folder in /tmp");
     let exe = dir.path().join("test-binary");
     std::fs::copy(std::env::current_exe().expect("own path"), &exe).expect("copy the test binary");
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
