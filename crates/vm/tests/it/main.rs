@@ -10,6 +10,7 @@ mod harness;
 mod mpirun;
 mod processes;
 mod selection;
+mod unprivileged;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.

@@ -1,0 +1,64 @@
+//! The VM end to end as a user who is not root, with read-only inputs: copies of read-only
+//! source folders are read-only, and root ignores that. As root (as in CI) the test runs
+//! again as `nobody` (see `parvm_test_support::as_unprivileged`).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use parvm_test_support::as_unprivileged;
+use parvm_vm::Spawn;
+
+use crate::harness::{Backend, Harness, collect, wait_until};
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes `models/m.lib` in the read-only source folder `models`.
+fn write_model(models: &Path, text: &str) {
+    set_mode(models, 0o755);
+    fs::write(models.join("m.lib"), text).unwrap();
+    set_mode(models, 0o555);
+}
+
+#[test]
+fn read_only_inputs_are_mirrored_refreshed_and_removed() {
+    as_unprivileged(
+        "unprivileged::read_only_inputs_are_mirrored_refreshed_and_removed",
+        || {
+            let h = Harness::start(Backend::Memory, 1);
+            let models = h.shared.path().join("project/models");
+            fs::create_dir_all(&models).unwrap();
+            write_model(&models, "version 1");
+            for persistent in [false, true] {
+                let vm = h
+                    .runtime()
+                    .vm()
+                    .mirror(models.display().to_string(), ".")
+                    .persistent(persistent)
+                    .build()
+                    .unwrap();
+                let read = || -> String {
+                    let ids = vm
+                        .spawn(Spawn::task(
+                            "read_then",
+                            &("models/m.lib".to_string(), "keep".to_string()),
+                        ))
+                        .unwrap();
+                    let (outcomes, _) = collect(&vm, &ids);
+                    outcomes[&ids[0]].value()
+                };
+                assert_eq!(read(), "version 1", "persistent: {persistent}");
+                write_model(&models, "version 2, longer");
+                assert_eq!(read(), "version 2, longer", "persistent: {persistent}");
+                write_model(&models, "version 1");
+                drop(vm);
+                wait_until("every task folder is removed", || {
+                    h.task_folders().is_empty()
+                });
+            }
+            set_mode(&models, 0o755);
+        },
+    );
+}
