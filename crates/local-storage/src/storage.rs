@@ -299,12 +299,7 @@ impl LocalStorage {
 
     /// Renames a staged folder to the first free name of `base`, `base_1`, ...
     fn place(&self, staging: &Path, lock: Option<File>, base: &str) -> Result<Placed, Error> {
-        for n in 0..MAX_SUFFIX {
-            let name = if n == 0 {
-                base.to_owned()
-            } else {
-                format!("{base}_{n}")
-            };
+        for name in candidate_names(base) {
             let path = self.dir.join(&name);
             match renameat2(
                 AT_FDCWD,
@@ -336,23 +331,23 @@ impl LocalStorage {
             }
         }
         let _ = crate::tree::remove_tree(staging);
-        Err(Error::CreateFolder {
+        Err(self.names_taken(base))
+    }
+
+    /// Every name [`candidate_names`] gives for `base` is taken.
+    fn names_taken(&self, base: &str) -> Error {
+        Error::CreateFolder {
             path: self.dir.join(base),
             source: io::Error::other(format!(
                 "{MAX_SUFFIX} folder names for this process are taken"
             )),
-        })
+        }
     }
 
     /// Makes and claims a new folder in place, trying `_<n>` suffixes past names that
     /// exist; for file systems that cannot rename without replacing.
     fn create_in_place(&self, base: &str, me: &OwnerMarker) -> Result<Held, Error> {
-        for n in 0..MAX_SUFFIX {
-            let name = if n == 0 {
-                base.to_owned()
-            } else {
-                format!("{base}_{n}")
-            };
+        for name in candidate_names(base) {
             let path = self.dir.join(&name);
             match DirBuilder::new().mode(0o700).create(&path) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -363,13 +358,7 @@ impl LocalStorage {
                 return Ok(held);
             }
         }
-        let source = io::Error::other(format!(
-            "{MAX_SUFFIX} folder names for this process are taken"
-        ));
-        Err(Error::CreateFolder {
-            path: self.dir.join(base),
-            source,
-        })
+        Err(self.names_taken(base))
     }
 
     /// Locks a folder we just made and writes its owner marker. `Ok(None)`: a forced
@@ -395,6 +384,17 @@ impl LocalStorage {
             }
         }
     }
+}
+
+/// The names a new folder may get, in order: `base`, `base_1`, ... up to [`MAX_SUFFIX`].
+fn candidate_names(base: &str) -> impl Iterator<Item = String> + '_ {
+    (0..MAX_SUFFIX).map(move |n| {
+        if n == 0 {
+            base.to_owned()
+        } else {
+            format!("{base}_{n}")
+        }
+    })
 }
 
 /// Makes the per-user folder with mode 0700; another process making it first is fine.

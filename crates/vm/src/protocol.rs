@@ -150,7 +150,9 @@ pub(crate) const USER_SPAWNER: u8 = 0x56;
 /// The frames of one direction: MessagePack, with binary heads for user messages.
 pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
     /// Writes into `out` (replacing what it held) the head of this user message frame,
-    /// ignoring its bytes; `false` for other frames.
+    /// ignoring its bytes, which then follow: they can travel from where they lie
+    /// ([`Transport::send_parts`](parvm_transport::Transport::send_parts)) instead of being
+    /// copied into the frame. `false` for other frames.
     fn write_user_head(&self, out: &mut Vec<u8>) -> bool;
 
     /// The user message frame whose first byte is `kind` ([`USER`] or [`USER_SPAWNER`]),
@@ -274,16 +276,6 @@ fn read_leb128(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
         }
     }
     Err("a compact user message frame's task number is cut off".to_owned())
-}
-
-/// Encodes into `out` (replacing what it held) the head of user message frame `frame`,
-/// whose bytes then follow: they can travel from where they lie
-/// ([`Transport::send_parts`]) instead of being copied into the frame. The bytes in
-/// `frame` are ignored. `false` when `frame` is not a user message.
-///
-/// [`Transport::send_parts`]: parvm_transport::Transport::send_parts
-pub(crate) fn encode_user_head<'a, T: Frame<'a>>(out: &mut Vec<u8>, frame: &T) -> bool {
-    frame.write_user_head(out)
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -413,7 +405,7 @@ mod tests {
                 to: sender,
                 data: Cow::Borrowed(&[]),
             };
-            assert!(encode_user_head(&mut frame, &head));
+            assert!(head.write_user_head(&mut frame));
             assert_eq!(frame.len(), USER_HEAD);
             frame.extend_from_slice(&data);
             let FromWorker::User {
@@ -433,7 +425,7 @@ mod tests {
                 to: 9,
                 data: Cow::Borrowed(&[]),
             };
-            assert!(encode_user_head(&mut frame, &head));
+            assert!(head.write_user_head(&mut frame));
             frame.extend_from_slice(&data);
             let ToWorker::User {
                 from,
@@ -447,13 +439,13 @@ mod tests {
         }
         // Other frames have no user head.
         let mut frame = Vec::new();
-        assert!(!encode_user_head(&mut frame, &ToWorker::Exit));
+        assert!(!ToWorker::Exit.write_user_head(&mut frame));
     }
 
     /// The user message frame of `head` with `data` behind it.
     fn user_frame<'a, T: Frame<'a>>(head: &T, data: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
-        assert!(encode_user_head(&mut frame, head));
+        assert!(head.write_user_head(&mut frame));
         frame.extend_from_slice(data);
         frame
     }

@@ -18,7 +18,7 @@ use parvm_env_config::Config;
 use parvm_transport::{Event, Rank, Transport, Wait};
 
 use crate::message::{ExitStatus, Payload, TaskFailure, Value};
-use crate::protocol::{self, FromWorker, ToWorker};
+use crate::protocol::{self, Frame, FromWorker, ToWorker};
 use crate::{Error, HostId, Message, TaskId, Tasks};
 
 /// The largest send buffer kept for reuse; a bigger one is freed after its message.
@@ -162,7 +162,7 @@ impl Shared {
 
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`: large
     /// data travels from where it lies instead of being copied into the frame (see
-    /// [`protocol::encode_user_head`]).
+    /// [`protocol::Frame::write_user_head`]).
     pub(crate) fn send_with_tail(
         &self,
         to: Rank,
@@ -172,7 +172,7 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        if !protocol::encode_user_head(bytes, frame) {
+        if !frame.write_user_head(bytes) {
             return Err(Error::Encode {
                 what: format!("a frame for rank {to}"),
                 source: rmp_serde::encode::Error::Syntax(

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::capture::Capture;
 use crate::message::{CommandStatus, Payload};
-use crate::protocol::{self, FromWorker, Job, SpawnRequest, ToWorker};
+use crate::protocol::{self, Frame, FromWorker, Job, SpawnRequest, ToWorker};
 use crate::storage::Storage;
 use crate::{Error, HostId, TaskId, Tasks};
 
@@ -55,7 +55,7 @@ impl LoopState {
     }
 
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`, without
-    /// copying large data (see [`protocol::encode_user_head`]).
+    /// copying large data (see [`protocol::Frame::write_user_head`]).
     fn send_with_tail(
         &self,
         transport: &dyn Transport,
@@ -63,7 +63,7 @@ impl LoopState {
         data: &[u8],
     ) -> Result<(), SendError> {
         let mut scratch = self.scratch.borrow_mut();
-        if !protocol::encode_user_head(&mut scratch, frame) {
+        if !frame.write_user_head(&mut scratch) {
             return Err(SendError::Encode(rmp_serde::encode::Error::Syntax(
                 "only a user message has a head to send its bytes behind".to_owned(),
             )));
