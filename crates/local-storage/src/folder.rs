@@ -11,14 +11,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::Error;
 use crate::lock::still_linked;
+use crate::owner::NameTag;
 use crate::tree::remove_tree;
 
-/// Prefix of the names folders get just before they are deleted.
+/// Prefix of the names folders get just before they are deleted. The remover's
+/// [`NameTag`] follows.
 pub(crate) const TRASH_PREFIX: &str = ".parvm-trash-";
 
 /// Prefix of the names new task folders have while they are made: locked and given their
 /// owner marker under this name, a folder is then renamed to its task-folder name, so
-/// every folder under such a name has a marker. The maker's pid (hex) follows.
+/// every folder under such a name has a marker. The maker's [`NameTag`] follows.
 pub(crate) const STAGING_PREFIX: &str = ".parvm-new-";
 
 /// Whether a task folder outlives its task.
@@ -200,24 +202,33 @@ impl Drop for TaskFolder {
     }
 }
 
-/// The pid of the process that made a trash or staging name, from the part after the
-/// prefix.
-pub(crate) fn pid_in_name(rest: &str) -> Option<u32> {
-    u32::from_str_radix(rest.split('-').next()?, 16).ok()
+/// The process that made a trash or staging name, from the part after the prefix: its
+/// [`NameTag`], or for names made before tags existed (`<pid hex>-…`) the pid alone.
+pub(crate) fn tag_in_name(rest: &str) -> Option<NameTag> {
+    let field = rest.split('-').next()?;
+    NameTag::parse(field).or_else(|| u32::from_str_radix(field, 16).ok().map(NameTag::pid_only))
 }
 
-/// A name no other call in any process makes: `prefix`, this process's pid, a counter and
-/// the clock's nanoseconds (hex), then `suffix`.
+/// The longest file name most file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// A name no other call in any process makes: `prefix`, this process's [`NameTag`], a
+/// counter and the clock's nanoseconds (hex), then as much of `suffix` as fits in
+/// [`NAME_MAX`] bytes (it only helps people tell trash folders apart).
 pub(crate) fn unique_name(prefix: &str, suffix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{prefix}{:x}-{count:x}-{nanos:x}{suffix}",
-        std::process::id()
-    )
+    let mut name = format!("{prefix}{}-{count:x}-{nanos:x}", NameTag::current());
+    let room = NAME_MAX.saturating_sub(name.len());
+    let mut cut = suffix.len().min(room);
+    while !suffix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.push_str(&suffix[..cut]);
+    name
 }
 
 /// Renames `path` to a unique trash name in the same folder. `Ok(None)`: it is gone.
@@ -232,5 +243,40 @@ pub(crate) fn move_to_trash(path: &Path) -> Result<Option<PathBuf>, Error> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FolderState, LocalStorage};
+
+    #[test]
+    fn names_carry_this_process_tag_and_fit_in_a_file_name() {
+        let name = unique_name(TRASH_PREFIX, &format!("-{}", "é".repeat(200)));
+        assert!(name.len() <= NAME_MAX, "{}", name.len());
+        let rest = name.strip_prefix(TRASH_PREFIX).unwrap();
+        let tag = tag_in_name(rest).unwrap();
+        assert_eq!(tag, NameTag::current());
+        assert!(tag.knows_start_time());
+        assert_eq!(tag_in_name("1f-2-3-x"), Some(NameTag::pid_only(0x1f)));
+        assert_eq!(tag_in_name("zz-2-3"), None);
+    }
+
+    #[test]
+    fn a_removal_in_progress_is_in_use_while_its_remover_lives() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::options()
+            .grace(std::time::Duration::ZERO)
+            .open(root.path())
+            .unwrap();
+        let folder = storage.path().join("gone_vm0");
+        std::fs::create_dir(&folder).unwrap();
+        let trash = move_to_trash(&folder).unwrap().unwrap();
+        let listed = storage.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].path, trash);
+        assert_eq!(listed[0].state, FolderState::InUse, "{}", listed[0].detail);
+        assert!(storage.sweep().unwrap().removed.is_empty());
     }
 }

@@ -134,6 +134,137 @@ impl OwnerMarker {
     }
 }
 
+/// Length of the boot id prefix a [`NameTag`] carries: 32 bits tell boots apart well
+/// enough for a folder name, where the whole 36-character id would be noise.
+const BOOT_PREFIX_LEN: usize = 8;
+
+/// Written in a tag for a part that could not be read.
+const UNKNOWN: &str = "x";
+
+/// One process run written into a folder name: `<pid hex>.<start time hex>.<boot id
+/// prefix>`, with `x` for a part that could not be read.
+///
+/// Trash and staging folders (`.parvm-trash-<tag>-…`, `.parvm-new-<tag>-…`) carry their
+/// remover's or maker's tag in their name, because they hold no marker of their own: a
+/// trash folder holds its former owner's marker, a staging folder has none for an instant.
+/// The tag names the same process run an [`OwnerMarker`] does, and is judged by the same
+/// [`OwnerMarker::liveness`], so a pid reused by another process does not keep such a
+/// folder forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameTag {
+    pid: u32,
+    start_time: Option<u64>,
+    boot: Option<String>,
+}
+
+impl NameTag {
+    /// The tag of the calling process, read once per process (a forked child that goes on
+    /// to make names reads its own).
+    pub(crate) fn current() -> NameTag {
+        static CACHE: std::sync::Mutex<Option<NameTag>> = std::sync::Mutex::new(None);
+        let pid = std::process::id();
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*cache {
+            Some(tag) if tag.pid == pid => tag.clone(),
+            _ => {
+                let tag = NameTag {
+                    pid,
+                    start_time: start_time(pid),
+                    boot: boot_id().and_then(|id| boot_prefix(&id).map(str::to_owned)),
+                };
+                *cache = Some(tag.clone());
+                tag
+            }
+        }
+    }
+
+    /// The tag at the start of `field` (the part of a name after its prefix, up to the
+    /// first `-`). `None`: not a tag.
+    pub(crate) fn parse(field: &str) -> Option<NameTag> {
+        let mut parts = field.split('.');
+        let (pid, start, boot) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let pid = u32::from_str_radix(pid, 16).ok()?;
+        let start_time = match start {
+            UNKNOWN => None,
+            hex => Some(u64::from_str_radix(hex, 16).ok()?),
+        };
+        let boot = match boot {
+            UNKNOWN => None,
+            id if !id.is_empty()
+                && id.len() <= BOOT_PREFIX_LEN
+                && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Some(id.to_owned())
+            }
+            _ => return None,
+        };
+        Some(NameTag {
+            pid,
+            start_time,
+            boot,
+        })
+    }
+
+    /// A tag that knows only the pid: names made before tags existed.
+    pub(crate) fn pid_only(pid: u32) -> NameTag {
+        NameTag {
+            pid,
+            start_time: None,
+            boot: None,
+        }
+    }
+
+    /// The pid in the tag.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the tag names its start time; without it, a live pid cannot be told from a
+    /// reused one.
+    pub(crate) fn knows_start_time(&self) -> bool {
+        self.start_time.is_some()
+    }
+
+    /// Whether the tagged process still runs, judged from `me` exactly as a marker is.
+    /// The tag has no host: a name in this per-user folder is judged on this machine.
+    pub(crate) fn liveness(&self, me: &OwnerMarker) -> Liveness {
+        // A tag holds only the start of the boot id: the same start is the same boot.
+        let boot_id = match (&self.boot, &me.boot_id) {
+            (Some(prefix), Some(ours)) if boot_prefix(ours) == Some(prefix.as_str()) => {
+                Some(ours.clone())
+            }
+            (theirs, _) => theirs.clone(),
+        };
+        OwnerMarker::new(self.pid, boot_id, self.start_time, me.host.clone()).liveness(me)
+    }
+}
+
+impl std::fmt::Display for NameTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}.", self.pid)?;
+        match self.start_time {
+            Some(start) => write!(f, "{start:x}.")?,
+            None => write!(f, "{UNKNOWN}.")?,
+        }
+        f.write_str(self.boot.as_deref().unwrap_or(UNKNOWN))
+    }
+}
+
+/// The first [`BOOT_PREFIX_LEN`] characters of a boot id (a UUID), up to the first one
+/// that is not a letter or digit. `None`: nothing usable.
+fn boot_prefix(id: &str) -> Option<&str> {
+    let end = id
+        .char_indices()
+        .take_while(|&(i, c)| i < BOOT_PREFIX_LEN && c.is_ascii_alphanumeric())
+        .count();
+    (end > 0).then(|| &id[..end])
+}
+
 impl std::fmt::Display for Gone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -149,7 +280,7 @@ impl std::fmt::Display for Gone {
 }
 
 /// Whether a process `pid` exists on this machine (under any user).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
@@ -289,6 +420,44 @@ mod tests {
             };
             assert_eq!(got, want, "{marker:?}");
         }
+    }
+
+    #[test]
+    fn name_tags_round_trip_and_are_judged_like_markers() {
+        let me = OwnerMarker::current("h");
+        let tag = NameTag::current();
+        assert_eq!(NameTag::parse(&tag.to_string()), Some(tag.clone()));
+        assert_eq!(tag.liveness(&me), Liveness::Alive);
+        let unknown = NameTag::parse("1f.x.x").unwrap();
+        assert_eq!(unknown, NameTag::pid_only(0x1f));
+        assert_eq!(unknown.to_string(), "1f.x.x");
+        for bad in [
+            "",
+            "1f",
+            "1f.2",
+            "1f.2.3.4",
+            "zz.2.abc",
+            "1f.zz.abc",
+            "1f.2.",
+            "1f.2.a/b",
+        ] {
+            assert_eq!(NameTag::parse(bad), None, "{bad:?}");
+        }
+        let st = me.start_time.unwrap();
+        let boot = boot_prefix(me.boot_id.as_deref().unwrap()).unwrap();
+        let judged = |text: String| NameTag::parse(&text).unwrap().liveness(&me);
+        assert_eq!(
+            judged(format!("{:x}.{st:x}.{boot}", me.pid)),
+            Liveness::Alive
+        );
+        assert!(matches!(
+            judged(format!("{:x}.{:x}.{boot}", me.pid, st + 1)),
+            Liveness::Gone(Gone::PidReused { .. })
+        ));
+        assert!(matches!(
+            judged(format!("{:x}.{st:x}.0000abcd", me.pid)),
+            Liveness::Gone(Gone::OtherBoot { .. })
+        ));
     }
 
     #[test]

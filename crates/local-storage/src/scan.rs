@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::folder::{STAGING_PREFIX, TRASH_PREFIX, move_to_trash, pid_in_name};
+use crate::folder::{STAGING_PREFIX, TRASH_PREFIX, move_to_trash, tag_in_name};
 use crate::lock::{Attempt, still_linked};
-use crate::owner::{Liveness, OwnerMarker, pid_alive};
+use crate::owner::{Liveness, OwnerMarker};
 use crate::tree::{remove_tree, tree_size};
 use crate::{Error, LocalStorage};
 
@@ -307,17 +307,8 @@ impl LocalStorage {
             let Some(rest) = name.strip_prefix(prefix) else {
                 continue;
             };
-            let (state, detail) = match pid_in_name(rest) {
-                // Its maker or remover is still at work: leave it be rather than race it.
-                Some(pid) if pid_alive(pid) => (
-                    FolderState::InUse,
-                    format!("being {doing} by process {pid}"),
-                ),
-                _ => (
-                    FolderState::Trash,
-                    format!("left over from an interrupted {deed}"),
-                ),
-            };
+            let old = age.is_none_or(|age| age >= self.grace);
+            let (state, detail) = self.judge_passing(rest, old, doing, deed);
             return Some(Probe {
                 info: info(state, detail, None),
                 lock: None,
@@ -374,6 +365,41 @@ impl LocalStorage {
             if !matches!(again, Attempt::Busy) || std::time::Instant::now() >= deadline {
                 return Ok(again);
             }
+        }
+    }
+
+    /// Judges a trash or staging folder by the process named in its name (`rest`, the
+    /// part after the prefix); `old`: it is past the grace period.
+    fn judge_passing(
+        &self,
+        rest: &str,
+        old: bool,
+        doing: &str,
+        deed: &str,
+    ) -> (FolderState, String) {
+        let leftover = |why: String| {
+            (
+                FolderState::Trash,
+                format!("left over from an interrupted {deed} ({why})"),
+            )
+        };
+        let Some(tag) = tag_in_name(rest) else {
+            return leftover("no process in its name".to_owned());
+        };
+        match tag.liveness(&OwnerMarker::current(&self.host)) {
+            Liveness::Gone(gone) => leftover(gone.to_string()),
+            // A name without a start time (made by an older parvm, or where /proc could
+            // not be read) cannot tell its maker from a process that reuses the pid: trust
+            // a live pid only for the grace period instead of forever.
+            _ if !tag.knows_start_time() && old => leftover(format!(
+                "process {} lives, but the name cannot tell whether it is the same one",
+                tag.pid()
+            )),
+            // Its maker or remover is still at work: leave it be rather than race it.
+            _ => (
+                FolderState::InUse,
+                format!("being {doing} by process {}", tag.pid()),
+            ),
         }
     }
 

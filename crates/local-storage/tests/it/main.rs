@@ -56,6 +56,21 @@ pub fn boot_id() -> String {
         .to_owned()
 }
 
+/// The tag a trash or staging folder name carries for process `pid` started at
+/// `start_time` during this boot: `<pid hex>.<start time hex>.<boot id prefix>`.
+pub fn name_tag(pid: u32, start_time: u64) -> String {
+    format!("{pid:x}.{start_time:x}.{}", &boot_id()[..8])
+}
+
+/// The start time (clock ticks after boot) of a live process `pid`.
+pub fn start_time_of(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 1..]
+        .split_whitespace()
+        .collect();
+    fields[19].parse().expect("start time")
+}
+
 /// The state `list` reports for the entry called `name`.
 pub fn state_of(storage: &LocalStorage, name: &str) -> Option<FolderState> {
     info_of(storage, name).map(|info| info.state)

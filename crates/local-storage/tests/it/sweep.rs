@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use parvm_local_storage::{FolderState, LocalStorage, OwnerMarker, Persistence};
 
-use crate::{HOST, boot_id, dead_pid, exists, fake_folder, names, state_of, storage};
+use crate::{
+    HOST, boot_id, dead_pid, exists, fake_folder, name_tag, names, start_time_of, state_of, storage,
+};
 
 fn me() -> OwnerMarker {
     OwnerMarker::current(HOST)
@@ -164,23 +166,152 @@ fn unknown_folders_wait_for_the_grace_period() {
     assert_eq!(eager.sweep().unwrap().removed.len(), 3);
 }
 
+/// A child process that lives until dropped.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start() -> Sleeper {
+        Sleeper(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
-fn leftover_trash_is_swept() {
+fn trash_and_staging_folders_are_judged_by_pid_and_start_time() {
     let (_root, storage) = storage();
-    let leftover = format!(".parvm-trash-{:x}-2-3-dead_vm0", dead_pid());
-    let in_progress = format!(".parvm-trash-{:x}-2-3-live_vm0", std::process::id());
-    fake_folder(&storage, &leftover, None);
-    fake_folder(&storage, &in_progress, None);
-    assert_eq!(state_of(&storage, &leftover), Some(FolderState::Trash));
-    assert_eq!(
-        state_of(&storage, &in_progress),
-        Some(FolderState::InUse),
-        "its remover lives"
+    let me = me();
+    let my_start = me.start_time.expect("own start time");
+    let sleeper = Sleeper::start();
+    let child_start = start_time_of(sleeper.0.id());
+    let other_boot = format!("{:x}.{my_start:x}.00000000", me.pid);
+    // (name, state, words in the detail)
+    let rows = [
+        // Their remover or maker really lives: this process, or a child.
+        (
+            format!(".parvm-trash-{}-2-3-mine_vm0", name_tag(me.pid, my_start)),
+            FolderState::InUse,
+            "being removed by process",
+        ),
+        (
+            format!(".parvm-new-{}-4-5", name_tag(sleeper.0.id(), child_start)),
+            FolderState::InUse,
+            "being made by process",
+        ),
+        // The pid lives, but it is another process now: the name's start time differs.
+        (
+            format!(
+                ".parvm-trash-{}-2-3-reused_vm0",
+                name_tag(me.pid, my_start + 7)
+            ),
+            FolderState::Trash,
+            "pid was reused",
+        ),
+        (
+            format!(
+                ".parvm-new-{}-4-6",
+                name_tag(sleeper.0.id(), child_start + 1)
+            ),
+            FolderState::Trash,
+            "pid was reused",
+        ),
+        // The same pid and start time during another boot.
+        (
+            format!(".parvm-trash-{other_boot}-2-3-boot_vm0"),
+            FolderState::Trash,
+            "boot",
+        ),
+        // The process is gone.
+        (
+            format!(".parvm-trash-{}-2-3-dead_vm0", name_tag(dead_pid(), 1)),
+            FolderState::Trash,
+            "gone",
+        ),
+        (
+            format!(".parvm-new-{}-4-7", name_tag(dead_pid(), 1)),
+            FolderState::Trash,
+            "interrupted creation",
+        ),
+    ];
+    for (name, _, _) in &rows {
+        fake_folder(&storage, name, None);
+    }
+    for (name, state, words) in &rows {
+        let info = crate::info_of(&storage, name).unwrap();
+        assert_eq!(info.state, *state, "{name}: {}", info.detail);
+        assert!(info.detail.contains(words), "{name}: {}", info.detail);
+    }
+    let mut swept: Vec<String> = names(&storage.sweep().unwrap().removed)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    swept.sort();
+    let mut expected: Vec<String> = rows
+        .iter()
+        .filter(|row| row.1 == FolderState::Trash)
+        .map(|row| row.0.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(swept, expected);
+    assert!(
+        storage.clear(false).unwrap().removed.is_empty(),
+        "live ones stay"
     );
+    drop(sleeper);
     assert_eq!(
-        names(&storage.sweep().unwrap().removed),
-        [leftover.as_str()]
+        storage.sweep().unwrap().removed.len(),
+        1,
+        "its maker is gone now"
     );
+}
+
+#[test]
+fn a_name_without_start_time_is_trusted_only_for_the_grace_period() {
+    // Names made before they carried a start time hold the pid alone: a live pid may be
+    // any process, so it keeps the folder no longer than an unknown folder is spared.
+    let root = tempfile::tempdir().unwrap();
+    let patient = LocalStorage::options()
+        .host(HOST)
+        .grace(Duration::from_secs(3600))
+        .open(root.path())
+        .unwrap();
+    let live = format!(".parvm-trash-{:x}-2-3-live_vm0", std::process::id());
+    let dead = format!(".parvm-new-{:x}-4-5", dead_pid());
+    fake_folder(&patient, &live, None);
+    fake_folder(&patient, &dead, None);
+    assert_eq!(state_of(&patient, &live), Some(FolderState::InUse));
+    assert_eq!(names(&patient.sweep().unwrap().removed), [dead.as_str()]);
+    let eager = LocalStorage::options()
+        .host(HOST)
+        .grace(Duration::ZERO)
+        .open(root.path())
+        .unwrap();
+    let info = crate::info_of(&eager, &live).unwrap();
+    assert_eq!(info.state, FolderState::Trash, "{}", info.detail);
+    assert!(info.detail.contains("cannot tell"), "{}", info.detail);
+    assert_eq!(names(&eager.sweep().unwrap().removed), [live.as_str()]);
+}
+
+#[test]
+fn an_entry_with_a_very_long_name_is_swept() {
+    // Its trash name must still fit in a file name.
+    let (_root, storage) = storage();
+    let name = "é".repeat(120) + "_vm0";
+    fake_folder(&storage, &name, None);
+    let report = storage.sweep().unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(names(&report.removed), [name.as_str()]);
+    assert!(storage.list().unwrap().is_empty());
 }
 
 #[test]
@@ -188,8 +319,12 @@ fn a_folder_left_halfway_made_is_swept_at_once_unless_its_maker_lives() {
     // The default grace period: an unmarked folder under a task-folder name would be
     // spared for ten minutes, a staging folder of a dead maker is not.
     let (_root, storage) = storage();
-    let leftover = format!(".parvm-new-{:x}-4-5", dead_pid());
-    let in_progress = format!(".parvm-new-{:x}-4-5", std::process::id());
+    let me = me();
+    let leftover = format!(".parvm-new-{}-4-5", name_tag(dead_pid(), 1));
+    let in_progress = format!(
+        ".parvm-new-{}-4-5",
+        name_tag(me.pid, me.start_time.unwrap())
+    );
     fake_folder(&storage, &leftover, None);
     fake_folder(&storage, &in_progress, None);
     let listed = storage.list().unwrap();
@@ -197,12 +332,11 @@ fn a_folder_left_halfway_made_is_swept_at_once_unless_its_maker_lives() {
         let info = listed.iter().find(|info| info.name == name).unwrap();
         (info.state, info.detail.clone())
     };
-    assert_eq!(
-        detail(&leftover),
-        (
-            FolderState::Trash,
-            "left over from an interrupted creation".to_owned()
-        )
+    assert_eq!(detail(&leftover).0, FolderState::Trash);
+    assert!(
+        detail(&leftover)
+            .1
+            .starts_with("left over from an interrupted creation")
     );
     assert_eq!(
         detail(&in_progress).0,
