@@ -42,8 +42,70 @@ fn main() -> std::process::ExitCode {
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("parvm: {error:#}");
+            eprintln!("{}", error_report(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes for people, one per line:
+///
+/// ```text
+/// error: PARALLEL_LOCAL_STORAGE folder `/x/y` does not exist and cannot be created; ...
+///   caused by: Not a directory (os error 20)
+/// ```
+///
+/// A cause whose text its error already ends with is left out, so a message that quotes
+/// its cause does not show it twice.
+fn error_report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("error: {error}");
+    let mut shown = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let line = next.to_string();
+        if !shown.ends_with(&line) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&line);
+        }
+        shown = line;
+        cause = next.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer `{0}`")]
+    struct Outer(&'static str, #[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn errors_read_as_a_chain_of_lines_without_repeats() {
+        let io = std::io::Error::other("no such file");
+        let error = anyhow::Error::new(Outer("/x", Middle(io)));
+        let text = error_report(error.as_ref());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "error: outer `/x`");
+        assert!(
+            lines[1].starts_with("  caused by: middle: no such file"),
+            "{text}"
+        );
+        assert_eq!(
+            lines.len(),
+            2,
+            "the io error repeats the middle's tail: {text}"
+        );
+        let context = error.context("while doing y");
+        let text = error_report(context.as_ref());
+        assert!(
+            text.starts_with("error: while doing y\n  caused by: outer `/x`"),
+            "{text}"
+        );
     }
 }

@@ -39,7 +39,7 @@ pub enum Error {
         entry: PathBuf,
     },
     /// `~user` names a user that does not exist.
-    #[error("{variable} entry `{}` names user `{user}`, who does not exist on this host", entry.display())]
+    #[error("{variable} entry `{}` names user `{user}`, who does not exist on this host; check the spelling or give an absolute path", entry.display())]
     UnknownUser {
         /// The environment variable.
         variable: &'static str,
@@ -79,7 +79,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A number was expected.
-    #[error("{variable} is `{value}`, not a whole number of at least 1")]
+    #[error(
+        "{variable} is `{value}`, not a whole number of at least 1; set it to one (e.g. 4) or unset it"
+    )]
     NotACount {
         /// The environment variable.
         variable: &'static str,
@@ -96,7 +98,7 @@ pub enum Error {
     },
     /// A host name that is empty or holds white space or `/`.
     #[error(
-        "{variable} is `{value}`, which is not a usable host name (empty, or holds white space or `/`)"
+        "{variable} is `{value}`, which is not a usable host name (empty, or holds white space or `/`); set it to this machine's name or unset it"
     )]
     BadHostname {
         /// The environment variable.
@@ -109,10 +111,111 @@ pub enum Error {
     Hostname(#[source] std::io::Error),
     /// The effective user has no name.
     #[error(
-        "the effective user (uid {uid}) has no entry in the user database; cannot name its storage folder"
+        "the effective user (uid {uid}) has no entry in the user database, so its storage folder cannot be named; run as a user with a name (in a container, add one to /etc/passwd)"
     )]
     NoUserName {
         /// The effective user id.
         uid: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message names its variable (or uid) and what to do.
+    #[test]
+    fn every_message_names_its_variable_and_a_remedy() {
+        let entry = || PathBuf::from("~ann/x");
+        let io = || std::io::Error::from_raw_os_error(2);
+        const VAR: &str = "PARALLEL_MIRRORED_STORAGE";
+        let rows: Vec<(Error, &[&str])> = vec![
+            (Error::NotUnicode { variable: VAR }, &[VAR, "plain text"]),
+            (
+                Error::EmptyEntry {
+                    variable: VAR,
+                    position: 2,
+                },
+                &[VAR, "position 2", "remove it"],
+            ),
+            (
+                Error::RelativePath {
+                    variable: VAR,
+                    entry: entry(),
+                },
+                &[VAR, "~ann/x", "absolute path"],
+            ),
+            (
+                Error::NoHome {
+                    variable: VAR,
+                    entry: entry(),
+                },
+                &[VAR, "~ann/x", "set HOME"],
+            ),
+            (
+                Error::UnknownUser {
+                    variable: VAR,
+                    entry: entry(),
+                    user: "ann".into(),
+                },
+                &[VAR, "~ann/x", "`ann`", "check the spelling"],
+            ),
+            (
+                Error::Unresolvable {
+                    variable: VAR,
+                    entry: entry(),
+                    source: io(),
+                },
+                &[VAR, "~ann/x", "create the folder"],
+            ),
+            (
+                Error::NotAFolder {
+                    variable: VAR,
+                    entry: entry(),
+                },
+                &[VAR, "~ann/x", "point it at a folder"],
+            ),
+            (
+                Error::CreateLocalRoot {
+                    variable: "PARALLEL_LOCAL_STORAGE",
+                    path: entry(),
+                    source: io(),
+                },
+                &["PARALLEL_LOCAL_STORAGE", "~ann/x", "create it"],
+            ),
+            (
+                Error::NotACount {
+                    variable: "PARVM_WORKERS",
+                    value: "0".into(),
+                },
+                &["PARVM_WORKERS", "`0`", "unset it"],
+            ),
+            (
+                Error::UnknownTransport {
+                    variable: "PARVM_TRANSPORT",
+                    value: "pvm".into(),
+                },
+                &["PARVM_TRANSPORT", "`pvm`", "use `local`"],
+            ),
+            (
+                Error::BadHostname {
+                    variable: "PARVM_HOSTNAME",
+                    value: "a b".into(),
+                },
+                &["PARVM_HOSTNAME", "`a b`", "unset it"],
+            ),
+            (Error::Hostname(io()), &["host name", "set PARVM_HOSTNAME"]),
+            (
+                Error::NoUserName { uid: 1234 },
+                &["uid 1234", "run as a user with a name"],
+            ),
+        ];
+        for (error, words) in rows {
+            let text = error.to_string();
+            for word in words {
+                assert!(text.contains(word), "{word:?} missing in: {text}");
+            }
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
 }

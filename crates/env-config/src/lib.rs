@@ -3,7 +3,7 @@
 //!
 //! | variable | meaning | default |
 //! | --- | --- | --- |
-//! | `PARALLEL_LOCAL_STORAGE` | root of local storage; `~` expanded; created if missing | the system temp folder |
+//! | `PARALLEL_LOCAL_STORAGE` | root of local storage; `~` expanded; created if missing (except by [`Config::from_env_read_only`]) | the system temp folder |
 //! | `PARALLEL_MIRRORED_STORAGE` | `:`-separated shared folders; `~`, `~user` expanded; symlinks resolved | the home folder |
 //! | `PARVM_TRANSPORT` | `local`, `tcp` or `mpi` | chosen by the VM |
 //! | `PARVM_WORKERS` | worker slots for the local transport | chosen by the VM |
@@ -113,6 +113,35 @@ impl Config {
     /// # Errors
     /// Any variable with a bad value; the error names the variable and the entry.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Config, Error> {
+        Config::builder_from_lookup(lookup)?.build()
+    }
+
+    /// Reads the configuration from this process's environment like [`Config::from_env`],
+    /// but creates nothing: a missing local root is kept as given (absolute, `~` expanded),
+    /// for commands that only look, such as `parvm storage list`.
+    ///
+    /// # Errors
+    /// Any variable with a bad value; the error names the variable and the entry.
+    pub fn from_env_read_only() -> Result<Config, Error> {
+        Config::from_lookup_read_only(|name| std::env::var_os(name))
+    }
+
+    /// Reads the configuration from `lookup` like [`Config::from_lookup`], but creates
+    /// nothing (see [`Config::from_env_read_only`]).
+    ///
+    /// # Errors
+    /// Any variable with a bad value; the error names the variable and the entry.
+    pub fn from_lookup_read_only(
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, Error> {
+        Config::builder_from_lookup(lookup)?
+            .create_local_root(false)
+            .build()
+    }
+
+    fn builder_from_lookup(
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<ConfigBuilder, Error> {
         let homes = Homes {
             own: lookup("HOME")
                 .map(PathBuf::from)
@@ -137,7 +166,7 @@ impl Config {
         if let Some(value) = lookup(LOG_VAR) {
             builder.log_filter = Some(text(LOG_VAR, value)?);
         }
-        builder.build()
+        Ok(builder)
     }
 
     /// Starts a configuration built by hand; unset values take the same defaults as the
@@ -146,7 +175,9 @@ impl Config {
         ConfigBuilder::default()
     }
 
-    /// The local storage root: absolute, symlinks resolved, existing.
+    /// The local storage root: absolute, symlinks resolved, existing. Read without
+    /// creating it ([`Config::from_env_read_only`], [`ConfigBuilder::create_local_root`]),
+    /// a missing root is absolute with `~` expanded, as given.
     pub fn local_root(&self) -> &Path {
         &self.local_root
     }
@@ -179,9 +210,10 @@ impl Config {
 
 /// Builds a [`Config`] by hand. Every setter's default is the environment's default, not
 /// the environment's value: a builder never reads the environment except for the home folder.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     local_root: Option<PathBuf>,
+    create_local_root: bool,
     mirrored_roots: Option<Vec<PathBuf>>,
     hostname: Option<String>,
     workers: Option<usize>,
@@ -190,7 +222,30 @@ pub struct ConfigBuilder {
     homes: Option<Homes>,
 }
 
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            local_root: None,
+            create_local_root: true,
+            mirrored_roots: None,
+            hostname: None,
+            workers: None,
+            transport: None,
+            log_filter: None,
+            homes: None,
+        }
+    }
+}
+
 impl ConfigBuilder {
+    /// Whether [`ConfigBuilder::build`] creates a missing local root. Default: `true`.
+    /// With `false` nothing is created, and a missing root is kept as given (absolute,
+    /// `~` expanded); a root that exists must still be a folder.
+    pub fn create_local_root(mut self, create: bool) -> Self {
+        self.create_local_root = create;
+        self
+    }
+
     /// Sets the local storage root (`~` is expanded). Default: the system temp folder.
     pub fn local_root(mut self, path: impl Into<PathBuf>) -> Self {
         self.local_root = Some(path.into());
@@ -232,11 +287,12 @@ impl ConfigBuilder {
         self
     }
 
-    /// Validates and resolves everything, creating a missing local root.
+    /// Validates and resolves everything, creating a missing local root (unless told
+    /// otherwise by [`ConfigBuilder::create_local_root`]).
     ///
     /// # Errors
     /// A relative or unresolvable path, a missing mirrored root, a local root that cannot
-    /// be created, a zero worker count, an unusable host name.
+    /// be created or is not a folder, a zero worker count, an unusable host name.
     pub fn build(self) -> Result<Config, Error> {
         let homes = self.homes.unwrap_or_else(|| Homes {
             own: std::env::var_os("HOME")
@@ -245,7 +301,11 @@ impl ConfigBuilder {
         });
         let local_root = self.local_root.unwrap_or_else(std::env::temp_dir);
         let local_root = paths::expand(LOCAL_STORAGE_VAR, &local_root, &homes)?;
-        let local_root = paths::ensure_folder(LOCAL_STORAGE_VAR, &local_root)?;
+        let local_root = if self.create_local_root {
+            paths::ensure_folder(LOCAL_STORAGE_VAR, &local_root)?
+        } else {
+            paths::resolve_if_present(LOCAL_STORAGE_VAR, &local_root)?
+        };
         let mirrored_roots = match self.mirrored_roots {
             Some(roots) => roots,
             None => vec![homes.own.clone().ok_or_else(|| Error::NoHome {

@@ -115,6 +115,15 @@ pub(crate) fn ensure_folder(variable: &'static str, path: &Path) -> Result<PathB
     resolve_folder(variable, path)
 }
 
+/// Resolves the local root when it exists; a missing one (nothing there, or a dangling
+/// symlink) is returned as given, for callers that only look.
+pub(crate) fn resolve_if_present(variable: &'static str, path: &Path) -> Result<PathBuf, Error> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+        _ => resolve_folder(variable, path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The effective user has no name, so the per-user folder cannot be named.
-    #[error("cannot name the per-user storage folder")]
+    #[error(
+        "cannot name your per-user folder in local storage `{}`: the user has no name",
+        local_root.display()
+    )]
     UserName {
+        /// The local storage root.
+        local_root: PathBuf,
         /// The reason from the configuration crate.
         #[source]
         source: parvm_env_config::Error,
@@ -78,7 +83,10 @@ pub enum Error {
         mode: u32,
     },
     /// A file or folder could not be inspected.
-    #[error("cannot inspect `{}`", path.display())]
+    #[error(
+        "cannot inspect `{}` in local storage: check that it exists and that you may read it",
+        path.display()
+    )]
     Inspect {
         /// What was inspected.
         path: PathBuf,
@@ -87,7 +95,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A task folder could not be created or prepared (owner marker, lock file).
-    #[error("cannot create task folder `{}`", path.display())]
+    #[error(
+        "cannot create task folder `{}`: check free space and permissions of its folder, or set PARALLEL_LOCAL_STORAGE to another folder",
+        path.display()
+    )]
     CreateFolder {
         /// The task folder.
         path: PathBuf,
@@ -104,7 +115,10 @@ pub enum Error {
         vm_index: u32,
     },
     /// A folder could not be removed.
-    #[error("cannot remove `{}`", path.display())]
+    #[error(
+        "cannot remove `{}` from local storage: remove it by hand, or let a later `parvm storage sweep` retry",
+        path.display()
+    )]
     Remove {
         /// The file or folder that resisted.
         path: PathBuf,
@@ -112,4 +126,100 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message names what it is about and says what to do.
+    #[test]
+    fn every_message_names_its_object_and_a_remedy() {
+        let path = || PathBuf::from("/scratch/parvm-ann");
+        let io = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let rows: Vec<(Error, &[&str])> = vec![
+            (
+                Error::RootMissing { path: path() },
+                &["/scratch/parvm-ann", "create it", "PARALLEL_LOCAL_STORAGE"],
+            ),
+            (
+                Error::NotWritable {
+                    path: path(),
+                    source: io(),
+                },
+                &[
+                    "/scratch/parvm-ann",
+                    "make it writable",
+                    "PARALLEL_LOCAL_STORAGE",
+                ],
+            ),
+            (
+                Error::UserName {
+                    local_root: PathBuf::from("/scratch"),
+                    source: parvm_env_config::Error::NoUserName { uid: 1234 },
+                },
+                &["/scratch", "no name"],
+            ),
+            (
+                Error::UserDirSymlink { path: path() },
+                &["/scratch/parvm-ann", "symlink", "remove it"],
+            ),
+            (
+                Error::UserDirNotFolder { path: path() },
+                &["/scratch/parvm-ann", "not a folder", "remove it"],
+            ),
+            (
+                Error::UserDirNotOwned {
+                    path: path(),
+                    owner: 7,
+                    expected: 8,
+                },
+                &["/scratch/parvm-ann", "uid 7", "uid 8", "change its owner"],
+            ),
+            (
+                Error::UserDirMode {
+                    path: path(),
+                    mode: 0o755,
+                },
+                &["/scratch/parvm-ann", "0755", "chmod 700"],
+            ),
+            (
+                Error::Inspect {
+                    path: path(),
+                    source: io(),
+                },
+                &["/scratch/parvm-ann", "check that it exists"],
+            ),
+            (
+                Error::CreateFolder {
+                    path: path(),
+                    source: io(),
+                },
+                &["/scratch/parvm-ann", "free space", "PARALLEL_LOCAL_STORAGE"],
+            ),
+            (
+                Error::PersistentInUse { vm_index: 3 },
+                &["vm index 3", "release it first"],
+            ),
+            (
+                Error::Remove {
+                    path: path(),
+                    source: io(),
+                },
+                &[
+                    "/scratch/parvm-ann",
+                    "remove it by hand",
+                    "parvm storage sweep",
+                ],
+            ),
+        ];
+        for (error, words) in rows {
+            let text = error.to_string();
+            for word in words {
+                assert!(text.contains(word), "{word:?} missing in: {text}");
+            }
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with(char::is_lowercase), "{text}");
+        }
+    }
 }

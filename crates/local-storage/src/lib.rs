@@ -68,4 +68,4 @@ pub use folder::{Persistence, TaskFolder};
 pub use lock::LOCK_FILE;
 pub use owner::{OWNER_FILE, OwnerMarker};
 pub use scan::{Failure, FolderInfo, FolderState, SweepReport, human_size};
-pub use storage::{DEFAULT_GRACE, LocalStorage, StorageOptions};
+pub use storage::{DEFAULT_GRACE, LocalStorage, StorageOptions, user_folder};

@@ -69,7 +69,7 @@ pub struct FolderInfo {
 pub struct Failure {
     /// The folder.
     pub folder: FolderInfo,
-    /// The error, as text.
+    /// The error and its causes, as text (`error: cause: cause`).
     pub error: String,
 }
 
@@ -128,6 +128,18 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// An error and its causes on one line, for a report that holds text.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 fn lossy_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
@@ -267,7 +279,7 @@ impl LocalStorage {
             Ok(()) => Outcome::Removed(info),
             Err(error) => Outcome::Failed(Failure {
                 folder: info,
-                error: error.to_string(),
+                error: chain(&error),
             }),
         }
     }

@@ -81,16 +81,35 @@ impl StorageOptions {
     ///
     /// As [`LocalStorage::open`].
     pub fn open(self, local_root: &Path) -> Result<LocalStorage, Error> {
-        let meta = std::fs::metadata(local_root);
-        if !meta.is_ok_and(|m| m.is_dir()) {
-            return Err(Error::RootMissing {
-                path: local_root.to_path_buf(),
-            });
-        }
-        let user = parvm_env_config::current_user().map_err(|source| Error::UserName { source })?;
-        let dir = local_root.join(format!("parvm-{user}"));
-        let uid = geteuid().as_raw();
+        check_root(local_root)?;
+        let dir = user_dir(local_root)?;
         make_user_dir(local_root, &dir)?;
+        self.finish(dir)
+    }
+
+    /// Opens `<local_root>/parvm-<user>` only if it exists, creating nothing: for callers
+    /// that only look or clean up, such as `parvm storage list`. `Ok(None)`: the local root
+    /// or the per-user folder does not exist, so there are no task folders. An existing
+    /// per-user folder is checked as by [`LocalStorage::open`].
+    ///
+    /// # Errors
+    ///
+    /// As [`LocalStorage::open`], except that a missing root is `Ok(None)`.
+    pub fn open_existing(self, local_root: &Path) -> Result<Option<LocalStorage>, Error> {
+        match std::fs::metadata(local_root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            _ => check_root(local_root)?,
+        }
+        let dir = user_dir(local_root)?;
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            _ => self.finish(dir).map(Some),
+        }
+    }
+
+    /// Checks the per-user folder `dir` and opens the storage in it.
+    fn finish(self, dir: PathBuf) -> Result<LocalStorage, Error> {
+        let uid = geteuid().as_raw();
         verify_user_dir(&dir, uid)?;
         let host = self.host.unwrap_or_else(real_host);
         Ok(LocalStorage {
@@ -103,6 +122,35 @@ impl StorageOptions {
             kept: Kept::default(),
         })
     }
+}
+
+/// Refuses a local root that is missing or not a folder.
+fn check_root(local_root: &Path) -> Result<(), Error> {
+    if std::fs::metadata(local_root).is_ok_and(|m| m.is_dir()) {
+        Ok(())
+    } else {
+        Err(Error::RootMissing {
+            path: local_root.to_path_buf(),
+        })
+    }
+}
+
+/// The per-user folder in `local_root`: `<local_root>/parvm-<user>`, for the effective
+/// user. Nothing is checked or made; [`LocalStorage::open`] does that.
+///
+/// # Errors
+///
+/// [`Error::UserName`] when the effective user has no name.
+pub fn user_folder(local_root: &Path) -> Result<PathBuf, Error> {
+    user_dir(local_root)
+}
+
+fn user_dir(local_root: &Path) -> Result<PathBuf, Error> {
+    let user = parvm_env_config::current_user().map_err(|source| Error::UserName {
+        local_root: local_root.to_path_buf(),
+        source,
+    })?;
+    Ok(local_root.join(format!("parvm-{user}")))
 }
 
 /// The per-user local storage folder, `<local root>/parvm-<user>`, and the task
@@ -156,6 +204,18 @@ impl LocalStorage {
         LocalStorage::options()
             .host(config.hostname())
             .open(config.local_root())
+    }
+
+    /// Opens the local storage named by `config` only if its per-user folder exists; see
+    /// [`StorageOptions::open_existing`].
+    ///
+    /// # Errors
+    ///
+    /// As [`StorageOptions::open_existing`].
+    pub fn existing_from_config(config: &Config) -> Result<Option<LocalStorage>, Error> {
+        LocalStorage::options()
+            .host(config.hostname())
+            .open_existing(config.local_root())
     }
 
     /// Opens the storage and sweeps stale folders, as a worker does when it starts.

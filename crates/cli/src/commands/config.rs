@@ -9,6 +9,8 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 struct Shown {
     local_root: PathBuf,
+    /// Whether the local root exists yet (`parvm config` creates nothing).
+    local_root_exists: bool,
     user_folder: PathBuf,
     mirrored_roots: Vec<Root>,
     hostname: String,
@@ -22,14 +24,13 @@ struct Root {
     path: PathBuf,
 }
 
-/// Prints the resolved configuration.
+/// Prints the resolved configuration, creating nothing.
 pub fn run(json: bool) -> Result<()> {
-    let config = Config::from_env()?;
+    let config = Config::from_env_read_only()?;
     let shown = Shown {
         local_root: config.local_root().to_path_buf(),
-        user_folder: config
-            .local_root()
-            .join(format!("parvm-{}", parvm_env_config::current_user()?)),
+        local_root_exists: config.local_root().is_dir(),
+        user_folder: parvm_local_storage::user_folder(config.local_root())?,
         mirrored_roots: config
             .mirrored_roots()
             .iter()
@@ -47,7 +48,12 @@ pub fn run(json: bool) -> Result<()> {
         return super::print_json(&shown);
     }
     println!("host            {}", shown.hostname);
-    println!("local storage   {}", shown.local_root.display());
+    let missing = if shown.local_root_exists {
+        ""
+    } else {
+        "  (does not exist yet; workers create it)"
+    };
+    println!("local storage   {}{missing}", shown.local_root.display());
     println!("user folder     {}", shown.user_folder.display());
     println!("mirrored roots");
     for root in &shown.mirrored_roots {

@@ -1,5 +1,7 @@
 //! Integration tests of the `parvm` command-line tool: the real binary on real temp trees.
 
+mod storage;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -192,8 +194,11 @@ fn storage_list_and_sweep_on_an_empty_root() {
 #[test]
 fn storage_sweeps_a_folder_whose_owner_is_dead() {
     let site = Site::new();
-    site.ok(&["storage", "list"]);
     let user_folder = PathBuf::from(site.json(&["config"])["user_folder"].as_str().unwrap());
+    // `storage list` creates nothing: make the per-user folder as a worker would.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&user_folder)
+        .unwrap();
     let stale = user_folder.join("7ffffffe_vm0");
     std::fs::create_dir(&stale).unwrap();
     let marker = r#"{"pid":2147483646,"boot_id":"00000000-0000-0000-0000-000000000000","start_time":1,"host":"HOST"}"#;

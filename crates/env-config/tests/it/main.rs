@@ -164,3 +164,25 @@ fn builder_resolves_like_the_environment() {
     assert!(Config::builder().mirrored_roots(["rel"]).build().is_err());
     assert!(Config::builder().workers(0).build().is_err());
 }
+
+#[test]
+fn read_only_reading_creates_no_local_root() {
+    let env = Env::new();
+    let missing = env.home().join("scratch/deep");
+    let env = env.set("PARALLEL_LOCAL_STORAGE", "~/scratch/deep");
+    let config = Config::from_lookup_read_only(|name| env.vars.get(name).cloned()).unwrap();
+    assert_eq!(config.local_root(), missing);
+    assert!(!env.home().join("scratch").exists(), "nothing was created");
+
+    // An existing root is resolved as always, and a file is still refused.
+    let link = env.home().join("link");
+    std::os::unix::fs::symlink(env.home(), &link).unwrap();
+    let env = env.set("PARALLEL_LOCAL_STORAGE", link.clone());
+    let config = Config::from_lookup_read_only(|name| env.vars.get(name).cloned()).unwrap();
+    assert_eq!(config.local_root(), env.home());
+    let file = env.home().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let env = env.set("PARALLEL_LOCAL_STORAGE", file);
+    let err = Config::from_lookup_read_only(|name| env.vars.get(name).cloned()).unwrap_err();
+    assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
+}

@@ -165,3 +165,41 @@ fn refuses_an_existing_per_user_folder_on_a_read_only_root() {
     let err = LocalStorage::open(&target).unwrap_err();
     assert!(matches!(err, Error::NotWritable { .. }), "{err}");
 }
+
+#[test]
+fn open_existing_creates_nothing_and_still_checks_what_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    assert!(
+        LocalStorage::options()
+            .open_existing(&missing)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!missing.exists(), "the root was made");
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    assert!(
+        LocalStorage::options()
+            .open_existing(&root)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!user_dir(&root).exists(), "the per-user folder was made");
+
+    let file = tmp.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let err = LocalStorage::options().open_existing(&file).unwrap_err();
+    assert!(matches!(err, Error::RootMissing { .. }), "{err}");
+    symlink(tmp.path(), user_dir(&root)).unwrap();
+    let err = LocalStorage::options().open_existing(&root).unwrap_err();
+    assert!(matches!(err, Error::UserDirSymlink { .. }), "{err}");
+    fs::remove_file(user_dir(&root)).unwrap();
+
+    let made = LocalStorage::open(&root).unwrap();
+    let found = LocalStorage::options()
+        .open_existing(&root)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.path(), made.path());
+}

@@ -1,0 +1,160 @@
+//! `parvm storage` and `parvm config`: they create nothing, and their errors read as a
+//! chain of messages.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `parvm` with `local` as its local storage root and `shared` as mirrored storage.
+fn parvm(local: &Path, shared: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(args)
+        .env("PARALLEL_LOCAL_STORAGE", local)
+        .env("PARALLEL_MIRRORED_STORAGE", shared)
+        .env_remove("PARVM_HOSTNAME")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The per-user folder `parvm config` names for `local`.
+fn user_folder(local: &Path, shared: &Path) -> PathBuf {
+    let out = parvm(local, shared, &["--json", "config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    PathBuf::from(shown["user_folder"].as_str().unwrap())
+}
+
+#[test]
+fn storage_commands_and_config_create_no_local_root_or_user_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().canonicalize().unwrap();
+    let local = shared.join("not-yet/local");
+    for args in [
+        &["storage", "list"][..],
+        &["storage", "sweep"],
+        &["storage", "clear"],
+        &["config"],
+    ] {
+        let out = parvm(&local, &shared, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!shared.join("not-yet").exists(), "{args:?} made the root");
+    }
+    let out = parvm(&local, &shared, &["storage", "list"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("(no task folders: local storage root"),
+        "{listed}"
+    );
+    assert!(listed.contains("does not exist yet"), "{listed}");
+    let out = parvm(&local, &shared, &["--json", "storage", "list"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    assert!(text(&out.stderr).contains("note: no task folders"));
+    let out = parvm(&local, &shared, &["--json", "storage", "sweep"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["removed"], serde_json::json!([]));
+    assert_eq!(report["bytes_freed_human"], "0 B");
+
+    // The root exists, the per-user folder does not: it stays so.
+    std::fs::create_dir_all(&local).unwrap();
+    let user_dir = user_folder(&local, &shared);
+    let out = parvm(&local, &shared, &["storage", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("per-user folder"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!user_dir.exists(), "list made the per-user folder");
+}
+
+#[test]
+fn storage_lists_an_existing_user_folder_without_changing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().canonicalize().unwrap();
+    let local = shared.join("local");
+    std::fs::create_dir(&local).unwrap();
+    let user_dir = user_folder(&local, &shared);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&user_dir)
+        .unwrap();
+    std::fs::create_dir(user_dir.join("nomarker_vm0")).unwrap();
+    let out = parvm(&local, &shared, &["--json", "storage", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "nomarker_vm0");
+    assert_eq!(listed[0]["state"], "unknown");
+    assert!(user_dir.join("nomarker_vm0").is_dir());
+}
+
+#[test]
+fn bad_local_storage_fails_with_a_readable_error_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().canonicalize().unwrap();
+    let file = shared.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let local = shared.join("local");
+    std::fs::create_dir(&local).unwrap();
+    let user_dir = user_folder(&local, &shared);
+    std::os::unix::fs::symlink(&shared, &user_dir).unwrap();
+    // (local root, command, words the first line holds, cause expected)
+    let cases: [(PathBuf, &[&str], &[&str], bool); 3] = [
+        (
+            file.join("sub"),
+            &["storage", "list"],
+            &["PARALLEL_LOCAL_STORAGE", "file/sub", "fix the entry"],
+            true,
+        ),
+        (
+            file.clone(),
+            &["storage", "sweep"],
+            &[
+                "PARALLEL_LOCAL_STORAGE",
+                "not a folder",
+                "point it at a folder",
+            ],
+            false,
+        ),
+        (
+            local.clone(),
+            &["storage", "list"],
+            &["is a symlink", "remove it"],
+            false,
+        ),
+    ];
+    for (root, args, words, caused) in cases {
+        let out = parvm(&root, &shared, args);
+        let message = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {message}");
+        let first = message.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{args:?}: {message}");
+        for word in words {
+            assert!(
+                first.contains(word),
+                "{args:?}: {word:?} missing: {message}"
+            );
+        }
+        assert_eq!(
+            message.contains("\n  caused by: "),
+            caused,
+            "{args:?}: {message}"
+        );
+        for debug in ["Os {", "kind:", "Error {", " { path"] {
+            assert!(
+                !message.contains(debug),
+                "{args:?}: Debug output: {message}"
+            );
+        }
+    }
+    assert!(
+        std::fs::symlink_metadata(&user_dir).unwrap().is_symlink(),
+        "bad input kept"
+    );
+}
