@@ -16,6 +16,21 @@ pub enum Error {
         /// The local storage root.
         path: PathBuf,
     },
+    /// The local storage root, or a folder above it, lets another user rename or replace
+    /// what is in it, and so swap the per-user folder for a link to a place of their choice.
+    #[error(
+        "local storage root `{}` is not safe: `{}` {why}, so another user could swap your folder in it; set PARALLEL_LOCAL_STORAGE to a folder only you or root can change (a folder in /tmp, or one you made with `mkdir -m 700`)",
+        local_root.display(),
+        folder.display()
+    )]
+    RootUnsafe {
+        /// The local storage root.
+        local_root: PathBuf,
+        /// The folder (the root or one above it) that others can change.
+        folder: PathBuf,
+        /// Who can change it, for people.
+        why: String,
+    },
     /// The local storage root (or the per-user folder in it) cannot be written.
     #[error(
         "local storage `{}` is not writable: make it writable or set PARALLEL_LOCAL_STORAGE to a writable folder",
@@ -141,6 +156,18 @@ mod tests {
             (
                 Error::RootMissing { path: path() },
                 &["/scratch/parvm-ann", "create it", "PARALLEL_LOCAL_STORAGE"],
+            ),
+            (
+                Error::RootUnsafe {
+                    local_root: PathBuf::from("/scratch/x"),
+                    folder: PathBuf::from("/scratch"),
+                    why: "is owned by uid 7".into(),
+                },
+                &[
+                    "/scratch/x",
+                    "`/scratch` is owned by uid 7",
+                    "PARALLEL_LOCAL_STORAGE",
+                ],
             ),
             (
                 Error::NotWritable {

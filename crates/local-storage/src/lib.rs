@@ -4,6 +4,8 @@
 //! and swept safely.
 //!
 //! ```text
+//! <local root>/                             it and every folder above it: owned by the user or root,
+//!                                           not writable by others unless sticky: else refused
 //! <local root>/parvm-<user>/                mode 0700, owned by the user, not a symlink: else refused
 //!     <pid hex>_vm<vm index hex>[_<n>]/     one folder per worker process and VM index
 //!         .parvm-owner                      JSON: pid, boot id, process start time, host

@@ -124,14 +124,73 @@ impl StorageOptions {
     }
 }
 
-/// Refuses a local root that is missing or not a folder.
+/// Refuses a local root that is missing or not a folder, or that another user could
+/// change (see [`unsafe_folder`]).
 fn check_root(local_root: &Path) -> Result<(), Error> {
-    if std::fs::metadata(local_root).is_ok_and(|m| m.is_dir()) {
-        Ok(())
-    } else {
-        Err(Error::RootMissing {
+    if !std::fs::metadata(local_root).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::RootMissing {
             path: local_root.to_path_buf(),
-        })
+        });
+    }
+    let real = local_root.canonicalize().map_err(|source| Error::Inspect {
+        path: local_root.to_path_buf(),
+        source,
+    })?;
+    let uid = geteuid().as_raw();
+    for folder in real.ancestors() {
+        let meta = std::fs::symlink_metadata(folder).map_err(|source| Error::Inspect {
+            path: folder.to_path_buf(),
+            source,
+        })?;
+        if let Some(why) = unsafe_folder(&meta, uid) {
+            return Err(Error::RootUnsafe {
+                local_root: local_root.to_path_buf(),
+                folder: folder.to_path_buf(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why another user could rename or replace entries of a folder with these metadata, so
+/// that the per-user folder in (or under) it could be swapped for a symlink after it was
+/// checked, and tasks would write, and sweeps delete, wherever that user chose. `None`:
+/// only `uid` and root can. A folder owned by someone else can be changed by its owner;
+/// one writable by group or others without the sticky bit (`/tmp` has it) by them. A
+/// group that is the caller's own private group (no other members) counts as the caller.
+fn unsafe_folder(meta: &std::fs::Metadata, uid: u32) -> Option<String> {
+    let mode = meta.mode();
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Some(format!("is owned by uid {}", meta.uid()));
+    }
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Some(format!(
+            "is writable by everybody (mode {:04o}) without the sticky bit",
+            mode & 0o7777
+        ));
+    }
+    if mode & 0o020 != 0 && !sticky && !own_private_group(meta.gid()) {
+        return Some(format!(
+            "is writable by group {} (mode {:04o}) without the sticky bit",
+            meta.gid(),
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// Whether `gid` is the caller's own group with nobody else listed in it, as in the
+/// one-group-per-user scheme many distributions use.
+fn own_private_group(gid: u32) -> bool {
+    if gid != nix::unistd::getegid().as_raw() {
+        return false;
+    }
+    let me = parvm_env_config::current_user().ok();
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(group)) => group.mem.iter().all(|member| Some(member) == me.as_ref()),
+        _ => false,
     }
 }
 
@@ -184,11 +243,14 @@ impl LocalStorage {
 
     /// Opens `<local_root>/parvm-<user>`, making it with mode 0700 if missing, and
     /// refuses it unless it is a real folder owned by the effective user and closed to
-    /// group and others.
+    /// group and others. The local root and every folder above it must be owned by the
+    /// effective user or root, and not be writable by group or others unless they carry
+    /// the sticky bit (as `/tmp` does): otherwise another user could swap the per-user
+    /// folder after it was checked.
     ///
     /// # Errors
     ///
-    /// [`Error::RootMissing`], [`Error::NotWritable`], [`Error::UserName`],
+    /// [`Error::RootMissing`], [`Error::RootUnsafe`], [`Error::NotWritable`], [`Error::UserName`],
     /// [`Error::UserDirSymlink`], [`Error::UserDirNotFolder`], [`Error::UserDirNotOwned`],
     /// [`Error::UserDirMode`], [`Error::Inspect`], [`Error::CreateFolder`].
     pub fn open(local_root: &Path) -> Result<LocalStorage, Error> {

@@ -49,12 +49,12 @@ fn nothing_there(action: &Action, local_root: &Path, json: bool) -> Result<()> {
     let user_dir = user_folder(local_root)?;
     let why = if std::fs::symlink_metadata(local_root).is_err() {
         format!(
-            "local storage root `{}` does not exist yet (PARALLEL_LOCAL_STORAGE; workers create it)",
+            "the local storage root `{}` (PARALLEL_LOCAL_STORAGE) does not exist yet; workers create it",
             local_root.display()
         )
     } else {
         format!(
-            "your per-user folder `{}` does not exist yet (workers create it)",
+            "your per-user folder `{}` does not exist yet; workers create it",
             user_dir.display()
         )
     };

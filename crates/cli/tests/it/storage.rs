@@ -46,7 +46,7 @@ fn storage_commands_and_config_create_no_local_root_or_user_folder() {
     let out = parvm(&local, &shared, &["storage", "list"]);
     let listed = text(&out.stdout);
     assert!(
-        listed.contains("(no task folders: local storage root"),
+        listed.contains("(no task folders: the local storage root"),
         "{listed}"
     );
     assert!(listed.contains("does not exist yet"), "{listed}");

@@ -203,3 +203,64 @@ fn open_existing_creates_nothing_and_still_checks_what_exists() {
         .unwrap();
     assert_eq!(found.path(), made.path());
 }
+
+#[test]
+fn refuses_a_root_that_another_user_could_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = |name: &str, mode: u32| {
+        let path = tmp.path().join(name);
+        fs::create_dir_all(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let theirs = folder("theirs", 0o755);
+    nix::unistd::chown(&theirs, Some(nobody), None).unwrap();
+    let theirs_sticky = folder("theirs-sticky", 0o1777);
+    nix::unistd::chown(&theirs_sticky, Some(nobody), None).unwrap();
+    let group = folder("group", 0o770);
+    nix::unistd::chown(&group, None, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    let below_open = folder("open", 0o777).join("mine");
+    fs::create_dir(&below_open).unwrap();
+    fs::set_permissions(&below_open, fs::Permissions::from_mode(0o700)).unwrap();
+    // (root, folder named, words)
+    let rows = [
+        (theirs.clone(), theirs.clone(), "owned by uid 65534"),
+        (
+            theirs_sticky.clone(),
+            theirs_sticky.clone(),
+            "owned by uid 65534",
+        ),
+        (
+            folder("wide", 0o777),
+            tmp.path().join("wide"),
+            "writable by everybody",
+        ),
+        (group.clone(), group.clone(), "writable by group 65534"),
+        (
+            below_open.clone(),
+            tmp.path().join("open"),
+            "writable by everybody",
+        ),
+    ];
+    for (root, named, why) in rows {
+        let err = LocalStorage::open(&root).unwrap_err();
+        let Error::RootUnsafe { folder, .. } = &err else {
+            panic!("{}: {err}", root.display());
+        };
+        assert_eq!(folder, &named, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(why), "{text}");
+        assert!(text.contains("PARALLEL_LOCAL_STORAGE"), "{text}");
+        assert!(
+            !user_dir(&root).exists(),
+            "{}: made the per-user folder",
+            root.display()
+        );
+        let err = LocalStorage::options().open_existing(&root).unwrap_err();
+        assert!(matches!(err, Error::RootUnsafe { .. }), "{err}");
+    }
+    // The sticky bit keeps others from renaming what is not theirs, as in /tmp.
+    let sticky = folder("sticky", 0o1777);
+    LocalStorage::open(&sticky).expect("a sticky world-writable root of ours or root");
+}
