@@ -19,7 +19,7 @@ pub enum Error {
     /// The local storage root, or a folder above it, lets another user rename or replace
     /// what is in it, and so swap the per-user folder for a link to a place of their choice.
     #[error(
-        "local storage root `{}` is not safe: `{}` {why}, so another user could swap your folder in it; set PARALLEL_LOCAL_STORAGE to a folder only you or root can change (a folder in /tmp, or one you made with `mkdir -m 700`)",
+        "local storage root `{}` is not safe: `{}` {why}, so another user could swap your folder in it; set PARALLEL_LOCAL_STORAGE to a folder only you or root can change (such as /tmp itself, or a folder you made with `mkdir -m 700`)",
         local_root.display(),
         folder.display()
     )]

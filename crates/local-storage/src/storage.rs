@@ -162,7 +162,11 @@ fn check_root(local_root: &Path) -> Result<(), Error> {
 fn unsafe_folder(meta: &std::fs::Metadata, uid: u32) -> Option<String> {
     let mode = meta.mode();
     if meta.uid() != uid && meta.uid() != 0 {
-        return Some(format!("is owned by uid {}", meta.uid()));
+        let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+            .ok()
+            .flatten()
+            .map_or_else(String::new, |user| format!(" ({})", user.name));
+        return Some(format!("is owned by uid {}{owner}", meta.uid()));
     }
     let sticky = mode & 0o1000 != 0;
     if mode & 0o002 != 0 && !sticky {
