@@ -59,3 +59,37 @@ fn a_stale_folder_with_read_only_contents_is_swept() {
         },
     );
 }
+
+#[test]
+fn a_root_others_could_change_is_refused_for_a_user_too() {
+    as_unprivileged(
+        "unprivileged::a_root_others_could_change_is_refused_for_a_user_too",
+        || {
+            let tmp = tempfile::tempdir().unwrap();
+            let folder = |name: &str, mode: u32| {
+                let path = tmp.path().join(name);
+                fs::create_dir(&path).unwrap();
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+                path
+            };
+            let err = parvm_local_storage::LocalStorage::open(&folder("wide", 0o777)).unwrap_err();
+            assert!(
+                matches!(err, parvm_local_storage::Error::RootUnsafe { .. }),
+                "{err}"
+            );
+            // Sticky, like /tmp: others cannot rename what is not theirs.
+            parvm_local_storage::LocalStorage::open(&folder("sticky", 0o1777)).unwrap();
+            // Writable by the user's own group, which has no other members.
+            let egid = nix::unistd::getegid();
+            let group = nix::unistd::Group::from_gid(egid).unwrap().unwrap();
+            let shared = folder("group", 0o770);
+            let opened = parvm_local_storage::LocalStorage::open(&shared);
+            let me = parvm_env_config::current_user().unwrap();
+            if group.mem.iter().all(|member| *member == me) {
+                opened.unwrap();
+            } else {
+                assert!(opened.is_err(), "group {} has members", group.name);
+            }
+        },
+    );
+}
