@@ -16,6 +16,8 @@
 //! pid now carried by a process with another start time, and its lock is free. Where
 //! the file system cannot `flock` (some NFS), the marker alone decides and a warning is
 //! logged. Removal renames a folder to `.parvm-trash-*` first and never follows symlinks.
+//! Trash and staging (`.parvm-new-*`) names carry their maker's pid, start time and boot,
+//! judged like a marker, so a reused pid does not keep them.
 //!
 //! | [`FolderState`] | meaning | `sweep` | `clear(false)` | `clear(true)` |
 //! | --- | --- | --- | --- | --- |

@@ -34,7 +34,8 @@ pub enum FolderState {
     /// it is older than the grace period, since it may be a folder being made right now.
     Unknown,
     /// Left over from an interrupted removal (`.parvm-trash-*`) or creation
-    /// (`.parvm-new-*`) whose process is gone; always removable.
+    /// (`.parvm-new-*`) whose process is gone: the pid and start time in its name name no
+    /// running process. Always removable.
     Trash,
 }
 
