@@ -393,7 +393,7 @@ impl LocalStorage {
         let leftover = |why: String| {
             (
                 FolderState::Trash,
-                format!("left over from an interrupted {deed} ({why})"),
+                format!("left over from an interrupted {deed}: {why}"),
             )
         };
         let Some(tag) = tag_in_name(rest) else {
