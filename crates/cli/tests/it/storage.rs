@@ -158,3 +158,44 @@ fn bad_local_storage_fails_with_a_readable_error_chain() {
         "bad input kept"
     );
 }
+
+/// `<pid hex>.<start time hex>.<boot id prefix>` of this test process, with its start time
+/// moved by `shift` clock ticks (0: the real one).
+fn my_name_tag(shift: u64) -> String {
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let start: u64 = fields[19].parse().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    format!("{pid:x}.{:x}.{}", start + shift, &boot[..8])
+}
+
+#[test]
+fn storage_sweep_removes_trash_whose_pid_now_belongs_to_another_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().canonicalize().unwrap();
+    let local = shared.join("local");
+    std::fs::create_dir(&local).unwrap();
+    let user_dir = user_folder(&local, &shared);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&user_dir)
+        .unwrap();
+    // This process is alive: as the remover it keeps its trash; with another start time
+    // it is merely a process that reuses the remover's pid.
+    let live = format!(".parvm-trash-{}-1-2-live_vm0", my_name_tag(0));
+    let reused = format!(".parvm-trash-{}-1-2-old_vm0", my_name_tag(5));
+    for name in [&live, &reused] {
+        std::fs::create_dir(user_dir.join(name)).unwrap();
+    }
+    let out = parvm(&local, &shared, &["--json", "storage", "sweep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["removed"][0]["name"], reused.as_str(), "{report}");
+    assert_eq!(report["removed"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["kept"][0]["state"], "in_use", "{report}");
+    assert!(user_dir.join(&live).is_dir());
+    assert!(!user_dir.join(&reused).exists());
+}
