@@ -132,6 +132,35 @@ pub enum Error {
         /// What to do, e.g. the address workers must connect to.
         hint: String,
     },
+    /// Nothing can arrive any more: every worker is gone and the transport starts no new
+    /// ones (local and MPI), so waiting would never end.
+    #[error(
+        "nothing can arrive: every worker of the `{backend}` transport is gone ({lost} lost, the last: {last_loss}) and it starts no new ones; {hint}"
+    )]
+    WorkersGone {
+        /// The backend's name.
+        backend: &'static str,
+        /// How many workers were lost.
+        lost: usize,
+        /// Why the last one was lost, or that there never were any.
+        last_loss: String,
+        /// What to do.
+        hint: String,
+    },
+    /// More workers were asked for than there are, on a transport that starts no new ones.
+    #[error(
+        "cannot wait for {wanted} workers: the `{backend}` transport has {have} and starts no new ones; {hint}"
+    )]
+    TooFewWorkers {
+        /// How many were asked for.
+        wanted: usize,
+        /// How many there are.
+        have: usize,
+        /// The backend's name.
+        backend: &'static str,
+        /// What to do.
+        hint: String,
+    },
     /// The spawner went away while a task was waiting for a message.
     #[error("the spawner is gone; the task should return")]
     SpawnerLost,

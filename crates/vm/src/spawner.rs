@@ -60,6 +60,10 @@ pub(crate) struct State {
     /// system call even with nobody to wake.
     pub sleepers: usize,
     pub cleared: Vec<(Rank, Result<u64, String>)>,
+    /// Workers lost so far, and why the last one was, for the error that says nothing
+    /// can arrive any more.
+    pub lost: usize,
+    pub last_loss: Option<String>,
 }
 
 /// When a wait ends.
@@ -88,6 +92,9 @@ pub(crate) struct Shared {
     pub next_number: AtomicU64,
     pub next_vm: AtomicU32,
     pub finalized: AtomicBool,
+    /// Whether workers can join after the start (TCP); when not, a wait with no worker
+    /// left fails at once instead of waiting forever.
+    pub workers_can_join: bool,
     state: Mutex<State>,
     cond: Condvar,
     /// The buffer frames are encoded into, reused from one send to the next.
@@ -122,10 +129,37 @@ impl Shared {
             next_number: AtomicU64::new(1),
             next_vm: AtomicU32::new(0),
             finalized: AtomicBool::new(false),
+            workers_can_join: workers_can_join(backend),
             state: Mutex::new(state),
             cond: Condvar::new(),
             scratch: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The error for a wait that can never end: no worker is left and none can join.
+    /// `None` while a worker is left or one may still join.
+    pub(crate) fn nothing_can_arrive(&self, state: &State) -> Option<Error> {
+        if self.workers_can_join || !state.slots.is_empty() {
+            return None;
+        }
+        let hint = match self.backend {
+            "local" => {
+                "see the workers' output above (or run with PARVM_LOG=debug) for why they died; a worker killed by a signal or the out-of-memory killer is not replaced, so start a new runtime"
+            }
+            "mpi" => {
+                "mpirun does not replace ranks; see the job's output for why they ended, and start the job again with `mpirun -n <1 + workers>`"
+            }
+            _ => "start a new runtime",
+        };
+        Some(Error::WorkersGone {
+            backend: self.backend,
+            lost: state.lost,
+            last_loss: state
+                .last_loss
+                .clone()
+                .unwrap_or_else(|| "none, there never were any".to_owned()),
+            hint: hint.to_owned(),
+        })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -422,6 +456,14 @@ impl Shared {
             return;
         }
         tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
+        state.lost += 1;
+        state.last_loss = Some(reason.to_owned());
+        if state.slots.is_empty() && self.workers_can_join {
+            tracing::warn!(
+                backend = self.backend,
+                "no worker is left; waiting for workers to connect"
+            );
+        }
         if let Some(running) = slot.running.filter(|r| !r.ended)
             && let Some(inbox) = state.inboxes.get_mut(&running.vm)
         {
@@ -471,6 +513,13 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.finalize();
     }
+}
+
+/// Whether workers can join after the start. Local workers all start with the runtime and
+/// MPI ranks with `mpirun`; a memory cluster is fixed when built. TCP workers, and those of
+/// a transport this crate does not know, may connect at any time.
+fn workers_can_join(backend: &str) -> bool {
+    !matches!(backend, "local" | "mpi" | "memory")
 }
 
 /// Whether `task` is still running (its end not yet reported).

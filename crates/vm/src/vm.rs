@@ -1,5 +1,6 @@
 //! The spawner's API: the runtime, VM objects, spawning and messaging.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -130,14 +131,44 @@ impl Runtime {
     /// returns how many there are.
     ///
     /// # Errors
-    /// [`Error::WorkersMissing`] when fewer joined in time; the transport failed.
+    /// [`Error::WorkersMissing`] when fewer joined in time; [`Error::TooFewWorkers`] at
+    /// once when there are fewer and the transport starts no new ones (local, MPI); the
+    /// transport failed.
     pub fn wait_for_workers(&self, workers: usize, timeout: Duration) -> Result<usize, Error> {
         self.shared.check_open()?;
+        let backend = self.shared.backend;
+        let can_join = self.shared.workers_can_join;
+        // File the events already queued first, so workers already lost are not counted.
+        self.shared.pump(Until::Now, |_| None::<()>)?;
         let joined = self.shared.pump(Until::after(timeout), |state| {
-            (state.slots.len() >= workers).then_some(state.slots.len())
+            let have = state.slots.len();
+            if have >= workers {
+                Some(Ok(have))
+            } else if can_join {
+                None
+            } else {
+                Some(Err(Error::TooFewWorkers {
+                    wanted: workers,
+                    have,
+                    backend,
+                    hint: if backend == "mpi" {
+                        format!("ask for at most {have}, or start more ranks with `mpirun -n`")
+                    } else if state.lost > 0 {
+                        format!(
+                            "{} were lost (the last: {}); ask for at most {have}, or start a new runtime",
+                            state.lost,
+                            state.last_loss.as_deref().unwrap_or("no reason given")
+                        )
+                    } else {
+                        format!(
+                            "ask for at most {have}, or start the runtime with more (PARVM_WORKERS or `RuntimeBuilder::workers`)"
+                        )
+                    },
+                }))
+            }
         })?;
         match joined {
-            Some(joined) => Ok(joined),
+            Some(joined) => joined,
             None => Err(Error::WorkersMissing {
                 wanted: workers,
                 joined: self.shared.lock().slots.len(),
@@ -1031,7 +1062,10 @@ impl Vm {
     /// Waits for the next message for this VM.
     ///
     /// # Errors
-    /// The VM was finalized or the transport failed.
+    /// The VM was finalized or the transport failed; [`Error::WorkersGone`] at once, after
+    /// the messages already received, when every worker is gone and the transport starts
+    /// no new ones (local, MPI), since nothing could ever arrive. On TCP, where workers
+    /// may connect at any time, it keeps waiting.
     pub fn recv(&self) -> Result<Message, Error> {
         loop {
             if let Some(message) = self.next(Until::Forever)? {
@@ -1059,8 +1093,13 @@ impl Vm {
     fn next(&self, until: Until) -> Result<Option<Message>, Error> {
         self.shared.check_open()?;
         let index = self.index;
-        self.shared.pump(until, |state| {
-            let message = state.inboxes.get_mut(&index)?.pop_front()?;
+        let shared = &self.shared;
+        let found = self.shared.pump(until, |state| {
+            let Some(message) = state.inboxes.get_mut(&index).and_then(VecDeque::pop_front) else {
+                // Messages of lost workers were filed before their loss, so an empty inbox
+                // with no worker left stays empty.
+                return shared.nothing_can_arrive(state).map(Err);
+            };
             if let Message::TaskExit { task, .. } = &message
                 && let Some(slot) = state.slots.get_mut(&task.slot)
                 && slot
@@ -1070,8 +1109,9 @@ impl Vm {
             {
                 slot.running = None;
             }
-            Some(message)
-        })
+            Some(Ok(message))
+        })?;
+        found.transpose()
     }
 
     /// Sends `value` (MessagePack) to task `to`; decode with [`Payload::decode`](crate::Payload::decode).

@@ -8,6 +8,7 @@ mod behaviour;
 mod harness;
 #[cfg(feature = "mpi")]
 mod mpirun;
+mod nohang;
 mod processes;
 mod selection;
 mod unprivileged;
