@@ -106,6 +106,20 @@ pub enum Error {
     /// A path in the mirror map could not be translated to mirrored storage.
     #[error("cannot translate the mirror map to mirrored storage")]
     Mirror(#[source] parvm_mirror_fs::Error),
+    /// A literal mirror source (no glob characters) does not exist on the spawner; refused
+    /// by [`VmBuilder::build`](crate::VmBuilder::build) before anything is spawned.
+    #[error(
+        "mirror source `{given}` ({}) {problem}; fix its `VmBuilder::mirror` entry or create it before building the VM",
+        path.display()
+    )]
+    MirrorSourceMissing {
+        /// The source as given to the builder.
+        given: String,
+        /// Where it was looked for on the spawner.
+        path: PathBuf,
+        /// What is wrong with it: missing, or a symlink to nothing.
+        problem: String,
+    },
     /// Local storage could not be opened, taken or cleared.
     #[error("local storage failed")]
     Storage(#[source] parvm_local_storage::Error),

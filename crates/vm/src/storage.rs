@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use parvm_env_config::Config;
 use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
-use parvm_mirror_fs::{AbstractMirrorMap, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder};
+use parvm_mirror_fs::{
+    AbstractMirrorMap, AbstractPath, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder,
+};
 
 use crate::Error;
 use crate::protocol::{SpawnRequest, Startup};
@@ -24,10 +26,46 @@ pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Resu
     let abstract_map = map
         .to_abstract(config.mirrored_roots(), &cwd)
         .map_err(Error::Mirror)?;
+    for ((given, _), entry) in entries.iter().zip(&abstract_map.entries) {
+        check_literal_source(config, given, &entry.source)?;
+    }
     rmp_serde::to_vec(&abstract_map).map_err(|source| Error::Encode {
         what: "the mirror map".to_owned(),
         source,
     })
+}
+
+/// Refuses a literal source (no glob characters) that does not exist on the spawner, as
+/// mirroring would on every worker; a glob that matches nothing is left to mirroring, which
+/// reports it as unmatched.
+fn check_literal_source(config: &Config, given: &str, source: &AbstractPath) -> Result<(), Error> {
+    if parvm_mirror_fs::glob::has_glob(given.as_bytes()) {
+        return Ok(());
+    }
+    // The translated path, as a worker on this host would mirror it.
+    let path =
+        parvm_mirror_fs::to_actual(config.mirrored_roots(), source).map_err(Error::Mirror)?;
+    let missing = |problem: String| Error::MirrorSourceMissing {
+        given: given.to_owned(),
+        path: path.clone(),
+        problem,
+    };
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(()),
+        // A top-level symlink is followed when mirroring, so one to nothing is missing too.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(&path) {
+            Ok(target) => Err(missing(format!(
+                "is a symlink to `{}`, which does not exist",
+                target.display()
+            ))),
+            Err(_) => Err(missing("does not exist".to_owned())),
+        },
+        Err(source) => Err(Error::Io {
+            what: "look at mirror source",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Clears local storage in this process (the spawner's host).

@@ -806,8 +806,10 @@ impl VmBuilder {
     /// Checks the settings and builds the VM.
     ///
     /// # Errors
-    /// A mirror source is outside mirrored storage or the map is invalid, or the startup
-    /// folder is absolute while a task folder is used.
+    /// A mirror source is outside mirrored storage or the map is invalid, a literal mirror
+    /// source (no `*`, `?` or `[`) does not exist on the spawner
+    /// ([`Error::MirrorSourceMissing`]; a glob that matches nothing is not an error), or the
+    /// startup folder is absolute while a task folder is used.
     pub fn build(self) -> Result<Vm, Error> {
         self.shared.check_open()?;
         let folder = self.persistent || self.local_folder || !self.mirror.is_empty();

@@ -6,6 +6,7 @@ mod tasks;
 
 mod behaviour;
 mod harness;
+mod mirrorcheck;
 #[cfg(feature = "mpi")]
 mod mpirun;
 mod nohang;
