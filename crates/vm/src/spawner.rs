@@ -495,6 +495,11 @@ impl Shared {
             return;
         }
         let ranks: Vec<Rank> = self.lock().slots.keys().copied().collect();
+        tracing::info!(
+            backend = self.backend,
+            "finalizing: sending {} worker(s) home",
+            ranks.len()
+        );
         for rank in ranks {
             if let Err(e) = self.send(rank, &ToWorker::Exit) {
                 tracing::debug!(rank, error = %e, "cannot tell a worker to exit");

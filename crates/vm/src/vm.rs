@@ -88,8 +88,22 @@ impl Runtime {
                 what: "Runtime::from_transport",
             });
         }
+        let shared = Arc::new(Shared::new(transport, tasks, config));
+        {
+            let state = shared.lock();
+            let mut hosts: Vec<&str> = state.slots.values().map(|s| s.host.as_str()).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            tracing::info!(
+                backend = shared.backend,
+                host = %shared.host,
+                "spawner ready with {} worker(s) on host(s) {}",
+                state.slots.len(),
+                hosts.join(", ")
+            );
+        }
         Ok(Runtime {
-            shared: Arc::new(Shared::new(transport, tasks, config)),
+            shared,
             listen: None,
         })
     }
@@ -423,7 +437,7 @@ impl RuntimeBuilder {
             Some(config) => config,
             None => Config::from_env().map_err(Error::Config)?,
         };
-        crate::logging::init(config.log_filter(), self.debug);
+        crate::logging::init(config.log_filter(), self.debug, started_as_worker());
         let worker = parvm_transport::local::worker_from_env()
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
@@ -518,6 +532,20 @@ impl RuntimeBuilder {
         };
         Runtime::from_transport(transport, self.tasks, config)
     }
+}
+
+/// Whether a transport started this process as a worker (local, TCP, or an MPI rank other
+/// than 0), judged from its environment before joining, so logging is set up first.
+fn started_as_worker() -> bool {
+    const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    std::env::var_os(parvm_transport::local::SOCKET_VAR).is_some()
+        || std::env::var_os(parvm_transport::tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
+        || MPI_RANK_VARS.iter().any(|var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|rank| rank.trim().parse::<u32>().ok())
+                .is_some_and(|rank| rank != 0)
+        })
 }
 
 /// Runs the spawn loop in this worker process and exits the process.

@@ -287,7 +287,11 @@ impl Worker {
         } else {
             None
         };
-        tracing::debug!(rank, %host, "worker serving");
+        tracing::info!(rank, %host, pid = std::process::id(), "worker ready");
+        if let Some(capture) = &capture {
+            // Sent now, so the line carries the worker's tag, not the first task's.
+            capture.drain();
+        }
         let home = std::env::current_dir().ok();
         let state = LoopState::default();
         let result = loop {

@@ -6,6 +6,7 @@ mod tasks;
 
 mod behaviour;
 mod harness;
+mod logs;
 mod mirrorcheck;
 #[cfg(feature = "mpi")]
 mod mpirun;
