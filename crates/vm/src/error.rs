@@ -175,6 +175,16 @@ pub enum Error {
         /// What to do.
         hint: String,
     },
+    /// A variable named for forwarding to the workers cannot be forwarded.
+    #[error(
+        "cannot forward environment variable `{name}` to the workers: {reason}; fix `RuntimeBuilder::forward_env` or PARVM_FORWARD_ENV"
+    )]
+    ForwardEnv {
+        /// The variable's name.
+        name: String,
+        /// Why it cannot be forwarded.
+        reason: String,
+    },
     /// The spawner went away while a task was waiting for a message.
     #[error("the spawner is gone; the task should return")]
     SpawnerLost,

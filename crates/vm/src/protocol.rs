@@ -33,6 +33,8 @@ pub(crate) enum ToWorker<'a> {
     },
     /// Clear local storage on this host, skipping folders in use unless `force`.
     Clear { force: bool },
+    /// Environment variables forwarded from the spawner; sent before the first task.
+    Env { vars: Vec<crate::envfwd::Var> },
     /// The VM with this index is gone: drop its persistent folder.
     ForgetVm { vm: u32 },
     /// Leave the spawn loop and exit.

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// Whether workers can join after the start (TCP); when not, a wait with no worker
     /// left fails at once instead of waiting forever.
     pub workers_can_join: bool,
+    /// Environment variables every worker gets before its first task.
+    pub forward: Vec<crate::envfwd::Var>,
     state: Mutex<State>,
     cond: Condvar,
     /// The buffer frames are encoded into, reused from one send to the next.
@@ -102,7 +104,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(transport: Box<dyn Transport>, tasks: Tasks, config: Config) -> Shared {
+    pub(crate) fn new(
+        transport: Box<dyn Transport>,
+        tasks: Tasks,
+        config: Config,
+        forward: Vec<crate::envfwd::Var>,
+    ) -> Shared {
         let backend = transport.backend();
         let me = transport.rank();
         let mut state = State::default();
@@ -130,6 +137,7 @@ impl Shared {
             next_vm: AtomicU32::new(0),
             finalized: AtomicBool::new(false),
             workers_can_join: workers_can_join(backend),
+            forward,
             state: Mutex::new(state),
             cond: Condvar::new(),
             scratch: Mutex::new(Vec::new()),
@@ -160,6 +168,20 @@ impl Shared {
                 .unwrap_or_else(|| "none, there never were any".to_owned()),
             hint: hint.to_owned(),
         })
+    }
+
+    /// Sends the forwarded environment to worker `rank`, before anything else reaches it.
+    pub(crate) fn send_env(&self, rank: Rank) {
+        if self.forward.is_empty() {
+            return;
+        }
+        let frame = ToWorker::Env {
+            vars: self.forward.clone(),
+        };
+        if let Err(e) = self.send(rank, &frame) {
+            // The worker is gone; its loss arrives as an event.
+            tracing::debug!(rank, error = %e, "cannot send the forwarded environment");
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -298,6 +320,8 @@ impl Shared {
                 Vec::new()
             }
             Event::PeerJoined(peer) => {
+                // Sent while the lock is held, so no spawn can reach the worker before it.
+                self.send_env(peer.rank);
                 let known = state.slots.values().any(|slot| slot.host == peer.host);
                 state.slots.insert(
                     peer.rank,

@@ -44,6 +44,7 @@ pub struct RuntimeBuilder {
     listen: Option<SocketAddr>,
     secret: Option<Secret>,
     wait_for: Option<(usize, Duration)>,
+    forward_env: Vec<String>,
 }
 
 impl Runtime {
@@ -69,6 +70,7 @@ impl Runtime {
             listen: None,
             secret: None,
             wait_for: None,
+            forward_env: Vec::new(),
         }
     }
 
@@ -82,15 +84,29 @@ impl Runtime {
         tasks: Tasks,
         config: Config,
     ) -> Result<Runtime, Error> {
+        Runtime::with_forward(transport, tasks, config, Vec::new())
+    }
+
+    /// As [`Runtime::from_transport`], sending `forward` to every worker before its first
+    /// task.
+    fn with_forward(
+        transport: Box<dyn Transport>,
+        tasks: Tasks,
+        config: Config,
+        forward: Vec<crate::envfwd::Var>,
+    ) -> Result<Runtime, Error> {
         tasks.check()?;
         if transport.rank() != 0 {
             return Err(Error::NotSpawner {
                 what: "Runtime::from_transport",
             });
         }
-        let shared = Arc::new(Shared::new(transport, tasks, config));
+        let shared = Arc::new(Shared::new(transport, tasks, config, forward));
         {
             let state = shared.lock();
+            for &rank in state.slots.keys() {
+                shared.send_env(rank);
+            }
             let mut hosts: Vec<&str> = state.slots.values().map(|s| s.host.as_str()).collect();
             hosts.sort_unstable();
             hosts.dedup();
@@ -417,6 +433,32 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Forwards environment variables `names`, with their values in this process when the
+    /// runtime starts, to every worker on every transport, in addition to those listed in
+    /// `PARVM_FORWARD_ENV` (names separated by commas or colons). Default: none.
+    ///
+    /// Local workers inherit the spawner's whole environment anyway; TCP and MPI workers
+    /// have the environment of whatever started them, so a variable your tasks or commands
+    /// need (a simulator's licence server, `LD_LIBRARY_PATH`) must be forwarded there. A
+    /// worker sets the forwarded variables on every command it runs, and, in a worker
+    /// process of the program itself, in the process's environment before its first task,
+    /// so registered tasks read them with `std::env::var`. A name not set on the spawner is
+    /// skipped with a warning.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Runtime, Tasks};
+    ///
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .forward_env(["SPICE_LIB_DIR", "LM_LICENSE_FILE"])
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn forward_env<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.forward_env.extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
@@ -429,8 +471,9 @@ impl RuntimeBuilder {
     /// # Errors
     /// The configuration is invalid, a task name is registered twice, the transport
     /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
-    /// without the `mpi` feature, or fewer TCP workers than asked for with
-    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time.
+    /// without the `mpi` feature, fewer TCP workers than asked for with
+    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
+    /// cannot be ([`Error::ForwardEnv`]).
     pub fn start(self) -> Result<Runtime, Error> {
         self.tasks.check()?;
         let config = match self.config {
@@ -450,6 +493,15 @@ impl RuntimeBuilder {
         if let Some(transport) = worker {
             serve_and_exit(self.tasks, config, transport);
         }
+        let mut forward_names = self.forward_env.clone();
+        if let Some(list) = std::env::var_os(crate::envfwd::FORWARD_ENV_VAR) {
+            let list = list.into_string().map_err(|list| Error::ForwardEnv {
+                name: list.to_string_lossy().into_owned(),
+                reason: format!("{} is not UTF-8", crate::envfwd::FORWARD_ENV_VAR),
+            })?;
+            forward_names.extend(crate::envfwd::parse_list(&list));
+        }
+        let forward = crate::envfwd::collect(&forward_names)?;
         let kind = match self.transport.or(config.transport()) {
             Some(kind) => kind,
             // A build without MPI runs a one-rank mpirun job locally; several ranks get
@@ -518,7 +570,8 @@ impl RuntimeBuilder {
                     parvm_transport::tcp::CONNECT_VAR,
                     parvm_transport::tcp::SECRET_FILE_VAR,
                 );
-                let runtime = Runtime::from_transport(Box::new(transport), self.tasks, config)?;
+                let runtime =
+                    Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
                 let runtime = Runtime {
                     listen: Some(bound),
                     ..runtime
@@ -528,9 +581,9 @@ impl RuntimeBuilder {
                 }
                 return Ok(runtime);
             }
-            TransportKind::Mpi => return start_mpi(self.tasks, config),
+            TransportKind::Mpi => return start_mpi(self.tasks, config, forward),
         };
-        Runtime::from_transport(transport, self.tasks, config)
+        Runtime::with_forward(transport, self.tasks, config, forward)
     }
 }
 
@@ -565,7 +618,11 @@ fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Transport>) -
 
 /// MPI: rank 0 becomes the spawner, every other rank serves and exits.
 #[cfg(feature = "mpi")]
-fn start_mpi(tasks: Tasks, config: Config) -> Result<Runtime, Error> {
+fn start_mpi(
+    tasks: Tasks,
+    config: Config,
+    forward: Vec<crate::envfwd::Var>,
+) -> Result<Runtime, Error> {
     let transport = parvm_transport::mpi::MpiTransport::init()
         .map_err(|e| Error::transport("mpi", e))?
         .leave_on_drop(true);
@@ -596,7 +653,7 @@ fn start_mpi(tasks: Tasks, config: Config) -> Result<Runtime, Error> {
             "mpi: this job has a single rank, so there are no workers; start it with `mpirun -n <1 + workers>`"
         );
     }
-    Runtime::from_transport(Box::new(transport), tasks, config)
+    Runtime::with_forward(Box::new(transport), tasks, config, forward)
 }
 
 /// A worker's MPI transport that can be finalised while other handles on it remain.
@@ -694,7 +751,11 @@ mod mpi_worker {
 
 /// MPI without the `mpi` feature: a clear error instead of N independent spawners.
 #[cfg(not(feature = "mpi"))]
-fn start_mpi(_tasks: Tasks, _config: Config) -> Result<Runtime, Error> {
+fn start_mpi(
+    _tasks: Tasks,
+    _config: Config,
+    _forward: Vec<crate::envfwd::Var>,
+) -> Result<Runtime, Error> {
     let why = match mpi_launch_size() {
         Some(size) => format!("this process was started by mpirun ({size} ranks)"),
         None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),

@@ -5,6 +5,7 @@
 mod tasks;
 
 mod behaviour;
+mod forward;
 mod harness;
 mod logs;
 mod mirrorcheck;

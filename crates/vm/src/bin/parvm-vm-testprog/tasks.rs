@@ -53,6 +53,9 @@ pub fn tasks() -> Tasks {
             Ok::<_, String>(names)
         })
         .register("read_then", read_then)
+        .register("getenv", |_: &TaskContext, name: String| {
+            Ok::<_, Infallible>(std::env::var(name).ok())
+        })
         .register("cwd", |_: &TaskContext, (): ()| {
             std::env::current_dir()
                 .map(|d| d.display().to_string())
