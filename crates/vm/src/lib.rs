@@ -33,6 +33,7 @@
 //! For tests, [`memory`] runs a whole VM in one process, with workers on threads.
 
 mod capture;
+mod clean;
 mod envfwd;
 mod error;
 mod ids;

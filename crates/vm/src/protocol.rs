@@ -53,6 +53,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub mirror: Option<Cow<'a, [u8]>>,
     pub folder: bool,
     pub persistent: bool,
+    /// Before reusing the persistent folder, remove what earlier tasks wrote.
+    pub clean: bool,
     pub startup: Option<Startup>,
     pub send_back: bool,
 }
@@ -330,6 +332,7 @@ mod tests {
             mirror: None,
             folder: true,
             persistent: false,
+            clean: true,
             startup: Some(Startup::Mirrored(1, PathBuf::from("a/b"))),
             send_back: true,
         });

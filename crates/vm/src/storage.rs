@@ -10,6 +10,7 @@ use parvm_mirror_fs::{
 };
 
 use crate::Error;
+use crate::clean::Snapshot;
 use crate::protocol::{SpawnRequest, Startup};
 
 /// Translates a VM's mirror map for travel, encoded once when the VM is built.
@@ -111,6 +112,9 @@ pub(crate) struct Storage {
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
     mirrored: HashMap<u32, MirroredFolder>,
+    /// What each VM's persistent folder held when its task started, for VMs that clean
+    /// their folders before reuse.
+    clean: HashMap<u32, Snapshot>,
 }
 
 impl Storage {
@@ -120,6 +124,7 @@ impl Storage {
             local: None,
             maps: HashMap::new(),
             mirrored: HashMap::new(),
+            clean: HashMap::new(),
         }
     }
 
@@ -156,6 +161,7 @@ impl Storage {
     pub(crate) fn forget(&mut self, vm: u32) {
         self.maps.remove(&vm);
         self.mirrored.remove(&vm);
+        self.clean.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
         {
@@ -196,6 +202,19 @@ impl Storage {
             .local()?
             .take(request.vm, persistence)
             .map_err(|e| error_chain(&e))?;
+        let clean = request.persistent && request.clean;
+        if clean
+            && folder.reused()
+            && let Some(snapshot) = self.clean.get(&request.vm)
+        {
+            let removed = snapshot.remove_unlisted(folder.path()).map_err(|e| {
+                format!(
+                    "cannot remove what earlier tasks wrote in persistent folder `{}`: {e}",
+                    folder.path().display()
+                )
+            })?;
+            tracing::debug!(removed, "cleaned {}", folder.path().display());
+        }
         if let Some(map) = &map {
             // On failure the folder is released by its drop (removed when temporary).
             let report = self.fill(request.vm, &folder, map)?;
@@ -206,6 +225,16 @@ impl Storage {
                 "mirrored into {}",
                 folder.path().display()
             );
+        }
+        if clean {
+            // Taken after mirroring and before the task: exactly what the next reuse keeps.
+            let snapshot = Snapshot::take(folder.path()).map_err(|e| {
+                format!(
+                    "cannot list persistent folder `{}`: {e}",
+                    folder.path().display()
+                )
+            })?;
+            self.clean.insert(request.vm, snapshot);
         }
         let dir = match &request.startup {
             None => folder.path().to_owned(),

@@ -133,6 +133,7 @@ impl Runtime {
             mirror: Vec::new(),
             startup: None,
             persistent: false,
+            clean: false,
             local_folder: false,
         }
     }
@@ -853,6 +854,7 @@ pub struct VmBuilder {
     mirror: Vec<(String, PathBuf)>,
     startup: Option<PathBuf>,
     persistent: bool,
+    clean: bool,
     local_folder: bool,
 }
 
@@ -881,6 +883,24 @@ impl VmBuilder {
     #[must_use]
     pub fn persistent(mut self, on: bool) -> Self {
         self.persistent = on;
+        self
+    }
+
+    /// Whether a reused persistent folder is cleaned first: what earlier tasks of this VM
+    /// wrote in it (their results, scratch files and folders, symlinks) is removed, and the
+    /// mirrored inputs stay (and are refreshed as with [`persistent`](Self::persistent)),
+    /// so no task reads an earlier task's `result.txt` as its own. Turning it on makes the
+    /// folders persistent. Default false: a reused folder keeps what tasks wrote.
+    ///
+    /// The folder's tree is listed after mirroring, before each task, and anything not in
+    /// that list is removed before the next task; symlinks are removed, never followed.
+    /// It costs one walk of the folder per task.
+    #[must_use]
+    pub fn persistent_clean(mut self, on: bool) -> Self {
+        self.clean = on;
+        if on {
+            self.persistent = true;
+        }
         self
     }
 
@@ -942,6 +962,7 @@ impl VmBuilder {
             mirror,
             folder,
             persistent: self.persistent,
+            clean: self.clean,
             startup,
         })
     }
@@ -971,6 +992,7 @@ pub struct Vm {
     mirror: Option<Vec<u8>>,
     folder: bool,
     persistent: bool,
+    clean: bool,
     startup: Option<Startup>,
 }
 
@@ -1133,6 +1155,7 @@ impl Vm {
             mirror: self.mirror.as_deref().map(Into::into),
             folder: self.folder,
             persistent: self.persistent,
+            clean: self.clean,
             startup: self.startup.clone(),
             send_back: spawn.send_back,
         });

@@ -5,6 +5,7 @@
 mod tasks;
 
 mod behaviour;
+mod clean;
 mod forward;
 mod harness;
 mod logs;
