@@ -41,6 +41,7 @@ pub struct RuntimeBuilder {
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
     hosts: Option<Vec<(String, usize)>>,
+    host_configs: Vec<(String, Config)>,
     listen: Option<SocketAddr>,
     secret: Option<Secret>,
     wait_for: Option<(usize, Duration)>,
@@ -67,6 +68,7 @@ impl Runtime {
             debug: None,
             program: None,
             hosts: None,
+            host_configs: Vec::new(),
             listen: None,
             secret: None,
             wait_for: None,
@@ -407,6 +409,33 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The storage of the workers on simulated host `host` (see
+    /// [`simulated_hosts`](Self::simulated_hosts)): its local root and mirrored roots
+    /// (`PARALLEL_LOCAL_STORAGE`, `PARALLEL_MIRRORED_STORAGE`) instead of the runtime's,
+    /// so path translation between hosts can be tried on one machine. Mirrored root *i*
+    /// of each host should reach the same files (through a symlink, a bind mount, or a
+    /// copy made for the test). The rest of `config` is not used. Default: every host
+    /// uses the runtime's configuration. Used only with the local transport.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Config, Runtime, Tasks};
+    ///
+    /// let beta = Config::builder()
+    ///     .local_root("/tmp/beta-local")
+    ///     .mirrored_roots(["/tmp/beta-view-of-shared"])
+    ///     .build()?;
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .simulated_hosts([("alpha", 2), ("beta", 2)])
+    ///     .simulated_host_config("beta", beta)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn simulated_host_config(mut self, host: impl Into<String>, config: Config) -> Self {
+        self.host_configs.push((host.into(), config));
+        self
+    }
+
     /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
     /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
     /// from other hosts. Used only with the TCP transport.
@@ -526,18 +555,31 @@ impl RuntimeBuilder {
                 let hosts = self
                     .hosts
                     .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
+                if let Some((unknown, _)) = self
+                    .host_configs
+                    .iter()
+                    .find(|(name, _)| !hosts.iter().any(|(host, _)| host == name))
+                {
+                    let known: Vec<&str> = hosts.iter().map(|(host, _)| host.as_str()).collect();
+                    return Err(Error::Setting {
+                        setting: "simulated_host_config",
+                        reason: format!(
+                            "`{unknown}` is not a simulated host (hosts: {}); name it in `simulated_hosts` too",
+                            known.join(", ")
+                        ),
+                    });
+                }
                 let env = worker_env(&config, self.debug);
-                let mut options = parvm_transport::local::LocalOptions::hosts(
-                    hosts
-                        .into_iter()
-                        .map(|(name, workers)| parvm_transport::local::SimulatedHost {
-                            name,
-                            workers,
-                            env: env.clone(),
-                        })
-                        .collect(),
-                )
-                .spawner_host(config.hostname());
+                let mut simulated = Vec::with_capacity(hosts.len());
+                for (name, workers) in hosts {
+                    let env = match self.host_configs.iter().rev().find(|(h, _)| *h == name) {
+                        Some((_, own)) => host_env(&name, own, &config, self.debug)?,
+                        None => env.clone(),
+                    };
+                    simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
+                }
+                let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
+                    .spawner_host(config.hostname());
                 if let Some((program, args)) = self.program {
                     options = options.program(program, args);
                 }
@@ -845,6 +887,54 @@ fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
         env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
     }
     env
+}
+
+/// The environment of the workers on simulated host `host`, whose storage settings come
+/// from `own`; refused when its mirrored roots cannot be written as one
+/// `PARALLEL_MIRRORED_STORAGE` (a root holding `:`), since they would silently not apply.
+fn host_env(
+    host: &str,
+    own: &Config,
+    config: &Config,
+    debug: Option<u8>,
+) -> Result<Vec<(OsString, OsString)>, Error> {
+    let roots = own.mirrored_roots();
+    if roots.is_empty() {
+        // An empty PARALLEL_MIRRORED_STORAGE is refused by the workers, and leaving it out
+        // would give them the spawner's roots.
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "simulated host `{host}` has no mirrored roots; give its configuration `mirrored_roots`"
+            ),
+        });
+    }
+    if let Some(root) = roots
+        .iter()
+        .find(|r| r.as_os_str().as_encoded_bytes().contains(&b':'))
+    {
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "mirrored root `{}` of simulated host `{host}` holds `:`, which PARALLEL_MIRRORED_STORAGE cannot carry; use a path (or a symlink) without `:`",
+                root.display()
+            ),
+        });
+    }
+    let mut env = vec![
+        (
+            OsString::from("PARALLEL_LOCAL_STORAGE"),
+            own.local_root().as_os_str().to_owned(),
+        ),
+        (
+            OsString::from("PARALLEL_MIRRORED_STORAGE"),
+            std::env::join_paths(roots).unwrap_or_default(),
+        ),
+    ];
+    if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
+        env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
+    }
+    Ok(env)
 }
 
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.

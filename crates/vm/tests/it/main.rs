@@ -8,6 +8,7 @@ mod behaviour;
 mod clean;
 mod forward;
 mod harness;
+mod hosts;
 mod logs;
 mod mirrorcheck;
 #[cfg(feature = "mpi")]
