@@ -173,3 +173,32 @@ fn recv_with_workers_left_keeps_waiting() {
         "a worker is left"
     );
 }
+
+#[test]
+fn tcp_keeps_waiting_with_no_worker_left() {
+    // TCP workers may connect at any time: no worker left is not "nothing can arrive".
+    let h = Harness::start(Backend::Tcp, 1);
+    let vm = h.vm();
+    let pids = worker_pids(&vm);
+    let _guard = PidsGuard(pids.clone());
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    crate::harness::wait_until("the worker is lost", || {
+        assert!(matches!(
+            vm.try_recv(),
+            Ok(None) | Ok(Some(Message::HostDelete { .. }))
+        ));
+        vm.slots() == 1
+    });
+    assert!(
+        matches!(vm.recv_timeout(Duration::from_millis(200)), Ok(None)),
+        "a worker may still connect"
+    );
+    let error = h
+        .runtime()
+        .wait_for_workers(1, Duration::from_millis(200))
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::WorkersMissing { joined: 0, .. }),
+        "{error:?}"
+    );
+}
