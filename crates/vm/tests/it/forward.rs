@@ -1,6 +1,7 @@
 //! Forwarded environment: `RuntimeBuilder::forward_env` and `PARVM_FORWARD_ENV` reach
-//! registered tasks and commands on the local and the TCP transport. TCP workers are started
-//! without the variables, so only forwarding can give them.
+//! registered tasks and commands on the local, TCP and (with the `mpi` feature) MPI
+//! transports. TCP workers and MPI ranks are started without the variables, so only
+//! forwarding can give them.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -137,4 +138,49 @@ fn forwarded_variables_reach_tcp_workers() {
     let stderr = stderr.recv_timeout(DEADLINE).expect("the spawner ends");
     assert!(spawner.0.wait().unwrap().success(), "{stdout}\n{stderr}");
     check(&stdout);
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn forwarded_variables_reach_mpi_ranks() {
+    use parvm_test_support::mpirun::{Mpirun, skip_without_mpirun};
+    let Some(mpirun) = skip_without_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    let program = env!("CARGO_BIN_EXE_parvm-vm-testprog");
+    // Only rank 0's app context has the variables.
+    let mut args = crate::mpirun::context(
+        1,
+        "alpha",
+        &local,
+        &shared,
+        &[
+            ("TESTFWD_API", "api value"),
+            ("TESTFWD_LIST", "list:value"),
+            ("PARVM_FORWARD_ENV", "TESTFWD_LIST"),
+        ],
+        &[program, "forward"],
+    );
+    args.push(":".to_owned());
+    args.extend(crate::mpirun::context(
+        1,
+        "beta",
+        &local,
+        &shared,
+        &[],
+        &[program],
+    ));
+    let run = Mpirun::run(
+        &mpirun,
+        &args,
+        &["TESTFWD_API", "TESTFWD_LIST", "PARVM_FORWARD_ENV"],
+        std::time::Instant::now() + Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{}", run.all());
+    check(&run.stdout);
 }
