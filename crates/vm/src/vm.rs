@@ -115,9 +115,13 @@ impl Runtime {
             tracing::info!(
                 backend = shared.backend,
                 host = %shared.host,
-                "spawner ready with {} worker(s) on host(s) {}",
+                "spawner ready with {} worker(s){}",
                 state.slots.len(),
-                hosts.join(", ")
+                if hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on host(s) {}", hosts.join(", "))
+                }
             );
         }
         Ok(Runtime {
