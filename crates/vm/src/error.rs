@@ -106,6 +106,20 @@ pub enum Error {
     /// A path in the mirror map could not be translated to mirrored storage.
     #[error("cannot translate the mirror map to mirrored storage")]
     Mirror(#[source] parvm_mirror_fs::Error),
+    /// A literal mirror source (no glob characters) does not exist on the spawner; refused
+    /// by [`VmBuilder::build`](crate::VmBuilder::build) before anything is spawned.
+    #[error(
+        "mirror source `{given}` ({}) {problem}; fix its `VmBuilder::mirror` entry or create it before building the VM",
+        path.display()
+    )]
+    MirrorSourceMissing {
+        /// The source as given to the builder.
+        given: String,
+        /// Where it was looked for on the spawner.
+        path: PathBuf,
+        /// What is wrong with it: missing, or a symlink to nothing.
+        problem: String,
+    },
     /// Local storage could not be opened, taken or cleared.
     #[error("local storage failed")]
     Storage(#[source] parvm_local_storage::Error),
@@ -131,6 +145,45 @@ pub enum Error {
         timeout: std::time::Duration,
         /// What to do, e.g. the address workers must connect to.
         hint: String,
+    },
+    /// Nothing can arrive any more: every worker is gone and the transport starts no new
+    /// ones (local and MPI), so waiting would never end.
+    #[error(
+        "nothing can arrive: every worker of the `{backend}` transport is gone ({lost} lost, the last: {last_loss}) and it starts no new ones; {hint}"
+    )]
+    WorkersGone {
+        /// The backend's name.
+        backend: &'static str,
+        /// How many workers were lost.
+        lost: usize,
+        /// Why the last one was lost, or that there never were any.
+        last_loss: String,
+        /// What to do.
+        hint: String,
+    },
+    /// More workers were asked for than there are, on a transport that starts no new ones.
+    #[error(
+        "cannot wait for {wanted} workers: the `{backend}` transport has {have} and starts no new ones; {hint}"
+    )]
+    TooFewWorkers {
+        /// How many were asked for.
+        wanted: usize,
+        /// How many there are.
+        have: usize,
+        /// The backend's name.
+        backend: &'static str,
+        /// What to do.
+        hint: String,
+    },
+    /// A variable named for forwarding to the workers cannot be forwarded.
+    #[error(
+        "cannot forward environment variable `{name}` to the workers: {reason}; fix `RuntimeBuilder::forward_env` or PARVM_FORWARD_ENV"
+    )]
+    ForwardEnv {
+        /// The variable's name.
+        name: String,
+        /// Why it cannot be forwarded.
+        reason: String,
     },
     /// The spawner went away while a task was waiting for a message.
     #[error("the spawner is gone; the task should return")]

@@ -33,6 +33,8 @@
 //! For tests, [`memory`] runs a whole VM in one process, with workers on threads.
 
 mod capture;
+mod clean;
+mod envfwd;
 mod error;
 mod ids;
 mod logging;
@@ -45,6 +47,7 @@ mod tasks;
 mod vm;
 mod worker;
 
+pub use envfwd::FORWARD_ENV_VAR;
 pub use error::Error;
 pub use ids::{HostId, TaskId};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};

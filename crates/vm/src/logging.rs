@@ -1,17 +1,39 @@
 //! parvm's logs: `tracing`, filtered by `PARVM_LOG` or a PyOPUS-style debug level.
 
+use std::io::IsTerminal;
+
+/// The variable that turns colours off when set to anything but the empty string
+/// (<https://no-color.org>).
+pub(crate) const NO_COLOR_VAR: &str = "NO_COLOR";
+
 /// Installs a stderr subscriber unless the program installed its own.
-pub(crate) fn init(filter: Option<&str>, debug: Option<u8>) {
+///
+/// A worker's stderr reaches the spawner through a pipe and from there a terminal or a
+/// file the worker cannot see, so workers never colour; the spawner colours only when its
+/// stderr is a terminal and `NO_COLOR` is not set.
+pub(crate) fn init(filter: Option<&str>, debug: Option<u8>, worker: bool) {
     let filter = filter_or_warn(filter, debug);
     let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&filter) else {
         eprintln!("parvm: ignoring PARVM_LOG=`{filter}`: not a valid tracing filter");
         return;
     };
+    let colour = !worker
+        && colour_allowed(
+            std::io::stderr().is_terminal(),
+            std::env::var_os(NO_COLOR_VAR).as_deref(),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .try_init();
+}
+
+/// Whether log lines may carry colour codes: only to a terminal, and never with a
+/// non-empty `NO_COLOR`.
+fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// The filter to pass on to workers, when one was asked for.
@@ -32,5 +54,31 @@ fn filter_or_warn(filter: Option<&str>, debug: Option<u8>) -> String {
         // Workers that leave in order (finalize) are logged by the transport at debug
         // level; only a worker lost unexpectedly is a warning.
         (None, None) => "warn".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour_allowed;
+
+    #[test]
+    fn colour_only_to_a_terminal_without_no_color() {
+        let rows: [(bool, Option<&str>, bool); 6] = [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (true, Some("0"), false),
+            (false, None, false),
+            (false, Some("1"), false),
+        ];
+        for (terminal, no_color, want) in rows {
+            assert_eq!(
+                colour_allowed(terminal, no_color.map(OsStr::new)),
+                want,
+                "terminal {terminal}, NO_COLOR {no_color:?}"
+            );
+        }
     }
 }

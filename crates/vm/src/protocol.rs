@@ -33,6 +33,8 @@ pub(crate) enum ToWorker<'a> {
     },
     /// Clear local storage on this host, skipping folders in use unless `force`.
     Clear { force: bool },
+    /// Environment variables forwarded from the spawner; sent before the first task.
+    Env { vars: Vec<crate::envfwd::Var> },
     /// The VM with this index is gone: drop its persistent folder.
     ForgetVm { vm: u32 },
     /// Leave the spawn loop and exit.
@@ -51,6 +53,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub mirror: Option<Cow<'a, [u8]>>,
     pub folder: bool,
     pub persistent: bool,
+    /// Before reusing the persistent folder, remove what earlier tasks wrote.
+    pub clean: bool,
     pub startup: Option<Startup>,
     pub send_back: bool,
 }
@@ -328,6 +332,7 @@ mod tests {
             mirror: None,
             folder: true,
             persistent: false,
+            clean: true,
             startup: Some(Startup::Mirrored(1, PathBuf::from("a/b"))),
             send_back: true,
         });

@@ -60,6 +60,10 @@ pub(crate) struct State {
     /// system call even with nobody to wake.
     pub sleepers: usize,
     pub cleared: Vec<(Rank, Result<u64, String>)>,
+    /// Workers lost so far, and why the last one was, for the error that says nothing
+    /// can arrive any more.
+    pub lost: usize,
+    pub last_loss: Option<String>,
 }
 
 /// When a wait ends.
@@ -88,6 +92,11 @@ pub(crate) struct Shared {
     pub next_number: AtomicU64,
     pub next_vm: AtomicU32,
     pub finalized: AtomicBool,
+    /// Whether workers can join after the start (TCP); when not, a wait with no worker
+    /// left fails at once instead of waiting forever.
+    pub workers_can_join: bool,
+    /// Environment variables every worker gets before its first task.
+    pub forward: Vec<crate::envfwd::Var>,
     state: Mutex<State>,
     cond: Condvar,
     /// The buffer frames are encoded into, reused from one send to the next.
@@ -95,7 +104,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(transport: Box<dyn Transport>, tasks: Tasks, config: Config) -> Shared {
+    pub(crate) fn new(
+        transport: Box<dyn Transport>,
+        tasks: Tasks,
+        config: Config,
+        forward: Vec<crate::envfwd::Var>,
+    ) -> Shared {
         let backend = transport.backend();
         let me = transport.rank();
         let mut state = State::default();
@@ -122,9 +136,51 @@ impl Shared {
             next_number: AtomicU64::new(1),
             next_vm: AtomicU32::new(0),
             finalized: AtomicBool::new(false),
+            workers_can_join: workers_can_join(backend),
+            forward,
             state: Mutex::new(state),
             cond: Condvar::new(),
             scratch: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The error for a wait that can never end: no worker is left and none can join.
+    /// `None` while a worker is left or one may still join.
+    pub(crate) fn nothing_can_arrive(&self, state: &State) -> Option<Error> {
+        if self.workers_can_join || !state.slots.is_empty() {
+            return None;
+        }
+        let hint = match self.backend {
+            "local" => {
+                "see the workers' output above (or run with PARVM_LOG=debug) for why they died; a worker killed by a signal or the out-of-memory killer is not replaced, so start a new runtime"
+            }
+            "mpi" => {
+                "mpirun does not replace ranks; see the job's output for why they ended, and start the job again with `mpirun -n <1 + workers>`"
+            }
+            _ => "start a new runtime",
+        };
+        Some(Error::WorkersGone {
+            backend: self.backend,
+            lost: state.lost,
+            last_loss: state
+                .last_loss
+                .clone()
+                .unwrap_or_else(|| "none, there never were any".to_owned()),
+            hint: hint.to_owned(),
+        })
+    }
+
+    /// Sends the forwarded environment to worker `rank`, before anything else reaches it.
+    pub(crate) fn send_env(&self, rank: Rank) {
+        if self.forward.is_empty() {
+            return;
+        }
+        let frame = ToWorker::Env {
+            vars: self.forward.clone(),
+        };
+        if let Err(e) = self.send(rank, &frame) {
+            // The worker is gone; its loss arrives as an event.
+            tracing::debug!(rank, error = %e, "cannot send the forwarded environment");
         }
     }
 
@@ -264,6 +320,8 @@ impl Shared {
                 Vec::new()
             }
             Event::PeerJoined(peer) => {
+                // Sent while the lock is held, so no spawn can reach the worker before it.
+                self.send_env(peer.rank);
                 let known = state.slots.values().any(|slot| slot.host == peer.host);
                 state.slots.insert(
                     peer.rank,
@@ -422,6 +480,14 @@ impl Shared {
             return;
         }
         tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
+        state.lost += 1;
+        state.last_loss = Some(reason.to_owned());
+        if state.slots.is_empty() && self.workers_can_join {
+            tracing::warn!(
+                backend = self.backend,
+                "no worker is left; waiting for workers to connect"
+            );
+        }
         if let Some(running) = slot.running.filter(|r| !r.ended)
             && let Some(inbox) = state.inboxes.get_mut(&running.vm)
         {
@@ -453,6 +519,11 @@ impl Shared {
             return;
         }
         let ranks: Vec<Rank> = self.lock().slots.keys().copied().collect();
+        tracing::info!(
+            backend = self.backend,
+            "finalizing: sending {} worker(s) home",
+            ranks.len()
+        );
         for rank in ranks {
             if let Err(e) = self.send(rank, &ToWorker::Exit) {
                 tracing::debug!(rank, error = %e, "cannot tell a worker to exit");
@@ -471,6 +542,13 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.finalize();
     }
+}
+
+/// Whether workers can join after the start. Local workers all start with the runtime and
+/// MPI ranks with `mpirun`; a memory cluster is fixed when built. TCP workers, and those of
+/// a transport this crate does not know, may connect at any time.
+fn workers_can_join(backend: &str) -> bool {
+    !matches!(backend, "local" | "mpi" | "memory")
 }
 
 /// Whether `task` is still running (its end not yet reported).

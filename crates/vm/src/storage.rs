@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use parvm_env_config::Config;
 use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
-use parvm_mirror_fs::{AbstractMirrorMap, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder};
+use parvm_mirror_fs::{
+    AbstractMirrorMap, AbstractPath, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder,
+};
 
 use crate::Error;
+use crate::clean::Snapshot;
 use crate::protocol::{SpawnRequest, Startup};
 
 /// Translates a VM's mirror map for travel, encoded once when the VM is built.
@@ -24,10 +27,46 @@ pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Resu
     let abstract_map = map
         .to_abstract(config.mirrored_roots(), &cwd)
         .map_err(Error::Mirror)?;
+    for ((given, _), entry) in entries.iter().zip(&abstract_map.entries) {
+        check_literal_source(config, given, &entry.source)?;
+    }
     rmp_serde::to_vec(&abstract_map).map_err(|source| Error::Encode {
         what: "the mirror map".to_owned(),
         source,
     })
+}
+
+/// Refuses a literal source (no glob characters) that does not exist on the spawner, as
+/// mirroring would on every worker; a glob that matches nothing is left to mirroring, which
+/// reports it as unmatched.
+fn check_literal_source(config: &Config, given: &str, source: &AbstractPath) -> Result<(), Error> {
+    if parvm_mirror_fs::glob::has_glob(given.as_bytes()) {
+        return Ok(());
+    }
+    // The translated path, as a worker on this host would mirror it.
+    let path =
+        parvm_mirror_fs::to_actual(config.mirrored_roots(), source).map_err(Error::Mirror)?;
+    let missing = |problem: String| Error::MirrorSourceMissing {
+        given: given.to_owned(),
+        path: path.clone(),
+        problem,
+    };
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(()),
+        // A top-level symlink is followed when mirroring, so one to nothing is missing too.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(&path) {
+            Ok(target) => Err(missing(format!(
+                "is a symlink to `{}`, which does not exist",
+                target.display()
+            ))),
+            Err(_) => Err(missing("does not exist".to_owned())),
+        },
+        Err(source) => Err(Error::Io {
+            what: "look at mirror source",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Clears local storage in this process (the spawner's host).
@@ -73,6 +112,9 @@ pub(crate) struct Storage {
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
     mirrored: HashMap<u32, MirroredFolder>,
+    /// What each VM's persistent folder held when its task started, for VMs that clean
+    /// their folders before reuse.
+    clean: HashMap<u32, Snapshot>,
 }
 
 impl Storage {
@@ -82,6 +124,7 @@ impl Storage {
             local: None,
             maps: HashMap::new(),
             mirrored: HashMap::new(),
+            clean: HashMap::new(),
         }
     }
 
@@ -118,6 +161,7 @@ impl Storage {
     pub(crate) fn forget(&mut self, vm: u32) {
         self.maps.remove(&vm);
         self.mirrored.remove(&vm);
+        self.clean.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
         {
@@ -158,6 +202,19 @@ impl Storage {
             .local()?
             .take(request.vm, persistence)
             .map_err(|e| error_chain(&e))?;
+        let clean = request.persistent && request.clean;
+        if clean
+            && folder.reused()
+            && let Some(snapshot) = self.clean.get(&request.vm)
+        {
+            let removed = snapshot.remove_unlisted(folder.path()).map_err(|e| {
+                format!(
+                    "cannot remove what earlier tasks wrote in persistent folder `{}`: {e}",
+                    folder.path().display()
+                )
+            })?;
+            tracing::debug!(removed, "cleaned {}", folder.path().display());
+        }
         if let Some(map) = &map {
             // On failure the folder is released by its drop (removed when temporary).
             let report = self.fill(request.vm, &folder, map)?;
@@ -168,6 +225,16 @@ impl Storage {
                 "mirrored into {}",
                 folder.path().display()
             );
+        }
+        if clean {
+            // Taken after mirroring and before the task: exactly what the next reuse keeps.
+            let snapshot = Snapshot::take(folder.path()).map_err(|e| {
+                format!(
+                    "cannot list persistent folder `{}`: {e}",
+                    folder.path().display()
+                )
+            })?;
+            self.clean.insert(request.vm, snapshot);
         }
         let dir = match &request.startup {
             None => folder.path().to_owned(),

@@ -1,5 +1,6 @@
 //! The spawner's API: the runtime, VM objects, spawning and messaging.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -40,9 +41,11 @@ pub struct RuntimeBuilder {
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
     hosts: Option<Vec<(String, usize)>>,
+    host_configs: Vec<(String, Config)>,
     listen: Option<SocketAddr>,
     secret: Option<Secret>,
     wait_for: Option<(usize, Duration)>,
+    forward_env: Vec<String>,
 }
 
 impl Runtime {
@@ -65,9 +68,11 @@ impl Runtime {
             debug: None,
             program: None,
             hosts: None,
+            host_configs: Vec::new(),
             listen: None,
             secret: None,
             wait_for: None,
+            forward_env: Vec::new(),
         }
     }
 
@@ -81,14 +86,46 @@ impl Runtime {
         tasks: Tasks,
         config: Config,
     ) -> Result<Runtime, Error> {
+        Runtime::with_forward(transport, tasks, config, Vec::new())
+    }
+
+    /// As [`Runtime::from_transport`], sending `forward` to every worker before its first
+    /// task.
+    fn with_forward(
+        transport: Box<dyn Transport>,
+        tasks: Tasks,
+        config: Config,
+        forward: Vec<crate::envfwd::Var>,
+    ) -> Result<Runtime, Error> {
         tasks.check()?;
         if transport.rank() != 0 {
             return Err(Error::NotSpawner {
                 what: "Runtime::from_transport",
             });
         }
+        let shared = Arc::new(Shared::new(transport, tasks, config, forward));
+        {
+            let state = shared.lock();
+            for &rank in state.slots.keys() {
+                shared.send_env(rank);
+            }
+            let mut hosts: Vec<&str> = state.slots.values().map(|s| s.host.as_str()).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            tracing::info!(
+                backend = shared.backend,
+                host = %shared.host,
+                "spawner ready with {} worker(s){}",
+                state.slots.len(),
+                if hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on host(s) {}", hosts.join(", "))
+                }
+            );
+        }
         Ok(Runtime {
-            shared: Arc::new(Shared::new(transport, tasks, config)),
+            shared,
             listen: None,
         })
     }
@@ -102,6 +139,7 @@ impl Runtime {
             mirror: Vec::new(),
             startup: None,
             persistent: false,
+            clean: false,
             local_folder: false,
         }
     }
@@ -130,14 +168,44 @@ impl Runtime {
     /// returns how many there are.
     ///
     /// # Errors
-    /// [`Error::WorkersMissing`] when fewer joined in time; the transport failed.
+    /// [`Error::WorkersMissing`] when fewer joined in time; [`Error::TooFewWorkers`] at
+    /// once when there are fewer and the transport starts no new ones (local, MPI); the
+    /// transport failed.
     pub fn wait_for_workers(&self, workers: usize, timeout: Duration) -> Result<usize, Error> {
         self.shared.check_open()?;
+        let backend = self.shared.backend;
+        let can_join = self.shared.workers_can_join;
+        // File the events already queued first, so workers already lost are not counted.
+        self.shared.pump(Until::Now, |_| None::<()>)?;
         let joined = self.shared.pump(Until::after(timeout), |state| {
-            (state.slots.len() >= workers).then_some(state.slots.len())
+            let have = state.slots.len();
+            if have >= workers {
+                Some(Ok(have))
+            } else if can_join {
+                None
+            } else {
+                Some(Err(Error::TooFewWorkers {
+                    wanted: workers,
+                    have,
+                    backend,
+                    hint: if backend == "mpi" {
+                        format!("ask for at most {have}, or start more ranks with `mpirun -n`")
+                    } else if state.lost > 0 {
+                        format!(
+                            "{} were lost (the last: {}); ask for at most {have}, or start a new runtime",
+                            state.lost,
+                            state.last_loss.as_deref().unwrap_or("no reason given")
+                        )
+                    } else {
+                        format!(
+                            "ask for at most {have}, or start the runtime with more (PARVM_WORKERS or `RuntimeBuilder::workers`)"
+                        )
+                    },
+                }))
+            }
         })?;
         match joined {
-            Some(joined) => Ok(joined),
+            Some(joined) => joined,
             None => Err(Error::WorkersMissing {
                 wanted: workers,
                 joined: self.shared.lock().slots.len(),
@@ -345,6 +413,33 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The storage of the workers on simulated host `host` (see
+    /// [`simulated_hosts`](Self::simulated_hosts)): its local root and mirrored roots
+    /// (`PARALLEL_LOCAL_STORAGE`, `PARALLEL_MIRRORED_STORAGE`) instead of the runtime's,
+    /// so path translation between hosts can be tried on one machine. Mirrored root *i*
+    /// of each host should reach the same files (through a symlink, a bind mount, or a
+    /// copy made for the test). The rest of `config` is not used. Default: every host
+    /// uses the runtime's configuration. Used only with the local transport.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Config, Runtime, Tasks};
+    ///
+    /// let beta = Config::builder()
+    ///     .local_root("/tmp/beta-local")
+    ///     .mirrored_roots(["/tmp/beta-view-of-shared"])
+    ///     .build()?;
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .simulated_hosts([("alpha", 2), ("beta", 2)])
+    ///     .simulated_host_config("beta", beta)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn simulated_host_config(mut self, host: impl Into<String>, config: Config) -> Self {
+        self.host_configs.push((host.into(), config));
+        self
+    }
+
     /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
     /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
     /// from other hosts. Used only with the TCP transport.
@@ -372,6 +467,32 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Forwards environment variables `names`, with their values in this process when the
+    /// runtime starts, to every worker on every transport, in addition to those listed in
+    /// `PARVM_FORWARD_ENV` (names separated by commas or colons). Default: none.
+    ///
+    /// Local workers inherit the spawner's whole environment anyway; TCP and MPI workers
+    /// have the environment of whatever started them, so a variable your tasks or commands
+    /// need (a simulator's licence server, `LD_LIBRARY_PATH`) must be forwarded there. A
+    /// worker sets the forwarded variables on every command it runs, and, in a worker
+    /// process of the program itself, in the process's environment before its first task,
+    /// so registered tasks read them with `std::env::var`. A name not set on the spawner is
+    /// skipped with a warning.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Runtime, Tasks};
+    ///
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .forward_env(["SPICE_LIB_DIR", "LM_LICENSE_FILE"])
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn forward_env<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.forward_env.extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
@@ -384,15 +505,16 @@ impl RuntimeBuilder {
     /// # Errors
     /// The configuration is invalid, a task name is registered twice, the transport
     /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
-    /// without the `mpi` feature, or fewer TCP workers than asked for with
-    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time.
+    /// without the `mpi` feature, fewer TCP workers than asked for with
+    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
+    /// cannot be ([`Error::ForwardEnv`]).
     pub fn start(self) -> Result<Runtime, Error> {
         self.tasks.check()?;
         let config = match self.config {
             Some(config) => config,
             None => Config::from_env().map_err(Error::Config)?,
         };
-        crate::logging::init(config.log_filter(), self.debug);
+        crate::logging::init(config.log_filter(), self.debug, started_as_worker());
         let worker = parvm_transport::local::worker_from_env()
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
@@ -405,6 +527,15 @@ impl RuntimeBuilder {
         if let Some(transport) = worker {
             serve_and_exit(self.tasks, config, transport);
         }
+        let mut forward_names = self.forward_env.clone();
+        if let Some(list) = std::env::var_os(crate::envfwd::FORWARD_ENV_VAR) {
+            let list = list.into_string().map_err(|list| Error::ForwardEnv {
+                name: list.to_string_lossy().into_owned(),
+                reason: format!("{} is not UTF-8", crate::envfwd::FORWARD_ENV_VAR),
+            })?;
+            forward_names.extend(crate::envfwd::parse_list(&list));
+        }
+        let forward = crate::envfwd::collect(&forward_names)?;
         let kind = match self.transport.or(config.transport()) {
             Some(kind) => kind,
             // A build without MPI runs a one-rank mpirun job locally; several ranks get
@@ -428,18 +559,31 @@ impl RuntimeBuilder {
                 let hosts = self
                     .hosts
                     .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
+                if let Some((unknown, _)) = self
+                    .host_configs
+                    .iter()
+                    .find(|(name, _)| !hosts.iter().any(|(host, _)| host == name))
+                {
+                    let known: Vec<&str> = hosts.iter().map(|(host, _)| host.as_str()).collect();
+                    return Err(Error::Setting {
+                        setting: "simulated_host_config",
+                        reason: format!(
+                            "`{unknown}` is not a simulated host (hosts: {}); name it in `simulated_hosts` too",
+                            known.join(", ")
+                        ),
+                    });
+                }
                 let env = worker_env(&config, self.debug);
-                let mut options = parvm_transport::local::LocalOptions::hosts(
-                    hosts
-                        .into_iter()
-                        .map(|(name, workers)| parvm_transport::local::SimulatedHost {
-                            name,
-                            workers,
-                            env: env.clone(),
-                        })
-                        .collect(),
-                )
-                .spawner_host(config.hostname());
+                let mut simulated = Vec::with_capacity(hosts.len());
+                for (name, workers) in hosts {
+                    let env = match self.host_configs.iter().rev().find(|(h, _)| *h == name) {
+                        Some((_, own)) => host_env(&name, own, &config, self.debug)?,
+                        None => env.clone(),
+                    };
+                    simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
+                }
+                let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
+                    .spawner_host(config.hostname());
                 if let Some((program, args)) = self.program {
                     options = options.program(program, args);
                 }
@@ -473,7 +617,8 @@ impl RuntimeBuilder {
                     parvm_transport::tcp::CONNECT_VAR,
                     parvm_transport::tcp::SECRET_FILE_VAR,
                 );
-                let runtime = Runtime::from_transport(Box::new(transport), self.tasks, config)?;
+                let runtime =
+                    Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
                 let runtime = Runtime {
                     listen: Some(bound),
                     ..runtime
@@ -483,10 +628,24 @@ impl RuntimeBuilder {
                 }
                 return Ok(runtime);
             }
-            TransportKind::Mpi => return start_mpi(self.tasks, config),
+            TransportKind::Mpi => return start_mpi(self.tasks, config, forward),
         };
-        Runtime::from_transport(transport, self.tasks, config)
+        Runtime::with_forward(transport, self.tasks, config, forward)
     }
+}
+
+/// Whether a transport started this process as a worker (local, TCP, or an MPI rank other
+/// than 0), judged from its environment before joining, so logging is set up first.
+fn started_as_worker() -> bool {
+    const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    std::env::var_os(parvm_transport::local::SOCKET_VAR).is_some()
+        || std::env::var_os(parvm_transport::tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
+        || MPI_RANK_VARS.iter().any(|var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|rank| rank.trim().parse::<u32>().ok())
+                .is_some_and(|rank| rank != 0)
+        })
 }
 
 /// Runs the spawn loop in this worker process and exits the process.
@@ -506,7 +665,11 @@ fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Transport>) -
 
 /// MPI: rank 0 becomes the spawner, every other rank serves and exits.
 #[cfg(feature = "mpi")]
-fn start_mpi(tasks: Tasks, config: Config) -> Result<Runtime, Error> {
+fn start_mpi(
+    tasks: Tasks,
+    config: Config,
+    forward: Vec<crate::envfwd::Var>,
+) -> Result<Runtime, Error> {
     let transport = parvm_transport::mpi::MpiTransport::init()
         .map_err(|e| Error::transport("mpi", e))?
         .leave_on_drop(true);
@@ -537,7 +700,7 @@ fn start_mpi(tasks: Tasks, config: Config) -> Result<Runtime, Error> {
             "mpi: this job has a single rank, so there are no workers; start it with `mpirun -n <1 + workers>`"
         );
     }
-    Runtime::from_transport(Box::new(transport), tasks, config)
+    Runtime::with_forward(Box::new(transport), tasks, config, forward)
 }
 
 /// A worker's MPI transport that can be finalised while other handles on it remain.
@@ -635,7 +798,11 @@ mod mpi_worker {
 
 /// MPI without the `mpi` feature: a clear error instead of N independent spawners.
 #[cfg(not(feature = "mpi"))]
-fn start_mpi(_tasks: Tasks, _config: Config) -> Result<Runtime, Error> {
+fn start_mpi(
+    _tasks: Tasks,
+    _config: Config,
+    _forward: Vec<crate::envfwd::Var>,
+) -> Result<Runtime, Error> {
     let why = match mpi_launch_size() {
         Some(size) => format!("this process was started by mpirun ({size} ranks)"),
         None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),
@@ -726,6 +893,54 @@ fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
     env
 }
 
+/// The environment of the workers on simulated host `host`, whose storage settings come
+/// from `own`; refused when its mirrored roots cannot be written as one
+/// `PARALLEL_MIRRORED_STORAGE` (a root holding `:`), since they would silently not apply.
+fn host_env(
+    host: &str,
+    own: &Config,
+    config: &Config,
+    debug: Option<u8>,
+) -> Result<Vec<(OsString, OsString)>, Error> {
+    let roots = own.mirrored_roots();
+    if roots.is_empty() {
+        // An empty PARALLEL_MIRRORED_STORAGE is refused by the workers, and leaving it out
+        // would give them the spawner's roots.
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "simulated host `{host}` has no mirrored roots; give its configuration `mirrored_roots`"
+            ),
+        });
+    }
+    if let Some(root) = roots
+        .iter()
+        .find(|r| r.as_os_str().as_encoded_bytes().contains(&b':'))
+    {
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "mirrored root `{}` of simulated host `{host}` holds `:`, which PARALLEL_MIRRORED_STORAGE cannot carry; use a path (or a symlink) without `:`",
+                root.display()
+            ),
+        });
+    }
+    let mut env = vec![
+        (
+            OsString::from("PARALLEL_LOCAL_STORAGE"),
+            own.local_root().as_os_str().to_owned(),
+        ),
+        (
+            OsString::from("PARALLEL_MIRRORED_STORAGE"),
+            std::env::join_paths(roots).unwrap_or_default(),
+        ),
+    ];
+    if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
+        env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
+    }
+    Ok(env)
+}
+
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.
 pub struct VmBuilder {
     shared: Arc<Shared>,
@@ -733,6 +948,7 @@ pub struct VmBuilder {
     mirror: Vec<(String, PathBuf)>,
     startup: Option<PathBuf>,
     persistent: bool,
+    clean: bool,
     local_folder: bool,
 }
 
@@ -764,6 +980,24 @@ impl VmBuilder {
         self
     }
 
+    /// Whether a reused persistent folder is cleaned first: what earlier tasks of this VM
+    /// wrote in it (their results, scratch files and folders, symlinks) is removed, and the
+    /// mirrored inputs stay (and are refreshed as with [`persistent`](Self::persistent)),
+    /// so no task reads an earlier task's `result.txt` as its own. Turning it on makes the
+    /// folders persistent. Default false: a reused folder keeps what tasks wrote.
+    ///
+    /// The folder's tree is listed after mirroring, before each task, and anything not in
+    /// that list is removed before the next task; symlinks are removed, never followed.
+    /// It costs one walk of the folder per task.
+    #[must_use]
+    pub fn persistent_clean(mut self, on: bool) -> Self {
+        self.clean = on;
+        if on {
+            self.persistent = true;
+        }
+        self
+    }
+
     /// Whether each task gets a (fresh) folder in local storage even without a mirror map;
     /// default false.
     #[must_use]
@@ -775,8 +1009,10 @@ impl VmBuilder {
     /// Checks the settings and builds the VM.
     ///
     /// # Errors
-    /// A mirror source is outside mirrored storage or the map is invalid, or the startup
-    /// folder is absolute while a task folder is used.
+    /// A mirror source is outside mirrored storage or the map is invalid, a literal mirror
+    /// source (no `*`, `?` or `[`) does not exist on the spawner
+    /// ([`Error::MirrorSourceMissing`]; a glob that matches nothing is not an error), or the
+    /// startup folder is absolute while a task folder is used.
     pub fn build(self) -> Result<Vm, Error> {
         self.shared.check_open()?;
         let folder = self.persistent || self.local_folder || !self.mirror.is_empty();
@@ -820,6 +1056,7 @@ impl VmBuilder {
             mirror,
             folder,
             persistent: self.persistent,
+            clean: self.clean,
             startup,
         })
     }
@@ -849,6 +1086,7 @@ pub struct Vm {
     mirror: Option<Vec<u8>>,
     folder: bool,
     persistent: bool,
+    clean: bool,
     startup: Option<Startup>,
 }
 
@@ -1011,6 +1249,7 @@ impl Vm {
             mirror: self.mirror.as_deref().map(Into::into),
             folder: self.folder,
             persistent: self.persistent,
+            clean: self.clean,
             startup: self.startup.clone(),
             send_back: spawn.send_back,
         });
@@ -1031,7 +1270,10 @@ impl Vm {
     /// Waits for the next message for this VM.
     ///
     /// # Errors
-    /// The VM was finalized or the transport failed.
+    /// The VM was finalized or the transport failed; [`Error::WorkersGone`] at once, after
+    /// the messages already received, when every worker is gone and the transport starts
+    /// no new ones (local, MPI), since nothing could ever arrive. On TCP, where workers
+    /// may connect at any time, it keeps waiting.
     pub fn recv(&self) -> Result<Message, Error> {
         loop {
             if let Some(message) = self.next(Until::Forever)? {
@@ -1059,8 +1301,13 @@ impl Vm {
     fn next(&self, until: Until) -> Result<Option<Message>, Error> {
         self.shared.check_open()?;
         let index = self.index;
-        self.shared.pump(until, |state| {
-            let message = state.inboxes.get_mut(&index)?.pop_front()?;
+        let shared = &self.shared;
+        let found = self.shared.pump(until, |state| {
+            let Some(message) = state.inboxes.get_mut(&index).and_then(VecDeque::pop_front) else {
+                // Messages of lost workers were filed before their loss, so an empty inbox
+                // with no worker left stays empty.
+                return shared.nothing_can_arrive(state).map(Err);
+            };
             if let Message::TaskExit { task, .. } = &message
                 && let Some(slot) = state.slots.get_mut(&task.slot)
                 && slot
@@ -1070,8 +1317,9 @@ impl Vm {
             {
                 slot.running = None;
             }
-            Some(message)
-        })
+            Some(Ok(message))
+        })?;
+        found.transpose()
     }
 
     /// Sends `value` (MessagePack) to task `to`; decode with [`Payload::decode`](crate::Payload::decode).

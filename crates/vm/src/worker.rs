@@ -34,6 +34,8 @@ struct LoopState {
     spawner_lost: Cell<bool>,
     /// The buffer frames to the spawner are encoded into, reused from one send to the next.
     scratch: RefCell<Vec<u8>>,
+    /// Environment variables forwarded by the spawner, set on every command.
+    forwarded: RefCell<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
 }
 
 /// Why [`LoopState::send`] failed.
@@ -264,7 +266,10 @@ impl Worker {
     }
 
     /// Whether file descriptors 1 and 2 are redirected and forwarded to the spawner, tagged
-    /// with the task id; default false (the runtime turns it on in worker processes).
+    /// with the task id; default false (the runtime turns it on in worker processes). A
+    /// worker that captures owns its process, so it also sets the variables the spawner
+    /// forwards ([`RuntimeBuilder::forward_env`](crate::RuntimeBuilder::forward_env)) in the
+    /// process's environment; otherwise only its commands get them.
     #[must_use]
     pub fn capture_output(mut self, on: bool) -> Worker {
         self.capture_output = on;
@@ -287,7 +292,11 @@ impl Worker {
         } else {
             None
         };
-        tracing::debug!(rank, %host, "worker serving");
+        tracing::info!(rank, %host, pid = std::process::id(), "worker ready");
+        if let Some(capture) = &capture {
+            // Sent now, so the line carries the worker's tag, not the first task's.
+            capture.drain();
+        }
         let home = std::env::current_dir().ok();
         let state = LoopState::default();
         let result = loop {
@@ -338,6 +347,14 @@ impl Worker {
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
+                ToWorker::Env { vars } => {
+                    let vars = crate::envfwd::decode(vars);
+                    if self.capture_output {
+                        // Only a worker that owns its process captures its output.
+                        crate::envfwd::set_in_process(&vars);
+                    }
+                    *state.forwarded.borrow_mut() = vars;
+                }
                 ToWorker::Exit => break Ok(()),
             }
         };
@@ -439,6 +456,7 @@ impl Run<'_> {
                 let mut command = std::process::Command::new(program);
                 command
                     .args(args)
+                    .envs(self.state.forwarded.borrow().iter().map(|(k, v)| (k, v)))
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(std::process::Stdio::null());
                 // A parvm program started by the command must not join this VM as a worker.

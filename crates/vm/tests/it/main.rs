@@ -5,9 +5,15 @@
 mod tasks;
 
 mod behaviour;
+mod clean;
+mod forward;
 mod harness;
+mod hosts;
+mod logs;
+mod mirrorcheck;
 #[cfg(feature = "mpi")]
 mod mpirun;
+mod nohang;
 mod processes;
 mod selection;
 mod unprivileged;

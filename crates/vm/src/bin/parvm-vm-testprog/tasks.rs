@@ -53,6 +53,13 @@ pub fn tasks() -> Tasks {
             Ok::<_, String>(names)
         })
         .register("read_then", read_then)
+        .register("tree", |ctx: &TaskContext, (): ()| {
+            let dir = ctx.dir().ok_or("this task has no folder")?;
+            tree(dir, std::path::Path::new("")).map_err(|e| e.to_string())
+        })
+        .register("getenv", |_: &TaskContext, name: String| {
+            Ok::<_, Infallible>(std::env::var(name).ok())
+        })
         .register("cwd", |_: &TaskContext, (): ()| {
             std::env::current_dir()
                 .map(|d| d.display().to_string())
@@ -111,4 +118,23 @@ fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
             .map_err(|e| e.to_string())?;
         count += 1;
     }
+}
+
+/// Every path beneath `dir` (relative, sorted; symlinks not followed), local storage's own
+/// `.parvm` files left out.
+fn tree(dir: &std::path::Path, relative: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir.join(relative))? {
+        let entry = entry?;
+        let path = relative.join(entry.file_name());
+        if path.to_string_lossy().starts_with(".parvm") {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            names.extend(tree(dir, &path)?);
+        }
+        names.push(path.display().to_string());
+    }
+    names.sort();
+    Ok(names)
 }
