@@ -32,13 +32,21 @@ pub enum Error {
         count: usize,
     },
     /// A relative path was given with a relative current folder.
-    #[error("current folder `{}` must be absolute to resolve a relative path", cwd.display())]
+    #[error(
+        "current folder `{}` must be absolute to resolve a relative path; \
+         give an absolute current folder or an absolute source",
+        cwd.display()
+    )]
     RelativeCwd {
         /// The offending current folder.
         cwd: PathBuf,
     },
     /// An abstract path suffix that is absolute or holds `..` (a malformed or foreign request).
-    #[error("abstract path suffix `{}` must be relative and must not hold `..`", suffix.display())]
+    #[error(
+        "abstract path suffix `{}` must be relative and must not hold `..`; \
+         the request is malformed: run the same parvm version on the spawner and every worker",
+        suffix.display()
+    )]
     BadSuffix {
         /// The offending suffix.
         suffix: PathBuf,
@@ -95,7 +103,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Copying one file, folder or symlink failed.
-    #[error("cannot copy `{}` to `{}`", from.display(), to.display())]
+    #[error(
+        "cannot copy `{}` to `{}`; check that the source is readable and the task folder writable",
+        from.display(),
+        to.display()
+    )]
     Copy {
         /// The source.
         from: PathBuf,
@@ -106,7 +118,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading a source (its metadata or folder listing) failed.
-    #[error("cannot read `{}`", path.display())]
+    #[error(
+        "cannot read `{}`; check that it exists and that this user may read it",
+        path.display()
+    )]
     Read {
         /// The source path.
         path: PathBuf,
@@ -115,7 +130,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Preparing a destination (a folder of the task folder) failed.
-    #[error("cannot create `{}` in the task folder", path.display())]
+    #[error(
+        "cannot create `{}` in the task folder; check that the task folder is writable",
+        path.display()
+    )]
     Create {
         /// The destination path.
         path: PathBuf,
@@ -124,8 +142,106 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A copy worker thread panicked (a bug).
-    #[error("a mirror copy thread panicked; this is a bug in parvm-mirror-fs")]
+    #[error(
+        "a mirror copy thread panicked; this is a bug in parvm-mirror-fs, please report it \
+         with the log above"
+    )]
     WorkerPanicked,
+    /// A symlink stands on the way to a mirror target, inside the task folder.
+    #[error(
+        "`{}` in the task folder `{}` is a symlink (to `{}`); mirroring never writes through \
+         a symlink: remove it from the task folder or choose another mirror target",
+        link.display(),
+        task_dir.display(),
+        target.display()
+    )]
+    TargetSymlink {
+        /// The symlink.
+        link: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+        /// The task folder.
+        task_dir: PathBuf,
+    },
+    /// The task folder itself cannot be opened.
+    #[error(
+        "cannot open the task folder `{}`; create it first, or check that this user may \
+         enter it",
+        path.display()
+    )]
+    TaskFolder {
+        /// The task folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A source matched at the top level is a symlink to a place outside every mirrored root.
+    #[error(
+        "mirror source `{}` is a symlink to `{}`, outside every mirrored storage root \
+         (roots: {roots}); it is not followed: if it is meant, add `{}` to \
+         PARALLEL_MIRRORED_STORAGE, else remove the link",
+        link.display(),
+        target.display(),
+        target.parent().unwrap_or(target).display()
+    )]
+    LinkOutsideRoots {
+        /// The symlink that matched.
+        link: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The roots, listed for the message.
+        roots: String,
+    },
+    /// A source matched at the top level is a symlink to nothing.
+    #[error(
+        "mirror source `{}` is a symlink to `{}`, which does not exist; fix or remove the link",
+        link.display(),
+        target.display()
+    )]
+    DanglingLink {
+        /// The symlink that matched.
+        link: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+    },
+    /// A source is a fifo, a socket or a device: there is nothing to copy.
+    #[error(
+        "mirror source `{}` is a {kind}, not a file or folder; mirroring copies only files, \
+         folders and symlinks: remove it from the mirror map",
+        path.display()
+    )]
+    NotCopyable {
+        /// The source.
+        path: PathBuf,
+        /// What it is (`fifo`, `socket`, `character device`, `block device`).
+        kind: &'static str,
+    },
+    /// A source kept changing while it was being copied.
+    #[error(
+        "source `{}` changed while it was being copied, {tries} times in a row; the copy \
+         was removed: stop what writes to it (or wait until it is done) and mirror again",
+        path.display()
+    )]
+    SourceChanged {
+        /// The source.
+        path: PathBuf,
+        /// How many times it was copied.
+        tries: u32,
+    },
+    /// The manifest of an earlier mirror cannot be written.
+    #[error(
+        "cannot write the mirror manifest `{}`; check that the task folder is writable and \
+         has room",
+        path.display()
+    )]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The crate's result type.

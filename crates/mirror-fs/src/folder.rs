@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
+use crate::beneath::TaskRoot;
 use crate::copy::{
     self, Created, DirAttrs, DirPair, Kind, MirrorOptions, MirrorReport, Mode_, Plan, Prepared,
     Recorded, Unit, dir_flags, entry_kind, vanished_or_read,
@@ -297,7 +299,7 @@ impl MirroredFolder {
             && scan.dir_attrs.is_empty()
             && suspects.entries.is_empty()
             && suspects.dirs.is_empty();
-        let mut changes = Changes::new(&m);
+        let mut changes = Changes::new(&m, self.map.roots());
         changes.globs(&m, &self.map)?;
         if quiet && !changes.structural {
             return Ok(MirrorReport {
@@ -313,12 +315,13 @@ impl MirroredFolder {
         changes.attrs.extend(suspects.dirs);
         changes.relist_all(&m)?;
 
+        let root = options.task_root(&self.task_dir)?;
         let mut created = Created::default();
-        let outcome = changes.execute(&m, options, &mut created);
+        let outcome = changes.execute(&m, options, &mut created, &root, self.map.roots());
         let (mut report, recorded, touched) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                created.undo();
+                created.undo(&root);
                 return Err(e);
             }
         };
@@ -475,7 +478,9 @@ struct NewDir {
     origin: Origin,
 }
 
-struct Changes {
+struct Changes<'r> {
+    /// The roots the sources are confined to (see [`MirrorMap::within`]).
+    roots: &'r [PathBuf],
     dead_dirs: Vec<bool>,
     dead_entries: Vec<bool>,
     /// Folder id → names to copy into it (ids past the manifest are new top parents).
@@ -499,9 +504,10 @@ struct Changes {
     structural: bool,
 }
 
-impl Changes {
-    fn new(m: &Manifest) -> Changes {
+impl<'r> Changes<'r> {
+    fn new(m: &Manifest, roots: &'r [PathBuf]) -> Changes<'r> {
         Changes {
+            roots,
             dead_dirs: vec![false; m.dirs.len()],
             dead_entries: vec![false; m.entries.len()],
             copy: BTreeMap::new(),
@@ -551,27 +557,29 @@ impl Changes {
     /// Copies `path`, a (new or changed) top-level match of map entry `entry`.
     fn add_match(&mut self, m: &Manifest, entry: usize, target: &Path, path: &Path) -> Result<()> {
         let literal = m.literal.get(entry).copied().unwrap_or(false);
-        let st = match nix::sys::stat::stat(path) {
-            Ok(st) => st,
-            Err(Errno::ENOENT | Errno::ENOTDIR) if !literal => return Ok(()),
-            Err(Errno::ENOENT) => {
-                return Err(Error::SourceMissing {
-                    path: path.to_path_buf(),
-                });
+        // As when it was first mirrored: a symlink is followed only into the roots, and
+        // only files and folders are copied.
+        let meta = match copy::FolderCheck::new(self.roots).top_match(path) {
+            Ok(meta) => meta,
+            Err(Error::SourceMissing { .. }) if !literal => return Ok(()),
+            Err(Error::Read { source, .. })
+                if !literal && source.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(());
             }
-            Err(e) => return Err(vanished_or_read(path, e)),
+            Err(e) => return Err(e),
         };
         let Some(name) = path.file_name() else {
             return Ok(());
         };
         self.structural = true;
-        if copy::is_dir(&st) {
+        if meta.is_dir() {
             self.new_dirs.push(NewDir {
                 src: path.to_path_buf(),
                 dst: target.join(name),
                 origin: Origin::Root { entry },
             });
-        } else if copy::is_file(&st) {
+        } else {
             let parent = path
                 .parent()
                 .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -597,8 +605,6 @@ impl Changes {
             if !names.iter().any(|(n, _)| *n == name) {
                 names.push((name, Kind::File));
             }
-        } else {
-            tracing::warn!("skipping `{}`: neither a file nor a folder", path.display());
         }
         Ok(())
     }
@@ -887,7 +893,10 @@ impl Changes {
         m: &Manifest,
         options: &MirrorOptions,
         created: &mut Created,
+        root: &TaskRoot,
+        roots: &[PathBuf],
     ) -> Result<(MirrorReport, Recorded, Vec<PathBuf>)> {
+        let ctx = copy::Ctx { root, roots };
         let dir_src = |id: u32| -> &Path {
             match m.dirs.get(id as usize) {
                 Some(d) => &d.src,
@@ -908,7 +917,7 @@ impl Changes {
             if self.dead_dirs[id as usize] {
                 continue;
             }
-            copy::ensure_dir_all(dir_dst(id), dir_src(id), created)?;
+            root.create_dir_all(dir_dst(id), dir_src(id), created)?;
             if !m.dirs[id as usize].is_top() {
                 restore.insert(id);
             }
@@ -930,13 +939,18 @@ impl Changes {
             }
             let (src, dst) = (dir_src(id).to_path_buf(), dir_dst(id).to_path_buf());
             if (id as usize) >= m.dirs.len() {
-                copy::ensure_dir_all(&dst, &src, created)?;
+                root.create_dir_all(&dst, &src, created)?;
             }
-            make_writable(&dst, &src, &mut writable)?;
-            if m.dirs.get(id as usize).is_some_and(|d| !d.is_top()) {
+            make_writable(&dst, &src, &mut writable, root)?;
+            let top = m.dirs.get(id as usize).is_none_or(DirRec::is_top);
+            if !top {
                 restore.insert(id);
             }
-            let pair = Arc::new(DirPair::open(id, src, dst)?);
+            let pair = Arc::new(if top {
+                DirPair::open_top(id, src, dst, ctx)?
+            } else {
+                DirPair::open(id, src, dst, None, ctx)?
+            });
             for chunk in names.chunks(64) {
                 units.push(Unit::Names {
                     pair: Arc::clone(&pair),
@@ -947,14 +961,15 @@ impl Changes {
         let mut next = (m.dirs.len() + self.new_tops.len()) as u32;
         for nd in &self.new_dirs {
             let parent = nd.dst.parent().unwrap_or(&nd.dst);
-            copy::ensure_dir_all(parent, &nd.src, created)?;
-            make_writable(parent, &nd.src, &mut writable)?;
-            copy::make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
+            root.create_dir_all(parent, &nd.src, created)?;
+            make_writable(parent, &nd.src, &mut writable, root)?;
+            root.make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
             self.origins.insert(next, nd.origin);
             units.push(Unit::Dir {
                 id: next,
                 src: nd.src.clone(),
                 dst: nd.dst.clone(),
+                parent: None,
             });
             next += 1;
         }
@@ -970,7 +985,7 @@ impl Changes {
                 units,
                 unmatched: Vec::new(),
             };
-            copy::execute(prepared, options, Mode_::Full, created, next, true)?
+            copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?
         };
         // Folder modes and times, deepest first; also of the folders made writable.
         let mut touched = Vec::new();
@@ -993,18 +1008,16 @@ impl Changes {
                     copy::set_dir_attrs(
                         &DirAttrs::of(src.to_path_buf(), dst.clone(), &st),
                         Mode_::Refresh,
+                        root,
                     )?;
                 }
                 None => {
-                    nix::sys::stat::fchmodat(
-                        nix::fcntl::AT_FDCWD,
-                        &dst,
-                        Mode::from_bits_truncate(mode),
-                        nix::sys::stat::FchmodatFlags::FollowSymlink,
-                    )
-                    .map_err(|e| Error::Create {
-                        path: dst.clone(),
-                        source: e.into(),
+                    let fd = root.open_dir(&dst, &dst)?;
+                    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| {
+                        Error::Create {
+                            path: dst.clone(),
+                            source: e.into(),
+                        }
                     })?;
                 }
             }
@@ -1073,24 +1086,35 @@ impl Changes {
 
 /// Makes an existing destination folder writable for its owner (a copy of a read-only
 /// source folder is read-only), remembering it so its mode is set again afterwards.
-fn make_writable(dst: &Path, src: &Path, done: &mut BTreeMap<PathBuf, u32>) -> Result<()> {
+fn make_writable(
+    dst: &Path,
+    src: &Path,
+    done: &mut BTreeMap<PathBuf, u32>,
+    root: &TaskRoot,
+) -> Result<()> {
     if done.contains_key(dst) {
         return Ok(());
     }
-    let st = nix::sys::stat::lstat(dst).map_err(|e| Error::Create {
-        path: dst.to_path_buf(),
-        source: e.into(),
-    })?;
-    if !copy::is_dir(&st) {
-        return Err(Error::NotAFolder {
+    let (parent, name) = match dst.strip_prefix(root.path()) {
+        Ok(rel) if rel.as_os_str().is_empty() => {
+            // The task folder itself: local storage keeps it usable; not ours to change.
+            return Ok(());
+        }
+        _ => root.parent_of(dst, src)?,
+    };
+    let st = nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::Create {
             path: dst.to_path_buf(),
-            from: src.to_path_buf(),
-        });
+            source: e.into(),
+        })?;
+    if !copy::is_dir(&st) {
+        return Err(root.in_the_way(&parent, &name, dst, src));
     }
     if st.st_mode & 0o700 != 0o700 {
+        // A folder a moment ago, in a parent reached without symlinks.
         nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            dst,
+            &parent,
+            name.as_c_str(),
             Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )

@@ -63,6 +63,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod beneath;
 mod copy;
 mod error;
 mod folder;
@@ -75,6 +76,7 @@ mod srcwatch;
 mod translate;
 mod watch;
 
+pub use beneath::{has_openat2, open_beneath};
 pub use copy::{
     FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
 };
