@@ -66,6 +66,59 @@ impl TaskRoot {
         &self.path
     }
 
+    /// Reads file `name` of the task folder itself, not following a symlink; `None` when
+    /// there is none.
+    pub(crate) fn read_file(&self, name: &CStr) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Writes file `name` of the task folder itself whole: into a fresh temporary file,
+    /// renamed over it, so a reader never sees half of it and a symlink there is replaced,
+    /// not written through.
+    pub(crate) fn write_file(&self, name: &CStr, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut tmp = name.to_bytes().to_vec();
+        tmp.extend_from_slice(format!(".tmp{}", std::process::id()).as_bytes());
+        let tmp = CString::new(tmp).map_err(std::io::Error::other)?;
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_TRUNC
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOFOLLOW;
+        let _ = nix::unistd::unlinkat(
+            &self.fd,
+            tmp.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            tmp.as_c_str(),
+            flags | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut file = std::fs::File::from(fd);
+        let written = file.write_all(bytes).and_then(|()| {
+            nix::fcntl::renameat(&self.fd, tmp.as_c_str(), &self.fd, name).map_err(Into::into)
+        });
+        if written.is_err() {
+            let _ = nix::unistd::unlinkat(
+                &self.fd,
+                tmp.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        written
+    }
+
     /// The part of `dst` below the task folder.
     fn rel<'a>(&self, dst: &'a Path) -> Result<&'a Path> {
         dst.strip_prefix(&self.path)

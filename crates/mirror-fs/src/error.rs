@@ -246,3 +246,162 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("cause")
+    }
+
+    /// Every message names what it is about and says what to do.
+    #[test]
+    fn every_message_names_its_object_and_a_remedy() {
+        let p = || PathBuf::from("/shared/x.cir");
+        let q = || PathBuf::from("/local/task/x.cir");
+        let cases: Vec<(Error, &[&str])> = vec![
+            (
+                Error::NoRoot {
+                    path: p(),
+                    roots: "0: `/shared`".into(),
+                },
+                &["/shared/x.cir", "0: `/shared`", "PARALLEL_MIRRORED_STORAGE"],
+            ),
+            (
+                Error::RootIndex { index: 3, count: 1 },
+                &["index 3", "1 root", "PARALLEL_MIRRORED_STORAGE"],
+            ),
+            (Error::RelativeCwd { cwd: "rel".into() }, &["`rel`", "give"]),
+            (
+                Error::BadSuffix {
+                    suffix: "../x".into(),
+                },
+                &["`../x`", "same parvm version"],
+            ),
+            (
+                Error::TargetAbsolute {
+                    target: "/abs".into(),
+                },
+                &["`/abs`", "give a folder"],
+            ),
+            (
+                Error::TargetEscapes {
+                    target: "../x".into(),
+                },
+                &["`../x`", "remove"],
+            ),
+            (
+                Error::SourceMissing { path: p() },
+                &["/shared/x.cir", "fix the mirror map"],
+            ),
+            (
+                Error::SourceVanished { path: p() },
+                &["/shared/x.cir", "deleted or renamed"],
+            ),
+            (
+                Error::NotAFolder {
+                    path: q(),
+                    from: p(),
+                },
+                &["/local/task/x.cir", "/shared/x.cir", "remove it"],
+            ),
+            (
+                Error::DiskFull {
+                    from: p(),
+                    to: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "free some space"],
+            ),
+            (
+                Error::Copy {
+                    from: p(),
+                    to: q(),
+                    source: io(),
+                },
+                &["/shared/x.cir", "/local/task/x.cir", "check"],
+            ),
+            (
+                Error::Read {
+                    path: p(),
+                    source: io(),
+                },
+                &["/shared/x.cir", "check"],
+            ),
+            (
+                Error::Create {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "check"],
+            ),
+            (Error::WorkerPanicked, &["bug", "report"]),
+            (
+                Error::TargetSymlink {
+                    link: q(),
+                    target: "/etc".into(),
+                    task_dir: "/local/task".into(),
+                },
+                &["/local/task/x.cir", "`/etc`", "`/local/task`", "remove it"],
+            ),
+            (
+                Error::TaskFolder {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "create it"],
+            ),
+            (
+                Error::LinkOutsideRoots {
+                    link: p(),
+                    target: "/home/me/.ssh/id".into(),
+                    roots: "0: `/shared`".into(),
+                },
+                &[
+                    "/shared/x.cir",
+                    "/home/me/.ssh/id",
+                    "0: `/shared`",
+                    "add `/home/me/.ssh`",
+                    "PARALLEL_MIRRORED_STORAGE",
+                ],
+            ),
+            (
+                Error::DanglingLink {
+                    link: p(),
+                    target: "gone".into(),
+                },
+                &["/shared/x.cir", "`gone`", "fix or remove"],
+            ),
+            (
+                Error::NotCopyable {
+                    path: p(),
+                    kind: "fifo",
+                },
+                &["/shared/x.cir", "fifo", "remove it"],
+            ),
+            (
+                Error::SourceChanged {
+                    path: p(),
+                    tries: 4,
+                },
+                &["/shared/x.cir", "4 times", "mirror again"],
+            ),
+            (
+                Error::Manifest {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "check"],
+            ),
+        ];
+        for (error, parts) in cases {
+            let text = error.to_string();
+            for part in parts {
+                assert!(text.contains(part), "`{part}` missing in: {text}");
+            }
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with(|c: char| !c.is_uppercase()), "{text}");
+        }
+    }
+}

@@ -81,6 +81,6 @@ pub use copy::{
     FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
 };
 pub use error::{Error, Result};
-pub use folder::MirroredFolder;
+pub use folder::{MANIFEST_FILE, MirroredFolder};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

@@ -408,3 +408,79 @@ fn target_folders_get_mkdir_modes_and_copied_folders_their_source_modes() {
         );
     }
 }
+
+#[test]
+fn a_saved_manifest_lets_another_process_see_a_same_size_same_time_replacement() {
+    let fx = Fixture::new();
+    fx.file("lib/a.lib", b"corner tt");
+    fx.file("top.cir", b"netlist");
+    let map = MirrorMap::new()
+        .entry(fx.src("lib"), "models")
+        .unwrap()
+        .entry(fx.src("*.cir"), ".")
+        .unwrap()
+        .within(std::slice::from_ref(&fx.shared));
+    MirroredFolder::mirror(&map, &fx.task, &MirrorOptions::new())
+        .unwrap()
+        .save()
+        .unwrap();
+    // `cp -p` of another corner: same length, the old modification time put back.
+    let before = fs::metadata(fx.src("lib/a.lib"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(fx.src("lib/a.lib"), b"corner ff").unwrap();
+    crate::set_mtime(&fx.src("lib/a.lib"), before);
+    // The stateless refresh cannot tell.
+    let report = refresh(&map, &fx.task, &MirrorOptions::new()).unwrap();
+    assert_eq!(report.files, 0);
+    let mut folder = MirroredFolder::load(&map, &fx.task, &MirrorOptions::new())
+        .unwrap()
+        .expect("the saved manifest");
+    let report = folder.refresh(&MirrorOptions::new()).unwrap();
+    assert_eq!(report.files, 1, "{report:?}");
+    assert_eq!(fs::read(fx.dst("models/lib/a.lib")).unwrap(), b"corner ff");
+
+    // Another map, or a manifest that names a source outside the roots, is not used.
+    let other = MirrorMap::new().entry(fx.src("top.cir"), ".").unwrap();
+    assert!(
+        MirroredFolder::load(&other, &fx.task, &MirrorOptions::new())
+            .unwrap()
+            .is_none()
+    );
+    let narrower = map.clone().within(&[fx.src("lib")]);
+    assert!(
+        MirroredFolder::load(&narrower, &fx.task, &MirrorOptions::new())
+            .unwrap()
+            .is_none(),
+        "the manifest names sources outside the roots given now"
+    );
+    // Garbage is not trusted either.
+    fs::write(fx.dst(parvm_mirror_fs::MANIFEST_FILE), b"\xc1garbage").unwrap();
+    assert!(
+        MirroredFolder::load(&map, &fx.task, &MirrorOptions::new())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn the_manifest_is_not_written_through_a_planted_symlink() {
+    let fx = Fixture::new();
+    let outside = elsewhere(&fx);
+    fx.file("top.cir", b"netlist");
+    let map = MirrorMap::new().entry(fx.src("top.cir"), ".").unwrap();
+    let folder = MirroredFolder::mirror(&map, &fx.task, &MirrorOptions::new()).unwrap();
+    symlink(
+        outside.join("stolen"),
+        fx.dst(parvm_mirror_fs::MANIFEST_FILE),
+    )
+    .unwrap();
+    folder.save().unwrap();
+    assert!(!outside.join("stolen").exists());
+    assert!(
+        !fs::symlink_metadata(fx.dst(parvm_mirror_fs::MANIFEST_FILE))
+            .unwrap()
+            .is_symlink()
+    );
+}
