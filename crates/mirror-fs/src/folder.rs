@@ -354,18 +354,19 @@ impl MirroredFolder {
         targets: Option<&[Chunk]>,
     ) -> Result<MirrorReport> {
         let m = Arc::clone(&self.manifest);
+        let root = Arc::new(options.task_root(&self.task_dir)?);
         let scan = match targets {
             // The destinations are trusted too (their watch is sound): only what was named.
             Some(chunks) if !verify => {
                 self.scanned = chunks.iter().map(|c| (c.end - c.start) as usize).sum();
-                scan::scan_some(&m, chunks)
+                scan::scan_some(&m, &root, chunks)
             }
             _ => {
                 self.scanned = m.entries.len();
                 self.last_full_scan = Instant::now();
                 match &self.pool {
-                    Some(pool) => pool.scan(&m, verify, options.thread_count()),
-                    None => scan::scan_alone(&m, verify),
+                    Some(pool) => pool.scan(&m, &root, verify, options.thread_count()),
+                    None => scan::scan_alone(&m, &root, verify),
                 }
             }
         };
@@ -396,7 +397,6 @@ impl MirroredFolder {
         changes.attrs.extend(suspects.dirs);
         changes.relist_all(&m)?;
 
-        let root = options.task_root(&self.task_dir)?;
         let mut created = Created::default();
         let outcome = changes.execute(&m, options, &mut created, &root, self.map.roots());
         let (mut report, recorded, touched) = match outcome {

@@ -484,3 +484,24 @@ fn the_manifest_is_not_written_through_a_planted_symlink() {
             .is_symlink()
     );
 }
+
+#[test]
+fn a_refresh_does_not_take_a_copy_behind_a_planted_symlink_for_the_copy() {
+    for options in both() {
+        let fx = Fixture::new();
+        let outside = elsewhere(&fx);
+        fx.file("top.cir", b"netlist");
+        let map = MirrorMap::new().entry(fx.src("top.cir"), "in/put").unwrap();
+        let mut folder =
+            MirroredFolder::mirror(&map, &fx.task, &options.clone().no_inotify()).unwrap();
+        // A task moves the folder out and leaves a symlink to it: the copy looks intact
+        // through the link.
+        fs::rename(fx.dst("in"), outside.join("in")).unwrap();
+        symlink(outside.join("in"), fx.dst("in")).unwrap();
+        let err = folder.refresh(&options.clone().no_inotify()).unwrap_err();
+        assert!(
+            matches!(err, Error::TargetSymlink { .. }),
+            "expected a refused symlink, got: {err}"
+        );
+    }
+}
