@@ -395,12 +395,17 @@ pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &CStr) -> nix::Result<()> {
 ///
 /// [`Error::TargetSymlink`] naming the symlink on the way, [`Error::NotAFolder`] when
 /// something else stands there, [`Error::TargetAbsolute`] or [`Error::TargetEscapes`] for a
-/// `sub` that is absolute or climbs out, [`Error::Create`] when it does not exist.
+/// `sub` that is absolute or climbs out, [`Error::StartupMissing`] when it does not exist.
 pub fn open_beneath(task_dir: &Path, sub: &Path) -> Result<(OwnedFd, PathBuf)> {
     let sub = crate::map::check_target(sub)?;
     let root = TaskRoot::open(task_dir, true)?;
     let path = task_dir.join(&sub);
-    let fd = root.open_dir(&path, &path)?;
+    let fd = root.open_dir(&path, &path).map_err(|e| match e {
+        Error::Create { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::StartupMissing { path: path.clone() }
+        }
+        e => e,
+    })?;
     Ok((fd, path))
 }
 

@@ -106,10 +106,10 @@ impl MirrorOptions {
         self
     }
 
-    /// Test seam: [`crate::MirroredFolder`] does not watch the task folder with inotify, as
-    /// if the kernel refused it, so every refresh verifies every destination. Not part of
-    /// the stable API.
-    #[doc(hidden)]
+    /// [`crate::MirroredFolder`] watches neither the task folder nor the sources with
+    /// inotify, as if the kernel refused it: every refresh looks at every source and
+    /// verifies every copy. For a process that mirrors or refreshes once and exits (as
+    /// `parvm mirror` does), where a watch would cost and hear nothing. Default: watch.
     pub fn no_inotify(mut self) -> MirrorOptions {
         self.no_inotify = true;
         self

@@ -229,6 +229,16 @@ pub enum Error {
         /// How many times it was copied.
         tries: u32,
     },
+    /// A task's startup folder is not in its task folder.
+    #[error(
+        "startup folder `{}` does not exist in the task folder; make it a mirror target, \
+         or give a folder the mirror map creates",
+        path.display()
+    )]
+    StartupMissing {
+        /// The startup folder.
+        path: PathBuf,
+    },
     /// The manifest of an earlier mirror cannot be written.
     #[error(
         "cannot write the mirror manifest `{}`; check that the task folder is writable and \

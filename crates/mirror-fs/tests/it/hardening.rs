@@ -505,3 +505,22 @@ fn a_refresh_does_not_take_a_copy_behind_a_planted_symlink_for_the_copy() {
         );
     }
 }
+
+#[test]
+fn the_startup_folder_is_opened_beneath_the_task_folder() {
+    let fx = Fixture::new();
+    let outside = elsewhere(&fx);
+    fs::create_dir_all(fx.dst("run/here")).unwrap();
+    symlink(&outside, fx.dst("link")).unwrap();
+    let (_, path) = parvm_mirror_fs::open_beneath(&fx.task, Path::new("run/./here")).unwrap();
+    assert_eq!(path, fx.dst("run/here"));
+    for sub in ["link", "link/b", "link/b/c"] {
+        let err = parvm_mirror_fs::open_beneath(&fx.task, Path::new(sub)).unwrap_err();
+        assert_names_link(&err, &fx.dst("link"));
+    }
+    let err = parvm_mirror_fs::open_beneath(&fx.task, Path::new("../elsewhere")).unwrap_err();
+    assert!(matches!(err, Error::TargetEscapes { .. }), "{err}");
+    let err = parvm_mirror_fs::open_beneath(&fx.task, Path::new("missing")).unwrap_err();
+    assert!(matches!(err, Error::StartupMissing { .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
