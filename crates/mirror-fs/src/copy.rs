@@ -203,19 +203,26 @@ pub struct MirrorReport {
 /// Copies everything `map` names into `task_dir`, entry by entry.
 ///
 /// For each (source, target), the source glob is expanded and every match copied into
-/// `<task_dir>/<target>/` (created when missing): a folder recursively as
-/// `<target>/<name>/` with symlinks inside kept as symlinks, a file by content as
-/// `<target>/<name>`, a symlink matched at the top level followed. File and folder modes and
-/// modification times are kept. Files already in the task folder are overwritten.
+/// `<task_dir>/<target>/` (created when missing, with mode 0777 less the umask): a folder
+/// recursively as `<target>/<name>/` with symlinks inside kept as symlinks, a file by
+/// content as `<target>/<name>`, a symlink matched at the top level followed (only into the
+/// map's roots, see [`MirrorMap::within`]). File and folder modes and modification times
+/// are kept. Files already in the task folder are overwritten. Everything is written
+/// beneath `task_dir` (which must exist) without following a symlink.
 ///
 /// # Errors
 ///
 /// [`Error::SourceMissing`] for a literal source that does not exist (a glob that matches
-/// nothing is listed in [`MirrorReport::unmatched`] instead); [`Error::NotAFolder`] when
-/// something that is not a folder stands where a folder must go; [`Error::SourceVanished`]
-/// when a source disappears while being copied; [`Error::DiskFull`] when the destination is
-/// full; [`Error::Copy`], [`Error::Read`] or [`Error::Create`] for other failures. When
-/// copying fails, the files and folders this call created are removed again.
+/// nothing is listed in [`MirrorReport::unmatched`] instead); [`Error::TargetSymlink`] for a
+/// symlink on the way to a target, checked before anything is written;
+/// [`Error::LinkOutsideRoots`], [`Error::DanglingLink`] or [`Error::NotCopyable`] for a
+/// top-level match that is a symlink out of the roots or to nothing, or a fifo or device;
+/// [`Error::NotAFolder`] when something that is not a folder stands where a folder must go;
+/// [`Error::SourceVanished`] when a source disappears while being copied;
+/// [`Error::SourceChanged`] when one keeps changing while it is copied; [`Error::DiskFull`]
+/// when the destination is full; [`Error::TaskFolder`] when `task_dir` cannot be opened;
+/// [`Error::Copy`], [`Error::Read`] or [`Error::Create`] for other failures. When copying
+/// fails, the files and folders this call created are removed again.
 pub fn mirror(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Result<MirrorReport> {
     run(map, task_dir, options, Mode_::Full, None).map(|(report, _)| report)
 }
