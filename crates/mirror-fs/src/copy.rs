@@ -1521,17 +1521,19 @@ fn dst_error(pair: &DirPair, name: &CStr, e: Errno) -> Error {
     }
 }
 
-/// Opens the destination for writing, replacing a symlink or a read-only file in the way
-/// (never writing through a symlink). Records the destination as written.
+/// Opens the destination for writing as a new file: whatever stands there (a symlink, a
+/// read-only file, a file with other hard links, maybe to a file outside the task folder)
+/// is replaced, never written through. A first mirror finds nothing there and pays one
+/// `openat`. Records the destination as written.
 fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) -> Result<OwnedFd> {
     let flags =
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let create_mode = Mode::from_bits_truncate(mode & 0o777);
     let fd = match nix::fcntl::openat(&pair.dst, name, flags, create_mode) {
         Ok(fd) => fd,
-        Err(Errno::ELOOP | Errno::EACCES | Errno::ETXTBSY) => {
+        Err(Errno::EEXIST) => {
             replace_non_dir(pair, name)?;
-            nix::fcntl::openat(&pair.dst, name, flags | OFlag::O_EXCL, create_mode)
+            nix::fcntl::openat(&pair.dst, name, flags, create_mode)
                 .map_err(|e| dst_error(pair, name, e))?
         }
         Err(e) => return Err(dst_error(pair, name, e)),

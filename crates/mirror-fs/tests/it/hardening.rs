@@ -524,3 +524,22 @@ fn the_startup_folder_is_opened_beneath_the_task_folder() {
     assert!(matches!(err, Error::StartupMissing { .. }), "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+#[test]
+fn a_copy_hard_linked_to_a_file_outside_is_replaced_not_written_through() {
+    let fx = Fixture::new();
+    let outside = elsewhere(&fx);
+    fs::write(outside.join("key"), "precious").unwrap();
+    fx.file("a.cir", b"netlist");
+    let map = MirrorMap::new().entry(fx.src("a.cir"), ".").unwrap();
+    let mut folder = MirroredFolder::mirror(&map, &fx.task, &MirrorOptions::new()).unwrap();
+    fs::remove_file(fx.dst("a.cir")).unwrap();
+    fs::hard_link(outside.join("key"), fx.dst("a.cir")).unwrap();
+    folder.refresh(&MirrorOptions::new()).unwrap();
+    assert_eq!(fs::read(fx.dst("a.cir")).unwrap(), b"netlist");
+    assert_eq!(fs::read(outside.join("key")).unwrap(), b"precious");
+    fs::remove_file(fx.dst("a.cir")).unwrap();
+    fs::hard_link(outside.join("key"), fx.dst("a.cir")).unwrap();
+    mirror(&map, &fx.task, &MirrorOptions::new()).unwrap();
+    assert_eq!(fs::read(outside.join("key")).unwrap(), b"precious");
+}
