@@ -1237,6 +1237,15 @@ impl<'r> Changes<'r> {
                 None => &self.new_tops[id as usize - m.dirs.len()].1,
             }
         };
+        // Every destination folder this refresh writes into is checked first, so a symlink
+        // a task planted on the way is refused before anything is written.
+        let live = |id: &&u32| (**id as usize) >= m.dirs.len() || !self.dead_dirs[**id as usize];
+        for &id in self.ensure.iter().chain(self.copy.keys()).filter(live) {
+            root.check(dir_dst(id), dir_src(id))?;
+        }
+        for nd in &self.new_dirs {
+            root.check(&nd.dst, &nd.src)?;
+        }
         // Destinations the tasks deleted come back first, parents before children (folder
         // ids follow destination order).
         let mut writable: BTreeMap<PathBuf, u32> = BTreeMap::new();

@@ -103,7 +103,10 @@ fn a_persistent_folder_with_a_planted_symlink_is_not_refreshed_through_it() {
         let outside = elsewhere(&fx);
         fx.file("top.cir", b"v1");
         fx.file("lib/sub/m.lib", b"model");
+        fx.file("z/other.cir", b"o1");
         let map = MirrorMap::new()
+            .entry(fx.src("z/other.cir"), ".")
+            .unwrap()
             .entry(fx.src("top.cir"), "in/put")
             .unwrap()
             .entry(fx.src("lib"), ".")
@@ -116,12 +119,18 @@ fn a_persistent_folder_with_a_planted_symlink_is_not_refreshed_through_it() {
         symlink(&outside, fx.dst("lib/sub")).unwrap();
         fs::write(fx.src("top.cir"), b"v2 longer").unwrap();
         fs::write(fx.src("lib/sub/m.lib"), b"model 2").unwrap();
+        fs::write(fx.src("z/other.cir"), b"o2 longer").unwrap();
         let err = folder.refresh(&options).unwrap_err();
         assert!(
             matches!(err, Error::TargetSymlink { .. }),
             "expected a refused symlink, got: {err}"
         );
         assert_untouched(&outside);
+        assert_eq!(
+            fs::read(fx.dst("other.cir")).unwrap(),
+            b"o1",
+            "nothing is written before the symlink is refused"
+        );
         // The stateless refresh of another process refuses it as well.
         let err = refresh(&map, &fx.task, &options).unwrap_err();
         assert!(
