@@ -18,17 +18,20 @@ use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
+use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
+use crate::beneath::{TaskRoot, remove_tree_at};
 use crate::error::{Error, Result};
 use crate::glob::{self, path_has_glob};
 use crate::manifest::Sig;
@@ -36,6 +39,9 @@ use crate::map::MirrorMap;
 
 /// A progress callback; see [`MirrorOptions::progress`].
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// A test hook given a source path (see [`MirrorOptions::after_copy`]).
+type PathHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 /// A snapshot of a running mirror, given to the progress callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,6 +63,8 @@ pub struct MirrorOptions {
     no_inotify: bool,
     untrusted_sources: bool,
     full_scan_every: Option<std::time::Duration>,
+    no_openat2: bool,
+    after_copy: Option<PathHook>,
 }
 
 impl std::fmt::Debug for MirrorOptions {
@@ -66,6 +74,7 @@ impl std::fmt::Debug for MirrorOptions {
             .field("threads", &self.threads)
             .field("no_inotify", &self.no_inotify)
             .field("untrusted_sources", &self.untrusted_sources)
+            .field("no_openat2", &self.no_openat2)
             .finish_non_exhaustive()
     }
 }
@@ -97,10 +106,10 @@ impl MirrorOptions {
         self
     }
 
-    /// Test seam: [`crate::MirroredFolder`] does not watch the task folder with inotify, as
-    /// if the kernel refused it, so every refresh verifies every destination. Not part of
-    /// the stable API.
-    #[doc(hidden)]
+    /// [`crate::MirroredFolder`] watches neither the task folder nor the sources with
+    /// inotify, as if the kernel refused it: every refresh looks at every source and
+    /// verifies every copy. For a process that mirrors or refreshes once and exits (as
+    /// `parvm mirror` does), where a watch would cost and hear nothing. Default: watch.
     pub fn no_inotify(mut self) -> MirrorOptions {
         self.no_inotify = true;
         self
@@ -122,6 +131,28 @@ impl MirrorOptions {
     pub fn full_scan_every(mut self, every: std::time::Duration) -> MirrorOptions {
         self.full_scan_every = Some(every);
         self
+    }
+
+    /// Test seam: resolves every destination folder component by component, as on a
+    /// kernel without `openat2`. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn no_openat2(mut self) -> MirrorOptions {
+        self.no_openat2 = true;
+        self
+    }
+
+    /// Test seam: runs `f` with the source's path after each file's data is copied and
+    /// before the copy is checked against the source (used to change a source during its
+    /// copy at a known moment). Not part of the stable API.
+    #[doc(hidden)]
+    pub fn after_copy(mut self, f: impl Fn(&Path) + Send + Sync + 'static) -> MirrorOptions {
+        self.after_copy = Some(Arc::new(f));
+        self
+    }
+
+    /// Opens the task folder for resolving destinations beneath it.
+    pub(crate) fn task_root(&self, task_dir: &Path) -> Result<TaskRoot> {
+        TaskRoot::open(task_dir, !self.no_openat2)
     }
 
     pub(crate) fn full_scan_interval(&self) -> std::time::Duration {
@@ -172,19 +203,26 @@ pub struct MirrorReport {
 /// Copies everything `map` names into `task_dir`, entry by entry.
 ///
 /// For each (source, target), the source glob is expanded and every match copied into
-/// `<task_dir>/<target>/` (created when missing): a folder recursively as
-/// `<target>/<name>/` with symlinks inside kept as symlinks, a file by content as
-/// `<target>/<name>`, a symlink matched at the top level followed. File and folder modes and
-/// modification times are kept. Files already in the task folder are overwritten.
+/// `<task_dir>/<target>/` (created when missing, with mode 0777 less the umask): a folder
+/// recursively as `<target>/<name>/` with symlinks inside kept as symlinks, a file by
+/// content as `<target>/<name>`, a symlink matched at the top level followed (only into the
+/// map's roots, see [`MirrorMap::within`]). File and folder modes and modification times
+/// are kept. Files already in the task folder are overwritten. Everything is written
+/// beneath `task_dir` (which must exist) without following a symlink.
 ///
 /// # Errors
 ///
 /// [`Error::SourceMissing`] for a literal source that does not exist (a glob that matches
-/// nothing is listed in [`MirrorReport::unmatched`] instead); [`Error::NotAFolder`] when
-/// something that is not a folder stands where a folder must go; [`Error::SourceVanished`]
-/// when a source disappears while being copied; [`Error::DiskFull`] when the destination is
-/// full; [`Error::Copy`], [`Error::Read`] or [`Error::Create`] for other failures. When
-/// copying fails, the files and folders this call created are removed again.
+/// nothing is listed in [`MirrorReport::unmatched`] instead); [`Error::TargetSymlink`] for a
+/// symlink on the way to a target, checked before anything is written;
+/// [`Error::LinkOutsideRoots`], [`Error::DanglingLink`] or [`Error::NotCopyable`] for a
+/// top-level match that is a symlink out of the roots or to nothing, or a fifo or device;
+/// [`Error::NotAFolder`] when something that is not a folder stands where a folder must go;
+/// [`Error::SourceVanished`] when a source disappears while being copied;
+/// [`Error::SourceChanged`] when one keeps changing while it is copied; [`Error::DiskFull`]
+/// when the destination is full; [`Error::TaskFolder`] when `task_dir` cannot be opened;
+/// [`Error::Copy`], [`Error::Read`] or [`Error::Create`] for other failures. When copying
+/// fails, the files and folders this call created are removed again.
 pub fn mirror(map: &MirrorMap, task_dir: &Path, options: &MirrorOptions) -> Result<MirrorReport> {
     run(map, task_dir, options, Mode_::Full, None).map(|(report, _)| report)
 }
@@ -219,15 +257,20 @@ pub(crate) fn run(
     mut plan: Option<&mut Plan>,
 ) -> Result<(MirrorReport, Recorded)> {
     let start = Instant::now();
+    let root = options.task_root(task_dir)?;
     let mut created = Created::default();
     let record = plan.is_some();
     let result =
-        prepare(map, task_dir, mode, &mut created, plan.as_deref_mut()).and_then(|prepared| {
+        prepare(map, &root, mode, &mut created, plan.as_deref_mut()).and_then(|prepared| {
             if let Some(hook) = &options.after_plan {
                 hook();
             }
             let first_id = plan.as_ref().map_or(0, |p| p.next_id);
-            execute(prepared, options, mode, &mut created, first_id, record)
+            let ctx = Ctx {
+                root: &root,
+                roots: map.roots(),
+            };
+            execute(prepared, options, mode, &mut created, first_id, record, ctx)
         });
     match result {
         Ok((mut report, recorded)) => {
@@ -235,7 +278,7 @@ pub(crate) fn run(
             Ok((report, recorded))
         }
         Err(e) => {
-            created.undo();
+            created.undo(&root);
             Err(e)
         }
     }
@@ -249,18 +292,53 @@ pub(crate) struct Created {
 }
 
 impl Created {
-    pub(crate) fn undo(&self) {
+    /// Removes what was created, beneath the task folder and without following a symlink.
+    pub(crate) fn undo(&self, root: &TaskRoot) {
+        let remove = |path: &Path, dir: bool| {
+            let result = root.parent_of(path, path).and_then(|(parent, name)| {
+                let removed = if dir {
+                    remove_tree_at(&parent, &name)
+                } else {
+                    nix::unistd::unlinkat(&parent, name.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                };
+                match removed {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(Error::Create {
+                        path: path.to_path_buf(),
+                        source: e.into(),
+                    }),
+                }
+            });
+            // A parent already gone leaves nothing to remove.
+            if let Err(e) = result
+                && path_exists_beneath(root, path)
+            {
+                tracing::warn!("cannot remove partial copy `{}`: {e}", path.display());
+            }
+        };
         for file in &self.files {
-            let _ = fs::remove_file(file);
+            remove(file, false);
         }
         for dir in self.dirs.iter().rev() {
-            match fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("cannot remove partial copy `{}`: {e}", dir.display()),
-            }
+            remove(dir, true);
         }
     }
+}
+
+/// True when something stands at `path` beneath the task folder (a parent that is gone
+/// means there is nothing left to remove).
+fn path_exists_beneath(root: &TaskRoot, path: &Path) -> bool {
+    root.parent_of(path, path).is_ok_and(|(parent, name)| {
+        nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    })
+}
+
+/// What every worker of a run shares: where the destinations are, and the roots the
+/// sources are confined to.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'r> {
+    pub(crate) root: &'r TaskRoot,
+    pub(crate) roots: &'r [PathBuf],
 }
 
 /// A source folder and its destination folder, both open.
@@ -274,6 +352,10 @@ pub(crate) struct DirPair {
     /// The destination folder's identity when this pair holds it writable for its owner
     /// (see [`DirPair::open`]).
     loosened: Option<FolderId>,
+    /// The source folder holds top-level matches, followed when they are symlinks (and
+    /// then checked to stay inside the mirrored roots); entries of copied folders are
+    /// never followed.
+    top: bool,
 }
 
 impl DirPair {
@@ -281,16 +363,52 @@ impl DirPair {
     /// from a read-only source folder is read-only too, and its owner cannot add to it
     /// unless root: it is made writable for its owner while the pair lives, and its mode
     /// is set back when the pair is dropped (the run sets the source's mode at its end).
-    pub(crate) fn open(id: u32, src_path: PathBuf, dst_path: PathBuf) -> Result<DirPair> {
-        let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty())
-            .map_err(|e| vanished_or_read(&src_path, e))?;
-        let create_err = |e: Errno| Error::Create {
+    ///
+    /// `parent` is the pair of the folders this one was listed in, with its name there:
+    /// both sides are then opened relative to it, never through a symlink. Without it, the
+    /// source is opened by path (a top-level match, checked when planned) and the
+    /// destination beneath the task folder.
+    pub(crate) fn open(
+        id: u32,
+        src_path: PathBuf,
+        dst_path: PathBuf,
+        parent: Option<&(Arc<DirPair>, CString)>,
+        ctx: Ctx<'_>,
+    ) -> Result<DirPair> {
+        let (src, dst) = match parent {
+            Some((parent, name)) => {
+                let flags = dir_flags() | OFlag::O_NOFOLLOW;
+                let src = nix::fcntl::openat(&parent.src, name.as_c_str(), flags, Mode::empty())
+                    .map_err(|e| match e {
+                        // It was a folder when listed: replaced meanwhile.
+                        Errno::ELOOP | Errno::ENOTDIR => Error::SourceVanished {
+                            path: src_path.clone(),
+                        },
+                        e => vanished_or_read(&src_path, e),
+                    })?;
+                let dst = nix::fcntl::openat(&parent.dst, name.as_c_str(), flags, Mode::empty())
+                    .map_err(|e| match e {
+                        Errno::ELOOP | Errno::ENOTDIR => {
+                            ctx.root.in_the_way(&parent.dst, name, &dst_path, &src_path)
+                        }
+                        e => Error::Create {
+                            path: dst_path.clone(),
+                            source: e.into(),
+                        },
+                    })?;
+                (src, dst)
+            }
+            None => {
+                let src = nix::fcntl::open(&src_path, dir_flags(), Mode::empty())
+                    .map_err(|e| vanished_or_read(&src_path, e))?;
+                check_opened_within(&src, &src_path, ctx.roots)?;
+                (src, ctx.root.open_dir(&dst_path, &src_path)?)
+            }
+        };
+        let loosened = loosen(&dst).map_err(|e| Error::Create {
             path: dst_path.clone(),
             source: e.into(),
-        };
-        let dst = nix::fcntl::open(&dst_path, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
-            .map_err(create_err)?;
-        let loosened = loosen(&dst).map_err(create_err)?;
+        })?;
         Ok(DirPair {
             id,
             src_path,
@@ -298,7 +416,20 @@ impl DirPair {
             src,
             dst,
             loosened,
+            top: false,
         })
+    }
+
+    /// As [`DirPair::open`] for the parent folder of top-level file matches.
+    pub(crate) fn open_top(
+        id: u32,
+        src_path: PathBuf,
+        dst_path: PathBuf,
+        ctx: Ctx<'_>,
+    ) -> Result<DirPair> {
+        let mut pair = DirPair::open(id, src_path, dst_path, None, ctx)?;
+        pair.top = true;
+        Ok(pair)
     }
 
     fn src_of(&self, name: &CStr) -> PathBuf {
@@ -383,8 +514,14 @@ pub(crate) enum Kind {
 
 /// A piece of work for the pool.
 pub(crate) enum Unit {
-    /// List a source folder whose destination folder exists already.
-    Dir { id: u32, src: PathBuf, dst: PathBuf },
+    /// List a source folder whose destination folder exists already; `parent` is the pair
+    /// it was found in, with its name there (`None` for a top-level match).
+    Dir {
+        id: u32,
+        src: PathBuf,
+        dst: PathBuf,
+        parent: Option<(Arc<DirPair>, CString)>,
+    },
     /// Copy these entries of one folder pair.
     Names {
         pair: Arc<DirPair>,
@@ -476,20 +613,23 @@ pub(crate) struct Prepared {
 
 fn prepare(
     map: &MirrorMap,
-    task_dir: &Path,
+    root: &TaskRoot,
     mode: Mode_,
     created: &mut Created,
     mut plan: Option<&mut Plan>,
 ) -> Result<Prepared> {
-    // Every source is checked before anything is created or copied.
+    // Every source and every target is checked before anything is created or copied.
+    let task_dir = root.path();
     let mut resolved = Vec::new();
     let mut unmatched = Vec::new();
+    let mut folders = FolderCheck::new(map.roots());
     for (index, entry) in map.entries().iter().enumerate() {
         let target = if entry.target.as_os_str().is_empty() {
             task_dir.to_path_buf()
         } else {
             task_dir.join(&entry.target)
         };
+        root.check(&target, &entry.source)?;
         let matches = match plan.as_deref_mut() {
             Some(plan) => {
                 let mut folders = Vec::new();
@@ -526,30 +666,28 @@ fn prepare(
                         "the source has no file name to copy it under",
                     ),
                 })?;
-            // A match at the top level is followed when it is a symlink.
-            let meta = fs::metadata(&from).map_err(|source| match source.kind() {
-                ErrorKind::NotFound => Error::SourceMissing { path: from.clone() },
-                _ => Error::Read {
-                    path: from.clone(),
-                    source,
-                },
-            })?;
+            // A match at the top level is followed when it is a symlink into the roots.
+            let meta = folders.top_match(&from)?;
             found.push((from, name, meta));
         }
         resolved.push((index, entry.source.clone(), target, found));
     }
 
+    let ctx = Ctx {
+        root,
+        roots: map.roots(),
+    };
     let mut units = Vec::new();
     let mut next_id = 0u32;
     for (index, source, target, found) in resolved {
-        ensure_dir_all(&target, &source, created)?;
+        root.create_dir_all(&target, &source, created)?;
         let mut files: Vec<(CString, Kind)> = Vec::new();
         let mut files_parent: Option<(u32, PathBuf)> = None;
         for (from, name, meta) in found {
             let to = target.join(&name);
             if meta.is_dir() {
                 // Its mode and times are recorded when a worker lists it.
-                make_dir(&to, &from, mode, created)?;
+                root.make_dir(&to, &from, mode, created)?;
                 let id = next_id;
                 next_id += 1;
                 if let Some(plan) = plan.as_deref_mut() {
@@ -559,8 +697,9 @@ fn prepare(
                     id,
                     src: from,
                     dst: to,
+                    parent: None,
                 });
-            } else if meta.is_file() {
+            } else {
                 let parent = from
                     .parent()
                     .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -578,15 +717,13 @@ fn prepare(
                             id
                         }
                     };
-                    flush_files(&mut units, files_parent.take(), &target, &mut files)?;
+                    flush_files(&mut units, files_parent.take(), &target, &mut files, ctx)?;
                     files_parent = Some((id, parent));
                 }
                 files.push((cstring(&name, &from)?, Kind::File));
-            } else {
-                tracing::warn!("skipping `{}`: neither a file nor a folder", from.display());
             }
         }
-        flush_files(&mut units, files_parent, &target, &mut files)?;
+        flush_files(&mut units, files_parent, &target, &mut files, ctx)?;
     }
     if let Some(plan) = plan {
         plan.next_id = next_id;
@@ -599,11 +736,12 @@ fn flush_files(
     parent: Option<(u32, PathBuf)>,
     target: &Path,
     files: &mut Vec<(CString, Kind)>,
+    ctx: Ctx<'_>,
 ) -> Result<()> {
     if let Some((id, parent)) = parent
         && !files.is_empty()
     {
-        let pair = Arc::new(DirPair::open(id, parent, target.to_path_buf())?);
+        let pair = Arc::new(DirPair::open_top(id, parent, target.to_path_buf(), ctx)?);
         units.push(Unit::Names {
             pair,
             names: std::mem::take(files),
@@ -619,71 +757,130 @@ pub(crate) fn cstring(name: &OsStr, from: &Path) -> Result<CString> {
     })
 }
 
-/// Creates `dir` and its missing parents; refuses a non-folder (or a symlink) in the way.
-pub(crate) fn ensure_dir_all(dir: &Path, from: &Path, created: &mut Created) -> Result<()> {
-    match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Error::NotAFolder {
-                path: dir.to_path_buf(),
-                from: from.to_path_buf(),
-            });
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(Error::Create {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
-    }
-    if let Some(parent) = dir.parent() {
-        ensure_dir_all(parent, from, created)?;
-    }
-    make_dir(dir, from, Mode_::Full, created)
+/// Checks the top-level matches of a map: what each is, and that it stays inside the
+/// mirrored roots. The folders the matches are in are resolved once each.
+pub(crate) struct FolderCheck<'r> {
+    roots: &'r [PathBuf],
+    /// Folders of matches found inside the roots already.
+    inside: std::collections::HashSet<PathBuf>,
 }
 
-/// Creates one folder (owner-writable until its mode is set at the end), recording it when
-/// this call created it. An existing folder is fine; anything else in the way is an error.
-pub(crate) fn make_dir(dir: &Path, from: &Path, mode: Mode_, created: &mut Created) -> Result<()> {
-    let in_the_way = || Error::NotAFolder {
-        path: dir.to_path_buf(),
-        from: from.to_path_buf(),
+impl<'r> FolderCheck<'r> {
+    pub(crate) fn new(roots: &'r [PathBuf]) -> FolderCheck<'r> {
+        FolderCheck {
+            roots,
+            inside: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The metadata of top-level match `from`, followed when it is a symlink: refused when
+    /// it resolves outside every root (a symlink, or a folder on the way that is one), when
+    /// it is a symlink to nothing, or when it is neither a file nor a folder (a fifo would
+    /// hang the copy, a device has no end).
+    pub(crate) fn top_match(&mut self, from: &Path) -> Result<fs::Metadata> {
+        let read_err = |source: io::Error| match source.kind() {
+            ErrorKind::NotFound => Error::SourceMissing {
+                path: from.to_path_buf(),
+            },
+            _ => Error::Read {
+                path: from.to_path_buf(),
+                source,
+            },
+        };
+        let lmeta = fs::symlink_metadata(from).map_err(read_err)?;
+        let meta = if lmeta.file_type().is_symlink() {
+            let target = fs::read_link(from).map_err(read_err)?;
+            let resolved = match fs::canonicalize(from) {
+                Ok(resolved) => resolved,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                    ) =>
+                {
+                    return Err(Error::DanglingLink {
+                        link: from.to_path_buf(),
+                        target,
+                    });
+                }
+                Err(e) => return Err(read_err(e)),
+            };
+            if !self.within(&resolved) {
+                return Err(Error::LinkOutsideRoots {
+                    link: from.to_path_buf(),
+                    target: resolved,
+                    roots: crate::translate::list_roots(self.roots),
+                });
+            }
+            fs::metadata(from).map_err(read_err)?
+        } else {
+            if !self.roots.is_empty()
+                && let Some(parent) = from.parent()
+                && !self.inside.contains(parent)
+            {
+                let resolved = fs::canonicalize(parent).map_err(read_err)?;
+                if !self.within(&resolved) {
+                    return Err(Error::NoRoot {
+                        path: resolved.join(from.file_name().unwrap_or_default()),
+                        roots: crate::translate::list_roots(self.roots),
+                    });
+                }
+                self.inside.insert(parent.to_path_buf());
+            }
+            lmeta
+        };
+        let kind = meta.file_type();
+        if kind.is_dir() || kind.is_file() {
+            return Ok(meta);
+        }
+        Err(Error::NotCopyable {
+            path: from.to_path_buf(),
+            kind: special_kind(meta.mode()),
+        })
+    }
+
+    fn within(&self, resolved: &Path) -> bool {
+        within(self.roots, resolved)
+    }
+}
+
+/// True when `resolved` lies in one of `roots`, or when there are no roots to keep to.
+pub(crate) fn within(roots: &[PathBuf], resolved: &Path) -> bool {
+    roots.is_empty() || roots.iter().any(|r| resolved.starts_with(r))
+}
+
+/// Names a file type that mirroring does not copy.
+pub(crate) fn special_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFIFO => "fifo",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFLNK => "symlink",
+        _ => "special file",
+    }
+}
+
+/// Checks that an open top-level source (reached by path, maybe through a symlink that
+/// was changed after it was checked) is inside the roots: what the descriptor is, not what
+/// a path said a moment ago. Costs one `readlink` of `/proc/self/fd`; where `/proc` is not
+/// mounted, the check when planning stands alone.
+fn check_opened_within(fd: &OwnedFd, path: &Path, roots: &[PathBuf]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let Ok(resolved) = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+        return Ok(());
     };
-    if mode == Mode_::Refresh {
-        match nix::sys::stat::lstat(dir) {
-            Ok(st) if is_dir(&st) => return Ok(()),
-            Ok(_) => return Err(in_the_way()),
-            Err(_) => {}
-        }
+    if within(roots, &resolved) {
+        return Ok(());
     }
-    match nix::unistd::mkdir(dir, Mode::S_IRWXU) {
-        Ok(()) => {
-            created.dirs.push(dir.to_path_buf());
-            Ok(())
-        }
-        Err(Errno::EEXIST) => match nix::sys::stat::lstat(dir) {
-            Ok(st) if is_dir(&st) => Ok(()),
-            Ok(_) => Err(in_the_way()),
-            Err(e) => Err(Error::Create {
-                path: dir.to_path_buf(),
-                source: e.into(),
-            }),
-        },
-        Err(Errno::ENOTDIR) => Err(Error::NotAFolder {
-            path: dir.parent().unwrap_or(dir).to_path_buf(),
-            from: from.to_path_buf(),
-        }),
-        Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => Err(Error::DiskFull {
-            from: from.to_path_buf(),
-            to: dir.to_path_buf(),
-            source: e.into(),
-        }),
-        Err(e) => Err(Error::Create {
-            path: dir.to_path_buf(),
-            source: e.into(),
-        }),
-    }
+    Err(Error::LinkOutsideRoots {
+        link: path.to_path_buf(),
+        target: resolved,
+        roots: crate::translate::list_roots(roots),
+    })
 }
 
 pub(crate) fn is_dir(st: &FileStat) -> bool {
@@ -732,8 +929,8 @@ struct QueueState {
     active: usize,
 }
 
-#[derive(Default)]
-struct Shared {
+struct Shared<'r> {
+    ctx: Ctx<'r>,
     queue: Mutex<QueueState>,
     ready: Condvar,
     abort: AtomicBool,
@@ -746,7 +943,7 @@ struct Shared {
     record: bool,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A worker that panicked while holding the lock left consistent data: the queue is a
         // plain list and counter, so poisoning is ignored.
@@ -818,6 +1015,7 @@ pub(crate) fn execute(
     created: &mut Created,
     first_id: u32,
     record: bool,
+    ctx: Ctx<'_>,
 ) -> Result<(MirrorReport, Recorded)> {
     let Prepared { units, unmatched } = prepared;
     let found: usize = units
@@ -840,10 +1038,16 @@ pub(crate) fn execute(
     };
 
     let shared = Shared {
+        ctx,
+        queue: Mutex::default(),
+        ready: Condvar::new(),
+        abort: AtomicBool::new(false),
+        found: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
         threads,
         next_id: AtomicU32::new(first_id),
         record,
-        ..Shared::default()
     };
     shared.found.store(found as u64, Ordering::Relaxed);
     shared.add(units);
@@ -908,7 +1112,7 @@ pub(crate) fn execute(
     // Deepest first, so setting a folder's time is not undone by work in its children.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.to.components().count()));
     for dir in &dirs {
-        set_dir_attrs(dir, mode)?;
+        set_dir_attrs(dir, mode, ctx.root)?;
     }
     if mode == Mode_::Full {
         report.dirs = dirs.len() as u64;
@@ -924,30 +1128,39 @@ pub(crate) fn execute(
     Ok((report, recorded))
 }
 
-pub(crate) fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
+/// Gives a destination folder its mode and times, through its parent folder opened beneath
+/// the task folder (the folder itself may be unreadable already, or not ours to open).
+pub(crate) fn set_dir_attrs(dir: &DirAttrs, mode: Mode_, root: &TaskRoot) -> Result<()> {
     let err = |e: Errno| Error::Copy {
         from: dir.from.clone(),
         to: dir.to.clone(),
         source: e.into(),
     };
+    let (parent, name) = root.parent_of(&dir.to, &dir.from)?;
+    let st = nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(err)?;
+    if !is_dir(&st) {
+        return Err(root.in_the_way(&parent, &name, &dir.to, &dir.from));
+    }
     if mode == Mode_::Refresh
-        && let Ok(st) = nix::sys::stat::lstat(&dir.to)
         && st.st_mode & 0o7777 == dir.mode
         && st.st_mtime == dir.mtime.tv_sec()
         && st.st_mtime_nsec == dir.mtime.tv_nsec()
     {
         return Ok(());
     }
+    // It was a folder a moment ago, in a parent reached without symlinks: `fchmodat` has
+    // no way not to follow one.
     nix::sys::stat::fchmodat(
-        AT_FDCWD,
-        &dir.to,
+        &parent,
+        name.as_c_str(),
         Mode::from_bits_truncate(dir.mode),
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(err)?;
     nix::sys::stat::utimensat(
-        AT_FDCWD,
-        &dir.to,
+        &parent,
+        name.as_c_str(),
         &dir.atime,
         &dir.mtime,
         UtimensatFlags::NoFollowSymlink,
@@ -956,7 +1169,7 @@ pub(crate) fn set_dir_attrs(dir: &DirAttrs, mode: Mode_) -> Result<()> {
 }
 
 struct Worker<'a> {
-    shared: &'a Shared,
+    shared: &'a Shared<'a>,
     options: &'a MirrorOptions,
     mode: Mode_,
     error: Option<Error>,
@@ -975,7 +1188,7 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(shared: &'a Shared, options: &'a MirrorOptions, mode: Mode_) -> Worker<'a> {
+    fn new(shared: &'a Shared<'a>, options: &'a MirrorOptions, mode: Mode_) -> Worker<'a> {
         Worker {
             shared,
             options,
@@ -998,7 +1211,12 @@ impl<'a> Worker<'a> {
     fn run(&mut self) {
         while let Some(unit) = self.shared.take() {
             let result = match unit {
-                Unit::Dir { id, src, dst } => self.list(id, src, dst),
+                Unit::Dir {
+                    id,
+                    src,
+                    dst,
+                    parent,
+                } => self.list(id, src, dst, parent.as_ref()),
                 Unit::Names { pair, names } => self.names(&pair, names),
             };
             if let Err(e) = result {
@@ -1012,8 +1230,14 @@ impl<'a> Worker<'a> {
 
     /// Lists one source folder: creates its subfolders, queues them, and copies its entries
     /// (the first batch here, the rest queued for any worker).
-    fn list(&mut self, id: u32, src: PathBuf, dst: PathBuf) -> Result<()> {
-        let pair = Arc::new(DirPair::open(id, src, dst)?);
+    fn list(
+        &mut self,
+        id: u32,
+        src: PathBuf,
+        dst: PathBuf,
+        parent: Option<&(Arc<DirPair>, CString)>,
+    ) -> Result<()> {
+        let pair = Arc::new(DirPair::open(id, src, dst, parent, self.shared.ctx)?);
         // Taken before listing: an entry added while the folder is listed changes the
         // folder's time after this, so a later refresh lists it again.
         let st =
@@ -1037,6 +1261,7 @@ impl<'a> Worker<'a> {
                         id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
                         src: pair.src_of(name),
                         dst: pair.dst_of(name),
+                        parent: Some((Arc::clone(&pair), name.to_owned())),
                     });
                 }
                 nix::dir::Type::File => names.push((name.to_owned(), Kind::File)),
@@ -1096,10 +1321,9 @@ impl<'a> Worker<'a> {
 
     /// Creates the destination of a subfolder; an existing folder is fine.
     fn subdir(&mut self, pair: &DirPair, name: &CStr) -> Result<()> {
-        let in_the_way = || Error::NotAFolder {
-            path: pair.dst_of(name),
-            from: pair.src_of(name),
-        };
+        let root = self.shared.ctx.root;
+        let in_the_way =
+            || root.in_the_way(&pair.dst, name, &pair.dst_of(name), &pair.src_of(name));
         if self.mode == Mode_::Refresh {
             match nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if is_dir(&st) => return Ok(()),
@@ -1177,7 +1401,14 @@ impl<'a> Worker<'a> {
             self.skipped += 1;
             return Ok(None);
         }
-        let (bytes, st) = copy_file(pair, name, &mut self.buf, &mut self.written)?;
+        let (bytes, st) = copy_file(
+            pair,
+            name,
+            self.shared.ctx.roots,
+            self.options.after_copy.as_deref(),
+            &mut self.buf,
+            &mut self.written,
+        )?;
         self.total_bytes += bytes;
         self.files += 1;
         Ok(Some(Sig::of(&st)))
@@ -1249,7 +1480,12 @@ pub(crate) fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
 /// True when the destination is a regular file with the size, modification time and mode of
 /// the source.
 fn up_to_date(pair: &DirPair, name: &CStr) -> Result<bool> {
-    let src = nix::sys::stat::fstatat(&pair.src, name, AtFlags::empty())
+    let follow = if pair.top {
+        AtFlags::empty()
+    } else {
+        AtFlags::AT_SYMLINK_NOFOLLOW
+    };
+    let src = nix::sys::stat::fstatat(&pair.src, name, follow)
         .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
     let Ok(dst) = nix::sys::stat::fstatat(&pair.dst, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return Ok(false);
@@ -1285,17 +1521,19 @@ fn dst_error(pair: &DirPair, name: &CStr, e: Errno) -> Error {
     }
 }
 
-/// Opens the destination for writing, replacing a symlink or a read-only file in the way
-/// (never writing through a symlink). Records the destination as written.
+/// Opens the destination for writing as a new file: whatever stands there (a symlink, a
+/// read-only file, a file with other hard links, maybe to a file outside the task folder)
+/// is replaced, never written through. A first mirror finds nothing there and pays one
+/// `openat`. Records the destination as written.
 fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) -> Result<OwnedFd> {
     let flags =
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let create_mode = Mode::from_bits_truncate(mode & 0o777);
     let fd = match nix::fcntl::openat(&pair.dst, name, flags, create_mode) {
         Ok(fd) => fd,
-        Err(Errno::ELOOP | Errno::EACCES | Errno::ETXTBSY) => {
+        Err(Errno::EEXIST) => {
             replace_non_dir(pair, name)?;
-            nix::fcntl::openat(&pair.dst, name, flags | OFlag::O_EXCL, create_mode)
+            nix::fcntl::openat(&pair.dst, name, flags, create_mode)
                 .map_err(|e| dst_error(pair, name, e))?
         }
         Err(e) => return Err(dst_error(pair, name, e)),
@@ -1304,37 +1542,95 @@ fn open_dst(pair: &DirPair, name: &CStr, mode: u32, written: &mut Vec<PathBuf>) 
     Ok(fd)
 }
 
-/// Copies one file by content, with its mode and times; returns the bytes copied.
+/// How many times a file that changes while it is copied is copied again before giving up.
+pub(crate) const COPY_TRIES: u32 = 4;
+
+/// Opens a source file for reading. An entry of a copied folder is never followed (it was
+/// a file when listed: a symlink there now was put in meanwhile); a top-level match is,
+/// and the file it reaches must be inside the roots. `O_NONBLOCK`, which regular files
+/// ignore, keeps a fifo put in the file's place from hanging the open.
+fn open_src(pair: &DirPair, name: &CStr, roots: &[PathBuf]) -> Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let path = || pair.src_of(name);
+    match nix::fcntl::openat(&pair.src, name, flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP) if pair.top => {
+            let fd = nix::fcntl::openat(&pair.src, name, flags, Mode::empty())
+                .map_err(|e| vanished_or_read(&path(), e))?;
+            check_opened_within(&fd, &path(), roots)?;
+            Ok(fd)
+        }
+        Err(Errno::ELOOP) => Err(Error::SourceVanished { path: path() }),
+        Err(e) => Err(vanished_or_read(&path(), e)),
+    }
+}
+
+/// True when a source's metadata after its copy (`after`) says it did not change since it
+/// was opened (`before`): size, modification and change times.
+fn unchanged(before: &FileStat, after: &FileStat) -> bool {
+    before.st_size == after.st_size
+        && before.st_mtime == after.st_mtime
+        && before.st_mtime_nsec == after.st_mtime_nsec
+        && before.st_ctime == after.st_ctime
+        && before.st_ctime_nsec == after.st_ctime_nsec
+}
+
+/// Copies one file by content, with its mode and times; returns the bytes copied and the
+/// source's metadata as copied.
+///
+/// A copy is kept only when it has the size the source had when opened and the source's
+/// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
+/// or grown during its copy is copied again, up to [`COPY_TRIES`] times, then refused with
+/// [`Error::SourceChanged`] rather than leaving a copy that matches no version of it.
 fn copy_file(
     pair: &DirPair,
     name: &CStr,
+    roots: &[PathBuf],
+    after_copy: Option<&(dyn Fn(&Path) + Send + Sync)>,
     buf: &mut Vec<u8>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(u64, FileStat)> {
-    // Top-level matches that are symlinks are followed here, on purpose.
-    let src = nix::fcntl::openat(
-        &pair.src,
-        name,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
-    let st = nix::sys::stat::fstat(&src).map_err(|e| vanished_or_read(&pair.src_of(name), e))?;
-    if !is_file(&st) {
-        // It was a file when listed: it was replaced meanwhile.
-        return Err(Error::SourceVanished {
-            path: pair.src_of(name),
-        });
+    let stat_err = |e: Errno| vanished_or_read(&pair.src_of(name), e);
+    for _ in 0..COPY_TRIES {
+        let src = open_src(pair, name, roots)?;
+        let st = nix::sys::stat::fstat(&src).map_err(stat_err)?;
+        if !is_file(&st) {
+            if pair.top && !is_dir(&st) {
+                return Err(Error::NotCopyable {
+                    path: pair.src_of(name),
+                    kind: special_kind(st.st_mode),
+                });
+            }
+            // It was a file when listed: it was replaced meanwhile.
+            return Err(Error::SourceVanished {
+                path: pair.src_of(name),
+            });
+        }
+        let mode = st.st_mode & 0o7777;
+        let dst = open_dst(pair, name, mode, written)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let copied = copy_data(&src, &dst, size, buf).map_err(|e| dst_error(pair, name, e))?;
+        if let Some(hook) = after_copy {
+            hook(&pair.src_of(name));
+        }
+        let after = nix::sys::stat::fstat(&src).map_err(stat_err)?;
+        if copied != size || !unchanged(&st, &after) {
+            tracing::debug!(
+                "`{}` changed while copied; copying again",
+                pair.src_of(name).display()
+            );
+            continue;
+        }
+        nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode))
+            .map_err(|e| dst_error(pair, name, e))?;
+        let (atime, mtime) = times(&st);
+        nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
+        return Ok((copied, st));
     }
-    let mode = st.st_mode & 0o7777;
-    let dst = open_dst(pair, name, mode, written)?;
-    let size = u64::try_from(st.st_size).unwrap_or(0);
-    let copied = copy_data(&src, &dst, size, buf).map_err(|e| dst_error(pair, name, e))?;
-    nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode))
-        .map_err(|e| dst_error(pair, name, e))?;
-    let (atime, mtime) = times(&st);
-    nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
-    Ok((copied, st))
+    Err(Error::SourceChanged {
+        path: pair.src_of(name),
+        tries: COPY_TRIES,
+    })
 }
 
 /// Copies `size` bytes (fewer if the source shrank meanwhile) from `src` to `dst`, in the

@@ -32,13 +32,21 @@ pub enum Error {
         count: usize,
     },
     /// A relative path was given with a relative current folder.
-    #[error("current folder `{}` must be absolute to resolve a relative path", cwd.display())]
+    #[error(
+        "current folder `{}` must be absolute to resolve a relative path; \
+         give an absolute current folder or an absolute source",
+        cwd.display()
+    )]
     RelativeCwd {
         /// The offending current folder.
         cwd: PathBuf,
     },
     /// An abstract path suffix that is absolute or holds `..` (a malformed or foreign request).
-    #[error("abstract path suffix `{}` must be relative and must not hold `..`", suffix.display())]
+    #[error(
+        "abstract path suffix `{}` must be relative and must not hold `..`; \
+         the request is malformed: run the same parvm version on the spawner and every worker",
+        suffix.display()
+    )]
     BadSuffix {
         /// The offending suffix.
         suffix: PathBuf,
@@ -95,7 +103,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Copying one file, folder or symlink failed.
-    #[error("cannot copy `{}` to `{}`", from.display(), to.display())]
+    #[error(
+        "cannot copy `{}` to `{}`; check that the source is readable and the task folder writable",
+        from.display(),
+        to.display()
+    )]
     Copy {
         /// The source.
         from: PathBuf,
@@ -106,7 +118,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading a source (its metadata or folder listing) failed.
-    #[error("cannot read `{}`", path.display())]
+    #[error(
+        "cannot read `{}`; check that it exists and that this user may read it",
+        path.display()
+    )]
     Read {
         /// The source path.
         path: PathBuf,
@@ -115,7 +130,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Preparing a destination (a folder of the task folder) failed.
-    #[error("cannot create `{}` in the task folder", path.display())]
+    #[error(
+        "cannot create `{}` in the task folder; check that the task folder is writable",
+        path.display()
+    )]
     Create {
         /// The destination path.
         path: PathBuf,
@@ -124,9 +142,276 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A copy worker thread panicked (a bug).
-    #[error("a mirror copy thread panicked; this is a bug in parvm-mirror-fs")]
+    #[error(
+        "a mirror copy thread panicked; this is a bug in parvm-mirror-fs, please report it \
+         with the log above"
+    )]
     WorkerPanicked,
+    /// A symlink stands on the way to a mirror target, inside the task folder.
+    #[error(
+        "`{}` in the task folder `{}` is a symlink (to `{}`); mirroring never writes through \
+         a symlink: remove it from the task folder or choose another mirror target",
+        link.display(),
+        task_dir.display(),
+        target.display()
+    )]
+    TargetSymlink {
+        /// The symlink.
+        link: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+        /// The task folder.
+        task_dir: PathBuf,
+    },
+    /// The task folder itself cannot be opened.
+    #[error(
+        "cannot open the task folder `{}`; create it first, or check that this user may \
+         enter it",
+        path.display()
+    )]
+    TaskFolder {
+        /// The task folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A source matched at the top level is a symlink to a place outside every mirrored root.
+    #[error(
+        "mirror source `{}` is a symlink to `{}`, outside every mirrored storage root \
+         (roots: {roots}); it is not followed: if it is meant, add `{}` to \
+         PARALLEL_MIRRORED_STORAGE, else remove the link",
+        link.display(),
+        target.display(),
+        target.parent().unwrap_or(target).display()
+    )]
+    LinkOutsideRoots {
+        /// The symlink that matched.
+        link: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The roots, listed for the message.
+        roots: String,
+    },
+    /// A source matched at the top level is a symlink to nothing.
+    #[error(
+        "mirror source `{}` is a symlink to `{}`, which does not exist; fix or remove the link",
+        link.display(),
+        target.display()
+    )]
+    DanglingLink {
+        /// The symlink that matched.
+        link: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+    },
+    /// A source is a fifo, a socket or a device: there is nothing to copy.
+    #[error(
+        "mirror source `{}` is a {kind}, not a file or folder; mirroring copies only files, \
+         folders and symlinks: remove it from the mirror map",
+        path.display()
+    )]
+    NotCopyable {
+        /// The source.
+        path: PathBuf,
+        /// What it is (`fifo`, `socket`, `character device`, `block device`).
+        kind: &'static str,
+    },
+    /// A source kept changing while it was being copied.
+    #[error(
+        "source `{}` changed while it was being copied, {tries} times in a row; the copy \
+         was removed: stop what writes to it (or wait until it is done) and mirror again",
+        path.display()
+    )]
+    SourceChanged {
+        /// The source.
+        path: PathBuf,
+        /// How many times it was copied.
+        tries: u32,
+    },
+    /// A task's startup folder is not in its task folder.
+    #[error(
+        "startup folder `{}` does not exist in the task folder; make it a mirror target, \
+         or give a folder the mirror map creates",
+        path.display()
+    )]
+    StartupMissing {
+        /// The startup folder.
+        path: PathBuf,
+    },
+    /// The manifest of an earlier mirror cannot be written.
+    #[error(
+        "cannot write the mirror manifest `{}`; check that the task folder is writable and \
+         has room",
+        path.display()
+    )]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("cause")
+    }
+
+    /// Every message names what it is about and says what to do.
+    #[test]
+    fn every_message_names_its_object_and_a_remedy() {
+        let p = || PathBuf::from("/shared/x.cir");
+        let q = || PathBuf::from("/local/task/x.cir");
+        let cases: Vec<(Error, &[&str])> = vec![
+            (
+                Error::NoRoot {
+                    path: p(),
+                    roots: "0: `/shared`".into(),
+                },
+                &["/shared/x.cir", "0: `/shared`", "PARALLEL_MIRRORED_STORAGE"],
+            ),
+            (
+                Error::RootIndex { index: 3, count: 1 },
+                &["index 3", "1 root", "PARALLEL_MIRRORED_STORAGE"],
+            ),
+            (Error::RelativeCwd { cwd: "rel".into() }, &["`rel`", "give"]),
+            (
+                Error::BadSuffix {
+                    suffix: "../x".into(),
+                },
+                &["`../x`", "same parvm version"],
+            ),
+            (
+                Error::TargetAbsolute {
+                    target: "/abs".into(),
+                },
+                &["`/abs`", "give a folder"],
+            ),
+            (
+                Error::TargetEscapes {
+                    target: "../x".into(),
+                },
+                &["`../x`", "remove"],
+            ),
+            (
+                Error::SourceMissing { path: p() },
+                &["/shared/x.cir", "fix the mirror map"],
+            ),
+            (
+                Error::SourceVanished { path: p() },
+                &["/shared/x.cir", "deleted or renamed"],
+            ),
+            (
+                Error::NotAFolder {
+                    path: q(),
+                    from: p(),
+                },
+                &["/local/task/x.cir", "/shared/x.cir", "remove it"],
+            ),
+            (
+                Error::DiskFull {
+                    from: p(),
+                    to: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "free some space"],
+            ),
+            (
+                Error::Copy {
+                    from: p(),
+                    to: q(),
+                    source: io(),
+                },
+                &["/shared/x.cir", "/local/task/x.cir", "check"],
+            ),
+            (
+                Error::Read {
+                    path: p(),
+                    source: io(),
+                },
+                &["/shared/x.cir", "check"],
+            ),
+            (
+                Error::Create {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "check"],
+            ),
+            (Error::WorkerPanicked, &["bug", "report"]),
+            (
+                Error::TargetSymlink {
+                    link: q(),
+                    target: "/etc".into(),
+                    task_dir: "/local/task".into(),
+                },
+                &["/local/task/x.cir", "`/etc`", "`/local/task`", "remove it"],
+            ),
+            (
+                Error::TaskFolder {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "create it"],
+            ),
+            (
+                Error::LinkOutsideRoots {
+                    link: p(),
+                    target: "/home/me/.ssh/id".into(),
+                    roots: "0: `/shared`".into(),
+                },
+                &[
+                    "/shared/x.cir",
+                    "/home/me/.ssh/id",
+                    "0: `/shared`",
+                    "add `/home/me/.ssh`",
+                    "PARALLEL_MIRRORED_STORAGE",
+                ],
+            ),
+            (
+                Error::DanglingLink {
+                    link: p(),
+                    target: "gone".into(),
+                },
+                &["/shared/x.cir", "`gone`", "fix or remove"],
+            ),
+            (
+                Error::NotCopyable {
+                    path: p(),
+                    kind: "fifo",
+                },
+                &["/shared/x.cir", "fifo", "remove it"],
+            ),
+            (
+                Error::SourceChanged {
+                    path: p(),
+                    tries: 4,
+                },
+                &["/shared/x.cir", "4 times", "mirror again"],
+            ),
+            (
+                Error::Manifest {
+                    path: q(),
+                    source: io(),
+                },
+                &["/local/task/x.cir", "check"],
+            ),
+        ];
+        for (error, parts) in cases {
+            let text = error.to_string();
+            for part in parts {
+                assert!(text.contains(part), "`{part}` missing in: {text}");
+            }
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with(|c: char| !c.is_uppercase()), "{text}");
+        }
+    }
+}

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
+use crate::beneath::TaskRoot;
 use crate::copy::{
     self, Created, DirAttrs, DirPair, Kind, MirrorOptions, MirrorReport, Mode_, Plan, Prepared,
     Recorded, Unit, dir_flags, entry_kind, vanished_or_read,
@@ -185,6 +187,87 @@ impl MirroredFolder {
         Ok(report)
     }
 
+    /// Keeps what was copied, and from what (each source's device, inode, size, times and
+    /// mode), in the file [`MANIFEST_FILE`] of the task folder, so that another process can
+    /// [`MirroredFolder::load`] it and refresh the folder as this one would.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Manifest`] when the file cannot be written; [`Error::TaskFolder`] when the
+    /// task folder cannot be opened.
+    pub fn save(&self) -> Result<()> {
+        let saved = saved::Saved::of(&self.map, &self.task_dir, &self.manifest);
+        let bytes = rmp_serde::to_vec(&saved).map_err(|e| Error::Manifest {
+            path: self.task_dir.join(MANIFEST_FILE),
+            source: std::io::Error::other(e),
+        })?;
+        TaskRoot::open(&self.task_dir, true)?
+            .write_file(MANIFEST_NAME, &bytes)
+            .map_err(|source| Error::Manifest {
+                path: self.task_dir.join(MANIFEST_FILE),
+                source,
+            })
+    }
+
+    /// The folder [`MirroredFolder::save`] left in `task_dir` after mirroring `map`, ready
+    /// for [`MirroredFolder::refresh`]; `None` when there is no manifest, or one of another
+    /// map, of another parvm version, or that does not hold up (a source outside the map's
+    /// roots, a destination outside the task folder): then only a new
+    /// [`MirroredFolder::mirror`] knows what the folder holds. The first refresh looks at
+    /// every source and every copy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskFolder`] when the task folder cannot be opened, [`Error::Read`] when
+    /// the manifest cannot be read.
+    pub fn load(
+        map: &MirrorMap,
+        task_dir: &Path,
+        options: &MirrorOptions,
+    ) -> Result<Option<MirroredFolder>> {
+        let root = options.task_root(task_dir)?;
+        let Some(bytes) = root
+            .read_file(MANIFEST_NAME)
+            .map_err(|source| Error::Read {
+                path: task_dir.join(MANIFEST_FILE),
+                source,
+            })?
+        else {
+            return Ok(None);
+        };
+        let manifest = match rmp_serde::from_slice::<saved::Saved>(&bytes) {
+            Ok(saved) => saved.into_manifest(map, task_dir),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot decode `{}` ({e}); mirroring everything again",
+                    task_dir.join(MANIFEST_FILE).display()
+                );
+                None
+            }
+        };
+        let Some(manifest) = manifest else {
+            return Ok(None);
+        };
+        let threads = options.thread_count();
+        let pool = (threads > 1 && manifest.entries.len() >= 2 * scan::ENTRIES_PER_THREAD)
+            .then(|| ScanPool::new(threads - 1));
+        Ok(Some(MirroredFolder {
+            map: map.clone(),
+            task_dir: task_dir.to_path_buf(),
+            manifest: Arc::new(manifest),
+            pool,
+            watch: None,
+            verify_all: true,
+            pending: Suspects::default(),
+            inotify: !options.inotify_disabled(),
+            sources: None,
+            sources_armed: false,
+            scanned: 0,
+            last_full_scan: Instant::now(),
+            report: MirrorReport::default(),
+        }))
+    }
+
     /// What the last [`MirroredFolder::mirror`] or [`MirroredFolder::refresh`] did.
     pub fn report(&self) -> &MirrorReport {
         &self.report
@@ -271,18 +354,19 @@ impl MirroredFolder {
         targets: Option<&[Chunk]>,
     ) -> Result<MirrorReport> {
         let m = Arc::clone(&self.manifest);
+        let root = Arc::new(options.task_root(&self.task_dir)?);
         let scan = match targets {
             // The destinations are trusted too (their watch is sound): only what was named.
             Some(chunks) if !verify => {
                 self.scanned = chunks.iter().map(|c| (c.end - c.start) as usize).sum();
-                scan::scan_some(&m, chunks)
+                scan::scan_some(&m, &root, chunks)
             }
             _ => {
                 self.scanned = m.entries.len();
                 self.last_full_scan = Instant::now();
                 match &self.pool {
-                    Some(pool) => pool.scan(&m, verify, options.thread_count()),
-                    None => scan::scan_alone(&m, verify),
+                    Some(pool) => pool.scan(&m, &root, verify, options.thread_count()),
+                    None => scan::scan_alone(&m, &root, verify),
                 }
             }
         };
@@ -297,7 +381,7 @@ impl MirroredFolder {
             && scan.dir_attrs.is_empty()
             && suspects.entries.is_empty()
             && suspects.dirs.is_empty();
-        let mut changes = Changes::new(&m);
+        let mut changes = Changes::new(&m, self.map.roots());
         changes.globs(&m, &self.map)?;
         if quiet && !changes.structural {
             return Ok(MirrorReport {
@@ -314,11 +398,11 @@ impl MirroredFolder {
         changes.relist_all(&m)?;
 
         let mut created = Created::default();
-        let outcome = changes.execute(&m, options, &mut created);
+        let outcome = changes.execute(&m, options, &mut created, &root, self.map.roots());
         let (mut report, recorded, touched) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                created.undo();
+                created.undo(&root);
                 return Err(e);
             }
         };
@@ -348,6 +432,253 @@ impl MirroredFolder {
             }
         }
         Ok(report)
+    }
+}
+
+/// The file in the task folder where [`MirroredFolder::save`] keeps the manifest.
+pub const MANIFEST_FILE: &str = ".parvm-mirror-manifest";
+const MANIFEST_NAME: &CStr = c".parvm-mirror-manifest";
+
+/// The manifest as saved in the task folder: destinations relative to the task folder (it
+/// may be reached by another path next time), and the map it was made from.
+mod saved {
+    use std::ffi::{CString, OsString};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::copy::{Kind, within};
+    use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
+    use crate::map::{MirrorMap, check_target};
+
+    /// Bumped whenever the layout changes: an older manifest is then not trusted.
+    const VERSION: u32 = 1;
+
+    fn bytes(path: &Path) -> Vec<u8> {
+        path.as_os_str().as_bytes().to_vec()
+    }
+
+    fn path(bytes: &[u8]) -> PathBuf {
+        PathBuf::from(OsString::from_vec(bytes.to_vec()))
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SavedSig([u64; 2], [i64; 5], u32, u64);
+
+    impl SavedSig {
+        fn of(s: &Sig) -> SavedSig {
+            SavedSig(
+                [s.dev, s.ino],
+                [s.size, s.mtime, s.mtime_ns, s.ctime, s.ctime_ns],
+                s.mode,
+                s.nlink,
+            )
+        }
+
+        fn sig(&self) -> Sig {
+            let SavedSig([dev, ino], [size, mtime, mtime_ns, ctime, ctime_ns], mode, nlink) = *self;
+            Sig {
+                dev,
+                ino,
+                size,
+                mtime,
+                mtime_ns,
+                ctime,
+                ctime_ns,
+                mode,
+                nlink,
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SavedDir {
+        src: Vec<u8>,
+        /// Relative to the task folder.
+        dst: Vec<u8>,
+        sig: SavedSig,
+        /// 0: inside a copied folder; 1: a copied folder of entry `entry`; 2: the folder of
+        /// top-level file matches of entry `entry`.
+        origin: u8,
+        entry: usize,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SavedEntry {
+        dir: u32,
+        name: Vec<u8>,
+        link: bool,
+        sig: SavedSig,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SavedGlob {
+        entry: usize,
+        /// Relative to the task folder.
+        target: Vec<u8>,
+        folders: Vec<(Vec<u8>, Option<SavedSig>)>,
+        matches: Vec<Vec<u8>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Saved {
+        version: u32,
+        map: Vec<(Vec<u8>, Vec<u8>)>,
+        dirs: Vec<SavedDir>,
+        entries: Vec<SavedEntry>,
+        globs: Vec<SavedGlob>,
+        literal: Vec<bool>,
+    }
+
+    fn map_of(map: &MirrorMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+        map.entries()
+            .iter()
+            .map(|e| (bytes(&e.source), bytes(&e.target)))
+            .collect()
+    }
+
+    fn rel(task_dir: &Path, dst: &Path) -> Vec<u8> {
+        bytes(dst.strip_prefix(task_dir).unwrap_or(dst))
+    }
+
+    impl Saved {
+        pub(super) fn of(map: &MirrorMap, task_dir: &Path, m: &Manifest) -> Saved {
+            Saved {
+                version: VERSION,
+                map: map_of(map),
+                dirs: m
+                    .dirs
+                    .iter()
+                    .map(|d| {
+                        let (origin, entry) = match d.origin {
+                            Origin::Sub => (0, 0),
+                            Origin::Root { entry } => (1, entry),
+                            Origin::Top { entry } => (2, entry),
+                        };
+                        SavedDir {
+                            src: bytes(&d.src),
+                            dst: rel(task_dir, &d.dst),
+                            sig: SavedSig::of(&d.sig),
+                            origin,
+                            entry,
+                        }
+                    })
+                    .collect(),
+                entries: m
+                    .entries
+                    .iter()
+                    .map(|e| SavedEntry {
+                        dir: e.dir,
+                        name: e.name.as_bytes().to_vec(),
+                        link: e.kind == Kind::Link,
+                        sig: SavedSig::of(&e.sig),
+                    })
+                    .collect(),
+                globs: m
+                    .globs
+                    .iter()
+                    .map(|g| SavedGlob {
+                        entry: g.entry,
+                        target: rel(task_dir, &g.target),
+                        folders: g
+                            .folders
+                            .iter()
+                            .map(|(p, s)| (bytes(p), s.as_ref().map(SavedSig::of)))
+                            .collect(),
+                        matches: g.matches.iter().map(|p| bytes(p)).collect(),
+                    })
+                    .collect(),
+                literal: m.literal.clone(),
+            }
+        }
+
+        /// The manifest, when it was made from `map` and holds up: every destination a
+        /// plain relative path in the task folder, every source absolute and inside the
+        /// map's roots (the file lies in a folder a task may write to).
+        pub(super) fn into_manifest(self, map: &MirrorMap, task_dir: &Path) -> Option<Manifest> {
+            let reject = |why: &str| {
+                tracing::warn!(
+                    "the mirror manifest in `{}` {why}; mirroring everything again",
+                    task_dir.display()
+                );
+                None
+            };
+            if self.version != VERSION {
+                return reject("is of another parvm version");
+            }
+            if self.map != map_of(map) || self.literal.len() != map.entries().len() {
+                return reject("is of another mirror map");
+            }
+            let roots = map.roots();
+            let src_ok = |p: &Path| p.is_absolute() && within(roots, p);
+            let dst_ok = |b: &[u8]| {
+                let p = path(b);
+                check_target(&p).is_ok_and(|normal| normal == p)
+            };
+            let mut dirs = Vec::with_capacity(self.dirs.len());
+            for d in self.dirs {
+                let src = path(&d.src);
+                let entry_ok = d.entry < map.entries().len();
+                if !src_ok(&src) || !dst_ok(&d.dst) || !entry_ok {
+                    return reject("names a folder outside the mirrored roots or the task folder");
+                }
+                let origin = match d.origin {
+                    0 => Origin::Sub,
+                    1 => Origin::Root { entry: d.entry },
+                    2 => Origin::Top { entry: d.entry },
+                    _ => return reject("is damaged"),
+                };
+                dirs.push(Some(DirRec {
+                    src,
+                    dst: task_dir.join(path(&d.dst)),
+                    sig: d.sig.sig(),
+                    origin,
+                    start: 0,
+                    end: 0,
+                }));
+            }
+            let mut entries = Vec::with_capacity(self.entries.len());
+            for e in self.entries {
+                let name = match CString::new(e.name) {
+                    Ok(name)
+                        if (e.dir as usize) < dirs.len() && !name.as_bytes().contains(&b'/') =>
+                    {
+                        name
+                    }
+                    _ => return reject("is damaged"),
+                };
+                entries.push(EntryRec {
+                    dir: e.dir,
+                    name,
+                    kind: if e.link { Kind::Link } else { Kind::File },
+                    sig: e.sig.sig(),
+                });
+            }
+            let mut globs = Vec::with_capacity(self.globs.len());
+            for g in self.globs {
+                let folders: Vec<(PathBuf, Option<Sig>)> = g
+                    .folders
+                    .iter()
+                    .map(|(p, s)| (path(p), s.as_ref().map(SavedSig::sig)))
+                    .collect();
+                let matches: Vec<PathBuf> = g.matches.iter().map(|p| path(p)).collect();
+                if !dst_ok(&g.target)
+                    || g.entry >= map.entries().len()
+                    || !folders.iter().all(|(p, _)| src_ok(p))
+                    || !matches.iter().all(|p| src_ok(p))
+                {
+                    return reject("names a folder outside the mirrored roots or the task folder");
+                }
+                globs.push(GlobRec {
+                    entry: g.entry,
+                    target: task_dir.join(path(&g.target)),
+                    folders,
+                    matches,
+                });
+            }
+            Some(Manifest::build(dirs, entries, globs, self.literal))
+        }
     }
 }
 
@@ -475,7 +806,9 @@ struct NewDir {
     origin: Origin,
 }
 
-struct Changes {
+struct Changes<'r> {
+    /// The roots the sources are confined to (see [`MirrorMap::within`]).
+    roots: &'r [PathBuf],
     dead_dirs: Vec<bool>,
     dead_entries: Vec<bool>,
     /// Folder id → names to copy into it (ids past the manifest are new top parents).
@@ -499,9 +832,10 @@ struct Changes {
     structural: bool,
 }
 
-impl Changes {
-    fn new(m: &Manifest) -> Changes {
+impl<'r> Changes<'r> {
+    fn new(m: &Manifest, roots: &'r [PathBuf]) -> Changes<'r> {
         Changes {
+            roots,
             dead_dirs: vec![false; m.dirs.len()],
             dead_entries: vec![false; m.entries.len()],
             copy: BTreeMap::new(),
@@ -551,27 +885,29 @@ impl Changes {
     /// Copies `path`, a (new or changed) top-level match of map entry `entry`.
     fn add_match(&mut self, m: &Manifest, entry: usize, target: &Path, path: &Path) -> Result<()> {
         let literal = m.literal.get(entry).copied().unwrap_or(false);
-        let st = match nix::sys::stat::stat(path) {
-            Ok(st) => st,
-            Err(Errno::ENOENT | Errno::ENOTDIR) if !literal => return Ok(()),
-            Err(Errno::ENOENT) => {
-                return Err(Error::SourceMissing {
-                    path: path.to_path_buf(),
-                });
+        // As when it was first mirrored: a symlink is followed only into the roots, and
+        // only files and folders are copied.
+        let meta = match copy::FolderCheck::new(self.roots).top_match(path) {
+            Ok(meta) => meta,
+            Err(Error::SourceMissing { .. }) if !literal => return Ok(()),
+            Err(Error::Read { source, .. })
+                if !literal && source.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(());
             }
-            Err(e) => return Err(vanished_or_read(path, e)),
+            Err(e) => return Err(e),
         };
         let Some(name) = path.file_name() else {
             return Ok(());
         };
         self.structural = true;
-        if copy::is_dir(&st) {
+        if meta.is_dir() {
             self.new_dirs.push(NewDir {
                 src: path.to_path_buf(),
                 dst: target.join(name),
                 origin: Origin::Root { entry },
             });
-        } else if copy::is_file(&st) {
+        } else {
             let parent = path
                 .parent()
                 .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -597,8 +933,6 @@ impl Changes {
             if !names.iter().any(|(n, _)| *n == name) {
                 names.push((name, Kind::File));
             }
-        } else {
-            tracing::warn!("skipping `{}`: neither a file nor a folder", path.display());
         }
         Ok(())
     }
@@ -887,7 +1221,10 @@ impl Changes {
         m: &Manifest,
         options: &MirrorOptions,
         created: &mut Created,
+        root: &TaskRoot,
+        roots: &[PathBuf],
     ) -> Result<(MirrorReport, Recorded, Vec<PathBuf>)> {
+        let ctx = copy::Ctx { root, roots };
         let dir_src = |id: u32| -> &Path {
             match m.dirs.get(id as usize) {
                 Some(d) => &d.src,
@@ -900,6 +1237,15 @@ impl Changes {
                 None => &self.new_tops[id as usize - m.dirs.len()].1,
             }
         };
+        // Every destination folder this refresh writes into is checked first, so a symlink
+        // a task planted on the way is refused before anything is written.
+        let live = |id: &&u32| (**id as usize) >= m.dirs.len() || !self.dead_dirs[**id as usize];
+        for &id in self.ensure.iter().chain(self.copy.keys()).filter(live) {
+            root.check(dir_dst(id), dir_src(id))?;
+        }
+        for nd in &self.new_dirs {
+            root.check(&nd.dst, &nd.src)?;
+        }
         // Destinations the tasks deleted come back first, parents before children (folder
         // ids follow destination order).
         let mut writable: BTreeMap<PathBuf, u32> = BTreeMap::new();
@@ -908,7 +1254,7 @@ impl Changes {
             if self.dead_dirs[id as usize] {
                 continue;
             }
-            copy::ensure_dir_all(dir_dst(id), dir_src(id), created)?;
+            root.create_dir_all(dir_dst(id), dir_src(id), created)?;
             if !m.dirs[id as usize].is_top() {
                 restore.insert(id);
             }
@@ -930,13 +1276,18 @@ impl Changes {
             }
             let (src, dst) = (dir_src(id).to_path_buf(), dir_dst(id).to_path_buf());
             if (id as usize) >= m.dirs.len() {
-                copy::ensure_dir_all(&dst, &src, created)?;
+                root.create_dir_all(&dst, &src, created)?;
             }
-            make_writable(&dst, &src, &mut writable)?;
-            if m.dirs.get(id as usize).is_some_and(|d| !d.is_top()) {
+            make_writable(&dst, &src, &mut writable, root)?;
+            let top = m.dirs.get(id as usize).is_none_or(DirRec::is_top);
+            if !top {
                 restore.insert(id);
             }
-            let pair = Arc::new(DirPair::open(id, src, dst)?);
+            let pair = Arc::new(if top {
+                DirPair::open_top(id, src, dst, ctx)?
+            } else {
+                DirPair::open(id, src, dst, None, ctx)?
+            });
             for chunk in names.chunks(64) {
                 units.push(Unit::Names {
                     pair: Arc::clone(&pair),
@@ -947,14 +1298,15 @@ impl Changes {
         let mut next = (m.dirs.len() + self.new_tops.len()) as u32;
         for nd in &self.new_dirs {
             let parent = nd.dst.parent().unwrap_or(&nd.dst);
-            copy::ensure_dir_all(parent, &nd.src, created)?;
-            make_writable(parent, &nd.src, &mut writable)?;
-            copy::make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
+            root.create_dir_all(parent, &nd.src, created)?;
+            make_writable(parent, &nd.src, &mut writable, root)?;
+            root.make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
             self.origins.insert(next, nd.origin);
             units.push(Unit::Dir {
                 id: next,
                 src: nd.src.clone(),
                 dst: nd.dst.clone(),
+                parent: None,
             });
             next += 1;
         }
@@ -970,7 +1322,7 @@ impl Changes {
                 units,
                 unmatched: Vec::new(),
             };
-            copy::execute(prepared, options, Mode_::Full, created, next, true)?
+            copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?
         };
         // Folder modes and times, deepest first; also of the folders made writable.
         let mut touched = Vec::new();
@@ -993,18 +1345,16 @@ impl Changes {
                     copy::set_dir_attrs(
                         &DirAttrs::of(src.to_path_buf(), dst.clone(), &st),
                         Mode_::Refresh,
+                        root,
                     )?;
                 }
                 None => {
-                    nix::sys::stat::fchmodat(
-                        nix::fcntl::AT_FDCWD,
-                        &dst,
-                        Mode::from_bits_truncate(mode),
-                        nix::sys::stat::FchmodatFlags::FollowSymlink,
-                    )
-                    .map_err(|e| Error::Create {
-                        path: dst.clone(),
-                        source: e.into(),
+                    let fd = root.open_dir(&dst, &dst)?;
+                    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| {
+                        Error::Create {
+                            path: dst.clone(),
+                            source: e.into(),
+                        }
                     })?;
                 }
             }
@@ -1073,24 +1423,35 @@ impl Changes {
 
 /// Makes an existing destination folder writable for its owner (a copy of a read-only
 /// source folder is read-only), remembering it so its mode is set again afterwards.
-fn make_writable(dst: &Path, src: &Path, done: &mut BTreeMap<PathBuf, u32>) -> Result<()> {
+fn make_writable(
+    dst: &Path,
+    src: &Path,
+    done: &mut BTreeMap<PathBuf, u32>,
+    root: &TaskRoot,
+) -> Result<()> {
     if done.contains_key(dst) {
         return Ok(());
     }
-    let st = nix::sys::stat::lstat(dst).map_err(|e| Error::Create {
-        path: dst.to_path_buf(),
-        source: e.into(),
-    })?;
-    if !copy::is_dir(&st) {
-        return Err(Error::NotAFolder {
+    let (parent, name) = match dst.strip_prefix(root.path()) {
+        Ok(rel) if rel.as_os_str().is_empty() => {
+            // The task folder itself: local storage keeps it usable; not ours to change.
+            return Ok(());
+        }
+        _ => root.parent_of(dst, src)?,
+    };
+    let st = nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::Create {
             path: dst.to_path_buf(),
-            from: src.to_path_buf(),
-        });
+            source: e.into(),
+        })?;
+    if !copy::is_dir(&st) {
+        return Err(root.in_the_way(&parent, &name, dst, src));
     }
     if st.st_mode & 0o700 != 0o700 {
+        // A folder a moment ago, in a parent reached without symlinks.
         nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            dst,
+            &parent,
+            name.as_c_str(),
             Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )

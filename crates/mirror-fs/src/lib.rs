@@ -32,6 +32,14 @@
 //! caught by the next full scan, which runs whenever [`FULL_SCAN_EVERY`] (1 s) has passed
 //! since the last one, so such a change goes unseen for at most that long.
 //!
+//! Whatever the shared and task folders hold, mirroring writes only beneath the task folder
+//! and never through a symlink ([`Error::TargetSymlink`]; [`open_beneath`] does the same for
+//! a task's startup folder), follows a top-level symlink only into the mirrored roots of
+//! the map ([`MirrorMap::within`]), copies a file only when it did not change during its
+//! copy ([`Error::SourceChanged`]), and refuses fifos and devices as sources. A
+//! [`MirroredFolder`] can be saved in its task folder ([`MANIFEST_FILE`]) and loaded by
+//! another process, which then refreshes it as the first one would.
+//!
 //! ```
 //! use parvm_mirror_fs::{mirror, refresh, MirrorMap, MirrorOptions, MirroredFolder};
 //!
@@ -63,6 +71,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod beneath;
 mod copy;
 mod error;
 mod folder;
@@ -75,10 +84,11 @@ mod srcwatch;
 mod translate;
 mod watch;
 
+pub use beneath::{has_openat2, open_beneath};
 pub use copy::{
     FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
 };
 pub use error::{Error, Result};
-pub use folder::MirroredFolder;
+pub use folder::{MANIFEST_FILE, MirroredFolder};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

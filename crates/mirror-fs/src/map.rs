@@ -31,6 +31,7 @@ pub struct MirrorEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MirrorMap {
     entries: Vec<MirrorEntry>,
+    roots: Vec<PathBuf>,
 }
 
 impl MirrorMap {
@@ -61,6 +62,22 @@ impl MirrorMap {
     /// The pairs, in order.
     pub fn entries(&self) -> &[MirrorEntry] {
         &self.entries
+    }
+
+    /// Confines the sources to the mirrored roots `roots` (canonical paths, as
+    /// `parvm_env_config::Config::mirrored_roots` gives them): a top-level match that is a
+    /// symlink resolving outside every root, or that lies in a folder resolving outside
+    /// them, is refused by [`crate::mirror`] and the refreshes. A map made by
+    /// [`AbstractMirrorMap::to_actual`] is confined to that host's roots already. Default:
+    /// no roots, nothing checked (a map of this host's own paths).
+    pub fn within(mut self, roots: &[PathBuf]) -> MirrorMap {
+        self.roots = roots.to_vec();
+        self
+    }
+
+    /// The roots the sources are confined to (see [`MirrorMap::within`]); empty when none.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
     }
 
     /// Translates every source into an abstract path (see [`crate::to_abstract_from`]);
@@ -120,12 +137,15 @@ impl AbstractMirrorMap {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(MirrorMap { entries })
+        Ok(MirrorMap {
+            entries,
+            roots: roots.to_vec(),
+        })
     }
 }
 
 /// Checks that a target stays inside the task folder; returns it normalised.
-fn check_target(target: &Path) -> Result<PathBuf> {
+pub(crate) fn check_target(target: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     let mut depth = 0usize;
     for component in target.components() {

@@ -14,9 +14,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
+use crate::beneath::TaskRoot;
 use crate::copy::{dir_flags, vanished_or_read};
 use crate::error::Error;
 use crate::manifest::{Chunk, Manifest, Sig};
@@ -50,6 +51,7 @@ struct PoolState {
 #[derive(Debug)]
 struct Job {
     manifest: Arc<Manifest>,
+    root: Arc<TaskRoot>,
     verify: bool,
     next: AtomicUsize,
     finished: AtomicUsize,
@@ -73,7 +75,7 @@ impl Job {
             }
             if !self.abort.load(Ordering::Relaxed) {
                 let mut local = Scan::default();
-                scan_chunk(m, &m.chunks[i], self.verify, &mut local);
+                scan_chunk(m, &self.root, &m.chunks[i], self.verify, &mut local);
                 if local.error.is_some() {
                     self.abort.store(true, Ordering::Relaxed);
                 }
@@ -112,15 +114,22 @@ impl ScanPool {
     }
 
     /// Scans every chunk of `m`; `threads` is how many threads may work (the caller too).
-    pub(crate) fn scan(&self, m: &Arc<Manifest>, verify: bool, threads: usize) -> Scan {
+    pub(crate) fn scan(
+        &self,
+        m: &Arc<Manifest>,
+        root: &Arc<TaskRoot>,
+        verify: bool,
+        threads: usize,
+    ) -> Scan {
         let want = threads
             .min(m.chunks.len())
             .min(m.entries.len().div_ceil(ENTRIES_PER_THREAD));
         if want <= 1 || self.handles.is_empty() {
-            return scan_alone(m, verify);
+            return scan_alone(m, root, verify);
         }
         let job = Arc::new(Job {
             manifest: Arc::clone(m),
+            root: Arc::clone(root),
             verify,
             next: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
@@ -152,10 +161,10 @@ impl ScanPool {
 }
 
 /// Scans every chunk of `m` on the calling thread.
-pub(crate) fn scan_alone(m: &Manifest, verify: bool) -> Scan {
+pub(crate) fn scan_alone(m: &Manifest, root: &TaskRoot, verify: bool) -> Scan {
     let mut out = Scan::default();
     for chunk in &m.chunks {
-        scan_chunk(m, chunk, verify, &mut out);
+        scan_chunk(m, root, chunk, verify, &mut out);
         if out.error.is_some() {
             break;
         }
@@ -164,10 +173,10 @@ pub(crate) fn scan_alone(m: &Manifest, verify: bool) -> Scan {
 }
 
 /// Scans only `chunks` (what the source watch named) on the calling thread: they are few.
-pub(crate) fn scan_some(m: &Manifest, chunks: &[Chunk]) -> Scan {
+pub(crate) fn scan_some(m: &Manifest, root: &TaskRoot, chunks: &[Chunk]) -> Scan {
     let mut out = Scan::default();
     for chunk in chunks {
-        scan_chunk(m, chunk, false, &mut out);
+        scan_chunk(m, root, chunk, false, &mut out);
         if out.error.is_some() {
             break;
         }
@@ -250,7 +259,7 @@ impl Scan {
     }
 }
 
-fn scan_chunk(m: &Manifest, chunk: &Chunk, verify: bool, out: &mut Scan) {
+fn scan_chunk(m: &Manifest, root: &TaskRoot, chunk: &Chunk, verify: bool, out: &mut Scan) {
     let d = &m.dirs[chunk.dir as usize];
     let src = match nix::fcntl::open(&d.src, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
@@ -281,7 +290,9 @@ fn scan_chunk(m: &Manifest, chunk: &Chunk, verify: bool, out: &mut Scan) {
         }
     }
     let dst = if verify {
-        match nix::fcntl::open(&d.dst, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty()) {
+        // Beneath the task folder, through no symlink: a copy reached through one a task
+        // planted is not the copy; missing, it is made again (and the symlink refused).
+        match root.open_dir(&d.dst, &d.src) {
             Ok(fd) => {
                 if let Some(s) = src_dir_st
                     && !nix::sys::stat::fstat(&fd).is_ok_and(|t| {

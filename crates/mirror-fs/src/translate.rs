@@ -145,7 +145,7 @@ fn resolve_literal_prefix(path: &Path) -> PathBuf {
     }
 }
 
-fn list_roots(roots: &[PathBuf]) -> String {
+pub(crate) fn list_roots(roots: &[PathBuf]) -> String {
     if roots.is_empty() {
         return "none".to_string();
     }

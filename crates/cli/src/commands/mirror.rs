@@ -1,10 +1,10 @@
 //! `parvm mirror`: what one task's mirroring does, end to end, on this host.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use parvm_env_config::Config;
-use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirrorReport};
+use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirrorReport, MirroredFolder};
 use serde::Serialize;
 
 /// Arguments of `parvm mirror`.
@@ -18,7 +18,10 @@ pub struct Args {
     /// The task folder to fill.
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
-    /// Copy again only what changed at the source since an earlier mirror into DIR.
+    /// Copy again only what changed at the source since an earlier mirror into DIR (as
+    /// recorded in DIR/.parvm-mirror-manifest: device, inode, size, times and mode of each
+    /// source), and what was changed in DIR since. Without that record, everything is
+    /// copied again.
     #[arg(long)]
     pub refresh: bool,
     /// Draw no progress bar (it is drawn only when standard error is a terminal and the
@@ -32,6 +35,8 @@ struct Shown<'a> {
     entries: Vec<ShownEntry>,
     into: &'a PathBuf,
     refresh: bool,
+    /// A refresh that found no record of an earlier mirror, and copied everything.
+    full: bool,
     report: MirrorReport,
 }
 
@@ -75,26 +80,21 @@ pub fn run(args: &Args, json: bool) -> Result<()> {
     let roots = config.mirrored_roots();
     let abstract_map = map.to_abstract(roots, &cwd)?;
     let actual = abstract_map.to_actual(roots)?;
-    std::fs::create_dir_all(&args.into)
-        .with_context(|| format!("cannot create the task folder `{}`", args.into.display()))?;
-    let bar = (!json && !args.no_progress).then(progress_bar);
-    let mut options = MirrorOptions::new();
-    if let Some(bar) = bar.clone() {
-        options = options.progress(move |progress| {
-            bar.set_length(progress.total);
-            bar.set_position(progress.done);
-            bar.set_message(parvm_local_storage::human_size(progress.bytes));
-        });
+    let made = create_task_folder(&args.into)?;
+    let outcome = fill(args, &actual, json);
+    if outcome.is_err()
+        && let Some(top) = &made
+    {
+        // Everything below the first folder this run made is this run's: nothing that
+        // existed before is removed.
+        if let Err(e) = std::fs::remove_dir_all(top) {
+            eprintln!(
+                "parvm: warning: cannot remove `{}`, made by this mirror: {e}",
+                top.display()
+            );
+        }
     }
-    let outcome = if args.refresh {
-        parvm_mirror_fs::refresh(&actual, &args.into, &options)
-    } else {
-        parvm_mirror_fs::mirror(&actual, &args.into, &options)
-    };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let report = outcome?;
+    let (report, full) = outcome?;
     let entries = map
         .entries()
         .iter()
@@ -110,6 +110,7 @@ pub fn run(args: &Args, json: bool) -> Result<()> {
         entries,
         into: &args.into,
         refresh: args.refresh,
+        full,
         report,
     };
     if json {
@@ -117,6 +118,65 @@ pub fn run(args: &Args, json: bool) -> Result<()> {
     }
     print_text(&shown);
     Ok(())
+}
+
+/// Makes the task folder and its missing parents (as `mkdir -p`); returns the first folder
+/// it made, `None` when the folder existed.
+fn create_task_folder(into: &Path) -> Result<Option<PathBuf>> {
+    let mut first_missing = None;
+    let mut probe = Some(into);
+    while let Some(dir) = probe {
+        if dir.as_os_str().is_empty() || std::fs::symlink_metadata(dir).is_ok() {
+            break;
+        }
+        first_missing = Some(dir.to_path_buf());
+        probe = dir.parent();
+    }
+    std::fs::create_dir_all(into)
+        .with_context(|| format!("cannot create the task folder `{}`", into.display()))?;
+    Ok(first_missing)
+}
+
+/// Mirrors (or refreshes) into `--into` and saves what was copied for the next refresh;
+/// true with the report when a refresh had no record to go by.
+fn fill(args: &Args, actual: &MirrorMap, json: bool) -> Result<(MirrorReport, bool)> {
+    let bar = (!json && !args.no_progress).then(progress_bar);
+    let mut options = MirrorOptions::new();
+    if let Some(bar) = bar.clone() {
+        options = options.progress(move |progress| {
+            bar.set_length(progress.total);
+            bar.set_position(progress.done);
+            bar.set_message(parvm_local_storage::human_size(progress.bytes));
+        });
+    }
+    // Another process refreshes this folder next, not this one: a watch would hear nothing
+    // useful, and every refresh of a loaded folder verifies every copy anyway.
+    let options = options.no_inotify();
+    let outcome = (|| -> parvm_mirror_fs::Result<(MirrorReport, bool)> {
+        let loaded = if args.refresh {
+            MirroredFolder::load(actual, &args.into, &options)?
+        } else {
+            None
+        };
+        let full = args.refresh && loaded.is_none();
+        let (folder, report) = match loaded {
+            Some(mut folder) => {
+                let report = folder.refresh(&options)?;
+                (folder, report)
+            }
+            None => {
+                let folder = MirroredFolder::mirror(actual, &args.into, &options)?;
+                let report = folder.report().clone();
+                (folder, report)
+            }
+        };
+        folder.save()?;
+        Ok((report, full))
+    })();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(outcome?)
 }
 
 fn print_text(shown: &Shown<'_>) {
@@ -149,6 +209,12 @@ fn print_text(shown: &Shown<'_>) {
             String::new()
         }
     );
+    if shown.full {
+        println!(
+            "note: `{}` held no record of an earlier mirror of this map: everything was copied",
+            shown.into.display()
+        );
+    }
     for unmatched in &report.unmatched {
         println!("note: `{}` matched nothing", unmatched.display());
     }

@@ -214,3 +214,109 @@ fn storage_sweeps_a_folder_whose_owner_is_dead() {
     assert_eq!(report["removed"][0]["name"], "7ffffffe_vm0");
     assert!(!Path::new(&stale).exists());
 }
+
+#[test]
+fn a_failed_mirror_removes_the_folders_it_made_and_nothing_else() {
+    let site = Site::new();
+    let keep = site.local.join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    std::fs::write(keep.join("result.txt"), "earlier").unwrap();
+    for into in [site.local.join("x/deep/er"), keep.join("new/deeper")] {
+        let into = into.display().to_string();
+        let err = site.fails(&[
+            "mirror",
+            "--map",
+            "amp.cir=.",
+            "--map",
+            "missing.cir=models",
+            "--into",
+            &into,
+        ]);
+        assert!(err.contains("missing.cir"), "{err}");
+    }
+    assert!(
+        !site.local.join("x").exists(),
+        "`x/deep/er` was left behind"
+    );
+    assert!(!keep.join("new").exists(), "`keep/new` was left behind");
+    assert_eq!(
+        std::fs::read_to_string(keep.join("result.txt")).unwrap(),
+        "earlier"
+    );
+}
+
+#[test]
+fn refresh_sees_a_source_replaced_with_the_same_size_and_time() {
+    let site = Site::new();
+    let task = task_arg(&site);
+    site.ok(&["mirror", "--map", "*.cir=.", "--into", &task]);
+    let source = site.project.join("amp.cir");
+    let before = std::fs::metadata(&source).unwrap().modified().unwrap();
+    // What `cp -p other.cir amp.cir` does: new content, same length, old time put back.
+    std::fs::write(&source, "R1 a b 2k\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&source)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let shown = site.json(&["mirror", "--refresh", "--map", "*.cir=.", "--into", &task]);
+    assert_eq!(shown["report"]["files"], 1, "{shown}");
+    assert_eq!(
+        std::fs::read_to_string(site.task().join("amp.cir")).unwrap(),
+        "R1 a b 2k\n"
+    );
+    // Nothing changed since: nothing is copied, and a copy a task scribbled on comes back.
+    std::fs::write(site.task().join("bias.cir"), "scribbled").unwrap();
+    let shown = site.json(&["mirror", "--refresh", "--map", "*.cir=.", "--into", &task]);
+    assert_eq!(shown["report"]["files"], 1, "{shown}");
+    assert_eq!(
+        std::fs::read_to_string(site.task().join("bias.cir")).unwrap(),
+        "V1 a 0 1\n"
+    );
+}
+
+#[test]
+fn refresh_without_a_record_copies_everything_and_says_so() {
+    let site = Site::new();
+    let task = task_arg(&site);
+    std::fs::create_dir_all(site.task()).unwrap();
+    let out = site.ok(&["mirror", "--refresh", "--map", "*.cir=.", "--into", &task]);
+    assert!(out.contains("no record of an earlier mirror"), "{out}");
+    assert!(site.task().join("amp.cir").exists());
+}
+
+#[test]
+fn planted_symlinks_and_special_files_are_refused_with_clear_messages() {
+    let site = Site::new();
+    let elsewhere = site.local.parent().unwrap().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("b")).unwrap();
+    std::fs::write(elsewhere.join("key"), "secret").unwrap();
+    std::fs::create_dir_all(site.task()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, site.task().join("a")).unwrap();
+    let task = task_arg(&site);
+
+    let err = site.fails(&["mirror", "--map", "amp.cir=a/b", "--into", &task]);
+    assert!(
+        err.contains(&site.task().join("a").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(std::fs::read_dir(elsewhere.join("b")).unwrap().count(), 0);
+    std::fs::remove_file(site.task().join("a")).unwrap();
+
+    std::os::unix::fs::symlink(elsewhere.join("key"), site.project.join("leak.cir")).unwrap();
+    let err = site.fails(&["mirror", "--map", "*.cir=.", "--into", &task]);
+    assert!(err.contains("leak.cir"), "{err}");
+    assert!(err.contains("PARALLEL_MIRRORED_STORAGE"), "{err}");
+    assert!(!site.task().join("leak.cir").exists());
+    std::fs::remove_file(site.project.join("leak.cir")).unwrap();
+
+    let made = Command::new("mkfifo")
+        .arg(site.project.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = site.fails(&["mirror", "--map", "pipe=.", "--into", &task]);
+    assert!(err.contains("is a fifo"), "{err}");
+}

@@ -2,6 +2,7 @@
 
 mod copy;
 mod folder;
+mod hardening;
 mod map;
 mod model;
 mod refresh;
