@@ -41,6 +41,7 @@ mod message;
 mod protocol;
 mod spawner;
 mod storage;
+mod supervise;
 mod tasks;
 mod vm;
 mod worker;

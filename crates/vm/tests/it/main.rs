@@ -6,6 +6,7 @@ mod tasks;
 
 mod behaviour;
 mod harness;
+mod leftovers;
 #[cfg(feature = "mpi")]
 mod mpirun;
 mod processes;

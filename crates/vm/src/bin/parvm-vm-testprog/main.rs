@@ -5,7 +5,11 @@
 //! - `hang`: spawns a long task with a task folder on every worker, prints
 //!   `READY <worker pids>` and waits to be killed;
 //! - `print`: spawns the `print` task once and finalizes;
-//! - `start-finalize`: starts and finalizes (for timing).
+//! - `start-finalize`: starts and finalizes (for timing);
+//! - `command`: spawns `sh -c "$PARVM_TEST_SCRIPT"` with `PARVM_TEST_MARK` set to
+//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
+//! - `return`: spawns the same command, prints `READY` and returns from `main` at once
+//!   (the runtime is dropped, not finalized by hand).
 
 mod tasks;
 
@@ -34,6 +38,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             vm.spawn(Spawn::task("sleep", &60_000u64).fill())?;
             let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
             println!("READY {}", pids.join(" "));
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        "command" | "return" => {
+            let vm = runtime.vm().build()?;
+            let mut pids = Vec::new();
+            if scenario == "command" {
+                let ids = vm.spawn(Spawn::task("pid", &()).fill())?;
+                let mut exits = 0;
+                while exits < ids.len() {
+                    match vm.recv()? {
+                        Message::TaskResult {
+                            outcome: Ok(value), ..
+                        } => pids.push(value.decode::<u32>()?.to_string()),
+                        Message::TaskExit { .. } => exits += 1,
+                        _ => {}
+                    }
+                }
+            }
+            let script = std::env::var("PARVM_TEST_SCRIPT")?;
+            let token = std::env::var("PARVM_TEST_TOKEN")?;
+            vm.spawn(
+                Spawn::command("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .env("PARVM_TEST_MARK", token),
+            )?;
+            println!("READY {}", pids.join(" "));
+            if scenario == "return" {
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_secs(120));
         }
         "print" => {
