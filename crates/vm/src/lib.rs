@@ -35,6 +35,7 @@
 mod capture;
 mod error;
 mod ids;
+mod link;
 mod logging;
 pub mod memory;
 mod message;

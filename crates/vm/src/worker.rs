@@ -11,6 +11,7 @@ use parvm_transport::{Event, Transport, Wait};
 use serde::Serialize;
 
 use crate::capture::Capture;
+use crate::link::Link;
 use crate::message::{CommandStatus, Payload};
 use crate::protocol::{self, Frame, FromWorker, Job, SpawnRequest, ToWorker};
 use crate::storage::Storage;
@@ -23,6 +24,7 @@ const COMMAND_CHECK: Duration = Duration::from_millis(50);
 /// What a running task can see and do: its ids, its folder, and messages.
 pub struct TaskContext<'a> {
     transport: &'a dyn Transport,
+    link: &'a Link,
     id: TaskId,
     host: &'a str,
     dir: Option<&'a Path>,
@@ -204,7 +206,7 @@ impl TaskContext<'_> {
                 },
             };
             let event = self
-                .transport
+                .link
                 .recv(wait)
                 .map_err(|e| Error::transport(self.transport.backend(), e))?;
             match event {
@@ -284,10 +286,11 @@ impl Worker {
         let host = transport.host();
         let rank = transport.rank();
         let backend = transport.backend();
+        let link = Arc::new(Link::new(Arc::clone(&transport)));
         let mut storage = Storage::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
-            Some(Capture::start(Arc::clone(&transport), backend == "local")?)
+            Some(Capture::start(Arc::clone(&link), backend == "local")?)
         } else {
             None
         };
@@ -298,7 +301,7 @@ impl Worker {
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {
                 Some(payload) => payload,
-                None => match transport.recv(Wait::Forever) {
+                None => match link.recv(Wait::Forever) {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");
@@ -320,6 +323,7 @@ impl Worker {
                     let ctx = Run {
                         worker: &self,
                         transport: &*transport,
+                        link: &link,
                         host: &host,
                         rank,
                         state: &state,
@@ -357,6 +361,7 @@ impl Worker {
 struct Run<'a> {
     worker: &'a Worker,
     transport: &'a dyn Transport,
+    link: &'a Link,
     host: &'a str,
     rank: u32,
     state: &'a LoopState,
@@ -417,6 +422,7 @@ impl Run<'_> {
         };
         let ctx = TaskContext {
             transport: self.transport,
+            link: self.link,
             id,
             host: self.host,
             dir,

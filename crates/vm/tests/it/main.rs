@@ -9,6 +9,7 @@ mod harness;
 mod leftovers;
 #[cfg(feature = "mpi")]
 mod mpirun;
+mod output;
 mod processes;
 mod selection;
 mod unprivileged;

@@ -8,6 +8,8 @@
 //! - `start-finalize`: starts and finalizes (for timing);
 //! - `command`: spawns `sh -c "$PARVM_TEST_SCRIPT"` with `PARVM_TEST_MARK` set to
 //!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
+//! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
+//!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
 
@@ -69,6 +71,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_secs(120));
+        }
+        "flood" => {
+            let lines: u64 = std::env::args().nth(2).unwrap_or_default().parse()?;
+            let vm = runtime.vm().build()?;
+            let ids = vm.spawn(Spawn::task("pid", &()))?;
+            let mut pid = 0;
+            let mut exits = 0;
+            while exits < ids.len() {
+                match vm.recv()? {
+                    Message::TaskResult {
+                        outcome: Ok(value), ..
+                    } => pid = value.decode::<u32>()?,
+                    Message::TaskExit { .. } => exits += 1,
+                    _ => {}
+                }
+            }
+            eprintln!("READY {pid}");
+            vm.spawn(Spawn::task("flood", &lines))?;
+            loop {
+                if let Message::TaskExit { status, .. } = vm.recv()? {
+                    eprintln!("EXIT {status:?}");
+                    break;
+                }
+            }
+            let status = std::fs::read_to_string("/proc/self/status")?;
+            let hwm = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .unwrap_or("?");
+            eprintln!("HWM {}", hwm.trim());
         }
         "print" => {
             let vm = runtime.vm().build()?;
