@@ -117,44 +117,84 @@ fn describe(pids: &[i32]) -> String {
         .join("; ")
 }
 
-/// Kills and reaps a spawner process when dropped, then removes its storage folder.
-struct SpawnerGuard(Child, #[allow(dead_code)] tempfile::TempDir);
+/// Kills and reaps a spawner process (and a TCP worker) when dropped, then removes its
+/// storage folder.
+struct SpawnerGuard {
+    spawner: Child,
+    worker: Option<Child>,
+    _folder: tempfile::TempDir,
+}
 
 impl Drop for SpawnerGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        for child in std::iter::once(&mut self.spawner).chain(self.worker.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-/// Starts the test program as a spawner in `scenario` with `script` marked by `marked`;
-/// returns it and the pids it printed after `READY`.
-fn spawner(scenario: &str, script: &str, marked: &Marked) -> (SpawnerGuard, Vec<i32>) {
-    let local = tempfile::tempdir().unwrap();
-    let mut child = SpawnerGuard(
-        Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
-            .arg(scenario)
-            .env("PARALLEL_LOCAL_STORAGE", local.path())
-            .env("PARALLEL_MIRRORED_STORAGE", local.path())
-            .env("PARVM_WORKERS", "1")
-            .env("PARVM_TEST_SCRIPT", script)
-            .env("PARVM_TEST_TOKEN", marked.token())
-            .env_remove("PARVM_TRANSPORT")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        local,
-    );
-    let stdout = child.0.stdout.take().unwrap();
+/// Starts the test program as a spawner in `scenario` with `script` marked by `marked`,
+/// on the local backend or, with `tcp`, over TCP on loopback with one worker; returns it
+/// and the pids it printed after `READY`.
+fn spawner(scenario: &str, script: &str, marked: &Marked, tcp: bool) -> (SpawnerGuard, Vec<i32>) {
+    let folder = tempfile::tempdir().unwrap();
+    let local = folder.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let secret = folder.path().join("secret");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"));
+    command
+        .arg(scenario)
+        .env("PARALLEL_LOCAL_STORAGE", &local)
+        .env("PARALLEL_MIRRORED_STORAGE", &local)
+        .env("PARVM_WORKERS", "1")
+        .env("PARVM_TEST_SCRIPT", script)
+        .env("PARVM_TEST_TOKEN", marked.token())
+        .env_remove("PARVM_TRANSPORT")
+        .stdout(Stdio::piped());
+    if tcp {
+        command
+            .env("PARVM_TRANSPORT", "tcp")
+            .env("PARVM_LISTEN", "127.0.0.1:0")
+            .env("PARVM_SECRET_FILE", &secret);
+    }
+    let mut guard = SpawnerGuard {
+        spawner: command.spawn().unwrap(),
+        worker: None,
+        _folder: folder,
+    };
+    let mut stdout = BufReader::new(guard.spawner.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    if tcp {
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("LISTEN ")
+            .unwrap_or_else(|| panic!("unexpected output `{line}`"))
+            .to_owned();
+        guard.worker = Some(
+            Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+                .env("PARVM_CONNECT", addr)
+                .env("PARVM_SECRET_FILE", &secret)
+                .env("PARVM_HOSTNAME", "alpha")
+                .env("PARALLEL_LOCAL_STORAGE", &local)
+                .env("PARALLEL_MIRRORED_STORAGE", &local)
+                .env_remove("PARVM_TRANSPORT")
+                .env_remove("PARVM_LOCAL_SOCKET")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        line.clear();
+    }
+    stdout.read_line(&mut line).unwrap();
     let pids = line
         .strip_prefix("READY")
         .unwrap_or_else(|| panic!("unexpected output `{line}`"))
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    (child, pids)
+    (guard, pids)
 }
 
 #[test]
@@ -249,26 +289,41 @@ fn a_killed_worker_leaves_no_task_process() {
     );
 }
 
-#[test]
-fn a_killed_spawner_leaves_no_task_process_and_no_worker() {
-    let marked = Marked::new("spawner");
-    let (mut spawner, workers) = spawner("command", FAMILY, &marked);
+fn killed_spawner_leaves_no_task_process_and_no_worker(tcp: bool) {
+    let marked = Marked::new(if tcp { "spawner-tcp" } else { "spawner" });
+    let (mut guard, workers) = spawner("command", FAMILY, &marked, tcp);
     assert_eq!(workers.len(), 1);
     marked.wait_for(4);
-    spawner.0.kill().unwrap();
-    spawner.0.wait().unwrap();
+    guard.spawner.kill().unwrap();
+    guard.spawner.wait().unwrap();
     let left = marked.gone_within(GONE_WITHIN);
     assert!(left.is_empty(), "left behind: {}", describe(&left));
-    wait_until("the worker exits", || !alive(workers[0]));
+    match guard.worker.as_mut() {
+        // The TCP worker is this test's child: reaped here.
+        Some(worker) => wait_until("the worker exits", || {
+            !matches!(worker.try_wait(), Ok(None))
+        }),
+        None => wait_until("the worker exits", || !alive(workers[0])),
+    }
+}
+
+#[test]
+fn a_killed_spawner_leaves_no_task_process_and_no_worker() {
+    killed_spawner_leaves_no_task_process_and_no_worker(false);
+}
+
+#[test]
+fn a_lost_tcp_spawner_leaves_no_task_process_and_no_worker() {
+    killed_spawner_leaves_no_task_process_and_no_worker(true);
 }
 
 #[test]
 fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
     let marked = Marked::new("return");
-    let (mut spawner, _) = spawner("return", FAMILY, &marked);
+    let (mut guard, _) = spawner("return", FAMILY, &marked, false);
     // From the spawn on: `READY` follows it at once.
     let start = Instant::now();
-    let status = spawner.0.wait().unwrap();
+    let status = guard.spawner.wait().unwrap();
     let took = start.elapsed();
     assert!(status.success(), "{status}");
     assert!(took < KILL_GRACE + Duration::from_secs(1), "took {took:?}");

@@ -7,7 +7,8 @@
 //! - `print`: spawns the `print` task once and finalizes;
 //! - `start-finalize`: starts and finalizes (for timing);
 //! - `command`: spawns `sh -c "$PARVM_TEST_SCRIPT"` with `PARVM_TEST_MARK` set to
-//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
+//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed
+//!   (over TCP it first prints `LISTEN <address>` and waits for one worker);
 //! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
 //!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
@@ -43,6 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_secs(120));
         }
         "command" | "return" => {
+            if let Some(addr) = runtime.tcp_addr() {
+                // A TCP spawner: the test starts the worker.
+                println!("LISTEN {addr}");
+                runtime.wait_for_workers(1, Duration::from_secs(30))?;
+            }
             let vm = runtime.vm().build()?;
             let mut pids = Vec::new();
             if scenario == "command" {
