@@ -207,3 +207,60 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryTransport;
+
+    fn pair() -> (MemoryTransport, Arc<Link>) {
+        let mut ends = MemoryTransport::cluster(&["spawner", "worker"]).into_iter();
+        let spawner = ends.next().unwrap();
+        let worker: Arc<dyn Transport> = Arc::new(ends.next().unwrap());
+        (spawner, Arc::new(Link::new(worker)))
+    }
+
+    #[test]
+    fn output_waits_for_acknowledgements_that_any_thread_receives() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        // The window is used up: the output thread waits, and receives meanwhile.
+        let waiting = {
+            let link = Arc::clone(&link);
+            std::thread::spawn(move || link.take_credit(10))
+        };
+        spawner.send(1, b"\x01for the task").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The frame for the task reaches the spawn loop, whoever received it.
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { from: 0, payload }) if payload == b"\x01for the task"),
+            "{event:?}"
+        );
+        assert!(!waiting.is_finished());
+        spawner.send(1, &protocol::output_ack(10)).unwrap();
+        while !waiting.is_finished() {
+            assert!(Instant::now() < deadline, "the credit did not arrive");
+            // Acknowledgements never reach the spawn loop.
+            assert!(
+                link.recv(Wait::For(Duration::from_millis(5)))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(waiting.join().unwrap());
+    }
+
+    #[test]
+    fn output_without_a_spawner_is_dropped_not_waited_for() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        drop(spawner);
+        assert!(!link.take_credit(1));
+        let event = link.recv(Wait::NoWait).unwrap();
+        assert!(
+            matches!(event, Some(Event::PeerLost { rank: 0, .. })),
+            "{event:?}"
+        );
+    }
+}
