@@ -192,16 +192,13 @@ impl Link {
             }
             let (next, event) = self.pull(state, Wait::For(CREDIT_PULL));
             state = next;
-            match event {
-                Ok(Some(event)) => {
-                    state.queue.push_back(event);
-                    if state.sleepers > 0 {
-                        self.cond.notify_all();
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "the transport failed while output waited");
+            // On an error the link is closed now, and the spawn loop meets the error on
+            // its next receive. Nothing is logged here: the output thread's own log lines
+            // would go into the pipe it is the one to empty.
+            if let Ok(Some(event)) = event {
+                state.queue.push_back(event);
+                if state.sleepers > 0 {
+                    self.cond.notify_all();
                 }
             }
         }
