@@ -39,9 +39,15 @@ pub(crate) struct Capture {
 
 impl Capture {
     /// Redirects fd 1 and 2 and starts the forwarding thread. With `watch_parent`, the
-    /// thread also ends the process when its parent (the spawner) is gone, so a worker does
-    /// not outlive a killed spawner while a long task runs.
-    pub(crate) fn start(link: Arc<Link>, watch_parent: bool) -> Result<Capture, Error> {
+    /// thread also ends the process when its parent (the spawner) is gone, and with
+    /// `watch_connection` when the connection to the spawner is lost, so a worker does not
+    /// outlive a killed spawner while a long task runs (its commands are stopped by their
+    /// supervisors then).
+    pub(crate) fn start(
+        link: Arc<Link>,
+        watch_parent: bool,
+        watch_connection: bool,
+    ) -> Result<Capture, Error> {
         let io = |what: &'static str| {
             move |e: Errno| Error::Io {
                 what,
@@ -70,7 +76,13 @@ impl Capture {
         let thread_inner = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("parvm-output".to_owned())
-            .spawn(move || forward(&thread_inner, watch_parent.then_some(parent)))
+            .spawn(move || {
+                forward(
+                    &thread_inner,
+                    watch_parent.then_some(parent),
+                    watch_connection,
+                );
+            })
             .map_err(|source| Error::Io {
                 what: "start the output thread for",
                 path: "/dev/fd/1".into(),
@@ -102,16 +114,15 @@ impl Capture {
     }
 }
 
-fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>) {
+fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bool) {
     loop {
         let mut fds = [
             PollFd::new(inner.out.as_fd(), PollFlags::POLLIN),
             PollFd::new(inner.err.as_fd(), PollFlags::POLLIN),
         ];
         let ready = poll(&mut fds, PollTimeout::from(250u16));
-        if let Some(parent) = parent
-            && nix::unistd::getppid() != parent
-        {
+        let parent_gone = parent.is_some_and(|parent| nix::unistd::getppid() != parent);
+        if parent_gone || (watch_connection && inner.link.spawner_lost_meanwhile()) {
             // The spawner is gone while a task runs: leave now. The task folder stays behind
             // with a dead owner, and the next worker start sweeps it as stale.
             std::process::exit(70);

@@ -166,6 +166,30 @@ impl Link {
         }
     }
 
+    /// For the output thread while a task runs: receives what has already arrived when
+    /// no other thread is receiving, so that a lost connection to the spawner is noticed
+    /// while the task computes. `true` when this call found the spawner gone (the spawn
+    /// loop, when it is the one to find it, leaves by itself).
+    pub(crate) fn spawner_lost_meanwhile(&self) -> bool {
+        let state = self.lock();
+        if state.pulling || state.closed {
+            return false;
+        }
+        let (mut state, event) = self.pull(state, Wait::NoWait);
+        match event {
+            Ok(Some(event)) => {
+                let lost = matches!(event, Event::PeerLost { rank: 0, .. });
+                state.queue.push_back(event);
+                if state.sleepers > 0 {
+                    self.cond.notify_all();
+                }
+                lost
+            }
+            Ok(None) => false,
+            Err(_) => state.closed,
+        }
+    }
+
     /// Takes `bytes` of output credit, waiting for acknowledgements (and receiving them
     /// when nobody else does) as long as it takes. `false` when the spawner is gone: the
     /// output is to be dropped.

@@ -290,7 +290,12 @@ impl Worker {
         let mut storage = Storage::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
-            Some(Capture::start(Arc::clone(&link), backend == "local")?)
+            // MPI reports no lost peers: its launcher ends the job instead.
+            Some(Capture::start(
+                Arc::clone(&link),
+                backend == "local",
+                backend == "local" || backend == "tcp",
+            )?)
         } else {
             None
         };

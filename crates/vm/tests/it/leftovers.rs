@@ -318,6 +318,25 @@ fn a_lost_tcp_spawner_leaves_no_task_process_and_no_worker() {
 }
 
 #[test]
+fn a_tcp_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
+    let marked = Marked::new("hang-tcp");
+    let (mut guard, workers) = spawner("hang", "", &marked, true);
+    assert_eq!(workers.len(), 1);
+    // READY follows the spawn of a 60-second task at once; the worker takes it meanwhile.
+    guard.spawner.kill().unwrap();
+    guard.spawner.wait().unwrap();
+    let worker = guard.worker.as_mut().unwrap();
+    let deadline = Instant::now() + GONE_WITHIN;
+    while matches!(worker.try_wait(), Ok(None)) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker still runs {GONE_WITHIN:?} after its spawner was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
     let marked = Marked::new("return");
     let (mut guard, _) = spawner("return", FAMILY, &marked, false);

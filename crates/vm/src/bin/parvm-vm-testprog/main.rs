@@ -1,14 +1,14 @@
 //! Test support for parvm-vm: the workers of the integration tests run this program, and a
 //! few tests run it as a spawner. Not meant for users.
 //!
-//! As a spawner, the first argument picks a scenario:
+//! As a spawner (over TCP it first prints `LISTEN <address>` and waits for one worker), the
+//! first argument picks a scenario:
 //! - `hang`: spawns a long task with a task folder on every worker, prints
 //!   `READY <worker pids>` and waits to be killed;
 //! - `print`: spawns the `print` task once and finalizes;
 //! - `start-finalize`: starts and finalizes (for timing);
 //! - `command`: spawns `sh -c "$PARVM_TEST_SCRIPT"` with `PARVM_TEST_MARK` set to
-//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed
-//!   (over TCP it first prints `LISTEN <address>` and waits for one worker);
+//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
 //! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
 //!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
@@ -23,6 +23,11 @@ use parvm_vm::{Message, Runtime, Spawn};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = Runtime::start(tasks::tasks())?;
     let scenario = std::env::args().nth(1).unwrap_or_default();
+    if let Some(addr) = runtime.tcp_addr() {
+        // A TCP spawner: the test starts one worker.
+        println!("LISTEN {addr}");
+        runtime.wait_for_workers(1, Duration::from_secs(30))?;
+    }
     match scenario.as_str() {
         "hang" => {
             let vm = runtime.vm().local_folder(true).build()?;
@@ -44,11 +49,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_secs(120));
         }
         "command" | "return" => {
-            if let Some(addr) = runtime.tcp_addr() {
-                // A TCP spawner: the test starts the worker.
-                println!("LISTEN {addr}");
-                runtime.wait_for_workers(1, Duration::from_secs(30))?;
-            }
             let vm = runtime.vm().build()?;
             let mut pids = Vec::new();
             if scenario == "command" {
