@@ -506,7 +506,7 @@ impl Run<'_> {
                 }
                 Ok(Some(End::SupervisorDied(status))) => {
                     return Err(format!(
-                        "the supervisor (pid {supervisor}) of command `{program}` of task {id} (pid {pid} on host `{host}`) ended without a report ({status}); the command was killed with it: look for what killed the supervisor (an out-of-memory kill, or a signal sent by hand)"
+                        "the supervisor (pid {supervisor}) of command `{program}` of task {id} (pid {pid} on host `{host}`) ended without a report ({status}); the command itself was killed with it, but processes it started in the background may still run: look for what killed the supervisor (an out-of-memory kill, or a signal sent by hand) and for leftover processes"
                     ));
                 }
                 Err(e) => {
