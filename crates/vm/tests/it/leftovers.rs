@@ -349,3 +349,25 @@ fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
     let left = marked.alive();
     assert!(left.is_empty(), "left behind: {}", describe(&left));
 }
+
+#[test]
+fn a_command_that_cannot_start_names_the_task_the_host_and_what_to_do() {
+    let h = Harness::start(Backend::Local, 1);
+    let vm = h.vm();
+    let ids = vm.spawn(Spawn::command("/nonexistent/simulator")).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let failure = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
+    for part in [
+        "/nonexistent/simulator",
+        &ids[0].to_string(),
+        "host `alpha`",
+        "PATH",
+    ] {
+        assert!(failure.message.contains(part), "no `{part}` in: {failure}");
+    }
+}
