@@ -6,7 +6,8 @@
 //!
 //! - `spawn`: no-op spawn round trip (spawn, result, exit), median µs, with 1 worker and
 //!   with all workers started; no-op tasks per second with all workers kept busy; whole
-//!   process start + finalize with 2 workers (the test program, median of 10);
+//!   process start + finalize with 2 workers (the test program, median of 10); an external
+//!   command (`true`) round trip with 1 worker, median of 200;
 //! - `messaging`: ping-pong one-way latency and rate through the VM for 0 B, 1 KiB,
 //!   100 KiB and 10 MiB, next to the transport crate's raw Unix-socket ping-pong of the
 //!   same size in the same run, with the ratios.
@@ -84,6 +85,20 @@ fn spawn_part(workers: usize) -> Res<()> {
             "no-op spawn round trip, 1 worker     : median {:7.1} us  ({:.0} tasks/s)",
             us(med),
             1.0 / med.as_secs_f64()
+        );
+        // External command round trip: `true` run by the worker (under its supervisor).
+        let mut samples = Vec::new();
+        for i in 0..220 {
+            let start = Instant::now();
+            vm.spawn(Spawn::command("true"))?;
+            wait_exit(&vm)?;
+            if i >= 20 {
+                samples.push(start.elapsed());
+            }
+        }
+        println!(
+            "`true` command round trip, 1 worker  : median {:7.1} us",
+            us(median(samples))
         );
         drop(vm);
         runtime.finalize()?;

@@ -4,6 +4,9 @@
 //! A thread forwards output while a task runs. When the task ends, the worker thread takes
 //! the same lock and reads what is left itself, so every line a task wrote reaches the
 //! spawner before its result, without waiting on the forwarding thread.
+//!
+//! Every frame takes credit from the worker's output window first ([`crate::link`]): when
+//! the spawner falls behind, the pipes are left unread and the task blocks on its write.
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,20 +16,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use parvm_transport::Transport;
 
 use crate::Error;
+use crate::link::Link;
 use crate::protocol::{self, FromWorker};
 
-/// Longest partial line kept back waiting for its newline.
-const MAX_PARTIAL: usize = 64 * 1024;
+/// Longest output frame, and longest partial line kept back waiting for its newline.
+const CHUNK: usize = 64 * 1024;
 
 struct Inner {
     task: AtomicU64,
     out: OwnedFd,
     err: OwnedFd,
     partial: Mutex<[Vec<u8>; 2]>,
-    transport: Arc<dyn Transport>,
+    link: Arc<Link>,
 }
 
 /// Redirected output of a worker process.
@@ -36,11 +39,14 @@ pub(crate) struct Capture {
 
 impl Capture {
     /// Redirects fd 1 and 2 and starts the forwarding thread. With `watch_parent`, the
-    /// thread also ends the process when its parent (the spawner) is gone, so a worker does
-    /// not outlive a killed spawner while a long task runs.
+    /// thread also ends the process when its parent (the spawner) is gone, and with
+    /// `watch_connection` when the connection to the spawner is lost, so a worker does not
+    /// outlive a killed spawner while a long task runs (its commands are stopped by their
+    /// supervisors then).
     pub(crate) fn start(
-        transport: Arc<dyn Transport>,
+        link: Arc<Link>,
         watch_parent: bool,
+        watch_connection: bool,
     ) -> Result<Capture, Error> {
         let io = |what: &'static str| {
             move |e: Errno| Error::Io {
@@ -64,13 +70,19 @@ impl Capture {
             out,
             err,
             partial: Mutex::new([Vec::new(), Vec::new()]),
-            transport,
+            link,
         });
         let parent = nix::unistd::getppid();
         let thread_inner = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("parvm-output".to_owned())
-            .spawn(move || forward(&thread_inner, watch_parent.then_some(parent)))
+            .spawn(move || {
+                forward(
+                    &thread_inner,
+                    watch_parent.then_some(parent),
+                    watch_connection,
+                );
+            })
             .map_err(|source| Error::Io {
                 what: "start the output thread for",
                 path: "/dev/fd/1".into(),
@@ -102,16 +114,15 @@ impl Capture {
     }
 }
 
-fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>) {
+fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bool) {
     loop {
         let mut fds = [
             PollFd::new(inner.out.as_fd(), PollFlags::POLLIN),
             PollFd::new(inner.err.as_fd(), PollFlags::POLLIN),
         ];
         let ready = poll(&mut fds, PollTimeout::from(250u16));
-        if let Some(parent) = parent
-            && nix::unistd::getppid() != parent
-        {
+        let parent_gone = parent.is_some_and(|parent| nix::unistd::getppid() != parent);
+        if parent_gone || (watch_connection && inner.link.spawner_lost_meanwhile()) {
             // The spawner is gone while a task runs: leave now. The task folder stays behind
             // with a dead owner, and the next worker start sweeps it as stale.
             std::process::exit(70);
@@ -126,38 +137,52 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>) {
     }
 }
 
-/// Reads both pipes until they are empty and sends complete lines (all bytes with `flush`).
+/// Reads both pipes until they are empty and sends complete lines (all bytes with `flush`)
+/// in frames of at most [`CHUNK`] bytes, each once the window has room for it.
 fn pump(inner: &Inner, partial: &mut [Vec<u8>; 2], flush: bool) {
     let mut chunk = [0u8; 16 * 1024];
     for (index, fd) in [&inner.out, &inner.err].into_iter().enumerate() {
         let buffer = &mut partial[index];
         loop {
-            match nix::unistd::read(fd, &mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                Err(Errno::EINTR) => {}
-                Err(_) => break,
+            let mut more = true;
+            while buffer.len() < CHUNK {
+                let room = (CHUNK - buffer.len()).min(chunk.len());
+                match nix::unistd::read(fd, &mut chunk[..room]) {
+                    Ok(0) => more = false,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => more = false,
+                }
+                if !more {
+                    break;
+                }
             }
+            // Whole lines; a line longer than a frame goes in pieces.
+            let cut = if flush {
+                buffer.len()
+            } else {
+                match buffer.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None if buffer.len() >= CHUNK => buffer.len(),
+                    None => 0,
+                }
+            };
+            if cut == 0 {
+                break;
+            }
+            if inner.link.take_credit(cut as u64) {
+                let frame = FromWorker::Output {
+                    number: inner.task.load(Ordering::SeqCst),
+                    stderr: index == 1,
+                    data: buffer[..cut].into(),
+                };
+                if let Ok(bytes) = protocol::encode(&frame) {
+                    let _ = inner.link.transport().send(0, &bytes);
+                }
+            }
+            // Without credit the spawner is gone: the output is dropped, so the task
+            // does not block on a pipe nobody will read.
+            buffer.drain(..cut);
         }
-        let cut = if flush || buffer.len() > MAX_PARTIAL {
-            buffer.len()
-        } else {
-            buffer
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1)
-        };
-        if cut == 0 {
-            continue;
-        }
-        let frame = FromWorker::Output {
-            number: inner.task.load(Ordering::SeqCst),
-            stderr: index == 1,
-            data: buffer[..cut].into(),
-        };
-        if let Ok(bytes) = protocol::encode(&frame) {
-            let _ = inner.transport.send(0, &bytes);
-        }
-        buffer.drain(..cut);
     }
 }

@@ -151,6 +151,30 @@ pub(crate) const USER_HEAD: usize = 1 + 4 + 8 + 8;
 /// ordered channel). A small message then costs its own bytes and one or two more.
 pub(crate) const USER_SPAWNER: u8 = 0x56;
 
+/// The first byte of an output acknowledgement from the spawner to a worker: the spawner
+/// has written a [`FromWorker::Output`] frame of this many bytes of output (LEB128 after
+/// this byte), and the worker may send as much again (see [`crate::link`]). The worker
+/// takes these frames off before it decodes a [`ToWorker`].
+pub(crate) const OUTPUT_ACK: u8 = 0x41;
+
+/// An output acknowledgement for `bytes` bytes.
+pub(crate) fn output_ack(bytes: u64) -> Vec<u8> {
+    let mut frame = vec![OUTPUT_ACK];
+    write_leb128(&mut frame, bytes);
+    frame
+}
+
+/// The bytes an output acknowledgement gives back; `None` for any other frame.
+pub(crate) fn read_output_ack(frame: &[u8]) -> Option<u64> {
+    match frame.split_first() {
+        Some((&OUTPUT_ACK, rest)) => match read_leb128(rest) {
+            Ok((bytes, [])) => Some(bytes),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The frames of one direction: MessagePack, with binary heads for user messages.
 pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
     /// Writes into `out` (replacing what it held) the head of this user message frame,
@@ -498,6 +522,22 @@ mod tests {
                 data: Cow::Borrowed(&[]),
             }
         }
+    }
+
+    #[test]
+    fn output_acks_round_trip_and_are_no_other_frame() {
+        for bytes in [0u64, 1, 65_536, u64::MAX] {
+            assert_eq!(read_output_ack(&output_ack(bytes)), Some(bytes));
+        }
+        assert_eq!(read_output_ack(&encode(&ToWorker::Exit).unwrap()), None);
+        assert_eq!(read_output_ack(&[OUTPUT_ACK]), None);
+        let mut trailing = output_ack(5);
+        trailing.push(0);
+        assert_eq!(read_output_ack(&trailing), None);
+        // Other frames never start with the acknowledgement's byte.
+        assert_ne!(OUTPUT_ACK, VERSION);
+        assert_ne!(OUTPUT_ACK, USER);
+        assert_ne!(OUTPUT_ACK, USER_SPAWNER);
     }
 
     #[test]

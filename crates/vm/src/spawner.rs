@@ -293,31 +293,36 @@ impl Shared {
             if state.sleepers > 0 {
                 self.cond.notify_all();
             }
-            let lines = match event {
+            let output = match event {
                 Ok(Some(event)) => self.dispatch(&mut state, event),
                 Ok(None) => {
                     if matches!(wait, Wait::NoWait) {
                         return Ok(take(&mut state));
                     }
-                    Vec::new()
+                    None
                 }
                 Err(e) => return Err(Error::transport(self.backend, e)),
             };
-            if !lines.is_empty() {
+            if let Some(output) = output {
                 drop(state);
-                print_lines(&lines);
+                print_lines(&output.lines);
+                // Written: the worker may send as much again (see `crate::link`). A
+                // worker that is gone needs no credit.
+                let _ = self
+                    .transport
+                    .send(output.from, &protocol::output_ack(output.bytes));
                 state = self.lock();
             }
         }
     }
 
-    /// Files one transport event; returns output lines to print once the lock is released.
-    fn dispatch(&self, state: &mut State, event: Event) -> Vec<(bool, String)> {
+    /// Files one transport event; returns output to print once the lock is released.
+    fn dispatch(&self, state: &mut State, event: Event) -> Option<Output> {
         match event {
             Event::Message { from, payload } => self.dispatch_frame(state, from, payload),
             Event::PeerLost { rank, reason } => {
                 self.lose(state, rank, &reason);
-                Vec::new()
+                None
             }
             Event::PeerJoined(peer) => {
                 // Sent while the lock is held, so no spawn can reach the worker before it.
@@ -337,22 +342,17 @@ impl Shared {
                         });
                     }
                 }
-                Vec::new()
+                None
             }
         }
     }
 
-    fn dispatch_frame(
-        &self,
-        state: &mut State,
-        from: Rank,
-        payload: Vec<u8>,
-    ) -> Vec<(bool, String)> {
+    fn dispatch_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
         let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
             Ok(frame) => frame,
             Err(reason) => {
                 tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
-                return Vec::new();
+                return None;
             }
         };
         match frame {
@@ -361,12 +361,10 @@ impl Shared {
                 value,
                 error,
             } => {
-                let Some(slot) = state.slots.get_mut(&from) else {
-                    return Vec::new();
-                };
+                let slot = state.slots.get_mut(&from)?;
                 let Some(running) = slot.running.as_mut().filter(|r| r.number == number) else {
                     tracing::warn!(rank = from, number, "end of a task this slot does not run");
-                    return Vec::new();
+                    return None;
                 };
                 let task = TaskId { slot: from, number };
                 let (vm, send_back, returns) = (running.vm, running.send_back, running.returns);
@@ -401,7 +399,7 @@ impl Shared {
                     // The VM is gone: nobody receives the exit, so the slot frees now.
                     None => slot.running = None,
                 }
-                Vec::new()
+                None
             }
             FromWorker::User {
                 from: number,
@@ -420,7 +418,7 @@ impl Shared {
                         rank = from,
                         "dropping a message from a slot that runs no task"
                     );
-                    return Vec::new();
+                    return None;
                 };
                 let sender = TaskId { slot: from, number };
                 if to.slot == 0 {
@@ -443,7 +441,7 @@ impl Shared {
                 } else {
                     tracing::debug!(to = %to, "dropping a message for a task that has ended");
                 }
-                Vec::new()
+                None
             }
             FromWorker::Output {
                 number,
@@ -459,14 +457,18 @@ impl Shared {
                 } else {
                     format!("[{from}:{number}@{host}]")
                 };
-                String::from_utf8_lossy(&data)
-                    .lines()
-                    .map(|line| (stderr, format!("{tag} {line}")))
-                    .collect()
+                Some(Output {
+                    lines: String::from_utf8_lossy(&data)
+                        .lines()
+                        .map(|line| (stderr, format!("{tag} {line}")))
+                        .collect(),
+                    from,
+                    bytes: data.len() as u64,
+                })
             }
             FromWorker::Cleared { removed, error } => {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
-                Vec::new()
+                None
             }
         }
     }
@@ -549,6 +551,13 @@ impl Drop for Shared {
 /// a transport this crate does not know, may connect at any time.
 fn workers_can_join(backend: &str) -> bool {
     !matches!(backend, "local" | "mpi" | "memory")
+}
+
+/// Output of a worker, to print and then acknowledge.
+struct Output {
+    lines: Vec<(bool, String)>,
+    from: Rank,
+    bytes: u64,
 }
 
 /// Whether `task` is still running (its end not yet reported).

@@ -11,14 +11,20 @@ use parvm_transport::{Event, Transport, Wait};
 use serde::Serialize;
 
 use crate::capture::Capture;
+use crate::link::Link;
 use crate::message::{CommandStatus, Payload};
 use crate::protocol::{self, Frame, FromWorker, Job, SpawnRequest, ToWorker};
 use crate::storage::Storage;
+use crate::supervise::{self, End};
 use crate::{Error, HostId, TaskId, Tasks};
+
+/// How often a worker waiting for a command looks for a finalize or the spawner's loss.
+const COMMAND_CHECK: Duration = Duration::from_millis(50);
 
 /// What a running task can see and do: its ids, its folder, and messages.
 pub struct TaskContext<'a> {
     transport: &'a dyn Transport,
+    link: &'a Link,
     id: TaskId,
     host: &'a str,
     dir: Option<&'a Path>,
@@ -202,7 +208,7 @@ impl TaskContext<'_> {
                 },
             };
             let event = self
-                .transport
+                .link
                 .recv(wait)
                 .map_err(|e| Error::transport(self.transport.backend(), e))?;
             match event {
@@ -285,10 +291,16 @@ impl Worker {
         let host = transport.host();
         let rank = transport.rank();
         let backend = transport.backend();
+        let link = Arc::new(Link::new(Arc::clone(&transport)));
         let mut storage = Storage::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
-            Some(Capture::start(Arc::clone(&transport), backend == "local")?)
+            // MPI reports no lost peers: its launcher ends the job instead.
+            Some(Capture::start(
+                Arc::clone(&link),
+                backend == "local",
+                backend == "local" || backend == "tcp",
+            )?)
         } else {
             None
         };
@@ -303,7 +315,7 @@ impl Worker {
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {
                 Some(payload) => payload,
-                None => match transport.recv(Wait::Forever) {
+                None => match link.recv(Wait::Forever) {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");
@@ -325,6 +337,7 @@ impl Worker {
                     let ctx = Run {
                         worker: &self,
                         transport: &*transport,
+                        link: &link,
                         host: &host,
                         rank,
                         state: &state,
@@ -370,6 +383,7 @@ impl Worker {
 struct Run<'a> {
     worker: &'a Worker,
     transport: &'a dyn Transport,
+    link: &'a Link,
     host: &'a str,
     rank: u32,
     state: &'a LoopState,
@@ -430,6 +444,7 @@ impl Run<'_> {
         };
         let ctx = TaskContext {
             transport: self.transport,
+            link: self.link,
             id,
             host: self.host,
             dir,
@@ -452,30 +467,89 @@ impl Run<'_> {
                     "task `{name}` is not registered in the worker's program; run the same executable on every slot"
                 )),
             },
-            Job::Command { program, args, env } => {
-                let mut command = std::process::Command::new(program);
-                command
-                    .args(args)
-                    .envs(self.state.forwarded.borrow().iter().map(|(k, v)| (k, v)))
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(std::process::Stdio::null());
-                // A parvm program started by the command must not join this VM as a worker.
-                for var in parvm_transport::local::WORKER_ENV_VARS {
-                    command.env_remove(var);
+            Job::Command { program, args, env } => self.run_command(ctx, program, args, env),
+        }
+    }
+
+    /// Runs an external command under a supervisor (see [`crate::supervise`]) and waits
+    /// for it, watching the spawner meanwhile: when the VM is finalized or the spawner is
+    /// lost, the command and everything it started are stopped.
+    fn run_command(
+        &self,
+        ctx: &TaskContext<'_>,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Vec<u8>, String> {
+        let id = ctx.id;
+        let host = ctx.host;
+        let mut command = std::process::Command::new(program);
+        // Forwarded variables first, so the spawn's own `env` wins.
+        command
+            .args(args)
+            .envs(self.state.forwarded.borrow().iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        // A parvm program started by the command must not join this VM as a worker.
+        for var in parvm_transport::local::WORKER_ENV_VARS {
+            command.env_remove(var);
+        }
+        command.env_remove(parvm_transport::tcp::CONNECT_VAR);
+        if let Some(dir) = ctx.dir {
+            command.current_dir(dir);
+        }
+        let mut supervised = supervise::spawn(command).map_err(|e| {
+            format!(
+                "cannot start command `{program}` of task {id} on host `{host}`: {e}; check that the program exists there (a full path, or a name on the worker's PATH) and is executable"
+            )
+        })?;
+        let pid = supervised.command_pid();
+        let supervisor = supervised.supervisor_pid();
+        let mut stopped: Option<String> = None;
+        loop {
+            match supervised.wait(COMMAND_CHECK) {
+                Ok(None) => {}
+                Ok(Some(End::Status(status))) => {
+                    if let Some(why) = stopped {
+                        return Err(format!(
+                            "command `{program}` of task {id} (pid {pid} on host `{host}`) was stopped with everything it started, because {why}"
+                        ));
+                    }
+                    let status = CommandStatus {
+                        code: status.code(),
+                        signal: std::os::unix::process::ExitStatusExt::signal(&status),
+                    };
+                    return rmp_serde::to_vec(&status).map_err(|e| {
+                        format!("cannot encode the status of command `{program}` of task {id}: {e}")
+                    });
                 }
-                command.env_remove(parvm_transport::tcp::CONNECT_VAR);
-                if let Some(dir) = ctx.dir {
-                    command.current_dir(dir);
+                Ok(Some(End::SupervisorDied(status))) => {
+                    return Err(format!(
+                        "the supervisor (pid {supervisor}) of command `{program}` of task {id} (pid {pid} on host `{host}`) ended without a report ({status}); the command itself was killed with it, but processes it started in the background may still run: look for what killed the supervisor (an out-of-memory kill, or a signal sent by hand) and for leftover processes"
+                    ));
                 }
-                let status = command
-                    .status()
-                    .map_err(|e| format!("cannot run command `{program}`: {e}"))?;
-                let status = CommandStatus {
-                    code: status.code(),
-                    signal: std::os::unix::process::ExitStatusExt::signal(&status),
-                };
-                rmp_serde::to_vec(&status).map_err(|e| e.to_string())
+                Err(e) => {
+                    return Err(format!(
+                        "cannot wait for command `{program}` of task {id} (pid {pid}, supervisor pid {supervisor} on host `{host}`): {e}; the command is stopped"
+                    ));
+                }
             }
+            if stopped.is_some() {
+                continue;
+            }
+            let why = match ctx.try_recv() {
+                Ok(Some((from, _))) => {
+                    tracing::debug!(task = %id, %from, "a command gets no messages; dropped one");
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(Error::Finalized) => "the VM was finalized".to_owned(),
+                Err(Error::SpawnerLost) => "the spawner is gone".to_owned(),
+                Err(e) => format!("the worker lost its transport: {e}"),
+            };
+            tracing::debug!(task = %id, pid, reason = %why, "stopping a command");
+            supervised.stop();
+            stopped = Some(why);
         }
     }
 }

@@ -9,11 +9,13 @@ mod clean;
 mod forward;
 mod harness;
 mod hosts;
+mod leftovers;
 mod logs;
 mod mirrorcheck;
 #[cfg(feature = "mpi")]
 mod mpirun;
 mod nohang;
+mod output;
 mod processes;
 mod selection;
 mod unprivileged;

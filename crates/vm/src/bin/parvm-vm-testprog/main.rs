@@ -1,7 +1,8 @@
 //! Test support for parvm-vm: the workers of the integration tests run this program, and a
 //! few tests run it as a spawner. Not meant for users.
 //!
-//! As a spawner, the first argument picks a scenario:
+//! As a spawner (over TCP it first prints `LISTEN <address>` and waits for one worker), the
+//! first argument picks a scenario:
 //! - `hang`: spawns a long task with a task folder on every worker, prints
 //!   `READY <worker pids>` and waits to be killed;
 //! - `print`: spawns the `print` task once and finalizes;
@@ -9,6 +10,12 @@
 //! - `forward`: forwards `TESTFWD_API` (with `RuntimeBuilder::forward_env`, plus what
 //!   `PARVM_FORWARD_ENV` lists), waits for one worker, and prints what a task and a command
 //!   see of `TESTFWD_API` and `TESTFWD_LIST`.
+//! - `command`: spawns `sh -c "$PARVM_TEST_SCRIPT"` with `PARVM_TEST_MARK` set to
+//!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
+//! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
+//!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
+//! - `return`: spawns the same command, prints `READY` and returns from `main` at once
+//!   (the runtime is dropped, not finalized by hand).
 
 mod tasks;
 
@@ -23,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.forward_env(["TESTFWD_API"]);
     }
     let runtime = builder.start()?;
+    if let Some(addr) = runtime.tcp_addr() {
+        // A TCP spawner: the test starts one worker.
+        println!("LISTEN {addr}");
+        runtime.wait_for_workers(1, Duration::from_secs(30))?;
+    }
     match scenario.as_str() {
         "forward" => {
             runtime.wait_for_workers(1, Duration::from_secs(30))?;
@@ -70,6 +82,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
             println!("READY {}", pids.join(" "));
             std::thread::sleep(Duration::from_secs(120));
+        }
+        "command" | "return" => {
+            let vm = runtime.vm().build()?;
+            let mut pids = Vec::new();
+            if scenario == "command" {
+                let ids = vm.spawn(Spawn::task("pid", &()).fill())?;
+                let mut exits = 0;
+                while exits < ids.len() {
+                    match vm.recv()? {
+                        Message::TaskResult {
+                            outcome: Ok(value), ..
+                        } => pids.push(value.decode::<u32>()?.to_string()),
+                        Message::TaskExit { .. } => exits += 1,
+                        _ => {}
+                    }
+                }
+            }
+            let script = std::env::var("PARVM_TEST_SCRIPT")?;
+            let token = std::env::var("PARVM_TEST_TOKEN")?;
+            vm.spawn(
+                Spawn::command("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .env("PARVM_TEST_MARK", token),
+            )?;
+            println!("READY {}", pids.join(" "));
+            if scenario == "return" {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        "flood" => {
+            let lines: u64 = std::env::args().nth(2).unwrap_or_default().parse()?;
+            let vm = runtime.vm().build()?;
+            let ids = vm.spawn(Spawn::task("pid", &()))?;
+            let mut pid = 0;
+            let mut exits = 0;
+            while exits < ids.len() {
+                match vm.recv()? {
+                    Message::TaskResult {
+                        outcome: Ok(value), ..
+                    } => pid = value.decode::<u32>()?,
+                    Message::TaskExit { .. } => exits += 1,
+                    _ => {}
+                }
+            }
+            eprintln!("READY {pid}");
+            vm.spawn(Spawn::task("flood", &lines))?;
+            loop {
+                if let Message::TaskExit { status, .. } = vm.recv()? {
+                    eprintln!("EXIT {status:?}");
+                    break;
+                }
+            }
+            let status = std::fs::read_to_string("/proc/self/status")?;
+            let hwm = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .unwrap_or("?");
+            eprintln!("HWM {}", hwm.trim());
         }
         "print" => {
             let vm = runtime.vm().build()?;

@@ -68,6 +68,16 @@ pub fn tasks() -> Tasks {
         .register("dir", |ctx: &TaskContext, (): ()| {
             Ok::<_, Infallible>(ctx.dir().map(|d| d.display().to_string()))
         })
+        .register("flood", |_: &TaskContext, lines: u64| {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for seq in 0..lines {
+                out.write_all(&flood_line(seq))
+                    .map_err(|e| format!("cannot write line {seq}: {e}"))?;
+            }
+            out.flush().map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        })
         .register("print", |_: &TaskContext, text: String| {
             println!("{text}");
             eprintln!("err: {text}");
@@ -90,6 +100,17 @@ pub fn tasks() -> Tasks {
                 Ok::<_, String>(before)
             },
         )
+}
+
+/// Bytes in a line of the `flood` task, newline included.
+pub const FLOOD_LINE: usize = 1000;
+
+/// Line `seq` of the `flood` task: the number, then a letter that depends on it.
+pub fn flood_line(seq: u64) -> Vec<u8> {
+    let mut line = format!("{seq:010} ").into_bytes();
+    line.resize(FLOOD_LINE - 1, b'a' + (seq % 26) as u8);
+    line.push(b'\n');
+    line
 }
 
 /// Sends every message back to its sender until an empty one arrives; returns the count.

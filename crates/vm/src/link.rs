@@ -1,0 +1,287 @@
+//! A worker's receiving side, shared by the spawn loop (and the task it runs) and the
+//! output thread, and the worker's output window.
+//!
+//! Output travels with backpressure: a worker has at most [`OUTPUT_WINDOW`] bytes of
+//! [`FromWorker::Output`](crate::protocol::FromWorker::Output) frames that the spawner has
+//! not yet written to its own stdout or stderr; the spawner acknowledges each frame once
+//! written ([`protocol::OUTPUT_ACK`]). Without credit, the output thread stops reading the
+//! task's pipes, the pipes fill, and the task blocks on its write: a spawner whose output
+//! nobody reads grows by at most a window per worker, not by everything its tasks print.
+//!
+//! The acknowledgements arrive on the one connection to the spawner, among the frames for
+//! the task. A task busy computing does not receive, so the output thread must be able to
+//! receive too. As on the spawner ([`crate::spawner`]), whichever thread needs an event
+//! pulls it from the transport when nobody else does: acknowledgements go to the window,
+//! other events to a queue the spawn loop takes them from, and a thread that waits while
+//! another pulls sleeps on a condition variable.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use parvm_transport::{Event, Transport, Wait};
+
+use crate::protocol;
+
+/// The output bytes a worker may have sent and not yet had acknowledged.
+pub(crate) const OUTPUT_WINDOW: u64 = 1 << 20;
+
+/// How long the output thread receives at a time while it waits for credit, so that the
+/// spawn loop can take over receiving soon after it wants to.
+const CREDIT_PULL: Duration = Duration::from_millis(20);
+
+/// Longest sleep of a thread that waits while another receives, before it looks again.
+const NAP: Duration = Duration::from_millis(100);
+
+/// See the [module docs](self).
+pub(crate) struct Link {
+    transport: Arc<dyn Transport>,
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+struct State {
+    /// A thread is in `transport.recv`.
+    pulling: bool,
+    /// Threads asleep on the condition variable.
+    sleepers: usize,
+    /// Events the output thread received for the spawn loop.
+    queue: VecDeque<Event>,
+    /// Output bytes that may still be sent.
+    credit: u64,
+    /// The spawner is gone or the transport failed: no credit will come.
+    closed: bool,
+}
+
+impl Link {
+    pub(crate) fn new(transport: Arc<dyn Transport>) -> Link {
+        Link {
+            transport,
+            state: Mutex::new(State {
+                pulling: false,
+                sleepers: 0,
+                queue: VecDeque::new(),
+                credit: OUTPUT_WINDOW,
+                closed: false,
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        &*self.transport
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Receives one event from `transport`, files an acknowledgement, and wakes sleepers.
+    /// `Ok(Some(event))` for an event that is not an acknowledgement.
+    fn pull<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        wait: Wait,
+    ) -> (
+        MutexGuard<'a, State>,
+        Result<Option<Event>, parvm_transport::Error>,
+    ) {
+        state.pulling = true;
+        drop(state);
+        let event = self.transport.recv(wait);
+        let mut state = self.lock();
+        state.pulling = false;
+        let event = match event {
+            Ok(Some(Event::Message { from: 0, payload })) => {
+                match protocol::read_output_ack(&payload) {
+                    Some(bytes) => {
+                        state.credit = state.credit.saturating_add(bytes);
+                        Ok(None)
+                    }
+                    None => Ok(Some(Event::Message { from: 0, payload })),
+                }
+            }
+            Ok(Some(event @ Event::PeerLost { rank: 0, .. })) => {
+                state.closed = true;
+                Ok(Some(event))
+            }
+            Err(e) => {
+                state.closed = true;
+                Err(e)
+            }
+            other => other,
+        };
+        if state.sleepers > 0 {
+            self.cond.notify_all();
+        }
+        (state, event)
+    }
+
+    /// The spawn loop's receive: as [`Transport::recv`], without acknowledgements.
+    pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
+        let deadline = match wait {
+            Wait::For(d) => Instant::now().checked_add(d),
+            _ => None,
+        };
+        let left = || match (wait, deadline) {
+            (Wait::Forever, _) | (Wait::For(_), None) => Wait::Forever,
+            (Wait::NoWait, _) => Wait::NoWait,
+            (Wait::For(_), Some(deadline)) => {
+                match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Wait::For(left),
+                    _ => Wait::NoWait,
+                }
+            }
+        };
+        let mut state = self.lock();
+        loop {
+            if let Some(event) = state.queue.pop_front() {
+                return Ok(Some(event));
+            }
+            let wait = left();
+            if state.pulling {
+                // The output thread is receiving; it queues what it gets and wakes us.
+                let nap = match wait {
+                    Wait::NoWait => return Ok(None),
+                    Wait::For(left) => left.min(NAP),
+                    Wait::Forever => NAP,
+                };
+                state.sleepers += 1;
+                state = self
+                    .cond
+                    .wait_timeout(state, nap)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                state.sleepers -= 1;
+                continue;
+            }
+            let (next, event) = self.pull(state, wait);
+            state = next;
+            match event {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) if matches!(wait, Wait::NoWait) => return Ok(None),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// For the output thread while a task runs: receives what has already arrived when
+    /// no other thread is receiving, so that a lost connection to the spawner is noticed
+    /// while the task computes. `true` when this call found the spawner gone (the spawn
+    /// loop, when it is the one to find it, leaves by itself).
+    pub(crate) fn spawner_lost_meanwhile(&self) -> bool {
+        let state = self.lock();
+        if state.pulling || state.closed {
+            return false;
+        }
+        let (mut state, event) = self.pull(state, Wait::NoWait);
+        match event {
+            Ok(Some(event)) => {
+                let lost = matches!(event, Event::PeerLost { rank: 0, .. });
+                state.queue.push_back(event);
+                if state.sleepers > 0 {
+                    self.cond.notify_all();
+                }
+                lost
+            }
+            Ok(None) => false,
+            Err(_) => state.closed,
+        }
+    }
+
+    /// Takes `bytes` of output credit, waiting for acknowledgements (and receiving them
+    /// when nobody else does) as long as it takes. `false` when the spawner is gone: the
+    /// output is to be dropped.
+    pub(crate) fn take_credit(&self, bytes: u64) -> bool {
+        let bytes = bytes.min(OUTPUT_WINDOW);
+        let mut state = self.lock();
+        loop {
+            if state.credit >= bytes {
+                state.credit -= bytes;
+                return true;
+            }
+            if state.closed {
+                return false;
+            }
+            if state.pulling {
+                state.sleepers += 1;
+                state = self
+                    .cond
+                    .wait_timeout(state, NAP)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                state.sleepers -= 1;
+                continue;
+            }
+            let (next, event) = self.pull(state, Wait::For(CREDIT_PULL));
+            state = next;
+            // On an error the link is closed now, and the spawn loop meets the error on
+            // its next receive. Nothing is logged here: the output thread's own log lines
+            // would go into the pipe it is the one to empty.
+            if let Ok(Some(event)) = event {
+                state.queue.push_back(event);
+                if state.sleepers > 0 {
+                    self.cond.notify_all();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryTransport;
+
+    fn pair() -> (MemoryTransport, Arc<Link>) {
+        let mut ends = MemoryTransport::cluster(&["spawner", "worker"]).into_iter();
+        let spawner = ends.next().unwrap();
+        let worker: Arc<dyn Transport> = Arc::new(ends.next().unwrap());
+        (spawner, Arc::new(Link::new(worker)))
+    }
+
+    #[test]
+    fn output_waits_for_acknowledgements_that_any_thread_receives() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        // The window is used up: the output thread waits, and receives meanwhile.
+        let waiting = {
+            let link = Arc::clone(&link);
+            std::thread::spawn(move || link.take_credit(10))
+        };
+        spawner.send(1, b"\x01for the task").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The frame for the task reaches the spawn loop, whoever received it.
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { from: 0, payload }) if payload == b"\x01for the task"),
+            "{event:?}"
+        );
+        assert!(!waiting.is_finished());
+        spawner.send(1, &protocol::output_ack(10)).unwrap();
+        while !waiting.is_finished() {
+            assert!(Instant::now() < deadline, "the credit did not arrive");
+            // Acknowledgements never reach the spawn loop.
+            assert!(
+                link.recv(Wait::For(Duration::from_millis(5)))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(waiting.join().unwrap());
+    }
+
+    #[test]
+    fn output_without_a_spawner_is_dropped_not_waited_for() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        drop(spawner);
+        assert!(!link.take_credit(1));
+        let event = link.recv(Wait::NoWait).unwrap();
+        assert!(
+            matches!(event, Some(Event::PeerLost { rank: 0, .. })),
+            "{event:?}"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! A task leaves no process behind: not when its command forks and exits, not when the
+//! VM is finalized while it runs, not when its worker or the spawner is killed.
+//!
+//! Every command here carries `PARVM_TEST_MARK=<token>` in its environment, which its
+//! children inherit (also those that call `setsid`), so the test finds all of them in
+//! `/proc` and a guard kills whatever is left when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use parvm_vm::{CommandStatus, ExitStatus, Spawn};
+
+use crate::harness::{Backend, Harness, collect, wait_until};
+
+/// What the tests allow a killed worker's or spawner's task processes to take to go.
+const GONE_WITHIN: Duration = Duration::from_secs(2);
+
+/// The supervisor's grace period between `SIGTERM` and `SIGKILL`.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// A background `sleep`, one that left for a session of its own, and one in front: four
+/// processes, counting the shell.
+const FAMILY: &str = "sleep 1000 & setsid sleep 1000 & sleep 1000";
+
+/// The processes that carry one token, killed when dropped.
+struct Marked {
+    entry: Vec<u8>,
+}
+
+impl Marked {
+    fn new(test: &str) -> Marked {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Marked {
+            entry: format!("PARVM_TEST_MARK={test}-{}-{nanos}", std::process::id()).into_bytes(),
+        }
+    }
+
+    fn token(&self) -> &str {
+        std::str::from_utf8(&self.entry["PARVM_TEST_MARK=".len()..]).unwrap()
+    }
+
+    /// A command running `script` under `sh -c`, marked.
+    fn command(&self, script: &str) -> Spawn {
+        Spawn::command("sh")
+            .arg("-c")
+            .arg(script)
+            .env("PARVM_TEST_MARK", self.token())
+    }
+
+    /// Live (not zombie) processes with the mark in their environment.
+    fn alive(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == self.entry))
+            })
+            .filter(|pid| alive(*pid))
+            .collect()
+    }
+
+    /// Waits until at least `count` marked processes run.
+    fn wait_for(&self, count: usize) {
+        wait_until(&format!("{count} marked processes run"), || {
+            self.alive().len() >= count
+        });
+    }
+
+    /// Waits at most `within` until no marked process is left; returns those left.
+    fn gone_within(&self, within: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.alive();
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        for pid in self.alive() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether a process runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// Process details for a failure message.
+fn describe(pids: &[i32]) -> String {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            format!("{pid}: {}", stat.trim())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Kills and reaps a spawner process (and a TCP worker) when dropped, then removes its
+/// storage folder.
+struct SpawnerGuard {
+    spawner: Child,
+    worker: Option<Child>,
+    _folder: tempfile::TempDir,
+}
+
+impl Drop for SpawnerGuard {
+    fn drop(&mut self) {
+        for child in std::iter::once(&mut self.spawner).chain(self.worker.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the test program as a spawner in `scenario` with `script` marked by `marked`,
+/// on the local backend or, with `tcp`, over TCP on loopback with one worker; returns it
+/// and the pids it printed after `READY`.
+fn spawner(scenario: &str, script: &str, marked: &Marked, tcp: bool) -> (SpawnerGuard, Vec<i32>) {
+    let folder = tempfile::tempdir().unwrap();
+    let local = folder.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let secret = folder.path().join("secret");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"));
+    command
+        .arg(scenario)
+        .env("PARALLEL_LOCAL_STORAGE", &local)
+        .env("PARALLEL_MIRRORED_STORAGE", &local)
+        .env("PARVM_WORKERS", "1")
+        .env("PARVM_TEST_SCRIPT", script)
+        .env("PARVM_TEST_TOKEN", marked.token())
+        .env_remove("PARVM_TRANSPORT")
+        .stdout(Stdio::piped());
+    if tcp {
+        command
+            .env("PARVM_TRANSPORT", "tcp")
+            .env("PARVM_LISTEN", "127.0.0.1:0")
+            .env("PARVM_SECRET_FILE", &secret);
+    }
+    let mut guard = SpawnerGuard {
+        spawner: command.spawn().unwrap(),
+        worker: None,
+        _folder: folder,
+    };
+    let mut stdout = BufReader::new(guard.spawner.stdout.take().unwrap());
+    let mut line = String::new();
+    if tcp {
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("LISTEN ")
+            .unwrap_or_else(|| panic!("unexpected output `{line}`"))
+            .to_owned();
+        guard.worker = Some(
+            Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+                .env("PARVM_CONNECT", addr)
+                .env("PARVM_SECRET_FILE", &secret)
+                .env("PARVM_HOSTNAME", "alpha")
+                .env("PARALLEL_LOCAL_STORAGE", &local)
+                .env("PARALLEL_MIRRORED_STORAGE", &local)
+                .env_remove("PARVM_TRANSPORT")
+                .env_remove("PARVM_LOCAL_SOCKET")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        line.clear();
+    }
+    stdout.read_line(&mut line).unwrap();
+    let pids = line
+        .strip_prefix("READY")
+        .unwrap_or_else(|| panic!("unexpected output `{line}`"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    (guard, pids)
+}
+
+#[test]
+fn a_command_s_background_processes_end_with_it() {
+    let marked = Marked::new("background");
+    let h = Harness::start(Backend::Local, 1);
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    let ids = vm
+        .spawn(marked.command("sleep 1000 & setsid sleep 1000 & echo started"))
+        .unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let status: CommandStatus = outcomes[&ids[0]].value();
+    assert_eq!(status.code, Some(0));
+    // Stopped before the exit was reported, not some time after.
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+    assert!(h.task_folders().is_empty(), "{:?}", h.task_folders());
+}
+
+#[test]
+fn a_command_in_process_workers_leaves_nothing_either() {
+    let marked = Marked::new("memory");
+    let h = Harness::start(Backend::Memory, 1);
+    let vm = h.vm();
+    let ids = vm
+        .spawn(marked.command("setsid sleep 1000 & exit 4"))
+        .unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let status: CommandStatus = outcomes[&ids[0]].value();
+    assert_eq!(status.code, Some(4));
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+}
+
+#[test]
+fn finalize_stops_a_running_command_at_once() {
+    let marked = Marked::new("finalize");
+    let mut h = Harness::start(Backend::Local, 1);
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    vm.spawn(marked.command(FAMILY)).unwrap();
+    marked.wait_for(4);
+    let start = Instant::now();
+    h.runtime.take().unwrap().finalize().unwrap();
+    let took = start.elapsed();
+    assert!(took < KILL_GRACE, "finalize took {took:?}");
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+}
+
+#[test]
+fn finalize_kills_a_command_that_ignores_sigterm_after_the_grace_period() {
+    let marked = Marked::new("stubborn");
+    let mut h = Harness::start(Backend::Local, 1);
+    let vm = h.vm();
+    // The ignored SIGTERM is inherited by the children.
+    vm.spawn(marked.command(&format!("trap '' TERM; {FAMILY}")))
+        .unwrap();
+    marked.wait_for(4);
+    let start = Instant::now();
+    h.runtime.take().unwrap().finalize().unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < KILL_GRACE + Duration::from_secs(1),
+        "finalize took {took:?}"
+    );
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+}
+
+#[test]
+fn a_killed_worker_leaves_no_task_process() {
+    let marked = Marked::new("worker");
+    let h = Harness::start(Backend::Local, 1);
+    let vm = h.vm();
+    let ids = vm.spawn(Spawn::task("pid", &())).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let worker: u32 = outcomes[&ids[0]].value();
+    let ids = vm.spawn(marked.command(FAMILY)).unwrap();
+    marked.wait_for(4);
+    kill(
+        Pid::from_raw(i32::try_from(worker).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let left = marked.gone_within(GONE_WITHIN);
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+    let (outcomes, _) = collect(&vm, &ids);
+    assert!(
+        matches!(&outcomes[&ids[0]].exit, Some(ExitStatus::Failed { reason }) if reason.contains("died")),
+        "{:?}",
+        outcomes[&ids[0]].exit
+    );
+}
+
+fn killed_spawner_leaves_no_task_process_and_no_worker(tcp: bool) {
+    let marked = Marked::new(if tcp { "spawner-tcp" } else { "spawner" });
+    let (mut guard, workers) = spawner("command", FAMILY, &marked, tcp);
+    assert_eq!(workers.len(), 1);
+    marked.wait_for(4);
+    guard.spawner.kill().unwrap();
+    guard.spawner.wait().unwrap();
+    let left = marked.gone_within(GONE_WITHIN);
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+    match guard.worker.as_mut() {
+        // The TCP worker is this test's child: reaped here.
+        Some(worker) => wait_until("the worker exits", || {
+            !matches!(worker.try_wait(), Ok(None))
+        }),
+        None => wait_until("the worker exits", || !alive(workers[0])),
+    }
+}
+
+#[test]
+fn a_killed_spawner_leaves_no_task_process_and_no_worker() {
+    killed_spawner_leaves_no_task_process_and_no_worker(false);
+}
+
+#[test]
+fn a_lost_tcp_spawner_leaves_no_task_process_and_no_worker() {
+    killed_spawner_leaves_no_task_process_and_no_worker(true);
+}
+
+#[test]
+fn a_tcp_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
+    let marked = Marked::new("hang-tcp");
+    let (mut guard, workers) = spawner("hang", "", &marked, true);
+    assert_eq!(workers.len(), 1);
+    // READY follows the spawn of a 60-second task at once; the worker takes it meanwhile.
+    guard.spawner.kill().unwrap();
+    guard.spawner.wait().unwrap();
+    let worker = guard.worker.as_mut().unwrap();
+    let deadline = Instant::now() + GONE_WITHIN;
+    while matches!(worker.try_wait(), Ok(None)) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker still runs {GONE_WITHIN:?} after its spawner was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
+    let marked = Marked::new("return");
+    let (mut guard, _) = spawner("return", FAMILY, &marked, false);
+    // From the spawn on: `READY` follows it at once.
+    let start = Instant::now();
+    let status = guard.spawner.wait().unwrap();
+    let took = start.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < KILL_GRACE + Duration::from_secs(1), "took {took:?}");
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+}
+
+#[test]
+fn a_command_that_cannot_start_names_the_task_the_host_and_what_to_do() {
+    let h = Harness::start(Backend::Local, 1);
+    let vm = h.vm();
+    let ids = vm.spawn(Spawn::command("/nonexistent/simulator")).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let failure = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
+    for part in [
+        "/nonexistent/simulator",
+        &ids[0].to_string(),
+        "host `alpha`",
+        "PATH",
+    ] {
+        assert!(failure.message.contains(part), "no `{part}` in: {failure}");
+    }
+}
