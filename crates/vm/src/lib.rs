@@ -45,7 +45,7 @@ mod tasks;
 mod vm;
 mod worker;
 
-pub use error::Error;
+pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
