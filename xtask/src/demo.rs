@@ -7,16 +7,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, exec, mpirun_root_env, root, target_dir, transport_arg};
 
-/// A scratch setup: shared (mirrored) storage holding a project folder, and local storage.
-struct Scratch {
+/// A scratch setup: shared (mirrored) storage holding a project folder and a folder of
+/// libraries (`pdk`), and local storage.
+pub(crate) struct Scratch {
     _dir: tempfile::TempDir,
     shared: PathBuf,
-    project: PathBuf,
+    /// The project folder, where the examples run.
+    pub(crate) project: PathBuf,
     local: PathBuf,
 }
 
 impl Scratch {
-    fn new() -> Result<Scratch> {
+    pub(crate) fn new() -> Result<Scratch> {
         let dir = tempfile::Builder::new().prefix("parvm-demo-").tempdir()?;
         let shared = dir.path().canonicalize()?.join("shared");
         let project = shared.join("project");
@@ -35,6 +37,8 @@ impl Scratch {
             project.join("models/cmos.lib"),
             ".model nmos nmos level=1\n",
         )?;
+        std::fs::create_dir_all(shared.join("pdk"))?;
+        std::fs::write(shared.join("pdk/typical.lib"), ".lib typical\n.endl\n")?;
         Ok(Scratch {
             _dir: dir,
             shared,
@@ -44,14 +48,19 @@ impl Scratch {
     }
 
     fn apply(&self, command: &mut Command) {
+        self.apply_env(command);
+        command.current_dir(&self.project);
+    }
+
+    /// Sets the storage variables (mirrored: the shared folder; local: its own folder).
+    pub(crate) fn apply_env(&self, command: &mut Command) {
         command
-            .current_dir(&self.project)
             .env("PARALLEL_MIRRORED_STORAGE", &self.shared)
             .env("PARALLEL_LOCAL_STORAGE", &self.local);
     }
 
     /// Fails when a task folder was left behind in local storage.
-    fn check_clean(&self) -> Result<()> {
+    pub(crate) fn check_clean(&self) -> Result<()> {
         let leftovers = leftover_task_folders(&self.local)?;
         if !leftovers.is_empty() {
             bail!("the demo left task folders behind: {leftovers:?}");

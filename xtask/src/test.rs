@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the checks that keep main landable.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use crate::demo::Scratch;
 use crate::{cargo, exec, on_path};
 
 /// Runs the fmt check, clippy with `-D warnings`, and every test; the MPI tests too when
@@ -30,10 +31,18 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
             "warnings",
         ]))?;
     }
+    step("docs build, -D warnings (broken links included)");
+    docs_build()?;
     // Plain `cargo test` runs unit, integration and doc tests and builds the examples;
     // `--all-targets` would also run the benchmarks, which are not tests.
     step("tests");
     exec(cargo().args(["test", "--workspace"]))?;
+    for workers in [1, 2] {
+        step(&format!(
+            "code blocks of README.md and docs/, {workers} worker slot(s)"
+        ));
+        guide_blocks(workers)?;
+    }
     if with_mpi {
         step("MPI tests");
         exec(cargo().args([
@@ -49,8 +58,68 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
     Ok(())
 }
 
-/// Entry point of `cargo xtask test`.
-pub fn run(_args: &[String]) -> Result<()> {
+/// `cargo doc` of the workspace with every rustdoc warning an error.
+fn docs_build() -> Result<()> {
+    exec(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+/// Runs the `rust` code blocks of README.md and docs/*.md: the doc tests of the façade
+/// compiled with `--cfg parvm_doc_env` (see `parvm::guide`), in the project folder of a
+/// scratch mirrored storage, with `workers` local worker slots; then checks that they left
+/// no task folder behind.
+///
+/// The local transport starts its workers by running the current executable again with
+/// the same arguments and environment; for a doc test that is the doc test's own binary,
+/// which runs the same test (rustdoc selects it by an environment variable), so the
+/// workers serve the blocks as they serve a user's program.
+fn guide_blocks(workers: usize) -> Result<()> {
+    let scratch = Scratch::new()?;
+    let project = scratch
+        .project
+        .to_str()
+        .context("the scratch folder's path is not UTF-8")?;
+    // Cargo already gives rustdoc a `--test-run-directory` (the package's folder), which
+    // cannot be given twice; so each doc test binary starts through `env --chdir`.
+    let chdir = format!("--chdir={project}");
+    let flags = [
+        "--cfg",
+        "parvm_doc_env",
+        "--test-runtool",
+        "env",
+        "--test-runtool-arg",
+        &chdir,
+    ]
+    .join("\x1f");
+    let mut command = cargo();
+    command
+        .args(["test", "--quiet", "-p", "parvm", "--doc"])
+        .env("CARGO_ENCODED_RUSTDOCFLAGS", flags)
+        .env("PARVM_WORKERS", workers.to_string())
+        .env_remove("RUSTDOCFLAGS");
+    scratch.apply_env(&mut command);
+    exec(&mut command)?;
+    scratch.check_clean()
+}
+
+/// Entry point of `cargo xtask test`; `--guide` runs only the code blocks of README.md and
+/// docs/ (with one and two workers) and the docs build.
+pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|arg| arg == "--guide") {
+        step("docs build, -D warnings (broken links included)");
+        docs_build()?;
+        for workers in [1, 2] {
+            step(&format!(
+                "code blocks of README.md and docs/, {workers} worker slot(s)"
+            ));
+            guide_blocks(workers)?;
+        }
+        println!("xtask test --guide: all checks passed");
+        return Ok(());
+    }
     let with_mpi = on_path("mpirun");
     if !with_mpi {
         println!(

@@ -167,7 +167,7 @@ pub type Result<T, E = Report> = std::result::Result<T, E>;
 /// [`Result`] prints when it fails) is the readable chain of messages
 ///
 /// ```text
-/// error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1
+/// Error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1
 /// ```
 ///
 /// instead of the derived dump of nested enum variants. A cause whose text the message
@@ -227,11 +227,12 @@ impl From<Report> for Box<dyn std::error::Error + Send + Sync + 'static> {
     }
 }
 
-/// `error: <message>` and one `  caused by: <cause>` line for each cause.
+/// The message, and one `  caused by: <cause>` line for each cause. A failing `main` prints
+/// it after `Error: `.
 impl fmt::Debug for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let lines = self.lines();
-        write!(f, "error: {}", lines[0])?;
+        f.write_str(&lines[0])?;
         for cause in &lines[1..] {
             write!(f, "\n  caused by: {cause}")?;
         }
@@ -284,7 +285,7 @@ mod tests {
         );
         assert_eq!(
             format!("{:?}", Report::from(error)),
-            "error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
+            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
         );
     }
 
@@ -315,10 +316,7 @@ mod tests {
             "{text}"
         );
         // The report is the same message, not the derived `Mirror(NoRoot { .. })` dump.
-        assert_eq!(
-            format!("{:?}", Report::from(error)),
-            format!("error: {text}")
-        );
+        assert_eq!(format!("{:?}", Report::from(error)), text);
     }
 
     #[test]
@@ -335,7 +333,7 @@ mod tests {
         let report = Report::from(error);
         assert_eq!(
             format!("{report:?}"),
-            "error: cannot read the startup folder `/shared/project`: no such file"
+            "cannot read the startup folder `/shared/project`: no such file"
         );
         assert!(matches!(
             report.downcast_ref::<Error>(),
@@ -348,7 +346,7 @@ mod tests {
         let report = Report::from(Outer(not_found()));
         assert_eq!(
             format!("{report:?}"),
-            "error: cannot load the corner file\n  caused by: no such file"
+            "cannot load the corner file\n  caused by: no such file"
         );
         assert_eq!(
             report.to_string(),
@@ -358,7 +356,7 @@ mod tests {
         assert!(report.downcast_ref::<Error>().is_none());
 
         let plain = Report::msg("case 7 has no netlist");
-        assert_eq!(format!("{plain:?}"), "error: case 7 has no netlist");
+        assert_eq!(format!("{plain:?}"), "case 7 has no netlist");
         assert_eq!(plain.error().to_string(), "case 7 has no netlist");
     }
 
@@ -375,7 +373,7 @@ mod tests {
         let report = main_like().unwrap_err();
         assert_eq!(
             format!("{report:?}"),
-            "error: invalid VM setting `startup_dir`: `/abs` must be relative"
+            "invalid VM setting `startup_dir`: `/abs` must be relative"
         );
     }
 }
