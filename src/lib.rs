@@ -80,8 +80,12 @@ pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
     ClearReport, CommandStatus, Config, Error, ExitStatus, HostId, Layout, LayoutHost, LayoutSlot,
     Message, Payload, Report, Result, Runtime, RuntimeBuilder, Spawn, TaskContext, TaskFailure,
-    TaskId, Tasks, TransportKind, Value, Vm, VmBuilder, Worker,
+    TaskId, Tasks, TransportKind, Value, Vm, VmBuilder,
 };
+// Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
+// would point nowhere.
+#[doc(no_inline)]
+pub use parvm_vm::Worker;
 
 /// The code blocks of the README and of the user guide in `docs/`, run as doc tests.
 ///
