@@ -70,6 +70,9 @@
 //! * [`transport`]: the message-passing trait and its local, TCP and MPI backends;
 //! * [`vm`]: the virtual machine.
 
+// A warning in an example (an unused variable, say) is a mistake a user copies.
+#![doc(test(attr(deny(warnings))))]
+
 pub use parvm_env_config as env_config;
 pub use parvm_local_storage as local_storage;
 pub use parvm_mirror_fs as mirror_fs;
