@@ -1,6 +1,9 @@
 //! `cargo xtask test`: the checks that keep main landable.
 
-use anyhow::{Context, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 
 use crate::demo::Scratch;
 use crate::{cargo, exec, on_path};
@@ -73,9 +76,11 @@ fn docs_build() -> Result<()> {
 /// no task folder behind.
 ///
 /// The local transport starts its workers by running the current executable again with
-/// the same arguments and environment; for a doc test that is the doc test's own binary,
-/// which runs the same test (rustdoc selects it by an environment variable), so the
-/// workers serve the blocks as they serve a user's program.
+/// the same arguments; for a doc test marked `standalone_crate` that is the test's own
+/// binary, so the workers serve the block as they serve a user's program.
+///
+/// A block that waits for a message that cannot come (the README's example did, with one
+/// worker) would hang the tests, so the run has a deadline.
 fn guide_blocks(workers: usize) -> Result<()> {
     let scratch = Scratch::new()?;
     let project = scratch
@@ -101,8 +106,40 @@ fn guide_blocks(workers: usize) -> Result<()> {
         .env("PARVM_WORKERS", workers.to_string())
         .env_remove("RUSTDOCFLAGS");
     scratch.apply_env(&mut command);
-    exec(&mut command)?;
+    exec_within(&mut command, GUIDE_DEADLINE)?;
     scratch.check_clean()
+}
+
+/// How long building and running the code blocks may take; the build of the blocks is
+/// most of it.
+const GUIDE_DEADLINE: Duration = Duration::from_secs(20 * 60);
+
+/// Runs a command in a process group of its own, killing the whole group (cargo, rustdoc,
+/// the test binaries and their workers) when it is not done by `limit`.
+fn exec_within(command: &mut Command, limit: Duration) -> Result<()> {
+    let description = format!("{command:?}");
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {description}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{description} failed ({status})");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+            bail!(
+                "{description} did not finish within {limit:?}; a code block may wait for a message that cannot come"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Entry point of `cargo xtask test`; `--guide` runs only the code blocks of README.md and
