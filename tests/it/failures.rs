@@ -219,7 +219,7 @@ fn the_last_worker_dying_ends_the_sweep_instead_of_hanging() {
 
 #[test]
 fn sigint_to_the_spawner_lets_the_running_cases_finish() {
-    let mut run = Run::start(2, "2");
+    let mut run = Run::start(2, "4");
     run.wait_for_line("Ctrl-C stops the sweep", Duration::from_secs(30));
     run.wait_for_folders(2, Duration::from_secs(30));
     run.signal(&run.child.id().to_string());
