@@ -36,6 +36,9 @@
 //!             running.insert(task, next);
 //!             next += 1;
 //!         }
+//!         if running.is_empty() {
+//!             break; // every worker is gone
+//!         }
 //!         match vm.recv()? {
 //!             Message::TaskResult { task, outcome } => {
 //!                 let result = match outcome {
