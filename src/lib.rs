@@ -4,31 +4,68 @@
 //!
 //! The same program runs on every slot. It registers its tasks and starts the runtime: in a
 //! worker that call never returns, in the spawner it returns, and VM objects built from it
-//! spawn tasks and receive their results.
+//! spawn tasks and receive their results. A sweep spawns its cases as slots free up and
+//! counts every case, whether it returned a value, failed, or lost its worker:
 //!
-//! ```no_run
+//! ```standalone_crate
+//! use std::collections::HashMap;
+//!
 //! use parvm::{Message, Runtime, Spawn, TaskContext, Tasks};
 //!
-//! /// Runs in a worker, in a task folder holding copies of the `*.cir` files.
-//! fn simulate(ctx: &TaskContext, netlist: String) -> Result<f64, String> {
-//!     let text = std::fs::read_to_string(&netlist).map_err(|e| format!("{netlist}: {e}"))?;
-//!     Ok(text.len() as f64 / f64::from(ctx.task_id().slot))
+//! /// One case; runs in a worker.
+//! fn square(ctx: &TaskContext, x: f64) -> Result<f64, String> {
+//!     if x < 0.0 {
+//!         return Err(format!("task {}: {x} is negative", ctx.task_id()));
+//!     }
+//!     Ok(x * x)
 //! }
 //!
-//! let runtime = Runtime::start(Tasks::new().register("simulate", simulate))?;
-//! let vm = runtime.vm().mirror("*.cir", ".").build()?;
-//! vm.spawn(Spawn::task("simulate", &"amp.cir".to_string()))?;
-//! loop {
-//!     match vm.recv()? {
-//!         Message::TaskResult { task, outcome } => println!("{task}: {outcome:?}"),
-//!         Message::TaskExit { .. } => break,
-//!         _ => {}
+//! fn main() -> parvm::Result<()> {
+//!     let runtime = Runtime::start(Tasks::new().register("square", square))?;
+//!     let vm = runtime.vm().build()?;
+//!     let cases = [1.0, 2.0, -3.0, 4.0];
+//!     let mut results: Vec<Option<Result<f64, String>>> = vec![None; cases.len()];
+//!     let mut running = HashMap::new(); // task -> case
+//!     let mut next = 0;
+//!     while next < cases.len() || !running.is_empty() {
+//!         while next < cases.len() {
+//!             // `spawn` returns no id when no slot is free.
+//!             let Some(&task) = vm.spawn(Spawn::task("square", &cases[next]))?.first() else {
+//!                 break;
+//!             };
+//!             running.insert(task, next);
+//!             next += 1;
+//!         }
+//!         if running.is_empty() {
+//!             break; // every worker is gone
+//!         }
+//!         match vm.recv()? {
+//!             Message::TaskResult { task, outcome } => {
+//!                 let result = match outcome {
+//!                     Ok(value) => value.decode::<f64>().map_err(|e| e.to_string()),
+//!                     Err(failure) => Err(failure.to_string()),
+//!                 };
+//!                 results[running[&task]] = Some(result);
+//!             }
+//!             Message::TaskExit { task, status } => {
+//!                 if let Some(case) = running.remove(&task) {
+//!                     results[case].get_or_insert(Err(status.to_string()));
+//!                 }
+//!             }
+//!             _ => {}
+//!         }
 //!     }
+//!     assert_eq!(results[1], Some(Ok(4.0)));
+//!     assert!(matches!(&results[2], Some(Err(why)) if why.contains("-3 is negative")));
+//!     Ok(())
 //! }
-//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! This façade re-exports the workspace's crates; each can also be used on its own:
+//! The README and the user guide in `docs/` show the same with mirrored input files; their
+//! code blocks run as tests too (`cargo xtask test`).
+//!
+//! This façade re-exports the types a program names at its root, and the workspace's
+//! crates as modules; each crate can also be used on its own:
 //!
 //! * [`env_config`]: `PARALLEL_LOCAL_STORAGE`, `PARALLEL_MIRRORED_STORAGE` and the `PARVM_*` variables;
 //! * [`mirror_fs`]: host-independent paths, mirror maps and the parallel copy engine;
@@ -36,12 +73,53 @@
 //! * [`transport`]: the message-passing trait and its local, TCP and MPI backends;
 //! * [`vm`]: the virtual machine.
 
+// A warning in an example (an unused variable, say) is a mistake a user copies.
+#![doc(test(attr(deny(warnings))))]
+
 pub use parvm_env_config as env_config;
 pub use parvm_local_storage as local_storage;
 pub use parvm_mirror_fs as mirror_fs;
 pub use parvm_transport as transport;
 pub use parvm_vm as vm;
 
+pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
-    Error, HostId, Message, Runtime, Spawn, TaskContext, TaskFailure, TaskId, Tasks, Value, Vm,
+    ClearReport, CommandStatus, Config, Error, ExitStatus, HostId, Layout, LayoutHost, LayoutSlot,
+    Message, Payload, Report, Result, Runtime, RuntimeBuilder, Spawn, TaskContext, TaskFailure,
+    TaskId, Tasks, TransportKind, Value, Vm, VmBuilder,
 };
+// Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
+// would point nowhere.
+#[doc(no_inline)]
+pub use parvm_vm::Worker;
+
+/// The code blocks of the README and of the user guide in `docs/`, run as doc tests.
+///
+/// Each block that starts a runtime is a `standalone_crate`: the local transport starts its
+/// workers by running the test's executable again, which must run that one test only.
+/// They mirror `*.cir` files from the current folder, so they need a project folder inside
+/// mirrored storage: `cargo xtask test` makes one in a temporary folder and runs them there
+/// with `--cfg parvm_doc_env`, once with one worker and once with two.
+#[cfg(all(doctest, parvm_doc_env))]
+pub mod guide {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/vm.md")]
+    pub struct Vm;
+    #[doc = include_str!("../docs/mirroring.md")]
+    pub struct Mirroring;
+    #[doc = include_str!("../docs/local-storage.md")]
+    pub struct LocalStorage;
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
+    #[doc = include_str!("../docs/transports.md")]
+    pub struct Transports;
+    #[doc = include_str!("../docs/cluster.md")]
+    pub struct Cluster;
+    #[doc = include_str!("../docs/pyopus.md")]
+    pub struct Pyopus;
+    #[doc = include_str!("../docs/benchmarks.md")]
+    pub struct Benchmarks;
+    #[doc = include_str!("../docs/README.md")]
+    pub struct Guide;
+}

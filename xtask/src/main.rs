@@ -13,9 +13,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  demo [--transport local|mpi]   run examples 01-06 in a temporary storage, leaving nothing behind
+  demo [--transport local|mpi]   run examples 01-07 (01-06 under MPI) in a temporary storage, leaving nothing behind
   demo --data                    show the data layer (config, mirror, storage) on a generated tree
-  test                           fmt check, clippy -D warnings, every test (MPI tests when mpirun exists)
+  test                           fmt check, clippy -D warnings, docs build, every test (MPI tests when
+                                 mpirun exists), README and docs/ code blocks with 1 and 2 workers
+  test --guide                   only the docs build and the README and docs/ code blocks
   bench mirror                   mirroring against cp -a, on tmpfs and on disk
   bench spawn [--transport T]    no-op spawn round trip and VM start-up
   bench messaging [--transport T] ping-pong latency and throughput against a raw baseline

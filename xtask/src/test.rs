@@ -1,7 +1,11 @@
 //! `cargo xtask test`: the checks that keep main landable.
 
-use anyhow::Result;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
+
+use crate::demo::Scratch;
 use crate::{cargo, exec, on_path};
 
 /// Runs the fmt check, clippy with `-D warnings`, and every test; the MPI tests too when
@@ -30,10 +34,18 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
             "warnings",
         ]))?;
     }
+    step("docs build, -D warnings (broken links included)");
+    docs_build()?;
     // Plain `cargo test` runs unit, integration and doc tests and builds the examples;
     // `--all-targets` would also run the benchmarks, which are not tests.
     step("tests");
     exec(cargo().args(["test", "--workspace"]))?;
+    for workers in [1, 2] {
+        step(&format!(
+            "code blocks of README.md and docs/, {workers} worker slot(s)"
+        ));
+        guide_blocks(workers)?;
+    }
     if with_mpi {
         step("MPI tests");
         exec(cargo().args([
@@ -49,8 +61,102 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
     Ok(())
 }
 
-/// Entry point of `cargo xtask test`.
-pub fn run(_args: &[String]) -> Result<()> {
+/// `cargo doc` of the workspace with every rustdoc warning an error.
+fn docs_build() -> Result<()> {
+    exec(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+/// Runs the `rust` code blocks of README.md and docs/*.md: the doc tests of the façade
+/// compiled with `--cfg parvm_doc_env` (see `parvm::guide`), in the project folder of a
+/// scratch mirrored storage, with `workers` local worker slots; then checks that they left
+/// no task folder behind.
+///
+/// The local transport starts its workers by running the current executable again with
+/// the same arguments; for a doc test marked `standalone_crate` that is the test's own
+/// binary, so the workers serve the block as they serve a user's program.
+///
+/// A block that waits for a message that cannot come (the README's example did, with one
+/// worker) would hang the tests, so the run has a deadline.
+fn guide_blocks(workers: usize) -> Result<()> {
+    let scratch = Scratch::new()?;
+    let project = scratch
+        .project
+        .to_str()
+        .context("the scratch folder's path is not UTF-8")?;
+    // Cargo already gives rustdoc a `--test-run-directory` (the package's folder), which
+    // cannot be given twice; so each doc test binary starts through `env --chdir`.
+    let chdir = format!("--chdir={project}");
+    let flags = [
+        "--cfg",
+        "parvm_doc_env",
+        "--test-runtool",
+        "env",
+        "--test-runtool-arg",
+        &chdir,
+    ]
+    .join("\x1f");
+    let mut command = cargo();
+    command
+        .args(["test", "--quiet", "-p", "parvm", "--doc"])
+        .env("CARGO_ENCODED_RUSTDOCFLAGS", flags)
+        .env("PARVM_WORKERS", workers.to_string())
+        .env_remove("RUSTDOCFLAGS");
+    scratch.apply_env(&mut command);
+    exec_within(&mut command, GUIDE_DEADLINE)?;
+    scratch.check_clean()
+}
+
+/// How long building and running the code blocks may take; the build of the blocks is
+/// most of it.
+const GUIDE_DEADLINE: Duration = Duration::from_secs(20 * 60);
+
+/// Runs a command in a process group of its own, killing the whole group (cargo, rustdoc,
+/// the test binaries and their workers) when it is not done by `limit`.
+fn exec_within(command: &mut Command, limit: Duration) -> Result<()> {
+    let description = format!("{command:?}");
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {description}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{description} failed ({status})");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+            bail!(
+                "{description} did not finish within {limit:?}; a code block may wait for a message that cannot come"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Entry point of `cargo xtask test`; `--guide` runs only the code blocks of README.md and
+/// docs/ (with one and two workers) and the docs build.
+pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|arg| arg == "--guide") {
+        step("docs build, -D warnings (broken links included)");
+        docs_build()?;
+        for workers in [1, 2] {
+            step(&format!(
+                "code blocks of README.md and docs/, {workers} worker slot(s)"
+            ));
+            guide_blocks(workers)?;
+        }
+        println!("xtask test --guide: all checks passed");
+        return Ok(());
+    }
     let with_mpi = on_path("mpirun");
     if !with_mpi {
         println!(

@@ -1,5 +1,6 @@
-//! The VM's error type.
+//! The VM's error type, and [`Report`] for programs that print errors.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::TaskId;
@@ -9,10 +10,10 @@ use crate::TaskId;
 #[non_exhaustive]
 pub enum Error {
     /// The configuration could not be read from the environment.
-    #[error("cannot read the parvm configuration")]
+    #[error("cannot read the parvm configuration: {0}")]
     Config(#[source] parvm_env_config::Error),
     /// The transport failed as a whole.
-    #[error("the `{backend}` transport failed")]
+    #[error("the `{backend}` transport failed: {source}")]
     Transport {
         /// The backend's name.
         backend: &'static str,
@@ -47,7 +48,7 @@ pub enum Error {
         name: String,
     },
     /// A value could not be encoded for sending.
-    #[error("cannot encode {what}")]
+    #[error("cannot encode {what}: {source}; send and return only types that serde can encode")]
     Encode {
         /// What was being encoded.
         what: String,
@@ -56,7 +57,9 @@ pub enum Error {
         source: rmp_serde::encode::Error,
     },
     /// A received value could not be decoded as the requested type.
-    #[error("cannot decode {what} as `{wanted}`")]
+    #[error(
+        "cannot decode {what} as `{wanted}`: {source}; decode it as the type that was sent or returned"
+    )]
     Decode {
         /// What was being decoded.
         what: String,
@@ -67,7 +70,9 @@ pub enum Error {
         source: rmp_serde::decode::Error,
     },
     /// A task result was decoded as another type than the task returns.
-    #[error("task {task} returns `{returns}`, but its result was decoded as `{wanted}`")]
+    #[error(
+        "task {task} returns `{returns}`, but its result was decoded as `{wanted}`; call `decode::<{returns}>()`"
+    )]
     WrongResultType {
         /// The task.
         task: TaskId,
@@ -90,7 +95,9 @@ pub enum Error {
     #[error("the virtual machine was finalized; build a new runtime to spawn more tasks")]
     Finalized,
     /// An operation that only the spawner can do was called in a worker, or the other way round.
-    #[error("{what} is only available on the spawner")]
+    #[error(
+        "{what} is only available on the spawner (rank 0); call it from the spawner's code, not inside a task or worker"
+    )]
     NotSpawner {
         /// The operation.
         what: &'static str,
@@ -104,7 +111,7 @@ pub enum Error {
         reason: String,
     },
     /// A path in the mirror map could not be translated to mirrored storage.
-    #[error("cannot translate the mirror map to mirrored storage")]
+    #[error("cannot translate the mirror map to mirrored storage (PARALLEL_MIRRORED_STORAGE): {0}")]
     Mirror(#[source] parvm_mirror_fs::Error),
     /// A literal mirror source (no glob characters) does not exist on the spawner; refused
     /// by [`VmBuilder::build`](crate::VmBuilder::build) before anything is spawned.
@@ -121,10 +128,10 @@ pub enum Error {
         problem: String,
     },
     /// Local storage could not be opened, taken or cleared.
-    #[error("local storage failed")]
+    #[error("local storage (PARALLEL_LOCAL_STORAGE) failed: {0}")]
     Storage(#[source] parvm_local_storage::Error),
     /// A file-system or process operation failed.
-    #[error("cannot {what} `{}`", path.display())]
+    #[error("cannot {what} `{}`: {source}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,
@@ -186,12 +193,240 @@ pub enum Error {
         reason: String,
     },
     /// The spawner went away while a task was waiting for a message.
-    #[error("the spawner is gone; the task should return")]
+    #[error(
+        "the spawner is gone, so no message can arrive; return from the task (its worker exits)"
+    )]
     SpawnerLost,
 }
 
 impl Error {
     pub(crate) fn transport(backend: &'static str, source: parvm_transport::Error) -> Self {
         Error::Transport { backend, source }
+    }
+}
+
+/// `Result` with [`Report`] as its default error: the return type of a program's `main`.
+///
+/// ```
+/// fn main() -> parvm_vm::Result<()> {
+///     let text = std::fs::read_to_string("Cargo.toml")?;
+///     assert!(!text.is_empty());
+///     Ok(())
+/// }
+/// ```
+pub type Result<T, E = Report> = std::result::Result<T, E>;
+
+/// Any error, kept for printing: its [`Debug`](fmt::Debug) form (what a `main` returning
+/// [`Result`] prints when it fails) is the readable chain of messages
+///
+/// ```text
+/// Error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1
+/// ```
+///
+/// instead of the derived dump of nested enum variants. A cause whose text the message
+/// above it already ends with is not repeated; every other cause gets its own
+/// `caused by:` line.
+///
+/// `?` turns every error type into a `Report`. [`Report::msg`] makes one from a plain
+/// message; [`Report::downcast_ref`] gets the original error back.
+pub struct Report(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Report {
+    /// A report of a plain message.
+    #[must_use]
+    pub fn msg(message: impl fmt::Display) -> Report {
+        Report(Box::new(Message(message.to_string())))
+    }
+
+    /// The error this report holds.
+    #[must_use]
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+
+    /// The error as type `E`, when it is one.
+    #[must_use]
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
+
+    /// The messages to print: the error's own, then each cause that adds something new.
+    fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = vec![self.0.to_string()];
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let text = error.to_string();
+            // The VM's errors already end with their cause's message, so that
+            // `to_string()` alone tells the whole story; printing it again adds nothing.
+            let repeated = lines.last().is_some_and(|last| last.ends_with(&text));
+            if !repeated && !text.is_empty() {
+                lines.push(text);
+            }
+            cause = error.source();
+        }
+        lines
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Report {
+    fn from(error: E) -> Report {
+        Report(Box::new(error))
+    }
+}
+
+impl From<Report> for Box<dyn std::error::Error + Send + Sync + 'static> {
+    fn from(report: Report) -> Self {
+        report.0
+    }
+}
+
+/// The message, and one `  caused by: <cause>` line for each cause. A failing `main` prints
+/// it after `Error: `.
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = self.lines();
+        f.write_str(&lines[0])?;
+        for cause in &lines[1..] {
+            write!(f, "\n  caused by: {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The messages on one line, separated by `: `.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines().join(": "))
+    }
+}
+
+/// The error of [`Report::msg`].
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose message does not repeat its cause, as most library errors are.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load the corner file")]
+    struct Outer(#[source] std::io::Error);
+
+    fn not_found() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")
+    }
+
+    #[test]
+    fn config_errors_name_the_variable_and_value() {
+        let inner = parvm_env_config::Config::from_lookup(|name| {
+            (name == "PARVM_WORKERS").then(|| "many".into())
+        })
+        .unwrap_err();
+        let error = Error::Config(inner);
+        assert_eq!(
+            error.to_string(),
+            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
+        );
+        assert_eq!(
+            format!("{:?}", Report::from(error)),
+            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
+        );
+    }
+
+    #[test]
+    fn mirror_errors_name_the_path_and_the_roots() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let config = parvm_env_config::Config::builder()
+            .mirrored_roots([&root])
+            .local_root(&root)
+            .build()
+            .unwrap();
+        // The tests run in the crate's folder, which is not under the temporary root.
+        let error = crate::storage::encode_map(&config, &[("*.cir".into(), ".".into())])
+            .expect_err("the current folder is outside mirrored storage");
+        let text = error.to_string();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            text.starts_with(
+                "cannot translate the mirror map to mirrored storage (PARALLEL_MIRRORED_STORAGE): `"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(&cwd.display().to_string()), "{text}");
+        assert!(text.contains(&root.display().to_string()), "{text}");
+        assert!(
+            text.contains("add its folder to PARALLEL_MIRRORED_STORAGE"),
+            "{text}"
+        );
+        // The report is the same message, not the derived `Mirror(NoRoot { .. })` dump.
+        assert_eq!(format!("{:?}", Report::from(error)), text);
+    }
+
+    #[test]
+    fn io_errors_carry_the_operating_system_message() {
+        let error = Error::Io {
+            what: "read the startup folder",
+            path: "/shared/project".into(),
+            source: not_found(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot read the startup folder `/shared/project`: no such file"
+        );
+        let report = Report::from(error);
+        assert_eq!(
+            format!("{report:?}"),
+            "cannot read the startup folder `/shared/project`: no such file"
+        );
+        assert!(matches!(
+            report.downcast_ref::<Error>(),
+            Some(Error::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn a_report_prints_causes_that_add_something() {
+        let report = Report::from(Outer(not_found()));
+        assert_eq!(
+            format!("{report:?}"),
+            "cannot load the corner file\n  caused by: no such file"
+        );
+        assert_eq!(
+            report.to_string(),
+            "cannot load the corner file: no such file"
+        );
+        assert!(report.downcast_ref::<Outer>().is_some());
+        assert!(report.downcast_ref::<Error>().is_none());
+
+        let plain = Report::msg("case 7 has no netlist");
+        assert_eq!(format!("{plain:?}"), "case 7 has no netlist");
+        assert_eq!(plain.error().to_string(), "case 7 has no netlist");
+    }
+
+    #[test]
+    fn a_failing_main_prints_the_report() {
+        fn main_like() -> Result<()> {
+            let bad: std::result::Result<(), Error> = Err(Error::Setting {
+                setting: "startup_dir",
+                reason: "`/abs` must be relative".into(),
+            });
+            bad?;
+            Ok(())
+        }
+        let report = main_like().unwrap_err();
+        assert_eq!(
+            format!("{report:?}"),
+            "invalid VM setting `startup_dir`: `/abs` must be relative"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! spawner it starts the workers (local processes by default) and returns. VM objects built
 //! from the runtime spawn tasks and receive their results, exits and messages.
 //!
-//! ```no_run
+//! ```standalone_crate
 //! use parvm_vm::{Message, Runtime, Spawn, TaskContext, Tasks};
 //!
 //! fn hello(ctx: &TaskContext, name: String) -> Result<String, String> {
@@ -50,7 +50,7 @@ mod vm;
 mod worker;
 
 pub use envfwd::FORWARD_ENV_VAR;
-pub use error::Error;
+pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};

@@ -1,0 +1,3 @@
+//! The façade's integration tests: the examples run as a user runs them.
+
+mod failures;
