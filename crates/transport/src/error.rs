@@ -65,6 +65,27 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A sealed record announces a length it may not have.
+    #[error(
+        "sealed record {record} announces {len} bytes where 1 to {max} may come; the bytes were changed on the way or the peer does not speak this parvm version, so the connection is dropped"
+    )]
+    RecordLength {
+        /// The record's number in its direction (0 is the first).
+        record: u64,
+        /// The announced length.
+        len: u64,
+        /// The most that may come here.
+        max: u64,
+    },
+    /// A sealed record failed authentication.
+    #[error(
+        "sealed record {record} failed authentication: it was modified, replayed, reordered or dropped on the way, so the connection is dropped; check the network path between the hosts"
+    )]
+    RecordForged {
+        /// The record's number in its direction (0 is the first).
+        record: u64,
+    },
+
     // --- peers --------------------------------------------------------------------------
     /// A worker tried to send to another worker; workers reach only rank 0.
     #[error(
@@ -168,6 +189,16 @@ pub enum Error {
         /// Its value (lossy).
         value: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A variable of the transport holds a bad value.
+    #[error("environment variable {var}=`{value}` is invalid: {reason}")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value (lossy).
+        value: String,
+        /// What is wrong, and what to set instead.
         reason: String,
     },
     /// The local worker variables are set, but this process's parent is not the spawner.

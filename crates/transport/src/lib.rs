@@ -49,6 +49,7 @@ pub mod frame;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod seal;
 mod secret;
 mod star;
 pub mod tcp;

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::seal::{Opener, RECORD_HEADER, Sealer, TAG};
 use crate::{Error, Event, Peer, Rank, Wait, frame};
 
 /// How long a waiter spins before it sleeps, unless `PARVM_SPIN_US` says otherwise; see
@@ -34,7 +35,14 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Reads one frame like [`frame::read_frame`], but copies only what is already buffered
 /// and reads the rest of the payload straight from the stream into memory that is not
 /// zeroed first: a 10 MiB payload costs the kernel's copy and nothing more.
-fn read_frame(reader: &mut BufReader<Stream>, max_frame: u64) -> Result<Option<Vec<u8>>, Error> {
+fn read_frame(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: Option<&mut Opener>,
+) -> Result<Option<Vec<u8>>, Error> {
+    if let Some(open) = open {
+        return read_sealed_frame(reader, max_frame, open);
+    }
     let mut header = [0u8; frame::HEADER_LEN];
     let mut got = 0;
     while got < frame::HEADER_LEN {
@@ -78,6 +86,179 @@ fn read_frame(reader: &mut BufReader<Stream>, max_frame: u64) -> Result<Option<V
         }
     }
     Ok(Some(payload))
+}
+
+/// Reads exactly `buf.len()` bytes: what is buffered first, then from the stream.
+/// `Ok(false)` when the stream ends before the first byte and `eof_ok`.
+fn read_exact_buffered(
+    reader: &mut BufReader<Stream>,
+    buf: &mut [u8],
+    eof_ok: bool,
+) -> Result<bool, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && eof_ok => return Ok(false),
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: buf.len() as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(true)
+}
+
+/// Appends exactly `n` bytes to `out`: the buffered ones, then straight from the stream
+/// into memory that is not zeroed first (as [`read_frame`] does for a plain payload).
+fn append_exact(reader: &mut BufReader<Stream>, out: &mut Vec<u8>, n: usize) -> Result<(), Error> {
+    let want = out.len() + n;
+    out.reserve(n);
+    let buffered = reader.buffer();
+    let take = buffered.len().min(n);
+    out.extend_from_slice(&buffered[..take]);
+    reader.consume(take);
+    let rest = (want - out.len()) as u64;
+    if rest > 0 {
+        let read = match reader.get_mut() {
+            Stream::Unix(s) => Read::take(&*s, rest).read_to_end(out),
+            Stream::Tcp(s) => Read::take(&*s, rest).read_to_end(out),
+        };
+        match read {
+            Ok(_) if out.len() == want => {}
+            Ok(_) => {
+                return Err(Error::FrameTruncated {
+                    expected: n as u64,
+                    got: (n - (want - out.len())) as u64,
+                });
+            }
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the next sealed record's length prefix and checks it (see [`Opener::check_len`]);
+/// `Ok(None)` at a clean end of stream before a frame.
+fn read_record_header(
+    reader: &mut BufReader<Stream>,
+    open: &Opener,
+    left: Option<usize>,
+) -> Result<Option<([u8; RECORD_HEADER], usize)>, Error> {
+    let mut header = [0u8; RECORD_HEADER];
+    if !read_exact_buffered(reader, &mut header, left.is_none())? {
+        return Ok(None);
+    }
+    let n = open.check_len(header, left)?;
+    Ok(Some((header, n)))
+}
+
+/// Reads one frame sent as sealed records (see [`crate::seal`]). The first record is
+/// opened before the payload is allocated, so the frame's length is checked against
+/// `max_frame` only once it is authentic; later records are read straight into the
+/// payload and opened in place.
+fn read_sealed_frame(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: &mut Opener,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some((header, n)) = read_record_header(reader, open, None)? else {
+        return Ok(None);
+    };
+    let mut first = std::mem::take(&mut open.first);
+    first.clear();
+    let mut tag = [0u8; TAG];
+    let opened = append_exact(reader, &mut first, n)
+        .and_then(|()| read_exact_buffered(reader, &mut tag, false).map(|_| ()))
+        .and_then(|()| open.open(header, &mut first, &tag));
+    let frame_header = opened.and_then(|()| {
+        let mut frame_header = [0u8; frame::HEADER_LEN];
+        frame_header.copy_from_slice(&first[..frame::HEADER_LEN]);
+        let len = frame::decode_header(&frame_header, max_frame)?;
+        if first.len() - frame::HEADER_LEN > len {
+            return Err(Error::RecordLength {
+                record: 0,
+                len: first.len() as u64,
+                max: (frame::HEADER_LEN + len) as u64,
+            });
+        }
+        Ok(len)
+    });
+    let len = match frame_header {
+        Ok(len) => len,
+        Err(err) => {
+            open.first = first;
+            return Err(err);
+        }
+    };
+    let mut payload = Vec::with_capacity(len);
+    payload.extend_from_slice(&first[frame::HEADER_LEN..]);
+    open.first = first;
+    while payload.len() < len {
+        let left = len - payload.len();
+        let (header, n) =
+            read_record_header(reader, open, Some(left))?.ok_or(Error::FrameTruncated {
+                expected: len as u64,
+                got: payload.len() as u64,
+            })?;
+        let start = payload.len();
+        append_exact(reader, &mut payload, n)?;
+        read_exact_buffered(reader, &mut tag, false)?;
+        open.open(header, &mut payload[start..], &tag)?;
+    }
+    Ok(Some(payload))
+}
+
+/// Reads one sealed frame from `stream` without reading past it (what follows belongs to
+/// whoever reads the stream next); returns the stream back with the outcome.
+pub(crate) fn read_sealed_unbuffered(
+    stream: Stream,
+    max_frame: u64,
+    open: &mut Opener,
+) -> (Stream, Result<Option<Vec<u8>>, Error>) {
+    // With no buffer, every read goes straight to the stream for exactly what is asked.
+    let mut reader = BufReader::with_capacity(0, stream);
+    let read = read_sealed_frame(&mut reader, max_frame, open);
+    (reader.into_inner(), read)
+}
+
+/// Writes one sealed frame carrying `payload`.
+pub(crate) fn write_sealed(
+    stream: &mut Stream,
+    seal: &mut Sealer,
+    payload: &[u8],
+) -> io::Result<()> {
+    seal.write_frame(stream, &[payload])
+}
+
+/// The sending half of a connection: the stream and, on TCP, the sealer of its records.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    stream: Stream,
+    /// Boxed: a cipher's key schedule is large, and most connections of a process wait.
+    seal: Option<Box<Sealer>>,
+}
+
+impl Writer {
+    /// Writes one frame carrying the concatenation of `parts`.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        match (&mut self.seal, parts) {
+            (Some(seal), _) => seal.write_frame(&mut self.stream, parts),
+            (None, [payload]) => frame::write_frame(&mut self.stream, payload),
+            (None, _) => write_parts(&mut self.stream, parts),
+        }
+    }
+}
+
+/// What a sealed connection needs: the sealer of what it sends, the opener of what it
+/// receives.
+pub(crate) struct Sealing {
+    pub(crate) seal: Sealer,
+    pub(crate) open: Opener,
 }
 
 /// A connected byte stream of either family.
@@ -320,16 +501,20 @@ pub(crate) struct Client {
     spawner_host: String,
     max_frame: u64,
     reader: Mutex<ClientReader>,
-    writer: Mutex<Stream>,
+    writer: Mutex<Writer>,
     /// Mirrors `ClientReader::lost`, readable while another thread blocks in `recv`.
     spawner_lost: AtomicBool,
     /// How `recv` spins before sleeping.
     spin: Spin,
+    /// The spawner's address, for messages (TCP).
+    spawner_addr: Option<String>,
 }
 
 #[derive(Debug)]
 struct ClientReader {
     stream: BufReader<Stream>,
+    /// Opens the spawner's sealed records (TCP).
+    open: Option<Box<Opener>>,
     /// Set once the spawner is gone; later receives fail with this reason.
     lost: Option<String>,
 }
@@ -343,7 +528,27 @@ impl Client {
         max_frame: u64,
         stream: Stream,
     ) -> io::Result<Client> {
-        let writer = stream.try_clone()?;
+        Client::new_sealed(backend, rank, host, spawner_host, max_frame, stream, None)
+    }
+
+    /// As [`Client::new`], sealing and opening every frame when `sealing` is given.
+    pub(crate) fn new_sealed(
+        backend: &'static str,
+        rank: Rank,
+        host: String,
+        spawner_host: String,
+        max_frame: u64,
+        stream: Stream,
+        sealing: Option<Sealing>,
+    ) -> io::Result<Client> {
+        let (seal, open) = match sealing {
+            Some(Sealing { seal, open }) => (Some(Box::new(seal)), Some(Box::new(open))),
+            None => (None, None),
+        };
+        let writer = Writer {
+            stream: stream.try_clone()?,
+            seal,
+        };
         Ok(Client {
             backend,
             rank,
@@ -352,12 +557,28 @@ impl Client {
             max_frame,
             reader: Mutex::new(ClientReader {
                 stream: BufReader::with_capacity(READ_BUFFER, stream),
+                open,
                 lost: None,
             }),
             writer: Mutex::new(writer),
             spawner_lost: AtomicBool::new(false),
             spin: Spin::new(),
+            spawner_addr: None,
         })
+    }
+
+    /// Names the spawner's address in the reasons of a lost spawner.
+    pub(crate) fn with_spawner_addr(mut self, addr: impl Into<String>) -> Client {
+        self.spawner_addr = Some(addr.into());
+        self
+    }
+
+    /// "the spawner on host `h` (addr)", for messages.
+    fn spawner_name(&self) -> String {
+        match &self.spawner_addr {
+            Some(addr) => format!("the spawner on host `{}` ({addr})", self.spawner_host),
+            None => format!("the spawner on host `{}`", self.spawner_host),
+        }
     }
 
     pub(crate) fn rank(&self) -> Rank {
@@ -393,12 +614,14 @@ impl Client {
             });
         }
         let mut writer = lock(&self.writer);
-        frame::write_frame(&mut *writer, payload).map_err(|source| Error::Send {
-            rank: 0,
-            host: self.spawner_host.clone(),
-            bytes: payload.len(),
-            source,
-        })
+        writer
+            .write_parts(&[payload])
+            .map_err(|source| Error::Send {
+                rank: 0,
+                host: self.spawner_host.clone(),
+                bytes: payload.len(),
+                source,
+            })
     }
 
     /// As [`Self::send`] with the payload in parts, written with one vectored write.
@@ -410,7 +633,7 @@ impl Client {
             });
         }
         let mut writer = lock(&self.writer);
-        write_parts(&mut *writer, parts).map_err(|source| Error::Send {
+        writer.write_parts(parts).map_err(|source| Error::Send {
             rank: 0,
             host: self.spawner_host.clone(),
             bytes: parts.iter().map(|part| part.len()).sum(),
@@ -471,14 +694,23 @@ impl Client {
                 return Ok(None);
             }
         }
-        let read = read_frame(&mut reader.stream, self.max_frame);
+        let reader = &mut *reader;
+        let read = read_frame(
+            &mut reader.stream,
+            self.max_frame,
+            reader.open.as_deref_mut(),
+        );
         if let Waited::Since(start) = waited {
             self.spin.record(Some(start));
         }
         let reason = match read {
             Ok(Some(payload)) => return Ok(Some(Event::Message { from: 0, payload })),
-            Ok(None) => "the spawner closed the connection".to_string(),
-            Err(err) => format!("the connection to the spawner broke: {}", error_chain(&err)),
+            Ok(None) => format!("{} closed the connection", self.spawner_name()),
+            Err(err) => format!(
+                "the connection to {} broke: {}",
+                self.spawner_name(),
+                error_chain(&err)
+            ),
         };
         reader.stream.get_ref().shutdown();
         reader.lost = Some(reason.clone());
@@ -505,10 +737,20 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 #[derive(Debug)]
 struct Conn {
     peer: Peer,
-    writer: Mutex<Stream>,
-    /// A handle used only to shut the connection down from another thread.
-    control: Stream,
+    /// `None` once the peer is lost, so its descriptor is closed.
+    writer: Mutex<Option<Writer>>,
+    /// A handle used only to shut the connection down from another thread; `None` once
+    /// the peer is lost.
+    control: Mutex<Option<Stream>>,
     lost: Mutex<Option<String>>,
+}
+
+impl Conn {
+    fn shutdown(&self) {
+        if let Some(control) = lock(&self.control).as_ref() {
+            control.shutdown();
+        }
+    }
 }
 
 /// The spawner's end of the star.
@@ -571,12 +813,30 @@ impl Hub {
         stream: Stream,
         explain: Explain,
     ) -> io::Result<impl FnOnce() + Send + 'static> {
-        let writer = stream.try_clone()?;
+        self.add_sealed(peer, stream, None, explain)
+    }
+
+    /// As [`Hub::add`], sealing and opening every frame when `sealing` is given.
+    pub(crate) fn add_sealed(
+        self: &Arc<Self>,
+        peer: Peer,
+        stream: Stream,
+        sealing: Option<Sealing>,
+        explain: Explain,
+    ) -> io::Result<impl FnOnce() + Send + 'static> {
+        let (seal, open) = match sealing {
+            Some(Sealing { seal, open }) => (Some(Box::new(seal)), Some(Box::new(open))),
+            None => (None, None),
+        };
+        let writer = Writer {
+            stream: stream.try_clone()?,
+            seal,
+        };
         let control = stream.try_clone()?;
         let conn = Arc::new(Conn {
             peer: peer.clone(),
-            writer: Mutex::new(writer),
-            control,
+            writer: Mutex::new(Some(writer)),
+            control: Mutex::new(Some(control)),
             lost: Mutex::new(None),
         });
         self.conns
@@ -584,10 +844,10 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(peer.rank, conn.clone());
         if self.is_closing() {
-            conn.control.shutdown();
+            conn.shutdown();
         }
         let hub = self.clone();
-        Ok(move || hub.read_loop(&conn, stream, explain))
+        Ok(move || hub.read_loop(&conn, stream, open, explain))
     }
 
     /// Remembers a thread to join when the hub closes.
@@ -599,7 +859,13 @@ impl Hub {
         threads.push(handle);
     }
 
-    fn read_loop(&self, conn: &Conn, stream: Stream, explain: Explain) {
+    fn read_loop(
+        &self,
+        conn: &Conn,
+        stream: Stream,
+        mut open: Option<Box<Opener>>,
+        explain: Explain,
+    ) {
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
         // The reader spins too: the program's thread spinning in `recv` keeps one core
         // awake, but the reply comes through this thread, and waking it from a blocking
@@ -613,7 +879,7 @@ impl Hub {
                 let _ = spin.spin(start, None, || Ok(readable_now(fd)?.then_some(())));
                 start
             });
-            match read_frame(&mut reader, self.max_frame) {
+            match read_frame(&mut reader, self.max_frame, open.as_deref_mut()) {
                 Ok(Some(payload)) => {
                     if waited.is_some() {
                         spin.record(waited);
@@ -627,8 +893,13 @@ impl Hub {
                 Err(err) => break format!("its connection failed: {}", error_chain(&err)),
             }
         };
-        conn.control.shutdown();
+        conn.shutdown();
         *lock(&conn.lost) = Some(reason.clone());
+        // Close every descriptor of the connection now: a spawner whose workers come and
+        // go for days must not collect them. Only the peer's name and the reason stay.
+        drop(reader);
+        lock(&conn.writer).take();
+        lock(&conn.control).take();
         if self.is_closing() {
             return;
         }
@@ -709,11 +980,16 @@ impl Hub {
             });
         }
         let mut writer = lock(&conn.writer);
-        let written = match parts {
-            [payload] => frame::write_frame(&mut *writer, payload),
-            _ => write_parts(&mut *writer, parts),
+        let Some(writer) = writer.as_mut() else {
+            return Err(Error::PeerLost {
+                rank: to,
+                host: conn.peer.host.clone(),
+                reason: lock(&conn.lost)
+                    .clone()
+                    .unwrap_or_else(|| CLOSED.to_string()),
+            });
         };
-        written.map_err(|source| Error::Send {
+        writer.write_parts(parts).map_err(|source| Error::Send {
             rank: to,
             host: conn.peer.host.clone(),
             bytes: parts.iter().map(|part| part.len()).sum(),
@@ -734,7 +1010,7 @@ impl Hub {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for conn in conns.values() {
-            conn.control.shutdown();
+            conn.shutdown();
         }
     }
 
@@ -925,13 +1201,13 @@ mod tests {
             }
         });
         for payload in &payloads {
-            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap();
+            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None).unwrap();
             assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
             assert!(got.as_ref() == Some(payload));
         }
         writer.join().unwrap();
         assert_eq!(
-            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap(),
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None).unwrap(),
             None
         );
     }
@@ -944,7 +1220,7 @@ mod tests {
         near.write_all(&truncated).unwrap();
         drop(near);
         assert!(matches!(
-            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME),
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None),
             Err(Error::FrameTruncated {
                 expected: 100,
                 got: 40
@@ -953,7 +1229,7 @@ mod tests {
         let (mut near, mut reader) = pair();
         near.write_all(&frame::encode_header(1 << 40)).unwrap();
         assert!(matches!(
-            read_frame(&mut reader, 1 << 20),
+            read_frame(&mut reader, 1 << 20, None),
             Err(Error::FrameTooLarge { .. })
         ));
     }
