@@ -203,6 +203,10 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     /// Writes one frame whose payload is the concatenation of `parts`, as sealed records.
+    ///
+    /// A record whose bytes lie in one part (every record of a large payload but the
+    /// first) is encrypted straight from the part into the output buffer; others are
+    /// gathered first.
     pub(crate) fn write_frame<W: Write + ?Sized>(
         &mut self,
         writer: &mut W,
@@ -216,30 +220,49 @@ impl Sealer {
             .filter(|run| !run.is_empty());
         let mut run: &[u8] = runs.next().unwrap_or_default();
         let mut left = header.len() + len;
+        if self.buf.is_empty() {
+            // Allocated (and zeroed) once: records are written into slices of it.
+            self.buf = vec![0u8; RECORD_HEADER + RECORD_MAX + TAG];
+        }
         while left > 0 {
             let n = left.min(RECORD_MAX);
-            self.buf.clear();
-            self.buf.extend_from_slice(&(n as u32).to_le_bytes());
-            let mut filled = 0;
-            while filled < n {
-                if run.is_empty() {
-                    run = runs.next().unwrap_or_default();
-                    continue;
-                }
-                let take = run.len().min(n - filled);
-                self.buf.extend_from_slice(&run[..take]);
-                run = &run[take..];
-                filled += take;
-            }
+            let (head, rest) = self.buf.split_at_mut(RECORD_HEADER);
+            head.copy_from_slice(&(n as u32).to_le_bytes());
+            let (body, tail) = rest.split_at_mut(n);
             let nonce = self.state.next_nonce();
-            let (aad, body) = self.buf.split_at_mut(RECORD_HEADER);
-            let tag = self
-                .state
-                .cipher
-                .encrypt_inout_detached(&nonce.into(), aad, body.into())
-                .map_err(|_| io::Error::other("the record is too long to seal"))?;
-            self.buf.extend_from_slice(&tag);
-            writer.write_all(&self.buf)?;
+            if run.is_empty() {
+                run = runs.next().unwrap_or_default();
+            }
+            let sealed = if run.len() >= n {
+                let (this, next) = run.split_at(n);
+                run = next;
+                let inout = aes_gcm::aead::inout::InOutBuf::new(this, body)
+                    .map_err(|_| io::Error::other("record buffers of different sizes"))?;
+                self.state
+                    .cipher
+                    .encrypt_inout_detached(&nonce.into(), head, inout)
+            } else {
+                let mut filled = 0;
+                while filled < n {
+                    if run.is_empty() {
+                        // `left` counts exactly the bytes of the runs, so they last.
+                        run = runs
+                            .next()
+                            .ok_or_else(|| io::Error::other("the frame ended early"))?;
+                        continue;
+                    }
+                    let take = run.len().min(n - filled);
+                    body[filled..filled + take].copy_from_slice(&run[..take]);
+                    run = &run[take..];
+                    filled += take;
+                }
+                self.state
+                    .cipher
+                    .encrypt_inout_detached(&nonce.into(), head, body.into())
+            };
+            let tag = sealed.map_err(|_| io::Error::other("the record is too long to seal"))?;
+            tail[..TAG].copy_from_slice(&tag);
+            writer.write_all(&self.buf[..RECORD_HEADER + n + TAG])?;
             left -= n;
         }
         Ok(())

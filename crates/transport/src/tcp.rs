@@ -185,8 +185,12 @@ impl TcpOptions {
     }
 }
 
+/// Called before each new try of [`TcpTransport::connect_with`] with the error of the last
+/// one and how long the retries may still go on.
+type OnRetry = Arc<dyn Fn(&Error, Duration) + Send + Sync>;
+
 /// How [`TcpTransport::connect_with`] joins a spawner.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     addr: String,
     secret: Secret,
@@ -194,7 +198,20 @@ pub struct ConnectOptions {
     handshake_timeout: Option<Duration>,
     max_frame: Option<u64>,
     wait: Option<Duration>,
+    on_retry: Option<OnRetry>,
     plaintext: bool,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("host", &self.host)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_frame", &self.max_frame)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectOptions {
@@ -208,8 +225,17 @@ impl ConnectOptions {
             handshake_timeout: None,
             max_frame: None,
             wait: None,
+            on_retry: None,
             plaintext: false,
         }
+    }
+
+    /// Calls `report` with the error of a failed try and the time left, before each new
+    /// try (for a progress line); by default failed tries are only logged.
+    #[must_use]
+    pub fn on_retry(mut self, report: impl Fn(&Error, Duration) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(Arc::new(report));
+        self
     }
 
     /// The host name this worker reports. Default: [`crate::this_host`].
@@ -396,6 +422,15 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a frame limit as `PARVM_MAX_FRAME` takes it: a byte count with an optional
+/// binary suffix (`1048576`, `64K`, `512M`, `1G`), at least 4 KiB.
+///
+/// # Errors
+/// What is wrong with `text`, in words.
+pub fn parse_max_frame(text: &str) -> Result<u64, String> {
+    parse_bytes(text.trim())
+}
+
 /// The handshake timeout: `given`, else `PARVM_HANDSHAKE_TIMEOUT`, else 5 s.
 fn handshake_timeout(given: Option<Duration>) -> Result<Duration, Error> {
     match given {
@@ -530,7 +565,9 @@ impl TcpTransport {
                 }
                 return Err(error);
             }
-            if tries == 1 {
+            if let Some(report) = &options.on_retry {
+                report(&error, left);
+            } else if tries == 1 {
                 tracing::warn!("{error}; trying again for up to {left:.1?}");
             } else {
                 tracing::debug!("try {tries}: {error}");
