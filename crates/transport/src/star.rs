@@ -195,22 +195,103 @@ fn read_sealed_frame(
             return Err(err);
         }
     };
-    let mut payload = Vec::with_capacity(len);
-    payload.extend_from_slice(&first[frame::HEADER_LEN..]);
+    // Zeroed: large allocations come as fresh zero pages, and a small one costs little.
+    let mut payload = vec![0u8; len];
+    let mut off = first.len() - frame::HEADER_LEN;
+    payload[..off].copy_from_slice(&first[frame::HEADER_LEN..]);
     open.first = first;
-    while payload.len() < len {
-        let left = len - payload.len();
-        let (header, n) =
-            read_record_header(reader, open, Some(left))?.ok_or(Error::FrameTruncated {
-                expected: len as u64,
-                got: payload.len() as u64,
-            })?;
-        let start = payload.len();
-        append_exact(reader, &mut payload, n)?;
-        read_exact_buffered(reader, &mut tag, false)?;
-        open.open(header, &mut payload[start..], &tag)?;
+    // Each later record is read straight into its place in the payload, together with its
+    // tag and, when more records follow, the next one's length prefix: about one read per
+    // record; then it is opened in place.
+    let mut next = None;
+    while off < len {
+        let header = match next.take() {
+            Some(header) => header,
+            None => {
+                let mut header = [0u8; RECORD_HEADER];
+                read_exact_vectored(reader, &mut [&mut header])?;
+                header
+            }
+        };
+        let n = open.check_len(header, Some(len - off))?;
+        let body = &mut payload[off..off + n];
+        let mut after = [0u8; RECORD_HEADER];
+        if off + n < len {
+            read_exact_vectored(reader, &mut [body, &mut tag, &mut after])?;
+            next = Some(after);
+        } else {
+            read_exact_vectored(reader, &mut [body, &mut tag])?;
+        }
+        open.open(header, &mut payload[off..off + n], &tag)?;
+        off += n;
     }
     Ok(Some(payload))
+}
+
+/// Fills `bufs` in order: from what is buffered, then with vectored reads straight from the
+/// stream (the buffer stays empty, so the stream stays in order).
+fn read_exact_vectored(
+    reader: &mut BufReader<Stream>,
+    bufs: &mut [&mut [u8]],
+) -> Result<(), Error> {
+    let expected: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut got = 0;
+    // (buffer index, offset in it) of the next byte to fill.
+    let (mut i, mut at) = (0, 0);
+    let advance = |bufs: &mut [&mut [u8]], i: &mut usize, at: &mut usize, mut n: usize| {
+        while n > 0 && *i < bufs.len() {
+            let take = (bufs[*i].len() - *at).min(n);
+            *at += take;
+            n -= take;
+            if *at == bufs[*i].len() {
+                *i += 1;
+                *at = 0;
+            }
+        }
+    };
+    let buffered = reader.buffer();
+    let mut used = 0;
+    while i < bufs.len() && used < buffered.len() {
+        let take = (bufs[i].len() - at).min(buffered.len() - used);
+        bufs[i][at..at + take].copy_from_slice(&buffered[used..used + take]);
+        used += take;
+        got += take;
+        advance(bufs, &mut i, &mut at, take);
+    }
+    reader.consume(used);
+    while i < bufs.len() {
+        if bufs[i].len() == at {
+            i += 1;
+            at = 0;
+            continue;
+        }
+        let (head, tail) = bufs.split_at_mut(i + 1);
+        let mut rest = tail.iter_mut();
+        let mut slices = [
+            io::IoSliceMut::new(&mut head[i][at..]),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+        ];
+        let read = match reader.get_mut() {
+            Stream::Unix(s) => s.read_vectored(&mut slices),
+            Stream::Tcp(s) => s.read_vectored(&mut slices),
+        };
+        match read {
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: expected as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => {
+                got += n;
+                advance(bufs, &mut i, &mut at, n);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one sealed frame from `stream` without reading past it (what follows belongs to
@@ -1210,6 +1291,61 @@ mod tests {
             read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn sealed_frames_of_every_size_read_back_in_order() {
+        use crate::seal::{Direction, Keys, RECORD_MAX, Transcript};
+        let keys = Keys::derive(
+            &crate::tcp::Secret::new(b"k".to_vec()),
+            &[1; 32],
+            &[2; 32],
+            &Transcript::default(),
+        );
+        let sizes = [
+            0usize,
+            1,
+            RECORD_MAX - 12,
+            RECORD_MAX - 11,
+            RECORD_MAX,
+            3 * RECORD_MAX + 7,
+            READ_BUFFER + 3,
+            1 << 20,
+        ];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        let sent = payloads.clone();
+        let mut seal = keys.sealer(Direction::ToWorker);
+        let (mut near, mut reader) = pair();
+        let writer = std::thread::spawn(move || {
+            for payload in &sent {
+                // In two parts, so records straddle them.
+                let (a, b) = payload.split_at(payload.len() / 3);
+                seal.write_frame(&mut near, &[a, b]).unwrap();
+            }
+        });
+        let mut open = keys.opener(Direction::ToWorker);
+        for payload in &payloads {
+            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, Some(&mut open)).unwrap();
+            assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
+            assert!(got.as_ref() == Some(payload));
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, Some(&mut open)).unwrap(),
+            None
+        );
+        // The limit applies to the authentic length.
+        let mut seal = keys.sealer(Direction::ToSpawner);
+        let mut open = keys.opener(Direction::ToSpawner);
+        let (mut near, mut reader) = pair();
+        seal.write_frame(&mut near, &[&[9; 5000]]).unwrap();
+        assert!(matches!(
+            read_frame(&mut reader, 4999, Some(&mut open)),
+            Err(Error::FrameTooLarge { len: 5000, .. })
+        ));
     }
 
     #[test]
