@@ -120,7 +120,7 @@ impl Keys {
     pub(crate) fn opener(&self, direction: Direction) -> Opener {
         Opener {
             state: State::new(self.traffic(direction)),
-            first: Vec::new(),
+            staging: Vec::new(),
         }
     }
 
@@ -272,8 +272,9 @@ impl Sealer {
 /// Opens records received from one peer.
 pub(crate) struct Opener {
     state: State,
-    /// The first record of a frame, opened before the payload is allocated.
-    pub(crate) first: Vec<u8>,
+    /// Where records are read and opened before their bytes join the payload; grows to
+    /// the largest record received (at most [`RECORD_MAX`]).
+    pub(crate) staging: Vec<u8>,
 }
 
 impl std::fmt::Debug for Opener {

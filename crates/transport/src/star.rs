@@ -113,35 +113,6 @@ fn read_exact_buffered(
     Ok(true)
 }
 
-/// Appends exactly `n` bytes to `out`: the buffered ones, then straight from the stream
-/// into memory that is not zeroed first (as [`read_frame`] does for a plain payload).
-fn append_exact(reader: &mut BufReader<Stream>, out: &mut Vec<u8>, n: usize) -> Result<(), Error> {
-    let want = out.len() + n;
-    out.reserve(n);
-    let buffered = reader.buffer();
-    let take = buffered.len().min(n);
-    out.extend_from_slice(&buffered[..take]);
-    reader.consume(take);
-    let rest = (want - out.len()) as u64;
-    if rest > 0 {
-        let read = match reader.get_mut() {
-            Stream::Unix(s) => Read::take(&*s, rest).read_to_end(out),
-            Stream::Tcp(s) => Read::take(&*s, rest).read_to_end(out),
-        };
-        match read {
-            Ok(_) if out.len() == want => {}
-            Ok(_) => {
-                return Err(Error::FrameTruncated {
-                    expected: n as u64,
-                    got: (n - (want - out.len())) as u64,
-                });
-            }
-            Err(source) => return Err(Error::FrameIo { source }),
-        }
-    }
-    Ok(())
-}
-
 /// Reads the next sealed record's length prefix and checks it (see [`Opener::check_len`]);
 /// `Ok(None)` at a clean end of stream before a frame.
 fn read_record_header(
@@ -159,8 +130,7 @@ fn read_record_header(
 
 /// Reads one frame sent as sealed records (see [`crate::seal`]). The first record is
 /// opened before the payload is allocated, so the frame's length is checked against
-/// `max_frame` only once it is authentic; later records are read straight into the
-/// payload and opened in place.
+/// `max_frame` only once it is authentic.
 fn read_sealed_frame(
     reader: &mut BufReader<Stream>,
     max_frame: u64,
@@ -169,42 +139,46 @@ fn read_sealed_frame(
     let Some((header, n)) = read_record_header(reader, open, None)? else {
         return Ok(None);
     };
-    let mut first = std::mem::take(&mut open.first);
-    first.clear();
+    // Records are read into a buffer kept with the opener (it grows to the largest record
+    // seen, at most 64 KiB), opened there while it is in the cache, and only then copied
+    // into the payload, which so needs no zeroing.
+    let mut staging = std::mem::take(&mut open.staging);
+    let read = read_records(reader, max_frame, open, &mut staging, header, n);
+    open.staging = staging;
+    read.map(Some)
+}
+
+/// The body of [`read_sealed_frame`] after the first record's length prefix.
+fn read_records(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: &mut Opener,
+    staging: &mut Vec<u8>,
+    header: [u8; RECORD_HEADER],
+    n: usize,
+) -> Result<Vec<u8>, Error> {
     let mut tag = [0u8; TAG];
-    let opened = append_exact(reader, &mut first, n)
-        .and_then(|()| read_exact_buffered(reader, &mut tag, false).map(|_| ()))
-        .and_then(|()| open.open(header, &mut first, &tag));
-    let frame_header = opened.and_then(|()| {
-        let mut frame_header = [0u8; frame::HEADER_LEN];
-        frame_header.copy_from_slice(&first[..frame::HEADER_LEN]);
-        let len = frame::decode_header(&frame_header, max_frame)?;
-        if first.len() - frame::HEADER_LEN > len {
-            return Err(Error::RecordLength {
-                record: 0,
-                len: first.len() as u64,
-                max: (frame::HEADER_LEN + len) as u64,
-            });
-        }
-        Ok(len)
-    });
-    let len = match frame_header {
-        Ok(len) => len,
-        Err(err) => {
-            open.first = first;
-            return Err(err);
-        }
-    };
-    // Zeroed: large allocations come as fresh zero pages, and a small one costs little.
-    let mut payload = vec![0u8; len];
-    let mut off = first.len() - frame::HEADER_LEN;
-    payload[..off].copy_from_slice(&first[frame::HEADER_LEN..]);
-    open.first = first;
-    // Each later record is read straight into its place in the payload, together with its
-    // tag and, when more records follow, the next one's length prefix: about one read per
-    // record; then it is opened in place.
+    if staging.len() < n {
+        staging.resize(n, 0);
+    }
+    read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
+    open.open(header, &mut staging[..n], &tag)?;
+    let mut frame_header = [0u8; frame::HEADER_LEN];
+    frame_header.copy_from_slice(&staging[..frame::HEADER_LEN]);
+    let len = frame::decode_header(&frame_header, max_frame)?;
+    if n - frame::HEADER_LEN > len {
+        return Err(Error::RecordLength {
+            record: 0,
+            len: n as u64,
+            max: (frame::HEADER_LEN + len) as u64,
+        });
+    }
+    let mut payload = Vec::with_capacity(len);
+    payload.extend_from_slice(&staging[frame::HEADER_LEN..n]);
+    // Each later record comes with its tag and, when more records follow, the next one's
+    // length prefix: about one read per record.
     let mut next = None;
-    while off < len {
+    while payload.len() < len {
         let header = match next.take() {
             Some(header) => header,
             None => {
@@ -213,19 +187,21 @@ fn read_sealed_frame(
                 header
             }
         };
-        let n = open.check_len(header, Some(len - off))?;
-        let body = &mut payload[off..off + n];
+        let n = open.check_len(header, Some(len - payload.len()))?;
+        if staging.len() < n {
+            staging.resize(n, 0);
+        }
         let mut after = [0u8; RECORD_HEADER];
-        if off + n < len {
-            read_exact_vectored(reader, &mut [body, &mut tag, &mut after])?;
+        if payload.len() + n < len {
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag, &mut after])?;
             next = Some(after);
         } else {
-            read_exact_vectored(reader, &mut [body, &mut tag])?;
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
         }
-        open.open(header, &mut payload[off..off + n], &tag)?;
-        off += n;
+        open.open(header, &mut staging[..n], &tag)?;
+        payload.extend_from_slice(&staging[..n]);
     }
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Fills `bufs` in order: from what is buffered, then with vectored reads straight from the
