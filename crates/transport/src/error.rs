@@ -23,7 +23,7 @@ pub enum Error {
     // --- frames -------------------------------------------------------------------------
     /// A frame header announced more bytes than the limit allows.
     #[error(
-        "a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (raise `max_frame` if such messages are legitimate)"
+        "a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (if such messages are legitimate, raise the receiver's limit: PARVM_MAX_FRAME, `parvm worker --max-frame`, or `max_frame` in code)"
     )]
     FrameTooLarge {
         /// The announced payload length.
@@ -50,7 +50,9 @@ pub enum Error {
         expected: u8,
     },
     /// The stream ended inside a frame.
-    #[error("the connection ended inside a frame ({got} of {expected} bytes arrived)")]
+    #[error(
+        "the connection ended inside a frame ({got} of {expected} bytes arrived): the peer died or the connection was cut while it sent"
+    )]
     FrameTruncated {
         /// Bytes expected.
         expected: u64,
@@ -58,7 +60,7 @@ pub enum Error {
         got: u64,
     },
     /// Reading a frame failed.
-    #[error("cannot read a frame")]
+    #[error("cannot read a frame from the connection, so the peer is dropped")]
     FrameIo {
         /// The I/O error.
         #[source]
@@ -98,7 +100,9 @@ pub enum Error {
         to: Rank,
     },
     /// The addressed peer is gone.
-    #[error("rank {rank} on host `{host}` is gone ({reason}); it can no longer be reached")]
+    #[error(
+        "rank {rank} on host `{host}` is gone ({reason}); it can no longer be reached, so address a rank that `peers()` lists"
+    )]
     PeerLost {
         /// The lost rank.
         rank: Rank,
@@ -108,7 +112,9 @@ pub enum Error {
         reason: String,
     },
     /// Writing to a peer failed.
-    #[error("cannot send {bytes} bytes to rank {rank} on host `{host}`")]
+    #[error(
+        "cannot send {bytes} bytes to rank {rank} on host `{host}`: its connection broke, and it will be reported lost"
+    )]
     Send {
         /// The addressed rank.
         rank: Rank,
@@ -121,7 +127,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The transport's own machinery failed (a thread, a poll).
-    #[error("the {backend} transport cannot {what}")]
+    #[error(
+        "the {backend} transport cannot {what}; this is a problem of this machine, not of a peer (often too few threads, memory or file descriptors: check `ulimit -u` and `ulimit -n`)"
+    )]
     Io {
         /// The backend.
         backend: &'static str,
@@ -245,7 +253,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The authentication handshake failed.
-    #[error("handshake with `{addr}` failed: {reason}")]
+    #[error("handshake with the spawner at `{addr}` failed: {reason}")]
     Handshake {
         /// The peer's address.
         addr: String,
