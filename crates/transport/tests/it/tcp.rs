@@ -931,11 +931,10 @@ fn a_worker_tries_again_until_the_handshake_succeeds() {
     assert_eq!(seen.load(Ordering::SeqCst), 4);
     assert_eq!(joined(&spawner).host, "patient");
     drop(worker);
-    // A spawner that is not there yet: the worker waits for it to listen.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A spawner that is not there yet (a stand-in refuses the first try): the worker
+    // waits for it to listen.
+    let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stand_in.local_addr().unwrap();
     let late = std::thread::spawn(move || {
         TcpTransport::connect_with(
             ConnectOptions::new(port.to_string(), secret())
@@ -943,7 +942,8 @@ fn a_worker_tries_again_until_the_handshake_succeeds() {
                 .wait(crate::PATIENCE),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    drop(stand_in.accept().unwrap());
+    drop(stand_in);
     let spawner = TcpTransport::listen(TcpOptions::new(secret()).addr(port)).unwrap();
     let worker = late.join().unwrap().unwrap();
     assert_eq!(joined(&spawner).host, "early");
@@ -1020,6 +1020,42 @@ fn bad_variables_are_named() {
     let _guard = KillOnDrop(vec![child.id()]);
     let peer = joined(&spawner);
     assert_eq!(ask_text(&spawner, peer.rank, "!env:PARVM_MAX_FRAME"), "64M");
+    drop(spawner);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_program_as_its_own_worker_waits_for_the_spawner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    let secret = Secret::load_or_create(&path).unwrap();
+    // A stand-in holds the port until the worker has tried once.
+    let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stand_in.local_addr().unwrap();
+    let start = |wait: &str| {
+        Command::new(ECHO)
+            .env("PARVM_CONNECT", port.to_string())
+            .env("PARVM_SECRET_FILE", &path)
+            .env("PARVM_CONNECT_WAIT", wait)
+            .env("PARVM_HOSTNAME", "patient")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Without waiting, a refused handshake is the end, and it says where it tried.
+    let child = start("0");
+    drop(stand_in.accept().unwrap());
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&port.to_string()));
+    // Waiting, it tries again, and joins the spawner that takes the port over.
+    let mut child = start("30");
+    let _guard = KillOnDrop(vec![child.id()]);
+    drop(stand_in.accept().unwrap());
+    drop(stand_in);
+    let spawner = TcpTransport::listen(TcpOptions::new(secret).addr(port)).unwrap();
+    assert_eq!(joined(&spawner).host, "patient");
     drop(spawner);
     assert!(child.wait().unwrap().success());
 }
