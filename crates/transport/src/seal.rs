@@ -220,9 +220,11 @@ impl Sealer {
             .filter(|run| !run.is_empty());
         let mut run: &[u8] = runs.next().unwrap_or_default();
         let mut left = header.len() + len;
-        if self.buf.is_empty() {
-            // Allocated (and zeroed) once: records are written into slices of it.
-            self.buf = vec![0u8; RECORD_HEADER + RECORD_MAX + TAG];
+        // Records are written into slices of one buffer, which grows (zeroed once) to the
+        // largest record sent: a connection that carries only small messages keeps a small one.
+        let largest = RECORD_HEADER + left.min(RECORD_MAX) + TAG;
+        if self.buf.len() < largest {
+            self.buf.resize(largest, 0);
         }
         while left > 0 {
             let n = left.min(RECORD_MAX);

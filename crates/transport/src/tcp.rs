@@ -339,6 +339,9 @@ struct Shared {
     pending: Mutex<VecDeque<Pending>>,
     /// Pending handshakes pushed out since the last warning, and when that was.
     pushed_out: Mutex<(u64, Option<Instant>)>,
+    /// Warnings about dropped connections in the current window: (window start, shown,
+    /// not shown), so a flood of bad connections does not flood the log.
+    dropped: Mutex<(Option<Instant>, u32, u64)>,
 }
 
 impl Drop for Listening {
@@ -480,6 +483,7 @@ impl TcpTransport {
             next_id: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             pushed_out: Mutex::new((0, None)),
+            dropped: Mutex::new((None, 0, 0)),
         });
         let acceptor = {
             let listener = listener.clone();
@@ -866,10 +870,40 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
+/// At most this many warnings about dropped connections per [`FLOOD_WARNING_EVERY`].
+const DROP_WARNINGS: u32 = 10;
+
 impl Shared {
-    /// Removes a connection from the pending table (when it is still there).
-    fn forget(&self, id: u64) {
-        lock(&self.pending).retain(|p| p.id != id);
+    /// Removes a connection from the pending table; returns whether it was still there
+    /// (else it was pushed out to make room).
+    fn forget(&self, id: u64) -> bool {
+        let mut table = lock(&self.pending);
+        let before = table.len();
+        table.retain(|p| p.id != id);
+        table.len() < before
+    }
+
+    /// Warns that a connection was dropped before it joined, at most [`DROP_WARNINGS`]
+    /// times per [`FLOOD_WARNING_EVERY`]; the rest are counted and summed up later.
+    fn warn_dropped(&self, addr: SocketAddr, reason: &str) {
+        let mut dropped = lock(&self.dropped);
+        let (start, _, hidden) = &mut *dropped;
+        if start.is_none_or(|s| s.elapsed() >= FLOOD_WARNING_EVERY) {
+            if *hidden > 0 {
+                tracing::warn!(
+                    "tcp transport: {hidden} more connections were dropped before they joined"
+                );
+            }
+            *dropped = (Some(Instant::now()), 0, 0);
+        }
+        let (_, shown, hidden) = &mut *dropped;
+        if *shown < DROP_WARNINGS {
+            *shown += 1;
+            tracing::warn!("dropped tcp connection from {addr}: {reason}");
+        } else {
+            *hidden += 1;
+            tracing::debug!("dropped tcp connection from {addr}: {reason}");
+        }
     }
 
     /// Counts pending handshakes pushed out, and warns now and then.
@@ -893,11 +927,16 @@ impl Shared {
 /// Handshakes one connection, then reads its frames until it ends.
 fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, shared: &Shared) {
     let outcome = handshake(&stream, shared, spoke);
-    shared.forget(id);
+    let still_pending = shared.forget(id);
     let (rank, host, sealing) = match outcome {
         Ok(joined) => joined,
+        // Pushed out to make room: counted in the flood warning already.
+        Err(reason) if !still_pending => {
+            tracing::debug!("dropped tcp connection from {addr} to make room: {reason}");
+            return;
+        }
         Err(reason) => {
-            tracing::warn!("dropped tcp connection from {addr}: {reason}");
+            shared.warn_dropped(addr, &reason);
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
