@@ -468,7 +468,7 @@ impl TcpTransport {
             addr: options.addr.to_string(),
             source,
         };
-        let listener = TcpListener::bind(options.addr).map_err(listen_err)?;
+        let listener = bind_listener(options.addr).map_err(listen_err)?;
         let addr = listener.local_addr().map_err(listen_err)?;
         let listener = Arc::new(listener);
         let host = options.host.clone().unwrap_or_else(crate::this_host);
@@ -756,6 +756,29 @@ fn foreign_answer(got: &[u8], want: &[u8; 8]) -> String {
             got
         )
     }
+}
+
+/// How many connections the kernel queues before the accept thread takes them: more than
+/// std's 128, so a burst of connections (a flood, or hundreds of workers started at once)
+/// does not make the kernel drop a worker's connection request, which costs it a second.
+const ACCEPT_QUEUE: i32 = 4096;
+
+/// Binds and listens like [`TcpListener::bind`] (with `SO_REUSEADDR`), with a queue of
+/// [`ACCEPT_QUEUE`] (the kernel may cap it, at `net.core.somaxconn`).
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, Backlog::new(ACCEPT_QUEUE).unwrap_or(Backlog::MAXCONN))?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Host names longer than 255 bytes are cut (at a character boundary) to fit the handshake.

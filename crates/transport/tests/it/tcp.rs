@@ -740,6 +740,9 @@ fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<Tcp
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    // The port is chosen at `connect`, as without `bind`, so it never collides with one
+    // of the spawner's recently closed connections (which would stall `connect` for 1 s).
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)?;
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
@@ -803,8 +806,10 @@ fn a_worker_joins_while_500_idle_connections_are_held() {
             }
         })
     };
-    wait_until("the flood holds 500 connections", || {
-        opened.load(Ordering::SeqCst) >= HELD
+    // The flood is on: 500 were held, and the spawner closed and the flood replaced at
+    // least as many again.
+    wait_until("the flood holds 500 connections and replaced 500", || {
+        opened.load(Ordering::SeqCst) >= 2 * HELD && refreshed.load(Ordering::SeqCst) >= HELD
     });
     let start = Instant::now();
     let worker = TcpTransport::connect_with(
