@@ -743,13 +743,13 @@ fn connect_once(
 
 /// Why the first 8 bytes of an answer are not this protocol's magic.
 fn foreign_answer(got: &[u8], want: &[u8; 8]) -> String {
-    if got.starts_with(MAGIC_PREFIX) && got[7] != want[7] {
-        "the spawner runs with plaintext frames for benchmarks, or this worker does; run both in the same mode".into()
-    } else if got.starts_with(MAGIC_PREFIX) {
+    if got.starts_with(MAGIC_PREFIX) && got[6] != want[6] {
         format!(
             "the spawner speaks parvm tcp protocol version {}, this worker version {}; run the same parvm version on both hosts",
             got[6], want[6]
         )
+    } else if got.starts_with(MAGIC_PREFIX) {
+        "the spawner runs with plaintext frames for benchmarks, or this worker does; run both in the same mode".into()
     } else {
         format!(
             "the peer is not a parvm spawner (it answered {:02x?}); check PARVM_CONNECT",
@@ -1145,6 +1145,92 @@ crate::star::star_transport!(TcpTransport, "tcp");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_parse_as_documented() {
+        let cases: [(&str, Option<u64>); 10] = [
+            ("1048576", Some(1 << 20)),
+            ("64K", Some(64 << 10)),
+            ("64kib", Some(64 << 10)),
+            ("512M", Some(512 << 20)),
+            ("1G", Some(1 << 30)),
+            ("2GB", Some(2 << 30)),
+            ("4095", None),
+            ("1.5G", None),
+            ("lots", None),
+            ("99999999999G", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_max_frame(text).ok(), want, "{text}");
+        }
+        assert_eq!(parse_seconds("5", false), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_seconds("0.25", false), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("0", true), Ok(Duration::ZERO));
+        for bad in ["0", "-1", "soon", "inf", "NaN", "1e12"] {
+            assert!(parse_seconds(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_of_other_versions_and_modes_are_told_apart() {
+        let old = foreign_answer(b"PVTCP\x00\x02\x00", &MAGIC);
+        assert!(
+            old.contains("version 2") && old.contains("version 3"),
+            "{old}"
+        );
+        let plain = foreign_answer(&PLAIN_MAGIC, &MAGIC);
+        assert!(plain.contains("plaintext"), "{plain}");
+        let http = foreign_answer(b"HTTP/1.1", &MAGIC);
+        assert!(http.contains("not a parvm spawner"), "{http}");
+    }
+
+    #[test]
+    fn pending_handshakes_make_room_idle_ones_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut table = VecDeque::new();
+        let mut conns = Vec::new();
+        let mut add = |table: &mut VecDeque<Pending>, id: u64, source: [u8; 4], spoke: bool| {
+            let stream = TcpStream::connect(addr).unwrap();
+            conns.push(listener.accept().unwrap().0);
+            table.push_back(Pending {
+                id,
+                source: IpAddr::from(source),
+                spoke: Arc::new(AtomicBool::new(spoke)),
+                control: stream,
+            });
+        };
+        // One source at its bound: its oldest idle connection goes, not the one that spoke.
+        add(&mut table, 0, [10, 0, 0, 1], true);
+        for id in 1..MAX_PENDING_PER_SOURCE as u64 {
+            add(&mut table, id, [10, 0, 0, 1], false);
+        }
+        assert_eq!(make_room(&mut table, IpAddr::from([10, 0, 0, 1])), 1);
+        let ids: Vec<u64> = table.iter().map(|p| p.id).collect();
+        assert!(ids.contains(&0) && !ids.contains(&1), "{ids:?}");
+        // Another source is not touched while the table has room.
+        assert_eq!(make_room(&mut table, IpAddr::from([10, 0, 0, 2])), 0);
+        // A full table: the oldest idle connection overall goes.
+        let mut id = 100;
+        let mut source = 0u8;
+        while table.len() < MAX_PENDING {
+            add(&mut table, id, [10, 0, 1, source / 4], id % 2 == 0);
+            id += 1;
+            source = source.wrapping_add(1);
+        }
+        assert_eq!(make_room(&mut table, IpAddr::from([10, 0, 9, 9])), 1);
+        assert_eq!(table.len(), MAX_PENDING - 1);
+        assert!(table.iter().any(|p| p.id == 0));
+        // IPv6 sources count by /64; mapped IPv4 as IPv4.
+        assert_eq!(
+            source_of("2001:db8::1".parse().unwrap()),
+            source_of("2001:db8::ffff:1".parse().unwrap())
+        );
+        assert_eq!(
+            source_of("::ffff:10.0.0.1".parse().unwrap()),
+            IpAddr::from([10, 0, 0, 1])
+        );
+    }
 
     #[test]
     fn host_names_are_cut_at_char_boundaries() {
