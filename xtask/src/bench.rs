@@ -13,6 +13,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let (package, bench, features): (&str, &str, &[&str]) =
         match (what.as_str(), transport.as_str()) {
             ("mirror", _) => ("parvm-mirror-fs", "mirror", &[]),
+            // The transport's own ping-pong: a raw TCP socket, plaintext frames (only this
+            // bench can turn sealing off) and sealed frames, in the same run.
+            ("messaging", "tcp") => (
+                "parvm-transport",
+                "tcp_pingpong",
+                &["--features", "parvm-transport/bench-plaintext"],
+            ),
             ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
             ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
             (other, _) => bail!("unknown benchmark `{other}`; use mirror, spawn or messaging"),

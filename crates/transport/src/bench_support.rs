@@ -1,6 +1,6 @@
-//! Measurements shared by this crate's bench and the VM's: a raw Unix-socket ping-pong
-//! baseline and the same ping-pong through a [`Transport`], and the start of the MPI
-//! benchmarks under `mpirun`.
+//! Measurements shared by this crate's benches and the VM's: raw Unix-socket and TCP
+//! ping-pong baselines and the same ping-pong through a [`Transport`], and the start of the
+//! MPI benchmarks under `mpirun`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -32,14 +32,14 @@ impl PingPong {
     }
 }
 
-fn read_msg(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+fn read_msg<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut len = [0u8; 8];
     stream.read_exact(&mut len)?;
     buf.resize(u64::from_le_bytes(len) as usize, 0);
     stream.read_exact(buf)
 }
 
-fn write_msg(stream: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> {
+fn write_msg<S: Write>(stream: &mut S, payload: &[u8]) -> std::io::Result<()> {
     let len = (payload.len() as u64).to_le_bytes();
     let mut slices = [std::io::IoSlice::new(&len), std::io::IoSlice::new(payload)];
     let mut bufs: &mut [std::io::IoSlice<'_>] = &mut slices;
@@ -57,7 +57,30 @@ fn write_msg(stream: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> {
 /// # Errors
 /// An I/O error of the socket pair.
 pub fn raw_unix_pingpong(size: usize, rounds: usize) -> std::io::Result<PingPong> {
-    let (mut near, mut far) = UnixStream::pair()?;
+    let (near, far) = UnixStream::pair()?;
+    raw_pingpong(near, far, size, rounds)
+}
+
+/// As [`raw_unix_pingpong`] over a TCP connection on loopback (with `TCP_NODELAY`, as the
+/// TCP transport sets it): the floor of the TCP transport, in plaintext.
+///
+/// # Errors
+/// An I/O error of the connection.
+pub fn raw_tcp_pingpong(size: usize, rounds: usize) -> std::io::Result<PingPong> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let near = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (far, _) = listener.accept()?;
+    near.set_nodelay(true)?;
+    far.set_nodelay(true)?;
+    raw_pingpong(near, far, size, rounds)
+}
+
+fn raw_pingpong<S: Read + Write + Send + 'static>(
+    mut near: S,
+    mut far: S,
+    size: usize,
+    rounds: usize,
+) -> std::io::Result<PingPong> {
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let mut buf = Vec::new();
         loop {

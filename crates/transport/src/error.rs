@@ -23,7 +23,7 @@ pub enum Error {
     // --- frames -------------------------------------------------------------------------
     /// A frame header announced more bytes than the limit allows.
     #[error(
-        "a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (raise `max_frame` if such messages are legitimate)"
+        "a frame announces {len} bytes, more than the limit of {limit} bytes; the peer is dropped (if such messages are legitimate, raise the receiver's limit: PARVM_MAX_FRAME, `parvm worker --max-frame`, or `max_frame` in code)"
     )]
     FrameTooLarge {
         /// The announced payload length.
@@ -50,7 +50,9 @@ pub enum Error {
         expected: u8,
     },
     /// The stream ended inside a frame.
-    #[error("the connection ended inside a frame ({got} of {expected} bytes arrived)")]
+    #[error(
+        "the connection ended inside a frame ({got} of {expected} bytes arrived): the peer died or the connection was cut while it sent"
+    )]
     FrameTruncated {
         /// Bytes expected.
         expected: u64,
@@ -58,11 +60,32 @@ pub enum Error {
         got: u64,
     },
     /// Reading a frame failed.
-    #[error("cannot read a frame")]
+    #[error("cannot read a frame from the connection, so the peer is dropped")]
     FrameIo {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A sealed record announces a length it may not have.
+    #[error(
+        "sealed record {record} announces {len} bytes where 1 to {max} may come; the bytes were changed on the way or the peer does not speak this parvm version, so the connection is dropped"
+    )]
+    RecordLength {
+        /// The record's number in its direction (0 is the first).
+        record: u64,
+        /// The announced length.
+        len: u64,
+        /// The most that may come here.
+        max: u64,
+    },
+    /// A sealed record failed authentication.
+    #[error(
+        "sealed record {record} failed authentication: it was modified, replayed, reordered or dropped on the way, so the connection is dropped; check the network path between the hosts"
+    )]
+    RecordForged {
+        /// The record's number in its direction (0 is the first).
+        record: u64,
     },
 
     // --- peers --------------------------------------------------------------------------
@@ -77,7 +100,9 @@ pub enum Error {
         to: Rank,
     },
     /// The addressed peer is gone.
-    #[error("rank {rank} on host `{host}` is gone ({reason}); it can no longer be reached")]
+    #[error(
+        "rank {rank} on host `{host}` is gone ({reason}); it can no longer be reached, so address a rank that `peers()` lists"
+    )]
     PeerLost {
         /// The lost rank.
         rank: Rank,
@@ -87,7 +112,9 @@ pub enum Error {
         reason: String,
     },
     /// Writing to a peer failed.
-    #[error("cannot send {bytes} bytes to rank {rank} on host `{host}`")]
+    #[error(
+        "cannot send {bytes} bytes to rank {rank} on host `{host}`: its connection broke, and it will be reported lost"
+    )]
     Send {
         /// The addressed rank.
         rank: Rank,
@@ -100,7 +127,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The transport's own machinery failed (a thread, a poll).
-    #[error("the {backend} transport cannot {what}")]
+    #[error(
+        "the {backend} transport cannot {what}; this is a problem of this machine, not of a peer (often too few threads, memory or file descriptors: check `ulimit -u` and `ulimit -n`)"
+    )]
     Io {
         /// The backend.
         backend: &'static str,
@@ -170,6 +199,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A variable of the transport holds a bad value.
+    #[error("environment variable {var}=`{value}` is invalid: {reason}")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value (lossy).
+        value: String,
+        /// What is wrong, and what to set instead.
+        reason: String,
+    },
     /// The local worker variables are set, but this process's parent is not the spawner.
     #[error(
         "PARVM_LOCAL_SOCKET is set but this process's parent is pid {actual}, not the spawner pid {expected}: the spawner is gone, or a task started a parvm program without removing the PARVM_LOCAL_* variables (see `parvm_transport::local::WORKER_ENV_VARS`)"
@@ -214,7 +253,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The authentication handshake failed.
-    #[error("handshake with `{addr}` failed: {reason}")]
+    #[error("handshake with the spawner at `{addr}` failed: {reason}")]
     Handshake {
         /// The peer's address.
         addr: String,

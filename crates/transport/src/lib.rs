@@ -7,7 +7,7 @@
 //! - [`local`]: the spawner starts N copies of its own executable and talks to them over
 //!   Unix sockets; nothing to install. The default.
 //! - [`tcp`]: workers started by any launcher connect to the spawner and authenticate with
-//!   a shared secret.
+//!   a shared secret; every frame is then encrypted and authenticated (AES-256-GCM).
 //! - `mpi` (cargo feature `mpi`): rsmpi, started by `mpirun`.
 //!
 //! All of them carry [`frame`]s: a 12-byte header with a magic, a version and a length
@@ -49,6 +49,7 @@ pub mod frame;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod seal;
 mod secret;
 mod star;
 pub mod tcp;

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::seal::{Opener, RECORD_HEADER, Sealer, TAG};
 use crate::{Error, Event, Peer, Rank, Wait, frame};
 
 /// How long a waiter spins before it sleeps, unless `PARVM_SPIN_US` says otherwise; see
@@ -34,7 +35,14 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Reads one frame like [`frame::read_frame`], but copies only what is already buffered
 /// and reads the rest of the payload straight from the stream into memory that is not
 /// zeroed first: a 10 MiB payload costs the kernel's copy and nothing more.
-fn read_frame(reader: &mut BufReader<Stream>, max_frame: u64) -> Result<Option<Vec<u8>>, Error> {
+fn read_frame(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: Option<&mut Opener>,
+) -> Result<Option<Vec<u8>>, Error> {
+    if let Some(open) = open {
+        return read_sealed_frame(reader, max_frame, open);
+    }
     let mut header = [0u8; frame::HEADER_LEN];
     let mut got = 0;
     while got < frame::HEADER_LEN {
@@ -78,6 +86,236 @@ fn read_frame(reader: &mut BufReader<Stream>, max_frame: u64) -> Result<Option<V
         }
     }
     Ok(Some(payload))
+}
+
+/// Reads exactly `buf.len()` bytes: what is buffered first, then from the stream.
+/// `Ok(false)` when the stream ends before the first byte and `eof_ok`.
+fn read_exact_buffered(
+    reader: &mut BufReader<Stream>,
+    buf: &mut [u8],
+    eof_ok: bool,
+) -> Result<bool, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && eof_ok => return Ok(false),
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: buf.len() as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads the next sealed record's length prefix and checks it (see [`Opener::check_len`]);
+/// `Ok(None)` at a clean end of stream before a frame.
+fn read_record_header(
+    reader: &mut BufReader<Stream>,
+    open: &Opener,
+    left: Option<usize>,
+) -> Result<Option<([u8; RECORD_HEADER], usize)>, Error> {
+    let mut header = [0u8; RECORD_HEADER];
+    if !read_exact_buffered(reader, &mut header, left.is_none())? {
+        return Ok(None);
+    }
+    let n = open.check_len(header, left)?;
+    Ok(Some((header, n)))
+}
+
+/// Reads one frame sent as sealed records (see [`crate::seal`]). The first record is
+/// opened before the payload is allocated, so the frame's length is checked against
+/// `max_frame` only once it is authentic.
+fn read_sealed_frame(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: &mut Opener,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some((header, n)) = read_record_header(reader, open, None)? else {
+        return Ok(None);
+    };
+    // Records are read into a buffer kept with the opener (it grows to the largest record
+    // seen, at most 64 KiB), opened there while it is in the cache, and only then copied
+    // into the payload, which so needs no zeroing.
+    let mut staging = std::mem::take(&mut open.staging);
+    let read = read_records(reader, max_frame, open, &mut staging, header, n);
+    open.staging = staging;
+    read.map(Some)
+}
+
+/// The body of [`read_sealed_frame`] after the first record's length prefix.
+fn read_records(
+    reader: &mut BufReader<Stream>,
+    max_frame: u64,
+    open: &mut Opener,
+    staging: &mut Vec<u8>,
+    header: [u8; RECORD_HEADER],
+    n: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut tag = [0u8; TAG];
+    if staging.len() < n {
+        staging.resize(n, 0);
+    }
+    read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
+    open.open(header, &mut staging[..n], &tag)?;
+    let mut frame_header = [0u8; frame::HEADER_LEN];
+    frame_header.copy_from_slice(&staging[..frame::HEADER_LEN]);
+    let len = frame::decode_header(&frame_header, max_frame)?;
+    if n - frame::HEADER_LEN > len {
+        return Err(Error::RecordLength {
+            record: 0,
+            len: n as u64,
+            max: (frame::HEADER_LEN + len) as u64,
+        });
+    }
+    let mut payload = Vec::with_capacity(len);
+    payload.extend_from_slice(&staging[frame::HEADER_LEN..n]);
+    // Each later record comes with its tag and, when more records follow, the next one's
+    // length prefix: about one read per record.
+    let mut next = None;
+    while payload.len() < len {
+        let header = match next.take() {
+            Some(header) => header,
+            None => {
+                let mut header = [0u8; RECORD_HEADER];
+                read_exact_vectored(reader, &mut [&mut header])?;
+                header
+            }
+        };
+        let n = open.check_len(header, Some(len - payload.len()))?;
+        if staging.len() < n {
+            staging.resize(n, 0);
+        }
+        let mut after = [0u8; RECORD_HEADER];
+        if payload.len() + n < len {
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag, &mut after])?;
+            next = Some(after);
+        } else {
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
+        }
+        open.open(header, &mut staging[..n], &tag)?;
+        payload.extend_from_slice(&staging[..n]);
+    }
+    Ok(payload)
+}
+
+/// Fills `bufs` in order: from what is buffered, then with vectored reads straight from the
+/// stream (the buffer stays empty, so the stream stays in order).
+fn read_exact_vectored(
+    reader: &mut BufReader<Stream>,
+    bufs: &mut [&mut [u8]],
+) -> Result<(), Error> {
+    let expected: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut got = 0;
+    // (buffer index, offset in it) of the next byte to fill.
+    let (mut i, mut at) = (0, 0);
+    let advance = |bufs: &mut [&mut [u8]], i: &mut usize, at: &mut usize, mut n: usize| {
+        while n > 0 && *i < bufs.len() {
+            let take = (bufs[*i].len() - *at).min(n);
+            *at += take;
+            n -= take;
+            if *at == bufs[*i].len() {
+                *i += 1;
+                *at = 0;
+            }
+        }
+    };
+    let buffered = reader.buffer();
+    let mut used = 0;
+    while i < bufs.len() && used < buffered.len() {
+        let take = (bufs[i].len() - at).min(buffered.len() - used);
+        bufs[i][at..at + take].copy_from_slice(&buffered[used..used + take]);
+        used += take;
+        got += take;
+        advance(bufs, &mut i, &mut at, take);
+    }
+    reader.consume(used);
+    while i < bufs.len() {
+        if bufs[i].len() == at {
+            i += 1;
+            at = 0;
+            continue;
+        }
+        let (head, tail) = bufs.split_at_mut(i + 1);
+        let mut rest = tail.iter_mut();
+        let mut slices = [
+            io::IoSliceMut::new(&mut head[i][at..]),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+        ];
+        let read = match reader.get_mut() {
+            Stream::Unix(s) => s.read_vectored(&mut slices),
+            Stream::Tcp(s) => s.read_vectored(&mut slices),
+        };
+        match read {
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: expected as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => {
+                got += n;
+                advance(bufs, &mut i, &mut at, n);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one sealed frame from `stream` without reading past it (what follows belongs to
+/// whoever reads the stream next); returns the stream back with the outcome.
+pub(crate) fn read_sealed_unbuffered(
+    stream: Stream,
+    max_frame: u64,
+    open: &mut Opener,
+) -> (Stream, Result<Option<Vec<u8>>, Error>) {
+    // With no buffer, every read goes straight to the stream for exactly what is asked.
+    let mut reader = BufReader::with_capacity(0, stream);
+    let read = read_sealed_frame(&mut reader, max_frame, open);
+    (reader.into_inner(), read)
+}
+
+/// Writes one sealed frame carrying `payload`.
+pub(crate) fn write_sealed(
+    stream: &mut Stream,
+    seal: &mut Sealer,
+    payload: &[u8],
+) -> io::Result<()> {
+    seal.write_frame(stream, &[payload])
+}
+
+/// The sending half of a connection: the stream and, on TCP, the sealer of its records.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    stream: Stream,
+    /// Boxed: a cipher's key schedule is large, and most connections of a process wait.
+    seal: Option<Box<Sealer>>,
+}
+
+impl Writer {
+    /// Writes one frame carrying the concatenation of `parts`.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        match (&mut self.seal, parts) {
+            (Some(seal), _) => seal.write_frame(&mut self.stream, parts),
+            (None, [payload]) => frame::write_frame(&mut self.stream, payload),
+            (None, _) => write_parts(&mut self.stream, parts),
+        }
+    }
+}
+
+/// What a sealed connection needs: the sealer of what it sends, the opener of what it
+/// receives.
+pub(crate) struct Sealing {
+    pub(crate) seal: Sealer,
+    pub(crate) open: Opener,
 }
 
 /// A connected byte stream of either family.
@@ -320,16 +558,20 @@ pub(crate) struct Client {
     spawner_host: String,
     max_frame: u64,
     reader: Mutex<ClientReader>,
-    writer: Mutex<Stream>,
+    writer: Mutex<Writer>,
     /// Mirrors `ClientReader::lost`, readable while another thread blocks in `recv`.
     spawner_lost: AtomicBool,
     /// How `recv` spins before sleeping.
     spin: Spin,
+    /// The spawner's address, for messages (TCP).
+    spawner_addr: Option<String>,
 }
 
 #[derive(Debug)]
 struct ClientReader {
     stream: BufReader<Stream>,
+    /// Opens the spawner's sealed records (TCP).
+    open: Option<Box<Opener>>,
     /// Set once the spawner is gone; later receives fail with this reason.
     lost: Option<String>,
 }
@@ -343,7 +585,27 @@ impl Client {
         max_frame: u64,
         stream: Stream,
     ) -> io::Result<Client> {
-        let writer = stream.try_clone()?;
+        Client::new_sealed(backend, rank, host, spawner_host, max_frame, stream, None)
+    }
+
+    /// As [`Client::new`], sealing and opening every frame when `sealing` is given.
+    pub(crate) fn new_sealed(
+        backend: &'static str,
+        rank: Rank,
+        host: String,
+        spawner_host: String,
+        max_frame: u64,
+        stream: Stream,
+        sealing: Option<Sealing>,
+    ) -> io::Result<Client> {
+        let (seal, open) = match sealing {
+            Some(Sealing { seal, open }) => (Some(Box::new(seal)), Some(Box::new(open))),
+            None => (None, None),
+        };
+        let writer = Writer {
+            stream: stream.try_clone()?,
+            seal,
+        };
         Ok(Client {
             backend,
             rank,
@@ -352,12 +614,28 @@ impl Client {
             max_frame,
             reader: Mutex::new(ClientReader {
                 stream: BufReader::with_capacity(READ_BUFFER, stream),
+                open,
                 lost: None,
             }),
             writer: Mutex::new(writer),
             spawner_lost: AtomicBool::new(false),
             spin: Spin::new(),
+            spawner_addr: None,
         })
+    }
+
+    /// Names the spawner's address in the reasons of a lost spawner.
+    pub(crate) fn with_spawner_addr(mut self, addr: impl Into<String>) -> Client {
+        self.spawner_addr = Some(addr.into());
+        self
+    }
+
+    /// "the spawner on host `h` (addr)", for messages.
+    fn spawner_name(&self) -> String {
+        match &self.spawner_addr {
+            Some(addr) => format!("the spawner on host `{}` ({addr})", self.spawner_host),
+            None => format!("the spawner on host `{}`", self.spawner_host),
+        }
     }
 
     pub(crate) fn rank(&self) -> Rank {
@@ -393,12 +671,14 @@ impl Client {
             });
         }
         let mut writer = lock(&self.writer);
-        frame::write_frame(&mut *writer, payload).map_err(|source| Error::Send {
-            rank: 0,
-            host: self.spawner_host.clone(),
-            bytes: payload.len(),
-            source,
-        })
+        writer
+            .write_parts(&[payload])
+            .map_err(|source| Error::Send {
+                rank: 0,
+                host: self.spawner_host.clone(),
+                bytes: payload.len(),
+                source,
+            })
     }
 
     /// As [`Self::send`] with the payload in parts, written with one vectored write.
@@ -410,7 +690,7 @@ impl Client {
             });
         }
         let mut writer = lock(&self.writer);
-        write_parts(&mut *writer, parts).map_err(|source| Error::Send {
+        writer.write_parts(parts).map_err(|source| Error::Send {
             rank: 0,
             host: self.spawner_host.clone(),
             bytes: parts.iter().map(|part| part.len()).sum(),
@@ -471,14 +751,23 @@ impl Client {
                 return Ok(None);
             }
         }
-        let read = read_frame(&mut reader.stream, self.max_frame);
+        let reader = &mut *reader;
+        let read = read_frame(
+            &mut reader.stream,
+            self.max_frame,
+            reader.open.as_deref_mut(),
+        );
         if let Waited::Since(start) = waited {
             self.spin.record(Some(start));
         }
         let reason = match read {
             Ok(Some(payload)) => return Ok(Some(Event::Message { from: 0, payload })),
-            Ok(None) => "the spawner closed the connection".to_string(),
-            Err(err) => format!("the connection to the spawner broke: {}", error_chain(&err)),
+            Ok(None) => format!("{} closed the connection", self.spawner_name()),
+            Err(err) => format!(
+                "the connection to {} broke: {}",
+                self.spawner_name(),
+                error_chain(&err)
+            ),
         };
         reader.stream.get_ref().shutdown();
         reader.lost = Some(reason.clone());
@@ -505,10 +794,20 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 #[derive(Debug)]
 struct Conn {
     peer: Peer,
-    writer: Mutex<Stream>,
-    /// A handle used only to shut the connection down from another thread.
-    control: Stream,
+    /// `None` once the peer is lost, so its descriptor is closed.
+    writer: Mutex<Option<Writer>>,
+    /// A handle used only to shut the connection down from another thread; `None` once
+    /// the peer is lost.
+    control: Mutex<Option<Stream>>,
     lost: Mutex<Option<String>>,
+}
+
+impl Conn {
+    fn shutdown(&self) {
+        if let Some(control) = lock(&self.control).as_ref() {
+            control.shutdown();
+        }
+    }
 }
 
 /// The spawner's end of the star.
@@ -571,12 +870,30 @@ impl Hub {
         stream: Stream,
         explain: Explain,
     ) -> io::Result<impl FnOnce() + Send + 'static> {
-        let writer = stream.try_clone()?;
+        self.add_sealed(peer, stream, None, explain)
+    }
+
+    /// As [`Hub::add`], sealing and opening every frame when `sealing` is given.
+    pub(crate) fn add_sealed(
+        self: &Arc<Self>,
+        peer: Peer,
+        stream: Stream,
+        sealing: Option<Sealing>,
+        explain: Explain,
+    ) -> io::Result<impl FnOnce() + Send + 'static> {
+        let (seal, open) = match sealing {
+            Some(Sealing { seal, open }) => (Some(Box::new(seal)), Some(Box::new(open))),
+            None => (None, None),
+        };
+        let writer = Writer {
+            stream: stream.try_clone()?,
+            seal,
+        };
         let control = stream.try_clone()?;
         let conn = Arc::new(Conn {
             peer: peer.clone(),
-            writer: Mutex::new(writer),
-            control,
+            writer: Mutex::new(Some(writer)),
+            control: Mutex::new(Some(control)),
             lost: Mutex::new(None),
         });
         self.conns
@@ -584,10 +901,10 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(peer.rank, conn.clone());
         if self.is_closing() {
-            conn.control.shutdown();
+            conn.shutdown();
         }
         let hub = self.clone();
-        Ok(move || hub.read_loop(&conn, stream, explain))
+        Ok(move || hub.read_loop(&conn, stream, open, explain))
     }
 
     /// Remembers a thread to join when the hub closes.
@@ -599,7 +916,13 @@ impl Hub {
         threads.push(handle);
     }
 
-    fn read_loop(&self, conn: &Conn, stream: Stream, explain: Explain) {
+    fn read_loop(
+        &self,
+        conn: &Conn,
+        stream: Stream,
+        mut open: Option<Box<Opener>>,
+        explain: Explain,
+    ) {
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
         // The reader spins too: the program's thread spinning in `recv` keeps one core
         // awake, but the reply comes through this thread, and waking it from a blocking
@@ -613,7 +936,7 @@ impl Hub {
                 let _ = spin.spin(start, None, || Ok(readable_now(fd)?.then_some(())));
                 start
             });
-            match read_frame(&mut reader, self.max_frame) {
+            match read_frame(&mut reader, self.max_frame, open.as_deref_mut()) {
                 Ok(Some(payload)) => {
                     if waited.is_some() {
                         spin.record(waited);
@@ -627,8 +950,13 @@ impl Hub {
                 Err(err) => break format!("its connection failed: {}", error_chain(&err)),
             }
         };
-        conn.control.shutdown();
+        conn.shutdown();
         *lock(&conn.lost) = Some(reason.clone());
+        // Close every descriptor of the connection now: a spawner whose workers come and
+        // go for days must not collect them. Only the peer's name and the reason stay.
+        drop(reader);
+        lock(&conn.writer).take();
+        lock(&conn.control).take();
         if self.is_closing() {
             return;
         }
@@ -709,11 +1037,16 @@ impl Hub {
             });
         }
         let mut writer = lock(&conn.writer);
-        let written = match parts {
-            [payload] => frame::write_frame(&mut *writer, payload),
-            _ => write_parts(&mut *writer, parts),
+        let Some(writer) = writer.as_mut() else {
+            return Err(Error::PeerLost {
+                rank: to,
+                host: conn.peer.host.clone(),
+                reason: lock(&conn.lost)
+                    .clone()
+                    .unwrap_or_else(|| CLOSED.to_string()),
+            });
         };
-        written.map_err(|source| Error::Send {
+        writer.write_parts(parts).map_err(|source| Error::Send {
             rank: to,
             host: conn.peer.host.clone(),
             bytes: parts.iter().map(|part| part.len()).sum(),
@@ -734,7 +1067,7 @@ impl Hub {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for conn in conns.values() {
-            conn.control.shutdown();
+            conn.shutdown();
         }
     }
 
@@ -925,15 +1258,70 @@ mod tests {
             }
         });
         for payload in &payloads {
-            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap();
+            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None).unwrap();
             assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
             assert!(got.as_ref() == Some(payload));
         }
         writer.join().unwrap();
         assert_eq!(
-            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME).unwrap(),
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn sealed_frames_of_every_size_read_back_in_order() {
+        use crate::seal::{Direction, Keys, RECORD_MAX, Transcript};
+        let keys = Keys::derive(
+            &crate::tcp::Secret::new(b"k".to_vec()),
+            &[1; 32],
+            &[2; 32],
+            &Transcript::default(),
+        );
+        let sizes = [
+            0usize,
+            1,
+            RECORD_MAX - 12,
+            RECORD_MAX - 11,
+            RECORD_MAX,
+            3 * RECORD_MAX + 7,
+            READ_BUFFER + 3,
+            1 << 20,
+        ];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        let sent = payloads.clone();
+        let mut seal = keys.sealer(Direction::ToWorker);
+        let (mut near, mut reader) = pair();
+        let writer = std::thread::spawn(move || {
+            for payload in &sent {
+                // In two parts, so records straddle them.
+                let (a, b) = payload.split_at(payload.len() / 3);
+                seal.write_frame(&mut near, &[a, b]).unwrap();
+            }
+        });
+        let mut open = keys.opener(Direction::ToWorker);
+        for payload in &payloads {
+            let got = read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, Some(&mut open)).unwrap();
+            assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
+            assert!(got.as_ref() == Some(payload));
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, Some(&mut open)).unwrap(),
+            None
+        );
+        // The limit applies to the authentic length.
+        let mut seal = keys.sealer(Direction::ToSpawner);
+        let mut open = keys.opener(Direction::ToSpawner);
+        let (mut near, mut reader) = pair();
+        seal.write_frame(&mut near, &[&[9; 5000]]).unwrap();
+        assert!(matches!(
+            read_frame(&mut reader, 4999, Some(&mut open)),
+            Err(Error::FrameTooLarge { len: 5000, .. })
+        ));
     }
 
     #[test]
@@ -944,7 +1332,7 @@ mod tests {
         near.write_all(&truncated).unwrap();
         drop(near);
         assert!(matches!(
-            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME),
+            read_frame(&mut reader, frame::DEFAULT_MAX_FRAME, None),
             Err(Error::FrameTruncated {
                 expected: 100,
                 got: 40
@@ -953,7 +1341,7 @@ mod tests {
         let (mut near, mut reader) = pair();
         near.write_all(&frame::encode_header(1 << 40)).unwrap();
         assert!(matches!(
-            read_frame(&mut reader, 1 << 20),
+            read_frame(&mut reader, 1 << 20, None),
             Err(Error::FrameTooLarge { .. })
         ));
     }

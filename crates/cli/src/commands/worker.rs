@@ -7,11 +7,14 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use parvm_env_config::Config;
-use parvm_transport::tcp::{CONNECT_VAR, Secret, TcpTransport};
+use parvm_transport::tcp::{
+    CONNECT_VAR, CONNECT_WAIT_VAR, ConnectOptions, HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR, Secret,
+    TcpTransport,
+};
 use parvm_vm::{Tasks, Worker};
 
 /// How to reach the spawner.
@@ -24,9 +27,17 @@ pub struct Args {
     /// ~/.parvm/secret]; it must be readable by you alone (chmod 600).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
-    /// Keep trying to connect for this many seconds, for a spawner that starts later.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
-    pub wait: u64,
+    /// Keep trying to join for this many seconds, with growing pauses: for a spawner that
+    /// starts later, is busy, or refused a handshake.
+    #[arg(long, env = CONNECT_WAIT_VAR, default_value_t = 0.0, value_name = "SECONDS")]
+    pub wait: f64,
+    /// The largest message accepted from the spawner, in bytes (suffixes K, M, G)
+    /// [default: 1G].
+    #[arg(long, env = MAX_FRAME_VAR, value_name = "BYTES")]
+    pub max_frame: Option<String>,
+    /// How long the spawner has to answer the handshake, in seconds [default: 5].
+    #[arg(long, env = HANDSHAKE_TIMEOUT_VAR, value_name = "SECONDS")]
+    pub handshake_timeout: Option<f64>,
     /// How many worker processes to start (one task slot each).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub slots: usize,
@@ -59,27 +70,57 @@ fn secret_path(args: &Args) -> Result<PathBuf> {
     }
 }
 
-/// Connects and authenticates, retrying for `--wait` seconds while the spawner cannot be
-/// reached (a wrong secret fails at once).
+/// Prints why a try to join failed, once for each different reason, so a worker that
+/// waits says what it waits for.
+fn report_retry() -> impl Fn(&parvm_transport::Error, Duration) + Send + Sync + 'static {
+    let last = std::sync::Mutex::new(String::new());
+    move |error, left| {
+        let text = error.to_string();
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last != text {
+            eprintln!(
+                "parvm worker: {text}; trying again for up to {:.0} s",
+                left.as_secs_f64().ceil()
+            );
+            *last = text;
+        }
+    }
+}
+
+/// Seconds from a flag, checked.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        anyhow::anyhow!("{flag} {value} is not a number of seconds; give one such as 5 or 0.5")
+    })
+}
+
+/// Connects and authenticates, trying again for `--wait` seconds when the spawner cannot
+/// be reached or the handshake fails (the transport's retry, with growing pauses).
 fn connect(args: &Args) -> Result<TcpTransport> {
     let path = secret_path(args)?;
     let secret = Secret::load(&path)
         .with_context(|| format!("cannot use the secret file `{}`", path.display()))?;
-    let host = parvm_transport::this_host();
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
-    loop {
-        match TcpTransport::connect(&args.connect, &secret, &host) {
-            Ok(transport) => return Ok(transport),
-            Err(error @ parvm_transport::Error::Connect { .. }) if Instant::now() < deadline => {
-                tracing::debug!(%error, "retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(error) => {
-                return Err(error)
-                    .with_context(|| format!("cannot join the spawner at `{}`", args.connect));
-            }
-        }
+    let mut options = ConnectOptions::new(args.connect.clone(), secret)
+        .host(parvm_transport::this_host())
+        .wait(seconds("--wait", args.wait)?)
+        .on_retry(report_retry());
+    if let Some(text) = &args.max_frame {
+        options = options.max_frame(
+            parvm_transport::tcp::parse_max_frame(text)
+                .map_err(|reason| anyhow::anyhow!("--max-frame `{text}` is invalid: {reason}"))?,
+        );
     }
+    if let Some(timeout) = args.handshake_timeout {
+        let timeout = seconds("--handshake-timeout", timeout)?;
+        if timeout.is_zero() {
+            bail!("--handshake-timeout must be more than 0 seconds");
+        }
+        options = options.handshake_timeout(timeout);
+    }
+    TcpTransport::connect_with(options)
+        .with_context(|| format!("cannot join the spawner at `{}`", args.connect))
 }
 
 /// Serves command tasks until the spawner lets go.
@@ -100,6 +141,12 @@ fn run_many(args: &Args) -> Result<()> {
             .arg("worker")
             .args(["--connect", &args.connect])
             .args(["--wait", &args.wait.to_string()]);
+        if let Some(bytes) = &args.max_frame {
+            command.args(["--max-frame", bytes]);
+        }
+        if let Some(timeout) = args.handshake_timeout {
+            command.args(["--handshake-timeout", &timeout.to_string()]);
+        }
         if let Some(path) = &args.secret_file {
             command.arg("--secret-file").arg(path);
         }
@@ -133,7 +180,9 @@ mod tests {
         Args {
             connect: connect.to_owned(),
             secret_file: Some(secret.to_owned()),
-            wait: 0,
+            wait: 0.0,
+            max_frame: None,
+            handshake_timeout: None,
             slots: 1,
         }
     }

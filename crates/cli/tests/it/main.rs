@@ -1,6 +1,7 @@
 //! Integration tests of the `parvm` command-line tool: the real binary on real temp trees.
 
 mod storage;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,467 @@
+//! Authenticated encryption of the TCP transport's frames (protocol version 3).
+//!
+//! After the handshake both sides derive, with HKDF-SHA256, one key and one IV per
+//! direction from the shared secret, both fresh nonces and a SHA-256 hash of every
+//! handshake byte (the transcript). Each frame (the 12-byte header of [`crate::frame`] and
+//! its payload) is then cut into records of at most [`RECORD_MAX`] bytes, and each record
+//! is sealed with AES-256-GCM:
+//!
+//! ```text
+//! len(4, little-endian, = n)  ciphertext(n)  tag(16)      associated data = len
+//! ```
+//!
+//! The GCM nonce of record `i` of a direction is that direction's IV XOR `i` (as in TLS
+//! 1.3), so a record that is modified, replayed, reordered or dropped fails to open, and
+//! the connection is dropped. Records of one frame never carry bytes of another, so the
+//! receiver checks the frame's length against its limit after opening the first record
+//! and before allocating the payload; an unauthenticated sender can make it hold at most
+//! one record. Every [`REKEY_EVERY`] records a direction's traffic secret is replaced by
+//! one derived from it (both sides do so in step, with no message), which keeps each key
+//! far below AES-GCM's usage limits.
+
+use std::io::{self, Write};
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::frame;
+use crate::secret::Secret;
+
+/// The most plaintext bytes one record carries.
+pub(crate) const RECORD_MAX: usize = 64 * 1024;
+/// The size of a record's length prefix.
+pub(crate) const RECORD_HEADER: usize = 4;
+/// The size of a record's authentication tag.
+pub(crate) const TAG: usize = 16;
+/// A direction's traffic secret is replaced after this many records (64 GiB of full records).
+pub(crate) const REKEY_EVERY: u64 = 1 << 20;
+
+const KEY: usize = 32;
+const IV: usize = 12;
+/// Prefix of every HKDF label, so keys of this protocol version never equal others.
+const LABEL: &[u8] = b"parvm tcp 3 ";
+
+/// Which way a record travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// From the spawner to a worker.
+    ToWorker,
+    /// From a worker to the spawner.
+    ToSpawner,
+}
+
+impl Direction {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Direction::ToWorker => b"spawner to worker",
+            Direction::ToSpawner => b"worker to spawner",
+        }
+    }
+}
+
+/// The running hash of every handshake byte, in the order they were sent.
+#[derive(Clone, Default)]
+pub(crate) struct Transcript(Sha256);
+
+impl Transcript {
+    pub(crate) fn add(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        self.0.clone().finalize().into()
+    }
+}
+
+/// The traffic secrets of one connection, one per direction.
+pub(crate) struct Keys {
+    to_worker: [u8; KEY],
+    to_spawner: [u8; KEY],
+}
+
+impl Keys {
+    /// Derives both directions' traffic secrets: HKDF-Extract with both nonces as salt and
+    /// the shared secret as input key material, then HKDF-Expand with the direction and
+    /// the transcript hash as info.
+    pub(crate) fn derive(
+        secret: &Secret,
+        nonce_w: &[u8],
+        nonce_s: &[u8],
+        transcript: &Transcript,
+    ) -> Keys {
+        let mut salt = Vec::with_capacity(nonce_w.len() + nonce_s.len());
+        salt.extend_from_slice(nonce_w);
+        salt.extend_from_slice(nonce_s);
+        let hkdf = Hkdf::<Sha256>::new(Some(&salt), secret.key());
+        let hash = transcript.hash();
+        let expand = |direction: Direction| {
+            let mut out = [0u8; KEY];
+            expand_into(&hkdf, &[LABEL, direction.label(), &hash], &mut out);
+            out
+        };
+        Keys {
+            to_worker: expand(Direction::ToWorker),
+            to_spawner: expand(Direction::ToSpawner),
+        }
+    }
+
+    /// The sealer for records sent in `direction`.
+    pub(crate) fn sealer(&self, direction: Direction) -> Sealer {
+        Sealer {
+            state: State::new(self.traffic(direction)),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The opener for records received from `direction`.
+    pub(crate) fn opener(&self, direction: Direction) -> Opener {
+        Opener {
+            state: State::new(self.traffic(direction)),
+            staging: Vec::new(),
+        }
+    }
+
+    fn traffic(&self, direction: Direction) -> [u8; KEY] {
+        match direction {
+            Direction::ToWorker => self.to_worker,
+            Direction::ToSpawner => self.to_spawner,
+        }
+    }
+}
+
+fn expand_into(hkdf: &Hkdf<Sha256>, info: &[&[u8]], out: &mut [u8]) {
+    // At most 255 * 32 bytes can be expanded; we ask for 32 or 12.
+    hkdf.expand_multi_info(info, out)
+        .unwrap_or_else(|_| unreachable!("HKDF-SHA256 expands up to 8160 bytes"));
+}
+
+/// One direction's cipher, IV and record counter.
+struct State {
+    traffic: [u8; KEY],
+    cipher: Aes256Gcm,
+    iv: [u8; IV],
+    counter: u64,
+}
+
+impl State {
+    fn new(traffic: [u8; KEY]) -> State {
+        let hkdf = Hkdf::<Sha256>::from_prk(&traffic)
+            .unwrap_or_else(|_| unreachable!("a 32-byte PRK is long enough"));
+        let mut key = [0u8; KEY];
+        expand_into(&hkdf, &[LABEL, b"key"], &mut key);
+        let mut iv = [0u8; IV];
+        expand_into(&hkdf, &[LABEL, b"iv"], &mut iv);
+        let cipher = Aes256Gcm::new_from_slice(&key)
+            .unwrap_or_else(|_| unreachable!("AES-256 takes a 32-byte key"));
+        State {
+            traffic,
+            cipher,
+            iv,
+            counter: 0,
+        }
+    }
+
+    /// The nonce of the next record; moves to the next traffic secret every
+    /// [`REKEY_EVERY`] records.
+    fn next_nonce(&mut self) -> [u8; IV] {
+        if self.counter > 0 && self.counter.is_multiple_of(REKEY_EVERY) {
+            let hkdf = Hkdf::<Sha256>::from_prk(&self.traffic)
+                .unwrap_or_else(|_| unreachable!("a 32-byte PRK is long enough"));
+            let mut next = [0u8; KEY];
+            expand_into(&hkdf, &[LABEL, b"next"], &mut next);
+            let counter = self.counter;
+            *self = State::new(next);
+            self.counter = counter;
+        }
+        let mut nonce = self.iv;
+        for (byte, c) in nonce[IV - 8..].iter_mut().zip(self.counter.to_be_bytes()) {
+            *byte ^= c;
+        }
+        // 2^64 records of 64 KiB cannot be sent, so the counter never wraps.
+        self.counter += 1;
+        nonce
+    }
+}
+
+/// Seals frames into records and writes them.
+pub(crate) struct Sealer {
+    state: State,
+    /// One record on its way out: length, ciphertext, tag.
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("records", &self.state.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Writes one frame whose payload is the concatenation of `parts`, as sealed records.
+    ///
+    /// A record whose bytes lie in one part (every record of a large payload but the
+    /// first) is encrypted straight from the part into the output buffer; others are
+    /// gathered first.
+    pub(crate) fn write_frame<W: Write + ?Sized>(
+        &mut self,
+        writer: &mut W,
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let header = frame::encode_header(len as u64);
+        // The frame as a sequence of byte runs: the header, then each part.
+        let mut runs = std::iter::once(&header[..])
+            .chain(parts.iter().copied())
+            .filter(|run| !run.is_empty());
+        let mut run: &[u8] = runs.next().unwrap_or_default();
+        let mut left = header.len() + len;
+        // Records are written into slices of one buffer, which grows (zeroed once) to the
+        // largest record sent: a connection that carries only small messages keeps a small one.
+        let largest = RECORD_HEADER + left.min(RECORD_MAX) + TAG;
+        if self.buf.len() < largest {
+            self.buf.resize(largest, 0);
+        }
+        while left > 0 {
+            let n = left.min(RECORD_MAX);
+            let (head, rest) = self.buf.split_at_mut(RECORD_HEADER);
+            head.copy_from_slice(&(n as u32).to_le_bytes());
+            let (body, tail) = rest.split_at_mut(n);
+            let nonce = self.state.next_nonce();
+            if run.is_empty() {
+                run = runs.next().unwrap_or_default();
+            }
+            let sealed = if run.len() >= n {
+                let (this, next) = run.split_at(n);
+                run = next;
+                let inout = aes_gcm::aead::inout::InOutBuf::new(this, body)
+                    .map_err(|_| io::Error::other("record buffers of different sizes"))?;
+                self.state
+                    .cipher
+                    .encrypt_inout_detached(&nonce.into(), head, inout)
+            } else {
+                let mut filled = 0;
+                while filled < n {
+                    if run.is_empty() {
+                        // `left` counts exactly the bytes of the runs, so they last.
+                        run = runs
+                            .next()
+                            .ok_or_else(|| io::Error::other("the frame ended early"))?;
+                        continue;
+                    }
+                    let take = run.len().min(n - filled);
+                    body[filled..filled + take].copy_from_slice(&run[..take]);
+                    run = &run[take..];
+                    filled += take;
+                }
+                self.state
+                    .cipher
+                    .encrypt_inout_detached(&nonce.into(), head, body.into())
+            };
+            let tag = sealed.map_err(|_| io::Error::other("the record is too long to seal"))?;
+            tail[..TAG].copy_from_slice(&tag);
+            writer.write_all(&self.buf[..RECORD_HEADER + n + TAG])?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Opens records received from one peer.
+pub(crate) struct Opener {
+    state: State,
+    /// Where records are read and opened before their bytes join the payload; grows to
+    /// the largest record received (at most [`RECORD_MAX`]).
+    pub(crate) staging: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("records", &self.state.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    /// Checks a record's length prefix: 1 to [`RECORD_MAX`] bytes, and no more than the
+    /// frame still expects (`left`, `None` for the first record of a frame).
+    pub(crate) fn check_len(
+        &self,
+        header: [u8; RECORD_HEADER],
+        left: Option<usize>,
+    ) -> Result<usize, Error> {
+        let n = u32::from_le_bytes(header) as usize;
+        let bound = left.map_or(RECORD_MAX, |left| left.min(RECORD_MAX));
+        if n == 0 || n > bound || (left.is_none() && n < frame::HEADER_LEN) {
+            return Err(Error::RecordLength {
+                record: self.state.counter,
+                len: n as u64,
+                max: bound as u64,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Opens one record in place: `body` holds its ciphertext and becomes its plaintext.
+    pub(crate) fn open(
+        &mut self,
+        header: [u8; RECORD_HEADER],
+        body: &mut [u8],
+        tag: &[u8; TAG],
+    ) -> Result<(), Error> {
+        let record = self.state.counter;
+        let nonce = self.state.next_nonce();
+        self.state
+            .cipher
+            .decrypt_inout_detached(&nonce.into(), &header, body.into(), &(*tag).into())
+            .map_err(|_| Error::RecordForged { record })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(secret: &[u8], transcript: &[u8]) -> Keys {
+        let mut t = Transcript::default();
+        t.add(transcript);
+        Keys::derive(&Secret::new(secret.to_vec()), &[1; 32], &[2; 32], &t)
+    }
+
+    /// Splits sealed bytes into (header, body, tag) records.
+    fn records(mut bytes: &[u8]) -> Vec<([u8; 4], Vec<u8>, [u8; 16])> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let header: [u8; 4] = bytes[..4].try_into().unwrap();
+            let n = u32::from_le_bytes(header) as usize;
+            let body = bytes[4..4 + n].to_vec();
+            let tag: [u8; 16] = bytes[4 + n..4 + n + 16].try_into().unwrap();
+            out.push((header, body, tag));
+            bytes = &bytes[4 + n + 16..];
+        }
+        out
+    }
+
+    fn open_all(opener: &mut Opener, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut plain = Vec::new();
+        for (header, mut body, tag) in records(bytes) {
+            opener.open(header, &mut body, &tag)?;
+            plain.extend_from_slice(&body);
+        }
+        Ok(plain)
+    }
+
+    #[test]
+    fn frames_are_cut_into_records_that_open_in_order() {
+        let k = keys(b"s", b"t");
+        let mut sealer = k.sealer(Direction::ToWorker);
+        let big: Vec<u8> = (0..3 * RECORD_MAX + 5).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        sealer.write_frame(&mut wire, &[b"head", &big]).unwrap();
+        let recs = records(&wire);
+        assert_eq!(recs.len(), 4);
+        assert!(
+            recs.iter()
+                .all(|(h, _, _)| u32::from_le_bytes(*h) as usize <= RECORD_MAX)
+        );
+        // The plaintext does not appear on the wire.
+        assert!(!wire.windows(64).any(|w| w == &big[1000..1064]));
+        let plain = open_all(&mut k.opener(Direction::ToWorker), &wire).unwrap();
+        let mut expected = frame::encode_header((4 + big.len()) as u64).to_vec();
+        expected.extend_from_slice(b"head");
+        expected.extend_from_slice(&big);
+        assert_eq!(plain, expected);
+    }
+
+    #[test]
+    fn tampering_replay_reordering_and_loss_are_refused() {
+        let k = keys(b"s", b"t");
+        let mut sealer = k.sealer(Direction::ToSpawner);
+        let mut wire = Vec::new();
+        for text in [&b"one"[..], b"two", b"three"] {
+            sealer.write_frame(&mut wire, &[text]).unwrap();
+        }
+        let recs = records(&wire);
+        let join = |order: &[usize]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for &i in order {
+                let (h, b, t) = &recs[i];
+                out.extend_from_slice(h);
+                out.extend_from_slice(b);
+                out.extend_from_slice(t);
+            }
+            out
+        };
+        let opener = || k.opener(Direction::ToSpawner);
+        assert!(open_all(&mut opener(), &join(&[0, 1, 2])).is_ok());
+        let mut flipped = join(&[0, 1, 2]);
+        flipped[RECORD_HEADER + 13] ^= 1;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("flipped byte", flipped),
+            ("replayed", join(&[0, 0])),
+            ("reordered", join(&[1, 0])),
+            ("dropped", join(&[0, 2])),
+        ];
+        for (name, bytes) in cases {
+            let err = open_all(&mut opener(), &bytes).unwrap_err();
+            assert!(matches!(err, Error::RecordForged { .. }), "{name}: {err}");
+        }
+        // The other direction's key, or another transcript, opens nothing.
+        assert!(open_all(&mut k.opener(Direction::ToWorker), &wire).is_err());
+        let other = keys(b"s", b"u");
+        assert!(open_all(&mut other.opener(Direction::ToSpawner), &wire).is_err());
+        let other = keys(b"x", b"t");
+        assert!(open_all(&mut other.opener(Direction::ToSpawner), &wire).is_err());
+    }
+
+    #[test]
+    fn both_sides_move_to_the_next_key_in_step() {
+        let k = keys(b"s", b"t");
+        let mut sealer = k.sealer(Direction::ToWorker);
+        let mut opener = k.opener(Direction::ToWorker);
+        // Jump to just before a key change, on both sides.
+        sealer.state.counter = REKEY_EVERY - 1;
+        opener.state.counter = REKEY_EVERY - 1;
+        let (before, before_iv) = (sealer.state.cipher.clone(), sealer.state.iv);
+        let mut wire = Vec::new();
+        for text in [&b"last of the first key"[..], b"first of the next key"] {
+            sealer.write_frame(&mut wire, &[text]).unwrap();
+        }
+        assert_ne!(sealer.state.traffic, k.to_worker);
+        let plain = open_all(&mut opener, &wire).unwrap();
+        assert!(plain.ends_with(b"first of the next key"));
+        // The record after the change is not sealed with the old key.
+        let recs = records(&wire);
+        let (h, mut b, t) = recs[1].clone();
+        let mut nonce = before_iv;
+        nonce[4..]
+            .iter_mut()
+            .zip(REKEY_EVERY.to_be_bytes())
+            .for_each(|(x, c)| *x ^= c);
+        assert!(
+            before
+                .decrypt_inout_detached(&nonce.into(), &h, b.as_mut_slice().into(), &t.into())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn record_lengths_are_checked_before_reading() {
+        let k = keys(b"s", b"t");
+        let opener = k.opener(Direction::ToWorker);
+        let len = |n: u32| n.to_le_bytes();
+        assert!(opener.check_len(len(12), None).is_ok());
+        assert!(opener.check_len(len(RECORD_MAX as u32), None).is_ok());
+        assert!(opener.check_len(len(11), None).is_err());
+        assert!(opener.check_len(len(0), Some(5)).is_err());
+        assert!(opener.check_len(len(6), Some(5)).is_err());
+        assert!(opener.check_len(len(5), Some(5)).is_ok());
+        assert!(opener.check_len(len(RECORD_MAX as u32 + 1), None).is_err());
+        assert!(opener.check_len(len(u32::MAX), Some(usize::MAX)).is_err());
+    }
+}
