@@ -220,7 +220,7 @@ pub type Result<T, E = Report> = std::result::Result<T, E>;
 /// [`Result`] prints when it fails) is the readable chain of messages
 ///
 /// ```text
-/// Error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1
+/// Error: cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1; set it to one (e.g. 4) or unset it
 /// ```
 ///
 /// instead of the derived dump of nested enum variants. A cause whose text the message
@@ -334,11 +334,11 @@ mod tests {
         let error = Error::Config(inner);
         assert_eq!(
             error.to_string(),
-            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
+            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1; set it to one (e.g. 4) or unset it"
         );
         assert_eq!(
             format!("{:?}", Report::from(error)),
-            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1"
+            "cannot read the parvm configuration: PARVM_WORKERS is `many`, not a whole number of at least 1; set it to one (e.g. 4) or unset it"
         );
     }
 
