@@ -42,15 +42,15 @@ pub fn as_unprivileged(name: &str, body: impl FnOnce()) {
         std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
     }
     // As root, `uid` also drops the supplementary groups.
-    let output = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args([name, "--exact", "--test-threads=1", "--nocapture"])
         .env(CHILD_VAR, "1")
         .env("TMPDIR", dir.path())
         .current_dir(dir.path())
         .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .expect("run the test binary as nobody");
+        .gid(NOBODY);
+    let output = run_fresh_executable(&mut command).expect("run the test binary as nobody");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains("1 passed"),
@@ -58,4 +58,27 @@ pub fn as_unprivileged(name: &str, body: impl FnOnce()) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Runs `command`, whose program was written by this process a moment ago.
+///
+/// While the copy was open for writing, another test thread may have forked: its child
+/// holds the write descriptor until it execs or exits, and exec of the copy then fails with
+/// `ETXTBSY` ("text file busy"). That window is short and ends by itself, so the start is
+/// tried again for up to 10 s before the error is reported.
+fn run_fresh_executable(command: &mut Command) -> std::io::Result<std::process::Output> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match command.output() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
