@@ -27,7 +27,7 @@ mod builder;
 mod config;
 mod error;
 mod hostname;
-mod parse;
+pub mod parse;
 mod paths;
 mod transport_kind;
 mod user;

@@ -2,7 +2,9 @@
 //! the variable's name, and returns the typed value or an error naming both.
 //!
 //! The accepted forms are the ones the transports and the VM accepted when they read
-//! these variables themselves. This module must not know the environment or the
+//! these variables themselves. [`frame_bytes`] and [`seconds`] are public so that a flag
+//! standing for a variable (`parvm worker --max-frame`) accepts the same forms; give the
+//! flag's name as `variable` then. This module must not know the environment or the
 //! defaults: callers decide what an unset variable means.
 
 use std::ffi::{OsStr, OsString};
@@ -56,11 +58,10 @@ pub(crate) fn count(variable: &'static str, value: &str) -> Result<usize, Error>
 }
 
 /// Seconds (`5`, `0.5`), blanks trimmed, at most 10^9; `zero_ok` allows 0.
-pub(crate) fn seconds(
-    variable: &'static str,
-    value: &str,
-    zero_ok: bool,
-) -> Result<Duration, Error> {
+///
+/// # Errors
+/// [`Error::BadValue`] naming `variable` and `value`, with the accepted range.
+pub fn seconds(variable: &'static str, value: &str, zero_ok: bool) -> Result<Duration, Error> {
     let secs: f64 = value.trim().parse().map_err(|_| {
         bad(
             variable,
@@ -84,8 +85,11 @@ pub(crate) fn seconds(
 }
 
 /// A byte count with an optional binary suffix (`1048576`, `64K`, `512M`, `1G`, `1GiB`),
-/// blanks trimmed, at least [`MIN_MAX_FRAME`].
-pub(crate) fn frame_bytes(variable: &'static str, value: &str) -> Result<u64, Error> {
+/// blanks trimmed, at least 4 KiB.
+///
+/// # Errors
+/// [`Error::BadValue`] naming `variable` and `value`, with the accepted forms.
+pub fn frame_bytes(variable: &'static str, value: &str) -> Result<u64, Error> {
     let usage = "use a byte count such as `1048576`, `64K`, `512M` or `1G`";
     let lower = value.trim().to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());

@@ -123,10 +123,8 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
         .wait(wait)
         .on_retry(report_retry());
     let max_frame = match &args.max_frame {
-        Some(text) => Some(
-            parvm_transport::tcp::parse_max_frame(text)
-                .map_err(|reason| anyhow::anyhow!("--max-frame `{text}` is invalid: {reason}"))?,
-        ),
+        // The forms PARVM_MAX_FRAME takes, checked by the same parser.
+        Some(text) => Some(parvm_env_config::parse::frame_bytes("--max-frame", text)?),
         None => config.max_frame(),
     };
     if let Some(bytes) = max_frame {
