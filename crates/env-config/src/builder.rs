@@ -13,6 +13,14 @@ use crate::user::home_from_user_database;
 use crate::vars::*;
 use crate::{Config, Error, TransportKind};
 
+impl Config {
+    /// Starts a configuration built by hand; unset values take the same defaults as the
+    /// environment's.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+}
+
 /// Builds a [`Config`] by hand. Every setter's default is the environment's default, not
 /// the environment's value: a builder never reads the environment except for the home folder.
 #[derive(Debug, Clone)]

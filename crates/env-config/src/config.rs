@@ -1,19 +1,15 @@
-//! [`Config`]: the resolved configuration of one process, and how it is read from the
-//! environment (or any lookup).
+//! [`Config`]: the resolved configuration of one process, and what each setting means to
+//! its readers.
 //!
-//! It owns which variable feeds which field; it must not know how a value is parsed
-//! (`parse.rs`), how paths are resolved (`paths.rs`) or what the consumers do with a value.
+//! It owns the fields and their getters; it must not know where the values come from
+//! (`environment.rs` reads them, `builder.rs` checks and resolves them) nor what the
+//! consumers do with them.
 
-use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::builder::ConfigBuilder;
-use crate::parse::{self, optional_text, text};
-use crate::paths::Homes;
-use crate::user::home_from_user_database;
-use crate::vars::*;
+use crate::vars::{LISTEN_VAR, SECRET_FILE_VAR};
 use crate::{Error, TransportKind};
 
 /// The resolved configuration of one process.
@@ -37,105 +33,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration from this process's environment, creating a missing local root.
-    ///
-    /// # Errors
-    /// Any variable with a bad value; the error names the variable and the entry.
-    pub fn from_env() -> Result<Config, Error> {
-        Config::from_lookup(|name| std::env::var_os(name))
-    }
-
-    /// Reads the configuration from `lookup` instead of the environment (`HOME` is looked up
-    /// through it as well), creating a missing local root.
-    ///
-    /// # Errors
-    /// Any variable with a bad value; the error names the variable and the entry.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Config, Error> {
-        Config::builder_from_lookup(lookup)?.build()
-    }
-
-    /// Reads the configuration from this process's environment like [`Config::from_env`],
-    /// but creates nothing: a missing local root is kept as given (absolute, `~` expanded),
-    /// for commands that only look, such as `parvm storage list`.
-    ///
-    /// # Errors
-    /// Any variable with a bad value; the error names the variable and the entry.
-    pub fn from_env_read_only() -> Result<Config, Error> {
-        Config::from_lookup_read_only(|name| std::env::var_os(name))
-    }
-
-    /// Reads the configuration from `lookup` like [`Config::from_lookup`], but creates
-    /// nothing (see [`Config::from_env_read_only`]).
-    ///
-    /// # Errors
-    /// Any variable with a bad value; the error names the variable and the entry.
-    pub fn from_lookup_read_only(
-        lookup: impl Fn(&str) -> Option<OsString>,
-    ) -> Result<Config, Error> {
-        Config::builder_from_lookup(lookup)?
-            .create_local_root(false)
-            .build()
-    }
-
-    fn builder_from_lookup(
-        lookup: impl Fn(&str) -> Option<OsString>,
-    ) -> Result<ConfigBuilder, Error> {
-        let homes = Homes {
-            own: lookup("HOME")
-                .map(PathBuf::from)
-                .or_else(home_from_user_database),
-        };
-        let mut builder = Config::builder().homes(homes);
-        if let Some(value) = lookup(LOCAL_STORAGE_VAR) {
-            builder.local_root = Some(PathBuf::from(value));
-        }
-        if let Some(value) = lookup(MIRRORED_STORAGE_VAR) {
-            builder.mirrored_roots = Some(crate::paths::split_list(MIRRORED_STORAGE_VAR, &value)?);
-        }
-        builder.hostname = crate::hostname::override_from_lookup(&lookup)?;
-        if let Some(value) = lookup(WORKERS_VAR) {
-            builder.workers = Some(parse::count(WORKERS_VAR, &text(WORKERS_VAR, value)?)?);
-        }
-        if let Some(value) = lookup(TRANSPORT_VAR) {
-            builder.transport = Some(text(TRANSPORT_VAR, value)?.parse()?);
-        }
-        if let Some(value) = lookup(LOG_VAR) {
-            builder.log_filter = Some(text(LOG_VAR, value)?);
-        }
-        // The settings below were read by the transports and the VM themselves, which
-        // took an empty value as unset; so does this.
-        if let Some(value) = optional_text(LISTEN_VAR, lookup(LISTEN_VAR))? {
-            builder.listen = Some(value);
-        }
-        builder.connect = optional_text(CONNECT_VAR, lookup(CONNECT_VAR))?;
-        builder.secret_file = lookup(SECRET_FILE_VAR)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        if let Some(value) = optional_text(CONNECT_WAIT_VAR, lookup(CONNECT_WAIT_VAR))? {
-            builder.connect_wait = Some(parse::seconds(CONNECT_WAIT_VAR, &value, true)?);
-        }
-        if let Some(value) = optional_text(MAX_FRAME_VAR, lookup(MAX_FRAME_VAR))? {
-            builder.max_frame = Some(parse::frame_bytes(MAX_FRAME_VAR, &value)?);
-        }
-        if let Some(value) = optional_text(HANDSHAKE_TIMEOUT_VAR, lookup(HANDSHAKE_TIMEOUT_VAR))? {
-            builder.handshake_timeout = Some(parse::seconds(HANDSHAKE_TIMEOUT_VAR, &value, false)?);
-        }
-        if let Some(value) = optional_text(SPIN_US_VAR, lookup(SPIN_US_VAR))? {
-            builder.spin_window = Some(parse::spin_window(SPIN_US_VAR, &value)?);
-        }
-        if let Some(value) = lookup(FORWARD_ENV_VAR) {
-            builder.forward_env = parse::name_list(&text(FORWARD_ENV_VAR, value)?);
-        }
-        builder.no_color = parse::flag(lookup(NO_COLOR_VAR).as_deref());
-        Ok(builder)
-    }
-
-    /// Starts a configuration built by hand; unset values take the same defaults as the
-    /// environment's.
-    pub fn builder() -> ConfigBuilder {
-        ConfigBuilder::default()
-    }
-
     /// The local storage root: absolute, symlinks resolved, existing. Read without
     /// creating it ([`Config::from_env_read_only`], [`ConfigBuilder::create_local_root`]),
     /// a missing root is absolute with `~` expanded, as given.

@@ -25,6 +25,7 @@
 
 mod builder;
 mod config;
+mod environment;
 mod error;
 mod hostname;
 pub mod parse;
