@@ -34,7 +34,7 @@ pub struct Config {
 
 impl Config {
     /// The local storage root: absolute, symlinks resolved, existing. Read without
-    /// creating it ([`Config::from_env_read_only`], [`ConfigBuilder::create_local_root`]),
+    /// creating it ([`Config::from_env_read_only`], [`ConfigBuilder::create_local_root`](crate::ConfigBuilder::create_local_root)),
     /// a missing root is absolute with `~` expanded, as given.
     pub fn local_root(&self) -> &Path {
         &self.local_root
