@@ -13,6 +13,8 @@ use crate::{cargo, exec, on_path};
 pub fn run_all(with_mpi: bool) -> Result<()> {
     step("format check");
     exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("every variable of parvm_env_config::vars has a row in docs/configuration.md");
+    variables_documented()?;
     step("clippy -D warnings");
     exec(cargo().args([
         "clippy",
@@ -57,6 +59,39 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
             "--features",
             "parvm-transport/mpi,parvm-vm/mpi",
         ]))?;
+    }
+    Ok(())
+}
+
+/// Checks that docs/configuration.md has a row for every variable of env-config's table
+/// (and no row for a variable the table lacks). The check is a unit test of env-config,
+/// so it reads the table itself rather than a parse of its source; it runs here by name,
+/// early, so a missing row fails before the long steps.
+fn variables_documented() -> Result<()> {
+    const TEST: &str = "vars::tests::every_variable_has_a_row_in_the_guide";
+    let mut command = cargo();
+    command.args([
+        "test",
+        "-p",
+        "parvm-env-config",
+        "--lib",
+        "--",
+        "--exact",
+        TEST,
+    ]);
+    let description = format!("{command:?}");
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {description}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!("{description} failed ({})", output.status);
+    }
+    // A filter that matches nothing passes too: the test must have run.
+    if !stdout.contains("test result: ok. 1 passed") {
+        bail!("{TEST} did not run; was it renamed? Update xtask/src/test.rs");
     }
     Ok(())
 }
@@ -146,6 +181,8 @@ fn exec_within(command: &mut Command, limit: Duration) -> Result<()> {
 /// docs/ (with one and two workers) and the docs build.
 pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|arg| arg == "--guide") {
+        step("every variable of parvm_env_config::vars has a row in docs/configuration.md");
+        variables_documented()?;
         step("docs build, -D warnings (broken links included)");
         docs_build()?;
         for workers in [1, 2] {

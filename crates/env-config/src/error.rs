@@ -98,13 +98,45 @@ pub enum Error {
     },
     /// A host name that is empty or holds white space or `/`.
     #[error(
-        "{variable} is `{value}`, which is not a usable host name (empty, or holds white space or `/`); set it to this machine's name or unset it"
+        "{variable} is {}, which is not a usable host name (empty, or holds white space or `/`); set it to this machine's name or unset it",
+        shown(value)
     )]
     BadHostname {
         /// The environment variable.
         variable: &'static str,
         /// The value as given.
         value: String,
+    },
+    /// A `PARVM_*` setting holds a value of the wrong form.
+    #[error("{variable} is `{value}`, which cannot be used: {reason}")]
+    BadValue {
+        /// The environment variable.
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong, and what to set instead.
+        reason: String,
+    },
+    /// The host of the listen address does not resolve.
+    #[error(
+        "{variable} is `{value}`, which is not an address to listen on; give host:port with a host this machine resolves, e.g. 0.0.0.0:7070"
+    )]
+    ListenAddress {
+        /// The environment variable.
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it did not resolve.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither the secret file nor the home folder is known.
+    #[error(
+        "{variable} is not set and the home folder is unknown, so the default secret file ~/.parvm/secret cannot be found; set {variable} (or HOME)"
+    )]
+    NoSecretFile {
+        /// The environment variable.
+        variable: &'static str,
     },
     /// The system host name could not be read.
     #[error("cannot read this machine's host name; set PARVM_HOSTNAME")]
@@ -117,6 +149,15 @@ pub enum Error {
         /// The effective user id.
         uid: u32,
     },
+}
+
+/// A value in a message: `is empty` reads better than ``` is `` ```.
+fn shown(value: &str) -> String {
+    if value.is_empty() {
+        "empty".to_owned()
+    } else {
+        format!("`{value}`")
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +244,39 @@ mod tests {
                     value: "a b".into(),
                 },
                 &["PARVM_HOSTNAME", "`a b`", "unset it"],
+            ),
+            (
+                Error::BadHostname {
+                    variable: "PARVM_HOSTNAME",
+                    value: String::new(),
+                },
+                &["PARVM_HOSTNAME is empty", "unset it"],
+            ),
+            (
+                Error::BadValue {
+                    variable: "PARVM_MAX_FRAME",
+                    value: "lots".into(),
+                    reason: "use a byte count such as `1G`".into(),
+                },
+                &["PARVM_MAX_FRAME", "`lots`", "use a byte count"],
+            ),
+            (
+                Error::ListenAddress {
+                    variable: "PARVM_LISTEN",
+                    value: "nohost:1".into(),
+                    source: io(),
+                },
+                &["PARVM_LISTEN", "`nohost:1`", "give host:port"],
+            ),
+            (
+                Error::NoSecretFile {
+                    variable: "PARVM_SECRET_FILE",
+                },
+                &[
+                    "PARVM_SECRET_FILE",
+                    "~/.parvm/secret",
+                    "set PARVM_SECRET_FILE",
+                ],
             ),
             (Error::Hostname(io()), &["host name", "set PARVM_HOSTNAME"]),
             (

@@ -10,33 +10,33 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use parvm_env_config::Config;
-use parvm_transport::tcp::{
-    CONNECT_VAR, CONNECT_WAIT_VAR, ConnectOptions, HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR, Secret,
-    TcpTransport,
-};
+use parvm_env_config::{CONNECT_VAR, Config};
+use parvm_transport::tcp::{ConnectOptions, Secret, TcpTransport};
 use parvm_vm::{Tasks, Worker};
 
-/// How to reach the spawner.
+/// How to reach the spawner. A flag that is not given takes its variable's value, read
+/// and checked by `parvm_env_config::Config` like every other parvm variable.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The spawner's address, `host:port`, as the spawner prints it.
-    #[arg(long, env = CONNECT_VAR, value_name = "HOST:PORT")]
-    pub connect: String,
+    /// The spawner's address, `host:port`, as the spawner prints it [default:
+    /// PARVM_CONNECT].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: Option<String>,
     /// The secret file shared with the spawner [default: PARVM_SECRET_FILE, else
     /// ~/.parvm/secret]; it must be readable by you alone (chmod 600).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
     /// Keep trying to join for this many seconds, with growing pauses: for a spawner that
-    /// starts later, is busy, or refused a handshake.
-    #[arg(long, env = CONNECT_WAIT_VAR, default_value_t = 0.0, value_name = "SECONDS")]
-    pub wait: f64,
+    /// starts later, is busy, or refused a handshake [default: PARVM_CONNECT_WAIT, else 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<f64>,
     /// The largest message accepted from the spawner, in bytes (suffixes K, M, G)
-    /// [default: 1G].
-    #[arg(long, env = MAX_FRAME_VAR, value_name = "BYTES")]
+    /// [default: PARVM_MAX_FRAME, else 1G].
+    #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<String>,
-    /// How long the spawner has to answer the handshake, in seconds [default: 5].
-    #[arg(long, env = HANDSHAKE_TIMEOUT_VAR, value_name = "SECONDS")]
+    /// How long the spawner has to answer the handshake, in seconds [default:
+    /// PARVM_HANDSHAKE_TIMEOUT, else 5].
+    #[arg(long, value_name = "SECONDS")]
     pub handshake_timeout: Option<f64>,
     /// How many worker processes to start (one task slot each).
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -48,25 +48,35 @@ pub fn run(args: &Args) -> Result<()> {
     if args.slots == 0 {
         bail!("--slots must be at least 1");
     }
-    if args.slots > 1 {
-        return run_many(args);
-    }
     let config = Config::from_env()?;
-    let transport = connect(args)?;
+    if args.slots > 1 {
+        return run_many(args, &config);
+    }
+    let transport = connect(args, &config)?;
     eprintln!(
         "parvm worker: joined the spawner at {} as rank {} on host `{}`",
-        args.connect,
+        spawner(args, &config)?,
         parvm_transport::Transport::rank(&transport),
         parvm_transport::Transport::host(&transport),
     );
     serve(transport, config, true)
 }
 
-/// The secret file of `args`, else the default one.
-fn secret_path(args: &Args) -> Result<PathBuf> {
+/// The spawner's address: `--connect`, else `PARVM_CONNECT`.
+fn spawner<'a>(args: &'a Args, config: &'a Config) -> Result<&'a str> {
+    match args.connect.as_deref().or(config.connect()) {
+        Some(addr) => Ok(addr),
+        None => bail!(
+            "no spawner to join; give its address with --connect HOST:PORT or set {CONNECT_VAR}, as the spawner prints it"
+        ),
+    }
+}
+
+/// The secret file of `args`, else the configured one.
+fn secret_path(args: &Args, config: &Config) -> Result<PathBuf> {
     match &args.secret_file {
         Some(path) => Ok(path.clone()),
-        None => Ok(Secret::default_path()?),
+        None => Ok(config.secret_file()?.to_path_buf()),
     }
 }
 
@@ -97,30 +107,44 @@ fn seconds(flag: &str, value: f64) -> Result<Duration> {
 }
 
 /// Connects and authenticates, trying again for `--wait` seconds when the spawner cannot
-/// be reached or the handshake fails (the transport's retry, with growing pauses).
-fn connect(args: &Args) -> Result<TcpTransport> {
-    let path = secret_path(args)?;
+/// be reached or the handshake fails (the transport's retry, with growing pauses). Each
+/// setting is its flag, else its variable as `config` read it.
+fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
+    let addr = spawner(args, config)?;
+    let path = secret_path(args, config)?;
     let secret = Secret::load(&path)
         .with_context(|| format!("cannot use the secret file `{}`", path.display()))?;
-    let mut options = ConnectOptions::new(args.connect.clone(), secret)
-        .host(parvm_transport::this_host())
-        .wait(seconds("--wait", args.wait)?)
+    let wait = match args.wait {
+        Some(wait) => seconds("--wait", wait)?,
+        None => config.connect_wait().unwrap_or_default(),
+    };
+    let mut options = ConnectOptions::new(addr, secret)
+        .host(config.hostname())
+        .wait(wait)
         .on_retry(report_retry());
-    if let Some(text) = &args.max_frame {
-        options = options.max_frame(
-            parvm_transport::tcp::parse_max_frame(text)
-                .map_err(|reason| anyhow::anyhow!("--max-frame `{text}` is invalid: {reason}"))?,
-        );
+    let max_frame = match &args.max_frame {
+        // The forms PARVM_MAX_FRAME takes, checked by the same parser.
+        Some(text) => Some(parvm_env_config::parse::frame_bytes("--max-frame", text)?),
+        None => config.max_frame(),
+    };
+    if let Some(bytes) = max_frame {
+        options = options.max_frame(bytes);
     }
-    if let Some(timeout) = args.handshake_timeout {
-        let timeout = seconds("--handshake-timeout", timeout)?;
-        if timeout.is_zero() {
-            bail!("--handshake-timeout must be more than 0 seconds");
+    let timeout = match args.handshake_timeout {
+        Some(timeout) => {
+            let timeout = seconds("--handshake-timeout", timeout)?;
+            if timeout.is_zero() {
+                bail!("--handshake-timeout must be more than 0 seconds");
+            }
+            Some(timeout)
         }
+        None => config.handshake_timeout(),
+    };
+    if let Some(timeout) = timeout {
         options = options.handshake_timeout(timeout);
     }
     TcpTransport::connect_with(options)
-        .with_context(|| format!("cannot join the spawner at `{}`", args.connect))
+        .with_context(|| format!("cannot join the spawner at `{addr}`"))
 }
 
 /// Serves command tasks until the spawner lets go.
@@ -131,16 +155,18 @@ fn serve(transport: TcpTransport, config: Config, capture_output: bool) -> Resul
         .context("the worker failed")
 }
 
-/// Starts `--slots` single-slot workers as child processes and waits for them all.
-fn run_many(args: &Args) -> Result<()> {
+/// Starts `--slots` single-slot workers as child processes and waits for them all. They
+/// get the flags given here; the variables they inherit.
+fn run_many(args: &Args, config: &Config) -> Result<()> {
+    let addr = spawner(args, config)?;
     let me = std::env::current_exe().context("cannot find the parvm executable")?;
     let mut children = Vec::with_capacity(args.slots);
     for _ in 0..args.slots {
         let mut command = Command::new(&me);
-        command
-            .arg("worker")
-            .args(["--connect", &args.connect])
-            .args(["--wait", &args.wait.to_string()]);
+        command.arg("worker").args(["--connect", addr]);
+        if let Some(wait) = args.wait {
+            command.args(["--wait", &wait.to_string()]);
+        }
         if let Some(bytes) = &args.max_frame {
             command.args(["--max-frame", bytes]);
         }
@@ -178,13 +204,50 @@ mod tests {
 
     fn args(connect: &str, secret: &std::path::Path) -> Args {
         Args {
-            connect: connect.to_owned(),
+            connect: Some(connect.to_owned()),
             secret_file: Some(secret.to_owned()),
-            wait: 0.0,
+            wait: None,
             max_frame: None,
             handshake_timeout: None,
             slots: 1,
         }
+    }
+
+    /// A configuration by hand, so the tests do not depend on the environment.
+    fn config(dir: &std::path::Path) -> Config {
+        Config::builder()
+            .local_root(dir.join("local"))
+            .mirrored_roots([dir])
+            .hostname("cli-worker")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn settings_come_from_the_flags_else_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args("127.0.0.1:1", &dir.path().join("flag-secret"));
+        let config = Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .connect("node1:7070")
+            .secret_file("/config/secret")
+            .build()
+            .unwrap();
+        assert_eq!(spawner(&args, &config).unwrap(), "127.0.0.1:1");
+        assert_eq!(
+            secret_path(&args, &config).unwrap(),
+            dir.path().join("flag-secret")
+        );
+        args.connect = None;
+        args.secret_file = None;
+        assert_eq!(spawner(&args, &config).unwrap(), "node1:7070");
+        assert_eq!(
+            secret_path(&args, &config).unwrap(),
+            std::path::Path::new("/config/secret")
+        );
+        let error = spawner(&args, &self::config(dir.path())).unwrap_err();
+        assert!(error.to_string().contains("PARVM_CONNECT"), "{error}");
     }
 
     #[test]
@@ -209,7 +272,7 @@ mod tests {
         let addr = runtime.tcp_addr().unwrap().to_string();
         let worker = {
             let args = args(&addr, &secret_file);
-            std::thread::spawn(move || serve(connect(&args).unwrap(), config, false))
+            std::thread::spawn(move || serve(connect(&args, &config).unwrap(), config, false))
         };
         runtime
             .wait_for_workers(1, Duration::from_secs(30))
@@ -246,7 +309,7 @@ mod tests {
     fn a_missing_secret_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let error = connect(&args("127.0.0.1:1", &missing)).unwrap_err();
+        let error = connect(&args("127.0.0.1:1", &missing), &config(dir.path())).unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains(&missing.display().to_string()), "{text}");
     }
@@ -263,7 +326,7 @@ mod tests {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let error = connect(&args(&addr, &secret_file)).unwrap_err();
+        let error = connect(&args(&addr, &secret_file), &config(dir.path())).unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains(&addr), "{text}");
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use parvm_env_config::{Config, Error, TransportKind};
 
@@ -185,4 +186,181 @@ fn read_only_reading_creates_no_local_root() {
     let env = env.set("PARALLEL_LOCAL_STORAGE", file);
     let err = Config::from_lookup_read_only(|name| env.vars.get(name).cloned()).unwrap_err();
     assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
+}
+
+#[test]
+fn transport_settings_are_unset_by_default() {
+    let env = Env::new();
+    let config = env.config().unwrap();
+    assert_eq!(config.listen(), None);
+    assert_eq!(
+        config.listen_addr().unwrap(),
+        "127.0.0.1:0".parse().unwrap()
+    );
+    assert_eq!(config.connect(), None);
+    assert_eq!(
+        config.secret_file().unwrap(),
+        env.home.path().join(".parvm/secret")
+    );
+    assert_eq!(config.connect_wait(), None);
+    assert_eq!(config.max_frame(), None);
+    assert_eq!(config.handshake_timeout(), None);
+    assert_eq!(config.spin_window(), None);
+    assert!(config.forward_env().is_empty());
+    assert!(!config.no_color());
+}
+
+#[test]
+fn transport_settings_are_parsed_like_their_old_readers() {
+    let env = Env::new()
+        .set("PARVM_LISTEN", "127.0.0.1:7070")
+        .set("PARVM_CONNECT", "node1:7070")
+        .set("PARVM_SECRET_FILE", "/etc/parvm/secret")
+        .set("PARVM_CONNECT_WAIT", " 2.5 ")
+        .set("PARVM_MAX_FRAME", "64M")
+        .set("PARVM_HANDSHAKE_TIMEOUT", "0.5")
+        .set("PARVM_SPIN_US", "0")
+        .set("PARVM_FORWARD_ENV", " LD_LIBRARY_PATH, ,SPICE_LIB:")
+        .set("NO_COLOR", "1")
+        .set("PARVM_TRANSPORT", " TCP ");
+    let config = env.config().unwrap();
+    assert_eq!(config.listen(), Some("127.0.0.1:7070"));
+    assert_eq!(
+        config.listen_addr().unwrap(),
+        "127.0.0.1:7070".parse().unwrap()
+    );
+    assert_eq!(config.connect(), Some("node1:7070"));
+    assert_eq!(
+        config.secret_file().unwrap(),
+        Path::new("/etc/parvm/secret")
+    );
+    assert_eq!(config.connect_wait(), Some(Duration::from_millis(2500)));
+    assert_eq!(config.max_frame(), Some(64 << 20));
+    assert_eq!(config.handshake_timeout(), Some(Duration::from_millis(500)));
+    assert_eq!(config.spin_window(), Some(Duration::ZERO));
+    assert_eq!(config.forward_env(), ["LD_LIBRARY_PATH", "SPICE_LIB"]);
+    assert!(config.no_color());
+    assert_eq!(config.transport(), Some(TransportKind::Tcp));
+
+    // Empty values of these settings mean unset, as they did for their old readers.
+    let mut env = Env::new();
+    for name in [
+        "PARVM_LISTEN",
+        "PARVM_CONNECT",
+        "PARVM_SECRET_FILE",
+        "PARVM_CONNECT_WAIT",
+        "PARVM_MAX_FRAME",
+        "PARVM_HANDSHAKE_TIMEOUT",
+        "PARVM_SPIN_US",
+        "NO_COLOR",
+    ] {
+        env = env.set(name, "");
+    }
+    let config = env.config().unwrap();
+    assert_eq!(config.listen(), None);
+    assert_eq!(config.connect(), None);
+    assert_eq!(config.max_frame(), None);
+    assert_eq!(config.spin_window(), None);
+    assert!(!config.no_color());
+    assert_eq!(
+        config.secret_file().unwrap(),
+        env.home.path().join(".parvm/secret")
+    );
+}
+
+#[test]
+fn bad_transport_settings_name_the_variable_and_the_value() {
+    let bad: [(&str, OsString); 12] = [
+        ("PARVM_LISTEN", "nonsense".into()),
+        ("PARVM_LISTEN", "1.2.3.4".into()),
+        ("PARVM_LISTEN", OsString::from_vec(b"h\xff:1".to_vec())),
+        ("PARVM_CONNECT", OsString::from_vec(b"h\xff:1".to_vec())),
+        ("PARVM_CONNECT_WAIT", "-1".into()),
+        ("PARVM_MAX_FRAME", "lots".into()),
+        ("PARVM_MAX_FRAME", "100".into()),
+        ("PARVM_HANDSHAKE_TIMEOUT", "0".into()),
+        ("PARVM_HANDSHAKE_TIMEOUT", "soon".into()),
+        ("PARVM_SPIN_US", "fast".into()),
+        ("PARVM_FORWARD_ENV", OsString::from_vec(b"A\xff".to_vec())),
+        ("PARVM_TRANSPORT", "".into()),
+    ];
+    for (name, value) in bad {
+        let err = Env::new().set(name, value.clone()).config().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(name), "{name}={value:?}: {text}");
+        if let Some(value) = value.to_str() {
+            assert!(text.contains(&format!("`{value}`")), "{text}");
+        }
+    }
+}
+
+#[test]
+fn a_listen_host_is_resolved_only_when_asked() {
+    // The form is right, so reading succeeds; the name lookup fails when it is used.
+    let env = Env::new().set("PARVM_LISTEN", "300.1.1.1:80");
+    let config = env.config().unwrap();
+    let err = config.listen_addr().unwrap_err();
+    assert!(matches!(err, Error::ListenAddress { .. }), "{err}");
+    assert!(err.to_string().contains("PARVM_LISTEN"), "{err}");
+    assert!(err.to_string().contains("300.1.1.1:80"), "{err}");
+}
+
+#[test]
+fn without_a_home_the_secret_file_must_be_named() {
+    // An empty HOME: `~` is unknown, and no relative `.parvm/secret` is made up.
+    let env = Env::new();
+    let config = Config::from_lookup(|name| match name {
+        "HOME" => Some(OsString::new()),
+        "PARALLEL_MIRRORED_STORAGE" => Some(env.home.path().as_os_str().to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let err = config.secret_file().unwrap_err();
+    assert!(err.to_string().contains("PARVM_SECRET_FILE"), "{err}");
+}
+
+#[test]
+fn builder_checks_transport_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = || {
+        Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+    };
+    let config = base()
+        .listen("0.0.0.0:7070")
+        .connect("node1:7070")
+        .secret_file("/s")
+        .max_frame(4096)
+        .handshake_timeout(Duration::from_secs(1))
+        .connect_wait(Duration::ZERO)
+        .spin_window(Duration::from_secs(5))
+        .forward_env(["A", "B"])
+        .no_color(true)
+        .build()
+        .unwrap();
+    assert_eq!(config.spin_window(), Some(Duration::from_secs(1)));
+    assert_eq!(config.forward_env(), ["A", "B"]);
+    assert_eq!(config.secret_file().unwrap(), Path::new("/s"));
+    for (builder, name) in [
+        (base().listen("nonsense"), "PARVM_LISTEN"),
+        (base().max_frame(100), "PARVM_MAX_FRAME"),
+        (
+            base().handshake_timeout(Duration::ZERO),
+            "PARVM_HANDSHAKE_TIMEOUT",
+        ),
+    ] {
+        let err = builder.build().unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}
+
+#[test]
+fn the_host_name_reader_agrees_with_the_config() {
+    let env = Env::new();
+    let config = env.config().unwrap();
+    assert_eq!(
+        config.hostname(),
+        parvm_env_config::system_hostname().unwrap()
+    );
 }
