@@ -14,15 +14,15 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
-use crate::beneath::TaskRoot;
-use crate::copy::{
-    self, Created, DirAttrs, DirPair, Kind, MirrorOptions, MirrorReport, Mode_, Plan, Prepared,
-    Recorded, Unit, dir_flags, entry_kind, vanished_or_read,
-};
+use crate::copy::{self, DirAttrs, Plan, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
+use crate::fsops::{
+    Created, DirPair, Kind, Mode_, Sig, TaskRoot, dir_flags, entry_kind, vanished_or_read,
+};
 use crate::glob;
-use crate::manifest::{Chunk, DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
+use crate::manifest::{Chunk, DirRec, EntryRec, GlobRec, Manifest, Origin};
 use crate::map::MirrorMap;
+use crate::options::{MirrorOptions, MirrorReport};
 use crate::scan::{self, Scan, ScanPool};
 use crate::srcwatch::{SourceWatch, Untrusted};
 use crate::watch::{Broken, Suspects, Watch};
@@ -448,8 +448,8 @@ mod saved {
 
     use serde::{Deserialize, Serialize};
 
-    use crate::copy::{Kind, within};
-    use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Sig};
+    use crate::fsops::{Kind, Sig, within};
+    use crate::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin};
     use crate::map::{MirrorMap, check_target};
 
     /// Bumped whenever the layout changes: an older manifest is then not trusted.
@@ -887,7 +887,7 @@ impl<'r> Changes<'r> {
         let literal = m.literal.get(entry).copied().unwrap_or(false);
         // As when it was first mirrored: a symlink is followed only into the roots, and
         // only files and folders are copied.
-        let meta = match copy::FolderCheck::new(self.roots).top_match(path) {
+        let meta = match crate::fsops::FolderCheck::new(self.roots).top_match(path) {
             Ok(meta) => meta,
             Err(Error::SourceMissing { .. }) if !literal => return Ok(()),
             Err(Error::Read { source, .. })
@@ -928,7 +928,7 @@ impl<'r> Changes<'r> {
                     }
                 },
             };
-            let name = copy::cstring(name, path)?;
+            let name = crate::fsops::cstring(name, path)?;
             let names = self.copy.entry(id).or_default();
             if !names.iter().any(|(n, _)| *n == name) {
                 names.push((name, Kind::File));
@@ -1224,7 +1224,7 @@ impl<'r> Changes<'r> {
         root: &TaskRoot,
         roots: &[PathBuf],
     ) -> Result<(MirrorReport, Recorded, Vec<PathBuf>)> {
-        let ctx = copy::Ctx { root, roots };
+        let ctx = crate::fsops::Ctx { root, roots };
         let dir_src = |id: u32| -> &Path {
             match m.dirs.get(id as usize) {
                 Some(d) => &d.src,
@@ -1444,7 +1444,7 @@ fn make_writable(
             path: dst.to_path_buf(),
             source: e.into(),
         })?;
-    if !copy::is_dir(&st) {
+    if !crate::fsops::is_dir(&st) {
         return Err(root.in_the_way(&parent, &name, dst, src));
     }
     if st.st_mode & 0o700 != 0o700 {

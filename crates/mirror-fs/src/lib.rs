@@ -71,24 +71,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod beneath;
 mod copy;
 mod error;
 mod folder;
+mod fsops;
 pub mod glob;
 mod manifest;
 mod map;
+mod options;
 mod pathser;
 mod scan;
 mod srcwatch;
 mod translate;
 mod watch;
 
-pub use beneath::{has_openat2, open_beneath};
-pub use copy::{
-    FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
-};
+pub use copy::{mirror, refresh};
 pub use error::{Error, Result};
 pub use folder::{MANIFEST_FILE, MirroredFolder};
+pub use fsops::{has_openat2, open_beneath};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
+pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

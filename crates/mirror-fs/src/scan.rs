@@ -17,10 +17,10 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
-use crate::beneath::TaskRoot;
-use crate::copy::{dir_flags, vanished_or_read};
 use crate::error::Error;
-use crate::manifest::{Chunk, Manifest, Sig};
+use crate::fsops::Sig;
+use crate::fsops::{TaskRoot, dir_flags, vanished_or_read};
+use crate::manifest::{Chunk, Manifest};
 
 /// Below this many entries per thread, another thread costs more than it saves.
 pub(crate) const ENTRIES_PER_THREAD: usize = 512;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
 
-use crate::copy::dir_flags;
+use crate::fsops::dir_flags;
 use crate::manifest::{Chunk, Manifest};
 use crate::watch::{Broken, drain_events};
 
