@@ -73,22 +73,18 @@
 
 mod copy;
 mod error;
-mod folder;
 mod fsops;
 pub mod glob;
-mod manifest;
 mod map;
 mod options;
 mod pathser;
-mod scan;
-mod srcwatch;
+mod persistent;
 mod translate;
-mod watch;
 
 pub use copy::{mirror, refresh};
 pub use error::{Error, Result};
-pub use folder::{MANIFEST_FILE, MirroredFolder};
 pub use fsops::{has_openat2, open_beneath};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
+pub use persistent::{MANIFEST_FILE, MirroredFolder};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

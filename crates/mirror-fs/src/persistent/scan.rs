@@ -17,10 +17,9 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
+use super::manifest::{Chunk, Manifest};
 use crate::error::Error;
-use crate::fsops::Sig;
-use crate::fsops::{TaskRoot, dir_flags, vanished_or_read};
-use crate::manifest::{Chunk, Manifest};
+use crate::fsops::{Sig, TaskRoot, dir_flags, vanished_or_read};
 
 /// Below this many entries per thread, another thread costs more than it saves.
 pub(crate) const ENTRIES_PER_THREAD: usize = 512;

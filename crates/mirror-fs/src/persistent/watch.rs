@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 
-use crate::manifest::Manifest;
+use super::manifest::Manifest;
 
 /// What a drained event says needs checking.
 #[derive(Debug, Default)]

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
 
+use super::manifest::{Chunk, Manifest};
+use super::watch::{Broken, drain_events};
 use crate::fsops::dir_flags;
-use crate::manifest::{Chunk, Manifest};
-use crate::watch::{Broken, drain_events};
 
 /// `statfs` magic numbers of the local file systems trusted to report every change.
 const TRUSTED: [u32; 7] = [
