@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use super::apply::batch_entries;
 use super::changes::Changes;
+use super::inotify::Broken;
 use super::manifest::{Chunk, DirRec, GlobRec, Manifest, Origin};
 use super::scan::{self, ScanPool};
 use super::srcwatch::{SourceWatch, Untrusted};
-use super::watch::{Broken, Suspects, Watch};
+use super::watch::{Suspects, Watch};
 use crate::copy::{self, Plan, Recorded};
 use crate::error::{Error, Result};
 use crate::fsops::{Created, Mode_, Sig, TaskRoot};
