@@ -155,7 +155,7 @@ impl MirrorOptions {
 /// often bounds how long such a change can go unseen, for about 0.5 ms per 2 000 files.
 pub const FULL_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What a [`mirror`] or [`refresh`] did.
+/// What a [`crate::mirror`] or [`crate::refresh`] did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MirrorReport {
     /// Files copied.

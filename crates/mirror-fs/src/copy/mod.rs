@@ -15,6 +15,9 @@
 use std::path::Path;
 use std::time::Instant;
 
+// Only the docs of `mirror` name the errors.
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::fsops::{Created, Ctx, Mode_};
 use crate::map::MirrorMap;

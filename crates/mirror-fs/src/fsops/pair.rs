@@ -31,7 +31,7 @@ pub(crate) struct Ctx<'r> {
 
 /// A source folder and its destination folder, both open.
 pub(crate) struct DirPair {
-    /// Names the folder pair in a [`Recorded`] (meaningless when not recording).
+    /// Names the folder pair in a [`crate::copy::Recorded`] (meaningless when not recording).
     pub(crate) id: u32,
     pub(crate) src_path: PathBuf,
     pub(crate) dst_path: PathBuf,
