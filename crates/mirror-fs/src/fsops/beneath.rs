@@ -7,6 +7,9 @@
 //! anyone who may write to a persistent folder, could otherwise plant `a -> /elsewhere` and
 //! make the next mirror write outside the task folder. When the fast path fails for any
 //! reason, the component walk runs and names the component that is in the way.
+//!
+//! It also owns undoing a failed run ([`Created`]). It must not know what is copied into
+//! the folders it opens (plans, pools, manifests).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,6 +1,7 @@
 //! The manifest of a [`crate::MirroredFolder`]: what a mirror copied, and the source's
 //! metadata as copied, laid out for a fast parallel scan (entries grouped by folder, folders
 //! cut into chunks).
+//! It must not know how the manifest is scanned, watched or saved.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};

@@ -6,6 +6,8 @@
 //! and not finished, never for a helper that has not started (on a busy machine a woken
 //! helper may get a core only milliseconds later). Keeping the threads also saves starting
 //! them on every refresh.
+//!
+//! It must not know what a changed entry leads to (that is `changes`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

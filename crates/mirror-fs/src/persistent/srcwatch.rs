@@ -5,6 +5,8 @@
 //! through this kernel, which tells inotify. A network or cluster file system (NFS, SMB,
 //! FUSE, Lustre, GPFS, Ceph, 9p, AFS, ...) changes behind its back, and so do overlayfs's
 //! lower layers: those keep the scan.
+//!
+//! It must not know the copies; the inotify bookkeeping is `inotify`'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;

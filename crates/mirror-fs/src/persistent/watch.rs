@@ -1,5 +1,6 @@
 //! Watching the destination folders of a [`crate::MirroredFolder`] with inotify, so a
 //! refresh learns which mirrored files the tasks touched without looking at every one.
+//! It must not know the sources; the inotify bookkeeping is `inotify`'s.
 
 use std::collections::HashSet;
 use std::ffi::CString;
