@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::manifest::Sig;
+use crate::fsops::Sig;
 
 /// True when `bytes` holds a glob character (`*`, `?` or `[`).
 pub fn has_glob(bytes: &[u8]) -> bool {

@@ -7,6 +7,9 @@
 //! - A [`MirrorMap`] lists (source glob, target folder) pairs; [`MirrorMap::to_abstract`]
 //!   makes the host-independent [`AbstractMirrorMap`] that travels in a spawn request.
 //! - [`mirror`] copies what a map names into a task folder, in parallel.
+//! - [`MirroredFolders`] is the policy of a process that fills task folders again and
+//!   again (a worker): a plain mirror for a temporary folder, a refresh for a persistent
+//!   one filled from the same map before, else a fresh mirror kept for next time.
 //! - Persistent task folders (kept from one task to the next) are brought up to date before
 //!   each task, in one of two ways:
 //!
@@ -71,24 +74,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod beneath;
 mod copy;
 mod error;
-mod folder;
-pub mod glob;
-mod manifest;
+mod fsops;
+mod glob;
 mod map;
+mod options;
 mod pathser;
-mod scan;
-mod srcwatch;
+mod persistent;
 mod translate;
-mod watch;
 
-pub use beneath::{has_openat2, open_beneath};
-pub use copy::{
-    FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, mirror, refresh,
-};
+pub use copy::{mirror, refresh};
 pub use error::{Error, Result};
-pub use folder::{MANIFEST_FILE, MirroredFolder};
+pub use fsops::{has_openat2, open_beneath};
+pub use glob::has_glob;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
+pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
+pub use persistent::{FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

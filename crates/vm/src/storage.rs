@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use parvm_env_config::Config;
 use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
 use parvm_mirror_fs::{
-    AbstractMirrorMap, AbstractPath, MirrorMap, MirrorOptions, MirrorReport, MirroredFolder,
+    AbstractMirrorMap, AbstractPath, FolderState, MirrorMap, MirrorOptions, MirrorReport,
+    MirroredFolders,
 };
 
 use crate::Error;
@@ -40,7 +41,7 @@ pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Resu
 /// mirroring would on every worker; a glob that matches nothing is left to mirroring, which
 /// reports it as unmatched.
 fn check_literal_source(config: &Config, given: &str, source: &AbstractPath) -> Result<(), Error> {
-    if parvm_mirror_fs::glob::has_glob(given.as_bytes()) {
+    if parvm_mirror_fs::has_glob(given.as_bytes()) {
         return Ok(());
     }
     // The translated path, as a worker on this host would mirror it.
@@ -111,7 +112,7 @@ pub(crate) struct Storage {
     maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
-    mirrored: HashMap<u32, MirroredFolder>,
+    mirrored: MirroredFolders<u32>,
     /// What each VM's persistent folder held when its task started, for VMs that clean
     /// their folders before reuse.
     clean: HashMap<u32, Snapshot>,
@@ -123,7 +124,7 @@ impl Storage {
             config: config.clone(),
             local: None,
             maps: HashMap::new(),
-            mirrored: HashMap::new(),
+            mirrored: MirroredFolders::new(),
             clean: HashMap::new(),
         }
     }
@@ -160,7 +161,7 @@ impl Storage {
     /// Drops the persistent folder kept for VM `vm`.
     pub(crate) fn forget(&mut self, vm: u32) {
         self.maps.remove(&vm);
-        self.mirrored.remove(&vm);
+        self.mirrored.forget(&vm);
         self.clean.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
@@ -257,33 +258,22 @@ impl Storage {
         })
     }
 
-    /// Mirrors `map` into `folder`. A temporary folder gets a plain copy; a persistent one
-    /// is refreshed when it was filled from the same map before, else mirrored afresh and
-    /// remembered for the next reuse.
+    /// Mirrors `map` into `folder`; mirror-fs's [`MirroredFolders`] picks between a plain
+    /// copy, a refresh and a fresh mirror from what the folder is.
     fn fill(
         &mut self,
         vm: u32,
         folder: &TaskFolder,
         map: &MirrorMap,
     ) -> Result<MirrorReport, String> {
-        let options = MirrorOptions::new();
-        if folder.persistence() == Persistence::Temporary {
-            return parvm_mirror_fs::mirror(map, folder.path(), &options)
-                .map_err(|e| error_chain(&e));
-        }
-        if folder.reused()
-            && let Some(mirrored) = self.mirrored.get_mut(&vm)
-            && mirrored.map() == map
-            && mirrored.task_dir() == folder.path()
-        {
-            return mirrored.refresh(&options).map_err(|e| error_chain(&e));
-        }
-        self.mirrored.remove(&vm);
-        let mirrored =
-            MirroredFolder::mirror(map, folder.path(), &options).map_err(|e| error_chain(&e))?;
-        let report = mirrored.report().clone();
-        self.mirrored.insert(vm, mirrored);
-        Ok(report)
+        let state = match (folder.persistence(), folder.reused()) {
+            (Persistence::Temporary, _) => FolderState::Temporary,
+            (_, false) => FolderState::PersistentNew,
+            (_, true) => FolderState::PersistentReused,
+        };
+        self.mirrored
+            .fill(vm, map, folder.path(), state, &MirrorOptions::new())
+            .map_err(|e| error_chain(&e))
     }
 
     /// The VM's mirror map on this host, decoded once per VM (and again if it changes).

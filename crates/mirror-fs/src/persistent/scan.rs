@@ -6,6 +6,8 @@
 //! and not finished, never for a helper that has not started (on a busy machine a woken
 //! helper may get a core only milliseconds later). Keeping the threads also saves starting
 //! them on every refresh.
+//!
+//! It must not know what a changed entry leads to (that is `changes`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -17,10 +19,9 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
-use crate::beneath::TaskRoot;
-use crate::copy::{dir_flags, vanished_or_read};
+use super::manifest::{Chunk, Manifest};
 use crate::error::Error;
-use crate::manifest::{Chunk, Manifest, Sig};
+use crate::fsops::{Sig, TaskRoot, dir_flags, vanished_or_read};
 
 /// Below this many entries per thread, another thread costs more than it saves.
 pub(crate) const ENTRIES_PER_THREAD: usize = 512;

@@ -7,6 +7,9 @@
 //! anyone who may write to a persistent folder, could otherwise plant `a -> /elsewhere` and
 //! make the next mirror write outside the task folder. When the fast path fails for any
 //! reason, the component walk runs and names the component that is in the way.
+//!
+//! It also owns undoing a failed run ([`Created`]). It must not know what is copied into
+//! the folders it opens (plans, pools, manifests).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,7 +20,9 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
-use crate::copy::{Created, Mode_, dir_flags, is_dir};
+use nix::unistd::UnlinkatFlags;
+
+use super::entry::{Mode_, cstring, dir_flags, is_dir};
 use crate::error::{Error, Result};
 
 /// Set once the kernel answered `ENOSYS` to `openat2`: later lookups go straight to the walk.
@@ -159,7 +164,7 @@ impl TaskRoot {
             });
         };
         let parent = self.open_dir(&self.path.join(parent), from)?;
-        Ok((parent, crate::copy::cstring(name, dst)?))
+        Ok((parent, cstring(name, dst)?))
     }
 
     /// Creates the one folder `dst` (owner-only until its mode is set at the end), recording
@@ -264,7 +269,7 @@ impl TaskRoot {
                 }
             };
             here.push(name);
-            let cname = crate::copy::cstring(name, &here)?;
+            let cname = cstring(name, &here)?;
             match self.step(&cur, &cname, &here, from, &mut missing)? {
                 Some(fd) => cur = fd,
                 None => return Ok(None),
@@ -419,6 +424,55 @@ pub fn has_openat2() -> bool {
             OpenHow::new().flags(dir_flags()),
         )
         .is_ok()
+}
+
+/// What this call created, to remove it again when copying fails.
+#[derive(Default)]
+pub(crate) struct Created {
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
+}
+
+impl Created {
+    /// Removes what was created, beneath the task folder and without following a symlink.
+    pub(crate) fn undo(&self, root: &TaskRoot) {
+        let remove = |path: &Path, dir: bool| {
+            let result = root.parent_of(path, path).and_then(|(parent, name)| {
+                let removed = if dir {
+                    remove_tree_at(&parent, &name)
+                } else {
+                    nix::unistd::unlinkat(&parent, name.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                };
+                match removed {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(Error::Create {
+                        path: path.to_path_buf(),
+                        source: e.into(),
+                    }),
+                }
+            });
+            // A parent already gone leaves nothing to remove.
+            if let Err(e) = result
+                && path_exists_beneath(root, path)
+            {
+                tracing::warn!("cannot remove partial copy `{}`: {e}", path.display());
+            }
+        };
+        for file in &self.files {
+            remove(file, false);
+        }
+        for dir in self.dirs.iter().rev() {
+            remove(dir, true);
+        }
+    }
+}
+
+/// True when something stands at `path` beneath the task folder (a parent that is gone
+/// means there is nothing left to remove).
+fn path_exists_beneath(root: &TaskRoot, path: &Path) -> bool {
+    root.parent_of(path, path).is_ok_and(|(parent, name)| {
+        nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    })
 }
 
 #[cfg(test)]

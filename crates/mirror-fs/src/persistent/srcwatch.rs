@@ -5,19 +5,21 @@
 //! through this kernel, which tells inotify. A network or cluster file system (NFS, SMB,
 //! FUSE, Lustre, GPFS, Ceph, 9p, AFS, ...) changes behind its back, and so do overlayfs's
 //! lower layers: those keep the scan.
+//!
+//! It must not know the copies; the inotify bookkeeping is `inotify`'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::AddWatchFlags;
 use nix::sys::stat::Mode;
 
-use crate::copy::dir_flags;
-use crate::manifest::{Chunk, Manifest};
-use crate::watch::{Broken, drain_events};
+use super::inotify::{Broken, Table};
+use super::manifest::{Chunk, Manifest};
+use crate::fsops::dir_flags;
 
 /// `statfs` magic numbers of the local file systems trusted to report every change.
 const TRUSTED: [u32; 7] = [
@@ -62,22 +64,16 @@ fn mask() -> AddWatchFlags {
 /// of top-level matches: those entries are always looked at).
 #[derive(Debug)]
 pub(crate) struct SourceWatch {
-    fd: Inotify,
-    by_wd: HashMap<WatchDescriptor, PathBuf>,
-    /// Folder → its watch and the (device, inode) watched: the path must still name that
-    /// folder (an ancestor renamed or a mount on top sends no event).
-    by_path: HashMap<PathBuf, (WatchDescriptor, (u64, u64))>,
+    /// Folder → the (device, inode) watched: the path must still name that folder (an
+    /// ancestor renamed or a mount on top sends no event).
+    table: Table<(u64, u64)>,
 }
 
 impl SourceWatch {
     /// Watches every copied source folder of `m`.
     pub(crate) fn new(m: &Manifest) -> Result<SourceWatch, Untrusted> {
-        let fd =
-            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|_| Untrusted)?;
         let mut watch = SourceWatch {
-            fd,
-            by_wd: HashMap::new(),
-            by_path: HashMap::new(),
+            table: Table::new().map_err(|_| Untrusted)?,
         };
         watch.sync(m)?;
         Ok(watch)
@@ -93,22 +89,10 @@ impl SourceWatch {
             .filter(|d| !d.is_top())
             .map(|d| d.src.as_path())
             .collect();
-        let stale: Vec<PathBuf> = self
-            .by_path
-            .keys()
-            .filter(|p| !wanted.contains(p.as_path()))
-            .cloned()
-            .collect();
-        for path in stale {
-            if let Some((wd, _)) = self.by_path.remove(&path) {
-                self.by_wd.remove(&wd);
-                // Gone already is fine: the kernel dropped the watch itself.
-                let _ = self.fd.rm_watch(wd);
-            }
-        }
+        self.table.retain(|p| wanted.contains(p));
         let mut added = false;
         for path in wanted {
-            if !self.by_path.contains_key(path) {
+            if !self.table.contains(path) {
                 self.add(path)?;
                 added = true;
             }
@@ -126,16 +110,14 @@ impl SourceWatch {
         // Through the open descriptor the watch is on the very folder checked above, even if
         // the path changed meanwhile.
         let via = format!("/proc/self/fd/{}", dir.as_raw_fd());
-        let wd = self
-            .fd
-            .add_watch(via.as_str(), mask())
-            .map_err(|_| Untrusted)?;
-        self.by_wd.insert(wd, path.to_path_buf());
-        self.by_path.insert(
-            path.to_path_buf(),
-            (wd, (st.st_dev as u64, st.st_ino as u64)),
-        );
-        Ok(())
+        self.table
+            .add(
+                path,
+                via.as_str(),
+                mask(),
+                (st.st_dev as u64, st.st_ino as u64),
+            )
+            .map_err(|_| Untrusted)
     }
 
     /// The chunks to scan instead of the whole manifest: the entries and folders the queued
@@ -163,7 +145,7 @@ impl SourceWatch {
 
     #[allow(clippy::unnecessary_cast)]
     fn still_named(&self) -> bool {
-        self.by_path.iter().all(|(path, (_, id))| {
+        self.table.watched().all(|(path, id)| {
             nix::sys::stat::stat(path.as_path())
                 .is_ok_and(|st| (st.st_dev as u64, st.st_ino as u64) == *id)
         })
@@ -176,7 +158,7 @@ impl SourceWatch {
         entries: &mut Vec<u32>,
     ) -> Result<(), Broken> {
         let mut by_src: Option<HashMap<&Path, Vec<u32>>> = None;
-        drain_events(&self.fd, &self.by_wd, |path, ev| {
+        self.table.drain(|path, ev| {
             let index = by_src.get_or_insert_with(|| src_index(m));
             let Some(ids) = index.get(path) else {
                 return false;

@@ -1,75 +1,13 @@
 //! The manifest of a [`crate::MirroredFolder`]: what a mirror copied, and the source's
 //! metadata as copied, laid out for a fast parallel scan (entries grouped by folder, folders
 //! cut into chunks).
+//! It must not know how the manifest is scanned, watched or saved.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
-use nix::sys::stat::FileStat;
-
-use crate::copy::Kind;
-
-/// The metadata that tells whether a source changed since it was copied.
-///
-/// The inode and the change time catch what size and modification time miss: a file
-/// replaced by a rename (`rsync`, editors that save atomically) with its old time kept, or a
-/// `chmod`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Sig {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: i64,
-    pub(crate) mtime: i64,
-    pub(crate) mtime_ns: i64,
-    pub(crate) ctime: i64,
-    pub(crate) ctime_ns: i64,
-    /// File type and permission bits (`st_mode`).
-    pub(crate) mode: u32,
-    /// Link count: a file with more than one name can change through a name outside the
-    /// watched source folders, so its source is always looked at (see
-    /// [`crate::MirroredFolder::refresh`]).
-    pub(crate) nlink: u64,
-}
-
-impl Sig {
-    #[allow(clippy::unnecessary_cast)] // The field types differ between targets.
-    pub(crate) fn of(st: &FileStat) -> Sig {
-        Sig {
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
-            size: st.st_size as i64,
-            mtime: st.st_mtime as i64,
-            mtime_ns: st.st_mtime_nsec as i64,
-            ctime: st.st_ctime as i64,
-            ctime_ns: st.st_ctime_nsec as i64,
-            mode: st.st_mode as u32,
-            nlink: st.st_nlink as u64,
-        }
-    }
-
-    /// The file type bits (`S_IFMT`).
-    pub(crate) fn file_type(&self) -> u32 {
-        self.mode & libc::S_IFMT
-    }
-
-    /// True when a destination with metadata `dst` is an intact copy of a source that had
-    /// this metadata when copied: same type, permissions, size and modification time (the
-    /// copy keeps them). Symlinks are compared by type and time only.
-    #[allow(clippy::unnecessary_cast)]
-    pub(crate) fn copied_as(&self, dst: &FileStat) -> bool {
-        let kind = dst.st_mode as u32 & libc::S_IFMT;
-        if kind != self.file_type()
-            || dst.st_mtime as i64 != self.mtime
-            || dst.st_mtime_nsec as i64 != self.mtime_ns
-        {
-            return false;
-        }
-        kind == libc::S_IFLNK
-            || (dst.st_size as i64 == self.size
-                && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777)
-    }
-}
+use crate::fsops::{Kind, Sig};
 
 /// Where a manifest folder comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

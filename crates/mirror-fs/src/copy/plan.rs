@@ -1,0 +1,253 @@
+//! Planning a mirror: every map entry's glob expanded and its matches checked, the target
+//! folders created, and the first work units for the pool ([`Unit`]); plus what a recording
+//! run learns for a manifest ([`Plan`], [`Recorded`]). It must not know how units are run.
+
+use std::ffi::{CString, OsStr};
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::stat::FileStat;
+use nix::sys::time::TimeSpec;
+
+use crate::error::{Error, Result};
+use crate::fsops::{
+    Created, Ctx, DirPair, FolderCheck, Kind, Mode_, Sig, TaskRoot, cstring, times,
+};
+use crate::glob::{self, path_has_glob};
+use crate::map::MirrorMap;
+
+/// A piece of work for the pool.
+pub(crate) enum Unit {
+    /// List a source folder whose destination folder exists already; `parent` is the pair
+    /// it was found in, with its name there (`None` for a top-level match).
+    Dir {
+        id: u32,
+        src: PathBuf,
+        dst: PathBuf,
+        parent: Option<(Arc<DirPair>, CString)>,
+    },
+    /// Copy these entries of one folder pair.
+    Names {
+        pair: Arc<DirPair>,
+        names: Vec<(CString, Kind)>,
+    },
+}
+
+/// Mode and times a destination folder gets at the end.
+pub(crate) struct DirAttrs {
+    pub(crate) from: PathBuf,
+    pub(crate) to: PathBuf,
+    pub(crate) mode: u32,
+    pub(crate) atime: TimeSpec,
+    pub(crate) mtime: TimeSpec,
+}
+
+impl DirAttrs {
+    pub(crate) fn of(from: PathBuf, to: PathBuf, st: &FileStat) -> DirAttrs {
+        let (atime, mtime) = times(st);
+        DirAttrs {
+            from,
+            to,
+            mode: st.st_mode & 0o7777,
+            atime,
+            mtime,
+        }
+    }
+}
+
+/// What a recording run copied: every source folder it listed and every file and symlink
+/// it copied, with the source's metadata as copied.
+#[derive(Default)]
+pub(crate) struct Recorded {
+    pub(crate) dirs: Vec<DirRecord>,
+    pub(crate) batches: Vec<Batch>,
+}
+
+/// A source folder listed by a recording run.
+pub(crate) struct DirRecord {
+    pub(crate) id: u32,
+    pub(crate) src: PathBuf,
+    pub(crate) dst: PathBuf,
+    /// Taken before the folder was listed, so an entry added meanwhile changes it.
+    pub(crate) sig: Sig,
+}
+
+/// Entries of one folder pair copied by a recording run; `sigs[i]` belongs to `names[i]`.
+pub(crate) struct Batch {
+    pub(crate) dir: u32,
+    pub(crate) names: Vec<(CString, Kind)>,
+    pub(crate) sigs: Vec<Sig>,
+}
+
+/// What planning a recording mirror learned about the map, for the manifest.
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// The next free folder id.
+    pub(crate) next_id: u32,
+    /// One per map entry, in map order.
+    pub(crate) entries: Vec<EntryPlan>,
+    /// Parents of top-level file matches: (id, source parent, target, map entry index).
+    pub(crate) top_parents: Vec<(u32, PathBuf, PathBuf, usize)>,
+    /// Top-level folder matches: (id, source, destination, map entry index).
+    pub(crate) roots: Vec<(u32, PathBuf, PathBuf, usize)>,
+}
+
+/// How one map entry was expanded.
+pub(crate) struct EntryPlan {
+    pub(crate) target: PathBuf,
+    pub(crate) glob: bool,
+    /// Folders the expansion read (or found missing), with their metadata before reading.
+    pub(crate) folders: Vec<(PathBuf, Option<Sig>)>,
+    pub(crate) matches: Vec<PathBuf>,
+}
+
+/// Most entries per batch: shared state (queue, counters, progress) is touched once per batch.
+pub(crate) const BATCH: usize = 64;
+
+/// Entries per batch of top-level matches (their sizes are unknown, so keep batches small).
+pub(crate) const TOP_BATCH: usize = 8;
+
+pub(crate) struct Prepared {
+    pub(crate) units: Vec<Unit>,
+    pub(crate) unmatched: Vec<PathBuf>,
+}
+
+pub(crate) fn prepare(
+    map: &MirrorMap,
+    root: &TaskRoot,
+    mode: Mode_,
+    created: &mut Created,
+    mut plan: Option<&mut Plan>,
+) -> Result<Prepared> {
+    // Every source and every target is checked before anything is created or copied.
+    let task_dir = root.path();
+    let mut resolved = Vec::new();
+    let mut unmatched = Vec::new();
+    let mut folders = FolderCheck::new(map.roots());
+    for (index, entry) in map.entries().iter().enumerate() {
+        let target = if entry.target.as_os_str().is_empty() {
+            task_dir.to_path_buf()
+        } else {
+            task_dir.join(&entry.target)
+        };
+        root.check(&target, &entry.source)?;
+        let matches = match plan.as_deref_mut() {
+            Some(plan) => {
+                let mut folders = Vec::new();
+                let matches = glob::expand_traced(&entry.source, &mut folders)?;
+                plan.entries.push(EntryPlan {
+                    target: target.clone(),
+                    glob: path_has_glob(&entry.source),
+                    folders,
+                    matches: matches.clone(),
+                });
+                matches
+            }
+            None => glob::expand(&entry.source)?,
+        };
+        if matches.is_empty() {
+            if path_has_glob(&entry.source) {
+                unmatched.push(entry.source.clone());
+                continue;
+            }
+            return Err(Error::SourceMissing {
+                path: entry.source.clone(),
+            });
+        }
+        let mut found = Vec::with_capacity(matches.len());
+        for from in matches {
+            let name = from
+                .file_name()
+                .map(OsStr::to_os_string)
+                .ok_or_else(|| Error::Copy {
+                    from: from.clone(),
+                    to: target.clone(),
+                    source: io::Error::new(
+                        ErrorKind::InvalidInput,
+                        "the source has no file name to copy it under",
+                    ),
+                })?;
+            // A match at the top level is followed when it is a symlink into the roots.
+            let meta = folders.top_match(&from)?;
+            found.push((from, name, meta));
+        }
+        resolved.push((index, entry.source.clone(), target, found));
+    }
+
+    let ctx = Ctx {
+        root,
+        roots: map.roots(),
+    };
+    let mut units = Vec::new();
+    let mut next_id = 0u32;
+    for (index, source, target, found) in resolved {
+        root.create_dir_all(&target, &source, created)?;
+        let mut files: Vec<(CString, Kind)> = Vec::new();
+        let mut files_parent: Option<(u32, PathBuf)> = None;
+        for (from, name, meta) in found {
+            let to = target.join(&name);
+            if meta.is_dir() {
+                // Its mode and times are recorded when a worker lists it.
+                root.make_dir(&to, &from, mode, created)?;
+                let id = next_id;
+                next_id += 1;
+                if let Some(plan) = plan.as_deref_mut() {
+                    plan.roots.push((id, from.clone(), to.clone(), index));
+                }
+                units.push(Unit::Dir {
+                    id,
+                    src: from,
+                    dst: to,
+                    parent: None,
+                });
+            } else {
+                let parent = from
+                    .parent()
+                    .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+                let same = files_parent.as_ref().is_some_and(|(_, p)| *p == parent);
+                if !same || files.len() >= TOP_BATCH {
+                    let id = match &files_parent {
+                        Some((id, _)) if same => *id,
+                        _ => {
+                            let id = next_id;
+                            next_id += 1;
+                            if let Some(plan) = plan.as_deref_mut() {
+                                plan.top_parents
+                                    .push((id, parent.clone(), target.clone(), index));
+                            }
+                            id
+                        }
+                    };
+                    flush_files(&mut units, files_parent.take(), &target, &mut files, ctx)?;
+                    files_parent = Some((id, parent));
+                }
+                files.push((cstring(&name, &from)?, Kind::File));
+            }
+        }
+        flush_files(&mut units, files_parent, &target, &mut files, ctx)?;
+    }
+    if let Some(plan) = plan {
+        plan.next_id = next_id;
+    }
+    Ok(Prepared { units, unmatched })
+}
+
+pub(crate) fn flush_files(
+    units: &mut Vec<Unit>,
+    parent: Option<(u32, PathBuf)>,
+    target: &Path,
+    files: &mut Vec<(CString, Kind)>,
+    ctx: Ctx<'_>,
+) -> Result<()> {
+    if let Some((id, parent)) = parent
+        && !files.is_empty()
+    {
+        let pair = Arc::new(DirPair::open_top(id, parent, target.to_path_buf(), ctx)?);
+        units.push(Unit::Names {
+            pair,
+            names: std::mem::take(files),
+        });
+    }
+    Ok(())
+}

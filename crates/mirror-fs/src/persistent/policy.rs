@@ -1,0 +1,223 @@
+//! The refresh policy of a process that fills task folders again and again (a worker):
+//! which folders it keeps ([`MirroredFolders`]), and for each task whether a folder gets a
+//! plain copy, a refresh of what was mirrored into it before, or a fresh mirror that is
+//! kept for next time. It must not know where task folders come from (local storage) or
+//! what the keys name (the vm's VM ids); it only sees a folder's [`FolderState`].
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::path::Path;
+
+use super::folder::MirroredFolder;
+use crate::error::Result;
+use crate::map::MirrorMap;
+use crate::options::{MirrorOptions, MirrorReport};
+
+/// What a task folder is when it is filled, as its owner knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderState {
+    /// Removed after the task: a plain [`crate::mirror`], nothing kept.
+    Temporary,
+    /// Kept across tasks and new (or emptied): mirrored afresh and kept.
+    PersistentNew,
+    /// Kept across tasks and used by an earlier task: refreshed when the kept record is of
+    /// the same map and the same folder, else mirrored afresh and kept.
+    PersistentReused,
+}
+
+/// The [`MirroredFolder`]s a process keeps, one per key (a VM), so that a persistent task
+/// folder reused by the next task is refreshed (one `stat` per source file, or less) and
+/// not copied again.
+///
+/// ```
+/// use parvm_mirror_fs::{FolderState, MirrorMap, MirrorOptions, MirroredFolders};
+///
+/// let shared = tempfile::tempdir()?;
+/// std::fs::write(shared.path().join("top.cir"), "netlist")?;
+/// let map = MirrorMap::new().entry(shared.path().join("top.cir"), ".")?;
+/// let task = tempfile::tempdir()?;
+/// let mut folders = MirroredFolders::new();
+/// let options = MirrorOptions::new();
+/// let first = folders.fill(7, &map, task.path(), FolderState::PersistentNew, &options)?;
+/// assert_eq!(first.files, 1);
+/// let again = folders.fill(7, &map, task.path(), FolderState::PersistentReused, &options)?;
+/// assert_eq!((again.files, again.skipped), (0, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct MirroredFolders<K> {
+    kept: HashMap<K, MirroredFolder>,
+}
+
+impl<K: Hash + Eq> Default for MirroredFolders<K> {
+    fn default() -> Self {
+        MirroredFolders {
+            kept: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> MirroredFolders<K> {
+    /// No folders kept.
+    pub fn new() -> MirroredFolders<K> {
+        MirroredFolders::default()
+    }
+
+    /// Mirrors `map` into `task_dir`. A temporary folder gets a plain copy; a persistent one
+    /// is refreshed when it was filled from the same map before, else mirrored afresh and
+    /// remembered under `key` for the next reuse.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::mirror`] and [`MirroredFolder::refresh`]. After a failed refresh the
+    /// folder stays kept (its next refresh verifies every copy); after a failed fresh
+    /// mirror nothing is kept under `key`.
+    pub fn fill(
+        &mut self,
+        key: K,
+        map: &MirrorMap,
+        task_dir: &Path,
+        state: FolderState,
+        options: &MirrorOptions,
+    ) -> Result<MirrorReport> {
+        if state == FolderState::Temporary {
+            return crate::mirror(map, task_dir, options);
+        }
+        if state == FolderState::PersistentReused
+            && let Some(mirrored) = self.kept.get_mut(&key)
+            && mirrored.map() == map
+            && mirrored.task_dir() == task_dir
+        {
+            return mirrored.refresh(options);
+        }
+        self.kept.remove(&key);
+        let mirrored = MirroredFolder::mirror(map, task_dir, options)?;
+        let report = mirrored.report().clone();
+        self.kept.insert(key, mirrored);
+        Ok(report)
+    }
+
+    /// Drops what is kept under `key` (its folder is gone or about to be).
+    pub fn forget(&mut self, key: &K) {
+        self.kept.remove(key);
+    }
+
+    /// True when a folder is kept under `key`.
+    pub fn is_kept(&self, key: &K) -> bool {
+        self.kept.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        shared: tempfile::TempDir,
+        task: tempfile::TempDir,
+        map: MirrorMap,
+    }
+
+    fn fixture() -> Fixture {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("a.cir"), "a").unwrap();
+        std::fs::write(shared.path().join("b.cir"), "b").unwrap();
+        let map = MirrorMap::new()
+            .entry(shared.path().join("*.cir"), ".")
+            .unwrap();
+        Fixture {
+            shared,
+            task: tempfile::tempdir().unwrap(),
+            map,
+        }
+    }
+
+    #[test]
+    fn each_state_picks_its_way_to_fill() {
+        // (state of the second fill, files copied by it, kept after it)
+        let rows = [
+            (FolderState::Temporary, 2, true),
+            (FolderState::PersistentNew, 2, true),
+            (FolderState::PersistentReused, 0, true),
+        ];
+        for (state, copied, kept) in rows {
+            let f = fixture();
+            let options = MirrorOptions::new();
+            let mut folders = MirroredFolders::new();
+            let first = folders
+                .fill(
+                    1u32,
+                    &f.map,
+                    f.task.path(),
+                    FolderState::PersistentNew,
+                    &options,
+                )
+                .unwrap();
+            assert_eq!(first.files, 2);
+            let second = folders
+                .fill(1, &f.map, f.task.path(), state, &options)
+                .unwrap();
+            assert_eq!(second.files, copied, "{state:?}");
+            assert_eq!(folders.is_kept(&1), kept, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn temporary_folders_are_not_kept() {
+        let f = fixture();
+        let mut folders = MirroredFolders::new();
+        let report = folders
+            .fill(
+                3u32,
+                &f.map,
+                f.task.path(),
+                FolderState::Temporary,
+                &MirrorOptions::new(),
+            )
+            .unwrap();
+        assert_eq!(report.files, 2);
+        assert!(!folders.is_kept(&3));
+    }
+
+    #[test]
+    fn a_reused_folder_with_another_map_or_path_is_mirrored_afresh() {
+        let f = fixture();
+        let options = MirrorOptions::new();
+        let mut folders = MirroredFolders::new();
+        folders
+            .fill(
+                1u32,
+                &f.map,
+                f.task.path(),
+                FolderState::PersistentNew,
+                &options,
+            )
+            .unwrap();
+        let other_map = MirrorMap::new()
+            .entry(f.shared.path().join("a.cir"), ".")
+            .unwrap();
+        let report = folders
+            .fill(
+                1,
+                &other_map,
+                f.task.path(),
+                FolderState::PersistentReused,
+                &options,
+            )
+            .unwrap();
+        assert_eq!(report.files, 1, "another map is mirrored, not refreshed");
+        let other_dir = tempfile::tempdir().unwrap();
+        let report = folders
+            .fill(
+                1,
+                &other_map,
+                other_dir.path(),
+                FolderState::PersistentReused,
+                &options,
+            )
+            .unwrap();
+        assert_eq!(report.files, 1, "another folder is mirrored, not refreshed");
+        folders.forget(&1);
+        assert!(!folders.is_kept(&1));
+    }
+}
