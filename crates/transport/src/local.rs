@@ -43,7 +43,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::star::{self, Client, Hub, Stream, lock};
-use crate::{Error, Peer, Rank, frame};
+use crate::{Error, Event, Peer, Rank, Transport, Wait, frame};
 
 /// Path of the spawner's socket, set for each worker.
 pub const SOCKET_VAR: &str = "PARVM_LOCAL_SOCKET";
@@ -751,16 +751,61 @@ pub fn worker_from_env() -> Result<Option<LocalTransport>, Error> {
     }))
 }
 
-impl LocalTransport {
-    fn endpoint(&self) -> crate::star::Endpoint<'_> {
+impl Transport for LocalTransport {
+    fn rank(&self) -> Rank {
         match &self.side {
-            Side::Spawner(s) => crate::star::Endpoint::Hub(&s.hub),
-            Side::Worker(c) => crate::star::Endpoint::Client(c),
+            Side::Spawner(_) => 0,
+            Side::Worker(client) => client.rank(),
         }
     }
-}
 
-crate::star::star_transport!(LocalTransport, "local");
+    fn peers(&self) -> Vec<Peer> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.peers(),
+            Side::Worker(client) => client.peers(),
+        }
+    }
+
+    fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.send(to, payload),
+            Side::Worker(client) => client.send(to, payload),
+        }
+    }
+
+    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.send_parts(to, parts),
+            Side::Worker(client) => client.send_parts(to, parts),
+        }
+    }
+
+    fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
+        match &self.side {
+            Side::Spawner(spawner) => Ok(spawner.hub.recv(wait)),
+            Side::Worker(client) => client.recv(wait),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    fn host(&self) -> String {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.me().host.clone(),
+            Side::Worker(client) => client.host(),
+        }
+    }
+
+    fn workers_are_children(&self) -> bool {
+        true
+    }
+
+    fn reports_dead_peers(&self) -> bool {
+        true
+    }
+}
 
 #[cfg(test)]
 mod tests {

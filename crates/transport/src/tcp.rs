@@ -56,7 +56,7 @@ use sha2::Sha256;
 use crate::seal::{Direction, Keys, Transcript};
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::{self, Client, Hub, Sealing, Stream, lock};
-use crate::{Error, Event, Peer, Rank, frame};
+use crate::{Error, Event, Peer, Rank, Transport, Wait, frame};
 
 /// The variable telling a worker where the spawner listens (`host:port`).
 pub const CONNECT_VAR: &str = "PARVM_CONNECT";
@@ -1131,16 +1131,61 @@ pub fn worker_from_env() -> Result<Option<TcpTransport>, Error> {
     TcpTransport::connect_with(ConnectOptions::new(addr, secret)).map(Some)
 }
 
-impl TcpTransport {
-    fn endpoint(&self) -> crate::star::Endpoint<'_> {
+impl Transport for TcpTransport {
+    fn rank(&self) -> Rank {
         match &self.side {
-            Side::Spawner(s) => crate::star::Endpoint::Hub(&s.hub),
-            Side::Worker(c) => crate::star::Endpoint::Client(c),
+            Side::Spawner(_) => 0,
+            Side::Worker(client) => client.rank(),
         }
     }
-}
 
-crate::star::star_transport!(TcpTransport, "tcp");
+    fn peers(&self) -> Vec<Peer> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.peers(),
+            Side::Worker(client) => client.peers(),
+        }
+    }
+
+    fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.send(to, payload),
+            Side::Worker(client) => client.send(to, payload),
+        }
+    }
+
+    fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), Error> {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.send_parts(to, parts),
+            Side::Worker(client) => client.send_parts(to, parts),
+        }
+    }
+
+    fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
+        match &self.side {
+            Side::Spawner(spawner) => Ok(spawner.hub.recv(wait)),
+            Side::Worker(client) => client.recv(wait),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn host(&self) -> String {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.me().host.clone(),
+            Side::Worker(client) => client.host(),
+        }
+    }
+
+    fn workers_can_join(&self) -> bool {
+        true
+    }
+
+    fn reports_dead_peers(&self) -> bool {
+        true
+    }
+}
 
 #[cfg(test)]
 mod tests {

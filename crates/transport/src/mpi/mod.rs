@@ -140,30 +140,9 @@ const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
 /// The environment variable that names the backend.
 const TRANSPORT_VAR: &str = "PARVM_TRANSPORT";
 
-/// The variables a launcher sets in the processes it starts: Open MPI's `mpirun`
-/// (`OMPI_COMM_WORLD_SIZE`), MPICH's Hydra and other PMI launchers (`PMI_SIZE`,
-/// `PMI_RANK`), and PMIx launchers such as Open MPI 5 or `srun --mpi=pmix` (`PMIX_RANK`).
-pub const LAUNCHER_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK"];
-
-/// Whether this process was started by `mpirun`/`mpiexec` (Open MPI, MPICH or another
-/// PMI/PMIx launcher), judged from the environment without initialising MPI.
-pub fn launched_by_mpirun() -> bool {
-    LAUNCHER_VARS
-        .iter()
-        .any(|var| std::env::var_os(var).is_some())
-}
-
-/// The variables that hold this process's rank, set by the same launchers, in the order
-/// they are read.
-const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
-
-/// The rank the launcher gave this process, read from the environment without
-/// initialising MPI; `None` when no launcher set one (or it is not a number).
-pub fn launch_rank() -> Option<Rank> {
-    RANK_VARS
-        .iter()
-        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
-}
+// Launcher detection needs no MPI library and lives in `launcher`; re-exported here, where
+// it was first, so existing paths keep working.
+pub use crate::launcher::{LAUNCHER_VARS, launch_rank, launched_by_mpirun};
 
 /// Whether the environment selects the MPI backend: `PARVM_TRANSPORT=mpi`, or
 /// `PARVM_TRANSPORT` unset (or empty) and the process started by `mpirun`.
