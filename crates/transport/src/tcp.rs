@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::seal::{Direction, Keys, Transcript};
+use crate::seal::{self, Direction, Keys, Transcript};
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::{self, Client, Hub, Sealing, Stream, lock};
 use crate::{Error, Event, Peer, Rank, Transport, Wait, frame};
@@ -679,7 +679,7 @@ fn connect_once(
     } else {
         let mut open = keys.opener(Direction::ToWorker);
         let (stream, welcome) =
-            star::read_sealed_unbuffered(Stream::Tcp(stream), MAX_WELCOME, &mut open);
+            seal::read_sealed_unbuffered(Stream::Tcp(stream), MAX_WELCOME, &mut open);
         let seal = keys.sealer(Direction::ToSpawner);
         (stream, Some(Sealing { seal, open }), welcome)
     };
@@ -1098,7 +1098,7 @@ fn handshake(
             .map_err(|e| format!("handshake failed: {e}"))?,
     );
     let written = match &mut sealing {
-        Some(sealing) => star::write_sealed(&mut out, &mut sealing.seal, &welcome),
+        Some(sealing) => sealing.seal.write_frame(&mut out, &[&welcome]),
         None => frame::write_frame(&mut out, &welcome),
     };
     drop(out);
