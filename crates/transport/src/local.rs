@@ -4,13 +4,13 @@
 //! # Topology
 //!
 //! A star: every worker is connected to the spawner (rank 0) only. A worker's
-//! [`Transport::send`](crate::Transport::send) to another worker's rank fails with [`Error::NotRoutable`]; the VM
+//! [`Transport::send`] to another worker's rank fails with [`Error::NotRoutable`]; the VM
 //! routes worker-to-worker messages through the spawner. A worker's `peers()` lists the
 //! spawner and itself.
 //!
 //! # When the spawner goes away
 //!
-//! A worker's [`Transport::recv`](crate::Transport::recv) returns `Ok(Some(Event::PeerLost { rank: 0, .. }))` once
+//! A worker's [`Transport::recv`] returns `Ok(Some(Event::PeerLost { rank: 0, .. }))` once
 //! when the spawner's connection ends (end of stream, reset, or a bad frame); every later
 //! `recv` returns `Err(Error::PeerLost { rank: 0, .. })`, and `send` fails. The worker is
 //! expected to leave then. As a backstop for a worker busy elsewhere, each worker asks the
