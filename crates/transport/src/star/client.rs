@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::spin::{Spin, readable_now, wait_readable};
-use super::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
+use super::stream::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
 use crate::seal::Opener;
 use crate::{Error, Event, Peer, Rank, Wait};
 

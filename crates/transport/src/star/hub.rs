@@ -16,7 +16,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::spin::{Spin, readable_now, recv_channel};
-use super::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
+use super::stream::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
 use crate::seal::Opener;
 use crate::{Error, Event, Peer, Rank, Wait};
 
