@@ -7,19 +7,17 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::listener::Shared;
-use super::{
-    ConnectOptions, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR, SECRET_FILE_VAR, Secret, Side,
-    TcpTransport,
-};
+use super::options::{ConnectOptions, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR};
 use crate::seal::{self, Direction, Keys, Transcript};
-use crate::star::{self, Client, Sealing, Stream};
+use crate::secret::{SECRET_FILE_VAR, Secret};
+use crate::star::{self, Client, Hub, Sealing, Stream};
 use crate::{Error, Rank, frame};
 
 /// The magic of this protocol: `PVTCP`, 0, the version, 0.
@@ -62,13 +60,13 @@ pub(super) fn magic(plaintext: bool) -> [u8; 8] {
     if plaintext { PLAIN_MAGIC } else { MAGIC }
 }
 
-/// One try of [`TcpTransport::connect_with`].
+/// One try of [`TcpTransport::connect_with`](super::TcpTransport::connect_with).
 pub(super) fn connect_once(
     options: &ConnectOptions,
     host: &str,
     timeout: Duration,
     max_frame: u64,
-) -> Result<TcpTransport, Error> {
+) -> Result<Client, Error> {
     let addr = options.addr.as_str();
     let secret = &options.secret;
     let connect_err = |source| Error::Connect {
@@ -216,9 +214,7 @@ pub(super) fn connect_once(
     )
     .map_err(connect_err)?
     .with_spawner_addr(addr);
-    Ok(TcpTransport {
-        side: Side::Worker(client),
-    })
+    Ok(client)
 }
 
 /// Why the first 8 bytes of an answer are not this protocol's magic.
@@ -247,11 +243,26 @@ pub(super) fn truncate_host(host: &str) -> String {
     host[..end].to_string()
 }
 
+/// What the spawner's side of every handshake needs, shared by the handshake threads.
+pub(super) struct Admission {
+    /// The hub a worker joins once its handshake completes.
+    pub(super) hub: Arc<Hub>,
+    pub(super) secret: Secret,
+    /// The limit on a whole handshake.
+    pub(super) timeout: Duration,
+    /// This spawner's magic (protocol version and mode).
+    pub(super) magic: [u8; 8],
+    /// Frames unsealed (the benchmarks' plaintext mode only).
+    pub(super) plaintext: bool,
+    /// The rank the next worker gets.
+    pub(super) next_rank: AtomicU32,
+}
+
 /// The spawner's side of the handshake; returns the new rank, the worker's host and the
 /// sealing of the connection (`None` in the benchmarks' plaintext mode).
 pub(super) fn handshake(
     stream: &TcpStream,
-    shared: &Shared,
+    shared: &Admission,
     spoke: &AtomicBool,
 ) -> Result<(Rank, String, Option<Sealing>), String> {
     let start = Instant::now();

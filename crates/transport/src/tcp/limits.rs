@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR};
+use super::options::{DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR};
 use crate::{Error, frame};
 
 /// The smallest frame limit the variable accepts: the VM's own messages must fit.

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::handshake::{handshake, magic};
+use super::handshake::{Admission, handshake, magic};
 use super::limits::{handshake_timeout, max_frame};
-use super::{MAX_PENDING, MAX_PENDING_PER_SOURCE, Secret, Side, TcpOptions, TcpTransport};
+use super::options::{MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions};
 use crate::star::{self, Hub, Stream, lock};
 use crate::{Error, Event, Peer};
 
@@ -43,13 +43,9 @@ struct Pending {
 }
 
 /// What the accept thread and the handshake threads share.
-pub(super) struct Shared {
-    pub(super) hub: Arc<Hub>,
-    pub(super) secret: Secret,
-    pub(super) timeout: Duration,
-    pub(super) magic: [u8; 8],
-    pub(super) plaintext: bool,
-    pub(super) next_rank: AtomicU32,
+struct Shared {
+    /// What every handshake needs.
+    admission: Admission,
     next_id: AtomicU64,
     /// Connections still in their handshake, oldest first.
     pending: Mutex<VecDeque<Pending>>,
@@ -76,65 +72,57 @@ impl Drop for Listening {
     }
 }
 
-impl TcpTransport {
-    /// Listens for workers; they join at any time as [`Event::PeerJoined`], with ranks
-    /// 1, 2, ... in the order their handshakes complete.
-    ///
-    /// # Errors
-    /// [`Error::Listen`] when the address cannot be bound, [`Error::BadEnv`] when
-    /// `PARVM_MAX_FRAME` or `PARVM_HANDSHAKE_TIMEOUT` is set to something unusable (and
-    /// not overridden in `options`).
-    pub fn listen(options: TcpOptions) -> Result<TcpTransport, Error> {
-        let timeout = handshake_timeout(options.handshake_timeout)?;
-        let max_frame = max_frame(options.max_frame)?;
-        let listen_err = |source| Error::Listen {
-            addr: options.addr.to_string(),
-            source,
-        };
-        let listener = bind_listener(options.addr).map_err(listen_err)?;
-        let addr = listener.local_addr().map_err(listen_err)?;
-        let listener = Arc::new(listener);
-        let host = options.host.clone().unwrap_or_else(crate::this_host);
-        let hub = Hub::new("tcp", Peer { rank: 0, host }, max_frame);
-        let shared = Arc::new(Shared {
+/// Binds the listening socket and starts the accept thread; see [`TcpTransport::listen`](super::TcpTransport::listen).
+pub(super) fn listen(options: TcpOptions) -> Result<Listening, Error> {
+    let timeout = handshake_timeout(options.handshake_timeout)?;
+    let max_frame = max_frame(options.max_frame)?;
+    let listen_err = |source| Error::Listen {
+        addr: options.addr.to_string(),
+        source,
+    };
+    let listener = bind_listener(options.addr).map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
+    let listener = Arc::new(listener);
+    let host = options.host.clone().unwrap_or_else(crate::this_host);
+    let hub = Hub::new("tcp", Peer { rank: 0, host }, max_frame);
+    let shared = Arc::new(Shared {
+        admission: Admission {
             hub: hub.clone(),
             secret: options.secret,
             timeout,
             magic: magic(options.plaintext),
             plaintext: options.plaintext,
             next_rank: AtomicU32::new(1),
-            next_id: AtomicU64::new(0),
-            pending: Mutex::new(VecDeque::new()),
-            pushed_out: Mutex::new((0, None)),
-            dropped: Mutex::new((None, 0, 0)),
-        });
-        let acceptor = {
-            let listener = listener.clone();
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("parvm-tcp-accept".into())
-                .spawn(move || accept_loop(&listener, &shared))
-                .map_err(|source| Error::Io {
-                    backend: "tcp",
-                    what: "start its accept thread".into(),
-                    source,
-                })?
-        };
-        if options.plaintext {
-            tracing::warn!("tcp transport listening on {addr} WITHOUT protecting frames");
-        } else {
-            tracing::info!("tcp transport listening on {addr}");
-        }
-        Ok(TcpTransport {
-            side: Side::Spawner(Listening {
-                hub,
-                addr,
-                listener,
-                shared,
-                acceptor: Some(acceptor),
-            }),
-        })
+        },
+        next_id: AtomicU64::new(0),
+        pending: Mutex::new(VecDeque::new()),
+        pushed_out: Mutex::new((0, None)),
+        dropped: Mutex::new((None, 0, 0)),
+    });
+    let acceptor = {
+        let listener = listener.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("parvm-tcp-accept".into())
+            .spawn(move || accept_loop(&listener, &shared))
+            .map_err(|source| Error::Io {
+                backend: "tcp",
+                what: "start its accept thread".into(),
+                source,
+            })?
+    };
+    if options.plaintext {
+        tracing::warn!("tcp transport listening on {addr} WITHOUT protecting frames");
+    } else {
+        tracing::info!("tcp transport listening on {addr}");
     }
+    Ok(Listening {
+        hub,
+        addr,
+        listener,
+        shared,
+        acceptor: Some(acceptor),
+    })
 }
 
 /// How many connections the kernel queues before the accept thread takes them: more than
@@ -213,7 +201,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     loop {
         let (stream, addr) = match listener.accept() {
             Ok(conn) => conn,
-            Err(_) if shared.hub.is_closing() => return,
+            Err(_) if shared.admission.hub.is_closing() => return,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 // Out of descriptors and the like: report, wait a little, try again.
@@ -222,7 +210,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        if shared.hub.is_closing() {
+        if shared.admission.hub.is_closing() {
             return;
         }
         let control = match stream.try_clone() {
@@ -254,7 +242,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             .name(format!("parvm-tcp-{addr}"))
             .spawn(move || serve(stream, addr, id, &spoke, &worker_shared));
         match spawned {
-            Ok(handle) => shared.hub.keep_thread(handle),
+            Ok(handle) => shared.admission.hub.keep_thread(handle),
             Err(err) => {
                 shared.forget(id);
                 tracing::warn!("dropped connection from {addr}: cannot start a thread: {err}");
@@ -310,7 +298,7 @@ impl Shared {
             tracing::warn!(
                 "tcp transport: dropped {} connections that had not finished their handshake, to make room for new ones (at most {MAX_PENDING} pending, {MAX_PENDING_PER_SOURCE} per address); if these are not your workers, something floods {}",
                 pushed.0,
-                self.hub.me().host,
+                self.admission.hub.me().host,
             );
             *pushed = (0, Some(Instant::now()));
         }
@@ -319,7 +307,7 @@ impl Shared {
 
 /// Handshakes one connection, then reads its frames until it ends.
 fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, shared: &Shared) {
-    let outcome = handshake(&stream, shared, spoke);
+    let outcome = handshake(&stream, &shared.admission, spoke);
     let still_pending = shared.forget(id);
     let (rank, host, sealing) = match outcome {
         Ok(joined) => joined,
@@ -334,7 +322,7 @@ fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, share
             return;
         }
     };
-    if shared.hub.is_closing() {
+    if shared.admission.hub.is_closing() {
         return;
     }
     let peer = Peer { rank, host };
@@ -348,6 +336,7 @@ fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, share
         })
     };
     match shared
+        .admission
         .hub
         .add_sealed(peer.clone(), Stream::Tcp(stream), sealing, explain)
     {
@@ -356,7 +345,7 @@ fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, share
                 "worker rank {rank} on host `{}` joined from {addr}",
                 peer.host
             );
-            shared.hub.post(Event::PeerJoined(peer));
+            shared.admission.hub.post(Event::PeerJoined(peer));
             run();
         }
         Err(err) => tracing::warn!("dropped tcp connection from {addr}: {err}"),

@@ -42,208 +42,20 @@ mod connect;
 mod handshake;
 mod limits;
 mod listener;
+mod options;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
 
 pub use self::limits::parse_max_frame;
 use self::listener::Listening;
+pub use self::options::{
+    CONNECT_VAR, CONNECT_WAIT_VAR, ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT, FIRST_BYTES_TIMEOUT,
+    HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR, MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions,
+};
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::Client;
 use crate::{Error, Event, Peer, Rank, Transport, Wait};
-
-/// The variable telling a worker where the spawner listens (`host:port`).
-pub const CONNECT_VAR: &str = "PARVM_CONNECT";
-
-/// The variable telling a worker started with [`CONNECT_VAR`] how many seconds to keep
-/// trying to join (a spawner that starts later, a refused handshake); default 0: one try.
-pub const CONNECT_WAIT_VAR: &str = "PARVM_CONNECT_WAIT";
-
-/// The variable setting the largest payload accepted, in bytes (suffixes `K`, `M`, `G`
-/// for KiB, MiB, GiB), on the spawner and on workers; default 1 GiB.
-pub const MAX_FRAME_VAR: &str = "PARVM_MAX_FRAME";
-
-/// The variable setting the handshake timeout in seconds (fractions allowed), on the
-/// spawner and on workers; default 5.
-pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
-
-/// The default handshake timeout.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// At most this many connections are in their handshake at once.
-pub const MAX_PENDING: usize = 64;
-
-/// At most this many of them come from one address (IPv4) or one /64 (IPv6).
-pub const MAX_PENDING_PER_SOURCE: usize = 8;
-
-/// A connection must send its hello within this time (or the handshake timeout, when
-/// shorter): a worker sends it at once.
-pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How [`TcpTransport::listen`] listens.
-#[derive(Debug, Clone)]
-pub struct TcpOptions {
-    addr: SocketAddr,
-    secret: Secret,
-    handshake_timeout: Option<Duration>,
-    max_frame: Option<u64>,
-    host: Option<String>,
-    /// Set only by the benchmarks (feature `bench-plaintext`).
-    plaintext: bool,
-}
-
-impl TcpOptions {
-    /// Listens with `secret` on `127.0.0.1:0`.
-    #[must_use]
-    pub fn new(secret: Secret) -> Self {
-        TcpOptions {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            secret,
-            handshake_timeout: None,
-            max_frame: None,
-            host: None,
-            plaintext: false,
-        }
-    }
-
-    /// The address to listen on; port 0 picks a free port. Default: `127.0.0.1:0`.
-    #[must_use]
-    pub fn addr(mut self, addr: SocketAddr) -> Self {
-        self.addr = addr;
-        self
-    }
-
-    /// How long a connecting peer has to complete the handshake. Default:
-    /// `PARVM_HANDSHAKE_TIMEOUT` seconds when set, else 5 s.
-    #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = Some(timeout);
-        self
-    }
-
-    /// The largest payload accepted, in bytes. Default: `PARVM_MAX_FRAME` when set, else
-    /// 1 GiB.
-    #[must_use]
-    pub fn max_frame(mut self, bytes: u64) -> Self {
-        self.max_frame = Some(bytes);
-        self
-    }
-
-    /// The spawner's host name. Default: [`crate::this_host`].
-    #[must_use]
-    pub fn host(mut self, name: impl Into<String>) -> Self {
-        self.host = Some(name.into());
-        self
-    }
-
-    /// Benchmarks only: frames travel in plaintext, to measure what sealing costs. Only
-    /// workers in the same mode can join (another magic), never a normal worker.
-    #[cfg(feature = "bench-plaintext")]
-    #[doc(hidden)]
-    #[must_use]
-    pub fn insecure_plaintext(mut self) -> Self {
-        self.plaintext = true;
-        self
-    }
-}
-
-/// Called before each new try of [`TcpTransport::connect_with`] with the error of the last
-/// one and how long the retries may still go on.
-type OnRetry = Arc<dyn Fn(&Error, Duration) + Send + Sync>;
-
-/// How [`TcpTransport::connect_with`] joins a spawner.
-#[derive(Clone)]
-pub struct ConnectOptions {
-    addr: String,
-    secret: Secret,
-    host: Option<String>,
-    handshake_timeout: Option<Duration>,
-    max_frame: Option<u64>,
-    wait: Option<Duration>,
-    on_retry: Option<OnRetry>,
-    plaintext: bool,
-}
-
-impl fmt::Debug for ConnectOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectOptions")
-            .field("addr", &self.addr)
-            .field("host", &self.host)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("max_frame", &self.max_frame)
-            .field("wait", &self.wait)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnectOptions {
-    /// Joins the spawner at `addr` (`host:port`) with `secret`.
-    #[must_use]
-    pub fn new(addr: impl Into<String>, secret: Secret) -> Self {
-        ConnectOptions {
-            addr: addr.into(),
-            secret,
-            host: None,
-            handshake_timeout: None,
-            max_frame: None,
-            wait: None,
-            on_retry: None,
-            plaintext: false,
-        }
-    }
-
-    /// Calls `report` with the error of a failed try and the time left, before each new
-    /// try (for a progress line); by default failed tries are only logged.
-    #[must_use]
-    pub fn on_retry(mut self, report: impl Fn(&Error, Duration) + Send + Sync + 'static) -> Self {
-        self.on_retry = Some(Arc::new(report));
-        self
-    }
-
-    /// The host name this worker reports. Default: [`crate::this_host`].
-    #[must_use]
-    pub fn host(mut self, name: impl Into<String>) -> Self {
-        self.host = Some(name.into());
-        self
-    }
-
-    /// How long the spawner has to answer each step of the handshake. Default:
-    /// `PARVM_HANDSHAKE_TIMEOUT` seconds when set, else 5 s.
-    #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = Some(timeout);
-        self
-    }
-
-    /// The largest payload accepted from the spawner, in bytes. Default:
-    /// `PARVM_MAX_FRAME` when set, else 1 GiB.
-    #[must_use]
-    pub fn max_frame(mut self, bytes: u64) -> Self {
-        self.max_frame = Some(bytes);
-        self
-    }
-
-    /// Keeps trying this long when the spawner cannot be reached or a handshake fails or
-    /// is refused (a spawner that starts later, or that is flooded), with growing pauses
-    /// (0.1 s doubling up to 2 s) between tries. Default: `PARVM_CONNECT_WAIT` seconds
-    /// when set, else 0 (one try).
-    #[must_use]
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = Some(wait);
-        self
-    }
-
-    /// Benchmarks only: see [`TcpOptions::insecure_plaintext`].
-    #[cfg(feature = "bench-plaintext")]
-    #[doc(hidden)]
-    #[must_use]
-    pub fn insecure_plaintext(mut self) -> Self {
-        self.plaintext = true;
-        self
-    }
-}
 
 /// The TCP backend; see the [module docs](self).
 pub struct TcpTransport {
@@ -272,6 +84,19 @@ impl fmt::Debug for TcpTransport {
 }
 
 impl TcpTransport {
+    /// Listens for workers; they join at any time as [`Event::PeerJoined`], with ranks
+    /// 1, 2, ... in the order their handshakes complete.
+    ///
+    /// # Errors
+    /// [`Error::Listen`] when the address cannot be bound, [`Error::BadEnv`] when
+    /// `PARVM_MAX_FRAME` or `PARVM_HANDSHAKE_TIMEOUT` is set to something unusable (and
+    /// not overridden in `options`).
+    pub fn listen(options: TcpOptions) -> Result<TcpTransport, Error> {
+        Ok(TcpTransport {
+            side: Side::Spawner(listener::listen(options)?),
+        })
+    }
+
     /// The address the spawner listens on (with the port chosen when port 0 was asked);
     /// `None` on a worker.
     #[must_use]
@@ -280,6 +105,31 @@ impl TcpTransport {
             Side::Spawner(s) => Some(s.addr),
             Side::Worker(_) => None,
         }
+    }
+
+    /// Connects a worker to the spawner at `addr` and authenticates with `secret`,
+    /// reporting `hostname` as its host: [`TcpTransport::connect_with`] with the other
+    /// options at their defaults (one try).
+    ///
+    /// # Errors
+    /// As [`TcpTransport::connect_with`].
+    pub fn connect(addr: &str, secret: &Secret, hostname: &str) -> Result<TcpTransport, Error> {
+        Self::connect_with(ConnectOptions::new(addr, secret.clone()).host(hostname))
+    }
+
+    /// Connects a worker to a spawner and authenticates, trying again with growing pauses
+    /// until the [`ConnectOptions::wait`] deadline when the spawner cannot be reached or
+    /// the handshake fails.
+    ///
+    /// # Errors
+    /// [`Error::BadEnv`] for an unusable `PARVM_*` variable; else the last try's error:
+    /// [`Error::Connect`] when the spawner cannot be reached, [`Error::Handshake`] when
+    /// authentication fails (different secrets, another parvm version, not a parvm
+    /// spawner, or bytes changed on the way).
+    pub fn connect_with(options: ConnectOptions) -> Result<TcpTransport, Error> {
+        Ok(TcpTransport {
+            side: Side::Worker(connect::join(options)?),
+        })
     }
 }
 
