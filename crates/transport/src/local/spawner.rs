@@ -20,10 +20,11 @@ use crossbeam_channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use super::{
-    HOSTNAME_VAR, Hello, LocalOptions, LocalTransport, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR,
-    SPAWNER_HOST_VAR, SPAWNER_PID_VAR, Side, SimulatedHost, TOKEN_VAR,
+use super::options::{
+    HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR,
+    SPAWNER_PID_VAR, SimulatedHost, TOKEN_VAR,
 };
+use super::worker::Hello;
 use crate::star::{self, Hub, Stream, lock};
 use crate::{Error, Peer, Rank, frame};
 
@@ -70,6 +71,11 @@ impl Spawner {
     /// How many workers were started.
     pub(super) fn workers(&self) -> usize {
         self.procs.len()
+    }
+
+    /// The process ids of the workers, by rank.
+    pub(super) fn worker_pids(&self) -> Vec<(Rank, u32)> {
+        self.procs.iter().map(|p| (p.rank, p.pid)).collect()
     }
 
     /// Kills and reaps every worker still running, after `grace` for them to leave.
@@ -186,161 +192,142 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl LocalTransport {
-    /// Starts the workers and waits until all have connected.
-    ///
-    /// # Errors
-    /// No workers asked for, the socket folder cannot be made, a worker cannot be started,
-    /// exits early ([`Error::WorkerExited`]) or does not connect in time
-    /// ([`Error::WorkerTimeout`]). Every started worker is killed and reaped on error.
-    pub fn launch(options: LocalOptions) -> Result<LocalTransport, Error> {
-        let spawner_host = options
-            .spawner_host
-            .clone()
-            .unwrap_or_else(crate::this_host);
-        let hosts = options.hosts.clone().unwrap_or_else(|| {
-            vec![SimulatedHost {
-                name: spawner_host.clone(),
-                workers: options.workers,
-                env: Vec::new(),
-            }]
+/// Starts the workers and waits until all have connected; see
+/// [`LocalTransport::launch`](super::LocalTransport::launch).
+pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
+    let spawner_host = options
+        .spawner_host
+        .clone()
+        .unwrap_or_else(crate::this_host);
+    let hosts = options.hosts.clone().unwrap_or_else(|| {
+        vec![SimulatedHost {
+            name: spawner_host.clone(),
+            workers: options.workers,
+            env: Vec::new(),
+        }]
+    });
+    let plan: Vec<(Rank, &SimulatedHost)> = hosts
+        .iter()
+        .flat_map(|host| std::iter::repeat_n(host, host.workers))
+        .zip(1..)
+        .map(|(host, rank)| (rank, host))
+        .collect();
+    if plan.is_empty() {
+        return Err(Error::NoWorkers);
+    }
+    let setup = |what: &str, source: io::Error| Error::Io {
+        backend: "local",
+        what: what.to_string(),
+        source,
+    };
+    let (program, args) = match options.program.clone() {
+        Some(program) => program,
+        None => (
+            std::env::current_exe().map_err(|e| setup("find its own executable", e))?,
+            std::env::args_os().skip(1).collect(),
+        ),
+    };
+
+    // tempfile makes the folder with mode 0700, so only this user can reach the socket.
+    let dir = tempfile::Builder::new()
+        .prefix("parvm-local-")
+        .tempdir()
+        .map_err(|e| setup("create its private socket folder", e))?;
+    let socket = dir.path().join("s");
+    const MAX_SOCKET_PATH: usize = 107;
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::SocketPathTooLong {
+            path: socket,
+            max: MAX_SOCKET_PATH,
         });
-        let plan: Vec<(Rank, &SimulatedHost)> = hosts
-            .iter()
-            .flat_map(|host| std::iter::repeat_n(host, host.workers))
-            .zip(1..)
-            .map(|(host, rank)| (rank, host))
-            .collect();
-        if plan.is_empty() {
-            return Err(Error::NoWorkers);
-        }
-        let setup = |what: &str, source: io::Error| Error::Io {
-            backend: "local",
-            what: what.to_string(),
-            source,
-        };
-        let (program, args) = match options.program.clone() {
-            Some(program) => program,
-            None => (
-                std::env::current_exe().map_err(|e| setup("find its own executable", e))?,
-                std::env::args_os().skip(1).collect(),
-            ),
-        };
+    }
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| setup(&format!("bind socket `{}`", socket.display()), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| setup("make its socket non-blocking", e))?;
 
-        // tempfile makes the folder with mode 0700, so only this user can reach the socket.
-        let dir = tempfile::Builder::new()
-            .prefix("parvm-local-")
-            .tempdir()
-            .map_err(|e| setup("create its private socket folder", e))?;
-        let socket = dir.path().join("s");
-        const MAX_SOCKET_PATH: usize = 107;
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(Error::SocketPathTooLong {
-                path: socket,
-                max: MAX_SOCKET_PATH,
-            });
-        }
-        let listener = UnixListener::bind(&socket)
-            .map_err(|e| setup(&format!("bind socket `{}`", socket.display()), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| setup("make its socket non-blocking", e))?;
-
-        let token = random_token();
-        let my_pid = std::process::id().to_string();
-        let commands = plan
-            .iter()
-            .map(|&(rank, host)| {
-                let mut command = Command::new(&program);
-                command
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .env(SOCKET_VAR, &socket)
-                    .env(RANK_VAR, rank.to_string())
-                    .env(TOKEN_VAR, &token)
-                    .env(SPAWNER_PID_VAR, &my_pid)
-                    .env(SPAWNER_HOST_VAR, &spawner_host)
-                    .env(MAX_FRAME_VAR, options.max_frame.to_string())
-                    .env(HOSTNAME_VAR, &host.name)
-                    .envs(host.env.iter().map(|(k, v)| (k, v)));
-                (rank, command, program.clone())
-            })
-            .collect();
-        let Keeper {
-            children,
-            stop: keeper_stop,
-            thread: keeper,
-        } = spawn_keeper(commands)?;
-        let procs: Vec<Arc<WorkerProc>> = children
-            .into_iter()
-            .zip(&plan)
-            .map(|((rank, child), &(_, host))| {
-                Arc::new(WorkerProc {
-                    rank,
-                    host: host.name.clone(),
-                    pid: child.id(),
-                    child: Mutex::new(child),
-                })
-            })
-            .collect();
-        let hub = Hub::new(
-            "local",
-            Peer {
-                rank: 0,
-                host: spawner_host.clone(),
-            },
-            options.max_frame,
-        );
-        // From here on, dropping `spawner` kills and reaps the workers.
-        let mut spawner = Spawner {
-            hub: hub.clone(),
-            procs,
-            shutdown_grace: options.shutdown_grace,
-            keeper_stop: Some(keeper_stop),
-            keeper: Some(keeper),
-        };
-        let streams = match accept_all(&listener, &spawner.procs, &token, options.connect_timeout) {
-            Ok(streams) => streams,
-            Err(err) => {
-                // The launch failed: no point waiting for workers to leave by themselves.
-                spawner.shutdown_grace = Duration::ZERO;
-                return Err(err);
-            }
-        };
-        drop(listener);
-        drop(dir);
-
-        for (proc, stream) in spawner.procs.iter().zip(streams) {
-            let peer = Peer {
-                rank: proc.rank,
-                host: proc.host.clone(),
-            };
-            let watched = proc.clone();
-            let explain: star::Explain = Box::new(move |reason| explain_loss(&watched, reason));
-            let run = hub
-                .add(peer, Stream::Unix(stream), explain)
-                .map_err(|e| setup("clone a worker connection", e))?;
-            let thread = std::thread::Builder::new()
-                .name(format!("parvm-local-rank{}", proc.rank))
-                .spawn(run)
-                .map_err(|e| setup("start a reader thread", e))?;
-            hub.keep_thread(thread);
-        }
-        Ok(LocalTransport {
-            side: Side::Spawner(spawner),
+    let token = random_token();
+    let my_pid = std::process::id().to_string();
+    let commands = plan
+        .iter()
+        .map(|&(rank, host)| {
+            let mut command = Command::new(&program);
+            command
+                .args(&args)
+                .stdin(Stdio::null())
+                .env(SOCKET_VAR, &socket)
+                .env(RANK_VAR, rank.to_string())
+                .env(TOKEN_VAR, &token)
+                .env(SPAWNER_PID_VAR, &my_pid)
+                .env(SPAWNER_HOST_VAR, &spawner_host)
+                .env(MAX_FRAME_VAR, options.max_frame.to_string())
+                .env(HOSTNAME_VAR, &host.name)
+                .envs(host.env.iter().map(|(k, v)| (k, v)));
+            (rank, command, program.clone())
         })
-    }
-}
-
-impl LocalTransport {
-    /// The process ids of the workers, by rank (the spawner only; empty on a worker).
-    #[must_use]
-    pub fn worker_pids(&self) -> Vec<(Rank, u32)> {
-        match &self.side {
-            Side::Spawner(s) => s.procs.iter().map(|p| (p.rank, p.pid)).collect(),
-            Side::Worker(_) => Vec::new(),
+        .collect();
+    let Keeper {
+        children,
+        stop: keeper_stop,
+        thread: keeper,
+    } = spawn_keeper(commands)?;
+    let procs: Vec<Arc<WorkerProc>> = children
+        .into_iter()
+        .zip(&plan)
+        .map(|((rank, child), &(_, host))| {
+            Arc::new(WorkerProc {
+                rank,
+                host: host.name.clone(),
+                pid: child.id(),
+                child: Mutex::new(child),
+            })
+        })
+        .collect();
+    let hub = Hub::new(
+        "local",
+        Peer {
+            rank: 0,
+            host: spawner_host.clone(),
+        },
+        options.max_frame,
+    );
+    // From here on, dropping `spawner` kills and reaps the workers.
+    let mut spawner = Spawner {
+        hub: hub.clone(),
+        procs,
+        shutdown_grace: options.shutdown_grace,
+        keeper_stop: Some(keeper_stop),
+        keeper: Some(keeper),
+    };
+    let streams = match accept_all(&listener, &spawner.procs, &token, options.connect_timeout) {
+        Ok(streams) => streams,
+        Err(err) => {
+            // The launch failed: no point waiting for workers to leave by themselves.
+            spawner.shutdown_grace = Duration::ZERO;
+            return Err(err);
         }
+    };
+    drop(listener);
+    drop(dir);
+
+    for (proc, stream) in spawner.procs.iter().zip(streams) {
+        let peer = Peer {
+            rank: proc.rank,
+            host: proc.host.clone(),
+        };
+        let watched = proc.clone();
+        let explain: star::Explain = Box::new(move |reason| explain_loss(&watched, reason));
+        let run = hub
+            .add(peer, Stream::Unix(stream), explain)
+            .map_err(|e| setup("clone a worker connection", e))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("parvm-local-rank{}", proc.rank))
+            .spawn(run)
+            .map_err(|e| setup("start a reader thread", e))?;
+        hub.keep_thread(thread);
     }
+    Ok(spawner)
 }
 
 /// Adds what became of the process to the reason its connection ended.
@@ -505,11 +492,11 @@ mod tests {
     #[test]
     fn no_workers_is_an_error() {
         assert!(matches!(
-            LocalTransport::launch(LocalOptions::new(0)),
+            launch(LocalOptions::new(0)),
             Err(Error::NoWorkers)
         ));
         assert!(matches!(
-            LocalTransport::launch(LocalOptions::hosts(Vec::new())),
+            launch(LocalOptions::hosts(Vec::new())),
             Err(Error::NoWorkers)
         ));
     }

@@ -1,8 +1,23 @@
 //! The local backend's worker side: joining the spawner from the variables it set
-//! ([`worker_from_env`]), with the hello that proves this process is one it started.
+//! ([`worker_from_env`](super::worker_from_env)), with the hello that proves this process
+//! is one it started.
 //!
 //! Owns reading and checking those variables. Must not know how the spawner starts or
 //! watches its workers (`spawner`).
+
+use std::fmt;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::options::{
+    MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR, TOKEN_VAR,
+};
+use crate::star::{Client, Stream};
+use crate::{Error, Rank, frame};
 
 fn env_var(var: &'static str) -> Result<String, Error> {
     match std::env::var_os(var) {
@@ -33,29 +48,17 @@ where
     })
 }
 
-use std::fmt;
-use std::io;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+/// The first frame a worker sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Hello {
+    pub(super) token: String,
+    pub(super) rank: Rank,
+    pub(super) host: String,
+    pub(super) pid: u32,
+}
 
-use nix::sys::signal::Signal;
-
-use super::{
-    Hello, LocalTransport, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
-    Side, TOKEN_VAR,
-};
-use crate::star::{Client, Stream};
-use crate::{Error, Rank, frame};
-
-/// Joins the spawner when this process was started as a local worker.
-///
-/// Returns `Ok(None)` when `PARVM_LOCAL_SOCKET` is not set (this process is not a local
-/// worker).
-///
-/// # Errors
-/// A worker variable is missing or malformed, the parent is not the spawner
-/// ([`Error::NotSpawnerChild`]), or the spawner cannot be reached ([`Error::Join`]).
-pub fn worker_from_env() -> Result<Option<LocalTransport>, Error> {
+/// Joins the spawner from the variables it set; see [`worker_from_env`](super::worker_from_env).
+pub(super) fn join_from_env() -> Result<Option<Client>, Error> {
     let Some(socket) = std::env::var_os(SOCKET_VAR) else {
         return Ok(None);
     };
@@ -110,7 +113,5 @@ pub fn worker_from_env() -> Result<Option<LocalTransport>, Error> {
         Stream::Unix(stream),
     )
     .map_err(join_err)?;
-    Ok(Some(LocalTransport {
-        side: Side::Worker(client),
-    }))
+    Ok(Some(client))
 }
