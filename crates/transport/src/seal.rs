@@ -670,7 +670,7 @@ mod tests {
     #[test]
     fn sealed_frames_of_every_size_read_back_in_order() {
         let keys = Keys::derive(
-            &crate::tcp::Secret::new(b"k".to_vec()),
+            &Secret::new(b"k".to_vec()),
             &[1; 32],
             &[2; 32],
             &Transcript::default(),

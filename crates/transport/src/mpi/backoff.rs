@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::MAX_SLEEP;
+/// The longest sleep between two probes of an idle `recv`: the worst added latency of a
+/// message that arrives while the receiver sleeps (plus the timer slack).
+pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// How many probes the spin makes between two readings of the clock.
 const SPINS_PER_CLOCK_READ: u32 = 16;

@@ -108,6 +108,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 
 use self::backoff::Backoff;
+pub use self::backoff::MAX_SLEEP;
 use self::receive::Receiver;
 use crate::local::HOSTNAME_VAR;
 use crate::{Error, Event, Peer, Rank, Transport, Wait};
@@ -115,10 +116,6 @@ use crate::{Error, Event, Peer, Rank, Transport, Wait};
 /// How long `recv` (and a send that waits for its receiver) probes in a tight loop before
 /// it starts to sleep between probes.
 pub const SPIN: Duration = Duration::from_micros(50);
-
-/// The longest sleep between two probes of an idle `recv`: the worst added latency of a
-/// message that arrives while the receiver sleeps (plus the timer slack).
-pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// Payloads up to this size are sent with a plain `MPI_Send`: every MPI library sends
 /// them eagerly (Open MPI's shared-memory limit is 4 KiB, its TCP one 64 KiB, MPICH's
