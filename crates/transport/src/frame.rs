@@ -13,7 +13,9 @@
 //! is checked against a limit before anything is allocated, so a peer that announces 4 GiB
 //! costs nothing but the 12 bytes of its header.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 
 use crate::Error;
 
@@ -74,8 +76,30 @@ pub fn decode_header(header: &[u8; HEADER_LEN], max_frame: u64) -> Result<usize,
 /// The I/O error of the underlying writer.
 pub fn write_frame<W: Write + ?Sized>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
     let header = encode_header(payload.len() as u64);
-    let mut slices = [IoSlice::new(&header), IoSlice::new(payload)];
-    let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+    write_all_vectored(writer, &mut [IoSlice::new(&header), IoSlice::new(payload)])
+}
+
+/// Writes one frame whose payload is the concatenation of `parts`: the header and every
+/// part in vectored writes, without copying the parts.
+pub(crate) fn write_frame_parts<W: Write + ?Sized>(
+    writer: &mut W,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let header = encode_header(len as u64);
+    let mut slices: Vec<IoSlice<'_>> = std::iter::once(&header[..])
+        .chain(parts.iter().copied())
+        .map(IoSlice::new)
+        .collect();
+    write_all_vectored(writer, &mut slices)
+}
+
+/// Writes every byte of `slices`, retrying partial and interrupted writes.
+fn write_all_vectored<W: Write + ?Sized>(
+    writer: &mut W,
+    slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut bufs: &mut [IoSlice<'_>] = slices;
     // Skip empty slices so a zero-length payload does not look like a stalled write.
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
@@ -104,6 +128,32 @@ pub fn read_frame<R: Read + ?Sized>(
     reader: &mut R,
     max_frame: u64,
 ) -> Result<Option<Vec<u8>>, Error> {
+    let Some(len) = read_header(reader, max_frame)? else {
+        return Ok(None);
+    };
+    // Zeroed allocations of large sizes come straight from the kernel, already zero, so
+    // this costs no memset; the pages are touched only as the payload arrives.
+    let mut payload = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match reader.read(&mut payload[got..]) {
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: len as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(Some(payload))
+}
+
+/// Reads a frame header and returns the payload length it announces; `Ok(None)` at a clean
+/// end of stream (before the first byte of the header).
+fn read_header<R: Read + ?Sized>(reader: &mut R, max_frame: u64) -> Result<Option<usize>, Error> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -120,21 +170,57 @@ pub fn read_frame<R: Read + ?Sized>(
             Err(source) => return Err(Error::FrameIo { source }),
         }
     }
-    let len = decode_header(&header, max_frame)?;
-    // Zeroed allocations of large sizes come straight from the kernel, already zero, so
-    // this costs no memset; the pages are touched only as the payload arrives.
-    let mut payload = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match reader.read(&mut payload[got..]) {
-            Ok(0) => {
+    decode_header(&header, max_frame).map(Some)
+}
+
+/// A socket a payload can be read from straight into a vector's spare capacity: std's
+/// sockets read into memory that is not zeroed first, where a generic reader (or a
+/// wrapper that only forwards `read`) zeroes each chunk before the kernel fills it.
+pub(crate) trait ReadRest: Read {
+    /// Appends up to `n` bytes to `into`, until `n` bytes or the end of the stream, as
+    /// `Read::take(self, n).read_to_end(into)` on the socket itself.
+    fn read_rest(&mut self, n: u64, into: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+impl ReadRest for UnixStream {
+    fn read_rest(&mut self, n: u64, into: &mut Vec<u8>) -> io::Result<usize> {
+        Read::take(&*self, n).read_to_end(into)
+    }
+}
+
+impl ReadRest for TcpStream {
+    fn read_rest(&mut self, n: u64, into: &mut Vec<u8>) -> io::Result<usize> {
+        Read::take(&*self, n).read_to_end(into)
+    }
+}
+
+/// Reads one frame like [`read_frame`], from a connection's buffered reader: copies only
+/// what is already buffered and reads the rest of the payload straight from the socket
+/// into memory that is not zeroed first, so a 10 MiB payload costs the kernel's copy and
+/// nothing more.
+pub(crate) fn read_frame_buffered<S: ReadRest>(
+    reader: &mut BufReader<S>,
+    max_frame: u64,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(len) = read_header(reader, max_frame)? else {
+        return Ok(None);
+    };
+    let mut payload = Vec::with_capacity(len);
+    let buffered = reader.buffer();
+    let take = buffered.len().min(len);
+    payload.extend_from_slice(&buffered[..take]);
+    reader.consume(take);
+    let rest = (len - payload.len()) as u64;
+    if rest > 0 {
+        // The buffer is empty now, so reading past it keeps the stream in order.
+        match reader.get_mut().read_rest(rest, &mut payload) {
+            Ok(_) if payload.len() == len => {}
+            Ok(_) => {
                 return Err(Error::FrameTruncated {
                     expected: len as u64,
-                    got: got as u64,
+                    got: payload.len() as u64,
                 });
             }
-            Ok(n) => got += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(source) => return Err(Error::FrameIo { source }),
         }
     }
@@ -269,5 +355,87 @@ mod tests {
             }
             prop_assert_eq!(read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap(), None);
         }
+    }
+
+    /// The size of a connection's read buffer in the star.
+    const BUFFER: usize = 16 * 1024;
+
+    /// A connected pair: the near end to write, the far end buffered as a connection's
+    /// reader is.
+    fn pair() -> (UnixStream, BufReader<UnixStream>) {
+        let (near, far) = UnixStream::pair().unwrap();
+        (near, BufReader::with_capacity(BUFFER, far))
+    }
+
+    #[test]
+    fn parts_read_back_as_one_frame() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            vec![],
+            vec![vec![], vec![]],
+            vec![b"head".to_vec(), big],
+            vec![b"a".to_vec(), vec![], b"bc".to_vec()],
+        ];
+        let expected: Vec<Vec<u8>> = cases.iter().map(|parts| parts.concat()).collect();
+        let (mut near, mut far) = pair();
+        let writer = std::thread::spawn(move || {
+            for parts in &cases {
+                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                write_frame_parts(&mut near, &parts).unwrap();
+            }
+        });
+        for want in expected {
+            let got = read_frame(&mut far, u64::MAX).unwrap().unwrap();
+            assert_eq!(got, want);
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn frames_of_every_size_read_back_in_order() {
+        let (mut near, mut reader) = pair();
+        let sizes = [0usize, 1, 12, BUFFER - 20, BUFFER, 3 * BUFFER + 7, 1 << 20];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        let sent = payloads.clone();
+        let writer = std::thread::spawn(move || {
+            for payload in &sent {
+                write_frame(&mut near, payload).unwrap();
+            }
+        });
+        for payload in &payloads {
+            let got = read_frame_buffered(&mut reader, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
+            assert!(got.as_ref() == Some(payload));
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            read_frame_buffered(&mut reader, DEFAULT_MAX_FRAME).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let (mut near, mut reader) = pair();
+        let mut truncated = encode_header(100).to_vec();
+        truncated.extend_from_slice(&[1; 40]);
+        near.write_all(&truncated).unwrap();
+        drop(near);
+        assert!(matches!(
+            read_frame_buffered(&mut reader, DEFAULT_MAX_FRAME),
+            Err(Error::FrameTruncated {
+                expected: 100,
+                got: 40
+            })
+        ));
+        let (mut near, mut reader) = pair();
+        near.write_all(&encode_header(1 << 40)).unwrap();
+        assert!(matches!(
+            read_frame_buffered(&mut reader, 1 << 20),
+            Err(Error::FrameTooLarge { .. })
+        ));
     }
 }

@@ -46,6 +46,7 @@
 pub mod bench_support;
 mod error;
 pub mod frame;
+pub mod launcher;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -157,6 +158,29 @@ pub trait Transport: Send + Sync {
     fn size(&self) -> usize {
         self.peers().len()
     }
+
+    /// Whether workers can join after the start, so a spawner with none left may still
+    /// wait for one: true for TCP (workers connect at any time). False by default, and for
+    /// local workers (all start with the transport) and MPI ranks (all start with
+    /// `mpirun`); a backend that says false wrongly makes a spawner report "no workers
+    /// left" too early, one that says true wrongly makes it wait for good.
+    fn workers_can_join(&self) -> bool {
+        false
+    }
+
+    /// Whether the workers are child processes of the spawner: true for the local backend
+    /// only, where a worker whose parent process changed has lost its spawner even before
+    /// its connection says so. False by default.
+    fn workers_are_children(&self) -> bool {
+        false
+    }
+
+    /// Whether a peer whose process dies is reported as an [`Event::PeerLost`], so a worker
+    /// learns that its spawner is gone: true for the local and TCP backends (the connection
+    /// ends). False by default and for MPI, where the launcher ends the whole job instead.
+    fn reports_dead_peers(&self) -> bool {
+        false
+    }
 }
 
 /// The name of the host this process runs on: `PARVM_HOSTNAME` when set and not empty,
@@ -171,6 +195,17 @@ pub fn this_host() -> String {
         .map(|name| name.to_string_lossy().into_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Whether a transport started this process as a worker, judged from its environment
+/// without joining (so a program can set up logging first): the local backend's
+/// `PARVM_LOCAL_SOCKET`, TCP's `PARVM_CONNECT` (not empty), or an MPI launcher's rank other
+/// than 0 (see [`launcher::launch_rank`]). Needs no `mpi` feature.
+#[must_use]
+pub fn started_as_worker() -> bool {
+    std::env::var_os(local::SOCKET_VAR).is_some()
+        || std::env::var_os(tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
+        || launcher::launch_rank().is_some_and(|rank| rank != 0)
 }
 
 /// Joins the virtual machine when this process was started as a worker, by any backend.
@@ -204,4 +239,38 @@ mod tests {
     use super::*;
 
     fn _object_safe(_: &dyn Transport) {}
+
+    /// A backend with only the required core, as MPI and the VM's own backends are.
+    struct Core;
+
+    impl Transport for Core {
+        fn rank(&self) -> Rank {
+            0
+        }
+        fn peers(&self) -> Vec<Peer> {
+            vec![Peer {
+                rank: 0,
+                host: "h".into(),
+            }]
+        }
+        fn send(&self, _: Rank, _: &[u8]) -> Result<(), Error> {
+            Ok(())
+        }
+        fn recv(&self, _: Wait) -> Result<Option<Event>, Error> {
+            Ok(None)
+        }
+        fn backend(&self) -> &'static str {
+            "core"
+        }
+    }
+
+    #[test]
+    fn capabilities_default_to_a_fixed_set_of_peers() {
+        // False by default: a spawner with no worker left then says so instead of
+        // waiting for one that cannot come.
+        assert!(!Core.workers_can_join());
+        assert!(!Core.workers_are_children());
+        assert!(!Core.reports_dead_peers());
+        assert_eq!((Core.host(), Core.size()), ("h".to_owned(), 1));
+    }
 }

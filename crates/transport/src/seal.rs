@@ -19,7 +19,7 @@
 //! one derived from it (both sides do so in step, with no message), which keeps each key
 //! far below AES-GCM's usage limits.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -323,9 +323,202 @@ impl Opener {
     }
 }
 
+/// Reads exactly `buf.len()` bytes: what is buffered first, then from the stream.
+/// `Ok(false)` when the stream ends before the first byte and `eof_ok`.
+fn read_exact_buffered<S: Read>(
+    reader: &mut BufReader<S>,
+    buf: &mut [u8],
+    eof_ok: bool,
+) -> Result<bool, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && eof_ok => return Ok(false),
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: buf.len() as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads the next sealed record's length prefix and checks it (see [`Opener::check_len`]);
+/// `Ok(None)` at a clean end of stream before a frame.
+fn read_record_header<S: Read>(
+    reader: &mut BufReader<S>,
+    open: &Opener,
+    left: Option<usize>,
+) -> Result<Option<([u8; RECORD_HEADER], usize)>, Error> {
+    let mut header = [0u8; RECORD_HEADER];
+    if !read_exact_buffered(reader, &mut header, left.is_none())? {
+        return Ok(None);
+    }
+    let n = open.check_len(header, left)?;
+    Ok(Some((header, n)))
+}
+
+/// Reads one frame sent as sealed records (see this module). The first record is
+/// opened before the payload is allocated, so the frame's length is checked against
+/// `max_frame` only once it is authentic.
+pub(crate) fn read_sealed_frame<S: Read>(
+    reader: &mut BufReader<S>,
+    max_frame: u64,
+    open: &mut Opener,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some((header, n)) = read_record_header(reader, open, None)? else {
+        return Ok(None);
+    };
+    // Records are read into a buffer kept with the opener (it grows to the largest record
+    // seen, at most 64 KiB), opened there while it is in the cache, and only then copied
+    // into the payload, which so needs no zeroing.
+    let mut staging = std::mem::take(&mut open.staging);
+    let read = read_records(reader, max_frame, open, &mut staging, header, n);
+    open.staging = staging;
+    read.map(Some)
+}
+
+/// The body of [`read_sealed_frame`] after the first record's length prefix.
+fn read_records<S: Read>(
+    reader: &mut BufReader<S>,
+    max_frame: u64,
+    open: &mut Opener,
+    staging: &mut Vec<u8>,
+    header: [u8; RECORD_HEADER],
+    n: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut tag = [0u8; TAG];
+    if staging.len() < n {
+        staging.resize(n, 0);
+    }
+    read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
+    open.open(header, &mut staging[..n], &tag)?;
+    let mut frame_header = [0u8; frame::HEADER_LEN];
+    frame_header.copy_from_slice(&staging[..frame::HEADER_LEN]);
+    let len = frame::decode_header(&frame_header, max_frame)?;
+    if n - frame::HEADER_LEN > len {
+        return Err(Error::RecordLength {
+            record: 0,
+            len: n as u64,
+            max: (frame::HEADER_LEN + len) as u64,
+        });
+    }
+    let mut payload = Vec::with_capacity(len);
+    payload.extend_from_slice(&staging[frame::HEADER_LEN..n]);
+    // Each later record comes with its tag and, when more records follow, the next one's
+    // length prefix: about one read per record.
+    let mut next = None;
+    while payload.len() < len {
+        let header = match next.take() {
+            Some(header) => header,
+            None => {
+                let mut header = [0u8; RECORD_HEADER];
+                read_exact_vectored(reader, &mut [&mut header])?;
+                header
+            }
+        };
+        let n = open.check_len(header, Some(len - payload.len()))?;
+        if staging.len() < n {
+            staging.resize(n, 0);
+        }
+        let mut after = [0u8; RECORD_HEADER];
+        if payload.len() + n < len {
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag, &mut after])?;
+            next = Some(after);
+        } else {
+            read_exact_vectored(reader, &mut [&mut staging[..n], &mut tag])?;
+        }
+        open.open(header, &mut staging[..n], &tag)?;
+        payload.extend_from_slice(&staging[..n]);
+    }
+    Ok(payload)
+}
+
+/// Fills `bufs` in order: from what is buffered, then with vectored reads straight from the
+/// stream (the buffer stays empty, so the stream stays in order).
+fn read_exact_vectored<S: Read>(
+    reader: &mut BufReader<S>,
+    bufs: &mut [&mut [u8]],
+) -> Result<(), Error> {
+    let expected: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut got = 0;
+    // (buffer index, offset in it) of the next byte to fill.
+    let (mut i, mut at) = (0, 0);
+    let advance = |bufs: &mut [&mut [u8]], i: &mut usize, at: &mut usize, mut n: usize| {
+        while n > 0 && *i < bufs.len() {
+            let take = (bufs[*i].len() - *at).min(n);
+            *at += take;
+            n -= take;
+            if *at == bufs[*i].len() {
+                *i += 1;
+                *at = 0;
+            }
+        }
+    };
+    let buffered = reader.buffer();
+    let mut used = 0;
+    while i < bufs.len() && used < buffered.len() {
+        let take = (bufs[i].len() - at).min(buffered.len() - used);
+        bufs[i][at..at + take].copy_from_slice(&buffered[used..used + take]);
+        used += take;
+        got += take;
+        advance(bufs, &mut i, &mut at, take);
+    }
+    reader.consume(used);
+    while i < bufs.len() {
+        if bufs[i].len() == at {
+            i += 1;
+            at = 0;
+            continue;
+        }
+        let (head, tail) = bufs.split_at_mut(i + 1);
+        let mut rest = tail.iter_mut();
+        let mut slices = [
+            io::IoSliceMut::new(&mut head[i][at..]),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+            io::IoSliceMut::new(rest.next().map_or(&mut [][..], |b| &mut b[..])),
+        ];
+        let read = reader.get_mut().read_vectored(&mut slices);
+        match read {
+            Ok(0) => {
+                return Err(Error::FrameTruncated {
+                    expected: expected as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => {
+                got += n;
+                advance(bufs, &mut i, &mut at, n);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::FrameIo { source }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one sealed frame from `stream` without reading past it (what follows belongs to
+/// whoever reads the stream next); returns the stream back with the outcome.
+pub(crate) fn read_sealed_unbuffered<S: Read>(
+    stream: S,
+    max_frame: u64,
+    open: &mut Opener,
+) -> (S, Result<Option<Vec<u8>>, Error>) {
+    // With no buffer, every read goes straight to the stream for exactly what is asked.
+    let mut reader = BufReader::with_capacity(0, stream);
+    let read = read_sealed_frame(&mut reader, max_frame, open);
+    (reader.into_inner(), read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     fn keys(secret: &[u8], transcript: &[u8]) -> Keys {
         let mut t = Transcript::default();
@@ -463,5 +656,68 @@ mod tests {
         assert!(opener.check_len(len(5), Some(5)).is_ok());
         assert!(opener.check_len(len(RECORD_MAX as u32 + 1), None).is_err());
         assert!(opener.check_len(len(u32::MAX), Some(usize::MAX)).is_err());
+    }
+
+    /// A connected pair: the near end to write, the far end buffered as a connection's
+    /// reader is.
+    const READ_BUFFER_OF_TEST: usize = 16 * 1024;
+
+    fn pair() -> (UnixStream, BufReader<UnixStream>) {
+        let (near, far) = UnixStream::pair().unwrap();
+        (near, BufReader::with_capacity(READ_BUFFER_OF_TEST, far))
+    }
+
+    #[test]
+    fn sealed_frames_of_every_size_read_back_in_order() {
+        let keys = Keys::derive(
+            &Secret::new(b"k".to_vec()),
+            &[1; 32],
+            &[2; 32],
+            &Transcript::default(),
+        );
+        let sizes = [
+            0usize,
+            1,
+            RECORD_MAX - 12,
+            RECORD_MAX - 11,
+            RECORD_MAX,
+            3 * RECORD_MAX + 7,
+            READ_BUFFER_OF_TEST + 3,
+            1 << 20,
+        ];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        let sent = payloads.clone();
+        let mut seal = keys.sealer(Direction::ToWorker);
+        let (mut near, mut reader) = pair();
+        let writer = std::thread::spawn(move || {
+            for payload in &sent {
+                // In two parts, so records straddle them.
+                let (a, b) = payload.split_at(payload.len() / 3);
+                seal.write_frame(&mut near, &[a, b]).unwrap();
+            }
+        });
+        let mut open = keys.opener(Direction::ToWorker);
+        for payload in &payloads {
+            let got = read_sealed_frame(&mut reader, frame::DEFAULT_MAX_FRAME, &mut open).unwrap();
+            assert_eq!(got.as_ref().map(Vec::len), Some(payload.len()));
+            assert!(got.as_ref() == Some(payload));
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            read_sealed_frame(&mut reader, frame::DEFAULT_MAX_FRAME, &mut open).unwrap(),
+            None
+        );
+        // The limit applies to the authentic length.
+        let mut seal = keys.sealer(Direction::ToSpawner);
+        let mut open = keys.opener(Direction::ToSpawner);
+        let (mut near, mut reader) = pair();
+        seal.write_frame(&mut near, &[&[9; 5000]]).unwrap();
+        assert!(matches!(
+            read_sealed_frame(&mut reader, 4999, &mut open),
+            Err(Error::FrameTooLarge { len: 5000, .. })
+        ));
     }
 }

@@ -107,15 +107,15 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 
+use self::backoff::Backoff;
+pub use self::backoff::MAX_SLEEP;
+use self::receive::Receiver;
+use crate::local::HOSTNAME_VAR;
 use crate::{Error, Event, Peer, Rank, Transport, Wait};
 
 /// How long `recv` (and a send that waits for its receiver) probes in a tight loop before
 /// it starts to sleep between probes.
 pub const SPIN: Duration = Duration::from_micros(50);
-
-/// The longest sleep between two probes of an idle `recv`: the worst added latency of a
-/// message that arrives while the receiver sleeps (plus the timer slack).
-pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// Payloads up to this size are sent with a plain `MPI_Send`: every MPI library sends
 /// them eagerly (Open MPI's shared-memory limit is 4 KiB, its TCP one 64 KiB, MPICH's
@@ -128,42 +128,12 @@ const EAGER: usize = 1024;
 /// message needs a rendezvous anyway, so the head costs little next to it.
 pub const INLINE: usize = 8 * 1024;
 
-/// How many probes the spin makes between two readings of the clock.
-const SPINS_PER_CLOCK_READ: u32 = 16;
-
-/// The first sleep after the spin; each later sleep doubles, up to [`MAX_SLEEP`].
-const FIRST_SLEEP: Duration = Duration::from_micros(20);
-
-/// The environment variable that overrides the host name a rank reports.
-const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
-
 /// The environment variable that names the backend.
 const TRANSPORT_VAR: &str = "PARVM_TRANSPORT";
 
-/// The variables a launcher sets in the processes it starts: Open MPI's `mpirun`
-/// (`OMPI_COMM_WORLD_SIZE`), MPICH's Hydra and other PMI launchers (`PMI_SIZE`,
-/// `PMI_RANK`), and PMIx launchers such as Open MPI 5 or `srun --mpi=pmix` (`PMIX_RANK`).
-pub const LAUNCHER_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK"];
-
-/// Whether this process was started by `mpirun`/`mpiexec` (Open MPI, MPICH or another
-/// PMI/PMIx launcher), judged from the environment without initialising MPI.
-pub fn launched_by_mpirun() -> bool {
-    LAUNCHER_VARS
-        .iter()
-        .any(|var| std::env::var_os(var).is_some())
-}
-
-/// The variables that hold this process's rank, set by the same launchers, in the order
-/// they are read.
-const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
-
-/// The rank the launcher gave this process, read from the environment without
-/// initialising MPI; `None` when no launcher set one (or it is not a number).
-pub fn launch_rank() -> Option<Rank> {
-    RANK_VARS
-        .iter()
-        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
-}
+// Launcher detection needs no MPI library and lives in `launcher`; re-exported here, where
+// it was first, so existing paths keep working.
+pub use crate::launcher::{LAUNCHER_VARS, launch_rank, launched_by_mpirun};
 
 /// Whether the environment selects the MPI backend: `PARVM_TRANSPORT=mpi`, or
 /// `PARVM_TRANSPORT` unset (or empty) and the process started by `mpirun`.
@@ -207,27 +177,6 @@ pub struct MpiTransport {
     peers: Vec<Peer>,
     leave_on_drop: bool,
     _universe: Universe,
-}
-
-/// The receiving side; one thread at a time takes messages out of MPI, under its lock,
-/// which keeps every sender's messages in order.
-struct Receiver {
-    /// Events a sending thread took out of MPI while it waited for its receiver.
-    inbox: VecDeque<Event>,
-    posted: raw::PostedRecv,
-    /// Split messages whose tail has not been matched yet, at most one per sender.
-    splits: Vec<Split>,
-    /// Messages that were held behind a split of their sender, to be handled again now
-    /// that it completed.
-    replay: VecDeque<raw::Arrival>,
-}
-
-/// The head of a split message, waiting for its tail.
-struct Split {
-    from: Rank,
-    head: Vec<u8>,
-    /// Later messages of the same sender, which must not overtake the split one.
-    held: VecDeque<raw::Arrival>,
 }
 
 impl std::fmt::Debug for MpiTransport {
@@ -405,116 +354,6 @@ impl MpiTransport {
         }
     }
 
-    /// Takes one message from MPI, if one is there. The caller holds the receiver's lock
-    /// (the argument proves it).
-    fn take_one(&self, rx: &mut Receiver) -> Result<Option<Event>, Error> {
-        loop {
-            if let Some(event) = self.take_tail(rx) {
-                return Ok(Some(event));
-            }
-            let arrival = match rx.replay.pop_front() {
-                Some(arrival) => arrival,
-                None => match self.poll(rx)? {
-                    Ok(arrival) => arrival,
-                    Err(None) => return Ok(None),
-                    Err(Some(lost)) => return Ok(Some(lost)),
-                },
-            };
-            if let Some(event) = self.handle(rx, arrival) {
-                return Ok(Some(event));
-            }
-        }
-    }
-
-    /// The next message of the posted receive; `Err(None)` when none arrived, and
-    /// `Err(Some(_))` for a message from a peer that could not be received.
-    fn poll(&self, rx: &mut Receiver) -> Result<Result<raw::Arrival, Option<Event>>, Error> {
-        match rx.posted.poll() {
-            Ok(Some(arrival)) => Ok(Ok(arrival)),
-            Ok(None) => Ok(Err(None)),
-            Err(raw::Failed {
-                source: Some(source),
-                error,
-            }) => Ok(Err(Some(self.lost(
-                Rank::try_from(source).unwrap_or(Rank::MAX),
-                &format!(
-                    "sent a message this rank could not receive ({error}); a message of more than {INLINE} bytes outside a split send means the ranks run different programs or versions"
-                ),
-            )))),
-            Err(raw::Failed {
-                source: None,
-                error,
-            }) => Err(error.into_error(self.rank)),
-        }
-    }
-
-    /// Turns a message of the posted receive into an event; `None` when it waits behind a
-    /// split message of its sender or starts one.
-    fn handle(&self, rx: &mut Receiver, arrival: raw::Arrival) -> Option<Event> {
-        let from = Rank::try_from(arrival.source).unwrap_or(Rank::MAX);
-        if let Some(index) = rx.splits.iter().position(|split| split.from == from) {
-            if arrival.tag != Some(raw::Tag::Leave) {
-                rx.splits[index].held.push_back(arrival);
-                return None;
-            }
-            // The sender leaves with a tail unsent: its head is all that will ever come.
-            let split = rx.splits.swap_remove(index);
-            tracing::warn!(
-                rank = from,
-                head = split.head.len(),
-                "rank {from} left before the tail of its split message arrived; dropping its head"
-            );
-            rx.replay.extend(split.held);
-            rx.replay.push_back(arrival);
-            return None;
-        }
-        match arrival.tag {
-            Some(raw::Tag::Data | raw::Tag::DataByte(_)) => Some(Event::Message {
-                from,
-                payload: arrival.payload,
-            }),
-            Some(raw::Tag::Leave) => Some(self.lost(from, "left (its transport was dropped)")),
-            Some(raw::Tag::Head) => {
-                rx.splits.push(Split {
-                    from,
-                    head: arrival.payload,
-                    held: VecDeque::new(),
-                });
-                None
-            }
-            Some(raw::Tag::Tail) | None => Some(self.lost(
-                from,
-                "sent a message with a tag this backend does not use; the ranks run different programs or versions",
-            )),
-        }
-    }
-
-    /// Completes a split message whose tail (sent right after its head) arrived: the tail
-    /// is received behind the head into one vector, without a copy of the tail. `None`
-    /// while every tail is still on its way.
-    fn take_tail(&self, rx: &mut Receiver) -> Option<Event> {
-        let (index, found) = rx.splits.iter().enumerate().find_map(|(index, split)| {
-            let source = i32::try_from(split.from).unwrap_or(-1);
-            match self.bulk.improbe_tail(source) {
-                Ok(None) => None,
-                Ok(Some(tail)) => Some((index, Ok(tail))),
-                Err(e) => Some((index, Err(e))),
-            }
-        })?;
-        let split = rx.splits.swap_remove(index);
-        rx.replay.extend(split.held);
-        let from = split.from;
-        let mut payload = split.head;
-        let received = found.and_then(|tail| {
-            payload.reserve_exact(tail.len());
-            tail.receive_append(&mut payload)
-        });
-        Some(match received {
-            Ok(()) => Event::Message { from, payload },
-            Err(e) => self.lost(from, &format!("could not be received from: {e}")),
-        })
-    }
-
     /// Sends one message: eagerly when small, else an `MPI_Isend` that takes incoming
     /// messages into the inbox while it waits for its receiver.
     fn send_one(
@@ -663,7 +502,7 @@ impl Transport for MpiTransport {
                 _ => Ok(None),
             };
             match backoff.next() {
-                None if backoff.spins == 0 => {
+                None if backoff.just_read_clock() => {
                     if left().is_err() {
                         return Ok(None);
                     }
@@ -723,48 +562,6 @@ pub enum Unchecked {
     Leave,
 }
 
-/// Spin first, then sleep with doubling pauses up to [`MAX_SLEEP`]. The clock is first
-/// read after [`SPINS_PER_CLOCK_READ`] spins, so a message that is already there costs no
-/// clock reading.
-struct Backoff {
-    spin: Duration,
-    spin_until: Option<Instant>,
-    sleep: Duration,
-    /// Probes since the clock was last read: reading it on every probe would cost more
-    /// than the probe.
-    spins: u32,
-}
-
-impl Backoff {
-    fn new(spin: Duration) -> Self {
-        Backoff {
-            spin,
-            spin_until: None,
-            sleep: FIRST_SLEEP,
-            spins: 0,
-        }
-    }
-
-    /// `None` while spinning, else how long to sleep before the next probe.
-    fn next(&mut self) -> Option<Duration> {
-        if self.spins < SPINS_PER_CLOCK_READ {
-            self.spins += 1;
-            return None;
-        }
-        let now = Instant::now();
-        let spin_until = *self
-            .spin_until
-            .get_or_insert_with(|| now.checked_add(self.spin).unwrap_or(now));
-        if now < spin_until {
-            self.spins = 0;
-            return None;
-        }
-        let sleep = self.sleep;
-        self.sleep = sleep.saturating_mul(2).min(MAX_SLEEP);
-        Some(sleep)
-    }
-}
-
 /// `PARVM_HOSTNAME`, checked before MPI starts so a bad value fails this rank alone.
 fn hostname_override() -> Result<Option<String>, Error> {
     match std::env::var(HOSTNAME_VAR) {
@@ -801,28 +598,6 @@ fn gather_hosts(world: &SimpleCommunicator, host: &str) -> Vec<String> {
         .collect()
 }
 
+mod backoff;
 mod raw;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_spins_then_doubles_up_to_the_cap() {
-        let mut backoff = Backoff::new(Duration::ZERO);
-        let sleeps: Vec<Duration> = (0..10 + SPINS_PER_CLOCK_READ)
-            .filter_map(|_| backoff.next())
-            .collect();
-        assert_eq!(sleeps.len(), 10);
-        assert_eq!(sleeps[0], FIRST_SLEEP);
-        assert_eq!(sleeps[1], FIRST_SLEEP * 2);
-        assert!(sleeps.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(sleeps[9], MAX_SLEEP);
-    }
-
-    #[test]
-    fn backoff_spins_first() {
-        let mut backoff = Backoff::new(Duration::from_secs(3600));
-        assert_eq!(backoff.next(), None);
-    }
-}
+mod receive;

@@ -257,3 +257,13 @@ fn missing_program_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn capabilities_are_those_of_child_processes() {
+    let vm = launch(1);
+    // The VM decides by these, not by the backend's name: local workers all start with
+    // the transport, are its children, and a dead one is reported.
+    assert!(!vm.workers_can_join());
+    assert!(vm.workers_are_children());
+    assert!(vm.reports_dead_peers());
+}

@@ -1064,3 +1064,15 @@ fn a_program_as_its_own_worker_waits_for_the_spawner() {
     drop(spawner);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn capabilities_are_those_of_connecting_workers() {
+    let (spawner, addr) = listen();
+    let worker = TcpTransport::connect(&addr.to_string(), &secret(), "node7").unwrap();
+    // TCP workers connect at any time from anywhere, and a dead peer's connection ends.
+    for end in [&spawner as &dyn Transport, &worker] {
+        assert!(end.workers_can_join(), "rank {}", end.rank());
+        assert!(!end.workers_are_children(), "rank {}", end.rank());
+        assert!(end.reports_dead_peers(), "rank {}", end.rank());
+    }
+}

@@ -1,0 +1,136 @@
+//! What a local spawner is configured with ([`LocalOptions`], [`SimulatedHost`]) and the
+//! variables it sets for its workers.
+//!
+//! Owns the option types, their defaults and the variable names. Must not know processes
+//! or sockets.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::frame;
+
+/// Path of the spawner's socket, set for each worker.
+pub const SOCKET_VAR: &str = "PARVM_LOCAL_SOCKET";
+
+/// The worker's rank.
+pub const RANK_VAR: &str = "PARVM_LOCAL_RANK";
+
+/// The per-launch token the worker presents when it connects.
+pub const TOKEN_VAR: &str = "PARVM_LOCAL_TOKEN";
+
+/// The spawner's process id; a worker checks that it is its parent.
+pub const SPAWNER_PID_VAR: &str = "PARVM_LOCAL_SPAWNER_PID";
+
+/// The spawner's host name.
+pub const SPAWNER_HOST_VAR: &str = "PARVM_LOCAL_SPAWNER_HOST";
+
+/// The frame size limit both ends use.
+pub const MAX_FRAME_VAR: &str = "PARVM_LOCAL_MAX_FRAME";
+
+/// The worker's host name (also read by [`crate::this_host`]).
+pub const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
+
+/// The variables that make a process a local worker. Remove them (except
+/// `PARVM_HOSTNAME`) from the environment of commands a worker starts, or a parvm program
+/// started by a task would try to join this VM.
+pub const WORKER_ENV_VARS: [&str; 6] = [
+    SOCKET_VAR,
+    RANK_VAR,
+    TOKEN_VAR,
+    SPAWNER_PID_VAR,
+    SPAWNER_HOST_VAR,
+    MAX_FRAME_VAR,
+];
+
+/// One simulated host: a group of workers that report `name` as their host and get extra
+/// environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulatedHost {
+    /// The host name the workers report (`PARVM_HOSTNAME`).
+    pub name: String,
+    /// How many workers run "on" it.
+    pub workers: usize,
+    /// Extra environment variables for its workers (for example another
+    /// `PARALLEL_MIRRORED_STORAGE`), applied after the transport's own.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// What [`LocalTransport::launch`](super::LocalTransport::launch) starts.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// `None`: `workers` on this host.
+    pub(super) hosts: Option<Vec<SimulatedHost>>,
+    pub(super) workers: usize,
+    pub(super) program: Option<(PathBuf, Vec<OsString>)>,
+    pub(super) connect_timeout: Duration,
+    pub(super) shutdown_grace: Duration,
+    pub(super) max_frame: u64,
+    pub(super) spawner_host: Option<String>,
+}
+
+impl LocalOptions {
+    /// `workers` workers on this host.
+    #[must_use]
+    pub fn new(workers: usize) -> Self {
+        LocalOptions {
+            hosts: None,
+            workers,
+            program: None,
+            connect_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(2),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            spawner_host: None,
+        }
+    }
+
+    /// Workers grouped on simulated hosts; ranks are given in list order.
+    #[must_use]
+    pub fn hosts(hosts: Vec<SimulatedHost>) -> Self {
+        LocalOptions {
+            hosts: Some(hosts),
+            ..LocalOptions::new(0)
+        }
+    }
+
+    /// The program the workers run and its arguments. Default: this executable
+    /// (`std::env::current_exe()`) with this process's arguments.
+    #[must_use]
+    pub fn program(
+        mut self,
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        self.program = Some((program.into(), args.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// How long to wait for all workers to connect. Default: 30 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long, when the transport is dropped, workers get to exit on their own before
+    /// they are killed. Default: 2 s.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The largest payload accepted, in bytes. Default: 1 GiB ([`frame::DEFAULT_MAX_FRAME`]).
+    #[must_use]
+    pub fn max_frame(mut self, bytes: u64) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// The spawner's host name. Default: [`crate::this_host`].
+    #[must_use]
+    pub fn spawner_host(mut self, name: impl Into<String>) -> Self {
+        self.spawner_host = Some(name.into());
+        self
+    }
+}
