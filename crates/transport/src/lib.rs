@@ -47,6 +47,7 @@ pub mod bench_support;
 mod error;
 pub mod frame;
 pub mod local;
+pub mod memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod seal;

@@ -39,7 +39,6 @@ mod error;
 mod ids;
 mod link;
 mod logging;
-pub mod memory;
 mod message;
 mod protocol;
 mod spawner;
@@ -50,10 +49,13 @@ mod vm;
 mod worker;
 
 pub use envfwd::FORWARD_ENV_VAR;
+// The in-process transport for tests lives in parvm-transport; re-exported so
+// `parvm_vm::memory::MemoryTransport` still names it.
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
+pub use parvm_transport::memory;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{ClearReport, Layout, LayoutHost, LayoutSlot, Runtime, RuntimeBuilder, Vm, VmBuilder};
 pub use worker::{TaskContext, Worker};

@@ -241,11 +241,9 @@ impl Storage {
             // Checked beneath the task folder without following a symlink: an earlier
             // task may have planted one in a persistent folder to move the next one's
             // results elsewhere.
-            Some(Startup::InFolder(sub)) => {
-                parvm_mirror_fs::open_beneath(folder.path(), sub)
-                    .map(|(_, path)| path)
-                    .map_err(|e| format!("cannot start the task in its startup folder: {e}"))?
-            }
+            Some(Startup::InFolder(sub)) => parvm_mirror_fs::open_beneath(folder.path(), sub)
+                .map(|(_, path)| path)
+                .map_err(|e| format!("cannot start the task in its startup folder: {e}"))?,
             Some(_) => {
                 return Err(
                     "a startup folder outside the task folder was sent with a task folder"

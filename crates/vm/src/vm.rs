@@ -677,7 +677,7 @@ fn start_mpi(
         // The output-forwarding thread keeps its handle on the transport until the
         // process ends, but MPI must be finalised before that: the worker serves through
         // a handle that can be closed under it.
-        let closable = mpi_worker::Closable::new(transport);
+        let closable = parvm_transport::mpi::Closable::new(transport);
         let code = match Worker::new(tasks, config)
             .capture_output(true)
             .serve(Box::new(closable.clone()))
@@ -701,99 +701,6 @@ fn start_mpi(
         );
     }
     Runtime::with_forward(Box::new(transport), tasks, config, forward)
-}
-
-/// A worker's MPI transport that can be finalised while other handles on it remain.
-#[cfg(feature = "mpi")]
-mod mpi_worker {
-    use std::sync::{Arc, PoisonError, RwLock};
-
-    use parvm_transport::mpi::MpiTransport;
-    use parvm_transport::{Event, Peer, Rank, Transport, Wait};
-
-    /// Shares one [`MpiTransport`]; [`Closable::close`] drops it (finalising MPI) and
-    /// every handle fails from then on as if the spawner were lost.
-    #[derive(Clone)]
-    pub(super) struct Closable {
-        inner: Arc<RwLock<Option<MpiTransport>>>,
-        rank: Rank,
-        peers: Vec<Peer>,
-    }
-
-    impl Closable {
-        pub(super) fn new(transport: MpiTransport) -> Closable {
-            Closable {
-                rank: transport.rank(),
-                peers: transport.peers(),
-                inner: Arc::new(RwLock::new(Some(transport))),
-            }
-        }
-
-        /// Drops the transport; waits for calls in progress on other handles.
-        pub(super) fn close(&self) {
-            let transport = self
-                .inner
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            drop(transport);
-        }
-
-        fn closed(&self, rank: Rank) -> parvm_transport::Error {
-            parvm_transport::Error::PeerLost {
-                rank,
-                host: self
-                    .peers
-                    .iter()
-                    .find(|p| p.rank == rank)
-                    .map(|p| p.host.clone())
-                    .unwrap_or_default(),
-                reason: "this worker has finalised MPI".to_owned(),
-            }
-        }
-    }
-
-    impl Transport for Closable {
-        fn rank(&self) -> Rank {
-            self.rank
-        }
-
-        fn peers(&self) -> Vec<Peer> {
-            self.peers.clone()
-        }
-
-        fn send(&self, to: Rank, payload: &[u8]) -> Result<(), parvm_transport::Error> {
-            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
-                Some(transport) => transport.send(to, payload),
-                None => Err(self.closed(to)),
-            }
-        }
-
-        fn send_parts(&self, to: Rank, parts: &[&[u8]]) -> Result<(), parvm_transport::Error> {
-            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
-                Some(transport) => transport.send_parts(to, parts),
-                None => Err(self.closed(to)),
-            }
-        }
-
-        fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
-            match &*self.inner.read().unwrap_or_else(PoisonError::into_inner) {
-                Some(transport) => transport.recv(wait),
-                None => Ok(Some(Event::PeerLost {
-                    rank: 0,
-                    reason: "this worker has finalised MPI".to_owned(),
-                })),
-            }
-        }
-
-        fn backend(&self) -> &'static str {
-            "mpi"
-        }
-
-        fn size(&self) -> usize {
-            self.peers.len()
-        }
-    }
 }
 
 /// MPI without the `mpi` feature: a clear error instead of N independent spawners.

@@ -801,7 +801,10 @@ fn gather_hosts(world: &SimpleCommunicator, host: &str) -> Vec<String> {
         .collect()
 }
 
+mod closable;
 mod raw;
+
+pub use closable::Closable;
 
 #[cfg(test)]
 mod tests {
