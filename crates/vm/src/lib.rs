@@ -45,6 +45,7 @@ mod message;
 mod protocol;
 mod runtime;
 mod spawner;
+mod state;
 mod storage;
 mod supervise;
 mod tasks;

@@ -83,10 +83,10 @@ impl Runtime {
         let shared = Arc::new(Shared::new(transport, tasks, config, forward));
         {
             let state = shared.lock();
-            for &rank in state.slots.keys() {
+            for rank in state.slots.ranks() {
                 shared.send_env(rank);
             }
-            let mut hosts: Vec<&str> = state.slots.values().map(|s| s.host.as_str()).collect();
+            let mut hosts: Vec<&str> = state.slots.iter().map(|(_, s)| s.host.as_str()).collect();
             hosts.sort_unstable();
             hosts.dedup();
             tracing::info!(
@@ -200,8 +200,8 @@ impl Runtime {
         let state = self.shared.lock();
         let mut hosts: Vec<HostId> = state
             .slots
-            .values()
-            .map(|slot| HostId(slot.host.clone()))
+            .iter()
+            .map(|(_, slot)| HostId(slot.host.clone()))
             .chain(std::iter::once(HostId(self.shared.host.clone())))
             .collect();
         hosts.sort();
@@ -219,7 +219,11 @@ impl Runtime {
     #[must_use]
     pub fn free_slots(&self) -> usize {
         let state = self.shared.lock();
-        state.slots.values().filter(|s| s.running.is_none()).count()
+        state
+            .slots
+            .iter()
+            .filter(|(_, s)| s.running.is_none())
+            .count()
     }
 
     /// The spawner's host.
@@ -238,7 +242,7 @@ impl Runtime {
             spawner: true,
             slots: Vec::new(),
         };
-        for (&rank, slot) in &state.slots {
+        for (rank, slot) in state.slots.iter() {
             let entry = LayoutSlot {
                 slot: rank,
                 task: slot.running.as_ref().map(|r| {
@@ -291,7 +295,7 @@ impl Runtime {
             let mut state = self.shared.lock();
             state.cleared.clear();
             let mut seen = Vec::new();
-            for (&rank, slot) in &state.slots {
+            for (rank, slot) in state.slots.iter() {
                 // The spawner already cleared its own host.
                 if slot.host != self.shared.host
                     && !seen.iter().any(|(_, h): &(u32, String)| *h == slot.host)

@@ -6,9 +6,7 @@
 //! on a condition variable until their message is filed. This keeps a spawn round trip to
 //! the transport's own latency, without a hop through another thread.
 
-use std::any::TypeId;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -19,6 +17,7 @@ use parvm_transport::{Event, Rank, Transport, Wait};
 
 use crate::message::{ExitStatus, Payload, TaskFailure, Value};
 use crate::protocol::{self, Frame, FromWorker, ToWorker};
+use crate::state::{End, State};
 use crate::{Error, HostId, Message, TaskId, Tasks};
 
 /// The largest send buffer kept for reuse; a bigger one is freed after its message.
@@ -30,41 +29,6 @@ pub(crate) const SPLIT: usize = 64 << 10;
 
 /// How long finalize waits for workers to leave.
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
-
-/// One worker slot.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub host: String,
-    pub running: Option<Running>,
-}
-
-/// The task occupying a slot, until its exit is received.
-#[derive(Debug)]
-pub(crate) struct Running {
-    pub number: u64,
-    pub vm: u32,
-    pub label: String,
-    pub send_back: bool,
-    pub returns: Option<(TypeId, &'static str)>,
-    /// The worker reported the end; the slot frees when the VM receives the exit.
-    pub ended: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub slots: BTreeMap<Rank, Slot>,
-    pub inboxes: BTreeMap<u32, VecDeque<Message>>,
-    pub pulling: bool,
-    /// Threads asleep on the condition variable, waiting for the puller to file their
-    /// message; the puller wakes them only when there are some, since a wake-up is a
-    /// system call even with nobody to wake.
-    pub sleepers: usize,
-    pub cleared: Vec<(Rank, Result<u64, String>)>,
-    /// Workers lost so far, and why the last one was, for the error that says nothing
-    /// can arrive any more.
-    pub lost: usize,
-    pub last_loss: Option<String>,
-}
 
 /// When a wait ends.
 #[derive(Clone, Copy)]
@@ -118,13 +82,7 @@ impl Shared {
             if peer.rank == me {
                 host = peer.host;
             } else {
-                state.slots.insert(
-                    peer.rank,
-                    Slot {
-                        host: peer.host,
-                        running: None,
-                    },
-                );
+                state.slots.join(peer.rank, peer.host);
             }
         }
         Shared {
@@ -327,15 +285,7 @@ impl Shared {
             Event::PeerJoined(peer) => {
                 // Sent while the lock is held, so no spawn can reach the worker before it.
                 self.send_env(peer.rank);
-                let known = state.slots.values().any(|slot| slot.host == peer.host);
-                state.slots.insert(
-                    peer.rank,
-                    Slot {
-                        host: peer.host.clone(),
-                        running: None,
-                    },
-                );
-                if !known {
+                if state.slots.join(peer.rank, peer.host.clone()) {
                     for inbox in state.inboxes.values_mut() {
                         inbox.push_back(Message::HostAdd {
                             hosts: vec![HostId(peer.host.clone())],
@@ -361,14 +311,19 @@ impl Shared {
                 value,
                 error,
             } => {
-                let slot = state.slots.get_mut(&from)?;
-                let Some(running) = slot.running.as_mut().filter(|r| r.number == number) else {
-                    tracing::warn!(rank = from, number, "end of a task this slot does not run");
-                    return None;
+                let (vm, send_back, returns) = match state.slots.end(from, number) {
+                    End::Ended {
+                        vm,
+                        send_back,
+                        returns,
+                    } => (vm, send_back, returns),
+                    End::NoSlot => return None,
+                    End::NotRunning => {
+                        tracing::warn!(rank = from, number, "end of a task this slot does not run");
+                        return None;
+                    }
                 };
                 let task = TaskId { slot: from, number };
-                let (vm, send_back, returns) = (running.vm, running.send_back, running.returns);
-                running.ended = true;
                 match state.inboxes.get_mut(&vm) {
                     Some(inbox) => {
                         if send_back {
@@ -397,7 +352,7 @@ impl Shared {
                         inbox.push_back(Message::TaskExit { task, status });
                     }
                     // The VM is gone: nobody receives the exit, so the slot frees now.
-                    None => slot.running = None,
+                    None => state.slots.free(task),
                 }
                 None
             }
@@ -409,7 +364,7 @@ impl Shared {
                 // A compact frame names no sender: it is the task the slot runs.
                 let running = state
                     .slots
-                    .get(&from)
+                    .get(from)
                     .and_then(|slot| slot.running.as_ref())
                     .filter(|r| number.is_none_or(|number| r.number == number));
                 let vm = running.map(|r| r.vm);
@@ -429,7 +384,7 @@ impl Shared {
                             data: Payload::from_frame(payload, located),
                         });
                     }
-                } else if is_live(state, to) {
+                } else if state.slots.is_live(to) {
                     let frame = ToWorker::User {
                         from: sender,
                         to: to.number,
@@ -448,10 +403,7 @@ impl Shared {
                 stderr,
                 data,
             } => {
-                let host = state
-                    .slots
-                    .get(&from)
-                    .map_or("?", |slot| slot.host.as_str());
+                let host = state.slots.get(from).map_or("?", |slot| slot.host.as_str());
                 let tag = if number == 0 {
                     format!("[w{from}@{host}]")
                 } else {
@@ -475,7 +427,7 @@ impl Shared {
 
     /// A worker is gone: its task fails, and its host leaves when it was the last one.
     fn lose(&self, state: &mut State, rank: Rank, reason: &str) {
-        let Some(slot) = state.slots.remove(&rank) else {
+        let Some(slot) = state.slots.remove(rank) else {
             return;
         };
         if self.finalized.load(Ordering::Acquire) {
@@ -506,7 +458,7 @@ impl Shared {
                 },
             });
         }
-        if !state.slots.values().any(|other| other.host == slot.host) {
+        if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
             for inbox in state.inboxes.values_mut() {
                 inbox.push_back(Message::HostDelete {
                     host: HostId(slot.host.clone()),
@@ -520,7 +472,7 @@ impl Shared {
         if self.finalized.swap(true, Ordering::AcqRel) {
             return;
         }
-        let ranks: Vec<Rank> = self.lock().slots.keys().copied().collect();
+        let ranks: Vec<Rank> = self.lock().slots.ranks();
         tracing::info!(
             backend = self.backend,
             "finalizing: sending {} worker(s) home",
@@ -558,15 +510,6 @@ struct Output {
     lines: Vec<(bool, String)>,
     from: Rank,
     bytes: u64,
-}
-
-/// Whether `task` is still running (its end not yet reported).
-pub(crate) fn is_live(state: &State, task: TaskId) -> bool {
-    state
-        .slots
-        .get(&task.slot)
-        .and_then(|slot| slot.running.as_ref())
-        .is_some_and(|r| r.number == task.number && !r.ended)
 }
 
 fn print_lines(lines: &[(bool, String)]) {

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
 use crate::protocol::{Job, SpawnRequest, Startup, ToWorker};
-use crate::spawner::{Running, Shared, Until, is_live};
+use crate::spawner::{Shared, Until};
+use crate::state::Occupant;
 use crate::tasks::JobSpec;
 use crate::{Error, HostId, Message, Runtime, Spawn, TaskId};
 
@@ -234,7 +235,7 @@ impl Vm {
         self.shared
             .lock()
             .slots
-            .get(&task.slot)
+            .get(task.slot)
             .map(|slot| HostId(slot.host.clone()))
     }
 
@@ -303,34 +304,17 @@ impl Vm {
                 },
             ),
         };
-        let chosen: Vec<(u32, u64)> = {
-            let mut state = self.shared.lock();
-            let mut chosen = Vec::new();
-            for (&rank, slot) in &mut state.slots {
-                if chosen.len() >= spawn.count {
-                    break;
-                }
-                if slot.running.is_some() {
-                    continue;
-                }
-                if let Some(hosts) = &spawn.hosts
-                    && !hosts.iter().any(|h| h.0 == slot.host)
-                {
-                    continue;
-                }
-                let number = self.shared.next_number.fetch_add(1, Ordering::Relaxed);
-                slot.running = Some(Running {
-                    number,
-                    vm: self.index,
-                    label: label.clone(),
-                    send_back: spawn.send_back,
-                    returns,
-                    ended: false,
-                });
-                chosen.push((rank, number));
-            }
-            chosen
-        };
+        let chosen = self.shared.lock().slots.reserve(
+            spawn.count,
+            spawn.hosts.as_deref(),
+            &self.shared.next_number,
+            &Occupant {
+                vm: self.index,
+                label: &label,
+                send_back: spawn.send_back,
+                returns,
+            },
+        );
         let mut frame = ToWorker::Spawn(SpawnRequest {
             number: 0,
             vm: self.index,
@@ -397,14 +381,8 @@ impl Vm {
                 // with no worker left stays empty.
                 return shared.nothing_can_arrive(state).map(Err);
             };
-            if let Message::TaskExit { task, .. } = &message
-                && let Some(slot) = state.slots.get_mut(&task.slot)
-                && slot
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.number == task.number)
-            {
-                slot.running = None;
+            if let Message::TaskExit { task, .. } = &message {
+                state.slots.free(*task);
             }
             Some(Ok(message))
         })?;
@@ -439,7 +417,7 @@ impl Vm {
             }
             return Ok(());
         }
-        if !is_live(&self.shared.lock(), to) {
+        if !self.shared.lock().slots.is_live(to) {
             tracing::debug!(to = %to, "dropping a message for a task that has ended");
             return Ok(());
         }
@@ -464,16 +442,8 @@ impl Drop for Vm {
         let ranks: Vec<u32> = {
             let mut state = self.shared.lock();
             state.inboxes.remove(&self.index);
-            for slot in state.slots.values_mut() {
-                if slot
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.vm == self.index && r.ended)
-                {
-                    slot.running = None;
-                }
-            }
-            state.slots.keys().copied().collect()
+            state.slots.release_vm(self.index);
+            state.slots.ranks()
         };
         if self.persistent && !self.shared.finalized.load(Ordering::Acquire) {
             for rank in ranks {
