@@ -43,6 +43,7 @@ mod link;
 mod logging;
 mod message;
 mod protocol;
+mod route;
 mod runtime;
 mod spawner;
 mod state;

@@ -1,4 +1,5 @@
-//! The spawner's shared state: slots, per-VM inboxes, and the event pump.
+//! What the spawner process's VMs share ([`Shared`]): the transport, the state under its
+//! lock, sending frames to workers, and the event pump.
 //!
 //! No thread is dedicated to receiving. A thread that waits for a message (in
 //! [`Vm::recv`](crate::Vm::recv) or elsewhere) pulls the next event from the transport
@@ -6,19 +7,17 @@
 //! on a condition variable until their message is filed. This keeps a spawn round trip to
 //! the transport's own latency, without a hop through another thread.
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use parvm_env_config::Config;
-use parvm_transport::{Event, Rank, Transport, Wait};
+use parvm_transport::{Rank, Transport, Wait};
 
-use crate::message::{ExitStatus, Payload, TaskFailure, Value};
-use crate::protocol::{self, Frame, FromWorker, ToWorker};
-use crate::state::{End, State};
-use crate::{Error, HostId, Message, TaskId, Tasks};
+use crate::protocol::{self, Frame, ToWorker};
+use crate::state::State;
+use crate::{Error, Tasks};
 
 /// The largest send buffer kept for reuse; a bigger one is freed after its message.
 pub(crate) const MAX_SCRATCH: usize = 64 << 20;
@@ -252,7 +251,7 @@ impl Shared {
                 self.cond.notify_all();
             }
             let output = match event {
-                Ok(Some(event)) => self.dispatch(&mut state, event),
+                Ok(Some(event)) => self.route(&mut state, event),
                 Ok(None) => {
                     if matches!(wait, Wait::NoWait) {
                         return Ok(take(&mut state));
@@ -270,199 +269,6 @@ impl Shared {
                     .transport
                     .send(output.from, &protocol::output_ack(output.bytes));
                 state = self.lock();
-            }
-        }
-    }
-
-    /// Files one transport event; returns output to print once the lock is released.
-    fn dispatch(&self, state: &mut State, event: Event) -> Option<Output> {
-        match event {
-            Event::Message { from, payload } => self.dispatch_frame(state, from, payload),
-            Event::PeerLost { rank, reason } => {
-                self.lose(state, rank, &reason);
-                None
-            }
-            Event::PeerJoined(peer) => {
-                // Sent while the lock is held, so no spawn can reach the worker before it.
-                self.send_env(peer.rank);
-                if state.slots.join(peer.rank, peer.host.clone()) {
-                    for inbox in state.inboxes.values_mut() {
-                        inbox.push_back(Message::HostAdd {
-                            hosts: vec![HostId(peer.host.clone())],
-                        });
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    fn dispatch_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
-        let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
-            Ok(frame) => frame,
-            Err(reason) => {
-                tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
-                return None;
-            }
-        };
-        match frame {
-            FromWorker::Done {
-                number,
-                value,
-                error,
-            } => {
-                let (vm, send_back, returns) = match state.slots.end(from, number) {
-                    End::Ended {
-                        vm,
-                        send_back,
-                        returns,
-                    } => (vm, send_back, returns),
-                    End::NoSlot => return None,
-                    End::NotRunning => {
-                        tracing::warn!(rank = from, number, "end of a task this slot does not run");
-                        return None;
-                    }
-                };
-                let task = TaskId { slot: from, number };
-                match state.inboxes.get_mut(&vm) {
-                    Some(inbox) => {
-                        if send_back {
-                            let outcome = match (&error, value) {
-                                (Some(message), _) => Err(TaskFailure {
-                                    message: message.clone(),
-                                }),
-                                (None, value) => Ok(Value {
-                                    task,
-                                    bytes: match value {
-                                        Some(value) => {
-                                            let located = protocol::locate(&payload, value);
-                                            Payload::from_frame(payload, located)
-                                        }
-                                        None => Payload::from_vec(Vec::new()),
-                                    },
-                                    returns,
-                                }),
-                            };
-                            inbox.push_back(Message::TaskResult { task, outcome });
-                        }
-                        let status = match error {
-                            None => ExitStatus::Completed,
-                            Some(reason) => ExitStatus::Failed { reason },
-                        };
-                        inbox.push_back(Message::TaskExit { task, status });
-                    }
-                    // The VM is gone: nobody receives the exit, so the slot frees now.
-                    None => state.slots.free(task),
-                }
-                None
-            }
-            FromWorker::User {
-                from: number,
-                to,
-                data,
-            } => {
-                // A compact frame names no sender: it is the task the slot runs.
-                let running = state
-                    .slots
-                    .get(from)
-                    .and_then(|slot| slot.running.as_ref())
-                    .filter(|r| number.is_none_or(|number| r.number == number));
-                let vm = running.map(|r| r.vm);
-                let Some(number) = number.or(running.map(|r| r.number)) else {
-                    tracing::warn!(
-                        rank = from,
-                        "dropping a message from a slot that runs no task"
-                    );
-                    return None;
-                };
-                let sender = TaskId { slot: from, number };
-                if to.slot == 0 {
-                    if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
-                        let located = protocol::locate(&payload, data);
-                        inbox.push_back(Message::User {
-                            from: sender,
-                            data: Payload::from_frame(payload, located),
-                        });
-                    }
-                } else if state.slots.is_live(to) {
-                    let frame = ToWorker::User {
-                        from: sender,
-                        to: to.number,
-                        data: Cow::Borrowed(&[]),
-                    };
-                    if let Err(e) = self.send_with_tail(to.slot, &frame, &data) {
-                        tracing::debug!(to = %to, error = %e, "cannot forward a message");
-                    }
-                } else {
-                    tracing::debug!(to = %to, "dropping a message for a task that has ended");
-                }
-                None
-            }
-            FromWorker::Output {
-                number,
-                stderr,
-                data,
-            } => {
-                let host = state.slots.get(from).map_or("?", |slot| slot.host.as_str());
-                let tag = if number == 0 {
-                    format!("[w{from}@{host}]")
-                } else {
-                    format!("[{from}:{number}@{host}]")
-                };
-                Some(Output {
-                    lines: String::from_utf8_lossy(&data)
-                        .lines()
-                        .map(|line| (stderr, format!("{tag} {line}")))
-                        .collect(),
-                    from,
-                    bytes: data.len() as u64,
-                })
-            }
-            FromWorker::Cleared { removed, error } => {
-                state.cleared.push((from, error.map_or(Ok(removed), Err)));
-                None
-            }
-        }
-    }
-
-    /// A worker is gone: its task fails, and its host leaves when it was the last one.
-    fn lose(&self, state: &mut State, rank: Rank, reason: &str) {
-        let Some(slot) = state.slots.remove(rank) else {
-            return;
-        };
-        if self.finalized.load(Ordering::Acquire) {
-            return;
-        }
-        tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
-        state.lost += 1;
-        state.last_loss = Some(reason.to_owned());
-        if state.slots.is_empty() && self.workers_can_join {
-            tracing::warn!(
-                backend = self.backend,
-                "no worker is left; waiting for workers to connect"
-            );
-        }
-        if let Some(running) = slot.running.filter(|r| !r.ended)
-            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
-        {
-            inbox.push_back(Message::TaskExit {
-                task: TaskId {
-                    slot: rank,
-                    number: running.number,
-                },
-                status: ExitStatus::Failed {
-                    reason: format!(
-                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
-                        slot.host
-                    ),
-                },
-            });
-        }
-        if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
-            for inbox in state.inboxes.values_mut() {
-                inbox.push_back(Message::HostDelete {
-                    host: HostId(slot.host.clone()),
-                });
             }
         }
     }
@@ -503,13 +309,6 @@ impl Drop for Shared {
 /// a transport this crate does not know, may connect at any time.
 fn workers_can_join(backend: &str) -> bool {
     !matches!(backend, "local" | "mpi" | "memory")
-}
-
-/// Output of a worker, to print and then acknowledge.
-struct Output {
-    lines: Vec<(bool, String)>,
-    from: Rank,
-    bytes: u64,
 }
 
 fn print_lines(lines: &[(bool, String)]) {
