@@ -58,7 +58,7 @@ pub use envfwd::FORWARD_ENV_VAR;
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
-pub use layout::{ClearReport, Layout, LayoutHost, LayoutSlot};
+pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
 pub use parvm_transport::memory;

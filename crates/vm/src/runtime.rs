@@ -15,7 +15,7 @@ use parvm_transport::Transport;
 
 pub use builder::RuntimeBuilder;
 
-use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot};
+use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 use crate::protocol::ToWorker;
 use crate::spawner::{Shared, Until};
 use crate::{Error, HostId, TaskId, Tasks, VmBuilder};
@@ -245,15 +245,13 @@ impl Runtime {
         for (rank, slot) in state.slots.iter() {
             let entry = LayoutSlot {
                 slot: rank,
-                task: slot.running.as_ref().map(|r| {
-                    (
-                        TaskId {
-                            slot: rank,
-                            number: r.number,
-                        },
-                        r.label.clone(),
-                        r.vm,
-                    )
+                task: slot.running.as_ref().map(|r| LayoutTask {
+                    id: TaskId {
+                        slot: rank,
+                        number: r.number,
+                    },
+                    label: r.label.clone(),
+                    vm: r.vm,
                 }),
             };
             if slot.host == spawner.host.0 {
@@ -290,7 +288,9 @@ impl Runtime {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
         let local = crate::storage::clear_here(&self.shared.config, force);
-        report.hosts.push((HostId(self.shared.host.clone()), local));
+        report
+            .hosts
+            .push((HostId(self.shared.host.clone()), local.into()));
         let targets: Vec<(u32, String)> = {
             let mut state = self.shared.lock();
             state.cleared.clear();
@@ -321,7 +321,7 @@ impl Runtime {
                 .find(|(r, _)| *r == rank)
                 .map(|(_, outcome)| outcome.clone())
                 .unwrap_or_else(|| Err(format!("no answer within {timeout:?}")));
-            report.hosts.push((HostId(host), outcome));
+            report.hosts.push((HostId(host), outcome.into()));
         }
         Ok(report)
     }
