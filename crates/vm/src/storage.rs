@@ -1,4 +1,8 @@
-//! The worker's task folders: local storage composed with mirroring.
+//! The worker's task folders: local storage composed with mirroring, and where a task
+//! starts (with or without a folder).
+//!
+//! It must not know the worker's loop or the transport; the worker hands it a spawn
+//! request and gets a prepared folder (or a reason) back.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,6 +90,28 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = next.source();
     }
     text
+}
+
+/// Resolves where a task starts when it has no task folder.
+fn startup_without_folder(
+    startup: Option<&Startup>,
+    roots: &[PathBuf],
+) -> Result<Option<PathBuf>, String> {
+    match startup {
+        None => Ok(None),
+        Some(Startup::Literal(path)) => Ok(Some(path.clone())),
+        Some(Startup::Mirrored(index, suffix)) => match roots.get(*index) {
+            Some(root) => Ok(Some(root.join(suffix))),
+            None => Err(format!(
+                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
+                roots.len()
+            )),
+        },
+        Some(Startup::InFolder(path)) => Err(format!(
+            "startup folder `{}` is relative to a task folder, but the task has none",
+            path.display()
+        )),
+    }
 }
 
 /// Where a task runs, and the folder to release after it.
@@ -180,10 +206,8 @@ impl Storage {
     /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder.
     pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, String> {
         if !request.folder {
-            let dir = crate::worker::startup_without_folder(
-                request.startup.as_ref(),
-                self.config.mirrored_roots(),
-            )?;
+            let dir =
+                startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
             return Ok(Prepared { dir, folder: None });
         }
         let map = self.map(request.vm, request.mirror.as_deref())?;

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -561,27 +561,5 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "a non-text panic payload".to_owned()
-    }
-}
-
-/// Resolves where a task starts when it has no task folder.
-pub(crate) fn startup_without_folder(
-    startup: Option<&protocol::Startup>,
-    roots: &[PathBuf],
-) -> Result<Option<PathBuf>, String> {
-    match startup {
-        None => Ok(None),
-        Some(protocol::Startup::Literal(path)) => Ok(Some(path.clone())),
-        Some(protocol::Startup::Mirrored(index, suffix)) => match roots.get(*index) {
-            Some(root) => Ok(Some(root.join(suffix))),
-            None => Err(format!(
-                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
-                roots.len()
-            )),
-        },
-        Some(protocol::Startup::InFolder(path)) => Err(format!(
-            "startup folder `{}` is relative to a task folder, but the task has none",
-            path.display()
-        )),
     }
 }
