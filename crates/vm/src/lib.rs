@@ -42,7 +42,6 @@ mod layout;
 mod link;
 mod logging;
 mod message;
-mod protocol;
 mod route;
 mod runtime;
 mod spawner;
@@ -51,6 +50,7 @@ mod storage;
 mod supervise;
 mod tasks;
 mod vm;
+mod wire;
 mod worker;
 
 pub use envfwd::FORWARD_ENV_VAR;

@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 use parvm_transport::{Event, Peer, Rank};
 
 use crate::message::{ExitStatus, Payload, TaskFailure, Value};
-use crate::protocol::{self, FromWorker, ToWorker};
 use crate::spawner::Shared;
 use crate::state::{End, State};
+use crate::wire::{self, FromWorker, ToWorker};
 use crate::{HostId, Message, TaskId};
 
 /// Output of a worker, to print and then acknowledge once the lock is released.
@@ -43,7 +43,7 @@ impl Shared {
 
     /// Decodes a worker's frame and files it by kind.
     fn route_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
-        let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
+        let frame = match wire::decode::<FromWorker<'_>>(&payload) {
             Ok(frame) => frame,
             Err(reason) => {
                 tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
@@ -59,7 +59,7 @@ impl Shared {
                 // The result keeps the frame as its buffer: located, then no copy.
                 let value = match value {
                     Some(value) => {
-                        let located = protocol::locate(&payload, value);
+                        let located = wire::locate(&payload, value);
                         Payload::from_frame(payload, located)
                     }
                     None => Payload::from_vec(Vec::new()),
@@ -73,7 +73,7 @@ impl Shared {
                 data,
             } => {
                 if to.slot == 0 {
-                    let located = protocol::locate(&payload, data);
+                    let located = wire::locate(&payload, data);
                     Self::on_user_to_spawner(
                         state,
                         from,

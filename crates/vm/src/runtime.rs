@@ -16,8 +16,8 @@ use parvm_transport::Transport;
 pub use builder::RuntimeBuilder;
 
 use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
-use crate::protocol::ToWorker;
 use crate::spawner::{Shared, Until};
+use crate::wire::ToWorker;
 use crate::{Error, HostId, TaskId, Tasks, VmBuilder};
 
 /// The parvm runtime of this process: the transport and the workers, shared by all VMs.

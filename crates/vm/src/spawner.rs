@@ -15,16 +15,9 @@ use std::time::{Duration, Instant};
 use parvm_env_config::Config;
 use parvm_transport::{Rank, Transport, Wait};
 
-use crate::protocol::{self, Frame, ToWorker};
 use crate::state::State;
+use crate::wire::{self, SendError, ToWorker};
 use crate::{Error, Tasks};
-
-/// The largest send buffer kept for reuse; a bigger one is freed after its message.
-pub(crate) const MAX_SCRATCH: usize = 64 << 20;
-
-/// User data at least this large is sent from where it lies
-/// ([`parvm_transport::Transport::send_parts`]) rather than copied behind its frame's head.
-pub(crate) const SPLIT: usize = 64 << 10;
 
 /// How long finalize waits for workers to leave.
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
@@ -159,23 +152,12 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        protocol::encode_into(bytes, frame).map_err(|source| Error::Encode {
-            what: format!("a frame for rank {to}"),
-            source,
-        })?;
-        let sent = self
-            .transport
-            .send(to, bytes)
-            .map_err(|e| Error::transport(self.backend, e));
-        if bytes.capacity() > MAX_SCRATCH {
-            *bytes = Vec::new();
-        }
-        sent
+        wire::send_frame(&*self.transport, to, bytes, frame).map_err(|e| self.send_error(to, e))
     }
 
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`: large
     /// data travels from where it lies instead of being copied into the frame (see
-    /// [`protocol::Frame::write_user_head`]).
+    /// [`wire::Frame::write_user_head`]).
     pub(crate) fn send_with_tail(
         &self,
         to: Rank,
@@ -185,24 +167,18 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        if !frame.write_user_head(bytes) {
-            return Err(Error::Encode {
+        wire::send_user(&*self.transport, to, bytes, frame, data)
+            .map_err(|e| self.send_error(to, e))
+    }
+
+    fn send_error(&self, to: Rank, error: SendError) -> Error {
+        match error {
+            SendError::Encode(source) => Error::Encode {
                 what: format!("a frame for rank {to}"),
-                source: rmp_serde::encode::Error::Syntax(
-                    "only a user message has a head to send its bytes behind".to_owned(),
-                ),
-            });
+                source,
+            },
+            SendError::Transport(e) => Error::transport(self.backend, e),
         }
-        let sent = if data.len() < SPLIT {
-            bytes.extend_from_slice(data);
-            self.transport.send(to, bytes)
-        } else {
-            self.transport.send_parts(to, &[bytes, data])
-        };
-        if bytes.capacity() > MAX_SCRATCH {
-            *bytes = Vec::new();
-        }
-        sent.map_err(|e| Error::transport(self.backend, e))
     }
 
     /// Pumps events until `take` finds what the caller waits for, or `until` passes.
@@ -267,7 +243,7 @@ impl Shared {
                 // worker that is gone needs no credit.
                 let _ = self
                     .transport
-                    .send(output.from, &protocol::output_ack(output.bytes));
+                    .send(output.from, &wire::output_ack(output.bytes));
                 state = self.lock();
             }
         }

@@ -15,7 +15,7 @@ use parvm_mirror_fs::{
 
 use crate::Error;
 use crate::clean::Snapshot;
-use crate::protocol::{SpawnRequest, Startup};
+use crate::wire::{SpawnRequest, Startup};
 
 /// Translates a VM's mirror map for travel, encoded once when the VM is built.
 pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Result<Vec<u8>, Error> {

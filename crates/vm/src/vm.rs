@@ -15,10 +15,10 @@ use parvm_env_config::Config;
 use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
-use crate::protocol::{Job, SpawnRequest, Startup, ToWorker};
 use crate::spawner::{Shared, Until};
 use crate::state::Occupant;
 use crate::tasks::JobSpec;
+use crate::wire::{Job, SpawnRequest, Startup, ToWorker};
 use crate::{Error, HostId, Message, Runtime, Spawn, TaskId};
 
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.
