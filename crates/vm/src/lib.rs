@@ -46,21 +46,21 @@ mod route;
 mod runtime;
 mod spawner;
 mod state;
-mod storage;
 mod supervise;
+mod task_folder;
 mod tasks;
 mod vm;
 mod wire;
 mod worker;
 
 pub use envfwd::FORWARD_ENV_VAR;
-// The in-process transport for tests lives in parvm-transport; re-exported so
-// `parvm_vm::memory::MemoryTransport` still names it.
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
 pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
+// The in-process transport for tests lives in parvm-transport; re-exported so
+// `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use tasks::{Spawn, Tasks};

@@ -287,7 +287,7 @@ impl Runtime {
     ) -> Result<ClearReport, Error> {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
-        let local = crate::storage::clear_here(&self.shared.config, force);
+        let local = crate::task_folder::clear_here(&self.shared.config, force);
         report
             .hosts
             .push((HostId(self.shared.host.clone()), local.into()));

@@ -112,7 +112,7 @@ impl VmBuilder {
         let mirror = if self.mirror.is_empty() {
             None
         } else {
-            Some(crate::storage::encode_map(
+            Some(crate::task_folder::encode_map(
                 &self.shared.config,
                 &self.mirror,
             )?)

@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::capture::Capture;
 use crate::link::Link;
 use crate::message::{CommandStatus, Payload};
-use crate::storage::Storage;
 use crate::supervise::{self, End};
+use crate::task_folder::TaskFolders;
 use crate::wire::{self, FromWorker, Job, SendError, SpawnRequest, ToWorker};
 use crate::{Error, HostId, TaskId, Tasks};
 
@@ -265,7 +265,7 @@ impl Worker {
         let rank = transport.rank();
         let backend = transport.backend();
         let link = Arc::new(Link::new(Arc::clone(&transport)));
-        let mut storage = Storage::new(&self.config);
+        let mut storage = TaskFolders::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
             // MPI reports no lost peers: its launcher ends the job instead.
@@ -365,7 +365,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn run(&self, storage: &mut Storage, request: &SpawnRequest<'_>) {
+    fn run(&self, storage: &mut TaskFolders, request: &SpawnRequest<'_>) {
         let id = TaskId {
             slot: self.rank,
             number: request.number,

@@ -131,7 +131,7 @@ impl Prepared {
 }
 
 /// A worker's local storage, opened on first use.
-pub(crate) struct Storage {
+pub(crate) struct TaskFolders {
     config: Config,
     local: Option<Result<LocalStorage, String>>,
     maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
@@ -143,9 +143,9 @@ pub(crate) struct Storage {
     clean: HashMap<u32, Snapshot>,
 }
 
-impl Storage {
-    pub(crate) fn new(config: &Config) -> Storage {
-        Storage {
+impl TaskFolders {
+    pub(crate) fn new(config: &Config) -> TaskFolders {
+        TaskFolders {
             config: config.clone(),
             local: None,
             maps: HashMap::new(),
