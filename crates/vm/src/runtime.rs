@@ -54,7 +54,7 @@ impl Runtime {
     }
 
     /// A spawner runtime over a transport you built (rank 0 of it); its workers run
-    /// [`Worker::serve`] with the same `tasks`.
+    /// [`Worker::serve`](crate::Worker::serve) with the same `tasks`.
     ///
     /// # Errors
     /// The task registry has a duplicate name, or the transport is not rank 0.
