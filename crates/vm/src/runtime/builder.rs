@@ -195,9 +195,9 @@ impl RuntimeBuilder {
     /// without the `mpi` feature, fewer TCP workers than asked for with
     /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
     /// cannot be ([`Error::ForwardEnv`]).
-    pub fn start(self) -> Result<Runtime, Error> {
+    pub fn start(mut self) -> Result<Runtime, Error> {
         self.tasks.check()?;
-        let config = match self.config {
+        let config = match self.config.take() {
             Some(config) => config,
             None => Config::from_env().map_err(Error::Config)?,
         };
@@ -223,87 +223,10 @@ impl RuntimeBuilder {
             forward_names.extend(crate::envfwd::parse_list(&list));
         }
         let forward = crate::envfwd::collect(&forward_names)?;
-        let kind = match self.transport.or(config.transport()) {
-            Some(kind) => kind,
-            // A build without MPI runs a one-rank mpirun job locally; several ranks get
-            // the error that says to build with the feature.
-            None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
-                TransportKind::Mpi
-            }
-            None => TransportKind::Local,
-        };
-        let transport: Box<dyn Transport> = match kind {
-            TransportKind::Local => {
-                if let Some(size) = mpi_launch_size().filter(|&size| size > 1) {
-                    tracing::warn!(
-                        "started by mpirun with {size} ranks but running the local transport: every rank is a spawner of its own"
-                    );
-                }
-                let workers = self
-                    .workers
-                    .or(config.workers())
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                let hosts = self
-                    .hosts
-                    .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
-                if let Some((unknown, _)) = self
-                    .host_configs
-                    .iter()
-                    .find(|(name, _)| !hosts.iter().any(|(host, _)| host == name))
-                {
-                    let known: Vec<&str> = hosts.iter().map(|(host, _)| host.as_str()).collect();
-                    return Err(Error::Setting {
-                        setting: "simulated_host_config",
-                        reason: format!(
-                            "`{unknown}` is not a simulated host (hosts: {}); name it in `simulated_hosts` too",
-                            known.join(", ")
-                        ),
-                    });
-                }
-                let env = worker_env(&config, self.debug);
-                let mut simulated = Vec::with_capacity(hosts.len());
-                for (name, workers) in hosts {
-                    let env = match self.host_configs.iter().rev().find(|(h, _)| *h == name) {
-                        Some((_, own)) => host_env(&name, own, &config, self.debug)?,
-                        None => env.clone(),
-                    };
-                    simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
-                }
-                let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
-                    .spawner_host(config.hostname());
-                if let Some((program, args)) = self.program {
-                    options = options.program(program, args);
-                }
-                Box::new(
-                    parvm_transport::local::LocalTransport::launch(options)
-                        .map_err(|e| Error::transport("local", e))?,
-                )
-            }
+        let transport: Box<dyn Transport> = match self.choose(&config) {
+            TransportKind::Local => Box::new(self.launch_local(&config)?),
             TransportKind::Tcp => {
-                let secret = match self.secret {
-                    Some(secret) => secret,
-                    None => {
-                        let path =
-                            Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
-                        Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
-                    }
-                };
-                let addr = match self.listen {
-                    Some(addr) => addr,
-                    None => listen_from_env()?,
-                };
-                let transport = TcpTransport::listen(
-                    TcpOptions::new(secret).addr(addr).host(config.hostname()),
-                )
-                .map_err(|e| Error::transport("tcp", e))?;
-                let bound = transport.local_addr().unwrap_or(addr);
-                let connect = connect_address(bound, config.hostname());
-                tracing::info!(listen = %bound, "tcp spawner listening");
-                eprintln!(
-                    "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
-                    parvm_transport::tcp::CONNECT_VAR,
-                    parvm_transport::tcp::SECRET_FILE_VAR,
-                );
+                let (transport, bound) = self.listen_tcp(&config)?;
                 let runtime =
                     Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
                 let runtime = Runtime {
@@ -318,6 +241,99 @@ impl RuntimeBuilder {
             TransportKind::Mpi => return start_mpi(self.tasks, config, forward),
         };
         Runtime::with_forward(transport, self.tasks, config, forward)
+    }
+
+    /// The transport chosen: the one set, else `PARVM_TRANSPORT`, else MPI under
+    /// `mpirun`, else local.
+    fn choose(&self, config: &Config) -> TransportKind {
+        match self.transport.or(config.transport()) {
+            Some(kind) => kind,
+            // A build without MPI runs a one-rank mpirun job locally; several ranks get
+            // the error that says to build with the feature.
+            None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
+                TransportKind::Mpi
+            }
+            None => TransportKind::Local,
+        }
+    }
+
+    /// Starts the local workers, on their simulated hosts, with the spawner's storage
+    /// settings (or their host's own) in their environment.
+    fn launch_local(
+        &mut self,
+        config: &Config,
+    ) -> Result<parvm_transport::local::LocalTransport, Error> {
+        if let Some(size) = mpi_launch_size().filter(|&size| size > 1) {
+            tracing::warn!(
+                "started by mpirun with {size} ranks but running the local transport: every rank is a spawner of its own"
+            );
+        }
+        let workers = self
+            .workers
+            .or(config.workers())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let hosts = self
+            .hosts
+            .take()
+            .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
+        if let Some((unknown, _)) = self
+            .host_configs
+            .iter()
+            .find(|(name, _)| !hosts.iter().any(|(host, _)| host == name))
+        {
+            let known: Vec<&str> = hosts.iter().map(|(host, _)| host.as_str()).collect();
+            return Err(Error::Setting {
+                setting: "simulated_host_config",
+                reason: format!(
+                    "`{unknown}` is not a simulated host (hosts: {}); name it in `simulated_hosts` too",
+                    known.join(", ")
+                ),
+            });
+        }
+        let env = worker_env(config, self.debug);
+        let mut simulated = Vec::with_capacity(hosts.len());
+        for (name, workers) in hosts {
+            let env = match self.host_configs.iter().rev().find(|(h, _)| *h == name) {
+                Some((_, own)) => host_env(&name, own, config, self.debug)?,
+                None => env.clone(),
+            };
+            simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
+        }
+        let mut options =
+            parvm_transport::local::LocalOptions::hosts(simulated).spawner_host(config.hostname());
+        if let Some((program, args)) = self.program.take() {
+            options = options.program(program, args);
+        }
+        parvm_transport::local::LocalTransport::launch(options)
+            .map_err(|e| Error::transport("local", e))
+    }
+
+    /// Listens for TCP workers with the secret and address set (or their defaults), and
+    /// tells the user how to start workers; returns the bound address too.
+    fn listen_tcp(&mut self, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
+        let secret = match self.secret.take() {
+            Some(secret) => secret,
+            None => {
+                let path = Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
+                Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
+            }
+        };
+        let addr = match self.listen {
+            Some(addr) => addr,
+            None => listen_from_env()?,
+        };
+        let transport =
+            TcpTransport::listen(TcpOptions::new(secret).addr(addr).host(config.hostname()))
+                .map_err(|e| Error::transport("tcp", e))?;
+        let bound = transport.local_addr().unwrap_or(addr);
+        let connect = connect_address(bound, config.hostname());
+        tracing::info!(listen = %bound, "tcp spawner listening");
+        eprintln!(
+            "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
+            parvm_transport::tcp::CONNECT_VAR,
+            parvm_transport::tcp::SECRET_FILE_VAR,
+        );
+        Ok((transport, bound))
     }
 }
 
