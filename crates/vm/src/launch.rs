@@ -7,7 +7,7 @@
 use parvm_env_config::Config;
 use parvm_transport::Transport;
 
-use crate::{Error, Runtime, Tasks, Worker};
+use crate::{Error, Tasks, Worker};
 
 /// Whether a transport started this process as a worker (local, TCP, or an MPI rank other
 /// than 0), judged from its environment before joining, so logging is set up first.
@@ -38,13 +38,10 @@ pub(crate) fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Tr
     std::process::exit(code);
 }
 
-/// MPI: rank 0 becomes the spawner, every other rank serves and exits.
+/// MPI: every rank other than 0 serves `tasks` and exits; rank 0 gets the transport, to
+/// become the spawner.
 #[cfg(feature = "mpi")]
-pub(crate) fn start_mpi(
-    tasks: Tasks,
-    config: Config,
-    forward: Vec<crate::envfwd::Var>,
-) -> Result<Runtime, Error> {
+pub(crate) fn start_mpi(tasks: &Tasks, config: &Config) -> Result<Box<dyn Transport>, Error> {
     let transport = parvm_transport::mpi::MpiTransport::init()
         .map_err(|e| Error::transport("mpi", e))?
         .leave_on_drop(true);
@@ -53,7 +50,7 @@ pub(crate) fn start_mpi(
         // process ends, but MPI must be finalised before that: the worker serves through
         // a handle that can be closed under it.
         let closable = parvm_transport::mpi::Closable::new(transport);
-        let code = match Worker::new(tasks, config)
+        let code = match Worker::new(tasks.clone(), config.clone())
             .capture_output(true)
             .serve(Box::new(closable.clone()))
         {
@@ -75,16 +72,12 @@ pub(crate) fn start_mpi(
             "mpi: this job has a single rank, so there are no workers; start it with `mpirun -n <1 + workers>`"
         );
     }
-    Runtime::with_forward(Box::new(transport), tasks, config, forward)
+    Ok(Box::new(transport))
 }
 
 /// MPI without the `mpi` feature: a clear error instead of N independent spawners.
 #[cfg(not(feature = "mpi"))]
-pub(crate) fn start_mpi(
-    _tasks: Tasks,
-    _config: Config,
-    _forward: Vec<crate::envfwd::Var>,
-) -> Result<Runtime, Error> {
+pub(crate) fn start_mpi(_tasks: &Tasks, _config: &Config) -> Result<Box<dyn Transport>, Error> {
     let why = match mpi_launch_size() {
         Some(size) => format!("this process was started by mpirun ({size} ranks)"),
         None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),

@@ -18,7 +18,7 @@ pub use builder::RuntimeBuilder;
 use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 use crate::spawner::{Shared, Until};
 use crate::wire::ToWorker;
-use crate::{Error, HostId, TaskId, Tasks, VmBuilder};
+use crate::{Error, HostId, TaskId, Tasks};
 
 /// The parvm runtime of this process: the transport and the workers, shared by all VMs.
 ///
@@ -37,6 +37,11 @@ impl Runtime {
     /// `listen`.
     pub(crate) fn from_shared(shared: Arc<Shared>, listen: Option<SocketAddr>) -> Runtime {
         Runtime { shared, listen }
+    }
+
+    /// What [`Runtime::from_shared`] took.
+    pub(crate) fn parts(&self) -> (&Arc<Shared>, Option<SocketAddr>) {
+        (&self.shared, self.listen)
     }
 
     /// Starts with the configuration from the environment (see [`RuntimeBuilder`]).
@@ -105,12 +110,6 @@ impl Runtime {
             shared,
             listen: None,
         })
-    }
-
-    /// A builder for a new VM object on this runtime; each VM gets its own index.
-    #[must_use]
-    pub fn vm(&self) -> VmBuilder {
-        VmBuilder::new(Arc::clone(&self.shared), self.listen)
     }
 
     /// The configuration the spawner runs with.

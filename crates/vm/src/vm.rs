@@ -21,6 +21,17 @@ use crate::tasks::JobSpec;
 use crate::wire::{Job, SpawnRequest, Startup, ToWorker};
 use crate::{Error, HostId, Message, Runtime, Spawn, TaskId};
 
+// Made here, not in runtime.rs, so that the runtime does not depend on the VM objects
+// built on it.
+impl Runtime {
+    /// A builder for a new VM object on this runtime; each VM gets its own index.
+    #[must_use]
+    pub fn vm(&self) -> VmBuilder {
+        let (shared, listen) = self.parts();
+        VmBuilder::new(Arc::clone(shared), listen)
+    }
+}
+
 /// Builds a [`Vm`]: mirror map, startup folder, persistent storage.
 pub struct VmBuilder {
     shared: Arc<Shared>,

@@ -238,7 +238,7 @@ impl RuntimeBuilder {
                 }
                 return Ok(runtime);
             }
-            TransportKind::Mpi => return start_mpi(self.tasks, config, forward),
+            TransportKind::Mpi => start_mpi(&self.tasks, &config)?,
         };
         Runtime::with_forward(transport, self.tasks, config, forward)
     }
