@@ -48,6 +48,7 @@ mod error;
 pub mod frame;
 pub mod launcher;
 pub mod local;
+pub mod memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod seal;

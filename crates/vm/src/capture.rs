@@ -19,7 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::Error;
 use crate::link::Link;
-use crate::protocol::{self, FromWorker};
+use crate::wire::{self, FromWorker};
 
 /// Longest output frame, and longest partial line kept back waiting for its newline.
 const CHUNK: usize = 64 * 1024;
@@ -176,7 +176,7 @@ fn pump(inner: &Inner, partial: &mut [Vec<u8>; 2], flush: bool) {
                     stderr: index == 1,
                     data: buffer[..cut].into(),
                 };
-                if let Ok(bytes) = protocol::encode(&frame) {
+                if let Ok(bytes) = wire::encode(&frame) {
                     let _ = inner.link.transport().send(0, &bytes);
                 }
             }

@@ -2,7 +2,7 @@
 //! ([`RuntimeBuilder::forward_env`](crate::RuntimeBuilder::forward_env), `PARVM_FORWARD_ENV`).
 //!
 //! The spawner reads the values once at start and sends them to every worker, before its
-//! first task, in a [`ToWorker::Env`](crate::protocol::ToWorker::Env) frame. A worker sets
+//! first task, in a [`ToWorker::Env`](crate::wire::ToWorker::Env) frame. A worker sets
 //! them on every command it runs, and a worker that owns its process also sets them in
 //! that process's environment, so registered tasks see them with `std::env::var`.
 //!

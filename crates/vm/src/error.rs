@@ -352,7 +352,7 @@ mod tests {
             .build()
             .unwrap();
         // The tests run in the crate's folder, which is not under the temporary root.
-        let error = crate::storage::encode_map(&config, &[("*.cir".into(), ".".into())])
+        let error = crate::task_folder::encode_map(&config, &[("*.cir".into(), ".".into())])
             .expect_err("the current folder is outside mirrored storage");
         let text = error.to_string();
         let cwd = std::env::current_dir().unwrap();

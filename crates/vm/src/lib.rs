@@ -37,23 +37,32 @@ mod clean;
 mod envfwd;
 mod error;
 mod ids;
+mod launch;
+mod layout;
 mod link;
 mod logging;
-pub mod memory;
 mod message;
-mod protocol;
+mod route;
+mod runtime;
 mod spawner;
-mod storage;
+mod state;
 mod supervise;
+mod task_folder;
 mod tasks;
 mod vm;
+mod wire;
 mod worker;
 
 pub use envfwd::FORWARD_ENV_VAR;
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
+pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
+// The in-process transport for tests lives in parvm-transport; re-exported so
+// `parvm_vm::memory::MemoryTransport` still names it.
+pub use parvm_transport::memory;
+pub use runtime::{Runtime, RuntimeBuilder};
 pub use tasks::{Spawn, Tasks};
-pub use vm::{ClearReport, Layout, LayoutHost, LayoutSlot, Runtime, RuntimeBuilder, Vm, VmBuilder};
+pub use vm::{Vm, VmBuilder};
 pub use worker::{TaskContext, Worker};

@@ -2,10 +2,10 @@
 //! output thread, and the worker's output window.
 //!
 //! Output travels with backpressure: a worker has at most [`OUTPUT_WINDOW`] bytes of
-//! [`FromWorker::Output`](crate::protocol::FromWorker::Output) frames that the spawner has
+//! [`FromWorker::Output`](crate::wire::FromWorker::Output) frames that the spawner has
 //! not yet written to its own stdout or stderr; the spawner acknowledges each frame once
-//! written ([`protocol::OUTPUT_ACK`]). Without credit, the output thread stops reading the
-//! task's pipes, the pipes fill, and the task blocks on its write: a spawner whose output
+//! written (an output acknowledgement, [`wire::output_ack`](crate::wire::output_ack)).
+//! Without credit, the output thread stops reading the task's pipes, the pipes fill, and the task blocks on its write: a spawner whose output
 //! nobody reads grows by at most a window per worker, not by everything its tasks print.
 //!
 //! The acknowledgements arrive on the one connection to the spawner, among the frames for
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parvm_transport::{Event, Transport, Wait};
 
-use crate::protocol;
+use crate::wire;
 
 /// The output bytes a worker may have sent and not yet had acknowledged.
 pub(crate) const OUTPUT_WINDOW: u64 = 1 << 20;
@@ -93,7 +93,7 @@ impl Link {
         state.pulling = false;
         let event = match event {
             Ok(Some(Event::Message { from: 0, payload })) => {
-                match protocol::read_output_ack(&payload) {
+                match wire::read_output_ack(&payload) {
                     Some(bytes) => {
                         state.credit = state.credit.saturating_add(bytes);
                         Ok(None)
@@ -259,7 +259,7 @@ mod tests {
             "{event:?}"
         );
         assert!(!waiting.is_finished());
-        spawner.send(1, &protocol::output_ack(10)).unwrap();
+        spawner.send(1, &wire::output_ack(10)).unwrap();
         while !waiting.is_finished() {
             assert!(Instant::now() < deadline, "the credit did not arrive");
             // Acknowledgements never reach the spawn loop.

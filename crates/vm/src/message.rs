@@ -129,7 +129,7 @@ impl Payload {
         Payload { buf, range }
     }
 
-    /// A payload in `frame`, where [`protocol::locate`](crate::protocol::locate) found it
+    /// A payload in `frame`, where [`wire::locate`](crate::wire::locate) found it
     /// (or the bytes it had to copy).
     pub(crate) fn from_frame(frame: Vec<u8>, located: Result<Range<usize>, Vec<u8>>) -> Payload {
         match located {

@@ -1,4 +1,5 @@
-//! The spawner's shared state: slots, per-VM inboxes, and the event pump.
+//! What the spawner process's VMs share ([`Shared`]): the transport, the state under its
+//! lock, sending frames to workers, and the event pump.
 //!
 //! No thread is dedicated to receiving. A thread that waits for a message (in
 //! [`Vm::recv`](crate::Vm::recv) or elsewhere) pulls the next event from the transport
@@ -6,65 +7,20 @@
 //! on a condition variable until their message is filed. This keeps a spawn round trip to
 //! the transport's own latency, without a hop through another thread.
 
-use std::any::TypeId;
-use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use parvm_env_config::Config;
-use parvm_transport::{Event, Rank, Transport, Wait};
+use parvm_transport::{Rank, Transport, Wait};
 
-use crate::message::{ExitStatus, Payload, TaskFailure, Value};
-use crate::protocol::{self, Frame, FromWorker, ToWorker};
-use crate::{Error, HostId, Message, TaskId, Tasks};
-
-/// The largest send buffer kept for reuse; a bigger one is freed after its message.
-pub(crate) const MAX_SCRATCH: usize = 64 << 20;
-
-/// User data at least this large is sent from where it lies
-/// ([`parvm_transport::Transport::send_parts`]) rather than copied behind its frame's head.
-pub(crate) const SPLIT: usize = 64 << 10;
+use crate::state::State;
+use crate::wire::{self, SendError, ToWorker};
+use crate::{Error, Tasks};
 
 /// How long finalize waits for workers to leave.
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
-
-/// One worker slot.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub host: String,
-    pub running: Option<Running>,
-}
-
-/// The task occupying a slot, until its exit is received.
-#[derive(Debug)]
-pub(crate) struct Running {
-    pub number: u64,
-    pub vm: u32,
-    pub label: String,
-    pub send_back: bool,
-    pub returns: Option<(TypeId, &'static str)>,
-    /// The worker reported the end; the slot frees when the VM receives the exit.
-    pub ended: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub slots: BTreeMap<Rank, Slot>,
-    pub inboxes: BTreeMap<u32, VecDeque<Message>>,
-    pub pulling: bool,
-    /// Threads asleep on the condition variable, waiting for the puller to file their
-    /// message; the puller wakes them only when there are some, since a wake-up is a
-    /// system call even with nobody to wake.
-    pub sleepers: usize,
-    pub cleared: Vec<(Rank, Result<u64, String>)>,
-    /// Workers lost so far, and why the last one was, for the error that says nothing
-    /// can arrive any more.
-    pub lost: usize,
-    pub last_loss: Option<String>,
-}
 
 /// When a wait ends.
 #[derive(Clone, Copy)]
@@ -118,13 +74,7 @@ impl Shared {
             if peer.rank == me {
                 host = peer.host;
             } else {
-                state.slots.insert(
-                    peer.rank,
-                    Slot {
-                        host: peer.host,
-                        running: None,
-                    },
-                );
+                state.slots.join(peer.rank, peer.host);
             }
         }
         Shared {
@@ -202,23 +152,12 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        protocol::encode_into(bytes, frame).map_err(|source| Error::Encode {
-            what: format!("a frame for rank {to}"),
-            source,
-        })?;
-        let sent = self
-            .transport
-            .send(to, bytes)
-            .map_err(|e| Error::transport(self.backend, e));
-        if bytes.capacity() > MAX_SCRATCH {
-            *bytes = Vec::new();
-        }
-        sent
+        wire::send_frame(&*self.transport, to, bytes, frame).map_err(|e| self.send_error(to, e))
     }
 
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`: large
     /// data travels from where it lies instead of being copied into the frame (see
-    /// [`protocol::Frame::write_user_head`]).
+    /// [`wire::Frame::write_user_head`]).
     pub(crate) fn send_with_tail(
         &self,
         to: Rank,
@@ -228,24 +167,18 @@ impl Shared {
         let mut scratch = self.scratch.try_lock().ok();
         let mut own = Vec::new();
         let bytes = scratch.as_deref_mut().unwrap_or(&mut own);
-        if !frame.write_user_head(bytes) {
-            return Err(Error::Encode {
+        wire::send_user(&*self.transport, to, bytes, frame, data)
+            .map_err(|e| self.send_error(to, e))
+    }
+
+    fn send_error(&self, to: Rank, error: SendError) -> Error {
+        match error {
+            SendError::Encode(source) => Error::Encode {
                 what: format!("a frame for rank {to}"),
-                source: rmp_serde::encode::Error::Syntax(
-                    "only a user message has a head to send its bytes behind".to_owned(),
-                ),
-            });
+                source,
+            },
+            SendError::Transport(e) => Error::transport(self.backend, e),
         }
-        let sent = if data.len() < SPLIT {
-            bytes.extend_from_slice(data);
-            self.transport.send(to, bytes)
-        } else {
-            self.transport.send_parts(to, &[bytes, data])
-        };
-        if bytes.capacity() > MAX_SCRATCH {
-            *bytes = Vec::new();
-        }
-        sent.map_err(|e| Error::transport(self.backend, e))
     }
 
     /// Pumps events until `take` finds what the caller waits for, or `until` passes.
@@ -294,7 +227,7 @@ impl Shared {
                 self.cond.notify_all();
             }
             let output = match event {
-                Ok(Some(event)) => self.dispatch(&mut state, event),
+                Ok(Some(event)) => self.route(&mut state, event),
                 Ok(None) => {
                     if matches!(wait, Wait::NoWait) {
                         return Ok(take(&mut state));
@@ -310,207 +243,8 @@ impl Shared {
                 // worker that is gone needs no credit.
                 let _ = self
                     .transport
-                    .send(output.from, &protocol::output_ack(output.bytes));
+                    .send(output.from, &wire::output_ack(output.bytes));
                 state = self.lock();
-            }
-        }
-    }
-
-    /// Files one transport event; returns output to print once the lock is released.
-    fn dispatch(&self, state: &mut State, event: Event) -> Option<Output> {
-        match event {
-            Event::Message { from, payload } => self.dispatch_frame(state, from, payload),
-            Event::PeerLost { rank, reason } => {
-                self.lose(state, rank, &reason);
-                None
-            }
-            Event::PeerJoined(peer) => {
-                // Sent while the lock is held, so no spawn can reach the worker before it.
-                self.send_env(peer.rank);
-                let known = state.slots.values().any(|slot| slot.host == peer.host);
-                state.slots.insert(
-                    peer.rank,
-                    Slot {
-                        host: peer.host.clone(),
-                        running: None,
-                    },
-                );
-                if !known {
-                    for inbox in state.inboxes.values_mut() {
-                        inbox.push_back(Message::HostAdd {
-                            hosts: vec![HostId(peer.host.clone())],
-                        });
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    fn dispatch_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
-        let frame = match protocol::decode::<FromWorker<'_>>(&payload) {
-            Ok(frame) => frame,
-            Err(reason) => {
-                tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
-                return None;
-            }
-        };
-        match frame {
-            FromWorker::Done {
-                number,
-                value,
-                error,
-            } => {
-                let slot = state.slots.get_mut(&from)?;
-                let Some(running) = slot.running.as_mut().filter(|r| r.number == number) else {
-                    tracing::warn!(rank = from, number, "end of a task this slot does not run");
-                    return None;
-                };
-                let task = TaskId { slot: from, number };
-                let (vm, send_back, returns) = (running.vm, running.send_back, running.returns);
-                running.ended = true;
-                match state.inboxes.get_mut(&vm) {
-                    Some(inbox) => {
-                        if send_back {
-                            let outcome = match (&error, value) {
-                                (Some(message), _) => Err(TaskFailure {
-                                    message: message.clone(),
-                                }),
-                                (None, value) => Ok(Value {
-                                    task,
-                                    bytes: match value {
-                                        Some(value) => {
-                                            let located = protocol::locate(&payload, value);
-                                            Payload::from_frame(payload, located)
-                                        }
-                                        None => Payload::from_vec(Vec::new()),
-                                    },
-                                    returns,
-                                }),
-                            };
-                            inbox.push_back(Message::TaskResult { task, outcome });
-                        }
-                        let status = match error {
-                            None => ExitStatus::Completed,
-                            Some(reason) => ExitStatus::Failed { reason },
-                        };
-                        inbox.push_back(Message::TaskExit { task, status });
-                    }
-                    // The VM is gone: nobody receives the exit, so the slot frees now.
-                    None => slot.running = None,
-                }
-                None
-            }
-            FromWorker::User {
-                from: number,
-                to,
-                data,
-            } => {
-                // A compact frame names no sender: it is the task the slot runs.
-                let running = state
-                    .slots
-                    .get(&from)
-                    .and_then(|slot| slot.running.as_ref())
-                    .filter(|r| number.is_none_or(|number| r.number == number));
-                let vm = running.map(|r| r.vm);
-                let Some(number) = number.or(running.map(|r| r.number)) else {
-                    tracing::warn!(
-                        rank = from,
-                        "dropping a message from a slot that runs no task"
-                    );
-                    return None;
-                };
-                let sender = TaskId { slot: from, number };
-                if to.slot == 0 {
-                    if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
-                        let located = protocol::locate(&payload, data);
-                        inbox.push_back(Message::User {
-                            from: sender,
-                            data: Payload::from_frame(payload, located),
-                        });
-                    }
-                } else if is_live(state, to) {
-                    let frame = ToWorker::User {
-                        from: sender,
-                        to: to.number,
-                        data: Cow::Borrowed(&[]),
-                    };
-                    if let Err(e) = self.send_with_tail(to.slot, &frame, &data) {
-                        tracing::debug!(to = %to, error = %e, "cannot forward a message");
-                    }
-                } else {
-                    tracing::debug!(to = %to, "dropping a message for a task that has ended");
-                }
-                None
-            }
-            FromWorker::Output {
-                number,
-                stderr,
-                data,
-            } => {
-                let host = state
-                    .slots
-                    .get(&from)
-                    .map_or("?", |slot| slot.host.as_str());
-                let tag = if number == 0 {
-                    format!("[w{from}@{host}]")
-                } else {
-                    format!("[{from}:{number}@{host}]")
-                };
-                Some(Output {
-                    lines: String::from_utf8_lossy(&data)
-                        .lines()
-                        .map(|line| (stderr, format!("{tag} {line}")))
-                        .collect(),
-                    from,
-                    bytes: data.len() as u64,
-                })
-            }
-            FromWorker::Cleared { removed, error } => {
-                state.cleared.push((from, error.map_or(Ok(removed), Err)));
-                None
-            }
-        }
-    }
-
-    /// A worker is gone: its task fails, and its host leaves when it was the last one.
-    fn lose(&self, state: &mut State, rank: Rank, reason: &str) {
-        let Some(slot) = state.slots.remove(&rank) else {
-            return;
-        };
-        if self.finalized.load(Ordering::Acquire) {
-            return;
-        }
-        tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
-        state.lost += 1;
-        state.last_loss = Some(reason.to_owned());
-        if state.slots.is_empty() && self.workers_can_join {
-            tracing::warn!(
-                backend = self.backend,
-                "no worker is left; waiting for workers to connect"
-            );
-        }
-        if let Some(running) = slot.running.filter(|r| !r.ended)
-            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
-        {
-            inbox.push_back(Message::TaskExit {
-                task: TaskId {
-                    slot: rank,
-                    number: running.number,
-                },
-                status: ExitStatus::Failed {
-                    reason: format!(
-                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
-                        slot.host
-                    ),
-                },
-            });
-        }
-        if !state.slots.values().any(|other| other.host == slot.host) {
-            for inbox in state.inboxes.values_mut() {
-                inbox.push_back(Message::HostDelete {
-                    host: HostId(slot.host.clone()),
-                });
             }
         }
     }
@@ -520,7 +254,7 @@ impl Shared {
         if self.finalized.swap(true, Ordering::AcqRel) {
             return;
         }
-        let ranks: Vec<Rank> = self.lock().slots.keys().copied().collect();
+        let ranks: Vec<Rank> = self.lock().slots.ranks();
         tracing::info!(
             backend = self.backend,
             "finalizing: sending {} worker(s) home",
@@ -551,22 +285,6 @@ impl Drop for Shared {
 /// a transport this crate does not know, may connect at any time.
 fn workers_can_join(backend: &str) -> bool {
     !matches!(backend, "local" | "mpi" | "memory")
-}
-
-/// Output of a worker, to print and then acknowledge.
-struct Output {
-    lines: Vec<(bool, String)>,
-    from: Rank,
-    bytes: u64,
-}
-
-/// Whether `task` is still running (its end not yet reported).
-pub(crate) fn is_live(state: &State, task: TaskId) -> bool {
-    state
-        .slots
-        .get(&task.slot)
-        .and_then(|slot| slot.running.as_ref())
-        .is_some_and(|r| r.number == task.number && !r.ended)
 }
 
 fn print_lines(lines: &[(bool, String)]) {

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,9 @@ use serde::Serialize;
 use crate::capture::Capture;
 use crate::link::Link;
 use crate::message::{CommandStatus, Payload};
-use crate::protocol::{self, Frame, FromWorker, Job, SpawnRequest, ToWorker};
-use crate::storage::Storage;
 use crate::supervise::{self, End};
+use crate::task_folder::TaskFolders;
+use crate::wire::{self, FromWorker, Job, SendError, SpawnRequest, ToWorker};
 use crate::{Error, HostId, TaskId, Tasks};
 
 /// How often a worker waiting for a command looks for a finalize or the spawner's loss.
@@ -44,48 +44,21 @@ struct LoopState {
     forwarded: RefCell<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
 }
 
-/// Why [`LoopState::send`] failed.
-enum SendError {
-    Encode(rmp_serde::encode::Error),
-    Transport(parvm_transport::Error),
-}
-
 impl LoopState {
     /// Encodes `frame` into the reused buffer and sends it to the spawner.
     fn send(&self, transport: &dyn Transport, frame: &FromWorker<'_>) -> Result<(), SendError> {
-        let mut scratch = self.scratch.borrow_mut();
-        protocol::encode_into(&mut scratch, frame).map_err(SendError::Encode)?;
-        let sent = transport.send(0, &scratch).map_err(SendError::Transport);
-        if scratch.capacity() > crate::spawner::MAX_SCRATCH {
-            *scratch = Vec::new();
-        }
-        sent
+        wire::send_frame(transport, 0, &mut self.scratch.borrow_mut(), frame)
     }
 
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`, without
-    /// copying large data (see [`protocol::Frame::write_user_head`]).
+    /// copying large data (see [`wire::Frame::write_user_head`]).
     fn send_with_tail(
         &self,
         transport: &dyn Transport,
         frame: &FromWorker<'_>,
         data: &[u8],
     ) -> Result<(), SendError> {
-        let mut scratch = self.scratch.borrow_mut();
-        if !frame.write_user_head(&mut scratch) {
-            return Err(SendError::Encode(rmp_serde::encode::Error::Syntax(
-                "only a user message has a head to send its bytes behind".to_owned(),
-            )));
-        }
-        let sent = if data.len() < crate::spawner::SPLIT {
-            scratch.extend_from_slice(data);
-            transport.send(0, &scratch)
-        } else {
-            transport.send_parts(0, &[&scratch, data])
-        };
-        if scratch.capacity() > crate::spawner::MAX_SCRATCH {
-            *scratch = Vec::new();
-        }
-        sent.map_err(SendError::Transport)
+        wire::send_user(transport, 0, &mut self.scratch.borrow_mut(), frame, data)
     }
 
     /// As [`LoopState::send`]; a failure is logged, because the spawner's loss shows up
@@ -214,10 +187,10 @@ impl TaskContext<'_> {
             match event {
                 None => return Ok(None),
                 Some(Event::Message { from: 0, payload }) => {
-                    match protocol::decode::<ToWorker<'_>>(&payload) {
+                    match wire::decode::<ToWorker<'_>>(&payload) {
                         Ok(ToWorker::User { from, to, data }) => {
                             if to == self.id.number {
-                                let located = protocol::locate(&payload, data);
+                                let located = wire::locate(&payload, data);
                                 return Ok(Some((from, Payload::from_frame(payload, located))));
                             }
                             tracing::debug!(to, "dropping a message for a task that has ended");
@@ -292,7 +265,7 @@ impl Worker {
         let rank = transport.rank();
         let backend = transport.backend();
         let link = Arc::new(Link::new(Arc::clone(&transport)));
-        let mut storage = Storage::new(&self.config);
+        let mut storage = TaskFolders::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
             // MPI reports no lost peers: its launcher ends the job instead.
@@ -325,7 +298,7 @@ impl Worker {
                     Err(e) => break Err(Error::transport(backend, e)),
                 },
             };
-            let frame = match protocol::decode::<ToWorker<'_>>(&payload) {
+            let frame = match wire::decode::<ToWorker<'_>>(&payload) {
                 Ok(frame) => frame,
                 Err(reason) => {
                     tracing::warn!(%reason, "dropping an unreadable frame from the spawner");
@@ -392,7 +365,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn run(&self, storage: &mut Storage, request: &SpawnRequest<'_>) {
+    fn run(&self, storage: &mut TaskFolders, request: &SpawnRequest<'_>) {
         let id = TaskId {
             slot: self.rank,
             number: request.number,
@@ -561,27 +534,5 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "a non-text panic payload".to_owned()
-    }
-}
-
-/// Resolves where a task starts when it has no task folder.
-pub(crate) fn startup_without_folder(
-    startup: Option<&protocol::Startup>,
-    roots: &[PathBuf],
-) -> Result<Option<PathBuf>, String> {
-    match startup {
-        None => Ok(None),
-        Some(protocol::Startup::Literal(path)) => Ok(Some(path.clone())),
-        Some(protocol::Startup::Mirrored(index, suffix)) => match roots.get(*index) {
-            Some(root) => Ok(Some(root.join(suffix))),
-            None => Err(format!(
-                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
-                roots.len()
-            )),
-        },
-        Some(protocol::Startup::InFolder(path)) => Err(format!(
-            "startup folder `{}` is relative to a task folder, but the task has none",
-            path.display()
-        )),
     }
 }

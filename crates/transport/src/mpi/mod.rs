@@ -599,5 +599,8 @@ fn gather_hosts(world: &SimpleCommunicator, host: &str) -> Vec<String> {
 }
 
 mod backoff;
+mod closable;
 mod raw;
 mod receive;
+
+pub use closable::Closable;

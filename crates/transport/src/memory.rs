@@ -1,12 +1,12 @@
 //! An in-process transport: every rank is an endpoint in this process, linked by channels.
 //!
-//! It lets the whole VM run in one process, with workers on threads (see
-//! [`Worker`](crate::Worker)), which makes unit tests fast and needs no executable. Dropping
+//! It lets the whole VM run in one process, with workers on threads (see parvm-vm's
+//! `Worker`), which makes unit tests fast and needs no executable. Dropping
 //! an endpoint tells every other endpoint [`Event::PeerLost`], as a dead process would.
 //!
 //! ```
-//! use parvm_vm::memory::MemoryTransport;
-//! use parvm_transport::{Transport, Wait, Event};
+//! use parvm_transport::memory::MemoryTransport;
+//! use parvm_transport::{Event, Transport, Wait};
 //!
 //! let mut ranks = MemoryTransport::cluster(&["alpha", "alpha", "beta"]);
 //! let beta = ranks.pop().unwrap();
@@ -19,8 +19,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::{Error, Event, Peer, Rank, Transport, Wait};
 use crossbeam_channel::{Receiver, Sender};
-use parvm_transport::{Error, Event, Peer, Rank, Transport, Wait};
 
 struct Fabric {
     peers: Vec<Peer>,

@@ -1,4 +1,7 @@
-//! The frames the spawner and the workers exchange.
+//! The wire format between the spawner and the workers: the frames ([`frames`]), the
+//! binary heads of user messages ([`user`]), the codec (here) and the one sender both
+//! sides use ([`send`]). It must not know slots, VMs or task folders.
+//!
 //!
 //! Every payload is one version byte ([`VERSION`]) followed by a MessagePack (rmp-serde)
 //! encoding of [`ToWorker`] or [`FromWorker`]. Byte payloads travel as MessagePack binary
@@ -9,112 +12,20 @@
 //! one to three bytes ([`USER_SPAWNER`]) between the spawner and the task a slot runs, a
 //! fixed 21 bytes ([`USER`]) otherwise.
 
+mod frames;
+mod send;
+mod user;
+
 use std::borrow::Cow;
-use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::TaskId;
+pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker};
+pub(crate) use send::{SendError, send_frame, send_user};
+pub(crate) use user::{Frame, USER, USER_SPAWNER, output_ack, read_output_ack};
 
 /// The version of this protocol; a frame with another first byte is refused.
 pub(crate) const VERSION: u8 = 1;
-
-/// From the spawner to a worker.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ToWorker<'a> {
-    /// Run a task.
-    Spawn(#[serde(borrow)] SpawnRequest<'a>),
-    /// A user message for task number `to` on this worker.
-    User {
-        from: TaskId,
-        to: u64,
-        #[serde(borrow, with = "serde_bytes")]
-        data: Cow<'a, [u8]>,
-    },
-    /// Clear local storage on this host, skipping folders in use unless `force`.
-    Clear { force: bool },
-    /// Environment variables forwarded from the spawner; sent before the first task.
-    Env { vars: Vec<crate::envfwd::Var> },
-    /// The VM with this index is gone: drop its persistent folder.
-    ForgetVm { vm: u32 },
-    /// Leave the spawn loop and exit.
-    Exit,
-}
-
-/// Everything a worker needs to run one task.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct SpawnRequest<'a> {
-    pub number: u64,
-    pub vm: u32,
-    #[serde(borrow)]
-    pub job: Job<'a>,
-    /// The VM's abstract mirror map, MessagePack-encoded once when the VM was built.
-    #[serde(borrow, with = "serde_bytes")]
-    pub mirror: Option<Cow<'a, [u8]>>,
-    pub folder: bool,
-    pub persistent: bool,
-    /// Before reusing the persistent folder, remove what earlier tasks wrote.
-    pub clean: bool,
-    pub startup: Option<Startup>,
-    pub send_back: bool,
-}
-
-/// What to run.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Job<'a> {
-    /// A registered function and its MessagePack-encoded arguments.
-    Function {
-        name: Cow<'a, str>,
-        #[serde(borrow, with = "serde_bytes")]
-        args: Cow<'a, [u8]>,
-    },
-    /// An external command.
-    Command {
-        program: String,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-    },
-}
-
-/// Where a task starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Startup {
-    /// A folder relative to the task folder.
-    InFolder(PathBuf),
-    /// A folder in mirrored storage: (root index, relative suffix).
-    Mirrored(usize, PathBuf),
-    /// A literal absolute path, used as is on every host.
-    Literal(PathBuf),
-}
-
-/// From a worker to the spawner.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum FromWorker<'a> {
-    /// Task `number` ended: its result (when sent back) and its exit in one frame.
-    Done {
-        number: u64,
-        #[serde(borrow, with = "serde_bytes")]
-        value: Option<Cow<'a, [u8]>>,
-        error: Option<String>,
-    },
-    /// A user message from task `from` on this worker to task `to`. `from` is `None` in a
-    /// compact frame to the spawner ([`USER_SPAWNER`]): the task the slot runs.
-    User {
-        from: Option<u64>,
-        to: TaskId,
-        #[serde(borrow, with = "serde_bytes")]
-        data: Cow<'a, [u8]>,
-    },
-    /// Output lines the worker wrote while task `number` ran (0: between tasks).
-    Output {
-        number: u64,
-        stderr: bool,
-        #[serde(borrow, with = "serde_bytes")]
-        data: Cow<'a, [u8]>,
-    },
-    /// The answer to [`ToWorker::Clear`].
-    Cleared { removed: u64, error: Option<String> },
-}
 
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
@@ -132,178 +43,6 @@ pub(crate) fn encode_into<T: Serialize>(
     out.clear();
     out.push(VERSION);
     rmp_serde::encode::write(out, frame)
-}
-
-/// The first byte of a user message frame, which has a fixed binary head instead of
-/// MessagePack: `USER`, a task id (slot `u32`, number `u64`) and a task number (`u64`),
-/// little-endian, then the message bytes. For [`ToWorker::User`] the id is the sender and
-/// the number the receiver; for [`FromWorker::User`] the other way round.
-pub(crate) const USER: u8 = 0x55;
-
-/// The size of a user message frame's head.
-pub(crate) const USER_HEAD: usize = 1 + 4 + 8 + 8;
-
-/// The first byte of a compact user message frame between the spawner and the task a
-/// slot runs, the hot path of a ping-pong: from the spawner ([`ToWorker::User`]) it
-/// carries only the receiving task's number (LEB128), to the spawner
-/// ([`FromWorker::User`]) nothing at all, because the spawner knows which task the slot
-/// runs (a worker sends a task's messages before it reports the task's end, on one
-/// ordered channel). A small message then costs its own bytes and one or two more.
-pub(crate) const USER_SPAWNER: u8 = 0x56;
-
-/// The first byte of an output acknowledgement from the spawner to a worker: the spawner
-/// has written a [`FromWorker::Output`] frame of this many bytes of output (LEB128 after
-/// this byte), and the worker may send as much again (see [`crate::link`]). The worker
-/// takes these frames off before it decodes a [`ToWorker`].
-pub(crate) const OUTPUT_ACK: u8 = 0x41;
-
-/// An output acknowledgement for `bytes` bytes.
-pub(crate) fn output_ack(bytes: u64) -> Vec<u8> {
-    let mut frame = vec![OUTPUT_ACK];
-    write_leb128(&mut frame, bytes);
-    frame
-}
-
-/// The bytes an output acknowledgement gives back; `None` for any other frame.
-pub(crate) fn read_output_ack(frame: &[u8]) -> Option<u64> {
-    match frame.split_first() {
-        Some((&OUTPUT_ACK, rest)) => match read_leb128(rest) {
-            Ok((bytes, [])) => Some(bytes),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The frames of one direction: MessagePack, with binary heads for user messages.
-pub(crate) trait Frame<'a>: Serialize + Deserialize<'a> {
-    /// Writes into `out` (replacing what it held) the head of this user message frame,
-    /// ignoring its bytes, which then follow: they can travel from where they lie
-    /// ([`Transport::send_parts`](parvm_transport::Transport::send_parts)) instead of being
-    /// copied into the frame. `false` for other frames.
-    fn write_user_head(&self, out: &mut Vec<u8>) -> bool;
-
-    /// The user message frame whose first byte is `kind` ([`USER`] or [`USER_SPAWNER`]),
-    /// read from the bytes that follow it (`rest`), where its data is borrowed.
-    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String>;
-}
-
-impl<'a> Frame<'a> for ToWorker<'a> {
-    fn write_user_head(&self, out: &mut Vec<u8>) -> bool {
-        let ToWorker::User { from, to, .. } = self else {
-            return false;
-        };
-        out.clear();
-        if *from == TaskId::SPAWNER {
-            out.push(USER_SPAWNER);
-            write_leb128(out, *to);
-        } else {
-            write_full_head(out, *from, *to);
-        }
-        true
-    }
-
-    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String> {
-        let (from, to, data) = if kind == USER_SPAWNER {
-            let (to, data) = read_leb128(rest)?;
-            (TaskId::SPAWNER, to, data)
-        } else {
-            read_full_head(rest)?
-        };
-        Ok(ToWorker::User {
-            from,
-            to,
-            data: Cow::Borrowed(data),
-        })
-    }
-}
-
-impl<'a> Frame<'a> for FromWorker<'a> {
-    fn write_user_head(&self, out: &mut Vec<u8>) -> bool {
-        let FromWorker::User { from, to, .. } = self else {
-            return false;
-        };
-        out.clear();
-        match (from, *to == TaskId::SPAWNER) {
-            (_, true) => out.push(USER_SPAWNER),
-            (Some(from), false) => write_full_head(out, *to, *from),
-            // Only a decoded compact frame lacks its sender, and it is for the spawner.
-            (None, false) => return false,
-        }
-        true
-    }
-
-    fn read_user(kind: u8, rest: &'a [u8]) -> Result<Self, String> {
-        let (from, to, data) = if kind == USER_SPAWNER {
-            (None, TaskId::SPAWNER, rest)
-        } else {
-            let (to, from, data) = read_full_head(rest)?;
-            (Some(from), to, data)
-        };
-        Ok(FromWorker::User {
-            from,
-            to,
-            data: Cow::Borrowed(data),
-        })
-    }
-}
-
-/// Writes a [`USER`] head: the kind byte, `id` and `number`.
-fn write_full_head(out: &mut Vec<u8>, id: TaskId, number: u64) {
-    out.push(USER);
-    out.extend_from_slice(&id.slot.to_le_bytes());
-    out.extend_from_slice(&id.number.to_le_bytes());
-    out.extend_from_slice(&number.to_le_bytes());
-}
-
-/// Reads what follows the kind byte of a [`USER`] frame: the task id, the task number
-/// and the message bytes.
-fn read_full_head(rest: &[u8]) -> Result<(TaskId, u64, &[u8]), String> {
-    let (Some(head), Some(data)) = (rest.get(..USER_HEAD - 1), rest.get(USER_HEAD - 1..)) else {
-        return Err(format!(
-            "a user message frame of {} bytes, shorter than its {USER_HEAD}-byte head",
-            rest.len() + 1
-        ));
-    };
-    let mut slot = [0u8; 4];
-    let mut number = [0u8; 8];
-    let mut other = [0u8; 8];
-    slot.copy_from_slice(&head[0..4]);
-    number.copy_from_slice(&head[4..12]);
-    other.copy_from_slice(&head[12..20]);
-    let id = TaskId {
-        slot: u32::from_le_bytes(slot),
-        number: u64::from_le_bytes(number),
-    };
-    Ok((id, u64::from_le_bytes(other), data))
-}
-
-/// Appends `value` as unsigned LEB128: seven bits a byte, low bits first, the high bit
-/// set on every byte but the last.
-fn write_leb128(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Reads an unsigned LEB128 number from the start of `bytes`; returns it and the bytes
-/// after it. Refuses a number that is cut off or does not fit 64 bits.
-fn read_leb128(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
-    let mut value: u64 = 0;
-    for (index, &byte) in bytes.iter().enumerate().take(10) {
-        let bits = u64::from(byte & 0x7f);
-        let shift = 7 * index as u32;
-        if shift == 63 && bits > 1 {
-            return Err("a compact user message frame's task number exceeds 64 bits".to_owned());
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Ok((value, &bytes[index + 1..]));
-        }
-    }
-    Err("a compact user message frame's task number is cut off".to_owned())
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -342,7 +81,11 @@ pub(crate) fn decode<'a, T: Frame<'a>>(payload: &'a [u8]) -> Result<T, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use super::user::{OUTPUT_ACK, USER_HEAD, read_leb128, write_leb128};
     use super::*;
+    use crate::TaskId;
 
     #[test]
     fn frames_round_trip() {

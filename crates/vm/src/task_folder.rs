@@ -1,4 +1,8 @@
-//! The worker's task folders: local storage composed with mirroring.
+//! The worker's task folders: local storage composed with mirroring, and where a task
+//! starts (with or without a folder).
+//!
+//! It must not know the worker's loop or the transport; the worker hands it a spawn
+//! request and gets a prepared folder (or a reason) back.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use parvm_mirror_fs::{
 
 use crate::Error;
 use crate::clean::Snapshot;
-use crate::protocol::{SpawnRequest, Startup};
+use crate::wire::{SpawnRequest, Startup};
 
 /// Translates a VM's mirror map for travel, encoded once when the VM is built.
 pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Result<Vec<u8>, Error> {
@@ -89,6 +93,28 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Resolves where a task starts when it has no task folder.
+fn startup_without_folder(
+    startup: Option<&Startup>,
+    roots: &[PathBuf],
+) -> Result<Option<PathBuf>, String> {
+    match startup {
+        None => Ok(None),
+        Some(Startup::Literal(path)) => Ok(Some(path.clone())),
+        Some(Startup::Mirrored(index, suffix)) => match roots.get(*index) {
+            Some(root) => Ok(Some(root.join(suffix))),
+            None => Err(format!(
+                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
+                roots.len()
+            )),
+        },
+        Some(Startup::InFolder(path)) => Err(format!(
+            "startup folder `{}` is relative to a task folder, but the task has none",
+            path.display()
+        )),
+    }
+}
+
 /// Where a task runs, and the folder to release after it.
 pub(crate) struct Prepared {
     pub dir: Option<PathBuf>,
@@ -106,7 +132,7 @@ impl Prepared {
 }
 
 /// A worker's local storage, opened on first use.
-pub(crate) struct Storage {
+pub(crate) struct TaskFolders {
     config: Config,
     local: Option<Result<LocalStorage, String>>,
     maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
@@ -118,9 +144,9 @@ pub(crate) struct Storage {
     clean: HashMap<u32, Snapshot>,
 }
 
-impl Storage {
-    pub(crate) fn new(config: &Config) -> Storage {
-        Storage {
+impl TaskFolders {
+    pub(crate) fn new(config: &Config) -> TaskFolders {
+        TaskFolders {
             config: config.clone(),
             local: None,
             maps: HashMap::new(),
@@ -181,10 +207,8 @@ impl Storage {
     /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder.
     pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, String> {
         if !request.folder {
-            let dir = crate::worker::startup_without_folder(
-                request.startup.as_ref(),
-                self.config.mirrored_roots(),
-            )?;
+            let dir =
+                startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
             return Ok(Prepared { dir, folder: None });
         }
         let map = self.map(request.vm, request.mirror.as_deref())?;

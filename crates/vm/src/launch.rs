@@ -1,0 +1,108 @@
+//! How a process of the program takes its part: a worker serves spawn requests and exits;
+//! under `mpirun` rank 0 becomes the spawner and the other ranks serve.
+//!
+//! It must not know how the spawner's runtime chooses or configures a transport (that is
+//! [`crate::runtime::RuntimeBuilder`]) nor what a worker does with a request.
+
+use parvm_env_config::Config;
+use parvm_transport::Transport;
+
+use crate::{Error, Tasks, Worker};
+
+/// Whether a transport started this process as a worker (local, TCP, or an MPI rank other
+/// than 0), judged from its environment before joining, so logging is set up first.
+pub(crate) fn started_as_worker() -> bool {
+    const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    std::env::var_os(parvm_transport::local::SOCKET_VAR).is_some()
+        || std::env::var_os(parvm_transport::tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
+        || MPI_RANK_VARS.iter().any(|var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|rank| rank.trim().parse::<u32>().ok())
+                .is_some_and(|rank| rank != 0)
+        })
+}
+
+/// Runs the spawn loop in this worker process and exits the process.
+pub(crate) fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Transport>) -> ! {
+    let code = match Worker::new(tasks, config)
+        .capture_output(true)
+        .serve(transport)
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "worker failed");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// MPI: every rank other than 0 serves `tasks` and exits; rank 0 gets the transport, to
+/// become the spawner.
+#[cfg(feature = "mpi")]
+pub(crate) fn start_mpi(tasks: &Tasks, config: &Config) -> Result<Box<dyn Transport>, Error> {
+    let transport = parvm_transport::mpi::MpiTransport::init()
+        .map_err(|e| Error::transport("mpi", e))?
+        .leave_on_drop(true);
+    if transport.rank() != 0 {
+        // The output-forwarding thread keeps its handle on the transport until the
+        // process ends, but MPI must be finalised before that: the worker serves through
+        // a handle that can be closed under it.
+        let closable = parvm_transport::mpi::Closable::new(transport);
+        let code = match Worker::new(tasks.clone(), config.clone())
+            .capture_output(true)
+            .serve(Box::new(closable.clone()))
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "worker failed");
+                1
+            }
+        };
+        closable.close();
+        std::process::exit(code);
+    }
+    let peers = transport.peers();
+    for peer in &peers {
+        tracing::info!(rank = peer.rank, host = %peer.host, "mpi rank");
+    }
+    if peers.len() < 2 {
+        tracing::warn!(
+            "mpi: this job has a single rank, so there are no workers; start it with `mpirun -n <1 + workers>`"
+        );
+    }
+    Ok(Box::new(transport))
+}
+
+/// MPI without the `mpi` feature: a clear error instead of N independent spawners.
+#[cfg(not(feature = "mpi"))]
+pub(crate) fn start_mpi(_tasks: &Tasks, _config: &Config) -> Result<Box<dyn Transport>, Error> {
+    let why = match mpi_launch_size() {
+        Some(size) => format!("this process was started by mpirun ({size} ranks)"),
+        None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),
+    };
+    Err(Error::Setting {
+        setting: "transport",
+        reason: format!(
+            "the MPI transport is not built into this program but {why}; build it with `--features mpi` (the `mpi` feature of parvm or parvm-vm), or set PARVM_TRANSPORT=local or tcp"
+        ),
+    })
+}
+
+/// The number of ranks when an MPI launcher started this process (Open MPI, MPICH/PMI,
+/// PMIx), read from its environment; `None` when no launcher did, or it started one rank
+/// of one process (then there is nothing to distribute).
+pub(crate) fn mpi_launch_size() -> Option<usize> {
+    const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
+    const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    let size = SIZE_VARS
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.trim().parse::<usize>().ok());
+    match size {
+        Some(size) => Some(size),
+        // A launcher that sets a rank but no size we know of: assume several ranks.
+        None if RANK_VARS.iter().any(|var| std::env::var_os(var).is_some()) => Some(2),
+        None => None,
+    }
+}

@@ -1,0 +1,273 @@
+//! Routing in the spawner: each transport event and each frame a worker sends is filed
+//! where it belongs (a VM's inbox, the slot table, another worker, the terminal), one
+//! function per event and frame kind.
+//!
+//! It runs on whichever thread is pulling events (see [`crate::spawner`]), with the state
+//! locked. It must not know how events are pulled or waited for, nor write a slot itself:
+//! the slot table ([`crate::state::Slots`]) does that. (`dispatch` is kept for the job
+//! dispatch API to come.)
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+
+use parvm_transport::{Event, Peer, Rank};
+
+use crate::message::{ExitStatus, Payload, TaskFailure, Value};
+use crate::spawner::Shared;
+use crate::state::{End, State};
+use crate::wire::{self, FromWorker, ToWorker};
+use crate::{HostId, Message, TaskId};
+
+/// Output of a worker, to print and then acknowledge once the lock is released.
+pub(crate) struct Output {
+    pub lines: Vec<(bool, String)>,
+    pub from: Rank,
+    pub bytes: u64,
+}
+
+impl Shared {
+    /// Files one transport event; returns output to print once the lock is released.
+    pub(crate) fn route(&self, state: &mut State, event: Event) -> Option<Output> {
+        match event {
+            Event::Message { from, payload } => self.route_frame(state, from, payload),
+            Event::PeerLost { rank, reason } => {
+                self.on_lost(state, rank, &reason);
+                None
+            }
+            Event::PeerJoined(peer) => {
+                self.on_joined(state, peer);
+                None
+            }
+        }
+    }
+
+    /// Decodes a worker's frame and files it by kind.
+    fn route_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
+        let frame = match wire::decode::<FromWorker<'_>>(&payload) {
+            Ok(frame) => frame,
+            Err(reason) => {
+                tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
+                return None;
+            }
+        };
+        match frame {
+            FromWorker::Done {
+                number,
+                value,
+                error,
+            } => {
+                // The result keeps the frame as its buffer: located, then no copy.
+                let value = match value {
+                    Some(value) => {
+                        let located = wire::locate(&payload, value);
+                        Payload::from_frame(payload, located)
+                    }
+                    None => Payload::from_vec(Vec::new()),
+                };
+                Self::on_done(state, from, number, value, error);
+                None
+            }
+            FromWorker::User {
+                from: number,
+                to,
+                data,
+            } => {
+                if to.slot == 0 {
+                    let located = wire::locate(&payload, data);
+                    Self::on_user_to_spawner(
+                        state,
+                        from,
+                        number,
+                        Payload::from_frame(payload, located),
+                    );
+                } else {
+                    self.on_user_between_tasks(state, from, number, to, &data);
+                }
+                None
+            }
+            FromWorker::Output {
+                number,
+                stderr,
+                data,
+            } => Some(on_output(state, from, number, stderr, &data)),
+            FromWorker::Cleared { removed, error } => {
+                state.cleared.push((from, error.map_or(Ok(removed), Err)));
+                None
+            }
+        }
+    }
+
+    /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
+    /// to its VM; the slot frees when the VM receives the exit.
+    fn on_done(state: &mut State, from: Rank, number: u64, value: Payload, error: Option<String>) {
+        let (vm, send_back, returns) = match state.slots.end(from, number) {
+            End::Ended {
+                vm,
+                send_back,
+                returns,
+            } => (vm, send_back, returns),
+            End::NoSlot => return,
+            End::NotRunning => {
+                tracing::warn!(rank = from, number, "end of a task this slot does not run");
+                return;
+            }
+        };
+        let task = TaskId { slot: from, number };
+        match state.inboxes.get_mut(&vm) {
+            Some(inbox) => {
+                if send_back {
+                    let outcome = match &error {
+                        Some(message) => Err(TaskFailure {
+                            message: message.clone(),
+                        }),
+                        None => Ok(Value {
+                            task,
+                            bytes: value,
+                            returns,
+                        }),
+                    };
+                    inbox.push_back(Message::TaskResult { task, outcome });
+                }
+                let status = match error {
+                    None => ExitStatus::Completed,
+                    Some(reason) => ExitStatus::Failed { reason },
+                };
+                inbox.push_back(Message::TaskExit { task, status });
+            }
+            // The VM is gone: nobody receives the exit, so the slot frees now.
+            None => state.slots.free(task),
+        }
+    }
+
+    /// A user message from a task of worker `from` to the spawner: into its VM's inbox.
+    fn on_user_to_spawner(state: &mut State, from: Rank, number: Option<u64>, data: Payload) {
+        let Some((sender, vm)) = user_sender(state, from, number) else {
+            return;
+        };
+        if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
+            inbox.push_back(Message::User { from: sender, data });
+        }
+    }
+
+    /// A user message from a task of worker `from` to task `to` of another worker:
+    /// forwarded while that task runs, else dropped.
+    fn on_user_between_tasks(
+        &self,
+        state: &mut State,
+        from: Rank,
+        number: Option<u64>,
+        to: TaskId,
+        data: &[u8],
+    ) {
+        let Some((sender, _)) = user_sender(state, from, number) else {
+            return;
+        };
+        if state.slots.is_live(to) {
+            let frame = ToWorker::User {
+                from: sender,
+                to: to.number,
+                data: Cow::Borrowed(&[]),
+            };
+            if let Err(e) = self.send_with_tail(to.slot, &frame, data) {
+                tracing::debug!(to = %to, error = %e, "cannot forward a message");
+            }
+        } else {
+            tracing::debug!(to = %to, "dropping a message for a task that has ended");
+        }
+    }
+
+    /// A worker joined after the start (TCP): it gets the forwarded environment first,
+    /// and VMs hear of its host when it is new.
+    fn on_joined(&self, state: &mut State, peer: Peer) {
+        // Sent while the lock is held, so no spawn can reach the worker before it.
+        self.send_env(peer.rank);
+        if state.slots.join(peer.rank, peer.host.clone()) {
+            for inbox in state.inboxes.values_mut() {
+                inbox.push_back(Message::HostAdd {
+                    hosts: vec![HostId(peer.host.clone())],
+                });
+            }
+        }
+    }
+
+    /// A worker is gone: its task fails, and its host leaves when it was the last one.
+    fn on_lost(&self, state: &mut State, rank: Rank, reason: &str) {
+        let Some(slot) = state.slots.remove(rank) else {
+            return;
+        };
+        if self.finalized.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
+        state.lost += 1;
+        state.last_loss = Some(reason.to_owned());
+        if state.slots.is_empty() && self.workers_can_join {
+            tracing::warn!(
+                backend = self.backend,
+                "no worker is left; waiting for workers to connect"
+            );
+        }
+        if let Some(running) = slot.running.filter(|r| !r.ended)
+            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
+        {
+            inbox.push_back(Message::TaskExit {
+                task: TaskId {
+                    slot: rank,
+                    number: running.number,
+                },
+                status: ExitStatus::Failed {
+                    reason: format!(
+                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
+                        slot.host
+                    ),
+                },
+            });
+        }
+        if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
+            for inbox in state.inboxes.values_mut() {
+                inbox.push_back(Message::HostDelete {
+                    host: HostId(slot.host.clone()),
+                });
+            }
+        }
+    }
+}
+
+/// The sender of a user message from worker `from` and the VM of its task; a compact frame
+/// names no sender (`number` is `None`): it is the task the slot runs. `None`, logged,
+/// when the slot runs no task.
+fn user_sender(state: &State, from: Rank, number: Option<u64>) -> Option<(TaskId, Option<u32>)> {
+    let running = state
+        .slots
+        .get(from)
+        .and_then(|slot| slot.running.as_ref())
+        .filter(|r| number.is_none_or(|number| r.number == number));
+    let vm = running.map(|r| r.vm);
+    let Some(number) = number.or(running.map(|r| r.number)) else {
+        tracing::warn!(
+            rank = from,
+            "dropping a message from a slot that runs no task"
+        );
+        return None;
+    };
+    Some((TaskId { slot: from, number }, vm))
+}
+
+/// Output lines worker `from` wrote while task `number` ran (0: between tasks), tagged
+/// with the slot, task and host.
+fn on_output(state: &State, from: Rank, number: u64, stderr: bool, data: &[u8]) -> Output {
+    let host = state.slots.get(from).map_or("?", |slot| slot.host.as_str());
+    let tag = if number == 0 {
+        format!("[w{from}@{host}]")
+    } else {
+        format!("[{from}:{number}@{host}]")
+    };
+    Output {
+        lines: String::from_utf8_lossy(data)
+            .lines()
+            .map(|line| (stderr, format!("{tag} {line}")))
+            .collect(),
+        from,
+        bytes: data.len() as u64,
+    }
+}

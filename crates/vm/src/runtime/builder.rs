@@ -1,0 +1,447 @@
+//! How the spawner's runtime starts: the configuration, the transport chosen and its
+//! options, the workers it launches and the environment they get.
+//!
+//! It must not know what a worker does once started (that is [`crate::launch`] and
+//! [`crate::Worker`]) nor what the runtime offers afterwards.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parvm_env_config::{Config, TransportKind};
+use parvm_transport::Transport;
+use parvm_transport::tcp::{Secret, TcpOptions, TcpTransport};
+
+use super::Runtime;
+use crate::launch::{mpi_launch_size, serve_and_exit, start_mpi, started_as_worker};
+use crate::{Error, Tasks};
+
+/// How [`Runtime`] starts: transport, worker count, configuration, log level.
+pub struct RuntimeBuilder {
+    tasks: Tasks,
+    config: Option<Config>,
+    workers: Option<usize>,
+    transport: Option<TransportKind>,
+    debug: Option<u8>,
+    program: Option<(PathBuf, Vec<String>)>,
+    hosts: Option<Vec<(String, usize)>>,
+    host_configs: Vec<(String, Config)>,
+    listen: Option<SocketAddr>,
+    secret: Option<Secret>,
+    wait_for: Option<(usize, Duration)>,
+    forward_env: Vec<String>,
+}
+
+impl RuntimeBuilder {
+    /// A builder with the defaults, for a runtime running `tasks`.
+    pub(super) fn new(tasks: Tasks) -> RuntimeBuilder {
+        RuntimeBuilder {
+            tasks,
+            config: None,
+            workers: None,
+            transport: None,
+            debug: None,
+            program: None,
+            hosts: None,
+            host_configs: Vec::new(),
+            listen: None,
+            secret: None,
+            wait_for: None,
+            forward_env: Vec::new(),
+        }
+    }
+
+    /// The configuration; default [`Config::from_env`].
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The number of local workers; default `PARVM_WORKERS`, else the number of cores.
+    #[must_use]
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = Some(count);
+        self
+    }
+
+    /// The transport; default `PARVM_TRANSPORT`, else MPI under `mpirun`, else local.
+    #[must_use]
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = Some(kind);
+        self
+    }
+
+    /// PyOPUS-style debug level for parvm's own logs when `PARVM_LOG` is not set:
+    /// 0 warnings (default), 1 info, 2 debug, 3 or more trace.
+    #[must_use]
+    pub fn debug(mut self, level: u8) -> Self {
+        self.debug = Some(level);
+        self
+    }
+
+    /// The program local workers run, with its arguments; default this executable with
+    /// this process's arguments. Tests use it to run a test program as the workers.
+    #[must_use]
+    pub fn program(mut self, program: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        self.program = Some((program.into(), args));
+        self
+    }
+
+    /// Local workers grouped on simulated hosts (name, workers), for trying multi-host
+    /// behaviour on one machine; default: all workers on this host.
+    #[must_use]
+    pub fn simulated_hosts<S: Into<String>>(
+        mut self,
+        hosts: impl IntoIterator<Item = (S, usize)>,
+    ) -> Self {
+        self.hosts = Some(hosts.into_iter().map(|(h, n)| (h.into(), n)).collect());
+        self
+    }
+
+    /// The storage of the workers on simulated host `host` (see
+    /// [`simulated_hosts`](Self::simulated_hosts)): its local root and mirrored roots
+    /// (`PARALLEL_LOCAL_STORAGE`, `PARALLEL_MIRRORED_STORAGE`) instead of the runtime's,
+    /// so path translation between hosts can be tried on one machine. Mirrored root *i*
+    /// of each host should reach the same files (through a symlink, a bind mount, or a
+    /// copy made for the test). The rest of `config` is not used. Default: every host
+    /// uses the runtime's configuration. Used only with the local transport.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Config, Runtime, Tasks};
+    ///
+    /// let beta = Config::builder()
+    ///     .local_root("/tmp/beta-local")
+    ///     .mirrored_roots(["/tmp/beta-view-of-shared"])
+    ///     .build()?;
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .simulated_hosts([("alpha", 2), ("beta", 2)])
+    ///     .simulated_host_config("beta", beta)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn simulated_host_config(mut self, host: impl Into<String>, config: Config) -> Self {
+        self.host_configs.push((host.into(), config));
+        self
+    }
+
+    /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
+    /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
+    /// from other hosts. Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The secret TCP workers must prove they know; default the secret file
+    /// (`PARVM_SECRET_FILE`, else `~/.parvm/secret`), created with a random secret when
+    /// missing. Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Makes [`start`](Self::start) wait until `workers` TCP workers have joined, at most
+    /// `timeout`; default: no wait (workers join whenever they connect, and VMs see them
+    /// as [`Message::HostAdd`](crate::Message::HostAdd)). Used only with the TCP transport.
+    #[must_use]
+    pub fn tcp_wait_for(mut self, workers: usize, timeout: Duration) -> Self {
+        self.wait_for = Some((workers, timeout));
+        self
+    }
+
+    /// Forwards environment variables `names`, with their values in this process when the
+    /// runtime starts, to every worker on every transport, in addition to those listed in
+    /// `PARVM_FORWARD_ENV` (names separated by commas or colons). Default: none.
+    ///
+    /// Local workers inherit the spawner's whole environment anyway; TCP and MPI workers
+    /// have the environment of whatever started them, so a variable your tasks or commands
+    /// need (a simulator's licence server, `LD_LIBRARY_PATH`) must be forwarded there. A
+    /// worker sets the forwarded variables on every command it runs, and, in a worker
+    /// process of the program itself, in the process's environment before its first task,
+    /// so registered tasks read them with `std::env::var`. A name not set on the spawner is
+    /// skipped with a warning.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Runtime, Tasks};
+    ///
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .forward_env(["SPICE_LIB_DIR", "LM_LICENSE_FILE"])
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn forward_env<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.forward_env.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// In a worker process: serves spawn requests, then exits the process (never returns).
+    /// In the spawner: starts the transport and its workers and returns the runtime.
+    ///
+    /// The transport is the one set with [`transport`](Self::transport), else
+    /// `PARVM_TRANSPORT`, else MPI when the process was started by `mpirun` (and built
+    /// with the `mpi` feature), else local. A process is a worker when the local or TCP
+    /// transport started it (`PARVM_LOCAL_SOCKET`, `PARVM_CONNECT`) or when it is an MPI
+    /// rank other than 0.
+    ///
+    /// # Errors
+    /// The configuration is invalid, a task name is registered twice, the transport
+    /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
+    /// without the `mpi` feature, fewer TCP workers than asked for with
+    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
+    /// cannot be ([`Error::ForwardEnv`]).
+    pub fn start(mut self) -> Result<Runtime, Error> {
+        self.tasks.check()?;
+        let config = match self.config.take() {
+            Some(config) => config,
+            None => Config::from_env().map_err(Error::Config)?,
+        };
+        crate::logging::init(config.log_filter(), self.debug, started_as_worker());
+        let worker = parvm_transport::local::worker_from_env()
+            .map_err(|e| Error::transport("local", e))?
+            .map(|t| Box::new(t) as Box<dyn Transport>);
+        let worker = match worker {
+            Some(worker) => Some(worker),
+            None => parvm_transport::tcp::worker_from_env()
+                .map_err(|e| Error::transport("tcp", e))?
+                .map(|t| Box::new(t) as Box<dyn Transport>),
+        };
+        if let Some(transport) = worker {
+            serve_and_exit(self.tasks, config, transport);
+        }
+        let mut forward_names = self.forward_env.clone();
+        if let Some(list) = std::env::var_os(crate::envfwd::FORWARD_ENV_VAR) {
+            let list = list.into_string().map_err(|list| Error::ForwardEnv {
+                name: list.to_string_lossy().into_owned(),
+                reason: format!("{} is not UTF-8", crate::envfwd::FORWARD_ENV_VAR),
+            })?;
+            forward_names.extend(crate::envfwd::parse_list(&list));
+        }
+        let forward = crate::envfwd::collect(&forward_names)?;
+        let transport: Box<dyn Transport> = match self.choose(&config) {
+            TransportKind::Local => Box::new(self.launch_local(&config)?),
+            TransportKind::Tcp => {
+                let (transport, bound) = self.listen_tcp(&config)?;
+                let runtime =
+                    Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
+                let runtime = Runtime {
+                    listen: Some(bound),
+                    ..runtime
+                };
+                if let Some((workers, timeout)) = self.wait_for {
+                    runtime.wait_for_workers(workers, timeout)?;
+                }
+                return Ok(runtime);
+            }
+            TransportKind::Mpi => start_mpi(&self.tasks, &config)?,
+        };
+        Runtime::with_forward(transport, self.tasks, config, forward)
+    }
+
+    /// The transport chosen: the one set, else `PARVM_TRANSPORT`, else MPI under
+    /// `mpirun`, else local.
+    fn choose(&self, config: &Config) -> TransportKind {
+        match self.transport.or(config.transport()) {
+            Some(kind) => kind,
+            // A build without MPI runs a one-rank mpirun job locally; several ranks get
+            // the error that says to build with the feature.
+            None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
+                TransportKind::Mpi
+            }
+            None => TransportKind::Local,
+        }
+    }
+
+    /// Starts the local workers, on their simulated hosts, with the spawner's storage
+    /// settings (or their host's own) in their environment.
+    fn launch_local(
+        &mut self,
+        config: &Config,
+    ) -> Result<parvm_transport::local::LocalTransport, Error> {
+        if let Some(size) = mpi_launch_size().filter(|&size| size > 1) {
+            tracing::warn!(
+                "started by mpirun with {size} ranks but running the local transport: every rank is a spawner of its own"
+            );
+        }
+        let workers = self
+            .workers
+            .or(config.workers())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let hosts = self
+            .hosts
+            .take()
+            .unwrap_or_else(|| vec![(config.hostname().to_owned(), workers)]);
+        if let Some((unknown, _)) = self
+            .host_configs
+            .iter()
+            .find(|(name, _)| !hosts.iter().any(|(host, _)| host == name))
+        {
+            let known: Vec<&str> = hosts.iter().map(|(host, _)| host.as_str()).collect();
+            return Err(Error::Setting {
+                setting: "simulated_host_config",
+                reason: format!(
+                    "`{unknown}` is not a simulated host (hosts: {}); name it in `simulated_hosts` too",
+                    known.join(", ")
+                ),
+            });
+        }
+        let env = worker_env(config, self.debug);
+        let mut simulated = Vec::with_capacity(hosts.len());
+        for (name, workers) in hosts {
+            let env = match self.host_configs.iter().rev().find(|(h, _)| *h == name) {
+                Some((_, own)) => host_env(&name, own, config, self.debug)?,
+                None => env.clone(),
+            };
+            simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
+        }
+        let mut options =
+            parvm_transport::local::LocalOptions::hosts(simulated).spawner_host(config.hostname());
+        if let Some((program, args)) = self.program.take() {
+            options = options.program(program, args);
+        }
+        parvm_transport::local::LocalTransport::launch(options)
+            .map_err(|e| Error::transport("local", e))
+    }
+
+    /// Listens for TCP workers with the secret and address set (or their defaults), and
+    /// tells the user how to start workers; returns the bound address too.
+    fn listen_tcp(&mut self, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
+        let secret = match self.secret.take() {
+            Some(secret) => secret,
+            None => {
+                let path = Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
+                Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
+            }
+        };
+        let addr = match self.listen {
+            Some(addr) => addr,
+            None => listen_from_env()?,
+        };
+        let transport =
+            TcpTransport::listen(TcpOptions::new(secret).addr(addr).host(config.hostname()))
+                .map_err(|e| Error::transport("tcp", e))?;
+        let bound = transport.local_addr().unwrap_or(addr);
+        let connect = connect_address(bound, config.hostname());
+        tracing::info!(listen = %bound, "tcp spawner listening");
+        eprintln!(
+            "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
+            parvm_transport::tcp::CONNECT_VAR,
+            parvm_transport::tcp::SECRET_FILE_VAR,
+        );
+        Ok((transport, bound))
+    }
+}
+
+/// `PARVM_LISTEN`, else loopback with a free port.
+fn listen_from_env() -> Result<SocketAddr, Error> {
+    let Some(value) = std::env::var_os(LISTEN_VAR).filter(|v| !v.is_empty()) else {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    };
+    let bad = |reason: String| Error::Setting {
+        setting: LISTEN_VAR,
+        reason,
+    };
+    let text = value
+        .to_str()
+        .ok_or_else(|| bad(format!("`{}` is not UTF-8", value.to_string_lossy())))?;
+    text.to_socket_addrs()
+        .map_err(|e| {
+            bad(format!(
+                "`{text}` is not an address to listen on ({e}); use host:port, e.g. 0.0.0.0:7070"
+            ))
+        })?
+        .next()
+        .ok_or_else(|| {
+            bad(format!(
+                "`{text}` resolves to no address; use host:port, e.g. 0.0.0.0:7070"
+            ))
+        })
+}
+
+/// The address workers connect to: the bound one, or this host's name and the port when
+/// bound to every interface.
+pub(crate) fn connect_address(bound: SocketAddr, host: &str) -> String {
+    if bound.ip().is_unspecified() {
+        format!("{host}:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
+}
+
+/// The variable naming the address a TCP spawner listens on.
+pub(crate) const LISTEN_VAR: &str = "PARVM_LISTEN";
+
+/// The environment local workers get, so they use the spawner's storage settings even
+/// when the spawner's configuration was built by hand.
+fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(
+        OsString::from("PARALLEL_LOCAL_STORAGE"),
+        config.local_root().as_os_str().to_owned(),
+    )];
+    let roots = config.mirrored_roots();
+    if !roots.is_empty()
+        && roots
+            .iter()
+            .all(|r| !r.as_os_str().as_encoded_bytes().contains(&b':'))
+    {
+        let joined = std::env::join_paths(roots).unwrap_or_default();
+        env.push((OsString::from("PARALLEL_MIRRORED_STORAGE"), joined));
+    }
+    if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
+        env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
+    }
+    env
+}
+
+/// The environment of the workers on simulated host `host`, whose storage settings come
+/// from `own`; refused when its mirrored roots cannot be written as one
+/// `PARALLEL_MIRRORED_STORAGE` (a root holding `:`), since they would silently not apply.
+fn host_env(
+    host: &str,
+    own: &Config,
+    config: &Config,
+    debug: Option<u8>,
+) -> Result<Vec<(OsString, OsString)>, Error> {
+    let roots = own.mirrored_roots();
+    if roots.is_empty() {
+        // An empty PARALLEL_MIRRORED_STORAGE is refused by the workers, and leaving it out
+        // would give them the spawner's roots.
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "simulated host `{host}` has no mirrored roots; give its configuration `mirrored_roots`"
+            ),
+        });
+    }
+    if let Some(root) = roots
+        .iter()
+        .find(|r| r.as_os_str().as_encoded_bytes().contains(&b':'))
+    {
+        return Err(Error::Setting {
+            setting: "simulated_host_config",
+            reason: format!(
+                "mirrored root `{}` of simulated host `{host}` holds `:`, which PARALLEL_MIRRORED_STORAGE cannot carry; use a path (or a symlink) without `:`",
+                root.display()
+            ),
+        });
+    }
+    let mut env = vec![
+        (
+            OsString::from("PARALLEL_LOCAL_STORAGE"),
+            own.local_root().as_os_str().to_owned(),
+        ),
+        (
+            OsString::from("PARALLEL_MIRRORED_STORAGE"),
+            std::env::join_paths(roots).unwrap_or_default(),
+        ),
+    ];
+    if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
+        env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
+    }
+    Ok(env)
+}
