@@ -9,20 +9,6 @@ use parvm_transport::Transport;
 
 use crate::{Error, Tasks, Worker};
 
-/// Whether a transport started this process as a worker (local, TCP, or an MPI rank other
-/// than 0), judged from its environment before joining, so logging is set up first.
-pub(crate) fn started_as_worker() -> bool {
-    const MPI_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
-    std::env::var_os(parvm_transport::local::SOCKET_VAR).is_some()
-        || std::env::var_os(parvm_transport::tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
-        || MPI_RANK_VARS.iter().any(|var| {
-            std::env::var(var)
-                .ok()
-                .and_then(|rank| rank.trim().parse::<u32>().ok())
-                .is_some_and(|rank| rank != 0)
-        })
-}
-
 /// Runs the spawn loop in this worker process and exits the process.
 pub(crate) fn serve_and_exit(tasks: Tasks, config: Config, transport: Box<dyn Transport>) -> ! {
     let code = match Worker::new(tasks, config)
@@ -78,7 +64,7 @@ pub(crate) fn start_mpi(tasks: &Tasks, config: &Config) -> Result<Box<dyn Transp
 /// MPI without the `mpi` feature: a clear error instead of N independent spawners.
 #[cfg(not(feature = "mpi"))]
 pub(crate) fn start_mpi(_tasks: &Tasks, _config: &Config) -> Result<Box<dyn Transport>, Error> {
-    let why = match mpi_launch_size() {
+    let why = match parvm_transport::launcher::launch_size() {
         Some(size) => format!("this process was started by mpirun ({size} ranks)"),
         None => "PARVM_TRANSPORT=mpi asks for it".to_owned(),
     };
@@ -88,21 +74,4 @@ pub(crate) fn start_mpi(_tasks: &Tasks, _config: &Config) -> Result<Box<dyn Tran
             "the MPI transport is not built into this program but {why}; build it with `--features mpi` (the `mpi` feature of parvm or parvm-vm), or set PARVM_TRANSPORT=local or tcp"
         ),
     })
-}
-
-/// The number of ranks when an MPI launcher started this process (Open MPI, MPICH/PMI,
-/// PMIx), read from its environment; `None` when no launcher did, or it started one rank
-/// of one process (then there is nothing to distribute).
-pub(crate) fn mpi_launch_size() -> Option<usize> {
-    const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
-    const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
-    let size = SIZE_VARS
-        .iter()
-        .find_map(|var| std::env::var(var).ok()?.trim().parse::<usize>().ok());
-    match size {
-        Some(size) => Some(size),
-        // A launcher that sets a rank but no size we know of: assume several ranks.
-        None if RANK_VARS.iter().any(|var| std::env::var_os(var).is_some()) => Some(2),
-        None => None,
-    }
 }

@@ -67,6 +67,7 @@ impl Shared {
         forward: Vec<crate::envfwd::Var>,
     ) -> Shared {
         let backend = transport.backend();
+        let workers_can_join = transport.workers_can_join();
         let me = transport.rank();
         let mut state = State::default();
         let mut host = String::new();
@@ -86,7 +87,7 @@ impl Shared {
             next_number: AtomicU64::new(1),
             next_vm: AtomicU32::new(0),
             finalized: AtomicBool::new(false),
-            workers_can_join: workers_can_join(backend),
+            workers_can_join,
             forward,
             state: Mutex::new(state),
             cond: Condvar::new(),
@@ -278,13 +279,6 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.finalize();
     }
-}
-
-/// Whether workers can join after the start. Local workers all start with the runtime and
-/// MPI ranks with `mpirun`; a memory cluster is fixed when built. TCP workers, and those of
-/// a transport this crate does not know, may connect at any time.
-fn workers_can_join(backend: &str) -> bool {
-    !matches!(backend, "local" | "mpi" | "memory")
 }
 
 fn print_lines(lines: &[(bool, String)]) {

@@ -271,8 +271,8 @@ impl Worker {
             // MPI reports no lost peers: its launcher ends the job instead.
             Some(Capture::start(
                 Arc::clone(&link),
-                backend == "local",
-                backend == "local" || backend == "tcp",
+                transport.workers_are_children(),
+                transport.reports_dead_peers(),
             )?)
         } else {
             None

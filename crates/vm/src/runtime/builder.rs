@@ -14,7 +14,10 @@ use parvm_transport::Transport;
 use parvm_transport::tcp::{Secret, TcpOptions, TcpTransport};
 
 use super::Runtime;
-use crate::launch::{mpi_launch_size, serve_and_exit, start_mpi, started_as_worker};
+use parvm_transport::launcher::launch_size as mpi_launch_size;
+use parvm_transport::started_as_worker;
+
+use crate::launch::{serve_and_exit, start_mpi};
 use crate::{Error, Tasks};
 
 /// How [`Runtime`] starts: transport, worker count, configuration, log level.
