@@ -17,21 +17,12 @@ use serde_bytes::ByteBuf;
 
 use crate::Error;
 
-/// The variable listing names to forward, separated by commas or colons.
-pub const FORWARD_ENV_VAR: &str = "PARVM_FORWARD_ENV";
+/// The variable listing names to forward, separated by commas or colons (read by
+/// env-config: [`Config::forward_env`](parvm_env_config::Config::forward_env)).
+pub use parvm_env_config::FORWARD_ENV_VAR;
 
 /// One forwarded variable as it travels: name and value bytes.
 pub(crate) type Var = (ByteBuf, ByteBuf);
-
-/// The names in a `PARVM_FORWARD_ENV` value: separated by `,` or `:`, blanks trimmed,
-/// empty items skipped.
-pub(crate) fn parse_list(list: &str) -> Vec<String> {
-    list.split([',', ':'])
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
 
 /// Checks `names` and reads their values here; a name not set here is left out (with a
 /// warning: the workers keep their own value, if any).
@@ -128,23 +119,6 @@ pub(crate) fn set_in_process(vars: &[(OsString, OsString)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn list_separators_and_blanks() {
-        let rows: [(&str, &[&str]); 5] = [
-            ("", &[]),
-            ("A", &["A"]),
-            ("A,B:C", &["A", "B", "C"]),
-            (" A , ,B::", &["A", "B"]),
-            (
-                "LD_LIBRARY_PATH:SPICE_LIB",
-                &["LD_LIBRARY_PATH", "SPICE_LIB"],
-            ),
-        ];
-        for (list, want) in rows {
-            assert_eq!(parse_list(list), want, "{list:?}");
-        }
-    }
 
     #[test]
     fn names_parvm_reads_itself_are_refused() {

@@ -139,7 +139,8 @@ pub use crate::launcher::{LAUNCHER_VARS, launch_rank, launched_by_mpirun};
 /// `PARVM_TRANSPORT` unset (or empty) and the process started by `mpirun`.
 pub fn selected_by_env() -> bool {
     match std::env::var(TRANSPORT_VAR) {
-        Ok(name) if !name.is_empty() => name == "mpi",
+        // Read as env-config reads it: blanks trimmed, any case.
+        Ok(name) if !name.trim().is_empty() => name.trim().eq_ignore_ascii_case("mpi"),
         _ => launched_by_mpirun(),
     }
 }

@@ -218,13 +218,8 @@ impl RuntimeBuilder {
             serve_and_exit(self.tasks, config, transport);
         }
         let mut forward_names = self.forward_env.clone();
-        if let Some(list) = std::env::var_os(crate::envfwd::FORWARD_ENV_VAR) {
-            let list = list.into_string().map_err(|list| Error::ForwardEnv {
-                name: list.to_string_lossy().into_owned(),
-                reason: format!("{} is not UTF-8", crate::envfwd::FORWARD_ENV_VAR),
-            })?;
-            forward_names.extend(crate::envfwd::parse_list(&list));
-        }
+        // PARVM_FORWARD_ENV, read and split by env-config.
+        forward_names.extend(config.forward_env().iter().cloned());
         let forward = crate::envfwd::collect(&forward_names)?;
         let transport: Box<dyn Transport> = match self.choose(&config) {
             TransportKind::Local => Box::new(self.launch_local(&config)?),
