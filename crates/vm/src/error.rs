@@ -168,6 +168,20 @@ pub enum Error {
         /// What to do.
         hint: String,
     },
+    /// A dispatch cannot finish: every worker is gone and none can come (or the transport
+    /// failed). The jobs it names were not reported.
+    #[error(
+        "the dispatch stopped with {} job(s) unfinished ({}): {source}; dispatch those jobs again on a new runtime",
+        unfinished.len(),
+        crate::error::job_list(unfinished)
+    )]
+    DispatchUnfinished {
+        /// The indices of the jobs that were not reported, ascending.
+        unfinished: Vec<usize>,
+        /// Why the dispatch cannot go on.
+        #[source]
+        source: Box<Error>,
+    },
     /// More workers were asked for than there are, on a transport that starts no new ones.
     #[error(
         "cannot wait for {wanted} workers: the `{backend}` transport has {have} and starts no new ones; {hint}"
@@ -311,6 +325,20 @@ impl fmt::Display for Message {
 }
 
 impl std::error::Error for Message {}
+
+/// `jobs 1, 4, 7` (the first 20, then how many more).
+fn job_list(indices: &[usize]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = String::from(if indices.len() == 1 { "job" } else { "jobs" });
+    for (n, index) in indices.iter().take(SHOWN).enumerate() {
+        text.push_str(if n == 0 { " " } else { ", " });
+        text.push_str(&index.to_string());
+    }
+    if indices.len() > SHOWN {
+        text.push_str(&format!(" and {} more", indices.len() - SHOWN));
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {

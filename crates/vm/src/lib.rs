@@ -34,6 +34,7 @@
 
 mod capture;
 mod clean;
+mod dispatch;
 mod envfwd;
 mod error;
 mod ids;
@@ -53,6 +54,7 @@ mod vm;
 mod wire;
 mod worker;
 
+pub use dispatch::{Dispatch, Job, JobOutcome, JobResult, Results};
 pub use envfwd::FORWARD_ENV_VAR;
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};

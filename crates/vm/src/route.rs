@@ -4,8 +4,7 @@
 //!
 //! It runs on whichever thread is pulling events (see [`crate::spawner`]), with the state
 //! locked. It must not know how events are pulled or waited for, nor write a slot itself:
-//! the slot table ([`crate::state::Slots`]) does that. (`dispatch` is kept for the job
-//! dispatch API to come.)
+//! the slot table ([`crate::state::Slots`]) does that.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -55,6 +54,7 @@ impl Shared {
                 number,
                 value,
                 error,
+                mirrored,
             } => {
                 // The result keeps the frame as its buffer: located, then no copy.
                 let value = match value {
@@ -64,7 +64,7 @@ impl Shared {
                     }
                     None => Payload::from_vec(Vec::new()),
                 };
-                Self::on_done(state, from, number, value, error);
+                Self::on_done(state, from, number, value, error, mirrored);
                 None
             }
             FromWorker::User {
@@ -99,7 +99,14 @@ impl Shared {
 
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
     /// to its VM; the slot frees when the VM receives the exit.
-    fn on_done(state: &mut State, from: Rank, number: u64, value: Payload, error: Option<String>) {
+    fn on_done(
+        state: &mut State,
+        from: Rank,
+        number: u64,
+        value: Payload,
+        error: Option<String>,
+        mirrored: u64,
+    ) {
         let (vm, send_back, returns) = match state.slots.end(from, number) {
             End::Ended {
                 vm,
@@ -113,6 +120,11 @@ impl Shared {
             }
         };
         let task = TaskId { slot: from, number };
+        if mirrored > 0
+            && let Some(notes) = state.notes.get_mut(&vm)
+        {
+            notes.mirrored.insert(task, mirrored);
+        }
         match state.inboxes.get_mut(&vm) {
             Some(inbox) => {
                 if send_back {
@@ -207,17 +219,29 @@ impl Shared {
                 "no worker is left; waiting for workers to connect"
             );
         }
-        if let Some(running) = slot.running.filter(|r| !r.ended)
-            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
-        {
+        let running = slot.running.filter(|r| !r.ended).map(|r| (r, true));
+        let queued = slot.queued.map(|q| (q, false));
+        for (task, started) in running.into_iter().chain(queued) {
+            let id = TaskId {
+                slot: rank,
+                number: task.number,
+            };
+            if let Some(notes) = state.notes.get_mut(&task.vm) {
+                notes.lost.insert(id, started);
+            }
+            let Some(inbox) = state.inboxes.get_mut(&task.vm) else {
+                continue;
+            };
+            let what = if started {
+                "while running the task"
+            } else {
+                "before the task started"
+            };
             inbox.push_back(Message::TaskExit {
-                task: TaskId {
-                    slot: rank,
-                    number: running.number,
-                },
+                task: id,
                 status: ExitStatus::Failed {
                     reason: format!(
-                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
+                        "the worker (rank {rank} on host `{}`) died {what}: {reason}",
                         slot.host
                     ),
                 },

@@ -4,10 +4,13 @@
 //! [`Slots`] is the only code that writes a slot: a slot joins, is reserved for a task,
 //! is marked ended when the worker reports the task's end, is freed when its VM receives
 //! the exit (or is gone), and leaves when its worker is lost. Everyone else only reads.
+//! A dispatch may queue one successor behind a running task ([`Slots::reserve_queued`]):
+//! the worker reads its request after the current task, so no round trip separates the
+//! two; it becomes the running task when the current one's end is reported.
 //! It must not know the transport, the wire format or how events arrive.
 
 use std::any::TypeId;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parvm_transport::Rank;
@@ -19,6 +22,8 @@ use crate::{HostId, Message, TaskId};
 pub(crate) struct Slot {
     pub host: String,
     pub running: Option<Running>,
+    /// The task whose request waits at the worker behind `running` (dispatch only).
+    pub queued: Option<Running>,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -39,6 +44,19 @@ pub(crate) struct Occupant<'a> {
     pub label: &'a str,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+}
+
+impl Occupant<'_> {
+    fn running(&self, number: u64) -> Running {
+        Running {
+            number,
+            vm: self.vm,
+            label: self.label.to_owned(),
+            send_back: self.send_back,
+            returns: self.returns,
+            ended: false,
+        }
+    }
 }
 
 /// What [`Slots::end`] found.
@@ -88,12 +106,18 @@ impl Slots {
         self.map.get(&rank)
     }
 
-    /// Whether `task` is still running (its end not yet reported).
+    /// Whether `task` is still running (its end not yet reported), or queued behind the
+    /// running task of its slot.
     pub(crate) fn is_live(&self, task: TaskId) -> bool {
-        self.map
-            .get(&task.slot)
-            .and_then(|slot| slot.running.as_ref())
-            .is_some_and(|r| r.number == task.number && !r.ended)
+        self.map.get(&task.slot).is_some_and(|slot| {
+            slot.running
+                .as_ref()
+                .is_some_and(|r| r.number == task.number && !r.ended)
+                || slot
+                    .queued
+                    .as_ref()
+                    .is_some_and(|q| q.number == task.number)
+        })
     }
 
     /// A worker joined on `host`; returns whether the host had no worker before.
@@ -104,6 +128,7 @@ impl Slots {
             Slot {
                 host,
                 running: None,
+                queued: None,
             },
         );
         !known
@@ -132,17 +157,63 @@ impl Slots {
                 continue;
             }
             let number = numbers.fetch_add(1, Ordering::Relaxed);
-            slot.running = Some(Running {
-                number,
-                vm: task.vm,
-                label: task.label.to_owned(),
-                send_back: task.send_back,
-                returns: task.returns,
-                ended: false,
-            });
+            slot.running = Some(task.running(number));
             chosen.push((rank, number));
         }
         chosen
+    }
+
+    /// Reserves one place for `task` (dispatch): a free slot first, else a queue place
+    /// behind a running task whose end is not reported yet; on `hosts` only, when given,
+    /// and on a host other than `avoid` when such a place exists. Returns the rank, the
+    /// task number, and whether the task is queued behind another.
+    pub(crate) fn reserve_queued(
+        &mut self,
+        hosts: Option<&[HostId]>,
+        avoid: Option<&str>,
+        numbers: &AtomicU64,
+        task: &Occupant<'_>,
+    ) -> Option<(Rank, u64, bool)> {
+        let allowed =
+            |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
+        let free = |slot: &Slot| slot.running.is_none();
+        let queueable =
+            |slot: &Slot| slot.queued.is_none() && slot.running.as_ref().is_some_and(|r| !r.ended);
+        let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
+            self.map
+                .iter()
+                .find(|(_, slot)| {
+                    allowed(slot) && want(slot) && avoid.is_none_or(|a| a != slot.host)
+                })
+                .map(|(&rank, _)| rank)
+        };
+        let (rank, queued) = match pick(&free, avoid)
+            .map(|rank| (rank, false))
+            .or_else(|| pick(&queueable, avoid).map(|rank| (rank, true)))
+        {
+            Some(found) => found,
+            // Another host is only a preference: with none that could ever take the task,
+            // it goes where it can.
+            None if avoid.is_some()
+                && !self
+                    .map
+                    .values()
+                    .any(|s| allowed(s) && Some(s.host.as_str()) != avoid) =>
+            {
+                pick(&free, None)
+                    .map(|rank| (rank, false))
+                    .or_else(|| pick(&queueable, None).map(|rank| (rank, true)))?
+            }
+            None => return None,
+        };
+        let number = numbers.fetch_add(1, Ordering::Relaxed);
+        let slot = self.map.get_mut(&rank)?;
+        if queued {
+            slot.queued = Some(task.running(number));
+        } else {
+            slot.running = Some(task.running(number));
+        }
+        Some((rank, number, queued))
     }
 
     /// The worker `rank` reported the end of its task `number`: marks it ended, so the
@@ -155,11 +226,18 @@ impl Slots {
             return End::NotRunning;
         };
         running.ended = true;
-        End::Ended {
+        let end = End::Ended {
             vm: running.vm,
             send_back: running.send_back,
             returns: running.returns,
+        };
+        // The worker starts the queued task right after reporting this end. The ended
+        // task's exit is filed already; freeing it later finds another number and does
+        // nothing.
+        if let Some(next) = slot.queued.take() {
+            slot.running = Some(next);
         }
+        end
     }
 
     /// Frees the slot of `task` if it still holds that task (its exit was received, or
@@ -206,6 +284,19 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// What running dispatches learn besides messages, by VM; only VMs that run a
+    /// dispatch have an entry, so nothing is kept for plain spawns.
+    pub notes: BTreeMap<u32, DispatchNotes>,
+}
+
+/// What the router notes for a VM's dispatch, beside the messages it files.
+#[derive(Debug, Default)]
+pub(crate) struct DispatchNotes {
+    /// Bytes mirrored for each task whose end was reported, when not 0.
+    pub mirrored: HashMap<TaskId, u64>,
+    /// Tasks whose worker was lost before their end was reported, and whether they had
+    /// started (a queued task had not).
+    pub lost: HashMap<TaskId, bool>,
 }
 
 #[cfg(test)]

@@ -118,6 +118,8 @@ fn startup_without_folder(
 /// Where a task runs, and the folder to release after it.
 pub(crate) struct Prepared {
     pub dir: Option<PathBuf>,
+    /// Bytes mirrored (or refreshed) into the folder for this task; 0 when nothing was.
+    pub mirrored: u64,
     folder: Option<TaskFolder>,
 }
 
@@ -209,7 +211,11 @@ impl TaskFolders {
         if !request.folder {
             let dir =
                 startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
-            return Ok(Prepared { dir, folder: None });
+            return Ok(Prepared {
+                dir,
+                mirrored: 0,
+                folder: None,
+            });
         }
         let map = self.map(request.vm, request.mirror.as_deref())?;
         let persistence = if request.persistent {
@@ -240,9 +246,11 @@ impl TaskFolders {
             })?;
             tracing::debug!(removed, "cleaned {}", folder.path().display());
         }
+        let mut mirrored = 0;
         if let Some(map) = &map {
             // On failure the folder is released by its drop (removed when temporary).
             let report = self.fill(request.vm, &folder, map)?;
+            mirrored = report.bytes;
             tracing::debug!(
                 files = report.files,
                 bytes = report.bytes,
@@ -278,6 +286,7 @@ impl TaskFolders {
         };
         Ok(Prepared {
             dir: Some(dir),
+            mirrored,
             folder: Some(folder),
         })
     }

@@ -200,6 +200,11 @@ impl Spawn {
         })
     }
 
+    /// Whether this runs an external command.
+    pub(crate) fn is_command(&self) -> bool {
+        matches!(self.job, JobSpec::Command { .. })
+    }
+
     fn with(job: JobSpec) -> Spawn {
         Spawn {
             job,

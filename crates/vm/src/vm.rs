@@ -181,6 +181,9 @@ fn translate_startup(config: &Config, dir: &Path) -> Result<Startup, Error> {
     Ok(Startup::Literal(absolute))
 }
 
+/// The type a task's result decodes to, and its name.
+type ResultType = (std::any::TypeId, &'static str);
+
 /// A virtual machine object: spawns tasks with its own mirror map and storage settings,
 /// and receives the messages of the tasks it spawned.
 pub struct Vm {
@@ -282,61 +285,19 @@ impl Vm {
     /// the VM was finalized, or the transport failed.
     pub fn spawn(&self, spawn: Spawn) -> Result<Vec<TaskId>, Error> {
         self.shared.check_open()?;
-        let (label, returns, job) = match &spawn.job {
-            JobSpec::Function {
-                name,
-                args,
-                args_type,
-            } => {
-                let entry = self.shared.tasks.lookup(name, *args_type)?;
-                let args = args.as_ref().map_err(|reason| Error::Setting {
-                    setting: "spawn arguments",
-                    reason: format!("cannot encode the arguments of task `{name}`: {reason}"),
-                })?;
-                (
-                    name.clone(),
-                    Some(entry.returns),
-                    Job::Function {
-                        name: name.as_str().into(),
-                        args: args.as_slice().into(),
-                    },
-                )
-            }
-            JobSpec::Command { program, args, env } => (
-                program.clone(),
-                Some((
-                    std::any::TypeId::of::<crate::CommandStatus>(),
-                    std::any::type_name::<crate::CommandStatus>(),
-                )),
-                Job::Command {
-                    program: program.clone(),
-                    args: args.clone(),
-                    env: env.clone(),
-                },
-            ),
-        };
+        let (label, returns, job) = self.checked_job(&spawn)?;
         let chosen = self.shared.lock().slots.reserve(
             spawn.count,
             spawn.hosts.as_deref(),
             &self.shared.next_number,
             &Occupant {
                 vm: self.index,
-                label: &label,
+                label,
                 send_back: spawn.send_back,
                 returns,
             },
         );
-        let mut frame = ToWorker::Spawn(SpawnRequest {
-            number: 0,
-            vm: self.index,
-            job,
-            mirror: self.mirror.as_deref().map(Into::into),
-            folder: self.folder,
-            persistent: self.persistent,
-            clean: self.clean,
-            startup: self.startup.clone(),
-            send_back: spawn.send_back,
-        });
+        let mut frame = self.spawn_frame(job, spawn.send_back);
         let mut ids = Vec::with_capacity(chosen.len());
         for (rank, number) in chosen {
             if let ToWorker::Spawn(request) = &mut frame {
@@ -349,6 +310,72 @@ impl Vm {
             ids.push(TaskId { slot: rank, number });
         }
         Ok(ids)
+    }
+
+    /// Checks `spawn`'s task and arguments against the registry and gives the slot's label,
+    /// the type its result decodes to, and the job to send; nothing is sent.
+    pub(crate) fn checked_job<'s>(
+        &self,
+        spawn: &'s Spawn,
+    ) -> Result<(&'s str, Option<ResultType>, Job<'s>), Error> {
+        Ok(match &spawn.job {
+            JobSpec::Function {
+                name,
+                args,
+                args_type,
+            } => {
+                let entry = self.shared.tasks.lookup(name, *args_type)?;
+                let args = args.as_ref().map_err(|reason| Error::Setting {
+                    setting: "spawn arguments",
+                    reason: format!("cannot encode the arguments of task `{name}`: {reason}"),
+                })?;
+                (
+                    name.as_str(),
+                    Some(entry.returns),
+                    Job::Function {
+                        name: name.as_str().into(),
+                        args: args.as_slice().into(),
+                    },
+                )
+            }
+            JobSpec::Command { program, args, env } => (
+                program.as_str(),
+                Some((
+                    std::any::TypeId::of::<crate::CommandStatus>(),
+                    std::any::type_name::<crate::CommandStatus>(),
+                )),
+                Job::Command {
+                    program: program.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                },
+            ),
+        })
+    }
+
+    /// The spawn request for `job` with this VM's settings (task number 0, set per slot).
+    pub(crate) fn spawn_frame<'s>(&'s self, job: Job<'s>, send_back: bool) -> ToWorker<'s> {
+        ToWorker::Spawn(SpawnRequest {
+            number: 0,
+            vm: self.index,
+            job,
+            mirror: self.mirror.as_deref().map(Into::into),
+            folder: self.folder,
+            persistent: self.persistent,
+            clean: self.clean,
+            startup: self.startup.clone(),
+            send_back,
+        })
+    }
+
+    /// What this VM shares with the others of its runtime.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Whether this VM mirrors anything into its task folders.
+    pub(crate) fn mirrors(&self) -> bool {
+        self.mirror.is_some()
     }
 
     /// Waits for the next message for this VM.
@@ -453,6 +480,7 @@ impl Drop for Vm {
         let ranks: Vec<u32> = {
             let mut state = self.shared.lock();
             state.inboxes.remove(&self.index);
+            state.notes.remove(&self.index);
             state.slots.release_vm(self.index);
             state.slots.ranks()
         };

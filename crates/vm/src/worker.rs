@@ -374,9 +374,11 @@ impl Run<'_> {
         if let Some(capture) = self.capture {
             capture.set_task(id.number);
         }
+        let mut mirrored = 0;
         let outcome = match storage.prepare(request) {
             Err(reason) => Err(format!("cannot prepare the task folder: {reason}")),
             Ok(prepared) => {
+                mirrored = prepared.mirrored;
                 let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
                 if let Err(e) = prepared.release() {
                     tracing::warn!(task = %id, error = %e, "cannot remove the task folder");
@@ -401,6 +403,7 @@ impl Run<'_> {
                 number: request.number,
                 value: value.map(Into::into),
                 error,
+                mirrored,
             },
         );
     }

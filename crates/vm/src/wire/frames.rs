@@ -88,6 +88,9 @@ pub(crate) enum FromWorker<'a> {
         #[serde(borrow, with = "serde_bytes")]
         value: Option<Cow<'a, [u8]>>,
         error: Option<String>,
+        /// Bytes mirrored into the task folder for this task (0 when nothing was), for
+        /// the dispatch's results.
+        mirrored: u64,
     },
     /// A user message from task `from` on this worker to task `to`. `from` is `None` in a
     /// compact frame to the spawner ([`USER_SPAWNER`]): the task the slot runs.
