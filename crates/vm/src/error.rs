@@ -171,7 +171,7 @@ pub enum Error {
     /// A dispatch cannot finish: every worker is gone and none can come (or the transport
     /// failed). The jobs it names were not reported.
     #[error(
-        "the dispatch stopped with {} job(s) unfinished ({}): {source}; dispatch those jobs again on a new runtime",
+        "the dispatch stopped with {} job(s) unfinished ({}): {source}; then dispatch the unfinished jobs again",
         unfinished.len(),
         crate::error::job_list(unfinished)
     )]

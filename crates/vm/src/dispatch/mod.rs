@@ -31,14 +31,16 @@ impl Vm {
     pub fn dispatch<J: IntoIterator<Item = Job>>(&self, jobs: J) -> Dispatch<'_, J::IntoIter> {
         Dispatch {
             vm: self,
-            jobs: jobs.into_iter(),
+            jobs: Some(jobs.into_iter()),
             settings: Settings::default(),
+            scheduler: None,
         }
     }
 }
 
 /// A dispatch of jobs on a VM, built by [`Vm::dispatch`]: set it up, then iterate it (or
-/// call [`for_each`](Dispatch::for_each)).
+/// call [`for_each`](Dispatch::for_each)). Settings made after the first result has
+/// been asked for have no effect.
 ///
 /// Each slot gets a job as soon as it is free, and a second one waits at its worker behind
 /// the running one, so no round trip separates two jobs. A job whose worker is lost while
@@ -49,7 +51,7 @@ impl Vm {
 /// Iterating gives one `Result<JobResult, Error>` per job, in job order by default. An
 /// `Err` is a failure of the dispatch itself ([`Error::DispatchUnfinished`]: every worker
 /// is gone and none can come, with the unfinished jobs named); the results that came
-/// before it are given first, and nothing follows it. Dropping the iterator early stops
+/// before it are given first, and nothing follows it. Dropping the dispatch early stops
 /// the jobs still running and waits for their ends.
 ///
 /// ```standalone_crate
@@ -74,10 +76,12 @@ impl Vm {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use = "a dispatch runs only when its results are asked for"]
-pub struct Dispatch<'vm, I> {
+pub struct Dispatch<'vm, I: Iterator<Item = Job>> {
     vm: &'vm Vm,
-    jobs: I,
+    /// The jobs, until the scheduler takes them at the first result asked for.
+    jobs: Option<I>,
     settings: Settings,
+    scheduler: Option<Scheduler<'vm, I>>,
 }
 
 impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
@@ -127,17 +131,21 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// `ControlFlow::Break`, no more jobs are handed out, the running ones are stopped
     /// and their results not reported, and `for_each` returns.
     ///
+    /// This is the dispatch's own `for_each` (the collector of PyOPUS's
+    /// `cOS.dispatch`), not [`Iterator::for_each`], whose closure returns nothing.
+    ///
     /// # Errors
     /// [`Error::DispatchUnfinished`] when every worker is gone (the results that came
     /// before are handed to `collect` first).
     pub fn for_each(
-        self,
+        mut self,
         mut collect: impl FnMut(JobResult) -> ControlFlow<()>,
     ) -> Result<(), Error> {
-        let mut results = self.into_iter();
-        while let Some(result) = results.scheduler.next_result() {
+        while let Some(result) = self.next() {
             if collect(result?).is_break() {
-                results.scheduler.shut_down();
+                if let Some(scheduler) = &mut self.scheduler {
+                    scheduler.shut_down();
+                }
                 break;
             }
         }
@@ -145,28 +153,15 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     }
 }
 
-impl<'vm, I: Iterator<Item = Job>> IntoIterator for Dispatch<'vm, I> {
-    type Item = Result<JobResult, Error>;
-    type IntoIter = Results<'vm, I>;
-
-    fn into_iter(self) -> Results<'vm, I> {
-        Results {
-            scheduler: Scheduler::new(self.vm, self.jobs, self.settings),
-        }
-    }
-}
-
-/// The results of a [`Dispatch`], one per job (see there); dropping it early stops the
-/// jobs still running.
-pub struct Results<'vm, I: Iterator<Item = Job>> {
-    scheduler: Scheduler<'vm, I>,
-}
-
-impl<I: Iterator<Item = Job>> Iterator for Results<'_, I> {
+impl<I: Iterator<Item = Job>> Iterator for Dispatch<'_, I> {
     type Item = Result<JobResult, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.scheduler.next_result()
+        if self.scheduler.is_none() {
+            let jobs = self.jobs.take()?;
+            self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
+        }
+        self.scheduler.as_mut()?.next_result()
     }
 }
 

@@ -6,6 +6,7 @@ mod tasks;
 
 mod behaviour;
 mod clean;
+mod dispatch;
 mod forward;
 mod harness;
 mod hosts;

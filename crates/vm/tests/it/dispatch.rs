@@ -1,0 +1,500 @@
+//! Dispatch: the suite runs on every backend (memory, local, TCP, and MPI with the `mpi`
+//! feature); killing workers needs worker processes, so those tests run on local (and TCP
+//! for a single kill).
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use parvm_vm::{Error, Job, JobOutcome, JobResult, Spawn, Vm};
+
+use crate::harness::{Backend, Harness, collect};
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
+        }
+        mod local {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
+        }
+        mod tcp {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
+        }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    results_come_in_job_order,
+    unordered_gives_every_job_once,
+    collector_sees_every_job_once,
+    collector_can_stop_the_dispatch,
+    the_job_sequence_is_pulled_within_the_window,
+    failures_are_reported_and_retried_only_when_asked,
+    halt_on_error_runs_nothing_after_a_failure,
+    commands_report_their_status,
+    jobs_on_named_hosts,
+    a_vm_runs_one_dispatch_at_a_time,
+);
+
+/// How long a test may wait for a dispatch before it counts as hung.
+const AT_ONCE: Duration = Duration::from_secs(30);
+
+fn value(result: &JobResult) -> i64 {
+    match &result.outcome {
+        JobOutcome::Value(value) => value.decode().expect("an i64"),
+        other => panic!("job {} did not return a value: {other}", result.index),
+    }
+}
+
+fn results_come_in_job_order(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 2), ("beta", 1)]);
+    let vm = h.vm();
+    // Early jobs take longer, so later ones complete first and must wait their turn.
+    let jobs = (0..60i64).map(|i| {
+        if i < 3 {
+            Job::task("sleep", &30u64)
+        } else {
+            Job::task("add", &(i, 1i64))
+        }
+    });
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert_eq!(results.len(), 60);
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(result.index, n);
+        assert_eq!(result.attempts, 1);
+        assert!(result.host.is_some() && result.task.is_some(), "{result}");
+        assert_eq!(result.mirrored, 0);
+        if n >= 3 {
+            assert_eq!(value(result), i64::try_from(n).unwrap() + 1);
+        }
+    }
+    let hosts: BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r.host.as_ref().map(ToString::to_string))
+        .collect();
+    assert_eq!(hosts, BTreeSet::from(["alpha".into(), "beta".into()]));
+    assert_eq!(vm.free_slots(), 3, "every slot is free after the dispatch");
+}
+
+fn unordered_gives_every_job_once(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..500i64).map(|i| Job::task("add", &(i, i)));
+    let mut seen = BTreeSet::new();
+    for result in vm.dispatch(jobs).unordered().window(7) {
+        let result = result.unwrap();
+        assert_eq!(value(&result), 2 * i64::try_from(result.index).unwrap());
+        assert!(seen.insert(result.index), "job {} twice", result.index);
+    }
+    assert_eq!(seen, (0..500).collect());
+}
+
+fn collector_sees_every_job_once(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..300i64).map(|i| Job::task("add", &(i, 0i64)));
+    let mut seen = BTreeSet::new();
+    vm.dispatch(jobs)
+        .unordered()
+        .for_each(|result| {
+            assert_eq!(value(&result), i64::try_from(result.index).unwrap());
+            assert!(seen.insert(result.index), "job {} twice", result.index);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, (0..300).collect());
+}
+
+fn collector_can_stop_the_dispatch(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let pulled = Rc::new(Cell::new(0usize));
+    let counter = Rc::clone(&pulled);
+    let jobs = (0..1_000_000i64).map(move |i| {
+        counter.set(counter.get() + 1);
+        Job::task("add", &(i, 0i64))
+    });
+    let mut seen = 0;
+    vm.dispatch(jobs)
+        .window(8)
+        .for_each(|result| {
+            assert_eq!(result.index, seen, "job order");
+            seen += 1;
+            if seen == 20 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(seen, 20);
+    assert!(pulled.get() <= 20 + 8, "pulled {} jobs", pulled.get());
+    // Nothing of the stopped dispatch is left: the VM spawns and receives as before.
+    assert_eq!(vm.free_slots(), 2);
+    let ids = vm.spawn(Spawn::task("add", &(1i64, 2i64))).unwrap();
+    let (outcomes, others) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].value::<i64>(), 3);
+    assert!(
+        others.is_empty(),
+        "late messages of the dispatch: {others:?}"
+    );
+}
+
+fn the_job_sequence_is_pulled_within_the_window(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let window = 5;
+    let pulled = Rc::new(Cell::new(0usize));
+    let counter = Rc::clone(&pulled);
+    let jobs = (0..200i64).map(move |i| {
+        counter.set(counter.get() + 1);
+        // Some slow jobs, so finished results wait for earlier ones.
+        Job::task("sleep", &if i % 17 == 0 { 20u64 } else { 0 })
+    });
+    let mut taken = 0;
+    for result in vm.dispatch(jobs).window(window) {
+        result.unwrap();
+        taken += 1;
+        // Pulled and not yet handed out: at most the window (the one just handed out
+        // was still held when the last job was pulled).
+        assert!(
+            pulled.get() - taken < window,
+            "{} pulled, {taken} taken, window {window}",
+            pulled.get()
+        );
+    }
+    assert_eq!((taken, pulled.get()), (200, 200));
+}
+
+fn failures_are_reported_and_retried_only_when_asked(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let marker = |n: usize| {
+        h.shared
+            .path()
+            .join(format!("marker-{n}"))
+            .display()
+            .to_string()
+    };
+    let jobs = |tag: usize| {
+        (0..6).map(move |i| match i {
+            1 => Job::task("fail", &"by itself".to_string()),
+            2 => Job::task("panic", &"a panic".to_string()),
+            3 => Job::task("fail_once", &marker(tag)),
+            4 => Job::task("no such task", &()),
+            _ => Job::task("add", &(1i64, 1i64)),
+        })
+    };
+    let results: Vec<JobResult> = vm.dispatch(jobs(0)).map(|r| r.unwrap()).collect();
+    let failed = |r: &JobResult| matches!(r.outcome, JobOutcome::Failed { .. });
+    let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
+    assert!(
+        failed(&results[1]) && results[1].to_string().contains("by itself"),
+        "{shown:?}"
+    );
+    assert!(
+        failed(&results[2]) && results[2].to_string().contains("a panic"),
+        "{shown:?}"
+    );
+    assert!(failed(&results[3]), "fails once without retries: {shown:?}");
+    assert!(
+        failed(&results[4]) && results[4].task.is_none(),
+        "{shown:?}"
+    );
+    assert!(results[4].to_string().contains("no such task"), "{shown:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.attempts == u32::from(r.index != 4)),
+        "{shown:?}"
+    );
+    // With retries, the job that fails once succeeds on its second attempt; the others
+    // fail every time and are reported once, after their last attempt.
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs(1))
+        .retries(2)
+        .map(|r| r.unwrap())
+        .collect();
+    let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
+    assert!(
+        matches!(results[3].outcome, JobOutcome::Value(_)),
+        "{shown:?}"
+    );
+    assert_eq!(results[3].attempts, 2, "{shown:?}");
+    assert_eq!(
+        (results[1].attempts, results[2].attempts),
+        (3, 3),
+        "{shown:?}"
+    );
+    assert_eq!(
+        (results[0].attempts, results[5].attempts),
+        (1, 1),
+        "{shown:?}"
+    );
+}
+
+fn halt_on_error_runs_nothing_after_a_failure(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..100i64).map(|i| {
+        if i == 3 {
+            Job::task("fail", &"halt here".to_string())
+        } else {
+            Job::task("add", &(i, 0i64))
+        }
+    });
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .halt_on_error()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(results.len(), 100, "every job gets one result");
+    assert!(matches!(results[3].outcome, JobOutcome::Failed { .. }));
+    let first_not_run = results
+        .iter()
+        .position(|r| matches!(r.outcome, JobOutcome::NotRun))
+        .expect("jobs after the failure are not run");
+    // Only jobs handed out before the failure was known ran: within the window.
+    assert!(first_not_run <= 3 + 8, "{first_not_run}");
+    assert!(
+        results[first_not_run..]
+            .iter()
+            .all(|r| matches!(r.outcome, JobOutcome::NotRun)
+                && r.attempts == 0
+                && r.host.is_none()),
+        "nothing runs after the first not-run job"
+    );
+}
+
+fn commands_report_their_status(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = [
+        Job::command("true"),
+        Job::command("sh").args(["-c", "exit 3"]),
+        Job::command("/nonexistent/program"),
+    ];
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(
+        matches!(results[0].outcome, JobOutcome::Command(status) if status.success()),
+        "{}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1].outcome, JobOutcome::Failed { status: Some(s), .. } if s.code == Some(3)),
+        "{}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2].outcome, JobOutcome::Failed { status: None, reason } if reason.contains("/nonexistent/program")),
+        "{}",
+        results[2]
+    );
+}
+
+fn jobs_on_named_hosts(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 2)]);
+    let vm = h.vm();
+    let jobs = (0..20i64)
+        .map(|i| Job::task("add", &(i, 0i64)).hosts(["beta"]))
+        .chain([Job::task("noop", &()).hosts(["gamma"])]);
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(
+        results[..20]
+            .iter()
+            .all(|r| r.host.as_ref().is_some_and(|h| h.to_string() == "beta"))
+    );
+    assert!(
+        matches!(&results[20].outcome, JobOutcome::Failed { reason, .. } if reason.contains("gamma")),
+        "{}",
+        results[20]
+    );
+}
+
+fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    let mut first = vm.dispatch((0..3i64).map(|i| Job::task("add", &(i, 0i64))));
+    assert_eq!(value(&first.next().unwrap().unwrap()), 0);
+    let mut second = vm.dispatch([Job::task("noop", &())]);
+    let error = second.next().unwrap().unwrap_err();
+    assert!(error.to_string().contains("a VM of its own"), "{error}");
+    assert!(second.next().is_none());
+    drop(second);
+    let rest: Vec<i64> = first.map(|r| value(&r.unwrap())).collect();
+    assert_eq!(rest, [1, 2]);
+}
+
+/// The pids of every worker, from a `pid` task on each slot.
+fn worker_pids(vm: &Vm) -> Vec<i32> {
+    let ids = vm.spawn(Spawn::task("pid", &()).fill()).unwrap();
+    let (outcomes, _) = collect(vm, &ids);
+    ids.iter()
+        .map(|id| i32::try_from(outcomes[id].value::<u32>()).unwrap())
+        .collect()
+}
+
+/// Kills the listed processes when dropped, if still alive.
+struct PidsGuard(Vec<i32>);
+
+impl Drop for PidsGuard {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `body` on another thread and fails the test instead of hanging when it takes
+/// longer than [`AT_ONCE`].
+fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(AT_ONCE)
+        .unwrap_or_else(|_| panic!("{what} did not return within {AT_ONCE:?}"))
+}
+
+fn a_killed_worker_s_jobs_run_again_elsewhere(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 2), ("beta", 2)]);
+    let vm = h.vm();
+    let pids = worker_pids(&vm);
+    let _guard = PidsGuard(pids.clone());
+    let victim = pids[0];
+    let jobs = (0..80u64).map(|_| Job::task("sleep_pid", &30u64));
+    let mut seen = BTreeSet::new();
+    let mut rerun = 0;
+    let mut killed = false;
+    vm.dispatch(jobs)
+        .unordered()
+        .for_each(|result| {
+            let pid = match &result.outcome {
+                JobOutcome::Value(v) => i32::try_from(v.decode::<u32>().unwrap()).unwrap(),
+                other => panic!("job {}: {other}", result.index),
+            };
+            assert!(seen.insert(result.index), "job {} twice", result.index);
+            if result.attempts > 1 {
+                rerun += 1;
+                assert_ne!(
+                    pid, victim,
+                    "job {} ran again on the dead worker",
+                    result.index
+                );
+                assert_eq!(
+                    result.host.as_ref().map(ToString::to_string).as_deref(),
+                    Some("beta")
+                );
+            }
+            if seen.len() == 8 && !killed {
+                kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+                killed = true;
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, (0..80).collect());
+    assert_eq!(rerun, 1, "the job the killed worker ran runs again, once");
+}
+
+#[test]
+fn local_a_killed_worker_s_jobs_run_again_elsewhere() {
+    a_killed_worker_s_jobs_run_again_elsewhere(Backend::Local);
+}
+
+#[test]
+fn tcp_a_killed_worker_s_jobs_run_again_elsewhere() {
+    a_killed_worker_s_jobs_run_again_elsewhere(Backend::Tcp);
+}
+
+#[test]
+fn every_worker_killed_ends_the_dispatch_with_the_unfinished_jobs() {
+    let h = Harness::start(Backend::Local, 2);
+    let vm = h.vm();
+    let pids = worker_pids(&vm);
+    let _guard = PidsGuard(pids.clone());
+    let (results, error) = within("a dispatch whose workers all died", move || {
+        let jobs = (0..50u64).map(|i| Job::task("sleep", &if i < 4 { 0u64 } else { 60_000 }));
+        let mut results = Vec::new();
+        let mut error = None;
+        for result in vm.dispatch(jobs).window(6) {
+            match result {
+                Ok(result) => {
+                    assert!(result.outcome.is_success(), "{result}");
+                    results.push(result.index);
+                    if results.len() == 4 {
+                        for pid in &pids {
+                            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+                        }
+                    }
+                }
+                Err(e) => {
+                    assert!(error.is_none(), "a second error: {e}");
+                    error = Some(e);
+                }
+            }
+        }
+        (results, error)
+    });
+    assert_eq!(results, [0, 1, 2, 3]);
+    let error = error.expect("the dispatch ends with an error");
+    let Error::DispatchUnfinished { unfinished, source } = &error else {
+        panic!("{error:?}");
+    };
+    // The jobs pulled and not reported when the workers died: from 4, within the window.
+    assert!(
+        !unfinished.is_empty()
+            && unfinished.len() <= 6
+            && unfinished.iter().copied().eq(4..4 + unfinished.len()),
+        "{error}"
+    );
+    assert!(
+        matches!(**source, Error::WorkersGone { lost: 2, .. }),
+        "{source:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("(jobs 4, 5"), "names the jobs: {text}");
+    assert!(
+        text.contains("dispatch the unfinished jobs again"),
+        "says what to do: {text}"
+    );
+}
+
+#[test]
+fn lost_attempts_are_limited() {
+    // A job that kills its own worker is lost on every attempt: 1 + lost_retries.
+    let h = Harness::start_hosts(Backend::Local, &[("alpha", 2), ("beta", 2)]);
+    let vm = h.vm();
+    let jobs = [Job::task("exit", &9i32), Job::task("add", &(1i64, 2i64))];
+    let results: Vec<JobResult> = within("a dispatch losing workers", move || {
+        vm.dispatch(jobs)
+            .lost_retries(1)
+            .map(|r| r.unwrap())
+            .collect()
+    });
+    assert!(
+        matches!(&results[0].outcome, JobOutcome::Lost { .. }),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[0].attempts, 2);
+    assert_eq!(value(&results[1]), 3);
+}
