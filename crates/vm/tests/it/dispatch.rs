@@ -498,3 +498,52 @@ fn lost_attempts_are_limited() {
     assert_eq!(results[0].attempts, 2);
     assert_eq!(value(&results[1]), 3);
 }
+
+/// Throughput of no-op jobs on the local backend with two workers; a measurement, not a
+/// check (run it in release: `cargo test --release -p parvm-vm --test it
+/// dispatch::no_op_throughput -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement; run by hand in release"]
+fn no_op_throughput() {
+    let h = Harness::start(Backend::Local, 2);
+    let vm = h.vm();
+    let jobs = 100_000;
+    // Warm up: workers started, folders and buffers in place.
+    assert_eq!(
+        vm.dispatch((0..1000).map(|_| Job::task("noop", &())))
+            .count(),
+        1000
+    );
+    let start = std::time::Instant::now();
+    let done = vm
+        .dispatch((0..jobs).map(|_| Job::task("noop", &())))
+        .unordered()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.outcome.is_success()))
+        .count();
+    let dispatch = start.elapsed();
+    assert_eq!(done, jobs);
+    // The plain spawn loop: one task per free slot, wait for an exit, spawn again.
+    let start = std::time::Instant::now();
+    let mut left = jobs;
+    let mut running = 0;
+    while left > 0 || running > 0 {
+        while left > 0 {
+            let ids = vm.spawn(Spawn::task("noop", &())).unwrap();
+            if ids.is_empty() {
+                break;
+            }
+            left -= 1;
+            running += 1;
+        }
+        if let parvm_vm::Message::TaskExit { .. } = vm.recv().unwrap() {
+            running -= 1;
+        }
+    }
+    let spawn_loop = start.elapsed();
+    let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
+    eprintln!(
+        "{jobs} no-op jobs on 2 local workers: dispatch {:.0} jobs/s ({dispatch:?}), plain spawn loop {:.0} jobs/s ({spawn_loop:?})",
+        rate(dispatch),
+        rate(spawn_loop)
+    );
+}
