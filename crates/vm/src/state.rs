@@ -29,6 +29,8 @@ pub(crate) struct Running {
     pub label: String,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    /// The task is an external command (else a registered function).
+    pub command: bool,
     /// The worker reported the end; the slot frees when the VM receives the exit.
     pub ended: bool,
 }
@@ -39,6 +41,7 @@ pub(crate) struct Occupant<'a> {
     pub label: &'a str,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    pub command: bool,
 }
 
 /// What [`Slots::end`] found.
@@ -138,6 +141,7 @@ impl Slots {
                 label: task.label.to_owned(),
                 send_back: task.send_back,
                 returns: task.returns,
+                command: task.command,
                 ended: false,
             });
             chosen.push((rank, number));
@@ -206,6 +210,9 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
+    /// however it comes, is reported as stopped.
+    pub stopping: std::collections::BTreeSet<TaskId>,
 }
 
 #[cfg(test)]
@@ -218,6 +225,7 @@ mod tests {
             label: "t",
             send_back: true,
             returns: None,
+            command: false,
         }
     }
 
