@@ -211,6 +211,14 @@ pub enum Error {
         "the spawner is gone, so no message can arrive; return from the task (its worker exits)"
     )]
     SpawnerLost,
+    /// [`Vm::stop`](crate::Vm::stop) cannot stop this task.
+    #[error("cannot stop task {task}: {reason}")]
+    CannotStop {
+        /// The task.
+        task: crate::TaskId,
+        /// Why, and what to do instead.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -94,6 +94,26 @@ impl Shared {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
                 None
             }
+            FromWorker::Stopped { number, started } => {
+                let host = state.slots.get(from).map_or("?", |s| s.host.as_str());
+                let detail = if started {
+                    format!(
+                        "a function cannot be interrupted inside its thread, so its worker (rank {from} on host `{host}`) exits; the local backend starts a replacement"
+                    )
+                } else {
+                    format!("it had not started on rank {from} (host `{host}`)")
+                };
+                state.stopping.insert(TaskId { slot: from, number });
+                Self::on_done(
+                    state,
+                    from,
+                    number,
+                    Payload::from_vec(Vec::new()),
+                    Some(detail),
+                    0,
+                );
+                None
+            }
         }
     }
 
@@ -125,6 +145,13 @@ impl Shared {
         {
             notes.mirrored.insert(task, mirrored);
         }
+        // The spawner's own record decides, not what the worker says: a task asked to
+        // stop is reported stopped, even when its end crossed the stop on the way.
+        let error = if state.stopping.remove(&task) {
+            Some(stopped_reason(error.as_deref()))
+        } else {
+            error
+        };
         match state.inboxes.get_mut(&vm) {
             Some(inbox) => {
                 if send_back {
@@ -188,9 +215,14 @@ impl Shared {
         }
     }
 
-    /// A worker joined after the start (TCP): it gets the forwarded environment first,
+    /// A worker joined after the start (TCP, or a local replacement): it gets the forwarded environment first,
     /// and VMs hear of its host when it is new.
     fn on_joined(&self, state: &mut State, peer: Peer) {
+        if self.finalized.load(Ordering::Acquire) {
+            // A replacement that joined while finalizing goes home at once.
+            let _ = self.send(peer.rank, &ToWorker::Exit);
+            return;
+        }
         // Sent while the lock is held, so no spawn can reach the worker before it.
         self.send_env(peer.rank);
         if state.slots.join(peer.rank, peer.host.clone()) {
@@ -213,7 +245,7 @@ impl Shared {
         tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
         state.lost += 1;
         state.last_loss = Some(reason.to_owned());
-        if state.slots.is_empty() && self.workers_can_join {
+        if state.slots.is_empty() && self.workers_can_join() {
             tracing::warn!(
                 backend = self.backend,
                 "no worker is left; waiting for workers to connect"
@@ -229,23 +261,26 @@ impl Shared {
             if let Some(notes) = state.notes.get_mut(&task.vm) {
                 notes.lost.insert(id, started);
             }
-            let Some(inbox) = state.inboxes.get_mut(&task.vm) else {
-                continue;
-            };
             let what = if started {
                 "while running the task"
             } else {
                 "before the task started"
             };
-            inbox.push_back(Message::TaskExit {
-                task: id,
-                status: ExitStatus::Failed {
-                    reason: format!(
-                        "the worker (rank {rank} on host `{}`) died {what}: {reason}",
-                        slot.host
-                    ),
-                },
-            });
+            let died = format!(
+                "the worker (rank {rank} on host `{}`) died {what}: {reason}",
+                slot.host
+            );
+            let reason = if state.stopping.remove(&id) {
+                stopped_reason(Some(&died))
+            } else {
+                died
+            };
+            if let Some(inbox) = state.inboxes.get_mut(&task.vm) {
+                inbox.push_back(Message::TaskExit {
+                    task: id,
+                    status: ExitStatus::Failed { reason },
+                });
+            }
         }
         if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
             for inbox in state.inboxes.values_mut() {
@@ -254,6 +289,16 @@ impl Shared {
                 });
             }
         }
+    }
+}
+
+/// The reason a task the spawner asked to stop ends with: always starting with `stopped
+/// by the spawner`, followed by what the worker said, if anything.
+fn stopped_reason(detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("stopped by the spawner: {detail}"),
+        None => "stopped by the spawner (the task had just ended by itself; its result is dropped)"
+            .to_owned(),
     }
 }
 

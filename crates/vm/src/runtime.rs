@@ -142,14 +142,13 @@ impl Runtime {
     pub fn wait_for_workers(&self, workers: usize, timeout: Duration) -> Result<usize, Error> {
         self.shared.check_open()?;
         let backend = self.shared.backend;
-        let can_join = self.shared.workers_can_join;
         // File the events already queued first, so workers already lost are not counted.
         self.shared.pump(Until::Now, |_| None::<()>)?;
         let joined = self.shared.pump(Until::after(timeout), |state| {
             let have = state.slots.len();
             if have >= workers {
                 Some(Ok(have))
-            } else if can_join {
+            } else if self.shared.workers_can_join() {
                 None
             } else {
                 Some(Err(Error::TooFewWorkers {

@@ -34,6 +34,8 @@ pub(crate) struct Running {
     pub label: String,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    /// The task is an external command (else a registered function).
+    pub command: bool,
     /// The worker reported the end; the slot frees when the VM receives the exit.
     pub ended: bool,
 }
@@ -44,6 +46,7 @@ pub(crate) struct Occupant<'a> {
     pub label: &'a str,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    pub command: bool,
 }
 
 impl Occupant<'_> {
@@ -54,6 +57,7 @@ impl Occupant<'_> {
             label: self.label.to_owned(),
             send_back: self.send_back,
             returns: self.returns,
+            command: self.command,
             ended: false,
         }
     }
@@ -284,6 +288,9 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
+    /// however it comes, is reported as stopped.
+    pub stopping: std::collections::BTreeSet<TaskId>,
     /// What running dispatches learn besides messages, by VM; only VMs that run a
     /// dispatch have an entry, so nothing is kept for plain spawns.
     pub notes: BTreeMap<u32, DispatchNotes>,
@@ -309,6 +316,7 @@ mod tests {
             label: "t",
             send_back: true,
             returns: None,
+            command: false,
         }
     }
 

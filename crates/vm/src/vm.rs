@@ -295,6 +295,7 @@ impl Vm {
                 label,
                 send_back: spawn.send_back,
                 returns,
+                command: matches!(job, Job::Command { .. }),
             },
         );
         let mut frame = self.spawn_frame(job, spawn.send_back);
@@ -376,6 +377,76 @@ impl Vm {
     /// Whether this VM mirrors anything into its task folders.
     pub(crate) fn mirrors(&self) -> bool {
         self.mirror.is_some()
+    }
+
+    /// Stops `task`. A command is ended with everything it started (its supervisor sends
+    /// `SIGTERM`, then `SIGKILL` after a grace); a function task, which cannot be
+    /// interrupted inside its thread, ends with its worker process (the local backend then
+    /// starts a replacement worker, see
+    /// [`RuntimeBuilder::replace_workers`](crate::RuntimeBuilder::replace_workers)); a
+    /// task whose spawn request waits at its worker behind another task is answered without
+    /// running. Either way the task's [`Message::TaskExit`] arrives as usual, with
+    /// [`ExitStatus::Failed`](crate::ExitStatus::Failed) and a reason starting with
+    /// `stopped by the spawner` (and its [`Message::TaskResult`] fails with the same text,
+    /// when results are sent back). A function's worker that exits also shows up as a
+    /// lost worker: the slot leaves (with a
+    /// [`Message::HostDelete`] for its host's last worker), and a replacement joins as a
+    /// new slot (with a [`Message::HostAdd`]).
+    ///
+    /// A task that already ended, an unknown task and the spawner's own id are left alone:
+    /// `Ok(())`. Stopping a task twice is the same as once. The call does not wait: the
+    /// stop takes effect within a fraction of a second (a command at its next check, a
+    /// function when its worker's output thread next looks).
+    ///
+    /// Under MPI a worker process that exits ends the whole job (mpirun's rule), so stop
+    /// only commands there; under TCP the worker process exits and comes back only when
+    /// it is restarted (see `parvm worker`).
+    ///
+    /// # Errors
+    /// The VM was finalized; [`Error::CannotStop`] for a function task on the in-process
+    /// `memory` backend, whose workers are threads of this process; or the transport failed.
+    pub fn stop(&self, task: TaskId) -> Result<(), Error> {
+        self.shared.check_open()?;
+        {
+            let mut state = self.shared.lock();
+            let slot = state.slots.get(task.slot);
+            let running = slot
+                .and_then(|s| s.running.as_ref())
+                .filter(|r| r.number == task.number && !r.ended);
+            // A request queued behind another task (dispatch) is answered without running,
+            // so stopping it needs no worker to exit.
+            let queued = slot
+                .and_then(|s| s.queued.as_ref())
+                .is_some_and(|q| q.number == task.number);
+            let command = match running {
+                Some(running) => running.command,
+                None if queued => true,
+                None => return Ok(()),
+            };
+            if !command && self.shared.backend == "memory" {
+                return Err(Error::CannotStop {
+                    task,
+                    reason: "it is a function on the memory backend, whose workers are threads of this process and cannot exit; let it return (or make it watch for a message telling it to), or stop only commands there".to_owned(),
+                });
+            }
+            if !state.stopping.insert(task) {
+                return Ok(());
+            }
+        }
+        match self.shared.send(
+            task.slot,
+            &ToWorker::Stop {
+                number: task.number,
+            },
+        ) {
+            Ok(()) => Ok(()),
+            // The worker is gone: its loss ends the task, reported as stopped.
+            Err(Error::Transport { .. }) => {
+                tracing::debug!(task = %task, "cannot send a stop; the worker is gone");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits for the next message for this VM.

@@ -11,7 +11,7 @@ use parvm_transport::{Event, Transport, Wait};
 use serde::Serialize;
 
 use crate::capture::Capture;
-use crate::link::Link;
+use crate::link::{Link, TaskKind};
 use crate::message::{CommandStatus, Payload};
 use crate::supervise::{self, End};
 use crate::task_folder::TaskFolders;
@@ -307,6 +307,22 @@ impl Worker {
             };
             match frame {
                 ToWorker::Spawn(request) => {
+                    let kind = match request.job {
+                        Job::Function { .. } => TaskKind::Function,
+                        Job::Command { .. } => TaskKind::Command,
+                    };
+                    if !link.begin_task(request.number, kind) {
+                        // Stopped while queued behind the task before it: never run.
+                        tracing::debug!(number = request.number, "a queued task was stopped");
+                        state.send_or_log(
+                            &*transport,
+                            &FromWorker::Stopped {
+                                number: request.number,
+                                started: false,
+                            },
+                        );
+                        continue;
+                    }
                     let ctx = Run {
                         worker: &self,
                         transport: &*transport,
@@ -318,6 +334,7 @@ impl Worker {
                         home: home.as_deref(),
                     };
                     ctx.run(&mut storage, &request);
+                    link.end_task();
                     if state.exit_requested.get() || state.spawner_lost.get() {
                         break Ok(());
                     }
@@ -342,6 +359,8 @@ impl Worker {
                     *state.forwarded.borrow_mut() = vars;
                 }
                 ToWorker::Exit => break Ok(()),
+                // The link files stops as they arrive (see `crate::link`); none gets here.
+                ToWorker::Stop { .. } => {}
             }
         };
         storage.forget_all();
@@ -518,6 +537,7 @@ impl Run<'_> {
                     tracing::debug!(task = %id, %from, "a command gets no messages; dropped one");
                     continue;
                 }
+                Ok(None) if self.link.stop_requested() => "the spawner asked for it".to_owned(),
                 Ok(None) => continue,
                 Err(Error::Finalized) => "the VM was finalized".to_owned(),
                 Err(Error::SpawnerLost) => "the spawner is gone".to_owned(),

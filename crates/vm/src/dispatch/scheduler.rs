@@ -283,6 +283,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                         label,
                         send_back: true,
                         returns,
+                        command: pending.job.spawn.is_command(),
                     },
                 )
                 .map(|(rank, number, queued)| {
@@ -560,8 +561,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
 impl<I> Scheduler<'_, I> {
     /// Asks the worker to stop `task`; its exit arrives as usual.
     fn stop(&self, task: TaskId) {
-        // Vm::stop comes with branch d-stop; until it is merged a task runs to its end.
-        tracing::debug!(task = %task, "waiting for a dispatched task to end");
+        if let Err(e) = self.vm.stop(task) {
+            // The task runs to its end (a function on the memory backend).
+            tracing::debug!(task = %task, error = %e, "cannot stop a dispatched task");
+        }
     }
 
     /// Stops the dispatch: nothing more is handed out, the running tasks are stopped and

@@ -31,6 +31,27 @@ pub(crate) enum ToWorker<'a> {
     ForgetVm { vm: u32 },
     /// Leave the spawn loop and exit.
     Exit,
+    /// Stop task `number`: a running command with everything it started, a running
+    /// function by exiting the worker process, a queued spawn request without running it;
+    /// a task that already ended is left alone. Read by [`read_stop`] on whichever thread
+    /// receives it, so it is seen while the task runs.
+    Stop { number: u64 },
+}
+
+/// The first bytes of every encoded [`ToWorker::Stop`]: the version byte, then a
+/// MessagePack map of one entry keyed `"Stop"`. A receiving thread compares them before
+/// decoding, so the other frames pay a few byte comparisons, not a second decode.
+const STOP_PREFIX: &[u8] = &[super::VERSION, 0x81, 0xa4, b'S', b't', b'o', b'p'];
+
+/// The task number of a [`ToWorker::Stop`] frame; `None` for any other payload.
+pub(crate) fn read_stop(payload: &[u8]) -> Option<u64> {
+    if !payload.starts_with(STOP_PREFIX) {
+        return None;
+    }
+    match super::decode::<ToWorker<'_>>(payload) {
+        Ok(ToWorker::Stop { number }) => Some(number),
+        _ => None,
+    }
 }
 
 /// Everything a worker needs to run one task.
@@ -109,4 +130,33 @@ pub(crate) enum FromWorker<'a> {
     },
     /// The answer to [`ToWorker::Clear`].
     Cleared { removed: u64, error: Option<String> },
+    /// Task `number` was stopped by a [`ToWorker::Stop`] without a [`FromWorker::Done`]:
+    /// a queued task that never ran (`started` false), or a running function whose worker
+    /// process exits next (`started` true).
+    Stopped { number: u64, started: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode, output_ack};
+
+    #[test]
+    fn stop_frames_are_told_apart_by_their_first_bytes() {
+        for number in [0, 1, 127, 128, 1 << 40, u64::MAX] {
+            let bytes = encode(&ToWorker::Stop { number }).unwrap();
+            assert!(bytes.starts_with(STOP_PREFIX), "{bytes:?}");
+            assert_eq!(read_stop(&bytes), Some(number));
+        }
+        for other in [
+            encode(&ToWorker::Exit).unwrap(),
+            encode(&ToWorker::ForgetVm { vm: 3 }).unwrap(),
+            encode(&ToWorker::Clear { force: true }).unwrap(),
+            output_ack(5),
+            Vec::new(),
+            STOP_PREFIX.to_vec(),
+        ] {
+            assert_eq!(read_stop(&other), None, "{other:?}");
+        }
+    }
 }

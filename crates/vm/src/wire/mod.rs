@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker};
+pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker, read_stop};
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{Frame, USER, USER_SPAWNER, output_ack, read_output_ack};
 

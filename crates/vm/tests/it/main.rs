@@ -19,6 +19,7 @@ mod nohang;
 mod output;
 mod processes;
 mod selection;
+mod stop;
 mod unprivileged;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
