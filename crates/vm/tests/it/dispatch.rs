@@ -52,6 +52,7 @@ suite!(
     commands_report_their_status,
     jobs_on_named_hosts,
     a_vm_runs_one_dispatch_at_a_time,
+    a_command_past_its_limit_is_stopped,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -341,6 +342,69 @@ fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {
     drop(second);
     let rest: Vec<i64> = first.map(|r| value(&r.unwrap())).collect();
     assert_eq!(rest, [1, 2]);
+}
+
+fn a_command_past_its_limit_is_stopped(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..6).map(|i| {
+        if i == 1 {
+            Job::command("sleep").arg("60")
+        } else {
+            Job::command("true")
+        }
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .timeout(Duration::from_millis(300))
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    assert!(
+        matches!(results[1].outcome, JobOutcome::TimedOut { limit } if limit == Duration::from_millis(300)),
+        "{}",
+        results[1]
+    );
+    assert_eq!(results[1].attempts, 1, "a time limit is no lost attempt");
+    assert!(
+        results[1].elapsed >= Duration::from_millis(300),
+        "{}",
+        results[1]
+    );
+    for result in results.iter().filter(|r| r.index != 1) {
+        assert!(result.outcome.is_success(), "{result}");
+    }
+}
+
+#[test]
+fn a_function_past_its_limit_is_stopped() {
+    // A function cannot be interrupted: its worker exits (local backend).
+    let h = Harness::start_hosts(Backend::Local, &[("alpha", 2), ("beta", 1)]);
+    let vm = h.vm();
+    let jobs = (0..10i64).map(|i| {
+        if i == 2 {
+            Job::task("sleep", &60_000u64).timeout(Duration::from_millis(300))
+        } else {
+            Job::task("add", &(i, 0i64))
+        }
+    });
+    let results: Vec<JobResult> = within("a dispatch with a time limit", move || {
+        vm.dispatch(jobs).map(|r| r.unwrap()).collect()
+    });
+    assert!(
+        matches!(results[2].outcome, JobOutcome::TimedOut { .. }),
+        "{}",
+        results[2]
+    );
+    assert_eq!(results[2].attempts, 1);
+    for result in results.iter().filter(|r| r.index != 2) {
+        assert_eq!(
+            value(result),
+            i64::try_from(result.index).unwrap(),
+            "{result}"
+        );
+    }
 }
 
 /// The pids of every worker, from a `pid` task on each slot.
