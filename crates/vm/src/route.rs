@@ -64,7 +64,7 @@ impl Shared {
                     }
                     None => Payload::from_vec(Vec::new()),
                 };
-                Self::on_done(state, from, number, value, error, mirrored);
+                Self::on_done(state, from, number, value, error, mirrored, false);
                 None
             }
             FromWorker::User {
@@ -111,6 +111,9 @@ impl Shared {
                     Payload::from_vec(Vec::new()),
                     Some(detail),
                     0,
+                    // A started function's worker exits next: what waits behind it never
+                    // starts there.
+                    started,
                 );
                 None
             }
@@ -126,8 +129,9 @@ impl Shared {
         value: Payload,
         error: Option<String>,
         mirrored: u64,
+        last: bool,
     ) {
-        let (vm, send_back, returns) = match state.slots.end(from, number) {
+        let (vm, send_back, returns) = match state.slots.end(from, number, last) {
             End::Ended {
                 vm,
                 send_back,

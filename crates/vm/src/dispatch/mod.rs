@@ -6,6 +6,7 @@
 //! scheduling is [`scheduler`]'s. It must not write the slot table nor know frames.
 
 mod job;
+mod output;
 mod result;
 mod scheduler;
 

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::message::TaskFailure;
 use crate::{CommandStatus, HostId, TaskId, Value};
 
 /// How one job of a dispatch ended.
@@ -46,6 +47,48 @@ impl JobOutcome {
     #[must_use]
     pub fn is_success(&self) -> bool {
         matches!(self, JobOutcome::Value(_) | JobOutcome::Command(_))
+    }
+}
+
+impl JobOutcome {
+    /// What a job's end means when its worker was not lost and no limit stopped it:
+    /// `failed` and `reason` from its exit, `value` from its result.
+    pub(crate) fn of_end(
+        failed: bool,
+        reason: String,
+        value: Option<Result<Value, TaskFailure>>,
+        command: bool,
+    ) -> JobOutcome {
+        match value {
+            Some(Ok(value)) if !failed => {
+                if !command {
+                    return JobOutcome::Value(value);
+                }
+                match value.decode::<CommandStatus>() {
+                    Ok(status) if status.success() => JobOutcome::Command(status),
+                    Ok(status) => JobOutcome::Failed {
+                        reason: format!("the command ended with {status}"),
+                        status: Some(status),
+                    },
+                    Err(e) => JobOutcome::Failed {
+                        reason: e.to_string(),
+                        status: None,
+                    },
+                }
+            }
+            Some(Err(failure)) => JobOutcome::Failed {
+                reason: failure.message,
+                status: None,
+            },
+            _ if failed => JobOutcome::Failed {
+                reason,
+                status: None,
+            },
+            _ => JobOutcome::Failed {
+                reason: "the task ended without sending its result back".to_owned(),
+                status: None,
+            },
+        }
     }
 }
 

@@ -8,17 +8,18 @@
 //! collector in the parent module) and writes no slot itself: it reserves through
 //! [`crate::state::Slots`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parvm_transport::Rank;
 
 use super::job::Job;
+use super::output::Output;
 use super::result::{JobOutcome, JobResult};
 use crate::message::{ExitStatus, TaskFailure, Value};
 use crate::state::Occupant;
 use crate::wire::ToWorker;
-use crate::{CommandStatus, Error, HostId, Message, TaskId, Vm};
+use crate::{Error, HostId, Message, TaskId, Vm};
 
 /// How often a dispatch with nothing running looks for a free slot again.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
@@ -100,10 +101,8 @@ pub(crate) struct Scheduler<'vm, I> {
     /// Flights with a deadline, so the common case looks at no clock.
     timed: usize,
     halted: bool,
-    /// Results not yet handed out: by index when ordered, else in completion order.
-    by_index: BTreeMap<usize, JobResult>,
-    in_order: VecDeque<JobResult>,
-    next_out: usize,
+    /// Results not yet handed out.
+    output: Output,
     /// The dispatch-level error to give after the results that came before it.
     error: Option<Error>,
     /// The error was given: nothing follows.
@@ -144,9 +143,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             queued_on: HashMap::new(),
             timed: 0,
             halted: false,
-            by_index: BTreeMap::new(),
-            in_order: VecDeque::new(),
-            next_out: 0,
+            output: Output::new(settings.ordered),
             over: false,
             owns_notes: error.is_none(),
             // A second dispatch on the VM must not unregister the first one's notes.
@@ -159,7 +156,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// `None` when every job was reported.
     pub(crate) fn next_result(&mut self) -> Option<Result<JobResult, Error>> {
         loop {
-            if let Some(result) = self.take_output() {
+            if let Some(result) = self.output.take(self.error.is_some()) {
                 self.held -= 1;
                 return Some(Ok(result));
             }
@@ -172,13 +169,12 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }
             self.fill();
             if self.flights.is_empty() && self.ready.is_empty() && self.exhausted {
-                match self.by_index.keys().next() {
-                    // Every index up to the last pulled was reported, so there is no gap;
-                    // should one appear, the results go out rather than wait forever.
-                    Some(&first) => self.next_out = first,
-                    None if self.in_order.is_empty() => return None,
-                    None => {}
+                if self.output.is_empty() {
+                    return None;
                 }
+                // Every index up to the last pulled was reported, so there is no gap;
+                // should one appear, the results go out rather than wait forever.
+                self.output.skip_gap();
                 continue;
             }
             if self.flights.is_empty() && !self.ready.is_empty() && self.unplaceable() {
@@ -190,26 +186,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
     }
 
-    fn take_output(&mut self) -> Option<JobResult> {
-        if !self.settings.ordered {
-            return self.in_order.pop_front();
-        }
-        let entry = self.by_index.first_entry()?;
-        // After a dispatch-level error the rest never comes: hand out what there is.
-        if *entry.key() != self.next_out && self.error.is_none() {
-            return None;
-        }
-        let result = entry.remove();
-        self.next_out = result.index + 1;
-        Some(result)
-    }
-
     fn report(&mut self, result: JobResult) {
-        if self.settings.ordered {
-            self.by_index.insert(result.index, result);
-        } else {
-            self.in_order.push_back(result);
-        }
+        self.output.push(result);
     }
 
     /// Places ready jobs, then newly pulled ones, while there is a place and room in the
@@ -504,7 +482,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }
             JobOutcome::Lost { reason }
         } else {
-            outcome_of(failed, reason, value, pending.job.spawn.is_command())
+            JobOutcome::of_end(failed, reason, value, pending.job.spawn.is_command())
         };
         let failure = matches!(outcome, JobOutcome::Failed { .. });
         if failure && pending.failures < self.settings.retries {
@@ -593,8 +571,7 @@ impl<I> Scheduler<'_, I> {
             }
         }
         self.flights.clear();
-        self.by_index.clear();
-        self.in_order.clear();
+        self.output.clear();
         self.over = true;
     }
 }
@@ -607,44 +584,5 @@ impl<I> Drop for Scheduler<'_, I> {
         if self.owns_notes {
             self.vm.shared().lock().notes.remove(&self.vm.index());
         }
-    }
-}
-
-/// What a job's end means when its worker was not lost and no limit stopped it.
-fn outcome_of(
-    failed: bool,
-    reason: String,
-    value: Option<Result<Value, TaskFailure>>,
-    command: bool,
-) -> JobOutcome {
-    match value {
-        Some(Ok(value)) if !failed => {
-            if !command {
-                return JobOutcome::Value(value);
-            }
-            match value.decode::<CommandStatus>() {
-                Ok(status) if status.success() => JobOutcome::Command(status),
-                Ok(status) => JobOutcome::Failed {
-                    reason: format!("the command ended with {status}"),
-                    status: Some(status),
-                },
-                Err(e) => JobOutcome::Failed {
-                    reason: e.to_string(),
-                    status: None,
-                },
-            }
-        }
-        Some(Err(failure)) => JobOutcome::Failed {
-            reason: failure.message,
-            status: None,
-        },
-        _ if failed => JobOutcome::Failed {
-            reason,
-            status: None,
-        },
-        _ => JobOutcome::Failed {
-            reason: "the task ended without sending its result back".to_owned(),
-            status: None,
-        },
     }
 }
