@@ -382,7 +382,7 @@ mod tests {
         slots.join(2, "b".into());
         let numbers = AtomicU64::new(1);
         let task = occupant(0);
-        let mut reserve = |slots: &mut Slots, avoid: Option<&str>| {
+        let reserve = |slots: &mut Slots, avoid: Option<&str>| {
             slots.reserve_queued(None, avoid, &numbers, &task)
         };
         // Free slots first (another host than `avoid` first), then a queue place each.
