@@ -206,6 +206,8 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// Returned files and captured output of the tasks that asked for them.
+    pub returns: crate::returned::Returns,
 }
 
 #[cfg(test)]

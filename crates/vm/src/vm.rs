@@ -15,6 +15,7 @@ use parvm_env_config::Config;
 use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
+use crate::returned::Wanted;
 use crate::spawner::{Shared, Until};
 use crate::state::Occupant;
 use crate::tasks::JobSpec;
@@ -315,17 +316,30 @@ impl Vm {
                 },
             ),
         };
-        let chosen = self.shared.lock().slots.reserve(
-            spawn.count,
-            spawn.hosts.as_deref(),
-            &self.shared.next_number,
-            &Occupant {
-                vm: self.index,
-                label: &label,
-                send_back: spawn.send_back,
-                returns,
-            },
-        );
+        let wanted = self.check_returns(&spawn)?;
+        let chosen = {
+            let mut state = self.shared.lock();
+            let chosen = state.slots.reserve(
+                spawn.count,
+                spawn.hosts.as_deref(),
+                &self.shared.next_number,
+                &Occupant {
+                    vm: self.index,
+                    label: &label,
+                    send_back: spawn.send_back,
+                    returns,
+                },
+            );
+            // Registered before the request leaves, so the task's first frame finds it.
+            if let Some(wanted) = &wanted {
+                for &(rank, number) in &chosen {
+                    state
+                        .returns
+                        .register(TaskId { slot: rank, number }, wanted.for_task(rank, number));
+                }
+            }
+            chosen
+        };
         let mut frame = ToWorker::Spawn(SpawnRequest {
             number: 0,
             vm: self.index,
@@ -336,6 +350,7 @@ impl Vm {
             clean: self.clean,
             startup: self.startup.clone(),
             send_back: spawn.send_back,
+            returning: spawn.returning.clone(),
         });
         let mut ids = Vec::with_capacity(chosen.len());
         for (rank, number) in chosen {
@@ -349,6 +364,49 @@ impl Vm {
             ids.push(TaskId { slot: rank, number });
         }
         Ok(ids)
+    }
+
+    /// Checks what the spawn wants back besides its value (returned files, captured
+    /// output), before anything is sent; `None` when it wants nothing.
+    fn check_returns(&self, spawn: &Spawn) -> Result<Option<WantedBack>, Error> {
+        let capture = spawn.capture && matches!(spawn.job, JobSpec::Command { .. });
+        if let Some(first) = spawn.returning.first() {
+            for pattern in &spawn.returning {
+                parvm_mirror_fs::check_return_pattern(pattern).map_err(|source| {
+                    Error::ReturnPattern {
+                        pattern: pattern.clone(),
+                        source,
+                    }
+                })?;
+            }
+            if spawn.results_dir.is_none() {
+                return Err(Error::ReturnWithoutResults {
+                    pattern: first.clone(),
+                });
+            }
+            if !self.folder {
+                return Err(Error::ReturnWithoutFolder {
+                    pattern: first.clone(),
+                });
+            }
+        } else if !capture {
+            return Ok(None);
+        }
+        let results = match &spawn.results_dir {
+            Some(dir) => Some(std::path::absolute(dir).map_err(|source| Error::Io {
+                what: "resolve the results folder",
+                path: dir.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Some(WantedBack {
+            results,
+            per_task: spawn.count > 1,
+            returning: !spawn.returning.is_empty(),
+            capture,
+            local_root: self.shared.config.local_root().to_owned(),
+        }))
     }
 
     /// Waits for the next message for this VM.
@@ -462,6 +520,34 @@ impl Drop for Vm {
                     .shared
                     .send(rank, &ToWorker::ForgetVm { vm: self.index });
             }
+        }
+    }
+}
+
+/// What a spawn wants back besides its tasks' values, before it is given to each task.
+struct WantedBack {
+    results: Option<PathBuf>,
+    per_task: bool,
+    returning: bool,
+    capture: bool,
+    local_root: PathBuf,
+}
+
+impl WantedBack {
+    /// What task `number` on slot `rank` wants: with a count above 1 its own folder
+    /// `<results>/<slot>.<number>`.
+    fn for_task(&self, rank: u32, number: u64) -> Wanted {
+        Wanted {
+            results: self.results.as_ref().map(|dir| {
+                if self.per_task {
+                    dir.join(format!("{rank}.{number}"))
+                } else {
+                    dir.clone()
+                }
+            }),
+            returning: self.returning,
+            capture: self.capture,
+            local_root: self.local_root.clone(),
         }
     }
 }
