@@ -557,3 +557,73 @@ fn a_full_results_disk_fails_the_task_naming_the_file_and_leaves_no_partial_file
         assert_file(&results, &files[0]);
     }
 }
+
+/// Kills and reaps a spawner process when dropped (its workers follow it).
+struct SpawnerGuard(std::process::Child);
+
+impl Drop for SpawnerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The spawner's peak memory (kB) while `count` files of `size` bytes come back to it,
+/// run as its own process on the local backend (the test program's `returns` scenario).
+fn spawner_peak_kb(count: u64, size: u64) -> u64 {
+    let local = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let into = results.path().join("r");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+        .args(["returns", &into.display().to_string()])
+        .args([count.to_string(), size.to_string()])
+        .env("PARALLEL_LOCAL_STORAGE", local.path())
+        .env("PARALLEL_MIRRORED_STORAGE", local.path())
+        .env("PARVM_WORKERS", "1")
+        .env_remove("PARVM_TRANSPORT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = SpawnerGuard(child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(guard.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = guard.0.wait().unwrap();
+    assert!(status.success(), "the spawner failed: {status}\n{stdout}");
+    let returned: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RETURNED "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no RETURNED line in {stdout}"));
+    assert_eq!(returned, count * size);
+    let mut names = std::fs::read_dir(into.join("out")).unwrap().count() as u64;
+    if count == 1 {
+        let file = into.join("out/f00000.dat");
+        assert!(std::fs::read(&file).unwrap() == file_content("out/f00000.dat", size));
+        names = 1;
+    }
+    assert_eq!(names, count);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("HWM "))
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or_else(|| panic!("no HWM line in {stdout}"))
+}
+
+/// The spawner may grow to this while files come back, whatever their size.
+const MAX_SPAWNER_KB: u64 = 48 * 1024;
+
+#[test]
+fn a_big_file_and_many_small_ones_come_back_with_the_spawner_memory_bounded() {
+    let big = spawner_peak_kb(1, 64 << 20);
+    assert!(
+        big < MAX_SPAWNER_KB,
+        "the spawner grew to {big} kB receiving one 64 MiB file"
+    );
+    let many = spawner_peak_kb(2000, 4096);
+    assert!(
+        many < MAX_SPAWNER_KB,
+        "the spawner grew to {many} kB receiving 2000 files of 4 KiB"
+    );
+    eprintln!("spawner peak: {big} kB (1 x 64 MiB), {many} kB (2000 x 4 KiB)");
+}
