@@ -459,9 +459,10 @@ impl PendingFile {
         Ok(())
     }
 
-    /// Gives the file `mode` and modification time `mtime` (seconds, nanoseconds) and
-    /// renames it into place, replacing what stood there (a symlink there is replaced, not
-    /// written through).
+    /// Gives the file `mode` (its permission bits; set-user-id, set-group-id and sticky
+    /// bits are dropped, since the mode comes from a peer) and modification time `mtime`
+    /// (seconds, nanoseconds), and renames it into place, replacing what stood there (a
+    /// symlink there is replaced, not written through).
     ///
     /// # Errors
     /// [`Error::ResultWrite`] naming the file; the temporary file is removed.
@@ -470,7 +471,7 @@ impl PendingFile {
             path: self.path.clone(),
             source: e.into(),
         };
-        nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(mode & 0o7777)).map_err(err)?;
+        nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(mode & 0o777)).map_err(err)?;
         let times = [
             TimeSpec::new(0, libc::UTIME_OMIT),
             TimeSpec::new(mtime.0, mtime.1),
@@ -594,9 +595,9 @@ mod tests {
         let mut file = dir.begin(Path::new("sub/x.txt"), "1").unwrap();
         file.write_all(b"hello").unwrap();
         assert!(!results.path().join("r/sub/x.txt").exists());
-        file.finish(0o640, (1_000_000, 5)).unwrap();
+        file.finish(0o4640, (1_000_000, 5)).unwrap();
         let meta = std::fs::metadata(results.path().join("r/sub/x.txt")).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "no set-user-id bit");
         assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_000_000);
         assert_eq!(std::os::unix::fs::MetadataExt::mtime_nsec(&meta), 5);
         // Dropped unfinished: nothing is left.
