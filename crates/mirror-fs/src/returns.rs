@@ -597,7 +597,11 @@ mod tests {
         assert!(!results.path().join("r/sub/x.txt").exists());
         file.finish(0o4640, (1_000_000, 5)).unwrap();
         let meta = std::fs::metadata(results.path().join("r/sub/x.txt")).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "no set-user-id bit");
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o640,
+            "no set-user-id bit"
+        );
         assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_000_000);
         assert_eq!(std::os::unix::fs::MetadataExt::mtime_nsec(&meta), 5);
         // Dropped unfinished: nothing is left.

@@ -22,6 +22,42 @@ macro_rules! suite {
         mod tcp {
             $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
         }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )*
+        }
+    };
+}
+
+/// As `suite!`, on the backends whose workers are processes (output is captured there).
+macro_rules! process_suite {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $( #[test] fn $name() { super::super::$name(crate::harness::Backend::Local) } )*
+        }
+        mod tcp {
+            $( #[test] fn $name() { super::super::$name(crate::harness::Backend::Tcp) } )*
+        }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::super::$name,
+                    )
+                }
+            )*
+        }
     };
 }
 
@@ -37,30 +73,10 @@ suite!(
 // Output is captured from worker processes (local, TCP, MPI); in-process workers of the
 // memory backend print to the process's own stdout.
 mod capture {
-    mod local {
-        #[test]
-        fn captured_output_arrives_before_the_exit() {
-            super::super::captured_output_arrives_before_the_exit(crate::harness::Backend::Local)
-        }
-        #[test]
-        fn captured_output_past_the_memory_bound_spills_and_arrives_whole() {
-            super::super::captured_output_past_the_memory_bound_spills_and_arrives_whole(
-                crate::harness::Backend::Local,
-            )
-        }
-    }
-    mod tcp {
-        #[test]
-        fn captured_output_arrives_before_the_exit() {
-            super::super::captured_output_arrives_before_the_exit(crate::harness::Backend::Tcp)
-        }
-        #[test]
-        fn captured_output_past_the_memory_bound_spills_and_arrives_whole() {
-            super::super::captured_output_past_the_memory_bound_spills_and_arrives_whole(
-                crate::harness::Backend::Tcp,
-            )
-        }
-    }
+    process_suite!(
+        captured_output_arrives_before_the_exit,
+        captured_output_past_the_memory_bound_spills_and_arrives_whole,
+    );
 }
 
 /// Everything a task's messages said, in order.
