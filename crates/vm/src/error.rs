@@ -206,6 +206,31 @@ pub enum Error {
         /// Why it cannot be forwarded.
         reason: String,
     },
+    /// A return pattern is absolute or climbs out of the task folder.
+    #[error("cannot return `{pattern}`: {source}")]
+    ReturnPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What mirror-fs says is wrong with it.
+        #[source]
+        source: parvm_mirror_fs::Error,
+    },
+    /// A spawn returns files but has no results folder.
+    #[error(
+        "return pattern `{pattern}` has no results folder to write into; give the spawn one with `Spawn::results_dir(...)`"
+    )]
+    ReturnWithoutResults {
+        /// The first return pattern.
+        pattern: String,
+    },
+    /// A spawn returns files from a VM whose tasks have no task folder.
+    #[error(
+        "return pattern `{pattern}` needs a task folder, but this VM runs tasks without one; build the VM with `local_folder(true)`, a mirror map or `persistent(true)`"
+    )]
+    ReturnWithoutFolder {
+        /// The first return pattern.
+        pattern: String,
+    },
     /// The spawner went away while a task was waiting for a message.
     #[error(
         "the spawner is gone, so no message can arrive; return from the task (its worker exits)"

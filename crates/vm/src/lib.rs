@@ -43,6 +43,8 @@ mod layout;
 mod link;
 mod logging;
 mod message;
+mod returned;
+mod returning;
 mod route;
 mod runtime;
 mod spawner;
@@ -61,6 +63,9 @@ pub use ids::{HostId, TaskId};
 pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
+pub use returned::{CAPTURE_IN_MEMORY, Captured};
+#[doc(hidden)]
+pub use returning::set_return_hook;
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;

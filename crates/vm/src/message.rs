@@ -7,7 +7,9 @@ use std::ops::Range;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, HostId, TaskId};
+use std::path::PathBuf;
+
+use crate::{Captured, Error, HostId, TaskId};
 
 /// A message received by [`Vm::recv`](crate::Vm::recv) or [`TaskContext::recv`](crate::TaskContext::recv).
 #[derive(Debug)]
@@ -44,6 +46,28 @@ pub enum Message {
         /// The host.
         host: HostId,
     },
+    /// The files a task returned ([`Spawn::returning`](crate::Spawn::returning)), written
+    /// under the spawn's results folder; after the task's result, before its exit. When
+    /// returning failed, it lists the files written in full before the failure, and the
+    /// exit says why.
+    Returned {
+        /// The task.
+        task: TaskId,
+        /// Each file's path relative to the task's results folder (as in its task folder).
+        files: Vec<PathBuf>,
+        /// Their bytes, together.
+        bytes: u64,
+    },
+    /// A command's captured output ([`Spawn::capture`](crate::Spawn::capture)); after the
+    /// task's result, before its exit.
+    Captured {
+        /// The task.
+        task: TaskId,
+        /// What it wrote to its standard output.
+        stdout: Captured,
+        /// What it wrote to its standard error.
+        stderr: Captured,
+    },
 }
 
 /// One line for a log or a progress report: `task 1:3 returned 0.5`,
@@ -71,6 +95,19 @@ impl fmt::Display for Message {
                 Ok(())
             }
             Message::HostDelete { host } => write!(f, "host {host} has no workers left"),
+            Message::Returned { task, files, bytes } => {
+                write!(f, "task {task} returned {} file(s), {bytes} B", files.len())
+            }
+            Message::Captured {
+                task,
+                stdout,
+                stderr,
+            } => write!(
+                f,
+                "task {task} wrote {} B to stdout and {} B to stderr",
+                stdout.len(),
+                stderr.len()
+            ),
         }
     }
 }

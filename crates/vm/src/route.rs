@@ -89,9 +89,40 @@ impl Shared {
                 number,
                 stderr,
                 data,
-            } => Some(on_output(state, from, number, stderr, &data)),
+            } => {
+                let task = TaskId { slot: from, number };
+                if number != 0 && state.returns.capture(task, stderr, &data) {
+                    // Kept for the spawner, not printed; acknowledged all the same.
+                    return Some(Output {
+                        lines: Vec::new(),
+                        from,
+                        bytes: data.len() as u64,
+                    });
+                }
+                Some(on_output(state, from, number, stderr, &data))
+            }
             FromWorker::Cleared { removed, error } => {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
+                None
+            }
+            FromWorker::FileStart { number, path, .. } => {
+                Self::on_file_start(state, from, number, &path);
+                None
+            }
+            FromWorker::FileData { number, data } => {
+                Some(Self::on_file_data(state, from, number, &data))
+            }
+            FromWorker::FileEnd {
+                number,
+                mode,
+                mtime,
+                changed,
+            } => {
+                Self::on_file_end(state, from, number, mode, mtime, changed);
+                None
+            }
+            FromWorker::ReturnFailed { number, reason } => {
+                Self::on_return_failed(state, from, number, reason);
                 None
             }
             FromWorker::Stopped { number, started } => {
@@ -118,6 +149,44 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// A returned file of task `number` of worker `from` starts (see [`crate::returned`]).
+    fn on_file_start(state: &mut State, from: Rank, number: u64, path: &[u8]) {
+        state
+            .returns
+            .file_start(TaskId { slot: from, number }, path);
+    }
+
+    /// The next bytes of a returned file: written, then acknowledged once the lock is
+    /// released (the window of [`crate::link`]), so a worker sends no faster than the
+    /// spawner writes.
+    fn on_file_data(state: &mut State, from: Rank, number: u64, data: &[u8]) -> Output {
+        state.returns.file_data(TaskId { slot: from, number }, data);
+        Output {
+            lines: Vec::new(),
+            from,
+            bytes: data.len() as u64,
+        }
+    }
+
+    /// A returned file is complete (renamed into place), or changed and is dropped.
+    fn on_file_end(
+        state: &mut State,
+        from: Rank,
+        number: u64,
+        mode: u32,
+        mtime: (i64, i64),
+        changed: bool,
+    ) {
+        state
+            .returns
+            .file_end(TaskId { slot: from, number }, mode, mtime, changed);
+    }
+
+    /// Returning failed on the worker; the task's exit will say why.
+    fn on_return_failed(state: &mut State, from: Rank, number: u64, reason: String) {
+        state.returns.failed(TaskId { slot: from, number }, reason);
     }
 
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
@@ -156,6 +225,7 @@ impl Shared {
         } else {
             error
         };
+        let back = state.returns.finish(task);
         match state.inboxes.get_mut(&vm) {
             Some(inbox) => {
                 if send_back {
@@ -171,7 +241,17 @@ impl Shared {
                     };
                     inbox.push_back(Message::TaskResult { task, outcome });
                 }
-                let status = match error {
+                let mut failure = error;
+                if let Some(back) = back {
+                    inbox.extend(back.messages);
+                    if let Some(reason) = back.failure {
+                        failure = Some(match failure {
+                            Some(error) => format!("{error}; also, {reason}"),
+                            None => reason,
+                        });
+                    }
+                }
+                let status = match failure {
                     None => ExitStatus::Completed,
                     Some(reason) => ExitStatus::Failed { reason },
                 };
@@ -254,6 +334,12 @@ impl Shared {
                 backend = self.backend,
                 "no worker is left; waiting for workers to connect"
             );
+        }
+        for task in slot.running.iter().chain(&slot.queued) {
+            state.returns.forget(TaskId {
+                slot: rank,
+                number: task.number,
+            });
         }
         let running = slot.running.filter(|r| !r.ended).map(|r| (r, true));
         let queued = slot.queued.map(|q| (q, false));

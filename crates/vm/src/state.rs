@@ -293,6 +293,8 @@ pub(crate) struct State {
     /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
     /// however it comes, is reported as stopped.
     pub stopping: std::collections::BTreeSet<TaskId>,
+    /// Returned files and captured output of the tasks that asked for them.
+    pub returns: crate::returned::Returns,
     /// What running dispatches learn besides messages, by VM; only VMs that run a
     /// dispatch have an entry, so nothing is kept for plain spawns.
     pub notes: BTreeMap<u32, DispatchNotes>,

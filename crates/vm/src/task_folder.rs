@@ -124,6 +124,11 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// The task folder itself (not the startup folder), when the task has one.
+    pub(crate) fn task_dir(&self) -> Option<&std::path::Path> {
+        self.folder.as_ref().map(TaskFolder::path)
+    }
+
     /// Removes a temporary folder, hands a persistent one back.
     pub(crate) fn release(self) -> Result<(), String> {
         match self.folder {

@@ -15,6 +15,7 @@ use parvm_env_config::Config;
 use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
+use crate::returned::Wanted;
 use crate::spawner::{Shared, Until};
 use crate::state::Occupant;
 use crate::tasks::JobSpec;
@@ -286,19 +287,32 @@ impl Vm {
     pub fn spawn(&self, spawn: Spawn) -> Result<Vec<TaskId>, Error> {
         self.shared.check_open()?;
         let (label, returns, job) = self.checked_job(&spawn)?;
-        let chosen = self.shared.lock().slots.reserve(
-            spawn.count,
-            spawn.hosts.as_deref(),
-            &self.shared.next_number,
-            &Occupant {
-                vm: self.index,
-                label,
-                send_back: spawn.send_back,
-                returns,
-                command: matches!(job, Job::Command { .. }),
-            },
-        );
-        let mut frame = self.spawn_frame(job, spawn.send_back);
+        let wanted = self.check_returns(&spawn)?;
+        let chosen = {
+            let mut state = self.shared.lock();
+            let chosen = state.slots.reserve(
+                spawn.count,
+                spawn.hosts.as_deref(),
+                &self.shared.next_number,
+                &Occupant {
+                    vm: self.index,
+                    label,
+                    send_back: spawn.send_back,
+                    returns,
+                    command: matches!(job, Job::Command { .. }),
+                },
+            );
+            // Registered before the request leaves, so the task's first frame finds it.
+            if let Some(wanted) = &wanted {
+                for &(rank, number) in &chosen {
+                    state
+                        .returns
+                        .register(TaskId { slot: rank, number }, wanted.for_task(rank, number));
+                }
+            }
+            chosen
+        };
+        let mut frame = self.spawn_frame(job, &spawn);
         let mut ids = Vec::with_capacity(chosen.len());
         for (rank, number) in chosen {
             if let ToWorker::Spawn(request) = &mut frame {
@@ -354,8 +368,9 @@ impl Vm {
         })
     }
 
-    /// The spawn request for `job` with this VM's settings (task number 0, set per slot).
-    pub(crate) fn spawn_frame<'s>(&'s self, job: Job<'s>, send_back: bool) -> ToWorker<'s> {
+    /// The spawn request for `job` of `spawn` with this VM's settings (task number 0, set
+    /// per slot).
+    pub(crate) fn spawn_frame<'s>(&'s self, job: Job<'s>, spawn: &Spawn) -> ToWorker<'s> {
         ToWorker::Spawn(SpawnRequest {
             number: 0,
             vm: self.index,
@@ -365,7 +380,8 @@ impl Vm {
             persistent: self.persistent,
             clean: self.clean,
             startup: self.startup.clone(),
-            send_back,
+            send_back: spawn.send_back,
+            returning: spawn.returning.clone(),
         })
     }
 
@@ -447,6 +463,49 @@ impl Vm {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Checks what the spawn wants back besides its value (returned files, captured
+    /// output), before anything is sent; `None` when it wants nothing.
+    pub(crate) fn check_returns(&self, spawn: &Spawn) -> Result<Option<WantedBack>, Error> {
+        let capture = spawn.capture && matches!(spawn.job, JobSpec::Command { .. });
+        if let Some(first) = spawn.returning.first() {
+            for pattern in &spawn.returning {
+                parvm_mirror_fs::check_return_pattern(pattern).map_err(|source| {
+                    Error::ReturnPattern {
+                        pattern: pattern.clone(),
+                        source,
+                    }
+                })?;
+            }
+            if spawn.results_dir.is_none() {
+                return Err(Error::ReturnWithoutResults {
+                    pattern: first.clone(),
+                });
+            }
+            if !self.folder {
+                return Err(Error::ReturnWithoutFolder {
+                    pattern: first.clone(),
+                });
+            }
+        } else if !capture {
+            return Ok(None);
+        }
+        let results = match &spawn.results_dir {
+            Some(dir) => Some(std::path::absolute(dir).map_err(|source| Error::Io {
+                what: "resolve the results folder",
+                path: dir.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Some(WantedBack {
+            results,
+            per_task: spawn.count > 1,
+            returning: !spawn.returning.is_empty(),
+            capture,
+            local_root: self.shared.config.local_root().to_owned(),
+        }))
     }
 
     /// Waits for the next message for this VM.
@@ -561,6 +620,34 @@ impl Drop for Vm {
                     .shared
                     .send(rank, &ToWorker::ForgetVm { vm: self.index });
             }
+        }
+    }
+}
+
+/// What a spawn wants back besides its tasks' values, before it is given to each task.
+pub(crate) struct WantedBack {
+    results: Option<PathBuf>,
+    per_task: bool,
+    returning: bool,
+    capture: bool,
+    local_root: PathBuf,
+}
+
+impl WantedBack {
+    /// What task `number` on slot `rank` wants: with a count above 1 its own folder
+    /// `<results>/<slot>.<number>`.
+    pub(crate) fn for_task(&self, rank: u32, number: u64) -> Wanted {
+        Wanted {
+            results: self.results.as_ref().map(|dir| {
+                if self.per_task {
+                    dir.join(format!("{rank}.{number}"))
+                } else {
+                    dir.clone()
+                }
+            }),
+            returning: self.returning,
+            capture: self.capture,
+            local_root: self.local_root.clone(),
         }
     }
 }

@@ -399,6 +399,27 @@ impl Run<'_> {
             Ok(prepared) => {
                 mirrored = prepared.mirrored;
                 let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
+                if !request.returning.is_empty() {
+                    // After the task, before its `Done`, while its folder is still there.
+                    let returned = match prepared.task_dir() {
+                        Some(dir) => crate::returning::send_files(
+                            self.link,
+                            request.number,
+                            dir,
+                            &request.returning,
+                        ),
+                        None => Err("the task has no task folder to return files from; build the VM with `local_folder(true)`".to_owned()),
+                    };
+                    if let Err(reason) = returned {
+                        self.state.send_or_log(
+                            self.transport,
+                            &FromWorker::ReturnFailed {
+                                number: request.number,
+                                reason,
+                            },
+                        );
+                    }
+                }
                 if let Err(e) = prepared.release() {
                     tracing::warn!(task = %id, error = %e, "cannot remove the task folder");
                 }

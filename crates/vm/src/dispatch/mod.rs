@@ -11,6 +11,7 @@ mod result;
 mod scheduler;
 
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use job::Job;
@@ -92,6 +93,14 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// slots idle between jobs.
     pub fn window(mut self, jobs: usize) -> Self {
         self.settings.window = Some(jobs);
+        self
+    }
+
+    /// The folder returned files and spilled output go to: each job gets
+    /// `<dir>/<job index>/` (made when its first file arrives). Required for jobs with
+    /// [`Job::returning`]; default: none.
+    pub fn results(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.results = Some(dir.into());
         self
     }
 

@@ -3,10 +3,11 @@
 //! Plain public data; it must not know how jobs are scheduled.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::message::TaskFailure;
-use crate::{CommandStatus, HostId, TaskId, Value};
+use crate::{Captured, CommandStatus, HostId, TaskId, Value};
 
 /// How one job of a dispatch ended.
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl fmt::Display for JobOutcome {
 }
 
 /// The result of one job of a dispatch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct JobResult {
     /// The job's position in the dispatched sequence, from 0.
@@ -124,6 +125,15 @@ pub struct JobResult {
     pub elapsed: Duration,
     /// Bytes mirrored into its task folder for its last attempt (0 when nothing was).
     pub mirrored: u64,
+    /// The files its last attempt returned ([`Job::returning`](crate::Job::returning)),
+    /// relative to its results folder `<results>/<index>/`
+    /// ([`Dispatch::results`](crate::Dispatch::results)); when returning failed (the
+    /// outcome says why), those written in full before the failure.
+    pub returned: Vec<PathBuf>,
+    /// The standard output of a command job with [`Job::capture`](crate::Job::capture).
+    pub stdout: Option<Captured>,
+    /// The standard error of a command job with [`Job::capture`](crate::Job::capture).
+    pub stderr: Option<Captured>,
 }
 
 impl JobResult {
@@ -137,6 +147,9 @@ impl JobResult {
             attempts,
             elapsed: Duration::ZERO,
             mirrored: 0,
+            returned: Vec::new(),
+            stdout: None,
+            stderr: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! [`crate::state::Slots`].
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use parvm_transport::Rank;
@@ -19,7 +20,7 @@ use super::result::{JobOutcome, JobResult};
 use crate::message::{ExitStatus, TaskFailure, Value};
 use crate::state::Occupant;
 use crate::wire::ToWorker;
-use crate::{Error, HostId, Message, TaskId, Vm};
+use crate::{Captured, Error, HostId, Message, TaskId, Vm};
 
 /// How often a dispatch with nothing running looks for a free slot again.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
@@ -33,6 +34,7 @@ pub(crate) struct Settings {
     pub lost_retries: u32,
     pub halt_on_error: bool,
     pub timeout: Option<Duration>,
+    pub results: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             lost_retries: 3,
             halt_on_error: false,
             timeout: None,
+            results: None,
         }
     }
 }
@@ -68,6 +71,8 @@ struct Flight {
     started: Option<Instant>,
     deadline: Option<Instant>,
     value: Option<Result<Value, TaskFailure>>,
+    returned: Vec<PathBuf>,
+    captured: Option<(Captured, Captured)>,
     /// Stopped because it ran past its time limit.
     timed_out: bool,
     /// Stopped because the dispatch stops: not reported.
@@ -75,6 +80,10 @@ struct Flight {
 }
 
 /// What [`Scheduler::place`] did with a job.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a job given back is moved once; boxing it would allocate for every job that waits for a slot"
+)]
 enum Placed {
     Sent,
     /// Reported at once (refused before sending).
@@ -197,11 +206,17 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             let pending = match self.ready.pop_front() {
                 Some(pending) => pending,
                 None if !self.exhausted && self.held < self.window => match self.jobs.next() {
-                    Some(job) => {
+                    Some(mut job) => {
                         self.held += 1;
                         self.next_index += 1;
+                        let index = self.next_index - 1;
+                        if let Some(dir) = &self.settings.results
+                            && (!job.spawn.returning.is_empty() || job.spawn.capture)
+                        {
+                            job.spawn.results_dir = Some(dir.join(index.to_string()));
+                        }
                         Pending {
-                            index: self.next_index - 1,
+                            index,
                             job,
                             attempts: 0,
                             failures: 0,
@@ -235,7 +250,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         let vm = self.vm;
         let shared = vm.shared();
         let spawn = &pending.job.spawn;
-        let (label, returns, job) = match vm.checked_job(spawn) {
+        let checked = vm
+            .checked_job(spawn)
+            .and_then(|parts| Ok((parts, vm.check_returns(spawn)?)));
+        let ((label, returns, job), wanted) = match checked {
             Ok(parts) => parts,
             Err(error) => {
                 let mut result = JobResult::not_run(pending.index, pending.attempts);
@@ -265,6 +283,12 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                     },
                 )
                 .map(|(rank, number, queued)| {
+                    // Registered before the request leaves, so the task's first frame
+                    // finds it.
+                    if let Some(wanted) = &wanted {
+                        let task = TaskId { slot: rank, number };
+                        state.returns.register(task, wanted.for_task(rank, number));
+                    }
                     let host = state
                         .slots
                         .get(rank)
@@ -276,7 +300,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         let Some((rank, number, queued, host)) = reserved else {
             return Placed::NoPlace(pending);
         };
-        let mut frame = vm.spawn_frame(job, true);
+        let mut frame = vm.spawn_frame(job, spawn);
         if let ToWorker::Spawn(request) = &mut frame {
             request.number = number;
         }
@@ -294,6 +318,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             started: None,
             deadline: None,
             value: None,
+            returned: Vec::new(),
+            captured: None,
             timed_out: false,
             dropped: false,
         };
@@ -386,6 +412,20 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                 }
             }
             Some(Message::TaskExit { task, status }) => self.on_exit(task, status),
+            Some(Message::Returned { task, files, .. }) => {
+                if let Some(flight) = self.flights.get_mut(&task) {
+                    flight.returned = files;
+                }
+            }
+            Some(Message::Captured {
+                task,
+                stdout,
+                stderr,
+            }) => {
+                if let Some(flight) = self.flights.get_mut(&task) {
+                    flight.captured = Some((stdout, stderr));
+                }
+            }
             Some(other) => tracing::debug!(message = %other, "a dispatch drops a message"),
             None => {}
         }
@@ -446,6 +486,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             host,
             started,
             value,
+            returned,
+            captured,
             timed_out,
             dropped,
             ..
@@ -491,6 +533,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             self.ready.push_back(pending);
             return;
         }
+        let (stdout, stderr) = captured.map_or((None, None), |(out, err)| (Some(out), Some(err)));
         self.report(JobResult {
             index: pending.index,
             outcome,
@@ -499,6 +542,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             attempts: pending.attempts,
             elapsed,
             mirrored,
+            returned,
+            stdout,
+            stderr,
         });
         if failure {
             self.after_failure();

@@ -70,6 +70,10 @@ pub(crate) struct SpawnRequest<'a> {
     pub clean: bool,
     pub startup: Option<Startup>,
     pub send_back: bool,
+    /// Return patterns ([`crate::Spawn::returning`]): matched in the task folder when the
+    /// task ends, the files streamed back before [`FromWorker::Done`].
+    #[serde(default)]
+    pub returning: Vec<String>,
 }
 
 /// What to run.
@@ -130,6 +134,34 @@ pub(crate) enum FromWorker<'a> {
     },
     /// The answer to [`ToWorker::Clear`].
     Cleared { removed: u64, error: Option<String> },
+    /// A returned file of task `number` starts: its path relative to the task folder (the
+    /// bytes of an OS path), and its size when opened. A second start of the same file
+    /// (after a [`FromWorker::FileEnd`] with `changed`) sends it again from the beginning.
+    FileStart {
+        number: u64,
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        size: u64,
+    },
+    /// The next bytes of the file started last; each takes output window credit, like
+    /// [`FromWorker::Output`], and the spawner acknowledges it once written.
+    FileData {
+        number: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// The file started last is complete: its mode and modification time; with `changed`,
+    /// it changed while it was read and is to be dropped (it is sent again, or the task's
+    /// returning fails).
+    FileEnd {
+        number: u64,
+        mode: u32,
+        mtime: (i64, i64),
+        changed: bool,
+    },
+    /// Returning the files of task `number` failed on the worker (a literal pattern that
+    /// matches nothing, a symlink, a file that kept changing); sent before `Done`.
+    ReturnFailed { number: u64, reason: String },
     /// Task `number` was stopped by a [`ToWorker::Stop`] without a [`FromWorker::Done`]:
     /// a queued task that never ran (`started` false), or a running function whose worker
     /// process exits next (`started` true).

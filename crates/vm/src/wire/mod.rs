@@ -102,6 +102,7 @@ mod tests {
             clean: true,
             startup: Some(Startup::Mirrored(1, PathBuf::from("a/b"))),
             send_back: true,
+            returning: vec!["out/*.txt".to_owned()],
         });
         let bytes = encode(&frame).unwrap();
         let back: ToWorker<'_> = decode(&bytes).unwrap();

@@ -53,6 +53,7 @@ suite!(
     jobs_on_named_hosts,
     a_vm_runs_one_dispatch_at_a_time,
     a_command_past_its_limit_is_stopped,
+    jobs_return_files_and_capture_output,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -405,6 +406,64 @@ fn a_function_past_its_limit_is_stopped() {
             "{result}"
         );
     }
+}
+
+fn jobs_return_files_and_capture_output(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    let results_dir = tempfile::tempdir().unwrap();
+    let jobs = (0..8).map(|i| {
+        Job::command("sh")
+            .args([
+                "-c",
+                &format!("echo out-{i}; echo err-{i} >&2; echo data-{i} > result.txt"),
+            ])
+            .returning("result.txt")
+            .capture(true)
+    });
+    let jobs = jobs.chain([Job::command("true").returning("missing.txt")]);
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .results(results_dir.path())
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results[..8] {
+        let i = result.index;
+        assert!(result.outcome.is_success(), "{result}");
+        assert_eq!(
+            result.returned,
+            [std::path::PathBuf::from("result.txt")],
+            "{result}"
+        );
+        let file = results_dir.path().join(i.to_string()).join("result.txt");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("data-{i}\n")
+        );
+        if backend == Backend::Memory {
+            // In-process workers do not redirect output, so there is nothing to capture.
+            continue;
+        }
+        let out = result.stdout.as_ref().expect("captured stdout");
+        assert_eq!(out.bytes(), Some(format!("out-{i}\n").as_bytes()));
+        let err = result.stderr.as_ref().expect("captured stderr");
+        assert_eq!(err.bytes(), Some(format!("err-{i}\n").as_bytes()));
+    }
+    assert!(
+        matches!(&results[8].outcome, JobOutcome::Failed { reason, .. } if reason.contains("missing.txt")),
+        "a literal pattern that matches nothing fails the job: {}",
+        results[8]
+    );
+    // Returning needs a results folder: refused before anything is sent.
+    let refused: Vec<JobResult> = vm
+        .dispatch([Job::command("true").returning("x")])
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        matches!(&refused[0].outcome, JobOutcome::Failed { .. }) && refused[0].task.is_none(),
+        "{}",
+        refused[0]
+    );
 }
 
 /// The pids of every worker, from a `pid` task on each slot.

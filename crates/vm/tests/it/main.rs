@@ -18,6 +18,7 @@ mod mpirun;
 mod nohang;
 mod output;
 mod processes;
+mod returns;
 mod selection;
 mod stop;
 mod unprivileged;

@@ -14,6 +14,10 @@
 //!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
 //! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
 //!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
+//! - `returns <results> <count> <size> [cp]`: a task writes `count` files of `size` bytes
+//!   in a persistent folder, a second task returns them into `<results>`; prints
+//!   `RETURNED <bytes> <seconds>` and the spawner's peak memory `HWM <kB>`, then with `cp`
+//!   `CP <seconds>` for `cp -a` of the same files into `<results>.cp`;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
 
@@ -21,7 +25,10 @@ mod tasks;
 
 use std::time::Duration;
 
-use parvm_vm::{Message, Runtime, Spawn};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use parvm_vm::{ExitStatus, Message, Runtime, Spawn, Value, Vm};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = std::env::args().nth(1).unwrap_or_default();
@@ -143,6 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or("?");
             eprintln!("HWM {}", hwm.trim());
         }
+        "returns" => returns(&runtime)?,
         "print" => {
             let vm = runtime.vm().build()?;
             vm.spawn(Spawn::task("print", &"hello".to_string()))?;
@@ -156,4 +164,75 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     runtime.finalize()?;
     Ok(())
+}
+
+/// The `returns` scenario (see the crate docs).
+fn returns(runtime: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
+    let arg = |n: usize| std::env::args().nth(n).unwrap_or_default();
+    let results = PathBuf::from(arg(2));
+    let count: u64 = arg(3).parse()?;
+    let size: u64 = arg(4).parse()?;
+    let vm = runtime.vm().persistent(true).build()?;
+    let files: Vec<tasks::ReturnFile> = (0..count)
+        .map(|i| (format!("out/f{i:05}.dat"), size, 0o644, 1_600_000_000))
+        .collect();
+    run(&vm, Spawn::task("write_files", &files))?;
+    let dir: Option<String> = run(&vm, Spawn::task("dir", &()))?
+        .0
+        .ok_or("no result")?
+        .decode()?;
+    let start = Instant::now();
+    let (_, returned) = run(
+        &vm,
+        Spawn::task("noop", &())
+            .returning("out")
+            .results_dir(&results),
+    )?;
+    let took = start.elapsed().as_secs_f64();
+    let bytes = returned.ok_or("no files returned")?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .unwrap_or("?")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .to_owned();
+    println!("RETURNED {bytes} {took:.6}");
+    println!("HWM {hwm}");
+    if arg(5) == "cp" {
+        let from = PathBuf::from(dir.ok_or("the task has no folder")?).join("out");
+        let start = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(results.with_extension("cp"))
+            .status()?;
+        if !status.success() {
+            return Err(format!("cp -a failed: {status}").into());
+        }
+        println!("CP {:.6}", start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Runs one spawn to its exit: its value and the bytes it returned; an error when it failed.
+fn run(vm: &Vm, spawn: Spawn) -> Result<(Option<Value>, Option<u64>), Box<dyn std::error::Error>> {
+    vm.spawn(spawn)?;
+    let mut value = None;
+    let mut returned = None;
+    loop {
+        match vm.recv()? {
+            Message::TaskResult { outcome, .. } => value = Some(outcome?),
+            Message::Returned { bytes, .. } => returned = Some(bytes),
+            Message::TaskExit { status, .. } => {
+                if let ExitStatus::Failed { reason } = status {
+                    return Err(reason.into());
+                }
+                return Ok((value, returned));
+            }
+            _ => {}
+        }
+    }
 }
