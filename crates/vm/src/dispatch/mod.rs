@@ -89,7 +89,7 @@ pub struct Dispatch<'vm, I: Iterator<Item = Job>> {
 impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// At most `jobs` jobs are held at once: running, queued at a worker, waiting to be
     /// run again, or finished and waiting for an earlier job (in job order). Default: 4
-    /// per worker slot when the dispatch starts; at least 1. Less than 2 per slot leaves
+    /// per worker slot (growing as slots join); at least 1. Less than 2 per slot leaves
     /// slots idle between jobs.
     pub fn window(mut self, jobs: usize) -> Self {
         self.settings.window = Some(jobs);

@@ -25,6 +25,10 @@ use crate::{Captured, Error, HostId, Message, TaskId, Vm};
 /// How often a dispatch with nothing running looks for a free slot again.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
 
+/// The default window, per worker slot: one job running, one queued at the worker, and
+/// room for results that wait for an earlier job.
+const DEFAULT_WINDOW_PER_SLOT: usize = 4;
+
 /// The settings of one dispatch.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -138,7 +142,13 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                     vm.index()
                 ),
             });
-            (settings.window.unwrap_or(4 * workers).max(1), error)
+            (
+                settings
+                    .window
+                    .unwrap_or(DEFAULT_WINDOW_PER_SLOT * workers)
+                    .max(1),
+                error,
+            )
         };
         Scheduler {
             vm,
@@ -268,6 +278,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         };
         let reserved = {
             let mut state = shared.lock();
+            if self.settings.window.is_none() {
+                // Slots that joined since the start widen the default window with them.
+                self.window = self.window.max(DEFAULT_WINDOW_PER_SLOT * state.slots.len());
+            }
             state
                 .slots
                 .reserve_queued(

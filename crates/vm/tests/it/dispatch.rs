@@ -549,6 +549,35 @@ fn tcp_a_killed_worker_s_jobs_run_again_elsewhere() {
 }
 
 #[test]
+fn workers_that_join_during_a_dispatch_get_jobs() {
+    let mut h = Harness::start_hosts(Backend::Tcp, &[("alpha", 1)]);
+    let vm = h.vm();
+    let mut dispatch = vm
+        .dispatch((0..400u64).map(|_| Job::task("sleep_pid", &5u64)))
+        .unordered();
+    let first = dispatch.next().unwrap().unwrap();
+    assert_eq!(first.host.unwrap().to_string(), "alpha");
+    // One on a known host, one on a new host.
+    h.join_tcp_worker("alpha", 2);
+    h.join_tcp_worker("beta", 3);
+    let mut pids = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    let mut seen = 1;
+    for result in dispatch {
+        let result = result.unwrap();
+        let JobOutcome::Value(value) = &result.outcome else {
+            panic!("{result}");
+        };
+        pids.insert(value.decode::<u32>().unwrap());
+        hosts.insert(result.host.unwrap().to_string());
+        seen += 1;
+    }
+    assert_eq!(seen, 400);
+    assert_eq!(pids.len(), 3, "every worker ran jobs");
+    assert_eq!(hosts, BTreeSet::from(["alpha".into(), "beta".into()]));
+}
+
+#[test]
 fn every_worker_killed_ends_the_dispatch_with_the_unfinished_jobs() {
     let h = Harness::start(Backend::Local, 2);
     let vm = h.vm();
