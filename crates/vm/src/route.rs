@@ -221,6 +221,9 @@ impl Shared {
         // The spawner's own record decides, not what the worker says: a task asked to
         // stop is reported stopped, even when its end crossed the stop on the way.
         let error = if state.stopping.remove(&task) {
+            if let Some(notes) = state.notes.get_mut(&vm) {
+                notes.stopped.insert(task);
+            }
             Some(stopped_reason(error.as_deref()))
         } else {
             error
@@ -348,8 +351,12 @@ impl Shared {
                 slot: rank,
                 number: task.number,
             };
+            let stopped = state.stopping.remove(&id);
             if let Some(notes) = state.notes.get_mut(&task.vm) {
                 notes.lost.insert(id, started);
+                if stopped {
+                    notes.stopped.insert(id);
+                }
             }
             let what = if started {
                 "while running the task"
@@ -360,7 +367,7 @@ impl Shared {
                 "the worker (rank {rank} on host `{}`) died {what}: {reason}",
                 slot.host
             );
-            let reason = if state.stopping.remove(&id) {
+            let reason = if stopped {
                 stopped_reason(Some(&died))
             } else {
                 died

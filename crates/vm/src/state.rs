@@ -308,6 +308,8 @@ pub(crate) struct DispatchNotes {
     /// Tasks whose worker was lost before their end was reported, and whether they had
     /// started (a queued task had not).
     pub lost: HashMap<TaskId, bool>,
+    /// Tasks that ended because the spawner asked them to stop ([`crate::Vm::stop`]).
+    pub stopped: std::collections::HashSet<TaskId>,
 }
 
 #[cfg(test)]

@@ -181,6 +181,11 @@ impl<I: Iterator<Item = Job>> Dispatch<'_, I> {
     /// waits behind another job); default: none. A job past its limit is stopped and
     /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a
     /// lost worker. [`Job::timeout`] overrides it for one job.
+    ///
+    /// A command is stopped with everything it started; a function's worker process
+    /// exits (see [`Vm::stop`]). Under MPI, where a worker that exits ends the whole job,
+    /// a function past its limit is not stopped: it runs to its end and is reported as
+    /// timed out.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.settings.timeout = Some(limit);
         self

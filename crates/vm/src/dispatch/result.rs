@@ -39,7 +39,9 @@ pub enum JobOutcome {
         reason: String,
     },
     /// The job was not run: the dispatch halted after a failure
-    /// ([`Dispatch::halt_on_error`](crate::Dispatch::halt_on_error)).
+    /// ([`Dispatch::halt_on_error`](crate::Dispatch::halt_on_error)); or it was stopped
+    /// by [`Vm::stop`](crate::Vm::stop) (the program's own stop counts neither as a
+    /// failure nor as a lost worker).
     NotRun,
 }
 

@@ -485,15 +485,18 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             self.timed -= 1;
         }
         let failed = matches!(status, ExitStatus::Failed { .. });
-        let (lost, mirrored) = if failed || self.vm.mirrors() {
+        let (lost, stopped, mirrored) = if failed || self.vm.mirrors() {
             let mut state = self.vm.shared().lock();
             let notes = state.notes.get_mut(&self.vm.index());
-            notes.map_or((None, 0), |notes| {
-                let lost = notes.lost.remove(&task);
-                (lost, notes.mirrored.remove(&task).unwrap_or(0))
+            notes.map_or((None, false, 0), |notes| {
+                (
+                    notes.lost.remove(&task),
+                    notes.stopped.remove(&task),
+                    notes.mirrored.remove(&task).unwrap_or(0),
+                )
             })
         } else {
-            (None, 0)
+            (None, false, 0)
         };
         let Flight {
             mut pending,
@@ -522,6 +525,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                     .or(self.settings.timeout)
                     .unwrap_or_default(),
             }
+        } else if stopped {
+            // A stop the program asked for (Vm::stop): neither a failure nor a loss.
+            JobOutcome::NotRun
         } else if let Some(started) = lost {
             if !started {
                 // Its request waited at the worker: no attempt.
@@ -599,6 +605,19 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
 impl<I> Scheduler<'_, I> {
     /// Asks the worker to stop `task`; its exit arrives as usual.
     fn stop(&self, task: TaskId) {
+        let function = self
+            .flights
+            .get(&task)
+            .is_some_and(|f| !f.pending.job.spawn.is_command());
+        if function
+            && self.vm.shared().backend == "mpi"
+            && !self.queued_on.values().any(|&q| q == task)
+        {
+            // Under MPI a worker process that exits ends the whole job: the function runs
+            // to its end.
+            tracing::warn!(task = %task, "a function task cannot be stopped under MPI; it runs to its end");
+            return;
+        }
         if let Err(e) = self.vm.stop(task) {
             // The task runs to its end (a function on the memory backend).
             tracing::debug!(task = %task, error = %e, "cannot stop a dispatched task");

@@ -54,6 +54,7 @@ suite!(
     a_vm_runs_one_dispatch_at_a_time,
     a_command_past_its_limit_is_stopped,
     jobs_return_files_and_capture_output,
+    a_stop_the_program_asks_for_is_neither_failure_nor_loss,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -464,6 +465,45 @@ fn jobs_return_files_and_capture_output(backend: Backend) {
         "{}",
         refused[0]
     );
+}
+
+fn a_stop_the_program_asks_for_is_neither_failure_nor_loss(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = [
+        Job::command("sleep").arg("60"),
+        Job::command("true"),
+        Job::command("true"),
+    ];
+    let results: Vec<JobResult> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sleeper = None;
+            crate::harness::wait_until("the sleeping job runs", || {
+                sleeper = vm
+                    .describe()
+                    .hosts
+                    .iter()
+                    .flat_map(|host| &host.slots)
+                    .filter_map(|slot| slot.task.as_ref())
+                    .find(|task| task.label == "sleep")
+                    .map(|task| task.id);
+                sleeper.is_some()
+            });
+            vm.stop(sleeper.unwrap()).unwrap();
+        });
+        vm.dispatch(jobs)
+            .retries(3)
+            .halt_on_error()
+            .map(|r| r.unwrap())
+            .collect()
+    });
+    assert!(
+        matches!(results[0].outcome, JobOutcome::NotRun),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[0].attempts, 1, "not run again: {}", results[0]);
+    assert!(results[1].outcome.is_success() && results[2].outcome.is_success());
 }
 
 /// The pids of every worker, from a `pid` task on each slot.
