@@ -5,6 +5,7 @@
 //! This module owns the public builder and the ways results are handed out; the
 //! scheduling is [`scheduler`]'s. It must not write the slot table nor know frames.
 
+mod flight;
 mod job;
 mod output;
 mod result;
@@ -18,7 +19,8 @@ pub use job::Job;
 pub use result::{JobOutcome, JobResult};
 
 use crate::{Error, Vm};
-use scheduler::{Scheduler, Settings};
+use flight::Settings;
+use scheduler::Scheduler;
 
 impl Vm {
     /// Runs `jobs` on every slot of the runtime and gives their results; see [`Dispatch`].

@@ -9,18 +9,18 @@
 //! [`crate::state::Slots`].
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use parvm_transport::Rank;
 
+use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
 use super::output::Output;
 use super::result::{JobOutcome, JobResult};
-use crate::message::{ExitStatus, TaskFailure, Value};
+use crate::message::ExitStatus;
 use crate::state::Occupant;
 use crate::wire::ToWorker;
-use crate::{Captured, Error, HostId, Message, TaskId, Vm};
+use crate::{Error, HostId, Message, TaskId, Vm};
 
 /// How often a dispatch with nothing running looks for a free slot again.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
@@ -28,73 +28,6 @@ const IDLE_LOOK: Duration = Duration::from_millis(20);
 /// The default window, per worker slot: one job running, one queued at the worker, and
 /// room for results that wait for an earlier job.
 const DEFAULT_WINDOW_PER_SLOT: usize = 4;
-
-/// The settings of one dispatch.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub window: Option<usize>,
-    pub ordered: bool,
-    pub retries: u32,
-    pub lost_retries: u32,
-    pub halt_on_error: bool,
-    pub timeout: Option<Duration>,
-    pub results: Option<PathBuf>,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            window: None,
-            ordered: true,
-            retries: 0,
-            lost_retries: 3,
-            halt_on_error: false,
-            timeout: None,
-            results: None,
-        }
-    }
-}
-
-/// A job waiting for a place, with what its earlier attempts counted.
-struct Pending {
-    index: usize,
-    job: Job,
-    attempts: u32,
-    failures: u32,
-    lost: u32,
-    /// The host its worker was lost on, to try another one first.
-    avoid: Option<String>,
-}
-
-/// A job whose task was sent to a worker.
-struct Flight {
-    pending: Pending,
-    host: String,
-    /// When the task started: at its send, or at the end of the task it was queued
-    /// behind; `None` while queued.
-    started: Option<Instant>,
-    deadline: Option<Instant>,
-    value: Option<Result<Value, TaskFailure>>,
-    returned: Vec<PathBuf>,
-    captured: Option<(Captured, Captured)>,
-    /// Stopped because it ran past its time limit.
-    timed_out: bool,
-    /// Stopped because the dispatch stops: not reported.
-    dropped: bool,
-}
-
-/// What [`Scheduler::place`] did with a job.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a job given back is moved once; boxing it would allocate for every job that waits for a slot"
-)]
-enum Placed {
-    Sent,
-    /// Reported at once (refused before sending).
-    Reported,
-    /// No place now.
-    NoPlace(Pending),
-}
 
 /// One dispatch in progress on a VM.
 pub(crate) struct Scheduler<'vm, I> {

@@ -7,6 +7,7 @@ mod tasks;
 mod behaviour;
 mod clean;
 mod dispatch;
+mod dispatch_faults;
 mod forward;
 mod harness;
 mod hosts;
