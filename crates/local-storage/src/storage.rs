@@ -578,11 +578,10 @@ fn verify_user_dir(dir: &Path, uid: u32) -> Result<(), Error> {
     })
 }
 
+/// The system's host name through env-config's one reader (`localhost` when it cannot be
+/// read): the default of [`StorageOptions::host`], whatever `PARVM_HOSTNAME` says.
 fn real_host() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_owned())
+    parvm_env_config::system_hostname().unwrap_or_else(|_| "localhost".to_owned())
 }
 
 impl Default for StorageOptions {

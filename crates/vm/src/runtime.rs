@@ -181,7 +181,7 @@ impl Runtime {
                 hint: match self.listen {
                     Some(addr) => format!(
                         "start more workers with {}={}",
-                        parvm_transport::tcp::CONNECT_VAR,
+                        parvm_env_config::CONNECT_VAR,
                         builder::connect_address(addr, &self.shared.host)
                     ),
                     None => format!(

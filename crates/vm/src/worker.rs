@@ -467,7 +467,7 @@ impl Run<'_> {
         for var in parvm_transport::local::WORKER_ENV_VARS {
             command.env_remove(var);
         }
-        command.env_remove(parvm_transport::tcp::CONNECT_VAR);
+        command.env_remove(parvm_env_config::CONNECT_VAR);
         if let Some(dir) = ctx.dir {
             command.current_dir(dir);
         }

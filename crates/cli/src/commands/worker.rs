@@ -121,6 +121,11 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
     let mut options = ConnectOptions::new(addr, secret)
         .host(config.hostname())
         .wait(wait)
+        .spin_window(
+            config
+                .spin_window()
+                .unwrap_or(parvm_transport::DEFAULT_SPIN_WINDOW),
+        )
         .on_retry(report_retry());
     let max_frame = match &args.max_frame {
         // The forms PARVM_MAX_FRAME takes, checked by the same parser.

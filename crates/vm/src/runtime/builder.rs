@@ -5,13 +5,13 @@
 //! [`crate::Worker`]) nor what the runtime offers afterwards.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use parvm_env_config::{Config, TransportKind};
-use parvm_transport::Transport;
-use parvm_transport::tcp::{Secret, TcpOptions, TcpTransport};
+use parvm_env_config::{CONNECT_VAR, Config, SECRET_FILE_VAR, TransportKind};
+use parvm_transport::tcp::{ConnectOptions, Secret, TcpOptions, TcpTransport};
+use parvm_transport::{DEFAULT_SPIN_WINDOW, Transport};
 
 use super::Runtime;
 use parvm_transport::launcher::launch_size as mpi_launch_size;
@@ -200,19 +200,25 @@ impl RuntimeBuilder {
     /// cannot be ([`Error::ForwardEnv`]).
     pub fn start(mut self) -> Result<Runtime, Error> {
         self.tasks.check()?;
+        let given = self.config.is_some();
         let config = match self.config.take() {
             Some(config) => config,
             None => Config::from_env().map_err(Error::Config)?,
         };
-        crate::logging::init(config.log_filter(), self.debug, started_as_worker());
+        let tcp_join = tcp_join_config(&config, given)?;
+        crate::logging::init(
+            config.log_filter(),
+            self.debug,
+            config.no_color(),
+            started_as_worker() || tcp_join.is_some(),
+        );
         let worker = parvm_transport::local::worker_from_env()
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
-        let worker = match worker {
-            Some(worker) => Some(worker),
-            None => parvm_transport::tcp::worker_from_env()
-                .map_err(|e| Error::transport("tcp", e))?
-                .map(|t| Box::new(t) as Box<dyn Transport>),
+        let worker = match (worker, tcp_join) {
+            (Some(worker), _) => Some(worker),
+            (None, Some(join)) => Some(Box::new(join_tcp(&join)?) as Box<dyn Transport>),
+            (None, None) => None,
         };
         if let Some(transport) = worker {
             serve_and_exit(self.tasks, config, transport);
@@ -297,8 +303,9 @@ impl RuntimeBuilder {
             };
             simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
         }
-        let mut options =
-            parvm_transport::local::LocalOptions::hosts(simulated).spawner_host(config.hostname());
+        let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
+            .spawner_host(config.hostname())
+            .spin_window(spin_window(config));
         if let Some((program, args)) = self.program.take() {
             options = options.program(program, args);
         }
@@ -312,53 +319,75 @@ impl RuntimeBuilder {
         let secret = match self.secret.take() {
             Some(secret) => secret,
             None => {
-                let path = Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
-                Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
+                let path = config.secret_file().map_err(Error::Config)?;
+                Secret::load_or_create(path).map_err(|e| Error::transport("tcp", e))?
             }
         };
         let addr = match self.listen {
             Some(addr) => addr,
-            None => listen_from_env()?,
+            None => config.listen_addr().map_err(Error::Config)?,
         };
-        let transport =
-            TcpTransport::listen(TcpOptions::new(secret).addr(addr).host(config.hostname()))
-                .map_err(|e| Error::transport("tcp", e))?;
+        let mut options = TcpOptions::new(secret)
+            .addr(addr)
+            .host(config.hostname())
+            .spin_window(spin_window(config));
+        if let Some(bytes) = config.max_frame() {
+            options = options.max_frame(bytes);
+        }
+        if let Some(timeout) = config.handshake_timeout() {
+            options = options.handshake_timeout(timeout);
+        }
+        let transport = TcpTransport::listen(options).map_err(|e| Error::transport("tcp", e))?;
         let bound = transport.local_addr().unwrap_or(addr);
         let connect = connect_address(bound, config.hostname());
         tracing::info!(listen = %bound, "tcp spawner listening");
         eprintln!(
-            "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
-            parvm_transport::tcp::CONNECT_VAR,
-            parvm_transport::tcp::SECRET_FILE_VAR,
+            "parvm: tcp spawner listening on {bound}; start workers with {CONNECT_VAR}={connect} (same secret file, {SECRET_FILE_VAR} or ~/.parvm/secret)",
         );
         Ok((transport, bound))
     }
 }
 
-/// `PARVM_LISTEN`, else loopback with a free port.
-fn listen_from_env() -> Result<SocketAddr, Error> {
-    let Some(value) = std::env::var_os(LISTEN_VAR).filter(|v| !v.is_empty()) else {
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-    };
-    let bad = |reason: String| Error::Setting {
-        setting: LISTEN_VAR,
-        reason,
-    };
-    let text = value
-        .to_str()
-        .ok_or_else(|| bad(format!("`{}` is not UTF-8", value.to_string_lossy())))?;
-    text.to_socket_addrs()
-        .map_err(|e| {
-            bad(format!(
-                "`{text}` is not an address to listen on ({e}); use host:port, e.g. 0.0.0.0:7070"
-            ))
-        })?
-        .next()
-        .ok_or_else(|| {
-            bad(format!(
-                "`{text}` resolves to no address; use host:port, e.g. 0.0.0.0:7070"
-            ))
-        })
+/// The spin window of `config` (`PARVM_SPIN_US`), else the transport's default.
+fn spin_window(config: &Config) -> Duration {
+    config.spin_window().unwrap_or(DEFAULT_SPIN_WINDOW)
+}
+
+/// The configuration this process joins a TCP spawner with, when it was started as a TCP
+/// worker: the runtime's own when it names a spawner (`PARVM_CONNECT` for
+/// [`Config::from_env`]); for a configuration built by hand that names none, the
+/// environment's when `PARVM_CONNECT` is set there, since how a process was started is
+/// its launcher's to say, and the worker joins with the settings it was started with.
+fn tcp_join_config(config: &Config, given: bool) -> Result<Option<Config>, Error> {
+    if config.connect().is_some() {
+        return Ok(Some(config.clone()));
+    }
+    if !given || Config::connect_from_env().map_err(Error::Config)?.is_none() {
+        return Ok(None);
+    }
+    Config::from_env_read_only()
+        .map(Some)
+        .map_err(Error::Config)
+}
+
+/// Joins the TCP spawner `join` names, with its secret file, host name, limits and wait.
+fn join_tcp(join: &Config) -> Result<TcpTransport, Error> {
+    let addr = join.connect().unwrap_or_default();
+    let path = join.secret_file().map_err(Error::Config)?;
+    let secret = Secret::load(path).map_err(|e| Error::transport("tcp", e))?;
+    let mut options = ConnectOptions::new(addr, secret)
+        .host(join.hostname())
+        .spin_window(spin_window(join));
+    if let Some(wait) = join.connect_wait() {
+        options = options.wait(wait);
+    }
+    if let Some(bytes) = join.max_frame() {
+        options = options.max_frame(bytes);
+    }
+    if let Some(timeout) = join.handshake_timeout() {
+        options = options.handshake_timeout(timeout);
+    }
+    TcpTransport::connect_with(options).map_err(|e| Error::transport("tcp", e))
 }
 
 /// The address workers connect to: the bound one, or this host's name and the port when
@@ -370,9 +399,6 @@ pub(crate) fn connect_address(bound: SocketAddr, host: &str) -> String {
         bound.to_string()
     }
 }
-
-/// The variable naming the address a TCP spawner listens on.
-pub(crate) const LISTEN_VAR: &str = "PARVM_LISTEN";
 
 /// The environment local workers get, so they use the spawner's storage settings even
 /// when the spawner's configuration was built by hand.

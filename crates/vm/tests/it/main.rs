@@ -19,6 +19,7 @@ mod output;
 mod processes;
 mod selection;
 mod unprivileged;
+mod variables;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.
