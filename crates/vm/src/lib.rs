@@ -62,7 +62,7 @@ pub use parvm_env_config::{Config, TransportKind};
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
 pub use worker::{TaskContext, Worker};

@@ -4,6 +4,7 @@
 //! It must not know how a transport is chosen and started (that is [`builder`]) nor how a
 //! worker process serves (that is [`crate::launch`]).
 
+mod backend;
 mod builder;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use parvm_env_config::Config;
 use parvm_transport::Transport;
 
+pub use backend::{Backend, TcpSpawner};
 pub use builder::RuntimeBuilder;
 
 use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};

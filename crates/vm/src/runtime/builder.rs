@@ -14,6 +14,7 @@ use parvm_transport::tcp::{ConnectOptions, Secret, TcpOptions, TcpTransport};
 use parvm_transport::{DEFAULT_SPIN_WINDOW, Transport};
 
 use super::Runtime;
+use super::backend::{Backend, TcpSpawner};
 use parvm_transport::launcher::launch_size as mpi_launch_size;
 use parvm_transport::started_as_worker;
 
@@ -25,14 +26,11 @@ pub struct RuntimeBuilder {
     tasks: Tasks,
     config: Option<Config>,
     workers: Option<usize>,
-    transport: Option<TransportKind>,
+    backend: Option<Backend>,
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
     hosts: Option<Vec<(String, usize)>>,
     host_configs: Vec<(String, Config)>,
-    listen: Option<SocketAddr>,
-    secret: Option<Secret>,
-    wait_for: Option<(usize, Duration)>,
     forward_env: Vec<String>,
 }
 
@@ -43,14 +41,11 @@ impl RuntimeBuilder {
             tasks,
             config: None,
             workers: None,
-            transport: None,
+            backend: None,
             debug: None,
             program: None,
             hosts: None,
             host_configs: Vec::new(),
-            listen: None,
-            secret: None,
-            wait_for: None,
             forward_env: Vec::new(),
         }
     }
@@ -69,10 +64,30 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The transport; default `PARVM_TRANSPORT`, else MPI under `mpirun`, else local.
+    /// The transport by name, with its settings from the configuration: the same as
+    /// [`backend`](Self::backend) with `kind.into()`. Default: `PARVM_TRANSPORT`, else MPI
+    /// under `mpirun`, else local.
     #[must_use]
-    pub fn transport(mut self, kind: TransportKind) -> Self {
-        self.transport = Some(kind);
+    pub fn transport(self, kind: TransportKind) -> Self {
+        self.backend(kind.into())
+    }
+
+    /// The transport and its own settings, such as where a TCP spawner listens
+    /// ([`TcpSpawner`]); the last of `backend` and [`transport`](Self::transport) wins.
+    /// Default: `PARVM_TRANSPORT`, else MPI under `mpirun`, else local, each with its
+    /// settings from the configuration.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Backend, Runtime, Tasks, TcpSpawner};
+    ///
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .backend(Backend::Tcp(TcpSpawner::new().listen("0.0.0.0:7070".parse()?)))
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
         self
     }
 
@@ -130,33 +145,6 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
-    /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
-    /// from other hosts. Used only with the TCP transport.
-    #[must_use]
-    pub fn tcp_listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = Some(addr);
-        self
-    }
-
-    /// The secret TCP workers must prove they know; default the secret file
-    /// (`PARVM_SECRET_FILE`, else `~/.parvm/secret`), created with a random secret when
-    /// missing. Used only with the TCP transport.
-    #[must_use]
-    pub fn tcp_secret(mut self, secret: Secret) -> Self {
-        self.secret = Some(secret);
-        self
-    }
-
-    /// Makes [`start`](Self::start) wait until `workers` TCP workers have joined, at most
-    /// `timeout`; default: no wait (workers join whenever they connect, and VMs see them
-    /// as [`Message::HostAdd`](crate::Message::HostAdd)). Used only with the TCP transport.
-    #[must_use]
-    pub fn tcp_wait_for(mut self, workers: usize, timeout: Duration) -> Self {
-        self.wait_for = Some((workers, timeout));
-        self
-    }
-
     /// Forwards environment variables `names`, with their values in this process when the
     /// runtime starts, to every worker on every transport, in addition to those listed in
     /// `PARVM_FORWARD_ENV` (names separated by commas or colons). Default: none.
@@ -186,9 +174,9 @@ impl RuntimeBuilder {
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
-    /// The transport is the one set with [`transport`](Self::transport), else
-    /// `PARVM_TRANSPORT`, else MPI when the process was started by `mpirun` (and built
-    /// with the `mpi` feature), else local. A process is a worker when the local or TCP
+    /// The transport is the one set with [`backend`](Self::backend) or
+    /// [`transport`](Self::transport), else `PARVM_TRANSPORT`, else MPI when the process
+    /// was started by `mpirun` (and built with the `mpi` feature), else local. A process is a worker when the local or TCP
     /// transport started it (`PARVM_LOCAL_SOCKET`, `PARVM_CONNECT`) or when it is an MPI
     /// rank other than 0.
     ///
@@ -196,7 +184,7 @@ impl RuntimeBuilder {
     /// The configuration is invalid, a task name is registered twice, the transport
     /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
     /// without the `mpi` feature, fewer TCP workers than asked for with
-    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
+    /// [`TcpSpawner::wait_for`] joined in time, or a variable to forward
     /// cannot be ([`Error::ForwardEnv`]).
     pub fn start(mut self) -> Result<Runtime, Error> {
         self.tasks.check()?;
@@ -228,36 +216,40 @@ impl RuntimeBuilder {
         forward_names.extend(config.forward_env().iter().cloned());
         let forward = crate::envfwd::collect(&forward_names)?;
         let transport: Box<dyn Transport> = match self.choose(&config) {
-            TransportKind::Local => Box::new(self.launch_local(&config)?),
-            TransportKind::Tcp => {
-                let (transport, bound) = self.listen_tcp(&config)?;
+            Backend::Local => Box::new(self.launch_local(&config)?),
+            Backend::Tcp(tcp) => {
+                let wait_for = tcp.wait_for;
+                let (transport, bound) = Self::listen_tcp(tcp, &config)?;
                 let runtime =
                     Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
                 let runtime = Runtime {
                     listen: Some(bound),
                     ..runtime
                 };
-                if let Some((workers, timeout)) = self.wait_for {
+                if let Some((workers, timeout)) = wait_for {
                     runtime.wait_for_workers(workers, timeout)?;
                 }
                 return Ok(runtime);
             }
-            TransportKind::Mpi => start_mpi(&self.tasks, &config)?,
+            Backend::Mpi => start_mpi(&self.tasks, &config)?,
         };
         Runtime::with_forward(transport, self.tasks, config, forward)
     }
 
     /// The transport chosen: the one set, else `PARVM_TRANSPORT`, else MPI under
     /// `mpirun`, else local.
-    fn choose(&self, config: &Config) -> TransportKind {
-        match self.transport.or(config.transport()) {
-            Some(kind) => kind,
+    fn choose(&mut self, config: &Config) -> Backend {
+        if let Some(backend) = self.backend.take() {
+            return backend;
+        }
+        match config.transport() {
+            Some(kind) => kind.into(),
             // A build without MPI runs a one-rank mpirun job locally; several ranks get
             // the error that says to build with the feature.
             None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
-                TransportKind::Mpi
+                Backend::Mpi
             }
-            None => TransportKind::Local,
+            None => Backend::Local,
         }
     }
 
@@ -313,17 +305,17 @@ impl RuntimeBuilder {
             .map_err(|e| Error::transport("local", e))
     }
 
-    /// Listens for TCP workers with the secret and address set (or their defaults), and
-    /// tells the user how to start workers; returns the bound address too.
-    fn listen_tcp(&mut self, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
-        let secret = match self.secret.take() {
+    /// Listens for TCP workers with the settings of `tcp`, else those of `config`, and tells
+    /// the user how to start workers; returns the bound address too.
+    fn listen_tcp(tcp: TcpSpawner, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
+        let secret = match tcp.secret {
             Some(secret) => secret,
             None => {
                 let path = config.secret_file().map_err(Error::Config)?;
                 Secret::load_or_create(path).map_err(|e| Error::transport("tcp", e))?
             }
         };
-        let addr = match self.listen {
+        let addr = match tcp.listen {
             Some(addr) => addr,
             None => config.listen_addr().map_err(Error::Config)?,
         };
@@ -331,10 +323,10 @@ impl RuntimeBuilder {
             .addr(addr)
             .host(config.hostname())
             .spin_window(spin_window(config));
-        if let Some(bytes) = config.max_frame() {
+        if let Some(bytes) = tcp.max_frame.or(config.max_frame()) {
             options = options.max_frame(bytes);
         }
-        if let Some(timeout) = config.handshake_timeout() {
+        if let Some(timeout) = tcp.handshake_timeout.or(config.handshake_timeout()) {
             options = options.handshake_timeout(timeout);
         }
         let transport = TcpTransport::listen(options).map_err(|e| Error::transport("tcp", e))?;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use parvm_transport::tcp::Secret;
-use parvm_vm::{Config, HostId, Message, Runtime, Spawn, TransportKind};
+use parvm_vm::{Backend, Config, HostId, Message, Runtime, Spawn, TcpSpawner};
 
 use crate::harness::{DEADLINE, WorkerProcess, collect, config};
 
@@ -35,9 +35,7 @@ fn tcp_runtime(dir: &Path, addr: std::net::SocketAddr) -> (Runtime, std::path::P
     let secret = Secret::load_or_create(&secret_file).unwrap();
     let runtime = Runtime::builder(crate::tasks::tasks())
         .config(config(dir, dir, "spawner"))
-        .transport(TransportKind::Tcp)
-        .tcp_listen(addr)
-        .tcp_secret(secret)
+        .backend(Backend::Tcp(TcpSpawner::new().listen(addr).secret(secret)))
         .start()
         .unwrap();
     (runtime, secret_file)
@@ -181,9 +179,7 @@ fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     let secret = Secret::load(&secret_file).unwrap();
     let runtime = Runtime::builder(crate::tasks::tasks())
         .config(config(dir.path(), dir.path(), "spawner"))
-        .transport(TransportKind::Tcp)
-        .tcp_listen(port)
-        .tcp_secret(secret)
+        .backend(Backend::Tcp(TcpSpawner::new().listen(port).secret(secret)))
         .start()
         .unwrap();
     let vm = runtime.vm().build().unwrap();
