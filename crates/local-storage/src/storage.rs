@@ -47,7 +47,9 @@ pub struct StorageOptions {
 }
 
 impl StorageOptions {
-    /// The host name written into owner markers. Default: the real host name.
+    /// The host name written into owner markers. Default: the real host name (the
+    /// system's, whatever `PARVM_HOSTNAME` says; pass `Config::hostname` for that).
+    #[must_use]
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
@@ -55,6 +57,7 @@ impl StorageOptions {
 
     /// How old a folder without a readable owner marker must be before sweeping removes
     /// it. Default: [`DEFAULT_GRACE`].
+    #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
