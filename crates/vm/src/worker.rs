@@ -11,6 +11,7 @@ use parvm_env_config::Config;
 use parvm_transport::{Event, Transport, Wait};
 
 use crate::capture::Capture;
+use crate::error::one_line;
 use crate::link::Link;
 use crate::message::CommandStatus;
 use crate::supervise::{self, End};
@@ -137,7 +138,7 @@ impl Worker {
                 ToWorker::Clear { force } => {
                     let (removed, error) = match storage.clear(force) {
                         Ok(removed) => (removed, None),
-                        Err(e) => (0, Some(e)),
+                        Err(e) => (0, Some(one_line(&e))),
                     };
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
@@ -184,11 +185,14 @@ impl Run<'_> {
             capture.set_task(id.number);
         }
         let outcome = match storage.prepare(request) {
-            Err(reason) => Err(format!("cannot prepare the task folder: {reason}")),
+            Err(reason) => Err(format!(
+                "cannot prepare the task folder: {}",
+                one_line(&reason)
+            )),
             Ok(prepared) => {
                 let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
                 if let Err(e) = prepared.release() {
-                    tracing::warn!(task = %id, error = %e, "cannot remove the task folder");
+                    tracing::warn!(task = %id, error = %one_line(&e), "cannot remove the task folder");
                 }
                 outcome
             }
