@@ -123,7 +123,12 @@ pub(crate) struct TaskFolders {
     config: Config,
     /// Opened on first use; an error is kept (shared), so every later task reports it.
     local: Option<Result<LocalStorage, Arc<parvm_local_storage::Error>>>,
-    maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
+    /// Mirror maps as the spawner sent them ([`ToWorker::Mirror`](crate::wire::ToWorker::Mirror)),
+    /// until the VM's first task here decodes them.
+    received: HashMap<u32, Vec<u8>>,
+    /// The VMs this worker keeps something for: the mirror map on this host (decoded once
+    /// per VM), or `None` for a persistent VM without one, so its folder is dropped at exit.
+    maps: HashMap<u32, Option<MirrorMap>>,
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
     mirrored: MirroredFolders<u32>,
@@ -137,6 +142,7 @@ impl TaskFolders {
         TaskFolders {
             config: config.clone(),
             local: None,
+            received: HashMap::new(),
             maps: HashMap::new(),
             mirrored: MirroredFolders::new(),
             clean: HashMap::new(),
@@ -172,8 +178,15 @@ impl TaskFolders {
         Ok(report.removed.len() as u64)
     }
 
-    /// Drops the persistent folder kept for VM `vm`.
+    /// Keeps VM `vm`'s mirror map (abstract, encoded) for its tasks on this worker.
+    pub(crate) fn receive_map(&mut self, vm: u32, map: &[u8]) {
+        self.maps.remove(&vm);
+        self.received.insert(vm, map.to_vec());
+    }
+
+    /// Drops the persistent folder and the mirror map kept for VM `vm`.
     pub(crate) fn forget(&mut self, vm: u32) {
+        self.received.remove(&vm);
         self.maps.remove(&vm);
         self.mirrored.forget(&vm);
         self.clean.remove(&vm);
@@ -199,7 +212,7 @@ impl TaskFolders {
                 startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
             return Ok(Prepared { dir, folder: None });
         }
-        let map = self.map(request.vm, request.mirror.as_deref())?;
+        let map = self.map(request.vm)?;
         let persistence = if request.persistent {
             Persistence::Persistent
         } else {
@@ -207,9 +220,7 @@ impl TaskFolders {
         };
         if request.persistent {
             // Remember the VM even without a map, so the folder is dropped at exit.
-            self.maps
-                .entry(request.vm)
-                .or_insert_with(|| (Vec::new(), MirrorMap::new()));
+            self.maps.entry(request.vm).or_insert(None);
         }
         let folder = self
             .local()?
@@ -293,22 +304,20 @@ impl TaskFolders {
             })
     }
 
-    /// The VM's mirror map on this host, decoded once per VM (and again if it changes).
-    fn map(&mut self, vm: u32, bytes: Option<&[u8]>) -> Result<Option<MirrorMap>, Error> {
-        let Some(bytes) = bytes else {
-            return Ok(None);
+    /// The VM's mirror map on this host, decoded once per VM; `None` when the VM sent
+    /// none. A map that cannot be decoded stays as received, so each of the VM's tasks
+    /// reports why.
+    fn map(&mut self, vm: u32) -> Result<Option<MirrorMap>, Error> {
+        let Some(bytes) = self.received.get(&vm) else {
+            return Ok(self.maps.get(&vm).cloned().flatten());
         };
-        if let Some((cached, map)) = self.maps.get(&vm)
-            && cached.as_slice() == bytes
-        {
-            return Ok(Some(map.clone()));
-        }
         let abstract_map: AbstractMirrorMap =
             rmp_serde::from_slice(bytes).map_err(Error::MirrorMapDecode)?;
         let map = abstract_map
             .to_actual(self.config.mirrored_roots())
             .map_err(Error::Mirror)?;
-        self.maps.insert(vm, (bytes.to_vec(), map.clone()));
+        self.received.remove(&vm);
+        self.maps.insert(vm, Some(map.clone()));
         Ok(Some(map))
     }
 }
@@ -380,14 +389,19 @@ mod tests {
     fn an_unreadable_mirror_map_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut folders = TaskFolders::new(&config(dir.path(), dir.path()));
-        let error = folders.map(0, Some(b"\xc1")).expect_err("not MessagePack");
-        assert!(matches!(error, Error::MirrorMapDecode(_)), "{error:?}");
-        let text = error.to_string();
-        assert!(text.starts_with("cannot decode the mirror map: "), "{text}");
-        assert!(
-            text.ends_with("run the same parvm build on every host"),
-            "{text}"
-        );
-        assert!(folders.map(0, None).unwrap().is_none());
+        folders.receive_map(0, b"\xc1");
+        for _ in 0..2 {
+            let error = folders.map(0).expect_err("not MessagePack");
+            assert!(matches!(error, Error::MirrorMapDecode(_)), "{error:?}");
+            let text = error.to_string();
+            assert!(text.starts_with("cannot decode the mirror map: "), "{text}");
+            assert!(
+                text.ends_with("run the same parvm build on every host"),
+                "{text}"
+            );
+        }
+        assert!(folders.map(1).unwrap().is_none());
+        folders.forget(0);
+        assert!(folders.map(0).unwrap().is_none(), "forgotten with its VM");
     }
 }

@@ -143,6 +143,7 @@ impl Worker {
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
+                ToWorker::Mirror { vm, map } => storage.receive_map(vm, &map),
                 ToWorker::Env { vars } => {
                     let vars = crate::envfwd::decode(vars);
                     if self.capture_output {
