@@ -47,6 +47,7 @@ mod runtime;
 mod spawner;
 mod state;
 mod supervise;
+mod task_context;
 mod task_folder;
 mod tasks;
 mod vm;
@@ -63,6 +64,7 @@ pub use parvm_env_config::{Config, TransportKind};
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
 pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
+pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::{TaskContext, Worker};
+pub use worker::Worker;

@@ -288,7 +288,8 @@ impl Runtime {
     ) -> Result<ClearReport, Error> {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
-        let local = crate::task_folder::clear_here(&self.shared.config, force);
+        let local = crate::task_folder::clear_here(&self.shared.config, force)
+            .map_err(|e| crate::error::one_line(&e));
         report
             .hosts
             .push((HostId(self.shared.host.clone()), local.into()));

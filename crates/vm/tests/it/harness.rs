@@ -239,6 +239,33 @@ impl Harness {
         self.runtime.as_ref().expect("runtime")
     }
 
+    /// Starts one more TCP worker, on `host`, after the runtime started (and after any VM
+    /// was built), and waits until it joined.
+    pub fn join_tcp_worker(&mut self, host: &str) {
+        let secret_file = self
+            ._secret
+            .as_ref()
+            .expect("a tcp harness")
+            .path()
+            .join("secret");
+        let addr = self.runtime().tcp_addr().expect("a tcp address");
+        let child = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", &secret_file)
+            .env("PARVM_HOSTNAME", host)
+            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
+            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a tcp worker");
+        self.processes.push(WorkerProcess(child));
+        self.runtime()
+            .wait_for_workers(self.processes.len(), DEADLINE)
+            .expect("the tcp worker joins");
+    }
+
     pub fn vm(&self) -> Vm {
         self.runtime().vm().build().expect("vm")
     }
