@@ -251,6 +251,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         if let ToWorker::Spawn(request) = &mut frame {
             request.number = number;
         }
+        vm.before_spawn(rank);
         if let Err(e) = shared.send(rank, &frame) {
             // The worker is gone; its loss arrives as an event and sends the job again.
             tracing::debug!(rank, error = %e, "cannot send a dispatched job");

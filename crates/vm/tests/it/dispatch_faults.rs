@@ -136,8 +136,8 @@ fn workers_that_join_during_a_dispatch_get_jobs() {
     let first = dispatch.next().unwrap().unwrap();
     assert_eq!(first.host.unwrap().to_string(), "alpha");
     // One on a known host, one on a new host.
-    h.join_tcp_worker("alpha", 2);
-    h.join_tcp_worker("beta", 3);
+    h.join_tcp_worker("alpha");
+    h.join_tcp_worker("beta");
     let mut pids = BTreeSet::new();
     let mut hosts = BTreeSet::new();
     let mut seen = 1;

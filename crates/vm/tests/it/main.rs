@@ -23,6 +23,7 @@ mod returns;
 mod selection;
 mod stop;
 mod unprivileged;
+mod variables;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.

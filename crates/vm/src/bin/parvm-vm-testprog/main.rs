@@ -18,6 +18,8 @@
 //!   in a persistent folder, a second task returns them into `<results>`; prints
 //!   `RETURNED <bytes> <seconds>` and the spawner's peak memory `HWM <kB>`, then with `cp`
 //!   `CP <seconds>` for `cp -a` of the same files into `<results>.cp`;
+//! - `getenv <names>`: prints `task NAME=value` for each name, as a task on one worker
+//!   sees it;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
 
@@ -69,6 +71,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let Message::TaskExit { .. } = vm.recv()? {
                     break;
                 }
+            }
+        }
+        "getenv" => {
+            let vm = runtime.vm().build()?;
+            for name in std::env::args().skip(2) {
+                vm.spawn(Spawn::task("getenv", &name))?;
+                let mut value = None;
+                loop {
+                    match vm.recv()? {
+                        Message::TaskResult { outcome, .. } => {
+                            value = outcome?.decode::<Option<String>>()?;
+                        }
+                        Message::TaskExit { .. } => break,
+                        _ => {}
+                    }
+                }
+                println!("task {name}={}", value.as_deref().unwrap_or("<unset>"));
             }
         }
         "hang" => {
