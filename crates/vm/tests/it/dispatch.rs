@@ -51,6 +51,7 @@ suite!(
     a_command_past_its_limit_is_stopped,
     jobs_return_files_and_capture_output,
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
+    results_count_the_bytes_mirrored,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -470,4 +471,40 @@ fn a_stop_the_program_asks_for_is_neither_failure_nor_loss(backend: Backend) {
     );
     assert_eq!(results[0].attempts, 1, "not run again: {}", results[0]);
     assert!(results[1].outcome.is_success() && results[2].outcome.is_success());
+}
+
+fn results_count_the_bytes_mirrored(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let shared = h.shared.path();
+    std::fs::create_dir_all(shared.join("in")).unwrap();
+    std::fs::write(shared.join("in/deck.cir"), vec![b'x'; 1000]).unwrap();
+    std::fs::write(shared.join("in/model.lib"), vec![b'y'; 234]).unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(shared.join("in/*").display().to_string(), ".")
+        .build()
+        .unwrap();
+    let results: Vec<JobResult> = vm
+        .dispatch((0..10).map(|_| Job::task("list", &())))
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results {
+        assert_eq!(result.mirrored, 1234, "{result}");
+        let JobOutcome::Value(names) = &result.outcome else {
+            panic!("{result}");
+        };
+        assert_eq!(
+            names.decode::<Vec<String>>().unwrap(),
+            ["deck.cir", "model.lib"]
+        );
+    }
+    // Without a mirror map nothing is mirrored.
+    let plain = h.vm();
+    let result = plain
+        .dispatch([Job::task("noop", &())])
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.mirrored, 0);
 }
