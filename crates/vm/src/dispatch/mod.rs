@@ -138,6 +138,20 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
         self
     }
 
+    /// Each job's time limit, counted from when it starts on its slot (not while it
+    /// waits behind another job); default: none. A job past its limit is stopped and
+    /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a
+    /// lost worker. [`Job::timeout`] overrides it for one job.
+    ///
+    /// A command is stopped with everything it started; a function's worker process
+    /// exits (see [`Vm::stop`]). Under MPI, where a worker that exits ends the whole job,
+    /// a function past its limit is not stopped: it runs to its end and is reported as
+    /// timed out.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.settings.timeout = Some(limit);
+        self
+    }
+
     /// Hands each result to `collect` as it comes (in the order this dispatch gives
     /// them: job order unless [`unordered`](Self::unordered)). When `collect` returns
     /// `ControlFlow::Break`, no more jobs are handed out, the running ones are stopped
@@ -174,22 +188,5 @@ impl<I: Iterator<Item = Job>> Iterator for Dispatch<'_, I> {
             self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
         }
         self.scheduler.as_mut()?.next_result()
-    }
-}
-
-/// A time limit, shared by every job without one of its own.
-impl<I: Iterator<Item = Job>> Dispatch<'_, I> {
-    /// Each job's time limit, counted from when it starts on its slot (not while it
-    /// waits behind another job); default: none. A job past its limit is stopped and
-    /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a
-    /// lost worker. [`Job::timeout`] overrides it for one job.
-    ///
-    /// A command is stopped with everything it started; a function's worker process
-    /// exits (see [`Vm::stop`]). Under MPI, where a worker that exits ends the whole job,
-    /// a function past its limit is not stopped: it runs to its end and is reported as
-    /// timed out.
-    pub fn timeout(mut self, limit: Duration) -> Self {
-        self.settings.timeout = Some(limit);
-        self
     }
 }
