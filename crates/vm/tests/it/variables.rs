@@ -147,6 +147,35 @@ fn a_tcp_worker_refuses_a_frame_over_its_max_frame() {
 }
 
 #[test]
+fn a_program_with_a_hand_built_configuration_still_joins_as_the_launcher_says() {
+    // How a process was started is the launcher's to say: PARVM_CONNECT makes the program a
+    // TCP worker even when it gives the runtime a configuration of its own, and it joins
+    // with the settings of its environment (its host name, secret file, wait).
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, secret_file) = tcp_runtime(dir.path(), ([127, 0, 0, 1], 0).into());
+    let addr = runtime.tcp_addr().unwrap().to_string();
+    let vm = runtime.vm().build().unwrap();
+    let child = tcp_worker(
+        dir.path(),
+        &addr,
+        &secret_file,
+        &[("PARVM_HOSTNAME", "envhost"), ("PARVM_CONNECT_WAIT", "5")],
+    )
+    .arg("hand-config")
+    .spawn()
+    .unwrap();
+    let mut guard = WorkerProcess(child);
+    assert_eq!(host_added(&vm), HostId::from("envhost"));
+    let ids = vm.spawn(Spawn::task("echo", &"hand".to_string())).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let value = outcomes[&ids[0]].ok_value();
+    assert_eq!(value.decode::<String>().unwrap(), "hand");
+    drop(vm);
+    runtime.finalize().unwrap();
+    assert!(guard.0.wait().unwrap().success());
+}
+
+#[test]
 fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");

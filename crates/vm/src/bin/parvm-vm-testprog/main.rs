@@ -20,6 +20,8 @@
 //!   `CP <seconds>` for `cp -a` of the same files into `<results>.cp`;
 //! - `getenv <names>`: prints `task NAME=value` for each name, as a task on one worker
 //!   sees it;
+//! - `hand-config`: starts with a configuration built by hand (host `hand`, storage in
+//!   the temp folder) instead of the environment's, and finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
 
@@ -37,6 +39,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Runtime::builder(tasks::tasks());
     if scenario == "forward" {
         builder = builder.forward_env(["TESTFWD_API"]);
+    }
+    if scenario == "hand-config" {
+        let temp = std::env::temp_dir();
+        let config = parvm_vm::Config::builder()
+            .local_root(&temp)
+            .mirrored_roots([&temp])
+            .hostname("hand")
+            .build()?;
+        builder = builder.config(config);
     }
     let runtime = builder.start()?;
     if let Some(addr) = runtime.tcp_addr() {
