@@ -17,6 +17,7 @@ mod mpirun;
 mod nohang;
 mod output;
 mod processes;
+mod replace;
 mod selection;
 mod stop;
 mod unprivileged;

@@ -135,6 +135,7 @@ fn a_function_stop_on_memory_is_refused_clearly() {
 
 #[test]
 fn a_function_stop_ends_its_worker_process() {
+    // Without replacements the slot is gone; `crate::replace` tests the replacement.
     let h = Harness::start_hosts(Backend::Local, &[("alpha", 1), ("beta", 1)]);
     let vm = h.runtime().vm().local_folder(true).build().unwrap();
     let ids = vm.spawn(Spawn::task("pid", &()).hosts(["beta"])).unwrap();
@@ -146,7 +147,21 @@ fn a_function_stop_ends_its_worker_process() {
         .unwrap();
     wait_until("the task folder exists", || !h.task_folders().is_empty());
     vm.stop(ids[0]).unwrap();
-    let (outcomes, _) = collect(&vm, &ids);
+    let (outcomes, others) = collect(&vm, &ids);
     assert_stopped(&outcomes[&ids[0]]);
     wait_until("the worker process is gone", || !alive(pid));
+    // Then the worker's loss, as usual: beta had only this worker.
+    let others = if others.is_empty() {
+        vec![
+            vm.recv_timeout(crate::harness::DEADLINE)
+                .unwrap()
+                .expect("host delete"),
+        ]
+    } else {
+        others
+    };
+    assert!(
+        matches!(&others[0], parvm_vm::Message::HostDelete { host } if host.to_string() == "beta"),
+        "{others:?}"
+    );
 }

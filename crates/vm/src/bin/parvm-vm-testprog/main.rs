@@ -16,6 +16,9 @@
 //!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
+//!
+//! As a worker, it exits at once with status 9 when its local storage root holds a file
+//! named `parvm-test-die-at-start` (a crash loop for the replacement tests).
 
 mod tasks;
 
@@ -23,7 +26,17 @@ use std::time::Duration;
 
 use parvm_vm::{Message, Runtime, Spawn};
 
+/// A worker whose local storage root holds this file exits at once with status 9, before
+/// it joins: a crash loop for the replacement tests.
+const DIE_AT_START: &str = "parvm-test-die-at-start";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if parvm_transport::started_as_worker()
+        && let Some(root) = std::env::var_os("PARALLEL_LOCAL_STORAGE")
+        && std::path::Path::new(&root).join(DIE_AT_START).exists()
+    {
+        std::process::exit(9);
+    }
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let mut builder = Runtime::builder(tasks::tasks());
     if scenario == "forward" {
