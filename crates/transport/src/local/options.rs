@@ -145,7 +145,8 @@ impl LocalOptions {
     /// an [`Event::PeerJoined`](crate::Event::PeerJoined). A slot whose replacements are
     /// used up is gone for good, so a worker that crashes at once every time stops being
     /// replaced. A worker that exits with status 0 is never replaced (it left on purpose),
-    /// and one that exits with [`STOPPED_EXIT_CODE`] always is, without counting. Default:
+    /// nor one killed by `SIGINT`, `SIGTERM` or `SIGHUP` (told to stop from outside), and
+    /// one that exits with [`STOPPED_EXIT_CODE`] always is, without counting. Default:
     /// [`DEFAULT_REPLACEMENTS`] (none).
     #[must_use]
     pub fn replacements(mut self, per_slot: u32) -> Self {

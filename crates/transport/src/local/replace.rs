@@ -10,7 +10,9 @@
 //! # The rules
 //!
 //! * A worker that exits with status 0 left on purpose (the VM told it to) and is not
-//!   replaced; nor is any worker once the transport shuts down.
+//!   replaced; nor is one killed by `SIGINT`, `SIGTERM` or `SIGHUP` (Ctrl-C in a terminal
+//!   reaches every worker; a batch system cancels with `SIGTERM`), nor any worker once the
+//!   transport shuts down.
 //! * A worker that exits with [`STOPPED_EXIT_CODE`] was stopped at the spawner's request
 //!   (a stopped function task) and is always replaced; this does not count toward the limit.
 //! * Any other death (a signal, another status, a replacement that never connected)
@@ -24,11 +26,14 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use super::options::{
     HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
@@ -194,7 +199,16 @@ impl Replacing {
         if let Some(status) = status
             && !status.success()
         {
-            text.push_str(&self.maybe_replace(proc, status.code()));
+            match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+                // Told to stop from outside: Ctrl-C in a terminal reaches every worker, and
+                // a batch system cancels with SIGTERM. Replacing them would undo the stop.
+                Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => {
+                    text.push_str(&format!(
+                        "; not replaced, since {signal} asks a process to stop (Ctrl-C, or a batch system)"
+                    ));
+                }
+                _ => text.push_str(&self.maybe_replace(proc, status.code())),
+            }
         }
         // The hub logs a clean close at debug level, as the orderly way to leave; a
         // worker that closed cleanly because it died or failed deserves a warning.

@@ -101,6 +101,27 @@ fn a_worker_that_exits_with_status_0_is_not_replaced() {
 }
 
 #[test]
+fn a_worker_told_to_stop_by_a_signal_is_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = launch(dir.path(), 2);
+    let _guard = guard(&vm);
+    let pid = pid_of(&vm, 1);
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let lost = next_event(&vm);
+    assert!(
+        matches!(&lost, Event::PeerLost { rank: 1, reason } if reason.contains("not replaced")),
+        "{lost:?}"
+    );
+    assert!(!vm.workers_can_join());
+    assert!(
+        vm.recv(Wait::For(Duration::from_millis(300)))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(vm.worker_pids().len(), 2, "no replacement was started");
+}
+
+#[test]
 fn a_crash_loop_stops_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let vm = launch(dir.path(), 3);
