@@ -228,7 +228,7 @@ impl Runtime {
         state
             .slots
             .iter()
-            .filter(|(_, s)| s.running.is_none())
+            .filter(|(_, s)| s.running.is_none() && !s.leaving)
             .count()
     }
 

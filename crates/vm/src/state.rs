@@ -19,6 +19,8 @@ use crate::{HostId, Message, TaskId};
 pub(crate) struct Slot {
     pub host: String,
     pub running: Option<Running>,
+    /// The worker is exiting (to stop its function task): no new task is placed on it.
+    pub leaving: bool,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -107,6 +109,7 @@ impl Slots {
             Slot {
                 host,
                 running: None,
+                leaving: false,
             },
         );
         !known
@@ -126,7 +129,7 @@ impl Slots {
             if chosen.len() >= count {
                 break;
             }
-            if slot.running.is_some() {
+            if slot.running.is_some() || slot.leaving {
                 continue;
             }
             if let Some(hosts) = hosts
@@ -186,6 +189,13 @@ impl Slots {
             if slot.running.as_ref().is_some_and(|r| r.vm == vm && r.ended) {
                 slot.running = None;
             }
+        }
+    }
+
+    /// The worker `rank` is exiting: no task is placed on it any more.
+    pub(crate) fn leave(&mut self, rank: Rank) {
+        if let Some(slot) = self.map.get_mut(&rank) {
+            slot.leaving = true;
         }
     }
 
@@ -280,5 +290,8 @@ mod tests {
         assert!(slots.get(3).is_some_and(|s| s.running.is_some()));
         assert!(slots.remove(2).is_some());
         assert_eq!(slots.ranks(), [1, 3]);
+        // A leaving worker gets no task, even when free.
+        slots.leave(1);
+        assert!(slots.reserve(3, None, &numbers, &occupant(0)).is_empty());
     }
 }
