@@ -92,6 +92,19 @@ fn command_stop_ends_its_process_group_on_tcp() {
     command_stop_ends_its_process_group(Backend::Tcp);
 }
 
+/// Under mpirun: a command stop works there too, and the worker carries on.
+#[cfg(feature = "mpi")]
+#[test]
+fn command_stop_ends_its_process_group_on_mpi() {
+    crate::mpirun::suite_test(
+        concat!(
+            module_path!(),
+            "::command_stop_ends_its_process_group_on_mpi"
+        ),
+        command_stop_ends_its_process_group,
+    );
+}
+
 #[test]
 fn stopping_an_ended_task_does_nothing() {
     let h = Harness::start(Backend::Local, 1);
