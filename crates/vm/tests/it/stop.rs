@@ -147,9 +147,18 @@ fn a_function_stop_on_memory_is_refused_clearly() {
 }
 
 #[test]
-fn a_function_stop_ends_its_worker_process() {
+fn a_function_stop_ends_its_worker_process_on_local() {
+    a_function_stop_ends_its_worker_process(Backend::Local);
+}
+
+#[test]
+fn a_function_stop_ends_its_worker_process_on_tcp() {
+    a_function_stop_ends_its_worker_process(Backend::Tcp);
+}
+
+fn a_function_stop_ends_its_worker_process(backend: Backend) {
     // Without replacements the slot is gone; `crate::replace` tests the replacement.
-    let h = Harness::start_hosts(Backend::Local, &[("alpha", 1), ("beta", 1)]);
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 1)]);
     let vm = h.runtime().vm().local_folder(true).build().unwrap();
     let ids = vm.spawn(Spawn::task("pid", &()).hosts(["beta"])).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
