@@ -84,9 +84,10 @@ pub use parvm_vm as vm;
 
 pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
-    ClearOutcome, ClearReport, CommandStatus, Config, Error, ExitStatus, HostId, Layout,
+    Backend, ClearOutcome, ClearReport, CommandStatus, Config, Error, ExitStatus, HostId, Layout,
     LayoutHost, LayoutSlot, LayoutTask, Message, Payload, Report, Result, Runtime, RuntimeBuilder,
-    Spawn, TaskContext, TaskFailure, TaskId, Tasks, TransportKind, Value, Vm, VmBuilder,
+    Spawn, TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner, TransportKind, Value, Vm,
+    VmBuilder,
 };
 // Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
 // would point nowhere.

@@ -47,6 +47,7 @@ mod runtime;
 mod spawner;
 mod state;
 mod supervise;
+mod task_context;
 mod task_folder;
 mod tasks;
 mod vm;
@@ -62,7 +63,8 @@ pub use parvm_env_config::{Config, TransportKind};
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
+pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::{TaskContext, Worker};
+pub use worker::Worker;

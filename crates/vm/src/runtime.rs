@@ -4,6 +4,7 @@
 //! It must not know how a transport is chosen and started (that is [`builder`]) nor how a
 //! worker process serves (that is [`crate::launch`]).
 
+mod backend;
 mod builder;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use parvm_env_config::Config;
 use parvm_transport::Transport;
 
+pub use backend::{Backend, TcpSpawner};
 pub use builder::RuntimeBuilder;
 
 use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
@@ -180,7 +182,7 @@ impl Runtime {
                 hint: match self.listen {
                     Some(addr) => format!(
                         "start more workers with {}={}",
-                        parvm_transport::tcp::CONNECT_VAR,
+                        parvm_env_config::CONNECT_VAR,
                         builder::connect_address(addr, &self.shared.host)
                     ),
                     None => format!(
@@ -293,7 +295,8 @@ impl Runtime {
     ) -> Result<ClearReport, Error> {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
-        let local = crate::task_folder::clear_here(&self.shared.config, force);
+        let local = crate::task_folder::clear_here(&self.shared.config, force)
+            .map_err(|e| crate::error::one_line(&e));
         report
             .hosts
             .push((HostId(self.shared.host.clone()), local.into()));

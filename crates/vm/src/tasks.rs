@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::worker::TaskContext;
+use crate::task_context::TaskContext;
 use crate::{Error, HostId};
 
 /// The erased body of a registered task: decode the arguments, run, encode the result.

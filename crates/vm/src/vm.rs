@@ -4,14 +4,15 @@
 //! It must not know how the runtime starts nor how events are filed (that is
 //! [`crate::spawner`]); it reads the slot table to choose free slots.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use parvm_env_config::Config;
+use parvm_transport::Rank;
 use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
@@ -158,6 +159,7 @@ impl VmBuilder {
             listen: self.listen,
             index,
             mirror,
+            mirror_sent: Mutex::new(HashSet::new()),
             folder,
             persistent: self.persistent,
             clean: self.clean,
@@ -188,6 +190,9 @@ pub struct Vm {
     listen: Option<SocketAddr>,
     index: u32,
     mirror: Option<Vec<u8>>,
+    /// The workers that have this VM's mirror map. Held while the map is sent, so no
+    /// spawn request of this VM overtakes it.
+    mirror_sent: Mutex<HashSet<Rank>>,
     folder: bool,
     persistent: bool,
     clean: bool,
@@ -331,7 +336,6 @@ impl Vm {
             number: 0,
             vm: self.index,
             job,
-            mirror: self.mirror.as_deref().map(Into::into),
             folder: self.folder,
             persistent: self.persistent,
             clean: self.clean,
@@ -342,6 +346,9 @@ impl Vm {
         for (rank, number) in chosen {
             if let ToWorker::Spawn(request) = &mut frame {
                 request.number = number;
+            }
+            if let Some(map) = &self.mirror {
+                self.send_map_once(rank, map);
             }
             if let Err(e) = self.shared.send(rank, &frame) {
                 // The worker is gone; its loss arrives as an event and fails the task.
@@ -409,6 +416,25 @@ impl Vm {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Sends this VM's mirror map to worker `rank` unless it has it: once per worker, so
+    /// a worker that joined later gets it before its first task of this VM.
+    fn send_map_once(&self, rank: Rank, map: &[u8]) {
+        let mut sent = self
+            .mirror_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sent.insert(rank) {
+            let frame = ToWorker::Mirror {
+                vm: self.index,
+                map: map.into(),
+            };
+            if let Err(e) = self.shared.send(rank, &frame) {
+                // The worker is gone; its loss arrives as an event and fails the task.
+                tracing::debug!(rank, error = %e, "cannot send a mirror map");
+            }
         }
     }
 
@@ -517,12 +543,26 @@ impl Drop for Vm {
             state.slots.release_vm(self.index);
             state.slots.ranks()
         };
-        if self.persistent && !self.shared.finalized.load(Ordering::Acquire) {
-            for rank in ranks {
-                let _ = self
-                    .shared
-                    .send(rank, &ToWorker::ForgetVm { vm: self.index });
-            }
+        if self.shared.finalized.load(Ordering::Acquire) {
+            return;
+        }
+        // Workers drop the VM's persistent folders and the mirror map they keep.
+        let ranks: Vec<u32> = if self.persistent {
+            ranks
+        } else {
+            let sent = self
+                .mirror_sent
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            ranks
+                .into_iter()
+                .filter(|rank| sent.contains(rank))
+                .collect()
+        };
+        for rank in ranks {
+            let _ = self
+                .shared
+                .send(rank, &ToWorker::ForgetVm { vm: self.index });
         }
     }
 }

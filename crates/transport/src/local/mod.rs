@@ -42,7 +42,7 @@ use std::fmt;
 
 pub use self::options::{
     DEFAULT_REPLACEMENTS, HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR,
-    SPAWNER_HOST_VAR, SPAWNER_PID_VAR, STOPPED_EXIT_CODE, SimulatedHost, TOKEN_VAR,
+    SPAWNER_HOST_VAR, SPAWNER_PID_VAR, SPIN_US_VAR, STOPPED_EXIT_CODE, SimulatedHost, TOKEN_VAR,
     WORKER_ENV_VARS,
 };
 use self::spawner::Spawner;

@@ -37,7 +37,7 @@ use nix::sys::signal::Signal;
 
 use super::options::{
     HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
-    STOPPED_EXIT_CODE, TOKEN_VAR,
+    SPIN_US_VAR, STOPPED_EXIT_CODE, TOKEN_VAR,
 };
 use super::spawner::{HostEnv, KeeperInbox, Socket, WorkerProc, accept_all, describe_status};
 use crate::star::{self, Hub, Stream, lock};
@@ -50,6 +50,8 @@ pub(super) struct Launch {
     pub(super) spawner_host: String,
     pub(super) spawner_pid: String,
     pub(super) max_frame: u64,
+    /// The spawner's spin window in µs, which its workers use too.
+    pub(super) spin_us: u128,
     pub(super) connect_timeout: Duration,
 }
 
@@ -128,6 +130,7 @@ impl Replacing {
             .env(SPAWNER_PID_VAR, &launch.spawner_pid)
             .env(SPAWNER_HOST_VAR, &launch.spawner_host)
             .env(MAX_FRAME_VAR, launch.max_frame.to_string())
+            .env(SPIN_US_VAR, launch.spin_us.to_string())
             .env(HOSTNAME_VAR, host)
             .envs(env.iter().map(|(k, v)| (k, v)));
         let start_error = |source| Error::WorkerStart {

@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 use super::options::{LocalOptions, SimulatedHost};
 use super::replace::{Launch, Replacing};
 use super::worker::Hello;
-use crate::star::{Hub, lock};
+use crate::star::{Hub, MAX_SPIN_WINDOW, lock};
 use crate::{Error, Peer, Rank, frame};
 
 /// A simulated host's own variables, shared by its workers and their replacements.
@@ -199,7 +199,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
     let spawner_host = options
         .spawner_host
         .clone()
-        .unwrap_or_else(crate::this_host);
+        .unwrap_or_else(crate::system_host);
     let hosts = options.hosts.clone().unwrap_or_else(|| {
         vec![SimulatedHost {
             name: spawner_host.clone(),
@@ -236,6 +236,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
             host: spawner_host.clone(),
         },
         options.max_frame,
+        options.spin_window,
     );
     let next_rank = Rank::try_from(plan.len() + 1).unwrap_or(Rank::MAX);
     let replacing = Arc::new(Replacing::new(
@@ -246,6 +247,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
             spawner_host,
             spawner_pid: std::process::id().to_string(),
             max_frame: options.max_frame,
+            spin_us: options.spin_window.min(MAX_SPIN_WINDOW).as_micros(),
             connect_timeout: options.connect_timeout,
         },
         keeper,

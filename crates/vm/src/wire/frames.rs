@@ -31,6 +31,14 @@ pub(crate) enum ToWorker<'a> {
     ForgetVm { vm: u32 },
     /// Leave the spawn loop and exit.
     Exit,
+    /// The mirror map of VM `vm`: its abstract map, MessagePack-encoded once when the VM
+    /// was built. Sent once to each worker, before the VM's first task there; the worker
+    /// keeps it until [`ToWorker::ForgetVm`].
+    Mirror {
+        vm: u32,
+        #[serde(borrow, with = "serde_bytes")]
+        map: Cow<'a, [u8]>,
+    },
     /// Stop task `number`: a running command with everything it started, a running
     /// function by exiting the worker process, a queued spawn request without running it;
     /// a task that already ended is left alone. Read by [`read_stop`] on whichever thread
@@ -61,9 +69,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub vm: u32,
     #[serde(borrow)]
     pub job: Job<'a>,
-    /// The VM's abstract mirror map, MessagePack-encoded once when the VM was built.
-    #[serde(borrow, with = "serde_bytes")]
-    pub mirror: Option<Cow<'a, [u8]>>,
+    /// Whether the task gets a task folder; a VM's mirror map comes before its first
+    /// task, in [`ToWorker::Mirror`].
     pub folder: bool,
     pub persistent: bool,
     /// Before reusing the persistent folder, remove what earlier tasks wrote.

@@ -88,6 +88,20 @@ mod tests {
     use crate::TaskId;
 
     #[test]
+    fn a_mirror_map_travels_in_its_own_frame() {
+        let map = [0x91u8, 0x01];
+        let bytes = encode(&ToWorker::Mirror {
+            vm: 3,
+            map: Cow::Borrowed(&map),
+        })
+        .unwrap();
+        let ToWorker::Mirror { vm, map: back } = decode::<ToWorker<'_>>(&bytes).unwrap() else {
+            panic!("not a mirror frame");
+        };
+        assert_eq!((vm, back.as_ref()), (3, &map[..]));
+    }
+
+    #[test]
     fn frames_round_trip() {
         let frame = ToWorker::Spawn(SpawnRequest {
             number: 7,
@@ -96,7 +110,6 @@ mod tests {
                 name: Cow::Borrowed("hello"),
                 args: Cow::Borrowed(&[1, 2, 3]),
             },
-            mirror: None,
             folder: true,
             persistent: false,
             clean: true,

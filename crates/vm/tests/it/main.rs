@@ -21,6 +21,7 @@ mod replace;
 mod selection;
 mod stop;
 mod unprivileged;
+mod variables;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.
