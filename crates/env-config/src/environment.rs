@@ -85,6 +85,12 @@ impl Config {
         if let Some(value) = lookup(WORKERS_VAR) {
             builder.workers = Some(parse::count(WORKERS_VAR, &text(WORKERS_VAR, value)?)?);
         }
+        if let Some(value) = lookup(REPLACE_WORKERS_VAR) {
+            builder.replace_workers = Some(parse::small_count(
+                REPLACE_WORKERS_VAR,
+                &text(REPLACE_WORKERS_VAR, value)?,
+            )?);
+        }
         if let Some(value) = lookup(TRANSPORT_VAR) {
             builder.transport = Some(text(TRANSPORT_VAR, value)?.parse()?);
         }

@@ -169,13 +169,24 @@ pub trait Transport: Send + Sync {
         self.peers().len()
     }
 
-    /// Whether workers can join after the start, so a spawner with none left may still
-    /// wait for one: true for TCP (workers connect at any time). False by default, and for
-    /// local workers (all start with the transport) and MPI ranks (all start with
-    /// `mpirun`); a backend that says false wrongly makes a spawner report "no workers
-    /// left" too early, one that says true wrongly makes it wait for good.
+    /// Whether workers can join from now on, so a spawner with none left may still wait
+    /// for one: true for TCP (workers connect at any time), and for the local backend
+    /// exactly while a replacement worker is on its way (see
+    /// [`local::LocalOptions::replacements`]; the answer changes, so ask each time). False
+    /// by default, and for MPI ranks (all start with `mpirun`); a backend that says false
+    /// wrongly makes a spawner report "no workers left" too early, one that says true
+    /// wrongly makes it wait for good. A backend whose answer turns false while a spawner
+    /// waits with no worker left posts an event (the local backend: a
+    /// [`Event::PeerLost`] of the replacement that never joined), so the spawner looks
+    /// again.
     fn workers_can_join(&self) -> bool {
         false
+    }
+
+    /// How many workers the transport started to replace dead ones so far (the local
+    /// backend, see [`local::LocalOptions::replacements`]); 0 by default.
+    fn replaced_workers(&self) -> usize {
+        0
     }
 
     /// Whether the workers are child processes of the spawner: true for the local backend

@@ -142,15 +142,12 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
     }
 }
 
-/// The exit status of a worker process that exits to stop the function task it runs.
-/// Not 0, so that the local backend replaces the worker (it replaces only workers that
-/// did not leave on purpose); 75 is `EX_TEMPFAIL`.
-pub(crate) const STOPPED_EXIT: i32 = 75;
-
 /// Ends the process to stop function task `number`, which cannot be interrupted inside its
-/// thread: tells the spawner ([`FromWorker::Stopped`]), then exits. The task folder stays behind with a dead owner,
-/// locked by nobody, and the next worker start on this host sweeps it as stale (on the
-/// local backend that is the replacement worker, at once).
+/// thread: tells the spawner ([`FromWorker::Stopped`]), then exits with
+/// [`STOPPED_EXIT_CODE`](parvm_transport::local::STOPPED_EXIT_CODE), which the local
+/// backend replaces without counting it as a crash. The task folder stays behind with a
+/// dead owner, locked by nobody, and the next worker start on this host sweeps it as stale
+/// (on the local backend that is the replacement worker, at once).
 fn stop_function(inner: &Inner, number: u64) -> ! {
     // Output the task wrote after the last forward is dropped: sending it could wait for
     // credit from a spawner that is not receiving, and the stop must not hang.
@@ -161,7 +158,7 @@ fn stop_function(inner: &Inner, number: u64) -> ! {
         let _ = inner.link.transport().send(0, &bytes);
     }
     tracing::debug!(number, "exiting to stop a function task");
-    std::process::exit(STOPPED_EXIT)
+    std::process::exit(parvm_transport::local::STOPPED_EXIT_CODE)
 }
 
 /// Reads both pipes until they are empty and sends complete lines (all bytes with `flush`)

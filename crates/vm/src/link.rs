@@ -353,6 +353,59 @@ mod tests {
     }
 
     #[test]
+    fn stops_are_filed_by_whichever_thread_receives_them() {
+        let (spawner, link) = pair();
+        let stop = |number| wire::encode(&wire::ToWorker::Stop { number }).unwrap();
+        assert!(link.begin_task(4, TaskKind::Function));
+        // A stop for a request queued behind the running task, then one for the task;
+        // neither reaches the spawn loop, and the frame after them does.
+        spawner.send(1, &stop(5)).unwrap();
+        spawner.send(1, &stop(4)).unwrap();
+        spawner.send(1, b"\x01next").unwrap();
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
+            "{event:?}"
+        );
+        assert!(link.stop_requested());
+        assert_eq!(link.function_to_stop(), Some(4));
+        link.end_task();
+        assert!(!link.stop_requested());
+        // The queued request is answered as stopped; the next one runs.
+        assert!(!link.begin_task(5, TaskKind::Command));
+        assert!(link.begin_task(6, TaskKind::Command));
+        assert_eq!(link.function_to_stop(), None, "a command is not a function");
+        // A stop for a task that ended never matches a later task, whose number is new.
+        link.end_task();
+        spawner.send(1, &stop(3)).unwrap();
+        assert!(
+            link.recv(Wait::For(Duration::from_millis(50)))
+                .unwrap()
+                .is_none()
+        );
+        assert!(link.begin_task(7, TaskKind::Function));
+        assert!(!link.stop_requested());
+    }
+
+    #[test]
+    fn at_most_so_many_stops_are_kept_for_tasks_not_running() {
+        let (spawner, link) = pair();
+        for number in 0..(MAX_STOPS_KEPT as u64 + 10) {
+            spawner
+                .send(1, &wire::encode(&wire::ToWorker::Stop { number }).unwrap())
+                .unwrap();
+        }
+        while link
+            .recv(Wait::For(Duration::from_millis(50)))
+            .unwrap()
+            .is_some()
+        {}
+        // The oldest were dropped, the newest kept.
+        assert!(link.begin_task(0, TaskKind::Command));
+        assert!(!link.begin_task(MAX_STOPS_KEPT as u64 + 9, TaskKind::Command));
+    }
+
+    #[test]
     fn output_without_a_spawner_is_dropped_not_waited_for() {
         let (spawner, link) = pair();
         assert!(link.take_credit(OUTPUT_WINDOW));

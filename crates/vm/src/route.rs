@@ -126,6 +126,10 @@ impl Shared {
                 None
             }
             FromWorker::Stopped { number, started } => {
+                if started {
+                    // The worker exits next: a task sent to it now would only be lost.
+                    state.slots.leave(from);
+                }
                 let host = state.slots.get(from).map_or("?", |s| s.host.as_str());
                 let detail = if started {
                     format!(
@@ -134,7 +138,12 @@ impl Shared {
                 } else {
                     format!("it had not started on rank {from} (host `{host}`)")
                 };
-                state.stopping.insert(TaskId { slot: from, number });
+                let task = TaskId { slot: from, number };
+                if !state.slots.is_live(task) {
+                    // Its end was filed already (done as the stop came).
+                    return None;
+                }
+                state.stopping.insert(task);
                 Self::on_done(
                     state,
                     from,
@@ -200,6 +209,16 @@ impl Shared {
         mirrored: u64,
         last: bool,
     ) {
+        if state
+            .slots
+            .get(from)
+            .and_then(|slot| slot.running.as_ref())
+            .is_some_and(|r| r.number == number && r.ended)
+        {
+            // A function's worker that exits to stop it may report the end twice: stopped,
+            // and done when the function returned as the stop came. One exit is filed.
+            return;
+        }
         let (vm, send_back, returns) = match state.slots.end(from, number, last) {
             End::Ended {
                 vm,
@@ -435,5 +454,147 @@ fn on_output(state: &State, from: Rank, number: u64, stderr: bool, data: &[u8]) 
             .collect(),
         from,
         bytes: data.len() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicU64;
+
+    use parvm_transport::Transport;
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+    use crate::state::Occupant;
+
+    /// A spawner with one worker slot (rank 1) running a function task of VM 0 that the
+    /// spawner asked to stop; the worker's end of the transport is returned too, so the
+    /// slot is not lost meanwhile.
+    fn stopping() -> (Shared, MemoryTransport, TaskId, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parvm_env_config::Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .build()
+            .unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
+        let spawner: Box<dyn Transport> = Box::new(ends.next().unwrap());
+        let worker = ends.next().unwrap();
+        let shared = Shared::new(spawner, crate::Tasks::new(), config, Vec::new());
+        let task = {
+            let mut state = shared.lock();
+            state.inboxes.insert(0, VecDeque::new());
+            let chosen = state.slots.reserve(
+                1,
+                None,
+                &AtomicU64::new(1),
+                &Occupant {
+                    vm: 0,
+                    label: "f",
+                    send_back: true,
+                    returns: None,
+                    command: false,
+                },
+            );
+            let task = TaskId {
+                slot: chosen[0].0,
+                number: chosen[0].1,
+            };
+            state.stopping.insert(task);
+            task
+        };
+        (shared, worker, task, dir)
+    }
+
+    fn frame(frame: &FromWorker<'_>) -> Event {
+        Event::Message {
+            from: 1,
+            payload: wire::encode(frame).unwrap(),
+        }
+    }
+
+    fn exits(state: &State) -> Vec<String> {
+        state.inboxes[&0]
+            .iter()
+            .filter_map(|m| match m {
+                Message::TaskExit {
+                    status: ExitStatus::Failed { reason },
+                    ..
+                } => Some(reason.clone()),
+                Message::TaskExit { .. } => Some("completed".to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_task_ends_once_as_stopped_whichever_end_comes_first() {
+        for done_first in [true, false] {
+            let (shared, worker, task, _dir) = stopping();
+            // A function that returned as the stop came, and the worker that exits anyway.
+            let done = FromWorker::Done {
+                number: task.number,
+                value: None,
+                error: None,
+                mirrored: 0,
+            };
+            let stopped = FromWorker::Stopped {
+                number: task.number,
+                started: true,
+            };
+            let mut state = shared.lock();
+            let order = if done_first {
+                [&done, &stopped]
+            } else {
+                [&stopped, &done]
+            };
+            for end in order {
+                shared.route(&mut state, frame(end));
+            }
+            let exits = exits(&state);
+            assert_eq!(exits.len(), 1, "{exits:?}");
+            assert!(exits[0].starts_with("stopped by the spawner"), "{exits:?}");
+            assert!(state.stopping.is_empty());
+            // The worker exits: nothing more is placed on it.
+            state.slots.free(task);
+            let more = state.slots.reserve(
+                1,
+                None,
+                &AtomicU64::new(9),
+                &Occupant {
+                    vm: 0,
+                    label: "g",
+                    send_back: true,
+                    returns: None,
+                    command: false,
+                },
+            );
+            assert!(more.is_empty(), "{more:?}");
+            drop(state);
+            drop(worker);
+        }
+    }
+
+    #[test]
+    fn a_stopped_task_whose_worker_is_lost_ends_as_stopped() {
+        let (shared, worker, task, _dir) = stopping();
+        let mut state = shared.lock();
+        shared.route(
+            &mut state,
+            Event::PeerLost {
+                rank: 1,
+                reason: "it exited with status 75".to_owned(),
+            },
+        );
+        let exits = exits(&state);
+        assert_eq!(exits.len(), 1, "{exits:?}");
+        assert!(
+            exits[0].starts_with("stopped by the spawner") && exits[0].contains("status 75"),
+            "{exits:?}"
+        );
+        assert!(!state.stopping.contains(&task));
+        drop(state);
+        drop(worker);
     }
 }

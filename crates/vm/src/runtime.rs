@@ -215,6 +215,14 @@ impl Runtime {
         self.shared.lock().slots.len() + 1
     }
 
+    /// How many replacement workers the transport started so far, for workers that died
+    /// (the local backend; see [`RuntimeBuilder::replace_workers`](crate::RuntimeBuilder::replace_workers)).
+    /// Always 0 on other transports.
+    #[must_use]
+    pub fn replaced_workers(&self) -> usize {
+        self.shared.transport.replaced_workers()
+    }
+
     /// Worker slots with no task.
     #[must_use]
     pub fn free_slots(&self) -> usize {
@@ -222,7 +230,7 @@ impl Runtime {
         state
             .slots
             .iter()
-            .filter(|(_, s)| s.running.is_none())
+            .filter(|(_, s)| s.running.is_none() && !s.leaving)
             .count()
     }
 

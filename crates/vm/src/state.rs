@@ -24,6 +24,8 @@ pub(crate) struct Slot {
     pub running: Option<Running>,
     /// The task whose request waits at the worker behind `running` (dispatch only).
     pub queued: Option<Running>,
+    /// The worker is exiting (to stop its function task): no new task is placed on it.
+    pub leaving: bool,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -133,6 +135,7 @@ impl Slots {
                 host,
                 running: None,
                 queued: None,
+                leaving: false,
             },
         );
         !known
@@ -152,7 +155,7 @@ impl Slots {
             if chosen.len() >= count {
                 break;
             }
-            if slot.running.is_some() {
+            if slot.running.is_some() || slot.leaving {
                 continue;
             }
             if let Some(hosts) = hosts
@@ -180,9 +183,13 @@ impl Slots {
     ) -> Option<(Rank, u64, bool)> {
         let allowed =
             |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
-        let free = |slot: &Slot| slot.running.is_none();
+        let free = |slot: &Slot| slot.running.is_none() && !slot.leaving;
         let queueable =
-            |slot: &Slot| slot.queued.is_none() && slot.running.as_ref().is_some_and(|r| !r.ended);
+            |slot: &Slot| {
+                !slot.leaving
+                    && slot.queued.is_none()
+                    && slot.running.as_ref().is_some_and(|r| !r.ended)
+            };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map
                 .iter()
@@ -266,6 +273,13 @@ impl Slots {
             if slot.running.as_ref().is_some_and(|r| r.vm == vm && r.ended) {
                 slot.running = None;
             }
+        }
+    }
+
+    /// The worker `rank` is exiting: no task is placed on it any more.
+    pub(crate) fn leave(&mut self, rank: Rank) {
+        if let Some(slot) = self.map.get_mut(&rank) {
+            slot.leaving = true;
         }
     }
 
@@ -377,6 +391,9 @@ mod tests {
         assert!(slots.get(3).is_some_and(|s| s.running.is_some()));
         assert!(slots.remove(2).is_some());
         assert_eq!(slots.ranks(), [1, 3]);
+        // A leaving worker gets no task, even when free.
+        slots.leave(1);
+        assert!(slots.reserve(3, None, &numbers, &occupant(0)).is_empty());
     }
 
     #[test]

@@ -51,6 +51,16 @@ pub const WORKER_ENV_VARS: [&str; 7] = [
     SPIN_US_VAR,
 ];
 
+/// The exit status of a worker process that exits because the spawner asked it to stop
+/// (a function task that cannot be interrupted inside its thread). Its replacement does not
+/// count toward the crash-loop limit ([`LocalOptions::replacements`]). 75 is `EX_TEMPFAIL`.
+pub const STOPPED_EXIT_CODE: i32 = 75;
+
+/// Replacements per slot by default ([`LocalOptions::replacements`]): none, so a worker's
+/// death is final unless asked for; the VM's runtime asks for
+/// `PARVM_REPLACE_WORKERS` (default 3).
+pub const DEFAULT_REPLACEMENTS: u32 = 0;
+
 /// One simulated host: a group of workers that report `name` as their host and get extra
 /// environment variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +85,7 @@ pub struct LocalOptions {
     pub(super) shutdown_grace: Duration,
     pub(super) max_frame: u64,
     pub(super) spawner_host: Option<String>,
+    pub(super) replacements: u32,
     pub(super) spin_window: Duration,
 }
 
@@ -90,6 +101,7 @@ impl LocalOptions {
             shutdown_grace: Duration::from_secs(2),
             max_frame: frame::DEFAULT_MAX_FRAME,
             spawner_host: None,
+            replacements: DEFAULT_REPLACEMENTS,
             spin_window: DEFAULT_SPIN_WINDOW,
         }
     }
@@ -134,6 +146,21 @@ impl LocalOptions {
     #[must_use]
     pub fn max_frame(mut self, bytes: u64) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// How many times each worker slot is given a new worker process when its worker
+    /// dies (killed by a signal, or exiting with a status other than 0): the replacement
+    /// gets a new rank, the dead worker's simulated host name and variables, and joins as
+    /// an [`Event::PeerJoined`](crate::Event::PeerJoined). A slot whose replacements are
+    /// used up is gone for good, so a worker that crashes at once every time stops being
+    /// replaced. A worker that exits with status 0 is never replaced (it left on purpose),
+    /// nor one killed by `SIGINT`, `SIGTERM` or `SIGHUP` (told to stop from outside), and
+    /// one that exits with [`STOPPED_EXIT_CODE`] always is, without counting. Default:
+    /// [`DEFAULT_REPLACEMENTS`] (none).
+    #[must_use]
+    pub fn replacements(mut self, per_slot: u32) -> Self {
+        self.replacements = per_slot;
         self
     }
 

@@ -32,7 +32,12 @@ pub struct RuntimeBuilder {
     hosts: Option<Vec<(String, usize)>>,
     host_configs: Vec<(String, Config)>,
     forward_env: Vec<String>,
+    replace_workers: Option<u32>,
 }
+
+/// Replacement workers per local slot when neither
+/// [`RuntimeBuilder::replace_workers`] nor `PARVM_REPLACE_WORKERS` says.
+const DEFAULT_REPLACE_WORKERS: u32 = 3;
 
 impl RuntimeBuilder {
     /// A builder with the defaults, for a runtime running `tasks`.
@@ -47,6 +52,7 @@ impl RuntimeBuilder {
             hosts: None,
             host_configs: Vec::new(),
             forward_env: Vec::new(),
+            replace_workers: None,
         }
     }
 
@@ -142,6 +148,25 @@ impl RuntimeBuilder {
     #[must_use]
     pub fn simulated_host_config(mut self, host: impl Into<String>, config: Config) -> Self {
         self.host_configs.push((host.into(), config));
+        self
+    }
+
+    /// How many times the local transport replaces the worker of a slot when it dies
+    /// (killed, crashed, or exited to stop its function task, see
+    /// [`Vm::stop`](crate::Vm::stop)); default `PARVM_REPLACE_WORKERS`, else 3; `0` never
+    /// replaces. The replacement is a new worker process with a new rank on the same
+    /// (simulated) host with the same variables; VMs see it as a new slot and, when its
+    /// host had no worker left, a [`Message::HostAdd`](crate::Message::HostAdd). A slot
+    /// whose replacements are used up is gone for good, so a worker that crashes at once
+    /// every time ends in [`Error::WorkersGone`] instead of a loop; a worker stopped by
+    /// [`Vm::stop`](crate::Vm::stop) is replaced without counting, and one that exits with
+    /// status 0 (a task calling `exit(0)`) is not replaced. Each replacement is logged as
+    /// a warning and counted in [`Runtime::replaced_workers`]. Used only with the local
+    /// transport: TCP workers rejoin by connecting again, and MPI ends the job when a
+    /// rank dies (see docs/transports.md).
+    #[must_use]
+    pub fn replace_workers(mut self, per_slot: u32) -> Self {
+        self.replace_workers = Some(per_slot);
         self
     }
 
@@ -295,9 +320,14 @@ impl RuntimeBuilder {
             };
             simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
         }
+        let replacements = self
+            .replace_workers
+            .or(config.replace_workers())
+            .unwrap_or(DEFAULT_REPLACE_WORKERS);
         let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
             .spawner_host(config.hostname())
-            .spin_window(spin_window(config));
+            .spin_window(spin_window(config))
+            .replacements(replacements);
         if let Some((program, args)) = self.program.take() {
             options = options.program(program, args);
         }

@@ -108,6 +108,18 @@ impl Harness {
         local: tempfile::TempDir,
         shared: tempfile::TempDir,
     ) -> Harness {
+        // Dead local workers stay dead unless a test asks for replacements.
+        Harness::start_replacing(backend, hosts, local, shared, 0)
+    }
+
+    /// As [`Harness::start_in`], with `replacements` replacement workers per local slot.
+    pub fn start_replacing(
+        backend: Backend,
+        hosts: &[(&str, usize)],
+        local: tempfile::TempDir,
+        shared: tempfile::TempDir,
+        replacements: u32,
+    ) -> Harness {
         let config = config(local.path(), shared.path(), "spawner");
         let mut threads = Vec::new();
         let mut processes = Vec::new();
@@ -136,6 +148,7 @@ impl Harness {
                 .config(config.clone())
                 .simulated_hosts(hosts.iter().map(|(h, n)| (*h, *n)))
                 .program(env!("CARGO_BIN_EXE_parvm-vm-testprog"), Vec::new())
+                .replace_workers(replacements)
                 .start()
                 .expect("local runtime starts"),
             Backend::Tcp => {
@@ -233,6 +246,32 @@ impl Harness {
             },
             _secret: None,
         }
+    }
+
+    /// Starts one more TCP worker process on `host`, connecting to this harness's
+    /// spawner with its secret; returns its pid. It is killed with the harness.
+    pub fn start_tcp_worker(&mut self, host: &str) -> u32 {
+        let addr = self.runtime().tcp_addr().expect("a tcp spawner");
+        let secret = self
+            ._secret
+            .as_ref()
+            .expect("a tcp harness")
+            .path()
+            .join("secret");
+        let child = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", secret)
+            .env("PARVM_HOSTNAME", host)
+            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
+            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a tcp worker");
+        let pid = child.id();
+        self.processes.push(WorkerProcess(child));
+        pid
     }
 
     pub fn runtime(&self) -> &Runtime {

@@ -19,6 +19,7 @@ mod mpirun;
 mod nohang;
 mod output;
 mod processes;
+mod replace;
 mod returns;
 mod selection;
 mod stop;

@@ -92,6 +92,19 @@ fn command_stop_ends_its_process_group_on_tcp() {
     command_stop_ends_its_process_group(Backend::Tcp);
 }
 
+/// Under mpirun: a command stop works there too, and the worker carries on.
+#[cfg(feature = "mpi")]
+#[test]
+fn command_stop_ends_its_process_group_on_mpi() {
+    crate::mpirun::suite_test(
+        concat!(
+            module_path!(),
+            "::command_stop_ends_its_process_group_on_mpi"
+        ),
+        command_stop_ends_its_process_group,
+    );
+}
+
 #[test]
 fn stopping_an_ended_task_does_nothing() {
     let h = Harness::start(Backend::Local, 1);
@@ -134,8 +147,18 @@ fn a_function_stop_on_memory_is_refused_clearly() {
 }
 
 #[test]
-fn a_function_stop_ends_its_worker_process() {
-    let h = Harness::start_hosts(Backend::Local, &[("alpha", 1), ("beta", 1)]);
+fn a_function_stop_ends_its_worker_process_on_local() {
+    a_function_stop_ends_its_worker_process(Backend::Local);
+}
+
+#[test]
+fn a_function_stop_ends_its_worker_process_on_tcp() {
+    a_function_stop_ends_its_worker_process(Backend::Tcp);
+}
+
+fn a_function_stop_ends_its_worker_process(backend: Backend) {
+    // Without replacements the slot is gone; `crate::replace` tests the replacement.
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 1)]);
     let vm = h.runtime().vm().local_folder(true).build().unwrap();
     let ids = vm.spawn(Spawn::task("pid", &()).hosts(["beta"])).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
@@ -146,7 +169,21 @@ fn a_function_stop_ends_its_worker_process() {
         .unwrap();
     wait_until("the task folder exists", || !h.task_folders().is_empty());
     vm.stop(ids[0]).unwrap();
-    let (outcomes, _) = collect(&vm, &ids);
+    let (outcomes, others) = collect(&vm, &ids);
     assert_stopped(&outcomes[&ids[0]]);
     wait_until("the worker process is gone", || !alive(pid));
+    // Then the worker's loss, as usual: beta had only this worker.
+    let others = if others.is_empty() {
+        vec![
+            vm.recv_timeout(crate::harness::DEADLINE)
+                .unwrap()
+                .expect("host delete"),
+        ]
+    } else {
+        others
+    };
+    assert!(
+        matches!(&others[0], parvm_vm::Message::HostDelete { host } if host.to_string() == "beta"),
+        "{others:?}"
+    );
 }

@@ -24,6 +24,9 @@
 //!   the temp folder) instead of the environment's, and finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
+//!
+//! As a worker, it exits at once with status 9 when its local storage root holds a file
+//! named `parvm-test-die-at-start` (a crash loop for the replacement tests).
 
 mod tasks;
 
@@ -34,7 +37,17 @@ use std::time::Instant;
 
 use parvm_vm::{ExitStatus, Message, Runtime, Spawn, Value, Vm};
 
+/// A worker whose local storage root holds this file exits at once with status 9, before
+/// it joins: a crash loop for the replacement tests.
+const DIE_AT_START: &str = "parvm-test-die-at-start";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if parvm_transport::started_as_worker()
+        && let Some(root) = std::env::var_os("PARALLEL_LOCAL_STORAGE")
+        && std::path::Path::new(&root).join(DIE_AT_START).exists()
+    {
+        std::process::exit(9);
+    }
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let mut builder = Runtime::builder(tasks::tasks());
     if scenario == "forward" {
