@@ -45,6 +45,30 @@ pub(crate) fn encode_into<T: Serialize>(
     rmp_serde::encode::write(out, frame)
 }
 
+/// The head of a [`FromWorker::FileData`] frame of task `number`, up to and including the
+/// MessagePack `bin 32` marker: the frame is this head, the data's length (`u32`,
+/// big-endian) and the data, so a worker reads a file straight into the frame instead of
+/// copying each chunk into it. `None` if the encoder lays the frame out otherwise (the
+/// caller then encodes as usual).
+pub(crate) fn file_data_head(number: u64) -> Option<Vec<u8>> {
+    // A placeholder of at least 64 KiB is encoded as `bin 32`, as every chunk then is.
+    const PLACEHOLDER: usize = 1 << 16;
+    let data = vec![0u8; PLACEHOLDER];
+    let mut frame = encode(&FromWorker::FileData {
+        number,
+        data: Cow::Borrowed(&data),
+    })
+    .ok()?;
+    let head_len = frame.len().checked_sub(PLACEHOLDER + 4)?;
+    let marker = frame.get(head_len.checked_sub(1)?)?;
+    let len = frame.get(head_len..head_len + 4)?;
+    if *marker != 0xc6 || len != (PLACEHOLDER as u32).to_be_bytes() {
+        return None;
+    }
+    frame.truncate(head_len);
+    Some(frame)
+}
+
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
 /// when the decoder did not borrow them from it. The answer holds no borrow, so the caller
 /// can then keep `frame` as the field's buffer.
@@ -118,6 +142,21 @@ mod tests {
                 );
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_data_frames_are_built_from_a_head() {
+        let head = file_data_head(u64::MAX - 3).expect("the encoder lays out bin 32");
+        for size in [0usize, 1, 255, 65_535, 65_536, 262_144] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+            let mut frame = head.clone();
+            frame.extend_from_slice(&(size as u32).to_be_bytes());
+            frame.extend_from_slice(&data);
+            let FromWorker::FileData { number, data: back } = decode(&frame).unwrap() else {
+                panic!("not a file data frame");
+            };
+            assert_eq!((number, back.as_ref()), (u64::MAX - 3, &data[..]));
         }
     }
 
