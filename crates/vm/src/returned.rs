@@ -422,3 +422,103 @@ fn spill_file(
     })?;
     Ok((file, path, temporary))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: TaskId = TaskId { slot: 2, number: 9 };
+
+    fn wanted(results: &Path, returning: bool, capture: bool) -> Wanted {
+        Wanted {
+            results: Some(results.to_owned()),
+            returning,
+            capture,
+            local_root: results.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_peer_path_that_climbs_out_fails_the_task_and_writes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let results = root.path().join("results");
+        for bad in [&b"../evil"[..], b"/tmp/evil", b"", b"a/../../evil"] {
+            let mut returns = Returns::default();
+            returns.register(TASK, wanted(&results, true, false));
+            returns.file_start(TASK, bad);
+            returns.file_data(TASK, b"payload");
+            returns.file_end(TASK, 0o644, (1, 0), false);
+            let finished = returns.finish(TASK).unwrap();
+            let failure = finished.failure.expect("refused");
+            assert!(failure.contains("climbs out"), "{failure}");
+            assert!(matches!(
+                &finished.messages[..],
+                [Message::Returned { files, bytes: 0, .. }] if files.is_empty()
+            ));
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.iter().all(|n| n == "results"), "{left:?}");
+    }
+
+    #[test]
+    fn frames_for_a_task_that_asked_for_nothing_are_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.file_start(TASK, b"x.txt");
+        returns.file_data(TASK, b"payload");
+        returns.file_end(TASK, 0o644, (1, 0), false);
+        assert!(!returns.capture(TASK, false, b"line\n"));
+        assert!(returns.finish(TASK).is_none());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_changed_file_is_dropped_and_the_next_start_replaces_it() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.register(TASK, wanted(root.path(), true, false));
+        returns.file_start(TASK, b"d/x.txt");
+        returns.file_data(TASK, b"first");
+        returns.file_end(TASK, 0o600, (5, 0), true);
+        returns.file_start(TASK, b"d/x.txt");
+        returns.file_data(TASK, b"second");
+        returns.file_end(TASK, 0o600, (5, 0), false);
+        let finished = returns.finish(TASK).unwrap();
+        assert_eq!(finished.failure, None);
+        assert_eq!(
+            std::fs::read(root.path().join("d/x.txt")).unwrap(),
+            b"second"
+        );
+        assert_eq!(std::fs::read_dir(root.path().join("d")).unwrap().count(), 1);
+        assert!(matches!(
+            &finished.messages[..],
+            [Message::Returned { files, bytes: 6, .. }] if files == &[PathBuf::from("d/x.txt")]
+        ));
+    }
+
+    #[test]
+    fn captured_output_spills_past_the_memory_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.register(TASK, wanted(root.path(), false, true));
+        let line = vec![b'x'; 1000];
+        let mut written = 0;
+        while written <= CAPTURE_IN_MEMORY {
+            assert!(returns.capture(TASK, false, &line));
+            written += line.len();
+        }
+        assert!(returns.capture(TASK, true, b"err\n"));
+        let finished = returns.finish(TASK).unwrap();
+        let [Message::Captured { stdout, stderr, .. }] = &finished.messages[..] else {
+            panic!("no captured output");
+        };
+        assert_eq!(stdout.bytes(), None);
+        assert_eq!(stdout.len(), written as u64);
+        assert_eq!(stdout.path(), Some(root.path().join("stdout").as_path()));
+        assert_eq!(stdout.read_to_vec().unwrap().len(), written);
+        assert_eq!(stderr.bytes(), Some(&b"err\n"[..]));
+    }
+}
