@@ -51,6 +51,8 @@ struct State {
     credit: u64,
     /// The spawner is gone or the transport failed: no credit will come.
     closed: bool,
+    /// The last task whose returned files the spawner stopped receiving.
+    stopped_returns: Option<u64>,
 }
 
 impl Link {
@@ -63,6 +65,7 @@ impl Link {
                 queue: VecDeque::new(),
                 credit: OUTPUT_WINDOW,
                 closed: false,
+                stopped_returns: None,
             }),
             cond: Condvar::new(),
         }
@@ -93,12 +96,14 @@ impl Link {
         state.pulling = false;
         let event = match event {
             Ok(Some(Event::Message { from: 0, payload })) => {
-                match wire::read_output_ack(&payload) {
-                    Some(bytes) => {
-                        state.credit = state.credit.saturating_add(bytes);
-                        Ok(None)
-                    }
-                    None => Ok(Some(Event::Message { from: 0, payload })),
+                if let Some(bytes) = wire::read_output_ack(&payload) {
+                    state.credit = state.credit.saturating_add(bytes);
+                    Ok(None)
+                } else if let Some(number) = wire::read_return_stop(&payload) {
+                    state.stopped_returns = Some(number);
+                    Ok(None)
+                } else {
+                    Ok(Some(Event::Message { from: 0, payload }))
                 }
             }
             Ok(Some(event @ Event::PeerLost { rank: 0, .. })) => {
@@ -190,6 +195,13 @@ impl Link {
         }
     }
 
+    /// Whether the spawner stopped receiving the returned files of task `number` (it could
+    /// not write them); seen among the acknowledgements, which a sender without credit
+    /// receives, so at most a window after the spawner sent it.
+    pub(crate) fn returning_stopped(&self, number: u64) -> bool {
+        self.lock().stopped_returns == Some(number)
+    }
+
     /// Takes `bytes` of output credit, waiting for acknowledgements (and receiving them
     /// when nobody else does) as long as it takes. `false` when the spawner is gone: the
     /// output is to be dropped.
@@ -270,6 +282,19 @@ mod tests {
             );
         }
         assert!(waiting.join().unwrap());
+    }
+
+    #[test]
+    fn a_return_stop_is_taken_off_like_an_acknowledgement() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        spawner.send(1, &wire::return_stop(7)).unwrap();
+        spawner.send(1, &wire::output_ack(10)).unwrap();
+        // Waiting for credit receives both; the stop never reaches the spawn loop.
+        assert!(link.take_credit(10));
+        assert!(link.returning_stopped(7));
+        assert!(!link.returning_stopped(8));
+        assert!(link.recv(Wait::NoWait).unwrap().is_none());
     }
 
     #[test]

@@ -149,6 +149,8 @@ struct Inbound {
     bytes: u64,
     /// Why returning failed, first reason only; later frames of the task are dropped.
     failed: Option<String>,
+    /// The worker was told to send no more ([`Returns::take_stop`]).
+    stop_sent: bool,
     streams: [Stream; 2],
 }
 
@@ -177,6 +179,7 @@ impl Returns {
                 files: Vec::new(),
                 bytes: 0,
                 failed: None,
+                stop_sent: false,
                 streams: [Stream::default(), Stream::default()],
             },
         );
@@ -242,10 +245,24 @@ impl Returns {
         }
     }
 
+    /// Whether the worker of `task` is to be told to send no more files, once: writing them
+    /// failed here.
+    pub(crate) fn take_stop(&mut self, task: TaskId) -> bool {
+        match self.tasks.get_mut(&task) {
+            Some(inbound) if inbound.failed.is_some() && !inbound.stop_sent => {
+                inbound.stop_sent = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Returning failed on the worker.
     pub(crate) fn failed(&mut self, task: TaskId, reason: String) {
         if let Some(inbound) = self.live(task) {
             inbound.fail(reason);
+            // The worker has stopped by itself.
+            inbound.stop_sent = true;
         }
     }
 

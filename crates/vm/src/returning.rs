@@ -7,7 +7,9 @@
 //! [`CHUNK`] bytes ([`FromWorker::FileData`]), each taking credit from the output window
 //! ([`crate::link`]) so a fast worker cannot grow the spawner's memory, and a
 //! [`FromWorker::FileEnd`]. A file whose size or times moved while it was read is sent
-//! again, up to [`TRIES`] times. It must not know the spawner's side or the slot table.
+//! again, up to [`TRIES`] times. When the spawner cannot write them (a full disk), it says
+//! so among the acknowledgements ([`wire::return_stop`]) and the worker sends no more. It
+//! must not know the spawner's side or the slot table.
 
 use std::io::Read;
 use std::path::Path;
@@ -134,6 +136,10 @@ impl Sender<'_> {
                 };
                 if !self.link.take_credit(n as u64) {
                     return Err("the spawner is gone".to_owned());
+                }
+                if self.link.returning_stopped(self.number) {
+                    // The spawner could not write (its reason fails the task): send no more.
+                    return Err("the spawner stopped receiving the files".to_owned());
                 }
                 self.send_chunk(n)?;
                 sent += n as u64;

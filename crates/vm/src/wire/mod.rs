@@ -22,7 +22,9 @@ use serde::Serialize;
 
 pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker};
 pub(crate) use send::{SendError, send_frame, send_user};
-pub(crate) use user::{Frame, USER, USER_SPAWNER, output_ack, read_output_ack};
+pub(crate) use user::{
+    Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
+};
 
 /// The version of this protocol; a frame with another first byte is refused.
 pub(crate) const VERSION: u8 = 1;
@@ -321,6 +323,21 @@ mod tests {
         assert_ne!(OUTPUT_ACK, VERSION);
         assert_ne!(OUTPUT_ACK, USER);
         assert_ne!(OUTPUT_ACK, USER_SPAWNER);
+    }
+
+    #[test]
+    fn return_stops_round_trip_and_are_no_other_frame() {
+        use super::user::RETURN_STOP;
+        for number in [0u64, 1, 300, u64::MAX] {
+            assert_eq!(read_return_stop(&return_stop(number)), Some(number));
+            assert_eq!(read_output_ack(&return_stop(number)), None);
+            assert_eq!(read_return_stop(&output_ack(number)), None);
+        }
+        assert_eq!(read_return_stop(&encode(&ToWorker::Exit).unwrap()), None);
+        assert_eq!(read_return_stop(&[RETURN_STOP]), None);
+        for other in [OUTPUT_ACK, VERSION, USER, USER_SPAWNER] {
+            assert_ne!(RETURN_STOP, other);
+        }
     }
 
     #[test]

@@ -550,7 +550,7 @@ fn a_full_results_disk_fails_the_task_naming_the_file_and_leaves_no_partial_file
         let results = disk.path().join(format!("{backend:?}"));
         let files: Vec<ReturnFile> = vec![
             ("a-small.txt".into(), 1000, 0o644, 1_000_000_000),
-            ("big.dat".into(), 3 << 20, 0o644, 1_000_000_000),
+            ("big.dat".into(), 16 << 20, 0o644, 1_000_000_000),
         ];
         let task = spawn_one(
             &vm,
