@@ -55,6 +55,17 @@ impl Config {
             .build()
     }
 
+    /// `PARVM_CONNECT` alone, as [`Config::connect`] reads it (unset or empty: `None`):
+    /// whether this process was started as a TCP worker, for a program whose own
+    /// configuration was built by hand (how a process was started is for its launcher to
+    /// say, whatever the program configured).
+    ///
+    /// # Errors
+    /// [`Error::NotUnicode`] naming `PARVM_CONNECT`.
+    pub fn connect_from_env() -> Result<Option<String>, Error> {
+        optional_text(CONNECT_VAR, std::env::var_os(CONNECT_VAR))
+    }
+
     fn builder_from_lookup(
         lookup: impl Fn(&str) -> Option<OsString>,
     ) -> Result<ConfigBuilder, Error> {

@@ -162,6 +162,11 @@ pub const INTERNAL_VARS: &[Var] = &[
         meaning: "the frame size limit both ends use",
         default: "set by the local transport",
     },
+    Var {
+        name: "PARVM_LOCAL_SPIN_US",
+        meaning: "µs the worker's waits poll before they sleep (the spawner's `PARVM_SPIN_US`)",
+        default: "set by the local transport",
+    },
 ];
 
 #[cfg(test)]

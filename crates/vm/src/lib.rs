@@ -34,6 +34,7 @@
 
 mod capture;
 mod clean;
+mod dispatch;
 mod envfwd;
 mod error;
 mod ids;
@@ -49,12 +50,14 @@ mod runtime;
 mod spawner;
 mod state;
 mod supervise;
+mod task_context;
 mod task_folder;
 mod tasks;
 mod vm;
 mod wire;
 mod worker;
 
+pub use dispatch::{Dispatch, Job, JobOutcome, JobResult};
 pub use envfwd::FORWARD_ENV_VAR;
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
@@ -67,7 +70,8 @@ pub use returning::set_return_hook;
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
+pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::{TaskContext, Worker};
+pub use worker::Worker;

@@ -14,6 +14,12 @@
 //! pulls it from the transport when nobody else does: acknowledgements go to the window,
 //! other events to a queue the spawn loop takes them from, and a thread that waits while
 //! another pulls sleeps on a condition variable.
+//!
+//! Stop requests ([`ToWorker::Stop`](crate::wire::ToWorker::Stop)) are read here too, by
+//! whichever thread receives them, so a stop is seen while a task computes: a stop for the
+//! running task raises a flag its command loop (or, for a function, the output thread)
+//! acts on; a stop for another task is kept for a spawn request queued behind the running
+//! one, which the spawn loop then answers as stopped without running it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -32,6 +38,21 @@ const CREDIT_PULL: Duration = Duration::from_millis(20);
 
 /// Longest sleep of a thread that waits while another receives, before it looks again.
 const NAP: Duration = Duration::from_millis(100);
+
+/// Most stops kept for tasks that are not running. Only a stop racing its task's end
+/// (or a request queued behind the running task) lands there, so the oldest are dropped
+/// past this rather than growing without bound.
+const MAX_STOPS_KEPT: usize = 1024;
+
+/// What kind of task the worker runs, which decides how a stop ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskKind {
+    /// An external command: its supervisor stops it with everything it started.
+    Command,
+    /// A registered function: it cannot be interrupted inside its thread, so the worker
+    /// process exits.
+    Function,
+}
 
 /// See the [module docs](self).
 pub(crate) struct Link {
@@ -53,6 +74,26 @@ struct State {
     closed: bool,
     /// The last task whose returned files the spawner stopped receiving.
     stopped_returns: Option<u64>,
+    /// The task the spawn loop runs, and its kind.
+    task: Option<(u64, TaskKind)>,
+    /// A stop arrived for the running task.
+    stop_task: bool,
+    /// Stops that arrived for tasks not running (see [`MAX_STOPS_KEPT`]).
+    stop_later: VecDeque<u64>,
+}
+
+impl State {
+    /// Files a stop for task `number`.
+    fn on_stop(&mut self, number: u64) {
+        if self.task.is_some_and(|(running, _)| running == number) {
+            self.stop_task = true;
+        } else {
+            if self.stop_later.len() >= MAX_STOPS_KEPT {
+                self.stop_later.pop_front();
+            }
+            self.stop_later.push_back(number);
+        }
+    }
 }
 
 impl Link {
@@ -66,6 +107,9 @@ impl Link {
                 credit: OUTPUT_WINDOW,
                 closed: false,
                 stopped_returns: None,
+                task: None,
+                stop_task: false,
+                stop_later: VecDeque::new(),
             }),
             cond: Condvar::new(),
         }
@@ -102,6 +146,9 @@ impl Link {
                 } else if let Some(number) = wire::read_return_stop(&payload) {
                     state.stopped_returns = Some(number);
                     Ok(None)
+                } else if let Some(number) = wire::read_stop(&payload) {
+                    state.on_stop(number);
+                    Ok(None)
                 } else {
                     Ok(Some(Event::Message { from: 0, payload }))
                 }
@@ -122,7 +169,41 @@ impl Link {
         (state, event)
     }
 
-    /// The spawn loop's receive: as [`Transport::recv`], without acknowledgements.
+    /// The spawn loop starts task `number`; `false` when a stop for it already arrived,
+    /// so it is to be answered as stopped without running.
+    pub(crate) fn begin_task(&self, number: u64, kind: TaskKind) -> bool {
+        let mut state = self.lock();
+        if let Some(at) = state.stop_later.iter().position(|&n| n == number) {
+            state.stop_later.remove(at);
+            return false;
+        }
+        state.task = Some((number, kind));
+        state.stop_task = false;
+        true
+    }
+
+    /// The running task ended.
+    pub(crate) fn end_task(&self) {
+        let mut state = self.lock();
+        state.task = None;
+        state.stop_task = false;
+    }
+
+    /// Whether the spawner asked to stop the running task.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.lock().stop_task
+    }
+
+    /// The number of the running function task when the spawner asked to stop it.
+    pub(crate) fn function_to_stop(&self) -> Option<u64> {
+        let state = self.lock();
+        match state.task {
+            Some((number, TaskKind::Function)) if state.stop_task => Some(number),
+            _ => None,
+        }
+    }
+
+    /// The spawn loop's receive: as [`Transport::recv`], without acknowledgements or stops.
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
         let deadline = match wait {
             Wait::For(d) => Instant::now().checked_add(d),
@@ -172,9 +253,9 @@ impl Link {
     }
 
     /// For the output thread while a task runs: receives what has already arrived when
-    /// no other thread is receiving, so that a lost connection to the spawner is noticed
-    /// while the task computes. `true` when this call found the spawner gone (the spawn
-    /// loop, when it is the one to find it, leaves by itself).
+    /// no other thread is receiving, so that a lost connection to the spawner (and a stop)
+    /// is noticed while the task computes. `true` when this call found the spawner gone
+    /// (the spawn loop, when it is the one to find it, leaves by itself).
     pub(crate) fn spawner_lost_meanwhile(&self) -> bool {
         let state = self.lock();
         if state.pulling || state.closed {

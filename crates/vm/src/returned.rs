@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use parvm_mirror_fs::{PendingFile, ResultsDir};
 
-use crate::task_folder::error_chain;
+use crate::error::one_line as error_chain;
 use crate::{Message, TaskId};
 
 /// Bytes of each captured stream kept in memory; past this, the stream goes to a file.

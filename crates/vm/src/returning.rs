@@ -17,8 +17,8 @@ use std::sync::{Mutex, PoisonError};
 
 use parvm_mirror_fs::{FileSig, ReturnSource};
 
+use crate::error::one_line as error_chain;
 use crate::link::Link;
-use crate::task_folder::error_chain;
 use crate::wire::{self, FromWorker};
 
 /// Largest chunk of a returned file in one frame.

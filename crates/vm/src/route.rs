@@ -4,8 +4,7 @@
 //!
 //! It runs on whichever thread is pulling events (see [`crate::spawner`]), with the state
 //! locked. It must not know how events are pulled or waited for, nor write a slot itself:
-//! the slot table ([`crate::state::Slots`]) does that. (`dispatch` is kept for the job
-//! dispatch API to come.)
+//! the slot table ([`crate::state::Slots`]) does that.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -55,6 +54,7 @@ impl Shared {
                 number,
                 value,
                 error,
+                mirrored,
             } => {
                 // The result keeps the frame as its buffer: located, then no copy.
                 let value = match value {
@@ -64,7 +64,7 @@ impl Shared {
                     }
                     None => Payload::from_vec(Vec::new()),
                 };
-                Self::on_done(state, from, number, value, error);
+                Self::on_done(state, from, number, value, error, mirrored, false);
                 None
             }
             FromWorker::User {
@@ -129,6 +129,29 @@ impl Shared {
                 Self::on_return_failed(state, from, number, reason);
                 None
             }
+            FromWorker::Stopped { number, started } => {
+                let host = state.slots.get(from).map_or("?", |s| s.host.as_str());
+                let detail = if started {
+                    format!(
+                        "a function cannot be interrupted inside its thread, so its worker (rank {from} on host `{host}`) exits; the local backend starts a replacement"
+                    )
+                } else {
+                    format!("it had not started on rank {from} (host `{host}`)")
+                };
+                state.stopping.insert(TaskId { slot: from, number });
+                Self::on_done(
+                    state,
+                    from,
+                    number,
+                    Payload::from_vec(Vec::new()),
+                    Some(detail),
+                    0,
+                    // A started function's worker exits next: what waits behind it never
+                    // starts there.
+                    started,
+                );
+                None
+            }
         }
     }
 
@@ -182,8 +205,16 @@ impl Shared {
 
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
     /// to its VM; the slot frees when the VM receives the exit.
-    fn on_done(state: &mut State, from: Rank, number: u64, value: Payload, error: Option<String>) {
-        let (vm, send_back, returns) = match state.slots.end(from, number) {
+    fn on_done(
+        state: &mut State,
+        from: Rank,
+        number: u64,
+        value: Payload,
+        error: Option<String>,
+        mirrored: u64,
+        last: bool,
+    ) {
+        let (vm, send_back, returns) = match state.slots.end(from, number, last) {
             End::Ended {
                 vm,
                 send_back,
@@ -196,6 +227,21 @@ impl Shared {
             }
         };
         let task = TaskId { slot: from, number };
+        if mirrored > 0
+            && let Some(notes) = state.notes.get_mut(&vm)
+        {
+            notes.mirrored.insert(task, mirrored);
+        }
+        // The spawner's own record decides, not what the worker says: a task asked to
+        // stop is reported stopped, even when its end crossed the stop on the way.
+        let error = if state.stopping.remove(&task) {
+            if let Some(notes) = state.notes.get_mut(&vm) {
+                notes.stopped.insert(task);
+            }
+            Some(stopped_reason(error.as_deref()))
+        } else {
+            error
+        };
         let back = state.returns.finish(task);
         match state.inboxes.get_mut(&vm) {
             Some(inbox) => {
@@ -270,9 +316,14 @@ impl Shared {
         }
     }
 
-    /// A worker joined after the start (TCP): it gets the forwarded environment first,
+    /// A worker joined after the start (TCP, or a local replacement): it gets the forwarded environment first,
     /// and VMs hear of its host when it is new.
     fn on_joined(&self, state: &mut State, peer: Peer) {
+        if self.finalized.load(Ordering::Acquire) {
+            // A replacement that joined while finalizing goes home at once.
+            let _ = self.send(peer.rank, &ToWorker::Exit);
+            return;
+        }
         // Sent while the lock is held, so no spawn can reach the worker before it.
         self.send_env(peer.rank);
         if state.slots.join(peer.rank, peer.host.clone()) {
@@ -295,33 +346,52 @@ impl Shared {
         tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
         state.lost += 1;
         state.last_loss = Some(reason.to_owned());
-        if state.slots.is_empty() && self.workers_can_join {
+        if state.slots.is_empty() && self.workers_can_join() {
             tracing::warn!(
                 backend = self.backend,
                 "no worker is left; waiting for workers to connect"
             );
         }
-        if let Some(running) = &slot.running {
+        for task in slot.running.iter().chain(&slot.queued) {
             state.returns.forget(TaskId {
                 slot: rank,
-                number: running.number,
+                number: task.number,
             });
         }
-        if let Some(running) = slot.running.filter(|r| !r.ended)
-            && let Some(inbox) = state.inboxes.get_mut(&running.vm)
-        {
-            inbox.push_back(Message::TaskExit {
-                task: TaskId {
-                    slot: rank,
-                    number: running.number,
-                },
-                status: ExitStatus::Failed {
-                    reason: format!(
-                        "the worker (rank {rank} on host `{}`) died while running the task: {reason}",
-                        slot.host
-                    ),
-                },
-            });
+        let running = slot.running.filter(|r| !r.ended).map(|r| (r, true));
+        let queued = slot.queued.map(|q| (q, false));
+        for (task, started) in running.into_iter().chain(queued) {
+            let id = TaskId {
+                slot: rank,
+                number: task.number,
+            };
+            let stopped = state.stopping.remove(&id);
+            if let Some(notes) = state.notes.get_mut(&task.vm) {
+                notes.lost.insert(id, started);
+                if stopped {
+                    notes.stopped.insert(id);
+                }
+            }
+            let what = if started {
+                "while running the task"
+            } else {
+                "before the task started"
+            };
+            let died = format!(
+                "the worker (rank {rank} on host `{}`) died {what}: {reason}",
+                slot.host
+            );
+            let reason = if stopped {
+                stopped_reason(Some(&died))
+            } else {
+                died
+            };
+            if let Some(inbox) = state.inboxes.get_mut(&task.vm) {
+                inbox.push_back(Message::TaskExit {
+                    task: id,
+                    status: ExitStatus::Failed { reason },
+                });
+            }
         }
         if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
             for inbox in state.inboxes.values_mut() {
@@ -330,6 +400,16 @@ impl Shared {
                 });
             }
         }
+    }
+}
+
+/// The reason a task the spawner asked to stop ends with: always starting with `stopped
+/// by the spawner`, followed by what the worker said, if anything.
+fn stopped_reason(detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("stopped by the spawner: {detail}"),
+        None => "stopped by the spawner (the task had just ended by itself; its result is dropped)"
+            .to_owned(),
     }
 }
 

@@ -4,10 +4,13 @@
 //! [`Slots`] is the only code that writes a slot: a slot joins, is reserved for a task,
 //! is marked ended when the worker reports the task's end, is freed when its VM receives
 //! the exit (or is gone), and leaves when its worker is lost. Everyone else only reads.
+//! A dispatch may queue one successor behind a running task ([`Slots::reserve_queued`]):
+//! the worker reads its request after the current task, so no round trip separates the
+//! two; it becomes the running task when the current one's end is reported.
 //! It must not know the transport, the wire format or how events arrive.
 
 use std::any::TypeId;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parvm_transport::Rank;
@@ -19,6 +22,8 @@ use crate::{HostId, Message, TaskId};
 pub(crate) struct Slot {
     pub host: String,
     pub running: Option<Running>,
+    /// The task whose request waits at the worker behind `running` (dispatch only).
+    pub queued: Option<Running>,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -29,6 +34,8 @@ pub(crate) struct Running {
     pub label: String,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    /// The task is an external command (else a registered function).
+    pub command: bool,
     /// The worker reported the end; the slot frees when the VM receives the exit.
     pub ended: bool,
 }
@@ -39,6 +46,21 @@ pub(crate) struct Occupant<'a> {
     pub label: &'a str,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    pub command: bool,
+}
+
+impl Occupant<'_> {
+    fn running(&self, number: u64) -> Running {
+        Running {
+            number,
+            vm: self.vm,
+            label: self.label.to_owned(),
+            send_back: self.send_back,
+            returns: self.returns,
+            command: self.command,
+            ended: false,
+        }
+    }
 }
 
 /// What [`Slots::end`] found.
@@ -88,12 +110,18 @@ impl Slots {
         self.map.get(&rank)
     }
 
-    /// Whether `task` is still running (its end not yet reported).
+    /// Whether `task` is still running (its end not yet reported), or queued behind the
+    /// running task of its slot.
     pub(crate) fn is_live(&self, task: TaskId) -> bool {
-        self.map
-            .get(&task.slot)
-            .and_then(|slot| slot.running.as_ref())
-            .is_some_and(|r| r.number == task.number && !r.ended)
+        self.map.get(&task.slot).is_some_and(|slot| {
+            slot.running
+                .as_ref()
+                .is_some_and(|r| r.number == task.number && !r.ended)
+                || slot
+                    .queued
+                    .as_ref()
+                    .is_some_and(|q| q.number == task.number)
+        })
     }
 
     /// A worker joined on `host`; returns whether the host had no worker before.
@@ -104,6 +132,7 @@ impl Slots {
             Slot {
                 host,
                 running: None,
+                queued: None,
             },
         );
         !known
@@ -132,22 +161,70 @@ impl Slots {
                 continue;
             }
             let number = numbers.fetch_add(1, Ordering::Relaxed);
-            slot.running = Some(Running {
-                number,
-                vm: task.vm,
-                label: task.label.to_owned(),
-                send_back: task.send_back,
-                returns: task.returns,
-                ended: false,
-            });
+            slot.running = Some(task.running(number));
             chosen.push((rank, number));
         }
         chosen
     }
 
+    /// Reserves one place for `task` (dispatch): a free slot first, else a queue place
+    /// behind a running task whose end is not reported yet; on `hosts` only, when given,
+    /// and on a host other than `avoid` when such a place exists. Returns the rank, the
+    /// task number, and whether the task is queued behind another.
+    pub(crate) fn reserve_queued(
+        &mut self,
+        hosts: Option<&[HostId]>,
+        avoid: Option<&str>,
+        numbers: &AtomicU64,
+        task: &Occupant<'_>,
+    ) -> Option<(Rank, u64, bool)> {
+        let allowed =
+            |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
+        let free = |slot: &Slot| slot.running.is_none();
+        let queueable =
+            |slot: &Slot| slot.queued.is_none() && slot.running.as_ref().is_some_and(|r| !r.ended);
+        let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
+            self.map
+                .iter()
+                .find(|(_, slot)| {
+                    allowed(slot) && want(slot) && avoid.is_none_or(|a| a != slot.host)
+                })
+                .map(|(&rank, _)| rank)
+        };
+        let (rank, queued) = match pick(&free, avoid)
+            .map(|rank| (rank, false))
+            .or_else(|| pick(&queueable, avoid).map(|rank| (rank, true)))
+        {
+            Some(found) => found,
+            // Another host is only a preference: with none that could ever take the task,
+            // it goes where it can.
+            None if avoid.is_some()
+                && !self
+                    .map
+                    .values()
+                    .any(|s| allowed(s) && Some(s.host.as_str()) != avoid) =>
+            {
+                pick(&free, None)
+                    .map(|rank| (rank, false))
+                    .or_else(|| pick(&queueable, None).map(|rank| (rank, true)))?
+            }
+            None => return None,
+        };
+        let number = numbers.fetch_add(1, Ordering::Relaxed);
+        let slot = self.map.get_mut(&rank)?;
+        if queued {
+            slot.queued = Some(task.running(number));
+        } else {
+            slot.running = Some(task.running(number));
+        }
+        Some((rank, number, queued))
+    }
+
     /// The worker `rank` reported the end of its task `number`: marks it ended, so the
-    /// slot frees when the VM receives the exit.
-    pub(crate) fn end(&mut self, rank: Rank, number: u64) -> End {
+    /// slot frees when the VM receives the exit. The task queued behind it starts, unless
+    /// the worker exits after this end (`last`): then it never starts, and stays queued
+    /// until the worker's loss.
+    pub(crate) fn end(&mut self, rank: Rank, number: u64, last: bool) -> End {
         let Some(slot) = self.map.get_mut(&rank) else {
             return End::NoSlot;
         };
@@ -155,11 +232,18 @@ impl Slots {
             return End::NotRunning;
         };
         running.ended = true;
-        End::Ended {
+        let end = End::Ended {
             vm: running.vm,
             send_back: running.send_back,
             returns: running.returns,
+        };
+        // The worker starts the queued task right after reporting this end. The ended
+        // task's exit is filed already; freeing it later finds another number and does
+        // nothing.
+        if !last && let Some(next) = slot.queued.take() {
+            slot.running = Some(next);
         }
+        end
     }
 
     /// Frees the slot of `task` if it still holds that task (its exit was received, or
@@ -206,8 +290,26 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
+    /// however it comes, is reported as stopped.
+    pub stopping: std::collections::BTreeSet<TaskId>,
     /// Returned files and captured output of the tasks that asked for them.
     pub returns: crate::returned::Returns,
+    /// What running dispatches learn besides messages, by VM; only VMs that run a
+    /// dispatch have an entry, so nothing is kept for plain spawns.
+    pub notes: BTreeMap<u32, DispatchNotes>,
+}
+
+/// What the router notes for a VM's dispatch, beside the messages it files.
+#[derive(Debug, Default)]
+pub(crate) struct DispatchNotes {
+    /// Bytes mirrored for each task whose end was reported, when not 0.
+    pub mirrored: HashMap<TaskId, u64>,
+    /// Tasks whose worker was lost before their end was reported, and whether they had
+    /// started (a queued task had not).
+    pub lost: HashMap<TaskId, bool>,
+    /// Tasks that ended because the spawner asked them to stop ([`crate::Vm::stop`]).
+    pub stopped: std::collections::HashSet<TaskId>,
 }
 
 #[cfg(test)]
@@ -220,6 +322,7 @@ mod tests {
             label: "t",
             send_back: true,
             returns: None,
+            command: false,
         }
     }
 
@@ -242,9 +345,9 @@ mod tests {
         assert!(slots.reserve(1, None, &numbers, &occupant(0)).is_empty());
         let task = TaskId { slot: 1, number: 2 };
         assert!(slots.is_live(task));
-        assert!(matches!(slots.end(1, 9), End::NotRunning));
-        assert!(matches!(slots.end(7, 2), End::NoSlot));
-        assert!(matches!(slots.end(1, 2), End::Ended { vm: 0, .. }));
+        assert!(matches!(slots.end(1, 9, false), End::NotRunning));
+        assert!(matches!(slots.end(7, 2, false), End::NoSlot));
+        assert!(matches!(slots.end(1, 2, false), End::Ended { vm: 0, .. }));
         assert!(!slots.is_live(task));
         // Ended but not received: still occupied.
         assert!(slots.get(1).is_some_and(|s| s.running.is_some()));
@@ -266,13 +369,78 @@ mod tests {
         let numbers = AtomicU64::new(1);
         slots.reserve(2, None, &numbers, &occupant(0));
         slots.reserve(1, None, &numbers, &occupant(1));
-        let _ = slots.end(1, 1);
-        let _ = slots.end(3, 3);
+        let _ = slots.end(1, 1, false);
+        let _ = slots.end(3, 3, false);
         slots.release_vm(0);
         assert!(slots.get(1).is_some_and(|s| s.running.is_none()));
         assert!(slots.get(2).is_some_and(|s| s.running.is_some()));
         assert!(slots.get(3).is_some_and(|s| s.running.is_some()));
         assert!(slots.remove(2).is_some());
         assert_eq!(slots.ranks(), [1, 3]);
+    }
+
+    #[test]
+    fn a_dispatch_queues_one_task_behind_each_running_one() {
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        slots.join(2, "b".into());
+        let numbers = AtomicU64::new(1);
+        let task = occupant(0);
+        let reserve = |slots: &mut Slots, avoid: Option<&str>| {
+            slots.reserve_queued(None, avoid, &numbers, &task)
+        };
+        // Free slots first (another host than `avoid` first), then a queue place each.
+        assert_eq!(reserve(&mut slots, Some("a")), Some((2, 1, false)));
+        assert_eq!(reserve(&mut slots, None), Some((1, 2, false)));
+        assert_eq!(reserve(&mut slots, Some("a")), Some((2, 3, true)));
+        // Host b is full: a task avoiding host a waits for it rather than go there.
+        assert_eq!(reserve(&mut slots, Some("a")), None);
+        assert_eq!(reserve(&mut slots, None), Some((1, 4, true)));
+        assert_eq!(reserve(&mut slots, None), None, "one queued task per slot");
+        assert!(slots.is_live(TaskId { slot: 1, number: 4 }));
+        // The end of the running task starts the queued one; freeing the ended task's
+        // exit later changes nothing.
+        assert!(matches!(slots.end(1, 2, false), End::Ended { .. }));
+        assert_eq!(
+            slots
+                .get(1)
+                .and_then(|s| s.running.as_ref())
+                .map(|r| r.number),
+            Some(4)
+        );
+        slots.free(TaskId { slot: 1, number: 2 });
+        assert!(
+            slots
+                .get(1)
+                .is_some_and(|s| s.running.is_some() && s.queued.is_none())
+        );
+        assert!(
+            !slots
+                .get(1)
+                .and_then(|s| s.running.as_ref())
+                .is_some_and(|r| r.ended)
+        );
+        // A worker that exits after its end (a stopped function) never starts the next.
+        assert!(matches!(slots.end(2, 1, true), End::Ended { .. }));
+        let b = slots.get(2).unwrap();
+        assert!(b.running.as_ref().is_some_and(|r| r.number == 1 && r.ended));
+        assert_eq!(b.queued.as_ref().map(|q| q.number), Some(3));
+        // Nothing queues behind an ended task: its worker is idle, the slot frees soon.
+        assert_eq!(reserve(&mut slots, None), Some((1, 5, true)));
+        assert_eq!(reserve(&mut slots, None), None);
+    }
+
+    #[test]
+    fn another_host_is_only_a_preference() {
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        let numbers = AtomicU64::new(1);
+        let found = slots.reserve_queued(None, Some("a"), &numbers, &occupant(0));
+        assert_eq!(found, Some((1, 1, false)), "no other host: the same one");
+        let only_b = [HostId("b".into())];
+        assert_eq!(
+            slots.reserve_queued(Some(&only_b), None, &numbers, &occupant(0)),
+            None
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::worker::TaskContext;
+use crate::task_context::TaskContext;
 use crate::{Error, HostId};
 
 /// The erased body of a registered task: decode the arguments, run, encode the result.
@@ -202,6 +202,11 @@ impl Spawn {
             args: Vec::new(),
             env: Vec::new(),
         })
+    }
+
+    /// Whether this runs an external command.
+    pub(crate) fn is_command(&self) -> bool {
+        matches!(self.job, JobSpec::Command { .. })
     }
 
     fn with(job: JobSpec) -> Spawn {

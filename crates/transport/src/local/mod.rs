@@ -33,7 +33,7 @@ use std::fmt;
 
 pub use self::options::{
     HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR,
-    SPAWNER_PID_VAR, SimulatedHost, TOKEN_VAR, WORKER_ENV_VARS,
+    SPAWNER_PID_VAR, SPIN_US_VAR, SimulatedHost, TOKEN_VAR, WORKER_ENV_VARS,
 };
 use self::spawner::Spawner;
 use crate::star::Client;

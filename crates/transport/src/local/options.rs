@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::frame;
+use crate::star::DEFAULT_SPIN_WINDOW;
 
 /// Path of the spawner's socket, set for each worker.
 pub const SOCKET_VAR: &str = "PARVM_LOCAL_SOCKET";
@@ -28,19 +29,26 @@ pub const SPAWNER_HOST_VAR: &str = "PARVM_LOCAL_SPAWNER_HOST";
 /// The frame size limit both ends use.
 pub const MAX_FRAME_VAR: &str = "PARVM_LOCAL_MAX_FRAME";
 
-/// The worker's host name (also read by [`crate::this_host`]).
+/// How long the worker's waits poll before they sleep, in microseconds (the spawner's
+/// [`LocalOptions::spin_window`]).
+pub const SPIN_US_VAR: &str = "PARVM_LOCAL_SPIN_US";
+
+/// The worker's host name: the spawner sets it for every worker (its simulated host, else
+/// the spawner's host), so the worker reports it and a program's own configuration reads
+/// the same name.
 pub const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
 
 /// The variables that make a process a local worker. Remove them (except
 /// `PARVM_HOSTNAME`) from the environment of commands a worker starts, or a parvm program
 /// started by a task would try to join this VM.
-pub const WORKER_ENV_VARS: [&str; 6] = [
+pub const WORKER_ENV_VARS: [&str; 7] = [
     SOCKET_VAR,
     RANK_VAR,
     TOKEN_VAR,
     SPAWNER_PID_VAR,
     SPAWNER_HOST_VAR,
     MAX_FRAME_VAR,
+    SPIN_US_VAR,
 ];
 
 /// One simulated host: a group of workers that report `name` as their host and get extra
@@ -67,6 +75,7 @@ pub struct LocalOptions {
     pub(super) shutdown_grace: Duration,
     pub(super) max_frame: u64,
     pub(super) spawner_host: Option<String>,
+    pub(super) spin_window: Duration,
 }
 
 impl LocalOptions {
@@ -81,6 +90,7 @@ impl LocalOptions {
             shutdown_grace: Duration::from_secs(2),
             max_frame: frame::DEFAULT_MAX_FRAME,
             spawner_host: None,
+            spin_window: DEFAULT_SPIN_WINDOW,
         }
     }
 
@@ -127,10 +137,22 @@ impl LocalOptions {
         self
     }
 
-    /// The spawner's host name. Default: [`crate::this_host`].
+    /// The spawner's host name, which the workers of [`LocalOptions::new`] report too.
+    /// Default: the system's host name (the VM passes its configured one,
+    /// `PARVM_HOSTNAME` when set).
     #[must_use]
     pub fn spawner_host(mut self, name: impl Into<String>) -> Self {
         self.spawner_host = Some(name.into());
+        self
+    }
+
+    /// How long a waiting `recv` polls before it sleeps, on the spawner and on its
+    /// workers (zero: never, for machines shared with other jobs; cut to
+    /// [`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)). Default:
+    /// [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW) (the VM passes `PARVM_SPIN_US`).
+    #[must_use]
+    pub fn spin_window(mut self, window: Duration) -> Self {
+        self.spin_window = window;
         self
     }
 }

@@ -22,10 +22,10 @@ use nix::sys::signal::Signal;
 
 use super::options::{
     HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR,
-    SPAWNER_PID_VAR, SimulatedHost, TOKEN_VAR,
+    SPAWNER_PID_VAR, SPIN_US_VAR, SimulatedHost, TOKEN_VAR,
 };
 use super::worker::Hello;
-use crate::star::{self, Hub, Stream, lock};
+use crate::star::{self, Hub, MAX_SPIN_WINDOW, Stream, lock};
 use crate::{Error, Peer, Rank, frame};
 
 /// A worker process as the spawner sees it.
@@ -198,7 +198,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
     let spawner_host = options
         .spawner_host
         .clone()
-        .unwrap_or_else(crate::this_host);
+        .unwrap_or_else(crate::system_host);
     let hosts = options.hosts.clone().unwrap_or_else(|| {
         vec![SimulatedHost {
             name: spawner_host.clone(),
@@ -248,6 +248,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
         .map_err(|e| setup("make its socket non-blocking", e))?;
 
     let token = random_token();
+    let spin_us = options.spin_window.min(MAX_SPIN_WINDOW).as_micros();
     let my_pid = std::process::id().to_string();
     let commands = plan
         .iter()
@@ -262,6 +263,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
                 .env(SPAWNER_PID_VAR, &my_pid)
                 .env(SPAWNER_HOST_VAR, &spawner_host)
                 .env(MAX_FRAME_VAR, options.max_frame.to_string())
+                .env(SPIN_US_VAR, spin_us.to_string())
                 .env(HOSTNAME_VAR, &host.name)
                 .envs(host.env.iter().map(|(k, v)| (k, v)));
             (rank, command, program.clone())
@@ -291,6 +293,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
             host: spawner_host.clone(),
         },
         options.max_frame,
+        options.spin_window,
     );
     // From here on, dropping `spawner` kills and reaps the workers.
     let mut spawner = Spawner {

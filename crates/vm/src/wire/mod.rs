@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker};
+pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker, read_stop};
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{
     Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
@@ -114,6 +114,20 @@ mod tests {
     use crate::TaskId;
 
     #[test]
+    fn a_mirror_map_travels_in_its_own_frame() {
+        let map = [0x91u8, 0x01];
+        let bytes = encode(&ToWorker::Mirror {
+            vm: 3,
+            map: Cow::Borrowed(&map),
+        })
+        .unwrap();
+        let ToWorker::Mirror { vm, map: back } = decode::<ToWorker<'_>>(&bytes).unwrap() else {
+            panic!("not a mirror frame");
+        };
+        assert_eq!((vm, back.as_ref()), (3, &map[..]));
+    }
+
+    #[test]
     fn frames_round_trip() {
         let frame = ToWorker::Spawn(SpawnRequest {
             number: 7,
@@ -122,7 +136,6 @@ mod tests {
                 name: Cow::Borrowed("hello"),
                 args: Cow::Borrowed(&[1, 2, 3]),
             },
-            mirror: None,
             folder: true,
             persistent: false,
             clean: true,

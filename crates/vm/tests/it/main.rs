@@ -6,6 +6,8 @@ mod tasks;
 
 mod behaviour;
 mod clean;
+mod dispatch;
+mod dispatch_faults;
 mod forward;
 mod harness;
 mod hosts;
@@ -19,7 +21,9 @@ mod output;
 mod processes;
 mod returns;
 mod selection;
+mod stop;
 mod unprivileged;
+mod variables;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.

@@ -18,6 +18,10 @@
 //!   in a persistent folder, a second task returns them into `<results>`; prints
 //!   `RETURNED <bytes> <seconds>` and the spawner's peak memory `HWM <kB>`, then with `cp`
 //!   `CP <seconds>` for `cp -a` of the same files into `<results>.cp`;
+//! - `getenv <names>`: prints `task NAME=value` for each name, as a task on one worker
+//!   sees it;
+//! - `hand-config`: starts with a configuration built by hand (host `hand`, storage in
+//!   the temp folder) instead of the environment's, and finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
 
@@ -35,6 +39,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Runtime::builder(tasks::tasks());
     if scenario == "forward" {
         builder = builder.forward_env(["TESTFWD_API"]);
+    }
+    if scenario == "hand-config" {
+        let temp = std::env::temp_dir();
+        let config = parvm_vm::Config::builder()
+            .local_root(&temp)
+            .mirrored_roots([&temp])
+            .hostname("hand")
+            .build()?;
+        builder = builder.config(config);
     }
     let runtime = builder.start()?;
     if let Some(addr) = runtime.tcp_addr() {
@@ -69,6 +82,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let Message::TaskExit { .. } = vm.recv()? {
                     break;
                 }
+            }
+        }
+        "getenv" => {
+            let vm = runtime.vm().build()?;
+            for name in std::env::args().skip(2) {
+                vm.spawn(Spawn::task("getenv", &name))?;
+                let mut value = None;
+                loop {
+                    match vm.recv()? {
+                        Message::TaskResult { outcome, .. } => {
+                            value = outcome?.decode::<Option<String>>()?;
+                        }
+                        Message::TaskExit { .. } => break,
+                        _ => {}
+                    }
+                }
+                println!("task {name}={}", value.as_deref().unwrap_or("<unset>"));
             }
         }
         "hang" => {

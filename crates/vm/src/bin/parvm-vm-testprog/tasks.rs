@@ -32,6 +32,22 @@ pub fn tasks() -> Tasks {
             std::thread::sleep(Duration::from_millis(ms));
             Ok::<_, Infallible>(())
         })
+        .register("sleep_pid", |_: &TaskContext, ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok::<_, Infallible>(std::process::id())
+        })
+        .register("fail_once", |_: &TaskContext, marker: String| {
+            // Fails the first time (leaving `marker`), succeeds from then on.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+            {
+                Ok(_) => Err(format!("failing once (marker `{marker}` made)")),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(marker),
+                Err(e) => Err(format!("cannot make marker `{marker}`: {e}")),
+            }
+        })
         .register("bounce", bounce)
         .register("recv_one", |ctx: &TaskContext, (): ()| {
             let (_, data) = ctx.recv().map_err(|e| e.to_string())?;

@@ -1,0 +1,168 @@
+//! What a dispatch reports for each job: [`JobResult`] and its [`JobOutcome`].
+//!
+//! Plain public data; it must not know how jobs are scheduled.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::message::TaskFailure;
+use crate::{Captured, CommandStatus, HostId, TaskId, Value};
+
+/// How one job of a dispatch ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// A registered task returned this value; decode it with [`Value::decode`].
+    Value(Value),
+    /// A command ran and exited with code 0.
+    Command(CommandStatus),
+    /// The job failed by itself: the task returned an error or panicked, the command
+    /// exited with another code, was killed or could not start, or the job was refused
+    /// before it was sent (unknown task, wrong argument type). Counted against
+    /// [`Dispatch::retries`](crate::Dispatch::retries).
+    Failed {
+        /// Why, in words.
+        reason: String,
+        /// The command's status, when a command ran to its end.
+        status: Option<CommandStatus>,
+    },
+    /// The job ran past its time limit and was stopped.
+    TimedOut {
+        /// The limit it ran past.
+        limit: Duration,
+    },
+    /// The job's worker was lost while it ran, more times than
+    /// [`Dispatch::lost_retries`](crate::Dispatch::lost_retries) allows.
+    Lost {
+        /// Why the last worker was lost.
+        reason: String,
+    },
+    /// The job was not run: the dispatch halted after a failure
+    /// ([`Dispatch::halt_on_error`](crate::Dispatch::halt_on_error)); or it was stopped
+    /// by [`Vm::stop`](crate::Vm::stop) (the program's own stop counts neither as a
+    /// failure nor as a lost worker).
+    NotRun,
+}
+
+impl JobOutcome {
+    /// Whether the job succeeded: a value, or a command that exited with code 0.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        matches!(self, JobOutcome::Value(_) | JobOutcome::Command(_))
+    }
+}
+
+impl JobOutcome {
+    /// What a job's end means when its worker was not lost and no limit stopped it:
+    /// `failed` and `reason` from its exit, `value` from its result.
+    pub(crate) fn of_end(
+        failed: bool,
+        reason: String,
+        value: Option<Result<Value, TaskFailure>>,
+        command: bool,
+    ) -> JobOutcome {
+        match value {
+            Some(Ok(value)) if !failed => {
+                if !command {
+                    return JobOutcome::Value(value);
+                }
+                match value.decode::<CommandStatus>() {
+                    Ok(status) if status.success() => JobOutcome::Command(status),
+                    Ok(status) => JobOutcome::Failed {
+                        reason: format!("the command ended with {status}"),
+                        status: Some(status),
+                    },
+                    Err(e) => JobOutcome::Failed {
+                        reason: e.to_string(),
+                        status: None,
+                    },
+                }
+            }
+            Some(Err(failure)) => JobOutcome::Failed {
+                reason: failure.message,
+                status: None,
+            },
+            _ if failed => JobOutcome::Failed {
+                reason,
+                status: None,
+            },
+            _ => JobOutcome::Failed {
+                reason: "the task ended without sending its result back".to_owned(),
+                status: None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobOutcome::Value(value) => write!(f, "returned {value}"),
+            JobOutcome::Command(status) => write!(f, "command ended ({status})"),
+            JobOutcome::Failed { reason, .. } => write!(f, "failed: {reason}"),
+            JobOutcome::TimedOut { limit } => write!(f, "timed out after {limit:?}"),
+            JobOutcome::Lost { reason } => write!(f, "lost: {reason}"),
+            JobOutcome::NotRun => f.write_str("not run"),
+        }
+    }
+}
+
+/// The result of one job of a dispatch.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct JobResult {
+    /// The job's position in the dispatched sequence, from 0.
+    pub index: usize,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// The host of its last attempt; `None` when it never ran.
+    pub host: Option<HostId>,
+    /// The task of its last attempt (slot and task number); `None` when it never ran.
+    pub task: Option<TaskId>,
+    /// How many times it ran (lost and failed attempts included; a request that waited
+    /// at a worker lost before it started is not counted).
+    pub attempts: u32,
+    /// How long its last attempt ran, from its start on the slot to its end.
+    pub elapsed: Duration,
+    /// Bytes mirrored into its task folder for its last attempt (0 when nothing was).
+    pub mirrored: u64,
+    /// The files its last attempt returned ([`Job::returning`](crate::Job::returning)),
+    /// relative to its results folder `<results>/<index>/`
+    /// ([`Dispatch::results`](crate::Dispatch::results)); when returning failed (the
+    /// outcome says why), those written in full before the failure.
+    pub returned: Vec<PathBuf>,
+    /// The standard output of a command job with [`Job::capture`](crate::Job::capture).
+    pub stdout: Option<Captured>,
+    /// The standard error of a command job with [`Job::capture`](crate::Job::capture).
+    pub stderr: Option<Captured>,
+}
+
+impl JobResult {
+    /// A result for job `index` that never ran (or is reported without its run).
+    pub(crate) fn not_run(index: usize, attempts: u32) -> JobResult {
+        JobResult {
+            index,
+            outcome: JobOutcome::NotRun,
+            host: None,
+            task: None,
+            attempts,
+            elapsed: Duration::ZERO,
+            mirrored: 0,
+            returned: Vec::new(),
+            stdout: None,
+            stderr: None,
+        }
+    }
+}
+
+/// One line for a progress report: `job 3 on alpha (1:4): returned 0.5 in 12ms`.
+impl fmt::Display for JobResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {}", self.index)?;
+        if let (Some(host), Some(task)) = (&self.host, self.task) {
+            write!(f, " on {host} ({task})")?;
+        }
+        write!(f, ": {} in {:?}", self.outcome, self.elapsed)
+    }
+}

@@ -1,0 +1,510 @@
+//! Dispatch: the suite runs on every backend (memory, local, TCP, and MPI with the `mpi`
+//! feature). Faults that need worker processes are in `crate::dispatch_faults`.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::time::Duration;
+
+use parvm_vm::{Job, JobOutcome, JobResult, Spawn};
+
+use crate::harness::{Backend, Harness, collect};
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
+        }
+        mod local {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
+        }
+        mod tcp {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
+        }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    results_come_in_job_order,
+    unordered_gives_every_job_once,
+    collector_sees_every_job_once,
+    collector_can_stop_the_dispatch,
+    the_job_sequence_is_pulled_within_the_window,
+    failures_are_reported_and_retried_only_when_asked,
+    halt_on_error_runs_nothing_after_a_failure,
+    commands_report_their_status,
+    jobs_on_named_hosts,
+    a_vm_runs_one_dispatch_at_a_time,
+    a_command_past_its_limit_is_stopped,
+    jobs_return_files_and_capture_output,
+    a_stop_the_program_asks_for_is_neither_failure_nor_loss,
+    results_count_the_bytes_mirrored,
+);
+
+/// How long a test may wait for a dispatch before it counts as hung.
+pub const AT_ONCE: Duration = Duration::from_secs(30);
+
+pub fn value(result: &JobResult) -> i64 {
+    match &result.outcome {
+        JobOutcome::Value(value) => value.decode().expect("an i64"),
+        other => panic!("job {} did not return a value: {other}", result.index),
+    }
+}
+
+fn results_come_in_job_order(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 2), ("beta", 1)]);
+    let vm = h.vm();
+    // Early jobs take longer, so later ones complete first and must wait their turn.
+    let jobs = (0..60i64).map(|i| {
+        if i < 3 {
+            Job::task("sleep", &30u64)
+        } else {
+            Job::task("add", &(i, 1i64))
+        }
+    });
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert_eq!(results.len(), 60);
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(result.index, n);
+        assert_eq!(result.attempts, 1);
+        assert!(result.host.is_some() && result.task.is_some(), "{result}");
+        assert_eq!(result.mirrored, 0);
+        if n >= 3 {
+            assert_eq!(value(result), i64::try_from(n).unwrap() + 1);
+        }
+    }
+    let hosts: BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r.host.as_ref().map(ToString::to_string))
+        .collect();
+    assert_eq!(hosts, BTreeSet::from(["alpha".into(), "beta".into()]));
+    assert_eq!(vm.free_slots(), 3, "every slot is free after the dispatch");
+}
+
+fn unordered_gives_every_job_once(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..500i64).map(|i| Job::task("add", &(i, i)));
+    let mut seen = BTreeSet::new();
+    for result in vm.dispatch(jobs).unordered().window(7) {
+        let result = result.unwrap();
+        assert_eq!(value(&result), 2 * i64::try_from(result.index).unwrap());
+        assert!(seen.insert(result.index), "job {} twice", result.index);
+    }
+    assert_eq!(seen, (0..500).collect());
+}
+
+fn collector_sees_every_job_once(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..300i64).map(|i| Job::task("add", &(i, 0i64)));
+    let mut seen = BTreeSet::new();
+    vm.dispatch(jobs)
+        .unordered()
+        .for_each(|result| {
+            assert_eq!(value(&result), i64::try_from(result.index).unwrap());
+            assert!(seen.insert(result.index), "job {} twice", result.index);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, (0..300).collect());
+}
+
+fn collector_can_stop_the_dispatch(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let pulled = Rc::new(Cell::new(0usize));
+    let counter = Rc::clone(&pulled);
+    let jobs = (0..1_000_000i64).map(move |i| {
+        counter.set(counter.get() + 1);
+        Job::task("add", &(i, 0i64))
+    });
+    let mut seen = 0;
+    vm.dispatch(jobs)
+        .window(8)
+        .for_each(|result| {
+            assert_eq!(result.index, seen, "job order");
+            seen += 1;
+            if seen == 20 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(seen, 20);
+    assert!(pulled.get() <= 20 + 8, "pulled {} jobs", pulled.get());
+    // Nothing of the stopped dispatch is left: the VM spawns and receives as before.
+    assert_eq!(vm.free_slots(), 2);
+    let ids = vm.spawn(Spawn::task("add", &(1i64, 2i64))).unwrap();
+    let (outcomes, others) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].value::<i64>(), 3);
+    assert!(
+        others.is_empty(),
+        "late messages of the dispatch: {others:?}"
+    );
+}
+
+fn the_job_sequence_is_pulled_within_the_window(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let window = 5;
+    let pulled = Rc::new(Cell::new(0usize));
+    let counter = Rc::clone(&pulled);
+    let jobs = (0..200i64).map(move |i| {
+        counter.set(counter.get() + 1);
+        // Some slow jobs, so finished results wait for earlier ones.
+        Job::task("sleep", &if i % 17 == 0 { 20u64 } else { 0 })
+    });
+    let mut taken = 0;
+    for result in vm.dispatch(jobs).window(window) {
+        result.unwrap();
+        taken += 1;
+        // Pulled and not yet handed out: at most the window (the one just handed out
+        // was still held when the last job was pulled).
+        assert!(
+            pulled.get() - taken < window,
+            "{} pulled, {taken} taken, window {window}",
+            pulled.get()
+        );
+    }
+    assert_eq!((taken, pulled.get()), (200, 200));
+}
+
+fn failures_are_reported_and_retried_only_when_asked(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let marker = |n: usize| {
+        h.shared
+            .path()
+            .join(format!("marker-{n}"))
+            .display()
+            .to_string()
+    };
+    let jobs = |tag: usize| {
+        (0..6).map(move |i| match i {
+            1 => Job::task("fail", &"by itself".to_string()),
+            2 => Job::task("panic", &"a panic".to_string()),
+            3 => Job::task("fail_once", &marker(tag)),
+            4 => Job::task("no such task", &()),
+            _ => Job::task("add", &(1i64, 1i64)),
+        })
+    };
+    let results: Vec<JobResult> = vm.dispatch(jobs(0)).map(|r| r.unwrap()).collect();
+    let failed = |r: &JobResult| matches!(r.outcome, JobOutcome::Failed { .. });
+    let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
+    assert!(
+        failed(&results[1]) && results[1].to_string().contains("by itself"),
+        "{shown:?}"
+    );
+    assert!(
+        failed(&results[2]) && results[2].to_string().contains("a panic"),
+        "{shown:?}"
+    );
+    assert!(failed(&results[3]), "fails once without retries: {shown:?}");
+    assert!(
+        failed(&results[4]) && results[4].task.is_none(),
+        "{shown:?}"
+    );
+    assert!(results[4].to_string().contains("no such task"), "{shown:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.attempts == u32::from(r.index != 4)),
+        "{shown:?}"
+    );
+    // With retries, the job that fails once succeeds on its second attempt; the others
+    // fail every time and are reported once, after their last attempt.
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs(1))
+        .retries(2)
+        .map(|r| r.unwrap())
+        .collect();
+    let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
+    assert!(
+        matches!(results[3].outcome, JobOutcome::Value(_)),
+        "{shown:?}"
+    );
+    assert_eq!(results[3].attempts, 2, "{shown:?}");
+    assert_eq!(
+        (results[1].attempts, results[2].attempts),
+        (3, 3),
+        "{shown:?}"
+    );
+    assert_eq!(
+        (results[0].attempts, results[5].attempts),
+        (1, 1),
+        "{shown:?}"
+    );
+}
+
+fn halt_on_error_runs_nothing_after_a_failure(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..100i64).map(|i| {
+        if i == 3 {
+            Job::task("fail", &"halt here".to_string())
+        } else {
+            Job::task("add", &(i, 0i64))
+        }
+    });
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .halt_on_error()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(results.len(), 100, "every job gets one result");
+    assert!(matches!(results[3].outcome, JobOutcome::Failed { .. }));
+    let first_not_run = results
+        .iter()
+        .position(|r| matches!(r.outcome, JobOutcome::NotRun))
+        .expect("jobs after the failure are not run");
+    // Only jobs handed out before the failure was known ran: within the window.
+    assert!(first_not_run <= 3 + 8, "{first_not_run}");
+    assert!(
+        results[first_not_run..]
+            .iter()
+            .all(|r| matches!(r.outcome, JobOutcome::NotRun)
+                && r.attempts == 0
+                && r.host.is_none()),
+        "nothing runs after the first not-run job"
+    );
+}
+
+fn commands_report_their_status(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = [
+        Job::command("true"),
+        Job::command("sh").args(["-c", "exit 3"]),
+        Job::command("/nonexistent/program"),
+    ];
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(
+        matches!(results[0].outcome, JobOutcome::Command(status) if status.success()),
+        "{}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1].outcome, JobOutcome::Failed { status: Some(s), .. } if s.code == Some(3)),
+        "{}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2].outcome, JobOutcome::Failed { status: None, reason } if reason.contains("/nonexistent/program")),
+        "{}",
+        results[2]
+    );
+}
+
+fn jobs_on_named_hosts(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 2)]);
+    let vm = h.vm();
+    let jobs = (0..20i64)
+        .map(|i| Job::task("add", &(i, 0i64)).hosts(["beta"]))
+        .chain([Job::task("noop", &()).hosts(["gamma"])]);
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(
+        results[..20]
+            .iter()
+            .all(|r| r.host.as_ref().is_some_and(|h| h.to_string() == "beta"))
+    );
+    assert!(
+        matches!(&results[20].outcome, JobOutcome::Failed { reason, .. } if reason.contains("gamma")),
+        "{}",
+        results[20]
+    );
+}
+
+fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    let mut first = vm.dispatch((0..3i64).map(|i| Job::task("add", &(i, 0i64))));
+    assert_eq!(value(&first.next().unwrap().unwrap()), 0);
+    let mut second = vm.dispatch([Job::task("noop", &())]);
+    let error = second.next().unwrap().unwrap_err();
+    assert!(error.to_string().contains("a VM of its own"), "{error}");
+    assert!(second.next().is_none());
+    drop(second);
+    let rest: Vec<i64> = first.map(|r| value(&r.unwrap())).collect();
+    assert_eq!(rest, [1, 2]);
+}
+
+fn a_command_past_its_limit_is_stopped(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..6).map(|i| {
+        if i == 1 {
+            Job::command("sleep").arg("60")
+        } else {
+            Job::command("true")
+        }
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .timeout(Duration::from_millis(300))
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    assert!(
+        matches!(results[1].outcome, JobOutcome::TimedOut { limit } if limit == Duration::from_millis(300)),
+        "{}",
+        results[1]
+    );
+    assert_eq!(results[1].attempts, 1, "a time limit is no lost attempt");
+    assert!(
+        results[1].elapsed >= Duration::from_millis(300),
+        "{}",
+        results[1]
+    );
+    for result in results.iter().filter(|r| r.index != 1) {
+        assert!(result.outcome.is_success(), "{result}");
+    }
+}
+
+fn jobs_return_files_and_capture_output(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    let results_dir = tempfile::tempdir().unwrap();
+    let jobs = (0..8).map(|i| {
+        Job::command("sh")
+            .args([
+                "-c",
+                &format!("echo out-{i}; echo err-{i} >&2; echo data-{i} > result.txt"),
+            ])
+            .returning("result.txt")
+            .capture(true)
+    });
+    let jobs = jobs.chain([Job::command("true").returning("missing.txt")]);
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .results(results_dir.path())
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results[..8] {
+        let i = result.index;
+        assert!(result.outcome.is_success(), "{result}");
+        assert_eq!(
+            result.returned,
+            [std::path::PathBuf::from("result.txt")],
+            "{result}"
+        );
+        let file = results_dir.path().join(i.to_string()).join("result.txt");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("data-{i}\n")
+        );
+        if backend == Backend::Memory {
+            // In-process workers do not redirect output, so there is nothing to capture.
+            continue;
+        }
+        let out = result.stdout.as_ref().expect("captured stdout");
+        assert_eq!(out.bytes(), Some(format!("out-{i}\n").as_bytes()));
+        let err = result.stderr.as_ref().expect("captured stderr");
+        assert_eq!(err.bytes(), Some(format!("err-{i}\n").as_bytes()));
+    }
+    assert!(
+        matches!(&results[8].outcome, JobOutcome::Failed { reason, .. } if reason.contains("missing.txt")),
+        "a literal pattern that matches nothing fails the job: {}",
+        results[8]
+    );
+    // Returning needs a results folder: refused before anything is sent.
+    let refused: Vec<JobResult> = vm
+        .dispatch([Job::command("true").returning("x")])
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        matches!(&refused[0].outcome, JobOutcome::Failed { .. }) && refused[0].task.is_none(),
+        "{}",
+        refused[0]
+    );
+}
+
+fn a_stop_the_program_asks_for_is_neither_failure_nor_loss(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = [
+        Job::command("sleep").arg("60"),
+        Job::command("true"),
+        Job::command("true"),
+    ];
+    let results: Vec<JobResult> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sleeper = None;
+            crate::harness::wait_until("the sleeping job runs", || {
+                sleeper = vm
+                    .describe()
+                    .hosts
+                    .iter()
+                    .flat_map(|host| &host.slots)
+                    .filter_map(|slot| slot.task.as_ref())
+                    .find(|task| task.label == "sleep")
+                    .map(|task| task.id);
+                sleeper.is_some()
+            });
+            vm.stop(sleeper.unwrap()).unwrap();
+        });
+        vm.dispatch(jobs)
+            .retries(3)
+            .halt_on_error()
+            .map(|r| r.unwrap())
+            .collect()
+    });
+    assert!(
+        matches!(results[0].outcome, JobOutcome::NotRun),
+        "{}",
+        results[0]
+    );
+    assert_eq!(results[0].attempts, 1, "not run again: {}", results[0]);
+    assert!(results[1].outcome.is_success() && results[2].outcome.is_success());
+}
+
+fn results_count_the_bytes_mirrored(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let shared = h.shared.path();
+    std::fs::create_dir_all(shared.join("in")).unwrap();
+    std::fs::write(shared.join("in/deck.cir"), vec![b'x'; 1000]).unwrap();
+    std::fs::write(shared.join("in/model.lib"), vec![b'y'; 234]).unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(shared.join("in/*").display().to_string(), ".")
+        .build()
+        .unwrap();
+    let results: Vec<JobResult> = vm
+        .dispatch((0..10).map(|_| Job::task("list", &())))
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results {
+        assert_eq!(result.mirrored, 1234, "{result}");
+        let JobOutcome::Value(names) = &result.outcome else {
+            panic!("{result}");
+        };
+        assert_eq!(
+            names.decode::<Vec<String>>().unwrap(),
+            ["deck.cir", "model.lib"]
+        );
+    }
+    // Without a mirror map nothing is mirrored.
+    let plain = h.vm();
+    let result = plain
+        .dispatch([Job::task("noop", &())])
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.mirrored, 0);
+}
