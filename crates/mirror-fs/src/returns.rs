@@ -11,6 +11,9 @@
 //! `out.txt -> /etc/shadow` gets [`Error::ReturnSymlink`], not the file, and a peer that
 //! sends `../x` gets [`Error::ResultPath`]. It must not know how the bytes travel.
 //!
+//! parvm's own files at the top of the task folder (`.parvm*`: lock, owner marker, mirror
+//! manifest) are never returned, whatever the pattern.
+//!
 //! A folder that a pattern matches is returned whole (every file beneath it); a symlink,
 //! fifo, socket or device anywhere in what is returned is refused by name rather than
 //! skipped, so nothing the task meant to return goes missing without a word.
@@ -215,6 +218,9 @@ impl ReturnSource {
         }
         let mut found = 0;
         for candidate in current {
+            if is_own_file(&candidate) {
+                continue;
+            }
             let path = self.path().join(&candidate);
             let (Some(parent), Some(name)) = (candidate.parent(), candidate.file_name()) else {
                 continue;
@@ -301,6 +307,19 @@ impl ReturnSource {
             e => e,
         }
     }
+}
+
+/// The prefix of the files parvm keeps at the top of a task folder (its lock, owner
+/// marker and mirror manifest), which are never returned.
+const OWN_PREFIX: &[u8] = b".parvm";
+
+/// Whether `rel` is one of parvm's own files at the top of the task folder.
+fn is_own_file(rel: &Path) -> bool {
+    let mut components = rel.components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(name)), None) if name.as_bytes().starts_with(OWN_PREFIX)
+    )
 }
 
 /// The names in folder `dir` (at `path`), without `.` and `..`.
@@ -562,6 +581,13 @@ mod tests {
             src.expand(&["*/*.txt"]).unwrap(),
             [PathBuf::from("out/r1.txt")]
         );
+        // parvm's own files stay, whatever the pattern.
+        std::fs::write(dir.path().join(".parvm-lock"), "").unwrap();
+        assert_eq!(src.expand(&[".*"]).unwrap(), [PathBuf::from(".hidden.txt")]);
+        assert!(matches!(
+            src.expand(&[".parvm-lock"]),
+            Err(Error::ReturnMissing { .. })
+        ));
         let err = src.expand(&["missing.txt"]).unwrap_err();
         assert!(
             matches!(&err, Error::ReturnMissing { pattern, .. } if pattern == "missing.txt"),

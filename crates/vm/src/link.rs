@@ -72,6 +72,8 @@ struct State {
     credit: u64,
     /// The spawner is gone or the transport failed: no credit will come.
     closed: bool,
+    /// The last task whose returned files the spawner stopped receiving.
+    stopped_returns: Option<u64>,
     /// The task the spawn loop runs, and its kind.
     task: Option<(u64, TaskKind)>,
     /// A stop arrived for the running task.
@@ -104,6 +106,7 @@ impl Link {
                 queue: VecDeque::new(),
                 credit: OUTPUT_WINDOW,
                 closed: false,
+                stopped_returns: None,
                 task: None,
                 stop_task: false,
                 stop_later: VecDeque::new(),
@@ -139,6 +142,9 @@ impl Link {
             Ok(Some(Event::Message { from: 0, payload })) => {
                 if let Some(bytes) = wire::read_output_ack(&payload) {
                     state.credit = state.credit.saturating_add(bytes);
+                    Ok(None)
+                } else if let Some(number) = wire::read_return_stop(&payload) {
+                    state.stopped_returns = Some(number);
                     Ok(None)
                 } else if let Some(number) = wire::read_stop(&payload) {
                     state.on_stop(number);
@@ -268,6 +274,13 @@ impl Link {
             Ok(None) => false,
             Err(_) => state.closed,
         }
+    }
+
+    /// Whether the spawner stopped receiving the returned files of task `number` (it could
+    /// not write them); seen among the acknowledgements, which a sender without credit
+    /// receives, so at most a window after the spawner sent it.
+    pub(crate) fn returning_stopped(&self, number: u64) -> bool {
+        self.lock().stopped_returns == Some(number)
     }
 
     /// Takes `bytes` of output credit, waiting for acknowledgements (and receiving them
@@ -403,6 +416,19 @@ mod tests {
         // The oldest were dropped, the newest kept.
         assert!(link.begin_task(0, TaskKind::Command));
         assert!(!link.begin_task(MAX_STOPS_KEPT as u64 + 9, TaskKind::Command));
+    }
+
+    #[test]
+    fn a_return_stop_is_taken_off_like_an_acknowledgement() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        spawner.send(1, &wire::return_stop(7)).unwrap();
+        spawner.send(1, &wire::output_ack(10)).unwrap();
+        // Waiting for credit receives both; the stop never reaches the spawn loop.
+        assert!(link.take_credit(10));
+        assert!(link.returning_stopped(7));
+        assert!(!link.returning_stopped(8));
+        assert!(link.recv(Wait::NoWait).unwrap().is_none());
     }
 
     #[test]

@@ -149,6 +149,8 @@ struct Inbound {
     bytes: u64,
     /// Why returning failed, first reason only; later frames of the task are dropped.
     failed: Option<String>,
+    /// The worker was told to send no more ([`Returns::take_stop`]).
+    stop_sent: bool,
     streams: [Stream; 2],
 }
 
@@ -177,6 +179,7 @@ impl Returns {
                 files: Vec::new(),
                 bytes: 0,
                 failed: None,
+                stop_sent: false,
                 streams: [Stream::default(), Stream::default()],
             },
         );
@@ -242,15 +245,32 @@ impl Returns {
         }
     }
 
+    /// Whether the worker of `task` is to be told to send no more files, once: writing them
+    /// failed here.
+    pub(crate) fn take_stop(&mut self, task: TaskId) -> bool {
+        match self.tasks.get_mut(&task) {
+            Some(inbound) if inbound.failed.is_some() && !inbound.stop_sent => {
+                inbound.stop_sent = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Returning failed on the worker.
     pub(crate) fn failed(&mut self, task: TaskId, reason: String) {
         if let Some(inbound) = self.live(task) {
             inbound.fail(reason);
+            // The worker has stopped by itself.
+            inbound.stop_sent = true;
         }
     }
 
     /// Keeps output of `task` when it is captured; `false` when it is to be printed.
     pub(crate) fn capture(&mut self, task: TaskId, stderr: bool, data: &[u8]) -> bool {
+        if self.tasks.is_empty() {
+            return false;
+        }
         let Some(inbound) = self.tasks.get_mut(&task).filter(|t| t.wanted.capture) else {
             return false;
         };
@@ -265,6 +285,10 @@ impl Returns {
     /// Task `task` ended: the messages for its VM before its exit, and why returning
     /// failed. `None` when the task asked for nothing.
     pub(crate) fn finish(&mut self, task: TaskId) -> Option<Finished> {
+        // The common case, on every task's end: nobody asked for anything, no hashing.
+        if self.tasks.is_empty() {
+            return None;
+        }
         let mut inbound = self.tasks.remove(&task)?;
         // A file cut off by a failure is removed with its temporary name.
         inbound.current = None;
@@ -421,4 +445,104 @@ fn spill_file(
         )
     })?;
     Ok((file, path, temporary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: TaskId = TaskId { slot: 2, number: 9 };
+
+    fn wanted(results: &Path, returning: bool, capture: bool) -> Wanted {
+        Wanted {
+            results: Some(results.to_owned()),
+            returning,
+            capture,
+            local_root: results.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_peer_path_that_climbs_out_fails_the_task_and_writes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let results = root.path().join("results");
+        for bad in [&b"../evil"[..], b"/tmp/evil", b"", b"a/../../evil"] {
+            let mut returns = Returns::default();
+            returns.register(TASK, wanted(&results, true, false));
+            returns.file_start(TASK, bad);
+            returns.file_data(TASK, b"payload");
+            returns.file_end(TASK, 0o644, (1, 0), false);
+            let finished = returns.finish(TASK).unwrap();
+            let failure = finished.failure.expect("refused");
+            assert!(failure.contains("climbs out"), "{failure}");
+            assert!(matches!(
+                &finished.messages[..],
+                [Message::Returned { files, bytes: 0, .. }] if files.is_empty()
+            ));
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.iter().all(|n| n == "results"), "{left:?}");
+    }
+
+    #[test]
+    fn frames_for_a_task_that_asked_for_nothing_are_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.file_start(TASK, b"x.txt");
+        returns.file_data(TASK, b"payload");
+        returns.file_end(TASK, 0o644, (1, 0), false);
+        assert!(!returns.capture(TASK, false, b"line\n"));
+        assert!(returns.finish(TASK).is_none());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_changed_file_is_dropped_and_the_next_start_replaces_it() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.register(TASK, wanted(root.path(), true, false));
+        returns.file_start(TASK, b"d/x.txt");
+        returns.file_data(TASK, b"first");
+        returns.file_end(TASK, 0o600, (5, 0), true);
+        returns.file_start(TASK, b"d/x.txt");
+        returns.file_data(TASK, b"second");
+        returns.file_end(TASK, 0o600, (5, 0), false);
+        let finished = returns.finish(TASK).unwrap();
+        assert_eq!(finished.failure, None);
+        assert_eq!(
+            std::fs::read(root.path().join("d/x.txt")).unwrap(),
+            b"second"
+        );
+        assert_eq!(std::fs::read_dir(root.path().join("d")).unwrap().count(), 1);
+        assert!(matches!(
+            &finished.messages[..],
+            [Message::Returned { files, bytes: 6, .. }] if files == &[PathBuf::from("d/x.txt")]
+        ));
+    }
+
+    #[test]
+    fn captured_output_spills_past_the_memory_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let mut returns = Returns::default();
+        returns.register(TASK, wanted(root.path(), false, true));
+        let line = vec![b'x'; 1000];
+        let mut written = 0;
+        while written <= CAPTURE_IN_MEMORY {
+            assert!(returns.capture(TASK, false, &line));
+            written += line.len();
+        }
+        assert!(returns.capture(TASK, true, b"err\n"));
+        let finished = returns.finish(TASK).unwrap();
+        let [Message::Captured { stdout, stderr, .. }] = &finished.messages[..] else {
+            panic!("no captured output");
+        };
+        assert_eq!(stdout.bytes(), None);
+        assert_eq!(stdout.len(), written as u64);
+        assert_eq!(stdout.path(), Some(root.path().join("stdout").as_path()));
+        assert_eq!(stdout.read_to_vec().unwrap().len(), written);
+        assert_eq!(stderr.bytes(), Some(&b"err\n"[..]));
+    }
 }

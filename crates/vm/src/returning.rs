@@ -7,7 +7,9 @@
 //! [`CHUNK`] bytes ([`FromWorker::FileData`]), each taking credit from the output window
 //! ([`crate::link`]) so a fast worker cannot grow the spawner's memory, and a
 //! [`FromWorker::FileEnd`]. A file whose size or times moved while it was read is sent
-//! again, up to [`TRIES`] times. It must not know the spawner's side or the slot table.
+//! again, up to [`TRIES`] times. When the spawner cannot write them (a full disk), it says
+//! so among the acknowledgements ([`wire::return_stop`]) and the worker sends no more. It
+//! must not know the spawner's side or the slot table.
 
 use std::io::Read;
 use std::path::Path;
@@ -46,11 +48,21 @@ pub(crate) fn send_files(
 ) -> Result<(), String> {
     let source = ReturnSource::open(task_dir).map_err(|e| error_chain(&e))?;
     let files = source.expand(patterns).map_err(|e| error_chain(&e))?;
+    let (head, buf) = match wire::file_data_head(number) {
+        Some(mut head) => {
+            // The frame itself: the head, the length, then the chunk read in place.
+            let head_len = head.len() + 4;
+            head.resize(head_len + CHUNK, 0);
+            (Some(head_len), head)
+        }
+        None => (None, vec![0; CHUNK]),
+    };
     let mut sender = Sender {
         link,
         number,
         scratch: Vec::new(),
-        buf: vec![0; CHUNK],
+        buf,
+        head,
     };
     for rel in files {
         sender.send_file(&source, &rel)?;
@@ -62,7 +74,10 @@ struct Sender<'a> {
     link: &'a Link,
     number: u64,
     scratch: Vec<u8>,
+    /// Where chunks are read: a whole `FileData` frame with the data at `head` (see
+    /// [`wire::file_data_head`]), else a plain buffer whose chunks are encoded.
     buf: Vec<u8>,
+    head: Option<usize>,
 }
 
 impl Sender<'_> {
@@ -70,6 +85,29 @@ impl Sender<'_> {
         wire::send_frame(self.link.transport(), 0, &mut self.scratch, frame).map_err(|_| {
             "the connection to the spawner failed while files were returned".to_owned()
         })
+    }
+
+    /// Sends the `n` bytes just read as a `FileData` frame.
+    fn send_chunk(&mut self, n: usize) -> Result<(), String> {
+        let lost = "the connection to the spawner failed while files were returned";
+        match self.head {
+            Some(at) => {
+                // `n` is at most CHUNK, far below `u32::MAX`.
+                self.buf[at - 4..at].copy_from_slice(&(n as u32).to_be_bytes());
+                self.link
+                    .transport()
+                    .send(0, &self.buf[..at + n])
+                    .map_err(|_| lost.to_owned())
+            }
+            None => {
+                let frame = FromWorker::FileData {
+                    number: self.number,
+                    data: self.buf[..n].into(),
+                };
+                wire::send_frame(self.link.transport(), 0, &mut self.scratch, &frame)
+                    .map_err(|_| lost.to_owned())
+            }
+        }
     }
 
     /// Sends one file, again when it changed while read.
@@ -83,8 +121,9 @@ impl Sender<'_> {
                 size: before.size,
             })?;
             let mut sent = 0u64;
+            let at = self.head.unwrap_or(0);
             loop {
-                let n = match file.read(&mut self.buf) {
+                let n = match file.read(&mut self.buf[at..]) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -98,13 +137,11 @@ impl Sender<'_> {
                 if !self.link.take_credit(n as u64) {
                     return Err("the spawner is gone".to_owned());
                 }
-                let frame = FromWorker::FileData {
-                    number: self.number,
-                    data: self.buf[..n].into(),
-                };
-                wire::send_frame(self.link.transport(), 0, &mut self.scratch, &frame).map_err(
-                    |_| "the connection to the spawner failed while files were returned".to_owned(),
-                )?;
+                if self.link.returning_stopped(self.number) {
+                    // The spawner could not write (its reason fails the task): send no more.
+                    return Err("the spawner stopped receiving the files".to_owned());
+                }
+                self.send_chunk(n)?;
                 sent += n as u64;
             }
             let hook = *AFTER_READ.lock().unwrap_or_else(PoisonError::into_inner);

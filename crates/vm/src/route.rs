@@ -107,10 +107,13 @@ impl Shared {
             }
             FromWorker::FileStart { number, path, .. } => {
                 Self::on_file_start(state, from, number, &path);
+                self.stop_returning(state, from, number);
                 None
             }
             FromWorker::FileData { number, data } => {
-                Some(Self::on_file_data(state, from, number, &data))
+                let ack = Self::on_file_data(state, from, number, &data);
+                self.stop_returning(state, from, number);
+                Some(ack)
             }
             FromWorker::FileEnd {
                 number,
@@ -119,6 +122,7 @@ impl Shared {
                 changed,
             } => {
                 Self::on_file_end(state, from, number, mode, mtime, changed);
+                self.stop_returning(state, from, number);
                 None
             }
             FromWorker::ReturnFailed { number, reason } => {
@@ -191,6 +195,16 @@ impl Shared {
         state
             .returns
             .file_end(TaskId { slot: from, number }, mode, mtime, changed);
+    }
+
+    /// Writing the returned files of task `number` of worker `from` failed here: the
+    /// worker is told once to send no more of them.
+    fn stop_returning(&self, state: &mut State, from: Rank, number: u64) {
+        if state.returns.take_stop(TaskId { slot: from, number })
+            && let Err(e) = self.transport.send(from, &wire::return_stop(number))
+        {
+            tracing::debug!(rank = from, error = %e, "cannot stop a worker's returned files");
+        }
     }
 
     /// Returning failed on the worker; the task's exit will say why.

@@ -550,7 +550,7 @@ fn a_full_results_disk_fails_the_task_naming_the_file_and_leaves_no_partial_file
         let results = disk.path().join(format!("{backend:?}"));
         let files: Vec<ReturnFile> = vec![
             ("a-small.txt".into(), 1000, 0o644, 1_000_000_000),
-            ("big.dat".into(), 3 << 20, 0o644, 1_000_000_000),
+            ("big.dat".into(), 16 << 20, 0o644, 1_000_000_000),
         ];
         let task = spawn_one(
             &vm,
@@ -642,4 +642,31 @@ fn a_big_file_and_many_small_ones_come_back_with_the_spawner_memory_bounded() {
         "the spawner grew to {many} kB receiving 2000 files of 4 KiB"
     );
     eprintln!("spawner peak: {big} kB (1 x 64 MiB), {many} kB (2000 x 4 KiB)");
+}
+
+#[test]
+fn a_worker_lost_while_returning_leaves_no_partial_file() {
+    let h = Harness::start(Backend::Local, 1);
+    let vm = folder_vm(&h);
+    let results = tempfile::tempdir().unwrap();
+    let files: Vec<ReturnFile> = vec![
+        ("a-first.dat".into(), 70_000, 0o644, 1_000_000_000),
+        ("die-after-read.dat".into(), 600_000, 0o644, 1_000_000_000),
+    ];
+    let task = spawn_one(
+        &vm,
+        Spawn::task("changing", &files)
+            .returning("*.dat")
+            .results_dir(results.path()),
+    );
+    let seen = follow(&vm, task);
+    let reason = failed_reason(&seen);
+    assert!(reason.contains("died while running the task"), "{reason}");
+    assert_eq!(seen.returned, None, "nothing is announced for a lost task");
+    assert_eq!(
+        listing(results.path()),
+        ["a-first.dat"],
+        "the complete file stays, the cut-off one is removed"
+    );
+    assert_file(results.path(), &files[0]);
 }

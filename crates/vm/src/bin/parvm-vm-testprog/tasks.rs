@@ -172,13 +172,18 @@ fn write_files(ctx: &TaskContext, files: Vec<ReturnFile>) -> Result<(), String> 
 }
 
 /// The return hook of the `changing` task: appends a byte to the file just read when its
-/// name says so (`changing-once*` only while its size is even, so it changes once).
+/// name says so (`changing-once*` only while its size is even, so it changes once); ends
+/// the worker process at `die-after-read*` (never use that name with in-process workers).
 fn grow_while_returned(path: &std::path::Path) {
     use std::io::Write;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if name.starts_with("die-after-read") {
+        // The worker dies with the file sent but not complete (worker processes only).
+        std::process::exit(3);
+    }
     let grow = if name.starts_with("changing-always") {
         true
     } else if name.starts_with("changing-once") {
