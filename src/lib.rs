@@ -84,9 +84,10 @@ pub use parvm_vm as vm;
 
 pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
-    ClearOutcome, ClearReport, CommandStatus, Config, Error, ExitStatus, HostId, Layout,
-    LayoutHost, LayoutSlot, LayoutTask, Message, Payload, Report, Result, Runtime, RuntimeBuilder,
-    Spawn, TaskContext, TaskFailure, TaskId, Tasks, TransportKind, Value, Vm, VmBuilder,
+    Backend, CAPTURE_IN_MEMORY, Captured, ClearOutcome, ClearReport, CommandStatus, Config,
+    Dispatch, Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Layout, LayoutHost,
+    LayoutSlot, LayoutTask, Message, Payload, Report, Result, Runtime, RuntimeBuilder, Spawn,
+    TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner, TransportKind, Value, Vm, VmBuilder,
 };
 // Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
 // would point nowhere.
@@ -106,6 +107,8 @@ pub mod guide {
     pub struct Readme;
     #[doc = include_str!("../docs/vm.md")]
     pub struct Vm;
+    #[doc = include_str!("../docs/dispatch.md")]
+    pub struct Dispatch;
     #[doc = include_str!("../docs/mirroring.md")]
     pub struct Mirroring;
     #[doc = include_str!("../docs/local-storage.md")]

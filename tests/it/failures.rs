@@ -46,6 +46,9 @@ impl Run {
             .arg(seconds)
             .current_dir(local.path())
             .env("PARVM_WORKERS", workers.to_string())
+            // The story these tests tell is a dead worker's slot staying gone; replacement
+            // workers are tested in crates/vm (tests/it/replace.rs).
+            .env("PARVM_REPLACE_WORKERS", "0")
             .env("PARALLEL_LOCAL_STORAGE", local.path())
             .env_remove("PARVM_TRANSPORT")
             .stdin(Stdio::null())

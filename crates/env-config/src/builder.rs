@@ -30,6 +30,7 @@ pub struct ConfigBuilder {
     pub(crate) mirrored_roots: Option<Vec<PathBuf>>,
     pub(crate) hostname: Option<String>,
     pub(crate) workers: Option<usize>,
+    pub(crate) replace_workers: Option<u32>,
     pub(crate) transport: Option<TransportKind>,
     pub(crate) log_filter: Option<String>,
     pub(crate) listen: Option<String>,
@@ -52,6 +53,7 @@ impl Default for ConfigBuilder {
             mirrored_roots: None,
             hostname: None,
             workers: None,
+            replace_workers: None,
             transport: None,
             log_filter: None,
             listen: None,
@@ -103,6 +105,14 @@ impl ConfigBuilder {
     #[must_use]
     pub fn workers(mut self, count: usize) -> Self {
         self.workers = Some(count);
+        self
+    }
+
+    /// Sets how many times the local transport replaces the worker of a slot that dies.
+    /// Default: unset (the VM uses 3).
+    #[must_use]
+    pub fn replace_workers(mut self, per_slot: u32) -> Self {
+        self.replace_workers = Some(per_slot);
         self
     }
 
@@ -263,6 +273,7 @@ impl ConfigBuilder {
             mirrored_roots,
             hostname,
             workers: self.workers,
+            replace_workers: self.replace_workers,
             transport: self.transport,
             log_filter: self.log_filter,
             listen: self.listen,

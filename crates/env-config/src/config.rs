@@ -19,6 +19,7 @@ pub struct Config {
     pub(crate) mirrored_roots: Vec<PathBuf>,
     pub(crate) hostname: String,
     pub(crate) workers: Option<usize>,
+    pub(crate) replace_workers: Option<u32>,
     pub(crate) transport: Option<TransportKind>,
     pub(crate) log_filter: Option<String>,
     pub(crate) listen: Option<String>,
@@ -53,6 +54,11 @@ impl Config {
     /// Worker slots asked for by `PARVM_WORKERS`, if set.
     pub fn workers(&self) -> Option<usize> {
         self.workers
+    }
+
+    /// Replacements per local worker slot asked for by `PARVM_REPLACE_WORKERS`, if set.
+    pub fn replace_workers(&self) -> Option<u32> {
+        self.replace_workers
     }
 
     /// The transport asked for by `PARVM_TRANSPORT`, if set.

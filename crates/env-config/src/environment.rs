@@ -55,6 +55,17 @@ impl Config {
             .build()
     }
 
+    /// `PARVM_CONNECT` alone, as [`Config::connect`] reads it (unset or empty: `None`):
+    /// whether this process was started as a TCP worker, for a program whose own
+    /// configuration was built by hand (how a process was started is for its launcher to
+    /// say, whatever the program configured).
+    ///
+    /// # Errors
+    /// [`Error::NotUnicode`] naming `PARVM_CONNECT`.
+    pub fn connect_from_env() -> Result<Option<String>, Error> {
+        optional_text(CONNECT_VAR, std::env::var_os(CONNECT_VAR))
+    }
+
     fn builder_from_lookup(
         lookup: impl Fn(&str) -> Option<OsString>,
     ) -> Result<ConfigBuilder, Error> {
@@ -73,6 +84,12 @@ impl Config {
         builder.hostname = crate::hostname::override_from_lookup(&lookup)?;
         if let Some(value) = lookup(WORKERS_VAR) {
             builder.workers = Some(parse::count(WORKERS_VAR, &text(WORKERS_VAR, value)?)?);
+        }
+        if let Some(value) = lookup(REPLACE_WORKERS_VAR) {
+            builder.replace_workers = Some(parse::small_count(
+                REPLACE_WORKERS_VAR,
+                &text(REPLACE_WORKERS_VAR, value)?,
+            )?);
         }
         if let Some(value) = lookup(TRANSPORT_VAR) {
             builder.transport = Some(text(TRANSPORT_VAR, value)?.parse()?);

@@ -57,6 +57,14 @@ pub(crate) fn count(variable: &'static str, value: &str) -> Result<usize, Error>
     }
 }
 
+/// A whole number from 0 to `u32::MAX`, blanks trimmed.
+pub(crate) fn small_count(variable: &'static str, value: &str) -> Result<u32, Error> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| bad(variable, value, "set a whole number of 0 or more"))
+}
+
 /// Seconds (`5`, `0.5`), blanks trimmed, at most 10^9; `zero_ok` allows 0.
 ///
 /// # Errors

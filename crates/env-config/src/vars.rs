@@ -48,6 +48,9 @@ pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
 /// Name of the variable giving how long a waiting process polls before it sleeps, in µs.
 pub const SPIN_US_VAR: &str = "PARVM_SPIN_US";
 
+/// Replacement workers per local worker slot (`parvm_transport::local::LocalOptions::replacements`).
+pub const REPLACE_WORKERS_VAR: &str = "PARVM_REPLACE_WORKERS";
+
 /// Every variable users may set, in the order of docs/configuration.md.
 pub const VARS: &[Var] = &[
     Var {
@@ -69,6 +72,11 @@ pub const VARS: &[Var] = &[
         name: WORKERS_VAR,
         meaning: "worker slots for the local transport",
         default: "the number of cores",
+    },
+    Var {
+        name: REPLACE_WORKERS_VAR,
+        meaning: "how many times the local transport replaces the worker of a slot that dies (`0`: never)",
+        default: "`3`",
     },
     Var {
         name: HOSTNAME_VAR,
@@ -160,6 +168,11 @@ pub const INTERNAL_VARS: &[Var] = &[
     Var {
         name: "PARVM_LOCAL_MAX_FRAME",
         meaning: "the frame size limit both ends use",
+        default: "set by the local transport",
+    },
+    Var {
+        name: "PARVM_LOCAL_SPIN_US",
+        meaning: "µs the worker's waits poll before they sleep (the spawner's `PARVM_SPIN_US`)",
         default: "set by the local transport",
     },
 ];

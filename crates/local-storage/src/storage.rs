@@ -47,7 +47,9 @@ pub struct StorageOptions {
 }
 
 impl StorageOptions {
-    /// The host name written into owner markers. Default: the real host name.
+    /// The host name written into owner markers. Default: the real host name (the
+    /// system's, whatever `PARVM_HOSTNAME` says; pass `Config::hostname` for that).
+    #[must_use]
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
@@ -55,6 +57,7 @@ impl StorageOptions {
 
     /// How old a folder without a readable owner marker must be before sweeping removes
     /// it. Default: [`DEFAULT_GRACE`].
+    #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -578,11 +581,10 @@ fn verify_user_dir(dir: &Path, uid: u32) -> Result<(), Error> {
     })
 }
 
+/// The system's host name through env-config's one reader (`localhost` when it cannot be
+/// read): the default of [`StorageOptions::host`], whatever `PARVM_HOSTNAME` says.
 fn real_host() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_owned())
+    parvm_env_config::system_hostname().unwrap_or_else(|_| "localhost".to_owned())
 }
 
 impl Default for StorageOptions {

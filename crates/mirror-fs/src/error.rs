@@ -252,6 +252,79 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A return pattern that is empty, absolute or climbs out of the task folder.
+    #[error(
+        "return pattern `{pattern}` {problem}; give a pattern relative to the task folder, \
+         without `..`"
+    )]
+    ReturnPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A file to return is a symlink, or a symlink stands on the way to it.
+    #[error(
+        "`{}` in the task folder is a symlink (to `{}`); returned files are never read \
+         through a symlink: have the task write the file itself, or return what the link \
+         points to under its own name",
+        link.display(),
+        target.display()
+    )]
+    ReturnSymlink {
+        /// The symlink.
+        link: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+    },
+    /// A literal return pattern (no `*`, `?` or `[`) names nothing in the task folder.
+    #[error(
+        "return pattern `{pattern}` names no file in the task folder `{}`; check that the \
+         task writes it there, or use a glob, which may match nothing",
+        task_dir.display()
+    )]
+    ReturnMissing {
+        /// The pattern.
+        pattern: String,
+        /// The task folder.
+        task_dir: PathBuf,
+    },
+    /// A match of a return pattern is neither a file nor a folder.
+    #[error(
+        "`{}` in the task folder is a {kind}; only files and folders are returned: remove it \
+         or narrow the return pattern",
+        path.display()
+    )]
+    ReturnNotFile {
+        /// The match.
+        path: PathBuf,
+        /// What it is (`fifo`, `socket`, `character device`, ...).
+        kind: &'static str,
+    },
+    /// A returned file's path, as a worker sent it, is empty, absolute or climbs out.
+    #[error(
+        "a worker sent returned file `{}`, a path that is empty, absolute or climbs out of \
+         the results folder; it was refused: run the same parvm version on the spawner and \
+         every worker",
+        path.display()
+    )]
+    ResultPath {
+        /// The path as sent.
+        path: PathBuf,
+    },
+    /// Writing a returned file into the results folder failed.
+    #[error(
+        "cannot write returned file `{}`; the partial file was removed: free space at the \
+         results folder, check that it is writable, or choose another one",
+        path.display()
+    )]
+    ResultWrite {
+        /// The file in the results folder.
+        path: PathBuf,
+        /// The underlying error (ENOSPC, EDQUOT, EACCES, ...).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The crate's result type.

@@ -82,6 +82,7 @@ mod map;
 mod options;
 mod pathser;
 mod persistent;
+mod returns;
 mod translate;
 
 pub use copy::{mirror, refresh};
@@ -91,4 +92,7 @@ pub use glob::has_glob;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
 pub use persistent::{FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders};
+pub use returns::{
+    FileSig, PendingFile, ResultsDir, ReturnSource, check_result_path, check_return_pattern,
+};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

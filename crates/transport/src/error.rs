@@ -199,16 +199,6 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A variable of the transport holds a bad value.
-    #[error("environment variable {var}=`{value}` is invalid: {reason}")]
-    BadEnv {
-        /// The variable.
-        var: &'static str,
-        /// Its value (lossy).
-        value: String,
-        /// What is wrong, and what to set instead.
-        reason: String,
-    },
     /// The local worker variables are set, but this process's parent is not the spawner.
     #[error(
         "PARVM_LOCAL_SOCKET is set but this process's parent is pid {actual}, not the spawner pid {expected}: the spawner is gone, or a task started a parvm program without removing the PARVM_LOCAL_* variables (see `parvm_transport::local::WORKER_ENV_VARS`)"
@@ -295,11 +285,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// No secret file was named and the home folder is unknown.
-    #[error(
-        "HOME is not set, so the default secret file ~/.parvm/secret cannot be found; set PARVM_SECRET_FILE"
-    )]
-    NoHome,
 
     // --- mpi backend --------------------------------------------------------------------
     /// MPI was already initialised in this process.

@@ -10,13 +10,20 @@
 //!   a shared secret; every frame is then encrypted and authenticated (AES-256-GCM).
 //! - `mpi` (cargo feature `mpi`): rsmpi, started by `mpirun`.
 //!
+//! This crate reads no variable a user sets: every setting comes in its backend's options
+//! (the VM fills them from `parvm-env-config`'s `Config`). It reads only what it set for
+//! its own child processes (the local backend's `PARVM_LOCAL_*`) and what an MPI launcher
+//! sets.
+//!
 //! All of them carry [`frame`]s: a 12-byte header with a magic, a version and a length
 //! checked against a limit before anything is allocated, so a malformed or foreign peer is
 //! dropped (an [`Event::PeerLost`]) and never crashes the spawner.
 //!
 //! # Example
 //!
-//! The same program is spawner and worker: [`worker_from_env`] tells which one runs.
+//! The same program is spawner and worker: [`worker_from_env`] tells which one runs (a TCP
+//! worker joins with [`tcp::TcpTransport::connect_with`] instead, with the options its
+//! program was given).
 //!
 //! ```no_run
 //! use parvm_transport::local::{LocalOptions, LocalTransport};
@@ -59,6 +66,7 @@ pub mod tcp;
 use std::time::Duration;
 
 pub use error::Error;
+pub use star::{DEFAULT_SPIN_WINDOW, MAX_SPIN_WINDOW};
 
 /// The index of one process in the virtual machine; rank 0 is the spawner.
 pub type Rank = u32;
@@ -68,7 +76,8 @@ pub type Rank = u32;
 pub struct Peer {
     /// The process's rank.
     pub rank: Rank,
-    /// The host it runs on (`PARVM_HOSTNAME` or the real hostname of that host).
+    /// The host it runs on, as that process reports it (the VM passes its configured name:
+    /// `PARVM_HOSTNAME`, else the real hostname of that host).
     pub host: String,
 }
 
@@ -160,13 +169,24 @@ pub trait Transport: Send + Sync {
         self.peers().len()
     }
 
-    /// Whether workers can join after the start, so a spawner with none left may still
-    /// wait for one: true for TCP (workers connect at any time). False by default, and for
-    /// local workers (all start with the transport) and MPI ranks (all start with
-    /// `mpirun`); a backend that says false wrongly makes a spawner report "no workers
-    /// left" too early, one that says true wrongly makes it wait for good.
+    /// Whether workers can join from now on, so a spawner with none left may still wait
+    /// for one: true for TCP (workers connect at any time), and for the local backend
+    /// exactly while a replacement worker is on its way (see
+    /// [`local::LocalOptions::replacements`]; the answer changes, so ask each time). False
+    /// by default, and for MPI ranks (all start with `mpirun`); a backend that says false
+    /// wrongly makes a spawner report "no workers left" too early, one that says true
+    /// wrongly makes it wait for good. A backend whose answer turns false while a spawner
+    /// waits with no worker left posts an event (the local backend: a
+    /// [`Event::PeerLost`] of the replacement that never joined), so the spawner looks
+    /// again.
     fn workers_can_join(&self) -> bool {
         false
+    }
+
+    /// How many workers the transport started to replace dead ones so far (the local
+    /// backend, see [`local::LocalOptions::replacements`]); 0 by default.
+    fn replaced_workers(&self) -> usize {
+        0
     }
 
     /// Whether the workers are child processes of the spawner: true for the local backend
@@ -184,13 +204,10 @@ pub trait Transport: Send + Sync {
     }
 }
 
-/// The name of the host this process runs on: `PARVM_HOSTNAME` when set and not empty,
-/// else the system's hostname, else `localhost`.
-#[must_use]
-pub fn this_host() -> String {
-    if let Some(name) = std::env::var_os(local::HOSTNAME_VAR).filter(|n| !n.is_empty()) {
-        return name.to_string_lossy().into_owned();
-    }
+/// The system's name for this host, else `localhost`: the default of the options that
+/// take a host name. It reads no variable; the VM passes the name its configuration
+/// resolved (`parvm_env_config::hostname`, the one reader of `PARVM_HOSTNAME`).
+pub(crate) fn system_host() -> String {
     nix::unistd::gethostname()
         .ok()
         .map(|name| name.to_string_lossy().into_owned())
@@ -198,32 +215,30 @@ pub fn this_host() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Whether a transport started this process as a worker, judged from its environment
+/// Whether a launcher started this process as a worker, judged from what the launcher set
 /// without joining (so a program can set up logging first): the local backend's
-/// `PARVM_LOCAL_SOCKET`, TCP's `PARVM_CONNECT` (not empty), or an MPI launcher's rank other
-/// than 0 (see [`launcher::launch_rank`]). Needs no `mpi` feature.
+/// `PARVM_LOCAL_SOCKET`, or an MPI launcher's rank other than 0 (see
+/// [`launcher::launch_rank`]). Needs no `mpi` feature. A TCP worker is one whose program
+/// was told where the spawner listens (the VM: `PARVM_CONNECT`); this crate does not read
+/// that.
 #[must_use]
 pub fn started_as_worker() -> bool {
     std::env::var_os(local::SOCKET_VAR).is_some()
-        || std::env::var_os(tcp::CONNECT_VAR).is_some_and(|v| !v.is_empty())
         || launcher::launch_rank().is_some_and(|rank| rank != 0)
 }
 
-/// Joins the virtual machine when this process was started as a worker, by any backend.
+/// Joins the virtual machine when a launcher started this process as a worker.
 ///
 /// Tries, in order: the local backend (`PARVM_LOCAL_SOCKET` set by
-/// [`local::LocalTransport::launch`]), then TCP (`PARVM_CONNECT`), then, with the `mpi`
-/// feature, MPI (a rank other than 0 under `mpirun`; see `mpi::worker_from_env`). Returns
-/// `Ok(None)` when this process is not a worker, i.e. it is the spawner.
+/// [`local::LocalTransport::launch`]), then, with the `mpi` feature, MPI (a rank other than
+/// 0 under `mpirun`; see `mpi::worker_from_env`). Returns `Ok(None)` when this process is
+/// not such a worker: the spawner, or a TCP worker, which joins with
+/// [`tcp::TcpTransport::connect_with`].
 ///
 /// # Errors
-/// The variables of a backend are set but joining fails; see [`local::worker_from_env`]
-/// and [`tcp::worker_from_env`].
+/// The variables of a backend are set but joining fails; see [`local::worker_from_env`].
 pub fn worker_from_env() -> Result<Option<Box<dyn Transport>>, Error> {
     if let Some(worker) = local::worker_from_env()? {
-        return Ok(Some(Box::new(worker)));
-    }
-    if let Some(worker) = tcp::worker_from_env()? {
         return Ok(Some(Box::new(worker)));
     }
     // MPI: a rank other than 0 of an `mpirun` launch (unless PARVM_TRANSPORT names

@@ -4,11 +4,12 @@ use std::fmt;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::Error;
 
-/// The variable naming the secret file.
+/// The variable naming the secret file, as this crate's messages name it (the VM reads it
+/// through `parvm-env-config`'s `Config::secret_file`).
 pub const SECRET_FILE_VAR: &str = "PARVM_SECRET_FILE";
 
 /// A shared secret: the key of the HMAC-SHA256 challenge-response of the TCP handshake.
@@ -40,20 +41,6 @@ impl Secret {
 
     pub(crate) fn key(&self) -> &[u8] {
         &self.0
-    }
-
-    /// The secret file: `PARVM_SECRET_FILE`, else `~/.parvm/secret`.
-    ///
-    /// # Errors
-    /// [`Error::NoHome`] when neither `PARVM_SECRET_FILE` nor `HOME` is set.
-    pub fn default_path() -> Result<PathBuf, Error> {
-        if let Some(path) = std::env::var_os(SECRET_FILE_VAR).filter(|p| !p.is_empty()) {
-            return Ok(PathBuf::from(path));
-        }
-        let home = std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .ok_or(Error::NoHome)?;
-        Ok(Path::new(&home).join(".parvm").join("secret"))
     }
 
     /// Reads the secret file at `path`.

@@ -7,7 +7,9 @@
 //! - `spawn`: no-op spawn round trip (spawn, result, exit), median µs, with 1 worker and
 //!   with all workers started; no-op tasks per second with all workers kept busy; whole
 //!   process start + finalize with 2 workers (the test program, median of 10); an external
-//!   command (`true`) round trip with 1 worker, median of 200;
+//!   command (`true`) round trip with 1 worker, median of 200; the no-op round trip of a
+//!   VM with a mirror map of 8 small files (one entry each), 1 worker, into a fresh task
+//!   folder per task and into a kept (persistent) one, median of 2000;
 //! - `messaging`: ping-pong one-way latency and rate through the VM for 0 B, 1 KiB,
 //!   100 KiB and 10 MiB, next to the transport crate's raw Unix-socket ping-pong of the
 //!   same size in the same run, with the ratios.
@@ -19,7 +21,7 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use parvm_vm::{Message, Runtime, Spawn, TaskContext, Tasks, Vm};
+use parvm_vm::{Config, Message, Runtime, Spawn, TaskContext, Tasks, Vm};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -152,6 +154,43 @@ fn spawn_part(workers: usize) -> Res<()> {
         "start + finalize, 2 workers          : median {:7.1} ms (whole process)",
         median(samples).as_secs_f64() * 1e3
     );
+    mirror_part()
+}
+
+/// The no-op round trip of a VM with a mirror map: the request carries (or the worker
+/// holds) the map, the worker takes a task folder and mirrors the inputs into it (a fresh
+/// folder each time, or a kept one it refreshes).
+fn mirror_part() -> Res<()> {
+    let files = 8;
+    let shared = tempfile::tempdir()?;
+    let local = tempfile::tempdir()?;
+    for i in 0..files {
+        std::fs::write(shared.path().join(format!("input{i}.dat")), [b'x'; 1024])?;
+    }
+    let config = Config::builder()
+        .mirrored_roots([shared.path()])
+        .local_root(local.path())
+        .build()?;
+    let runtime = Runtime::builder(tasks())
+        .config(config)
+        .workers(1)
+        .start()?;
+    for persistent in [false, true] {
+        let mut builder = runtime.vm().persistent(persistent);
+        for i in 0..files {
+            let source = shared.path().join(format!("input{i}.dat"));
+            builder = builder.mirror(source.display().to_string(), ".");
+        }
+        let vm = builder.build()?;
+        let med = round_trip(&vm, 2000)?;
+        println!(
+            "no-op spawn, mirror map of {files} files, {} folder: median {:7.1} us",
+            if persistent { "kept " } else { "fresh" },
+            us(med)
+        );
+        drop(vm);
+    }
+    runtime.finalize()?;
     Ok(())
 }
 
@@ -258,10 +297,13 @@ fn main() -> Res<()> {
             );
         }
     };
-    // Workers run this same main; only the spawner prints the header.
-    if std::env::var_os(parvm_transport::local::SOCKET_VAR).is_none() {
-        println!("parvm-vm benchmarks, local backend, {workers} cores");
+    // Workers run this same main: they serve (with the storage settings the spawner gave
+    // them) and exit here, so only the spawner prints and makes the parts' folders.
+    if std::env::var_os(parvm_transport::local::SOCKET_VAR).is_some() {
+        Runtime::builder(tasks()).start()?;
+        return Ok(());
     }
+    println!("parvm-vm benchmarks, local backend, {workers} cores");
     if spawn {
         spawn_part(workers)?;
     }

@@ -122,10 +122,15 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
         ];
         let ready = poll(&mut fds, PollTimeout::from(250u16));
         let parent_gone = parent.is_some_and(|parent| nix::unistd::getppid() != parent);
-        if parent_gone || (watch_connection && inner.link.spawner_lost_meanwhile()) {
+        // Received even where dead peers are not reported (MPI), so that a stop is seen.
+        let spawner_lost = inner.link.spawner_lost_meanwhile();
+        if parent_gone || (watch_connection && spawner_lost) {
             // The spawner is gone while a task runs: leave now. The task folder stays behind
             // with a dead owner, and the next worker start sweeps it as stale.
             std::process::exit(70);
+        }
+        if let Some(number) = inner.link.function_to_stop() {
+            stop_function(inner, number);
         }
         match ready {
             Ok(0) | Err(Errno::EINTR) => continue,
@@ -135,6 +140,25 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
         let mut partial = inner.partial.lock().unwrap_or_else(PoisonError::into_inner);
         pump(inner, &mut partial, false);
     }
+}
+
+/// Ends the process to stop function task `number`, which cannot be interrupted inside its
+/// thread: tells the spawner ([`FromWorker::Stopped`]), then exits with
+/// [`STOPPED_EXIT_CODE`](parvm_transport::local::STOPPED_EXIT_CODE), which the local
+/// backend replaces without counting it as a crash. The task folder stays behind with a
+/// dead owner, locked by nobody, and the next worker start on this host sweeps it as stale
+/// (on the local backend that is the replacement worker, at once).
+fn stop_function(inner: &Inner, number: u64) -> ! {
+    // Output the task wrote after the last forward is dropped: sending it could wait for
+    // credit from a spawner that is not receiving, and the stop must not hang.
+    if let Ok(bytes) = wire::encode(&FromWorker::Stopped {
+        number,
+        started: true,
+    }) {
+        let _ = inner.link.transport().send(0, &bytes);
+    }
+    tracing::debug!(number, "exiting to stop a function task");
+    std::process::exit(parvm_transport::local::STOPPED_EXIT_CODE)
 }
 
 /// Reads both pipes until they are empty and sends complete lines (all bytes with `flush`)

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::TaskId;
 
@@ -130,6 +131,62 @@ pub enum Error {
     /// Local storage could not be opened, taken or cleared.
     #[error("local storage (PARALLEL_LOCAL_STORAGE) failed: {0}")]
     Storage(#[source] parvm_local_storage::Error),
+    /// Local storage could not be opened on a worker. The worker keeps the error, so every
+    /// task that needs a folder there fails with it.
+    #[error("local storage (PARALLEL_LOCAL_STORAGE) failed: {0}")]
+    StorageUnavailable(#[source] Arc<parvm_local_storage::Error>),
+    /// Mirroring into a task folder failed on a worker; what the run created was removed.
+    #[error("cannot mirror into task folder `{}`: {source}", folder.display())]
+    MirrorInto {
+        /// The task folder.
+        folder: PathBuf,
+        /// What mirroring said, naming the source or target and what to do.
+        #[source]
+        source: parvm_mirror_fs::Error,
+    },
+    /// A worker could not decode the mirror map the spawner sent.
+    #[error("cannot decode the mirror map: {0}; run the same parvm build on every host")]
+    MirrorMapDecode(#[source] rmp_serde::decode::Error),
+    /// A task's startup folder is in a mirrored storage entry this worker's host does not have.
+    #[error(
+        "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {entries} entries on this host; list the same mirrored folders, in the same order, on every host"
+    )]
+    StartupRootMissing {
+        /// The entry of the spawner's PARALLEL_MIRRORED_STORAGE the startup folder is in.
+        index: usize,
+        /// How many entries this host has.
+        entries: usize,
+    },
+    /// A startup folder relative to a task folder came with a task that has none (the
+    /// spawner runs another parvm build).
+    #[error(
+        "startup folder `{}` is relative to a task folder, but the task has none; run the same parvm build on every host",
+        path.display()
+    )]
+    StartupWithoutFolder {
+        /// The startup folder, relative to the task folder.
+        path: PathBuf,
+    },
+    /// A startup folder outside the task folder came with a task that has one (the spawner
+    /// runs another parvm build).
+    #[error(
+        "a startup folder outside task folder `{}` was sent with it; run the same parvm build on every host",
+        folder.display()
+    )]
+    StartupOutsideFolder {
+        /// The task folder.
+        folder: PathBuf,
+    },
+    /// The startup folder beneath a task folder cannot be opened (missing, or a symlink on
+    /// the way, which an earlier task may have planted in a persistent folder).
+    #[error("cannot start the task in its startup folder beneath `{}`: {source}", folder.display())]
+    StartupBeneath {
+        /// The task folder.
+        folder: PathBuf,
+        /// Why the startup folder cannot be opened, naming it.
+        #[source]
+        source: parvm_mirror_fs::Error,
+    },
     /// A file-system or process operation failed.
     #[error("cannot {what} `{}`: {source}", path.display())]
     Io {
@@ -206,17 +263,67 @@ pub enum Error {
         /// Why it cannot be forwarded.
         reason: String,
     },
+    /// A return pattern is absolute or climbs out of the task folder.
+    #[error("cannot return `{pattern}`: {source}")]
+    ReturnPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What mirror-fs says is wrong with it.
+        #[source]
+        source: parvm_mirror_fs::Error,
+    },
+    /// A spawn returns files but has no results folder.
+    #[error(
+        "return pattern `{pattern}` has no results folder to write into; give the spawn one with `Spawn::results_dir(...)`"
+    )]
+    ReturnWithoutResults {
+        /// The first return pattern.
+        pattern: String,
+    },
+    /// A spawn returns files from a VM whose tasks have no task folder.
+    #[error(
+        "return pattern `{pattern}` needs a task folder, but this VM runs tasks without one; build the VM with `local_folder(true)`, a mirror map or `persistent(true)`"
+    )]
+    ReturnWithoutFolder {
+        /// The first return pattern.
+        pattern: String,
+    },
     /// The spawner went away while a task was waiting for a message.
     #[error(
         "the spawner is gone, so no message can arrive; return from the task (its worker exits)"
     )]
     SpawnerLost,
+    /// [`Vm::stop`](crate::Vm::stop) cannot stop this task.
+    #[error("cannot stop task {task}: {reason}")]
+    CannotStop {
+        /// The task.
+        task: crate::TaskId,
+        /// Why, and what to do instead.
+        reason: String,
+    },
 }
 
 impl Error {
     pub(crate) fn transport(backend: &'static str, source: parvm_transport::Error) -> Self {
         Error::Transport { backend, source }
     }
+}
+
+/// An error and its sources in one line, separated by `: `; a source whose text the line
+/// already ends with (the VM's errors show their source) is not repeated. For errors that
+/// travel as text: task failures and clear outcomes.
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        let more = next.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = next.source();
+    }
+    text
 }
 
 /// `Result` with [`Report`] as its default error: the return type of a program's `main`.
@@ -420,6 +527,23 @@ mod tests {
             report.downcast_ref::<Error>(),
             Some(Error::Io { .. })
         ));
+    }
+
+    #[test]
+    fn one_line_shows_each_cause_once() {
+        let inner = parvm_local_storage::Error::NotWritable {
+            path: "/scratch/parvm-ana".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let error = Error::Storage(inner);
+        assert_eq!(
+            one_line(&error),
+            "local storage (PARALLEL_LOCAL_STORAGE) failed: local storage `/scratch/parvm-ana` is not writable: make it writable or set PARALLEL_LOCAL_STORAGE to a writable folder: permission denied"
+        );
+        assert_eq!(
+            one_line(&Outer(not_found())),
+            "cannot load the corner file: no such file"
+        );
     }
 
     #[test]

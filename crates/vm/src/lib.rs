@@ -43,11 +43,14 @@ mod layout;
 mod link;
 mod logging;
 mod message;
+mod returned;
+mod returning;
 mod route;
 mod runtime;
 mod spawner;
 mod state;
 mod supervise;
+mod task_context;
 mod task_folder;
 mod tasks;
 mod vm;
@@ -61,10 +64,14 @@ pub use ids::{HostId, TaskId};
 pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
 pub use parvm_env_config::{Config, TransportKind};
+pub use returned::{CAPTURE_IN_MEMORY, Captured};
+#[doc(hidden)]
+pub use returning::set_return_hook;
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
+pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::{TaskContext, Worker};
+pub use worker::Worker;

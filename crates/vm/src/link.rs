@@ -14,6 +14,12 @@
 //! pulls it from the transport when nobody else does: acknowledgements go to the window,
 //! other events to a queue the spawn loop takes them from, and a thread that waits while
 //! another pulls sleeps on a condition variable.
+//!
+//! Stop requests ([`ToWorker::Stop`](crate::wire::ToWorker::Stop)) are read here too, by
+//! whichever thread receives them, so a stop is seen while a task computes: a stop for the
+//! running task raises a flag its command loop (or, for a function, the output thread)
+//! acts on; a stop for another task is kept for a spawn request queued behind the running
+//! one, which the spawn loop then answers as stopped without running it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -33,6 +39,21 @@ const CREDIT_PULL: Duration = Duration::from_millis(20);
 /// Longest sleep of a thread that waits while another receives, before it looks again.
 const NAP: Duration = Duration::from_millis(100);
 
+/// Most stops kept for tasks that are not running. Only a stop racing its task's end
+/// (or a request queued behind the running task) lands there, so the oldest are dropped
+/// past this rather than growing without bound.
+const MAX_STOPS_KEPT: usize = 1024;
+
+/// What kind of task the worker runs, which decides how a stop ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskKind {
+    /// An external command: its supervisor stops it with everything it started.
+    Command,
+    /// A registered function: it cannot be interrupted inside its thread, so the worker
+    /// process exits.
+    Function,
+}
+
 /// See the [module docs](self).
 pub(crate) struct Link {
     transport: Arc<dyn Transport>,
@@ -51,6 +72,28 @@ struct State {
     credit: u64,
     /// The spawner is gone or the transport failed: no credit will come.
     closed: bool,
+    /// The last task whose returned files the spawner stopped receiving.
+    stopped_returns: Option<u64>,
+    /// The task the spawn loop runs, and its kind.
+    task: Option<(u64, TaskKind)>,
+    /// A stop arrived for the running task.
+    stop_task: bool,
+    /// Stops that arrived for tasks not running (see [`MAX_STOPS_KEPT`]).
+    stop_later: VecDeque<u64>,
+}
+
+impl State {
+    /// Files a stop for task `number`.
+    fn on_stop(&mut self, number: u64) {
+        if self.task.is_some_and(|(running, _)| running == number) {
+            self.stop_task = true;
+        } else {
+            if self.stop_later.len() >= MAX_STOPS_KEPT {
+                self.stop_later.pop_front();
+            }
+            self.stop_later.push_back(number);
+        }
+    }
 }
 
 impl Link {
@@ -63,6 +106,10 @@ impl Link {
                 queue: VecDeque::new(),
                 credit: OUTPUT_WINDOW,
                 closed: false,
+                stopped_returns: None,
+                task: None,
+                stop_task: false,
+                stop_later: VecDeque::new(),
             }),
             cond: Condvar::new(),
         }
@@ -93,12 +140,17 @@ impl Link {
         state.pulling = false;
         let event = match event {
             Ok(Some(Event::Message { from: 0, payload })) => {
-                match wire::read_output_ack(&payload) {
-                    Some(bytes) => {
-                        state.credit = state.credit.saturating_add(bytes);
-                        Ok(None)
-                    }
-                    None => Ok(Some(Event::Message { from: 0, payload })),
+                if let Some(bytes) = wire::read_output_ack(&payload) {
+                    state.credit = state.credit.saturating_add(bytes);
+                    Ok(None)
+                } else if let Some(number) = wire::read_return_stop(&payload) {
+                    state.stopped_returns = Some(number);
+                    Ok(None)
+                } else if let Some(number) = wire::read_stop(&payload) {
+                    state.on_stop(number);
+                    Ok(None)
+                } else {
+                    Ok(Some(Event::Message { from: 0, payload }))
                 }
             }
             Ok(Some(event @ Event::PeerLost { rank: 0, .. })) => {
@@ -117,7 +169,41 @@ impl Link {
         (state, event)
     }
 
-    /// The spawn loop's receive: as [`Transport::recv`], without acknowledgements.
+    /// The spawn loop starts task `number`; `false` when a stop for it already arrived,
+    /// so it is to be answered as stopped without running.
+    pub(crate) fn begin_task(&self, number: u64, kind: TaskKind) -> bool {
+        let mut state = self.lock();
+        if let Some(at) = state.stop_later.iter().position(|&n| n == number) {
+            state.stop_later.remove(at);
+            return false;
+        }
+        state.task = Some((number, kind));
+        state.stop_task = false;
+        true
+    }
+
+    /// The running task ended.
+    pub(crate) fn end_task(&self) {
+        let mut state = self.lock();
+        state.task = None;
+        state.stop_task = false;
+    }
+
+    /// Whether the spawner asked to stop the running task.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.lock().stop_task
+    }
+
+    /// The number of the running function task when the spawner asked to stop it.
+    pub(crate) fn function_to_stop(&self) -> Option<u64> {
+        let state = self.lock();
+        match state.task {
+            Some((number, TaskKind::Function)) if state.stop_task => Some(number),
+            _ => None,
+        }
+    }
+
+    /// The spawn loop's receive: as [`Transport::recv`], without acknowledgements or stops.
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
         let deadline = match wait {
             Wait::For(d) => Instant::now().checked_add(d),
@@ -167,9 +253,9 @@ impl Link {
     }
 
     /// For the output thread while a task runs: receives what has already arrived when
-    /// no other thread is receiving, so that a lost connection to the spawner is noticed
-    /// while the task computes. `true` when this call found the spawner gone (the spawn
-    /// loop, when it is the one to find it, leaves by itself).
+    /// no other thread is receiving, so that a lost connection to the spawner (and a stop)
+    /// is noticed while the task computes. `true` when this call found the spawner gone
+    /// (the spawn loop, when it is the one to find it, leaves by itself).
     pub(crate) fn spawner_lost_meanwhile(&self) -> bool {
         let state = self.lock();
         if state.pulling || state.closed {
@@ -188,6 +274,13 @@ impl Link {
             Ok(None) => false,
             Err(_) => state.closed,
         }
+    }
+
+    /// Whether the spawner stopped receiving the returned files of task `number` (it could
+    /// not write them); seen among the acknowledgements, which a sender without credit
+    /// receives, so at most a window after the spawner sent it.
+    pub(crate) fn returning_stopped(&self, number: u64) -> bool {
+        self.lock().stopped_returns == Some(number)
     }
 
     /// Takes `bytes` of output credit, waiting for acknowledgements (and receiving them
@@ -270,6 +363,72 @@ mod tests {
             );
         }
         assert!(waiting.join().unwrap());
+    }
+
+    #[test]
+    fn stops_are_filed_by_whichever_thread_receives_them() {
+        let (spawner, link) = pair();
+        let stop = |number| wire::encode(&wire::ToWorker::Stop { number }).unwrap();
+        assert!(link.begin_task(4, TaskKind::Function));
+        // A stop for a request queued behind the running task, then one for the task;
+        // neither reaches the spawn loop, and the frame after them does.
+        spawner.send(1, &stop(5)).unwrap();
+        spawner.send(1, &stop(4)).unwrap();
+        spawner.send(1, b"\x01next").unwrap();
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
+            "{event:?}"
+        );
+        assert!(link.stop_requested());
+        assert_eq!(link.function_to_stop(), Some(4));
+        link.end_task();
+        assert!(!link.stop_requested());
+        // The queued request is answered as stopped; the next one runs.
+        assert!(!link.begin_task(5, TaskKind::Command));
+        assert!(link.begin_task(6, TaskKind::Command));
+        assert_eq!(link.function_to_stop(), None, "a command is not a function");
+        // A stop for a task that ended never matches a later task, whose number is new.
+        link.end_task();
+        spawner.send(1, &stop(3)).unwrap();
+        assert!(
+            link.recv(Wait::For(Duration::from_millis(50)))
+                .unwrap()
+                .is_none()
+        );
+        assert!(link.begin_task(7, TaskKind::Function));
+        assert!(!link.stop_requested());
+    }
+
+    #[test]
+    fn at_most_so_many_stops_are_kept_for_tasks_not_running() {
+        let (spawner, link) = pair();
+        for number in 0..(MAX_STOPS_KEPT as u64 + 10) {
+            spawner
+                .send(1, &wire::encode(&wire::ToWorker::Stop { number }).unwrap())
+                .unwrap();
+        }
+        while link
+            .recv(Wait::For(Duration::from_millis(50)))
+            .unwrap()
+            .is_some()
+        {}
+        // The oldest were dropped, the newest kept.
+        assert!(link.begin_task(0, TaskKind::Command));
+        assert!(!link.begin_task(MAX_STOPS_KEPT as u64 + 9, TaskKind::Command));
+    }
+
+    #[test]
+    fn a_return_stop_is_taken_off_like_an_acknowledgement() {
+        let (spawner, link) = pair();
+        assert!(link.take_credit(OUTPUT_WINDOW));
+        spawner.send(1, &wire::return_stop(7)).unwrap();
+        spawner.send(1, &wire::output_ack(10)).unwrap();
+        // Waiting for credit receives both; the stop never reaches the spawn loop.
+        assert!(link.take_credit(10));
+        assert!(link.returning_stopped(7));
+        assert!(!link.returning_stopped(8));
+        assert!(link.recv(Wait::NoWait).unwrap().is_none());
     }
 
     #[test]

@@ -2,26 +2,18 @@
 
 use std::io::IsTerminal;
 
-/// The variable that turns colours off when set to anything but the empty string
-/// (<https://no-color.org>).
-pub(crate) const NO_COLOR_VAR: &str = "NO_COLOR";
-
 /// Installs a stderr subscriber unless the program installed its own.
 ///
 /// A worker's stderr reaches the spawner through a pipe and from there a terminal or a
 /// file the worker cannot see, so workers never colour; the spawner colours only when its
-/// stderr is a terminal and `NO_COLOR` is not set.
-pub(crate) fn init(filter: Option<&str>, debug: Option<u8>, worker: bool) {
+/// stderr is a terminal and `NO_COLOR` is not set (`no_color`, from the configuration).
+pub(crate) fn init(filter: Option<&str>, debug: Option<u8>, no_color: bool, worker: bool) {
     let filter = filter_or_warn(filter, debug);
     let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&filter) else {
         eprintln!("parvm: ignoring PARVM_LOG=`{filter}`: not a valid tracing filter");
         return;
     };
-    let colour = !worker
-        && colour_allowed(
-            std::io::stderr().is_terminal(),
-            std::env::var_os(NO_COLOR_VAR).as_deref(),
-        );
+    let colour = !worker && colour_allowed(std::io::stderr().is_terminal(), no_color);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -31,9 +23,9 @@ pub(crate) fn init(filter: Option<&str>, debug: Option<u8>, worker: bool) {
 }
 
 /// Whether log lines may carry colour codes: only to a terminal, and never with a
-/// non-empty `NO_COLOR`.
-fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+/// non-empty `NO_COLOR` (`no_color`).
+fn colour_allowed(terminal: bool, no_color: bool) -> bool {
+    terminal && !no_color
 }
 
 /// The filter to pass on to workers, when one was asked for.
@@ -59,9 +51,22 @@ fn filter_or_warn(filter: Option<&str>, debug: Option<u8>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
+    use std::ffi::OsString;
+
+    use parvm_env_config::{Config, NO_COLOR_VAR};
 
     use super::colour_allowed;
+
+    /// `NO_COLOR` as the configuration reads it from an environment holding `value`.
+    fn no_color(value: Option<&str>) -> bool {
+        Config::from_lookup_read_only(|name| match name {
+            NO_COLOR_VAR => value.map(OsString::from),
+            "HOME" => Some(OsString::from("/")),
+            _ => None,
+        })
+        .expect("configuration")
+        .no_color()
+    }
 
     #[test]
     fn colour_only_to_a_terminal_without_no_color() {
@@ -75,7 +80,7 @@ mod tests {
         ];
         for (terminal, no_color, want) in rows {
             assert_eq!(
-                colour_allowed(terminal, no_color.map(OsStr::new)),
+                colour_allowed(terminal, self::no_color(no_color)),
                 want,
                 "terminal {terminal}, NO_COLOR {no_color:?}"
             );

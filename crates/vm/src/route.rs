@@ -64,7 +64,7 @@ impl Shared {
                     }
                     None => Payload::from_vec(Vec::new()),
                 };
-                Self::on_done(state, from, number, value, error, mirrored);
+                Self::on_done(state, from, number, value, error, mirrored, false);
                 None
             }
             FromWorker::User {
@@ -89,12 +89,127 @@ impl Shared {
                 number,
                 stderr,
                 data,
-            } => Some(on_output(state, from, number, stderr, &data)),
+            } => {
+                let task = TaskId { slot: from, number };
+                if number != 0 && state.returns.capture(task, stderr, &data) {
+                    // Kept for the spawner, not printed; acknowledged all the same.
+                    return Some(Output {
+                        lines: Vec::new(),
+                        from,
+                        bytes: data.len() as u64,
+                    });
+                }
+                Some(on_output(state, from, number, stderr, &data))
+            }
             FromWorker::Cleared { removed, error } => {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
                 None
             }
+            FromWorker::FileStart { number, path, .. } => {
+                Self::on_file_start(state, from, number, &path);
+                self.stop_returning(state, from, number);
+                None
+            }
+            FromWorker::FileData { number, data } => {
+                let ack = Self::on_file_data(state, from, number, &data);
+                self.stop_returning(state, from, number);
+                Some(ack)
+            }
+            FromWorker::FileEnd {
+                number,
+                mode,
+                mtime,
+                changed,
+            } => {
+                Self::on_file_end(state, from, number, mode, mtime, changed);
+                self.stop_returning(state, from, number);
+                None
+            }
+            FromWorker::ReturnFailed { number, reason } => {
+                Self::on_return_failed(state, from, number, reason);
+                None
+            }
+            FromWorker::Stopped { number, started } => {
+                if started {
+                    // The worker exits next: a task sent to it now would only be lost.
+                    state.slots.leave(from);
+                }
+                let host = state.slots.get(from).map_or("?", |s| s.host.as_str());
+                let detail = if started {
+                    format!(
+                        "a function cannot be interrupted inside its thread, so its worker (rank {from} on host `{host}`) exits; the local backend starts a replacement"
+                    )
+                } else {
+                    format!("it had not started on rank {from} (host `{host}`)")
+                };
+                let task = TaskId { slot: from, number };
+                if !state.slots.is_live(task) {
+                    // Its end was filed already (done as the stop came).
+                    return None;
+                }
+                state.stopping.insert(task);
+                Self::on_done(
+                    state,
+                    from,
+                    number,
+                    Payload::from_vec(Vec::new()),
+                    Some(detail),
+                    0,
+                    // A started function's worker exits next: what waits behind it never
+                    // starts there.
+                    started,
+                );
+                None
+            }
         }
+    }
+
+    /// A returned file of task `number` of worker `from` starts (see [`crate::returned`]).
+    fn on_file_start(state: &mut State, from: Rank, number: u64, path: &[u8]) {
+        state
+            .returns
+            .file_start(TaskId { slot: from, number }, path);
+    }
+
+    /// The next bytes of a returned file: written, then acknowledged once the lock is
+    /// released (the window of [`crate::link`]), so a worker sends no faster than the
+    /// spawner writes.
+    fn on_file_data(state: &mut State, from: Rank, number: u64, data: &[u8]) -> Output {
+        state.returns.file_data(TaskId { slot: from, number }, data);
+        Output {
+            lines: Vec::new(),
+            from,
+            bytes: data.len() as u64,
+        }
+    }
+
+    /// A returned file is complete (renamed into place), or changed and is dropped.
+    fn on_file_end(
+        state: &mut State,
+        from: Rank,
+        number: u64,
+        mode: u32,
+        mtime: (i64, i64),
+        changed: bool,
+    ) {
+        state
+            .returns
+            .file_end(TaskId { slot: from, number }, mode, mtime, changed);
+    }
+
+    /// Writing the returned files of task `number` of worker `from` failed here: the
+    /// worker is told once to send no more of them.
+    fn stop_returning(&self, state: &mut State, from: Rank, number: u64) {
+        if state.returns.take_stop(TaskId { slot: from, number })
+            && let Err(e) = self.transport.send(from, &wire::return_stop(number))
+        {
+            tracing::debug!(rank = from, error = %e, "cannot stop a worker's returned files");
+        }
+    }
+
+    /// Returning failed on the worker; the task's exit will say why.
+    fn on_return_failed(state: &mut State, from: Rank, number: u64, reason: String) {
+        state.returns.failed(TaskId { slot: from, number }, reason);
     }
 
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
@@ -106,8 +221,19 @@ impl Shared {
         value: Payload,
         error: Option<String>,
         mirrored: u64,
+        last: bool,
     ) {
-        let (vm, send_back, returns) = match state.slots.end(from, number) {
+        if state
+            .slots
+            .get(from)
+            .and_then(|slot| slot.running.as_ref())
+            .is_some_and(|r| r.number == number && r.ended)
+        {
+            // A function's worker that exits to stop it may report the end twice: stopped,
+            // and done when the function returned as the stop came. One exit is filed.
+            return;
+        }
+        let (vm, send_back, returns) = match state.slots.end(from, number, last) {
             End::Ended {
                 vm,
                 send_back,
@@ -125,6 +251,17 @@ impl Shared {
         {
             notes.mirrored.insert(task, mirrored);
         }
+        // The spawner's own record decides, not what the worker says: a task asked to
+        // stop is reported stopped, even when its end crossed the stop on the way.
+        let error = if state.stopping.remove(&task) {
+            if let Some(notes) = state.notes.get_mut(&vm) {
+                notes.stopped.insert(task);
+            }
+            Some(stopped_reason(error.as_deref()))
+        } else {
+            error
+        };
+        let back = state.returns.finish(task);
         match state.inboxes.get_mut(&vm) {
             Some(inbox) => {
                 if send_back {
@@ -140,7 +277,17 @@ impl Shared {
                     };
                     inbox.push_back(Message::TaskResult { task, outcome });
                 }
-                let status = match error {
+                let mut failure = error;
+                if let Some(back) = back {
+                    inbox.extend(back.messages);
+                    if let Some(reason) = back.failure {
+                        failure = Some(match failure {
+                            Some(error) => format!("{error}; also, {reason}"),
+                            None => reason,
+                        });
+                    }
+                }
+                let status = match failure {
                     None => ExitStatus::Completed,
                     Some(reason) => ExitStatus::Failed { reason },
                 };
@@ -188,9 +335,14 @@ impl Shared {
         }
     }
 
-    /// A worker joined after the start (TCP): it gets the forwarded environment first,
+    /// A worker joined after the start (TCP, or a local replacement): it gets the forwarded environment first,
     /// and VMs hear of its host when it is new.
     fn on_joined(&self, state: &mut State, peer: Peer) {
+        if self.finalized.load(Ordering::Acquire) {
+            // A replacement that joined while finalizing goes home at once.
+            let _ = self.send(peer.rank, &ToWorker::Exit);
+            return;
+        }
         // Sent while the lock is held, so no spawn can reach the worker before it.
         self.send_env(peer.rank);
         if state.slots.join(peer.rank, peer.host.clone()) {
@@ -213,11 +365,17 @@ impl Shared {
         tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
         state.lost += 1;
         state.last_loss = Some(reason.to_owned());
-        if state.slots.is_empty() && self.workers_can_join {
+        if state.slots.is_empty() && self.workers_can_join() {
             tracing::warn!(
                 backend = self.backend,
                 "no worker is left; waiting for workers to connect"
             );
+        }
+        for task in slot.running.iter().chain(&slot.queued) {
+            state.returns.forget(TaskId {
+                slot: rank,
+                number: task.number,
+            });
         }
         let running = slot.running.filter(|r| !r.ended).map(|r| (r, true));
         let queued = slot.queued.map(|q| (q, false));
@@ -226,26 +384,33 @@ impl Shared {
                 slot: rank,
                 number: task.number,
             };
+            let stopped = state.stopping.remove(&id);
             if let Some(notes) = state.notes.get_mut(&task.vm) {
                 notes.lost.insert(id, started);
+                if stopped {
+                    notes.stopped.insert(id);
+                }
             }
-            let Some(inbox) = state.inboxes.get_mut(&task.vm) else {
-                continue;
-            };
             let what = if started {
                 "while running the task"
             } else {
                 "before the task started"
             };
-            inbox.push_back(Message::TaskExit {
-                task: id,
-                status: ExitStatus::Failed {
-                    reason: format!(
-                        "the worker (rank {rank} on host `{}`) died {what}: {reason}",
-                        slot.host
-                    ),
-                },
-            });
+            let died = format!(
+                "the worker (rank {rank} on host `{}`) died {what}: {reason}",
+                slot.host
+            );
+            let reason = if stopped {
+                stopped_reason(Some(&died))
+            } else {
+                died
+            };
+            if let Some(inbox) = state.inboxes.get_mut(&task.vm) {
+                inbox.push_back(Message::TaskExit {
+                    task: id,
+                    status: ExitStatus::Failed { reason },
+                });
+            }
         }
         if !state.slots.iter().any(|(_, other)| other.host == slot.host) {
             for inbox in state.inboxes.values_mut() {
@@ -254,6 +419,16 @@ impl Shared {
                 });
             }
         }
+    }
+}
+
+/// The reason a task the spawner asked to stop ends with: always starting with `stopped
+/// by the spawner`, followed by what the worker said, if anything.
+fn stopped_reason(detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("stopped by the spawner: {detail}"),
+        None => "stopped by the spawner (the task had just ended by itself; its result is dropped)"
+            .to_owned(),
     }
 }
 
@@ -293,5 +468,147 @@ fn on_output(state: &State, from: Rank, number: u64, stderr: bool, data: &[u8]) 
             .collect(),
         from,
         bytes: data.len() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicU64;
+
+    use parvm_transport::Transport;
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+    use crate::state::Occupant;
+
+    /// A spawner with one worker slot (rank 1) running a function task of VM 0 that the
+    /// spawner asked to stop; the worker's end of the transport is returned too, so the
+    /// slot is not lost meanwhile.
+    fn stopping() -> (Shared, MemoryTransport, TaskId, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parvm_env_config::Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .build()
+            .unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
+        let spawner: Box<dyn Transport> = Box::new(ends.next().unwrap());
+        let worker = ends.next().unwrap();
+        let shared = Shared::new(spawner, crate::Tasks::new(), config, Vec::new());
+        let task = {
+            let mut state = shared.lock();
+            state.inboxes.insert(0, VecDeque::new());
+            let chosen = state.slots.reserve(
+                1,
+                None,
+                &AtomicU64::new(1),
+                &Occupant {
+                    vm: 0,
+                    label: "f",
+                    send_back: true,
+                    returns: None,
+                    command: false,
+                },
+            );
+            let task = TaskId {
+                slot: chosen[0].0,
+                number: chosen[0].1,
+            };
+            state.stopping.insert(task);
+            task
+        };
+        (shared, worker, task, dir)
+    }
+
+    fn frame(frame: &FromWorker<'_>) -> Event {
+        Event::Message {
+            from: 1,
+            payload: wire::encode(frame).unwrap(),
+        }
+    }
+
+    fn exits(state: &State) -> Vec<String> {
+        state.inboxes[&0]
+            .iter()
+            .filter_map(|m| match m {
+                Message::TaskExit {
+                    status: ExitStatus::Failed { reason },
+                    ..
+                } => Some(reason.clone()),
+                Message::TaskExit { .. } => Some("completed".to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_task_ends_once_as_stopped_whichever_end_comes_first() {
+        for done_first in [true, false] {
+            let (shared, worker, task, _dir) = stopping();
+            // A function that returned as the stop came, and the worker that exits anyway.
+            let done = FromWorker::Done {
+                number: task.number,
+                value: None,
+                error: None,
+                mirrored: 0,
+            };
+            let stopped = FromWorker::Stopped {
+                number: task.number,
+                started: true,
+            };
+            let mut state = shared.lock();
+            let order = if done_first {
+                [&done, &stopped]
+            } else {
+                [&stopped, &done]
+            };
+            for end in order {
+                shared.route(&mut state, frame(end));
+            }
+            let exits = exits(&state);
+            assert_eq!(exits.len(), 1, "{exits:?}");
+            assert!(exits[0].starts_with("stopped by the spawner"), "{exits:?}");
+            assert!(state.stopping.is_empty());
+            // The worker exits: nothing more is placed on it.
+            state.slots.free(task);
+            let more = state.slots.reserve(
+                1,
+                None,
+                &AtomicU64::new(9),
+                &Occupant {
+                    vm: 0,
+                    label: "g",
+                    send_back: true,
+                    returns: None,
+                    command: false,
+                },
+            );
+            assert!(more.is_empty(), "{more:?}");
+            drop(state);
+            drop(worker);
+        }
+    }
+
+    #[test]
+    fn a_stopped_task_whose_worker_is_lost_ends_as_stopped() {
+        let (shared, worker, task, _dir) = stopping();
+        let mut state = shared.lock();
+        shared.route(
+            &mut state,
+            Event::PeerLost {
+                rank: 1,
+                reason: "it exited with status 75".to_owned(),
+            },
+        );
+        let exits = exits(&state);
+        assert_eq!(exits.len(), 1, "{exits:?}");
+        assert!(
+            exits[0].starts_with("stopped by the spawner") && exits[0].contains("status 75"),
+            "{exits:?}"
+        );
+        assert!(!state.stopping.contains(&task));
+        drop(state);
+        drop(worker);
     }
 }

@@ -4,6 +4,7 @@
 //! It must not know how a transport is chosen and started (that is [`builder`]) nor how a
 //! worker process serves (that is [`crate::launch`]).
 
+mod backend;
 mod builder;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use parvm_env_config::Config;
 use parvm_transport::Transport;
 
+pub use backend::{Backend, TcpSpawner};
 pub use builder::RuntimeBuilder;
 
 use crate::layout::{ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
@@ -142,14 +144,13 @@ impl Runtime {
     pub fn wait_for_workers(&self, workers: usize, timeout: Duration) -> Result<usize, Error> {
         self.shared.check_open()?;
         let backend = self.shared.backend;
-        let can_join = self.shared.workers_can_join;
         // File the events already queued first, so workers already lost are not counted.
         self.shared.pump(Until::Now, |_| None::<()>)?;
         let joined = self.shared.pump(Until::after(timeout), |state| {
             let have = state.slots.len();
             if have >= workers {
                 Some(Ok(have))
-            } else if can_join {
+            } else if self.shared.workers_can_join() {
                 None
             } else {
                 Some(Err(Error::TooFewWorkers {
@@ -181,7 +182,7 @@ impl Runtime {
                 hint: match self.listen {
                     Some(addr) => format!(
                         "start more workers with {}={}",
-                        parvm_transport::tcp::CONNECT_VAR,
+                        parvm_env_config::CONNECT_VAR,
                         builder::connect_address(addr, &self.shared.host)
                     ),
                     None => format!(
@@ -214,6 +215,14 @@ impl Runtime {
         self.shared.lock().slots.len() + 1
     }
 
+    /// How many replacement workers the transport started so far, for workers that died
+    /// (the local backend; see [`RuntimeBuilder::replace_workers`](crate::RuntimeBuilder::replace_workers)).
+    /// Always 0 on other transports.
+    #[must_use]
+    pub fn replaced_workers(&self) -> usize {
+        self.shared.transport.replaced_workers()
+    }
+
     /// Worker slots with no task.
     #[must_use]
     pub fn free_slots(&self) -> usize {
@@ -221,7 +230,7 @@ impl Runtime {
         state
             .slots
             .iter()
-            .filter(|(_, s)| s.running.is_none())
+            .filter(|(_, s)| s.running.is_none() && !s.leaving)
             .count()
     }
 
@@ -286,7 +295,8 @@ impl Runtime {
     ) -> Result<ClearReport, Error> {
         self.shared.check_open()?;
         let mut report = ClearReport { hosts: Vec::new() };
-        let local = crate::task_folder::clear_here(&self.shared.config, force);
+        let local = crate::task_folder::clear_here(&self.shared.config, force)
+            .map_err(|e| crate::error::one_line(&e));
         report
             .hosts
             .push((HostId(self.shared.host.clone()), local.into()));

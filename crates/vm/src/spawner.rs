@@ -48,9 +48,6 @@ pub(crate) struct Shared {
     pub next_number: AtomicU64,
     pub next_vm: AtomicU32,
     pub finalized: AtomicBool,
-    /// Whether workers can join after the start (TCP); when not, a wait with no worker
-    /// left fails at once instead of waiting forever.
-    pub workers_can_join: bool,
     /// Environment variables every worker gets before its first task.
     pub forward: Vec<crate::envfwd::Var>,
     state: Mutex<State>,
@@ -67,7 +64,6 @@ impl Shared {
         forward: Vec<crate::envfwd::Var>,
     ) -> Shared {
         let backend = transport.backend();
-        let workers_can_join = transport.workers_can_join();
         let me = transport.rank();
         let mut state = State::default();
         let mut host = String::new();
@@ -87,7 +83,6 @@ impl Shared {
             next_number: AtomicU64::new(1),
             next_vm: AtomicU32::new(0),
             finalized: AtomicBool::new(false),
-            workers_can_join,
             forward,
             state: Mutex::new(state),
             cond: Condvar::new(),
@@ -95,15 +90,22 @@ impl Shared {
         }
     }
 
+    /// Whether workers can join from now on (TCP; local while a replacement may still
+    /// come); when not, a wait with no worker left fails at once instead of waiting
+    /// forever. Asked of the transport each time, since the answer changes on local.
+    pub(crate) fn workers_can_join(&self) -> bool {
+        self.transport.workers_can_join()
+    }
+
     /// The error for a wait that can never end: no worker is left and none can join.
     /// `None` while a worker is left or one may still join.
     pub(crate) fn nothing_can_arrive(&self, state: &State) -> Option<Error> {
-        if self.workers_can_join || !state.slots.is_empty() {
+        if !state.slots.is_empty() || self.workers_can_join() {
             return None;
         }
         let hint = match self.backend {
             "local" => {
-                "see the workers' output above (or run with PARVM_LOG=debug) for why they died; a worker killed by a signal or the out-of-memory killer is not replaced, so start a new runtime"
+                "see the workers' output above (or run with PARVM_LOG=debug) for why they died; replacement workers, if any, died as well or reached their limit (PARVM_REPLACE_WORKERS), so start a new runtime"
             }
             "mpi" => {
                 "mpirun does not replace ranks; see the job's output for why they ended, and start the job again with `mpirun -n <1 + workers>`"

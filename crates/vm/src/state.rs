@@ -24,6 +24,8 @@ pub(crate) struct Slot {
     pub running: Option<Running>,
     /// The task whose request waits at the worker behind `running` (dispatch only).
     pub queued: Option<Running>,
+    /// The worker is exiting (to stop its function task): no new task is placed on it.
+    pub leaving: bool,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -34,6 +36,8 @@ pub(crate) struct Running {
     pub label: String,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    /// The task is an external command (else a registered function).
+    pub command: bool,
     /// The worker reported the end; the slot frees when the VM receives the exit.
     pub ended: bool,
 }
@@ -44,6 +48,7 @@ pub(crate) struct Occupant<'a> {
     pub label: &'a str,
     pub send_back: bool,
     pub returns: Option<(TypeId, &'static str)>,
+    pub command: bool,
 }
 
 impl Occupant<'_> {
@@ -54,6 +59,7 @@ impl Occupant<'_> {
             label: self.label.to_owned(),
             send_back: self.send_back,
             returns: self.returns,
+            command: self.command,
             ended: false,
         }
     }
@@ -129,6 +135,7 @@ impl Slots {
                 host,
                 running: None,
                 queued: None,
+                leaving: false,
             },
         );
         !known
@@ -148,7 +155,7 @@ impl Slots {
             if chosen.len() >= count {
                 break;
             }
-            if slot.running.is_some() {
+            if slot.running.is_some() || slot.leaving {
                 continue;
             }
             if let Some(hosts) = hosts
@@ -176,9 +183,13 @@ impl Slots {
     ) -> Option<(Rank, u64, bool)> {
         let allowed =
             |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
-        let free = |slot: &Slot| slot.running.is_none();
+        let free = |slot: &Slot| slot.running.is_none() && !slot.leaving;
         let queueable =
-            |slot: &Slot| slot.queued.is_none() && slot.running.as_ref().is_some_and(|r| !r.ended);
+            |slot: &Slot| {
+                !slot.leaving
+                    && slot.queued.is_none()
+                    && slot.running.as_ref().is_some_and(|r| !r.ended)
+            };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map
                 .iter()
@@ -217,8 +228,10 @@ impl Slots {
     }
 
     /// The worker `rank` reported the end of its task `number`: marks it ended, so the
-    /// slot frees when the VM receives the exit.
-    pub(crate) fn end(&mut self, rank: Rank, number: u64) -> End {
+    /// slot frees when the VM receives the exit. The task queued behind it starts, unless
+    /// the worker exits after this end (`last`): then it never starts, and stays queued
+    /// until the worker's loss.
+    pub(crate) fn end(&mut self, rank: Rank, number: u64, last: bool) -> End {
         let Some(slot) = self.map.get_mut(&rank) else {
             return End::NoSlot;
         };
@@ -234,7 +247,7 @@ impl Slots {
         // The worker starts the queued task right after reporting this end. The ended
         // task's exit is filed already; freeing it later finds another number and does
         // nothing.
-        if let Some(next) = slot.queued.take() {
+        if !last && let Some(next) = slot.queued.take() {
             slot.running = Some(next);
         }
         end
@@ -263,6 +276,13 @@ impl Slots {
         }
     }
 
+    /// The worker `rank` is exiting: no task is placed on it any more.
+    pub(crate) fn leave(&mut self, rank: Rank) {
+        if let Some(slot) = self.map.get_mut(&rank) {
+            slot.leaving = true;
+        }
+    }
+
     /// The worker `rank` is gone; returns its slot.
     pub(crate) fn remove(&mut self, rank: Rank) -> Option<Slot> {
         self.map.remove(&rank)
@@ -284,6 +304,11 @@ pub(crate) struct State {
     /// can arrive any more.
     pub lost: usize,
     pub last_loss: Option<String>,
+    /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
+    /// however it comes, is reported as stopped.
+    pub stopping: std::collections::BTreeSet<TaskId>,
+    /// Returned files and captured output of the tasks that asked for them.
+    pub returns: crate::returned::Returns,
     /// What running dispatches learn besides messages, by VM; only VMs that run a
     /// dispatch have an entry, so nothing is kept for plain spawns.
     pub notes: BTreeMap<u32, DispatchNotes>,
@@ -297,6 +322,8 @@ pub(crate) struct DispatchNotes {
     /// Tasks whose worker was lost before their end was reported, and whether they had
     /// started (a queued task had not).
     pub lost: HashMap<TaskId, bool>,
+    /// Tasks that ended because the spawner asked them to stop ([`crate::Vm::stop`]).
+    pub stopped: std::collections::HashSet<TaskId>,
 }
 
 #[cfg(test)]
@@ -309,6 +336,7 @@ mod tests {
             label: "t",
             send_back: true,
             returns: None,
+            command: false,
         }
     }
 
@@ -331,9 +359,9 @@ mod tests {
         assert!(slots.reserve(1, None, &numbers, &occupant(0)).is_empty());
         let task = TaskId { slot: 1, number: 2 };
         assert!(slots.is_live(task));
-        assert!(matches!(slots.end(1, 9), End::NotRunning));
-        assert!(matches!(slots.end(7, 2), End::NoSlot));
-        assert!(matches!(slots.end(1, 2), End::Ended { vm: 0, .. }));
+        assert!(matches!(slots.end(1, 9, false), End::NotRunning));
+        assert!(matches!(slots.end(7, 2, false), End::NoSlot));
+        assert!(matches!(slots.end(1, 2, false), End::Ended { vm: 0, .. }));
         assert!(!slots.is_live(task));
         // Ended but not received: still occupied.
         assert!(slots.get(1).is_some_and(|s| s.running.is_some()));
@@ -355,13 +383,81 @@ mod tests {
         let numbers = AtomicU64::new(1);
         slots.reserve(2, None, &numbers, &occupant(0));
         slots.reserve(1, None, &numbers, &occupant(1));
-        let _ = slots.end(1, 1);
-        let _ = slots.end(3, 3);
+        let _ = slots.end(1, 1, false);
+        let _ = slots.end(3, 3, false);
         slots.release_vm(0);
         assert!(slots.get(1).is_some_and(|s| s.running.is_none()));
         assert!(slots.get(2).is_some_and(|s| s.running.is_some()));
         assert!(slots.get(3).is_some_and(|s| s.running.is_some()));
         assert!(slots.remove(2).is_some());
         assert_eq!(slots.ranks(), [1, 3]);
+        // A leaving worker gets no task, even when free.
+        slots.leave(1);
+        assert!(slots.reserve(3, None, &numbers, &occupant(0)).is_empty());
+    }
+
+    #[test]
+    fn a_dispatch_queues_one_task_behind_each_running_one() {
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        slots.join(2, "b".into());
+        let numbers = AtomicU64::new(1);
+        let task = occupant(0);
+        let reserve = |slots: &mut Slots, avoid: Option<&str>| {
+            slots.reserve_queued(None, avoid, &numbers, &task)
+        };
+        // Free slots first (another host than `avoid` first), then a queue place each.
+        assert_eq!(reserve(&mut slots, Some("a")), Some((2, 1, false)));
+        assert_eq!(reserve(&mut slots, None), Some((1, 2, false)));
+        assert_eq!(reserve(&mut slots, Some("a")), Some((2, 3, true)));
+        // Host b is full: a task avoiding host a waits for it rather than go there.
+        assert_eq!(reserve(&mut slots, Some("a")), None);
+        assert_eq!(reserve(&mut slots, None), Some((1, 4, true)));
+        assert_eq!(reserve(&mut slots, None), None, "one queued task per slot");
+        assert!(slots.is_live(TaskId { slot: 1, number: 4 }));
+        // The end of the running task starts the queued one; freeing the ended task's
+        // exit later changes nothing.
+        assert!(matches!(slots.end(1, 2, false), End::Ended { .. }));
+        assert_eq!(
+            slots
+                .get(1)
+                .and_then(|s| s.running.as_ref())
+                .map(|r| r.number),
+            Some(4)
+        );
+        slots.free(TaskId { slot: 1, number: 2 });
+        assert!(
+            slots
+                .get(1)
+                .is_some_and(|s| s.running.is_some() && s.queued.is_none())
+        );
+        assert!(
+            !slots
+                .get(1)
+                .and_then(|s| s.running.as_ref())
+                .is_some_and(|r| r.ended)
+        );
+        // A worker that exits after its end (a stopped function) never starts the next.
+        assert!(matches!(slots.end(2, 1, true), End::Ended { .. }));
+        let b = slots.get(2).unwrap();
+        assert!(b.running.as_ref().is_some_and(|r| r.number == 1 && r.ended));
+        assert_eq!(b.queued.as_ref().map(|q| q.number), Some(3));
+        // Nothing queues behind an ended task: its worker is idle, the slot frees soon.
+        assert_eq!(reserve(&mut slots, None), Some((1, 5, true)));
+        assert_eq!(reserve(&mut slots, None), None);
+    }
+
+    #[test]
+    fn another_host_is_only_a_preference() {
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        let numbers = AtomicU64::new(1);
+        let found = slots.reserve_queued(None, Some("a"), &numbers, &occupant(0));
+        assert_eq!(found, Some((1, 1, false)), "no other host: the same one");
+        let only_b = [HostId("b".into())];
+        assert_eq!(
+            slots.reserve_queued(Some(&only_b), None, &numbers, &occupant(0)),
+            None
+        );
     }
 }

@@ -2,10 +2,11 @@
 //! starts (with or without a folder).
 //!
 //! It must not know the worker's loop or the transport; the worker hands it a spawn
-//! request and gets a prepared folder (or a reason) back.
+//! request and gets a prepared folder (or the crate's [`Error`] saying why not) back.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parvm_env_config::Config;
 use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
@@ -16,6 +17,7 @@ use parvm_mirror_fs::{
 
 use crate::Error;
 use crate::clean::Snapshot;
+use crate::error::one_line;
 use crate::wire::{SpawnRequest, Startup};
 
 /// Translates a VM's mirror map for travel, encoded once when the VM is built.
@@ -75,43 +77,28 @@ fn check_literal_source(config: &Config, given: &str, source: &AbstractPath) -> 
 }
 
 /// Clears local storage in this process (the spawner's host).
-pub(crate) fn clear_here(config: &Config, force: bool) -> Result<u64, String> {
-    let storage = LocalStorage::from_config(config).map_err(|e| error_chain(&e))?;
-    let report = storage.clear(force).map_err(|e| error_chain(&e))?;
+pub(crate) fn clear_here(config: &Config, force: bool) -> Result<u64, Error> {
+    let storage = LocalStorage::from_config(config).map_err(Error::Storage)?;
+    let report = storage.clear(force).map_err(Error::Storage)?;
     Ok(report.removed.len() as u64)
-}
-
-/// An error and its sources, in one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
 }
 
 /// Resolves where a task starts when it has no task folder.
 fn startup_without_folder(
     startup: Option<&Startup>,
     roots: &[PathBuf],
-) -> Result<Option<PathBuf>, String> {
+) -> Result<Option<PathBuf>, Error> {
     match startup {
         None => Ok(None),
         Some(Startup::Literal(path)) => Ok(Some(path.clone())),
         Some(Startup::Mirrored(index, suffix)) => match roots.get(*index) {
             Some(root) => Ok(Some(root.join(suffix))),
-            None => Err(format!(
-                "the startup folder is in mirrored storage entry {index}, but PARALLEL_MIRRORED_STORAGE has {} entries on this host",
-                roots.len()
-            )),
+            None => Err(Error::StartupRootMissing {
+                index: *index,
+                entries: roots.len(),
+            }),
         },
-        Some(Startup::InFolder(path)) => Err(format!(
-            "startup folder `{}` is relative to a task folder, but the task has none",
-            path.display()
-        )),
+        Some(Startup::InFolder(path)) => Err(Error::StartupWithoutFolder { path: path.clone() }),
     }
 }
 
@@ -124,10 +111,15 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// The task folder itself (not the startup folder), when the task has one.
+    pub(crate) fn task_dir(&self) -> Option<&std::path::Path> {
+        self.folder.as_ref().map(TaskFolder::path)
+    }
+
     /// Removes a temporary folder, hands a persistent one back.
-    pub(crate) fn release(self) -> Result<(), String> {
+    pub(crate) fn release(self) -> Result<(), Error> {
         match self.folder {
-            Some(folder) => folder.release().map_err(|e| error_chain(&e)),
+            Some(folder) => folder.release().map_err(Error::Storage),
             None => Ok(()),
         }
     }
@@ -136,8 +128,14 @@ impl Prepared {
 /// A worker's local storage, opened on first use.
 pub(crate) struct TaskFolders {
     config: Config,
-    local: Option<Result<LocalStorage, String>>,
-    maps: HashMap<u32, (Vec<u8>, MirrorMap)>,
+    /// Opened on first use; an error is kept (shared), so every later task reports it.
+    local: Option<Result<LocalStorage, Arc<parvm_local_storage::Error>>>,
+    /// Mirror maps as the spawner sent them ([`ToWorker::Mirror`](crate::wire::ToWorker::Mirror)),
+    /// until the VM's first task here decodes them.
+    received: HashMap<u32, Vec<u8>>,
+    /// The VMs this worker keeps something for: the mirror map on this host (decoded once
+    /// per VM), or `None` for a persistent VM without one, so its folder is dropped at exit.
+    maps: HashMap<u32, Option<MirrorMap>>,
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
     mirrored: MirroredFolders<u32>,
@@ -151,18 +149,19 @@ impl TaskFolders {
         TaskFolders {
             config: config.clone(),
             local: None,
+            received: HashMap::new(),
             maps: HashMap::new(),
             mirrored: MirroredFolders::new(),
             clean: HashMap::new(),
         }
     }
 
-    fn local(&mut self) -> Result<&LocalStorage, String> {
+    fn local(&mut self) -> Result<&LocalStorage, Error> {
         let config = &self.config;
         self.local
-            .get_or_insert_with(|| LocalStorage::from_config(config).map_err(|e| error_chain(&e)))
+            .get_or_insert_with(|| LocalStorage::from_config(config).map_err(Arc::new))
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|e| Error::StorageUnavailable(Arc::clone(e)))
     }
 
     /// Sweeps stale folders, as every worker does when it starts.
@@ -176,25 +175,32 @@ impl TaskFolders {
                 );
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "cannot sweep local storage"),
-            Err(e) => tracing::debug!(error = %e, "local storage unavailable"),
+            Ok(Err(e)) => tracing::warn!(error = %one_line(&e), "cannot sweep local storage"),
+            Err(e) => tracing::debug!(error = %one_line(&e), "local storage unavailable"),
         }
     }
 
-    pub(crate) fn clear(&mut self, force: bool) -> Result<u64, String> {
-        let report = self.local()?.clear(force).map_err(|e| error_chain(&e))?;
+    pub(crate) fn clear(&mut self, force: bool) -> Result<u64, Error> {
+        let report = self.local()?.clear(force).map_err(Error::Storage)?;
         Ok(report.removed.len() as u64)
     }
 
-    /// Drops the persistent folder kept for VM `vm`.
+    /// Keeps VM `vm`'s mirror map (abstract, encoded) for its tasks on this worker.
+    pub(crate) fn receive_map(&mut self, vm: u32, map: &[u8]) {
+        self.maps.remove(&vm);
+        self.received.insert(vm, map.to_vec());
+    }
+
+    /// Drops the persistent folder and the mirror map kept for VM `vm`.
     pub(crate) fn forget(&mut self, vm: u32) {
+        self.received.remove(&vm);
         self.maps.remove(&vm);
         self.mirrored.forget(&vm);
         self.clean.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
         {
-            tracing::warn!(vm, error = %error_chain(&e), "cannot remove a persistent folder");
+            tracing::warn!(vm, error = %one_line(&e), "cannot remove a persistent folder");
         }
     }
 
@@ -207,7 +213,7 @@ impl TaskFolders {
     }
 
     /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder.
-    pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, String> {
+    pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, Error> {
         if !request.folder {
             let dir =
                 startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
@@ -217,7 +223,7 @@ impl TaskFolders {
                 folder: None,
             });
         }
-        let map = self.map(request.vm, request.mirror.as_deref())?;
+        let map = self.map(request.vm)?;
         let persistence = if request.persistent {
             Persistence::Persistent
         } else {
@@ -225,25 +231,24 @@ impl TaskFolders {
         };
         if request.persistent {
             // Remember the VM even without a map, so the folder is dropped at exit.
-            self.maps
-                .entry(request.vm)
-                .or_insert_with(|| (Vec::new(), MirrorMap::new()));
+            self.maps.entry(request.vm).or_insert(None);
         }
         let folder = self
             .local()?
             .take(request.vm, persistence)
-            .map_err(|e| error_chain(&e))?;
+            .map_err(Error::Storage)?;
         let clean = request.persistent && request.clean;
         if clean
             && folder.reused()
             && let Some(snapshot) = self.clean.get(&request.vm)
         {
-            let removed = snapshot.remove_unlisted(folder.path()).map_err(|e| {
-                format!(
-                    "cannot remove what earlier tasks wrote in persistent folder `{}`: {e}",
-                    folder.path().display()
-                )
-            })?;
+            let removed = snapshot
+                .remove_unlisted(folder.path())
+                .map_err(|source| Error::Io {
+                    what: "remove what earlier tasks wrote in persistent folder",
+                    path: folder.path().to_owned(),
+                    source,
+                })?;
             tracing::debug!(removed, "cleaned {}", folder.path().display());
         }
         let mut mirrored = 0;
@@ -261,11 +266,10 @@ impl TaskFolders {
         }
         if clean {
             // Taken after mirroring and before the task: exactly what the next reuse keeps.
-            let snapshot = Snapshot::take(folder.path()).map_err(|e| {
-                format!(
-                    "cannot list persistent folder `{}`: {e}",
-                    folder.path().display()
-                )
+            let snapshot = Snapshot::take(folder.path()).map_err(|source| Error::Io {
+                what: "list persistent folder",
+                path: folder.path().to_owned(),
+                source,
             })?;
             self.clean.insert(request.vm, snapshot);
         }
@@ -276,12 +280,14 @@ impl TaskFolders {
             // results elsewhere.
             Some(Startup::InFolder(sub)) => parvm_mirror_fs::open_beneath(folder.path(), sub)
                 .map(|(_, path)| path)
-                .map_err(|e| format!("cannot start the task in its startup folder: {e}"))?,
+                .map_err(|source| Error::StartupBeneath {
+                    folder: folder.path().to_owned(),
+                    source,
+                })?,
             Some(_) => {
-                return Err(
-                    "a startup folder outside the task folder was sent with a task folder"
-                        .to_owned(),
-                );
+                return Err(Error::StartupOutsideFolder {
+                    folder: folder.path().to_owned(),
+                });
             }
         };
         Ok(Prepared {
@@ -298,7 +304,7 @@ impl TaskFolders {
         vm: u32,
         folder: &TaskFolder,
         map: &MirrorMap,
-    ) -> Result<MirrorReport, String> {
+    ) -> Result<MirrorReport, Error> {
         let state = match (folder.persistence(), folder.reused()) {
             (Persistence::Temporary, _) => FolderState::Temporary,
             (_, false) => FolderState::PersistentNew,
@@ -306,25 +312,110 @@ impl TaskFolders {
         };
         self.mirrored
             .fill(vm, map, folder.path(), state, &MirrorOptions::new())
-            .map_err(|e| error_chain(&e))
+            .map_err(|source| Error::MirrorInto {
+                folder: folder.path().to_owned(),
+                source,
+            })
     }
 
-    /// The VM's mirror map on this host, decoded once per VM (and again if it changes).
-    fn map(&mut self, vm: u32, bytes: Option<&[u8]>) -> Result<Option<MirrorMap>, String> {
-        let Some(bytes) = bytes else {
-            return Ok(None);
+    /// The VM's mirror map on this host, decoded once per VM; `None` when the VM sent
+    /// none. A map that cannot be decoded stays as received, so each of the VM's tasks
+    /// reports why.
+    fn map(&mut self, vm: u32) -> Result<Option<MirrorMap>, Error> {
+        let Some(bytes) = self.received.get(&vm) else {
+            return Ok(self.maps.get(&vm).cloned().flatten());
         };
-        if let Some((cached, map)) = self.maps.get(&vm)
-            && cached.as_slice() == bytes
-        {
-            return Ok(Some(map.clone()));
-        }
-        let abstract_map: AbstractMirrorMap = rmp_serde::from_slice(bytes)
-            .map_err(|e| format!("cannot decode the mirror map: {e}"))?;
+        let abstract_map: AbstractMirrorMap =
+            rmp_serde::from_slice(bytes).map_err(Error::MirrorMapDecode)?;
         let map = abstract_map
             .to_actual(self.config.mirrored_roots())
-            .map_err(|e| error_chain(&e))?;
-        self.maps.insert(vm, (bytes.to_vec(), map.clone()));
+            .map_err(Error::Mirror)?;
+        self.received.remove(&vm);
+        self.maps.insert(vm, Some(map.clone()));
         Ok(Some(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(local: &std::path::Path, mirrored: &std::path::Path) -> Config {
+        Config::builder()
+            .mirrored_roots([mirrored])
+            .local_root(local)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_startup_folder_that_does_not_fit_is_a_typed_error() {
+        let roots = [PathBuf::from("/shared/a")];
+        let error = startup_without_folder(Some(&Startup::Mirrored(2, "run".into())), &roots)
+            .expect_err("entry 2 is not on this host");
+        assert!(matches!(
+            error,
+            Error::StartupRootMissing {
+                index: 2,
+                entries: 1
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "the startup folder is in mirrored storage entry 2, but PARALLEL_MIRRORED_STORAGE has 1 entries on this host; list the same mirrored folders, in the same order, on every host"
+        );
+        let error = startup_without_folder(Some(&Startup::InFolder("run".into())), &roots)
+            .expect_err("no task folder");
+        assert!(
+            matches!(&error, Error::StartupWithoutFolder { path } if path.as_os_str() == "run")
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("startup folder `run` is relative to a task folder")
+        );
+        assert_eq!(
+            startup_without_folder(Some(&Startup::Mirrored(0, "run".into())), &roots).unwrap(),
+            Some(PathBuf::from("/shared/a/run"))
+        );
+    }
+
+    #[test]
+    fn local_storage_that_cannot_open_fails_every_use_with_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let config = config(&missing, dir.path());
+        // Building the configuration makes the root; it goes away before the worker uses it.
+        std::fs::remove_dir(&missing).unwrap();
+        let mut folders = TaskFolders::new(&config);
+        for _ in 0..2 {
+            let error = folders.clear(false).expect_err("the root does not exist");
+            assert!(matches!(error, Error::StorageUnavailable(_)), "{error:?}");
+            let text = one_line(&error);
+            assert!(text.contains(&missing.display().to_string()), "{text}");
+            assert!(text.starts_with("local storage (PARALLEL_LOCAL_STORAGE) failed: "));
+        }
+        let error = clear_here(&config, false).expect_err("no root");
+        assert!(matches!(error, Error::Storage(_)), "{error:?}");
+    }
+
+    #[test]
+    fn an_unreadable_mirror_map_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut folders = TaskFolders::new(&config(dir.path(), dir.path()));
+        folders.receive_map(0, b"\xc1");
+        for _ in 0..2 {
+            let error = folders.map(0).expect_err("not MessagePack");
+            assert!(matches!(error, Error::MirrorMapDecode(_)), "{error:?}");
+            let text = error.to_string();
+            assert!(text.starts_with("cannot decode the mirror map: "), "{text}");
+            assert!(
+                text.ends_with("run the same parvm build on every host"),
+                "{text}"
+            );
+        }
+        assert!(folders.map(1).unwrap().is_none());
+        folders.forget(0);
+        assert!(folders.map(0).unwrap().is_none(), "forgotten with its VM");
     }
 }

@@ -3,12 +3,13 @@
 use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::worker::TaskContext;
+use crate::task_context::TaskContext;
 use crate::{Error, HostId};
 
 /// The erased body of a registered task: decode the arguments, run, encode the result.
@@ -159,6 +160,9 @@ pub struct Spawn {
     pub(crate) count: usize,
     pub(crate) hosts: Option<Vec<HostId>>,
     pub(crate) send_back: bool,
+    pub(crate) returning: Vec<String>,
+    pub(crate) results_dir: Option<PathBuf>,
+    pub(crate) capture: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +215,9 @@ impl Spawn {
             count: 1,
             hosts: None,
             send_back: true,
+            returning: Vec::new(),
+            results_dir: None,
+            capture: false,
         }
     }
 
@@ -267,6 +274,52 @@ impl Spawn {
     #[must_use]
     pub fn send_back(mut self, send_back: bool) -> Spawn {
         self.send_back = send_back;
+        self
+    }
+    /// Returns the files of the task folder that `pattern` matches to the spawner when the
+    /// task ends; repeatable. Default: nothing is returned.
+    ///
+    /// The pattern is relative to the task folder and follows mirroring's glob rules (`*`,
+    /// `?`, `[a-z]`, never across `/`; a name starting with `.` only matches a pattern
+    /// starting with `.`). A folder it matches comes back whole. The files are written
+    /// under [`results_dir`](Self::results_dir) with their paths in the task folder,
+    /// modes and modification times, each under a temporary name renamed into place; a
+    /// [`Message::Returned`](crate::Message::Returned) lists them after the task's result
+    /// and before its exit.
+    ///
+    /// [`Vm::spawn`](crate::Vm::spawn) refuses an absolute pattern or one with `..`, a
+    /// spawn without a results folder, and a VM without task folders, before anything is
+    /// sent. When the task ends, a literal pattern (no `*`, `?` or `[`) that names nothing,
+    /// a symlink, fifo or device among the matches, a file that keeps changing while it is
+    /// sent, or a failure to write at the results folder (a full disk) makes the task's
+    /// exit [`ExitStatus::Failed`](crate::ExitStatus::Failed) with a reason naming the file.
+    #[must_use]
+    pub fn returning(mut self, pattern: impl Into<String>) -> Spawn {
+        self.returning.push(pattern.into());
+        self
+    }
+
+    /// The spawner's folder returned files (and spilled captured output) are written
+    /// into; created when missing, relative to the current folder at the time of the
+    /// spawn. With a [`count`](Self::count) above 1 (or [`fill`](Self::fill)), each task
+    /// writes into its own `<dir>/<slot>.<number>/` (for task `3:17`: `<dir>/3.17/`).
+    /// Default: none.
+    #[must_use]
+    pub fn results_dir(mut self, dir: impl Into<PathBuf>) -> Spawn {
+        self.results_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether a command's standard output and error are kept for the spawner instead of
+    /// printed; default false; ignored for registered tasks. They arrive as a
+    /// [`Message::Captured`](crate::Message::Captured) after the task's result and before
+    /// its exit. Up to [`CAPTURE_IN_MEMORY`](crate::CAPTURE_IN_MEMORY) bytes of each stream
+    /// are kept in memory; past that the stream spills into `<results_dir>/stdout` (and
+    /// `stderr`), or, without a results folder, into a file in the spawner's local storage
+    /// that is removed when the [`Captured`](crate::Captured) is dropped.
+    #[must_use]
+    pub fn capture(mut self, on: bool) -> Spawn {
+        self.capture = on;
         self
     }
 }

@@ -4,17 +4,19 @@
 //! It must not know how the runtime starts nor how events are filed (that is
 //! [`crate::spawner`]); it reads the slot table to choose free slots.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use parvm_env_config::Config;
+use parvm_transport::Rank;
 use serde::Serialize;
 
 use crate::layout::{ClearReport, Layout};
+use crate::returned::Wanted;
 use crate::spawner::{Shared, Until};
 use crate::state::Occupant;
 use crate::tasks::JobSpec;
@@ -158,6 +160,7 @@ impl VmBuilder {
             listen: self.listen,
             index,
             mirror,
+            mirror_sent: Mutex::new(HashSet::new()),
             folder,
             persistent: self.persistent,
             clean: self.clean,
@@ -191,6 +194,9 @@ pub struct Vm {
     listen: Option<SocketAddr>,
     index: u32,
     mirror: Option<Vec<u8>>,
+    /// The workers that have this VM's mirror map. Held while the map is sent, so no
+    /// spawn request of this VM overtakes it.
+    mirror_sent: Mutex<HashSet<Rank>>,
     folder: bool,
     persistent: bool,
     clean: bool,
@@ -286,22 +292,39 @@ impl Vm {
     pub fn spawn(&self, spawn: Spawn) -> Result<Vec<TaskId>, Error> {
         self.shared.check_open()?;
         let (label, returns, job) = self.checked_job(&spawn)?;
-        let chosen = self.shared.lock().slots.reserve(
-            spawn.count,
-            spawn.hosts.as_deref(),
-            &self.shared.next_number,
-            &Occupant {
-                vm: self.index,
-                label,
-                send_back: spawn.send_back,
-                returns,
-            },
-        );
-        let mut frame = self.spawn_frame(job, spawn.send_back);
+        let wanted = self.check_returns(&spawn)?;
+        let chosen = {
+            let mut state = self.shared.lock();
+            let chosen = state.slots.reserve(
+                spawn.count,
+                spawn.hosts.as_deref(),
+                &self.shared.next_number,
+                &Occupant {
+                    vm: self.index,
+                    label,
+                    send_back: spawn.send_back,
+                    returns,
+                    command: matches!(job, Job::Command { .. }),
+                },
+            );
+            // Registered before the request leaves, so the task's first frame finds it.
+            if let Some(wanted) = &wanted {
+                for &(rank, number) in &chosen {
+                    state
+                        .returns
+                        .register(TaskId { slot: rank, number }, wanted.for_task(rank, number));
+                }
+            }
+            chosen
+        };
+        let mut frame = self.spawn_frame(job, &spawn);
         let mut ids = Vec::with_capacity(chosen.len());
         for (rank, number) in chosen {
             if let ToWorker::Spawn(request) = &mut frame {
                 request.number = number;
+            }
+            if let Some(map) = &self.mirror {
+                self.send_map_once(rank, map);
             }
             if let Err(e) = self.shared.send(rank, &frame) {
                 // The worker is gone; its loss arrives as an event and fails the task.
@@ -353,18 +376,19 @@ impl Vm {
         })
     }
 
-    /// The spawn request for `job` with this VM's settings (task number 0, set per slot).
-    pub(crate) fn spawn_frame<'s>(&'s self, job: Job<'s>, send_back: bool) -> ToWorker<'s> {
+    /// The spawn request for `job` of `spawn` with this VM's settings (task number 0, set
+    /// per slot).
+    pub(crate) fn spawn_frame<'s>(&'s self, job: Job<'s>, spawn: &Spawn) -> ToWorker<'s> {
         ToWorker::Spawn(SpawnRequest {
             number: 0,
             vm: self.index,
             job,
-            mirror: self.mirror.as_deref().map(Into::into),
             folder: self.folder,
             persistent: self.persistent,
             clean: self.clean,
             startup: self.startup.clone(),
-            send_back,
+            send_back: spawn.send_back,
+            returning: spawn.returning.clone(),
         })
     }
 
@@ -376,6 +400,146 @@ impl Vm {
     /// Whether this VM mirrors anything into its task folders.
     pub(crate) fn mirrors(&self) -> bool {
         self.mirror.is_some()
+    }
+
+    /// Stops `task`. A command is ended with everything it started (its supervisor sends
+    /// `SIGTERM`, then `SIGKILL` after a grace); a function task, which cannot be
+    /// interrupted inside its thread, ends with its worker process (the local backend then
+    /// starts a replacement worker, see
+    /// [`RuntimeBuilder::replace_workers`](crate::RuntimeBuilder::replace_workers)); a
+    /// task whose spawn request waits at its worker behind another task is answered without
+    /// running. Either way the task's [`Message::TaskExit`] arrives as usual, with
+    /// [`ExitStatus::Failed`](crate::ExitStatus::Failed) and a reason starting with
+    /// `stopped by the spawner` (and its [`Message::TaskResult`] fails with the same text,
+    /// when results are sent back). A function's worker that exits also shows up as a
+    /// lost worker: the slot leaves (with a
+    /// [`Message::HostDelete`] for its host's last worker), and a replacement joins as a
+    /// new slot (with a [`Message::HostAdd`]).
+    ///
+    /// A task that already ended, an unknown task and the spawner's own id are left alone:
+    /// `Ok(())`. Stopping a task twice is the same as once. The call does not wait: the
+    /// stop takes effect within a fraction of a second (a command at its next check, a
+    /// function when its worker's output thread next looks).
+    ///
+    /// Under MPI a worker process that exits ends the whole job (mpirun's rule), so stop
+    /// only commands there; under TCP the worker process exits and comes back only when
+    /// it is restarted (see `parvm worker`).
+    ///
+    /// # Errors
+    /// The VM was finalized; [`Error::CannotStop`] for a function task on the in-process
+    /// `memory` backend, whose workers are threads of this process; or the transport failed.
+    pub fn stop(&self, task: TaskId) -> Result<(), Error> {
+        self.shared.check_open()?;
+        {
+            let mut state = self.shared.lock();
+            let slot = state.slots.get(task.slot);
+            let running = slot
+                .and_then(|s| s.running.as_ref())
+                .filter(|r| r.number == task.number && !r.ended);
+            // A request queued behind another task (dispatch) is answered without running,
+            // so stopping it needs no worker to exit.
+            let queued = slot
+                .and_then(|s| s.queued.as_ref())
+                .is_some_and(|q| q.number == task.number);
+            let command = match running {
+                Some(running) => running.command,
+                None if queued => true,
+                None => return Ok(()),
+            };
+            if !command && self.shared.backend == "memory" {
+                return Err(Error::CannotStop {
+                    task,
+                    reason: "it is a function on the memory backend, whose workers are threads of this process and cannot exit; let it return (or make it watch for a message telling it to), or stop only commands there".to_owned(),
+                });
+            }
+            if !state.stopping.insert(task) {
+                return Ok(());
+            }
+        }
+        match self.shared.send(
+            task.slot,
+            &ToWorker::Stop {
+                number: task.number,
+            },
+        ) {
+            Ok(()) => Ok(()),
+            // The worker is gone: its loss ends the task, reported as stopped.
+            Err(Error::Transport { .. }) => {
+                tracing::debug!(task = %task, "cannot send a stop; the worker is gone");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks what the spawn wants back besides its value (returned files, captured
+    /// output), before anything is sent; `None` when it wants nothing.
+    pub(crate) fn check_returns(&self, spawn: &Spawn) -> Result<Option<WantedBack>, Error> {
+        let capture = spawn.capture && matches!(spawn.job, JobSpec::Command { .. });
+        if let Some(first) = spawn.returning.first() {
+            for pattern in &spawn.returning {
+                parvm_mirror_fs::check_return_pattern(pattern).map_err(|source| {
+                    Error::ReturnPattern {
+                        pattern: pattern.clone(),
+                        source,
+                    }
+                })?;
+            }
+            if spawn.results_dir.is_none() {
+                return Err(Error::ReturnWithoutResults {
+                    pattern: first.clone(),
+                });
+            }
+            if !self.folder {
+                return Err(Error::ReturnWithoutFolder {
+                    pattern: first.clone(),
+                });
+            }
+        } else if !capture {
+            return Ok(None);
+        }
+        let results = match &spawn.results_dir {
+            Some(dir) => Some(std::path::absolute(dir).map_err(|source| Error::Io {
+                what: "resolve the results folder",
+                path: dir.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Some(WantedBack {
+            results,
+            per_task: spawn.count > 1,
+            returning: !spawn.returning.is_empty(),
+            capture,
+            local_root: self.shared.config.local_root().to_owned(),
+        }))
+    }
+
+    /// Sends what worker `rank` needs before a spawn request of this VM: the mirror map,
+    /// when the VM has one and the worker does not.
+    pub(crate) fn before_spawn(&self, rank: Rank) {
+        if let Some(map) = &self.mirror {
+            self.send_map_once(rank, map);
+        }
+    }
+
+    /// Sends this VM's mirror map to worker `rank` unless it has it: once per worker, so
+    /// a worker that joined later gets it before its first task of this VM.
+    fn send_map_once(&self, rank: Rank, map: &[u8]) {
+        let mut sent = self
+            .mirror_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sent.insert(rank) {
+            let frame = ToWorker::Mirror {
+                vm: self.index,
+                map: map.into(),
+            };
+            if let Err(e) = self.shared.send(rank, &frame) {
+                // The worker is gone; its loss arrives as an event and fails the task.
+                tracing::debug!(rank, error = %e, "cannot send a mirror map");
+            }
+        }
     }
 
     /// Waits for the next message for this VM.
@@ -484,12 +648,54 @@ impl Drop for Vm {
             state.slots.release_vm(self.index);
             state.slots.ranks()
         };
-        if self.persistent && !self.shared.finalized.load(Ordering::Acquire) {
-            for rank in ranks {
-                let _ = self
-                    .shared
-                    .send(rank, &ToWorker::ForgetVm { vm: self.index });
-            }
+        if self.shared.finalized.load(Ordering::Acquire) {
+            return;
+        }
+        // Workers drop the VM's persistent folders and the mirror map they keep.
+        let ranks: Vec<u32> = if self.persistent {
+            ranks
+        } else {
+            let sent = self
+                .mirror_sent
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            ranks
+                .into_iter()
+                .filter(|rank| sent.contains(rank))
+                .collect()
+        };
+        for rank in ranks {
+            let _ = self
+                .shared
+                .send(rank, &ToWorker::ForgetVm { vm: self.index });
+        }
+    }
+}
+
+/// What a spawn wants back besides its tasks' values, before it is given to each task.
+pub(crate) struct WantedBack {
+    results: Option<PathBuf>,
+    per_task: bool,
+    returning: bool,
+    capture: bool,
+    local_root: PathBuf,
+}
+
+impl WantedBack {
+    /// What task `number` on slot `rank` wants: with a count above 1 its own folder
+    /// `<results>/<slot>.<number>`.
+    pub(crate) fn for_task(&self, rank: u32, number: u64) -> Wanted {
+        Wanted {
+            results: self.results.as_ref().map(|dir| {
+                if self.per_task {
+                    dir.join(format!("{rank}.{number}"))
+                } else {
+                    dir.clone()
+                }
+            }),
+            returning: self.returning,
+            capture: self.capture,
+            local_root: self.local_root.clone(),
         }
     }
 }

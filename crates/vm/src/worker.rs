@@ -1,217 +1,27 @@
-//! The worker side: the spawn loop and the context a task runs with.
+//! The worker side: the spawn loop, and running one job (a registered function under
+//! `catch_unwind`, or a command under its supervisor) in its task folder.
+//!
+//! The context a task runs with is in `task_context`; this module builds one per task.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parvm_env_config::Config;
 use parvm_transport::{Event, Transport, Wait};
-use serde::Serialize;
 
 use crate::capture::Capture;
-use crate::link::Link;
-use crate::message::{CommandStatus, Payload};
+use crate::error::one_line;
+use crate::link::{Link, TaskKind};
+use crate::message::CommandStatus;
 use crate::supervise::{self, End};
+use crate::task_context::{LoopState, TaskContext};
 use crate::task_folder::TaskFolders;
-use crate::wire::{self, FromWorker, Job, SendError, SpawnRequest, ToWorker};
-use crate::{Error, HostId, TaskId, Tasks};
+use crate::wire::{self, FromWorker, Job, SpawnRequest, ToWorker};
+use crate::{Error, TaskId, Tasks};
 
 /// How often a worker waiting for a command looks for a finalize or the spawner's loss.
 const COMMAND_CHECK: Duration = Duration::from_millis(50);
-
-/// What a running task can see and do: its ids, its folder, and messages.
-pub struct TaskContext<'a> {
-    transport: &'a dyn Transport,
-    link: &'a Link,
-    id: TaskId,
-    host: &'a str,
-    dir: Option<&'a Path>,
-    state: &'a LoopState,
-}
-
-/// What the spawn loop and a running task share.
-#[derive(Default)]
-struct LoopState {
-    /// Control frames that arrived while a task waited for a user message.
-    deferred: RefCell<VecDeque<Vec<u8>>>,
-    exit_requested: Cell<bool>,
-    spawner_lost: Cell<bool>,
-    /// The buffer frames to the spawner are encoded into, reused from one send to the next.
-    scratch: RefCell<Vec<u8>>,
-    /// Environment variables forwarded by the spawner, set on every command.
-    forwarded: RefCell<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
-}
-
-impl LoopState {
-    /// Encodes `frame` into the reused buffer and sends it to the spawner.
-    fn send(&self, transport: &dyn Transport, frame: &FromWorker<'_>) -> Result<(), SendError> {
-        wire::send_frame(transport, 0, &mut self.scratch.borrow_mut(), frame)
-    }
-
-    /// Sends user message frame `frame` (its bytes left empty) followed by `data`, without
-    /// copying large data (see [`wire::Frame::write_user_head`]).
-    fn send_with_tail(
-        &self,
-        transport: &dyn Transport,
-        frame: &FromWorker<'_>,
-        data: &[u8],
-    ) -> Result<(), SendError> {
-        wire::send_user(transport, 0, &mut self.scratch.borrow_mut(), frame, data)
-    }
-
-    /// As [`LoopState::send`]; a failure is logged, because the spawner's loss shows up
-    /// as an event anyway.
-    fn send_or_log(&self, transport: &dyn Transport, frame: &FromWorker<'_>) {
-        match self.send(transport, frame) {
-            Ok(()) => {}
-            Err(SendError::Transport(e)) => {
-                tracing::warn!(error = %e, "cannot send to the spawner")
-            }
-            Err(SendError::Encode(e)) => {
-                tracing::error!(error = %e, "cannot encode a frame for the spawner");
-            }
-        }
-    }
-}
-
-impl TaskContext<'_> {
-    /// This task's id.
-    #[must_use]
-    pub fn task_id(&self) -> TaskId {
-        self.id
-    }
-
-    /// The host this task runs on.
-    #[must_use]
-    pub fn host_id(&self) -> HostId {
-        HostId(self.host.to_owned())
-    }
-
-    /// The task that spawned this one: the spawner, `0:0`.
-    #[must_use]
-    pub fn parent_task_id(&self) -> TaskId {
-        TaskId::SPAWNER
-    }
-
-    /// The folder the task runs in (its task folder, or the startup folder), if it has one.
-    /// The worker also makes it the current folder, except for in-process workers.
-    #[must_use]
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir
-    }
-
-    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`].
-    ///
-    /// # Errors
-    /// The value cannot be encoded, or the transport failed. A message to a task that has
-    /// ended is dropped, not an error.
-    pub fn send<T: Serialize>(&self, to: TaskId, value: &T) -> Result<(), Error> {
-        let data = rmp_serde::to_vec(value).map_err(|source| Error::Encode {
-            what: format!("a message from task {} to task {to}", self.id),
-            source,
-        })?;
-        self.send_bytes(to, &data)
-    }
-
-    /// Sends raw bytes to task `to`.
-    ///
-    /// # Errors
-    /// The transport failed.
-    pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
-        let frame = FromWorker::User {
-            from: Some(self.id.number),
-            to,
-            data: (&[][..]).into(),
-        };
-        self.state
-            .send_with_tail(self.transport, &frame, data)
-            .map_err(|e| match e {
-                SendError::Encode(source) => Error::Encode {
-                    what: format!("a message from task {} to task {to}", self.id),
-                    source,
-                },
-                SendError::Transport(e) => Error::transport(self.transport.backend(), e),
-            })
-    }
-
-    /// Waits for the next user message to this task.
-    ///
-    /// # Errors
-    /// [`Error::Finalized`] when the spawner finalized the VM, [`Error::SpawnerLost`] when
-    /// it is gone, or a transport failure: the task should return.
-    pub fn recv(&self) -> Result<(TaskId, Payload), Error> {
-        loop {
-            if let Some(message) = self.wait(None)? {
-                return Ok(message);
-            }
-        }
-    }
-
-    /// Waits at most `timeout` for a user message; `Ok(None)` when none came.
-    ///
-    /// # Errors
-    /// As [`TaskContext::recv`].
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<(TaskId, Payload)>, Error> {
-        self.wait(Some(Instant::now() + timeout))
-    }
-
-    /// Returns a user message that has already arrived, else `Ok(None)`.
-    ///
-    /// # Errors
-    /// As [`TaskContext::recv`].
-    pub fn try_recv(&self) -> Result<Option<(TaskId, Payload)>, Error> {
-        self.wait(Some(Instant::now()))
-    }
-
-    fn wait(&self, deadline: Option<Instant>) -> Result<Option<(TaskId, Payload)>, Error> {
-        loop {
-            if self.state.spawner_lost.get() {
-                return Err(Error::SpawnerLost);
-            }
-            if self.state.exit_requested.get() {
-                return Err(Error::Finalized);
-            }
-            let wait = match deadline {
-                None => Wait::Forever,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Wait::For(left),
-                    _ => Wait::NoWait,
-                },
-            };
-            let event = self
-                .link
-                .recv(wait)
-                .map_err(|e| Error::transport(self.transport.backend(), e))?;
-            match event {
-                None => return Ok(None),
-                Some(Event::Message { from: 0, payload }) => {
-                    match wire::decode::<ToWorker<'_>>(&payload) {
-                        Ok(ToWorker::User { from, to, data }) => {
-                            if to == self.id.number {
-                                let located = wire::locate(&payload, data);
-                                return Ok(Some((from, Payload::from_frame(payload, located))));
-                            }
-                            tracing::debug!(to, "dropping a message for a task that has ended");
-                        }
-                        Ok(ToWorker::Exit) => self.state.exit_requested.set(true),
-                        Ok(_) => self.state.deferred.borrow_mut().push_back(payload),
-                        Err(reason) => tracing::warn!(%reason, "dropping an unreadable frame"),
-                    }
-                }
-                Some(Event::PeerLost { rank: 0, .. }) => self.state.spawner_lost.set(true),
-                Some(_) => {}
-            }
-            if matches!(wait, Wait::NoWait)
-                && !self.state.exit_requested.get()
-                && !self.state.spawner_lost.get()
-            {
-                return Ok(None);
-            }
-        }
-    }
-}
 
 /// The spawn loop of a worker process (or of an in-process worker thread).
 ///
@@ -307,6 +117,22 @@ impl Worker {
             };
             match frame {
                 ToWorker::Spawn(request) => {
+                    let kind = match request.job {
+                        Job::Function { .. } => TaskKind::Function,
+                        Job::Command { .. } => TaskKind::Command,
+                    };
+                    if !link.begin_task(request.number, kind) {
+                        // Stopped while queued behind the task before it: never run.
+                        tracing::debug!(number = request.number, "a queued task was stopped");
+                        state.send_or_log(
+                            &*transport,
+                            &FromWorker::Stopped {
+                                number: request.number,
+                                started: false,
+                            },
+                        );
+                        continue;
+                    }
                     let ctx = Run {
                         worker: &self,
                         transport: &*transport,
@@ -318,6 +144,7 @@ impl Worker {
                         home: home.as_deref(),
                     };
                     ctx.run(&mut storage, &request);
+                    link.end_task();
                     if state.exit_requested.get() || state.spawner_lost.get() {
                         break Ok(());
                     }
@@ -328,11 +155,12 @@ impl Worker {
                 ToWorker::Clear { force } => {
                     let (removed, error) = match storage.clear(force) {
                         Ok(removed) => (removed, None),
-                        Err(e) => (0, Some(e)),
+                        Err(e) => (0, Some(one_line(&e))),
                     };
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
+                ToWorker::Mirror { vm, map } => storage.receive_map(vm, &map),
                 ToWorker::Env { vars } => {
                     let vars = crate::envfwd::decode(vars);
                     if self.capture_output {
@@ -342,6 +170,8 @@ impl Worker {
                     *state.forwarded.borrow_mut() = vars;
                 }
                 ToWorker::Exit => break Ok(()),
+                // The link files stops as they arrive (see `crate::link`); none gets here.
+                ToWorker::Stop { .. } => {}
             }
         };
         storage.forget_all();
@@ -376,12 +206,36 @@ impl Run<'_> {
         }
         let mut mirrored = 0;
         let outcome = match storage.prepare(request) {
-            Err(reason) => Err(format!("cannot prepare the task folder: {reason}")),
+            Err(reason) => Err(format!(
+                "cannot prepare the task folder: {}",
+                one_line(&reason)
+            )),
             Ok(prepared) => {
                 mirrored = prepared.mirrored;
                 let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
+                if !request.returning.is_empty() {
+                    // After the task, before its `Done`, while its folder is still there.
+                    let returned = match prepared.task_dir() {
+                        Some(dir) => crate::returning::send_files(
+                            self.link,
+                            request.number,
+                            dir,
+                            &request.returning,
+                        ),
+                        None => Err("the task has no task folder to return files from; build the VM with `local_folder(true)`".to_owned()),
+                    };
+                    if let Err(reason) = returned {
+                        self.state.send_or_log(
+                            self.transport,
+                            &FromWorker::ReturnFailed {
+                                number: request.number,
+                                reason,
+                            },
+                        );
+                    }
+                }
                 if let Err(e) = prepared.release() {
-                    tracing::warn!(task = %id, error = %e, "cannot remove the task folder");
+                    tracing::warn!(task = %id, error = %one_line(&e), "cannot remove the task folder");
                 }
                 outcome
             }
@@ -470,7 +324,7 @@ impl Run<'_> {
         for var in parvm_transport::local::WORKER_ENV_VARS {
             command.env_remove(var);
         }
-        command.env_remove(parvm_transport::tcp::CONNECT_VAR);
+        command.env_remove(parvm_env_config::CONNECT_VAR);
         if let Some(dir) = ctx.dir {
             command.current_dir(dir);
         }
@@ -518,6 +372,7 @@ impl Run<'_> {
                     tracing::debug!(task = %id, %from, "a command gets no messages; dropped one");
                     continue;
                 }
+                Ok(None) if self.link.stop_requested() => "the spawner asked for it".to_owned(),
                 Ok(None) => continue,
                 Err(Error::Finalized) => "the VM was finalized".to_owned(),
                 Err(Error::SpawnerLost) => "the spawner is gone".to_owned(),

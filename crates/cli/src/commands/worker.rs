@@ -121,6 +121,11 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
     let mut options = ConnectOptions::new(addr, secret)
         .host(config.hostname())
         .wait(wait)
+        .spin_window(
+            config
+                .spin_window()
+                .unwrap_or(parvm_transport::DEFAULT_SPIN_WINDOW),
+        )
         .on_retry(report_retry());
     let max_frame = match &args.max_frame {
         // The forms PARVM_MAX_FRAME takes, checked by the same parser.
@@ -198,7 +203,7 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
 mod tests {
     use std::time::Duration;
 
-    use parvm_vm::{CommandStatus, Message, Runtime, Spawn, TransportKind};
+    use parvm_vm::{Backend, CommandStatus, Message, Runtime, Spawn, TcpSpawner};
 
     use super::*;
 
@@ -264,9 +269,11 @@ mod tests {
         let runtime =
             Runtime::builder(Tasks::new().register("f", |_: &_, (): ()| Ok::<_, String>(())))
                 .config(config.clone())
-                .transport(TransportKind::Tcp)
-                .tcp_listen(([127, 0, 0, 1], 0).into())
-                .tcp_secret(secret)
+                .backend(Backend::Tcp(
+                    TcpSpawner::new()
+                        .listen(([127, 0, 0, 1], 0).into())
+                        .secret(secret),
+                ))
                 .start()
                 .unwrap();
         let addr = runtime.tcp_addr().unwrap().to_string();

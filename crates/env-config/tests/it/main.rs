@@ -147,6 +147,31 @@ fn parvm_variables_are_parsed_and_checked() {
 }
 
 #[test]
+fn replace_workers_is_a_whole_number_that_may_be_0() {
+    assert_eq!(Env::new().config().unwrap().replace_workers(), None);
+    for (value, expected) in [("0", 0), (" 5 ", 5)] {
+        let config = Env::new()
+            .set("PARVM_REPLACE_WORKERS", value)
+            .config()
+            .unwrap();
+        assert_eq!(config.replace_workers(), Some(expected), "{value:?}");
+    }
+    for value in ["-1", "many", "1.5", "99999999999"] {
+        let err = Env::new()
+            .set("PARVM_REPLACE_WORKERS", value)
+            .config()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("PARVM_REPLACE_WORKERS") && text.contains(value),
+            "{value}: {text}"
+        );
+    }
+    let config = Config::builder().replace_workers(7).build().unwrap();
+    assert_eq!(config.replace_workers(), Some(7));
+}
+
+#[test]
 fn builder_resolves_like_the_environment() {
     let shared = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();

@@ -3,6 +3,10 @@
 //!
 //! Started without worker variables and with `PARVM_ECHO_SPAWNER=N`, it is a spawner
 //! instead: it launches N copies of itself, prints their pids on one line, and waits.
+//!
+//! When the file named by `PARVM_ECHO_FATE` exists as a worker starts, its content decides
+//! the worker's fate before it joins: `die` exits with status 9, `hang` waits forever (to
+//! test replacement workers that crash at once or never connect).
 
 use std::io::Write;
 use std::time::Duration;
@@ -40,6 +44,17 @@ fn answer(worker: &dyn Transport, payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(fate) = std::env::var_os("PARVM_ECHO_FATE")
+        && let Ok(fate) = std::fs::read_to_string(fate)
+    {
+        match fate.trim() {
+            "die" => std::process::exit(9),
+            "hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
+        }
+    }
     if let Some(worker) = parvm_transport::worker_from_env()? {
         loop {
             match worker.recv(Wait::Forever) {

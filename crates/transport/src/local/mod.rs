@@ -24,16 +24,26 @@
 //! workers with the variables of [`WORKER_ENV_VARS`] set, and waits until each has
 //! connected and presented the per-launch random token. The socket and its folder are
 //! removed as soon as every worker has connected.
+//!
+//! # Replacement workers
+//!
+//! With [`LocalOptions::replacements`], a worker process that dies is replaced by a new one
+//! (new rank, same simulated host and variables) that joins as an [`Event::PeerJoined`],
+//! up to a limit per slot so that a crash loop ends; each replacement gets a socket folder
+//! and token of its own, removed once it joined. [`Transport::workers_can_join`] is true
+//! exactly while a replacement is on its way. The rules are in `replace.rs`.
 
 mod options;
+mod replace;
 mod spawner;
 mod worker;
 
 use std::fmt;
 
 pub use self::options::{
-    HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR,
-    SPAWNER_PID_VAR, SimulatedHost, TOKEN_VAR, WORKER_ENV_VARS,
+    DEFAULT_REPLACEMENTS, HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR,
+    SPAWNER_HOST_VAR, SPAWNER_PID_VAR, SPIN_US_VAR, STOPPED_EXIT_CODE, SimulatedHost, TOKEN_VAR,
+    WORKER_ENV_VARS,
 };
 use self::spawner::Spawner;
 use crate::star::Client;
@@ -151,6 +161,21 @@ impl Transport for LocalTransport {
 
     fn workers_are_children(&self) -> bool {
         true
+    }
+
+    /// True while a replacement worker is on its way (see [`LocalOptions::replacements`]).
+    fn workers_can_join(&self) -> bool {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.replacing.may_join(),
+            Side::Worker(_) => false,
+        }
+    }
+
+    fn replaced_workers(&self) -> usize {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.replacing.replaced(),
+            Side::Worker(_) => 0,
+        }
     }
 
     fn reports_dead_peers(&self) -> bool {

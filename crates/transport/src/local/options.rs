@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::frame;
+use crate::star::DEFAULT_SPIN_WINDOW;
 
 /// Path of the spawner's socket, set for each worker.
 pub const SOCKET_VAR: &str = "PARVM_LOCAL_SOCKET";
@@ -28,20 +29,37 @@ pub const SPAWNER_HOST_VAR: &str = "PARVM_LOCAL_SPAWNER_HOST";
 /// The frame size limit both ends use.
 pub const MAX_FRAME_VAR: &str = "PARVM_LOCAL_MAX_FRAME";
 
-/// The worker's host name (also read by [`crate::this_host`]).
+/// How long the worker's waits poll before they sleep, in microseconds (the spawner's
+/// [`LocalOptions::spin_window`]).
+pub const SPIN_US_VAR: &str = "PARVM_LOCAL_SPIN_US";
+
+/// The worker's host name: the spawner sets it for every worker (its simulated host, else
+/// the spawner's host), so the worker reports it and a program's own configuration reads
+/// the same name.
 pub const HOSTNAME_VAR: &str = "PARVM_HOSTNAME";
 
 /// The variables that make a process a local worker. Remove them (except
 /// `PARVM_HOSTNAME`) from the environment of commands a worker starts, or a parvm program
 /// started by a task would try to join this VM.
-pub const WORKER_ENV_VARS: [&str; 6] = [
+pub const WORKER_ENV_VARS: [&str; 7] = [
     SOCKET_VAR,
     RANK_VAR,
     TOKEN_VAR,
     SPAWNER_PID_VAR,
     SPAWNER_HOST_VAR,
     MAX_FRAME_VAR,
+    SPIN_US_VAR,
 ];
+
+/// The exit status of a worker process that exits because the spawner asked it to stop
+/// (a function task that cannot be interrupted inside its thread). Its replacement does not
+/// count toward the crash-loop limit ([`LocalOptions::replacements`]). 75 is `EX_TEMPFAIL`.
+pub const STOPPED_EXIT_CODE: i32 = 75;
+
+/// Replacements per slot by default ([`LocalOptions::replacements`]): none, so a worker's
+/// death is final unless asked for; the VM's runtime asks for
+/// `PARVM_REPLACE_WORKERS` (default 3).
+pub const DEFAULT_REPLACEMENTS: u32 = 0;
 
 /// One simulated host: a group of workers that report `name` as their host and get extra
 /// environment variables.
@@ -67,6 +85,8 @@ pub struct LocalOptions {
     pub(super) shutdown_grace: Duration,
     pub(super) max_frame: u64,
     pub(super) spawner_host: Option<String>,
+    pub(super) replacements: u32,
+    pub(super) spin_window: Duration,
 }
 
 impl LocalOptions {
@@ -81,6 +101,8 @@ impl LocalOptions {
             shutdown_grace: Duration::from_secs(2),
             max_frame: frame::DEFAULT_MAX_FRAME,
             spawner_host: None,
+            replacements: DEFAULT_REPLACEMENTS,
+            spin_window: DEFAULT_SPIN_WINDOW,
         }
     }
 
@@ -127,10 +149,37 @@ impl LocalOptions {
         self
     }
 
-    /// The spawner's host name. Default: [`crate::this_host`].
+    /// How many times each worker slot is given a new worker process when its worker
+    /// dies (killed by a signal, or exiting with a status other than 0): the replacement
+    /// gets a new rank, the dead worker's simulated host name and variables, and joins as
+    /// an [`Event::PeerJoined`](crate::Event::PeerJoined). A slot whose replacements are
+    /// used up is gone for good, so a worker that crashes at once every time stops being
+    /// replaced. A worker that exits with status 0 is never replaced (it left on purpose),
+    /// nor one killed by `SIGINT`, `SIGTERM` or `SIGHUP` (told to stop from outside), and
+    /// one that exits with [`STOPPED_EXIT_CODE`] always is, without counting. Default:
+    /// [`DEFAULT_REPLACEMENTS`] (none).
+    #[must_use]
+    pub fn replacements(mut self, per_slot: u32) -> Self {
+        self.replacements = per_slot;
+        self
+    }
+
+    /// The spawner's host name, which the workers of [`LocalOptions::new`] report too.
+    /// Default: the system's host name (the VM passes its configured one,
+    /// `PARVM_HOSTNAME` when set).
     #[must_use]
     pub fn spawner_host(mut self, name: impl Into<String>) -> Self {
         self.spawner_host = Some(name.into());
+        self
+    }
+
+    /// How long a waiting `recv` polls before it sleeps, on the spawner and on its
+    /// workers (zero: never, for machines shared with other jobs; cut to
+    /// [`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)). Default:
+    /// [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW) (the VM passes `PARVM_SPIN_US`).
+    #[must_use]
+    pub fn spin_window(mut self, window: Duration) -> Self {
+        self.spin_window = window;
         self
     }
 }

@@ -7,11 +7,12 @@
 //! (`worker`).
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,32 +21,47 @@ use crossbeam_channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use super::options::{
-    HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR,
-    SPAWNER_PID_VAR, SimulatedHost, TOKEN_VAR,
-};
+use super::options::{LocalOptions, SimulatedHost};
+use super::replace::{Launch, Replacing};
 use super::worker::Hello;
-use crate::star::{self, Hub, Stream, lock};
+use crate::star::{Hub, MAX_SPIN_WINDOW, lock};
 use crate::{Error, Peer, Rank, frame};
+
+/// A simulated host's own variables, shared by its workers and their replacements.
+pub(super) type HostEnv = Arc<[(OsString, OsString)]>;
 
 /// A worker process as the spawner sees it.
 #[derive(Debug)]
-struct WorkerProc {
-    rank: Rank,
-    host: String,
-    pid: u32,
+pub(super) struct WorkerProc {
+    pub(super) rank: Rank,
+    pub(super) host: String,
+    pub(super) pid: u32,
+    /// The rank of the worker first started in this slot; its replacements share it, and
+    /// the crash-loop limit counts per lineage.
+    pub(super) lineage: Rank,
+    /// The simulated host's own variables, for a replacement.
+    pub(super) env: HostEnv,
     /// `Child` remembers its exit status once reaped, and `kill` on a reaped child does
     /// nothing, so a recycled pid is never signalled.
-    child: Mutex<Child>,
+    pub(super) child: Mutex<Child>,
 }
 
 impl WorkerProc {
-    fn try_status(&self) -> Option<ExitStatus> {
+    pub(super) fn try_status(&self) -> Option<ExitStatus> {
         lock(&self.child).try_wait().ok().flatten()
+    }
+
+    /// Kills the process unless it was reaped, and reaps it.
+    pub(super) fn kill_and_reap(&self) {
+        let mut child = lock(&self.child);
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
     }
 }
 
-fn describe_status(status: ExitStatus) -> String {
+pub(super) fn describe_status(status: ExitStatus) -> String {
     if let Some(signal) = status.signal() {
         match Signal::try_from(signal) {
             Ok(sig) => format!("was killed by signal {sig}"),
@@ -60,31 +76,33 @@ fn describe_status(status: ExitStatus) -> String {
 
 pub(super) struct Spawner {
     pub(super) hub: Arc<Hub>,
-    procs: Vec<Arc<WorkerProc>>,
+    /// Starts replacement workers, and holds every worker process ever started.
+    pub(super) replacing: Arc<Replacing>,
     shutdown_grace: Duration,
-    /// Dropping this sender lets the keeper thread (the workers' parent thread) end.
-    keeper_stop: Option<Sender<()>>,
     keeper: Option<JoinHandle<()>>,
 }
 
 impl Spawner {
-    /// How many workers were started.
+    /// How many workers were started, replacements included.
     pub(super) fn workers(&self) -> usize {
-        self.procs.len()
+        lock(&self.replacing.procs).len()
     }
 
-    /// The process ids of the workers, by rank.
+    /// The process ids of the workers, by rank, replacements included (dead ones too).
     pub(super) fn worker_pids(&self) -> Vec<(Rank, u32)> {
-        self.procs.iter().map(|p| (p.rank, p.pid)).collect()
+        lock(&self.replacing.procs)
+            .iter()
+            .map(|p| (p.rank, p.pid))
+            .collect()
     }
 
-    /// Kills and reaps every worker still running, after `grace` for them to leave.
+    /// Kills and reaps every worker still running, after `grace` for them to leave, then
+    /// lets the keeper thread end. Call after the hub is closed, so no replacement starts.
     fn stop_workers(&mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let mut pause = Duration::from_micros(100);
         loop {
-            let running = self
-                .procs
+            let running = lock(&self.replacing.procs)
                 .iter()
                 .filter(|p| p.try_status().is_none())
                 .count();
@@ -94,19 +112,17 @@ impl Spawner {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        for proc in &self.procs {
-            let mut child = lock(&proc.child);
-            if matches!(child.try_wait(), Ok(None)) {
+        for proc in lock(&self.replacing.procs).iter() {
+            if proc.try_status().is_none() {
                 tracing::debug!(
                     rank = proc.rank,
                     pid = proc.pid,
                     "killing worker that did not exit"
                 );
-                let _ = child.kill();
             }
-            let _ = child.wait();
+            proc.kill_and_reap();
         }
-        self.keeper_stop.take();
+        self.replacing.keeper.close();
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
@@ -117,72 +133,57 @@ impl Drop for Spawner {
     fn drop(&mut self) {
         self.hub.close();
         self.stop_workers(self.shutdown_grace);
+        // Also joins the replacers, which remove their socket folders as they end.
         self.hub.join();
     }
 }
 
-/// Starts the children on a dedicated thread that stays alive (as their parent thread for
-/// `PR_SET_PDEATHSIG`) until `stop` is dropped.
-fn spawn_keeper(commands: Vec<(Rank, Command, PathBuf)>) -> Result<Keeper, Error> {
-    let (result_tx, result_rx) = crossbeam_channel::bounded(1);
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+/// A request to the keeper thread: a command to start, and where to send the child.
+type StartRequest = (Command, Sender<io::Result<Child>>);
+
+/// The keeper thread's inbox: every worker process is forked there, so that
+/// `PR_SET_PDEATHSIG` (sent when the forking *thread* ends) lasts as long as the transport.
+pub(super) struct KeeperInbox(Mutex<Option<Sender<StartRequest>>>);
+
+impl KeeperInbox {
+    /// Starts `command` on the keeper thread.
+    pub(super) fn start(&self, command: Command) -> io::Result<Child> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = lock(&self.0)
+            .as_ref()
+            .is_some_and(|inbox| inbox.send((command, tx)).is_ok());
+        if !sent {
+            return Err(io::Error::other("the transport is shutting down"));
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the keeper thread ended")))
+    }
+
+    /// Lets the keeper thread end once it has started what it was asked to.
+    fn close(&self) {
+        lock(&self.0).take();
+    }
+}
+
+/// Starts the keeper thread, which forks every worker and lives until its inbox closes.
+fn spawn_keeper() -> Result<(KeeperInbox, JoinHandle<()>), Error> {
+    let (tx, rx) = crossbeam_channel::unbounded::<StartRequest>();
     let keeper = std::thread::Builder::new()
         .name("parvm-local-keeper".into())
         .spawn(move || {
-            let mut children = Vec::new();
-            let mut failure = None;
-            for (rank, mut command, program) in commands {
-                match command.spawn() {
-                    Ok(child) => children.push((rank, child)),
-                    Err(source) => {
-                        failure = Some(Error::WorkerStart {
-                            rank,
-                            program,
-                            source,
-                        });
-                        break;
-                    }
-                }
+            for (mut command, reply) in rx {
+                let _ = reply.send(command.spawn());
             }
-            let _ = result_tx.send((children, failure));
-            // Blocks until the transport drops its sender.
-            let _ = stop_rx.recv();
         })
         .map_err(|source| Error::Io {
             backend: "local",
             what: "start its keeper thread".into(),
             source,
         })?;
-    let (children, failure) = result_rx.recv().map_err(|_| Error::Io {
-        backend: "local",
-        what: "start the workers (the keeper thread ended)".into(),
-        source: io::Error::other("keeper thread ended early"),
-    })?;
-    if let Some(err) = failure {
-        for (_, mut child) in children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        drop(stop_tx);
-        let _ = keeper.join();
-        return Err(err);
-    }
-    Ok(Keeper {
-        children,
-        stop: stop_tx,
-        thread: keeper,
-    })
+    Ok((KeeperInbox(Mutex::new(Some(tx))), keeper))
 }
 
-/// The started children and the thread that forked them.
-struct Keeper {
-    children: Vec<(Rank, Child)>,
-    /// Dropping this lets the thread end.
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -198,7 +199,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
     let spawner_host = options
         .spawner_host
         .clone()
-        .unwrap_or_else(crate::this_host);
+        .unwrap_or_else(crate::system_host);
     let hosts = options.hosts.clone().unwrap_or_else(|| {
         vec![SimulatedHost {
             name: spawner_host.clone(),
@@ -206,84 +207,28 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
             env: Vec::new(),
         }]
     });
-    let plan: Vec<(Rank, &SimulatedHost)> = hosts
+    let hosts: Vec<(&SimulatedHost, HostEnv)> = hosts
         .iter()
-        .flat_map(|host| std::iter::repeat_n(host, host.workers))
+        .map(|host| (host, host.env.clone().into()))
+        .collect();
+    let plan: Vec<(Rank, &SimulatedHost, &HostEnv)> = hosts
+        .iter()
+        .flat_map(|(host, env)| std::iter::repeat_n((*host, env), host.workers))
         .zip(1..)
-        .map(|(host, rank)| (rank, host))
+        .map(|((host, env), rank)| (rank, host, env))
         .collect();
     if plan.is_empty() {
         return Err(Error::NoWorkers);
     }
-    let setup = |what: &str, source: io::Error| Error::Io {
-        backend: "local",
-        what: what.to_string(),
-        source,
-    };
     let (program, args) = match options.program.clone() {
         Some(program) => program,
         None => (
-            std::env::current_exe().map_err(|e| setup("find its own executable", e))?,
+            std::env::current_exe().map_err(|e| setup_error("find its own executable", e))?,
             std::env::args_os().skip(1).collect(),
         ),
     };
-
-    // tempfile makes the folder with mode 0700, so only this user can reach the socket.
-    let dir = tempfile::Builder::new()
-        .prefix("parvm-local-")
-        .tempdir()
-        .map_err(|e| setup("create its private socket folder", e))?;
-    let socket = dir.path().join("s");
-    const MAX_SOCKET_PATH: usize = 107;
-    if socket.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(Error::SocketPathTooLong {
-            path: socket,
-            max: MAX_SOCKET_PATH,
-        });
-    }
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| setup(&format!("bind socket `{}`", socket.display()), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| setup("make its socket non-blocking", e))?;
-
-    let token = random_token();
-    let my_pid = std::process::id().to_string();
-    let commands = plan
-        .iter()
-        .map(|&(rank, host)| {
-            let mut command = Command::new(&program);
-            command
-                .args(&args)
-                .stdin(Stdio::null())
-                .env(SOCKET_VAR, &socket)
-                .env(RANK_VAR, rank.to_string())
-                .env(TOKEN_VAR, &token)
-                .env(SPAWNER_PID_VAR, &my_pid)
-                .env(SPAWNER_HOST_VAR, &spawner_host)
-                .env(MAX_FRAME_VAR, options.max_frame.to_string())
-                .env(HOSTNAME_VAR, &host.name)
-                .envs(host.env.iter().map(|(k, v)| (k, v)));
-            (rank, command, program.clone())
-        })
-        .collect();
-    let Keeper {
-        children,
-        stop: keeper_stop,
-        thread: keeper,
-    } = spawn_keeper(commands)?;
-    let procs: Vec<Arc<WorkerProc>> = children
-        .into_iter()
-        .zip(&plan)
-        .map(|((rank, child), &(_, host))| {
-            Arc::new(WorkerProc {
-                rank,
-                host: host.name.clone(),
-                pid: child.id(),
-                child: Mutex::new(child),
-            })
-        })
-        .collect();
+    let socket = Socket::bind()?;
+    let (keeper, keeper_thread) = spawn_keeper()?;
     let hub = Hub::new(
         "local",
         Peer {
@@ -291,89 +236,121 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
             host: spawner_host.clone(),
         },
         options.max_frame,
+        options.spin_window,
     );
+    let next_rank = Rank::try_from(plan.len() + 1).unwrap_or(Rank::MAX);
+    let replacing = Arc::new(Replacing::new(
+        hub.clone(),
+        Launch {
+            program,
+            args,
+            spawner_host,
+            spawner_pid: std::process::id().to_string(),
+            max_frame: options.max_frame,
+            spin_us: options.spin_window.min(MAX_SPIN_WINDOW).as_micros(),
+            connect_timeout: options.connect_timeout,
+        },
+        keeper,
+        options.replacements,
+        next_rank,
+    ));
     // From here on, dropping `spawner` kills and reaps the workers.
     let mut spawner = Spawner {
         hub: hub.clone(),
-        procs,
+        replacing: replacing.clone(),
         shutdown_grace: options.shutdown_grace,
-        keeper_stop: Some(keeper_stop),
-        keeper: Some(keeper),
+        keeper: Some(keeper_thread),
     };
-    let streams = match accept_all(&listener, &spawner.procs, &token, options.connect_timeout) {
+    let mut procs = Vec::with_capacity(plan.len());
+    for &(rank, host, env) in &plan {
+        match replacing.start_process(rank, rank, &host.name, env, &socket) {
+            Ok(proc) => procs.push(proc),
+            Err(err) => {
+                // The launch failed: no point waiting for workers to leave by themselves.
+                spawner.shutdown_grace = Duration::ZERO;
+                return Err(err);
+            }
+        }
+    }
+    let streams = match accept_all(&socket, &procs, options.connect_timeout, &|| false) {
         Ok(streams) => streams,
         Err(err) => {
-            // The launch failed: no point waiting for workers to leave by themselves.
             spawner.shutdown_grace = Duration::ZERO;
             return Err(err);
         }
     };
-    drop(listener);
-    drop(dir);
-
-    for (proc, stream) in spawner.procs.iter().zip(streams) {
-        let peer = Peer {
-            rank: proc.rank,
-            host: proc.host.clone(),
-        };
-        let watched = proc.clone();
-        let explain: star::Explain = Box::new(move |reason| explain_loss(&watched, reason));
-        let run = hub
-            .add(peer, Stream::Unix(stream), explain)
-            .map_err(|e| setup("clone a worker connection", e))?;
-        let thread = std::thread::Builder::new()
-            .name(format!("parvm-local-rank{}", proc.rank))
-            .spawn(run)
-            .map_err(|e| setup("start a reader thread", e))?;
-        hub.keep_thread(thread);
+    // Every worker joined: the socket and its folder go.
+    drop(socket);
+    for (proc, stream) in procs.into_iter().zip(streams) {
+        replacing
+            .attach(proc, stream)
+            .map_err(|e| setup_error("start a reader thread", e))?;
     }
     Ok(spawner)
 }
 
-/// Adds what became of the process to the reason its connection ended.
-fn explain_loss(proc: &WorkerProc, reason: String) -> String {
-    // The socket closes while the process is being torn down, a moment before it can be
-    // reaped, so wait a little for the exit status.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut pause = Duration::from_micros(50);
-    loop {
-        let status = proc.try_status();
-        if status.is_some() || Instant::now() >= deadline {
-            let fate = status.map_or_else(|| "is still running".to_string(), describe_status);
-            let text = format!(
-                "worker rank {} (pid {}) on host `{}`: {reason}; the process {fate}",
-                proc.rank, proc.pid, proc.host
-            );
-            // The hub logs a clean close at debug level, as the orderly way to leave; a
-            // worker that closed cleanly because it died or failed deserves a warning.
-            if reason == star::CLOSED && !status.is_some_and(|s| s.success()) {
-                tracing::warn!(
-                    backend = "local",
-                    rank = proc.rank,
-                    host = %proc.host,
-                    "lost peer: {text}"
-                );
-            }
-            return text;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+pub(super) fn setup_error(what: &str, source: io::Error) -> Error {
+    Error::Io {
+        backend: "local",
+        what: what.to_string(),
+        source,
     }
 }
 
-/// Accepts one authenticated connection per worker, in any order, until the deadline.
-fn accept_all(
-    listener: &UnixListener,
+/// A listening socket in a private folder, with the token its workers present; both go
+/// when it is dropped.
+pub(super) struct Socket {
+    pub(super) path: PathBuf,
+    pub(super) token: String,
+    listener: UnixListener,
+    _dir: tempfile::TempDir,
+}
+
+impl Socket {
+    pub(super) fn bind() -> Result<Socket, Error> {
+        // tempfile makes the folder with mode 0700, so only this user can reach the socket.
+        let dir = tempfile::Builder::new()
+            .prefix("parvm-local-")
+            .tempdir()
+            .map_err(|e| setup_error("create its private socket folder", e))?;
+        let path = dir.path().join("s");
+        const MAX_SOCKET_PATH: usize = 107;
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::SocketPathTooLong {
+                path,
+                max: MAX_SOCKET_PATH,
+            });
+        }
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| setup_error(&format!("bind socket `{}`", path.display()), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| setup_error("make its socket non-blocking", e))?;
+        Ok(Socket {
+            path,
+            token: random_token(),
+            listener,
+            _dir: dir,
+        })
+    }
+}
+
+/// Accepts one authenticated connection per worker, in any order, until the deadline
+/// (or until `abort` says to give up: the transport shuts down).
+pub(super) fn accept_all(
+    socket: &Socket,
     procs: &[Arc<WorkerProc>],
-    token: &str,
     timeout: Duration,
+    abort: &dyn Fn() -> bool,
 ) -> Result<Vec<UnixStream>, Error> {
+    let listener = &socket.listener;
+    let token = socket.token.as_str();
     let deadline = Instant::now() + timeout;
     let mut streams: Vec<Option<UnixStream>> = procs.iter().map(|_| None).collect();
     let mut pending: BTreeSet<Rank> = procs.iter().map(|p| p.rank).collect();
     while !pending.is_empty() {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || abort() {
             return Err(Error::WorkerTimeout {
                 ranks: pending.into_iter().collect(),
                 timeout,

@@ -9,12 +9,14 @@ use std::fmt;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::options::{
-    MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR, TOKEN_VAR,
+    HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
+    SPIN_US_VAR, TOKEN_VAR,
 };
 use crate::star::{Client, Stream};
 use crate::{Error, Rank, frame};
@@ -68,6 +70,7 @@ pub(super) fn join_from_env() -> Result<Option<Client>, Error> {
     let spawner_pid: u32 = parse_var(SPAWNER_PID_VAR)?;
     let spawner_host = env_var(SPAWNER_HOST_VAR)?;
     let max_frame: u64 = parse_var(MAX_FRAME_VAR)?;
+    let spin_window = Duration::from_micros(parse_var(SPIN_US_VAR)?);
     if rank == 0 {
         return Err(Error::BadWorkerEnv {
             var: RANK_VAR,
@@ -89,7 +92,11 @@ pub(super) fn join_from_env() -> Result<Option<Client>, Error> {
             actual: parent,
         });
     }
-    let host = crate::this_host();
+    // Set by the spawner for this worker alone (see `HOSTNAME_VAR`); empty counts as unset,
+    // as it always did.
+    let host = Some(env_var(HOSTNAME_VAR)?)
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(crate::system_host);
     let join_err = |source| Error::Join {
         rank,
         socket: socket.clone(),
@@ -112,6 +119,7 @@ pub(super) fn join_from_env() -> Result<Option<Client>, Error> {
         max_frame,
         Stream::Unix(stream),
     )
-    .map_err(join_err)?;
+    .map_err(join_err)?
+    .with_spin_window(spin_window);
     Ok(Some(client))
 }

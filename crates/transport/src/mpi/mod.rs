@@ -109,7 +109,8 @@ use mpi::traits::{Communicator, CommunicatorCollectives};
 
 use self::backoff::Backoff;
 pub use self::backoff::MAX_SLEEP;
-use self::receive::Receiver;
+pub use self::receive::INLINE;
+use self::receive::{Inbound, Receiver};
 use crate::local::HOSTNAME_VAR;
 use crate::{Error, Event, Peer, Rank, Transport, Wait};
 
@@ -121,12 +122,6 @@ pub const SPIN: Duration = Duration::from_micros(50);
 /// them eagerly (Open MPI's shared-memory limit is 4 KiB, its TCP one 64 KiB, MPICH's
 /// 64 KiB), so the call returns without waiting for the receiver and cannot deadlock.
 const EAGER: usize = 1024;
-
-/// The size of the receive buffer that is always posted: payloads up to this size travel
-/// as one message that MPI copies straight into it, larger ones as a head and a tail (see
-/// [`Transport::send_parts`]). Above Open MPI's shared-memory eager limit (4 KiB) a
-/// message needs a rendezvous anyway, so the head costs little next to it.
-pub const INLINE: usize = 8 * 1024;
 
 /// The environment variable that names the backend.
 const TRANSPORT_VAR: &str = "PARVM_TRANSPORT";
@@ -345,13 +340,12 @@ impl MpiTransport {
         }
     }
 
-    fn lost(&self, from: Rank, what: &str) -> Event {
-        Event::PeerLost {
-            rank: from,
-            reason: format!(
-                "rank {from} on host `{}` {what}",
-                self.host_of(from).unwrap_or("?")
-            ),
+    /// What the receiving side reads of this transport.
+    fn inbound(&self) -> Inbound<'_> {
+        Inbound {
+            rank: self.rank,
+            peers: &self.peers,
+            bulk: &self.bulk,
         }
     }
 
@@ -407,7 +401,7 @@ impl MpiTransport {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return Ok(()),
         };
-        if let Some(event) = self.take_one(&mut rx)? {
+        if let Some(event) = self.inbound().take_one(&mut rx)? {
             rx.inbox.push_back(event);
             self.arrived.notify_all();
         }
@@ -467,7 +461,7 @@ impl Transport for MpiTransport {
         if let Some(event) = rx.inbox.pop_front() {
             return Ok(Some(event));
         }
-        if let Some(event) = self.take_one(&mut rx)? {
+        if let Some(event) = self.inbound().take_one(&mut rx)? {
             return Ok(Some(event));
         }
         // Nothing there yet. The clock is read only now: the hot path never reads it.
@@ -483,14 +477,14 @@ impl Transport for MpiTransport {
             if let Some(event) = rx.inbox.pop_front() {
                 return Ok(Some(event));
             }
-            if let Some(event) = self.take_one(&mut rx)? {
+            if let Some(event) = self.inbound().take_one(&mut rx)? {
                 return Ok(Some(event));
             }
             // After a sleep, Open MPI's first call only notices what arrived meanwhile
             // and the second completes it; without this the wake-up latency doubles.
             if woke {
                 woke = false;
-                if let Some(event) = self.take_one(&mut rx)? {
+                if let Some(event) = self.inbound().take_one(&mut rx)? {
                     return Ok(Some(event));
                 }
             }

@@ -2,13 +2,21 @@
 //! and its tail on the second communicator) and the messages held behind them, so every
 //! sender's messages arrive in order.
 //!
-//! Owns [`Receiver`], which one thread at a time holds (under `MpiTransport`'s lock).
-//! Must not know how a `recv` waits (see `backoff`) nor how messages are sent.
+//! Owns [`Receiver`], which one thread at a time holds (under `MpiTransport`'s lock), the
+//! size of its always-posted buffer ([`INLINE`]), and [`Inbound`], what receiving reads of
+//! the transport. Must not know `MpiTransport` itself, how a `recv` waits (see `backoff`)
+//! nor how messages are sent.
 
 use std::collections::VecDeque;
 
-use super::{INLINE, MpiTransport, raw};
-use crate::{Error, Event, Rank};
+use super::raw;
+use crate::{Error, Event, Peer, Rank};
+
+/// The size of the receive buffer that is always posted: payloads up to this size travel
+/// as one message that MPI copies straight into it, larger ones as a head and a tail (see
+/// [`Transport::send_parts`](crate::Transport::send_parts)). Above Open MPI's shared-memory
+/// eager limit (4 KiB) a message needs a rendezvous anyway, so the head costs little next to it.
+pub const INLINE: usize = 8 * 1024;
 
 /// The receiving side; one thread at a time takes messages out of MPI, under its lock,
 /// which keeps every sender's messages in order.
@@ -31,7 +39,15 @@ pub(super) struct Split {
     held: VecDeque<raw::Arrival>,
 }
 
-impl MpiTransport {
+/// What the receiving side reads of its transport: this rank, the host of every rank (named
+/// when a peer is lost), and the communicator the tails of split messages arrive on.
+pub(super) struct Inbound<'a> {
+    pub(super) rank: Rank,
+    pub(super) peers: &'a [Peer],
+    pub(super) bulk: &'a raw::Comm,
+}
+
+impl Inbound<'_> {
     /// Takes one message from MPI, if one is there. The caller holds the receiver's lock
     /// (the argument proves it).
     pub(super) fn take_one(&self, rx: &mut Receiver) -> Result<Option<Event>, Error> {
@@ -140,5 +156,16 @@ impl MpiTransport {
             Ok(()) => Event::Message { from, payload },
             Err(e) => self.lost(from, &format!("could not be received from: {e}")),
         })
+    }
+
+    fn lost(&self, from: Rank, what: &str) -> Event {
+        let host = usize::try_from(from)
+            .ok()
+            .and_then(|index| self.peers.get(index))
+            .map_or("?", |peer| peer.host.as_str());
+        Event::PeerLost {
+            rank: from,
+            reason: format!("rank {from} on host `{host}` {what}"),
+        }
     }
 }

@@ -9,9 +9,9 @@ use std::io::{self, BufReader};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::spin::{Spin, readable_now, wait_readable};
+use super::spin::{DEFAULT_SPIN_WINDOW, Spin, readable_now, wait_readable};
 use super::stream::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
 use crate::seal::Opener;
 use crate::{Error, Event, Peer, Rank, Wait};
@@ -86,9 +86,15 @@ impl Client {
             }),
             writer: Mutex::new(writer),
             spawner_lost: AtomicBool::new(false),
-            spin: Spin::new(),
+            spin: Spin::new(DEFAULT_SPIN_WINDOW),
             spawner_addr: None,
         })
+    }
+
+    /// Spins for `window` before a wait sleeps, instead of [`DEFAULT_SPIN_WINDOW`].
+    pub(crate) fn with_spin_window(mut self, window: Duration) -> Client {
+        self.spin = Spin::new(window);
+        self
     }
 
     /// Names the spawner's address in the reasons of a lost spawner.

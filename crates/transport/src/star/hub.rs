@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -64,7 +64,14 @@ pub(crate) const CLOSED: &str = "it closed its connection";
 pub(crate) type Explain = Box<dyn FnOnce(String) -> String + Send>;
 
 impl Hub {
-    pub(crate) fn new(backend: &'static str, me: Peer, max_frame: u64) -> Arc<Hub> {
+    /// The spawner's end, receiving frames up to `max_frame` bytes and spinning for
+    /// `spin_window` before a wait sleeps.
+    pub(crate) fn new(
+        backend: &'static str,
+        me: Peer,
+        max_frame: u64,
+        spin_window: Duration,
+    ) -> Arc<Hub> {
         let (tx, rx) = crossbeam_channel::unbounded();
         Arc::new(Hub {
             backend,
@@ -74,7 +81,7 @@ impl Hub {
             tx,
             rx,
             closing: AtomicBool::new(false),
-            spin: Spin::new(),
+            spin: Spin::new(spin_window),
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -157,7 +164,7 @@ impl Hub {
         // The reader spins too: the program's thread spinning in `recv` keeps one core
         // awake, but the reply comes through this thread, and waking it from a blocking
         // read costs more than the message in a ping-pong.
-        let spin = Spin::new();
+        let spin = Spin::new(self.spin.window());
         let reason = loop {
             let waited = reader.buffer().is_empty().then(|| {
                 let fd = reader.get_ref().as_fd();

@@ -1,12 +1,12 @@
 //! How a waiter waits: an adaptive spin before it sleeps ([`Spin`]), and the sleeping
 //! waits on a socket (`poll`) and on the hub's channel.
 //!
-//! Owns the spin window (`PARVM_SPIN_US`) and the heuristics that turn spinning off and
-//! back on. Must not know frames, connections or backends: it only waits for "ready".
+//! Owns the heuristics that turn spinning off and back on. The window itself is an option
+//! of each backend (the VM passes `PARVM_SPIN_US` from its configuration). Must not know
+//! frames, connections, backends or the environment: it only waits for "ready".
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,25 +16,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{Event, Wait};
 
-/// How long a waiter spins before it sleeps, unless `PARVM_SPIN_US` says otherwise; see
-/// [`Spin`].
-const SPIN_WINDOW_US: u64 = 100;
+/// How long a waiting `recv` polls before it sleeps unless its backend's options say
+/// otherwise: waking a sleeping process costs more than a quick reply takes to come.
+pub const DEFAULT_SPIN_WINDOW: Duration = Duration::from_micros(100);
 
-/// Overrides [`SPIN_WINDOW_US`]: microseconds a waiting `recv` polls before it sleeps
-/// (0: never spin, for machines shared with other jobs).
-pub const SPIN_VAR: &str = "PARVM_SPIN_US";
-
-/// The spin window: [`SPIN_WINDOW_US`], or `PARVM_SPIN_US` when set to a number.
-fn spin_window() -> Duration {
-    static WINDOW: OnceLock<Duration> = OnceLock::new();
-    *WINDOW.get_or_init(|| {
-        let us = std::env::var(SPIN_VAR)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(SPIN_WINDOW_US);
-        Duration::from_micros(us.min(1_000_000))
-    })
-}
+/// The longest spin window a backend accepts; longer ones are cut to it.
+pub const MAX_SPIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// Adaptive spin-then-sleep for one waiter.
 ///
@@ -50,6 +37,8 @@ fn spin_window() -> Duration {
 /// twice the window, and a probe spin every [`PROBE_EVERY`] waits while spinning is off.
 #[derive(Debug)]
 pub(crate) struct Spin {
+    /// How long a wait spins before it sleeps; zero: never.
+    window: Duration,
     on: AtomicBool,
     /// Waits since spinning was turned off.
     off_for: AtomicU32,
@@ -60,11 +49,18 @@ pub(crate) struct Spin {
 const PROBE_EVERY: u32 = 16;
 
 impl Spin {
-    pub(crate) fn new() -> Spin {
+    /// A waiter that spins for at most `window` (cut to [`MAX_SPIN_WINDOW`]).
+    pub(crate) fn new(window: Duration) -> Spin {
         Spin {
+            window: window.min(MAX_SPIN_WINDOW),
             on: AtomicBool::new(true),
             off_for: AtomicU32::new(0),
         }
+    }
+
+    /// The window this waiter spins for, so a helper thread can spin as long.
+    pub(super) fn window(&self) -> Duration {
+        self.window
     }
 
     /// Polls `ready` until it yields something, the spin window (counted from `start`)
@@ -75,7 +71,7 @@ impl Spin {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> io::Result<Option<T>>,
     ) -> io::Result<Option<T>> {
-        let window = spin_window();
+        let window = self.window;
         if window.is_zero() {
             return Ok(None);
         }
@@ -99,7 +95,7 @@ impl Spin {
 
     /// Remembers how long a wait that started at `start` took (`None`: it timed out).
     pub(super) fn record(&self, start: Option<Instant>) {
-        let quick = start.is_some_and(|start| start.elapsed() < 2 * spin_window());
+        let quick = start.is_some_and(|start| start.elapsed() < 2 * self.window);
         if quick {
             self.off_for.store(0, Ordering::Relaxed);
         }
@@ -181,7 +177,7 @@ mod tests {
 
     #[test]
     fn spinning_turns_off_after_a_long_wait_and_probes_back() {
-        let spin = Spin::new();
+        let spin = Spin::new(DEFAULT_SPIN_WINDOW);
         let now = Instant::now();
         // Something ready at once is found while spinning is on.
         assert_eq!(spin.spin(now, None, || Ok(Some(1))).unwrap(), Some(1));
@@ -202,12 +198,25 @@ mod tests {
 
     #[test]
     fn spinning_stops_at_the_window_or_the_deadline() {
-        let spin = Spin::new();
+        let spin = Spin::new(DEFAULT_SPIN_WINDOW);
         let start = Instant::now();
         assert_eq!(spin.spin(start, None, || Ok(None::<()>)).unwrap(), None);
-        assert!(start.elapsed() >= spin_window());
+        assert!(start.elapsed() >= DEFAULT_SPIN_WINDOW);
         let start = Instant::now();
         let _ = spin.spin(start, Some(start), || Ok(None::<()>));
-        assert!(start.elapsed() < spin_window() + Duration::from_millis(50));
+        assert!(start.elapsed() < DEFAULT_SPIN_WINDOW + Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_zero_window_never_polls_and_a_long_one_is_cut() {
+        let spin = Spin::new(Duration::ZERO);
+        let mut looked = false;
+        let found = spin.spin(Instant::now(), None, || {
+            looked = true;
+            Ok(Some(()))
+        });
+        assert_eq!(found.unwrap(), None);
+        assert!(!looked, "a zero window must not poll");
+        assert_eq!(Spin::new(Duration::from_secs(60)).window(), MAX_SPIN_WINDOW);
     }
 }

@@ -1,5 +1,5 @@
 //! A worker joining a TCP spawner: [`TcpTransport::connect_with`](super::TcpTransport::connect_with) tries the handshake
-//! again with growing pauses until its deadline (`PARVM_CONNECT_WAIT`), so workers may
+//! again with growing pauses until its deadline ([`ConnectOptions::wait`]), so workers may
 //! start before the spawner listens.
 //!
 //! Owns the retry policy. Must not know the handshake's bytes (`handshake`).
@@ -7,20 +7,18 @@
 use std::time::{Duration, Instant};
 
 use super::handshake::{connect_once, truncate_host};
-use super::limits::{from_env, handshake_timeout, max_frame, parse_seconds};
-use super::options::{CONNECT_WAIT_VAR, ConnectOptions};
-use crate::Error;
+use super::options::{ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::star::Client;
+use crate::{Error, frame};
 
 /// Joins the spawner, trying again until the deadline; see [`TcpTransport::connect_with`](super::TcpTransport::connect_with).
 pub(super) fn join(options: ConnectOptions) -> Result<Client, Error> {
-    let timeout = handshake_timeout(options.handshake_timeout)?;
-    let max_frame = max_frame(options.max_frame)?;
-    let wait = match options.wait {
-        Some(wait) => wait,
-        None => from_env(CONNECT_WAIT_VAR, |t| parse_seconds(t, true))?.unwrap_or_default(),
-    };
-    let host = truncate_host(&options.host.clone().unwrap_or_else(crate::this_host));
+    let timeout = options
+        .handshake_timeout
+        .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+    let max_frame = options.max_frame.unwrap_or(frame::DEFAULT_MAX_FRAME);
+    let wait = options.wait.unwrap_or_default();
+    let host = truncate_host(&options.host.clone().unwrap_or_else(crate::system_host));
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(100);
     let mut tries = 0u32;

@@ -213,7 +213,8 @@ pub(super) fn connect_once(
         sealing,
     )
     .map_err(connect_err)?
-    .with_spawner_addr(addr);
+    .with_spawner_addr(addr)
+    .with_spin_window(options.spin_window);
     Ok(client)
 }
 

@@ -15,10 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::handshake::{Admission, handshake, magic};
-use super::limits::{handshake_timeout, max_frame};
-use super::options::{MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions};
+use super::options::{DEFAULT_HANDSHAKE_TIMEOUT, MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions};
 use crate::star::{self, Hub, Stream, lock};
-use crate::{Error, Event, Peer};
+use crate::{Error, Event, Peer, frame};
 
 /// How often at most the spawner warns that it drops pending handshakes to make room.
 const FLOOD_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -74,8 +73,10 @@ impl Drop for Listening {
 
 /// Binds the listening socket and starts the accept thread; see [`TcpTransport::listen`](super::TcpTransport::listen).
 pub(super) fn listen(options: TcpOptions) -> Result<Listening, Error> {
-    let timeout = handshake_timeout(options.handshake_timeout)?;
-    let max_frame = max_frame(options.max_frame)?;
+    let timeout = options
+        .handshake_timeout
+        .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+    let max_frame = options.max_frame.unwrap_or(frame::DEFAULT_MAX_FRAME);
     let listen_err = |source| Error::Listen {
         addr: options.addr.to_string(),
         source,
@@ -83,8 +84,13 @@ pub(super) fn listen(options: TcpOptions) -> Result<Listening, Error> {
     let listener = bind_listener(options.addr).map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
     let listener = Arc::new(listener);
-    let host = options.host.clone().unwrap_or_else(crate::this_host);
-    let hub = Hub::new("tcp", Peer { rank: 0, host }, max_frame);
+    let host = options.host.clone().unwrap_or_else(crate::system_host);
+    let hub = Hub::new(
+        "tcp",
+        Peer { rank: 0, host },
+        max_frame,
+        options.spin_window,
+    );
     let shared = Arc::new(Shared {
         admission: Admission {
             hub: hub.clone(),

@@ -40,18 +40,16 @@
 
 mod connect;
 mod handshake;
-mod limits;
 mod listener;
 mod options;
 
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use self::limits::parse_max_frame;
 use self::listener::Listening;
 pub use self::options::{
-    CONNECT_VAR, CONNECT_WAIT_VAR, ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT, FIRST_BYTES_TIMEOUT,
-    HANDSHAKE_TIMEOUT_VAR, MAX_FRAME_VAR, MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions,
+    ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR,
+    MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions,
 };
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::Client;
@@ -88,9 +86,7 @@ impl TcpTransport {
     /// 1, 2, ... in the order their handshakes complete.
     ///
     /// # Errors
-    /// [`Error::Listen`] when the address cannot be bound, [`Error::BadEnv`] when
-    /// `PARVM_MAX_FRAME` or `PARVM_HANDSHAKE_TIMEOUT` is set to something unusable (and
-    /// not overridden in `options`).
+    /// [`Error::Listen`] when the address cannot be bound.
     pub fn listen(options: TcpOptions) -> Result<TcpTransport, Error> {
         Ok(TcpTransport {
             side: Side::Spawner(listener::listen(options)?),
@@ -122,8 +118,7 @@ impl TcpTransport {
     /// the handshake fails.
     ///
     /// # Errors
-    /// [`Error::BadEnv`] for an unusable `PARVM_*` variable; else the last try's error:
-    /// [`Error::Connect`] when the spawner cannot be reached, [`Error::Handshake`] when
+    /// The last try's error: [`Error::Connect`] when the spawner cannot be reached, [`Error::Handshake`] when
     /// authentication fails (different secrets, another parvm version, not a parvm
     /// spawner, or bytes changed on the way).
     pub fn connect_with(options: ConnectOptions) -> Result<TcpTransport, Error> {
@@ -131,28 +126,6 @@ impl TcpTransport {
             side: Side::Worker(connect::join(options)?),
         })
     }
-}
-
-/// Joins the spawner named by `PARVM_CONNECT` (`host:port`), with the secret of
-/// [`Secret::default_path`] and the host name of [`crate::this_host`], trying for
-/// `PARVM_CONNECT_WAIT` seconds (see [`ConnectOptions::wait`]).
-///
-/// Returns `Ok(None)` when `PARVM_CONNECT` is not set.
-///
-/// # Errors
-/// The secret file is missing or unsafe, a `PARVM_*` variable is unusable, or joining
-/// fails (see [`TcpTransport::connect_with`]).
-pub fn worker_from_env() -> Result<Option<TcpTransport>, Error> {
-    let Some(addr) = std::env::var_os(CONNECT_VAR).filter(|a| !a.is_empty()) else {
-        return Ok(None);
-    };
-    let addr = addr.into_string().map_err(|value| Error::BadWorkerEnv {
-        var: CONNECT_VAR,
-        value: value.to_string_lossy().into_owned(),
-        reason: "it is not UTF-8".into(),
-    })?;
-    let secret = Secret::load(&Secret::default_path()?)?;
-    TcpTransport::connect_with(ConnectOptions::new(addr, secret)).map(Some)
 }
 
 impl Transport for TcpTransport {

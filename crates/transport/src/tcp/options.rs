@@ -1,7 +1,9 @@
 //! What a TCP spawner or worker is configured with: [`TcpOptions`], [`ConnectOptions`],
-//! the variables that set them from the environment and the documented bounds.
+//! their defaults and the documented bounds, and the names of the variables that the VM
+//! (through `parvm-env-config`) reads into them and this backend's messages name.
 //!
-//! Owns the option types and their defaults. Must not know sockets or handshakes.
+//! Owns the option types and their defaults. Must not know sockets, handshakes or the
+//! environment: nothing here reads a variable.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,20 +12,10 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::secret::Secret;
+use crate::star::DEFAULT_SPIN_WINDOW;
 
-/// The variable telling a worker where the spawner listens (`host:port`).
-pub const CONNECT_VAR: &str = "PARVM_CONNECT";
-
-/// The variable telling a worker started with [`CONNECT_VAR`] how many seconds to keep
-/// trying to join (a spawner that starts later, a refused handshake); default 0: one try.
-pub const CONNECT_WAIT_VAR: &str = "PARVM_CONNECT_WAIT";
-
-/// The variable setting the largest payload accepted, in bytes (suffixes `K`, `M`, `G`
-/// for KiB, MiB, GiB), on the spawner and on workers; default 1 GiB.
-pub const MAX_FRAME_VAR: &str = "PARVM_MAX_FRAME";
-
-/// The variable setting the handshake timeout in seconds (fractions allowed), on the
-/// spawner and on workers; default 5.
+/// The variable setting the handshake timeout in seconds, as this backend's messages name
+/// it (the VM reads it through `parvm-env-config` and passes it in the options).
 pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
 
 /// The default handshake timeout.
@@ -47,6 +39,7 @@ pub struct TcpOptions {
     pub(super) handshake_timeout: Option<Duration>,
     pub(super) max_frame: Option<u64>,
     pub(super) host: Option<String>,
+    pub(super) spin_window: Duration,
     /// Set only by the benchmarks (feature `bench-plaintext`).
     pub(super) plaintext: bool,
 }
@@ -61,6 +54,7 @@ impl TcpOptions {
             handshake_timeout: None,
             max_frame: None,
             host: None,
+            spin_window: DEFAULT_SPIN_WINDOW,
             plaintext: false,
         }
     }
@@ -72,26 +66,37 @@ impl TcpOptions {
         self
     }
 
-    /// How long a connecting peer has to complete the handshake. Default:
-    /// `PARVM_HANDSHAKE_TIMEOUT` seconds when set, else 5 s.
+    /// How long a connecting peer has to complete the handshake. Default: 5 s
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`]; the VM passes `PARVM_HANDSHAKE_TIMEOUT`).
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
         self
     }
 
-    /// The largest payload accepted, in bytes. Default: `PARVM_MAX_FRAME` when set, else
-    /// 1 GiB.
+    /// The largest payload accepted, in bytes. Default: 1 GiB
+    /// ([`frame::DEFAULT_MAX_FRAME`](crate::frame::DEFAULT_MAX_FRAME); the VM passes
+    /// `PARVM_MAX_FRAME`).
     #[must_use]
     pub fn max_frame(mut self, bytes: u64) -> Self {
         self.max_frame = Some(bytes);
         self
     }
 
-    /// The spawner's host name. Default: [`crate::this_host`].
+    /// The spawner's host name. Default: the system's host name (the VM passes its
+    /// configured one, `PARVM_HOSTNAME` when set).
     #[must_use]
     pub fn host(mut self, name: impl Into<String>) -> Self {
         self.host = Some(name.into());
+        self
+    }
+
+    /// How long a waiting `recv` polls before it sleeps (zero: never; cut to
+    /// [`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)). Default:
+    /// [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW) (the VM passes `PARVM_SPIN_US`).
+    #[must_use]
+    pub fn spin_window(mut self, window: Duration) -> Self {
+        self.spin_window = window;
         self
     }
 
@@ -120,6 +125,7 @@ pub struct ConnectOptions {
     pub(super) max_frame: Option<u64>,
     pub(super) wait: Option<Duration>,
     pub(super) on_retry: Option<OnRetry>,
+    pub(super) spin_window: Duration,
     pub(super) plaintext: bool,
 }
 
@@ -131,6 +137,7 @@ impl fmt::Debug for ConnectOptions {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_frame", &self.max_frame)
             .field("wait", &self.wait)
+            .field("spin_window", &self.spin_window)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +154,7 @@ impl ConnectOptions {
             max_frame: None,
             wait: None,
             on_retry: None,
+            spin_window: DEFAULT_SPIN_WINDOW,
             plaintext: false,
         }
     }
@@ -159,23 +167,25 @@ impl ConnectOptions {
         self
     }
 
-    /// The host name this worker reports. Default: [`crate::this_host`].
+    /// The host name this worker reports. Default: the system's host name (the VM passes
+    /// its configured one, `PARVM_HOSTNAME` when set).
     #[must_use]
     pub fn host(mut self, name: impl Into<String>) -> Self {
         self.host = Some(name.into());
         self
     }
 
-    /// How long the spawner has to answer each step of the handshake. Default:
-    /// `PARVM_HANDSHAKE_TIMEOUT` seconds when set, else 5 s.
+    /// How long the spawner has to answer each step of the handshake. Default: 5 s
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`]; the VM passes `PARVM_HANDSHAKE_TIMEOUT`).
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
         self
     }
 
-    /// The largest payload accepted from the spawner, in bytes. Default:
-    /// `PARVM_MAX_FRAME` when set, else 1 GiB.
+    /// The largest payload accepted from the spawner, in bytes. Default: 1 GiB
+    /// ([`frame::DEFAULT_MAX_FRAME`](crate::frame::DEFAULT_MAX_FRAME); the VM passes
+    /// `PARVM_MAX_FRAME`).
     #[must_use]
     pub fn max_frame(mut self, bytes: u64) -> Self {
         self.max_frame = Some(bytes);
@@ -184,11 +194,19 @@ impl ConnectOptions {
 
     /// Keeps trying this long when the spawner cannot be reached or a handshake fails or
     /// is refused (a spawner that starts later, or that is flooded), with growing pauses
-    /// (0.1 s doubling up to 2 s) between tries. Default: `PARVM_CONNECT_WAIT` seconds
-    /// when set, else 0 (one try).
+    /// (0.1 s doubling up to 2 s) between tries. Default: 0, one try (the VM passes
+    /// `PARVM_CONNECT_WAIT`).
     #[must_use]
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = Some(wait);
+        self
+    }
+
+    /// How long a waiting `recv` polls before it sleeps; see [`TcpOptions::spin_window`].
+    /// Default: [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW).
+    #[must_use]
+    pub fn spin_window(mut self, window: Duration) -> Self {
+        self.spin_window = window;
         self
     }
 

@@ -3,6 +3,7 @@
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod replace;
 mod tcp;
 
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ use parvm_transport::tcp::{ConnectOptions, Secret, TcpOptions, TcpTransport};
 use parvm_transport::{Error, Event, Peer, Transport, Wait, frame};
 use sha2::{Digest, Sha256};
 
-use crate::{ECHO, KillOnDrop, ask, ask_text, next_event, wait_until};
+use crate::{ask, next_event, wait_until};
 
 const MAGIC: &[u8; 8] = b"PVTCP\x00\x03\x00";
 const KEY: &[u8] = b"correct horse battery staple";
@@ -336,29 +336,6 @@ fn a_silent_peer_does_not_block_others() {
     // A hello and then silence: dropped at the handshake timeout.
     assert_closed(slow, timeout + crate::PATIENCE);
     assert!(start.elapsed() >= timeout - Duration::from_millis(100));
-}
-
-#[test]
-fn worker_from_env_joins_through_parvm_connect() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("secret");
-    let secret = Secret::load_or_create(&path).unwrap();
-    let spawner = TcpTransport::listen(TcpOptions::new(secret)).unwrap();
-    let addr = spawner.local_addr().unwrap();
-    let mut child = Command::new(ECHO)
-        .env("PARVM_CONNECT", addr.to_string())
-        .env("PARVM_SECRET_FILE", &path)
-        .env("PARVM_HOSTNAME", "envhost")
-        .env_remove("PARVM_LOCAL_SOCKET")
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(vec![child.id()]);
-    let peer = joined(&spawner);
-    assert_eq!(peer.host, "envhost");
-    assert_eq!(ask_text(&spawner, peer.rank, "!host"), "envhost");
-    drop(spawner);
-    // The worker leaves when the spawner is gone.
-    assert!(child.wait().unwrap().success());
 }
 
 #[test]
@@ -981,88 +958,6 @@ fn the_worker_side_frame_limit_is_enforced() {
         other => panic!("{other:?}"),
     }
     lost(&spawner, peer.rank);
-}
-
-#[test]
-fn bad_variables_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("secret");
-    let secret = Secret::load_or_create(&path).unwrap();
-    let spawner = TcpTransport::listen(TcpOptions::new(secret)).unwrap();
-    let addr = spawner.local_addr().unwrap();
-    for (var, value) in [
-        ("PARVM_MAX_FRAME", "lots"),
-        ("PARVM_MAX_FRAME", "100"),
-        ("PARVM_HANDSHAKE_TIMEOUT", "0"),
-        ("PARVM_HANDSHAKE_TIMEOUT", "soon"),
-        ("PARVM_CONNECT_WAIT", "-1"),
-    ] {
-        let output = Command::new(ECHO)
-            .env("PARVM_CONNECT", addr.to_string())
-            .env("PARVM_SECRET_FILE", &path)
-            .env(var, value)
-            .env_remove("PARVM_LOCAL_SOCKET")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{var}={value}");
-        assert!(
-            stderr.contains(var) && stderr.contains(value),
-            "{var}={value}: {stderr}"
-        );
-    }
-    // Good values work, and a worker with a 2 s wait joins.
-    let mut child = Command::new(ECHO)
-        .env("PARVM_CONNECT", addr.to_string())
-        .env("PARVM_SECRET_FILE", &path)
-        .env("PARVM_MAX_FRAME", "64M")
-        .env("PARVM_HANDSHAKE_TIMEOUT", "2.5")
-        .env("PARVM_CONNECT_WAIT", "2")
-        .env("PARVM_HOSTNAME", "varhost")
-        .env_remove("PARVM_LOCAL_SOCKET")
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(vec![child.id()]);
-    let peer = joined(&spawner);
-    assert_eq!(ask_text(&spawner, peer.rank, "!env:PARVM_MAX_FRAME"), "64M");
-    drop(spawner);
-    assert!(child.wait().unwrap().success());
-}
-
-#[test]
-fn a_program_as_its_own_worker_waits_for_the_spawner() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("secret");
-    let secret = Secret::load_or_create(&path).unwrap();
-    // A stand-in holds the port until the worker has tried once.
-    let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = stand_in.local_addr().unwrap();
-    let start = |wait: &str| {
-        Command::new(ECHO)
-            .env("PARVM_CONNECT", port.to_string())
-            .env("PARVM_SECRET_FILE", &path)
-            .env("PARVM_CONNECT_WAIT", wait)
-            .env("PARVM_HOSTNAME", "patient")
-            .env_remove("PARVM_LOCAL_SOCKET")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    // Without waiting, a refused handshake is the end, and it says where it tried.
-    let child = start("0");
-    drop(stand_in.accept().unwrap());
-    let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains(&port.to_string()));
-    // Waiting, it tries again, and joins the spawner that takes the port over.
-    let mut child = start("30");
-    let _guard = KillOnDrop(vec![child.id()]);
-    drop(stand_in.accept().unwrap());
-    drop(stand_in);
-    let spawner = TcpTransport::listen(TcpOptions::new(secret).addr(port)).unwrap();
-    assert_eq!(joined(&spawner).host, "patient");
-    drop(spawner);
-    assert!(child.wait().unwrap().success());
 }
 
 #[test]

@@ -81,6 +81,27 @@ impl Job {
         self.map(|s| s.hosts(hosts))
     }
 
+    /// Files of the task folder matching `pattern` come back when the job ends, into the
+    /// job's folder `<results>/<index>/` of [`Dispatch::results`](crate::Dispatch::results)
+    /// (required); repeatable. As [`Spawn::returning`]: mirroring's glob rules, relative to
+    /// the task folder; a pattern that leaves it makes the job
+    /// [`Failed`](crate::JobOutcome::Failed) before anything is sent, and a literal
+    /// pattern that matches nothing fails the job.
+    #[must_use]
+    pub fn returning(self, pattern: impl Into<String>) -> Job {
+        self.map(|s| s.returning(pattern))
+    }
+
+    /// Whether a command's standard output and error are kept
+    /// ([`JobResult::stdout`](crate::JobResult::stdout), `stderr`) instead of printed;
+    /// default false; ignored for a registered task. As [`Spawn::capture`]: bounded in
+    /// memory, past [`CAPTURE_IN_MEMORY`](crate::CAPTURE_IN_MEMORY) written to the job's
+    /// results folder (or a temporary file in local storage without one).
+    #[must_use]
+    pub fn capture(self, on: bool) -> Job {
+        self.map(|s| s.capture(on))
+    }
+
     /// The job's time limit, counted from when it starts on its slot; overrides
     /// [`Dispatch::timeout`](crate::Dispatch::timeout). Default: the dispatch's limit.
     #[must_use]

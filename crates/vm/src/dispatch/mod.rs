@@ -5,18 +5,22 @@
 //! This module owns the public builder and the ways results are handed out; the
 //! scheduling is [`scheduler`]'s. It must not write the slot table nor know frames.
 
+mod flight;
 mod job;
+mod output;
 mod result;
 mod scheduler;
 
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use job::Job;
 pub use result::{JobOutcome, JobResult};
 
 use crate::{Error, Vm};
-use scheduler::{Scheduler, Settings};
+use flight::Settings;
+use scheduler::Scheduler;
 
 impl Vm {
     /// Runs `jobs` on every slot of the runtime and gives their results; see [`Dispatch`].
@@ -87,10 +91,18 @@ pub struct Dispatch<'vm, I: Iterator<Item = Job>> {
 impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// At most `jobs` jobs are held at once: running, queued at a worker, waiting to be
     /// run again, or finished and waiting for an earlier job (in job order). Default: 4
-    /// per worker slot when the dispatch starts; at least 1. Less than 2 per slot leaves
+    /// per worker slot (growing as slots join); at least 1. Less than 2 per slot leaves
     /// slots idle between jobs.
     pub fn window(mut self, jobs: usize) -> Self {
         self.settings.window = Some(jobs);
+        self
+    }
+
+    /// The folder returned files and spilled output go to: each job gets
+    /// `<dir>/<job index>/` (made when its first file arrives). Required for jobs with
+    /// [`Job::returning`]; default: none.
+    pub fn results(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.results = Some(dir.into());
         self
     }
 
@@ -123,6 +135,20 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// sequence, stop with [`for_each`](Self::for_each) instead. Default: every job runs.
     pub fn halt_on_error(mut self) -> Self {
         self.settings.halt_on_error = true;
+        self
+    }
+
+    /// Each job's time limit, counted from when it starts on its slot (not while it
+    /// waits behind another job); default: none. A job past its limit is stopped and
+    /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a
+    /// lost worker. [`Job::timeout`] overrides it for one job.
+    ///
+    /// A command is stopped with everything it started; a function's worker process
+    /// exits (see [`Vm::stop`]). Under MPI, where a worker that exits ends the whole job,
+    /// a function past its limit is not stopped: it runs to its end and is reported as
+    /// timed out.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.settings.timeout = Some(limit);
         self
     }
 
@@ -162,17 +188,5 @@ impl<I: Iterator<Item = Job>> Iterator for Dispatch<'_, I> {
             self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
         }
         self.scheduler.as_mut()?.next_result()
-    }
-}
-
-/// A time limit, shared by every job without one of its own.
-impl<I: Iterator<Item = Job>> Dispatch<'_, I> {
-    /// Each job's time limit, counted from when it starts on its slot (not while it
-    /// waits behind another job); default: none. A job past its limit is stopped and
-    /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a
-    /// lost worker. [`Job::timeout`] overrides it for one job.
-    pub fn timeout(mut self, limit: Duration) -> Self {
-        self.settings.timeout = Some(limit);
-        self
     }
 }

@@ -3,9 +3,11 @@
 //! Plain public data; it must not know how jobs are scheduled.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{CommandStatus, HostId, TaskId, Value};
+use crate::message::TaskFailure;
+use crate::{Captured, CommandStatus, HostId, TaskId, Value};
 
 /// How one job of a dispatch ended.
 #[derive(Debug, Clone)]
@@ -37,7 +39,9 @@ pub enum JobOutcome {
         reason: String,
     },
     /// The job was not run: the dispatch halted after a failure
-    /// ([`Dispatch::halt_on_error`](crate::Dispatch::halt_on_error)).
+    /// ([`Dispatch::halt_on_error`](crate::Dispatch::halt_on_error)); or it was stopped
+    /// by [`Vm::stop`](crate::Vm::stop) (the program's own stop counts neither as a
+    /// failure nor as a lost worker).
     NotRun,
 }
 
@@ -46,6 +50,48 @@ impl JobOutcome {
     #[must_use]
     pub fn is_success(&self) -> bool {
         matches!(self, JobOutcome::Value(_) | JobOutcome::Command(_))
+    }
+}
+
+impl JobOutcome {
+    /// What a job's end means when its worker was not lost and no limit stopped it:
+    /// `failed` and `reason` from its exit, `value` from its result.
+    pub(crate) fn of_end(
+        failed: bool,
+        reason: String,
+        value: Option<Result<Value, TaskFailure>>,
+        command: bool,
+    ) -> JobOutcome {
+        match value {
+            Some(Ok(value)) if !failed => {
+                if !command {
+                    return JobOutcome::Value(value);
+                }
+                match value.decode::<CommandStatus>() {
+                    Ok(status) if status.success() => JobOutcome::Command(status),
+                    Ok(status) => JobOutcome::Failed {
+                        reason: format!("the command ended with {status}"),
+                        status: Some(status),
+                    },
+                    Err(e) => JobOutcome::Failed {
+                        reason: e.to_string(),
+                        status: None,
+                    },
+                }
+            }
+            Some(Err(failure)) => JobOutcome::Failed {
+                reason: failure.message,
+                status: None,
+            },
+            _ if failed => JobOutcome::Failed {
+                reason,
+                status: None,
+            },
+            _ => JobOutcome::Failed {
+                reason: "the task ended without sending its result back".to_owned(),
+                status: None,
+            },
+        }
     }
 }
 
@@ -63,7 +109,7 @@ impl fmt::Display for JobOutcome {
 }
 
 /// The result of one job of a dispatch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct JobResult {
     /// The job's position in the dispatched sequence, from 0.
@@ -81,6 +127,15 @@ pub struct JobResult {
     pub elapsed: Duration,
     /// Bytes mirrored into its task folder for its last attempt (0 when nothing was).
     pub mirrored: u64,
+    /// The files its last attempt returned ([`Job::returning`](crate::Job::returning)),
+    /// relative to its results folder `<results>/<index>/`
+    /// ([`Dispatch::results`](crate::Dispatch::results)); when returning failed (the
+    /// outcome says why), those written in full before the failure.
+    pub returned: Vec<PathBuf>,
+    /// The standard output of a command job with [`Job::capture`](crate::Job::capture).
+    pub stdout: Option<Captured>,
+    /// The standard error of a command job with [`Job::capture`](crate::Job::capture).
+    pub stderr: Option<Captured>,
 }
 
 impl JobResult {
@@ -94,6 +149,9 @@ impl JobResult {
             attempts,
             elapsed: Duration::ZERO,
             mirrored: 0,
+            returned: Vec::new(),
+            stdout: None,
+            stderr: None,
         }
     }
 }

@@ -8,79 +8,26 @@
 //! collector in the parent module) and writes no slot itself: it reserves through
 //! [`crate::state::Slots`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parvm_transport::Rank;
 
+use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
+use super::output::Output;
 use super::result::{JobOutcome, JobResult};
-use crate::message::{ExitStatus, TaskFailure, Value};
+use crate::message::ExitStatus;
 use crate::state::Occupant;
 use crate::wire::ToWorker;
-use crate::{CommandStatus, Error, HostId, Message, TaskId, Vm};
+use crate::{Error, HostId, Message, TaskId, Vm};
 
 /// How often a dispatch with nothing running looks for a free slot again.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
 
-/// The settings of one dispatch.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub window: Option<usize>,
-    pub ordered: bool,
-    pub retries: u32,
-    pub lost_retries: u32,
-    pub halt_on_error: bool,
-    pub timeout: Option<Duration>,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            window: None,
-            ordered: true,
-            retries: 0,
-            lost_retries: 3,
-            halt_on_error: false,
-            timeout: None,
-        }
-    }
-}
-
-/// A job waiting for a place, with what its earlier attempts counted.
-struct Pending {
-    index: usize,
-    job: Job,
-    attempts: u32,
-    failures: u32,
-    lost: u32,
-    /// The host its worker was lost on, to try another one first.
-    avoid: Option<String>,
-}
-
-/// A job whose task was sent to a worker.
-struct Flight {
-    pending: Pending,
-    host: String,
-    /// When the task started: at its send, or at the end of the task it was queued
-    /// behind; `None` while queued.
-    started: Option<Instant>,
-    deadline: Option<Instant>,
-    value: Option<Result<Value, TaskFailure>>,
-    /// Stopped because it ran past its time limit.
-    timed_out: bool,
-    /// Stopped because the dispatch stops: not reported.
-    dropped: bool,
-}
-
-/// What [`Scheduler::place`] did with a job.
-enum Placed {
-    Sent,
-    /// Reported at once (refused before sending).
-    Reported,
-    /// No place now.
-    NoPlace(Pending),
-}
+/// The default window, per worker slot: one job running, one queued at the worker, and
+/// room for results that wait for an earlier job.
+const DEFAULT_WINDOW_PER_SLOT: usize = 4;
 
 /// One dispatch in progress on a VM.
 pub(crate) struct Scheduler<'vm, I> {
@@ -100,10 +47,8 @@ pub(crate) struct Scheduler<'vm, I> {
     /// Flights with a deadline, so the common case looks at no clock.
     timed: usize,
     halted: bool,
-    /// Results not yet handed out: by index when ordered, else in completion order.
-    by_index: BTreeMap<usize, JobResult>,
-    in_order: VecDeque<JobResult>,
-    next_out: usize,
+    /// Results not yet handed out.
+    output: Output,
     /// The dispatch-level error to give after the results that came before it.
     error: Option<Error>,
     /// The error was given: nothing follows.
@@ -130,7 +75,13 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                     vm.index()
                 ),
             });
-            (settings.window.unwrap_or(4 * workers).max(1), error)
+            (
+                settings
+                    .window
+                    .unwrap_or(DEFAULT_WINDOW_PER_SLOT * workers)
+                    .max(1),
+                error,
+            )
         };
         Scheduler {
             vm,
@@ -144,9 +95,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             queued_on: HashMap::new(),
             timed: 0,
             halted: false,
-            by_index: BTreeMap::new(),
-            in_order: VecDeque::new(),
-            next_out: 0,
+            output: Output::new(settings.ordered),
             over: false,
             owns_notes: error.is_none(),
             // A second dispatch on the VM must not unregister the first one's notes.
@@ -159,7 +108,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// `None` when every job was reported.
     pub(crate) fn next_result(&mut self) -> Option<Result<JobResult, Error>> {
         loop {
-            if let Some(result) = self.take_output() {
+            if let Some(result) = self.output.take(self.error.is_some()) {
                 self.held -= 1;
                 return Some(Ok(result));
             }
@@ -172,13 +121,12 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }
             self.fill();
             if self.flights.is_empty() && self.ready.is_empty() && self.exhausted {
-                match self.by_index.keys().next() {
-                    // Every index up to the last pulled was reported, so there is no gap;
-                    // should one appear, the results go out rather than wait forever.
-                    Some(&first) => self.next_out = first,
-                    None if self.in_order.is_empty() => return None,
-                    None => {}
+                if self.output.is_empty() {
+                    return None;
                 }
+                // Every index up to the last pulled was reported, so there is no gap;
+                // should one appear, the results go out rather than wait forever.
+                self.output.skip_gap();
                 continue;
             }
             if self.flights.is_empty() && !self.ready.is_empty() && self.unplaceable() {
@@ -190,26 +138,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
     }
 
-    fn take_output(&mut self) -> Option<JobResult> {
-        if !self.settings.ordered {
-            return self.in_order.pop_front();
-        }
-        let entry = self.by_index.first_entry()?;
-        // After a dispatch-level error the rest never comes: hand out what there is.
-        if *entry.key() != self.next_out && self.error.is_none() {
-            return None;
-        }
-        let result = entry.remove();
-        self.next_out = result.index + 1;
-        Some(result)
-    }
-
     fn report(&mut self, result: JobResult) {
-        if self.settings.ordered {
-            self.by_index.insert(result.index, result);
-        } else {
-            self.in_order.push_back(result);
-        }
+        self.output.push(result);
     }
 
     /// Places ready jobs, then newly pulled ones, while there is a place and room in the
@@ -219,11 +149,17 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             let pending = match self.ready.pop_front() {
                 Some(pending) => pending,
                 None if !self.exhausted && self.held < self.window => match self.jobs.next() {
-                    Some(job) => {
+                    Some(mut job) => {
                         self.held += 1;
                         self.next_index += 1;
+                        let index = self.next_index - 1;
+                        if let Some(dir) = &self.settings.results
+                            && (!job.spawn.returning.is_empty() || job.spawn.capture)
+                        {
+                            job.spawn.results_dir = Some(dir.join(index.to_string()));
+                        }
                         Pending {
-                            index: self.next_index - 1,
+                            index,
                             job,
                             attempts: 0,
                             failures: 0,
@@ -257,7 +193,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         let vm = self.vm;
         let shared = vm.shared();
         let spawn = &pending.job.spawn;
-        let (label, returns, job) = match vm.checked_job(spawn) {
+        let checked = vm
+            .checked_job(spawn)
+            .and_then(|parts| Ok((parts, vm.check_returns(spawn)?)));
+        let ((label, returns, job), wanted) = match checked {
             Ok(parts) => parts,
             Err(error) => {
                 let mut result = JobResult::not_run(pending.index, pending.attempts);
@@ -272,6 +211,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         };
         let reserved = {
             let mut state = shared.lock();
+            if self.settings.window.is_none() {
+                // Slots that joined since the start widen the default window with them.
+                self.window = self.window.max(DEFAULT_WINDOW_PER_SLOT * state.slots.len());
+            }
             state
                 .slots
                 .reserve_queued(
@@ -283,9 +226,16 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                         label,
                         send_back: true,
                         returns,
+                        command: pending.job.spawn.is_command(),
                     },
                 )
                 .map(|(rank, number, queued)| {
+                    // Registered before the request leaves, so the task's first frame
+                    // finds it.
+                    if let Some(wanted) = &wanted {
+                        let task = TaskId { slot: rank, number };
+                        state.returns.register(task, wanted.for_task(rank, number));
+                    }
                     let host = state
                         .slots
                         .get(rank)
@@ -297,10 +247,11 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         let Some((rank, number, queued, host)) = reserved else {
             return Placed::NoPlace(pending);
         };
-        let mut frame = vm.spawn_frame(job, true);
+        let mut frame = vm.spawn_frame(job, spawn);
         if let ToWorker::Spawn(request) = &mut frame {
             request.number = number;
         }
+        vm.before_spawn(rank);
         if let Err(e) = shared.send(rank, &frame) {
             // The worker is gone; its loss arrives as an event and sends the job again.
             tracing::debug!(rank, error = %e, "cannot send a dispatched job");
@@ -315,6 +266,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             started: None,
             deadline: None,
             value: None,
+            returned: Vec::new(),
+            captured: None,
             timed_out: false,
             dropped: false,
         };
@@ -407,6 +360,20 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                 }
             }
             Some(Message::TaskExit { task, status }) => self.on_exit(task, status),
+            Some(Message::Returned { task, files, .. }) => {
+                if let Some(flight) = self.flights.get_mut(&task) {
+                    flight.returned = files;
+                }
+            }
+            Some(Message::Captured {
+                task,
+                stdout,
+                stderr,
+            }) => {
+                if let Some(flight) = self.flights.get_mut(&task) {
+                    flight.captured = Some((stdout, stderr));
+                }
+            }
             Some(other) => tracing::debug!(message = %other, "a dispatch drops a message"),
             None => {}
         }
@@ -452,21 +419,26 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             self.timed -= 1;
         }
         let failed = matches!(status, ExitStatus::Failed { .. });
-        let (lost, mirrored) = if failed || self.vm.mirrors() {
+        let (lost, stopped, mirrored) = if failed || self.vm.mirrors() {
             let mut state = self.vm.shared().lock();
             let notes = state.notes.get_mut(&self.vm.index());
-            notes.map_or((None, 0), |notes| {
-                let lost = notes.lost.remove(&task);
-                (lost, notes.mirrored.remove(&task).unwrap_or(0))
+            notes.map_or((None, false, 0), |notes| {
+                (
+                    notes.lost.remove(&task),
+                    notes.stopped.remove(&task),
+                    notes.mirrored.remove(&task).unwrap_or(0),
+                )
             })
         } else {
-            (None, 0)
+            (None, false, 0)
         };
         let Flight {
             mut pending,
             host,
             started,
             value,
+            returned,
+            captured,
             timed_out,
             dropped,
             ..
@@ -487,6 +459,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                     .or(self.settings.timeout)
                     .unwrap_or_default(),
             }
+        } else if stopped {
+            // A stop the program asked for (Vm::stop): neither a failure nor a loss.
+            JobOutcome::NotRun
         } else if let Some(started) = lost {
             if !started {
                 // Its request waited at the worker: no attempt.
@@ -503,7 +478,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }
             JobOutcome::Lost { reason }
         } else {
-            outcome_of(failed, reason, value, pending.job.spawn.is_command())
+            JobOutcome::of_end(failed, reason, value, pending.job.spawn.is_command())
         };
         let failure = matches!(outcome, JobOutcome::Failed { .. });
         if failure && pending.failures < self.settings.retries {
@@ -512,6 +487,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             self.ready.push_back(pending);
             return;
         }
+        let (stdout, stderr) = captured.map_or((None, None), |(out, err)| (Some(out), Some(err)));
         self.report(JobResult {
             index: pending.index,
             outcome,
@@ -520,6 +496,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             attempts: pending.attempts,
             elapsed,
             mirrored,
+            returned,
+            stdout,
+            stderr,
         });
         if failure {
             self.after_failure();
@@ -560,8 +539,23 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
 impl<I> Scheduler<'_, I> {
     /// Asks the worker to stop `task`; its exit arrives as usual.
     fn stop(&self, task: TaskId) {
-        // Vm::stop comes with branch d-stop; until it is merged a task runs to its end.
-        tracing::debug!(task = %task, "waiting for a dispatched task to end");
+        let function = self
+            .flights
+            .get(&task)
+            .is_some_and(|f| !f.pending.job.spawn.is_command());
+        if function
+            && self.vm.shared().backend == "mpi"
+            && !self.queued_on.values().any(|&q| q == task)
+        {
+            // Under MPI a worker process that exits ends the whole job: the function runs
+            // to its end.
+            tracing::warn!(task = %task, "a function task cannot be stopped under MPI; it runs to its end");
+            return;
+        }
+        if let Err(e) = self.vm.stop(task) {
+            // The task runs to its end (a function on the memory backend).
+            tracing::debug!(task = %task, error = %e, "cannot stop a dispatched task");
+        }
     }
 
     /// Stops the dispatch: nothing more is handed out, the running tasks are stopped and
@@ -590,8 +584,7 @@ impl<I> Scheduler<'_, I> {
             }
         }
         self.flights.clear();
-        self.by_index.clear();
-        self.in_order.clear();
+        self.output.clear();
         self.over = true;
     }
 }
@@ -604,44 +597,5 @@ impl<I> Drop for Scheduler<'_, I> {
         if self.owns_notes {
             self.vm.shared().lock().notes.remove(&self.vm.index());
         }
-    }
-}
-
-/// What a job's end means when its worker was not lost and no limit stopped it.
-fn outcome_of(
-    failed: bool,
-    reason: String,
-    value: Option<Result<Value, TaskFailure>>,
-    command: bool,
-) -> JobOutcome {
-    match value {
-        Some(Ok(value)) if !failed => {
-            if !command {
-                return JobOutcome::Value(value);
-            }
-            match value.decode::<CommandStatus>() {
-                Ok(status) if status.success() => JobOutcome::Command(status),
-                Ok(status) => JobOutcome::Failed {
-                    reason: format!("the command ended with {status}"),
-                    status: Some(status),
-                },
-                Err(e) => JobOutcome::Failed {
-                    reason: e.to_string(),
-                    status: None,
-                },
-            }
-        }
-        Some(Err(failure)) => JobOutcome::Failed {
-            reason: failure.message,
-            status: None,
-        },
-        _ if failed => JobOutcome::Failed {
-            reason,
-            status: None,
-        },
-        _ => JobOutcome::Failed {
-            reason: "the task ended without sending its result back".to_owned(),
-            status: None,
-        },
     }
 }

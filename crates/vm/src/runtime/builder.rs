@@ -5,15 +5,16 @@
 //! [`crate::Worker`]) nor what the runtime offers afterwards.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use parvm_env_config::{Config, TransportKind};
-use parvm_transport::Transport;
-use parvm_transport::tcp::{Secret, TcpOptions, TcpTransport};
+use parvm_env_config::{CONNECT_VAR, Config, SECRET_FILE_VAR, TransportKind};
+use parvm_transport::tcp::{ConnectOptions, Secret, TcpOptions, TcpTransport};
+use parvm_transport::{DEFAULT_SPIN_WINDOW, Transport};
 
 use super::Runtime;
+use super::backend::{Backend, TcpSpawner};
 use parvm_transport::launcher::launch_size as mpi_launch_size;
 use parvm_transport::started_as_worker;
 
@@ -25,16 +26,18 @@ pub struct RuntimeBuilder {
     tasks: Tasks,
     config: Option<Config>,
     workers: Option<usize>,
-    transport: Option<TransportKind>,
+    backend: Option<Backend>,
     debug: Option<u8>,
     program: Option<(PathBuf, Vec<String>)>,
     hosts: Option<Vec<(String, usize)>>,
     host_configs: Vec<(String, Config)>,
-    listen: Option<SocketAddr>,
-    secret: Option<Secret>,
-    wait_for: Option<(usize, Duration)>,
     forward_env: Vec<String>,
+    replace_workers: Option<u32>,
 }
+
+/// Replacement workers per local slot when neither
+/// [`RuntimeBuilder::replace_workers`] nor `PARVM_REPLACE_WORKERS` says.
+const DEFAULT_REPLACE_WORKERS: u32 = 3;
 
 impl RuntimeBuilder {
     /// A builder with the defaults, for a runtime running `tasks`.
@@ -43,15 +46,13 @@ impl RuntimeBuilder {
             tasks,
             config: None,
             workers: None,
-            transport: None,
+            backend: None,
             debug: None,
             program: None,
             hosts: None,
             host_configs: Vec::new(),
-            listen: None,
-            secret: None,
-            wait_for: None,
             forward_env: Vec::new(),
+            replace_workers: None,
         }
     }
 
@@ -69,10 +70,30 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The transport; default `PARVM_TRANSPORT`, else MPI under `mpirun`, else local.
+    /// The transport by name, with its settings from the configuration: the same as
+    /// [`backend`](Self::backend) with `kind.into()`. Default: `PARVM_TRANSPORT`, else MPI
+    /// under `mpirun`, else local.
     #[must_use]
-    pub fn transport(mut self, kind: TransportKind) -> Self {
-        self.transport = Some(kind);
+    pub fn transport(self, kind: TransportKind) -> Self {
+        self.backend(kind.into())
+    }
+
+    /// The transport and its own settings, such as where a TCP spawner listens
+    /// ([`TcpSpawner`]); the last of `backend` and [`transport`](Self::transport) wins.
+    /// Default: `PARVM_TRANSPORT`, else MPI under `mpirun`, else local, each with its
+    /// settings from the configuration.
+    ///
+    /// ```no_run
+    /// use parvm_vm::{Backend, Runtime, Tasks, TcpSpawner};
+    ///
+    /// let runtime = Runtime::builder(Tasks::new())
+    ///     .backend(Backend::Tcp(TcpSpawner::new().listen("0.0.0.0:7070".parse()?)))
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
         self
     }
 
@@ -130,30 +151,22 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The address the TCP spawner listens on; default `PARVM_LISTEN`, else
-    /// `127.0.0.1:0` (loopback, a free port). Listen on `0.0.0.0:<port>` to accept workers
-    /// from other hosts. Used only with the TCP transport.
+    /// How many times the local transport replaces the worker of a slot when it dies
+    /// (killed, crashed, or exited to stop its function task, see
+    /// [`Vm::stop`](crate::Vm::stop)); default `PARVM_REPLACE_WORKERS`, else 3; `0` never
+    /// replaces. The replacement is a new worker process with a new rank on the same
+    /// (simulated) host with the same variables; VMs see it as a new slot and, when its
+    /// host had no worker left, a [`Message::HostAdd`](crate::Message::HostAdd). A slot
+    /// whose replacements are used up is gone for good, so a worker that crashes at once
+    /// every time ends in [`Error::WorkersGone`] instead of a loop; a worker stopped by
+    /// [`Vm::stop`](crate::Vm::stop) is replaced without counting, and one that exits with
+    /// status 0 (a task calling `exit(0)`) is not replaced. Each replacement is logged as
+    /// a warning and counted in [`Runtime::replaced_workers`]. Used only with the local
+    /// transport: TCP workers rejoin by connecting again, and MPI ends the job when a
+    /// rank dies (see docs/transports.md).
     #[must_use]
-    pub fn tcp_listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = Some(addr);
-        self
-    }
-
-    /// The secret TCP workers must prove they know; default the secret file
-    /// (`PARVM_SECRET_FILE`, else `~/.parvm/secret`), created with a random secret when
-    /// missing. Used only with the TCP transport.
-    #[must_use]
-    pub fn tcp_secret(mut self, secret: Secret) -> Self {
-        self.secret = Some(secret);
-        self
-    }
-
-    /// Makes [`start`](Self::start) wait until `workers` TCP workers have joined, at most
-    /// `timeout`; default: no wait (workers join whenever they connect, and VMs see them
-    /// as [`Message::HostAdd`](crate::Message::HostAdd)). Used only with the TCP transport.
-    #[must_use]
-    pub fn tcp_wait_for(mut self, workers: usize, timeout: Duration) -> Self {
-        self.wait_for = Some((workers, timeout));
+    pub fn replace_workers(mut self, per_slot: u32) -> Self {
+        self.replace_workers = Some(per_slot);
         self
     }
 
@@ -186,9 +199,9 @@ impl RuntimeBuilder {
     /// In a worker process: serves spawn requests, then exits the process (never returns).
     /// In the spawner: starts the transport and its workers and returns the runtime.
     ///
-    /// The transport is the one set with [`transport`](Self::transport), else
-    /// `PARVM_TRANSPORT`, else MPI when the process was started by `mpirun` (and built
-    /// with the `mpi` feature), else local. A process is a worker when the local or TCP
+    /// The transport is the one set with [`backend`](Self::backend) or
+    /// [`transport`](Self::transport), else `PARVM_TRANSPORT`, else MPI when the process
+    /// was started by `mpirun` (and built with the `mpi` feature), else local. A process is a worker when the local or TCP
     /// transport started it (`PARVM_LOCAL_SOCKET`, `PARVM_CONNECT`) or when it is an MPI
     /// rank other than 0.
     ///
@@ -196,23 +209,29 @@ impl RuntimeBuilder {
     /// The configuration is invalid, a task name is registered twice, the transport
     /// cannot start, MPI is asked for (or `mpirun` started several ranks) in a build
     /// without the `mpi` feature, fewer TCP workers than asked for with
-    /// [`tcp_wait_for`](Self::tcp_wait_for) joined in time, or a variable to forward
+    /// [`TcpSpawner::wait_for`] joined in time, or a variable to forward
     /// cannot be ([`Error::ForwardEnv`]).
     pub fn start(mut self) -> Result<Runtime, Error> {
         self.tasks.check()?;
+        let given = self.config.is_some();
         let config = match self.config.take() {
             Some(config) => config,
             None => Config::from_env().map_err(Error::Config)?,
         };
-        crate::logging::init(config.log_filter(), self.debug, started_as_worker());
+        let tcp_join = tcp_join_config(&config, given)?;
+        crate::logging::init(
+            config.log_filter(),
+            self.debug,
+            config.no_color(),
+            started_as_worker() || tcp_join.is_some(),
+        );
         let worker = parvm_transport::local::worker_from_env()
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
-        let worker = match worker {
-            Some(worker) => Some(worker),
-            None => parvm_transport::tcp::worker_from_env()
-                .map_err(|e| Error::transport("tcp", e))?
-                .map(|t| Box::new(t) as Box<dyn Transport>),
+        let worker = match (worker, tcp_join) {
+            (Some(worker), _) => Some(worker),
+            (None, Some(join)) => Some(Box::new(join_tcp(&join)?) as Box<dyn Transport>),
+            (None, None) => None,
         };
         if let Some(transport) = worker {
             serve_and_exit(self.tasks, config, transport);
@@ -222,36 +241,40 @@ impl RuntimeBuilder {
         forward_names.extend(config.forward_env().iter().cloned());
         let forward = crate::envfwd::collect(&forward_names)?;
         let transport: Box<dyn Transport> = match self.choose(&config) {
-            TransportKind::Local => Box::new(self.launch_local(&config)?),
-            TransportKind::Tcp => {
-                let (transport, bound) = self.listen_tcp(&config)?;
+            Backend::Local => Box::new(self.launch_local(&config)?),
+            Backend::Tcp(tcp) => {
+                let wait_for = tcp.wait_for;
+                let (transport, bound) = Self::listen_tcp(tcp, &config)?;
                 let runtime =
                     Runtime::with_forward(Box::new(transport), self.tasks, config, forward)?;
                 let runtime = Runtime {
                     listen: Some(bound),
                     ..runtime
                 };
-                if let Some((workers, timeout)) = self.wait_for {
+                if let Some((workers, timeout)) = wait_for {
                     runtime.wait_for_workers(workers, timeout)?;
                 }
                 return Ok(runtime);
             }
-            TransportKind::Mpi => start_mpi(&self.tasks, &config)?,
+            Backend::Mpi => start_mpi(&self.tasks, &config)?,
         };
         Runtime::with_forward(transport, self.tasks, config, forward)
     }
 
     /// The transport chosen: the one set, else `PARVM_TRANSPORT`, else MPI under
     /// `mpirun`, else local.
-    fn choose(&self, config: &Config) -> TransportKind {
-        match self.transport.or(config.transport()) {
-            Some(kind) => kind,
+    fn choose(&mut self, config: &Config) -> Backend {
+        if let Some(backend) = self.backend.take() {
+            return backend;
+        }
+        match config.transport() {
+            Some(kind) => kind.into(),
             // A build without MPI runs a one-rank mpirun job locally; several ranks get
             // the error that says to build with the feature.
             None if mpi_launch_size().is_some_and(|size| cfg!(feature = "mpi") || size > 1) => {
-                TransportKind::Mpi
+                Backend::Mpi
             }
-            None => TransportKind::Local,
+            None => Backend::Local,
         }
     }
 
@@ -297,8 +320,14 @@ impl RuntimeBuilder {
             };
             simulated.push(parvm_transport::local::SimulatedHost { name, workers, env });
         }
-        let mut options =
-            parvm_transport::local::LocalOptions::hosts(simulated).spawner_host(config.hostname());
+        let replacements = self
+            .replace_workers
+            .or(config.replace_workers())
+            .unwrap_or(DEFAULT_REPLACE_WORKERS);
+        let mut options = parvm_transport::local::LocalOptions::hosts(simulated)
+            .spawner_host(config.hostname())
+            .spin_window(spin_window(config))
+            .replacements(replacements);
         if let Some((program, args)) = self.program.take() {
             options = options.program(program, args);
         }
@@ -306,59 +335,81 @@ impl RuntimeBuilder {
             .map_err(|e| Error::transport("local", e))
     }
 
-    /// Listens for TCP workers with the secret and address set (or their defaults), and
-    /// tells the user how to start workers; returns the bound address too.
-    fn listen_tcp(&mut self, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
-        let secret = match self.secret.take() {
+    /// Listens for TCP workers with the settings of `tcp`, else those of `config`, and tells
+    /// the user how to start workers; returns the bound address too.
+    fn listen_tcp(tcp: TcpSpawner, config: &Config) -> Result<(TcpTransport, SocketAddr), Error> {
+        let secret = match tcp.secret {
             Some(secret) => secret,
             None => {
-                let path = Secret::default_path().map_err(|e| Error::transport("tcp", e))?;
-                Secret::load_or_create(&path).map_err(|e| Error::transport("tcp", e))?
+                let path = config.secret_file().map_err(Error::Config)?;
+                Secret::load_or_create(path).map_err(|e| Error::transport("tcp", e))?
             }
         };
-        let addr = match self.listen {
+        let addr = match tcp.listen {
             Some(addr) => addr,
-            None => listen_from_env()?,
+            None => config.listen_addr().map_err(Error::Config)?,
         };
-        let transport =
-            TcpTransport::listen(TcpOptions::new(secret).addr(addr).host(config.hostname()))
-                .map_err(|e| Error::transport("tcp", e))?;
+        let mut options = TcpOptions::new(secret)
+            .addr(addr)
+            .host(config.hostname())
+            .spin_window(spin_window(config));
+        if let Some(bytes) = tcp.max_frame.or(config.max_frame()) {
+            options = options.max_frame(bytes);
+        }
+        if let Some(timeout) = tcp.handshake_timeout.or(config.handshake_timeout()) {
+            options = options.handshake_timeout(timeout);
+        }
+        let transport = TcpTransport::listen(options).map_err(|e| Error::transport("tcp", e))?;
         let bound = transport.local_addr().unwrap_or(addr);
         let connect = connect_address(bound, config.hostname());
         tracing::info!(listen = %bound, "tcp spawner listening");
         eprintln!(
-            "parvm: tcp spawner listening on {bound}; start workers with {}={connect} (same secret file, {} or ~/.parvm/secret)",
-            parvm_transport::tcp::CONNECT_VAR,
-            parvm_transport::tcp::SECRET_FILE_VAR,
+            "parvm: tcp spawner listening on {bound}; start workers with {CONNECT_VAR}={connect} (same secret file, {SECRET_FILE_VAR} or ~/.parvm/secret)",
         );
         Ok((transport, bound))
     }
 }
 
-/// `PARVM_LISTEN`, else loopback with a free port.
-fn listen_from_env() -> Result<SocketAddr, Error> {
-    let Some(value) = std::env::var_os(LISTEN_VAR).filter(|v| !v.is_empty()) else {
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-    };
-    let bad = |reason: String| Error::Setting {
-        setting: LISTEN_VAR,
-        reason,
-    };
-    let text = value
-        .to_str()
-        .ok_or_else(|| bad(format!("`{}` is not UTF-8", value.to_string_lossy())))?;
-    text.to_socket_addrs()
-        .map_err(|e| {
-            bad(format!(
-                "`{text}` is not an address to listen on ({e}); use host:port, e.g. 0.0.0.0:7070"
-            ))
-        })?
-        .next()
-        .ok_or_else(|| {
-            bad(format!(
-                "`{text}` resolves to no address; use host:port, e.g. 0.0.0.0:7070"
-            ))
-        })
+/// The spin window of `config` (`PARVM_SPIN_US`), else the transport's default.
+fn spin_window(config: &Config) -> Duration {
+    config.spin_window().unwrap_or(DEFAULT_SPIN_WINDOW)
+}
+
+/// The configuration this process joins a TCP spawner with, when it was started as a TCP
+/// worker: the runtime's own when it names a spawner (`PARVM_CONNECT` for
+/// [`Config::from_env`]); for a configuration built by hand that names none, the
+/// environment's when `PARVM_CONNECT` is set there, since how a process was started is
+/// its launcher's to say, and the worker joins with the settings it was started with.
+fn tcp_join_config(config: &Config, given: bool) -> Result<Option<Config>, Error> {
+    if config.connect().is_some() {
+        return Ok(Some(config.clone()));
+    }
+    if !given || Config::connect_from_env().map_err(Error::Config)?.is_none() {
+        return Ok(None);
+    }
+    Config::from_env_read_only()
+        .map(Some)
+        .map_err(Error::Config)
+}
+
+/// Joins the TCP spawner `join` names, with its secret file, host name, limits and wait.
+fn join_tcp(join: &Config) -> Result<TcpTransport, Error> {
+    let addr = join.connect().unwrap_or_default();
+    let path = join.secret_file().map_err(Error::Config)?;
+    let secret = Secret::load(path).map_err(|e| Error::transport("tcp", e))?;
+    let mut options = ConnectOptions::new(addr, secret)
+        .host(join.hostname())
+        .spin_window(spin_window(join));
+    if let Some(wait) = join.connect_wait() {
+        options = options.wait(wait);
+    }
+    if let Some(bytes) = join.max_frame() {
+        options = options.max_frame(bytes);
+    }
+    if let Some(timeout) = join.handshake_timeout() {
+        options = options.handshake_timeout(timeout);
+    }
+    TcpTransport::connect_with(options).map_err(|e| Error::transport("tcp", e))
 }
 
 /// The address workers connect to: the bound one, or this host's name and the port when
@@ -370,9 +421,6 @@ pub(crate) fn connect_address(bound: SocketAddr, host: &str) -> String {
         bound.to_string()
     }
 }
-
-/// The variable naming the address a TCP spawner listens on.
-pub(crate) const LISTEN_VAR: &str = "PARVM_LISTEN";
 
 /// The environment local workers get, so they use the spawner's storage settings even
 /// when the spawner's configuration was built by hand.

@@ -31,6 +31,35 @@ pub(crate) enum ToWorker<'a> {
     ForgetVm { vm: u32 },
     /// Leave the spawn loop and exit.
     Exit,
+    /// The mirror map of VM `vm`: its abstract map, MessagePack-encoded once when the VM
+    /// was built. Sent once to each worker, before the VM's first task there; the worker
+    /// keeps it until [`ToWorker::ForgetVm`].
+    Mirror {
+        vm: u32,
+        #[serde(borrow, with = "serde_bytes")]
+        map: Cow<'a, [u8]>,
+    },
+    /// Stop task `number`: a running command with everything it started, a running
+    /// function by exiting the worker process, a queued spawn request without running it;
+    /// a task that already ended is left alone. Read by [`read_stop`] on whichever thread
+    /// receives it, so it is seen while the task runs.
+    Stop { number: u64 },
+}
+
+/// The first bytes of every encoded [`ToWorker::Stop`]: the version byte, then a
+/// MessagePack map of one entry keyed `"Stop"`. A receiving thread compares them before
+/// decoding, so the other frames pay a few byte comparisons, not a second decode.
+const STOP_PREFIX: &[u8] = &[super::VERSION, 0x81, 0xa4, b'S', b't', b'o', b'p'];
+
+/// The task number of a [`ToWorker::Stop`] frame; `None` for any other payload.
+pub(crate) fn read_stop(payload: &[u8]) -> Option<u64> {
+    if !payload.starts_with(STOP_PREFIX) {
+        return None;
+    }
+    match super::decode::<ToWorker<'_>>(payload) {
+        Ok(ToWorker::Stop { number }) => Some(number),
+        _ => None,
+    }
 }
 
 /// Everything a worker needs to run one task.
@@ -40,15 +69,18 @@ pub(crate) struct SpawnRequest<'a> {
     pub vm: u32,
     #[serde(borrow)]
     pub job: Job<'a>,
-    /// The VM's abstract mirror map, MessagePack-encoded once when the VM was built.
-    #[serde(borrow, with = "serde_bytes")]
-    pub mirror: Option<Cow<'a, [u8]>>,
+    /// Whether the task gets a task folder; a VM's mirror map comes before its first
+    /// task, in [`ToWorker::Mirror`].
     pub folder: bool,
     pub persistent: bool,
     /// Before reusing the persistent folder, remove what earlier tasks wrote.
     pub clean: bool,
     pub startup: Option<Startup>,
     pub send_back: bool,
+    /// Return patterns ([`crate::Spawn::returning`]): matched in the task folder when the
+    /// task ends, the files streamed back before [`FromWorker::Done`].
+    #[serde(default)]
+    pub returning: Vec<String>,
 }
 
 /// What to run.
@@ -109,4 +141,61 @@ pub(crate) enum FromWorker<'a> {
     },
     /// The answer to [`ToWorker::Clear`].
     Cleared { removed: u64, error: Option<String> },
+    /// A returned file of task `number` starts: its path relative to the task folder (the
+    /// bytes of an OS path), and its size when opened. A second start of the same file
+    /// (after a [`FromWorker::FileEnd`] with `changed`) sends it again from the beginning.
+    FileStart {
+        number: u64,
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        size: u64,
+    },
+    /// The next bytes of the file started last; each takes output window credit, like
+    /// [`FromWorker::Output`], and the spawner acknowledges it once written.
+    FileData {
+        number: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// The file started last is complete: its mode and modification time; with `changed`,
+    /// it changed while it was read and is to be dropped (it is sent again, or the task's
+    /// returning fails).
+    FileEnd {
+        number: u64,
+        mode: u32,
+        mtime: (i64, i64),
+        changed: bool,
+    },
+    /// Returning the files of task `number` failed on the worker (a literal pattern that
+    /// matches nothing, a symlink, a file that kept changing); sent before `Done`.
+    ReturnFailed { number: u64, reason: String },
+    /// Task `number` was stopped by a [`ToWorker::Stop`] without a [`FromWorker::Done`]:
+    /// a queued task that never ran (`started` false), or a running function whose worker
+    /// process exits next (`started` true).
+    Stopped { number: u64, started: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode, output_ack};
+
+    #[test]
+    fn stop_frames_are_told_apart_by_their_first_bytes() {
+        for number in [0, 1, 127, 128, 1 << 40, u64::MAX] {
+            let bytes = encode(&ToWorker::Stop { number }).unwrap();
+            assert!(bytes.starts_with(STOP_PREFIX), "{bytes:?}");
+            assert_eq!(read_stop(&bytes), Some(number));
+        }
+        for other in [
+            encode(&ToWorker::Exit).unwrap(),
+            encode(&ToWorker::ForgetVm { vm: 3 }).unwrap(),
+            encode(&ToWorker::Clear { force: true }).unwrap(),
+            output_ack(5),
+            Vec::new(),
+            STOP_PREFIX.to_vec(),
+        ] {
+            assert_eq!(read_stop(&other), None, "{other:?}");
+        }
+    }
 }

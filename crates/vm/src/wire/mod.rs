@@ -20,9 +20,11 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker};
+pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker, read_stop};
 pub(crate) use send::{SendError, send_frame, send_user};
-pub(crate) use user::{Frame, USER, USER_SPAWNER, output_ack, read_output_ack};
+pub(crate) use user::{
+    Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
+};
 
 /// The version of this protocol; a frame with another first byte is refused.
 pub(crate) const VERSION: u8 = 1;
@@ -43,6 +45,30 @@ pub(crate) fn encode_into<T: Serialize>(
     out.clear();
     out.push(VERSION);
     rmp_serde::encode::write(out, frame)
+}
+
+/// The head of a [`FromWorker::FileData`] frame of task `number`, up to and including the
+/// MessagePack `bin 32` marker: the frame is this head, the data's length (`u32`,
+/// big-endian) and the data, so a worker reads a file straight into the frame instead of
+/// copying each chunk into it. `None` if the encoder lays the frame out otherwise (the
+/// caller then encodes as usual).
+pub(crate) fn file_data_head(number: u64) -> Option<Vec<u8>> {
+    // A placeholder of at least 64 KiB is encoded as `bin 32`, as every chunk then is.
+    const PLACEHOLDER: usize = 1 << 16;
+    let data = vec![0u8; PLACEHOLDER];
+    let mut frame = encode(&FromWorker::FileData {
+        number,
+        data: Cow::Borrowed(&data),
+    })
+    .ok()?;
+    let head_len = frame.len().checked_sub(PLACEHOLDER + 4)?;
+    let marker = frame.get(head_len.checked_sub(1)?)?;
+    let len = frame.get(head_len..head_len + 4)?;
+    if *marker != 0xc6 || len != (PLACEHOLDER as u32).to_be_bytes() {
+        return None;
+    }
+    frame.truncate(head_len);
+    Some(frame)
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -88,6 +114,20 @@ mod tests {
     use crate::TaskId;
 
     #[test]
+    fn a_mirror_map_travels_in_its_own_frame() {
+        let map = [0x91u8, 0x01];
+        let bytes = encode(&ToWorker::Mirror {
+            vm: 3,
+            map: Cow::Borrowed(&map),
+        })
+        .unwrap();
+        let ToWorker::Mirror { vm, map: back } = decode::<ToWorker<'_>>(&bytes).unwrap() else {
+            panic!("not a mirror frame");
+        };
+        assert_eq!((vm, back.as_ref()), (3, &map[..]));
+    }
+
+    #[test]
     fn frames_round_trip() {
         let frame = ToWorker::Spawn(SpawnRequest {
             number: 7,
@@ -96,12 +136,12 @@ mod tests {
                 name: Cow::Borrowed("hello"),
                 args: Cow::Borrowed(&[1, 2, 3]),
             },
-            mirror: None,
             folder: true,
             persistent: false,
             clean: true,
             startup: Some(Startup::Mirrored(1, PathBuf::from("a/b"))),
             send_back: true,
+            returning: vec!["out/*.txt".to_owned()],
         });
         let bytes = encode(&frame).unwrap();
         let back: ToWorker<'_> = decode(&bytes).unwrap();
@@ -117,6 +157,21 @@ mod tests {
                 );
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_data_frames_are_built_from_a_head() {
+        let head = file_data_head(u64::MAX - 3).expect("the encoder lays out bin 32");
+        for size in [0usize, 1, 255, 65_535, 65_536, 262_144] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+            let mut frame = head.clone();
+            frame.extend_from_slice(&(size as u32).to_be_bytes());
+            frame.extend_from_slice(&data);
+            let FromWorker::FileData { number, data: back } = decode(&frame).unwrap() else {
+                panic!("not a file data frame");
+            };
+            assert_eq!((number, back.as_ref()), (u64::MAX - 3, &data[..]));
         }
     }
 
@@ -281,6 +336,21 @@ mod tests {
         assert_ne!(OUTPUT_ACK, VERSION);
         assert_ne!(OUTPUT_ACK, USER);
         assert_ne!(OUTPUT_ACK, USER_SPAWNER);
+    }
+
+    #[test]
+    fn return_stops_round_trip_and_are_no_other_frame() {
+        use super::user::RETURN_STOP;
+        for number in [0u64, 1, 300, u64::MAX] {
+            assert_eq!(read_return_stop(&return_stop(number)), Some(number));
+            assert_eq!(read_output_ack(&return_stop(number)), None);
+            assert_eq!(read_return_stop(&output_ack(number)), None);
+        }
+        assert_eq!(read_return_stop(&encode(&ToWorker::Exit).unwrap()), None);
+        assert_eq!(read_return_stop(&[RETURN_STOP]), None);
+        for other in [OUTPUT_ACK, VERSION, USER, USER_SPAWNER] {
+            assert_ne!(RETURN_STOP, other);
+        }
     }
 
     #[test]

@@ -34,6 +34,30 @@ pub(crate) const USER_SPAWNER: u8 = 0x56;
 /// takes these frames off before it decodes a [`ToWorker`].
 pub(crate) const OUTPUT_ACK: u8 = 0x41;
 
+/// The first byte of a return stop from the spawner to a worker: writing the returned
+/// files of the task whose number follows (LEB128) failed on the spawner (a full disk), so
+/// the worker sends no more of them (see [`crate::returning`]). The worker takes these
+/// frames off with the acknowledgements, before it decodes a [`ToWorker`].
+pub(crate) const RETURN_STOP: u8 = 0x52;
+
+/// A return stop for task `number`.
+pub(crate) fn return_stop(number: u64) -> Vec<u8> {
+    let mut frame = vec![RETURN_STOP];
+    write_leb128(&mut frame, number);
+    frame
+}
+
+/// The task number a return stop names; `None` for any other frame.
+pub(crate) fn read_return_stop(frame: &[u8]) -> Option<u64> {
+    match frame.split_first() {
+        Some((&RETURN_STOP, rest)) => match read_leb128(rest) {
+            Ok((number, [])) => Some(number),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// An output acknowledgement for `bytes` bytes.
 pub(crate) fn output_ack(bytes: u64) -> Vec<u8> {
     let mut frame = vec![OUTPUT_ACK];

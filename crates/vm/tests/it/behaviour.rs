@@ -46,6 +46,7 @@ suite!(
     messages_to_an_ended_task_are_dropped,
     two_thousand_tasks_back_to_back,
     two_vms_with_different_mirror_maps,
+    every_task_of_every_worker_gets_the_mirror_map,
     temporary_folder_removed_even_when_the_task_fails,
     persistent_folder_is_reused_then_removed,
     persistent_folder_never_runs_on_stale_inputs,
@@ -291,6 +292,55 @@ fn two_vms_with_different_mirror_maps(backend: Backend) {
     let list_b: Vec<String> = outcomes_b[&b[0]].value();
     assert_eq!(list_a, ["sub", "x.txt"]);
     assert_eq!(list_b, ["inputs"]);
+}
+
+/// A worker gets a VM's mirror map once, before its first task of that VM, and keeps it
+/// for the VM's later tasks; a VM built after another was dropped gets its own map.
+fn every_task_of_every_worker_gets_the_mirror_map(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let shared = h.shared.path();
+    std::fs::write(shared.join("one.txt"), "1").unwrap();
+    std::fs::write(shared.join("two.txt"), "2").unwrap();
+    for (file, persistent) in [("one.txt", false), ("two.txt", true), ("one.txt", true)] {
+        let vm = h
+            .runtime()
+            .vm()
+            .mirror(shared.join(file).display().to_string(), ".")
+            .persistent(persistent)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let ids = vm.spawn(Spawn::task("list", &()).fill()).unwrap();
+            assert_eq!(ids.len(), 2);
+            let (outcomes, _) = collect(&vm, &ids);
+            for id in &ids {
+                let listed: Vec<String> = outcomes[id].value();
+                assert_eq!(listed, [file], "task {id}");
+            }
+        }
+    }
+}
+
+/// A worker that joins after a VM's first tasks gets the VM's mirror map before its own
+/// first task of it.
+#[test]
+fn a_tcp_worker_that_joins_later_gets_the_mirror_map() {
+    let mut h = Harness::start(Backend::Tcp, 1);
+    std::fs::write(h.shared.path().join("input.txt"), "x").unwrap();
+    let source = h.shared.path().join("input.txt").display().to_string();
+    let vm = h.runtime().vm().mirror(source, ".").build().unwrap();
+    let first = vm.spawn(Spawn::task("list", &())).unwrap();
+    let (outcomes, _) = collect(&vm, &first);
+    let listed: Vec<String> = outcomes[&first[0]].value();
+    assert_eq!(listed, ["input.txt"]);
+    h.join_tcp_worker("beta");
+    let late = vm
+        .spawn(Spawn::task("list", &()).fill().hosts(["beta"]))
+        .unwrap();
+    assert_eq!(late.len(), 1);
+    let (outcomes, _) = collect(&vm, &late);
+    let listed: Vec<String> = outcomes[&late[0]].value();
+    assert_eq!(listed, ["input.txt"], "the late worker mirrored the inputs");
 }
 
 fn temporary_folder_removed_even_when_the_task_fails(backend: Backend) {

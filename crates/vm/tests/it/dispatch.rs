@@ -1,17 +1,13 @@
 //! Dispatch: the suite runs on every backend (memory, local, TCP, and MPI with the `mpi`
-//! feature); killing workers needs worker processes, so those tests run on local (and TCP
-//! for a single kill).
+//! feature). Faults that need worker processes are in `crate::dispatch_faults`.
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use parvm_vm::{Error, Job, JobOutcome, JobResult, Spawn, Vm};
+use parvm_vm::{Job, JobOutcome, JobResult, Spawn};
 
 use crate::harness::{Backend, Harness, collect};
 
@@ -52,12 +48,16 @@ suite!(
     commands_report_their_status,
     jobs_on_named_hosts,
     a_vm_runs_one_dispatch_at_a_time,
+    a_command_past_its_limit_is_stopped,
+    jobs_return_files_and_capture_output,
+    a_stop_the_program_asks_for_is_neither_failure_nor_loss,
+    results_count_the_bytes_mirrored,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
-const AT_ONCE: Duration = Duration::from_secs(30);
+pub const AT_ONCE: Duration = Duration::from_secs(30);
 
-fn value(result: &JobResult) -> i64 {
+pub fn value(result: &JobResult) -> i64 {
     match &result.outcome {
         JobOutcome::Value(value) => value.decode().expect("an i64"),
         other => panic!("job {} did not return a value: {other}", result.index),
@@ -343,158 +343,168 @@ fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {
     assert_eq!(rest, [1, 2]);
 }
 
-/// The pids of every worker, from a `pid` task on each slot.
-fn worker_pids(vm: &Vm) -> Vec<i32> {
-    let ids = vm.spawn(Spawn::task("pid", &()).fill()).unwrap();
-    let (outcomes, _) = collect(vm, &ids);
-    ids.iter()
-        .map(|id| i32::try_from(outcomes[id].value::<u32>()).unwrap())
-        .collect()
-}
-
-/// Kills the listed processes when dropped, if still alive.
-struct PidsGuard(Vec<i32>);
-
-impl Drop for PidsGuard {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+fn a_command_past_its_limit_is_stopped(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..6).map(|i| {
+        if i == 1 {
+            Job::command("sleep").arg("60")
+        } else {
+            Job::command("true")
         }
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .timeout(Duration::from_millis(300))
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    assert!(
+        matches!(results[1].outcome, JobOutcome::TimedOut { limit } if limit == Duration::from_millis(300)),
+        "{}",
+        results[1]
+    );
+    assert_eq!(results[1].attempts, 1, "a time limit is no lost attempt");
+    assert!(
+        results[1].elapsed >= Duration::from_millis(300),
+        "{}",
+        results[1]
+    );
+    for result in results.iter().filter(|r| r.index != 1) {
+        assert!(result.outcome.is_success(), "{result}");
     }
 }
 
-/// Runs `body` on another thread and fails the test instead of hanging when it takes
-/// longer than [`AT_ONCE`].
-fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
+fn jobs_return_files_and_capture_output(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    let results_dir = tempfile::tempdir().unwrap();
+    let jobs = (0..8).map(|i| {
+        Job::command("sh")
+            .args([
+                "-c",
+                &format!("echo out-{i}; echo err-{i} >&2; echo data-{i} > result.txt"),
+            ])
+            .returning("result.txt")
+            .capture(true)
     });
-    rx.recv_timeout(AT_ONCE)
-        .unwrap_or_else(|_| panic!("{what} did not return within {AT_ONCE:?}"))
-}
-
-fn a_killed_worker_s_jobs_run_again_elsewhere(backend: Backend) {
-    let h = Harness::start_hosts(backend, &[("alpha", 2), ("beta", 2)]);
-    let vm = h.vm();
-    let pids = worker_pids(&vm);
-    let _guard = PidsGuard(pids.clone());
-    let victim = pids[0];
-    let jobs = (0..80u64).map(|_| Job::task("sleep_pid", &30u64));
-    let mut seen = BTreeSet::new();
-    let mut rerun = 0;
-    let mut killed = false;
-    vm.dispatch(jobs)
-        .unordered()
-        .for_each(|result| {
-            let pid = match &result.outcome {
-                JobOutcome::Value(v) => i32::try_from(v.decode::<u32>().unwrap()).unwrap(),
-                other => panic!("job {}: {other}", result.index),
-            };
-            assert!(seen.insert(result.index), "job {} twice", result.index);
-            if result.attempts > 1 {
-                rerun += 1;
-                assert_ne!(
-                    pid, victim,
-                    "job {} ran again on the dead worker",
-                    result.index
-                );
-                assert_eq!(
-                    result.host.as_ref().map(ToString::to_string).as_deref(),
-                    Some("beta")
-                );
-            }
-            if seen.len() == 8 && !killed {
-                kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
-                killed = true;
-            }
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    assert_eq!(seen, (0..80).collect());
-    assert_eq!(rerun, 1, "the job the killed worker ran runs again, once");
-}
-
-#[test]
-fn local_a_killed_worker_s_jobs_run_again_elsewhere() {
-    a_killed_worker_s_jobs_run_again_elsewhere(Backend::Local);
-}
-
-#[test]
-fn tcp_a_killed_worker_s_jobs_run_again_elsewhere() {
-    a_killed_worker_s_jobs_run_again_elsewhere(Backend::Tcp);
-}
-
-#[test]
-fn every_worker_killed_ends_the_dispatch_with_the_unfinished_jobs() {
-    let h = Harness::start(Backend::Local, 2);
-    let vm = h.vm();
-    let pids = worker_pids(&vm);
-    let _guard = PidsGuard(pids.clone());
-    let (results, error) = within("a dispatch whose workers all died", move || {
-        let jobs = (0..50u64).map(|i| Job::task("sleep", &if i < 4 { 0u64 } else { 60_000 }));
-        let mut results = Vec::new();
-        let mut error = None;
-        for result in vm.dispatch(jobs).window(6) {
-            match result {
-                Ok(result) => {
-                    assert!(result.outcome.is_success(), "{result}");
-                    results.push(result.index);
-                    if results.len() == 4 {
-                        for pid in &pids {
-                            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
-                        }
-                    }
-                }
-                Err(e) => {
-                    assert!(error.is_none(), "a second error: {e}");
-                    error = Some(e);
-                }
-            }
+    let jobs = jobs.chain([Job::command("true").returning("missing.txt")]);
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .results(results_dir.path())
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results[..8] {
+        let i = result.index;
+        assert!(result.outcome.is_success(), "{result}");
+        assert_eq!(
+            result.returned,
+            [std::path::PathBuf::from("result.txt")],
+            "{result}"
+        );
+        let file = results_dir.path().join(i.to_string()).join("result.txt");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("data-{i}\n")
+        );
+        if backend == Backend::Memory {
+            // In-process workers do not redirect output, so there is nothing to capture.
+            continue;
         }
-        (results, error)
-    });
-    assert_eq!(results, [0, 1, 2, 3]);
-    let error = error.expect("the dispatch ends with an error");
-    let Error::DispatchUnfinished { unfinished, source } = &error else {
-        panic!("{error:?}");
-    };
-    // The jobs pulled and not reported when the workers died: from 4, within the window.
+        let out = result.stdout.as_ref().expect("captured stdout");
+        assert_eq!(out.bytes(), Some(format!("out-{i}\n").as_bytes()));
+        let err = result.stderr.as_ref().expect("captured stderr");
+        assert_eq!(err.bytes(), Some(format!("err-{i}\n").as_bytes()));
+    }
     assert!(
-        !unfinished.is_empty()
-            && unfinished.len() <= 6
-            && unfinished.iter().copied().eq(4..4 + unfinished.len()),
-        "{error}"
+        matches!(&results[8].outcome, JobOutcome::Failed { reason, .. } if reason.contains("missing.txt")),
+        "a literal pattern that matches nothing fails the job: {}",
+        results[8]
     );
+    // Returning needs a results folder: refused before anything is sent.
+    let refused: Vec<JobResult> = vm
+        .dispatch([Job::command("true").returning("x")])
+        .map(|r| r.unwrap())
+        .collect();
     assert!(
-        matches!(**source, Error::WorkersGone { lost: 2, .. }),
-        "{source:?}"
-    );
-    let text = error.to_string();
-    assert!(text.contains("(jobs 4, 5"), "names the jobs: {text}");
-    assert!(
-        text.contains("dispatch the unfinished jobs again"),
-        "says what to do: {text}"
+        matches!(&refused[0].outcome, JobOutcome::Failed { .. }) && refused[0].task.is_none(),
+        "{}",
+        refused[0]
     );
 }
 
-#[test]
-fn lost_attempts_are_limited() {
-    // A job that kills its own worker is lost on every attempt: 1 + lost_retries.
-    let h = Harness::start_hosts(Backend::Local, &[("alpha", 2), ("beta", 2)]);
+fn a_stop_the_program_asks_for_is_neither_failure_nor_loss(backend: Backend) {
+    let h = Harness::start(backend, 2);
     let vm = h.vm();
-    let jobs = [Job::task("exit", &9i32), Job::task("add", &(1i64, 2i64))];
-    let results: Vec<JobResult> = within("a dispatch losing workers", move || {
+    let jobs = [
+        Job::command("sleep").arg("60"),
+        Job::command("true"),
+        Job::command("true"),
+    ];
+    let results: Vec<JobResult> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sleeper = None;
+            crate::harness::wait_until("the sleeping job runs", || {
+                sleeper = vm
+                    .describe()
+                    .hosts
+                    .iter()
+                    .flat_map(|host| &host.slots)
+                    .filter_map(|slot| slot.task.as_ref())
+                    .find(|task| task.label == "sleep")
+                    .map(|task| task.id);
+                sleeper.is_some()
+            });
+            vm.stop(sleeper.unwrap()).unwrap();
+        });
         vm.dispatch(jobs)
-            .lost_retries(1)
+            .retries(3)
+            .halt_on_error()
             .map(|r| r.unwrap())
             .collect()
     });
     assert!(
-        matches!(&results[0].outcome, JobOutcome::Lost { .. }),
+        matches!(results[0].outcome, JobOutcome::NotRun),
         "{}",
         results[0]
     );
-    assert_eq!(results[0].attempts, 2);
-    assert_eq!(value(&results[1]), 3);
+    assert_eq!(results[0].attempts, 1, "not run again: {}", results[0]);
+    assert!(results[1].outcome.is_success() && results[2].outcome.is_success());
+}
+
+fn results_count_the_bytes_mirrored(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let shared = h.shared.path();
+    std::fs::create_dir_all(shared.join("in")).unwrap();
+    std::fs::write(shared.join("in/deck.cir"), vec![b'x'; 1000]).unwrap();
+    std::fs::write(shared.join("in/model.lib"), vec![b'y'; 234]).unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(shared.join("in/*").display().to_string(), ".")
+        .build()
+        .unwrap();
+    let results: Vec<JobResult> = vm
+        .dispatch((0..10).map(|_| Job::task("list", &())))
+        .map(|r| r.unwrap())
+        .collect();
+    for result in &results {
+        assert_eq!(result.mirrored, 1234, "{result}");
+        let JobOutcome::Value(names) = &result.outcome else {
+            panic!("{result}");
+        };
+        assert_eq!(
+            names.decode::<Vec<String>>().unwrap(),
+            ["deck.cir", "model.lib"]
+        );
+    }
+    // Without a mirror map nothing is mirrored.
+    let plain = h.vm();
+    let result = plain
+        .dispatch([Job::task("noop", &())])
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.mirrored, 0);
 }

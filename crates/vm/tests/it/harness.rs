@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parvm_transport::tcp::Secret;
 use parvm_vm::memory::MemoryTransport;
 use parvm_vm::{
-    Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, TransportKind, Value, Vm, Worker,
+    Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, TcpSpawner, Value, Vm, Worker,
 };
 
 /// Which transport a suite runs on.
@@ -108,6 +108,18 @@ impl Harness {
         local: tempfile::TempDir,
         shared: tempfile::TempDir,
     ) -> Harness {
+        // Dead local workers stay dead unless a test asks for replacements.
+        Harness::start_replacing(backend, hosts, local, shared, 0)
+    }
+
+    /// As [`Harness::start_in`], with `replacements` replacement workers per local slot.
+    pub fn start_replacing(
+        backend: Backend,
+        hosts: &[(&str, usize)],
+        local: tempfile::TempDir,
+        shared: tempfile::TempDir,
+        replacements: u32,
+    ) -> Harness {
         let config = config(local.path(), shared.path(), "spawner");
         let mut threads = Vec::new();
         let mut processes = Vec::new();
@@ -136,6 +148,7 @@ impl Harness {
                 .config(config.clone())
                 .simulated_hosts(hosts.iter().map(|(h, n)| (*h, *n)))
                 .program(env!("CARGO_BIN_EXE_parvm-vm-testprog"), Vec::new())
+                .replace_workers(replacements)
                 .start()
                 .expect("local runtime starts"),
             Backend::Tcp => {
@@ -145,9 +158,11 @@ impl Harness {
                 secret_dir = Some(dir);
                 let runtime = Runtime::builder(crate::tasks::tasks())
                     .config(config.clone())
-                    .transport(TransportKind::Tcp)
-                    .tcp_listen(([127, 0, 0, 1], 0).into())
-                    .tcp_secret(secret)
+                    .backend(parvm_vm::Backend::Tcp(
+                        TcpSpawner::new()
+                            .listen(([127, 0, 0, 1], 0).into())
+                            .secret(secret),
+                    ))
                     .start()
                     .expect("tcp runtime starts");
                 let addr = runtime.tcp_addr().expect("a tcp address");
@@ -205,7 +220,7 @@ impl Harness {
         let shared = var("PARALLEL_MIRRORED_STORAGE");
         let runtime = Runtime::builder(crate::tasks::tasks())
             .config(config(&local, &shared, "spawner"))
-            .transport(TransportKind::Mpi)
+            .backend(parvm_vm::Backend::Mpi)
             .start()
             .expect("mpi runtime starts");
         let layout = runtime.describe();
@@ -233,8 +248,61 @@ impl Harness {
         }
     }
 
+    /// Starts one more TCP worker process on `host`, connecting to this harness's
+    /// spawner with its secret; returns its pid. It is killed with the harness.
+    pub fn start_tcp_worker(&mut self, host: &str) -> u32 {
+        let addr = self.runtime().tcp_addr().expect("a tcp spawner");
+        let secret = self
+            ._secret
+            .as_ref()
+            .expect("a tcp harness")
+            .path()
+            .join("secret");
+        let child = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", secret)
+            .env("PARVM_HOSTNAME", host)
+            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
+            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a tcp worker");
+        let pid = child.id();
+        self.processes.push(WorkerProcess(child));
+        pid
+    }
+
     pub fn runtime(&self) -> &Runtime {
         self.runtime.as_ref().expect("runtime")
+    }
+
+    /// Starts one more TCP worker, on `host`, after the runtime started (and after any VM
+    /// was built), and waits until it joined.
+    pub fn join_tcp_worker(&mut self, host: &str) {
+        let secret_file = self
+            ._secret
+            .as_ref()
+            .expect("a tcp harness")
+            .path()
+            .join("secret");
+        let addr = self.runtime().tcp_addr().expect("a tcp address");
+        let child = Command::new(env!("CARGO_BIN_EXE_parvm-vm-testprog"))
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", &secret_file)
+            .env("PARVM_HOSTNAME", host)
+            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
+            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a tcp worker");
+        self.processes.push(WorkerProcess(child));
+        self.runtime()
+            .wait_for_workers(self.processes.len(), DEADLINE)
+            .expect("the tcp worker joins");
     }
 
     pub fn vm(&self) -> Vm {

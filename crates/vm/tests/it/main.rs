@@ -7,6 +7,7 @@ mod tasks;
 mod behaviour;
 mod clean;
 mod dispatch;
+mod dispatch_faults;
 mod forward;
 mod harness;
 mod hosts;
@@ -18,8 +19,12 @@ mod mpirun;
 mod nohang;
 mod output;
 mod processes;
+mod replace;
+mod returns;
 mod selection;
+mod stop;
 mod unprivileged;
+mod variables;
 
 /// Without the `mpi` feature the MPI suite is not compiled; say so instead of passing
 /// silently.

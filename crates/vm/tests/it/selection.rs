@@ -4,7 +4,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use parvm_transport::tcp::Secret;
-use parvm_vm::{Error, HostId, Message, Runtime, TransportKind};
+use parvm_vm::{Backend, Error, HostId, Message, Runtime, TcpSpawner};
 
 use crate::harness::{DEADLINE, config};
 
@@ -77,8 +77,7 @@ fn tcp_runtime(dir: &std::path::Path) -> (Runtime, std::path::PathBuf) {
     let secret = Secret::load_or_create(&secret_file).unwrap();
     let runtime = Runtime::builder(crate::tasks::tasks())
         .config(config(dir, dir, "spawner"))
-        .transport(TransportKind::Tcp)
-        .tcp_secret(secret)
+        .backend(Backend::Tcp(TcpSpawner::new().secret(secret)))
         .start()
         .unwrap();
     (runtime, secret_file)
@@ -111,9 +110,11 @@ fn waiting_for_tcp_workers_that_never_come_says_where_to_connect() {
     // The builder's wait fails the same way.
     let err = Runtime::builder(crate::tasks::tasks())
         .config(config(dir.path(), dir.path(), "spawner"))
-        .transport(TransportKind::Tcp)
-        .tcp_secret(Secret::random())
-        .tcp_wait_for(1, Duration::from_millis(100))
+        .backend(Backend::Tcp(
+            TcpSpawner::new()
+                .secret(Secret::random())
+                .wait_for(1, Duration::from_millis(100)),
+        ))
         .start()
         .err()
         .expect("no worker joins");

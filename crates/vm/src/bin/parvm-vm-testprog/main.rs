@@ -14,20 +14,53 @@
 //!   `$PARVM_TEST_TOKEN` on one worker, prints `READY <worker pids>` and waits to be killed;
 //! - `flood <lines>`: prints `READY <worker pid>` on stderr, runs the `flood` task, and
 //!   prints its own peak memory (`VmHWM`) on stderr before it finalizes;
+//! - `returns <results> <count> <size> [cp]`: a task writes `count` files of `size` bytes
+//!   in a persistent folder, a second task returns them into `<results>`; prints
+//!   `RETURNED <bytes> <seconds>` and the spawner's peak memory `HWM <kB>`, then with `cp`
+//!   `CP <seconds>` for `cp -a` of the same files into `<results>.cp`;
+//! - `getenv <names>`: prints `task NAME=value` for each name, as a task on one worker
+//!   sees it;
+//! - `hand-config`: starts with a configuration built by hand (host `hand`, storage in
+//!   the temp folder) instead of the environment's, and finalizes;
 //! - `return`: spawns the same command, prints `READY` and returns from `main` at once
 //!   (the runtime is dropped, not finalized by hand).
+//!
+//! As a worker, it exits at once with status 9 when its local storage root holds a file
+//! named `parvm-test-die-at-start` (a crash loop for the replacement tests).
 
 mod tasks;
 
 use std::time::Duration;
 
-use parvm_vm::{Message, Runtime, Spawn};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use parvm_vm::{ExitStatus, Message, Runtime, Spawn, Value, Vm};
+
+/// A worker whose local storage root holds this file exits at once with status 9, before
+/// it joins: a crash loop for the replacement tests.
+const DIE_AT_START: &str = "parvm-test-die-at-start";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if parvm_transport::started_as_worker()
+        && let Some(root) = std::env::var_os("PARALLEL_LOCAL_STORAGE")
+        && std::path::Path::new(&root).join(DIE_AT_START).exists()
+    {
+        std::process::exit(9);
+    }
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let mut builder = Runtime::builder(tasks::tasks());
     if scenario == "forward" {
         builder = builder.forward_env(["TESTFWD_API"]);
+    }
+    if scenario == "hand-config" {
+        let temp = std::env::temp_dir();
+        let config = parvm_vm::Config::builder()
+            .local_root(&temp)
+            .mirrored_roots([&temp])
+            .hostname("hand")
+            .build()?;
+        builder = builder.config(config);
     }
     let runtime = builder.start()?;
     if let Some(addr) = runtime.tcp_addr() {
@@ -62,6 +95,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let Message::TaskExit { .. } = vm.recv()? {
                     break;
                 }
+            }
+        }
+        "getenv" => {
+            let vm = runtime.vm().build()?;
+            for name in std::env::args().skip(2) {
+                vm.spawn(Spawn::task("getenv", &name))?;
+                let mut value = None;
+                loop {
+                    match vm.recv()? {
+                        Message::TaskResult { outcome, .. } => {
+                            value = outcome?.decode::<Option<String>>()?;
+                        }
+                        Message::TaskExit { .. } => break,
+                        _ => {}
+                    }
+                }
+                println!("task {name}={}", value.as_deref().unwrap_or("<unset>"));
             }
         }
         "hang" => {
@@ -143,6 +193,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or("?");
             eprintln!("HWM {}", hwm.trim());
         }
+        "returns" => returns(&runtime)?,
         "print" => {
             let vm = runtime.vm().build()?;
             vm.spawn(Spawn::task("print", &"hello".to_string()))?;
@@ -156,4 +207,75 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     runtime.finalize()?;
     Ok(())
+}
+
+/// The `returns` scenario (see the crate docs).
+fn returns(runtime: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
+    let arg = |n: usize| std::env::args().nth(n).unwrap_or_default();
+    let results = PathBuf::from(arg(2));
+    let count: u64 = arg(3).parse()?;
+    let size: u64 = arg(4).parse()?;
+    let vm = runtime.vm().persistent(true).build()?;
+    let files: Vec<tasks::ReturnFile> = (0..count)
+        .map(|i| (format!("out/f{i:05}.dat"), size, 0o644, 1_600_000_000))
+        .collect();
+    run(&vm, Spawn::task("write_files", &files))?;
+    let dir: Option<String> = run(&vm, Spawn::task("dir", &()))?
+        .0
+        .ok_or("no result")?
+        .decode()?;
+    let start = Instant::now();
+    let (_, returned) = run(
+        &vm,
+        Spawn::task("noop", &())
+            .returning("out")
+            .results_dir(&results),
+    )?;
+    let took = start.elapsed().as_secs_f64();
+    let bytes = returned.ok_or("no files returned")?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .unwrap_or("?")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .to_owned();
+    println!("RETURNED {bytes} {took:.6}");
+    println!("HWM {hwm}");
+    if arg(5) == "cp" {
+        let from = PathBuf::from(dir.ok_or("the task has no folder")?).join("out");
+        let start = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(results.with_extension("cp"))
+            .status()?;
+        if !status.success() {
+            return Err(format!("cp -a failed: {status}").into());
+        }
+        println!("CP {:.6}", start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Runs one spawn to its exit: its value and the bytes it returned; an error when it failed.
+fn run(vm: &Vm, spawn: Spawn) -> Result<(Option<Value>, Option<u64>), Box<dyn std::error::Error>> {
+    vm.spawn(spawn)?;
+    let mut value = None;
+    let mut returned = None;
+    loop {
+        match vm.recv()? {
+            Message::TaskResult { outcome, .. } => value = Some(outcome?),
+            Message::Returned { bytes, .. } => returned = Some(bytes),
+            Message::TaskExit { status, .. } => {
+                if let ExitStatus::Failed { reason } = status {
+                    return Err(reason.into());
+                }
+                return Ok((value, returned));
+            }
+            _ => {}
+        }
+    }
 }

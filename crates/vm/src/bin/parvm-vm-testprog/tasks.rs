@@ -116,6 +116,84 @@ pub fn tasks() -> Tasks {
                 Ok::<_, String>(before)
             },
         )
+        .register("write_files", write_files)
+        .register(
+            "plant_symlink",
+            |ctx: &TaskContext, (link, target): (String, String)| {
+                let dir = ctx.dir().ok_or("this task has no folder")?;
+                let link = dir.join(link);
+                if let Some(parent) = link.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                std::os::unix::fs::symlink(target, link).map_err(|e| e.to_string())
+            },
+        )
+        .register("changing", |ctx: &TaskContext, files: Vec<ReturnFile>| {
+            // Files named `changing-once*` grow by a byte after their first read, files
+            // named `changing-always*` after every read (see `grow_while_returned`).
+            parvm_vm::set_return_hook(Some(grow_while_returned));
+            write_files(ctx, files)
+        })
+}
+
+/// A file for the `write_files` task: path in the task folder, size, mode, mtime (seconds).
+pub type ReturnFile = (String, u64, u32, i64);
+
+/// The content of returned test file `path` of `size` bytes.
+pub fn file_content(path: &str, size: u64) -> Vec<u8> {
+    let seed = path
+        .bytes()
+        .fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    (0..size)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+/// Writes `files` (with `file_content`) into the task folder, with their modes and times.
+fn write_files(ctx: &TaskContext, files: Vec<ReturnFile>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ctx.dir().ok_or("this task has no folder")?;
+    for (path, size, mode, mtime) in files {
+        let full = dir.join(&path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&full, file_content(&path, size)).map_err(|e| e.to_string())?;
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&full)
+            .map_err(|e| e.to_string())?;
+        file.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime as u64))
+            .map_err(|e| e.to_string())?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The return hook of the `changing` task: appends a byte to the file just read when its
+/// name says so (`changing-once*` only while its size is even, so it changes once); ends
+/// the worker process at `die-after-read*` (never use that name with in-process workers).
+fn grow_while_returned(path: &std::path::Path) {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("die-after-read") {
+        // The worker dies with the file sent but not complete (worker processes only).
+        std::process::exit(3);
+    }
+    let grow = if name.starts_with("changing-always") {
+        true
+    } else if name.starts_with("changing-once") {
+        std::fs::metadata(path).is_ok_and(|m| m.len() % 2 == 0)
+    } else {
+        false
+    };
+    if grow && let Ok(mut file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.write_all(b"+");
+    }
 }
 
 /// Bytes in a line of the `flood` task, newline included.

@@ -1,0 +1,382 @@
+//! Replacement workers: when a local worker process dies, the spawner starts a new one
+//! (a new rank, on the same simulated host with the same variables) that joins like a late
+//! TCP worker, as an [`Event::PeerJoined`].
+//!
+//! Owns starting one worker process (the first ones and replacements alike), attaching its
+//! connection to the hub, the crash-loop limit, and whether a replacement may still come
+//! (behind [`Transport::workers_can_join`](crate::Transport::workers_can_join)). Must not
+//! know what payloads mean, nor how the hub reads connections (`star`).
+//!
+//! # The rules
+//!
+//! * A worker that exits with status 0 left on purpose (the VM told it to) and is not
+//!   replaced; nor is one killed by `SIGINT`, `SIGTERM` or `SIGHUP` (Ctrl-C in a terminal
+//!   reaches every worker; a batch system cancels with `SIGTERM`), nor any worker once the
+//!   transport shuts down.
+//! * A worker that exits with [`STOPPED_EXIT_CODE`] was stopped at the spawner's request
+//!   (a stopped function task) and is always replaced; this does not count toward the limit.
+//! * Any other death (a signal, another status, a replacement that never connected)
+//!   counts toward its slot's limit ([`LocalOptions::replacements`](super::LocalOptions::replacements)):
+//!   while the slot has replacements left, a new worker is started; then the slot is gone.
+//! * A replacement that never joins is reported as an [`Event::PeerLost`] of its own
+//!   (never joined) rank, so a spawner waiting with no worker left looks again at whether
+//!   one may still come.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::options::{
+    HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
+    SPIN_US_VAR, STOPPED_EXIT_CODE, TOKEN_VAR,
+};
+use super::spawner::{HostEnv, KeeperInbox, Socket, WorkerProc, accept_all, describe_status};
+use crate::star::{self, Hub, Stream, lock};
+use crate::{Error, Event, Peer, Rank};
+
+/// What starting one worker process needs, the same for every worker.
+pub(super) struct Launch {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<OsString>,
+    pub(super) spawner_host: String,
+    pub(super) spawner_pid: String,
+    pub(super) max_frame: u64,
+    /// The spawner's spin window in µs, which its workers use too.
+    pub(super) spin_us: u128,
+    pub(super) connect_timeout: Duration,
+}
+
+/// The crash-loop accounting, under one lock.
+#[derive(Default)]
+struct Budget {
+    /// Counted replacements started so far, per lineage (the first rank of a slot).
+    used: HashMap<Rank, u32>,
+    /// Replacements decided on and not yet joined or given up.
+    pending: usize,
+}
+
+/// See the [module docs](self).
+pub(super) struct Replacing {
+    hub: Arc<Hub>,
+    launch: Launch,
+    pub(super) keeper: KeeperInbox,
+    /// Every worker process ever started, so that dropping the transport reaps them all.
+    pub(super) procs: Mutex<Vec<Arc<WorkerProc>>>,
+    max: u32,
+    budget: Mutex<Budget>,
+    next_rank: AtomicU32,
+    replaced: AtomicUsize,
+}
+
+impl Replacing {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        launch: Launch,
+        keeper: KeeperInbox,
+        max: u32,
+        next_rank: Rank,
+    ) -> Replacing {
+        Replacing {
+            hub,
+            launch,
+            keeper,
+            procs: Mutex::new(Vec::new()),
+            max,
+            budget: Mutex::new(Budget::default()),
+            next_rank: AtomicU32::new(next_rank),
+            replaced: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether a replacement worker may still join: one was decided on and has not joined
+    /// or been given up. A live worker that dies later decides its replacement before its
+    /// loss is posted, so a spawner never sees "no worker left" while one is coming.
+    pub(super) fn may_join(&self) -> bool {
+        lock(&self.budget).pending > 0
+    }
+
+    /// How many replacement workers joined so far.
+    pub(super) fn replaced(&self) -> usize {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Starts the process of worker `rank` of lineage `lineage` on simulated host `host`,
+    /// told to connect to `socket`, and records it (so it is reaped with the transport).
+    pub(super) fn start_process(
+        &self,
+        rank: Rank,
+        lineage: Rank,
+        host: &str,
+        env: &HostEnv,
+        socket: &Socket,
+    ) -> Result<Arc<WorkerProc>, Error> {
+        let launch = &self.launch;
+        let mut command = Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .stdin(Stdio::null())
+            .env(SOCKET_VAR, &socket.path)
+            .env(RANK_VAR, rank.to_string())
+            .env(TOKEN_VAR, &socket.token)
+            .env(SPAWNER_PID_VAR, &launch.spawner_pid)
+            .env(SPAWNER_HOST_VAR, &launch.spawner_host)
+            .env(MAX_FRAME_VAR, launch.max_frame.to_string())
+            .env(SPIN_US_VAR, launch.spin_us.to_string())
+            .env(HOSTNAME_VAR, host)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let start_error = |source| Error::WorkerStart {
+            rank,
+            program: launch.program.clone(),
+            source,
+        };
+        // Under the lock, so that a transport shutting down either sees this process in
+        // the list (and reaps it) or this start sees the shutdown.
+        let mut procs = lock(&self.procs);
+        if self.hub.is_closing() {
+            return Err(start_error(io::Error::other(
+                "the transport is shutting down",
+            )));
+        }
+        let child = self.keeper.start(command).map_err(start_error)?;
+        let proc = Arc::new(WorkerProc {
+            rank,
+            host: host.to_owned(),
+            pid: child.id(),
+            lineage,
+            env: env.clone(),
+            child: Mutex::new(child),
+        });
+        procs.push(proc.clone());
+        Ok(proc)
+    }
+
+    /// Adds the connection of a worker that joined to the hub, with a reader thread.
+    pub(super) fn attach(
+        self: &Arc<Self>,
+        proc: Arc<WorkerProc>,
+        stream: UnixStream,
+    ) -> io::Result<()> {
+        let peer = Peer {
+            rank: proc.rank,
+            host: proc.host.clone(),
+        };
+        let replacing = self.clone();
+        let explain: star::Explain = Box::new(move |reason| replacing.explain_loss(&proc, reason));
+        let run = self.hub.add(peer.clone(), Stream::Unix(stream), explain)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("parvm-local-rank{}", peer.rank))
+            .spawn(run)?;
+        self.hub.keep_thread(thread);
+        Ok(())
+    }
+
+    /// Adds what became of the process to the reason its connection ended, and starts its
+    /// replacement when the rules allow.
+    fn explain_loss(self: &Arc<Self>, proc: &Arc<WorkerProc>, reason: String) -> String {
+        // The socket closes while the process is being torn down, a moment before it can be
+        // reaped, so wait a little for the exit status.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut pause = Duration::from_micros(50);
+        let status = loop {
+            let status = proc.try_status();
+            if status.is_some() || Instant::now() >= deadline {
+                break status;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        let fate = status.map_or_else(|| "is still running".to_string(), describe_status);
+        let mut text = format!(
+            "worker rank {} (pid {}) on host `{}`: {reason}; the process {fate}",
+            proc.rank, proc.pid, proc.host
+        );
+        if let Some(status) = status
+            && !status.success()
+        {
+            match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+                // Told to stop from outside: Ctrl-C in a terminal reaches every worker, and
+                // a batch system cancels with SIGTERM. Replacing them would undo the stop.
+                Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => {
+                    text.push_str(&format!(
+                        "; not replaced, since {signal} asks a process to stop (Ctrl-C, or a batch system)"
+                    ));
+                }
+                _ => text.push_str(&self.maybe_replace(proc, status.code())),
+            }
+        }
+        // The hub logs a clean close at debug level, as the orderly way to leave; a
+        // worker that closed cleanly because it died or failed deserves a warning.
+        if reason == star::CLOSED && !status.is_some_and(|s| s.success()) {
+            tracing::warn!(
+                backend = "local",
+                rank = proc.rank,
+                host = %proc.host,
+                "lost peer: {text}"
+            );
+        }
+        text
+    }
+
+    /// Decides whether the dead worker `dead` (which exited with `code`, or was killed)
+    /// gets a replacement, starts it on a thread of its own when it does, and returns
+    /// words for the loss's reason.
+    fn maybe_replace(self: &Arc<Self>, dead: &Arc<WorkerProc>, code: Option<i32>) -> String {
+        if self.hub.is_closing() {
+            return String::new();
+        }
+        if !self.take_budget(dead.lineage, code == Some(STOPPED_EXIT_CODE)) {
+            return if self.max == 0 {
+                String::new()
+            } else {
+                format!(
+                    "; not replaced: the workers of this slot died {} times (the limit, PARVM_REPLACE_WORKERS)",
+                    self.max
+                )
+            };
+        }
+        let replacing = self.clone();
+        let dead_for_thread = dead.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("parvm-local-replace{}", dead.rank))
+            .spawn(move || replacing.replace(&dead_for_thread));
+        match started {
+            Ok(thread) => {
+                self.hub.keep_thread(thread);
+                "; a replacement worker is starting".to_owned()
+            }
+            Err(e) => {
+                lock(&self.budget).pending -= 1;
+                format!("; cannot start a thread for its replacement: {e}")
+            }
+        }
+    }
+
+    /// Counts a replacement for `lineage` against the limit (unless `free`), and marks
+    /// it pending; `false` when the limit is reached.
+    fn take_budget(&self, lineage: Rank, free: bool) -> bool {
+        let mut budget = lock(&self.budget);
+        if !free {
+            let used = budget.used.entry(lineage).or_insert(0);
+            if *used >= self.max {
+                return false;
+            }
+            *used += 1;
+        }
+        budget.pending += 1;
+        true
+    }
+
+    /// Starts a replacement for `dead` and waits for it to join; a replacement that dies
+    /// before it joins is replaced in turn while the slot's limit allows.
+    fn replace(self: &Arc<Self>, dead: &Arc<WorkerProc>) {
+        loop {
+            let rank = self.next_rank.fetch_add(1, Ordering::Relaxed);
+            let failure = match self.start_and_join(rank, dead) {
+                Ok(()) => {
+                    lock(&self.budget).pending -= 1;
+                    return;
+                }
+                Err(failure) => failure,
+            };
+            let retry = !self.hub.is_closing() && {
+                let mut budget = lock(&self.budget);
+                let used = budget.used.entry(dead.lineage).or_insert(0);
+                let more = *used < self.max;
+                if more {
+                    *used += 1;
+                }
+                more
+            };
+            if !self.hub.is_closing() {
+                tracing::warn!(
+                    backend = "local",
+                    rank,
+                    host = %dead.host,
+                    "replacement worker failed: {failure}{}",
+                    if retry { "; trying again" } else { "; the slot's replacements are used up (PARVM_REPLACE_WORKERS)" }
+                );
+            }
+            if !retry {
+                // Given up: no longer pending, then a loss of the never-joined rank wakes a
+                // spawner that waits with no worker left, to find that none can come.
+                lock(&self.budget).pending -= 1;
+                self.hub.post(Event::PeerLost {
+                    rank,
+                    reason: format!(
+                        "replacement worker rank {rank} on host `{}` never joined: {failure}",
+                        dead.host
+                    ),
+                });
+                return;
+            }
+        }
+    }
+
+    /// Starts worker `rank` to replace `dead`, waits for it to join, and announces it.
+    fn start_and_join(self: &Arc<Self>, rank: Rank, dead: &Arc<WorkerProc>) -> Result<(), String> {
+        let socket = Socket::bind().map_err(|e| e.to_string())?;
+        let proc = self
+            .start_process(rank, dead.lineage, &dead.host, &dead.env, &socket)
+            .map_err(|e| e.to_string())?;
+        let hub = self.hub.clone();
+        let streams = accept_all(
+            &socket,
+            std::slice::from_ref(&proc),
+            self.launch.connect_timeout,
+            &move || hub.is_closing(),
+        );
+        // Joined or not, the socket and its folder go now.
+        drop(socket);
+        let stream = match streams {
+            Ok(mut streams) if !streams.is_empty() => streams.swap_remove(0),
+            Ok(_) => {
+                proc.kill_and_reap();
+                return Err("the transport is shutting down".to_owned());
+            }
+            Err(e) => {
+                proc.kill_and_reap();
+                return Err(e.to_string());
+            }
+        };
+        let peer = Peer {
+            rank,
+            host: dead.host.clone(),
+        };
+        if let Err(e) = self.attach(proc.clone(), stream) {
+            proc.kill_and_reap();
+            return Err(format!("cannot start its reader thread: {e}"));
+        }
+        if self.hub.is_closing() {
+            return Ok(());
+        }
+        let replaced = self.replaced.fetch_add(1, Ordering::Relaxed) + 1;
+        let used = lock(&self.budget)
+            .used
+            .get(&dead.lineage)
+            .copied()
+            .unwrap_or(0);
+        tracing::warn!(
+            backend = "local",
+            rank,
+            pid = proc.pid,
+            host = %dead.host,
+            "worker rank {} (pid {}) on host `{}` was replaced by rank {rank} (pid {}); {used} of {} replacements of its slot used, {replaced} in all",
+            dead.rank,
+            dead.pid,
+            dead.host,
+            proc.pid,
+            self.max
+        );
+        self.hub.post(Event::PeerJoined(peer));
+        Ok(())
+    }
+}
