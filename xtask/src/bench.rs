@@ -24,7 +24,9 @@ pub fn run(args: &[String]) -> Result<()> {
             ("dispatch", _) => ("parvm-vm", "dispatch", &[]),
             ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
             ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
-            (other, _) => bail!("unknown benchmark `{other}`; use mirror, spawn, messaging or dispatch"),
+            (other, _) => {
+                bail!("unknown benchmark `{other}`; use mirror, spawn, messaging or dispatch")
+            }
         };
     let passthrough: Vec<&String> = rest
         .iter()

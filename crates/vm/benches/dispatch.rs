@@ -180,7 +180,7 @@ fn lazy_part(workers: usize) -> Res<()> {
     {
         result?;
         seen += 1;
-        if seen % 10_000 == 0 {
+        if seen.is_multiple_of(10_000) {
             peak = peak.max(rss_kib());
         }
     }
@@ -241,8 +241,9 @@ fn returns_part() -> Res<()> {
         None
     } else {
         // Local storage, the results folder and `cp -a` all on one file system, so the
-        // comparison is fair; PARVM_BENCH_DIR picks it (e.g. /dev/shm), else the current one.
-        let base = std::env::var_os("PARVM_BENCH_DIR").unwrap_or_else(|| ".".into());
+        // comparison is fair; PARVM_BENCH_DIR picks it (e.g. /dev/shm), else the temporary
+        // folder.
+        let base = std::env::var_os("PARVM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
         Some(tempfile::tempdir_in(base)?)
     };
     let mut config = parvm_env_config::Config::builder().workers(1);
@@ -253,9 +254,12 @@ fn returns_part() -> Res<()> {
     let Some(scratch) = scratch else {
         return Err("a worker came back from Runtime::start".into());
     };
-    let vm = runtime.vm().build()?;
+    let vm = runtime.vm().local_folder(true).build()?;
     println!("returned files, 1 worker, in {}:", scratch.path().display());
-    for (label, tree) in [("2000 x 4 KiB", (2000u32, 4096u64)), ("4 x 64 MiB", (4, 64 << 20))] {
+    for (label, tree) in [
+        ("2000 x 4 KiB", (2000u32, 4096u64)),
+        ("4 x 64 MiB", (4, 64 << 20)),
+    ] {
         let mut rounds = Vec::new();
         for round in 0..3 {
             let (without, _) = make_files(&vm, tree, None)?;

@@ -184,12 +184,11 @@ impl Slots {
         let allowed =
             |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
         let free = |slot: &Slot| slot.running.is_none() && !slot.leaving;
-        let queueable =
-            |slot: &Slot| {
-                !slot.leaving
-                    && slot.queued.is_none()
-                    && slot.running.as_ref().is_some_and(|r| !r.ended)
-            };
+        let queueable = |slot: &Slot| {
+            !slot.leaving
+                && slot.queued.is_none()
+                && slot.running.as_ref().is_some_and(|r| !r.ended)
+        };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map
                 .iter()
