@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod mirror;
+pub mod run;
 pub mod storage;
 pub mod worker;
 

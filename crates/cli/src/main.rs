@@ -29,11 +29,34 @@ enum Command {
     },
     /// Join a TCP spawner as a worker that runs external-command tasks.
     Worker(commands::worker::Args),
+    /// Run a command for every case of its inputs, each in its own task folder, with GNU
+    /// parallel's conventions (`parvm run echo {} ::: a b c`).
+    Run(commands::run::Args),
 }
 
 fn main() -> std::process::ExitCode {
+    // A worker that `parvm run` started: it serves at once, before any argument, input or
+    // file is looked at, and never returns.
+    if parvm_transport::started_as_worker()
+        && std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("run"))
+    {
+        if let Err(error) = commands::run::serve() {
+            eprintln!("{}", error_report(&error));
+        }
+        return std::process::ExitCode::from(255);
+    }
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Run(args) => {
+            // GNU parallel's exit status: failed cases, or 255 when the run itself failed.
+            return match commands::run::run(args) {
+                Ok(failed) => std::process::ExitCode::from(failed),
+                Err(error) => {
+                    eprintln!("{}", error_report(&error));
+                    std::process::ExitCode::from(255)
+                }
+            };
+        }
         Command::Config => commands::config::run(cli.json),
         Command::Mirror(args) => commands::mirror::run(&args, cli.json),
         Command::Storage { action } => commands::storage::run(&action, cli.json),

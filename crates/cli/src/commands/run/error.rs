@@ -1,0 +1,168 @@
+//! The errors of `parvm run` that stop it before or during a sweep (exit status 255).
+//!
+//! A case that fails is not an error here: it is counted in the exit status.
+
+use std::path::PathBuf;
+
+/// Why `parvm run` could not run the sweep.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Nothing to run.
+    #[error("no command to run; give one after the options, e.g. `parvm run echo {{}} ::: a b c`")]
+    NoCommand,
+    /// A `:::`-style separator with no values after it.
+    #[error("`{separator}` has no values after it; give at least one, e.g. `{separator} a b`")]
+    EmptySource {
+        /// The separator.
+        separator: String,
+    },
+    /// `:::+` or `::::+` before any other source.
+    #[error(
+        "`{separator}` links its values to an earlier input source, but there is none; start with `:::` or `::::`"
+    )]
+    LinkWithoutSource {
+        /// The separator.
+        separator: String,
+    },
+    /// Linked sources of different lengths.
+    #[error(
+        "linked input sources have {left} and {right} values; `:::+` and `::::+` pair values one to one, so give both the same number"
+    )]
+    LinkLengths {
+        /// Values of the earlier source.
+        left: usize,
+        /// Values of the linked source.
+        right: usize,
+    },
+    /// A replacement string with no input to replace it with.
+    #[error(
+        "the command uses the replacement string `{found}` but has no inputs; give them with `::: VALUES`, `:::: FILE` or `-a FILE`, or use `-n N` only with a command without input replacement strings"
+    )]
+    ReplacementWithoutInputs {
+        /// The replacement string.
+        found: String,
+    },
+    /// `{N}` beyond the number of sources.
+    #[error(
+        "the command uses `{{{index}}}` but there are only {sources} input sources; number them from {{1}}"
+    )]
+    NoSuchSource {
+        /// The number given.
+        index: usize,
+        /// How many sources there are.
+        sources: usize,
+    },
+    /// `{%}`, which needs the worker to tell the command its slot.
+    #[error(
+        "`{{%}}` (the slot running a case) is not supported by parvm run yet; use `{{#}}` (the case number) to tell cases apart"
+    )]
+    SlotUnsupported,
+    /// `-n` together with inputs.
+    #[error(
+        "-n {copies} runs copies of a command without inputs, but inputs were given too; drop one of them"
+    )]
+    CopiesWithInputs {
+        /// The `-n` value.
+        copies: usize,
+    },
+    /// An args file that cannot be read.
+    #[error("cannot read the args file `{}`; check the path (use `-` for standard input)", path.display())]
+    ArgsFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value with a NUL byte, which no command argument can hold.
+    #[error(
+        "input value {value} of source {source_number} holds a NUL byte, which no command argument can carry; remove it from the input"
+    )]
+    NulInInput {
+        /// The value's number in its source, from 1.
+        value: usize,
+        /// The source's number, from 1.
+        source_number: usize,
+    },
+    /// The command's own words are not UTF-8.
+    #[error(
+        "the command word `{word}` is not valid UTF-8; only input values may hold other bytes (they are passed through exactly)"
+    )]
+    CommandNotUtf8 {
+        /// The word, lossily shown.
+        word: String,
+    },
+    /// A `--map` entry without `=`.
+    #[error(
+        "mirror entry `{entry}` is not SRC=DST; give e.g. `--map '*.cir=.'` or `--map models=lib`"
+    )]
+    MapEntry {
+        /// The entry.
+        entry: String,
+    },
+    /// A duration that cannot be read.
+    #[error(
+        "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds)"
+    )]
+    Duration {
+        /// The text given.
+        text: String,
+    },
+    /// A `--return` pattern that leaves the task folder.
+    #[error(
+        "--return `{pattern}` leaves the task folder; give a pattern relative to it, without `..` or a leading `/`"
+    )]
+    ReturnEscapes {
+        /// The pattern.
+        pattern: String,
+    },
+    /// `--return` without `--results`.
+    #[error("--return needs a folder to bring files back into; give one with --results DIR")]
+    ReturnWithoutResults,
+    /// The results folder cannot be made.
+    #[error("cannot make the results folder `{}`; give a folder you can write to with --results", path.display())]
+    ResultsDir {
+        /// The folder.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The results folder already holds something.
+    #[error("the results folder `{}` is not empty; give a new or empty folder with --results, so no earlier result is overwritten", path.display())]
+    ResultsNotEmpty {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A result file that cannot be written.
+    #[error("cannot write `{}` in the results folder; check the disk and its permissions", path.display())]
+    ResultWrite {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The joblog cannot be written.
+    #[error("cannot write the joblog `{}`; give a file you can write to with --joblog", path.display())]
+    Joblog {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Printing a case's output failed.
+    #[error("cannot print the output of case {case}; is standard output closed?")]
+    Print {
+        /// The case number.
+        case: usize,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The parvm runtime failed.
+    #[error("parvm could not run the sweep")]
+    Vm(#[source] parvm_vm::Error),
+}

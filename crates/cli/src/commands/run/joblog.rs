@@ -1,0 +1,124 @@
+//! `--joblog FILE`: one tab-separated line per case, in GNU parallel's format.
+//!
+//! It owns the file and the columns; it must not know how cases run.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::RunError;
+
+/// GNU parallel's joblog header.
+pub const HEADER: &str =
+    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand";
+
+/// One line of the joblog.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// The case number, from 1.
+    pub seq: usize,
+    /// The host that ran it (`:` when it did not run, as GNU parallel writes for local).
+    pub host: &'a str,
+    /// When its last attempt started.
+    pub start: SystemTime,
+    /// How long it ran.
+    pub runtime: Duration,
+    /// Bytes mirrored into its task folder.
+    pub send: u64,
+    /// Bytes of the files it returned.
+    pub receive: u64,
+    /// Its exit code; -1 when it did not exit by itself.
+    pub exit: i64,
+    /// The signal that ended it, else 0.
+    pub signal: i32,
+    /// The command line.
+    pub command: &'a str,
+}
+
+/// An open joblog.
+pub struct Joblog {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl Joblog {
+    /// Creates (or truncates) `path` and writes the header.
+    ///
+    /// # Errors
+    /// The file cannot be created or written.
+    pub fn create(path: &Path) -> Result<Joblog, RunError> {
+        let file = File::create(path).map_err(|source| RunError::Joblog {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut log = Joblog {
+            path: path.to_owned(),
+            file: BufWriter::new(file),
+        };
+        log.line(HEADER)?;
+        Ok(log)
+    }
+
+    /// Appends one case; flushed at once, so the log is whole when the run is stopped.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write(&mut self, entry: &Entry<'_>) -> Result<(), RunError> {
+        self.line(&format_entry(entry))
+    }
+
+    fn line(&mut self, text: &str) -> Result<(), RunError> {
+        writeln!(self.file, "{text}")
+            .and_then(|()| self.file.flush())
+            .map_err(|source| RunError::Joblog {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// The tab-separated line of `entry`.
+fn format_entry(entry: &Entry<'_>) -> String {
+    let start = entry
+        .start
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    format!(
+        "{}\t{}\t{start:.3}\t{:.3}\t{}\t{}\t{}\t{}\t{}",
+        entry.seq,
+        entry.host,
+        entry.runtime.as_secs_f64(),
+        entry.send,
+        entry.receive,
+        entry.exit,
+        entry.signal,
+        entry.command
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_the_nine_columns_of_gnu_parallel() {
+        let line = format_entry(&Entry {
+            seq: 3,
+            host: "alpha",
+            start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
+            runtime: Duration::from_millis(1500),
+            send: 10,
+            receive: 20,
+            exit: 2,
+            signal: 0,
+            command: "echo 'a b'",
+        });
+        assert_eq!(
+            line,
+            "3\talpha\t1700000000.250\t1.500\t10\t20\t2\t0\techo 'a b'"
+        );
+        assert_eq!(HEADER.split('\t').count(), 9);
+    }
+}

@@ -1,0 +1,328 @@
+//! `parvm run`: a sweep of any shell command over GNU parallel-style inputs, each case in
+//! its own task folder on a worker.
+//!
+//! This module owns the flags and the order of a run (inputs, commands, runtime, printing,
+//! exit status); the pieces live in `inputs` (sources and cases), `quote` and `replace`
+//! (the command line of a case), `output` (printing and `--results`) and `joblog`.
+
+mod error;
+mod inputs;
+mod joblog;
+mod output;
+mod quote;
+mod replace;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use parvm_vm::{Job, Runtime, Tasks};
+
+pub use error::RunError;
+
+/// Arguments of `parvm run`. The options come first; everything from the command on is
+/// the command and its inputs.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  parvm run echo {} ::: a b c
+  parvm run --map '*.cir=.' --return '*.raw' --results out ngspice -b {} ::: amp.cir bias.cir
+  parvm run -k --joblog sweep.log ./sim.sh --gain {1} --temp {2} ::: 1 2 4 ::: 27 85
+  parvm run -a cases.txt ./solve {}")]
+pub struct Args {
+    /// Run N workers (task slots) on this machine [default: PARVM_WORKERS, else the
+    /// number of cores].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+    /// An args file: one input value per line (`-` for standard input); repeatable, each
+    /// is an input source.
+    #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
+    pub arg_files: Vec<PathBuf>,
+    /// Without inputs: run the command N times.
+    #[arg(short = 'n', value_name = "N")]
+    pub copies: Option<usize>,
+    /// A mirror map entry `SRC=DST` copied into every case's task folder (SRC relative to
+    /// the current folder, inside PARALLEL_MIRRORED_STORAGE); repeatable.
+    #[arg(long = "map", value_name = "SRC=DST")]
+    pub maps: Vec<String>,
+    /// Bring files matching GLOB (relative to the task folder) back into the case's
+    /// results folder; repeatable; needs --results.
+    #[arg(long = "return", value_name = "GLOB")]
+    pub returns: Vec<String>,
+    /// Keep each case in DIR/<case number>/: its returned files, `stdout`, `stderr` and
+    /// `exit`. DIR must be new or empty.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Write one line per case to FILE in GNU parallel's joblog format.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+    /// Run a failed case up to N more times.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub retries: u32,
+    /// Stop a case that runs longer than this (`10s`, `500ms`, `2m`, `1h`; a bare number
+    /// is seconds).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Print the output of cases in input order (default: as they end).
+    #[arg(short = 'k', long = "keep-order")]
+    pub keep_order: bool,
+    /// Print the command lines instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The command, its arguments, and the inputs: `::: VALUES` (several sources give
+    /// all combinations), `:::+ VALUES` (paired with the source before), `:::: FILES`,
+    /// `::::+ FILES`.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub words: Vec<OsString>,
+}
+
+/// The first argument of a `parvm run` worker process: the runtime starts workers as this
+/// executable with it, and `main` sends such a process straight to [`serve`].
+pub const WORKER_ARGS: &[&str] = &["run"];
+
+/// Serves as a worker of a `parvm run` spawner: reads no input, creates no file, and does
+/// not return when this process was started as a worker.
+///
+/// # Errors
+/// The runtime cannot start (then this is no worker: the caller reports it).
+pub fn serve() -> Result<(), RunError> {
+    Runtime::start(Tasks::new()).map_err(RunError::Vm)?;
+    // Only a spawner gets here: the caller checked that this process is a worker.
+    Ok(())
+}
+
+/// A case ready to run.
+#[derive(Debug)]
+struct Case {
+    /// Its command line for `sh -c`.
+    line: String,
+}
+
+/// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
+/// or 101 for more.
+///
+/// # Errors
+/// Bad flags or inputs, or a sweep that cannot run (exit status 255).
+pub fn run(args: Args) -> Result<u8, RunError> {
+    let split = inputs::split(&args.words, &args.arg_files)?;
+    let words = split
+        .command
+        .iter()
+        .map(|word| {
+            word.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| RunError::CommandNotUtf8 {
+                    word: word.to_string_lossy().into_owned(),
+                })
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    if let (Some(copies), true) = (args.copies, split.has_inputs()) {
+        return Err(RunError::CopiesWithInputs { copies });
+    }
+    let timeout = args.timeout.as_deref().map(duration).transpose()?;
+    for pattern in &args.returns {
+        if leaves_folder(pattern) {
+            return Err(RunError::ReturnEscapes {
+                pattern: pattern.clone(),
+            });
+        }
+    }
+    let maps = args
+        .maps
+        .iter()
+        .map(|entry| match entry.rsplit_once('=') {
+            Some((src, dst)) if !src.is_empty() && !dst.is_empty() => Ok((src, dst)),
+            _ => Err(RunError::MapEntry {
+                entry: entry.clone(),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sources = split.read()?;
+    let template = replace::Template::parse(&words, sources.len())?;
+    let values = if sources.is_empty() {
+        vec![Vec::new(); args.copies.unwrap_or(1)]
+    } else {
+        inputs::cases(&sources)?
+    };
+    let cases: Vec<Case> = values
+        .iter()
+        .enumerate()
+        .map(|(at, values)| Case {
+            line: template.fill(at + 1, values),
+        })
+        .collect();
+    if args.dry_run {
+        for case in &cases {
+            println!("{}", case.line);
+        }
+        return Ok(0);
+    }
+    if !args.returns.is_empty() && args.results.is_none() {
+        return Err(RunError::ReturnWithoutResults);
+    }
+    let results = args
+        .results
+        .as_deref()
+        .map(output::Results::create)
+        .transpose()?;
+    let mut joblog = args
+        .joblog
+        .as_deref()
+        .map(joblog::Joblog::create)
+        .transpose()?;
+    let failed = sweep(
+        &args,
+        &cases,
+        &maps,
+        timeout,
+        results.as_ref(),
+        joblog.as_mut(),
+    )?;
+    if let Some(results) = results {
+        results.finish();
+    }
+    Ok(u8::try_from(failed.min(101)).unwrap_or(101))
+}
+
+/// Starts the runtime, runs every case, prints each as it ends; returns how many failed.
+fn sweep(
+    args: &Args,
+    cases: &[Case],
+    maps: &[(&str, &str)],
+    timeout: Option<Duration>,
+    results: Option<&output::Results>,
+    mut joblog: Option<&mut joblog::Joblog>,
+) -> Result<usize, RunError> {
+    let mut builder = Runtime::builder(Tasks::new());
+    if let Ok(me) = std::env::current_exe() {
+        builder = builder.program(me, WORKER_ARGS.iter().map(|&a| a.to_owned()).collect());
+    }
+    if let Some(jobs) = args.jobs {
+        builder = builder.workers(jobs);
+    }
+    let runtime = builder.start().map_err(RunError::Vm)?;
+    let mut vm = runtime.vm().local_folder(true);
+    for (src, dst) in maps {
+        vm = vm.mirror(*src, *dst);
+    }
+    let vm = vm.build().map_err(RunError::Vm)?;
+    let jobs = cases.iter().map(|case| {
+        let mut job = Job::command("sh")
+            .args(["-c", case.line.as_str()])
+            .capture(true);
+        for pattern in &args.returns {
+            job = job.returning(pattern.as_str());
+        }
+        job
+    });
+    let mut dispatch = vm.dispatch(jobs).retries(args.retries);
+    if !args.keep_order {
+        dispatch = dispatch.unordered();
+    }
+    if let Some(limit) = timeout {
+        dispatch = dispatch.timeout(limit);
+    }
+    if let Some(results) = results {
+        dispatch = dispatch.results(results.incoming());
+    }
+    let mut failed = 0;
+    for result in dispatch {
+        let result = result.map_err(RunError::Vm)?;
+        let number = result.index + 1;
+        output::print(&result, number)?;
+        if !result.outcome.is_success() {
+            failed += 1;
+        }
+        if let Some(results) = results {
+            results.keep(&result, number)?;
+        }
+        if let Some(log) = joblog.as_deref_mut() {
+            let (exit, signal) = output::status(&result.outcome);
+            let host = result
+                .host
+                .as_ref()
+                .map_or_else(|| ":".to_owned(), ToString::to_string);
+            log.write(&joblog::Entry {
+                seq: number,
+                host: &host,
+                start: SystemTime::now()
+                    .checked_sub(result.elapsed)
+                    .unwrap_or(SystemTime::now()),
+                runtime: result.elapsed,
+                send: result.mirrored,
+                receive: result.returned_bytes,
+                exit,
+                signal,
+                command: &cases[result.index].line,
+            })?;
+        }
+    }
+    drop(vm);
+    runtime.finalize().map_err(RunError::Vm)?;
+    Ok(failed)
+}
+
+/// Whether a return pattern reaches outside the task folder.
+fn leaves_folder(pattern: &str) -> bool {
+    Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
+}
+
+/// A duration such as `10s`, `500ms`, `2m`, `1h` or `1.5` (seconds).
+fn duration(text: &str) -> Result<Duration, RunError> {
+    let bad = || RunError::Duration {
+        text: text.to_owned(),
+    };
+    let digits = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86_400.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1.5", 1500),
+        ] {
+            assert_eq!(duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+        }
+        for text in ["", "s", "10x", "-1s", "0"] {
+            assert!(duration(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn return_patterns_that_leave_the_folder() {
+        for (pattern, leaves) in [
+            ("*.raw", false),
+            ("out/../x", true),
+            ("../x", true),
+            ("/etc/passwd", true),
+            ("a..b", false),
+        ] {
+            assert_eq!(leaves_folder(pattern), leaves, "{pattern}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! What `parvm run` shows and keeps of a finished case: its output, printed whole, and
+//! its folder under `--results`.
+//!
+//! It owns printing a case's captured stdout and stderr together and the `stdout`,
+//! `stderr` and `exit` files; it must not know how cases are made or scheduled.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use parvm_vm::{Captured, JobOutcome, JobResult};
+
+use super::error::RunError;
+
+/// A case's exit code and signal, as GNU parallel reports them: -1 and 0 when it did not
+/// end by itself (timed out, lost, not run).
+#[must_use]
+pub fn status(outcome: &JobOutcome) -> (i64, i32) {
+    match outcome {
+        JobOutcome::Command(status)
+        | JobOutcome::Failed {
+            status: Some(status),
+            ..
+        } => (
+            status.code.map_or(-1, i64::from),
+            status.signal.unwrap_or(0),
+        ),
+        _ => (-1, 0),
+    }
+}
+
+/// Prints the case's stdout, then its stderr, each whole, so no other case's output comes
+/// between their lines; then a line on stderr when it did not end by itself.
+///
+/// # Errors
+/// Standard output or error cannot be written, or a spilled stream cannot be read.
+pub fn print(result: &JobResult, case: usize) -> Result<(), RunError> {
+    let fail = |source| RunError::Print { case, source };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    copy(result.stdout.as_ref(), &mut out).map_err(fail)?;
+    out.flush().map_err(fail)?;
+    let stderr = io::stderr();
+    let mut err = stderr.lock();
+    copy(result.stderr.as_ref(), &mut err).map_err(fail)?;
+    match &result.outcome {
+        JobOutcome::Command(_)
+        | JobOutcome::Failed {
+            status: Some(_), ..
+        } => {}
+        other => writeln!(err, "parvm run: case {case} {other}").map_err(fail)?,
+    }
+    err.flush().map_err(fail)
+}
+
+/// Writes a captured stream to `to`: from memory, or from the file it spilled into.
+fn copy(captured: Option<&Captured>, to: &mut impl Write) -> io::Result<()> {
+    let Some(captured) = captured else {
+        return Ok(());
+    };
+    if let Some(bytes) = captured.bytes() {
+        return to.write_all(bytes);
+    }
+    if let Some(path) = captured.path() {
+        let mut file = std::fs::File::open(path)?;
+        io::copy(&mut file, to)?;
+    }
+    Ok(())
+}
+
+/// `--results DIR`: the dispatch writes each case's returned files into
+/// `<DIR>/.parvm-incoming/<index>/`; once the case ended, its `stdout`, `stderr` and `exit`
+/// join them and the folder moves to `<DIR>/<case>/`, so a case folder is whole when it
+/// appears.
+pub struct Results {
+    dir: PathBuf,
+    incoming: PathBuf,
+}
+
+impl Results {
+    /// Makes `dir` (it must be new or empty).
+    ///
+    /// # Errors
+    /// It cannot be made, or it holds something already.
+    pub fn create(dir: &Path) -> Result<Results, RunError> {
+        let made = |source| RunError::ResultsDir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(made)?;
+        if std::fs::read_dir(dir).map_err(made)?.next().is_some() {
+            return Err(RunError::ResultsNotEmpty {
+                path: dir.to_owned(),
+            });
+        }
+        let incoming = dir.join(".parvm-incoming");
+        std::fs::create_dir(&incoming).map_err(made)?;
+        Ok(Results {
+            dir: dir.to_owned(),
+            incoming,
+        })
+    }
+
+    /// Where the dispatch writes returned files.
+    pub fn incoming(&self) -> &Path {
+        &self.incoming
+    }
+
+    /// Completes case `case` (dispatch index `result.index`) and moves it into place.
+    ///
+    /// # Errors
+    /// A file cannot be written or the folder cannot be moved.
+    pub fn keep(&self, result: &JobResult, case: usize) -> Result<(), RunError> {
+        let from = self.incoming.join(result.index.to_string());
+        let failed = |path: PathBuf| move |source| RunError::ResultWrite { path, source };
+        std::fs::create_dir_all(&from).map_err(failed(from.clone()))?;
+        for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            let path = from.join(name);
+            match captured.as_ref().and_then(Captured::bytes) {
+                Some(bytes) => std::fs::write(&path, bytes).map_err(failed(path))?,
+                // Spilled streams are already there; no capture means nothing was said.
+                None if !path.exists() => std::fs::write(&path, b"").map_err(failed(path))?,
+                None => {}
+            }
+        }
+        let (exit, _) = status(&result.outcome);
+        let path = from.join("exit");
+        std::fs::write(&path, format!("{exit}\n")).map_err(failed(path))?;
+        let to = self.dir.join(case.to_string());
+        std::fs::rename(&from, &to).map_err(failed(to))
+    }
+
+    /// Removes the staging folder, once every case is in place.
+    pub fn finish(self) {
+        // Left behind only when a case never ended; it holds nothing of a kept case.
+        let _ = std::fs::remove_dir(&self.incoming);
+    }
+}

@@ -1,0 +1,248 @@
+//! Replacement strings (`{}` `{.}` `{/}` `{//}` `{/.}` `{#}` `{%}` `{1}` ...) and the
+//! command line of one case.
+//!
+//! It owns parsing a command template and filling it with a case's values, each quoted
+//! by [`super::quote`]; it must not know where values come from or how a case runs.
+
+use super::error::RunError;
+use super::quote::quote;
+
+/// What a replacement string does to a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    /// `{}`: the value.
+    Whole,
+    /// `{.}`: without its extension.
+    NoExt,
+    /// `{/}`: its base name.
+    Base,
+    /// `{//}`: its folder.
+    Dir,
+    /// `{/.}`: its base name without extension.
+    BaseNoExt,
+}
+
+/// A piece of a command template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// A value edit, of every source (`None`, values joined by spaces) or of one (from 0).
+    Value(Edit, Option<usize>),
+    /// `{#}`: the case number, from 1.
+    Case,
+    /// `{%}`: the slot; refused for now (the worker does not tell a command its slot).
+    Slot,
+}
+
+/// A command line with its replacement strings found.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    /// Parses `words` joined by spaces, as GNU parallel joins them before `sh -c`. A
+    /// command without replacement strings gets `{}` appended when there are inputs.
+    ///
+    /// # Errors
+    /// A value replacement string without inputs, or `{N}` beyond the sources.
+    pub fn parse(words: &[String], sources: usize) -> Result<Template, RunError> {
+        let line = words.join(" ");
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut rest = line.as_str();
+        while let Some(open) = rest.find('{') {
+            let piece = rest[open..]
+                .find('}')
+                .and_then(|close| Some((piece_of(&rest[open + 1..open + close])?, close)));
+            match piece {
+                Some((piece, close)) => {
+                    text.push_str(&rest[..open]);
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    if piece == Piece::Slot {
+                        return Err(RunError::SlotUnsupported);
+                    }
+                    if let Piece::Value(_, index) = piece {
+                        if sources == 0 {
+                            return Err(RunError::ReplacementWithoutInputs {
+                                found: rest[open..=open + close].to_owned(),
+                            });
+                        }
+                        if let Some(index) = index.filter(|&i| i >= sources) {
+                            return Err(RunError::NoSuchSource {
+                                index: index + 1,
+                                sources,
+                            });
+                        }
+                    }
+                    pieces.push(piece);
+                    rest = &rest[open + close + 1..];
+                }
+                None => {
+                    text.push_str(&rest[..=open]);
+                    rest = &rest[open + 1..];
+                }
+            }
+        }
+        text.push_str(rest);
+        let replaces = pieces.iter().any(|p| !matches!(p, Piece::Text(_)));
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        if !replaces && sources > 0 {
+            pieces.push(Piece::Text(" ".to_owned()));
+            pieces.push(Piece::Value(Edit::Whole, None));
+        }
+        Ok(Template { pieces })
+    }
+
+    /// The command line of case `number` (from 1) with `values` (one per source).
+    #[must_use]
+    pub fn fill(&self, number: usize, values: &[Vec<u8>]) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Case => out.push_str(&number.to_string()),
+                // `parse` refuses it.
+                Piece::Slot => {}
+                Piece::Value(edit, Some(index)) => {
+                    out.push_str(&quote(&apply(*edit, &values[*index])));
+                }
+                Piece::Value(edit, None) => {
+                    let quoted: Vec<String> = values
+                        .iter()
+                        .map(|value| quote(&apply(*edit, value)))
+                        .collect();
+                    out.push_str(&quoted.join(" "));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The piece a replacement string's inside names, if it is one.
+fn piece_of(inner: &str) -> Option<Piece> {
+    let edit = |suffix: &str| match suffix {
+        "" => Some(Edit::Whole),
+        "." => Some(Edit::NoExt),
+        "/" => Some(Edit::Base),
+        "//" => Some(Edit::Dir),
+        "/." => Some(Edit::BaseNoExt),
+        _ => None,
+    };
+    match inner {
+        "#" => return Some(Piece::Case),
+        "%" => return Some(Piece::Slot),
+        _ => {}
+    }
+    let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return edit(inner).map(|edit| Piece::Value(edit, None));
+    }
+    let number: usize = inner[..digits].parse().ok()?;
+    let index = number.checked_sub(1)?;
+    edit(&inner[digits..]).map(|edit| Piece::Value(edit, Some(index)))
+}
+
+/// `value` edited as a path, GNU parallel's way.
+fn apply(edit: Edit, value: &[u8]) -> Vec<u8> {
+    let slash = value.iter().rposition(|&b| b == b'/');
+    let base = slash.map_or(value, |at| &value[at + 1..]);
+    let no_ext = |path: &[u8], base_start: usize| -> Vec<u8> {
+        match path[base_start..].iter().rposition(|&b| b == b'.') {
+            // A leading dot names a hidden file, not an extension.
+            Some(dot) if dot > 0 => path[..base_start + dot].to_vec(),
+            _ => path.to_vec(),
+        }
+    };
+    match edit {
+        Edit::Whole => value.to_vec(),
+        Edit::Base => base.to_vec(),
+        Edit::NoExt => no_ext(value, slash.map_or(0, |at| at + 1)),
+        Edit::BaseNoExt => no_ext(base, 0),
+        Edit::Dir => match slash {
+            Some(0) => b"/".to_vec(),
+            Some(at) => value[..at].to_vec(),
+            None => b".".to_vec(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn fill(command: &str, values: &[&str]) -> String {
+        let words: Vec<String> = command.split(' ').map(str::to_owned).collect();
+        let values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
+        Template::parse(&words, values.len())
+            .unwrap()
+            .fill(7, &values)
+    }
+
+    #[test]
+    fn every_replacement_string() {
+        let table = [
+            ("echo {}", vec!["dir/sub/amp.cir"], "echo dir/sub/amp.cir"),
+            ("echo {.}", vec!["dir/sub/amp.cir"], "echo dir/sub/amp"),
+            ("echo {/}", vec!["dir/sub/amp.cir"], "echo amp.cir"),
+            ("echo {//}", vec!["dir/sub/amp.cir"], "echo dir/sub"),
+            ("echo {/.}", vec!["dir/sub/amp.cir"], "echo amp"),
+            ("echo {.}", vec!["a.d/file"], "echo a.d/file"),
+            ("echo {//}", vec!["file"], "echo ."),
+            ("echo {/.}", vec![".hidden"], "echo .hidden"),
+            ("echo {#}", vec!["x"], "echo 7"),
+            ("cp {1} {2}.bak {1}", vec!["a", "b"], "cp a b.bak a"),
+            ("echo {2/.}", vec!["a", "d/b.c"], "echo b"),
+            ("echo", vec!["a b", "c"], "echo 'a b' c"),
+            ("echo {} {}", vec!["x"], "echo x x"),
+            ("awk {print} {}", vec!["x"], "awk {print} x"),
+            ("echo {9x}", vec!["x"], "echo {9x} x"),
+        ];
+        for (command, values, expected) in table {
+            assert_eq!(fill(command, &values), expected, "{command}");
+        }
+    }
+
+    #[test]
+    fn replacement_strings_need_inputs() {
+        let words = vec!["echo".to_owned(), "{.}".to_owned()];
+        let error = Template::parse(&words, 0).unwrap_err().to_string();
+        assert!(
+            error.contains("`{.}`") && error.contains("no inputs"),
+            "{error}"
+        );
+        let words = vec!["echo".to_owned(), "{3}".to_owned()];
+        let error = Template::parse(&words, 2).unwrap_err().to_string();
+        assert!(error.contains("{3}") && error.contains("only 2"), "{error}");
+        let words = vec!["echo".to_owned(), "{%}".to_owned()];
+        let error = Template::parse(&words, 1).unwrap_err().to_string();
+        assert!(error.contains("{%}"), "{error}");
+        // {#} needs no inputs, and nothing is appended without them.
+        let words = vec!["echo".to_owned(), "{#}".to_owned()];
+        assert_eq!(Template::parse(&words, 0).unwrap().fill(3, &[]), "echo 3");
+        let words = vec!["true".to_owned()];
+        assert_eq!(Template::parse(&words, 0).unwrap().fill(3, &[]), "true");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// A value through `{}` reaches the command byte for byte, whatever it holds.
+        #[test]
+        fn a_value_through_sh_comes_back_byte_identical(
+            value in proptest::collection::vec(1u8..=255, 0..40)
+        ) {
+            let words = vec!["printf".to_owned(), "%s".to_owned(), "{}".to_owned()];
+            let line = Template::parse(&words, 1).unwrap().fill(1, std::slice::from_ref(&value));
+            let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+            prop_assert!(out.status.success());
+            prop_assert_eq!(out.stdout, value);
+        }
+    }
+}
