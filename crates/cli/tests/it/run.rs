@@ -1,0 +1,387 @@
+//! `parvm run` end to end: the real binary, its own local workers, temp storage.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Temp shared and local storage, and a working folder inside the shared one.
+struct Sweep {
+    _dir: tempfile::TempDir,
+    shared: PathBuf,
+    local: PathBuf,
+}
+
+impl Sweep {
+    fn new() -> Sweep {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let shared = base.join("shared");
+        let local = base.join("local");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::create_dir_all(&local).unwrap();
+        Sweep {
+            _dir: dir,
+            shared,
+            local,
+        }
+    }
+
+    fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parvm"));
+        command
+            .arg("run")
+            .args(args)
+            .current_dir(&self.shared)
+            .env("PARALLEL_MIRRORED_STORAGE", &self.shared)
+            .env("PARALLEL_LOCAL_STORAGE", &self.local)
+            .env("PARVM_WORKERS", "2")
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_HOSTNAME")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let out = self.command(args).output().unwrap();
+        self.assert_no_task_folder_left();
+        out
+    }
+
+    /// Runs; asserts exit status `code`; returns stdout.
+    fn status<S: AsRef<OsStr>>(&self, code: i32, args: &[S]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        self.status(0, args)
+    }
+
+    /// Fails with 255 and an `error:` naming `expected`; no output file was made.
+    fn refuses(&self, args: &[&str], expected: &str) {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    /// Local storage holds at most the per-user folder, and nothing in it.
+    fn assert_no_task_folder_left(&self) {
+        for entry in walk(&self.local) {
+            let depth = entry
+                .strip_prefix(&self.local)
+                .unwrap()
+                .components()
+                .count();
+            assert!(depth <= 1, "left in local storage: {}", entry.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.is_symlink() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn sources_combine_and_link_in_input_order_with_k() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["-k", "echo", ":::", "a", "b", ":::", "1", "2"]);
+    assert_eq!(lines(&out), ["a 1", "a 2", "b 1", "b 2"]);
+    let out = sweep.ok(&["-k", "echo", "{2}-{1}", ":::", "a", "b", ":::+", "1", "2"]);
+    assert_eq!(lines(&out), ["1-a", "2-b"]);
+    // Without -k, every case still comes, in completion order.
+    let out = sweep.ok(&["echo", ":::", "a", "b", "c"]);
+    let mut got = lines(&out);
+    got.sort_unstable();
+    assert_eq!(got, ["a", "b", "c"]);
+}
+
+#[test]
+fn args_files_stdin_and_copies() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("cases.txt"), "x y\nz\n").unwrap();
+    let out = sweep.ok(&["-k", "-a", "cases.txt", "printf", "'[%s]\\n'"]);
+    assert_eq!(lines(&out), ["[x y]", "[z]"]);
+    let out = sweep.ok(&["-k", "echo", "{1}{2}", "::::", "cases.txt", ":::", "1"]);
+    assert_eq!(lines(&out), ["x y1", "z1"]);
+    let mut child = sweep
+        .command(&["-k", "-a", "-", "echo", "in:"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"p\nq\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "in: p\nin: q\n");
+    let out = sweep.ok(&["-n", "3", "echo", "copy", "{#}"]);
+    let mut got = lines(&out);
+    got.sort_unstable();
+    assert_eq!(got, ["copy 1", "copy 2", "copy 3"]);
+}
+
+#[test]
+fn every_replacement_string_and_one_used_twice() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&[
+        "-k",
+        "echo",
+        "{}:{.}:{/}:{//}:{/.}:{#}:{1}:{1/.}:{}",
+        ":::",
+        "dir/sub/amp.cir",
+        "plain",
+    ]);
+    assert_eq!(
+        lines(&out),
+        [
+            "dir/sub/amp.cir:dir/sub/amp:amp.cir:dir/sub:amp:1:dir/sub/amp.cir:amp:dir/sub/amp.cir",
+            "plain:plain:plain:.:plain:2:plain:plain:plain",
+        ]
+    );
+}
+
+#[test]
+fn special_characters_arrive_exactly() {
+    let sweep = Sweep::new();
+    let values: [&[u8]; 7] = [
+        b"two words",
+        b"it's \"quoted\"",
+        b"$HOME `id` $(id)",
+        b"*",
+        b"line one\nline two\n",
+        b"\xff\xfenot utf-8\x80",
+        b"",
+    ];
+    let mut args: Vec<&OsStr> = [
+        "-k",
+        "--results",
+        "r",
+        "--return",
+        "v",
+        "printf",
+        "%s",
+        "{}",
+        ">",
+        "v",
+        ":::",
+    ]
+    .iter()
+    .map(OsStr::new)
+    .collect();
+    args.extend(values.iter().map(|v| OsStr::from_bytes(v)));
+    sweep.ok(&args);
+    for (at, value) in values.iter().enumerate() {
+        let got = std::fs::read(sweep.shared.join(format!("r/{}/v", at + 1))).unwrap();
+        assert_eq!(got, *value, "case {}", at + 1);
+    }
+}
+
+#[test]
+fn output_of_concurrent_cases_never_mixes() {
+    let sweep = Sweep::new();
+    // Each case prints many lines to stdout and stderr, slowly enough to overlap.
+    let out = sweep.run(&[
+        "sh",
+        "-c",
+        "'for i in $(seq 3000); do echo {} $i; echo {} err $i >&2; done'",
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for (text, tag) in [(&stdout, ""), (&stderr, " err")] {
+        let all = lines(text);
+        assert_eq!(all.len(), 4 * 3000);
+        for block in all.chunks(3000) {
+            let case = block[0].split(' ').next().unwrap();
+            for (i, line) in block.iter().enumerate() {
+                assert_eq!(*line, format!("{case}{tag} {}", i + 1));
+            }
+        }
+    }
+}
+
+#[test]
+fn returned_files_and_results_folders() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("model.txt"), "gain").unwrap();
+    let out = sweep.status(
+        1,
+        &[
+            "--map",
+            "model.txt=.",
+            "--results",
+            "res",
+            "--return",
+            "*.out",
+            "sh",
+            "-c",
+            "'cat model.txt > {}.out; echo said {}; echo warned {} >&2; exit {}'",
+            ":::",
+            "0",
+            "3",
+        ],
+    );
+    assert!(out.contains("said 0") && out.contains("said 3"), "{out}");
+    let res = sweep.shared.join("res");
+    for (case, value, exit) in [(1, "0", "0"), (2, "3", "3")] {
+        let dir = res.join(case.to_string());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(format!("{value}.out"))).unwrap(),
+            "gain"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stdout")).unwrap(),
+            format!("said {value}\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stderr")).unwrap(),
+            format!("warned {value}\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exit")).unwrap(),
+            format!("{exit}\n")
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&res)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["1", "2"]);
+}
+
+#[test]
+fn joblog_has_gnu_parallels_columns() {
+    let sweep = Sweep::new();
+    sweep.status(1, &["--joblog", "jl", "-k", "exit", ":::", "0", "5"]);
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    let rows: Vec<Vec<&str>> = log.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "Seq",
+            "Host",
+            "Starttime",
+            "JobRuntime",
+            "Send",
+            "Receive",
+            "Exitval",
+            "Signal",
+            "Command"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{log}");
+    for row in &rows[1..] {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert!(row[2].parse::<f64>().unwrap() > 1.6e9, "{row:?}");
+        assert!(row[3].parse::<f64>().unwrap() >= 0.0, "{row:?}");
+        let (seq, exit) = (row[0], row[6]);
+        assert_eq!(row[8], if seq == "1" { "exit 0" } else { "exit 5" });
+        assert_eq!(exit, if seq == "1" { "0" } else { "5" });
+        assert_eq!(row[7], "0");
+    }
+}
+
+#[test]
+fn exit_status_counts_failed_cases() {
+    let sweep = Sweep::new();
+    sweep.status(0, &["exit", ":::", "0", "0"]);
+    sweep.status(3, &["exit", ":::", "0", "1", "2", "7"]);
+    sweep.status(2, &["--retries", "1", "exit", ":::", "0", "1", "2"]);
+}
+
+#[test]
+fn a_command_missing_on_the_worker_fails_its_case_only() {
+    let sweep = Sweep::new();
+    let out = sweep.run(&[
+        "--results",
+        "r",
+        "-k",
+        "{}",
+        ":::",
+        "parvm-no-such-command",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let exit = std::fs::read_to_string(sweep.shared.join("r/1/exit")).unwrap();
+    assert_eq!(exit, "127\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parvm-no-such-command"));
+    assert_eq!(
+        std::fs::read_to_string(sweep.shared.join("r/2/exit")).unwrap(),
+        "0\n"
+    );
+}
+
+#[test]
+fn timeout_stops_a_case() {
+    let sweep = Sweep::new();
+    let out = sweep.run(&["--timeout", "300ms", "-k", "sleep", ":::", "30", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("case 1 timed out"));
+}
+
+#[test]
+fn dry_run_prints_the_commands_and_runs_nothing() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["--dry-run", "touch", "{.}.x", ":::", "a.cir", "b c.cir"]);
+    assert_eq!(lines(&out), ["touch a.x", "touch 'b c'.x"]);
+    assert!(!sweep.shared.join("a.x").exists());
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("file"), "").unwrap();
+    sweep.refuses(&[], "no command to run");
+    sweep.refuses(&[":::", "a"], "no command to run");
+    sweep.refuses(
+        &["echo", "{.}"],
+        "replacement string `{.}` but has no inputs",
+    );
+    sweep.refuses(
+        &["-a", "missing.txt", "echo"],
+        "cannot read the args file `missing.txt`",
+    );
+    sweep.refuses(&["echo", "::::", "missing.txt"], "missing.txt");
+    sweep.refuses(
+        &["--results", "r", "--return", "../up", "echo", ":::", "a"],
+        "--return `../up` leaves the task folder",
+    );
+    sweep.refuses(
+        &["--results", "file/r", "echo", ":::", "a"],
+        "cannot make the results folder `file/r`",
+    );
+    sweep.refuses(&["--return", "x", "echo", ":::", "a"], "--results");
+    sweep.refuses(
+        &["--timeout", "soon", "echo", ":::", "a"],
+        "--timeout `soon`",
+    );
+    assert!(!sweep.shared.join("r").exists());
+}
