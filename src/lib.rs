@@ -123,8 +123,6 @@ pub mod guide {
     pub struct Pyopus;
     #[doc = include_str!("../docs/benchmarks.md")]
     pub struct Benchmarks;
-    #[doc = include_str!("../docs/dispatch.md")]
-    pub struct Dispatch;
     #[doc = include_str!("../docs/security.md")]
     pub struct Security;
     #[doc = include_str!("../docs/architecture.md")]
