@@ -171,7 +171,8 @@ impl Slots {
     }
 
     /// Reserves one place for `task` (dispatch): a free slot first, else a queue place
-    /// behind a running task whose end is not reported yet; on `hosts` only, when given,
+    /// behind a running task of the same VM whose end is not reported yet; on `hosts`
+    /// only, when given,
     /// and on a host other than `avoid` when such a place exists. Returns the rank, the
     /// task number, and whether the task is queued behind another.
     pub(crate) fn reserve_queued(
@@ -184,12 +185,13 @@ impl Slots {
         let allowed =
             |slot: &Slot| hosts.is_none_or(|hosts| hosts.iter().any(|h| h.0 == slot.host));
         let free = |slot: &Slot| slot.running.is_none() && !slot.leaving;
-        let queueable =
-            |slot: &Slot| {
-                !slot.leaving
+        let queueable = |slot: &Slot| {
+            !slot.leaving
                     && slot.queued.is_none()
-                    && slot.running.as_ref().is_some_and(|r| !r.ended)
-            };
+                    // Only behind a task of the same VM: the end of the task in front,
+                    // which only its VM receives, is what starts the queued one's clock.
+                    && slot.running.as_ref().is_some_and(|r| !r.ended && r.vm == task.vm)
+        };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map
                 .iter()
@@ -445,6 +447,24 @@ mod tests {
         // Nothing queues behind an ended task: its worker is idle, the slot frees soon.
         assert_eq!(reserve(&mut slots, None), Some((1, 5, true)));
         assert_eq!(reserve(&mut slots, None), None);
+    }
+
+    #[test]
+    fn a_dispatch_queues_only_behind_its_own_vm_s_task() {
+        // The queued task's clock starts at the end of the task in front, which only that
+        // task's VM receives.
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        let numbers = AtomicU64::new(1);
+        assert_eq!(slots.reserve(1, None, &numbers, &occupant(1)), [(1, 1)]);
+        assert_eq!(
+            slots.reserve_queued(None, None, &numbers, &occupant(0)),
+            None
+        );
+        assert_eq!(
+            slots.reserve_queued(None, None, &numbers, &occupant(1)),
+            Some((1, 2, true))
+        );
     }
 
     #[test]
