@@ -123,6 +123,35 @@ pub mod guide {
     pub struct Pyopus;
     #[doc = include_str!("../docs/benchmarks.md")]
     pub struct Benchmarks;
+    #[doc = include_str!("../docs/dispatch.md")]
+    pub struct Dispatch;
+    #[doc = include_str!("../docs/security.md")]
+    pub struct Security;
+    #[doc = include_str!("../docs/architecture.md")]
+    pub struct Architecture;
     #[doc = include_str!("../docs/README.md")]
     pub struct Guide;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every page of the user guide is in [`guide`], so its code blocks run as doc tests: a
+    /// new page cannot be left out by accident.
+    #[test]
+    fn every_guide_page_is_run_as_doc_tests() {
+        let lib = include_str!("lib.rs");
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(&docs).expect("the docs folder of the repository") {
+            let name = entry.expect("a docs entry").file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".md") && !lib.contains(&format!("\"../docs/{name}\"")) {
+                missing.push(name.into_owned());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs pages missing from `guide` in src/lib.rs (add an include_str! line): {missing:?}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Example 07 (`07-failures`): a worker that dies, and Ctrl-C, in a real sweep.
+//! Example 08 (`08-failures`): a worker that dies, and Ctrl-C, in a real sweep.
 //!
 //! The example's binary is the one `cargo test` builds next to this test's binary. Each run
 //! gets its own local storage and its own process group, which a guard kills when a test
@@ -10,14 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The example's binary: `target/<profile>/examples/07-failures`.
+/// The example's binary: `target/<profile>/examples/08-failures`.
 fn example() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test binary lives in target/<profile>/deps");
-    let path = profile.join("examples/07-failures");
+    let path = profile.join("examples/08-failures");
     assert!(
         path.is_file(),
         "{} is missing; run `cargo test -p parvm`, which builds the examples",

@@ -7,7 +7,7 @@ use crate::{cargo, transport_arg};
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("bench what? mirror, spawn or messaging");
+        bail!("bench what? mirror, spawn, messaging or dispatch");
     };
     let transport = transport_arg(rest)?;
     let (package, bench, features): (&str, &str, &[&str]) =
@@ -20,9 +20,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 "tcp_pingpong",
                 &["--features", "parvm-transport/bench-plaintext"],
             ),
+            ("dispatch", "mpi") => ("parvm-vm", "dispatch_mpi", &["--features", "mpi"]),
+            ("dispatch", _) => ("parvm-vm", "dispatch", &[]),
             ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
             ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
-            (other, _) => bail!("unknown benchmark `{other}`; use mirror, spawn or messaging"),
+            (other, _) => {
+                bail!("unknown benchmark `{other}`; use mirror, spawn, messaging or dispatch")
+            }
         };
     let passthrough: Vec<&String> = rest
         .iter()

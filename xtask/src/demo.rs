@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: examples 01–07 in a temporary storage that is removed afterwards.
+//! `cargo xtask demo`: examples 01–08 in a temporary storage that is removed afterwards.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,7 +84,7 @@ fn leftover_task_folders(local: &Path) -> Result<Vec<PathBuf>> {
 
 /// Examples that only the local transport can run: 07 kills a worker, which ends a whole
 /// MPI job (see docs/cluster.md).
-const LOCAL_ONLY: &[&str] = &["07-failures"];
+const LOCAL_ONLY: &[&str] = &["08-failures"];
 
 /// The example names (`01-config` …), in order.
 fn examples() -> Result<Vec<String>> {

@@ -189,10 +189,10 @@ impl Slots {
         let free = |slot: &Slot| slot.running.is_none() && !slot.leaving;
         let queueable = |slot: &Slot| {
             !slot.leaving
-                    && slot.queued.is_none()
-                    // Only behind a task of the same VM: the end of the task in front,
-                    // which only its VM receives, is what starts the queued one's clock.
-                    && slot.running.as_ref().is_some_and(|r| !r.ended && r.vm == task.vm)
+                && slot.queued.is_none()
+                // Only behind a task of the same VM: the end of the task in front, which
+                // only its VM receives, is what starts the queued one's clock.
+                && slot.running.as_ref().is_some_and(|r| !r.ended && r.vm == task.vm)
         };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map

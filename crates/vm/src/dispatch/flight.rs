@@ -58,6 +58,7 @@ pub(super) struct Flight {
     pub(super) deadline: Option<Instant>,
     pub(super) value: Option<Result<Value, TaskFailure>>,
     pub(super) returned: Vec<PathBuf>,
+    pub(super) returned_bytes: u64,
     pub(super) captured: Option<(Captured, Captured)>,
     /// Stopped because it ran past its time limit.
     pub(super) timed_out: bool,

@@ -132,6 +132,8 @@ pub struct JobResult {
     /// ([`Dispatch::results`](crate::Dispatch::results)); when returning failed (the
     /// outcome says why), those written in full before the failure.
     pub returned: Vec<PathBuf>,
+    /// The bytes of the files in [`returned`](Self::returned), together.
+    pub returned_bytes: u64,
     /// The standard output of a command job with [`Job::capture`](crate::Job::capture).
     pub stdout: Option<Captured>,
     /// The standard error of a command job with [`Job::capture`](crate::Job::capture).
@@ -150,6 +152,7 @@ impl JobResult {
             elapsed: Duration::ZERO,
             mirrored: 0,
             returned: Vec::new(),
+            returned_bytes: 0,
             stdout: None,
             stderr: None,
         }

@@ -273,6 +273,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             deadline: None,
             value: None,
             returned: Vec::new(),
+            returned_bytes: 0,
             captured: None,
             timed_out: false,
             dropped: false,
@@ -366,9 +367,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                 }
             }
             Some(Message::TaskExit { task, status }) => self.on_exit(task, status),
-            Some(Message::Returned { task, files, .. }) => {
+            Some(Message::Returned { task, files, bytes }) => {
                 if let Some(flight) = self.flights.get_mut(&task) {
                     flight.returned = files;
+                    flight.returned_bytes = bytes;
                 }
             }
             Some(Message::Captured {
@@ -442,6 +444,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             started,
             value,
             returned,
+            returned_bytes,
             captured,
             timed_out,
             dropped,
@@ -501,6 +504,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             elapsed,
             mirrored,
             returned,
+            returned_bytes,
             stdout,
             stderr,
         });

@@ -1,4 +1,4 @@
-//! Example 07: a sweep that survives a worker dying under it and stops cleanly on Ctrl-C.
+//! Example 08: a sweep that survives a worker dying under it and stops cleanly on Ctrl-C.
 //!
 //! Eight cases run as slots free up. Case 3 takes its worker down with it
 //! (`std::process::exit`, as a crash in a simulator linked into the program would): the
@@ -11,7 +11,7 @@
 //! the task folders the dead workers left. A SIGINT sent to the spawner alone
 //! (`kill -INT <pid>`) lets the running cases finish first. A second Ctrl-C exits at once.
 //!
-//! Run with `cargo run --example 07-failures`; add `-- 5` to make each case take 5 s, so
+//! Run with `cargo run --example 08-failures`; add `-- 5` to make each case take 5 s, so
 //! there is time to press Ctrl-C.
 
 use std::collections::{BTreeMap, HashMap};
