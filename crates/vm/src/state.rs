@@ -171,9 +171,12 @@ impl Slots {
     }
 
     /// Reserves one place for `task` (dispatch): a free slot first, else a queue place
-    /// behind a running task whose end is not reported yet; on `hosts` only, when given,
-    /// and on a host other than `avoid` when such a place exists. Returns the rank, the
-    /// task number, and whether the task is queued behind another.
+    /// behind a running task of the same VM whose end is not reported yet; on `hosts`
+    /// only, when given. A host other than `avoid` is preferred: its free slot, else its
+    /// queue place, else a free slot of any host (`avoid` too), so no slot idles while the
+    /// task waits; with none, the task waits for a place on another host (or for a free
+    /// slot). Returns the rank, the task number, and whether the task is queued behind
+    /// another.
     pub(crate) fn reserve_queued(
         &mut self,
         hosts: Option<&[HostId]>,
@@ -187,7 +190,9 @@ impl Slots {
         let queueable = |slot: &Slot| {
             !slot.leaving
                 && slot.queued.is_none()
-                && slot.running.as_ref().is_some_and(|r| !r.ended)
+                // Only behind a task of the same VM: the end of the task in front, which
+                // only its VM receives, is what starts the queued one's clock.
+                && slot.running.as_ref().is_some_and(|r| !r.ended && r.vm == task.vm)
         };
         let pick = |want: &dyn Fn(&Slot) -> bool, avoid: Option<&str>| {
             self.map
@@ -200,7 +205,13 @@ impl Slots {
         let (rank, queued) = match pick(&free, avoid)
             .map(|rank| (rank, false))
             .or_else(|| pick(&queueable, avoid).map(|rank| (rank, true)))
-        {
+            // Another host is only a preference: with no place there, a free slot of any
+            // host takes the task rather than idle while the jobs behind it wait.
+            .or_else(|| {
+                avoid
+                    .and_then(|_| pick(&free, None))
+                    .map(|rank| (rank, false))
+            }) {
             Some(found) => found,
             // Another host is only a preference: with none that could ever take the task,
             // it goes where it can.
@@ -409,7 +420,7 @@ mod tests {
         assert_eq!(reserve(&mut slots, Some("a")), Some((2, 1, false)));
         assert_eq!(reserve(&mut slots, None), Some((1, 2, false)));
         assert_eq!(reserve(&mut slots, Some("a")), Some((2, 3, true)));
-        // Host b is full: a task avoiding host a waits for it rather than go there.
+        // Host b is full and a is busy: a task avoiding host a waits rather than queue there.
         assert_eq!(reserve(&mut slots, Some("a")), None);
         assert_eq!(reserve(&mut slots, None), Some((1, 4, true)));
         assert_eq!(reserve(&mut slots, None), None, "one queued task per slot");
@@ -444,6 +455,62 @@ mod tests {
         // Nothing queues behind an ended task: its worker is idle, the slot frees soon.
         assert_eq!(reserve(&mut slots, None), Some((1, 5, true)));
         assert_eq!(reserve(&mut slots, None), None);
+    }
+
+    #[test]
+    fn a_dispatch_queues_only_behind_its_own_vm_s_task() {
+        // The queued task's clock starts at the end of the task in front, which only that
+        // task's VM receives.
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        let numbers = AtomicU64::new(1);
+        assert_eq!(slots.reserve(1, None, &numbers, &occupant(1)), [(1, 1)]);
+        assert_eq!(
+            slots.reserve_queued(None, None, &numbers, &occupant(0)),
+            None
+        );
+        assert_eq!(
+            slots.reserve_queued(None, None, &numbers, &occupant(1)),
+            Some((1, 2, true))
+        );
+    }
+
+    #[test]
+    fn a_retry_avoiding_a_host_takes_its_free_slot_when_the_others_are_full() {
+        // Head-of-line blocking: a lost job's retry prefers host b, which is full (running
+        // and queued); host a's new worker is free. Waiting for b would leave a idle while
+        // every job behind the retry waits too.
+        let mut slots = Slots::default();
+        slots.join(1, "a".into());
+        slots.join(2, "b".into());
+        let numbers = AtomicU64::new(1);
+        let only_b = [HostId("b".into())];
+        let task = occupant(0);
+        assert_eq!(
+            slots.reserve_queued(Some(&only_b), None, &numbers, &task),
+            Some((2, 1, false))
+        );
+        assert_eq!(
+            slots.reserve_queued(Some(&only_b), None, &numbers, &task),
+            Some((2, 2, true))
+        );
+        assert_eq!(
+            slots.reserve_queued(None, Some("a"), &numbers, &task),
+            Some((1, 3, false))
+        );
+        // Now a is busy too: the retry queues nowhere rather than behind a.
+        assert_eq!(slots.reserve_queued(None, Some("a"), &numbers, &task), None);
+        // A free slot on b is still preferred to one on a.
+        let _ = slots.end(2, 1, false);
+        slots.free(TaskId { slot: 2, number: 1 });
+        let _ = slots.end(2, 2, false);
+        slots.free(TaskId { slot: 2, number: 2 });
+        let _ = slots.end(1, 3, false);
+        slots.free(TaskId { slot: 1, number: 3 });
+        assert_eq!(
+            slots.reserve_queued(None, Some("a"), &numbers, &task),
+            Some((2, 4, false))
+        );
     }
 
     #[test]

@@ -119,10 +119,15 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
         self
     }
 
-    /// How many more times a job whose worker was lost while running it is run (on
-    /// another host when there is one), before it is reported as
-    /// [`JobOutcome::Lost`]; default 3. A job whose request waited at a lost worker and
-    /// never started is run again without counting.
+    /// How many more times a job whose worker was lost while running it is run, before
+    /// it is reported as [`JobOutcome::Lost`]; default 3. A job whose request waited at a
+    /// lost worker and never started is run again without counting.
+    ///
+    /// The new attempt prefers another host than the lost worker's: a free slot there,
+    /// else a place queued behind a task there. With neither, it takes a free slot of any
+    /// host (the same host too, e.g. the lost worker's replacement), so no slot idles
+    /// while jobs wait; only when no slot is free at all does it wait for a place on
+    /// another host, and the jobs behind it wait with it.
     pub fn lost_retries(mut self, times: u32) -> Self {
         self.settings.lost_retries = times;
         self

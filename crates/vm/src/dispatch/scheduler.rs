@@ -11,8 +11,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use parvm_transport::Rank;
-
 use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
 use super::output::Output;
@@ -42,8 +40,11 @@ pub(crate) struct Scheduler<'vm, I> {
     held: usize,
     ready: VecDeque<Pending>,
     flights: HashMap<TaskId, Flight>,
-    /// The task queued behind the running one, per rank.
-    queued_on: HashMap<Rank, TaskId>,
+    /// The tasks queued behind a running one, by the task they wait for: the end of that
+    /// task starts them. Keyed by task, not by slot, since the next job may queue on the
+    /// slot (behind the task that just started there) before the end of the task before
+    /// it is received.
+    queued_behind: HashMap<TaskId, TaskId>,
     /// Flights with a deadline, so the common case looks at no clock.
     timed: usize,
     halted: bool,
@@ -92,7 +93,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             held: 0,
             ready: VecDeque::new(),
             flights: HashMap::new(),
-            queued_on: HashMap::new(),
+            queued_behind: HashMap::new(),
             timed: 0,
             halted: false,
             output: Output::new(settings.ordered),
@@ -236,15 +237,20 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                         let task = TaskId { slot: rank, number };
                         state.returns.register(task, wanted.for_task(rank, number));
                     }
-                    let host = state
-                        .slots
-                        .get(rank)
-                        .map(|slot| slot.host.clone())
-                        .unwrap_or_default();
-                    (rank, number, queued, host)
+                    let slot = state.slots.get(rank);
+                    let host = slot.map(|slot| slot.host.clone()).unwrap_or_default();
+                    // The task it waits for: the one running on the slot now.
+                    let behind = slot
+                        .and_then(|slot| slot.running.as_ref())
+                        .filter(|_| queued)
+                        .map(|running| TaskId {
+                            slot: rank,
+                            number: running.number,
+                        });
+                    (rank, number, behind, host)
                 })
         };
-        let Some((rank, number, queued, host)) = reserved else {
+        let Some((rank, number, behind, host)) = reserved else {
             return Placed::NoPlace(pending);
         };
         let mut frame = vm.spawn_frame(job, spawn);
@@ -272,8 +278,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             timed_out: false,
             dropped: false,
         };
-        if queued {
-            self.queued_on.insert(rank, task);
+        if let Some(behind) = behind {
+            self.queued_behind.insert(behind, task);
         } else {
             self.start(&mut flight, limit);
         }
@@ -403,16 +409,14 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
 
     /// Task `task` ended: its job is reported, or placed again.
     fn on_exit(&mut self, task: TaskId, status: ExitStatus) {
-        // The end of the running task starts the one queued behind it.
-        if let Some(&next) = self.queued_on.get(&task.slot) {
-            self.queued_on.remove(&task.slot);
-            if next != task
-                && let Some(mut flight) = self.flights.remove(&next)
-            {
-                let limit = flight.pending.job.timeout.or(self.settings.timeout);
-                self.start(&mut flight, limit);
-                self.flights.insert(next, flight);
-            }
+        // The end of the running task starts the one queued behind it (if it is still
+        // waiting: a queued task lost with its worker may have been filed already).
+        if let Some(next) = self.queued_behind.remove(&task)
+            && let Some(mut flight) = self.flights.remove(&next)
+        {
+            let limit = flight.pending.job.timeout.or(self.settings.timeout);
+            self.start(&mut flight, limit);
+            self.flights.insert(next, flight);
         }
         let Some(flight) = self.flights.remove(&task) else {
             return;
@@ -530,7 +534,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         self.held -= unfinished.len();
         self.ready.clear();
         self.flights.clear();
-        self.queued_on.clear();
+        self.queued_behind.clear();
         self.timed = 0;
         self.exhausted = true;
         self.error = Some(Error::DispatchUnfinished {
@@ -549,7 +553,7 @@ impl<I> Scheduler<'_, I> {
             .is_some_and(|f| !f.pending.job.spawn.is_command());
         if function
             && self.vm.shared().backend == "mpi"
-            && !self.queued_on.values().any(|&q| q == task)
+            && !self.queued_behind.values().any(|&q| q == task)
         {
             // Under MPI a worker process that exits ends the whole job: the function runs
             // to its end.

@@ -26,8 +26,9 @@ pub(crate) use user::{
     Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
 };
 
-/// The version of this protocol; a frame with another first byte is refused.
-pub(crate) const VERSION: u8 = 1;
+/// The version of this protocol; a frame with another first byte is refused. Raised with
+/// every change of the frames (2: the mirror map in its own frame, stops, returned files).
+pub(crate) const VERSION: u8 = 2;
 
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {

@@ -52,6 +52,7 @@ suite!(
     jobs_return_files_and_capture_output,
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
     results_count_the_bytes_mirrored,
+    one_slot_times_each_queued_job_from_its_own_start,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -374,6 +375,43 @@ fn a_command_past_its_limit_is_stopped(backend: Backend) {
     for result in results.iter().filter(|r| r.index != 1) {
         assert!(result.outcome.is_success(), "{result}");
     }
+}
+
+fn one_slot_times_each_queued_job_from_its_own_start(backend: Backend) {
+    // One slot: every job waits at the worker behind the one before it. A value job's
+    // result arrives before its exit, so the next job can be placed (queued behind the job
+    // that just started) before that exit is received: it must not take the clock and
+    // time limit of the job that started.
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    let limit = Duration::from_millis(300);
+    let jobs = (0..9i64).map(move |i| match i % 3 {
+        1 => Job::command("sleep").arg("3").timeout(limit),
+        _ => Job::task("add", &(i, 1i64)),
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    assert_eq!(results.len(), 9);
+    for result in &results {
+        if result.index % 3 == 1 {
+            assert!(
+                matches!(result.outcome, JobOutcome::TimedOut { limit: l } if l == limit),
+                "{result}"
+            );
+            assert_eq!(result.attempts, 1, "{result}");
+            assert!(result.elapsed >= limit, "{result}");
+        } else {
+            assert_eq!(
+                value(result),
+                i64::try_from(result.index).unwrap() + 1,
+                "{result}"
+            );
+            // Its own time, not the 3 s sleep queued before it.
+            assert!(result.elapsed < Duration::from_secs(3), "{result}");
+        }
+    }
+    assert_eq!(vm.free_slots(), 1, "the slot is free after the dispatch");
 }
 
 fn jobs_return_files_and_capture_output(backend: Backend) {

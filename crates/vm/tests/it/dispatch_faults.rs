@@ -277,3 +277,81 @@ fn no_op_throughput() {
         rate(spawn_loop)
     );
 }
+
+/// Polls for `path` until it exists or `limit` passes; returns whether it appeared.
+fn appears(path: &std::path::Path, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn a_lost_job_s_retry_leaves_no_slot_idle_when_the_other_host_is_full() {
+    // Beta is kept full (a running and a queued job that wait for a gate); alpha's worker is
+    // killed while it runs job 2, and replaced. The retry of job 2 prefers beta, which has
+    // no place: it must take alpha's free replacement rather than wait for beta, which
+    // opens only after the retry ran (or, should it never run, after a deadline).
+    let h = Harness::start_replacing(
+        Backend::Local,
+        &[("alpha", 1), ("beta", 1)],
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        1,
+    );
+    let vm = h.vm();
+    let ids = vm.spawn(Spawn::task("pid", &()).hosts(["alpha"])).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let alpha = i32::try_from(outcomes[&ids[0]].value::<u32>()).unwrap();
+    let _guard = PidsGuard(vec![alpha]);
+    let marks = tempfile::tempdir().unwrap();
+    let gate = marks.path().join("gate");
+    let started = marks.path().join("started");
+    let retried = marks.path().join("retried");
+    let wait_gate = format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display());
+    let victim = format!(
+        "if [ -e '{s}' ]; then touch '{r}'; exit 0; fi; touch '{s}'; exec sleep 60",
+        s = started.display(),
+        r = retried.display()
+    );
+    let jobs = (0..8).map(move |i| match i {
+        0 | 1 => Job::command("sh").args(["-c", &wait_gate]).hosts(["beta"]),
+        2 => Job::command("sh").args(["-c", &victim]),
+        _ => Job::command("true"),
+    });
+    let killer = {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            if appears(&started, AT_ONCE) {
+                kill(Pid::from_raw(alpha), Signal::SIGKILL).unwrap();
+            }
+        })
+    };
+    // Opens the gate once the retry ran; on a deadline only so that a failing test ends.
+    let opener = std::thread::spawn(move || {
+        let ran = appears(&retried, Duration::from_secs(15));
+        std::fs::write(&gate, "").unwrap();
+        ran
+    });
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    killer.join().unwrap();
+    assert!(
+        opener.join().unwrap(),
+        "the retry waited for beta while alpha's slot was free"
+    );
+    assert_eq!(results.len(), 8);
+    for result in &results {
+        assert!(result.outcome.is_success(), "{result}");
+    }
+    assert_eq!(results[2].attempts, 2, "{}", results[2]);
+    assert_eq!(
+        results[2].host.as_ref().map(ToString::to_string).as_deref(),
+        Some("alpha"),
+        "{}",
+        results[2]
+    );
+}

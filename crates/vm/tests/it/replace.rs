@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use parvm_vm::{Error, ExitStatus, HostId, Message, Spawn, TaskId, Vm};
+use parvm_vm::{Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Message, Spawn, TaskId, Vm};
 
 use crate::harness::{Backend, DEADLINE, Harness, collect};
 use crate::stop::alive;
@@ -195,4 +195,41 @@ fn a_tcp_worker_that_connects_again_rejoins_and_gets_slots() {
     assert_eq!(u32::try_from(again).unwrap(), new_pid);
     assert_ne!(task.slot, first.slot);
     assert_eq!(vm.runtime().replaced_workers(), 0);
+}
+
+#[test]
+fn a_sweep_keeps_its_slots_when_a_function_past_its_limit_is_stopped() {
+    // Two workers rather than one: with one, the loss of the stopped worker can leave no
+    // slot for a moment, and a dispatch waiting then may end in `WorkersGone` although its
+    // replacement is joining (a race between the local transport and the router).
+    let h = replacing(&[("alpha", 2)], 1);
+    let vm = h.vm();
+    let slots = vm.slots();
+    let jobs = (0..6i64).map(|i| {
+        if i == 1 {
+            Job::task("sleep", &60_000u64).timeout(Duration::from_millis(300))
+        } else {
+            Job::task("add", &(i, 1i64))
+        }
+    });
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    assert!(
+        matches!(results[1].outcome, JobOutcome::TimedOut { .. }),
+        "{}",
+        results[1]
+    );
+    for result in results.iter().filter(|r| r.index != 1) {
+        match &result.outcome {
+            JobOutcome::Value(value) => assert_eq!(
+                value.decode::<i64>().unwrap(),
+                i64::try_from(result.index).unwrap() + 1,
+                "{result}"
+            ),
+            other => panic!("job {} did not return a value: {other}", result.index),
+        }
+    }
+    // The stopped worker's replacement joins, whether or not the sweep needed it.
+    receive_until(&vm, "the slot count is back", |vm| {
+        vm.runtime().replaced_workers() == 1 && vm.slots() == slots
+    });
 }
