@@ -385,3 +385,78 @@ fn bad_input_is_refused_with_a_clear_error() {
     );
     assert!(!sweep.shared.join("r").exists());
 }
+
+#[test]
+fn tag_prefixes_every_line_with_the_case() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&[
+        "-k",
+        "--tag",
+        "printf",
+        "'1\\n2\\n'",
+        "{}",
+        ":::",
+        "a",
+        "b c",
+    ]);
+    assert_eq!(lines(&out), ["a\t1", "a\t2", "b c\t1", "b c\t2"]);
+}
+
+#[test]
+fn q_keeps_shell_characters_of_the_command_for_the_command() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["-k", "-q", "printf", "%s|%s\\n", "{}", "a b", ":::", "x"]);
+    assert_eq!(lines(&out), ["x|a b"]);
+}
+
+#[test]
+fn halt_soon_starts_no_case_after_a_failure() {
+    let sweep = Sweep::new();
+    // One worker, so the cases run one after another.
+    let mut cases = vec![
+        "-j",
+        "1",
+        "--halt",
+        "soon,fail=1",
+        "--joblog",
+        "jl",
+        "-k",
+        "exit",
+    ];
+    cases.push(":::");
+    cases.extend(["0", "1", "0", "0", "0"]);
+    let out = sweep.run(&cases);
+    let code = out.status.code().unwrap();
+    assert!((1..=4).contains(&code), "{code}");
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    let ran = log
+        .lines()
+        .skip(1)
+        .filter(|l| !l.contains("\t-1\t"))
+        .count();
+    assert!(ran < 5, "every case ran after the failure: {log}");
+    sweep.refuses(&["--halt", "now,done=3", "true"], "--halt `now,done=3`");
+}
+
+#[test]
+fn persistent_folders_and_startup_dir() {
+    let sweep = Sweep::new();
+    std::fs::create_dir_all(sweep.shared.join("inputs")).unwrap();
+    std::fs::write(sweep.shared.join("inputs/x"), "data ").unwrap();
+    let out = sweep.ok(&[
+        "-k",
+        "--persistent",
+        "--map",
+        "inputs=.",
+        "--startup-dir",
+        "inputs",
+        "cat",
+        "x",
+        ";",
+        "echo",
+        ":::",
+        "1",
+        "2",
+    ]);
+    assert_eq!(lines(&out), ["data 1", "data 2"]);
+}

@@ -58,6 +58,14 @@ pub enum RunError {
         "`{{%}}` (the slot running a case) is not supported by parvm run yet; use `{{#}}` (the case number) to tell cases apart"
     )]
     SlotUnsupported,
+    /// A `--halt` setting not supported.
+    #[error(
+        "--halt `{given}` is not supported; give `soon,fail=1` (start no new case after a failure) or `never`"
+    )]
+    Halt {
+        /// What was given.
+        given: String,
+    },
     /// `-n` together with inputs.
     #[error(
         "-n {copies} runs copies of a command without inputs, but inputs were given too; drop one of them"

@@ -68,6 +68,28 @@ pub struct Args {
     /// Print the command lines instead of running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Prefix each line a case prints with its input values and a tab.
+    #[arg(long)]
+    pub tag: bool,
+    /// Quote the command's own words too, so `|`, `>` or `*` in them reach the command
+    /// instead of the shell (replacement strings still work inside them).
+    #[arg(short = 'q', long = "quote")]
+    pub quote: bool,
+    /// `soon,fail=1`: after the first case that fails for good, start no new case (running
+    /// ones finish; the others are reported not run and counted as failed).
+    #[arg(long, value_name = "WHEN")]
+    pub halt: Option<String>,
+    /// Keep each worker's task folder for its next case (mirrored inputs are copied again
+    /// only when they changed); removed at the end of the run.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Start each case in this folder, relative to its task folder.
+    #[arg(long, value_name = "DIR")]
+    pub startup_dir: Option<PathBuf>,
+    /// The transport [default: PARVM_TRANSPORT, else mpi under mpirun, else local]; with
+    /// tcp, join workers with `parvm worker --connect HOST:PORT` as printed at the start.
+    #[arg(long, value_name = "NAME", value_parser = ["local", "tcp", "mpi"])]
+    pub transport: Option<String>,
     /// The command, its arguments, and the inputs: `::: VALUES` (several sources give
     /// all combinations), `:::+ VALUES` (paired with the source before), `:::: FILES`,
     /// `::::+ FILES`.
@@ -99,6 +121,8 @@ pub fn serve() -> Result<(), RunError> {
 struct Case {
     /// Its command line for `sh -c`.
     line: String,
+    /// Its input values joined by spaces, for `--tag`.
+    tag: Vec<u8>,
 }
 
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
@@ -141,7 +165,16 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let sources = split.read()?;
-    let template = replace::Template::parse(&words, sources.len())?;
+    let template = replace::Template::parse(&words, sources.len(), args.quote)?;
+    let halt = match args.halt.as_deref() {
+        None | Some("never") => false,
+        Some("soon,fail=1") => true,
+        Some(other) => {
+            return Err(RunError::Halt {
+                given: other.to_owned(),
+            });
+        }
+    };
     let values = if sources.is_empty() {
         vec![Vec::new(); args.copies.unwrap_or(1)]
     } else {
@@ -152,6 +185,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         .enumerate()
         .map(|(at, values)| Case {
             line: template.fill(at + 1, values),
+            tag: values.join(&b' '),
         })
         .collect();
     if args.dry_run {
@@ -173,29 +207,35 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         .as_deref()
         .map(joblog::Joblog::create)
         .transpose()?;
-    let failed = sweep(
-        &args,
-        &cases,
-        &maps,
+    let settings = Settings {
+        maps: &maps,
         timeout,
-        results.as_ref(),
-        joblog.as_mut(),
-    )?;
+        halt,
+        results: results.as_ref(),
+    };
+    let failed = sweep(&args, &cases, &settings, joblog.as_mut())?;
     if let Some(results) = results {
         results.finish();
     }
     Ok(u8::try_from(failed.min(101)).unwrap_or(101))
 }
 
+/// What `run` checked and made, for `sweep`.
+struct Settings<'a> {
+    maps: &'a [(&'a str, &'a str)],
+    timeout: Option<Duration>,
+    halt: bool,
+    results: Option<&'a output::Results>,
+}
+
 /// Starts the runtime, runs every case, prints each as it ends; returns how many failed.
 fn sweep(
     args: &Args,
     cases: &[Case],
-    maps: &[(&str, &str)],
-    timeout: Option<Duration>,
-    results: Option<&output::Results>,
+    settings: &Settings<'_>,
     mut joblog: Option<&mut joblog::Joblog>,
 ) -> Result<usize, RunError> {
+    let (maps, timeout, results) = (settings.maps, settings.timeout, settings.results);
     let mut builder = Runtime::builder(Tasks::new());
     if let Ok(me) = std::env::current_exe() {
         builder = builder.program(me, WORKER_ARGS.iter().map(|&a| a.to_owned()).collect());
@@ -203,8 +243,17 @@ fn sweep(
     if let Some(jobs) = args.jobs {
         builder = builder.workers(jobs);
     }
+    if let Some(name) = &args.transport {
+        // clap let only the three names through.
+        if let Ok(kind) = name.parse::<parvm_vm::TransportKind>() {
+            builder = builder.transport(kind);
+        }
+    }
     let runtime = builder.start().map_err(RunError::Vm)?;
-    let mut vm = runtime.vm().local_folder(true);
+    let mut vm = runtime.vm().local_folder(true).persistent(args.persistent);
+    if let Some(dir) = &args.startup_dir {
+        vm = vm.startup_dir(dir);
+    }
     for (src, dst) in maps {
         vm = vm.mirror(*src, *dst);
     }
@@ -225,6 +274,9 @@ fn sweep(
     if let Some(limit) = timeout {
         dispatch = dispatch.timeout(limit);
     }
+    if settings.halt {
+        dispatch = dispatch.halt_on_error();
+    }
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
     }
@@ -232,7 +284,8 @@ fn sweep(
     for result in dispatch {
         let result = result.map_err(RunError::Vm)?;
         let number = result.index + 1;
-        output::print(&result, number)?;
+        let tag = args.tag.then(|| cases[result.index].tag.as_slice());
+        output::print(&result, number, tag)?;
         if !result.outcome.is_success() {
             failed += 1;
         }

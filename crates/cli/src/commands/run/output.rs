@@ -4,7 +4,7 @@
 //! It owns printing a case's captured stdout and stderr together and the `stdout`,
 //! `stderr` and `exit` files; it must not know how cases are made or scheduled.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use parvm_vm::{Captured, JobOutcome, JobResult};
@@ -33,15 +33,15 @@ pub fn status(outcome: &JobOutcome) -> (i64, i32) {
 ///
 /// # Errors
 /// Standard output or error cannot be written, or a spilled stream cannot be read.
-pub fn print(result: &JobResult, case: usize) -> Result<(), RunError> {
+pub fn print(result: &JobResult, case: usize, tag: Option<&[u8]>) -> Result<(), RunError> {
     let fail = |source| RunError::Print { case, source };
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    copy(result.stdout.as_ref(), &mut out).map_err(fail)?;
+    copy(result.stdout.as_ref(), &mut out, tag).map_err(fail)?;
     out.flush().map_err(fail)?;
     let stderr = io::stderr();
     let mut err = stderr.lock();
-    copy(result.stderr.as_ref(), &mut err).map_err(fail)?;
+    copy(result.stderr.as_ref(), &mut err, tag).map_err(fail)?;
     match &result.outcome {
         JobOutcome::Command(_)
         | JobOutcome::Failed {
@@ -52,19 +52,36 @@ pub fn print(result: &JobResult, case: usize) -> Result<(), RunError> {
     err.flush().map_err(fail)
 }
 
-/// Writes a captured stream to `to`: from memory, or from the file it spilled into.
-fn copy(captured: Option<&Captured>, to: &mut impl Write) -> io::Result<()> {
+/// Writes a captured stream to `to`: from memory, or from the file it spilled into; with
+/// `tag`, each line starts with it and a tab.
+fn copy(captured: Option<&Captured>, to: &mut impl Write, tag: Option<&[u8]>) -> io::Result<()> {
     let Some(captured) = captured else {
         return Ok(());
     };
-    if let Some(bytes) = captured.bytes() {
-        return to.write_all(bytes);
+    let mut reader: Box<dyn BufRead> = match (captured.bytes(), captured.path()) {
+        (Some(bytes), _) if tag.is_none() => return to.write_all(bytes),
+        (Some(bytes), _) => Box::new(bytes),
+        (None, Some(path)) => Box::new(io::BufReader::new(std::fs::File::open(path)?)),
+        (None, None) => return Ok(()),
+    };
+    let Some(tag) = tag else {
+        io::copy(&mut reader, to)?;
+        return Ok(());
+    };
+    // Line by line, so a stream that spilled into a file never sits in memory whole.
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        to.write_all(tag)?;
+        to.write_all(b"\t")?;
+        to.write_all(&line)?;
+        if !line.ends_with(b"\n") {
+            to.write_all(b"\n")?;
+        }
     }
-    if let Some(path) = captured.path() {
-        let mut file = std::fs::File::open(path)?;
-        io::copy(&mut file, to)?;
-    }
-    Ok(())
 }
 
 /// `--results DIR`: the dispatch writes each case's returned files into

@@ -41,56 +41,38 @@ pub struct Template {
 }
 
 impl Template {
-    /// Parses `words` joined by spaces, as GNU parallel joins them before `sh -c`. A
-    /// command without replacement strings gets `{}` appended when there are inputs.
+    /// Parses `words` joined by spaces, as GNU parallel joins them before `sh -c`; with
+    /// `quote_words` (`-q`), the text of each word is quoted for the shell too, around its
+    /// replacement strings. A command without replacement strings gets `{}` appended when
+    /// there are inputs.
     ///
     /// # Errors
     /// A value replacement string without inputs, or `{N}` beyond the sources.
-    pub fn parse(words: &[String], sources: usize) -> Result<Template, RunError> {
-        let line = words.join(" ");
+    pub fn parse(
+        words: &[String],
+        sources: usize,
+        quote_words: bool,
+    ) -> Result<Template, RunError> {
         let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut rest = line.as_str();
-        while let Some(open) = rest.find('{') {
-            let piece = rest[open..]
-                .find('}')
-                .and_then(|close| Some((piece_of(&rest[open + 1..open + close])?, close)));
-            match piece {
-                Some((piece, close)) => {
-                    text.push_str(&rest[..open]);
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    if piece == Piece::Slot {
-                        return Err(RunError::SlotUnsupported);
-                    }
-                    if let Piece::Value(_, index) = piece {
-                        if sources == 0 {
-                            return Err(RunError::ReplacementWithoutInputs {
-                                found: rest[open..=open + close].to_owned(),
-                            });
-                        }
-                        if let Some(index) = index.filter(|&i| i >= sources) {
-                            return Err(RunError::NoSuchSource {
-                                index: index + 1,
-                                sources,
-                            });
-                        }
-                    }
-                    pieces.push(piece);
-                    rest = &rest[open + close + 1..];
+        if quote_words {
+            for (at, word) in words.iter().enumerate() {
+                if at > 0 {
+                    pieces.push(Piece::Text(" ".to_owned()));
                 }
-                None => {
-                    text.push_str(&rest[..=open]);
-                    rest = &rest[open + 1..];
+                if word.is_empty() {
+                    pieces.push(Piece::Text("''".to_owned()));
+                }
+                for piece in pieces_of(word, sources)? {
+                    pieces.push(match piece {
+                        Piece::Text(text) => Piece::Text(quote(text.as_bytes())),
+                        other => other,
+                    });
                 }
             }
+        } else {
+            pieces = pieces_of(&words.join(" "), sources)?;
         }
-        text.push_str(rest);
         let replaces = pieces.iter().any(|p| !matches!(p, Piece::Text(_)));
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
-        }
         if !replaces && sources > 0 {
             pieces.push(Piece::Text(" ".to_owned()));
             pieces.push(Piece::Value(Edit::Whole, None));
@@ -122,6 +104,50 @@ impl Template {
         }
         out
     }
+}
+
+/// The pieces of `line`: text and replacement strings, checked against `sources`.
+fn pieces_of(line: &str, sources: usize) -> Result<Vec<Piece>, RunError> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = line;
+    while let Some(open) = rest.find('{') {
+        let piece = rest[open..]
+            .find('}')
+            .and_then(|close| Some((piece_of(&rest[open + 1..open + close])?, close)));
+        let Some((piece, close)) = piece else {
+            text.push_str(&rest[..=open]);
+            rest = &rest[open + 1..];
+            continue;
+        };
+        text.push_str(&rest[..open]);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+        }
+        if piece == Piece::Slot {
+            return Err(RunError::SlotUnsupported);
+        }
+        if let Piece::Value(_, index) = piece {
+            if sources == 0 {
+                return Err(RunError::ReplacementWithoutInputs {
+                    found: rest[open..=open + close].to_owned(),
+                });
+            }
+            if let Some(index) = index.filter(|&i| i >= sources) {
+                return Err(RunError::NoSuchSource {
+                    index: index + 1,
+                    sources,
+                });
+            }
+        }
+        pieces.push(piece);
+        rest = &rest[open + close + 1..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
 }
 
 /// The piece a replacement string's inside names, if it is one.
@@ -181,7 +207,7 @@ mod tests {
     fn fill(command: &str, values: &[&str]) -> String {
         let words: Vec<String> = command.split(' ').map(str::to_owned).collect();
         let values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
-        Template::parse(&words, values.len())
+        Template::parse(&words, values.len(), false)
             .unwrap()
             .fill(7, &values)
     }
@@ -213,22 +239,45 @@ mod tests {
     #[test]
     fn replacement_strings_need_inputs() {
         let words = vec!["echo".to_owned(), "{.}".to_owned()];
-        let error = Template::parse(&words, 0).unwrap_err().to_string();
+        let error = Template::parse(&words, 0, false).unwrap_err().to_string();
         assert!(
             error.contains("`{.}`") && error.contains("no inputs"),
             "{error}"
         );
         let words = vec!["echo".to_owned(), "{3}".to_owned()];
-        let error = Template::parse(&words, 2).unwrap_err().to_string();
+        let error = Template::parse(&words, 2, false).unwrap_err().to_string();
         assert!(error.contains("{3}") && error.contains("only 2"), "{error}");
         let words = vec!["echo".to_owned(), "{%}".to_owned()];
-        let error = Template::parse(&words, 1).unwrap_err().to_string();
+        let error = Template::parse(&words, 1, false).unwrap_err().to_string();
         assert!(error.contains("{%}"), "{error}");
         // {#} needs no inputs, and nothing is appended without them.
         let words = vec!["echo".to_owned(), "{#}".to_owned()];
-        assert_eq!(Template::parse(&words, 0).unwrap().fill(3, &[]), "echo 3");
+        assert_eq!(
+            Template::parse(&words, 0, false).unwrap().fill(3, &[]),
+            "echo 3"
+        );
         let words = vec!["true".to_owned()];
-        assert_eq!(Template::parse(&words, 0).unwrap().fill(3, &[]), "true");
+        assert_eq!(
+            Template::parse(&words, 0, false).unwrap().fill(3, &[]),
+            "true"
+        );
+    }
+
+    #[test]
+    fn q_quotes_the_commands_own_words_around_replacement_strings() {
+        let words: Vec<String> = ["printf", "%s|%s\\n", "a{}b", "", "x y"]
+            .iter()
+            .map(|w| (*w).to_owned())
+            .collect();
+        let line = Template::parse(&words, 1, true)
+            .unwrap()
+            .fill(1, &[b"V W".to_vec()]);
+        assert_eq!(line, "printf '%s|%s\\n' a'V W'b '' 'x y'");
+        let words: Vec<String> = vec!["echo".to_owned(), "a|b".to_owned()];
+        let line = Template::parse(&words, 1, true)
+            .unwrap()
+            .fill(1, &[b"v".to_vec()]);
+        assert_eq!(line, "echo 'a|b' v");
     }
 
     proptest! {
@@ -239,7 +288,7 @@ mod tests {
             value in proptest::collection::vec(1u8..=255, 0..40)
         ) {
             let words = vec!["printf".to_owned(), "%s".to_owned(), "{}".to_owned()];
-            let line = Template::parse(&words, 1).unwrap().fill(1, std::slice::from_ref(&value));
+            let line = Template::parse(&words, 1, false).unwrap().fill(1, std::slice::from_ref(&value));
             let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
             prop_assert!(out.status.success());
             prop_assert_eq!(out.stdout, value);
