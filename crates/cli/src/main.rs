@@ -37,15 +37,22 @@ enum Command {
 fn main() -> std::process::ExitCode {
     // A worker that `parvm run` started: it serves at once, before any argument, input or
     // file is looked at, and never returns.
-    if parvm_transport::started_as_worker()
-        && std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("run"))
-    {
+    if parvm_transport::started_as_worker() && first_arg_is_run() {
         if let Err(error) = commands::run::serve() {
             eprintln!("{}", error_report(&error));
         }
         return std::process::ExitCode::from(255);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `parvm run` exits 255 on a usage error, as GNU parallel does for errors that are
+        // not failed cases (a status of 1 or 2 would read as one or two failed cases).
+        Err(error) if error.use_stderr() && first_arg_is_run() => {
+            let _ = error.print();
+            return std::process::ExitCode::from(255);
+        }
+        Err(error) => error.exit(),
+    };
     let outcome = match cli.command {
         Command::Run(args) => {
             // GNU parallel's exit status: failed cases, or 255 when the run itself failed.
@@ -69,6 +76,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether this process was started as `parvm run ...`.
+fn first_arg_is_run() -> bool {
+    std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("run"))
 }
 
 /// An error and its causes for people, one per line:

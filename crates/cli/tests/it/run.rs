@@ -71,7 +71,7 @@ impl Sweep {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(255), "{args:?}: {stderr}");
-        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 
@@ -459,4 +459,48 @@ fn persistent_folders_and_startup_dir() {
         "2",
     ]);
     assert_eq!(lines(&out), ["data 1", "data 2"]);
+}
+
+#[test]
+fn resume_and_resume_failed_match_cases_by_command_not_position() {
+    let sweep = Sweep::new();
+    let marker = sweep.shared.join("fail-b");
+    std::fs::write(&marker, "").unwrap();
+    let command = format!(
+        "test ! -e {}/fail-{{}} && echo ran {{}}",
+        sweep.shared.display()
+    );
+    let run = |extra: &[&str], values: &[&str]| {
+        let mut args = vec!["-k", "--joblog", "jl", "--results", "res"];
+        args.extend_from_slice(extra);
+        args.push(&command);
+        args.push(":::");
+        args.extend_from_slice(values);
+        sweep.run(&args)
+    };
+    let out = run(&[], &["a", "b", "c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran a\nran c\n");
+    std::fs::remove_file(&marker).unwrap();
+    // Only the failed case runs again, and its results folder is replaced.
+    let out = run(&["--resume-failed"], &["a", "b", "c"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran b\n");
+    let res = sweep.shared.join("res");
+    assert_eq!(std::fs::read_to_string(res.join("2/exit")).unwrap(), "0\n");
+    assert_eq!(
+        std::fs::read_to_string(res.join("1/stdout")).unwrap(),
+        "ran a\n"
+    );
+    // A new case in front: only it runs, though every position moved.
+    let out = run(&["--resume"], &["new", "a", "b", "c"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran new\n");
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    assert_eq!(log.matches("Seq\t").count(), 1, "{log}");
+    assert_eq!(log.lines().count(), 1 + 3 + 1 + 1, "{log}");
+    let out = run(&["--resume"], &["new", "a", "b", "c"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    sweep.refuses(&["--resume", "true"], "--joblog");
 }

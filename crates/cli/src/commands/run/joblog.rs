@@ -2,6 +2,7 @@
 //!
 //! It owns the file and the columns; it must not know how cases run.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,32 @@ impl Joblog {
         Ok(log)
     }
 
+    /// Opens `path` to add to it (`--resume`): the header is written only when the file
+    /// is new or empty.
+    ///
+    /// # Errors
+    /// The file cannot be opened or written.
+    pub fn append(path: &Path) -> Result<Joblog, RunError> {
+        let failed = |source| RunError::Joblog {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::options()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(failed)?;
+        let empty = file.metadata().map_err(failed)?.len() == 0;
+        let mut log = Joblog {
+            path: path.to_owned(),
+            file: BufWriter::new(file),
+        };
+        if empty {
+            log.line(HEADER)?;
+        }
+        Ok(log)
+    }
+
     /// Appends one case; flushed at once, so the log is whole when the run is stopped.
     ///
     /// # Errors
@@ -76,6 +103,35 @@ impl Joblog {
                 source,
             })
     }
+}
+
+/// The cases an earlier run recorded in the joblog at `path`: each command line with the
+/// exit value of its last entry. A missing file records nothing; lines that are not
+/// joblog entries (the header, a command line broken by a newline in a value) are skipped.
+///
+/// # Errors
+/// The file exists but cannot be read.
+pub fn recorded(path: &Path) -> Result<HashMap<String, i64>, RunError> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(source) => {
+            return Err(RunError::Joblog {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut done = HashMap::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        let columns: Vec<&str> = line.splitn(9, '\t').collect();
+        if let [_, _, _, _, _, _, exit, _, command] = columns[..]
+            && let Ok(exit) = exit.parse::<i64>()
+        {
+            done.insert(command.to_owned(), exit);
+        }
+    }
+    Ok(done)
 }
 
 /// The tab-separated line of `entry`.
@@ -120,5 +176,40 @@ mod tests {
             "3\talpha\t1700000000.250\t1.500\t10\t20\t2\t0\techo 'a b'"
         );
         assert_eq!(HEADER.split('\t').count(), 9);
+    }
+
+    #[test]
+    fn recorded_cases_keep_their_last_exit_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        assert!(recorded(&path).unwrap().is_empty());
+        let mut log = Joblog::create(&path).unwrap();
+        for (seq, exit, command) in [(1, 1, "run a"), (2, 0, "run b\tc"), (1, 0, "run a")] {
+            log.write(&Entry {
+                seq,
+                host: "h",
+                start: UNIX_EPOCH,
+                runtime: Duration::ZERO,
+                send: 0,
+                receive: 0,
+                exit,
+                signal: 0,
+                command,
+            })
+            .unwrap();
+        }
+        drop(log);
+        let done = recorded(&path).unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done["run a"], 0);
+        assert_eq!(done["run b\tc"], 0);
+        drop(Joblog::append(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .matches("Seq")
+                .count(),
+            1
+        );
     }
 }

@@ -55,6 +55,13 @@ pub struct Args {
     /// Write one line per case to FILE in GNU parallel's joblog format.
     #[arg(long, value_name = "FILE")]
     pub joblog: Option<PathBuf>,
+    /// Skip the cases the --joblog file records (matched by their command line, inputs
+    /// included, not by position) and add to it.
+    #[arg(long, requires = "joblog")]
+    pub resume: bool,
+    /// Like --resume, but run again the recorded cases that failed.
+    #[arg(long, requires = "joblog", conflicts_with = "resume")]
+    pub resume_failed: bool,
     /// Run a failed case up to N more times.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub retries: u32,
@@ -197,23 +204,37 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     if !args.returns.is_empty() && args.results.is_none() {
         return Err(RunError::ReturnWithoutResults);
     }
+    let resuming = args.resume || args.resume_failed;
+    // The cases to run now, by index into `cases`.
+    let mut todo: Vec<usize> = (0..cases.len()).collect();
+    if let (true, Some(path)) = (resuming, &args.joblog) {
+        let done = joblog::recorded(path)?;
+        todo.retain(|&at| match done.get(&cases[at].line) {
+            None => true,
+            Some(&exit) => args.resume_failed && exit != 0,
+        });
+    }
     let results = args
         .results
         .as_deref()
-        .map(output::Results::create)
+        .map(|dir| output::Results::create(dir, resuming))
         .transpose()?;
-    let mut joblog = args
-        .joblog
-        .as_deref()
-        .map(joblog::Joblog::create)
-        .transpose()?;
+    let mut joblog = match (&args.joblog, resuming) {
+        (Some(path), true) => Some(joblog::Joblog::append(path)?),
+        (Some(path), false) => Some(joblog::Joblog::create(path)?),
+        (None, _) => None,
+    };
     let settings = Settings {
         maps: &maps,
         timeout,
         halt,
         results: results.as_ref(),
     };
-    let failed = sweep(&args, &cases, &settings, joblog.as_mut())?;
+    let failed = if todo.is_empty() {
+        0
+    } else {
+        sweep(&args, &cases, &todo, &settings, joblog.as_mut())?
+    };
     if let Some(results) = results {
         results.finish();
     }
@@ -232,6 +253,7 @@ struct Settings<'a> {
 fn sweep(
     args: &Args,
     cases: &[Case],
+    todo: &[usize],
     settings: &Settings<'_>,
     mut joblog: Option<&mut joblog::Joblog>,
 ) -> Result<usize, RunError> {
@@ -258,7 +280,7 @@ fn sweep(
         vm = vm.mirror(*src, *dst);
     }
     let vm = vm.build().map_err(RunError::Vm)?;
-    let jobs = cases.iter().map(|case| {
+    let jobs = todo.iter().map(|&at| &cases[at]).map(|case| {
         let mut job = Job::command("sh")
             .args(["-c", case.line.as_str()])
             .capture(true);
@@ -283,8 +305,9 @@ fn sweep(
     let mut failed = 0;
     for result in dispatch {
         let result = result.map_err(RunError::Vm)?;
-        let number = result.index + 1;
-        let tag = args.tag.then(|| cases[result.index].tag.as_slice());
+        let at = todo[result.index];
+        let number = at + 1;
+        let tag = args.tag.then(|| cases[at].tag.as_slice());
         output::print(&result, number, tag)?;
         if !result.outcome.is_success() {
             failed += 1;
@@ -309,7 +332,7 @@ fn sweep(
                 receive: result.returned_bytes,
                 exit,
                 signal,
-                command: &cases[result.index].line,
+                command: &cases[at].line,
             })?;
         }
     }

@@ -85,7 +85,7 @@ fn copy(captured: Option<&Captured>, to: &mut impl Write, tag: Option<&[u8]>) ->
 }
 
 /// `--results DIR`: the dispatch writes each case's returned files into
-/// `<DIR>/.parvm-incoming/<index>/`; once the case ended, its `stdout`, `stderr` and `exit`
+/// `<DIR>/.parvm-incoming-<pid>/<index>/`; once the case ended, its `stdout`, `stderr` and `exit`
 /// join them and the folder moves to `<DIR>/<case>/`, so a case folder is whole when it
 /// appears.
 pub struct Results {
@@ -94,22 +94,24 @@ pub struct Results {
 }
 
 impl Results {
-    /// Makes `dir` (it must be new or empty).
+    /// Makes `dir`; it must be new or empty unless `resuming` (then a case run again
+    /// replaces its earlier folder).
     ///
     /// # Errors
     /// It cannot be made, or it holds something already.
-    pub fn create(dir: &Path) -> Result<Results, RunError> {
+    pub fn create(dir: &Path, resuming: bool) -> Result<Results, RunError> {
         let made = |source| RunError::ResultsDir {
             path: dir.to_owned(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(made)?;
-        if std::fs::read_dir(dir).map_err(made)?.next().is_some() {
+        if !resuming && std::fs::read_dir(dir).map_err(made)?.next().is_some() {
             return Err(RunError::ResultsNotEmpty {
                 path: dir.to_owned(),
             });
         }
-        let incoming = dir.join(".parvm-incoming");
+        // Per run, so a run that was killed leaves nothing the next one trips over.
+        let incoming = dir.join(format!(".parvm-incoming-{}", std::process::id()));
         std::fs::create_dir(&incoming).map_err(made)?;
         Ok(Results {
             dir: dir.to_owned(),
@@ -143,6 +145,11 @@ impl Results {
         let path = from.join("exit");
         std::fs::write(&path, format!("{exit}\n")).map_err(failed(path))?;
         let to = self.dir.join(case.to_string());
+        if to.is_dir() && !to.is_symlink() {
+            // Only a resumed run gets here: the case ran again, its new folder replaces
+            // the old one.
+            std::fs::remove_dir_all(&to).map_err(failed(to.clone()))?;
+        }
         std::fs::rename(&from, &to).map_err(failed(to))
     }
 
