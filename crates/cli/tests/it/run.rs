@@ -429,12 +429,12 @@ fn halt_soon_starts_no_case_after_a_failure() {
     let code = out.status.code().unwrap();
     assert!((1..=4).contains(&code), "{code}");
     let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
-    let ran = log
-        .lines()
-        .skip(1)
-        .filter(|l| !l.contains("\t-1\t"))
-        .count();
+    let ran = log.lines().skip(1).count();
     assert!(ran < 5, "every case ran after the failure: {log}");
+    assert!(
+        !log.contains("\t-1\t"),
+        "cases not run are not logged: {log}"
+    );
     sweep.refuses(&["--halt", "now,done=3", "true"], "--halt `now,done=3`");
 }
 
@@ -503,4 +503,103 @@ fn resume_and_resume_failed_match_cases_by_command_not_position() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
     sweep.refuses(&["--resume", "true"], "--joblog");
+}
+
+/// Kills a process group when dropped, so a failing test leaves nothing running.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Polls `done` until it holds or 30 s pass.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 30 s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_leaves_no_case_running_and_no_task_folder() {
+    // What a terminal's Ctrl-C does: SIGINT to the whole foreground job.
+    stop_by_signal(true);
+}
+
+#[test]
+fn sigterm_to_parvm_alone_stops_the_cases_and_removes_their_folders() {
+    // What a batch system does.
+    stop_by_signal(false);
+}
+
+fn stop_by_signal(whole_group: bool) {
+    use std::os::unix::process::CommandExt;
+    let sweep = Sweep::new();
+    let pids = sweep.shared.join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let command = format!("echo $$ > {}/{{}}; exec sleep 60", pids.display());
+    let mut child = sweep
+        .command(&[command.as_str(), ":::", "a", "b"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(child.id());
+    let read_pid = |name: &str| {
+        std::fs::read_to_string(pids.join(name))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    eventually("both cases started", || {
+        read_pid("a").is_some() && read_pid("b").is_some()
+    });
+    let target = if whole_group {
+        [
+            "-INT".to_owned(),
+            "--".to_owned(),
+            format!("-{}", child.id()),
+        ]
+    } else {
+        ["-TERM".to_owned(), "--".to_owned(), child.id().to_string()]
+    };
+    let sent = Command::new("kill").args(&target).status().unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    for name in ["a", "b"] {
+        let pid = read_pid(name).unwrap();
+        eventually("the case's command ended", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z "))
+        });
+    }
+    let left = || -> Vec<PathBuf> {
+        walk(&sweep.local)
+            .into_iter()
+            .filter(|entry| {
+                entry
+                    .strip_prefix(&sweep.local)
+                    .unwrap()
+                    .components()
+                    .count()
+                    > 1
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(left(), Vec::<PathBuf>::new());
 }

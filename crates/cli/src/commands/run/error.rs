@@ -170,6 +170,11 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A signal handler cannot be installed.
+    #[error(
+        "cannot catch SIGINT and SIGTERM, so a Ctrl-C could not stop the run cleanly; report this"
+    )]
+    Signal(#[source] std::io::Error),
     /// The parvm runtime failed.
     #[error("parvm could not run the sweep")]
     Vm(#[source] parvm_vm::Error),

@@ -7,6 +7,7 @@
 
 mod error;
 mod inputs;
+mod interrupt;
 mod joblog;
 mod output;
 mod quote;
@@ -14,6 +15,7 @@ mod replace;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parvm_vm::{Job, Runtime, Tasks};
@@ -133,7 +135,7 @@ struct Case {
 }
 
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
-/// or 101 for more.
+/// 101 for more, or 130 when SIGINT or SIGTERM stopped it.
 ///
 /// # Errors
 /// Bad flags or inputs, or a sweep that cannot run (exit status 255).
@@ -230,15 +232,17 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         halt,
         results: results.as_ref(),
     };
-    let failed = if todo.is_empty() {
-        0
-    } else {
-        sweep(&args, &cases, &todo, &settings, joblog.as_mut())?
-    };
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    let swept = sweep(&args, &cases, &todo, &settings, joblog.as_mut())?;
     if let Some(results) = results {
         results.finish();
     }
-    Ok(u8::try_from(failed.min(101)).unwrap_or(101))
+    if swept.interrupted {
+        return Ok(130);
+    }
+    Ok(u8::try_from(swept.failed.min(101)).unwrap_or(101))
 }
 
 /// What `run` checked and made, for `sweep`.
@@ -255,8 +259,8 @@ fn sweep(
     cases: &[Case],
     todo: &[usize],
     settings: &Settings<'_>,
-    mut joblog: Option<&mut joblog::Joblog>,
-) -> Result<usize, RunError> {
+    joblog: Option<&mut joblog::Joblog>,
+) -> Result<Swept, RunError> {
     let (maps, timeout, results) = (settings.maps, settings.timeout, settings.results);
     let mut builder = Runtime::builder(Tasks::new());
     if let Ok(me) = std::env::current_exe() {
@@ -302,20 +306,74 @@ fn sweep(
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
     }
-    let mut failed = 0;
+    let interrupt = interrupt::Interrupt::install()?;
+    let done = AtomicBool::new(false);
+    let swept = std::thread::scope(|scope| {
+        scope.spawn(|| interrupt.watch(&vm, &done));
+        let swept = report(args, cases, todo, results, joblog, dispatch, &interrupt);
+        done.store(true, Ordering::SeqCst);
+        swept
+    })?;
+    if swept.interrupted {
+        // Workers a Ctrl-C killed left their task folders: remove them now.
+        if let Err(error) = vm.clear_local_storage(false, Duration::from_secs(5)) {
+            eprintln!("parvm run: could not remove the folders of stopped cases: {error}");
+        }
+    }
+    drop(vm);
+    runtime.finalize().map_err(RunError::Vm)?;
+    Ok(swept)
+}
+
+/// What a sweep did.
+struct Swept {
+    /// Cases that did not succeed (not run ones included).
+    failed: usize,
+    /// Cases reported.
+    reported: usize,
+    /// Whether SIGINT or SIGTERM stopped it.
+    interrupted: bool,
+}
+
+/// Prints, keeps and logs each result as it comes; stops taking results after a signal
+/// (dropping the dispatch stops what still runs).
+fn report<I: Iterator<Item = Job>>(
+    args: &Args,
+    cases: &[Case],
+    todo: &[usize],
+    results: Option<&output::Results>,
+    mut joblog: Option<&mut joblog::Joblog>,
+    dispatch: parvm_vm::Dispatch<'_, I>,
+    interrupt: &interrupt::Interrupt,
+) -> Result<Swept, RunError> {
+    let mut swept = Swept {
+        failed: 0,
+        reported: 0,
+        interrupted: false,
+    };
+    let failed = &mut swept.failed;
     for result in dispatch {
-        let result = result.map_err(RunError::Vm)?;
+        let result = match result {
+            Ok(result) => result,
+            // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want of
+            // them, which is the stop that was asked for.
+            Err(_) if interrupt.happened() => break,
+            Err(error) => return Err(RunError::Vm(error)),
+        };
+        swept.reported += 1;
         let at = todo[result.index];
         let number = at + 1;
         let tag = args.tag.then(|| cases[at].tag.as_slice());
         output::print(&result, number, tag)?;
         if !result.outcome.is_success() {
-            failed += 1;
+            *failed += 1;
         }
         if let Some(results) = results {
             results.keep(&result, number)?;
         }
-        if let Some(log) = joblog.as_deref_mut() {
+        // A case not run is left out of the joblog, so `--resume` runs it.
+        let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
+        if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
             let (exit, signal) = output::status(&result.outcome);
             let host = result
                 .host
@@ -335,10 +393,21 @@ fn sweep(
                 command: &cases[at].line,
             })?;
         }
+        if interrupt.happened() {
+            swept.interrupted = true;
+            break;
+        }
     }
-    drop(vm);
-    runtime.finalize().map_err(RunError::Vm)?;
-    Ok(failed)
+    if swept.interrupted || interrupt.happened() {
+        swept.interrupted = true;
+        eprintln!(
+            "parvm run: stopped by a signal: {} of {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+            swept.reported,
+            todo.len(),
+            swept.failed,
+        );
+    }
+    Ok(swept)
 }
 
 /// Whether a return pattern reaches outside the task folder.

@@ -1,0 +1,64 @@
+//! The first Ctrl-C or SIGTERM of `parvm run`: start no new case, stop the running ones,
+//! keep what has come; a second one exits at once (status 130).
+//!
+//! It owns the signal flag and the watcher that stops a VM's running tasks; it must not
+//! know what a case is or how results are printed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parvm_vm::Vm;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use super::error::RunError;
+
+/// How often the watcher looks at the flag; a stop takes at most this long to begin.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether SIGINT or SIGTERM came.
+pub struct Interrupt {
+    flag: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    /// Catches SIGINT and SIGTERM in this process. Call it after the runtime started, so
+    /// workers keep the default action (in a terminal they end with their commands).
+    ///
+    /// # Errors
+    /// A handler cannot be installed.
+    pub fn install() -> Result<Interrupt, RunError> {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [SIGINT, SIGTERM] {
+            // The second signal finds the flag set and exits at once.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+                .map_err(RunError::Signal)?;
+            signal_hook::flag::register(signal, Arc::clone(&flag)).map_err(RunError::Signal)?;
+        }
+        Ok(Interrupt { flag })
+    }
+
+    /// Whether a signal came.
+    pub fn happened(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Until `done`: once a signal came, stops every task `vm` runs (each ends as not
+    /// run), again as tasks start, so the dispatch ends soon instead of waiting for cases
+    /// that could run for hours (or rerunning cases whose workers the Ctrl-C killed).
+    pub fn watch(&self, vm: &Vm, done: &AtomicBool) {
+        while !done.load(Ordering::SeqCst) {
+            if self.happened() {
+                for host in vm.describe().hosts {
+                    for task in host.slots.into_iter().filter_map(|slot| slot.task) {
+                        if task.vm == vm.index() {
+                            // A task that ended meanwhile is no error worth reporting.
+                            let _ = vm.stop(task.id);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(WATCH_EVERY);
+        }
+    }
+}
