@@ -603,3 +603,63 @@ fn stop_by_signal(whole_group: bool) {
     }
     assert_eq!(left(), Vec::<PathBuf>::new());
 }
+
+/// Kills and reaps a child when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_tcp_sweep_runs_on_a_parvm_worker() {
+    use std::io::BufRead;
+    let sweep = Sweep::new();
+    let secret = sweep.shared.join("secret");
+    let mut spawner = sweep
+        .command(&["--transport", "tcp", "-k", "echo", "case", ":::", "a", "b"])
+        .env("PARVM_LISTEN", "127.0.0.1:0")
+        .env("PARVM_SECRET_FILE", &secret)
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = spawner.stderr.take().unwrap();
+    let mut spawner = ChildGuard(spawner);
+    // The address the spawner prints, then the rest of stderr drained in the background.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split(';').next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the spawner printed no address");
+    let _worker = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_parvm"))
+            .args(["worker", "--connect", &addr, "--secret-file"])
+            .arg(&secret)
+            .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+            .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+            .env_remove("PARVM_CONNECT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = spawner.0.wait().unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    assert_eq!(lines(&out), ["case a", "case b"]);
+    sweep.assert_no_task_folder_left();
+}
