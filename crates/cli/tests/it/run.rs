@@ -315,6 +315,8 @@ fn exit_status_counts_failed_cases() {
     sweep.status(0, &["exit", ":::", "0", "0"]);
     sweep.status(3, &["exit", ":::", "0", "1", "2", "7"]);
     sweep.status(2, &["--retries", "1", "exit", ":::", "0", "1", "2"]);
+    sweep.status(100, &["-n", "100", "false"]);
+    sweep.status(101, &["-n", "101", "false"]);
 }
 
 #[test]

@@ -236,9 +236,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         return Ok(0);
     }
     let swept = sweep(&args, &cases, &todo, &settings, joblog.as_mut())?;
-    if let Some(results) = results {
-        results.finish();
-    }
+    drop(results);
     if swept.interrupted {
         return Ok(130);
     }

@@ -152,10 +152,12 @@ impl Results {
         }
         std::fs::rename(&from, &to).map_err(failed(to))
     }
+}
 
-    /// Removes the staging folder, once every case is in place.
-    pub fn finish(self) {
-        // Left behind only when a case never ended; it holds nothing of a kept case.
+impl Drop for Results {
+    /// Removes the staging folder, also when the run failed. It is left behind only when
+    /// it is not empty (a case that never ended), and then holds nothing of a kept case.
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.incoming);
     }
 }

@@ -19,9 +19,10 @@ pub fn quote(value: &[u8]) -> String {
     }
     if value
         .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-_./,=+:@%".contains(&b))
+        .all(|&b| b.is_ascii_alphanumeric() || b"-_./,+:@%".contains(&b))
     {
-        // Plain words stay readable in `--dry-run` and the joblog.
+        // Plain words stay readable in `--dry-run` and the joblog. `=` is not among them:
+        // `A=1` as the first word would be an assignment, not a command.
         return String::from_utf8_lossy(value).into_owned();
     }
     let mut out = String::with_capacity(value.len() + 2);
@@ -82,6 +83,7 @@ mod tests {
     fn plain_words_stay_unquoted() {
         assert_eq!(quote(b"amp_1.cir"), "amp_1.cir");
         assert_eq!(quote(b"a b"), "'a b'");
+        assert_eq!(quote(b"A=1"), "'A=1'");
         assert_eq!(quote(std::ffi::OsStr::new("x").as_bytes()), "x");
     }
 
