@@ -14,7 +14,8 @@ use parvm_env_config::Config;
 use crate::folder::{Held, Kept, STAGING_PREFIX, TaskFolder, borrow_kept, lock_kept, unique_name};
 use crate::lock::{LockBackend, still_linked};
 use crate::owner::OwnerMarker;
-use crate::{Error, Persistence, SweepReport};
+use crate::report::SweepReport;
+use crate::{Error, Persistence};
 
 /// How long a folder without a readable owner marker is spared by `sweep` (and by
 /// `clear` without force): it may be a folder another worker is making right now.

@@ -53,6 +53,7 @@
 pub mod bench_support;
 mod error;
 pub mod frame;
+mod join;
 pub mod launcher;
 pub mod local;
 pub mod memory;
@@ -66,6 +67,7 @@ pub mod tcp;
 use std::time::Duration;
 
 pub use error::Error;
+pub use join::{started_as_worker, worker_from_env};
 pub use star::{DEFAULT_SPIN_WINDOW, MAX_SPIN_WINDOW};
 
 /// The index of one process in the virtual machine; rank 0 is the spawner.
@@ -213,41 +215,6 @@ pub(crate) fn system_host() -> String {
         .map(|name| name.to_string_lossy().into_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Whether a launcher started this process as a worker, judged from what the launcher set
-/// without joining (so a program can set up logging first): the local backend's
-/// `PARVM_LOCAL_SOCKET`, or an MPI launcher's rank other than 0 (see
-/// [`launcher::launch_rank`]). Needs no `mpi` feature. A TCP worker is one whose program
-/// was told where the spawner listens (the VM: `PARVM_CONNECT`); this crate does not read
-/// that.
-#[must_use]
-pub fn started_as_worker() -> bool {
-    std::env::var_os(local::SOCKET_VAR).is_some()
-        || launcher::launch_rank().is_some_and(|rank| rank != 0)
-}
-
-/// Joins the virtual machine when a launcher started this process as a worker.
-///
-/// Tries, in order: the local backend (`PARVM_LOCAL_SOCKET` set by
-/// [`local::LocalTransport::launch`]), then, with the `mpi` feature, MPI (a rank other than
-/// 0 under `mpirun`; see `mpi::worker_from_env`). Returns `Ok(None)` when this process is
-/// not such a worker: the spawner, or a TCP worker, which joins with
-/// [`tcp::TcpTransport::connect_with`].
-///
-/// # Errors
-/// The variables of a backend are set but joining fails; see [`local::worker_from_env`].
-pub fn worker_from_env() -> Result<Option<Box<dyn Transport>>, Error> {
-    if let Some(worker) = local::worker_from_env()? {
-        return Ok(Some(Box::new(worker)));
-    }
-    // MPI: a rank other than 0 of an `mpirun` launch (unless PARVM_TRANSPORT names
-    // another backend).
-    #[cfg(feature = "mpi")]
-    if let Some(worker) = mpi::worker_from_env()? {
-        return Ok(Some(Box::new(worker)));
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

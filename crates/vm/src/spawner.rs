@@ -100,7 +100,9 @@ impl Shared {
     /// The error for a wait that can never end: no worker is left and none can join.
     /// `None` while a worker is left or one may still join.
     pub(crate) fn nothing_can_arrive(&self, state: &State) -> Option<Error> {
-        if !state.slots.is_empty() || self.workers_can_join() {
+        // While another thread pulls, an event it received (a replacement worker's join)
+        // may not be filed yet; that thread checks again once it has filed it.
+        if !state.slots.is_empty() || state.pulling || self.workers_can_join() {
             return None;
         }
         let hint = match self.backend {

@@ -143,7 +143,13 @@ impl Transport for LocalTransport {
 
     fn recv(&self, wait: Wait) -> Result<Option<Event>, Error> {
         match &self.side {
-            Side::Spawner(spawner) => Ok(spawner.hub.recv(wait)),
+            Side::Spawner(spawner) => {
+                let event = spawner.hub.recv(wait);
+                if let Some(Event::PeerJoined(peer)) = &event {
+                    spawner.replacing.seen_join(peer.rank);
+                }
+                Ok(event)
+            }
             Side::Worker(client) => client.recv(wait),
         }
     }

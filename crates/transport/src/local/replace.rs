@@ -22,7 +22,7 @@
 //!   (never joined) rank, so a spawner waiting with no worker left looks again at whether
 //!   one may still come.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -60,8 +60,12 @@ pub(super) struct Launch {
 struct Budget {
     /// Counted replacements started so far, per lineage (the first rank of a slot).
     used: HashMap<Rank, u32>,
-    /// Replacements decided on and not yet joined or given up.
+    /// Replacements decided on and not yet seen joining by the spawner, nor given up.
     pending: usize,
+    /// Replacements that joined and were announced with `PeerJoined`, but whose event the
+    /// spawner has not received yet: they stay pending until then, so that the spawner
+    /// never finds "no worker, none coming" while the join waits in the event queue.
+    announced: HashSet<Rank>,
 }
 
 /// See the [module docs](self).
@@ -102,6 +106,15 @@ impl Replacing {
     /// loss is posted, so a spawner never sees "no worker left" while one is coming.
     pub(super) fn may_join(&self) -> bool {
         lock(&self.budget).pending > 0
+    }
+
+    /// The spawner received the `PeerJoined` of `rank`: if it is a replacement, it is no
+    /// longer pending.
+    pub(super) fn seen_join(&self, rank: Rank) {
+        let mut budget = lock(&self.budget);
+        if budget.announced.remove(&rank) {
+            budget.pending -= 1;
+        }
     }
 
     /// How many replacement workers joined so far.
@@ -281,10 +294,8 @@ impl Replacing {
         loop {
             let rank = self.next_rank.fetch_add(1, Ordering::Relaxed);
             let failure = match self.start_and_join(rank, dead) {
-                Ok(()) => {
-                    lock(&self.budget).pending -= 1;
-                    return;
-                }
+                // Still pending until the spawner receives the join (`seen_join`).
+                Ok(()) => return,
                 Err(failure) => failure,
             };
             let retry = !self.hub.is_closing() && {
@@ -356,6 +367,7 @@ impl Replacing {
             return Err(format!("cannot start its reader thread: {e}"));
         }
         if self.hub.is_closing() {
+            lock(&self.budget).pending -= 1;
             return Ok(());
         }
         let replaced = self.replaced.fetch_add(1, Ordering::Relaxed) + 1;
@@ -376,6 +388,8 @@ impl Replacing {
             proc.pid,
             self.max
         );
+        // Marked before it is posted, so the spawner cannot receive it unmarked.
+        lock(&self.budget).announced.insert(rank);
         self.hub.post(Event::PeerJoined(peer));
         Ok(())
     }
