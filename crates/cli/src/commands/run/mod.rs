@@ -350,6 +350,7 @@ fn report<I: Iterator<Item = Job>>(
         interrupted: false,
     };
     let failed = &mut swept.failed;
+    let bar = progress_bar(todo.len());
     for result in dispatch {
         let result = match result {
             Ok(result) => result,
@@ -362,7 +363,8 @@ fn report<I: Iterator<Item = Job>>(
         let at = todo[result.index];
         let number = at + 1;
         let tag = args.tag.then(|| cases[at].tag.as_slice());
-        output::print(&result, number, tag)?;
+        bar.suspend(|| output::print(&result, number, tag))?;
+        bar.inc(1);
         if !result.outcome.is_success() {
             *failed += 1;
         }
@@ -396,6 +398,7 @@ fn report<I: Iterator<Item = Job>>(
             break;
         }
     }
+    bar.finish_and_clear();
     if swept.interrupted || interrupt.happened() {
         swept.interrupted = true;
         eprintln!(
@@ -406,6 +409,18 @@ fn report<I: Iterator<Item = Job>>(
         );
     }
     Ok(swept)
+}
+
+/// Cases done out of `cases`, with the time left, on standard error; indicatif draws it
+/// only when standard error is a terminal, so pipes and logs never see it.
+fn progress_bar(cases: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(u64::try_from(cases).unwrap_or(u64::MAX));
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} cases, {eta} left [{elapsed}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Whether a return pattern reaches outside the task folder.
