@@ -665,3 +665,30 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     assert_eq!(lines(&out), ["case a", "case b"]);
     sweep.assert_no_task_folder_left();
 }
+
+#[test]
+fn output_past_the_memory_window_is_delivered_whole() {
+    let sweep = Sweep::new();
+    // 3 MB per case, past the 1 MiB kept in memory, so it goes through a spill file.
+    let out = sweep.run(&[
+        "-k",
+        "--tag",
+        "head -c 3000000 /dev/zero | tr '\\0' {}; echo",
+        ":::",
+        "a",
+        "b",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = format!(
+        "a\t{}\nb\t{}\n",
+        "a".repeat(3_000_000),
+        "b".repeat(3_000_000)
+    );
+    assert!(
+        text == expected,
+        "{} bytes, not {}",
+        text.len(),
+        expected.len()
+    );
+}
