@@ -692,3 +692,40 @@ fn output_past_the_memory_window_is_delivered_whole() {
         expected.len()
     );
 }
+
+#[test]
+fn kill_9_leaves_nothing_running_and_the_next_run_sweeps_its_folders() {
+    use std::os::unix::process::CommandExt;
+    let sweep = Sweep::new();
+    let pids = sweep.shared.join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let command = format!("echo $$ > {}/{{}}; exec sleep 60", pids.display());
+    let mut child = sweep
+        .command(&[command.as_str(), ":::", "a", "b"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(child.id());
+    let read_pid = |name: &str| {
+        std::fs::read_to_string(pids.join(name))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    eventually("both cases started", || {
+        read_pid("a").is_some() && read_pid("b").is_some()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for name in ["a", "b"] {
+        let pid = read_pid(name).unwrap();
+        eventually("the case's command ended", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z "))
+        });
+    }
+    // The next run (its `run` checks that no task folder is left) sweeps the stale ones.
+    sweep.ok(&["true", ":::", "1"]);
+}
