@@ -729,3 +729,23 @@ fn kill_9_leaves_nothing_running_and_the_next_run_sweeps_its_folders() {
     // The next run (its `run` checks that no task folder is left) sweeps the stale ones.
     sweep.ok(&["true", ":::", "1"]);
 }
+
+#[test]
+fn colsep_splits_values_into_columns() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("table.tsv"), "amp\t1k\nbias\t2 V\n").unwrap();
+    let out = sweep.ok(&[
+        "-k",
+        "--colsep",
+        "\\t",
+        "-a",
+        "table.tsv",
+        "echo",
+        "{2}:{1}",
+    ]);
+    assert_eq!(lines(&out), ["1k:amp", "2 V:bias"]);
+    sweep.refuses(
+        &["--colsep", "(", "echo", ":::", "a"],
+        "--colsep `(` is not a regular expression",
+    );
+}

@@ -58,6 +58,17 @@ pub enum RunError {
         "`{{%}}` (the slot running a case) is not supported by parvm run yet; use `{{#}}` (the case number) to tell cases apart"
     )]
     SlotUnsupported,
+    /// A `--colsep` that is not a regular expression.
+    #[error(
+        "--colsep `{pattern}` is not a regular expression; give one such as `,` or `\\t` or `\\s+`"
+    )]
+    Colsep {
+        /// What was given.
+        pattern: String,
+        /// Why it is not one.
+        #[source]
+        source: regex::Error,
+    },
     /// A `--halt` setting not supported.
     #[error(
         "--halt `{given}` is not supported; give `soon,fail=1` (start no new case after a failure) or `never`"

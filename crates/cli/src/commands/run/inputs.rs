@@ -150,6 +150,35 @@ impl Split {
     }
 }
 
+/// `--colsep`: each source becomes one source per column, its values split where
+/// `colsep` matches (a missing column is empty); the columns of a source move together.
+#[must_use]
+pub fn columns(sources: Vec<Source>, colsep: &regex::bytes::Regex) -> Vec<Source> {
+    let mut out = Vec::new();
+    for source in sources {
+        let split: Vec<Vec<&[u8]>> = source
+            .values
+            .iter()
+            .map(|value| colsep.split(value).collect())
+            .collect();
+        let count = split.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        for column in 0..count {
+            out.push(Source {
+                values: split
+                    .iter()
+                    .map(|parts| {
+                        parts
+                            .get(column)
+                            .map_or_else(Vec::new, |part| part.to_vec())
+                    })
+                    .collect(),
+                linked: column > 0 || source.linked,
+            });
+        }
+    }
+    out
+}
+
 /// The lines of `bytes`, without their `\n`; a last line without one counts too.
 fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
@@ -261,6 +290,21 @@ mod tests {
             .read()
             .unwrap();
         assert!(cases(&sources).unwrap_err().to_string().contains("2 and 1"));
+    }
+
+    #[test]
+    fn colsep_makes_linked_columns() {
+        let sources = split(&words("echo ::: a,1 b,2,x ::: p q"), &[])
+            .unwrap()
+            .read()
+            .unwrap();
+        let colsep = regex::bytes::Regex::new(",").unwrap();
+        let sources = columns(sources, &colsep);
+        assert_eq!(sources.len(), 4);
+        assert_eq!(
+            flat(&cases(&sources).unwrap()),
+            ["a,1,,p", "a,1,,q", "b,2,x,p", "b,2,x,q"]
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct Args {
     /// is an input source.
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
     pub arg_files: Vec<PathBuf>,
+    /// Split each input value into columns where REGEX matches; `{1}`, `{2}`, ... are then
+    /// the columns (of the first source, then of the next).
+    #[arg(long, value_name = "REGEX")]
+    pub colsep: Option<String>,
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
     pub copies: Option<usize>,
@@ -173,7 +177,20 @@ pub fn run(args: Args) -> Result<u8, RunError> {
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let sources = split.read()?;
+    let colsep = args
+        .colsep
+        .as_deref()
+        .map(|pattern| {
+            regex::bytes::Regex::new(pattern).map_err(|source| RunError::Colsep {
+                pattern: pattern.to_owned(),
+                source,
+            })
+        })
+        .transpose()?;
+    let mut sources = split.read()?;
+    if let Some(colsep) = &colsep {
+        sources = inputs::columns(sources, colsep);
+    }
     let template = replace::Template::parse(&words, sources.len(), args.quote)?;
     let halt = match args.halt.as_deref() {
         None | Some("never") => false,
