@@ -749,3 +749,18 @@ fn colsep_splits_values_into_columns() {
         "--colsep `(` is not a regular expression",
     );
 }
+
+#[test]
+fn workers_are_started_with_run_alone_so_they_read_no_input() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("cases.txt"), "a\n").unwrap();
+    // The command's parent is its supervisor, a fork of the worker: same command line.
+    let out = sweep.ok(&[
+        "-a",
+        "cases.txt",
+        "--joblog",
+        "jl",
+        "tr '\\0' ' ' < /proc/$PPID/cmdline; : {}",
+    ]);
+    assert_eq!(out, format!("{} run ", env!("CARGO_BIN_EXE_parvm")));
+}
