@@ -385,6 +385,10 @@ fn bad_input_is_refused_with_a_clear_error() {
         &["--timeout", "soon", "echo", ":::", "a"],
         "--timeout `soon`",
     );
+    sweep.refuses(
+        &["--json", "echo", ":::", "a"],
+        "--json` is not available yet",
+    );
     assert!(!sweep.shared.join("r").exists());
 }
 
