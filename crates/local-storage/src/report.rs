@@ -36,7 +36,7 @@ pub enum FolderState {
     Trash,
 }
 
-/// One entry of the per-user folder, as [`LocalStorage::list`] sees it.
+/// One entry of the per-user folder, as [`LocalStorage::list`](crate::LocalStorage::list) sees it.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct FolderInfo {
@@ -71,7 +71,7 @@ pub struct Failure {
     pub error: String,
 }
 
-/// What [`LocalStorage::sweep`] or [`LocalStorage::clear`] did.
+/// What [`LocalStorage::sweep`](crate::LocalStorage::sweep) or [`LocalStorage::clear`](crate::LocalStorage::clear) did.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct SweepReport {
