@@ -7,8 +7,17 @@ use crate::{cargo, transport_arg};
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("bench what? mirror, spawn, messaging or dispatch");
+        bail!("bench what? mirror, spawn, messaging, dispatch or run");
     };
+    if what == "run" {
+        // The CLI against shell baselines: no package bench, the release binary itself.
+        if let Some(extra) = rest.first() {
+            bail!(
+                "bench run takes no options, not `{extra}`; set PARVM_BENCH_DIR to choose its scratch folder"
+            );
+        }
+        return crate::bench_run::run();
+    }
     let transport = transport_arg(rest)?;
     let (package, bench, features): (&str, &str, &[&str]) =
         match (what.as_str(), transport.as_str()) {
@@ -25,7 +34,7 @@ pub fn run(args: &[String]) -> Result<()> {
             ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
             ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
             (other, _) => {
-                bail!("unknown benchmark `{other}`; use mirror, spawn, messaging or dispatch")
+                bail!("unknown benchmark `{other}`; use mirror, spawn, messaging, dispatch or run")
             }
         };
     let passthrough: Vec<&String> = rest

@@ -1,6 +1,7 @@
 //! parvm automation: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench <what>`.
 
 mod bench;
+mod bench_run;
 mod demo;
 mod test;
 
@@ -21,6 +22,9 @@ commands:
   bench mirror                   mirroring against cp -a, on tmpfs and on disk
   bench spawn [--transport T]    no-op spawn round trip and VM start-up
   bench messaging [--transport T] ping-pong latency and throughput against a raw baseline
+  bench dispatch [--transport T] jobs/s against the spawn loop
+  bench run                      parvm run (release) against xargs -P and GNU parallel (installed
+                                 when missing), and against cp -a per case on a mirrored folder
 ";
 
 fn main() -> Result<()> {

@@ -1,0 +1,407 @@
+//! `cargo xtask bench run`: the `parvm` binary's sweeps against what users run by hand, in
+//! the same run on the same machine: 2 000 cases of `true` against `xargs -P` and GNU
+//! parallel, and 200 cases over a mirrored 2 000-file input folder against `cp -a` per case
+//! under `xargs -P`.
+//!
+//! It drives the release binary from the outside, like a user, so it must not know the
+//! CLI's internals: only its command line and the storage variables.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, exec, nix_is_root, on_path, target_dir};
+
+/// Worker slots (`-j`, `-P`) of every contender: the reference machine has 2 cores.
+const JOBS: usize = 2;
+/// Cases of `true` in part (a).
+const TRUE_CASES: usize = 2000;
+/// Cases over the mirrored input folder in part (b).
+const MIRROR_CASES: usize = 200;
+/// Files in the mirrored input folder, and the size of each.
+const INPUT_FILES: usize = 2000;
+const INPUT_FILE_BYTES: usize = 4096;
+/// Each measurement is repeated this many times; the median is reported.
+const REPEATS: usize = 3;
+
+/// Entry point of `cargo xtask bench run`.
+pub fn run() -> Result<()> {
+    exec(cargo().args(["build", "--release", "-p", "parvm-cli"]))?;
+    let parvm = target_dir().join("release").join("parvm");
+    if !parvm.is_file() {
+        bail!(
+            "the release build left no binary at {}; run `cargo build --release -p parvm-cli` and look at its output",
+            parvm.display()
+        );
+    }
+    let parallel = gnu_parallel();
+
+    // The scratch folder holds the mirrored storage, the local storage and the baseline's
+    // case folders, all on the same file system so parvm and `cp -a` copy alike.
+    let base = std::env::var_os("PARVM_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::Builder::new()
+        .prefix("parvm-bench-run-")
+        .tempdir_in(&base)
+        .with_context(|| {
+            format!(
+                "cannot make a scratch folder in {}; set PARVM_BENCH_DIR to a writable folder",
+                base.display()
+            )
+        })?;
+    let bench = Bench::new(parvm, scratch.path())?;
+    println!(
+        "bench run: {} on {} ({JOBS} jobs, median of {REPEATS})",
+        bench.parvm.display(),
+        scratch.path().display()
+    );
+
+    bench.true_cases(parallel.as_deref())?;
+    bench.mirrored_cases()?;
+    bench.check_local_storage_empty()?;
+
+    let path = scratch.path().to_path_buf();
+    scratch
+        .close()
+        .with_context(|| format!("cannot remove the scratch folder {}", path.display()))?;
+    Ok(())
+}
+
+/// The binary and the folders of one bench run.
+struct Bench {
+    parvm: PathBuf,
+    mirrored: PathBuf,
+    local: PathBuf,
+    baseline: PathBuf,
+}
+
+impl Bench {
+    fn new(parvm: PathBuf, scratch: &Path) -> Result<Self> {
+        let bench = Self {
+            parvm,
+            mirrored: scratch.join("mirrored"),
+            local: scratch.join("local"),
+            baseline: scratch.join("baseline"),
+        };
+        for dir in [&bench.mirrored, &bench.local, &bench.baseline] {
+            fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Ok(bench)
+    }
+
+    /// `parvm run` with the scratch storage, started in the mirrored storage (where `--map`
+    /// sources are found), on the local transport whatever the environment says.
+    fn parvm_run(&self) -> Command {
+        let mut command = Command::new(&self.parvm);
+        command
+            .current_dir(&self.mirrored)
+            .env("PARALLEL_MIRRORED_STORAGE", &self.mirrored)
+            .env("PARALLEL_LOCAL_STORAGE", &self.local)
+            .args(["run", "--transport", "local", "-j"])
+            .arg(JOBS.to_string());
+        command
+    }
+
+    /// (a) 2 000 cases of `true`: the per-case cost of each tool itself.
+    fn true_cases(&self, parallel: Option<&Path>) -> Result<()> {
+        let values = numbers(TRUE_CASES);
+        let stdin = lines(&values);
+        println!("\n(a) {TRUE_CASES} cases of `true`, -j {JOBS}");
+
+        let parvm = median(|| {
+            let mut command = self.parvm_run();
+            command.arg("true").arg(":::").args(&values);
+            timed(&mut command, None)
+        })?;
+        let xargs = median(|| {
+            let mut command = Command::new("xargs");
+            command.args(["-P", &JOBS.to_string(), "-n", "1", "true"]);
+            timed(&mut command, Some(&stdin))
+        })?;
+        let gnu = parallel
+            .map(|parallel| {
+                median(|| {
+                    let mut command = Command::new(parallel);
+                    command
+                        .args(["--will-cite", "-j", &JOBS.to_string(), "true", ":::"])
+                        .args(&values);
+                    timed(&mut command, None)
+                })
+            })
+            .transpose()?;
+
+        print_header();
+        print_row(
+            &format!("parvm run -j {JOBS} true ::: 1..{TRUE_CASES}"),
+            parvm.time,
+            TRUE_CASES,
+        );
+        print_row(
+            &format!("xargs -P {JOBS} -n 1 true"),
+            xargs.time,
+            TRUE_CASES,
+        );
+        if let Some(gnu) = &gnu {
+            print_row(
+                &format!("parallel -j {JOBS} true ::: 1..{TRUE_CASES}"),
+                gnu.time,
+                TRUE_CASES,
+            );
+        }
+        println!(
+            "parvm / xargs -P: {:.2}x (target <= 1.5x)",
+            ratio(parvm.time, xargs.time)
+        );
+        if let Some(gnu) = &gnu {
+            println!(
+                "GNU parallel / parvm: {:.1}x (target >= 10x)",
+                ratio(gnu.time, parvm.time)
+            );
+        }
+        Ok(())
+    }
+
+    /// (b) 200 cases each listing a mirrored 2 000-file folder in its own task folder,
+    /// against copying the folder per case by hand.
+    fn mirrored_cases(&self) -> Result<()> {
+        let inputs = self.mirrored.join("inputs");
+        fs::create_dir(&inputs).with_context(|| format!("cannot create {}", inputs.display()))?;
+        let content = vec![b'x'; INPUT_FILE_BYTES];
+        for index in 0..INPUT_FILES {
+            let file = inputs.join(format!("in-{index:04}.dat"));
+            fs::write(&file, &content)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        let values = numbers(MIRROR_CASES);
+        let stdin = lines(&values);
+        let expected = format!("{INPUT_FILES}\n").repeat(MIRROR_CASES);
+        println!(
+            "\n(b) {MIRROR_CASES} cases over a mirrored folder of {INPUT_FILES} files x {} KiB, -j {JOBS}",
+            INPUT_FILE_BYTES / 1024
+        );
+
+        // `{}` after the comment keeps parvm from appending the value to `wc -l`.
+        let parvm = median(|| {
+            let mut command = self.parvm_run();
+            command
+                .args(["--map", "inputs=inputs", "ls inputs | wc -l # {}", ":::"])
+                .args(&values);
+            timed(&mut command, None)
+        })?;
+        check_output("parvm run", &parvm.stdout, &expected)?;
+
+        // What users write by hand: a copy per case, the command in it, the copy removed.
+        let script = r#"d="$1/case-$2" && mkdir "$d" && cp -a inputs "$d/inputs" && (cd "$d" && ls inputs | wc -l) && rm -rf "$d""#;
+        let baseline = median(|| {
+            let mut command = Command::new("xargs");
+            command
+                .current_dir(&self.mirrored)
+                .args(["-P", &JOBS.to_string(), "-n", "1", "sh", "-c", script, "sh"])
+                .arg(&self.baseline);
+            timed(&mut command, Some(&stdin))
+        })?;
+        check_output("the cp -a baseline", &baseline.stdout, &expected)?;
+
+        print_header();
+        print_row(
+            &format!(
+                "parvm run -j {JOBS} --map inputs=inputs 'ls inputs | wc -l # {{}}' ::: 1..{MIRROR_CASES}"
+            ),
+            parvm.time,
+            MIRROR_CASES,
+        );
+        print_row(
+            &format!("xargs -P {JOBS}: cp -a inputs, ls | wc -l, rm -rf"),
+            baseline.time,
+            MIRROR_CASES,
+        );
+        println!(
+            "parvm / cp -a baseline: {:.2}x",
+            ratio(parvm.time, baseline.time)
+        );
+        Ok(())
+    }
+
+    /// Every task folder is gone: at most the empty per-user folder `parvm-<user>` is left.
+    fn check_local_storage_empty(&self) -> Result<()> {
+        let mut left = Vec::new();
+        for entry in read_dir(&self.local)? {
+            let is_user_folder = entry.file_name().to_string_lossy().starts_with("parvm-")
+                && entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if !is_user_folder {
+                left.push(entry.path());
+                continue;
+            }
+            left.extend(read_dir(&entry.path())?.iter().map(fs::DirEntry::path));
+        }
+        if !left.is_empty() {
+            bail!(
+                "parvm left {} entries in local storage {}: {:?}; a task folder leaked, look at `parvm storage` there",
+                left.len(),
+                self.local.display(),
+                left
+            );
+        }
+        println!("\nlocal storage {} is empty", self.local.display());
+        Ok(())
+    }
+}
+
+/// GNU parallel's path, installed with apt-get when missing and possible; `None` (with the
+/// reason printed) when it is not there.
+fn gnu_parallel() -> Option<PathBuf> {
+    if !on_path("parallel") {
+        if !nix_is_root() {
+            println!("GNU parallel: skipped, `parallel` is not on PATH and installing needs root");
+            return None;
+        }
+        if !on_path("apt-get") {
+            println!("GNU parallel: skipped, `parallel` is not on PATH and there is no apt-get");
+            return None;
+        }
+        println!("GNU parallel: not on PATH, installing it with apt-get");
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "parallel"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        // A fresh image may have no package lists yet: update once and retry.
+        let installed = install()
+            || (Command::new("apt-get")
+                .arg("update")
+                .status()
+                .is_ok_and(|status| status.success())
+                && install());
+        if !installed || !on_path("parallel") {
+            println!("GNU parallel: skipped, `apt-get install -y parallel` failed");
+            return None;
+        }
+    }
+    // moreutils ships another `parallel`; only GNU parallel is the baseline.
+    let version = Command::new("parallel")
+        .args(["--will-cite", "--version"])
+        .stdin(Stdio::null())
+        .output();
+    match version {
+        Ok(output) if String::from_utf8_lossy(&output.stdout).contains("GNU parallel") => {
+            Some(PathBuf::from("parallel"))
+        }
+        _ => {
+            println!("GNU parallel: skipped, the `parallel` on PATH is not GNU parallel");
+            None
+        }
+    }
+}
+
+/// One timed run of a command.
+struct Measured {
+    time: Duration,
+    stdout: Vec<u8>,
+}
+
+/// Runs a command to completion with `stdin` fed in, timing it; fails when it fails.
+fn timed(command: &mut Command, stdin: Option<&[u8]>) -> Result<Measured> {
+    let description = format!("{command:?}");
+    // The 2 000 values would bury the error: the start of the command line is enough.
+    let description: String = description.chars().take(200).collect();
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {description}"))?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(bytes)
+            .with_context(|| format!("cannot feed the input of {description}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("cannot wait for {description}"))?;
+    let time = start.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{description} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(Measured {
+        time,
+        stdout: output.stdout,
+    })
+}
+
+/// The run with the median time of [`REPEATS`] runs.
+fn median(mut measure: impl FnMut() -> Result<Measured>) -> Result<Measured> {
+    let mut runs = (0..REPEATS)
+        .map(|_| measure())
+        .collect::<Result<Vec<_>>>()?;
+    runs.sort_by_key(|run| run.time);
+    let middle = runs.len() / 2;
+    Ok(runs.swap_remove(middle))
+}
+
+/// Fails unless a contender printed what every case should print, so a broken run is not
+/// reported as a fast one.
+fn check_output(who: &str, stdout: &[u8], expected: &str) -> Result<()> {
+    if stdout != expected.as_bytes() {
+        let got = String::from_utf8_lossy(stdout);
+        bail!(
+            "{who} printed {} lines, not {MIRROR_CASES} lines of `{INPUT_FILES}`: {:?}; run its command by hand to see why",
+            got.lines().count(),
+            got.chars().take(200).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("cannot list {}", dir.display()))
+}
+
+fn numbers(count: usize) -> Vec<String> {
+    (1..=count).map(|n| n.to_string()).collect()
+}
+
+fn lines(values: &[String]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|v| [v.as_bytes(), b"\n"])
+        .flatten()
+        .copied()
+        .collect()
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn print_header() {
+    println!("{:<72} {:>10} {:>14}", "command", "wall", "per case");
+}
+
+/// A row: wall time, and the per-case overhead as time / cases x jobs (the time one slot
+/// spends on each case).
+fn print_row(what: &str, time: Duration, cases: usize) {
+    let per_case = time.as_secs_f64() / cases as f64 * JOBS as f64;
+    println!(
+        "{what:<72} {:>8.3} s {:>11.3} ms",
+        time.as_secs_f64(),
+        per_case * 1e3
+    );
+}
