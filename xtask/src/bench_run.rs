@@ -185,11 +185,13 @@ impl Bench {
             INPUT_FILE_BYTES / 1024
         );
 
-        // `{}` after the comment keeps parvm from appending the value to `wc -l`.
+        // DST is the folder SRC is mirrored into, so `inputs=.` gives the task `inputs/`
+        // (`inputs=inputs` would give `inputs/inputs/`). `{}` after the comment keeps parvm
+        // from appending the value to `wc -l`.
         let parvm = median(|| {
             let mut command = self.parvm_run();
             command
-                .args(["--map", "inputs=inputs", "ls inputs | wc -l # {}", ":::"])
+                .args(["--map", "inputs=.", "ls inputs | wc -l # {}", ":::"])
                 .args(&values);
             timed(&mut command, None)
         })?;
@@ -210,7 +212,7 @@ impl Bench {
         print_header();
         print_row(
             &format!(
-                "parvm run -j {JOBS} --map inputs=inputs 'ls inputs | wc -l # {{}}' ::: 1..{MIRROR_CASES}"
+                "parvm run -j {JOBS} --map inputs=. 'ls inputs | wc -l # {{}}' ::: 1..{MIRROR_CASES}"
             ),
             parvm.time,
             MIRROR_CASES,
@@ -267,7 +269,7 @@ fn gnu_parallel() -> Option<PathBuf> {
         println!("GNU parallel: not on PATH, installing it with apt-get");
         let install = || {
             Command::new("apt-get")
-                .args(["install", "-y", "parallel"])
+                .args(["install", "-y", "--no-install-recommends", "parallel"])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .is_ok_and(|status| status.success())
