@@ -163,6 +163,23 @@ fn every_replacement_string_and_one_used_twice() {
 }
 
 #[test]
+fn slot_is_the_worker_each_case_runs_on() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["-j", "2", "echo", "{#}", "{%}", ":::", "a", "b", "c", "d"]);
+    let mut cases = Vec::new();
+    for line in lines(&out) {
+        let (case, slot) = line.split_once(' ').expect("`case slot` lines");
+        assert!(
+            ["1", "2"].contains(&slot),
+            "slots are 1 and 2 with -j 2: {line:?}"
+        );
+        cases.push(case.to_owned());
+    }
+    cases.sort();
+    assert_eq!(cases, ["1", "2", "3", "4"]);
+}
+
+#[test]
 fn special_characters_arrive_exactly() {
     let sweep = Sweep::new();
     let values: [&[u8]; 7] = [
