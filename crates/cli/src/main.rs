@@ -54,14 +54,8 @@ fn main() -> std::process::ExitCode {
         Err(error) => error.exit(),
     };
     let outcome = match cli.command {
-        Command::Run(_) if cli.json => {
-            // Refused rather than ignored: a script asking for JSON must not parse text.
-            eprintln!(
-                "error: `parvm run --json` is not available yet; use `--joblog FILE` for one tab-separated record per case, or `--results DIR` for each case's output and exit status"
-            );
-            return std::process::ExitCode::from(255);
-        }
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            args.json = cli.json;
             // GNU parallel's exit status: failed cases, or 255 when the run itself failed.
             return match commands::run::run(args) {
                 Ok(failed) => std::process::ExitCode::from(failed),
