@@ -822,3 +822,76 @@ fn workers_are_started_with_run_alone_so_they_read_no_input() {
     ]);
     assert_eq!(out, format!("{} run ", env!("CARGO_BIN_EXE_parvm")));
 }
+
+/// `mpirun -n 3 parvm run ...`: rank 0 runs the sweep, ranks 1 and 2 are its workers.
+#[cfg(feature = "mpi")]
+#[test]
+fn the_same_sweep_runs_under_mpirun() {
+    use std::time::{Duration, Instant};
+
+    use parvm_test_support::mpirun::{Mpirun, skip_without_mpirun};
+
+    let Some(mpirun) = skip_without_mpirun() else {
+        return;
+    };
+    let sweep = Sweep::new();
+    let log = sweep.shared.join("mpi.log");
+    let mut args: Vec<String> = ["-n", "3", "-wdir"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push(sweep.shared.display().to_string());
+    for (name, value) in [
+        ("PARALLEL_MIRRORED_STORAGE", &sweep.shared),
+        ("PARALLEL_LOCAL_STORAGE", &sweep.local),
+    ] {
+        args.push("-x".to_owned());
+        args.push(format!("{name}={}", value.display()));
+    }
+    args.push(env!("CARGO_BIN_EXE_parvm").to_owned());
+    for word in [
+        "run",
+        "-k",
+        "--joblog",
+        &log.display().to_string(),
+        "echo",
+        "case",
+        "{#}",
+        "{%}",
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+    ] {
+        args.push(word.to_owned());
+    }
+    let run = Mpirun::run(
+        &mpirun,
+        &args,
+        &[],
+        Instant::now() + Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{}", run.all());
+    let cases: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("case "))
+        .collect();
+    assert_eq!(cases.len(), 4, "{}", run.all());
+    for (i, line) in cases.iter().enumerate() {
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            words[1],
+            (i + 1).to_string(),
+            "-k keeps input order: {line}"
+        );
+        assert!(
+            ["1", "2"].contains(&words[2]),
+            "slots are the worker ranks 1 and 2: {line}"
+        );
+    }
+    let joblog = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(joblog.lines().count(), 5, "{joblog}");
+    sweep.assert_no_task_folder_left();
+}
