@@ -56,8 +56,10 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
             "parvm-transport",
             "-p",
             "parvm-vm",
+            "-p",
+            "parvm-cli",
             "--features",
-            "parvm-transport/mpi,parvm-vm/mpi",
+            "parvm-transport/mpi,parvm-vm/mpi,parvm-cli/mpi",
         ]))?;
     }
     Ok(())

@@ -32,6 +32,16 @@ enum Command {
     /// Run a command for every case of its inputs, each in its own task folder, with GNU
     /// parallel's conventions (`parvm run echo {} ::: a b c`).
     Run(commands::run::Args),
+    /// Print a shell completion script: `parvm completions bash > ~/.local/share/bash-completion/completions/parvm`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of parvm, or of one subcommand: `parvm man run | man -l -`.
+    Man {
+        /// The subcommand (`run`, `worker`, ...); default: parvm itself.
+        subcommand: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,14 +64,8 @@ fn main() -> std::process::ExitCode {
         Err(error) => error.exit(),
     };
     let outcome = match cli.command {
-        Command::Run(_) if cli.json => {
-            // Refused rather than ignored: a script asking for JSON must not parse text.
-            eprintln!(
-                "error: `parvm run --json` is not available yet; use `--joblog FILE` for one tab-separated record per case, or `--results DIR` for each case's output and exit status"
-            );
-            return std::process::ExitCode::from(255);
-        }
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            args.json = cli.json;
             // GNU parallel's exit status: failed cases, or 255 when the run itself failed.
             return match commands::run::run(args) {
                 Ok(failed) => std::process::ExitCode::from(failed),
@@ -75,6 +79,12 @@ fn main() -> std::process::ExitCode {
         Command::Mirror(args) => commands::mirror::run(&args, cli.json),
         Command::Storage { action } => commands::storage::run(&action, cli.json),
         Command::Worker(args) => commands::worker::run(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "parvm", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { subcommand } => man_page(subcommand.as_deref()),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -83,6 +93,37 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the manual page of parvm, or of `subcommand`, from the same definitions as
+/// `--help`.
+fn man_page(subcommand: Option<&str>) -> anyhow::Result<()> {
+    let parvm = <Cli as clap::CommandFactory>::command();
+    let man = match subcommand {
+        None => clap_mangen::Man::new(parvm),
+        Some(name) => {
+            let Some(sub) = parvm.find_subcommand(name) else {
+                let names: Vec<&str> = parvm
+                    .get_subcommands()
+                    .map(clap::Command::get_name)
+                    .collect();
+                anyhow::bail!(
+                    "`{name}` is not a parvm subcommand; give one of {}",
+                    names.join(", ")
+                );
+            };
+            clap_mangen::Man::new(
+                sub.clone()
+                    .bin_name(format!("parvm {name}"))
+                    .display_name(format!("parvm-{name}")),
+            )
+            .title(format!("parvm-{name}"))
+        }
+    };
+    let mut out = Vec::new();
+    man.render(&mut out)?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(())
 }
 
 /// Whether this process was started as `parvm run ...`.

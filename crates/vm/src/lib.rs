@@ -74,4 +74,4 @@ pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
 pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::Worker;
+pub use worker::{TASK_ID_VAR, TASK_SLOT_VAR, Worker};

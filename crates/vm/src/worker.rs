@@ -20,6 +20,14 @@ use crate::task_folder::TaskFolders;
 use crate::wire::{self, FromWorker, Job, SpawnRequest, ToWorker};
 use crate::{Error, TaskId, Tasks};
 
+/// Set for every command task: the slot (worker rank) it runs on, as `parvm run`'s `{%}`
+/// gives it. A replacement worker has a new slot number.
+pub const TASK_SLOT_VAR: &str = "PARVM_TASK_SLOT";
+
+/// Set for every command task: its task id, `slot:number`, as [`TaskContext::task_id`]
+/// shows it.
+pub const TASK_ID_VAR: &str = "PARVM_TASK_ID";
+
 /// How often a worker waiting for a command looks for a finalize or the spawner's loss.
 const COMMAND_CHECK: Duration = Duration::from_millis(50);
 
@@ -325,6 +333,10 @@ impl Run<'_> {
             command.env_remove(var);
         }
         command.env_remove(parvm_env_config::CONNECT_VAR);
+        // What a task function learns from its `TaskContext`, a command learns from these.
+        command
+            .env(TASK_SLOT_VAR, id.slot.to_string())
+            .env(TASK_ID_VAR, id.to_string());
         if let Some(dir) = ctx.dir {
             command.current_dir(dir);
         }

@@ -1,5 +1,6 @@
 //! Integration tests of the `parvm` command-line tool: the real binary on real temp trees.
 
+mod help;
 mod run;
 mod storage;
 mod worker;

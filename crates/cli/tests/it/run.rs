@@ -163,6 +163,64 @@ fn every_replacement_string_and_one_used_twice() {
 }
 
 #[test]
+fn json_prints_one_record_per_case() {
+    let sweep = Sweep::new();
+    let out = sweep.status(
+        1,
+        &[
+            "--json",
+            "-k",
+            "sh",
+            "-c",
+            "'echo hidden; exit {}'",
+            ":::",
+            "0",
+            "3",
+        ],
+    );
+    let records: Vec<serde_json::Value> = lines(&out)
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("a JSON line per case"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["case"], 1);
+    assert_eq!(records[0]["outcome"], "success");
+    assert_eq!(records[0]["exit"], 0);
+    assert_eq!(records[1]["case"], 2);
+    assert_eq!(records[1]["outcome"], "failed");
+    assert_eq!(records[1]["exit"], 3);
+    for record in &records {
+        assert!(
+            record["host"].is_string() && record["slot"].is_u64(),
+            "{record}"
+        );
+        assert!(
+            record["seconds"].is_f64() && record["mirrored"].is_u64(),
+            "{record}"
+        );
+        assert!(record["returned"].is_u64(), "{record}");
+    }
+    // Every line parsed as a record: the cases' own output (`hidden`) is not printed.
+}
+
+#[test]
+fn slot_is_the_worker_each_case_runs_on() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["-j", "2", "echo", "{#}", "{%}", ":::", "a", "b", "c", "d"]);
+    let mut cases = Vec::new();
+    for line in lines(&out) {
+        let (case, slot) = line.split_once(' ').expect("`case slot` lines");
+        assert!(
+            ["1", "2"].contains(&slot),
+            "slots are 1 and 2 with -j 2: {line:?}"
+        );
+        cases.push(case.to_owned());
+    }
+    cases.sort();
+    assert_eq!(cases, ["1", "2", "3", "4"]);
+}
+
+#[test]
 fn special_characters_arrive_exactly() {
     let sweep = Sweep::new();
     let values: [&[u8]; 7] = [
@@ -384,10 +442,6 @@ fn bad_input_is_refused_with_a_clear_error() {
     sweep.refuses(
         &["--timeout", "soon", "echo", ":::", "a"],
         "--timeout `soon`",
-    );
-    sweep.refuses(
-        &["--json", "echo", ":::", "a"],
-        "--json` is not available yet",
     );
     assert!(!sweep.shared.join("r").exists());
 }
@@ -767,4 +821,77 @@ fn workers_are_started_with_run_alone_so_they_read_no_input() {
         "tr '\\0' ' ' < /proc/$PPID/cmdline; : {}",
     ]);
     assert_eq!(out, format!("{} run ", env!("CARGO_BIN_EXE_parvm")));
+}
+
+/// `mpirun -n 3 parvm run ...`: rank 0 runs the sweep, ranks 1 and 2 are its workers.
+#[cfg(feature = "mpi")]
+#[test]
+fn the_same_sweep_runs_under_mpirun() {
+    use std::time::{Duration, Instant};
+
+    use parvm_test_support::mpirun::{Mpirun, skip_without_mpirun};
+
+    let Some(mpirun) = skip_without_mpirun() else {
+        return;
+    };
+    let sweep = Sweep::new();
+    let log = sweep.shared.join("mpi.log");
+    let mut args: Vec<String> = ["-n", "3", "-wdir"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push(sweep.shared.display().to_string());
+    for (name, value) in [
+        ("PARALLEL_MIRRORED_STORAGE", &sweep.shared),
+        ("PARALLEL_LOCAL_STORAGE", &sweep.local),
+    ] {
+        args.push("-x".to_owned());
+        args.push(format!("{name}={}", value.display()));
+    }
+    args.push(env!("CARGO_BIN_EXE_parvm").to_owned());
+    for word in [
+        "run",
+        "-k",
+        "--joblog",
+        &log.display().to_string(),
+        "echo",
+        "case",
+        "{#}",
+        "{%}",
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+    ] {
+        args.push(word.to_owned());
+    }
+    let run = Mpirun::run(
+        &mpirun,
+        &args,
+        &[],
+        Instant::now() + Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{}", run.all());
+    let cases: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("case "))
+        .collect();
+    assert_eq!(cases.len(), 4, "{}", run.all());
+    for (i, line) in cases.iter().enumerate() {
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            words[1],
+            (i + 1).to_string(),
+            "-k keeps input order: {line}"
+        );
+        assert!(
+            ["1", "2"].contains(&words[2]),
+            "slots are the worker ranks 1 and 2: {line}"
+        );
+    }
+    let joblog = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(joblog.lines().count(), 5, "{joblog}");
+    sweep.assert_no_task_folder_left();
 }

@@ -63,22 +63,29 @@ impl JobOutcome {
         command: bool,
     ) -> JobOutcome {
         match value {
-            Some(Ok(value)) if !failed => {
-                if !command {
-                    return JobOutcome::Value(value);
-                }
-                match value.decode::<CommandStatus>() {
-                    Ok(status) if status.success() => JobOutcome::Command(status),
-                    Ok(status) => JobOutcome::Failed {
-                        reason: format!("the command ended with {status}"),
-                        status: Some(status),
+            Some(Ok(value)) if !failed && !command => JobOutcome::Value(value),
+            // A command's status is kept even when its end failed for another reason
+            // (returning its files), so its exit code is never lost; its own failure
+            // comes first in the reason.
+            Some(Ok(value)) if command => match value.decode::<CommandStatus>() {
+                Ok(status) if status.success() && !failed => JobOutcome::Command(status),
+                Ok(status) if status.success() => JobOutcome::Failed {
+                    reason,
+                    status: Some(status),
+                },
+                Ok(status) => JobOutcome::Failed {
+                    reason: if failed {
+                        format!("the command ended with {status}; {reason}")
+                    } else {
+                        format!("the command ended with {status}")
                     },
-                    Err(e) => JobOutcome::Failed {
-                        reason: e.to_string(),
-                        status: None,
-                    },
-                }
-            }
+                    status: Some(status),
+                },
+                Err(e) => JobOutcome::Failed {
+                    reason: e.to_string(),
+                    status: None,
+                },
+            },
             Some(Err(failure)) => JobOutcome::Failed {
                 reason: failure.message,
                 status: None,
@@ -167,5 +174,51 @@ impl fmt::Display for JobResult {
             write!(f, " on {host} ({task})")?;
         }
         write!(f, ": {} in {:?}", self.outcome, self.elapsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    use super::*;
+    use crate::{Payload, TaskId};
+
+    fn exited(code: i32) -> Value {
+        let status = CommandStatus {
+            code: Some(code),
+            signal: None,
+        };
+        Value {
+            task: TaskId { slot: 1, number: 1 },
+            bytes: Payload::from_vec(rmp_serde::to_vec(&status).unwrap()),
+            returns: Some((
+                TypeId::of::<CommandStatus>(),
+                std::any::type_name::<CommandStatus>(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_command_keeps_its_exit_code_when_returning_its_files_fails_too() {
+        let returning = "return pattern `r.txt` names no file".to_owned();
+        let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(1))), true);
+        let JobOutcome::Failed { reason, status } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(status.and_then(|s| s.code), Some(1));
+        assert!(reason.starts_with("the command ended with"), "{reason}");
+        assert!(reason.ends_with(&returning), "{reason}");
+        // A command that succeeded but whose files could not come back: failed, code 0.
+        let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(0))), true);
+        let JobOutcome::Failed { reason, status } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(status.and_then(|s| s.code), Some(0));
+        assert_eq!(reason, returning);
+        assert!(matches!(
+            JobOutcome::of_end(false, String::new(), Some(Ok(exited(0))), true),
+            JobOutcome::Command(_)
+        ));
     }
 }

@@ -76,6 +76,7 @@ mod capture {
     process_suite!(
         captured_output_arrives_before_the_exit,
         captured_output_past_the_memory_bound_spills_and_arrives_whole,
+        a_command_knows_its_task_id_and_slot,
     );
 }
 
@@ -414,6 +415,25 @@ fn captured_output_arrives_before_the_exit(backend: Backend) {
     assert_eq!(stdout.len(), 14);
     assert_eq!(stdout.path(), None);
     assert_eq!(stderr.read_to_vec().unwrap(), b"oops\n");
+}
+
+fn a_command_knows_its_task_id_and_slot(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    let script = format!(
+        "echo \"${}\"; echo \"${}\"",
+        parvm_vm::TASK_ID_VAR,
+        parvm_vm::TASK_SLOT_VAR
+    );
+    let task = spawn_one(
+        &vm,
+        Spawn::command("sh").arg("-c").arg(script).capture(true),
+    );
+    let seen = follow(&vm, task);
+    assert_eq!(seen.exit, Some(ExitStatus::Completed));
+    let (stdout, _) = seen.captured.unwrap();
+    let want = format!("{task}\n{}\n", task.slot);
+    assert_eq!(stdout.bytes(), Some(want.as_bytes()));
 }
 
 fn captured_output_past_the_memory_bound_spills_and_arrives_whole(backend: Backend) {

@@ -53,11 +53,6 @@ pub enum RunError {
         /// How many sources there are.
         sources: usize,
     },
-    /// `{%}`, which needs the worker to tell the command its slot.
-    #[error(
-        "`{{%}}` (the slot running a case) is not supported by parvm run yet; use `{{#}}` (the case number) to tell cases apart"
-    )]
-    SlotUnsupported,
     /// A `--colsep` that is not a regular expression.
     #[error(
         "--colsep `{pattern}` is not a regular expression; give one such as `,` or `\\t` or `\\s+`"

@@ -112,6 +112,10 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     pub words: Vec<OsString>,
+    /// `parvm --json`: one JSON record per case on standard output instead of the cases'
+    /// output (set from the global flag).
+    #[arg(skip)]
+    pub json: bool,
 }
 
 /// The first argument of a `parvm run` worker process: the runtime starts workers as this
@@ -379,8 +383,12 @@ fn report<I: Iterator<Item = Job>>(
         swept.reported += 1;
         let at = todo[result.index];
         let number = at + 1;
-        let tag = args.tag.then(|| cases[at].tag.as_slice());
-        bar.suspend(|| output::print(&result, number, tag))?;
+        if args.json {
+            bar.suspend(|| output::print_record(&result, number, &cases[at].line))?;
+        } else {
+            let tag = args.tag.then(|| cases[at].tag.as_slice());
+            bar.suspend(|| output::print(&result, number, tag))?;
+        }
         bar.inc(1);
         if !result.outcome.is_success() {
             *failed += 1;

@@ -28,6 +28,68 @@ pub fn status(outcome: &JobOutcome) -> (i64, i32) {
     }
 }
 
+/// One case as `--json` prints it: a line of JSON.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    case: usize,
+    command: &'a str,
+    /// `success`, `failed`, `timed out`, `lost` or `not run`.
+    outcome: &'static str,
+    /// Why it did not succeed, in words.
+    reason: Option<String>,
+    host: Option<String>,
+    slot: Option<u32>,
+    exit: i64,
+    signal: i32,
+    attempts: u32,
+    seconds: f64,
+    mirrored: u64,
+    returned: u64,
+    returned_files: Vec<String>,
+}
+
+/// Prints one JSON record for the case (`parvm --json run ...`), on one line of standard
+/// output; its output stays in `--results`.
+///
+/// # Errors
+/// Standard output cannot be written.
+pub fn print_record(result: &JobResult, case: usize, command: &str) -> Result<(), RunError> {
+    let (exit, signal) = status(&result.outcome);
+    let (outcome, reason) = match &result.outcome {
+        JobOutcome::Value(_) | JobOutcome::Command(_) => ("success", None),
+        JobOutcome::Failed { reason, .. } => ("failed", Some(reason.clone())),
+        JobOutcome::TimedOut { .. } => ("timed out", Some(result.outcome.to_string())),
+        JobOutcome::Lost { reason } => ("lost", Some(reason.clone())),
+        JobOutcome::NotRun => ("not run", None),
+        _ => ("failed", Some(result.outcome.to_string())),
+    };
+    let record = Record {
+        case,
+        command,
+        outcome,
+        reason,
+        host: result.host.as_ref().map(ToString::to_string),
+        slot: result.task.map(|task| task.slot),
+        exit,
+        signal,
+        attempts: result.attempts,
+        seconds: result.elapsed.as_secs_f64(),
+        mirrored: result.mirrored,
+        returned: result.returned_bytes,
+        returned_files: result
+            .returned
+            .iter()
+            .map(|path| path.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let fail = |source| RunError::Print { case, source };
+    let line = serde_json::to_string(&record).map_err(|e| fail(io::Error::other(e)))?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(fail)
+}
+
 /// Prints the case's stdout, then its stderr, each whole, so no other case's output comes
 /// between their lines; then a line on stderr when it did not end by itself.
 ///

@@ -30,7 +30,8 @@ enum Piece {
     Value(Edit, Option<usize>),
     /// `{#}`: the case number, from 1.
     Case,
-    /// `{%}`: the slot; refused for now (the worker does not tell a command its slot).
+    /// `{%}`: the slot the case runs on, which the worker gives the command in
+    /// `PARVM_TASK_SLOT`: expanded by the shell on the worker, not here.
     Slot,
 }
 
@@ -88,8 +89,11 @@ impl Template {
             match piece {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Case => out.push_str(&number.to_string()),
-                // `parse` refuses it.
-                Piece::Slot => {}
+                Piece::Slot => {
+                    out.push_str("\"$");
+                    out.push_str(parvm_vm::TASK_SLOT_VAR);
+                    out.push('"');
+                }
                 Piece::Value(edit, Some(index)) => {
                     out.push_str(&quote(&apply(*edit, &values[*index])));
                 }
@@ -123,9 +127,6 @@ fn pieces_of(line: &str, sources: usize) -> Result<Vec<Piece>, RunError> {
         text.push_str(&rest[..open]);
         if !text.is_empty() {
             pieces.push(Piece::Text(std::mem::take(&mut text)));
-        }
-        if piece == Piece::Slot {
-            return Err(RunError::SlotUnsupported);
         }
         if let Piece::Value(_, index) = piece {
             if sources == 0 {
@@ -247,9 +248,14 @@ mod tests {
         let words = vec!["echo".to_owned(), "{3}".to_owned()];
         let error = Template::parse(&words, 2, false).unwrap_err().to_string();
         assert!(error.contains("{3}") && error.contains("only 2"), "{error}");
+        // {%} is left to the worker's shell, which knows the slot.
         let words = vec!["echo".to_owned(), "{%}".to_owned()];
-        let error = Template::parse(&words, 1, false).unwrap_err().to_string();
-        assert!(error.contains("{%}"), "{error}");
+        assert_eq!(
+            Template::parse(&words, 1, false)
+                .unwrap()
+                .fill(1, &[b"a".to_vec()]),
+            "echo \"$PARVM_TASK_SLOT\""
+        );
         // {#} needs no inputs, and nothing is appended without them.
         let words = vec!["echo".to_owned(), "{#}".to_owned()];
         assert_eq!(
