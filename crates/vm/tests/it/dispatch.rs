@@ -11,32 +11,6 @@ use parvm_vm::{Job, JobOutcome, JobResult, Spawn};
 
 use crate::harness::{Backend, Harness, collect};
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
-        }
-        mod local {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
 suite!(
     results_come_in_job_order,
     unordered_gives_every_job_once,
