@@ -3,6 +3,7 @@
 mod bench;
 mod bench_run;
 mod demo;
+mod install;
 mod test;
 
 use std::path::{Path, PathBuf};
