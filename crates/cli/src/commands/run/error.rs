@@ -64,13 +64,15 @@ pub enum RunError {
         #[source]
         source: regex::Error,
     },
-    /// A `--halt` setting not supported.
+    /// A `--halt` setting that cannot be read.
     #[error(
-        "--halt `{given}` is not supported; give `soon,fail=1` (start no new case after a failure) or `never`"
+        "--halt `{given}` is not a halt setting ({reason}); give `never` or WHEN,WHY=COUNT: WHEN `soon` or `now`, WHY `fail`, `success` or `done`, COUNT a number of cases or `P%` of them, e.g. `now,fail=1` or `soon,fail=10%`"
     )]
     Halt {
         /// What was given.
         given: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// `-n` together with inputs.
     #[error(

@@ -6,6 +6,7 @@
 //! (the command line of a case), `output` (printing and `--results`) and `joblog`.
 
 mod error;
+mod halt;
 mod inputs;
 mod interrupt;
 mod joblog;
@@ -13,6 +14,7 @@ mod output;
 mod quote;
 mod replace;
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,9 +90,12 @@ pub struct Args {
     /// instead of the shell (replacement strings still work inside them).
     #[arg(short = 'q', long = "quote")]
     pub quote: bool,
-    /// `soon,fail=1`: after the first case that fails for good, start no new case (running
-    /// ones finish; the others are reported not run and counted as failed).
-    #[arg(long, value_name = "WHEN")]
+    /// Stop the run early: WHEN is `soon` (start no new case; running ones finish) or
+    /// `now` (stop the running ones too), once COUNT cases (a number, or `P%` of the
+    /// run's cases) failed (`fail`), succeeded (`success`) or ended (`done`); e.g.
+    /// `now,fail=1`, `soon,fail=10%`, `now,success=1`. Cases not run count as failed and
+    /// stay out of the joblog. Default: `never`.
+    #[arg(long, value_name = "WHEN,WHY=COUNT")]
     pub halt: Option<String>,
     /// Keep each worker's task folder for its next case (mirrored inputs are copied again
     /// only when they changed); removed at the end of the run.
@@ -196,15 +201,12 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         sources = inputs::columns(sources, colsep);
     }
     let template = replace::Template::parse(&words, sources.len(), args.quote)?;
-    let halt = match args.halt.as_deref() {
-        None | Some("never") => false,
-        Some("soon,fail=1") => true,
-        Some(other) => {
-            return Err(RunError::Halt {
-                given: other.to_owned(),
-            });
-        }
-    };
+    let halt = args
+        .halt
+        .as_deref()
+        .map(halt::Halt::parse)
+        .transpose()?
+        .flatten();
     let values = if sources.is_empty() {
         vec![Vec::new(); args.copies.unwrap_or(1)]
     } else {
@@ -261,14 +263,14 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     if swept.interrupted {
         return Ok(130);
     }
-    Ok(u8::try_from(swept.failed.min(101)).unwrap_or(101))
+    Ok(swept.status)
 }
 
 /// What `run` checked and made, for `sweep`.
 struct Settings<'a> {
     maps: &'a [(&'a str, &'a str)],
     timeout: Option<Duration>,
-    halt: bool,
+    halt: Option<halt::Halt>,
     results: Option<&'a output::Results>,
 }
 
@@ -303,14 +305,19 @@ fn sweep(
         vm = vm.mirror(*src, *dst);
     }
     let vm = vm.build().map_err(RunError::Vm)?;
-    let jobs = todo.iter().map(|&at| &cases[at]).map(|case| {
+    // A halt ends the sequence too, so the cases after the window are never pulled.
+    let halted = Cell::new(false);
+    let jobs = todo.iter().map(|&at| &cases[at]).map_while(|case| {
+        if halted.get() {
+            return None;
+        }
         let mut job = Job::command("sh")
             .args(["-c", case.line.as_str()])
             .capture(true);
         for pattern in &args.returns {
             job = job.returning(pattern.as_str());
         }
-        job
+        Some(job)
     });
     let mut dispatch = vm.dispatch(jobs).retries(args.retries);
     if !args.keep_order {
@@ -319,9 +326,6 @@ fn sweep(
     if let Some(limit) = timeout {
         dispatch = dispatch.timeout(limit);
     }
-    if settings.halt {
-        dispatch = dispatch.halt_on_error();
-    }
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
     }
@@ -329,7 +333,16 @@ fn sweep(
     let done = AtomicBool::new(false);
     let swept = std::thread::scope(|scope| {
         scope.spawn(|| interrupt.watch(&vm, &done));
-        let swept = report(args, cases, todo, results, joblog, dispatch, &interrupt);
+        let sweep = Reporting {
+            args,
+            cases,
+            todo,
+            results,
+            halt: settings.halt,
+            halted: &halted,
+            interrupt: &interrupt,
+        };
+        let swept = sweep.report(joblog, dispatch);
         done.store(true, Ordering::SeqCst);
         swept
     })?;
@@ -352,88 +365,147 @@ struct Swept {
     reported: usize,
     /// Whether SIGINT or SIGTERM stopped it.
     interrupted: bool,
+    /// The exit status, when no signal stopped it.
+    status: u8,
 }
 
-/// Prints, keeps and logs each result as it comes; stops taking results after a signal
-/// (dropping the dispatch stops what still runs).
-fn report<I: Iterator<Item = Job>>(
-    args: &Args,
-    cases: &[Case],
-    todo: &[usize],
-    results: Option<&output::Results>,
-    mut joblog: Option<&mut joblog::Joblog>,
-    dispatch: parvm_vm::Dispatch<'_, I>,
-    interrupt: &interrupt::Interrupt,
-) -> Result<Swept, RunError> {
-    let mut swept = Swept {
-        failed: 0,
-        reported: 0,
-        interrupted: false,
-    };
-    let failed = &mut swept.failed;
-    let bar = progress_bar(todo.len());
-    for result in dispatch {
-        let result = match result {
-            Ok(result) => result,
-            // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want of
-            // them, which is the stop that was asked for.
-            Err(_) if interrupt.happened() => break,
-            Err(error) => return Err(RunError::Vm(error)),
+/// What `report` needs besides the dispatch and the joblog.
+struct Reporting<'a> {
+    args: &'a Args,
+    cases: &'a [Case],
+    todo: &'a [usize],
+    results: Option<&'a output::Results>,
+    halt: Option<halt::Halt>,
+    /// Set when the run halts, so the job sequence ends.
+    halted: &'a Cell<bool>,
+    interrupt: &'a interrupt::Interrupt,
+}
+
+impl Reporting<'_> {
+    /// Prints, keeps and logs each result as it comes; halts the dispatch when `--halt`
+    /// says so; stops taking results after a signal (dropping the dispatch stops what
+    /// still runs).
+    fn report<I: Iterator<Item = Job>>(
+        &self,
+        mut joblog: Option<&mut joblog::Joblog>,
+        mut dispatch: parvm_vm::Dispatch<'_, I>,
+    ) -> Result<Swept, RunError> {
+        let (args, cases, todo) = (self.args, self.cases, self.todo);
+        let mut swept = Swept {
+            failed: 0,
+            reported: 0,
+            interrupted: false,
+            status: 0,
         };
-        swept.reported += 1;
-        let at = todo[result.index];
-        let number = at + 1;
-        if args.json {
-            bar.suspend(|| output::print_record(&result, number, &cases[at].line))?;
-        } else {
-            let tag = args.tag.then(|| cases[at].tag.as_slice());
-            bar.suspend(|| output::print(&result, number, tag))?;
-        }
-        bar.inc(1);
-        if !result.outcome.is_success() {
-            *failed += 1;
-        }
-        if let Some(results) = results {
-            results.keep(&result, number)?;
-        }
-        // A case not run is left out of the joblog, so `--resume` runs it.
-        let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
-        if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
+        let mut tally = halt::Tally::default();
+        // The exit code of the case that halted the run, once it halted.
+        let mut halted_by: Option<Option<i64>> = None;
+        let bar = progress_bar(todo.len());
+        while let Some(result) = dispatch.next() {
+            let result = match result {
+                Ok(result) => result,
+                // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want
+                // of them, which is the stop that was asked for.
+                Err(_) if self.interrupt.happened() => break,
+                Err(error) => return Err(RunError::Vm(error)),
+            };
+            swept.reported += 1;
+            let at = todo[result.index];
+            let number = at + 1;
+            if args.json {
+                bar.suspend(|| output::print_record(&result, number, &cases[at].line))?;
+            } else {
+                let tag = args.tag.then(|| cases[at].tag.as_slice());
+                bar.suspend(|| output::print(&result, number, tag))?;
+            }
+            bar.inc(1);
+            let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
             let (exit, signal) = output::status(&result.outcome);
-            let host = result
-                .host
-                .as_ref()
-                .map_or_else(|| ":".to_owned(), ToString::to_string);
-            log.write(&joblog::Entry {
-                seq: number,
-                host: &host,
-                start: SystemTime::now()
-                    .checked_sub(result.elapsed)
-                    .unwrap_or(SystemTime::now()),
-                runtime: result.elapsed,
-                send: result.mirrored,
-                receive: result.returned_bytes,
-                exit,
-                signal,
-                command: &cases[at].line,
-            })?;
+            if result.outcome.is_success() {
+                tally.succeeded += 1;
+            } else {
+                swept.failed += 1;
+                tally.failed += usize::from(ran);
+            }
+            if let Some(results) = self.results {
+                results.keep(&result, number)?;
+            }
+            // A case not run is left out of the joblog, so `--resume` runs it.
+            if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
+                let host = result
+                    .host
+                    .as_ref()
+                    .map_or_else(|| ":".to_owned(), ToString::to_string);
+                log.write(&joblog::Entry {
+                    seq: number,
+                    host: &host,
+                    start: SystemTime::now()
+                        .checked_sub(result.elapsed)
+                        .unwrap_or(SystemTime::now()),
+                    runtime: result.elapsed,
+                    send: result.mirrored,
+                    receive: result.returned_bytes,
+                    exit,
+                    signal,
+                    command: &cases[at].line,
+                })?;
+            }
+            if let Some(halt) = self.halt
+                && halted_by.is_none()
+                && ran
+                && halt.reached(&tally, todo.len())
+            {
+                halted_by = Some(Some(exit).filter(|&code| code > 0));
+                self.halted.set(true);
+                let now = halt.when == halt::When::Now;
+                dispatch.halt(now);
+                bar.suspend(|| {
+                    eprintln!(
+                        "parvm run: --halt {}: {} failed, {} succeeded; starting no new case{}",
+                        args.halt.as_deref().unwrap_or_default(),
+                        tally.failed,
+                        tally.succeeded,
+                        if now {
+                            " and stopping the running ones"
+                        } else {
+                            ", waiting for the running ones"
+                        }
+                    );
+                });
+            }
+            if self.interrupt.happened() {
+                swept.interrupted = true;
+                break;
+            }
         }
-        if interrupt.happened() {
+        bar.finish_and_clear();
+        if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
-            break;
+            eprintln!(
+                "parvm run: stopped by a signal: {} of {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+                swept.reported,
+                todo.len(),
+                swept.failed,
+            );
+            return Ok(swept);
         }
+        swept.status = halt::failed_status(swept.failed);
+        if let (Some(halt), Some(trigger)) = (self.halt, halted_by) {
+            // Cases never pulled after the halt were not reported: they did not run either.
+            let unreported = todo.len().saturating_sub(swept.reported);
+            swept.failed += unreported;
+            swept.status = halt.exit_status(trigger, &tally, swept.failed, todo.len());
+            let not_run = swept.failed - tally.failed;
+            eprintln!(
+                "parvm run: halted by --halt {}: {} of {} cases ran ({} failed), {not_run} not run; the cases not run are not in the joblog, so --resume runs them",
+                self.args.halt.as_deref().unwrap_or_default(),
+                tally.failed + tally.succeeded,
+                todo.len(),
+                tally.failed,
+            );
+        }
+        Ok(swept)
     }
-    bar.finish_and_clear();
-    if swept.interrupted || interrupt.happened() {
-        swept.interrupted = true;
-        eprintln!(
-            "parvm run: stopped by a signal: {} of {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
-            swept.reported,
-            todo.len(),
-            swept.failed,
-        );
-    }
-    Ok(swept)
 }
 
 /// Cases done out of `cases`, with the time left, on standard error; indicatif draws it

@@ -1,0 +1,176 @@
+//! `parvm run` flags end to end, through the real binary: `--halt`, `--timeout P%`,
+//! `--each-host`, replacement strings in `--return`, lazy cases, the progress bar.
+
+use super::run::{Sweep, lines};
+
+/// The joblog rows after the header: (Seq, Exitval, Command).
+fn joblog(sweep: &Sweep, name: &str) -> Vec<(String, String, String)> {
+    let log = std::fs::read_to_string(sweep.shared.join(name)).unwrap();
+    log.lines()
+        .skip(1)
+        .map(|line| {
+            let row: Vec<&str> = line.split('\t').collect();
+            (row[0].to_owned(), row[6].to_owned(), row[8].to_owned())
+        })
+        .collect()
+}
+
+/// A command for `{}` in `::: fail ok wait`-style cases: `ok N` exits N at once, `wait`
+/// blocks until stopped, `fail N` exits N once every `wait` case has started (each
+/// `wait` case touches `<shared>/started-{#}` first), so the failure comes while they run.
+fn behaviour(sweep: &Sweep, waits: usize) -> String {
+    let dir = sweep.shared.display();
+    format!(
+        "v={{}}; set -- $v; case $1 in \
+         ok) exit $2;; \
+         wait) touch {dir}/started-{{#}}; exec sleep 60;; \
+         fail) while [ $(ls {dir} | grep -c '^started-') -lt {waits} ]; do sleep 0.01; done; exit $2;; \
+         esac"
+    )
+}
+
+#[test]
+fn halt_now_fail_stops_the_running_cases_and_exits_with_the_failing_code() {
+    let sweep = Sweep::new();
+    let command = behaviour(&sweep, 1);
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "--halt",
+        "now,fail=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "wait",
+        "fail 3",
+        "ok 0",
+        "ok 0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    // Only the failing case ran to its end; the stopped and never started ones are left
+    // out of the joblog, so --resume runs them.
+    let rows = joblog(&sweep, "jl");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("2", "3"));
+    assert!(stderr.contains("case 1 not run"), "{stderr}");
+    assert!(
+        stderr.contains("halted by --halt now,fail=1") && stderr.contains("3 not run"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn halt_soon_lets_running_cases_finish() {
+    let sweep = Sweep::new();
+    let dir = sweep.shared.display();
+    // Case 1 runs until case 2 has failed (it waits for the file case 2 makes as it
+    // exits), so it is running when the halt comes and must still end by itself.
+    let command = format!(
+        "v={{}}; set -- $v; case $1 in \
+         slow) while [ ! -e {dir}/failing ]; do sleep 0.01; done; echo slow ended;; \
+         fail) touch {dir}/failing; exit 4;; \
+         esac"
+    );
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "-k",
+        "--halt",
+        "soon,fail=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "slow",
+        "fail",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "slow ended\n");
+    let mut rows = joblog(&sweep, "jl");
+    rows.sort();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(seq, exit, _)| (seq.as_str(), exit.as_str()))
+        .collect();
+    assert_eq!(got, [("1", "0"), ("2", "4")]);
+}
+
+#[test]
+fn halt_success_and_done_count_cases_or_percentages() {
+    let sweep = Sweep::new();
+    let command = behaviour(&sweep, 0);
+    // The first success halts: exit 0, the waiting case stopped.
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "--halt",
+        "now,success=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "wait",
+        "ok 0",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(joblog(&sweep, "jl").len(), 1);
+    // One worker: after 50% of 4 cases are done the other two do not run; they count
+    // as failed.
+    let out = sweep.run(&[
+        "-j",
+        "1",
+        "--halt",
+        "now,done=50%",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "ok 0",
+        "ok 0",
+        "wait",
+        "wait",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(joblog(&sweep, "jl").len(), 2);
+    // fail=P%: the exit status is the percentage of cases that failed.
+    let out = sweep.run(&[
+        "-j",
+        "1",
+        "--halt",
+        "now,fail=50%",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "ok 0",
+        "ok 5",
+        "ok 6",
+        "wait",
+    ]);
+    assert_eq!(out.status.code(), Some(50));
+    let exits: Vec<String> = joblog(&sweep, "jl").into_iter().map(|r| r.1).collect();
+    assert_eq!(exits, ["0", "5", "6"]);
+}
+
+#[test]
+fn bad_halt_settings_are_refused() {
+    let sweep = Sweep::new();
+    for (given, reason) in [
+        ("sometimes", "it has no `,`"),
+        ("later,fail=1", "WHEN is `soon` or `now`"),
+        ("now,crash=1", "WHY is `fail`, `success` or `done`"),
+        ("now,fail=0", "COUNT is a number of cases from 1"),
+        ("soon,done=120%", "P in `P%` is above 0 and at most 100"),
+    ] {
+        sweep.refuses(
+            &["--halt", given, "true"],
+            &format!("--halt `{given}` is not a halt setting ({reason}"),
+        );
+    }
+    assert_eq!(
+        lines(&sweep.ok(&["--halt", "never", "echo", ":::", "x"])),
+        ["x"]
+    );
+}
