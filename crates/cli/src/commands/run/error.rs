@@ -119,7 +119,7 @@ pub enum RunError {
     },
     /// A duration that cannot be read.
     #[error(
-        "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds)"
+        "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds), or `P%` of the median runtime of successful cases, e.g. `300%`"
     )]
     Duration {
         /// The text given.

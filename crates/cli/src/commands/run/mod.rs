@@ -13,8 +13,9 @@ mod joblog;
 mod output;
 mod quote;
 mod replace;
+mod timeout;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,8 +75,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub retries: u32,
     /// Stop a case that runs longer than this (`10s`, `500ms`, `2m`, `1h`; a bare number
-    /// is seconds).
-    #[arg(long, value_name = "DURATION")]
+    /// is seconds), or than `P%` of the median runtime of the cases that succeeded so far
+    /// (from the 3rd success on; e.g. `300%`).
+    #[arg(long, value_name = "DURATION|P%")]
     pub timeout: Option<String>,
     /// Print the output of cases in input order (default: as they end).
     #[arg(short = 'k', long = "keep-order")]
@@ -168,7 +170,11 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     if let (Some(copies), true) = (args.copies, split.has_inputs()) {
         return Err(RunError::CopiesWithInputs { copies });
     }
-    let timeout = args.timeout.as_deref().map(duration).transpose()?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(timeout::Limit::parse)
+        .transpose()?;
     for pattern in &args.returns {
         if leaves_folder(pattern) {
             return Err(RunError::ReturnEscapes {
@@ -269,7 +275,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
 /// What `run` checked and made, for `sweep`.
 struct Settings<'a> {
     maps: &'a [(&'a str, &'a str)],
-    timeout: Option<Duration>,
+    timeout: Option<timeout::Limit>,
     halt: Option<halt::Halt>,
     results: Option<&'a output::Results>,
 }
@@ -307,6 +313,8 @@ fn sweep(
     let vm = vm.build().map_err(RunError::Vm)?;
     // A halt ends the sequence too, so the cases after the window are never pulled.
     let halted = Cell::new(false);
+    // `--timeout P%`: each case's limit from the successes before it is handed out.
+    let median = RefCell::new(timeout::Median::default());
     let jobs = todo.iter().map(|&at| &cases[at]).map_while(|case| {
         if halted.get() {
             return None;
@@ -317,13 +325,18 @@ fn sweep(
         for pattern in &args.returns {
             job = job.returning(pattern.as_str());
         }
+        if let Some(timeout::Limit::OfMedian(percent)) = timeout
+            && let Some(limit) = median.borrow().limit(percent)
+        {
+            job = job.timeout(limit);
+        }
         Some(job)
     });
     let mut dispatch = vm.dispatch(jobs).retries(args.retries);
     if !args.keep_order {
         dispatch = dispatch.unordered();
     }
-    if let Some(limit) = timeout {
+    if let Some(timeout::Limit::Fixed(limit)) = timeout {
         dispatch = dispatch.timeout(limit);
     }
     if let Some(results) = results {
@@ -340,6 +353,7 @@ fn sweep(
             results,
             halt: settings.halt,
             halted: &halted,
+            median: &median,
             interrupt: &interrupt,
         };
         let swept = sweep.report(joblog, dispatch);
@@ -378,6 +392,8 @@ struct Reporting<'a> {
     halt: Option<halt::Halt>,
     /// Set when the run halts, so the job sequence ends.
     halted: &'a Cell<bool>,
+    /// The runtimes of the cases that succeeded, for `--timeout P%`.
+    median: &'a RefCell<timeout::Median>,
     interrupt: &'a interrupt::Interrupt,
 }
 
@@ -423,6 +439,7 @@ impl Reporting<'_> {
             let (exit, signal) = output::status(&result.outcome);
             if result.outcome.is_success() {
                 tally.succeeded += 1;
+                self.median.borrow_mut().record(result.elapsed);
             } else {
                 swept.failed += 1;
                 tally.failed += usize::from(ran);
@@ -525,48 +542,9 @@ fn leaves_folder(pattern: &str) -> bool {
     Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
 }
 
-/// A duration such as `10s`, `500ms`, `2m`, `1h` or `1.5` (seconds).
-fn duration(text: &str) -> Result<Duration, RunError> {
-    let bad = || RunError::Duration {
-        text: text.to_owned(),
-    };
-    let digits = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        "d" => number * 86_400.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        for (text, ms) in [
-            ("10s", 10_000),
-            ("500ms", 500),
-            ("2m", 120_000),
-            ("1.5", 1500),
-        ] {
-            assert_eq!(duration(text).unwrap(), Duration::from_millis(ms), "{text}");
-        }
-        for text in ["", "s", "10x", "-1s", "0"] {
-            assert!(duration(text).is_err(), "{text}");
-        }
-    }
 
     #[test]
     fn return_patterns_that_leave_the_folder() {
