@@ -205,3 +205,42 @@ fn timeout_percent_of_the_median_stops_a_case_far_slower_than_the_others() {
     }
     sweep.refuses(&["--timeout", "0%", "true"], "--timeout `0%`");
 }
+
+#[test]
+fn return_patterns_take_replacement_strings_and_match_values_literally() {
+    let sweep = Sweep::new();
+    // Each case writes its own file, and a decoy that the value's `*` would match as a
+    // glob; only the literal name comes back.
+    sweep.ok(&[
+        "--results",
+        "r",
+        "-k",
+        "--return",
+        "out/{/.}-{#}.raw",
+        "v={};",
+        "b=$(basename \"${v%.*}\");",
+        "mkdir out; echo $v > \"out/$b-{#}.raw\"; echo decoy > \"out/${b%%\\**}X-{#}.raw\"",
+        ":::",
+        "dir/amp.cir",
+        "we*.cir",
+    ]);
+    let r = sweep.shared.join("r");
+    assert_eq!(
+        std::fs::read_to_string(r.join("1/out/amp-1.raw")).unwrap(),
+        "dir/amp.cir\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("2/out/we*-2.raw")).unwrap(),
+        "we*.cir\n"
+    );
+    assert!(!r.join("2/out/weX-2.raw").exists());
+    assert!(!r.join("1/out/ampX-1.raw").exists());
+    sweep.refuses(
+        &["--results", "r2", "--return", "{%}.raw", "true", ":::", "a"],
+        "--return `{%}.raw` uses `{%}`",
+    );
+    sweep.refuses(
+        &["--results", "r2", "--return", "{}.raw", "true"],
+        "`{}` but has no inputs",
+    );
+}

@@ -133,6 +133,14 @@ pub enum RunError {
         /// The pattern.
         pattern: String,
     },
+    /// `{%}` in a `--return` pattern.
+    #[error(
+        "--return `{pattern}` uses `{{%}}`, but the slot is known only once the case runs; use `{{#}}` (the case number) or an input's replacement string"
+    )]
+    SlotInReturn {
+        /// The pattern.
+        pattern: String,
+    },
     /// `--return` without `--results`.
     #[error("--return needs a folder to bring files back into; give one with --results DIR")]
     ReturnWithoutResults,

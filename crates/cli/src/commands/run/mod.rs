@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long = "map", value_name = "SRC=DST")]
     pub maps: Vec<String>,
     /// Bring files matching GLOB (relative to the task folder) back into the case's
-    /// results folder; repeatable; needs --results.
+    /// results folder; repeatable; needs --results. Replacement strings work in it
+    /// (`out/{/.}.raw`), their values matching literally.
     #[arg(long = "return", value_name = "GLOB")]
     pub returns: Vec<String>,
     /// Keep each case in DIR/<case number>/: its returned files, `stdout`, `stderr` and
@@ -147,6 +148,8 @@ struct Case {
     line: String,
     /// Its input values joined by spaces, for `--tag`.
     tag: Vec<u8>,
+    /// Its `--return` patterns, replacement strings filled.
+    returns: Vec<String>,
 }
 
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
@@ -207,6 +210,11 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         sources = inputs::columns(sources, colsep);
     }
     let template = replace::Template::parse(&words, sources.len(), args.quote)?;
+    let returns = args
+        .returns
+        .iter()
+        .map(|pattern| replace::Template::pattern(pattern, sources.len()))
+        .collect::<Result<Vec<_>, _>>()?;
     let halt = args
         .halt
         .as_deref()
@@ -224,6 +232,10 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         .map(|(at, values)| Case {
             line: template.fill(at + 1, values),
             tag: values.join(&b' '),
+            returns: returns
+                .iter()
+                .map(|pattern| pattern.fill_pattern(at + 1, values))
+                .collect(),
         })
         .collect();
     if args.dry_run {
@@ -322,7 +334,7 @@ fn sweep(
         let mut job = Job::command("sh")
             .args(["-c", case.line.as_str()])
             .capture(true);
-        for pattern in &args.returns {
+        for pattern in &case.returns {
             job = job.returning(pattern.as_str());
         }
         if let Some(timeout::Limit::OfMedian(percent)) = timeout
