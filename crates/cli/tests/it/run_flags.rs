@@ -244,3 +244,118 @@ fn return_patterns_take_replacement_strings_and_match_values_literally() {
         "`{}` but has no inputs",
     );
 }
+
+/// `::: 0 .. 999` three times: 10^9 combinations.
+fn a_billion_cases(args: &mut Vec<String>) {
+    for _ in 0..3 {
+        args.push(":::".to_owned());
+        args.extend((0..1000).map(|i| i.to_string()));
+    }
+}
+
+/// The first `count` lines of the child's stdout, read in a thread, or a failure after
+/// 60 s (a run that made every case first would not print within it).
+fn first_lines(child: &mut std::process::Child, count: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().take(count) {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (0..count)
+        .map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("no line within 60 s")
+        })
+        .collect()
+}
+
+#[test]
+fn a_billion_combinations_start_at_once_and_dry_run_streams() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let sweep = Sweep::new();
+    let mut args = vec!["--dry-run".to_owned(), "echo".to_owned()];
+    a_billion_cases(&mut args);
+    let mut child = sweep
+        .command(&args)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = super::run::GroupGuard(child.id());
+    assert_eq!(
+        first_lines(&mut child, 3),
+        ["echo 0 0 0", "echo 0 0 1", "echo 0 0 2"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // A real run starts too, and stops after 4 cases; the cases never made count as
+    // not run, so the status is past 100.
+    let mut args = vec![
+        "-j".to_owned(),
+        "2".to_owned(),
+        "-k".to_owned(),
+        "--halt".to_owned(),
+        "now,done=4".to_owned(),
+        "echo".to_owned(),
+    ];
+    a_billion_cases(&mut args);
+    let out = sweep.run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert_eq!(
+        lines(&String::from_utf8_lossy(&out.stdout))[..4],
+        ["0 0 0", "0 0 1", "0 0 2", "0 0 3"]
+    );
+    assert!(stderr.contains("halted by --halt now,done=4"), "{stderr}");
+}
+
+#[test]
+fn standard_input_is_read_line_by_line_as_cases_start() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let sweep = Sweep::new();
+    let marks = sweep.shared.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let command = format!("touch {}/{{}}; echo got {{}}", marks.display());
+    let mut child = sweep
+        .command(&["-k", "-a", "-", &command])
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = super::run::GroupGuard(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\n").unwrap();
+    stdin.flush().unwrap();
+    // The cases run while standard input is still open.
+    super::run::eventually("both cases ran before the input ended", || {
+        marks.join("a").exists() && marks.join("b").exists()
+    });
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "got a\ngot b\n");
+    sweep.assert_no_task_folder_left();
+}
+
+#[test]
+fn a_bad_line_in_a_streamed_args_file_stops_the_run_after_the_cases_before_it() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("cases"), b"ok\nbad\0\nnever\n").unwrap();
+    let out = sweep.run(&["-j", "1", "-a", "cases", "echo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("input value 2 of source 1 holds a NUL"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}

@@ -92,6 +92,11 @@ impl Halt {
         Ok(Some(Halt { when, why, count }))
     }
 
+    /// Whether the setting needs the number of cases of the run.
+    pub fn needs_total(&self) -> bool {
+        matches!(self.count, Count::Percent(_))
+    }
+
     /// How many counted cases halt a run of `total` cases: `P%` of them rounded up, at
     /// least 1.
     fn threshold(&self, total: usize) -> usize {

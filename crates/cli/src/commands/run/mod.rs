@@ -2,10 +2,12 @@
 //! its own task folder on a worker.
 //!
 //! This module owns the flags and the order of a run (inputs, commands, runtime, printing,
-//! exit status); the pieces live in `inputs` (sources and cases), `quote` and `replace`
-//! (the command line of a case), `output` (printing and `--results`) and `joblog`.
+//! exit status); the pieces live in `inputs` (sources and their combinations), `feed`
+//! (cases made as the dispatch pulls them), `quote` and `replace` (the command line of a
+//! case), `halt`, `timeout`, `output` (printing and `--results`) and `joblog`.
 
 mod error;
+mod feed;
 mod halt;
 mod inputs;
 mod interrupt;
@@ -15,8 +17,9 @@ mod quote;
 mod replace;
 mod timeout;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -141,19 +144,8 @@ pub fn serve() -> Result<(), RunError> {
     Ok(())
 }
 
-/// A case ready to run.
-#[derive(Debug)]
-struct Case {
-    /// Its command line for `sh -c`.
-    line: String,
-    /// Its input values joined by spaces, for `--tag`.
-    tag: Vec<u8>,
-    /// Its `--return` patterns, replacement strings filled.
-    returns: Vec<String>,
-}
-
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
-/// 101 for more, or 130 when SIGINT or SIGTERM stopped it.
+/// 101 for more, what `--halt` gives, or 130 when SIGINT or SIGTERM stopped it.
 ///
 /// # Errors
 /// Bad flags or inputs, or a sweep that cannot run (exit status 255).
@@ -205,42 +197,40 @@ pub fn run(args: Args) -> Result<u8, RunError> {
             })
         })
         .transpose()?;
-    let mut sources = split.read()?;
-    if let Some(colsep) = &colsep {
-        sources = inputs::columns(sources, colsep);
-    }
-    let template = replace::Template::parse(&words, sources.len(), args.quote)?;
-    let returns = args
-        .returns
-        .iter()
-        .map(|pattern| replace::Template::pattern(pattern, sources.len()))
-        .collect::<Result<Vec<_>, _>>()?;
     let halt = args
         .halt
         .as_deref()
         .map(halt::Halt::parse)
         .transpose()?
         .flatten();
-    let values = if sources.is_empty() {
-        vec![Vec::new(); args.copies.unwrap_or(1)]
-    } else {
-        inputs::cases(&sources)?
-    };
-    let cases: Vec<Case> = values
+    // A first args file is read as cases start, unless its lines are all needed first:
+    // for their columns, or for the total a percentage of cases needs.
+    let stream = colsep.is_none() && !halt.is_some_and(|halt| halt.needs_total());
+    let mut inputs = split.open(stream)?;
+    if let Some(colsep) = &colsep {
+        inputs = inputs.columns(colsep);
+    }
+    let template = replace::Template::parse(&words, inputs.count(), args.quote)?;
+    let returns = args
+        .returns
         .iter()
-        .enumerate()
-        .map(|(at, values)| Case {
-            line: template.fill(at + 1, values),
-            tag: values.join(&b' '),
-            returns: returns
-                .iter()
-                .map(|pattern| pattern.fill_pattern(at + 1, values))
-                .collect(),
-        })
-        .collect();
+        .map(|pattern| replace::Template::pattern(pattern, inputs.count()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (values, total): (feed::Values<'_>, Option<usize>) = if inputs.count() == 0 {
+        let copies = args.copies.unwrap_or(1);
+        (Box::new((0..copies).map(|_| Ok(Vec::new()))), Some(copies))
+    } else {
+        let total = inputs.total();
+        (Box::new(inputs.cases()?), total)
+    };
     if args.dry_run {
-        for case in &cases {
-            println!("{}", case.line);
+        let mut out = std::io::stdout().lock();
+        for case in feed::Maker::new(values, &template, &returns, None) {
+            let case = case?;
+            writeln!(out, "{}", case.line).map_err(|source| RunError::Print {
+                case: case.number,
+                source,
+            })?;
         }
         return Ok(0);
     }
@@ -248,15 +238,10 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         return Err(RunError::ReturnWithoutResults);
     }
     let resuming = args.resume || args.resume_failed;
-    // The cases to run now, by index into `cases`.
-    let mut todo: Vec<usize> = (0..cases.len()).collect();
-    if let (true, Some(path)) = (resuming, &args.joblog) {
-        let done = joblog::recorded(path)?;
-        todo.retain(|&at| match done.get(&cases[at].line) {
-            None => true,
-            Some(&exit) => args.resume_failed && exit != 0,
-        });
-    }
+    let recorded = match (resuming, &args.joblog) {
+        (true, Some(path)) => Some(joblog::recorded(path)?),
+        _ => None,
+    };
     let results = args
         .results
         .as_deref()
@@ -272,11 +257,12 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         timeout,
         halt,
         results: results.as_ref(),
+        recorded: recorded.as_ref(),
+        template: &template,
+        returns: &returns,
+        total,
     };
-    if todo.is_empty() {
-        return Ok(0);
-    }
-    let swept = sweep(&args, &cases, &todo, &settings, joblog.as_mut())?;
+    let swept = sweep(&args, values, &settings, joblog.as_mut())?;
     drop(results);
     if swept.interrupted {
         return Ok(130);
@@ -290,13 +276,18 @@ struct Settings<'a> {
     timeout: Option<timeout::Limit>,
     halt: Option<halt::Halt>,
     results: Option<&'a output::Results>,
+    /// What the joblog recorded, with `--resume` or `--resume-failed`.
+    recorded: Option<&'a joblog::Recorded>,
+    template: &'a replace::Template,
+    returns: &'a [replace::Template],
+    /// How many sets of input values there are, when known before they are read.
+    total: Option<usize>,
 }
 
 /// Starts the runtime, runs every case, prints each as it ends; returns how many failed.
 fn sweep(
     args: &Args,
-    cases: &[Case],
-    todo: &[usize],
+    values: feed::Values<'_>,
     settings: &Settings<'_>,
     joblog: Option<&mut joblog::Joblog>,
 ) -> Result<Swept, RunError> {
@@ -323,26 +314,54 @@ fn sweep(
         vm = vm.mirror(*src, *dst);
     }
     let vm = vm.build().map_err(RunError::Vm)?;
-    // A halt ends the sequence too, so the cases after the window are never pulled.
-    let halted = Cell::new(false);
+    let mut maker = feed::Maker::new(values, settings.template, settings.returns, None);
+    let total = settings
+        .total
+        .and_then(|total| total.checked_mul(maker.per_values()));
+    let bar = progress_bar(total, args.json);
+    let ledger = feed::Ledger::default();
     // `--timeout P%`: each case's limit from the successes before it is handed out.
     let median = RefCell::new(timeout::Median::default());
-    let jobs = todo.iter().map(|&at| &cases[at]).map_while(|case| {
-        if halted.get() {
-            return None;
+    let jobs = std::iter::from_fn(|| {
+        loop {
+            // A halt ends the sequence too, so the cases after the window are never made.
+            if ledger.halted() {
+                return None;
+            }
+            let case = match maker.next()? {
+                Ok(case) => case,
+                Err(error) => {
+                    ledger.fail(error);
+                    return None;
+                }
+            };
+            if let Some(recorded) = settings.recorded {
+                let host = case.host.as_ref().map(|host| host.0.as_str());
+                if let Some(exit) = recorded.exit(host, &case.line)
+                    && !(args.resume_failed && exit != 0)
+                {
+                    ledger.skip(&case);
+                    bar.dec_length(1);
+                    continue;
+                }
+            }
+            let mut job = Job::command("sh")
+                .args(["-c", case.line.as_str()])
+                .capture(true);
+            for pattern in &case.returns {
+                job = job.returning(pattern.as_str());
+            }
+            if let Some(host) = &case.host {
+                job = job.hosts([host.clone()]);
+            }
+            if let Some(timeout::Limit::OfMedian(percent)) = timeout
+                && let Some(limit) = median.borrow().limit(percent)
+            {
+                job = job.timeout(limit);
+            }
+            ledger.hand_out(case);
+            return Some(job);
         }
-        let mut job = Job::command("sh")
-            .args(["-c", case.line.as_str()])
-            .capture(true);
-        for pattern in &case.returns {
-            job = job.returning(pattern.as_str());
-        }
-        if let Some(timeout::Limit::OfMedian(percent)) = timeout
-            && let Some(limit) = median.borrow().limit(percent)
-        {
-            job = job.timeout(limit);
-        }
-        Some(job)
     });
     let mut dispatch = vm.dispatch(jobs).retries(args.retries);
     if !args.keep_order {
@@ -360,13 +379,13 @@ fn sweep(
         scope.spawn(|| interrupt.watch(&vm, &done));
         let sweep = Reporting {
             args,
-            cases,
-            todo,
+            ledger: &ledger,
+            total,
             results,
             halt: settings.halt,
-            halted: &halted,
             median: &median,
             interrupt: &interrupt,
+            bar: bar.clone(),
         };
         let swept = sweep.report(joblog, dispatch);
         done.store(true, Ordering::SeqCst);
@@ -380,6 +399,10 @@ fn sweep(
     }
     drop(vm);
     runtime.finalize().map_err(RunError::Vm)?;
+    if let Some(error) = ledger.failure() {
+        // The cases made before it ran and were reported; the input is still at fault.
+        return Err(error);
+    }
     Ok(swept)
 }
 
@@ -398,15 +421,16 @@ struct Swept {
 /// What `report` needs besides the dispatch and the joblog.
 struct Reporting<'a> {
     args: &'a Args,
-    cases: &'a [Case],
-    todo: &'a [usize],
+    /// The cases in flight.
+    ledger: &'a feed::Ledger,
+    /// How many cases the run has, when known.
+    total: Option<usize>,
     results: Option<&'a output::Results>,
     halt: Option<halt::Halt>,
-    /// Set when the run halts, so the job sequence ends.
-    halted: &'a Cell<bool>,
     /// The runtimes of the cases that succeeded, for `--timeout P%`.
     median: &'a RefCell<timeout::Median>,
     interrupt: &'a interrupt::Interrupt,
+    bar: indicatif::ProgressBar,
 }
 
 impl Reporting<'_> {
@@ -418,7 +442,7 @@ impl Reporting<'_> {
         mut joblog: Option<&mut joblog::Joblog>,
         mut dispatch: parvm_vm::Dispatch<'_, I>,
     ) -> Result<Swept, RunError> {
-        let (args, cases, todo) = (self.args, self.cases, self.todo);
+        let (args, bar) = (self.args, &self.bar);
         let mut swept = Swept {
             failed: 0,
             reported: 0,
@@ -428,7 +452,6 @@ impl Reporting<'_> {
         let mut tally = halt::Tally::default();
         // The exit code of the case that halted the run, once it halted.
         let mut halted_by: Option<Option<i64>> = None;
-        let bar = progress_bar(todo.len());
         while let Some(result) = dispatch.next() {
             let result = match result {
                 Ok(result) => result,
@@ -437,13 +460,17 @@ impl Reporting<'_> {
                 Err(_) if self.interrupt.happened() => break,
                 Err(error) => return Err(RunError::Vm(error)),
             };
+            let Some(case) = self.ledger.take(result.index) else {
+                // Every job was handed out with its case; a result without one would be
+                // the dispatch's bug, and has nothing to print.
+                continue;
+            };
             swept.reported += 1;
-            let at = todo[result.index];
-            let number = at + 1;
+            let number = case.number;
             if args.json {
-                bar.suspend(|| output::print_record(&result, number, &cases[at].line))?;
+                bar.suspend(|| output::print_record(&result, number, &case.line))?;
             } else {
-                let tag = args.tag.then(|| cases[at].tag.as_slice());
+                let tag = args.tag.then_some(case.tag.as_slice());
                 bar.suspend(|| output::print(&result, number, tag))?;
             }
             bar.inc(1);
@@ -476,16 +503,16 @@ impl Reporting<'_> {
                     receive: result.returned_bytes,
                     exit,
                     signal,
-                    command: &cases[at].line,
+                    command: &case.line,
                 })?;
             }
             if let Some(halt) = self.halt
                 && halted_by.is_none()
                 && ran
-                && halt.reached(&tally, todo.len())
+                && halt.reached(&tally, self.total.unwrap_or(usize::MAX))
             {
                 halted_by = Some(Some(exit).filter(|&code| code > 0));
-                self.halted.set(true);
+                self.ledger.halt();
                 let now = halt.when == halt::When::Now;
                 dispatch.halt(now);
                 bar.suspend(|| {
@@ -511,25 +538,30 @@ impl Reporting<'_> {
         if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
             eprintln!(
-                "parvm run: stopped by a signal: {} of {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
-                swept.reported,
-                todo.len(),
-                swept.failed,
+                "parvm run: stopped by a signal: {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+                swept.reported, swept.failed,
             );
             return Ok(swept);
         }
         swept.status = halt::failed_status(swept.failed);
         if let (Some(halt), Some(trigger)) = (self.halt, halted_by) {
-            // Cases never pulled after the halt were not reported: they did not run either.
-            let unreported = todo.len().saturating_sub(swept.reported);
-            swept.failed += unreported;
-            swept.status = halt.exit_status(trigger, &tally, swept.failed, todo.len());
+            // Cases never made after the halt were not reported: they did not run either.
+            let unmade = self
+                .total
+                .map(|total| total.saturating_sub(self.ledger.made()));
+            swept.failed += unmade.unwrap_or(0);
+            let total = self.total.unwrap_or(self.ledger.made());
+            swept.status = halt.exit_status(trigger, &tally, swept.failed, total);
             let not_run = swept.failed - tally.failed;
+            let rest = if unmade.is_some() {
+                ""
+            } else {
+                ", and the rest of the input was not read"
+            };
             eprintln!(
-                "parvm run: halted by --halt {}: {} of {} cases ran ({} failed), {not_run} not run; the cases not run are not in the joblog, so --resume runs them",
+                "parvm run: halted by --halt {}: {} cases ran ({} failed), {not_run} not run{rest}; the cases not run are not in the joblog, so --resume runs them",
                 self.args.halt.as_deref().unwrap_or_default(),
                 tally.failed + tally.succeeded,
-                todo.len(),
                 tally.failed,
             );
         }
@@ -537,13 +569,25 @@ impl Reporting<'_> {
     }
 }
 
-/// Cases done out of `cases`, with the time left, on standard error; indicatif draws it
-/// only when standard error is a terminal, so pipes and logs never see it.
-fn progress_bar(cases: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(u64::try_from(cases).unwrap_or(u64::MAX));
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} cases, {eta} left [{elapsed}]",
-    ) {
+/// Cases done out of `cases` (when known), with the time left, on standard error.
+/// indicatif draws it only when standard error is a terminal, so pipes and logs never see
+/// it; none with `--json`, whose records are for programs.
+fn progress_bar(cases: Option<usize>, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match cases {
+        Some(cases) => (
+            indicatif::ProgressBar::new(u64::try_from(cases).unwrap_or(u64::MAX)),
+            "{bar:30} {pos}/{len} cases, {eta} left [{elapsed}]",
+        ),
+        // Cases still being read: a count and the time so far.
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "{spinner} {pos} cases [{elapsed}]",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar
