@@ -665,7 +665,7 @@ fn stop_by_signal(whole_group: bool) {
 }
 
 /// Kills and reaps a child when dropped.
-struct ChildGuard(std::process::Child);
+pub(crate) struct ChildGuard(pub(crate) std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

@@ -359,3 +359,108 @@ fn a_bad_line_in_a_streamed_args_file_stops_the_run_after_the_cases_before_it() 
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 }
+
+#[test]
+fn each_host_on_one_machine_runs_each_case_once() {
+    let sweep = Sweep::new();
+    assert_eq!(lines(&sweep.ok(&["--each-host", "echo", "hi"])), ["hi"]);
+    let out = sweep.ok(&[
+        "--each-host",
+        "-k",
+        "--joblog",
+        "jl",
+        "echo",
+        ":::",
+        "a",
+        "b",
+    ]);
+    assert_eq!(lines(&out), ["a", "b"]);
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    for row in log.lines().skip(1) {
+        let host = row.split('\t').nth(1).unwrap();
+        assert!(!host.is_empty() && host != ":", "{row}");
+    }
+}
+
+#[test]
+fn each_host_runs_every_case_on_every_tcp_worker_host() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    use super::run::ChildGuard;
+
+    let sweep = Sweep::new();
+    let secret = sweep.shared.join("secret");
+    let mut spawner = sweep
+        .command(&[
+            "--transport",
+            "tcp",
+            "-j",
+            "2",
+            "--each-host",
+            "-k",
+            "--joblog",
+            "jl",
+            "echo {} on $PARVM_HOSTNAME",
+            ":::",
+            "a",
+            "b",
+        ])
+        .env("PARVM_LISTEN", "127.0.0.1:0")
+        .env("PARVM_SECRET_FILE", &secret)
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = spawner.stderr.take().unwrap();
+    let mut spawner = ChildGuard(spawner);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split(';').next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the spawner printed no address");
+    let worker = |host: &str| {
+        ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_parvm"))
+                .args(["worker", "--connect", &addr, "--secret-file"])
+                .arg(&secret)
+                .env("PARVM_HOSTNAME", host)
+                .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+                .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+                .env_remove("PARVM_CONNECT")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _workers = [worker("alpha"), worker("beta")];
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = spawner.0.wait().unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    assert_eq!(
+        lines(&out),
+        ["a on alpha", "a on beta", "b on alpha", "b on beta"]
+    );
+    let rows = joblog(&sweep, "jl");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    let mut hosts: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .map(|row| row.split('\t').nth(1).unwrap())
+        .collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["alpha", "alpha", "beta", "beta"]);
+    sweep.assert_no_task_folder_left();
+}

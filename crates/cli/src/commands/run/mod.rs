@@ -52,6 +52,10 @@ pub struct Args {
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
     pub copies: Option<usize>,
+    /// Run every case once on each host of the run (without inputs: the command once per
+    /// host); under TCP, give `-j N` to wait for N workers first.
+    #[arg(long)]
+    pub each_host: bool,
     /// A mirror map entry `SRC=DST` copied into every case's task folder (SRC relative to
     /// the current folder, inside PARALLEL_MIRRORED_STORAGE); repeatable.
     #[arg(long = "map", value_name = "SRC=DST")]
@@ -314,7 +318,26 @@ fn sweep(
         vm = vm.mirror(*src, *dst);
     }
     let vm = vm.build().map_err(RunError::Vm)?;
-    let mut maker = feed::Maker::new(values, settings.template, settings.returns, None);
+    let hosts = if args.each_host {
+        // TCP workers join whenever they connect: wait for those asked for (the local and
+        // MPI transports have theirs already).
+        runtime
+            .wait_for_workers(args.jobs.unwrap_or(1), EACH_HOST_WAIT)
+            .map_err(RunError::Vm)?;
+        // The hosts with worker slots (the spawner's own has none under TCP and MPI).
+        let mut hosts: Vec<parvm_vm::HostId> = vm
+            .describe()
+            .hosts
+            .into_iter()
+            .filter(|host| !host.slots.is_empty())
+            .map(|host| host.host)
+            .collect();
+        hosts.sort();
+        Some(hosts)
+    } else {
+        None
+    };
+    let mut maker = feed::Maker::new(values, settings.template, settings.returns, hosts);
     let total = settings
         .total
         .and_then(|total| total.checked_mul(maker.per_values()));
@@ -405,6 +428,10 @@ fn sweep(
     }
     Ok(swept)
 }
+
+/// How long `--each-host` waits for the workers asked for with `-j` (TCP workers join
+/// when they connect, e.g. once ssh started them).
+const EACH_HOST_WAIT: Duration = Duration::from_secs(300);
 
 /// What a sweep did.
 struct Swept {
