@@ -464,3 +464,51 @@ fn each_host_runs_every_case_on_every_tcp_worker_host() {
     assert_eq!(hosts, ["alpha", "alpha", "beta", "beta"]);
     sweep.assert_no_task_folder_left();
 }
+
+/// Runs `parvm <args>` with standard error (and output) on a terminal, through
+/// `script`; returns what the terminal showed.
+fn on_a_terminal(sweep: &Sweep, args: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_parvm")),
+            "/dev/null",
+        ])
+        .current_dir(&sweep.shared)
+        .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+        .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+        .env("PARVM_WORKERS", "2")
+        .env_remove("PARVM_TRANSPORT")
+        .env_remove("PARVM_HOSTNAME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs a command on a terminal");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_progress_bar_on_a_terminal_only_and_never_with_json() {
+    let sweep = Sweep::new();
+    let cases = "sleep ::: 0.2 0.2 0.2 0.2";
+    let shown = on_a_terminal(&sweep, &format!("run -j 2 {cases}"));
+    assert!(
+        shown.contains("/4 cases,") && shown.contains(" left ["),
+        "no progress bar: {shown:?}"
+    );
+    // Cases read from standard input have no known count: a count without a bar.
+    std::fs::write(sweep.shared.join("list"), "0.2\n0.2\n").unwrap();
+    let shown = on_a_terminal(&sweep, "run -j 2 -a - sleep < list");
+    assert!(shown.contains(" cases ["), "no case count: {shown:?}");
+    assert!(!shown.contains(" left ["), "{shown:?}");
+    let shown = on_a_terminal(&sweep, &format!("--json run -j 2 {cases}"));
+    assert!(!shown.contains("cases"), "a bar with --json: {shown:?}");
+    // In a pipe, nothing of it.
+    let out = sweep.run(&["-j", "2", "sleep", ":::", "0.2", "0.2"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
