@@ -285,6 +285,7 @@ fn a_billion_combinations_start_at_once_and_dry_run_streams() {
         .command(&args)
         .process_group(0)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let _guard = super::run::GroupGuard(child.id());
@@ -292,8 +293,10 @@ fn a_billion_combinations_start_at_once_and_dry_run_streams() {
         first_lines(&mut child, 3),
         ["echo 0 0 0", "echo 0 0 1", "echo 0 0 2"]
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // Its reader is gone (as with `| head`): it ends quietly, and well.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
     // A real run starts too, and stops after 4 cases; the cases never made count as
     // not run, so the status is past 100.
     let mut args = vec![
@@ -511,4 +514,28 @@ fn a_progress_bar_on_a_terminal_only_and_never_with_json() {
         "{:?}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn help_describes_every_flag_added_here() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for text in [
+        "--halt <WHEN,WHY=COUNT>",
+        "now,fail=1",
+        "soon,fail=10%",
+        "--timeout <DURATION|P%>",
+        "median runtime",
+        "--each-host",
+        "out/{/.}.raw",
+    ] {
+        assert!(
+            help.contains(text),
+            "`parvm run --help` lacks `{text}`:\n{help}"
+        );
+    }
 }

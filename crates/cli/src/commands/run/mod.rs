@@ -35,7 +35,10 @@ pub use error::RunError;
   parvm run echo {} ::: a b c
   parvm run --map '*.cir=.' --return '*.raw' --results out ngspice -b {} ::: amp.cir bias.cir
   parvm run -k --joblog sweep.log ./sim.sh --gain {1} --temp {2} ::: 1 2 4 ::: 27 85
-  parvm run -a cases.txt ./solve {}")]
+  parvm run -a cases.txt ./solve {}
+  parvm run --halt now,fail=1 --timeout 300% ./test.sh {} ::: unit lint e2e
+  find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
+  parvm run --each-host df -h /scratch")]
 pub struct Args {
     /// Run N workers (task slots) on this machine [default: PARVM_WORKERS, else the
     /// number of cores].
@@ -231,10 +234,17 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         let mut out = std::io::stdout().lock();
         for case in feed::Maker::new(values, &template, &returns, None) {
             let case = case?;
-            writeln!(out, "{}", case.line).map_err(|source| RunError::Print {
-                case: case.number,
-                source,
-            })?;
+            match writeln!(out, "{}", case.line) {
+                Ok(()) => {}
+                // `--dry-run | head`: the reader has seen enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                Err(source) => {
+                    return Err(RunError::Print {
+                        case: case.number,
+                        source,
+                    });
+                }
+            }
         }
         return Ok(0);
     }
