@@ -1,6 +1,5 @@
 //! The cases of a run, made one at a time as the dispatch pulls them: numbered, their
-//! command lines and `--return` patterns filled, once per host with `--each-host`, and
-//! skipped when `--resume` finds them in the joblog.
+//! command lines and `--return` patterns filled, once per host with `--each-host`.
 //!
 //! It owns [`Case`], the lazy [`Maker`], and the [`Ledger`] through which the job
 //! sequence and the reporting loop share what is in flight; it must not know how cases
