@@ -2,6 +2,7 @@
 
 mod help;
 mod run;
+mod run_flags;
 mod storage;
 mod worker;
 

@@ -521,6 +521,22 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
     }
 
+    /// Nothing more starts: [`Self::fill`] reports waiting jobs as not run, and tasks
+    /// queued at a worker (and, with `stop_running`, the running ones) are stopped, so
+    /// they end as not run.
+    pub(crate) fn halt(&mut self, stop_running: bool) {
+        self.halted = true;
+        let tasks: Vec<TaskId> = self
+            .flights
+            .iter()
+            .filter(|(_, flight)| stop_running || flight.started.is_none())
+            .map(|(&task, _)| task)
+            .collect();
+        for task in tasks {
+            self.stop(task);
+        }
+    }
+
     /// Every worker is gone (or the transport failed): the jobs not finished are named in
     /// the error given after the results that came before it.
     fn fail(&mut self, source: Error) {
