@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Temp shared and local storage, and a working folder inside the shared one.
-struct Sweep {
+pub(crate) struct Sweep {
     _dir: tempfile::TempDir,
-    shared: PathBuf,
-    local: PathBuf,
+    pub(crate) shared: PathBuf,
+    pub(crate) local: PathBuf,
 }
 
 impl Sweep {
-    fn new() -> Sweep {
+    pub(crate) fn new() -> Sweep {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let shared = base.join("shared");
@@ -28,7 +28,7 @@ impl Sweep {
         }
     }
 
-    fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+    pub(crate) fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_parvm"));
         command
             .arg("run")
@@ -76,7 +76,7 @@ impl Sweep {
     }
 
     /// Local storage holds at most the per-user folder, and nothing in it.
-    fn assert_no_task_folder_left(&self) {
+    pub(crate) fn assert_no_task_folder_left(&self) {
         for entry in walk(&self.local) {
             let depth = entry
                 .strip_prefix(&self.local)
@@ -88,7 +88,7 @@ impl Sweep {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -390,15 +390,22 @@ fn report<I: Iterator<Item = Job>>(
             bar.suspend(|| output::print(&result, number, tag))?;
         }
         bar.inc(1);
-        if !result.outcome.is_success() {
+        // A case whose results could not be kept is reported and counts as failed; the
+        // run goes on (a full disk may have room again once other cases are done).
+        let kept = match results.map(|results| results.keep(&result, number)) {
+            Some(Err(error)) => {
+                bar.suspend(|| eprintln!("parvm run: {error}"));
+                false
+            }
+            _ => true,
+        };
+        if !result.outcome.is_success() || !kept {
             *failed += 1;
         }
-        if let Some(results) = results {
-            results.keep(&result, number)?;
-        }
-        // A case not run is left out of the joblog, so `--resume` runs it.
+        // A case not run, or whose results were not kept, is left out of the joblog, so
+        // `--resume` runs it.
         let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
-        if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
+        if let (Some(log), true) = (joblog.as_deref_mut(), ran && kept) {
             let (exit, signal) = output::status(&result.outcome);
             let host = result
                 .host
