@@ -28,8 +28,19 @@ const INPUT_FILE_BYTES: usize = 4096;
 /// Each measurement is repeated this many times; the median is reported.
 const REPEATS: usize = 3;
 
+/// Which parts of the bench to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `cargo xtask bench run`: both.
+    All,
+    /// `cargo xtask bench run true`: (a) only, the per-case overhead.
+    True,
+    /// `cargo xtask bench run mirrored`: (b) only.
+    Mirrored,
+}
+
 /// Entry point of `cargo xtask bench run`.
-pub fn run() -> Result<()> {
+pub fn run(part: Part) -> Result<()> {
     exec(cargo().args(["build", "--release", "-p", "parvm-cli"]))?;
     let parvm = target_dir().join("release").join("parvm");
     if !parvm.is_file() {
@@ -38,7 +49,11 @@ pub fn run() -> Result<()> {
             parvm.display()
         );
     }
-    let parallel = gnu_parallel();
+    let parallel = if part == Part::Mirrored {
+        None
+    } else {
+        gnu_parallel()
+    };
 
     // The scratch folder holds the mirrored storage, the local storage and the baseline's
     // case folders, all on the same file system so parvm and `cp -a` copy alike.
@@ -61,8 +76,12 @@ pub fn run() -> Result<()> {
         scratch.path().display()
     );
 
-    bench.true_cases(parallel.as_deref())?;
-    bench.mirrored_cases()?;
+    if part != Part::Mirrored {
+        bench.true_cases(parallel.as_deref())?;
+    }
+    if part != Part::True {
+        bench.mirrored_cases()?;
+    }
     bench.check_local_storage_empty()?;
 
     let path = scratch.path().to_path_buf();

@@ -133,6 +133,9 @@ pub fn serve() -> Result<(), RunError> {
     Ok(())
 }
 
+/// The shell each case's command line is given to, with `-c`.
+const SHELL: &str = "/bin/sh";
+
 /// A case ready to run.
 #[derive(Debug)]
 struct Case {
@@ -304,7 +307,9 @@ fn sweep(
     }
     let vm = vm.build().map_err(RunError::Vm)?;
     let jobs = todo.iter().map(|&at| &cases[at]).map(|case| {
-        let mut job = Job::command("sh")
+        // `/bin/sh` by its path, as `system(3)` does: no search of PATH (nine failed
+        // `execve` per case on a typical PATH), and the same shell whatever PATH holds.
+        let mut job = Job::command(SHELL)
             .args(["-c", case.line.as_str()])
             .capture(true);
         for pattern in &args.returns {
