@@ -171,6 +171,56 @@ fn a_full_results_disk_fails_the_cases_it_cuts_and_presents_no_partial_folder() 
     assert_eq!(logged, present, "{log}");
 }
 
+#[test]
+fn a_returned_file_larger_than_the_results_disk_fails_its_case_only() {
+    let Some(flags) = namespace_flags() else {
+        return;
+    };
+    let sweep = Sweep::new();
+    let mount = sweep.shared.join("disk");
+    let snapshot = sweep.shared.join("snapshot");
+    let results = mount.join("out");
+    let results_arg = results.display().to_string();
+    let args = [
+        "-k",
+        "--results",
+        &results_arg,
+        "--return",
+        "big",
+        "head -c {} /dev/zero > big; echo made {}",
+        ":::",
+        "100",
+        "2000000",
+        "200",
+    ];
+    let out = on_a_small_tmpfs(flags, &sweep.command(&args), &mount, "1m", None, &snapshot);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    sweep.assert_no_task_folder_left();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Its output was whole, so it is printed; its folder is not kept.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "made 100\nmade 2000000\nmade 200\n"
+    );
+    assert_eq!(
+        cases_named(&stderr, "could not be kept in"),
+        BTreeSet::from([2]),
+        "{stderr}"
+    );
+    assert!(stderr.contains("returned file"), "{stderr}");
+    let kept = snapshot.join("out");
+    let mut present: Vec<String> = std::fs::read_dir(&kept)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    present.sort();
+    assert_eq!(present, ["1", "3"]);
+    for (case, bytes) in [("1", 100), ("3", 200)] {
+        let big = std::fs::metadata(kept.join(case).join("big")).unwrap();
+        assert_eq!(big.len(), bytes, "case {case}");
+    }
+}
+
 /// Runs `args` with local storage on a 1 MiB tmpfs (with `prefill` bytes taken); checks
 /// that no task folder is left on it and returns the output.
 fn with_full_local_storage(flags: &str, args: &[&str], prefill: Option<usize>) -> Output {
