@@ -11,12 +11,15 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     if what == "run" {
         // The CLI against shell baselines: no package bench, the release binary itself.
-        if let Some(extra) = rest.first() {
-            bail!(
-                "bench run takes no options, not `{extra}`; set PARVM_BENCH_DIR to choose its scratch folder"
-            );
-        }
-        return crate::bench_run::run();
+        let part = match rest {
+            [] => crate::bench_run::Part::All,
+            [part] if part == "true" => crate::bench_run::Part::True,
+            [part] if part == "mirrored" => crate::bench_run::Part::Mirrored,
+            [extra, ..] => bail!(
+                "bench run takes `true`, `mirrored` or nothing (both), not `{extra}`; set PARVM_BENCH_DIR to choose its scratch folder"
+            ),
+        };
+        return crate::bench_run::run(part);
     }
     let transport = transport_arg(rest)?;
     let (package, bench, features): (&str, &str, &[&str]) = match (

@@ -3,6 +3,7 @@
 mod help;
 mod run;
 mod run_flags;
+mod run_limits;
 mod storage;
 mod worker;
 

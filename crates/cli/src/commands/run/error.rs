@@ -159,14 +159,19 @@ pub enum RunError {
         /// The folder.
         path: PathBuf,
     },
-    /// A result file that cannot be written.
-    #[error("cannot write `{}` in the results folder; check the disk and its permissions", path.display())]
-    ResultWrite {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
+    /// A case whose results could not be kept whole under `--results` (reported for that
+    /// case; the run goes on and counts it as failed).
+    #[error(
+        "the results of case {case} could not be kept in `{}`: {reason}; free space there (or check its permissions) and run the case again (it is left out of the joblog, so --resume runs it)",
+        dir.display()
+    )]
+    CaseNotKept {
+        /// The case number.
+        case: usize,
+        /// The results folder.
+        dir: PathBuf,
+        /// What could not be written, in words.
+        reason: String,
     },
     /// The joblog cannot be written.
     #[error("cannot write the joblog `{}`; give a file you can write to with --joblog", path.display())]

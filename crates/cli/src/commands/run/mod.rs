@@ -151,6 +151,9 @@ pub fn serve() -> Result<(), RunError> {
     Ok(())
 }
 
+/// The shell each case's command line is given to, with `-c`.
+const SHELL: &str = "/bin/sh";
+
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
 /// 101 for more, what `--halt` gives, or 130 when SIGINT or SIGTERM stopped it.
 ///
@@ -378,7 +381,9 @@ fn sweep(
                     continue;
                 }
             }
-            let mut job = Job::command("sh")
+            // `/bin/sh` by its path, as `system(3)` does: no search of PATH (nine failed
+            // `execve` per case on a typical PATH), and the same shell whatever PATH holds.
+            let mut job = Job::command(SHELL)
                 .args(["-c", case.line.as_str()])
                 .capture(true);
             for pattern in &case.returns {
@@ -513,18 +518,25 @@ impl Reporting<'_> {
             bar.inc(1);
             let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
             let (exit, signal) = output::status(&result.outcome);
-            if result.outcome.is_success() {
+            // A case whose results could not be kept is reported and counts as failed; the
+            // run goes on (a full disk may have room again once other cases are done).
+            let kept = match self.results.map(|results| results.keep(&result, number)) {
+                Some(Err(error)) => {
+                    bar.suspend(|| eprintln!("parvm run: {error}"));
+                    false
+                }
+                _ => true,
+            };
+            if result.outcome.is_success() && kept {
                 tally.succeeded += 1;
                 self.median.borrow_mut().record(result.elapsed);
             } else {
                 swept.failed += 1;
                 tally.failed += usize::from(ran);
             }
-            if let Some(results) = self.results {
-                results.keep(&result, number)?;
-            }
-            // A case not run is left out of the joblog, so `--resume` runs it.
-            if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
+            // A case not run, or whose results were not kept, is left out of the joblog,
+            // so `--resume` runs it.
+            if let (Some(log), true) = (joblog.as_deref_mut(), ran && kept) {
                 let host = result
                     .host
                     .as_ref()
