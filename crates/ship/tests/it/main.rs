@@ -1,1 +1,3 @@
-//! Integration tests of parvm-ship.
+//! Integration tests of parvm-ship: one binary, one module per topic.
+
+mod manifest;
