@@ -27,7 +27,8 @@ use crate::spawner::Shared;
 use crate::wire::{BLOB_CHUNK, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 
 /// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
-/// gives it: manifests sent, and the blobs (files' contents) sent in full and their bytes.
+/// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
+/// blobs sent so far (counted as they leave, so a transfer in progress shows).
 /// Blobs a worker's host cache held already are not sent, so the counts show how much
 /// the caches spared.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub struct ShipStats {
     pub manifests: u64,
     /// Blobs sent in full.
     pub blobs: u64,
-    /// The bytes of those blobs.
+    /// Bytes of blobs sent, including those of a blob still on its way.
     pub bytes: u64,
 }
 
@@ -393,6 +394,7 @@ fn send_blob(
         if shared.send(rank, &frame).is_err() {
             return false;
         }
+        lock(&table.stats).bytes += read as u64;
         left -= read as u64;
     }
     if shared
@@ -407,9 +409,7 @@ fn send_blob(
     {
         return false;
     }
-    let mut stats = lock(&table.stats);
-    stats.blobs += 1;
-    stats.bytes += size;
+    lock(&table.stats).blobs += 1;
     tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
     true
 }

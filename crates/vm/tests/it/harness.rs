@@ -251,6 +251,12 @@ impl Harness {
     /// Starts one more TCP worker process on `host`, connecting to this harness's
     /// spawner with its secret; returns its pid. It is killed with the harness.
     pub fn start_tcp_worker(&mut self, host: &str) -> u32 {
+        let (local, shared) = (self.local.path().to_owned(), self.shared.path().to_owned());
+        self.start_tcp_worker_in(host, &local, &shared)
+    }
+
+    /// As [`Harness::start_tcp_worker`], with local and mirrored storage of its own.
+    pub fn start_tcp_worker_in(&mut self, host: &str, local: &Path, shared: &Path) -> u32 {
         let addr = self.runtime().tcp_addr().expect("a tcp spawner");
         let secret = self
             ._secret
@@ -262,8 +268,8 @@ impl Harness {
             .env("PARVM_CONNECT", addr.to_string())
             .env("PARVM_SECRET_FILE", secret)
             .env("PARVM_HOSTNAME", host)
-            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
-            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env("PARALLEL_LOCAL_STORAGE", local)
+            .env("PARALLEL_MIRRORED_STORAGE", shared)
             .env_remove("PARVM_TRANSPORT")
             .env_remove("PARVM_LOCAL_SOCKET")
             .stdin(Stdio::null())

@@ -22,6 +22,7 @@ mod processes;
 mod replace;
 mod returns;
 mod selection;
+mod ship;
 mod stop;
 mod unprivileged;
 mod variables;
