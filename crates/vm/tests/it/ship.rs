@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{CacheMax, Config, ExitStatus, Message, Runtime, ShipMode, Spawn, TaskId, Vm};
 
-use crate::harness::{DEADLINE, collect, wait_until};
+use crate::harness::{DEADLINE, collect};
 use crate::tasks::Described;
 
 /// A runtime with a host `alpha` that shares the spawner's mirrored root and a host
@@ -159,6 +159,7 @@ fn describe(vm: &Vm, host: &str) -> Vec<Described> {
 fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
     let hosts = TwoHosts::start(ShipMode::Auto, 1);
     write_inputs(hosts.shared.path());
+    let mut shipped_blobs = 0;
     for map in maps(hosts.shared.path()) {
         let vm = vm_with(hosts.runtime(), &map, false);
         let shared = describe(&vm, "alpha");
@@ -172,8 +173,11 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
         assert!(!shipped.is_empty());
         let stats = vm.ship_stats();
         assert_eq!(stats.manifests, 1, "{map:?}: {stats:?}");
-        assert!(stats.blobs > 0, "{map:?}: {stats:?}");
+        shipped_blobs += stats.blobs;
     }
+    // Each content once for the host, whichever VM's map needed it first: amp.cir (and
+    // its copy), the two libraries, run.sh, fixed.txt.
+    assert_eq!(shipped_blobs, 5, "{shipped_blobs}");
     // beta's own root was only read, never written.
     assert_eq!(
         std::fs::read_dir(hosts.beta_root.path()).unwrap().count(),
@@ -184,6 +188,9 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
         "beta's host cache is in its local storage"
     );
 }
+
+/// A described entry without its modification time.
+type Untimed = (String, String, u32, Vec<u8>);
 
 #[test]
 fn shipped_and_shared_mirroring_give_identical_folders() {
@@ -214,17 +221,16 @@ fn shipped_and_shared_mirroring_give_identical_folders() {
     }
     // The modification times of the files written again differ between the runs, and the
     // folders otherwise must not.
-    let without_times =
-        |folders: &Vec<Vec<Described>>| -> Vec<Vec<(String, String, u32, Vec<u8>)>> {
-            folders
-                .iter()
-                .map(|f| {
-                    f.iter()
-                        .map(|(p, k, m, _, c)| (p.clone(), k.clone(), *m, c.clone()))
-                        .collect()
-                })
-                .collect()
-        };
+    let without_times = |folders: &Vec<Vec<Described>>| -> Vec<Vec<Untimed>> {
+        folders
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .map(|(p, k, m, _, c)| (p.clone(), k.clone(), *m, c.clone()))
+                    .collect()
+            })
+            .collect()
+    };
     assert_eq!(without_times(&seen[0]), without_times(&seen[1]));
     assert!(
         seen[1]
@@ -285,7 +291,18 @@ fn two_workers_of_one_host_fetch_each_blob_once() {
     assert_eq!(ids.len(), 2);
     let (outcomes, _) = collect(&vm, &ids);
     for id in &ids {
-        assert_eq!(outcomes[id].value::<Vec<String>>().len(), 4, "{id}");
+        let names = outcomes[id].value::<Vec<String>>();
+        assert_eq!(
+            names,
+            [
+                "big",
+                "big/big",
+                "big/big/part0",
+                "big/big/part1",
+                "big/big/part2"
+            ],
+            "{id}"
+        );
     }
     let stats = vm.ship_stats();
     assert_eq!(stats.manifests, 2, "{stats:?}");
@@ -309,16 +326,41 @@ fn a_worker_killed_mid_transfer_loses_its_task_and_its_replacement_works() {
     let pid: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
     let pid = Pid::from_raw(i32::try_from(pid).unwrap());
     let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
-    wait_until("the transfer started", || vm.ship_stats().bytes > 0);
+    // Transfers go on while the program waits for messages (someone pumps the events).
+    let mut exit = None;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while vm.ship_stats().bytes == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer did not start"
+        );
+        if let Some(Message::TaskExit { status, .. }) =
+            vm.recv_timeout(Duration::from_millis(1)).unwrap()
+        {
+            exit = Some(status);
+        }
+    }
     kill(pid, Signal::SIGKILL).unwrap();
-    let exit = receive_exit(&vm, ids[0]);
+    let exit = exit.unwrap_or_else(|| receive_exit(&vm, ids[0]));
     assert!(
         matches!(&exit, ExitStatus::Failed { reason } if reason.contains("died")),
         "{exit:?}"
     );
     // The replacement fetches the blob (again, or what is missing of it) and runs.
-    let names: Vec<String> = run_on(&vm, "beta", Spawn::task("tree", &()));
-    assert_eq!(names, ["huge.bin"]);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let ids = loop {
+        let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
+        if !ids.is_empty() {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement on beta"
+        );
+        let _ = vm.recv_timeout(Duration::from_millis(10)).unwrap();
+    };
+    let (outcomes, _) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].value::<Vec<String>>(), ["huge.bin"]);
     // Sent once, or twice when the first transfer had ended but not yet been kept.
     let blobs = vm.ship_stats().blobs;
     assert!((1..=2).contains(&blobs), "{blobs}");
