@@ -413,3 +413,144 @@ fn send_blob(
     tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use parvm_transport::{Event, Transport, Wait};
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+    use crate::wire::{self, FromWorker};
+
+    /// The next frame a worker end receives, decoded by `read`.
+    fn next<R>(end: &MemoryTransport, read: impl FnOnce(ToWorker<'_>) -> R) -> R {
+        match end.recv(Wait::For(Duration::from_secs(10))).unwrap() {
+            Some(Event::Message { payload, .. }) => read(wire::decode(&payload).unwrap()),
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forged_requests_are_refused_and_honest_ones_answered_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let content = vec![9u8; BLOB_CHUNK + 10];
+        std::fs::write(root.path().join("a.bin"), &content).unwrap();
+        let config = parvm_env_config::Config::builder()
+            .local_root(root.path())
+            .mirrored_roots([root.path()])
+            .ship(ShipMode::Always)
+            .build()
+            .unwrap();
+        let source = root.path().join("a.bin").display().to_string();
+        let (_, map) =
+            crate::task_folder::encode_map(&config, &[(source, PathBuf::from("."))]).unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w1", "w2"]).into_iter();
+        let spawner: Box<dyn Transport> = Box::new(ends.next().unwrap());
+        let (w1, w2) = (ends.next().unwrap(), ends.next().unwrap());
+        let shared = Arc::new(Shared::new(
+            spawner,
+            crate::Tasks::new(),
+            config.clone(),
+            Vec::new(),
+        ));
+        // Worker 1 was sent the VM's map, worker 2 was not.
+        let mapped = Arc::new(Mutex::new(HashSet::from([1])));
+        let mut ship =
+            VmShip::new(0, ShipMode::Always, config.mirrored_roots(), &map, mapped).unwrap();
+        assert_eq!(ship.plan(), &ShipPlan::Always);
+        let jobs = ship.start(Arc::downgrade(&shared)).unwrap();
+        shared.lock().ship.insert(0, jobs);
+        let route = |from, frame: &FromWorker<'_>| {
+            let mut state = shared.lock();
+            let event = Event::Message {
+                from,
+                payload: wire::encode(frame).unwrap(),
+            };
+            assert!(shared.route(&mut state, event).is_none());
+        };
+        let unknown = Digest::from_bytes([1; 32]);
+        // Refused without an answer: another VM, a worker without the map, a root the map
+        // does not use, blobs before a manifest, too long a list.
+        route(1, &FromWorker::ManifestWanted { vm: 7, root: 0 });
+        route(2, &FromWorker::ManifestWanted { vm: 0, root: 0 });
+        route(1, &FromWorker::ManifestWanted { vm: 0, root: 5 });
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown],
+            },
+        );
+        route(1, &FromWorker::ManifestWanted { vm: 0, root: 0 });
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown; MAX_BLOBS_WANTED + 1],
+            },
+        );
+        // The first answer is the manifest: nothing came of the forged requests.
+        let manifest = next(&w1, |frame| match frame {
+            ToWorker::Manifest {
+                vm: 0,
+                root: 0,
+                bytes,
+            } => parvm_ship::Manifest::decode(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        });
+        let blobs = manifest.blobs();
+        assert_eq!(blobs.len(), 1);
+        let (digest, size, _) = blobs[0].clone();
+        assert_eq!(size, content.len() as u64);
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown, digest],
+            },
+        );
+        next(&w1, |frame| {
+            assert!(
+                matches!(&frame, ToWorker::BlobFailed { digest: d, reason, .. } if *d == unknown && reason.contains(&unknown.to_string())),
+                "{frame:?}"
+            );
+        });
+        let mut received = Vec::new();
+        loop {
+            let end = next(&w1, |frame| match frame {
+                ToWorker::BlobData {
+                    digest: d, data, ..
+                } if d == digest => {
+                    assert!(data.len() <= BLOB_CHUNK);
+                    received.extend_from_slice(&data);
+                    false
+                }
+                ToWorker::BlobEnd { digest: d, .. } if d == digest => true,
+                other => panic!("{other:?}"),
+            });
+            if end {
+                break;
+            }
+        }
+        assert_eq!(received, content);
+        assert_eq!(
+            ship.stats(),
+            ShipStats {
+                manifests: 1,
+                blobs: 1,
+                bytes: content.len() as u64
+            }
+        );
+        // Worker 2 got nothing at all.
+        assert!(w2.recv(Wait::NoWait).unwrap().is_none());
+        shared.lock().ship.remove(&0);
+        drop(ship);
+        // Gone before the spawner finalizes, so it does not wait for them.
+        drop((w1, w2));
+    }
+}
