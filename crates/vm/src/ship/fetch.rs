@@ -312,3 +312,301 @@ pub(crate) fn roots_with(roots: &[PathBuf], snapshots: &[(u32, &Path)]) -> Vec<P
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::Read;
+
+    use parvm_ship::{CacheLimits, Scanner};
+
+    use super::*;
+
+    /// A spawner in the test's thread: answers requests from a scanner of `root`, with
+    /// faults on demand.
+    struct FakeSpawner {
+        scanner: Scanner,
+        queue: VecDeque<Vec<u8>>,
+        /// Blobs sent, in order.
+        sent: Vec<Digest>,
+        /// Blobs whose bytes arrive damaged (the first byte flipped).
+        damaged: Vec<Digest>,
+        /// Every blob is refused with this reason.
+        refuse_blobs: Option<String>,
+        /// The manifest is refused with this reason.
+        refuse_manifest: Option<String>,
+    }
+
+    impl FakeSpawner {
+        fn new(root: &Path) -> FakeSpawner {
+            FakeSpawner {
+                scanner: Scanner::new(vec![root.to_owned()], 0, vec![b"*".to_vec()]),
+                queue: VecDeque::new(),
+                sent: Vec::new(),
+                damaged: Vec::new(),
+                refuse_blobs: None,
+                refuse_manifest: None,
+            }
+        }
+
+        fn push(&mut self, frame: &ToWorker<'_>) {
+            self.queue.push_back(wire::encode(frame).unwrap());
+        }
+    }
+
+    impl Exchange for FakeSpawner {
+        fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String> {
+            match frame {
+                FromWorker::ManifestWanted { vm, root } => {
+                    let frame = match &self.refuse_manifest {
+                        Some(reason) => ToWorker::ManifestFailed {
+                            vm: *vm,
+                            root: *root,
+                            reason: reason.clone(),
+                        },
+                        None => ToWorker::Manifest {
+                            vm: *vm,
+                            root: *root,
+                            bytes: self.scanner.manifest().unwrap().encode().into(),
+                        },
+                    };
+                    let bytes = wire::encode(&frame).unwrap();
+                    self.queue.push_back(bytes);
+                }
+                FromWorker::BlobsWanted { vm, digests, .. } => {
+                    for &digest in digests {
+                        if let Some(reason) = self.refuse_blobs.clone() {
+                            self.push(&ToWorker::BlobFailed {
+                                vm: *vm,
+                                digest,
+                                reason,
+                            });
+                            continue;
+                        }
+                        let (mut file, _) = self.scanner.open_blob(&digest).unwrap();
+                        let mut data = Vec::new();
+                        file.read_to_end(&mut data).unwrap();
+                        if self.damaged.contains(&digest) {
+                            data[0] ^= 0xff;
+                        }
+                        for chunk in data.chunks(7) {
+                            self.push(&ToWorker::BlobData {
+                                vm: *vm,
+                                digest,
+                                data: chunk.into(),
+                            });
+                        }
+                        self.push(&ToWorker::BlobEnd { vm: *vm, digest });
+                        self.sent.push(digest);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            Ok(())
+        }
+
+        fn next(&mut self) -> Result<Vec<u8>, String> {
+            self.queue
+                .pop_front()
+                .ok_or_else(|| "the spawner is gone".to_owned())
+        }
+    }
+
+    struct Setup {
+        root: tempfile::TempDir,
+        _local: tempfile::TempDir,
+        cache: HostCache,
+        shipping: Shipping,
+    }
+
+    fn setup() -> Setup {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a.txt"), "alpha").unwrap();
+        std::fs::write(root.path().join("b.txt"), "bravo, longer").unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let user_dir = local.path().join("parvm-test");
+        std::fs::create_dir(&user_dir).unwrap();
+        std::fs::set_permissions(
+            &user_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let limits = CacheLimits {
+            max_bytes: 1 << 20,
+            max_count: 100,
+        };
+        let cache = HostCache::open(&user_dir, limits).unwrap();
+        let mut shipping = Shipping::default();
+        shipping.receive_plan(0, ShipPlan::Always);
+        Setup {
+            root,
+            _local: local,
+            cache,
+            shipping,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_fetched_once_and_then_taken_from_the_cache() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
+            "bravo, longer"
+        );
+        assert_eq!(spawner.sent.len(), 2);
+        drop(snapshot);
+        // The next task: the manifest it has, the blobs the cache has.
+        let again = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(spawner.sent.len(), 2, "nothing fetched again");
+        assert!(again.path().join("a.txt").is_file());
+    }
+
+    #[test]
+    fn a_blob_that_arrives_damaged_fails_the_task_naming_the_file() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner
+            .damaged
+            .push(parvm_ship::Digest::of(b"bravo, longer"));
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .expect_err("a digest mismatch");
+        assert!(matches!(error, Error::Ship { root: 0, .. }), "{error:?}");
+        let text = crate::error::one_line(&error);
+        assert!(text.contains("b.txt"), "{text}");
+        // Nothing of it was kept: the next try fetches it again, and it is sound then.
+        spawner.damaged.clear();
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
+            "bravo, longer"
+        );
+    }
+
+    #[test]
+    fn a_blob_corrupted_in_the_cache_is_fetched_again_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        // A new manifest needs a new snapshot; its new file is built from a blob (an
+        // unchanged file may come from the older snapshot), which was damaged meanwhile.
+        std::fs::write(s.root.path().join("c.txt"), "alpha").unwrap();
+        spawner.queue.clear();
+        let digest = parvm_ship::Digest::of(b"alpha");
+        let hex = digest.to_string();
+        let blob = s.cache.path().join("blobs").join(&hex[..2]).join(&hex);
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&blob, "alphA").unwrap();
+        s.shipping.forget(0);
+        s.shipping.receive_plan(0, ShipPlan::Always);
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        for name in ["a.txt", "c.txt"] {
+            assert_eq!(
+                std::fs::read_to_string(snapshot.path().join(name)).unwrap(),
+                "alpha"
+            );
+        }
+        assert_eq!(spawner.sent.iter().filter(|d| **d == digest).count(), 2);
+    }
+
+    #[test]
+    fn what_the_spawner_refuses_or_a_lost_spawner_fails_the_task() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.refuse_manifest = Some("cannot read `x`".to_owned());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason == "cannot read `x`"),
+            "{error:?}"
+        );
+        // A manifest that cannot be read is refused the same way.
+        let mut s = setup();
+        s.shipping.file(ToWorker::Manifest {
+            vm: 0,
+            root: 0,
+            bytes: b"not a manifest".as_slice().into(),
+        });
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason.contains("same parvm build")),
+            "{error:?}"
+        );
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.refuse_blobs = Some("it changed at the source".to_owned());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason.contains(".txt`: it changed")),
+            "{error:?}"
+        );
+        // The spawner goes away while the worker waits for the blobs.
+        struct Gone;
+        impl Exchange for Gone {
+            fn send(&mut self, _: &FromWorker<'_>) -> Result<(), String> {
+                Ok(())
+            }
+            fn next(&mut self) -> Result<Vec<u8>, String> {
+                Err("the spawner is gone".to_owned())
+            }
+        }
+        let mut s = setup();
+        let error = s.shipping.snapshot(&mut Gone, &s.cache, 0, 0).unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipInterrupted { root: 0, reason } if reason.contains("gone")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_plan_decides_which_roots_are_shipped() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_owned(), other.path().to_owned()];
+        let map = parvm_mirror_fs::MirrorMap::new()
+            .entry(root.path().join("x").to_str().unwrap(), ".")
+            .unwrap()
+            .entry(other.path().join("y").to_str().unwrap(), ".")
+            .unwrap()
+            .to_abstract(&roots, Path::new("/"))
+            .unwrap();
+        let marker = super::super::probe::Marker::write(1, other.path());
+        let mut shipping = Shipping::default();
+        for (vm, plan, expected) in [
+            (0, ShipPlan::Never, vec![]),
+            (1, ShipPlan::Always, vec![0, 1]),
+            (2, ShipPlan::Probe(vec![marker.probe().clone()]), vec![0]),
+        ] {
+            shipping.receive_plan(vm, plan);
+            let shipped: Vec<u32> = shipping
+                .shipped_roots(vm, &roots, &map)
+                .into_iter()
+                .collect();
+            assert_eq!(shipped, expected, "vm {vm}");
+        }
+        // Decided once per VM: the marker's removal does not change it.
+        drop(marker);
+        let shipped: Vec<u32> = shipping
+            .shipped_roots(2, &roots, &map)
+            .into_iter()
+            .collect();
+        assert_eq!(shipped, [0]);
+        assert_eq!(
+            roots_with(&roots[..1], &[(1, Path::new("/snap"))]),
+            [root.path().to_owned(), PathBuf::from("/snap")]
+        );
+    }
+}

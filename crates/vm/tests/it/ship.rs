@@ -160,8 +160,16 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
     let hosts = TwoHosts::start(ShipMode::Auto, 1);
     write_inputs(hosts.shared.path());
     let mut shipped_blobs = 0;
+    let markers = || -> Vec<String> {
+        std::fs::read_dir(hosts.shared.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".parvm-probe-"))
+            .collect()
+    };
     for map in maps(hosts.shared.path()) {
         let vm = vm_with(hosts.runtime(), &map, false);
+        assert_eq!(markers().len(), 1, "the VM's marker, while it lives");
         let shared = describe(&vm, "alpha");
         assert_eq!(
             vm.ship_stats().manifests,
@@ -178,6 +186,11 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
     // Each content once for the host, whichever VM's map needed it first: amp.cir (and
     // its copy), the two libraries, run.sh, fixed.txt.
     assert_eq!(shipped_blobs, 5, "{shipped_blobs}");
+    assert!(
+        markers().is_empty(),
+        "removed with their VMs: {:?}",
+        markers()
+    );
     // beta's own root was only read, never written.
     assert_eq!(
         std::fs::read_dir(hosts.beta_root.path()).unwrap().count(),
