@@ -180,10 +180,12 @@ impl Shipping {
         }
         match &self.manifests[&(vm, root)] {
             Ok(manifest) => Ok(Arc::clone(manifest)),
-            Err(reason) => Err(Error::ShipRefused {
-                root,
-                reason: reason.clone(),
-            }),
+            Err(reason) => {
+                let reason = reason.clone();
+                // Reported to this task only: the next one asks again.
+                self.manifests.remove(&(vm, root));
+                Err(Error::ShipRefused { root, reason })
+            }
         }
     }
 
@@ -526,6 +528,9 @@ mod tests {
             matches!(&error, Error::ShipRefused { reason, .. } if reason == "cannot read `x`"),
             "{error:?}"
         );
+        // The next task asks again, and the spawner can describe the root by then.
+        spawner.refuse_manifest = None;
+        s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         // A manifest that cannot be read is refused the same way.
         let mut s = setup();
         s.shipping.file(ToWorker::Manifest {

@@ -169,9 +169,11 @@ impl VmShip {
     /// sources changed since the worker was sent one, so its task mirrors what is there now.
     pub(crate) fn before_spawn(&self, shared: &Shared, rank: Rank) {
         for (&root, scan) in &self.table.scans {
+            // The scan first: a manifest the shipping thread is sending meanwhile is
+            // recorded by the time it is free.
+            let mut scan = lock(scan);
             let had = lock(&self.table.sent).get(&(rank, root)).copied();
             if let Some(had) = had {
-                let mut scan = lock(scan);
                 send_manifest(&self.table, shared, &mut scan, rank, root, Some(had));
             }
         }

@@ -468,3 +468,26 @@ fn a_tcp_worker_with_its_own_root_gets_the_inputs_shipped() {
     assert_eq!(run_on::<String>(&vm, "far", read), "over tcp");
     assert_eq!(vm.ship_stats().blobs, 1);
 }
+
+#[test]
+fn a_source_the_spawner_cannot_ship_fails_the_task_until_it_is_fixed() {
+    let hosts = TwoHosts::start(ShipMode::Auto, 1);
+    std::fs::create_dir(hosts.path("project")).unwrap();
+    std::fs::write(hosts.path("project/a.cir"), "netlist").unwrap();
+    let fifo = hosts.path("project/pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let vm = vm_with(
+        hosts.runtime(),
+        &[(hosts.path("project/*").display().to_string(), ".")],
+        false,
+    );
+    let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
+    let exit = receive_exit(&vm, ids[0]);
+    assert!(
+        matches!(&exit, ExitStatus::Failed { reason } if reason.contains("pipe") && reason.contains("cannot ship")),
+        "{exit:?}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    let names: Vec<String> = run_on(&vm, "beta", Spawn::task("tree", &()));
+    assert_eq!(names, ["a.cir"]);
+}
