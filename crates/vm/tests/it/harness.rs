@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use parvm_transport::tcp::Secret;
 use parvm_vm::memory::MemoryTransport;
 use parvm_vm::{
-    Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, TcpSpawner, Value, Vm, Worker,
+    Config, ExitStatus, Message, Runtime, ShipMode, TaskFailure, TaskId, TcpSpawner, Value, Vm,
+    Worker,
 };
 
 /// Which transport a suite runs on.
@@ -78,11 +79,29 @@ pub struct Harness {
     _secret: Option<tempfile::TempDir>,
 }
 
+thread_local! {
+    /// The `PARVM_SHIP` of the configurations [`config`] makes on this thread.
+    static SHIP: std::cell::Cell<ShipMode> = const { std::cell::Cell::new(ShipMode::Auto) };
+}
+
+/// Makes the harnesses this thread starts (and [`config`]) use `mode` until the guard is
+/// dropped.
+pub fn ship_mode(mode: ShipMode) -> impl Drop {
+    struct Restore(ShipMode);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHIP.with(|ship| ship.set(self.0));
+        }
+    }
+    Restore(SHIP.with(|ship| ship.replace(mode)))
+}
+
 pub fn config(local: &Path, shared: &Path, host: &str) -> Config {
     Config::builder()
         .local_root(local)
         .mirrored_roots([shared])
         .hostname(host)
+        .ship(SHIP.with(std::cell::Cell::get))
         .build()
         .expect("test configuration")
 }

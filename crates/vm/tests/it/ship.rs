@@ -9,8 +9,73 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{CacheMax, Config, ExitStatus, Message, Runtime, ShipMode, Spawn, TaskId, Vm};
 
-use crate::harness::{DEADLINE, collect};
+use crate::harness::{Backend, DEADLINE, Harness, collect, ship_mode};
 use crate::tasks::Described;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
+        }
+        mod local {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
+        }
+        mod tcp {
+            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
+        }
+        #[cfg(feature = "mpi")]
+        mod mpi {
+            $(
+                #[test]
+                fn $name() {
+                    crate::mpirun::suite_test(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )*
+        }
+    };
+}
+
+suite!(inputs_shipped_to_every_worker_fill_the_same_folders);
+
+/// With `PARVM_SHIP=always` on every transport: two workers of one host, inputs of every
+/// kind, the folders equal to the sources and to each other, each blob sent once.
+fn inputs_shipped_to_every_worker_fill_the_same_folders(backend: Backend) {
+    let _always = ship_mode(ShipMode::Always);
+    let h = Harness::start(backend, 2);
+    write_inputs(h.shared.path());
+    // Larger than a chunk, so it travels in several frames.
+    std::fs::write(h.shared.path().join("project/big.bin"), vec![3u8; 600_000]).unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(h.shared.path().join("project/*").display().to_string(), ".")
+        .build()
+        .unwrap();
+    let ids = vm.spawn(Spawn::task("describe", &()).count(2)).unwrap();
+    assert_eq!(ids.len(), 2);
+    let (outcomes, _) = collect(&vm, &ids);
+    let folders: Vec<Vec<Described>> = ids.iter().map(|id| outcomes[id].value()).collect();
+    assert_eq!(folders[0], folders[1]);
+    let find = |name: &str| {
+        folders[0]
+            .iter()
+            .find(|entry| entry.0 == name)
+            .unwrap_or_else(|| panic!("{name} missing: {:?}", folders[0]))
+            .clone()
+    };
+    assert_eq!(find("big.bin").4, vec![3u8; 600_000]);
+    assert_eq!(find("run.sh").2, 0o755);
+    assert_eq!(find("fixed.txt").2, 0o444);
+    assert_eq!(find("models/amp-link.cir").4, b"amp.cir");
+    assert_eq!(find("empty").1, "folder");
+    let stats = vm.ship_stats();
+    assert_eq!(stats.manifests, 2, "{stats:?}");
+    // amp.cir and its copy, two libraries, run.sh, fixed.txt, big.bin; one host cache.
+    assert_eq!(stats.blobs, 6, "{stats:?}");
+}
 
 /// A runtime with a host `alpha` that shares the spawner's mirrored root and a host
 /// `beta` whose mirrored root is another (empty) folder, each with local storage of its own.
