@@ -240,7 +240,7 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                     );
                     continue;
                 }
-                let mut buffer = vec![0u8; BLOB_CHUNK];
+                let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
                 for digest in digests {
                     if table.cancel.load(Ordering::Acquire)
                         || !send_blob(table, &shared, scan, rank, digest, &mut buffer)
@@ -251,6 +251,17 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
             }
         }
     }
+}
+
+/// The bytes of a blob per frame: [`BLOB_CHUNK`], or less when the transport's frame
+/// limit (`PARVM_MAX_FRAME`) leaves less room beside the frame's head.
+fn chunk_len(max_frame: Option<u64>) -> usize {
+    const HEAD_ROOM: u64 = 1024;
+    max_frame.map_or(BLOB_CHUNK, |max| {
+        usize::try_from(max.saturating_sub(HEAD_ROOM))
+            .unwrap_or(BLOB_CHUNK)
+            .clamp(1024, BLOB_CHUNK)
+    })
 }
 
 /// The root's scan, when worker `rank` may ask for `what` of it: it was sent the VM's map
@@ -432,6 +443,14 @@ mod tests {
             Some(Event::Message { payload, .. }) => read(wire::decode(&payload).unwrap()),
             other => panic!("no frame: {other:?}"),
         }
+    }
+
+    #[test]
+    fn chunks_fit_the_frame_limit() {
+        assert_eq!(chunk_len(None), BLOB_CHUNK);
+        assert_eq!(chunk_len(Some(1 << 30)), BLOB_CHUNK);
+        assert_eq!(chunk_len(Some(4096)), 3072);
+        assert_eq!(chunk_len(Some(BLOB_CHUNK as u64)), BLOB_CHUNK - 1024);
     }
 
     #[test]
