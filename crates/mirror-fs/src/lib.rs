@@ -83,6 +83,7 @@ mod options;
 mod pathser;
 mod persistent;
 mod returns;
+mod sources;
 mod translate;
 
 pub use copy::{mirror, refresh};
@@ -95,4 +96,5 @@ pub use persistent::{FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders
 pub use returns::{
     FileSig, PendingFile, ResultsDir, ReturnSource, check_result_path, check_return_pattern,
 };
+pub use sources::expand_source;
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

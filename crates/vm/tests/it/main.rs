@@ -26,6 +26,7 @@ mod processes;
 mod replace;
 mod returns;
 mod selection;
+mod ship;
 mod stop;
 mod unprivileged;
 mod variables;

@@ -1,0 +1,505 @@
+//! [`Scanner`]: the spawner's view of one mirrored root, kept as a manifest and refreshed
+//! cheaply.
+//!
+//! Every call walks what the sources match with one `lstat` per entry (the source watch of
+//! mirror-fs's persistent refresh is tied to its copy manifest, so it is not reused here);
+//! only files whose signature (device, inode, size, modification and change time, mode)
+//! changed are opened and hashed again, in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Node, Timestamp};
+
+/// Files at least this large are hashed with BLAKE3's multi-threaded update.
+const PARALLEL_HASH: u64 = 8 << 20;
+/// Read size while hashing.
+const CHUNK: usize = 1 << 20;
+/// Times a file that keeps changing while it is hashed is tried before it is refused.
+const TRIES: usize = 3;
+
+/// What tells whether a file changed since it was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+}
+
+impl FileSig {
+    fn of(m: &Metadata) -> FileSig {
+        FileSig {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mode: m.mode(),
+        }
+    }
+
+    fn mtime(&self) -> Timestamp {
+        timestamp(self.mtime.0, self.mtime.1)
+    }
+}
+
+fn timestamp(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+/// Spawner side, one per (VM, mirrored root). Expands the sources with mirror-fs's glob
+/// rules ([`parvm_mirror_fs::expand_source`]), follows a top-level symlink only into the
+/// mirrored roots (as mirroring does), hashes files with BLAKE3, and on later calls
+/// rehashes only files whose (device, inode, size, modification time, change time)
+/// changed; an unchanged folder keeps its digest.
+///
+/// ```
+/// use parvm_ship::Scanner;
+///
+/// let shared = tempfile::tempdir()?;
+/// std::fs::create_dir(shared.path().join("lib"))?;
+/// std::fs::write(shared.path().join("lib/a.lib"), "model a")?;
+/// let mut scanner = Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"lib/*.lib".to_vec()]);
+/// let manifest = scanner.manifest()?;
+/// assert_eq!((manifest.file_count(), manifest.total_bytes()), (1, 7));
+/// let (digest, _, shown) = manifest.blobs()[0].clone();
+/// assert_eq!(shown, std::path::Path::new("lib/a.lib"));
+/// let (_file, len) = scanner.open_blob(&digest)?;
+/// assert_eq!(len, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Scanner {
+    roots: Vec<PathBuf>,
+    root: usize,
+    sources: Vec<Vec<u8>>,
+    /// Every file hashed so far, by the path it was read from.
+    hashed: HashMap<PathBuf, (FileSig, Digest)>,
+    /// The blobs of the current manifest: where each is read from, and its signature then.
+    blobs: HashMap<Digest, (PathBuf, FileSig)>,
+    current: Option<Arc<Manifest>>,
+    /// Files hashed by the last call, for tests of the rehash rule.
+    last_hashed: usize,
+}
+
+/// The sources' matches beneath the root, as a tree of names.
+#[derive(Default)]
+struct Wanted {
+    /// Set when this entry itself matched: the path it is read from, and its metadata.
+    whole: Option<(PathBuf, Metadata)>,
+    children: BTreeMap<Vec<u8>, Wanted>,
+}
+
+/// A walked entry, before its file contents are hashed.
+enum Walked {
+    File {
+        name: Vec<u8>,
+        path: PathBuf,
+        sig: FileSig,
+    },
+    Dir {
+        name: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+        children: Vec<Walked>,
+    },
+    Link {
+        name: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+        target: Vec<u8>,
+    },
+}
+
+impl Scanner {
+    /// A scanner of root `root` of `roots` (this host's mirrored roots) for `sources`, the
+    /// suffixes below that root the map's sources have (they may hold globs). Nothing is
+    /// read until [`manifest`](Scanner::manifest).
+    pub fn new(roots: Vec<PathBuf>, root: usize, sources: Vec<Vec<u8>>) -> Scanner {
+        Scanner {
+            roots,
+            root,
+            sources,
+            hashed: HashMap::new(),
+            blobs: HashMap::new(),
+            current: None,
+            last_hashed: 0,
+        }
+    }
+
+    fn root_path(&self) -> Result<&Path> {
+        self.roots
+            .get(self.root)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| Error::Source {
+                root: PathBuf::from(format!("mirrored root {}", self.root)),
+                source: parvm_mirror_fs::Error::RootIndex {
+                    index: self.root,
+                    count: self.roots.len(),
+                },
+            })
+    }
+
+    /// The manifest of what the sources match now. The first call hashes everything; later
+    /// calls `lstat` every entry again and rehash only files whose signature changed,
+    /// returning the same `Arc` when the root digest did not change.
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a source mirroring would refuse (a literal source missing, a
+    /// symlink leaving the roots, a dangling symlink, a fifo or device);
+    /// [`Error::SourceChanged`] for a file that kept changing while it was hashed;
+    /// [`Error::ManifestInvalid`] for a tree beyond the manifest's limits;
+    /// [`Error::Io`] when reading fails.
+    pub fn manifest(&mut self) -> Result<Arc<Manifest>> {
+        let root_path = self.root_path()?.to_path_buf();
+        let wanted = self.wanted(&root_path)?;
+        let root_meta = fs::metadata(&root_path).map_err(|e| Error::io("read", &root_path, e))?;
+        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted)?;
+        let mut files = Vec::new();
+        collect_files(&walked, &mut files);
+        let stale: Vec<(PathBuf, FileSig)> = files
+            .into_iter()
+            .filter(|(path, sig)| self.hashed.get(*path).is_none_or(|(had, _)| had != *sig))
+            .map(|(path, sig)| (path.clone(), *sig))
+            .collect();
+        self.last_hashed = stale.len();
+        for (path, sig, digest) in hash_all(&stale)? {
+            self.hashed.insert(path, (sig, digest));
+        }
+        let mut blobs = HashMap::new();
+        let root = self.build(walked, &mut blobs)?;
+        // Forget files no longer matched, so the table does not grow without bound.
+        let used: std::collections::HashSet<&PathBuf> = blobs.values().map(|(p, _)| p).collect();
+        self.hashed.retain(|p, _| used.contains(p));
+        let manifest = Manifest::new(root)?;
+        self.blobs = blobs;
+        if let Some(current) = &self.current
+            && current.root_digest() == manifest.root_digest()
+        {
+            return Ok(Arc::clone(current));
+        }
+        let manifest = Arc::new(manifest);
+        self.current = Some(Arc::clone(&manifest));
+        Ok(manifest)
+    }
+
+    /// Expands every source into the tree of matched names.
+    fn wanted(&self, root_path: &Path) -> Result<Wanted> {
+        let source_err = |source| Error::Source {
+            root: root_path.to_path_buf(),
+            source,
+        };
+        let mut wanted = Wanted::default();
+        for suffix in &self.sources {
+            let suffix = Path::new(OsStr::from_bytes(suffix));
+            if suffix
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            {
+                return Err(source_err(parvm_mirror_fs::Error::BadSuffix {
+                    suffix: suffix.to_path_buf(),
+                }));
+            }
+            let pattern = if suffix.as_os_str().is_empty() {
+                root_path.to_path_buf()
+            } else {
+                root_path.join(suffix)
+            };
+            for (path, meta) in
+                parvm_mirror_fs::expand_source(&self.roots, &pattern).map_err(source_err)?
+            {
+                let rel = path.strip_prefix(root_path).map_err(|_| {
+                    source_err(parvm_mirror_fs::Error::NoRoot {
+                        path: path.clone(),
+                        roots: root_path.display().to_string(),
+                    })
+                })?;
+                let mut at = &mut wanted;
+                for part in rel.components() {
+                    at = at
+                        .children
+                        .entry(part.as_os_str().as_bytes().to_vec())
+                        .or_default();
+                }
+                // A followed top-level symlink is read through its target, never through the link.
+                let read_from =
+                    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                        fs::canonicalize(&path).map_err(|e| Error::io("resolve", &path, e))?
+                    } else {
+                        path
+                    };
+                at.whole = Some((read_from, meta));
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Turns walked entries into nodes with the digests now in `hashed`, noting each blob.
+    fn build(
+        &self,
+        walked: Walked,
+        blobs: &mut HashMap<Digest, (PathBuf, FileSig)>,
+    ) -> Result<Node> {
+        match walked {
+            Walked::File { name, path, sig: _ } => {
+                let Some(&(sig_hashed, digest)) = self.hashed.get(&path) else {
+                    return Err(Error::SourceChanged { path });
+                };
+                let node = Node::file(
+                    &name,
+                    sig_hashed.mode,
+                    sig_hashed.mtime(),
+                    sig_hashed.size,
+                    digest,
+                )?;
+                blobs.entry(digest).or_insert((path, sig_hashed));
+                Ok(node)
+            }
+            Walked::Dir {
+                name,
+                mode,
+                mtime,
+                children,
+            } => {
+                let children = children
+                    .into_iter()
+                    .map(|c| self.build(c, blobs))
+                    .collect::<Result<Vec<_>>>()?;
+                Node::dir(&name, mode, mtime, children)
+            }
+            Walked::Link {
+                name,
+                mode,
+                mtime,
+                target,
+            } => Node::symlink(&name, mode, mtime, &target),
+        }
+    }
+
+    /// The file a blob of the current manifest is read from, opened without following a
+    /// symlink, with its length.
+    ///
+    /// # Errors
+    /// [`Error::UnknownBlob`] when no file of the current manifest has `digest`;
+    /// [`Error::SourceChanged`] when the file no longer has the signature it was hashed
+    /// with (call [`manifest`](Scanner::manifest) again); [`Error::Io`] when it cannot be opened.
+    pub fn open_blob(&self, digest: &Digest) -> Result<(File, u64)> {
+        let Some((path, sig)) = self.blobs.get(digest) else {
+            let root = self.roots.get(self.root).cloned().unwrap_or_default();
+            return Err(Error::UnknownBlob {
+                digest: *digest,
+                root,
+            });
+        };
+        let file = open_nofollow(path)?;
+        let now = file.metadata().map_err(|e| Error::io("read", path, e))?;
+        if FileSig::of(&now) != *sig {
+            return Err(Error::SourceChanged { path: path.clone() });
+        }
+        Ok((file, sig.size))
+    }
+}
+
+fn open_nofollow(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::SourceChanged {
+                path: path.to_path_buf(),
+            },
+            _ => Error::io("open", path, e),
+        })
+}
+
+/// Walks an entry of the wanted tree: whole when it matched, else only its wanted children.
+fn walk_wanted(name: Vec<u8>, path: &Path, meta: &Metadata, wanted: &Wanted) -> Result<Walked> {
+    if let Some((read_from, meta)) = &wanted.whole {
+        return walk_whole(name, read_from, meta);
+    }
+    if !meta.is_dir() {
+        return Err(Error::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: "a folder on the way to a source is not a folder".into(),
+        });
+    }
+    let mut children = Vec::with_capacity(wanted.children.len());
+    for (child, below) in &wanted.children {
+        let child_path = path.join(OsStr::from_bytes(child));
+        let child_meta = match &below.whole {
+            Some((_, m)) => m.clone(),
+            None => fs::metadata(&child_path).map_err(|e| Error::io("read", &child_path, e))?,
+        };
+        children.push(walk_wanted(child.clone(), &child_path, &child_meta, below)?);
+    }
+    Ok(Walked::Dir {
+        name,
+        mode: meta.mode() & 0o7777,
+        mtime: timestamp(meta.mtime(), meta.mtime_nsec()),
+        children,
+    })
+}
+
+/// Walks a matched entry and everything beneath it, symlinks kept as symlinks; fifos,
+/// sockets and devices inside a folder are skipped, as mirroring skips them.
+fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata) -> Result<Walked> {
+    let kind = meta.file_type();
+    let mtime = timestamp(meta.mtime(), meta.mtime_nsec());
+    if kind.is_file() {
+        return Ok(Walked::File {
+            name,
+            path: path.to_path_buf(),
+            sig: FileSig::of(meta),
+        });
+    }
+    if kind.is_symlink() {
+        let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
+        return Ok(Walked::Link {
+            name,
+            mode: meta.mode() & 0o7777,
+            mtime,
+            target: target.into_os_string().into_vec(),
+        });
+    }
+    let mut children = Vec::new();
+    let listing = fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io("list", path, e))?;
+        let child_path = entry.path();
+        let child_meta = match fs::symlink_metadata(&child_path) {
+            Ok(m) => m,
+            // Removed between the listing and the look: as if it had not been listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read", &child_path, e)),
+        };
+        let t = child_meta.file_type();
+        if t.is_file() || t.is_dir() || t.is_symlink() {
+            children.push(walk_whole(
+                entry.file_name().into_vec(),
+                &child_path,
+                &child_meta,
+            )?);
+        }
+    }
+    Ok(Walked::Dir {
+        name,
+        mode: meta.mode() & 0o7777,
+        mtime,
+        children,
+    })
+}
+
+fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig)>) {
+    match walked {
+        Walked::File { path, sig, .. } => out.push((path, sig)),
+        Walked::Dir { children, .. } => children.iter().for_each(|c| collect_files(c, out)),
+        Walked::Link { .. } => {}
+    }
+}
+
+/// Hashes `files` on as many threads as there are cores; each result carries the signature
+/// the file had while it was read.
+fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Digest)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Vec::with_capacity(files.len()));
+    let failure = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((path, _)) = files.get(i) else { break };
+                    match hash_file(path, &mut buf) {
+                        Ok((sig, digest)) => out
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((path.clone(), sig, digest)),
+                        Err(e) => {
+                            failure
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(e);
+                            next.store(files.len(), Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(e);
+    }
+    Ok(out.into_inner().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Hashes one file through a descriptor opened without following a symlink; the
+/// signature is taken before and after, and a file that changed meanwhile is read again.
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(FileSig, Digest)> {
+    for _ in 0..TRIES {
+        let mut file = open_nofollow(path)?;
+        let before = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
+        let mut hasher = blake3::Hasher::new();
+        let mut read = 0u64;
+        loop {
+            let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            if before.size >= PARALLEL_HASH {
+                hasher.update_rayon(&buf[..n]);
+            } else {
+                hasher.update(&buf[..n]);
+            }
+        }
+        let after = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
+        if before == after && read == after.size {
+            return Ok((after, hasher.finalize().into()));
+        }
+    }
+    Err(Error::SourceChanged {
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changed_files_are_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut scanner = Scanner::new(vec![dir.path().to_path_buf()], 0, vec![b"*".to_vec()]);
+        let first = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 3);
+        let again = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 0);
+        assert!(Arc::ptr_eq(&first, &again));
+        fs::write(dir.path().join("b"), "B").unwrap();
+        let changed = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 1);
+        assert_ne!(changed.root_digest(), first.root_digest());
+    }
+}
