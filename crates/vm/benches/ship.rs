@@ -8,12 +8,12 @@
 //! - shipped, cold: the worker's host cache is empty (a new worker with new local storage);
 //! - shipped, warm: the next tasks on that worker;
 //! - shipped, one file changed: a task after one source file was rewritten;
-//! - shared: a worker that reads the same mirrored folder (`PARVM_SHIP=never`);
+//! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
 //! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder.
 //!
 //! Each figure is the median of `REPEATS` runs. A worker is this bench binary again, started
-//! with `PARVM_CONNECT` (so `Runtime::start` makes it a worker), its own local storage and
-//! its own `PARVM_SHIP`.
+//! with `PARVM_CONNECT` (so `Runtime::start` makes it a worker) and its own local storage;
+//! the spawner's configuration says whether it ships (`ShipMode`).
 
 mod common;
 
@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use common::Res;
 use parvm_transport::tcp::Secret;
-use parvm_vm::{Backend, Config, Message, Runtime, Spawn, TaskContext, Tasks, TcpSpawner, Vm};
+use parvm_vm::{
+    Backend, Config, Message, Runtime, ShipMode, Spawn, TaskContext, Tasks, TcpSpawner, Vm,
+};
 
 /// Runs of each measurement; the median is reported.
 const REPEATS: usize = 3;
@@ -157,7 +159,14 @@ fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Ro
     for round in 0..REPEATS {
         // New local storage: an empty host cache.
         let local = work.join(format!("local-ship-{}-{round}", tree.folder));
-        let cluster = Cluster::start(exe, &mirrored, &local, &secret, &secret_file, "always")?;
+        let cluster = Cluster::start(
+            exe,
+            &mirrored,
+            &local,
+            &secret,
+            &secret_file,
+            ShipMode::Always,
+        )?;
         let vm = cluster.vm(tree)?;
         cold.push(one_task(&vm)?);
         for _ in 0..WARM_TASKS {
@@ -171,7 +180,14 @@ fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Ro
     }
 
     let local = work.join(format!("local-shared-{}", tree.folder));
-    let cluster = Cluster::start(exe, &mirrored, &local, &secret, &secret_file, "never")?;
+    let cluster = Cluster::start(
+        exe,
+        &mirrored,
+        &local,
+        &secret,
+        &secret_file,
+        ShipMode::Never,
+    )?;
     let vm = cluster.vm(tree)?;
     one_task(&vm)?;
     let mut shared = Vec::new();
@@ -209,7 +225,7 @@ impl Cluster {
         local: &Path,
         secret: &Secret,
         secret_file: &Path,
-        ship: &str,
+        ship: ShipMode,
     ) -> Res<Cluster> {
         fs::create_dir_all(local)?;
         let spawner_local = local.join("spawner");
@@ -217,6 +233,7 @@ impl Cluster {
         let config = Config::builder()
             .local_root(&spawner_local)
             .mirrored_roots([mirrored])
+            .ship(ship)
             .build()?;
         let runtime = Runtime::builder(tasks())
             .config(config)
@@ -231,7 +248,6 @@ impl Cluster {
             .env("PARVM_CONNECT", addr.to_string())
             .env("PARVM_SECRET_FILE", secret_file)
             .env("PARVM_HOSTNAME", "far")
-            .env("PARVM_SHIP", ship)
             .env("PARALLEL_LOCAL_STORAGE", local)
             .env("PARALLEL_MIRRORED_STORAGE", mirrored)
             .env_remove("PARVM_TRANSPORT")
