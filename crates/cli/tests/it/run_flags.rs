@@ -382,6 +382,21 @@ fn each_host_on_one_machine_runs_each_case_once() {
         let host = row.split('\t').nth(1).unwrap();
         assert!(!host.is_empty() && host != ":", "{row}");
     }
+    // --resume matches them by host and command line: nothing runs again, a new value
+    // does.
+    let out = sweep.ok(&[
+        "--each-host",
+        "-k",
+        "--joblog",
+        "jl",
+        "--resume",
+        "echo",
+        ":::",
+        "a",
+        "b",
+        "c",
+    ]);
+    assert_eq!(lines(&out), ["c"]);
 }
 
 #[test]
