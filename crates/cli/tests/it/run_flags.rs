@@ -65,18 +65,17 @@ fn halt_now_fail_stops_the_running_cases_and_exits_with_the_failing_code() {
 fn halt_soon_lets_running_cases_finish() {
     let sweep = Sweep::new();
     let dir = sweep.shared.display();
-    // Case 1 runs until case 2 has failed (it waits for the file case 2 makes as it
-    // exits), so it is running when the halt comes and must still end by itself.
+    // Case 1 runs until the joblog records case 2's failure, which is written just
+    // before the halt: it is running when the halt comes and must still end by itself.
     let command = format!(
         "v={{}}; set -- $v; case $1 in \
-         slow) while [ ! -e {dir}/failing ]; do sleep 0.01; done; echo slow ended;; \
-         fail) touch {dir}/failing; exit 4;; \
+         slow) until awk -F'\\t' '$7 == 4 {{ f = 1 }} END {{ exit !f }}' {dir}/jl; do sleep 0.01; done; echo slow ended;; \
+         fail) exit 4;; \
          esac"
     );
     let out = sweep.run(&[
         "-j",
         "2",
-        "-k",
         "--halt",
         "soon,fail=1",
         "--joblog",
@@ -383,6 +382,21 @@ fn each_host_on_one_machine_runs_each_case_once() {
         let host = row.split('\t').nth(1).unwrap();
         assert!(!host.is_empty() && host != ":", "{row}");
     }
+    // --resume matches them by host and command line: nothing runs again, a new value
+    // does.
+    let out = sweep.ok(&[
+        "--each-host",
+        "-k",
+        "--joblog",
+        "jl",
+        "--resume",
+        "echo",
+        ":::",
+        "a",
+        "b",
+        "c",
+    ]);
+    assert_eq!(lines(&out), ["c"]);
 }
 
 #[test]
