@@ -50,6 +50,7 @@ mod runtime;
 mod ship;
 mod spawner;
 mod state;
+mod streamed;
 mod supervise;
 mod task_context;
 mod task_folder;
@@ -68,6 +69,7 @@ pub use parvm_env_config::{CacheMax, Config, ShipMode, TransportKind};
 pub use returned::{CAPTURE_IN_MEMORY, Captured};
 #[doc(hidden)]
 pub use returning::set_return_hook;
+pub use streamed::OutputStream;
 // The in-process transport for tests lives in parvm-transport; re-exported so
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;

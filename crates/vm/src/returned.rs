@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use parvm_mirror_fs::{PendingFile, ResultsDir};
 
 use crate::error::one_line as error_chain;
+use crate::streamed::{self, OutputStream};
 use crate::{Message, TaskId};
 
 /// Bytes of each captured stream kept in memory; past this, the stream goes to a file.
@@ -128,6 +129,8 @@ pub(crate) struct Wanted {
     pub returning: bool,
     /// Whether its output is captured (commands only).
     pub capture: bool,
+    /// Whether its output goes to its VM as it comes, in whole lines (commands only).
+    pub stream: bool,
     /// The local root, for spilled output without a results folder.
     pub local_root: PathBuf,
 }
@@ -152,6 +155,8 @@ struct Inbound {
     /// The worker was told to send no more ([`Returns::take_stop`]).
     stop_sent: bool,
     streams: [Stream; 2],
+    /// The partial last line of each stream, when its output is streamed.
+    partial: [Vec<u8>; 2],
 }
 
 /// What [`Returns::finish`] gives for a task: the messages to file before its exit, and
@@ -181,6 +186,7 @@ impl Returns {
                 failed: None,
                 stop_sent: false,
                 streams: [Stream::default(), Stream::default()],
+                partial: [Vec::new(), Vec::new()],
             },
         );
     }
@@ -282,6 +288,24 @@ impl Returns {
         true
     }
 
+    /// Whether output of `task` is streamed to its VM ([`Returns::stream`]).
+    pub(crate) fn streams(&self, task: TaskId) -> bool {
+        !self.tasks.is_empty() && self.tasks.get(&task).is_some_and(|t| t.wanted.stream)
+    }
+
+    /// Output of a streamed task: the whole lines that can go to its VM now, if any (see
+    /// [`crate::streamed`]); the rest of the last line waits.
+    pub(crate) fn stream(
+        &mut self,
+        task: TaskId,
+        stream: OutputStream,
+        data: &[u8],
+    ) -> Option<Message> {
+        let inbound = self.tasks.get_mut(&task).filter(|t| t.wanted.stream)?;
+        let data = streamed::whole_lines(&mut inbound.partial[stream.index()], data)?;
+        Some(Message::Output { task, stream, data })
+    }
+
     /// Task `task` ended: the messages for its VM before its exit, and why returning
     /// failed. `None` when the task asked for nothing.
     pub(crate) fn finish(&mut self, task: TaskId) -> Option<Finished> {
@@ -293,6 +317,13 @@ impl Returns {
         // A file cut off by a failure is removed with its temporary name.
         inbound.current = None;
         let mut messages = Vec::new();
+        // The last line of a stream, which had no newline.
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let data = std::mem::take(&mut inbound.partial[stream.index()]);
+            if !data.is_empty() {
+                messages.push(Message::Output { task, stream, data });
+            }
+        }
         if inbound.wanted.capture {
             let [stdout, stderr] = std::mem::take(&mut inbound.streams);
             messages.push(Message::Captured {
@@ -458,6 +489,7 @@ mod tests {
             results: Some(results.to_owned()),
             returning,
             capture,
+            stream: false,
             local_root: results.to_owned(),
         }
     }

@@ -15,6 +15,7 @@ use crate::message::{ExitStatus, Payload, TaskFailure, Value};
 use crate::ship::serve::ShipJob;
 use crate::spawner::Shared;
 use crate::state::{End, State};
+use crate::streamed;
 use crate::wire::{self, FromWorker, ToWorker};
 use crate::{HostId, Message, TaskId};
 
@@ -65,8 +66,8 @@ impl Shared {
                     }
                     None => Payload::from_vec(Vec::new()),
                 };
-                Self::on_done(state, from, number, value, error, mirrored, false);
-                None
+                let owed = Self::on_done(state, from, number, value, error, mirrored, false);
+                owed_ack(from, owed)
             }
             FromWorker::User {
                 from: number,
@@ -92,6 +93,9 @@ impl Shared {
                 data,
             } => {
                 let task = TaskId { slot: from, number };
+                if number != 0 && state.returns.streams(task) {
+                    return Some(on_streamed_output(state, task, stderr, &data));
+                }
                 if number != 0 && state.returns.capture(task, stderr, &data) {
                     // Kept for the spawner, not printed; acknowledged all the same.
                     return Some(Output {
@@ -166,7 +170,7 @@ impl Shared {
                     return None;
                 }
                 state.stopping.insert(task);
-                Self::on_done(
+                let owed = Self::on_done(
                     state,
                     from,
                     number,
@@ -177,7 +181,7 @@ impl Shared {
                     // starts there.
                     started,
                 );
-                None
+                owed_ack(from, owed)
             }
         }
     }
@@ -245,7 +249,8 @@ impl Shared {
     }
 
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
-    /// to its VM; the slot frees when the VM receives the exit.
+    /// to its VM; the slot frees when the VM receives the exit. Returns the bytes of
+    /// streamed output dropped with a VM that is gone, which the worker is owed.
     fn on_done(
         state: &mut State,
         from: Rank,
@@ -254,7 +259,7 @@ impl Shared {
         error: Option<String>,
         mirrored: u64,
         last: bool,
-    ) {
+    ) -> u64 {
         if state
             .slots
             .get(from)
@@ -263,7 +268,7 @@ impl Shared {
         {
             // A function's worker that exits to stop it may report the end twice: stopped,
             // and done when the function returned as the stop came. One exit is filed.
-            return;
+            return 0;
         }
         let (vm, send_back, returns) = match state.slots.end(from, number, last) {
             End::Ended {
@@ -271,10 +276,10 @@ impl Shared {
                 send_back,
                 returns,
             } => (vm, send_back, returns),
-            End::NoSlot => return,
+            End::NoSlot => return 0,
             End::NotRunning => {
                 tracing::warn!(rank = from, number, "end of a task this slot does not run");
-                return;
+                return 0;
             }
         };
         let task = TaskId { slot: from, number };
@@ -324,9 +329,13 @@ impl Shared {
                     Some(reason) => ExitStatus::Failed { reason },
                 };
                 inbox.push_back(Message::TaskExit { task, status });
+                0
             }
             // The VM is gone: nobody receives the exit, so the slot frees now.
-            None => state.slots.free(task),
+            None => {
+                state.slots.free(task);
+                back.map_or(0, |back| streamed::unacknowledged(&back.messages))
+            }
         }
     }
 
@@ -484,6 +493,45 @@ fn user_sender(state: &State, from: Rank, number: Option<u64>) -> Option<(TaskId
     Some((TaskId { slot: from, number }, vm))
 }
 
+/// Output of a task that streams it ([`crate::Spawn::stream_output`]): kept when it is
+/// captured too, and its whole lines filed in its VM's inbox as [`Message::Output`]. They
+/// are acknowledged when the VM receives them, not now, so a program that receives
+/// slowly holds the worker back; only when the VM is gone is the output acknowledged (and
+/// dropped) at once.
+fn on_streamed_output(state: &mut State, task: TaskId, stderr: bool, data: &[u8]) -> Output {
+    let vm = state
+        .slots
+        .get(task.slot)
+        .and_then(|slot| slot.running.as_ref())
+        .filter(|running| running.number == task.number)
+        .map(|running| running.vm);
+    let mut bytes = data.len() as u64;
+    if let Some(vm) = vm.filter(|vm| state.inboxes.contains_key(vm)) {
+        state.returns.capture(task, stderr, data);
+        let stream = crate::OutputStream::of_frame(stderr);
+        if let Some(message) = state.returns.stream(task, stream, data)
+            && let Some(inbox) = state.inboxes.get_mut(&vm)
+        {
+            inbox.push_back(message);
+        }
+        bytes = 0;
+    }
+    Output {
+        lines: Vec::new(),
+        from: task.slot,
+        bytes,
+    }
+}
+
+/// An acknowledgement of `bytes` owed to worker `from`, when there are any.
+fn owed_ack(from: Rank, bytes: u64) -> Option<Output> {
+    (bytes > 0).then(|| Output {
+        lines: Vec::new(),
+        from,
+        bytes,
+    })
+}
+
 /// Output lines worker `from` wrote while task `number` ran (0: between tasks), tagged
 /// with the slot, task and host.
 fn on_output(state: &State, from: Rank, number: u64, stderr: bool, data: &[u8]) -> Output {
@@ -620,6 +668,97 @@ mod tests {
             drop(state);
             drop(worker);
         }
+    }
+
+    /// Registers `task` as streaming its output.
+    fn streaming(state: &mut State, task: TaskId, root: &std::path::Path) {
+        state.returns.register(
+            task,
+            crate::returned::Wanted {
+                results: None,
+                returning: false,
+                capture: false,
+                stream: true,
+                local_root: root.to_owned(),
+            },
+        );
+    }
+
+    fn output(number: u64, data: &[u8]) -> Event {
+        frame(&FromWorker::Output {
+            number,
+            stderr: false,
+            data: data.into(),
+        })
+    }
+
+    fn streamed(state: &State) -> Vec<Vec<u8>> {
+        state.inboxes[&0]
+            .iter()
+            .filter_map(|m| match m {
+                Message::Output { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_output_goes_to_the_inbox_in_lines_and_is_not_acknowledged_yet() {
+        let (shared, worker, task, dir) = stopping();
+        let mut state = shared.lock();
+        state.stopping.clear();
+        streaming(&mut state, task, dir.path());
+        let owed = shared.route(&mut state, output(task.number, b"one\ntw"));
+        assert_eq!(
+            owed.map_or(0, |o| o.bytes),
+            0,
+            "acknowledged before it was taken"
+        );
+        assert_eq!(streamed(&state), [b"one\n".to_vec()]);
+        shared.route(&mut state, output(task.number, b"o"));
+        assert_eq!(streamed(&state).len(), 1, "a partial line went out");
+        // The end brings the last line without its newline, before the exit.
+        shared.route(
+            &mut state,
+            frame(&FromWorker::Done {
+                number: task.number,
+                value: None,
+                error: None,
+                mirrored: 0,
+            }),
+        );
+        assert_eq!(streamed(&state), [b"one\n".to_vec(), b"two".to_vec()]);
+        assert!(matches!(
+            state.inboxes[&0].back(),
+            Some(Message::TaskExit { .. })
+        ));
+        drop(state);
+        drop(worker);
+    }
+
+    #[test]
+    fn streamed_output_of_a_vm_that_is_gone_is_acknowledged_at_once() {
+        let (shared, worker, task, dir) = stopping();
+        let mut state = shared.lock();
+        state.stopping.clear();
+        streaming(&mut state, task, dir.path());
+        shared.route(&mut state, output(task.number, b"kept back"));
+        state.inboxes.remove(&0);
+        let now = shared.route(&mut state, output(task.number, b" line\n"));
+        assert_eq!(now.map(|o| o.bytes), Some(6));
+        // The partial line kept before the VM went is owed when the task ends.
+        let owed = shared.route(
+            &mut state,
+            frame(&FromWorker::Done {
+                number: task.number,
+                value: None,
+                error: None,
+                mirrored: 0,
+            }),
+        );
+        assert_eq!(owed.map(|o| o.bytes), Some(9));
+        drop(state);
+        drop(worker);
     }
 
     #[test]

@@ -244,13 +244,19 @@ impl Shared {
             if let Some(output) = output {
                 drop(state);
                 print_lines(&output.lines);
-                // Written: the worker may send as much again (see `crate::link`). A
-                // worker that is gone needs no credit.
-                let _ = self
-                    .transport
-                    .send(output.from, &wire::output_ack(output.bytes));
+                // Written: the worker may send as much again.
+                self.acknowledge(output.from, output.bytes);
                 state = self.lock();
             }
+        }
+    }
+
+    /// Gives worker `rank` back `bytes` of its output window (see `crate::link`), once
+    /// they are written or taken by the program; called without the state lock. A worker
+    /// that is gone needs no credit.
+    pub(crate) fn acknowledge(&self, rank: Rank, bytes: u64) {
+        if bytes > 0 {
+            let _ = self.transport.send(rank, &wire::output_ack(bytes));
         }
     }
 

@@ -163,6 +163,7 @@ pub struct Spawn {
     pub(crate) returning: Vec<String>,
     pub(crate) results_dir: Option<PathBuf>,
     pub(crate) capture: bool,
+    pub(crate) stream_output: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +219,7 @@ impl Spawn {
             returning: Vec::new(),
             results_dir: None,
             capture: false,
+            stream_output: false,
         }
     }
 
@@ -320,6 +322,20 @@ impl Spawn {
     #[must_use]
     pub fn capture(mut self, on: bool) -> Spawn {
         self.capture = on;
+        self
+    }
+
+    /// Whether a command's standard output and error come to the VM while it runs, as
+    /// [`Message::Output`](crate::Message::Output) messages of whole lines, instead of
+    /// printed by the spawner; default false; ignored for registered tasks. With
+    /// [`capture`](Self::capture) as well, the output is both streamed and captured.
+    ///
+    /// The worker sends at most its output window (1 MiB) ahead of what the program
+    /// received, so a program that receives slowly holds the command back (its writes
+    /// block) instead of filling the spawner's memory.
+    #[must_use]
+    pub fn stream_output(mut self, on: bool) -> Spawn {
+        self.stream_output = on;
         self
     }
 }

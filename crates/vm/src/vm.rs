@@ -319,6 +319,7 @@ impl Vm {
     /// output), before anything is sent; `None` when it wants nothing.
     pub(crate) fn check_returns(&self, spawn: &Spawn) -> Result<Option<WantedBack>, Error> {
         let capture = spawn.capture && matches!(spawn.job, JobSpec::Command { .. });
+        let stream = spawn.stream_output && matches!(spawn.job, JobSpec::Command { .. });
         if let Some(first) = spawn.returning.first() {
             for pattern in &spawn.returning {
                 parvm_mirror_fs::check_return_pattern(pattern).map_err(|source| {
@@ -338,7 +339,7 @@ impl Vm {
                     pattern: first.clone(),
                 });
             }
-        } else if !capture {
+        } else if !capture && !stream {
             return Ok(None);
         }
         let results = match &spawn.results_dir {
@@ -354,6 +355,7 @@ impl Vm {
             per_task: spawn.count > 1,
             returning: !spawn.returning.is_empty(),
             capture,
+            stream,
             local_root: self.shared.config.local_root().to_owned(),
         }))
     }
@@ -450,6 +452,10 @@ impl Vm {
             }
             Some(Ok(message))
         })?;
+        if let Some(Ok(Message::Output { task, data, .. })) = &found {
+            // Taken by the program: the worker may send as much again (`crate::link`).
+            self.shared.acknowledge(task.slot, data.len() as u64);
+        }
         found.transpose()
     }
 
@@ -503,14 +509,21 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let ranks: Vec<u32> = {
+        let (ranks, dropped) = {
             let mut state = self.shared.lock();
             state.ship.remove(&self.index);
-            state.inboxes.remove(&self.index);
+            let dropped = state.inboxes.remove(&self.index);
             state.notes.remove(&self.index);
             state.slots.release_vm(self.index);
-            state.slots.ranks()
+            (state.slots.ranks(), dropped.unwrap_or_default())
         };
+        // Streamed output nobody will receive: its workers are owed it.
+        for message in &dropped {
+            if let Message::Output { task, .. } = message {
+                self.shared
+                    .acknowledge(task.slot, crate::streamed::unacknowledged([message]));
+            }
+        }
         if self.shared.finalized.load(Ordering::Acquire) {
             drop(self.ship.take());
             return;
@@ -544,6 +557,7 @@ pub(crate) struct WantedBack {
     per_task: bool,
     returning: bool,
     capture: bool,
+    stream: bool,
     local_root: PathBuf,
 }
 
@@ -561,6 +575,7 @@ impl WantedBack {
             }),
             returning: self.returning,
             capture: self.capture,
+            stream: self.stream,
             local_root: self.local_root.clone(),
         }
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use job::Job;
 pub use result::{JobOutcome, JobResult};
 
-use crate::{Error, Vm};
+use crate::{Error, OutputStream, Vm};
 use flight::Settings;
 use scheduler::Scheduler;
 
@@ -37,6 +37,7 @@ impl Vm {
             vm: self,
             jobs: Some(jobs.into_iter()),
             settings: Settings::default(),
+            on_output: None,
             scheduler: None,
         }
     }
@@ -85,8 +86,14 @@ pub struct Dispatch<'vm, I: Iterator<Item = Job>> {
     /// The jobs, until the scheduler takes them at the first result asked for.
     jobs: Option<I>,
     settings: Settings,
+    /// Where streamed output goes, until the scheduler takes it.
+    on_output: Option<OnOutput<'vm>>,
     scheduler: Option<Scheduler<'vm, I>>,
 }
+
+/// What [`Dispatch::on_output`] is given: called with a job's index, the stream and
+/// whole lines.
+pub(crate) type OnOutput<'a> = Box<dyn FnMut(usize, OutputStream, &[u8]) + 'a>;
 
 impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// At most `jobs` jobs are held at once: running, queued at a worker, waiting to be
@@ -153,15 +160,39 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// This is [`halt_on_error`](Self::halt_on_error) for a condition the program decides
     /// (GNU parallel's `--halt soon|now,...`): call it between two results.
     pub fn halt(&mut self, stop_running: bool) {
-        if self.scheduler.is_none() {
-            let Some(jobs) = self.jobs.take() else {
-                return;
-            };
-            self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
-        }
-        if let Some(scheduler) = &mut self.scheduler {
+        if let Some(scheduler) = self.scheduler() {
             scheduler.halt(stop_running);
         }
+    }
+
+    /// Hands the output of command jobs to `output` while they run, as whole lines,
+    /// instead of leaving it to the spawner to print: `output(index, stream, lines)`,
+    /// with the job's index in the sequence. It is called between results, on the thread
+    /// that takes them, in the order the lines arrive: lines of jobs running at once
+    /// interleave, a line is never cut (except one longer than 512 KiB, which comes in
+    /// pieces; a last line without a newline comes when its job ends, before its result).
+    /// Every attempt of a job that is run again streams its lines.
+    ///
+    /// Memory stays bounded whatever a job prints: a worker sends at most 1 MiB of output
+    /// ahead of what `output` has been given, so a slow `output` holds the jobs back.
+    /// [`Job::capture`] still keeps the whole output in the result as well.
+    pub fn on_output(mut self, output: impl FnMut(usize, OutputStream, &[u8]) + 'vm) -> Self {
+        self.on_output = Some(Box::new(output));
+        self
+    }
+
+    /// The scheduler, made at the first call; `None` once the jobs were taken without one.
+    fn scheduler(&mut self) -> Option<&mut Scheduler<'vm, I>> {
+        if self.scheduler.is_none() {
+            let jobs = self.jobs.take()?;
+            self.scheduler = Some(Scheduler::new(
+                self.vm,
+                jobs,
+                self.settings.clone(),
+                self.on_output.take(),
+            ));
+        }
+        self.scheduler.as_mut()
     }
 
     /// Each job's time limit, counted from when it starts on its slot (not while it
@@ -209,10 +240,6 @@ impl<I: Iterator<Item = Job>> Iterator for Dispatch<'_, I> {
     type Item = Result<JobResult, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.scheduler.is_none() {
-            let jobs = self.jobs.take()?;
-            self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
-        }
-        self.scheduler.as_mut()?.next_result()
+        self.scheduler()?.next_result()
     }
 }

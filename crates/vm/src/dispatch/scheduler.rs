@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::OnOutput;
 use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
 use super::output::Output;
@@ -56,10 +57,18 @@ pub(crate) struct Scheduler<'vm, I> {
     over: bool,
     /// This dispatch registered the VM's notes (a second one on the same VM did not).
     owns_notes: bool,
+    /// Where streamed output goes ([`super::Dispatch::on_output`]); jobs stream only
+    /// with it.
+    on_output: Option<OnOutput<'vm>>,
 }
 
 impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
-    pub(crate) fn new(vm: &'vm Vm, jobs: I, settings: Settings) -> Scheduler<'vm, I> {
+    pub(crate) fn new(
+        vm: &'vm Vm,
+        jobs: I,
+        settings: Settings,
+        on_output: Option<OnOutput<'vm>>,
+    ) -> Scheduler<'vm, I> {
         let (window, error) = {
             let mut state = vm.shared().lock();
             let workers = state.slots.len();
@@ -102,6 +111,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             // A second dispatch on the VM must not unregister the first one's notes.
             error,
             settings,
+            on_output,
         }
     }
 
@@ -159,6 +169,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                         {
                             job.spawn.results_dir = Some(dir.join(index.to_string()));
                         }
+                        job.spawn.stream_output = self.on_output.is_some();
                         Pending {
                             index,
                             job,
@@ -380,6 +391,14 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }) => {
                 if let Some(flight) = self.flights.get_mut(&task) {
                     flight.captured = Some((stdout, stderr));
+                }
+            }
+            Some(Message::Output { task, stream, data }) => {
+                if let (Some(flight), Some(output)) =
+                    (self.flights.get(&task), self.on_output.as_mut())
+                    && !flight.dropped
+                {
+                    output(flight.pending.index, stream, &data);
                 }
             }
             Some(other) => tracing::debug!(message = %other, "a dispatch drops a message"),

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub use self::payload::Payload;
 pub use self::status::{CommandStatus, ExitStatus, TaskFailure};
 pub use self::value::Value;
-use crate::{Captured, HostId, TaskId};
+use crate::{Captured, HostId, OutputStream, TaskId};
 
 /// A message received by [`Vm::recv`](crate::Vm::recv) or [`TaskContext::recv`](crate::TaskContext::recv).
 #[derive(Debug)]
@@ -74,6 +74,20 @@ pub enum Message {
         /// What it wrote to its standard error.
         stderr: Captured,
     },
+    /// Output of a command with [`Spawn::stream_output`](crate::Spawn::stream_output), while
+    /// it runs: whole lines (a line longer than half the output window, 512 KiB, comes in
+    /// pieces; a last line without a newline comes when the task ends). All of a task's
+    /// output comes before its exit. Its worker sends no more than its output window
+    /// (1 MiB) ahead of the messages received, so a program that receives slowly holds
+    /// the command back instead of filling memory.
+    Output {
+        /// The task.
+        task: TaskId,
+        /// Which stream it wrote to.
+        stream: OutputStream,
+        /// The bytes, ending with a newline unless the line was cut (see above).
+        data: Vec<u8>,
+    },
 }
 
 /// One line for a log or a progress report: `task 1:3 returned 0.5`,
@@ -114,6 +128,13 @@ impl fmt::Display for Message {
                 stdout.len(),
                 stderr.len()
             ),
+            Message::Output { task, stream, data } => {
+                let name = match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                };
+                write!(f, "task {task} wrote {} B to {name}", data.len())
+            }
         }
     }
 }
