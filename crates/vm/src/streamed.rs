@@ -17,7 +17,7 @@ use crate::link::OUTPUT_WINDOW;
 pub(crate) const MAX_PARTIAL: usize = (OUTPUT_WINDOW / 2) as usize;
 
 /// Which stream of a command a [`Message::Output`](crate::Message::Output) comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OutputStream {
     /// Its standard output.
     Stdout,

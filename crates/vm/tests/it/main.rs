@@ -28,6 +28,7 @@ mod returns;
 mod selection;
 mod ship;
 mod stop;
+mod streamed;
 mod unprivileged;
 mod variables;
 
