@@ -4,6 +4,7 @@ mod help;
 mod run;
 mod run_flags;
 mod run_limits;
+mod run_line_buffer;
 mod storage;
 mod worker;
 

@@ -124,6 +124,15 @@ impl Ledger {
         index
     }
 
+    /// The number and `--tag` values of the case at dispatch index `index`, while it is
+    /// in flight (number 0 and no values otherwise).
+    pub fn case_tag(&self, index: usize) -> (usize, Vec<u8>) {
+        self.pending
+            .borrow()
+            .get(&index)
+            .map_or((0, Vec::new()), |case| (case.number, case.tag.clone()))
+    }
+
     /// Records `case` as skipped by `--resume`.
     pub fn skip(&self, case: &Case) {
         self.made.set(self.made.get().max(case.number));
@@ -219,7 +228,9 @@ mod tests {
         assert_eq!(ledger.hand_out(case(2)), 0);
         assert_eq!(ledger.hand_out(case(3)), 1);
         assert_eq!(ledger.made(), 3);
+        assert_eq!(ledger.case_tag(1).0, 3);
         assert_eq!(ledger.take(1).unwrap().number, 3);
+        assert_eq!(ledger.case_tag(1).0, 0);
         assert!(ledger.take(1).is_none());
         ledger.fail(RunError::NoCommand);
         assert!(ledger.halted());

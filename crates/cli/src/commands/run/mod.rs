@@ -90,9 +90,16 @@ pub struct Args {
     /// (from the 3rd success on; e.g. `300%`).
     #[arg(long, value_name = "DURATION|P%")]
     pub timeout: Option<String>,
-    /// Print the output of cases in input order (default: as they end).
+    /// Print the output of cases in input order (default: as they end). With
+    /// --line-buffer, lines still print as they come; cases end in input order.
     #[arg(short = 'k', long = "keep-order")]
     pub keep_order: bool,
+    /// Print each whole line as soon as a case writes it (lines of cases running at once
+    /// interleave, never a part of one line with another) instead of a case's output
+    /// whole when it ends. Memory stays bounded whatever a case prints: a case that
+    /// prints faster than the terminal takes it waits.
+    #[arg(long = "line-buffer", visible_alias = "lb")]
+    pub line_buffer: bool,
     /// Print the command lines instead of running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -356,6 +363,10 @@ fn sweep(
         .and_then(|total| total.checked_mul(maker.per_values()));
     let bar = progress_bar(total, args.json);
     let ledger = feed::Ledger::default();
+    // `--json` prints records, not output: the output stays in --results.
+    let streaming = args.line_buffer && !args.json;
+    // The first line that could not be printed; the run stops with it.
+    let unprinted: RefCell<Option<RunError>> = RefCell::new(None);
     // `--timeout P%`: each case's limit from the successes before it is handed out.
     let median = RefCell::new(timeout::Median::default());
     let jobs = std::iter::from_fn(|| {
@@ -383,9 +394,11 @@ fn sweep(
             }
             // `/bin/sh` by its path, as `system(3)` does: no search of PATH (nine failed
             // `execve` per case on a typical PATH), and the same shell whatever PATH holds.
+            // With --line-buffer the lines are printed as they come: captured only for
+            // the `stdout` and `stderr` files of --results.
             let mut job = Job::command(SHELL)
                 .args(["-c", case.line.as_str()])
-                .capture(true);
+                .capture(!streaming || results.is_some());
             for pattern in &case.returns {
                 job = job.returning(pattern.as_str());
             }
@@ -411,6 +424,23 @@ fn sweep(
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
     }
+    if streaming {
+        let bar = bar.clone();
+        let (ledger, unprinted) = (&ledger, &unprinted);
+        dispatch = dispatch.on_output(move |index, stream, lines| {
+            if unprinted.borrow().is_some() {
+                return;
+            }
+            let (number, tag) = ledger.case_tag(index);
+            let tag = args.tag.then_some(tag.as_slice());
+            if let Err(source) = bar.suspend(|| output::print_lines(stream, lines, tag)) {
+                *unprinted.borrow_mut() = Some(RunError::Print {
+                    case: number,
+                    source,
+                });
+            }
+        });
+    }
     let interrupt = interrupt::Interrupt::install()?;
     let done = AtomicBool::new(false);
     let swept = std::thread::scope(|scope| {
@@ -424,6 +454,7 @@ fn sweep(
             median: &median,
             interrupt: &interrupt,
             bar: bar.clone(),
+            unprinted: streaming.then_some(&unprinted),
         };
         let swept = sweep.report(joblog, dispatch);
         done.store(true, Ordering::SeqCst);
@@ -473,6 +504,8 @@ struct Reporting<'a> {
     median: &'a RefCell<timeout::Median>,
     interrupt: &'a interrupt::Interrupt,
     bar: indicatif::ProgressBar,
+    /// With --line-buffer: the first line that could not be printed.
+    unprinted: Option<&'a RefCell<Option<RunError>>>,
 }
 
 impl Reporting<'_> {
@@ -502,6 +535,9 @@ impl Reporting<'_> {
                 Err(_) if self.interrupt.happened() => break,
                 Err(error) => return Err(RunError::Vm(error)),
             };
+            if let Some(error) = self.unprinted.and_then(|u| u.borrow_mut().take()) {
+                return Err(error);
+            }
             let Some(case) = self.ledger.take(result.index) else {
                 // Every job was handed out with its case; a result without one would be
                 // the dispatch's bug, and has nothing to print.
@@ -513,7 +549,9 @@ impl Reporting<'_> {
                 bar.suspend(|| output::print_record(&result, number, &case.line))?;
             } else {
                 let tag = args.tag.then_some(case.tag.as_slice());
-                bar.suspend(|| output::print(&result, number, tag))?;
+                // With --line-buffer its lines were printed as they came.
+                let whole = self.unprinted.is_none();
+                bar.suspend(|| output::print(&result, number, tag, whole))?;
             }
             bar.inc(1);
             let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);

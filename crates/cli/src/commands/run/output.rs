@@ -7,7 +7,7 @@
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use parvm_vm::{Captured, JobOutcome, JobResult};
+use parvm_vm::{Captured, JobOutcome, JobResult, OutputStream};
 
 use super::error::RunError;
 
@@ -91,26 +91,34 @@ pub fn print_record(result: &JobResult, case: usize, command: &str) -> Result<()
 }
 
 /// Prints the case's stdout, then its stderr, each whole, so no other case's output comes
-/// between their lines; then a line on stderr when it did not end by itself.
+/// between their lines (unless `whole_output` is false: with `--line-buffer` they were printed
+/// as they came); then a line on stderr when it did not end by itself.
 ///
 /// # Errors
 /// Standard output or error cannot be written, or a spilled stream cannot be read.
-pub fn print(result: &JobResult, case: usize, tag: Option<&[u8]>) -> Result<(), RunError> {
+pub fn print(
+    result: &JobResult,
+    case: usize,
+    tag: Option<&[u8]>,
+    whole_output: bool,
+) -> Result<(), RunError> {
     let fail = |source| RunError::Print { case, source };
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    copy(whole("stdout", result.stdout.as_ref()), &mut out, tag).map_err(fail)?;
-    out.flush().map_err(fail)?;
     let stderr = io::stderr();
     let mut err = stderr.lock();
-    copy(whole("stderr", result.stderr.as_ref()), &mut err, tag).map_err(fail)?;
-    for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
-        if let Some(cut) = cut_off(name, captured.as_ref()) {
-            writeln!(
-                err,
-                "parvm run: case {case}: {cut}; what arrived was not printed"
-            )
-            .map_err(fail)?;
+    if whole_output {
+        let stdout = io::stdout();
+        let mut out = stdout.lock();
+        copy(whole("stdout", result.stdout.as_ref()), &mut out, tag).map_err(fail)?;
+        out.flush().map_err(fail)?;
+        copy(whole("stderr", result.stderr.as_ref()), &mut err, tag).map_err(fail)?;
+        for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            if let Some(cut) = cut_off(name, captured.as_ref()) {
+                writeln!(
+                    err,
+                    "parvm run: case {case}: {cut}; what arrived was not printed"
+                )
+                .map_err(fail)?;
+            }
         }
     }
     match &result.outcome {
@@ -122,6 +130,44 @@ pub fn print(result: &JobResult, case: usize, tag: Option<&[u8]>) -> Result<(), 
         other => writeln!(err, "parvm run: case {case} {other}").map_err(fail)?,
     }
     err.flush().map_err(fail)
+}
+
+/// `--line-buffer`: prints whole lines a case wrote to `stream` while it runs, each
+/// after `tag` and a tab when tagged. A last piece without a newline (the end of what the
+/// case printed, or a piece of a line longer than 512 KiB) gets one, so the next line of
+/// any case starts on a line of its own.
+///
+/// # Errors
+/// The stream cannot be written.
+pub fn print_lines(stream: OutputStream, lines: &[u8], tag: Option<&[u8]>) -> io::Result<()> {
+    match stream {
+        OutputStream::Stderr => write_lines(&mut io::stderr().lock(), lines, tag),
+        _ => {
+            let mut out = io::stdout().lock();
+            write_lines(&mut out, lines, tag)?;
+            out.flush()
+        }
+    }
+}
+
+fn write_lines(to: &mut impl Write, lines: &[u8], tag: Option<&[u8]>) -> io::Result<()> {
+    let Some(tag) = tag else {
+        to.write_all(lines)?;
+        return if lines.ends_with(b"\n") {
+            Ok(())
+        } else {
+            to.write_all(b"\n")
+        };
+    };
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        to.write_all(tag)?;
+        to.write_all(b"\t")?;
+        to.write_all(line)?;
+        if !line.ends_with(b"\n") {
+            to.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a case failed besides its command's own exit status (its output or returned
@@ -301,5 +347,21 @@ impl Drop for Results {
     /// it is not empty (a case that never ended), and then holds nothing of a kept case.
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.incoming);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_get_the_tag_and_a_last_line_its_newline() {
+        let mut out = Vec::new();
+        write_lines(&mut out, b"a\nb\nc", Some(b"x y")).unwrap();
+        assert_eq!(out, b"x y\ta\nx y\tb\nx y\tc\n");
+        out.clear();
+        write_lines(&mut out, b"a\nb\n", None).unwrap();
+        write_lines(&mut out, b"c", None).unwrap();
+        assert_eq!(out, b"a\nb\nc\n");
     }
 }
