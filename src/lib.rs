@@ -86,8 +86,9 @@ pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
     Backend, CAPTURE_IN_MEMORY, Captured, ClearOutcome, ClearReport, CommandStatus, Config,
     Dispatch, Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Layout, LayoutHost,
-    LayoutSlot, LayoutTask, Message, Payload, Report, Result, Runtime, RuntimeBuilder, Spawn,
-    TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner, TransportKind, Value, Vm, VmBuilder,
+    LayoutSlot, LayoutTask, Message, OutputStream, Payload, Report, Result, Runtime,
+    RuntimeBuilder, Spawn, TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner, TransportKind,
+    Value, Vm, VmBuilder,
 };
 // Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
 // would point nowhere.

@@ -36,6 +36,7 @@ pub use error::RunError;
   parvm run --map '*.cir=.' --return '*.raw' --results out ngspice -b {} ::: amp.cir bias.cir
   parvm run -k --joblog sweep.log ./sim.sh --gain {1} --temp {2} ::: 1 2 4 ::: 27 85
   parvm run -a cases.txt ./solve {}
+  parvm run --line-buffer --tag ./sim.sh {} ::: a b c
   parvm run --halt now,fail=1 --timeout 300% ./test.sh {} ::: unit lint e2e
   find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
   parvm run --each-host df -h /scratch")]
