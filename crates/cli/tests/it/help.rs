@@ -15,7 +15,14 @@ fn completions_cover_every_subcommand_and_run_s_options() {
         let out = parvm(&["completions", shell]);
         assert!(out.status.success(), "{shell}: {out:?}");
         let script = String::from_utf8(out.stdout).unwrap();
-        for word in ["run", "worker", "storage", "joblog", "resume-failed"] {
+        for word in [
+            "run",
+            "worker",
+            "storage",
+            "joblog",
+            "resume-failed",
+            "line-buffer",
+        ] {
             assert!(script.contains(word), "{shell} completion lacks `{word}`");
         }
     }

@@ -92,7 +92,8 @@ pub struct Args {
     #[arg(long, value_name = "DURATION|P%")]
     pub timeout: Option<String>,
     /// Print the output of cases in input order (default: as they end). With
-    /// --line-buffer, lines still print as they come; cases end in input order.
+    /// --line-buffer, lines still print as they come: -k orders only what is printed
+    /// when a case ends, and the joblog.
     #[arg(short = 'k', long = "keep-order")]
     pub keep_order: bool,
     /// Print each whole line as soon as a case writes it (lines of cases running at once
