@@ -159,15 +159,19 @@ fn write_lines(to: &mut impl Write, lines: &[u8], tag: Option<&[u8]>) -> io::Res
             to.write_all(b"\n")
         };
     };
+    // Tagged in memory first (a message is at most a few hundred KiB), then written at
+    // once: a line-buffered stdout would make a write of each line.
+    let count = lines.iter().filter(|&&b| b == b'\n').count() + 1;
+    let mut tagged = Vec::with_capacity(lines.len() + count * (tag.len() + 2));
     for line in lines.split_inclusive(|&b| b == b'\n') {
-        to.write_all(tag)?;
-        to.write_all(b"\t")?;
-        to.write_all(line)?;
+        tagged.extend_from_slice(tag);
+        tagged.push(b'\t');
+        tagged.extend_from_slice(line);
         if !line.ends_with(b"\n") {
-            to.write_all(b"\n")?;
+            tagged.push(b'\n');
         }
     }
-    Ok(())
+    to.write_all(&tagged)
 }
 
 /// Why a case failed besides its command's own exit status (its output or returned
