@@ -215,3 +215,15 @@ fn large_output_of_cases_at_once_arrives_whole_in_bounded_memory() {
     release(&dir, "b");
     running.finish();
 }
+
+#[test]
+fn with_json_only_records_are_printed() {
+    let sweep = Sweep::new();
+    let out = sweep.ok(&["--json", "--line-buffer", "echo", "hidden", ":::", "a"]);
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line per case"))
+        .collect();
+    assert_eq!(records.len(), 1, "{out}");
+    assert_eq!(records[0]["outcome"], "success");
+}
