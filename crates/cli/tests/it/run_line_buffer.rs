@@ -170,9 +170,19 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// Bytes process `pid` has written so far (`wchar` of `/proc/<pid>/io`).
+fn written(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[test]
-fn large_output_of_cases_at_once_arrives_whole_in_bounded_memory() {
-    // Two cases of 80 MB each, printed while both run; `parvm run` may not hold them.
+fn large_output_read_slowly_holds_the_cases_back_then_arrives_whole() {
+    // Two cases of 77 MB each, printed while both run.
     const LINES: u64 = 1_000_000;
     const MAX_PEAK_KB: u64 = 100 * 1024;
     let sweep = Sweep::new();
@@ -180,27 +190,69 @@ fn large_output_of_cases_at_once_arrives_whole_in_bounded_memory() {
     std::fs::create_dir(&dir).unwrap();
     fifos(&dir, &["a", "b"]);
     let pad = "x".repeat(64);
-    // Each case stays until the test has read every line, so `parvm run` is still there
-    // to have its peak memory read.
+    // `seq` runs in the background so its pid can be written down; each case stays until
+    // the test has read every line, so `parvm run` is still there to have its peak
+    // memory read.
     let script = format!(
-        "seq -f '{{}}-%09.0f-{pad}' 1 {LINES}; read go < {}/{{}}.go",
-        dir.display()
+        "seq -f '{{}}-%09.0f-{pad}' 1 {LINES} & echo $! > {dir}/{{}}.pid; wait; read go < {dir}/{{}}.go",
+        dir = dir.display()
     );
-    let running = Running::start(&sweep, &["--line-buffer", &script, ":::", "a", "b"]);
-    let mut next = [1u64, 1u64];
-    let expected_len = 2 + 9 + 1 + pad.len();
-    for _ in 0..2 * LINES {
-        let line = running
-            .lines
-            .recv_timeout(AT_ONCE)
-            .expect("every line in time");
-        // Never a part of one case's line with another's.
-        assert_eq!(
-            line.len(),
-            expected_len,
-            "{}",
-            String::from_utf8_lossy(&line)
+    let mut child = sweep
+        .command(&["--line-buffer", &script, ":::", "a", "b"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(child.id());
+    let line_len = 2 + 9 + 1 + pad.len() + 1;
+    let total = LINES * line_len as u64;
+    let pid = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.pid")))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    super::run::eventually("both cases started", || {
+        pid("a").is_some() && pid("b").is_some()
+    });
+    let seqs = [pid("a").unwrap(), pid("b").unwrap()];
+    // Nothing of parvm run's stdout is read until both `seq`s stopped writing: they are
+    // held back (bounded), or they wrote everything (parvm run would hold it).
+    let deadline = std::time::Instant::now() + AT_ONCE;
+    let (mut last, mut still_since) = ([0, 0], std::time::Instant::now());
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cases neither stalled nor ended"
         );
+        let now = seqs.map(|pid| written(pid).unwrap_or(total));
+        if now.iter().all(|&n| n >= total) {
+            break;
+        }
+        if now != last {
+            (last, still_since) = (now, std::time::Instant::now());
+        } else if still_since.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        last.iter().all(|&n| n < total / 4),
+        "the cases wrote {last:?} of {total} B each while nobody read"
+    );
+    let peak = status_kb(child.id(), "VmHWM:");
+    assert!(peak < MAX_PEAK_KB, "parvm run's peak was {peak} kB");
+    // Now read it all: never a part of one case's line with another's, each in order.
+    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
+    let mut next = [1u64, 1u64];
+    let mut line = Vec::new();
+    for _ in 0..2 * LINES {
+        line.clear();
+        assert!(
+            stdout.read_until(b'\n', &mut line).unwrap() > 0,
+            "lines lost"
+        );
+        assert_eq!(line.len(), line_len, "{}", String::from_utf8_lossy(&line));
         let case = usize::from(line[0] == b'b');
         assert_eq!(
             &line[2..11],
@@ -209,11 +261,21 @@ fn large_output_of_cases_at_once_arrives_whole_in_bounded_memory() {
         );
         next[case] += 1;
     }
-    let peak = status_kb(running.child.id(), "VmHWM:");
+    let peak = status_kb(child.id(), "VmHWM:");
     assert!(peak < MAX_PEAK_KB, "parvm run's peak was {peak} kB");
     release(&dir, "a");
     release(&dir, "b");
-    running.finish();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "more output: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {stderr}");
 }
 
 #[test]
