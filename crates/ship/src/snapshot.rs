@@ -49,7 +49,9 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<Snapshot> {
         )
         .collect();
     if present {
-        cache.index().touch(&used[..1])?;
+        // Its blobs count as used too: evicting them first would cost a full fetch as soon
+        // as the snapshot goes, while the snapshot alone spares nothing.
+        cache.index().touch(&used)?;
         return Ok(Snapshot {
             path: dest,
             _pin: pin,

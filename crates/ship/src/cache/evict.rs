@@ -119,6 +119,19 @@ fn clean_tmp(cache: &HostCache, live_builds: &std::collections::HashSet<String>)
     Ok(())
 }
 
+/// Removes the temporary files of blob `digest`; call it holding the blob's claim.
+pub(crate) fn remove_abandoned_writes(cache: &HostCache, digest: &Digest) -> Result<()> {
+    let tmp = cache.sub("tmp");
+    let prefix = format!("blob.{digest}.");
+    for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))? {
+        let entry = entry.map_err(|e| Error::io("list", &tmp, e))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes claim files nobody holds (a fetcher killed before it made its temporary file).
 fn clean_claims(cache: &HostCache) -> Result<()> {
     let claims = cache.sub("claims");

@@ -252,6 +252,9 @@ impl HostCache {
         if let Some(fan) = dest.parent() {
             dirs::private_dir(fan)?;
         }
+        // Only a claim's holder writes its blob, so what an earlier holder (killed
+        // mid-write) left is abandoned.
+        evict::remove_abandoned_writes(self, &digest)?;
         let temp = self
             .sub("tmp")
             .join(format!("blob.{digest}.{}", unique_suffix()));
