@@ -216,12 +216,14 @@ impl HostCache {
         let root = m.root_digest();
         let blobs = m.blobs();
         match self.pin(&root, blobs.iter().map(|b| b.0)) {
-            Ok((_, true)) => return Vec::new(),
-            Ok((pin, false)) => {
+            Ok((pin, present)) => {
                 self.waiting
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(root, pin);
+                if present {
+                    return Vec::new();
+                }
             }
             Err(e) => tracing::warn!("cannot pin the blobs of manifest {root}: {e}"),
         }

@@ -4,6 +4,7 @@ mod cache;
 mod manifest;
 mod scan;
 mod snapshot;
+mod unprivileged;
 
 use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
