@@ -2,6 +2,7 @@
 
 mod cache;
 mod manifest;
+mod model;
 mod scan;
 mod snapshot;
 mod unprivileged;
