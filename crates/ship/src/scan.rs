@@ -171,6 +171,8 @@ impl Scanner {
         let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted)?;
         let mut files = Vec::new();
         collect_files(&walked, &mut files);
+        let matched: std::collections::HashSet<PathBuf> =
+            files.iter().map(|(path, _)| (*path).clone()).collect();
         let stale: Vec<(PathBuf, FileSig)> = files
             .into_iter()
             .filter(|(path, sig)| self.hashed.get(*path).is_none_or(|(had, _)| had != *sig))
@@ -183,8 +185,7 @@ impl Scanner {
         let mut blobs = HashMap::new();
         let root = self.build(walked, &mut blobs)?;
         // Forget files no longer matched, so the table does not grow without bound.
-        let used: std::collections::HashSet<&PathBuf> = blobs.values().map(|(p, _)| p).collect();
-        self.hashed.retain(|p, _| used.contains(p));
+        self.hashed.retain(|p, _| matched.contains(p));
         let manifest = Manifest::new(root)?;
         self.blobs = blobs;
         if let Some(current) = &self.current
@@ -501,5 +502,11 @@ mod tests {
         let changed = scanner.manifest().unwrap();
         assert_eq!(scanner.last_hashed, 1);
         assert_ne!(changed.root_digest(), first.root_digest());
+        // A second file with a content seen already is remembered on its own.
+        fs::write(dir.path().join("a2"), "a").unwrap();
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 1);
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 0);
     }
 }
