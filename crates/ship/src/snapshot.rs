@@ -36,26 +36,24 @@ impl Snapshot {
     }
 }
 
-/// Builds (or finds) the snapshot of `m`.
-pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<Snapshot> {
+/// Builds (or finds) the snapshot of `m`; true when it was built (the cache grew).
+pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)> {
     let root = m.root_digest();
     let dest = cache.snapshot_path(&root);
-    let (pin, present) = cache.pin(&root, m.blobs().into_iter().map(|b| b.0))?;
+    let blobs = m.blobs();
+    let (pin, present) = cache.pin(&root, blobs.iter().map(|b| b.0))?;
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
-        .chain(
-            m.blobs()
-                .into_iter()
-                .map(|(d, size, _)| (Kind::Blob, d, size)),
-        )
+        .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))
         .collect();
     if present {
         // Its blobs count as used too: evicting them first would cost a full fetch as soon
         // as the snapshot goes, while the snapshot alone spares nothing.
         cache.index().touch(&used)?;
-        return Ok(Snapshot {
+        let snapshot = Snapshot {
             path: dest,
             _pin: pin,
-        });
+        };
+        return Ok((snapshot, false));
     }
     let base = newest_other_snapshot(cache, &root)?;
     let linkable = |path: &Path, node: &Node| {
@@ -96,10 +94,11 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<Snapshot> {
     }
     built?;
     cache.index().touch(&used)?;
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         path: dest,
         _pin: pin,
-    })
+    };
+    Ok((snapshot, true))
 }
 
 /// The most recently built snapshot other than `root`, pinned, with its manifest: entries

@@ -300,8 +300,8 @@ impl HostCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&root);
-        let snapshot = snapshot?;
-        if let Err(e) = evict::enforce(self, false) {
+        let (snapshot, built) = snapshot?;
+        if built && let Err(e) = evict::enforce(self, false) {
             tracing::warn!(
                 "cannot keep the host cache `{}` within its limits: {e}",
                 self.dir.display()
@@ -311,7 +311,7 @@ impl HostCache {
     }
 
     /// Applies the limits now (they are applied when the cache opens and after each
-    /// snapshot).
+    /// snapshot it builds; handing out one built already adds nothing).
     ///
     /// # Errors
     /// [`Error::Io`] when the cache cannot be read or an entry cannot be removed.
