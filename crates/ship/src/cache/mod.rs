@@ -20,6 +20,7 @@ mod pin;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 pub use blob::BlobWriter;
@@ -126,7 +127,14 @@ pub struct HostCache {
     index: Index,
     /// Pins taken by `missing`, kept until the manifest's snapshot is made.
     waiting: Mutex<HashMap<Digest, Pin>>,
+    /// Journal length past which a warm snapshot (which only appends to the index) runs
+    /// the eviction pass too, to compact it.
+    compact_at: AtomicU64,
 }
+
+/// The journal is compacted when it grows past this, or past three times its length
+/// after the last compaction, whichever is more.
+const COMPACT_AT_LEAST: u64 = 8 << 20;
 
 impl HostCache {
     /// Opens (creating it 0700 when missing) the cache beneath `user_dir`, the per-user
@@ -149,8 +157,9 @@ impl HostCache {
             dir,
             limits,
             waiting: Mutex::new(HashMap::new()),
+            compact_at: AtomicU64::new(0),
         };
-        evict::enforce(&cache, true)?;
+        cache.enforce(true)?;
         Ok(cache)
     }
 
@@ -301,7 +310,10 @@ impl HostCache {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&root);
         let (snapshot, built) = snapshot?;
-        if built && let Err(e) = evict::enforce(self, false) {
+        // A snapshot handed out from the cache adds nothing but index lines.
+        if (built || self.index.journal_len() > self.compact_at.load(Ordering::Relaxed))
+            && let Err(e) = self.enforce(false)
+        {
             tracing::warn!(
                 "cannot keep the host cache `{}` within its limits: {e}",
                 self.dir.display()
@@ -310,12 +322,69 @@ impl HostCache {
         Ok(snapshot)
     }
 
+    /// The eviction pass, then when to compact the journal next.
+    fn enforce(&self, reconcile: bool) -> Result<()> {
+        evict::enforce(self, reconcile)?;
+        let next = (3 * self.index.journal_len()).max(COMPACT_AT_LEAST);
+        self.compact_at.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Applies the limits now (they are applied when the cache opens and after each
     /// snapshot it builds; handing out one built already adds nothing).
     ///
     /// # Errors
     /// [`Error::Io`] when the cache cannot be read or an entry cannot be removed.
     pub fn evict(&self) -> Result<()> {
-        evict::enforce(self, false)
+        self.enforce(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::DirBuilderExt;
+
+    use super::*;
+
+    #[test]
+    fn warm_snapshots_keep_the_journal_compact() {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("f"), "x").unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let user = local.path().join("u");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&user)
+            .unwrap();
+        let limits = CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 1000,
+        };
+        let cache = HostCache::open(&user, limits).unwrap();
+        let mut scanner =
+            crate::Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"f".to_vec()]);
+        let m = scanner.manifest().unwrap();
+        let (digest, size, shown) = m.blobs()[0].clone();
+        let Begin::Mine(mut w) = cache.begin(digest, size, &shown).unwrap() else {
+            panic!()
+        };
+        w.write(b"x").unwrap();
+        w.finish().unwrap();
+        drop(cache.snapshot(&m).unwrap());
+        let lines = || {
+            std::fs::read_to_string(cache.path().join("index"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        let mut most = 0;
+        for _ in 0..100 {
+            // As if the journal had grown past the compaction length each time.
+            cache.compact_at.store(0, Ordering::Relaxed);
+            drop(cache.snapshot(&m).unwrap());
+            most = most.max(lines());
+        }
+        // Two entries, two lines per warm snapshot: without compaction, 200 lines.
+        assert!(most <= 2 * 2 + 64 + 2, "{most} lines");
     }
 }
