@@ -55,6 +55,7 @@ mod cache;
 mod digest;
 mod error;
 mod manifest;
+mod par;
 mod scan;
 mod snapshot;
 

@@ -13,8 +13,7 @@ use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -416,40 +415,12 @@ fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig
 /// Hashes `files` on as many threads as there are cores; each result carries the signature
 /// the file had while it was read.
 fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Digest)>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len().max(1));
-    let next = AtomicUsize::new(0);
-    let out = Mutex::new(Vec::with_capacity(files.len()));
-    let failure = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, _)) = files.get(i) else { break };
-                    match hash_file(path, &mut buf) {
-                        Ok((sig, digest)) => out
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push((path.clone(), sig, digest)),
-                        Err(e) => {
-                            failure
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(e);
-                            next.store(files.len(), Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
-        return Err(e);
-    }
-    Ok(out.into_inner().unwrap_or_else(PoisonError::into_inner))
+    crate::par::each(files, |(path, sig)| {
+        // Small files are the many: no megabyte buffer for each.
+        let mut buf = vec![0u8; CHUNK.min(sig.size as usize + 1)];
+        let (sig, digest) = hash_file(path, &mut buf)?;
+        Ok((path.clone(), sig, digest))
+    })
 }
 
 /// Hashes one file through a descriptor opened without following a symlink; the

@@ -24,9 +24,12 @@ fn shared_tree(root: &Path) {
     symlink("ro/frozen", root.join("data/link")).unwrap();
     fs::set_permissions(root.join("data/ro"), fs::Permissions::from_mode(0o555)).unwrap();
     fs::write(root.join("top.cir"), "netlist").unwrap();
+    // Top-level symlinks into the root are followed, to a folder and to a file.
+    symlink("lib/sub", root.join("sublink")).unwrap();
+    symlink(root.join("top.cir"), root.join("toplink")).unwrap();
 }
 
-const SOURCES: [&str; 3] = ["lib/*.lib", "data", "top.cir"];
+const SOURCES: [&str; 5] = ["lib/*.lib", "data", "top.cir", "sublink", "toplink"];
 
 fn map(root: &Path) -> MirrorMap {
     MirrorMap::new()
@@ -35,6 +38,10 @@ fn map(root: &Path) -> MirrorMap {
         .entry(root.join("data"), ".")
         .unwrap()
         .entry(root.join("top.cir"), ".")
+        .unwrap()
+        .entry(root.join("sublink"), "linked")
+        .unwrap()
+        .entry(root.join("toplink"), "linked")
         .unwrap()
         .within(&[root.to_path_buf()])
 }
@@ -46,7 +53,7 @@ fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
     let user = user_dir();
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
     let (manifest, snapshot) = ship(&cache, &mut scanner(shared.path(), &SOURCES));
-    assert_eq!(manifest.file_count(), 5);
+    assert_eq!(manifest.file_count(), 7);
 
     let direct = tempfile::tempdir().unwrap();
     mirror(&map(shared.path()), direct.path(), &MirrorOptions::new()).unwrap();
@@ -57,7 +64,7 @@ fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
         let mut entries = tree(dir);
         entries
             .iter_mut()
-            .filter(|e| e.0 == Path::new("models"))
+            .filter(|e| e.0 == Path::new("models") || e.0 == Path::new("linked"))
             .for_each(|e| e.3 = (0, 0));
         entries
     };
@@ -68,7 +75,11 @@ fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
     assert!(!snapshot.path().join("lib/notes.txt").exists());
     // The snapshot's own entries have the shared entries' modes and times.
     let shared_entries = tree(shared.path());
-    for entry in tree(snapshot.path()) {
+    assert!(snapshot.path().join("sublink").is_dir() && snapshot.path().join("toplink").is_file());
+    for entry in tree(snapshot.path())
+        .into_iter()
+        .filter(|e| !e.0.starts_with("sublink") && !e.0.starts_with("toplink"))
+    {
         let same = shared_entries.iter().find(|e| e.0 == entry.0).unwrap();
         assert_eq!(&entry, same, "{}", entry.0.display());
     }
