@@ -17,6 +17,7 @@
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
 //! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`) and eviction (`evict.rs`) |
 //! | `snapshot.rs` | [`Snapshot`] and how one is built |
+//! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
 //! | `error.rs` | [`Error`] |
 //!
 //! What holds whatever peers and other processes do:
