@@ -92,9 +92,11 @@ pub use fsops::{has_openat2, open_beneath};
 pub use glob::has_glob;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
-pub use persistent::{FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders};
+pub use persistent::{
+    FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders, source_events, watchable_source,
+};
 pub use returns::{
     FileSig, PendingFile, ResultsDir, ReturnSource, check_result_path, check_return_pattern,
 };
-pub use sources::expand_source;
+pub use sources::{Expansion, expand_source, expand_source_traced};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};
