@@ -17,6 +17,7 @@
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
 //! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`) and eviction (`evict.rs`) |
 //! | `snapshot.rs` | [`Snapshot`] and how one is built |
+//! | `watch.rs` | inotify on the folders a scan read, trusted as mirror-fs's source watch is, for at most `FULL_SCAN_EVERY` |
 //! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
 //! | `error.rs` | [`Error`] |
 //!
@@ -59,6 +60,7 @@ mod manifest;
 mod par;
 mod scan;
 mod snapshot;
+mod watch;
 
 pub use cache::{Begin, BlobWriter, CacheLimits, HostCache};
 pub use digest::Digest;
