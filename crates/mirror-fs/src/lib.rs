@@ -7,6 +7,8 @@
 //! - A [`MirrorMap`] lists (source glob, target folder) pairs; [`MirrorMap::to_abstract`]
 //!   makes the host-independent [`AbstractMirrorMap`] that travels in a spawn request.
 //! - [`mirror`] copies what a map names into a task folder, in parallel.
+//! - [`expand_source`] / [`expand_source_traced`] expand and check one source as
+//!   mirroring does without copying it (shipping describes sources with them).
 //! - [`MirroredFolders`] is the policy of a process that fills task folders again and
 //!   again (a worker): a plain mirror for a temporary folder, a refresh for a persistent
 //!   one filled from the same map before, else a fresh mirror kept for next time.
