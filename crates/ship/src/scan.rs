@@ -194,7 +194,7 @@ impl Scanner {
         let root_path = self.root_path()?.to_path_buf();
         let wanted = self.wanted(&root_path, &mut watch)?;
         let root_meta = fs::metadata(&root_path).map_err(|e| Error::io("read", &root_path, e))?;
-        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted, &mut watch)?;
+        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted, &mut watch, 0)?;
         let mut files = Vec::new();
         collect_files(&walked, &mut files);
         let matched: std::collections::HashSet<PathBuf> =
@@ -374,9 +374,10 @@ fn walk_wanted(
     meta: &Metadata,
     wanted: &Wanted,
     watch: &mut Watch,
+    depth: usize,
 ) -> Result<Walked> {
     if let Some((read_from, meta)) = &wanted.whole {
-        return walk_whole(name, read_from, meta, watch);
+        return walk_whole(name, read_from, meta, watch, depth);
     }
     if !meta.is_dir() {
         return Err(Error::ManifestInvalid {
@@ -399,6 +400,7 @@ fn walk_wanted(
             &child_meta,
             below,
             watch,
+            depth + 1,
         )?);
     }
     Ok(Walked::Dir {
@@ -411,7 +413,13 @@ fn walk_wanted(
 
 /// Walks a matched entry and everything beneath it, symlinks kept as symlinks; fifos,
 /// sockets and devices inside a folder are skipped, as mirroring skips them.
-fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata, watch: &mut Watch) -> Result<Walked> {
+fn walk_whole(
+    name: Vec<u8>,
+    path: &Path,
+    meta: &Metadata,
+    watch: &mut Watch,
+    depth: usize,
+) -> Result<Walked> {
     let kind = meta.file_type();
     let mtime = timestamp(meta.mtime(), meta.mtime_nsec());
     if kind.is_file() {
@@ -434,6 +442,13 @@ fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata, watch: &mut Watch) ->
             target: target.into_os_string().into_vec(),
         });
     }
+    // Checked while walking: a tree too deep for a manifest must not exhaust the stack first.
+    if depth >= crate::manifest::MAX_DEPTH {
+        return Err(Error::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: format!("more than {} levels of folders", crate::manifest::MAX_DEPTH),
+        });
+    }
     watch.add(path);
     let mut children = Vec::new();
     let listing = fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
@@ -453,6 +468,7 @@ fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata, watch: &mut Watch) ->
                 &child_path,
                 &child_meta,
                 watch,
+                depth + 1,
             )?);
         }
     }
@@ -635,5 +651,27 @@ mod watch_tests {
             linked.last_scanned,
             "a hard-linked file can change through its other name"
         );
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_a_manifest_allows_is_refused_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().join("top");
+        for _ in 0..crate::manifest::MAX_DEPTH + 2 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let mut scanner = Scanner::new(vec![dir.path().to_path_buf()], 0, vec![b"top".to_vec()]);
+        match scanner.manifest() {
+            Err(e @ Error::ManifestInvalid { .. }) => {
+                assert!(e.to_string().contains("levels"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -118,7 +118,11 @@ impl BlobWriter {
             .map_err(|e| Error::io("protect", &self.temp, e))?;
         drop(file);
         fs::rename(&self.temp, &self.dest).map_err(|e| Error::io("place blob", &self.dest, e))?;
-        self.index.touch(&[(Kind::Blob, self.digest, self.size)])
+        // The blob is in place: an index that cannot take it learns it when a cache opens.
+        if let Err(e) = self.index.touch(&[(Kind::Blob, self.digest, self.size)]) {
+            tracing::warn!("cannot record blob {} in the cache index: {e}", self.digest);
+        }
+        Ok(())
     }
 }
 
