@@ -277,11 +277,7 @@ fn leaf(
             if unchecked {
                 check_blob(cache, digest, *size, path)?;
             }
-            copy_blob(cache, digest, path, &to)?;
-            let file = File::options()
-                .write(true)
-                .open(&to)
-                .map_err(|e| Error::io("open", &to, e))?;
+            let file = copy_blob(cache, digest, path, &to)?;
             file.set_permissions(fs::Permissions::from_mode(node.mode()))
                 .map_err(|e| Error::io("set the mode of", &to, e))?;
             file.set_modified(system_time(node.mtime()))
@@ -334,8 +330,8 @@ fn check_blob(cache: &HostCache, digest: &Digest, size: u64, shown_as: &Path) ->
     })
 }
 
-/// Copies blob `digest` (checked already) to a new file `to`.
-fn copy_blob(cache: &HostCache, digest: &Digest, shown_as: &Path, to: &Path) -> Result<()> {
+/// Copies blob `digest` (checked already) to a new file `to`, returned open.
+fn copy_blob(cache: &HostCache, digest: &Digest, shown_as: &Path, to: &Path) -> Result<File> {
     let (mut from, _) = open_blob(cache, digest, shown_as)?;
     let mut out = OpenOptions::new()
         .write(true)
@@ -346,5 +342,5 @@ fn copy_blob(cache: &HostCache, digest: &Digest, shown_as: &Path, to: &Path) -> 
         .map_err(|e| Error::io("create", to, e))?;
     // std's copy uses copy_file_range, which file systems with reflinks turn into one.
     std::io::copy(&mut from, &mut out).map_err(|e| Error::io("copy to", to, e))?;
-    Ok(())
+    Ok(out)
 }

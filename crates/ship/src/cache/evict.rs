@@ -30,12 +30,18 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
         Kind::Blob => cache.blob_path(digest),
         Kind::Snapshot => cache.snapshot_path(digest),
     };
-    entries.retain(|(kind, digest), _| fs::symlink_metadata(path_of(*kind, digest)).is_ok());
+    // Entries whose file went (a corrupt blob removed, say) are dropped; looked for only
+    // when it matters (over a limit) or when reconciling, so a pass within the limits
+    // costs no `stat` per entry.
+    let total: u64 = entries.values().map(|u| u.bytes).sum();
+    let limits = cache.limits();
+    if reconcile || total > limits.max_bytes || entries.len() as u64 > limits.max_count {
+        entries.retain(|(kind, digest), _| fs::symlink_metadata(path_of(*kind, digest)).is_ok());
+    }
     let mut sorted: Vec<_> = entries.into_iter().collect();
     sorted.sort_by_key(|(key, used)| (used.last, *key));
     let mut bytes: u64 = sorted.iter().map(|(_, u)| u.bytes).sum();
     let mut count = sorted.len() as u64;
-    let limits = cache.limits();
     let mut kept = Vec::with_capacity(sorted.len());
     let mut removed = false;
     for ((kind, digest), used) in sorted {

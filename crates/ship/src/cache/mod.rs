@@ -18,7 +18,7 @@ mod evict;
 mod index;
 mod pin;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -127,6 +127,8 @@ pub struct HostCache {
     index: Index,
     /// Pins taken by `missing`, kept until the manifest's snapshot is made.
     waiting: Mutex<HashMap<Digest, Pin>>,
+    /// Fan-out folders (first digest byte) made and checked by this handle.
+    fans: Mutex<HashSet<u8>>,
     /// Journal length past which a warm snapshot (which only appends to the index) runs
     /// the eviction pass too, to compact it.
     compact_at: AtomicU64,
@@ -157,6 +159,7 @@ impl HostCache {
             dir,
             limits,
             waiting: Mutex::new(HashMap::new()),
+            fans: Mutex::new(HashSet::new()),
             compact_at: AtomicU64::new(0),
         };
         cache.enforce(true)?;
@@ -261,23 +264,21 @@ impl HostCache {
             return Ok(Begin::Present);
         }
         if let Some(fan) = dest.parent() {
-            dirs::private_dir(fan)?;
+            let made = &mut self.fans.lock().unwrap_or_else(PoisonError::into_inner);
+            if !made.contains(&digest.as_bytes()[0]) {
+                dirs::private_dir(fan)?;
+                made.insert(digest.as_bytes()[0]);
+            }
         }
-        // Only a claim's holder writes its blob, so what an earlier holder (killed
-        // mid-write) left is abandoned.
-        evict::remove_abandoned_writes(self, &digest)?;
+        // Only a claim's holder writes its blob, so what a holder killed mid-write left
+        // is abandoned.
+        if claim.inherited() {
+            evict::remove_abandoned_writes(self, &digest)?;
+        }
         let temp = self
             .sub("tmp")
             .join(format!("blob.{digest}.{}", unique_suffix()));
-        let writer = BlobWriter::create(
-            claim,
-            temp,
-            dest,
-            self.index.clone(),
-            digest,
-            size,
-            shown_as,
-        )?;
+        let writer = BlobWriter::create(claim, temp, dest, digest, size, shown_as)?;
         Ok(Begin::Mine(writer))
     }
 
