@@ -403,3 +403,26 @@ fn default_limits_are_a_tenth_of_the_free_space() {
     assert_eq!(limits.max_count, CacheLimits::DEFAULT_COUNT);
     assert!(CacheLimits::default_for(&dir.path().join("missing")).is_err());
 }
+
+#[test]
+fn blobs_the_index_never_heard_of_are_found_when_a_cache_opens() {
+    let shared = tempfile::tempdir().unwrap();
+    fs::write(shared.path().join("f"), "fetched, never built").unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let scan = scanner(shared.path(), &["f"]);
+    let mut scan = scan;
+    let manifest = scan.manifest().unwrap();
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 1);
+    drop(cache);
+    // Reopened over its limits: the blob (no snapshot, no pin now) is found and evicted.
+    let tiny = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1,
+            max_count: 10,
+        },
+    )
+    .unwrap();
+    assert_eq!(tiny.missing(&manifest).len(), 1);
+}
