@@ -22,7 +22,7 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     let (mut entries, lines) = held.read()?;
     if reconcile {
         clean_claims(cache)?;
-        for (key, bytes) in on_disk(cache)? {
+        for (key, bytes) in on_disk(cache, &pinned)? {
             entries.entry(key).or_insert(Use { bytes, last: 0 });
         }
     }
@@ -59,8 +59,11 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
             Kind::Snapshot => {
                 let trash = cache.sub("tmp").join(format!("trash.{}", unique_suffix()));
                 let from = cache.snapshot_path(&digest);
-                fs::rename(&from, &trash).map_err(|e| Error::io("move to trash", &from, e))?;
-                remove_tree(&trash)?;
+                match fs::rename(&from, &trash) {
+                    Ok(()) => remove_tree(&trash)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("move to trash", &from, e)),
+                }
                 remove_tree(&cache.manifest_path(&digest))?;
             }
         }
@@ -148,8 +151,9 @@ fn clean_claims(cache: &HostCache) -> Result<()> {
     Ok(())
 }
 
-/// Every blob and snapshot on disk, with its size.
-fn on_disk(cache: &HostCache) -> Result<Vec<((Kind, Digest), u64)>> {
+/// Every blob and snapshot on disk, with its size; manifests left without their snapshot
+/// are removed on the way.
+fn on_disk(cache: &HostCache, pinned: &pin::Pinned) -> Result<Vec<((Kind, Digest), u64)>> {
     let mut out = Vec::new();
     let blobs = cache.sub("blobs");
     for fan in fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))? {
@@ -170,6 +174,14 @@ fn on_disk(cache: &HostCache) -> Result<Vec<((Kind, Digest), u64)>> {
     for entry in fs::read_dir(&snaps).map_err(|e| Error::io("list", &snaps, e))? {
         let entry = entry.map_err(|e| Error::io("list", &snaps, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // A manifest whose snapshot never got into place (its builder died in between;
+        // a live builder holds a pin).
+        if let Some(digest) = name.strip_suffix(".manifest").and_then(Digest::from_hex)
+            && !pinned.roots.contains(&digest)
+            && !cache.snapshot_path(&digest).exists()
+        {
+            remove_tree(&entry.path())?;
+        }
         if let Some(digest) = Digest::from_hex(&name) {
             let bytes = read_manifest(&cache.manifest_path(&digest)).map_or(0, |m| m.total_bytes());
             out.push(((Kind::Snapshot, digest), bytes));
