@@ -228,16 +228,29 @@ fn a_missing_blob_is_named() {
 /// Runs the body of [`full_disk_child`] in a private mount namespace with a 1 MiB tmpfs.
 #[test]
 fn a_full_disk_is_refused_before_building() {
-    let root = nix::unistd::geteuid().is_root();
-    let unshare = std::process::Command::new("unshare")
-        .arg("-m")
-        .arg("true")
+    let mount = tempfile::tempdir().unwrap();
+    // Root alone is not enough: a container may refuse mount namespaces or tmpfs mounts.
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "none",
+        ])
+        .arg(mount.path())
+        .stderr(std::process::Stdio::null())
         .status();
-    if !root || !unshare.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED a_full_disk_is_refused_before_building: needs root and `unshare -m`");
+    if !nix::unistd::geteuid().is_root() || !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED a_full_disk_is_refused_before_building: needs root and a tmpfs in a private mount namespace (`unshare -m`)"
+        );
         return;
     }
-    let mount = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let script = format!(
         "mount -t tmpfs -o size=1m,mode=0700 none '{}' && exec '{}' --exact snapshot::full_disk_child --nocapture --test-threads 1",
