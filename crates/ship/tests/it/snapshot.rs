@@ -78,7 +78,10 @@ fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
     assert!(snapshot.path().join("sublink").is_dir() && snapshot.path().join("toplink").is_file());
     for entry in tree(snapshot.path())
         .into_iter()
-        .filter(|e| !e.0.starts_with("sublink") && !e.0.starts_with("toplink"))
+        // Top-level links are followed, and `lib` is only on the way to matches.
+        .filter(|e| {
+            !e.0.starts_with("sublink") && !e.0.starts_with("toplink") && e.0 != Path::new("lib")
+        })
     {
         let same = shared_entries.iter().find(|e| e.0 == entry.0).unwrap();
         assert_eq!(&entry, same, "{}", entry.0.display());
