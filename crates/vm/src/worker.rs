@@ -14,6 +14,7 @@ use crate::capture::Capture;
 use crate::error::one_line;
 use crate::link::{Link, TaskKind};
 use crate::message::CommandStatus;
+use crate::ship::fetch::Exchange;
 use crate::supervise::{self, End};
 use crate::task_context::{LoopState, TaskContext};
 use crate::task_folder::TaskFolders;
@@ -168,7 +169,14 @@ impl Worker {
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
-                ToWorker::Mirror { vm, map } => storage.receive_map(vm, &map),
+                ToWorker::Mirror { vm, map, ship } => storage.receive_map(vm, &map, ship),
+                frame @ (ToWorker::Manifest { .. }
+                | ToWorker::ManifestFailed { .. }
+                | ToWorker::BlobData { .. }
+                | ToWorker::BlobEnd { .. }
+                | ToWorker::BlobFailed { .. }) => {
+                    storage.receive_ship_frame(frame);
+                }
                 ToWorker::Env { vars } => {
                     let vars = crate::envfwd::decode(vars);
                     if self.capture_output {
@@ -213,7 +221,12 @@ impl Run<'_> {
             capture.set_task(id.number);
         }
         let mut mirrored = 0;
-        let outcome = match storage.prepare(request) {
+        let mut exchange = SpawnerLine {
+            link: self.link,
+            transport: self.transport,
+            state: self.state,
+        };
+        let outcome = match storage.prepare(request, &mut exchange) {
             Err(reason) => Err(format!(
                 "cannot prepare the task folder: {}",
                 one_line(&reason)
@@ -393,6 +406,47 @@ impl Run<'_> {
             tracing::debug!(task = %id, pid, reason = %why, "stopping a command");
             supervised.stop();
             stopped = Some(why);
+        }
+    }
+}
+
+/// The worker's line to the spawner while a shipped root is fetched: frames that are not
+/// for shipping are set aside for the spawn loop, in order.
+struct SpawnerLine<'a> {
+    link: &'a Link,
+    transport: &'a dyn Transport,
+    state: &'a LoopState,
+}
+
+impl Exchange for SpawnerLine<'_> {
+    fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String> {
+        self.state.send(self.transport, frame).map_err(|e| match e {
+            wire::SendError::Transport(e) => format!("cannot reach the spawner: {e}"),
+            wire::SendError::Encode(e) => format!("cannot encode a frame for the spawner: {e}"),
+        })
+    }
+
+    fn next(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            match self.link.recv(Wait::Forever) {
+                Ok(Some(Event::Message { from: 0, payload })) => {
+                    let ship = wire::decode::<ToWorker<'_>>(&payload)
+                        .is_ok_and(|frame| crate::ship::fetch::is_ship_frame(&frame));
+                    if ship {
+                        return Ok(payload);
+                    }
+                    self.state.deferred.borrow_mut().push_back(payload);
+                }
+                Ok(Some(Event::PeerLost { rank: 0, reason })) => {
+                    self.state.spawner_lost.set(true);
+                    return Err(format!("the spawner is gone: {reason}"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.state.spawner_lost.set(true);
+                    return Err(format!("the transport failed: {e}"));
+                }
+            }
         }
     }
 }

@@ -20,15 +20,19 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker, read_stop};
+pub(crate) use frames::{
+    BLOB_CHUNK, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan, SpawnRequest, Startup,
+    ToWorker, read_stop,
+};
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{
     Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
 };
 
 /// The version of this protocol; a frame with another first byte is refused. Raised with
-/// every change of the frames (2: the mirror map in its own frame, stops, returned files).
-pub(crate) const VERSION: u8 = 2;
+/// every change of the frames (2: the mirror map in its own frame, stops, returned files;
+/// 3: shipping, with the probe in the mirror frame, manifests and blobs).
+pub(crate) const VERSION: u8 = 3;
 
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
@@ -117,15 +121,26 @@ mod tests {
     #[test]
     fn a_mirror_map_travels_in_its_own_frame() {
         let map = [0x91u8, 0x01];
+        let plan = ShipPlan::Probe(vec![Probe {
+            root: 1,
+            marker: Some(".parvm-probe".to_owned()),
+            token: "ab".to_owned(),
+        }]);
         let bytes = encode(&ToWorker::Mirror {
             vm: 3,
             map: Cow::Borrowed(&map),
+            ship: plan.clone(),
         })
         .unwrap();
-        let ToWorker::Mirror { vm, map: back } = decode::<ToWorker<'_>>(&bytes).unwrap() else {
+        let ToWorker::Mirror {
+            vm,
+            map: back,
+            ship,
+        } = decode::<ToWorker<'_>>(&bytes).unwrap()
+        else {
             panic!("not a mirror frame");
         };
-        assert_eq!((vm, back.as_ref()), (3, &map[..]));
+        assert_eq!((vm, back.as_ref(), ship), (3, &map[..], plan));
     }
 
     #[test]
