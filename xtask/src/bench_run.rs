@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, exec, nix_is_root, on_path, target_dir};
+use crate::{cargo, exec, target_dir};
 
 /// Worker slots (`-j`, `-P`) of every contender: the reference machine has 2 cores.
 const JOBS: usize = 2;
@@ -275,34 +275,9 @@ impl Bench {
 /// GNU parallel's path, installed with apt-get when missing and possible; `None` (with the
 /// reason printed) when it is not there.
 fn gnu_parallel() -> Option<PathBuf> {
-    if !on_path("parallel") {
-        if !nix_is_root() {
-            println!("GNU parallel: skipped, `parallel` is not on PATH and installing needs root");
-            return None;
-        }
-        if !on_path("apt-get") {
-            println!("GNU parallel: skipped, `parallel` is not on PATH and there is no apt-get");
-            return None;
-        }
-        println!("GNU parallel: not on PATH, installing it with apt-get");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "parallel"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|status| status.success())
-        };
-        // A fresh image may have no package lists yet: update once and retry.
-        let installed = install()
-            || (Command::new("apt-get")
-                .arg("update")
-                .status()
-                .is_ok_and(|status| status.success())
-                && install());
-        if !installed || !on_path("parallel") {
-            println!("GNU parallel: skipped, `apt-get install -y parallel` failed");
-            return None;
-        }
+    if let Err(why) = crate::install::ensure("parallel", "parallel") {
+        println!("GNU parallel: skipped, {why}");
+        return None;
     }
     // moreutils ships another `parallel`; only GNU parallel is the baseline.
     let version = Command::new("parallel")

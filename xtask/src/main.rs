@@ -3,6 +3,7 @@
 mod bench;
 mod bench_run;
 mod demo;
+mod install;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ commands:
   bench dispatch [--transport T] jobs/s against the spawn loop
   bench run                      parvm run (release) against xargs -P and GNU parallel (installed
                                  when missing), and against cp -a per case on a mirrored folder
+  bench ship                     inputs shipped over TCP loopback (cold, warm, one file changed)
+                                 against shared mirroring and rsync -a (installed when missing)
 ";
 
 fn main() -> Result<()> {

@@ -11,7 +11,7 @@ use crate::parse::{self, MAX_SPIN};
 use crate::paths::{self, Homes};
 use crate::user::home_from_user_database;
 use crate::vars::*;
-use crate::{Config, Error, TransportKind};
+use crate::{CacheMax, Config, Error, ShipMode, TransportKind};
 
 impl Config {
     /// Starts a configuration built by hand; unset values take the same defaults as the
@@ -42,6 +42,8 @@ pub struct ConfigBuilder {
     pub(crate) spin_window: Option<Duration>,
     pub(crate) forward_env: Vec<String>,
     pub(crate) no_color: bool,
+    pub(crate) ship: ShipMode,
+    pub(crate) cache_max: Option<CacheMax>,
     pub(crate) homes: Option<Homes>,
 }
 
@@ -65,6 +67,8 @@ impl Default for ConfigBuilder {
             spin_window: None,
             forward_env: Vec::new(),
             no_color: false,
+            ship: ShipMode::Auto,
+            cache_max: None,
             homes: None,
         }
     }
@@ -197,6 +201,23 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets when mirrored inputs are shipped to a worker's host instead of read from its
+    /// mirrored root. Default: [`ShipMode::Auto`].
+    #[must_use]
+    pub fn ship(mut self, mode: ShipMode) -> Self {
+        self.ship = mode;
+        self
+    }
+
+    /// Sets the most a host's cache of shipped files holds (both numbers at least 1,
+    /// checked by [`ConfigBuilder::build`]). Default: unset (10% of the free space of
+    /// local storage, the cache's own count limit).
+    #[must_use]
+    pub fn cache_max(mut self, max: CacheMax) -> Self {
+        self.cache_max = Some(max);
+        self
+    }
+
     #[must_use]
     pub(crate) fn homes(mut self, homes: Homes) -> Self {
         self.homes = Some(homes);
@@ -209,7 +230,8 @@ impl ConfigBuilder {
     /// # Errors
     /// A relative or unresolvable path, a missing mirrored root, a local root that cannot
     /// be created or is not a folder, a zero worker count, an unusable host name, a listen
-    /// address without a port, a frame limit under 4 KiB, a zero handshake timeout.
+    /// address without a port, a frame limit under 4 KiB, a zero handshake timeout, a cache
+    /// limit of 0 bytes or 0 files.
     pub fn build(self) -> Result<Config, Error> {
         let homes = self.homes.unwrap_or_else(|| Homes {
             own: std::env::var_os("HOME")
@@ -260,6 +282,19 @@ impl ConfigBuilder {
                 reason: "give a number of seconds above 0 and at most 1000000000".to_owned(),
             });
         }
+        if let Some(max) = self.cache_max
+            && (max.bytes == 0 || max.count == Some(0))
+        {
+            return Err(Error::BadValue {
+                variable: CACHE_MAX_VAR,
+                value: match max.count {
+                    Some(count) => format!("{},{count}", max.bytes),
+                    None => max.bytes.to_string(),
+                },
+                reason: "the cache needs room for at least 1 byte and 1 file; give e.g. `20G`"
+                    .to_owned(),
+            });
+        }
         // `~/.parvm/secret` with the `~` of the other variables; a home that is not
         // absolute (an empty HOME) gives no default rather than a relative path.
         let secret_file = self.secret_file.or_else(|| {
@@ -285,6 +320,8 @@ impl ConfigBuilder {
             spin_window: self.spin_window.map(|window| window.min(MAX_SPIN)),
             forward_env: self.forward_env,
             no_color: self.no_color,
+            ship: self.ship,
+            cache_max: self.cache_max,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::vars::{LISTEN_VAR, SECRET_FILE_VAR};
-use crate::{Error, TransportKind};
+use crate::{CacheMax, Error, ShipMode, TransportKind};
 
 /// The resolved configuration of one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct Config {
     pub(crate) spin_window: Option<Duration>,
     pub(crate) forward_env: Vec<String>,
     pub(crate) no_color: bool,
+    pub(crate) ship: ShipMode,
+    pub(crate) cache_max: Option<CacheMax>,
 }
 
 impl Config {
@@ -155,5 +157,17 @@ impl Config {
     /// then never coloured.
     pub fn no_color(&self) -> bool {
         self.no_color
+    }
+
+    /// When mirrored inputs are shipped to a worker's host instead of read from its
+    /// mirrored root, from `PARVM_SHIP`; unset: [`ShipMode::Auto`].
+    pub fn ship(&self) -> ShipMode {
+        self.ship
+    }
+
+    /// The most a host's cache of shipped files holds, from `PARVM_CACHE_MAX`, if set;
+    /// unset, the cache's default applies (10% of the free space of local storage).
+    pub fn cache_max(&self) -> Option<CacheMax> {
+        self.cache_max
     }
 }

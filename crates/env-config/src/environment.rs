@@ -118,6 +118,12 @@ impl Config {
         if let Some(value) = optional_text(SPIN_US_VAR, lookup(SPIN_US_VAR))? {
             builder.spin_window = Some(parse::spin_window(SPIN_US_VAR, &value)?);
         }
+        if let Some(value) = optional_text(SHIP_VAR, lookup(SHIP_VAR))? {
+            builder.ship = value.parse()?;
+        }
+        if let Some(value) = optional_text(CACHE_MAX_VAR, lookup(CACHE_MAX_VAR))? {
+            builder.cache_max = Some(value.parse()?);
+        }
         if let Some(value) = lookup(FORWARD_ENV_VAR) {
             builder.forward_env = parse::name_list(&text(FORWARD_ENV_VAR, value)?);
         }

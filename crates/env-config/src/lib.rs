@@ -30,6 +30,7 @@ mod error;
 mod hostname;
 pub mod parse;
 mod paths;
+mod ship;
 mod transport_kind;
 mod user;
 pub mod vars;
@@ -38,10 +39,11 @@ pub use builder::ConfigBuilder;
 pub use config::Config;
 pub use error::Error;
 pub use hostname::{hostname, hostname_override, system_hostname};
+pub use ship::{CacheMax, ShipMode};
 pub use transport_kind::TransportKind;
 pub use user::current_user;
 pub use vars::{
-    CONNECT_VAR, CONNECT_WAIT_VAR, FORWARD_ENV_VAR, HANDSHAKE_TIMEOUT_VAR, HOSTNAME_VAR,
-    LISTEN_VAR, LOCAL_STORAGE_VAR, LOG_VAR, MAX_FRAME_VAR, MIRRORED_STORAGE_VAR, NO_COLOR_VAR,
-    SECRET_FILE_VAR, SPIN_US_VAR, TRANSPORT_VAR, WORKERS_VAR,
+    CACHE_MAX_VAR, CONNECT_VAR, CONNECT_WAIT_VAR, FORWARD_ENV_VAR, HANDSHAKE_TIMEOUT_VAR,
+    HOSTNAME_VAR, LISTEN_VAR, LOCAL_STORAGE_VAR, LOG_VAR, MAX_FRAME_VAR, MIRRORED_STORAGE_VAR,
+    NO_COLOR_VAR, SECRET_FILE_VAR, SHIP_VAR, SPIN_US_VAR, TRANSPORT_VAR, WORKERS_VAR,
 };

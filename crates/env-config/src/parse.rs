@@ -38,7 +38,7 @@ pub(crate) fn optional_text(
 }
 
 /// An error for `value` of `variable`, with what is wrong and what to set instead.
-fn bad(variable: &'static str, value: &str, reason: impl Into<String>) -> Error {
+pub(crate) fn bad(variable: &'static str, value: &str, reason: impl Into<String>) -> Error {
     Error::BadValue {
         variable,
         value: value.to_owned(),
@@ -98,7 +98,26 @@ pub fn seconds(variable: &'static str, value: &str, zero_ok: bool) -> Result<Dur
 /// # Errors
 /// [`Error::BadValue`] naming `variable` and `value`, with the accepted forms.
 pub fn frame_bytes(variable: &'static str, value: &str) -> Result<u64, Error> {
-    let usage = "use a byte count such as `1048576`, `64K`, `512M` or `1G`";
+    let bytes = byte_count(value, false).ok_or_else(|| {
+        bad(
+            variable,
+            value,
+            "use a byte count such as `1048576`, `64K`, `512M` or `1G`",
+        )
+    })?;
+    check_frame_bytes(variable, bytes).map_err(|_| {
+        bad(
+            variable,
+            value,
+            format!("at least {MIN_MAX_FRAME} bytes are needed for parvm's own messages; use `4K` or more"),
+        )
+    })
+}
+
+/// A byte count with an optional binary suffix (`1048576`, `64K`, `512M`, `1G`, `1GiB`,
+/// `1gb`, and `2T` when `tera`), blanks trimmed; `None` for another form or a count
+/// beyond `u64`.
+pub(crate) fn byte_count(value: &str, tera: bool) -> Option<u64> {
     let lower = value.trim().to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let scale: u64 = match lower[digits.len()..]
@@ -109,26 +128,11 @@ pub fn frame_bytes(variable: &'static str, value: &str) -> Result<u64, Error> {
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
-        _ => return Err(bad(variable, value, usage)),
+        "t" if tera => 1 << 40,
+        _ => return None,
     };
-    let n: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| bad(variable, value, usage))?;
-    let bytes = n.checked_mul(scale).ok_or_else(|| {
-        bad(
-            variable,
-            value,
-            "the byte count is too large; use a smaller one such as `1G`",
-        )
-    })?;
-    check_frame_bytes(variable, bytes).map_err(|_| {
-        bad(
-            variable,
-            value,
-            format!("at least {MIN_MAX_FRAME} bytes are needed for parvm's own messages; use `4K` or more"),
-        )
-    })
+    let n: u64 = digits.trim().parse().ok()?;
+    n.checked_mul(scale)
 }
 
 /// Refuses a frame limit below [`MIN_MAX_FRAME`].

@@ -47,6 +47,10 @@ pub const MAX_FRAME_VAR: &str = "PARVM_MAX_FRAME";
 pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
 /// Name of the variable giving how long a waiting process polls before it sleeps, in µs.
 pub const SPIN_US_VAR: &str = "PARVM_SPIN_US";
+/// Name of the variable choosing when mirrored inputs are shipped (`auto`, `always`, `never`).
+pub const SHIP_VAR: &str = "PARVM_SHIP";
+/// Name of the variable bounding a host's cache of shipped files (`SIZE[,COUNT]`).
+pub const CACHE_MAX_VAR: &str = "PARVM_CACHE_MAX";
 
 /// Replacement workers per local worker slot (`parvm_transport::local::LocalOptions::replacements`).
 pub const REPLACE_WORKERS_VAR: &str = "PARVM_REPLACE_WORKERS";
@@ -132,6 +136,16 @@ pub const VARS: &[Var] = &[
         name: SPIN_US_VAR,
         meaning: "µs a waiting process polls before it sleeps (`0`: never poll; at most 1000000)",
         default: "`100`",
+    },
+    Var {
+        name: SHIP_VAR,
+        meaning: "when a worker gets mirrored inputs shipped into its host's cache instead of reading the mirrored root: `auto` (where the root is missing or holds something else), `always` or `never`",
+        default: "`auto`",
+    },
+    Var {
+        name: CACHE_MAX_VAR,
+        meaning: "the most a host's cache of shipped files holds: `SIZE` or `SIZE,COUNT` (`20G`, `500M,100000`)",
+        default: "10% of the free space of local storage",
     },
 ];
 

@@ -10,6 +10,8 @@
 //!     <pid hex>_vm<vm index hex>[_<n>]/     one folder per worker process and VM index
 //!         .parvm-owner                      JSON: pid, boot id, process start time, host
 //!         .parvm-lock                       flock'ed by the worker while it uses the folder
+//!     cache/                                the host cache of shipped inputs (parvm-ship): never
+//!                                           listed, swept or cleared here ([`CACHE_DIR`])
 //! ```
 //!
 //! A folder is *stale* when its owner marker names another boot, a dead process, or a
@@ -69,6 +71,10 @@ mod storage;
 mod tree;
 
 pub use error::Error;
+
+/// The host cache of shipped inputs (`parvm-ship`), `<per-user folder>/cache`: listing,
+/// sweeping and clearing leave it alone, as it keeps its own limits and locks.
+pub const CACHE_DIR: &str = "cache";
 pub use folder::{Persistence, TaskFolder};
 pub use lock::LOCK_FILE;
 pub use owner::{OWNER_FILE, OwnerMarker};

@@ -98,6 +98,10 @@ impl LocalStorage {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(fail)? {
             let entry = entry.map_err(fail)?;
+            // The host cache is not a task folder: it keeps its own limits and locks.
+            if entry.file_name() == crate::CACHE_DIR {
+                continue;
+            }
             out.push((
                 entry.file_name().to_string_lossy().into_owned(),
                 entry.path(),

@@ -22,6 +22,17 @@ pub enum Error {
         #[source]
         source: parvm_transport::Error,
     },
+    /// The spawner speaks another version of the protocol between spawner and workers:
+    /// this worker was built from another parvm.
+    #[error(
+        "the spawner speaks parvm protocol version {theirs} and this worker version {ours}: start workers from the same parvm build as the spawner (the same program, rebuilt on every host from the same sources)"
+    )]
+    OtherVersion {
+        /// The spawner's version.
+        theirs: u8,
+        /// This worker's version.
+        ours: u8,
+    },
     /// A spawn named a task that is not registered in this program.
     #[error(
         "task `{name}` is not registered; register it with `Tasks::register(\"{name}\", ...)` (registered: {known})"
@@ -143,6 +154,36 @@ pub enum Error {
         /// What mirroring said, naming the source or target and what to do.
         #[source]
         source: parvm_mirror_fs::Error,
+    },
+    /// Shipping a mirrored root to a worker's host failed there (the host cache, a blob
+    /// that arrived damaged, a snapshot).
+    #[error("cannot ship mirrored storage entry {root} to this host: {source}")]
+    Ship {
+        /// The entry of PARALLEL_MIRRORED_STORAGE being shipped.
+        root: u32,
+        /// What the cache said, naming the file and what to do.
+        #[source]
+        source: parvm_ship::Error,
+    },
+    /// The spawner could not send what a shipped root needs; its reason names the file.
+    #[error("the spawner cannot ship mirrored storage entry {root}: {reason}")]
+    ShipRefused {
+        /// The entry of PARALLEL_MIRRORED_STORAGE being shipped.
+        root: u32,
+        /// What the spawner said.
+        reason: String,
+    },
+    /// The host cache of shipped files could not be opened on this worker.
+    #[error("the host cache of shipped files (PARVM_CACHE_MAX) cannot be used: {0}")]
+    CacheUnavailable(#[source] Arc<parvm_ship::Error>),
+    /// The worker stopped waiting for a shipped root: the spawner is gone or the
+    /// transport failed.
+    #[error("the transfer of mirrored storage entry {root} stopped: {reason}")]
+    ShipInterrupted {
+        /// The entry of PARALLEL_MIRRORED_STORAGE being shipped.
+        root: u32,
+        /// Why.
+        reason: String,
     },
     /// A worker could not decode the mirror map the spawner sent.
     #[error("cannot decode the mirror map: {0}; run the same parvm build on every host")]

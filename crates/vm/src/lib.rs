@@ -47,6 +47,7 @@ mod returned;
 mod returning;
 mod route;
 mod runtime;
+mod ship;
 mod spawner;
 mod state;
 mod supervise;
@@ -63,7 +64,7 @@ pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};
 pub use layout::{ClearOutcome, ClearReport, Layout, LayoutHost, LayoutSlot, LayoutTask};
 pub use message::{CommandStatus, ExitStatus, Message, Payload, TaskFailure, Value};
-pub use parvm_env_config::{Config, TransportKind};
+pub use parvm_env_config::{CacheMax, Config, ShipMode, TransportKind};
 pub use returned::{CAPTURE_IN_MEMORY, Captured};
 #[doc(hidden)]
 pub use returning::set_return_hook;
@@ -71,6 +72,7 @@ pub use returning::set_return_hook;
 // `parvm_vm::memory::MemoryTransport` still names it.
 pub use parvm_transport::memory;
 pub use runtime::{Backend, Runtime, RuntimeBuilder, TcpSpawner};
+pub use ship::ShipStats;
 pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};

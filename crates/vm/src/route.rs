@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use parvm_transport::{Event, Peer, Rank};
 
 use crate::message::{ExitStatus, Payload, TaskFailure, Value};
+use crate::ship::serve::ShipJob;
 use crate::spawner::Shared;
 use crate::state::{End, State};
 use crate::wire::{self, FromWorker, ToWorker};
@@ -44,6 +45,17 @@ impl Shared {
     fn route_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
         let frame = match wire::decode::<FromWorker<'_>>(&payload) {
             Ok(frame) => frame,
+            Err(_) if let Some(theirs) = wire::foreign_version(&payload) => {
+                // The worker leaves after saying so; its tasks end as lost.
+                let host = state.slots.get(from).map(|slot| slot.host.to_string());
+                tracing::error!(
+                    rank = from,
+                    host = host.as_deref().unwrap_or("?"),
+                    "worker rank {from} speaks parvm protocol version {theirs} and this spawner version {}: start workers from the same parvm build as the spawner",
+                    wire::VERSION
+                );
+                return None;
+            }
             Err(reason) => {
                 tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
                 return None;
@@ -100,6 +112,23 @@ impl Shared {
                     });
                 }
                 Some(on_output(state, from, number, stderr, &data))
+            }
+            FromWorker::ManifestWanted { vm, root } => {
+                Self::on_ship_request(state, from, vm, ShipJob::Manifest { rank: from, root });
+                None
+            }
+            FromWorker::BlobsWanted { vm, root, digests } => {
+                Self::on_ship_request(
+                    state,
+                    from,
+                    vm,
+                    ShipJob::Blobs {
+                        rank: from,
+                        root,
+                        digests,
+                    },
+                );
+                None
             }
             FromWorker::Cleared { removed, error } => {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
@@ -204,6 +233,20 @@ impl Shared {
             && let Err(e) = self.transport.send(from, &wire::return_stop(number))
         {
             tracing::debug!(rank = from, error = %e, "cannot stop a worker's returned files");
+        }
+    }
+
+    /// A worker asks for a manifest or blobs of VM `vm`: handed to the VM's shipping
+    /// thread, which checks and answers it; dropped with a warning for a VM that ships
+    /// nothing (gone, or never shipping).
+    fn on_ship_request(state: &mut State, from: Rank, vm: u32, job: ShipJob) {
+        match state.ship.get(&vm) {
+            Some(jobs) if jobs.send(job).is_ok() => {}
+            _ => tracing::warn!(
+                rank = from,
+                vm,
+                "dropping a request for shipped inputs of a VM that ships none"
+            ),
         }
     }
 

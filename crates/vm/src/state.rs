@@ -303,6 +303,9 @@ impl Slots {
 #[derive(Default)]
 pub(crate) struct State {
     pub slots: Slots,
+    /// Per VM that ships inputs, the channel to its shipping thread
+    /// ([`crate::ship::serve`]); the router files the workers' requests into it.
+    pub ship: HashMap<u32, std::sync::mpsc::Sender<crate::ship::serve::ShipJob>>,
     pub inboxes: BTreeMap<u32, VecDeque<Message>>,
     pub pulling: bool,
     /// Threads asleep on the condition variable, waiting for the puller to file their

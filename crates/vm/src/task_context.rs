@@ -44,7 +44,11 @@ pub(crate) struct LoopState {
 
 impl LoopState {
     /// Encodes `frame` into the reused buffer and sends it to the spawner.
-    fn send(&self, transport: &dyn Transport, frame: &FromWorker<'_>) -> Result<(), SendError> {
+    pub(crate) fn send(
+        &self,
+        transport: &dyn Transport,
+        frame: &FromWorker<'_>,
+    ) -> Result<(), SendError> {
         wire::send_frame(transport, 0, &mut self.scratch.borrow_mut(), frame)
     }
 

@@ -15,13 +15,20 @@ use parvm_mirror_fs::{
     MirroredFolders,
 };
 
+use parvm_ship::{CacheLimits, HostCache};
+
 use crate::Error;
 use crate::clean::Snapshot;
 use crate::error::one_line;
-use crate::wire::{SpawnRequest, Startup};
+use crate::ship::fetch::{self, Exchange, Shipping};
+use crate::wire::{ShipPlan, SpawnRequest, Startup, ToWorker};
 
-/// Translates a VM's mirror map for travel, encoded once when the VM is built.
-pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Result<Vec<u8>, Error> {
+/// Translates a VM's mirror map for travel, encoded once when the VM is built; gives the
+/// abstract map too, for shipping.
+pub(crate) fn encode_map(
+    config: &Config,
+    entries: &[(String, PathBuf)],
+) -> Result<(Vec<u8>, AbstractMirrorMap), Error> {
     let mut map = MirrorMap::new();
     for (source, target) in entries {
         map = map.entry(source.as_str(), target).map_err(Error::Mirror)?;
@@ -37,10 +44,11 @@ pub(crate) fn encode_map(config: &Config, entries: &[(String, PathBuf)]) -> Resu
     for ((given, _), entry) in entries.iter().zip(&abstract_map.entries) {
         check_literal_source(config, given, &entry.source)?;
     }
-    rmp_serde::to_vec(&abstract_map).map_err(|source| Error::Encode {
+    let bytes = rmp_serde::to_vec(&abstract_map).map_err(|source| Error::Encode {
         what: "the mirror map".to_owned(),
         source,
-    })
+    })?;
+    Ok((bytes, abstract_map))
 }
 
 /// Refuses a literal source (no glob characters) that does not exist on the spawner, as
@@ -136,6 +144,14 @@ pub(crate) struct TaskFolders {
     /// The VMs this worker keeps something for: the mirror map on this host (decoded once
     /// per VM), or `None` for a persistent VM without one, so its folder is dropped at exit.
     maps: HashMap<u32, Option<MirrorMap>>,
+    /// The abstract mirror maps, decoded, for VMs that ship a root to this host: each task
+    /// translates them again with the shipped roots replaced by their snapshots.
+    abstracts: HashMap<u32, AbstractMirrorMap>,
+    /// Which roots each VM ships here, and the manifests the spawner sent.
+    shipping: Shipping,
+    /// The host cache of shipped files, opened on first use (an error is kept, as for
+    /// local storage).
+    cache: Option<Result<HostCache, Arc<parvm_ship::Error>>>,
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
     /// stat per source file and sees what tasks changed in the folder.
     mirrored: MirroredFolders<u32>,
@@ -151,6 +167,9 @@ impl TaskFolders {
             local: None,
             received: HashMap::new(),
             maps: HashMap::new(),
+            abstracts: HashMap::new(),
+            shipping: Shipping::default(),
+            cache: None,
             mirrored: MirroredFolders::new(),
             clean: HashMap::new(),
         }
@@ -185,16 +204,49 @@ impl TaskFolders {
         Ok(report.removed.len() as u64)
     }
 
-    /// Keeps VM `vm`'s mirror map (abstract, encoded) for its tasks on this worker.
-    pub(crate) fn receive_map(&mut self, vm: u32, map: &[u8]) {
+    /// Keeps VM `vm`'s mirror map (abstract, encoded) and how its roots reach this host,
+    /// for its tasks on this worker.
+    pub(crate) fn receive_map(&mut self, vm: u32, map: &[u8], plan: ShipPlan) {
         self.maps.remove(&vm);
+        self.abstracts.remove(&vm);
         self.received.insert(vm, map.to_vec());
+        self.shipping.receive_plan(vm, plan);
+    }
+
+    /// Files a shipping frame that arrived between tasks (a manifest pushed before a
+    /// spawn request); `false` for another frame.
+    pub(crate) fn receive_ship_frame(&mut self, frame: ToWorker<'_>) -> bool {
+        self.shipping.file(frame)
+    }
+
+    /// The host cache, opened on first use beneath the per-user folder, with the limits of
+    /// `PARVM_CACHE_MAX` (else 10% of the free space there).
+    fn cache(&mut self) -> Result<&HostCache, Error> {
+        if self.cache.is_none() {
+            let user_dir = self.local()?.path().to_owned();
+            let limits = match self.config.cache_max() {
+                Some(max) => Ok(CacheLimits {
+                    max_bytes: max.bytes,
+                    max_count: max.count.unwrap_or(CacheLimits::DEFAULT_COUNT),
+                }),
+                None => CacheLimits::default_for(&user_dir),
+            };
+            let opened = limits.and_then(|limits| HostCache::open(&user_dir, limits));
+            self.cache = Some(opened.map_err(Arc::new));
+        }
+        match self.cache.as_ref() {
+            Some(Ok(cache)) => Ok(cache),
+            Some(Err(e)) => Err(Error::CacheUnavailable(Arc::clone(e))),
+            None => unreachable!("opened above"),
+        }
     }
 
     /// Drops the persistent folder and the mirror map kept for VM `vm`.
     pub(crate) fn forget(&mut self, vm: u32) {
         self.received.remove(&vm);
         self.maps.remove(&vm);
+        self.abstracts.remove(&vm);
+        self.shipping.forget(vm);
         self.mirrored.forget(&vm);
         self.clean.remove(&vm);
         if let Ok(local) = self.local()
@@ -212,8 +264,13 @@ impl TaskFolders {
         }
     }
 
-    /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder.
-    pub(crate) fn prepare(&mut self, request: &SpawnRequest<'_>) -> Result<Prepared, Error> {
+    /// Takes the task folder, mirrors (or refreshes) into it, and finds the startup folder;
+    /// a root shipped to this host is fetched first, through `exchange`.
+    pub(crate) fn prepare(
+        &mut self,
+        request: &SpawnRequest<'_>,
+        exchange: &mut dyn Exchange,
+    ) -> Result<Prepared, Error> {
         if !request.folder {
             let dir =
                 startup_without_folder(request.startup.as_ref(), self.config.mirrored_roots())?;
@@ -224,6 +281,14 @@ impl TaskFolders {
             });
         }
         let map = self.map(request.vm)?;
+        // Held until the folder is filled: the cache keeps what they use.
+        let (map, _snapshots) = match map {
+            Some(map) => {
+                let (map, snapshots) = self.ship(request.vm, map, exchange)?;
+                (Some(map), snapshots)
+            }
+            None => (None, Vec::new()),
+        };
         let persistence = if request.persistent {
             Persistence::Persistent
         } else {
@@ -318,6 +383,42 @@ impl TaskFolders {
             })
     }
 
+    /// `map` with each root the VM ships to this host replaced by a snapshot of the
+    /// spawner's manifest of it (fetched into the host cache first), and the snapshots,
+    /// to hold until the folder is filled; `map` as it is when nothing is shipped here.
+    fn ship(
+        &mut self,
+        vm: u32,
+        map: MirrorMap,
+        exchange: &mut dyn Exchange,
+    ) -> Result<(MirrorMap, Vec<parvm_ship::Snapshot>), Error> {
+        let Some(abstract_map) = self.abstracts.get(&vm) else {
+            return Ok((map, Vec::new()));
+        };
+        let roots = self.config.mirrored_roots().to_vec();
+        let shipped = self.shipping.shipped_roots(vm, &roots, abstract_map);
+        if shipped.is_empty() {
+            return Ok((map, Vec::new()));
+        }
+        let abstract_map = abstract_map.clone();
+        self.cache()?;
+        let mut snapshots = Vec::new();
+        for &root in &shipped {
+            let Some(Ok(cache)) = &self.cache else {
+                unreachable!("opened above");
+            };
+            let snapshot = self.shipping.snapshot(exchange, cache, vm, root)?;
+            snapshots.push((root, snapshot));
+        }
+        let paths: Vec<(u32, &std::path::Path)> = snapshots
+            .iter()
+            .map(|(root, s)| (*root, s.path()))
+            .collect();
+        let roots = fetch::roots_with(&roots, &paths);
+        let map = abstract_map.to_actual(&roots).map_err(Error::Mirror)?;
+        Ok((map, snapshots.into_iter().map(|(_, s)| s).collect()))
+    }
+
     /// The VM's mirror map on this host, decoded once per VM; `None` when the VM sent
     /// none. A map that cannot be decoded stays as received, so each of the VM's tasks
     /// reports why.
@@ -327,9 +428,20 @@ impl TaskFolders {
         };
         let abstract_map: AbstractMirrorMap =
             rmp_serde::from_slice(bytes).map_err(Error::MirrorMapDecode)?;
+        let roots = self.config.mirrored_roots().to_vec();
+        let shipped = self.shipping.shipped_roots(vm, &roots, &abstract_map);
+        // A root shipped here need not be one this host lists: it is put in place per
+        // task. The rest translate as always.
+        let placeholders: Vec<(u32, &std::path::Path)> = shipped
+            .iter()
+            .map(|&root| (root, std::path::Path::new("/")))
+            .collect();
         let map = abstract_map
-            .to_actual(self.config.mirrored_roots())
+            .to_actual(&fetch::roots_with(&roots, &placeholders))
             .map_err(Error::Mirror)?;
+        if !shipped.is_empty() {
+            self.abstracts.insert(vm, abstract_map);
+        }
         self.received.remove(&vm);
         self.maps.insert(vm, Some(map.clone()));
         Ok(Some(map))
@@ -403,7 +515,7 @@ mod tests {
     fn an_unreadable_mirror_map_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut folders = TaskFolders::new(&config(dir.path(), dir.path()));
-        folders.receive_map(0, b"\xc1");
+        folders.receive_map(0, b"\xc1", ShipPlan::Never);
         for _ in 0..2 {
             let error = folders.map(0).expect_err("not MessagePack");
             assert!(matches!(error, Error::MirrorMapDecode(_)), "{error:?}");

@@ -19,7 +19,7 @@ use crate::returned::Wanted;
 use crate::spawner::{Shared, Until};
 use crate::state::Occupant;
 use crate::tasks::JobSpec;
-use crate::wire::{Job, SpawnRequest, Startup, ToWorker};
+use crate::wire::{Job, ShipPlan, SpawnRequest, Startup, ToWorker};
 use crate::{Error, HostId, Message, Runtime, Spawn, TaskId};
 
 mod builder;
@@ -38,7 +38,10 @@ pub struct Vm {
     mirror: Option<Vec<u8>>,
     /// The workers that have this VM's mirror map. Held while the map is sent, so no
     /// spawn request of this VM overtakes it.
-    mirror_sent: Mutex<HashSet<Rank>>,
+    mirror_sent: Arc<Mutex<HashSet<Rank>>>,
+    /// Shipping the map's roots to workers that do not share them (`None`: no map, or
+    /// `PARVM_SHIP=never`).
+    ship: Option<crate::ship::serve::VmShip>,
     folder: bool,
     persistent: bool,
     clean: bool,
@@ -165,9 +168,7 @@ impl Vm {
             if let ToWorker::Spawn(request) = &mut frame {
                 request.number = number;
             }
-            if let Some(map) = &self.mirror {
-                self.send_map_once(rank, map);
-            }
+            self.before_spawn(rank);
             if let Err(e) = self.shared.send(rank, &frame) {
                 // The worker is gone; its loss arrives as an event and fails the task.
                 tracing::debug!(rank, error = %e, "cannot send a spawn request");
@@ -358,11 +359,26 @@ impl Vm {
     }
 
     /// Sends what worker `rank` needs before a spawn request of this VM: the mirror map,
-    /// when the VM has one and the worker does not.
+    /// when the VM has one and the worker does not, and a new manifest of each shipped
+    /// root whose sources changed since the worker was sent one.
     pub(crate) fn before_spawn(&self, rank: Rank) {
         if let Some(map) = &self.mirror {
             self.send_map_once(rank, map);
         }
+        if let Some(ship) = &self.ship {
+            ship.before_spawn(&self.shared, rank);
+        }
+    }
+
+    /// What this VM has shipped to workers whose hosts do not share its mirrored roots
+    /// (see `PARVM_SHIP`): manifests, and the files' contents their host caches lacked.
+    /// All zero when nothing was shipped.
+    #[must_use]
+    pub fn ship_stats(&self) -> crate::ShipStats {
+        self.ship
+            .as_ref()
+            .map(crate::ship::serve::VmShip::stats)
+            .unwrap_or_default()
     }
 
     /// Sends this VM's mirror map to worker `rank` unless it has it: once per worker, so
@@ -376,6 +392,10 @@ impl Vm {
             let frame = ToWorker::Mirror {
                 vm: self.index,
                 map: map.into(),
+                ship: self
+                    .ship
+                    .as_ref()
+                    .map_or(ShipPlan::Never, |ship| ship.plan().clone()),
             };
             if let Err(e) = self.shared.send(rank, &frame) {
                 // The worker is gone; its loss arrives as an event and fails the task.
@@ -485,12 +505,14 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let ranks: Vec<u32> = {
             let mut state = self.shared.lock();
+            state.ship.remove(&self.index);
             state.inboxes.remove(&self.index);
             state.notes.remove(&self.index);
             state.slots.release_vm(self.index);
             state.slots.ranks()
         };
         if self.shared.finalized.load(Ordering::Acquire) {
+            drop(self.ship.take());
             return;
         }
         // Workers drop the VM's persistent folders and the mirror map they keep.
@@ -499,7 +521,7 @@ impl Drop for Vm {
         } else {
             let sent = self
                 .mirror_sent
-                .get_mut()
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             ranks
                 .into_iter()
@@ -511,6 +533,8 @@ impl Drop for Vm {
                 .shared
                 .send(rank, &ToWorker::ForgetVm { vm: self.index });
         }
+        // Stopped (and its markers removed) while this VM still holds the runtime.
+        drop(self.ship.take());
     }
 }
 

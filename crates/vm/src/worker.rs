@@ -14,6 +14,7 @@ use crate::capture::Capture;
 use crate::error::one_line;
 use crate::link::{Link, TaskKind};
 use crate::message::CommandStatus;
+use crate::ship::fetch::Exchange;
 use crate::supervise::{self, End};
 use crate::task_context::{LoopState, TaskContext};
 use crate::task_folder::TaskFolders;
@@ -118,6 +119,15 @@ impl Worker {
             };
             let frame = match wire::decode::<ToWorker<'_>>(&payload) {
                 Ok(frame) => frame,
+                Err(_) if let Some(theirs) = wire::foreign_version(&payload) => {
+                    // A task sent in a version this worker cannot read would wait forever:
+                    // say which version this is, so the spawner names it, and leave.
+                    let _ = transport.send(0, &wire::other_version_frame());
+                    break Err(Error::OtherVersion {
+                        theirs,
+                        ours: wire::VERSION,
+                    });
+                }
                 Err(reason) => {
                     tracing::warn!(%reason, "dropping an unreadable frame from the spawner");
                     continue;
@@ -168,7 +178,14 @@ impl Worker {
                     state.send_or_log(&*transport, &FromWorker::Cleared { removed, error });
                 }
                 ToWorker::ForgetVm { vm } => storage.forget(vm),
-                ToWorker::Mirror { vm, map } => storage.receive_map(vm, &map),
+                ToWorker::Mirror { vm, map, ship } => storage.receive_map(vm, &map, ship),
+                frame @ (ToWorker::Manifest { .. }
+                | ToWorker::ManifestFailed { .. }
+                | ToWorker::BlobData { .. }
+                | ToWorker::BlobEnd { .. }
+                | ToWorker::BlobFailed { .. }) => {
+                    storage.receive_ship_frame(frame);
+                }
                 ToWorker::Env { vars } => {
                     let vars = crate::envfwd::decode(vars);
                     if self.capture_output {
@@ -213,7 +230,12 @@ impl Run<'_> {
             capture.set_task(id.number);
         }
         let mut mirrored = 0;
-        let outcome = match storage.prepare(request) {
+        let mut exchange = SpawnerLine {
+            link: self.link,
+            transport: self.transport,
+            state: self.state,
+        };
+        let outcome = match storage.prepare(request, &mut exchange) {
             Err(reason) => Err(format!(
                 "cannot prepare the task folder: {}",
                 one_line(&reason)
@@ -397,6 +419,47 @@ impl Run<'_> {
     }
 }
 
+/// The worker's line to the spawner while a shipped root is fetched: frames that are not
+/// for shipping are set aside for the spawn loop, in order.
+struct SpawnerLine<'a> {
+    link: &'a Link,
+    transport: &'a dyn Transport,
+    state: &'a LoopState,
+}
+
+impl Exchange for SpawnerLine<'_> {
+    fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String> {
+        self.state.send(self.transport, frame).map_err(|e| match e {
+            wire::SendError::Transport(e) => format!("cannot reach the spawner: {e}"),
+            wire::SendError::Encode(e) => format!("cannot encode a frame for the spawner: {e}"),
+        })
+    }
+
+    fn next(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            match self.link.recv(Wait::Forever) {
+                Ok(Some(Event::Message { from: 0, payload })) => {
+                    let ship = wire::decode::<ToWorker<'_>>(&payload)
+                        .is_ok_and(|frame| crate::ship::fetch::is_ship_frame(&frame));
+                    if ship {
+                        return Ok(payload);
+                    }
+                    self.state.deferred.borrow_mut().push_back(payload);
+                }
+                Ok(Some(Event::PeerLost { rank: 0, reason })) => {
+                    self.state.spawner_lost.set(true);
+                    return Err(format!("the spawner is gone: {reason}"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.state.spawner_lost.set(true);
+                    return Err(format!("the transport failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         (*text).to_owned()
@@ -404,5 +467,47 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "a non-text panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parvm_transport::{Event, Transport, Wait};
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+
+    #[test]
+    fn a_spawner_of_another_version_is_told_and_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .build()
+            .unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
+        let spawner = ends.next().unwrap();
+        let worker = ends.next().unwrap();
+        let served = std::thread::spawn(move || {
+            Worker::new(crate::Tasks::new(), config).serve(Box::new(worker))
+        });
+        // A frame of version 2 (the one before shipping), then MessagePack.
+        spawner
+            .send(1, &[2, 0x81, 0xa4, b'E', b'x', b'i', b't', 0xc0])
+            .unwrap();
+        let told = loop {
+            match spawner.recv(Wait::Forever).unwrap() {
+                Some(Event::Message { from: 1, payload }) => break payload,
+                _ => continue,
+            }
+        };
+        assert_eq!(told, wire::other_version_frame());
+        assert_eq!(wire::foreign_version(&told), Some(wire::VERSION));
+        let error = served.join().unwrap().unwrap_err();
+        assert!(
+            matches!(error, Error::OtherVersion { theirs: 2, ours } if ours == wire::VERSION),
+            "{error}"
+        );
+        assert!(error.to_string().contains("same parvm build"), "{error}");
     }
 }

@@ -389,3 +389,74 @@ fn the_host_name_reader_agrees_with_the_config() {
         parvm_env_config::system_hostname().unwrap()
     );
 }
+
+#[test]
+fn shipping_settings_are_read_and_checked() {
+    use parvm_env_config::{CacheMax, ShipMode};
+    let config = Env::new().config().unwrap();
+    assert_eq!((config.ship(), config.cache_max()), (ShipMode::Auto, None));
+    let config = Env::new()
+        .set("PARVM_SHIP", "")
+        .set("PARVM_CACHE_MAX", "")
+        .config()
+        .unwrap();
+    assert_eq!(
+        (config.ship(), config.cache_max()),
+        (ShipMode::Auto, None),
+        "empty is unset"
+    );
+    let config = Env::new()
+        .set("PARVM_SHIP", "Always")
+        .set("PARVM_CACHE_MAX", "64M,10")
+        .config()
+        .unwrap();
+    assert_eq!(config.ship(), ShipMode::Always);
+    assert_eq!(
+        config.cache_max(),
+        Some(CacheMax {
+            bytes: 64 << 20,
+            count: Some(10)
+        })
+    );
+    for (name, value) in [
+        ("PARVM_SHIP", "maybe"),
+        ("PARVM_CACHE_MAX", "0"),
+        ("PARVM_CACHE_MAX", "10G,none"),
+        ("PARVM_CACHE_MAX", "ten"),
+    ] {
+        let err = Env::new().set(name, value).config().unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && text.contains(&format!("`{value}`")),
+            "{name}={value}: {text}"
+        );
+    }
+    let err = Env::new()
+        .set("PARVM_SHIP", OsString::from_vec(b"auto\xff".to_vec()))
+        .config()
+        .unwrap_err();
+    assert!(err.to_string().contains("PARVM_SHIP"), "{err}");
+    // By hand: the same settings, the same checks.
+    let config = Config::builder()
+        .ship(ShipMode::Never)
+        .cache_max(CacheMax {
+            bytes: 1,
+            count: None,
+        })
+        .build()
+        .unwrap();
+    assert_eq!(config.ship(), ShipMode::Never);
+    for bad in [
+        CacheMax {
+            bytes: 0,
+            count: None,
+        },
+        CacheMax {
+            bytes: 5,
+            count: Some(0),
+        },
+    ] {
+        let err = Config::builder().cache_max(bad).build().unwrap_err();
+        assert!(err.to_string().contains("PARVM_CACHE_MAX"), "{err}");
+    }
+}

@@ -166,6 +166,25 @@ fn unknown_folders_wait_for_the_grace_period() {
     assert_eq!(eager.sweep().unwrap().removed.len(), 3);
 }
 
+#[test]
+fn the_host_cache_is_neither_listed_nor_swept_nor_cleared() {
+    let root = tempfile::tempdir().unwrap();
+    let eager = LocalStorage::options()
+        .host(HOST)
+        .grace(Duration::ZERO)
+        .open(root.path())
+        .unwrap();
+    let cache = eager.path().join(parvm_local_storage::CACHE_DIR);
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("blob"), b"kept").unwrap();
+    fake_folder(&eager, "nomarker_vm0", None);
+    assert_eq!(state_of(&eager, "nomarker_vm0"), Some(FolderState::Unknown));
+    assert_eq!(state_of(&eager, "cache"), None, "the cache is not listed");
+    assert_eq!(names(&eager.sweep().unwrap().removed), ["nomarker_vm0"]);
+    assert!(eager.clear(true).unwrap().removed.is_empty());
+    assert_eq!(fs::read(cache.join("blob")).unwrap(), b"kept");
+}
+
 /// A child process that lives until dropped.
 struct Sleeper(std::process::Child);
 

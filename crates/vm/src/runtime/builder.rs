@@ -129,8 +129,10 @@ impl RuntimeBuilder {
     /// (`PARALLEL_LOCAL_STORAGE`, `PARALLEL_MIRRORED_STORAGE`) instead of the runtime's,
     /// so path translation between hosts can be tried on one machine. Mirrored root *i*
     /// of each host should reach the same files (through a symlink, a bind mount, or a
-    /// copy made for the test). The rest of `config` is not used. Default: every host
-    /// uses the runtime's configuration. Used only with the local transport.
+    /// copy made for the test), or be shipped there (`PARVM_SHIP`, which the runtime's
+    /// configuration decides). The host's cache limit (`PARVM_CACHE_MAX`) applies to its
+    /// workers too; the rest of `config` is not used. Default: every host uses the
+    /// runtime's configuration. Used only with the local transport.
     ///
     /// ```no_run
     /// use parvm_vm::{Config, Runtime, Tasks};
@@ -444,8 +446,8 @@ fn worker_env(config: &Config, debug: Option<u8>) -> Vec<(OsString, OsString)> {
     env
 }
 
-/// The environment of the workers on simulated host `host`, whose storage settings come
-/// from `own`; refused when its mirrored roots cannot be written as one
+/// The environment of the workers on simulated host `host`, whose storage settings (and
+/// cache limit) come from `own`; refused when its mirrored roots cannot be written as one
 /// `PARALLEL_MIRRORED_STORAGE` (a root holding `:`), since they would silently not apply.
 fn host_env(
     host: &str,
@@ -486,6 +488,17 @@ fn host_env(
             std::env::join_paths(roots).unwrap_or_default(),
         ),
     ];
+    // The host's own cache limit: each host's cache lives in its own local storage.
+    if let Some(max) = own.cache_max() {
+        let value = match max.count {
+            Some(count) => format!("{},{count}", max.bytes),
+            None => max.bytes.to_string(),
+        };
+        env.push((
+            OsString::from(parvm_env_config::CACHE_MAX_VAR),
+            OsString::from(value),
+        ));
+    }
     if let Some(filter) = crate::logging::filter(config.log_filter(), debug) {
         env.push((OsString::from("PARVM_LOG"), OsString::from(filter)));
     }

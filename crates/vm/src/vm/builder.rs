@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use parvm_env_config::Config;
 
 use super::Vm;
+use crate::ship::serve::VmShip;
 use crate::spawner::Shared;
 use crate::wire::Startup;
 use crate::{Error, Runtime};
@@ -116,13 +117,12 @@ impl VmBuilder {
     pub fn build(self) -> Result<Vm, Error> {
         self.shared.check_open()?;
         let folder = self.persistent || self.local_folder || !self.mirror.is_empty();
-        let mirror = if self.mirror.is_empty() {
-            None
+        let (mirror, abstract_map) = if self.mirror.is_empty() {
+            (None, None)
         } else {
-            Some(crate::task_folder::encode_map(
-                &self.shared.config,
-                &self.mirror,
-            )?)
+            let (bytes, abstract_map) =
+                crate::task_folder::encode_map(&self.shared.config, &self.mirror)?;
+            (Some(bytes), Some(abstract_map))
         };
         let startup = match self.startup {
             None => None,
@@ -145,16 +145,46 @@ impl VmBuilder {
             Some(dir) => Some(translate_startup(&self.shared.config, &dir)?),
         };
         let index = self.shared.next_vm.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .lock()
-            .inboxes
-            .insert(index, std::collections::VecDeque::new());
+        let mirror_sent = Arc::new(Mutex::new(HashSet::new()));
+        let mut ship = abstract_map.and_then(|map| {
+            let config = &self.shared.config;
+            VmShip::new(
+                index,
+                config.ship(),
+                config.mirrored_roots(),
+                &map,
+                Arc::clone(&mirror_sent),
+            )
+        });
+        let jobs = match &mut ship {
+            Some(ship) => {
+                Some(
+                    ship.start(Arc::downgrade(&self.shared))
+                        .map_err(|source| Error::Io {
+                            what: "start the thread that ships inputs",
+                            path: PathBuf::from(format!("vm{index}")),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        {
+            let mut state = self.shared.lock();
+            state
+                .inboxes
+                .insert(index, std::collections::VecDeque::new());
+            if let Some(jobs) = jobs {
+                state.ship.insert(index, jobs);
+            }
+        }
         Ok(Vm {
             shared: self.shared,
             listen: self.listen,
             index,
             mirror,
-            mirror_sent: Mutex::new(HashSet::new()),
+            mirror_sent,
+            ship,
             folder,
             persistent: self.persistent,
             clean: self.clean,

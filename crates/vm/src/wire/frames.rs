@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use parvm_ship::Digest;
+
 use crate::TaskId;
 
 /// From the spawner to a worker.
@@ -38,12 +40,75 @@ pub(crate) enum ToWorker<'a> {
         vm: u32,
         #[serde(borrow, with = "serde_bytes")]
         map: Cow<'a, [u8]>,
+        /// Which mirrored roots of the map the worker reads directly and which it has
+        /// shipped.
+        ship: ShipPlan,
+    },
+    /// The manifest of mirrored root `root` of VM `vm` ([`parvm_ship::Manifest::encode`]):
+    /// the answer to [`FromWorker::ManifestWanted`], and pushed again before a spawn
+    /// request when it changed since the worker got it.
+    Manifest {
+        vm: u32,
+        root: u32,
+        #[serde(borrow, with = "serde_bytes")]
+        bytes: Cow<'a, [u8]>,
+    },
+    /// The spawner cannot describe root `root` of VM `vm` (a source mirroring would
+    /// refuse, an unreadable file): the task waiting for it fails with `reason`.
+    ManifestFailed { vm: u32, root: u32, reason: String },
+    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order.
+    BlobData {
+        vm: u32,
+        digest: Digest,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+    },
+    /// Blob `digest` of VM `vm` is complete.
+    BlobEnd { vm: u32, digest: Digest },
+    /// Blob `digest` of VM `vm` cannot be sent (its file changed or cannot be read); the
+    /// bytes sent of it so far are to be dropped.
+    BlobFailed {
+        vm: u32,
+        digest: Digest,
+        reason: String,
     },
     /// Stop task `number`: a running command with everything it started, a running
     /// function by exiting the worker process, a queued spawn request without running it;
     /// a task that already ended is left alone. Read by [`read_stop`] on whichever thread
     /// receives it, so it is seen while the task runs.
     Stop { number: u64 },
+}
+
+/// The most bytes of a blob one [`ToWorker::BlobData`] frame carries: the file is read a
+/// chunk at a time as it is sent, so a blob of any size takes this much memory.
+pub(crate) const BLOB_CHUNK: usize = 256 << 10;
+
+/// The most digests one [`FromWorker::BlobsWanted`] may list; the worker asks in batches,
+/// and the spawner refuses a longer list without reading it further.
+pub(crate) const MAX_BLOBS_WANTED: usize = 1 << 16;
+
+/// How a worker gets the mirrored roots of a VM's map (`PARVM_SHIP` on the spawner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ShipPlan {
+    /// Read every root directly (`never`).
+    Never,
+    /// Ship every root the map uses (`always`).
+    Always,
+    /// Probe each root the map uses (`auto`): read it directly where the marker file is
+    /// there with its token, else ship it.
+    Probe(Vec<Probe>),
+}
+
+/// The spawner's marker in one mirrored root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Probe {
+    /// The root's index in the mirrored roots.
+    pub root: u32,
+    /// The marker's file name in that root; `None` when the spawner could not write it
+    /// (the root then counts as not shared).
+    pub marker: Option<String>,
+    /// What the marker holds.
+    pub token: String,
 }
 
 /// The first bytes of every encoded [`ToWorker::Stop`]: the version byte, then a
@@ -173,6 +238,16 @@ pub(crate) enum FromWorker<'a> {
     /// a queued task that never ran (`started` false), or a running function whose worker
     /// process exits next (`started` true).
     Stopped { number: u64, started: bool },
+    /// The worker ships root `root` of VM `vm` and has no manifest of it yet.
+    ManifestWanted { vm: u32, root: u32 },
+    /// The worker's host lacks these blobs of the manifest of root `root` of VM `vm` it
+    /// was sent last (at most [`MAX_BLOBS_WANTED`]); each comes back as
+    /// [`ToWorker::BlobData`] chunks and a [`ToWorker::BlobEnd`] or [`ToWorker::BlobFailed`].
+    BlobsWanted {
+        vm: u32,
+        root: u32,
+        digests: Vec<Digest>,
+    },
 }
 
 #[cfg(test)]

@@ -20,15 +20,42 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-pub(crate) use frames::{FromWorker, Job, SpawnRequest, Startup, ToWorker, read_stop};
+pub(crate) use frames::{
+    BLOB_CHUNK, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan, SpawnRequest, Startup,
+    ToWorker, read_stop,
+};
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{
     Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
 };
 
 /// The version of this protocol; a frame with another first byte is refused. Raised with
-/// every change of the frames (2: the mirror map in its own frame, stops, returned files).
-pub(crate) const VERSION: u8 = 2;
+/// every change of the frames (2: the mirror map in its own frame, stops, returned files;
+/// 3: shipping, with the probe in the mirror frame, manifests and blobs).
+pub(crate) const VERSION: u8 = 3;
+
+/// The first byte of the one frame every build reads, whatever its version: this byte, then
+/// the sender's [`VERSION`]. A worker sends it before it leaves a spawner whose frames it
+/// cannot read, so the spawner can say why. Never changes.
+pub(crate) const OTHER_VERSION: u8 = 0xee;
+
+/// The frame saying "I speak version [`VERSION`]" ([`OTHER_VERSION`]).
+pub(crate) fn other_version_frame() -> [u8; 2] {
+    [OTHER_VERSION, VERSION]
+}
+
+/// The protocol version a peer speaks when `payload` shows it is not this one: a frame
+/// whose first byte is another version number, or an [`OTHER_VERSION`] frame. `None` for
+/// frames of this version and for user messages and the other binary kinds.
+pub(crate) fn foreign_version(payload: &[u8]) -> Option<u8> {
+    match payload {
+        [OTHER_VERSION, version, ..] => Some(*version),
+        // The binary kinds (user messages, acknowledgements, return stops) are letters
+        // from 0x41 on; version numbers stay below them.
+        [version, ..] if *version != VERSION && *version < 0x40 => Some(*version),
+        _ => None,
+    }
+}
 
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
@@ -117,15 +144,26 @@ mod tests {
     #[test]
     fn a_mirror_map_travels_in_its_own_frame() {
         let map = [0x91u8, 0x01];
+        let plan = ShipPlan::Probe(vec![Probe {
+            root: 1,
+            marker: Some(".parvm-probe".to_owned()),
+            token: "ab".to_owned(),
+        }]);
         let bytes = encode(&ToWorker::Mirror {
             vm: 3,
             map: Cow::Borrowed(&map),
+            ship: plan.clone(),
         })
         .unwrap();
-        let ToWorker::Mirror { vm, map: back } = decode::<ToWorker<'_>>(&bytes).unwrap() else {
+        let ToWorker::Mirror {
+            vm,
+            map: back,
+            ship,
+        } = decode::<ToWorker<'_>>(&bytes).unwrap()
+        else {
             panic!("not a mirror frame");
         };
-        assert_eq!((vm, back.as_ref()), (3, &map[..]));
+        assert_eq!((vm, back.as_ref(), ship), (3, &map[..], plan));
     }
 
     #[test]
@@ -406,5 +444,20 @@ mod tests {
                 .contains("version 99")
         );
         assert!(decode::<FromWorker<'_>>(&[VERSION, 0xc1]).is_err());
+        assert_eq!(foreign_version(&[2, 0x81]), Some(2));
+        assert_eq!(foreign_version(&other_version_frame()), Some(VERSION));
+        assert_eq!(
+            foreign_version(
+                &encode(&FromWorker::Stopped {
+                    number: 1,
+                    started: true
+                })
+                .unwrap()
+            ),
+            None
+        );
+        for kind in [USER, USER_SPAWNER, user::OUTPUT_ACK, user::RETURN_STOP] {
+            assert_eq!(foreign_version(&[kind, 1, 2]), None);
+        }
     }
 }

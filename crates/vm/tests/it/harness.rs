@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use parvm_transport::tcp::Secret;
 use parvm_vm::memory::MemoryTransport;
 use parvm_vm::{
-    Config, ExitStatus, Message, Runtime, TaskFailure, TaskId, TcpSpawner, Value, Vm, Worker,
+    Config, ExitStatus, Message, Runtime, ShipMode, TaskFailure, TaskId, TcpSpawner, Value, Vm,
+    Worker,
 };
 
 /// Which transport a suite runs on.
@@ -78,11 +79,29 @@ pub struct Harness {
     _secret: Option<tempfile::TempDir>,
 }
 
+thread_local! {
+    /// The `PARVM_SHIP` of the configurations [`config`] makes on this thread.
+    static SHIP: std::cell::Cell<ShipMode> = const { std::cell::Cell::new(ShipMode::Auto) };
+}
+
+/// Makes the harnesses this thread starts (and [`config`]) use `mode` until the guard is
+/// dropped.
+pub fn ship_mode(mode: ShipMode) -> impl Drop {
+    struct Restore(ShipMode);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHIP.with(|ship| ship.set(self.0));
+        }
+    }
+    Restore(SHIP.with(|ship| ship.replace(mode)))
+}
+
 pub fn config(local: &Path, shared: &Path, host: &str) -> Config {
     Config::builder()
         .local_root(local)
         .mirrored_roots([shared])
         .hostname(host)
+        .ship(SHIP.with(std::cell::Cell::get))
         .build()
         .expect("test configuration")
 }
@@ -251,6 +270,12 @@ impl Harness {
     /// Starts one more TCP worker process on `host`, connecting to this harness's
     /// spawner with its secret; returns its pid. It is killed with the harness.
     pub fn start_tcp_worker(&mut self, host: &str) -> u32 {
+        let (local, shared) = (self.local.path().to_owned(), self.shared.path().to_owned());
+        self.start_tcp_worker_in(host, &local, &shared)
+    }
+
+    /// As [`Harness::start_tcp_worker`], with local and mirrored storage of its own.
+    pub fn start_tcp_worker_in(&mut self, host: &str, local: &Path, shared: &Path) -> u32 {
         let addr = self.runtime().tcp_addr().expect("a tcp spawner");
         let secret = self
             ._secret
@@ -262,8 +287,8 @@ impl Harness {
             .env("PARVM_CONNECT", addr.to_string())
             .env("PARVM_SECRET_FILE", secret)
             .env("PARVM_HOSTNAME", host)
-            .env("PARALLEL_LOCAL_STORAGE", self.local.path())
-            .env("PARALLEL_MIRRORED_STORAGE", self.shared.path())
+            .env("PARALLEL_LOCAL_STORAGE", local)
+            .env("PARALLEL_MIRRORED_STORAGE", shared)
             .env_remove("PARVM_TRANSPORT")
             .env_remove("PARVM_LOCAL_SOCKET")
             .stdin(Stdio::null())

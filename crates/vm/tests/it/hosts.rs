@@ -24,8 +24,16 @@ fn a_simulated_host_uses_its_own_roots() {
         std::fs::create_dir_all(root.path().join("project")).unwrap();
         std::fs::write(root.path().join("project/in.txt"), text).unwrap();
     }
+    // Without shipping: each host reads its own root (with it, see `ship.rs`).
+    let spawner = parvm_vm::Config::builder()
+        .local_root(local.path())
+        .mirrored_roots([shared.path()])
+        .hostname("spawner")
+        .ship(parvm_vm::ShipMode::Never)
+        .build()
+        .unwrap();
     let runtime = Runtime::builder(crate::tasks::tasks())
-        .config(config(local.path(), shared.path(), "spawner"))
+        .config(spawner)
         .simulated_hosts([("alpha", 1), ("beta", 1)])
         .simulated_host_config(
             "beta",

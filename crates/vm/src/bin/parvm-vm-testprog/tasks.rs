@@ -81,6 +81,10 @@ pub fn tasks() -> Tasks {
                 .map(|d| d.display().to_string())
                 .map_err(|e| e.to_string())
         })
+        .register("describe", |ctx: &TaskContext, (): ()| {
+            let dir = ctx.dir().ok_or("this task has no folder")?;
+            describe(dir).map_err(|e| format!("cannot describe `{}`: {e}", dir.display()))
+        })
         .register("dir", |ctx: &TaskContext, (): ()| {
             Ok::<_, Infallible>(ctx.dir().map(|d| d.display().to_string()))
         })
@@ -233,6 +237,38 @@ fn bounce(ctx: &TaskContext, (): ()) -> Result<u64, String> {
             .map_err(|e| e.to_string())?;
         count += 1;
     }
+}
+
+/// One entry of a folder as [`describe`] gives it.
+pub type Described = (String, String, u32, i64, Vec<u8>);
+
+/// Every entry beneath `dir` (local storage's own `.parvm` files left out), sorted: its
+/// relative path, its kind, its permission bits, its modification time in seconds (0 for
+/// a folder, whose time a later write in it changes) and what it holds (a file's bytes, a
+/// symlink's target). Two folders with the same description hold the same tree.
+fn describe(dir: &std::path::Path) -> std::io::Result<Vec<Described>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for name in tree(dir, std::path::Path::new(""))? {
+        let path = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&path)?;
+        let (kind, mtime, content) = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            ("symlink", 0, target.as_os_str().as_bytes().to_vec())
+        } else if meta.is_dir() {
+            ("folder", 0, Vec::new())
+        } else {
+            ("file", meta.mtime(), std::fs::read(&path)?)
+        };
+        let mode = if kind == "symlink" {
+            0
+        } else {
+            meta.mode() & 0o7777
+        };
+        out.push((name, kind.to_owned(), mode, mtime, content));
+    }
+    Ok(out)
 }
 
 /// Every path beneath `dir` (relative, sorted; symlinks not followed), local storage's own

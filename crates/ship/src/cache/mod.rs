@@ -1,0 +1,391 @@
+//! [`HostCache`]: the per-host, content-addressed cache of blobs and snapshots.
+//!
+//! ```text
+//! <user dir>/cache/                 0700, owned by the user, not a symlink (verified)
+//!     blobs/<2 hex>/<64 hex>        one read-only file per blob
+//!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob
+//!     pins/<64 hex>.<unique>        flock'ed (shared) by a live Snapshot or a build: what it needs
+//!     snapshots/<64 hex>/           one immutable tree per manifest root digest
+//!     snapshots/<64 hex>.manifest   its manifest, to hard-link equal entries into the next one
+//!     tmp/                          blobs being written, snapshots being built, trash
+//!     index, index.lock             the LRU journal and its lock
+//! ```
+
+mod blob;
+mod claim;
+mod dirs;
+mod evict;
+mod index;
+mod pin;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+pub use blob::BlobWriter;
+use claim::Claim;
+pub(crate) use dirs::{remove_tree, unique_suffix};
+pub(crate) use evict::read_manifest;
+pub(crate) use index::{Index, Kind};
+pub(crate) use pin::Pin;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::snapshot::Snapshot;
+
+/// How large a host cache may grow; the least recently used blobs and snapshots go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Most bytes the blobs and snapshots may take (a snapshot counts its manifest's bytes).
+    pub max_bytes: u64,
+    /// Most entries (blobs and snapshots) the cache may hold.
+    pub max_count: u64,
+}
+
+impl CacheLimits {
+    /// The count limit when none is given.
+    pub const DEFAULT_COUNT: u64 = 1_000_000;
+
+    /// 10% of the free space of the file system holding `dir`, and
+    /// [`DEFAULT_COUNT`](Self::DEFAULT_COUNT) entries.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file system cannot be asked (`statvfs`).
+    pub fn default_for(dir: &Path) -> Result<CacheLimits> {
+        Ok(CacheLimits {
+            max_bytes: free_bytes(dir)? / 10,
+            max_count: CacheLimits::DEFAULT_COUNT,
+        })
+    }
+}
+
+/// Bytes an unprivileged user may still write on the file system holding `dir`.
+#[allow(clippy::unnecessary_cast)] // The field types differ between targets.
+pub(crate) fn free_bytes(dir: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::io("ask the free space of", dir, e.into()))?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// What [`HostCache::begin`] found.
+// A `Begin` is made once per blob fetched and matched at once: boxing its writer would
+// cost an allocation and buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Begin {
+    /// The blob is in the cache already.
+    Present,
+    /// This caller claimed the blob: write it through the writer.
+    Mine(BlobWriter),
+    /// Another thread or process of this host is fetching it: [`HostCache::wait`], then
+    /// [`HostCache::begin`] again.
+    Busy,
+}
+
+/// Worker side: `<user dir>/cache/`, shared by every worker process of the host (file
+/// locks). Blobs by digest in fan-out subfolders, an LRU index that survives restarts,
+/// bounded by [`CacheLimits`] (enforced when the cache is opened and after each snapshot is
+/// built, so it may exceed them by what one manifest fetches meanwhile); eviction never
+/// touches what a live [`Snapshot`] or a snapshot being built uses, nor the blobs of a
+/// manifest passed to [`missing`](HostCache::missing) until its snapshot is made.
+///
+/// ```
+/// use parvm_ship::{Begin, CacheLimits, HostCache, Scanner};
+/// use std::io::Read;
+///
+/// // Spawner: describe the inputs.
+/// let shared = tempfile::tempdir()?;
+/// std::fs::write(shared.path().join("top.cir"), "netlist")?;
+/// let mut scanner = Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"top.cir".to_vec()]);
+/// let manifest = scanner.manifest()?;
+///
+/// // Worker: fetch what the host lacks, then materialise.
+/// use std::os::unix::fs::DirBuilderExt;
+/// let local = tempfile::tempdir()?;
+/// let user_dir = local.path().join("parvm-me"); // made and checked by parvm-local-storage
+/// std::fs::DirBuilder::new().mode(0o700).create(&user_dir)?;
+/// let cache = HostCache::open(&user_dir, CacheLimits { max_bytes: 1 << 30, max_count: 1000 })?;
+/// for (digest, size, shown_as) in cache.missing(&manifest) {
+///     if let Begin::Mine(mut writer) = cache.begin(digest, size, &shown_as)? {
+///         let (mut file, _) = scanner.open_blob(&digest)?; // over the transport, in chunks
+///         let mut bytes = Vec::new();
+///         file.read_to_end(&mut bytes)?;
+///         writer.write(&bytes)?;
+///         writer.finish()?;
+///     }
+/// }
+/// let snapshot = cache.snapshot(&manifest)?;
+/// assert_eq!(std::fs::read_to_string(snapshot.path().join("top.cir"))?, "netlist");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct HostCache {
+    dir: PathBuf,
+    limits: CacheLimits,
+    index: Index,
+    /// Pins taken by `missing`, kept until the manifest's snapshot is made.
+    waiting: Mutex<HashMap<Digest, Pin>>,
+    /// Fan-out folders (first digest byte) made and checked by this handle.
+    fans: Mutex<HashSet<u8>>,
+    /// Journal length past which a warm snapshot (which only appends to the index) runs
+    /// the eviction pass too, to compact it.
+    compact_at: AtomicU64,
+}
+
+/// The journal is compacted when it grows past this, or past three times its length
+/// after the last compaction, whichever is more.
+const COMPACT_AT_LEAST: u64 = 8 << 20;
+
+impl HostCache {
+    /// Opens (creating it 0700 when missing) the cache beneath `user_dir`, the per-user
+    /// folder (`<local root>/parvm-<user>`, which must exist, be this user's, not a
+    /// symlink and closed to others), removes what killed processes left, and applies the
+    /// limits.
+    ///
+    /// # Errors
+    /// [`Error::UnsafeFolder`] when the per-user or cache folder is a symlink, owned by
+    /// another user or open to others; [`Error::Io`] when it cannot be made or read.
+    pub fn open(user_dir: &Path, limits: CacheLimits) -> Result<HostCache> {
+        dirs::verify_private(user_dir)?;
+        let dir = user_dir.join("cache");
+        dirs::private_dir(&dir)?;
+        for sub in ["blobs", "claims", "pins", "snapshots", "tmp"] {
+            dirs::private_dir(&dir.join(sub))?;
+        }
+        let cache = HostCache {
+            index: Index::new(&dir),
+            dir,
+            limits,
+            waiting: Mutex::new(HashMap::new()),
+            fans: Mutex::new(HashSet::new()),
+            compact_at: AtomicU64::new(0),
+        };
+        cache.enforce(true)?;
+        Ok(cache)
+    }
+
+    /// The cache folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The limits it keeps to.
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
+    pub(crate) fn sub(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Where blob `digest` lives.
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_string();
+        self.dir.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    pub(crate) fn claim_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("claims").join(digest.to_string())
+    }
+
+    pub(crate) fn snapshot_path(&self, root: &Digest) -> PathBuf {
+        self.dir.join("snapshots").join(root.to_string())
+    }
+
+    /// Where the manifest of snapshot `root` is kept beside it.
+    pub(crate) fn manifest_path(&self, root: &Digest) -> PathBuf {
+        self.dir.join("snapshots").join(format!("{root}.manifest"))
+    }
+
+    /// Pins snapshot `root` and `blobs` while the index is held shared, then tells whether
+    /// the snapshot is there: eviction, which holds the index exclusive, either saw the pin
+    /// or had removed the snapshot already.
+    pub(crate) fn pin(
+        &self,
+        root: &Digest,
+        blobs: impl Iterator<Item = Digest>,
+    ) -> Result<(Pin, bool)> {
+        let _shared = self.index.shared()?;
+        let pin = Pin::take(&self.sub("pins"), &self.sub("tmp"), root, blobs)?;
+        let present = self.snapshot_path(root).is_dir();
+        Ok((pin, present))
+    }
+
+    /// Blobs of `m` this host lacks (digest, size, a path for messages), each once; none
+    /// when its snapshot is here already. Until [`snapshot`](HostCache::snapshot) of `m`
+    /// (or until this cache is dropped) the blobs of `m` are kept from eviction, so what is
+    /// fetched meanwhile stays.
+    ///
+    /// A failure to pin (the cache folder became unusable) is logged and every blob the
+    /// cache lacks is listed anyway; [`snapshot`](HostCache::snapshot) reports the error.
+    pub fn missing(&self, m: &Manifest) -> Vec<(Digest, u64, PathBuf)> {
+        let root = m.root_digest();
+        let blobs = m.blobs();
+        match self.pin(&root, blobs.iter().map(|b| b.0)) {
+            Ok((pin, present)) => {
+                self.waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(root, pin);
+                if present {
+                    return Vec::new();
+                }
+            }
+            Err(e) => tracing::warn!("cannot pin the blobs of manifest {root}: {e}"),
+        }
+        blobs
+            .into_iter()
+            .filter(|(digest, _, _)| !self.blob_path(digest).is_file())
+            .collect()
+    }
+
+    /// Claims a blob to fetch it: [`Begin::Present`] when some process has put it here
+    /// already, [`Begin::Mine`] with a writer, or [`Begin::Busy`] when another thread or
+    /// process of this host is fetching it. `shown_as` names the blob in errors.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the claim or the temporary file cannot be made.
+    pub fn begin(&self, digest: Digest, size: u64, shown_as: &Path) -> Result<Begin> {
+        let dest = self.blob_path(&digest);
+        if dest.is_file() {
+            return Ok(Begin::Present);
+        }
+        let Some(claim) = Claim::try_take(&self.claim_path(&digest))? else {
+            return Ok(Begin::Busy);
+        };
+        // Someone may have finished it between the look and the claim.
+        if dest.is_file() {
+            return Ok(Begin::Present);
+        }
+        if let Some(fan) = dest.parent() {
+            let made = &mut self.fans.lock().unwrap_or_else(PoisonError::into_inner);
+            if !made.contains(&digest.as_bytes()[0]) {
+                dirs::private_dir(fan)?;
+                made.insert(digest.as_bytes()[0]);
+            }
+        }
+        // Only a claim's holder writes its blob, so what a holder killed mid-write left
+        // is abandoned.
+        if claim.inherited() {
+            evict::remove_abandoned_writes(self, &digest)?;
+        }
+        let temp = self
+            .sub("tmp")
+            .join(format!("blob.{digest}.{}", unique_suffix()));
+        let writer = BlobWriter::create(claim, temp, dest, digest, size, shown_as)?;
+        Ok(Begin::Mine(writer))
+    }
+
+    /// Returns when no fetch of `digest` runs on this host (a killed fetcher's claim is
+    /// released with its process).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the claim file cannot be opened or locked.
+    pub fn wait(&self, digest: &Digest) -> Result<()> {
+        Claim::wait(&self.claim_path(digest))
+    }
+
+    /// Materialises `m` as an immutable tree beneath the cache, or hands out the one built
+    /// already: built under a temporary name after checking free space, renamed into place
+    /// (a concurrent builder that loses the race uses the winner's); files by
+    /// `copy_file_range` (which btrfs and XFS make a reflink), or a hard link from an older
+    /// snapshot holding the same entry; modes and times from the manifest; symlinks as
+    /// symlinks. Pinned while the [`Snapshot`] lives. Every blob copied is hashed on the way.
+    ///
+    /// # Errors
+    /// [`Error::BlobMissing`] when a blob is not here (fetch what
+    /// [`missing`](HostCache::missing) lists first); [`Error::CorruptBlob`] when a blob no
+    /// longer holds its content (it is removed: fetch it again); [`Error::NoSpace`];
+    /// [`Error::Io`].
+    pub fn snapshot(&self, m: &Manifest) -> Result<Snapshot> {
+        let root = m.root_digest();
+        let snapshot = crate::snapshot::build(self, m);
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&root);
+        let (snapshot, built) = snapshot?;
+        // A snapshot handed out from the cache adds nothing but index lines.
+        if (built || self.index.journal_len() > self.compact_at.load(Ordering::Relaxed))
+            && let Err(e) = self.enforce(false)
+        {
+            tracing::warn!(
+                "cannot keep the host cache `{}` within its limits: {e}",
+                self.dir.display()
+            );
+        }
+        Ok(snapshot)
+    }
+
+    /// The eviction pass, then when to compact the journal next.
+    fn enforce(&self, reconcile: bool) -> Result<()> {
+        evict::enforce(self, reconcile)?;
+        let next = (3 * self.index.journal_len()).max(COMPACT_AT_LEAST);
+        self.compact_at.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies the limits now (they are applied when the cache opens and after each
+    /// snapshot it builds; handing out one built already adds nothing).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the cache cannot be read or an entry cannot be removed.
+    pub fn evict(&self) -> Result<()> {
+        self.enforce(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::DirBuilderExt;
+
+    use super::*;
+
+    #[test]
+    fn warm_snapshots_keep_the_journal_compact() {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("f"), "x").unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let user = local.path().join("u");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&user)
+            .unwrap();
+        let limits = CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 1000,
+        };
+        let cache = HostCache::open(&user, limits).unwrap();
+        let mut scanner =
+            crate::Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"f".to_vec()]);
+        let m = scanner.manifest().unwrap();
+        let (digest, size, shown) = m.blobs()[0].clone();
+        let Begin::Mine(mut w) = cache.begin(digest, size, &shown).unwrap() else {
+            panic!()
+        };
+        w.write(b"x").unwrap();
+        w.finish().unwrap();
+        drop(cache.snapshot(&m).unwrap());
+        let lines = || {
+            std::fs::read_to_string(cache.path().join("index"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        let mut most = 0;
+        for _ in 0..100 {
+            // As if the journal had grown past the compaction length each time.
+            cache.compact_at.store(0, Ordering::Relaxed);
+            drop(cache.snapshot(&m).unwrap());
+            most = most.max(lines());
+        }
+        // Two entries, two lines per warm snapshot: without compaction, 200 lines.
+        assert!(most <= 2 * 2 + 64 + 2, "{most} lines");
+    }
+}

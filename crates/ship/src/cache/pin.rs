@@ -1,0 +1,127 @@
+//! Pins: what a live [`Snapshot`](crate::Snapshot), or one being built, keeps from
+//! eviction. A pin is a file `pins/<root digest>.<unique>` listing the blobs it needs,
+//! held with a shared `flock`: eviction reads the pins it cannot lock and spares what they
+//! name; a pin it can lock belongs to a process that is gone and is removed.
+//!
+//! A pin is locked under its temporary name and only then renamed into `pins/`, so eviction
+//! never sees a pin that is not held yet.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use super::dirs::unique_suffix;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// A held pin; dropping it removes it.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    path: PathBuf,
+    unique: String,
+    _lock: Flock<File>,
+}
+
+impl Pin {
+    /// Pins snapshot `root` and `blobs` (made in `tmp`, then moved to `pins`).
+    pub(crate) fn take(
+        pins: &Path,
+        tmp: &Path,
+        root: &Digest,
+        blobs: impl Iterator<Item = Digest>,
+    ) -> Result<Pin> {
+        let unique = unique_suffix();
+        let staged = tmp.join(format!("pin.{root}.{unique}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&staged)
+            .map_err(|e| Error::io("create pin", &staged, e))?;
+        let mut lock = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))?;
+        let mut text = String::new();
+        for blob in blobs {
+            text.push_str(&blob.to_string());
+            text.push('\n');
+        }
+        lock.write_all(text.as_bytes())
+            .map_err(|e| Error::io("write pin", &staged, e))?;
+        let path = pins.join(format!("{root}.{unique}"));
+        if let Err(e) = fs::rename(&staged, &path) {
+            let _ = fs::remove_file(&staged);
+            return Err(Error::io("place pin", &path, e));
+        }
+        Ok(Pin {
+            path,
+            unique,
+            _lock: lock,
+        })
+    }
+
+    /// The unique part of its name, shared with the folder a snapshot is built in.
+    pub(crate) fn unique(&self) -> &str {
+        &self.unique
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What the live pins keep: snapshot roots, blobs, and the unique names of live builds.
+#[derive(Default)]
+pub(crate) struct Pinned {
+    pub(crate) roots: HashSet<Digest>,
+    pub(crate) blobs: HashSet<Digest>,
+    pub(crate) uniques: HashSet<String>,
+}
+
+/// Reads every live pin, removing those nobody holds.
+pub(crate) fn live(pins: &Path) -> Result<Pinned> {
+    let mut out = Pinned::default();
+    for entry in fs::read_dir(pins).map_err(|e| Error::io("list", pins, e))? {
+        let entry = entry.map_err(|e| Error::io("list", pins, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((root, unique)) = name.split_once('.') else {
+            continue;
+        };
+        let Some(root) = Digest::from_hex(root) else {
+            continue;
+        };
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("open pin", &path, e)),
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_free) => {
+                let _ = fs::remove_file(&path);
+            }
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                file.read_to_string(&mut text)
+                    .map_err(|e| Error::io("read pin", &path, e))?;
+                out.roots.insert(root);
+                out.uniques.insert(unique.to_string());
+                out.blobs.extend(text.lines().filter_map(Digest::from_hex));
+            }
+            Err((_, e)) => return Err(Error::io("lock pin", &path, e.into())),
+        }
+    }
+    Ok(out)
+}

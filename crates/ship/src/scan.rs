@@ -1,0 +1,693 @@
+//! [`Scanner`]: the spawner's view of one mirrored root, kept as a manifest and refreshed
+//! cheaply.
+//!
+//! A scan `lstat`s every matched entry and hashes, in parallel, only files whose signature
+//! (device, inode, size, modification and change time, mode) changed. While inotify on
+//! every folder the scan read stays quiet ([`Watch`]), the next call returns the same
+//! manifest without scanning; mirror-fs's persistent refresh trusts its source watch the
+//! same way (local file systems only, at most `FULL_SCAN_EVERY`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Node, Timestamp};
+use crate::watch::Watch;
+
+/// Files at least this large are hashed with BLAKE3's multi-threaded update.
+const PARALLEL_HASH: u64 = 8 << 20;
+/// Read size while hashing.
+const CHUNK: usize = 1 << 20;
+/// The mode of a folder in a manifest that is only on the way to a match (and of the root).
+pub const WAY_MODE: u32 = 0o755;
+/// Times a file that keeps changing while it is hashed is tried before it is refused.
+const TRIES: usize = 3;
+
+/// What tells whether a file changed since it was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+}
+
+impl FileSig {
+    fn of(m: &Metadata) -> FileSig {
+        FileSig {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mode: m.mode(),
+        }
+    }
+
+    fn mtime(&self) -> Timestamp {
+        timestamp(self.mtime.0, self.mtime.1)
+    }
+}
+
+fn timestamp(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+/// Spawner side, one per (VM, mirrored root). Expands the sources with mirror-fs's glob
+/// rules ([`parvm_mirror_fs::expand_source_traced`]), follows a top-level symlink only into
+/// the mirrored roots (as mirroring does), hashes files with BLAKE3, and on later calls
+/// looks again only when the sources may have changed and rehashes only files whose
+/// (device, inode, size, modification time, change time) changed; an unchanged folder
+/// keeps its digest. A folder only on the way to a match (and the root) has mode
+/// [`WAY_MODE`] and time 0 in the manifest: mirroring never copies it, and its real time
+/// would change the root digest with every unrelated entry added beside a match.
+///
+/// ```
+/// use parvm_ship::Scanner;
+///
+/// let shared = tempfile::tempdir()?;
+/// std::fs::create_dir(shared.path().join("lib"))?;
+/// std::fs::write(shared.path().join("lib/a.lib"), "model a")?;
+/// let mut scanner = Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"lib/*.lib".to_vec()]);
+/// let manifest = scanner.manifest()?;
+/// assert_eq!((manifest.file_count(), manifest.total_bytes()), (1, 7));
+/// let (digest, _, shown) = manifest.blobs()[0].clone();
+/// assert_eq!(shown, std::path::Path::new("lib/a.lib"));
+/// let (_file, len) = scanner.open_blob(&digest)?;
+/// assert_eq!(len, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Scanner {
+    roots: Vec<PathBuf>,
+    root: usize,
+    sources: Vec<Vec<u8>>,
+    /// Every file hashed so far, by the path it was read from.
+    hashed: HashMap<PathBuf, (FileSig, Digest)>,
+    /// The blobs of the current manifest: where each is read from, and its signature then.
+    blobs: HashMap<Digest, (PathBuf, FileSig)>,
+    current: Option<Arc<Manifest>>,
+    /// Watches on the folders the last scan read; while quiet, the sources did not change.
+    watch: Option<Watch>,
+    /// Longest a quiet watch is trusted (mirror-fs's `FULL_SCAN_EVERY`; shorter in tests).
+    trust_for: Duration,
+    /// Files hashed by the last call, for tests of the rehash rule.
+    last_hashed: usize,
+    /// Whether the last call scanned, for tests of the watch.
+    last_scanned: bool,
+}
+
+/// The sources' matches beneath the root, as a tree of names.
+#[derive(Default)]
+struct Wanted {
+    /// Set when this entry itself matched: the path it is read from, and its metadata.
+    whole: Option<(PathBuf, Metadata)>,
+    children: BTreeMap<Vec<u8>, Wanted>,
+}
+
+/// A walked entry, before its file contents are hashed.
+enum Walked {
+    File {
+        name: Vec<u8>,
+        path: PathBuf,
+        sig: FileSig,
+    },
+    Dir {
+        name: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+        children: Vec<Walked>,
+    },
+    Link {
+        name: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+        target: Vec<u8>,
+    },
+}
+
+impl Scanner {
+    /// A scanner of root `root` of `roots` (this host's mirrored roots) for `sources`, the
+    /// suffixes below that root the map's sources have (they may hold globs). Nothing is
+    /// read until [`manifest`](Scanner::manifest).
+    pub fn new(roots: Vec<PathBuf>, root: usize, sources: Vec<Vec<u8>>) -> Scanner {
+        Scanner {
+            roots,
+            root,
+            sources,
+            hashed: HashMap::new(),
+            blobs: HashMap::new(),
+            current: None,
+            watch: None,
+            trust_for: parvm_mirror_fs::FULL_SCAN_EVERY,
+            last_hashed: 0,
+            last_scanned: false,
+        }
+    }
+
+    fn root_path(&self) -> Result<&Path> {
+        self.roots
+            .get(self.root)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| Error::Source {
+                root: PathBuf::from(format!("mirrored root {}", self.root)),
+                source: parvm_mirror_fs::Error::RootIndex {
+                    index: self.root,
+                    count: self.roots.len(),
+                },
+            })
+    }
+
+    /// The manifest of what the sources match now. The first call hashes everything. A
+    /// later call returns the same `Arc` at once while the watch on the folders the last
+    /// scan read saw no event (local file systems, no hard-linked file, less than
+    /// [`FULL_SCAN_EVERY`](parvm_mirror_fs::FULL_SCAN_EVERY) since that scan); else it
+    /// scans, rehashing only files whose signature changed, and returns the same `Arc` when
+    /// the root digest did not change.
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a source mirroring would refuse (a literal source missing, a
+    /// symlink leaving the roots, a dangling symlink, a fifo or device);
+    /// [`Error::SourceChanged`] for a file that kept changing while it was hashed;
+    /// [`Error::ManifestInvalid`] for a tree beyond the manifest's limits;
+    /// [`Error::Io`] when reading fails.
+    pub fn manifest(&mut self) -> Result<Arc<Manifest>> {
+        if let (Some(current), Some(watch)) = (&self.current, &self.watch)
+            && watch.quiet()
+        {
+            self.last_scanned = false;
+            self.last_hashed = 0;
+            return Ok(Arc::clone(current));
+        }
+        self.last_scanned = true;
+        // A failed scan leaves no watch: the next call scans again.
+        self.watch = None;
+        let mut watch = Watch::start(self.trust_for);
+        let root_path = self.root_path()?.to_path_buf();
+        let wanted = self.wanted(&root_path, &mut watch)?;
+        let root_meta = fs::metadata(&root_path).map_err(|e| Error::io("read", &root_path, e))?;
+        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted, &mut watch, 0)?;
+        let mut files = Vec::new();
+        collect_files(&walked, &mut files);
+        let matched: std::collections::HashSet<PathBuf> =
+            files.iter().map(|(path, _)| (*path).clone()).collect();
+        let stale: Vec<(PathBuf, FileSig)> = files
+            .into_iter()
+            .filter(|(path, sig)| self.hashed.get(*path).is_none_or(|(had, _)| had != *sig))
+            .map(|(path, sig)| (path.clone(), *sig))
+            .collect();
+        self.last_hashed = stale.len();
+        for (path, sig, digest) in hash_all(&stale)? {
+            self.hashed.insert(path, (sig, digest));
+        }
+        let mut blobs = HashMap::new();
+        let root = self.build(walked, &mut blobs)?;
+        // Forget files no longer matched, so the table does not grow without bound.
+        self.hashed.retain(|p, _| matched.contains(p));
+        let manifest = Manifest::new(root)?;
+        self.blobs = blobs;
+        self.watch = Some(watch);
+        if let Some(current) = &self.current
+            && current.root_digest() == manifest.root_digest()
+        {
+            return Ok(Arc::clone(current));
+        }
+        let manifest = Arc::new(manifest);
+        self.current = Some(Arc::clone(&manifest));
+        Ok(manifest)
+    }
+
+    /// Expands every source into the tree of matched names, watching the folders each
+    /// expansion read.
+    fn wanted(&self, root_path: &Path, watch: &mut Watch) -> Result<Wanted> {
+        let source_err = |source| Error::Source {
+            root: root_path.to_path_buf(),
+            source,
+        };
+        let mut wanted = Wanted::default();
+        for suffix in &self.sources {
+            let suffix = Path::new(OsStr::from_bytes(suffix));
+            if suffix
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            {
+                return Err(source_err(parvm_mirror_fs::Error::BadSuffix {
+                    suffix: suffix.to_path_buf(),
+                }));
+            }
+            let pattern = if suffix.as_os_str().is_empty() {
+                root_path.to_path_buf()
+            } else {
+                root_path.join(suffix)
+            };
+            let expansion =
+                parvm_mirror_fs::expand_source_traced(&self.roots, &pattern).map_err(source_err)?;
+            expansion.folders().for_each(|dir| watch.add(dir));
+            // A folder that changed between its listing and its watch sent no event.
+            if !expansion.unchanged() {
+                watch.spoil();
+            }
+            for (path, meta) in expansion.into_matches() {
+                let rel = path.strip_prefix(root_path).map_err(|_| {
+                    source_err(parvm_mirror_fs::Error::NoRoot {
+                        path: path.clone(),
+                        roots: root_path.display().to_string(),
+                    })
+                })?;
+                let mut at = &mut wanted;
+                for part in rel.components() {
+                    at = at
+                        .children
+                        .entry(part.as_os_str().as_bytes().to_vec())
+                        .or_default();
+                }
+                // A followed top-level symlink is read through its target, never through the link.
+                let read_from =
+                    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                        fs::canonicalize(&path).map_err(|e| Error::io("resolve", &path, e))?
+                    } else {
+                        path
+                    };
+                // A matched file changes in its folder, which no expansion may have read.
+                if !meta.is_dir()
+                    && let Some(parent) = read_from.parent()
+                {
+                    watch.add(parent);
+                }
+                at.whole = Some((read_from, meta));
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Turns walked entries into nodes with the digests now in `hashed`, noting each blob.
+    fn build(
+        &self,
+        walked: Walked,
+        blobs: &mut HashMap<Digest, (PathBuf, FileSig)>,
+    ) -> Result<Node> {
+        match walked {
+            Walked::File { name, path, sig: _ } => {
+                let Some(&(sig_hashed, digest)) = self.hashed.get(&path) else {
+                    return Err(Error::SourceChanged { path });
+                };
+                let node = Node::file(
+                    &name,
+                    sig_hashed.mode,
+                    sig_hashed.mtime(),
+                    sig_hashed.size,
+                    digest,
+                )?;
+                blobs.entry(digest).or_insert((path, sig_hashed));
+                Ok(node)
+            }
+            Walked::Dir {
+                name,
+                mode,
+                mtime,
+                children,
+            } => {
+                let children = children
+                    .into_iter()
+                    .map(|c| self.build(c, blobs))
+                    .collect::<Result<Vec<_>>>()?;
+                Node::dir(&name, mode, mtime, children)
+            }
+            Walked::Link {
+                name,
+                mode,
+                mtime,
+                target,
+            } => Node::symlink(&name, mode, mtime, &target),
+        }
+    }
+
+    /// The file a blob of the current manifest is read from, opened without following a
+    /// symlink, with its length.
+    ///
+    /// # Errors
+    /// [`Error::UnknownBlob`] when no file of the current manifest has `digest`;
+    /// [`Error::SourceChanged`] when the file no longer has the signature it was hashed
+    /// with (call [`manifest`](Scanner::manifest) again); [`Error::Io`] when it cannot be opened.
+    pub fn open_blob(&self, digest: &Digest) -> Result<(File, u64)> {
+        let Some((path, sig)) = self.blobs.get(digest) else {
+            let root = self.roots.get(self.root).cloned().unwrap_or_default();
+            return Err(Error::UnknownBlob {
+                digest: *digest,
+                root,
+            });
+        };
+        let file = open_nofollow(path)?;
+        let now = file.metadata().map_err(|e| Error::io("read", path, e))?;
+        if FileSig::of(&now) != *sig {
+            return Err(Error::SourceChanged { path: path.clone() });
+        }
+        Ok((file, sig.size))
+    }
+}
+
+fn open_nofollow(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::SourceChanged {
+                path: path.to_path_buf(),
+            },
+            _ => Error::io("open", path, e),
+        })
+}
+
+/// Walks an entry of the wanted tree: whole when it matched, else only its wanted children.
+fn walk_wanted(
+    name: Vec<u8>,
+    path: &Path,
+    meta: &Metadata,
+    wanted: &Wanted,
+    watch: &mut Watch,
+    depth: usize,
+) -> Result<Walked> {
+    if let Some((read_from, first)) = &wanted.whole {
+        // Looked at again now that its folder is watched: a change between the expansion's
+        // look and the watch sent no event.
+        let meta = fs::symlink_metadata(read_from).map_err(|e| Error::io("read", read_from, e))?;
+        if meta.file_type() != first.file_type() {
+            return Err(Error::SourceChanged {
+                path: read_from.clone(),
+            });
+        }
+        return walk_whole(name, read_from, &meta, watch, depth);
+    }
+    if !meta.is_dir() {
+        return Err(Error::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: "a folder on the way to a source is not a folder".into(),
+        });
+    }
+    // Watched before its entries are looked at, so a change after the look sends an event.
+    watch.add(path);
+    let mut children = Vec::with_capacity(wanted.children.len());
+    for (child, below) in &wanted.children {
+        let child_path = path.join(OsStr::from_bytes(child));
+        // A match is looked at in the call below; a folder on the way to one, here.
+        let child_meta = match &below.whole {
+            Some((_, m)) => m.clone(),
+            None => fs::metadata(&child_path).map_err(|e| Error::io("read", &child_path, e))?,
+        };
+        children.push(walk_wanted(
+            child.clone(),
+            &child_path,
+            &child_meta,
+            below,
+            watch,
+            depth + 1,
+        )?);
+    }
+    // Mirroring never copies a folder that is only on the way to a match (nor the root):
+    // its mode and time would only make the digest change with every unrelated entry
+    // added beside a match (a probe marker, say), so they are fixed.
+    Ok(Walked::Dir {
+        name,
+        mode: WAY_MODE,
+        mtime: Timestamp::default(),
+        children,
+    })
+}
+
+/// Walks a matched entry and everything beneath it, symlinks kept as symlinks; fifos,
+/// sockets and devices inside a folder are skipped, as mirroring skips them.
+fn walk_whole(
+    name: Vec<u8>,
+    path: &Path,
+    meta: &Metadata,
+    watch: &mut Watch,
+    depth: usize,
+) -> Result<Walked> {
+    let kind = meta.file_type();
+    let mtime = timestamp(meta.mtime(), meta.mtime_nsec());
+    if kind.is_file() {
+        // Another name outside the watched folders can change it without an event.
+        if meta.nlink() > 1 {
+            watch.spoil();
+        }
+        return Ok(Walked::File {
+            name,
+            path: path.to_path_buf(),
+            sig: FileSig::of(meta),
+        });
+    }
+    if kind.is_symlink() {
+        let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
+        return Ok(Walked::Link {
+            name,
+            mode: meta.mode() & 0o7777,
+            mtime,
+            target: target.into_os_string().into_vec(),
+        });
+    }
+    // Checked while walking: a tree too deep for a manifest must not exhaust the stack first.
+    if depth >= crate::manifest::MAX_DEPTH {
+        return Err(Error::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: format!("more than {} levels of folders", crate::manifest::MAX_DEPTH),
+        });
+    }
+    watch.add(path);
+    let mut children = Vec::new();
+    let listing = fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io("list", path, e))?;
+        let child_path = entry.path();
+        let child_meta = match fs::symlink_metadata(&child_path) {
+            Ok(m) => m,
+            // Removed between the listing and the look: as if it had not been listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read", &child_path, e)),
+        };
+        let t = child_meta.file_type();
+        if t.is_file() || t.is_dir() || t.is_symlink() {
+            children.push(walk_whole(
+                entry.file_name().into_vec(),
+                &child_path,
+                &child_meta,
+                watch,
+                depth + 1,
+            )?);
+        }
+    }
+    Ok(Walked::Dir {
+        name,
+        mode: meta.mode() & 0o7777,
+        mtime,
+        children,
+    })
+}
+
+fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig)>) {
+    match walked {
+        Walked::File { path, sig, .. } => out.push((path, sig)),
+        Walked::Dir { children, .. } => children.iter().for_each(|c| collect_files(c, out)),
+        Walked::Link { .. } => {}
+    }
+}
+
+/// Hashes `files` on as many threads as there are cores; each result carries the signature
+/// the file had while it was read.
+fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Digest)>> {
+    crate::par::each(files, |(path, sig)| {
+        // Small files are the many: no megabyte buffer for each.
+        let mut buf = vec![0u8; CHUNK.min(sig.size as usize + 1)];
+        let (sig, digest) = hash_file(path, &mut buf)?;
+        Ok((path.clone(), sig, digest))
+    })
+}
+
+/// Hashes one file through a descriptor opened without following a symlink; the
+/// signature is taken before and after, and a file that changed meanwhile is read again.
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(FileSig, Digest)> {
+    for _ in 0..TRIES {
+        let mut file = open_nofollow(path)?;
+        let before = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
+        let mut hasher = blake3::Hasher::new();
+        let mut read = 0u64;
+        loop {
+            let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            if before.size >= PARALLEL_HASH {
+                hasher.update_rayon(&buf[..n]);
+            } else {
+                hasher.update(&buf[..n]);
+            }
+        }
+        let after = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
+        if before == after && read == after.size {
+            return Ok((after, hasher.finalize().into()));
+        }
+    }
+    Err(Error::SourceChanged {
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changed_files_are_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut scanner = Scanner::new(vec![dir.path().to_path_buf()], 0, vec![b"*".to_vec()]);
+        let first = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 3);
+        let again = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 0);
+        assert!(Arc::ptr_eq(&first, &again));
+        fs::write(dir.path().join("b"), "B").unwrap();
+        let changed = scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 1);
+        assert_ne!(changed.root_digest(), first.root_digest());
+        // A second file with a content seen already is remembered on its own.
+        fs::write(dir.path().join("a2"), "a").unwrap();
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 1);
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 0);
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A folder on a file system the watch trusts, or `None` (the test then says so).
+    fn watchable_dir() -> Option<tempfile::TempDir> {
+        let dir = tempfile::tempdir().ok()?;
+        if parvm_mirror_fs::watchable_source(dir.path()) {
+            return Some(dir);
+        }
+        tempfile::tempdir_in("/dev/shm")
+            .ok()
+            .filter(|d| parvm_mirror_fs::watchable_source(d.path()))
+    }
+
+    #[test]
+    fn a_quiet_watch_skips_the_scan_and_any_change_ends_it() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!("SKIPPED a_quiet_watch_skips_the_scan: no folder on a watchable file system");
+            return;
+        };
+        let root = dir.path();
+        fs::create_dir_all(root.join("lib/deep")).unwrap();
+        fs::write(root.join("lib/a.x"), "a").unwrap();
+        fs::write(root.join("lib/deep/d"), "d").unwrap();
+        fs::create_dir(root.join("empty")).unwrap();
+        fs::write(root.join("top"), "t").unwrap();
+        let sources = ["lib", "empty/*.x", "top"]
+            .map(|s| s.as_bytes().to_vec())
+            .to_vec();
+        let mut scanner = Scanner::new(vec![root.to_path_buf()], 0, sources);
+        // Long enough that the interval cannot end the watch during the test.
+        scanner.trust_for = Duration::from_secs(3600).min(parvm_mirror_fs::FULL_SCAN_EVERY);
+        let first = scanner.manifest().unwrap();
+        assert!(scanner.last_scanned);
+
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 5] = [
+            ("a file deep in a matched folder", |r| {
+                fs::write(r.join("lib/deep/d"), "D").unwrap()
+            }),
+            ("a new file a glob matches", |r| {
+                fs::write(r.join("empty/new.x"), "n").unwrap()
+            }),
+            ("a top-level file's mode", |r| {
+                fs::set_permissions(r.join("top"), fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            ("a folder's mode", |r| {
+                fs::set_permissions(r.join("lib/deep"), fs::Permissions::from_mode(0o700)).unwrap()
+            }),
+            ("a file removed", |r| {
+                fs::remove_file(r.join("lib/a.x")).unwrap()
+            }),
+        ];
+        let mut last = first;
+        for (what, change) in changes {
+            let same = scanner.manifest().unwrap();
+            assert!(!scanner.last_scanned, "{what}: nothing changed yet");
+            assert!(Arc::ptr_eq(&same, &last));
+            change(root);
+            let next = scanner.manifest().unwrap();
+            assert!(scanner.last_scanned, "{what}");
+            assert_ne!(next.root_digest(), last.root_digest(), "{what}");
+            last = next;
+        }
+    }
+
+    #[test]
+    fn hard_links_and_an_ended_interval_mean_a_scan_every_time() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!(
+                "SKIPPED hard_links_and_an_ended_interval: no folder on a watchable file system"
+            );
+            return;
+        };
+        let root = dir.path();
+        fs::write(root.join("f"), "f").unwrap();
+        let mut plain = Scanner::new(vec![root.to_path_buf()], 0, vec![b"f".to_vec()]);
+        plain.trust_for = Duration::ZERO;
+        plain.manifest().unwrap();
+        plain.manifest().unwrap();
+        assert!(plain.last_scanned, "the interval ended at once");
+
+        fs::hard_link(root.join("f"), root.join("g")).unwrap();
+        let mut linked = Scanner::new(vec![root.to_path_buf()], 0, vec![b"f".to_vec()]);
+        linked.manifest().unwrap();
+        linked.manifest().unwrap();
+        assert!(
+            linked.last_scanned,
+            "a hard-linked file can change through its other name"
+        );
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_a_manifest_allows_is_refused_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().join("top");
+        for _ in 0..crate::manifest::MAX_DEPTH + 2 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let mut scanner = Scanner::new(vec![dir.path().to_path_buf()], 0, vec![b"top".to_vec()]);
+        match scanner.manifest() {
+            Err(e @ Error::ManifestInvalid { .. }) => {
+                assert!(e.to_string().contains("levels"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

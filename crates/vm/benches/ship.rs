@@ -1,0 +1,403 @@
+//! Shipping inputs where nothing is shared (`cargo xtask bench ship`): a TCP worker on
+//! loopback whose host must be sent the mirrored inputs, against `rsync -a` from an rsync
+//! daemon on loopback and against shared mirroring, in the same run.
+//!
+//! For each base folder (tmpfs `/dev/shm`, and a folder on disk under the target folder)
+//! and each tree (2 000 files of 4 KiB in 20 folders; 4 files of 64 MiB) it times, per
+//! task, spawn to exit of a no-op task whose folder is filled by the VM's mirror map:
+//! - shipped, cold: the worker's host cache is empty (a new worker with new local storage);
+//! - shipped, warm: the next tasks on that worker;
+//! - shipped, one file changed: a task after one source file was rewritten;
+//! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
+//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder.
+//!
+//! Each figure is the median of `REPEATS` runs. A worker is this bench binary again, started
+//! with `PARVM_CONNECT` (so `Runtime::start` makes it a worker) and its own local storage;
+//! the spawner's configuration says whether it ships (`ShipMode`).
+
+mod common;
+
+use std::convert::Infallible;
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Res;
+use parvm_transport::tcp::Secret;
+use parvm_vm::{
+    Backend, Config, Message, Runtime, ShipMode, Spawn, TaskContext, Tasks, TcpSpawner, Vm,
+};
+
+/// Runs of each measurement; the median is reported.
+const REPEATS: usize = 3;
+/// Warm tasks timed after each cold one.
+const WARM_TASKS: usize = 3;
+/// How long a worker may take to join.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// A tree of input files: `dirs` folders of `files_per_dir` files of `size` bytes.
+struct Tree {
+    name: &'static str,
+    folder: &'static str,
+    dirs: usize,
+    files_per_dir: usize,
+    size: usize,
+}
+
+const TREES: [Tree; 2] = [
+    Tree {
+        name: "2000 x 4 KiB",
+        folder: "small",
+        dirs: 20,
+        files_per_dir: 100,
+        size: 4096,
+    },
+    Tree {
+        name: "4 x 64 MiB",
+        folder: "big",
+        dirs: 1,
+        files_per_dir: 4,
+        size: 64 << 20,
+    },
+];
+
+fn tasks() -> Tasks {
+    Tasks::new().register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
+}
+
+fn main() -> Res<()> {
+    // A worker this bench started: joins and serves; `start` does not return here.
+    let runtime_or_worker = std::env::var_os("PARVM_CONNECT").is_some();
+    if runtime_or_worker {
+        Runtime::builder(tasks()).start()?;
+        return Ok(());
+    }
+    let rsync = which("rsync");
+    if rsync.is_none() {
+        println!("rsync: not on PATH, its column is skipped (cargo xtask bench ship installs it)");
+    }
+    let exe = std::env::current_exe()?;
+    // The bench binary lives in <target>/release/deps/.
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or("cannot find the target folder")?
+        .to_path_buf();
+    let bases = match std::env::var_os("PARVM_BENCH_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![PathBuf::from("/dev/shm"), target],
+    };
+    println!("bench ship: a TCP worker on loopback, median of {REPEATS}; per task, spawn to exit");
+    for base in bases {
+        let work = tempfile::Builder::new()
+            .prefix("parvm-ship-bench-")
+            .tempdir_in(&base)
+            .map_err(|e| format!("cannot make a scratch folder in {}: {e}", base.display()))?;
+        println!("\nbase: {} ({})", base.display(), fs_type(&base));
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14} {:>16}",
+            "tree",
+            "cold",
+            "warm",
+            "1 changed",
+            "shared",
+            "rsync -a",
+            "cold/rsync",
+            "warm/shared",
+            "changed/cold"
+        );
+        for tree in &TREES {
+            let row = measure(&exe, work.path(), tree, rsync.as_deref())?;
+            row.print(tree);
+        }
+    }
+    Ok(())
+}
+
+/// One tree's medians.
+struct Row {
+    cold: Duration,
+    warm: Duration,
+    changed: Duration,
+    shared: Duration,
+    rsync: Option<Duration>,
+}
+
+impl Row {
+    fn print(&self, tree: &Tree) {
+        let ms = |d: Duration| format!("{:8.1}ms", d.as_secs_f64() * 1e3);
+        let ratio =
+            |a: Duration, b: Duration| format!("{:13.2}x", a.as_secs_f64() / b.as_secs_f64());
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14} {:>15.1}%",
+            tree.name,
+            ms(self.cold),
+            ms(self.warm),
+            ms(self.changed),
+            ms(self.shared),
+            self.rsync.map_or("-".to_owned(), ms),
+            self.rsync.map_or("-".to_owned(), |r| ratio(self.cold, r)),
+            ratio(self.warm, self.shared),
+            100.0 * (self.changed.as_secs_f64() - self.warm.as_secs_f64()).max(0.0)
+                / self.cold.as_secs_f64(),
+        );
+    }
+}
+
+fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Row> {
+    let mirrored = work.join("mirrored");
+    make_tree(&mirrored.join(tree.folder), tree)?;
+    let secret_file = work.join("secret");
+    let secret = Secret::load_or_create(&secret_file)?;
+
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut changed = Vec::new();
+    for round in 0..REPEATS {
+        // New local storage: an empty host cache.
+        let local = work.join(format!("local-ship-{}-{round}", tree.folder));
+        let cluster = Cluster::start(
+            exe,
+            &mirrored,
+            &local,
+            &secret,
+            &secret_file,
+            ShipMode::Always,
+        )?;
+        let vm = cluster.vm(tree)?;
+        cold.push(one_task(&vm)?);
+        for _ in 0..WARM_TASKS {
+            warm.push(one_task(&vm)?);
+        }
+        rewrite_one_file(&mirrored.join(tree.folder), round)?;
+        changed.push(one_task(&vm)?);
+        drop(vm);
+        cluster.finish()?;
+        fs::remove_dir_all(&local)?;
+    }
+
+    let local = work.join(format!("local-shared-{}", tree.folder));
+    let cluster = Cluster::start(
+        exe,
+        &mirrored,
+        &local,
+        &secret,
+        &secret_file,
+        ShipMode::Never,
+    )?;
+    let vm = cluster.vm(tree)?;
+    one_task(&vm)?;
+    let mut shared = Vec::new();
+    for _ in 0..REPEATS {
+        shared.push(one_task(&vm)?);
+    }
+    drop(vm);
+    cluster.finish()?;
+    fs::remove_dir_all(&local)?;
+
+    let rsync = match rsync {
+        Some(rsync) => Some(rsync_cold(rsync, &mirrored, tree, work)?),
+        None => None,
+    };
+    fs::remove_dir_all(&mirrored)?;
+    Ok(Row {
+        cold: median(cold),
+        warm: median(warm),
+        changed: median(changed),
+        shared: median(shared),
+        rsync,
+    })
+}
+
+/// A spawner on loopback TCP and one worker process.
+struct Cluster {
+    runtime: Runtime,
+    worker: Child,
+}
+
+impl Cluster {
+    fn start(
+        exe: &Path,
+        mirrored: &Path,
+        local: &Path,
+        secret: &Secret,
+        secret_file: &Path,
+        ship: ShipMode,
+    ) -> Res<Cluster> {
+        fs::create_dir_all(local)?;
+        let spawner_local = local.join("spawner");
+        fs::create_dir_all(&spawner_local)?;
+        let config = Config::builder()
+            .local_root(&spawner_local)
+            .mirrored_roots([mirrored])
+            .ship(ship)
+            .build()?;
+        let runtime = Runtime::builder(tasks())
+            .config(config)
+            .backend(Backend::Tcp(
+                TcpSpawner::new()
+                    .listen(([127, 0, 0, 1], 0).into())
+                    .secret(secret.clone()),
+            ))
+            .start()?;
+        let addr = runtime.tcp_addr().ok_or("the TCP runtime has no address")?;
+        let worker = Command::new(exe)
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", secret_file)
+            .env("PARVM_HOSTNAME", "far")
+            .env("PARALLEL_LOCAL_STORAGE", local)
+            .env("PARALLEL_MIRRORED_STORAGE", mirrored)
+            .env_remove("PARVM_TRANSPORT")
+            .stdin(Stdio::null())
+            .spawn()?;
+        let cluster = Cluster { runtime, worker };
+        cluster.runtime.wait_for_workers(1, JOIN_WAIT)?;
+        Ok(cluster)
+    }
+
+    fn vm(&self, tree: &Tree) -> Res<Vm> {
+        Ok(self
+            .runtime
+            .vm()
+            .mirror(self.mirrored_source(tree), ".")
+            .build()?)
+    }
+
+    fn mirrored_source(&self, tree: &Tree) -> String {
+        // A source is a path inside the mirrored root; absolute, so the bench's current
+        // folder does not matter. Its target `.` makes it `<task folder>/<tree folder>`.
+        let root = &self.runtime.config().mirrored_roots()[0];
+        format!("{}/{}", root.display(), tree.folder)
+    }
+
+    fn finish(mut self) -> Res<()> {
+        self.runtime.finalize()?;
+        self.worker.wait()?;
+        Ok(())
+    }
+}
+
+/// Spawn to exit of one no-op task with a mirrored folder.
+fn one_task(vm: &Vm) -> Res<Duration> {
+    let start = Instant::now();
+    let ids = vm.spawn(Spawn::task("noop", &()))?;
+    if ids.len() != 1 {
+        return Err("no free slot for the task".into());
+    }
+    loop {
+        if let Message::TaskExit { status, .. } = vm.recv()? {
+            if !status.is_completed() {
+                return Err(format!("the task failed: {status}").into());
+            }
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+fn make_tree(root: &Path, tree: &Tree) -> Res<()> {
+    let block: Vec<u8> = (0..tree.size).map(|i| (i * 31 % 251) as u8).collect();
+    for d in 0..tree.dirs {
+        let dir = root.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir)?;
+        for f in 0..tree.files_per_dir {
+            let mut file = fs::File::create(dir.join(format!("f{f:03}.dat")))?;
+            // Each file differs, so the cache holds every one.
+            file.write_all(format!("{d}/{f}\n").as_bytes())?;
+            file.write_all(&block)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the first file of the tree with new content (a round number), as a user who
+/// edits one input between two tasks.
+fn rewrite_one_file(root: &Path, round: usize) -> Res<()> {
+    let path = root.join("d00").join("f000.dat");
+    let mut content = fs::read(&path)?;
+    let stamp = format!("changed in round {round}\n");
+    content[..stamp.len()].copy_from_slice(stamp.as_bytes());
+    fs::write(&path, content)?;
+    Ok(())
+}
+
+/// `rsync -a` of the tree from an rsync daemon on loopback into an empty folder.
+fn rsync_cold(rsync: &Path, mirrored: &Path, tree: &Tree, work: &Path) -> Res<Duration> {
+    let port = free_port()?;
+    let config = work.join("rsyncd.conf");
+    fs::write(
+        &config,
+        format!(
+            "use chroot = no\nport = {port}\naddress = 127.0.0.1\npid file = {pid}\n\
+             [m]\npath = {path}\nread only = yes\n",
+            pid = work.join("rsyncd.pid").display(),
+            path = mirrored.display()
+        ),
+    )?;
+    let mut daemon = Command::new(rsync)
+        .args(["--daemon", "--no-detach", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| -> Res<Duration> {
+        let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
+        // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
+        let deadline = Instant::now() + JOIN_WAIT;
+        while !Command::new(rsync)
+            .arg(&url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success()
+        {
+            if Instant::now() > deadline {
+                return Err("the rsync daemon on loopback did not answer".into());
+            }
+        }
+        let mut times = Vec::new();
+        for round in 0..REPEATS {
+            let dst = work.join(format!("rsync-{round}"));
+            let start = Instant::now();
+            let status = Command::new(rsync).arg("-a").arg(&url).arg(&dst).status()?;
+            times.push(start.elapsed());
+            if !status.success() {
+                return Err(format!("rsync -a {url} failed: {status}").into());
+            }
+            fs::remove_dir_all(&dst)?;
+        }
+        Ok(median(times))
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result
+}
+
+fn free_port() -> Res<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+fn fs_type(path: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+}

@@ -1,0 +1,617 @@
+//! The worker's side of shipping: which roots of a VM's map this host has shipped (the
+//! probe), the manifests the spawner sent, and fetching what the host cache lacks before a
+//! snapshot of a manifest is taken to mirror from.
+//!
+//! It talks to the spawner only through an [`Exchange`], which the spawn loop implements
+//! over its link (setting aside the frames that are not for shipping), so this module
+//! knows neither the loop nor the transport.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parvm_mirror_fs::AbstractMirrorMap;
+use parvm_ship::{Begin, BlobWriter, Digest, HostCache, Manifest, Snapshot};
+
+use super::probe;
+use crate::Error;
+use crate::wire::{self, FromWorker, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+
+/// How many blobs are claimed (and written, each to a temporary file of its own) at a
+/// time: a bound on the files a fetch holds open.
+const CLAIM_BATCH: usize = 256;
+
+/// A worker's line to the spawner while it fetches.
+pub(crate) trait Exchange {
+    /// Sends `frame` to the spawner; `Err` says why it could not.
+    fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String>;
+    /// The next frame for shipping from the spawner (a [`ToWorker::Manifest`],
+    /// [`ToWorker::ManifestFailed`] or blob frame), as it arrived; other frames are kept
+    /// for the spawn loop. `Err` when the spawner is gone or the transport failed.
+    fn next(&mut self) -> Result<Vec<u8>, String>;
+}
+
+/// Whether `frame` is one of the frames [`Exchange::next`] returns.
+pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
+    matches!(
+        frame,
+        ToWorker::Manifest { .. }
+            | ToWorker::ManifestFailed { .. }
+            | ToWorker::BlobData { .. }
+            | ToWorker::BlobEnd { .. }
+            | ToWorker::BlobFailed { .. }
+    )
+}
+
+/// The manifest of a shipped root as the spawner sent it last, or why there is none.
+type Latest = Result<Arc<Manifest>, String>;
+
+/// What a worker keeps about shipping: per VM, the plan the spawner sent and the roots
+/// this host ships (decided at the VM's first task here), and the latest manifests.
+#[derive(Default)]
+pub(crate) struct Shipping {
+    plans: HashMap<u32, ShipPlan>,
+    decided: HashMap<u32, BTreeSet<u32>>,
+    manifests: HashMap<(u32, u32), Latest>,
+}
+
+impl Shipping {
+    /// Keeps the plan of VM `vm`, sent with its map.
+    pub(crate) fn receive_plan(&mut self, vm: u32, plan: ShipPlan) {
+        self.decided.remove(&vm);
+        self.plans.insert(vm, plan);
+    }
+
+    /// Drops what is kept for VM `vm`.
+    pub(crate) fn forget(&mut self, vm: u32) {
+        self.plans.remove(&vm);
+        self.decided.remove(&vm);
+        self.manifests.retain(|&(of, _), _| of != vm);
+    }
+
+    /// Files a manifest frame; a blob frame outside a fetch (the rest of a transfer that
+    /// failed) is dropped. `false` for a frame that is not for shipping.
+    pub(crate) fn file(&mut self, frame: ToWorker<'_>) -> bool {
+        match frame {
+            ToWorker::Manifest { vm, root, bytes } => {
+                let manifest = Manifest::decode(&bytes).map(Arc::new).map_err(|e| {
+                    format!(
+                        "the spawner's manifest cannot be read: {}; run the same parvm build on every host",
+                        crate::error::one_line(&e)
+                    )
+                });
+                self.manifests.insert((vm, root), manifest);
+                true
+            }
+            ToWorker::ManifestFailed { vm, root, reason } => {
+                self.manifests.insert((vm, root), Err(reason));
+                true
+            }
+            other => is_ship_frame(&other),
+        }
+    }
+
+    /// The roots of `map` that VM `vm` ships to this host (whose own mirrored roots are
+    /// `roots`), decided at the VM's first task here: `never` none, `always` every root the
+    /// map uses, `auto` those whose marker this host does not see.
+    pub(crate) fn shipped_roots(
+        &mut self,
+        vm: u32,
+        roots: &[PathBuf],
+        map: &AbstractMirrorMap,
+    ) -> BTreeSet<u32> {
+        if let Some(decided) = self.decided.get(&vm) {
+            return decided.clone();
+        }
+        let used: BTreeSet<u32> = map
+            .entries
+            .iter()
+            .filter_map(|e| u32::try_from(e.source.root).ok())
+            .collect();
+        let shipped: BTreeSet<u32> = match self.plans.get(&vm) {
+            None | Some(ShipPlan::Never) => BTreeSet::new(),
+            Some(ShipPlan::Always) => used,
+            Some(ShipPlan::Probe(probes)) => used
+                .into_iter()
+                .filter(|root| {
+                    !probes
+                        .iter()
+                        .any(|p| p.root == *root && probe::is_shared(roots, p))
+                })
+                .collect(),
+        };
+        if !shipped.is_empty() {
+            tracing::debug!(vm, ?shipped, "mirrored roots shipped to this host");
+        }
+        self.decided.insert(vm, shipped.clone());
+        shipped
+    }
+
+    /// A snapshot of root `root` of VM `vm` as the spawner has it now: the manifest (asked
+    /// for when none came yet), the blobs this host's `cache` lacks, then the snapshot. A
+    /// corrupted blob found while materialising is fetched again, once.
+    ///
+    /// # Errors
+    /// The spawner could not describe or send the root ([`Error::ShipRefused`]), the cache
+    /// failed or a blob arrived damaged ([`Error::Ship`], naming the file), or the spawner
+    /// went away ([`Error::ShipInterrupted`]).
+    pub(crate) fn snapshot(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        cache: &HostCache,
+        vm: u32,
+        root: u32,
+    ) -> Result<Snapshot, Error> {
+        let manifest = self.manifest(exchange, vm, root)?;
+        let ship_error = |source| Error::Ship { root, source };
+        let mut again = true;
+        loop {
+            self.fetch_missing(exchange, cache, vm, root, &manifest)?;
+            match cache.snapshot(&manifest) {
+                Ok(snapshot) => return Ok(snapshot),
+                Err(e @ parvm_ship::Error::CorruptBlob { .. }) if again => {
+                    tracing::warn!(error = %crate::error::one_line(&e), "fetching a corrupted blob again");
+                    again = false;
+                }
+                Err(e) => return Err(ship_error(e)),
+            }
+        }
+    }
+
+    /// The latest manifest of the root, asked for when none came yet.
+    fn manifest(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        vm: u32,
+        root: u32,
+    ) -> Result<Arc<Manifest>, Error> {
+        if !self.manifests.contains_key(&(vm, root)) {
+            exchange
+                .send(&FromWorker::ManifestWanted { vm, root })
+                .map_err(|reason| Error::ShipInterrupted { root, reason })?;
+            while !self.manifests.contains_key(&(vm, root)) {
+                let payload = exchange
+                    .next()
+                    .map_err(|reason| Error::ShipInterrupted { root, reason })?;
+                if let Ok(frame) = wire::decode::<ToWorker<'_>>(&payload) {
+                    self.file(frame);
+                }
+            }
+        }
+        match &self.manifests[&(vm, root)] {
+            Ok(manifest) => Ok(Arc::clone(manifest)),
+            Err(reason) => {
+                let reason = reason.clone();
+                // Reported to this task only: the next one asks again.
+                self.manifests.remove(&(vm, root));
+                Err(Error::ShipRefused { root, reason })
+            }
+        }
+    }
+
+    /// Fetches every blob of `manifest` that `cache` lacks: claimed a batch at a time,
+    /// asked for, written as the chunks arrive; a blob another fetcher of this host has
+    /// claimed is waited for, then claimed again (a fetcher that died released it).
+    fn fetch_missing(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        cache: &HostCache,
+        vm: u32,
+        root: u32,
+        manifest: &Manifest,
+    ) -> Result<(), Error> {
+        let ship_error = |source| Error::Ship { root, source };
+        let mut pending = cache.missing(manifest);
+        while !pending.is_empty() {
+            let mut busy = Vec::new();
+            let mut writers: HashMap<Digest, Writing> = HashMap::new();
+            let mut rest = Vec::new();
+            for (digest, size, shown) in pending.drain(..) {
+                if writers.len() >= CLAIM_BATCH {
+                    rest.push((digest, size, shown));
+                    continue;
+                }
+                match cache.begin(digest, size, &shown).map_err(ship_error)? {
+                    Begin::Present => {}
+                    Begin::Busy => busy.push((digest, size, shown)),
+                    Begin::Mine(writer) => {
+                        writers.insert(digest, Writing { writer, shown });
+                    }
+                }
+            }
+            if !writers.is_empty() {
+                self.receive(exchange, vm, root, writers)?;
+            }
+            for (digest, _, _) in &busy {
+                cache.wait(digest).map_err(ship_error)?;
+            }
+            pending = rest;
+            pending.extend(busy);
+        }
+        Ok(())
+    }
+
+    /// Asks for the claimed blobs and writes them as they arrive.
+    fn receive(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        vm: u32,
+        root: u32,
+        mut writers: HashMap<Digest, Writing>,
+    ) -> Result<(), Error> {
+        let interrupted = |reason| Error::ShipInterrupted { root, reason };
+        let ship_error = |source| Error::Ship { root, source };
+        let digests: Vec<Digest> = writers.keys().copied().collect();
+        for batch in digests.chunks(MAX_BLOBS_WANTED) {
+            exchange
+                .send(&FromWorker::BlobsWanted {
+                    vm,
+                    root,
+                    digests: batch.to_vec(),
+                })
+                .map_err(interrupted)?;
+        }
+        while !writers.is_empty() {
+            let payload = exchange.next().map_err(interrupted)?;
+            let Ok(frame) = wire::decode::<ToWorker<'_>>(&payload) else {
+                continue;
+            };
+            match frame {
+                ToWorker::BlobData {
+                    vm: of,
+                    digest,
+                    data,
+                } if of == vm => {
+                    if let Some(writing) = writers.get_mut(&digest) {
+                        writing.writer.write(&data).map_err(ship_error)?;
+                    }
+                }
+                ToWorker::BlobEnd { vm: of, digest } if of == vm => {
+                    if let Some(writing) = writers.remove(&digest) {
+                        writing.writer.finish().map_err(ship_error)?;
+                    }
+                }
+                ToWorker::BlobFailed {
+                    vm: of,
+                    digest,
+                    reason,
+                } if of == vm => {
+                    if let Some(writing) = writers.remove(&digest) {
+                        return Err(Error::ShipRefused {
+                            root,
+                            reason: format!("`{}`: {reason}", writing.shown.display()),
+                        });
+                    }
+                }
+                other => {
+                    self.file(other);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A blob being received.
+struct Writing {
+    writer: BlobWriter,
+    /// A file of the manifest that has it, for messages.
+    shown: PathBuf,
+}
+
+/// This host's roots with each shipped root replaced by its snapshot's path; a shipped
+/// root this host does not list at all is added at its index (the others in between, when
+/// missing, stay missing and fail as before).
+pub(crate) fn roots_with(roots: &[PathBuf], snapshots: &[(u32, &Path)]) -> Vec<PathBuf> {
+    let mut out = roots.to_vec();
+    for &(root, path) in snapshots {
+        let index = root as usize;
+        if out.len() <= index {
+            // Placeholder entries that do not exist, so a map using them fails as before.
+            out.resize(index + 1, PathBuf::from("/nonexistent-mirrored-root"));
+        }
+        out[index] = path.to_owned();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::Read;
+
+    use parvm_ship::{CacheLimits, Scanner};
+
+    use super::*;
+
+    /// A spawner in the test's thread: answers requests from a scanner of `root`, with
+    /// faults on demand.
+    struct FakeSpawner {
+        scanner: Scanner,
+        queue: VecDeque<Vec<u8>>,
+        /// Blobs sent, in order.
+        sent: Vec<Digest>,
+        /// Blobs whose bytes arrive damaged (the first byte flipped).
+        damaged: Vec<Digest>,
+        /// Every blob is refused with this reason.
+        refuse_blobs: Option<String>,
+        /// The manifest is refused with this reason.
+        refuse_manifest: Option<String>,
+    }
+
+    impl FakeSpawner {
+        fn new(root: &Path) -> FakeSpawner {
+            FakeSpawner {
+                scanner: Scanner::new(vec![root.to_owned()], 0, vec![b"*".to_vec()]),
+                queue: VecDeque::new(),
+                sent: Vec::new(),
+                damaged: Vec::new(),
+                refuse_blobs: None,
+                refuse_manifest: None,
+            }
+        }
+
+        fn push(&mut self, frame: &ToWorker<'_>) {
+            self.queue.push_back(wire::encode(frame).unwrap());
+        }
+    }
+
+    impl Exchange for FakeSpawner {
+        fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String> {
+            match frame {
+                FromWorker::ManifestWanted { vm, root } => {
+                    let frame = match &self.refuse_manifest {
+                        Some(reason) => ToWorker::ManifestFailed {
+                            vm: *vm,
+                            root: *root,
+                            reason: reason.clone(),
+                        },
+                        None => ToWorker::Manifest {
+                            vm: *vm,
+                            root: *root,
+                            bytes: self.scanner.manifest().unwrap().encode().into(),
+                        },
+                    };
+                    let bytes = wire::encode(&frame).unwrap();
+                    self.queue.push_back(bytes);
+                }
+                FromWorker::BlobsWanted { vm, digests, .. } => {
+                    for &digest in digests {
+                        if let Some(reason) = self.refuse_blobs.clone() {
+                            self.push(&ToWorker::BlobFailed {
+                                vm: *vm,
+                                digest,
+                                reason,
+                            });
+                            continue;
+                        }
+                        let (mut file, _) = self.scanner.open_blob(&digest).unwrap();
+                        let mut data = Vec::new();
+                        file.read_to_end(&mut data).unwrap();
+                        if self.damaged.contains(&digest) {
+                            data[0] ^= 0xff;
+                        }
+                        for chunk in data.chunks(7) {
+                            self.push(&ToWorker::BlobData {
+                                vm: *vm,
+                                digest,
+                                data: chunk.into(),
+                            });
+                        }
+                        self.push(&ToWorker::BlobEnd { vm: *vm, digest });
+                        self.sent.push(digest);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            Ok(())
+        }
+
+        fn next(&mut self) -> Result<Vec<u8>, String> {
+            self.queue
+                .pop_front()
+                .ok_or_else(|| "the spawner is gone".to_owned())
+        }
+    }
+
+    struct Setup {
+        root: tempfile::TempDir,
+        _local: tempfile::TempDir,
+        cache: HostCache,
+        shipping: Shipping,
+    }
+
+    fn setup() -> Setup {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a.txt"), "alpha").unwrap();
+        std::fs::write(root.path().join("b.txt"), "bravo, longer").unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let user_dir = local.path().join("parvm-test");
+        std::fs::create_dir(&user_dir).unwrap();
+        std::fs::set_permissions(
+            &user_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let limits = CacheLimits {
+            max_bytes: 1 << 20,
+            max_count: 100,
+        };
+        let cache = HostCache::open(&user_dir, limits).unwrap();
+        let mut shipping = Shipping::default();
+        shipping.receive_plan(0, ShipPlan::Always);
+        Setup {
+            root,
+            _local: local,
+            cache,
+            shipping,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_fetched_once_and_then_taken_from_the_cache() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
+            "bravo, longer"
+        );
+        assert_eq!(spawner.sent.len(), 2);
+        drop(snapshot);
+        // The next task: the manifest it has, the blobs the cache has.
+        let again = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(spawner.sent.len(), 2, "nothing fetched again");
+        assert!(again.path().join("a.txt").is_file());
+    }
+
+    #[test]
+    fn a_blob_that_arrives_damaged_fails_the_task_naming_the_file() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner
+            .damaged
+            .push(parvm_ship::Digest::of(b"bravo, longer"));
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .expect_err("a digest mismatch");
+        assert!(matches!(error, Error::Ship { root: 0, .. }), "{error:?}");
+        let text = crate::error::one_line(&error);
+        assert!(text.contains("b.txt"), "{text}");
+        // Nothing of it was kept: the next try fetches it again, and it is sound then.
+        spawner.damaged.clear();
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
+            "bravo, longer"
+        );
+    }
+
+    #[test]
+    fn a_blob_corrupted_in_the_cache_is_fetched_again_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        // A new manifest needs a new snapshot; its new file is built from a blob (an
+        // unchanged file may come from the older snapshot), which was damaged meanwhile.
+        std::fs::write(s.root.path().join("c.txt"), "alpha").unwrap();
+        spawner.queue.clear();
+        let digest = parvm_ship::Digest::of(b"alpha");
+        let hex = digest.to_string();
+        let blob = s.cache.path().join("blobs").join(&hex[..2]).join(&hex);
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&blob, "alphA").unwrap();
+        s.shipping.forget(0);
+        s.shipping.receive_plan(0, ShipPlan::Always);
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        for name in ["a.txt", "c.txt"] {
+            assert_eq!(
+                std::fs::read_to_string(snapshot.path().join(name)).unwrap(),
+                "alpha"
+            );
+        }
+        assert_eq!(spawner.sent.iter().filter(|d| **d == digest).count(), 2);
+    }
+
+    #[test]
+    fn what_the_spawner_refuses_or_a_lost_spawner_fails_the_task() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.refuse_manifest = Some("cannot read `x`".to_owned());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason == "cannot read `x`"),
+            "{error:?}"
+        );
+        // The next task asks again, and the spawner can describe the root by then.
+        spawner.refuse_manifest = None;
+        s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        // A manifest that cannot be read is refused the same way.
+        let mut s = setup();
+        s.shipping.file(ToWorker::Manifest {
+            vm: 0,
+            root: 0,
+            bytes: b"not a manifest".as_slice().into(),
+        });
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason.contains("same parvm build")),
+            "{error:?}"
+        );
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.refuse_blobs = Some("it changed at the source".to_owned());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipRefused { reason, .. } if reason.contains(".txt`: it changed")),
+            "{error:?}"
+        );
+        // The spawner goes away while the worker waits for the blobs.
+        struct Gone;
+        impl Exchange for Gone {
+            fn send(&mut self, _: &FromWorker<'_>) -> Result<(), String> {
+                Ok(())
+            }
+            fn next(&mut self) -> Result<Vec<u8>, String> {
+                Err("the spawner is gone".to_owned())
+            }
+        }
+        let mut s = setup();
+        let error = s.shipping.snapshot(&mut Gone, &s.cache, 0, 0).unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipInterrupted { root: 0, reason } if reason.contains("gone")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_plan_decides_which_roots_are_shipped() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_owned(), other.path().to_owned()];
+        let map = parvm_mirror_fs::MirrorMap::new()
+            .entry(root.path().join("x").to_str().unwrap(), ".")
+            .unwrap()
+            .entry(other.path().join("y").to_str().unwrap(), ".")
+            .unwrap()
+            .to_abstract(&roots, Path::new("/"))
+            .unwrap();
+        let marker = super::super::probe::Marker::write(1, other.path());
+        let mut shipping = Shipping::default();
+        for (vm, plan, expected) in [
+            (0, ShipPlan::Never, vec![]),
+            (1, ShipPlan::Always, vec![0, 1]),
+            (2, ShipPlan::Probe(vec![marker.probe().clone()]), vec![0]),
+        ] {
+            shipping.receive_plan(vm, plan);
+            let shipped: Vec<u32> = shipping
+                .shipped_roots(vm, &roots, &map)
+                .into_iter()
+                .collect();
+            assert_eq!(shipped, expected, "vm {vm}");
+        }
+        // Decided once per VM: the marker's removal does not change it.
+        drop(marker);
+        let shipped: Vec<u32> = shipping
+            .shipped_roots(2, &roots, &map)
+            .into_iter()
+            .collect();
+        assert_eq!(shipped, [0]);
+        assert_eq!(
+            roots_with(&roots[..1], &[(1, Path::new("/snap"))]),
+            [root.path().to_owned(), PathBuf::from("/snap")]
+        );
+    }
+}

@@ -1,0 +1,577 @@
+//! The spawner's side of shipping, one [`VmShip`] per VM: its probe markers, a
+//! `parvm_ship::Scanner` per shipped root, and a thread that answers the workers'
+//! [`FromWorker::ManifestWanted`] and [`FromWorker::BlobsWanted`] frames, which the router
+//! hands it through a channel, so the event pump never waits for a disk.
+//!
+//! Blobs are read from disk a chunk ([`BLOB_CHUNK`]) at a time as they are sent: a blob
+//! of any size takes one chunk of memory. A request a worker could not honestly make (a
+//! VM whose map it was not sent, a root the map does not use, blobs before a manifest, a
+//! list longer than [`MAX_BLOBS_WANTED`], a digest not in the manifest) is refused with a
+//! warning, or a `BlobFailed` naming the digest; nothing a peer announces is allocated.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
+
+use parvm_env_config::ShipMode;
+use parvm_mirror_fs::AbstractMirrorMap;
+use parvm_ship::{Digest, Scanner};
+use parvm_transport::Rank;
+
+use super::probe::Marker;
+use crate::spawner::Shared;
+use crate::wire::{BLOB_CHUNK, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+
+/// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
+/// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
+/// blobs sent so far (counted as they leave, so a transfer in progress shows).
+/// Blobs a worker's host cache held already are not sent, so the counts show how much
+/// the caches spared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShipStats {
+    /// Manifests sent (one per worker and root, and again when the sources changed).
+    pub manifests: u64,
+    /// Blobs sent in full.
+    pub blobs: u64,
+    /// Bytes of blobs sent, including those of a blob still on its way.
+    pub bytes: u64,
+}
+
+/// A request of a worker, from the router to the VM's shipping thread.
+pub(crate) enum ShipJob {
+    Manifest {
+        rank: Rank,
+        root: u32,
+    },
+    Blobs {
+        rank: Rank,
+        root: u32,
+        digests: Vec<parvm_ship::Digest>,
+    },
+}
+
+/// One shipped root on the spawner.
+struct RootScan {
+    scanner: Scanner,
+    /// The last manifest encoded, by its digest: each worker is sent the same bytes.
+    encoded: Option<(Digest, Arc<Vec<u8>>)>,
+}
+
+/// What the VM's shipping thread and its spawns share.
+struct Table {
+    vm: u32,
+    /// This host's mirrored roots, for messages.
+    roots: Vec<PathBuf>,
+    scans: BTreeMap<u32, Mutex<RootScan>>,
+    /// The digest of the manifest each worker was sent last, per root.
+    sent: Mutex<HashMap<(Rank, u32), Digest>>,
+    /// The workers that were sent the VM's mirror map.
+    mapped: Arc<Mutex<HashSet<Rank>>>,
+    stats: Mutex<ShipStats>,
+    /// The VM is gone: the thread stops, between chunks.
+    cancel: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The spawner's side of shipping for one VM.
+pub(crate) struct VmShip {
+    plan: ShipPlan,
+    table: Arc<Table>,
+    /// Removed with the VM.
+    _markers: Vec<Marker>,
+    server: Option<(Sender<ShipJob>, JoinHandle<()>)>,
+}
+
+impl VmShip {
+    /// The shipping of VM `vm` whose map is `map`, under `mode`: markers written (`auto`)
+    /// and a scanner per root the map uses; `None` with `never`. Call [`VmShip::start`]
+    /// to serve.
+    pub(crate) fn new(
+        vm: u32,
+        mode: ShipMode,
+        roots: &[PathBuf],
+        map: &AbstractMirrorMap,
+        mapped: Arc<Mutex<HashSet<Rank>>>,
+    ) -> Option<VmShip> {
+        if mode == ShipMode::Never {
+            return None;
+        }
+        let mut sources: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for entry in &map.entries {
+            let root = u32::try_from(entry.source.root).ok()?;
+            sources
+                .entry(root)
+                .or_default()
+                .push(entry.source.suffix.as_os_str().as_encoded_bytes().to_vec());
+        }
+        let markers: Vec<Marker> = match mode {
+            ShipMode::Auto => sources
+                .keys()
+                .filter_map(|&root| Some(Marker::write(root, roots.get(root as usize)?)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let plan = match mode {
+            ShipMode::Always => ShipPlan::Always,
+            _ => ShipPlan::Probe(markers.iter().map(|m| m.probe().clone()).collect()),
+        };
+        let scans = sources
+            .into_iter()
+            .map(|(root, suffixes)| {
+                let scan = RootScan {
+                    scanner: Scanner::new(roots.to_vec(), root as usize, suffixes),
+                    encoded: None,
+                };
+                (root, Mutex::new(scan))
+            })
+            .collect();
+        Some(VmShip {
+            plan,
+            table: Arc::new(Table {
+                vm,
+                roots: roots.to_vec(),
+                scans,
+                sent: Mutex::new(HashMap::new()),
+                mapped,
+                stats: Mutex::new(ShipStats::default()),
+                cancel: AtomicBool::new(false),
+            }),
+            _markers: markers,
+            server: None,
+        })
+    }
+
+    /// How workers get the map's roots; travels in the mirror frame.
+    pub(crate) fn plan(&self) -> &ShipPlan {
+        &self.plan
+    }
+
+    /// Starts the thread that serves the workers' requests, sending through `shared`;
+    /// gives the channel the router files them into.
+    pub(crate) fn start(&mut self, shared: Weak<Shared>) -> std::io::Result<Sender<ShipJob>> {
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let table = Arc::clone(&self.table);
+        let thread = std::thread::Builder::new()
+            .name(format!("parvm-ship-vm{}", table.vm))
+            .spawn(move || serve(&table, &shared, &queue))?;
+        self.server = Some((jobs.clone(), thread));
+        Ok(jobs)
+    }
+
+    /// Before a spawn request to worker `rank`: a new manifest of each root whose
+    /// sources changed since the worker was sent one, so its task mirrors what is there now.
+    pub(crate) fn before_spawn(&self, shared: &Shared, rank: Rank) {
+        for (&root, scan) in &self.table.scans {
+            // The scan first: a manifest the shipping thread is sending meanwhile is
+            // recorded by the time it is free.
+            let mut scan = lock(scan);
+            let had = lock(&self.table.sent).get(&(rank, root)).copied();
+            if let Some(had) = had {
+                send_manifest(&self.table, shared, &mut scan, rank, root, Some(had));
+            }
+        }
+    }
+
+    /// What has been shipped so far.
+    pub(crate) fn stats(&self) -> ShipStats {
+        *lock(&self.table.stats)
+    }
+}
+
+impl Drop for VmShip {
+    fn drop(&mut self) {
+        self.table.cancel.store(true, Ordering::Release);
+        if let Some((jobs, thread)) = self.server.take() {
+            drop(jobs);
+            if thread.join().is_err() {
+                tracing::warn!(vm = self.table.vm, "the shipping thread panicked");
+            }
+        }
+    }
+}
+
+/// The shipping thread: answers requests until the VM is gone.
+fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
+    while let Ok(job) = queue.recv() {
+        if table.cancel.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match job {
+            ShipJob::Manifest { rank, root } => {
+                let Some(scan) = checked(table, rank, root, "a manifest") else {
+                    continue;
+                };
+                let mut scan = lock(scan);
+                send_manifest(table, &shared, &mut scan, rank, root, None);
+            }
+            ShipJob::Blobs {
+                rank,
+                root,
+                digests,
+            } => {
+                let Some(scan) = checked(table, rank, root, "blobs") else {
+                    continue;
+                };
+                if digests.len() > MAX_BLOBS_WANTED {
+                    tracing::warn!(
+                        rank,
+                        vm = table.vm,
+                        count = digests.len(),
+                        "refusing a request for more than {MAX_BLOBS_WANTED} blobs"
+                    );
+                    continue;
+                }
+                if !lock(&table.sent).contains_key(&(rank, root)) {
+                    tracing::warn!(
+                        rank,
+                        vm = table.vm,
+                        root,
+                        "refusing a request for blobs from a worker that has no manifest"
+                    );
+                    continue;
+                }
+                let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
+                for digest in digests {
+                    if table.cancel.load(Ordering::Acquire)
+                        || !send_blob(table, &shared, scan, rank, digest, &mut buffer)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of a blob per frame: [`BLOB_CHUNK`], or less when the transport's frame
+/// limit (`PARVM_MAX_FRAME`) leaves less room beside the frame's head.
+fn chunk_len(max_frame: Option<u64>) -> usize {
+    const HEAD_ROOM: u64 = 1024;
+    max_frame.map_or(BLOB_CHUNK, |max| {
+        usize::try_from(max.saturating_sub(HEAD_ROOM))
+            .unwrap_or(BLOB_CHUNK)
+            .clamp(1024, BLOB_CHUNK)
+    })
+}
+
+/// The root's scan, when worker `rank` may ask for `what` of it: it was sent the VM's map
+/// and the map uses the root.
+fn checked<'t>(table: &'t Table, rank: Rank, root: u32, what: &str) -> Option<&'t Mutex<RootScan>> {
+    if !lock(&table.mapped).contains(&rank) {
+        tracing::warn!(
+            rank,
+            vm = table.vm,
+            "refusing a request for {what} of a VM whose mirror map the worker was not sent"
+        );
+        return None;
+    }
+    let scan = table.scans.get(&root);
+    if scan.is_none() {
+        tracing::warn!(
+            rank,
+            vm = table.vm,
+            root,
+            "refusing a request for {what} of a mirrored root the VM's map does not use"
+        );
+    }
+    scan
+}
+
+/// Sends worker `rank` the current manifest of `root`, unless it has that one (`had`).
+/// Called with the root's scan locked, so manifests reach a worker in the order they
+/// were made.
+fn send_manifest(
+    table: &Table,
+    shared: &Shared,
+    scan: &mut RootScan,
+    rank: Rank,
+    root: u32,
+    had: Option<Digest>,
+) {
+    let frame_failed = |reason: String| ToWorker::ManifestFailed {
+        vm: table.vm,
+        root,
+        reason,
+    };
+    let sent = match scan.scanner.manifest() {
+        Ok(manifest) => {
+            let digest = manifest.root_digest();
+            if had == Some(digest) {
+                return;
+            }
+            let bytes = match &scan.encoded {
+                Some((known, bytes)) if *known == digest => Arc::clone(bytes),
+                _ => {
+                    let bytes = Arc::new(manifest.encode());
+                    scan.encoded = Some((digest, Arc::clone(&bytes)));
+                    bytes
+                }
+            };
+            let frame = ToWorker::Manifest {
+                vm: table.vm,
+                root,
+                bytes: bytes.as_slice().into(),
+            };
+            let sent = shared.send(rank, &frame);
+            if sent.is_ok() {
+                lock(&table.sent).insert((rank, root), digest);
+                lock(&table.stats).manifests += 1;
+                tracing::debug!(
+                    rank,
+                    vm = table.vm,
+                    root,
+                    files = manifest.file_count(),
+                    bytes = manifest.total_bytes(),
+                    "sent a manifest"
+                );
+            }
+            sent
+        }
+        Err(e) => {
+            let shown = table.roots.get(root as usize).cloned().unwrap_or_default();
+            let reason = format!(
+                "cannot describe what the map matches beneath `{}`: {}",
+                shown.display(),
+                crate::error::one_line(&e)
+            );
+            // A worker that had a manifest is told too: its next task must not run on
+            // the old one.
+            lock(&table.sent).remove(&(rank, root));
+            shared.send(rank, &frame_failed(reason))
+        }
+    };
+    if let Err(e) = sent {
+        // The worker is gone; its loss arrives as an event.
+        tracing::debug!(rank, error = %e, "cannot send a manifest");
+    }
+}
+
+/// Streams blob `digest` to worker `rank`; `false` when the worker is gone.
+fn send_blob(
+    table: &Table,
+    shared: &Shared,
+    scan: &Mutex<RootScan>,
+    rank: Rank,
+    digest: Digest,
+    buffer: &mut [u8],
+) -> bool {
+    let opened = lock(scan).scanner.open_blob(&digest);
+    let failed = |reason: String| ToWorker::BlobFailed {
+        vm: table.vm,
+        digest,
+        reason,
+    };
+    let (mut file, size) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            return shared
+                .send(rank, &failed(crate::error::one_line(&e)))
+                .is_ok();
+        }
+    };
+    let mut left = size;
+    while left > 0 {
+        if table.cancel.load(Ordering::Acquire) {
+            return false;
+        }
+        let want = usize::try_from(left).map_or(buffer.len(), |left| left.min(buffer.len()));
+        let read = match file.read(&mut buffer[..want]) {
+            Ok(0) => {
+                let reason = format!(
+                    "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
+                );
+                return shared.send(rank, &failed(reason)).is_ok();
+            }
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let reason = format!("cannot read the file of blob {digest}: {e}");
+                return shared.send(rank, &failed(reason)).is_ok();
+            }
+        };
+        let frame = ToWorker::BlobData {
+            vm: table.vm,
+            digest,
+            data: buffer[..read].into(),
+        };
+        if shared.send(rank, &frame).is_err() {
+            return false;
+        }
+        lock(&table.stats).bytes += read as u64;
+        left -= read as u64;
+    }
+    if shared
+        .send(
+            rank,
+            &ToWorker::BlobEnd {
+                vm: table.vm,
+                digest,
+            },
+        )
+        .is_err()
+    {
+        return false;
+    }
+    lock(&table.stats).blobs += 1;
+    tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use parvm_transport::{Event, Transport, Wait};
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+    use crate::wire::{self, FromWorker};
+
+    /// The next frame a worker end receives, decoded by `read`.
+    fn next<R>(end: &MemoryTransport, read: impl FnOnce(ToWorker<'_>) -> R) -> R {
+        match end.recv(Wait::For(Duration::from_secs(10))).unwrap() {
+            Some(Event::Message { payload, .. }) => read(wire::decode(&payload).unwrap()),
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_fit_the_frame_limit() {
+        assert_eq!(chunk_len(None), BLOB_CHUNK);
+        assert_eq!(chunk_len(Some(1 << 30)), BLOB_CHUNK);
+        assert_eq!(chunk_len(Some(4096)), 3072);
+        assert_eq!(chunk_len(Some(BLOB_CHUNK as u64)), BLOB_CHUNK - 1024);
+    }
+
+    #[test]
+    fn forged_requests_are_refused_and_honest_ones_answered_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let content = vec![9u8; BLOB_CHUNK + 10];
+        std::fs::write(root.path().join("a.bin"), &content).unwrap();
+        let config = parvm_env_config::Config::builder()
+            .local_root(root.path())
+            .mirrored_roots([root.path()])
+            .ship(ShipMode::Always)
+            .build()
+            .unwrap();
+        let source = root.path().join("a.bin").display().to_string();
+        let (_, map) =
+            crate::task_folder::encode_map(&config, &[(source, PathBuf::from("."))]).unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w1", "w2"]).into_iter();
+        let spawner: Box<dyn Transport> = Box::new(ends.next().unwrap());
+        let (w1, w2) = (ends.next().unwrap(), ends.next().unwrap());
+        let shared = Arc::new(Shared::new(
+            spawner,
+            crate::Tasks::new(),
+            config.clone(),
+            Vec::new(),
+        ));
+        // Worker 1 was sent the VM's map, worker 2 was not.
+        let mapped = Arc::new(Mutex::new(HashSet::from([1])));
+        let mut ship =
+            VmShip::new(0, ShipMode::Always, config.mirrored_roots(), &map, mapped).unwrap();
+        assert_eq!(ship.plan(), &ShipPlan::Always);
+        let jobs = ship.start(Arc::downgrade(&shared)).unwrap();
+        shared.lock().ship.insert(0, jobs);
+        let route = |from, frame: &FromWorker<'_>| {
+            let mut state = shared.lock();
+            let event = Event::Message {
+                from,
+                payload: wire::encode(frame).unwrap(),
+            };
+            assert!(shared.route(&mut state, event).is_none());
+        };
+        let unknown = Digest::from_bytes([1; 32]);
+        // Refused without an answer: another VM, a worker without the map, a root the map
+        // does not use, blobs before a manifest, too long a list.
+        route(1, &FromWorker::ManifestWanted { vm: 7, root: 0 });
+        route(2, &FromWorker::ManifestWanted { vm: 0, root: 0 });
+        route(1, &FromWorker::ManifestWanted { vm: 0, root: 5 });
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown],
+            },
+        );
+        route(1, &FromWorker::ManifestWanted { vm: 0, root: 0 });
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown; MAX_BLOBS_WANTED + 1],
+            },
+        );
+        // The first answer is the manifest: nothing came of the forged requests.
+        let manifest = next(&w1, |frame| match frame {
+            ToWorker::Manifest {
+                vm: 0,
+                root: 0,
+                bytes,
+            } => parvm_ship::Manifest::decode(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        });
+        let blobs = manifest.blobs();
+        assert_eq!(blobs.len(), 1);
+        let (digest, size, _) = blobs[0].clone();
+        assert_eq!(size, content.len() as u64);
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: vec![unknown, digest],
+            },
+        );
+        next(&w1, |frame| {
+            assert!(
+                matches!(&frame, ToWorker::BlobFailed { digest: d, reason, .. } if *d == unknown && reason.contains(&unknown.to_string())),
+                "{frame:?}"
+            );
+        });
+        let mut received = Vec::new();
+        loop {
+            let end = next(&w1, |frame| match frame {
+                ToWorker::BlobData {
+                    digest: d, data, ..
+                } if d == digest => {
+                    assert!(data.len() <= BLOB_CHUNK);
+                    received.extend_from_slice(&data);
+                    false
+                }
+                ToWorker::BlobEnd { digest: d, .. } if d == digest => true,
+                other => panic!("{other:?}"),
+            });
+            if end {
+                break;
+            }
+        }
+        assert_eq!(received, content);
+        assert_eq!(
+            ship.stats(),
+            ShipStats {
+                manifests: 1,
+                blobs: 1,
+                bytes: content.len() as u64
+            }
+        );
+        // Worker 2 got nothing at all.
+        assert!(w2.recv(Wait::NoWait).unwrap().is_none());
+        shared.lock().ship.remove(&0);
+        drop(ship);
+        // Gone before the spawner finalizes, so it does not wait for them.
+        drop((w1, w2));
+    }
+}
