@@ -71,6 +71,8 @@
 //! * [`mirror_fs`]: host-independent paths, mirror maps and the parallel copy engine;
 //! * [`local_storage`]: per-user task folders, persistence and stale sweeping;
 //! * [`transport`]: the message-passing trait and its local, TCP and MPI backends;
+//! * [`ship`]: inputs shipped where a mirrored folder is not shared: manifests, the host
+//!   cache and its snapshots;
 //! * [`vm`]: the virtual machine.
 
 // A warning in an example (an unused variable, say) is a mistake a user copies.
@@ -79,16 +81,17 @@
 pub use parvm_env_config as env_config;
 pub use parvm_local_storage as local_storage;
 pub use parvm_mirror_fs as mirror_fs;
+pub use parvm_ship as ship;
 pub use parvm_transport as transport;
 pub use parvm_vm as vm;
 
 pub use parvm_transport::tcp::Secret;
 pub use parvm_vm::{
-    Backend, CAPTURE_IN_MEMORY, Captured, ClearOutcome, ClearReport, CommandStatus, Config,
-    Dispatch, Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Layout, LayoutHost,
+    Backend, CAPTURE_IN_MEMORY, CacheMax, Captured, ClearOutcome, ClearReport, CommandStatus,
+    Config, Dispatch, Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Layout, LayoutHost,
     LayoutSlot, LayoutTask, Message, OutputStream, Payload, Report, Result, Runtime,
-    RuntimeBuilder, Spawn, TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner, TransportKind,
-    Value, Vm, VmBuilder,
+    RuntimeBuilder, ShipMode, Spawn, TaskContext, TaskFailure, TaskId, Tasks, TcpSpawner,
+    TransportKind, Value, Vm, VmBuilder,
 };
 // Shown as a re-export, not inlined: inlined here, its doc's link to the `memory` module
 // would point nowhere.

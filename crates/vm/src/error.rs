@@ -22,6 +22,17 @@ pub enum Error {
         #[source]
         source: parvm_transport::Error,
     },
+    /// The spawner speaks another version of the protocol between spawner and workers:
+    /// this worker was built from another parvm.
+    #[error(
+        "the spawner speaks parvm protocol version {theirs} and this worker version {ours}: start workers from the same parvm build as the spawner (the same program, rebuilt on every host from the same sources)"
+    )]
+    OtherVersion {
+        /// The spawner's version.
+        theirs: u8,
+        /// This worker's version.
+        ours: u8,
+    },
     /// A spawn named a task that is not registered in this program.
     #[error(
         "task `{name}` is not registered; register it with `Tasks::register(\"{name}\", ...)` (registered: {known})"

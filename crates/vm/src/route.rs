@@ -46,6 +46,17 @@ impl Shared {
     fn route_frame(&self, state: &mut State, from: Rank, payload: Vec<u8>) -> Option<Output> {
         let frame = match wire::decode::<FromWorker<'_>>(&payload) {
             Ok(frame) => frame,
+            Err(_) if let Some(theirs) = wire::foreign_version(&payload) => {
+                // The worker leaves after saying so; its tasks end as lost.
+                let host = state.slots.get(from).map(|slot| slot.host.to_string());
+                tracing::error!(
+                    rank = from,
+                    host = host.as_deref().unwrap_or("?"),
+                    "worker rank {from} speaks parvm protocol version {theirs} and this spawner version {}: start workers from the same parvm build as the spawner",
+                    wire::VERSION
+                );
+                return None;
+            }
             Err(reason) => {
                 tracing::warn!(rank = from, %reason, "dropping an unreadable frame");
                 return None;

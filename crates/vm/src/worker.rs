@@ -119,6 +119,15 @@ impl Worker {
             };
             let frame = match wire::decode::<ToWorker<'_>>(&payload) {
                 Ok(frame) => frame,
+                Err(_) if let Some(theirs) = wire::foreign_version(&payload) => {
+                    // A task sent in a version this worker cannot read would wait forever:
+                    // say which version this is, so the spawner names it, and leave.
+                    let _ = transport.send(0, &wire::other_version_frame());
+                    break Err(Error::OtherVersion {
+                        theirs,
+                        ours: wire::VERSION,
+                    });
+                }
                 Err(reason) => {
                     tracing::warn!(%reason, "dropping an unreadable frame from the spawner");
                     continue;
@@ -458,5 +467,47 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "a non-text panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parvm_transport::{Event, Transport, Wait};
+
+    use super::*;
+    use crate::memory::MemoryTransport;
+
+    #[test]
+    fn a_spawner_of_another_version_is_told_and_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .build()
+            .unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
+        let spawner = ends.next().unwrap();
+        let worker = ends.next().unwrap();
+        let served = std::thread::spawn(move || {
+            Worker::new(crate::Tasks::new(), config).serve(Box::new(worker))
+        });
+        // A frame of version 2 (the one before shipping), then MessagePack.
+        spawner
+            .send(1, &[2, 0x81, 0xa4, b'E', b'x', b'i', b't', 0xc0])
+            .unwrap();
+        let told = loop {
+            match spawner.recv(Wait::Forever).unwrap() {
+                Some(Event::Message { from: 1, payload }) => break payload,
+                _ => continue,
+            }
+        };
+        assert_eq!(told, wire::other_version_frame());
+        assert_eq!(wire::foreign_version(&told), Some(wire::VERSION));
+        let error = served.join().unwrap().unwrap_err();
+        assert!(
+            matches!(error, Error::OtherVersion { theirs: 2, ours } if ours == wire::VERSION),
+            "{error}"
+        );
+        assert!(error.to_string().contains("same parvm build"), "{error}");
     }
 }

@@ -34,6 +34,29 @@ pub(crate) use user::{
 /// 3: shipping, with the probe in the mirror frame, manifests and blobs).
 pub(crate) const VERSION: u8 = 3;
 
+/// The first byte of the one frame every build reads, whatever its version: this byte, then
+/// the sender's [`VERSION`]. A worker sends it before it leaves a spawner whose frames it
+/// cannot read, so the spawner can say why. Never changes.
+pub(crate) const OTHER_VERSION: u8 = 0xee;
+
+/// The frame saying "I speak version [`VERSION`]" ([`OTHER_VERSION`]).
+pub(crate) fn other_version_frame() -> [u8; 2] {
+    [OTHER_VERSION, VERSION]
+}
+
+/// The protocol version a peer speaks when `payload` shows it is not this one: a frame
+/// whose first byte is another version number, or an [`OTHER_VERSION`] frame. `None` for
+/// frames of this version and for user messages and the other binary kinds.
+pub(crate) fn foreign_version(payload: &[u8]) -> Option<u8> {
+    match payload {
+        [OTHER_VERSION, version, ..] => Some(*version),
+        // The binary kinds (user messages, acknowledgements, return stops) are letters
+        // from 0x41 on; version numbers stay below them.
+        [version, ..] if *version != VERSION && *version < 0x40 => Some(*version),
+        _ => None,
+    }
+}
+
 /// Encodes a frame: the version byte, then MessagePack.
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let mut out = Vec::new();
@@ -421,5 +444,20 @@ mod tests {
                 .contains("version 99")
         );
         assert!(decode::<FromWorker<'_>>(&[VERSION, 0xc1]).is_err());
+        assert_eq!(foreign_version(&[2, 0x81]), Some(2));
+        assert_eq!(foreign_version(&other_version_frame()), Some(VERSION));
+        assert_eq!(
+            foreign_version(
+                &encode(&FromWorker::Stopped {
+                    number: 1,
+                    started: true
+                })
+                .unwrap()
+            ),
+            None
+        );
+        for kind in [USER, USER_SPAWNER, user::OUTPUT_ACK, user::RETURN_STOP] {
+            assert_eq!(foreign_version(&[kind, 1, 2]), None);
+        }
     }
 }

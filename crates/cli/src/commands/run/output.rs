@@ -357,6 +357,43 @@ impl Drop for Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parvm_vm::CommandStatus;
+
+    fn failed(reason: &str, code: i32) -> JobOutcome {
+        JobOutcome::Failed {
+            reason: reason.to_owned(),
+            status: Some(CommandStatus {
+                code: Some(code),
+                signal: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn what_failed_besides_the_command() {
+        let full = "cannot write returned file `out/big`: no space";
+        for (outcome, expected) in [
+            // The command succeeded: whatever failed was not the command.
+            (failed(full, 0), Some(full)),
+            // The command failed by itself, and nothing else did.
+            (failed("the command ended with exit code 2", 2), None),
+            // The command failed, and keeping its results failed too.
+            (
+                failed(&format!("the command ended with exit code 2; {full}"), 2),
+                Some(full),
+            ),
+            (
+                JobOutcome::Failed {
+                    reason: "cannot start `x`".to_owned(),
+                    status: None,
+                },
+                None,
+            ),
+            (JobOutcome::NotRun, None),
+        ] {
+            assert_eq!(besides_the_command(&outcome), expected, "{outcome}");
+        }
+    }
 
     #[test]
     fn lines_get_the_tag_and_a_last_line_its_newline() {
