@@ -269,10 +269,21 @@ fn a_full_local_storage_disk_fails_each_case_it_stops_and_the_run_goes_on() {
     assert_eq!(text(&out.stdout), "ok 100\nok 200\n");
     assert!(text(&out.stderr).contains("No space left on device"));
 
-    // Mirrored inputs larger than the disk: every case fails, naming the file.
+    // Mirrored inputs larger than the disk: every case fails, naming the file. One worker,
+    // so each case meets the disk as the failed copy before it left it (undone); with two,
+    // the second case could find no room for its task folder at all, another failure.
     let out = with_full_local_storage(
         flags,
-        &["--map", "big.bin=.", "cat big.bin # {}", ":::", "1", "2"],
+        &[
+            "-j",
+            "1",
+            "--map",
+            "big.bin=.",
+            "cat big.bin # {}",
+            ":::",
+            "1",
+            "2",
+        ],
         None,
     );
     let stderr = text(&out.stderr);
