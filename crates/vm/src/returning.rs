@@ -6,7 +6,8 @@
 //! through a symlink). Each file goes as a [`FromWorker::FileStart`], chunks of at most
 //! [`CHUNK`] bytes ([`FromWorker::FileData`]), each taking credit from the output window
 //! ([`crate::link`]) so a fast worker cannot grow the spawner's memory, and a
-//! [`FromWorker::FileEnd`]. A file whose size or times moved while it was read is sent
+//! [`FromWorker::FileEnd`]; a file of at most [`wire::WHOLE_FILE`] bytes goes as one
+//! [`FromWorker::FileWhole`] instead. A file whose size or times moved while it was read is sent
 //! again, up to [`TRIES`] times. When the spawner cannot write them (a full disk), it says
 //! so among the acknowledgements ([`wire::return_stop`]) and the worker sends no more. It
 //! must not know the spawner's side or the slot table.
@@ -110,11 +111,69 @@ impl Sender<'_> {
         }
     }
 
+    /// Sends a small file in one frame; `false` (nothing sent) when it changed while read.
+    fn send_whole(
+        &mut self,
+        file: &mut std::fs::File,
+        before: &FileSig,
+        rel: &Path,
+        path: &Path,
+    ) -> Result<bool, String> {
+        let mut data = Vec::new();
+        // One byte past the limit shows a file that grew since it was opened.
+        file.take(wire::WHOLE_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| {
+                format!(
+                    "cannot read returned file `{}`: {e}; check that the task leaves it readable",
+                    path.display()
+                )
+            })?;
+        let hook = *AFTER_READ.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hook) = hook {
+            hook(path);
+        }
+        let after = FileSig::of(file).map_err(|e| {
+            format!(
+                "cannot look at returned file `{}` again: {e}",
+                path.display()
+            )
+        })?;
+        if data.len() as u64 != before.size || after != *before {
+            return Ok(false);
+        }
+        if !self.link.take_credit(data.len() as u64) {
+            return Err("the spawner is gone".to_owned());
+        }
+        if self.link.returning_stopped(self.number) {
+            // The spawner could not write (its reason fails the task): send no more.
+            return Err("the spawner stopped receiving the files".to_owned());
+        }
+        self.send(&FromWorker::FileWhole {
+            number: self.number,
+            path: rel.as_os_str().as_encoded_bytes().to_vec(),
+            data: data.as_slice().into(),
+            mode: before.mode,
+            mtime: before.mtime,
+        })?;
+        Ok(true)
+    }
+
     /// Sends one file, again when it changed while read.
     fn send_file(&mut self, source: &ReturnSource, rel: &Path) -> Result<(), String> {
         let path = source.path().join(rel);
         for _ in 0..TRIES {
             let (mut file, before) = source.open_file(rel).map_err(|e| error_chain(&e))?;
+            if before.size <= wire::WHOLE_FILE {
+                if self.send_whole(&mut file, &before, rel, &path)? {
+                    return Ok(());
+                }
+                tracing::debug!(
+                    "`{}` changed while it was returned; sending it again",
+                    path.display()
+                );
+                continue;
+            }
             self.send(&FromWorker::FileStart {
                 number: self.number,
                 path: rel.as_os_str().as_encoded_bytes().to_vec(),

@@ -158,6 +158,19 @@ impl Shared {
                 self.stop_returning(state, from, number);
                 None
             }
+            FromWorker::FileWhole {
+                number,
+                path,
+                data,
+                mode,
+                mtime,
+            } => {
+                Self::on_file_start(state, from, number, &path);
+                let ack = Self::on_file_data(state, from, number, &data);
+                Self::on_file_end(state, from, number, mode, mtime, false);
+                self.stop_returning(state, from, number);
+                Some(ack)
+            }
             FromWorker::ReturnFailed { number, reason } => {
                 Self::on_return_failed(state, from, number, reason);
                 None

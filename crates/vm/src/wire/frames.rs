@@ -83,6 +83,10 @@ pub(crate) enum ToWorker<'a> {
 /// chunk at a time as it is sent, so a blob of any size takes this much memory.
 pub(crate) const BLOB_CHUNK: usize = 256 << 10;
 
+/// Returned files up to this size travel in one [`FromWorker::FileWhole`] frame instead of
+/// three, so a task that returns many small files costs a third of the frames.
+pub(crate) const WHOLE_FILE: u64 = 64 << 10;
+
 /// The most digests one [`FromWorker::BlobsWanted`] may list; the worker asks in batches,
 /// and the spawner refuses a longer list without reading it further.
 pub(crate) const MAX_BLOBS_WANTED: usize = 1 << 16;
@@ -230,6 +234,18 @@ pub(crate) enum FromWorker<'a> {
         mode: u32,
         mtime: (i64, i64),
         changed: bool,
+    },
+    /// A returned file of at most [`WHOLE_FILE`] bytes in one frame: what
+    /// [`FromWorker::FileStart`], one [`FromWorker::FileData`] and an unchanged
+    /// [`FromWorker::FileEnd`] would say. Its bytes take window credit as `FileData`'s do.
+    FileWhole {
+        number: u64,
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        #[serde(borrow, with = "serde_bytes")]
+        data: Cow<'a, [u8]>,
+        mode: u32,
+        mtime: (i64, i64),
     },
     /// Returning the files of task `number` failed on the worker (a literal pattern that
     /// matches nothing, a symlink, a file that kept changing); sent before `Done`.

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub(crate) use frames::{
     BLOB_CHUNK, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan, SpawnRequest, Startup,
-    ToWorker, read_stop,
+    ToWorker, WHOLE_FILE, read_stop,
 };
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{
