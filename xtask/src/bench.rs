@@ -7,7 +7,7 @@ use crate::{cargo, transport_arg};
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("bench what? mirror, spawn, messaging, dispatch or run");
+        bail!("bench what? mirror, spawn, messaging, dispatch, ship or run");
     };
     if what == "run" {
         // The CLI against shell baselines: no package bench, the release binary itself.
@@ -19,24 +19,29 @@ pub fn run(args: &[String]) -> Result<()> {
         return crate::bench_run::run();
     }
     let transport = transport_arg(rest)?;
-    let (package, bench, features): (&str, &str, &[&str]) =
-        match (what.as_str(), transport.as_str()) {
-            ("mirror", _) => ("parvm-mirror-fs", "mirror", &[]),
-            // The transport's own ping-pong: a raw TCP socket, plaintext frames (only this
-            // bench can turn sealing off) and sealed frames, in the same run.
-            ("messaging", "tcp") => (
-                "parvm-transport",
-                "tcp_pingpong",
-                &["--features", "parvm-transport/bench-plaintext"],
-            ),
-            ("dispatch", "mpi") => ("parvm-vm", "dispatch_mpi", &["--features", "mpi"]),
-            ("dispatch", _) => ("parvm-vm", "dispatch", &[]),
-            ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
-            ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
-            (other, _) => {
-                bail!("unknown benchmark `{other}`; use mirror, spawn, messaging, dispatch or run")
-            }
-        };
+    let (package, bench, features): (&str, &str, &[&str]) = match (
+        what.as_str(),
+        transport.as_str(),
+    ) {
+        ("mirror", _) => ("parvm-mirror-fs", "mirror", &[]),
+        // The transport's own ping-pong: a raw TCP socket, plaintext frames (only this
+        // bench can turn sealing off) and sealed frames, in the same run.
+        ("messaging", "tcp") => (
+            "parvm-transport",
+            "tcp_pingpong",
+            &["--features", "parvm-transport/bench-plaintext"],
+        ),
+        ("dispatch", "mpi") => ("parvm-vm", "dispatch_mpi", &["--features", "mpi"]),
+        ("dispatch", _) => ("parvm-vm", "dispatch", &[]),
+        ("ship", _) => ("parvm-vm", "ship", &[]),
+        ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
+        ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
+        (other, _) => {
+            bail!(
+                "unknown benchmark `{other}`; use mirror, spawn, messaging, dispatch, ship or run"
+            )
+        }
+    };
     let passthrough: Vec<&String> = rest
         .iter()
         .filter(|arg| *arg != "--transport" && **arg != transport)

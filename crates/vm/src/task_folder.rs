@@ -322,6 +322,7 @@ impl TaskFolders {
             let report = self.fill(request.vm, &folder, map)?;
             mirrored = report.bytes;
             tracing::debug!(
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 files = report.files,
                 bytes = report.bytes,
                 skipped = report.skipped,

@@ -146,9 +146,21 @@ impl Shipping {
         let ship_error = |source| Error::Ship { root, source };
         let mut again = true;
         loop {
-            self.fetch_missing(exchange, cache, vm, root, &manifest)?;
+            let start = std::time::Instant::now();
+            let fetched = self.fetch_missing(exchange, cache, vm, root, &manifest)?;
+            let fetch_time = start.elapsed();
             match cache.snapshot(&manifest) {
-                Ok(snapshot) => return Ok(snapshot),
+                Ok(snapshot) => {
+                    tracing::debug!(
+                        vm,
+                        root,
+                        fetched,
+                        fetch_ms = fetch_time.as_secs_f64() * 1e3,
+                        snapshot_ms = (start.elapsed() - fetch_time).as_secs_f64() * 1e3,
+                        "shipped root ready"
+                    );
+                    return Ok(snapshot);
+                }
                 Err(e @ parvm_ship::Error::CorruptBlob { .. }) if again => {
                     tracing::warn!(error = %crate::error::one_line(&e), "fetching a corrupted blob again");
                     again = false;
@@ -191,7 +203,8 @@ impl Shipping {
 
     /// Fetches every blob of `manifest` that `cache` lacks: claimed a batch at a time,
     /// asked for, written as the chunks arrive; a blob another fetcher of this host has
-    /// claimed is waited for, then claimed again (a fetcher that died released it).
+    /// claimed is waited for, then claimed again (a fetcher that died released it). Gives
+    /// how many blobs this worker fetched.
     fn fetch_missing(
         &mut self,
         exchange: &mut dyn Exchange,
@@ -199,7 +212,8 @@ impl Shipping {
         vm: u32,
         root: u32,
         manifest: &Manifest,
-    ) -> Result<(), Error> {
+    ) -> Result<usize, Error> {
+        let mut fetched = 0;
         let ship_error = |source| Error::Ship { root, source };
         let mut pending = cache.missing(manifest);
         while !pending.is_empty() {
@@ -220,6 +234,7 @@ impl Shipping {
                 }
             }
             if !writers.is_empty() {
+                fetched += writers.len();
                 self.receive(exchange, vm, root, writers)?;
             }
             for (digest, _, _) in &busy {
@@ -228,7 +243,7 @@ impl Shipping {
             pending = rest;
             pending.extend(busy);
         }
-        Ok(())
+        Ok(fetched)
     }
 
     /// Asks for the claimed blobs and writes them as they arrive.
