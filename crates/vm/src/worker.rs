@@ -173,7 +173,6 @@ impl Worker {
                 frame @ (ToWorker::Manifest { .. }
                 | ToWorker::ManifestFailed { .. }
                 | ToWorker::BlobData { .. }
-                | ToWorker::BlobEnd { .. }
                 | ToWorker::BlobFailed { .. }) => {
                     storage.receive_ship_frame(frame);
                 }

@@ -38,7 +38,6 @@ pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
         ToWorker::Manifest { .. }
             | ToWorker::ManifestFailed { .. }
             | ToWorker::BlobData { .. }
-            | ToWorker::BlobEnd { .. }
             | ToWorker::BlobFailed { .. }
     )
 }
@@ -276,13 +275,12 @@ impl Shipping {
                     vm: of,
                     digest,
                     data,
+                    end,
                 } if of == vm => {
                     if let Some(writing) = writers.get_mut(&digest) {
                         writing.writer.write(&data).map_err(ship_error)?;
                     }
-                }
-                ToWorker::BlobEnd { vm: of, digest } if of == vm => {
-                    if let Some(writing) = writers.remove(&digest) {
+                    if end && let Some(writing) = writers.remove(&digest) {
                         writing.writer.finish().map_err(ship_error)?;
                     }
                 }
@@ -406,14 +404,18 @@ mod tests {
                         if self.damaged.contains(&digest) {
                             data[0] ^= 0xff;
                         }
-                        for chunk in data.chunks(7) {
+                        let mut chunks: Vec<&[u8]> = data.chunks(7).collect();
+                        if chunks.is_empty() {
+                            chunks.push(&[]);
+                        }
+                        for (i, chunk) in chunks.iter().enumerate() {
                             self.push(&ToWorker::BlobData {
                                 vm: *vm,
                                 digest,
-                                data: chunk.into(),
+                                data: (*chunk).into(),
+                                end: i + 1 == chunks.len(),
                             });
                         }
-                        self.push(&ToWorker::BlobEnd { vm: *vm, digest });
                         self.sent.push(digest);
                     }
                 }

@@ -380,13 +380,13 @@ fn send_blob(
         }
     };
     let mut left = size;
-    while left > 0 {
+    loop {
         if table.cancel.load(Ordering::Acquire) {
             return false;
         }
         let want = usize::try_from(left).map_or(buffer.len(), |left| left.min(buffer.len()));
         let read = match file.read(&mut buffer[..want]) {
-            Ok(0) => {
+            Ok(0) if want > 0 => {
                 let reason = format!(
                     "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
                 );
@@ -399,28 +399,20 @@ fn send_blob(
                 return shared.send(rank, &failed(reason)).is_ok();
             }
         };
+        left -= read as u64;
         let frame = ToWorker::BlobData {
             vm: table.vm,
             digest,
             data: buffer[..read].into(),
+            end: left == 0,
         };
         if shared.send(rank, &frame).is_err() {
             return false;
         }
         lock(&table.stats).bytes += read as u64;
-        left -= read as u64;
-    }
-    if shared
-        .send(
-            rank,
-            &ToWorker::BlobEnd {
-                vm: table.vm,
-                digest,
-            },
-        )
-        .is_err()
-    {
-        return false;
+        if left == 0 {
+            break;
+        }
     }
     lock(&table.stats).blobs += 1;
     tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
@@ -545,13 +537,15 @@ mod tests {
         loop {
             let end = next(&w1, |frame| match frame {
                 ToWorker::BlobData {
-                    digest: d, data, ..
+                    digest: d,
+                    data,
+                    end,
+                    ..
                 } if d == digest => {
                     assert!(data.len() <= BLOB_CHUNK);
                     received.extend_from_slice(&data);
-                    false
+                    end
                 }
-                ToWorker::BlobEnd { digest: d, .. } if d == digest => true,
                 other => panic!("{other:?}"),
             });
             if end {

@@ -56,15 +56,15 @@ pub(crate) enum ToWorker<'a> {
     /// The spawner cannot describe root `root` of VM `vm` (a source mirroring would
     /// refuse, an unreadable file): the task waiting for it fails with `reason`.
     ManifestFailed { vm: u32, root: u32, reason: String },
-    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order.
+    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order;
+    /// with `end`, the blob is complete (a small file travels in one frame).
     BlobData {
         vm: u32,
         digest: Digest,
         #[serde(borrow, with = "serde_bytes")]
         data: Cow<'a, [u8]>,
+        end: bool,
     },
-    /// Blob `digest` of VM `vm` is complete.
-    BlobEnd { vm: u32, digest: Digest },
     /// Blob `digest` of VM `vm` cannot be sent (its file changed or cannot be read); the
     /// bytes sent of it so far are to be dropped.
     BlobFailed {
@@ -242,7 +242,7 @@ pub(crate) enum FromWorker<'a> {
     ManifestWanted { vm: u32, root: u32 },
     /// The worker's host lacks these blobs of the manifest of root `root` of VM `vm` it
     /// was sent last (at most [`MAX_BLOBS_WANTED`]); each comes back as
-    /// [`ToWorker::BlobData`] chunks and a [`ToWorker::BlobEnd`] or [`ToWorker::BlobFailed`].
+    /// [`ToWorker::BlobData`] chunks, the last marked `end`, or a [`ToWorker::BlobFailed`].
     BlobsWanted {
         vm: u32,
         root: u32,

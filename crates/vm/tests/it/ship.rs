@@ -73,8 +73,10 @@ fn inputs_shipped_to_every_worker_fill_the_same_folders(backend: Backend) {
     assert_eq!(find("empty").1, "folder");
     let stats = vm.ship_stats();
     assert_eq!(stats.manifests, 2, "{stats:?}");
-    // amp.cir and its copy, two libraries, run.sh, fixed.txt, big.bin; one host cache.
-    assert_eq!(stats.blobs, 6, "{stats:?}");
+    // amp.cir and its copy, two libraries, run.sh, fixed.txt, blank.txt, big.bin; one
+    // host cache.
+    assert_eq!(stats.blobs, 7, "{stats:?}");
+    assert_eq!(find("blank.txt").4, b"");
 }
 
 /// A runtime with a host `alpha` that shares the spawner's mirrored root and a host
@@ -181,6 +183,7 @@ fn write_inputs(root: &Path) {
     )
     .unwrap();
     std::os::unix::fs::symlink("amp.cir", project.join("models/amp-link.cir")).unwrap();
+    std::fs::write(project.join("blank.txt"), "").unwrap();
     // The same content twice: one blob.
     std::fs::write(project.join("copy-of-amp.cir"), "netlist v1\n").unwrap();
 }
@@ -249,8 +252,8 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
         shipped_blobs += stats.blobs;
     }
     // Each content once for the host, whichever VM's map needed it first: amp.cir (and
-    // its copy), the two libraries, run.sh, fixed.txt.
-    assert_eq!(shipped_blobs, 5, "{shipped_blobs}");
+    // its copy), the two libraries, run.sh, fixed.txt, the empty file.
+    assert_eq!(shipped_blobs, 6, "{shipped_blobs}");
     assert!(
         markers().is_empty(),
         "removed with their VMs: {:?}",
