@@ -392,7 +392,7 @@ impl TaskFolders {
         vm: u32,
         map: MirrorMap,
         exchange: &mut dyn Exchange,
-    ) -> Result<(MirrorMap, Vec<parvm_ship::Snapshot>), Error> {
+    ) -> Result<(MirrorMap, Vec<Arc<parvm_ship::Snapshot>>), Error> {
         let Some(abstract_map) = self.abstracts.get(&vm) else {
             return Ok((map, Vec::new()));
         };

@@ -52,6 +52,10 @@ pub(crate) struct Shipping {
     plans: HashMap<u32, ShipPlan>,
     decided: HashMap<u32, BTreeSet<u32>>,
     manifests: HashMap<(u32, u32), Latest>,
+    /// The last snapshot of each shipped root, by its manifest's digest: kept (pinned in
+    /// the cache) while the VM lives, so the next task with unchanged inputs mirrors from
+    /// it without asking the cache again.
+    held: HashMap<(u32, u32), (Digest, Arc<Snapshot>)>,
 }
 
 impl Shipping {
@@ -66,6 +70,7 @@ impl Shipping {
         self.plans.remove(&vm);
         self.decided.remove(&vm);
         self.manifests.retain(|&(of, _), _| of != vm);
+        self.held.retain(|&(of, _), _| of != vm);
     }
 
     /// Files a manifest frame; a blob frame outside a fetch (the rest of a transfer that
@@ -140,15 +145,38 @@ impl Shipping {
         cache: &HostCache,
         vm: u32,
         root: u32,
-    ) -> Result<Snapshot, Error> {
+    ) -> Result<Arc<Snapshot>, Error> {
         let manifest = self.manifest(exchange, vm, root)?;
+        let digest = manifest.root_digest();
+        if let Some((held, snapshot)) = self.held.get(&(vm, root))
+            && *held == digest
+        {
+            return Ok(Arc::clone(snapshot));
+        }
+        // The older one is let go first, so the cache may evict it for the new one.
+        self.held.remove(&(vm, root));
+        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest)?);
+        self.held
+            .insert((vm, root), (digest, Arc::clone(&snapshot)));
+        Ok(snapshot)
+    }
+
+    /// Fetches what the cache lacks of `manifest` and takes its snapshot.
+    fn fetch_snapshot(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        cache: &HostCache,
+        vm: u32,
+        root: u32,
+        manifest: &Manifest,
+    ) -> Result<Snapshot, Error> {
         let ship_error = |source| Error::Ship { root, source };
         let mut again = true;
         loop {
             let start = std::time::Instant::now();
-            let fetched = self.fetch_missing(exchange, cache, vm, root, &manifest)?;
+            let fetched = self.fetch_missing(exchange, cache, vm, root, manifest)?;
             let fetch_time = start.elapsed();
-            match cache.snapshot(&manifest) {
+            match cache.snapshot(manifest) {
                 Ok(snapshot) => {
                     tracing::debug!(
                         vm,
