@@ -101,10 +101,14 @@ impl Cluster {
         let secret = Secret::load_or_create(&secret_file)?;
         let spawner_local = scratch.join("spawner-local");
         std::fs::create_dir_all(&spawner_local)?;
-        let config = Config::builder()
+        let mut config = Config::builder()
             .local_root(&spawner_local)
-            .mirrored_roots([shared])
-            .build()?;
+            .mirrored_roots([shared]);
+        if let Some(filter) = std::env::var_os("PARVM_LOG").and_then(|f| f.into_string().ok()) {
+            // The spawner's own log lines too (the workers read it from the environment).
+            config = config.log_filter(filter);
+        }
+        let config = config.build()?;
         let runtime = Runtime::builder(tasks())
             .config(config)
             .backend(Backend::Tcp(

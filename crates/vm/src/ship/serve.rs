@@ -174,7 +174,14 @@ impl VmShip {
             let mut scan = lock(scan);
             let had = lock(&self.table.sent).get(&(rank, root)).copied();
             if let Some(had) = had {
+                let start = std::time::Instant::now();
                 send_manifest(&self.table, shared, &mut scan, rank, root, Some(had));
+                tracing::trace!(
+                    rank,
+                    root,
+                    ms = start.elapsed().as_secs_f64() * 1e3,
+                    "looked for changed sources before a spawn"
+                );
             }
         }
     }
