@@ -7,6 +7,8 @@
 //! - A [`MirrorMap`] lists (source glob, target folder) pairs; [`MirrorMap::to_abstract`]
 //!   makes the host-independent [`AbstractMirrorMap`] that travels in a spawn request.
 //! - [`mirror`] copies what a map names into a task folder, in parallel.
+//! - [`expand_source`] / [`expand_source_traced`] expand and check one source as
+//!   mirroring does without copying it (shipping describes sources with them).
 //! - [`MirroredFolders`] is the policy of a process that fills task folders again and
 //!   again (a worker): a plain mirror for a temporary folder, a refresh for a persistent
 //!   one filled from the same map before, else a fresh mirror kept for next time.
@@ -92,9 +94,11 @@ pub use fsops::{has_openat2, open_beneath};
 pub use glob::has_glob;
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
-pub use persistent::{FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders};
+pub use persistent::{
+    FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders, source_events, watchable_source,
+};
 pub use returns::{
     FileSig, PendingFile, ResultsDir, ReturnSource, check_result_path, check_return_pattern,
 };
-pub use sources::expand_source;
+pub use sources::{Expansion, expand_source, expand_source_traced};
 pub use translate::{AbstractPath, to_abstract, to_abstract_from, to_actual};

@@ -4,17 +4,63 @@
 //! Merkle [`Manifest`] (BLAKE3 [`Digest`]s), kept up to date by a [`Scanner`]. A worker
 //! whose host does not see that root with the same content asks its [`HostCache`] which
 //! blobs it lacks ([`HostCache::missing`]), claims each ([`HostCache::begin`]) so that one
-//! process of the host fetches it, writes it through a [`BlobWriter`] (size and digest
-//! checked), and materialises the manifest as an immutable [`Snapshot`] tree. Mirroring
-//! then reads from the snapshot in place of the mirrored root, so map semantics are those
-//! of shared mirroring by construction. This crate knows nothing of transports or the VM.
+//! thread or process of the host fetches it, writes it through a [`BlobWriter`] (size and
+//! digest checked), and materialises the manifest as an immutable [`Snapshot`] tree.
+//! Mirroring then reads from the snapshot in place of the mirrored root, so map semantics
+//! (globs, targets, symlink rules, modes, times, refresh) are those of shared mirroring by
+//! construction. This crate knows nothing of transports, frames or the VM.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `digest.rs` | [`Digest`]: 32 bytes, shown as 64 hex digits |
+//! | `manifest/` | [`Manifest`], [`Node`] (name, kind, mode, time, Merkle digest) and the wire form, decoded as hostile input (`codec.rs`) |
+//! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
+//! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`) and eviction (`evict.rs`) |
+//! | `snapshot.rs` | [`Snapshot`] and how one is built |
+//! | `watch.rs` | inotify on the folders a scan read, trusted as mirror-fs's source watch is, for at most `FULL_SCAN_EVERY` |
+//! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
+//! | `error.rs` | [`Error`] |
+//!
+//! What holds whatever peers and other processes do:
+//!
+//! - A manifest from a peer is validated whole before use: names are single path
+//!   components, children sorted and unique, depth and count bounded, nothing allocated
+//!   beyond what the bytes hold, and every folder digest recomputed up to the root digest
+//!   sent with it.
+//! - A blob enters the cache only with the size and digest its manifest gives; a blob that
+//!   rots there is found when a snapshot is built from it (each is hashed on the way),
+//!   removed, and listed by [`HostCache::missing`] again.
+//! - One fetch per blob per host: claims are `flock`s, which the kernel releases when a
+//!   fetcher dies; the next claimant removes what it left.
+//! - A snapshot is built under a temporary name and renamed into place whole, so one that
+//!   exists is complete; eviction never removes one that a live [`Snapshot`] or a build
+//!   uses, nor the blobs a build or a pending [`HostCache::missing`] needs (pins, checked
+//!   under the index's lock).
+//!
+//! ```
+//! use parvm_ship::{Manifest, Scanner};
+//!
+//! let shared = tempfile::tempdir()?;
+//! std::fs::create_dir(shared.path().join("lib"))?;
+//! std::fs::write(shared.path().join("lib/a.lib"), "model a")?;
+//! let mut scanner = Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"lib/*.lib".to_vec()]);
+//! let manifest = scanner.manifest()?;
+//! // What travels to a worker, and what it reads back.
+//! let received = Manifest::decode(&manifest.encode())?;
+//! assert_eq!(received.root_digest(), manifest.root_digest());
+//! // Nothing changed: the same manifest, nothing hashed again.
+//! assert!(std::sync::Arc::ptr_eq(&manifest, &scanner.manifest()?));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cache;
 mod digest;
 mod error;
 mod manifest;
+mod par;
 mod scan;
 mod snapshot;
+mod watch;
 
 pub use cache::{Begin, BlobWriter, CacheLimits, HostCache};
 pub use digest::Digest;

@@ -1,10 +1,11 @@
 //! [`Scanner`]: the spawner's view of one mirrored root, kept as a manifest and refreshed
 //! cheaply.
 //!
-//! Every call walks what the sources match with one `lstat` per entry (the source watch of
-//! mirror-fs's persistent refresh is tied to its copy manifest, so it is not reused here);
-//! only files whose signature (device, inode, size, modification and change time, mode)
-//! changed are opened and hashed again, in parallel.
+//! A scan `lstat`s every matched entry and hashes, in parallel, only files whose signature
+//! (device, inode, size, modification and change time, mode) changed. While inotify on
+//! every folder the scan read stays quiet ([`Watch`]), the next call returns the same
+//! manifest without scanning; mirror-fs's persistent refresh trusts its source watch the
+//! same way (local file systems only, at most `FULL_SCAN_EVERY`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -13,12 +14,13 @@ use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, Timestamp};
+use crate::watch::Watch;
 
 /// Files at least this large are hashed with BLAKE3's multi-threaded update.
 const PARALLEL_HASH: u64 = 8 << 20;
@@ -63,10 +65,11 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
 }
 
 /// Spawner side, one per (VM, mirrored root). Expands the sources with mirror-fs's glob
-/// rules ([`parvm_mirror_fs::expand_source`]), follows a top-level symlink only into the
-/// mirrored roots (as mirroring does), hashes files with BLAKE3, and on later calls
-/// rehashes only files whose (device, inode, size, modification time, change time)
-/// changed; an unchanged folder keeps its digest.
+/// rules ([`parvm_mirror_fs::expand_source_traced`]), follows a top-level symlink only into
+/// the mirrored roots (as mirroring does), hashes files with BLAKE3, and on later calls
+/// looks again only when the sources may have changed and rehashes only files whose
+/// (device, inode, size, modification time, change time) changed; an unchanged folder
+/// keeps its digest.
 ///
 /// ```
 /// use parvm_ship::Scanner;
@@ -92,8 +95,14 @@ pub struct Scanner {
     /// The blobs of the current manifest: where each is read from, and its signature then.
     blobs: HashMap<Digest, (PathBuf, FileSig)>,
     current: Option<Arc<Manifest>>,
+    /// Watches on the folders the last scan read; while quiet, the sources did not change.
+    watch: Option<Watch>,
+    /// Longest a quiet watch is trusted (mirror-fs's `FULL_SCAN_EVERY`; shorter in tests).
+    trust_for: Duration,
     /// Files hashed by the last call, for tests of the rehash rule.
     last_hashed: usize,
+    /// Whether the last call scanned, for tests of the watch.
+    last_scanned: bool,
 }
 
 /// The sources' matches beneath the root, as a tree of names.
@@ -137,7 +146,10 @@ impl Scanner {
             hashed: HashMap::new(),
             blobs: HashMap::new(),
             current: None,
+            watch: None,
+            trust_for: parvm_mirror_fs::FULL_SCAN_EVERY,
             last_hashed: 0,
+            last_scanned: false,
         }
     }
 
@@ -154,9 +166,12 @@ impl Scanner {
             })
     }
 
-    /// The manifest of what the sources match now. The first call hashes everything; later
-    /// calls `lstat` every entry again and rehash only files whose signature changed,
-    /// returning the same `Arc` when the root digest did not change.
+    /// The manifest of what the sources match now. The first call hashes everything. A
+    /// later call returns the same `Arc` at once while the watch on the folders the last
+    /// scan read saw no event (local file systems, no hard-linked file, less than
+    /// [`FULL_SCAN_EVERY`](parvm_mirror_fs::FULL_SCAN_EVERY) since that scan); else it
+    /// scans, rehashing only files whose signature changed, and returns the same `Arc` when
+    /// the root digest did not change.
     ///
     /// # Errors
     /// [`Error::Source`] for a source mirroring would refuse (a literal source missing, a
@@ -165,12 +180,25 @@ impl Scanner {
     /// [`Error::ManifestInvalid`] for a tree beyond the manifest's limits;
     /// [`Error::Io`] when reading fails.
     pub fn manifest(&mut self) -> Result<Arc<Manifest>> {
+        if let (Some(current), Some(watch)) = (&self.current, &self.watch)
+            && watch.quiet()
+        {
+            self.last_scanned = false;
+            self.last_hashed = 0;
+            return Ok(Arc::clone(current));
+        }
+        self.last_scanned = true;
+        // A failed scan leaves no watch: the next call scans again.
+        self.watch = None;
+        let mut watch = Watch::start(self.trust_for);
         let root_path = self.root_path()?.to_path_buf();
-        let wanted = self.wanted(&root_path)?;
+        let wanted = self.wanted(&root_path, &mut watch)?;
         let root_meta = fs::metadata(&root_path).map_err(|e| Error::io("read", &root_path, e))?;
-        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted)?;
+        let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted, &mut watch, 0)?;
         let mut files = Vec::new();
         collect_files(&walked, &mut files);
+        let matched: std::collections::HashSet<PathBuf> =
+            files.iter().map(|(path, _)| (*path).clone()).collect();
         let stale: Vec<(PathBuf, FileSig)> = files
             .into_iter()
             .filter(|(path, sig)| self.hashed.get(*path).is_none_or(|(had, _)| had != *sig))
@@ -183,10 +211,10 @@ impl Scanner {
         let mut blobs = HashMap::new();
         let root = self.build(walked, &mut blobs)?;
         // Forget files no longer matched, so the table does not grow without bound.
-        let used: std::collections::HashSet<&PathBuf> = blobs.values().map(|(p, _)| p).collect();
-        self.hashed.retain(|p, _| used.contains(p));
+        self.hashed.retain(|p, _| matched.contains(p));
         let manifest = Manifest::new(root)?;
         self.blobs = blobs;
+        self.watch = Some(watch);
         if let Some(current) = &self.current
             && current.root_digest() == manifest.root_digest()
         {
@@ -197,8 +225,9 @@ impl Scanner {
         Ok(manifest)
     }
 
-    /// Expands every source into the tree of matched names.
-    fn wanted(&self, root_path: &Path) -> Result<Wanted> {
+    /// Expands every source into the tree of matched names, watching the folders each
+    /// expansion read.
+    fn wanted(&self, root_path: &Path, watch: &mut Watch) -> Result<Wanted> {
         let source_err = |source| Error::Source {
             root: root_path.to_path_buf(),
             source,
@@ -219,9 +248,14 @@ impl Scanner {
             } else {
                 root_path.join(suffix)
             };
-            for (path, meta) in
-                parvm_mirror_fs::expand_source(&self.roots, &pattern).map_err(source_err)?
-            {
+            let expansion =
+                parvm_mirror_fs::expand_source_traced(&self.roots, &pattern).map_err(source_err)?;
+            expansion.folders().for_each(|dir| watch.add(dir));
+            // A folder that changed between its listing and its watch sent no event.
+            if !expansion.unchanged() {
+                watch.spoil();
+            }
+            for (path, meta) in expansion.into_matches() {
                 let rel = path.strip_prefix(root_path).map_err(|_| {
                     source_err(parvm_mirror_fs::Error::NoRoot {
                         path: path.clone(),
@@ -242,6 +276,12 @@ impl Scanner {
                     } else {
                         path
                     };
+                // A matched file changes in its folder, which no expansion may have read.
+                if !meta.is_dir()
+                    && let Some(parent) = read_from.parent()
+                {
+                    watch.add(parent);
+                }
                 at.whole = Some((read_from, meta));
             }
         }
@@ -328,9 +368,16 @@ fn open_nofollow(path: &Path) -> Result<File> {
 }
 
 /// Walks an entry of the wanted tree: whole when it matched, else only its wanted children.
-fn walk_wanted(name: Vec<u8>, path: &Path, meta: &Metadata, wanted: &Wanted) -> Result<Walked> {
+fn walk_wanted(
+    name: Vec<u8>,
+    path: &Path,
+    meta: &Metadata,
+    wanted: &Wanted,
+    watch: &mut Watch,
+    depth: usize,
+) -> Result<Walked> {
     if let Some((read_from, meta)) = &wanted.whole {
-        return walk_whole(name, read_from, meta);
+        return walk_whole(name, read_from, meta, watch, depth);
     }
     if !meta.is_dir() {
         return Err(Error::ManifestInvalid {
@@ -338,6 +385,8 @@ fn walk_wanted(name: Vec<u8>, path: &Path, meta: &Metadata, wanted: &Wanted) -> 
             reason: "a folder on the way to a source is not a folder".into(),
         });
     }
+    // Watched before its entries are looked at, so a change after the look sends an event.
+    watch.add(path);
     let mut children = Vec::with_capacity(wanted.children.len());
     for (child, below) in &wanted.children {
         let child_path = path.join(OsStr::from_bytes(child));
@@ -345,7 +394,14 @@ fn walk_wanted(name: Vec<u8>, path: &Path, meta: &Metadata, wanted: &Wanted) -> 
             Some((_, m)) => m.clone(),
             None => fs::metadata(&child_path).map_err(|e| Error::io("read", &child_path, e))?,
         };
-        children.push(walk_wanted(child.clone(), &child_path, &child_meta, below)?);
+        children.push(walk_wanted(
+            child.clone(),
+            &child_path,
+            &child_meta,
+            below,
+            watch,
+            depth + 1,
+        )?);
     }
     Ok(Walked::Dir {
         name,
@@ -357,10 +413,20 @@ fn walk_wanted(name: Vec<u8>, path: &Path, meta: &Metadata, wanted: &Wanted) -> 
 
 /// Walks a matched entry and everything beneath it, symlinks kept as symlinks; fifos,
 /// sockets and devices inside a folder are skipped, as mirroring skips them.
-fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata) -> Result<Walked> {
+fn walk_whole(
+    name: Vec<u8>,
+    path: &Path,
+    meta: &Metadata,
+    watch: &mut Watch,
+    depth: usize,
+) -> Result<Walked> {
     let kind = meta.file_type();
     let mtime = timestamp(meta.mtime(), meta.mtime_nsec());
     if kind.is_file() {
+        // Another name outside the watched folders can change it without an event.
+        if meta.nlink() > 1 {
+            watch.spoil();
+        }
         return Ok(Walked::File {
             name,
             path: path.to_path_buf(),
@@ -376,6 +442,14 @@ fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata) -> Result<Walked> {
             target: target.into_os_string().into_vec(),
         });
     }
+    // Checked while walking: a tree too deep for a manifest must not exhaust the stack first.
+    if depth >= crate::manifest::MAX_DEPTH {
+        return Err(Error::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: format!("more than {} levels of folders", crate::manifest::MAX_DEPTH),
+        });
+    }
+    watch.add(path);
     let mut children = Vec::new();
     let listing = fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
     for entry in listing {
@@ -393,6 +467,8 @@ fn walk_whole(name: Vec<u8>, path: &Path, meta: &Metadata) -> Result<Walked> {
                 entry.file_name().into_vec(),
                 &child_path,
                 &child_meta,
+                watch,
+                depth + 1,
             )?);
         }
     }
@@ -415,40 +491,12 @@ fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig
 /// Hashes `files` on as many threads as there are cores; each result carries the signature
 /// the file had while it was read.
 fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Digest)>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len().max(1));
-    let next = AtomicUsize::new(0);
-    let out = Mutex::new(Vec::with_capacity(files.len()));
-    let failure = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, _)) = files.get(i) else { break };
-                    match hash_file(path, &mut buf) {
-                        Ok((sig, digest)) => out
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push((path.clone(), sig, digest)),
-                        Err(e) => {
-                            failure
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(e);
-                            next.store(files.len(), Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
-        return Err(e);
-    }
-    Ok(out.into_inner().unwrap_or_else(PoisonError::into_inner))
+    crate::par::each(files, |(path, sig)| {
+        // Small files are the many: no megabyte buffer for each.
+        let mut buf = vec![0u8; CHUNK.min(sig.size as usize + 1)];
+        let (sig, digest) = hash_file(path, &mut buf)?;
+        Ok((path.clone(), sig, digest))
+    })
 }
 
 /// Hashes one file through a descriptor opened without following a symlink; the
@@ -501,5 +549,129 @@ mod tests {
         let changed = scanner.manifest().unwrap();
         assert_eq!(scanner.last_hashed, 1);
         assert_ne!(changed.root_digest(), first.root_digest());
+        // A second file with a content seen already is remembered on its own.
+        fs::write(dir.path().join("a2"), "a").unwrap();
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 1);
+        scanner.manifest().unwrap();
+        assert_eq!(scanner.last_hashed, 0);
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A folder on a file system the watch trusts, or `None` (the test then says so).
+    fn watchable_dir() -> Option<tempfile::TempDir> {
+        let dir = tempfile::tempdir().ok()?;
+        if parvm_mirror_fs::watchable_source(dir.path()) {
+            return Some(dir);
+        }
+        tempfile::tempdir_in("/dev/shm")
+            .ok()
+            .filter(|d| parvm_mirror_fs::watchable_source(d.path()))
+    }
+
+    #[test]
+    fn a_quiet_watch_skips_the_scan_and_any_change_ends_it() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!("SKIPPED a_quiet_watch_skips_the_scan: no folder on a watchable file system");
+            return;
+        };
+        let root = dir.path();
+        fs::create_dir_all(root.join("lib/deep")).unwrap();
+        fs::write(root.join("lib/a.x"), "a").unwrap();
+        fs::write(root.join("lib/deep/d"), "d").unwrap();
+        fs::create_dir(root.join("empty")).unwrap();
+        fs::write(root.join("top"), "t").unwrap();
+        let sources = ["lib", "empty/*.x", "top"]
+            .map(|s| s.as_bytes().to_vec())
+            .to_vec();
+        let mut scanner = Scanner::new(vec![root.to_path_buf()], 0, sources);
+        // Long enough that the interval cannot end the watch during the test.
+        scanner.trust_for = Duration::from_secs(3600).min(parvm_mirror_fs::FULL_SCAN_EVERY);
+        let first = scanner.manifest().unwrap();
+        assert!(scanner.last_scanned);
+
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 5] = [
+            ("a file deep in a matched folder", |r| {
+                fs::write(r.join("lib/deep/d"), "D").unwrap()
+            }),
+            ("a new file a glob matches", |r| {
+                fs::write(r.join("empty/new.x"), "n").unwrap()
+            }),
+            ("a top-level file's mode", |r| {
+                fs::set_permissions(r.join("top"), fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            ("a folder's mode", |r| {
+                fs::set_permissions(r.join("lib/deep"), fs::Permissions::from_mode(0o700)).unwrap()
+            }),
+            ("a file removed", |r| {
+                fs::remove_file(r.join("lib/a.x")).unwrap()
+            }),
+        ];
+        let mut last = first;
+        for (what, change) in changes {
+            let same = scanner.manifest().unwrap();
+            assert!(!scanner.last_scanned, "{what}: nothing changed yet");
+            assert!(Arc::ptr_eq(&same, &last));
+            change(root);
+            let next = scanner.manifest().unwrap();
+            assert!(scanner.last_scanned, "{what}");
+            assert_ne!(next.root_digest(), last.root_digest(), "{what}");
+            last = next;
+        }
+    }
+
+    #[test]
+    fn hard_links_and_an_ended_interval_mean_a_scan_every_time() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!(
+                "SKIPPED hard_links_and_an_ended_interval: no folder on a watchable file system"
+            );
+            return;
+        };
+        let root = dir.path();
+        fs::write(root.join("f"), "f").unwrap();
+        let mut plain = Scanner::new(vec![root.to_path_buf()], 0, vec![b"f".to_vec()]);
+        plain.trust_for = Duration::ZERO;
+        plain.manifest().unwrap();
+        plain.manifest().unwrap();
+        assert!(plain.last_scanned, "the interval ended at once");
+
+        fs::hard_link(root.join("f"), root.join("g")).unwrap();
+        let mut linked = Scanner::new(vec![root.to_path_buf()], 0, vec![b"f".to_vec()]);
+        linked.manifest().unwrap();
+        linked.manifest().unwrap();
+        assert!(
+            linked.last_scanned,
+            "a hard-linked file can change through its other name"
+        );
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_a_manifest_allows_is_refused_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().join("top");
+        for _ in 0..crate::manifest::MAX_DEPTH + 2 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let mut scanner = Scanner::new(vec![dir.path().to_path_buf()], 0, vec![b"top".to_vec()]);
+        match scanner.manifest() {
+            Err(e @ Error::ManifestInvalid { .. }) => {
+                assert!(e.to_string().contains("levels"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

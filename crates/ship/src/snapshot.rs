@@ -1,12 +1,11 @@
 //! [`Snapshot`]: an immutable tree of one manifest, materialised in the host cache, and
 //! how it is built.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -36,35 +35,32 @@ impl Snapshot {
     }
 }
 
-/// Builds (or finds) the snapshot of `m`.
-pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<Snapshot> {
+/// Builds (or finds) the snapshot of `m`; true when it was built (the cache grew).
+pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)> {
     let root = m.root_digest();
     let dest = cache.snapshot_path(&root);
-    let (pin, present) = cache.pin(&root, m.blobs().into_iter().map(|b| b.0))?;
+    let blobs = m.blobs();
+    let (pin, present) = cache.pin(&root, blobs.iter().map(|b| b.0))?;
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
-        .chain(
-            m.blobs()
-                .into_iter()
-                .map(|(d, size, _)| (Kind::Blob, d, size)),
-        )
+        .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))
         .collect();
     if present {
-        cache.index().touch(&used[..1])?;
-        return Ok(Snapshot {
+        // Its blobs count as used too: evicting them first would cost a full fetch as soon
+        // as the snapshot goes, while the snapshot alone spares nothing.
+        cache.index().touch(&used)?;
+        let snapshot = Snapshot {
             path: dest,
             _pin: pin,
-        });
+        };
+        return Ok((snapshot, false));
     }
     let base = newest_other_snapshot(cache, &root)?;
-    let linkable = |path: &Path, node: &Node| {
-        base.as_ref()
-            .is_some_and(|(_, _, bm)| bm.find(path).is_some_and(|b| b.digest() == node.digest()))
-    };
+    let base_ref = base.as_ref().map(|(dir, _, bm)| (dir.as_path(), bm));
     let entries = m.entries();
     let needed: u64 = entries
         .iter()
         .filter_map(|(path, node)| match node.kind() {
-            NodeKind::File { size, .. } if !linkable(path, node) => Some(*size),
+            NodeKind::File { size, .. } if !linkable(base_ref, path, node) => Some(*size),
             _ => None,
         })
         .sum();
@@ -80,24 +76,19 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<Snapshot> {
     let temp = cache
         .sub("tmp")
         .join(format!("snap.{root}.{}", pin.unique()));
-    let built = fill(
-        cache,
-        m,
-        &entries,
-        &temp,
-        base.as_ref().map(|(dir, _, bm)| (dir.as_path(), bm)),
-    )
-    .and_then(|()| keep_manifest(cache, m, pin.unique()))
-    .and_then(|()| place(&temp, &dest));
+    let built = fill(cache, m, &entries, &temp, base_ref)
+        .and_then(|()| keep_manifest(cache, m, pin.unique()))
+        .and_then(|()| place(&temp, &dest));
     if built.is_err() {
         let _ = remove_tree(&temp);
     }
     built?;
     cache.index().touch(&used)?;
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         path: dest,
         _pin: pin,
-    })
+    };
+    Ok((snapshot, true))
 }
 
 /// The most recently built snapshot other than `root`, pinned, with its manifest: entries
@@ -203,34 +194,27 @@ fn fill(
         .iter()
         .filter(|(_, n)| !matches!(n.kind(), NodeKind::Dir { .. }))
         .collect();
-    let checked: Mutex<HashMap<Digest, ()>> = Mutex::new(HashMap::new());
-    let next = AtomicUsize::new(0);
-    let failure = Mutex::new(None);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(leaves.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, node)) = leaves.get(i) else {
-                        break;
-                    };
-                    if let Err(e) = leaf(cache, path, node, temp, base, &checked) {
-                        failure
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .get_or_insert(e);
-                        next.store(leaves.len(), Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
-        return Err(e);
-    }
+    // Every blob to copy is checked first, each once, so a corrupt one is reported the
+    // same way whichever thread meets it (by the first path that has it).
+    let mut seen = HashSet::new();
+    let to_check: Vec<(Digest, u64, &Path)> = leaves
+        .iter()
+        .filter_map(|(path, node)| match node.kind() {
+            NodeKind::File { digest, size }
+                if !linkable(base, path, node) && seen.insert(*digest) =>
+            {
+                Some((*digest, *size, path.as_path()))
+            }
+            _ => None,
+        })
+        .collect();
+    crate::par::each(&to_check, |(digest, size, path)| {
+        check_blob(cache, digest, *size, path)
+    })?;
+    let checked = Mutex::new(seen);
+    crate::par::each(&leaves, |(path, node)| {
+        leaf(cache, path, node, temp, base, &checked)
+    })?;
     for (path, node) in entries
         .iter()
         .rev()
@@ -254,6 +238,11 @@ fn set_mtime(path: &Path, mtime: Timestamp) -> Result<()> {
         .map_err(|e| Error::io("set the time of", path, e.into()))
 }
 
+/// True when `base` holds an entry equal to `node` at `path` (name, content, mode, time).
+fn linkable(base: Option<(&Path, &Manifest)>, path: &Path, node: &Node) -> bool {
+    base.is_some_and(|(_, bm)| bm.find(path).is_some_and(|b| b.digest() == node.digest()))
+}
+
 /// One file or symlink of the snapshot.
 fn leaf(
     cache: &HostCache,
@@ -261,7 +250,7 @@ fn leaf(
     node: &Node,
     temp: &Path,
     base: Option<(&Path, &Manifest)>,
-    checked: &Mutex<HashMap<Digest, ()>>,
+    checked: &Mutex<HashSet<Digest>>,
 ) -> Result<()> {
     let to = temp.join(path);
     match node.kind() {
@@ -272,18 +261,23 @@ fn leaf(
             set_mtime(&to, node.mtime())
         }
         NodeKind::File { digest, size } => {
-            // An equal entry of an older snapshot (same name, content, mode and time) is shared.
-            if let Some((dir, bm)) = base
-                && bm.find(path).is_some_and(|b| b.digest() == node.digest())
+            // An equal entry of an older snapshot is shared: snapshots are never written.
+            if let Some((dir, _)) = base
+                && linkable(base, path, node)
                 && fs::hard_link(dir.join(path), &to).is_ok()
             {
                 return Ok(());
             }
-            copy_blob(cache, digest, *size, path, &to, checked)?;
-            let file = File::options()
-                .write(true)
-                .open(&to)
-                .map_err(|e| Error::io("open", &to, e))?;
+            // A link that failed (a full link count, say) falls back to a copy, whose blob
+            // may not have been checked yet.
+            let unchecked = checked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(*digest);
+            if unchecked {
+                check_blob(cache, digest, *size, path)?;
+            }
+            let file = copy_blob(cache, digest, path, &to)?;
             file.set_permissions(fs::Permissions::from_mode(node.mode()))
                 .map_err(|e| Error::io("set the mode of", &to, e))?;
             file.set_modified(system_time(node.mtime()))
@@ -293,59 +287,52 @@ fn leaf(
     }
 }
 
-/// Copies blob `digest` to `to`, checking its content first (once per blob and build): a
-/// blob that no longer matches its digest is removed and reported.
-fn copy_blob(
-    cache: &HostCache,
-    digest: &Digest,
-    size: u64,
-    shown_as: &Path,
-    to: &Path,
-    checked: &Mutex<HashMap<Digest, ()>>,
-) -> Result<()> {
+fn open_blob(cache: &HostCache, digest: &Digest, shown_as: &Path) -> Result<(File, PathBuf)> {
     let blob = cache.blob_path(digest);
-    let mut from = match File::open(&blob) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::BlobMissing {
-                digest: *digest,
-                shown_as: shown_as.to_path_buf(),
-            });
+    match File::open(&blob) {
+        Ok(f) => Ok((f, blob)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::BlobMissing {
+            digest: *digest,
+            shown_as: shown_as.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("open", &blob, e)),
+    }
+}
+
+/// Hashes blob `digest`: one that no longer matches its digest is removed and reported.
+fn check_blob(cache: &HostCache, digest: &Digest, size: u64, shown_as: &Path) -> Result<()> {
+    let (mut from, blob) = open_blob(cache, digest, shown_as)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; (1usize << 20).min(size as usize + 1)];
+    let mut len = 0u64;
+    loop {
+        let n = from
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", &blob, e))?;
+        if n == 0 {
+            break;
         }
-        Err(e) => return Err(Error::io("open", &blob, e)),
-    };
-    let first = !checked
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .contains_key(digest);
-    if first {
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut len = 0u64;
-        loop {
-            let n = from
-                .read(&mut buf)
-                .map_err(|e| Error::io("read", &blob, e))?;
-            if n == 0 {
-                break;
-            }
-            len += n as u64;
+        len += n as u64;
+        if size >= 8 << 20 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
             hasher.update(&buf[..n]);
         }
-        if len != size || Digest::from(hasher.finalize()) != *digest {
-            let _ = fs::remove_file(&blob);
-            return Err(Error::CorruptBlob {
-                digest: *digest,
-                shown_as: shown_as.to_path_buf(),
-                blob,
-            });
-        }
-        checked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(*digest, ());
-        from.rewind().map_err(|e| Error::io("read", &blob, e))?;
     }
+    if len == size && Digest::from(hasher.finalize()) == *digest {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&blob);
+    Err(Error::CorruptBlob {
+        digest: *digest,
+        shown_as: shown_as.to_path_buf(),
+        blob,
+    })
+}
+
+/// Copies blob `digest` (checked already) to a new file `to`, returned open.
+fn copy_blob(cache: &HostCache, digest: &Digest, shown_as: &Path, to: &Path) -> Result<File> {
+    let (mut from, _) = open_blob(cache, digest, shown_as)?;
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -355,5 +342,5 @@ fn copy_blob(
         .map_err(|e| Error::io("create", to, e))?;
     // std's copy uses copy_file_range, which file systems with reflinks turn into one.
     std::io::copy(&mut from, &mut out).map_err(|e| Error::io("copy to", to, e))?;
-    Ok(())
+    Ok(out)
 }

@@ -19,3 +19,4 @@ mod watch;
 
 pub use folder::{MANIFEST_FILE, MirroredFolder};
 pub use policy::{FolderState, MirroredFolders};
+pub use srcwatch::{source_events, watchable_source};

@@ -47,6 +47,20 @@ fn trusted(dir: &OwnedFd) -> bool {
         .is_ok_and(|st| TRUSTED.contains(&(st.filesystem_type().0 as u32)))
 }
 
+/// True when `dir` is a folder on a local file system whose every change this kernel
+/// makes, and so reports to inotify (tmpfs, ramfs, ext2/3/4, xfs, btrfs, f2fs, zfs): a
+/// watch on it can stand in for looking. False for network, cluster and FUSE file
+/// systems, overlayfs, and what cannot be opened.
+pub fn watchable_source(dir: &Path) -> bool {
+    nix::fcntl::open(dir, dir_flags(), Mode::empty()).is_ok_and(|fd| trusted(&fd))
+}
+
+/// The inotify events a watch on a source folder must ask for: every change to the
+/// folder's entries and their contents and metadata, and the folder itself going away.
+pub fn source_events() -> AddWatchFlags {
+    mask()
+}
+
 fn mask() -> AddWatchFlags {
     AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_ATTRIB

@@ -6,7 +6,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::claim::Claim;
-use super::index::{Index, Kind};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -24,7 +23,6 @@ pub struct BlobWriter {
     file: Option<File>,
     temp: PathBuf,
     dest: PathBuf,
-    index: Index,
     _claim: Claim,
 }
 
@@ -33,7 +31,6 @@ impl BlobWriter {
         claim: Claim,
         temp: PathBuf,
         dest: PathBuf,
-        index: Index,
         digest: Digest,
         size: u64,
         shown_as: &Path,
@@ -54,7 +51,6 @@ impl BlobWriter {
             file: Some(file),
             temp,
             dest,
-            index,
             _claim: claim,
         })
     }
@@ -117,8 +113,9 @@ impl BlobWriter {
         file.set_permissions(fs::Permissions::from_mode(0o400))
             .map_err(|e| Error::io("protect", &self.temp, e))?;
         drop(file);
-        fs::rename(&self.temp, &self.dest).map_err(|e| Error::io("place blob", &self.dest, e))?;
-        self.index.touch(&[(Kind::Blob, self.digest, self.size)])
+        // The index learns it with its snapshot (one append for all its blobs) or, when no
+        // snapshot is made, when a cache opens next; meanwhile `missing`'s pin keeps it.
+        fs::rename(&self.temp, &self.dest).map_err(|e| Error::io("place blob", &self.dest, e))
     }
 }
 

@@ -19,19 +19,34 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub(crate) struct Claim {
     path: PathBuf,
+    inherited: bool,
     _lock: Flock<File>,
 }
 
-fn open(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| Error::io("open claim", path, e))
+/// Opens the claim file, making it when missing; true when this call made it.
+fn open(path: &Path) -> Result<(File, bool)> {
+    let options = |create_new: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .create_new(create_new)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        o
+    };
+    loop {
+        match options(true).open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("open claim", path, e)),
+        }
+        match options(false).open(path) {
+            Ok(file) => return Ok((file, false)),
+            // Removed by its holder in between: make it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("open claim", path, e)),
+        }
+    }
 }
 
 /// True when `file` is the file at `path` now.
@@ -46,10 +61,12 @@ impl Claim {
     /// Takes the claim at `path` without waiting; `None` when another holds it.
     pub(crate) fn try_take(path: &Path) -> Result<Option<Claim>> {
         loop {
-            match Flock::lock(open(path)?, FlockArg::LockExclusiveNonblock) {
+            let (file, made) = open(path)?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) if still_at(&lock, path) => {
                     return Ok(Some(Claim {
                         path: path.to_path_buf(),
+                        inherited: !made,
                         _lock: lock,
                     }));
                 }
@@ -59,6 +76,12 @@ impl Claim {
                 Err((_, e)) => return Err(Error::io("lock claim", path, e.into())),
             }
         }
+    }
+
+    /// True when the claim file was there, unheld, before this claim: its holder died
+    /// (holders remove it before they unlock it), and may have left a temporary file.
+    pub(crate) fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Returns when nobody holds the claim at `path`.

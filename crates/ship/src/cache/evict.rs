@@ -22,7 +22,7 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     let (mut entries, lines) = held.read()?;
     if reconcile {
         clean_claims(cache)?;
-        for (key, bytes) in on_disk(cache)? {
+        for (key, bytes) in on_disk(cache, &pinned)? {
             entries.entry(key).or_insert(Use { bytes, last: 0 });
         }
     }
@@ -30,12 +30,18 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
         Kind::Blob => cache.blob_path(digest),
         Kind::Snapshot => cache.snapshot_path(digest),
     };
-    entries.retain(|(kind, digest), _| fs::symlink_metadata(path_of(*kind, digest)).is_ok());
+    // Entries whose file went (a corrupt blob removed, say) are dropped; looked for only
+    // when it matters (over a limit) or when reconciling, so a pass within the limits
+    // costs no `stat` per entry.
+    let total: u64 = entries.values().map(|u| u.bytes).sum();
+    let limits = cache.limits();
+    if reconcile || total > limits.max_bytes || entries.len() as u64 > limits.max_count {
+        entries.retain(|(kind, digest), _| fs::symlink_metadata(path_of(*kind, digest)).is_ok());
+    }
     let mut sorted: Vec<_> = entries.into_iter().collect();
     sorted.sort_by_key(|(key, used)| (used.last, *key));
     let mut bytes: u64 = sorted.iter().map(|(_, u)| u.bytes).sum();
     let mut count = sorted.len() as u64;
-    let limits = cache.limits();
     let mut kept = Vec::with_capacity(sorted.len());
     let mut removed = false;
     for ((kind, digest), used) in sorted {
@@ -53,8 +59,11 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
             Kind::Snapshot => {
                 let trash = cache.sub("tmp").join(format!("trash.{}", unique_suffix()));
                 let from = cache.snapshot_path(&digest);
-                fs::rename(&from, &trash).map_err(|e| Error::io("move to trash", &from, e))?;
-                remove_tree(&trash)?;
+                match fs::rename(&from, &trash) {
+                    Ok(()) => remove_tree(&trash)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("move to trash", &from, e)),
+                }
                 remove_tree(&cache.manifest_path(&digest))?;
             }
         }
@@ -119,6 +128,19 @@ fn clean_tmp(cache: &HostCache, live_builds: &std::collections::HashSet<String>)
     Ok(())
 }
 
+/// Removes the temporary files of blob `digest`; call it holding the blob's claim.
+pub(crate) fn remove_abandoned_writes(cache: &HostCache, digest: &Digest) -> Result<()> {
+    let tmp = cache.sub("tmp");
+    let prefix = format!("blob.{digest}.");
+    for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))? {
+        let entry = entry.map_err(|e| Error::io("list", &tmp, e))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes claim files nobody holds (a fetcher killed before it made its temporary file).
 fn clean_claims(cache: &HostCache) -> Result<()> {
     let claims = cache.sub("claims");
@@ -129,8 +151,9 @@ fn clean_claims(cache: &HostCache) -> Result<()> {
     Ok(())
 }
 
-/// Every blob and snapshot on disk, with its size.
-fn on_disk(cache: &HostCache) -> Result<Vec<((Kind, Digest), u64)>> {
+/// Every blob and snapshot on disk, with its size; manifests left without their snapshot
+/// are removed on the way.
+fn on_disk(cache: &HostCache, pinned: &pin::Pinned) -> Result<Vec<((Kind, Digest), u64)>> {
     let mut out = Vec::new();
     let blobs = cache.sub("blobs");
     for fan in fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))? {
@@ -151,6 +174,14 @@ fn on_disk(cache: &HostCache) -> Result<Vec<((Kind, Digest), u64)>> {
     for entry in fs::read_dir(&snaps).map_err(|e| Error::io("list", &snaps, e))? {
         let entry = entry.map_err(|e| Error::io("list", &snaps, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // A manifest whose snapshot never got into place (its builder died in between;
+        // a live builder holds a pin).
+        if let Some(digest) = name.strip_suffix(".manifest").and_then(Digest::from_hex)
+            && !pinned.roots.contains(&digest)
+            && !cache.snapshot_path(&digest).exists()
+        {
+            remove_tree(&entry.path())?;
+        }
         if let Some(digest) = Digest::from_hex(&name) {
             let bytes = read_manifest(&cache.manifest_path(&digest)).map_or(0, |m| m.total_bytes());
             out.push(((Kind::Snapshot, digest), bytes));

@@ -103,6 +103,11 @@ impl Index {
             .map_err(|e| Error::io("append to", &self.journal, e))
     }
 
+    /// The journal's length in bytes (0 when it cannot be read).
+    pub(crate) fn journal_len(&self) -> u64 {
+        fs::metadata(&self.journal).map_or(0, |m| m.len())
+    }
+
     /// Holds the index exclusive (for eviction).
     pub(crate) fn exclusive(&self) -> Result<Exclusive<'_>> {
         Ok(Exclusive {

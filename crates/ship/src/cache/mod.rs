@@ -18,8 +18,9 @@ mod evict;
 mod index;
 mod pin;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 pub use blob::BlobWriter;
@@ -126,7 +127,16 @@ pub struct HostCache {
     index: Index,
     /// Pins taken by `missing`, kept until the manifest's snapshot is made.
     waiting: Mutex<HashMap<Digest, Pin>>,
+    /// Fan-out folders (first digest byte) made and checked by this handle.
+    fans: Mutex<HashSet<u8>>,
+    /// Journal length past which a warm snapshot (which only appends to the index) runs
+    /// the eviction pass too, to compact it.
+    compact_at: AtomicU64,
 }
+
+/// The journal is compacted when it grows past this, or past three times its length
+/// after the last compaction, whichever is more.
+const COMPACT_AT_LEAST: u64 = 8 << 20;
 
 impl HostCache {
     /// Opens (creating it 0700 when missing) the cache beneath `user_dir`, the per-user
@@ -149,8 +159,10 @@ impl HostCache {
             dir,
             limits,
             waiting: Mutex::new(HashMap::new()),
+            fans: Mutex::new(HashSet::new()),
+            compact_at: AtomicU64::new(0),
         };
-        evict::enforce(&cache, true)?;
+        cache.enforce(true)?;
         Ok(cache)
     }
 
@@ -216,12 +228,14 @@ impl HostCache {
         let root = m.root_digest();
         let blobs = m.blobs();
         match self.pin(&root, blobs.iter().map(|b| b.0)) {
-            Ok((_, true)) => return Vec::new(),
-            Ok((pin, false)) => {
+            Ok((pin, present)) => {
                 self.waiting
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(root, pin);
+                if present {
+                    return Vec::new();
+                }
             }
             Err(e) => tracing::warn!("cannot pin the blobs of manifest {root}: {e}"),
         }
@@ -250,20 +264,21 @@ impl HostCache {
             return Ok(Begin::Present);
         }
         if let Some(fan) = dest.parent() {
-            dirs::private_dir(fan)?;
+            let made = &mut self.fans.lock().unwrap_or_else(PoisonError::into_inner);
+            if !made.contains(&digest.as_bytes()[0]) {
+                dirs::private_dir(fan)?;
+                made.insert(digest.as_bytes()[0]);
+            }
+        }
+        // Only a claim's holder writes its blob, so what a holder killed mid-write left
+        // is abandoned.
+        if claim.inherited() {
+            evict::remove_abandoned_writes(self, &digest)?;
         }
         let temp = self
             .sub("tmp")
             .join(format!("blob.{digest}.{}", unique_suffix()));
-        let writer = BlobWriter::create(
-            claim,
-            temp,
-            dest,
-            self.index.clone(),
-            digest,
-            size,
-            shown_as,
-        )?;
+        let writer = BlobWriter::create(claim, temp, dest, digest, size, shown_as)?;
         Ok(Begin::Mine(writer))
     }
 
@@ -295,8 +310,11 @@ impl HostCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&root);
-        let snapshot = snapshot?;
-        if let Err(e) = evict::enforce(self, false) {
+        let (snapshot, built) = snapshot?;
+        // A snapshot handed out from the cache adds nothing but index lines.
+        if (built || self.index.journal_len() > self.compact_at.load(Ordering::Relaxed))
+            && let Err(e) = self.enforce(false)
+        {
             tracing::warn!(
                 "cannot keep the host cache `{}` within its limits: {e}",
                 self.dir.display()
@@ -305,12 +323,69 @@ impl HostCache {
         Ok(snapshot)
     }
 
+    /// The eviction pass, then when to compact the journal next.
+    fn enforce(&self, reconcile: bool) -> Result<()> {
+        evict::enforce(self, reconcile)?;
+        let next = (3 * self.index.journal_len()).max(COMPACT_AT_LEAST);
+        self.compact_at.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Applies the limits now (they are applied when the cache opens and after each
-    /// snapshot).
+    /// snapshot it builds; handing out one built already adds nothing).
     ///
     /// # Errors
     /// [`Error::Io`] when the cache cannot be read or an entry cannot be removed.
     pub fn evict(&self) -> Result<()> {
-        evict::enforce(self, false)
+        self.enforce(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::DirBuilderExt;
+
+    use super::*;
+
+    #[test]
+    fn warm_snapshots_keep_the_journal_compact() {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("f"), "x").unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let user = local.path().join("u");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&user)
+            .unwrap();
+        let limits = CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 1000,
+        };
+        let cache = HostCache::open(&user, limits).unwrap();
+        let mut scanner =
+            crate::Scanner::new(vec![shared.path().to_path_buf()], 0, vec![b"f".to_vec()]);
+        let m = scanner.manifest().unwrap();
+        let (digest, size, shown) = m.blobs()[0].clone();
+        let Begin::Mine(mut w) = cache.begin(digest, size, &shown).unwrap() else {
+            panic!()
+        };
+        w.write(b"x").unwrap();
+        w.finish().unwrap();
+        drop(cache.snapshot(&m).unwrap());
+        let lines = || {
+            std::fs::read_to_string(cache.path().join("index"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        let mut most = 0;
+        for _ in 0..100 {
+            // As if the journal had grown past the compaction length each time.
+            cache.compact_at.store(0, Ordering::Relaxed);
+            drop(cache.snapshot(&m).unwrap());
+            most = most.max(lines());
+        }
+        // Two entries, two lines per warm snapshot: without compaction, 200 lines.
+        assert!(most <= 2 * 2 + 64 + 2, "{most} lines");
     }
 }

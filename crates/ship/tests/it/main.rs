@@ -1,4 +1,126 @@
 //! Integration tests of parvm-ship: one binary, one module per topic.
 
+mod cache;
 mod manifest;
+mod model;
 mod scan;
+mod snapshot;
+mod unprivileged;
+
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parvm_ship::{Begin, CacheLimits, HostCache, Manifest, Scanner};
+
+/// Limits no test reaches.
+pub const ROOMY: CacheLimits = CacheLimits {
+    max_bytes: 1 << 40,
+    max_count: 1 << 20,
+};
+
+/// A local root holding a private per-user folder, as local storage makes it.
+pub struct UserDir {
+    _local: tempfile::TempDir,
+    /// The per-user folder.
+    pub path: PathBuf,
+}
+
+/// A fresh local root with its per-user folder.
+pub fn user_dir() -> UserDir {
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("parvm-test");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .unwrap();
+    UserDir {
+        _local: local,
+        path,
+    }
+}
+
+/// A shared root and a scanner of `sources` beneath it.
+pub fn scanner(root: &Path, sources: &[&str]) -> Scanner {
+    Scanner::new(
+        vec![root.to_path_buf()],
+        0,
+        sources.iter().map(|s| s.as_bytes().to_vec()).collect(),
+    )
+}
+
+/// Fetches every blob the cache lacks straight from the scanner, as a worker would over
+/// the transport; returns how many it wrote.
+pub fn fetch_all(cache: &HostCache, scanner: &Scanner, manifest: &Manifest) -> usize {
+    let mut wrote = 0;
+    for (digest, size, shown_as) in cache.missing(manifest) {
+        match cache.begin(digest, size, &shown_as).unwrap() {
+            Begin::Mine(mut writer) => {
+                let (mut file, _) = scanner.open_blob(&digest).unwrap();
+                let mut chunk = vec![0u8; 4096];
+                loop {
+                    let n = file.read(&mut chunk).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    writer.write(&chunk[..n]).unwrap();
+                }
+                writer.finish().unwrap();
+                wrote += 1;
+            }
+            Begin::Present => {}
+            Begin::Busy => {
+                cache.wait(&digest).unwrap();
+            }
+        }
+    }
+    wrote
+}
+
+/// Scans, fetches and snapshots in one go.
+pub fn ship(cache: &HostCache, scanner: &mut Scanner) -> (Arc<Manifest>, parvm_ship::Snapshot) {
+    let manifest = scanner.manifest().unwrap();
+    fetch_all(cache, scanner, &manifest);
+    let snapshot = cache.snapshot(&manifest).unwrap();
+    (manifest, snapshot)
+}
+
+/// One entry of [`tree`]: relative path, kind (`d`, `f`, `l`), mode, time, content or target.
+pub type TreeEntry = (PathBuf, char, u32, (i64, i64), Vec<u8>);
+
+/// Every entry beneath `dir`: relative path, kind, permission bits, modification time
+/// (symlinks' own), and content or target.
+pub fn tree(dir: &Path) -> Vec<TreeEntry> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+            let time = (meta.mtime(), meta.mtime_nsec());
+            let (kind, body) = if meta.file_type().is_symlink() {
+                (
+                    'l',
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                ('d', Vec::new())
+            } else {
+                ('f', std::fs::read(&path).unwrap())
+            };
+            let mode = if kind == 'l' { 0 } else { meta.mode() & 0o7777 };
+            out.push((rel, kind, mode, time, body));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,428 @@
+//! The host cache: its folder, blob writers, claims across threads and processes, the LRU
+//! index and eviction.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use parvm_ship::{Begin, CacheLimits, Digest, Error, HostCache};
+
+use crate::{ROOMY, fetch_all, scanner, ship, user_dir};
+
+#[test]
+fn the_cache_folder_is_private_and_verified() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    assert_eq!(cache.path(), user.path.join("cache"));
+    assert_eq!(
+        fs::metadata(cache.path()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    drop(cache);
+
+    fs::set_permissions(user.path.join("cache"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(
+        HostCache::open(&user.path, ROOMY),
+        Err(Error::UnsafeFolder { .. })
+    ));
+
+    let linked = user_dir();
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(elsewhere.path(), linked.path.join("cache")).unwrap();
+    match HostCache::open(&linked.path, ROOMY) {
+        Err(e @ Error::UnsafeFolder { .. }) => assert!(e.to_string().contains("symlink"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+
+    let open_user = user_dir();
+    fs::set_permissions(&open_user.path, fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(matches!(
+        HostCache::open(&open_user.path, ROOMY),
+        Err(Error::UnsafeFolder { .. })
+    ));
+}
+
+#[test]
+fn a_cache_of_another_user_is_refused() {
+    let user = user_dir();
+    fs::create_dir(user.path.join("cache")).unwrap();
+    fs::set_permissions(user.path.join("cache"), fs::Permissions::from_mode(0o700)).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED a_cache_of_another_user_is_refused: needs root to give the folder away");
+        return;
+    }
+    nix::unistd::chown(
+        &user.path.join("cache"),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+    )
+    .unwrap();
+    match HostCache::open(&user.path, ROOMY) {
+        Err(e @ Error::UnsafeFolder { .. }) => {
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn blob_path(cache: &HostCache, d: &Digest) -> PathBuf {
+    let hex = d.to_string();
+    cache.path().join("blobs").join(&hex[..2]).join(hex)
+}
+
+fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
+    fs::read_dir(cache.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+fn mine(cache: &HostCache, content: &[u8], shown: &str) -> parvm_ship::BlobWriter {
+    match cache
+        .begin(Digest::of(content), content.len() as u64, Path::new(shown))
+        .unwrap()
+    {
+        Begin::Mine(w) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn blob_writers_check_size_and_digest_and_name_the_file() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let content = b"0123456789";
+
+    let mut long = mine(&cache, content, "in/long.txt");
+    long.write(content).unwrap();
+    match long.write(b"!") {
+        Err(
+            e @ Error::SizeMismatch {
+                expected: 10,
+                got: 11,
+                ..
+            },
+        ) => assert!(e.to_string().contains("in/long.txt")),
+        other => panic!("{other:?}"),
+    }
+    drop(long);
+
+    let mut short = mine(&cache, content, "in/short.txt");
+    short.write(b"01234").unwrap();
+    assert!(matches!(
+        short.finish(),
+        Err(Error::SizeMismatch {
+            expected: 10,
+            got: 5,
+            ..
+        })
+    ));
+
+    let mut wrong = mine(&cache, content, "in/wrong.txt");
+    wrong.write(b"0123456780").unwrap();
+    match wrong.finish() {
+        Err(e @ Error::DigestMismatch { .. }) => assert!(e.to_string().contains("in/wrong.txt")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !blob_path(&cache, &Digest::of(content)).exists(),
+        "nothing bad is kept"
+    );
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+
+    let mut right = mine(&cache, content, "in/right.txt");
+    right.write(&content[..4]).unwrap();
+    right.write(&content[4..]).unwrap();
+    right.finish().unwrap();
+    assert_eq!(
+        fs::read(blob_path(&cache, &Digest::of(content))).unwrap(),
+        content
+    );
+    assert!(matches!(
+        cache
+            .begin(Digest::of(content), 10, Path::new("x"))
+            .unwrap(),
+        Begin::Present
+    ));
+}
+
+#[test]
+fn two_threads_fetch_one_blob_once() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let content = b"shared by two workers";
+    let digest = Digest::of(content);
+    let mut writer = mine(&cache, content, "f");
+    let user_path = &user.path;
+    let (begun, started) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let other = s.spawn(move || {
+            // Another worker of the host: its own handle, as its own process would have.
+            let theirs = HostCache::open(user_path, ROOMY).unwrap();
+            let first = theirs
+                .begin(digest, content.len() as u64, Path::new("f"))
+                .unwrap();
+            begun.send(matches!(first, Begin::Busy)).unwrap();
+            theirs.wait(&digest).unwrap();
+            theirs
+                .begin(digest, content.len() as u64, Path::new("f"))
+                .unwrap()
+        });
+        assert!(
+            started.recv().unwrap(),
+            "the second claimant is told the blob is busy"
+        );
+        writer.write(content).unwrap();
+        writer.finish().unwrap();
+        assert!(
+            matches!(other.join().unwrap(), Begin::Present),
+            "after waiting, the blob is there"
+        );
+    });
+}
+
+#[test]
+fn a_claim_dropped_unfinished_is_free_again() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let content = b"abandoned";
+    let mut writer = mine(&cache, content, "f");
+    writer.write(b"aban").unwrap();
+    assert!(matches!(
+        cache.begin(Digest::of(content), 9, Path::new("f")).unwrap(),
+        Begin::Busy
+    ));
+    drop(writer);
+    assert!(tmp_entries(&cache).is_empty());
+    cache.wait(&Digest::of(content)).unwrap();
+    let _again = mine(&cache, content, "f");
+}
+
+/// Kills its process when dropped, so a failing test leaves none behind.
+struct Claimant(Child);
+
+impl Drop for Claimant {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CHILD_ENV: &str = "PARVM_SHIP_CLAIMANT";
+
+#[test]
+fn a_claimant_killed_mid_write_releases_its_claim_and_its_temp_file_is_cleaned() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let content = vec![5u8; 100_000];
+    let digest = Digest::of(&content);
+    let mut child = Claimant(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cache::claimant_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, &user.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let claimed = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("PARVM-CLAIMED"));
+    assert!(claimed, "the child did not claim the blob");
+    assert!(matches!(
+        cache
+            .begin(digest, content.len() as u64, Path::new("f"))
+            .unwrap(),
+        Begin::Busy
+    ));
+    assert_eq!(
+        tmp_entries(&cache).len(),
+        1,
+        "the child's half-written blob"
+    );
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Waiting returns at once now; the next clean-up removes the dead child's temporary file.
+    cache.wait(&digest).unwrap();
+    drop(HostCache::open(&user.path, ROOMY).unwrap());
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    let mut writer = mine(&cache, &content, "f");
+    writer.write(&content).unwrap();
+    writer.finish().unwrap();
+    assert!(tmp_entries(&cache).is_empty());
+}
+
+#[test]
+fn a_new_claimant_removes_what_an_earlier_one_left() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let content = b"left behind";
+    let digest = Digest::of(content);
+    // As a claimant killed mid-write leaves it: a temporary file, and its claim file unlocked.
+    fs::write(
+        cache
+            .path()
+            .join("tmp")
+            .join(format!("blob.{digest}.1.2.3")),
+        b"left",
+    )
+    .unwrap();
+    fs::write(cache.path().join("claims").join(digest.to_string()), b"").unwrap();
+    let writer = mine(&cache, content, "f");
+    assert_eq!(tmp_entries(&cache).len(), 1, "only the new claimant's file");
+    drop(writer);
+    assert!(tmp_entries(&cache).is_empty());
+}
+
+/// The child of the test above: claims a blob, writes half, says so, and waits to be killed.
+#[test]
+fn claimant_child() {
+    let Some(user) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let cache = HostCache::open(Path::new(&user), ROOMY).unwrap();
+    let content = vec![5u8; 100_000];
+    let mut writer = mine(&cache, &content, "f");
+    writer.write(&content[..50_000]).unwrap();
+    println!("\nPARVM-CLAIMED");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Ships a one-file tree with `content` and drops the snapshot.
+fn ship_one(
+    cache: &HostCache,
+    root: &Path,
+    name: &str,
+    content: &[u8],
+) -> std::sync::Arc<parvm_ship::Manifest> {
+    fs::write(root.join(name), content).unwrap();
+    let (manifest, _) = ship(cache, &mut scanner(root, &[name]));
+    manifest
+}
+
+#[test]
+fn eviction_takes_the_least_recently_used_first_and_spares_live_snapshots() {
+    let shared = tempfile::tempdir().unwrap();
+    let user = user_dir();
+    // Each shipped one-file tree costs 200 bytes: its blob and its snapshot.
+    let cache = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 450,
+            max_count: 100,
+        },
+    )
+    .unwrap();
+    let a = ship_one(&cache, shared.path(), "a", &[b'a'; 100]);
+    let b = ship_one(&cache, shared.path(), "b", &[b'b'; 100]);
+    // Using `a` again makes `b` the least recently used.
+    let held_a = cache.snapshot(&a).unwrap();
+    drop(held_a);
+    let c = ship_one(&cache, shared.path(), "c", &[b'c'; 100]);
+    assert_eq!(cache.missing(&b).len(), 1, "b went");
+    assert!(cache.missing(&a).is_empty() && cache.missing(&c).is_empty());
+
+    // A live snapshot is never evicted, even over the limit.
+    let held_a = cache.snapshot(&a).unwrap();
+    let _d = ship_one(&cache, shared.path(), "d", &[b'd'; 100]);
+    let _e = ship_one(&cache, shared.path(), "e", &[b'e'; 100]);
+    assert!(held_a.path().join("a").is_file());
+    assert!(cache.missing(&a).is_empty());
+}
+
+#[test]
+fn the_count_limit_and_the_index_survive_reopening() {
+    let shared = tempfile::tempdir().unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let a = ship_one(&cache, shared.path(), "a", b"a");
+    let b = ship_one(&cache, shared.path(), "b", b"b");
+    drop(cache.snapshot(&a).unwrap());
+    drop(cache);
+    // Reopened with room for one tree (blob and snapshot): the least recently used, b, goes.
+    let small = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(small.missing(&b).len(), 1);
+    assert!(small.missing(&a).is_empty());
+}
+
+#[test]
+fn blobs_being_gathered_for_a_snapshot_are_not_evicted() {
+    let shared = tempfile::tempdir().unwrap();
+    for name in ["x", "y", "z"] {
+        fs::write(shared.path().join(name), name.repeat(100)).unwrap();
+    }
+    let user = user_dir();
+    let cache = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 150,
+            max_count: 100,
+        },
+    )
+    .unwrap();
+    let mut scan = scanner(shared.path(), &["x", "y", "z"]);
+    let manifest = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &manifest);
+    // Another tree shipped meanwhile triggers eviction; the gathered blobs stay.
+    let other = tempfile::tempdir().unwrap();
+    ship_one(&cache, other.path(), "o", b"other");
+    let snapshot = cache.snapshot(&manifest).unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("z")).unwrap(),
+        "z".repeat(100).as_bytes()
+    );
+}
+
+#[test]
+fn default_limits_are_a_tenth_of_the_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = CacheLimits::default_for(dir.path()).unwrap();
+    let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    assert!(
+        limits.max_bytes <= free / 10 + free / 100 && limits.max_bytes + free / 100 >= free / 10
+    );
+    assert_eq!(limits.max_count, CacheLimits::DEFAULT_COUNT);
+    assert!(CacheLimits::default_for(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn blobs_the_index_never_heard_of_are_found_when_a_cache_opens() {
+    let shared = tempfile::tempdir().unwrap();
+    fs::write(shared.path().join("f"), "fetched, never built").unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let scan = scanner(shared.path(), &["f"]);
+    let mut scan = scan;
+    let manifest = scan.manifest().unwrap();
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 1);
+    drop(cache);
+    // Reopened over its limits: the blob (no snapshot, no pin now) is found and evicted.
+    let tiny = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1,
+            max_count: 10,
+        },
+    )
+    .unwrap();
+    assert_eq!(tiny.missing(&manifest).len(), 1);
+}

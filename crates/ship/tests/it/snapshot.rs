@@ -1,0 +1,316 @@
+//! Snapshots: what they hold, mirroring from them, the cheap rebuild, concurrent builders,
+//! corrupt blobs and a full disk.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use parvm_mirror_fs::{MirrorMap, MirrorOptions, mirror};
+use parvm_ship::{Error, HostCache};
+
+use crate::{ROOMY, fetch_all, scanner, ship, tree, user_dir};
+
+/// A shared tree with globs' worth of files, a symlink, a read-only folder and odd modes.
+fn shared_tree(root: &Path) {
+    fs::create_dir_all(root.join("lib/sub")).unwrap();
+    fs::write(root.join("lib/a.lib"), "model a").unwrap();
+    fs::write(root.join("lib/b.lib"), "model b").unwrap();
+    fs::write(root.join("lib/notes.txt"), "not shipped").unwrap();
+    fs::write(root.join("lib/sub/c.lib"), "model c").unwrap();
+    fs::create_dir_all(root.join("data/ro")).unwrap();
+    fs::write(root.join("data/ro/frozen"), "frozen").unwrap();
+    fs::write(root.join("data/run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("data/run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    symlink("ro/frozen", root.join("data/link")).unwrap();
+    fs::set_permissions(root.join("data/ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::write(root.join("top.cir"), "netlist").unwrap();
+    // Top-level symlinks into the root are followed, to a folder and to a file.
+    symlink("lib/sub", root.join("sublink")).unwrap();
+    symlink(root.join("top.cir"), root.join("toplink")).unwrap();
+}
+
+const SOURCES: [&str; 5] = ["lib/*.lib", "data", "top.cir", "sublink", "toplink"];
+
+fn map(root: &Path) -> MirrorMap {
+    MirrorMap::new()
+        .entry(root.join("lib/*.lib"), "models")
+        .unwrap()
+        .entry(root.join("data"), ".")
+        .unwrap()
+        .entry(root.join("top.cir"), ".")
+        .unwrap()
+        .entry(root.join("sublink"), "linked")
+        .unwrap()
+        .entry(root.join("toplink"), "linked")
+        .unwrap()
+        .within(&[root.to_path_buf()])
+}
+
+#[test]
+fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let (manifest, snapshot) = ship(&cache, &mut scanner(shared.path(), &SOURCES));
+    assert_eq!(manifest.file_count(), 7);
+
+    let direct = tempfile::tempdir().unwrap();
+    mirror(&map(shared.path()), direct.path(), &MirrorOptions::new()).unwrap();
+    let shipped = tempfile::tempdir().unwrap();
+    mirror(&map(snapshot.path()), shipped.path(), &MirrorOptions::new()).unwrap();
+    // The target folder `models` is made by mirroring, now: its time is not a copy's.
+    let without_target_time = |dir: &Path| {
+        let mut entries = tree(dir);
+        entries
+            .iter_mut()
+            .filter(|e| e.0 == Path::new("models") || e.0 == Path::new("linked"))
+            .for_each(|e| e.3 = (0, 0));
+        entries
+    };
+    assert_eq!(
+        without_target_time(shipped.path()),
+        without_target_time(direct.path())
+    );
+    assert!(!snapshot.path().join("lib/notes.txt").exists());
+    // The snapshot's own entries have the shared entries' modes and times.
+    let shared_entries = tree(shared.path());
+    assert!(snapshot.path().join("sublink").is_dir() && snapshot.path().join("toplink").is_file());
+    for entry in tree(snapshot.path())
+        .into_iter()
+        .filter(|e| !e.0.starts_with("sublink") && !e.0.starts_with("toplink"))
+    {
+        let same = shared_entries.iter().find(|e| e.0 == entry.0).unwrap();
+        assert_eq!(&entry, same, "{}", entry.0.display());
+    }
+    assert_eq!(fs::metadata(snapshot.path()).unwrap().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn a_second_snapshot_of_the_same_manifest_is_the_first() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let (manifest, first) = ship(&cache, &mut scan);
+    assert!(cache.missing(&manifest).is_empty());
+    let second = cache.snapshot(&manifest).unwrap();
+    assert_eq!(first.path(), second.path());
+    // Another process (a reopened cache) finds it too, without any blob.
+    drop((first, second));
+    for blob in manifest.blobs() {
+        let path = cache
+            .path()
+            .join("blobs")
+            .join(&blob.0.to_string()[..2])
+            .join(blob.0.to_string());
+        fs::remove_file(path).unwrap();
+    }
+    let reopened = HostCache::open(&user.path, ROOMY).unwrap();
+    assert!(reopened.missing(&manifest).is_empty());
+    reopened.snapshot(&manifest).unwrap();
+}
+
+#[test]
+fn one_changed_file_costs_one_blob_and_links() {
+    let shared = tempfile::tempdir().unwrap();
+    fs::create_dir(shared.path().join("many")).unwrap();
+    for i in 0..50 {
+        fs::write(shared.path().join(format!("many/{i}")), format!("file {i}")).unwrap();
+    }
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &["many"]);
+    let (_, first) = ship(&cache, &mut scan);
+    fs::write(shared.path().join("many/7"), "changed").unwrap();
+    let manifest = scan.manifest().unwrap();
+    assert_eq!(
+        fetch_all(&cache, &scan, &manifest),
+        1,
+        "only the changed file is fetched"
+    );
+    let second = cache.snapshot(&manifest).unwrap();
+    assert_ne!(first.path(), second.path());
+    for i in 0..50 {
+        let a = fs::metadata(first.path().join(format!("many/{i}"))).unwrap();
+        let b = fs::metadata(second.path().join(format!("many/{i}"))).unwrap();
+        assert_eq!(a.ino() == b.ino(), i != 7, "file {i}");
+    }
+    assert_eq!(fs::read(second.path().join("many/7")).unwrap(), b"changed");
+}
+
+#[test]
+fn concurrent_builders_agree_on_one_snapshot() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let scan = scanner(shared.path(), &SOURCES);
+    let mut scan = scan;
+    let manifest = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &manifest);
+    let paths: Vec<_> = std::thread::scope(|s| {
+        let builders: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    // Each thread its own handle, as each worker process has its own.
+                    let mine = HostCache::open(&user.path, ROOMY).unwrap();
+                    let snap = mine.snapshot(&manifest).unwrap();
+                    (snap.path().to_path_buf(), tree(snap.path()))
+                })
+            })
+            .collect();
+        builders.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    assert!(paths.windows(2).all(|w| w[0] == w[1]));
+    let leftovers: Vec<_> = fs::read_dir(cache.path().join("tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_corrupted_blob_is_removed_reported_and_fetched_again() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let manifest = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &manifest);
+    let (digest, _, shown) = manifest
+        .blobs()
+        .into_iter()
+        .find(|b| b.2 == Path::new("top.cir"))
+        .unwrap();
+    let hex = digest.to_string();
+    let blob = cache.path().join("blobs").join(&hex[..2]).join(&hex);
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&blob, "netlisT").unwrap();
+    match cache.snapshot(&manifest) {
+        Err(e @ Error::CorruptBlob { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("top.cir") && text.contains(&hex), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!blob.exists());
+    let missing = cache.missing(&manifest);
+    assert_eq!(missing.len(), 1);
+    assert_eq!((missing[0].0, &missing[0].2), (digest, &shown));
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 1);
+    let snapshot = cache.snapshot(&manifest).unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("top.cir")).unwrap(),
+        b"netlist"
+    );
+    assert!(
+        fs::read_dir(cache.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the failed build was removed"
+    );
+}
+
+#[test]
+fn a_missing_blob_is_named() {
+    let shared = tempfile::tempdir().unwrap();
+    fs::write(shared.path().join("f"), "x").unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let manifest = scanner(shared.path(), &["f"]).manifest().unwrap();
+    match cache.snapshot(&manifest) {
+        Err(e @ Error::BlobMissing { .. }) => assert!(e.to_string().contains("`f`"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Runs the body of [`full_disk_child`] in a private mount namespace with a 1 MiB tmpfs.
+#[test]
+fn a_full_disk_is_refused_before_building() {
+    let root = nix::unistd::geteuid().is_root();
+    let unshare = std::process::Command::new("unshare")
+        .arg("-m")
+        .arg("true")
+        .status();
+    if !root || !unshare.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED a_full_disk_is_refused_before_building: needs root and `unshare -m`");
+        return;
+    }
+    let mount = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=1m,mode=0700 none '{}' && exec '{}' --exact snapshot::full_disk_child --nocapture --test-threads 1",
+        mount.path().display(),
+        exe.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("PARVM_SHIP_FULL_DISK", mount.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("full disk: checked"),
+        "{text}"
+    );
+}
+
+/// The child of [`a_full_disk_is_refused_before_building`]; does nothing when run alone.
+#[test]
+fn full_disk_child() {
+    let Some(mount) = std::env::var_os("PARVM_SHIP_FULL_DISK") else {
+        return;
+    };
+    let mount = Path::new(&mount);
+    let shared = tempfile::tempdir().unwrap();
+    fs::write(shared.path().join("big"), vec![7u8; 600 << 10]).unwrap();
+    let user = mount.join("parvm-test");
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+        .create(&user)
+        .unwrap();
+    let cache = HostCache::open(&user, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &["big"]);
+    let manifest = scan.manifest().unwrap();
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 1, "the blob fits");
+    match cache.snapshot(&manifest) {
+        Err(e @ Error::NoSpace { needed, free, .. }) => {
+            assert_eq!(needed, 600 << 10);
+            assert!(free < needed);
+            let text = e.to_string();
+            assert!(
+                text.contains("snapshots") && text.contains(&needed.to_string()),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        fs::read_dir(cache.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    // A second blob does not fit at all: the write fails and leaves nothing behind.
+    fs::write(shared.path().join("big2"), vec![8u8; 600 << 10]).unwrap();
+    let mut scan2 = scanner(shared.path(), &["big2"]);
+    let manifest2 = scan2.manifest().unwrap();
+    let (digest, size, shown) = cache.missing(&manifest2).remove(0);
+    let parvm_ship::Begin::Mine(mut writer) = cache.begin(digest, size, &shown).unwrap() else {
+        panic!("not mine")
+    };
+    let failed = writer.write(&vec![8u8; 600 << 10]);
+    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+    drop(writer);
+    assert!(
+        fs::read_dir(cache.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    println!("full disk: checked");
+}
