@@ -173,6 +173,7 @@ impl Worker {
                 frame @ (ToWorker::Manifest { .. }
                 | ToWorker::ManifestFailed { .. }
                 | ToWorker::BlobData { .. }
+                | ToWorker::BlobBatch { .. }
                 | ToWorker::BlobFailed { .. }) => {
                     storage.receive_ship_frame(frame);
                 }

@@ -38,6 +38,7 @@ pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
         ToWorker::Manifest { .. }
             | ToWorker::ManifestFailed { .. }
             | ToWorker::BlobData { .. }
+            | ToWorker::BlobBatch { .. }
             | ToWorker::BlobFailed { .. }
     )
 }
@@ -310,6 +311,14 @@ impl Shipping {
                     }
                     if end && let Some(writing) = writers.remove(&digest) {
                         writing.writer.finish().map_err(ship_error)?;
+                    }
+                }
+                ToWorker::BlobBatch { vm: of, blobs } if of == vm => {
+                    for blob in blobs {
+                        if let Some(mut writing) = writers.remove(&blob.digest) {
+                            writing.writer.write(&blob.data).map_err(ship_error)?;
+                            writing.writer.finish().map_err(ship_error)?;
+                        }
                     }
                 }
                 ToWorker::BlobFailed {

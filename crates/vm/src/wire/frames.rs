@@ -65,6 +65,13 @@ pub(crate) enum ToWorker<'a> {
         data: Cow<'a, [u8]>,
         end: bool,
     },
+    /// Small blobs of VM `vm`, each whole: many small files travel in one frame of at
+    /// most [`BLOB_CHUNK`] bytes of content.
+    BlobBatch {
+        vm: u32,
+        #[serde(borrow)]
+        blobs: Vec<BatchedBlob<'a>>,
+    },
     /// Blob `digest` of VM `vm` cannot be sent (its file changed or cannot be read); the
     /// bytes sent of it so far are to be dropped.
     BlobFailed {
@@ -97,6 +104,14 @@ pub(crate) enum ShipPlan {
     /// Probe each root the map uses (`auto`): read it directly where the marker file is
     /// there with its token, else ship it.
     Probe(Vec<Probe>),
+}
+
+/// One whole blob in a [`ToWorker::BlobBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BatchedBlob<'a> {
+    pub digest: Digest,
+    #[serde(borrow, with = "serde_bytes")]
+    pub data: Cow<'a, [u8]>,
 }
 
 /// The spawner's marker in one mirrored root.
