@@ -7,16 +7,19 @@ use crate::{cargo, transport_arg};
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("bench what? mirror, spawn, messaging, dispatch, ship or run");
+        bail!("bench what? mirror, spawn, messaging, dispatch, run or ship");
     };
     if what == "run" {
         // The CLI against shell baselines: no package bench, the release binary itself.
-        if let Some(extra) = rest.first() {
-            bail!(
-                "bench run takes no options, not `{extra}`; set PARVM_BENCH_DIR to choose its scratch folder"
-            );
-        }
-        return crate::bench_run::run();
+        let part = match rest {
+            [] => crate::bench_run::Part::All,
+            [part] if part == "true" => crate::bench_run::Part::True,
+            [part] if part == "mirrored" => crate::bench_run::Part::Mirrored,
+            [extra, ..] => bail!(
+                "bench run takes `true`, `mirrored` or nothing (both), not `{extra}`; set PARVM_BENCH_DIR to choose its scratch folder"
+            ),
+        };
+        return crate::bench_run::run(part);
     }
     let transport = transport_arg(rest)?;
     let (package, bench, features): (&str, &str, &[&str]) = match (
@@ -33,12 +36,17 @@ pub fn run(args: &[String]) -> Result<()> {
         ),
         ("dispatch", "mpi") => ("parvm-vm", "dispatch_mpi", &["--features", "mpi"]),
         ("dispatch", _) => ("parvm-vm", "dispatch", &[]),
-        ("ship", _) => ("parvm-vm", "ship", &[]),
         ("spawn" | "messaging", "mpi") => ("parvm-vm", "spawn_mpi", &["--features", "mpi"]),
         ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
+        ("ship", _) => {
+            if let Err(why) = crate::install::ensure("rsync", "rsync") {
+                println!("rsync: its baseline is skipped, {why}");
+            }
+            ("parvm-vm", "ship", &[])
+        }
         (other, _) => {
             bail!(
-                "unknown benchmark `{other}`; use mirror, spawn, messaging, dispatch, ship or run"
+                "unknown benchmark `{other}`; use mirror, spawn, messaging, dispatch, run or ship"
             )
         }
     };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, exec, nix_is_root, on_path, target_dir};
+use crate::{cargo, exec, target_dir};
 
 /// Worker slots (`-j`, `-P`) of every contender: the reference machine has 2 cores.
 const JOBS: usize = 2;
@@ -28,8 +28,19 @@ const INPUT_FILE_BYTES: usize = 4096;
 /// Each measurement is repeated this many times; the median is reported.
 const REPEATS: usize = 3;
 
+/// Which parts of the bench to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `cargo xtask bench run`: both.
+    All,
+    /// `cargo xtask bench run true`: (a) only, the per-case overhead.
+    True,
+    /// `cargo xtask bench run mirrored`: (b) only.
+    Mirrored,
+}
+
 /// Entry point of `cargo xtask bench run`.
-pub fn run() -> Result<()> {
+pub fn run(part: Part) -> Result<()> {
     exec(cargo().args(["build", "--release", "-p", "parvm-cli"]))?;
     let parvm = target_dir().join("release").join("parvm");
     if !parvm.is_file() {
@@ -38,7 +49,11 @@ pub fn run() -> Result<()> {
             parvm.display()
         );
     }
-    let parallel = gnu_parallel();
+    let parallel = if part == Part::Mirrored {
+        None
+    } else {
+        gnu_parallel()
+    };
 
     // The scratch folder holds the mirrored storage, the local storage and the baseline's
     // case folders, all on the same file system so parvm and `cp -a` copy alike.
@@ -61,8 +76,12 @@ pub fn run() -> Result<()> {
         scratch.path().display()
     );
 
-    bench.true_cases(parallel.as_deref())?;
-    bench.mirrored_cases()?;
+    if part != Part::Mirrored {
+        bench.true_cases(parallel.as_deref())?;
+    }
+    if part != Part::True {
+        bench.mirrored_cases()?;
+    }
     bench.check_local_storage_empty()?;
 
     let path = scratch.path().to_path_buf();
@@ -138,29 +157,27 @@ impl Bench {
         print_header();
         print_row(
             &format!("parvm run -j {JOBS} true ::: 1..{TRUE_CASES}"),
-            parvm.time,
+            &parvm,
             TRUE_CASES,
         );
-        print_row(
-            &format!("xargs -P {JOBS} -n 1 true"),
-            xargs.time,
-            TRUE_CASES,
-        );
+        print_row(&format!("xargs -P {JOBS} -n 1 true"), &xargs, TRUE_CASES);
         if let Some(gnu) = &gnu {
             print_row(
                 &format!("parallel -j {JOBS} true ::: 1..{TRUE_CASES}"),
-                gnu.time,
+                gnu,
                 TRUE_CASES,
             );
         }
         println!(
-            "parvm / xargs -P: {:.2}x (target <= 1.5x)",
-            ratio(parvm.time, xargs.time)
+            "parvm / xargs -P: {:.2}x wall, {:.2}x CPU (target <= 1.5x)",
+            ratio(parvm.time, xargs.time),
+            ratio(parvm.cpu, xargs.cpu)
         );
         if let Some(gnu) = &gnu {
             println!(
-                "GNU parallel / parvm: {:.1}x (target >= 10x)",
-                ratio(gnu.time, parvm.time)
+                "GNU parallel / parvm: {:.1}x wall, {:.1}x CPU (target >= 10x)",
+                ratio(gnu.time, parvm.time),
+                ratio(gnu.cpu, parvm.cpu)
             );
         }
         Ok(())
@@ -214,17 +231,18 @@ impl Bench {
             &format!(
                 "parvm run -j {JOBS} --map inputs=. 'ls inputs | wc -l # {{}}' ::: 1..{MIRROR_CASES}"
             ),
-            parvm.time,
+            &parvm,
             MIRROR_CASES,
         );
         print_row(
             &format!("xargs -P {JOBS}: cp -a inputs, ls | wc -l, rm -rf"),
-            baseline.time,
+            &baseline,
             MIRROR_CASES,
         );
         println!(
-            "parvm / cp -a baseline: {:.2}x",
-            ratio(parvm.time, baseline.time)
+            "parvm / cp -a baseline: {:.2}x wall, {:.2}x CPU",
+            ratio(parvm.time, baseline.time),
+            ratio(parvm.cpu, baseline.cpu)
         );
         Ok(())
     }
@@ -257,34 +275,9 @@ impl Bench {
 /// GNU parallel's path, installed with apt-get when missing and possible; `None` (with the
 /// reason printed) when it is not there.
 fn gnu_parallel() -> Option<PathBuf> {
-    if !on_path("parallel") {
-        if !nix_is_root() {
-            println!("GNU parallel: skipped, `parallel` is not on PATH and installing needs root");
-            return None;
-        }
-        if !on_path("apt-get") {
-            println!("GNU parallel: skipped, `parallel` is not on PATH and there is no apt-get");
-            return None;
-        }
-        println!("GNU parallel: not on PATH, installing it with apt-get");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "parallel"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|status| status.success())
-        };
-        // A fresh image may have no package lists yet: update once and retry.
-        let installed = install()
-            || (Command::new("apt-get")
-                .arg("update")
-                .status()
-                .is_ok_and(|status| status.success())
-                && install());
-        if !installed || !on_path("parallel") {
-            println!("GNU parallel: skipped, `apt-get install -y parallel` failed");
-            return None;
-        }
+    if let Err(why) = crate::install::ensure("parallel", "parallel") {
+        println!("GNU parallel: skipped, {why}");
+        return None;
     }
     // moreutils ships another `parallel`; only GNU parallel is the baseline.
     let version = Command::new("parallel")
@@ -305,7 +298,27 @@ fn gnu_parallel() -> Option<PathBuf> {
 /// One timed run of a command.
 struct Measured {
     time: Duration,
+    /// CPU time (user and system) of the command and every process it started and
+    /// waited for: on a shared machine, steadier than the wall time.
+    cpu: Duration,
     stdout: Vec<u8>,
+}
+
+/// User and system time of this process's children that ended and were waited for, from
+/// `/proc/self/stat` (fields 16 and 17, in clock ticks of 1/100 s on Linux); `None` where
+/// it cannot be read.
+fn children_cpu() -> Option<Duration> {
+    /// `USER_HZ`, the unit of the `/proc` tick counts on every Linux architecture.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from after its `)`.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // Field 3 is the first after `)`: field 16 is 13 further on.
+    let user: u64 = fields.nth(13)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (user + system) * 1000 / TICKS_PER_SECOND,
+    ))
 }
 
 /// Runs a command to completion with `stdin` fed in, timing it; fails when it fails.
@@ -321,6 +334,7 @@ fn timed(command: &mut Command, stdin: Option<&[u8]>) -> Result<Measured> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let cpu_before = children_cpu();
     let start = Instant::now();
     let mut child = command
         .spawn()
@@ -333,6 +347,10 @@ fn timed(command: &mut Command, stdin: Option<&[u8]>) -> Result<Measured> {
         .wait_with_output()
         .with_context(|| format!("cannot wait for {description}"))?;
     let time = start.elapsed();
+    let cpu = match (cpu_before, children_cpu()) {
+        (Some(before), Some(after)) => after.saturating_sub(before),
+        _ => Duration::ZERO,
+    };
     if !output.status.success() {
         bail!(
             "{description} failed ({}): {}",
@@ -342,18 +360,24 @@ fn timed(command: &mut Command, stdin: Option<&[u8]>) -> Result<Measured> {
     }
     Ok(Measured {
         time,
+        cpu,
         stdout: output.stdout,
     })
 }
 
-/// The run with the median time of [`REPEATS`] runs.
+/// The run with the median wall time of [`REPEATS`] runs, carrying the median CPU time
+/// of the same runs (the two medians may come from different runs).
 fn median(mut measure: impl FnMut() -> Result<Measured>) -> Result<Measured> {
     let mut runs = (0..REPEATS)
         .map(|_| measure())
         .collect::<Result<Vec<_>>>()?;
+    let mut cpus: Vec<Duration> = runs.iter().map(|run| run.cpu).collect();
+    cpus.sort();
     runs.sort_by_key(|run| run.time);
     let middle = runs.len() / 2;
-    Ok(runs.swap_remove(middle))
+    let mut run = runs.swap_remove(middle);
+    run.cpu = cpus[middle];
+    Ok(run)
 }
 
 /// Fails unless a contender printed what every case should print, so a broken run is not
@@ -394,16 +418,40 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 fn print_header() {
-    println!("{:<72} {:>10} {:>14}", "command", "wall", "per case");
+    println!(
+        "{:<72} {:>10} {:>14} {:>14}",
+        "command", "wall", "per case", "CPU per case"
+    );
 }
 
-/// A row: wall time, and the per-case overhead as time / cases x jobs (the time one slot
-/// spends on each case).
-fn print_row(what: &str, time: Duration, cases: usize) {
-    let per_case = time.as_secs_f64() / cases as f64 * JOBS as f64;
+/// A row: wall time, the per-case overhead as time / cases x jobs (the time one slot
+/// spends on each case), and the CPU time per case of all its processes.
+fn print_row(what: &str, run: &Measured, cases: usize) {
+    let per_case = run.time.as_secs_f64() / cases as f64 * JOBS as f64;
+    let cpu_per_case = run.cpu.as_secs_f64() / cases as f64;
     println!(
-        "{what:<72} {:>8.3} s {:>11.3} ms",
-        time.as_secs_f64(),
-        per_case * 1e3
+        "{what:<72} {:>8.3} s {:>11.3} ms {:>11.3} ms",
+        run.time.as_secs_f64(),
+        per_case * 1e3,
+        cpu_per_case * 1e3
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_cpu_counts_a_busy_child_once_waited_for() {
+        let before = children_cpu().expect("/proc/self/stat is readable");
+        // About 0.1–0.5 s of shell arithmetic, all CPU.
+        let status = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let spent = children_cpu().unwrap().saturating_sub(before);
+        assert!(spent >= Duration::from_millis(30), "{spent:?}");
+        assert!(spent < Duration::from_secs(60), "{spent:?}");
+    }
 }

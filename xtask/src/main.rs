@@ -3,6 +3,7 @@
 mod bench;
 mod bench_run;
 mod demo;
+mod install;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ commands:
   bench ship                     shipping over TCP: cold, warm, one changed, against rsync -a
   bench run                      parvm run (release) against xargs -P and GNU parallel (installed
                                  when missing), and against cp -a per case on a mirrored folder
+  bench ship                     inputs shipped over TCP loopback (cold, warm, one file changed)
+                                 against shared mirroring and rsync -a (installed when missing)
 ";
 
 fn main() -> Result<()> {

@@ -67,8 +67,22 @@ impl OwnerMarker {
 
     /// The marker of the calling process on `host`.
     pub fn current(host: &str) -> Self {
+        // The boot id and this process's start time never change while it runs: read
+        // once per process (a forked child has another pid and reads its own), not once
+        // per task folder.
+        static CACHE: std::sync::Mutex<Option<OwnerMarker>> = std::sync::Mutex::new(None);
         let pid = std::process::id();
-        OwnerMarker::new(pid, boot_id(), start_time(pid), host)
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut marker = match &*cache {
+            Some(cached) if cached.pid == pid => cached.clone(),
+            _ => cache
+                .insert(OwnerMarker::new(pid, boot_id(), start_time(pid), ""))
+                .clone(),
+        };
+        host.clone_into(&mut marker.host);
+        marker
     }
 
     /// Reads the marker in `folder`. `Ok(None)`: there is none. A garbled marker is an
@@ -97,6 +111,21 @@ impl OwnerMarker {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
         fs::rename(&tmp, folder.join(OWNER_FILE))
+    }
+
+    /// Writes the marker into `folder` under its own name at once, for a folder nobody
+    /// reads a marker in yet: a staging folder, which listing and sweeping judge by its
+    /// name, and which gets its task-folder name only after this returned. Saves the
+    /// rename of [`write`](Self::write). Refuses to replace anything (`O_EXCL`) and never
+    /// writes through a symlink.
+    pub(crate) fn write_unseen(&self, folder: &Path) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(folder.join(OWNER_FILE))?;
+        file.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)
     }
 
     /// Whether the owner still runs, judged from `me`, the marker of the caller.
@@ -383,6 +412,32 @@ mod tests {
         assert!(me.start_time.is_some());
         assert!(me.boot_id.is_some());
         assert_eq!(me.liveness(&me), Liveness::Alive);
+    }
+
+    #[test]
+    fn the_cached_marker_is_what_proc_says_now() {
+        let cached = [OwnerMarker::current("h"), OwnerMarker::current("h")];
+        let pid = std::process::id();
+        let fresh = OwnerMarker::new(pid, boot_id(), start_time(pid), "h");
+        assert_eq!(cached[0], fresh);
+        assert_eq!(cached[1], fresh);
+        assert_eq!(OwnerMarker::current("other").host, "other");
+    }
+
+    #[test]
+    fn an_unseen_marker_replaces_nothing_and_follows_no_symlink() {
+        let folder = tempfile::tempdir().unwrap();
+        let me = OwnerMarker::current("h");
+        me.write_unseen(folder.path()).unwrap();
+        assert_eq!(OwnerMarker::read(folder.path()).unwrap(), Some(me.clone()));
+        let again = me.write_unseen(folder.path()).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+
+        let other = tempfile::tempdir().unwrap();
+        let target = folder.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, other.path().join(OWNER_FILE)).unwrap();
+        assert!(me.write_unseen(other.path()).is_err());
+        assert!(!target.exists(), "written through a symlink");
     }
 
     #[test]

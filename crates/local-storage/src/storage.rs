@@ -417,7 +417,7 @@ impl LocalStorage {
                 return Err(Error::CreateFolder { path, source });
             }
         };
-        match me.write(&path) {
+        match me.write_unseen(&path) {
             Ok(()) => Ok(Some((path, lock))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => {

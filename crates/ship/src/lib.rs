@@ -68,5 +68,5 @@ pub use error::{Error, Result};
 pub use manifest::{
     Entry, MAX_DEPTH, MAX_ENTRIES, MAX_NAME, MAX_TARGET, Manifest, Node, NodeKind, Timestamp,
 };
-pub use scan::Scanner;
+pub use scan::{Scanner, WAY_MODE};
 pub use snapshot::Snapshot;

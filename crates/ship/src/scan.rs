@@ -26,6 +26,8 @@ use crate::watch::Watch;
 const PARALLEL_HASH: u64 = 8 << 20;
 /// Read size while hashing.
 const CHUNK: usize = 1 << 20;
+/// The mode of a folder in a manifest that is only on the way to a match (and of the root).
+pub const WAY_MODE: u32 = 0o755;
 /// Times a file that keeps changing while it is hashed is tried before it is refused.
 const TRIES: usize = 3;
 
@@ -69,7 +71,9 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
 /// the mirrored roots (as mirroring does), hashes files with BLAKE3, and on later calls
 /// looks again only when the sources may have changed and rehashes only files whose
 /// (device, inode, size, modification time, change time) changed; an unchanged folder
-/// keeps its digest.
+/// keeps its digest. A folder only on the way to a match (and the root) has mode
+/// [`WAY_MODE`] and time 0 in the manifest: mirroring never copies it, and its real time
+/// would change the root digest with every unrelated entry added beside a match.
 ///
 /// ```
 /// use parvm_ship::Scanner;
@@ -376,8 +380,16 @@ fn walk_wanted(
     watch: &mut Watch,
     depth: usize,
 ) -> Result<Walked> {
-    if let Some((read_from, meta)) = &wanted.whole {
-        return walk_whole(name, read_from, meta, watch, depth);
+    if let Some((read_from, first)) = &wanted.whole {
+        // Looked at again now that its folder is watched: a change between the expansion's
+        // look and the watch sent no event.
+        let meta = fs::symlink_metadata(read_from).map_err(|e| Error::io("read", read_from, e))?;
+        if meta.file_type() != first.file_type() {
+            return Err(Error::SourceChanged {
+                path: read_from.clone(),
+            });
+        }
+        return walk_whole(name, read_from, &meta, watch, depth);
     }
     if !meta.is_dir() {
         return Err(Error::ManifestInvalid {
@@ -390,6 +402,7 @@ fn walk_wanted(
     let mut children = Vec::with_capacity(wanted.children.len());
     for (child, below) in &wanted.children {
         let child_path = path.join(OsStr::from_bytes(child));
+        // A match is looked at in the call below; a folder on the way to one, here.
         let child_meta = match &below.whole {
             Some((_, m)) => m.clone(),
             None => fs::metadata(&child_path).map_err(|e| Error::io("read", &child_path, e))?,
@@ -403,10 +416,13 @@ fn walk_wanted(
             depth + 1,
         )?);
     }
+    // Mirroring never copies a folder that is only on the way to a match (nor the root):
+    // its mode and time would only make the digest change with every unrelated entry
+    // added beside a match (a probe marker, say), so they are fixed.
     Ok(Walked::Dir {
         name,
-        mode: meta.mode() & 0o7777,
-        mtime: timestamp(meta.mtime(), meta.mtime_nsec()),
+        mode: WAY_MODE,
+        mtime: Timestamp::default(),
         children,
     })
 }

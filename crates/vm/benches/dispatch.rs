@@ -15,14 +15,15 @@
 //! Other processes on the machine change these numbers a lot, so run it several times;
 //! `uptime` shows the load.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use parvm_vm::{Job, JobOutcome, Message, Runtime, Spawn, TaskContext, Tasks, Vm};
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+use common::{Res, rate, spawn_loop};
+use parvm_vm::{Job, JobOutcome, Runtime, TaskContext, Tasks, Vm};
 
 /// What `make_files` writes: how many files, and how big each is.
 type Tree = (u32, u64);
@@ -71,21 +72,6 @@ fn start(workers: usize) -> Res<(Runtime, Vm)> {
     Ok((runtime, vm))
 }
 
-/// The plain spawn loop: every free slot gets a no-op task; each exit frees its slot.
-fn spawn_loop(vm: &Vm, total: u64) -> Res<Duration> {
-    let start = Instant::now();
-    let (mut spawned, mut done) = (0u64, 0u64);
-    while done < total {
-        while spawned < total && vm.free_slots() > 0 {
-            spawned += vm.spawn(Spawn::task("noop", &()))?.len() as u64;
-        }
-        if let Message::TaskExit { .. } = vm.recv()? {
-            done += 1;
-        }
-    }
-    Ok(start.elapsed())
-}
-
 /// Dispatches `total` no-op jobs and checks each succeeded.
 fn dispatch_noop(vm: &Vm, total: u64, ordered: bool) -> Res<Duration> {
     let start = Instant::now();
@@ -108,14 +94,6 @@ fn dispatch_noop(vm: &Vm, total: u64, ordered: bool) -> Res<Duration> {
         return Err(format!("{seen} results for {total} jobs").into());
     }
     Ok(start.elapsed())
-}
-
-fn rate(total: u64, took: Duration) -> String {
-    format!(
-        "{:8.0} jobs/s ({:5.2} us/job)",
-        total as f64 / took.as_secs_f64(),
-        took.as_secs_f64() * 1e6 / total as f64
-    )
 }
 
 fn noop_part(workers: usize) -> Res<()> {

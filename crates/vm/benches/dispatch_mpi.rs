@@ -3,31 +3,24 @@
 //! mpirun, it runs itself under `mpirun --oversubscribe -n 2`: rank 0 is the spawner,
 //! rank 1 the worker.
 
+mod common;
+
 use std::convert::Infallible;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use parvm_transport::Transport;
 use parvm_transport::mpi::MpiTransport;
-use parvm_vm::{Config, Job, Message, Runtime, Spawn, TaskContext, Tasks, Vm, Worker};
+use parvm_vm::{Config, Job, Runtime, TaskContext, Tasks, Vm, Worker};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::{Res as Result, rate, spawn_loop};
 
 fn tasks() -> Tasks {
     Tasks::new().register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
 }
 
 fn main() -> ExitCode {
-    if !parvm_transport::mpi::launched_by_mpirun() {
-        return parvm_transport::bench_support::rerun_under_mpirun("dispatch_mpi", 2);
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dispatch_mpi: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::mpi_main("dispatch_mpi", run)
 }
 
 fn run() -> Result<()> {
@@ -58,29 +51,6 @@ fn run() -> Result<()> {
     drop(vm);
     runtime.finalize()?;
     Ok(())
-}
-
-fn rate(total: u64, took: Duration) -> String {
-    format!(
-        "{:8.0} jobs/s ({:5.2} us/job)",
-        total as f64 / took.as_secs_f64(),
-        took.as_secs_f64() * 1e6 / total as f64
-    )
-}
-
-/// The plain spawn loop: every free slot gets a no-op task; each exit frees its slot.
-fn spawn_loop(vm: &Vm, total: u64) -> Result<Duration> {
-    let start = Instant::now();
-    let (mut spawned, mut done) = (0u64, 0u64);
-    while done < total {
-        while spawned < total && vm.free_slots() > 0 {
-            spawned += vm.spawn(Spawn::task("noop", &()))?.len() as u64;
-        }
-        if let Message::TaskExit { .. } = vm.recv()? {
-            done += 1;
-        }
-    }
-    Ok(start.elapsed())
 }
 
 fn dispatch(vm: &Vm, total: u64) -> Result<Duration> {

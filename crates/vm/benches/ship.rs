@@ -1,327 +1,403 @@
-//! Shipping inputs over TCP loopback (issue #12), each figure next to its baselines measured
-//! in the same run. This binary is also its own worker program.
+//! Shipping inputs where nothing is shared (`cargo xtask bench ship`): a TCP worker on
+//! loopback whose host must be sent the mirrored inputs, against `rsync -a` from an rsync
+//! daemon on loopback and against shared mirroring, in the same run.
 //!
-//! `cargo xtask bench ship` (or `cargo bench -p parvm-vm --bench ship`) ships two trees,
-//! 2 000 files of 4 KiB and 4 files of 64 MiB, to a TCP worker whose mirrored root is an
-//! empty folder (so `PARVM_SHIP=auto` ships), and times one no-op task's spawn to exit:
+//! For each base folder (tmpfs `/dev/shm`, and a folder on disk under the target folder)
+//! and each tree (2 000 files of 4 KiB in 20 folders; 4 files of 64 MiB) it times, per
+//! task, spawn to exit of a no-op task whose folder is filled by the VM's mirror map:
+//! - shipped, cold: the worker's host cache is empty (a new worker with new local storage);
+//! - shipped, warm: the next tasks on that worker;
+//! - shipped, one file changed: a task after one source file was rewritten;
+//! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
+//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder.
 //!
-//! - `cold`: the worker's host cache is empty (a new worker, with new local storage);
-//! - `warm`: the next task, everything cached;
-//! - `changed`: after one file of the tree was rewritten;
-//!
-//! against the same task on a TCP worker that shares the root (`shared`: plain mirroring,
-//! second task) and `rsync -a` of the tree to an empty folder through an rsync daemon on
-//! loopback (`rsync`). Targets: cold at most rsync, warm within 1.2× shared, changed under
-//! 5% of cold. Each figure is the median of three runs.
-//!
-//! The scratch folder is `PARVM_BENCH_DIR` (e.g. /dev/shm), else the temporary folder.
-//! Other processes on the machine change these numbers a lot; run it several times.
+//! Each figure is the median of `REPEATS` runs. A worker is this bench binary again, started
+//! with `PARVM_CONNECT` (so `Runtime::start` makes it a worker) and its own local storage;
+//! the spawner's configuration says whether it ships (`ShipMode`).
+
+mod common;
 
 use std::convert::Infallible;
+use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Res;
 use parvm_transport::tcp::Secret;
-use parvm_vm::{Backend, Config, Message, Runtime, Spawn, TaskContext, Tasks, TcpSpawner, Vm};
+use parvm_vm::{
+    Backend, Config, Message, Runtime, ShipMode, Spawn, TaskContext, Tasks, TcpSpawner, Vm,
+};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+/// Runs of each measurement; the median is reported.
+const REPEATS: usize = 3;
+/// Warm tasks timed after each cold one.
+const WARM_TASKS: usize = 3;
+/// How long a worker may take to join.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
 
-const RUNS: usize = 3;
-
-fn tasks() -> Tasks {
-    Tasks::new().register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
-}
-
-/// A tree to ship: its name, how many files, how big each is.
+/// A tree of input files: `dirs` folders of `files_per_dir` files of `size` bytes.
 struct Tree {
     name: &'static str,
-    count: u32,
+    folder: &'static str,
+    dirs: usize,
+    files_per_dir: usize,
     size: usize,
 }
 
 const TREES: [Tree; 2] = [
     Tree {
-        name: "small",
-        count: 2000,
-        size: 4 << 10,
+        name: "2000 x 4 KiB",
+        folder: "small",
+        dirs: 20,
+        files_per_dir: 100,
+        size: 4096,
     },
     Tree {
-        name: "large",
-        count: 4,
+        name: "4 x 64 MiB",
+        folder: "big",
+        dirs: 1,
+        files_per_dir: 4,
         size: 64 << 20,
     },
 ];
 
-/// Writes the tree's files under `dir`, each with content of its own (`seed` changes all).
-fn write_tree(dir: &Path, tree: &Tree, seed: u8) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for i in 0..tree.count {
-        write_file(&dir.join(format!("f{i:05}")), tree.size, i, seed)?;
-    }
-    Ok(())
+fn tasks() -> Tasks {
+    Tasks::new().register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
 }
 
-fn write_file(path: &Path, size: usize, index: u32, seed: u8) -> std::io::Result<()> {
-    let mut block = vec![seed; size.min(1 << 20)];
-    block[..4].copy_from_slice(&index.to_le_bytes());
-    let mut file = std::fs::File::create(path)?;
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(block.len());
-        file.write_all(&block[..n])?;
-        left -= n;
+fn main() -> Res<()> {
+    // A worker this bench started: joins and serves; `start` does not return here.
+    let runtime_or_worker = std::env::var_os("PARVM_CONNECT").is_some();
+    if runtime_or_worker {
+        Runtime::builder(tasks()).start()?;
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Worker processes of this binary, killed when dropped.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+    let rsync = which("rsync");
+    if rsync.is_none() {
+        println!("rsync: not on PATH, its column is skipped (cargo xtask bench ship installs it)");
+    }
+    let exe = std::env::current_exe()?;
+    // The bench binary lives in <target>/release/deps/.
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or("cannot find the target folder")?
+        .to_path_buf();
+    let bases = match std::env::var_os("PARVM_BENCH_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![PathBuf::from("/dev/shm"), target],
+    };
+    println!("bench ship: a TCP worker on loopback, median of {REPEATS}; per task, spawn to exit");
+    for base in bases {
+        let work = tempfile::Builder::new()
+            .prefix("parvm-ship-bench-")
+            .tempdir_in(&base)
+            .map_err(|e| format!("cannot make a scratch folder in {}: {e}", base.display()))?;
+        println!("\nbase: {} ({})", base.display(), fs_type(&base));
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14} {:>16}",
+            "tree",
+            "cold",
+            "warm",
+            "1 changed",
+            "shared",
+            "rsync -a",
+            "cold/rsync",
+            "warm/shared",
+            "changed/cold"
+        );
+        for tree in &TREES {
+            let row = measure(&exe, work.path(), tree, rsync.as_deref())?;
+            row.print(tree);
         }
     }
+    Ok(())
 }
 
-/// A TCP spawner with one worker whose mirrored root is `worker_root`.
+/// One tree's medians.
+struct Row {
+    cold: Duration,
+    warm: Duration,
+    changed: Duration,
+    shared: Duration,
+    rsync: Option<Duration>,
+}
+
+impl Row {
+    fn print(&self, tree: &Tree) {
+        let ms = |d: Duration| format!("{:8.1}ms", d.as_secs_f64() * 1e3);
+        let ratio =
+            |a: Duration, b: Duration| format!("{:13.2}x", a.as_secs_f64() / b.as_secs_f64());
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14} {:>15.1}%",
+            tree.name,
+            ms(self.cold),
+            ms(self.warm),
+            ms(self.changed),
+            ms(self.shared),
+            self.rsync.map_or("-".to_owned(), ms),
+            self.rsync.map_or("-".to_owned(), |r| ratio(self.cold, r)),
+            ratio(self.warm, self.shared),
+            100.0 * (self.changed.as_secs_f64() - self.warm.as_secs_f64()).max(0.0)
+                / self.cold.as_secs_f64(),
+        );
+    }
+}
+
+fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Row> {
+    let mirrored = work.join("mirrored");
+    make_tree(&mirrored.join(tree.folder), tree)?;
+    let secret_file = work.join("secret");
+    let secret = Secret::load_or_create(&secret_file)?;
+
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut changed = Vec::new();
+    for round in 0..REPEATS {
+        // New local storage: an empty host cache.
+        let local = work.join(format!("local-ship-{}-{round}", tree.folder));
+        let cluster = Cluster::start(
+            exe,
+            &mirrored,
+            &local,
+            &secret,
+            &secret_file,
+            ShipMode::Always,
+        )?;
+        let vm = cluster.vm(tree)?;
+        cold.push(one_task(&vm)?);
+        for _ in 0..WARM_TASKS {
+            warm.push(one_task(&vm)?);
+        }
+        rewrite_one_file(&mirrored.join(tree.folder), round)?;
+        changed.push(one_task(&vm)?);
+        drop(vm);
+        cluster.finish()?;
+        fs::remove_dir_all(&local)?;
+    }
+
+    let local = work.join(format!("local-shared-{}", tree.folder));
+    let cluster = Cluster::start(
+        exe,
+        &mirrored,
+        &local,
+        &secret,
+        &secret_file,
+        ShipMode::Never,
+    )?;
+    let vm = cluster.vm(tree)?;
+    one_task(&vm)?;
+    let mut shared = Vec::new();
+    for _ in 0..REPEATS {
+        shared.push(one_task(&vm)?);
+    }
+    drop(vm);
+    cluster.finish()?;
+    fs::remove_dir_all(&local)?;
+
+    let rsync = match rsync {
+        Some(rsync) => Some(rsync_cold(rsync, &mirrored, tree, work)?),
+        None => None,
+    };
+    fs::remove_dir_all(&mirrored)?;
+    Ok(Row {
+        cold: median(cold),
+        warm: median(warm),
+        changed: median(changed),
+        shared: median(shared),
+        rsync,
+    })
+}
+
+/// A spawner on loopback TCP and one worker process.
 struct Cluster {
     runtime: Runtime,
-    _workers: Workers,
+    worker: Child,
 }
 
 impl Cluster {
-    fn start(scratch: &Path, shared: &Path, worker_root: &Path, worker_local: &Path) -> Res<Self> {
-        let secret_file = scratch.join("secret");
-        let secret = Secret::load_or_create(&secret_file)?;
-        let spawner_local = scratch.join("spawner-local");
-        std::fs::create_dir_all(&spawner_local)?;
-        let mut config = Config::builder()
+    fn start(
+        exe: &Path,
+        mirrored: &Path,
+        local: &Path,
+        secret: &Secret,
+        secret_file: &Path,
+        ship: ShipMode,
+    ) -> Res<Cluster> {
+        fs::create_dir_all(local)?;
+        let spawner_local = local.join("spawner");
+        fs::create_dir_all(&spawner_local)?;
+        let config = Config::builder()
             .local_root(&spawner_local)
-            .mirrored_roots([shared]);
-        if let Some(filter) = std::env::var_os("PARVM_LOG").and_then(|f| f.into_string().ok()) {
-            // The spawner's own log lines too (the workers read it from the environment).
-            config = config.log_filter(filter);
-        }
-        let config = config.build()?;
+            .mirrored_roots([mirrored])
+            .ship(ship)
+            .build()?;
         let runtime = Runtime::builder(tasks())
             .config(config)
             .backend(Backend::Tcp(
                 TcpSpawner::new()
-                    .listen((Ipv4Addr::LOCALHOST, 0).into())
-                    .secret(secret),
+                    .listen(([127, 0, 0, 1], 0).into())
+                    .secret(secret.clone()),
             ))
             .start()?;
-        let addr = runtime.tcp_addr().ok_or("no TCP address")?;
-        std::fs::create_dir_all(worker_local)?;
-        let child = Command::new(std::env::current_exe()?)
+        let addr = runtime.tcp_addr().ok_or("the TCP runtime has no address")?;
+        let worker = Command::new(exe)
             .env("PARVM_CONNECT", addr.to_string())
-            .env("PARVM_SECRET_FILE", &secret_file)
+            .env("PARVM_SECRET_FILE", secret_file)
             .env("PARVM_HOSTNAME", "far")
-            .env("PARALLEL_LOCAL_STORAGE", worker_local)
-            .env("PARALLEL_MIRRORED_STORAGE", worker_root)
+            .env("PARALLEL_LOCAL_STORAGE", local)
+            .env("PARALLEL_MIRRORED_STORAGE", mirrored)
             .env_remove("PARVM_TRANSPORT")
             .stdin(Stdio::null())
             .spawn()?;
-        let workers = Workers(vec![child]);
-        runtime.wait_for_workers(1, Duration::from_secs(30))?;
-        Ok(Cluster {
-            runtime,
-            _workers: workers,
-        })
+        let cluster = Cluster { runtime, worker };
+        cluster.runtime.wait_for_workers(1, JOIN_WAIT)?;
+        Ok(cluster)
     }
 
-    fn vm(&self, source: &Path) -> Res<Vm> {
+    fn vm(&self, tree: &Tree) -> Res<Vm> {
         Ok(self
             .runtime
             .vm()
-            .mirror(source.display().to_string(), ".")
+            .mirror(self.mirrored_source(tree), ".")
             .build()?)
+    }
+
+    fn mirrored_source(&self, tree: &Tree) -> String {
+        // A source is a path inside the mirrored root; absolute, so the bench's current
+        // folder does not matter. Its target `.` makes it `<task folder>/<tree folder>`.
+        let root = &self.runtime.config().mirrored_roots()[0];
+        format!("{}/{}", root.display(), tree.folder)
+    }
+
+    fn finish(mut self) -> Res<()> {
+        self.runtime.finalize()?;
+        self.worker.wait()?;
+        Ok(())
     }
 }
 
-/// One task's spawn to exit.
-fn task(vm: &Vm) -> Res<Duration> {
+/// Spawn to exit of one no-op task with a mirrored folder.
+fn one_task(vm: &Vm) -> Res<Duration> {
     let start = Instant::now();
-    vm.spawn(Spawn::task("noop", &()))?;
+    let ids = vm.spawn(Spawn::task("noop", &()))?;
+    if ids.len() != 1 {
+        return Err("no free slot for the task".into());
+    }
     loop {
         if let Message::TaskExit { status, .. } = vm.recv()? {
             if !status.is_completed() {
-                return Err(format!("the task failed: {status:?}").into());
+                return Err(format!("the task failed: {status}").into());
             }
             return Ok(start.elapsed());
         }
     }
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
+fn make_tree(root: &Path, tree: &Tree) -> Res<()> {
+    let block: Vec<u8> = (0..tree.size).map(|i| (i * 31 % 251) as u8).collect();
+    for d in 0..tree.dirs {
+        let dir = root.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir)?;
+        for f in 0..tree.files_per_dir {
+            let mut file = fs::File::create(dir.join(format!("f{f:03}.dat")))?;
+            // Each file differs, so the cache holds every one.
+            file.write_all(format!("{d}/{f}\n").as_bytes())?;
+            file.write_all(&block)?;
+        }
+    }
+    Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// Rewrites the first file of the tree with new content (a round number), as a user who
+/// edits one input between two tasks.
+fn rewrite_one_file(root: &Path, round: usize) -> Res<()> {
+    let path = root.join("d00").join("f000.dat");
+    let mut content = fs::read(&path)?;
+    let stamp = format!("changed in round {round}\n");
+    content[..stamp.len()].copy_from_slice(stamp.as_bytes());
+    fs::write(&path, content)?;
+    Ok(())
 }
 
-/// An rsync daemon on loopback with one writable module, `bench`, at `dir`.
-struct RsyncDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl RsyncDaemon {
-    fn start(scratch: &Path, dir: &Path) -> Res<Self> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let conf = scratch.join("rsyncd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "use chroot = false\npid file = {}\n[bench]\npath = {}\nread only = false\nuid = {}\ngid = {}\n",
-                scratch.join("rsyncd.pid").display(),
-                dir.display(),
-                nix::unistd::getuid(),
-                nix::unistd::getgid(),
-            ),
-        )?;
-        let child = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", conf.display()))
-            .stdin(Stdio::null())
-            .spawn()?;
-        let daemon = RsyncDaemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_err() {
+/// `rsync -a` of the tree from an rsync daemon on loopback into an empty folder.
+fn rsync_cold(rsync: &Path, mirrored: &Path, tree: &Tree, work: &Path) -> Res<Duration> {
+    let port = free_port()?;
+    let config = work.join("rsyncd.conf");
+    fs::write(
+        &config,
+        format!(
+            "use chroot = no\nport = {port}\naddress = 127.0.0.1\npid file = {pid}\n\
+             [m]\npath = {path}\nread only = yes\n",
+            pid = work.join("rsyncd.pid").display(),
+            path = mirrored.display()
+        ),
+    )?;
+    let mut daemon = Command::new(rsync)
+        .args(["--daemon", "--no-detach", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| -> Res<Duration> {
+        let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
+        // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
+        let deadline = Instant::now() + JOIN_WAIT;
+        while !Command::new(rsync)
+            .arg(&url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success()
+        {
             if Instant::now() > deadline {
-                return Err("the rsync daemon did not start listening".into());
+                return Err("the rsync daemon on loopback did not answer".into());
             }
-            std::thread::yield_now();
         }
-        Ok(daemon)
-    }
-
-    /// `rsync -a` of `source` into `name` of the module (new each time), timed.
-    fn copy(&self, source: &Path, name: &str) -> Res<Duration> {
-        let start = Instant::now();
-        let status = Command::new("rsync")
-            .arg("-a")
-            .arg(format!("{}/", source.display()))
-            .arg(format!("rsync://127.0.0.1:{}/bench/{name}/", self.port))
-            .status()?;
-        if !status.success() {
-            return Err(format!("rsync failed: {status}").into());
+        let mut times = Vec::new();
+        for round in 0..REPEATS {
+            let dst = work.join(format!("rsync-{round}"));
+            let start = Instant::now();
+            let status = Command::new(rsync).arg("-a").arg(&url).arg(&dst).status()?;
+            times.push(start.elapsed());
+            if !status.success() {
+                return Err(format!("rsync -a {url} failed: {status}").into());
+            }
+            fs::remove_dir_all(&dst)?;
         }
-        Ok(start.elapsed())
-    }
+        Ok(median(times))
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result
 }
 
-impl Drop for RsyncDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn free_port() -> Res<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
-fn bench_tree(scratch: &Path, tree: &Tree) -> Res<()> {
-    let shared = scratch.join("shared");
-    let source = shared.join(tree.name);
-    write_tree(&source, tree, 1)?;
-    let empty_root = scratch.join("empty-root");
-    std::fs::create_dir_all(&empty_root)?;
-    let (mut cold, mut warm, mut changed, mut plain) = (vec![], vec![], vec![], vec![]);
-    for run in 0..RUNS {
-        // A new worker with new local storage: its host cache is cold.
-        let local = scratch.join(format!("far-{}-{run}", tree.name));
-        let cluster = Cluster::start(scratch, &shared, &empty_root, &local)?;
-        let vm = cluster.vm(&source)?;
-        cold.push(task(&vm)?);
-        warm.push(task(&vm)?);
-        write_file(&source.join("f00000"), tree.size, 0, 2 + run as u8)?;
-        changed.push(task(&vm)?);
-        if vm.ship_stats().blobs == 0 {
-            return Err("nothing was shipped; the worker shares the root".into());
-        }
-        drop(vm);
-        cluster.runtime.finalize()?;
-        std::fs::remove_dir_all(&local)?;
-        // The same task where the root is shared: plain mirroring, second task.
-        let local = scratch.join(format!("near-{}-{run}", tree.name));
-        let cluster = Cluster::start(scratch, &shared, &shared, &local)?;
-        let vm = cluster.vm(&source)?;
-        task(&vm)?;
-        plain.push(task(&vm)?);
-        if vm.ship_stats().blobs != 0 {
-            return Err("the shared root was shipped".into());
-        }
-        drop(vm);
-        cluster.runtime.finalize()?;
-        std::fs::remove_dir_all(&local)?;
-    }
-    let target = scratch.join("rsync-target");
-    std::fs::create_dir_all(&target)?;
-    let daemon = RsyncDaemon::start(scratch, &target)?;
-    let mut rsync = Vec::new();
-    for run in 0..RUNS {
-        rsync.push(daemon.copy(&source, &format!("{}-{run}", tree.name))?);
-    }
-    drop(daemon);
-    std::fs::remove_dir_all(&target)?;
-    let (cold, warm, changed, plain, rsync) = (
-        median(cold),
-        median(warm),
-        median(changed),
-        median(plain),
-        median(rsync),
-    );
-    let label = format!("{} ({} x {} KiB)", tree.name, tree.count, tree.size >> 10);
-    println!("ship {label}, over TCP loopback, median of {RUNS}:");
-    println!(
-        "  cold cache   {:9.1} ms   rsync -a to an empty folder {:9.1} ms   ratio {:.2} (target <= 1)",
-        ms(cold),
-        ms(rsync),
-        cold.as_secs_f64() / rsync.as_secs_f64()
-    );
-    println!(
-        "  warm cache   {:9.1} ms   shared mirroring            {:9.1} ms   ratio {:.2} (target <= 1.2)",
-        ms(warm),
-        ms(plain),
-        warm.as_secs_f64() / plain.as_secs_f64()
-    );
-    println!(
-        "  one changed  {:9.1} ms   of cold                                    {:5.1}% (target < 5%)",
-        ms(changed),
-        changed.as_secs_f64() / cold.as_secs_f64() * 100.0
-    );
-    Ok(())
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
-fn main() -> Res<()> {
-    if Config::connect_from_env()?.is_some() {
-        // A worker: serves until the spawner sends it home.
-        Runtime::builder(tasks()).start()?;
-        return Ok(());
-    }
-    // `cargo bench` passes `--bench`; a tree's name picks it.
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--") && a != "ship")
-        .collect();
-    let base: PathBuf =
-        std::env::var_os("PARVM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let scratch = tempfile::Builder::new()
-        .prefix("parvm-bench-ship-")
-        .tempdir_in(base)?;
-    for tree in &TREES {
-        if wanted.is_empty() || wanted.iter().any(|w| w == tree.name) {
-            bench_tree(scratch.path(), tree)?;
-        }
-    }
-    Ok(())
+fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+fn fs_type(path: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
 }

@@ -18,12 +18,13 @@
 //! sleeping process faster than an idle one), so run it several times; `uptime` shows
 //! the load.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use common::Res;
 use parvm_vm::{Config, Message, Runtime, Spawn, TaskContext, Tasks, Vm};
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn tasks() -> Tasks {
     Tasks::new()

@@ -5,6 +5,8 @@
 //! `cargo xtask bench spawn|messaging --transport mpi`). Started without mpirun, it runs
 //! itself under `mpirun --oversubscribe -n 2`: rank 0 is the spawner, rank 1 the worker.
 
+mod common;
+
 use std::convert::Infallible;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use parvm_transport::Transport;
 use parvm_transport::mpi::MpiTransport;
 use parvm_vm::{Config, Message, Runtime, Spawn, TaskContext, TaskId, Tasks, Vm, Worker};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::Res as Result;
 
 const SIZES: [usize; 4] = [0, 1024, 100 * 1024, 10 * 1024 * 1024];
 
@@ -36,16 +38,7 @@ fn tasks() -> Tasks {
 }
 
 fn main() -> ExitCode {
-    if !parvm_transport::mpi::launched_by_mpirun() {
-        return parvm_transport::bench_support::rerun_under_mpirun("spawn_mpi", 2);
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spawn_mpi: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::mpi_main("spawn_mpi", run)
 }
 
 fn run() -> Result<()> {

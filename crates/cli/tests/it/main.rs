@@ -2,6 +2,8 @@
 
 mod help;
 mod run;
+mod run_flags;
+mod run_limits;
 mod storage;
 mod worker;
 

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Temp shared and local storage, and a working folder inside the shared one.
-struct Sweep {
+pub(crate) struct Sweep {
     _dir: tempfile::TempDir,
-    shared: PathBuf,
-    local: PathBuf,
+    pub(crate) shared: PathBuf,
+    pub(crate) local: PathBuf,
 }
 
 impl Sweep {
-    fn new() -> Sweep {
+    pub(crate) fn new() -> Sweep {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let shared = base.join("shared");
@@ -28,7 +28,7 @@ impl Sweep {
         }
     }
 
-    fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+    pub(crate) fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_parvm"));
         command
             .arg("run")
@@ -43,14 +43,14 @@ impl Sweep {
         command
     }
 
-    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+    pub(crate) fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
         let out = self.command(args).output().unwrap();
         self.assert_no_task_folder_left();
         out
     }
 
     /// Runs; asserts exit status `code`; returns stdout.
-    fn status<S: AsRef<OsStr>>(&self, code: i32, args: &[S]) -> String {
+    pub(crate) fn status<S: AsRef<OsStr>>(&self, code: i32, args: &[S]) -> String {
         let out = self.run(args);
         assert_eq!(
             out.status.code(),
@@ -62,12 +62,12 @@ impl Sweep {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+    pub(crate) fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
         self.status(0, args)
     }
 
     /// Fails with 255 and an `error:` naming `expected`; no output file was made.
-    fn refuses(&self, args: &[&str], expected: &str) {
+    pub(crate) fn refuses(&self, args: &[&str], expected: &str) {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(255), "{args:?}: {stderr}");
@@ -76,7 +76,7 @@ impl Sweep {
     }
 
     /// Local storage holds at most the per-user folder, and nothing in it.
-    fn assert_no_task_folder_left(&self) {
+    pub(crate) fn assert_no_task_folder_left(&self) {
         for entry in walk(&self.local) {
             let depth = entry
                 .strip_prefix(&self.local)
@@ -88,7 +88,7 @@ impl Sweep {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -100,7 +100,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn lines(text: &str) -> Vec<&str> {
+pub(crate) fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }
 
@@ -495,7 +495,7 @@ fn halt_soon_starts_no_case_after_a_failure() {
         !log.contains("\t-1\t"),
         "cases not run are not logged: {log}"
     );
-    sweep.refuses(&["--halt", "now,done=3", "true"], "--halt `now,done=3`");
+    sweep.refuses(&["--halt", "later,done=3", "true"], "--halt `later,done=3`");
 }
 
 #[test]
@@ -566,7 +566,7 @@ fn resume_and_resume_failed_match_cases_by_command_not_position() {
 }
 
 /// Kills a process group when dropped, so a failing test leaves nothing running.
-struct GroupGuard(u32);
+pub(crate) struct GroupGuard(pub(crate) u32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
@@ -578,7 +578,7 @@ impl Drop for GroupGuard {
 }
 
 /// Polls `done` until it holds or 30 s pass.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !done() {
         assert!(
@@ -665,7 +665,7 @@ fn stop_by_signal(whole_group: bool) {
 }
 
 /// Kills and reaps a child when dropped.
-struct ChildGuard(std::process::Child);
+pub(crate) struct ChildGuard(pub(crate) std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

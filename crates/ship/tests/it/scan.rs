@@ -51,11 +51,20 @@ fn globs_match_as_mirroring_and_ancestors_hold_only_matches() {
         ]
     );
     assert_eq!(m.file_count(), 3);
+    // A folder only on the way to matches is not copied by mirroring: fixed mode and time.
     let lib = m.find(Path::new("lib")).unwrap();
     assert_eq!(
-        lib.mode(),
-        fs::metadata(root.join("lib")).unwrap().permissions().mode() & 0o7777
+        (lib.mode(), lib.mtime()),
+        (parvm_ship::WAY_MODE, Default::default())
     );
+    // So an entry added beside the matches changes nothing.
+    let before = m.root_digest();
+    fs::write(root.join("lib/unrelated.txt"), "u").unwrap();
+    fs::write(root.join(".probe-marker"), "token").unwrap();
+    let after = scanner(root, &["lib/*.lib", "models", "top.cir", "nothing*"])
+        .manifest()
+        .unwrap();
+    assert_eq!(after.root_digest(), before);
 }
 
 #[test]

@@ -143,6 +143,27 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
         self
     }
 
+    /// Halts the dispatch now, whatever the jobs did: no job starts any more. Jobs that
+    /// wait (to be placed, to run again, or queued at a worker behind a running one) are
+    /// reported as [`JobOutcome::NotRun`]; so are the running jobs when `stop_running`,
+    /// which are stopped as [`Vm::stop`] stops a task, while without it they finish and
+    /// are reported as usual. Later jobs of the sequence pulled within the window are
+    /// reported not run too, so with a long sequence, end it (or stop iterating) as well.
+    ///
+    /// This is [`halt_on_error`](Self::halt_on_error) for a condition the program decides
+    /// (GNU parallel's `--halt soon|now,...`): call it between two results.
+    pub fn halt(&mut self, stop_running: bool) {
+        if self.scheduler.is_none() {
+            let Some(jobs) = self.jobs.take() else {
+                return;
+            };
+            self.scheduler = Some(Scheduler::new(self.vm, jobs, self.settings.clone()));
+        }
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.halt(stop_running);
+        }
+    }
+
     /// Each job's time limit, counted from when it starts on its slot (not while it
     /// waits behind another job); default: none. A job past its limit is stopped and
     /// reported as [`JobOutcome::TimedOut`]; that counts neither as a failure nor as a

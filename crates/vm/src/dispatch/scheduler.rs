@@ -28,6 +28,9 @@ const IDLE_LOOK: Duration = Duration::from_millis(20);
 const DEFAULT_WINDOW_PER_SLOT: usize = 4;
 
 /// One dispatch in progress on a VM.
+/// Where a job may run: the hosts it is pinned to, and the host a retry avoids.
+type Constraint = (Option<Vec<HostId>>, Option<String>);
+
 pub(crate) struct Scheduler<'vm, I> {
     vm: &'vm Vm,
     jobs: I,
@@ -146,6 +149,22 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// Places ready jobs, then newly pulled ones, while there is a place and room in the
     /// window; after a halt, reports them as not run instead.
     fn fill(&mut self) {
+        // A job that may run only on some hosts (pinned, or avoiding the one it failed on)
+        // and finds no place there is set aside, so the jobs behind it get the free slots
+        // of other hosts instead of waiting for a slow host; set-aside jobs go back in
+        // front, in order, and keep their turn. One that may run anywhere and finds no
+        // place means nothing else would find one either.
+        let mut set_aside: Vec<Pending> = Vec::new();
+        // Where the set-aside jobs may run: a job with the same constraint would find no
+        // place either, so it is not tried (one lock and slot scan saved per job).
+        let mut full: Vec<Constraint> = Vec::new();
+        self.fill_from_ready(&mut set_aside, &mut full);
+        for pending in set_aside.into_iter().rev() {
+            self.ready.push_front(pending);
+        }
+    }
+
+    fn fill_from_ready(&mut self, set_aside: &mut Vec<Pending>, full: &mut Vec<Constraint>) {
         loop {
             let pending = match self.ready.pop_front() {
                 Some(pending) => pending,
@@ -179,8 +198,18 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                 self.report(JobResult::not_run(pending.index, pending.attempts));
                 continue;
             }
+            let constraint = (pending.job.spawn.hosts.clone(), pending.avoid.clone());
+            let constrained = constraint.0.is_some() || constraint.1.is_some();
+            if constrained && full.contains(&constraint) {
+                set_aside.push(pending);
+                continue;
+            }
             match self.place(pending) {
                 Placed::Sent | Placed::Reported => {}
+                Placed::NoPlace(pending) if constrained => {
+                    full.push(constraint);
+                    set_aside.push(pending);
+                }
                 Placed::NoPlace(pending) => {
                     self.ready.push_front(pending);
                     return;
@@ -518,6 +547,22 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     fn after_failure(&mut self) {
         if self.settings.halt_on_error {
             self.halted = true;
+        }
+    }
+
+    /// Nothing more starts: [`Self::fill`] reports waiting jobs as not run, and tasks
+    /// queued at a worker (and, with `stop_running`, the running ones) are stopped, so
+    /// they end as not run.
+    pub(crate) fn halt(&mut self, stop_running: bool) {
+        self.halted = true;
+        let tasks: Vec<TaskId> = self
+            .flights
+            .iter()
+            .filter(|(_, flight)| stop_running || flight.started.is_none())
+            .map(|(&task, _)| task)
+            .collect();
+        for task in tasks {
+            self.stop(task);
         }
     }
 

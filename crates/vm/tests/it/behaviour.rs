@@ -8,32 +8,6 @@ use parvm_vm::{CommandStatus, Error, ExitStatus, HostId, Message, Spawn, TaskId}
 
 use crate::harness::{Backend, Harness, collect};
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
-        }
-        mod local {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
 suite!(
     spawn_two_collect_results_and_exits,
     unregistered_task_is_refused_before_sending,

@@ -11,32 +11,6 @@ use parvm_vm::{Job, JobOutcome, JobResult, Spawn};
 
 use crate::harness::{Backend, Harness, collect};
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
-        }
-        mod local {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
 suite!(
     results_come_in_job_order,
     unordered_gives_every_job_once,
@@ -47,6 +21,7 @@ suite!(
     halt_on_error_runs_nothing_after_a_failure,
     commands_report_their_status,
     jobs_on_named_hosts,
+    a_job_waiting_for_a_busy_host_holds_back_no_job_for_another,
     a_vm_runs_one_dispatch_at_a_time,
     a_command_past_its_limit_is_stopped,
     jobs_return_files_and_capture_output,
@@ -328,6 +303,59 @@ fn jobs_on_named_hosts(backend: Backend) {
         "{}",
         results[20]
     );
+}
+
+/// The task of `vm` running under `label`, once one is.
+fn running(vm: &parvm_vm::Vm, label: &str) -> Option<parvm_vm::TaskId> {
+    vm.describe()
+        .hosts
+        .iter()
+        .flat_map(|host| &host.slots)
+        .filter_map(|slot| slot.task.as_ref())
+        .find(|task| task.label == label)
+        .map(|task| task.id)
+}
+
+fn a_job_waiting_for_a_busy_host_holds_back_no_job_for_another(backend: Backend) {
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 1)]);
+    let vm = h.vm();
+    // Alpha's one slot runs a task that waits for a message, with one job queued behind
+    // it; the third alpha job finds no place. The beta jobs behind it must not wait.
+    let jobs = [
+        Job::task("recv_one", &()).hosts(["alpha"]),
+        Job::task("noop", &()).hosts(["alpha"]),
+        Job::task("noop", &()).hosts(["alpha"]),
+    ]
+    .into_iter()
+    .chain((0..3).map(|_| Job::task("noop", &()).hosts(["beta"])));
+    let release = |vm: &parvm_vm::Vm| {
+        let task = running(vm, "recv_one").expect("the alpha task runs");
+        vm.send(task, &"go".to_owned())
+            .expect("send to the alpha task");
+    };
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        // Were the beta jobs held back, the test would wait forever: after AT_ONCE this
+        // releases the alpha task, and the order of the results shows the fault.
+        let vm = &vm;
+        scope.spawn(move || {
+            if cancelled.recv_timeout(AT_ONCE).is_err() {
+                release(vm);
+            }
+        });
+        let mut dispatch = vm.dispatch(jobs).unordered();
+        let first: BTreeSet<usize> = (0..3)
+            .map(|_| dispatch.next().expect("a result").expect("no error").index)
+            .collect();
+        let _ = cancel.send(());
+        assert_eq!(first, BTreeSet::from([3, 4, 5]), "beta's jobs end first");
+        release(vm);
+        let rest: Vec<JobResult> = dispatch.map(|r| r.expect("no error")).collect();
+        let mut indices: Vec<usize> = rest.iter().map(|r| r.index).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, [0, 1, 2]);
+        assert!(rest.iter().all(|r| r.outcome.is_success()), "{rest:?}");
+    });
 }
 
 fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {

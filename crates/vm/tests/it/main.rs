@@ -4,6 +4,10 @@
 #[path = "../../src/bin/parvm-vm-testprog/tasks.rs"]
 mod tasks;
 
+// Declared first: the suites' macros are in scope in the modules after it.
+#[macro_use]
+mod suite;
+
 mod behaviour;
 mod clean;
 mod dispatch;

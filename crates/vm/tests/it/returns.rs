@@ -11,56 +11,6 @@ use parvm_vm::{Error, ExitStatus, Message, Spawn, TaskId, Vm};
 use crate::harness::{Backend, DEADLINE, Harness};
 use crate::tasks::{ReturnFile, file_content};
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
-        }
-        mod local {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
-/// As `suite!`, on the backends whose workers are processes (output is captured there).
-macro_rules! process_suite {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $( #[test] fn $name() { super::super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
 suite!(
     files_come_back_with_content_mode_and_mtime,
     many_small_files_come_back,

@@ -64,13 +64,15 @@ pub enum RunError {
         #[source]
         source: regex::Error,
     },
-    /// A `--halt` setting not supported.
+    /// A `--halt` setting that cannot be read.
     #[error(
-        "--halt `{given}` is not supported; give `soon,fail=1` (start no new case after a failure) or `never`"
+        "--halt `{given}` is not a halt setting ({reason}); give `never` or WHEN,WHY=COUNT: WHEN `soon` or `now`, WHY `fail`, `success` or `done`, COUNT a number of cases or `P%` of them, e.g. `now,fail=1` or `soon,fail=10%`"
     )]
     Halt {
         /// What was given.
         given: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// `-n` together with inputs.
     #[error(
@@ -117,7 +119,7 @@ pub enum RunError {
     },
     /// A duration that cannot be read.
     #[error(
-        "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds)"
+        "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds), or `P%` of the median runtime of successful cases, e.g. `300%`"
     )]
     Duration {
         /// The text given.
@@ -128,6 +130,14 @@ pub enum RunError {
         "--return `{pattern}` leaves the task folder; give a pattern relative to it, without `..` or a leading `/`"
     )]
     ReturnEscapes {
+        /// The pattern.
+        pattern: String,
+    },
+    /// `{%}` in a `--return` pattern.
+    #[error(
+        "--return `{pattern}` uses `{{%}}`, but the slot is known only once the case runs; use `{{#}}` (the case number) or an input's replacement string"
+    )]
+    SlotInReturn {
         /// The pattern.
         pattern: String,
     },
@@ -149,14 +159,19 @@ pub enum RunError {
         /// The folder.
         path: PathBuf,
     },
-    /// A result file that cannot be written.
-    #[error("cannot write `{}` in the results folder; check the disk and its permissions", path.display())]
-    ResultWrite {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
+    /// A case whose results could not be kept whole under `--results` (reported for that
+    /// case; the run goes on and counts it as failed).
+    #[error(
+        "the results of case {case} could not be kept in `{}`: {reason}; free space there (or check its permissions) and run the case again (it is left out of the joblog, so --resume runs it)",
+        dir.display()
+    )]
+    CaseNotKept {
+        /// The case number.
+        case: usize,
+        /// The results folder.
+        dir: PathBuf,
+        /// What could not be written, in words.
+        reason: String,
     },
     /// The joblog cannot be written.
     #[error("cannot write the joblog `{}`; give a file you can write to with --joblog", path.display())]

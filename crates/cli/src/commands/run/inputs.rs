@@ -5,7 +5,7 @@
 //! cases; it must not know how a command line is built or run.
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{self, BufRead};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -104,49 +104,264 @@ impl Split {
         !self.given.is_empty()
     }
 
-    /// Reads the args files (one value per line; `-` is standard input, read once) and
-    /// returns the sources.
+    /// Opens the sources. With `stream_first`, a first source that is an args file (or
+    /// standard input) and not linked to the next one is read line by line as cases are
+    /// made, so a long one starts at once in bounded memory; every other source is read
+    /// whole (its values come round again for every value of the sources before it).
+    /// Standard input is read once: a second `-` is empty.
     ///
     /// # Errors
-    /// An args file that cannot be read, or a value holding a NUL byte.
-    pub fn read(self) -> Result<Vec<Source>, RunError> {
-        let mut stdin: Option<Vec<Vec<u8>>> = None;
-        let mut sources = Vec::with_capacity(self.given.len());
-        for (given, linked) in self.given {
+    /// An args file that cannot be opened or read, or a value holding a NUL byte.
+    pub fn open(self, stream_first: bool) -> Result<Inputs, RunError> {
+        let mut stdin_used = false;
+        let mut given = self.given.into_iter().peekable();
+        let mut streamed = None;
+        if stream_first
+            && let Some((Given::File(_), _)) = given.peek()
+            && let Some((Given::File(path), _)) = given.next()
+        {
+            let next_linked = given.peek().is_some_and(|(_, linked)| *linked);
+            let mut first = LineSource::open(path, &mut stdin_used)?;
+            if next_linked {
+                // Linked sources move together: read it whole like them.
+                let values = first.read_all()?;
+                return Self::hold(Some(values), 0, given, stdin_used);
+            }
+            streamed = Some(first);
+        }
+        let skip = usize::from(streamed.is_some());
+        let mut inputs = Self::hold(None, skip, given, stdin_used)?;
+        inputs.streamed = streamed;
+        Ok(inputs)
+    }
+
+    /// Reads the sources `given` into memory, after `first` (the values of the first
+    /// source, when read already); `skip` sources come before them.
+    fn hold(
+        first: Option<Vec<Vec<u8>>>,
+        skip: usize,
+        given: impl Iterator<Item = (Given, bool)>,
+        mut stdin_used: bool,
+    ) -> Result<Inputs, RunError> {
+        let mut held: Vec<Source> = first
+            .into_iter()
+            .map(|values| Source {
+                values,
+                linked: false,
+            })
+            .collect();
+        for (given, linked) in given {
             let values = match given {
                 Given::Values(values) => values,
-                Given::File(path) if path == Path::new("-") => match &stdin {
-                    Some(_) => Vec::new(),
-                    None => {
-                        let mut bytes = Vec::new();
-                        std::io::stdin()
-                            .lock()
-                            .read_to_end(&mut bytes)
-                            .map_err(|source| RunError::ArgsFile {
-                                path: path.clone(),
-                                source,
-                            })?;
-                        let lines = lines(&bytes);
-                        stdin = Some(lines.clone());
-                        lines
-                    }
-                },
-                Given::File(path) => {
-                    let bytes = std::fs::read(&path)
-                        .map_err(|source| RunError::ArgsFile { path, source })?;
-                    lines(&bytes)
-                }
+                Given::File(path) => LineSource::open(path, &mut stdin_used)?.read_all()?,
             };
-            let number = sources.len() + 1;
+            let number = skip + held.len() + 1;
             if let Some(at) = values.iter().position(|value| value.contains(&0)) {
                 return Err(RunError::NulInInput {
                     value: at + 1,
                     source_number: number,
                 });
             }
-            sources.push(Source { values, linked });
+            held.push(Source { values, linked });
         }
-        Ok(sources)
+        Ok(Inputs {
+            streamed: None,
+            held,
+        })
+    }
+}
+
+/// An args file (or standard input) read one line at a time.
+pub struct LineSource {
+    path: PathBuf,
+    /// `None` once it ended.
+    reader: Option<Box<dyn BufRead>>,
+    /// Lines read so far.
+    lines: usize,
+}
+
+impl LineSource {
+    /// Opens `path` (`-`: standard input, or nothing when it was read already).
+    fn open(path: PathBuf, stdin_used: &mut bool) -> Result<LineSource, RunError> {
+        let reader: Option<Box<dyn BufRead>> = if path == Path::new("-") {
+            let first = !std::mem::replace(stdin_used, true);
+            first.then(|| Box::new(io::BufReader::new(io::stdin())) as Box<dyn BufRead>)
+        } else {
+            let file = std::fs::File::open(&path).map_err(|source| RunError::ArgsFile {
+                path: path.clone(),
+                source,
+            })?;
+            Some(Box::new(io::BufReader::new(file)))
+        };
+        Ok(LineSource {
+            path,
+            reader,
+            lines: 0,
+        })
+    }
+
+    /// The next line without its `\n` (a last line without one counts too).
+    ///
+    /// # Errors
+    /// The file cannot be read, or the line holds a NUL byte.
+    fn next_value(&mut self) -> Option<Result<Vec<u8>, RunError>> {
+        let reader = self.reader.as_mut()?;
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => {
+                self.reader = None;
+                None
+            }
+            Ok(_) => {
+                self.lines += 1;
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if line.contains(&0) {
+                    self.reader = None;
+                    return Some(Err(RunError::NulInInput {
+                        value: self.lines,
+                        source_number: 1,
+                    }));
+                }
+                Some(Ok(line))
+            }
+            Err(source) => {
+                self.reader = None;
+                Some(Err(RunError::ArgsFile {
+                    path: self.path.clone(),
+                    source,
+                }))
+            }
+        }
+    }
+
+    fn read_all(&mut self) -> Result<Vec<Vec<u8>>, RunError> {
+        let mut values = Vec::new();
+        while let Some(value) = self.next_value() {
+            values.push(value?);
+        }
+        Ok(values)
+    }
+}
+
+/// The opened input sources: at most one read as cases are made, the others in memory.
+pub struct Inputs {
+    /// The first source, read line by line.
+    streamed: Option<LineSource>,
+    /// The sources in memory (after the streamed one, if any).
+    held: Vec<Source>,
+}
+
+impl Inputs {
+    /// How many sources there are.
+    pub fn count(&self) -> usize {
+        self.held.len() + usize::from(self.streamed.is_some())
+    }
+
+    /// `--colsep`: each source becomes one source per column (see [`columns`]); only for
+    /// sources in memory (open them without streaming).
+    #[must_use]
+    pub fn columns(mut self, colsep: &regex::bytes::Regex) -> Inputs {
+        self.held = columns(self.held, colsep);
+        self
+    }
+
+    /// The number of cases, when every source is in memory (`None` when one is read as
+    /// cases are made, or the count overflows).
+    pub fn total(&self) -> Option<usize> {
+        if self.streamed.is_some() {
+            return None;
+        }
+        groups(&self.held)
+            .ok()?
+            .iter()
+            .try_fold(1usize, |total, group| total.checked_mul(group.2))
+    }
+
+    /// The cases, made one at a time as they are asked for.
+    ///
+    /// # Errors
+    /// Linked sources of different lengths.
+    pub fn cases(self) -> Result<Cases, RunError> {
+        let groups = groups(&self.held)?;
+        let empty = groups.iter().any(|group| group.2 == 0)
+            || (groups.is_empty() && self.streamed.is_none());
+        Ok(Cases {
+            position: vec![0; groups.len()],
+            groups,
+            held: self.held,
+            streamed: self.streamed,
+            current: None,
+            done: empty,
+        })
+    }
+}
+
+/// Every case of the inputs, each the list of its values (one per source): all
+/// combinations, the last source changing fastest as in GNU parallel; a linked source
+/// moves together with the one before it. Made one at a time, so 10^9 combinations cost
+/// the memory of one.
+pub struct Cases {
+    streamed: Option<LineSource>,
+    /// The streamed source's value for the combinations being made.
+    current: Option<Vec<u8>>,
+    held: Vec<Source>,
+    /// Groups of held sources linked together: (first source, count, values each).
+    groups: Vec<(usize, usize, usize)>,
+    /// The value index of each group in the next case.
+    position: Vec<usize>,
+    done: bool,
+}
+
+impl Iterator for Cases {
+    type Item = Result<Vec<Vec<u8>>, RunError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut case = Vec::with_capacity(self.held.len() + 1);
+        if let Some(streamed) = &mut self.streamed {
+            if self.current.is_none() {
+                match streamed.next_value() {
+                    Some(Ok(value)) => self.current = Some(value),
+                    Some(Err(error)) => {
+                        self.done = true;
+                        return Some(Err(error));
+                    }
+                    None => {
+                        self.done = true;
+                        return None;
+                    }
+                }
+            }
+            case.extend(self.current.clone());
+        }
+        for (group, &at) in self.groups.iter().zip(&self.position) {
+            for source in &self.held[group.0..group.0 + group.1] {
+                case.push(source.values[at].clone());
+            }
+        }
+        // The odometer: the last group moves fastest; a full turn moves to the next
+        // value of the streamed source, or ends.
+        let mut turned = true;
+        for (slot, group) in self.position.iter_mut().zip(&self.groups).rev() {
+            *slot += 1;
+            if *slot < group.2 {
+                turned = false;
+                break;
+            }
+            *slot = 0;
+        }
+        if turned {
+            if self.streamed.is_some() {
+                self.current = None;
+            } else {
+                self.done = true;
+            }
+        }
+        Some(Ok(case))
     }
 }
 
@@ -179,23 +394,12 @@ pub fn columns(sources: Vec<Source>, colsep: &regex::bytes::Regex) -> Vec<Source
     out
 }
 
-/// The lines of `bytes`, without their `\n`; a last line without one counts too.
-fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
-}
-
-/// Every case of `sources`, each the list of its values (one per source): all
-/// combinations, the last source changing fastest as in GNU parallel; a linked source
-/// moves together with the one before it.
+/// The groups of sources linked together: (first source index, count, values per
+/// source).
 ///
 /// # Errors
 /// Linked sources of different lengths.
-pub fn cases(sources: &[Source]) -> Result<Vec<Vec<Vec<u8>>>, RunError> {
-    // Groups of sources linked together: (first source index, count, values per source).
+fn groups(sources: &[Source]) -> Result<Vec<(usize, usize, usize)>, RunError> {
     let mut groups: Vec<(usize, usize, usize)> = Vec::new();
     for (at, source) in sources.iter().enumerate() {
         match groups.last_mut() {
@@ -211,29 +415,7 @@ pub fn cases(sources: &[Source]) -> Result<Vec<Vec<Vec<u8>>>, RunError> {
             _ => groups.push((at, 1, source.values.len())),
         }
     }
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let total: usize = groups.iter().map(|g| g.2).product();
-    let mut out = Vec::with_capacity(total);
-    let mut position = vec![0usize; groups.len()];
-    for _ in 0..total {
-        let mut case = Vec::with_capacity(sources.len());
-        for (group, &at) in groups.iter().zip(&position) {
-            for source in &sources[group.0..group.0 + group.1] {
-                case.push(source.values[at].clone());
-            }
-        }
-        out.push(case);
-        for (slot, group) in position.iter_mut().zip(&groups).rev() {
-            *slot += 1;
-            if *slot < group.2 {
-                break;
-            }
-            *slot = 0;
-        }
-    }
-    Ok(out)
+    Ok(groups)
 }
 
 #[cfg(test)]
@@ -268,9 +450,9 @@ mod tests {
             ("echo {} ::: solo", vec!["solo"]),
         ];
         for (line, expected) in table {
-            let split = split(&words(line), &[]).unwrap();
-            let sources = split.read().unwrap();
-            assert_eq!(flat(&cases(&sources).unwrap()), expected, "{line}");
+            let inputs = split(&words(line), &[]).unwrap().open(true).unwrap();
+            assert_eq!(inputs.total(), Some(expected.len()));
+            assert_eq!(flat(&all(inputs)), expected, "{line}");
         }
     }
 
@@ -285,35 +467,104 @@ mod tests {
             let error = split(&words(line), &[]).unwrap_err().to_string();
             assert!(error.contains(expected), "{line}: {error}");
         }
-        let sources = split(&words("echo ::: a b :::+ 1"), &[])
+        let inputs = split(&words("echo ::: a b :::+ 1"), &[])
             .unwrap()
-            .read()
+            .open(true)
             .unwrap();
-        assert!(cases(&sources).unwrap_err().to_string().contains("2 and 1"));
+        assert!(
+            inputs
+                .cases()
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("2 and 1")
+        );
     }
 
     #[test]
     fn colsep_makes_linked_columns() {
-        let sources = split(&words("echo ::: a,1 b,2,x ::: p q"), &[])
+        let inputs = split(&words("echo ::: a,1 b,2,x ::: p q"), &[])
             .unwrap()
-            .read()
+            .open(false)
             .unwrap();
         let colsep = regex::bytes::Regex::new(",").unwrap();
-        let sources = columns(sources, &colsep);
-        assert_eq!(sources.len(), 4);
+        let inputs = inputs.columns(&colsep);
+        assert_eq!(inputs.count(), 4);
         assert_eq!(
-            flat(&cases(&sources).unwrap()),
+            flat(&all(inputs)),
             ["a,1,,p", "a,1,,q", "b,2,x,p", "b,2,x,q"]
         );
     }
 
+    fn all(inputs: Inputs) -> Vec<Vec<Vec<u8>>> {
+        inputs.cases().unwrap().map(Result::unwrap).collect()
+    }
+
     #[test]
-    fn lines_keep_empty_values_but_not_the_last_newline() {
-        assert_eq!(lines(b""), Vec::<Vec<u8>>::new());
+    fn a_first_args_file_is_streamed_the_others_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.into_os_string()
+        };
+        let (first, second) = (file("first", "a\n\nb"), file("second", "1\n2\n"));
+        let mut line = words("echo ::::");
+        line.extend([
+            first.clone(),
+            ":::".into(),
+            "x".into(),
+            "::::".into(),
+            second,
+        ]);
+        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        assert_eq!((inputs.count(), inputs.total()), (3, None));
         assert_eq!(
-            lines(b"a\n\nb\n"),
-            vec![b"a".to_vec(), vec![], b"b".to_vec()]
+            flat(&all(inputs)),
+            ["a,x,1", "a,x,2", ",x,1", ",x,2", "b,x,1", "b,x,2"]
         );
-        assert_eq!(lines(b"a\nb"), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Linked to the next source: read whole, so the lengths are checked first.
+        let mut line = words("echo ::::");
+        line.extend([first.clone(), ":::+".into(), "p".into()]);
+        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        assert!(
+            inputs
+                .cases()
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("3 and 1")
+        );
+        // An empty file makes no case; a NUL byte is an error at its line.
+        let mut line = words("echo ::::");
+        line.push(file("empty", ""));
+        assert!(all(split(&line, &[]).unwrap().open(true).unwrap()).is_empty());
+        let mut line = words("echo ::::");
+        line.push(file("nul", "ok\nbad\0\n"));
+        let mut cases = split(&line, &[])
+            .unwrap()
+            .open(true)
+            .unwrap()
+            .cases()
+            .unwrap();
+        assert!(cases.next().unwrap().is_ok());
+        let error = cases.next().unwrap().unwrap_err().to_string();
+        assert!(error.contains("input value 2 of source 1"), "{error}");
+        assert!(cases.next().is_none());
+    }
+
+    #[test]
+    fn a_billion_combinations_start_at_once() {
+        let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        let mut line = vec![OsString::from("echo")];
+        for _ in 0..3 {
+            line.push(":::".into());
+            line.extend(values.iter().map(OsString::from));
+        }
+        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        assert_eq!(inputs.total(), Some(1_000_000_000));
+        let mut cases = inputs.cases().unwrap();
+        assert_eq!(flat(&[cases.next().unwrap().unwrap()]), ["0,0,0"]);
+        assert_eq!(flat(&[cases.nth(1000).unwrap().unwrap()]), ["0,1,1"]);
     }
 }

@@ -105,16 +105,43 @@ impl Joblog {
     }
 }
 
-/// The cases an earlier run recorded in the joblog at `path`: each command line with the
-/// exit value of its last entry. A missing file records nothing; lines that are not
-/// joblog entries (the header, a command line broken by a newline in a value) are skipped.
+/// The cases an earlier run recorded in a joblog: the exit value of the last entry of
+/// each command line, and of each command line on each host (for `--each-host`).
+#[derive(Debug, Default)]
+pub struct Recorded {
+    by_command: HashMap<String, i64>,
+    by_host: HashMap<(String, String), i64>,
+}
+
+impl Recorded {
+    /// The recorded exit value of `command` (on `host`, when given).
+    pub fn exit(&self, host: Option<&str>, command: &str) -> Option<i64> {
+        match host {
+            None => self.by_command.get(command).copied(),
+            Some(host) => self
+                .by_host
+                .get(&(host.to_owned(), command.to_owned()))
+                .copied(),
+        }
+    }
+
+    /// How many command lines it records.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_command.len()
+    }
+}
+
+/// The cases an earlier run recorded in the joblog at `path`. A missing file records
+/// nothing; lines that are not joblog entries (the header, a command line broken by a
+/// newline in a value) are skipped.
 ///
 /// # Errors
 /// The file exists but cannot be read.
-pub fn recorded(path: &Path) -> Result<HashMap<String, i64>, RunError> {
+pub fn recorded(path: &Path) -> Result<Recorded, RunError> {
     let text = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recorded::default()),
         Err(source) => {
             return Err(RunError::Joblog {
                 path: path.to_owned(),
@@ -122,13 +149,15 @@ pub fn recorded(path: &Path) -> Result<HashMap<String, i64>, RunError> {
             });
         }
     };
-    let mut done = HashMap::new();
+    let mut done = Recorded::default();
     for line in String::from_utf8_lossy(&text).lines() {
         let columns: Vec<&str> = line.splitn(9, '\t').collect();
-        if let [_, _, _, _, _, _, exit, _, command] = columns[..]
+        if let [_, host, _, _, _, _, exit, _, command] = columns[..]
             && let Ok(exit) = exit.parse::<i64>()
         {
-            done.insert(command.to_owned(), exit);
+            done.by_command.insert(command.to_owned(), exit);
+            done.by_host
+                .insert((host.to_owned(), command.to_owned()), exit);
         }
     }
     Ok(done)
@@ -182,7 +211,7 @@ mod tests {
     fn recorded_cases_keep_their_last_exit_value() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        assert!(recorded(&path).unwrap().is_empty());
+        assert_eq!(recorded(&path).unwrap().len(), 0);
         let mut log = Joblog::create(&path).unwrap();
         for (seq, exit, command) in [(1, 1, "run a"), (2, 0, "run b\tc"), (1, 0, "run a")] {
             log.write(&Entry {
@@ -201,8 +230,10 @@ mod tests {
         drop(log);
         let done = recorded(&path).unwrap();
         assert_eq!(done.len(), 2);
-        assert_eq!(done["run a"], 0);
-        assert_eq!(done["run b\tc"], 0);
+        assert_eq!(done.exit(None, "run a"), Some(0));
+        assert_eq!(done.exit(None, "run b\tc"), Some(0));
+        assert_eq!(done.exit(Some("h"), "run a"), Some(0));
+        assert_eq!(done.exit(Some("other"), "run a"), None);
         drop(Joblog::append(&path).unwrap());
         assert_eq!(
             std::fs::read_to_string(&path)

@@ -2,18 +2,24 @@
 //! its own task folder on a worker.
 //!
 //! This module owns the flags and the order of a run (inputs, commands, runtime, printing,
-//! exit status); the pieces live in `inputs` (sources and cases), `quote` and `replace`
-//! (the command line of a case), `output` (printing and `--results`) and `joblog`.
+//! exit status); the pieces live in `inputs` (sources and their combinations), `feed`
+//! (cases made as the dispatch pulls them), `quote` and `replace` (the command line of a
+//! case), `halt`, `timeout`, `output` (printing and `--results`) and `joblog`.
 
 mod error;
+mod feed;
+mod halt;
 mod inputs;
 mod interrupt;
 mod joblog;
 mod output;
 mod quote;
 mod replace;
+mod timeout;
 
+use std::cell::RefCell;
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -29,7 +35,10 @@ pub use error::RunError;
   parvm run echo {} ::: a b c
   parvm run --map '*.cir=.' --return '*.raw' --results out ngspice -b {} ::: amp.cir bias.cir
   parvm run -k --joblog sweep.log ./sim.sh --gain {1} --temp {2} ::: 1 2 4 ::: 27 85
-  parvm run -a cases.txt ./solve {}")]
+  parvm run -a cases.txt ./solve {}
+  parvm run --halt now,fail=1 --timeout 300% ./test.sh {} ::: unit lint e2e
+  find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
+  parvm run --each-host df -h /scratch")]
 pub struct Args {
     /// Run N workers (task slots) on this machine [default: PARVM_WORKERS, else the
     /// number of cores].
@@ -46,12 +55,17 @@ pub struct Args {
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
     pub copies: Option<usize>,
+    /// Run every case once on each host of the run (without inputs: the command once per
+    /// host); under TCP, give `-j N` to wait for N workers first.
+    #[arg(long)]
+    pub each_host: bool,
     /// A mirror map entry `SRC=DST` copied into every case's task folder (SRC relative to
     /// the current folder, inside PARALLEL_MIRRORED_STORAGE); repeatable.
     #[arg(long = "map", value_name = "SRC=DST")]
     pub maps: Vec<String>,
     /// Bring files matching GLOB (relative to the task folder) back into the case's
-    /// results folder; repeatable; needs --results.
+    /// results folder; repeatable; needs --results. Replacement strings work in it
+    /// (`out/{/.}.raw`), their values matching literally.
     #[arg(long = "return", value_name = "GLOB")]
     pub returns: Vec<String>,
     /// Keep each case in DIR/<case number>/: its returned files, `stdout`, `stderr` and
@@ -72,8 +86,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub retries: u32,
     /// Stop a case that runs longer than this (`10s`, `500ms`, `2m`, `1h`; a bare number
-    /// is seconds).
-    #[arg(long, value_name = "DURATION")]
+    /// is seconds), or than `P%` of the median runtime of the cases that succeeded so far
+    /// (from the 3rd success on; e.g. `300%`).
+    #[arg(long, value_name = "DURATION|P%")]
     pub timeout: Option<String>,
     /// Print the output of cases in input order (default: as they end).
     #[arg(short = 'k', long = "keep-order")]
@@ -88,9 +103,12 @@ pub struct Args {
     /// instead of the shell (replacement strings still work inside them).
     #[arg(short = 'q', long = "quote")]
     pub quote: bool,
-    /// `soon,fail=1`: after the first case that fails for good, start no new case (running
-    /// ones finish; the others are reported not run and counted as failed).
-    #[arg(long, value_name = "WHEN")]
+    /// Stop the run early: WHEN is `soon` (start no new case; running ones finish) or
+    /// `now` (stop the running ones too), once COUNT cases (a number, or `P%` of the
+    /// run's cases) failed (`fail`), succeeded (`success`) or ended (`done`); e.g.
+    /// `now,fail=1`, `soon,fail=10%`, `now,success=1`. Cases not run count as failed and
+    /// stay out of the joblog. Default: `never`.
+    #[arg(long, value_name = "WHEN,WHY=COUNT")]
     pub halt: Option<String>,
     /// Keep each worker's task folder for its next case (mirrored inputs are copied again
     /// only when they changed); removed at the end of the run.
@@ -133,17 +151,11 @@ pub fn serve() -> Result<(), RunError> {
     Ok(())
 }
 
-/// A case ready to run.
-#[derive(Debug)]
-struct Case {
-    /// Its command line for `sh -c`.
-    line: String,
-    /// Its input values joined by spaces, for `--tag`.
-    tag: Vec<u8>,
-}
+/// The shell each case's command line is given to, with `-c`.
+const SHELL: &str = "/bin/sh";
 
 /// Runs `parvm run`; returns the exit status: 0, the number of failed cases up to 100,
-/// 101 for more, or 130 when SIGINT or SIGTERM stopped it.
+/// 101 for more, what `--halt` gives, or 130 when SIGINT or SIGTERM stopped it.
 ///
 /// # Errors
 /// Bad flags or inputs, or a sweep that cannot run (exit status 255).
@@ -163,7 +175,11 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     if let (Some(copies), true) = (args.copies, split.has_inputs()) {
         return Err(RunError::CopiesWithInputs { copies });
     }
-    let timeout = args.timeout.as_deref().map(duration).transpose()?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(timeout::Limit::parse)
+        .transpose()?;
     for pattern in &args.returns {
         if leaves_folder(pattern) {
             return Err(RunError::ReturnEscapes {
@@ -191,36 +207,47 @@ pub fn run(args: Args) -> Result<u8, RunError> {
             })
         })
         .transpose()?;
-    let mut sources = split.read()?;
+    let halt = args
+        .halt
+        .as_deref()
+        .map(halt::Halt::parse)
+        .transpose()?
+        .flatten();
+    // A first args file is read as cases start, unless its lines are all needed first:
+    // for their columns, or for the total a percentage of cases needs.
+    let stream = colsep.is_none() && !halt.is_some_and(|halt| halt.needs_total());
+    let mut inputs = split.open(stream)?;
     if let Some(colsep) = &colsep {
-        sources = inputs::columns(sources, colsep);
+        inputs = inputs.columns(colsep);
     }
-    let template = replace::Template::parse(&words, sources.len(), args.quote)?;
-    let halt = match args.halt.as_deref() {
-        None | Some("never") => false,
-        Some("soon,fail=1") => true,
-        Some(other) => {
-            return Err(RunError::Halt {
-                given: other.to_owned(),
-            });
-        }
-    };
-    let values = if sources.is_empty() {
-        vec![Vec::new(); args.copies.unwrap_or(1)]
-    } else {
-        inputs::cases(&sources)?
-    };
-    let cases: Vec<Case> = values
+    let template = replace::Template::parse(&words, inputs.count(), args.quote)?;
+    let returns = args
+        .returns
         .iter()
-        .enumerate()
-        .map(|(at, values)| Case {
-            line: template.fill(at + 1, values),
-            tag: values.join(&b' '),
-        })
-        .collect();
+        .map(|pattern| replace::Template::pattern(pattern, inputs.count()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (values, total): (feed::Values<'_>, Option<usize>) = if inputs.count() == 0 {
+        let copies = args.copies.unwrap_or(1);
+        (Box::new((0..copies).map(|_| Ok(Vec::new()))), Some(copies))
+    } else {
+        let total = inputs.total();
+        (Box::new(inputs.cases()?), total)
+    };
     if args.dry_run {
-        for case in &cases {
-            println!("{}", case.line);
+        let mut out = std::io::stdout().lock();
+        for case in feed::Maker::new(values, &template, &returns, None) {
+            let case = case?;
+            match writeln!(out, "{}", case.line) {
+                Ok(()) => {}
+                // `--dry-run | head`: the reader has seen enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                Err(source) => {
+                    return Err(RunError::Print {
+                        case: case.number,
+                        source,
+                    });
+                }
+            }
         }
         return Ok(0);
     }
@@ -228,15 +255,10 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         return Err(RunError::ReturnWithoutResults);
     }
     let resuming = args.resume || args.resume_failed;
-    // The cases to run now, by index into `cases`.
-    let mut todo: Vec<usize> = (0..cases.len()).collect();
-    if let (true, Some(path)) = (resuming, &args.joblog) {
-        let done = joblog::recorded(path)?;
-        todo.retain(|&at| match done.get(&cases[at].line) {
-            None => true,
-            Some(&exit) => args.resume_failed && exit != 0,
-        });
-    }
+    let recorded = match (resuming, &args.joblog) {
+        (true, Some(path)) => Some(joblog::recorded(path)?),
+        _ => None,
+    };
     let results = args
         .results
         .as_deref()
@@ -252,31 +274,37 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         timeout,
         halt,
         results: results.as_ref(),
+        recorded: recorded.as_ref(),
+        template: &template,
+        returns: &returns,
+        total,
     };
-    if todo.is_empty() {
-        return Ok(0);
-    }
-    let swept = sweep(&args, &cases, &todo, &settings, joblog.as_mut())?;
+    let swept = sweep(&args, values, &settings, joblog.as_mut())?;
     drop(results);
     if swept.interrupted {
         return Ok(130);
     }
-    Ok(u8::try_from(swept.failed.min(101)).unwrap_or(101))
+    Ok(swept.status)
 }
 
 /// What `run` checked and made, for `sweep`.
 struct Settings<'a> {
     maps: &'a [(&'a str, &'a str)],
-    timeout: Option<Duration>,
-    halt: bool,
+    timeout: Option<timeout::Limit>,
+    halt: Option<halt::Halt>,
     results: Option<&'a output::Results>,
+    /// What the joblog recorded, with `--resume` or `--resume-failed`.
+    recorded: Option<&'a joblog::Recorded>,
+    template: &'a replace::Template,
+    returns: &'a [replace::Template],
+    /// How many sets of input values there are, when known before they are read.
+    total: Option<usize>,
 }
 
 /// Starts the runtime, runs every case, prints each as it ends; returns how many failed.
 fn sweep(
     args: &Args,
-    cases: &[Case],
-    todo: &[usize],
+    values: feed::Values<'_>,
     settings: &Settings<'_>,
     joblog: Option<&mut joblog::Joblog>,
 ) -> Result<Swept, RunError> {
@@ -303,24 +331,82 @@ fn sweep(
         vm = vm.mirror(*src, *dst);
     }
     let vm = vm.build().map_err(RunError::Vm)?;
-    let jobs = todo.iter().map(|&at| &cases[at]).map(|case| {
-        let mut job = Job::command("sh")
-            .args(["-c", case.line.as_str()])
-            .capture(true);
-        for pattern in &args.returns {
-            job = job.returning(pattern.as_str());
+    let hosts = if args.each_host {
+        // TCP workers join whenever they connect: wait for those asked for (the local and
+        // MPI transports have theirs already).
+        runtime
+            .wait_for_workers(args.jobs.unwrap_or(1), EACH_HOST_WAIT)
+            .map_err(RunError::Vm)?;
+        // The hosts with worker slots (the spawner's own has none under TCP and MPI).
+        let mut hosts: Vec<parvm_vm::HostId> = vm
+            .describe()
+            .hosts
+            .into_iter()
+            .filter(|host| !host.slots.is_empty())
+            .map(|host| host.host)
+            .collect();
+        hosts.sort();
+        Some(hosts)
+    } else {
+        None
+    };
+    let mut maker = feed::Maker::new(values, settings.template, settings.returns, hosts);
+    let total = settings
+        .total
+        .and_then(|total| total.checked_mul(maker.per_values()));
+    let bar = progress_bar(total, args.json);
+    let ledger = feed::Ledger::default();
+    // `--timeout P%`: each case's limit from the successes before it is handed out.
+    let median = RefCell::new(timeout::Median::default());
+    let jobs = std::iter::from_fn(|| {
+        loop {
+            // A halt ends the sequence too, so the cases after the window are never made.
+            if ledger.halted() {
+                return None;
+            }
+            let case = match maker.next()? {
+                Ok(case) => case,
+                Err(error) => {
+                    ledger.fail(error);
+                    return None;
+                }
+            };
+            if let Some(recorded) = settings.recorded {
+                let host = case.host.as_ref().map(|host| host.0.as_str());
+                if let Some(exit) = recorded.exit(host, &case.line)
+                    && !(args.resume_failed && exit != 0)
+                {
+                    ledger.skip(&case);
+                    bar.dec_length(1);
+                    continue;
+                }
+            }
+            // `/bin/sh` by its path, as `system(3)` does: no search of PATH (nine failed
+            // `execve` per case on a typical PATH), and the same shell whatever PATH holds.
+            let mut job = Job::command(SHELL)
+                .args(["-c", case.line.as_str()])
+                .capture(true);
+            for pattern in &case.returns {
+                job = job.returning(pattern.as_str());
+            }
+            if let Some(host) = &case.host {
+                job = job.hosts([host.clone()]);
+            }
+            if let Some(timeout::Limit::OfMedian(percent)) = timeout
+                && let Some(limit) = median.borrow().limit(percent)
+            {
+                job = job.timeout(limit);
+            }
+            ledger.hand_out(case);
+            return Some(job);
         }
-        job
     });
     let mut dispatch = vm.dispatch(jobs).retries(args.retries);
     if !args.keep_order {
         dispatch = dispatch.unordered();
     }
-    if let Some(limit) = timeout {
+    if let Some(timeout::Limit::Fixed(limit)) = timeout {
         dispatch = dispatch.timeout(limit);
-    }
-    if settings.halt {
-        dispatch = dispatch.halt_on_error();
     }
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
@@ -329,7 +415,17 @@ fn sweep(
     let done = AtomicBool::new(false);
     let swept = std::thread::scope(|scope| {
         scope.spawn(|| interrupt.watch(&vm, &done));
-        let swept = report(args, cases, todo, results, joblog, dispatch, &interrupt);
+        let sweep = Reporting {
+            args,
+            ledger: &ledger,
+            total,
+            results,
+            halt: settings.halt,
+            median: &median,
+            interrupt: &interrupt,
+            bar: bar.clone(),
+        };
+        let swept = sweep.report(joblog, dispatch);
         done.store(true, Ordering::SeqCst);
         swept
     })?;
@@ -341,8 +437,16 @@ fn sweep(
     }
     drop(vm);
     runtime.finalize().map_err(RunError::Vm)?;
+    if let Some(error) = ledger.failure() {
+        // The cases made before it ran and were reported; the input is still at fault.
+        return Err(error);
+    }
     Ok(swept)
 }
+
+/// How long `--each-host` waits for the workers asked for with `-j` (TCP workers join
+/// when they connect, e.g. once ssh started them).
+const EACH_HOST_WAIT: Duration = Duration::from_secs(300);
 
 /// What a sweep did.
 struct Swept {
@@ -352,97 +456,187 @@ struct Swept {
     reported: usize,
     /// Whether SIGINT or SIGTERM stopped it.
     interrupted: bool,
+    /// The exit status, when no signal stopped it.
+    status: u8,
 }
 
-/// Prints, keeps and logs each result as it comes; stops taking results after a signal
-/// (dropping the dispatch stops what still runs).
-fn report<I: Iterator<Item = Job>>(
-    args: &Args,
-    cases: &[Case],
-    todo: &[usize],
-    results: Option<&output::Results>,
-    mut joblog: Option<&mut joblog::Joblog>,
-    dispatch: parvm_vm::Dispatch<'_, I>,
-    interrupt: &interrupt::Interrupt,
-) -> Result<Swept, RunError> {
-    let mut swept = Swept {
-        failed: 0,
-        reported: 0,
-        interrupted: false,
-    };
-    let failed = &mut swept.failed;
-    let bar = progress_bar(todo.len());
-    for result in dispatch {
-        let result = match result {
-            Ok(result) => result,
-            // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want of
-            // them, which is the stop that was asked for.
-            Err(_) if interrupt.happened() => break,
-            Err(error) => return Err(RunError::Vm(error)),
+/// What `report` needs besides the dispatch and the joblog.
+struct Reporting<'a> {
+    args: &'a Args,
+    /// The cases in flight.
+    ledger: &'a feed::Ledger,
+    /// How many cases the run has, when known.
+    total: Option<usize>,
+    results: Option<&'a output::Results>,
+    halt: Option<halt::Halt>,
+    /// The runtimes of the cases that succeeded, for `--timeout P%`.
+    median: &'a RefCell<timeout::Median>,
+    interrupt: &'a interrupt::Interrupt,
+    bar: indicatif::ProgressBar,
+}
+
+impl Reporting<'_> {
+    /// Prints, keeps and logs each result as it comes; halts the dispatch when `--halt`
+    /// says so; stops taking results after a signal (dropping the dispatch stops what
+    /// still runs).
+    fn report<I: Iterator<Item = Job>>(
+        &self,
+        mut joblog: Option<&mut joblog::Joblog>,
+        mut dispatch: parvm_vm::Dispatch<'_, I>,
+    ) -> Result<Swept, RunError> {
+        let (args, bar) = (self.args, &self.bar);
+        let mut swept = Swept {
+            failed: 0,
+            reported: 0,
+            interrupted: false,
+            status: 0,
         };
-        swept.reported += 1;
-        let at = todo[result.index];
-        let number = at + 1;
-        if args.json {
-            bar.suspend(|| output::print_record(&result, number, &cases[at].line))?;
-        } else {
-            let tag = args.tag.then(|| cases[at].tag.as_slice());
-            bar.suspend(|| output::print(&result, number, tag))?;
-        }
-        bar.inc(1);
-        if !result.outcome.is_success() {
-            *failed += 1;
-        }
-        if let Some(results) = results {
-            results.keep(&result, number)?;
-        }
-        // A case not run is left out of the joblog, so `--resume` runs it.
-        let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
-        if let (Some(log), true) = (joblog.as_deref_mut(), ran) {
+        let mut tally = halt::Tally::default();
+        // The exit code of the case that halted the run, once it halted.
+        let mut halted_by: Option<Option<i64>> = None;
+        while let Some(result) = dispatch.next() {
+            let result = match result {
+                Ok(result) => result,
+                // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want
+                // of them, which is the stop that was asked for.
+                Err(_) if self.interrupt.happened() => break,
+                Err(error) => return Err(RunError::Vm(error)),
+            };
+            let Some(case) = self.ledger.take(result.index) else {
+                // Every job was handed out with its case; a result without one would be
+                // the dispatch's bug, and has nothing to print.
+                continue;
+            };
+            swept.reported += 1;
+            let number = case.number;
+            if args.json {
+                bar.suspend(|| output::print_record(&result, number, &case.line))?;
+            } else {
+                let tag = args.tag.then_some(case.tag.as_slice());
+                bar.suspend(|| output::print(&result, number, tag))?;
+            }
+            bar.inc(1);
+            let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
             let (exit, signal) = output::status(&result.outcome);
-            let host = result
-                .host
-                .as_ref()
-                .map_or_else(|| ":".to_owned(), ToString::to_string);
-            log.write(&joblog::Entry {
-                seq: number,
-                host: &host,
-                start: SystemTime::now()
-                    .checked_sub(result.elapsed)
-                    .unwrap_or(SystemTime::now()),
-                runtime: result.elapsed,
-                send: result.mirrored,
-                receive: result.returned_bytes,
-                exit,
-                signal,
-                command: &cases[at].line,
-            })?;
+            // A case whose results could not be kept is reported and counts as failed; the
+            // run goes on (a full disk may have room again once other cases are done).
+            let kept = match self.results.map(|results| results.keep(&result, number)) {
+                Some(Err(error)) => {
+                    bar.suspend(|| eprintln!("parvm run: {error}"));
+                    false
+                }
+                _ => true,
+            };
+            if result.outcome.is_success() && kept {
+                tally.succeeded += 1;
+                self.median.borrow_mut().record(result.elapsed);
+            } else {
+                swept.failed += 1;
+                tally.failed += usize::from(ran);
+            }
+            // A case not run, or whose results were not kept, is left out of the joblog,
+            // so `--resume` runs it.
+            if let (Some(log), true) = (joblog.as_deref_mut(), ran && kept) {
+                let host = result
+                    .host
+                    .as_ref()
+                    .map_or_else(|| ":".to_owned(), ToString::to_string);
+                log.write(&joblog::Entry {
+                    seq: number,
+                    host: &host,
+                    start: SystemTime::now()
+                        .checked_sub(result.elapsed)
+                        .unwrap_or(SystemTime::now()),
+                    runtime: result.elapsed,
+                    send: result.mirrored,
+                    receive: result.returned_bytes,
+                    exit,
+                    signal,
+                    command: &case.line,
+                })?;
+            }
+            if let Some(halt) = self.halt
+                && halted_by.is_none()
+                && ran
+                && halt.reached(&tally, self.total.unwrap_or(usize::MAX))
+            {
+                halted_by = Some(Some(exit).filter(|&code| code > 0));
+                self.ledger.halt();
+                let now = halt.when == halt::When::Now;
+                dispatch.halt(now);
+                bar.suspend(|| {
+                    eprintln!(
+                        "parvm run: --halt {}: {} failed, {} succeeded; starting no new case{}",
+                        args.halt.as_deref().unwrap_or_default(),
+                        tally.failed,
+                        tally.succeeded,
+                        if now {
+                            " and stopping the running ones"
+                        } else {
+                            ", waiting for the running ones"
+                        }
+                    );
+                });
+            }
+            if self.interrupt.happened() {
+                swept.interrupted = true;
+                break;
+            }
         }
-        if interrupt.happened() {
+        bar.finish_and_clear();
+        if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
-            break;
+            eprintln!(
+                "parvm run: stopped by a signal: {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+                swept.reported, swept.failed,
+            );
+            return Ok(swept);
         }
+        swept.status = halt::failed_status(swept.failed);
+        if let (Some(halt), Some(trigger)) = (self.halt, halted_by) {
+            // Cases never made after the halt were not reported: they did not run either.
+            let unmade = self
+                .total
+                .map(|total| total.saturating_sub(self.ledger.made()));
+            swept.failed += unmade.unwrap_or(0);
+            let total = self.total.unwrap_or(self.ledger.made());
+            swept.status = halt.exit_status(trigger, &tally, swept.failed, total);
+            let not_run = swept.failed - tally.failed;
+            let rest = if unmade.is_some() {
+                ""
+            } else {
+                ", and the rest of the input was not read"
+            };
+            eprintln!(
+                "parvm run: halted by --halt {}: {} cases ran ({} failed), {not_run} not run{rest}; the cases not run are not in the joblog, so --resume runs them",
+                self.args.halt.as_deref().unwrap_or_default(),
+                tally.failed + tally.succeeded,
+                tally.failed,
+            );
+        }
+        Ok(swept)
     }
-    bar.finish_and_clear();
-    if swept.interrupted || interrupt.happened() {
-        swept.interrupted = true;
-        eprintln!(
-            "parvm run: stopped by a signal: {} of {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
-            swept.reported,
-            todo.len(),
-            swept.failed,
-        );
-    }
-    Ok(swept)
 }
 
-/// Cases done out of `cases`, with the time left, on standard error; indicatif draws it
-/// only when standard error is a terminal, so pipes and logs never see it.
-fn progress_bar(cases: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(u64::try_from(cases).unwrap_or(u64::MAX));
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} cases, {eta} left [{elapsed}]",
-    ) {
+/// Cases done out of `cases` (when known), with the time left, on standard error.
+/// indicatif draws it only when standard error is a terminal, so pipes and logs never see
+/// it; none with `--json`, whose records are for programs.
+fn progress_bar(cases: Option<usize>, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match cases {
+        Some(cases) => (
+            indicatif::ProgressBar::new(u64::try_from(cases).unwrap_or(u64::MAX)),
+            "{bar:30} {pos}/{len} cases, {eta} left [{elapsed}]",
+        ),
+        // Cases still being read: a count and the time so far.
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "{spinner} {pos} cases [{elapsed}]",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar
@@ -453,48 +647,9 @@ fn leaves_folder(pattern: &str) -> bool {
     Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
 }
 
-/// A duration such as `10s`, `500ms`, `2m`, `1h` or `1.5` (seconds).
-fn duration(text: &str) -> Result<Duration, RunError> {
-    let bad = || RunError::Duration {
-        text: text.to_owned(),
-    };
-    let digits = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        "d" => number * 86_400.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        for (text, ms) in [
-            ("10s", 10_000),
-            ("500ms", 500),
-            ("2m", 120_000),
-            ("1.5", 1500),
-        ] {
-            assert_eq!(duration(text).unwrap(), Duration::from_millis(ms), "{text}");
-        }
-        for text in ["", "s", "10x", "-1s", "0"] {
-            assert!(duration(text).is_err(), "{text}");
-        }
-    }
 
     #[test]
     fn return_patterns_that_leave_the_folder() {

@@ -99,19 +99,69 @@ pub fn print(result: &JobResult, case: usize, tag: Option<&[u8]>) -> Result<(), 
     let fail = |source| RunError::Print { case, source };
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    copy(result.stdout.as_ref(), &mut out, tag).map_err(fail)?;
+    copy(whole("stdout", result.stdout.as_ref()), &mut out, tag).map_err(fail)?;
     out.flush().map_err(fail)?;
     let stderr = io::stderr();
     let mut err = stderr.lock();
-    copy(result.stderr.as_ref(), &mut err, tag).map_err(fail)?;
+    copy(whole("stderr", result.stderr.as_ref()), &mut err, tag).map_err(fail)?;
+    for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+        if let Some(cut) = cut_off(name, captured.as_ref()) {
+            writeln!(
+                err,
+                "parvm run: case {case}: {cut}; what arrived was not printed"
+            )
+            .map_err(fail)?;
+        }
+    }
     match &result.outcome {
-        JobOutcome::Command(_)
-        | JobOutcome::Failed {
+        JobOutcome::Command(_) => {}
+        // A command that failed by itself says so in its own output, as in GNU parallel.
+        JobOutcome::Failed {
             status: Some(_), ..
-        } => {}
+        } if besides_the_command(&result.outcome).is_none() => {}
         other => writeln!(err, "parvm run: case {case} {other}").map_err(fail)?,
     }
     err.flush().map_err(fail)
+}
+
+/// Why a case failed besides its command's own exit status (its output or returned
+/// files could not be kept on the spawner), when it did.
+#[must_use]
+pub fn besides_the_command(outcome: &JobOutcome) -> Option<&str> {
+    let JobOutcome::Failed {
+        reason,
+        status: Some(status),
+    } = outcome
+    else {
+        return None;
+    };
+    if status.success() {
+        return Some(reason);
+    }
+    // The dispatch puts the command's status first, then what else failed.
+    reason
+        .strip_prefix(&format!("the command ended with {status}; "))
+        .filter(|rest| !rest.is_empty())
+}
+
+/// The stream when it is whole: a stream cut off is not printed (a line says why).
+fn whole<'a>(name: &str, captured: Option<&'a Captured>) -> Option<&'a Captured> {
+    captured.filter(|_| cut_off(name, captured).is_none())
+}
+
+/// Why a stream that spilled into a file is not whole there (writing it failed, e.g. on
+/// a full disk): what the file holds against what the case printed.
+fn cut_off(name: &str, captured: Option<&Captured>) -> Option<String> {
+    let captured = captured?;
+    let path = captured.path()?;
+    let held = std::fs::metadata(path).map_or(0, |meta| meta.len());
+    (held != captured.len()).then(|| {
+        format!(
+            "its {name} was cut off: `{}` holds {held} of the {} bytes it printed",
+            path.display(),
+            captured.len()
+        )
+    })
 }
 
 /// Writes a captured stream to `to`: from memory, or from the file it spilled into; with
@@ -186,13 +236,43 @@ impl Results {
         &self.incoming
     }
 
-    /// Completes case `case` (dispatch index `result.index`) and moves it into place.
+    /// Completes case `case` (dispatch index `result.index`) and moves it into place; a
+    /// case whose results are not whole (a full disk, a returned file that could not be
+    /// written) is removed from the staging folder instead, so no folder that appears
+    /// under `DIR` lacks anything.
     ///
     /// # Errors
-    /// A file cannot be written or the folder cannot be moved.
+    /// The case's results are not whole, a file cannot be written or the folder cannot
+    /// be moved: [`RunError::CaseNotKept`], for this case only.
     pub fn keep(&self, result: &JobResult, case: usize) -> Result<(), RunError> {
         let from = self.incoming.join(result.index.to_string());
-        let failed = |path: PathBuf| move |source| RunError::ResultWrite { path, source };
+        self.complete(result, case, &from).map_err(|reason| {
+            // Best effort: on a full disk removing still works, and what stays is in the
+            // staging folder, never presented as a case.
+            let _ = std::fs::remove_dir_all(&from);
+            RunError::CaseNotKept {
+                case,
+                dir: self.dir.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// Writes the rest of case `case` into `from` and moves it into place; why not, in
+    /// words.
+    fn complete(&self, result: &JobResult, case: usize, from: &Path) -> Result<(), String> {
+        if let Some(reason) = besides_the_command(&result.outcome) {
+            return Err(reason.to_owned());
+        }
+        for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            if let Some(cut) = cut_off(name, captured.as_ref()) {
+                return Err(cut);
+            }
+        }
+        let failed = |path: PathBuf| {
+            move |source: std::io::Error| format!("cannot write `{}`: {source}", path.display())
+        };
+        let from = from.to_owned();
         std::fs::create_dir_all(&from).map_err(failed(from.clone()))?;
         for (name, captured) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
             let path = from.join(name);

@@ -81,9 +81,37 @@ impl Template {
         Ok(Template { pieces })
     }
 
+    /// Parses a `--return` pattern: its replacement strings are filled per case with
+    /// values escaped for the glob ([`Template::fill_pattern`]); nothing is appended.
+    ///
+    /// # Errors
+    /// A value replacement string without inputs, `{N}` beyond the sources, or `{%}`
+    /// (the slot is known only once the case runs).
+    pub fn pattern(pattern: &str, sources: usize) -> Result<Template, RunError> {
+        let pieces = pieces_of(pattern, sources)?;
+        if pieces.contains(&Piece::Slot) {
+            return Err(RunError::SlotInReturn {
+                pattern: pattern.to_owned(),
+            });
+        }
+        Ok(Template { pieces })
+    }
+
     /// The command line of case `number` (from 1) with `values` (one per source).
     #[must_use]
     pub fn fill(&self, number: usize, values: &[Vec<u8>]) -> String {
+        self.fill_with(number, values, quote)
+    }
+
+    /// The `--return` pattern of case `number` with `values`: each value matches itself
+    /// only (`*`, `?` and `[` in it are escaped as `[*]`, `[?]`, `[[]`; a byte that is
+    /// not UTF-8 becomes `?`, any one character, since a pattern is text).
+    #[must_use]
+    pub fn fill_pattern(&self, number: usize, values: &[Vec<u8>]) -> String {
+        self.fill_with(number, values, glob_literal)
+    }
+
+    fn fill_with(&self, number: usize, values: &[Vec<u8>], quote: fn(&[u8]) -> String) -> String {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
@@ -108,6 +136,25 @@ impl Template {
         }
         out
     }
+}
+
+/// `value` as a glob that matches exactly it.
+fn glob_literal(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for chunk in value.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '*' | '?' | '[' => {
+                    out.push('[');
+                    out.push(c);
+                    out.push(']');
+                }
+                c => out.push(c),
+            }
+        }
+        out.extend(chunk.invalid().iter().map(|_| '?'));
+    }
+    out
 }
 
 /// The pieces of `line`: text and replacement strings, checked against `sources`.
@@ -284,6 +331,28 @@ mod tests {
             .unwrap()
             .fill(1, &[b"v".to_vec()]);
         assert_eq!(line, "echo 'a|b' v");
+    }
+
+    #[test]
+    fn return_patterns_escape_glob_characters_of_values() {
+        let template = Template::pattern("out/{/.}-{#}.raw", 1).unwrap();
+        assert_eq!(
+            Template::pattern("*.raw", 1)
+                .unwrap()
+                .fill_pattern(1, &[b"x".to_vec()]),
+            "*.raw"
+        );
+        for (value, expected) in [
+            (&b"dir/amp.cir"[..], "out/amp-3.raw"),
+            (b"a*b?[c].cir", "out/a[*]b[?][[]c]-3.raw"),
+            (b"x\xff.cir", "out/x?-3.raw"),
+        ] {
+            assert_eq!(template.fill_pattern(3, &[value.to_vec()]), expected);
+        }
+        let error = Template::pattern("{%}.raw", 1).unwrap_err().to_string();
+        assert!(error.contains("--return `{%}.raw`"), "{error}");
+        let error = Template::pattern("{}.raw", 0).unwrap_err().to_string();
+        assert!(error.contains("no inputs"), "{error}");
     }
 
     proptest! {

@@ -1,0 +1,555 @@
+//! `parvm run` flags end to end, through the real binary: `--halt`, `--timeout P%`,
+//! `--each-host`, replacement strings in `--return`, lazy cases, the progress bar.
+
+use super::run::{Sweep, lines};
+
+/// The joblog rows after the header: (Seq, Exitval, Command).
+fn joblog(sweep: &Sweep, name: &str) -> Vec<(String, String, String)> {
+    let log = std::fs::read_to_string(sweep.shared.join(name)).unwrap();
+    log.lines()
+        .skip(1)
+        .map(|line| {
+            let row: Vec<&str> = line.split('\t').collect();
+            (row[0].to_owned(), row[6].to_owned(), row[8].to_owned())
+        })
+        .collect()
+}
+
+/// A command for `{}` in `::: fail ok wait`-style cases: `ok N` exits N at once, `wait`
+/// blocks until stopped, `fail N` exits N once every `wait` case has started (each
+/// `wait` case touches `<shared>/started-{#}` first), so the failure comes while they run.
+fn behaviour(sweep: &Sweep, waits: usize) -> String {
+    let dir = sweep.shared.display();
+    format!(
+        "v={{}}; set -- $v; case $1 in \
+         ok) exit $2;; \
+         wait) touch {dir}/started-{{#}}; exec sleep 60;; \
+         fail) while [ $(ls {dir} | grep -c '^started-') -lt {waits} ]; do sleep 0.01; done; exit $2;; \
+         esac"
+    )
+}
+
+#[test]
+fn halt_now_fail_stops_the_running_cases_and_exits_with_the_failing_code() {
+    let sweep = Sweep::new();
+    let command = behaviour(&sweep, 1);
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "--halt",
+        "now,fail=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "wait",
+        "fail 3",
+        "ok 0",
+        "ok 0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    // Only the failing case ran to its end; the stopped and never started ones are left
+    // out of the joblog, so --resume runs them.
+    let rows = joblog(&sweep, "jl");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("2", "3"));
+    assert!(stderr.contains("case 1 not run"), "{stderr}");
+    assert!(
+        stderr.contains("halted by --halt now,fail=1") && stderr.contains("3 not run"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn halt_soon_lets_running_cases_finish() {
+    let sweep = Sweep::new();
+    let dir = sweep.shared.display();
+    // Case 1 runs until the joblog records case 2's failure, which is written just
+    // before the halt: it is running when the halt comes and must still end by itself.
+    let command = format!(
+        "v={{}}; set -- $v; case $1 in \
+         slow) until awk -F'\\t' '$7 == 4 {{ f = 1 }} END {{ exit !f }}' {dir}/jl; do sleep 0.01; done; echo slow ended;; \
+         fail) exit 4;; \
+         esac"
+    );
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "--halt",
+        "soon,fail=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "slow",
+        "fail",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "slow ended\n");
+    let mut rows = joblog(&sweep, "jl");
+    rows.sort();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(seq, exit, _)| (seq.as_str(), exit.as_str()))
+        .collect();
+    assert_eq!(got, [("1", "0"), ("2", "4")]);
+}
+
+#[test]
+fn halt_success_and_done_count_cases_or_percentages() {
+    let sweep = Sweep::new();
+    let command = behaviour(&sweep, 0);
+    // The first success halts: exit 0, the waiting case stopped.
+    let out = sweep.run(&[
+        "-j",
+        "2",
+        "--halt",
+        "now,success=1",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "wait",
+        "ok 0",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(joblog(&sweep, "jl").len(), 1);
+    // One worker: after 50% of 4 cases are done the other two do not run; they count
+    // as failed.
+    let out = sweep.run(&[
+        "-j",
+        "1",
+        "--halt",
+        "now,done=50%",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "ok 0",
+        "ok 0",
+        "wait",
+        "wait",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(joblog(&sweep, "jl").len(), 2);
+    // fail=P%: the exit status is the percentage of cases that failed.
+    let out = sweep.run(&[
+        "-j",
+        "1",
+        "--halt",
+        "now,fail=50%",
+        "--joblog",
+        "jl",
+        &command,
+        ":::",
+        "ok 0",
+        "ok 5",
+        "ok 6",
+        "wait",
+    ]);
+    assert_eq!(out.status.code(), Some(50));
+    let exits: Vec<String> = joblog(&sweep, "jl").into_iter().map(|r| r.1).collect();
+    assert_eq!(exits, ["0", "5", "6"]);
+}
+
+#[test]
+fn bad_halt_settings_are_refused() {
+    let sweep = Sweep::new();
+    for (given, reason) in [
+        ("sometimes", "it has no `,`"),
+        ("later,fail=1", "WHEN is `soon` or `now`"),
+        ("now,crash=1", "WHY is `fail`, `success` or `done`"),
+        ("now,fail=0", "COUNT is a number of cases from 1"),
+        ("soon,done=120%", "P in `P%` is above 0 and at most 100"),
+    ] {
+        sweep.refuses(
+            &["--halt", given, "true"],
+            &format!("--halt `{given}` is not a halt setting ({reason}"),
+        );
+    }
+    assert_eq!(
+        lines(&sweep.ok(&["--halt", "never", "echo", ":::", "x"])),
+        ["x"]
+    );
+}
+
+#[test]
+fn timeout_percent_of_the_median_stops_a_case_far_slower_than_the_others() {
+    let sweep = Sweep::new();
+    // One worker holds 4 cases at once, so case 7 is the first handed out after 3 cases
+    // succeeded: it gets 1000% of their median (about 2 s) and is stopped; the cases
+    // before it had no limit yet, and the fast ones after it stay far below theirs.
+    let mut args = vec![
+        "-j",
+        "1",
+        "-k",
+        "--timeout",
+        "1000%",
+        "--joblog",
+        "jl",
+        "sleep",
+        ":::",
+    ];
+    args.extend(["0.2"; 6]);
+    args.extend(["60", "0.2"]);
+    let out = sweep.run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("case 7 timed out after"), "{stderr}");
+    let rows = joblog(&sweep, "jl");
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for (seq, exit, _) in &rows {
+        assert_eq!(exit, if seq == "7" { "-1" } else { "0" }, "{rows:?}");
+    }
+    sweep.refuses(&["--timeout", "0%", "true"], "--timeout `0%`");
+}
+
+#[test]
+fn return_patterns_take_replacement_strings_and_match_values_literally() {
+    let sweep = Sweep::new();
+    // Each case writes its own file, and a decoy that the value's `*` would match as a
+    // glob; only the literal name comes back.
+    sweep.ok(&[
+        "--results",
+        "r",
+        "-k",
+        "--return",
+        "out/{/.}-{#}.raw",
+        "v={};",
+        "b=$(basename \"${v%.*}\");",
+        "mkdir out; echo $v > \"out/$b-{#}.raw\"; echo decoy > \"out/${b%%\\**}X-{#}.raw\"",
+        ":::",
+        "dir/amp.cir",
+        "we*.cir",
+    ]);
+    let r = sweep.shared.join("r");
+    assert_eq!(
+        std::fs::read_to_string(r.join("1/out/amp-1.raw")).unwrap(),
+        "dir/amp.cir\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("2/out/we*-2.raw")).unwrap(),
+        "we*.cir\n"
+    );
+    assert!(!r.join("2/out/weX-2.raw").exists());
+    assert!(!r.join("1/out/ampX-1.raw").exists());
+    sweep.refuses(
+        &["--results", "r2", "--return", "{%}.raw", "true", ":::", "a"],
+        "--return `{%}.raw` uses `{%}`",
+    );
+    sweep.refuses(
+        &["--results", "r2", "--return", "{}.raw", "true"],
+        "`{}` but has no inputs",
+    );
+}
+
+/// `::: 0 .. 999` three times: 10^9 combinations.
+fn a_billion_cases(args: &mut Vec<String>) {
+    for _ in 0..3 {
+        args.push(":::".to_owned());
+        args.extend((0..1000).map(|i| i.to_string()));
+    }
+}
+
+/// The first `count` lines of the child's stdout, read in a thread, or a failure after
+/// 60 s (a run that made every case first would not print within it).
+fn first_lines(child: &mut std::process::Child, count: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().take(count) {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (0..count)
+        .map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("no line within 60 s")
+        })
+        .collect()
+}
+
+#[test]
+fn a_billion_combinations_start_at_once_and_dry_run_streams() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let sweep = Sweep::new();
+    let mut args = vec!["--dry-run".to_owned(), "echo".to_owned()];
+    a_billion_cases(&mut args);
+    let mut child = sweep
+        .command(&args)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = super::run::GroupGuard(child.id());
+    assert_eq!(
+        first_lines(&mut child, 3),
+        ["echo 0 0 0", "echo 0 0 1", "echo 0 0 2"]
+    );
+    // Its reader is gone (as with `| head`): it ends quietly, and well.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // A real run starts too, and stops after 4 cases; the cases never made count as
+    // not run, so the status is past 100.
+    let mut args = vec![
+        "-j".to_owned(),
+        "2".to_owned(),
+        "-k".to_owned(),
+        "--halt".to_owned(),
+        "now,done=4".to_owned(),
+        "echo".to_owned(),
+    ];
+    a_billion_cases(&mut args);
+    let out = sweep.run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert_eq!(
+        lines(&String::from_utf8_lossy(&out.stdout))[..4],
+        ["0 0 0", "0 0 1", "0 0 2", "0 0 3"]
+    );
+    assert!(stderr.contains("halted by --halt now,done=4"), "{stderr}");
+}
+
+#[test]
+fn standard_input_is_read_line_by_line_as_cases_start() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let sweep = Sweep::new();
+    let marks = sweep.shared.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let command = format!("touch {}/{{}}; echo got {{}}", marks.display());
+    let mut child = sweep
+        .command(&["-k", "-a", "-", &command])
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = super::run::GroupGuard(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\n").unwrap();
+    stdin.flush().unwrap();
+    // The cases run while standard input is still open.
+    super::run::eventually("both cases ran before the input ended", || {
+        marks.join("a").exists() && marks.join("b").exists()
+    });
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "got a\ngot b\n");
+    sweep.assert_no_task_folder_left();
+}
+
+#[test]
+fn a_bad_line_in_a_streamed_args_file_stops_the_run_after_the_cases_before_it() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("cases"), b"ok\nbad\0\nnever\n").unwrap();
+    let out = sweep.run(&["-j", "1", "-a", "cases", "echo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("input value 2 of source 1 holds a NUL"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
+fn each_host_on_one_machine_runs_each_case_once() {
+    let sweep = Sweep::new();
+    assert_eq!(lines(&sweep.ok(&["--each-host", "echo", "hi"])), ["hi"]);
+    let out = sweep.ok(&[
+        "--each-host",
+        "-k",
+        "--joblog",
+        "jl",
+        "echo",
+        ":::",
+        "a",
+        "b",
+    ]);
+    assert_eq!(lines(&out), ["a", "b"]);
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    for row in log.lines().skip(1) {
+        let host = row.split('\t').nth(1).unwrap();
+        assert!(!host.is_empty() && host != ":", "{row}");
+    }
+    // --resume matches them by host and command line: nothing runs again, a new value
+    // does.
+    let out = sweep.ok(&[
+        "--each-host",
+        "-k",
+        "--joblog",
+        "jl",
+        "--resume",
+        "echo",
+        ":::",
+        "a",
+        "b",
+        "c",
+    ]);
+    assert_eq!(lines(&out), ["c"]);
+}
+
+#[test]
+fn each_host_runs_every_case_on_every_tcp_worker_host() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    use super::run::ChildGuard;
+
+    let sweep = Sweep::new();
+    let secret = sweep.shared.join("secret");
+    let mut spawner = sweep
+        .command(&[
+            "--transport",
+            "tcp",
+            "-j",
+            "2",
+            "--each-host",
+            "-k",
+            "--joblog",
+            "jl",
+            "echo {} on $PARVM_HOSTNAME",
+            ":::",
+            "a",
+            "b",
+        ])
+        .env("PARVM_LISTEN", "127.0.0.1:0")
+        .env("PARVM_SECRET_FILE", &secret)
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = spawner.stderr.take().unwrap();
+    let mut spawner = ChildGuard(spawner);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split(';').next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the spawner printed no address");
+    let worker = |host: &str| {
+        ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_parvm"))
+                .args(["worker", "--connect", &addr, "--secret-file"])
+                .arg(&secret)
+                .env("PARVM_HOSTNAME", host)
+                .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+                .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+                .env_remove("PARVM_CONNECT")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _workers = [worker("alpha"), worker("beta")];
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = spawner.0.wait().unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    assert_eq!(
+        lines(&out),
+        ["a on alpha", "a on beta", "b on alpha", "b on beta"]
+    );
+    let rows = joblog(&sweep, "jl");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    let mut hosts: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .map(|row| row.split('\t').nth(1).unwrap())
+        .collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["alpha", "alpha", "beta", "beta"]);
+    sweep.assert_no_task_folder_left();
+}
+
+/// Runs `parvm <args>` with standard error (and output) on a terminal, through
+/// `script`; returns what the terminal showed.
+fn on_a_terminal(sweep: &Sweep, args: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_parvm")),
+            "/dev/null",
+        ])
+        .current_dir(&sweep.shared)
+        .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+        .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+        .env("PARVM_WORKERS", "2")
+        .env_remove("PARVM_TRANSPORT")
+        .env_remove("PARVM_HOSTNAME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs a command on a terminal");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_progress_bar_on_a_terminal_only_and_never_with_json() {
+    let sweep = Sweep::new();
+    let cases = "sleep ::: 0.2 0.2 0.2 0.2";
+    let shown = on_a_terminal(&sweep, &format!("run -j 2 {cases}"));
+    assert!(
+        shown.contains("/4 cases,") && shown.contains(" left ["),
+        "no progress bar: {shown:?}"
+    );
+    // Cases read from standard input have no known count: a count without a bar.
+    std::fs::write(sweep.shared.join("list"), "0.2\n0.2\n").unwrap();
+    let shown = on_a_terminal(&sweep, "run -j 2 -a - sleep < list");
+    assert!(shown.contains(" cases ["), "no case count: {shown:?}");
+    assert!(!shown.contains(" left ["), "{shown:?}");
+    let shown = on_a_terminal(&sweep, &format!("--json run -j 2 {cases}"));
+    assert!(!shown.contains("cases"), "a bar with --json: {shown:?}");
+    // In a pipe, nothing of it.
+    let out = sweep.run(&["-j", "2", "sleep", ":::", "0.2", "0.2"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_describes_every_flag_added_here() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for text in [
+        "--halt <WHEN,WHY=COUNT>",
+        "now,fail=1",
+        "soon,fail=10%",
+        "--timeout <DURATION|P%>",
+        "median runtime",
+        "--each-host",
+        "out/{/.}.raw",
+    ] {
+        assert!(
+            help.contains(text),
+            "`parvm run --help` lacks `{text}`:\n{help}"
+        );
+    }
+}

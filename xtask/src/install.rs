@@ -1,0 +1,44 @@
+//! Baselines a bench compares against and installs when they are missing (GNU parallel,
+//! rsync): from Debian's packages, as root, without recommended packages.
+
+use std::process::Command;
+
+use crate::{nix_is_root, on_path};
+
+/// Makes `program` available, installing `package` with apt-get when it is missing and
+/// this runs as root. Returns why not when it cannot, for the bench to print as skipped.
+pub fn ensure(program: &str, package: &str) -> Result<(), String> {
+    if on_path(program) {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        return Err(format!(
+            "`{program}` is not on PATH and installing it needs root (apt-get install {package})"
+        ));
+    }
+    if !on_path("apt-get") {
+        return Err(format!(
+            "`{program}` is not on PATH and there is no apt-get to install {package}"
+        ));
+    }
+    println!("{program}: not on PATH, installing {package} with apt-get");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    // A fresh image may have no package lists yet: update once and retry.
+    let installed = install()
+        || (Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .is_ok_and(|status| status.success())
+            && install());
+    if installed && on_path(program) {
+        Ok(())
+    } else {
+        Err(format!("`apt-get install {package}` failed"))
+    }
+}
