@@ -24,7 +24,6 @@ commands:
   bench spawn [--transport T]    no-op spawn round trip and VM start-up
   bench messaging [--transport T] ping-pong latency and throughput against a raw baseline
   bench dispatch [--transport T] jobs/s against the spawn loop
-  bench ship                     shipping over TCP: cold, warm, one changed, against rsync -a
   bench run                      parvm run (release) against xargs -P and GNU parallel (installed
                                  when missing), and against cp -a per case on a mirrored folder
   bench ship                     inputs shipped over TCP loopback (cold, warm, one file changed)
