@@ -549,6 +549,51 @@ mod tests {
     }
 
     #[test]
+    fn shipping_errors_name_the_entry_and_the_file() {
+        let digest = parvm_ship::Digest::of(b"x");
+        let rows: Vec<(Error, &[&str])> = vec![
+            (
+                Error::Ship {
+                    root: 1,
+                    source: parvm_ship::Error::DigestMismatch {
+                        shown_as: "models/nmos.lib".into(),
+                        expected: digest,
+                        got: parvm_ship::Digest::of(b"y"),
+                    },
+                },
+                &["entry 1", "models/nmos.lib", "changed at the source"],
+            ),
+            (
+                Error::ShipRefused {
+                    root: 0,
+                    reason: "`a.cir`: it shrank".to_owned(),
+                },
+                &["entry 0", "`a.cir`: it shrank"],
+            ),
+            (
+                Error::ShipInterrupted {
+                    root: 2,
+                    reason: "the spawner is gone: it exited".to_owned(),
+                },
+                &["entry 2", "spawner is gone"],
+            ),
+            (
+                Error::CacheUnavailable(Arc::new(parvm_ship::Error::UnsafeFolder {
+                    path: "/scratch/parvm-ana/cache".into(),
+                    reason: "its mode 755 lets others in".to_owned(),
+                })),
+                &["PARVM_CACHE_MAX", "/scratch/parvm-ana/cache", "0700"],
+            ),
+        ];
+        for (error, words) in rows {
+            let text = one_line(&error);
+            for word in words {
+                assert!(text.contains(word), "{word:?} missing in: {text}");
+            }
+        }
+    }
+
+    #[test]
     fn io_errors_carry_the_operating_system_message() {
         let error = Error::Io {
             what: "read the startup folder",

@@ -322,6 +322,7 @@ impl TaskFolders {
             let report = self.fill(request.vm, &folder, map)?;
             mirrored = report.bytes;
             tracing::debug!(
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 files = report.files,
                 bytes = report.bytes,
                 skipped = report.skipped,
@@ -391,7 +392,7 @@ impl TaskFolders {
         vm: u32,
         map: MirrorMap,
         exchange: &mut dyn Exchange,
-    ) -> Result<(MirrorMap, Vec<parvm_ship::Snapshot>), Error> {
+    ) -> Result<(MirrorMap, Vec<Arc<parvm_ship::Snapshot>>), Error> {
         let Some(abstract_map) = self.abstracts.get(&vm) else {
             return Ok((map, Vec::new()));
         };

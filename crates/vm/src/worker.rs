@@ -182,7 +182,7 @@ impl Worker {
                 frame @ (ToWorker::Manifest { .. }
                 | ToWorker::ManifestFailed { .. }
                 | ToWorker::BlobData { .. }
-                | ToWorker::BlobEnd { .. }
+                | ToWorker::BlobBatch { .. }
                 | ToWorker::BlobFailed { .. }) => {
                     storage.receive_ship_frame(frame);
                 }

@@ -38,7 +38,7 @@ pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
         ToWorker::Manifest { .. }
             | ToWorker::ManifestFailed { .. }
             | ToWorker::BlobData { .. }
-            | ToWorker::BlobEnd { .. }
+            | ToWorker::BlobBatch { .. }
             | ToWorker::BlobFailed { .. }
     )
 }
@@ -53,6 +53,10 @@ pub(crate) struct Shipping {
     plans: HashMap<u32, ShipPlan>,
     decided: HashMap<u32, BTreeSet<u32>>,
     manifests: HashMap<(u32, u32), Latest>,
+    /// The last snapshot of each shipped root, by its manifest's digest: kept (pinned in
+    /// the cache) while the VM lives, so the next task with unchanged inputs mirrors from
+    /// it without asking the cache again.
+    held: HashMap<(u32, u32), (Digest, Arc<Snapshot>)>,
 }
 
 impl Shipping {
@@ -67,6 +71,7 @@ impl Shipping {
         self.plans.remove(&vm);
         self.decided.remove(&vm);
         self.manifests.retain(|&(of, _), _| of != vm);
+        self.held.retain(|&(of, _), _| of != vm);
     }
 
     /// Files a manifest frame; a blob frame outside a fetch (the rest of a transfer that
@@ -141,14 +146,49 @@ impl Shipping {
         cache: &HostCache,
         vm: u32,
         root: u32,
-    ) -> Result<Snapshot, Error> {
+    ) -> Result<Arc<Snapshot>, Error> {
         let manifest = self.manifest(exchange, vm, root)?;
+        let digest = manifest.root_digest();
+        if let Some((held, snapshot)) = self.held.get(&(vm, root))
+            && *held == digest
+        {
+            return Ok(Arc::clone(snapshot));
+        }
+        // The older one is let go first, so the cache may evict it for the new one.
+        self.held.remove(&(vm, root));
+        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest)?);
+        self.held
+            .insert((vm, root), (digest, Arc::clone(&snapshot)));
+        Ok(snapshot)
+    }
+
+    /// Fetches what the cache lacks of `manifest` and takes its snapshot.
+    fn fetch_snapshot(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        cache: &HostCache,
+        vm: u32,
+        root: u32,
+        manifest: &Manifest,
+    ) -> Result<Snapshot, Error> {
         let ship_error = |source| Error::Ship { root, source };
         let mut again = true;
         loop {
-            self.fetch_missing(exchange, cache, vm, root, &manifest)?;
-            match cache.snapshot(&manifest) {
-                Ok(snapshot) => return Ok(snapshot),
+            let start = std::time::Instant::now();
+            let fetched = self.fetch_missing(exchange, cache, vm, root, manifest)?;
+            let fetch_time = start.elapsed();
+            match cache.snapshot(manifest) {
+                Ok(snapshot) => {
+                    tracing::debug!(
+                        vm,
+                        root,
+                        fetched,
+                        fetch_ms = fetch_time.as_secs_f64() * 1e3,
+                        snapshot_ms = (start.elapsed() - fetch_time).as_secs_f64() * 1e3,
+                        "shipped root ready"
+                    );
+                    return Ok(snapshot);
+                }
                 Err(e @ parvm_ship::Error::CorruptBlob { .. }) if again => {
                     tracing::warn!(error = %crate::error::one_line(&e), "fetching a corrupted blob again");
                     again = false;
@@ -191,7 +231,8 @@ impl Shipping {
 
     /// Fetches every blob of `manifest` that `cache` lacks: claimed a batch at a time,
     /// asked for, written as the chunks arrive; a blob another fetcher of this host has
-    /// claimed is waited for, then claimed again (a fetcher that died released it).
+    /// claimed is waited for, then claimed again (a fetcher that died released it). Gives
+    /// how many blobs this worker fetched.
     fn fetch_missing(
         &mut self,
         exchange: &mut dyn Exchange,
@@ -199,7 +240,8 @@ impl Shipping {
         vm: u32,
         root: u32,
         manifest: &Manifest,
-    ) -> Result<(), Error> {
+    ) -> Result<usize, Error> {
+        let mut fetched = 0;
         let ship_error = |source| Error::Ship { root, source };
         let mut pending = cache.missing(manifest);
         while !pending.is_empty() {
@@ -220,6 +262,7 @@ impl Shipping {
                 }
             }
             if !writers.is_empty() {
+                fetched += writers.len();
                 self.receive(exchange, vm, root, writers)?;
             }
             for (digest, _, _) in &busy {
@@ -228,7 +271,7 @@ impl Shipping {
             pending = rest;
             pending.extend(busy);
         }
-        Ok(())
+        Ok(fetched)
     }
 
     /// Asks for the claimed blobs and writes them as they arrive.
@@ -261,14 +304,21 @@ impl Shipping {
                     vm: of,
                     digest,
                     data,
+                    end,
                 } if of == vm => {
                     if let Some(writing) = writers.get_mut(&digest) {
                         writing.writer.write(&data).map_err(ship_error)?;
                     }
-                }
-                ToWorker::BlobEnd { vm: of, digest } if of == vm => {
-                    if let Some(writing) = writers.remove(&digest) {
+                    if end && let Some(writing) = writers.remove(&digest) {
                         writing.writer.finish().map_err(ship_error)?;
+                    }
+                }
+                ToWorker::BlobBatch { vm: of, blobs } if of == vm => {
+                    for blob in blobs {
+                        if let Some(mut writing) = writers.remove(&blob.digest) {
+                            writing.writer.write(&blob.data).map_err(ship_error)?;
+                            writing.writer.finish().map_err(ship_error)?;
+                        }
                     }
                 }
                 ToWorker::BlobFailed {
@@ -391,14 +441,18 @@ mod tests {
                         if self.damaged.contains(&digest) {
                             data[0] ^= 0xff;
                         }
-                        for chunk in data.chunks(7) {
+                        let mut chunks: Vec<&[u8]> = data.chunks(7).collect();
+                        if chunks.is_empty() {
+                            chunks.push(&[]);
+                        }
+                        for (i, chunk) in chunks.iter().enumerate() {
                             self.push(&ToWorker::BlobData {
                                 vm: *vm,
                                 digest,
-                                data: chunk.into(),
+                                data: (*chunk).into(),
+                                end: i + 1 == chunks.len(),
                             });
                         }
-                        self.push(&ToWorker::BlobEnd { vm: *vm, digest });
                         self.sent.push(digest);
                     }
                 }

@@ -24,7 +24,7 @@ use parvm_transport::Rank;
 
 use super::probe::Marker;
 use crate::spawner::Shared;
-use crate::wire::{BLOB_CHUNK, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+use crate::wire::{BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 
 /// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
 /// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
@@ -174,7 +174,14 @@ impl VmShip {
             let mut scan = lock(scan);
             let had = lock(&self.table.sent).get(&(rank, root)).copied();
             if let Some(had) = had {
+                let start = std::time::Instant::now();
                 send_manifest(&self.table, shared, &mut scan, rank, root, Some(had));
+                tracing::trace!(
+                    rank,
+                    root,
+                    ms = start.elapsed().as_secs_f64() * 1e3,
+                    "looked for changed sources before a spawn"
+                );
             }
         }
     }
@@ -240,14 +247,17 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                     );
                     continue;
                 }
-                let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
+                let limit = chunk_len(shared.config.max_frame());
+                let mut buffer = vec![0u8; limit];
+                let mut batch = Batch::new(limit);
                 for digest in digests {
                     if table.cancel.load(Ordering::Acquire)
-                        || !send_blob(table, &shared, scan, rank, digest, &mut buffer)
+                        || !send_blob(table, &shared, scan, rank, digest, &mut buffer, &mut batch)
                     {
                         break;
                     }
                 }
+                batch.flush(table, &shared, rank);
             }
         }
     }
@@ -356,7 +366,86 @@ fn send_manifest(
     }
 }
 
-/// Streams blob `digest` to worker `rank`; `false` when the worker is gone.
+/// Small blobs read whole, sent together in one [`ToWorker::BlobBatch`]: at most `limit`
+/// bytes of them are held at a time.
+struct Batch {
+    blobs: Vec<(Digest, Vec<u8>)>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Batch {
+    /// Blobs at most this large go into a batch.
+    const SMALL: u64 = 64 << 10;
+
+    fn new(limit: usize) -> Batch {
+        Batch {
+            blobs: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Whether a blob of `size` bytes goes into a batch.
+    fn takes(&self, size: u64) -> bool {
+        size <= Self::SMALL && size <= self.limit as u64
+    }
+
+    /// Adds a whole blob, sending what is held first when it would not fit; `false` when
+    /// the worker is gone.
+    fn push(
+        &mut self,
+        table: &Table,
+        shared: &Shared,
+        rank: Rank,
+        digest: Digest,
+        data: Vec<u8>,
+    ) -> bool {
+        if self.bytes + data.len() > self.limit && !self.flush(table, shared, rank) {
+            return false;
+        }
+        self.bytes += data.len();
+        self.blobs.push((digest, data));
+        true
+    }
+
+    /// Sends what is held; `false` when the worker is gone.
+    fn flush(&mut self, table: &Table, shared: &Shared, rank: Rank) -> bool {
+        if self.blobs.is_empty() {
+            return true;
+        }
+        let frame = ToWorker::BlobBatch {
+            vm: table.vm,
+            blobs: self
+                .blobs
+                .iter()
+                .map(|(digest, data)| BatchedBlob {
+                    digest: *digest,
+                    data: data.as_slice().into(),
+                })
+                .collect(),
+        };
+        let sent = shared.send(rank, &frame).is_ok();
+        if sent {
+            let mut stats = lock(&table.stats);
+            stats.blobs += self.blobs.len() as u64;
+            stats.bytes += self.bytes as u64;
+            tracing::debug!(
+                rank,
+                vm = table.vm,
+                blobs = self.blobs.len(),
+                bytes = self.bytes,
+                "shipped a batch of small blobs"
+            );
+        }
+        self.blobs.clear();
+        self.bytes = 0;
+        sent
+    }
+}
+
+/// Streams blob `digest` to worker `rank` (a small one through `batch`); `false` when the
+/// worker is gone.
 fn send_blob(
     table: &Table,
     shared: &Shared,
@@ -364,6 +453,7 @@ fn send_blob(
     rank: Rank,
     digest: Digest,
     buffer: &mut [u8],
+    batch: &mut Batch,
 ) -> bool {
     let opened = lock(scan).scanner.open_blob(&digest);
     let failed = |reason: String| ToWorker::BlobFailed {
@@ -379,14 +469,31 @@ fn send_blob(
                 .is_ok();
         }
     };
+    if batch.takes(size) {
+        let mut data = Vec::with_capacity(size as usize);
+        let read = (&mut file).take(size + 1).read_to_end(&mut data);
+        return match read {
+            Ok(_) if data.len() as u64 == size => batch.push(table, shared, rank, digest, data),
+            Ok(_) => {
+                let reason = format!(
+                    "the file of blob {digest} changed size while it was read; it changed at the source, run the task again"
+                );
+                shared.send(rank, &failed(reason)).is_ok()
+            }
+            Err(e) => {
+                let reason = format!("cannot read the file of blob {digest}: {e}");
+                shared.send(rank, &failed(reason)).is_ok()
+            }
+        };
+    }
     let mut left = size;
-    while left > 0 {
+    loop {
         if table.cancel.load(Ordering::Acquire) {
             return false;
         }
         let want = usize::try_from(left).map_or(buffer.len(), |left| left.min(buffer.len()));
         let read = match file.read(&mut buffer[..want]) {
-            Ok(0) => {
+            Ok(0) if want > 0 => {
                 let reason = format!(
                     "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
                 );
@@ -399,28 +506,20 @@ fn send_blob(
                 return shared.send(rank, &failed(reason)).is_ok();
             }
         };
+        left -= read as u64;
         let frame = ToWorker::BlobData {
             vm: table.vm,
             digest,
             data: buffer[..read].into(),
+            end: left == 0,
         };
         if shared.send(rank, &frame).is_err() {
             return false;
         }
         lock(&table.stats).bytes += read as u64;
-        left -= read as u64;
-    }
-    if shared
-        .send(
-            rank,
-            &ToWorker::BlobEnd {
-                vm: table.vm,
-                digest,
-            },
-        )
-        .is_err()
-    {
-        return false;
+        if left == 0 {
+            break;
+        }
     }
     lock(&table.stats).blobs += 1;
     tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
@@ -458,13 +557,15 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let content = vec![9u8; BLOB_CHUNK + 10];
         std::fs::write(root.path().join("a.bin"), &content).unwrap();
+        std::fs::write(root.path().join("s1.txt"), "small one").unwrap();
+        std::fs::write(root.path().join("s2.txt"), "small two").unwrap();
         let config = parvm_env_config::Config::builder()
             .local_root(root.path())
             .mirrored_roots([root.path()])
             .ship(ShipMode::Always)
             .build()
             .unwrap();
-        let source = root.path().join("a.bin").display().to_string();
+        let source = root.path().join("*").display().to_string();
         let (_, map) =
             crate::task_folder::encode_map(&config, &[(source, PathBuf::from("."))]).unwrap();
         let mut ends = MemoryTransport::cluster(&["spawner", "w1", "w2"]).into_iter();
@@ -524,9 +625,13 @@ mod tests {
             other => panic!("{other:?}"),
         });
         let blobs = manifest.blobs();
-        assert_eq!(blobs.len(), 1);
-        let (digest, size, _) = blobs[0].clone();
-        assert_eq!(size, content.len() as u64);
+        assert_eq!(blobs.len(), 3);
+        let digest = parvm_ship::Digest::of(&content);
+        assert!(
+            blobs
+                .iter()
+                .any(|(d, size, _)| *d == digest && *size == content.len() as u64)
+        );
         route(
             1,
             &FromWorker::BlobsWanted {
@@ -545,13 +650,15 @@ mod tests {
         loop {
             let end = next(&w1, |frame| match frame {
                 ToWorker::BlobData {
-                    digest: d, data, ..
+                    digest: d,
+                    data,
+                    end,
+                    ..
                 } if d == digest => {
                     assert!(data.len() <= BLOB_CHUNK);
                     received.extend_from_slice(&data);
-                    false
+                    end
                 }
-                ToWorker::BlobEnd { digest: d, .. } if d == digest => true,
                 other => panic!("{other:?}"),
             });
             if end {
@@ -559,12 +666,36 @@ mod tests {
             }
         }
         assert_eq!(received, content);
+        // Small files travel together, whole, in one frame.
+        let small = [b"small one".as_slice(), b"small two"].map(parvm_ship::Digest::of);
+        route(
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                digests: small.to_vec(),
+            },
+        );
+        next(&w1, |frame| match frame {
+            ToWorker::BlobBatch { vm: 0, blobs } => {
+                let got: Vec<(Digest, &[u8])> =
+                    blobs.iter().map(|b| (b.digest, b.data.as_ref())).collect();
+                assert_eq!(
+                    got,
+                    [
+                        (small[0], b"small one".as_slice()),
+                        (small[1], b"small two")
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        });
         assert_eq!(
             ship.stats(),
             ShipStats {
                 manifests: 1,
-                blobs: 1,
-                bytes: content.len() as u64
+                blobs: 3,
+                bytes: content.len() as u64 + 18
             }
         );
         // Worker 2 got nothing at all.

@@ -56,15 +56,22 @@ pub(crate) enum ToWorker<'a> {
     /// The spawner cannot describe root `root` of VM `vm` (a source mirroring would
     /// refuse, an unreadable file): the task waiting for it fails with `reason`.
     ManifestFailed { vm: u32, root: u32, reason: String },
-    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order.
+    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order;
+    /// with `end`, the blob is complete (a small file travels in one frame).
     BlobData {
         vm: u32,
         digest: Digest,
         #[serde(borrow, with = "serde_bytes")]
         data: Cow<'a, [u8]>,
+        end: bool,
     },
-    /// Blob `digest` of VM `vm` is complete.
-    BlobEnd { vm: u32, digest: Digest },
+    /// Small blobs of VM `vm`, each whole: many small files travel in one frame of at
+    /// most [`BLOB_CHUNK`] bytes of content.
+    BlobBatch {
+        vm: u32,
+        #[serde(borrow)]
+        blobs: Vec<BatchedBlob<'a>>,
+    },
     /// Blob `digest` of VM `vm` cannot be sent (its file changed or cannot be read); the
     /// bytes sent of it so far are to be dropped.
     BlobFailed {
@@ -101,6 +108,14 @@ pub(crate) enum ShipPlan {
     /// Probe each root the map uses (`auto`): read it directly where the marker file is
     /// there with its token, else ship it.
     Probe(Vec<Probe>),
+}
+
+/// One whole blob in a [`ToWorker::BlobBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BatchedBlob<'a> {
+    pub digest: Digest,
+    #[serde(borrow, with = "serde_bytes")]
+    pub data: Cow<'a, [u8]>,
 }
 
 /// The spawner's marker in one mirrored root.
@@ -258,7 +273,7 @@ pub(crate) enum FromWorker<'a> {
     ManifestWanted { vm: u32, root: u32 },
     /// The worker's host lacks these blobs of the manifest of root `root` of VM `vm` it
     /// was sent last (at most [`MAX_BLOBS_WANTED`]); each comes back as
-    /// [`ToWorker::BlobData`] chunks and a [`ToWorker::BlobEnd`] or [`ToWorker::BlobFailed`].
+    /// [`ToWorker::BlobData`] chunks, the last marked `end`, or a [`ToWorker::BlobFailed`].
     BlobsWanted {
         vm: u32,
         root: u32,

@@ -3,6 +3,7 @@
 //! mirroring makes.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -73,8 +74,10 @@ fn inputs_shipped_to_every_worker_fill_the_same_folders(backend: Backend) {
     assert_eq!(find("empty").1, "folder");
     let stats = vm.ship_stats();
     assert_eq!(stats.manifests, 2, "{stats:?}");
-    // amp.cir and its copy, two libraries, run.sh, fixed.txt, big.bin; one host cache.
-    assert_eq!(stats.blobs, 6, "{stats:?}");
+    // amp.cir and its copy, two libraries, run.sh, fixed.txt, blank.txt, big.bin; one
+    // host cache.
+    assert_eq!(stats.blobs, 7, "{stats:?}");
+    assert_eq!(find("blank.txt").4, b"");
 }
 
 /// A runtime with a host `alpha` that shares the spawner's mirrored root and a host
@@ -181,6 +184,7 @@ fn write_inputs(root: &Path) {
     )
     .unwrap();
     std::os::unix::fs::symlink("amp.cir", project.join("models/amp-link.cir")).unwrap();
+    std::fs::write(project.join("blank.txt"), "").unwrap();
     // The same content twice: one blob.
     std::fs::write(project.join("copy-of-amp.cir"), "netlist v1\n").unwrap();
 }
@@ -249,8 +253,8 @@ fn a_host_without_the_inputs_gets_them_shipped_into_the_same_folder() {
         shipped_blobs += stats.blobs;
     }
     // Each content once for the host, whichever VM's map needed it first: amp.cir (and
-    // its copy), the two libraries, run.sh, fixed.txt.
-    assert_eq!(shipped_blobs, 5, "{shipped_blobs}");
+    // its copy), the two libraries, run.sh, fixed.txt, the empty file.
+    assert_eq!(shipped_blobs, 6, "{shipped_blobs}");
     assert!(
         markers().is_empty(),
         "removed with their VMs: {:?}",
@@ -555,4 +559,152 @@ fn a_source_the_spawner_cannot_ship_fails_the_task_until_it_is_fixed() {
     std::fs::remove_file(&fifo).unwrap();
     let names: Vec<String> = run_on(&vm, "beta", Spawn::task("tree", &()));
     assert_eq!(names, ["a.cir"]);
+}
+
+/// A network namespace joined to this one by a veth pair with a /30 of its own; removed
+/// (with the pair) when dropped.
+struct NetNs {
+    name: String,
+    host_addr: std::net::Ipv4Addr,
+}
+
+impl NetNs {
+    /// `None` (the test is skipped) when this process cannot make one (not root, no `ip`).
+    fn make() -> Option<NetNs> {
+        let pid = std::process::id();
+        let name = format!("pvship{pid}");
+        let ip = |args: &[&str]| -> bool {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let netns = NetNs {
+            name,
+            // A /30 of 10.213.0.0/16 per process, so parallel runs do not collide.
+            host_addr: std::net::Ipv4Addr::new(
+                10,
+                213,
+                (pid >> 6) as u8,
+                ((pid & 63) * 4 + 1) as u8,
+            ),
+        };
+        let peer_addr = std::net::Ipv4Addr::from(u32::from(netns.host_addr) + 1);
+        let (host_if, peer_if) = (format!("pvs{pid}a"), format!("pvs{pid}b"));
+        let ns = netns.name.as_str();
+        let ok = ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]) && ip(&["link", "set", &peer_if, "netns", ns])
+            && ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", netns.host_addr),
+                "dev",
+                &host_if,
+            ])
+            && ip(&["link", "set", &host_if, "up"])
+            && ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{peer_addr}/30"),
+                "dev",
+                &peer_if,
+            ])
+            && ip(&["-n", ns, "link", "set", &peer_if, "up"])
+            && ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ok.then_some(netns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // The peer goes with the namespace, and the host end with its peer.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_tcp_worker_in_another_network_namespace_gets_the_inputs_shipped() {
+    let Some(netns) = NetNs::make() else {
+        eprintln!("SKIPPING: cannot make a network namespace (needs root and `ip`)");
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let (local, shared) = (scratch.path().join("local"), scratch.path().join("shared"));
+    let (far_local, far_root) = (
+        scratch.path().join("far-local"),
+        scratch.path().join("far-root"),
+    );
+    for dir in [&local, &shared, &far_local, &far_root] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    write_inputs(&shared);
+    let secret_file = scratch.path().join("secret");
+    let secret = parvm_transport::tcp::Secret::load_or_create(&secret_file).unwrap();
+    let runtime = Runtime::builder(crate::tasks::tasks())
+        .config(crate::harness::config(&local, &shared, "spawner"))
+        .backend(parvm_vm::Backend::Tcp(
+            parvm_vm::TcpSpawner::new()
+                .listen((netns.host_addr, 0).into())
+                .secret(secret),
+        ))
+        .start()
+        .unwrap();
+    let addr = runtime.tcp_addr().unwrap();
+    // `ip netns exec` runs the worker in the namespace: it reaches the spawner over the
+    // veth pair only, and sees none of the spawner's loopback.
+    let _worker = ChildGuard(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                env!("CARGO_BIN_EXE_parvm-vm-testprog"),
+            ])
+            .env("PARVM_CONNECT", addr.to_string())
+            .env("PARVM_SECRET_FILE", &secret_file)
+            .env("PARVM_HOSTNAME", "far")
+            .env("PARALLEL_LOCAL_STORAGE", &far_local)
+            .env("PARALLEL_MIRRORED_STORAGE", &far_root)
+            .env_remove("PARVM_TRANSPORT")
+            .env_remove("PARVM_LOCAL_SOCKET")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    runtime.wait_for_workers(1, DEADLINE).unwrap();
+    let vm = runtime
+        .vm()
+        .mirror(shared.join("project").display().to_string(), ".")
+        .build()
+        .unwrap();
+    let folder = describe(&vm, "far");
+    assert!(
+        folder
+            .iter()
+            .any(|(path, _, _, _, content)| path == "project/amp.cir" && content == b"netlist v1\n"),
+        "{folder:?}"
+    );
+    assert!(vm.ship_stats().blobs > 0, "{:?}", vm.ship_stats());
+    drop(vm);
+    runtime.finalize().unwrap();
 }
