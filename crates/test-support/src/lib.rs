@@ -82,3 +82,27 @@ fn run_fresh_executable(command: &mut Command) -> std::io::Result<std::process::
         }
     }
 }
+
+/// A loopback listener on a port the kernel never hands out as an outgoing connection's
+/// own port (below `ip_local_port_range`), for a test that lets the port go and binds it
+/// again: no outgoing connection (another test's, or a client retrying towards the port,
+/// which can connect to itself) can take it in between.
+///
+/// # Panics
+/// No port between 20 000 and the ephemeral range is free.
+pub fn listener_below_ephemeral_ports() -> std::net::TcpListener {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let first_ephemeral: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .unwrap_or(32768);
+    let span = first_ephemeral.saturating_sub(20_000).max(1);
+    // Start at a pseudo-random place, so tests running at once rarely meet.
+    let offset = u16::try_from(std::process::id() % u32::from(span)).unwrap_or(0);
+    (0..span)
+        .map(|i| 20_000 + (offset + i) % span)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free loopback port between 20000 and the ephemeral range")
+}

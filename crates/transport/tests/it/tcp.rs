@@ -923,8 +923,9 @@ fn a_worker_tries_again_until_the_handshake_succeeds() {
     assert_eq!(joined(&spawner).host, "patient");
     drop(worker);
     // A spawner that is not there yet (a stand-in refuses the first try): the worker
-    // waits for it to listen.
-    let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
+    // waits for it to listen. The port is below the ephemeral range, so nothing else takes
+    // it between the stand-in and the spawner.
+    let stand_in = parvm_test_support::listener_below_ephemeral_ports();
     let port = stand_in.local_addr().unwrap();
     let late = std::thread::spawn(move || {
         TcpTransport::connect_with(

@@ -3,7 +3,6 @@
 //! spawner and on workers. Moved here from the transport's tests when the transport
 //! stopped reading them.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -175,24 +174,6 @@ fn a_program_with_a_hand_built_configuration_still_joins_as_the_launcher_says() 
     assert!(guard.0.wait().unwrap().success());
 }
 
-/// A loopback listener on a port the kernel never hands out as an outgoing connection's
-/// own port (`ip_local_port_range` starts above it).
-fn listener_below_ephemeral_ports() -> TcpListener {
-    let range =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let first_ephemeral: u16 = range
-        .split_whitespace()
-        .next()
-        .and_then(|low| low.parse().ok())
-        .unwrap_or(32768);
-    // Start at a pseudo-random place, so parallel runs of this test rarely meet.
-    let offset = u16::try_from(std::process::id() % 5000).unwrap_or(0);
-    (0..first_ephemeral.saturating_sub(20_000))
-        .map(|i| 20_000 + (offset + i) % first_ephemeral.saturating_sub(20_000).max(1))
-        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
-        .expect("a free loopback port below the ephemeral range")
-}
-
 #[test]
 fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,7 +183,7 @@ fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     // ephemeral range: once the stand-in lets it go, no outgoing connection (another
     // test's, or the worker's own retry connecting to itself) can take it before the
     // spawner binds it.
-    let stand_in = listener_below_ephemeral_ports();
+    let stand_in = parvm_test_support::listener_below_ephemeral_ports();
     let port = stand_in.local_addr().unwrap();
     let start = |wait: &str| {
         tcp_worker(
