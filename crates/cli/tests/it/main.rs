@@ -96,6 +96,38 @@ fn config_shows_roots_with_indices_and_the_user_folder() {
 }
 
 #[test]
+fn config_shows_shipping_and_the_host_cache() {
+    let site = Site::new();
+    let shown = site.json(&["config"]);
+    assert_eq!(shown["ship"], "auto");
+    let user_folder = shown["user_folder"].as_str().unwrap();
+    assert_eq!(shown["cache_folder"], format!("{user_folder}/cache"));
+    assert!(shown["cache_max_bytes"].is_null());
+    let out = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(["--json", "config"])
+        .env("PARALLEL_LOCAL_STORAGE", &site.local)
+        .env("PARALLEL_MIRRORED_STORAGE", &site.shared)
+        .env("PARVM_SHIP", "never")
+        .env("PARVM_CACHE_MAX", "2M,300")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["ship"], "never");
+    assert_eq!(shown["cache_max_bytes"], 2 << 20);
+    assert_eq!(shown["cache_max_files"], 300);
+    let text = site.ok(&["config"]);
+    assert!(
+        text.contains("shipping        auto") && text.contains("10% of the free space"),
+        "{text}"
+    );
+}
+
+#[test]
 fn config_refuses_a_trailing_colon() {
     let site = Site::new();
     let out = Command::new(env!("CARGO_BIN_EXE_parvm"))
