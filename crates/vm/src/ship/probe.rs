@@ -2,12 +2,14 @@
 //! writes a marker file holding a random token into the root, and a worker reads it under
 //! its own root.
 //!
-//! Markers are named `.parvm-probe-<pid>-<random>` so that one left behind by a killed
-//! spawner is recognisable (and harmless: a hidden file that `*` does not match); a live
-//! spawner removes its markers when the VM is dropped.
+//! Markers are named `.parvm-probe-<pid>-<random>` and hold the token and the boot id of
+//! the spawner's host, so that one left behind by a killed spawner is recognisable (and
+//! harmless: a hidden file that `*` does not match). A live spawner removes its markers
+//! when the VM is dropped, and a spawner that writes a marker removes those that spawners
+//! of its own host and boot left behind (their process is gone).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::wire::Probe;
@@ -30,12 +32,18 @@ impl Marker {
         let token = hex(&random);
         let name = format!("{MARKER_PREFIX}{}-{}", std::process::id(), &token[..12]);
         let path = root.join(&name);
+        let boot = boot_id();
+        sweep_stale(root, boot.as_deref());
+        let content = match &boot {
+            Some(boot) => format!("{token}\nboot {boot}\n"),
+            None => format!("{token}\n"),
+        };
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .open(&path)
-            .and_then(|mut file| file.write_all(token.as_bytes()));
+            .and_then(|mut file| file.write_all(content.as_bytes()));
         match written {
             Ok(()) => Marker {
                 path: Some(path),
@@ -96,16 +104,81 @@ pub(crate) fn is_shared(roots: &[PathBuf], probe: &Probe) -> bool {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(root.join(name));
-    let mut held = Vec::new();
-    match file {
-        Ok(file) => match file
-            .take(probe.token.len() as u64 + 1)
-            .read_to_end(&mut held)
-        {
-            Ok(_) => held == probe.token.as_bytes(),
-            Err(_) => false,
-        },
+    match file.and_then(read_bounded) {
+        Ok(held) => held.split(|&b| b == b'\n').next() == Some(probe.token.as_bytes()),
         Err(_) => false,
+    }
+}
+
+/// The longest marker read: a token, a boot id and their labels fit well within it.
+const MARKER_MAX: u64 = 256;
+
+fn read_bounded(file: std::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut held = Vec::new();
+    file.take(MARKER_MAX).read_to_end(&mut held)?;
+    Ok(held)
+}
+
+/// This host's boot id: with it, a marker's process id names a process of this kernel.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
+/// Removes the markers in `root` that a spawner of this host and boot left behind: named
+/// with a process id that no longer runs, holding this boot id, owned by this user.
+/// Nothing else is touched, and nothing is followed.
+fn sweep_stale(root: &Path, boot: Option<&str>) {
+    let Some(boot) = boot else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let me = nix::unistd::geteuid();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(MARKER_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        // Signal 0 only asks whether the process exists (EPERM: it does, someone else's).
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if !gone {
+            continue;
+        }
+        let path = entry.path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let Ok(file) = file else { continue };
+        let owned = file
+            .metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.uid() == me.as_raw());
+        let ours = read_bounded(file).is_ok_and(|held| {
+            held.split(|&b| b == b'\n')
+                .nth(1)
+                .is_some_and(|line| line == format!("boot {boot}").as_bytes())
+        });
+        if owned && ours {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a probe marker a killed spawner left")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a stale probe marker")
+                }
+            }
+        }
     }
 }
 
@@ -154,6 +227,52 @@ mod tests {
         drop(marker);
         assert!(!shared.path().join(&name).exists());
         assert!(!is_shared(&roots, &probe));
+    }
+
+    /// The process id of a process that has ended.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn markers_a_killed_spawner_of_this_boot_left_are_removed_others_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let boot = boot_id().expect("a boot id");
+        let put = |name: String, content: String| {
+            std::fs::write(root.path().join(&name), content).unwrap();
+            name
+        };
+        let dead = dead_pid();
+        let stale = put(
+            format!("{MARKER_PREFIX}{dead}-0123456789ab"),
+            format!("{}\nboot {boot}\n", "a".repeat(32)),
+        );
+        let other_boot = put(
+            format!("{MARKER_PREFIX}{dead}-0123456789ac"),
+            format!(
+                "{}\nboot 00000000-0000-0000-0000-000000000000\n",
+                "a".repeat(32)
+            ),
+        );
+        let live = put(
+            format!("{MARKER_PREFIX}{}-0123456789ad", std::process::id()),
+            format!("{}\nboot {boot}\n", "a".repeat(32)),
+        );
+        let not_a_marker = put(format!("{dead}-notes.txt"), format!("x\nboot {boot}\n"));
+        let marker = Marker::write(0, root.path());
+        let name = marker.probe().marker.clone().unwrap();
+        let left: std::collections::BTreeSet<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!left.contains(&stale), "{left:?}");
+        for kept in [&other_boot, &live, &not_a_marker, &name] {
+            assert!(left.contains(kept), "{kept} in {left:?}");
+        }
+        assert!(is_shared(&[root.path().to_owned()], marker.probe()));
     }
 
     #[test]
