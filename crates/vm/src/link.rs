@@ -252,6 +252,20 @@ impl Link {
         }
     }
 
+    /// As `recv(Wait::Forever)`, but `Ok(None)` once the spawner asked to stop the running
+    /// task (a stop is filed by whichever thread receives it, and is no event): for a wait
+    /// that belongs to the task, such as fetching its shipped inputs.
+    pub(crate) fn recv_unless_stopped(&self) -> Result<Option<Event>, parvm_transport::Error> {
+        loop {
+            if self.stop_requested() {
+                return Ok(None);
+            }
+            if let Some(event) = self.recv(Wait::For(NAP))? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
     /// For the output thread while a task runs: receives what has already arrived when
     /// no other thread is receiving, so that a lost connection to the spawner (and a stop)
     /// is noticed while the task computes. `true` when this call found the spawner gone

@@ -437,7 +437,13 @@ impl Exchange for SpawnerLine<'_> {
 
     fn next(&mut self) -> Result<Vec<u8>, String> {
         loop {
-            match self.link.recv(Wait::Forever) {
+            match self.link.recv_unless_stopped() {
+                Ok(None) => {
+                    // What is still on its way of this transfer is skipped by the next.
+                    return Err(
+                        "the spawner stopped the task while its inputs were fetched".to_owned()
+                    );
+                }
                 Ok(Some(Event::Message { from: 0, payload })) => {
                     let ship = wire::decode::<ToWorker<'_>>(&payload)
                         .is_ok_and(|frame| crate::ship::fetch::is_ship_frame(&frame));
@@ -450,7 +456,7 @@ impl Exchange for SpawnerLine<'_> {
                     self.state.spawner_lost.set(true);
                     return Err(format!("the spawner is gone: {reason}"));
                 }
-                Ok(_) => {}
+                Ok(Some(_)) => {}
                 Err(e) => {
                     self.state.spawner_lost.set(true);
                     return Err(format!("the transport failed: {e}"));

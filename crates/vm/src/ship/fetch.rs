@@ -257,7 +257,14 @@ impl Shipping {
                     Begin::Present => {}
                     Begin::Busy => busy.push((digest, size, shown)),
                     Begin::Mine(writer) => {
-                        writers.insert(digest, Writing { writer, shown });
+                        writers.insert(
+                            digest,
+                            Writing {
+                                writer,
+                                written: 0,
+                                shown,
+                            },
+                        );
                     }
                 }
             }
@@ -303,19 +310,31 @@ impl Shipping {
                 ToWorker::BlobData {
                     vm: of,
                     digest,
+                    offset,
                     data,
                     end,
                 } if of == vm => {
-                    if let Some(writing) = writers.get_mut(&digest) {
-                        writing.writer.write(&data).map_err(ship_error)?;
-                    }
+                    // Another offset: the rest of an abandoned transfer (skipped; the
+                    // blob's own chunks follow it).
+                    let Some(writing) = writers
+                        .get_mut(&digest)
+                        .filter(|writing| writing.written == offset)
+                    else {
+                        continue;
+                    };
+                    writing.writer.write(&data).map_err(ship_error)?;
+                    writing.written += data.len() as u64;
                     if end && let Some(writing) = writers.remove(&digest) {
                         writing.writer.finish().map_err(ship_error)?;
                     }
                 }
                 ToWorker::BlobBatch { vm: of, blobs } if of == vm => {
                     for blob in blobs {
-                        if let Some(mut writing) = writers.remove(&blob.digest) {
+                        // Whole blobs: taken unless a transfer of it is under way.
+                        let fresh = writers
+                            .get(&blob.digest)
+                            .is_some_and(|writing| writing.written == 0);
+                        if fresh && let Some(mut writing) = writers.remove(&blob.digest) {
                             writing.writer.write(&blob.data).map_err(ship_error)?;
                             writing.writer.finish().map_err(ship_error)?;
                         }
@@ -345,6 +364,8 @@ impl Shipping {
 /// A blob being received.
 struct Writing {
     writer: BlobWriter,
+    /// Bytes written so far: the offset of the chunk it takes next.
+    written: u64,
     /// A file of the manifest that has it, for messages.
     shown: PathBuf,
 }
@@ -387,6 +408,9 @@ mod tests {
         refuse_blobs: Option<String>,
         /// The manifest is refused with this reason.
         refuse_manifest: Option<String>,
+        /// Frames put on the line when blobs are asked for, before their answer: what an
+        /// earlier, abandoned transfer still had on its way.
+        before_blobs: Vec<Vec<u8>>,
     }
 
     impl FakeSpawner {
@@ -398,6 +422,7 @@ mod tests {
                 damaged: Vec::new(),
                 refuse_blobs: None,
                 refuse_manifest: None,
+                before_blobs: Vec::new(),
             }
         }
 
@@ -426,6 +451,7 @@ mod tests {
                     self.queue.push_back(bytes);
                 }
                 FromWorker::BlobsWanted { vm, digests, .. } => {
+                    self.queue.extend(self.before_blobs.drain(..));
                     for &digest in digests {
                         if let Some(reason) = self.refuse_blobs.clone() {
                             self.push(&ToWorker::BlobFailed {
@@ -449,6 +475,7 @@ mod tests {
                             self.push(&ToWorker::BlobData {
                                 vm: *vm,
                                 digest,
+                                offset: 7 * i as u64,
                                 data: (*chunk).into(),
                                 end: i + 1 == chunks.len(),
                             });
@@ -517,6 +544,30 @@ mod tests {
         let again = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(spawner.sent.len(), 2, "nothing fetched again");
         assert!(again.path().join("a.txt").is_file());
+    }
+
+    #[test]
+    fn the_rest_of_an_abandoned_transfer_is_skipped_not_written() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let bravo = parvm_ship::Digest::of(b"bravo, longer");
+        // What an earlier fetch left on the line when it gave up after the first chunk
+        // of `b.txt`: the chunk after it, ending the blob.
+        spawner.before_blobs.push(
+            wire::encode(&ToWorker::BlobData {
+                vm: 0,
+                digest: bravo,
+                offset: 7,
+                data: b"longer"[..].into(),
+                end: true,
+            })
+            .unwrap(),
+        );
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
+            "bravo, longer"
+        );
     }
 
     #[test]

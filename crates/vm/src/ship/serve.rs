@@ -506,10 +506,12 @@ fn send_blob(
                 return shared.send(rank, &failed(reason)).is_ok();
             }
         };
+        let offset = size - left;
         left -= read as u64;
         let frame = ToWorker::BlobData {
             vm: table.vm,
             digest,
+            offset,
             data: buffer[..read].into(),
             end: left == 0,
         };

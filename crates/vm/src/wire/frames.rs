@@ -56,11 +56,15 @@ pub(crate) enum ToWorker<'a> {
     /// The spawner cannot describe root `root` of VM `vm` (a source mirroring would
     /// refuse, an unreadable file): the task waiting for it fails with `reason`.
     ManifestFailed { vm: u32, root: u32, reason: String },
-    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order;
-    /// with `end`, the blob is complete (a small file travels in one frame).
+    /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order,
+    /// starting at byte `offset` of the blob; with `end`, the blob is complete (a small
+    /// file travels in one frame). A worker takes a chunk only at the offset it has written
+    /// up to: the rest of a transfer it abandoned (a stop, a full disk) arrives before the
+    /// next one and is skipped, not written into it.
     BlobData {
         vm: u32,
         digest: Digest,
+        offset: u64,
         #[serde(borrow, with = "serde_bytes")]
         data: Cow<'a, [u8]>,
         end: bool,

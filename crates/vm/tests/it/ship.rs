@@ -448,6 +448,44 @@ fn a_worker_killed_mid_transfer_loses_its_task_and_its_replacement_works() {
     assert!((1..=2).contains(&blobs), "{blobs}");
 }
 
+#[test]
+fn a_task_stopped_while_its_inputs_travel_ends_and_the_next_gets_them_whole() {
+    let hosts = TwoHosts::start_with(ShipMode::Auto, 1, None, 1);
+    std::fs::write(hosts.path("huge.bin"), vec![6u8; 64 << 20]).unwrap();
+    let vm = vm_with(
+        hosts.runtime(),
+        &[(hosts.path("huge.bin").display().to_string(), ".")],
+        false,
+    );
+    let plain = hosts.runtime().vm().build().unwrap();
+    let pid: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
+    // A command: its worker lives on when it is stopped (a function's would exit).
+    let ids = vm.spawn(Spawn::command("true").hosts(["beta"])).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while vm.ship_stats().bytes == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer did not start"
+        );
+        let _ = vm.recv_timeout(Duration::from_millis(1)).unwrap();
+    }
+    vm.stop(ids[0]).unwrap();
+    let exit = receive_exit(&vm, ids[0]);
+    // Stopped during the fetch, not after it.
+    assert!(
+        matches!(&exit, ExitStatus::Failed { reason }
+            if reason.contains("stopped by the spawner") && reason.contains("inputs were fetched")),
+        "{exit:?}"
+    );
+    // The same worker (not a replacement) fetches what it lacks, skipping what was still
+    // on its way of the first transfer: taken into the blob, it would fail its digest.
+    let again: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
+    assert_eq!(again, pid, "the worker lived on");
+    let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].value::<Vec<String>>(), ["huge.bin"]);
+}
+
 /// The exit of `task`, from messages as they come.
 fn receive_exit(vm: &Vm, task: TaskId) -> ExitStatus {
     let deadline = std::time::Instant::now() + DEADLINE;
