@@ -198,22 +198,19 @@ pub(super) fn check_blob(
 }
 
 /// Makes `to`, the file of `node`, from blob `digest` (checked already): a hard link when
-/// the blob's inode has the node's mode and time, or, when `route` is [`Route::Adopt`], is
-/// given them while it has no other link; else a copy. Only the entry [`routes`] chose
-/// adopts, so the entries that planned to link find the attributes they planned on.
-/// `shown_as` names the entry in errors.
+/// the blob's inode has the node's mode and time, or is adopted (given them) while it has
+/// no other link; else a copy. `shown_as` names the entry in errors.
 pub(super) fn make_file(
     cache: &HostCache,
     digest: &Digest,
     node: &Node,
-    route: Route,
     shown_as: &Path,
     to: &Path,
 ) -> Result<()> {
     let (blob, blob_path) = open_blob(cache, digest, shown_as)?;
     let want = Attrs::of_node(node);
     let held = lock(blob, &blob_path)?;
-    if link_or_adopt(&held, &blob_path, want, route == Route::Adopt, to)? {
+    if link_or_adopt(&held, &blob_path, want, to)? {
         return Ok(());
     }
     // The copy needs only the content: other builds may decide about the inode meanwhile.
@@ -246,22 +243,16 @@ fn lock(mut blob: File, path: &Path) -> Result<Flock<File>> {
     }
 }
 
-/// With the blob locked: links it to `to` when its inode has `want`, or, when `adopt`,
-/// gives it `want` first if nothing else links it; true when `to` is now that inode. A
-/// link that fails (a full link count, say) or that met another inode (the blob fetched
-/// again meanwhile) is undone, and the caller copies.
-fn link_or_adopt(
-    blob: &File,
-    blob_path: &Path,
-    want: Attrs,
-    adopt: bool,
-    to: &Path,
-) -> Result<bool> {
+/// With the blob locked: links it to `to` when its inode has `want`, or adopts it first
+/// when nothing else links it; true when `to` is now that inode. A link that fails (a full
+/// link count, say) or that met another inode (the blob fetched again meanwhile) is
+/// undone, and the caller copies.
+fn link_or_adopt(blob: &File, blob_path: &Path, want: Attrs, to: &Path) -> Result<bool> {
     let meta = blob
         .metadata()
         .map_err(|e| Error::io("inspect", blob_path, e))?;
     if Attrs::of_inode(&meta) != want {
-        if !adopt || meta.nlink() != 1 || !want.adoptable() {
+        if meta.nlink() != 1 || !want.adoptable() {
             return Ok(false);
         }
         blob.set_permissions(fs::Permissions::from_mode(want.mode))

@@ -237,7 +237,7 @@ fn fill(
                 cache,
                 path,
                 node,
-                route.unwrap_or(Route::Copy),
+                **route == Some(Route::Base),
                 temp,
                 base,
                 &checked,
@@ -272,13 +272,13 @@ fn linkable(base: Option<(&Path, &Manifest)>, path: &Path, node: &Node) -> bool 
     base.is_some_and(|(_, bm)| bm.find(path).is_some_and(|b| b.digest() == node.digest()))
 }
 
-/// One file or symlink of the snapshot, a file made as `route` planned (`Route::Base`
-/// when the newest other snapshot holds an equal entry; symlinks have no route).
+/// One file or symlink of the snapshot; `from_base` when the newest other snapshot holds
+/// an equal entry.
 fn leaf(
     cache: &HostCache,
     path: &Path,
     node: &Node,
-    route: Route,
+    from_base: bool,
     temp: &Path,
     base: Option<(&Path, &Manifest)>,
     checked: &Mutex<HashSet<Digest>>,
@@ -294,7 +294,7 @@ fn leaf(
         NodeKind::File { digest, size } => {
             // An equal entry of an older snapshot is shared: snapshots are never written.
             if let Some((dir, _)) = base
-                && route == Route::Base
+                && from_base
                 && fs::hard_link(dir.join(path), &to).is_ok()
             {
                 return Ok(());
@@ -308,7 +308,7 @@ fn leaf(
             if unchecked {
                 from_blob::check_blob(cache, digest, *size, path)?;
             }
-            from_blob::make_file(cache, digest, node, route, path, &to)
+            from_blob::make_file(cache, digest, node, path, &to)
         }
         NodeKind::Dir { .. } => Ok(()),
     }
