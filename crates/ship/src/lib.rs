@@ -16,7 +16,7 @@
 //! | `manifest/` | [`Manifest`], [`Node`] (name, kind, mode, time, Merkle digest) and the wire form, decoded as hostile input (`codec.rs`) |
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
 //! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`) and eviction (`evict.rs`) |
-//! | `snapshot/` | [`Snapshot`] and how one is built; its files from their blobs, linked where the blob's mode and time allow, else copied (`from_blob.rs`) |
+//! | `snapshot.rs` | [`Snapshot`] and how one is built |
 //! | `watch.rs` | inotify on the folders a scan read, trusted as mirror-fs's source watch is, for at most `FULL_SCAN_EVERY` |
 //! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
 //! | `error.rs` | [`Error`] |
@@ -28,10 +28,8 @@
 //!   beyond what the bytes hold, and every folder digest recomputed up to the root digest
 //!   sent with it.
 //! - A blob enters the cache only with the size and digest its manifest gives; a blob that
-//!   rots there is found when a snapshot is built from it (each is hashed before it is
-//!   copied or linked), removed, and listed by [`HostCache::missing`] again.
-//! - A blob's inode takes a snapshot file's mode and time only while no other name links
-//!   it, under an exclusive `flock` on the blob, so no snapshot sees its file change.
+//!   rots there is found when a snapshot is built from it (each is hashed on the way),
+//!   removed, and listed by [`HostCache::missing`] again.
 //! - One fetch per blob per host: claims are `flock`s, which the kernel releases when a
 //!   fetcher dies; the next claimant removes what it left.
 //! - A snapshot is built under a temporary name and renamed into place whole, so one that

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <user dir>/cache/                 0700, owned by the user, not a symlink (verified)
-//!     blobs/<2 hex>/<64 hex>        one file per blob: read-only, or a snapshot file's mode and time
+//!     blobs/<2 hex>/<64 hex>        one read-only file per blob
 //!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob
 //!     pins/<64 hex>.<unique>        flock'ed (shared) by a live Snapshot or a build: what it needs
 //!     snapshots/<64 hex>/           one immutable tree per manifest root digest
@@ -38,9 +38,7 @@ use crate::snapshot::Snapshot;
 /// How large a host cache may grow; the least recently used blobs and snapshots go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
-    /// Most bytes the blobs and snapshots may take (a snapshot counts its manifest's bytes,
-    /// even for files that are hard links to their blobs: the cache may then hold less than
-    /// this, never more).
+    /// Most bytes the blobs and snapshots may take (a snapshot counts its manifest's bytes).
     pub max_bytes: u64,
     /// Most entries (blobs and snapshots) the cache may hold.
     pub max_count: u64,
@@ -295,12 +293,10 @@ impl HostCache {
 
     /// Materialises `m` as an immutable tree beneath the cache, or hands out the one built
     /// already: built under a temporary name after checking free space, renamed into place
-    /// (a concurrent builder that loses the race uses the winner's); files as hard links to
-    /// their blobs where the blob's inode has, or may take, the entry's mode and time, else
-    /// by `copy_file_range` (which btrfs and XFS make a reflink), or a hard link from an
-    /// older snapshot holding the same entry; modes and times from the manifest; symlinks as
-    /// symlinks. Free space is checked against the bytes to copy. Pinned while the
-    /// [`Snapshot`] lives. Every blob copied or linked is hashed first.
+    /// (a concurrent builder that loses the race uses the winner's); files by
+    /// `copy_file_range` (which btrfs and XFS make a reflink), or a hard link from an older
+    /// snapshot holding the same entry; modes and times from the manifest; symlinks as
+    /// symlinks. Pinned while the [`Snapshot`] lives. Every blob copied is hashed on the way.
     ///
     /// # Errors
     /// [`Error::BlobMissing`] when a blob is not here (fetch what
