@@ -2,8 +2,9 @@
 //! how it is built.
 
 use std::collections::HashSet;
-use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -17,14 +18,10 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
 
-mod from_blob;
-
-use from_blob::Route;
-
 /// A materialised manifest: a tree beneath the host cache whose files have the manifest's
 /// content, modes and times. It stays pinned (never evicted) while this value lives.
 /// Mirror from it; never hand it to a task or write into it (its files may be hard links
-/// shared with other snapshots and with the cache's blobs).
+/// shared with other snapshots).
 #[derive(Debug)]
 pub struct Snapshot {
     path: PathBuf,
@@ -44,10 +41,6 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
     let dest = cache.snapshot_path(&root);
     let blobs = m.blobs();
     let (pin, present) = cache.pin(&root, blobs.iter().map(|b| b.0))?;
-    // A file linked to its blob is counted twice, as the blob and in the snapshot: the
-    // limits then count more than the disk holds, never less (every inode is counted by
-    // its blob or by a snapshot holding it), so the cache may stay below its limit but
-    // never exceeds it. Evicting such a blob frees no space until its snapshots go too.
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
         .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))
         .collect();
@@ -64,19 +57,10 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
     let base = newest_other_snapshot(cache, &root)?;
     let base_ref = base.as_ref().map(|(dir, _, bm)| (dir.as_path(), bm));
     let entries = m.entries();
-    let leaves: Vec<&(PathBuf, &Node)> = entries
+    let needed: u64 = entries
         .iter()
-        .filter(|(_, n)| !matches!(n.kind(), NodeKind::Dir { .. }))
-        .collect();
-    let routes = from_blob::routes(cache, &leaves, base_ref);
-    // Only copies take space: links (from the base or to a blob) take a folder entry. A
-    // concurrent build that adopts a blob first makes this build copy what it planned to
-    // link; like space others take meanwhile, the check cannot see that coming.
-    let needed: u64 = leaves
-        .iter()
-        .zip(&routes)
-        .filter_map(|((_, node), route)| match (node.kind(), route) {
-            (NodeKind::File { size, .. }, Some(Route::Copy)) => Some(*size),
+        .filter_map(|(path, node)| match node.kind() {
+            NodeKind::File { size, .. } if !linkable(base_ref, path, node) => Some(*size),
             _ => None,
         })
         .sum();
@@ -92,7 +76,7 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
     let temp = cache
         .sub("tmp")
         .join(format!("snap.{root}.{}", pin.unique()));
-    let built = fill(cache, m, &entries, (&leaves, &routes), &temp, base_ref)
+    let built = fill(cache, m, &entries, &temp, base_ref)
         .and_then(|()| keep_manifest(cache, m, pin.unique()))
         .and_then(|()| place(&temp, &dest));
     if built.is_err() {
@@ -184,15 +168,13 @@ fn timespec(t: Timestamp) -> TimeSpec {
     TimeSpec::new(t.secs, i64::from(t.nanos))
 }
 
-/// Makes every folder, then the files and symlinks on as many threads as there are cores
-/// (the files that adopt their blob first, so the entries that share their attributes find
-/// them set), then folder modes and times deepest first (a read-only folder is filled
-/// before it is made read-only; a folder's time is set after its entries are made).
+/// Makes every folder, then the files and symlinks on as many threads as there are cores,
+/// then folder modes and times deepest first (a read-only folder is filled before it is
+/// made read-only; a folder's time is set after its entries are made).
 fn fill(
     cache: &HostCache,
     m: &Manifest,
     entries: &[(PathBuf, &Node)],
-    (leaves, routes): (&[&(PathBuf, &Node)], &[Option<Route>]),
     temp: &Path,
     base: Option<(&Path, &Manifest)>,
 ) -> Result<()> {
@@ -208,15 +190,18 @@ fn fill(
             mkdir(&temp.join(path))?;
         }
     }
-    // Every blob to copy or link is checked first, each once, so a corrupt one is reported
-    // the same way whichever thread meets it (by the first path that has it).
+    let leaves: Vec<&(PathBuf, &Node)> = entries
+        .iter()
+        .filter(|(_, n)| !matches!(n.kind(), NodeKind::Dir { .. }))
+        .collect();
+    // Every blob to copy is checked first, each once, so a corrupt one is reported the
+    // same way whichever thread meets it (by the first path that has it).
     let mut seen = HashSet::new();
     let to_check: Vec<(Digest, u64, &Path)> = leaves
         .iter()
-        .zip(routes)
-        .filter_map(|((path, node), route)| match (node.kind(), route) {
-            (NodeKind::File { digest, size }, Some(r))
-                if *r != Route::Base && seen.insert(*digest) =>
+        .filter_map(|(path, node)| match node.kind() {
+            NodeKind::File { digest, size }
+                if !linkable(base, path, node) && seen.insert(*digest) =>
             {
                 Some((*digest, *size, path.as_path()))
             }
@@ -224,26 +209,12 @@ fn fill(
         })
         .collect();
     crate::par::each(&to_check, |(digest, size, path)| {
-        from_blob::check_blob(cache, digest, *size, path)
+        check_blob(cache, digest, *size, path)
     })?;
     let checked = Mutex::new(seen);
-    let (adopting, rest): (Vec<_>, Vec<_>) = leaves
-        .iter()
-        .zip(routes)
-        .partition(|(_, route)| **route == Some(Route::Adopt));
-    for part in [adopting, rest] {
-        crate::par::each(&part, |((path, node), route)| {
-            leaf(
-                cache,
-                path,
-                node,
-                **route == Some(Route::Base),
-                temp,
-                base,
-                &checked,
-            )
-        })?;
-    }
+    crate::par::each(&leaves, |(path, node)| {
+        leaf(cache, path, node, temp, base, &checked)
+    })?;
     for (path, node) in entries
         .iter()
         .rev()
@@ -272,13 +243,11 @@ fn linkable(base: Option<(&Path, &Manifest)>, path: &Path, node: &Node) -> bool 
     base.is_some_and(|(_, bm)| bm.find(path).is_some_and(|b| b.digest() == node.digest()))
 }
 
-/// One file or symlink of the snapshot; `from_base` when the newest other snapshot holds
-/// an equal entry.
+/// One file or symlink of the snapshot.
 fn leaf(
     cache: &HostCache,
     path: &Path,
     node: &Node,
-    from_base: bool,
     temp: &Path,
     base: Option<(&Path, &Manifest)>,
     checked: &Mutex<HashSet<Digest>>,
@@ -294,22 +263,84 @@ fn leaf(
         NodeKind::File { digest, size } => {
             // An equal entry of an older snapshot is shared: snapshots are never written.
             if let Some((dir, _)) = base
-                && from_base
+                && linkable(base, path, node)
                 && fs::hard_link(dir.join(path), &to).is_ok()
             {
                 return Ok(());
             }
-            // A link that failed (a full link count, say) falls back to the blob, which
+            // A link that failed (a full link count, say) falls back to a copy, whose blob
             // may not have been checked yet.
             let unchecked = checked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(*digest);
             if unchecked {
-                from_blob::check_blob(cache, digest, *size, path)?;
+                check_blob(cache, digest, *size, path)?;
             }
-            from_blob::make_file(cache, digest, node, path, &to)
+            let file = copy_blob(cache, digest, path, &to)?;
+            file.set_permissions(fs::Permissions::from_mode(node.mode()))
+                .map_err(|e| Error::io("set the mode of", &to, e))?;
+            file.set_modified(system_time(node.mtime()))
+                .map_err(|e| Error::io("set the time of", &to, e))
         }
         NodeKind::Dir { .. } => Ok(()),
     }
+}
+
+fn open_blob(cache: &HostCache, digest: &Digest, shown_as: &Path) -> Result<(File, PathBuf)> {
+    let blob = cache.blob_path(digest);
+    match File::open(&blob) {
+        Ok(f) => Ok((f, blob)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::BlobMissing {
+            digest: *digest,
+            shown_as: shown_as.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("open", &blob, e)),
+    }
+}
+
+/// Hashes blob `digest`: one that no longer matches its digest is removed and reported.
+fn check_blob(cache: &HostCache, digest: &Digest, size: u64, shown_as: &Path) -> Result<()> {
+    let (mut from, blob) = open_blob(cache, digest, shown_as)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; (1usize << 20).min(size as usize + 1)];
+    let mut len = 0u64;
+    loop {
+        let n = from
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", &blob, e))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        if size >= 8 << 20 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
+    }
+    if len == size && Digest::from(hasher.finalize()) == *digest {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&blob);
+    Err(Error::CorruptBlob {
+        digest: *digest,
+        shown_as: shown_as.to_path_buf(),
+        blob,
+    })
+}
+
+/// Copies blob `digest` (checked already) to a new file `to`, returned open.
+fn copy_blob(cache: &HostCache, digest: &Digest, shown_as: &Path, to: &Path) -> Result<File> {
+    let (mut from, _) = open_blob(cache, digest, shown_as)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(to)
+        .map_err(|e| Error::io("create", to, e))?;
+    // std's copy uses copy_file_range, which file systems with reflinks turn into one.
+    std::io::copy(&mut from, &mut out).map_err(|e| Error::io("copy to", to, e))?;
+    Ok(out)
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use parvm_ship::{Begin, CacheLimits, Digest, Error, HostCache};
 
-use crate::{ROOMY, blob_path, fetch_all, scanner, ship, user_dir};
+use crate::{ROOMY, fetch_all, scanner, ship, user_dir};
 
 #[test]
 fn the_cache_folder_is_private_and_verified() {
@@ -65,6 +65,11 @@ fn a_cache_of_another_user_is_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn blob_path(cache: &HostCache, d: &Digest) -> PathBuf {
+    let hex = d.to_string();
+    cache.path().join("blobs").join(&hex[..2]).join(hex)
 }
 
 fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {

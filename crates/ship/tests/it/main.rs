@@ -1,7 +1,6 @@
 //! Integration tests of parvm-ship: one binary, one module per topic.
 
 mod cache;
-mod links;
 mod manifest;
 mod model;
 mod scan;
@@ -13,7 +12,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parvm_ship::{Begin, CacheLimits, Digest, HostCache, Manifest, Scanner};
+use parvm_ship::{Begin, CacheLimits, HostCache, Manifest, Scanner};
 
 /// Limits no test reaches.
 pub const ROOMY: CacheLimits = CacheLimits {
@@ -77,12 +76,6 @@ pub fn fetch_all(cache: &HostCache, scanner: &Scanner, manifest: &Manifest) -> u
         }
     }
     wrote
-}
-
-/// Where blob `digest` lives in `cache` (the layout `HostCache` documents).
-pub fn blob_path(cache: &HostCache, digest: &Digest) -> PathBuf {
-    let hex = digest.to_string();
-    cache.path().join("blobs").join(&hex[..2]).join(hex)
 }
 
 /// Scans, fetches and snapshots in one go.
