@@ -52,6 +52,9 @@ pub(crate) enum ShipJob {
         root: u32,
         digests: Vec<parvm_ship::Digest>,
     },
+    /// The VM is gone: the thread ends. Sent by [`VmShip`]'s drop, so the thread ends even
+    /// while a copy of the channel's sender is still held somewhere.
+    Stop,
 }
 
 /// One shipped root on the spawner.
@@ -196,6 +199,8 @@ impl Drop for VmShip {
     fn drop(&mut self) {
         self.table.cancel.store(true, Ordering::Release);
         if let Some((jobs, thread)) = self.server.take() {
+            // Fails only when the thread has ended already.
+            let _ = jobs.send(ShipJob::Stop);
             drop(jobs);
             if thread.join().is_err() {
                 tracing::warn!(vm = self.table.vm, "the shipping thread panicked");
@@ -214,6 +219,7 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
             return;
         };
         match job {
+            ShipJob::Stop => return,
             ShipJob::Manifest { rank, root } => {
                 let Some(scan) = checked(table, rank, root, "a manifest") else {
                     continue;
