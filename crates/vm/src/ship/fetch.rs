@@ -495,6 +495,11 @@ mod tests {
         }
     }
 
+    /// The content of file `name` of a snapshot.
+    fn content(snapshot: &parvm_ship::Snapshot, name: &str) -> String {
+        std::fs::read_to_string(snapshot.path().join(name)).unwrap()
+    }
+
     struct Setup {
         root: tempfile::TempDir,
         _local: tempfile::TempDir,
@@ -534,10 +539,7 @@ mod tests {
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
-            "bravo, longer"
-        );
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
         assert_eq!(spawner.sent.len(), 2);
         drop(snapshot);
         // The next task: the manifest it has, the blobs the cache has.
@@ -564,10 +566,7 @@ mod tests {
             .unwrap(),
         );
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
-            "bravo, longer"
-        );
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
     }
 
     #[test]
@@ -587,10 +586,7 @@ mod tests {
         // Nothing of it was kept: the next try fetches it again, and it is sound then.
         spawner.damaged.clear();
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(snapshot.path().join("b.txt")).unwrap(),
-            "bravo, longer"
-        );
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
     }
 
     #[test]
@@ -612,10 +608,7 @@ mod tests {
         s.shipping.receive_plan(0, ShipPlan::Always);
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         for name in ["a.txt", "c.txt"] {
-            assert_eq!(
-                std::fs::read_to_string(snapshot.path().join(name)).unwrap(),
-                "alpha"
-            );
+            assert_eq!(content(&snapshot, name), "alpha");
         }
         assert_eq!(spawner.sent.iter().filter(|d| **d == digest).count(), 2);
     }

@@ -13,32 +13,6 @@ use parvm_vm::{CacheMax, Config, ExitStatus, Message, Runtime, ShipMode, Spawn, 
 use crate::harness::{Backend, DEADLINE, Harness, collect, ship_mode};
 use crate::tasks::Described;
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Memory) } )*
-        }
-        mod local {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Local) } )*
-        }
-        mod tcp {
-            $( #[test] fn $name() { super::$name(crate::harness::Backend::Tcp) } )*
-        }
-        #[cfg(feature = "mpi")]
-        mod mpi {
-            $(
-                #[test]
-                fn $name() {
-                    crate::mpirun::suite_test(
-                        concat!(module_path!(), "::", stringify!($name)),
-                        super::$name,
-                    )
-                }
-            )*
-        }
-    };
-}
-
 suite!(inputs_shipped_to_every_worker_fill_the_same_folders);
 
 /// With `PARVM_SHIP=always` on every transport: two workers of one host, inputs of every
@@ -398,30 +372,12 @@ fn two_workers_of_one_host_fetch_each_blob_once() {
 #[test]
 fn a_worker_killed_mid_transfer_loses_its_task_and_its_replacement_works() {
     let hosts = TwoHosts::start_with(ShipMode::Auto, 1, None, 1);
-    std::fs::write(hosts.path("huge.bin"), vec![5u8; 64 << 20]).unwrap();
-    let vm = vm_with(
-        hosts.runtime(),
-        &[(hosts.path("huge.bin").display().to_string(), ".")],
-        false,
-    );
+    let vm = vm_with_huge_input(&hosts, 5);
     let plain = hosts.runtime().vm().build().unwrap();
     let pid: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
     let pid = Pid::from_raw(i32::try_from(pid).unwrap());
     let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
-    // Transfers go on while the program waits for messages (someone pumps the events).
-    let mut exit = None;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while vm.ship_stats().bytes == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the transfer did not start"
-        );
-        if let Some(Message::TaskExit { status, .. }) =
-            vm.recv_timeout(Duration::from_millis(1)).unwrap()
-        {
-            exit = Some(status);
-        }
-    }
+    let exit = until_the_transfer_starts(&vm);
     kill(pid, Signal::SIGKILL).unwrap();
     let exit = exit.unwrap_or_else(|| receive_exit(&vm, ids[0]));
     assert!(
@@ -451,24 +407,12 @@ fn a_worker_killed_mid_transfer_loses_its_task_and_its_replacement_works() {
 #[test]
 fn a_task_stopped_while_its_inputs_travel_ends_and_the_next_gets_them_whole() {
     let hosts = TwoHosts::start_with(ShipMode::Auto, 1, None, 1);
-    std::fs::write(hosts.path("huge.bin"), vec![6u8; 64 << 20]).unwrap();
-    let vm = vm_with(
-        hosts.runtime(),
-        &[(hosts.path("huge.bin").display().to_string(), ".")],
-        false,
-    );
+    let vm = vm_with_huge_input(&hosts, 6);
     let plain = hosts.runtime().vm().build().unwrap();
     let pid: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
     // A command: its worker lives on when it is stopped (a function's would exit).
     let ids = vm.spawn(Spawn::command("true").hosts(["beta"])).unwrap();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while vm.ship_stats().bytes == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the transfer did not start"
-        );
-        let _ = vm.recv_timeout(Duration::from_millis(1)).unwrap();
-    }
+    until_the_transfer_starts(&vm);
     vm.stop(ids[0]).unwrap();
     let exit = receive_exit(&vm, ids[0]);
     // Stopped during the fetch, not after it.
@@ -484,6 +428,36 @@ fn a_task_stopped_while_its_inputs_travel_ends_and_the_next_gets_them_whole() {
     let ids = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
     let (outcomes, _) = collect(&vm, &ids);
     assert_eq!(outcomes[&ids[0]].value::<Vec<String>>(), ["huge.bin"]);
+}
+
+/// A VM of `hosts` whose map ships one 64 MiB file of `byte`s, long enough in transit to
+/// act on a task while its input travels.
+fn vm_with_huge_input(hosts: &TwoHosts, byte: u8) -> Vm {
+    std::fs::write(hosts.path("huge.bin"), vec![byte; 64 << 20]).unwrap();
+    vm_with(
+        hosts.runtime(),
+        &[(hosts.path("huge.bin").display().to_string(), ".")],
+        false,
+    )
+}
+
+/// Receives until a shipped input of `vm` is on its way (transfers go on while the program
+/// waits for messages); the exit of a task that ended meanwhile.
+fn until_the_transfer_starts(vm: &Vm) -> Option<ExitStatus> {
+    let mut exit = None;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while vm.ship_stats().bytes == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer did not start"
+        );
+        if let Some(Message::TaskExit { status, .. }) =
+            vm.recv_timeout(Duration::from_millis(1)).unwrap()
+        {
+            exit = Some(status);
+        }
+    }
+    exit
 }
 
 /// The exit of `task`, from messages as they come.
