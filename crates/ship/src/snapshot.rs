@@ -1,27 +1,26 @@
 //! [`Snapshot`]: an immutable tree of one manifest, materialised in the host cache, and
 //! how it is built.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
-use crate::cache::{HostCache, Kind, Pin, free_bytes, remove_tree};
+use crate::cache::{HostCache, Kind, Pin, Stamp, free_bytes, remove_tree};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
 
 /// A materialised manifest: a tree beneath the host cache whose files have the manifest's
 /// content, modes and times. It stays pinned (never evicted) while this value lives.
-/// Mirror from it; never hand it to a task or write into it (its files may be hard links
-/// shared with other snapshots).
+/// Mirror from it; never hand it to a task or write into it (its files are hard links to
+/// the cache's blobs wherever mode and time allow, shared with other snapshots).
 #[derive(Debug)]
 pub struct Snapshot {
     path: PathBuf,
@@ -54,13 +53,12 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
         };
         return Ok((snapshot, false));
     }
-    let base = newest_other_snapshot(cache, &root)?;
-    let base_ref = base.as_ref().map(|(dir, _, bm)| (dir.as_path(), bm));
     let entries = m.entries();
+    let sources = check_blobs(cache, &entries)?;
     let needed: u64 = entries
         .iter()
-        .filter_map(|(path, node)| match node.kind() {
-            NodeKind::File { size, .. } if !linkable(base_ref, path, node) => Some(*size),
+        .filter_map(|(_, node)| match node.kind() {
+            NodeKind::File { digest, size } if !sources[digest].linkable(node) => Some(*size),
             _ => None,
         })
         .sum();
@@ -76,7 +74,7 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
     let temp = cache
         .sub("tmp")
         .join(format!("snap.{root}.{}", pin.unique()));
-    let built = fill(cache, m, &entries, &temp, base_ref)
+    let built = fill(cache, m, &entries, &temp, &sources)
         .and_then(|()| keep_manifest(cache, m, pin.unique()))
         .and_then(|()| place(&temp, &dest));
     if built.is_err() {
@@ -91,40 +89,42 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
     Ok((snapshot, true))
 }
 
-/// The most recently built snapshot other than `root`, pinned, with its manifest: entries
-/// equal to one of its entries are hard-linked from it.
-fn newest_other_snapshot(
-    cache: &HostCache,
-    root: &Digest,
-) -> Result<Option<(PathBuf, Pin, Manifest)>> {
-    let snapshots = cache.sub("snapshots");
-    let mut newest: Option<(SystemTime, Digest)> = None;
-    for entry in fs::read_dir(&snapshots)
-        .map_err(|e| Error::io("list", &snapshots, e))?
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(digest) = name.strip_suffix(".manifest").and_then(Digest::from_hex) else {
-            continue;
-        };
-        let Ok(time) = entry.metadata().and_then(|m| m.modified()) else {
-            continue;
-        };
-        if digest != *root && newest.is_none_or(|(t, _)| time > t) {
-            newest = Some((time, digest));
-        }
+/// A blob as a snapshot build found it: checked, with the mode and time of its file.
+struct BlobSource {
+    mode: u32,
+    mtime: Timestamp,
+}
+
+impl BlobSource {
+    /// True when the file of `node` can be a hard link to this blob: same mode and time.
+    fn linkable(&self, node: &Node) -> bool {
+        self.mode == node.mode() && self.mtime == node.mtime()
     }
-    let Some((_, digest)) = newest else {
-        return Ok(None);
-    };
-    let (pin, present) = cache.pin(&digest, std::iter::empty())?;
-    let Some(manifest) = present
-        .then(|| crate::cache::read_manifest(&cache.manifest_path(&digest)))
-        .flatten()
-    else {
-        return Ok(None);
-    };
-    Ok(Some((cache.snapshot_path(&digest), pin, manifest)))
+}
+
+/// Every blob of `entries`, once each: hashed unless this process found it intact as it is
+/// now (a blob damaged since is removed with the snapshots sharing its file, and reported),
+/// with the mode and time of its file. Links and copies both come from checked blobs.
+fn check_blobs(
+    cache: &HostCache,
+    entries: &[(PathBuf, &Node)],
+) -> Result<HashMap<Digest, BlobSource>> {
+    let mut seen = HashSet::new();
+    let blobs: Vec<(Digest, u64, &Path)> = entries
+        .iter()
+        .filter_map(|(path, node)| match node.kind() {
+            NodeKind::File { digest, size } if seen.insert(*digest) => {
+                Some((*digest, *size, path.as_path()))
+            }
+            _ => None,
+        })
+        .collect();
+    // Checked in path order, so a corrupt blob is reported by the same path whichever
+    // thread meets it.
+    let sources = crate::par::each(&blobs, |(digest, size, path)| {
+        check_blob(cache, digest, *size, path)
+    })?;
+    Ok(blobs.iter().map(|b| b.0).zip(sources).collect())
 }
 
 /// Keeps the manifest beside the snapshot (written under a temporary name first).
@@ -155,7 +155,7 @@ fn place(temp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-fn system_time(t: Timestamp) -> SystemTime {
+pub(crate) fn system_time(t: Timestamp) -> SystemTime {
     let nanos = Duration::from_nanos(u64::from(t.nanos));
     if t.secs >= 0 {
         SystemTime::UNIX_EPOCH + Duration::from_secs(t.secs as u64) + nanos
@@ -176,7 +176,7 @@ fn fill(
     m: &Manifest,
     entries: &[(PathBuf, &Node)],
     temp: &Path,
-    base: Option<(&Path, &Manifest)>,
+    sources: &HashMap<Digest, BlobSource>,
 ) -> Result<()> {
     let mkdir = |path: &Path| {
         fs::DirBuilder::new()
@@ -194,27 +194,20 @@ fn fill(
         .iter()
         .filter(|(_, n)| !matches!(n.kind(), NodeKind::Dir { .. }))
         .collect();
-    // Every blob to copy is checked first, each once, so a corrupt one is reported the
-    // same way whichever thread meets it (by the first path that has it).
-    let mut seen = HashSet::new();
-    let to_check: Vec<(Digest, u64, &Path)> = leaves
-        .iter()
-        .filter_map(|(path, node)| match node.kind() {
-            NodeKind::File { digest, size }
-                if !linkable(base, path, node) && seen.insert(*digest) =>
-            {
-                Some((*digest, *size, path.as_path()))
-            }
-            _ => None,
-        })
-        .collect();
-    crate::par::each(&to_check, |(digest, size, path)| {
-        check_blob(cache, digest, *size, path)
+    let linked = crate::par::each(&leaves, |(path, node)| {
+        leaf(cache, path, node, temp, sources)
     })?;
-    let checked = Mutex::new(seen);
-    crate::par::each(&leaves, |(path, node)| {
-        leaf(cache, path, node, temp, base, &checked)
-    })?;
+    // Each link moved its blob's change time: recorded as this process's own doing, so the
+    // next snapshot of this process does not hash the blob again.
+    let mut relinked = HashSet::new();
+    for ((path, node), linked) in leaves.iter().zip(linked) {
+        if let (true, NodeKind::File { digest, .. }) = (linked, node.kind())
+            && relinked.insert(*digest)
+            && let Ok(meta) = fs::symlink_metadata(temp.join(path))
+        {
+            cache.verified().relinked(digest, &meta);
+        }
+    }
     for (path, node) in entries
         .iter()
         .rev()
@@ -238,52 +231,38 @@ fn set_mtime(path: &Path, mtime: Timestamp) -> Result<()> {
         .map_err(|e| Error::io("set the time of", path, e.into()))
 }
 
-/// True when `base` holds an entry equal to `node` at `path` (name, content, mode, time).
-fn linkable(base: Option<(&Path, &Manifest)>, path: &Path, node: &Node) -> bool {
-    base.is_some_and(|(_, bm)| bm.find(path).is_some_and(|b| b.digest() == node.digest()))
-}
-
-/// One file or symlink of the snapshot.
+/// One file or symlink of the snapshot; true when it is a hard link to its blob.
 fn leaf(
     cache: &HostCache,
     path: &Path,
     node: &Node,
     temp: &Path,
-    base: Option<(&Path, &Manifest)>,
-    checked: &Mutex<HashSet<Digest>>,
-) -> Result<()> {
+    sources: &HashMap<Digest, BlobSource>,
+) -> Result<bool> {
     let to = temp.join(path);
     match node.kind() {
         NodeKind::Symlink { target } => {
             use std::os::unix::ffi::OsStrExt;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &to)
                 .map_err(|e| Error::io("create symlink", &to, e))?;
-            set_mtime(&to, node.mtime())
+            set_mtime(&to, node.mtime())?;
+            Ok(false)
         }
-        NodeKind::File { digest, size } => {
-            // An equal entry of an older snapshot is shared: snapshots are never written.
-            if let Some((dir, _)) = base
-                && linkable(base, path, node)
-                && fs::hard_link(dir.join(path), &to).is_ok()
+        NodeKind::File { digest, .. } => {
+            // Snapshots and blobs are never written, so they may share a file. A link that
+            // fails (a full link count, say) falls back to a copy.
+            if sources[digest].linkable(node) && fs::hard_link(cache.blob_path(digest), &to).is_ok()
             {
-                return Ok(());
-            }
-            // A link that failed (a full link count, say) falls back to a copy, whose blob
-            // may not have been checked yet.
-            let unchecked = checked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(*digest);
-            if unchecked {
-                check_blob(cache, digest, *size, path)?;
+                return Ok(true);
             }
             let file = copy_blob(cache, digest, path, &to)?;
             file.set_permissions(fs::Permissions::from_mode(node.mode()))
                 .map_err(|e| Error::io("set the mode of", &to, e))?;
             file.set_modified(system_time(node.mtime()))
-                .map_err(|e| Error::io("set the time of", &to, e))
+                .map_err(|e| Error::io("set the time of", &to, e))?;
+            Ok(false)
         }
-        NodeKind::Dir { .. } => Ok(()),
+        NodeKind::Dir { .. } => Ok(false),
     }
 }
 
@@ -299,9 +278,28 @@ fn open_blob(cache: &HostCache, digest: &Digest, shown_as: &Path) -> Result<(Fil
     }
 }
 
-/// Hashes blob `digest`: one that no longer matches its digest is removed and reported.
-fn check_blob(cache: &HostCache, digest: &Digest, size: u64, shown_as: &Path) -> Result<()> {
+/// Checks blob `digest`: hashed unless this process found it intact as its file is now.
+/// One that no longer matches its digest is removed, with every snapshot sharing its file,
+/// and reported.
+fn check_blob(
+    cache: &HostCache,
+    digest: &Digest,
+    size: u64,
+    shown_as: &Path,
+) -> Result<BlobSource> {
     let (mut from, blob) = open_blob(cache, digest, shown_as)?;
+    let meta = from.metadata().map_err(|e| Error::io("read", &blob, e))?;
+    let source = BlobSource {
+        mode: meta.mode() & 0o7777,
+        mtime: Timestamp {
+            secs: meta.mtime(),
+            nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        },
+    };
+    let stamp = Stamp::of(&meta);
+    if cache.verified().is_intact(digest, &stamp) {
+        return Ok(source);
+    }
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; (1usize << 20).min(size as usize + 1)];
     let mut len = 0u64;
@@ -320,14 +318,53 @@ fn check_blob(cache: &HostCache, digest: &Digest, size: u64, shown_as: &Path) ->
         }
     }
     if len == size && Digest::from(hasher.finalize()) == *digest {
-        return Ok(());
+        cache.verified().record(*digest, stamp);
+        return Ok(source);
     }
+    cache.verified().forget(digest);
     let _ = fs::remove_file(&blob);
+    if meta.nlink() > 1 {
+        drop_snapshots_sharing(cache, digest, &meta);
+    }
     Err(Error::CorruptBlob {
         digest: *digest,
         shown_as: shown_as.to_path_buf(),
         blob,
     })
+}
+
+/// Removes every snapshot that has `blob` (a damaged blob's file) as one of its files: they
+/// are damaged with it. A task holding one finds it gone and builds a new one. Best effort:
+/// what cannot be read or removed is logged, and the eviction pass drops it later.
+fn drop_snapshots_sharing(cache: &HostCache, digest: &Digest, blob: &fs::Metadata) {
+    let snapshots = cache.sub("snapshots");
+    let Ok(listing) = fs::read_dir(&snapshots) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(root) = name.strip_suffix(".manifest").and_then(Digest::from_hex) else {
+            continue;
+        };
+        let Some(manifest) = crate::cache::read_manifest(&entry.path()) else {
+            continue;
+        };
+        let dir = cache.snapshot_path(&root);
+        let shares = manifest.entries().iter().any(|(path, node)| {
+            matches!(node.kind(), NodeKind::File { digest: d, .. } if d == digest)
+                && fs::symlink_metadata(dir.join(path))
+                    .is_ok_and(|m| m.dev() == blob.dev() && m.ino() == blob.ino())
+        });
+        if shares {
+            tracing::warn!(
+                "removing snapshot `{}` of the host cache: it shares the damaged blob {digest}",
+                dir.display()
+            );
+            if let Err(e) = crate::cache::trash_snapshot(cache, &root) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
 }
 
 /// Copies blob `digest` (checked already) to a new file `to`, returned open.

@@ -1,17 +1,19 @@
-//! [`BlobWriter`]: a claimed blob being written to a temporary file.
+//! [`BlobWriter`]: a claimed blob being written into its claim file.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::claim::Claim;
+use super::verified::{Stamp, Verified};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::manifest::Timestamp;
 
-/// Writes one claimed blob: chunks go straight to a temporary file (bounded memory),
-/// hashed as they arrive. Dropped unfinished: the temporary file is removed and the claim
-/// released.
+/// Writes one claimed blob: chunks go straight into the claim file (bounded memory), hashed
+/// as they arrive. Dropped unfinished: what was written is removed and the claim released.
 #[derive(Debug)]
 pub struct BlobWriter {
     digest: Digest,
@@ -20,44 +22,46 @@ pub struct BlobWriter {
     written: u64,
     /// Boxed: the hasher's state is 2 KiB, and `Begin` carries the writer by value.
     hasher: Box<blake3::Hasher>,
-    file: Option<File>,
-    temp: PathBuf,
+    /// Mode and time the blob's file gets, so snapshot files with them can be hard links.
+    attrs: Option<(u32, Timestamp)>,
     dest: PathBuf,
-    _claim: Claim,
+    verified: Arc<Verified>,
+    claim: Claim,
 }
 
 impl BlobWriter {
-    pub(crate) fn create(
+    pub(crate) fn new(
         claim: Claim,
-        temp: PathBuf,
         dest: PathBuf,
+        verified: Arc<Verified>,
         digest: Digest,
         size: u64,
         shown_as: &Path,
-    ) -> Result<BlobWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .map_err(|e| Error::io("create", &temp, e))?;
-        Ok(BlobWriter {
+    ) -> BlobWriter {
+        BlobWriter {
             digest,
             size,
             shown_as: shown_as.to_path_buf(),
             written: 0,
             hasher: Box::new(blake3::Hasher::new()),
-            file: Some(file),
-            temp,
+            attrs: None,
             dest,
-            _claim: claim,
-        })
+            verified,
+            claim,
+        }
     }
 
     /// The blob's digest.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// Gives the blob the permission bits `mode` (setuid, setgid and sticky are dropped)
+    /// and modification time `mtime` of the file it is fetched for: a snapshot file with
+    /// the same mode and time is then a hard link to the blob instead of a copy. Without
+    /// it the blob is read-only and timed when it was written.
+    pub fn keep_attrs(&mut self, mode: u32, mtime: Timestamp) {
+        self.attrs = Some((mode & 0o777, mtime));
     }
 
     /// Appends a chunk.
@@ -74,23 +78,20 @@ impl BlobWriter {
                 got,
             });
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::io("write", &self.temp, std::io::ErrorKind::BrokenPipe.into()))?;
+        let mut file: &File = self.claim.file();
         file.write_all(chunk)
-            .map_err(|e| Error::io("write", &self.temp, e))?;
+            .map_err(|e| Error::io("write", self.claim.path(), e))?;
         self.hasher.update(chunk);
         self.written = got;
         Ok(())
     }
 
-    /// Checks size and digest (errors name the path it is shown as) and renames the blob
-    /// into place (read-only), releasing the claim.
+    /// Checks size and digest (errors name the path it is shown as), gives the file its
+    /// mode and time, and renames it into place, releasing the claim.
     ///
     /// # Errors
     /// [`Error::SizeMismatch`], [`Error::DigestMismatch`] (nothing is kept), [`Error::Io`].
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
         if self.written != self.size {
             return Err(Error::SizeMismatch {
                 shown_as: self.shown_as.clone(),
@@ -106,22 +107,36 @@ impl BlobWriter {
                 got,
             });
         }
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::io("write", &self.temp, std::io::ErrorKind::BrokenPipe.into()))?;
-        file.set_permissions(fs::Permissions::from_mode(0o400))
-            .map_err(|e| Error::io("protect", &self.temp, e))?;
-        drop(file);
+        let file = self.claim.file();
+        let temp = self.claim.path().to_path_buf();
+        let (mode, mtime) = self.attrs.unwrap_or((0o400, now()));
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("protect", &temp, e))?;
+        file.set_modified(crate::snapshot::system_time(mtime))
+            .map_err(|e| Error::io("set the time of", &temp, e))?;
+        // Duplicated before the claim goes with `publish`: the stamp is taken after the
+        // rename, which moves the change time on some file systems.
+        let file = file
+            .try_clone()
+            .map_err(|e| Error::io("reopen", &temp, e))?;
         // The index learns it with its snapshot (one append for all its blobs) or, when no
         // snapshot is made, when a cache opens next; meanwhile `missing`'s pin keeps it.
-        fs::rename(&self.temp, &self.dest).map_err(|e| Error::io("place blob", &self.dest, e))
+        self.claim
+            .publish(&self.dest)
+            .map_err(|e| Error::io("place blob", &self.dest, e))?;
+        if let Ok(meta) = file.metadata() {
+            self.verified.record(self.digest, Stamp::of(&meta));
+        }
+        Ok(())
     }
 }
 
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        // After a successful finish the temporary name is gone and this does nothing.
-        let _ = fs::remove_file(&self.temp);
+fn now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: since.subsec_nanos(),
     }
 }

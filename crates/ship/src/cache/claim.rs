@@ -2,9 +2,12 @@
 //! the host that fetches that blob. The kernel drops it with its process, so a killed
 //! fetcher releases its claim.
 //!
-//! The holder removes the claim file before unlocking it. A waiter that locked a file which
-//! is no longer at its path therefore knows the fetch it waited for ended, and a claimant
-//! checks it locked the file at the path (else it tries again), so two never hold one claim.
+//! The claim file is also the blob being written: its holder writes the bytes into it and,
+//! once they check out, renames it into the blob store ([`Claim::publish`]), so a fetched
+//! blob costs one file made and one rename. A holder that fails removes it. Either way the
+//! file leaves the claim path before it is unlocked: a waiter that locked a file which is no
+//! longer at its path therefore knows the fetch it waited for ended, and a claimant checks
+//! it locked the file at the path (else it tries again), so two never hold one claim.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -15,12 +18,14 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 
-/// A held claim; dropping it removes the claim file and releases the lock.
+/// A held claim; dropping it unpublished removes the claim file (what was written into it)
+/// and releases the lock.
 #[derive(Debug)]
 pub(crate) struct Claim {
     path: PathBuf,
     inherited: bool,
-    _lock: Flock<File>,
+    published: bool,
+    lock: Flock<File>,
 }
 
 /// Opens the claim file, making it when missing; true when this call made it.
@@ -67,7 +72,8 @@ impl Claim {
                     return Ok(Some(Claim {
                         path: path.to_path_buf(),
                         inherited: !made,
-                        _lock: lock,
+                        published: false,
+                        lock,
                     }));
                 }
                 // Its holder finished and removed it between our open and our lock.
@@ -79,9 +85,27 @@ impl Claim {
     }
 
     /// True when the claim file was there, unheld, before this claim: its holder died
-    /// (holders remove it before they unlock it), and may have left a temporary file.
+    /// (holders move it away before they unlock it), and may have left part of a blob in it.
     pub(crate) fn inherited(&self) -> bool {
         self.inherited
+    }
+
+    /// The claim file, open for writing the blob into.
+    pub(crate) fn file(&self) -> &File {
+        &self.lock
+    }
+
+    /// Where the claim file is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the claim file, holding the finished blob, to `dest`, then releases the
+    /// claim.
+    pub(crate) fn publish(mut self, dest: &Path) -> std::io::Result<()> {
+        fs::rename(&self.path, dest)?;
+        self.published = true;
+        Ok(())
     }
 
     /// Returns when nobody holds the claim at `path`.
@@ -112,7 +136,10 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        // Removed while still locked: see the module's comment.
-        let _ = fs::remove_file(&self.path);
+        // Removed while still locked: see the module's comment. A published claim file is
+        // the blob now, and its path may already be another claimant's.
+        if !self.published {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }

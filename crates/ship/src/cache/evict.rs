@@ -1,5 +1,5 @@
 //! Keeping the cache within its limits, least recently used first, and removing what
-//! killed processes left (temporary blobs of released claims, builds whose pin is gone).
+//! killed processes left (claim files nobody holds, builds whose pin is gone).
 //! Runs with the index held exclusive, so no pin is taken meanwhile (see `HostCache::pin`).
 
 use std::fs;
@@ -56,16 +56,7 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
         }
         match kind {
             Kind::Blob => remove_tree(&cache.blob_path(&digest))?,
-            Kind::Snapshot => {
-                let trash = cache.sub("tmp").join(format!("trash.{}", unique_suffix()));
-                let from = cache.snapshot_path(&digest);
-                match fs::rename(&from, &trash) {
-                    Ok(()) => remove_tree(&trash)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("move to trash", &from, e)),
-                }
-                remove_tree(&cache.manifest_path(&digest))?;
-            }
+            Kind::Snapshot => trash_snapshot(cache, &digest)?,
         }
         tracing::debug!(
             "evicted {kind:?} {digest} ({} bytes) from the host cache",
@@ -128,20 +119,20 @@ fn clean_tmp(cache: &HostCache, live_builds: &std::collections::HashSet<String>)
     Ok(())
 }
 
-/// Removes the temporary files of blob `digest`; call it holding the blob's claim.
-pub(crate) fn remove_abandoned_writes(cache: &HostCache, digest: &Digest) -> Result<()> {
-    let tmp = cache.sub("tmp");
-    let prefix = format!("blob.{digest}.");
-    for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))? {
-        let entry = entry.map_err(|e| Error::io("list", &tmp, e))?;
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            remove_tree(&entry.path())?;
-        }
+/// Removes snapshot `root` and its manifest: moved out of place at once (nobody finds it
+/// any more), then removed.
+pub(crate) fn trash_snapshot(cache: &HostCache, root: &Digest) -> Result<()> {
+    let trash = cache.sub("tmp").join(format!("trash.{}", unique_suffix()));
+    let from = cache.snapshot_path(root);
+    match fs::rename(&from, &trash) {
+        Ok(()) => remove_tree(&trash)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("move to trash", &from, e)),
     }
-    Ok(())
+    remove_tree(&cache.manifest_path(root))
 }
 
-/// Removes claim files nobody holds (a fetcher killed before it made its temporary file).
+/// Removes claim files nobody holds (what fetchers killed mid-write left).
 fn clean_claims(cache: &HostCache) -> Result<()> {
     let claims = cache.sub("claims");
     for entry in fs::read_dir(&claims).map_err(|e| Error::io("list", &claims, e))? {

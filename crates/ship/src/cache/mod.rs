@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! <user dir>/cache/                 0700, owned by the user, not a symlink (verified)
-//!     blobs/<2 hex>/<64 hex>        one read-only file per blob
-//!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob
+//!     blobs/<2 hex>/<64 hex>        one file per blob, never written once placed
+//!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob,
+//!                                   which writes the blob into it, then renames it into blobs/
 //!     pins/<64 hex>.<unique>        flock'ed (shared) by a live Snapshot or a build: what it needs
 //!     snapshots/<64 hex>/           one immutable tree per manifest root digest
 //!     snapshots/<64 hex>.manifest   its manifest, to hard-link equal entries into the next one
@@ -17,18 +18,20 @@ mod dirs;
 mod evict;
 mod index;
 mod pin;
+mod verified;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use blob::BlobWriter;
 use claim::Claim;
 pub(crate) use dirs::{remove_tree, unique_suffix};
-pub(crate) use evict::read_manifest;
+pub(crate) use evict::{read_manifest, trash_snapshot};
 pub(crate) use index::{Index, Kind};
 pub(crate) use pin::Pin;
+pub(crate) use verified::{Stamp, Verified};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -109,6 +112,10 @@ pub enum Begin {
 /// let cache = HostCache::open(&user_dir, CacheLimits { max_bytes: 1 << 30, max_count: 1000 })?;
 /// for (digest, size, shown_as) in cache.missing(&manifest) {
 ///     if let Begin::Mine(mut writer) = cache.begin(digest, size, &shown_as)? {
+///         // The blob takes its file's mode and time, so the snapshot links rather than copies.
+///         if let Some(node) = manifest.find(&shown_as) {
+///             writer.keep_attrs(node.mode(), node.mtime());
+///         }
 ///         let (mut file, _) = scanner.open_blob(&digest)?; // over the transport, in chunks
 ///         let mut bytes = Vec::new();
 ///         file.read_to_end(&mut bytes)?;
@@ -132,6 +139,8 @@ pub struct HostCache {
     /// Journal length past which a warm snapshot (which only appends to the index) runs
     /// the eviction pass too, to compact it.
     compact_at: AtomicU64,
+    /// Blobs this process hashed (on arrival or before linking them into a snapshot).
+    verified: Arc<Verified>,
 }
 
 /// The journal is compacted when it grows past this, or past three times its length
@@ -161,6 +170,7 @@ impl HostCache {
             waiting: Mutex::new(HashMap::new()),
             fans: Mutex::new(HashSet::new()),
             compact_at: AtomicU64::new(0),
+            verified: Arc::default(),
         };
         cache.enforce(true)?;
         Ok(cache)
@@ -182,6 +192,10 @@ impl HostCache {
 
     pub(crate) fn index(&self) -> &Index {
         &self.index
+    }
+
+    pub(crate) fn verified(&self) -> &Verified {
+        &self.verified
     }
 
     /// Where blob `digest` lives.
@@ -250,7 +264,7 @@ impl HostCache {
     /// process of this host is fetching it. `shown_as` names the blob in errors.
     ///
     /// # Errors
-    /// [`Error::Io`] when the claim or the temporary file cannot be made.
+    /// [`Error::Io`] when the claim file cannot be made or emptied.
     pub fn begin(&self, digest: Digest, size: u64, shown_as: &Path) -> Result<Begin> {
         let dest = self.blob_path(&digest);
         if dest.is_file() {
@@ -273,12 +287,13 @@ impl HostCache {
         // Only a claim's holder writes its blob, so what a holder killed mid-write left
         // is abandoned.
         if claim.inherited() {
-            evict::remove_abandoned_writes(self, &digest)?;
+            claim
+                .file()
+                .set_len(0)
+                .map_err(|e| Error::io("empty", claim.path(), e))?;
         }
-        let temp = self
-            .sub("tmp")
-            .join(format!("blob.{digest}.{}", unique_suffix()));
-        let writer = BlobWriter::create(claim, temp, dest, digest, size, shown_as)?;
+        let verified = Arc::clone(&self.verified);
+        let writer = BlobWriter::new(claim, dest, verified, digest, size, shown_as);
         Ok(Begin::Mine(writer))
     }
 
@@ -293,10 +308,12 @@ impl HostCache {
 
     /// Materialises `m` as an immutable tree beneath the cache, or hands out the one built
     /// already: built under a temporary name after checking free space, renamed into place
-    /// (a concurrent builder that loses the race uses the winner's); files by
-    /// `copy_file_range` (which btrfs and XFS make a reflink), or a hard link from an older
-    /// snapshot holding the same entry; modes and times from the manifest; symlinks as
-    /// symlinks. Pinned while the [`Snapshot`] lives. Every blob copied is hashed on the way.
+    /// (a concurrent builder that loses the race uses the winner's); files as hard links to
+    /// their blobs where the blob has the file's mode and time ([`BlobWriter::keep_attrs`]),
+    /// else by `copy_file_range` (which btrfs and XFS make a reflink); modes and times from
+    /// the manifest; symlinks as symlinks. Pinned while the [`Snapshot`] lives. Every blob
+    /// is hashed first unless this process hashed it and its file has not changed since; a
+    /// damaged blob is removed together with every snapshot sharing its file.
     ///
     /// # Errors
     /// [`Error::BlobMissing`] when a blob is not here (fetch what

@@ -72,9 +72,12 @@ fn blob_path(cache: &HostCache, d: &Digest) -> PathBuf {
     cache.path().join("blobs").join(&hex[..2]).join(hex)
 }
 
+/// What is neither a blob nor a snapshot: temporary files, and claim files (which hold the
+/// blob being written).
 fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
-    fs::read_dir(cache.path().join("tmp"))
-        .unwrap()
+    ["tmp", "claims"]
+        .iter()
+        .flat_map(|sub| fs::read_dir(cache.path().join(sub)).unwrap())
         .map(|e| e.unwrap().path())
         .collect()
 }
@@ -213,7 +216,7 @@ impl Drop for Claimant {
 const CHILD_ENV: &str = "PARVM_SHIP_CLAIMANT";
 
 #[test]
-fn a_claimant_killed_mid_write_releases_its_claim_and_its_temp_file_is_cleaned() {
+fn a_claimant_killed_mid_write_releases_its_claim_and_what_it_wrote_is_removed() {
     let user = user_dir();
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
     let content = vec![5u8; 100_000];
@@ -252,7 +255,7 @@ fn a_claimant_killed_mid_write_releases_its_claim_and_its_temp_file_is_cleaned()
     );
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    // Waiting returns at once now; the next clean-up removes the dead child's temporary file.
+    // Waiting returns at once now; the next clean-up removes the dead child's claim file.
     cache.wait(&digest).unwrap();
     drop(HostCache::open(&user.path, ROOMY).unwrap());
     assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
@@ -268,20 +271,41 @@ fn a_new_claimant_removes_what_an_earlier_one_left() {
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
     let content = b"left behind";
     let digest = Digest::of(content);
-    // As a claimant killed mid-write leaves it: a temporary file, and its claim file unlocked.
-    fs::write(
-        cache
-            .path()
-            .join("tmp")
-            .join(format!("blob.{digest}.1.2.3")),
-        b"left",
-    )
-    .unwrap();
-    fs::write(cache.path().join("claims").join(digest.to_string()), b"").unwrap();
-    let writer = mine(&cache, content, "f");
-    assert_eq!(tmp_entries(&cache).len(), 1, "only the new claimant's file");
-    drop(writer);
+    // As a claimant killed mid-write leaves it: its claim file, unlocked, with part of the
+    // blob in it.
+    let claim = cache.path().join("claims").join(digest.to_string());
+    fs::write(&claim, b"left").unwrap();
+    let mut writer = mine(&cache, content, "f");
+    assert_eq!(tmp_entries(&cache), [claim.clone()], "only the claim file");
+    assert_eq!(fs::metadata(&claim).unwrap().len(), 0, "emptied");
+    writer.write(content).unwrap();
+    writer.finish().unwrap();
+    assert_eq!(fs::read(blob_path(&cache, &digest)).unwrap(), content);
     assert!(tmp_entries(&cache).is_empty());
+}
+
+#[test]
+fn a_blob_takes_the_mode_and_time_it_is_given_else_it_is_read_only() {
+    use std::os::unix::fs::MetadataExt;
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut writer = mine(&cache, b"kept", "f");
+    let mtime = parvm_ship::Timestamp {
+        secs: 1_000_000_000,
+        nanos: 5,
+    };
+    // Setuid and friends never reach a blob.
+    writer.keep_attrs(0o4755, mtime);
+    writer.write(b"kept").unwrap();
+    writer.finish().unwrap();
+    let meta = fs::metadata(blob_path(&cache, &Digest::of(b"kept"))).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o755);
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 5));
+    let mut writer = mine(&cache, b"plain", "f");
+    writer.write(b"plain").unwrap();
+    writer.finish().unwrap();
+    let meta = fs::metadata(blob_path(&cache, &Digest::of(b"plain"))).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o400);
 }
 
 /// The child of the test above: claims a blob, writes half, says so, and waits to be killed.

@@ -57,6 +57,9 @@ pub fn fetch_all(cache: &HostCache, scanner: &Scanner, manifest: &Manifest) -> u
     for (digest, size, shown_as) in cache.missing(manifest) {
         match cache.begin(digest, size, &shown_as).unwrap() {
             Begin::Mine(mut writer) => {
+                // As a worker fetches: the blob takes its first file's mode and time.
+                let node = manifest.find(&shown_as).unwrap();
+                writer.keep_attrs(node.mode(), node.mtime());
                 let (mut file, _) = scanner.open_blob(&digest).unwrap();
                 let mut chunk = vec![0u8; 4096];
                 loop {

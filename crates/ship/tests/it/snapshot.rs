@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use parvm_mirror_fs::{MirrorMap, MirrorOptions, mirror};
-use parvm_ship::{Error, HostCache};
+use parvm_ship::{Digest, Error, HostCache};
 
 use crate::{ROOMY, fetch_all, scanner, ship, tree, user_dir};
 
@@ -293,6 +293,17 @@ fn full_disk_child() {
     let mut scan = scanner(shared.path(), &["big"]);
     let manifest = scan.manifest().unwrap();
     assert_eq!(fetch_all(&cache, &scan, &manifest), 1, "the blob fits");
+    // Its snapshot links the blob: it needs no room.
+    drop(cache.snapshot(&manifest).unwrap());
+    // The same content with another time needs a copy, which does not fit.
+    fs::File::options()
+        .write(true)
+        .open(shared.path().join("big"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
+    let manifest = scan.manifest().unwrap();
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 0, "the blob is there");
     match cache.snapshot(&manifest) {
         Err(e @ Error::NoSpace { needed, free, .. }) => {
             assert_eq!(needed, 600 << 10);
@@ -329,4 +340,44 @@ fn full_disk_child() {
             .is_none()
     );
     println!("full disk: checked");
+}
+
+#[test]
+fn a_damaged_blob_takes_down_the_snapshots_sharing_its_file() {
+    let shared = tempfile::tempdir().unwrap();
+    fs::write(shared.path().join("a"), "alpha").unwrap();
+    fs::write(shared.path().join("b"), "beta").unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &["*"]);
+    let (_, first) = ship(&cache, &mut scan);
+    let blob = cache
+        .path()
+        .join("blobs")
+        .join(&Digest::of(b"alpha").to_string()[..2])
+        .join(Digest::of(b"alpha").to_string());
+    assert_eq!(
+        fs::metadata(&blob).unwrap().ino(),
+        fs::metadata(first.path().join("a")).unwrap().ino(),
+        "the snapshot's file is its blob"
+    );
+    let first_path = first.path().to_path_buf();
+    drop(first);
+    // Damaged at rest, in place: the first snapshot is damaged with it.
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&blob, "alphA").unwrap();
+    fs::write(shared.path().join("c"), "gamma").unwrap();
+    let manifest = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &manifest);
+    match cache.snapshot(&manifest) {
+        Err(e @ Error::CorruptBlob { .. }) => assert!(e.to_string().contains("for `a`"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!blob.exists(), "the damaged blob is removed");
+    assert!(!first_path.exists(), "and the snapshot sharing it");
+    // Fetched again, every snapshot of the old and new manifest is whole.
+    assert_eq!(fetch_all(&cache, &scan, &manifest), 1);
+    let second = cache.snapshot(&manifest).unwrap();
+    assert_eq!(fs::read(second.path().join("a")).unwrap(), b"alpha");
+    assert_eq!(fs::read(second.path().join("c")).unwrap(), b"gamma");
 }

@@ -149,8 +149,10 @@ impl Shipping {
     ) -> Result<Arc<Snapshot>, Error> {
         let manifest = self.manifest(exchange, vm, root)?;
         let digest = manifest.root_digest();
+        // A held snapshot removed meanwhile (it shared a blob found damaged) is built again.
         if let Some((held, snapshot)) = self.held.get(&(vm, root))
             && *held == digest
+            && snapshot.path().is_dir()
         {
             return Ok(Arc::clone(snapshot));
         }
@@ -256,7 +258,12 @@ impl Shipping {
                 match cache.begin(digest, size, &shown).map_err(ship_error)? {
                     Begin::Present => {}
                     Begin::Busy => busy.push((digest, size, shown)),
-                    Begin::Mine(writer) => {
+                    Begin::Mine(mut writer) => {
+                        // The blob takes the mode and time of its first file, so the
+                        // snapshot links that file (and any equal one) to it.
+                        if let Some(node) = manifest.find(&shown) {
+                            writer.keep_attrs(node.mode(), node.mtime());
+                        }
                         writers.insert(
                             digest,
                             Writing {
