@@ -321,8 +321,25 @@ impl HostCache {
     /// longer holds its content (it is removed: fetch it again); [`Error::NoSpace`];
     /// [`Error::Io`].
     pub fn snapshot(&self, m: &Manifest) -> Result<Snapshot> {
+        self.snapshot_after(m, None)
+    }
+
+    /// As [`snapshot`](HostCache::snapshot), given the snapshot this caller used before
+    /// and its manifest: when nobody else holds that one, it is taken out of the cache and
+    /// patched into the snapshot of `m`, at the cost of what changed between the two (one
+    /// changed file: one link or copy and the folders above it). Otherwise, or when `m`'s
+    /// snapshot is here already, `previous` is let go and the snapshot built or found.
+    ///
+    /// # Errors
+    /// As [`snapshot`](HostCache::snapshot); a failed patch loses the previous snapshot
+    /// (it is removed), never leaves a damaged one.
+    pub fn snapshot_after(
+        &self,
+        m: &Manifest,
+        previous: Option<(Snapshot, &Manifest)>,
+    ) -> Result<Snapshot> {
         let root = m.root_digest();
-        let snapshot = crate::snapshot::build(self, m);
+        let snapshot = crate::snapshot::build(self, m, previous);
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -338,6 +355,24 @@ impl HostCache {
             );
         }
         Ok(snapshot)
+    }
+
+    /// Takes snapshot `old` out of the cache, renamed to `to`, when no pin other than the
+    /// caller's (`own_pin`) holds it: decided with the index held exclusive, so nobody pins
+    /// it meanwhile. False (and nothing moved) when someone else holds it or it is gone.
+    pub(crate) fn take_over(&self, old: &Digest, own_pin: &str, to: &Path) -> Result<bool> {
+        let _held = self.index.exclusive()?;
+        if pin::held_by_others(&self.sub("pins"), old, own_pin)? {
+            return Ok(false);
+        }
+        let from = self.snapshot_path(old);
+        match std::fs::rename(&from, to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("take over", &from, e)),
+        }
+        remove_tree(&self.manifest_path(old))?;
+        Ok(true)
     }
 
     /// The eviction pass, then when to compact the journal next.

@@ -125,3 +125,36 @@ pub(crate) fn live(pins: &Path) -> Result<Pinned> {
     }
     Ok(out)
 }
+
+/// True when a pin of snapshot `root` other than `own` (a pin's unique suffix) is held.
+/// Call it holding the index exclusive, so no pin is taken meanwhile.
+pub(crate) fn held_by_others(pins: &Path, root: &Digest, own: &str) -> Result<bool> {
+    let prefix = format!("{root}.");
+    for entry in fs::read_dir(pins).map_err(|e| Error::io("list", pins, e))? {
+        let entry = entry.map_err(|e| Error::io("list", pins, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(unique) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if unique == own {
+            continue;
+        }
+        let path = entry.path();
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("open pin", &path, e)),
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            // Left by a process that is gone.
+            Ok(_free) => {}
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(true),
+            Err((_, e)) => return Err(Error::io("lock pin", &path, e.into())),
+        }
+    }
+    Ok(false)
+}

@@ -276,7 +276,11 @@ fn a_new_claimant_removes_what_an_earlier_one_left() {
     let claim = cache.path().join("claims").join(digest.to_string());
     fs::write(&claim, b"left").unwrap();
     let mut writer = mine(&cache, content, "f");
-    assert_eq!(tmp_entries(&cache), vec![claim.clone()], "only the claim file");
+    assert_eq!(
+        tmp_entries(&cache),
+        vec![claim.clone()],
+        "only the claim file"
+    );
     assert_eq!(fs::metadata(&claim).unwrap().len(), 0, "emptied");
     writer.write(content).unwrap();
     writer.finish().unwrap();

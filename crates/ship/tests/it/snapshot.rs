@@ -381,3 +381,118 @@ fn a_damaged_blob_takes_down_the_snapshots_sharing_its_file() {
     assert_eq!(fs::read(second.path().join("a")).unwrap(), b"alpha");
     assert_eq!(fs::read(second.path().join("c")).unwrap(), b"gamma");
 }
+
+/// One step of changes to [`shared_tree`]: each kind of change a patch must carry.
+fn change(root: &Path, step: usize) {
+    let ro = root.join("data/ro");
+    match step {
+        // One file's content.
+        0 => fs::write(root.join("lib/a.lib"), "model a, changed").unwrap(),
+        // A mode, a time, a new file in a read-only folder, a symlink's target.
+        1 => {
+            fs::set_permissions(root.join("data/run.sh"), fs::Permissions::from_mode(0o700))
+                .unwrap();
+            fs::File::options()
+                .write(true)
+                .open(root.join("lib/b.lib"))
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30))
+                .unwrap();
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::write(ro.join("new"), "new in a read-only folder").unwrap();
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+            fs::remove_file(root.join("data/link")).unwrap();
+            symlink("run.sh", root.join("data/link")).unwrap();
+        }
+        // A file becomes a folder, a folder goes, a new folder with files comes.
+        2 => {
+            fs::remove_file(root.join("top.cir")).unwrap();
+            fs::create_dir(root.join("top.cir")).unwrap();
+            fs::write(root.join("top.cir/inner"), "inner").unwrap();
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::remove_dir_all(&ro).unwrap();
+            fs::create_dir_all(root.join("data/fresh/deeper")).unwrap();
+            fs::write(root.join("data/fresh/deeper/f"), "model a").unwrap();
+        }
+        // Two files with equal content but different times (one link, one copy), and a
+        // folder becomes a file again.
+        _ => {
+            fs::write(root.join("lib/a.lib"), "model b").unwrap();
+            fs::remove_dir_all(root.join("top.cir")).unwrap();
+            fs::write(root.join("top.cir"), "netlist again").unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_patched_snapshot_is_the_snapshot_built_afresh_and_costs_what_changed() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let (mut manifest, mut snapshot) = ship(&cache, &mut scan);
+    for step in 0..4 {
+        let before = snapshot.path().to_path_buf();
+        let unchanged_ino = fs::metadata(before.join("sublink/c.lib")).unwrap().ino();
+        change(shared.path(), step);
+        let next = scan.manifest().unwrap();
+        fetch_all(&cache, &scan, &next);
+        let patched = cache
+            .snapshot_after(&next, Some((snapshot, &manifest)))
+            .unwrap();
+        assert!(
+            !before.exists(),
+            "step {step}: the old snapshot became the new one"
+        );
+        // Built afresh by another cache handle (as another process would) elsewhere.
+        let other_user = user_dir();
+        let other = HostCache::open(&other_user.path, ROOMY).unwrap();
+        fetch_all(&other, &scan, &next);
+        let fresh = other.snapshot(&next).unwrap();
+        assert_eq!(tree(patched.path()), tree(fresh.path()), "step {step}");
+        // What did not change was left alone: the same file, not a new link.
+        assert_eq!(
+            fs::metadata(patched.path().join("sublink/c.lib"))
+                .unwrap()
+                .ino(),
+            unchanged_ino
+        );
+        (manifest, snapshot) = (next, patched);
+    }
+}
+
+#[test]
+fn a_snapshot_another_holder_uses_is_never_patched() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let (manifest, snapshot) = ship(&cache, &mut scan);
+    // Another process of the host holds the same snapshot.
+    let other = HostCache::open(&user.path, ROOMY).unwrap();
+    let theirs = other.snapshot(&manifest).unwrap();
+    let before = tree(theirs.path());
+    change(shared.path(), 0);
+    let next = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &next);
+    let mine = cache
+        .snapshot_after(&next, Some((snapshot, &manifest)))
+        .unwrap();
+    assert_ne!(mine.path(), theirs.path());
+    assert_eq!(tree(theirs.path()), before, "theirs is untouched");
+    assert_eq!(
+        fs::read(mine.path().join("lib/a.lib")).unwrap(),
+        b"model a, changed"
+    );
+    // Once they let go, the next change patches.
+    drop(theirs);
+    change(shared.path(), 1);
+    let third = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &third);
+    let mine_path = mine.path().to_path_buf();
+    let patched = cache.snapshot_after(&third, Some((mine, &next))).unwrap();
+    assert!(!mine_path.exists());
+    assert!(patched.path().join("data/ro/new").exists());
+}

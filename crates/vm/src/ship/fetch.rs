@@ -46,6 +46,13 @@ pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
 /// The manifest of a shipped root as the spawner sent it last, or why there is none.
 type Latest = Result<Arc<Manifest>, String>;
 
+/// The last snapshot of a shipped root, with its manifest: the next snapshot, after a
+/// change, is patched from it.
+struct Held {
+    manifest: Arc<Manifest>,
+    snapshot: Arc<Snapshot>,
+}
+
 /// What a worker keeps about shipping: per VM, the plan the spawner sent and the roots
 /// this host ships (decided at the VM's first task here), and the latest manifests.
 #[derive(Default)]
@@ -56,7 +63,7 @@ pub(crate) struct Shipping {
     /// The last snapshot of each shipped root, by its manifest's digest: kept (pinned in
     /// the cache) while the VM lives, so the next task with unchanged inputs mirrors from
     /// it without asking the cache again.
-    held: HashMap<(u32, u32), (Digest, Arc<Snapshot>)>,
+    held: HashMap<(u32, u32), Held>,
 }
 
 impl Shipping {
@@ -150,17 +157,28 @@ impl Shipping {
         let manifest = self.manifest(exchange, vm, root)?;
         let digest = manifest.root_digest();
         // A held snapshot removed meanwhile (it shared a blob found damaged) is built again.
-        if let Some((held, snapshot)) = self.held.get(&(vm, root))
-            && *held == digest
-            && snapshot.path().is_dir()
+        if let Some(held) = self.held.get(&(vm, root))
+            && held.manifest.root_digest() == digest
+            && held.snapshot.path().is_dir()
         {
-            return Ok(Arc::clone(snapshot));
+            return Ok(Arc::clone(&held.snapshot));
         }
-        // The older one is let go first, so the cache may evict it for the new one.
-        self.held.remove(&(vm, root));
-        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest)?);
-        self.held
-            .insert((vm, root), (digest, Arc::clone(&snapshot)));
+        // The older one is handed to the build, which patches it when nobody else holds
+        // it, or lets it go (so the cache may evict it for the new one).
+        let previous = self.held.remove(&(vm, root)).and_then(|held| {
+            Arc::try_unwrap(held.snapshot)
+                .ok()
+                .map(|s| (s, held.manifest))
+        });
+        let snapshot =
+            Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest, previous)?);
+        self.held.insert(
+            (vm, root),
+            Held {
+                manifest,
+                snapshot: Arc::clone(&snapshot),
+            },
+        );
         Ok(snapshot)
     }
 
@@ -172,6 +190,7 @@ impl Shipping {
         vm: u32,
         root: u32,
         manifest: &Manifest,
+        mut previous: Option<(Snapshot, Arc<Manifest>)>,
     ) -> Result<Snapshot, Error> {
         let ship_error = |source| Error::Ship { root, source };
         let mut again = true;
@@ -179,7 +198,10 @@ impl Shipping {
             let start = std::time::Instant::now();
             let fetched = self.fetch_missing(exchange, cache, vm, root, manifest)?;
             let fetch_time = start.elapsed();
-            match cache.snapshot(manifest) {
+            // Only the first try patches: a retry after a damaged blob builds afresh.
+            let (old_snapshot, old_manifest) = previous.take().unzip();
+            let after = old_snapshot.zip(old_manifest.as_deref());
+            match cache.snapshot_after(manifest, after) {
                 Ok(snapshot) => {
                     tracing::debug!(
                         vm,

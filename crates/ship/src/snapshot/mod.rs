@@ -17,6 +17,9 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
 
+mod patch;
+use patch::Patch;
+
 /// A materialised manifest: a tree beneath the host cache whose files have the manifest's
 /// content, modes and times. It stays pinned (never evicted) while this value lives.
 /// Mirror from it; never hand it to a task or write into it (its files are hard links to
@@ -24,7 +27,9 @@ use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
 #[derive(Debug)]
 pub struct Snapshot {
     path: PathBuf,
-    _pin: Pin,
+    /// Its manifest's root digest.
+    root: Digest,
+    pin: Pin,
 }
 
 impl Snapshot {
@@ -34,8 +39,14 @@ impl Snapshot {
     }
 }
 
-/// Builds (or finds) the snapshot of `m`; true when it was built (the cache grew).
-pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)> {
+/// Builds (or finds) the snapshot of `m`; true when it was built (the cache grew). With
+/// `previous` (a snapshot this caller holds and its manifest), a snapshot nobody else holds
+/// is patched into the new one in place, at the cost of what changed.
+pub(crate) fn build(
+    cache: &HostCache,
+    m: &Manifest,
+    previous: Option<(Snapshot, &Manifest)>,
+) -> Result<(Snapshot, bool)> {
     let root = m.root_digest();
     let dest = cache.snapshot_path(&root);
     let blobs = m.blobs();
@@ -49,12 +60,54 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
         cache.index().touch(&used)?;
         let snapshot = Snapshot {
             path: dest,
-            _pin: pin,
+            root,
+            pin,
         };
         return Ok((snapshot, false));
     }
-    let entries = m.entries();
-    let sources = check_blobs(cache, &entries)?;
+    let temp = cache
+        .sub("tmp")
+        .join(format!("snap.{root}.{}", pin.unique()));
+    let mut patched = false;
+    if let Some((old, old_m)) = previous
+        && old.root == old_m.root_digest()
+        && cache.take_over(&old.root, old.pin.unique(), &temp)?
+    {
+        // The tree is this build's now, under a name its pin keeps.
+        drop(old);
+        patched = true;
+        let result = patch(cache, m, old_m, &temp).and_then(|()| finish(cache, m, &pin, &temp));
+        if result.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        result?;
+    }
+    if !patched {
+        let entries = m.entries();
+        let sources = check_blobs(cache, &entries)?;
+        check_space(cache, &entries, &sources)?;
+        let built =
+            fill(cache, m, &entries, &temp, &sources).and_then(|()| finish(cache, m, &pin, &temp));
+        if built.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        built?;
+    }
+    cache.index().touch(&used)?;
+    let snapshot = Snapshot {
+        path: dest,
+        root,
+        pin,
+    };
+    Ok((snapshot, true))
+}
+
+/// Refuses a build whose copies (files that cannot be links to their blobs) do not fit.
+fn check_space(
+    cache: &HostCache,
+    entries: &[(PathBuf, &Node)],
+    sources: &HashMap<Digest, BlobSource>,
+) -> Result<()> {
     let needed: u64 = entries
         .iter()
         .filter_map(|(_, node)| match node.kind() {
@@ -71,26 +124,44 @@ pub(crate) fn build(cache: &HostCache, m: &Manifest) -> Result<(Snapshot, bool)>
             free,
         });
     }
-    let temp = cache
-        .sub("tmp")
-        .join(format!("snap.{root}.{}", pin.unique()));
-    let built = fill(cache, m, &entries, &temp, &sources)
-        .and_then(|()| keep_manifest(cache, m, pin.unique()))
-        .and_then(|()| place(&temp, &dest));
-    if built.is_err() {
-        let _ = remove_tree(&temp);
+    Ok(())
+}
+
+/// Patches the tree at `temp`, the snapshot of `old`, into the snapshot of `m`.
+fn patch(cache: &HostCache, m: &Manifest, old: &Manifest, temp: &Path) -> Result<()> {
+    let patch = Patch::between(old, m);
+    let sources = check_blobs(cache, &patch.make)?;
+    check_space(cache, &patch.make, &sources)?;
+    let linked = patch.apply(cache, temp, m.root(), &sources)?;
+    note_links(cache, temp, linked.iter().map(|(p, d)| (p.as_path(), d)));
+    Ok(())
+}
+
+/// Keeps the manifest beside the finished tree and renames the tree into place.
+fn finish(cache: &HostCache, m: &Manifest, pin: &Pin, temp: &Path) -> Result<()> {
+    keep_manifest(cache, m, pin.unique())?;
+    place(temp, &cache.snapshot_path(&m.root_digest()))
+}
+
+/// Each link moved its blob's change time: recorded as this process's own doing, so the
+/// next snapshot of this process does not hash the blob again.
+fn note_links<'a>(
+    cache: &HostCache,
+    temp: &Path,
+    linked: impl Iterator<Item = (&'a Path, &'a Digest)>,
+) {
+    let mut seen = HashSet::new();
+    for (path, digest) in linked {
+        if seen.insert(*digest)
+            && let Ok(meta) = fs::symlink_metadata(temp.join(path))
+        {
+            cache.verified().relinked(digest, &meta);
+        }
     }
-    built?;
-    cache.index().touch(&used)?;
-    let snapshot = Snapshot {
-        path: dest,
-        _pin: pin,
-    };
-    Ok((snapshot, true))
 }
 
 /// A blob as a snapshot build found it: checked, with the mode and time of its file.
-struct BlobSource {
+pub(super) struct BlobSource {
     mode: u32,
     mtime: Timestamp,
 }
@@ -197,17 +268,17 @@ fn fill(
     let linked = crate::par::each(&leaves, |(path, node)| {
         leaf(cache, path, node, temp, sources)
     })?;
-    // Each link moved its blob's change time: recorded as this process's own doing, so the
-    // next snapshot of this process does not hash the blob again.
-    let mut relinked = HashSet::new();
-    for ((path, node), linked) in leaves.iter().zip(linked) {
-        if let (true, NodeKind::File { digest, .. }) = (linked, node.kind())
-            && relinked.insert(*digest)
-            && let Ok(meta) = fs::symlink_metadata(temp.join(path))
-        {
-            cache.verified().relinked(digest, &meta);
-        }
-    }
+    note_links(
+        cache,
+        temp,
+        leaves
+            .iter()
+            .zip(linked)
+            .filter_map(|((path, node), linked)| match node.kind() {
+                NodeKind::File { digest, .. } if linked => Some((path.as_path(), digest)),
+                _ => None,
+            }),
+    );
     for (path, node) in entries
         .iter()
         .rev()
@@ -219,7 +290,7 @@ fn fill(
     set_attrs(temp, 0o700, m.root().mtime())
 }
 
-fn set_attrs(path: &Path, mode: u32, mtime: Timestamp) -> Result<()> {
+pub(super) fn set_attrs(path: &Path, mode: u32, mtime: Timestamp) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("set the mode of", path, e))?;
     set_mtime(path, mtime)
@@ -232,7 +303,7 @@ fn set_mtime(path: &Path, mtime: Timestamp) -> Result<()> {
 }
 
 /// One file or symlink of the snapshot; true when it is a hard link to its blob.
-fn leaf(
+pub(super) fn leaf(
     cache: &HostCache,
     path: &Path,
     node: &Node,
