@@ -3,7 +3,10 @@
 //!
 //! Every write, `chmod`, `utime` or link of a file moves its change time (`ctime`), which no
 //! caller can set, so a blob whose inode, size and change time are as recorded holds what
-//! was hashed. Snapshot files are hard links to their blobs: checking a blob before it is
+//! was hashed. (Kernels before Linux 6.13 keep change times in clock ticks of a few
+//! milliseconds: a change within the tick of the record would go unseen by this process.
+//! Since 6.13 a change time that was read is followed by a finer one, and the record is
+//! always read.) Snapshot files are hard links to their blobs: checking a blob before it is
 //! linked into a snapshot keeps a blob damaged at rest out of new snapshots.
 
 use std::collections::HashMap;
