@@ -15,8 +15,8 @@
 //! | `digest.rs` | [`Digest`]: 32 bytes, shown as 64 hex digits |
 //! | `manifest/` | [`Manifest`], [`Node`] (name, kind, mode, time, Merkle digest) and the wire form, decoded as hostile input (`codec.rs`) |
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
-//! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`) and eviction (`evict.rs`) |
-//! | `snapshot.rs` | [`Snapshot`] and how one is built |
+//! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`), eviction (`evict.rs`) and the blobs this process verified (`verified.rs`) |
+//! | `snapshot/` | [`Snapshot`] and how one is built (`mod.rs`: files hard-linked to their blobs) or patched from the previous one (`patch.rs`) |
 //! | `watch.rs` | inotify on the folders a scan read, trusted as mirror-fs's source watch is, for at most `FULL_SCAN_EVERY` |
 //! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
 //! | `error.rs` | [`Error`] |
@@ -28,12 +28,14 @@
 //!   beyond what the bytes hold, and every folder digest recomputed up to the root digest
 //!   sent with it.
 //! - A blob enters the cache only with the size and digest its manifest gives; a blob that
-//!   rots there is found when a snapshot is built from it (each is hashed on the way),
-//!   removed, and listed by [`HostCache::missing`] again.
+//!   rots there is found when a snapshot is next built from it (hashed first, unless this
+//!   process hashed it and its file's change time has not moved since), removed with the
+//!   snapshots that share its file, and listed by [`HostCache::missing`] again.
 //! - One fetch per blob per host: claims are `flock`s, which the kernel releases when a
 //!   fetcher dies; the next claimant removes what it left.
-//! - A snapshot is built under a temporary name and renamed into place whole, so one that
-//!   exists is complete; eviction never removes one that a live [`Snapshot`] or a build
+//! - A snapshot is built (or patched) under a temporary name and renamed into place whole,
+//!   so one that exists is complete; only one that no other pin holds is patched, taken
+//!   out of place first; eviction never removes one that a live [`Snapshot`] or a build
 //!   uses, nor the blobs a build or a pending [`HostCache::missing`] needs (pins, checked
 //!   under the index's lock).
 //!
