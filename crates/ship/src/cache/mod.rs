@@ -5,6 +5,7 @@
 //!     blobs/<2 hex>/<64 hex>        one file per blob, never written once placed
 //!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob,
 //!                                   which writes the blob into it, then renames it into blobs/
+//!     claims/<64 hex>.snapshot      flock'ed by the one thread or process building that snapshot
 //!     pins/<64 hex>.<unique>        flock'ed (shared) by a live Snapshot or a build: what it needs
 //!     snapshots/<64 hex>/           one immutable tree per manifest root digest
 //!     snapshots/<64 hex>.manifest   its manifest, to hard-link equal entries into the next one
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use blob::BlobWriter;
-use claim::Claim;
+pub(crate) use claim::Claim;
 pub(crate) use dirs::{remove_tree, unique_suffix};
 pub(crate) use evict::{read_manifest, trash_snapshot};
 pub(crate) use index::{Index, Kind};
@@ -206,6 +207,11 @@ impl HostCache {
 
     pub(crate) fn claim_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join("claims").join(digest.to_string())
+    }
+
+    /// The claim of the one build of snapshot `root` on this host.
+    pub(crate) fn build_claim_path(&self, root: &Digest) -> PathBuf {
+        self.dir.join("claims").join(format!("{root}.snapshot"))
     }
 
     pub(crate) fn snapshot_path(&self, root: &Digest) -> PathBuf {

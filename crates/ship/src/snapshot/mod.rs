@@ -12,7 +12,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
-use crate::cache::{HostCache, Kind, Pin, Stamp, free_bytes, remove_tree};
+use crate::cache::{Claim, HostCache, Kind, Pin, Stamp, free_bytes, remove_tree};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
@@ -54,16 +54,35 @@ pub(crate) fn build(
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
         .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))
         .collect();
-    if present {
-        // Its blobs count as used too: evicting them first would cost a full fetch as soon
-        // as the snapshot goes, while the snapshot alone spares nothing.
+    // Found: its blobs count as used too, since evicting them first would cost a full
+    // fetch as soon as the snapshot goes, while the snapshot alone spares nothing.
+    let found = |pin: Pin| -> Result<(Snapshot, bool)> {
         cache.index().touch(&used)?;
         let snapshot = Snapshot {
-            path: dest,
+            path: cache.snapshot_path(&root),
             root,
             pin,
         };
-        return Ok((snapshot, false));
+        Ok((snapshot, false))
+    };
+    if present {
+        return found(pin);
+    }
+    // One build per snapshot per host: the others wait for it and use what it placed (or
+    // build it themselves when it failed).
+    let _building = loop {
+        let claim_path = cache.build_claim_path(&root);
+        if let Some(claim) = Claim::try_take(&claim_path)? {
+            break claim;
+        }
+        Claim::wait(&claim_path)?;
+        if dest.is_dir() {
+            return found(pin);
+        }
+    };
+    // Placed by a builder that finished between the look above and the claim.
+    if dest.is_dir() {
+        return found(pin);
     }
     let temp = cache
         .sub("tmp")
