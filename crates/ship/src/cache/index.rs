@@ -32,6 +32,16 @@ impl Kind {
     }
 }
 
+/// Appends the journal line of one entry (`format!` per line would cost more than the
+/// write: a snapshot touches every blob it has).
+fn push_line(text: &mut String, kind: Kind, digest: &Digest, bytes: u64) {
+    use std::fmt::Write as _;
+    text.push(kind.letter());
+    text.push(' ');
+    text.push_str(digest.hex().as_str());
+    let _ = writeln!(text, " {bytes}");
+}
+
 /// The index's two files.
 #[derive(Debug, Clone)]
 pub(crate) struct Index {
@@ -90,7 +100,7 @@ impl Index {
         let _shared = self.shared()?;
         let mut text = String::with_capacity(used.len() * 90);
         for (kind, digest, bytes) in used {
-            text.push_str(&format!("{} {digest} {bytes}\n", kind.letter()));
+            push_line(&mut text, *kind, digest, *bytes);
         }
         let mut file = OpenOptions::new()
             .append(true)
@@ -164,7 +174,7 @@ impl Exclusive<'_> {
         let staged = path.with_extension(super::dirs::unique_suffix());
         let mut text = String::with_capacity(entries.len() * 90);
         for ((kind, digest), used) in entries {
-            text.push_str(&format!("{} {digest} {}\n", kind.letter(), used.bytes));
+            push_line(&mut text, *kind, digest, used.bytes);
         }
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()

@@ -49,7 +49,7 @@ impl Pin {
             .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))?;
         let mut text = String::new();
         for blob in blobs {
-            text.push_str(&blob.to_string());
+            text.push_str(blob.hex().as_str());
             text.push('\n');
         }
         lock.write_all(text.as_bytes())
