@@ -426,3 +426,40 @@ fn blobs_the_index_never_heard_of_are_found_when_a_cache_opens() {
     .unwrap();
     assert_eq!(tiny.missing(&manifest).len(), 1);
 }
+
+#[test]
+fn eviction_counts_what_other_processes_added_and_spares_what_is_pinned() {
+    let shared = tempfile::tempdir().unwrap();
+    let user = user_dir();
+    // Room for two one-file trees (a blob and a snapshot each).
+    let small = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 4,
+        },
+    )
+    .unwrap();
+    fs::write(shared.path().join("a"), "a").unwrap();
+    let (a, held_a) = ship(&small, &mut scanner(shared.path(), &["a"]));
+    // Another process (another handle: its own tally) with room to spare adds three more;
+    // within its limits it evicts nothing.
+    let roomy = HostCache::open(&user.path, ROOMY).unwrap();
+    let b = ship_one(&roomy, shared.path(), "b", b"b");
+    let c = ship_one(&roomy, shared.path(), "c", b"c");
+    let d = ship_one(&roomy, shared.path(), "d", b"d");
+    for m in [&a, &b, &c, &d] {
+        assert!(blob_path(&roomy, &m.blobs()[0].0).is_file());
+    }
+    // The small one's tally counted what the other appended: it is over its limits, so
+    // it evicts the least recently used, sparing `a`, which its live snapshot pins.
+    small.evict().unwrap();
+    assert!(small.missing(&a).is_empty());
+    assert!(held_a.path().join("a").is_file());
+    assert_eq!(small.missing(&b).len(), 1, "b went");
+    assert_eq!(small.missing(&c).len(), 1, "c went");
+    assert!(
+        small.missing(&d).is_empty(),
+        "d stays: within the limits now"
+    );
+}
