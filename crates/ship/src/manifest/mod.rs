@@ -160,6 +160,29 @@ impl Manifest {
         out
     }
 
+    /// This manifest with the entries at these paths (relative to the root) replaced by
+    /// these nodes of the same names: what a scan would make of the tree when only those
+    /// entries changed, at the cost of a copy and the digests of the folders on their way.
+    ///
+    /// # Errors
+    /// [`Error::ManifestInvalid`] when a path names no entry or its node another name.
+    pub(crate) fn with_replaced(&self, changes: Vec<(PathBuf, Node)>) -> Result<Manifest> {
+        let mut root = self.root.clone();
+        for (path, node) in changes {
+            let names: Vec<&[u8]> = path
+                .components()
+                .map(|c| c.as_os_str().as_bytes())
+                .collect();
+            if !root.replace_at(&names, node) {
+                return Err(Error::ManifestInvalid {
+                    path,
+                    reason: "no entry of the manifest is there to replace".into(),
+                });
+            }
+        }
+        Manifest::new(root)
+    }
+
     /// The node at `path` (relative to the root), if any.
     pub fn find(&self, path: &Path) -> Option<&Node> {
         let mut node = &self.root;
