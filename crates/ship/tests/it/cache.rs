@@ -463,3 +463,64 @@ fn eviction_counts_what_other_processes_added_and_spares_what_is_pinned() {
         "d stays: within the limits now"
     );
 }
+
+#[test]
+fn missing_since_looks_only_at_changes_and_pins_the_whole_new_manifest() {
+    use std::io::Read;
+    let shared = tempfile::tempdir().unwrap();
+    for (name, content) in [("a", "alpha"), ("b", "bravo"), ("c", "charlie")] {
+        fs::write(shared.path().join(name), content).unwrap();
+    }
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &["a", "b", "c"]);
+    let (older, held) = ship(&cache, &mut scan);
+    fs::write(shared.path().join("c"), "charlie, changed").unwrap();
+    let newer = scan.manifest().unwrap();
+    let missing = cache.missing_since(&newer, &older);
+    assert_eq!(missing.len(), 1);
+    let (digest, size, shown) = &missing[0];
+    assert_eq!(*digest, Digest::of(b"charlie, changed"));
+    let mut writer = mine(&cache, b"charlie, changed", &shown.to_string_lossy());
+    let mut bytes = Vec::new();
+    scan.open_blob(digest)
+        .unwrap()
+        .0
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert_eq!(bytes.len() as u64, *size);
+    writer.write(&bytes).unwrap();
+    writer.finish().unwrap();
+    // The older snapshot goes and a cache over its limits evicts: what the newer
+    // manifest needs was pinned by `missing_since` until its snapshot is made.
+    drop(held);
+    let tight = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1,
+            max_count: 1,
+        },
+    )
+    .unwrap();
+    tight.evict().unwrap();
+    let snapshot = cache.snapshot(&newer).unwrap();
+    assert_eq!(fs::read(snapshot.path().join("a")).unwrap(), b"alpha");
+    assert_eq!(
+        fs::read(snapshot.path().join("c")).unwrap(),
+        b"charlie, changed"
+    );
+    assert!(
+        cache.missing_since(&newer, &older).is_empty(),
+        "its snapshot is here"
+    );
+
+    // Unchanged blobs are not looked for: one removed by hand is not listed, while
+    // `missing` finds it.
+    fs::write(shared.path().join("a"), "alpha, changed").unwrap();
+    let third = scan.manifest().unwrap();
+    let bravo = blob_path(&cache, &Digest::of(b"bravo"));
+    fs::set_permissions(bravo.parent().unwrap(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_file(&bravo).unwrap();
+    assert_eq!(cache.missing_since(&third, &newer).len(), 1);
+    assert_eq!(cache.missing(&third).len(), 2);
+}
