@@ -16,10 +16,11 @@ use crate::manifest::Manifest;
 /// Applies the limits; `reconcile` also enters blobs and snapshots the index does not know
 /// (a crash between placing one and recording it), as the least recently used.
 ///
-/// Without `reconcile` or a compaction due, when this process's tally of the index (see `index`) shows the
-/// cache within its limits, the pass reads only the journal lines appended since its last
-/// look and removes only what killed processes left: a snapshot built in a large cache
-/// costs what it added, not a read of the whole index and of every pin.
+/// Without `reconcile` or a compaction due, when this process's tally of the index (see
+/// `index`) shows the cache within its limits, the pass reads only the journal lines
+/// appended since its last look and removes only what killed processes left: a snapshot
+/// built in a large cache costs what it added, not a read of the whole index and of every
+/// pin.
 pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     let held = cache.index().exclusive()?;
     let limits = cache.limits();

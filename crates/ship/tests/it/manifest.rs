@@ -338,9 +338,12 @@ proptest! {
         let had: std::collections::HashSet<Digest> = older.blobs().iter().map(|b| b.0).collect();
         let listed: std::collections::HashSet<Digest> = changed.iter().map(|b| b.0).collect();
         prop_assert_eq!(listed.len(), changed.len(), "each blob once");
-        for (digest, size, path) in newer.blobs() {
-            prop_assert!(had.contains(&digest) || listed.contains(&digest), "{} is missed", path.display());
-            let _ = size;
+        for (digest, _, path) in newer.blobs() {
+            prop_assert!(
+                had.contains(&digest) || listed.contains(&digest),
+                "{} is missed",
+                path.display()
+            );
         }
         for (digest, size, path) in &changed {
             let node = newer.find(path).expect("a path of the newer manifest");

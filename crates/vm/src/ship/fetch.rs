@@ -206,7 +206,10 @@ impl Shipping {
                 // Only the changes were looked for, and a blob of the older snapshot went
                 // all the same: look at every blob.
                 Err(e @ parvm_ship::Error::BlobMissing { .. }) if partial => {
-                    tracing::warn!(error = %crate::error::one_line(&e), "a blob of the held snapshot is gone; looking for every blob");
+                    tracing::warn!(
+                        error = %crate::error::one_line(&e),
+                        "a blob of the held snapshot is gone; looking for every blob"
+                    );
                 }
                 Err(e @ parvm_ship::Error::CorruptBlob { .. }) if again => {
                     tracing::warn!(error = %crate::error::one_line(&e), "fetching a corrupted blob again");
