@@ -29,6 +29,18 @@ impl Digest {
         Digest(*blake3::hash(content).as_bytes())
     }
 
+    /// Its 64 lowercase hex digits, without allocating: what `Display` shows, for the
+    /// hot paths that name thousands of blobs (pins, the index, blob paths).
+    pub(crate) fn hex(&self) -> Hex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        Hex(out)
+    }
+
     /// Parses 64 hex digits (either case); `None` for anything else.
     pub fn from_hex(text: &str) -> Option<Digest> {
         let text = text.as_bytes();
@@ -40,6 +52,18 @@ impl Digest {
             *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
         Some(Digest(out))
+    }
+}
+
+/// A digest as 64 lowercase hex digits, on the stack ([`Digest::hex`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Hex([u8; 64]);
+
+impl Hex {
+    /// The digits.
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -60,10 +84,7 @@ impl From<blake3::Hash> for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -120,6 +141,18 @@ mod tests {
         assert_eq!(Digest::from_hex(&d.to_string().to_uppercase()), Some(d));
         for bad in ["", "00", &"g".repeat(64), &"0".repeat(63), &"0".repeat(65)] {
             assert_eq!(Digest::from_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hex_is_each_byte_in_two_lowercase_digits(bytes: [u8; 32]) {
+            let d = Digest::from_bytes(bytes);
+            let by_byte: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = d.hex();
+            proptest::prop_assert_eq!(hex.as_str(), by_byte.as_str());
+            proptest::prop_assert_eq!(d.to_string(), by_byte);
+            proptest::prop_assert_eq!(Digest::from_hex(hex.as_str()), Some(d));
         }
     }
 

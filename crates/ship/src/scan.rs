@@ -7,7 +7,7 @@
 //! manifest without scanning; mirror-fs's persistent refresh trusts its source watch the
 //! same way (local file systems only, at most `FULL_SCAN_EVERY`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, Timestamp};
-use crate::watch::Watch;
+use crate::watch::{Seen, Watch};
 
 /// A lone file at least this large is hashed with BLAKE3's multi-threaded update. With
 /// several files the cores hash one file each: threads splitting each chunk as well were
@@ -101,6 +101,11 @@ pub struct Scanner {
     /// The blobs of the current manifest: where each is read from, and its signature then.
     blobs: HashMap<Digest, (PathBuf, FileSig)>,
     current: Option<Arc<Manifest>>,
+    /// Each file of the current manifest by the path it is read from: where it is in the
+    /// manifest (one path may be matched at more than one place).
+    placed: HashMap<PathBuf, Vec<PathBuf>>,
+    /// The symlinks of the current manifest, by the path they are read from.
+    links: HashSet<PathBuf>,
     /// Watches on the folders the last scan read; while quiet, the sources did not change.
     watch: Option<Watch>,
     /// Longest a quiet watch is trusted (mirror-fs's `FULL_SCAN_EVERY`; shorter in tests).
@@ -109,6 +114,8 @@ pub struct Scanner {
     last_hashed: usize,
     /// Whether the last call scanned, for tests of the watch.
     last_scanned: bool,
+    /// Whether the last call updated the manifest from the watch's events alone.
+    last_updated: bool,
 }
 
 /// The sources' matches beneath the root, as a tree of names.
@@ -134,10 +141,30 @@ enum Walked {
     },
     Link {
         name: Vec<u8>,
+        path: PathBuf,
         mode: u32,
         mtime: Timestamp,
         target: Vec<u8>,
     },
+}
+
+impl Walked {
+    fn name(&self) -> &[u8] {
+        match self {
+            Walked::File { name, .. } | Walked::Dir { name, .. } | Walked::Link { name, .. } => {
+                name
+            }
+        }
+    }
+}
+
+/// Where a scan placed the entries it read, by the path each is read from.
+#[derive(Default)]
+struct Placed {
+    /// Each file's places in the manifest.
+    files: HashMap<PathBuf, Vec<PathBuf>>,
+    /// The symlinks.
+    links: HashSet<PathBuf>,
 }
 
 impl Scanner {
@@ -152,10 +179,13 @@ impl Scanner {
             hashed: HashMap::new(),
             blobs: HashMap::new(),
             current: None,
+            placed: HashMap::new(),
+            links: HashSet::new(),
             watch: None,
             trust_for: parvm_mirror_fs::FULL_SCAN_EVERY,
             last_hashed: 0,
             last_scanned: false,
+            last_updated: false,
         }
     }
 
@@ -175,9 +205,11 @@ impl Scanner {
     /// The manifest of what the sources match now. The first call hashes everything. A
     /// later call returns the same `Arc` at once while the watch on the folders the last
     /// scan read saw no event (local file systems, no hard-linked file, less than
-    /// [`FULL_SCAN_EVERY`](parvm_mirror_fs::FULL_SCAN_EVERY) since that scan); else it
-    /// scans, rehashing only files whose signature changed, and returns the same `Arc` when
-    /// the root digest did not change.
+    /// [`FULL_SCAN_EVERY`](parvm_mirror_fs::FULL_SCAN_EVERY) since that scan); when it saw
+    /// only files' contents or attributes change (no name added, removed or moved, no
+    /// folder changed), only those files are looked at and the manifest is updated along
+    /// their paths; else it scans, rehashing only files whose signature changed. It
+    /// returns the same `Arc` when the root digest did not change.
     ///
     /// # Errors
     /// [`Error::Source`] for a source mirroring would refuse (a literal source missing, a
@@ -186,12 +218,23 @@ impl Scanner {
     /// [`Error::ManifestInvalid`] for a tree beyond the manifest's limits;
     /// [`Error::Io`] when reading fails.
     pub fn manifest(&mut self) -> Result<Arc<Manifest>> {
-        if let (Some(current), Some(watch)) = (&self.current, &self.watch)
-            && watch.quiet()
-        {
-            self.last_scanned = false;
-            self.last_hashed = 0;
-            return Ok(Arc::clone(current));
+        self.last_scanned = false;
+        self.last_updated = false;
+        self.last_hashed = 0;
+        if let (Some(current), Some(watch)) = (&self.current, &self.watch) {
+            let current = Arc::clone(current);
+            match watch.seen() {
+                Seen::Nothing => return Ok(current),
+                Seen::Entries(paths) => {
+                    // Whatever it cannot vouch for (or a file that fails to hash: the
+                    // scan reports it) is left to a scan.
+                    if let Ok(Some(manifest)) = self.update(&current, &paths) {
+                        self.last_updated = true;
+                        return Ok(manifest);
+                    }
+                }
+                Seen::Unknown => {}
+            }
         }
         self.last_scanned = true;
         // A failed scan leaves no watch: the next call scans again.
@@ -215,11 +258,13 @@ impl Scanner {
             self.hashed.insert(path, (sig, digest));
         }
         let mut blobs = HashMap::new();
-        let root = self.build(walked, &mut blobs)?;
+        let mut placed = Placed::default();
+        let root = self.build(walked, Path::new(""), &mut blobs, &mut placed)?;
         // Forget files no longer matched, so the table does not grow without bound.
         self.hashed.retain(|p, _| matched.contains(p));
         let manifest = Manifest::new(root)?;
         self.blobs = blobs;
+        (self.placed, self.links) = (placed.files, placed.links);
         self.watch = Some(watch);
         if let Some(current) = &self.current
             && current.root_digest() == manifest.root_digest()
@@ -298,10 +343,17 @@ impl Scanner {
     fn build(
         &self,
         walked: Walked,
+        at: &Path,
         blobs: &mut HashMap<Digest, (PathBuf, FileSig)>,
+        placed: &mut Placed,
     ) -> Result<Node> {
         match walked {
             Walked::File { name, path, sig: _ } => {
+                placed
+                    .files
+                    .entry(path.clone())
+                    .or_default()
+                    .push(at.to_path_buf());
                 let Some(&(sig_hashed, digest)) = self.hashed.get(&path) else {
                     return Err(Error::SourceChanged { path });
                 };
@@ -323,16 +375,100 @@ impl Scanner {
             } => {
                 let children = children
                     .into_iter()
-                    .map(|c| self.build(c, blobs))
+                    .map(|c| {
+                        let below = at.join(OsStr::from_bytes(c.name()));
+                        self.build(c, &below, blobs, placed)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Node::dir(&name, mode, mtime, children)
             }
             Walked::Link {
                 name,
+                path,
                 mode,
                 mtime,
                 target,
-            } => Node::symlink(&name, mode, mtime, &target),
+            } => {
+                placed.links.insert(path);
+                Node::symlink(&name, mode, mtime, &target)
+            }
+        }
+    }
+
+    /// The manifest after only the entries at `paths` (in watched folders) changed their
+    /// content or attributes, as the watch saw: each file of the manifest among them is
+    /// looked at again and rehashed when its signature changed, and the manifest updated
+    /// along its paths. `None` when that cannot stand for a scan: a symlink of the
+    /// manifest among them, or a file that is no longer a file or has become hard-linked.
+    /// Entries the manifest does not hold are skipped: their names, and so the matches,
+    /// are as before.
+    fn update(&mut self, current: &Manifest, paths: &[PathBuf]) -> Result<Option<Arc<Manifest>>> {
+        let mut stale = Vec::new();
+        for path in paths {
+            if self.links.contains(path) {
+                return Ok(None);
+            }
+            if !self.placed.contains_key(path) {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(path) else {
+                return Ok(None);
+            };
+            if !meta.is_file() || meta.nlink() > 1 {
+                return Ok(None);
+            }
+            let sig = FileSig::of(&meta);
+            if self.hashed.get(path).is_none_or(|(had, _)| *had != sig) {
+                stale.push((path.clone(), sig));
+            }
+        }
+        self.last_hashed = stale.len();
+        if stale.is_empty() {
+            return Ok(self.current.clone());
+        }
+        let mut changes = Vec::new();
+        for (path, sig, digest) in hash_all(&stale)? {
+            let old = self
+                .hashed
+                .insert(path.clone(), (sig, digest))
+                .map(|(_, d)| d);
+            for at in self.placed.get(&path).into_iter().flatten() {
+                let name = at.file_name().map_or(&[][..], |n| n.as_bytes());
+                changes.push((
+                    at.clone(),
+                    Node::file(name, sig.mode, sig.mtime(), sig.size, digest)?,
+                ));
+            }
+            self.reblob(&path, old, sig, digest);
+        }
+        let manifest = current.with_replaced(changes)?;
+        if manifest.root_digest() == current.root_digest() {
+            return Ok(self.current.clone());
+        }
+        let manifest = Arc::new(manifest);
+        self.current = Some(Arc::clone(&manifest));
+        Ok(Some(manifest))
+    }
+
+    /// Keeps the blob table true after the file at `path` went from blob `old` to `new`:
+    /// `old` is read from another file that still has it, or forgotten.
+    fn reblob(&mut self, path: &Path, old: Option<Digest>, sig: FileSig, new: Digest) {
+        if let Some(old) = old
+            && old != new
+            && self.blobs.get(&old).is_some_and(|(from, _)| from == path)
+        {
+            self.blobs.remove(&old);
+            let other = self.hashed.iter().find(|(from, (_, digest))| {
+                *digest == old && from.as_path() != path && self.placed.contains_key(*from)
+            });
+            if let Some((from, (sig, _))) = other {
+                self.blobs.insert(old, (from.clone(), *sig));
+            }
+        }
+        let entry = self.blobs.entry(new).or_insert((path.to_path_buf(), sig));
+        // The file it was read from had it: now it has this signature.
+        if entry.0 == path {
+            entry.1 = sig;
         }
     }
 
@@ -455,6 +591,7 @@ fn walk_whole(
         let target = fs::read_link(path).map_err(|e| Error::io("read symlink", path, e))?;
         return Ok(Walked::Link {
             name,
+            path: path.to_path_buf(),
             mode: meta.mode() & 0o7777,
             mtime,
             target: target.into_os_string().into_vec(),
@@ -616,34 +753,100 @@ mod watch_tests {
         assert!(scanner.last_scanned);
 
         type Change = fn(&Path);
-        let changes: [(&str, Change); 5] = [
-            ("a file deep in a matched folder", |r| {
+        // Whether the scanner may update its manifest from the events alone, or must scan.
+        let changes: [(&str, bool, Change); 5] = [
+            ("a file deep in a matched folder", true, |r| {
                 fs::write(r.join("lib/deep/d"), "D").unwrap()
             }),
-            ("a new file a glob matches", |r| {
+            ("a new file a glob matches", false, |r| {
                 fs::write(r.join("empty/new.x"), "n").unwrap()
             }),
-            ("a top-level file's mode", |r| {
+            ("a top-level file's mode", true, |r| {
                 fs::set_permissions(r.join("top"), fs::Permissions::from_mode(0o600)).unwrap()
             }),
-            ("a folder's mode", |r| {
+            ("a folder's mode", false, |r| {
                 fs::set_permissions(r.join("lib/deep"), fs::Permissions::from_mode(0o700)).unwrap()
             }),
-            ("a file removed", |r| {
+            ("a file removed", false, |r| {
                 fs::remove_file(r.join("lib/a.x")).unwrap()
             }),
         ];
         let mut last = first;
-        for (what, change) in changes {
+        for (what, updated, change) in changes {
             let same = scanner.manifest().unwrap();
-            assert!(!scanner.last_scanned, "{what}: nothing changed yet");
+            assert!(
+                !scanner.last_scanned && !scanner.last_updated,
+                "{what}: nothing changed yet"
+            );
             assert!(Arc::ptr_eq(&same, &last));
             change(root);
             let next = scanner.manifest().unwrap();
-            assert!(scanner.last_scanned, "{what}");
+            assert_eq!(
+                (scanner.last_updated, scanner.last_scanned),
+                (updated, !updated),
+                "{what}"
+            );
             assert_ne!(next.root_digest(), last.root_digest(), "{what}");
+            // Updated or scanned, the manifest is what a new scanner makes of the tree.
+            let mut fresh = Scanner::new(scanner.roots.clone(), 0, scanner.sources.clone());
+            assert_eq!(*next, *fresh.manifest().unwrap(), "{what}");
             last = next;
         }
+    }
+
+    #[test]
+    fn changed_contents_update_the_manifest_as_a_scan_would() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!("SKIPPED changed_contents_update_the_manifest: no watchable file system");
+            return;
+        };
+        let root = dir.path();
+        fs::create_dir_all(root.join("m/sub")).unwrap();
+        for (name, content) in [
+            ("m/a", "same"),
+            ("m/sub/b", "same"),
+            ("m/c", "c"),
+            ("m/x.skip", "x"),
+        ] {
+            fs::write(root.join(name), content).unwrap();
+        }
+        fs::write(root.join("other"), "not matched").unwrap();
+        // `m/a` twice: through the folder and on its own.
+        let sources = ["m/a", "m/sub", "m/c"]
+            .map(|s| s.as_bytes().to_vec())
+            .to_vec();
+        let mut scanner = Scanner::new(vec![root.to_path_buf()], 0, sources.clone());
+        scanner.trust_for = Duration::from_secs(3600).min(parvm_mirror_fs::FULL_SCAN_EVERY);
+        let first = scanner.manifest().unwrap();
+        let same = Digest::of(b"same");
+        assert_eq!(scanner.blobs.len(), 2);
+
+        // Files beside the matches change: nothing to look at, the same manifest.
+        fs::write(root.join("other"), "still not matched").unwrap();
+        fs::write(root.join("m/x.skip"), "y").unwrap();
+        let again = scanner.manifest().unwrap();
+        assert!(scanner.last_updated && !scanner.last_scanned);
+        assert_eq!(scanner.last_hashed, 0);
+        assert!(Arc::ptr_eq(&first, &again));
+
+        // One of two files with one content changes, and another file twice.
+        fs::write(root.join("m/a"), "new a").unwrap();
+        fs::write(root.join("m/c"), "c1").unwrap();
+        fs::write(root.join("m/c"), "c2").unwrap();
+        let updated = scanner.manifest().unwrap();
+        assert!(scanner.last_updated && !scanner.last_scanned);
+        assert_eq!(scanner.last_hashed, 2);
+        let mut fresh = Scanner::new(vec![root.to_path_buf()], 0, sources);
+        assert_eq!(*updated, *fresh.manifest().unwrap());
+        // Every blob of the manifest is served, and only those: the shared content from
+        // the file that still has it.
+        for (digest, size, _) in updated.blobs() {
+            assert_eq!(scanner.open_blob(&digest).unwrap().1, size);
+        }
+        assert_eq!(scanner.blobs.len(), updated.blobs().len());
+        assert!(scanner.open_blob(&same).is_ok());
+        assert!(scanner.open_blob(&Digest::of(b"c1")).is_err());
+        assert!(scanner.open_blob(&Digest::of(b"c")).is_err());
     }
 
     #[test]

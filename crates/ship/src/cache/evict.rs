@@ -15,9 +15,29 @@ use crate::manifest::Manifest;
 
 /// Applies the limits; `reconcile` also enters blobs and snapshots the index does not know
 /// (a crash between placing one and recording it), as the least recently used.
+///
+/// Without `reconcile` or a compaction due, when this process's tally of the index (see
+/// `index`) shows the cache within its limits, the pass reads only the journal lines
+/// appended since its last look and removes only what killed processes left: a snapshot
+/// built in a large cache costs what it added, not a read of the whole index and of every
+/// pin.
 pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     let held = cache.index().exclusive()?;
-    let pinned = pin::live(&cache.sub("pins"))?;
+    let limits = cache.limits();
+    // A journal past the length at which the cache compacts it gets the full pass, which
+    // rewrites it.
+    let compaction_due =
+        cache.index().journal_len() > cache.compact_at.load(std::sync::atomic::Ordering::Relaxed);
+    if !reconcile
+        && !compaction_due
+        && let Some(bound) = held.bound()
+        && bound.bytes <= limits.max_bytes
+        && bound.count <= limits.max_count
+    {
+        let pinned = pin::live(&cache.sub("pins"), false)?;
+        return clean_tmp(cache, &pinned.uniques);
+    }
+    let pinned = pin::live(&cache.sub("pins"), true)?;
     clean_tmp(cache, &pinned.uniques)?;
     let (mut entries, lines) = held.read()?;
     if reconcile {
@@ -34,7 +54,6 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     // when it matters (over a limit) or when reconciling, so a pass within the limits
     // costs no `stat` per entry.
     let total: u64 = entries.values().map(|u| u.bytes).sum();
-    let limits = cache.limits();
     if reconcile || total > limits.max_bytes || entries.len() as u64 > limits.max_count {
         entries.retain(|(kind, digest), _| fs::symlink_metadata(path_of(*kind, digest)).is_ok());
     }
@@ -70,6 +89,7 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     if removed || reconcile || lines > 2 * kept.len() + 64 {
         held.rewrite(&kept)?;
     }
+    held.remember(bytes, count);
     Ok(())
 }
 

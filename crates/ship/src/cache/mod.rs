@@ -245,20 +245,48 @@ impl HostCache {
     /// A failure to pin (the cache folder became unusable) is logged and every blob the
     /// cache lacks is listed anyway; [`snapshot`](HostCache::snapshot) reports the error.
     pub fn missing(&self, m: &Manifest) -> Vec<(Digest, u64, PathBuf)> {
-        let root = m.root_digest();
         let blobs = m.blobs();
-        match self.pin(&root, blobs.iter().map(|b| b.0)) {
+        if self.pin_until_snapshot(&m.root_digest(), blobs.iter().map(|b| b.0)) {
+            return Vec::new();
+        }
+        self.absent(blobs)
+    }
+
+    /// [`missing`](HostCache::missing) for a caller that holds the [`Snapshot`] of `held`,
+    /// an earlier manifest (of the same root, typically): a live snapshot keeps its blobs
+    /// from eviction, so only the blobs of files that changed since `held` are looked for
+    /// (one `stat` per change instead of one per file). Call it before letting that
+    /// snapshot go. Should one of `held`'s blobs be gone all the same (removed by hand, or
+    /// as corrupt by another builder), [`snapshot`](HostCache::snapshot) reports it
+    /// ([`Error::BlobMissing`], [`Error::CorruptBlob`]): then ask [`missing`](HostCache::missing).
+    pub fn missing_since(&self, m: &Manifest, held: &Manifest) -> Vec<(Digest, u64, PathBuf)> {
+        if self.pin_until_snapshot(&m.root_digest(), blob_digests(m).into_iter()) {
+            return Vec::new();
+        }
+        self.absent(m.blobs_changed_since(held))
+    }
+
+    /// Pins `blobs` of manifest `root` until its snapshot is made; true when that snapshot
+    /// is here already. A failure to pin is logged (see [`missing`](HostCache::missing)).
+    fn pin_until_snapshot(&self, root: &Digest, blobs: impl Iterator<Item = Digest>) -> bool {
+        let root = *root;
+        match self.pin(&root, blobs) {
             Ok((pin, present)) => {
                 self.waiting
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(root, pin);
-                if present {
-                    return Vec::new();
-                }
+                present
             }
-            Err(e) => tracing::warn!("cannot pin the blobs of manifest {root}: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot pin the blobs of manifest {root}: {e}");
+                false
+            }
         }
+    }
+
+    /// Those of `blobs` whose file is not in the cache.
+    fn absent(&self, blobs: Vec<(Digest, u64, PathBuf)>) -> Vec<(Digest, u64, PathBuf)> {
         blobs
             .into_iter()
             .filter(|(digest, _, _)| !self.blob_path(digest).is_file())
@@ -397,6 +425,20 @@ impl HostCache {
     pub fn evict(&self) -> Result<()> {
         self.enforce(false)
     }
+}
+
+/// Each distinct blob digest of `m` (what [`Manifest::blobs`] lists, without the paths it
+/// would build for messages).
+fn blob_digests(m: &Manifest) -> HashSet<Digest> {
+    let mut out = HashSet::new();
+    let mut stack = vec![m.root()];
+    while let Some(node) = stack.pop() {
+        if let crate::manifest::NodeKind::File { digest, .. } = node.kind() {
+            out.insert(*digest);
+        }
+        stack.extend(node.children());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ impl Pin {
             .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))?;
         let mut text = String::new();
         for blob in blobs {
-            text.push_str(&blob.to_string());
+            text.push_str(blob.hex().as_str());
             text.push('\n');
         }
         lock.write_all(text.as_bytes())
@@ -86,8 +86,9 @@ pub(crate) struct Pinned {
     pub(crate) uniques: HashSet<String>,
 }
 
-/// Reads every live pin, removing those nobody holds.
-pub(crate) fn live(pins: &Path) -> Result<Pinned> {
+/// Reads every live pin, removing those nobody holds; the blobs they name only when
+/// `with_blobs` (their roots and unique names always).
+pub(crate) fn live(pins: &Path, with_blobs: bool) -> Result<Pinned> {
     let mut out = Pinned::default();
     for entry in fs::read_dir(pins).map_err(|e| Error::io("list", pins, e))? {
         let entry = entry.map_err(|e| Error::io("list", pins, e))?;
@@ -113,12 +114,14 @@ pub(crate) fn live(pins: &Path) -> Result<Pinned> {
                 let _ = fs::remove_file(&path);
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                file.read_to_string(&mut text)
-                    .map_err(|e| Error::io("read pin", &path, e))?;
                 out.roots.insert(root);
                 out.uniques.insert(unique.to_string());
-                out.blobs.extend(text.lines().filter_map(Digest::from_hex));
+                if with_blobs {
+                    let mut text = String::new();
+                    file.read_to_string(&mut text)
+                        .map_err(|e| Error::io("read pin", &path, e))?;
+                    out.blobs.extend(text.lines().filter_map(Digest::from_hex));
+                }
             }
             Err((_, e)) => return Err(Error::io("lock pin", &path, e.into())),
         }

@@ -3,7 +3,7 @@
 mod codec;
 mod node;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -121,6 +121,66 @@ impl Manifest {
             }
         }
         out
+    }
+
+    /// Each distinct blob of the files that are not in `older` as they are here (same
+    /// path, same node digest), with its size and first path (in
+    /// [`entries`](Manifest::entries) order): every blob `self` has that `older` lacks,
+    /// and maybe some it has (a file only moved or touched). A subtree whose digest
+    /// `older` has at the same path is skipped whole, so the walk costs what changed and
+    /// the folders on its way, not the size of the tree.
+    pub fn blobs_changed_since(&self, older: &Manifest) -> Vec<(Digest, u64, PathBuf)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut stack = vec![(PathBuf::new(), &self.root, Some(&older.root))];
+        while let Some((path, node, was)) = stack.pop() {
+            if was.is_some_and(|was| was.digest() == node.digest()) {
+                continue;
+            }
+            match node.kind() {
+                NodeKind::File { size, digest } => {
+                    if seen.insert(*digest) {
+                        out.push((*digest, *size, path));
+                    }
+                }
+                NodeKind::Dir { .. } => {
+                    // A file or symlink that became a folder has no children to compare.
+                    let had = was.map_or(&[][..], Node::children);
+                    for child in node.children().iter().rev() {
+                        let was_child = had
+                            .binary_search_by(|c| c.name().cmp(child.name()))
+                            .ok()
+                            .map(|i| &had[i]);
+                        stack.push((path.join(OsStr::from_bytes(child.name())), child, was_child));
+                    }
+                }
+                NodeKind::Symlink { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// This manifest with the entries at these paths (relative to the root) replaced by
+    /// these nodes of the same names: what a scan would make of the tree when only those
+    /// entries changed, at the cost of a copy and the digests of the folders on their way.
+    ///
+    /// # Errors
+    /// [`Error::ManifestInvalid`] when a path names no entry or its node another name.
+    pub(crate) fn with_replaced(&self, changes: Vec<(PathBuf, Node)>) -> Result<Manifest> {
+        let mut root = self.root.clone();
+        for (path, node) in changes {
+            let names: Vec<&[u8]> = path
+                .components()
+                .map(|c| c.as_os_str().as_bytes())
+                .collect();
+            if !root.replace_at(&names, node) {
+                return Err(Error::ManifestInvalid {
+                    path,
+                    reason: "no entry of the manifest is there to replace".into(),
+                });
+            }
+        }
+        Manifest::new(root)
     }
 
     /// The node at `path` (relative to the root), if any.

@@ -164,6 +164,34 @@ impl Node {
             _ => &[],
         }
     }
+
+    /// Puts `new` in place of the entry at `path` (names below this folder) and computes
+    /// the digests of the folders on its way again; false (nothing changed) when no entry
+    /// is there or `new` has another name.
+    pub(crate) fn replace_at(&mut self, path: &[&[u8]], new: Node) -> bool {
+        let Some((first, rest)) = path.split_first() else {
+            return false;
+        };
+        let NodeKind::Dir { children } = &mut self.kind else {
+            return false;
+        };
+        let Ok(at) = children.binary_search_by(|c| c.name.as_slice().cmp(first)) else {
+            return false;
+        };
+        let replaced = if rest.is_empty() {
+            if new.name != *first {
+                return false;
+            }
+            children[at] = new;
+            true
+        } else {
+            children[at].replace_at(rest, new)
+        };
+        if replaced {
+            self.digest = merkle(&self.name, self.mode, self.mtime, &self.kind);
+        }
+        replaced
+    }
 }
 
 /// The digest of a node from its parts (a domain tag keeps it apart from blob digests).
@@ -235,6 +263,52 @@ fn invalid(name: &[u8], reason: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replace_at_changes_only_the_entry_and_the_digests_on_its_way() {
+        let file = |name: &[u8], content: &[u8]| {
+            Node::file(
+                name,
+                0o644,
+                Timestamp::default(),
+                content.len() as u64,
+                Digest::of(content),
+            )
+            .unwrap()
+        };
+        let tree = |b: Node| {
+            let sub = Node::dir(b"sub", 0o755, Timestamp::default(), vec![b]).unwrap();
+            Node::dir(
+                b"",
+                0o755,
+                Timestamp::default(),
+                vec![file(b"a", b"a"), sub],
+            )
+            .unwrap()
+        };
+        let mut root = tree(file(b"b", b"b"));
+        assert!(root.replace_at(&[b"sub", b"b"], file(b"b", b"B")));
+        assert_eq!(
+            root,
+            tree(file(b"b", b"B")),
+            "as if built so, digests included"
+        );
+        let before = root.clone();
+        assert!(
+            !root.replace_at(&[b"sub", b"c"], file(b"c", b"c")),
+            "no entry there"
+        );
+        assert!(
+            !root.replace_at(&[b"sub", b"b"], file(b"c", b"c")),
+            "another name"
+        );
+        assert!(
+            !root.replace_at(&[b"a", b"x"], file(b"x", b"x")),
+            "a file has no entries"
+        );
+        assert!(!root.replace_at(&[], file(b"x", b"x")));
+        assert_eq!(root, before);
+    }
+
     use super::*;
 
     #[test]

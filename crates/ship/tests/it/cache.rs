@@ -454,3 +454,101 @@ fn blobs_the_index_never_heard_of_are_found_when_a_cache_opens() {
     .unwrap();
     assert_eq!(tiny.missing(&manifest).len(), 1);
 }
+
+#[test]
+fn eviction_counts_what_other_processes_added_and_spares_what_is_pinned() {
+    let shared = tempfile::tempdir().unwrap();
+    let user = user_dir();
+    // Room for two one-file trees (a blob and a snapshot each).
+    let small = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 4,
+        },
+    )
+    .unwrap();
+    fs::write(shared.path().join("a"), "a").unwrap();
+    let (a, held_a) = ship(&small, &mut scanner(shared.path(), &["a"]));
+    // Another process (another handle: its own tally) with room to spare adds three more;
+    // within its limits it evicts nothing.
+    let roomy = HostCache::open(&user.path, ROOMY).unwrap();
+    let b = ship_one(&roomy, shared.path(), "b", b"b");
+    let c = ship_one(&roomy, shared.path(), "c", b"c");
+    let d = ship_one(&roomy, shared.path(), "d", b"d");
+    for m in [&a, &b, &c, &d] {
+        assert!(blob_path(&roomy, &m.blobs()[0].0).is_file());
+    }
+    // The small one's tally counted what the other appended: it is over its limits, so
+    // it evicts the least recently used, sparing `a`, which its live snapshot pins.
+    small.evict().unwrap();
+    assert!(small.missing(&a).is_empty());
+    assert!(held_a.path().join("a").is_file());
+    assert_eq!(small.missing(&b).len(), 1, "b went");
+    assert_eq!(small.missing(&c).len(), 1, "c went");
+    assert!(
+        small.missing(&d).is_empty(),
+        "d stays: within the limits now"
+    );
+}
+
+#[test]
+fn missing_since_looks_only_at_changes_and_pins_the_whole_new_manifest() {
+    use std::io::Read;
+    let shared = tempfile::tempdir().unwrap();
+    for (name, content) in [("a", "alpha"), ("b", "bravo"), ("c", "charlie")] {
+        fs::write(shared.path().join(name), content).unwrap();
+    }
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &["a", "b", "c"]);
+    let (older, held) = ship(&cache, &mut scan);
+    fs::write(shared.path().join("c"), "charlie, changed").unwrap();
+    let newer = scan.manifest().unwrap();
+    let missing = cache.missing_since(&newer, &older);
+    assert_eq!(missing.len(), 1);
+    let (digest, size, shown) = &missing[0];
+    assert_eq!(*digest, Digest::of(b"charlie, changed"));
+    let mut writer = mine(&cache, b"charlie, changed", &shown.to_string_lossy());
+    let mut bytes = Vec::new();
+    scan.open_blob(digest)
+        .unwrap()
+        .0
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert_eq!(bytes.len() as u64, *size);
+    writer.write(&bytes).unwrap();
+    writer.finish().unwrap();
+    // The older snapshot goes and a cache over its limits evicts: what the newer
+    // manifest needs was pinned by `missing_since` until its snapshot is made.
+    drop(held);
+    let tight = HostCache::open(
+        &user.path,
+        CacheLimits {
+            max_bytes: 1,
+            max_count: 1,
+        },
+    )
+    .unwrap();
+    tight.evict().unwrap();
+    let snapshot = cache.snapshot(&newer).unwrap();
+    assert_eq!(fs::read(snapshot.path().join("a")).unwrap(), b"alpha");
+    assert_eq!(
+        fs::read(snapshot.path().join("c")).unwrap(),
+        b"charlie, changed"
+    );
+    assert!(
+        cache.missing_since(&newer, &older).is_empty(),
+        "its snapshot is here"
+    );
+
+    // Unchanged blobs are not looked for: one removed by hand is not listed, while
+    // `missing` finds it.
+    fs::write(shared.path().join("a"), "alpha, changed").unwrap();
+    let third = scan.manifest().unwrap();
+    let bravo = blob_path(&cache, &Digest::of(b"bravo"));
+    fs::set_permissions(bravo.parent().unwrap(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_file(&bravo).unwrap();
+    assert_eq!(cache.missing_since(&third, &newer).len(), 1);
+    assert_eq!(cache.missing(&third).len(), 2);
+}

@@ -323,3 +323,70 @@ fn a_correct_root_digest_is_accepted() {
     .unwrap();
     assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
 }
+
+proptest! {
+    /// `blobs_changed_since` lists every blob the newer manifest has and the older lacks,
+    /// each once, only blobs of the newer one, with their sizes and a path that has them;
+    /// nothing when nothing changed. The newer tree shares subtrees with the older one (a
+    /// few of its top entries replaced), as a source edited between two tasks does.
+    #[test]
+    fn blobs_changed_since_covers_every_new_blob(old in tree(), replaced in tree()) {
+        let mut new = old.clone();
+        new.extend(replaced);
+        let (older, newer) = (manifest(&old), manifest(&new));
+        let changed = newer.blobs_changed_since(&older);
+        let had: std::collections::HashSet<Digest> = older.blobs().iter().map(|b| b.0).collect();
+        let listed: std::collections::HashSet<Digest> = changed.iter().map(|b| b.0).collect();
+        prop_assert_eq!(listed.len(), changed.len(), "each blob once");
+        for (digest, _, path) in newer.blobs() {
+            prop_assert!(
+                had.contains(&digest) || listed.contains(&digest),
+                "{} is missed",
+                path.display()
+            );
+        }
+        for (digest, size, path) in &changed {
+            let node = newer.find(path).expect("a path of the newer manifest");
+            prop_assert_eq!(node.kind(), &NodeKind::File { size: *size, digest: *digest });
+        }
+        prop_assert!(newer.blobs_changed_since(&newer).is_empty());
+    }
+}
+
+#[test]
+fn blobs_changed_since_skips_unchanged_folders_and_sees_a_file_become_a_folder() {
+    let file = |content: &[u8]| Model::File {
+        mode: 0o644,
+        mtime: (1, 0),
+        content: content.to_vec(),
+    };
+    let dir = |children: Vec<(&[u8], Model)>| Model::Dir {
+        mode: 0o755,
+        mtime: (1, 0),
+        children: children.into_iter().map(|(n, m)| (n.to_vec(), m)).collect(),
+    };
+    let old: BTreeMap<Vec<u8>, Model> = [
+        (
+            b"kept".to_vec(),
+            dir(vec![(b"a", file(b"a")), (b"b", file(b"b"))]),
+        ),
+        (
+            b"edited".to_vec(),
+            dir(vec![(b"c", file(b"c")), (b"d", file(b"d"))]),
+        ),
+        (b"x".to_vec(), file(b"x")),
+    ]
+    .into();
+    let mut new = old.clone();
+    new.insert(
+        b"edited".to_vec(),
+        dir(vec![(b"c", file(b"c")), (b"d", file(b"d2"))]),
+    );
+    new.insert(b"x".to_vec(), dir(vec![(b"y", file(b"y"))]));
+    let changed = manifest(&new).blobs_changed_since(&manifest(&old));
+    let shown: Vec<(Digest, u64, std::path::PathBuf)> = vec![
+        (Digest::of(b"d2"), 2, "edited/d".into()),
+        (Digest::of(b"y"), 1, "x/y".into()),
+    ];
+    assert_eq!(changed, shown);
+}

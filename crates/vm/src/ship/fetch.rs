@@ -46,13 +46,6 @@ pub(crate) fn is_ship_frame(frame: &ToWorker<'_>) -> bool {
 /// The manifest of a shipped root as the spawner sent it last, or why there is none.
 type Latest = Result<Arc<Manifest>, String>;
 
-/// The last snapshot of a shipped root, with its manifest: the next snapshot, after a
-/// change, is patched from it.
-struct Held {
-    manifest: Arc<Manifest>,
-    snapshot: Arc<Snapshot>,
-}
-
 /// What a worker keeps about shipping: per VM, the plan the spawner sent and the roots
 /// this host ships (decided at the VM's first task here), and the latest manifests.
 #[derive(Default)]
@@ -60,10 +53,11 @@ pub(crate) struct Shipping {
     plans: HashMap<u32, ShipPlan>,
     decided: HashMap<u32, BTreeSet<u32>>,
     manifests: HashMap<(u32, u32), Latest>,
-    /// The last snapshot of each shipped root, by its manifest's digest: kept (pinned in
-    /// the cache) while the VM lives, so the next task with unchanged inputs mirrors from
-    /// it without asking the cache again.
-    held: HashMap<(u32, u32), Held>,
+    /// The last snapshot of each shipped root, with its manifest: kept (pinned in the
+    /// cache) while the VM lives, so the next task with unchanged inputs mirrors from it
+    /// without asking the cache again, the next manifest is looked for only where it
+    /// differs from this one, and the next snapshot is patched from it.
+    held: HashMap<(u32, u32), (Arc<Manifest>, Arc<Snapshot>)>,
 }
 
 impl Shipping {
@@ -155,34 +149,24 @@ impl Shipping {
         root: u32,
     ) -> Result<Arc<Snapshot>, Error> {
         let manifest = self.manifest(exchange, vm, root)?;
-        let digest = manifest.root_digest();
         // A held snapshot removed meanwhile (it shared a blob found damaged) is built again.
-        if let Some(held) = self.held.get(&(vm, root))
-            && held.manifest.root_digest() == digest
-            && held.snapshot.path().is_dir()
+        if let Some((held, snapshot)) = self.held.get(&(vm, root))
+            && held.root_digest() == manifest.root_digest()
+            && snapshot.path().is_dir()
         {
-            return Ok(Arc::clone(&held.snapshot));
+            return Ok(Arc::clone(snapshot));
         }
-        // The older one is handed to the build, which patches it when nobody else holds
-        // it, or lets it go (so the cache may evict it for the new one).
-        let previous = self.held.remove(&(vm, root)).and_then(|held| {
-            Arc::try_unwrap(held.snapshot)
-                .ok()
-                .map(|s| (s, held.manifest))
-        });
-        let snapshot =
-            Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest, previous)?);
-        self.held.insert(
-            (vm, root),
-            Held {
-                manifest,
-                snapshot: Arc::clone(&snapshot),
-            },
-        );
+        let held = self.held.remove(&(vm, root));
+        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest, held)?);
+        self.held
+            .insert((vm, root), (manifest, Arc::clone(&snapshot)));
         Ok(snapshot)
     }
 
-    /// Fetches what the cache lacks of `manifest` and takes its snapshot.
+    /// Fetches what the cache lacks of `manifest` and takes its snapshot. With the
+    /// snapshot of an earlier manifest of the root (`held`), only what changed since is
+    /// looked for; that snapshot is let go once the new manifest's blobs are pinned, so
+    /// the cache may evict it for the new one.
     fn fetch_snapshot(
         &mut self,
         exchange: &mut dyn Exchange,
@@ -190,13 +174,25 @@ impl Shipping {
         vm: u32,
         root: u32,
         manifest: &Manifest,
-        mut previous: Option<(Snapshot, Arc<Manifest>)>,
+        held: Option<(Arc<Manifest>, Arc<Snapshot>)>,
     ) -> Result<Snapshot, Error> {
         let ship_error = |source| Error::Ship { root, source };
+        let start = std::time::Instant::now();
+        let mut partial = held.is_some();
+        let (mut pending, mut previous) = match held {
+            Some((held, snapshot)) => {
+                let pending = cache.missing_since(manifest, &held);
+                // Handed to the build, which patches it when nobody else holds it, or
+                // lets it go (so the cache may evict it for the new one).
+                let previous = Arc::try_unwrap(snapshot).ok().map(|s| (s, held));
+                (pending, previous)
+            }
+            None => (cache.missing(manifest), None),
+        };
         let mut again = true;
         loop {
-            let start = std::time::Instant::now();
-            let fetched = self.fetch_missing(exchange, cache, vm, root, manifest)?;
+            let listed_ms = start.elapsed().as_secs_f64() * 1e3;
+            let fetched = self.fetch_missing(exchange, cache, vm, root, manifest, pending)?;
             let fetch_time = start.elapsed();
             // Only the first try patches: a retry after a damaged blob builds afresh.
             let (old_snapshot, old_manifest) = previous.take().unzip();
@@ -207,11 +203,20 @@ impl Shipping {
                         vm,
                         root,
                         fetched,
+                        listed_ms,
                         fetch_ms = fetch_time.as_secs_f64() * 1e3,
                         snapshot_ms = (start.elapsed() - fetch_time).as_secs_f64() * 1e3,
                         "shipped root ready"
                     );
                     return Ok(snapshot);
+                }
+                // Only the changes were looked for, and a blob of the older snapshot went
+                // all the same: look at every blob.
+                Err(e @ parvm_ship::Error::BlobMissing { .. }) if partial => {
+                    tracing::warn!(
+                        error = %crate::error::one_line(&e),
+                        "a blob of the held snapshot is gone; looking for every blob"
+                    );
                 }
                 Err(e @ parvm_ship::Error::CorruptBlob { .. }) if again => {
                     tracing::warn!(error = %crate::error::one_line(&e), "fetching a corrupted blob again");
@@ -219,6 +224,8 @@ impl Shipping {
                 }
                 Err(e) => return Err(ship_error(e)),
             }
+            partial = false;
+            pending = cache.missing(manifest);
         }
     }
 
@@ -253,10 +260,11 @@ impl Shipping {
         }
     }
 
-    /// Fetches every blob of `manifest` that `cache` lacks: claimed a batch at a time,
+    /// Fetches the blobs `pending` lists (what `cache` lacks): claimed a batch at a time,
     /// asked for, written as the chunks arrive; a blob another fetcher of this host has
     /// claimed is waited for, then claimed again (a fetcher that died released it). Gives
-    /// how many blobs this worker fetched.
+    /// how many blobs this worker fetched. Each blob takes the mode and time of its first
+    /// file in `manifest`.
     fn fetch_missing(
         &mut self,
         exchange: &mut dyn Exchange,
@@ -264,10 +272,10 @@ impl Shipping {
         vm: u32,
         root: u32,
         manifest: &Manifest,
+        mut pending: Vec<(Digest, u64, PathBuf)>,
     ) -> Result<usize, Error> {
         let mut fetched = 0;
         let ship_error = |source| Error::Ship { root, source };
-        let mut pending = cache.missing(manifest);
         while !pending.is_empty() {
             let mut busy = Vec::new();
             let mut writers: HashMap<Digest, Writing> = HashMap::new();
@@ -640,6 +648,73 @@ mod tests {
             assert_eq!(content(&snapshot, name), "alpha");
         }
         assert_eq!(spawner.sent.iter().filter(|d| **d == digest).count(), 2);
+    }
+
+    /// Files the spawner's current manifest, as it pushes one before a spawn.
+    fn push_manifest(s: &mut Setup, spawner: &mut FakeSpawner) {
+        let bytes = spawner.scanner.manifest().unwrap().encode();
+        assert!(s.shipping.file(ToWorker::Manifest {
+            vm: 0,
+            root: 0,
+            bytes: bytes.into(),
+        }));
+    }
+
+    #[test]
+    fn a_changed_source_is_fetched_alone_while_the_older_snapshot_is_held() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let first = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        std::fs::write(s.root.path().join("b.txt"), "bravo, changed").unwrap();
+        std::fs::write(s.root.path().join("c.txt"), "charlie").unwrap();
+        push_manifest(&mut s, &mut spawner);
+        let second = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        let new = [
+            parvm_ship::Digest::of(b"bravo, changed"),
+            parvm_ship::Digest::of(b"charlie"),
+        ];
+        assert_eq!(
+            spawner.sent.len(),
+            4,
+            "two blobs first, then the two new ones"
+        );
+        assert!(new.iter().all(|d| spawner.sent[2..].contains(d)));
+        assert_eq!(content(&second, "a.txt"), "alpha");
+        assert_eq!(content(&second, "b.txt"), "bravo, changed");
+        assert_eq!(content(&second, "c.txt"), "charlie");
+        assert_eq!(
+            content(&first, "b.txt"),
+            "bravo, longer",
+            "the older one unchanged"
+        );
+    }
+
+    #[test]
+    fn a_blob_of_the_held_snapshot_gone_meanwhile_is_fetched_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let _held = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        // Another VM's snapshot, built later, is the one the next build links from; the
+        // unchanged `a.txt` is then copied from its blob...
+        let other_root = tempfile::tempdir().unwrap();
+        std::fs::write(other_root.path().join("x.txt"), "x-ray").unwrap();
+        let mut other = Shipping::default();
+        other.receive_plan(1, ShipPlan::Always);
+        let mut other_spawner = FakeSpawner::new(other_root.path());
+        let _other = other.snapshot(&mut other_spawner, &s.cache, 1, 0).unwrap();
+        // ...which was removed by hand. Only the changes are looked for at first.
+        let alpha = parvm_ship::Digest::of(b"alpha");
+        let hex = alpha.to_string();
+        let fan = s.cache.path().join("blobs").join(&hex[..2]);
+        std::fs::set_permissions(&fan, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_file(fan.join(&hex)).unwrap();
+        std::fs::write(s.root.path().join("b.txt"), "bravo, changed").unwrap();
+        push_manifest(&mut s, &mut spawner);
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(content(&snapshot, "a.txt"), "alpha");
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, changed");
+        assert_eq!(spawner.sent.iter().filter(|d| **d == alpha).count(), 2);
     }
 
     #[test]
