@@ -372,13 +372,14 @@ impl HostCache {
         m: &Manifest,
         previous: Option<(Snapshot, &Manifest)>,
     ) -> Result<Snapshot> {
-        let root = m.root_digest();
-        let snapshot = crate::snapshot::build(self, m, previous);
-        self.waiting
+        // The pin `missing` took for `m` becomes the snapshot's: it pins the same root and
+        // blobs, so a second one (a file listing every blob) is not needed.
+        let waiting = self
+            .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&root);
-        let (snapshot, built) = snapshot?;
+            .remove(&m.root_digest());
+        let (snapshot, built) = crate::snapshot::build(self, m, previous, waiting)?;
         // A snapshot handed out from the cache adds nothing but index lines.
         if (built || self.index.journal_len() > self.compact_at.load(Ordering::Relaxed))
             && let Err(e) = self.enforce(false)

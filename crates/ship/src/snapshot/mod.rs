@@ -41,16 +41,23 @@ impl Snapshot {
 
 /// Builds (or finds) the snapshot of `m`; true when it was built (the cache grew). With
 /// `previous` (a snapshot this caller holds and its manifest), a snapshot nobody else holds
-/// is patched into the new one in place, at the cost of what changed.
+/// is patched into the new one in place, at the cost of what changed. `pinned` is a pin of
+/// `m`'s root and blobs taken earlier (by `missing`), used instead of taking one.
 pub(crate) fn build(
     cache: &HostCache,
     m: &Manifest,
     previous: Option<(Snapshot, &Manifest)>,
+    pinned: Option<Pin>,
 ) -> Result<(Snapshot, bool)> {
     let root = m.root_digest();
     let dest = cache.snapshot_path(&root);
     let blobs = m.blobs();
-    let (pin, present) = cache.pin(&root, blobs.iter().map(|b| b.0))?;
+    let (pin, present) = match pinned {
+        // Pinned since before: eviction, which respects pins, cannot have removed it
+        // since, so a look now is as good as one under the index's lock.
+        Some(pin) => (pin, dest.is_dir()),
+        None => cache.pin(&root, blobs.iter().map(|b| b.0))?,
+    };
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
         .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))
         .collect();
