@@ -17,9 +17,10 @@ use super::probe;
 use crate::Error;
 use crate::wire::{self, FromWorker, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 
-/// How many blobs are claimed (and written, each to a temporary file of its own) at a
-/// time: a bound on the files a fetch holds open.
-const CLAIM_BATCH: usize = 256;
+/// How many blobs are claimed (and written, each into its claim file) and asked for at a
+/// time. Two batches are on their way at most, so a fetch holds at most twice this many
+/// files open.
+const CLAIM_BATCH: usize = 128;
 
 /// A worker's line to the spawner while it fetches.
 pub(crate) trait Exchange {
@@ -276,12 +277,15 @@ impl Shipping {
     ) -> Result<usize, Error> {
         let mut fetched = 0;
         let ship_error = |source| Error::Ship { root, source };
+        // Claimed and asked for, not all arrived: the next batch is claimed and asked for
+        // while the spawner sends this one, so neither side waits for the other.
+        let mut in_flight: HashMap<Digest, Writing> = HashMap::new();
         while !pending.is_empty() {
             let mut busy = Vec::new();
-            let mut writers: HashMap<Digest, Writing> = HashMap::new();
+            let mut claimed: HashMap<Digest, Writing> = HashMap::new();
             let mut rest = Vec::new();
             for (digest, size, shown) in pending.drain(..) {
-                if writers.len() >= CLAIM_BATCH {
+                if claimed.len() >= CLAIM_BATCH {
                     rest.push((digest, size, shown));
                     continue;
                 }
@@ -294,7 +298,7 @@ impl Shipping {
                         if let Some(node) = manifest.find(&shown) {
                             writer.keep_attrs(node.mode(), node.mtime());
                         }
-                        writers.insert(
+                        claimed.insert(
                             digest,
                             Writing {
                                 writer,
@@ -305,40 +309,39 @@ impl Shipping {
                     }
                 }
             }
-            if !writers.is_empty() {
-                fetched += writers.len();
-                self.receive(exchange, vm, root, writers)?;
+            if !claimed.is_empty() {
+                fetched += claimed.len();
+                ask(exchange, vm, root, claimed.keys().copied())?;
+                in_flight.extend(claimed);
+                self.receive(exchange, vm, root, &mut in_flight, CLAIM_BATCH)?;
             }
-            for (digest, _, _) in &busy {
-                cache.wait(digest).map_err(ship_error)?;
+            if !busy.is_empty() {
+                // What this fetcher claimed arrives first: the fetcher waited for may be
+                // waiting for one of ours.
+                self.receive(exchange, vm, root, &mut in_flight, 0)?;
+                for (digest, _, _) in &busy {
+                    cache.wait(digest).map_err(ship_error)?;
+                }
             }
             pending = rest;
             pending.extend(busy);
         }
+        self.receive(exchange, vm, root, &mut in_flight, 0)?;
         Ok(fetched)
     }
 
-    /// Asks for the claimed blobs and writes them as they arrive.
+    /// Writes the blobs of `writers` as they arrive, until at most `leave` are left.
     fn receive(
         &mut self,
         exchange: &mut dyn Exchange,
         vm: u32,
         root: u32,
-        mut writers: HashMap<Digest, Writing>,
+        writers: &mut HashMap<Digest, Writing>,
+        leave: usize,
     ) -> Result<(), Error> {
         let interrupted = |reason| Error::ShipInterrupted { root, reason };
         let ship_error = |source| Error::Ship { root, source };
-        let digests: Vec<Digest> = writers.keys().copied().collect();
-        for batch in digests.chunks(MAX_BLOBS_WANTED) {
-            exchange
-                .send(&FromWorker::BlobsWanted {
-                    vm,
-                    root,
-                    digests: batch.to_vec(),
-                })
-                .map_err(interrupted)?;
-        }
-        while !writers.is_empty() {
+        while writers.len() > leave {
             let payload = exchange.next().map_err(interrupted)?;
             let Ok(frame) = wire::decode::<ToWorker<'_>>(&payload) else {
                 continue;
@@ -396,6 +399,26 @@ impl Shipping {
         }
         Ok(())
     }
+}
+
+/// Asks the spawner for `digests` of root `root` of VM `vm`.
+fn ask(
+    exchange: &mut dyn Exchange,
+    vm: u32,
+    root: u32,
+    digests: impl Iterator<Item = Digest>,
+) -> Result<(), Error> {
+    let digests: Vec<Digest> = digests.collect();
+    for batch in digests.chunks(MAX_BLOBS_WANTED) {
+        exchange
+            .send(&FromWorker::BlobsWanted {
+                vm,
+                root,
+                digests: batch.to_vec(),
+            })
+            .map_err(|reason| Error::ShipInterrupted { root, reason })?;
+    }
+    Ok(())
 }
 
 /// A blob being received.
