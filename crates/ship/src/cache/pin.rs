@@ -100,20 +100,12 @@ pub(crate) fn live(pins: &Path, with_blobs: bool) -> Result<Pinned> {
         let Some(root) = Digest::from_hex(root) else {
             continue;
         };
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("open pin", &path, e)),
-        };
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_free) => {
+        match look(&path)? {
+            Look::Gone => {}
+            Look::Free => {
                 let _ = fs::remove_file(&path);
             }
-            Err((mut file, Errno::EWOULDBLOCK)) => {
+            Look::Held(mut file) => {
                 out.roots.insert(root);
                 out.uniques.insert(unique.to_string());
                 if with_blobs {
@@ -123,7 +115,6 @@ pub(crate) fn live(pins: &Path, with_blobs: bool) -> Result<Pinned> {
                     out.blobs.extend(text.lines().filter_map(Digest::from_hex));
                 }
             }
-            Err((_, e)) => return Err(Error::io("lock pin", &path, e.into())),
         }
     }
     Ok(out)
@@ -142,22 +133,38 @@ pub(crate) fn held_by_others(pins: &Path, root: &Digest, own: &str) -> Result<bo
         if unique == own {
             continue;
         }
-        let path = entry.path();
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("open pin", &path, e)),
-        };
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            // Left by a process that is gone.
-            Ok(_free) => {}
-            Err((_, Errno::EWOULDBLOCK)) => return Ok(true),
-            Err((_, e)) => return Err(Error::io("lock pin", &path, e.into())),
+        // A free one was left by a process that is gone.
+        if let Look::Held(_) = look(&entry.path())? {
+            return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// A pin file as [`look`] found it.
+enum Look {
+    /// Removed meanwhile (released by its holder).
+    Gone,
+    /// Not held: its holder is gone without removing it.
+    Free,
+    /// Held by a live holder; the file, open to read the blobs it lists.
+    Held(File),
+}
+
+/// Whether the pin file at `path` is held, tried with a lock that does not wait.
+fn look(path: &Path) -> Result<Look> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::Gone),
+        Err(e) => return Err(Error::io("open pin", path, e)),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_free) => Ok(Look::Free),
+        Err((file, Errno::EWOULDBLOCK)) => Ok(Look::Held(file)),
+        Err((_, e)) => Err(Error::io("lock pin", path, e.into())),
+    }
 }
