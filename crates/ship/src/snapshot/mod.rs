@@ -101,12 +101,26 @@ pub(crate) fn build(
     {
         // The tree is this build's now, under a name its pin keeps.
         drop(old);
-        patched = true;
-        let result = patch(cache, m, old_m, &temp).and_then(|()| finish(cache, m, &pin, &temp));
-        if result.is_err() {
-            let _ = remove_tree(&temp);
+        match patch(cache, m, old_m, &temp).and_then(|()| finish(cache, m, &pin, &temp)) {
+            Ok(()) => patched = true,
+            Err(e) => {
+                let _ = remove_tree(&temp);
+                match e {
+                    // The caller fetches what is missing or damaged, then builds again.
+                    Error::BlobMissing { .. }
+                    | Error::CorruptBlob { .. }
+                    | Error::NoSpace { .. } => {
+                        return Err(e);
+                    }
+                    // The old tree was not as its manifest says (changed behind the cache's
+                    // back): built afresh instead.
+                    _ => tracing::warn!(
+                        "cannot patch snapshot {} into {root}, building it afresh: {e}",
+                        old_m.root_digest()
+                    ),
+                }
+            }
         }
-        result?;
     }
     if !patched {
         let entries = m.entries();

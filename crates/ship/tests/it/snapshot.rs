@@ -496,3 +496,28 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
     assert!(!mine_path.exists());
     assert!(patched.path().join("data/ro/new").exists());
 }
+
+#[test]
+fn a_snapshot_changed_behind_the_cache_s_back_is_built_afresh_instead_of_patched() {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let (manifest, snapshot) = ship(&cache, &mut scan);
+    // A folder the patch must open is gone.
+    fs::remove_dir_all(snapshot.path().join("lib")).unwrap();
+    change(shared.path(), 0);
+    let next = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &next);
+    let built = cache
+        .snapshot_after(&next, Some((snapshot, &manifest)))
+        .unwrap();
+    let other_user = user_dir();
+    let other = HostCache::open(&other_user.path, ROOMY).unwrap();
+    fetch_all(&other, &scan, &next);
+    assert_eq!(
+        tree(built.path()),
+        tree(other.snapshot(&next).unwrap().path())
+    );
+}
