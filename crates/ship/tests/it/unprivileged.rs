@@ -1,5 +1,6 @@
-//! Snapshots of read-only trees as a user who is not root: built, rebuilt with links, and
-//! evicted. Root ignores permission bits, so as root (as in CI) each test runs as `nobody`.
+//! Snapshots of read-only trees as a user who is not root: built, rebuilt with links,
+//! patched, and evicted. Root ignores permission bits, so as root (as in CI) each test
+//! runs as `nobody`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -48,8 +49,27 @@ fn read_only_trees_are_built_rebuilt_and_evicted() {
                 b"mine only"
             );
 
+            // A file in a read-only folder changes: the second snapshot, held by nobody else,
+            // is patched, its read-only folders opened and closed again.
+            fs::set_permissions(ro.join("deep"), fs::Permissions::from_mode(0o755)).unwrap();
+            fs::write(ro.join("deep/m.lib"), "model, changed").unwrap();
+            fs::set_permissions(ro.join("deep"), fs::Permissions::from_mode(0o555)).unwrap();
+            let third_manifest = scan.manifest().unwrap();
+            assert_eq!(fetch_all(&cache, &scan, &third_manifest), 1);
+            let second_path = second.path().to_path_buf();
+            let third = cache
+                .snapshot_after(&third_manifest, Some((second, &manifest)))
+                .unwrap();
+            assert!(!second_path.exists(), "patched, not built afresh");
+            assert_eq!(
+                fs::read(third.path().join("ro/deep/m.lib")).unwrap(),
+                b"model, changed"
+            );
+            assert_eq!(mode(&third.path().join("ro/deep")), 0o555);
+            assert_eq!(mode(&third.path().join("ro/secret")), 0o400);
+
             // Both evicted once nothing holds them: read-only folders are no obstacle.
-            drop((first, second));
+            drop((first, third));
             drop(cache);
             let tiny = HostCache::open(
                 &user.path,
