@@ -121,7 +121,12 @@ impl Shared {
                 Self::on_ship_request(state, from, vm, ShipJob::Manifest { rank: from, root });
                 None
             }
-            FromWorker::BlobsWanted { vm, root, digests } => {
+            FromWorker::BlobsWanted {
+                vm,
+                root,
+                request,
+                digests,
+            } => {
                 Self::on_ship_request(
                     state,
                     from,
@@ -129,6 +134,7 @@ impl Shared {
                     ShipJob::Blobs {
                         rank: from,
                         root,
+                        request,
                         digests,
                     },
                 );

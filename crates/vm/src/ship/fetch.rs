@@ -59,6 +59,10 @@ pub(crate) struct Shipping {
     /// without asking the cache again, the next manifest is looked for only where it
     /// differs from this one, and the next snapshot is patched from it.
     held: HashMap<(u32, u32), (Arc<Manifest>, Arc<Snapshot>)>,
+    /// Requests for blobs sent so far: each `BlobsWanted` is numbered, and a failure
+    /// naming a request older than the current fetch's first belongs to an abandoned
+    /// transfer.
+    requests: u64,
 }
 
 impl Shipping {
@@ -280,6 +284,7 @@ impl Shipping {
         // Claimed and asked for, not all arrived: the next batch is claimed and asked for
         // while the spawner sends this one, so neither side waits for the other.
         let mut in_flight: HashMap<Digest, Writing> = HashMap::new();
+        let first = self.requests;
         while !pending.is_empty() {
             let mut busy = Vec::new();
             let mut claimed: HashMap<Digest, Writing> = HashMap::new();
@@ -311,14 +316,19 @@ impl Shipping {
             }
             if !claimed.is_empty() {
                 fetched += claimed.len();
-                ask(exchange, vm, root, claimed.keys().copied())?;
+                ask(
+                    exchange,
+                    (vm, root),
+                    &mut self.requests,
+                    claimed.keys().copied(),
+                )?;
                 in_flight.extend(claimed);
-                self.receive(exchange, vm, root, &mut in_flight, CLAIM_BATCH)?;
+                self.receive(exchange, (vm, root, first), &mut in_flight, CLAIM_BATCH)?;
             }
             if !busy.is_empty() {
                 // What this fetcher claimed arrives first: the fetcher waited for may be
                 // waiting for one of ours.
-                self.receive(exchange, vm, root, &mut in_flight, 0)?;
+                self.receive(exchange, (vm, root, first), &mut in_flight, 0)?;
                 for (digest, _, _) in &busy {
                     cache.wait(digest).map_err(ship_error)?;
                 }
@@ -326,16 +336,16 @@ impl Shipping {
             pending = rest;
             pending.extend(busy);
         }
-        self.receive(exchange, vm, root, &mut in_flight, 0)?;
+        self.receive(exchange, (vm, root, first), &mut in_flight, 0)?;
         Ok(fetched)
     }
 
-    /// Writes the blobs of `writers` as they arrive, until at most `leave` are left.
+    /// Writes the blobs of `writers` as they arrive, until at most `leave` are left; the
+    /// fetch's requests are numbered from `first` on.
     fn receive(
         &mut self,
         exchange: &mut dyn Exchange,
-        vm: u32,
-        root: u32,
+        (vm, root, first): (u32, u32, u64),
         writers: &mut HashMap<Digest, Writing>,
         leave: usize,
     ) -> Result<(), Error> {
@@ -380,11 +390,13 @@ impl Shipping {
                         }
                     }
                 }
+                // The failure of an abandoned transfer's request says nothing of this one.
                 ToWorker::BlobFailed {
                     vm: of,
+                    request,
                     digest,
                     reason,
-                } if of == vm => {
+                } if of == vm && request >= first => {
                     if let Some(writing) = writers.remove(&digest) {
                         return Err(Error::ShipRefused {
                             root,
@@ -401,11 +413,12 @@ impl Shipping {
     }
 }
 
-/// Asks the spawner for `digests` of root `root` of VM `vm`.
+/// Asks the spawner for `digests` of root `root` of VM `vm`, numbering each request from
+/// `requests` on.
 fn ask(
     exchange: &mut dyn Exchange,
-    vm: u32,
-    root: u32,
+    (vm, root): (u32, u32),
+    requests: &mut u64,
     digests: impl Iterator<Item = Digest>,
 ) -> Result<(), Error> {
     let digests: Vec<Digest> = digests.collect();
@@ -414,9 +427,11 @@ fn ask(
             .send(&FromWorker::BlobsWanted {
                 vm,
                 root,
+                request: *requests,
                 digests: batch.to_vec(),
             })
             .map_err(|reason| Error::ShipInterrupted { root, reason })?;
+        *requests += 1;
     }
     Ok(())
 }
@@ -510,12 +525,18 @@ mod tests {
                     let bytes = wire::encode(&frame).unwrap();
                     self.queue.push_back(bytes);
                 }
-                FromWorker::BlobsWanted { vm, digests, .. } => {
+                FromWorker::BlobsWanted {
+                    vm,
+                    request,
+                    digests,
+                    ..
+                } => {
                     self.queue.extend(self.before_blobs.drain(..));
                     for &digest in digests {
                         if let Some(reason) = self.refuse_blobs.clone() {
                             self.push(&ToWorker::BlobFailed {
                                 vm: *vm,
+                                request: *request,
                                 digest,
                                 reason,
                             });
@@ -627,6 +648,32 @@ mod tests {
         );
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
+    }
+
+    #[test]
+    fn the_failure_of_an_abandoned_request_does_not_fail_the_next_fetch() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        // An earlier fetch sent request 0 and gave up; the spawner's answer to it, a
+        // failure for a blob the next fetch asks for too, is still on the line.
+        s.shipping.requests = 1;
+        spawner.before_blobs.push(
+            wire::encode(&ToWorker::BlobFailed {
+                vm: 0,
+                request: 0,
+                digest: parvm_ship::Digest::of(b"bravo, longer"),
+                reason: "it changed at the source".to_owned(),
+            })
+            .unwrap(),
+        );
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
+        // A failure of the fetch's own request fails it.
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.refuse_blobs = Some("it changed at the source".to_owned());
+        s.shipping.requests = 1;
+        assert!(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).is_err());
     }
 
     #[test]

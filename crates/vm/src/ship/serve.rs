@@ -50,6 +50,8 @@ pub(crate) enum ShipJob {
     Blobs {
         rank: Rank,
         root: u32,
+        /// The worker's number of the request, named in a failure.
+        request: u64,
         digests: Vec<parvm_ship::Digest>,
     },
     /// The VM is gone: the thread ends. Sent by [`VmShip`]'s drop, so the thread ends even
@@ -230,6 +232,7 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
             ShipJob::Blobs {
                 rank,
                 root,
+                request,
                 digests,
             } => {
                 let Some(scan) = checked(table, rank, root, "blobs") else {
@@ -258,7 +261,15 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                 let mut batch = Batch::new(limit);
                 for digest in digests {
                     if table.cancel.load(Ordering::Acquire)
-                        || !send_blob(table, &shared, scan, rank, digest, &mut buffer, &mut batch)
+                        || !send_blob(
+                            table,
+                            &shared,
+                            scan,
+                            (rank, request),
+                            digest,
+                            &mut buffer,
+                            &mut batch,
+                        )
                     {
                         break;
                     }
@@ -450,13 +461,13 @@ impl Batch {
     }
 }
 
-/// Streams blob `digest` to worker `rank` (a small one through `batch`); `false` when the
-/// worker is gone.
+/// Streams blob `digest` to worker `rank` for its request `request` (a small one through
+/// `batch`); `false` when the worker is gone.
 fn send_blob(
     table: &Table,
     shared: &Shared,
     scan: &Mutex<RootScan>,
-    rank: Rank,
+    (rank, request): (Rank, u64),
     digest: Digest,
     buffer: &mut [u8],
     batch: &mut Batch,
@@ -464,6 +475,7 @@ fn send_blob(
     let opened = lock(scan).scanner.open_blob(&digest);
     let failed = |reason: String| ToWorker::BlobFailed {
         vm: table.vm,
+        request,
         digest,
         reason,
     };
@@ -611,6 +623,7 @@ mod tests {
             &FromWorker::BlobsWanted {
                 vm: 0,
                 root: 0,
+                request: 1,
                 digests: vec![unknown],
             },
         );
@@ -620,6 +633,7 @@ mod tests {
             &FromWorker::BlobsWanted {
                 vm: 0,
                 root: 0,
+                request: 2,
                 digests: vec![unknown; MAX_BLOBS_WANTED + 1],
             },
         );
@@ -645,12 +659,13 @@ mod tests {
             &FromWorker::BlobsWanted {
                 vm: 0,
                 root: 0,
+                request: 3,
                 digests: vec![unknown, digest],
             },
         );
         next(&w1, |frame| {
             assert!(
-                matches!(&frame, ToWorker::BlobFailed { digest: d, reason, .. } if *d == unknown && reason.contains(&unknown.to_string())),
+                matches!(&frame, ToWorker::BlobFailed { request: 3, digest: d, reason, .. } if *d == unknown && reason.contains(&unknown.to_string())),
                 "{frame:?}"
             );
         });
@@ -681,6 +696,7 @@ mod tests {
             &FromWorker::BlobsWanted {
                 vm: 0,
                 root: 0,
+                request: 4,
                 digests: small.to_vec(),
             },
         );

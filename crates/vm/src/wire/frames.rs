@@ -76,10 +76,12 @@ pub(crate) enum ToWorker<'a> {
         #[serde(borrow)]
         blobs: Vec<BatchedBlob<'a>>,
     },
-    /// Blob `digest` of VM `vm` cannot be sent (its file changed or cannot be read); the
-    /// bytes sent of it so far are to be dropped.
+    /// Blob `digest` of VM `vm`, asked for by the worker's request `request`, cannot be
+    /// sent (its file changed or cannot be read); the bytes sent of it so far are to be
+    /// dropped. A worker ignores the failure of a request of a transfer it abandoned.
     BlobFailed {
         vm: u32,
+        request: u64,
         digest: Digest,
         reason: String,
     },
@@ -277,10 +279,12 @@ pub(crate) enum FromWorker<'a> {
     ManifestWanted { vm: u32, root: u32 },
     /// The worker's host lacks these blobs of the manifest of root `root` of VM `vm` it
     /// was sent last (at most [`MAX_BLOBS_WANTED`]); each comes back as
-    /// [`ToWorker::BlobData`] chunks, the last marked `end`, or a [`ToWorker::BlobFailed`].
+    /// [`ToWorker::BlobData`] chunks, the last marked `end`, or a [`ToWorker::BlobFailed`]
+    /// naming `request` (the worker's count of its requests).
     BlobsWanted {
         vm: u32,
         root: u32,
+        request: u64,
         digests: Vec<Digest>,
     },
 }
