@@ -558,13 +558,6 @@ impl SshServer {
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(&log)?),
         )?;
-        let server = |sshd| SshServer {
-            ssh: programs.ssh.clone(),
-            port,
-            user: user.clone(),
-            client_key: client_key.clone(),
-            _sshd: sshd,
-        };
         let sshd_log = || fs::read_to_string(&log).unwrap_or_default();
         // Ready when a no-op login succeeds: each try fails at once until sshd listens.
         for _ in 0..SSHD_READY_TRIES {
@@ -585,7 +578,13 @@ impl SshServer {
                 .stderr(Stdio::null())
                 .status()?;
             if login.success() {
-                return Ok(server(sshd));
+                return Ok(SshServer {
+                    ssh: programs.ssh.clone(),
+                    port,
+                    user,
+                    client_key,
+                    _sshd: sshd,
+                });
             }
         }
         Err(format!(
