@@ -40,7 +40,14 @@ pub fn run(args: &[String]) -> Result<()> {
         ("spawn" | "messaging", _) => ("parvm-vm", "spawn", &[]),
         ("ship", _) => {
             if let Err(why) = crate::install::ensure("rsync", "rsync") {
-                println!("rsync: its baseline is skipped, {why}");
+                println!("rsync: its baselines are skipped, {why}");
+            }
+            // `rsync -a` over ssh on loopback: the client (ssh, ssh-keygen) and a throwaway
+            // sshd the bench starts itself.
+            for (program, package) in [("ssh", "openssh-client"), ("sshd", "openssh-server")] {
+                if let Err(why) = crate::install::ensure(program, package) {
+                    println!("{program}: the rsync over ssh baseline is skipped, {why}");
+                }
             }
             ("parvm-vm", "ship", &[])
         }

@@ -1,6 +1,8 @@
 //! Baselines a bench compares against and installs when they are missing (GNU parallel,
-//! rsync): from Debian's packages, as root, without recommended packages.
+//! rsync, OpenSSH's client and server): from Debian's packages, as root, without recommended
+//! packages.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::{nix_is_root, on_path};
@@ -8,7 +10,7 @@ use crate::{nix_is_root, on_path};
 /// Makes `program` available, installing `package` with apt-get when it is missing and
 /// this runs as root. Returns why not when it cannot, for the bench to print as skipped.
 pub fn ensure(program: &str, package: &str) -> Result<(), String> {
-    if on_path(program) {
+    if is_installed(program) {
         return Ok(());
     }
     if !nix_is_root() {
@@ -36,9 +38,18 @@ pub fn ensure(program: &str, package: &str) -> Result<(), String> {
             .status()
             .is_ok_and(|status| status.success())
             && install());
-    if installed && on_path(program) {
+    if installed && is_installed(program) {
         Ok(())
     } else {
         Err(format!("`apt-get install {package}` failed"))
     }
+}
+
+/// Whether `program` is on the PATH or in a system binaries folder: daemons such as `sshd`
+/// live in `/usr/sbin`, which a user's PATH often lacks (the bench looks there too).
+fn is_installed(program: &str) -> bool {
+    on_path(program)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(program).is_file())
 }

@@ -1,6 +1,6 @@
 //! Shipping inputs where nothing is shared (`cargo xtask bench ship`): a TCP worker on
 //! loopback whose host must be sent the mirrored inputs, against `rsync -a` from an rsync
-//! daemon on loopback and against shared mirroring, in the same run.
+//! daemon on loopback, `rsync -a` over ssh on loopback and shared mirroring, in the same run.
 //!
 //! For each base folder (tmpfs `/dev/shm`, and a folder on disk under the target folder)
 //! and each tree (2 000 files of 4 KiB in 20 folders; 4 files of 64 MiB) it times, per
@@ -9,7 +9,11 @@
 //! - shipped, warm: the next tasks on that worker;
 //! - shipped, one file changed: a task after one source file was rewritten;
 //! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
-//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder.
+//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder;
+//! - `rsync -a` of the tree over ssh into an empty folder, from a throwaway sshd on
+//!   127.0.0.1 that this bench configures and starts (its keys made in the scratch folder).
+//!   parvm authenticates its peer and encrypts every frame; the rsync daemon does neither,
+//!   ssh does both, as users run rsync between hosts.
 //!
 //! Each figure is the median of `REPEATS` runs. A worker is this bench binary again, started
 //! with `PARVM_CONNECT` (so `Runtime::start` makes it a worker) and its own local storage;
@@ -26,6 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Res;
+use nix::unistd::{User, geteuid};
 use parvm_transport::tcp::Secret;
 use parvm_vm::{
     Backend, Config, Message, Runtime, ShipMode, Spawn, TaskContext, Tasks, TcpSpawner, Vm,
@@ -37,6 +42,9 @@ const REPEATS: usize = 3;
 const WARM_TASKS: usize = 3;
 /// How long a worker may take to join.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// How many no-op logins the loopback sshd gets to accept the first one (each try is an
+/// `ssh ... true` that fails at once while nothing listens yet).
+const SSHD_READY_TRIES: usize = 500;
 
 /// A tree of input files: `dirs` folders of `files_per_dir` files of `size` bytes.
 struct Tree {
@@ -77,7 +85,16 @@ fn main() -> Res<()> {
     }
     let rsync = which("rsync");
     if rsync.is_none() {
-        println!("rsync: not on PATH, its column is skipped (cargo xtask bench ship installs it)");
+        println!(
+            "rsync: not on PATH, its columns are skipped (cargo xtask bench ship installs it)"
+        );
+    }
+    let ssh_programs = SshPrograms::find();
+    if let Err(missing) = &ssh_programs {
+        println!(
+            "rsync over ssh: `{missing}` not found, its column is skipped \
+             (cargo xtask bench ship installs openssh-client and openssh-server)"
+        );
     }
     let exe = std::env::current_exe()?;
     // The bench binary lives in <target>/release/deps/.
@@ -91,27 +108,43 @@ fn main() -> Res<()> {
         None => vec![PathBuf::from("/dev/shm"), target],
     };
     println!("bench ship: a TCP worker on loopback, median of {REPEATS}; per task, spawn to exit");
+    println!(
+        "rsync -a: from an rsync daemon on loopback; rsync ssh: rsync -a over ssh on loopback"
+    );
     for base in bases {
         let work = tempfile::Builder::new()
             .prefix("parvm-ship-bench-")
             .tempdir_in(&base)
             .map_err(|e| format!("cannot make a scratch folder in {}: {e}", base.display()))?;
+        // Dropped before `work`: the sshd is stopped before its folder is removed.
+        let ssh = match (&rsync, &ssh_programs) {
+            (Some(_), Ok(programs)) => match SshServer::start(programs, &work.path().join("ssh")) {
+                Ok(server) => Some(server),
+                Err(why) => {
+                    println!("rsync over ssh: its column is skipped, {why}");
+                    None
+                }
+            },
+            _ => None,
+        };
         println!("\nbase: {} ({})", base.display(), fs_type(&base));
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>12} {:>18}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>12} {:>18}",
             "tree",
             "cold",
             "warm",
             "1 changed",
             "shared",
             "rsync -a",
+            "rsync ssh",
             "cold/rsync",
+            "cold/ssh",
             "warm/shared",
             "changed/cold",
             "(changed-warm)/cold"
         );
         for tree in &TREES {
-            let row = measure(&exe, work.path(), tree, rsync.as_deref())?;
+            let row = measure(&exe, work.path(), tree, rsync.as_deref(), ssh.as_ref())?;
             row.print(tree);
         }
     }
@@ -125,6 +158,7 @@ struct Row {
     changed: Duration,
     shared: Duration,
     rsync: Option<Duration>,
+    rsync_ssh: Option<Duration>,
 }
 
 impl Row {
@@ -135,14 +169,17 @@ impl Row {
         // What the changed file costs: the whole task (a new folder is filled every time),
         // and what it costs beyond a warm task (negative when the noise is larger).
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11.1}% {:>17.1}%",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>11.1}% {:>17.1}%",
             tree.name,
             ms(self.cold),
             ms(self.warm),
             ms(self.changed),
             ms(self.shared),
             self.rsync.map_or("-".to_owned(), ms),
+            self.rsync_ssh.map_or("-".to_owned(), ms),
             self.rsync.map_or("-".to_owned(), |r| ratio(self.cold, r)),
+            self.rsync_ssh
+                .map_or("-".to_owned(), |r| ratio(self.cold, r)),
             ratio(self.warm, self.shared),
             100.0 * self.changed.as_secs_f64() / self.cold.as_secs_f64(),
             100.0 * (self.changed.as_secs_f64() - self.warm.as_secs_f64())
@@ -151,7 +188,13 @@ impl Row {
     }
 }
 
-fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Row> {
+fn measure(
+    exe: &Path,
+    work: &Path,
+    tree: &Tree,
+    rsync: Option<&Path>,
+    ssh: Option<&SshServer>,
+) -> Res<Row> {
     let mirrored = work.join("mirrored");
     make_tree(&mirrored.join(tree.folder), tree)?;
     let secret_file = work.join("secret");
@@ -202,9 +245,12 @@ fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Ro
     cluster.finish()?;
     fs::remove_dir_all(&local)?;
 
-    let rsync = match rsync {
-        Some(rsync) => Some(rsync_cold(rsync, &mirrored, tree, work)?),
-        None => None,
+    let (rsync, rsync_ssh) = match rsync {
+        Some(rsync) => {
+            let (daemon, ssh) = rsync_cold(rsync, ssh, &mirrored, tree, work)?;
+            (Some(daemon), ssh)
+        }
+        None => (None, None),
     };
     fs::remove_dir_all(&mirrored)?;
     Ok(Row {
@@ -213,6 +259,7 @@ fn measure(exe: &Path, work: &Path, tree: &Tree, rsync: Option<&Path>) -> Res<Ro
         changed: median(changed),
         shared: median(shared),
         rsync,
+        rsync_ssh,
     })
 }
 
@@ -327,8 +374,16 @@ fn rewrite_one_file(root: &Path, round: usize) -> Res<()> {
     Ok(())
 }
 
-/// `rsync -a` of the tree from an rsync daemon on loopback into an empty folder.
-fn rsync_cold(rsync: &Path, mirrored: &Path, tree: &Tree, work: &Path) -> Res<Duration> {
+/// `rsync -a` of the tree into an empty folder: from an rsync daemon on loopback, and over
+/// ssh when there is a loopback sshd. The two alternate in each round, so a change in the
+/// shared machine's load touches both. Returns their medians.
+fn rsync_cold(
+    rsync: &Path,
+    ssh: Option<&SshServer>,
+    mirrored: &Path,
+    tree: &Tree,
+    work: &Path,
+) -> Res<(Duration, Option<Duration>)> {
     let port = free_port()?;
     let config = work.join("rsyncd.conf");
     fs::write(
@@ -340,44 +395,248 @@ fn rsync_cold(rsync: &Path, mirrored: &Path, tree: &Tree, work: &Path) -> Res<Du
             path = mirrored.display()
         ),
     )?;
-    let mut daemon = Command::new(rsync)
-        .args(["--daemon", "--no-detach", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
+    let _daemon = Daemon::spawn(
+        Command::new(rsync)
+            .args(["--daemon", "--no-detach", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
+    // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
+    let deadline = Instant::now() + JOIN_WAIT;
+    while !Command::new(rsync)
+        .arg(&url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()?;
-    let result = (|| -> Res<Duration> {
-        let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
-        // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
-        let deadline = Instant::now() + JOIN_WAIT;
-        while !Command::new(rsync)
-            .arg(&url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?
-            .success()
-        {
-            if Instant::now() > deadline {
-                return Err("the rsync daemon on loopback did not answer".into());
-            }
+        .status()?
+        .success()
+    {
+        if Instant::now() > deadline {
+            return Err("the rsync daemon on loopback did not answer".into());
         }
-        let mut times = Vec::new();
-        for round in 0..REPEATS {
-            let dst = work.join(format!("rsync-{round}"));
-            let start = Instant::now();
-            let status = Command::new(rsync).arg("-a").arg(&url).arg(&dst).status()?;
-            times.push(start.elapsed());
+    }
+    let source = mirrored.join(tree.folder);
+    let mut from_daemon = Vec::new();
+    let mut over_ssh = Vec::new();
+    for round in 0..REPEATS {
+        let dst = work.join(format!("rsync-{round}"));
+        from_daemon.push(time_rsync(Command::new(rsync).arg("-a").arg(&url), &dst)?);
+        if let Some(ssh) = ssh {
+            over_ssh.push(time_rsync(&mut ssh.rsync(rsync, &source), &dst)?);
+        }
+    }
+    Ok((median(from_daemon), ssh.map(|_| median(over_ssh))))
+}
+
+/// Times `command` (an `rsync -a` whose last argument is to be `dst`) copying into `dst`,
+/// which does not exist yet, then removes `dst` for the next round.
+fn time_rsync(command: &mut Command, dst: &Path) -> Res<Duration> {
+    command.arg(dst).stdin(Stdio::null());
+    let start = Instant::now();
+    let status = command.status()?;
+    let took = start.elapsed();
+    if !status.success() {
+        return Err(format!("{command:?} failed: {status}").into());
+    }
+    fs::remove_dir_all(dst)?;
+    Ok(took)
+}
+
+/// A server process this bench started: killed and waited for when dropped, also when the
+/// bench fails half-way.
+struct Daemon(Child);
+
+impl Daemon {
+    fn spawn(command: &mut Command) -> Res<Daemon> {
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))?;
+        Ok(Daemon(child))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The OpenSSH programs the ssh baseline runs.
+struct SshPrograms {
+    ssh: PathBuf,
+    keygen: PathBuf,
+    sshd: PathBuf,
+}
+
+impl SshPrograms {
+    /// All three, or the name of the first one missing.
+    fn find() -> Result<SshPrograms, &'static str> {
+        let find = |name: &'static str| which(name).ok_or(name);
+        Ok(SshPrograms {
+            ssh: find("ssh")?,
+            keygen: find("ssh-keygen")?,
+            sshd: find("sshd")?,
+        })
+    }
+}
+
+/// A throwaway sshd on 127.0.0.1 that lets this user in with a key made for the bench: its
+/// configuration, host key, client key, authorized keys and pid file all live in the
+/// bench's scratch folder. Stopped when dropped.
+struct SshServer {
+    ssh: PathBuf,
+    port: u16,
+    user: String,
+    client_key: PathBuf,
+    _sshd: Daemon,
+}
+
+impl SshServer {
+    fn start(programs: &SshPrograms, folder: &Path) -> Res<SshServer> {
+        fs::create_dir_all(folder)?;
+        let host_key = folder.join("host_key");
+        let client_key = folder.join("client_key");
+        for key in [&host_key, &client_key] {
+            let status = Command::new(&programs.keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(key)
+                .stdin(Stdio::null())
+                .status()?;
             if !status.success() {
-                return Err(format!("rsync -a {url} failed: {status}").into());
+                return Err(format!("ssh-keygen of {} failed: {status}", key.display()).into());
             }
-            fs::remove_dir_all(&dst)?;
         }
-        Ok(median(times))
-    })();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    result
+        let authorized_keys = folder.join("authorized_keys");
+        fs::copy(folder.join("client_key.pub"), &authorized_keys)?;
+        let uid = geteuid();
+        if uid.is_root() {
+            // sshd started by root needs its privilege separation folder; /run is emptied
+            // at boot, and a machine that never ran sshd has none.
+            fs::create_dir_all("/run/sshd")
+                .map_err(|e| format!("cannot make /run/sshd for sshd: {e}"))?;
+        }
+        let user = User::from_uid(uid)?
+            .ok_or_else(|| format!("no user name for uid {uid}"))?
+            .name;
+        let port = free_port()?;
+        let config = folder.join("sshd_config");
+        // StrictModes off: the scratch folder may sit in a world-writable /dev/shm, whose
+        // permissions sshd would refuse for the authorized keys. Default ciphers, as users
+        // get them.
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\n\
+                 HostKey \"{host_key}\"\n\
+                 PidFile \"{pid}\"\n\
+                 AuthorizedKeysFile \"{authorized_keys}\"\n\
+                 StrictModes no\n\
+                 PubkeyAuthentication yes\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 UsePAM no\n\
+                 PermitRootLogin prohibit-password\n\
+                 AllowUsers {user}\n\
+                 LogLevel ERROR\n",
+                host_key = host_key.display(),
+                pid = folder.join("sshd.pid").display(),
+                authorized_keys = authorized_keys.display(),
+            ),
+        )?;
+        let log = folder.join("sshd.log");
+        // `-D`: in the foreground, so the guard's kill stops it; `-e`: errors to the log.
+        let mut sshd = Daemon::spawn(
+            Command::new(&programs.sshd)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log)?),
+        )?;
+        let sshd_log = || fs::read_to_string(&log).unwrap_or_default();
+        // Ready when a no-op login succeeds: each try fails at once until sshd listens.
+        for _ in 0..SSHD_READY_TRIES {
+            if let Some(status) = sshd.0.try_wait()? {
+                return Err(format!(
+                    "sshd ({}) exited: {status}; its log: {}",
+                    config.display(),
+                    sshd_log()
+                )
+                .into());
+            }
+            let login = Command::new(&programs.ssh)
+                .args(server_ssh_args(port, &client_key))
+                .arg(format!("{user}@127.0.0.1"))
+                .arg("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if login.success() {
+                return Ok(SshServer {
+                    ssh: programs.ssh.clone(),
+                    port,
+                    user,
+                    client_key,
+                    _sshd: sshd,
+                });
+            }
+        }
+        Err(format!(
+            "no login to sshd on 127.0.0.1:{port} ({}) in {SSHD_READY_TRIES} tries; its log: {}",
+            config.display(),
+            sshd_log()
+        )
+        .into())
+    }
+
+    /// `rsync -a` of `source`'s content from this server, over ssh; the destination is the
+    /// next argument. The same rsync runs on both ends.
+    fn rsync(&self, rsync: &Path, source: &Path) -> Command {
+        // rsync splits `-e` at spaces and keeps quoted words whole.
+        let shell = std::iter::once(self.ssh.display().to_string())
+            .chain(server_ssh_args(self.port, &self.client_key))
+            .map(|word| format!("'{word}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut command = Command::new(rsync);
+        command
+            .arg("-a")
+            .arg("-e")
+            .arg(shell)
+            .arg(format!("--rsync-path={}", rsync.display()))
+            .arg(format!("{}@127.0.0.1:{}/", self.user, source.display()));
+        command
+    }
+}
+
+/// The ssh client's options for the loopback sshd: its port, the bench's key, no host key
+/// check (the host key is new each run) and no prompt.
+fn server_ssh_args(port: u16, client_key: &Path) -> Vec<String> {
+    [
+        "-p".to_owned(),
+        port.to_string(),
+        "-i".to_owned(),
+        client_key.display().to_string(),
+    ]
+    .into_iter()
+    .chain(
+        [
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "BatchMode=yes",
+            "IdentitiesOnly=yes",
+            "LogLevel=ERROR",
+        ]
+        .into_iter()
+        .flat_map(|option| ["-o".to_owned(), option.to_owned()]),
+    )
+    .collect()
 }
 
 fn free_port() -> Res<u16> {
@@ -389,11 +648,14 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
+/// `program` on the PATH, or in a system binaries folder (sshd lives in `/usr/sbin`, which
+/// a user's PATH often lacks).
 fn which(program: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
+    let paths = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&paths)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
+        .find(|path| path.is_absolute() && path.is_file())
 }
 
 fn fs_type(path: &Path) -> String {
