@@ -15,15 +15,15 @@ pub fn ensure(program: &str, package: &str) -> Result<(), String> {
     }
     if !nix_is_root() {
         return Err(format!(
-            "`{program}` is not on PATH and installing it needs root (apt-get install {package})"
+            "`{program}` is not installed (on PATH, /usr/sbin or /sbin) and installing it needs root (apt-get install {package})"
         ));
     }
     if !on_path("apt-get") {
         return Err(format!(
-            "`{program}` is not on PATH and there is no apt-get to install {package}"
+            "`{program}` is not installed (on PATH, /usr/sbin or /sbin) and there is no apt-get to install {package}"
         ));
     }
-    println!("{program}: not on PATH, installing {package} with apt-get");
+    println!("{program}: not installed, installing {package} with apt-get");
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends", package])

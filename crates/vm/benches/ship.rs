@@ -331,6 +331,16 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A bench that fails half-way leaves no worker behind (after `finish` it has exited).
+    fn drop(&mut self) {
+        if matches!(self.worker.try_wait(), Ok(None)) {
+            let _ = self.worker.kill();
+            let _ = self.worker.wait();
+        }
+    }
+}
+
 /// Spawn to exit of one no-op task with a mirrored folder.
 fn one_task(vm: &Vm) -> Res<Duration> {
     let start = Instant::now();
