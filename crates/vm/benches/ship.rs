@@ -266,7 +266,7 @@ fn measure(
 /// A spawner on loopback TCP and one worker process.
 struct Cluster {
     runtime: Runtime,
-    worker: Child,
+    worker: Worker,
 }
 
 impl Cluster {
@@ -295,15 +295,17 @@ impl Cluster {
             ))
             .start()?;
         let addr = runtime.tcp_addr().ok_or("the TCP runtime has no address")?;
-        let worker = Command::new(exe)
-            .env("PARVM_CONNECT", addr.to_string())
-            .env("PARVM_SECRET_FILE", secret_file)
-            .env("PARVM_HOSTNAME", "far")
-            .env("PARALLEL_LOCAL_STORAGE", local)
-            .env("PARALLEL_MIRRORED_STORAGE", mirrored)
-            .env_remove("PARVM_TRANSPORT")
-            .stdin(Stdio::null())
-            .spawn()?;
+        let worker = Worker(
+            Command::new(exe)
+                .env("PARVM_CONNECT", addr.to_string())
+                .env("PARVM_SECRET_FILE", secret_file)
+                .env("PARVM_HOSTNAME", "far")
+                .env("PARALLEL_LOCAL_STORAGE", local)
+                .env("PARALLEL_MIRRORED_STORAGE", mirrored)
+                .env_remove("PARVM_TRANSPORT")
+                .stdin(Stdio::null())
+                .spawn()?,
+        );
         let cluster = Cluster { runtime, worker };
         cluster.runtime.wait_for_workers(1, JOIN_WAIT)?;
         Ok(cluster)
@@ -326,17 +328,20 @@ impl Cluster {
 
     fn finish(mut self) -> Res<()> {
         self.runtime.finalize()?;
-        self.worker.wait()?;
+        self.worker.0.wait()?;
         Ok(())
     }
 }
 
-impl Drop for Cluster {
-    /// A bench that fails half-way leaves no worker behind (after `finish` it has exited).
+/// The bench's TCP worker: a bench that fails half-way leaves none behind.
+struct Worker(Child);
+
+impl Drop for Worker {
     fn drop(&mut self) {
-        if matches!(self.worker.try_wait(), Ok(None)) {
-            let _ = self.worker.kill();
-            let _ = self.worker.wait();
+        // After `Cluster::finish` it has exited and been waited for.
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
