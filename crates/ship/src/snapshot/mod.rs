@@ -94,34 +94,10 @@ pub(crate) fn build(
     let temp = cache
         .sub("tmp")
         .join(format!("snap.{root}.{}", pin.unique()));
-    let mut patched = false;
-    if let Some((old, old_m)) = previous
-        && old.root == old_m.root_digest()
-        && cache.take_over(&old.root, old.pin.unique(), &temp)?
-    {
-        // The tree is this build's now, under a name its pin keeps.
-        drop(old);
-        match patch(cache, m, old_m, &temp).and_then(|()| finish(cache, m, &pin, &temp)) {
-            Ok(()) => patched = true,
-            Err(e) => {
-                let _ = remove_tree(&temp);
-                match e {
-                    // The caller fetches what is missing or damaged, then builds again.
-                    Error::BlobMissing { .. }
-                    | Error::CorruptBlob { .. }
-                    | Error::NoSpace { .. } => {
-                        return Err(e);
-                    }
-                    // The old tree was not as its manifest says (changed behind the cache's
-                    // back): built afresh instead.
-                    _ => tracing::warn!(
-                        "cannot patch snapshot {} into {root}, building it afresh: {e}",
-                        old_m.root_digest()
-                    ),
-                }
-            }
-        }
-    }
+    let patched = match previous {
+        Some((old, old_m)) => try_patch(cache, m, (old, old_m), &pin, &temp)?,
+        None => false,
+    };
     if !patched {
         let entries = m.entries();
         let sources = check_blobs(cache, &entries)?;
@@ -140,6 +116,40 @@ pub(crate) fn build(
         pin,
     };
     Ok((snapshot, true))
+}
+
+/// Patches `old` (with its manifest) into the snapshot of `m`, built at `temp` and placed,
+/// when nobody else holds it; true when done. False, with nothing changed, when another
+/// holds it; false too when the old tree was not as its manifest says (changed behind the
+/// cache's back: the caller builds afresh, the old tree is gone). A missing or damaged blob
+/// and a full disk are errors, for the caller to fetch and try again.
+fn try_patch(
+    cache: &HostCache,
+    m: &Manifest,
+    (old, old_m): (Snapshot, &Manifest),
+    pin: &Pin,
+    temp: &Path,
+) -> Result<bool> {
+    if old.root != old_m.root_digest() || !cache.take_over(&old.root, old.pin.unique(), temp)? {
+        return Ok(false);
+    }
+    // The tree is this build's now, under a name its pin keeps.
+    drop(old);
+    let Err(e) = patch(cache, m, old_m, temp).and_then(|()| finish(cache, m, pin, temp)) else {
+        return Ok(true);
+    };
+    let _ = remove_tree(temp);
+    match e {
+        Error::BlobMissing { .. } | Error::CorruptBlob { .. } | Error::NoSpace { .. } => Err(e),
+        _ => {
+            tracing::warn!(
+                "cannot patch snapshot {} into {}, building it afresh: {e}",
+                old_m.root_digest(),
+                m.root_digest()
+            );
+            Ok(false)
+        }
+    }
 }
 
 /// Refuses a build whose copies (files that cannot be links to their blobs) do not fit.
