@@ -22,7 +22,7 @@ enum Command {
     Config,
     /// Mirror files into a folder as one task's mirroring would.
     Mirror(commands::mirror::Args),
-    /// List, sweep or clear task folders in local storage.
+    /// List, sweep or clear task folders in local storage; show or clear the host cache.
     Storage {
         #[command(subcommand)]
         action: commands::storage::Action,

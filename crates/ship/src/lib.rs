@@ -15,7 +15,7 @@
 //! | `digest.rs` | [`Digest`]: 32 bytes, shown as 64 hex digits |
 //! | `manifest/` | [`Manifest`], [`Node`] (name, kind, mode, time, Merkle digest) and the wire form, decoded as hostile input (`codec.rs`) |
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
-//! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`), eviction (`evict.rs`) and the blobs this process verified (`verified.rs`) |
+//! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`), eviction (`evict.rs`), the blobs this process verified (`verified.rs`) and [`CacheUsage`] (`usage.rs`) |
 //! | `snapshot/` | [`Snapshot`] and how one is built (`mod.rs`: files hard-linked to their blobs) or patched from the previous one (`patch.rs`) |
 //! | `watch.rs` | inotify on the folders a scan read, trusted as mirror-fs's source watch is, for at most `FULL_SCAN_EVERY` |
 //! | `par.rs` | one job per item on as many threads as there are cores, the first error in item order |
@@ -64,7 +64,7 @@ mod scan;
 mod snapshot;
 mod watch;
 
-pub use cache::{Begin, BlobWriter, CacheLimits, HostCache};
+pub use cache::{Begin, BlobWriter, CacheLimits, CacheUsage, HostCache};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{

@@ -1,10 +1,14 @@
-//! `parvm storage`: the task folders in this user's local storage.
+//! `parvm storage`: the task folders in this user's local storage, and the host cache of
+//! shipped inputs beside them.
 
 use std::path::Path;
 
 use anyhow::Result;
 use parvm_env_config::Config;
-use parvm_local_storage::{FolderInfo, LocalStorage, SweepReport, human_size, user_folder};
+use parvm_local_storage::{
+    CACHE_DIR, FolderInfo, LocalStorage, SweepReport, human_size, user_folder,
+};
+use parvm_ship::{CacheUsage, HostCache};
 
 /// What to do with local storage.
 #[derive(Debug, clap::Subcommand)]
@@ -19,6 +23,57 @@ pub enum Action {
         #[arg(long)]
         force: bool,
     },
+    /// Show the host cache of shipped inputs: where it is and what it holds.
+    Cache,
+    /// Empty the host cache of shipped inputs, except what running tasks use (read-only
+    /// folders of snapshots included, which `rm -rf` cannot empty).
+    ClearCache,
+}
+
+/// The host cache as `parvm storage cache` and `clear-cache` report it.
+#[derive(Debug, serde::Serialize)]
+struct CacheReport {
+    folder: std::path::PathBuf,
+    blobs: u64,
+    snapshots: u64,
+    bytes: u64,
+    bytes_human: String,
+}
+
+impl CacheReport {
+    fn new(folder: &Path, usage: CacheUsage) -> CacheReport {
+        CacheReport {
+            folder: folder.to_path_buf(),
+            blobs: usage.blobs,
+            snapshots: usage.snapshots,
+            bytes: usage.bytes,
+            bytes_human: human_size(usage.bytes),
+        }
+    }
+
+    /// "N files, M snapshots, SIZE".
+    fn holds(&self) -> String {
+        let plural = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}",
+            plural(self.blobs, "file"),
+            plural(self.snapshots, "snapshot"),
+            self.bytes_human
+        )
+    }
+
+    fn print(&self) {
+        println!("host cache `{}`: {}", self.folder.display(), self.holds());
+    }
+}
+
+/// What `parvm storage clear-cache` did.
+#[derive(Debug, serde::Serialize)]
+struct Cleared {
+    before: CacheReport,
+    after: CacheReport,
+    bytes_freed: u64,
+    bytes_freed_human: String,
 }
 
 /// Runs one storage action on the local storage of this user.
@@ -40,6 +95,34 @@ pub fn run(action: &Action, json: bool) -> Result<()> {
         }
         Action::Sweep => show_report("swept", &storage.sweep()?, json)?,
         Action::Clear { force } => show_report("cleared", &storage.clear(*force)?, json)?,
+        Action::Cache => {
+            let folder = storage.path().join(CACHE_DIR);
+            let report = CacheReport::new(&folder, CacheUsage::of(&folder)?);
+            if json {
+                return super::print_json(&report);
+            }
+            report.print();
+        }
+        Action::ClearCache => {
+            let folder = storage.path().join(CACHE_DIR);
+            let (before, after) = HostCache::clear(storage.path())?;
+            let cleared = Cleared {
+                bytes_freed: before.bytes.saturating_sub(after.bytes),
+                bytes_freed_human: human_size(before.bytes.saturating_sub(after.bytes)),
+                before: CacheReport::new(&folder, before),
+                after: CacheReport::new(&folder, after),
+            };
+            if json {
+                return super::print_json(&cleared);
+            }
+            println!("host cache `{}`", folder.display());
+            println!("  before:        {}", cleared.before.holds());
+            println!("  kept (in use): {}", cleared.after.holds());
+            println!(
+                "cleared the host cache: {} freed",
+                cleared.bytes_freed_human
+            );
+        }
     }
     Ok(())
 }
@@ -60,9 +143,31 @@ fn nothing_there(action: &Action, local_root: &Path, json: bool) -> Result<()> {
     };
     if json {
         // Scripts read stdout: keep it the usual shape, say why on stderr.
-        eprintln!("note: no task folders: {why}");
+        let none = match action {
+            Action::Cache | Action::ClearCache => "no host cache",
+            _ => "no task folders",
+        };
+        eprintln!("note: {none}: {why}");
     }
     let verb = match action {
+        Action::Cache | Action::ClearCache => {
+            let folder = user_dir.join(CACHE_DIR);
+            let report = CacheReport::new(&folder, CacheUsage::default());
+            if json && matches!(action, Action::ClearCache) {
+                return super::print_json(&Cleared {
+                    before: report,
+                    after: CacheReport::new(&folder, CacheUsage::default()),
+                    bytes_freed: 0,
+                    bytes_freed_human: human_size(0),
+                });
+            }
+            if json {
+                return super::print_json(&report);
+            }
+            report.print();
+            println!("  (no host cache: {why})");
+            return Ok(());
+        }
         Action::List if json => return super::print_json(&Vec::<FolderInfo>::new()),
         Action::List => {
             println!("{}", user_dir.display());

@@ -1,5 +1,5 @@
 //! `parvm storage` and `parvm config`: they create nothing, and their errors read as a
-//! chain of messages.
+//! chain of messages; the host cache shown and cleared.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ fn storage_commands_and_config_create_no_local_root_or_user_folder() {
         &["storage", "list"][..],
         &["storage", "sweep"],
         &["storage", "clear"],
+        &["storage", "cache"],
+        &["storage", "clear-cache"],
         &["config"],
     ] {
         let out = parvm(&local, &shared, args);
@@ -198,4 +200,63 @@ fn storage_sweep_removes_trash_whose_pid_now_belongs_to_another_process() {
     assert_eq!(report["kept"][0]["state"], "in_use", "{report}");
     assert!(user_dir.join(&live).is_dir());
     assert!(!user_dir.join(&reused).exists());
+}
+
+#[test]
+fn the_host_cache_is_shown_and_cleared_down_to_what_is_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().canonicalize().unwrap().join("shared");
+    let local = tmp.path().canonicalize().unwrap().join("local");
+    std::fs::create_dir_all(shared.join("ro")).unwrap();
+    std::fs::write(shared.join("in.txt"), "input").unwrap();
+    std::fs::write(shared.join("ro/model.lib"), "model").unwrap();
+    // A read-only folder in a snapshot: `rm -rf` could not empty it as its owner.
+    std::fs::set_permissions(
+        shared.join("ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    // Inputs shipped even on this one host.
+    let out = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .env("PARALLEL_LOCAL_STORAGE", &local)
+        .env("PARALLEL_MIRRORED_STORAGE", &shared)
+        .env("PARVM_SHIP", "always")
+        .env("PARVM_WORKERS", "1")
+        .args(["run", "--map"])
+        .arg(format!("{}=.", shared.join("in.txt").display()))
+        .arg("--map")
+        .arg(format!("{}=.", shared.join("ro").display()))
+        .args(["-n", "1", "cat", "in.txt", "ro/model.lib"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "inputmodel");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = parvm(&local, &shared, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let shown = json(&["--json", "storage", "cache"]);
+    assert_eq!(
+        (shown["blobs"].as_u64(), shown["snapshots"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let out = parvm(&local, &shared, &["storage", "cache"]);
+    assert!(
+        text(&out.stdout).contains("2 files, 1 snapshot,"),
+        "{}",
+        text(&out.stdout)
+    );
+    let cleared = json(&["--json", "storage", "clear-cache"]);
+    assert_eq!(cleared["before"]["blobs"], 2);
+    assert_eq!(cleared["after"]["blobs"], 0);
+    assert_eq!(cleared["after"]["snapshots"], 0);
+    assert_eq!(cleared["bytes_freed"], shown["bytes"]);
+    let snapshots = user_folder(&local, &shared).join("cache/snapshots");
+    assert_eq!(std::fs::read_dir(snapshots).unwrap().count(), 0);
+    std::fs::set_permissions(
+        shared.join("ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 }

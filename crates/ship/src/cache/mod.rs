@@ -19,6 +19,7 @@ mod dirs;
 mod evict;
 mod index;
 mod pin;
+mod usage;
 mod verified;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,7 @@ pub(crate) use dirs::{remove_tree, unique_suffix};
 pub(crate) use evict::{read_manifest, trash_snapshot};
 pub(crate) use index::{Index, Kind};
 pub(crate) use pin::Pin;
+pub use usage::CacheUsage;
 pub(crate) use verified::{Stamp, Verified};
 
 use crate::digest::Digest;
@@ -175,6 +177,27 @@ impl HostCache {
         };
         cache.enforce(true)?;
         Ok(cache)
+    }
+
+    /// Empties the host cache beneath `user_dir` of everything no live snapshot, build or
+    /// fetch of any process uses (one eviction pass with limits of zero, which also removes
+    /// what killed processes left), read-only snapshot folders included. Makes nothing where
+    /// there is no cache. Gives what it held before and what it holds after.
+    ///
+    /// # Errors
+    /// As [`open`](HostCache::open), and [`Error::Io`] when the cache cannot be measured.
+    pub fn clear(user_dir: &Path) -> Result<(CacheUsage, CacheUsage)> {
+        let dir = user_dir.join("cache");
+        let before = CacheUsage::of(&dir)?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Ok((before, before));
+        }
+        let nothing = CacheLimits {
+            max_bytes: 0,
+            max_count: 0,
+        };
+        drop(HostCache::open(user_dir, nothing)?);
+        Ok((before, CacheUsage::of(&dir)?))
     }
 
     /// The cache folder.

@@ -552,3 +552,73 @@ fn missing_since_looks_only_at_changes_and_pins_the_whole_new_manifest() {
     assert_eq!(cache.missing_since(&third, &newer).len(), 1);
     assert_eq!(cache.missing(&third).len(), 2);
 }
+
+#[test]
+fn clearing_empties_the_cache_but_what_a_live_snapshot_uses_and_makes_nothing() {
+    use parvm_ship::CacheUsage;
+    let nowhere = user_dir();
+    let (before, after) = HostCache::clear(&nowhere.path).unwrap();
+    assert_eq!(
+        (before, after),
+        (CacheUsage::default(), CacheUsage::default())
+    );
+    assert!(!nowhere.path.join("cache").exists(), "nothing made");
+
+    let shared = tempfile::tempdir().unwrap();
+    fs::create_dir_all(shared.path().join("kept")).unwrap();
+    fs::create_dir_all(shared.path().join("gone/ro")).unwrap();
+    fs::write(shared.path().join("kept/k"), "kept content").unwrap();
+    fs::write(shared.path().join("gone/ro/g"), "gone content").unwrap();
+    // A read-only folder, which `rm -rf` could not empty as its owner.
+    fs::set_permissions(
+        shared.path().join("gone/ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let (_, kept) = crate::ship(&cache, &mut crate::scanner(shared.path(), &["kept"]));
+    let (_, gone) = crate::ship(&cache, &mut crate::scanner(shared.path(), &["gone"]));
+    let gone_path = gone.path().to_path_buf();
+    drop(gone);
+    let own_files = bookkeeping(&cache);
+    let (before, after) = HostCache::clear(&user.path).unwrap();
+    assert_eq!((before.blobs, before.snapshots), (2, 2));
+    assert_eq!(
+        before.bytes,
+        b"kept content".len() as u64 + b"gone content".len() as u64 + own_files,
+        "linked snapshot files are the blobs' bytes, counted once"
+    );
+    assert_eq!(
+        (after.blobs, after.snapshots),
+        (1, 1),
+        "what the live snapshot uses"
+    );
+    assert!(!gone_path.exists());
+    assert_eq!(
+        fs::read(kept.path().join("kept/k")).unwrap(),
+        b"kept content"
+    );
+    fs::set_permissions(
+        shared.path().join("gone/ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+/// Bytes of the cache's own files: the index, pins, claims, temporary files and the
+/// manifests kept beside the snapshots.
+fn bookkeeping(cache: &HostCache) -> u64 {
+    let files = |dir: PathBuf| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect()
+    };
+    let mut all = files(cache.path().to_path_buf());
+    for sub in ["pins", "claims", "tmp", "snapshots"] {
+        all.extend(files(cache.path().join(sub)));
+    }
+    all.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
+}
