@@ -26,6 +26,10 @@ pub enum JobOutcome {
         reason: String,
         /// The command's status, when a command ran to its end.
         status: Option<CommandStatus>,
+        /// What failed after the command ended, besides its own status, when something
+        /// did: its returned files or output could not be kept on the spawner (also in
+        /// `reason`, after the command's status).
+        after_end: Option<String>,
     },
     /// The job ran past its time limit and was stopped.
     TimedOut {
@@ -54,6 +58,15 @@ impl JobOutcome {
 }
 
 impl JobOutcome {
+    /// A job that failed for `reason`, without a command's status.
+    pub(crate) fn failed(reason: String) -> JobOutcome {
+        JobOutcome::Failed {
+            reason,
+            status: None,
+            after_end: None,
+        }
+    }
+
     /// What a job's end means when its worker was not lost and no limit stopped it:
     /// `failed` and `reason` from its exit, `value` from its result.
     pub(crate) fn of_end(
@@ -70,6 +83,7 @@ impl JobOutcome {
             Some(Ok(value)) if command => match value.decode::<CommandStatus>() {
                 Ok(status) if status.success() && !failed => JobOutcome::Command(status),
                 Ok(status) if status.success() => JobOutcome::Failed {
+                    after_end: Some(reason.clone()),
                     reason,
                     status: Some(status),
                 },
@@ -80,24 +94,13 @@ impl JobOutcome {
                         format!("the command ended with {status}")
                     },
                     status: Some(status),
+                    after_end: failed.then_some(reason),
                 },
-                Err(e) => JobOutcome::Failed {
-                    reason: e.to_string(),
-                    status: None,
-                },
+                Err(e) => JobOutcome::failed(e.to_string()),
             },
-            Some(Err(failure)) => JobOutcome::Failed {
-                reason: failure.message,
-                status: None,
-            },
-            _ if failed => JobOutcome::Failed {
-                reason,
-                status: None,
-            },
-            _ => JobOutcome::Failed {
-                reason: "the task ended without sending its result back".to_owned(),
-                status: None,
-            },
+            Some(Err(failure)) => JobOutcome::failed(failure.message),
+            _ if failed => JobOutcome::failed(reason),
+            _ => JobOutcome::failed("the task ended without sending its result back".to_owned()),
         }
     }
 }
@@ -203,19 +206,44 @@ mod tests {
     fn a_command_keeps_its_exit_code_when_returning_its_files_fails_too() {
         let returning = "return pattern `r.txt` names no file".to_owned();
         let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(1))), true);
-        let JobOutcome::Failed { reason, status } = outcome else {
+        let JobOutcome::Failed {
+            reason,
+            status,
+            after_end,
+        } = outcome
+        else {
             panic!("{outcome:?}");
         };
         assert_eq!(status.and_then(|s| s.code), Some(1));
         assert!(reason.starts_with("the command ended with"), "{reason}");
         assert!(reason.ends_with(&returning), "{reason}");
+        assert_eq!(after_end.as_ref(), Some(&returning));
         // A command that succeeded but whose files could not come back: failed, code 0.
         let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(0))), true);
-        let JobOutcome::Failed { reason, status } = outcome else {
+        let JobOutcome::Failed {
+            reason,
+            status,
+            after_end,
+        } = outcome
+        else {
             panic!("{outcome:?}");
         };
         assert_eq!(status.and_then(|s| s.code), Some(0));
         assert_eq!(reason, returning);
+        assert_eq!(after_end, Some(returning.clone()));
+        // A command that failed by itself: nothing besides.
+        let outcome = JobOutcome::of_end(false, String::new(), Some(Ok(exited(2))), true);
+        assert!(
+            matches!(
+                &outcome,
+                JobOutcome::Failed {
+                    after_end: None,
+                    status: Some(_),
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
         assert!(matches!(
             JobOutcome::of_end(false, String::new(), Some(Ok(exited(0))), true),
             JobOutcome::Command(_)

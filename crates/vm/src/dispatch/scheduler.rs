@@ -241,10 +241,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             Ok(parts) => parts,
             Err(error) => {
                 let mut result = JobResult::not_run(pending.index, pending.attempts);
-                result.outcome = JobOutcome::Failed {
-                    reason: error.to_string(),
-                    status: None,
-                };
+                result.outcome = JobOutcome::failed(error.to_string());
                 self.report(result);
                 self.after_failure();
                 return Placed::Reported;
@@ -370,13 +367,10 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
                 .map(ToString::to_string)
                 .collect();
             let mut result = JobResult::not_run(index, attempts);
-            result.outcome = JobOutcome::Failed {
-                reason: format!(
-                    "no worker runs on the job's hosts ({}); name hosts the runtime has (see `Vm::hosts`)",
-                    names.join(", ")
-                ),
-                status: None,
-            };
+            result.outcome = JobOutcome::failed(format!(
+                "no worker runs on the job's hosts ({}); name hosts the runtime has (see `Vm::hosts`)",
+                names.join(", ")
+            ));
             self.report(result);
             self.after_failure();
         }

@@ -280,7 +280,7 @@ fn commands_report_their_status(backend: Backend) {
         results[1]
     );
     assert!(
-        matches!(&results[2].outcome, JobOutcome::Failed { status: None, reason } if reason.contains("/nonexistent/program")),
+        matches!(&results[2].outcome, JobOutcome::Failed { status: None, reason, after_end: None } if reason.contains("/nonexistent/program")),
         "{}",
         results[2]
     );

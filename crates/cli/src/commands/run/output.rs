@@ -178,20 +178,13 @@ fn write_lines(to: &mut impl Write, lines: &[u8], tag: Option<&[u8]>) -> io::Res
 /// files could not be kept on the spawner), when it did.
 #[must_use]
 pub fn besides_the_command(outcome: &JobOutcome) -> Option<&str> {
-    let JobOutcome::Failed {
-        reason,
-        status: Some(status),
-    } = outcome
-    else {
-        return None;
-    };
-    if status.success() {
-        return Some(reason);
+    match outcome {
+        JobOutcome::Failed {
+            after_end: Some(after),
+            ..
+        } => Some(after),
+        _ => None,
     }
-    // The dispatch puts the command's status first, then what else failed.
-    reason
-        .strip_prefix(&format!("the command ended with {status}; "))
-        .filter(|rest| !rest.is_empty())
 }
 
 /// The stream when it is whole: a stream cut off is not printed (a line says why).
@@ -359,13 +352,14 @@ mod tests {
     use super::*;
     use parvm_vm::CommandStatus;
 
-    fn failed(reason: &str, code: i32) -> JobOutcome {
+    fn failed(reason: &str, code: i32, after_end: Option<&str>) -> JobOutcome {
         JobOutcome::Failed {
             reason: reason.to_owned(),
             status: Some(CommandStatus {
                 code: Some(code),
                 signal: None,
             }),
+            after_end: after_end.map(str::to_owned),
         }
     }
 
@@ -374,18 +368,26 @@ mod tests {
         let full = "cannot write returned file `out/big`: no space";
         for (outcome, expected) in [
             // The command succeeded: whatever failed was not the command.
-            (failed(full, 0), Some(full)),
-            // The command failed by itself, and nothing else did.
-            (failed("the command ended with exit code 2", 2), None),
+            (failed(full, 0, Some(full)), Some(full)),
+            // The command failed by itself, and nothing else did, whatever its words.
+            (
+                failed("the command ended with exit code 2; x", 2, None),
+                None,
+            ),
             // The command failed, and keeping its results failed too.
             (
-                failed(&format!("the command ended with exit code 2; {full}"), 2),
+                failed(
+                    &format!("the command ended with exit code 2; {full}"),
+                    2,
+                    Some(full),
+                ),
                 Some(full),
             ),
             (
                 JobOutcome::Failed {
                     reason: "cannot start `x`".to_owned(),
                     status: None,
+                    after_end: None,
                 },
                 None,
             ),
