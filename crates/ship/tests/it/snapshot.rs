@@ -31,6 +31,33 @@ fn shared_tree(root: &Path) {
 
 const SOURCES: [&str; 5] = ["lib/*.lib", "data", "top.cir", "sublink", "toplink"];
 
+/// [`shared_tree`] shipped into a fresh host cache, where most tests here start.
+struct Shipped {
+    shared: tempfile::TempDir,
+    user: crate::UserDir,
+    cache: HostCache,
+    scan: parvm_ship::Scanner,
+    manifest: std::sync::Arc<parvm_ship::Manifest>,
+    snapshot: parvm_ship::Snapshot,
+}
+
+fn shipped() -> Shipped {
+    let shared = tempfile::tempdir().unwrap();
+    shared_tree(shared.path());
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut scan = scanner(shared.path(), &SOURCES);
+    let (manifest, snapshot) = ship(&cache, &mut scan);
+    Shipped {
+        shared,
+        user,
+        cache,
+        scan,
+        manifest,
+        snapshot,
+    }
+}
+
 fn map(root: &Path) -> MirrorMap {
     MirrorMap::new()
         .entry(root.join("lib/*.lib"), "models")
@@ -91,12 +118,14 @@ fn mirroring_from_a_snapshot_gives_what_mirroring_from_the_shared_root_gives() {
 
 #[test]
 fn a_second_snapshot_of_the_same_manifest_is_the_first() {
-    let shared = tempfile::tempdir().unwrap();
-    shared_tree(shared.path());
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut scan = scanner(shared.path(), &SOURCES);
-    let (manifest, first) = ship(&cache, &mut scan);
+    let Shipped {
+        shared: _shared,
+        user,
+        cache,
+        scan: _scan,
+        manifest,
+        snapshot: first,
+    } = shipped();
     assert!(cache.missing(&manifest).is_empty());
     let second = cache.snapshot(&manifest).unwrap();
     assert_eq!(first.path(), second.path());
@@ -426,12 +455,14 @@ fn change(root: &Path, step: usize) {
 
 #[test]
 fn a_patched_snapshot_is_the_snapshot_built_afresh_and_costs_what_changed() {
-    let shared = tempfile::tempdir().unwrap();
-    shared_tree(shared.path());
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut scan = scanner(shared.path(), &SOURCES);
-    let (mut manifest, mut snapshot) = ship(&cache, &mut scan);
+    let Shipped {
+        shared,
+        user: _user,
+        cache,
+        mut scan,
+        mut manifest,
+        mut snapshot,
+    } = shipped();
     for step in 0..4 {
         let before = snapshot.path().to_path_buf();
         let unchanged_ino = fs::metadata(before.join("sublink/c.lib")).unwrap().ino();
@@ -464,12 +495,14 @@ fn a_patched_snapshot_is_the_snapshot_built_afresh_and_costs_what_changed() {
 
 #[test]
 fn a_snapshot_another_holder_uses_is_never_patched() {
-    let shared = tempfile::tempdir().unwrap();
-    shared_tree(shared.path());
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut scan = scanner(shared.path(), &SOURCES);
-    let (manifest, snapshot) = ship(&cache, &mut scan);
+    let Shipped {
+        shared,
+        user,
+        cache,
+        mut scan,
+        manifest,
+        snapshot,
+    } = shipped();
     // Another process of the host holds the same snapshot.
     let other = HostCache::open(&user.path, ROOMY).unwrap();
     let theirs = other.snapshot(&manifest).unwrap();
@@ -499,12 +532,14 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
 
 #[test]
 fn a_snapshot_changed_behind_the_cache_s_back_is_built_afresh_instead_of_patched() {
-    let shared = tempfile::tempdir().unwrap();
-    shared_tree(shared.path());
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut scan = scanner(shared.path(), &SOURCES);
-    let (manifest, snapshot) = ship(&cache, &mut scan);
+    let Shipped {
+        shared,
+        user: _user,
+        cache,
+        mut scan,
+        manifest,
+        snapshot,
+    } = shipped();
     // A folder the patch must open is gone.
     fs::remove_dir_all(snapshot.path().join("lib")).unwrap();
     change(shared.path(), 0);
