@@ -79,7 +79,11 @@ fn main() -> BoxResult<()> {
         let work = base.join(format!("parvm-mirror-bench-{}", std::process::id()));
         fs::create_dir_all(&work)?;
         let guard = RemoveOnDrop(work.clone());
-        println!("\nbase: {} ({})", base.display(), fs_type(&base));
+        println!(
+            "\nbase: {} ({})",
+            base.display(),
+            parvm_test_support::file_system_name(&base)
+        );
         println!(
             "{:<16} {:>10} {:>10} {:>10} {:>9} {:>18} {:>18} {:>18}",
             "tree",
@@ -237,16 +241,6 @@ fn remove(path: &Path) -> BoxResult<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-fn fs_type(path: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(path)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".to_string(), |s| s.trim().to_string())
 }
 
 struct RemoveOnDrop(PathBuf);

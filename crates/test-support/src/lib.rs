@@ -3,7 +3,8 @@
 //! Root ignores permission bits, and CI runs as root, so a test about read-only folders
 //! proves nothing there unless it runs as somebody else: [`as_unprivileged`] runs its body
 //! as `nobody` in a copy of the calling test binary. [`mpirun`] runs `mpirun` so that a
-//! hang fails the test instead of CI, and nothing outlives it.
+//! hang fails the test instead of CI, and nothing outlives it. [`file_system_name`] names
+//! the file system a benchmark measures on.
 
 pub mod mpirun;
 
@@ -105,4 +106,16 @@ pub fn listener_below_ephemeral_ports() -> std::net::TcpListener {
         .map(|i| 20_000 + (offset + i) % span)
         .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
         .expect("a free loopback port between 20000 and the ephemeral range")
+}
+
+/// The name of the file system holding `path`, as `stat -f` gives it ("tmpfs", "xfs",
+/// "ext2/ext3" for ext4 too), or "unknown": benchmarks print it beside their figures.
+pub fn file_system_name(path: &std::path::Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
 }

@@ -127,7 +127,11 @@ fn main() -> Res<()> {
             },
             _ => None,
         };
-        println!("\nbase: {} ({})", base.display(), fs_type(&base));
+        println!(
+            "\nbase: {} ({})",
+            base.display(),
+            parvm_test_support::file_system_name(&base)
+        );
         println!(
             "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>12} {:>18}",
             "tree",
@@ -671,14 +675,4 @@ fn which(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|path| path.is_absolute() && path.is_file())
-}
-
-fn fs_type(path: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(path)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
 }
