@@ -109,11 +109,13 @@ impl BlobWriter {
         }
         let file = self.claim.file();
         let temp = self.claim.path().to_path_buf();
-        let (mode, mtime) = self.attrs.unwrap_or((0o400, now()));
+        let (mode, mtime) = self.attrs.map_or((0o400, None), |(m, t)| (m, Some(t)));
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("protect", &temp, e))?;
-        file.set_modified(crate::snapshot::system_time(mtime))
-            .map_err(|e| Error::io("set the time of", &temp, e))?;
+        if let Some(mtime) = mtime {
+            file.set_modified(crate::snapshot::system_time(mtime))
+                .map_err(|e| Error::io("set the time of", &temp, e))?;
+        }
         // Duplicated before the claim goes with `publish`: the stamp is taken after the
         // rename, which moves the change time on some file systems.
         let file = file
@@ -128,15 +130,5 @@ impl BlobWriter {
             self.verified.record(self.digest, Stamp::of(&meta));
         }
         Ok(())
-    }
-}
-
-fn now() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: since.subsec_nanos(),
     }
 }

@@ -6,6 +6,7 @@
 //! ([`HostCache::take_over`](crate::cache::HostCache)), so no reader ever sees it half done.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,6 @@ use crate::cache::{HostCache, remove_tree};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind};
-use std::collections::HashMap;
 
 /// What turns the tree of one manifest into that of another.
 #[derive(Default)]
@@ -64,12 +64,14 @@ impl<'m> Patch<'m> {
                     let path = at.join(OsStr::from_bytes(y.name()));
                     let both_folders = matches!(x.kind(), NodeKind::Dir { .. })
                         && matches!(y.kind(), NodeKind::Dir { .. });
-                    if x.digest() == y.digest() {
-                    } else if both_folders {
-                        self.folder(x, y, path);
-                    } else {
-                        self.remove.push(path.clone());
-                        self.add(y, path);
+                    // Equal digests: the same subtree, left alone.
+                    if x.digest() != y.digest() {
+                        if both_folders {
+                            self.folder(x, y, path);
+                        } else {
+                            self.remove.push(path.clone());
+                            self.add(y, path);
+                        }
                     }
                     i += 1;
                     j += 1;

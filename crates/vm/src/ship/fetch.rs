@@ -702,8 +702,8 @@ mod tests {
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
         drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
-        // A new manifest needs a new snapshot; its new file is built from a blob (an
-        // unchanged file may come from the older snapshot), which was damaged meanwhile.
+        // A new manifest needs a new snapshot; its new file is linked or copied from a
+        // blob, which was damaged meanwhile (and with it the older snapshot's file).
         std::fs::write(s.root.path().join("c.txt"), "alpha").unwrap();
         spawner.queue.clear();
         let digest = parvm_ship::Digest::of(b"alpha");
