@@ -105,6 +105,17 @@ pub enum Error {
         got: Digest,
     },
 
+    /// A piece of a file that arrived does not hash to its chaining value in the manifest.
+    #[error("received piece {piece} (from byte {offset}) of `{}` damaged: it does not match the manifest; it changed at the source or in transit", shown_as.display())]
+    PieceMismatch {
+        /// The file of the manifest it is for.
+        shown_as: PathBuf,
+        /// Which piece.
+        piece: u32,
+        /// Where the piece starts.
+        offset: u64,
+    },
+
     /// A cached blob no longer holds its content; it has been removed, fetch it again.
     #[error("cached blob {digest} for `{}` is corrupted (at `{}`); it was removed, fetch it again", shown_as.display(), blob.display())]
     CorruptBlob {

@@ -13,6 +13,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | `digest.rs` | [`Digest`]: 32 bytes, shown as 64 hex digits |
+//! | `pieces.rs` | [`Pieces`]: a large file's BLAKE3 subtrees, so a changed file travels as the pieces that changed |
 //! | `manifest/` | [`Manifest`], [`Node`] (name, kind, mode, time, Merkle digest) and the wire form, decoded as hostile input (`codec.rs`) |
 //! | `scan.rs` | [`Scanner`]: sources expanded with mirror-fs's rules ([`parvm_mirror_fs::expand_source`]), a `stat` walk per call, only changed files hashed again |
 //! | `cache/` | [`HostCache`]: the private folder (`dirs.rs`), claims (`claim.rs`), writers (`blob.rs`), pins (`pin.rs`), the LRU journal (`index.rs`), eviction (`evict.rs`), the blobs this process verified (`verified.rs`) and [`CacheUsage`] (`usage.rs`) |
@@ -60,6 +61,7 @@ mod digest;
 mod error;
 mod manifest;
 mod par;
+mod pieces;
 mod scan;
 mod snapshot;
 mod watch;
@@ -70,5 +72,6 @@ pub use error::{Error, Result};
 pub use manifest::{
     Entry, MAX_DEPTH, MAX_ENTRIES, MAX_NAME, MAX_TARGET, Manifest, Node, NodeKind, Timestamp,
 };
+pub use pieces::{MAX_PIECES, PIECE_MIN, Pieces, piece_count, piece_len};
 pub use scan::{Scanner, WAY_MODE};
 pub use snapshot::Snapshot;

@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +20,12 @@ use std::time::Duration;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, Timestamp};
+use crate::pieces::{PieceHasher, Pieces, piece_count, piece_len};
 use crate::watch::{Seen, Watch};
 
-/// A lone file at least this large is hashed with BLAKE3's multi-threaded update. With
-/// several files the cores hash one file each: threads splitting each chunk as well were
-/// 1.5x slower (4 x 64 MiB on 2 cores: 67-79 ms against 44-50 ms).
+/// A lone file at least this large has its pieces hashed on all cores. With several files
+/// the cores hash one file each: threads splitting each file as well were 1.5x slower
+/// (4 x 64 MiB on 2 cores: 67-79 ms against 44-50 ms).
 const PARALLEL_HASH: u64 = 8 << 20;
 /// Read size while hashing.
 const CHUNK: usize = 1 << 20;
@@ -97,7 +98,7 @@ pub struct Scanner {
     root: usize,
     sources: Vec<Vec<u8>>,
     /// Every file hashed so far, by the path it was read from.
-    hashed: HashMap<PathBuf, (FileSig, Digest)>,
+    hashed: HashMap<PathBuf, (FileSig, Content)>,
     /// The blobs of the current manifest: where each is read from, and its signature then.
     blobs: HashMap<Digest, (PathBuf, FileSig)>,
     current: Option<Arc<Manifest>>,
@@ -116,6 +117,25 @@ pub struct Scanner {
     last_scanned: bool,
     /// Whether the last call updated the manifest from the watch's events alone.
     last_updated: bool,
+}
+
+/// What hashing a file found: its digest and, for a file of several pieces, their
+/// chaining values.
+#[derive(Debug, Clone)]
+struct Content {
+    digest: Digest,
+    pieces: Option<Pieces>,
+}
+
+impl Content {
+    /// The manifest's node for a file named `name` with signature `sig` and this content.
+    fn node(&self, name: &[u8], sig: &FileSig) -> Result<Node> {
+        let node = Node::file(name, sig.mode, sig.mtime(), sig.size, self.digest)?;
+        match &self.pieces {
+            Some(pieces) => node.with_pieces(pieces.clone()),
+            None => Ok(node),
+        }
+    }
 }
 
 /// The sources' matches beneath the root, as a tree of names.
@@ -254,8 +274,8 @@ impl Scanner {
             .map(|(path, sig)| (path.clone(), *sig))
             .collect();
         self.last_hashed = stale.len();
-        for (path, sig, digest) in hash_all(&stale)? {
-            self.hashed.insert(path, (sig, digest));
+        for (path, sig, content) in hash_all(&stale)? {
+            self.hashed.insert(path, (sig, content));
         }
         let mut blobs = HashMap::new();
         let mut placed = Placed::default();
@@ -354,17 +374,11 @@ impl Scanner {
                     .entry(path.clone())
                     .or_default()
                     .push(at.to_path_buf());
-                let Some(&(sig_hashed, digest)) = self.hashed.get(&path) else {
+                let Some((sig_hashed, content)) = self.hashed.get(&path) else {
                     return Err(Error::SourceChanged { path });
                 };
-                let node = Node::file(
-                    &name,
-                    sig_hashed.mode,
-                    sig_hashed.mtime(),
-                    sig_hashed.size,
-                    digest,
-                )?;
-                blobs.entry(digest).or_insert((path, sig_hashed));
+                let node = content.node(&name, sig_hashed)?;
+                blobs.entry(content.digest).or_insert((path, *sig_hashed));
                 Ok(node)
             }
             Walked::Dir {
@@ -427,18 +441,16 @@ impl Scanner {
             return Ok(self.current.clone());
         }
         let mut changes = Vec::new();
-        for (path, sig, digest) in hash_all(&stale)? {
-            let old = self
-                .hashed
-                .insert(path.clone(), (sig, digest))
-                .map(|(_, d)| d);
+        for (path, sig, content) in hash_all(&stale)? {
+            let digest = content.digest;
             for at in self.placed.get(&path).into_iter().flatten() {
                 let name = at.file_name().map_or(&[][..], |n| n.as_bytes());
-                changes.push((
-                    at.clone(),
-                    Node::file(name, sig.mode, sig.mtime(), sig.size, digest)?,
-                ));
+                changes.push((at.clone(), content.node(name, &sig)?));
             }
+            let old = self
+                .hashed
+                .insert(path.clone(), (sig, content))
+                .map(|(_, had)| had.digest);
             self.reblob(&path, old, sig, digest);
         }
         let manifest = current.with_replaced(changes)?;
@@ -458,8 +470,8 @@ impl Scanner {
             && self.blobs.get(&old).is_some_and(|(from, _)| from == path)
         {
             self.blobs.remove(&old);
-            let other = self.hashed.iter().find(|(from, (_, digest))| {
-                *digest == old && from.as_path() != path && self.placed.contains_key(*from)
+            let other = self.hashed.iter().find(|(from, (_, content))| {
+                content.digest == old && from.as_path() != path && self.placed.contains_key(*from)
             });
             if let Some((from, (sig, _))) = other {
                 self.blobs.insert(old, (from.clone(), *sig));
@@ -645,43 +657,137 @@ fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig
 
 /// Hashes `files` on as many threads as there are cores; each result carries the signature
 /// the file had while it was read.
-fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Digest)>> {
+fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Content)>> {
     let lone = files.len() == 1;
     crate::par::each(files, |(path, sig)| {
         // Small files are the many: no megabyte buffer for each.
         let mut buf = vec![0u8; CHUNK.min(sig.size as usize + 1)];
-        let (sig, digest) = hash_file(path, &mut buf, lone)?;
-        Ok((path.clone(), sig, digest))
+        let (sig, content) = hash_file(path, &mut buf, lone)?;
+        Ok((path.clone(), sig, content))
     })
 }
 
-/// Hashes one file through a descriptor opened without following a symlink; the
-/// signature is taken before and after, and a file that changed meanwhile is read again.
-fn hash_file(path: &Path, buf: &mut [u8], lone: bool) -> Result<(FileSig, Digest)> {
+/// Hashes one file through a descriptor opened without following a symlink (a file of
+/// several pieces piece by piece, a large lone one on every core); the signature is taken
+/// before and after, and a file that changed meanwhile is read again.
+fn hash_file(path: &Path, buf: &mut [u8], lone: bool) -> Result<(FileSig, Content)> {
     for _ in 0..TRIES {
-        let mut file = open_nofollow(path)?;
+        let file = open_nofollow(path)?;
         let before = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
-        let mut hasher = blake3::Hasher::new();
-        let mut read = 0u64;
-        loop {
-            let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
-            if n == 0 {
-                break;
+        let read = match piece_len(before.size) {
+            None => read_whole(&file, path, before.size, buf)?,
+            Some(len) if lone && before.size >= PARALLEL_HASH => {
+                read_pieces_on_all_cores(&file, path, before.size, len)?
             }
-            read += n as u64;
-            if lone && before.size >= PARALLEL_HASH {
-                hasher.update_rayon(&buf[..n]);
-            } else {
-                hasher.update(&buf[..n]);
-            }
-        }
+            Some(len) => read_pieces(&file, path, (before.size, len), buf)?,
+        };
         let after = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
-        if before == after && read == after.size {
-            return Ok((after, hasher.finalize().into()));
+        if let Some(content) = read
+            && before == after
+        {
+            return Ok((after, content));
         }
     }
     Err(Error::SourceChanged {
         path: path.to_path_buf(),
+    })
+}
+
+/// The content of a file of one piece of `size` bytes, or `None` when it was not that long
+/// (it changed while read).
+fn read_whole(mut file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Option<Content>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut read = 0u64;
+    loop {
+        let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((read == size).then(|| Content {
+        digest: hasher.finalize().into(),
+        pieces: None,
+    }))
+}
+
+/// The content of a file of `size` bytes in pieces of `len` bytes, read in order; `None`
+/// when it changed while read.
+fn read_pieces(
+    mut file: &File,
+    path: &Path,
+    (size, len): (u64, u64),
+    buf: &mut [u8],
+) -> Result<Option<Content>> {
+    let mut hasher = PieceHasher::new(len, 0);
+    let mut read = 0u64;
+    loop {
+        let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok(content_of(size, read, hasher.finish()))
+}
+
+/// The content of a large file of pieces of `len` bytes, its pieces split between the
+/// cores (each reads and hashes a run of them); `None` when it changed while read.
+fn read_pieces_on_all_cores(
+    file: &File,
+    path: &Path,
+    size: u64,
+    len: u64,
+) -> Result<Option<Content>> {
+    let count = size.div_ceil(len) as u32;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let per = count.div_ceil(threads.max(1));
+    let runs: Vec<(u32, u32)> = (0..count)
+        .step_by(per as usize)
+        .map(|first| (first, (first + per).min(count)))
+        .collect();
+    let hashed = crate::par::each(&runs, |&(first, end)| {
+        let mut buf = vec![0u8; CHUNK];
+        let mut hasher = PieceHasher::new(len, first);
+        let mut at = u64::from(first) * len;
+        let stop = (u64::from(end) * len).min(size);
+        while at < stop {
+            let want = ((stop - at) as usize).min(buf.len());
+            let n = file
+                .read_at(&mut buf[..want], at)
+                .map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                // Shorter than it was: changed while read.
+                return Ok(None);
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(Some(hasher.finish()))
+    })?;
+    let mut cvs = Vec::with_capacity(count as usize);
+    for run in hashed {
+        let Some(run) = run else { return Ok(None) };
+        cvs.extend(run);
+    }
+    // Every run read to its end, or it would have given `None`.
+    Ok(content_of(size, size, cvs))
+}
+
+/// The content of a file of `size` bytes of which `read` were read, hashed into `cvs`:
+/// `None` when it was not as long as that (it changed while read).
+fn content_of(size: u64, read: u64, cvs: Vec<[u8; 32]>) -> Option<Content> {
+    if read != size || cvs.len() != piece_count(size) {
+        return None;
+    }
+    let len = piece_len(size)?;
+    let digest = crate::pieces::root_of(&cvs, len, size);
+    let pieces = Pieces::new(size, digest, cvs)?;
+    Some(Content {
+        digest,
+        pieces: Some(pieces),
     })
 }
 

@@ -2,7 +2,8 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,9 +12,13 @@ use super::verified::{Stamp, Verified};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Timestamp;
+use crate::pieces::Pieces;
 
 /// Writes one claimed blob: chunks go straight into the claim file (bounded memory), hashed
-/// as they arrive. Dropped unfinished: what was written is removed and the claim released.
+/// as they arrive. Either the whole blob arrives in order, or (after
+/// [`HostCache::reuse`](crate::HostCache::reuse) copied the pieces an older blob shares
+/// with it) only the pieces it lacks, in order, each checked against its chaining value.
+/// Dropped unfinished: what was written is removed and the claim released.
 #[derive(Debug)]
 pub struct BlobWriter {
     digest: Digest,
@@ -24,6 +29,8 @@ pub struct BlobWriter {
     hasher: Box<blake3::Hasher>,
     /// Mode and time the blob's file gets, so snapshot files with them can be hard links.
     attrs: Option<(u32, Timestamp)>,
+    /// Set when only some pieces arrive: which, and how far they came.
+    arriving: Option<Arriving>,
     dest: PathBuf,
     verified: Arc<Verified>,
     claim: Claim,
@@ -45,6 +52,7 @@ impl BlobWriter {
             written: 0,
             hasher: Box::new(blake3::Hasher::new()),
             attrs: None,
+            arriving: None,
             dest,
             verified,
             claim,
@@ -64,12 +72,153 @@ impl BlobWriter {
         self.attrs = Some((mode & 0o777, mtime));
     }
 
-    /// Appends a chunk.
+    /// The pieces still to arrive, when only some do ([`HostCache::reuse`](crate::HostCache::reuse)).
+    pub fn wanted_pieces(&self) -> Option<&[u32]> {
+        self.arriving.as_ref().map(|a| &a.wanted[a.next..])
+    }
+
+    /// The offset in the blob of the next byte to arrive: chunks are taken only there.
+    pub fn next_offset(&self) -> u64 {
+        match &self.arriving {
+            None => self.written,
+            Some(a) => a
+                .wanted
+                .get(a.next)
+                .map_or(self.size, |&piece| a.pieces.range(piece).0 + a.filled),
+        }
+    }
+
+    /// Whether everything that is to arrive has.
+    pub fn is_complete(&self) -> bool {
+        match &self.arriving {
+            None => self.written == self.size,
+            Some(a) => a.next == a.wanted.len(),
+        }
+    }
+
+    /// Sets up the writer to receive only `wanted` of the blob's `pieces`, once the rest
+    /// is in the claim file: copied from `base` (a blob of the cache that shares them) at
+    /// the same offsets. Pieces are checked one by one as they arrive; the copied ones are
+    /// the caller's to vouch for ([`HostCache::reuse`](crate::HostCache::reuse) checks the
+    /// older blob and its pieces).
+    pub(crate) fn receive_pieces_after(
+        &mut self,
+        base: &File,
+        shared: &[u32],
+        pieces: Pieces,
+        wanted: Vec<u32>,
+    ) -> Result<()> {
+        let file = self.claim.file();
+        let path = self.claim.path();
+        file.set_len(0).map_err(|e| Error::io("empty", path, e))?;
+        file.set_len(self.size)
+            .map_err(|e| Error::io("size", path, e))?;
+        // Runs of adjacent shared pieces, each one copy (a reflink where the file system
+        // has them).
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &piece in shared {
+            let (start, len) = pieces.range(piece);
+            match runs.last_mut() {
+                Some((at, run)) if *at + *run == start => *run += len,
+                _ => runs.push((start, len)),
+            }
+        }
+        for (start, len) in runs {
+            copy_range(base, file, start, len)
+                .map_err(|e| Error::io("copy pieces into", path, e))?;
+        }
+        self.written = 0;
+        self.arriving = Some(Arriving {
+            pieces,
+            wanted,
+            next: 0,
+            filled: 0,
+        });
+        self.start_piece();
+        Ok(())
+    }
+
+    /// Back to receiving the whole blob in order, after a
+    /// [`receive_pieces_after`](BlobWriter::receive_pieces_after) that could not be used.
+    pub(crate) fn receive_whole(&mut self) -> Result<()> {
+        self.arriving = None;
+        self.written = 0;
+        *self.hasher = blake3::Hasher::new();
+        let file = self.claim.file();
+        file.set_len(0)
+            .map_err(|e| Error::io("empty", self.claim.path(), e))?;
+        let mut cursor = file;
+        std::io::Seek::rewind(&mut cursor).map_err(|e| Error::io("rewind", self.claim.path(), e))
+    }
+
+    /// Gets the hasher ready for the next wanted piece.
+    fn start_piece(&mut self) {
+        use blake3::hazmat::HasherExt;
+        if let Some(a) = &self.arriving
+            && let Some(&piece) = a.wanted.get(a.next)
+        {
+            let mut hasher = blake3::Hasher::new();
+            hasher.set_input_offset(a.pieces.range(piece).0);
+            *self.hasher = hasher;
+        }
+    }
+
+    /// Writes a chunk that starts at [`next_offset`](BlobWriter::next_offset): into the
+    /// wanted pieces it covers, each checked against its chaining value when complete;
+    /// bytes past a wanted piece that the next one does not continue are not needed.
+    fn write_pieces(&mut self, mut chunk: &[u8]) -> Result<()> {
+        use blake3::hazmat::HasherExt;
+        while !chunk.is_empty() {
+            let Some(a) = &mut self.arriving else { break };
+            let Some(&piece) = a.wanted.get(a.next) else {
+                break;
+            };
+            let (start, len) = a.pieces.range(piece);
+            let take = (len - a.filled).min(chunk.len() as u64) as usize;
+            let at = start + a.filled;
+            self.claim
+                .file()
+                .write_all_at(&chunk[..take], at)
+                .map_err(|e| Error::io("write", self.claim.path(), e))?;
+            self.hasher.update(&chunk[..take]);
+            a.filled += take as u64;
+            self.written += take as u64;
+            chunk = &chunk[take..];
+            if a.filled < len {
+                break;
+            }
+            if self.hasher.finalize_non_root() != a.pieces.cvs()[piece as usize] {
+                return Err(Error::PieceMismatch {
+                    shown_as: self.shown_as.clone(),
+                    piece,
+                    offset: start,
+                });
+            }
+            a.next += 1;
+            a.filled = 0;
+            let continues = a
+                .wanted
+                .get(a.next)
+                .is_some_and(|&next| a.pieces.range(next).0 == start + len);
+            self.start_piece();
+            if !continues {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk: appended to a whole blob, or, when only some pieces arrive, at
+    /// [`next_offset`](BlobWriter::next_offset).
     ///
     /// # Errors
     /// [`Error::SizeMismatch`] when more arrives than the manifest's size;
-    /// [`Error::Io`] when writing fails.
+    /// [`Error::PieceMismatch`] when a piece arrived damaged; [`Error::Io`] when writing
+    /// fails.
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.arriving.is_some() {
+            return self.write_pieces(chunk);
+        }
         let got = self.written.saturating_add(chunk.len() as u64);
         if got > self.size {
             return Err(Error::SizeMismatch {
@@ -92,14 +241,18 @@ impl BlobWriter {
     /// # Errors
     /// [`Error::SizeMismatch`], [`Error::DigestMismatch`] (nothing is kept), [`Error::Io`].
     pub fn finish(self) -> Result<()> {
-        if self.written != self.size {
+        if !self.is_complete() {
             return Err(Error::SizeMismatch {
                 shown_as: self.shown_as.clone(),
                 expected: self.size,
-                got: self.written,
+                got: self.next_offset(),
             });
         }
-        let got: Digest = self.hasher.finalize().into();
+        // Arrived in pieces: each was checked as it came.
+        let got: Digest = match self.arriving {
+            Some(_) => self.digest,
+            None => self.hasher.finalize().into(),
+        };
         if got != self.digest {
             return Err(Error::DigestMismatch {
                 shown_as: self.shown_as.clone(),
@@ -131,4 +284,46 @@ impl BlobWriter {
         }
         Ok(())
     }
+}
+
+/// The pieces of a blob that arrive, when the others were copied from an older blob.
+#[derive(Debug)]
+struct Arriving {
+    pieces: Pieces,
+    /// The pieces that arrive, in ascending order.
+    wanted: Vec<u32>,
+    /// Index in `wanted` of the piece arriving now.
+    next: usize,
+    /// Bytes of that piece written so far.
+    filled: u64,
+}
+
+/// Copies `len` bytes at `start` of `from` to the same place in `to`, in the kernel
+/// (`copy_file_range`: a reflink on btrfs and XFS).
+fn copy_range(from: &File, to: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let (mut src, mut dst) = (start as i64, start as i64);
+    let end = start + len;
+    while (src as u64) < end {
+        let want = usize::try_from(end - src as u64)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match nix::fcntl::copy_file_range(
+            from.as_fd(),
+            Some(&mut src),
+            to.as_fd(),
+            Some(&mut dst),
+            want,
+        ) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the older blob is shorter than its pieces say",
+                ));
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,8 @@ mod usage;
 mod verified;
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +41,7 @@ pub(crate) use verified::{Stamp, Verified};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::pieces::Pieces;
 use crate::snapshot::Snapshot;
 
 /// How large a host cache may grow; the least recently used blobs and snapshots go first.
@@ -352,6 +355,91 @@ impl HostCache {
         let verified = Arc::clone(&self.verified);
         let writer = BlobWriter::new(claim, dest, verified, digest, size, shown_as);
         Ok(Begin::Mine(writer))
+    }
+
+    /// Prepares `writer` (a blob with `pieces`) to receive only the pieces that an older
+    /// blob in this cache, with pieces `older`, lacks: those it shares are copied from it
+    /// (a reflink on btrfs and XFS), and the pieces that remain to be fetched are returned
+    /// ([`BlobWriter::wanted_pieces`]; possibly none, then finish the writer at once).
+    /// `None`, with the writer left as it was, when that blob is not here, its pieces are
+    /// of another length, it shares nothing, or it no longer holds its content.
+    ///
+    /// The copied pieces need no hashing: the older blob is hashed whole first unless this
+    /// process hashed it and its file has not changed since (checked again after the copy),
+    /// and `older` was checked against its digest, so each of its pieces with the same
+    /// chaining value as the new blob's holds the same bytes.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the claim file cannot be written.
+    pub fn reuse(
+        &self,
+        writer: &mut BlobWriter,
+        pieces: &Pieces,
+        older: &Pieces,
+    ) -> Result<Option<Vec<u32>>> {
+        if pieces.digest() != writer.digest() || older.digest() == pieces.digest() {
+            return Ok(None);
+        }
+        let Some((shared, wanted)) = pieces.shared_with(older) else {
+            return Ok(None);
+        };
+        if shared.is_empty() {
+            return Ok(None);
+        }
+        let base_path = self.blob_path(&older.digest());
+        let Ok(base) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&base_path)
+        else {
+            return Ok(None);
+        };
+        let stamp = |file: &fs::File| file.metadata().ok().map(|m| Stamp::of(&m));
+        let Some(before) = stamp(&base) else {
+            return Ok(None);
+        };
+        if !self.verified.is_intact(&older.digest(), &before) && !self.rehash(&base, older)? {
+            return Ok(None);
+        }
+        if writer
+            .receive_pieces_after(&base, &shared, pieces.clone(), wanted.clone())
+            .is_err()
+            || stamp(&base) != Some(before)
+        {
+            // A full disk, or the older blob changed while it was copied: the whole blob
+            // is fetched instead.
+            writer.receive_whole()?;
+            return Ok(None);
+        }
+        Ok(Some(wanted))
+    }
+
+    /// Hashes the blob with pieces `pieces` open as `file` and records it when intact.
+    fn rehash(&self, file: &fs::File, pieces: &Pieces) -> Result<bool> {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("read", self.blob_path(&pieces.digest()), e))?;
+        if meta.len() != pieces.size() {
+            return Ok(false);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut reader = file;
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update_rayon(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(false),
+            }
+        }
+        let intact = Digest::from(hasher.finalize()) == pieces.digest();
+        if intact {
+            self.verified.record(pieces.digest(), Stamp::of(&meta));
+        }
+        Ok(intact)
     }
 
     /// Returns when no fetch of `digest` runs on this host (a killed fetcher's claim is

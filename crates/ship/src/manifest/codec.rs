@@ -4,7 +4,8 @@
 //! magic "PVSHIP1\n"
 //! node (pre-order): tag u8 (0 file, 1 folder, 2 symlink), name (varint length, bytes),
 //!      mode varint, seconds i64 LE, nanoseconds u32 LE, then
-//!      file: size varint, content digest 32 bytes | folder: child count varint | symlink: target (varint length, bytes)
+//!      file: size varint, content digest 32 bytes, piece count varint (0, or the
+//!            `piece_count` of its size), a 32-byte chaining value per piece | folder: child count varint | symlink: target (varint length, bytes)
 //! root digest 32 bytes (checked against the recomputed one)
 //! ```
 
@@ -12,8 +13,9 @@ use super::node::{TAG_DIR, TAG_FILE, TAG_SYMLINK, check_name, tag_of};
 use super::{MAX_DEPTH, MAX_ENTRIES, Manifest, Node, NodeKind, Timestamp};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::pieces::{Pieces, piece_count};
 
-const MAGIC: &[u8; 8] = b"PVSHIP1\n";
+const MAGIC: &[u8; 8] = b"PVSHIP2\n";
 
 pub(super) fn encode(m: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 64 * m.file_count() as usize);
@@ -29,6 +31,9 @@ pub(super) fn encode(m: &Manifest) -> Vec<u8> {
             NodeKind::File { size, digest } => {
                 put_varint(&mut out, *size);
                 out.extend_from_slice(digest.as_bytes());
+                let cvs = node.pieces().map_or(&[][..], Pieces::cvs);
+                put_varint(&mut out, cvs.len() as u64);
+                cvs.iter().for_each(|cv| out.extend_from_slice(cv));
             }
             NodeKind::Dir { children } => {
                 put_varint(&mut out, children.len() as u64);
@@ -151,12 +156,29 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Manifest> {
             TAG_FILE => {
                 let size = r.varint("file size")?;
                 let digest = Digest::from_bytes(r.array("file digest")?);
-                Some(Node::build(
-                    name,
-                    mode,
-                    mtime,
-                    NodeKind::File { size, digest },
-                ))
+                let node = Node::build(name, mode, mtime, NodeKind::File { size, digest });
+                let count = r.varint("piece count")?;
+                if count == 0 {
+                    Some(node)
+                } else {
+                    // Checked before anything is read: the count follows from the size.
+                    if count != piece_count(size) as u64 {
+                        return Err(bad(format!(
+                            "entry {entries}: {count} pieces for a file of {size} bytes"
+                        )));
+                    }
+                    let cvs = r
+                        .take(count as usize * 32, "pieces")?
+                        .chunks_exact(32)
+                        .map(|cv| <[u8; 32]>::try_from(cv).unwrap_or_default())
+                        .collect();
+                    let pieces = Pieces::new(size, digest, cvs).ok_or_else(|| {
+                        bad(format!(
+                            "entry {entries}: its pieces do not make up digest {digest}"
+                        ))
+                    })?;
+                    Some(node.with_pieces(pieces).map_err(|e| bad(e.to_string()))?)
+                }
             }
             TAG_SYMLINK => {
                 let target = r.bytes(super::MAX_TARGET, "symlink target")?;

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::pieces::Pieces;
 
 /// Longest name accepted for one entry (Linux's `NAME_MAX`).
 pub const MAX_NAME: usize = 255;
@@ -51,6 +52,9 @@ pub struct Node {
     mtime: Timestamp,
     kind: NodeKind,
     digest: Digest,
+    /// A large file's pieces ([`Pieces`]); not part of the Merkle digest, since the
+    /// content digest they merge into is.
+    pieces: Option<Pieces>,
 }
 
 pub(crate) const TAG_FILE: u8 = 0;
@@ -128,7 +132,35 @@ impl Node {
             mtime,
             kind,
             digest,
+            pieces: None,
         }
+    }
+
+    /// This file node with the chaining values of its pieces, so a worker that has an
+    /// older version of the file fetches only the pieces that changed.
+    ///
+    /// # Errors
+    /// [`Error::ManifestInvalid`] when the node is not a file longer than
+    /// [`PIECE_MIN`](crate::PIECE_MIN), or `pieces` do not describe its content (another
+    /// length, or chaining values that do not merge into its digest).
+    pub fn with_pieces(mut self, pieces: Pieces) -> Result<Node> {
+        match self.kind {
+            NodeKind::File { size, digest }
+                if size == pieces.size() && digest == pieces.digest() =>
+            {
+                self.pieces = Some(pieces);
+                Ok(self)
+            }
+            _ => Err(invalid(
+                &self.name,
+                "pieces given for something other than a file of that length",
+            )),
+        }
+    }
+
+    /// A large file's pieces, when the manifest has them.
+    pub fn pieces(&self) -> Option<&Pieces> {
+        self.pieces.as_ref()
     }
 
     /// The entry's name (empty for the root of a manifest).

@@ -3,6 +3,7 @@
 mod cache;
 mod manifest;
 mod model;
+mod pieces;
 mod scan;
 mod snapshot;
 mod unprivileged;

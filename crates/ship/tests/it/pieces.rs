@@ -1,0 +1,286 @@
+//! A large file that changed travels as the pieces that changed: the rest is copied from
+//! the older blob in the cache, and every piece that arrives is checked on its own.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parvm_ship::{
+    Begin, BlobWriter, Error, HostCache, Manifest, PIECE_MIN, Pieces, Scanner, piece_count,
+};
+
+use super::{ROOMY, fetch_all, scanner, user_dir};
+
+/// Length of the test file: three whole pieces and a short one.
+const SIZE: usize = 3 * PIECE_MIN as usize + 123;
+
+fn content() -> Vec<u8> {
+    (0..SIZE)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect()
+}
+
+/// A shared folder with `big.dat`, shipped once into a cache.
+struct Shipped {
+    shared: tempfile::TempDir,
+    scanner: Scanner,
+    old: Arc<Manifest>,
+}
+
+impl Shipped {
+    fn new(cache: &HostCache) -> Shipped {
+        let shared = tempfile::tempdir().unwrap();
+        fs::write(shared.path().join("big.dat"), content()).unwrap();
+        let mut scanner = scanner(shared.path(), &["big.dat"]);
+        let old = scanner.manifest().unwrap();
+        fetch_all(cache, &scanner, &old);
+        Shipped {
+            shared,
+            scanner,
+            old,
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.shared.path().join("big.dat")
+    }
+
+    /// Flips one byte at each of `offsets` of the shared file; the new manifest.
+    fn edit(&mut self, offsets: &[usize]) -> Arc<Manifest> {
+        let mut data = fs::read(self.file()).unwrap();
+        for &at in offsets {
+            data[at] ^= 0xff;
+        }
+        fs::write(self.file(), data).unwrap();
+        self.scanner.manifest().unwrap()
+    }
+}
+
+fn pieces(m: &Manifest) -> Pieces {
+    m.find(Path::new("big.dat"))
+        .and_then(|n| n.pieces())
+        .cloned()
+        .expect("a large file has pieces")
+}
+
+fn claim(cache: &HostCache, m: &Manifest) -> BlobWriter {
+    let p = pieces(m);
+    match cache
+        .begin(p.digest(), p.size(), Path::new("big.dat"))
+        .unwrap()
+    {
+        Begin::Mine(writer) => writer,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends `wanted` pieces of the shared file into `writer` in chunks of `chunk` bytes, as
+/// the spawner streams them (a run of adjacent pieces as one stream).
+fn send(writer: &mut BlobWriter, file: &Path, p: &Pieces, wanted: &[u32], chunk: usize) {
+    let source = fs::File::open(file).unwrap();
+    let (start, _) = p.range(wanted[0]);
+    let end = wanted
+        .iter()
+        .map(|&i| p.range(i))
+        .map(|(s, l)| s + l)
+        .max()
+        .unwrap();
+    let mut at = start;
+    while at < end {
+        assert_eq!(writer.next_offset(), at);
+        let mut buf = vec![0u8; chunk.min((end - at) as usize)];
+        source.read_exact_at(&mut buf, at).unwrap();
+        writer.write(&buf).unwrap();
+        at += buf.len() as u64;
+    }
+}
+
+#[test]
+fn large_files_are_described_in_pieces_that_survive_the_wire() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let shipped = Shipped::new(&cache);
+    let p = pieces(&shipped.old);
+    assert_eq!(p.cvs().len(), piece_count(SIZE as u64));
+    assert_eq!(p.cvs().len(), 4);
+    assert_eq!(p.range(3), (3 * PIECE_MIN, 123));
+    let back = Manifest::decode(&shipped.old.encode()).unwrap();
+    assert_eq!(&back, &*shipped.old);
+    assert_eq!(pieces(&back), p);
+}
+
+#[test]
+fn a_changed_large_file_arrives_as_the_pieces_that_changed() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let new = shipped.edit(&[2 * PIECE_MIN as usize + 5]);
+    let p = pieces(&new);
+
+    let mut writer = claim(&cache, &new);
+    writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
+    let wanted = cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap();
+    assert_eq!(wanted, Some(vec![2]), "only the edited piece is fetched");
+    assert_eq!(writer.wanted_pieces(), Some(&[2][..]));
+    assert!(!writer.is_complete());
+    send(&mut writer, &shipped.file(), &p, &[2], 100_000);
+    assert!(writer.is_complete());
+    writer.finish().unwrap();
+    let snapshot = cache.snapshot(&new).unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("big.dat")).unwrap(),
+        fs::read(shipped.file()).unwrap()
+    );
+}
+
+#[test]
+fn adjacent_pieces_arrive_as_one_stream_in_chunks_of_any_length() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let new = shipped.edit(&[PIECE_MIN as usize + 1, 2 * PIECE_MIN as usize + 7, SIZE - 1]);
+    let p = pieces(&new);
+    let mut writer = claim(&cache, &new);
+    let wanted = cache
+        .reuse(&mut writer, &p, &pieces(&shipped.old))
+        .unwrap()
+        .unwrap();
+    assert_eq!(wanted, vec![1, 2, 3]);
+    // Chunks that cross the pieces' borders.
+    send(&mut writer, &shipped.file(), &p, &wanted, 300_001);
+    writer.finish().unwrap();
+    let snapshot = cache.snapshot(&new).unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("big.dat")).unwrap(),
+        fs::read(shipped.file()).unwrap()
+    );
+}
+
+#[test]
+fn a_damaged_piece_is_refused_naming_the_file_and_nothing_is_kept() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let new = shipped.edit(&[10]);
+    let p = pieces(&new);
+    let mut writer = claim(&cache, &new);
+    let wanted = cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap();
+    assert_eq!(wanted, Some(vec![0]));
+    let mut piece = fs::read(shipped.file()).unwrap()[..PIECE_MIN as usize].to_vec();
+    piece[PIECE_MIN as usize - 1] ^= 1;
+    match writer.write(&piece) {
+        Err(e @ Error::PieceMismatch { piece: 0, .. }) => {
+            assert!(e.to_string().contains("big.dat"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(writer);
+    // Nothing of it stays, and the blob can be claimed again.
+    assert_eq!(cache.missing(&new).len(), 1);
+    claim(&cache, &new);
+}
+
+#[test]
+fn an_older_blob_is_hashed_before_reuse_unless_this_process_did_and_a_damaged_one_is_not_used() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let new = shipped.edit(&[10]);
+    let p = pieces(&new);
+
+    // Another process's cache handle has not hashed the older blob: it does so first.
+    let other = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut writer = claim(&other, &new);
+    assert_eq!(
+        other.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap(),
+        Some(vec![0])
+    );
+    drop(writer);
+
+    // Damaged at rest: not reused, and the writer takes the whole blob as before.
+    let old_blob = blob_path(&cache, &pieces(&shipped.old));
+    fs::set_permissions(&old_blob, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&old_blob)
+        .unwrap()
+        .write_all_at(b"X", 2 * PIECE_MIN)
+        .unwrap();
+    let mut writer = claim(&cache, &new);
+    assert_eq!(
+        cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap(),
+        None
+    );
+    assert_eq!(writer.wanted_pieces(), None);
+    writer.write(&fs::read(shipped.file()).unwrap()).unwrap();
+    writer.finish().unwrap();
+}
+
+#[test]
+fn pieces_of_another_length_or_sharing_nothing_are_not_reused() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let old = pieces(&shipped.old);
+    // Every piece changed.
+    let offsets: Vec<usize> = (0..4).map(|i| i * PIECE_MIN as usize).collect();
+    let new = shipped.edit(&offsets);
+    let mut writer = claim(&cache, &new);
+    assert_eq!(cache.reuse(&mut writer, &pieces(&new), &old).unwrap(), None);
+    // Pieces that are not the writer's blob's.
+    assert_eq!(cache.reuse(&mut writer, &old, &old).unwrap(), None);
+}
+
+#[test]
+fn forged_pieces_in_a_manifest_are_refused() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let shipped = Shipped::new(&cache);
+    let bytes = shipped.old.encode();
+    let digest = pieces(&shipped.old).digest();
+    let at = bytes
+        .windows(32)
+        .position(|w| w == digest.as_bytes())
+        .expect("the file's digest is in the manifest")
+        + 32;
+    assert_eq!(bytes[at], 4, "the piece count follows the digest");
+
+    let mut wrong_count = bytes.clone();
+    wrong_count[at] = 3;
+    let e = Manifest::decode(&wrong_count).unwrap_err().to_string();
+    assert!(e.contains("3 pieces for a file of"), "{e}");
+
+    let mut forged = bytes.clone();
+    forged[at + 1 + 40] ^= 1;
+    let e = Manifest::decode(&forged).unwrap_err().to_string();
+    assert!(e.contains("pieces do not make up digest"), "{e}");
+
+    let mut cut = bytes.clone();
+    cut.truncate(at + 1 + 50);
+    assert!(Manifest::decode(&cut).is_err());
+}
+
+fn blob_path(cache: &HostCache, p: &Pieces) -> PathBuf {
+    let hex = p.digest().to_string();
+    cache.path().join("blobs").join(&hex[..2]).join(hex)
+}
+
+#[test]
+fn a_lone_large_file_hashed_on_every_core_has_its_blake3_digest_and_pieces() {
+    let shared = tempfile::tempdir().unwrap();
+    // Past the size at which a lone file's pieces are hashed on every core, and not a
+    // whole number of pieces.
+    let data: Vec<u8> = (0..9 * PIECE_MIN as usize + 4321)
+        .map(|i| (i % 253) as u8 ^ (i >> 20) as u8)
+        .collect();
+    fs::write(shared.path().join("big.dat"), &data).unwrap();
+    let m = scanner(shared.path(), &["big.dat"]).manifest().unwrap();
+    let p = pieces(&m);
+    assert_eq!(p.digest(), parvm_ship::Digest::of(&data));
+    assert_eq!(p.cvs().len(), 10);
+    // The same as hashed in order, beside other files.
+    fs::write(shared.path().join("small.dat"), b"x").unwrap();
+    let both = scanner(shared.path(), &["*.dat"]).manifest().unwrap();
+    assert_eq!(pieces(&both), p);
+}
