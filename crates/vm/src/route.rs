@@ -140,6 +140,27 @@ impl Shared {
                 );
                 None
             }
+            FromWorker::PiecesWanted {
+                vm,
+                root,
+                request,
+                digest,
+                pieces,
+            } => {
+                Self::on_ship_request(
+                    state,
+                    from,
+                    vm,
+                    ShipJob::Pieces {
+                        rank: from,
+                        root,
+                        request,
+                        digest,
+                        pieces,
+                    },
+                );
+                None
+            }
             FromWorker::Cleared { removed, error } => {
                 state.cleared.push((from, error.map_or(Ok(removed), Err)));
                 None

@@ -184,6 +184,9 @@ impl Shipping {
         let ship_error = |source| Error::Ship { root, source };
         let start = std::time::Instant::now();
         let mut partial = held.is_some();
+        // A large file that changed since the held manifest is fetched as the pieces
+        // that changed, the rest copied from its older blob.
+        let older = held.as_ref().map(|(m, _)| Arc::clone(m));
         let (mut pending, mut previous) = match held {
             Some((held, snapshot)) => {
                 let pending = cache.missing_since(manifest, &held);
@@ -197,7 +200,13 @@ impl Shipping {
         let mut again = true;
         loop {
             let listed_ms = start.elapsed().as_secs_f64() * 1e3;
-            let fetched = self.fetch_missing(exchange, cache, vm, root, manifest, pending)?;
+            let fetched = self.fetch_missing(
+                exchange,
+                cache,
+                (vm, root),
+                (manifest, older.as_deref()),
+                pending,
+            )?;
             let fetch_time = start.elapsed();
             // Only the first try patches: a retry after a damaged blob builds afresh.
             let (old_snapshot, old_manifest) = previous.take().unzip();
@@ -269,14 +278,15 @@ impl Shipping {
     /// asked for, written as the chunks arrive; a blob another fetcher of this host has
     /// claimed is waited for, then claimed again (a fetcher that died released it). Gives
     /// how many blobs this worker fetched. Each blob takes the mode and time of its first
-    /// file in `manifest`.
+    /// file in `manifest`. A large file that `older` (the manifest of the snapshot the
+    /// worker held) has at the same path with pieces the cache can reuse is asked for as
+    /// the pieces that changed ([`HostCache::reuse`]).
     fn fetch_missing(
         &mut self,
         exchange: &mut dyn Exchange,
         cache: &HostCache,
-        vm: u32,
-        root: u32,
-        manifest: &Manifest,
+        (vm, root): (u32, u32),
+        (manifest, older): (&Manifest, Option<&Manifest>),
         mut pending: Vec<(Digest, u64, PathBuf)>,
     ) -> Result<usize, Error> {
         let mut fetched = 0;
@@ -298,30 +308,31 @@ impl Shipping {
                     Begin::Present => {}
                     Begin::Busy => busy.push((digest, size, shown)),
                     Begin::Mine(mut writer) => {
+                        let node = manifest.find(&shown);
                         // The blob takes the mode and time of its first file, so the
                         // snapshot links that file (and any equal one) to it.
-                        if let Some(node) = manifest.find(&shown) {
+                        if let Some(node) = node {
                             writer.keep_attrs(node.mode(), node.mtime());
                         }
-                        claimed.insert(
-                            digest,
-                            Writing {
-                                writer,
-                                written: 0,
-                                shown,
-                            },
-                        );
+                        let was = older.and_then(|older| older.find(&shown));
+                        if let Some((now, was)) = node
+                            .and_then(|n| n.pieces())
+                            .zip(was.and_then(|n| n.pieces()))
+                        {
+                            cache.reuse(&mut writer, now, was).map_err(ship_error)?;
+                        }
+                        if writer.is_complete() {
+                            // Every piece was there in the older blob.
+                            writer.finish().map_err(ship_error)?;
+                            continue;
+                        }
+                        claimed.insert(digest, Writing { writer, shown });
                     }
                 }
             }
             if !claimed.is_empty() {
                 fetched += claimed.len();
-                ask(
-                    exchange,
-                    (vm, root),
-                    &mut self.requests,
-                    claimed.keys().copied(),
-                )?;
+                ask(exchange, (vm, root), &mut self.requests, &claimed)?;
                 in_flight.extend(claimed);
                 self.receive(exchange, (vm, root, first), &mut in_flight, CLAIM_BATCH)?;
             }
@@ -368,22 +379,27 @@ impl Shipping {
                     // blob's own chunks follow it).
                     let Some(writing) = writers
                         .get_mut(&digest)
-                        .filter(|writing| writing.written == offset)
+                        .filter(|writing| writing.writer.next_offset() == offset)
                     else {
                         continue;
                     };
                     writing.writer.write(&data).map_err(ship_error)?;
-                    writing.written += data.len() as u64;
-                    if end && let Some(writing) = writers.remove(&digest) {
+                    // A whole blob ends with the chunk marked `end` (a short one is
+                    // refused by `finish`); one that arrives in pieces when they all came.
+                    let whole = writing.writer.wanted_pieces().is_none();
+                    if (writing.writer.is_complete() || end && whole)
+                        && let Some(writing) = writers.remove(&digest)
+                    {
                         writing.writer.finish().map_err(ship_error)?;
                     }
                 }
                 ToWorker::BlobBatch { vm: of, blobs } if of == vm => {
                     for blob in blobs {
                         // Whole blobs: taken unless a transfer of it is under way.
-                        let fresh = writers
-                            .get(&blob.digest)
-                            .is_some_and(|writing| writing.written == 0);
+                        let fresh = writers.get(&blob.digest).is_some_and(|writing| {
+                            writing.writer.next_offset() == 0
+                                && writing.writer.wanted_pieces().is_none()
+                        });
                         if fresh && let Some(mut writing) = writers.remove(&blob.digest) {
                             writing.writer.write(&blob.data).map_err(ship_error)?;
                             writing.writer.finish().map_err(ship_error)?;
@@ -413,15 +429,33 @@ impl Shipping {
     }
 }
 
-/// Asks the spawner for `digests` of root `root` of VM `vm`, numbering each request from
-/// `requests` on.
+/// Asks the spawner for the blobs of `claimed` of root `root` of VM `vm` (those that
+/// arrive in pieces, for their pieces), numbering each request from `requests` on.
 fn ask(
     exchange: &mut dyn Exchange,
     (vm, root): (u32, u32),
     requests: &mut u64,
-    digests: impl Iterator<Item = Digest>,
+    claimed: &HashMap<Digest, Writing>,
 ) -> Result<(), Error> {
-    let digests: Vec<Digest> = digests.collect();
+    let interrupted = |reason| Error::ShipInterrupted { root, reason };
+    let mut digests = Vec::new();
+    for (digest, writing) in claimed {
+        match writing.writer.wanted_pieces() {
+            None => digests.push(*digest),
+            Some(pieces) => {
+                exchange
+                    .send(&FromWorker::PiecesWanted {
+                        vm,
+                        root,
+                        request: *requests,
+                        digest: *digest,
+                        pieces: pieces.to_vec(),
+                    })
+                    .map_err(interrupted)?;
+                *requests += 1;
+            }
+        }
+    }
     for batch in digests.chunks(MAX_BLOBS_WANTED) {
         exchange
             .send(&FromWorker::BlobsWanted {
@@ -430,7 +464,7 @@ fn ask(
                 request: *requests,
                 digests: batch.to_vec(),
             })
-            .map_err(|reason| Error::ShipInterrupted { root, reason })?;
+            .map_err(interrupted)?;
         *requests += 1;
     }
     Ok(())
@@ -438,9 +472,8 @@ fn ask(
 
 /// A blob being received.
 struct Writing {
+    /// Takes a chunk only at its [`BlobWriter::next_offset`].
     writer: BlobWriter,
-    /// Bytes written so far: the offset of the chunk it takes next.
-    written: u64,
     /// A file of the manifest that has it, for messages.
     shown: PathBuf,
 }
@@ -477,6 +510,8 @@ mod tests {
         queue: VecDeque<Vec<u8>>,
         /// Blobs sent, in order.
         sent: Vec<Digest>,
+        /// Blobs of which only some pieces were sent, with those pieces.
+        pieces_sent: Vec<(Digest, Vec<u32>)>,
         /// Blobs whose bytes arrive damaged (the first byte flipped).
         damaged: Vec<Digest>,
         /// Every blob is refused with this reason.
@@ -494,6 +529,7 @@ mod tests {
                 scanner: Scanner::new(vec![root.to_owned()], 0, vec![b"*".to_vec()]),
                 queue: VecDeque::new(),
                 sent: Vec::new(),
+                pieces_sent: Vec::new(),
                 damaged: Vec::new(),
                 refuse_blobs: None,
                 refuse_manifest: None,
@@ -563,6 +599,37 @@ mod tests {
                         }
                         self.sent.push(digest);
                     }
+                }
+                FromWorker::PiecesWanted {
+                    vm,
+                    request: _,
+                    digest,
+                    pieces,
+                    ..
+                } => {
+                    use std::os::unix::fs::FileExt;
+                    let (file, size) = self.scanner.open_blob(digest).unwrap();
+                    let len = parvm_ship::piece_len(size).unwrap();
+                    for (i, &piece) in pieces.iter().enumerate() {
+                        let start = u64::from(piece) * len;
+                        let mut data = vec![0u8; len.min(size - start) as usize];
+                        file.read_exact_at(&mut data, start).unwrap();
+                        if self.damaged.contains(digest) {
+                            data[0] ^= 0xff;
+                        }
+                        // Chunks of an odd length, as a small frame limit makes them.
+                        let chunks: Vec<&[u8]> = data.chunks(100_003).collect();
+                        for (j, chunk) in chunks.iter().enumerate() {
+                            self.push(&ToWorker::BlobData {
+                                vm: *vm,
+                                digest: *digest,
+                                offset: start + 100_003 * j as u64,
+                                data: (*chunk).into(),
+                                end: i + 1 == pieces.len() && j + 1 == chunks.len(),
+                            });
+                        }
+                    }
+                    self.pieces_sent.push((*digest, pieces.clone()));
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -757,6 +824,66 @@ mod tests {
             "bravo, longer",
             "the older one unchanged"
         );
+    }
+
+    /// Writes a file of three and a half pieces; gives its content.
+    fn large_file(s: &Setup, name: &str) -> Vec<u8> {
+        let size = 3 * parvm_ship::PIECE_MIN as usize + parvm_ship::PIECE_MIN as usize / 2;
+        let data: Vec<u8> = (0..size)
+            .map(|i| (i % 241) as u8 ^ (i >> 12) as u8)
+            .collect();
+        std::fs::write(s.root.path().join(name), &data).unwrap();
+        data
+    }
+
+    #[test]
+    fn a_large_file_that_changed_is_fetched_as_the_pieces_that_changed() {
+        let mut s = setup();
+        let user_dir = s.cache.path().parent().unwrap().to_path_buf();
+        s.cache = HostCache::open(
+            &user_dir,
+            CacheLimits {
+                max_bytes: 1 << 30,
+                max_count: 100,
+            },
+        )
+        .unwrap();
+        let mut data = large_file(&s, "big.dat");
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let first = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(spawner.sent.len(), 3, "three whole blobs");
+        drop(first);
+
+        // Pieces 1 and 2 change (adjacent), and the short last one.
+        let piece = parvm_ship::PIECE_MIN as usize;
+        for at in [piece + 3, 2 * piece + piece / 2, data.len() - 1] {
+            data[at] ^= 0x55;
+        }
+        std::fs::write(s.root.path().join("big.dat"), &data).unwrap();
+        push_manifest(&mut s, &mut spawner);
+        let second = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(spawner.sent.len(), 3, "no whole blob sent again");
+        assert_eq!(spawner.pieces_sent.len(), 1);
+        assert_eq!(spawner.pieces_sent[0].1, vec![1, 2, 3]);
+        assert_eq!(std::fs::read(second.path().join("big.dat")).unwrap(), data);
+        drop(second);
+
+        // A piece that arrives damaged fails the task naming the file; nothing of it is
+        // kept, and the next try fetches it right.
+        data[5] ^= 1;
+        std::fs::write(s.root.path().join("big.dat"), &data).unwrap();
+        push_manifest(&mut s, &mut spawner);
+        let digest = parvm_ship::Digest::of(&data);
+        spawner.damaged.push(digest);
+        let e = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.dat") && e.contains("piece 0"), "{e}");
+        spawner.damaged.clear();
+        let third = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(std::fs::read(third.path().join("big.dat")).unwrap(), data);
     }
 
     #[test]

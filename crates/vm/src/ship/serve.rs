@@ -1,6 +1,7 @@
 //! The spawner's side of shipping, one [`VmShip`] per VM: its probe markers, a
 //! `parvm_ship::Scanner` per shipped root, and a thread that answers the workers'
-//! [`FromWorker::ManifestWanted`] and [`FromWorker::BlobsWanted`] frames, which the router
+//! [`FromWorker::ManifestWanted`], [`FromWorker::BlobsWanted`] and
+//! [`FromWorker::PiecesWanted`] frames, which the router
 //! hands it through a channel, so the event pump never waits for a disk.
 //!
 //! Blobs are read from disk a chunk ([`BLOB_CHUNK`]) at a time as they are sent: a blob
@@ -11,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -39,6 +41,9 @@ pub struct ShipStats {
     pub blobs: u64,
     /// Bytes of blobs sent, including those of a blob still on its way.
     pub bytes: u64,
+    /// Pieces of large files sent to a worker that had an older version of the file
+    /// ([`parvm_ship::Pieces`]); their blobs are not counted in `blobs`.
+    pub pieces: u64,
 }
 
 /// A request of a worker, from the router to the VM's shipping thread.
@@ -53,6 +58,15 @@ pub(crate) enum ShipJob {
         /// The worker's number of the request, named in a failure.
         request: u64,
         digests: Vec<parvm_ship::Digest>,
+    },
+    Pieces {
+        rank: Rank,
+        root: u32,
+        /// The worker's number of the request, named in a failure.
+        request: u64,
+        digest: parvm_ship::Digest,
+        /// Ascending piece indices.
+        pieces: Vec<u32>,
     },
     /// The VM is gone: the thread ends. Sent by [`VmShip`]'s drop, so the thread ends even
     /// while a copy of the channel's sender is still held somewhere.
@@ -275,6 +289,35 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                     }
                 }
                 batch.flush(table, &shared, rank);
+            }
+            ShipJob::Pieces {
+                rank,
+                root,
+                request,
+                digest,
+                pieces,
+            } => {
+                let Some(scan) = checked(table, rank, root, "pieces") else {
+                    continue;
+                };
+                if !lock(&table.sent).contains_key(&(rank, root)) {
+                    tracing::warn!(
+                        rank,
+                        vm = table.vm,
+                        root,
+                        "refusing a request for pieces from a worker that has no manifest"
+                    );
+                    continue;
+                }
+                let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
+                send_pieces(
+                    table,
+                    &shared,
+                    scan,
+                    (rank, request),
+                    (digest, &pieces),
+                    &mut buffer,
+                );
             }
         }
     }
@@ -546,6 +589,89 @@ fn send_blob(
     true
 }
 
+/// Streams `pieces` of blob `digest` to worker `rank` for its request `request`, each at
+/// its offset, the last chunk marked `end`; a request for pieces the blob does not have
+/// (not ascending, or past its end) fails like one for a blob it cannot send. `false` when
+/// the worker is gone.
+fn send_pieces(
+    table: &Table,
+    shared: &Shared,
+    scan: &Mutex<RootScan>,
+    (rank, request): (Rank, u64),
+    (digest, pieces): (Digest, &[u32]),
+    buffer: &mut [u8],
+) -> bool {
+    let failed = |reason: String| ToWorker::BlobFailed {
+        vm: table.vm,
+        request,
+        digest,
+        reason,
+    };
+    let opened = lock(scan).scanner.open_blob(&digest);
+    let (file, size) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            return shared
+                .send(rank, &failed(crate::error::one_line(&e)))
+                .is_ok();
+        }
+    };
+    let count = parvm_ship::piece_count(size);
+    let honest = !pieces.is_empty()
+        && pieces.windows(2).all(|w| w[0] < w[1])
+        && pieces.iter().all(|&p| (p as usize) < count);
+    let Some(len) = parvm_ship::piece_len(size).filter(|_| honest) else {
+        tracing::warn!(rank, vm = table.vm, %digest, "refusing a request for pieces the blob does not have");
+        let reason = format!(
+            "blob {digest} has {count} pieces; the worker asked for others (run the same parvm build on every host)"
+        );
+        return shared.send(rank, &failed(reason)).is_ok();
+    };
+    let mut sent = 0u64;
+    for (i, &piece) in pieces.iter().enumerate() {
+        let start = u64::from(piece) * len;
+        let end = (start + len).min(size);
+        let mut at = start;
+        while at < end {
+            if table.cancel.load(Ordering::Acquire) {
+                return false;
+            }
+            let want =
+                usize::try_from(end - at).map_or(buffer.len(), |left| left.min(buffer.len()));
+            let read = match file.read_at(&mut buffer[..want], at) {
+                Ok(0) => {
+                    let reason = format!(
+                        "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
+                    );
+                    return shared.send(rank, &failed(reason)).is_ok();
+                }
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let reason = format!("cannot read the file of blob {digest}: {e}");
+                    return shared.send(rank, &failed(reason)).is_ok();
+                }
+            };
+            let frame = ToWorker::BlobData {
+                vm: table.vm,
+                digest,
+                offset: at,
+                data: buffer[..read].into(),
+                end: i + 1 == pieces.len() && at + read as u64 == end,
+            };
+            if shared.send(rank, &frame).is_err() {
+                return false;
+            }
+            at += read as u64;
+            sent += read as u64;
+            lock(&table.stats).bytes += read as u64;
+        }
+    }
+    lock(&table.stats).pieces += pieces.len() as u64;
+    tracing::debug!(rank, vm = table.vm, %digest, pieces = pieces.len(), bytes = sent, "shipped the pieces of a blob that changed");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -579,6 +705,11 @@ mod tests {
         std::fs::write(root.path().join("a.bin"), &content).unwrap();
         std::fs::write(root.path().join("s1.txt"), "small one").unwrap();
         std::fs::write(root.path().join("s2.txt"), "small two").unwrap();
+        // A file of three pieces.
+        let big: Vec<u8> = (0..2 * parvm_ship::PIECE_MIN + 10)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        std::fs::write(root.path().join("big.bin"), &big).unwrap();
         let config = parvm_env_config::Config::builder()
             .local_root(root.path())
             .mirrored_roots([root.path()])
@@ -647,7 +778,7 @@ mod tests {
             other => panic!("{other:?}"),
         });
         let blobs = manifest.blobs();
-        assert_eq!(blobs.len(), 3);
+        assert_eq!(blobs.len(), 4);
         let digest = parvm_ship::Digest::of(&content);
         assert!(
             blobs
@@ -714,12 +845,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         });
+        // A piece asked for comes at its offset, in chunks, the last marked `end`; pieces a
+        // blob does not have are refused by name.
+        let big_digest = parvm_ship::Digest::of(&big);
+        let pieces = |request, digest, pieces: Vec<u32>| FromWorker::PiecesWanted {
+            vm: 0,
+            root: 0,
+            request,
+            digest,
+            pieces,
+        };
+        route(1, &pieces(5, big_digest, vec![1]));
+        let mut at = parvm_ship::PIECE_MIN;
+        loop {
+            let end = next(&w1, |frame| match frame {
+                ToWorker::BlobData {
+                    digest: d,
+                    offset,
+                    data,
+                    end,
+                    ..
+                } if d == big_digest && offset == at => {
+                    assert_eq!(data.as_ref(), &big[at as usize..at as usize + data.len()]);
+                    at += data.len() as u64;
+                    end
+                }
+                other => panic!("{other:?}"),
+            });
+            if end {
+                break;
+            }
+        }
+        assert_eq!(at, 2 * parvm_ship::PIECE_MIN, "piece 1 whole, nothing more");
+        for (request, digest, wanted) in [
+            (6, big_digest, vec![2, 1]),
+            (7, big_digest, vec![3]),
+            (8, big_digest, vec![]),
+            (9, small[0], vec![0]),
+        ] {
+            route(1, &pieces(request, digest, wanted));
+            next(&w1, |frame| {
+                assert!(
+                    matches!(&frame, ToWorker::BlobFailed { request: r, digest: d, reason, .. } if *r == request && *d == digest && reason.contains("pieces")),
+                    "{frame:?}"
+                );
+            });
+        }
         assert_eq!(
             ship.stats(),
             ShipStats {
                 manifests: 1,
                 blobs: 3,
-                bytes: content.len() as u64 + 18
+                bytes: content.len() as u64 + 18 + parvm_ship::PIECE_MIN,
+                pieces: 1,
             }
         );
         // Worker 2 got nothing at all.

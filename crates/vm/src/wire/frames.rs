@@ -57,8 +57,8 @@ pub(crate) enum ToWorker<'a> {
     /// refuse, an unreadable file): the task waiting for it fails with `reason`.
     ManifestFailed { vm: u32, root: u32, reason: String },
     /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order,
-    /// starting at byte `offset` of the blob; with `end`, the blob is complete (a small
-    /// file travels in one frame). A worker takes a chunk only at the offset it has written
+    /// starting at byte `offset` of the blob; with `end`, the blob (or the pieces of it
+    /// that were asked for) is complete (a small file travels in one frame). A worker takes a chunk only at the offset it has written
     /// up to: the rest of a transfer it abandoned (a stop, a full disk) arrives before the
     /// next one and is skipped, not written into it.
     BlobData {
@@ -286,6 +286,18 @@ pub(crate) enum FromWorker<'a> {
         root: u32,
         request: u64,
         digests: Vec<Digest>,
+    },
+    /// The worker's host has an older version of blob `digest` of the manifest of root
+    /// `root` of VM `vm` it was sent last, and lacks only these of its pieces
+    /// ([`parvm_ship::Pieces`]; ascending, at most [`parvm_ship::MAX_PIECES`]): they come
+    /// back as [`ToWorker::BlobData`] chunks at their offsets, in order, the last marked
+    /// `end`, or as a [`ToWorker::BlobFailed`] naming `request`.
+    PiecesWanted {
+        vm: u32,
+        root: u32,
+        request: u64,
+        digest: Digest,
+        pieces: Vec<u32>,
     },
 }
 
