@@ -31,6 +31,10 @@ pub struct BlobWriter {
     attrs: Option<(u32, Timestamp)>,
     /// Set when only some pieces arrive: which, and how far they came.
     arriving: Option<Arriving>,
+    /// Set when the pieces are written into the older blob itself, taken out of the cache
+    /// for this writer alone ([`HostCache::reuse`](crate::HostCache::reuse)), instead of
+    /// into the claim file.
+    in_place: Option<InPlace>,
     dest: PathBuf,
     verified: Arc<Verified>,
     claim: Claim,
@@ -53,6 +57,7 @@ impl BlobWriter {
             hasher: Box::new(blake3::Hasher::new()),
             attrs: None,
             arriving: None,
+            in_place: None,
             dest,
             verified,
             claim,
@@ -138,6 +143,46 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Sets up the writer to receive only `wanted` of the blob's `pieces` into `older`, the
+    /// file of an older blob at `path` (beneath `tmp/`) that holds the other pieces at the
+    /// same offsets and is this writer's alone: cut or grown to the blob's length, it
+    /// becomes the blob. Removed if the writer is dropped unfinished.
+    pub(crate) fn receive_pieces_in_place(
+        &mut self,
+        older: File,
+        path: PathBuf,
+        pieces: Pieces,
+        wanted: Vec<u32>,
+    ) -> Result<()> {
+        let in_place = InPlace {
+            file: older,
+            path,
+            placed: false,
+        };
+        in_place
+            .file
+            .set_len(self.size)
+            .map_err(|e| Error::io("size", &in_place.path, e))?;
+        self.in_place = Some(in_place);
+        self.written = 0;
+        self.arriving = Some(Arriving {
+            pieces,
+            wanted,
+            next: 0,
+            filled: 0,
+        });
+        self.start_piece();
+        Ok(())
+    }
+
+    /// The file the blob is written into, and its path.
+    fn target(&self) -> (&File, &Path) {
+        match &self.in_place {
+            Some(in_place) => (&in_place.file, &in_place.path),
+            None => (self.claim.file(), self.claim.path()),
+        }
+    }
+
     /// Back to receiving the whole blob in order, after a
     /// [`receive_pieces_after`](BlobWriter::receive_pieces_after) that could not be used.
     pub(crate) fn receive_whole(&mut self) -> Result<()> {
@@ -176,10 +221,12 @@ impl BlobWriter {
             let (start, len) = a.pieces.range(piece);
             let take = (len - a.filled).min(chunk.len() as u64) as usize;
             let at = start + a.filled;
-            self.claim
-                .file()
-                .write_all_at(&chunk[..take], at)
-                .map_err(|e| Error::io("write", self.claim.path(), e))?;
+            let (file, path) = match &self.in_place {
+                Some(in_place) => (&in_place.file, in_place.path.as_path()),
+                None => (self.claim.file(), self.claim.path()),
+            };
+            file.write_all_at(&chunk[..take], at)
+                .map_err(|e| Error::io("write", path, e))?;
             self.hasher.update(&chunk[..take]);
             a.filled += take as u64;
             self.written += take as u64;
@@ -260,8 +307,8 @@ impl BlobWriter {
                 got,
             });
         }
-        let file = self.claim.file();
-        let temp = self.claim.path().to_path_buf();
+        let (file, temp) = self.target();
+        let temp = temp.to_path_buf();
         let (mode, mtime) = self.attrs.map_or((0o400, None), |(m, t)| (m, Some(t)));
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("protect", &temp, e))?;
@@ -276,9 +323,19 @@ impl BlobWriter {
             .map_err(|e| Error::io("reopen", &temp, e))?;
         // The index learns it with its snapshot (one append for all its blobs) or, when no
         // snapshot is made, when a cache opens next; meanwhile `missing`'s pin keeps it.
-        self.claim
-            .publish(&self.dest)
-            .map_err(|e| Error::io("place blob", &self.dest, e))?;
+        match self.in_place {
+            // Placed before the claim goes (removed unpublished), so a fetcher that
+            // waited for the claim finds the blob.
+            Some(mut in_place) => {
+                fs::rename(&in_place.path, &self.dest)
+                    .map_err(|e| Error::io("place blob", &self.dest, e))?;
+                in_place.placed = true;
+            }
+            None => self
+                .claim
+                .publish(&self.dest)
+                .map_err(|e| Error::io("place blob", &self.dest, e))?,
+        }
         if let Ok(meta) = file.metadata() {
             self.verified.record(self.digest, Stamp::of(&meta));
         }
@@ -296,6 +353,25 @@ struct Arriving {
     next: usize,
     /// Bytes of that piece written so far.
     filled: u64,
+}
+
+/// An older blob taken out of the cache to become this blob in place.
+#[derive(Debug)]
+struct InPlace {
+    file: File,
+    /// Where it is while written: beneath `tmp/`, named after the blob being fetched, so
+    /// the cache's cleaning keeps it while the claim is held.
+    path: PathBuf,
+    /// Renamed into the blob store.
+    placed: bool,
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Copies `len` bytes at `start` of `from` to the same place in `to`, in the kernel

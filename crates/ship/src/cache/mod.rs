@@ -40,7 +40,7 @@ pub(crate) use verified::{Stamp, Verified};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, NodeKind};
 use crate::pieces::Pieces;
 use crate::snapshot::Snapshot;
 
@@ -358,24 +358,31 @@ impl HostCache {
     }
 
     /// Prepares `writer` (a blob with `pieces`) to receive only the pieces that an older
-    /// blob in this cache, with pieces `older`, lacks: those it shares are copied from it
-    /// (a reflink on btrfs and XFS), and the pieces that remain to be fetched are returned
+    /// blob in this cache, with pieces `older`, lacks, and returns those
     /// ([`BlobWriter::wanted_pieces`]; possibly none, then finish the writer at once).
     /// `None`, with the writer left as it was, when that blob is not here, its pieces are
     /// of another length, it shares nothing, or it no longer holds its content.
     ///
-    /// The copied pieces need no hashing: the older blob is hashed whole first unless this
-    /// process hashed it and its file has not changed since (checked again after the copy),
+    /// The pieces it shares are copied from it (a reflink on btrfs and XFS) into the new
+    /// blob, or, cheaper, the older blob itself becomes the new one: when `held` (a
+    /// snapshot this caller took out of the cache with
+    /// [`take_for_patch`](HostCache::take_for_patch), and its manifest) has the only links
+    /// to it and no pin of anyone else, nor the new manifest's, names it. The new snapshot
+    /// then replaces every file of `held` that had it.
+    ///
+    /// The reused pieces need no hashing: the older blob is hashed whole first unless this
+    /// process hashed it and its file has not changed since (checked again after a copy),
     /// and `older` was checked against its digest, so each of its pieces with the same
     /// chaining value as the new blob's holds the same bytes.
     ///
     /// # Errors
-    /// [`Error::Io`] when the claim file cannot be written.
+    /// [`Error::Io`] when the claim file cannot be written or the older blob taken.
     pub fn reuse(
         &self,
         writer: &mut BlobWriter,
         pieces: &Pieces,
         older: &Pieces,
+        held: Option<(&Snapshot, &Manifest)>,
     ) -> Result<Option<Vec<u32>>> {
         if pieces.digest() != writer.digest() || older.digest() == pieces.digest() {
             return Ok(None);
@@ -385,6 +392,12 @@ impl HostCache {
         };
         if shared.is_empty() {
             return Ok(None);
+        }
+        if let Some(held) = held.filter(|(snapshot, _)| snapshot.is_taken())
+            && let Some((file, path)) = self.take_older_blob(older, held, &pieces.digest())?
+        {
+            writer.receive_pieces_in_place(file, path, pieces.clone(), wanted.clone())?;
+            return Ok(Some(wanted));
         }
         let base_path = self.blob_path(&older.digest());
         let Ok(base) = fs::OpenOptions::new()
@@ -412,6 +425,99 @@ impl HostCache {
             return Ok(None);
         }
         Ok(Some(wanted))
+    }
+
+    /// Takes the older blob (with pieces `older`) out of the cache, open for writing and
+    /// renamed beneath `tmp/` under the name of blob `new` being fetched, when nothing
+    /// else needs it: decided under the index held exclusive, so no pin is taken
+    /// meanwhile. Nothing else needs it when no held pin but `held`'s names it (the
+    /// pin `missing` took for the new manifest names it if the new manifest has it),
+    /// this process verified it, and its only links are the blob store's and those of
+    /// `held`'s tree (taken out of the cache already, so no reader sees them change).
+    fn take_older_blob(
+        &self,
+        older: &Pieces,
+        (snapshot, held_m): (&Snapshot, &Manifest),
+        new: &Digest,
+    ) -> Result<Option<(fs::File, PathBuf)>> {
+        use std::os::unix::fs::MetadataExt;
+        let digest = older.digest();
+        let blob = self.blob_path(&digest);
+        let _held = self.index.exclusive()?;
+        if pin::blob_held_by_others(&self.sub("pins"), &digest, &[snapshot.pin().unique()])? {
+            return Ok(None);
+        }
+        let Ok(meta) = fs::symlink_metadata(&blob) else {
+            return Ok(None);
+        };
+        if !meta.is_file() || !self.verified.is_intact(&digest, &Stamp::of(&meta)) {
+            return Ok(None);
+        }
+        let same_file = |path: &Path| {
+            fs::symlink_metadata(snapshot.path().join(path))
+                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        };
+        let links = held_m
+            .entries()
+            .into_iter()
+            .filter(|(path, node)| {
+                matches!(node.kind(), NodeKind::File { digest: d, .. } if *d == digest)
+                    && same_file(path)
+            })
+            .count();
+        if meta.nlink() != 1 + links as u64 {
+            return Ok(None);
+        }
+        let to = self
+            .sub("tmp")
+            .join(format!("blob.{new}.{}", unique_suffix()));
+        fs::rename(&blob, &to).map_err(|e| Error::io("take", &blob, e))?;
+        self.verified.forget(&digest);
+        drop(_held);
+        // A blob is read-only; its owner opens it up to write the pieces that changed.
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| Error::io("open up", &to, e))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&to)
+            .map_err(|e| Error::io("open", &to, e))?;
+        tracing::debug!(%digest, %new, "patching an older blob in place");
+        Ok(Some((file, to)))
+    }
+
+    /// Takes snapshot `held`, which this caller holds, out of the cache now, to patch it
+    /// into the snapshot of `m` ([`snapshot_after`](HostCache::snapshot_after)) and, in
+    /// between, to patch its blobs that changed in place ([`reuse`](HostCache::reuse)).
+    /// Only after [`missing`](HostCache::missing) or
+    /// [`missing_since`](HostCache::missing_since) of `m`, and only when no one else holds
+    /// `held`; false (nothing moved) otherwise. Dropped unpatched, its tree is removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the index cannot be locked or the tree moved.
+    pub fn take_for_patch(&self, held: &mut Snapshot, m: &Manifest) -> Result<bool> {
+        if held.is_taken() {
+            return Ok(true);
+        }
+        let root = m.root_digest();
+        let unique = match self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&root)
+        {
+            Some(pin) => pin.unique().to_owned(),
+            None => return Ok(false),
+        };
+        // The name the build of `m` uses, kept by the cleaning while its pin lives.
+        let temp = self.sub("tmp").join(format!("snap.{root}.{unique}"));
+        let old = *held.root();
+        if !self.take_over(&old, held.pin().unique(), &temp)? {
+            return Ok(false);
+        }
+        held.taken_to(temp);
+        Ok(true)
     }
 
     /// Hashes the blob with pieces `pieces` open as `file` and records it when intact.

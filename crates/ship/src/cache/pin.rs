@@ -141,6 +141,32 @@ pub(crate) fn held_by_others(pins: &Path, root: &Digest, own: &str) -> Result<bo
     Ok(false)
 }
 
+/// True when a held pin whose unique suffix is not among `own` lists blob `blob`. Call it
+/// holding the index exclusive, so no pin is taken meanwhile.
+pub(crate) fn blob_held_by_others(pins: &Path, blob: &Digest, own: &[&str]) -> Result<bool> {
+    let hex = blob.hex();
+    for entry in fs::read_dir(pins).map_err(|e| Error::io("list", pins, e))? {
+        let entry = entry.map_err(|e| Error::io("list", pins, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name
+            .split_once('.')
+            .is_some_and(|(_, unique)| own.contains(&unique))
+        {
+            continue;
+        }
+        let path = entry.path();
+        if let Look::Held(mut file) = look(&path)? {
+            let mut text = String::new();
+            file.read_to_string(&mut text)
+                .map_err(|e| Error::io("read pin", &path, e))?;
+            if text.lines().any(|line| line == hex.as_str()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// A pin file as [`look`] found it.
 enum Look {
     /// Removed meanwhile (released by its holder).

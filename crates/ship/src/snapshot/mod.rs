@@ -30,12 +30,45 @@ pub struct Snapshot {
     /// Its manifest's root digest.
     root: Digest,
     pin: Pin,
+    /// Taken out of the cache for this holder to patch
+    /// ([`HostCache::take_for_patch`]): its tree is at `path` beneath `tmp/`, and is
+    /// removed with this value unless a patch consumes it.
+    taken: bool,
 }
 
 impl Snapshot {
     /// The root folder of the tree: put it in place of the mirrored root it stands for.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether it was taken out of the cache to be patched (no longer mirror from it).
+    pub(crate) fn is_taken(&self) -> bool {
+        self.taken
+    }
+
+    /// Notes it taken out of the cache, its tree now at `to`.
+    pub(crate) fn taken_to(&mut self, to: PathBuf) {
+        self.path = to;
+        self.taken = true;
+    }
+
+    pub(crate) fn root(&self) -> &Digest {
+        &self.root
+    }
+
+    pub(crate) fn pin(&self) -> &Pin {
+        &self.pin
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // A tree taken out to be patched and then not patched (the fetch failed) is
+        // nobody's: its files may even hold a blob that was being patched in place.
+        if self.taken {
+            let _ = remove_tree(&self.path);
+        }
     }
 }
 
@@ -69,6 +102,7 @@ pub(crate) fn build(
             path: cache.snapshot_path(&root),
             root,
             pin,
+            taken: false,
         };
         Ok((snapshot, false))
     };
@@ -114,6 +148,7 @@ pub(crate) fn build(
         path: dest,
         root,
         pin,
+        taken: false,
     };
     Ok((snapshot, true))
 }
@@ -126,14 +161,24 @@ pub(crate) fn build(
 fn try_patch(
     cache: &HostCache,
     m: &Manifest,
-    (old, old_m): (Snapshot, &Manifest),
+    (mut old, old_m): (Snapshot, &Manifest),
     pin: &Pin,
     temp: &Path,
 ) -> Result<bool> {
-    if old.root != old_m.root_digest() || !cache.take_over(&old.root, old.pin.unique(), temp)? {
+    if old.root != old_m.root_digest() {
+        return Ok(false);
+    }
+    if old.taken {
+        // Taken out earlier (to patch its blobs in place during the fetch); moved to the
+        // name this build's pin keeps, should that be another.
+        if old.path != temp {
+            fs::rename(&old.path, temp).map_err(|e| Error::io("move", &old.path, e))?;
+        }
+    } else if !cache.take_over(&old.root, old.pin.unique(), temp)? {
         return Ok(false);
     }
     // The tree is this build's now, under a name its pin keeps.
+    old.taken = false;
     drop(old);
     let Err(e) = patch(cache, m, old_m, temp).and_then(|()| finish(cache, m, pin, temp)) else {
         return Ok(true);

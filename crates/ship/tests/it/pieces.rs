@@ -120,7 +120,9 @@ fn a_changed_large_file_arrives_as_the_pieces_that_changed() {
 
     let mut writer = claim(&cache, &new);
     writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
-    let wanted = cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap();
+    let wanted = cache
+        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
+        .unwrap();
     assert_eq!(wanted, Some(vec![2]), "only the edited piece is fetched");
     assert_eq!(writer.wanted_pieces(), Some(&[2][..]));
     assert!(!writer.is_complete());
@@ -143,7 +145,7 @@ fn adjacent_pieces_arrive_as_one_stream_in_chunks_of_any_length() {
     let p = pieces(&new);
     let mut writer = claim(&cache, &new);
     let wanted = cache
-        .reuse(&mut writer, &p, &pieces(&shipped.old))
+        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
         .unwrap()
         .unwrap();
     assert_eq!(wanted, vec![1, 2, 3]);
@@ -165,7 +167,9 @@ fn a_damaged_piece_is_refused_naming_the_file_and_nothing_is_kept() {
     let new = shipped.edit(&[10]);
     let p = pieces(&new);
     let mut writer = claim(&cache, &new);
-    let wanted = cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap();
+    let wanted = cache
+        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
+        .unwrap();
     assert_eq!(wanted, Some(vec![0]));
     let mut piece = fs::read(shipped.file()).unwrap()[..PIECE_MIN as usize].to_vec();
     piece[PIECE_MIN as usize - 1] ^= 1;
@@ -193,7 +197,9 @@ fn an_older_blob_is_hashed_before_reuse_unless_this_process_did_and_a_damaged_on
     let other = HostCache::open(&user.path, ROOMY).unwrap();
     let mut writer = claim(&other, &new);
     assert_eq!(
-        other.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap(),
+        other
+            .reuse(&mut writer, &p, &pieces(&shipped.old), None)
+            .unwrap(),
         Some(vec![0])
     );
     drop(writer);
@@ -209,7 +215,9 @@ fn an_older_blob_is_hashed_before_reuse_unless_this_process_did_and_a_damaged_on
         .unwrap();
     let mut writer = claim(&cache, &new);
     assert_eq!(
-        cache.reuse(&mut writer, &p, &pieces(&shipped.old)).unwrap(),
+        cache
+            .reuse(&mut writer, &p, &pieces(&shipped.old), None)
+            .unwrap(),
         None
     );
     assert_eq!(writer.wanted_pieces(), None);
@@ -227,9 +235,12 @@ fn pieces_of_another_length_or_sharing_nothing_are_not_reused() {
     let offsets: Vec<usize> = (0..4).map(|i| i * PIECE_MIN as usize).collect();
     let new = shipped.edit(&offsets);
     let mut writer = claim(&cache, &new);
-    assert_eq!(cache.reuse(&mut writer, &pieces(&new), &old).unwrap(), None);
+    assert_eq!(
+        cache.reuse(&mut writer, &pieces(&new), &old, None).unwrap(),
+        None
+    );
     // Pieces that are not the writer's blob's.
-    assert_eq!(cache.reuse(&mut writer, &old, &old).unwrap(), None);
+    assert_eq!(cache.reuse(&mut writer, &old, &old, None).unwrap(), None);
 }
 
 #[test]
@@ -283,4 +294,139 @@ fn a_lone_large_file_hashed_on_every_core_has_its_blake3_digest_and_pieces() {
     fs::write(shared.path().join("small.dat"), b"x").unwrap();
     let both = scanner(shared.path(), &["*.dat"]).manifest().unwrap();
     assert_eq!(pieces(&both), p);
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+/// Entries of the cache's `tmp/` folder: nothing is left there once a fetch is over.
+fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
+    fs::read_dir(cache.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let mut held = cache.snapshot(&shipped.old).unwrap();
+    let old_path = held.path().to_path_buf();
+    let old_blob = blob_path(&cache, &pieces(&shipped.old));
+    let old_inode = inode(&old_blob);
+    let new = shipped.edit(&[2 * PIECE_MIN as usize + 5]);
+    let p = pieces(&new);
+
+    assert_eq!(cache.missing_since(&new, &shipped.old).len(), 1);
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    assert!(
+        !old_path.exists(),
+        "out of the cache, where no reader finds it"
+    );
+    let mut writer = claim(&cache, &new);
+    writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
+    let wanted = cache
+        .reuse(
+            &mut writer,
+            &p,
+            &pieces(&shipped.old),
+            Some((&held, &shipped.old)),
+        )
+        .unwrap();
+    assert_eq!(wanted, Some(vec![2]));
+    assert!(!old_blob.exists(), "the older blob was taken");
+    send(&mut writer, &shipped.file(), &p, &[2], 1 << 20);
+    writer.finish().unwrap();
+    let new_blob = blob_path(&cache, &p);
+    assert_eq!(inode(&new_blob), old_inode, "patched in place, not copied");
+
+    let snapshot = cache
+        .snapshot_after(&new, Some((held, &shipped.old)))
+        .unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("big.dat")).unwrap(),
+        fs::read(shipped.file()).unwrap()
+    );
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    // The next build of the new manifest hashes the blob it finds: it is intact.
+    drop(snapshot);
+    let other = HostCache::open(&user.path, ROOMY).unwrap();
+    other.snapshot(&new).unwrap();
+}
+
+#[test]
+fn an_older_blob_another_snapshot_links_is_copied_and_left_as_it_was() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    fs::write(shipped.shared.path().join("other.txt"), "other").unwrap();
+    // A second manifest with the same large file: its snapshot links the same blob.
+    let mut second = scanner(shipped.shared.path(), &["*"]);
+    let second_m = second.manifest().unwrap();
+    fetch_all(&cache, &second, &second_m);
+    let mut held = cache.snapshot(&shipped.old).unwrap();
+    let before = fs::read(shipped.file()).unwrap();
+    let new = shipped.edit(&[7]);
+    let p = pieces(&new);
+    cache.missing_since(&new, &shipped.old);
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    for live in [true, false] {
+        // Pinned by a live snapshot, or only linked by one nobody holds.
+        let other = cache.snapshot(&second_m).unwrap();
+        if !live {
+            drop(other);
+        }
+        let mut writer = claim(&cache, &new);
+        let wanted = cache
+            .reuse(
+                &mut writer,
+                &p,
+                &pieces(&shipped.old),
+                Some((&held, &shipped.old)),
+            )
+            .unwrap();
+        assert_eq!(wanted, Some(vec![0]), "copied, still in pieces");
+        let older = blob_path(&cache, &pieces(&shipped.old));
+        assert_eq!(fs::read(&older).unwrap(), before, "live: {live}");
+    }
+    let snapshot = cache.snapshot(&second_m).unwrap();
+    assert_eq!(fs::read(snapshot.path().join("big.dat")).unwrap(), before);
+}
+
+#[test]
+fn a_fetch_abandoned_while_patching_in_place_leaves_nothing_and_the_next_one_works() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let mut shipped = Shipped::new(&cache);
+    let mut held = cache.snapshot(&shipped.old).unwrap();
+    let new = shipped.edit(&[5, SIZE - 3]);
+    let p = pieces(&new);
+    cache.missing_since(&new, &shipped.old);
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    let mut writer = claim(&cache, &new);
+    let wanted = cache
+        .reuse(
+            &mut writer,
+            &p,
+            &pieces(&shipped.old),
+            Some((&held, &shipped.old)),
+        )
+        .unwrap();
+    assert_eq!(wanted, Some(vec![0, 3]));
+    send(&mut writer, &shipped.file(), &p, &[0], 1 << 20);
+    // The spawner went away: the writer and the held snapshot are dropped unfinished.
+    drop((writer, held));
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    let missing = cache.missing(&new);
+    assert_eq!(missing.len(), 1);
+    fetch_all(&cache, &shipped.scanner, &new);
+    let snapshot = cache.snapshot(&new).unwrap();
+    assert_eq!(
+        fs::read(snapshot.path().join("big.dat")).unwrap(),
+        fs::read(shipped.file()).unwrap()
+    );
 }

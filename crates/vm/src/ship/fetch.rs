@@ -192,19 +192,30 @@ impl Shipping {
                 let pending = cache.missing_since(manifest, &held);
                 // Handed to the build, which patches it when nobody else holds it, or
                 // lets it go (so the cache may evict it for the new one).
-                let previous = Arc::try_unwrap(snapshot).ok().map(|s| (s, held));
-                (pending, previous)
+                let mut previous = Arc::try_unwrap(snapshot).ok();
+                // A large file that changed may then be patched in place, its older blob
+                // becoming the new one, when nothing else uses the older snapshot.
+                if let Some(snapshot) = &mut previous
+                    && pending
+                        .iter()
+                        .any(|(_, _, shown)| in_pieces(manifest, &held, shown).is_some())
+                    && let Err(e) = cache.take_for_patch(snapshot, manifest)
+                {
+                    tracing::warn!(error = %crate::error::one_line(&e), "cannot take the older snapshot out to patch it");
+                }
+                (pending, previous.map(|s| (s, held)))
             }
             None => (cache.missing(manifest), None),
         };
         let mut again = true;
         loop {
             let listed_ms = start.elapsed().as_secs_f64() * 1e3;
+            let taken = previous.as_ref().map(|(snapshot, _)| snapshot);
             let fetched = self.fetch_missing(
                 exchange,
                 cache,
                 (vm, root),
-                (manifest, older.as_deref()),
+                (manifest, older.as_deref(), taken),
                 pending,
             )?;
             let fetch_time = start.elapsed();
@@ -279,14 +290,14 @@ impl Shipping {
     /// claimed is waited for, then claimed again (a fetcher that died released it). Gives
     /// how many blobs this worker fetched. Each blob takes the mode and time of its first
     /// file in `manifest`. A large file that `older` (the manifest of the snapshot the
-    /// worker held) has at the same path with pieces the cache can reuse is asked for as
-    /// the pieces that changed ([`HostCache::reuse`]).
+    /// worker held, `taken` when still held) has at the same path with pieces the cache
+    /// can reuse is asked for as the pieces that changed ([`HostCache::reuse`]).
     fn fetch_missing(
         &mut self,
         exchange: &mut dyn Exchange,
         cache: &HostCache,
         (vm, root): (u32, u32),
-        (manifest, older): (&Manifest, Option<&Manifest>),
+        (manifest, older, taken): (&Manifest, Option<&Manifest>, Option<&Snapshot>),
         mut pending: Vec<(Digest, u64, PathBuf)>,
     ) -> Result<usize, Error> {
         let mut fetched = 0;
@@ -314,12 +325,12 @@ impl Shipping {
                         if let Some(node) = node {
                             writer.keep_attrs(node.mode(), node.mtime());
                         }
-                        let was = older.and_then(|older| older.find(&shown));
-                        if let Some((now, was)) = node
-                            .and_then(|n| n.pieces())
-                            .zip(was.and_then(|n| n.pieces()))
+                        if let Some(older) = older
+                            && let Some((now, was)) = in_pieces(manifest, older, &shown)
                         {
-                            cache.reuse(&mut writer, now, was).map_err(ship_error)?;
+                            cache
+                                .reuse(&mut writer, now, was, taken.zip(Some(older)))
+                                .map_err(ship_error)?;
                         }
                         if writer.is_complete() {
                             // Every piece was there in the older blob.
@@ -427,6 +438,18 @@ impl Shipping {
         }
         Ok(())
     }
+}
+
+/// The pieces of the file at `shown` in `manifest` and in `older`, when both have it in
+/// pieces: a large file that changed, which may travel as the pieces that changed.
+fn in_pieces<'m>(
+    manifest: &'m Manifest,
+    older: &'m Manifest,
+    shown: &Path,
+) -> Option<(&'m parvm_ship::Pieces, &'m parvm_ship::Pieces)> {
+    let now = manifest.find(shown)?.pieces()?;
+    let was = older.find(shown)?.pieces()?;
+    Some((now, was))
 }
 
 /// Asks the spawner for the blobs of `claimed` of root `root` of VM `vm` (those that
@@ -852,6 +875,9 @@ mod tests {
         let mut spawner = FakeSpawner::new(s.root.path());
         let first = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(spawner.sent.len(), 3, "three whole blobs");
+        let inode =
+            |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+        let first_inode = inode(&first.path().join("big.dat"));
         drop(first);
 
         // Pieces 1 and 2 change (adjacent), and the short last one.
@@ -866,6 +892,11 @@ mod tests {
         assert_eq!(spawner.pieces_sent.len(), 1);
         assert_eq!(spawner.pieces_sent[0].1, vec![1, 2, 3]);
         assert_eq!(std::fs::read(second.path().join("big.dat")).unwrap(), data);
+        assert_eq!(
+            inode(&second.path().join("big.dat")),
+            first_inode,
+            "nothing else used the older snapshot: its blob was patched in place"
+        );
         drop(second);
 
         // A piece that arrives damaged fails the task naming the file; nothing of it is
