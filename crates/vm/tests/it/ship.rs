@@ -324,6 +324,41 @@ fn a_source_changed_between_two_tasks_is_seen_by_the_second() {
 }
 
 #[test]
+fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
+    let hosts = TwoHosts::start(ShipMode::Auto, 1);
+    std::fs::create_dir(hosts.path("lib")).unwrap();
+    let source = hosts.path("lib/models.lib");
+    let piece = parvm_ship::PIECE_MIN as usize;
+    let mut content: Vec<u8> = (0..3 * piece + 100).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&source, &content).unwrap();
+    let vm = vm_with(
+        hosts.runtime(),
+        &[(source.display().to_string(), ".")],
+        false,
+    );
+    let file_of = |described: Vec<Described>| {
+        described
+            .into_iter()
+            .find(|d| d.0 == "models.lib")
+            .map(|d| d.4)
+            .unwrap()
+    };
+    assert_eq!(file_of(describe(&vm, "beta")), content);
+    let before = vm.ship_stats();
+    // One line of the library edited.
+    content[piece + 10] ^= 1;
+    std::fs::write(&source, &content).unwrap();
+    assert_eq!(file_of(describe(&vm, "beta")), content);
+    let after = vm.ship_stats();
+    assert_eq!(
+        after.blobs, before.blobs,
+        "the file was not sent whole again"
+    );
+    assert_eq!(after.pieces, before.pieces + 1);
+    assert_eq!(after.bytes, before.bytes + parvm_ship::PIECE_MIN);
+}
+
+#[test]
 fn two_workers_of_one_host_fetch_each_blob_once() {
     let hosts = TwoHosts::start(ShipMode::Auto, 2);
     std::fs::create_dir(hosts.path("big")).unwrap();
