@@ -695,17 +695,11 @@ fn hash_file(path: &Path, buf: &mut [u8], lone: bool) -> Result<(FileSig, Conten
 
 /// The content of a file of one piece of `size` bytes, or `None` when it was not that long
 /// (it changed while read).
-fn read_whole(mut file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Option<Content>> {
+fn read_whole(file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Option<Content>> {
     let mut hasher = blake3::Hasher::new();
-    let mut read = 0u64;
-    loop {
-        let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        read += n as u64;
-        hasher.update(&buf[..n]);
-    }
+    let read = read_to_end(file, path, buf, |data| {
+        hasher.update(data);
+    })?;
     Ok((read == size).then(|| Content {
         digest: hasher.finalize().into(),
         pieces: None,
@@ -715,22 +709,32 @@ fn read_whole(mut file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result
 /// The content of a file of `size` bytes in pieces of `len` bytes, read in order; `None`
 /// when it changed while read.
 fn read_pieces(
-    mut file: &File,
+    file: &File,
     path: &Path,
     (size, len): (u64, u64),
     buf: &mut [u8],
 ) -> Result<Option<Content>> {
     let mut hasher = PieceHasher::new(len, 0);
+    let read = read_to_end(file, path, buf, |data| hasher.update(data))?;
+    Ok(content_of(size, read, hasher.finish()))
+}
+
+/// Reads `file` to its end through `buf`, handing each read to `take`; the bytes read.
+fn read_to_end(
+    mut file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    mut take: impl FnMut(&[u8]),
+) -> Result<u64> {
     let mut read = 0u64;
     loop {
         let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
         if n == 0 {
-            break;
+            return Ok(read);
         }
         read += n as u64;
-        hasher.update(&buf[..n]);
+        take(&buf[..n]);
     }
-    Ok(content_of(size, read, hasher.finish()))
 }
 
 /// The content of a large file of pieces of `len` bytes, its pieces split between the

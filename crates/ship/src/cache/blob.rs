@@ -132,6 +132,12 @@ impl BlobWriter {
             copy_range(base, file, start, len)
                 .map_err(|e| Error::io("copy pieces into", path, e))?;
         }
+        self.expect_pieces(pieces, wanted);
+        Ok(())
+    }
+
+    /// From now on, only `wanted` of `pieces` arrive, in order.
+    fn expect_pieces(&mut self, pieces: Pieces, wanted: Vec<u32>) {
         self.written = 0;
         self.arriving = Some(Arriving {
             pieces,
@@ -140,7 +146,6 @@ impl BlobWriter {
             filled: 0,
         });
         self.start_piece();
-        Ok(())
     }
 
     /// Sets up the writer to receive only `wanted` of the blob's `pieces` into `older`, the
@@ -164,14 +169,7 @@ impl BlobWriter {
             .set_len(self.size)
             .map_err(|e| Error::io("size", &in_place.path, e))?;
         self.in_place = Some(in_place);
-        self.written = 0;
-        self.arriving = Some(Arriving {
-            pieces,
-            wanted,
-            next: 0,
-            filled: 0,
-        });
-        self.start_piece();
+        self.expect_pieces(pieces, wanted);
         Ok(())
     }
 

@@ -46,6 +46,14 @@ impl Shipped {
         self.shared.path().join("big.dat")
     }
 
+    /// Checks that `snapshot` holds the shared file as it is now.
+    fn assert_shipped_in(&self, snapshot: &parvm_ship::Snapshot) {
+        assert_eq!(
+            fs::read(snapshot.path().join("big.dat")).unwrap(),
+            fs::read(self.file()).unwrap()
+        );
+    }
+
     /// Flips one byte at each of `offsets` of the shared file; the new manifest.
     fn edit(&mut self, offsets: &[usize]) -> Arc<Manifest> {
         let mut data = fs::read(self.file()).unwrap();
@@ -55,6 +63,14 @@ impl Shipped {
         fs::write(self.file(), data).unwrap();
         self.scanner.manifest().unwrap()
     }
+}
+
+/// A new cache with `big.dat` shipped into it (the folder holding the cache first).
+fn shipped_in_a_new_cache() -> (super::UserDir, HostCache, Shipped) {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let shipped = Shipped::new(&cache);
+    (user, cache, shipped)
 }
 
 fn pieces(m: &Manifest) -> Pieces {
@@ -73,6 +89,27 @@ fn claim(cache: &HostCache, m: &Manifest) -> BlobWriter {
         Begin::Mine(writer) => writer,
         other => panic!("{other:?}"),
     }
+}
+
+/// Claims the blob of `big.dat` in `new` and readies it to receive only the pieces the blob
+/// of `old` lacks ([`HostCache::reuse`]); `held`, the snapshot of `old` taken out of the
+/// cache, lets the older blob be patched in place.
+fn claim_in_pieces(
+    cache: &HostCache,
+    new: &Manifest,
+    old: &Manifest,
+    held: Option<&parvm_ship::Snapshot>,
+) -> (BlobWriter, Option<Vec<u32>>) {
+    let mut writer = claim(cache, new);
+    let wanted = cache
+        .reuse(
+            &mut writer,
+            &pieces(new),
+            &pieces(old),
+            held.map(|h| (h, old)),
+        )
+        .unwrap();
+    (writer, wanted)
 }
 
 /// Sends `wanted` pieces of the shared file into `writer` in chunks of `chunk` bytes, as
@@ -98,9 +135,7 @@ fn send(writer: &mut BlobWriter, file: &Path, p: &Pieces, wanted: &[u32], chunk:
 
 #[test]
 fn large_files_are_described_in_pieces_that_survive_the_wire() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let shipped = Shipped::new(&cache);
+    let (_user, _cache, shipped) = shipped_in_a_new_cache();
     let p = pieces(&shipped.old);
     assert_eq!(p.cvs().len(), piece_count(SIZE as u64));
     assert_eq!(p.cvs().len(), 4);
@@ -112,17 +147,12 @@ fn large_files_are_described_in_pieces_that_survive_the_wire() {
 
 #[test]
 fn a_changed_large_file_arrives_as_the_pieces_that_changed() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     let new = shipped.edit(&[2 * PIECE_MIN as usize + 5]);
     let p = pieces(&new);
 
-    let mut writer = claim(&cache, &new);
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, None);
     writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
-    let wanted = cache
-        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
-        .unwrap();
     assert_eq!(wanted, Some(vec![2]), "only the edited piece is fetched");
     assert_eq!(writer.wanted_pieces(), Some(&[2][..]));
     assert!(!writer.is_complete());
@@ -130,46 +160,29 @@ fn a_changed_large_file_arrives_as_the_pieces_that_changed() {
     assert!(writer.is_complete());
     writer.finish().unwrap();
     let snapshot = cache.snapshot(&new).unwrap();
-    assert_eq!(
-        fs::read(snapshot.path().join("big.dat")).unwrap(),
-        fs::read(shipped.file()).unwrap()
-    );
+    shipped.assert_shipped_in(&snapshot);
 }
 
 #[test]
 fn adjacent_pieces_arrive_as_one_stream_in_chunks_of_any_length() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     let new = shipped.edit(&[PIECE_MIN as usize + 1, 2 * PIECE_MIN as usize + 7, SIZE - 1]);
     let p = pieces(&new);
-    let mut writer = claim(&cache, &new);
-    let wanted = cache
-        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
-        .unwrap()
-        .unwrap();
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, None);
+    let wanted = wanted.unwrap();
     assert_eq!(wanted, vec![1, 2, 3]);
     // Chunks that cross the pieces' borders.
     send(&mut writer, &shipped.file(), &p, &wanted, 300_001);
     writer.finish().unwrap();
     let snapshot = cache.snapshot(&new).unwrap();
-    assert_eq!(
-        fs::read(snapshot.path().join("big.dat")).unwrap(),
-        fs::read(shipped.file()).unwrap()
-    );
+    shipped.assert_shipped_in(&snapshot);
 }
 
 #[test]
 fn a_damaged_piece_is_refused_naming_the_file_and_nothing_is_kept() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     let new = shipped.edit(&[10]);
-    let p = pieces(&new);
-    let mut writer = claim(&cache, &new);
-    let wanted = cache
-        .reuse(&mut writer, &p, &pieces(&shipped.old), None)
-        .unwrap();
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, None);
     assert_eq!(wanted, Some(vec![0]));
     let mut piece = fs::read(shipped.file()).unwrap()[..PIECE_MIN as usize].to_vec();
     piece[PIECE_MIN as usize - 1] ^= 1;
@@ -187,9 +200,7 @@ fn a_damaged_piece_is_refused_naming_the_file_and_nothing_is_kept() {
 
 #[test]
 fn an_older_blob_is_hashed_before_reuse_unless_this_process_did_and_a_damaged_one_is_not_used() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (user, cache, mut shipped) = shipped_in_a_new_cache();
     let new = shipped.edit(&[10]);
     let p = pieces(&new);
 
@@ -227,9 +238,7 @@ fn an_older_blob_is_hashed_before_reuse_unless_this_process_did_and_a_damaged_on
 
 #[test]
 fn pieces_of_another_length_or_sharing_nothing_are_not_reused() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     let old = pieces(&shipped.old);
     // Every piece changed.
     let offsets: Vec<usize> = (0..4).map(|i| i * PIECE_MIN as usize).collect();
@@ -245,9 +254,7 @@ fn pieces_of_another_length_or_sharing_nothing_are_not_reused() {
 
 #[test]
 fn forged_pieces_in_a_manifest_are_refused() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let shipped = Shipped::new(&cache);
+    let (_user, _cache, shipped) = shipped_in_a_new_cache();
     let bytes = shipped.old.encode();
     let digest = pieces(&shipped.old).digest();
     let at = bytes
@@ -311,9 +318,7 @@ fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
 
 #[test]
 fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (user, cache, mut shipped) = shipped_in_a_new_cache();
     let mut held = cache.snapshot(&shipped.old).unwrap();
     let old_path = held.path().to_path_buf();
     let old_blob = blob_path(&cache, &pieces(&shipped.old));
@@ -327,16 +332,8 @@ fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() 
         !old_path.exists(),
         "out of the cache, where no reader finds it"
     );
-    let mut writer = claim(&cache, &new);
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, Some(&held));
     writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
-    let wanted = cache
-        .reuse(
-            &mut writer,
-            &p,
-            &pieces(&shipped.old),
-            Some((&held, &shipped.old)),
-        )
-        .unwrap();
     assert_eq!(wanted, Some(vec![2]));
     assert!(!old_blob.exists(), "the older blob was taken");
     send(&mut writer, &shipped.file(), &p, &[2], 1 << 20);
@@ -347,10 +344,7 @@ fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() 
     let snapshot = cache
         .snapshot_after(&new, Some((held, &shipped.old)))
         .unwrap();
-    assert_eq!(
-        fs::read(snapshot.path().join("big.dat")).unwrap(),
-        fs::read(shipped.file()).unwrap()
-    );
+    shipped.assert_shipped_in(&snapshot);
     assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
     // The next build of the new manifest hashes the blob it finds: it is intact.
     drop(snapshot);
@@ -360,9 +354,7 @@ fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() 
 
 #[test]
 fn an_older_blob_another_snapshot_links_is_copied_and_left_as_it_was() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     fs::write(shipped.shared.path().join("other.txt"), "other").unwrap();
     // A second manifest with the same large file: its snapshot links the same blob.
     let mut second = scanner(shipped.shared.path(), &["*"]);
@@ -371,7 +363,6 @@ fn an_older_blob_another_snapshot_links_is_copied_and_left_as_it_was() {
     let mut held = cache.snapshot(&shipped.old).unwrap();
     let before = fs::read(shipped.file()).unwrap();
     let new = shipped.edit(&[7]);
-    let p = pieces(&new);
     cache.missing_since(&new, &shipped.old);
     assert!(cache.take_for_patch(&mut held, &new).unwrap());
     for live in [true, false] {
@@ -380,15 +371,7 @@ fn an_older_blob_another_snapshot_links_is_copied_and_left_as_it_was() {
         if !live {
             drop(other);
         }
-        let mut writer = claim(&cache, &new);
-        let wanted = cache
-            .reuse(
-                &mut writer,
-                &p,
-                &pieces(&shipped.old),
-                Some((&held, &shipped.old)),
-            )
-            .unwrap();
+        let (_writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, Some(&held));
         assert_eq!(wanted, Some(vec![0]), "copied, still in pieces");
         let older = blob_path(&cache, &pieces(&shipped.old));
         assert_eq!(fs::read(&older).unwrap(), before, "live: {live}");
@@ -399,23 +382,13 @@ fn an_older_blob_another_snapshot_links_is_copied_and_left_as_it_was() {
 
 #[test]
 fn a_fetch_abandoned_while_patching_in_place_leaves_nothing_and_the_next_one_works() {
-    let user = user_dir();
-    let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let mut shipped = Shipped::new(&cache);
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     let mut held = cache.snapshot(&shipped.old).unwrap();
     let new = shipped.edit(&[5, SIZE - 3]);
     let p = pieces(&new);
     cache.missing_since(&new, &shipped.old);
     assert!(cache.take_for_patch(&mut held, &new).unwrap());
-    let mut writer = claim(&cache, &new);
-    let wanted = cache
-        .reuse(
-            &mut writer,
-            &p,
-            &pieces(&shipped.old),
-            Some((&held, &shipped.old)),
-        )
-        .unwrap();
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, Some(&held));
     assert_eq!(wanted, Some(vec![0, 3]));
     send(&mut writer, &shipped.file(), &p, &[0], 1 << 20);
     // The spawner went away: the writer and the held snapshot are dropped unfinished.
@@ -425,8 +398,5 @@ fn a_fetch_abandoned_while_patching_in_place_leaves_nothing_and_the_next_one_wor
     assert_eq!(missing.len(), 1);
     fetch_all(&cache, &shipped.scanner, &new);
     let snapshot = cache.snapshot(&new).unwrap();
-    assert_eq!(
-        fs::read(snapshot.path().join("big.dat")).unwrap(),
-        fs::read(shipped.file()).unwrap()
-    );
+    shipped.assert_shipped_in(&snapshot);
 }

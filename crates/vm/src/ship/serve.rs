@@ -249,7 +249,7 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                 request,
                 digests,
             } => {
-                let Some(scan) = checked(table, rank, root, "blobs") else {
+                let Some(scan) = checked_with_manifest(table, rank, root, "blobs") else {
                     continue;
                 };
                 if digests.len() > MAX_BLOBS_WANTED {
@@ -258,15 +258,6 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                         vm = table.vm,
                         count = digests.len(),
                         "refusing a request for more than {MAX_BLOBS_WANTED} blobs"
-                    );
-                    continue;
-                }
-                if !lock(&table.sent).contains_key(&(rank, root)) {
-                    tracing::warn!(
-                        rank,
-                        vm = table.vm,
-                        root,
-                        "refusing a request for blobs from a worker that has no manifest"
                     );
                     continue;
                 }
@@ -297,18 +288,9 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                 digest,
                 pieces,
             } => {
-                let Some(scan) = checked(table, rank, root, "pieces") else {
+                let Some(scan) = checked_with_manifest(table, rank, root, "pieces") else {
                     continue;
                 };
-                if !lock(&table.sent).contains_key(&(rank, root)) {
-                    tracing::warn!(
-                        rank,
-                        vm = table.vm,
-                        root,
-                        "refusing a request for pieces from a worker that has no manifest"
-                    );
-                    continue;
-                }
                 let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
                 send_pieces(
                     table,
@@ -355,6 +337,27 @@ fn checked<'t>(table: &'t Table, rank: Rank, root: u32, what: &str) -> Option<&'
         );
     }
     scan
+}
+
+/// [`checked`], and the worker was sent a manifest of the root: what it asks for of the
+/// root's files must be in one.
+fn checked_with_manifest<'t>(
+    table: &'t Table,
+    rank: Rank,
+    root: u32,
+    what: &str,
+) -> Option<&'t Mutex<RootScan>> {
+    let scan = checked(table, rank, root, what)?;
+    if !lock(&table.sent).contains_key(&(rank, root)) {
+        tracing::warn!(
+            rank,
+            vm = table.vm,
+            root,
+            "refusing a request for {what} from a worker that has no manifest"
+        );
+        return None;
+    }
+    Some(scan)
 }
 
 /// Sends worker `rank` the current manifest of `root`, unless it has that one (`had`).
@@ -547,46 +550,83 @@ fn send_blob(
             }
         };
     }
-    let mut left = size;
-    loop {
-        if table.cancel.load(Ordering::Acquire) {
-            return false;
+    // Not empty: an empty blob always goes into a batch.
+    match stream(
+        table,
+        shared,
+        (rank, request),
+        digest,
+        &file,
+        &[(0, size)],
+        buffer,
+    ) {
+        Ok(_) => {
+            lock(&table.stats).blobs += 1;
+            tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
+            true
         }
-        let want = usize::try_from(left).map_or(buffer.len(), |left| left.min(buffer.len()));
-        let read = match file.read(&mut buffer[..want]) {
-            Ok(0) if want > 0 => {
-                let reason = format!(
-                    "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
-                );
-                return shared.send(rank, &failed(reason)).is_ok();
-            }
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let reason = format!("cannot read the file of blob {digest}: {e}");
-                return shared.send(rank, &failed(reason)).is_ok();
-            }
-        };
-        let offset = size - left;
-        left -= read as u64;
-        let frame = ToWorker::BlobData {
+        Err(alive) => alive,
+    }
+}
+
+/// Streams the byte ranges `ranges` (start, end; ascending) of blob `digest`, whose file
+/// is `file`, to worker `rank` as `BlobData` chunks at their offsets, the last one marked
+/// `end`. `Ok` with the bytes sent; `Err` when it stopped early (the VM is gone, or the
+/// file shrank or cannot be read, which fails request `request`): whether the worker is
+/// still there.
+fn stream(
+    table: &Table,
+    shared: &Shared,
+    (rank, request): (Rank, u64),
+    digest: Digest,
+    file: &std::fs::File,
+    ranges: &[(u64, u64)],
+    buffer: &mut [u8],
+) -> Result<u64, bool> {
+    let failed = |reason: String| {
+        let frame = ToWorker::BlobFailed {
             vm: table.vm,
+            request,
             digest,
-            offset,
-            data: buffer[..read].into(),
-            end: left == 0,
+            reason,
         };
-        if shared.send(rank, &frame).is_err() {
-            return false;
-        }
-        lock(&table.stats).bytes += read as u64;
-        if left == 0 {
-            break;
+        Err(shared.send(rank, &frame).is_ok())
+    };
+    let mut sent = 0u64;
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        let mut at = start;
+        while at < end {
+            if table.cancel.load(Ordering::Acquire) {
+                return Err(false);
+            }
+            let want =
+                usize::try_from(end - at).map_or(buffer.len(), |left| left.min(buffer.len()));
+            let read = match file.read_at(&mut buffer[..want], at) {
+                Ok(0) => {
+                    return failed(format!(
+                        "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
+                    ));
+                }
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return failed(format!("cannot read the file of blob {digest}: {e}")),
+            };
+            let frame = ToWorker::BlobData {
+                vm: table.vm,
+                digest,
+                offset: at,
+                data: buffer[..read].into(),
+                end: i + 1 == ranges.len() && at + read as u64 == end,
+            };
+            if shared.send(rank, &frame).is_err() {
+                return Err(false);
+            }
+            at += read as u64;
+            sent += read as u64;
+            lock(&table.stats).bytes += read as u64;
         }
     }
-    lock(&table.stats).blobs += 1;
-    tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
-    true
+    Ok(sent)
 }
 
 /// Streams `pieces` of blob `digest` to worker `rank` for its request `request`, each at
@@ -627,49 +667,29 @@ fn send_pieces(
         );
         return shared.send(rank, &failed(reason)).is_ok();
     };
-    let mut sent = 0u64;
-    for (i, &piece) in pieces.iter().enumerate() {
-        let start = u64::from(piece) * len;
-        let end = (start + len).min(size);
-        let mut at = start;
-        while at < end {
-            if table.cancel.load(Ordering::Acquire) {
-                return false;
-            }
-            let want =
-                usize::try_from(end - at).map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = match file.read_at(&mut buffer[..want], at) {
-                Ok(0) => {
-                    let reason = format!(
-                        "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
-                    );
-                    return shared.send(rank, &failed(reason)).is_ok();
-                }
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let reason = format!("cannot read the file of blob {digest}: {e}");
-                    return shared.send(rank, &failed(reason)).is_ok();
-                }
-            };
-            let frame = ToWorker::BlobData {
-                vm: table.vm,
-                digest,
-                offset: at,
-                data: buffer[..read].into(),
-                end: i + 1 == pieces.len() && at + read as u64 == end,
-            };
-            if shared.send(rank, &frame).is_err() {
-                return false;
-            }
-            at += read as u64;
-            sent += read as u64;
-            lock(&table.stats).bytes += read as u64;
+    let ranges: Vec<(u64, u64)> = pieces
+        .iter()
+        .map(|&piece| {
+            let start = u64::from(piece) * len;
+            (start, (start + len).min(size))
+        })
+        .collect();
+    match stream(
+        table,
+        shared,
+        (rank, request),
+        digest,
+        &file,
+        &ranges,
+        buffer,
+    ) {
+        Ok(sent) => {
+            lock(&table.stats).pieces += pieces.len() as u64;
+            tracing::debug!(rank, vm = table.vm, %digest, pieces = pieces.len(), bytes = sent, "shipped the pieces of a blob that changed");
+            true
         }
+        Err(alive) => alive,
     }
-    lock(&table.stats).pieces += pieces.len() as u64;
-    tracing::debug!(rank, vm = table.vm, %digest, pieces = pieces.len(), bytes = sent, "shipped the pieces of a blob that changed");
-    true
 }
 
 #[cfg(test)]
