@@ -333,7 +333,8 @@ impl Shipping {
                                 .map_err(ship_error)?;
                         }
                         if writer.is_complete() {
-                            // Every piece was there in the older blob.
+                            // Nothing to ask for: an empty file, or a large one whose
+                            // every piece was in its older blob.
                             writer.finish().map_err(ship_error)?;
                             continue;
                         }
