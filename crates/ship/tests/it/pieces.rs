@@ -400,3 +400,66 @@ fn a_fetch_abandoned_while_patching_in_place_leaves_nothing_and_the_next_one_wor
     let snapshot = cache.snapshot(&new).unwrap();
     shipped.assert_shipped_in(&snapshot);
 }
+
+#[test]
+fn a_read_only_large_file_in_a_read_only_folder_is_patched_in_place_as_a_user() {
+    parvm_test_support::as_unprivileged(
+        "pieces::a_read_only_large_file_in_a_read_only_folder_is_patched_in_place_as_a_user",
+        || {
+            assert_ne!(nix::unistd::geteuid().as_raw(), 0, "permission bits apply");
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+            let set = |p: &Path, m: u32| {
+                fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+            };
+            let shared = tempfile::tempdir().unwrap();
+            let ro = shared.path().join("ro");
+            fs::create_dir(&ro).unwrap();
+            let file = ro.join("big.dat");
+            let mut data = content();
+            fs::write(&file, &data).unwrap();
+            set(&file, 0o444);
+            set(&ro, 0o555);
+            let user = user_dir();
+            let cache = HostCache::open(&user.path, ROOMY).unwrap();
+            let mut scan = scanner(shared.path(), &["ro"]);
+            let old = scan.manifest().unwrap();
+            fetch_all(&cache, &scan, &old);
+            let mut held = cache.snapshot(&old).unwrap();
+            let at = |m: &Manifest| m.find(Path::new("ro/big.dat")).unwrap().clone();
+            let old_blob = {
+                let hex = at(&old).pieces().unwrap().digest().to_string();
+                cache.path().join("blobs").join(&hex[..2]).join(hex)
+            };
+            let old_inode = inode(&old_blob);
+
+            set(&ro, 0o755);
+            set(&file, 0o644);
+            data[PIECE_MIN as usize + 9] ^= 1;
+            fs::write(&file, &data).unwrap();
+            set(&file, 0o444);
+            set(&ro, 0o555);
+            let new = scan.manifest().unwrap();
+            let (now, was) = (at(&new), at(&old));
+            let p = now.pieces().unwrap();
+            assert_eq!(cache.missing_since(&new, &old).len(), 1);
+            assert!(cache.take_for_patch(&mut held, &new).unwrap());
+            let mut writer = match cache.begin(p.digest(), p.size(), Path::new("ro/big.dat")) {
+                Ok(Begin::Mine(writer)) => writer,
+                other => panic!("{other:?}"),
+            };
+            writer.keep_attrs(now.mode(), now.mtime());
+            let wanted = cache
+                .reuse(&mut writer, p, was.pieces().unwrap(), Some((&held, &old)))
+                .unwrap();
+            assert_eq!(wanted, Some(vec![1]));
+            send(&mut writer, &file, p, &[1], 1 << 18);
+            writer.finish().unwrap();
+            let snapshot = cache.snapshot_after(&new, Some((held, &old))).unwrap();
+            let shipped = snapshot.path().join("ro/big.dat");
+            assert_eq!(fs::read(&shipped).unwrap(), data);
+            assert_eq!(inode(&shipped), old_inode, "patched in place");
+            assert_eq!(mode(&shipped), 0o444);
+            assert_eq!(mode(&snapshot.path().join("ro")), 0o555);
+        },
+    );
+}
