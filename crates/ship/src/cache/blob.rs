@@ -31,6 +31,8 @@ pub struct BlobWriter {
     attrs: Option<(u32, Timestamp)>,
     /// Set when only some pieces arrive: which, and how far they came.
     arriving: Option<Arriving>,
+    /// Start its write-back when finished (`writeback.rs`).
+    pub(super) start_writeback: bool,
     /// Set when the pieces are written into the older blob itself, taken out of the cache
     /// for this writer alone ([`HostCache::reuse`](crate::HostCache::reuse)), instead of
     /// into the claim file.
@@ -57,6 +59,7 @@ impl BlobWriter {
             hasher: Box::new(blake3::Hasher::new()),
             attrs: None,
             arriving: None,
+            start_writeback: false,
             in_place: None,
             dest,
             verified,
@@ -313,6 +316,9 @@ impl BlobWriter {
         if let Some(mtime) = mtime {
             file.set_modified(crate::snapshot::system_time(mtime))
                 .map_err(|e| Error::io("set the time of", &temp, e))?;
+        }
+        if self.start_writeback {
+            super::writeback::start(file);
         }
         // Duplicated before the claim goes with `publish`: the stamp is taken after the
         // rename, which moves the change time on some file systems.

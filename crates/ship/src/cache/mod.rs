@@ -21,6 +21,7 @@ mod index;
 mod pin;
 mod usage;
 mod verified;
+mod writeback;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -147,6 +148,8 @@ pub struct HostCache {
     compact_at: AtomicU64,
     /// Blobs this process hashed (on arrival or before linking them into a snapshot).
     verified: Arc<Verified>,
+    /// Whether a finished blob starts its write-back at once (`writeback.rs`).
+    start_writeback: bool,
 }
 
 /// The journal is compacted when it grows past this, or past three times its length
@@ -171,6 +174,7 @@ impl HostCache {
         }
         let cache = HostCache {
             index: Index::new(&dir),
+            start_writeback: writeback::wanted(&dir),
             dir,
             limits,
             waiting: Mutex::new(HashMap::new()),
@@ -353,7 +357,8 @@ impl HostCache {
                 .map_err(|e| Error::io("empty", claim.path(), e))?;
         }
         let verified = Arc::clone(&self.verified);
-        let writer = BlobWriter::new(claim, dest, verified, digest, size, shown_as);
+        let mut writer = BlobWriter::new(claim, dest, verified, digest, size, shown_as);
+        writer.start_writeback = self.start_writeback;
         Ok(Begin::Mine(writer))
     }
 
