@@ -41,7 +41,7 @@ pub(crate) use verified::{Stamp, Verified};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, NodeKind};
+use crate::manifest::{Manifest, Node, NodeKind};
 use crate::pieces::Pieces;
 use crate::snapshot::Snapshot;
 
@@ -151,6 +151,9 @@ pub struct HostCache {
     /// Whether a finished blob starts its write-back at once (`writeback.rs`).
     start_writeback: bool,
 }
+
+/// The most snapshots [`HostCache::older_snapshot_for`] reads the manifests of.
+const OLDER_LOOKED_AT: usize = 16;
 
 /// The journal is compacted when it grows past this, or past three times its length
 /// after the last compaction, whichever is more.
@@ -398,12 +401,6 @@ impl HostCache {
         if shared.is_empty() {
             return Ok(None);
         }
-        if let Some(held) = held.filter(|(snapshot, _)| snapshot.is_taken())
-            && let Some((file, path)) = self.take_older_blob(older, held, &pieces.digest())?
-        {
-            writer.receive_pieces_in_place(file, path, pieces.clone(), wanted.clone())?;
-            return Ok(Some(wanted));
-        }
         let base_path = self.blob_path(&older.digest());
         let Ok(base) = fs::OpenOptions::new()
             .read(true)
@@ -416,8 +413,16 @@ impl HostCache {
         let Some(before) = stamp(&base) else {
             return Ok(None);
         };
+        // Hashed first unless this process did since it last changed (a new run's worker
+        // never did): its pieces are then what `older` says.
         if !self.verified.is_intact(&older.digest(), &before) && !self.rehash(&base, older)? {
             return Ok(None);
+        }
+        if let Some(held) = held.filter(|(snapshot, _)| snapshot.is_taken())
+            && let Some((file, path)) = self.take_older_blob(older, held, &pieces.digest())?
+        {
+            writer.receive_pieces_in_place(file, path, pieces.clone(), wanted.clone())?;
+            return Ok(Some(wanted));
         }
         if writer
             .receive_pieces_after(&base, &shared, pieces.clone(), wanted.clone())
@@ -437,7 +442,7 @@ impl HostCache {
     /// else needs it: decided under the index held exclusive, so no pin is taken
     /// meanwhile. Nothing else needs it when no held pin but `held`'s names it (the
     /// pin `missing` took for the new manifest names it if the new manifest has it),
-    /// this process verified it, and its only links are the blob store's and those of
+    /// this process verified it (and it has not changed since), and its only links are the blob store's and those of
     /// `held`'s tree (taken out of the cache already, so no reader sees them change).
     fn take_older_blob(
         &self,
@@ -523,6 +528,64 @@ impl HostCache {
         }
         held.taken_to(temp);
         Ok(true)
+    }
+
+    /// For a caller that holds no snapshot of an earlier version of `m` (a worker of a new
+    /// run): the most recent snapshot this cache kept, with its manifest, that has an older
+    /// version of one of `pending`'s large files at the same path, sharing pieces with it
+    /// (the 16 newest snapshots at most are looked at). Held like
+    /// one the caller had kept, it lets those files travel as the pieces that changed
+    /// ([`reuse`](HostCache::reuse)) and is patched into the snapshot of `m`. `None` when
+    /// `pending` has no large file or no snapshot here has an older version of one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the snapshots cannot be listed or one found cannot be pinned.
+    pub fn older_snapshot_for(
+        &self,
+        m: &Manifest,
+        pending: &[(Digest, u64, PathBuf)],
+    ) -> Result<Option<(Arc<Manifest>, Snapshot)>> {
+        let large: Vec<(&Path, &Pieces)> = pending
+            .iter()
+            .filter_map(|(_, _, shown)| Some((shown.as_path(), m.find(shown)?.pieces()?)))
+            .collect();
+        if large.is_empty() {
+            return Ok(None);
+        }
+        let snapshots = self.sub("snapshots");
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(&snapshots).map_err(|e| Error::io("list", &snapshots, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &snapshots, e))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "manifest")
+                && let Ok(meta) = entry.metadata()
+            {
+                kept.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), path));
+            }
+        }
+        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
+            let Some(older) = read_manifest(&path) else {
+                continue;
+            };
+            let has_older_version = large.iter().any(|(shown, pieces)| {
+                older
+                    .find(shown)
+                    .and_then(Node::pieces)
+                    .and_then(|was| pieces.shared_with(was))
+                    .is_some_and(|(shared, _)| !shared.is_empty())
+            });
+            if older.root_digest() == m.root_digest() || !has_older_version {
+                continue;
+            }
+            let root = older.root_digest();
+            let (pin, present) = self.pin(&root, blob_digests(&older).into_iter())?;
+            if present {
+                let snapshot = Snapshot::found(self, root, pin);
+                return Ok(Some((Arc::new(older), snapshot)));
+            }
+        }
+        Ok(None)
     }
 
     /// Hashes the blob with pieces `pieces` open as `file` and records it when intact.

@@ -42,6 +42,16 @@ impl Snapshot {
         &self.path
     }
 
+    /// The snapshot of root `root`, in place in the cache, held by `pin`.
+    pub(crate) fn found(cache: &HostCache, root: Digest, pin: Pin) -> Snapshot {
+        Snapshot {
+            path: cache.snapshot_path(&root),
+            root,
+            pin,
+            taken: false,
+        }
+    }
+
     /// Whether it was taken out of the cache to be patched (no longer mirror from it).
     pub(crate) fn is_taken(&self) -> bool {
         self.taken

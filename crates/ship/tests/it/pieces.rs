@@ -101,6 +101,9 @@ fn claim_in_pieces(
     held: Option<&parvm_ship::Snapshot>,
 ) -> (BlobWriter, Option<Vec<u32>>) {
     let mut writer = claim(cache, new);
+    // As a worker does: the blob takes its file's mode and time, so the snapshot links it.
+    let node = new.find(Path::new("big.dat")).unwrap();
+    writer.keep_attrs(node.mode(), node.mtime());
     let wanted = cache
         .reuse(
             &mut writer,
@@ -152,7 +155,6 @@ fn a_changed_large_file_arrives_as_the_pieces_that_changed() {
     let p = pieces(&new);
 
     let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, None);
-    writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
     assert_eq!(wanted, Some(vec![2]), "only the edited piece is fetched");
     assert_eq!(writer.wanted_pieces(), Some(&[2][..]));
     assert!(!writer.is_complete());
@@ -333,7 +335,6 @@ fn the_blob_of_a_held_snapshot_nobody_else_uses_becomes_the_new_blob_in_place() 
         "out of the cache, where no reader finds it"
     );
     let (mut writer, wanted) = claim_in_pieces(&cache, &new, &shipped.old, Some(&held));
-    writer.keep_attrs(0o644, new.find(Path::new("big.dat")).unwrap().mtime());
     assert_eq!(wanted, Some(vec![2]));
     assert!(!old_blob.exists(), "the older blob was taken");
     send(&mut writer, &shipped.file(), &p, &[2], 1 << 20);
@@ -461,5 +462,67 @@ fn a_read_only_large_file_in_a_read_only_folder_is_patched_in_place_as_a_user() 
             assert_eq!(mode(&shipped), 0o444);
             assert_eq!(mode(&snapshot.path().join("ro")), 0o555);
         },
+    );
+}
+
+#[test]
+fn a_new_run_finds_the_snapshot_an_earlier_run_kept_and_patches_its_blob_in_place() {
+    let (user, cache, mut shipped) = shipped_in_a_new_cache();
+    // The earlier run's snapshot, let go when it ended.
+    drop(cache.snapshot(&shipped.old).unwrap());
+    let old_inode = inode(&blob_path(&cache, &pieces(&shipped.old)));
+    drop(cache);
+    let new = shipped.edit(&[3]);
+
+    // A new run: another handle (nothing verified by it), no snapshot held.
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let pending = cache.missing(&new);
+    assert_eq!(pending.len(), 1);
+    let (older, mut held) = cache
+        .older_snapshot_for(&new, &pending)
+        .unwrap()
+        .expect("the earlier run's snapshot");
+    assert_eq!(older.root_digest(), shipped.old.root_digest());
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &older, Some(&held));
+    assert_eq!(wanted, Some(vec![0]));
+    send(&mut writer, &shipped.file(), &pieces(&new), &[0], 1 << 20);
+    writer.finish().unwrap();
+    let snapshot = cache.snapshot_after(&new, Some((held, &older))).unwrap();
+    shipped.assert_shipped_in(&snapshot);
+    assert_eq!(
+        inode(&snapshot.path().join("big.dat")),
+        old_inode,
+        "hashed first, then patched in place"
+    );
+}
+
+#[test]
+fn no_older_snapshot_stands_in_for_small_files_or_an_unrelated_large_one() {
+    let (_user, cache, mut shipped) = shipped_in_a_new_cache();
+    drop(cache.snapshot(&shipped.old).unwrap());
+    // Every piece different: an unrelated file of the same name.
+    let offsets: Vec<usize> = (0..4).map(|i| i * PIECE_MIN as usize + 1).collect();
+    let unrelated = shipped.edit(&offsets);
+    let pending = cache.missing(&unrelated);
+    assert_eq!(pending.len(), 1);
+    assert!(
+        cache
+            .older_snapshot_for(&unrelated, &pending)
+            .unwrap()
+            .is_none()
+    );
+    // Only small files pending.
+    fs::write(shipped.shared.path().join("small.txt"), "small").unwrap();
+    let mut both = scanner(shipped.shared.path(), &["big.dat", "small.txt"]);
+    let with_small = both.manifest().unwrap();
+    fetch_all(&cache, &both, &unrelated);
+    let pending = cache.missing(&with_small);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(
+        cache
+            .older_snapshot_for(&with_small, &pending)
+            .unwrap()
+            .is_none()
     );
 }

@@ -184,29 +184,43 @@ impl Shipping {
         let ship_error = |source| Error::Ship { root, source };
         let start = std::time::Instant::now();
         let mut partial = held.is_some();
-        // A large file that changed since the held manifest is fetched as the pieces
-        // that changed, the rest copied from its older blob.
-        let older = held.as_ref().map(|(m, _)| Arc::clone(m));
-        let (mut pending, mut previous) = match held {
+        // `older`: the manifest a changed large file's pieces are compared with;
+        // `previous`: its snapshot when this caller alone holds it now.
+        let (mut pending, older, mut previous) = match held {
             Some((held, snapshot)) => {
                 let pending = cache.missing_since(manifest, &held);
                 // Handed to the build, which patches it when nobody else holds it, or
                 // lets it go (so the cache may evict it for the new one).
-                let mut previous = Arc::try_unwrap(snapshot).ok();
-                // A large file that changed may then be patched in place, its older blob
-                // becoming the new one, when nothing else uses the older snapshot.
-                if let Some(snapshot) = &mut previous
-                    && pending
-                        .iter()
-                        .any(|(_, _, shown)| in_pieces(manifest, &held, shown).is_some())
-                    && let Err(e) = cache.take_for_patch(snapshot, manifest)
-                {
-                    tracing::warn!(error = %crate::error::one_line(&e), "cannot take the older snapshot out to patch it");
-                }
-                (pending, previous.map(|s| (s, held)))
+                let previous = Arc::try_unwrap(snapshot)
+                    .ok()
+                    .map(|s| (s, Arc::clone(&held)));
+                (pending, Some(held), previous)
             }
-            None => (cache.missing(manifest), None),
+            None => {
+                let pending = cache.missing(manifest);
+                // A new run's worker has no snapshot of its own yet: an earlier run's with
+                // an older version of a changed large file stands in for it.
+                let older = cache
+                    .older_snapshot_for(manifest, &pending)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %crate::error::one_line(&e), "cannot look for an older snapshot");
+                        None
+                    });
+                let older_m = older.as_ref().map(|(m, _)| Arc::clone(m));
+                (pending, older_m, older.map(|(m, s)| (s, m)))
+            }
         };
+        // A large file that changed since the older manifest is fetched as the pieces that
+        // changed, the rest taken from its older blob: patched in place when nothing else
+        // uses the older snapshot (taken out of the cache for that now), else copied.
+        if let Some((snapshot, was)) = &mut previous
+            && pending
+                .iter()
+                .any(|(_, _, shown)| in_pieces(manifest, was, shown).is_some())
+            && let Err(e) = cache.take_for_patch(snapshot, manifest)
+        {
+            tracing::warn!(error = %crate::error::one_line(&e), "cannot take the older snapshot out to patch it");
+        }
         let mut again = true;
         loop {
             let listed_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -916,6 +930,39 @@ mod tests {
         spawner.damaged.clear();
         let third = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(std::fs::read(third.path().join("big.dat")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_new_run_fetches_only_the_changed_pieces_of_a_file_an_earlier_run_shipped() {
+        let mut s = setup();
+        let user_dir = s.cache.path().parent().unwrap().to_path_buf();
+        let roomy = CacheLimits {
+            max_bytes: 1 << 30,
+            max_count: 100,
+        };
+        s.cache = HostCache::open(&user_dir, roomy).unwrap();
+        let mut data = large_file(&s, "big.dat");
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        // The run ends: its worker and its spawner are gone.
+        drop(std::mem::take(&mut s.shipping));
+        data[parvm_ship::PIECE_MIN as usize * 2 + 1] ^= 0x0f;
+        std::fs::write(s.root.path().join("big.dat"), &data).unwrap();
+
+        // The next run: a new worker (its own cache handle) and a new spawner.
+        let cache = HostCache::open(&user_dir, roomy).unwrap();
+        let mut shipping = Shipping::default();
+        shipping.receive_plan(0, ShipPlan::Always);
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let snapshot = shipping.snapshot(&mut spawner, &cache, 0, 0).unwrap();
+        assert!(spawner.sent.is_empty(), "no whole blob: {:?}", spawner.sent);
+        assert_eq!(spawner.pieces_sent.len(), 1);
+        assert_eq!(spawner.pieces_sent[0].1, vec![2]);
+        assert_eq!(
+            std::fs::read(snapshot.path().join("big.dat")).unwrap(),
+            data
+        );
+        assert_eq!(content(&snapshot, "a.txt"), "alpha");
     }
 
     #[test]
