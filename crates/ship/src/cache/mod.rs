@@ -563,7 +563,7 @@ impl HostCache {
                 kept.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), path));
             }
         }
-        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        kept.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         for (_, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
             let Some(older) = read_manifest(&path) else {
                 continue;
