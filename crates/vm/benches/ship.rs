@@ -8,6 +8,9 @@
 //! - shipped, cold: the worker's host cache is empty (a new worker with new local storage);
 //! - shipped, warm: the next tasks on that worker;
 //! - shipped, one file changed: a task after one source file was rewritten;
+//! - shipped, next run with one file changed: the first task of a new spawner and worker
+//!   (the host cache kept) after one more source file was rewritten, as a user who edits
+//!   an input between two runs;
 //! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
 //! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder;
 //! - `rsync -a` of the tree over ssh into an empty folder, from a throwaway sshd on
@@ -133,11 +136,12 @@ fn main() -> Res<()> {
             parvm_test_support::file_system_name(&base)
         );
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>12} {:>18}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>12} {:>18} {:>12}",
             "tree",
             "cold",
             "warm",
             "1 changed",
+            "next run",
             "shared",
             "rsync -a",
             "rsync ssh",
@@ -145,7 +149,8 @@ fn main() -> Res<()> {
             "cold/ssh",
             "warm/shared",
             "changed/cold",
-            "(changed-warm)/cold"
+            "(changed-warm)/cold",
+            "next/cold"
         );
         for tree in &TREES {
             let row = measure(&exe, work.path(), tree, rsync.as_deref(), ssh.as_ref())?;
@@ -160,6 +165,8 @@ struct Row {
     cold: Duration,
     warm: Duration,
     changed: Duration,
+    /// The first task of the next run after one more file changed.
+    next_run: Duration,
     shared: Duration,
     rsync: Option<Duration>,
     rsync_ssh: Option<Duration>,
@@ -173,11 +180,12 @@ impl Row {
         // What the changed file costs: the whole task (a new folder is filled every time),
         // and what it costs beyond a warm task (negative when the noise is larger).
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>11.1}% {:>17.1}%",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>11.1}% {:>17.1}% {:>11.1}%",
             tree.name,
             ms(self.cold),
             ms(self.warm),
             ms(self.changed),
+            ms(self.next_run),
             ms(self.shared),
             self.rsync.map_or("-".to_owned(), ms),
             self.rsync_ssh.map_or("-".to_owned(), ms),
@@ -188,6 +196,7 @@ impl Row {
             100.0 * self.changed.as_secs_f64() / self.cold.as_secs_f64(),
             100.0 * (self.changed.as_secs_f64() - self.warm.as_secs_f64())
                 / self.cold.as_secs_f64(),
+            100.0 * self.next_run.as_secs_f64() / self.cold.as_secs_f64(),
         );
     }
 }
@@ -207,6 +216,7 @@ fn measure(
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     let mut changed = Vec::new();
+    let mut next_run = Vec::new();
     for round in 0..REPEATS {
         // New local storage: an empty host cache.
         let local = work.join(format!("local-ship-{}-{round}", tree.folder));
@@ -225,6 +235,20 @@ fn measure(
         }
         rewrite_one_file(&mirrored.join(tree.folder), round)?;
         changed.push(one_task(&vm)?);
+        drop(vm);
+        cluster.finish()?;
+        // The next run: a new spawner and worker, the same host cache.
+        rewrite_one_file(&mirrored.join(tree.folder), REPEATS + round)?;
+        let cluster = Cluster::start(
+            exe,
+            &mirrored,
+            &local,
+            &secret,
+            &secret_file,
+            ShipMode::Always,
+        )?;
+        let vm = cluster.vm(tree)?;
+        next_run.push(one_task(&vm)?);
         drop(vm);
         cluster.finish()?;
         fs::remove_dir_all(&local)?;
@@ -261,6 +285,7 @@ fn measure(
         cold: median(cold),
         warm: median(warm),
         changed: median(changed),
+        next_run: median(next_run),
         shared: median(shared),
         rsync,
         rsync_ssh,
