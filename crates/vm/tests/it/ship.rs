@@ -359,6 +359,54 @@ fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
 }
 
 #[test]
+fn two_workers_of_one_host_get_a_changed_large_file_as_one_fetch_of_its_pieces() {
+    let hosts = TwoHosts::start(ShipMode::Auto, 2);
+    std::fs::create_dir(hosts.path("lib")).unwrap();
+    let source = hosts.path("lib/models.lib");
+    let piece = parvm_ship::PIECE_MIN as usize;
+    let mut content: Vec<u8> = (0..4 * piece + 7).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&source, &content).unwrap();
+    let vm = vm_with(
+        hosts.runtime(),
+        &[(source.display().to_string(), ".")],
+        false,
+    );
+    let both = |vm: &Vm| {
+        let ids = vm
+            .spawn(Spawn::task("describe", &()).count(2).hosts(["beta"]))
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        let (outcomes, _) = collect(vm, &ids);
+        ids.iter()
+            .map(|id| {
+                outcomes[id]
+                    .value::<Vec<Described>>()
+                    .into_iter()
+                    .find(|d| d.0 == "models.lib")
+                    .map(|d| d.4)
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(both(&vm), [content.clone(), content.clone()]);
+    let before = vm.ship_stats();
+    // Both workers hold the older snapshot: neither patches it in place, one fetches the
+    // changed pieces for the host and the other waits for it.
+    content[3 * piece + 1] ^= 1;
+    content[piece] ^= 1;
+    std::fs::write(&source, &content).unwrap();
+    assert_eq!(both(&vm), [content.clone(), content.clone()]);
+    let after = vm.ship_stats();
+    assert_eq!(after.blobs, before.blobs, "{after:?}");
+    assert_eq!(
+        after.pieces,
+        before.pieces + 2,
+        "one fetch for the host: {after:?}"
+    );
+    assert_eq!(after.bytes, before.bytes + 2 * parvm_ship::PIECE_MIN);
+}
+
+#[test]
 fn two_workers_of_one_host_fetch_each_blob_once() {
     let hosts = TwoHosts::start(ShipMode::Auto, 2);
     std::fs::create_dir(hosts.path("big")).unwrap();
