@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use blob::BlobWriter;
 pub(crate) use claim::Claim;
-pub(crate) use dirs::{remove_tree, unique_suffix};
+pub(crate) use dirs::{private_dir, remove_tree, unique_suffix, verify_private};
 pub(crate) use evict::{read_manifest, trash_snapshot};
 pub(crate) use index::{Index, Kind};
 pub(crate) use pin::Pin;
@@ -191,7 +191,8 @@ impl HostCache {
 
     /// Empties the host cache beneath `user_dir` of everything no live snapshot, build or
     /// fetch of any process uses (one eviction pass with limits of zero, which also removes
-    /// what killed processes left), read-only snapshot folders included. Makes nothing where
+    /// what killed processes left), read-only snapshot folders included, and of the hashes
+    /// a spawner kept for its next run ([`Scanner::keep_hashes_under`](crate::Scanner::keep_hashes_under)). Makes nothing where
     /// there is no cache. Gives what it held before and what it holds after.
     ///
     /// # Errors
@@ -207,6 +208,8 @@ impl HostCache {
             max_count: 0,
         };
         drop(HostCache::open(user_dir, nothing)?);
+        // A spawner's hashes kept for its next run go too: the next run hashes again.
+        remove_tree(&dir.join(crate::scan::STORE_FOLDER))?;
         Ok((before, CacheUsage::of(&dir)?))
     }
 

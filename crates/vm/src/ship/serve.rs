@@ -110,11 +110,12 @@ pub(crate) struct VmShip {
 
 impl VmShip {
     /// The shipping of VM `vm` whose map is `map`, under `mode`: markers written (`auto`)
-    /// and a scanner per root the map uses; `None` with `never`. Call [`VmShip::start`]
-    /// to serve.
+    /// and a scanner per root the map uses, keeping its hashes for the next run in
+    /// `user_dir` (the spawner's per-user local storage folder) when given; `None` with
+    /// `never`. Call [`VmShip::start`] to serve.
     pub(crate) fn new(
         vm: u32,
-        mode: ShipMode,
+        (mode, user_dir): (ShipMode, Option<&std::path::Path>),
         roots: &[PathBuf],
         map: &AbstractMirrorMap,
         mapped: Arc<Mutex<HashSet<Rank>>>,
@@ -144,8 +145,13 @@ impl VmShip {
         let scans = sources
             .into_iter()
             .map(|(root, suffixes)| {
+                let scanner = Scanner::new(roots.to_vec(), root as usize, suffixes);
+                let scanner = match user_dir {
+                    Some(dir) => scanner.keep_hashes_under(dir),
+                    None => scanner,
+                };
                 let scan = RootScan {
-                    scanner: Scanner::new(roots.to_vec(), root as usize, suffixes),
+                    scanner,
                     encoded: None,
                 };
                 (root, Mutex::new(scan))
@@ -750,8 +756,14 @@ mod tests {
         ));
         // Worker 1 was sent the VM's map, worker 2 was not.
         let mapped = Arc::new(Mutex::new(HashSet::from([1])));
-        let mut ship =
-            VmShip::new(0, ShipMode::Always, config.mirrored_roots(), &map, mapped).unwrap();
+        let mut ship = VmShip::new(
+            0,
+            (ShipMode::Always, None),
+            config.mirrored_roots(),
+            &map,
+            mapped,
+        )
+        .unwrap();
         assert_eq!(ship.plan(), &ShipPlan::Always);
         let jobs = ship.start(Arc::downgrade(&shared)).unwrap();
         shared.lock().ship.insert(0, jobs);

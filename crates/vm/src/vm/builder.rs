@@ -148,9 +148,20 @@ impl VmBuilder {
         let mirror_sent = Arc::new(Mutex::new(HashSet::new()));
         let mut ship = abstract_map.and_then(|map| {
             let config = &self.shared.config;
+            // The spawner's own local storage keeps what it hashed for the next run.
+            let user_dir = (config.ship() != parvm_env_config::ShipMode::Never)
+                .then(|| parvm_local_storage::LocalStorage::open(config.local_root()))
+                .and_then(|opened| {
+                    opened
+                        .inspect_err(|e| {
+                            tracing::debug!(error = %crate::error::one_line(e), "no local storage on the spawner to keep hashes in")
+                        })
+                        .ok()
+                })
+                .map(|storage| storage.path().to_path_buf());
             VmShip::new(
                 index,
-                config.ship(),
+                (config.ship(), user_dir.as_deref()),
                 config.mirrored_roots(),
                 &map,
                 Arc::clone(&mirror_sent),

@@ -61,7 +61,7 @@ struct TwoHosts {
     shared: tempfile::TempDir,
     beta_local: tempfile::TempDir,
     beta_root: tempfile::TempDir,
-    _local: tempfile::TempDir,
+    local: tempfile::TempDir,
 }
 
 impl TwoHosts {
@@ -105,7 +105,7 @@ impl TwoHosts {
             shared,
             beta_local,
             beta_root,
-            _local: local,
+            local,
         }
     }
 
@@ -115,6 +115,19 @@ impl TwoHosts {
 
     fn path(&self, relative: &str) -> PathBuf {
         self.shared.path().join(relative)
+    }
+
+    /// The files in which the spawner keeps its hashes for the next run.
+    fn spawner_hash_stores(&self) -> Vec<PathBuf> {
+        let user = parvm_env_config::current_user().unwrap();
+        let dir = self
+            .local
+            .path()
+            .join(format!("parvm-{user}"))
+            .join("cache/hashes");
+        std::fs::read_dir(dir)
+            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
     }
 
     /// beta's host cache.
@@ -356,6 +369,8 @@ fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
     );
     assert_eq!(after.pieces, before.pieces + 1);
     assert_eq!(after.bytes, before.bytes + parvm_ship::PIECE_MIN);
+    // The spawner kept what it hashed for the next run, in its own local storage.
+    assert_eq!(hosts.spawner_hash_stores().len(), 1);
 }
 
 #[test]
