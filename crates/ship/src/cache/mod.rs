@@ -154,6 +154,9 @@ pub struct HostCache {
 
 /// The most snapshots [`HostCache::older_snapshot_for`] reads the manifests of.
 const OLDER_LOOKED_AT: usize = 16;
+/// The most bytes of manifests [`HostCache::older_snapshot_for`] reads: a cache of huge
+/// unrelated trees costs a new run at most this much reading.
+const OLDER_BYTES_READ: u64 = 32 << 20;
 
 /// The journal is compacted when it grows past this, or past three times its length
 /// after the last compaction, whichever is more.
@@ -536,7 +539,7 @@ impl HostCache {
     /// For a caller that holds no snapshot of an earlier version of `m` (a worker of a new
     /// run): the most recent snapshot this cache kept, with its manifest, that has an older
     /// version of one of `pending`'s large files at the same path, sharing pieces with it
-    /// (the 16 newest snapshots at most are looked at). Held like
+    /// (the 16 newest snapshots at most, and 32 MiB of their manifests, are looked at). Held like
     /// one the caller had kept, it lets those files travel as the pieces that changed
     /// ([`reuse`](HostCache::reuse)) and is patched into the snapshot of `m`. `None` when
     /// `pending` has no large file or no snapshot here has an older version of one.
@@ -556,18 +559,24 @@ impl HostCache {
             return Ok(None);
         }
         let snapshots = self.sub("snapshots");
-        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        let mut kept: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&snapshots).map_err(|e| Error::io("list", &snapshots, e))? {
             let entry = entry.map_err(|e| Error::io("list", &snapshots, e))?;
             let path = entry.path();
             if path.extension().is_some_and(|ext| ext == "manifest")
                 && let Ok(meta) = entry.metadata()
             {
-                kept.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), path));
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                kept.push((modified, meta.len(), path));
             }
         }
-        kept.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
-        for (_, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
+        kept.sort_by_key(|(modified, _, _)| std::cmp::Reverse(*modified));
+        let mut budget = OLDER_BYTES_READ;
+        for (_, len, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
+            let Some(left) = budget.checked_sub(len) else {
+                break;
+            };
+            budget = left;
             let Some(older) = read_manifest(&path) else {
                 continue;
             };
