@@ -82,6 +82,43 @@ pub fn fetch_all(cache: &HostCache, scanner: &Scanner, manifest: &Manifest) -> u
     wrote
 }
 
+/// Runs the test `child` (whose body reads the folder named by `PARVM_SHIP_FULL_DISK`)
+/// in a private mount namespace with a tmpfs of `size` mounted there, and checks that it
+/// printed `done`. Skipped, saying so, where this process cannot make one (not root, or a
+/// container that refuses mount namespaces or tmpfs mounts).
+pub fn on_a_small_tmpfs(child: &str, size: &str, done: &str) {
+    let mount = tempfile::tempdir().unwrap();
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "mount", "-t", "tmpfs"])
+        .args(["-o", &format!("size={size}"), "none"])
+        .arg(mount.path())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !nix::unistd::geteuid().is_root() || !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED {child}: needs root and a tmpfs in a private mount namespace (`unshare -m`)"
+        );
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size},mode=0700 none '{}' && exec '{}' --exact {child} --nocapture --test-threads 1",
+        mount.path().display(),
+        exe.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("PARVM_SHIP_FULL_DISK", mount.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains(done), "{text}");
+}
+
 /// Scans, fetches and snapshots in one go.
 pub fn ship(cache: &HostCache, scanner: &mut Scanner) -> (Arc<Manifest>, parvm_ship::Snapshot) {
     let manifest = scanner.manifest().unwrap();

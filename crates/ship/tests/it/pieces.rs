@@ -526,3 +526,71 @@ fn no_older_snapshot_stands_in_for_small_files_or_an_unrelated_large_one() {
             .is_none()
     );
 }
+
+/// Runs the body of [`full_disk_child`] in a private mount namespace with a 3 MiB tmpfs.
+#[test]
+fn on_a_full_disk_the_older_blob_is_patched_in_place_where_a_copy_cannot_be_made() {
+    crate::on_a_small_tmpfs(
+        "pieces::full_disk_child",
+        "3m",
+        "pieces on a full disk: checked",
+    );
+}
+
+/// The child of [`on_a_full_disk_the_older_blob_is_patched_in_place_where_a_copy_cannot_be_made`];
+/// does nothing when run alone.
+#[test]
+fn full_disk_child() {
+    let Some(mount) = std::env::var_os("PARVM_SHIP_FULL_DISK") else {
+        return;
+    };
+    let user = Path::new(&mount).join("parvm-test");
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+        .create(&user)
+        .unwrap();
+    let cache = HostCache::open(&user, ROOMY).unwrap();
+    // Two and a half pieces: the blob fits, a second copy of most of it does not.
+    let shared = tempfile::tempdir().unwrap();
+    let file = shared.path().join("big.dat");
+    let mut data: Vec<u8> = (0..2 * PIECE_MIN as usize + (512 << 10))
+        .map(|i| (i % 239) as u8)
+        .collect();
+    fs::write(&file, &data).unwrap();
+    let mut scan = scanner(shared.path(), &["big.dat"]);
+    let old = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &old);
+    let mut held = cache.snapshot(&old).unwrap();
+    data[7] ^= 1;
+    fs::write(&file, &data).unwrap();
+    let new = scan.manifest().unwrap();
+    let tmp_is_empty = || {
+        ["tmp", "claims"].iter().all(|sub| {
+            fs::read_dir(cache.path().join(sub))
+                .unwrap()
+                .next()
+                .is_none()
+        })
+    };
+
+    // Copying the shared pieces fails for room: the writer takes the whole blob, which
+    // does not fit either; nothing is left.
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &old, None);
+    assert_eq!(wanted, None, "no room to copy the shared pieces");
+    let failed = writer.write(&data);
+    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+    drop(writer);
+    assert!(tmp_is_empty());
+
+    // In place it needs no room: the older blob becomes the new one.
+    assert_eq!(cache.missing_since(&new, &old).len(), 1);
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &old, Some(&held));
+    assert_eq!(wanted, Some(vec![0]));
+    send(&mut writer, &file, &pieces(&new), &[0], 1 << 20);
+    writer.finish().unwrap();
+    let snapshot = cache.snapshot_after(&new, Some((held, &old))).unwrap();
+    assert_eq!(fs::read(snapshot.path().join("big.dat")).unwrap(), data);
+    drop(snapshot);
+    assert!(tmp_is_empty());
+    println!("pieces on a full disk: checked");
+}

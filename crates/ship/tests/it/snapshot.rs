@@ -260,49 +260,7 @@ fn a_missing_blob_is_named() {
 /// Runs the body of [`full_disk_child`] in a private mount namespace with a 1 MiB tmpfs.
 #[test]
 fn a_full_disk_is_refused_before_building() {
-    let mount = tempfile::tempdir().unwrap();
-    // Root alone is not enough: a container may refuse mount namespaces or tmpfs mounts.
-    let probe = std::process::Command::new("unshare")
-        .args([
-            "-m",
-            "--propagation",
-            "private",
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "none",
-        ])
-        .arg(mount.path())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !nix::unistd::geteuid().is_root() || !probe.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "SKIPPED a_full_disk_is_refused_before_building: needs root and a tmpfs in a private mount namespace (`unshare -m`)"
-        );
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=1m,mode=0700 none '{}' && exec '{}' --exact snapshot::full_disk_child --nocapture --test-threads 1",
-        mount.path().display(),
-        exe.display()
-    );
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env("PARVM_SHIP_FULL_DISK", mount.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("full disk: checked"),
-        "{text}"
-    );
+    crate::on_a_small_tmpfs("snapshot::full_disk_child", "1m", "full disk: checked");
 }
 
 /// The child of [`a_full_disk_is_refused_before_building`]; does nothing when run alone.
