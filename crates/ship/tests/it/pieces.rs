@@ -594,3 +594,87 @@ fn full_disk_child() {
     assert!(tmp_is_empty());
     println!("pieces on a full disk: checked");
 }
+
+/// The environment variable that makes [`patcher_child`] run: the shared folder and the
+/// per-user folder, joined by a newline.
+const PATCHER_ENV: &str = "PARVM_SHIP_PATCHER";
+
+#[test]
+fn a_worker_killed_while_patching_in_place_leaves_nothing_and_the_next_fetch_works() {
+    use std::io::BufRead;
+    let (user, cache, shipped) = shipped_in_a_new_cache();
+    drop(cache.snapshot(&shipped.old).unwrap());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "pieces::patcher_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(
+            PATCHER_ENV,
+            format!(
+                "{}\n{}",
+                shipped.shared.path().display(),
+                user.path.display()
+            ),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let patching = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("PARVM-PATCHING"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(patching, "the child did not get to patching in place");
+
+    // The next opening of the cache removes what the dead worker left in `tmp/`: the
+    // older blob it was patching and the snapshot it had taken out.
+    drop(HostCache::open(&user.path, ROOMY).unwrap());
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    let mut scan = scanner(shipped.shared.path(), &["big.dat"]);
+    let new = scan.manifest().unwrap();
+    assert_ne!(new.root_digest(), shipped.old.root_digest());
+    assert_eq!(fetch_all(&cache, &scan, &new), 1);
+    shipped.assert_shipped_in(&cache.snapshot(&new).unwrap());
+}
+
+/// The child of the test above: edits the shared file, starts patching the older blob in
+/// place, writes half of the changed piece, says so and waits to be killed.
+#[test]
+fn patcher_child() {
+    let Some(paths) = std::env::var_os(PATCHER_ENV) else {
+        return;
+    };
+    let paths = paths.to_string_lossy().into_owned();
+    let (shared, user) = paths.split_once('\n').unwrap();
+    let cache = HostCache::open(Path::new(user), ROOMY).unwrap();
+    let mut scan = scanner(Path::new(shared), &["big.dat"]);
+    let old = scan.manifest().unwrap();
+    let mut held = cache.snapshot(&old).unwrap();
+    let file = Path::new(shared).join("big.dat");
+    let mut data = fs::read(&file).unwrap();
+    data[PIECE_MIN as usize + 3] ^= 1;
+    fs::write(&file, &data).unwrap();
+    let new = scan.manifest().unwrap();
+    cache.missing_since(&new, &old);
+    assert!(cache.take_for_patch(&mut held, &new).unwrap());
+    let (mut writer, wanted) = claim_in_pieces(&cache, &new, &old, Some(&held));
+    assert_eq!(wanted, Some(vec![1]));
+    assert!(
+        !blob_path(&cache, &pieces(&old)).exists(),
+        "the older blob was taken to be patched in place"
+    );
+    let half = (PIECE_MIN / 2) as usize;
+    writer
+        .write(&data[PIECE_MIN as usize..PIECE_MIN as usize + half])
+        .unwrap();
+    println!("\nPARVM-PATCHING");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
