@@ -213,6 +213,8 @@ fn measure(
     let secret_file = work.join("secret");
     let secret = Secret::load_or_create(&secret_file)?;
 
+    let start =
+        |local: &Path, mode| Cluster::start(exe, &mirrored, local, &secret, &secret_file, mode);
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     let mut changed = Vec::new();
@@ -220,14 +222,7 @@ fn measure(
     for round in 0..REPEATS {
         // New local storage: an empty host cache.
         let local = work.join(format!("local-ship-{}-{round}", tree.folder));
-        let cluster = Cluster::start(
-            exe,
-            &mirrored,
-            &local,
-            &secret,
-            &secret_file,
-            ShipMode::Always,
-        )?;
+        let cluster = start(&local, ShipMode::Always)?;
         let vm = cluster.vm(tree)?;
         cold.push(one_task(&vm)?);
         for _ in 0..WARM_TASKS {
@@ -239,14 +234,7 @@ fn measure(
         cluster.finish()?;
         // The next run: a new spawner and worker, the same host cache.
         rewrite_one_file(&mirrored.join(tree.folder), REPEATS + round)?;
-        let cluster = Cluster::start(
-            exe,
-            &mirrored,
-            &local,
-            &secret,
-            &secret_file,
-            ShipMode::Always,
-        )?;
+        let cluster = start(&local, ShipMode::Always)?;
         let vm = cluster.vm(tree)?;
         next_run.push(one_task(&vm)?);
         drop(vm);
@@ -255,14 +243,7 @@ fn measure(
     }
 
     let local = work.join(format!("local-shared-{}", tree.folder));
-    let cluster = Cluster::start(
-        exe,
-        &mirrored,
-        &local,
-        &secret,
-        &secret_file,
-        ShipMode::Never,
-    )?;
+    let cluster = start(&local, ShipMode::Never)?;
     let vm = cluster.vm(tree)?;
     one_task(&vm)?;
     let mut shared = Vec::new();

@@ -178,10 +178,7 @@ impl BlobWriter {
 
     /// The file the blob is written into, and its path.
     fn target(&self) -> (&File, &Path) {
-        match &self.in_place {
-            Some(in_place) => (&in_place.file, &in_place.path),
-            None => (self.claim.file(), self.claim.path()),
-        }
+        target_of(self.in_place.as_ref(), &self.claim)
     }
 
     /// Back to receiving the whole blob in order, after a
@@ -222,10 +219,8 @@ impl BlobWriter {
             let (start, len) = a.pieces.range(piece);
             let take = (len - a.filled).min(chunk.len() as u64) as usize;
             let at = start + a.filled;
-            let (file, path) = match &self.in_place {
-                Some(in_place) => (&in_place.file, in_place.path.as_path()),
-                None => (self.claim.file(), self.claim.path()),
-            };
+            // Not `self.target()`: `a` borrows `self.arriving` meanwhile.
+            let (file, path) = target_of(self.in_place.as_ref(), &self.claim);
             file.write_all_at(&chunk[..take], at)
                 .map_err(|e| Error::io("write", path, e))?;
             self.hasher.update(&chunk[..take]);
@@ -357,6 +352,15 @@ struct Arriving {
     next: usize,
     /// Bytes of that piece written so far.
     filled: u64,
+}
+
+/// The file a blob is written into, and its path: the older blob taken over when there is
+/// one, else the claim file.
+fn target_of<'a>(in_place: Option<&'a InPlace>, claim: &'a Claim) -> (&'a File, &'a Path) {
+    match in_place {
+        Some(in_place) => (&in_place.file, &in_place.path),
+        None => (claim.file(), claim.path()),
+    }
 }
 
 /// An older blob taken out of the cache to become this blob in place.

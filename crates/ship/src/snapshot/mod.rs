@@ -42,7 +42,8 @@ impl Snapshot {
         &self.path
     }
 
-    /// The snapshot of root `root`, in place in the cache, held by `pin`.
+    /// The snapshot of root `root`, in place in the cache (found or just placed), held by
+    /// `pin`.
     pub(crate) fn found(cache: &HostCache, root: Digest, pin: Pin) -> Snapshot {
         Snapshot {
             path: cache.snapshot_path(&root),
@@ -108,13 +109,7 @@ pub(crate) fn build(
     // fetch as soon as the snapshot goes, while the snapshot alone spares nothing.
     let found = |pin: Pin| -> Result<(Snapshot, bool)> {
         cache.index().touch(&used)?;
-        let snapshot = Snapshot {
-            path: cache.snapshot_path(&root),
-            root,
-            pin,
-            taken: false,
-        };
-        Ok((snapshot, false))
+        Ok((Snapshot::found(cache, root, pin), false))
     };
     if present {
         return found(pin);
@@ -154,13 +149,7 @@ pub(crate) fn build(
         built?;
     }
     cache.index().touch(&used)?;
-    let snapshot = Snapshot {
-        path: dest,
-        root,
-        pin,
-        taken: false,
-    };
-    Ok((snapshot, true))
+    Ok((Snapshot::found(cache, root, pin), true))
 }
 
 /// Patches `old` (with its manifest) into the snapshot of `m`, built at `temp` and placed,

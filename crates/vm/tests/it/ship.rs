@@ -336,32 +336,41 @@ fn a_source_changed_between_two_tasks_is_seen_by_the_second() {
     }
 }
 
-#[test]
-fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
-    let hosts = TwoHosts::start(ShipMode::Auto, 1);
+/// A VM whose map mirrors `lib/models.lib` of the shared root, a model library of `size`
+/// bytes written there; with the library's path and content.
+fn vm_with_library(hosts: &TwoHosts, size: usize) -> (Vm, PathBuf, Vec<u8>) {
     std::fs::create_dir(hosts.path("lib")).unwrap();
     let source = hosts.path("lib/models.lib");
-    let piece = parvm_ship::PIECE_MIN as usize;
-    let mut content: Vec<u8> = (0..3 * piece + 100).map(|i| (i % 253) as u8).collect();
+    let content: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
     std::fs::write(&source, &content).unwrap();
     let vm = vm_with(
         hosts.runtime(),
         &[(source.display().to_string(), ".")],
         false,
     );
-    let file_of = |described: Vec<Described>| {
-        described
-            .into_iter()
-            .find(|d| d.0 == "models.lib")
-            .map(|d| d.4)
-            .unwrap()
-    };
-    assert_eq!(file_of(describe(&vm, "beta")), content);
+    (vm, source, content)
+}
+
+/// The content of the library among what a task described of its folder.
+fn library_in(described: Vec<Described>) -> Vec<u8> {
+    described
+        .into_iter()
+        .find(|d| d.0 == "models.lib")
+        .map(|d| d.4)
+        .unwrap()
+}
+
+#[test]
+fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
+    let hosts = TwoHosts::start(ShipMode::Auto, 1);
+    let piece = parvm_ship::PIECE_MIN as usize;
+    let (vm, source, mut content) = vm_with_library(&hosts, 3 * piece + 100);
+    assert_eq!(library_in(describe(&vm, "beta")), content);
     let before = vm.ship_stats();
     // One line of the library edited.
     content[piece + 10] ^= 1;
     std::fs::write(&source, &content).unwrap();
-    assert_eq!(file_of(describe(&vm, "beta")), content);
+    assert_eq!(library_in(describe(&vm, "beta")), content);
     let after = vm.ship_stats();
     assert_eq!(
         after.blobs, before.blobs,
@@ -376,16 +385,8 @@ fn a_large_source_changed_between_two_tasks_travels_as_its_changed_pieces() {
 #[test]
 fn two_workers_of_one_host_get_a_changed_large_file_as_one_fetch_of_its_pieces() {
     let hosts = TwoHosts::start(ShipMode::Auto, 2);
-    std::fs::create_dir(hosts.path("lib")).unwrap();
-    let source = hosts.path("lib/models.lib");
     let piece = parvm_ship::PIECE_MIN as usize;
-    let mut content: Vec<u8> = (0..4 * piece + 7).map(|i| (i % 249) as u8).collect();
-    std::fs::write(&source, &content).unwrap();
-    let vm = vm_with(
-        hosts.runtime(),
-        &[(source.display().to_string(), ".")],
-        false,
-    );
+    let (vm, source, mut content) = vm_with_library(&hosts, 4 * piece + 7);
     let both = |vm: &Vm| {
         let ids = vm
             .spawn(Spawn::task("describe", &()).count(2).hosts(["beta"]))
@@ -393,14 +394,7 @@ fn two_workers_of_one_host_get_a_changed_large_file_as_one_fetch_of_its_pieces()
         assert_eq!(ids.len(), 2);
         let (outcomes, _) = collect(vm, &ids);
         ids.iter()
-            .map(|id| {
-                outcomes[id]
-                    .value::<Vec<Described>>()
-                    .into_iter()
-                    .find(|d| d.0 == "models.lib")
-                    .map(|d| d.4)
-                    .unwrap()
-            })
+            .map(|id| library_in(outcomes[id].value()))
             .collect::<Vec<_>>()
     };
     assert_eq!(both(&vm), [content.clone(), content.clone()]);
