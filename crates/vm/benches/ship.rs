@@ -291,11 +291,16 @@ impl Cluster {
         fs::create_dir_all(local)?;
         let spawner_local = local.join("spawner");
         fs::create_dir_all(&spawner_local)?;
-        let config = Config::builder()
+        let mut config = Config::builder()
             .local_root(&spawner_local)
             .mirrored_roots([mirrored])
-            .ship(ship)
-            .build()?;
+            .ship(ship);
+        // `PARVM_LOG` shows the spawner's side too (the worker reads it from its
+        // environment).
+        if let Ok(filter) = std::env::var("PARVM_LOG") {
+            config = config.log_filter(filter);
+        }
+        let config = config.build()?;
         let runtime = Runtime::builder(tasks())
             .config(config)
             .backend(Backend::Tcp(

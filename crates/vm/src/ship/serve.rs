@@ -382,8 +382,10 @@ fn send_manifest(
         root,
         reason,
     };
+    let scan_start = std::time::Instant::now();
     let sent = match scan.scanner.manifest() {
         Ok(manifest) => {
+            let scan_ms = scan_start.elapsed().as_secs_f64() * 1e3;
             let digest = manifest.root_digest();
             if had == Some(digest) {
                 return;
@@ -411,6 +413,7 @@ fn send_manifest(
                     root,
                     files = manifest.file_count(),
                     bytes = manifest.total_bytes(),
+                    scan_ms,
                     "sent a manifest"
                 );
             }
