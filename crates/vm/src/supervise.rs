@@ -26,11 +26,12 @@
 //! `_exit`. The standard library has already set up the command's standard streams and
 //! folder in it. The hook starts the command the way `posix_spawn` does: a `clone` that
 //! shares the supervisor's memory (`CLONE_VM | CLONE_VFORK`) and execs at once, so no page
-//! table is copied for it (forking the supervisor, a copy of the worker, instead cost about
-//! 0.1 ms of CPU per case here, 5% of a case of `true`). Its program, arguments and environment are
-//! prepared in the worker ([`Exec`]), with the standard library's meaning (`PATH` searched
-//! in the command's own environment). An exec that fails is reported as the standard
-//! library reports it: the hook returns the error, and [`Command::spawn`] returns it.
+//! table is copied for it (forking the supervisor, a copy of the worker, instead cost
+//! about 0.1 ms of CPU per case here, 5% of a case of `true`). Its program, arguments and
+//! environment are prepared in the worker ([`Exec`]), with the standard library's meaning
+//! (`PATH` searched in the command's own environment). An exec that fails is reported as
+//! the standard library reports it: the hook returns the error, and [`Command::spawn`]
+//! returns it.
 
 #![allow(unsafe_code)]
 
@@ -768,6 +769,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Prints the first argument, two variables and the folder, `|` between them.
+    const PRINT_ALL: &str =
+        r#"printf '%s|%s|%s|%s' "$1" "$PARVM_T_SET" "${PARVM_T_GONE-unset}" "$PWD" > out"#;
+
     #[test]
     fn the_command_gets_its_arguments_environment_and_folder_exactly() {
         use std::os::unix::ffi::OsStrExt;
@@ -775,7 +780,7 @@ mod tests {
         let odd = std::ffi::OsStr::from_bytes(b"a b\n$HOME *\xff'\"");
         let mut command = Command::new("/bin/sh");
         command
-            .args(["-c", "printf '%s|%s|%s|%s' \"$1\" \"$PARVM_T_SET\" \"${PARVM_T_GONE-unset}\" \"$PWD\" > out", "sh"])
+            .args(["-c", PRINT_ALL, "sh"])
             .arg(odd)
             .env("PARVM_T_SET", odd)
             .env_remove("PATH")
