@@ -177,12 +177,12 @@ fn bad_halt_settings_are_refused() {
 #[test]
 fn timeout_percent_of_the_median_stops_a_case_far_slower_than_the_others() {
     let sweep = Sweep::new();
-    // One worker holds 4 cases at once, so case 7 is the first handed out after 3 cases
-    // succeeded: it gets 1000% of their median (about 2 s) and is stopped; the cases
-    // before it had no limit yet, and the fast ones after it stay far below theirs.
+    // Case 1 starts before any case succeeded, when there is no median yet; it is
+    // stopped once three cases did and it has run past 1000% of their median (about
+    // 2 s), as GNU parallel does. The fast cases stay far below the limit.
     let mut args = vec![
         "-j",
-        "1",
+        "2",
         "-k",
         "--timeout",
         "1000%",
@@ -190,17 +190,17 @@ fn timeout_percent_of_the_median_stops_a_case_far_slower_than_the_others() {
         "jl",
         "sleep",
         ":::",
+        "60",
     ];
-    args.extend(["0.2"; 6]);
-    args.extend(["60", "0.2"]);
+    args.extend(["0.2"; 7]);
     let out = sweep.run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("case 7 timed out after"), "{stderr}");
+    assert!(stderr.contains("case 1 timed out after"), "{stderr}");
     let rows = joblog(&sweep, "jl");
     assert_eq!(rows.len(), 8, "{rows:?}");
     for (seq, exit, _) in &rows {
-        assert_eq!(exit, if seq == "7" { "-1" } else { "0" }, "{rows:?}");
+        assert_eq!(exit, if seq == "1" { "-1" } else { "0" }, "{rows:?}");
     }
     sweep.refuses(&["--timeout", "0%", "true"], "--timeout `0%`");
 }

@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub lost_retries: u32,
     pub halt_on_error: bool,
     pub timeout: Option<Duration>,
+    /// [`Dispatch::timeout_of_median`](super::Dispatch::timeout_of_median): the percent.
+    pub timeout_of_median: Option<f64>,
     pub results: Option<PathBuf>,
 }
 
@@ -32,6 +34,7 @@ impl Default for Settings {
             lost_retries: 3,
             halt_on_error: false,
             timeout: None,
+            timeout_of_median: None,
             results: None,
         }
     }
@@ -55,13 +58,15 @@ pub(super) struct Flight {
     /// When the task started: at its send, or at the end of the task it was queued
     /// behind; `None` while queued.
     pub(super) started: Option<Instant>,
+    /// When its fixed limit (its own, or the dispatch's) runs out; a limit from the
+    /// median is worked out afresh as the median moves.
     pub(super) deadline: Option<Instant>,
     pub(super) value: Option<Result<Value, TaskFailure>>,
     pub(super) returned: Vec<PathBuf>,
     pub(super) returned_bytes: u64,
     pub(super) captured: Option<(Captured, Captured)>,
-    /// Stopped because it ran past its time limit.
-    pub(super) timed_out: bool,
+    /// Stopped because it ran past this time limit.
+    pub(super) timed_out: Option<Duration>,
     /// Stopped because the dispatch stops: not reported.
     pub(super) dropped: bool,
 }

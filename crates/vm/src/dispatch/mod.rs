@@ -7,6 +7,7 @@
 
 mod flight;
 mod job;
+mod median;
 mod output;
 mod result;
 mod scheduler;
@@ -206,6 +207,23 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// timed out.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.settings.timeout = Some(limit);
+        self
+    }
+
+    /// Stops a job that runs longer than `percent`% of the median runtime of the jobs of
+    /// this dispatch that succeeded so far (GNU parallel's `--timeout P%`): `300.0`
+    /// stops a job at three times the median. Default: none.
+    ///
+    /// It applies once three jobs succeeded (the median of fewer is noise), and to every
+    /// job running from then on, also those started before: a running job's limit
+    /// follows the median as it moves. A job past it is stopped as with
+    /// [`timeout`](Self::timeout) and reported as [`JobOutcome::TimedOut`] with the limit
+    /// it ran past. With [`timeout`](Self::timeout) as well, the lower limit applies;
+    /// [`Job::timeout`] overrides both for its job. A `percent` that is not above 0, or
+    /// not finite, sets no limit. The median is kept to 1%, in memory that does not grow
+    /// with the number of jobs.
+    pub fn timeout_of_median(mut self, percent: f64) -> Self {
+        self.settings.timeout_of_median = (percent > 0.0 && percent.is_finite()).then_some(percent);
         self
     }
 

@@ -111,11 +111,23 @@ impl fmt::Display for JobOutcome {
             JobOutcome::Value(value) => write!(f, "returned {value}"),
             JobOutcome::Command(status) => write!(f, "command ended ({status})"),
             JobOutcome::Failed { reason, .. } => write!(f, "failed: {reason}"),
-            JobOutcome::TimedOut { limit } => write!(f, "timed out after {limit:?}"),
+            JobOutcome::TimedOut { limit } => {
+                write!(f, "timed out after {:?}", to_the_millisecond(*limit))
+            }
             JobOutcome::Lost { reason } => write!(f, "lost: {reason}"),
             JobOutcome::NotRun => f.write_str("not run"),
         }
     }
+}
+
+/// `limit` to the millisecond from 1 ms up: a limit worked out from the median is
+/// `208.039096ms`, whose digits past the millisecond say nothing to a reader.
+fn to_the_millisecond(limit: Duration) -> Duration {
+    if limit < Duration::from_millis(1) {
+        return limit;
+    }
+    let millis = (limit.as_nanos() + 500_000) / 1_000_000;
+    u64::try_from(millis).map_or(limit, Duration::from_millis)
 }
 
 /// The result of one job of a dispatch.
@@ -186,6 +198,18 @@ mod tests {
 
     use super::*;
     use crate::{Payload, TaskId};
+
+    #[test]
+    fn a_time_limit_is_shown_to_the_millisecond() {
+        for (limit, shown) in [
+            (Duration::from_nanos(208_039_096), "timed out after 208ms"),
+            (Duration::from_nanos(1_999_600_000), "timed out after 2s"),
+            (Duration::from_secs(30), "timed out after 30s"),
+            (Duration::from_micros(400), "timed out after 400µs"),
+        ] {
+            assert_eq!(JobOutcome::TimedOut { limit }.to_string(), shown);
+        }
+    }
 
     fn exited(code: i32) -> Value {
         let status = CommandStatus {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::OnOutput;
 use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
+use super::median::Median;
 use super::output::Output;
 use super::result::{JobOutcome, JobResult};
 use crate::message::ExitStatus;
@@ -51,6 +52,8 @@ pub(crate) struct Scheduler<'vm, I> {
     queued_behind: HashMap<TaskId, TaskId>,
     /// Flights with a deadline, so the common case looks at no clock.
     timed: usize,
+    /// The runtimes of the jobs that succeeded, for [`Settings::timeout_of_median`].
+    median: Median,
     halted: bool,
     /// Results not yet handed out.
     output: Output,
@@ -107,6 +110,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             flights: HashMap::new(),
             queued_behind: HashMap::new(),
             timed: 0,
+            median: Median::default(),
             halted: false,
             output: Output::new(settings.ordered),
             over: false,
@@ -312,7 +316,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             returned: Vec::new(),
             returned_bytes: 0,
             captured: None,
-            timed_out: false,
+            timed_out: None,
             dropped: false,
         };
         if let Some(behind) = behind {
@@ -383,16 +387,13 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             // Jobs wait for slots other VMs hold; their ends reach those VMs, not this
             // one, so look again now and then.
             self.vm.recv_timeout(IDLE_LOOK)?
-        } else if self.timed == 0 {
-            Some(self.vm.recv()?)
-        } else {
-            let earliest = self.flights.values().filter_map(|f| f.deadline).min();
-            let left = earliest.map_or(Duration::ZERO, |d| {
-                d.saturating_duration_since(Instant::now())
-            });
+        } else if let Some(earliest) = self.earliest_deadline() {
+            let left = earliest.saturating_duration_since(Instant::now());
             let message = self.vm.recv_timeout(left)?;
             self.expire();
             message
+        } else {
+            Some(self.vm.recv()?)
         };
         match message {
             Some(Message::TaskResult { task, outcome }) => {
@@ -430,20 +431,68 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         Ok(())
     }
 
+    /// The limit from the median, when [`Settings::timeout_of_median`] is set and enough
+    /// jobs succeeded.
+    fn median_limit(&self) -> Option<Duration> {
+        self.settings
+            .timeout_of_median
+            .and_then(|percent| self.median.limit(percent))
+    }
+
+    /// When `flight` runs out of time and the limit that says so: the earlier of its fixed
+    /// deadline and, for a running job without a limit of its own, the median's.
+    fn deadline_of(
+        flight: &Flight,
+        median: Option<Duration>,
+        fixed: Option<Duration>,
+    ) -> Option<(Instant, Duration)> {
+        if flight.timed_out.is_some() {
+            return None;
+        }
+        let started = flight.started?;
+        let own = flight.pending.job.timeout.or(fixed);
+        let by_fixed = flight.deadline.zip(own);
+        let by_median = median
+            .filter(|_| flight.pending.job.timeout.is_none())
+            .map(|limit| (started.checked_add(limit).unwrap_or(started), limit));
+        match (by_fixed, by_median) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The earliest deadline of a running job, if any job has one.
+    fn earliest_deadline(&self) -> Option<Instant> {
+        let median = self.median_limit();
+        if self.timed == 0 && median.is_none() {
+            // The common case looks at no clock.
+            return None;
+        }
+        self.flights
+            .values()
+            .filter_map(|f| Self::deadline_of(f, median, self.settings.timeout))
+            .map(|(deadline, _)| deadline)
+            .min()
+    }
+
     /// Stops the tasks that ran past their deadline.
     fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<TaskId> = self
+        let median = self.median_limit();
+        let expired: Vec<(TaskId, Duration)> = self
             .flights
             .iter()
-            .filter(|(_, f)| !f.timed_out && f.deadline.is_some_and(|d| d <= now))
-            .map(|(&task, _)| task)
+            .filter_map(|(&task, f)| {
+                let (deadline, limit) = Self::deadline_of(f, median, self.settings.timeout)?;
+                (deadline <= now).then_some((task, limit))
+            })
             .collect();
-        for task in expired {
+        for (task, limit) in expired {
             if let Some(flight) = self.flights.get_mut(&task) {
-                flight.timed_out = true;
-                flight.deadline = None;
-                self.timed -= 1;
+                flight.timed_out = Some(limit);
+                if flight.deadline.take().is_some() {
+                    self.timed -= 1;
+                }
             }
             self.stop(task);
         }
@@ -500,14 +549,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             ExitStatus::Completed => String::new(),
             ExitStatus::Failed { reason } => reason,
         };
-        let outcome = if timed_out {
-            JobOutcome::TimedOut {
-                limit: pending
-                    .job
-                    .timeout
-                    .or(self.settings.timeout)
-                    .unwrap_or_default(),
-            }
+        let outcome = if let Some(limit) = timed_out {
+            JobOutcome::TimedOut { limit }
         } else if stopped {
             // A stop the program asked for (Vm::stop): neither a failure nor a loss.
             JobOutcome::NotRun
@@ -529,6 +572,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         } else {
             JobOutcome::of_end(failed, reason, value, pending.job.spawn.is_command())
         };
+        if outcome.is_success() {
+            self.median.record(elapsed);
+        }
         let failure = matches!(outcome, JobOutcome::Failed { .. });
         if failure && pending.failures < self.settings.retries {
             pending.failures += 1;

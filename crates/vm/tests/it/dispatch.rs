@@ -24,6 +24,7 @@ suite!(
     a_job_waiting_for_a_busy_host_holds_back_no_job_for_another,
     a_vm_runs_one_dispatch_at_a_time,
     a_command_past_its_limit_is_stopped,
+    a_job_started_before_the_median_was_known_is_stopped_past_it,
     jobs_return_files_and_capture_output,
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
     results_count_the_bytes_mirrored,
@@ -401,6 +402,37 @@ fn a_command_past_its_limit_is_stopped(backend: Backend) {
         results[1]
     );
     for result in results.iter().filter(|r| r.index != 1) {
+        assert!(result.outcome.is_success(), "{result}");
+    }
+}
+
+fn a_job_started_before_the_median_was_known_is_stopped_past_it(backend: Backend) {
+    // Job 0 starts before any job succeeded, so no limit is known then; once three did,
+    // it is past 2000% of their median (about 1 s) and is stopped. The last job runs
+    // past that limit too, but its own limit overrides the median's.
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let own = Duration::from_secs(30);
+    let jobs = (0..8).map(|i| match i {
+        0 => Job::command("sleep").arg("60"),
+        7 => Job::command("sleep").arg("2").timeout(own),
+        _ => Job::command("sleep").arg("0.05"),
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = vm
+        .dispatch(jobs)
+        .timeout_of_median(2000.0)
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    let JobOutcome::TimedOut { limit } = results[0].outcome else {
+        panic!("{}", results[0]);
+    };
+    // 20 times a median of at least the 50 ms slept.
+    assert!(limit >= Duration::from_secs(1), "{}", results[0]);
+    assert!(limit < own, "{}", results[0]);
+    assert!(results[0].elapsed >= limit, "{}", results[0]);
+    for result in &results[1..] {
         assert!(result.outcome.is_success(), "{result}");
     }
 }

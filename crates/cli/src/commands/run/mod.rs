@@ -369,8 +369,6 @@ fn sweep(
     let streaming = args.line_buffer && !args.json;
     // The first line that could not be printed; the run stops with it.
     let unprinted: RefCell<Option<RunError>> = RefCell::new(None);
-    // `--timeout P%`: each case's limit from the successes before it is handed out.
-    let median = RefCell::new(timeout::Median::default());
     let jobs = std::iter::from_fn(|| {
         loop {
             // A halt ends the sequence too, so the cases after the window are never made.
@@ -407,11 +405,6 @@ fn sweep(
             if let Some(host) = &case.host {
                 job = job.hosts([host.clone()]);
             }
-            if let Some(timeout::Limit::OfMedian(percent)) = timeout
-                && let Some(limit) = median.borrow().limit(percent)
-            {
-                job = job.timeout(limit);
-            }
             ledger.hand_out(case);
             return Some(job);
         }
@@ -420,8 +413,12 @@ fn sweep(
     if !args.keep_order {
         dispatch = dispatch.unordered();
     }
-    if let Some(timeout::Limit::Fixed(limit)) = timeout {
-        dispatch = dispatch.timeout(limit);
+    match timeout {
+        Some(timeout::Limit::Fixed(limit)) => dispatch = dispatch.timeout(limit),
+        Some(timeout::Limit::OfMedian(percent)) => {
+            dispatch = dispatch.timeout_of_median(percent);
+        }
+        None => {}
     }
     if let Some(results) = results {
         dispatch = dispatch.results(results.incoming());
@@ -453,7 +450,6 @@ fn sweep(
             total,
             results,
             halt: settings.halt,
-            median: &median,
             interrupt: &interrupt,
             bar: bar.clone(),
             unprinted: streaming.then_some(&unprinted),
@@ -502,8 +498,6 @@ struct Reporting<'a> {
     total: Option<usize>,
     results: Option<&'a output::Results>,
     halt: Option<halt::Halt>,
-    /// The runtimes of the cases that succeeded, for `--timeout P%`.
-    median: &'a RefCell<timeout::Median>,
     interrupt: &'a interrupt::Interrupt,
     bar: indicatif::ProgressBar,
     /// With --line-buffer: the first line that could not be printed.
@@ -569,7 +563,6 @@ impl Reporting<'_> {
             };
             if result.outcome.is_success() && kept {
                 tally.succeeded += 1;
-                self.median.borrow_mut().record(result.elapsed);
             } else {
                 swept.failed += 1;
                 tally.failed += usize::from(ran);
