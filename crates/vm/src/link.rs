@@ -19,7 +19,10 @@
 //! whichever thread receives them, so a stop is seen while a task computes: a stop for the
 //! running task raises a flag its command loop (or, for a function, the output thread)
 //! acts on; a stop for another task is kept for a spawn request queued behind the running
-//! one, which the spawn loop then answers as stopped without running it.
+//! one, which the spawn loop then answers as stopped without running it. A stop "unless
+//! started" of a request not yet begun is answered at once, by the thread that received
+//! it, so the dispatch can place the task on a free slot without waiting for the task in
+//! front of it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -80,6 +83,32 @@ struct State {
     stop_task: bool,
     /// Stops that arrived for tasks not running (see [`MAX_STOPS_KEPT`]).
     stop_later: VecDeque<u64>,
+    /// Requests taken back by a stop unless started, already answered as stopped (see
+    /// [`MAX_STOPS_KEPT`]).
+    withdrawn: VecDeque<u64>,
+    /// The highest task number the spawn loop has begun (run, or answered as stopped).
+    /// Numbers grow in the order the spawner sends requests, so a number up to it has
+    /// started or ended.
+    last_begun: Option<u64>,
+}
+
+/// What the spawn loop does with a request ([`Link::begin_task`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// Run it.
+    Run,
+    /// A stop came for it: answer it as stopped, without running it.
+    Stopped,
+    /// It was taken back and answered already: skip it.
+    Withdrawn,
+}
+
+/// Keeps `number` in `list`, dropping the oldest past [`MAX_STOPS_KEPT`].
+fn keep(list: &mut VecDeque<u64>, number: u64) {
+    if list.len() >= MAX_STOPS_KEPT {
+        list.pop_front();
+    }
+    list.push_back(number);
 }
 
 impl State {
@@ -88,11 +117,18 @@ impl State {
         if self.task.is_some_and(|(running, _)| running == number) {
             self.stop_task = true;
         } else {
-            if self.stop_later.len() >= MAX_STOPS_KEPT {
-                self.stop_later.pop_front();
-            }
-            self.stop_later.push_back(number);
+            keep(&mut self.stop_later, number);
         }
+    }
+
+    /// Files a stop of task `number` unless it started; `true` when it had not begun, so
+    /// it is taken back and must be answered as stopped now.
+    fn on_withdraw(&mut self, number: u64) -> bool {
+        if self.last_begun.is_some_and(|begun| number <= begun) {
+            return false;
+        }
+        keep(&mut self.withdrawn, number);
+        true
     }
 }
 
@@ -110,6 +146,8 @@ impl Link {
                 task: None,
                 stop_task: false,
                 stop_later: VecDeque::new(),
+                withdrawn: VecDeque::new(),
+                last_begun: None,
             }),
             cond: Condvar::new(),
         }
@@ -138,6 +176,7 @@ impl Link {
         let event = self.transport.recv(wait);
         let mut state = self.lock();
         state.pulling = false;
+        let mut withdrawn = None;
         let event = match event {
             Ok(Some(Event::Message { from: 0, payload })) => {
                 if let Some(bytes) = wire::read_output_ack(&payload) {
@@ -146,8 +185,12 @@ impl Link {
                 } else if let Some(number) = wire::read_return_stop(&payload) {
                     state.stopped_returns = Some(number);
                     Ok(None)
-                } else if let Some(number) = wire::read_stop(&payload) {
-                    state.on_stop(number);
+                } else if let Some((number, unless_started)) = wire::read_stop(&payload) {
+                    if !unless_started {
+                        state.on_stop(number);
+                    } else if state.on_withdraw(number) {
+                        withdrawn = Some(number);
+                    }
                     Ok(None)
                 } else {
                     Ok(Some(Event::Message { from: 0, payload }))
@@ -166,20 +209,47 @@ impl Link {
         if state.sleepers > 0 {
             self.cond.notify_all();
         }
+        if let Some(number) = withdrawn {
+            // Answered by this thread now, outside the lock: the spawn loop may be busy
+            // with the task in front for a long time.
+            drop(state);
+            self.answer_withdrawn(number);
+            state = self.lock();
+        }
         (state, event)
     }
 
-    /// The spawn loop starts task `number`; `false` when a stop for it already arrived,
-    /// so it is to be answered as stopped without running.
-    pub(crate) fn begin_task(&self, number: u64, kind: TaskKind) -> bool {
+    /// Tells the spawner that task `number` was taken back before it started.
+    fn answer_withdrawn(&self, number: u64) {
+        let frame = wire::FromWorker::Stopped {
+            number,
+            started: false,
+        };
+        match wire::encode(&frame) {
+            // A spawner that is gone learns nothing; its loss reaches the spawn loop.
+            Ok(bytes) => {
+                let _ = self.transport.send(0, &bytes);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a frame for the spawner"),
+        }
+    }
+
+    /// The spawn loop starts task `number`: whether to run it, answer it as stopped, or
+    /// skip it (taken back and answered already).
+    pub(crate) fn begin_task(&self, number: u64, kind: TaskKind) -> Begin {
         let mut state = self.lock();
+        state.last_begun = Some(state.last_begun.map_or(number, |begun| begun.max(number)));
+        if let Some(at) = state.withdrawn.iter().position(|&n| n == number) {
+            state.withdrawn.remove(at);
+            return Begin::Withdrawn;
+        }
         if let Some(at) = state.stop_later.iter().position(|&n| n == number) {
             state.stop_later.remove(at);
-            return false;
+            return Begin::Stopped;
         }
         state.task = Some((number, kind));
         state.stop_task = false;
-        true
+        Begin::Run
     }
 
     /// The running task ended.
@@ -382,8 +452,14 @@ mod tests {
     #[test]
     fn stops_are_filed_by_whichever_thread_receives_them() {
         let (spawner, link) = pair();
-        let stop = |number| wire::encode(&wire::ToWorker::Stop { number }).unwrap();
-        assert!(link.begin_task(4, TaskKind::Function));
+        let stop = |number| {
+            wire::encode(&wire::ToWorker::Stop {
+                number,
+                unless_started: false,
+            })
+            .unwrap()
+        };
+        assert_eq!(Begin::Run, link.begin_task(4, TaskKind::Function));
         // A stop for a request queued behind the running task, then one for the task;
         // neither reaches the spawn loop, and the frame after them does.
         spawner.send(1, &stop(5)).unwrap();
@@ -399,8 +475,8 @@ mod tests {
         link.end_task();
         assert!(!link.stop_requested());
         // The queued request is answered as stopped; the next one runs.
-        assert!(!link.begin_task(5, TaskKind::Command));
-        assert!(link.begin_task(6, TaskKind::Command));
+        assert_eq!(Begin::Stopped, link.begin_task(5, TaskKind::Command));
+        assert_eq!(Begin::Run, link.begin_task(6, TaskKind::Command));
         assert_eq!(link.function_to_stop(), None, "a command is not a function");
         // A stop for a task that ended never matches a later task, whose number is new.
         link.end_task();
@@ -410,8 +486,60 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(link.begin_task(7, TaskKind::Function));
+        assert_eq!(Begin::Run, link.begin_task(7, TaskKind::Function));
         assert!(!link.stop_requested());
+    }
+
+    #[test]
+    fn a_request_not_begun_is_taken_back_and_answered_at_once_a_begun_one_is_left_alone() {
+        let (spawner, link) = pair();
+        let withdraw = |number| {
+            wire::encode(&wire::ToWorker::Stop {
+                number,
+                unless_started: true,
+            })
+            .unwrap()
+        };
+        assert_eq!(Begin::Run, link.begin_task(4, TaskKind::Command));
+        // Task 4 runs; 5 is queued behind it. Taking back 5 is answered while 4 runs, by
+        // whichever thread receives the stop; taking back 4 (it started) does nothing.
+        spawner.send(1, &withdraw(5)).unwrap();
+        spawner.send(1, &withdraw(4)).unwrap();
+        spawner.send(1, b"\x01next").unwrap();
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
+            "{event:?}"
+        );
+        assert!(!link.stop_requested(), "a started task is not stopped");
+        let answer = spawner.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        let Some(Event::Message { from: 1, payload }) = answer else {
+            panic!("no answer: {answer:?}");
+        };
+        assert!(matches!(
+            wire::decode::<wire::FromWorker<'_>>(&payload),
+            Ok(wire::FromWorker::Stopped {
+                number: 5,
+                started: false
+            })
+        ));
+        assert!(
+            spawner.recv(Wait::NoWait).unwrap().is_none(),
+            "one answer only"
+        );
+        link.end_task();
+        // The request taken back is skipped, not answered again; the next one runs.
+        assert_eq!(Begin::Withdrawn, link.begin_task(5, TaskKind::Command));
+        assert_eq!(Begin::Run, link.begin_task(6, TaskKind::Command));
+        link.end_task();
+        // A task that ended (4, 5) is not taken back later either.
+        spawner.send(1, &withdraw(4)).unwrap();
+        assert!(
+            link.recv(Wait::For(Duration::from_millis(50)))
+                .unwrap()
+                .is_none()
+        );
+        assert!(spawner.recv(Wait::NoWait).unwrap().is_none());
     }
 
     #[test]
@@ -419,7 +547,14 @@ mod tests {
         let (spawner, link) = pair();
         for number in 0..(MAX_STOPS_KEPT as u64 + 10) {
             spawner
-                .send(1, &wire::encode(&wire::ToWorker::Stop { number }).unwrap())
+                .send(
+                    1,
+                    &wire::encode(&wire::ToWorker::Stop {
+                        number,
+                        unless_started: false,
+                    })
+                    .unwrap(),
+                )
                 .unwrap();
         }
         while link
@@ -428,8 +563,11 @@ mod tests {
             .is_some()
         {}
         // The oldest were dropped, the newest kept.
-        assert!(link.begin_task(0, TaskKind::Command));
-        assert!(!link.begin_task(MAX_STOPS_KEPT as u64 + 9, TaskKind::Command));
+        assert_eq!(Begin::Run, link.begin_task(0, TaskKind::Command));
+        assert_eq!(
+            Begin::Stopped,
+            link.begin_task(MAX_STOPS_KEPT as u64 + 9, TaskKind::Command)
+        );
     }
 
     #[test]

@@ -246,6 +246,15 @@ impl Slots {
             return End::NoSlot;
         };
         let Some(running) = slot.running.as_mut().filter(|r| r.number == number) else {
+            // The request queued behind the running task, taken back before it started
+            // (a stop unless started): it leaves the queue place; the running task stays.
+            if let Some(queued) = slot.queued.take_if(|q| q.number == number) {
+                return End::Ended {
+                    vm: queued.vm,
+                    send_back: queued.send_back,
+                    returns: queued.returns,
+                };
+            }
             return End::NotRunning;
         };
         running.ended = true;

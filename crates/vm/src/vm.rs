@@ -303,6 +303,7 @@ impl Vm {
             task.slot,
             &ToWorker::Stop {
                 number: task.number,
+                unless_started: false,
             },
         ) {
             Ok(()) => Ok(()),
@@ -313,6 +314,30 @@ impl Vm {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes back `task`, queued behind the running task of its slot, unless it started
+    /// by the time its worker reads this (a dispatch moving it to a free slot). Its end
+    /// comes as a stop's ([`Message::TaskExit`] of a task asked to stop) when it was taken
+    /// back; otherwise it runs there as usual. `false` when it is not queued there (any
+    /// more), is being stopped already, or its worker is gone.
+    pub(crate) fn withdraw(&self, task: TaskId) -> bool {
+        {
+            let state = self.shared.lock();
+            let queued = state
+                .slots
+                .get(task.slot)
+                .and_then(|slot| slot.queued.as_ref())
+                .is_some_and(|q| q.number == task.number);
+            if !queued || state.stopping.contains(&task) {
+                return false;
+            }
+        }
+        let frame = ToWorker::Stop {
+            number: task.number,
+            unless_started: true,
+        };
+        self.shared.send(task.slot, &frame).is_ok()
     }
 
     /// Checks what the spawn wants back besides its value (returned files, captured

@@ -12,7 +12,7 @@ use parvm_transport::{Event, Transport, Wait};
 
 use crate::capture::Capture;
 use crate::error::one_line;
-use crate::link::{Link, TaskKind};
+use crate::link::{Begin, Link, TaskKind};
 use crate::message::CommandStatus;
 use crate::ship::fetch::Exchange;
 use crate::supervise::{self, End};
@@ -139,17 +139,27 @@ impl Worker {
                         Job::Function { .. } => TaskKind::Function,
                         Job::Command { .. } => TaskKind::Command,
                     };
-                    if !link.begin_task(request.number, kind) {
-                        // Stopped while queued behind the task before it: never run.
-                        tracing::debug!(number = request.number, "a queued task was stopped");
-                        state.send_or_log(
-                            &*transport,
-                            &FromWorker::Stopped {
-                                number: request.number,
-                                started: false,
-                            },
-                        );
-                        continue;
+                    match link.begin_task(request.number, kind) {
+                        Begin::Run => {}
+                        Begin::Stopped => {
+                            // Stopped while queued behind the task before it: never run.
+                            tracing::debug!(number = request.number, "a queued task was stopped");
+                            state.send_or_log(
+                                &*transport,
+                                &FromWorker::Stopped {
+                                    number: request.number,
+                                    started: false,
+                                },
+                            );
+                            continue;
+                        }
+                        Begin::Withdrawn => {
+                            tracing::debug!(
+                                number = request.number,
+                                "a queued task was taken back"
+                            );
+                            continue;
+                        }
                     }
                     let ctx = Run {
                         worker: &self,

@@ -49,7 +49,9 @@ impl Vm {
 /// been asked for have no effect.
 ///
 /// Each slot gets a job as soon as it is free, and a second one waits at its worker behind
-/// the running one, so no round trip separates two jobs. A job whose worker is lost while
+/// the running one, so no round trip separates two jobs. A slot that is free with no job
+/// left to give it takes back a job still waiting behind a running one elsewhere (if it
+/// has not started there), so a short job never waits for a long one while a slot idles. A job whose worker is lost while
 /// it runs is run again, on another host when there is one
 /// ([`lost_retries`](Dispatch::lost_retries)); a job that fails by itself is reported,
 /// and run again only with [`retries`](Dispatch::retries).

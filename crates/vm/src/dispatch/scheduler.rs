@@ -8,7 +8,7 @@
 //! collector in the parent module) and writes no slot itself: it reserves through
 //! [`crate::state::Slots`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::OnOutput;
@@ -50,6 +50,8 @@ pub(crate) struct Scheduler<'vm, I> {
     /// slot (behind the task that just started there) before the end of the task before
     /// it is received.
     queued_behind: HashMap<TaskId, TaskId>,
+    /// Queued tasks being taken back for a free slot ([`Self::steal`]).
+    withdrawing: HashSet<TaskId>,
     /// Flights with a deadline, so the common case looks at no clock.
     timed: usize,
     /// The runtimes of the jobs that succeeded, for [`Settings::timeout_of_median`].
@@ -109,6 +111,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             ready: VecDeque::new(),
             flights: HashMap::new(),
             queued_behind: HashMap::new(),
+            withdrawing: HashSet::new(),
             timed: 0,
             median: Median::default(),
             halted: false,
@@ -175,6 +178,73 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         self.fill_from_ready(&mut set_aside, &mut full);
         for pending in set_aside.into_iter().rev() {
             self.ready.push_front(pending);
+        }
+        if self.ready.is_empty() && !self.halted {
+            self.steal();
+        }
+    }
+
+    /// A slot is free and no job waits for one, while jobs wait at their workers queued
+    /// behind running tasks: each free slot takes back one of them, the one behind the
+    /// task that has run longest (the likeliest to run long yet), so no slot idles while
+    /// a job waits. A job queued behind a long task would otherwise wait for all of it.
+    /// The worker answers at once when the job has not started ([`Vm::withdraw`]); its
+    /// end then puts it back in front of the ready jobs ([`Self::on_exit`]), and the
+    /// next fill places it. One that started meanwhile runs there as usual.
+    fn steal(&mut self) {
+        if self.queued_behind.len() <= self.withdrawing.len() {
+            return;
+        }
+        let mut candidates: Vec<(Instant, TaskId)> = self
+            .queued_behind
+            .iter()
+            .filter(|(_, queued)| !self.withdrawing.contains(queued))
+            .filter_map(|(running, &queued)| {
+                let since = self.flights.get(running)?.started?;
+                self.flights
+                    .get(&queued)
+                    .is_some_and(|f| f.started.is_none())
+                    .then_some((since, queued))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        candidates.sort_unstable();
+        // The hosts of the free slots; each takes one job.
+        let mut free: Vec<String> = {
+            let state = self.vm.shared().lock();
+            state
+                .slots
+                .iter()
+                .filter(|(_, slot)| slot.running.is_none() && !slot.leaving)
+                .map(|(_, slot)| slot.host.clone())
+                .collect()
+        };
+        for (_, task) in candidates {
+            let Some(hosts) = self
+                .flights
+                .get(&task)
+                .map(|f| f.pending.job.spawn.hosts.clone())
+            else {
+                continue;
+            };
+            let fits = free.iter().position(|host| {
+                hosts
+                    .as_deref()
+                    .is_none_or(|hosts| hosts.iter().any(|h| &h.0 == host))
+            });
+            let Some(at) = fits else {
+                continue;
+            };
+            if self.vm.withdraw(task) {
+                tracing::debug!(%task, host = %free[at], "taking back a queued job for a free slot");
+                self.withdrawing.insert(task);
+                free.swap_remove(at);
+            }
+            if free.is_empty() {
+                break;
+            }
         }
     }
 
@@ -510,11 +580,13 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             self.flights.insert(next, flight);
         }
         let Some(flight) = self.flights.remove(&task) else {
+            self.withdrawing.remove(&task);
             return;
         };
         if flight.deadline.is_some() {
             self.timed -= 1;
         }
+        let withdrawn = self.withdrawing.remove(&task);
         let failed = matches!(status, ExitStatus::Failed { .. });
         let (lost, stopped, mirrored) = if failed || self.vm.mirrors() {
             let mut state = self.vm.shared().lock();
@@ -542,6 +614,13 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             ..
         } = flight;
         if dropped {
+            return;
+        }
+        if withdrawn && stopped && started.is_none() {
+            // Taken back before it started, for a free slot: placed again, no attempt.
+            self.queued_behind.retain(|_, queued| *queued != task);
+            pending.attempts -= 1;
+            self.ready.push_front(pending);
             return;
         }
         let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
@@ -639,6 +718,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         self.ready.clear();
         self.flights.clear();
         self.queued_behind.clear();
+        self.withdrawing.clear();
         self.timed = 0;
         self.exhausted = true;
         self.error = Some(Error::DispatchUnfinished {

@@ -89,7 +89,13 @@ pub(crate) enum ToWorker<'a> {
     /// function by exiting the worker process, a queued spawn request without running it;
     /// a task that already ended is left alone. Read by [`read_stop`] on whichever thread
     /// receives it, so it is seen while the task runs.
-    Stop { number: u64 },
+    ///
+    /// With `unless_started`, only a request that has not started is stopped (a dispatch
+    /// takes back a task queued behind a long one for a slot that is free): the worker
+    /// answers [`FromWorker::Stopped`] (`started` false) at once, without waiting for the
+    /// task in front, and never runs it; a task that started is left alone, and nothing is
+    /// answered.
+    Stop { number: u64, unless_started: bool },
 }
 
 /// The most bytes of a blob one [`ToWorker::BlobData`] frame carries: the file is read a
@@ -141,13 +147,17 @@ pub(crate) struct Probe {
 /// decoding, so the other frames pay a few byte comparisons, not a second decode.
 const STOP_PREFIX: &[u8] = &[super::VERSION, 0x81, 0xa4, b'S', b't', b'o', b'p'];
 
-/// The task number of a [`ToWorker::Stop`] frame; `None` for any other payload.
-pub(crate) fn read_stop(payload: &[u8]) -> Option<u64> {
+/// The task number of a [`ToWorker::Stop`] frame and whether it stops the task only
+/// unless it started; `None` for any other payload.
+pub(crate) fn read_stop(payload: &[u8]) -> Option<(u64, bool)> {
     if !payload.starts_with(STOP_PREFIX) {
         return None;
     }
     match super::decode::<ToWorker<'_>>(payload) {
-        Ok(ToWorker::Stop { number }) => Some(number),
+        Ok(ToWorker::Stop {
+            number,
+            unless_started,
+        }) => Some((number, unless_started)),
         _ => None,
     }
 }
@@ -309,9 +319,15 @@ mod tests {
     #[test]
     fn stop_frames_are_told_apart_by_their_first_bytes() {
         for number in [0, 1, 127, 128, 1 << 40, u64::MAX] {
-            let bytes = encode(&ToWorker::Stop { number }).unwrap();
-            assert!(bytes.starts_with(STOP_PREFIX), "{bytes:?}");
-            assert_eq!(read_stop(&bytes), Some(number));
+            for unless_started in [false, true] {
+                let bytes = encode(&ToWorker::Stop {
+                    number,
+                    unless_started,
+                })
+                .unwrap();
+                assert!(bytes.starts_with(STOP_PREFIX), "{bytes:?}");
+                assert_eq!(read_stop(&bytes), Some((number, unless_started)));
+            }
         }
         for other in [
             encode(&ToWorker::Exit).unwrap(),

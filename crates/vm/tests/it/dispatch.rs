@@ -25,6 +25,7 @@ suite!(
     a_vm_runs_one_dispatch_at_a_time,
     a_command_past_its_limit_is_stopped,
     a_job_started_before_the_median_was_known_is_stopped_past_it,
+    a_job_queued_behind_a_long_one_moves_to_a_free_slot,
     jobs_return_files_and_capture_output,
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
     results_count_the_bytes_mirrored,
@@ -435,6 +436,47 @@ fn a_job_started_before_the_median_was_known_is_stopped_past_it(backend: Backend
     for result in &results[1..] {
         assert!(result.outcome.is_success(), "{result}");
     }
+}
+
+fn a_job_queued_behind_a_long_one_moves_to_a_free_slot(backend: Backend) {
+    // Two slots: job 0 runs long on one, and job 2 is queued behind it there from the
+    // start. When the other slot runs out of jobs, it takes job 2 back, so every short
+    // job ends long before job 0 would; job 0 is stopped when the collector has them.
+    let h = Harness::start(backend, 2);
+    let vm = h.vm();
+    let jobs = (0..6).map(|i| {
+        if i == 0 {
+            Job::command("sleep").arg("120")
+        } else {
+            Job::command("true")
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut short = Vec::new();
+    vm.dispatch(jobs)
+        .unordered()
+        .for_each(|result| {
+            assert_ne!(result.index, 0, "{result}");
+            assert!(result.outcome.is_success(), "{result}");
+            // Taken back before it started: no attempt counted.
+            assert_eq!(result.attempts, 1, "{result}");
+            short.push(result.index);
+            if short.len() == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert!(start.elapsed() < AT_ONCE, "took {:?}", start.elapsed());
+    short.sort_unstable();
+    assert_eq!(short, [1, 2, 3, 4, 5]);
+    // Nothing of the dispatch is left: both slots are free, the VM spawns as before.
+    assert_eq!(vm.free_slots(), 2);
+    let ids = vm.spawn(Spawn::task("add", &(1i64, 2i64))).unwrap();
+    let (outcomes, others) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].value::<i64>(), 3);
+    assert!(others.is_empty(), "late messages: {others:?}");
 }
 
 fn one_slot_times_each_queued_job_from_its_own_start(backend: Backend) {
