@@ -620,8 +620,9 @@ impl Reporting<'_> {
         if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
             eprintln!(
-                "parvm run: stopped by a signal: {} cases reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
-                swept.reported, swept.failed,
+                "parvm run: stopped by a signal: {} reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+                cases(swept.reported),
+                swept.failed,
             );
             return Ok(swept);
         }
@@ -641,9 +642,9 @@ impl Reporting<'_> {
                 ", and the rest of the input was not read"
             };
             eprintln!(
-                "parvm run: halted by --halt {}: {} cases ran ({} failed), {not_run} not run{rest}; the cases not run are not in the joblog, so --resume runs them",
+                "parvm run: halted by --halt {}: {} ran ({} failed), {not_run} not run{rest}; the cases not run are not in the joblog, so --resume runs them",
                 self.args.halt.as_deref().unwrap_or_default(),
-                tally.failed + tally.succeeded,
+                cases(tally.failed + tally.succeeded),
                 tally.failed,
             );
         }
@@ -680,6 +681,14 @@ fn leaves_folder(pattern: &str) -> bool {
     Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
 }
 
+/// "1 case", "2 cases": a count of cases for a sentence.
+fn cases(count: usize) -> String {
+    if count == 1 {
+        "1 case".to_owned()
+    } else {
+        format!("{count} cases")
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

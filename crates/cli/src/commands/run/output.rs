@@ -127,6 +127,14 @@ pub fn print(
         JobOutcome::Failed {
             status: Some(_), ..
         } if besides_the_command(&result.outcome).is_none() => {}
+        // Stopped while it ran (Ctrl-C, a halt that stops running cases): "not run" would
+        // hide that it started.
+        JobOutcome::NotRun if !result.elapsed.is_zero() => writeln!(
+            err,
+            "parvm run: case {case} stopped after {:.1} s",
+            result.elapsed.as_secs_f64()
+        )
+        .map_err(fail)?,
         other => writeln!(err, "parvm run: case {case} {other}").map_err(fail)?,
     }
     err.flush().map_err(fail)
