@@ -411,6 +411,26 @@ mod tests {
     use super::*;
     use crate::memory::MemoryTransport;
 
+    /// A stop of task `number` (`unless_started`: only if it has not begun).
+    fn stop_frame(number: u64, unless_started: bool) -> Vec<u8> {
+        wire::encode(&wire::ToWorker::Stop {
+            number,
+            unless_started,
+        })
+        .unwrap()
+    }
+
+    /// Sends a frame for the spawn loop after what the spawner sent before, and checks
+    /// that it is the next event the loop gets (what came before was filed, not queued).
+    fn only_the_next_frame_reaches_the_loop(spawner: &MemoryTransport, link: &Link) {
+        spawner.send(1, b"\x01next").unwrap();
+        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
+            "{event:?}"
+        );
+    }
+
     fn pair() -> (MemoryTransport, Arc<Link>) {
         let mut ends = MemoryTransport::cluster(&["spawner", "worker"]).into_iter();
         let spawner = ends.next().unwrap();
@@ -452,24 +472,13 @@ mod tests {
     #[test]
     fn stops_are_filed_by_whichever_thread_receives_them() {
         let (spawner, link) = pair();
-        let stop = |number| {
-            wire::encode(&wire::ToWorker::Stop {
-                number,
-                unless_started: false,
-            })
-            .unwrap()
-        };
+        let stop = |number| stop_frame(number, false);
         assert_eq!(Begin::Run, link.begin_task(4, TaskKind::Function));
         // A stop for a request queued behind the running task, then one for the task;
         // neither reaches the spawn loop, and the frame after them does.
         spawner.send(1, &stop(5)).unwrap();
         spawner.send(1, &stop(4)).unwrap();
-        spawner.send(1, b"\x01next").unwrap();
-        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
-        assert!(
-            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
-            "{event:?}"
-        );
+        only_the_next_frame_reaches_the_loop(&spawner, &link);
         assert!(link.stop_requested());
         assert_eq!(link.function_to_stop(), Some(4));
         link.end_task();
@@ -493,24 +502,13 @@ mod tests {
     #[test]
     fn a_request_not_begun_is_taken_back_and_answered_at_once_a_begun_one_is_left_alone() {
         let (spawner, link) = pair();
-        let withdraw = |number| {
-            wire::encode(&wire::ToWorker::Stop {
-                number,
-                unless_started: true,
-            })
-            .unwrap()
-        };
+        let withdraw = |number| stop_frame(number, true);
         assert_eq!(Begin::Run, link.begin_task(4, TaskKind::Command));
         // Task 4 runs; 5 is queued behind it. Taking back 5 is answered while 4 runs, by
         // whichever thread receives the stop; taking back 4 (it started) does nothing.
         spawner.send(1, &withdraw(5)).unwrap();
         spawner.send(1, &withdraw(4)).unwrap();
-        spawner.send(1, b"\x01next").unwrap();
-        let event = link.recv(Wait::For(Duration::from_secs(10))).unwrap();
-        assert!(
-            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
-            "{event:?}"
-        );
+        only_the_next_frame_reaches_the_loop(&spawner, &link);
         assert!(!link.stop_requested(), "a started task is not stopped");
         let answer = spawner.recv(Wait::For(Duration::from_secs(10))).unwrap();
         let Some(Event::Message { from: 1, payload }) = answer else {
@@ -546,16 +544,7 @@ mod tests {
     fn at_most_so_many_stops_are_kept_for_tasks_not_running() {
         let (spawner, link) = pair();
         for number in 0..(MAX_STOPS_KEPT as u64 + 10) {
-            spawner
-                .send(
-                    1,
-                    &wire::encode(&wire::ToWorker::Stop {
-                        number,
-                        unless_started: false,
-                    })
-                    .unwrap(),
-                )
-                .unwrap();
+            spawner.send(1, &stop_frame(number, false)).unwrap();
         }
         while link
             .recv(Wait::For(Duration::from_millis(50)))

@@ -374,16 +374,19 @@ fn a_vm_runs_one_dispatch_at_a_time(backend: Backend) {
     assert_eq!(rest, [1, 2]);
 }
 
+/// Job `i` of a sequence where job `long` sleeps `seconds` and every other is `true`.
+fn one_long_among_true(i: usize, long: usize, seconds: &str) -> Job {
+    if i == long {
+        Job::command("sleep").arg(seconds)
+    } else {
+        Job::command("true")
+    }
+}
+
 fn a_command_past_its_limit_is_stopped(backend: Backend) {
     let h = Harness::start(backend, 2);
     let vm = h.vm();
-    let jobs = (0..6).map(|i| {
-        if i == 1 {
-            Job::command("sleep").arg("60")
-        } else {
-            Job::command("true")
-        }
-    });
+    let jobs = (0..6).map(|i| one_long_among_true(i, 1, "60"));
     let start = std::time::Instant::now();
     let results: Vec<JobResult> = vm
         .dispatch(jobs)
@@ -444,13 +447,7 @@ fn a_job_queued_behind_a_long_one_moves_to_a_free_slot(backend: Backend) {
     // job ends long before job 0 would; job 0 is stopped when the collector has them.
     let h = Harness::start(backend, 2);
     let vm = h.vm();
-    let jobs = (0..6).map(|i| {
-        if i == 0 {
-            Job::command("sleep").arg("120")
-        } else {
-            Job::command("true")
-        }
-    });
+    let jobs = (0..6).map(|i| one_long_among_true(i, 0, "120"));
     let start = std::time::Instant::now();
     let mut short = Vec::new();
     vm.dispatch(jobs)
