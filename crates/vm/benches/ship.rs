@@ -152,12 +152,20 @@ fn main() -> Res<()> {
             "(changed-warm)/cold",
             "next/cold"
         );
-        for tree in &TREES {
+        for tree in TREES.iter().filter(|tree| wanted(tree)) {
             let row = measure(&exe, work.path(), tree, rsync.as_deref(), ssh.as_ref())?;
             row.print(tree);
         }
     }
     Ok(())
+}
+
+/// Whether `PARVM_BENCH_TREES` (a comma-separated list of tree folders, `small` and `big`;
+/// unset: both) asks for `tree`, so a profile can run the one tree it looks at.
+fn wanted(tree: &Tree) -> bool {
+    std::env::var("PARVM_BENCH_TREES").map_or(true, |trees| {
+        trees.split(',').any(|name| name.trim() == tree.folder)
+    })
 }
 
 /// One tree's medians.

@@ -26,7 +26,7 @@ use parvm_transport::Rank;
 
 use super::probe::Marker;
 use crate::spawner::Shared;
-use crate::wire::{BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+use crate::wire::{BATCH_BYTES, BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 
 /// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
 /// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
@@ -269,7 +269,7 @@ fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
                 }
                 let limit = chunk_len(shared.config.max_frame());
                 let mut buffer = vec![0u8; limit];
-                let mut batch = Batch::new(limit);
+                let mut batch = Batch::new(limit.min(BATCH_BYTES));
                 for digest in digests {
                     if table.cancel.load(Ordering::Acquire)
                         || !send_blob(

@@ -21,8 +21,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 pub(crate) use frames::{
-    BLOB_CHUNK, BatchedBlob, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan, SpawnRequest,
-    Startup, ToWorker, WHOLE_FILE, read_stop,
+    BATCH_BYTES, BLOB_CHUNK, BatchedBlob, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan,
+    SpawnRequest, Startup, ToWorker, WHOLE_FILE, read_stop,
 };
 pub(crate) use send::{SendError, send_frame, send_user};
 pub(crate) use user::{
