@@ -78,6 +78,9 @@ pub(crate) enum End {
 /// that does not exist is reported here, as by [`Command::spawn`]).
 pub(crate) fn spawn(mut command: Command) -> io::Result<Supervised> {
     let exec = Exec::of(&command)?;
+    // The hook execs with `exec`'s environment; the standard library's own copy of it
+    // would be built for every spawn and never used.
+    command.env_clear();
     let (link, theirs) = UnixStream::pair()?;
     let fd = theirs.as_raw_fd();
     let grace = KILL_GRACE;
