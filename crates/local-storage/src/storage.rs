@@ -128,6 +128,22 @@ impl StorageOptions {
     }
 }
 
+impl Drop for LocalStorage {
+    /// Removes a spare folder nobody will take; persistent folders stay (see above).
+    fn drop(&mut self) {
+        let spare = {
+            let mut keeping = lock_kept(&self.kept);
+            keeping.open = false;
+            keeping.spare.take()
+        };
+        if let Some(spare) = spare
+            && let Err(error) = spare.held.remove()
+        {
+            tracing::warn!(%error, "cannot remove a spare task folder; a later sweep removes the rest");
+        }
+    }
+}
+
 /// Refuses a local root that is missing or not a folder, or that another user could
 /// change (see [`unsafe_folder`]).
 fn check_root(local_root: &Path) -> Result<(), Error> {
@@ -321,7 +337,10 @@ impl LocalStorage {
     /// of `vm_index` is still held by another [`TaskFolder`].
     pub fn take(&self, vm_index: u32, persistence: Persistence) -> Result<TaskFolder, Error> {
         if persistence == Persistence::Temporary {
-            let held = self.create(vm_index)?;
+            let held = match self.spare_for(vm_index) {
+                Some(held) => held,
+                None => self.create(vm_index)?,
+            };
             return Ok(TaskFolder::new(
                 held,
                 vm_index,
@@ -331,12 +350,12 @@ impl LocalStorage {
             ));
         }
         let mut kept = lock_kept(&self.kept);
-        let (held, reused) = match borrow_kept(&mut kept, vm_index)? {
+        let (held, reused) = match borrow_kept(&mut kept.persistent, vm_index)? {
             Some(held) => (held, true),
             None => match self.create(vm_index) {
                 Ok(held) => (held, false),
                 Err(error) => {
-                    kept.remove(&vm_index);
+                    kept.persistent.remove(&vm_index);
                     return Err(error);
                 }
             },
@@ -359,14 +378,52 @@ impl LocalStorage {
     pub fn discard(&self, vm_index: u32) -> Result<bool, Error> {
         let held = {
             let mut kept = lock_kept(&self.kept);
-            let held = borrow_kept(&mut kept, vm_index)?;
-            kept.remove(&vm_index);
+            let held = borrow_kept(&mut kept.persistent, vm_index)?;
+            kept.persistent.remove(&vm_index);
             held
         };
         match held {
             Some(held) => held.remove().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Removes the emptied folder [`TaskFolder::release_for_next`] kept, when its next task
+    /// did not come (it was stopped before it began, or the caller waits for work).
+    /// `Ok(false)`: none was kept.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Remove`].
+    pub fn remove_spare(&self) -> Result<bool, Error> {
+        let spare = lock_kept(&self.kept).spare.take();
+        match spare {
+            Some(spare) => spare.held.remove().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether an emptied folder is kept for a next task (see [`LocalStorage::remove_spare`]).
+    pub fn holds_spare(&self) -> bool {
+        lock_kept(&self.kept).spare.is_some()
+    }
+
+    /// The kept spare folder, if it belongs to `vm_index` and is still as it was left:
+    /// the same folder, locked, with this process's marker. Any other spare is removed.
+    fn spare_for(&self, vm_index: u32) -> Option<Held> {
+        let spare = lock_kept(&self.kept).spare.take()?;
+        let ours = spare.vm_index == vm_index
+            && spare.held.intact()
+            && OwnerMarker::read(&spare.held.path)
+                .is_ok_and(|marker| marker == Some(OwnerMarker::current(&self.host)));
+        if ours {
+            return Some(spare.held);
+        }
+        let path = spare.held.path.clone();
+        if let Err(error) = spare.held.remove() {
+            tracing::warn!(path = %path.display(), %error, "cannot remove a spare task folder; a later sweep removes the rest");
+        }
+        None
     }
 
     /// Makes and claims a new folder `<pid hex>_vm<vm index hex>[_<n>]`. It is made,

@@ -117,6 +117,52 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
     }
 }
 
+/// Removes every entry of the folder at `path` but the regular files named in `keep`, each
+/// as [`remove_tree`] removes a tree, leaving the folder itself. `Ok(false)`, with nothing
+/// removed: `path` is not the folder `identity` (device, inode) with mode 0700, or a name
+/// in `keep` is missing or not a regular file.
+pub(crate) fn empty_folder(
+    path: &Path,
+    identity: (u64, u64),
+    keep: &[&str],
+) -> Result<bool, Error> {
+    let fail = |source: io::Error| Error::Remove {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut dir = match Dir::open(path, dir_flags(), Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(false),
+        Err(errno) => return Err(fail(errno.into())),
+    };
+    let stat = fstat(dir.as_fd()).map_err(|e| fail(e.into()))?;
+    let same = (stat.st_dev, stat.st_ino) == identity && stat.st_mode & 0o7777 == OWNER_RWX;
+    if !same {
+        return Ok(false);
+    }
+    let mut kept = 0;
+    let mut doomed = Vec::new();
+    for name in names(&mut dir).map_err(fail)? {
+        if keep.iter().any(|k| k.as_bytes() == name.to_bytes()) {
+            let stat = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| fail(e.into()))?;
+            if !is_regular(&stat) {
+                return Ok(false);
+            }
+            kept += 1;
+        } else {
+            doomed.push(name);
+        }
+    }
+    if kept != keep.len() {
+        return Ok(false);
+    }
+    for name in doomed {
+        remove_entry(&dir, &name, &child_path(path, &name))?;
+    }
+    Ok(true)
+}
+
 /// Opens a sub-folder to empty it, making it readable and writable for its owner when
 /// a task took those rights away. `None`: it vanished meanwhile (another remover).
 fn open_dir_for_removal(parent: &Dir, name: &CStr) -> nix::Result<Option<Dir>> {
@@ -221,6 +267,74 @@ mod tests {
         remove_tree(&link).unwrap();
         assert!(fs::symlink_metadata(&link).is_err());
         assert!(outside.join("keep").exists());
+    }
+
+    fn identity(path: &Path) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path).unwrap();
+        (meta.dev(), meta.ino())
+    }
+
+    fn private_folder(tmp: &Path) -> PathBuf {
+        let top = tmp.join("top");
+        fs::create_dir(&top).unwrap();
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(top.join(".keep"), b"k").unwrap();
+        top
+    }
+
+    #[test]
+    fn emptying_keeps_only_the_named_files_and_never_follows_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let top = private_folder(tmp.path());
+        let deep = top.join("a").join(OsStr::from_bytes(b"b\xff"));
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), b"12345").unwrap();
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o000)).unwrap();
+        symlink(&outside, top.join("link")).unwrap();
+        symlink(&outside, top.join("a").join("inner-link")).unwrap();
+        fs::write(top.join(".hidden"), b"h").unwrap();
+
+        assert!(empty_folder(&top, identity(&top), &[".keep"]).unwrap());
+        let left: Vec<_> = fs::read_dir(&top)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [OsStr::new(".keep")]);
+        assert_eq!(fs::read(top.join(".keep")).unwrap(), b"k");
+        assert_eq!(fs::read(outside.join("keep")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_folder_not_as_it_was_made_is_not_emptied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = private_folder(tmp.path());
+        fs::write(top.join("result"), b"r").unwrap();
+        let id = identity(&top);
+        let untouched = |top: &Path| top.join("result").exists();
+
+        // Another folder under the same name.
+        assert!(!empty_folder(&top, (id.0, id.1 + 1), &[".keep"]).unwrap());
+        // Opened to group and others by its task.
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!empty_folder(&top, id, &[".keep"]).unwrap());
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o700)).unwrap();
+        // A kept file removed, or replaced by a symlink or a folder.
+        assert!(!empty_folder(&top, id, &[".keep", ".gone"]).unwrap());
+        symlink(tmp.path(), top.join(".link")).unwrap();
+        assert!(!empty_folder(&top, id, &[".keep", ".link"]).unwrap());
+        assert!(untouched(&top));
+        // The folder itself replaced by a symlink.
+        let moved = tmp.path().join("moved");
+        fs::rename(&top, &moved).unwrap();
+        symlink(&moved, &top).unwrap();
+        assert!(!empty_folder(&top, id, &[".keep"]).unwrap());
+        assert!(untouched(&moved));
+        fs::remove_file(&top).unwrap();
+        assert!(!empty_folder(&top, id, &[".keep"]).unwrap());
     }
 
     #[test]

@@ -162,3 +162,135 @@ fn closing_the_storage_keeps_persistent_folders_on_disk_as_idle() {
         "idle is not stale"
     );
 }
+
+/// What a folder holds, sorted, as `name` strings.
+fn entries(path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_folder_released_for_the_next_task_is_emptied_and_handed_to_it() {
+    let (root, storage) = storage();
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("precious"), b"p").unwrap();
+
+    let first = storage.take(3, Persistence::Temporary).unwrap();
+    let path = first.path().to_path_buf();
+    let made = entries(&path);
+    fs::create_dir_all(path.join("out/deep")).unwrap();
+    fs::write(path.join("out/deep/result"), b"r").unwrap();
+    fs::set_permissions(path.join("out"), fs::Permissions::from_mode(0o500)).unwrap();
+    symlink(&outside, path.join("link")).unwrap();
+    first.release_for_next().unwrap();
+
+    // Between the two tasks: still locked, so never swept, and nothing of the task left.
+    assert!(storage.holds_spare());
+    assert_eq!(entries(&path), made);
+    assert_eq!(
+        state_of(&storage, &made_name(&path)),
+        Some(FolderState::InUse)
+    );
+    assert!(storage.sweep().unwrap().removed.is_empty());
+
+    let second = storage.take(3, Persistence::Temporary).unwrap();
+    assert_eq!(second.path(), path);
+    assert!(
+        !second.reused(),
+        "an emptied folder is as good as a new one"
+    );
+    assert!(!storage.holds_spare());
+    second.release().unwrap();
+    assert!(!exists(&path));
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"p");
+    assert!(storage.list().unwrap().is_empty());
+}
+
+fn made_name(path: &std::path::Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_spare_folder_is_removed_when_its_task_does_not_come() {
+    let (_root, storage) = storage();
+
+    // Another VM's task: the spare goes and a folder of that VM is made.
+    let first = storage.take(0, Persistence::Temporary).unwrap();
+    let spare = first.path().to_path_buf();
+    first.release_for_next().unwrap();
+    let other = storage.take(1, Persistence::Temporary).unwrap();
+    assert!(!exists(&spare));
+    assert_ne!(other.path(), spare);
+    other.release_for_next().unwrap();
+
+    // The caller waits for work instead.
+    let kept = storage.list().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(storage.remove_spare().unwrap());
+    assert!(!storage.remove_spare().unwrap());
+    assert!(!exists(&kept[0].path));
+
+    // The storage goes away.
+    let last = storage.take(2, Persistence::Temporary).unwrap();
+    let path = last.path().to_path_buf();
+    last.release_for_next().unwrap();
+    let per_user = storage.path().to_path_buf();
+    drop(storage);
+    assert!(!exists(&path));
+    assert_eq!(fs::read_dir(per_user).unwrap().count(), 0);
+}
+
+#[test]
+fn a_folder_its_task_changed_is_removed_not_handed_on() {
+    let (_root, storage) = storage();
+    type Change = fn(&std::path::Path);
+    let changes: [(&str, Change); 4] = [
+        ("opened to others", |p| {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }),
+        ("lock removed", |p| {
+            fs::remove_file(p.join(".parvm-lock")).unwrap()
+        }),
+        ("marker rewritten", |p| {
+            let forged = OwnerMarker::new(1, None, None, "elsewhere");
+            fs::write(p.join(".parvm-owner"), serde_json::to_vec(&forged).unwrap()).unwrap();
+        }),
+        ("marker made a symlink", |p| {
+            fs::remove_file(p.join(".parvm-owner")).unwrap();
+            symlink("/etc/hostname", p.join(".parvm-owner")).unwrap();
+        }),
+    ];
+    for (what, change) in changes {
+        let first = storage.take(0, Persistence::Temporary).unwrap();
+        let path = first.path().to_path_buf();
+        fs::write(path.join("result"), b"r").unwrap();
+        change(&path);
+        first.release_for_next().unwrap();
+        let second = storage.take(0, Persistence::Temporary).unwrap();
+        assert!(!second.path().join("result").exists(), "{what}");
+        let marker: OwnerMarker =
+            serde_json::from_slice(&fs::read(second.path().join(".parvm-owner")).unwrap()).unwrap();
+        assert_eq!(marker, OwnerMarker::current(HOST), "{what}");
+        let mode = fs::metadata(second.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{what}");
+        second.release().unwrap();
+        assert!(storage.list().unwrap().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn a_persistent_folder_released_for_the_next_task_is_kept_as_always() {
+    let (_root, storage) = storage();
+    let first = storage.take(5, Persistence::Persistent).unwrap();
+    fs::write(first.path().join("state"), b"s").unwrap();
+    first.release_for_next().unwrap();
+    assert!(!storage.holds_spare());
+    let again = storage.take(5, Persistence::Persistent).unwrap();
+    assert!(again.reused());
+    assert_eq!(fs::read(again.path().join("state")).unwrap(), b"s");
+}
