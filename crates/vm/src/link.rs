@@ -47,6 +47,10 @@ const NAP: Duration = Duration::from_millis(100);
 /// past this rather than growing without bound.
 const MAX_STOPS_KEPT: usize = 1024;
 
+/// How many non-blocking receives [`Link::next_message_is`] makes at most, past frames the
+/// link files itself (acknowledgements, stops).
+const PEEK_PULLS: usize = 3;
+
 /// What kind of task the worker runs, which decides how a stop ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TaskKind {
@@ -322,6 +326,31 @@ impl Link {
         }
     }
 
+    /// Whether the spawn loop's next event is already here (or arrives without waiting) and
+    /// is a message from the spawner that `test` accepts. The event stays queued for
+    /// [`Link::recv`]. Never waits: while the output thread is receiving, only what it
+    /// queued already counts.
+    pub(crate) fn next_message_is(&self, test: impl FnOnce(&[u8]) -> bool) -> bool {
+        let mut state = self.lock();
+        // A pull that yields nothing may have filed an acknowledgement or a stop: look a
+        // few times, never more (each look is one non-blocking receive).
+        for _ in 0..PEEK_PULLS {
+            if !state.queue.is_empty() || state.pulling {
+                break;
+            }
+            let (next, event) = self.pull(state, Wait::NoWait);
+            state = next;
+            // Else nothing yet, or a transport error that the next receive meets again.
+            if let Ok(Some(event)) = event {
+                state.queue.push_back(event);
+            }
+        }
+        match state.queue.front() {
+            Some(Event::Message { from: 0, payload }) => test(payload),
+            _ => false,
+        }
+    }
+
     /// As `recv(Wait::Forever)`, but `Ok(None)` once the spawner asked to stop the running
     /// task (a stop is filed by whichever thread receives it, and is no event): for a wait
     /// that belongs to the task, such as fetching its shipped inputs.
@@ -436,6 +465,29 @@ mod tests {
         let spawner = ends.next().unwrap();
         let worker: Arc<dyn Transport> = Arc::new(ends.next().unwrap());
         (spawner, Arc::new(Link::new(worker)))
+    }
+
+    #[test]
+    fn a_peeked_frame_stays_for_the_loop_and_filed_frames_are_looked_past() {
+        let (spawner, link) = pair();
+        // Nothing there: no wait, and nothing accepted.
+        assert!(!link.next_message_is(|_| true));
+        // An acknowledgement in front is filed, not taken for the next frame.
+        spawner.send(1, &wire::output_ack(10)).unwrap();
+        spawner.send(1, b"\x01next").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !link.next_message_is(|payload| payload == b"\x01next") {
+            assert!(Instant::now() < deadline, "the frame did not arrive");
+            std::thread::yield_now();
+        }
+        assert!(!link.next_message_is(|payload| payload == b"\x01other"));
+        // The loop still gets it, once.
+        let event = link.recv(Wait::NoWait).unwrap();
+        assert!(
+            matches!(&event, Some(Event::Message { payload, .. }) if payload == b"\x01next"),
+            "{event:?}"
+        );
+        assert!(link.recv(Wait::NoWait).unwrap().is_none());
     }
 
     #[test]

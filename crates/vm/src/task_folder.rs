@@ -124,9 +124,12 @@ impl Prepared {
         self.folder.as_ref().map(TaskFolder::path)
     }
 
-    /// Removes a temporary folder, hands a persistent one back.
-    pub(crate) fn release(self) -> Result<(), Error> {
+    /// Removes a temporary folder, hands a persistent one back. With `next_here` (the
+    /// next task of this VM, with a temporary folder, is already at hand), a temporary
+    /// folder is emptied and kept for it instead ([`TaskFolder::release_for_next`]).
+    pub(crate) fn release(self, next_here: bool) -> Result<(), Error> {
         match self.folder {
+            Some(folder) if next_here => folder.release_for_next().map_err(Error::Storage),
             Some(folder) => folder.release().map_err(Error::Storage),
             None => Ok(()),
         }
@@ -256,8 +259,24 @@ impl TaskFolders {
         }
     }
 
+    /// Whether an emptied folder is kept for a next task that has not started yet.
+    pub(crate) fn holds_spare(&self) -> bool {
+        matches!(&self.local, Some(Ok(local)) if local.holds_spare())
+    }
+
+    /// Removes the emptied folder kept for a next task that did not come, before the
+    /// worker waits for work: no folder is left without a task.
+    pub(crate) fn remove_spare(&mut self) {
+        if let Some(Ok(local)) = &self.local
+            && let Err(e) = local.remove_spare()
+        {
+            tracing::warn!(error = %one_line(&e), "cannot remove a spare task folder");
+        }
+    }
+
     /// Drops every persistent folder, when the worker leaves.
     pub(crate) fn forget_all(&mut self) {
+        self.remove_spare();
         let vms: Vec<u32> = self.maps.keys().copied().collect();
         for vm in vms {
             self.forget(vm);

@@ -107,7 +107,7 @@ impl Worker {
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {
                 Some(payload) => payload,
-                None => match link.recv(Wait::Forever) {
+                None => match receive(&link, &mut storage) {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");
@@ -217,6 +217,21 @@ impl Worker {
     }
 }
 
+/// The spawn loop's next event. A folder kept for a next task that is not here is removed
+/// before waiting, so none outlives its tasks while the worker idles.
+fn receive(
+    link: &Link,
+    storage: &mut TaskFolders,
+) -> Result<Option<Event>, parvm_transport::Error> {
+    if storage.holds_spare() {
+        if let Some(event) = link.recv(Wait::NoWait)? {
+            return Ok(Some(event));
+        }
+        storage.remove_spare();
+    }
+    link.recv(Wait::Forever)
+}
+
 /// Everything one task run needs.
 struct Run<'a> {
     worker: &'a Worker,
@@ -274,7 +289,10 @@ impl Run<'_> {
                         );
                     }
                 }
-                if let Err(e) = prepared.release() {
+                let next_here = !request.persistent
+                    && prepared.task_dir().is_some()
+                    && self.next_task_is_here(request.vm);
+                if let Err(e) = prepared.release(next_here) {
                     tracing::warn!(task = %id, error = %one_line(&e), "cannot remove the task folder");
                 }
                 outcome
@@ -300,6 +318,22 @@ impl Run<'_> {
                 mirrored,
             },
         );
+    }
+
+    /// Whether the next frame, already received or arriving without a wait, asks for a
+    /// task of VM `vm` in a temporary folder: a dispatch sends the next job while this one
+    /// runs, and that task then gets this task's folder, emptied.
+    fn next_task_is_here(&self, vm: u32) -> bool {
+        let takes_folder = |payload: &[u8]| {
+            matches!(
+                wire::decode::<ToWorker<'_>>(payload),
+                Ok(ToWorker::Spawn(next)) if next.vm == vm && next.folder && !next.persistent
+            )
+        };
+        match self.state.deferred.borrow().front() {
+            Some(payload) => takes_folder(payload),
+            None => self.link.next_message_is(takes_folder),
+        }
     }
 
     fn run_in(&self, id: TaskId, dir: Option<&Path>, job: &Job<'_>) -> Result<Vec<u8>, String> {

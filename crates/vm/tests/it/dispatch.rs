@@ -30,6 +30,7 @@ suite!(
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
     results_count_the_bytes_mirrored,
     one_slot_times_each_queued_job_from_its_own_start,
+    every_job_gets_an_empty_folder_and_none_outlives_the_dispatch,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -644,4 +645,54 @@ fn results_count_the_bytes_mirrored(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(result.mirrored, 0);
+}
+
+/// A worker hands its emptied folder to the next job it already holds: each job still
+/// finds nothing of the one before (not its files, read-only folders or symlinks), nothing
+/// outside is touched through a planted symlink, and no folder outlives the dispatch.
+fn every_job_gets_an_empty_folder_and_none_outlives_the_dispatch(backend: Backend) {
+    let h = Harness::start(backend, 2);
+    let shared = h.shared.path();
+    let outside = shared.join("outside");
+    let seen = shared.join("seen");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::write(outside.join("precious"), b"p").unwrap();
+    let vm = h.runtime().vm().local_folder(true).build().unwrap();
+    // $1: the outside folder, $2: where to say what the job saw, $3: the job's index.
+    let script = r#"
+        left=$(ls -A | grep -v '^[.]parvm-')
+        [ -z "$left" ] || { echo "left by an earlier job: $left" >&2; exit 7; }
+        stat -c %w .parvm-owner > "$2/$3"
+        echo x > junk; mkdir -p d/e; touch d/e/f; chmod 500 d/e d; ln -s "$1" link"#;
+    let jobs = (0..40).map(|i| {
+        Job::command("sh").args([
+            "-c",
+            script,
+            "sh",
+            outside.to_str().unwrap(),
+            seen.to_str().unwrap(),
+            &i.to_string(),
+        ])
+    });
+    let results: Vec<JobResult> = vm.dispatch(jobs).map(|r| r.unwrap()).collect();
+    for result in &results {
+        assert!(result.outcome.is_success(), "{result}");
+    }
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"p");
+    // A folder kept for a job that another slot took back goes when its worker next
+    // waits, a moment after the dispatch may have ended.
+    crate::harness::wait_until("no task folder is left", || h.task_folders().is_empty());
+    // The owner marker's birth time tells folders apart: most jobs ran in a folder an
+    // earlier job emptied (file systems without birth times print `-`).
+    let births: BTreeSet<String> = (0..40)
+        .map(|i| std::fs::read_to_string(seen.join(i.to_string())).unwrap())
+        .collect();
+    if !births.contains("-\n") {
+        assert!(
+            births.len() < 20,
+            "{} folders made for 40 jobs",
+            births.len()
+        );
+    }
 }
