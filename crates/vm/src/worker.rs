@@ -387,13 +387,21 @@ impl Run<'_> {
     ) -> Result<Vec<u8>, String> {
         let id = ctx.id;
         let host = ctx.host;
+        let words = std::iter::once(program).chain(args.iter().map(String::as_str));
+        let env_words = env.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]);
+        if let Some(word) = words.chain(env_words).find(|word| word.contains('\0')) {
+            return Err(format!(
+                "cannot start command `{}` of task {id} on host `{host}`: {:?} holds a NUL byte, which no program can take as an argument or variable; remove it from the spawn",
+                program.escape_debug(),
+                word
+            ));
+        }
         let mut command = std::process::Command::new(program);
         // Forwarded variables first, so the spawn's own `env` wins.
         command
             .args(args)
             .envs(self.state.forwarded.borrow().iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null());
+            .envs(env.iter().map(|(k, v)| (k, v)));
         // A parvm program started by the command must not join this VM as a worker.
         for var in parvm_transport::local::WORKER_ENV_VARS {
             command.env_remove(var);
@@ -406,7 +414,13 @@ impl Run<'_> {
         if let Some(dir) = ctx.dir {
             command.current_dir(dir);
         }
-        let mut supervised = supervise::spawn(command).map_err(|e| {
+        let mut slot = self.state.supervisor.borrow_mut();
+        let supervisor = supervise::ready(&mut slot).map_err(|e| {
+            format!(
+                "cannot start a supervisor for command `{program}` of task {id} on host `{host}`: {e}; the host may be out of processes or memory (see `ulimit -u` and `free`)"
+            )
+        })?;
+        let mut supervised = supervisor.run(&command).map_err(|e| {
             format!(
                 "cannot start command `{program}` of task {id} on host `{host}`: {e}; check that the program exists there (a full path, or a name on the worker's PATH) and is executable"
             )

@@ -370,4 +370,21 @@ fn a_command_that_cannot_start_names_the_task_the_host_and_what_to_do() {
     ] {
         assert!(failure.message.contains(part), "no `{part}` in: {failure}");
     }
+    // A NUL byte cannot reach a program; the worker says so, and serves on.
+    let ids = vm
+        .spawn(Spawn::command("/bin/sh").args(["-c", "exit 0", "a\0b"]))
+        .unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    let failure = outcomes[&ids[0]]
+        .result
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
+    assert!(failure.message.contains("NUL byte"), "{failure}");
+    let ids = vm
+        .spawn(Spawn::command("/bin/sh").args(["-c", "exit 0"]))
+        .unwrap();
+    let (outcomes, _) = collect(&vm, &ids);
+    assert!(outcomes[&ids[0]].result.as_ref().unwrap().is_ok());
 }
