@@ -16,6 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, exec, target_dir};
 
+/// The shell script of the baseline that runs each case as `parvm run` does, `/bin/sh -c
+/// LINE`, under `xargs -P` (`true` with the case's value, as `true VALUE`).
+const SHELL_CASE: &str = "true \"$1\"";
+
 /// Worker slots (`-j`, `-P`) of every contender: the reference machine has 2 cores.
 const JOBS: usize = 2;
 /// Cases of `true` in part (a).
@@ -132,27 +136,50 @@ impl Bench {
         let stdin = lines(&values);
         println!("\n(a) {TRUE_CASES} cases of `true`, -j {JOBS}");
 
-        let parvm = median(|| {
+        // Each round runs every contender once, so that a change in the machine's load
+        // falls on all of them alike.
+        let jobs = JOBS.to_string();
+        let mut parvm = || {
             let mut command = self.parvm_run();
             command.arg("true").arg(":::").args(&values);
             timed(&mut command, None)
-        })?;
-        let xargs = median(|| {
+        };
+        let mut xargs = || {
             let mut command = Command::new("xargs");
-            command.args(["-P", &JOBS.to_string(), "-n", "1", "true"]);
+            command.args(["-P", &jobs, "-n", "1", "true"]);
             timed(&mut command, Some(&stdin))
-        })?;
-        let gnu = parallel
-            .map(|parallel| {
-                median(|| {
-                    let mut command = Command::new(parallel);
-                    command
-                        .args(["--will-cite", "-j", &JOBS.to_string(), "true", ":::"])
-                        .args(&values);
-                    timed(&mut command, None)
-                })
-            })
-            .transpose()?;
+        };
+        // What parvm runs per case, `/bin/sh -c LINE`, with nothing around it: the cost
+        // of the case itself, so that each tool's own share can be told apart from it.
+        let mut shell = || {
+            let mut command = Command::new("xargs");
+            command
+                .args(["-P", &jobs, "-n", "1", "/bin/sh", "-c"])
+                .args([SHELL_CASE, "sh"]);
+            timed(&mut command, Some(&stdin))
+        };
+        let (jobs_ref, values_ref) = (&jobs, &values);
+        let mut gnu = parallel.map(|parallel| {
+            move || {
+                let mut command = Command::new(parallel);
+                command
+                    .args(["--will-cite", "-j", jobs_ref, "true", ":::"])
+                    .args(values_ref);
+                timed(&mut command, None)
+            }
+        });
+        let mut contenders: Vec<&mut dyn FnMut() -> Result<Measured>> =
+            vec![&mut parvm, &mut xargs, &mut shell];
+        if let Some(gnu) = &mut gnu {
+            contenders.push(gnu);
+        }
+        let mut measured = medians(&mut contenders)?.into_iter();
+        let (Some(parvm), Some(xargs), Some(shell)) =
+            (measured.next(), measured.next(), measured.next())
+        else {
+            bail!("a contender of part (a) was not measured");
+        };
+        let gnu = measured.next();
 
         print_header();
         print_row(
@@ -161,6 +188,11 @@ impl Bench {
             TRUE_CASES,
         );
         print_row(&format!("xargs -P {JOBS} -n 1 true"), &xargs, TRUE_CASES);
+        print_row(
+            &format!("xargs -P {JOBS} -n 1 /bin/sh -c '{SHELL_CASE}' sh"),
+            &shell,
+            TRUE_CASES,
+        );
         if let Some(gnu) = &gnu {
             print_row(
                 &format!("parallel -j {JOBS} true ::: 1..{TRUE_CASES}"),
@@ -178,6 +210,26 @@ impl Bench {
                 "GNU parallel / parvm: {:.1}x wall, {:.1}x CPU (target >= 10x)",
                 ratio(gnu.time, parvm.time),
                 ratio(gnu.cpu, parvm.cpu)
+            );
+        }
+        // Beyond the case's own `sh -c`: what each tool adds to it (negative when the
+        // machine's noise is larger than that).
+        let beyond = |run: &Measured| {
+            (
+                (per_case(run.time) - per_case(shell.time)) * JOBS as f64,
+                per_case(run.cpu) - per_case(shell.cpu),
+            )
+        };
+        let (parvm_wall, parvm_cpu) = beyond(&parvm);
+        println!(
+            "beyond starting the case's /bin/sh: parvm {parvm_wall:.3} ms wall, {parvm_cpu:.3} ms CPU per case"
+        );
+        if let Some(gnu) = &gnu {
+            let (gnu_wall, gnu_cpu) = beyond(gnu);
+            println!(
+                "beyond starting the case's /bin/sh: GNU parallel {gnu_wall:.3} ms wall, {gnu_cpu:.3} ms CPU per case ({} wall, {} CPU parvm's)",
+                times(gnu_wall, parvm_wall),
+                times(gnu_cpu, parvm_cpu)
             );
         }
         Ok(())
@@ -368,16 +420,33 @@ fn timed(command: &mut Command, stdin: Option<&[u8]>) -> Result<Measured> {
 /// The run with the median wall time of [`REPEATS`] runs, carrying the median CPU time
 /// of the same runs (the two medians may come from different runs).
 fn median(mut measure: impl FnMut() -> Result<Measured>) -> Result<Measured> {
-    let mut runs = (0..REPEATS)
+    let runs = (0..REPEATS)
         .map(|_| measure())
         .collect::<Result<Vec<_>>>()?;
+    Ok(middle(runs))
+}
+
+/// The median of [`REPEATS`] runs of each contender, run in rounds of one run each, in
+/// order.
+fn medians(contenders: &mut [&mut dyn FnMut() -> Result<Measured>]) -> Result<Vec<Measured>> {
+    let mut runs: Vec<Vec<Measured>> = contenders.iter().map(|_| Vec::new()).collect();
+    for _ in 0..REPEATS {
+        for (measure, runs) in contenders.iter_mut().zip(&mut runs) {
+            runs.push(measure()?);
+        }
+    }
+    Ok(runs.into_iter().map(middle).collect())
+}
+
+/// The run of median wall time, with the median CPU time of all.
+fn middle(mut runs: Vec<Measured>) -> Measured {
     let mut cpus: Vec<Duration> = runs.iter().map(|run| run.cpu).collect();
     cpus.sort();
     runs.sort_by_key(|run| run.time);
     let middle = runs.len() / 2;
     let mut run = runs.swap_remove(middle);
     run.cpu = cpus[middle];
-    Ok(run)
+    run
 }
 
 /// Fails unless a contender printed what every case should print, so a broken run is not
@@ -411,6 +480,21 @@ fn lines(values: &[String]) -> Vec<u8> {
         .flatten()
         .copied()
         .collect()
+}
+
+/// `total` over part (a)'s cases, in milliseconds.
+fn per_case(total: Duration) -> f64 {
+    total.as_secs_f64() * 1e3 / TRUE_CASES as f64
+}
+
+/// `a / b` as `N.Nx`, or words saying why not when `b` is under 10 µs (within the
+/// noise of these measurements).
+fn times(a: f64, b: f64) -> String {
+    if b < 0.01 {
+        "not a ratio: parvm's share is within the noise, of".to_owned()
+    } else {
+        format!("{:.1}x", a / b)
+    }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
