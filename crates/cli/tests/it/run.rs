@@ -606,9 +606,15 @@ fn stop_by_signal(whole_group: bool) {
     let sweep = Sweep::new();
     let pids = sweep.shared.join("pids");
     std::fs::create_dir(&pids).unwrap();
-    let command = format!("echo $$ > {}/{{}}; exec sleep 60", pids.display());
+    // Once `resume` exists, the same cases succeed at once.
+    let resume = sweep.shared.join("resume");
+    let command = format!(
+        "test -e {} && exit 0; echo $$ > {}/{{}}; exec sleep 60",
+        resume.display(),
+        pids.display()
+    );
     let mut child = sweep
-        .command(&[command.as_str(), ":::", "a", "b"])
+        .command(&["--joblog", "jl", command.as_str(), ":::", "a", "b"])
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -662,6 +668,22 @@ fn stop_by_signal(whole_group: bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(left(), Vec::<PathBuf>::new());
+    // Neither case is in the joblog (however it was stopped: by parvm, or by its own
+    // supervisor getting the Ctrl-C), so --resume runs both.
+    let joblog = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    assert_eq!(joblog.lines().count(), 1, "{joblog}");
+    std::fs::write(&resume, "").unwrap();
+    sweep.ok(&[
+        "--resume",
+        "--joblog",
+        "jl",
+        command.as_str(),
+        ":::",
+        "a",
+        "b",
+    ]);
+    let joblog = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    assert_eq!(joblog.lines().count(), 3, "{joblog}");
 }
 
 /// Kills and reaps a child when dropped.

@@ -550,7 +550,7 @@ impl Reporting<'_> {
                 bar.suspend(|| output::print(&result, number, tag, whole))?;
             }
             bar.inc(1);
-            let ran = !matches!(result.outcome, parvm_vm::JobOutcome::NotRun);
+            let ran = ran_to_its_end(&result.outcome, self.interrupt.happened());
             let (exit, signal) = output::status(&result.outcome);
             // A case whose results could not be kept is reported and counts as failed; the
             // run goes on (a full disk may have room again once other cases are done).
@@ -689,9 +689,36 @@ fn cases(count: usize) -> String {
         format!("{count} cases")
     }
 }
+/// Whether a case with `outcome` counts as run (in the joblog, against --halt), when
+/// SIGINT or SIGTERM came before its result (`interrupted`) or not. A case that fails once
+/// the signal came was, as likely as not, ended by it (Ctrl-C reaches the cases'
+/// supervisors too, which stop them as parvm does): it counts as stopped, so that
+/// --resume runs it again instead of skipping it.
+fn ran_to_its_end(outcome: &parvm_vm::JobOutcome, interrupted: bool) -> bool {
+    !matches!(outcome, parvm_vm::JobOutcome::NotRun) && (outcome.is_success() || !interrupted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_case_that_failed_after_the_signal_counts_as_stopped() {
+        use parvm_vm::JobOutcome;
+        let failed = || JobOutcome::Failed {
+            reason: "killed by signal 15".to_owned(),
+            status: None,
+            after_end: None,
+        };
+        assert!(ran_to_its_end(&failed(), false));
+        assert!(!ran_to_its_end(&failed(), true));
+        assert!(!ran_to_its_end(&JobOutcome::NotRun, false));
+        let lost = JobOutcome::Lost {
+            reason: "the worker died".to_owned(),
+        };
+        assert!(ran_to_its_end(&lost, false));
+        assert!(!ran_to_its_end(&lost, true));
+    }
 
     #[test]
     fn return_patterns_that_leave_the_folder() {
