@@ -40,8 +40,8 @@ pub(crate) struct LoopState {
     scratch: RefCell<Vec<u8>>,
     /// Environment variables forwarded by the spawner, set on every command.
     pub(crate) forwarded: RefCell<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
-    /// The supervisor this worker's commands run under, forked for the first; dropped
-    /// (and so ended) with the loop.
+    /// The supervisor this worker's commands run under, forked when the loop starts (again
+    /// for a command when it is gone); dropped, and so ended, with the loop.
     pub(crate) supervisor: RefCell<Option<crate::supervise::Supervisor>>,
 }
 

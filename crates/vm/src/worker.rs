@@ -103,6 +103,14 @@ impl Worker {
         }
         let home = std::env::current_dir().ok();
         let state = LoopState::default();
+        // Forked now, while the worker is small: the supervisor keeps, copy-on-write, the
+        // memory the worker has when it is forked, for as long as it lives (a fork at the
+        // first command could keep a copy of whatever a function task had built by then).
+        // Should this fail, the first command tries again and reports why.
+        match supervise::Supervisor::start() {
+            Ok(supervisor) => *state.supervisor.borrow_mut() = Some(supervisor),
+            Err(e) => tracing::debug!(error = %e, "cannot fork the command supervisor yet"),
+        }
         let result = loop {
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {

@@ -1,8 +1,9 @@
 //! Command tasks under a supervisor, so that a task leaves no process behind.
 //!
-//! A command does not run as the worker's child. The worker forks a *supervisor* once, a
-//! small single-threaded copy of itself that never execs, and hands it one command at a
-//! time over a socket; the supervisor starts the command and waits for it:
+//! A command does not run as the worker's child. The worker forks a *supervisor* once, when
+//! its spawn loop starts, a small single-threaded copy of itself that never execs, and
+//! hands it one command at a time over a socket; the supervisor starts the command and
+//! waits for it:
 //!
 //! ```text
 //! worker ──socket── supervisor (child subreaper) ── command (own process group) ── ...

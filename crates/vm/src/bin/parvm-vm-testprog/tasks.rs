@@ -10,6 +10,20 @@ use parvm_vm::{TaskContext, TaskId, Tasks};
 pub fn tasks() -> Tasks {
     Tasks::new()
         .register("noop", |_: &TaskContext, (): ()| Ok::<_, Infallible>(()))
+        .register(
+            "hold_memory",
+            |_: &TaskContext, (mib, fill): (usize, u8)| {
+                // Keeps `mib` MiB filled with `fill` in the worker until the next call, which
+                // writes every byte again.
+                static HELD: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+                let mut held = HELD
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                held.resize(mib << 20, 0);
+                held.fill(fill);
+                Ok::<_, Infallible>(held.iter().map(|&b| usize::from(b)).sum::<usize>())
+            },
+        )
         .register("echo", |_: &TaskContext, text: String| {
             Ok::<_, Infallible>(text)
         })
