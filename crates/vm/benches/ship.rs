@@ -11,8 +11,10 @@
 //! - shipped, next run with one file changed: the first task of a new spawner and worker
 //!   (the host cache kept) after one more source file was rewritten, as a user who edits
 //!   an input between two runs;
-//! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`);
-//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder;
+//! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`), its tasks
+//!   timed in every round before the shipped ones, after one untimed first task;
+//! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder, one in every
+//!   round right before its cold ship, as is the next;
 //! - `rsync -a` of the tree over ssh into an empty folder, from a throwaway sshd on
 //!   127.0.0.1 that this bench configures and starts (its keys made in the scratch folder).
 //!   parvm authenticates its peer and encrypts every frame; the rsync daemon does neither,
@@ -227,7 +229,31 @@ fn measure(
     let mut warm = Vec::new();
     let mut changed = Vec::new();
     let mut next_run = Vec::new();
+    let mut shared = Vec::new();
+    let baseline = rsync
+        .map(|rsync| RsyncBaseline::start(rsync, ssh, &mirrored, tree, work))
+        .transpose()?;
+    let mut from_daemon = Vec::new();
+    let mut over_ssh = Vec::new();
     for round in 0..REPEATS {
+        if let Some(baseline) = &baseline {
+            let (daemon, ssh) = baseline.once(round)?;
+            from_daemon.push(daemon);
+            over_ssh.extend(ssh);
+        }
+        // Shared mirroring in every round, next to the shipped tasks: a disk whose speed
+        // drifts with what was written before (ext4 on these VMs) then weighs on both.
+        let local = work.join(format!("local-shared-{}", tree.folder));
+        let cluster = start(&local, ShipMode::Never)?;
+        let vm = cluster.vm(tree)?;
+        one_task(&vm)?;
+        for _ in 0..WARM_TASKS {
+            shared.push(one_task(&vm)?);
+        }
+        drop(vm);
+        cluster.finish()?;
+        fs::remove_dir_all(&local)?;
+
         // New local storage: an empty host cache.
         let local = work.join(format!("local-ship-{}-{round}", tree.folder));
         let cluster = start(&local, ShipMode::Always)?;
@@ -250,25 +276,9 @@ fn measure(
         fs::remove_dir_all(&local)?;
     }
 
-    let local = work.join(format!("local-shared-{}", tree.folder));
-    let cluster = start(&local, ShipMode::Never)?;
-    let vm = cluster.vm(tree)?;
-    one_task(&vm)?;
-    let mut shared = Vec::new();
-    for _ in 0..REPEATS {
-        shared.push(one_task(&vm)?);
-    }
-    drop(vm);
-    cluster.finish()?;
-    fs::remove_dir_all(&local)?;
-
-    let (rsync, rsync_ssh) = match rsync {
-        Some(rsync) => {
-            let (daemon, ssh) = rsync_cold(rsync, ssh, &mirrored, tree, work)?;
-            (Some(daemon), ssh)
-        }
-        None => (None, None),
-    };
+    drop(baseline);
+    let rsync = (!from_daemon.is_empty()).then(|| median(from_daemon));
+    let rsync_ssh = (!over_ssh.is_empty()).then(|| median(over_ssh));
     fs::remove_dir_all(&mirrored)?;
     Ok(Row {
         cold: median(cold),
@@ -412,60 +422,79 @@ fn rewrite_one_file(root: &Path, round: usize) -> Res<()> {
     Ok(())
 }
 
-/// `rsync -a` of the tree into an empty folder: from an rsync daemon on loopback, and over
-/// ssh when there is a loopback sshd. The two alternate in each round, so a change in the
-/// shared machine's load touches both. Returns their medians.
-fn rsync_cold(
-    rsync: &Path,
-    ssh: Option<&SshServer>,
-    mirrored: &Path,
-    tree: &Tree,
-    work: &Path,
-) -> Res<(Duration, Option<Duration>)> {
-    let port = free_port()?;
-    let config = work.join("rsyncd.conf");
-    fs::write(
-        &config,
-        format!(
-            "use chroot = no\nport = {port}\naddress = 127.0.0.1\npid file = {pid}\n\
-             [m]\npath = {path}\nread only = yes\n",
-            pid = work.join("rsyncd.pid").display(),
-            path = mirrored.display()
-        ),
-    )?;
-    let _daemon = Daemon::spawn(
-        Command::new(rsync)
-            .args(["--daemon", "--no-detach", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
+/// An rsync daemon on loopback serving the mirrored folder, for the cold baselines: each
+/// round times one `rsync -a` from it and one over ssh, next to that round's cold ship, so
+/// that a shared machine's load and a disk whose speed drifts touch both alike.
+struct RsyncBaseline<'a> {
+    rsync: &'a Path,
+    ssh: Option<&'a SshServer>,
+    url: String,
+    source: PathBuf,
+    work: &'a Path,
+    _daemon: Daemon,
+}
+
+impl<'a> RsyncBaseline<'a> {
+    fn start(
+        rsync: &'a Path,
+        ssh: Option<&'a SshServer>,
+        mirrored: &Path,
+        tree: &Tree,
+        work: &'a Path,
+    ) -> Res<RsyncBaseline<'a>> {
+        let port = free_port()?;
+        let config = work.join("rsyncd.conf");
+        fs::write(
+            &config,
+            format!(
+                "use chroot = no\nport = {port}\naddress = 127.0.0.1\npid file = {pid}\n\
+                 [m]\npath = {path}\nread only = yes\n",
+                pid = work.join("rsyncd.pid").display(),
+                path = mirrored.display()
+            ),
+        )?;
+        let daemon = Daemon::spawn(
+            Command::new(rsync)
+                .args(["--daemon", "--no-detach", "--config"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
+        // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
+        let deadline = Instant::now() + JOIN_WAIT;
+        while !Command::new(rsync)
+            .arg(&url)
             .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
-    let url = format!("rsync://127.0.0.1:{port}/m/{}/", tree.folder);
-    // The daemon is ready when it answers a listing; the answer is awaited, not slept on.
-    let deadline = Instant::now() + JOIN_WAIT;
-    while !Command::new(rsync)
-        .arg(&url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success()
-    {
-        if Instant::now() > deadline {
-            return Err("the rsync daemon on loopback did not answer".into());
+            .stderr(Stdio::null())
+            .status()?
+            .success()
+        {
+            if Instant::now() > deadline {
+                return Err("the rsync daemon on loopback did not answer".into());
+            }
         }
+        Ok(RsyncBaseline {
+            rsync,
+            ssh,
+            url,
+            source: mirrored.join(tree.folder),
+            work,
+            _daemon: daemon,
+        })
     }
-    let source = mirrored.join(tree.folder);
-    let mut from_daemon = Vec::new();
-    let mut over_ssh = Vec::new();
-    for round in 0..REPEATS {
-        let dst = work.join(format!("rsync-{round}"));
-        from_daemon.push(time_rsync(Command::new(rsync).arg("-a").arg(&url), &dst)?);
-        if let Some(ssh) = ssh {
-            over_ssh.push(time_rsync(&mut ssh.rsync(rsync, &source), &dst)?);
-        }
+
+    /// One `rsync -a` of the tree from the daemon, and one over ssh when there is sshd.
+    fn once(&self, round: usize) -> Res<(Duration, Option<Duration>)> {
+        let dst = self.work.join(format!("rsync-{round}"));
+        let from_daemon = time_rsync(Command::new(self.rsync).arg("-a").arg(&self.url), &dst)?;
+        let over_ssh = match self.ssh {
+            Some(ssh) => Some(time_rsync(&mut ssh.rsync(self.rsync, &self.source), &dst)?),
+            None => None,
+        };
+        Ok((from_daemon, over_ssh))
     }
-    Ok((median(from_daemon), ssh.map(|_| median(over_ssh))))
 }
 
 /// Times `command` (an `rsync -a` whose last argument is to be `dst`) copying into `dst`,
