@@ -12,7 +12,7 @@
 //!   (the host cache kept) after one more source file was rewritten, as a user who edits
 //!   an input between two runs;
 //! - shared: a worker that reads the same mirrored folder (`ShipMode::Never`), its tasks
-//!   timed in every round before the shipped ones, after one untimed first task;
+//!   alternating with the warm ones in every round, after one untimed first task;
 //! - `rsync -a` of the tree from `rsync://127.0.0.1` into an empty folder, one in every
 //!   round right before its cold ship, as is the next;
 //! - `rsync -a` of the tree over ssh into an empty folder, from a throwaway sshd on
@@ -241,18 +241,13 @@ fn measure(
             from_daemon.push(daemon);
             over_ssh.extend(ssh);
         }
-        // Shared mirroring in every round, next to the shipped tasks: a disk whose speed
-        // drifts with what was written before (ext4 on these VMs) then weighs on both.
-        let local = work.join(format!("local-shared-{}", tree.folder));
-        let cluster = start(&local, ShipMode::Never)?;
-        let vm = cluster.vm(tree)?;
-        one_task(&vm)?;
-        for _ in 0..WARM_TASKS {
-            shared.push(one_task(&vm)?);
-        }
-        drop(vm);
-        cluster.finish()?;
-        fs::remove_dir_all(&local)?;
+        // Shared mirroring on a worker of its own, its tasks alternating with the warm
+        // ones: a disk whose speed drifts with what was written before (ext4 on these
+        // VMs) then weighs on both alike. Its first task is not timed, as cold is not.
+        let shared_local = work.join(format!("local-shared-{}", tree.folder));
+        let shared_cluster = start(&shared_local, ShipMode::Never)?;
+        let shared_vm = shared_cluster.vm(tree)?;
+        one_task(&shared_vm)?;
 
         // New local storage: an empty host cache.
         let local = work.join(format!("local-ship-{}-{round}", tree.folder));
@@ -261,7 +256,11 @@ fn measure(
         cold.push(one_task(&vm)?);
         for _ in 0..WARM_TASKS {
             warm.push(one_task(&vm)?);
+            shared.push(one_task(&shared_vm)?);
         }
+        drop(shared_vm);
+        shared_cluster.finish()?;
+        fs::remove_dir_all(&shared_local)?;
         rewrite_one_file(&mirrored.join(tree.folder), round)?;
         changed.push(one_task(&vm)?);
         drop(vm);
