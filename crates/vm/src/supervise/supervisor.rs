@@ -78,27 +78,12 @@ struct Header {
 /// to leave (the socket closed, a signal to end, a request it cannot read).
 fn wait_for_request(link: RawFd, signals: RawFd) -> Option<Header> {
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: signals,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: link,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on a local array of two entries.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {
-            continue;
-        }
-        if fds[0].revents != 0 && drain_signals(signals) {
+        let [signalled, asked] = wait_for(signals, link, -1);
+        if signalled && drain_signals(signals) {
             return None;
         }
         reap_any();
-        if fds[1].revents != 0 {
+        if asked {
             match read_word(link)? {
                 STOP => {}
                 START => {
@@ -120,6 +105,22 @@ fn wait_for_request(link: RawFd, signals: RawFd) -> Option<Header> {
             }
         }
     }
+}
+
+/// Waits at most `timeout` milliseconds (-1: no limit) for the signalfd and the socket
+/// (-1: not watched); whether each is ready (neither after a timeout or an interruption).
+fn wait_for(signals: RawFd, link: RawFd, timeout: libc::c_int) -> [bool; 2] {
+    let watch = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(signals), watch(link)];
+    // SAFETY: poll on a local array of two entries.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } <= 0 {
+        return [false, false];
+    }
+    [fds[0].revents != 0, fds[1].revents != 0]
 }
 
 /// Reads what the signalfd holds; whether a signal to end came (not just `SIGCHLD`).
@@ -473,35 +474,19 @@ fn supervise(command: libc::pid_t, link: RawFd, signals: RawFd, grace: Duration)
         if stop.started() {
             stop.round();
         }
-        let mut fds = [
-            libc::pollfd {
-                fd: signals,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if watch_link { link } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         let timeout = if stop.started() {
             STOP_ROUND.as_millis() as libc::c_int
         } else {
             -1
         };
-        // SAFETY: poll on a local array of two entries.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if ready <= 0 {
-            continue;
-        }
-        if fds[0].revents != 0 && drain_signals(signals) {
+        let [signalled, asked] = wait_for(signals, if watch_link { link } else { -1 }, timeout);
+        if signalled && drain_signals(signals) {
             next = Next::Leave;
             if !stop.started() {
                 stop.start();
             }
         }
-        if fds[1].revents != 0 {
+        if asked {
             // The worker asked to stop, or closed its end (it dropped this supervisor, or
             // it died): stop; after a close, leave too.
             if read_word(link) != Some(STOP) {

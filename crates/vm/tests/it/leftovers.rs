@@ -354,33 +354,24 @@ fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
 fn a_command_that_cannot_start_names_the_task_the_host_and_what_to_do() {
     let h = Harness::start(Backend::Local, 1);
     let vm = h.vm();
-    let ids = vm.spawn(Spawn::command("/nonexistent/simulator")).unwrap();
-    let (outcomes, _) = collect(&vm, &ids);
-    let failure = outcomes[&ids[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap_err();
+    // How the one task of `spawn` failed.
+    let failure_of = |spawn: Spawn| {
+        let ids = vm.spawn(spawn).unwrap();
+        let (mut outcomes, _) = collect(&vm, &ids);
+        let outcome = outcomes.remove(&ids[0]).unwrap();
+        (ids[0], outcome.result.unwrap().unwrap_err())
+    };
+    let (id, failure) = failure_of(Spawn::command("/nonexistent/simulator"));
     for part in [
         "/nonexistent/simulator",
-        &ids[0].to_string(),
+        &id.to_string(),
         "host `alpha`",
         "PATH",
     ] {
         assert!(failure.message.contains(part), "no `{part}` in: {failure}");
     }
     // A NUL byte cannot reach a program; the worker says so, and serves on.
-    let ids = vm
-        .spawn(Spawn::command("/bin/sh").args(["-c", "exit 0", "a\0b"]))
-        .unwrap();
-    let (outcomes, _) = collect(&vm, &ids);
-    let failure = outcomes[&ids[0]]
-        .result
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap_err();
+    let (_, failure) = failure_of(Spawn::command("/bin/sh").args(["-c", "exit 0", "a\0b"]));
     assert!(failure.message.contains("NUL byte"), "{failure}");
     let ids = vm
         .spawn(Spawn::command("/bin/sh").args(["-c", "exit 0"]))
