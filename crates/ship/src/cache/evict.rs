@@ -152,14 +152,24 @@ pub(crate) fn trash_snapshot(cache: &HostCache, root: &Digest) -> Result<()> {
     remove_tree(&cache.manifest_path(root))
 }
 
-/// Removes claim files nobody holds (what fetchers killed mid-write left).
+/// Removes claim files nobody holds (what fetchers killed mid-write left), in `claims/`
+/// (snapshot builds) and in its fan-out folders (blobs).
 fn clean_claims(cache: &HostCache) -> Result<()> {
-    let claims = cache.sub("claims");
-    for entry in fs::read_dir(&claims).map_err(|e| Error::io("list", &claims, e))? {
-        let path = entry.map_err(|e| Error::io("list", &claims, e))?.path();
-        Claim::clear_if_free(&path)?;
+    fn clean(folder: &Path, fans_too: bool) -> Result<()> {
+        for entry in fs::read_dir(folder).map_err(|e| Error::io("list", folder, e))? {
+            let entry = entry.map_err(|e| Error::io("list", folder, e))?;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            match (is_dir, fans_too) {
+                (true, true) => clean(&entry.path(), false)?,
+                (true, false) => {}
+                (false, _) => {
+                    Claim::clear_if_free(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    clean(&cache.sub("claims"), true)
 }
 
 /// Every blob and snapshot on disk, with its size; manifests left without their snapshot

@@ -7,7 +7,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use parvm_ship::{Begin, CacheLimits, Digest, Error, HostCache};
+use parvm_ship::{Begin, BlobWriter, CacheLimits, Digest, Error, HostCache};
 
 use crate::{ROOMY, fetch_all, scanner, ship, user_dir};
 
@@ -75,11 +75,7 @@ fn blob_path(cache: &HostCache, d: &Digest) -> PathBuf {
 /// What is neither a blob nor a snapshot: temporary files, and claim files (which hold the
 /// blob being written).
 fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
-    ["tmp", "claims"]
-        .iter()
-        .flat_map(|sub| fs::read_dir(cache.path().join(sub)).unwrap())
-        .map(|e| e.unwrap().path())
-        .collect()
+    crate::work_files(cache)
 }
 
 fn mine(cache: &HostCache, content: &[u8], shown: &str) -> parvm_ship::BlobWriter {
@@ -187,6 +183,118 @@ fn two_threads_fetch_one_blob_once() {
 }
 
 #[test]
+fn many_blobs_are_claimed_and_finished_at_once_in_order() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let contents: Vec<Vec<u8>> = (0..200).map(|i| format!("blob {i}").into_bytes()).collect();
+    let wanted = |range: std::ops::Range<usize>| -> Vec<(Digest, u64, PathBuf)> {
+        contents[range]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    Digest::of(c),
+                    c.len() as u64,
+                    PathBuf::from(format!("in/{i}")),
+                )
+            })
+            .collect()
+    };
+    // Blob 0 is here already and blob 1 is being fetched by another claimant.
+    let mut first = mine(&cache, &contents[0], "in/0");
+    first.write(&contents[0]).unwrap();
+    first.finish().unwrap();
+    let _held = mine(&cache, &contents[1], "in/1");
+
+    let begun = cache.begin_each(&wanted(0..200)).unwrap();
+    assert!(matches!(begun[0], Begin::Present));
+    assert!(matches!(begun[1], Begin::Busy));
+    let mut writers = Vec::new();
+    for (i, begin) in begun.into_iter().enumerate().skip(2) {
+        match begin {
+            Begin::Mine(writer) => {
+                assert_eq!(writer.digest(), Digest::of(&contents[i]), "blob {i}");
+                writers.push((writer, &contents[i][..]));
+            }
+            other => panic!("blob {i}: {other:?}"),
+        }
+    }
+    // Claims are spread over folders, so that several threads can make them at once.
+    let fans: std::collections::HashSet<_> = tmp_entries(&cache)
+        .iter()
+        .filter_map(|claim| claim.parent().map(Path::to_path_buf))
+        .collect();
+    assert!(fans.len() > 8, "{fans:?}");
+
+    BlobWriter::finish_each(writers).unwrap();
+    for content in &contents[2..] {
+        assert_eq!(
+            &fs::read(blob_path(&cache, &Digest::of(content))).unwrap(),
+            content
+        );
+    }
+    assert_eq!(
+        tmp_entries(&cache).len(),
+        1,
+        "only the claim held for blob 1"
+    );
+}
+
+#[test]
+fn a_damaged_blob_in_a_batch_is_named_and_no_claim_of_the_batch_is_left() {
+    let user = user_dir();
+    let cache = HostCache::open(&user.path, ROOMY).unwrap();
+    let contents: Vec<Vec<u8>> = (0..100).map(|i| format!("file {i}").into_bytes()).collect();
+    let wanted: Vec<_> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                Digest::of(c),
+                c.len() as u64,
+                PathBuf::from(format!("in/{i}.cir")),
+            )
+        })
+        .collect();
+    let damaged = b"file 4x".to_vec();
+    let batch: Vec<_> = cache
+        .begin_each(&wanted)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, begin)| match begin {
+            Begin::Mine(writer) => (
+                writer,
+                if i == 40 {
+                    &damaged[..]
+                } else {
+                    &contents[i][..]
+                },
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    match BlobWriter::finish_each(batch) {
+        Err(e @ Error::DigestMismatch { .. }) => {
+            assert!(e.to_string().contains("in/40.cir"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !blob_path(&cache, &Digest::of(&contents[40])).exists(),
+        "nothing bad is kept"
+    );
+    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    // Every blob of the batch can be claimed again (those finished are simply present).
+    for (i, begin) in cache.begin_each(&wanted).unwrap().into_iter().enumerate() {
+        assert!(
+            matches!(begin, Begin::Mine(_) | Begin::Present),
+            "blob {i}: {begin:?}"
+        );
+    }
+}
+
+#[test]
 fn a_claim_dropped_unfinished_is_free_again() {
     let user = user_dir();
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
@@ -273,7 +381,8 @@ fn a_new_claimant_removes_what_an_earlier_one_left() {
     let digest = Digest::of(content);
     // As a claimant killed mid-write leaves it: its claim file, unlocked, with part of the
     // blob in it.
-    let claim = cache.path().join("claims").join(digest.to_string());
+    let hex = digest.to_string();
+    let claim = cache.path().join("claims").join(&hex[..1]).join(hex);
     fs::write(&claim, b"left").unwrap();
     let mut writer = mine(&cache, content, "f");
     assert_eq!(
@@ -617,8 +726,9 @@ fn bookkeeping(cache: &HostCache) -> u64 {
             .collect()
     };
     let mut all = files(cache.path().to_path_buf());
-    for sub in ["pins", "claims", "tmp", "snapshots"] {
+    for sub in ["pins", "snapshots"] {
         all.extend(files(cache.path().join(sub)));
     }
+    all.extend(crate::work_files(cache).into_iter().filter(|p| p.is_file()));
     all.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
 }

@@ -119,6 +119,23 @@ pub fn on_a_small_tmpfs(child: &str, size: &str, done: &str) {
     assert!(out.status.success() && text.contains(done), "{text}");
 }
 
+/// The files of fetches and builds under way (or left): in `tmp/` and among the claims
+/// (`claims/` and its fan-out folders).
+pub fn work_files(cache: &HostCache) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut folders = vec![cache.path().join("tmp"), cache.path().join("claims")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            match (path.is_dir(), folder.ends_with("claims")) {
+                (true, true) => folders.push(path),
+                _ => found.push(path),
+            }
+        }
+    }
+    found
+}
+
 /// Scans, fetches and snapshots in one go.
 pub fn ship(cache: &HostCache, scanner: &mut Scanner) -> (Arc<Manifest>, parvm_ship::Snapshot) {
     let manifest = scanner.manifest().unwrap();

@@ -563,14 +563,7 @@ fn full_disk_child() {
     data[7] ^= 1;
     fs::write(&file, &data).unwrap();
     let new = scan.manifest().unwrap();
-    let tmp_is_empty = || {
-        ["tmp", "claims"].iter().all(|sub| {
-            fs::read_dir(cache.path().join(sub))
-                .unwrap()
-                .next()
-                .is_none()
-        })
-    };
+    let tmp_is_empty = || crate::work_files(&cache).is_empty();
 
     // Copying the shared pieces fails for room: the writer takes the whole blob, which
     // does not fit either; nothing is left.

@@ -323,13 +323,10 @@ impl Shipping {
         while !pending.is_empty() {
             let mut busy = Vec::new();
             let mut claimed: HashMap<Digest, Writing> = HashMap::new();
-            let mut rest = Vec::new();
-            for (digest, size, shown) in pending.drain(..) {
-                if claimed.len() >= CLAIM_BATCH {
-                    rest.push((digest, size, shown));
-                    continue;
-                }
-                match cache.begin(digest, size, &shown).map_err(ship_error)? {
+            let rest = pending.split_off(pending.len().min(CLAIM_BATCH));
+            let begun = cache.begin_each(&pending).map_err(ship_error)?;
+            for ((digest, size, shown), begin) in pending.drain(..).zip(begun) {
+                match begin {
                     Begin::Present => {}
                     Begin::Busy => busy.push((digest, size, shown)),
                     Begin::Mine(mut writer) => {
@@ -420,17 +417,18 @@ impl Shipping {
                     }
                 }
                 ToWorker::BlobBatch { vm: of, blobs } if of == vm => {
-                    for blob in blobs {
+                    let mut whole = Vec::with_capacity(blobs.len());
+                    for blob in &blobs {
                         // Whole blobs: taken unless a transfer of it is under way.
                         let fresh = writers.get(&blob.digest).is_some_and(|writing| {
                             writing.writer.next_offset() == 0
                                 && writing.writer.wanted_pieces().is_none()
                         });
-                        if fresh && let Some(mut writing) = writers.remove(&blob.digest) {
-                            writing.writer.write(&blob.data).map_err(ship_error)?;
-                            writing.writer.finish().map_err(ship_error)?;
+                        if fresh && let Some(writing) = writers.remove(&blob.digest) {
+                            whole.push((writing.writer, &blob.data[..]));
                         }
                     }
+                    BlobWriter::finish_each(whole).map_err(ship_error)?;
                 }
                 // The failure of an abandoned transfer's request says nothing of this one.
                 ToWorker::BlobFailed {
