@@ -3,8 +3,9 @@
 //! ```text
 //! <user dir>/cache/                 0700, owned by the user, not a symlink (verified)
 //!     blobs/<2 hex>/<64 hex>        one file per blob, never written once placed
-//!     claims/<64 hex>               flock'ed by the one thread or process fetching that blob,
+//!     claims/<1 hex>/<64 hex>       flock'ed by the one thread or process fetching that blob,
 //!                                   which writes the blob into it, then renames it into blobs/
+//!                                   (16 folders, so that threads make claims side by side)
 //!     claims/<64 hex>.snapshot      flock'ed by the one thread or process building that snapshot
 //!     pins/<64 hex>.<unique>        flock'ed (shared) by a live Snapshot or a build: what it needs
 //!     snapshots/<64 hex>/           one immutable tree per manifest root digest
