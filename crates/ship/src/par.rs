@@ -10,9 +10,19 @@ pub(crate) fn each<T: Sync, R: Send, E: Send>(
     items: &[T],
     job: impl Fn(&T) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
+    each_in_shares(items, 1, job)
+}
+
+/// [`each`], with at least `share` items per thread: for jobs so short that starting a
+/// thread (tens of microseconds) for fewer would cost more than it saves.
+pub(crate) fn each_in_shares<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    share: usize,
+    job: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(items.len())
+        .min(items.len().div_ceil(share.max(1)))
         .max(1);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<R, E>)>> = Mutex::new(Vec::with_capacity(items.len()));
@@ -58,5 +68,22 @@ mod tests {
             assert_eq!(failed, Err(7));
         }
         assert!(each(&[] as &[u32], |&i| Ok::<_, ()>(i)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn shares_bound_the_threads_and_keep_the_order() {
+        let items: Vec<u32> = (0..50).collect();
+        let threads = Mutex::new(std::collections::HashSet::new());
+        let doubled = each_in_shares(&items, 50, |&i| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+            Ok::<_, ()>(i * 2)
+        })
+        .unwrap();
+        assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(
+            threads.into_inner().unwrap().len(),
+            1,
+            "one share: one thread"
+        );
     }
 }

@@ -352,7 +352,7 @@ impl BlobWriter {
     /// releasing their claims.
     pub fn finish_each(blobs: Vec<(BlobWriter, &[u8])>) -> Result<()> {
         let blobs: Vec<_> = blobs.into_iter().map(|b| Mutex::new(Some(b))).collect();
-        crate::par::each(&blobs, |blob| {
+        crate::par::each_in_shares(&blobs, super::SMALL_JOBS_PER_THREAD, |blob| {
             let taken = blob.lock().unwrap_or_else(PoisonError::into_inner).take();
             match taken {
                 Some((mut writer, bytes)) => {

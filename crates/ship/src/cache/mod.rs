@@ -159,6 +159,12 @@ const CLAIM_FANS: [&str; 16] = [
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
 ];
 
+/// The fewest blobs a thread of [`HostCache::begin_each`] or
+/// [`BlobWriter::finish_each`] takes: claiming or placing a blob is a few system calls,
+/// and where the file system makes files quickly a few blobs cost less than starting a
+/// thread (tens of microseconds); on many cores this keeps a batch to a few threads.
+pub(crate) const SMALL_JOBS_PER_THREAD: usize = 16;
+
 /// The most snapshots [`HostCache::older_snapshot_for`] reads the manifests of.
 const OLDER_LOOKED_AT: usize = 16;
 /// The most bytes of manifests [`HostCache::older_snapshot_for`] reads: a cache of huge
@@ -395,7 +401,7 @@ impl HostCache {
     /// The first (in the order of `blobs`) of [`begin`](HostCache::begin)'s errors; the
     /// blobs claimed before it are released.
     pub fn begin_each(&self, blobs: &[(Digest, u64, PathBuf)]) -> Result<Vec<Begin>> {
-        crate::par::each(blobs, |(digest, size, shown)| {
+        crate::par::each_in_shares(blobs, SMALL_JOBS_PER_THREAD, |(digest, size, shown)| {
             self.begin(*digest, *size, shown)
         })
     }
