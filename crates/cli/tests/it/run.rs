@@ -256,6 +256,54 @@ fn special_characters_arrive_exactly() {
     }
 }
 
+/// The signals a case's process ignores, from its `/proc/self/status` (bit n-1 is signal n).
+fn ignored_by_each_case(out: &Output) -> Vec<u64> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let masks: Vec<u64> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("SigIgn:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .collect();
+    assert_eq!(masks.len(), 2, "{stdout}");
+    masks
+}
+
+#[test]
+fn a_case_ignores_the_signals_its_caller_ignored_and_no_others() {
+    let sweep = Sweep::new();
+    let args = ["-n", "2", "grep", "^SigIgn:", "/proc/self/status"];
+    let bit = |signal: u32| 1u64 << (signal - 1);
+    // The local workers are started by `posix_spawn`, which leaves the C library's own
+    // signals 32 and 33 ignored in them; a case must not inherit that.
+    for mask in ignored_by_each_case(&sweep.command(&args).output().unwrap()) {
+        assert_eq!(mask & (bit(32) | bit(33)), 0, "{mask:#x}");
+    }
+    // As from a shell, what the caller ignores stays ignored: `nohup` ignores SIGHUP.
+    let direct = sweep.command(&args);
+    let mut nohup = Command::new("nohup");
+    nohup
+        .arg(direct.get_program())
+        .args(direct.get_args())
+        .current_dir(&sweep.shared)
+        .stdin(Stdio::null());
+    for (name, value) in direct.get_envs() {
+        match value {
+            Some(value) => nohup.env(name, value),
+            None => nohup.env_remove(name),
+        };
+    }
+    for mask in ignored_by_each_case(&nohup.output().unwrap()) {
+        assert_eq!(mask & bit(1), bit(1), "SIGHUP: {mask:#x}");
+        assert_eq!(mask & (bit(32) | bit(33)), 0, "{mask:#x}");
+    }
+    sweep.assert_no_task_folder_left();
+}
+
 #[test]
 fn output_of_concurrent_cases_never_mixes() {
     let sweep = Sweep::new();

@@ -397,6 +397,21 @@ extern "C" fn command_side(start: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(signal, &action, std::ptr::null_mut());
             }
         }
+        // Except the C library's own signals (32 up to SIGRTMIN): glibc's `posix_spawn`,
+        // which started a local worker, leaves them ignored in the new process, and an
+        // ignored signal stays ignored across exec, so every command would start with
+        // them ignored, which no shell does. glibc refuses to change them, so the system
+        // call does it; the kernel's `struct sigaction` of SIG_DFL is all zeros.
+        let default = [0u64; 4];
+        for signal in 32..libc::SIGRTMIN() {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
         for fd in start.close {
             libc::close(fd);
         }
