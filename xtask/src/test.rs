@@ -36,7 +36,7 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
             "warnings",
         ]))?;
     }
-    step("docs build, -D warnings (broken links included)");
+    step("docs build, -D warnings (broken links included), public and private items");
     docs_build()?;
     // Plain `cargo test` runs unit, integration and doc tests and builds the examples;
     // `--all-targets` would also run the benchmarks, which are not tests.
@@ -98,13 +98,20 @@ fn variables_documented() -> Result<()> {
     Ok(())
 }
 
-/// `cargo doc` of the workspace with every rustdoc warning an error.
+/// `cargo doc` of the workspace with every rustdoc warning an error: the team's docs
+/// (private items too, whose links are the map of the code), then the users', so that
+/// `target/doc` ends up holding the users' docs.
 fn docs_build() -> Result<()> {
-    exec(
-        cargo()
-            .args(["doc", "--workspace", "--no-deps", "--quiet"])
-            .env("RUSTDOCFLAGS", "-D warnings"),
-    )
+    for private in [true, false] {
+        let mut doc = cargo();
+        doc.args(["doc", "--workspace", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        if private {
+            doc.arg("--document-private-items");
+        }
+        exec(&mut doc)?;
+    }
+    Ok(())
 }
 
 /// Runs the `rust` code blocks of README.md and docs/*.md: the doc tests of the façade
@@ -185,7 +192,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|arg| arg == "--guide") {
         step("every variable of parvm_env_config::vars has a row in docs/configuration.md");
         variables_documented()?;
-        step("docs build, -D warnings (broken links included)");
+        step("docs build, -D warnings (broken links included), public and private items");
         docs_build()?;
         for workers in [1, 2] {
             step(&format!(

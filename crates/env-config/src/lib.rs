@@ -3,7 +3,7 @@
 //!
 //! Every variable parvm reads is in the table [`vars::VARS`] (name, meaning, default),
 //! and in the user guide's page docs/configuration.md. [`Config`] holds them all, parsed
-//! and checked, with errors that name the variable; [`hostname`] is the one reader of
+//! and checked, with errors that name the variable; [`hostname()`] is the one reader of
 //! the host name a process reports.
 //!
 //! A [`Config`] is a plain value: there is no global state, so tests can build several.

@@ -4,7 +4,7 @@
 //! Output travels with backpressure: a worker has at most [`OUTPUT_WINDOW`] bytes of
 //! [`FromWorker::Output`](crate::wire::FromWorker::Output) frames that the spawner has
 //! not yet written to its own stdout or stderr; the spawner acknowledges each frame once
-//! written (an output acknowledgement, [`wire::output_ack`](crate::wire::output_ack)).
+//! written (an output acknowledgement, [`wire::output_ack`]).
 //! Without credit, the output thread stops reading the task's pipes, the pipes fill, and the task blocks on its write: a spawner whose output
 //! nobody reads grows by at most a window per worker, not by everything its tasks print.
 //!

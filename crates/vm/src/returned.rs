@@ -48,7 +48,7 @@ enum Data {
 
 impl Captured {
     /// The bytes, when they are in memory (at most
-    /// [`CAPTURE_IN_MEMORY`](crate::CAPTURE_IN_MEMORY)); `None` when they spilled into a
+    /// [`CAPTURE_IN_MEMORY`]); `None` when they spilled into a
     /// file ([`path`](Self::path)).
     #[must_use]
     pub fn bytes(&self) -> Option<&[u8]> {

@@ -1,5 +1,5 @@
 //! Streamed output ([`Spawn::stream_output`](crate::Spawn::stream_output)), the spawner's
-//! side: a command's output handed to its VM as [`Message::Output`](crate::Message::Output)
+//! side: a command's output handed to its VM as [`Message::Output`]
 //! while it runs, in whole lines.
 //!
 //! A worker already cuts its frames after a newline, except for a line longer than its
@@ -16,7 +16,7 @@ use crate::link::OUTPUT_WINDOW;
 /// otherwise close before the newline could come.
 pub(crate) const MAX_PARTIAL: usize = (OUTPUT_WINDOW / 2) as usize;
 
-/// Which stream of a command a [`Message::Output`](crate::Message::Output) comes from.
+/// Which stream of a command a [`Message::Output`] comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OutputStream {
     /// Its standard output.
@@ -62,7 +62,7 @@ pub(crate) fn whole_lines(partial: &mut Vec<u8>, data: &[u8]) -> Option<Vec<u8>>
     Some(out)
 }
 
-/// The bytes of the [`Message::Output`](crate::Message::Output) among `messages`: what
+/// The bytes of the [`Message::Output`] among `messages`: what
 /// their workers are owed when the messages are dropped instead of received.
 pub(crate) fn unacknowledged<'a>(messages: impl IntoIterator<Item = &'a Message>) -> u64 {
     messages

@@ -141,7 +141,7 @@ pub(crate) struct TaskFolders {
     config: Config,
     /// Opened on first use; an error is kept (shared), so every later task reports it.
     local: Option<Result<LocalStorage, Arc<parvm_local_storage::Error>>>,
-    /// Mirror maps as the spawner sent them ([`ToWorker::Mirror`](crate::wire::ToWorker::Mirror)),
+    /// Mirror maps as the spawner sent them ([`ToWorker::Mirror`]),
     /// until the VM's first task here decodes them.
     received: HashMap<u32, Vec<u8>>,
     /// The VMs this worker keeps something for: the mirror map on this host (decoded once

@@ -176,7 +176,7 @@ impl LocalOptions {
     /// How long a waiting `recv` polls before it sleeps, on the spawner and on its
     /// workers (zero: never, for machines shared with other jobs; cut to
     /// [`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)). Default:
-    /// [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW) (the VM passes `PARVM_SPIN_US`).
+    /// [`DEFAULT_SPIN_WINDOW`] (the VM passes `PARVM_SPIN_US`).
     #[must_use]
     pub fn spin_window(mut self, window: Duration) -> Self {
         self.spin_window = window;

@@ -93,7 +93,7 @@ impl TcpOptions {
 
     /// How long a waiting `recv` polls before it sleeps (zero: never; cut to
     /// [`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)). Default:
-    /// [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW) (the VM passes `PARVM_SPIN_US`).
+    /// [`DEFAULT_SPIN_WINDOW`] (the VM passes `PARVM_SPIN_US`).
     #[must_use]
     pub fn spin_window(mut self, window: Duration) -> Self {
         self.spin_window = window;
@@ -203,7 +203,7 @@ impl ConnectOptions {
     }
 
     /// How long a waiting `recv` polls before it sleeps; see [`TcpOptions::spin_window`].
-    /// Default: [`DEFAULT_SPIN_WINDOW`](crate::DEFAULT_SPIN_WINDOW).
+    /// Default: [`DEFAULT_SPIN_WINDOW`].
     #[must_use]
     pub fn spin_window(mut self, window: Duration) -> Self {
         self.spin_window = window;

@@ -1,5 +1,5 @@
 //! Dispatch: map a lazy sequence of [`Job`]s over every slot of a VM and get their
-//! results in job order ([`Results`]), as they complete ([`Dispatch::unordered`]), or
+//! results in job order (iterating the [`Dispatch`]), as they complete ([`Dispatch::unordered`]), or
 //! through a collector that may stop the dispatch ([`Dispatch::for_each`]).
 //!
 //! This module owns the public builder and the ways results are handed out; the

@@ -1,7 +1,8 @@
 //! The spawner's side of shipping, one [`VmShip`] per VM: its probe markers, a
 //! `parvm_ship::Scanner` per shipped root, and a thread that answers the workers'
-//! [`FromWorker::ManifestWanted`], [`FromWorker::BlobsWanted`] and
-//! [`FromWorker::PiecesWanted`] frames, which the router
+//! [`FromWorker::ManifestWanted`](crate::wire::FromWorker::ManifestWanted),
+//! [`FromWorker::BlobsWanted`](crate::wire::FromWorker::BlobsWanted) and
+//! [`FromWorker::PiecesWanted`](crate::wire::FromWorker::PiecesWanted) frames, which the router
 //! hands it through a channel, so the event pump never waits for a disk.
 //!
 //! Blobs are read from disk a chunk ([`BLOB_CHUNK`]) at a time as they are sent: a blob

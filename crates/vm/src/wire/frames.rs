@@ -232,7 +232,7 @@ pub(crate) enum FromWorker<'a> {
         mirrored: u64,
     },
     /// A user message from task `from` on this worker to task `to`. `from` is `None` in a
-    /// compact frame to the spawner ([`USER_SPAWNER`]): the task the slot runs.
+    /// compact frame to the spawner ([`USER_SPAWNER`](super::user::USER_SPAWNER)): the task the slot runs.
     User {
         from: Option<u64>,
         to: TaskId,
