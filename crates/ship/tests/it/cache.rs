@@ -42,6 +42,21 @@ fn the_cache_folder_is_private_and_verified() {
         HostCache::open(&open_user.path, ROOMY),
         Err(Error::UnsafeFolder { .. })
     ));
+
+    // A folder of claims replaced by a symlink: claims would be made (and blobs written)
+    // elsewhere.
+    let planted = user_dir();
+    drop(HostCache::open(&planted.path, ROOMY).unwrap());
+    let fan = planted.path.join("cache/claims/a");
+    fs::remove_dir(&fan).unwrap();
+    symlink(elsewhere.path(), &fan).unwrap();
+    match HostCache::open(&planted.path, ROOMY) {
+        Err(e @ Error::UnsafeFolder { .. }) => {
+            assert!(e.to_string().contains("claims/a"), "{e}");
+            assert!(e.to_string().contains("symlink"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
