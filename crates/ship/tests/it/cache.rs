@@ -197,31 +197,38 @@ fn two_threads_fetch_one_blob_once() {
     });
 }
 
+/// A blob to ask the cache for: digest, size, and the file it is shown as.
+type Wanted = (Digest, u64, PathBuf);
+
+/// `count` blobs of distinct content, and what to ask the cache for them: digest, size and
+/// the file shown, `shown` with `{}` replaced by the blob's number.
+fn numbered_blobs(count: usize, shown: &str) -> (Vec<Vec<u8>>, Vec<Wanted>) {
+    let contents: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("blob {i}").into_bytes())
+        .collect();
+    let wanted = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let path = PathBuf::from(shown.replace("{}", &i.to_string()));
+            (Digest::of(c), c.len() as u64, path)
+        })
+        .collect();
+    (contents, wanted)
+}
+
 #[test]
 fn many_blobs_are_claimed_and_finished_at_once_in_order() {
     let user = user_dir();
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let contents: Vec<Vec<u8>> = (0..200).map(|i| format!("blob {i}").into_bytes()).collect();
-    let wanted = |range: std::ops::Range<usize>| -> Vec<(Digest, u64, PathBuf)> {
-        contents[range]
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                (
-                    Digest::of(c),
-                    c.len() as u64,
-                    PathBuf::from(format!("in/{i}")),
-                )
-            })
-            .collect()
-    };
+    let (contents, wanted) = numbered_blobs(200, "in/{}");
     // Blob 0 is here already and blob 1 is being fetched by another claimant.
     let mut first = mine(&cache, &contents[0], "in/0");
     first.write(&contents[0]).unwrap();
     first.finish().unwrap();
     let _held = mine(&cache, &contents[1], "in/1");
 
-    let begun = cache.begin_each(&wanted(0..200)).unwrap();
+    let begun = cache.begin_each(&wanted).unwrap();
     assert!(matches!(begun[0], Begin::Present));
     assert!(matches!(begun[1], Begin::Busy));
     let mut writers = Vec::new();
@@ -259,18 +266,7 @@ fn many_blobs_are_claimed_and_finished_at_once_in_order() {
 fn a_damaged_blob_in_a_batch_is_named_and_no_claim_of_the_batch_is_left() {
     let user = user_dir();
     let cache = HostCache::open(&user.path, ROOMY).unwrap();
-    let contents: Vec<Vec<u8>> = (0..100).map(|i| format!("file {i}").into_bytes()).collect();
-    let wanted: Vec<_> = contents
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            (
-                Digest::of(c),
-                c.len() as u64,
-                PathBuf::from(format!("in/{i}.cir")),
-            )
-        })
-        .collect();
+    let (contents, wanted) = numbered_blobs(100, "in/{}.cir");
     let damaged = b"file 4x".to_vec();
     let batch: Vec<_> = cache
         .begin_each(&wanted)
