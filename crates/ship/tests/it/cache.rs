@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use parvm_ship::{Begin, BlobWriter, CacheLimits, Digest, Error, HostCache};
 
-use crate::{ROOMY, fetch_all, scanner, ship, user_dir};
+use crate::{ROOMY, fetch_all, scanner, ship, user_dir, work_files};
 
 #[test]
 fn the_cache_folder_is_private_and_verified() {
@@ -87,12 +87,6 @@ fn blob_path(cache: &HostCache, d: &Digest) -> PathBuf {
     cache.path().join("blobs").join(&hex[..2]).join(hex)
 }
 
-/// What is neither a blob nor a snapshot: temporary files, and claim files (which hold the
-/// blob being written).
-fn tmp_entries(cache: &HostCache) -> Vec<PathBuf> {
-    crate::work_files(cache)
-}
-
 fn mine(cache: &HostCache, content: &[u8], shown: &str) -> parvm_ship::BlobWriter {
     match cache
         .begin(Digest::of(content), content.len() as u64, Path::new(shown))
@@ -144,7 +138,7 @@ fn blob_writers_check_size_and_digest_and_name_the_file() {
         !blob_path(&cache, &Digest::of(content)).exists(),
         "nothing bad is kept"
     );
-    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    assert!(work_files(&cache).is_empty(), "{:?}", work_files(&cache));
 
     let mut right = mine(&cache, content, "in/right.txt");
     right.write(&content[..4]).unwrap();
@@ -242,7 +236,7 @@ fn many_blobs_are_claimed_and_finished_at_once_in_order() {
         }
     }
     // Claims are spread over folders, so that several threads can make them at once.
-    let fans: std::collections::HashSet<_> = tmp_entries(&cache)
+    let fans: std::collections::HashSet<_> = work_files(&cache)
         .iter()
         .filter_map(|claim| claim.parent().map(Path::to_path_buf))
         .collect();
@@ -256,7 +250,7 @@ fn many_blobs_are_claimed_and_finished_at_once_in_order() {
         );
     }
     assert_eq!(
-        tmp_entries(&cache).len(),
+        work_files(&cache).len(),
         1,
         "only the claim held for blob 1"
     );
@@ -295,7 +289,7 @@ fn a_damaged_blob_in_a_batch_is_named_and_no_claim_of_the_batch_is_left() {
         !blob_path(&cache, &Digest::of(&contents[40])).exists(),
         "nothing bad is kept"
     );
-    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    assert!(work_files(&cache).is_empty(), "{:?}", work_files(&cache));
     // Every blob of the batch can be claimed again (those finished are simply present).
     for (i, begin) in cache.begin_each(&wanted).unwrap().into_iter().enumerate() {
         assert!(
@@ -317,7 +311,7 @@ fn a_claim_dropped_unfinished_is_free_again() {
         Begin::Busy
     ));
     drop(writer);
-    assert!(tmp_entries(&cache).is_empty());
+    assert!(work_files(&cache).is_empty());
     cache.wait(&Digest::of(content)).unwrap();
     let _again = mine(&cache, content, "f");
 }
@@ -367,21 +361,17 @@ fn a_claimant_killed_mid_write_releases_its_claim_and_what_it_wrote_is_removed()
             .unwrap(),
         Begin::Busy
     ));
-    assert_eq!(
-        tmp_entries(&cache).len(),
-        1,
-        "the child's half-written blob"
-    );
+    assert_eq!(work_files(&cache).len(), 1, "the child's half-written blob");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Waiting returns at once now; the next clean-up removes the dead child's claim file.
     cache.wait(&digest).unwrap();
     drop(HostCache::open(&user.path, ROOMY).unwrap());
-    assert!(tmp_entries(&cache).is_empty(), "{:?}", tmp_entries(&cache));
+    assert!(work_files(&cache).is_empty(), "{:?}", work_files(&cache));
     let mut writer = mine(&cache, &content, "f");
     writer.write(&content).unwrap();
     writer.finish().unwrap();
-    assert!(tmp_entries(&cache).is_empty());
+    assert!(work_files(&cache).is_empty());
 }
 
 #[test]
@@ -397,7 +387,7 @@ fn a_new_claimant_removes_what_an_earlier_one_left() {
     fs::write(&claim, b"left").unwrap();
     let mut writer = mine(&cache, content, "f");
     assert_eq!(
-        tmp_entries(&cache),
+        work_files(&cache),
         vec![claim.clone()],
         "only the claim file"
     );
@@ -405,7 +395,7 @@ fn a_new_claimant_removes_what_an_earlier_one_left() {
     writer.write(content).unwrap();
     writer.finish().unwrap();
     assert_eq!(fs::read(blob_path(&cache, &digest)).unwrap(), content);
-    assert!(tmp_entries(&cache).is_empty());
+    assert!(work_files(&cache).is_empty());
 }
 
 #[test]
@@ -740,6 +730,6 @@ fn bookkeeping(cache: &HostCache) -> u64 {
     for sub in ["pins", "snapshots"] {
         all.extend(files(cache.path().join(sub)));
     }
-    all.extend(crate::work_files(cache).into_iter().filter(|p| p.is_file()));
+    all.extend(work_files(cache).into_iter().filter(|p| p.is_file()));
     all.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
 }
