@@ -387,7 +387,7 @@ extern "C" fn command_side(start: *mut libc::c_void) -> libc::c_int {
         };
         // Handlers the worker installed would run in the supervisor's memory: back to
         // the default (an exec resets them anyway); ignored signals stay ignored.
-        for signal in 1..=libc::SIGRTMAX() {
+        for signal in (1..32).chain(libc::SIGRTMIN()..=libc::SIGRTMAX()) {
             let mut action: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
                 && action.sa_sigaction != libc::SIG_DFL
@@ -397,11 +397,11 @@ extern "C" fn command_side(start: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(signal, &action, std::ptr::null_mut());
             }
         }
-        // Except the C library's own signals (32 up to SIGRTMIN): glibc's `posix_spawn`,
-        // which started a local worker, leaves them ignored in the new process, and an
-        // ignored signal stays ignored across exec, so every command would start with
-        // them ignored, which no shell does. glibc refuses to change them, so the system
-        // call does it; the kernel's `struct sigaction` of SIG_DFL is all zeros.
+        // The C library's own signals (32 up to SIGRTMIN, which its `sigaction` refuses)
+        // go to the default by the system call: glibc's `posix_spawn`, which started a
+        // local worker, leaves them ignored, and an ignored signal stays ignored across
+        // exec, so every command would start with them ignored, which no shell does. The
+        // kernel's `struct sigaction` of SIG_DFL is all zeros.
         let default = [0u64; 4];
         for signal in 32..libc::SIGRTMIN() {
             libc::syscall(
