@@ -152,6 +152,9 @@ struct Inbound {
     bytes: u64,
     /// Why returning failed, first reason only; later frames of the task are dropped.
     failed: Option<String>,
+    /// That first failure was the worker's ([`Returns::failed`]): the task folder did not
+    /// have what was to be returned, while what arrived here was kept whole.
+    failed_on_worker: bool,
     /// The worker was told to send no more ([`Returns::take_stop`]).
     stop_sent: bool,
     streams: [Stream; 2],
@@ -164,6 +167,10 @@ struct Inbound {
 pub(crate) struct Finished {
     pub messages: Vec<Message>,
     pub failure: Option<String>,
+    /// The failure arose on the worker: the task's own (a file it was to return is
+    /// missing, cannot be read, or leaves its folder), and everything that came back was
+    /// kept; otherwise what came back could not all be kept here.
+    pub failure_on_worker: bool,
 }
 
 /// Per task, what comes back besides its value; see the [module docs](self).
@@ -184,6 +191,7 @@ impl Returns {
                 files: Vec::new(),
                 bytes: 0,
                 failed: None,
+                failed_on_worker: false,
                 stop_sent: false,
                 streams: [Stream::default(), Stream::default()],
                 partial: [Vec::new(), Vec::new()],
@@ -267,6 +275,7 @@ impl Returns {
     pub(crate) fn failed(&mut self, task: TaskId, reason: String) {
         if let Some(inbound) = self.live(task) {
             inbound.fail(reason);
+            inbound.failed_on_worker = true;
             // The worker has stopped by itself.
             inbound.stop_sent = true;
         }
@@ -342,6 +351,7 @@ impl Returns {
         Some(Finished {
             messages,
             failure: inbound.failed.take(),
+            failure_on_worker: inbound.failed_on_worker,
         })
     }
 

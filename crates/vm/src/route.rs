@@ -369,6 +369,11 @@ impl Shared {
                 if let Some(back) = back {
                     inbox.extend(back.messages);
                     if let Some(reason) = back.failure {
+                        if back.failure_on_worker
+                            && let Some(notes) = state.notes.get_mut(&vm)
+                        {
+                            notes.returns_failed_on_worker.insert(task);
+                        }
                         failure = Some(match failure {
                             Some(error) => format!("{error}; also, {reason}"),
                             None => reason,

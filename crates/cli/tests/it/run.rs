@@ -613,6 +613,78 @@ fn resume_and_resume_failed_match_cases_by_command_not_position() {
     sweep.refuses(&["--resume", "true"], "--joblog");
 }
 
+#[test]
+fn a_file_a_case_did_not_write_fails_it_and_its_results_are_kept() {
+    let sweep = Sweep::new();
+    // Case `ok` writes its file; `quiet` exits 0 without it; `bad` fails and writes none.
+    // Once `fixed` exists, every case writes its file.
+    let command = format!(
+        "echo said {{}}; echo warned {{}} >&2; test {{}} = ok -o -e {}/fixed && echo r > out.txt; test {{}} != bad || exit 3",
+        sweep.shared.display()
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "-k",
+            "--joblog",
+            "jl",
+            "--results",
+            "res",
+            "--return",
+            "out.txt",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([command.as_str(), ":::", "ok", "quiet", "bad"]);
+        sweep.run(&args)
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // The case that exited 0 is told why it failed; the one that failed says so itself.
+    let told: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("parvm run:"))
+        .collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(
+        told[0].starts_with("parvm run: case 2 failed: return pattern `out.txt` names no file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not be kept"), "{stderr}");
+    // Every case's output and exit code are kept, whatever it returned.
+    let res = sweep.shared.join("res");
+    for (case, value, exit) in [(1, "ok", "0"), (2, "quiet", "0"), (3, "bad", "3")] {
+        let dir = res.join(case.to_string());
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("stdout"), format!("said {value}\n"), "case {case}");
+        assert_eq!(read("stderr"), format!("warned {value}\n"), "case {case}");
+        assert_eq!(read("exit"), format!("{exit}\n"), "case {case}");
+        assert_eq!(dir.join("out.txt").exists(), value == "ok", "case {case}");
+    }
+    // The joblog has the failed command's code; the case that exited 0 yet failed is
+    // left out, as its 0 would read as a success.
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    let exits: Vec<(&str, &str)> = log
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let columns: Vec<&str> = line.split('\t').collect();
+            (columns[0], columns[6])
+        })
+        .collect();
+    assert_eq!(exits, [("1", "0"), ("3", "3")], "{log}");
+    // Both failed cases run again, and now succeed.
+    std::fs::write(sweep.shared.join("fixed"), "").unwrap();
+    let out = run(&["--resume-failed"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "said quiet\nsaid bad\n"
+    );
+    assert!(res.join("2/out.txt").exists() && res.join("3/out.txt").exists());
+    assert_eq!(std::fs::read_to_string(res.join("3/exit")).unwrap(), "3\n");
+}
+
 /// Kills a process group when dropped, so a failing test leaves nothing running.
 pub(crate) struct GroupGuard(pub(crate) u32);
 

@@ -18,8 +18,10 @@ pub enum JobOutcome {
     /// A command ran and exited with code 0.
     Command(CommandStatus),
     /// The job failed by itself: the task returned an error or panicked, the command
-    /// exited with another code, was killed or could not start, or the job was refused
-    /// before it was sent (unknown task, wrong argument type). Counted against
+    /// exited with another code, was killed or could not start, a file it was to return
+    /// was missing in its task folder (or could not be read there, or led out of it), or
+    /// the job was refused before it was sent (unknown task, wrong argument type); or what
+    /// it returned could not be kept (`after_end`). Counted against
     /// [`Dispatch::retries`](crate::Dispatch::retries).
     Failed {
         /// Why, in words.
@@ -67,14 +69,22 @@ impl JobOutcome {
         }
     }
 
-    /// What a job's end means when its worker was not lost and no limit stopped it:
-    /// `failed` and `reason` from its exit, `value` from its result.
+    /// What a job's end means when its worker was not lost and no limit stopped it: how
+    /// it ended (`end`), and `value`, its result.
     pub(crate) fn of_end(
-        failed: bool,
-        reason: String,
+        end: End,
         value: Option<Result<Value, TaskFailure>>,
         command: bool,
     ) -> JobOutcome {
+        let End {
+            failed,
+            reason,
+            returns_failed_on_worker,
+        } = end;
+        // What failed after the command: not what its worker found missing in the task
+        // folder, which is the task's own failure.
+        let after_end =
+            |reason: &String| (failed && !returns_failed_on_worker).then(|| reason.clone());
         match value {
             Some(Ok(value)) if !failed && !command => JobOutcome::Value(value),
             // A command's status is kept even when its end failed for another reason
@@ -83,18 +93,18 @@ impl JobOutcome {
             Some(Ok(value)) if command => match value.decode::<CommandStatus>() {
                 Ok(status) if status.success() && !failed => JobOutcome::Command(status),
                 Ok(status) if status.success() => JobOutcome::Failed {
-                    after_end: Some(reason.clone()),
+                    after_end: after_end(&reason),
                     reason,
                     status: Some(status),
                 },
                 Ok(status) => JobOutcome::Failed {
+                    after_end: after_end(&reason),
                     reason: if failed {
                         format!("the command ended with {status}; {reason}")
                     } else {
                         format!("the command ended with {status}")
                     },
                     status: Some(status),
-                    after_end: failed.then_some(reason),
                 },
                 Err(e) => JobOutcome::failed(e.to_string()),
             },
@@ -103,6 +113,16 @@ impl JobOutcome {
             _ => JobOutcome::failed("the task ended without sending its result back".to_owned()),
         }
     }
+}
+
+/// How a job's task ended, as its exit said: whether it `failed` and why (`reason`, empty
+/// when it did not), and whether that failure was its worker finding the files it was to
+/// return missing (or unreadable, or outside its folder) rather than the spawner failing
+/// to keep them.
+pub(crate) struct End {
+    pub failed: bool,
+    pub reason: String,
+    pub returns_failed_on_worker: bool,
 }
 
 impl fmt::Display for JobOutcome {
@@ -226,10 +246,27 @@ mod tests {
         }
     }
 
+    /// The end of a task that failed for `reason`, on its worker or not.
+    fn failed_end(reason: &str, returns_failed_on_worker: bool) -> End {
+        End {
+            failed: true,
+            reason: reason.to_owned(),
+            returns_failed_on_worker,
+        }
+    }
+
+    fn ended_well() -> End {
+        End {
+            failed: false,
+            reason: String::new(),
+            returns_failed_on_worker: false,
+        }
+    }
+
     #[test]
     fn a_command_keeps_its_exit_code_when_returning_its_files_fails_too() {
-        let returning = "return pattern `r.txt` names no file".to_owned();
-        let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(1))), true);
+        let not_kept = "cannot write returned file `r.txt`: no space left on device";
+        let outcome = JobOutcome::of_end(failed_end(not_kept, false), Some(Ok(exited(1))), true);
         let JobOutcome::Failed {
             reason,
             status,
@@ -240,10 +277,10 @@ mod tests {
         };
         assert_eq!(status.and_then(|s| s.code), Some(1));
         assert!(reason.starts_with("the command ended with"), "{reason}");
-        assert!(reason.ends_with(&returning), "{reason}");
-        assert_eq!(after_end.as_ref(), Some(&returning));
-        // A command that succeeded but whose files could not come back: failed, code 0.
-        let outcome = JobOutcome::of_end(true, returning.clone(), Some(Ok(exited(0))), true);
+        assert!(reason.ends_with(not_kept), "{reason}");
+        assert_eq!(after_end.as_deref(), Some(not_kept));
+        // A command that succeeded but whose files could not be kept: failed, code 0.
+        let outcome = JobOutcome::of_end(failed_end(not_kept, false), Some(Ok(exited(0))), true);
         let JobOutcome::Failed {
             reason,
             status,
@@ -253,10 +290,10 @@ mod tests {
             panic!("{outcome:?}");
         };
         assert_eq!(status.and_then(|s| s.code), Some(0));
-        assert_eq!(reason, returning);
-        assert_eq!(after_end, Some(returning.clone()));
+        assert_eq!(reason, not_kept);
+        assert_eq!(after_end.as_deref(), Some(not_kept));
         // A command that failed by itself: nothing besides.
-        let outcome = JobOutcome::of_end(false, String::new(), Some(Ok(exited(2))), true);
+        let outcome = JobOutcome::of_end(ended_well(), Some(Ok(exited(2))), true);
         assert!(
             matches!(
                 &outcome,
@@ -269,8 +306,29 @@ mod tests {
             "{outcome:?}"
         );
         assert!(matches!(
-            JobOutcome::of_end(false, String::new(), Some(Ok(exited(0))), true),
+            JobOutcome::of_end(ended_well(), Some(Ok(exited(0))), true),
             JobOutcome::Command(_)
         ));
+    }
+
+    #[test]
+    fn files_missing_in_the_task_folder_fail_the_task_itself() {
+        let missing = "return pattern `r.txt` names no file in the task folder `/l/1_vm0`";
+        for code in [0, 3] {
+            let outcome =
+                JobOutcome::of_end(failed_end(missing, true), Some(Ok(exited(code))), true);
+            let JobOutcome::Failed {
+                reason,
+                status,
+                after_end,
+            } = outcome
+            else {
+                panic!("{outcome:?}");
+            };
+            assert_eq!(status.and_then(|s| s.code), Some(code));
+            assert!(reason.ends_with(missing), "{reason}");
+            // Nothing was lost on the spawner: what came back is whole.
+            assert_eq!(after_end, None, "exit code {code}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::flight::{Flight, Pending, Placed, Settings};
 use super::job::Job;
 use super::median::Median;
 use super::output::Output;
-use super::result::{JobOutcome, JobResult};
+use super::result::{End, JobOutcome, JobResult};
 use crate::message::ExitStatus;
 use crate::state::Occupant;
 use crate::wire::ToWorker;
@@ -588,18 +588,19 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
         let withdrawn = self.withdrawing.remove(&task);
         let failed = matches!(status, ExitStatus::Failed { .. });
-        let (lost, stopped, mirrored) = if failed || self.vm.mirrors() {
+        let (lost, stopped, mirrored, returns_failed_on_worker) = if failed || self.vm.mirrors() {
             let mut state = self.vm.shared().lock();
             let notes = state.notes.get_mut(&self.vm.index());
-            notes.map_or((None, false, 0), |notes| {
+            notes.map_or((None, false, 0, false), |notes| {
                 (
                     notes.lost.remove(&task),
                     notes.stopped.remove(&task),
                     notes.mirrored.remove(&task).unwrap_or(0),
+                    notes.returns_failed_on_worker.remove(&task),
                 )
             })
         } else {
-            (None, false, 0)
+            (None, false, 0, false)
         };
         let Flight {
             mut pending,
@@ -649,7 +650,12 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             }
             JobOutcome::Lost { reason }
         } else {
-            JobOutcome::of_end(failed, reason, value, pending.job.spawn.is_command())
+            let end = End {
+                failed,
+                reason,
+                returns_failed_on_worker,
+            };
+            JobOutcome::of_end(end, value, pending.job.spawn.is_command())
         };
         if outcome.is_success() {
             self.median.record(elapsed);

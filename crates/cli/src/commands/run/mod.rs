@@ -567,9 +567,10 @@ impl Reporting<'_> {
                 swept.failed += 1;
                 tally.failed += usize::from(ran);
             }
-            // A case not run, or whose results were not kept, is left out of the joblog,
-            // so `--resume` runs it.
-            if let (Some(log), true) = (joblog.as_deref_mut(), ran && kept) {
+            // A case not run, whose results were not kept, or that failed with exit code
+            // 0 is left out of the joblog, so `--resume` runs it.
+            let logged = ran && kept && !output::failed_after_exit_zero(&result.outcome);
+            if let (Some(log), true) = (joblog.as_deref_mut(), logged) {
                 let host = result
                     .host
                     .as_ref()

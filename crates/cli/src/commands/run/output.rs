@@ -123,10 +123,12 @@ pub fn print(
     }
     match &result.outcome {
         JobOutcome::Command(_) => {}
-        // A command that failed by itself says so in its own output, as in GNU parallel.
+        // A command that failed by itself says so in its own output, as in GNU parallel
+        // (a file it was to return and did not write is then no news).
         JobOutcome::Failed {
-            status: Some(_), ..
-        } if besides_the_command(&result.outcome).is_none() => {}
+            status: Some(status),
+            ..
+        } if !status.success() && besides_the_command(&result.outcome).is_none() => {}
         // Stopped while it ran (Ctrl-C, a halt that stops running cases): "not run" would
         // hide that it started.
         JobOutcome::NotRun if !result.elapsed.is_zero() => writeln!(
@@ -193,6 +195,14 @@ pub fn besides_the_command(outcome: &JobOutcome) -> Option<&str> {
         } => Some(after),
         _ => None,
     }
+}
+
+/// Whether a case failed although its command exited with code 0 (a file it was to
+/// return was not in its task folder): its exit value would read as a success, so the
+/// joblog leaves it out and `--resume` runs it again.
+#[must_use]
+pub fn failed_after_exit_zero(outcome: &JobOutcome) -> bool {
+    matches!(outcome, JobOutcome::Failed { status: Some(status), .. } if status.success())
 }
 
 /// The stream when it is whole: a stream cut off is not printed (a line says why).
