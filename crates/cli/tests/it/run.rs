@@ -487,6 +487,11 @@ fn bad_input_is_refused_with_a_clear_error() {
         "cannot make the results folder `file/r`",
     );
     sweep.refuses(&["--return", "x", "echo", ":::", "a"], "--results");
+    // In the words of the command line, not of the library under it.
+    let missing_map = ["--map", "inputs=.", "echo", ":::", "a"];
+    sweep.refuses(&missing_map, "--map inputs=.: `inputs`");
+    let stderr = String::from_utf8(sweep.run(&missing_map).stderr).unwrap();
+    assert!(!stderr.contains("VmBuilder"), "{stderr}");
     sweep.refuses(
         &["--timeout", "soon", "echo", ":::", "a"],
         "--timeout `soon`",

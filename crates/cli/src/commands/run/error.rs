@@ -141,6 +141,21 @@ pub enum RunError {
         /// The pattern.
         pattern: String,
     },
+    /// A `--map` source with no glob characters that does not exist.
+    #[error(
+        "--map {map}: `{source_name}` ({}) {problem}; give a file or folder under the current folder, or make it before the run",
+        path.display()
+    )]
+    MapSourceMissing {
+        /// The `--map` value.
+        map: String,
+        /// Its source as given.
+        source_name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is wrong with it: missing, or a symlink to nothing.
+        problem: String,
+    },
     /// `--return` without `--results`.
     #[error("--return needs a folder to bring files back into; give one with --results DIR")]
     ReturnWithoutResults,

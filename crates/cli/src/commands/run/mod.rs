@@ -339,7 +339,23 @@ fn sweep(
     for (src, dst) in maps {
         vm = vm.mirror(*src, *dst);
     }
-    let vm = vm.build().map_err(RunError::Vm)?;
+    let vm = vm.build().map_err(|error| match error {
+        // Said in the words of the command line, not of the library's builder.
+        parvm_vm::Error::MirrorSourceMissing {
+            given,
+            path,
+            problem,
+        } => RunError::MapSourceMissing {
+            map: maps
+                .iter()
+                .find(|(src, _)| *src == given)
+                .map_or_else(|| given.clone(), |(src, dst)| format!("{src}={dst}")),
+            source_name: given,
+            path,
+            problem,
+        },
+        other => RunError::Vm(other),
+    })?;
     let hosts = if args.each_host {
         // TCP workers join whenever they connect: wait for those asked for (the local and
         // MPI transports have theirs already).
