@@ -59,7 +59,7 @@ mod vm;
 mod wire;
 mod worker;
 
-pub use dispatch::{Dispatch, Job, JobOutcome, JobResult};
+pub use dispatch::{Dispatch, HaltHandle, Job, JobOutcome, JobResult};
 pub use envfwd::FORWARD_ENV_VAR;
 pub use error::{Error, Report, Result};
 pub use ids::{HostId, TaskId};

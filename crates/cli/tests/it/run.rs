@@ -822,6 +822,69 @@ impl Drop for ChildGuard {
 }
 
 #[test]
+fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
+    use std::io::BufRead;
+    let sweep = Sweep::new();
+    // No local slots and no worker: the cases wait for one that never comes.
+    let mut spawner = sweep
+        .command(&[
+            "--transport",
+            "tcp",
+            "-j",
+            "0",
+            "--joblog",
+            "jl",
+            "true",
+            ":::",
+            "a",
+            "b",
+        ])
+        .env("PARVM_LISTEN", "127.0.0.1:0")
+        .env("PARVM_SECRET_FILE", sweep.shared.join("secret"))
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = spawner.stderr.take().unwrap();
+    let mut spawner = ChildGuard(spawner);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let listening = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the spawner printed nothing");
+    assert!(listening.contains("listening on"), "{listening}");
+    let sent = Command::new("kill")
+        .args(["-TERM", &spawner.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut status = None;
+    eventually("parvm run ended after SIGTERM", || {
+        status = spawner.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(130));
+    // Until the reader reaches the end of stderr (the process is gone).
+    let mut said = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        said.push(line);
+    }
+    assert!(
+        said.iter().any(|line| line.contains("stopped by a signal")),
+        "{said:?}"
+    );
+    // Nothing ran, so nothing is recorded: --resume runs both.
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+}
+
+#[test]
 fn a_tcp_sweep_runs_on_a_parvm_worker() {
     use std::io::BufRead;
     let sweep = Sweep::new();

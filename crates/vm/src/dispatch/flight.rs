@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     /// [`Dispatch::timeout_of_median`](super::Dispatch::timeout_of_median): the percent.
     pub timeout_of_median: Option<f64>,
     pub results: Option<PathBuf>,
+    /// Set once [`Dispatch::halt_handle`](super::Dispatch::halt_handle) handed one out.
+    pub halt_handle: Option<super::HaltHandle>,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             timeout: None,
             timeout_of_median: None,
             results: None,
+            halt_handle: None,
         }
     }
 }

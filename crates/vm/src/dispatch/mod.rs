@@ -14,6 +14,8 @@ mod scheduler;
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 pub use job::Job;
@@ -94,6 +96,33 @@ pub struct Dispatch<'vm, I: Iterator<Item = Job>> {
     scheduler: Option<Scheduler<'vm, I>>,
 }
 
+/// Halts a [`Dispatch`] from another thread ([`Dispatch::halt_handle`]).
+#[derive(Debug, Clone, Default)]
+pub struct HaltHandle {
+    /// 0: go on; [`HALT`]: halt; [`HALT_AND_STOP`]: halt and stop the running jobs.
+    asked: Arc<AtomicU8>,
+}
+
+const HALT: u8 = 1;
+const HALT_AND_STOP: u8 = 2;
+
+impl HaltHandle {
+    /// Asks the dispatch to [`halt`](Dispatch::halt), stopping its running jobs too when
+    /// `stop_running`. A later call may add `stop_running`, never take it back.
+    pub fn halt(&self, stop_running: bool) {
+        let level = if stop_running { HALT_AND_STOP } else { HALT };
+        self.asked.fetch_max(level, Ordering::SeqCst);
+    }
+
+    /// What was asked: `None`, or `Some(stop_running)`.
+    pub(crate) fn asked(&self) -> Option<bool> {
+        match self.asked.load(Ordering::SeqCst) {
+            0 => None,
+            level => Some(level == HALT_AND_STOP),
+        }
+    }
+}
+
 /// What [`Dispatch::on_output`] is given: called with a job's index, the stream and
 /// whole lines.
 pub(crate) type OnOutput<'a> = Box<dyn FnMut(usize, OutputStream, &[u8]) + 'a>;
@@ -166,6 +195,17 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
         if let Some(scheduler) = self.scheduler() {
             scheduler.halt(stop_running);
         }
+    }
+
+    /// A handle that [halt](Self::halt)s this dispatch from another thread, such as one
+    /// that watches for Ctrl-C while this one waits for results: the dispatch notices it
+    /// within 20 ms, also while no job can be placed (no worker has joined yet) or every
+    /// job runs. Each call gives a handle to the same dispatch.
+    pub fn halt_handle(&mut self) -> HaltHandle {
+        self.settings
+            .halt_handle
+            .get_or_insert_with(HaltHandle::default)
+            .clone()
     }
 
     /// Hands the output of command jobs to `output` while they run, as whole lines,

@@ -57,6 +57,9 @@ pub(crate) struct Scheduler<'vm, I> {
     /// The runtimes of the jobs that succeeded, for [`Settings::timeout_of_median`].
     median: Median,
     halted: bool,
+    /// The last request of a [`HaltHandle`](super::HaltHandle) carried out (its
+    /// `stop_running`).
+    remote_halt_done: Option<bool>,
     /// Results not yet handed out.
     output: Output,
     /// The dispatch-level error to give after the results that came before it.
@@ -115,6 +118,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             timed: 0,
             median: Median::default(),
             halted: false,
+            remote_halt_done: None,
             output: Output::new(settings.ordered),
             over: false,
             owns_notes: error.is_none(),
@@ -129,6 +133,7 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// `None` when every job was reported.
     pub(crate) fn next_result(&mut self) -> Option<Result<JobResult, Error>> {
         loop {
+            self.halt_if_asked();
             if let Some(result) = self.output.take(self.error.is_some()) {
                 self.held -= 1;
                 return Some(Ok(result));
@@ -458,10 +463,16 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
             // one, so look again now and then.
             self.vm.recv_timeout(IDLE_LOOK)?
         } else if let Some(earliest) = self.earliest_deadline() {
-            let left = earliest.saturating_duration_since(Instant::now());
+            let mut left = earliest.saturating_duration_since(Instant::now());
+            if self.settings.halt_handle.is_some() {
+                left = left.min(IDLE_LOOK);
+            }
             let message = self.vm.recv_timeout(left)?;
             self.expire();
             message
+        } else if self.settings.halt_handle.is_some() {
+            // Another thread may halt the dispatch: look at its request now and then.
+            self.vm.recv_timeout(IDLE_LOOK)?
         } else {
             Some(self.vm.recv()?)
         };
@@ -697,6 +708,18 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// Nothing more starts: [`Self::fill`] reports waiting jobs as not run, and tasks
     /// queued at a worker (and, with `stop_running`, the running ones) are stopped, so
     /// they end as not run.
+    /// Halts as another thread asked through a [`HaltHandle`](super::HaltHandle), once
+    /// for each new request.
+    fn halt_if_asked(&mut self) {
+        let asked = self.settings.halt_handle.as_ref().and_then(|h| h.asked());
+        if let Some(stop_running) = asked
+            && asked != self.remote_halt_done
+        {
+            self.remote_halt_done = asked;
+            self.halt(stop_running);
+        }
+    }
+
     pub(crate) fn halt(&mut self, stop_running: bool) {
         self.halted = true;
         let tasks: Vec<TaskId> = self

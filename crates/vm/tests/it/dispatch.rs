@@ -28,6 +28,7 @@ suite!(
     a_job_queued_behind_a_long_one_moves_to_a_free_slot,
     jobs_return_files_and_capture_output,
     a_stop_the_program_asks_for_is_neither_failure_nor_loss,
+    a_halt_from_another_thread_ends_the_dispatch_while_it_waits,
     results_count_the_bytes_mirrored,
     one_slot_times_each_queued_job_from_its_own_start,
     every_job_gets_an_empty_folder_and_none_outlives_the_dispatch,
@@ -609,6 +610,38 @@ fn a_stop_the_program_asks_for_is_neither_failure_nor_loss(backend: Backend) {
     );
     assert_eq!(results[0].attempts, 1, "not run again: {}", results[0]);
     assert!(results[1].outcome.is_success() && results[2].outcome.is_success());
+}
+
+fn a_halt_from_another_thread_ends_the_dispatch_while_it_waits(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    // One slot: the sleeper runs, the others wait for it (one queued at its worker).
+    let jobs = [
+        Job::command("sleep").arg("60"),
+        Job::command("true"),
+        Job::command("true"),
+    ];
+    let mut dispatch = vm.dispatch(jobs);
+    let halt = dispatch.halt_handle();
+    let started = std::time::Instant::now();
+    let results: Vec<JobResult> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            crate::harness::wait_until("the sleeping job runs", || running(&vm, "sleep").is_some());
+            // Asked from here while the dispatch's thread waits for the sleeper's end.
+            halt.halt(true);
+        });
+        dispatch.map(|r| r.unwrap()).collect()
+    });
+    assert!(started.elapsed() < AT_ONCE, "{:?}", started.elapsed());
+    for result in &results {
+        assert!(
+            matches!(result.outcome, JobOutcome::NotRun),
+            "{}: {}",
+            result.index,
+            result.outcome
+        );
+    }
+    assert_eq!(results.len(), 3);
 }
 
 fn results_count_the_bytes_mirrored(backend: Backend) {

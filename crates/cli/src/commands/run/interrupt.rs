@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parvm_vm::Vm;
+use parvm_vm::{HaltHandle, Vm};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::error::RunError;
@@ -43,12 +43,15 @@ impl Interrupt {
         self.flag.load(Ordering::SeqCst)
     }
 
-    /// Until `done`: once a signal came, stops every task `vm` runs (each ends as not
-    /// run), again as tasks start, so the dispatch ends soon instead of waiting for cases
-    /// that could run for hours (or rerunning cases whose workers the Ctrl-C killed).
-    pub fn watch(&self, vm: &Vm, done: &AtomicBool) {
+    /// Until `done`: once a signal came, halts the dispatch of `halt` (no case starts;
+    /// the waiting ones end as not run, also when no worker has joined to run them) and
+    /// stops every task `vm` runs (each ends as not run), again as tasks start, so the
+    /// dispatch ends soon instead of waiting for cases that could run for hours (or
+    /// rerunning cases whose workers the Ctrl-C killed).
+    pub fn watch(&self, vm: &Vm, halt: &HaltHandle, done: &AtomicBool) {
         while !done.load(Ordering::SeqCst) {
             if self.happened() {
+                halt.halt(true);
                 for host in vm.describe().hosts {
                     for task in host.slots.into_iter().filter_map(|slot| slot.task) {
                         if task.vm == vm.index() {

@@ -458,8 +458,9 @@ fn sweep(
     }
     let interrupt = interrupt::Interrupt::install()?;
     let done = AtomicBool::new(false);
+    let halt = dispatch.halt_handle();
     let swept = std::thread::scope(|scope| {
-        scope.spawn(|| interrupt.watch(&vm, &done));
+        scope.spawn(|| interrupt.watch(&vm, &halt, &done));
         let sweep = Reporting {
             args,
             ledger: &ledger,
