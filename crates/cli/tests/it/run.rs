@@ -822,6 +822,71 @@ impl Drop for ChildGuard {
 }
 
 #[test]
+fn values_piped_in_are_the_cases_without_an_input_source() {
+    use std::io::Write;
+    let sweep = Sweep::new();
+    let piped = |args: &[&str]| {
+        let mut child = sweep
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"a b\nc\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // As GNU parallel: one case per line, appended when the command has no `{}`.
+    assert_eq!(piped(&["-k", "echo", "x"]), "x a b\nx c\n");
+    assert_eq!(piped(&["-k", "echo", "[{}]"]), "[a b]\n[c]\n");
+    // `-n` says how many copies: what is piped in is not read.
+    assert_eq!(piped(&["-n", "2", "echo", "copy"]), "copy\ncopy\n");
+    // Nothing piped in (`/dev/null`): the command runs once.
+    assert_eq!(sweep.ok(&["echo", "once"]), "once\n");
+}
+
+#[test]
+fn values_read_from_a_terminal_are_asked_for() {
+    use std::io::{BufRead, Write};
+    let sweep = Sweep::new();
+    // The values come from standard input, here a terminal.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = sweep
+        .command(&["-k", "-a", "-", "echo", "got"])
+        .stdin(Stdio::from(std::fs::File::from(pty.slave)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut child = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("parvm run said nothing while it waited for the terminal");
+    assert!(
+        first.contains("from the terminal") && first.contains("Ctrl-D"),
+        "{first}"
+    );
+    // Two lines, then Ctrl-D at the start of a line: the end of the input.
+    let mut terminal = std::fs::File::from(pty.master);
+    terminal.write_all(b"a\nb\n\x04").unwrap();
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut out, &mut printed).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(printed, "got a\ngot b\n");
+}
+
+#[test]
 fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
     use std::io::BufRead;
     let sweep = Sweep::new();

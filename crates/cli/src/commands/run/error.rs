@@ -37,7 +37,7 @@ pub enum RunError {
     },
     /// A replacement string with no input to replace it with.
     #[error(
-        "the command uses the replacement string `{found}` but has no inputs; give them with `::: VALUES`, `:::: FILE` or `-a FILE`, or use `-n N` only with a command without input replacement strings"
+        "the command uses the replacement string `{found}` but has no inputs; give them with `::: VALUES`, `:::: FILE` or `-a FILE`, or pipe them in one per line, or use `-n N` only with a command without input replacement strings"
     )]
     ReplacementWithoutInputs {
         /// The replacement string.

@@ -5,7 +5,8 @@
 //! cases; it must not know how a command line is built or run.
 
 use std::ffi::OsString;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, IsTerminal};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -104,6 +105,11 @@ impl Split {
         !self.given.is_empty()
     }
 
+    /// Takes standard input as the one input source (`-a -`).
+    pub fn read_stdin(&mut self) {
+        self.given.push((Given::File(PathBuf::from("-")), false));
+    }
+
     /// Opens the sources. With `stream_first`, a first source that is an args file (or
     /// standard input) and not linked to the next one is read line by line as cases are
     /// made, so a long one starts at once in bounded memory; every other source is read
@@ -171,6 +177,22 @@ impl Split {
     }
 }
 
+/// Whether standard input is a pipe or a file: values piped or redirected in, which
+/// GNU parallel takes as its cases when no input source is given. A terminal, `/dev/null`
+/// or a socket (what ssh, cron and batch systems give a command) holds none.
+pub fn stdin_is_piped() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|stdin| stdin.metadata())
+        .is_ok_and(|meta| meta.file_type().is_fifo() || meta.is_file())
+}
+
+/// Said when the cases' values are to be typed: standard input is a terminal.
+pub const FROM_THE_TERMINAL: &str = "parvm run: reading the values of the cases from the terminal, one per line; end with Ctrl-D (or give them on the command line: parvm run CMD ::: a b c)";
+
 /// An args file (or standard input) read one line at a time.
 pub struct LineSource {
     path: PathBuf,
@@ -185,6 +207,10 @@ impl LineSource {
     fn open(path: PathBuf, stdin_used: &mut bool) -> Result<LineSource, RunError> {
         let reader: Option<Box<dyn BufRead>> = if path == Path::new("-") {
             let first = !std::mem::replace(stdin_used, true);
+            if first && io::stdin().is_terminal() {
+                // Without it, a forgotten `:::` looks like a hang.
+                eprintln!("{FROM_THE_TERMINAL}");
+            }
             first.then(|| Box::new(io::BufReader::new(io::stdin())) as Box<dyn BufRead>)
         } else {
             let file = std::fs::File::open(&path).map_err(|source| RunError::ArgsFile {

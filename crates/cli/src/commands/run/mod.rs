@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
     /// An args file: one input value per line (`-` for standard input); repeatable, each
-    /// is an input source.
+    /// is an input source. Without any input source, values piped or redirected into
+    /// `parvm run` are read, as with `-a -`.
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
     pub arg_files: Vec<PathBuf>,
     /// Split each input value into columns where REGEX matches; `{1}`, `{2}`, ... are then
@@ -169,7 +170,14 @@ const SHELL: &str = "/bin/sh";
 /// # Errors
 /// Bad flags or inputs, or a sweep that cannot run (exit status 255).
 pub fn run(args: Args) -> Result<u8, RunError> {
-    let split = inputs::split(&args.words, &args.arg_files)?;
+    let mut split = inputs::split(&args.words, &args.arg_files)?;
+    // As GNU parallel: without an input source, values piped or redirected in are the
+    // cases (`find . -name '*.cir' | parvm run ngspice -b`). With nothing piped in (a
+    // terminal, /dev/null, ssh's socket) the command runs once, or `-n N` times, or once
+    // per host with `--each-host`.
+    if !split.has_inputs() && args.copies.is_none() && !args.each_host && inputs::stdin_is_piped() {
+        split.read_stdin();
+    }
     let words = split
         .command
         .iter()
