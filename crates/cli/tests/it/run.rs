@@ -821,6 +821,35 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The lines `child` writes on its piped stderr, as they come, read in a thread that
+/// drains the stream to its end (so the child never blocks on it); the channel ends
+/// with the stream.
+pub(crate) fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let err = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The address a TCP spawner prints (`... listening on ADDR; ...`), from its stderr
+/// `lines`, within 30 s.
+pub(crate) fn spawner_address(lines: &std::sync::mpsc::Receiver<String>) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the spawner printed no address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            return rest.split(';').next().unwrap_or_default().to_owned();
+        }
+    }
+}
+
 #[test]
 fn values_piped_in_are_the_cases_without_an_input_source() {
     use std::io::Write;
@@ -848,7 +877,7 @@ fn values_piped_in_are_the_cases_without_an_input_source() {
 
 #[test]
 fn values_read_from_a_terminal_are_asked_for() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let sweep = Sweep::new();
     // The values come from standard input, here a terminal.
     let pty = nix::pty::openpty(None, None).unwrap();
@@ -859,16 +888,9 @@ fn values_read_from_a_terminal_are_asked_for() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
+    let rx = stderr_lines(&mut child);
     let mut out = child.stdout.take().unwrap();
     let mut child = ChildGuard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
     let first = rx
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("parvm run said nothing while it waited for the terminal");
@@ -888,7 +910,6 @@ fn values_read_from_a_terminal_are_asked_for() {
 
 #[test]
 fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
-    use std::io::BufRead;
     let sweep = Sweep::new();
     // No local slots and no worker: the cases wait for one that never comes.
     let mut spawner = sweep
@@ -911,19 +932,9 @@ fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = spawner.stderr.take().unwrap();
+    let rx = stderr_lines(&mut spawner);
     let mut spawner = ChildGuard(spawner);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let listening = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the spawner printed nothing");
-    assert!(listening.contains("listening on"), "{listening}");
+    spawner_address(&rx);
     let sent = Command::new("kill")
         .args(["-TERM", &spawner.0.id().to_string()])
         .status()
@@ -951,7 +962,6 @@ fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
 
 #[test]
 fn a_tcp_sweep_runs_on_a_parvm_worker() {
-    use std::io::BufRead;
     let sweep = Sweep::new();
     let secret = sweep.shared.join("secret");
     let mut spawner = sweep
@@ -963,22 +973,10 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = spawner.stderr.take().unwrap();
-    let mut spawner = ChildGuard(spawner);
     // The address the spawner prints, then the rest of stderr drained in the background.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split(';').next().unwrap_or_default().to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the spawner printed no address");
+    let said = stderr_lines(&mut spawner);
+    let mut spawner = ChildGuard(spawner);
+    let addr = spawner_address(&said);
     let _worker = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_parvm"))
             .args(["worker", "--connect", &addr, "--secret-file"])

@@ -402,7 +402,6 @@ fn each_host_on_one_machine_runs_each_case_once() {
 
 #[test]
 fn each_host_runs_every_case_on_every_tcp_worker_host() {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
 
     use super::run::ChildGuard;
@@ -431,21 +430,9 @@ fn each_host_runs_every_case_on_every_tcp_worker_host() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = spawner.stderr.take().unwrap();
+    let said = crate::run::stderr_lines(&mut spawner);
     let mut spawner = ChildGuard(spawner);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split(';').next().unwrap_or_default().to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the spawner printed no address");
+    let addr = crate::run::spawner_address(&said);
     let worker = |host: &str| {
         ChildGuard(
             Command::new(env!("CARGO_BIN_EXE_parvm"))

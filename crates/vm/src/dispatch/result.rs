@@ -246,6 +246,19 @@ mod tests {
         }
     }
 
+    /// The reason, status and `after_end` of a `Failed` outcome.
+    fn failed_parts(outcome: JobOutcome) -> (String, Option<CommandStatus>, Option<String>) {
+        let JobOutcome::Failed {
+            reason,
+            status,
+            after_end,
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        (reason, status, after_end)
+    }
+
     /// The end of a task that failed for `reason`, on its worker or not.
     fn failed_end(reason: &str, returns_failed_on_worker: bool) -> End {
         End {
@@ -267,28 +280,14 @@ mod tests {
     fn a_command_keeps_its_exit_code_when_returning_its_files_fails_too() {
         let not_kept = "cannot write returned file `r.txt`: no space left on device";
         let outcome = JobOutcome::of_end(failed_end(not_kept, false), Some(Ok(exited(1))), true);
-        let JobOutcome::Failed {
-            reason,
-            status,
-            after_end,
-        } = outcome
-        else {
-            panic!("{outcome:?}");
-        };
+        let (reason, status, after_end) = failed_parts(outcome);
         assert_eq!(status.and_then(|s| s.code), Some(1));
         assert!(reason.starts_with("the command ended with"), "{reason}");
         assert!(reason.ends_with(not_kept), "{reason}");
         assert_eq!(after_end.as_deref(), Some(not_kept));
         // A command that succeeded but whose files could not be kept: failed, code 0.
         let outcome = JobOutcome::of_end(failed_end(not_kept, false), Some(Ok(exited(0))), true);
-        let JobOutcome::Failed {
-            reason,
-            status,
-            after_end,
-        } = outcome
-        else {
-            panic!("{outcome:?}");
-        };
+        let (reason, status, after_end) = failed_parts(outcome);
         assert_eq!(status.and_then(|s| s.code), Some(0));
         assert_eq!(reason, not_kept);
         assert_eq!(after_end.as_deref(), Some(not_kept));
@@ -317,14 +316,7 @@ mod tests {
         for code in [0, 3] {
             let outcome =
                 JobOutcome::of_end(failed_end(missing, true), Some(Ok(exited(code))), true);
-            let JobOutcome::Failed {
-                reason,
-                status,
-                after_end,
-            } = outcome
-            else {
-                panic!("{outcome:?}");
-            };
+            let (reason, status, after_end) = failed_parts(outcome);
             assert_eq!(status.and_then(|s| s.code), Some(code));
             assert!(reason.ends_with(missing), "{reason}");
             // Nothing was lost on the spawner: what came back is whole.
