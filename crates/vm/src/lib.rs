@@ -78,4 +78,4 @@ pub use ship::ShipStats;
 pub use task_context::TaskContext;
 pub use tasks::{Spawn, Tasks};
 pub use vm::{Vm, VmBuilder};
-pub use worker::{TASK_ID_VAR, TASK_SLOT_VAR, Worker};
+pub use worker::{TASK_ID_VAR, TASK_SLOT_VAR, Worker, WorkerEnd};

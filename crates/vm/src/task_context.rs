@@ -36,6 +36,8 @@ pub(crate) struct LoopState {
     pub(crate) deferred: RefCell<VecDeque<Vec<u8>>>,
     pub(crate) exit_requested: Cell<bool>,
     pub(crate) spawner_lost: Cell<bool>,
+    /// Why the spawner was lost, when it was.
+    spawner_lost_reason: RefCell<Option<String>>,
     /// The buffer frames to the spawner are encoded into, reused from one send to the next.
     scratch: RefCell<Vec<u8>>,
     /// Environment variables forwarded by the spawner, set on every command.
@@ -46,6 +48,17 @@ pub(crate) struct LoopState {
 }
 
 impl LoopState {
+    /// The connection to the spawner is lost, for `reason`.
+    pub(crate) fn lose_spawner(&self, reason: String) {
+        self.spawner_lost.set(true);
+        self.spawner_lost_reason.borrow_mut().get_or_insert(reason);
+    }
+
+    /// Why the spawner was lost; `None` while it is not.
+    pub(crate) fn spawner_lost_reason(&self) -> Option<String> {
+        self.spawner_lost_reason.borrow().clone()
+    }
+
     /// Encodes `frame` into the reused buffer and sends it to the spawner.
     pub(crate) fn send(
         &self,
@@ -205,7 +218,7 @@ impl TaskContext<'_> {
                         Err(reason) => tracing::warn!(%reason, "dropping an unreadable frame"),
                     }
                 }
-                Some(Event::PeerLost { rank: 0, .. }) => self.state.spawner_lost.set(true),
+                Some(Event::PeerLost { rank: 0, reason }) => self.state.lose_spawner(reason),
                 Some(_) => {}
             }
             if matches!(wait, Wait::NoWait)

@@ -79,6 +79,16 @@ impl Worker {
     /// # Errors
     /// The transport failed, or output could not be redirected.
     pub fn serve(self, transport: Box<dyn Transport>) -> Result<(), Error> {
+        self.serve_to_end(transport).map(|_| ())
+    }
+
+    /// [`serve`](Self::serve)s, and says how it ended: dismissed by the spawner at the
+    /// end of its run, or with the spawner lost (killed, or the network failed), which a
+    /// worker started by hand may want to tell its user.
+    ///
+    /// # Errors
+    /// As [`serve`](Self::serve).
+    pub fn serve_to_end(self, transport: Box<dyn Transport>) -> Result<WorkerEnd, Error> {
         let transport: Arc<dyn Transport> = Arc::from(transport);
         let host = transport.host();
         let rank = transport.rank();
@@ -119,7 +129,7 @@ impl Worker {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");
-                        break Ok(());
+                        break Ok(WorkerEnd::SpawnerLost { reason });
                     }
                     Ok(_) => continue,
                     Err(e) => break Err(Error::transport(backend, e)),
@@ -181,8 +191,11 @@ impl Worker {
                     };
                     ctx.run(&mut storage, &request);
                     link.end_task();
-                    if state.exit_requested.get() || state.spawner_lost.get() {
-                        break Ok(());
+                    if state.exit_requested.get() {
+                        break Ok(WorkerEnd::Dismissed);
+                    }
+                    if let Some(reason) = state.spawner_lost_reason() {
+                        break Ok(WorkerEnd::SpawnerLost { reason });
                     }
                 }
                 ToWorker::User { to, .. } => {
@@ -212,7 +225,7 @@ impl Worker {
                     }
                     *state.forwarded.borrow_mut() = vars;
                 }
-                ToWorker::Exit => break Ok(()),
+                ToWorker::Exit => break Ok(WorkerEnd::Dismissed),
                 // The link files stops as they arrive (see `crate::link`); none gets here.
                 ToWorker::Stop { .. } => {}
             }
@@ -223,6 +236,20 @@ impl Worker {
         }
         result
     }
+}
+
+/// How a worker's [`Worker::serve_to_end`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEnd {
+    /// The spawner ended its run and dismissed its workers.
+    Dismissed,
+    /// The connection to the spawner was lost before it ended its run: it was killed, or
+    /// the network failed.
+    SpawnerLost {
+        /// Why, as the transport saw it.
+        reason: String,
+    },
 }
 
 /// The spawn loop's next event. A folder kept for a next task that is not here is removed
@@ -519,13 +546,15 @@ impl Exchange for SpawnerLine<'_> {
                     self.state.deferred.borrow_mut().push_back(payload);
                 }
                 Ok(Some(Event::PeerLost { rank: 0, reason })) => {
-                    self.state.spawner_lost.set(true);
-                    return Err(format!("the spawner is gone: {reason}"));
+                    let said = format!("the spawner is gone: {reason}");
+                    self.state.lose_spawner(reason);
+                    return Err(said);
                 }
                 Ok(Some(_)) => {}
                 Err(e) => {
-                    self.state.spawner_lost.set(true);
-                    return Err(format!("the transport failed: {e}"));
+                    let said = format!("the transport failed: {e}");
+                    self.state.lose_spawner(e.to_string());
+                    return Err(said);
                 }
             }
         }

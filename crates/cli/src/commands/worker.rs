@@ -5,6 +5,8 @@
 //! finalizes or goes away. Function tasks need the code of the user's program: run that
 //! program itself with `PARVM_CONNECT=host:port` to get a worker that serves them.
 
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use parvm_env_config::{CONNECT_VAR, Config};
 use parvm_transport::tcp::{ConnectOptions, Secret, TcpTransport};
-use parvm_vm::{Tasks, Worker};
+use parvm_vm::{Tasks, Worker, WorkerEnd};
 
 /// How to reach the spawner. A flag that is not given takes its variable's value, read
 /// and checked by `parvm_env_config::Config` like every other parvm variable.
@@ -161,10 +163,31 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
 
 /// Serves command tasks until the spawner lets go.
 fn serve(transport: TcpTransport, config: Config, capture_output: bool) -> Result<()> {
-    Worker::new(Tasks::new(), config)
+    // Kept before the worker sends its standard error to the spawner: once the spawner
+    // is gone, what goes there is lost, so how the worker ended is said here.
+    let console = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .ok();
+    let ended = Worker::new(Tasks::new(), config)
         .capture_output(capture_output)
-        .serve(Box::new(transport))
-        .context("the worker failed")
+        .serve_to_end(Box::new(transport));
+    let said = match ended {
+        Ok(WorkerEnd::Dismissed) => return Ok(()),
+        Ok(WorkerEnd::SpawnerLost { reason }) => format!(
+            "{reason} before it ended its run (it was killed, or the network failed); this worker leaves"
+        ),
+        Ok(_) => "the worker ended for a reason this parvm cannot name".to_owned(),
+        Err(error) => format!("the worker failed: {:#}", anyhow::Error::new(error)),
+    };
+    match (console, capture_output) {
+        (Some(mut console), true) => {
+            let _ = console.write_all(format!("parvm worker: {said}\n").as_bytes());
+            std::process::exit(1);
+        }
+        _ => bail!("{said}"),
+    }
 }
 
 /// Starts `--slots` single-slot workers as child processes and waits for them all. They

@@ -977,7 +977,7 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     let said = stderr_lines(&mut spawner);
     let mut spawner = ChildGuard(spawner);
     let addr = spawner_address(&said);
-    let _worker = ChildGuard(
+    let mut worker = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_parvm"))
             .args(["worker", "--connect", &addr, "--secret-file"])
             .arg(&secret)
@@ -994,6 +994,13 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     let status = spawner.0.wait().unwrap();
     assert!(status.success(), "{status:?}: {out}");
     assert_eq!(lines(&out), ["case a", "case b"]);
+    // The run ended and dismissed its worker, which leaves with status 0.
+    let mut left = None;
+    eventually("the worker left", || {
+        left = worker.0.try_wait().unwrap();
+        left.is_some()
+    });
+    assert!(left.is_some_and(|status| status.success()), "{left:?}");
     sweep.assert_no_task_folder_left();
 }
 
