@@ -61,8 +61,10 @@ pub struct Args {
     /// host); under TCP, give `-j N` to wait for N workers first.
     #[arg(long)]
     pub each_host: bool,
-    /// A mirror map entry `SRC=DST` copied into every case's task folder (SRC relative to
-    /// the current folder, inside PARALLEL_MIRRORED_STORAGE); repeatable.
+    /// A mirror map entry `SRC=DST`: SRC (relative to the current folder, inside
+    /// PARALLEL_MIRRORED_STORAGE) is copied into the folder DST of every case's task
+    /// folder, so `--map nets=.` gives the task `nets/` and `--map nets=nets` gives
+    /// `nets/nets/`; repeatable.
     #[arg(long = "map", value_name = "SRC=DST")]
     pub maps: Vec<String>,
     /// Bring files matching GLOB (relative to the task folder) back into the case's
