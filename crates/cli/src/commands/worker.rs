@@ -67,7 +67,6 @@ pub fn run(args: &Args) -> Result<()> {
 /// Prints `line` on stderr with one write: the workers of `--slots N` share it, and
 /// `eprintln!` writes a line in pieces, which theirs would cut into.
 fn say(line: &str) {
-    use std::io::Write;
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 

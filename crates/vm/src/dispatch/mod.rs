@@ -202,10 +202,16 @@ impl<'vm, I: Iterator<Item = Job>> Dispatch<'vm, I> {
     /// within 20 ms, also while no job can be placed (no worker has joined yet) or every
     /// job runs. Each call gives a handle to the same dispatch.
     pub fn halt_handle(&mut self) -> HaltHandle {
-        self.settings
+        let handle = self
+            .settings
             .halt_handle
             .get_or_insert_with(HaltHandle::default)
-            .clone()
+            .clone();
+        // Unlike the settings, also once results were asked for.
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.watch_halt(handle.clone());
+        }
+        handle
     }
 
     /// Hands the output of command jobs to `output` while they run, as whole lines,

@@ -705,9 +705,11 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
     }
 
-    /// Nothing more starts: [`Self::fill`] reports waiting jobs as not run, and tasks
-    /// queued at a worker (and, with `stop_running`, the running ones) are stopped, so
-    /// they end as not run.
+    /// From now on, halts when `handle` asks to ([`super::Dispatch::halt_handle`]).
+    pub(crate) fn watch_halt(&mut self, handle: super::HaltHandle) {
+        self.settings.halt_handle.get_or_insert(handle);
+    }
+
     /// Halts as another thread asked through a [`HaltHandle`](super::HaltHandle), once
     /// for each new request.
     fn halt_if_asked(&mut self) {
@@ -720,6 +722,9 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
     }
 
+    /// Nothing more starts: [`Self::fill`] reports waiting jobs as not run, and tasks
+    /// queued at a worker (and, with `stop_running`, the running ones) are stopped, so
+    /// they end as not run.
     pub(crate) fn halt(&mut self, stop_running: bool) {
         self.halted = true;
         let tasks: Vec<TaskId> = self
