@@ -20,6 +20,21 @@ pub enum Error {
         /// The roots, listed for the message.
         roots: String,
     },
+    /// A mirror source is a mirrored root itself, which is not mirrored whole: its name
+    /// differs from host to host, and it would put that name in every task folder.
+    #[error(
+        "mirror source `{}` is the mirrored storage root `{}` itself, which is not mirrored \
+         whole; mirror what is in it instead (the source `{}/*` matches its files and folders)",
+        source_path.display(),
+        root.display(),
+        root.display()
+    )]
+    SourceIsRoot {
+        /// The source as given.
+        source_path: PathBuf,
+        /// The root it is.
+        root: PathBuf,
+    },
     /// An abstract path names a root this host does not have.
     #[error(
         "mirrored root index {index} does not exist on this host, which has {count} root(s); \

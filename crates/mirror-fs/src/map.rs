@@ -85,14 +85,22 @@ impl MirrorMap {
     ///
     /// # Errors
     ///
-    /// The first source that cannot be translated, e.g. [`Error::NoRoot`].
+    /// The first source that cannot be translated, e.g. [`Error::NoRoot`]; or that is a
+    /// root itself ([`Error::SourceIsRoot`]).
     pub fn to_abstract(&self, roots: &[PathBuf], cwd: &Path) -> Result<AbstractMirrorMap> {
         let entries = self
             .entries
             .iter()
             .map(|e| {
+                let source = to_abstract_from(roots, cwd, &e.source)?;
+                if source.suffix.as_os_str().is_empty() {
+                    return Err(Error::SourceIsRoot {
+                        source_path: e.source.clone(),
+                        root: roots[source.root].clone(),
+                    });
+                }
                 Ok(AbstractMirrorEntry {
-                    source: to_abstract_from(roots, cwd, &e.source)?,
+                    source,
                     target: e.target.clone(),
                 })
             })

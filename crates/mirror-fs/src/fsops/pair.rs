@@ -253,6 +253,13 @@ impl<'r> FolderCheck<'r> {
             {
                 let resolved = fs::canonicalize(parent).map_err(read_err)?;
                 if !self.within(&resolved) {
+                    // A root inside no other root: in it, but not inside it.
+                    if let Some(root) = self.roots.iter().find(|root| root.as_path() == from) {
+                        return Err(Error::SourceIsRoot {
+                            source_path: from.to_path_buf(),
+                            root: root.clone(),
+                        });
+                    }
                     return Err(Error::NoRoot {
                         path: resolved.join(from.file_name().unwrap_or_default()),
                         roots: crate::translate::list_roots(self.roots),

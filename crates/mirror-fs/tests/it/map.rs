@@ -45,6 +45,44 @@ fn source_outside_every_root_is_refused() {
 }
 
 #[test]
+fn a_root_itself_is_refused_as_a_source_naming_it_and_what_to_map_instead() {
+    let fx = Fixture::new();
+    fx.file("a.cir", b"netlist");
+    let roots = std::slice::from_ref(&fx.shared);
+    let check = |err: Error| {
+        assert!(matches!(err, Error::SourceIsRoot { .. }), "{err}");
+        let text = err.to_string();
+        let instead = format!("`{}/*`", fx.shared.display());
+        assert!(text.contains(&instead), "{text}");
+    };
+    // `.` in the root, on the spawner: refused before anything travels.
+    let map = MirrorMap::new().entry(".", ".").unwrap();
+    check(map.to_abstract(roots, &fx.shared).unwrap_err());
+    // The root by path, mirrored on this host.
+    let map = MirrorMap::new()
+        .entry(&fx.shared, ".")
+        .unwrap()
+        .within(roots);
+    check(
+        parvm_mirror_fs::mirror(&map, &fx.task, &parvm_mirror_fs::MirrorOptions::new())
+            .unwrap_err(),
+    );
+    assert!(crate::listing(&fx.task).is_empty());
+    // What is in it is mirrored; so is a root inside another root (a folder of that one).
+    let inner = fx.src("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let nested = [fx.shared.clone(), inner.clone()];
+    let map = MirrorMap::new().entry(&inner, ".").unwrap().within(&nested);
+    parvm_mirror_fs::mirror(&map, &fx.task, &parvm_mirror_fs::MirrorOptions::new()).unwrap();
+    assert!(fx.task.join("inner").is_dir());
+    MirrorMap::new()
+        .entry(&inner, ".")
+        .unwrap()
+        .to_abstract(&nested, &fx.shared)
+        .unwrap();
+}
+
+#[test]
 fn map_travels_to_another_host() {
     let fx = Fixture::new();
     let map = MirrorMap::new()
