@@ -456,8 +456,9 @@ impl Run<'_> {
             )
         })?;
         let mut supervised = supervisor.run(&command).map_err(|e| {
+            let what_to_do = start_failure_hint(&e);
             format!(
-                "cannot start command `{program}` of task {id} on host `{host}`: {e}; check that the program exists there (a full path, or a name on the worker's PATH) and is executable"
+                "cannot start command `{program}` of task {id} on host `{host}`: {e}; {what_to_do}"
             )
         })?;
         let pid = supervised.command_pid();
@@ -557,6 +558,20 @@ impl Exchange for SpawnerLine<'_> {
                     return Err(said);
                 }
             }
+        }
+    }
+}
+
+/// What to do about a command that could not start with error `error`.
+fn start_failure_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        // Linux limits each argument to 128 KiB and all of them with the environment to a
+        // quarter of the stack limit.
+        Some(libc::E2BIG) => {
+            "its arguments and environment are longer than the system allows (128 KiB per argument on Linux); pass long values in a file instead"
+        }
+        _ => {
+            "check that the program exists there (a full path, or a name on the worker's PATH) and is executable"
         }
     }
 }

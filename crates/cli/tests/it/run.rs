@@ -851,6 +851,27 @@ pub(crate) fn spawner_address(lines: &std::sync::mpsc::Receiver<String>) -> Stri
 }
 
 #[test]
+fn a_value_too_long_for_a_command_line_fails_its_case_saying_so() {
+    let sweep = Sweep::new();
+    // Linux takes at most 128 KiB per argument; the case's line is one (`sh -c LINE`).
+    let long = "a".repeat(200_000);
+    std::fs::write(sweep.shared.join("values"), format!("{long}\nshort\n")).unwrap();
+    let out = sweep.run(&["-k", "-a", "values", "echo {} | wc -c"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("case 1 failed") && stderr.contains("longer than the system allows"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("check that the program exists"),
+        "{stderr}"
+    );
+    // The run went on with the next case.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "6\n");
+}
+
+#[test]
 fn values_piped_in_are_the_cases_without_an_input_source() {
     use std::io::Write;
     let sweep = Sweep::new();
