@@ -487,6 +487,10 @@ fn bad_input_is_refused_with_a_clear_error() {
         "cannot make the results folder `file/r`",
     );
     sweep.refuses(&["--return", "x", "echo", ":::", "a"], "--results");
+    sweep.refuses(
+        &["--map", "nets/{}=.", "wc", "{}", ":::", "a"],
+        "replacement strings do not work in --map",
+    );
     // In the words of the command line, not of the library under it.
     let missing_map = ["--map", "inputs=.", "echo", ":::", "a"];
     sweep.refuses(&missing_map, "--map inputs=.: `inputs`");

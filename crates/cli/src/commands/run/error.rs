@@ -117,6 +117,14 @@ pub enum RunError {
         /// The entry.
         entry: String,
     },
+    /// A `--map` entry with a replacement string: the map is the same for every case.
+    #[error(
+        "--map {entry}: replacement strings do not work in --map, as every case gets the same mirrored inputs; map the folder that holds the cases' files (e.g. `--map nets=.`) and name each case's file in the command with {{}}"
+    )]
+    MapWithReplacement {
+        /// The entry.
+        entry: String,
+    },
     /// A duration that cannot be read.
     #[error(
         "--timeout `{text}` is not a duration; give e.g. `10s`, `500ms`, `2m` or `1.5` (seconds), or `P%` of the median runtime of successful cases, e.g. `300%`"

@@ -210,6 +210,9 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         .maps
         .iter()
         .map(|entry| match entry.rsplit_once('=') {
+            _ if replace::Template::has_replacements(entry) => Err(RunError::MapWithReplacement {
+                entry: entry.clone(),
+            }),
             Some((src, dst)) if !src.is_empty() && !dst.is_empty() => Ok((src, dst)),
             _ => Err(RunError::MapEntry {
                 entry: entry.clone(),

@@ -97,6 +97,13 @@ impl Template {
         Ok(Template { pieces })
     }
 
+    /// Whether `text` holds a replacement string (`{}`, `{.}`, `{#}`, `{1}`, ...).
+    pub fn has_replacements(text: &str) -> bool {
+        // As many sources as `{N}` can name, so that none is refused for its number.
+        pieces_of(text, usize::MAX)
+            .is_ok_and(|pieces| pieces.iter().any(|piece| !matches!(piece, Piece::Text(_))))
+    }
+
     /// The command line of case `number` (from 1) with `values` (one per source).
     #[must_use]
     pub fn fill(&self, number: usize, values: &[Vec<u8>]) -> String {
@@ -367,6 +374,16 @@ mod tests {
             let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
             prop_assert!(out.status.success());
             prop_assert_eq!(out.stdout, value);
+        }
+    }
+
+    #[test]
+    fn replacement_strings_are_found_in_any_text() {
+        for text in ["nets/{}", "{.}.raw", "out/{#}", "{1}/x", "{12}", "a{/.}b"] {
+            assert!(Template::has_replacements(text), "{text}");
+        }
+        for text in ["nets", "*.cir", "lib=models", "a{b}c", "{", "}"] {
+            assert!(!Template::has_replacements(text), "{text}");
         }
     }
 }
