@@ -1128,6 +1128,24 @@ fn workers_are_started_with_run_alone_so_they_read_no_input() {
     assert_eq!(out, format!("{} run ", env!("CARGO_BIN_EXE_parvm")));
 }
 
+/// `mpirun -n RANKS parvm run WORDS...` in `sweep`'s folders, as `mpirun`'s arguments.
+#[cfg(feature = "mpi")]
+fn under_mpirun(sweep: &Sweep, ranks: usize, words: &[&str]) -> Vec<String> {
+    let mut args = vec!["-n".to_owned(), ranks.to_string(), "-wdir".to_owned()];
+    args.push(sweep.shared.display().to_string());
+    for (name, value) in [
+        ("PARALLEL_MIRRORED_STORAGE", &sweep.shared),
+        ("PARALLEL_LOCAL_STORAGE", &sweep.local),
+    ] {
+        args.push("-x".to_owned());
+        args.push(format!("{name}={}", value.display()));
+    }
+    args.push(env!("CARGO_BIN_EXE_parvm").to_owned());
+    args.push("run".to_owned());
+    args.extend(words.iter().map(|word| (*word).to_owned()));
+    args
+}
+
 /// `mpirun -n 3 parvm run ...`: rank 0 runs the sweep, ranks 1 and 2 are its workers.
 #[cfg(feature = "mpi")]
 #[test]
@@ -1141,36 +1159,14 @@ fn the_same_sweep_runs_under_mpirun() {
     };
     let sweep = Sweep::new();
     let log = sweep.shared.join("mpi.log");
-    let mut args: Vec<String> = ["-n", "3", "-wdir"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.push(sweep.shared.display().to_string());
-    for (name, value) in [
-        ("PARALLEL_MIRRORED_STORAGE", &sweep.shared),
-        ("PARALLEL_LOCAL_STORAGE", &sweep.local),
-    ] {
-        args.push("-x".to_owned());
-        args.push(format!("{name}={}", value.display()));
-    }
-    args.push(env!("CARGO_BIN_EXE_parvm").to_owned());
-    for word in [
-        "run",
-        "-k",
-        "--joblog",
-        &log.display().to_string(),
-        "echo",
-        "case",
-        "{#}",
-        "{%}",
-        ":::",
-        "a",
-        "b",
-        "c",
-        "d",
-    ] {
-        args.push(word.to_owned());
-    }
+    let log_arg = log.display().to_string();
+    let args = under_mpirun(
+        &sweep,
+        3,
+        &[
+            "-k", "--joblog", &log_arg, "echo", "case", "{#}", "{%}", ":::", "a", "b", "c", "d",
+        ],
+    );
     let run = Mpirun::run(
         &mpirun,
         &args,
@@ -1198,5 +1194,42 @@ fn the_same_sweep_runs_under_mpirun() {
     }
     let joblog = std::fs::read_to_string(&log).unwrap();
     assert_eq!(joblog.lines().count(), 5, "{joblog}");
+    sweep.assert_no_task_folder_left();
+}
+
+/// Under mpirun rank 0's standard input is a pipe whatever mpirun's own is, so a sweep
+/// without inputs reads it, and says so.
+#[cfg(feature = "mpi")]
+#[test]
+fn under_mpirun_a_sweep_without_inputs_says_it_reads_what_mpirun_passes_on() {
+    use std::time::{Duration, Instant};
+
+    use parvm_test_support::mpirun::{Mpirun, skip_without_mpirun};
+
+    let Some(mpirun) = skip_without_mpirun() else {
+        return;
+    };
+    let sweep = Sweep::new();
+    let deadline = || Instant::now() + Duration::from_secs(120);
+    // mpirun's own standard input is /dev/null here: no case.
+    let run = Mpirun::run(
+        &mpirun,
+        &under_mpirun(&sweep, 2, &["echo", "hi"]),
+        &[],
+        deadline(),
+    );
+    assert!(run.status.success(), "{}", run.all());
+    assert!(
+        run.stderr.contains("standard input mpirun passes on"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stdout.contains("hi"), "{}", run.all());
+    // `-n 1`, as the message says: the command once, and no word about standard input.
+    let words = ["-n", "1", "echo", "hi"];
+    let run = Mpirun::run(&mpirun, &under_mpirun(&sweep, 2, &words), &[], deadline());
+    assert!(run.status.success(), "{}", run.all());
+    assert_eq!(run.stdout.matches("hi").count(), 1, "{}", run.all());
+    assert!(!run.stderr.contains("standard input"), "{}", run.all());
     sweep.assert_no_task_folder_left();
 }

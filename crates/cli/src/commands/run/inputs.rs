@@ -193,6 +193,10 @@ pub fn stdin_is_piped() -> bool {
 /// Said when the cases' values are to be typed: standard input is a terminal.
 pub const FROM_THE_TERMINAL: &str = "parvm run: reading the values of the cases from the terminal, one per line; end with Ctrl-D (or give them on the command line: parvm run CMD ::: a b c)";
 
+/// Said under mpirun when the cases' values are read from standard input because no
+/// input source was given: mpirun passes its own standard input on to rank 0.
+pub const FROM_MPIRUN: &str = "parvm run: no input source given, so the values of the cases are read from the standard input mpirun passes on, one per line (end with Ctrl-D at a prompt); give `-n 1` to run the command once, or the values after :::";
+
 /// An args file (or standard input) read one line at a time.
 pub struct LineSource {
     path: PathBuf,

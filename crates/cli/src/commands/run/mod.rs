@@ -178,6 +178,11 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     // terminal, /dev/null, ssh's socket) the command runs once, or `-n N` times, or once
     // per host with `--each-host`.
     if !split.has_inputs() && args.copies.is_none() && !args.each_host && inputs::stdin_is_piped() {
+        if parvm_transport::launcher::launched_by_mpirun() {
+            // mpirun gives rank 0 a pipe whatever its own input is: nothing says that
+            // values were piped in, and at a prompt the run would wait without a word.
+            eprintln!("{}", inputs::FROM_MPIRUN);
+        }
         split.read_stdin();
     }
     let words = split
