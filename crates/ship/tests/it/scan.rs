@@ -221,7 +221,7 @@ fn the_root_itself_is_refused_as_mirroring_refuses_it() {
         matches!(
             shipped,
             Err(Error::Source {
-                source: parvm_mirror_fs::Error::NoRoot { .. },
+                source: parvm_mirror_fs::Error::SourceIsRoot { .. },
                 ..
             })
         ),
@@ -235,7 +235,7 @@ fn the_root_itself_is_refused_as_mirroring_refuses_it() {
     let mirrored =
         parvm_mirror_fs::mirror(&map, task.path(), &parvm_mirror_fs::MirrorOptions::new());
     assert!(
-        matches!(mirrored, Err(parvm_mirror_fs::Error::NoRoot { .. })),
+        matches!(mirrored, Err(parvm_mirror_fs::Error::SourceIsRoot { .. })),
         "{mirrored:?}"
     );
 }
