@@ -35,8 +35,7 @@ pub(crate) struct LoopState {
     /// Control frames that arrived while a task waited for a user message.
     pub(crate) deferred: RefCell<VecDeque<Vec<u8>>>,
     pub(crate) exit_requested: Cell<bool>,
-    pub(crate) spawner_lost: Cell<bool>,
-    /// Why the spawner was lost, when it was.
+    /// Why the spawner was lost, once it was.
     spawner_lost_reason: RefCell<Option<String>>,
     /// The buffer frames to the spawner are encoded into, reused from one send to the next.
     scratch: RefCell<Vec<u8>>,
@@ -50,8 +49,12 @@ pub(crate) struct LoopState {
 impl LoopState {
     /// The connection to the spawner is lost, for `reason`.
     pub(crate) fn lose_spawner(&self, reason: String) {
-        self.spawner_lost.set(true);
         self.spawner_lost_reason.borrow_mut().get_or_insert(reason);
+    }
+
+    /// Whether the connection to the spawner is lost.
+    pub(crate) fn spawner_is_lost(&self) -> bool {
+        self.spawner_lost_reason.borrow().is_some()
     }
 
     /// Why the spawner was lost; `None` while it is not.
@@ -185,7 +188,7 @@ impl TaskContext<'_> {
 
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<(TaskId, Payload)>, Error> {
         loop {
-            if self.state.spawner_lost.get() {
+            if self.state.spawner_is_lost() {
                 return Err(Error::SpawnerLost);
             }
             if self.state.exit_requested.get() {
@@ -223,7 +226,7 @@ impl TaskContext<'_> {
             }
             if matches!(wait, Wait::NoWait)
                 && !self.state.exit_requested.get()
-                && !self.state.spawner_lost.get()
+                && !self.state.spawner_is_lost()
             {
                 return Ok(None);
             }
