@@ -73,5 +73,5 @@ pub use manifest::{
     Entry, MAX_DEPTH, MAX_ENTRIES, MAX_NAME, MAX_TARGET, Manifest, Node, NodeKind, Timestamp,
 };
 pub use pieces::{MAX_PIECES, PIECE_MIN, Pieces, piece_count, piece_len};
-pub use scan::{Scanner, WAY_MODE};
+pub use scan::{Scanner, SourceBlob, WAY_MODE};
 pub use snapshot::Snapshot;

@@ -204,6 +204,16 @@ pub trait Transport: Send + Sync {
     fn reports_dead_peers(&self) -> bool {
         false
     }
+
+    /// Whether every frame arrives exactly as it was sent or not at all, checked by the
+    /// transport itself: true for TCP (each frame sealed and authenticated) and the local
+    /// backend (frames never leave the host). A receiver may then take what an
+    /// authenticated sender vouches for, such as a shipped file's digest, without checking
+    /// it again. False by default and for MPI, whose frames cross the network checked only
+    /// by the fabric; a backend that says true wrongly lets damaged bytes through.
+    fn delivers_frames_intact(&self) -> bool {
+        false
+    }
 }
 
 /// The system's name for this host, else `localhost`: the default of the options that
@@ -254,6 +264,7 @@ mod tests {
         assert!(!Core.workers_can_join());
         assert!(!Core.workers_are_children());
         assert!(!Core.reports_dead_peers());
+        assert!(!Core.delivers_frames_intact());
         assert_eq!((Core.host(), Core.size()), ("h".to_owned(), 1));
     }
 }

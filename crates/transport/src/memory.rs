@@ -119,6 +119,11 @@ impl Transport for MemoryTransport {
         "memory"
     }
 
+    /// True: frames move between threads of one process.
+    fn delivers_frames_intact(&self) -> bool {
+        true
+    }
+
     fn host(&self) -> String {
         usize::try_from(self.rank)
             .ok()

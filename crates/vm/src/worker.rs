@@ -529,6 +529,10 @@ impl Exchange for SpawnerLine<'_> {
         })
     }
 
+    fn delivers_intact(&self) -> bool {
+        self.transport.delivers_frames_intact()
+    }
+
     fn next(&mut self) -> Result<Vec<u8>, String> {
         loop {
             match self.link.recv_unless_stopped() {

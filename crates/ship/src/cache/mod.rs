@@ -124,9 +124,10 @@ pub enum Begin {
 ///         if let Some(node) = manifest.find(&shown_as) {
 ///             writer.keep_attrs(node.mode(), node.mtime());
 ///         }
-///         let (mut file, _) = scanner.open_blob(&digest)?; // over the transport, in chunks
+///         let mut source = scanner.open_blob(&digest)?; // over the transport, in chunks
 ///         let mut bytes = Vec::new();
-///         file.read_to_end(&mut bytes)?;
+///         source.file.read_to_end(&mut bytes)?;
+///         source.unchanged()?;
 ///         writer.write(&bytes)?;
 ///         writer.finish()?;
 ///     }

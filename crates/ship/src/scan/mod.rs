@@ -23,6 +23,9 @@ use crate::manifest::{Manifest, Node, Timestamp};
 use crate::pieces::{PieceHasher, Pieces, piece_count, piece_len};
 use crate::watch::{Seen, Watch};
 
+mod source;
+pub use source::SourceBlob;
+
 mod store;
 
 pub(crate) use store::FOLDER as STORE_FOLDER;
@@ -93,8 +96,8 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
 /// assert_eq!((manifest.file_count(), manifest.total_bytes()), (1, 7));
 /// let (digest, _, shown) = manifest.blobs()[0].clone();
 /// assert_eq!(shown, std::path::Path::new("lib/a.lib"));
-/// let (_file, len) = scanner.open_blob(&digest)?;
-/// assert_eq!(len, 7);
+/// let source = scanner.open_blob(&digest)?;
+/// assert_eq!(source.size, 7);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Scanner {
@@ -556,13 +559,14 @@ impl Scanner {
     }
 
     /// The file a blob of the current manifest is read from, opened without following a
-    /// symlink, with its length.
+    /// symlink, with its length; [`SourceBlob::unchanged`] after reading it vouches for
+    /// the bytes read.
     ///
     /// # Errors
     /// [`Error::UnknownBlob`] when no file of the current manifest has `digest`;
     /// [`Error::SourceChanged`] when the file no longer has the signature it was hashed
     /// with (call [`manifest`](Scanner::manifest) again); [`Error::Io`] when it cannot be opened.
-    pub fn open_blob(&self, digest: &Digest) -> Result<(File, u64)> {
+    pub fn open_blob(&self, digest: &Digest) -> Result<SourceBlob> {
         let Some((path, sig)) = self.blobs.get(digest) else {
             let root = self.roots.get(self.root).cloned().unwrap_or_default();
             return Err(Error::UnknownBlob {
@@ -575,7 +579,7 @@ impl Scanner {
         if FileSig::of(&now) != *sig {
             return Err(Error::SourceChanged { path: path.clone() });
         }
-        Ok((file, sig.size))
+        Ok(SourceBlob::new(file, path, *sig))
     }
 }
 
@@ -1065,7 +1069,7 @@ mod watch_tests {
         // Every blob of the manifest is served, and only those: the shared content from
         // the file that still has it.
         for (digest, size, _) in updated.blobs() {
-            assert_eq!(scanner.open_blob(&digest).unwrap().1, size);
+            assert_eq!(scanner.open_blob(&digest).unwrap().size, size);
         }
         assert_eq!(scanner.blobs.len(), updated.blobs().len());
         assert!(scanner.open_blob(&same).is_ok());

@@ -623,7 +623,7 @@ fn missing_since_looks_only_at_changes_and_pins_the_whole_new_manifest() {
     let mut bytes = Vec::new();
     scan.open_blob(digest)
         .unwrap()
-        .0
+        .file
         .read_to_end(&mut bytes)
         .unwrap();
     assert_eq!(bytes.len() as u64, *size);

@@ -61,15 +61,16 @@ pub fn fetch_all(cache: &HostCache, scanner: &Scanner, manifest: &Manifest) -> u
                 // As a worker fetches: the blob takes its first file's mode and time.
                 let node = manifest.find(&shown_as).unwrap();
                 writer.keep_attrs(node.mode(), node.mtime());
-                let (mut file, _) = scanner.open_blob(&digest).unwrap();
+                let mut source = scanner.open_blob(&digest).unwrap();
                 let mut chunk = vec![0u8; 4096];
                 loop {
-                    let n = file.read(&mut chunk).unwrap();
+                    let n = source.file.read(&mut chunk).unwrap();
                     if n == 0 {
                         break;
                     }
                     writer.write(&chunk[..n]).unwrap();
                 }
+                source.unchanged().unwrap();
                 writer.finish().unwrap();
                 wrote += 1;
             }

@@ -192,15 +192,19 @@ fn open_blob_reads_the_hashed_file_and_refuses_a_changed_one() {
     let mut s = scanner(dir.path(), &["f"]);
     let m = s.manifest().unwrap();
     let (digest, size, _) = m.blobs()[0].clone();
-    let (mut file, len) = s.open_blob(&digest).unwrap();
+    let mut source = s.open_blob(&digest).unwrap();
     let mut text = String::new();
-    file.read_to_string(&mut text).unwrap();
-    assert_eq!((text.as_str(), len, size), ("hello", 5, 5));
+    source.file.read_to_string(&mut text).unwrap();
+    assert_eq!((text.as_str(), source.size, size), ("hello", 5, 5));
+    assert_eq!(source.path(), f);
+    source.unchanged().unwrap();
     assert!(matches!(
         s.open_blob(&Digest::of(b"other")),
         Err(Error::UnknownBlob { .. })
     ));
     fs::write(&f, "hello, again").unwrap();
+    // Changed after it was opened: what was read is no longer vouched for.
+    assert!(matches!(source.unchanged(), Err(Error::SourceChanged { path }) if path == f));
     match s.open_blob(&digest) {
         Err(Error::SourceChanged { path }) => assert_eq!(path, f),
         other => panic!("{other:?}"),

@@ -187,4 +187,9 @@ impl Transport for LocalTransport {
     fn reports_dead_peers(&self) -> bool {
         true
     }
+
+    /// True: frames go through Unix sockets, never leaving this host's kernel.
+    fn delivers_frames_intact(&self) -> bool {
+        true
+    }
 }

@@ -58,6 +58,8 @@ use crate::{Error, Event, Peer, Rank, Transport, Wait};
 /// The TCP backend; see the [module docs](self).
 pub struct TcpTransport {
     side: Side,
+    /// Every frame sealed (false only in the benchmarks' plaintext mode).
+    sealed: bool,
 }
 
 enum Side {
@@ -88,8 +90,10 @@ impl TcpTransport {
     /// # Errors
     /// [`Error::Listen`] when the address cannot be bound.
     pub fn listen(options: TcpOptions) -> Result<TcpTransport, Error> {
+        let sealed = !options.plaintext;
         Ok(TcpTransport {
             side: Side::Spawner(listener::listen(options)?),
+            sealed,
         })
     }
 
@@ -122,8 +126,10 @@ impl TcpTransport {
     /// authentication fails (different secrets, another parvm version, not a parvm
     /// spawner, or bytes changed on the way).
     pub fn connect_with(options: ConnectOptions) -> Result<TcpTransport, Error> {
+        let sealed = !options.plaintext;
         Ok(TcpTransport {
             side: Side::Worker(connect::join(options)?),
+            sealed,
         })
     }
 }
@@ -181,5 +187,11 @@ impl Transport for TcpTransport {
 
     fn reports_dead_peers(&self) -> bool {
         true
+    }
+
+    /// True: every frame is sealed with AES-256-GCM under the connection's keys (false
+    /// only in the benchmarks' plaintext mode).
+    fn delivers_frames_intact(&self) -> bool {
+        self.sealed
     }
 }

@@ -30,6 +30,10 @@ pub(crate) trait Exchange {
     /// [`ToWorker::ManifestFailed`] or blob frame), as it arrived; other frames are kept
     /// for the spawn loop. `Err` when the spawner is gone or the transport failed.
     fn next(&mut self) -> Result<Vec<u8>, String>;
+    /// Whether frames from the spawner arrive exactly as it sent them or not at all
+    /// ([`parvm_transport::Transport::delivers_frames_intact`]): a whole blob is then taken
+    /// as the spawner vouched for it ([`BlobWriter::trust_sender`]) instead of hashed again.
+    fn delivers_intact(&self) -> bool;
 }
 
 /// Whether `frame` is one of the frames [`Exchange::next`] returns.
@@ -330,6 +334,11 @@ impl Shipping {
                     Begin::Present => {}
                     Begin::Busy => busy.push((digest, size, shown)),
                     Begin::Mine(mut writer) => {
+                        // The spawner sends the last bytes of a blob only after finding its
+                        // source still the file it hashed (`serve.rs`).
+                        if exchange.delivers_intact() {
+                            writer.trust_sender();
+                        }
                         let node = manifest.find(&shown);
                         // The blob takes the mode and time of its first file, so the
                         // snapshot links that file (and any equal one) to it.
@@ -349,13 +358,20 @@ impl Shipping {
                             writer.finish().map_err(ship_error)?;
                             continue;
                         }
-                        claimed.insert(digest, Writing { writer, shown });
+                        claimed.insert(
+                            digest,
+                            Writing {
+                                writer,
+                                shown,
+                                request: None,
+                            },
+                        );
                     }
                 }
             }
             if !claimed.is_empty() {
                 fetched += claimed.len();
-                ask(exchange, (vm, root), &mut self.requests, &claimed)?;
+                ask(exchange, (vm, root), &mut self.requests, &mut claimed)?;
                 in_flight.extend(claimed);
                 self.receive(exchange, (vm, root, first), &mut in_flight, CLAIM_BATCH)?;
             }
@@ -393,17 +409,17 @@ impl Shipping {
             match frame {
                 ToWorker::BlobData {
                     vm: of,
+                    request,
                     digest,
                     offset,
                     data,
                     end,
                 } if of == vm => {
-                    // Another offset: the rest of an abandoned transfer (skipped; the
+                    // Another request: the rest of an abandoned transfer (skipped; the
                     // blob's own chunks follow it).
-                    let Some(writing) = writers
-                        .get_mut(&digest)
-                        .filter(|writing| writing.writer.next_offset() == offset)
-                    else {
+                    let Some(writing) = writers.get_mut(&digest).filter(|writing| {
+                        writing.request == Some(request) && writing.writer.next_offset() == offset
+                    }) else {
                         continue;
                     };
                     writing.writer.write(&data).map_err(ship_error)?;
@@ -471,11 +487,11 @@ fn ask(
     exchange: &mut dyn Exchange,
     (vm, root): (u32, u32),
     requests: &mut u64,
-    claimed: &HashMap<Digest, Writing>,
+    claimed: &mut HashMap<Digest, Writing>,
 ) -> Result<(), Error> {
     let interrupted = |reason| Error::ShipInterrupted { root, reason };
     let mut digests = Vec::new();
-    for (digest, writing) in claimed {
+    for (digest, writing) in claimed.iter_mut() {
         match writing.writer.wanted_pieces() {
             None => digests.push(*digest),
             Some(pieces) => {
@@ -488,11 +504,17 @@ fn ask(
                         pieces: pieces.to_vec(),
                     })
                     .map_err(interrupted)?;
+                writing.request = Some(*requests);
                 *requests += 1;
             }
         }
     }
     for batch in digests.chunks(MAX_BLOBS_WANTED) {
+        for digest in batch {
+            if let Some(writing) = claimed.get_mut(digest) {
+                writing.request = Some(*requests);
+            }
+        }
         exchange
             .send(&FromWorker::BlobsWanted {
                 vm,
@@ -512,6 +534,9 @@ struct Writing {
     writer: BlobWriter,
     /// A file of the manifest that has it, for messages.
     shown: PathBuf,
+    /// The request it was asked for by, once asked: only chunks of that request are
+    /// written into it, so a blob is never pieced together from two transfers.
+    request: Option<u64>,
 }
 
 /// This host's roots with each shipped root replaced by its snapshot's path; a shipped
@@ -557,6 +582,9 @@ mod tests {
         /// Frames put on the line when blobs are asked for, before their answer: what an
         /// earlier, abandoned transfer still had on its way.
         before_blobs: Vec<Vec<u8>>,
+        /// What [`Exchange::delivers_intact`] says: false, as over MPI, unless a test
+        /// sets it.
+        intact: bool,
     }
 
     impl FakeSpawner {
@@ -570,6 +598,7 @@ mod tests {
                 refuse_blobs: None,
                 refuse_manifest: None,
                 before_blobs: Vec::new(),
+                intact: false,
             }
         }
 
@@ -614,9 +643,9 @@ mod tests {
                             });
                             continue;
                         }
-                        let (mut file, _) = self.scanner.open_blob(&digest).unwrap();
+                        let mut source = self.scanner.open_blob(&digest).unwrap();
                         let mut data = Vec::new();
-                        file.read_to_end(&mut data).unwrap();
+                        source.file.read_to_end(&mut data).unwrap();
                         if self.damaged.contains(&digest) {
                             data[0] ^= 0xff;
                         }
@@ -627,6 +656,7 @@ mod tests {
                         for (i, chunk) in chunks.iter().enumerate() {
                             self.push(&ToWorker::BlobData {
                                 vm: *vm,
+                                request: *request,
                                 digest,
                                 offset: 7 * i as u64,
                                 data: (*chunk).into(),
@@ -638,13 +668,14 @@ mod tests {
                 }
                 FromWorker::PiecesWanted {
                     vm,
-                    request: _,
+                    request,
                     digest,
                     pieces,
                     ..
                 } => {
                     use std::os::unix::fs::FileExt;
-                    let (file, size) = self.scanner.open_blob(digest).unwrap();
+                    let source = self.scanner.open_blob(digest).unwrap();
+                    let (file, size) = (source.file, source.size);
                     let len = parvm_ship::piece_len(size).unwrap();
                     for (i, &piece) in pieces.iter().enumerate() {
                         let start = u64::from(piece) * len;
@@ -658,6 +689,7 @@ mod tests {
                         for (j, chunk) in chunks.iter().enumerate() {
                             self.push(&ToWorker::BlobData {
                                 vm: *vm,
+                                request: *request,
                                 digest: *digest,
                                 offset: start + 100_003 * j as u64,
                                 data: (*chunk).into(),
@@ -676,6 +708,10 @@ mod tests {
             self.queue
                 .pop_front()
                 .ok_or_else(|| "the spawner is gone".to_owned())
+        }
+
+        fn delivers_intact(&self) -> bool {
+            self.intact
         }
     }
 
@@ -720,16 +756,47 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_fetched_once_and_then_taken_from_the_cache() {
+        // Checked by the worker (MPI), or vouched for by the spawner (TCP, local).
+        for intact in [false, true] {
+            let mut s = setup();
+            let mut spawner = FakeSpawner::new(s.root.path());
+            spawner.intact = intact;
+            let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+            assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
+            assert_eq!(spawner.sent.len(), 2);
+            drop(snapshot);
+            // The next task: the manifest it has, the blobs the cache has.
+            let again = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+            assert_eq!(spawner.sent.len(), 2, "nothing fetched again");
+            assert!(again.path().join("a.txt").is_file());
+        }
+    }
+
+    #[test]
+    fn a_blob_is_never_pieced_together_from_an_abandoned_transfer_and_the_next() {
+        // Taken as the spawner vouches for it: only the chunks of the request it was
+        // asked for by are written into it.
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
+        spawner.intact = true;
+        // An earlier fetch (request 0) gave up after the first chunk of `b.txt`, read
+        // while the file was being rewritten (its end was never sent: the spawner found
+        // the source changed). Its first chunk is still on the line, at the offset the
+        // next transfer of the same blob starts at.
+        s.shipping.requests = 1;
+        spawner.before_blobs.push(
+            wire::encode(&ToWorker::BlobData {
+                vm: 0,
+                request: 0,
+                digest: parvm_ship::Digest::of(b"bravo, longer"),
+                offset: 0,
+                data: b"BRAVO, "[..].into(),
+                end: false,
+            })
+            .unwrap(),
+        );
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
-        assert_eq!(spawner.sent.len(), 2);
-        drop(snapshot);
-        // The next task: the manifest it has, the blobs the cache has.
-        let again = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
-        assert_eq!(spawner.sent.len(), 2, "nothing fetched again");
-        assert!(again.path().join("a.txt").is_file());
     }
 
     #[test]
@@ -737,11 +804,13 @@ mod tests {
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
         let bravo = parvm_ship::Digest::of(b"bravo, longer");
-        // What an earlier fetch left on the line when it gave up after the first chunk
-        // of `b.txt`: the chunk after it, ending the blob.
+        // What an earlier fetch (request 0) left on the line when it gave up after the
+        // first chunk of `b.txt`: the chunk after it, ending the blob.
+        s.shipping.requests = 1;
         spawner.before_blobs.push(
             wire::encode(&ToWorker::BlobData {
                 vm: 0,
+                request: 0,
                 digest: bravo,
                 offset: 7,
                 data: b"longer"[..].into(),
@@ -781,6 +850,7 @@ mod tests {
 
     #[test]
     fn a_blob_that_arrives_damaged_fails_the_task_naming_the_file() {
+        // Over a transport that may damage frames (MPI): the worker hashes what arrives.
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
         spawner
@@ -1042,6 +1112,9 @@ mod tests {
             }
             fn next(&mut self) -> Result<Vec<u8>, String> {
                 Err("the spawner is gone".to_owned())
+            }
+            fn delivers_intact(&self) -> bool {
+                true
             }
         }
         let mut s = setup();

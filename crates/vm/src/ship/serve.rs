@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 
 use parvm_env_config::ShipMode;
 use parvm_mirror_fs::AbstractMirrorMap;
-use parvm_ship::{Digest, Scanner};
+use parvm_ship::{Digest, Scanner, SourceBlob};
 use parvm_transport::Rank;
 
 use super::probe::Marker;
@@ -535,19 +535,26 @@ fn send_blob(
         digest,
         reason,
     };
-    let (mut file, size) = match opened {
-        Ok(opened) => opened,
+    let source = match opened {
+        Ok(source) => source,
         Err(e) => {
             return shared
                 .send(rank, &failed(crate::error::one_line(&e)))
                 .is_ok();
         }
     };
+    let size = source.size;
     if batch.takes(size) {
         let mut data = Vec::with_capacity(size as usize);
-        let read = (&mut file).take(size + 1).read_to_end(&mut data);
+        let read = (&source.file).take(size + 1).read_to_end(&mut data);
         return match read {
-            Ok(_) if data.len() as u64 == size => batch.push(table, shared, rank, digest, data),
+            // What was read is the blob only if the file did not change meanwhile.
+            Ok(_) if data.len() as u64 == size => match source.unchanged() {
+                Ok(()) => batch.push(table, shared, rank, digest, data),
+                Err(e) => shared
+                    .send(rank, &failed(crate::error::one_line(&e)))
+                    .is_ok(),
+            },
             Ok(_) => {
                 let reason = format!(
                     "the file of blob {digest} changed size while it was read; it changed at the source, run the task again"
@@ -566,7 +573,7 @@ fn send_blob(
         shared,
         (rank, request),
         digest,
-        &file,
+        &source,
         &[(0, size)],
         buffer,
     ) {
@@ -579,17 +586,18 @@ fn send_blob(
     }
 }
 
-/// Streams the byte ranges `ranges` (start, end; ascending) of blob `digest`, whose file
-/// is `file`, to worker `rank` as `BlobData` chunks at their offsets, the last one marked
-/// `end`. `Ok` with the bytes sent; `Err` when it stopped early (the VM is gone, or the
-/// file shrank or cannot be read, which fails request `request`): whether the worker is
-/// still there.
+/// Streams the byte ranges `ranges` (start, end; ascending) of blob `digest`, read from
+/// `source`, to worker `rank` as `BlobData` chunks of its request `request` at their
+/// offsets, the last one marked `end` and sent only when the source is still the file that
+/// was hashed, so that everything sent is the blob's. `Ok` with the bytes sent; `Err` when
+/// it stopped early (the VM is gone, or the file changed, shrank or cannot be read, which
+/// fails the request): whether the worker is still there.
 fn stream(
     table: &Table,
     shared: &Shared,
     (rank, request): (Rank, u64),
     digest: Digest,
-    file: &std::fs::File,
+    source: &SourceBlob,
     ranges: &[(u64, u64)],
     buffer: &mut [u8],
 ) -> Result<u64, bool> {
@@ -611,7 +619,7 @@ fn stream(
             }
             let want =
                 usize::try_from(end - at).map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = match file.read_at(&mut buffer[..want], at) {
+            let read = match source.file.read_at(&mut buffer[..want], at) {
                 Ok(0) => {
                     return failed(format!(
                         "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
@@ -621,12 +629,17 @@ fn stream(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return failed(format!("cannot read the file of blob {digest}: {e}")),
             };
+            let last = i + 1 == ranges.len() && at + read as u64 == end;
+            if last && let Err(e) = source.unchanged() {
+                return failed(crate::error::one_line(&e));
+            }
             let frame = ToWorker::BlobData {
                 vm: table.vm,
+                request,
                 digest,
                 offset: at,
                 data: buffer[..read].into(),
-                end: i + 1 == ranges.len() && at + read as u64 == end,
+                end: last,
             };
             if shared.send(rank, &frame).is_err() {
                 return Err(false);
@@ -658,14 +671,15 @@ fn send_pieces(
         reason,
     };
     let opened = lock(scan).scanner.open_blob(&digest);
-    let (file, size) = match opened {
-        Ok(opened) => opened,
+    let source = match opened {
+        Ok(source) => source,
         Err(e) => {
             return shared
                 .send(rank, &failed(crate::error::one_line(&e)))
                 .is_ok();
         }
     };
+    let size = source.size;
     let count = parvm_ship::piece_count(size);
     let honest = !pieces.is_empty()
         && pieces.windows(2).all(|w| w[0] < w[1])
@@ -689,7 +703,7 @@ fn send_pieces(
         shared,
         (rank, request),
         digest,
-        &file,
+        &source,
         &ranges,
         buffer,
     ) {
@@ -720,6 +734,174 @@ mod tests {
         }
     }
 
+    /// A VM shipping the files of `root` (`root/*` mapped to the task folder) from a
+    /// spawner whose end of a memory cluster is `spawner(end)`: worker 1 was sent the
+    /// VM's map, worker 2 was not.
+    struct Served {
+        shared: Arc<Shared>,
+        ship: VmShip,
+        w1: MemoryTransport,
+        w2: MemoryTransport,
+    }
+
+    fn serve(
+        root: &std::path::Path,
+        spawner: impl FnOnce(MemoryTransport) -> Box<dyn Transport>,
+    ) -> Served {
+        let config = parvm_env_config::Config::builder()
+            .local_root(root)
+            .mirrored_roots([root])
+            .ship(ShipMode::Always)
+            .build()
+            .unwrap();
+        let source = root.join("*").display().to_string();
+        let (_, map) =
+            crate::task_folder::encode_map(&config, &[(source, PathBuf::from("."))]).unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w1", "w2"]).into_iter();
+        let spawner = spawner(ends.next().unwrap());
+        let (w1, w2) = (ends.next().unwrap(), ends.next().unwrap());
+        let shared = Arc::new(Shared::new(
+            spawner,
+            crate::Tasks::new(),
+            config.clone(),
+            Vec::new(),
+        ));
+        let mapped = Arc::new(Mutex::new(HashSet::from([1])));
+        let mut ship = VmShip::new(
+            0,
+            (ShipMode::Always, None),
+            config.mirrored_roots(),
+            &map,
+            mapped,
+        )
+        .unwrap();
+        assert_eq!(ship.plan(), &ShipPlan::Always);
+        let jobs = ship.start(Arc::downgrade(&shared)).unwrap();
+        shared.lock().ship.insert(0, jobs);
+        Served {
+            shared,
+            ship,
+            w1,
+            w2,
+        }
+    }
+
+    /// Hands `frame` from worker `from` to the spawner's router.
+    fn route(shared: &Shared, from: Rank, frame: &FromWorker<'_>) {
+        let mut state = shared.lock();
+        let event = Event::Message {
+            from,
+            payload: wire::encode(frame).unwrap(),
+        };
+        assert!(shared.route(&mut state, event).is_none());
+    }
+
+    /// The manifest worker `end` was sent.
+    fn manifest(end: &MemoryTransport) -> parvm_ship::Manifest {
+        next(end, |frame| match frame {
+            ToWorker::Manifest {
+                vm: 0,
+                root: 0,
+                bytes,
+            } => parvm_ship::Manifest::decode(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_source_written_while_it_is_sent_fails_the_request_before_its_end() {
+        /// The spawner's end, writing into `path` (the same length) as it sends the first
+        /// chunk of a blob.
+        struct WritesWhileSending {
+            end: MemoryTransport,
+            path: PathBuf,
+            written: AtomicBool,
+        }
+        impl Transport for WritesWhileSending {
+            fn rank(&self) -> Rank {
+                self.end.rank()
+            }
+            fn peers(&self) -> Vec<parvm_transport::Peer> {
+                self.end.peers()
+            }
+            fn send(&self, to: Rank, payload: &[u8]) -> Result<(), parvm_transport::Error> {
+                let chunk = matches!(
+                    wire::decode::<ToWorker<'_>>(payload),
+                    Ok(ToWorker::BlobData { .. })
+                );
+                if chunk && !self.written.swap(true, Ordering::SeqCst) {
+                    let file = std::fs::OpenOptions::new().write(true).open(&self.path);
+                    file.unwrap().write_all_at(b"X", 5).unwrap();
+                }
+                self.end.send(to, payload)
+            }
+            fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
+                self.end.recv(wait)
+            }
+            fn backend(&self) -> &'static str {
+                "memory"
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("model.lib");
+        std::fs::write(&path, vec![7u8; 2 * BLOB_CHUNK + 10]).unwrap();
+        let served = serve(root.path(), |end| {
+            Box::new(WritesWhileSending {
+                end,
+                path: path.clone(),
+                written: AtomicBool::new(false),
+            })
+        });
+        route(
+            &served.shared,
+            1,
+            &FromWorker::ManifestWanted { vm: 0, root: 0 },
+        );
+        let (digest, _, _) = manifest(&served.w1).blobs()[0].clone();
+        let wanted = FromWorker::BlobsWanted {
+            vm: 0,
+            root: 0,
+            request: 3,
+            digests: vec![digest],
+        };
+        route(&served.shared, 1, &wanted);
+        // Chunks read before and after the write, but never the one that ends the blob:
+        // the request fails naming the file, and the worker keeps nothing of it.
+        let mut chunks = 0;
+        loop {
+            let failed = next(&served.w1, |frame| match frame {
+                ToWorker::BlobData {
+                    request: 3, end, ..
+                } => {
+                    assert!(!end, "a blob whose source changed was ended");
+                    chunks += 1;
+                    false
+                }
+                ToWorker::BlobFailed {
+                    request: 3,
+                    digest: d,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(d, digest);
+                    assert!(
+                        reason.contains("model.lib") && reason.contains("changed"),
+                        "{reason}"
+                    );
+                    true
+                }
+                other => panic!("{other:?}"),
+            });
+            if failed {
+                break;
+            }
+        }
+        assert_eq!(chunks, 2, "all but the last chunk were sent");
+        served.shared.lock().ship.remove(&0);
+        drop(served.ship);
+        drop((served.w1, served.w2));
+    }
+
     #[test]
     fn chunks_fit_the_frame_limit() {
         assert_eq!(chunk_len(None), BLOB_CHUNK);
@@ -740,45 +922,13 @@ mod tests {
             .map(|i| (i % 249) as u8)
             .collect();
         std::fs::write(root.path().join("big.bin"), &big).unwrap();
-        let config = parvm_env_config::Config::builder()
-            .local_root(root.path())
-            .mirrored_roots([root.path()])
-            .ship(ShipMode::Always)
-            .build()
-            .unwrap();
-        let source = root.path().join("*").display().to_string();
-        let (_, map) =
-            crate::task_folder::encode_map(&config, &[(source, PathBuf::from("."))]).unwrap();
-        let mut ends = MemoryTransport::cluster(&["spawner", "w1", "w2"]).into_iter();
-        let spawner: Box<dyn Transport> = Box::new(ends.next().unwrap());
-        let (w1, w2) = (ends.next().unwrap(), ends.next().unwrap());
-        let shared = Arc::new(Shared::new(
-            spawner,
-            crate::Tasks::new(),
-            config.clone(),
-            Vec::new(),
-        ));
-        // Worker 1 was sent the VM's map, worker 2 was not.
-        let mapped = Arc::new(Mutex::new(HashSet::from([1])));
-        let mut ship = VmShip::new(
-            0,
-            (ShipMode::Always, None),
-            config.mirrored_roots(),
-            &map,
-            mapped,
-        )
-        .unwrap();
-        assert_eq!(ship.plan(), &ShipPlan::Always);
-        let jobs = ship.start(Arc::downgrade(&shared)).unwrap();
-        shared.lock().ship.insert(0, jobs);
-        let route = |from, frame: &FromWorker<'_>| {
-            let mut state = shared.lock();
-            let event = Event::Message {
-                from,
-                payload: wire::encode(frame).unwrap(),
-            };
-            assert!(shared.route(&mut state, event).is_none());
-        };
+        let Served {
+            shared,
+            ship,
+            w1,
+            w2,
+        } = serve(root.path(), |spawner| Box::new(spawner));
+        let route = |from, frame: &FromWorker<'_>| route(&shared, from, frame);
         let unknown = Digest::from_bytes([1; 32]);
         // Refused without an answer: another VM, a worker without the map, a root the map
         // does not use, blobs before a manifest, too long a list.
@@ -805,14 +955,7 @@ mod tests {
             },
         );
         // The first answer is the manifest: nothing came of the forged requests.
-        let manifest = next(&w1, |frame| match frame {
-            ToWorker::Manifest {
-                vm: 0,
-                root: 0,
-                bytes,
-            } => parvm_ship::Manifest::decode(&bytes).unwrap(),
-            other => panic!("{other:?}"),
-        });
+        let manifest = manifest(&w1);
         let blobs = manifest.blobs();
         assert_eq!(blobs.len(), 4);
         let digest = parvm_ship::Digest::of(&content);

@@ -57,12 +57,15 @@ pub(crate) enum ToWorker<'a> {
     /// refuse, an unreadable file): the task waiting for it fails with `reason`.
     ManifestFailed { vm: u32, root: u32, reason: String },
     /// The next bytes of blob `digest` of VM `vm` (at most [`BLOB_CHUNK`]), in order,
-    /// starting at byte `offset` of the blob; with `end`, the blob (or the pieces of it
-    /// that were asked for) is complete (a small file travels in one frame). A worker takes a chunk only at the offset it has written
-    /// up to: the rest of a transfer it abandoned (a stop, a full disk) arrives before the
-    /// next one and is skipped, not written into it.
+    /// starting at byte `offset` of the blob, for the worker's request `request`; with
+    /// `end`, the blob (or the pieces of it that were asked for) is complete, and the
+    /// spawner found its source unchanged after reading all of it (a small file travels
+    /// in one frame). A worker takes a chunk only for the request it is waiting for, at
+    /// the offset it has written up to: the rest of a transfer it abandoned (a stop, a
+    /// full disk) arrives before the next one and is skipped, never joined to it.
     BlobData {
         vm: u32,
+        request: u64,
         digest: Digest,
         offset: u64,
         #[serde(borrow, with = "serde_bytes")]
