@@ -59,7 +59,7 @@ pub enum Error {
     },
 
     /// A file changed since it was hashed, so the blob asked for is not what it holds now.
-    #[error("`{}` changed since it was hashed for shipping; the worker will be sent the new manifest, ask again", path.display())]
+    #[error("`{}` changed while it was hashed or sent for shipping; run the task again once the file is written (it is then shipped as it is)", path.display())]
     SourceChanged {
         /// The source file.
         path: PathBuf,
