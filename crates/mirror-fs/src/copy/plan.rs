@@ -2,6 +2,7 @@
 //! folders created, and the first work units for the pool ([`Unit`]); plus what a recording
 //! run learns for a manifest ([`Plan`], [`Recorded`]). It must not know how units are run.
 
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -108,9 +109,44 @@ pub(crate) const BATCH: usize = 64;
 /// Entries per batch of top-level matches (their sizes are unknown, so keep batches small).
 pub(crate) const TOP_BATCH: usize = 8;
 
+/// The work of a mirror, in waves run one after the other: a wave starts where a match
+/// lands on, inside or around what an earlier match of the wave copies, so that the later
+/// one wins as if the matches were copied one by one in the map's order.
 pub(crate) struct Prepared {
-    pub(crate) units: Vec<Unit>,
+    pub(crate) waves: Vec<Vec<Unit>>,
     pub(crate) unmatched: Vec<PathBuf>,
+}
+
+/// Where the top-level matches of one wave are copied to.
+#[derive(Default)]
+struct Landing {
+    /// Their destinations.
+    dests: HashSet<PathBuf>,
+    /// The folders beneath the task folder that hold one of them.
+    around: HashSet<PathBuf>,
+}
+
+impl Landing {
+    /// Whether a match copied to `dest` would write where one of the wave writes: the same
+    /// place, inside a folder copied there, or around one.
+    fn overlaps(&self, dest: &Path) -> bool {
+        self.dests.contains(dest)
+            || self.around.contains(dest)
+            || dest.ancestors().skip(1).any(|a| self.dests.contains(a))
+    }
+
+    fn add(&mut self, dest: PathBuf, task_dir: &Path) {
+        for folder in dest.ancestors().skip(1) {
+            // Its ancestors were added with it.
+            if folder == task_dir
+                || !folder.starts_with(task_dir)
+                || !self.around.insert(folder.to_path_buf())
+            {
+                break;
+            }
+        }
+        self.dests.insert(dest);
+    }
 }
 
 pub(crate) fn prepare(
@@ -179,14 +215,23 @@ pub(crate) fn prepare(
         root,
         roots: map.roots(),
     };
+    let mut waves = Vec::new();
     let mut units = Vec::new();
+    let mut landing = Landing::default();
     let mut next_id = 0u32;
     for (index, source, target, found) in resolved {
         root.create_dir_all(&target, &source, created)?;
         let mut files: Vec<(CString, Kind)> = Vec::new();
         let mut files_parent: Option<(u32, PathBuf)> = None;
         for (from, name, meta) in found {
-            let to = target.join(&name);
+            let to: PathBuf = target.join(&name).components().collect();
+            if landing.overlaps(&to) {
+                // Copied after everything before it, so it wins.
+                flush_files(&mut units, files_parent.clone(), &target, &mut files, ctx)?;
+                waves.push(std::mem::take(&mut units));
+                landing = Landing::default();
+            }
+            landing.add(to.clone(), task_dir);
             if meta.is_dir() {
                 // Its mode and times are recorded when a worker lists it.
                 root.make_dir(&to, &from, mode, created)?;
@@ -230,7 +275,8 @@ pub(crate) fn prepare(
     if let Some(plan) = plan {
         plan.next_id = next_id;
     }
-    Ok(Prepared { units, unmatched })
+    waves.push(units);
+    Ok(Prepared { waves, unmatched })
 }
 
 pub(crate) fn flush_files(

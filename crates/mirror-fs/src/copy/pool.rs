@@ -26,6 +26,9 @@ struct QueueState {
     units: Vec<Unit>,
     /// Units taken and not finished yet.
     active: usize,
+    /// The waves still to come, the next one last: each starts when the one before has
+    /// finished.
+    later: Vec<Vec<Unit>>,
 }
 
 struct Shared<'r> {
@@ -63,7 +66,10 @@ impl Shared<'_> {
                 return Some(unit);
             }
             if state.active == 0 {
-                return None;
+                let next = state.later.pop()?;
+                state.units = next;
+                self.ready.notify_all();
+                continue;
             }
             state = self
                 .ready
@@ -111,9 +117,10 @@ pub(crate) fn execute(
     record: bool,
     ctx: Ctx<'_>,
 ) -> Result<(MirrorReport, Recorded)> {
-    let Prepared { units, unmatched } = prepared;
-    let found: usize = units
+    let Prepared { waves, unmatched } = prepared;
+    let found: usize = waves
         .iter()
+        .flatten()
         .map(|u| {
             if let Unit::Names { names, .. } = u {
                 names.len()
@@ -122,7 +129,10 @@ pub(crate) fn execute(
             }
         })
         .sum();
-    let has_dirs = units.iter().any(|u| matches!(u, Unit::Dir { .. }));
+    let has_dirs = waves
+        .iter()
+        .flatten()
+        .any(|u| matches!(u, Unit::Dir { .. }));
     let want = options.threads.unwrap_or_else(|| cores().min(16));
     // A thread costs tens of microseconds to start: a few loose files are copied inline.
     let threads = if has_dirs {
@@ -144,7 +154,10 @@ pub(crate) fn execute(
         record,
     };
     shared.found.store(found as u64, Ordering::Relaxed);
-    shared.add(units);
+    let mut waves = waves.into_iter().rev();
+    let first = waves.next_back().unwrap_or_default();
+    shared.lock().later = waves.collect();
+    shared.add(first);
     let outcomes: Vec<Worker<'_>> = if threads <= 1 {
         let mut worker = Worker::new(&shared, options, mode);
         worker.run();

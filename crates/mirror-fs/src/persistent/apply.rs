@@ -123,7 +123,7 @@ impl Changes<'_> {
             (MirrorReport::default(), Recorded::default())
         } else {
             let prepared = Prepared {
-                units,
+                waves: vec![units],
                 unmatched: Vec::new(),
             };
             copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?

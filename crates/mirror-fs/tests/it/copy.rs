@@ -60,6 +60,49 @@ fn files_dirs_and_globs_land_in_their_targets() {
 }
 
 #[test]
+fn where_two_matches_land_on_one_file_the_later_one_wins() {
+    // As when the map is copied entry by entry, match by match (and as PyOPUS does): the
+    // later copy overwrites. The earlier file is large, so that a copy running beside the
+    // later one would still be writing when that one is done.
+    let fx = Fixture::on_tmpfs();
+    let big = vec![b'a'; 4 << 20];
+    fx.file("a/m.lib", &big);
+    fx.file("b/m.lib", b"b");
+    fx.file("lib/m.lib", &big);
+    fx.file("lib/other.lib", b"other");
+    /// The map's (source, target) entries, a file of the task folder, what it must hold.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [u8]);
+    let cases: [Case<'_>; 4] = [
+        // Two entries into one folder.
+        (&[("a/m.lib", "."), ("b/m.lib", ".")], "m.lib", b"b"),
+        (&[("b/m.lib", "."), ("a/m.lib", ".")], "m.lib", &big),
+        // Two matches of one glob: in the glob's (sorted) order.
+        (&[("[ab]/m.lib", ".")], "m.lib", b"b"),
+        // A file into a folder an earlier entry copied whole.
+        (&[("lib", "."), ("b/m.lib", "lib")], "lib/m.lib", b"b"),
+    ];
+    for (entries, file, content) in cases {
+        for _ in 0..10 {
+            let mut map = MirrorMap::new();
+            for (source, target) in entries {
+                map = map.entry(fx.src(source), target).unwrap();
+            }
+            let _ = fs::remove_dir_all(&fx.task);
+            fs::create_dir(&fx.task).unwrap();
+            mirror(&map, &fx.task, &opts()).unwrap();
+            let got = fs::read(fx.task.join(file)).unwrap();
+            assert!(
+                got == content,
+                "{entries:?}: `{file}` has {} bytes",
+                got.len()
+            );
+        }
+    }
+    // The rest of the folder is there too.
+    assert_eq!(fs::read(fx.task.join("lib/other.lib")).unwrap(), b"other");
+}
+
+#[test]
 fn literal_missing_source_is_an_error_and_nothing_is_copied() {
     let fx = Fixture::new();
     fx.file("a.txt", b"a");
