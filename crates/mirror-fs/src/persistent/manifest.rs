@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::fsops::{Kind, Sig};
 
@@ -130,7 +130,7 @@ impl Manifest {
                 _ => deduped.push(e),
             }
         }
-        let entries = deduped;
+        let entries = drop_shadowed(&dirs, deduped);
         let mut chunks = Vec::new();
         let mut by_dst: HashMap<PathBuf, Vec<u32>> = HashMap::new();
         let mut i = 0usize;
@@ -188,6 +188,64 @@ impl Manifest {
     pub(crate) fn into_parts(self) -> (Vec<Option<DirRec>>, Vec<EntryRec>) {
         (self.dirs.into_iter().map(Some).collect(), self.entries)
     }
+}
+
+/// Of entries that land on the same file from different folders (two map entries, or two
+/// matches of one glob), keeps the one a mirror copies last (`copy/plan.rs`'s waves): that
+/// of the later map entry, and within one entry that of the later source folder. The
+/// others are not in the task folder, so they are neither looked at nor copied again.
+/// `dirs` are sorted by destination, then source.
+fn drop_shadowed(dirs: &[DirRec], entries: Vec<EntryRec>) -> Vec<EntryRec> {
+    let mut folders_at: HashMap<&Path, usize> = HashMap::new();
+    for d in dirs {
+        *folders_at.entry(d.dst.as_path()).or_default() += 1;
+    }
+    if folders_at.values().all(|&n| n == 1) {
+        return entries;
+    }
+    // The map entry each folder was copied for: a folder inside a copied tree, its parent's.
+    let mut entry_of: Vec<usize> = Vec::with_capacity(dirs.len());
+    let mut by_pair: HashMap<(&Path, &Path), usize> = HashMap::new();
+    for d in dirs {
+        let entry = match d.origin {
+            Origin::Root { entry } | Origin::Top { entry } => entry,
+            Origin::Sub => d
+                .dst
+                .parent()
+                .zip(d.src.parent())
+                .and_then(|pair| by_pair.get(&pair).copied())
+                .unwrap_or(0),
+        };
+        by_pair.insert((d.dst.as_path(), d.src.as_path()), entry);
+        entry_of.push(entry);
+    }
+    let rank = |e: &EntryRec| (entry_of[e.dir as usize], &dirs[e.dir as usize].src);
+    let mut winner: HashMap<(&Path, &CStr), usize> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let dst = dirs[e.dir as usize].dst.as_path();
+        if folders_at.get(dst).is_some_and(|&n| n > 1) {
+            let held = winner.entry((dst, e.name.as_c_str())).or_insert(i);
+            if rank(e) > rank(&entries[*held]) {
+                *held = i;
+            }
+        }
+    }
+    let kept = |i: usize, e: &EntryRec| {
+        let dst = dirs[e.dir as usize].dst.as_path();
+        winner
+            .get(&(dst, e.name.as_c_str()))
+            .is_none_or(|&w| w == i)
+    };
+    let keep: Vec<bool> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| kept(i, e))
+        .collect();
+    entries
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(e, keep)| keep.then_some(e))
+        .collect()
 }
 
 #[cfg(test)]

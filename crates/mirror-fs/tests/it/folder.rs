@@ -608,3 +608,44 @@ mod law {
         }
     }
 }
+
+#[test]
+fn where_two_sources_land_on_one_file_a_refresh_keeps_the_later_one() {
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/m.lib", b"earlier");
+        fx.file("b/m.lib", b"later");
+        fx.file("lib/m.lib", b"in a folder");
+        fx.file("lib/other.lib", b"other");
+        let map = MirrorMap::new()
+            .entry(fx.src("a/m.lib"), ".")
+            .unwrap()
+            .entry(fx.src("b/m.lib"), ".")
+            .unwrap()
+            .entry(fx.src("lib"), ".")
+            .unwrap()
+            .entry(fx.src("b/m.lib"), "lib")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
+        assert_eq!(read("m.lib"), b"later");
+        assert_eq!(read("lib/m.lib"), b"later");
+        // The shadowed sources are edited: a fresh mirror would still give the later one.
+        for shadowed in ["a/m.lib", "lib/m.lib"] {
+            fx.file(shadowed, b"edited, shadowed");
+            set_mtime(&fx.src(shadowed), later());
+        }
+        fx.file("lib/other.lib", b"other, edited");
+        set_mtime(&fx.src("lib/other.lib"), later());
+        folder.refresh(&options).unwrap();
+        assert_eq!(read("m.lib"), b"later", "{options:?}");
+        assert_eq!(read("lib/m.lib"), b"later", "{options:?}");
+        assert_eq!(read("lib/other.lib"), b"other, edited", "{options:?}");
+        // The task changed them: they come back as the later one.
+        fs::write(fx.task.join("m.lib"), b"task").unwrap();
+        fs::write(fx.task.join("lib/m.lib"), b"task").unwrap();
+        folder.refresh(&options).unwrap();
+        assert_eq!(read("m.lib"), b"later", "{options:?}");
+        assert_eq!(read("lib/m.lib"), b"later", "{options:?}");
+    }
+}
