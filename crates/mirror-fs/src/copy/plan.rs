@@ -3,7 +3,7 @@
 //! run learns for a manifest ([`Plan`], [`Recorded`]). It must not know how units are run.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,35 +117,89 @@ pub(crate) struct Prepared {
     pub(crate) unmatched: Vec<PathBuf>,
 }
 
-/// Where the top-level matches of one wave are copied to.
-#[derive(Default)]
-struct Landing {
-    /// Their destinations.
-    dests: HashSet<PathBuf>,
-    /// The folders beneath the task folder that hold one of them.
-    around: HashSet<PathBuf>,
+/// A map entry checked: its index, source and target folder, and its matches, each with
+/// its name and metadata.
+type Resolved = (
+    usize,
+    PathBuf,
+    PathBuf,
+    Vec<(PathBuf, OsString, std::fs::Metadata)>,
+);
+
+/// Whether two top-level matches of `resolved` may land on the same place or one inside
+/// the other: two equal names in one target folder, or a target folder inside a match of
+/// another. Sorts borrowed names, so a glob of thousands of files costs no allocation per
+/// match.
+fn matches_may_meet(resolved: &[Resolved]) -> bool {
+    let targets: Vec<PathBuf> = resolved
+        .iter()
+        .map(|(_, _, target, _)| target.components().collect())
+        .collect();
+    let mut landings: Vec<(&Path, &OsStr)> = resolved
+        .iter()
+        .zip(&targets)
+        .flat_map(|((_, _, _, found), target)| {
+            found
+                .iter()
+                .map(move |(_, name, _)| (target.as_path(), name.as_os_str()))
+        })
+        .collect();
+    landings.sort_unstable();
+    if landings.windows(2).any(|pair| pair[0] == pair[1]) {
+        return true;
+    }
+    targets.iter().enumerate().any(|(i, a)| {
+        targets[..i].iter().any(|b| {
+            let (outer, inner) = if a.starts_with(b) { (b, a) } else { (a, b) };
+            let first = inner
+                .strip_prefix(outer)
+                .ok()
+                .and_then(|rest| rest.components().next());
+            first.is_some_and(|first| {
+                landings
+                    .binary_search(&(outer.as_path(), first.as_os_str()))
+                    .is_ok()
+            })
+        })
+    })
 }
 
+/// Where the top-level matches of one wave are copied to: per target folder, the names of
+/// the matches copied into it (a map has few targets, a glob may match thousands of files).
+#[derive(Default)]
+struct Landing(Vec<(PathBuf, HashSet<OsString>)>);
+
 impl Landing {
-    /// Whether a match copied to `dest` would write where one of the wave writes: the same
-    /// place, inside a folder copied there, or around one.
-    fn overlaps(&self, dest: &Path) -> bool {
-        self.dests.contains(dest)
-            || self.around.contains(dest)
-            || dest.ancestors().skip(1).any(|a| self.dests.contains(a))
+    /// Whether a match called `name` copied into `target` would write where one of the wave
+    /// writes: the same place, inside a folder copied there, or around one.
+    fn overlaps(&self, target: &Path, name: &OsStr) -> bool {
+        self.0.iter().any(|(folder, names)| {
+            if folder == target {
+                names.contains(name)
+            } else if let Ok(inside) = folder.strip_prefix(target) {
+                // That target lies in this match if the match is named as its first step.
+                inside.components().next().map(|c| c.as_os_str()) == Some(name)
+            } else if let Ok(inside) = target.strip_prefix(folder) {
+                // This target lies in a match of that one named as its first step.
+                inside
+                    .components()
+                    .next()
+                    .is_some_and(|c| names.contains(c.as_os_str()))
+            } else {
+                false
+            }
+        })
     }
 
-    fn add(&mut self, dest: PathBuf, task_dir: &Path) {
-        for folder in dest.ancestors().skip(1) {
-            // Its ancestors were added with it.
-            if folder == task_dir
-                || !folder.starts_with(task_dir)
-                || !self.around.insert(folder.to_path_buf())
-            {
-                break;
+    fn add(&mut self, target: &Path, name: &OsStr) {
+        let at = match self.0.iter().position(|(folder, _)| folder == target) {
+            Some(at) => at,
+            None => {
+                self.0.push((target.to_path_buf(), HashSet::new()));
+                self.0.len() - 1
             }
-        }
-        self.dests.insert(dest);
+        };
+        self.0[at].1.insert(name.to_os_string());
     }
 }
 
@@ -217,21 +271,27 @@ pub(crate) fn prepare(
     };
     let mut waves = Vec::new();
     let mut units = Vec::new();
+    // Only a map whose matches may meet pays for tracking where each lands.
+    let may_meet = matches_may_meet(&resolved);
     let mut landing = Landing::default();
     let mut next_id = 0u32;
     for (index, source, target, found) in resolved {
         root.create_dir_all(&target, &source, created)?;
         let mut files: Vec<(CString, Kind)> = Vec::new();
         let mut files_parent: Option<(u32, PathBuf)> = None;
+        // Compared as components: `task/./lib` is `task/lib`.
+        let lands_in: PathBuf = target.components().collect();
         for (from, name, meta) in found {
-            let to: PathBuf = target.join(&name).components().collect();
-            if landing.overlaps(&to) {
-                // Copied after everything before it, so it wins.
-                flush_files(&mut units, files_parent.clone(), &target, &mut files, ctx)?;
-                waves.push(std::mem::take(&mut units));
-                landing = Landing::default();
+            let to = target.join(&name);
+            if may_meet {
+                if landing.overlaps(&lands_in, &name) {
+                    // Copied after everything before it, so it wins.
+                    flush_files(&mut units, files_parent.clone(), &target, &mut files, ctx)?;
+                    waves.push(std::mem::take(&mut units));
+                    landing = Landing::default();
+                }
+                landing.add(&lands_in, &name);
             }
-            landing.add(to.clone(), task_dir);
             if meta.is_dir() {
                 // Its mode and times are recorded when a worker lists it.
                 root.make_dir(&to, &from, mode, created)?;
@@ -296,4 +356,38 @@ pub(crate) fn flush_files(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_matches_that_land_on_or_in_each_other_may_meet() {
+        let meta = std::fs::metadata("/").unwrap();
+        let entry = |target: &str, names: &[&str]| -> Resolved {
+            let found = names
+                .iter()
+                .map(|name| {
+                    (
+                        PathBuf::from("/s").join(name),
+                        OsString::from(name),
+                        meta.clone(),
+                    )
+                })
+                .collect();
+            (0, PathBuf::from("/s"), PathBuf::from(target), found)
+        };
+        let meet = |entries: &[Resolved]| matches_may_meet(entries);
+        // Thousands of files of one glob, and other names beside them: apart.
+        let many: Vec<String> = (0..2000).map(|i| format!("n{i}.cir")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(!meet(&[entry("/t", &many), entry("/t/.", &["m.lib"])]));
+        assert!(!meet(&[entry("/t", &["a", "b"]), entry("/t/lib", &["a"])]));
+        // One name twice in one folder, however the folder is written.
+        assert!(meet(&[entry("/t", &many), entry("/t/.", &["n7.cir"])]));
+        // A target inside a match of another entry.
+        assert!(meet(&[entry("/t", &["lib"]), entry("/t/lib/deep", &["a"])]));
+        assert!(meet(&[entry("/t/lib/deep", &["a"]), entry("/t", &["lib"])]));
+    }
 }
