@@ -772,6 +772,19 @@ mod tests {
         }
     }
 
+    /// A chunk of `b.txt` ("bravo, longer") that request 0, abandoned, left on the line.
+    fn abandoned_chunk_of_bravo(offset: u64, data: &[u8], end: bool) -> Vec<u8> {
+        wire::encode(&ToWorker::BlobData {
+            vm: 0,
+            request: 0,
+            digest: parvm_ship::Digest::of(b"bravo, longer"),
+            offset,
+            data: data.into(),
+            end,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn a_blob_is_never_pieced_together_from_an_abandoned_transfer_and_the_next() {
         // Taken as the spawner vouches for it: only the chunks of the request it was
@@ -784,17 +797,9 @@ mod tests {
         // the source changed). Its first chunk is still on the line, at the offset the
         // next transfer of the same blob starts at.
         s.shipping.requests = 1;
-        spawner.before_blobs.push(
-            wire::encode(&ToWorker::BlobData {
-                vm: 0,
-                request: 0,
-                digest: parvm_ship::Digest::of(b"bravo, longer"),
-                offset: 0,
-                data: b"BRAVO, "[..].into(),
-                end: false,
-            })
-            .unwrap(),
-        );
+        spawner
+            .before_blobs
+            .push(abandoned_chunk_of_bravo(0, b"BRAVO, ", false));
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
     }
@@ -803,21 +808,12 @@ mod tests {
     fn the_rest_of_an_abandoned_transfer_is_skipped_not_written() {
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
-        let bravo = parvm_ship::Digest::of(b"bravo, longer");
         // What an earlier fetch (request 0) left on the line when it gave up after the
         // first chunk of `b.txt`: the chunk after it, ending the blob.
         s.shipping.requests = 1;
-        spawner.before_blobs.push(
-            wire::encode(&ToWorker::BlobData {
-                vm: 0,
-                request: 0,
-                digest: bravo,
-                offset: 7,
-                data: b"longer"[..].into(),
-                end: true,
-            })
-            .unwrap(),
-        );
+        spawner
+            .before_blobs
+            .push(abandoned_chunk_of_bravo(7, b"longer", true));
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(content(&snapshot, "b.txt"), "bravo, longer");
     }
