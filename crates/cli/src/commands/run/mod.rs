@@ -91,7 +91,7 @@ pub struct Args {
     pub retries: u32,
     /// Stop a case that runs longer than this (`10s`, `500ms`, `2m`, `1h`; a bare number
     /// is seconds), or than `P%` of the median runtime of the cases that succeeded so far
-    /// (from the 3rd success on; e.g. `300%`).
+    /// (from the 3rd success on; e.g. `300%`); `0` is no limit, as in GNU parallel.
     #[arg(long, value_name = "DURATION|P%")]
     pub timeout: Option<String>,
     /// Print the output of cases in input order (default: as they end). With
@@ -203,7 +203,8 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         .timeout
         .as_deref()
         .map(timeout::Limit::parse)
-        .transpose()?;
+        .transpose()?
+        .flatten();
     for pattern in &args.returns {
         if leaves_folder(pattern) {
             return Err(RunError::ReturnEscapes {

@@ -18,17 +18,21 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// Reads `10s`, `500ms`, `2m`, `1h`, `1d`, `1.5` (seconds) or `P%`.
+    /// Reads `10s`, `500ms`, `2m`, `1h`, `1d`, `1.5` (seconds) or `P%`; a zero duration or
+    /// percentage (`0`, `0s`, `0%`) is no limit, as in GNU parallel.
     ///
     /// # Errors
-    /// Anything else, a zero duration, or a percentage that is not above 0.
-    pub fn parse(text: &str) -> Result<Limit, RunError> {
+    /// Anything else: a negative or unreadable number, an unknown unit.
+    pub fn parse(text: &str) -> Result<Option<Limit>, RunError> {
         let bad = || RunError::Duration {
             text: text.to_owned(),
         };
         if let Some(percent) = text.strip_suffix('%') {
             return match percent.parse::<f64>() {
-                Ok(percent) if percent > 0.0 && percent.is_finite() => Ok(Limit::OfMedian(percent)),
+                Ok(percent) if percent == 0.0 => Ok(None),
+                Ok(percent) if percent > 0.0 && percent.is_finite() => {
+                    Ok(Some(Limit::OfMedian(percent)))
+                }
                 _ => Err(bad()),
             };
         }
@@ -45,11 +49,8 @@ impl Limit {
             "d" => number * 86_400.0,
             _ => return Err(bad()),
         };
-        Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .map(Limit::Fixed)
-            .ok_or_else(bad)
+        let limit = Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+        Ok((!limit.is_zero()).then_some(Limit::Fixed(limit)))
     }
 }
 
@@ -67,12 +68,16 @@ mod tests {
         ] {
             assert_eq!(
                 Limit::parse(text).unwrap(),
-                Limit::Fixed(Duration::from_millis(ms)),
+                Some(Limit::Fixed(Duration::from_millis(ms))),
                 "{text}"
             );
         }
-        assert_eq!(Limit::parse("250%").unwrap(), Limit::OfMedian(250.0));
-        for text in ["", "s", "10x", "-1s", "0", "0%", "%", "-5%", "x%"] {
+        assert_eq!(Limit::parse("250%").unwrap(), Some(Limit::OfMedian(250.0)));
+        // No limit, as GNU parallel takes `--timeout 0`.
+        for text in ["0", "0s", "0.0", "0%"] {
+            assert_eq!(Limit::parse(text).unwrap(), None, "{text}");
+        }
+        for text in ["", "s", "10x", "-1s", "%", "-5%", "x%"] {
             assert!(Limit::parse(text).is_err(), "{text}");
         }
     }
