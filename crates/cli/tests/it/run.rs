@@ -500,6 +500,7 @@ fn bad_input_is_refused_with_a_clear_error() {
         &["--timeout", "soon", "echo", ":::", "a"],
         "--timeout `soon`",
     );
+    sweep.refuses(&["-j", "0", "echo", ":::", "a"], "-j 0 starts no worker");
     assert!(!sweep.shared.join("r").exists());
 }
 

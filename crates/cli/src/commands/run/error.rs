@@ -222,4 +222,9 @@ pub enum RunError {
     /// The parvm runtime failed.
     #[error("parvm could not run the sweep")]
     Vm(#[source] parvm_vm::Error),
+    /// `-j 0` with the local transport: no worker would run a case.
+    #[error(
+        "-j 0 starts no worker on this machine, so no case could run; give -j 1 or more, or leave -j out for one per core (-j 0 is for --transport tcp, where workers join with `parvm worker`)"
+    )]
+    NoLocalWorkers,
 }

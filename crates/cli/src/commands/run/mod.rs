@@ -350,7 +350,13 @@ fn sweep(
             builder = builder.transport(kind);
         }
     }
-    let runtime = builder.start().map_err(RunError::Vm)?;
+    let runtime = builder.start().map_err(|e| match e {
+        parvm_vm::Error::Transport {
+            source: parvm_transport::Error::NoWorkers,
+            ..
+        } if args.jobs == Some(0) => RunError::NoLocalWorkers,
+        e => RunError::Vm(e),
+    })?;
     let mut vm = runtime.vm().local_folder(true).persistent(args.persistent);
     if let Some(dir) = &args.startup_dir {
         vm = vm.startup_dir(dir);
