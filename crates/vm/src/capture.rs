@@ -28,6 +28,9 @@ struct Inner {
     task: AtomicU64,
     out: OwnedFd,
     err: OwnedFd,
+    /// The standard error the process had before it was captured: where the worker says
+    /// why it leaves when the spawner, which would have received it, is gone.
+    console: Option<OwnedFd>,
     partial: Mutex<[Vec<u8>; 2]>,
     link: Arc<Link>,
 }
@@ -62,6 +65,7 @@ impl Capture {
                 .map_err(io("configure an output pipe"))?;
         }
         let _ = std::io::stdout().flush();
+        let console = std::io::stderr().as_fd().try_clone_to_owned().ok();
         nix::unistd::dup2_stdout(&out_w).map_err(io("redirect standard output"))?;
         nix::unistd::dup2_stderr(&err_w).map_err(io("redirect standard error"))?;
         drop((out_w, err_w));
@@ -69,6 +73,7 @@ impl Capture {
             task: AtomicU64::new(0),
             out,
             err,
+            console,
             partial: Mutex::new([Vec::new(), Vec::new()]),
             link,
         });
@@ -121,13 +126,15 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
             PollFd::new(inner.err.as_fd(), PollFlags::POLLIN),
         ];
         let ready = poll(&mut fds, PollTimeout::from(250u16));
-        let parent_gone = parent.is_some_and(|parent| nix::unistd::getppid() != parent);
+        let parent_gone = parent
+            .filter(|&parent| nix::unistd::getppid() != parent)
+            .map(|parent| format!("its process {parent} exited"));
         // Received even where dead peers are not reported (MPI), so that a stop is seen.
         let spawner_lost = inner.link.spawner_lost_meanwhile();
-        if parent_gone || (watch_connection && spawner_lost) {
+        if let Some(why) = parent_gone.or(spawner_lost.filter(|_| watch_connection)) {
             // The spawner is gone while a task runs: leave now. The task folder stays behind
             // with a dead owner, and the next worker start sweeps it as stale.
-            std::process::exit(70);
+            leave_without_spawner(inner, &why);
         }
         if let Some(number) = inner.link.function_to_stop() {
             stop_function(inner, number);
@@ -140,6 +147,22 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
         let mut partial = inner.partial.lock().unwrap_or_else(PoisonError::into_inner);
         pump(inner, &mut partial, false);
     }
+}
+
+/// Ends the process, with status 70, because the spawner is gone (`why`) while a task
+/// runs; says so on the standard error the process had before it was captured, in one
+/// write (several workers may share it).
+fn leave_without_spawner(inner: &Inner, why: &str) -> ! {
+    if let Some(console) = &inner.console {
+        let line = format!(
+            "parvm: worker rank {} (pid {}): the spawner is gone while task {} ran ({why}); the worker leaves with status 70, and the task's commands are stopped\n",
+            inner.link.transport().rank(),
+            std::process::id(),
+            inner.task.load(Ordering::Relaxed),
+        );
+        let _ = nix::unistd::write(console, line.as_bytes());
+    }
+    std::process::exit(70);
 }
 
 /// Ends the process to stop function task `number`, which cannot be interrupted inside its

@@ -367,25 +367,28 @@ impl Link {
 
     /// For the output thread while a task runs: receives what has already arrived when
     /// no other thread is receiving, so that a lost connection to the spawner (and a stop)
-    /// is noticed while the task computes. `true` when this call found the spawner gone
-    /// (the spawn loop, when it is the one to find it, leaves by itself).
-    pub(crate) fn spawner_lost_meanwhile(&self) -> bool {
+    /// is noticed while the task computes. Why, when this call found the spawner gone (the
+    /// spawn loop, when it is the one to find it, leaves by itself).
+    pub(crate) fn spawner_lost_meanwhile(&self) -> Option<String> {
         let state = self.lock();
         if state.pulling || state.closed {
-            return false;
+            return None;
         }
         let (mut state, event) = self.pull(state, Wait::NoWait);
         match event {
             Ok(Some(event)) => {
-                let lost = matches!(event, Event::PeerLost { rank: 0, .. });
+                let lost = match &event {
+                    Event::PeerLost { rank: 0, reason } => Some(reason.clone()),
+                    _ => None,
+                };
                 state.queue.push_back(event);
                 if state.sleepers > 0 {
                     self.cond.notify_all();
                 }
                 lost
             }
-            Ok(None) => false,
-            Err(_) => state.closed,
+            Ok(None) => None,
+            Err(e) => state.closed.then(|| e.to_string()),
         }
     }
 

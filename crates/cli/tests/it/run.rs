@@ -1031,6 +1031,60 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
 }
 
 #[test]
+fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
+    let sweep = Sweep::new();
+    let secret = sweep.shared.join("secret");
+    let started = sweep.shared.join("started");
+    let case = format!("touch {}; sleep 60", started.display());
+    let mut spawner = sweep
+        .command(&["--transport", "tcp", &case, ":::", "a"])
+        .env("PARVM_LISTEN", "127.0.0.1:0")
+        .env("PARVM_SECRET_FILE", &secret)
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = stderr_lines(&mut spawner);
+    let mut spawner = ChildGuard(spawner);
+    let addr = spawner_address(&said);
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(["worker", "--connect", &addr, "--secret-file"])
+        .arg(&secret)
+        .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+        .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+        .env_remove("PARVM_CONNECT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker_said = stderr_lines(&mut worker);
+    let mut worker = ChildGuard(worker);
+    eventually("the case started", || started.exists());
+    spawner.0.kill().unwrap();
+    spawner.0.wait().unwrap();
+    let mut left = None;
+    eventually("the worker left", || {
+        left = worker.0.try_wait().unwrap();
+        left.is_some()
+    });
+    // Whichever of its threads saw it first (the one waiting for the case, or the one
+    // forwarding its output), it said why on the terminal it had before its output went
+    // to the spawner, and failed.
+    let code = left.and_then(|status| status.code());
+    assert!(matches!(code, Some(1 | 70)), "{left:?}");
+    let mut lines = Vec::new();
+    while let Ok(line) = worker_said.recv_timeout(std::time::Duration::from_secs(30)) {
+        let found = line.contains("the spawner") && line.contains("leaves");
+        lines.push(line);
+        if found {
+            return;
+        }
+    }
+    panic!("the worker did not say why it left: {lines:?}");
+}
+
+#[test]
 fn output_past_the_memory_window_is_delivered_whole() {
     let sweep = Sweep::new();
     // 3 MB per case, past the 1 MiB kept in memory, so it goes through a spill file.
