@@ -29,7 +29,7 @@ impl Limit {
         };
         if let Some(percent) = text.strip_suffix('%') {
             return match percent.parse::<f64>() {
-                Ok(percent) if percent == 0.0 => Ok(None),
+                Ok(0.0) => Ok(None),
                 Ok(percent) if percent > 0.0 && percent.is_finite() => {
                     Ok(Some(Limit::OfMedian(percent)))
                 }
