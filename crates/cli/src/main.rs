@@ -2,6 +2,7 @@
 //! local storage, and run a TCP worker.
 
 mod commands;
+mod console;
 
 use clap::{Parser, Subcommand};
 
@@ -49,7 +50,7 @@ fn main() -> std::process::ExitCode {
     // file is looked at, and never returns.
     if parvm_transport::started_as_worker() && first_arg_is_run() {
         if let Err(error) = commands::run::serve() {
-            eprintln!("{}", error_report(&error));
+            console::say(error_report(&error));
         }
         return std::process::ExitCode::from(255);
     }
@@ -70,7 +71,7 @@ fn main() -> std::process::ExitCode {
             return match commands::run::run(args) {
                 Ok(failed) => std::process::ExitCode::from(failed),
                 Err(error) => {
-                    eprintln!("{}", error_report(&error));
+                    console::say(error_report(&error));
                     std::process::ExitCode::from(255)
                 }
             };
@@ -89,7 +90,7 @@ fn main() -> std::process::ExitCode {
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{}", error_report(error.as_ref()));
+            console::say(error_report(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -55,19 +55,13 @@ pub fn run(args: &Args) -> Result<()> {
         return run_many(args, &config);
     }
     let transport = connect(args, &config)?;
-    say(&format!(
+    crate::console::say(format!(
         "parvm worker: joined the spawner at {} as rank {} on host `{}`",
         spawner(args, &config)?,
         parvm_transport::Transport::rank(&transport),
         parvm_transport::Transport::host(&transport),
     ));
     serve(transport, config, true)
-}
-
-/// Prints `line` on stderr with one write: the workers of `--slots N` share it, and
-/// `eprintln!` writes a line in pieces, which theirs would cut into.
-fn say(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// The spawner's address: `--connect`, else `PARVM_CONNECT`.
@@ -98,7 +92,7 @@ fn report_retry() -> impl Fn(&parvm_transport::Error, Duration) + Send + Sync + 
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *last != text {
-            say(&format!(
+            crate::console::say(format!(
                 "parvm worker: {text}; trying again for up to {:.0} s",
                 left.as_secs_f64().ceil()
             ));

@@ -720,6 +720,36 @@ pub(crate) fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+fn a_run_whose_output_is_closed_ends_even_when_its_workers_die() {
+    // `parvm run ... 2>&1 | head`: the reader is gone before parvm writes. Each case kills
+    // its worker, so warnings are logged on every thread that handles a lost worker; they
+    // used to panic there (tracing's report of the failed write) and hang the run.
+    let sweep = Sweep::new();
+    let case = "kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); echo {}";
+    let mut run = ChildGuard(
+        sweep
+            .command(&["-j", "2", case, ":::", "a", "b"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    drop((run.0.stdout.take(), run.0.stderr.take()));
+    let mut ended = None;
+    eventually("the run ended", || {
+        ended = run.0.try_wait().unwrap();
+        ended.is_some()
+    });
+    // The run itself failed (it could not print), as a run whose output is lost must.
+    assert_eq!(
+        ended.and_then(|status| status.code()),
+        Some(255),
+        "{ended:?}"
+    );
+    sweep.assert_no_task_folder_left();
+}
+
+#[test]
 fn ctrl_c_leaves_no_case_running_and_no_task_folder() {
     // What a terminal's Ctrl-C does: SIGINT to the whole foreground job.
     stop_by_signal(true);

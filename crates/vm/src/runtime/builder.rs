@@ -365,9 +365,9 @@ impl RuntimeBuilder {
         let bound = transport.local_addr().unwrap_or(addr);
         let connect = connect_address(bound, config.hostname());
         tracing::info!(listen = %bound, "tcp spawner listening");
-        eprintln!(
+        crate::logging::say(&format!(
             "parvm: tcp spawner listening on {bound}; start workers with {CONNECT_VAR}={connect} (same secret file, {SECRET_FILE_VAR} or ~/.parvm/secret)",
-        );
+        ));
         Ok((transport, bound))
     }
 }

@@ -213,7 +213,7 @@ impl LineSource {
             let first = !std::mem::replace(stdin_used, true);
             if first && io::stdin().is_terminal() {
                 // Without it, a forgotten `:::` looks like a hang.
-                eprintln!("{FROM_THE_TERMINAL}");
+                crate::console::say(FROM_THE_TERMINAL);
             }
             first.then(|| Box::new(io::BufReader::new(io::stdin())) as Box<dyn BufRead>)
         } else {

@@ -181,7 +181,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         if parvm_transport::launcher::launched_by_mpirun() {
             // mpirun gives rank 0 a pipe whatever its own input is: nothing says that
             // values were piped in, and at a prompt the run would wait without a word.
-            eprintln!("{}", inputs::FROM_MPIRUN);
+            crate::console::say(inputs::FROM_MPIRUN);
         }
         split.read_stdin();
     }
@@ -503,7 +503,9 @@ fn sweep(
     if swept.interrupted {
         // Workers a Ctrl-C killed left their task folders: remove them now.
         if let Err(error) = vm.clear_local_storage(false, Duration::from_secs(5)) {
-            eprintln!("parvm run: could not remove the folders of stopped cases: {error}");
+            crate::console::say(format!(
+                "parvm run: could not remove the folders of stopped cases: {error}"
+            ));
         }
     }
     drop(vm);
@@ -598,7 +600,7 @@ impl Reporting<'_> {
             // run goes on (a full disk may have room again once other cases are done).
             let kept = match self.results.map(|results| results.keep(&result, number)) {
                 Some(Err(error)) => {
-                    bar.suspend(|| eprintln!("parvm run: {error}"));
+                    bar.suspend(|| crate::console::say(format!("parvm run: {error}")));
                     false
                 }
                 _ => true,
@@ -641,7 +643,7 @@ impl Reporting<'_> {
                 let now = halt.when == halt::When::Now;
                 dispatch.halt(now);
                 bar.suspend(|| {
-                    eprintln!(
+                    crate::console::say(format!(
                         "parvm run: --halt {}: {} failed, {} succeeded; starting no new case{}",
                         args.halt.as_deref().unwrap_or_default(),
                         tally.failed,
@@ -651,7 +653,7 @@ impl Reporting<'_> {
                         } else {
                             ", waiting for the running ones"
                         }
-                    );
+                    ));
                 });
             }
             if self.interrupt.happened() {
@@ -662,11 +664,11 @@ impl Reporting<'_> {
         bar.finish_and_clear();
         if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
-            eprintln!(
+            crate::console::say(format!(
                 "parvm run: stopped by a signal: {} reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
                 cases(swept.reported),
                 swept.failed,
-            );
+            ));
             return Ok(swept);
         }
         swept.status = halt::failed_status(swept.failed);
@@ -684,12 +686,12 @@ impl Reporting<'_> {
             } else {
                 ", and the rest of the input was not read"
             };
-            eprintln!(
+            crate::console::say(format!(
                 "parvm run: halted by --halt {}: {} ran ({} failed), {not_run} not run{rest}; the cases not run are not in the joblog, so --resume runs them",
                 self.args.halt.as_deref().unwrap_or_default(),
                 cases(tally.failed + tally.succeeded),
                 tally.failed,
-            );
+            ));
         }
         Ok(swept)
     }
