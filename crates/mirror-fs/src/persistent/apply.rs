@@ -10,7 +10,7 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use super::changes::Changes;
-use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin};
+use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
 use crate::fsops::{Created, DirPair, Mode_, Sig, TaskRoot, vanished_or_read};
@@ -70,11 +70,17 @@ impl Changes<'_> {
             .copied()
             .filter(|&id| (id as usize) >= m.dirs.len() || !self.dead_dirs[id as usize])
             .collect();
+        // A file hidden by a later one landing on the same place is not copied (a new file
+        // of an earlier folder, found by listing it again).
+        let shadows = Shadows::of(&m.dirs, &m.entries);
         let mut units = Vec::new();
         for id in copy_ids {
-            let Some(names) = self.copy.remove(&id) else {
+            let Some(mut names) = self.copy.remove(&id) else {
                 continue;
             };
+            if (id as usize) < m.dirs.len() {
+                names.retain(|(name, _)| !shadows.hides(id, name));
+            }
             if names.is_empty() {
                 continue;
             }

@@ -191,61 +191,92 @@ impl Manifest {
 }
 
 /// Of entries that land on the same file from different folders (two map entries, or two
-/// matches of one glob), keeps the one a mirror copies last (`copy/plan.rs`'s waves): that
-/// of the later map entry, and within one entry that of the later source folder. The
-/// others are not in the task folder, so they are neither looked at nor copied again.
-/// `dirs` are sorted by destination, then source.
+/// matches of one glob), keeps the one a mirror copies last ([`Shadows`]); the others are
+/// not in the task folder, so they are neither looked at nor copied again.
 fn drop_shadowed(dirs: &[DirRec], entries: Vec<EntryRec>) -> Vec<EntryRec> {
-    let mut folders_at: HashMap<&Path, usize> = HashMap::new();
-    for d in dirs {
-        *folders_at.entry(d.dst.as_path()).or_default() += 1;
-    }
-    if folders_at.values().all(|&n| n == 1) {
-        return entries;
-    }
-    // The map entry each folder was copied for: a folder inside a copied tree, its parent's.
-    let mut entry_of: Vec<usize> = Vec::with_capacity(dirs.len());
-    let mut by_pair: HashMap<(&Path, &Path), usize> = HashMap::new();
-    for d in dirs {
-        let entry = match d.origin {
-            Origin::Root { entry } | Origin::Top { entry } => entry,
-            Origin::Sub => d
-                .dst
-                .parent()
-                .zip(d.src.parent())
-                .and_then(|pair| by_pair.get(&pair).copied())
-                .unwrap_or(0),
-        };
-        by_pair.insert((d.dst.as_path(), d.src.as_path()), entry);
-        entry_of.push(entry);
-    }
-    let rank = |e: &EntryRec| (entry_of[e.dir as usize], &dirs[e.dir as usize].src);
-    let mut winner: HashMap<(&Path, &CStr), usize> = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        let dst = dirs[e.dir as usize].dst.as_path();
-        if folders_at.get(dst).is_some_and(|&n| n > 1) {
-            let held = winner.entry((dst, e.name.as_c_str())).or_insert(i);
-            if rank(e) > rank(&entries[*held]) {
-                *held = i;
-            }
-        }
-    }
-    let kept = |i: usize, e: &EntryRec| {
-        let dst = dirs[e.dir as usize].dst.as_path();
-        winner
-            .get(&(dst, e.name.as_c_str()))
-            .is_none_or(|&w| w == i)
+    let keep: Vec<bool> = {
+        let shadows = Shadows::of(dirs, &entries);
+        entries
+            .iter()
+            .map(|e| !shadows.hides(e.dir, &e.name))
+            .collect()
     };
-    let keep: Vec<bool> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| kept(i, e))
-        .collect();
     entries
         .into_iter()
         .zip(keep)
         .filter_map(|(e, keep)| keep.then_some(e))
         .collect()
+}
+
+/// Which files of a manifest's folders are hidden by another folder's file landing on the
+/// same place and copied after it (`copy/plan.rs`'s waves): that of the later map entry,
+/// and within one entry that of the later source folder. `dirs` are sorted by destination,
+/// then source.
+pub(crate) struct Shadows<'m> {
+    dirs: &'m [DirRec],
+    /// The map entry each folder was copied for (a folder inside a copied tree: its
+    /// parent's); empty when no two folders land on one.
+    entry_of: Vec<usize>,
+    /// Of each file that several folders land on, the rank of the one copied last.
+    last: HashMap<(&'m Path, &'m CStr), (usize, &'m Path)>,
+}
+
+impl<'m> Shadows<'m> {
+    pub(crate) fn of(dirs: &'m [DirRec], entries: &'m [EntryRec]) -> Shadows<'m> {
+        let mut folders_at: HashMap<&Path, usize> = HashMap::new();
+        for d in dirs {
+            *folders_at.entry(d.dst.as_path()).or_default() += 1;
+        }
+        let mut shadows = Shadows {
+            dirs,
+            entry_of: Vec::new(),
+            last: HashMap::new(),
+        };
+        if folders_at.values().all(|&n| n == 1) {
+            return shadows;
+        }
+        let mut by_pair: HashMap<(&Path, &Path), usize> = HashMap::new();
+        for d in dirs {
+            let entry = match d.origin {
+                Origin::Root { entry } | Origin::Top { entry } => entry,
+                Origin::Sub => d
+                    .dst
+                    .parent()
+                    .zip(d.src.parent())
+                    .and_then(|pair| by_pair.get(&pair).copied())
+                    .unwrap_or(0),
+            };
+            by_pair.insert((d.dst.as_path(), d.src.as_path()), entry);
+            shadows.entry_of.push(entry);
+        }
+        for e in entries {
+            let dst = dirs[e.dir as usize].dst.as_path();
+            if folders_at.get(dst).is_some_and(|&n| n > 1) {
+                let rank = shadows.rank(e.dir);
+                let last = shadows.last.entry((dst, e.name.as_c_str())).or_insert(rank);
+                *last = (*last).max(rank);
+            }
+        }
+        shadows
+    }
+
+    fn rank(&self, dir: u32) -> (usize, &'m Path) {
+        (
+            self.entry_of.get(dir as usize).copied().unwrap_or(0),
+            self.dirs[dir as usize].src.as_path(),
+        )
+    }
+
+    /// Whether file `name` of folder `dir` is hidden by another folder's, copied after it.
+    pub(crate) fn hides(&self, dir: u32, name: &CStr) -> bool {
+        if self.last.is_empty() {
+            return false;
+        }
+        let dst = self.dirs[dir as usize].dst.as_path();
+        self.last
+            .get(&(dst, name))
+            .is_some_and(|&last| self.rank(dir) < last)
+    }
 }
 
 #[cfg(test)]

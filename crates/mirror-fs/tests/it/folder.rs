@@ -649,3 +649,33 @@ fn where_two_sources_land_on_one_file_a_refresh_keeps_the_later_one() {
         assert_eq!(read("lib/m.lib"), b"later", "{options:?}");
     }
 }
+
+#[test]
+fn a_new_file_hidden_by_a_later_match_is_not_copied_over_it() {
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/x.lib", b"a x");
+        fx.file("b/m.lib", b"later");
+        let map = MirrorMap::new()
+            .entry(fx.src("a"), ".")
+            .unwrap()
+            .entry(fx.src("b/m.lib"), "a")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        assert_eq!(fs::read(fx.task.join("a/m.lib")).unwrap(), b"later");
+        // A fresh mirror would copy it first and the later match over it.
+        fx.file("a/m.lib", b"new, hidden");
+        fx.file("a/y.lib", b"new, seen");
+        folder.refresh(&options).unwrap();
+        assert_eq!(
+            fs::read(fx.task.join("a/m.lib")).unwrap(),
+            b"later",
+            "{options:?}"
+        );
+        assert_eq!(
+            fs::read(fx.task.join("a/y.lib")).unwrap(),
+            b"new, seen",
+            "{options:?}"
+        );
+    }
+}
