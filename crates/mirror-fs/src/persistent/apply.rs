@@ -3,6 +3,7 @@
 //! what changed (that is `changes`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,10 +11,11 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use super::changes::Changes;
+use super::landing::{Landing, Late};
 use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
-use crate::fsops::{Created, DirPair, Mode_, Sig, TaskRoot, vanished_or_read};
+use crate::fsops::{Created, DirPair, Kind, Mode_, Sig, TaskRoot, vanished_or_read};
 use crate::options::{MirrorOptions, MirrorReport};
 
 impl Changes<'_> {
@@ -105,31 +107,81 @@ impl Changes<'_> {
                 });
             }
         }
+        // New folders landing where other folders land are copied in their order among
+        // them, after everything else (`landing`).
+        let landing = Landing::of(m, &self.new_dirs, &self.dead_dirs);
+        let mut ordered: Vec<Option<Unit>> = self.new_dirs.iter().map(|_| None).collect();
         let mut next = (m.dirs.len() + self.new_tops.len()) as u32;
-        for nd in &self.new_dirs {
+        for (i, nd) in self.new_dirs.iter().enumerate() {
             let parent = nd.dst.parent().unwrap_or(&nd.dst);
             root.create_dir_all(parent, &nd.src, created)?;
             make_writable(parent, &nd.src, &mut writable, root)?;
             root.make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
             self.origins.insert(next, nd.origin);
-            units.push(Unit::Dir {
+            let unit = Unit::Dir {
                 id: next,
                 src: nd.src.clone(),
                 dst: nd.dst.clone(),
                 parent: None,
-            });
+            };
+            if landing.ordered[i] {
+                ordered[i] = Some(unit);
+            } else {
+                units.push(unit);
+            }
             next += 1;
+        }
+        let mut waves = vec![units];
+        for steps in landing.waves() {
+            let mut wave = Vec::new();
+            for step in steps {
+                match step {
+                    Late::NewDir(i) => wave.extend(ordered.get_mut(i).and_then(Option::take)),
+                    Late::Recopy(id) => {
+                        let d = &m.dirs[id as usize];
+                        let names: Vec<(CString, Kind)> = m.entries
+                            [d.start as usize..d.end as usize]
+                            .iter()
+                            .enumerate()
+                            .filter(|&(k, e)| {
+                                !self.dead_entries[d.start as usize + k]
+                                    && !shadows.hides(id, &e.name)
+                            })
+                            .map(|(_, e)| (e.name.clone(), e.kind))
+                            .collect();
+                        if names.is_empty() {
+                            continue;
+                        }
+                        root.check(&d.dst, &d.src)?;
+                        make_writable(&d.dst, &d.src, &mut writable, root)?;
+                        let pair = Arc::new(if d.is_top() {
+                            DirPair::open_top(id, d.src.clone(), d.dst.clone(), ctx)?
+                        } else {
+                            restore.insert(id);
+                            DirPair::open(id, d.src.clone(), d.dst.clone(), None, ctx)?
+                        });
+                        for chunk in names.chunks(64) {
+                            wave.push(Unit::Names {
+                                pair: Arc::clone(&pair),
+                                names: chunk.to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+            waves.push(wave);
         }
         for &id in &self.attrs {
             if !self.dead_dirs.get(id as usize).copied().unwrap_or(true) {
                 restore.insert(id);
             }
         }
-        let (report, recorded) = if units.is_empty() {
+        waves.retain(|wave| !wave.is_empty());
+        let (report, recorded) = if waves.is_empty() {
             (MirrorReport::default(), Recorded::default())
         } else {
             let prepared = Prepared {
-                waves: vec![units],
+                waves,
                 unmatched: Vec::new(),
             };
             copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?

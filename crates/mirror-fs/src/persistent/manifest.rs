@@ -208,6 +208,27 @@ fn drop_shadowed(dirs: &[DirRec], entries: Vec<EntryRec>) -> Vec<EntryRec> {
         .collect()
 }
 
+/// The map entry each folder of `dirs` (sorted by destination, then source) was copied
+/// for: a match's own, and a folder inside a copied tree its parent's.
+pub(crate) fn entries_of(dirs: &[DirRec]) -> Vec<usize> {
+    let mut by_pair: HashMap<(&Path, &Path), usize> = HashMap::new();
+    let mut entry_of = Vec::with_capacity(dirs.len());
+    for d in dirs {
+        let entry = match d.origin {
+            Origin::Root { entry } | Origin::Top { entry } => entry,
+            Origin::Sub => d
+                .dst
+                .parent()
+                .zip(d.src.parent())
+                .and_then(|pair| by_pair.get(&pair).copied())
+                .unwrap_or(0),
+        };
+        by_pair.insert((d.dst.as_path(), d.src.as_path()), entry);
+        entry_of.push(entry);
+    }
+    entry_of
+}
+
 /// Which files of a manifest's folders are hidden by another folder's file landing on the
 /// same place and copied after it (`copy/plan.rs`'s waves): that of the later map entry,
 /// and within one entry that of the later source folder. `dirs` are sorted by destination,
@@ -235,20 +256,7 @@ impl<'m> Shadows<'m> {
         if folders_at.values().all(|&n| n == 1) {
             return shadows;
         }
-        let mut by_pair: HashMap<(&Path, &Path), usize> = HashMap::new();
-        for d in dirs {
-            let entry = match d.origin {
-                Origin::Root { entry } | Origin::Top { entry } => entry,
-                Origin::Sub => d
-                    .dst
-                    .parent()
-                    .zip(d.src.parent())
-                    .and_then(|pair| by_pair.get(&pair).copied())
-                    .unwrap_or(0),
-            };
-            by_pair.insert((d.dst.as_path(), d.src.as_path()), entry);
-            shadows.entry_of.push(entry);
-        }
+        shadows.entry_of = entries_of(dirs);
         for e in entries {
             let dst = dirs[e.dir as usize].dst.as_path();
             if folders_at.get(dst).is_some_and(|&n| n > 1) {

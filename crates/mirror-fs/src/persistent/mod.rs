@@ -2,7 +2,8 @@
 //! with a manifest of what was copied (`manifest`, saved as `saved`), a parallel `stat`
 //! scan of the sources (`scan`), inotify watches on the copies (`watch`) and on local
 //! source folders (`srcwatch`), both on one table type (`inotify`), and a refresh that
-//! turns what those say into `changes` and `apply`s them through the copy engine;
+//! turns what those say into `changes` and `apply`s them through the copy engine, new
+//! folders in their order among those landing on the same place (`landing`);
 //! `policy` picks, per task, between a plain mirror, a refresh and a fresh mirror. It must
 //! not know the vm, local storage or a transport.
 
@@ -10,6 +11,7 @@ mod apply;
 mod changes;
 mod folder;
 mod inotify;
+mod landing;
 mod manifest;
 mod policy;
 mod saved;

@@ -679,3 +679,85 @@ fn a_new_file_hidden_by_a_later_match_is_not_copied_over_it() {
         );
     }
 }
+
+#[test]
+fn a_new_folder_of_an_earlier_source_does_not_overwrite_a_later_match_inside_it() {
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/x.lib", b"a x");
+        fx.file("b/m.lib", b"later");
+        fx.file("c/sub/n.lib", b"c n, later");
+        let map = MirrorMap::new()
+            .entry(fx.src("a"), ".")
+            .unwrap()
+            .entry(fx.src("b/m.lib"), "a/new")
+            .unwrap()
+            .entry(fx.src("c"), "a")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
+        assert_eq!(read("a/new/m.lib"), b"later");
+        assert_eq!(read("a/c/sub/n.lib"), b"c n, later");
+        // New folders of the first source, landing where the later matches are: a fresh
+        // mirror copies them first and the later matches over them.
+        fx.file("a/new/m.lib", b"new folder, hidden");
+        fx.file("a/new/y.lib", b"new folder, seen");
+        fx.file("a/c/sub/n.lib", b"new folder, hidden");
+        fx.file("a/c/sub/z.lib", b"new folder, seen");
+        folder.refresh(&options).unwrap();
+        let fresh = Fixture::new();
+        MirroredFolder::mirror(&map, &fresh.task, &options).unwrap();
+        for name in [
+            "a/new/m.lib",
+            "a/new/y.lib",
+            "a/c/sub/n.lib",
+            "a/c/sub/z.lib",
+        ] {
+            assert_eq!(
+                read(name),
+                fs::read(fresh.task.join(name)).unwrap(),
+                "{name}, {options:?}"
+            );
+        }
+        assert_eq!(read("a/new/m.lib"), b"later", "{options:?}");
+        assert_eq!(read("a/c/sub/n.lib"), b"c n, later", "{options:?}");
+        // Nothing is left to do: a second refresh copies nothing.
+        let again = folder.refresh(&options).unwrap();
+        assert_eq!(again.files, 0, "{again:?}, {options:?}");
+    }
+}
+
+#[test]
+fn new_folders_of_two_sources_landing_in_one_another_keep_the_later_one() {
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/x.lib", b"a x");
+        fx.file("c/m.lib", b"c m, later");
+        let map = MirrorMap::new()
+            .entry(fx.src("a"), ".")
+            .unwrap()
+            .entry(fx.src("c"), "a")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
+        assert_eq!(read("a/c/m.lib"), b"c m, later");
+        // Both sources gain a folder, the earlier's landing around the later's.
+        fx.file("a/c/m.lib", b"a, hidden");
+        fx.file("a/c/q/n.lib", b"a, hidden");
+        fx.file("a/c/q/y.lib", b"a, seen");
+        fx.file("c/q/n.lib", b"c n, later");
+        folder.refresh(&options).unwrap();
+        let fresh = Fixture::new();
+        MirroredFolder::mirror(&map, &fresh.task, &options).unwrap();
+        for name in ["a/c/m.lib", "a/c/q/n.lib", "a/c/q/y.lib"] {
+            assert_eq!(
+                read(name),
+                fs::read(fresh.task.join(name)).unwrap(),
+                "{name}, {options:?}"
+            );
+        }
+        assert_eq!(read("a/c/q/n.lib"), b"c n, later", "{options:?}");
+        let again = folder.refresh(&options).unwrap();
+        assert_eq!(again.files, 0, "{again:?}, {options:?}");
+    }
+}
