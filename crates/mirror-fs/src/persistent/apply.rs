@@ -2,7 +2,7 @@
 //! setting folder attributes again, and committing the new manifest. It must not decide
 //! what changed (that is `changes`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use super::changes::Changes;
-use super::landing::{Landing, Late};
+use super::landing::{self, From, Group, LaterFiles, Ranks};
 use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
@@ -66,116 +66,97 @@ impl Changes<'_> {
             }
         }
         // Dropped folders are not restored; ids past the manifest are new top parents.
-        let copy_ids: Vec<u32> = self
-            .copy
-            .keys()
-            .copied()
-            .filter(|&id| (id as usize) >= m.dirs.len() || !self.dead_dirs[id as usize])
+        let mut copies: BTreeMap<u32, Vec<(CString, Kind)>> = std::mem::take(&mut self.copy)
+            .into_iter()
+            .filter(|&(id, _)| (id as usize) >= m.dirs.len() || !self.dead_dirs[id as usize])
             .collect();
-        // A file hidden by a later one landing on the same place is not copied (a new file
-        // of an earlier folder, found by listing it again).
         let shadows = Shadows::of(&m.dirs, &m.entries);
-        let mut units = Vec::new();
-        for id in copy_ids {
-            let Some(mut names) = self.copy.remove(&id) else {
-                continue;
+        let later = LaterFiles::new(m, &self.dead_dirs, &self.dead_entries);
+        let mut ranks = Ranks::new(m);
+        // Folders landing inside a new folder copied before them: copied again, whole.
+        let again = landing::copied_again(m, &self.new_dirs, &self.dead_dirs, &mut ranks);
+        for &id in &again {
+            let d = &m.dirs[id as usize];
+            let names = copies.entry(id).or_default();
+            // Its new and changed files as they are now, and every other live one.
+            let changed: HashSet<CString> = names.iter().map(|(n, _)| n.clone()).collect();
+            for (k, e) in m.entries[d.start as usize..d.end as usize]
+                .iter()
+                .enumerate()
+            {
+                if !self.dead_entries[d.start as usize + k] && !changed.contains(&e.name) {
+                    names.push((e.name.clone(), e.kind));
+                }
+            }
+        }
+        let mut groups = Vec::new();
+        for (id, mut names) in copies {
+            let (src, dst) = (dir_src(id), dir_dst(id));
+            let from = match (id as usize).checked_sub(m.dirs.len()) {
+                Some(k) => From::Top(self.new_tops[k].2, src),
+                None => From::Dir(id),
             };
-            if (id as usize) < m.dirs.len() {
-                names.retain(|(name, _)| !shadows.hides(id, name));
+            // A file hidden by a later one landing on the same place is not copied (a new
+            // file of an earlier folder, found by listing it again, or a new match).
+            match from {
+                From::Top(..) => names.retain(|(name, _)| !later.hide(from, dst, name, &mut ranks)),
+                _ => names.retain(|(name, _)| !shadows.hides(id, name)),
             }
             if names.is_empty() {
                 continue;
             }
-            let (src, dst) = (dir_src(id).to_path_buf(), dir_dst(id).to_path_buf());
-            if (id as usize) >= m.dirs.len() {
-                root.create_dir_all(&dst, &src, created)?;
+            if again.contains(&id) {
+                root.check(dst, src)?;
             }
-            make_writable(&dst, &src, &mut writable, root)?;
+            if (id as usize) >= m.dirs.len() {
+                root.create_dir_all(dst, src, created)?;
+            }
+            make_writable(dst, src, &mut writable, root)?;
             let top = m.dirs.get(id as usize).is_none_or(DirRec::is_top);
             if !top {
                 restore.insert(id);
             }
+            let (src_buf, dst_buf) = (src.to_path_buf(), dst.to_path_buf());
             let pair = Arc::new(if top {
-                DirPair::open_top(id, src, dst, ctx)?
+                DirPair::open_top(id, src_buf, dst_buf, ctx)?
             } else {
-                DirPair::open(id, src, dst, None, ctx)?
+                DirPair::open(id, src_buf, dst_buf, None, ctx)?
             });
-            for chunk in names.chunks(64) {
-                units.push(Unit::Names {
+            let units = names
+                .chunks(64)
+                .map(|chunk| Unit::Names {
                     pair: Arc::clone(&pair),
                     names: chunk.to_vec(),
-                });
-            }
+                })
+                .collect();
+            groups.push(Group { from, dst, units });
         }
-        // New folders landing where other folders land are copied in their order among
-        // them, after everything else (`landing`).
-        let landing = Landing::of(m, &self.new_dirs, &self.dead_dirs);
-        let mut ordered: Vec<Option<Unit>> = self.new_dirs.iter().map(|_| None).collect();
         let mut next = (m.dirs.len() + self.new_tops.len()) as u32;
-        for (i, nd) in self.new_dirs.iter().enumerate() {
+        for nd in &self.new_dirs {
             let parent = nd.dst.parent().unwrap_or(&nd.dst);
             root.create_dir_all(parent, &nd.src, created)?;
             make_writable(parent, &nd.src, &mut writable, root)?;
             root.make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
             self.origins.insert(next, nd.origin);
-            let unit = Unit::Dir {
-                id: next,
-                src: nd.src.clone(),
-                dst: nd.dst.clone(),
-                parent: None,
-            };
-            if landing.ordered[i] {
-                ordered[i] = Some(unit);
-            } else {
-                units.push(unit);
-            }
+            groups.push(Group {
+                from: From::New(nd),
+                dst: &nd.dst,
+                units: vec![Unit::Dir {
+                    id: next,
+                    src: nd.src.clone(),
+                    dst: nd.dst.clone(),
+                    parent: None,
+                }],
+            });
             next += 1;
-        }
-        let mut waves = vec![units];
-        for steps in landing.waves() {
-            let mut wave = Vec::new();
-            for step in steps {
-                match step {
-                    Late::NewDir(i) => wave.extend(ordered.get_mut(i).and_then(Option::take)),
-                    Late::Recopy(id) => {
-                        let d = &m.dirs[id as usize];
-                        let names: Vec<(CString, Kind)> = m.entries
-                            [d.start as usize..d.end as usize]
-                            .iter()
-                            .enumerate()
-                            .filter(|&(k, e)| {
-                                !self.dead_entries[d.start as usize + k]
-                                    && !shadows.hides(id, &e.name)
-                            })
-                            .map(|(_, e)| (e.name.clone(), e.kind))
-                            .collect();
-                        if names.is_empty() {
-                            continue;
-                        }
-                        root.check(&d.dst, &d.src)?;
-                        make_writable(&d.dst, &d.src, &mut writable, root)?;
-                        let pair = Arc::new(if d.is_top() {
-                            DirPair::open_top(id, d.src.clone(), d.dst.clone(), ctx)?
-                        } else {
-                            restore.insert(id);
-                            DirPair::open(id, d.src.clone(), d.dst.clone(), None, ctx)?
-                        });
-                        for chunk in names.chunks(64) {
-                            wave.push(Unit::Names {
-                                pair: Arc::clone(&pair),
-                                names: chunk.to_vec(),
-                            });
-                        }
-                    }
-                }
-            }
-            waves.push(wave);
         }
         for &id in &self.attrs {
             if !self.dead_dirs.get(id as usize).copied().unwrap_or(true) {
                 restore.insert(id);
             }
         }
+        // Copies landing on one place run in the order a mirror copies them (`landing`).
+        let mut waves = landing::waves(groups, &mut ranks);
         waves.retain(|wave| !wave.is_empty());
         let (report, recorded) = if waves.is_empty() {
             (MirrorReport::default(), Recorded::default())

@@ -1,127 +1,108 @@
-//! Where a refresh's new folders land among the folders already mirrored, and so in which
-//! order they are copied. A source can gain a folder whose destination another folder of
-//! the task lands on already (a later map entry's target, or another match's tree). A
-//! mirror copies the later of two such folders over the earlier (`copy/plan.rs`'s waves),
-//! so a refresh must too: a new folder is copied after the changes of the folders before
-//! it, and the folders after it that land inside it are copied again after it. Only what
-//! a refresh copies is ordered here; deciding what changed is `changes`, copying `apply`.
+//! Where the copies of a refresh land, and so in which order they run. A mirror copies the
+//! later of two folders landing on one place over the earlier (`copy/plan.rs`'s waves:
+//! the later map entry, within one entry the later source folder), and a refresh must give
+//! the same: a source can gain a file or a folder where another folder of the task lands
+//! already (a later map entry's target, another match's tree). So the refresh's copies are
+//! put in [`Group`]s, one per destination folder (a new folder: its whole tree), and groups
+//! that may meet run in waves in that order ([`waves`]); folders of the manifest that land
+//! inside a new folder copied before them are copied again after it ([`copied_again`]),
+//! and a new file is not copied over a later folder's unchanged one ([`LaterFiles`]).
+//! Deciding what changed is `changes`, copying is `apply`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CStr;
 use std::path::Path;
 
 use super::changes::NewDir;
 use super::manifest::{Manifest, Origin, entries_of};
+use crate::copy::Unit;
 
-/// One step of the ordered part of a refresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Late {
-    /// Copy new folder `index` (of the refresh's new folders) as a tree.
-    NewDir(usize),
-    /// Copy every file of manifest folder `id` again, over what a new folder put there.
-    Recopy(u32),
-}
-
-/// The order of a refresh's new folders among the folders already mirrored.
-#[derive(Debug, Default)]
-pub(super) struct Landing {
-    /// Per new folder: it lands where another folder lands (copied in [`Landing::steps`]);
-    /// a new folder that does not is copied with the rest of the refresh.
-    pub(super) ordered: Vec<bool>,
-    /// The ordered new folders and the folders copied again after them, earliest first.
-    pub(super) steps: Vec<Late>,
-}
-
-/// When, among folders landing on one place, a folder is copied: by map entry, then, within
-/// one entry, by source folder (what a mirror does, and `Shadows` assumes).
+/// When, among folders landing on one place, a folder is copied: by map entry, then,
+/// within one entry, by source folder (what a mirror does, and `Shadows` assumes).
 type Rank<'a> = (usize, &'a Path);
 
-impl Landing {
-    /// Orders `new_dirs` among the live folders of `m` (`dead_dirs` are dropped).
-    pub(super) fn of(m: &Manifest, new_dirs: &[NewDir], dead_dirs: &[bool]) -> Landing {
-        let mut landing = Landing {
-            ordered: vec![false; new_dirs.len()],
-            steps: Vec::new(),
-        };
-        if new_dirs.is_empty() {
-            return landing;
-        }
-        // New folders landing inside one another: sorted by destination, a folder's
-        // descendants follow it.
-        let mut by_dst: Vec<usize> = (0..new_dirs.len()).collect();
-        by_dst.sort_by(|&a, &b| new_dirs[a].dst.cmp(&new_dirs[b].dst));
-        let mut outer: Option<usize> = None;
-        for &i in &by_dst {
-            match outer {
-                Some(o) if new_dirs[i].dst.starts_with(&new_dirs[o].dst) => {
-                    landing.ordered[o] = true;
-                    landing.ordered[i] = true;
-                }
-                _ => outer = Some(i),
-            }
-        }
-        let inside = |nd| inside(m, nd, dead_dirs);
-        if !landing.ordered.iter().any(|&o| o)
-            && new_dirs.iter().all(|nd| inside(nd).next().is_none())
-        {
-            return landing;
-        }
-        let entry_of = entries_of(&m.dirs);
-        let rank_of_dir = |id: usize| -> Rank<'_> { (entry_of[id], m.dirs[id].src.as_path()) };
-        let rank_of_new = |nd: &NewDir| -> usize {
-            match nd.origin {
-                Origin::Root { entry } | Origin::Top { entry } => entry,
-                // A folder new in a mirrored folder belongs to that folder's map entry.
-                Origin::Sub => {
-                    let (Some(dst), Some(src)) = (nd.dst.parent(), nd.src.parent()) else {
-                        return 0;
-                    };
-                    let from = m.dirs.partition_point(|d| d.dst.as_path() < dst);
-                    (from..m.dirs.len())
-                        .take_while(|&id| m.dirs[id].dst == dst)
-                        .find(|&id| m.dirs[id].src == src)
-                        .map_or(0, |id| entry_of[id])
-                }
-            }
-        };
-        let mut ranked: Vec<(Rank<'_>, Late)> = Vec::new();
-        let mut recopied = vec![false; m.dirs.len()];
-        for (i, nd) in new_dirs.iter().enumerate() {
-            let rank = (rank_of_new(nd), nd.src.as_path());
-            for id in inside(nd) {
-                landing.ordered[i] = true;
-                // Earlier folders are simply copied over; later ones again after it.
-                if rank_of_dir(id) > rank && !recopied[id] {
-                    recopied[id] = true;
-                    ranked.push((rank_of_dir(id), Late::Recopy(id as u32)));
-                }
-            }
-            if landing.ordered[i] {
-                ranked.push((rank, Late::NewDir(i)));
-            }
-        }
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
-        landing.steps = ranked.into_iter().map(|(_, step)| step).collect();
-        landing
+/// Which folder a [`Group`] copies from, to tell its [`Rank`].
+#[derive(Clone, Copy)]
+pub(super) enum From<'a> {
+    /// A folder of the manifest.
+    Dir(u32),
+    /// A new parent of top-level files: map entry and source folder.
+    Top(usize, &'a Path),
+    /// A new folder copied as a tree.
+    New(&'a NewDir),
+}
+
+/// The copies of a refresh into one destination folder, or into a new folder's tree.
+pub(super) struct Group<'a> {
+    pub(super) from: From<'a>,
+    pub(super) dst: &'a Path,
+    pub(super) units: Vec<Unit>,
+}
+
+impl Group<'_> {
+    /// Whether it writes beneath its destination too (a new folder's tree).
+    fn tree(&self) -> bool {
+        matches!(self.from, From::New(_))
+    }
+}
+
+/// The ranks of the manifest's folders and of new ones; the map entry of every folder is
+/// worked out only when first asked (it walks every folder).
+pub(super) struct Ranks<'m> {
+    m: &'m Manifest,
+    entry_of: Option<Vec<usize>>,
+}
+
+impl<'m> Ranks<'m> {
+    pub(super) fn new(m: &'m Manifest) -> Ranks<'m> {
+        Ranks { m, entry_of: None }
     }
 
-    /// The steps in waves, each run after the one before: every new folder alone, and the
-    /// folders copied again between two new folders together (what each copies again is
-    /// what no other folder hides, so they cannot meet).
-    pub(super) fn waves(&self) -> Vec<Vec<Late>> {
-        let mut waves: Vec<Vec<Late>> = Vec::new();
-        for &step in &self.steps {
-            match (step, waves.last_mut()) {
-                (Late::Recopy(_), Some(wave)) if matches!(wave.last(), Some(Late::Recopy(_))) => {
-                    wave.push(step);
-                }
-                _ => waves.push(vec![step]),
+    fn entry_of(&mut self, id: usize) -> usize {
+        let m = self.m;
+        self.entry_of.get_or_insert_with(|| entries_of(&m.dirs))[id]
+    }
+
+    fn of<'a>(&mut self, from: From<'a>) -> Rank<'a>
+    where
+        'm: 'a,
+    {
+        match from {
+            From::Dir(id) => (
+                self.entry_of(id as usize),
+                self.m.dirs[id as usize].src.as_path(),
+            ),
+            From::Top(entry, src) => (entry, src),
+            From::New(nd) => (self.entry_of_new(nd), nd.src.as_path()),
+        }
+    }
+
+    /// The map entry a new folder is copied for: its own match's, or, new in a mirrored
+    /// folder, that folder's.
+    fn entry_of_new(&mut self, nd: &NewDir) -> usize {
+        match nd.origin {
+            Origin::Root { entry } | Origin::Top { entry } => entry,
+            Origin::Sub => {
+                let (Some(dst), Some(src)) = (nd.dst.parent(), nd.src.parent()) else {
+                    return 0;
+                };
+                let m = self.m;
+                let parent = at(m, dst).find(|&id| m.dirs[id].src == src);
+                parent.map_or(0, |id| self.entry_of(id))
             }
         }
-        waves
     }
+}
+
+/// The folders of `m` whose destination is `dst` (the manifest's folders are sorted by
+/// destination).
+fn at<'m>(m: &'m Manifest, dst: &'m Path) -> impl Iterator<Item = usize> + 'm {
+    let from = m.dirs.partition_point(|d| d.dst.as_path() < dst);
+    (from..m.dirs.len()).take_while(move |&id| m.dirs[id].dst == dst)
 }
 
 /// The live folders of `m` landing inside new folder `nd` that are not copied from inside
-/// it (the manifest's folders are sorted by destination, so those inside one are a run).
+/// it (those inside one destination are a run of the sorted folders).
 fn inside<'a>(
     m: &'a Manifest,
     nd: &'a NewDir,
@@ -135,33 +116,260 @@ fn inside<'a>(
         })
 }
 
+/// The live folders of the manifest that land inside a new folder copied before them: its
+/// tree overwrites their files, so they are copied again, whole, after it.
+pub(super) fn copied_again(
+    m: &Manifest,
+    new_dirs: &[NewDir],
+    dead_dirs: &[bool],
+    ranks: &mut Ranks<'_>,
+) -> BTreeSet<u32> {
+    let mut again = BTreeSet::new();
+    for nd in new_dirs {
+        let mut inside = inside(m, nd, dead_dirs).peekable();
+        if inside.peek().is_none() {
+            continue;
+        }
+        let rank = ranks.of(From::New(nd));
+        for id in inside {
+            if ranks.of(From::Dir(id as u32)) > rank {
+                again.insert(id as u32);
+            }
+        }
+    }
+    again
+}
+
+/// The groups' copies in waves, each run after the one before: a group runs after every
+/// group of an earlier rank that it may meet (the same destination folder, or one inside
+/// a new folder's tree), so the later of two files landing on one place is copied last.
+/// Groups that cannot meet share a wave; when none can, there is one.
+pub(super) fn waves(groups: Vec<Group<'_>>, ranks: &mut Ranks<'_>) -> Vec<Vec<Unit>> {
+    if !any_meet(&groups) {
+        return vec![groups.into_iter().flat_map(|g| g.units).collect()];
+    }
+    let mut ranked: Vec<(Rank<'_>, Group<'_>)> =
+        groups.into_iter().map(|g| (ranks.of(g.from), g)).collect();
+    ranked.sort_by(|a, b| a.0.cmp(&b.0));
+    // The wave after the last one that wrote into each destination, and the new trees.
+    let mut after_dst: BTreeMap<&Path, usize> = BTreeMap::new();
+    let mut after_tree: Vec<(&Path, usize)> = Vec::new();
+    let mut waves: Vec<Vec<Unit>> = Vec::new();
+    for (_, group) in ranked {
+        let mut wave = after_dst.get(group.dst).copied().unwrap_or(0);
+        for &(tree, next) in &after_tree {
+            if group.dst.starts_with(tree) {
+                wave = wave.max(next);
+            }
+        }
+        if group.tree() {
+            for (_, &next) in after_dst
+                .range(group.dst..)
+                .take_while(|(dst, _)| dst.starts_with(group.dst))
+            {
+                wave = wave.max(next);
+            }
+            after_tree.push((group.dst, wave + 1));
+        }
+        let next = after_dst.entry(group.dst).or_default();
+        *next = (*next).max(wave + 1);
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].extend(group.units);
+    }
+    waves
+}
+
+/// Whether two groups may meet: two with one destination, or one inside a new tree.
+fn any_meet(groups: &[Group<'_>]) -> bool {
+    let mut dsts: Vec<&Path> = groups.iter().map(|g| g.dst).collect();
+    dsts.sort();
+    if dsts.windows(2).any(|w| w[0] == w[1]) {
+        return true;
+    }
+    groups.iter().filter(|g| g.tree()).any(|tree| {
+        let from = dsts.partition_point(|d| *d < tree.dst);
+        dsts[from..]
+            .iter()
+            .take_while(|d| d.starts_with(tree.dst))
+            .nth(1)
+            .is_some()
+    })
+}
+
+/// The files of the manifest's folders that a new file landing on the same place must not
+/// be copied over: those of the folders copied after it, unchanged.
+pub(super) struct LaterFiles<'m> {
+    m: &'m Manifest,
+    dead_dirs: &'m [bool],
+    dead_entries: &'m [bool],
+}
+
+impl<'m> LaterFiles<'m> {
+    /// Of the live folders and entries of `m`.
+    pub(super) fn new(m: &'m Manifest, dead_dirs: &'m [bool], dead_entries: &'m [bool]) -> Self {
+        LaterFiles {
+            m,
+            dead_dirs,
+            dead_entries,
+        }
+    }
+
+    /// Whether file `name` of a new parent of top-level files (`from`) copied into `dst`
+    /// lands where a live file of a later folder of the manifest lands.
+    pub(super) fn hide(
+        &self,
+        from: From<'_>,
+        dst: &Path,
+        name: &CStr,
+        ranks: &mut Ranks<'_>,
+    ) -> bool {
+        let m = self.m;
+        let mut others = at(m, dst)
+            .filter(|&id| {
+                !self.dead_dirs[id]
+                    && m.find(id as u32, name)
+                        .is_some_and(|i| !self.dead_entries[i as usize])
+            })
+            .peekable();
+        if others.peek().is_none() {
+            return false;
+        }
+        let rank = ranks.of(from);
+        others.any(|id| ranks.of(From::Dir(id as u32)) > rank)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::fsops::Sig;
+    use crate::persistent::manifest::DirRec;
+
+    fn dir(src: &str, dst: &str, origin: Origin) -> Option<DirRec> {
+        Some(DirRec {
+            src: PathBuf::from(src),
+            dst: PathBuf::from(dst),
+            sig: Sig::default(),
+            origin,
+            start: 0,
+            end: 0,
+        })
+    }
+
+    fn names(waves: &[Vec<Unit>]) -> Vec<Vec<String>> {
+        waves
+            .iter()
+            .map(|wave| {
+                wave.iter()
+                    .map(|u| match u {
+                        Unit::Dir { src, .. } => src.display().to_string(),
+                        Unit::Names { .. } => "names".to_owned(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn unit(src: &str) -> Unit {
+        Unit::Dir {
+            id: 0,
+            src: PathBuf::from(src),
+            dst: PathBuf::new(),
+            parent: None,
+        }
+    }
 
     #[test]
-    fn every_new_folder_is_a_wave_of_its_own_and_recopies_between_two_share_one() {
-        let landing = Landing {
-            ordered: vec![true, true],
-            steps: vec![
-                Late::Recopy(4),
-                Late::NewDir(1),
-                Late::Recopy(2),
-                Late::Recopy(7),
-                Late::NewDir(0),
-                Late::Recopy(3),
-            ],
-        };
-        assert_eq!(
-            landing.waves(),
+    fn groups_that_meet_run_in_rank_order_and_the_others_together() {
+        // /s/a → /t (entry 0), /s/c → /t/c (entry 1), with /s/c/q inside it.
+        let m = Manifest::build(
             vec![
-                vec![Late::Recopy(4)],
-                vec![Late::NewDir(1)],
-                vec![Late::Recopy(2), Late::Recopy(7)],
-                vec![Late::NewDir(0)],
-                vec![Late::Recopy(3)],
-            ]
+                dir("/s/a", "/t", Origin::Root { entry: 0 }),
+                dir("/s/c", "/t/c", Origin::Root { entry: 1 }),
+                dir("/s/c/q", "/t/c/q", Origin::Sub),
+            ],
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
         );
-        assert!(Landing::default().waves().is_empty());
+        let new = NewDir {
+            src: PathBuf::from("/s/a/c"),
+            dst: PathBuf::from("/t/c"),
+            origin: Origin::Sub,
+        };
+        let other = NewDir {
+            src: PathBuf::from("/s/a/z"),
+            dst: PathBuf::from("/t/z"),
+            origin: Origin::Sub,
+        };
+        let mut ranks = Ranks::new(&m);
+        let dead = [false; 3];
+        let again = copied_again(&m, &[new, other], &dead, &mut ranks);
+        assert_eq!(again, BTreeSet::from([1, 2]), "both of entry 1 land inside");
+
+        let (new, other) = (
+            NewDir {
+                src: PathBuf::from("/s/a/c"),
+                dst: PathBuf::from("/t/c"),
+                origin: Origin::Sub,
+            },
+            NewDir {
+                src: PathBuf::from("/s/a/z"),
+                dst: PathBuf::from("/t/z"),
+                origin: Origin::Sub,
+            },
+        );
+        let groups = vec![
+            Group {
+                from: From::Dir(2),
+                dst: Path::new("/t/c/q"),
+                units: vec![unit("/s/c/q")],
+            },
+            Group {
+                from: From::New(&new),
+                dst: &new.dst,
+                units: vec![unit("/s/a/c")],
+            },
+            Group {
+                from: From::New(&other),
+                dst: &other.dst,
+                units: vec![unit("/s/a/z")],
+            },
+            Group {
+                from: From::Dir(1),
+                dst: Path::new("/t/c"),
+                units: vec![unit("/s/c")],
+            },
+        ];
+        assert_eq!(
+            names(&waves(groups, &mut ranks)),
+            vec![vec!["/s/a/c", "/s/a/z"], vec!["/s/c", "/s/c/q"]]
+        );
+    }
+
+    #[test]
+    fn groups_that_cannot_meet_are_one_wave() {
+        let m = Manifest::build(Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut ranks = Ranks::new(&m);
+        let groups = vec![
+            Group {
+                from: From::Top(1, Path::new("/s/b")),
+                dst: Path::new("/t/b"),
+                units: vec![unit("/s/b")],
+            },
+            Group {
+                from: From::Top(0, Path::new("/s/a")),
+                dst: Path::new("/t/a"),
+                units: vec![unit("/s/a")],
+            },
+        ];
+        assert_eq!(
+            names(&waves(groups, &mut ranks)),
+            vec![vec!["/s/b", "/s/a"]]
+        );
     }
 }

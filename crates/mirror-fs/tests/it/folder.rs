@@ -761,3 +761,110 @@ fn new_folders_of_two_sources_landing_in_one_another_keep_the_later_one() {
         assert_eq!(again.files, 0, "{again:?}, {options:?}");
     }
 }
+
+mod overlap_law {
+    //! Property: where two sources land on the same folders (two globs into one target, or
+    //! the later into a folder of the earlier), a refresh after random writes into both (new files, new folders, edits) gives what a
+    //! fresh mirror gives: of two files landing on one place, the later source's. (A removed
+    //! source leaves its copy, by design, so removals are not part of it.)
+
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, SystemTime};
+
+    use parvm_mirror_fs::{MirrorMap, MirrorOptions, MirroredFolder, mirror};
+    use proptest::prelude::*;
+
+    use crate::model::read;
+
+    /// A file in one of the two sources: folders `d0`..`d2`, files `f0`..`f2` (names that
+    /// never make a file of one source a folder of the other).
+    #[derive(Debug, Clone)]
+    struct Place {
+        later: bool,
+        dirs: Vec<u8>,
+        file: u8,
+    }
+
+    impl Place {
+        fn path(&self, base: &Path) -> PathBuf {
+            let mut path = base.join(if self.later { "c" } else { "a" });
+            for d in &self.dirs {
+                path.push(format!("d{d}"));
+            }
+            path.join(format!("f{}", self.file))
+        }
+    }
+
+    fn place() -> impl Strategy<Value = Place> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(0u8..3, 0..3),
+            0u8..3,
+        )
+            .prop_map(|(later, dirs, file)| Place { later, dirs, file })
+    }
+
+    fn content() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..24)
+    }
+
+    fn write(base: &Path, place: &Place, content: &[u8], stamp: SystemTime) {
+        let path = place.path(base);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        // A time of its own, so every edit shows (the kernel's clock is coarser).
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(stamp).unwrap();
+    }
+
+    fn stamp(round: u64, n: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + 1000 * round + n)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn a_refresh_where_sources_overlap_gives_what_a_fresh_mirror_gives(
+            first in proptest::collection::vec((place(), content()), 1..8),
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((place(), content()), 1..6),
+                1..4,
+            ),
+            inotify in any::<bool>(),
+            target in proptest::sample::select(vec![".", "d0", "d1/d0"]),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path();
+            fs::create_dir_all(base.join("a")).unwrap();
+            fs::create_dir_all(base.join("c")).unwrap();
+            for (n, (place, content)) in first.iter().enumerate() {
+                write(base, place, content, stamp(0, n as u64));
+            }
+            let task = base.join("task");
+            fs::create_dir(&task).unwrap();
+            let map = MirrorMap::new()
+                .entry(base.join("a/*"), ".")
+                .unwrap()
+                .entry(base.join("c/*"), target)
+                .unwrap();
+            let mut options = MirrorOptions::new();
+            if !inotify {
+                options = options.no_inotify();
+            }
+            let mut folder = MirroredFolder::mirror(&map, &task, &options).unwrap();
+            for (round, edits) in rounds.iter().enumerate() {
+                for (n, (place, content)) in edits.iter().enumerate() {
+                    write(base, place, content, stamp(round as u64 + 1, n as u64));
+                }
+                folder.refresh(&options).unwrap();
+                let fresh = base.join(format!("fresh-{round}"));
+                fs::create_dir(&fresh).unwrap();
+                mirror(&map, &fresh, &options).unwrap();
+                prop_assert_eq!(read(&task), read(&fresh), "round {}", round);
+                let again = folder.refresh(&options).unwrap();
+                prop_assert_eq!(again.files, 0, "round {}: {:?}", round, again);
+            }
+        }
+    }
+}
