@@ -96,7 +96,7 @@ fn kind(e: &dyn std::fmt::Debug) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn shipping_then_mirroring_equals_mirroring(entries in prop::collection::btree_map("[a-d]{1,2}", entry(), 1..5), change in any::<prop::sample::Index>()) {
