@@ -1,5 +1,6 @@
 //! The whole path against a model: random shared trees, shipped and mirrored, give what
-//! mirroring the shared tree gives, and a changed tree reuses what it can.
+//! mirroring the shared tree gives, and so do they once changed (a file edited, which
+//! reuses what it can; new matches of a glob, new files in a matched folder).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -136,6 +137,31 @@ proptest! {
             prop_assert_ne!(changed.root_digest(), manifest.root_digest());
             prop_assert!(fetch_all(&cache, &scan, &changed) <= 1);
             let again = cache.snapshot(&changed).unwrap();
+            prop_assert_eq!(mirrored(again.path(), &sources), mirrored(shared.path(), &sources));
+        }
+
+        // New matches of a glob: a file and a folder, and a file in a folder matched
+        // already. The next manifest has them, and the result still agrees.
+        let dirs: Vec<&String> = entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Dir(_)))
+            .map(|(name, _)| name)
+            .collect();
+        if !dirs.is_empty() {
+            let dir = shared.path().join(change.get(&dirs));
+            fs::write(dir.join("zz.x"), b"new match").unwrap();
+            fs::create_dir_all(dir.join("yy.x/in")).unwrap();
+            fs::write(dir.join("yy.x/in/f"), b"new folder match").unwrap();
+            if let Some(matched) = fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).find(|e| {
+                e.file_name().to_string_lossy().ends_with(".x")
+                    && e.file_name() != "yy.x"
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            }) {
+                fs::write(matched.path().join("zz-new"), b"new in a matched folder").unwrap();
+            }
+            let grown = scan.manifest().unwrap();
+            fetch_all(&cache, &scan, &grown);
+            let again = cache.snapshot(&grown).unwrap();
             prop_assert_eq!(mirrored(again.path(), &sources), mirrored(shared.path(), &sources));
         }
     }
