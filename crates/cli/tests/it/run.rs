@@ -1318,3 +1318,26 @@ fn under_mpirun_a_sweep_without_inputs_says_it_reads_what_mpirun_passes_on() {
     assert!(!run.stderr.contains("standard input"), "{}", run.all());
     sweep.assert_no_task_folder_left();
 }
+
+#[test]
+fn a_shell_script_given_as_several_words_is_warned_about_once() {
+    let sweep = Sweep::new();
+    // Joined and run by sh, `sh -c echo hello a` prints an empty line: said before it runs.
+    let out = sweep.run(&["-k", "sh", "-c", "echo hello {}", ":::", "a", "b"]);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "\n\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+    assert!(stderr.contains("runs only `echo`"), "{stderr}");
+    assert!(stderr.contains("-q"), "{stderr}");
+    // With -q, or the script quoted for the shell, it does what it says and nothing is said.
+    for args in [
+        &["-k", "-q", "sh", "-c", "echo hello {}", ":::", "a", "b"][..],
+        &["-k", "sh", "-c", "'echo hello {}'", ":::", "a", "b"],
+    ] {
+        let out = sweep.run(args);
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello a\nhello b\n", "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

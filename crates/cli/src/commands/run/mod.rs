@@ -249,6 +249,9 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         inputs = inputs.columns(colsep);
     }
     let template = replace::Template::parse(&words, inputs.count(), args.quote)?;
+    if let Some(warning) = replace::split_script_warning(&words, args.quote) {
+        crate::console::say(format!("parvm run: {warning}"));
+    }
     let returns = args
         .returns
         .iter()

@@ -253,11 +253,81 @@ fn apply(edit: Edit, value: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Shells a command may start with `-c SCRIPT`.
+const SHELLS: [&str; 6] = ["sh", "bash", "dash", "zsh", "ksh", "mksh"];
+
+/// The warning for a command given as `sh -c SCRIPT` whose script has several words (unless
+/// `-q`): the words are joined and run by `/bin/sh -c`, so the script loses its quotes and
+/// `sh -c` runs only its first word with the rest as `$0`, `$1`, ... (GNU parallel's
+/// behaviour too, and a silent wrong result: `sh -c cat a.cir > out` runs `cat` alone).
+/// `None` when the script is quoted for the shell already or is one word.
+pub fn split_script_warning(words: &[String], quote_words: bool) -> Option<String> {
+    if quote_words {
+        return None;
+    }
+    let at = words.windows(3).position(|w| {
+        let shell = w[0].rsplit('/').next().unwrap_or_default();
+        let flags = w[1].strip_prefix('-').unwrap_or_default();
+        SHELLS.contains(&shell)
+            && !flags.is_empty()
+            && flags.ends_with('c')
+            && flags.chars().all(|c| c.is_ascii_alphabetic())
+            && w[2].split_whitespace().nth(1).is_some()
+            && !w[2].starts_with(['\'', '"'])
+    })?;
+    let script = &words[at + 2];
+    let first = script.split_whitespace().next().unwrap_or_default();
+    Some(format!(
+        "warning: the command's words are joined with spaces and run by /bin/sh -c, so the \
+         script after `{} {}` loses its quotes and runs only `{first}`; give the script \
+         itself as the command (parvm run '{script}' ...), or -q to pass every word as it is",
+        words[at],
+        words[at + 1]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_shell_script_of_several_words_without_q_is_warned_about() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let warned = split_script_warning(
+            &words(&["sh", "-c", "cat nets/{}.cir > out.txt; wc -c < m.lib"]),
+            false,
+        )
+        .unwrap();
+        assert!(warned.contains("`sh -c`"), "{warned}");
+        assert!(warned.contains("runs only `cat`"), "{warned}");
+        assert!(warned.contains("-q"), "{warned}");
+        for shell in [
+            &["/bin/bash", "-ec", "a b"][..],
+            &["env", "X=1", "zsh", "-c", "a b"],
+        ] {
+            assert!(
+                split_script_warning(&words(shell), false).is_some(),
+                "{shell:?}"
+            );
+        }
+        assert_eq!(
+            split_script_warning(&words(&["sh", "-c", "a b"]), true),
+            None
+        );
+        for fine in [
+            &["sh", "-c", "'a b'"][..],
+            &["sh", "-c", "\"a b\""],
+            &["sh", "-c", "true"],
+            &["sh", "script.sh", "a b"],
+            &["ngspice", "-c", "a b"],
+            &["sh", "-x", "a b"],
+            &["sh", "-c"],
+        ] {
+            assert_eq!(split_script_warning(&words(fine), false), None, "{fine:?}");
+        }
+    }
 
     fn fill(command: &str, values: &[&str]) -> String {
         let words: Vec<String> = command.split(' ').map(str::to_owned).collect();
