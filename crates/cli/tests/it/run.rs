@@ -1337,7 +1337,15 @@ fn a_shell_script_given_as_several_words_is_warned_about_once() {
     ] {
         let out = sweep.run(args);
         assert!(out.status.success(), "{args:?}: {:?}", out.status);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello a\nhello b\n", "{args:?}");
-        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello a\nhello b\n",
+            "{args:?}"
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
