@@ -2,6 +2,7 @@
 //! setting folder attributes again, and committing the new manifest. It must not decide
 //! what changed (that is `changes`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,18 @@ impl Changes<'_> {
             .into_iter()
             .filter(|&(id, _)| (id as usize) >= m.dirs.len() || !self.dead_dirs[id as usize])
             .collect();
-        let shadows = Shadows::of(&m.dirs, &m.entries);
+        // What is gone at the source hides nothing any more: the entries dropped, and those
+        // of the folders dropped.
+        let gone: Cow<'_, [bool]> = if self.dead_dirs.iter().any(|&dead| dead) {
+            m.entries
+                .iter()
+                .zip(&self.dead_entries)
+                .map(|(e, &dead)| dead || self.dead_dirs[e.dir as usize])
+                .collect()
+        } else {
+            Cow::Borrowed(&self.dead_entries)
+        };
+        let shadows = Shadows::of(&m.dirs, &m.entries, &gone);
         let later = LaterFiles::new(m, &self.dead_dirs, &self.dead_entries);
         let mut ranks = Ranks::new(m);
         // Folders landing inside a new folder copied before them: copied again, whole.

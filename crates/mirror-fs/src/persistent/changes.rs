@@ -207,6 +207,79 @@ impl<'r> Changes<'r> {
         Ok(())
     }
 
+    /// Copies the files that a later folder's file, gone at the source now, hid where both
+    /// land: a fresh mirror would have them there. Their entries were never kept (the
+    /// manifest keeps only the last of the entries landing on one file), so they are looked
+    /// for here: in a folder copied as a tree by name, among a glob's matches by the glob.
+    pub(super) fn unshadow(&mut self, m: &Manifest, map: &MirrorMap) -> Result<()> {
+        let mut gone: Vec<(u32, CString)> = Vec::new();
+        for (id, d) in m.dirs.iter().enumerate() {
+            if m.by_dst.get(&d.dst).is_none_or(|at| at.len() < 2) {
+                continue;
+            }
+            let dead_dir = self.dead_dirs[id];
+            for i in d.start..d.end {
+                let e = &m.entries[i as usize];
+                // Copied again as another kind: it still lands there.
+                let again = self
+                    .copy
+                    .get(&(id as u32))
+                    .is_some_and(|names| names.iter().any(|(n, _)| *n == e.name));
+                if (dead_dir || self.dead_entries[i as usize]) && !again {
+                    gone.push((id as u32, e.name.clone()));
+                }
+            }
+        }
+        for (id, name) in gone {
+            let dst = &m.dirs[id as usize].dst;
+            let others = m.by_dst.get(dst).map_or(&[][..], Vec::as_slice);
+            for &other in others {
+                let d = &m.dirs[other as usize];
+                if other == id || self.dead_dirs[other as usize] || m.find(other, &name).is_some() {
+                    continue;
+                }
+                let path = d.src.join(OsStr::from_bytes(name.to_bytes()));
+                match d.origin {
+                    Origin::Top { entry } => {
+                        if self.is_match(m, map, entry, &path) {
+                            self.add_match(m, entry, &d.dst, &path)?;
+                        }
+                    }
+                    Origin::Root { .. } | Origin::Sub => {
+                        let kind = match std::fs::symlink_metadata(&path) {
+                            Ok(meta) if meta.is_file() => Kind::File,
+                            Ok(meta) if meta.is_symlink() => Kind::Link,
+                            // A folder where a file was would not be mirrored either.
+                            _ => continue,
+                        };
+                        self.structural = true;
+                        let names = self.copy.entry(other).or_default();
+                        if !names.iter().any(|(n, _)| *n == name) {
+                            names.push((name.clone(), kind));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is a match of map entry `entry` now: its source itself, or one of its
+    /// glob's matches (as expanded again by this refresh, else as recorded).
+    fn is_match(&self, m: &Manifest, map: &MirrorMap, entry: usize, path: &Path) -> bool {
+        let glob = self
+            .globs
+            .get(&entry)
+            .or_else(|| m.globs.iter().find(|g| g.entry == entry));
+        match glob {
+            Some(glob) => glob
+                .matches
+                .binary_search_by(|p| p.as_path().cmp(path))
+                .is_ok(),
+            None => map.entries().get(entry).is_some_and(|e| e.source == path),
+        }
+    }
+
     /// Forgets a match of map entry `entry` that is gone at the source (its copy stays).
     pub(super) fn forget_match(&mut self, m: &Manifest, entry: usize, target: &Path, path: &Path) {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

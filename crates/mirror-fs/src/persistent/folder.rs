@@ -390,6 +390,7 @@ impl MirroredFolder {
         }
         changes.attrs.extend(suspects.dirs);
         changes.relist_all(&m)?;
+        changes.unshadow(&m, &self.map)?;
 
         let mut created = Created::default();
         let outcome = changes.execute(&m, options, &mut created, &root, self.map.roots());

@@ -195,7 +195,7 @@ impl Manifest {
 /// not in the task folder, so they are neither looked at nor copied again.
 fn drop_shadowed(dirs: &[DirRec], entries: Vec<EntryRec>) -> Vec<EntryRec> {
     let keep: Vec<bool> = {
-        let shadows = Shadows::of(dirs, &entries);
+        let shadows = Shadows::of(dirs, &entries, &[]);
         entries
             .iter()
             .map(|e| !shadows.hides(e.dir, &e.name))
@@ -243,7 +243,8 @@ pub(crate) struct Shadows<'m> {
 }
 
 impl<'m> Shadows<'m> {
-    pub(crate) fn of(dirs: &'m [DirRec], entries: &'m [EntryRec]) -> Shadows<'m> {
+    /// Of `entries` but those `dead` says are gone (shorter: the rest are live).
+    pub(crate) fn of(dirs: &'m [DirRec], entries: &'m [EntryRec], dead: &[bool]) -> Shadows<'m> {
         let mut folders_at: HashMap<&Path, usize> = HashMap::new();
         for d in dirs {
             *folders_at.entry(d.dst.as_path()).or_default() += 1;
@@ -257,7 +258,10 @@ impl<'m> Shadows<'m> {
             return shadows;
         }
         shadows.entry_of = entries_of(dirs);
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
+            if dead.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             let dst = dirs[e.dir as usize].dst.as_path();
             if folders_at.get(dst).is_some_and(|&n| n > 1) {
                 let rank = shadows.rank(e.dir);
