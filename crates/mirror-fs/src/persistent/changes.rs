@@ -212,6 +212,9 @@ impl<'r> Changes<'r> {
     /// manifest keeps only the last of the entries landing on one file), so they are looked
     /// for here: in a folder copied as a tree by name, among a glob's matches by the glob.
     pub(super) fn unshadow(&mut self, m: &Manifest, map: &MirrorMap) -> Result<()> {
+        if !m.overlaps {
+            return Ok(());
+        }
         let mut gone: Vec<(u32, CString)> = Vec::new();
         for (id, d) in m.dirs.iter().enumerate() {
             if m.by_dst.get(&d.dst).is_none_or(|at| at.len() < 2) {

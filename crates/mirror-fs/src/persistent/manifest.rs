@@ -87,6 +87,8 @@ pub(crate) struct Manifest {
     pub(crate) literal: Vec<bool>,
     /// Destination folder → the folders copied into it.
     pub(crate) by_dst: HashMap<PathBuf, Vec<u32>>,
+    /// Two folders land on one destination folder somewhere.
+    pub(crate) overlaps: bool,
     /// Entries whose source is looked at even when inotify watches the source folders:
     /// files with hard links (changed through another name, no event reaches the watched
     /// folder) and top-level matches (followed when symlinks, so their folder says nothing).
@@ -133,6 +135,7 @@ impl Manifest {
         let entries = drop_shadowed(&dirs, deduped);
         let mut chunks = Vec::new();
         let mut by_dst: HashMap<PathBuf, Vec<u32>> = HashMap::new();
+        let mut overlaps = false;
         let mut i = 0usize;
         for (id, dir) in dirs.iter_mut().enumerate() {
             let start = i;
@@ -155,7 +158,9 @@ impl Manifest {
                     break;
                 }
             }
-            by_dst.entry(dir.dst.clone()).or_default().push(id as u32);
+            let at = by_dst.entry(dir.dst.clone()).or_default();
+            at.push(id as u32);
+            overlaps |= at.len() > 1;
         }
         let always = entries
             .iter()
@@ -170,6 +175,7 @@ impl Manifest {
             globs,
             literal,
             by_dst,
+            overlaps,
             always,
         }
     }
