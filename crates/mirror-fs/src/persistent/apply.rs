@@ -12,7 +12,7 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
 use super::changes::Changes;
-use super::landing::{self, From, Group, LaterFiles, Ranks};
+use super::landing::{self, CopiedFrom, Group, LaterFiles, Ranks};
 use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
@@ -105,13 +105,15 @@ impl Changes<'_> {
         for (id, mut names) in copies {
             let (src, dst) = (dir_src(id), dir_dst(id));
             let from = match (id as usize).checked_sub(m.dirs.len()) {
-                Some(k) => From::Top(self.new_tops[k].2, src),
-                None => From::Dir(id),
+                Some(k) => CopiedFrom::Top(self.new_tops[k].2, src),
+                None => CopiedFrom::Dir(id),
             };
             // A file hidden by a later one landing on the same place is not copied (a new
             // file of an earlier folder, found by listing it again, or a new match).
             match from {
-                From::Top(..) => names.retain(|(name, _)| !later.hide(from, dst, name, &mut ranks)),
+                CopiedFrom::Top(..) => {
+                    names.retain(|(name, _)| !later.hide(from, dst, name, &mut ranks))
+                }
                 _ => names.retain(|(name, _)| !shadows.hides(id, name)),
             }
             if names.is_empty() {
@@ -151,7 +153,7 @@ impl Changes<'_> {
             root.make_dir(&nd.dst, &nd.src, Mode_::Full, created)?;
             self.origins.insert(next, nd.origin);
             groups.push(Group {
-                from: From::New(nd),
+                from: CopiedFrom::New(nd),
                 dst: &nd.dst,
                 units: vec![Unit::Dir {
                     id: next,

@@ -23,7 +23,7 @@ type Rank<'a> = (usize, &'a Path);
 
 /// Which folder a [`Group`] copies from, to tell its [`Rank`].
 #[derive(Clone, Copy)]
-pub(super) enum From<'a> {
+pub(super) enum CopiedFrom<'a> {
     /// A folder of the manifest.
     Dir(u32),
     /// A new parent of top-level files: map entry and source folder.
@@ -34,7 +34,7 @@ pub(super) enum From<'a> {
 
 /// The copies of a refresh into one destination folder, or into a new folder's tree.
 pub(super) struct Group<'a> {
-    pub(super) from: From<'a>,
+    pub(super) from: CopiedFrom<'a>,
     pub(super) dst: &'a Path,
     pub(super) units: Vec<Unit>,
 }
@@ -42,7 +42,7 @@ pub(super) struct Group<'a> {
 impl Group<'_> {
     /// Whether it writes beneath its destination too (a new folder's tree).
     fn tree(&self) -> bool {
-        matches!(self.from, From::New(_))
+        matches!(self.from, CopiedFrom::New(_))
     }
 }
 
@@ -54,6 +54,7 @@ pub(super) struct Ranks<'m> {
 }
 
 impl<'m> Ranks<'m> {
+    /// The ranks of the folders of `m`, and of new folders beside them.
     pub(super) fn new(m: &'m Manifest) -> Ranks<'m> {
         Ranks { m, entry_of: None }
     }
@@ -63,17 +64,17 @@ impl<'m> Ranks<'m> {
         self.entry_of.get_or_insert_with(|| entries_of(&m.dirs))[id]
     }
 
-    fn of<'a>(&mut self, from: From<'a>) -> Rank<'a>
+    fn of<'a>(&mut self, from: CopiedFrom<'a>) -> Rank<'a>
     where
         'm: 'a,
     {
         match from {
-            From::Dir(id) => (
+            CopiedFrom::Dir(id) => (
                 self.entry_of(id as usize),
                 self.m.dirs[id as usize].src.as_path(),
             ),
-            From::Top(entry, src) => (entry, src),
-            From::New(nd) => (self.entry_of_new(nd), nd.src.as_path()),
+            CopiedFrom::Top(entry, src) => (entry, src),
+            CopiedFrom::New(nd) => (self.entry_of_new(nd), nd.src.as_path()),
         }
     }
 
@@ -130,9 +131,9 @@ pub(super) fn copied_again(
         if inside.peek().is_none() {
             continue;
         }
-        let rank = ranks.of(From::New(nd));
+        let rank = ranks.of(CopiedFrom::New(nd));
         for id in inside {
-            if ranks.of(From::Dir(id as u32)) > rank {
+            if ranks.of(CopiedFrom::Dir(id as u32)) > rank {
                 again.insert(id as u32);
             }
         }
@@ -220,7 +221,7 @@ impl<'m> LaterFiles<'m> {
     /// lands where a live file of a later folder of the manifest lands.
     pub(super) fn hide(
         &self,
-        from: From<'_>,
+        from: CopiedFrom<'_>,
         dst: &Path,
         name: &CStr,
         ranks: &mut Ranks<'_>,
@@ -237,7 +238,7 @@ impl<'m> LaterFiles<'m> {
             return false;
         }
         let rank = ranks.of(from);
-        others.any(|id| ranks.of(From::Dir(id as u32)) > rank)
+        others.any(|id| ranks.of(CopiedFrom::Dir(id as u32)) > rank)
     }
 }
 
@@ -325,22 +326,22 @@ mod tests {
         );
         let groups = vec![
             Group {
-                from: From::Dir(2),
+                from: CopiedFrom::Dir(2),
                 dst: Path::new("/t/c/q"),
                 units: vec![unit("/s/c/q")],
             },
             Group {
-                from: From::New(&new),
+                from: CopiedFrom::New(&new),
                 dst: &new.dst,
                 units: vec![unit("/s/a/c")],
             },
             Group {
-                from: From::New(&other),
+                from: CopiedFrom::New(&other),
                 dst: &other.dst,
                 units: vec![unit("/s/a/z")],
             },
             Group {
-                from: From::Dir(1),
+                from: CopiedFrom::Dir(1),
                 dst: Path::new("/t/c"),
                 units: vec![unit("/s/c")],
             },
@@ -357,12 +358,12 @@ mod tests {
         let mut ranks = Ranks::new(&m);
         let groups = vec![
             Group {
-                from: From::Top(1, Path::new("/s/b")),
+                from: CopiedFrom::Top(1, Path::new("/s/b")),
                 dst: Path::new("/t/b"),
                 units: vec![unit("/s/b")],
             },
             Group {
-                from: From::Top(0, Path::new("/s/a")),
+                from: CopiedFrom::Top(0, Path::new("/s/a")),
                 dst: Path::new("/t/a"),
                 units: vec![unit("/s/a")],
             },
