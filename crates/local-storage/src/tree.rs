@@ -25,6 +25,8 @@ fn dir_flags() -> OFlag {
 
 /// Owner read, write and search: what we need to empty a folder a task made read-only.
 const OWNER_RWX: u32 = 0o700;
+/// How often a folder that was not empty once its entries were removed is listed again.
+const LATE_ENTRY_RETRIES: u32 = 8;
 
 fn is_dir(stat: &FileStat) -> bool {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
@@ -95,7 +97,17 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
         Err(Errno::ENOENT) => return Ok(()),
         other => other.map_err(fail)?,
     };
-    if is_dir(&stat) {
+    if !is_dir(&stat) {
+        return match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(fail(errno)),
+        };
+    }
+    // A sweeper of another process that looked the folder up by its old name just before
+    // it was moved to the trash may still make its lock file in it, microseconds later
+    // (it then finds the folder gone and leaves it alone): the folder is listed again.
+    let mut tries = 0;
+    loop {
         let Some(mut dir) = open_dir_for_removal(parent, name).map_err(fail)? else {
             return Ok(());
         };
@@ -105,15 +117,11 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
         })? {
             remove_entry(&dir, &child, &child_path(path, &child))?;
         }
-    }
-    let flag = if is_dir(&stat) {
-        UnlinkatFlags::RemoveDir
-    } else {
-        UnlinkatFlags::NoRemoveDir
-    };
-    match unlinkat(parent, name, flag) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(errno) => Err(fail(errno)),
+        match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::ENOTEMPTY) if tries < LATE_ENTRY_RETRIES => tries += 1,
+            Err(errno) => return Err(fail(errno)),
+        }
     }
 }
 

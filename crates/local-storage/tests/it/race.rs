@@ -194,7 +194,11 @@ fn two_processes_sweeping_together_remove_each_stale_folder_once() {
     for child in &mut children {
         child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
     }
-    let mut removed: usize = storage.sweep().unwrap().removed.len();
+    let report = storage.sweep().unwrap();
+    // A sweeper that looked a folder up just before another moved it to the trash makes
+    // its lock file in the trash: the remover lists it again instead of failing.
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let mut removed: usize = report.removed.len();
     for child in &mut children {
         // Read all of it: closing the pipe early would fail the child's last prints.
         let mut output = String::new();
@@ -215,6 +219,7 @@ fn two_processes_sweeping_together_remove_each_stale_folder_once() {
         removed += count;
         assert!(child.0.wait().unwrap().success());
     }
-    assert_eq!(removed, 200);
-    assert!(storage.list().unwrap().is_empty());
+    let left = storage.list().unwrap();
+    assert_eq!(removed, 200, "left: {left:?}");
+    assert!(left.is_empty());
 }
