@@ -867,6 +867,7 @@ mod overlap_law {
             ),
             inotify in any::<bool>(),
             target in proptest::sample::select(vec![".", "d0", "d1/d0"]),
+            saved in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let base = dir.path();
@@ -899,6 +900,11 @@ mod overlap_law {
                             let _ = fs::remove_file(place.path(base));
                         }
                     }
+                }
+                if saved {
+                    // As `parvm mirror --refresh` does, a new process each time.
+                    folder.save().unwrap();
+                    folder = MirroredFolder::load(&map, &task, &options).unwrap().unwrap();
                 }
                 folder.refresh(&options).unwrap();
                 let fresh = base.join(format!("fresh-{round}"));
