@@ -868,6 +868,7 @@ mod overlap_law {
             inotify in any::<bool>(),
             target in proptest::sample::select(vec![".", "d0", "d1/d0"]),
             saved in any::<bool>(),
+            task_edits in proptest::collection::vec((any::<usize>(), any::<bool>()), 3),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let base = dir.path();
@@ -899,6 +900,24 @@ mod overlap_law {
                         None => {
                             let _ = fs::remove_file(place.path(base));
                         }
+                    }
+                }
+                // The task deletes or overwrites one of its files.
+                let (at, delete) = task_edits[round % task_edits.len()];
+                let files: Vec<PathBuf> = read(&task)
+                    .into_iter()
+                    .filter(|(p, n)| {
+                        matches!(n, crate::model::Node::File { .. })
+                            && !p.starts_with(".parvm-mirror-manifest")
+                    })
+                    .map(|(p, _)| p)
+                    .collect();
+                if !files.is_empty() {
+                    let victim = task.join(&files[at % files.len()]);
+                    if delete {
+                        fs::remove_file(&victim).unwrap();
+                    } else {
+                        fs::write(&victim, b"written by the task").unwrap();
                     }
                 }
                 if saved {
