@@ -63,6 +63,7 @@ fn main() -> BoxResult<()> {
             _ => {}
         }
     }
+    parvm_test_support::touch_memory();
     if dirs.is_empty() {
         dirs.push(PathBuf::from("/dev/shm"));
         let exe = std::env::current_exe()?;

@@ -51,9 +51,6 @@ const JOIN_WAIT: Duration = Duration::from_secs(30);
 /// `ssh ... true` that fails at once while nothing listens yet).
 const SSHD_READY_TRIES: usize = 500;
 
-/// Memory written once and given back before anything is timed ([`touch_memory`]).
-const TOUCHED_MEMORY: usize = 2 << 30;
-
 /// A tree of input files: `dirs` folders of `files_per_dir` files of `size` bytes.
 struct Tree {
     name: &'static str,
@@ -115,7 +112,7 @@ fn main() -> Res<()> {
         Some(dir) => vec![PathBuf::from(dir)],
         None => vec![PathBuf::from("/dev/shm"), target],
     };
-    touch_memory(TOUCHED_MEMORY);
+    parvm_test_support::touch_memory();
     println!("bench ship: a TCP worker on loopback, median of {REPEATS}; per task, spawn to exit");
     println!(
         "rsync -a: from an rsync daemon on loopback; rsync ssh: rsync -a over ssh on loopback"
@@ -164,17 +161,6 @@ fn main() -> Res<()> {
         }
     }
     Ok(())
-}
-
-/// Writes `bytes` of memory once and frees them. On a freshly booted VM the first use of a
-/// page of guest memory costs the hypervisor a fault (measured: 64 MiB written into tmpfs
-/// in 140 ms the first time, 26 ms once the memory had been used), and the kernel hands
-/// freed pages out again first. Without this, the measurements that ran first paid for the
-/// VM's boot: a cold ship of 4 x 64 MiB on tmpfs took 478-525 ms on a VM up for minutes,
-/// 277-280 ms once its memory had been used.
-fn touch_memory(bytes: usize) {
-    let touched = vec![1u8; bytes];
-    std::hint::black_box(&touched);
 }
 
 /// Whether `PARVM_BENCH_TREES` (a comma-separated list of tree folders, `small` and `big`;
