@@ -796,6 +796,31 @@ fn a_later_source_removed_uncovers_the_earlier_file_it_hid() {
     }
 }
 
+#[test]
+fn a_literal_source_hidden_by_a_removed_glob_match_comes_back() {
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/m.lib", b"earlier, literal");
+        fx.file("c/m.lib", b"later, a glob's");
+        let map = MirrorMap::new()
+            .entry(fx.src("a/m.lib"), ".")
+            .unwrap()
+            .entry(fx.src("c/*.lib"), ".")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        assert_eq!(fs::read(fx.task.join("m.lib")).unwrap(), b"later, a glob's");
+        fs::remove_file(fx.src("c/m.lib")).unwrap();
+        folder.refresh(&options).unwrap();
+        assert_eq!(
+            fs::read(fx.task.join("m.lib")).unwrap(),
+            b"earlier, literal",
+            "{options:?}"
+        );
+        let again = folder.refresh(&options).unwrap();
+        assert_eq!(again.files, 0, "{again:?}, {options:?}");
+    }
+}
+
 mod overlap_law {
     //! Property: where two sources land on the same folders (two globs into one target, or
     //! the later into a folder of the earlier), a refresh after random writes into both (new files, new folders, edits) gives what a
