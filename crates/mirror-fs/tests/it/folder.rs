@@ -822,8 +822,8 @@ fn a_literal_source_hidden_by_a_removed_glob_match_comes_back() {
 }
 
 mod overlap_law {
-    //! Property: where two sources land on the same folders (two globs into one target, or
-    //! the later into a folder of the earlier), a refresh after random writes into both (new files, new folders, edits) gives what a
+    //! Property: where sources land on the same folders (globs into one target, or a later
+    //! one into a folder of an earlier), a refresh after random writes into both (new files, new folders, edits) gives what a
     //! fresh mirror gives: of two files landing on one place, the later source's. (A removed
     //! source leaves its copy, by design, so removals are not part of it.)
 
@@ -836,18 +836,18 @@ mod overlap_law {
 
     use crate::model::read;
 
-    /// A file in one of the two sources: folders `d0`..`d2`, files `f0`..`f2` (names that
-    /// never make a file of one source a folder of the other).
+    /// A file in one of the three sources (`a`, `c`, `e`, in map order): folders `d0`..`d2`,
+    /// files `f0`..`f2` (names that never make a file of one source a folder of another).
     #[derive(Debug, Clone)]
     struct Place {
-        later: bool,
+        source: u8,
         dirs: Vec<u8>,
         file: u8,
     }
 
     impl Place {
         fn path(&self, base: &Path) -> PathBuf {
-            let mut path = base.join(if self.later { "c" } else { "a" });
+            let mut path = base.join(["a", "c", "e"][usize::from(self.source % 3)]);
             for d in &self.dirs {
                 path.push(format!("d{d}"));
             }
@@ -856,12 +856,8 @@ mod overlap_law {
     }
 
     fn place() -> impl Strategy<Value = Place> {
-        (
-            any::<bool>(),
-            proptest::collection::vec(0u8..3, 0..3),
-            0u8..3,
-        )
-            .prop_map(|(later, dirs, file)| Place { later, dirs, file })
+        (0u8..3, proptest::collection::vec(0u8..3, 0..3), 0u8..3)
+            .prop_map(|(source, dirs, file)| Place { source, dirs, file })
     }
 
     fn content() -> impl Strategy<Value = Vec<u8>> {
@@ -907,6 +903,7 @@ mod overlap_law {
             let base = dir.path();
             fs::create_dir_all(base.join("a")).unwrap();
             fs::create_dir_all(base.join("c")).unwrap();
+            fs::create_dir_all(base.join("e")).unwrap();
             for (n, (place, content)) in first.iter().enumerate() {
                 write(base, place, content, stamp(0, n as u64));
             }
@@ -916,6 +913,8 @@ mod overlap_law {
                 .entry(base.join("a/*"), ".")
                 .unwrap()
                 .entry(base.join("c/*"), target)
+                .unwrap()
+                .entry(base.join("e/*"), "d1")
                 .unwrap();
             let mut options = MirrorOptions::new();
             if !inotify {
