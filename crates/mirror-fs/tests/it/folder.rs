@@ -823,9 +823,11 @@ fn a_literal_source_hidden_by_a_removed_glob_match_comes_back() {
 
 mod overlap_law {
     //! Property: where sources land on the same folders (globs into one target, or a later
-    //! one into a folder of an earlier), a refresh after random writes into both (new files, new folders, edits) gives what a
-    //! fresh mirror gives: of two files landing on one place, the later source's. (A removed
-    //! source leaves its copy, by design, so removals are not part of it.)
+    //! one into a folder of an earlier), a refresh after random changes of the sources (new
+    //! files, symlinks and folders, edits, removed files and folders) and of the task's files
+    //! gives every entry a fresh mirror gives: of two files landing on one place, the later
+    //! source's, or the earlier's once the later is gone. A removed source that hid nothing
+    //! keeps its copy (a refresh deletes nothing), so the task folder may hold more.
 
     use std::fs;
     use std::path::{Path, PathBuf};
