@@ -84,10 +84,35 @@ fn run_fresh_executable(command: &mut Command) -> std::io::Result<std::process::
     }
 }
 
+/// Runs `bind` until it succeeds or fails otherwise than with the port in use (`in_use`
+/// says which errors those are), for up to 10 s: for binding the port of a
+/// [`listener_below_ephemeral_ports`] stand-in just dropped. Another test thread that
+/// forked meanwhile holds a copy of the stand-in's descriptor until its child execs, and
+/// the port stays in use (listening) until then: a short window that ends by itself.
+///
+/// # Errors
+/// The last error of `bind`.
+pub fn rebind<T, E>(
+    mut bind: impl FnMut() -> Result<T, E>,
+    in_use: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match bind() {
+            Err(e) if in_use(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A loopback listener on a port the kernel never hands out as an outgoing connection's
 /// own port (below `ip_local_port_range`), for a test that lets the port go and binds it
 /// again: no outgoing connection (another test's, or a client retrying towards the port,
-/// which can connect to itself) can take it in between.
+/// which can connect to itself) can take it in between. Bind it again with [`rebind`].
 ///
 /// # Panics
 /// No port between 20 000 and the ephemeral range is free.

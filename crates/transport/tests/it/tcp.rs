@@ -924,7 +924,8 @@ fn a_worker_tries_again_until_the_handshake_succeeds() {
     drop(worker);
     // A spawner that is not there yet (a stand-in refuses the first try): the worker
     // waits for it to listen. The port is below the ephemeral range, so nothing else takes
-    // it between the stand-in and the spawner.
+    // it between the stand-in and the spawner (but a child another test forks meanwhile may
+    // hold the stand-in's descriptor for a moment: `rebind`).
     let stand_in = parvm_test_support::listener_below_ephemeral_ports();
     let port = stand_in.local_addr().unwrap();
     let late = std::thread::spawn(move || {
@@ -936,7 +937,14 @@ fn a_worker_tries_again_until_the_handshake_succeeds() {
     });
     drop(stand_in.accept().unwrap());
     drop(stand_in);
-    let spawner = TcpTransport::listen(TcpOptions::new(secret()).addr(port)).unwrap();
+    let spawner = parvm_test_support::rebind(
+        || TcpTransport::listen(TcpOptions::new(secret()).addr(port)),
+        |e| {
+            matches!(e, parvm_transport::Error::Listen { source, .. }
+                if source.kind() == std::io::ErrorKind::AddrInUse)
+        },
+    )
+    .unwrap();
     let worker = late.join().unwrap().unwrap();
     assert_eq!(joined(&spawner).host, "early");
     assert_eq!(worker.rank(), 1);

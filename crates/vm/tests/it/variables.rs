@@ -182,7 +182,8 @@ fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     // A stand-in holds the port until the worker has tried once. The port is below the
     // ephemeral range: once the stand-in lets it go, no outgoing connection (another
     // test's, or the worker's own retry connecting to itself) can take it before the
-    // spawner binds it.
+    // spawner binds it; a child another test forks meanwhile may hold the stand-in's
+    // descriptor for a moment (`rebind`).
     let stand_in = parvm_test_support::listener_below_ephemeral_ports();
     let port = stand_in.local_addr().unwrap();
     let start = |wait: &str| {
@@ -208,11 +209,23 @@ fn a_tcp_worker_waits_for_its_spawner_as_long_as_parvm_connect_wait_says() {
     drop(stand_in.accept().unwrap());
     drop(stand_in);
     let secret = Secret::load(&secret_file).unwrap();
-    let runtime = Runtime::builder(crate::tasks::tasks())
-        .config(config(dir.path(), dir.path(), "spawner"))
-        .backend(Backend::Tcp(TcpSpawner::new().listen(port).secret(secret)))
-        .start()
-        .unwrap();
+    let runtime = parvm_test_support::rebind(
+        || {
+            Runtime::builder(crate::tasks::tasks())
+                .config(config(dir.path(), dir.path(), "spawner"))
+                .backend(Backend::Tcp(
+                    TcpSpawner::new().listen(port).secret(secret.clone()),
+                ))
+                .start()
+        },
+        |e| {
+            matches!(e, parvm_vm::Error::Transport {
+                source: parvm_transport::Error::Listen { source, .. },
+                ..
+            } if source.kind() == std::io::ErrorKind::AddrInUse)
+        },
+    )
+    .unwrap();
     let vm = runtime.vm().build().unwrap();
     assert_eq!(host_added(&vm), HostId::from("patient"));
     drop(vm);
