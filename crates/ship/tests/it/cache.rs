@@ -733,3 +733,76 @@ fn bookkeeping(cache: &HostCache) -> u64 {
     all.extend(work_files(cache).into_iter().filter(|p| p.is_file()));
     all.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
 }
+
+mod eviction_law {
+    //! Property: whatever is shipped, kept or let go, and however small the limits, a
+    //! snapshot still held is never evicted or damaged: its files keep their content.
+
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::path::Path;
+
+    use parvm_ship::{CacheLimits, HostCache};
+    use proptest::prelude::*;
+
+    use crate::{fetch_all, scanner, user_dir};
+
+    /// The content of pool entry `id` (shared between trees, so blobs are too).
+    fn content(id: u8) -> Vec<u8> {
+        vec![b'a' + id; 40 + 30 * usize::from(id)]
+    }
+
+    fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn a_held_snapshot_is_never_evicted_or_damaged(
+            steps in proptest::collection::vec(
+                (0usize..4, proptest::collection::vec(0u8..6, 1..4), any::<bool>()),
+                1..12,
+            ),
+            max_bytes in 100u64..2_000,
+            max_count in 1u64..12,
+        ) {
+            let shared = tempfile::tempdir().unwrap();
+            let user = user_dir();
+            let cache = HostCache::open(&user.path, CacheLimits { max_bytes, max_count }).unwrap();
+            let mut held = Vec::new();
+            for (tree, ids, keep) in &steps {
+                let name = format!("t{tree}");
+                let dir = shared.path().join(&name);
+                let _ = fs::remove_dir_all(&dir);
+                fs::create_dir(&dir).unwrap();
+                let mut want = BTreeMap::new();
+                for (k, id) in ids.iter().enumerate() {
+                    fs::write(dir.join(format!("f{k}")), content(*id)).unwrap();
+                    want.insert(format!("f{k}"), content(*id));
+                }
+                let mut scan = scanner(shared.path(), &[name.as_str()]);
+                let manifest = scan.manifest().unwrap();
+                fetch_all(&cache, &scan, &manifest);
+                let snapshot = cache.snapshot(&manifest).unwrap();
+                prop_assert_eq!(&files_of(&snapshot.path().join(&name)), &want);
+                if *keep {
+                    held.push((snapshot, name, want));
+                }
+                cache.evict().unwrap();
+                for (snapshot, name, want) in &held {
+                    prop_assert_eq!(&files_of(&snapshot.path().join(name)), want);
+                }
+            }
+        }
+    }
+}
