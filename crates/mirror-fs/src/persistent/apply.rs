@@ -74,10 +74,8 @@ impl Changes<'_> {
         // What is gone at the source hides nothing any more: the entries dropped, and those
         // of the folders dropped.
         let gone: Cow<'_, [bool]> = if self.dead_dirs.iter().any(|&dead| dead) {
-            m.entries
-                .iter()
-                .zip(&self.dead_entries)
-                .map(|(e, &dead)| dead || self.dead_dirs[e.dir as usize])
+            (0..m.entries.len() as u32)
+                .map(|i| self.gone(m, i))
                 .collect()
         } else {
             Cow::Borrowed(&self.dead_entries)

@@ -72,13 +72,24 @@ impl<'r> Changes<'r> {
     }
 
     pub(super) fn recopy(&mut self, m: &Manifest, i: u32) {
-        let e = &m.entries[i as usize];
-        if self.dead_entries[i as usize] || self.dead_dirs[e.dir as usize] {
+        if self.gone(m, i) {
             return;
         }
-        let names = self.copy.entry(e.dir).or_default();
-        if !names.iter().any(|(n, _)| *n == e.name) {
-            names.push((e.name.clone(), e.kind));
+        let e = &m.entries[i as usize];
+        self.copy_into(e.dir, &e.name, e.kind);
+    }
+
+    /// Whether entry `i` is gone at the source: dropped itself, or its folder dropped.
+    pub(super) fn gone(&self, m: &Manifest, i: u32) -> bool {
+        self.dead_entries[i as usize] || self.dead_dirs[m.entries[i as usize].dir as usize]
+    }
+
+    /// Names entry `name` of folder `id` (ids past the manifest are new top parents) for
+    /// copying, once.
+    fn copy_into(&mut self, id: u32, name: &CStr, kind: Kind) {
+        let names = self.copy.entry(id).or_default();
+        if !names.iter().any(|(n, _)| n.as_c_str() == name) {
+            names.push((name.to_owned(), kind));
         }
     }
 
@@ -155,10 +166,7 @@ impl<'r> Changes<'r> {
                 },
             };
             let name = crate::fsops::cstring(name, path)?;
-            let names = self.copy.entry(id).or_default();
-            if !names.iter().any(|(n, _)| *n == name) {
-                names.push((name, Kind::File));
-            }
+            self.copy_into(id, &name, Kind::File);
         }
         Ok(())
     }
@@ -220,7 +228,6 @@ impl<'r> Changes<'r> {
             if m.by_dst.get(&d.dst).is_none_or(|at| at.len() < 2) {
                 continue;
             }
-            let dead_dir = self.dead_dirs[id];
             for i in d.start..d.end {
                 let e = &m.entries[i as usize];
                 // Copied again as another kind: it still lands there.
@@ -228,7 +235,7 @@ impl<'r> Changes<'r> {
                     .copy
                     .get(&(id as u32))
                     .is_some_and(|names| names.iter().any(|(n, _)| *n == e.name));
-                if (dead_dir || self.dead_entries[i as usize]) && !again {
+                if self.gone(m, i) && !again {
                     gone.push((id as u32, e.name.clone()));
                 }
             }
@@ -256,10 +263,7 @@ impl<'r> Changes<'r> {
                             _ => continue,
                         };
                         self.structural = true;
-                        let names = self.copy.entry(other).or_default();
-                        if !names.iter().any(|(n, _)| *n == name) {
-                            names.push((name.clone(), kind));
-                        }
+                        self.copy_into(other, &name, kind);
                     }
                 }
             }
@@ -488,10 +492,7 @@ impl<'r> Changes<'r> {
                         self.drop_entry(i);
                     }
                     self.structural = true;
-                    let names = self.copy.entry(id).or_default();
-                    if !names.iter().any(|(n, _)| n == name) {
-                        names.push((name.clone(), kind));
-                    }
+                    self.copy_into(id, name, kind);
                 }
             }
         }

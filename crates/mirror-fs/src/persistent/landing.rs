@@ -88,18 +88,16 @@ impl<'m> Ranks<'m> {
                     return 0;
                 };
                 let m = self.m;
-                let parent = at(m, dst).find(|&id| m.dirs[id].src == src);
-                parent.map_or(0, |id| self.entry_of(id))
+                let parent = at(m, dst).find(|&id| m.dirs[id as usize].src == src);
+                parent.map_or(0, |id| self.entry_of(id as usize))
             }
         }
     }
 }
 
-/// The folders of `m` whose destination is `dst` (the manifest's folders are sorted by
-/// destination).
-fn at<'m>(m: &'m Manifest, dst: &'m Path) -> impl Iterator<Item = usize> + 'm {
-    let from = m.dirs.partition_point(|d| d.dst.as_path() < dst);
-    (from..m.dirs.len()).take_while(move |&id| m.dirs[id].dst == dst)
+/// The folders of `m` whose destination is `dst`.
+fn at<'m>(m: &'m Manifest, dst: &Path) -> impl Iterator<Item = u32> + 'm {
+    m.by_dst.get(dst).into_iter().flatten().copied()
 }
 
 /// The live folders of `m` landing inside new folder `nd` that are not copied from inside
@@ -229,8 +227,8 @@ impl<'m> LaterFiles<'m> {
         let m = self.m;
         let mut others = at(m, dst)
             .filter(|&id| {
-                !self.dead_dirs[id]
-                    && m.find(id as u32, name)
+                !self.dead_dirs[id as usize]
+                    && m.find(id, name)
                         .is_some_and(|i| !self.dead_entries[i as usize])
             })
             .peekable();
@@ -238,7 +236,7 @@ impl<'m> LaterFiles<'m> {
             return false;
         }
         let rank = ranks.of(from);
-        others.any(|id| ranks.of(CopiedFrom::Dir(id as u32)) > rank)
+        others.any(|id| ranks.of(CopiedFrom::Dir(id)) > rank)
     }
 }
 
