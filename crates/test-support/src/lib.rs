@@ -68,14 +68,24 @@ pub fn as_unprivileged(name: &str, body: impl FnOnce()) {
 /// `ETXTBSY` ("text file busy"). That window is short and ends by itself, so the start is
 /// tried again for up to 10 s before the error is reported.
 fn run_fresh_executable(command: &mut Command) -> std::io::Result<std::process::Output> {
+    retry_for_a_while(
+        || command.output(),
+        |e: &std::io::Error| e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32),
+    )
+}
+
+/// Runs `attempt` until it succeeds or fails otherwise than `passing` says, for up to 10 s,
+/// pausing 1 ms, then twice as long each time (at most 100 ms): for a failure that a
+/// forked child of another test thread causes until it execs, and that ends by itself.
+fn retry_for_a_while<T, E>(
+    mut attempt: impl FnMut() -> Result<T, E>,
+    passing: impl Fn(&E) -> bool,
+) -> Result<T, E> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        match command.output() {
-            Err(e)
-                if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32)
-                    && std::time::Instant::now() < deadline =>
-            {
+        match attempt() {
+            Err(e) if passing(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(100));
             }
@@ -93,20 +103,10 @@ fn run_fresh_executable(command: &mut Command) -> std::io::Result<std::process::
 /// # Errors
 /// The last error of `bind`.
 pub fn rebind<T, E>(
-    mut bind: impl FnMut() -> Result<T, E>,
+    bind: impl FnMut() -> Result<T, E>,
     in_use: impl Fn(&E) -> bool,
 ) -> Result<T, E> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut pause = std::time::Duration::from_millis(1);
-    loop {
-        match bind() {
-            Err(e) if in_use(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(100));
-            }
-            result => return result,
-        }
-    }
+    retry_for_a_while(bind, in_use)
 }
 
 /// A loopback listener on a port the kernel never hands out as an outgoing connection's
