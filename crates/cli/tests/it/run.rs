@@ -28,6 +28,37 @@ impl Sweep {
         }
     }
 
+    /// `parvm run ARGS` as a TCP spawner on a loopback port the kernel picks (it prints
+    /// the address: [`spawner_address`]), its workers joining with the secret file
+    /// `secret.file` of the shared folder ([`Sweep::worker`]).
+    pub(crate) fn tcp_command(&self, args: &[&str]) -> Command {
+        let mut command = self.command(&[&["--transport", "tcp"][..], args].concat());
+        command
+            .env("PARVM_LISTEN", "127.0.0.1:0")
+            .env("PARVM_SECRET_FILE", self.secret_file())
+            .env_remove("PARVM_CONNECT");
+        command
+    }
+
+    /// `parvm worker` joining the spawner at `addr` ([`Sweep::tcp_command`]) on this
+    /// sweep's folders, its output thrown away.
+    pub(crate) fn worker(&self, addr: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parvm"));
+        command
+            .args(["worker", "--connect", addr, "--secret-file"])
+            .arg(self.secret_file())
+            .env("PARALLEL_LOCAL_STORAGE", &self.local)
+            .env("PARALLEL_MIRRORED_STORAGE", &self.shared)
+            .env_remove("PARVM_CONNECT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self.shared.join("secret")
+    }
+
     pub(crate) fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_parvm"));
         command
@@ -969,21 +1000,7 @@ fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
     let sweep = Sweep::new();
     // No local slots and no worker: the cases wait for one that never comes.
     let mut spawner = sweep
-        .command(&[
-            "--transport",
-            "tcp",
-            "-j",
-            "0",
-            "--joblog",
-            "jl",
-            "true",
-            ":::",
-            "a",
-            "b",
-        ])
-        .env("PARVM_LISTEN", "127.0.0.1:0")
-        .env("PARVM_SECRET_FILE", sweep.shared.join("secret"))
-        .env_remove("PARVM_CONNECT")
+        .tcp_command(&["-j", "0", "--joblog", "jl", "true", ":::", "a", "b"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1019,12 +1036,8 @@ fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
 #[test]
 fn a_tcp_sweep_runs_on_a_parvm_worker() {
     let sweep = Sweep::new();
-    let secret = sweep.shared.join("secret");
     let mut spawner = sweep
-        .command(&["--transport", "tcp", "-k", "echo", "case", ":::", "a", "b"])
-        .env("PARVM_LISTEN", "127.0.0.1:0")
-        .env("PARVM_SECRET_FILE", &secret)
-        .env_remove("PARVM_CONNECT")
+        .tcp_command(&["-k", "echo", "case", ":::", "a", "b"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1033,18 +1046,7 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     let said = stderr_lines(&mut spawner);
     let mut spawner = ChildGuard(spawner);
     let addr = spawner_address(&said);
-    let mut worker = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_parvm"))
-            .args(["worker", "--connect", &addr, "--secret-file"])
-            .arg(&secret)
-            .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
-            .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
-            .env_remove("PARVM_CONNECT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut worker = ChildGuard(sweep.worker(&addr).spawn().unwrap());
     let mut out = String::new();
     std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
     let status = spawner.0.wait().unwrap();
@@ -1063,14 +1065,10 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
 #[test]
 fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
     let sweep = Sweep::new();
-    let secret = sweep.shared.join("secret");
     let started = sweep.shared.join("started");
     let case = format!("touch {}; sleep 60", started.display());
     let mut spawner = sweep
-        .command(&["--transport", "tcp", &case, ":::", "a"])
-        .env("PARVM_LISTEN", "127.0.0.1:0")
-        .env("PARVM_SECRET_FILE", &secret)
-        .env_remove("PARVM_CONNECT")
+        .tcp_command(&[&case, ":::", "a"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1078,16 +1076,7 @@ fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
     let said = stderr_lines(&mut spawner);
     let mut spawner = ChildGuard(spawner);
     let addr = spawner_address(&said);
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_parvm"))
-        .args(["worker", "--connect", &addr, "--secret-file"])
-        .arg(&secret)
-        .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
-        .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
-        .env_remove("PARVM_CONNECT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = sweep.worker(&addr).stderr(Stdio::piped()).spawn().unwrap();
     let worker_said = stderr_lines(&mut worker);
     let mut worker = ChildGuard(worker);
     eventually("the case started", || started.exists());

@@ -404,16 +404,13 @@ fn each_host_on_one_machine_runs_each_case_once() {
 
 #[test]
 fn each_host_runs_every_case_on_every_tcp_worker_host() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     use super::run::ChildGuard;
 
     let sweep = Sweep::new();
-    let secret = sweep.shared.join("secret");
     let mut spawner = sweep
-        .command(&[
-            "--transport",
-            "tcp",
+        .tcp_command(&[
             "-j",
             "2",
             "--each-host",
@@ -425,9 +422,6 @@ fn each_host_runs_every_case_on_every_tcp_worker_host() {
             "a",
             "b",
         ])
-        .env("PARVM_LISTEN", "127.0.0.1:0")
-        .env("PARVM_SECRET_FILE", &secret)
-        .env_remove("PARVM_CONNECT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -437,15 +431,9 @@ fn each_host_runs_every_case_on_every_tcp_worker_host() {
     let addr = crate::run::spawner_address(&said);
     let worker = |host: &str| {
         ChildGuard(
-            Command::new(env!("CARGO_BIN_EXE_parvm"))
-                .args(["worker", "--connect", &addr, "--secret-file"])
-                .arg(&secret)
+            sweep
+                .worker(&addr)
                 .env("PARVM_HOSTNAME", host)
-                .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
-                .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
-                .env_remove("PARVM_CONNECT")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
         )
