@@ -736,13 +736,15 @@ fn bookkeeping(cache: &HostCache) -> u64 {
 
 mod eviction_law {
     //! Property: whatever is shipped, kept or let go, and however small the limits, a
-    //! snapshot still held is never evicted or damaged: its files keep their content.
+    //! snapshot still held is never evicted or damaged (its files keep their content), and
+    //! after an eviction the cache is within its limits or holds only what is held; also
+    //! when the cache is opened again in between (the index read back from disk).
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::fs;
     use std::path::Path;
 
-    use parvm_ship::{CacheLimits, HostCache};
+    use parvm_ship::{CacheLimits, Digest, HostCache};
     use proptest::prelude::*;
 
     use crate::{fetch_all, scanner, user_dir};
@@ -765,12 +767,69 @@ mod eviction_law {
             .collect()
     }
 
+    /// What the cache holds as its limits count it: blob digest to bytes, snapshot root to
+    /// the bytes of its files (its manifest's total).
+    struct Entries {
+        blobs: BTreeMap<Digest, u64>,
+        snapshots: BTreeMap<Digest, u64>,
+    }
+
+    impl Entries {
+        fn of(cache: &Path) -> Entries {
+            let named = |dir: &Path| -> Vec<(Digest, std::path::PathBuf)> {
+                fs::read_dir(dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter_map(|p| {
+                        let digest = Digest::from_hex(p.file_name()?.to_str()?)?;
+                        Some((digest, p))
+                    })
+                    .collect()
+            };
+            let mut blobs = BTreeMap::new();
+            for fan in fs::read_dir(cache.join("blobs")).unwrap() {
+                for (digest, path) in named(&fan.unwrap().path()) {
+                    blobs.insert(digest, fs::metadata(path).unwrap().len());
+                }
+            }
+            let snapshots = named(&cache.join("snapshots"))
+                .into_iter()
+                .filter(|(_, path)| path.is_dir())
+                .map(|(digest, path)| (digest, bytes_beneath(&path)))
+                .collect();
+            Entries { blobs, snapshots }
+        }
+
+        fn count(&self) -> u64 {
+            (self.blobs.len() + self.snapshots.len()) as u64
+        }
+
+        fn bytes(&self) -> u64 {
+            self.blobs.values().chain(self.snapshots.values()).sum()
+        }
+    }
+
+    fn bytes_beneath(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    bytes_beneath(&path)
+                } else {
+                    meta.len()
+                }
+            })
+            .sum()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
-        fn a_held_snapshot_is_never_evicted_or_damaged(
+        fn a_held_snapshot_is_never_evicted_or_damaged_and_the_rest_keeps_to_the_limits(
             steps in proptest::collection::vec(
-                (0usize..4, proptest::collection::vec(0u8..6, 1..4), any::<bool>()),
+                (0usize..4, proptest::collection::vec(0u8..6, 1..4), any::<bool>(), any::<bool>()),
                 1..12,
             ),
             max_bytes in 100u64..2_000,
@@ -778,9 +837,15 @@ mod eviction_law {
         ) {
             let shared = tempfile::tempdir().unwrap();
             let user = user_dir();
-            let cache = HostCache::open(&user.path, CacheLimits { max_bytes, max_count }).unwrap();
+            let limits = CacheLimits { max_bytes, max_count };
+            let mut cache = HostCache::open(&user.path, limits).unwrap();
             let mut held = Vec::new();
-            for (tree, ids, keep) in &steps {
+            for (tree, ids, keep, reopen) in &steps {
+                if *reopen {
+                    // Opening applies the limits too, with the index read back from disk.
+                    cache = HostCache::open(&user.path, limits).unwrap();
+                    within_limits_or_all_held(&cache, limits, &held)?;
+                }
                 let name = format!("t{tree}");
                 let dir = shared.path().join(&name);
                 let _ = fs::remove_dir_all(&dir);
@@ -796,13 +861,59 @@ mod eviction_law {
                 let snapshot = cache.snapshot(&manifest).unwrap();
                 prop_assert_eq!(&files_of(&snapshot.path().join(&name)), &want);
                 if *keep {
-                    held.push((snapshot, name, want));
+                    held.push((snapshot, name, want, manifest.root_digest()));
+                } else {
+                    drop(snapshot);
                 }
                 cache.evict().unwrap();
-                for (snapshot, name, want) in &held {
+                for (snapshot, name, want, _) in &held {
                     prop_assert_eq!(&files_of(&snapshot.path().join(name)), want);
                 }
+                within_limits_or_all_held(&cache, limits, &held)?;
             }
         }
+    }
+
+    type Held = (
+        parvm_ship::Snapshot,
+        String,
+        BTreeMap<String, Vec<u8>>,
+        Digest,
+    );
+
+    /// The limits law: eviction goes on, least recently used first, while over a limit,
+    /// sparing only what a held snapshot needs; so after it the cache is within both limits,
+    /// or everything left is needed by a held snapshot.
+    fn within_limits_or_all_held(
+        cache: &HostCache,
+        limits: CacheLimits,
+        held: &[Held],
+    ) -> Result<(), TestCaseError> {
+        let now = Entries::of(cache.path());
+        if now.count() <= limits.max_count && now.bytes() <= limits.max_bytes {
+            return Ok(());
+        }
+        let roots: BTreeSet<Digest> = held.iter().map(|h| h.3).collect();
+        let blobs: BTreeSet<Digest> = held
+            .iter()
+            .flat_map(|h| h.2.values().map(|content| Digest::of(content)))
+            .collect();
+        for digest in now.blobs.keys() {
+            prop_assert!(
+                blobs.contains(digest),
+                "blob {digest} kept over the limits ({} entries, {} bytes) but no held snapshot needs it",
+                now.count(),
+                now.bytes()
+            );
+        }
+        for digest in now.snapshots.keys() {
+            prop_assert!(
+                roots.contains(digest),
+                "snapshot {digest} kept over the limits ({} entries, {} bytes) but not held",
+                now.count(),
+                now.bytes()
+            );
+        }
+        Ok(())
     }
 }
