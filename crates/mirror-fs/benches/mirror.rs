@@ -83,7 +83,7 @@ fn main() -> BoxResult<()> {
         println!(
             "\nbase: {} ({})",
             base.display(),
-            parvm_test_support::file_system_name(&base)
+            parvm_test_support::file_system_label(&base)
         );
         println!(
             "{:<16} {:>10} {:>10} {:>10} {:>9} {:>18} {:>18} {:>18}",

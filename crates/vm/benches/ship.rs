@@ -140,7 +140,7 @@ fn main() -> Res<()> {
         println!(
             "\nbase: {} ({})",
             base.display(),
-            parvm_test_support::file_system_name(&base)
+            parvm_test_support::file_system_label(&base)
         );
         println!(
             "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>11} {:>11} {:>11} {:>12} {:>18} {:>12}",
