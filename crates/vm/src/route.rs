@@ -459,7 +459,9 @@ impl Shared {
         if self.finalized.load(Ordering::Acquire) {
             return;
         }
-        tracing::debug!(rank, host = %slot.host, %reason, "worker lost");
+        // Workers leave only when dismissed (above), so this is news: the transport's
+        // reason names the worker and, where it can tell, what became of it.
+        tracing::warn!(backend = self.backend, rank, host = %slot.host, "lost peer: {reason}");
         state.lost += 1;
         state.last_loss = Some(reason.to_owned());
         if state.slots.is_empty() && self.workers_can_join() {

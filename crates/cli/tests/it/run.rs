@@ -1104,6 +1104,61 @@ fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
 }
 
 #[test]
+fn a_tcp_worker_killed_during_a_case_is_named_and_its_case_runs_on_another() {
+    let sweep = Sweep::new();
+    let started = sweep.shared.join("started");
+    let second_try = sweep.shared.join("second-try");
+    // The first try hangs until its worker is killed; the second ends at once.
+    let case = format!(
+        "test -e {} || {{ touch {}; sleep 60; }}; echo done {{}}",
+        second_try.display(),
+        started.display()
+    );
+    let mut spawner = sweep
+        .tcp_command(&[&case, ":::", "a"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = stderr_lines(&mut spawner);
+    let mut spawner = ChildGuard(spawner);
+    let addr = spawner_address(&said);
+    let mut first = ChildGuard(
+        sweep
+            .worker(&addr)
+            .env("PARVM_HOSTNAME", "first")
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the case started", || started.exists());
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    std::fs::write(&second_try, "").unwrap();
+    let _second = ChildGuard(
+        sweep
+            .worker(&addr)
+            .env("PARVM_HOSTNAME", "second")
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = spawner.0.wait().unwrap();
+    let err: Vec<String> = said.try_iter().collect();
+    assert!(status.success(), "{status:?}: {err:?}");
+    assert_eq!(lines(&out), ["done a"]);
+    // Said once, naming the worker and its host, though its connection closed cleanly
+    // (the kernel closes a killed process's sockets).
+    let lost: Vec<&String> = err.iter().filter(|l| l.contains("lost peer")).collect();
+    assert_eq!(lost.len(), 1, "{err:?}");
+    assert!(
+        lost[0].contains("worker rank 1 on host `first`")
+            && lost[0].contains("closed its connection"),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn output_past_the_memory_window_is_delivered_whole() {
     let sweep = Sweep::new();
     // 3 MB per case, past the 1 MiB kept in memory, so it goes through a spill file.

@@ -226,16 +226,6 @@ impl Replacing {
                 _ => text.push_str(&self.maybe_replace(proc, status.code())),
             }
         }
-        // The hub logs a clean close at debug level, as the orderly way to leave; a
-        // worker that closed cleanly because it died or failed deserves a warning.
-        if reason == star::CLOSED && !status.is_some_and(|s| s.success()) {
-            tracing::warn!(
-                backend = "local",
-                rank = proc.rank,
-                host = %proc.host,
-                "lost peer: {text}"
-            );
-        }
         text
     }
 

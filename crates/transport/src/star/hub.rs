@@ -59,8 +59,8 @@ pub(crate) struct Hub {
 pub(crate) const CLOSED: &str = "it closed its connection";
 
 /// Turns the reason a connection ended into the reason reported in `PeerLost` (the local
-/// backend adds the process's exit status). The hub logs a clean close ([`CLOSED`]) at
-/// debug level, so an explainer that learns the peer died should warn itself.
+/// backend adds the process's exit status): the whole of what the user is told of the loss.
+/// The hub logs at debug level only; the layer that knows whether the loss is news warns.
 pub(crate) type Explain = Box<dyn FnOnce(String) -> String + Send>;
 
 impl Hub {
@@ -197,26 +197,16 @@ impl Hub {
         if self.is_closing() {
             return;
         }
-        // A clean end of stream is how a worker leaves after it was told to (finalize), so
-        // it is no news; a broken connection is. The local backend warns on its own about
-        // a worker that closed cleanly because it died (see `Explain`).
-        let orderly = reason == CLOSED;
+        // Logged here for the transport's own record only: whether a loss is news (a
+        // worker that held a slot, gone before its spawner dismissed it) is known above,
+        // and said there once (the VM warns, with this reason).
+        tracing::debug!(
+            backend = self.backend,
+            rank = conn.peer.rank,
+            host = %conn.peer.host,
+            "peer gone: {reason}"
+        );
         let reason = explain(reason);
-        if orderly {
-            tracing::debug!(
-                backend = self.backend,
-                rank = conn.peer.rank,
-                host = %conn.peer.host,
-                "peer left: {reason}"
-            );
-        } else {
-            tracing::warn!(
-                backend = self.backend,
-                rank = conn.peer.rank,
-                host = %conn.peer.host,
-                "lost peer: {reason}"
-            );
-        }
         self.post(Event::PeerLost {
             rank: conn.peer.rank,
             reason,

@@ -16,6 +16,6 @@ mod spin;
 mod stream;
 
 pub(crate) use self::client::Client;
-pub(crate) use self::hub::{CLOSED, Explain, Hub};
+pub(crate) use self::hub::{Explain, Hub};
 pub use self::spin::{DEFAULT_SPIN_WINDOW, MAX_SPIN_WINDOW};
 pub(crate) use self::stream::{Sealing, Stream, error_chain, lock};
