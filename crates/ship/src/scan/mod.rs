@@ -712,6 +712,12 @@ fn walk_whole(
                 watch,
                 depth + 1,
             )?);
+        } else {
+            // Said as mirroring from the shared folder says it.
+            tracing::warn!(
+                "skipping `{}`: neither a file, a folder nor a symlink",
+                child_path.display()
+            );
         }
     }
     Ok(Walked::Dir {
