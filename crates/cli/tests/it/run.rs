@@ -6,6 +6,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// A TCP spawner started by [`Sweep::start_tcp`].
+pub(crate) struct TcpRun {
+    /// The `parvm run` process.
+    pub(crate) spawner: ChildGuard,
+    /// The lines of its stderr after the address, as they come.
+    pub(crate) said: std::sync::mpsc::Receiver<String>,
+    /// The address workers join.
+    pub(crate) addr: String,
+}
+
 /// Temp shared and local storage, and a working folder inside the shared one.
 pub(crate) struct Sweep {
     _dir: tempfile::TempDir,
@@ -38,6 +48,25 @@ impl Sweep {
             .env("PARVM_SECRET_FILE", self.secret_file())
             .env_remove("PARVM_CONNECT");
         command
+    }
+
+    /// `parvm run ARGS` started as a TCP spawner ([`Sweep::tcp_command`]), its stdout as
+    /// `stdout` says, its stderr read line by line; returned once it printed its address.
+    pub(crate) fn start_tcp(&self, args: &[&str], stdout: Stdio) -> TcpRun {
+        let mut child = self
+            .tcp_command(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = stderr_lines(&mut child);
+        let spawner = ChildGuard(child);
+        let addr = spawner_address(&said);
+        TcpRun {
+            spawner,
+            said,
+            addr,
+        }
     }
 
     /// `parvm worker` joining the spawner at `addr` ([`Sweep::tcp_command`]) on this
@@ -1011,15 +1040,14 @@ fn values_read_from_a_terminal_are_asked_for() {
 fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
     let sweep = Sweep::new();
     // No local slots and no worker: the cases wait for one that never comes.
-    let mut spawner = sweep
-        .tcp_command(&["-j", "0", "--joblog", "jl", "true", ":::", "a", "b"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut spawner);
-    let mut spawner = ChildGuard(spawner);
-    spawner_address(&rx);
+    let TcpRun {
+        mut spawner,
+        said: rx,
+        ..
+    } = sweep.start_tcp(
+        &["-j", "0", "--joblog", "jl", "true", ":::", "a", "b"],
+        Stdio::null(),
+    );
     let sent = Command::new("kill")
         .args(["-TERM", &spawner.0.id().to_string()])
         .status()
@@ -1048,16 +1076,9 @@ fn sigterm_ends_a_tcp_sweep_that_no_worker_joined() {
 #[test]
 fn a_tcp_sweep_runs_on_a_parvm_worker() {
     let sweep = Sweep::new();
-    let mut spawner = sweep
-        .tcp_command(&["-k", "echo", "case", ":::", "a", "b"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The address the spawner prints, then the rest of stderr drained in the background.
-    let said = stderr_lines(&mut spawner);
-    let mut spawner = ChildGuard(spawner);
-    let addr = spawner_address(&said);
+    let TcpRun {
+        mut spawner, addr, ..
+    } = sweep.start_tcp(&["-k", "echo", "case", ":::", "a", "b"], Stdio::piped());
     let mut worker = ChildGuard(sweep.worker(&addr).spawn().unwrap());
     let mut out = String::new();
     std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
@@ -1079,15 +1100,9 @@ fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
     let sweep = Sweep::new();
     let started = sweep.shared.join("started");
     let case = format!("touch {}; sleep 60", started.display());
-    let mut spawner = sweep
-        .tcp_command(&[&case, ":::", "a"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = stderr_lines(&mut spawner);
-    let mut spawner = ChildGuard(spawner);
-    let addr = spawner_address(&said);
+    let TcpRun {
+        mut spawner, addr, ..
+    } = sweep.start_tcp(&[&case, ":::", "a"], Stdio::null());
     let mut worker = sweep.worker(&addr).stderr(Stdio::piped()).spawn().unwrap();
     let worker_said = stderr_lines(&mut worker);
     let mut worker = ChildGuard(worker);
@@ -1154,15 +1169,11 @@ fn a_tcp_worker_killed_during_a_case_is_named_and_its_case_runs_on_another() {
         second_try.display(),
         started.display()
     );
-    let mut spawner = sweep
-        .tcp_command(&[&case, ":::", "a"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = stderr_lines(&mut spawner);
-    let mut spawner = ChildGuard(spawner);
-    let addr = spawner_address(&said);
+    let TcpRun {
+        mut spawner,
+        said,
+        addr,
+    } = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
     let mut first = ChildGuard(
         sweep
             .worker(&addr)

@@ -406,11 +406,13 @@ fn each_host_on_one_machine_runs_each_case_once() {
 fn each_host_runs_every_case_on_every_tcp_worker_host() {
     use std::process::Stdio;
 
-    use super::run::ChildGuard;
+    use super::run::{ChildGuard, TcpRun};
 
     let sweep = Sweep::new();
-    let mut spawner = sweep
-        .tcp_command(&[
+    let TcpRun {
+        mut spawner, addr, ..
+    } = sweep.start_tcp(
+        &[
             "-j",
             "2",
             "--each-host",
@@ -421,14 +423,9 @@ fn each_host_runs_every_case_on_every_tcp_worker_host() {
             ":::",
             "a",
             "b",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = crate::run::stderr_lines(&mut spawner);
-    let mut spawner = ChildGuard(spawner);
-    let addr = crate::run::spawner_address(&said);
+        ],
+        Stdio::piped(),
+    );
     let worker = |host: &str| {
         ChildGuard(
             sweep
