@@ -22,8 +22,10 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Catches SIGINT and SIGTERM in this process. Call it after the runtime started, so
-    /// workers keep the default action (in a terminal they end with their commands).
+    /// Catches SIGINT and SIGTERM in this process. Never in a process that may become a
+    /// worker (an MPI rank before the runtime started): workers keep the default action, so
+    /// in a terminal they end with their commands. Workers started by this process
+    /// (`exec`ed) get the default action back anyway.
     ///
     /// # Errors
     /// A handler cannot be installed.

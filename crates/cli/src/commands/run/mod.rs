@@ -353,6 +353,15 @@ fn sweep(
             builder = builder.transport(kind);
         }
     }
+    // Caught from here on where this process can only be the spawner, so a SIGTERM that
+    // comes as soon as a TCP spawner printed its address still ends the run cleanly. Under
+    // an MPI launcher every rank gets here and most become workers, which must keep the
+    // default action: there the spawner catches them once the runtime started.
+    let caught_early = if parvm_transport::launcher::launched_by_mpirun() {
+        None
+    } else {
+        Some(interrupt::Interrupt::install()?)
+    };
     let runtime = builder.start().map_err(|e| match e {
         parvm_vm::Error::Transport {
             source: parvm_transport::Error::NoWorkers,
@@ -484,7 +493,10 @@ fn sweep(
             }
         });
     }
-    let interrupt = interrupt::Interrupt::install()?;
+    let interrupt = match caught_early {
+        Some(interrupt) => interrupt,
+        None => interrupt::Interrupt::install()?,
+    };
     let done = AtomicBool::new(false);
     let halt = dispatch.halt_handle();
     let swept = std::thread::scope(|scope| {
