@@ -234,6 +234,14 @@ impl Runtime {
             .count()
     }
 
+    /// How many workers were lost (died, or their connection failed) before the runtime
+    /// dismissed them, since it started: each left its task folder behind, for
+    /// [`clear_local_storage`](Runtime::clear_local_storage) to remove.
+    #[must_use]
+    pub fn workers_lost(&self) -> usize {
+        self.shared.lock().lost
+    }
+
     /// The spawner's host.
     #[must_use]
     pub fn host_id(&self) -> HostId {

@@ -116,6 +116,12 @@ impl Vm {
         self.runtime().describe()
     }
 
+    /// See [`Runtime::workers_lost`].
+    #[must_use]
+    pub fn workers_lost(&self) -> usize {
+        self.runtime().workers_lost()
+    }
+
     /// See [`Runtime::clear_local_storage`].
     ///
     /// # Errors

@@ -822,6 +822,28 @@ fn a_run_whose_output_is_closed_ends_even_when_its_workers_die() {
 }
 
 #[test]
+fn a_worker_that_dies_leaves_no_task_folder_after_the_run() {
+    // Not replaced, so no new worker on the host sweeps the dead one's folder: the run
+    // removes it at its end.
+    let sweep = Sweep::new();
+    let killed = sweep.shared.join("killed");
+    let case = format!(
+        "test {{}} != a || test -e {0} || {{ touch {0}; kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); }}; echo {{}}",
+        killed.display()
+    );
+    let out = sweep
+        .command(&["-j", "2", "-k", &case, ":::", "a", "b"])
+        .env("PARVM_REPLACE_WORKERS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
+    assert_eq!(err.matches("lost peer").count(), 1, "{err}");
+    sweep.assert_no_task_folder_left();
+}
+
+#[test]
 fn ctrl_c_leaves_no_case_running_and_no_task_folder() {
     // What a terminal's Ctrl-C does: SIGINT to the whole foreground job.
     stop_by_signal(true);

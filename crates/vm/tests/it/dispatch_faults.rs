@@ -81,6 +81,7 @@ fn a_killed_worker_s_jobs_run_again_elsewhere(backend: Backend) {
     let pids = worker_pids(&vm);
     let _guard = PidsGuard(pids.clone());
     let victim = pids[0];
+    assert_eq!(vm.workers_lost(), 0);
     let jobs = (0..80u64).map(|_| Job::task("sleep_pid", &30u64));
     let mut seen = BTreeSet::new();
     let mut rerun = 0;
@@ -114,6 +115,8 @@ fn a_killed_worker_s_jobs_run_again_elsewhere(backend: Backend) {
         .unwrap();
     assert_eq!(seen, (0..80).collect());
     assert_eq!(rerun, 1, "the job the killed worker ran runs again, once");
+    // A replacement (local) is a new worker: the loss still counts.
+    assert_eq!(vm.workers_lost(), 1);
 }
 
 #[test]

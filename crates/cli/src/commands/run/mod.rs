@@ -515,11 +515,12 @@ fn sweep(
         done.store(true, Ordering::SeqCst);
         swept
     })?;
-    if swept.interrupted {
-        // Workers a Ctrl-C killed left their task folders: remove them now.
+    if swept.interrupted || vm.workers_lost() > 0 {
+        // Workers a Ctrl-C killed, or that died, left their task folders: removed now,
+        // not at the next start of parvm on their host.
         if let Err(error) = vm.clear_local_storage(false, Duration::from_secs(5)) {
             crate::console::say(format!(
-                "parvm run: could not remove the folders of stopped cases: {error}"
+                "parvm run: could not remove the task folders of lost workers: {error}"
             ));
         }
     }
