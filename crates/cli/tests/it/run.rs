@@ -373,6 +373,24 @@ fn a_case_ignores_the_signals_its_caller_ignored_and_no_others() {
         assert_eq!(mask & bit(1), bit(1), "SIGHUP: {mask:#x}");
         assert_eq!(mask & (bit(32) | bit(33)), 0, "{mask:#x}");
     }
+    // As a background job of a script, started with SIGINT ignored: `parvm run` still
+    // stops on it, but its cases ignore it.
+    let mut background = Command::new("sh");
+    background
+        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+        .arg(direct.get_program())
+        .args(direct.get_args())
+        .current_dir(&sweep.shared)
+        .stdin(Stdio::null());
+    for (name, value) in direct.get_envs() {
+        match value {
+            Some(value) => background.env(name, value),
+            None => background.env_remove(name),
+        };
+    }
+    for mask in ignored_by_each_case(&background.output().unwrap()) {
+        assert_eq!(mask & bit(2), bit(2), "SIGINT: {mask:#x}");
+    }
     sweep.assert_no_task_folder_left();
 }
 

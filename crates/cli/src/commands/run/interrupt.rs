@@ -22,10 +22,10 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Catches SIGINT and SIGTERM in this process. Never in a process that may become a
-    /// worker (an MPI rank before the runtime started): workers keep the default action, so
-    /// in a terminal they end with their commands. Workers started by this process
-    /// (`exec`ed) get the default action back anyway.
+    /// Catches SIGINT and SIGTERM in this process: before the runtime starts only when
+    /// [`may_catch_before_start`](Interrupt::may_catch_before_start) says so, else after,
+    /// so that workers keep the action they inherit (in a terminal they end with their
+    /// commands; in a background job they ignore SIGINT, as their commands do).
     ///
     /// # Errors
     /// A handler cannot be installed.
@@ -38,6 +38,16 @@ impl Interrupt {
             signal_hook::flag::register(signal, Arc::clone(&flag)).map_err(RunError::Signal)?;
         }
         Ok(Interrupt { flag })
+    }
+
+    /// Whether the handlers may be installed before the runtime starts, so that a signal
+    /// that comes while it starts stops the run cleanly too. Not in a process that may
+    /// become a worker (an MPI rank). Not when this process was started with SIGINT or
+    /// SIGTERM ignored (a background job of a script): local workers started before the
+    /// handlers inherit the ignored signal, and so do their cases, as from a shell; caught,
+    /// it would be the default again in them.
+    pub fn may_catch_before_start() -> bool {
+        !parvm_transport::launcher::launched_by_mpirun() && !started_ignoring_int_or_term()
     }
 
     /// Whether a signal came.
@@ -66,4 +76,17 @@ impl Interrupt {
             std::thread::sleep(WATCH_EVERY);
         }
     }
+}
+
+/// Whether this process ignores SIGINT or SIGTERM (`SigIgn` of `/proc/self/status`: bit
+/// n-1 is signal n); true when that cannot be read, which keeps the order that is right
+/// either way.
+fn started_ignoring_int_or_term() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    ignored.is_none_or(|mask| mask & (bit(SIGINT) | bit(SIGTERM)) != 0)
 }

@@ -353,14 +353,12 @@ fn sweep(
             builder = builder.transport(kind);
         }
     }
-    // Caught from here on where this process can only be the spawner, so a SIGTERM that
-    // comes as soon as a TCP spawner printed its address still ends the run cleanly. Under
-    // an MPI launcher every rank gets here and most become workers, which must keep the
-    // default action: there the spawner catches them once the runtime started.
-    let caught_early = if parvm_transport::launcher::launched_by_mpirun() {
-        None
-    } else {
+    // Caught from here on where that is safe, so a SIGTERM that comes as soon as a TCP
+    // spawner printed its address still ends the run cleanly; else once the runtime started.
+    let caught_early = if interrupt::Interrupt::may_catch_before_start() {
         Some(interrupt::Interrupt::install()?)
+    } else {
+        None
     };
     let runtime = builder.start().map_err(|e| match e {
         parvm_vm::Error::Transport {
