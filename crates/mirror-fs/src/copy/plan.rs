@@ -42,9 +42,13 @@ pub(crate) struct DirAttrs {
     pub(crate) mode: u32,
     pub(crate) atime: TimeSpec,
     pub(crate) mtime: TimeSpec,
+    /// The wave of the match it was copied for: of two matches landing on one folder, the
+    /// later one's mode and times are the folder's.
+    pub(crate) wave: u32,
 }
 
 impl DirAttrs {
+    /// The attributes of the source folder `from` (stat `st`) for `to`, alone in its wave.
     pub(crate) fn of(from: PathBuf, to: PathBuf, st: &FileStat) -> DirAttrs {
         let (atime, mtime) = times(st);
         DirAttrs {
@@ -53,6 +57,7 @@ impl DirAttrs {
             mode: st.st_mode & 0o7777,
             atime,
             mtime,
+            wave: 0,
         }
     }
 }

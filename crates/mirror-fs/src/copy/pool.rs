@@ -29,6 +29,9 @@ struct QueueState {
     /// The waves still to come, the next one last: each starts when the one before has
     /// finished.
     later: Vec<Vec<Unit>>,
+    /// The number of the wave running (0 first): every unit taken belongs to it, the
+    /// subfolders found while it runs too.
+    wave: u32,
 }
 
 struct Shared<'r> {
@@ -54,8 +57,9 @@ impl Shared<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes a unit, waiting while other workers may still add some; `None` when all is done.
-    fn take(&self) -> Option<Unit> {
+    /// Takes a unit, with the number of its wave, waiting while other workers may still
+    /// add some; `None` when all is done.
+    fn take(&self) -> Option<(Unit, u32)> {
         let mut state = self.lock();
         loop {
             if self.abort.load(Ordering::Relaxed) {
@@ -63,11 +67,12 @@ impl Shared<'_> {
             }
             if let Some(unit) = state.units.pop() {
                 state.active += 1;
-                return Some(unit);
+                return Some((unit, state.wave));
             }
             if state.active == 0 {
                 let next = state.later.pop()?;
                 state.units = next;
+                state.wave += 1;
                 self.ready.notify_all();
                 continue;
             }
@@ -216,8 +221,10 @@ pub(crate) fn execute(
         return Err(e);
     }
 
-    // Deepest first, so setting a folder's time is not undone by work in its children.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.to.components().count()));
+    // Deepest first, so setting a folder's time is not undone by work in its children; a
+    // folder two matches land on takes the mode and times of the later one, as its files
+    // do (each is in a later wave), whichever thread listed which.
+    dirs.sort_by_key(|d| (std::cmp::Reverse(d.to.components().count()), d.wave));
     for dir in &dirs {
         set_dir_attrs(dir, mode, ctx.root)?;
     }
@@ -316,14 +323,14 @@ impl<'a> Worker<'a> {
     }
 
     fn run(&mut self) {
-        while let Some(unit) = self.shared.take() {
+        while let Some((unit, wave)) = self.shared.take() {
             let result = match unit {
                 Unit::Dir {
                     id,
                     src,
                     dst,
                     parent,
-                } => self.list(id, src, dst, parent.as_ref()),
+                } => self.list(id, (src, dst), parent.as_ref(), wave),
                 Unit::Names { pair, names } => self.names(&pair, names),
             };
             if let Err(e) = result {
@@ -340,9 +347,9 @@ impl<'a> Worker<'a> {
     fn list(
         &mut self,
         id: u32,
-        src: PathBuf,
-        dst: PathBuf,
+        (src, dst): (PathBuf, PathBuf),
         parent: Option<&(Arc<DirPair>, CString)>,
+        wave: u32,
     ) -> Result<()> {
         let pair = Arc::new(DirPair::open(id, src, dst, parent, self.shared.ctx)?);
         // Taken before listing: an entry added while the folder is listed changes the
@@ -395,6 +402,7 @@ impl<'a> Worker<'a> {
             mode: st.st_mode & 0o7777,
             atime,
             mtime,
+            wave,
         });
         self.shared
             .found

@@ -60,6 +60,46 @@ fn files_dirs_and_globs_land_in_their_targets() {
 }
 
 #[test]
+fn where_two_matched_folders_land_on_one_the_later_gives_its_mode_and_time() {
+    // As its files: each folder of `b` lands on the same folder of `a` in a later wave, so
+    // the folder ends with `b`'s mode and time, whichever threads listed the two.
+    let fx = Fixture::on_tmpfs();
+    let (early, late) = (
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000),
+    );
+    let names: Vec<String> = (0..24).map(|i| format!("d{i:02}.x")).collect();
+    for (side, mode, time) in [("a", 0o750, early), ("b", 0o755, late)] {
+        for name in &names {
+            let dir = fx.src(format!("{side}/{name}"));
+            fx.file(dir.join(format!("from-{side}")), side.as_bytes());
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            fs::File::open(&dir).unwrap().set_modified(time).unwrap();
+        }
+    }
+    let map = MirrorMap::new()
+        .entry(fx.src("a/*.x"), ".")
+        .unwrap()
+        .entry(fx.src("b/*.x"), ".")
+        .unwrap();
+    for _ in 0..10 {
+        let _ = fs::remove_dir_all(&fx.task);
+        fs::create_dir(&fx.task).unwrap();
+        mirror(&map, &fx.task, &MirrorOptions::new().threads(4)).unwrap();
+        for name in &names {
+            let meta = fs::metadata(fx.dst(name)).unwrap();
+            assert_eq!(
+                (meta.mode() & 0o7777, meta.modified().unwrap()),
+                (0o755, late),
+                "{name}"
+            );
+            assert!(fx.dst(format!("{name}/from-a")).is_file());
+            assert!(fx.dst(format!("{name}/from-b")).is_file());
+        }
+    }
+}
+
+#[test]
 fn where_two_matches_land_on_one_file_the_later_one_wins() {
     // As when the map is copied entry by entry, match by match (and as PyOPUS does): the
     // later copy overwrites. The earlier file is large, so that a copy running beside the
