@@ -179,11 +179,29 @@ impl Changes<'_> {
             };
             copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?
         };
-        // Folder modes and times, deepest first; also of the folders made writable.
+        // Folder modes and times, deepest first; also of the folders made writable. Where
+        // several folders land on one, a fresh mirror gives it the last one's: restoring
+        // one restores them all, in the order a mirror copies them.
         let mut touched = Vec::new();
-        let mut attrs: Vec<(Option<&Path>, PathBuf, u32)> = restore
+        let mut restored = BTreeSet::new();
+        for &id in &restore {
+            let Some(d) = m.dirs.get(id as usize) else {
+                continue;
+            };
+            restored.insert(id);
+            if m.overlaps {
+                restored.extend(
+                    landing::at(m, &d.dst).filter(|&other| !self.dead_dirs[other as usize]),
+                );
+            }
+        }
+        let mut restored: Vec<u32> = restored.into_iter().collect();
+        if restored.len() > 1 && m.overlaps {
+            restored.sort_by_cached_key(|&id| ranks.of_dir(id));
+        }
+        let mut attrs: Vec<(Option<&Path>, PathBuf, u32)> = restored
             .iter()
-            .filter_map(|&id| m.dirs.get(id as usize))
+            .map(|&id| &m.dirs[id as usize])
             .map(|d| (Some(d.src.as_path()), d.dst.clone(), 0))
             .collect();
         for (dst, mode) in writable {
@@ -192,6 +210,7 @@ impl Changes<'_> {
                 attrs.push((None, dst, mode));
             }
         }
+        // Stable: folders of one depth keep the mirror's order.
         attrs.sort_by_key(|(_, dst, _)| std::cmp::Reverse(dst.components().count()));
         for (src, dst, mode) in attrs {
             match src {

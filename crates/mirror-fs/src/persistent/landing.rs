@@ -64,6 +64,12 @@ impl<'m> Ranks<'m> {
         self.entry_of.get_or_insert_with(|| entries_of(&m.dirs))[id]
     }
 
+    /// The rank of folder `id` of the manifest.
+    pub(super) fn of_dir(&mut self, id: u32) -> (usize, std::path::PathBuf) {
+        let (entry, src) = self.of(CopiedFrom::Dir(id));
+        (entry, src.to_path_buf())
+    }
+
     fn of<'a>(&mut self, from: CopiedFrom<'a>) -> Rank<'a>
     where
         'm: 'a,
@@ -96,7 +102,7 @@ impl<'m> Ranks<'m> {
 }
 
 /// The folders of `m` whose destination is `dst`.
-fn at<'m>(m: &'m Manifest, dst: &Path) -> impl Iterator<Item = u32> + 'm {
+pub(super) fn at<'m>(m: &'m Manifest, dst: &Path) -> impl Iterator<Item = u32> + 'm {
     m.by_dst.get(dst).into_iter().flatten().copied()
 }
 

@@ -651,6 +651,42 @@ fn where_two_sources_land_on_one_file_a_refresh_keeps_the_later_one() {
 }
 
 #[test]
+fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_time() {
+    let set_dir_mtime = |dir: &Path, secs: u64| {
+        fs::File::open(dir)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    };
+    for options in flavours() {
+        let fx = Fixture::new();
+        for side in ["a", "b"] {
+            fx.file(format!("{side}/d.x/sub/from-{side}"), side.as_bytes());
+        }
+        set_mode(&fx.src("a/d.x/sub"), 0o750);
+        set_mode(&fx.src("b/d.x/sub"), 0o755);
+        set_dir_mtime(&fx.src("a/d.x/sub"), 1_000_000);
+        set_dir_mtime(&fx.src("b/d.x/sub"), 2_000_000);
+        let map = MirrorMap::new()
+            .entry(fx.src("a/*.x"), ".")
+            .unwrap()
+            .entry(fx.src("b/*.x"), ".")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        let attrs = || {
+            let meta = fs::metadata(fx.task.join("d.x/sub")).unwrap();
+            (meta.mode() & 0o7777, meta.mtime())
+        };
+        assert_eq!(attrs(), (0o755, 2_000_000), "{options:?}");
+        // The earlier one changes: a fresh mirror would still give the later one's.
+        set_mode(&fx.src("a/d.x/sub"), 0o700);
+        set_dir_mtime(&fx.src("a/d.x/sub"), 3_000_000);
+        folder.refresh(&options).unwrap();
+        assert_eq!(attrs(), (0o755, 2_000_000), "{options:?}");
+    }
+}
+
+#[test]
 fn a_new_file_hidden_by_a_later_match_is_not_copied_over_it() {
     for options in flavours() {
         let fx = Fixture::new();
