@@ -357,38 +357,31 @@ fn a_case_ignores_the_signals_its_caller_ignored_and_no_others() {
     }
     // As from a shell, what the caller ignores stays ignored: `nohup` ignores SIGHUP.
     let direct = sweep.command(&args);
-    let mut nohup = Command::new("nohup");
-    nohup
-        .arg(direct.get_program())
-        .args(direct.get_args())
-        .current_dir(&sweep.shared)
-        .stdin(Stdio::null());
-    for (name, value) in direct.get_envs() {
-        match value {
-            Some(value) => nohup.env(name, value),
-            None => nohup.env_remove(name),
-        };
-    }
-    for mask in ignored_by_each_case(&nohup.output().unwrap()) {
+    // The same `parvm run`, started through `wrapper` with its words in front.
+    let under = |wrapper: &[&str]| -> Output {
+        let mut command = Command::new(wrapper[0]);
+        command
+            .args(&wrapper[1..])
+            .arg(direct.get_program())
+            .args(direct.get_args())
+            .current_dir(&sweep.shared)
+            .stdin(Stdio::null());
+        for (name, value) in direct.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        command.output().unwrap()
+    };
+    for mask in ignored_by_each_case(&under(&["nohup"])) {
         assert_eq!(mask & bit(1), bit(1), "SIGHUP: {mask:#x}");
         assert_eq!(mask & (bit(32) | bit(33)), 0, "{mask:#x}");
     }
     // As a background job of a script, started with SIGINT ignored: `parvm run` still
     // stops on it, but its cases ignore it.
-    let mut background = Command::new("sh");
-    background
-        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
-        .arg(direct.get_program())
-        .args(direct.get_args())
-        .current_dir(&sweep.shared)
-        .stdin(Stdio::null());
-    for (name, value) in direct.get_envs() {
-        match value {
-            Some(value) => background.env(name, value),
-            None => background.env_remove(name),
-        };
-    }
-    for mask in ignored_by_each_case(&background.output().unwrap()) {
+    let background = under(&["sh", "-c", "trap '' INT; exec \"$0\" \"$@\""]);
+    for mask in ignored_by_each_case(&background) {
         assert_eq!(mask & bit(2), bit(2), "SIGINT: {mask:#x}");
     }
     sweep.assert_no_task_folder_left();
