@@ -85,6 +85,14 @@ impl Changes<'_> {
         let mut ranks = Ranks::new(m);
         // Folders landing inside a new folder copied before them: copied again, whole.
         let again = landing::copied_again(m, &self.new_dirs, &self.dead_dirs, &mut ranks);
+        // Their modes and times too, even with no file to copy: the new folder's tree set
+        // its own on the places they land.
+        restore.extend(
+            again
+                .iter()
+                .copied()
+                .filter(|&id| !m.dirs[id as usize].is_top()),
+        );
         for &id in &again {
             let d = &m.dirs[id as usize];
             let names = copies.entry(id).or_default();
@@ -195,15 +203,35 @@ impl Changes<'_> {
                 );
             }
         }
+        // A folder gone at the source no longer gives the place it landed on its mode and
+        // time: the others landing there do again.
+        if m.overlaps {
+            for (id, _) in self.dead_dirs.iter().enumerate().filter(|(_, dead)| **dead) {
+                let live = landing::at(m, &m.dirs[id].dst).filter(|&o| !self.dead_dirs[o as usize]);
+                restored.extend(live.filter(|&o| !m.dirs[o as usize].is_top()));
+            }
+        }
         let mut restored: Vec<u32> = restored.into_iter().collect();
         if restored.len() > 1 && m.overlaps {
-            restored.sort_by_cached_key(|&id| ranks.of_dir(id));
+            restored.sort_by_cached_key(|&id| ranks.of(CopiedFrom::Dir(id)));
         }
-        let mut attrs: Vec<(Option<&Path>, PathBuf, u32)> = restored
-            .iter()
-            .map(|&id| &m.dirs[id as usize])
-            .map(|d| (Some(d.src.as_path()), d.dst.clone(), 0))
-            .collect();
+        let mut attrs: Vec<(Option<Cow<'_, Path>>, PathBuf, u32)> = Vec::new();
+        for id in restored {
+            let d = &m.dirs[id as usize];
+            attrs.push((Some(Cow::Borrowed(d.src.as_path())), d.dst.clone(), 0));
+            // A new folder copied for a later match, on it or around it, set its own
+            // folder's attributes there: they come after, as in a mirror.
+            for nd in &self.new_dirs {
+                if let Ok(below) = d.dst.strip_prefix(&nd.dst)
+                    && ranks.of(CopiedFrom::New(nd)) > ranks.of(CopiedFrom::Dir(id))
+                {
+                    let src = nd.src.join(below);
+                    if src.is_dir() {
+                        attrs.push((Some(Cow::Owned(src)), d.dst.clone(), 0));
+                    }
+                }
+            }
+        }
         for (dst, mode) in writable {
             if !attrs.iter().any(|(_, d, _)| *d == dst) {
                 // A target folder that is not mirrored: it gets its own mode back.
@@ -215,9 +243,10 @@ impl Changes<'_> {
         for (src, dst, mode) in attrs {
             match src {
                 Some(src) => {
-                    let st = nix::sys::stat::stat(src).map_err(|e| vanished_or_read(src, e))?;
+                    let st = nix::sys::stat::stat(src.as_ref())
+                        .map_err(|e| vanished_or_read(&src, e))?;
                     copy::set_dir_attrs(
-                        &DirAttrs::of(src.to_path_buf(), dst.clone(), &st),
+                        &DirAttrs::of(src.into_owned(), dst.clone(), &st),
                         Mode_::Refresh,
                         root,
                     )?;

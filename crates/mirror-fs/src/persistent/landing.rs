@@ -64,13 +64,8 @@ impl<'m> Ranks<'m> {
         self.entry_of.get_or_insert_with(|| entries_of(&m.dirs))[id]
     }
 
-    /// The rank of folder `id` of the manifest.
-    pub(super) fn of_dir(&mut self, id: u32) -> (usize, std::path::PathBuf) {
-        let (entry, src) = self.of(CopiedFrom::Dir(id));
-        (entry, src.to_path_buf())
-    }
-
-    fn of<'a>(&mut self, from: CopiedFrom<'a>) -> Rank<'a>
+    /// The rank of what `from` copies from.
+    pub(super) fn of<'a>(&mut self, from: CopiedFrom<'a>) -> Rank<'a>
     where
         'm: 'a,
     {

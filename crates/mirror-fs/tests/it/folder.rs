@@ -687,6 +687,42 @@ fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_
 }
 
 #[test]
+fn a_new_folder_of_a_later_source_over_an_earlier_one_gives_its_mode_and_time() {
+    // a/* → ., e/* → d1: a/d1/d1 lands on d1/d1, where a new e/d1 lands later and wins.
+    let set_dir_time = |dir: &Path, secs: u64| {
+        fs::File::open(dir)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    };
+    for options in flavours() {
+        let fx = Fixture::new();
+        fx.file("a/d1/d1/f0", b"a");
+        set_dir_time(&fx.src("a/d1/d1"), 1_000_000);
+        fs::create_dir(fx.src("e")).unwrap();
+        let map = MirrorMap::new()
+            .entry(fx.src("a/*"), ".")
+            .unwrap()
+            .entry(fx.src("e/*"), "d1")
+            .unwrap();
+        let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
+        fx.file("e/d1/f1", b"e");
+        set_mode(&fx.src("e/d1"), 0o750);
+        set_dir_time(&fx.src("e/d1"), 2_000_000);
+        // The task edits a's file there: a's folder is copied into again.
+        fs::write(fx.task.join("d1/d1/f0"), b"task").unwrap();
+        folder.refresh(&options).unwrap();
+        assert_eq!(fs::read(fx.task.join("d1/d1/f0")).unwrap(), b"a");
+        let meta = fs::metadata(fx.task.join("d1/d1")).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.mtime()),
+            (0o750, 2_000_000),
+            "{options:?}"
+        );
+    }
+}
+
+#[test]
 fn a_new_file_hidden_by_a_later_match_is_not_copied_over_it() {
     for options in flavours() {
         let fx = Fixture::new();
@@ -866,6 +902,7 @@ mod overlap_law {
     //! keeps its copy (a refresh deletes nothing), so the task folder may hold more.
 
     use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime};
 
@@ -1002,6 +1039,16 @@ mod overlap_law {
                 let got = read(&task);
                 for (path, node) in read(&fresh) {
                     prop_assert_eq!(got.get(&path), Some(&node), "round {}: {}", round, path.display());
+                    // A target folder made by the mirror has the time it was last written
+                    // in; a mirrored one its source's, of the last when several land on it.
+                    let target_folder = ["d0", "d1", "d1/d0"].iter().any(|t| path == Path::new(t));
+                    if node == crate::model::Node::Dir && !target_folder {
+                        let attrs = |root: &Path| {
+                            let meta = fs::metadata(root.join(&path)).unwrap();
+                            (meta.permissions().mode() & 0o7777, meta.modified().unwrap())
+                        };
+                        prop_assert_eq!(attrs(&task), attrs(&fresh), "round {}: folder {}", round, path.display());
+                    }
                 }
                 let again = folder.refresh(&options).unwrap();
                 prop_assert_eq!(again.files + again.symlinks, 0, "round {}: {:?}", round, again);
