@@ -3,7 +3,7 @@
 //! what changed (that is `changes`).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
-use super::changes::Changes;
+use super::changes::{Changes, NewDir};
 use super::landing::{self, CopiedFrom, Group, LaterFiles, Ranks};
 use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
@@ -215,16 +215,22 @@ impl Changes<'_> {
         if restored.len() > 1 && m.overlaps {
             restored.sort_by_cached_key(|&id| ranks.of(CopiedFrom::Dir(id)));
         }
+        let mut new_at: HashMap<&Path, Vec<&NewDir>> = HashMap::new();
+        for nd in &self.new_dirs {
+            new_at.entry(nd.dst.as_path()).or_default().push(nd);
+        }
         let mut attrs: Vec<(Option<Cow<'_, Path>>, PathBuf, u32)> = Vec::new();
         for id in restored {
             let d = &m.dirs[id as usize];
             attrs.push((Some(Cow::Borrowed(d.src.as_path())), d.dst.clone(), 0));
             // A new folder copied for a later match, on it or around it, set its own
             // folder's attributes there: they come after, as in a mirror.
-            for nd in &self.new_dirs {
-                if let Ok(below) = d.dst.strip_prefix(&nd.dst)
-                    && ranks.of(CopiedFrom::New(nd)) > ranks.of(CopiedFrom::Dir(id))
-                {
+            let around = d.dst.ancestors().filter_map(|at| new_at.get(at)).flatten();
+            for nd in around {
+                let Ok(below) = d.dst.strip_prefix(&nd.dst) else {
+                    continue;
+                };
+                if ranks.of(CopiedFrom::New(nd)) > ranks.of(CopiedFrom::Dir(id)) {
                     let src = nd.src.join(below);
                     if src.is_dir() {
                         attrs.push((Some(Cow::Owned(src)), d.dst.clone(), 0));
