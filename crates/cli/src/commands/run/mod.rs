@@ -512,8 +512,9 @@ fn sweep(
         let swept = sweep.report(joblog, dispatch);
         done.store(true, Ordering::SeqCst);
         swept
-    })?;
-    if swept.interrupted || vm.workers_lost() > 0 {
+    });
+    // Also when the sweep failed (its output could not be printed, say).
+    if interrupt.happened() || vm.workers_lost() > 0 {
         // Workers a Ctrl-C killed, or that died, left their task folders: removed now,
         // not at the next start of parvm on their host.
         if let Err(error) = vm.clear_local_storage(false, Duration::from_secs(5)) {
@@ -522,6 +523,7 @@ fn sweep(
             ));
         }
     }
+    let swept = swept?;
     drop(vm);
     runtime.finalize().map_err(RunError::Vm)?;
     if let Some(error) = ledger.failure() {
