@@ -26,13 +26,7 @@ fn files_dirs_and_globs_land_in_their_targets() {
     fx.file("lib/.hidden.lib", b"h");
     fx.file("tree/x/y.txt", b"y");
     fx.file("top.cir", b"top");
-    let map = MirrorMap::new()
-        .entry(fx.src("lib/*.lib"), "models/deep")
-        .unwrap()
-        .entry(fx.src("tree"), ".")
-        .unwrap()
-        .entry(fx.src("top.cir"), "")
-        .unwrap();
+    let map = fx.map(&[("lib/*.lib", "models/deep"), ("tree", "."), ("top.cir", "")]);
     let report = mirror(&map, &fx.task, &opts()).unwrap();
     assert_eq!(
         listing(&fx.task),
@@ -77,11 +71,7 @@ fn where_two_matched_folders_land_on_one_the_later_gives_its_mode_and_time() {
             fs::File::open(&dir).unwrap().set_modified(time).unwrap();
         }
     }
-    let map = MirrorMap::new()
-        .entry(fx.src("a/*.x"), ".")
-        .unwrap()
-        .entry(fx.src("b/*.x"), ".")
-        .unwrap();
+    let map = fx.map(&[("a/*.x", "."), ("b/*.x", ".")]);
     for _ in 0..10 {
         let _ = fs::remove_dir_all(&fx.task);
         fs::create_dir(&fx.task).unwrap();
@@ -146,11 +136,7 @@ fn where_two_matches_land_on_one_file_the_later_one_wins() {
 fn literal_missing_source_is_an_error_and_nothing_is_copied() {
     let fx = Fixture::new();
     fx.file("a.txt", b"a");
-    let map = MirrorMap::new()
-        .entry(fx.src("a.txt"), "in")
-        .unwrap()
-        .entry(fx.src("missing.txt"), "in")
-        .unwrap();
+    let map = fx.map(&[("a.txt", "in"), ("missing.txt", "in")]);
     let err = mirror(&map, &fx.task, &opts()).unwrap_err();
     assert!(matches!(err, Error::SourceMissing { .. }), "{err}");
     assert!(err.to_string().contains("missing.txt"), "{err}");
@@ -181,9 +167,7 @@ fn a_file_in_the_way_of_a_folder_is_a_clear_error() {
     fx.file("tree/sub/x.txt", b"x");
     // The target folder itself is a file.
     fs::write(fx.dst("models"), b"task output").unwrap();
-    let map = MirrorMap::new()
-        .entry(fx.src("tree/sub/x.txt"), "models")
-        .unwrap();
+    let map = fx.map(&[("tree/sub/x.txt", "models")]);
     let err = mirror(&map, &fx.task, &opts()).unwrap_err();
     assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
     assert!(err.to_string().contains("models"), "{err}");
@@ -195,7 +179,7 @@ fn a_file_in_the_way_of_a_folder_is_a_clear_error() {
     // A folder inside a copied tree is a file in the task folder.
     fs::create_dir(fx.dst("tree")).unwrap();
     fs::write(fx.dst("tree/sub"), b"in the way").unwrap();
-    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    let map = fx.map(&[("tree", ".")]);
     let err = mirror(&map, &fx.task, &opts()).unwrap_err();
     assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
     assert!(err.to_string().contains("tree/sub"), "{err}");
@@ -207,7 +191,7 @@ fn a_folder_in_the_way_of_a_file_is_a_clear_error() {
     let fx = Fixture::new();
     fx.file("x.txt", b"x");
     fs::create_dir(fx.dst("x.txt")).unwrap();
-    let map = MirrorMap::new().entry(fx.src("x.txt"), ".").unwrap();
+    let map = fx.map(&[("x.txt", ".")]);
     let err = mirror(&map, &fx.task, &opts()).unwrap_err();
     assert!(matches!(err, Error::Copy { .. }), "{err}");
     let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
@@ -224,11 +208,7 @@ fn non_utf8_names_are_matched_and_copied() {
     let odd_dir = std::ffi::OsStr::from_bytes(b"d\xff");
     fx.file(Path::new(odd), b"latin1");
     fx.file(Path::new(odd_dir).join(odd), b"inner");
-    let map = MirrorMap::new()
-        .entry(fx.src("*.lib"), "m")
-        .unwrap()
-        .entry(fx.src("d*"), "m")
-        .unwrap();
+    let map = fx.map(&[("*.lib", "m"), ("d*", "m")]);
     let report = mirror(&map, &fx.task, &opts()).unwrap();
     assert_eq!(report.files, 2);
     assert_eq!(fs::read(fx.dst("m").join(odd)).unwrap(), b"latin1");
@@ -248,7 +228,7 @@ fn symlinks_inside_a_copied_folder_stay_symlinks() {
     symlink("nowhere", fx.src("tree/dangling")).unwrap();
     fs::create_dir(fx.src("tree/d")).unwrap();
     symlink("../real.txt", fx.src("tree/d/up")).unwrap();
-    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    let map = fx.map(&[("tree", ".")]);
     let report = mirror(&map, &fx.task, &opts()).unwrap();
     assert_eq!(report.symlinks, 4);
     for (link, target) in [
@@ -270,7 +250,7 @@ fn top_level_symlinks_are_followed() {
     fx.file("file.txt", b"content");
     symlink(fx.src("real"), fx.src("link-dir")).unwrap();
     symlink("file.txt", fx.src("link-file")).unwrap();
-    let map = MirrorMap::new().entry(fx.src("link-*"), ".").unwrap();
+    let map = fx.map(&[("link-*", ".")]);
     mirror(&map, &fx.task, &opts()).unwrap();
     let dir = fs::symlink_metadata(fx.dst("link-dir")).unwrap();
     assert!(dir.is_dir(), "a link to a folder gives a copied folder");
@@ -300,7 +280,7 @@ fn mode_and_mtime_are_kept_for_files_and_folders() {
     let ro_dir = fx.src("tree/ro");
     set_mode(&ro_dir, 0o555);
     fs::File::open(&ro_dir).unwrap().set_modified(old).unwrap();
-    let map = MirrorMap::new().entry(fx.src("tree"), ".").unwrap();
+    let map = fx.map(&[("tree", ".")]);
     mirror(&map, &fx.task, &opts()).unwrap();
     for rel in ["tree/run.sh", "tree/ro/data", "tree/ro", "tree"] {
         let (s, d) = (
@@ -357,7 +337,7 @@ fn a_source_vanishing_mid_copy_is_named() {
     let fx = Fixture::new();
     let gone = fx.file("lib/gone.lib", b"g");
     fx.file("lib/stays.lib", b"s");
-    let map = MirrorMap::new().entry(fx.src("lib/*.lib"), "m").unwrap();
+    let map = fx.map(&[("lib/*.lib", "m")]);
     let to_remove = gone.clone();
     let options = MirrorOptions::new().after_plan(move || fs::remove_file(&to_remove).unwrap());
     let err = mirror(&map, &fx.task, &options).unwrap_err();
@@ -389,12 +369,7 @@ fn progress_is_reported_and_ends_complete() {
         c.fetch_add(1, Ordering::Relaxed);
         *l.lock().unwrap() = Some(*p);
     });
-    let report = mirror(
-        &MirrorMap::new().entry(fx.src("tree"), ".").unwrap(),
-        &fx.task,
-        &options,
-    )
-    .unwrap();
+    let report = mirror(&fx.map(&[("tree", ".")]), &fx.task, &options).unwrap();
     assert_eq!(report.files, 300);
     assert_eq!(report.bytes, 3000);
     assert!(calls.load(Ordering::Relaxed) >= 2);
@@ -419,7 +394,7 @@ fn large_files_are_copied_exactly_with_any_thread_count() {
         let task = fx.task.join(format!("t{threads}"));
         fs::create_dir(&task).unwrap();
         let report = mirror(
-            &MirrorMap::new().entry(fx.src("big"), ".").unwrap(),
+            &fx.map(&[("big", ".")]),
             &task,
             &MirrorOptions::new().threads(threads),
         )
@@ -483,7 +458,7 @@ fn full_disk_removes_the_partial_copy_and_names_the_file() {
     let task = tmpfs.path.join("task");
     fs::create_dir(&task).unwrap();
     fs::write(task.join("task-output.txt"), b"mine").unwrap();
-    let map = MirrorMap::new().entry(fx.src("tree"), "in").unwrap();
+    let map = fx.map(&[("tree", "in")]);
     let err = mirror(&map, &task, &MirrorOptions::new().threads(1)).unwrap_err();
     assert!(matches!(err, Error::DiskFull { .. }), "{err}");
     assert!(err.to_string().contains("zz-big.bin"), "{err}");

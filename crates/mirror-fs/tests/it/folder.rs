@@ -38,13 +38,7 @@ fn setup(fx: &Fixture) -> MirrorMap {
     fx.file("lib/b.lib", b"model b");
     fx.file("lib/notes.txt", b"not matched");
     fx.file("top.cir", b"netlist");
-    MirrorMap::new()
-        .entry(fx.src("tree"), "in")
-        .unwrap()
-        .entry(fx.src("lib/*.lib"), "models")
-        .unwrap()
-        .entry(fx.src("top.cir"), ".")
-        .unwrap()
+    fx.map(&[("tree", "in"), ("lib/*.lib", "models"), ("top.cir", ".")])
 }
 
 fn copies(report: &parvm_mirror_fs::MirrorReport) -> u64 {
@@ -259,7 +253,7 @@ fn read_only_source_folders_are_refreshed() {
     for options in flavours() {
         let fx = Fixture::new();
         fx.file("ro/a.txt", b"a");
-        let map = MirrorMap::new().entry(fx.src("ro"), ".").unwrap();
+        let map = fx.map(&[("ro", ".")]);
         set_mode(&fx.src("ro"), 0o555);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         set_mode(&fx.src("ro"), 0o755);
@@ -303,13 +297,11 @@ fn a_glob_that_matches_nothing_yet_picks_up_new_matches() {
         let fx = Fixture::new();
         fs::create_dir(fx.src("empty")).unwrap();
         fs::create_dir(fx.src("dirs")).unwrap();
-        let map = MirrorMap::new()
-            .entry(fx.src("empty/*.lib"), "models")
-            .unwrap()
-            .entry(fx.src("*/x.inc"), "inc")
-            .unwrap()
-            .entry(fx.src("dirs/*"), "trees")
-            .unwrap();
+        let map = fx.map(&[
+            ("empty/*.lib", "models"),
+            ("*/x.inc", "inc"),
+            ("dirs/*", "trees"),
+        ]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         assert_eq!(folder.report().unmatched.len(), 3);
         fx.file("empty/a.lib", b"a");
@@ -617,15 +609,12 @@ fn where_two_sources_land_on_one_file_a_refresh_keeps_the_later_one() {
         fx.file("b/m.lib", b"later");
         fx.file("lib/m.lib", b"in a folder");
         fx.file("lib/other.lib", b"other");
-        let map = MirrorMap::new()
-            .entry(fx.src("a/m.lib"), ".")
-            .unwrap()
-            .entry(fx.src("b/m.lib"), ".")
-            .unwrap()
-            .entry(fx.src("lib"), ".")
-            .unwrap()
-            .entry(fx.src("b/m.lib"), "lib")
-            .unwrap();
+        let map = fx.map(&[
+            ("a/m.lib", "."),
+            ("b/m.lib", "."),
+            ("lib", "."),
+            ("b/m.lib", "lib"),
+        ]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
         assert_eq!(read("m.lib"), b"later");
@@ -667,11 +656,7 @@ fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_
         set_mode(&fx.src("b/d.x/sub"), 0o755);
         set_dir_mtime(&fx.src("a/d.x/sub"), 1_000_000);
         set_dir_mtime(&fx.src("b/d.x/sub"), 2_000_000);
-        let map = MirrorMap::new()
-            .entry(fx.src("a/*.x"), ".")
-            .unwrap()
-            .entry(fx.src("b/*.x"), ".")
-            .unwrap();
+        let map = fx.map(&[("a/*.x", "."), ("b/*.x", ".")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let attrs = || {
             let meta = fs::metadata(fx.task.join("d.x/sub")).unwrap();
@@ -700,11 +685,7 @@ fn a_new_folder_of_a_later_source_over_an_earlier_one_gives_its_mode_and_time() 
         fx.file("a/d1/d1/f0", b"a");
         set_dir_time(&fx.src("a/d1/d1"), 1_000_000);
         fs::create_dir(fx.src("e")).unwrap();
-        let map = MirrorMap::new()
-            .entry(fx.src("a/*"), ".")
-            .unwrap()
-            .entry(fx.src("e/*"), "d1")
-            .unwrap();
+        let map = fx.map(&[("a/*", "."), ("e/*", "d1")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         fx.file("e/d1/f1", b"e");
         set_mode(&fx.src("e/d1"), 0o750);
@@ -728,11 +709,7 @@ fn a_new_file_hidden_by_a_later_match_is_not_copied_over_it() {
         let fx = Fixture::new();
         fx.file("a/x.lib", b"a x");
         fx.file("b/m.lib", b"later");
-        let map = MirrorMap::new()
-            .entry(fx.src("a"), ".")
-            .unwrap()
-            .entry(fx.src("b/m.lib"), "a")
-            .unwrap();
+        let map = fx.map(&[("a", "."), ("b/m.lib", "a")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         assert_eq!(fs::read(fx.task.join("a/m.lib")).unwrap(), b"later");
         // A fresh mirror would copy it first and the later match over it.
@@ -759,13 +736,7 @@ fn a_new_folder_of_an_earlier_source_does_not_overwrite_a_later_match_inside_it(
         fx.file("a/x.lib", b"a x");
         fx.file("b/m.lib", b"later");
         fx.file("c/sub/n.lib", b"c n, later");
-        let map = MirrorMap::new()
-            .entry(fx.src("a"), ".")
-            .unwrap()
-            .entry(fx.src("b/m.lib"), "a/new")
-            .unwrap()
-            .entry(fx.src("c"), "a")
-            .unwrap();
+        let map = fx.map(&[("a", "."), ("b/m.lib", "a/new"), ("c", "a")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
         assert_eq!(read("a/new/m.lib"), b"later");
@@ -805,11 +776,7 @@ fn new_folders_of_two_sources_landing_in_one_another_keep_the_later_one() {
         let fx = Fixture::new();
         fx.file("a/x.lib", b"a x");
         fx.file("c/m.lib", b"c m, later");
-        let map = MirrorMap::new()
-            .entry(fx.src("a"), ".")
-            .unwrap()
-            .entry(fx.src("c"), "a")
-            .unwrap();
+        let map = fx.map(&[("a", "."), ("c", "a")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
         assert_eq!(read("a/c/m.lib"), b"c m, later");
@@ -844,11 +811,7 @@ fn a_later_source_removed_uncovers_the_earlier_file_it_hid() {
         fx.file("c/m.lib", b"later");
         fx.file("c/lib/n.lib", b"later n");
         fx.file("c/gone.lib", b"later, alone");
-        let map = MirrorMap::new()
-            .entry(fx.src("a/*"), ".")
-            .unwrap()
-            .entry(fx.src("c/*"), ".")
-            .unwrap();
+        let map = fx.map(&[("a/*", "."), ("c/*", ".")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let read = |name: &str| fs::read(fx.task.join(name)).unwrap();
         assert_eq!(read("m.lib"), b"later");
@@ -874,11 +837,7 @@ fn a_literal_source_hidden_by_a_removed_glob_match_comes_back() {
         let fx = Fixture::new();
         fx.file("a/m.lib", b"earlier, literal");
         fx.file("c/m.lib", b"later, a glob's");
-        let map = MirrorMap::new()
-            .entry(fx.src("a/m.lib"), ".")
-            .unwrap()
-            .entry(fx.src("c/*.lib"), ".")
-            .unwrap();
+        let map = fx.map(&[("a/m.lib", "."), ("c/*.lib", ".")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         assert_eq!(fs::read(fx.task.join("m.lib")).unwrap(), b"later, a glob's");
         fs::remove_file(fx.src("c/m.lib")).unwrap();

@@ -59,6 +59,17 @@ impl Fixture {
         path
     }
 
+    /// A map of `(source, target)` entries, each source relative to the shared folder.
+    pub fn map(&self, entries: &[(&str, &str)]) -> parvm_mirror_fs::MirrorMap {
+        entries.iter().fold(
+            parvm_mirror_fs::MirrorMap::new(),
+            |map, (source, target)| {
+                map.entry(self.src(source), target)
+                    .expect("a valid map entry")
+            },
+        )
+    }
+
     /// A path in the shared folder.
     pub fn src(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.shared.join(rel)
