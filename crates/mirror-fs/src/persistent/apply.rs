@@ -3,7 +3,7 @@
 //! what changed (that is `changes`).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::Mode;
 
-use super::changes::{Changes, NewDir};
+use super::changes::Changes;
 use super::landing::{self, CopiedFrom, Group, LaterFiles, Ranks};
 use super::manifest::{DirRec, EntryRec, GlobRec, Manifest, Origin, Shadows};
 use crate::copy::{self, DirAttrs, Prepared, Recorded, Unit};
@@ -187,57 +187,13 @@ impl Changes<'_> {
             };
             copy::execute(prepared, options, Mode_::Full, created, next, true, ctx)?
         };
-        // Folder modes and times, deepest first; also of the folders made writable. Where
-        // several folders land on one, a fresh mirror gives it the last one's: restoring
-        // one restores them all, in the order a mirror copies them.
+        // Folder modes and times, deepest first; also of the folders made writable.
+        let mut attrs: Vec<(Option<Cow<'_, Path>>, PathBuf, u32)> =
+            landing::restored_attrs(m, &restore, &self.dead_dirs, &self.new_dirs, &mut ranks)
+                .into_iter()
+                .map(|(src, dst)| (Some(src), dst.to_path_buf(), 0))
+                .collect();
         let mut touched = Vec::new();
-        let mut restored = BTreeSet::new();
-        for &id in &restore {
-            let Some(d) = m.dirs.get(id as usize) else {
-                continue;
-            };
-            restored.insert(id);
-            if m.overlaps {
-                restored.extend(
-                    landing::at(m, &d.dst).filter(|&other| !self.dead_dirs[other as usize]),
-                );
-            }
-        }
-        // A folder gone at the source no longer gives the place it landed on its mode and
-        // time: the others landing there do again.
-        if m.overlaps {
-            for (id, _) in self.dead_dirs.iter().enumerate().filter(|(_, dead)| **dead) {
-                let live = landing::at(m, &m.dirs[id].dst).filter(|&o| !self.dead_dirs[o as usize]);
-                restored.extend(live.filter(|&o| !m.dirs[o as usize].is_top()));
-            }
-        }
-        let mut restored: Vec<u32> = restored.into_iter().collect();
-        if restored.len() > 1 && m.overlaps {
-            restored.sort_by_cached_key(|&id| ranks.of(CopiedFrom::Dir(id)));
-        }
-        let mut new_at: HashMap<&Path, Vec<&NewDir>> = HashMap::new();
-        for nd in &self.new_dirs {
-            new_at.entry(nd.dst.as_path()).or_default().push(nd);
-        }
-        let mut attrs: Vec<(Option<Cow<'_, Path>>, PathBuf, u32)> = Vec::new();
-        for id in restored {
-            let d = &m.dirs[id as usize];
-            attrs.push((Some(Cow::Borrowed(d.src.as_path())), d.dst.clone(), 0));
-            // A new folder copied for a later match, on it or around it, set its own
-            // folder's attributes there: they come after, as in a mirror.
-            let around = d.dst.ancestors().filter_map(|at| new_at.get(at)).flatten();
-            for nd in around {
-                let Ok(below) = d.dst.strip_prefix(&nd.dst) else {
-                    continue;
-                };
-                if ranks.of(CopiedFrom::New(nd)) > ranks.of(CopiedFrom::Dir(id)) {
-                    let src = nd.src.join(below);
-                    if src.is_dir() {
-                        attrs.push((Some(Cow::Owned(src)), d.dst.clone(), 0));
-                    }
-                }
-            }
-        }
         for (dst, mode) in writable {
             if !attrs.iter().any(|(_, d, _)| *d == dst) {
                 // A target folder that is not mirrored: it gets its own mode back.

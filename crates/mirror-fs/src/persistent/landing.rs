@@ -6,10 +6,12 @@
 //! put in [`Group`]s, one per destination folder (a new folder: its whole tree), and groups
 //! that may meet run in waves in that order ([`waves`]); folders of the manifest that land
 //! inside a new folder copied before them are copied again after it ([`copied_again`]),
-//! and a new file is not copied over a later folder's unchanged one ([`LaterFiles`]).
+//! and a new file is not copied over a later folder's unchanged one ([`LaterFiles`]);
+//! folder modes and times are set in that order too ([`restored_attrs`]).
 //! Deciding what changed is `changes`, copying is `apply`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CStr;
 use std::path::Path;
 
@@ -97,7 +99,69 @@ impl<'m> Ranks<'m> {
 }
 
 /// The folders of `m` whose destination is `dst`.
-pub(super) fn at<'m>(m: &'m Manifest, dst: &Path) -> impl Iterator<Item = u32> + 'm {
+/// The source folders whose mode and times a refresh gives to the places the folders of
+/// `restore` land on, as (source, destination), in the order to set them (deepest first is
+/// the caller's): where several folders land on one place, a fresh mirror gives it the
+/// last one's, so restoring one restores every live one there in rank order, each followed
+/// by the matching folder of any new folder of a later rank on or around it; and a folder
+/// gone at the source hands its place back to the live ones.
+pub(super) fn restored_attrs<'m>(
+    m: &'m Manifest,
+    restore: &BTreeSet<u32>,
+    dead_dirs: &[bool],
+    new_dirs: &'m [NewDir],
+    ranks: &mut Ranks<'m>,
+) -> Vec<(Cow<'m, Path>, &'m Path)> {
+    // Mirrored folders only: a top folder is a target, whose attributes no source gives.
+    let live_at = |dst: &Path| {
+        at(m, dst)
+            .filter(|&id| !dead_dirs[id as usize] && !m.dirs[id as usize].is_top())
+            .collect::<Vec<_>>()
+    };
+    let mut ids = BTreeSet::new();
+    for &id in restore {
+        let Some(d) = m.dirs.get(id as usize) else {
+            continue;
+        };
+        ids.insert(id);
+        if m.overlaps {
+            ids.extend(live_at(&d.dst));
+        }
+    }
+    if m.overlaps {
+        for (id, _) in dead_dirs.iter().enumerate().filter(|(_, dead)| **dead) {
+            ids.extend(live_at(&m.dirs[id].dst));
+        }
+    }
+    let mut ids: Vec<u32> = ids.into_iter().collect();
+    if ids.len() > 1 && m.overlaps {
+        ids.sort_by_cached_key(|&id| ranks.of(CopiedFrom::Dir(id)));
+    }
+    let mut new_at: HashMap<&Path, Vec<&NewDir>> = HashMap::new();
+    for nd in new_dirs {
+        new_at.entry(nd.dst.as_path()).or_default().push(nd);
+    }
+    let mut attrs = Vec::new();
+    for id in ids {
+        let d = &m.dirs[id as usize];
+        attrs.push((Cow::Borrowed(d.src.as_path()), d.dst.as_path()));
+        let around = d.dst.ancestors().filter_map(|at| new_at.get(at)).flatten();
+        for nd in around {
+            let Ok(below) = d.dst.strip_prefix(&nd.dst) else {
+                continue;
+            };
+            if ranks.of(CopiedFrom::New(nd)) > ranks.of(CopiedFrom::Dir(id)) {
+                let src = nd.src.join(below);
+                if src.is_dir() {
+                    attrs.push((Cow::Owned(src), d.dst.as_path()));
+                }
+            }
+        }
+    }
+    attrs
+}
+
+fn at<'m>(m: &'m Manifest, dst: &Path) -> impl Iterator<Item = u32> + 'm {
     m.by_dst.get(dst).into_iter().flatten().copied()
 }
 
