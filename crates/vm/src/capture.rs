@@ -139,6 +139,9 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
         if let Some(number) = inner.link.function_to_stop() {
             stop_function(inner, number);
         }
+        if let Some((number, signal)) = inner.link.function_when_leaving() {
+            leave_during_function(inner, number, signal);
+        }
         match ready {
             Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => {}
@@ -182,6 +185,31 @@ fn stop_function(inner: &Inner, number: u64) -> ! {
     }
     tracing::debug!(number, "exiting to stop a function task");
     std::process::exit(parvm_transport::local::STOPPED_EXIT_CODE)
+}
+
+/// Ends the process by `signal`, which asked the worker to leave while function task
+/// `number` runs: a function cannot be interrupted inside its thread. Tells the spawner
+/// first, so the task ends as lost and runs again elsewhere. The task folder stays behind
+/// with a dead owner, and the next worker start on this host sweeps it as stale.
+fn leave_during_function(inner: &Inner, number: u64, signal: i32) -> ! {
+    let name = crate::leave::signal_name(signal);
+    let reason = format!(
+        "{name} asked it to leave while function task {number} ran, which cannot be interrupted, so it ended at once; its task folder waits for the next parvm start on its host"
+    );
+    if let Ok(bytes) = wire::encode(&FromWorker::Leaving {
+        reason: reason.clone(),
+    }) {
+        let _ = inner.link.transport().send(0, &bytes);
+    }
+    if let Some(console) = &inner.console {
+        let line = format!(
+            "parvm: worker rank {} (pid {}): {reason}\n",
+            inner.link.transport().rank(),
+            std::process::id(),
+        );
+        let _ = nix::unistd::write(console, line.as_bytes());
+    }
+    crate::leave::end_by_signal(signal)
 }
 
 /// Reads both pipes until they are empty and sends complete lines (all bytes with `flush`)

@@ -342,6 +342,17 @@ pub enum Error {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A worker cannot catch a signal it leaves on ([`LeaveRequest::on_signals`](crate::LeaveRequest::on_signals)).
+    #[error(
+        "cannot catch {signal} in this worker: {source}; without it the signal kills the worker at once and its task folder waits for the next parvm start on this host"
+    )]
+    Signal {
+        /// The signal's name.
+        signal: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

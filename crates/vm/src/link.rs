@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use parvm_transport::{Event, Transport, Wait};
 
+use crate::leave::LeaveRequest;
 use crate::wire;
 
 /// The output bytes a worker may have sent and not yet had acknowledged.
@@ -66,6 +67,8 @@ pub(crate) struct Link {
     transport: Arc<dyn Transport>,
     state: Mutex<State>,
     cond: Condvar,
+    /// Set from outside when the worker is to leave ([`crate::leave`]).
+    leave: Option<LeaveRequest>,
 }
 
 struct State {
@@ -137,9 +140,10 @@ impl State {
 }
 
 impl Link {
-    pub(crate) fn new(transport: Arc<dyn Transport>) -> Link {
+    pub(crate) fn new(transport: Arc<dyn Transport>, leave: Option<LeaveRequest>) -> Link {
         Link {
             transport,
+            leave,
             state: Mutex::new(State {
                 pulling: false,
                 sleepers: 0,
@@ -263,9 +267,14 @@ impl Link {
         state.stop_task = false;
     }
 
-    /// Whether the spawner asked to stop the running task.
+    /// Whether the spawner asked to stop the running task, or the worker is leaving.
     pub(crate) fn stop_requested(&self) -> bool {
-        self.lock().stop_task
+        self.lock().stop_task || self.leaving().is_some()
+    }
+
+    /// The signal that asked the worker to leave, once one did.
+    pub(crate) fn leaving(&self) -> Option<i32> {
+        self.leave.as_ref().and_then(LeaveRequest::signal)
     }
 
     /// The number of the running function task when the spawner asked to stop it.
@@ -273,6 +282,16 @@ impl Link {
         let state = self.lock();
         match state.task {
             Some((number, TaskKind::Function)) if state.stop_task => Some(number),
+            _ => None,
+        }
+    }
+
+    /// The number of the running function task, and the signal, when the worker is asked
+    /// to leave while it runs.
+    pub(crate) fn function_when_leaving(&self) -> Option<(u64, i32)> {
+        let signal = self.leaving()?;
+        match self.lock().task {
+            Some((number, TaskKind::Function)) => Some((number, signal)),
             _ => None,
         }
     }
@@ -467,7 +486,7 @@ mod tests {
         let mut ends = MemoryTransport::cluster(&["spawner", "worker"]).into_iter();
         let spawner = ends.next().unwrap();
         let worker: Arc<dyn Transport> = Arc::new(ends.next().unwrap());
-        (spawner, Arc::new(Link::new(worker)))
+        (spawner, Arc::new(Link::new(worker, None)))
     }
 
     #[test]

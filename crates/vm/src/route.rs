@@ -202,6 +202,11 @@ impl Shared {
                 Self::on_return_failed(state, from, number, reason);
                 None
             }
+            FromWorker::Leaving { reason } => {
+                tracing::debug!(rank = from, %reason, "a worker leaves");
+                state.slots.leave_because(from, reason);
+                None
+            }
             FromWorker::Stopped { number, started } => {
                 if started {
                     // The worker exits next: a task sent to it now would only be lost.
@@ -460,7 +465,16 @@ impl Shared {
             return;
         }
         // Workers leave only when dismissed (above), so this is news: the transport's
-        // reason names the worker and, where it can tell, what became of it.
+        // reason names the worker and, where it can tell, what became of it; a worker that
+        // said why it leaves adds that.
+        let said;
+        let reason = match &slot.left_because {
+            Some(why) => {
+                said = format!("{reason}; it said: {why}");
+                said.as_str()
+            }
+            None => reason,
+        };
         tracing::warn!(backend = self.backend, rank, host = %slot.host, "lost peer: {reason}");
         state.lost += 1;
         state.last_loss = Some(reason.to_owned());

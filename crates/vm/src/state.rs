@@ -24,8 +24,12 @@ pub(crate) struct Slot {
     pub running: Option<Running>,
     /// The task whose request waits at the worker behind `running` (dispatch only).
     pub queued: Option<Running>,
-    /// The worker is exiting (to stop its function task): no new task is placed on it.
+    /// The worker is exiting (to stop its function task, or asked to by a signal): no new
+    /// task is placed on it.
     pub leaving: bool,
+    /// Why the worker said it leaves ([`FromWorker::Leaving`](crate::wire::FromWorker::Leaving)),
+    /// for the warning its loss gives.
+    pub left_because: Option<String>,
 }
 
 /// The task occupying a slot, until its exit is received.
@@ -136,6 +140,7 @@ impl Slots {
                 running: None,
                 queued: None,
                 leaving: false,
+                left_because: None,
             },
         );
         !known
@@ -299,6 +304,15 @@ impl Slots {
     pub(crate) fn leave(&mut self, rank: Rank) {
         if let Some(slot) = self.map.get_mut(&rank) {
             slot.leaving = true;
+        }
+    }
+
+    /// The worker `rank` said it leaves, and why: no task is placed on it any more, and
+    /// its loss says why.
+    pub(crate) fn leave_because(&mut self, rank: Rank, reason: String) {
+        if let Some(slot) = self.map.get_mut(&rank) {
+            slot.leaving = true;
+            slot.left_because = Some(reason);
         }
     }
 

@@ -44,6 +44,9 @@ pub(crate) struct LoopState {
     /// The supervisor this worker's commands run under, forked when the loop starts (again
     /// for a command when it is gone); dropped, and so ended, with the loop.
     pub(crate) supervisor: RefCell<Option<crate::supervise::Supervisor>>,
+    /// The task the worker gave back to the spawner because it was asked to leave: its
+    /// end is not reported, so it ends as lost and runs again elsewhere.
+    pub(crate) given_back: Cell<Option<crate::TaskId>>,
 }
 
 impl LoopState {

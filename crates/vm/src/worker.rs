@@ -12,6 +12,7 @@ use parvm_transport::{Event, Transport, Wait};
 
 use crate::capture::Capture;
 use crate::error::one_line;
+use crate::leave::LeaveRequest;
 use crate::link::{Begin, Link, TaskKind};
 use crate::message::CommandStatus;
 use crate::ship::fetch::Exchange;
@@ -32,6 +33,9 @@ pub const TASK_ID_VAR: &str = "PARVM_TASK_ID";
 /// How often a worker waiting for a command looks for a finalize or the spawner's loss.
 const COMMAND_CHECK: Duration = Duration::from_millis(50);
 
+/// How often an idle worker that may be asked to leave ([`Worker::leave_on`]) looks.
+const LEAVE_CHECK: Duration = Duration::from_millis(100);
+
 /// The spawn loop of a worker process (or of an in-process worker thread).
 ///
 /// [`Runtime::start`](crate::Runtime::start) runs it for you in worker processes; build
@@ -41,6 +45,7 @@ pub struct Worker {
     config: Config,
     change_dir: bool,
     capture_output: bool,
+    leave: Option<LeaveRequest>,
 }
 
 impl Worker {
@@ -52,7 +57,21 @@ impl Worker {
             config,
             change_dir: true,
             capture_output: false,
+            leave: None,
         }
+    }
+
+    /// Leaves when `request` is made (see [`LeaveRequest::on_signals`]): the running
+    /// command is stopped with everything it started and given back to the spawner, which
+    /// runs it again on another worker (a function task cannot be interrupted, so its
+    /// process ends at once, as for a [`Vm::stop`](crate::Vm::stop)); the task folders are
+    /// removed; the spawner is told why; and [`serve_to_end`](Self::serve_to_end) returns
+    /// [`WorkerEnd::Left`]. A command that ends by itself meanwhile, other than with
+    /// status 0 (it may have got the same signal), is given back too.
+    #[must_use]
+    pub fn leave_on(mut self, request: LeaveRequest) -> Worker {
+        self.leave = Some(request);
+        self
     }
 
     /// Whether a task's folder becomes the process's current folder; default true. Turn it
@@ -93,7 +112,7 @@ impl Worker {
         let host = transport.host();
         let rank = transport.rank();
         let backend = transport.backend();
-        let link = Arc::new(Link::new(Arc::clone(&transport)));
+        let link = Arc::new(Link::new(Arc::clone(&transport), self.leave.clone()));
         let mut storage = TaskFolders::new(&self.config);
         storage.sweep();
         let capture = if self.capture_output {
@@ -122,10 +141,14 @@ impl Worker {
             Err(e) => tracing::debug!(error = %e, "cannot fork the command supervisor yet"),
         }
         let result = loop {
+            if let Some(signal) = link.leaving() {
+                storage.forget_all();
+                break Ok(say_leaving(&*transport, &state, signal));
+            }
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {
                 Some(payload) => payload,
-                None => match receive(&link, &mut storage) {
+                None => match receive(&link, &mut storage, self.leave.is_some()) {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");
@@ -250,13 +273,40 @@ pub enum WorkerEnd {
         /// Why, as the transport saw it.
         reason: String,
     },
+    /// The worker left when asked to ([`Worker::leave_on`]), before the spawner dismissed
+    /// it: its task, if it ran one, was given back and its task folders removed.
+    Left {
+        /// The signal that asked it to.
+        signal: i32,
+        /// The task it gave back, if it ran one.
+        gave_back: Option<TaskId>,
+    },
+}
+
+/// Tells the spawner that this worker leaves, on `signal`, and what it did; the
+/// [`WorkerEnd`] that says so.
+fn say_leaving(transport: &dyn Transport, state: &LoopState, signal: i32) -> WorkerEnd {
+    let name = crate::leave::signal_name(signal);
+    let gave_back = state.given_back.get();
+    let reason = match gave_back {
+        Some(task) => format!(
+            "{name} asked it to leave; it stopped task {task}, which is to run again on another worker, and removed its task folders"
+        ),
+        None => format!("{name} asked it to leave; it removed its task folders"),
+    };
+    tracing::debug!(%reason, "leaving");
+    // A spawner that is gone needs no reason.
+    let _ = state.send(transport, &FromWorker::Leaving { reason });
+    WorkerEnd::Left { signal, gave_back }
 }
 
 /// The spawn loop's next event. A folder kept for a next task that is not here is removed
-/// before waiting, so none outlives its tasks while the worker idles.
+/// before waiting, so none outlives its tasks while the worker idles. A worker that may be
+/// asked to leave waits at most [`LEAVE_CHECK`] (then `Ok(None)`), to look again.
 fn receive(
     link: &Link,
     storage: &mut TaskFolders,
+    may_leave: bool,
 ) -> Result<Option<Event>, parvm_transport::Error> {
     if storage.holds_spare() {
         if let Some(event) = link.recv(Wait::NoWait)? {
@@ -264,7 +314,11 @@ fn receive(
         }
         storage.remove_spare();
     }
-    link.recv(Wait::Forever)
+    link.recv(if may_leave {
+        Wait::For(LEAVE_CHECK)
+    } else {
+        Wait::Forever
+    })
 }
 
 /// Everything one task run needs.
@@ -296,6 +350,11 @@ impl Run<'_> {
             state: self.state,
         };
         let outcome = match storage.prepare(request, &mut exchange) {
+            Err(_) if self.link.leaving().is_some() => {
+                // Its fetch or mirror was cut short by the leave, not by the task.
+                self.state.given_back.set(Some(id));
+                Err(String::new())
+            }
             Err(reason) => Err(format!(
                 "cannot prepare the task folder: {}",
                 one_line(&reason)
@@ -303,7 +362,8 @@ impl Run<'_> {
             Ok(prepared) => {
                 mirrored = prepared.mirrored;
                 let outcome = self.run_in(id, prepared.dir.as_deref(), &request.job);
-                if !request.returning.is_empty() {
+                let given_back = self.state.given_back.get().is_some();
+                if !request.returning.is_empty() && !given_back {
                     // After the task, before its `Done`, while its folder is still there.
                     let returned = match prepared.task_dir() {
                         Some(dir) => crate::returning::send_files(
@@ -324,7 +384,8 @@ impl Run<'_> {
                         );
                     }
                 }
-                let next_here = !request.persistent
+                let next_here = !given_back
+                    && !request.persistent
                     && prepared.task_dir().is_some()
                     && self.next_task_is_here(request.vm);
                 if let Err(e) = prepared.release(next_here) {
@@ -336,6 +397,10 @@ impl Run<'_> {
         if let Some(capture) = self.capture {
             capture.drain();
             capture.set_task(0);
+        }
+        if self.state.given_back.get().is_some() {
+            tracing::debug!(task = %id, "task given back: the worker leaves");
+            return;
         }
         if let Err(reason) = &outcome {
             tracing::debug!(task = %id, %reason, "task failed");
@@ -468,6 +533,12 @@ impl Run<'_> {
             match supervised.wait(COMMAND_CHECK) {
                 Ok(None) => {}
                 Ok(Some(End::Status(status))) => {
+                    if self.link.leaving().is_some() && (stopped.is_some() || !status.success()) {
+                        // Stopped for the leave, or ended by the same signal: its case is
+                        // not this command's to fail.
+                        self.state.given_back.set(Some(id));
+                        return Err(String::new());
+                    }
                     if let Some(why) = stopped {
                         return Err(format!(
                             "command `{program}` of task {id} (pid {pid} on host `{host}`) was stopped with everything it started, because {why}"
@@ -493,6 +564,16 @@ impl Run<'_> {
                 }
             }
             if stopped.is_some() {
+                continue;
+            }
+            if let Some(signal) = self.link.leaving() {
+                let why = format!(
+                    "this worker was asked to leave by {}",
+                    crate::leave::signal_name(signal)
+                );
+                tracing::debug!(task = %id, pid, reason = %why, "stopping a command");
+                supervised.stop();
+                stopped = Some(why);
                 continue;
             }
             let why = match ctx.try_recv() {
@@ -629,5 +710,49 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("same parvm build"), "{error}");
+    }
+
+    #[test]
+    fn an_idle_worker_asked_to_leave_tells_the_spawner_why_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .local_root(dir.path())
+            .mirrored_roots([dir.path()])
+            .build()
+            .unwrap();
+        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
+        let spawner = ends.next().unwrap();
+        let worker = ends.next().unwrap();
+        let leave = LeaveRequest::new();
+        let served = {
+            let leave = leave.clone();
+            std::thread::spawn(move || {
+                Worker::new(crate::Tasks::new(), config)
+                    .leave_on(leave)
+                    .serve_to_end(Box::new(worker))
+            })
+        };
+        leave.request(libc::SIGTERM);
+        let said = loop {
+            match spawner.recv(Wait::Forever).unwrap() {
+                Some(Event::Message { from: 1, payload }) => break payload,
+                _ => continue,
+            }
+        };
+        match wire::decode::<FromWorker<'_>>(&said).unwrap() {
+            FromWorker::Leaving { reason } => assert_eq!(
+                reason,
+                "SIGTERM asked it to leave; it removed its task folders"
+            ),
+            _ => panic!("not a Leaving frame"),
+        }
+        let end = served.join().unwrap().unwrap();
+        assert_eq!(
+            end,
+            WorkerEnd::Left {
+                signal: libc::SIGTERM,
+                gave_back: None
+            }
+        );
     }
 }

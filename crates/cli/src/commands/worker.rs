@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use parvm_env_config::{CONNECT_VAR, Config};
 use parvm_transport::tcp::{ConnectOptions, Secret, TcpTransport};
-use parvm_vm::{Tasks, Worker, WorkerEnd};
+use parvm_vm::{LeaveRequest, Tasks, Worker, WorkerEnd};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// How to reach the spawner. A flag that is not given takes its variable's value, read
 /// and checked by `parvm_env_config::Config` like every other parvm variable.
@@ -61,7 +63,9 @@ pub fn run(args: &Args) -> Result<()> {
         parvm_transport::Transport::rank(&transport),
         parvm_transport::Transport::host(&transport),
     ));
-    serve(transport, config, true)
+    // Caught once joined: before, a signal has nothing to clean and ends the worker.
+    let leave = LeaveRequest::on_signals()?;
+    serve(transport, config, true, Some(leave))
 }
 
 /// The spawner's address: `--connect`, else `PARVM_CONNECT`.
@@ -154,8 +158,14 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
         .with_context(|| format!("cannot join the spawner at `{addr}`"))
 }
 
-/// Serves command tasks until the spawner lets go.
-fn serve(transport: TcpTransport, config: Config, capture_output: bool) -> Result<()> {
+/// Serves command tasks until the spawner lets go, or until `leave` is requested: then it
+/// says what it did and ends by the signal that asked.
+fn serve(
+    transport: TcpTransport,
+    config: Config,
+    capture_output: bool,
+    leave: Option<LeaveRequest>,
+) -> Result<()> {
     // Kept before the worker sends its standard error to the spawner: once the spawner
     // is gone, what goes there is lost, so how the worker ended is said here.
     let console = std::io::stderr()
@@ -163,11 +173,24 @@ fn serve(transport: TcpTransport, config: Config, capture_output: bool) -> Resul
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .ok();
-    let ended = Worker::new(Tasks::new(), config)
-        .capture_output(capture_output)
-        .serve_to_end(Box::new(transport));
+    let mut worker = Worker::new(Tasks::new(), config).capture_output(capture_output);
+    if let Some(leave) = leave {
+        worker = worker.leave_on(leave);
+    }
+    let ended = worker.serve_to_end(Box::new(transport));
+    let mut left_on = None;
     let said = match ended {
         Ok(WorkerEnd::Dismissed) => return Ok(()),
+        Ok(WorkerEnd::Left { signal, gave_back }) => {
+            left_on = Some(signal);
+            let name = parvm_vm::leave::signal_name(signal);
+            match gave_back {
+                Some(task) => format!(
+                    "leaving on {name}: stopped task {task} (the spawner runs it again on another worker) and removed the task folders"
+                ),
+                None => format!("leaving on {name}: no task was running; removed the task folders"),
+            }
+        }
         Ok(WorkerEnd::SpawnerLost { reason }) => format!(
             "{reason} before it ended its run (it was killed, or the network failed); this worker leaves"
         ),
@@ -177,7 +200,10 @@ fn serve(transport: TcpTransport, config: Config, capture_output: bool) -> Resul
     match (console, capture_output) {
         (Some(mut console), true) => {
             let _ = console.write_all(format!("parvm worker: {said}\n").as_bytes());
-            std::process::exit(1);
+            match left_on {
+                Some(signal) => parvm_vm::leave::end_by_signal(signal),
+                None => std::process::exit(1),
+            }
         }
         _ => bail!("{said}"),
     }
@@ -210,16 +236,54 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot start `{}`", me.display()))?,
         );
     }
+    let forwarded = forward_leave_signals(children.iter().map(std::process::Child::id).collect())?;
     let mut failed = 0;
     for mut child in children {
         if !child.wait().is_ok_and(|status| status.success()) {
             failed += 1;
         }
     }
+    if let Some(signal) = forwarded.signal() {
+        // The workers left as asked; this process ends as they did.
+        parvm_vm::leave::end_by_signal(signal);
+    }
     if failed > 0 {
         bail!("{failed} of {} workers failed", args.slots);
     }
     Ok(())
+}
+
+/// Passes each signal a worker leaves on to the single-slot workers `children`, so that
+/// signalling this process alone (as `kill` or a service manager may) makes them leave;
+/// one that reached them directly too counts once (see [`LeaveRequest::on_signals`]).
+/// The request says whether one came.
+fn forward_leave_signals(children: Vec<u32>) -> Result<LeaveRequest> {
+    let request = LeaveRequest::new();
+    let caught: Vec<i32> = [SIGTERM, SIGINT, SIGHUP]
+        .into_iter()
+        .filter(|&signal| !parvm_vm::leave::ignored_by_this_process(signal))
+        .collect();
+    let mut signals =
+        Signals::new(&caught).context("cannot catch the signals to pass to the workers")?;
+    let asked = request.clone();
+    std::thread::Builder::new()
+        .name("parvm-forward".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                asked.request(signal);
+                let Ok(signal) = nix::sys::signal::Signal::try_from(signal) else {
+                    continue;
+                };
+                for &child in &children {
+                    if let Ok(pid) = i32::try_from(child) {
+                        // A worker that ended already is no error.
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                    }
+                }
+            }
+        })
+        .context("cannot start the thread that passes signals to the workers")?;
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -302,7 +366,7 @@ mod tests {
         let addr = runtime.tcp_addr().unwrap().to_string();
         let worker = {
             let args = args(&addr, &secret_file);
-            std::thread::spawn(move || serve(connect(&args, &config).unwrap(), config, false))
+            std::thread::spawn(move || serve(connect(&args, &config).unwrap(), config, false, None))
         };
         runtime
             .wait_for_workers(1, Duration::from_secs(30))

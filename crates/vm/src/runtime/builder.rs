@@ -230,13 +230,15 @@ impl RuntimeBuilder {
         let worker = parvm_transport::local::worker_from_env()
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
+        // A worker that joined over TCP was started by hand or by a batch system, which
+        // asks it to leave with a signal; a local worker's signals are its spawner's too.
         let worker = match (worker, tcp_join) {
-            (Some(worker), _) => Some(worker),
-            (None, Some(join)) => Some(Box::new(join_tcp(&join)?) as Box<dyn Transport>),
+            (Some(worker), _) => Some((worker, false)),
+            (None, Some(join)) => Some((Box::new(join_tcp(&join)?) as Box<dyn Transport>, true)),
             (None, None) => None,
         };
-        if let Some(transport) = worker {
-            serve_and_exit(self.tasks, config, transport);
+        if let Some((transport, leave_on_signals)) = worker {
+            serve_and_exit(self.tasks, config, transport, leave_on_signals);
         }
         let mut forward_names = self.forward_env.clone();
         // PARVM_FORWARD_ENV, read and split by env-config.

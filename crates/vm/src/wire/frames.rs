@@ -319,6 +319,11 @@ pub(crate) enum FromWorker<'a> {
         digest: Digest,
         pieces: Vec<u32>,
     },
+    /// The worker leaves before it is dismissed (a signal asked it to, `reason` says which
+    /// and what it did): no task is to be sent to it. The task it ran, if any, gets no
+    /// `Done`; it ends as lost when the connection closes next, and a dispatch runs it
+    /// again elsewhere.
+    Leaving { reason: String },
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ pub(crate) use user::{
 /// 3: shipping, with the probe in the mirror frame, manifests and blobs; 4: numbered blob
 /// requests; 5: large files in pieces, and requests for the pieces that changed; 6: a stop
 /// of a queued task unless it started; 7: blob chunks name their request, and a worker on
-/// an intact transport takes what the spawner vouches for).
-pub(crate) const VERSION: u8 = 7;
+/// an intact transport takes what the spawner vouches for; 8: a worker says why it leaves).
+pub(crate) const VERSION: u8 = 8;
 
 /// The first byte of the one frame every build reads, whatever its version: this byte, then
 /// the sender's [`VERSION`]. A worker sends it before it leaves a spawner whose frames it

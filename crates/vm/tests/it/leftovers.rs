@@ -336,6 +336,33 @@ fn a_tcp_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
     }
 }
 
+/// SIGTERM, as a batch system sends it to end a job, makes a TCP worker of the program
+/// stop its command with everything it started, remove its task folder, and end by the
+/// signal, well before the supervisor's grace period would.
+#[test]
+fn a_tcp_worker_sent_sigterm_leaves_no_task_process_and_no_task_folder() {
+    use std::os::unix::process::ExitStatusExt;
+    let marked = Marked::new("sigterm-tcp");
+    let (mut guard, workers) = spawner("command", FAMILY, &marked, true);
+    assert_eq!(workers.len(), 1);
+    marked.wait_for(4);
+    let worker = guard.worker.as_mut().unwrap();
+    let pid = Pid::from_raw(i32::try_from(worker.id()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = worker.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "{status}");
+    let left = marked.alive();
+    assert!(left.is_empty(), "left behind: {}", describe(&left));
+    let local = guard._folder.path().join("local");
+    let folders: Vec<_> = std::fs::read_dir(&local)
+        .unwrap()
+        .flat_map(|user| std::fs::read_dir(user.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "cache")
+        .collect();
+    assert!(folders.is_empty(), "left in local storage: {folders:?}");
+}
+
 #[test]
 fn returning_from_main_while_a_command_runs_is_quick_and_leaves_nothing() {
     let marked = Marked::new("return");
