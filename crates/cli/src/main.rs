@@ -29,6 +29,10 @@ enum Command {
         action: commands::storage::Action,
     },
     /// Join a TCP spawner as a worker that runs external-command tasks.
+    ///
+    /// SIGTERM, SIGINT or SIGHUP makes it leave in order: the running command is stopped
+    /// and its case given back to the spawner, which runs it on another worker; the task
+    /// folders are removed; then it ends by that signal.
     Worker(commands::worker::Args),
     /// Run a command for every case of its inputs, each in its own task folder, with GNU
     /// parallel's conventions (`parvm run echo {} ::: a b c`).
