@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::Error;
 
 /// The signals a worker leaves on, unless it was started ignoring them.
-const LEAVE_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGHUP];
+pub const LEAVE_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGHUP];
 
 /// How long after the signal that asked a worker to leave another one ends it at once;
 /// until then, another is the same request arriving twice.

@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use parvm_env_config::{CONNECT_VAR, Config};
 use parvm_transport::tcp::{ConnectOptions, Secret, TcpTransport};
 use parvm_vm::{LeaveRequest, Tasks, Worker, WorkerEnd};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// How to reach the spawner. A flag that is not given takes its variable's value, read
@@ -259,7 +258,7 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
 /// The request says whether one came.
 fn forward_leave_signals(children: Vec<u32>) -> Result<LeaveRequest> {
     let request = LeaveRequest::new();
-    let caught: Vec<i32> = [SIGTERM, SIGINT, SIGHUP]
+    let caught: Vec<i32> = parvm_vm::leave::LEAVE_SIGNALS
         .into_iter()
         .filter(|&signal| !parvm_vm::leave::ignored_by_this_process(signal))
         .collect();

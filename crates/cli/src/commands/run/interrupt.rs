@@ -78,15 +78,9 @@ impl Interrupt {
     }
 }
 
-/// Whether this process ignores SIGINT or SIGTERM (`SigIgn` of `/proc/self/status`: bit
-/// n-1 is signal n); true when that cannot be read, which keeps the order that is right
-/// either way.
+/// Whether this process was started ignoring SIGINT or SIGTERM.
 fn started_ignoring_int_or_term() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let ignored = status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigIgn:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
-    let bit = |signal: i32| 1u64 << (signal - 1);
-    ignored.is_none_or(|mask| mask & (bit(SIGINT) | bit(SIGTERM)) != 0)
+    [SIGINT, SIGTERM]
+        .into_iter()
+        .any(parvm_vm::leave::ignored_by_this_process)
 }
