@@ -125,6 +125,13 @@ struct SpawnerGuard {
     _folder: tempfile::TempDir,
 }
 
+impl SpawnerGuard {
+    /// What the TCP worker wrote on its standard error so far.
+    fn worker_said(&self) -> String {
+        std::fs::read_to_string(self._folder.path().join("worker.err")).unwrap_or_default()
+    }
+}
+
 impl Drop for SpawnerGuard {
     fn drop(&mut self) {
         for child in std::iter::once(&mut self.spawner).chain(self.worker.as_mut()) {
@@ -136,7 +143,8 @@ impl Drop for SpawnerGuard {
 
 /// Starts the test program as a spawner in `scenario` with `script` marked by `marked`,
 /// on the local backend or, with `tcp`, over TCP on loopback with one worker; returns it
-/// and the pids it printed after `READY`.
+/// and the pids it printed after `READY`. The TCP worker's standard error goes to
+/// `worker.err` in its folder ([`SpawnerGuard::worker_said`]).
 fn spawner(scenario: &str, script: &str, marked: &Marked, tcp: bool) -> (SpawnerGuard, Vec<i32>) {
     let folder = tempfile::tempdir().unwrap();
     let local = folder.path().join("local");
@@ -182,6 +190,7 @@ fn spawner(scenario: &str, script: &str, marked: &Marked, tcp: bool) -> (Spawner
                 .env_remove("PARVM_TRANSPORT")
                 .env_remove("PARVM_LOCAL_SOCKET")
                 .stdin(Stdio::null())
+                .stderr(std::fs::File::create(guard._folder.path().join("worker.err")).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -361,6 +370,41 @@ fn a_tcp_worker_sent_sigterm_leaves_no_task_process_and_no_task_folder() {
         .filter(|name| name != "cache")
         .collect();
     assert!(folders.is_empty(), "left in local storage: {folders:?}");
+}
+
+/// A function task cannot be interrupted inside its thread: a TCP worker asked to leave
+/// while one computes ends at once, by the signal.
+#[test]
+fn a_tcp_worker_sent_sigterm_while_a_function_computes_ends_by_the_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let marked = Marked::new("hang-sigterm");
+    let (mut guard, workers) = spawner("hang", "", &marked, true);
+    assert_eq!(workers.len(), 1);
+    let worker = guard.worker.as_mut().unwrap();
+    let pid = Pid::from_raw(i32::try_from(worker.id()).unwrap());
+    // READY follows the spawn of a task that sleeps for 60 s in the worker's main thread.
+    let main_thread = format!("/proc/{pid}/task/{pid}/wchan");
+    wait_until("the function task sleeps", || {
+        std::fs::read_to_string(&main_thread).is_ok_and(|wchan| wchan.contains("nanosleep"))
+    });
+    kill(pid, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + GONE_WITHIN;
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker still runs {GONE_WITHIN:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let said = guard.worker_said();
+    assert_eq!(status.signal(), Some(15), "{status}: {said}");
+    assert!(
+        said.contains("SIGTERM asked it to leave while function task"),
+        "{said}"
+    );
 }
 
 #[test]
