@@ -52,6 +52,10 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--slots must be at least 1");
     }
     let config = Config::from_env()?;
+    // Every task with a task folder would fail here: said once, before joining, so the
+    // spawner does not send this worker case after case to fail at once.
+    parvm_local_storage::LocalStorage::from_config(&config)
+        .context("this worker cannot run tasks in task folders")?;
     if args.slots > 1 {
         return run_many(args, &config);
     }

@@ -318,3 +318,53 @@ fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
     sweep.assert_no_task_folder_left();
     finish_with_a_second_worker(&sweep, run, &["a", "b"]);
 }
+
+/// Local storage whose per-user folder cannot be used (here a symlink planted in its
+/// place, which parvm refuses for root too) would fail every case: `parvm run` says so
+/// once and runs none, and `parvm worker` says so before it joins any spawner.
+#[test]
+fn unusable_local_storage_is_said_once_before_any_case_runs_or_any_worker_joins() {
+    let sweep = crate::run::Sweep::new();
+    let config = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .args(["--json", "config"])
+        .env("PARALLEL_LOCAL_STORAGE", &sweep.local)
+        .env("PARALLEL_MIRRORED_STORAGE", &sweep.shared)
+        .output()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    let user_folder = config["user_folder"].as_str().unwrap().to_owned();
+    std::os::unix::fs::symlink(&sweep.shared, &user_folder).unwrap();
+    let refused = format!("per-user storage folder `{user_folder}` is a symlink");
+
+    let out = sweep
+        .command(&["echo {}", ":::", "a", "b", "c"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.starts_with("error: no case can run here") && stderr.contains(&refused),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("case 1"), "{stderr}");
+
+    for slots in ["1", "3"] {
+        let out = sweep
+            .worker("127.0.0.1:1")
+            .args(["--slots", slots])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("this worker cannot run tasks in task folders")
+                && stderr.contains(&refused),
+            "{stderr}"
+        );
+    }
+    // The planted link was left alone, and what it points at too.
+    assert!(Path::new(&user_folder).is_symlink());
+    assert!(sweep.shared.is_dir());
+}

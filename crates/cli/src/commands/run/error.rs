@@ -227,4 +227,7 @@ pub enum RunError {
         "-j 0 starts no worker on this machine, so no case could run; give -j 1 or more, or leave -j out for one per core (-j 0 is for --transport tcp, where workers join with `parvm worker`)"
     )]
     NoLocalWorkers,
+    /// The local workers' storage cannot hold a task folder, so every case would fail.
+    #[error("no case can run here: {0}")]
+    LocalStorage(#[source] parvm_local_storage::Error),
 }

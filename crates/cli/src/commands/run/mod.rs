@@ -367,6 +367,13 @@ fn sweep(
         } if args.jobs == Some(0) => RunError::NoLocalWorkers,
         e => RunError::Vm(e),
     })?;
+    if runtime.backend() == "local" {
+        // Every case takes a task folder in local storage: one that cannot be used is
+        // said once, not as the failure of each case. (TCP and MPI workers have their
+        // own; `parvm worker` checks its before it joins.)
+        parvm_local_storage::LocalStorage::from_config(runtime.config())
+            .map_err(RunError::LocalStorage)?;
+    }
     let mut vm = runtime.vm().local_folder(true).persistent(args.persistent);
     if let Some(dir) = &args.startup_dir {
         vm = vm.startup_dir(dir);
