@@ -5,7 +5,10 @@
 //! [`Vm::recv`](crate::Vm::recv) or elsewhere) pulls the next event from the transport
 //! itself and files it into the inbox of the VM it belongs to; other waiting threads sleep
 //! on a condition variable until their message is filed. This keeps a spawn round trip to
-//! the transport's own latency, without a hop through another thread.
+//! the transport's own latency, without a hop through another thread. A VM that ships
+//! inputs also files what has arrived from its shipping thread when it idles
+//! ([`Shared::pump_arrived`]), so its workers' requests are answered while the program
+//! does not receive.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -248,6 +251,19 @@ impl Shared {
                 self.acknowledge(output.from, output.bytes);
                 state = self.lock();
             }
+        }
+    }
+
+    /// Files whatever events have arrived, without waiting, unless a thread is receiving
+    /// already or the runtime is finalized. For a thread that is not the program's (a VM's
+    /// shipping thread): events move on while no thread of the program waits for one.
+    pub(crate) fn pump_arrived(&self) {
+        if self.finalized.load(Ordering::Acquire) {
+            return;
+        }
+        // A transport failure is for the program's next wait to report.
+        if let Err(e) = self.pump(Until::Now, |_| None::<()>) {
+            tracing::debug!(error = %e, "cannot receive for the program");
         }
     }
 

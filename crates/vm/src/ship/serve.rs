@@ -16,7 +16,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 
@@ -28,6 +28,10 @@ use parvm_transport::Rank;
 use super::probe::Marker;
 use crate::spawner::Shared;
 use crate::wire::{BATCH_BYTES, BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+
+/// How long the shipping thread waits for a request before it files what has arrived
+/// itself ([`serve`]): the longest a request waits for a program that does not receive.
+const IDLE_PUMP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
 /// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
@@ -232,9 +236,27 @@ impl Drop for VmShip {
     }
 }
 
-/// The shipping thread: answers requests until the VM is gone.
+/// The shipping thread: answers requests until the VM is gone. Requests reach it only
+/// through the event pump, which runs in whatever program thread waits for a message; a
+/// program that spawns and then computes, or sleeps, would leave its tasks waiting for
+/// their inputs (and its workers' losses unsaid). So when no request came for
+/// [`IDLE_PUMP`], the thread files what has arrived itself, unless a thread is receiving.
 fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
-    while let Ok(job) = queue.recv() {
+    loop {
+        let job = match queue.recv_timeout(IDLE_PUMP) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if table.cancel.load(Ordering::Acquire) {
+                    return;
+                }
+                match shared.upgrade() {
+                    Some(shared) => shared.pump_arrived(),
+                    None => return,
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         if table.cancel.load(Ordering::Acquire) {
             return;
         }

@@ -309,6 +309,29 @@ fn shipped_and_shared_mirroring_give_identical_folders() {
     );
 }
 
+/// A program that spawns and then does something else than receive (computes, sleeps)
+/// does not pump events itself: the VM's shipping thread then passes the worker's
+/// requests on, so the task gets its inputs and runs, as it would from a shared folder.
+#[test]
+fn a_task_gets_its_shipped_inputs_while_the_program_does_not_receive() {
+    let hosts = TwoHosts::start(ShipMode::Auto, 1);
+    write_inputs(hosts.shared.path());
+    let vm = vm_with(hosts.runtime(), &maps(hosts.shared.path())[0], false);
+    let copied = hosts.path("copied-by-the-task");
+    let script = format!("cat amp.cir models/deep/pmos.lib > '{}'", copied.display());
+    let ids = vm
+        .spawn(Spawn::command("sh").args(["-c", &script]).hosts(["beta"]))
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    // No call into the VM until the task has done its work.
+    crate::harness::wait_until("the task ran on its shipped inputs", || {
+        std::fs::read(&copied).is_ok_and(|bytes| bytes == b"netlist v1\npmos")
+    });
+    let (outcomes, _) = collect(&vm, &ids);
+    assert!(outcomes[&ids[0]].result.as_ref().unwrap().is_ok());
+    assert!(vm.ship_stats().blobs > 0, "{:?}", vm.ship_stats());
+}
+
 #[test]
 fn a_source_changed_between_two_tasks_is_seen_by_the_second() {
     let hosts = TwoHosts::start(ShipMode::Auto, 1);
