@@ -11,13 +11,13 @@
 //! list longer than [`MAX_BLOBS_WANTED`], a digest not in the manifest) is refused with a
 //! warning, or a `BlobFailed` naming the digest; nothing a peer announces is allocated.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 
 use parvm_env_config::ShipMode;
@@ -76,6 +76,18 @@ pub(crate) enum ShipJob {
     /// The VM is gone: the thread ends. Sent by [`VmShip`]'s drop, so the thread ends even
     /// while a copy of the channel's sender is still held somewhere.
     Stop,
+}
+
+impl ShipJob {
+    /// The worker that asked; `None` for [`ShipJob::Stop`].
+    fn rank(&self) -> Option<Rank> {
+        match self {
+            ShipJob::Manifest { rank, .. }
+            | ShipJob::Blobs { rank, .. }
+            | ShipJob::Pieces { rank, .. } => Some(*rank),
+            ShipJob::Stop => None,
+        }
+    }
 }
 
 /// One shipped root on the spawner.
@@ -236,100 +248,225 @@ impl Drop for VmShip {
     }
 }
 
-/// The shipping thread: answers requests until the VM is gone. Requests reach it only
-/// through the event pump, which runs in whatever program thread waits for a message; a
-/// program that spawns and then computes, or sleeps, would leave its tasks waiting for
-/// their inputs (and its workers' losses unsaid). So when no request came for
-/// [`IDLE_PUMP`], the thread files what has arrived itself, unless a thread is receiving.
-fn serve(table: &Table, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
+/// The shipping thread: takes the workers' requests from the router and hands them to
+/// [`Servers`], until the VM is gone. Requests reach it only through the event pump,
+/// which runs in whatever program thread waits for a message; a program that spawns and
+/// then computes, or sleeps, would leave its tasks waiting for their inputs (and its
+/// workers' losses unsaid). So when no request came for [`IDLE_PUMP`], the thread files
+/// what has arrived itself, unless a thread is receiving.
+fn serve(table: &Arc<Table>, shared: &Weak<Shared>, queue: &Receiver<ShipJob>) {
+    let servers = Servers::new(Arc::clone(table), shared.clone());
     loop {
         let job = match queue.recv_timeout(IDLE_PUMP) {
+            Ok(ShipJob::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 if table.cancel.load(Ordering::Acquire) {
-                    return;
+                    break;
                 }
                 match shared.upgrade() {
                     Some(shared) => shared.pump_arrived(),
-                    None => return,
+                    None => break,
                 }
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         };
         if table.cancel.load(Ordering::Acquire) {
+            break;
+        }
+        servers.queue(job);
+    }
+    servers.stop();
+}
+
+/// Most threads answering one VM's requests at once. Each serves one worker at a time, so
+/// a worker that stops reading (a stopped process, a slow link) holds up only the thread
+/// sending to it, and workers of several hosts are sent their inputs side by side.
+const MAX_SERVERS: usize = 8;
+
+/// The threads that answer requests: started as requests wait and none is free, up to
+/// [`MAX_SERVERS`]; each takes the oldest request of a worker no other thread is
+/// serving, so one worker's requests are answered in the order they came.
+struct Servers {
+    table: Arc<Table>,
+    shared: Weak<Shared>,
+    lanes: Arc<(Mutex<Lanes>, Condvar)>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Lanes {
+    waiting: VecDeque<ShipJob>,
+    /// The workers a thread is answering now.
+    busy: HashSet<Rank>,
+    /// Threads waiting for a request.
+    idle: usize,
+    closed: bool,
+}
+
+impl Servers {
+    fn new(table: Arc<Table>, shared: Weak<Shared>) -> Servers {
+        Servers {
+            table,
+            shared,
+            lanes: Arc::new((Mutex::new(Lanes::default()), Condvar::new())),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Hands `job` to a free thread, started when none is free and fewer than
+    /// [`MAX_SERVERS`] run.
+    fn queue(&self, job: ShipJob) {
+        let (lanes, cond) = &*self.lanes;
+        let mut state = lock(lanes);
+        state.waiting.push_back(job);
+        let mut threads = lock(&self.threads);
+        if state.idle == 0 && threads.len() < MAX_SERVERS {
+            let (table, shared, lanes) = (
+                Arc::clone(&self.table),
+                self.shared.clone(),
+                Arc::clone(&self.lanes),
+            );
+            match std::thread::Builder::new()
+                .name(format!("parvm-ship-vm{}-{}", self.table.vm, threads.len()))
+                .spawn(move || answer_requests(&table, &shared, &lanes))
+            {
+                Ok(thread) => threads.push(thread),
+                // The threads there are take it; the first one cannot fail this way
+                // without the request waiting for ever, so say so.
+                Err(e) if threads.is_empty() => tracing::error!(
+                    vm = self.table.vm,
+                    error = %e,
+                    "cannot start a thread to send shipped inputs; the tasks waiting for them wait until the VM is dropped"
+                ),
+                Err(e) => tracing::debug!(error = %e, "cannot start another shipping thread"),
+            }
+        }
+        drop(threads);
+        drop(state);
+        cond.notify_one();
+    }
+
+    /// Ends the threads, each after the request it answers (a transfer stops between
+    /// chunks once the VM is gone).
+    fn stop(self) {
+        let (lanes, cond) = &*self.lanes;
+        lock(lanes).closed = true;
+        cond.notify_all();
+        for thread in std::mem::take(&mut *lock(&self.threads)) {
+            if thread.join().is_err() {
+                tracing::warn!(vm = self.table.vm, "a shipping thread panicked");
+            }
+        }
+    }
+}
+
+/// A thread of [`Servers`]: answers the oldest request of a worker no other thread is
+/// answering, until the VM is gone.
+fn answer_requests(table: &Table, shared: &Weak<Shared>, lanes: &(Mutex<Lanes>, Condvar)) {
+    let (lanes, cond) = lanes;
+    let mut state = lock(lanes);
+    loop {
+        if state.closed || table.cancel.load(Ordering::Acquire) {
             return;
         }
-        let Some(shared) = shared.upgrade() else {
-            return;
+        let free = state
+            .waiting
+            .iter()
+            .position(|job| job.rank().is_some_and(|rank| !state.busy.contains(&rank)));
+        let Some(job) = free.and_then(|at| state.waiting.remove(at)) else {
+            state.idle += 1;
+            state = cond.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
+            continue;
         };
-        match job {
-            ShipJob::Stop => return,
-            ShipJob::Manifest { rank, root } => {
-                let Some(scan) = checked(table, rank, root, "a manifest") else {
-                    continue;
-                };
-                let mut scan = lock(scan);
-                send_manifest(table, &shared, &mut scan, rank, root, None);
-            }
-            ShipJob::Blobs {
-                rank,
-                root,
-                request,
-                digests,
-            } => {
-                let Some(scan) = checked_with_manifest(table, rank, root, "blobs") else {
-                    continue;
-                };
-                if digests.len() > MAX_BLOBS_WANTED {
-                    tracing::warn!(
-                        rank,
-                        vm = table.vm,
-                        count = digests.len(),
-                        "refusing a request for more than {MAX_BLOBS_WANTED} blobs"
-                    );
-                    continue;
-                }
-                let limit = chunk_len(shared.config.max_frame());
-                let mut buffer = vec![0u8; limit];
-                let mut batch = Batch::new(limit.min(BATCH_BYTES));
-                for digest in digests {
-                    if table.cancel.load(Ordering::Acquire)
-                        || !send_blob(
-                            table,
-                            &shared,
-                            scan,
-                            (rank, request),
-                            digest,
-                            &mut buffer,
-                            &mut batch,
-                        )
-                    {
-                        break;
-                    }
-                }
-                batch.flush(table, &shared, rank);
-            }
-            ShipJob::Pieces {
-                rank,
-                root,
-                request,
-                digest,
-                pieces,
-            } => {
-                let Some(scan) = checked_with_manifest(table, rank, root, "pieces") else {
-                    continue;
-                };
-                let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
-                send_pieces(
-                    table,
-                    &shared,
-                    scan,
-                    (rank, request),
-                    (digest, &pieces),
-                    &mut buffer,
+        let rank = job.rank();
+        if let Some(rank) = rank {
+            state.busy.insert(rank);
+        }
+        drop(state);
+        if let Some(shared) = shared.upgrade() {
+            answer(table, &shared, job);
+        }
+        state = lock(lanes);
+        if let Some(rank) = rank {
+            state.busy.remove(&rank);
+        }
+        // Another request of that worker may wait for a thread that went idle.
+        if state.waiting.len() > 1 {
+            cond.notify_one();
+        }
+    }
+}
+
+/// Answers one request.
+fn answer(table: &Table, shared: &Shared, job: ShipJob) {
+    match job {
+        ShipJob::Stop => {}
+        ShipJob::Manifest { rank, root } => {
+            let Some(scan) = checked(table, rank, root, "a manifest") else {
+                return;
+            };
+            let mut scan = lock(scan);
+            send_manifest(table, shared, &mut scan, rank, root, None);
+        }
+        ShipJob::Blobs {
+            rank,
+            root,
+            request,
+            digests,
+        } => {
+            let Some(scan) = checked_with_manifest(table, rank, root, "blobs") else {
+                return;
+            };
+            if digests.len() > MAX_BLOBS_WANTED {
+                tracing::warn!(
+                    rank,
+                    vm = table.vm,
+                    count = digests.len(),
+                    "refusing a request for more than {MAX_BLOBS_WANTED} blobs"
                 );
+                return;
             }
+            let limit = chunk_len(shared.config.max_frame());
+            let mut buffer = vec![0u8; limit];
+            let mut batch = Batch::new(limit.min(BATCH_BYTES));
+            for digest in digests {
+                if table.cancel.load(Ordering::Acquire)
+                    || !send_blob(
+                        table,
+                        shared,
+                        scan,
+                        (rank, request),
+                        digest,
+                        &mut buffer,
+                        &mut batch,
+                    )
+                {
+                    break;
+                }
+            }
+            batch.flush(table, shared, rank);
+        }
+        ShipJob::Pieces {
+            rank,
+            root,
+            request,
+            digest,
+            pieces,
+        } => {
+            let Some(scan) = checked_with_manifest(table, rank, root, "pieces") else {
+                return;
+            };
+            let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
+            send_pieces(
+                table,
+                shared,
+                scan,
+                (rank, request),
+                (digest, &pieces),
+                &mut buffer,
+            );
         }
     }
 }

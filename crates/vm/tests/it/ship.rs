@@ -519,6 +519,34 @@ fn a_worker_killed_mid_transfer_loses_its_task_and_its_replacement_works() {
     assert!((1..=2).contains(&blobs), "{blobs}");
 }
 
+/// A worker that stops reading mid-transfer (a stopped process, a stalled link) holds up
+/// only the thread that sends to it: another host's task gets its inputs meanwhile, and
+/// the stopped one gets the rest once it reads again.
+#[test]
+fn a_worker_that_stops_reading_holds_up_only_its_own_transfer() {
+    /// Lets a stopped worker go on, also when the test fails.
+    struct Continue(Pid);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let hosts = TwoHosts::start(ShipMode::Always, 1);
+    let vm = vm_with_huge_input(&hosts, 9);
+    let plain = hosts.runtime().vm().build().unwrap();
+    let pid: u32 = run_on(&plain, "beta", Spawn::task("pid", &()));
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+    let stalled = vm.spawn(Spawn::task("tree", &()).hosts(["beta"])).unwrap();
+    assert!(until_the_transfer_starts(&vm).is_none());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let _continue = Continue(pid);
+    let ids = vm.spawn(Spawn::task("tree", &()).hosts(["alpha"])).unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(receive_exit(&vm, ids[0]), ExitStatus::Completed);
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(receive_exit(&vm, stalled[0]), ExitStatus::Completed);
+}
+
 #[test]
 fn a_task_stopped_while_its_inputs_travel_ends_and_the_next_gets_them_whole() {
     let hosts = TwoHosts::start_with(ShipMode::Auto, 1, None, 1);
