@@ -678,8 +678,9 @@ mod tests {
     use super::*;
     use crate::memory::MemoryTransport;
 
-    #[test]
-    fn a_spawner_of_another_version_is_told_and_left() {
+    /// A worker's storage and configuration, and the two ends of a memory transport: the
+    /// spawner's and the worker's.
+    fn spawner_and_worker() -> (tempfile::TempDir, Config, MemoryTransport, MemoryTransport) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::builder()
             .local_root(dir.path())
@@ -689,6 +690,22 @@ mod tests {
         let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
         let spawner = ends.next().unwrap();
         let worker = ends.next().unwrap();
+        (dir, config, spawner, worker)
+    }
+
+    /// The next frame the worker sends the spawner.
+    fn from_worker(spawner: &MemoryTransport) -> Vec<u8> {
+        loop {
+            if let Some(Event::Message { from: 1, payload }) = spawner.recv(Wait::Forever).unwrap()
+            {
+                return payload;
+            }
+        }
+    }
+
+    #[test]
+    fn a_spawner_of_another_version_is_told_and_left() {
+        let (_dir, config, spawner, worker) = spawner_and_worker();
         let served = std::thread::spawn(move || {
             Worker::new(crate::Tasks::new(), config).serve(Box::new(worker))
         });
@@ -696,12 +713,7 @@ mod tests {
         spawner
             .send(1, &[2, 0x81, 0xa4, b'E', b'x', b'i', b't', 0xc0])
             .unwrap();
-        let told = loop {
-            match spawner.recv(Wait::Forever).unwrap() {
-                Some(Event::Message { from: 1, payload }) => break payload,
-                _ => continue,
-            }
-        };
+        let told = from_worker(&spawner);
         assert_eq!(told, wire::other_version_frame());
         assert_eq!(wire::foreign_version(&told), Some(wire::VERSION));
         let error = served.join().unwrap().unwrap_err();
@@ -714,15 +726,7 @@ mod tests {
 
     #[test]
     fn an_idle_worker_asked_to_leave_tells_the_spawner_why_and_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::builder()
-            .local_root(dir.path())
-            .mirrored_roots([dir.path()])
-            .build()
-            .unwrap();
-        let mut ends = MemoryTransport::cluster(&["spawner", "w"]).into_iter();
-        let spawner = ends.next().unwrap();
-        let worker = ends.next().unwrap();
+        let (_dir, config, spawner, worker) = spawner_and_worker();
         let leave = LeaveRequest::new();
         let served = {
             let leave = leave.clone();
@@ -733,13 +737,7 @@ mod tests {
             })
         };
         leave.request(libc::SIGTERM);
-        let said = loop {
-            match spawner.recv(Wait::Forever).unwrap() {
-                Some(Event::Message { from: 1, payload }) => break payload,
-                _ => continue,
-            }
-        };
-        match wire::decode::<FromWorker<'_>>(&said).unwrap() {
+        match wire::decode::<FromWorker<'_>>(&from_worker(&spawner)).unwrap() {
             FromWorker::Leaving { reason } => assert_eq!(
                 reason,
                 "SIGTERM asked it to leave; it removed its task folders"

@@ -16,6 +16,48 @@ pub(crate) struct TcpRun {
     pub(crate) addr: String,
 }
 
+impl TcpRun {
+    /// Ends the run: creates `second_try` (so the cases' next tries end at once), a second
+    /// worker joins on host `second` and runs what the first worker left, and the spawner
+    /// ends with every one of `cases` done once (`done CASE`, in any order). Each loss the
+    /// spawner reported contains every one of `loss`.
+    pub(crate) fn finish_with_a_second_worker(
+        self,
+        sweep: &Sweep,
+        second_try: &Path,
+        cases: &[&str],
+        loss: &[&str],
+    ) {
+        let TcpRun {
+            mut spawner,
+            said,
+            addr,
+        } = self;
+        std::fs::write(second_try, "").unwrap();
+        let _second = ChildGuard(
+            sweep
+                .worker(&addr)
+                .env("PARVM_HOSTNAME", "second")
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+        let status = spawner.0.wait().unwrap();
+        let err: Vec<String> = said.try_iter().collect();
+        assert!(status.success(), "{status:?}: {err:?}");
+        let mut done = lines(&out);
+        done.sort_unstable();
+        let wanted: Vec<String> = cases.iter().map(|case| format!("done {case}")).collect();
+        assert_eq!(done, wanted, "{err:?}");
+        let lost: Vec<&String> = err.iter().filter(|l| l.contains("lost peer")).collect();
+        assert_eq!(lost.len(), cases.len(), "{err:?}");
+        for line in lost {
+            assert!(loss.iter().all(|part| line.contains(part)), "{err:?}");
+        }
+    }
+}
+
 /// Temp shared and local storage, and a working folder inside the shared one.
 pub(crate) struct Sweep {
     _dir: tempfile::TempDir,
@@ -1203,14 +1245,10 @@ fn a_tcp_worker_killed_during_a_case_is_named_and_its_case_runs_on_another() {
         second_try.display(),
         started.display()
     );
-    let TcpRun {
-        mut spawner,
-        said,
-        addr,
-    } = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
+    let run = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
     let mut first = ChildGuard(
         sweep
-            .worker(&addr)
+            .worker(&run.addr)
             .env("PARVM_HOSTNAME", "first")
             .spawn()
             .unwrap(),
@@ -1218,28 +1256,13 @@ fn a_tcp_worker_killed_during_a_case_is_named_and_its_case_runs_on_another() {
     eventually("the case started", || started.exists());
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    std::fs::write(&second_try, "").unwrap();
-    let _second = ChildGuard(
-        sweep
-            .worker(&addr)
-            .env("PARVM_HOSTNAME", "second")
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
-    let status = spawner.0.wait().unwrap();
-    let err: Vec<String> = said.try_iter().collect();
-    assert!(status.success(), "{status:?}: {err:?}");
-    assert_eq!(lines(&out), ["done a"]);
     // Said once, naming the worker and its host, though its connection closed cleanly
     // (the kernel closes a killed process's sockets).
-    let lost: Vec<&String> = err.iter().filter(|l| l.contains("lost peer")).collect();
-    assert_eq!(lost.len(), 1, "{err:?}");
-    assert!(
-        lost[0].contains("worker rank 1 on host `first`")
-            && lost[0].contains("closed its connection"),
-        "{err:?}"
+    run.finish_with_a_second_worker(
+        &sweep,
+        &second_try,
+        &["a"],
+        &["worker rank 1 on host `first`", "closed its connection"],
     );
 }
 

@@ -159,14 +159,20 @@ fn bad_limits_are_refused_naming_the_flag() {
     }
 }
 
+/// The file whose existence makes the next try of [`hanging_first_try`] end at once.
+fn second_try(sweep: &crate::run::Sweep) -> std::path::PathBuf {
+    sweep.shared.join("second-try")
+}
+
 /// A case that, on its first try only, says it started and then waits a minute; a second
-/// try (once `second_try` exists) ends at once. Its first try's shell writes its pid to
+/// try (once [`second_try`] exists) ends at once. Its first try's shell writes its pid to
 /// `pids/{}`.
 fn hanging_first_try(sweep: &crate::run::Sweep) -> String {
     let shared = sweep.shared.display();
     std::fs::create_dir_all(sweep.shared.join("pids")).unwrap();
     format!(
-        "test -e {shared}/second-try || {{ echo $$ > {shared}/pids/{{}}; sleep 60; }}; echo done {{}}"
+        "test -e {} || {{ echo $$ > {shared}/pids/{{}}; sleep 60; }}; echo done {{}}",
+        second_try(sweep).display()
     )
 }
 
@@ -194,58 +200,34 @@ fn is_running(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-/// Sends `signal` to process `child` alone.
-fn signal(child: &Child, signal: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, signal).unwrap();
-}
+/// What the workers that left say: on host `first`, for SIGTERM, giving a case back.
+const LEFT_ON_SIGTERM: [&str; 2] = [
+    "on host `first`",
+    "it said: SIGTERM asked it to leave; it stopped task",
+];
 
-/// Ends the run: a second worker joins, runs what the first gave back, and the spawner
-/// ends with every case done, once each.
-fn finish_with_a_second_worker(sweep: &crate::run::Sweep, run: crate::run::TcpRun, cases: &[&str]) {
-    let crate::run::TcpRun {
-        mut spawner,
-        said,
-        addr,
-    } = run;
-    std::fs::write(sweep.shared.join("second-try"), "").unwrap();
-    let _second = crate::run::ChildGuard(
-        sweep
-            .worker(&addr)
-            .env("PARVM_HOSTNAME", "second")
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = String::new();
-    spawner
-        .0
-        .stdout
+/// Sends SIGTERM to `worker` alone `times` times, as `kill PID` does; what it said on its
+/// piped stderr until it ended, which must have been by SIGTERM.
+fn terminate(worker: &mut Child, times: usize) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(worker.id()).unwrap());
+    for _ in 0..times {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+    let mut said = String::new();
+    worker
+        .stderr
         .take()
         .unwrap()
-        .read_to_string(&mut out)
+        .read_to_string(&mut said)
         .unwrap();
-    let status = spawner.0.wait().unwrap();
-    let err: Vec<String> = said.try_iter().collect();
-    assert!(status.success(), "{status:?}: {err:?}");
-    let mut done = crate::run::lines(&out);
-    done.sort_unstable();
-    let wanted: Vec<String> = cases.iter().map(|case| format!("done {case}")).collect();
-    assert_eq!(done, wanted, "{err:?}");
-    // The loss of each worker that left names the signal and what it did.
-    let lost: Vec<&String> = err.iter().filter(|l| l.contains("lost peer")).collect();
-    assert_eq!(lost.len(), cases.len(), "{err:?}");
-    for line in lost {
-        assert!(
-            line.contains("on host `first`")
-                && line.contains("it said: SIGTERM asked it to leave; it stopped task"),
-            "{err:?}"
-        );
-    }
+    let status = worker.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "{status:?}: {said}");
+    said
 }
 
 #[test]
 fn a_worker_sent_sigterm_gives_its_case_back_removes_its_folder_and_ends_by_the_signal() {
-    use std::os::unix::process::ExitStatusExt;
     let sweep = crate::run::Sweep::new();
     let case = hanging_first_try(&sweep);
     let run = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
@@ -258,17 +240,7 @@ fn a_worker_sent_sigterm_gives_its_case_back_removes_its_folder_and_ends_by_the_
             .unwrap(),
     );
     let pids = first_try_pids(&sweep, &["a"]);
-    signal(&first.0, nix::sys::signal::Signal::SIGTERM);
-    let mut said = String::new();
-    first
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    let status = first.0.wait().unwrap();
-    assert_eq!(status.signal(), Some(15), "{status:?}: {said}");
+    let said = terminate(&mut first.0, 1);
     assert!(
         said.contains("leaving on SIGTERM: stopped task 1:1 (the spawner runs it again on another worker) and removed the task folders"),
         "{said}"
@@ -276,12 +248,11 @@ fn a_worker_sent_sigterm_gives_its_case_back_removes_its_folder_and_ends_by_the_
     // The command was stopped before the worker ended, and no task folder is left.
     assert!(!is_running(pids[0]), "the first try still runs: {said}");
     sweep.assert_no_task_folder_left();
-    finish_with_a_second_worker(&sweep, run, &["a"]);
+    run.finish_with_a_second_worker(&sweep, &second_try(&sweep), &["a"], &LEFT_ON_SIGTERM);
 }
 
 #[test]
 fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
-    use std::os::unix::process::ExitStatusExt;
     let sweep = crate::run::Sweep::new();
     let case = hanging_first_try(&sweep);
     let run = sweep.start_tcp(&[&case, ":::", "a", "b"], Stdio::piped());
@@ -295,20 +266,9 @@ fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
             .unwrap(),
     );
     let pids = first_try_pids(&sweep, &["a", "b"]);
-    // To the parent alone, as `kill PID` sends it; then again, as a job's processes may
-    // all get it: one request, not a second that ends them at once.
-    signal(&first.0, nix::sys::signal::Signal::SIGTERM);
-    signal(&first.0, nix::sys::signal::Signal::SIGTERM);
-    let mut said = String::new();
-    first
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    let status = first.0.wait().unwrap();
-    assert_eq!(status.signal(), Some(15), "{status:?}: {said}");
+    // To the parent alone, as `kill PID` sends it; twice, as a job's processes may all
+    // get it: one request, not a second that ends them at once.
+    let said = terminate(&mut first.0, 2);
     assert_eq!(
         said.matches("leaving on SIGTERM: stopped task").count(),
         2,
@@ -316,7 +276,7 @@ fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
     );
     assert!(pids.iter().all(|&pid| !is_running(pid)), "{said}");
     sweep.assert_no_task_folder_left();
-    finish_with_a_second_worker(&sweep, run, &["a", "b"]);
+    run.finish_with_a_second_worker(&sweep, &second_try(&sweep), &["a", "b"], &LEFT_ON_SIGTERM);
 }
 
 /// Local storage whose per-user folder cannot be used (here a symlink planted in its
