@@ -39,6 +39,7 @@ pub struct ConfigBuilder {
     pub(crate) connect_wait: Option<Duration>,
     pub(crate) max_frame: Option<u64>,
     pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) peer_timeout: Option<Duration>,
     pub(crate) spin_window: Option<Duration>,
     pub(crate) forward_env: Vec<String>,
     pub(crate) no_color: bool,
@@ -64,6 +65,7 @@ impl Default for ConfigBuilder {
             connect_wait: None,
             max_frame: None,
             handshake_timeout: None,
+            peer_timeout: None,
             spin_window: None,
             forward_env: Vec::new(),
             no_color: false,
@@ -176,6 +178,14 @@ impl ConfigBuilder {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long a joined TCP peer may not answer before it counts as lost (zero:
+    /// never). Default: unset (60 s).
+    #[must_use]
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = Some(timeout);
         self
     }
 
@@ -317,6 +327,7 @@ impl ConfigBuilder {
             connect_wait: self.connect_wait,
             max_frame: self.max_frame,
             handshake_timeout: self.handshake_timeout,
+            peer_timeout: self.peer_timeout,
             spin_window: self.spin_window.map(|window| window.min(MAX_SPIN)),
             forward_env: self.forward_env,
             no_color: self.no_color,

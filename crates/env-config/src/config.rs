@@ -28,6 +28,7 @@ pub struct Config {
     pub(crate) connect_wait: Option<Duration>,
     pub(crate) max_frame: Option<u64>,
     pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) peer_timeout: Option<Duration>,
     pub(crate) spin_window: Option<Duration>,
     pub(crate) forward_env: Vec<String>,
     pub(crate) no_color: bool,
@@ -137,6 +138,13 @@ impl Config {
     /// if set; unset, the transport's default applies (5 s).
     pub fn handshake_timeout(&self) -> Option<Duration> {
         self.handshake_timeout
+    }
+
+    /// How long a joined TCP peer may not answer before it counts as lost, from
+    /// `PARVM_PEER_TIMEOUT` (zero: never), if set; unset, the transport's default applies
+    /// (60 s).
+    pub fn peer_timeout(&self) -> Option<Duration> {
+        self.peer_timeout
     }
 
     /// How long a waiting process polls before it sleeps, from `PARVM_SPIN_US` (zero:

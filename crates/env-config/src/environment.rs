@@ -115,6 +115,9 @@ impl Config {
         if let Some(value) = optional_text(HANDSHAKE_TIMEOUT_VAR, lookup(HANDSHAKE_TIMEOUT_VAR))? {
             builder.handshake_timeout = Some(parse::seconds(HANDSHAKE_TIMEOUT_VAR, &value, false)?);
         }
+        if let Some(value) = optional_text(PEER_TIMEOUT_VAR, lookup(PEER_TIMEOUT_VAR))? {
+            builder.peer_timeout = Some(parse::seconds(PEER_TIMEOUT_VAR, &value, true)?);
+        }
         if let Some(value) = optional_text(SPIN_US_VAR, lookup(SPIN_US_VAR))? {
             builder.spin_window = Some(parse::spin_window(SPIN_US_VAR, &value)?);
         }

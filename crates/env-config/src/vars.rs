@@ -45,6 +45,8 @@ pub const CONNECT_WAIT_VAR: &str = "PARVM_CONNECT_WAIT";
 pub const MAX_FRAME_VAR: &str = "PARVM_MAX_FRAME";
 /// Name of the variable giving the TCP handshake timeout, in seconds.
 pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
+/// Name of the variable giving how long a joined TCP peer may not answer, in seconds.
+pub const PEER_TIMEOUT_VAR: &str = "PARVM_PEER_TIMEOUT";
 /// Name of the variable giving how long a waiting process polls before it sleeps, in µs.
 pub const SPIN_US_VAR: &str = "PARVM_SPIN_US";
 /// Name of the variable choosing when mirrored inputs are shipped (`auto`, `always`, `never`).
@@ -131,6 +133,11 @@ pub const VARS: &[Var] = &[
         name: HANDSHAKE_TIMEOUT_VAR,
         meaning: "seconds a TCP handshake may take (more than 0)",
         default: "`5`",
+    },
+    Var {
+        name: PEER_TIMEOUT_VAR,
+        meaning: "seconds a joined TCP worker or spawner may not answer (its host down, cut off, or the process stopped) before it counts as lost, as if killed (`0`: wait for ever)",
+        default: "`60`",
     },
     Var {
         name: SPIN_US_VAR,

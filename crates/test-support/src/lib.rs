@@ -3,10 +3,12 @@
 //! Root ignores permission bits, and CI runs as root, so a test about read-only folders
 //! proves nothing there unless it runs as somebody else: [`as_unprivileged`] runs its body
 //! as `nobody` in a copy of the calling test binary. [`mpirun`] runs `mpirun` so that a
-//! hang fails the test instead of CI, and nothing outlives it. [`file_system_label`] names
-//! the file system a benchmark measures on.
+//! hang fails the test instead of CI, and nothing outlives it. [`netns::NetNs`] is another
+//! "host" on a network link that can be cut. [`file_system_label`] names the file system a
+//! benchmark measures on.
 
 pub mod mpirun;
+pub mod netns;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

@@ -41,6 +41,11 @@ pub struct Args {
     /// PARVM_HANDSHAKE_TIMEOUT, else 5].
     #[arg(long, value_name = "SECONDS")]
     pub handshake_timeout: Option<f64>,
+    /// How long the joined spawner may not answer (its host down or cut off) before this
+    /// worker stops its task and leaves, in seconds; 0 waits for ever [default:
+    /// PARVM_PEER_TIMEOUT, else 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub peer_timeout: Option<f64>,
     /// How many worker processes to start (one task slot each).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub slots: usize,
@@ -157,6 +162,13 @@ fn connect(args: &Args, config: &Config) -> Result<TcpTransport> {
     if let Some(timeout) = timeout {
         options = options.handshake_timeout(timeout);
     }
+    let peer_timeout = match args.peer_timeout {
+        Some(timeout) => Some(seconds("--peer-timeout", timeout)?),
+        None => config.peer_timeout(),
+    };
+    if let Some(timeout) = peer_timeout {
+        options = options.peer_timeout(timeout);
+    }
     TcpTransport::connect_with(options)
         .with_context(|| format!("cannot join the spawner at `{addr}`"))
 }
@@ -229,6 +241,9 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
         }
         if let Some(timeout) = args.handshake_timeout {
             command.args(["--handshake-timeout", &timeout.to_string()]);
+        }
+        if let Some(timeout) = args.peer_timeout {
+            command.args(["--peer-timeout", &timeout.to_string()]);
         }
         if let Some(path) = &args.secret_file {
             command.arg("--secret-file").arg(path);
@@ -304,6 +319,7 @@ mod tests {
             wait: None,
             max_frame: None,
             handshake_timeout: None,
+            peer_timeout: None,
             slots: 1,
         }
     }

@@ -148,6 +148,7 @@ fn bad_limits_are_refused_naming_the_flag() {
         (&["--max-frame", "huge"][..], "--max-frame"),
         (&["--max-frame", "100"][..], "--max-frame"),
         (&["--handshake-timeout", "0"][..], "--handshake-timeout"),
+        (&["--peer-timeout=-1"][..], "--peer-timeout"),
         (&["--wait=-3"][..], "--wait"),
     ] {
         let mut all = vec!["--connect", "127.0.0.1:1"];

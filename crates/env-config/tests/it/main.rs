@@ -230,6 +230,7 @@ fn transport_settings_are_unset_by_default() {
     assert_eq!(config.connect_wait(), None);
     assert_eq!(config.max_frame(), None);
     assert_eq!(config.handshake_timeout(), None);
+    assert_eq!(config.peer_timeout(), None);
     assert_eq!(config.spin_window(), None);
     assert!(config.forward_env().is_empty());
     assert!(!config.no_color());
@@ -244,6 +245,7 @@ fn transport_settings_are_parsed_like_their_old_readers() {
         .set("PARVM_CONNECT_WAIT", " 2.5 ")
         .set("PARVM_MAX_FRAME", "64M")
         .set("PARVM_HANDSHAKE_TIMEOUT", "0.5")
+        .set("PARVM_PEER_TIMEOUT", "0")
         .set("PARVM_SPIN_US", "0")
         .set("PARVM_FORWARD_ENV", " LD_LIBRARY_PATH, ,SPICE_LIB:")
         .set("NO_COLOR", "1")
@@ -262,6 +264,8 @@ fn transport_settings_are_parsed_like_their_old_readers() {
     assert_eq!(config.connect_wait(), Some(Duration::from_millis(2500)));
     assert_eq!(config.max_frame(), Some(64 << 20));
     assert_eq!(config.handshake_timeout(), Some(Duration::from_millis(500)));
+    // Zero is allowed: wait for ever.
+    assert_eq!(config.peer_timeout(), Some(Duration::ZERO));
     assert_eq!(config.spin_window(), Some(Duration::ZERO));
     assert_eq!(config.forward_env(), ["LD_LIBRARY_PATH", "SPICE_LIB"]);
     assert!(config.no_color());
@@ -276,6 +280,7 @@ fn transport_settings_are_parsed_like_their_old_readers() {
         "PARVM_CONNECT_WAIT",
         "PARVM_MAX_FRAME",
         "PARVM_HANDSHAKE_TIMEOUT",
+        "PARVM_PEER_TIMEOUT",
         "PARVM_SPIN_US",
         "NO_COLOR",
     ] {
@@ -285,6 +290,7 @@ fn transport_settings_are_parsed_like_their_old_readers() {
     assert_eq!(config.listen(), None);
     assert_eq!(config.connect(), None);
     assert_eq!(config.max_frame(), None);
+    assert_eq!(config.peer_timeout(), None);
     assert_eq!(config.spin_window(), None);
     assert!(!config.no_color());
     assert_eq!(
@@ -295,7 +301,7 @@ fn transport_settings_are_parsed_like_their_old_readers() {
 
 #[test]
 fn bad_transport_settings_name_the_variable_and_the_value() {
-    let bad: [(&str, OsString); 12] = [
+    let bad: [(&str, OsString); 14] = [
         ("PARVM_LISTEN", "nonsense".into()),
         ("PARVM_LISTEN", "1.2.3.4".into()),
         ("PARVM_LISTEN", OsString::from_vec(b"h\xff:1".to_vec())),
@@ -305,6 +311,8 @@ fn bad_transport_settings_name_the_variable_and_the_value() {
         ("PARVM_MAX_FRAME", "100".into()),
         ("PARVM_HANDSHAKE_TIMEOUT", "0".into()),
         ("PARVM_HANDSHAKE_TIMEOUT", "soon".into()),
+        ("PARVM_PEER_TIMEOUT", "-5".into()),
+        ("PARVM_PEER_TIMEOUT", "a minute".into()),
         ("PARVM_SPIN_US", "fast".into()),
         ("PARVM_FORWARD_ENV", OsString::from_vec(b"A\xff".to_vec())),
         ("PARVM_TRANSPORT", "".into()),

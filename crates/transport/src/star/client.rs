@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::spin::{DEFAULT_SPIN_WINDOW, Spin, readable_now, wait_readable};
-use super::stream::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
+use super::stream::{READ_BUFFER, Sealing, Stream, Writer, broken_because, lock, read_frame};
 use crate::seal::Opener;
 use crate::{Error, Event, Peer, Rank, Wait};
 
@@ -239,7 +239,7 @@ impl Client {
             Err(err) => format!(
                 "the connection to {} broke: {}",
                 self.spawner_name(),
-                error_chain(&err)
+                broken_because(&err)
             ),
         };
         reader.stream.get_ref().shutdown();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::spin::{Spin, readable_now, recv_channel};
-use super::stream::{READ_BUFFER, Sealing, Stream, Writer, error_chain, lock, read_frame};
+use super::stream::{READ_BUFFER, Sealing, Stream, Writer, broken_because, lock, read_frame};
 use crate::seal::Opener;
 use crate::{Error, Event, Peer, Rank, Wait};
 
@@ -184,7 +184,7 @@ impl Hub {
                     });
                 }
                 Ok(None) => break CLOSED.to_string(),
-                Err(err) => break format!("its connection failed: {}", error_chain(&err)),
+                Err(err) => break format!("its connection failed: {}", broken_because(&err)),
             }
         };
         conn.shutdown();

@@ -143,6 +143,27 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An error and its sources on one line, for a `PeerLost` reason.
+/// Why a connection broke with `err`, in words: its error chain, and when the kernel gave
+/// it up because the peer stopped answering (`TimedOut`, only with the TCP peer timeout),
+/// what that means.
+pub(crate) fn broken_because(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return format!(
+                "it did not answer within the peer timeout ({}): its host may be down or cut off from this one, or the process stopped ({})",
+                crate::tcp::PEER_TIMEOUT_VAR,
+                error_chain(err)
+            );
+        }
+        source = cause.source();
+    }
+    error_chain(err)
+}
+
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::options::{ConnectOptions, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR};
+use super::options::{
+    ConnectOptions, DEFAULT_PEER_TIMEOUT, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR,
+};
 use crate::seal::{self, Direction, Keys, Transcript};
 use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::{self, Client, Hub, Sealing, Stream};
@@ -199,8 +201,10 @@ pub(super) fn connect_once(
         ));
     }
     if let Stream::Tcp(s) = &stream {
+        let peer_timeout = options.peer_timeout.unwrap_or(DEFAULT_PEER_TIMEOUT);
         s.set_read_timeout(None)
             .and_then(|()| s.set_write_timeout(None))
+            .and_then(|()| super::alive::give_up_after(s, peer_timeout))
             .map_err(connect_err)?;
     }
     let client = Client::new_sealed(

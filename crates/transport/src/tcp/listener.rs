@@ -15,7 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::handshake::{Admission, handshake, magic};
-use super::options::{DEFAULT_HANDSHAKE_TIMEOUT, MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions};
+use super::options::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PEER_TIMEOUT, MAX_PENDING, MAX_PENDING_PER_SOURCE,
+    TcpOptions,
+};
 use crate::star::{self, Hub, Stream, lock};
 use crate::{Error, Event, Peer, frame};
 
@@ -45,6 +48,8 @@ struct Pending {
 struct Shared {
     /// What every handshake needs.
     admission: Admission,
+    /// How long a joined worker may not answer ([`super::alive`]).
+    peer_timeout: Duration,
     next_id: AtomicU64,
     /// Connections still in their handshake, oldest first.
     pending: Mutex<VecDeque<Pending>>,
@@ -100,6 +105,7 @@ pub(super) fn listen(options: TcpOptions) -> Result<Listening, Error> {
             plaintext: options.plaintext,
             next_rank: AtomicU32::new(1),
         },
+        peer_timeout: options.peer_timeout.unwrap_or(DEFAULT_PEER_TIMEOUT),
         next_id: AtomicU64::new(0),
         pending: Mutex::new(VecDeque::new()),
         pushed_out: Mutex::new((0, None)),
@@ -330,6 +336,12 @@ fn serve(stream: TcpStream, addr: SocketAddr, id: u64, spoke: &AtomicBool, share
     };
     if shared.admission.hub.is_closing() {
         return;
+    }
+    if let Err(e) = super::alive::give_up_after(&stream, shared.peer_timeout) {
+        // It still works; only a host that vanishes would be waited for.
+        tracing::warn!(
+            "tcp transport: cannot set the peer timeout on the connection from {addr}: {e}; should that host go down, its worker is never seen lost"
+        );
     }
     let peer = Peer { rank, host };
     let explain: star::Explain = {

@@ -38,6 +38,7 @@
 //! 328 bytes. So idle connections cannot lock workers out: a worker's hello comes at once,
 //! and idle connections are the first to go.
 
+mod alive;
 mod connect;
 mod handshake;
 mod listener;
@@ -48,8 +49,8 @@ use std::net::SocketAddr;
 
 use self::listener::Listening;
 pub use self::options::{
-    ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT, FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT_VAR,
-    MAX_PENDING, MAX_PENDING_PER_SOURCE, TcpOptions,
+    ConnectOptions, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PEER_TIMEOUT, FIRST_BYTES_TIMEOUT,
+    HANDSHAKE_TIMEOUT_VAR, MAX_PENDING, MAX_PENDING_PER_SOURCE, PEER_TIMEOUT_VAR, TcpOptions,
 };
 pub use crate::secret::{SECRET_FILE_VAR, Secret};
 use crate::star::Client;

@@ -21,6 +21,15 @@ pub const HANDSHAKE_TIMEOUT_VAR: &str = "PARVM_HANDSHAKE_TIMEOUT";
 /// The default handshake timeout.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The variable setting how long a joined peer may not answer before its connection is
+/// given up, in seconds, as this backend's messages name it.
+pub const PEER_TIMEOUT_VAR: &str = "PARVM_PEER_TIMEOUT";
+
+/// How long a joined peer may not answer (its kernel acknowledges nothing, not even the
+/// probes of an idle connection) before its connection is given up: a host that lost power
+/// or its network is then lost like a killed worker, instead of being waited for.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// At most this many connections are in their handshake at once.
 pub const MAX_PENDING: usize = 64;
 
@@ -37,6 +46,7 @@ pub struct TcpOptions {
     pub(super) addr: SocketAddr,
     pub(super) secret: Secret,
     pub(super) handshake_timeout: Option<Duration>,
+    pub(super) peer_timeout: Option<Duration>,
     pub(super) max_frame: Option<u64>,
     pub(super) host: Option<String>,
     pub(super) spin_window: Duration,
@@ -52,6 +62,7 @@ impl TcpOptions {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             secret,
             handshake_timeout: None,
+            peer_timeout: None,
             max_frame: None,
             host: None,
             spin_window: DEFAULT_SPIN_WINDOW,
@@ -71,6 +82,15 @@ impl TcpOptions {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a joined worker may not answer before it counts as lost (see
+    /// [`DEFAULT_PEER_TIMEOUT`]; zero: never). Default: 60 s (the VM passes
+    /// `PARVM_PEER_TIMEOUT`).
+    #[must_use]
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = Some(timeout);
         self
     }
 
@@ -122,6 +142,7 @@ pub struct ConnectOptions {
     pub(super) secret: Secret,
     pub(super) host: Option<String>,
     pub(super) handshake_timeout: Option<Duration>,
+    pub(super) peer_timeout: Option<Duration>,
     pub(super) max_frame: Option<u64>,
     pub(super) wait: Option<Duration>,
     pub(super) on_retry: Option<OnRetry>,
@@ -135,6 +156,7 @@ impl fmt::Debug for ConnectOptions {
             .field("addr", &self.addr)
             .field("host", &self.host)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("peer_timeout", &self.peer_timeout)
             .field("max_frame", &self.max_frame)
             .field("wait", &self.wait)
             .field("spin_window", &self.spin_window)
@@ -151,6 +173,7 @@ impl ConnectOptions {
             secret,
             host: None,
             handshake_timeout: None,
+            peer_timeout: None,
             max_frame: None,
             wait: None,
             on_retry: None,
@@ -180,6 +203,15 @@ impl ConnectOptions {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the joined spawner may not answer before it counts as lost, so the worker
+    /// stops its task and leaves (see [`DEFAULT_PEER_TIMEOUT`]; zero: never). Default:
+    /// 60 s (the VM passes `PARVM_PEER_TIMEOUT`).
+    #[must_use]
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = Some(timeout);
         self
     }
 

@@ -65,6 +65,7 @@ pub struct TcpSpawner {
     pub(super) wait_for: Option<(usize, Duration)>,
     pub(super) max_frame: Option<u64>,
     pub(super) handshake_timeout: Option<Duration>,
+    pub(super) peer_timeout: Option<Duration>,
 }
 
 impl TcpSpawner {
@@ -113,6 +114,16 @@ impl TcpSpawner {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a joined worker may not answer (its host down or cut off, or the process
+    /// stopped) before it counts as lost, as a killed one does, and its task fails (a
+    /// dispatch runs it again elsewhere); zero waits for ever. Default
+    /// `PARVM_PEER_TIMEOUT`, else 60 s.
+    #[must_use]
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = Some(timeout);
         self
     }
 }

@@ -363,6 +363,9 @@ impl RuntimeBuilder {
         if let Some(timeout) = tcp.handshake_timeout.or(config.handshake_timeout()) {
             options = options.handshake_timeout(timeout);
         }
+        if let Some(timeout) = tcp.peer_timeout.or(config.peer_timeout()) {
+            options = options.peer_timeout(timeout);
+        }
         let transport = TcpTransport::listen(options).map_err(|e| Error::transport("tcp", e))?;
         let bound = transport.local_addr().unwrap_or(addr);
         let connect = connect_address(bound, config.hostname());
@@ -412,6 +415,9 @@ fn join_tcp(join: &Config) -> Result<TcpTransport, Error> {
     }
     if let Some(timeout) = join.handshake_timeout() {
         options = options.handshake_timeout(timeout);
+    }
+    if let Some(timeout) = join.peer_timeout() {
+        options = options.peer_timeout(timeout);
     }
     TcpTransport::connect_with(options).map_err(|e| Error::transport("tcp", e))
 }

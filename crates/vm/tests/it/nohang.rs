@@ -202,3 +202,83 @@ fn tcp_keeps_waiting_with_no_worker_left() {
         "{error:?}"
     );
 }
+
+/// A TCP worker whose host vanishes (here its network link is cut: no FIN, no reset, as
+/// when a host loses power) is lost after the peer timeout, its task fails saying why,
+/// and the spawner does not wait for it for ever.
+#[test]
+fn a_tcp_worker_whose_host_vanishes_is_lost_after_the_peer_timeout() {
+    use std::process::{Command, Stdio};
+    let Some(netns) = parvm_test_support::netns::NetNs::make("pvdd") else {
+        eprintln!("SKIPPING: cannot make a network namespace (needs root and `ip`)");
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let (local, far_local) = (scratch.path().join("local"), scratch.path().join("far"));
+    for dir in [&local, &far_local] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let secret_file = scratch.path().join("secret");
+    let secret = parvm_transport::tcp::Secret::load_or_create(&secret_file).unwrap();
+    let runtime = parvm_vm::Runtime::builder(crate::tasks::tasks())
+        .config(crate::harness::config(&local, &local, "spawner"))
+        .backend(parvm_vm::Backend::Tcp(
+            parvm_vm::TcpSpawner::new()
+                .listen((netns.host_addr, 0).into())
+                .secret(secret)
+                .peer_timeout(Duration::from_secs(2)),
+        ))
+        .start()
+        .unwrap();
+    let addr = runtime.tcp_addr().unwrap();
+    let mut worker = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            env!("CARGO_BIN_EXE_parvm-vm-testprog"),
+        ])
+        .env("PARVM_CONNECT", addr.to_string())
+        .env("PARVM_SECRET_FILE", &secret_file)
+        .env("PARVM_HOSTNAME", "far")
+        .env("PARVM_PEER_TIMEOUT", "2")
+        .env("PARALLEL_LOCAL_STORAGE", &far_local)
+        .env("PARALLEL_MIRRORED_STORAGE", &far_local)
+        .env_remove("PARVM_TRANSPORT")
+        .env_remove("PARVM_LOCAL_SOCKET")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = PidsGuard(vec![i32::try_from(worker.id()).unwrap()]);
+    runtime
+        .wait_for_workers(1, crate::harness::DEADLINE)
+        .unwrap();
+    let vm = runtime.vm().build().unwrap();
+    let ids = vm.spawn(Spawn::task("sleep", &60_000u64)).unwrap();
+    assert_eq!(ids.len(), 1);
+    netns.cut();
+    let cut = Instant::now();
+    let status = loop {
+        match vm.recv_timeout(AT_ONCE).unwrap() {
+            Some(Message::TaskExit { task, status }) if task == ids[0] => break status,
+            Some(_) => {}
+            None => panic!("no end of the task within {AT_ONCE:?} of the cut"),
+        }
+    };
+    let lost_after = cut.elapsed();
+    assert!(
+        matches!(&status, ExitStatus::Failed { reason }
+            if reason.contains("did not answer within the peer timeout (PARVM_PEER_TIMEOUT)")),
+        "{status:?}"
+    );
+    // The spawner's 2 s, not the kernel's hours.
+    assert!(lost_after < AT_ONCE, "{lost_after:?}");
+    // The worker, cut off from its spawner, gives up on it too and leaves.
+    let deadline = Instant::now() + AT_ONCE;
+    while worker.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the cut-off worker still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(vm);
+    runtime.finalize().unwrap();
+}

@@ -716,77 +716,6 @@ fn a_source_the_spawner_cannot_ship_fails_the_task_until_it_is_fixed() {
     assert_eq!(names, ["a.cir"]);
 }
 
-/// A network namespace joined to this one by a veth pair with a /30 of its own; removed
-/// (with the pair) when dropped.
-struct NetNs {
-    name: String,
-    host_addr: std::net::Ipv4Addr,
-}
-
-impl NetNs {
-    /// `None` (the test is skipped) when this process cannot make one (not root, no `ip`).
-    fn make() -> Option<NetNs> {
-        let pid = std::process::id();
-        let name = format!("pvship{pid}");
-        let ip = |args: &[&str]| -> bool {
-            Command::new("ip")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ip(&["netns", "add", &name]) {
-            return None;
-        }
-        let netns = NetNs {
-            name,
-            // A /30 of 10.213.0.0/16 per process, so parallel runs do not collide.
-            host_addr: std::net::Ipv4Addr::new(
-                10,
-                213,
-                (pid >> 6) as u8,
-                ((pid & 63) * 4 + 1) as u8,
-            ),
-        };
-        let peer_addr = std::net::Ipv4Addr::from(u32::from(netns.host_addr) + 1);
-        let (host_if, peer_if) = (format!("pvs{pid}a"), format!("pvs{pid}b"));
-        let ns = netns.name.as_str();
-        let ok = ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ]) && ip(&["link", "set", &peer_if, "netns", ns])
-            && ip(&[
-                "addr",
-                "add",
-                &format!("{}/30", netns.host_addr),
-                "dev",
-                &host_if,
-            ])
-            && ip(&["link", "set", &host_if, "up"])
-            && ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{peer_addr}/30"),
-                "dev",
-                &peer_if,
-            ])
-            && ip(&["-n", ns, "link", "set", &peer_if, "up"])
-            && ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ok.then_some(netns)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // The peer goes with the namespace, and the host end with its peer.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// A child process killed when dropped.
 struct ChildGuard(std::process::Child);
 
@@ -799,7 +728,7 @@ impl Drop for ChildGuard {
 
 #[test]
 fn a_tcp_worker_in_another_network_namespace_gets_the_inputs_shipped() {
-    let Some(netns) = NetNs::make() else {
+    let Some(netns) = parvm_test_support::netns::NetNs::make("pvs") else {
         eprintln!("SKIPPING: cannot make a network namespace (needs root and `ip`)");
         return;
     };
