@@ -131,9 +131,13 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
             .map(|parent| format!("its process {parent} exited"));
         // Received even where dead peers are not reported (MPI), so that a stop is seen.
         let spawner_lost = inner.link.spawner_lost_meanwhile();
-        if let Some(why) = parent_gone.or(spawner_lost.filter(|_| watch_connection)) {
-            // The spawner is gone while a task runs: leave now. The task folder stays behind
-            // with a dead owner, and the next worker start sweeps it as stale.
+        if let Some(why) = parent_gone.or(spawner_lost.filter(|_| watch_connection))
+            && inner.link.runs_function()
+        {
+            // The spawner is gone while a function task runs, which cannot be interrupted:
+            // leave now. The task folder stays behind with a dead owner, and the next worker
+            // start sweeps it as stale. A command is stopped by the spawn loop instead,
+            // which then removes its folder and leaves.
             leave_without_spawner(inner, &why);
         }
         if let Some(number) = inner.link.function_to_stop() {
@@ -152,13 +156,13 @@ fn forward(inner: &Inner, parent: Option<nix::unistd::Pid>, watch_connection: bo
     }
 }
 
-/// Ends the process, with status 70, because the spawner is gone (`why`) while a task
-/// runs; says so on the standard error the process had before it was captured, in one
+/// Ends the process, with status 70, because the spawner is gone (`why`) while a function
+/// task runs; says so on the standard error the process had before it was captured, in one
 /// write (several workers may share it).
 fn leave_without_spawner(inner: &Inner, why: &str) -> ! {
     if let Some(console) = &inner.console {
         let line = format!(
-            "parvm: worker rank {} (pid {}): the spawner is gone while task {} ran ({why}); the worker leaves with status 70, and the task's commands are stopped\n",
+            "parvm: worker rank {} (pid {}): the spawner is gone while function task {} ran ({why}), which cannot be interrupted; the worker leaves with status 70\n",
             inner.link.transport().rank(),
             std::process::id(),
             inner.task.load(Ordering::Relaxed),

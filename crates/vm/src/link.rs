@@ -277,6 +277,11 @@ impl Link {
         self.leave.as_ref().and_then(LeaveRequest::signal)
     }
 
+    /// Whether the running task is a function (which only the end of its process stops).
+    pub(crate) fn runs_function(&self) -> bool {
+        matches!(self.lock().task, Some((_, TaskKind::Function)))
+    }
+
     /// The number of the running function task when the spawner asked to stop it.
     pub(crate) fn function_to_stop(&self) -> Option<u64> {
         let state = self.lock();

@@ -126,6 +126,17 @@ struct SpawnerGuard {
 }
 
 impl SpawnerGuard {
+    /// The task folders in local storage (the host cache aside).
+    fn task_folders(&self) -> Vec<std::ffi::OsString> {
+        let local = self._folder.path().join("local");
+        std::fs::read_dir(&local)
+            .unwrap()
+            .flat_map(|user| std::fs::read_dir(user.unwrap().path()).unwrap())
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name != "cache")
+            .collect()
+    }
+
     /// What the TCP worker wrote on its standard error so far.
     fn worker_said(&self) -> String {
         std::fs::read_to_string(self._folder.path().join("worker.err")).unwrap_or_default()
@@ -314,6 +325,13 @@ fn killed_spawner_leaves_no_task_process_and_no_worker(tcp: bool) {
         }),
         None => wait_until("the worker exits", || !alive(workers[0])),
     }
+    // A TCP worker stopped the command and removed its task folder before it left. (Local
+    // workers are killed with their spawner, `PR_SET_PDEATHSIG`; the next parvm start on
+    // the host sweeps their folders.)
+    if tcp {
+        let left = guard.task_folders();
+        assert!(left.is_empty(), "left in local storage: {left:?}");
+    }
 }
 
 #[test]
@@ -362,13 +380,7 @@ fn a_tcp_worker_sent_sigterm_leaves_no_task_process_and_no_task_folder() {
     assert_eq!(status.signal(), Some(15), "{status}");
     let left = marked.alive();
     assert!(left.is_empty(), "left behind: {}", describe(&left));
-    let local = guard._folder.path().join("local");
-    let folders: Vec<_> = std::fs::read_dir(&local)
-        .unwrap()
-        .flat_map(|user| std::fs::read_dir(user.unwrap().path()).unwrap())
-        .map(|entry| entry.unwrap().file_name())
-        .filter(|name| name != "cache")
-        .collect();
+    let folders = guard.task_folders();
     assert!(folders.is_empty(), "left in local storage: {folders:?}");
 }
 

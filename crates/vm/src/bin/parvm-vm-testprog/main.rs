@@ -134,7 +134,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_secs(120));
         }
         "command" | "return" => {
-            let vm = runtime.vm().build()?;
+            // With a task folder, so the tests see it removed however the command ends.
+            let vm = runtime.vm().local_folder(true).build()?;
             let mut pids = Vec::new();
             if scenario == "command" {
                 let ids = vm.spawn(Spawn::task("pid", &()).fill())?;
