@@ -105,6 +105,10 @@ struct Table {
     scans: BTreeMap<u32, Mutex<RootScan>>,
     /// The digest of the manifest each worker was sent last, per root.
     sent: Mutex<HashMap<(Rank, u32), Digest>>,
+    /// Held by whoever sends a worker a manifest, from making it to recording it sent, so
+    /// a worker gets its manifests in the order they were made; one per worker, so a
+    /// worker that stops reading holds up only its own.
+    manifest_turns: Mutex<HashMap<Rank, Arc<Mutex<()>>>>,
     /// The workers that were sent the VM's mirror map.
     mapped: Arc<Mutex<HashSet<Rank>>>,
     stats: Mutex<ShipStats>,
@@ -181,6 +185,7 @@ impl VmShip {
                 roots: roots.to_vec(),
                 scans,
                 sent: Mutex::new(HashMap::new()),
+                manifest_turns: Mutex::new(HashMap::new()),
                 mapped,
                 stats: Mutex::new(ShipStats::default()),
                 cancel: AtomicBool::new(false),
@@ -211,20 +216,14 @@ impl VmShip {
     /// sources changed since the worker was sent one, so its task mirrors what is there now.
     pub(crate) fn before_spawn(&self, shared: &Shared, rank: Rank) {
         for (&root, scan) in &self.table.scans {
-            // The scan first: a manifest the shipping thread is sending meanwhile is
-            // recorded by the time it is free.
-            let mut scan = lock(scan);
-            let had = lock(&self.table.sent).get(&(rank, root)).copied();
-            if let Some(had) = had {
-                let start = std::time::Instant::now();
-                send_manifest(&self.table, shared, &mut scan, rank, root, Some(had));
-                tracing::trace!(
-                    rank,
-                    root,
-                    ms = start.elapsed().as_secs_f64() * 1e3,
-                    "looked for changed sources before a spawn"
-                );
-            }
+            let start = std::time::Instant::now();
+            send_manifest(&self.table, shared, scan, rank, root, Resend::IfChanged);
+            tracing::trace!(
+                rank,
+                root,
+                ms = start.elapsed().as_secs_f64() * 1e3,
+                "looked for changed sources before a spawn"
+            );
         }
     }
 
@@ -407,8 +406,7 @@ fn answer(table: &Table, shared: &Shared, job: ShipJob) {
             let Some(scan) = checked(table, rank, root, "a manifest") else {
                 return;
             };
-            let mut scan = lock(scan);
-            send_manifest(table, shared, &mut scan, rank, root, None);
+            send_manifest(table, shared, scan, rank, root, Resend::Always);
         }
         ShipJob::Blobs {
             rank,
@@ -526,38 +524,61 @@ fn checked_with_manifest<'t>(
     Some(scan)
 }
 
-/// Sends worker `rank` the current manifest of `root`, unless it has that one (`had`).
-/// Called with the root's scan locked, so manifests reach a worker in the order they
-/// were made.
+/// When [`send_manifest`] sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// The worker asked: the current manifest, whatever it was sent before.
+    Always,
+    /// Before a spawn: only to a worker that was sent one, and only when it changed since.
+    IfChanged,
+}
+
+/// Sends worker `rank` the current manifest of `root` (see [`Resend`]). The worker's turn
+/// ([`Table::manifest_turns`]) is held from making the manifest to recording it sent; the
+/// root's scan only while the manifest is made, so a send that waits for a worker that
+/// stopped reading holds up no other worker.
 fn send_manifest(
     table: &Table,
     shared: &Shared,
-    scan: &mut RootScan,
+    scan: &Mutex<RootScan>,
     rank: Rank,
     root: u32,
-    had: Option<Digest>,
+    resend: Resend,
 ) {
+    let turn = Arc::clone(lock(&table.manifest_turns).entry(rank).or_default());
+    let _turn = lock(&turn);
+    let had = lock(&table.sent).get(&(rank, root)).copied();
+    if resend == Resend::IfChanged && had.is_none() {
+        // It has none yet: it asks for one when it needs it.
+        return;
+    }
     let frame_failed = |reason: String| ToWorker::ManifestFailed {
         vm: table.vm,
         root,
         reason,
     };
     let scan_start = std::time::Instant::now();
-    let sent = match scan.scanner.manifest() {
-        Ok(manifest) => {
-            let scan_ms = scan_start.elapsed().as_secs_f64() * 1e3;
+    let made = {
+        let mut scan = lock(scan);
+        let scan = &mut *scan;
+        scan.scanner.manifest().map(|manifest| {
             let digest = manifest.root_digest();
-            if had == Some(digest) {
-                return;
-            }
             let bytes = match &scan.encoded {
                 Some((known, bytes)) if *known == digest => Arc::clone(bytes),
+                _ if resend == Resend::IfChanged && had == Some(digest) => Arc::default(),
                 _ => {
                     let bytes = Arc::new(manifest.encode());
                     scan.encoded = Some((digest, Arc::clone(&bytes)));
                     bytes
                 }
             };
+            (digest, bytes, manifest.file_count(), manifest.total_bytes())
+        })
+    };
+    let scan_ms = scan_start.elapsed().as_secs_f64() * 1e3;
+    let sent = match made {
+        Ok((digest, _, _, _)) if resend == Resend::IfChanged && had == Some(digest) => return,
+        Ok((digest, bytes, files, total)) => {
             let frame = ToWorker::Manifest {
                 vm: table.vm,
                 root,
@@ -571,8 +592,8 @@ fn send_manifest(
                     rank,
                     vm = table.vm,
                     root,
-                    files = manifest.file_count(),
-                    bytes = manifest.total_bytes(),
+                    files,
+                    bytes = total,
                     scan_ms,
                     "sent a manifest"
                 );
