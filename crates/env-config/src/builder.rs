@@ -181,8 +181,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Sets how long a joined TCP peer may not answer before it counts as lost (zero:
-    /// never). Default: unset (60 s).
+    /// Sets how long a joined TCP peer's host may not answer before the peer counts as
+    /// lost (zero: never). Default: unset (60 s).
     #[must_use]
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = Some(timeout);

@@ -140,7 +140,7 @@ impl Config {
         self.handshake_timeout
     }
 
-    /// How long a joined TCP peer may not answer before it counts as lost, from
+    /// How long a joined TCP peer's host may not answer before the peer counts as lost, from
     /// `PARVM_PEER_TIMEOUT` (zero: never), if set; unset, the transport's default applies
     /// (60 s).
     pub fn peer_timeout(&self) -> Option<Duration> {

@@ -136,7 +136,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: PEER_TIMEOUT_VAR,
-        meaning: "seconds a joined TCP worker or spawner may not answer (its host down, cut off, or the process stopped) before it counts as lost, as if killed (`0`: wait for ever)",
+        meaning: "seconds the host of a joined TCP worker or spawner may not answer (down, or cut off) before it counts as lost, as if killed (`0`: wait for ever)",
         default: "`60`",
     },
     Var {

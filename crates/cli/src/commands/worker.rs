@@ -41,7 +41,7 @@ pub struct Args {
     /// PARVM_HANDSHAKE_TIMEOUT, else 5].
     #[arg(long, value_name = "SECONDS")]
     pub handshake_timeout: Option<f64>,
-    /// How long the joined spawner may not answer (its host down or cut off) before this
+    /// How long the joined spawner's host may not answer (down, or cut off) before this
     /// worker stops its task and leaves, in seconds; 0 waits for ever [default:
     /// PARVM_PEER_TIMEOUT, else 60].
     #[arg(long, value_name = "SECONDS")]

@@ -154,7 +154,7 @@ pub(crate) fn broken_because(err: &(dyn std::error::Error + 'static)) -> String 
             .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
         {
             return format!(
-                "it did not answer within the peer timeout ({}): its host may be down or cut off from this one, or the process stopped ({})",
+                "it did not answer within the peer timeout ({}): its host may be down or cut off from this one ({})",
                 crate::tcp::PEER_TIMEOUT_VAR,
                 error_chain(err)
             );

@@ -25,9 +25,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// given up, in seconds, as this backend's messages name it.
 pub const PEER_TIMEOUT_VAR: &str = "PARVM_PEER_TIMEOUT";
 
-/// How long a joined peer may not answer (its kernel acknowledges nothing, not even the
-/// probes of an idle connection) before its connection is given up: a host that lost power
-/// or its network is then lost like a killed worker, instead of being waited for.
+/// How long a joined peer's host may not answer the probes of an idle connection before
+/// the connection is given up: a host that lost power or its network is then lost like a
+/// killed worker, instead of being waited for. A live peer's kernel answers them however
+/// busy (or stopped) its process is.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// At most this many connections are in their handshake at once.
@@ -85,8 +86,8 @@ impl TcpOptions {
         self
     }
 
-    /// How long a joined worker may not answer before it counts as lost (see
-    /// [`DEFAULT_PEER_TIMEOUT`]; zero: never). Default: 60 s (the VM passes
+    /// How long a joined worker's host may not answer before the worker counts as lost
+    /// (see [`DEFAULT_PEER_TIMEOUT`]; zero: never). Default: 60 s (the VM passes
     /// `PARVM_PEER_TIMEOUT`).
     #[must_use]
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
@@ -206,9 +207,9 @@ impl ConnectOptions {
         self
     }
 
-    /// How long the joined spawner may not answer before it counts as lost, so the worker
-    /// stops its task and leaves (see [`DEFAULT_PEER_TIMEOUT`]; zero: never). Default:
-    /// 60 s (the VM passes `PARVM_PEER_TIMEOUT`).
+    /// How long the joined spawner's host may not answer before it counts as lost, so the
+    /// worker stops its task and leaves (see [`DEFAULT_PEER_TIMEOUT`]; zero: never).
+    /// Default: 60 s (the VM passes `PARVM_PEER_TIMEOUT`).
     #[must_use]
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = Some(timeout);

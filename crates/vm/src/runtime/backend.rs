@@ -117,10 +117,9 @@ impl TcpSpawner {
         self
     }
 
-    /// How long a joined worker may not answer (its host down or cut off, or the process
-    /// stopped) before it counts as lost, as a killed one does, and its task fails (a
-    /// dispatch runs it again elsewhere); zero waits for ever. Default
-    /// `PARVM_PEER_TIMEOUT`, else 60 s.
+    /// How long a joined worker's host may not answer (down, or cut off) before the worker
+    /// counts as lost, as a killed one does, and its task fails (a dispatch runs it again
+    /// elsewhere); zero waits for ever. Default `PARVM_PEER_TIMEOUT`, else 60 s.
     #[must_use]
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = Some(timeout);

@@ -256,6 +256,12 @@ fn a_tcp_worker_whose_host_vanishes_is_lost_after_the_peer_timeout() {
     let vm = runtime.vm().build().unwrap();
     let ids = vm.spawn(Spawn::task("sleep", &60_000u64)).unwrap();
     assert_eq!(ids.len(), 1);
+    // Cut once the task sleeps (`ip netns exec` runs the worker under its own pid), so no
+    // bytes are on their way: the connection is idle, as while a long task runs.
+    let main_thread = format!("/proc/{0}/task/{0}/wchan", worker.id());
+    crate::harness::wait_until("the task sleeps on the worker", || {
+        std::fs::read_to_string(&main_thread).is_ok_and(|wchan| wchan.contains("nanosleep"))
+    });
     netns.cut();
     let cut = Instant::now();
     let status = loop {
