@@ -300,6 +300,9 @@ struct Lanes {
     busy: HashSet<Rank>,
     /// Threads waiting for a request.
     idle: usize,
+    /// Wake-ups sent to waiting threads that none has taken yet: a waiting thread beyond
+    /// these is free for the next request.
+    wakeups: usize,
     closed: bool,
 }
 
@@ -319,8 +322,15 @@ impl Servers {
         let (lanes, cond) = &*self.lanes;
         let mut state = lock(lanes);
         state.waiting.push_back(job);
+        if state.idle > state.wakeups {
+            // A waiting thread takes it.
+            state.wakeups += 1;
+            drop(state);
+            cond.notify_one();
+            return;
+        }
         let mut threads = lock(&self.threads);
-        if state.idle == 0 && threads.len() < MAX_SERVERS {
+        if threads.len() < MAX_SERVERS {
             let (table, shared, lanes) = (
                 Arc::clone(&self.table),
                 self.shared.clone(),
@@ -341,9 +351,7 @@ impl Servers {
                 Err(e) => tracing::debug!(error = %e, "cannot start another shipping thread"),
             }
         }
-        drop(threads);
-        drop(state);
-        cond.notify_one();
+        // Else a thread that ends its request takes it.
     }
 
     /// Ends the threads, each after the request it answers (a transfer stops between
@@ -377,6 +385,7 @@ fn answer_requests(table: &Table, shared: &Weak<Shared>, lanes: &(Mutex<Lanes>, 
             state.idle += 1;
             state = cond.wait(state).unwrap_or_else(PoisonError::into_inner);
             state.idle -= 1;
+            state.wakeups = state.wakeups.saturating_sub(1);
             continue;
         };
         let rank = job.rank();
@@ -390,10 +399,6 @@ fn answer_requests(table: &Table, shared: &Weak<Shared>, lanes: &(Mutex<Lanes>, 
         state = lock(lanes);
         if let Some(rank) = rank {
             state.busy.remove(&rank);
-        }
-        // Another request of that worker may wait for a thread that went idle.
-        if state.waiting.len() > 1 {
-            cond.notify_one();
         }
     }
 }
