@@ -899,16 +899,25 @@ fn a_worker_that_dies_leaves_no_task_folder_after_the_run() {
 #[test]
 fn ctrl_c_leaves_no_case_running_and_no_task_folder() {
     // What a terminal's Ctrl-C does: SIGINT to the whole foreground job.
-    stop_by_signal(true);
+    stop_by_signal("INT", true);
 }
 
 #[test]
 fn sigterm_to_parvm_alone_stops_the_cases_and_removes_their_folders() {
     // What a batch system does.
-    stop_by_signal(false);
+    stop_by_signal("TERM", false);
 }
 
-fn stop_by_signal(whole_group: bool) {
+#[test]
+fn a_closed_terminal_leaves_no_case_running_and_no_task_folder() {
+    // What a terminal that closes (or an ssh session that drops) does: SIGHUP to the
+    // whole foreground job.
+    stop_by_signal("HUP", true);
+}
+
+/// Sends SIG`signal` (`INT`, `TERM`, `HUP`) to `parvm run` while two cases run, to its
+/// whole process group or to it alone.
+fn stop_by_signal(signal: &str, whole_group: bool) {
     use std::os::unix::process::CommandExt;
     let sweep = Sweep::new();
     let pids = sweep.shared.join("pids");
@@ -936,15 +945,15 @@ fn stop_by_signal(whole_group: bool) {
     eventually("both cases started", || {
         read_pid("a").is_some() && read_pid("b").is_some()
     });
-    let target = if whole_group {
-        [
-            "-INT".to_owned(),
-            "--".to_owned(),
-            format!("-{}", child.id()),
-        ]
-    } else {
-        ["-TERM".to_owned(), "--".to_owned(), child.id().to_string()]
-    };
+    let target = [
+        format!("-{signal}"),
+        "--".to_owned(),
+        if whole_group {
+            format!("-{}", child.id())
+        } else {
+            child.id().to_string()
+        },
+    ];
     let sent = Command::new("kill").args(&target).status().unwrap();
     assert!(sent.success());
     let status = child.wait().unwrap();

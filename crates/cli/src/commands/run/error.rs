@@ -216,7 +216,7 @@ pub enum RunError {
     },
     /// A signal handler cannot be installed.
     #[error(
-        "cannot catch SIGINT and SIGTERM, so a Ctrl-C could not stop the run cleanly; report this"
+        "cannot catch SIGINT, SIGTERM and SIGHUP, so a Ctrl-C could not stop the run cleanly; report this"
     )]
     Signal(#[source] std::io::Error),
     /// The parvm runtime failed.

@@ -1,5 +1,5 @@
-//! The first Ctrl-C or SIGTERM of `parvm run`: start no new case, stop the running ones,
-//! keep what has come; a second one exits at once (status 130).
+//! The first Ctrl-C, SIGTERM or SIGHUP of `parvm run`: start no new case, stop the running
+//! ones, keep what has come; a second one exits at once (status 130).
 //!
 //! It owns the signal flag and the watcher that stops a VM's running tasks; it must not
 //! know what a case is or how results are printed.
@@ -9,20 +9,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parvm_vm::{HaltHandle, Vm};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::error::RunError;
 
 /// How often the watcher looks at the flag; a stop takes at most this long to begin.
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 
-/// Whether SIGINT or SIGTERM came.
+/// Whether SIGINT, SIGTERM or SIGHUP came.
 pub struct Interrupt {
     flag: Arc<AtomicBool>,
 }
 
 impl Interrupt {
-    /// Catches SIGINT and SIGTERM in this process: before the runtime starts only when
+    /// Catches SIGINT and SIGTERM in this process, and SIGHUP (a terminal that closes, an
+    /// ssh session that drops) unless it was started ignoring it (`nohup`): before the
+    /// runtime starts only when
     /// [`may_catch_before_start`](Interrupt::may_catch_before_start) says so, else after,
     /// so that workers keep the action they inherit (in a terminal they end with their
     /// commands; in a background job they ignore SIGINT, as their commands do).
@@ -31,7 +33,8 @@ impl Interrupt {
     /// A handler cannot be installed.
     pub fn install() -> Result<Interrupt, RunError> {
         let flag = Arc::new(AtomicBool::new(false));
-        for signal in [SIGINT, SIGTERM] {
+        let hangup = (!parvm_vm::leave::ignored_by_this_process(SIGHUP)).then_some(SIGHUP);
+        for signal in [SIGINT, SIGTERM].into_iter().chain(hangup) {
             // The second signal finds the flag set and exits at once.
             signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
                 .map_err(RunError::Signal)?;
