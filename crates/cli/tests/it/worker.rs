@@ -280,6 +280,57 @@ fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
     run.finish_with_a_second_worker(&sweep, &second_try(&sweep), &["a", "b"], &LEFT_ON_SIGTERM);
 }
 
+/// A worker whose command does not let itself be stopped (it ignores SIGTERM, so its
+/// supervisor waits its 2 s grace before SIGKILL) ends at once on a second SIGTERM that
+/// comes a second or more after the first, without waiting for the command.
+#[test]
+fn a_second_sigterm_a_second_later_ends_a_worker_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let sweep = crate::run::Sweep::new();
+    let shared = sweep.shared.display();
+    std::fs::create_dir_all(sweep.shared.join("pids")).unwrap();
+    let case = format!(
+        "test -e {} || {{ trap '' TERM; echo $$ > {shared}/pids/{{}}; sleep 60; }}; echo done {{}}",
+        second_try(&sweep).display()
+    );
+    let run = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
+    let mut first = crate::run::ChildGuard(
+        sweep
+            .worker(&run.addr)
+            .env("PARVM_HOSTNAME", "first")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    first_try_pids(&sweep, &["a"]);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.0.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The rule is about elapsed time: the second signal must come after `REPEAT_AFTER`.
+    std::thread::sleep(parvm_vm::leave::REPEAT_AFTER + Duration::from_millis(200));
+    let second = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut said = String::new();
+    first
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    let status = first.0.wait().unwrap();
+    let took = second.elapsed();
+    assert_eq!(status.signal(), Some(15), "{status:?}: {said}");
+    // Ended at once: not after the command's grace, and without leaving in order.
+    assert!(took < Duration::from_millis(700), "{took:?}: {said}");
+    assert!(!said.contains("leaving on SIGTERM"), "{said}");
+    run.finish_with_a_second_worker(
+        &sweep,
+        &second_try(&sweep),
+        &["a"],
+        &["on host `first`", "closed its connection"],
+    );
+}
+
 /// Local storage whose per-user folder cannot be used (here a symlink planted in its
 /// place, which parvm refuses for root too) would fail every case: `parvm run` says so
 /// once and runs none, and `parvm worker` says so before it joins any spawner.
