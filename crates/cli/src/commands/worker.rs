@@ -9,9 +9,11 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use parvm_env_config::{CONNECT_VAR, Config};
 use parvm_transport::tcp::{ConnectOptions, Secret, TcpTransport};
 use parvm_vm::{LeaveRequest, Tasks, Worker, WorkerEnd};
@@ -254,9 +256,27 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot start `{}`", me.display()))?,
         );
     }
-    let forwarded = forward_leave_signals(children.iter().map(std::process::Child::id).collect())?;
+    let live = Arc::new(Mutex::new(
+        children
+            .iter()
+            .map(std::process::Child::id)
+            .collect::<Vec<u32>>(),
+    ));
+    let forwarded = forward_leave_signals(Arc::clone(&live))?;
     let mut failed = 0;
     for mut child in children {
+        // Waited for without reaping first, so that its pid, which nothing else can take
+        // while it is not reaped, leaves the signals' list before it can name another
+        // process.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = waitid(
+                Id::Pid(nix::unistd::Pid::from_raw(pid)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            );
+        }
+        live.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|&pid| pid != child.id());
         if !child.wait().is_ok_and(|status| status.success()) {
             failed += 1;
         }
@@ -271,11 +291,11 @@ fn run_many(args: &Args, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Passes each signal a worker leaves on to the single-slot workers `children`, so that
-/// signalling this process alone (as `kill` or a service manager may) makes them leave;
-/// one that reached them directly too counts once (see [`LeaveRequest::on_signals`]).
-/// The request says whether one came.
-fn forward_leave_signals(children: Vec<u32>) -> Result<LeaveRequest> {
+/// Passes each signal a worker leaves on to the single-slot workers still in `live`, so
+/// that signalling this process alone (as `kill` or a service manager may) makes them
+/// leave; one that reached them directly too counts once (see
+/// [`LeaveRequest::on_signals`]). The request says whether one came.
+fn forward_leave_signals(live: Arc<Mutex<Vec<u32>>>) -> Result<LeaveRequest> {
     let request = LeaveRequest::new();
     let caught: Vec<i32> = parvm_vm::leave::LEAVE_SIGNALS
         .into_iter()
@@ -292,9 +312,12 @@ fn forward_leave_signals(children: Vec<u32>) -> Result<LeaveRequest> {
                 let Ok(signal) = nix::sys::signal::Signal::try_from(signal) else {
                     continue;
                 };
-                for &child in &children {
+                let live = live
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for &child in live.iter() {
                     if let Ok(pid) = i32::try_from(child) {
-                        // A worker that ended already is no error.
+                        // A worker that ended but is not reaped yet is no error.
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
                     }
                 }
