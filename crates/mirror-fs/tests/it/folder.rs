@@ -10,6 +10,11 @@ use parvm_mirror_fs::{Error, MirrorMap, MirrorOptions, MirroredFolder};
 
 use crate::{Fixture, set_mode, set_mtime};
 
+/// `secs` seconds after the epoch.
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
 /// The flavours: with inotify (on the sources too when trusted), with the fallback that
 /// verifies every copy, and with sources treated as on a network file system.
 fn flavours() -> [MirrorOptions; 3] {
@@ -641,12 +646,6 @@ fn where_two_sources_land_on_one_file_a_refresh_keeps_the_later_one() {
 
 #[test]
 fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_time() {
-    let set_dir_mtime = |dir: &Path, secs: u64| {
-        fs::File::open(dir)
-            .unwrap()
-            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .unwrap();
-    };
     for options in flavours() {
         let fx = Fixture::new();
         for side in ["a", "b"] {
@@ -654,8 +653,8 @@ fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_
         }
         set_mode(&fx.src("a/d.x/sub"), 0o750);
         set_mode(&fx.src("b/d.x/sub"), 0o755);
-        set_dir_mtime(&fx.src("a/d.x/sub"), 1_000_000);
-        set_dir_mtime(&fx.src("b/d.x/sub"), 2_000_000);
+        set_mtime(&fx.src("a/d.x/sub"), at(1_000_000));
+        set_mtime(&fx.src("b/d.x/sub"), at(2_000_000));
         let map = fx.map(&[("a/*.x", "."), ("b/*.x", ".")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         let attrs = || {
@@ -665,7 +664,7 @@ fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_
         assert_eq!(attrs(), (0o755, 2_000_000), "{options:?}");
         // The earlier one changes: a fresh mirror would still give the later one's.
         set_mode(&fx.src("a/d.x/sub"), 0o700);
-        set_dir_mtime(&fx.src("a/d.x/sub"), 3_000_000);
+        set_mtime(&fx.src("a/d.x/sub"), at(3_000_000));
         folder.refresh(&options).unwrap();
         assert_eq!(attrs(), (0o755, 2_000_000), "{options:?}");
     }
@@ -674,22 +673,16 @@ fn where_two_sources_land_on_one_folder_a_refresh_keeps_the_later_ones_mode_and_
 #[test]
 fn a_new_folder_of_a_later_source_over_an_earlier_one_gives_its_mode_and_time() {
     // a/* → ., e/* → d1: a/d1/d1 lands on d1/d1, where a new e/d1 lands later and wins.
-    let set_dir_time = |dir: &Path, secs: u64| {
-        fs::File::open(dir)
-            .unwrap()
-            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .unwrap();
-    };
     for options in flavours() {
         let fx = Fixture::new();
         fx.file("a/d1/d1/f0", b"a");
-        set_dir_time(&fx.src("a/d1/d1"), 1_000_000);
+        set_mtime(&fx.src("a/d1/d1"), at(1_000_000));
         fs::create_dir(fx.src("e")).unwrap();
         let map = fx.map(&[("a/*", "."), ("e/*", "d1")]);
         let mut folder = MirroredFolder::mirror(&map, &fx.task, &options).unwrap();
         fx.file("e/d1/f1", b"e");
         set_mode(&fx.src("e/d1"), 0o750);
-        set_dir_time(&fx.src("e/d1"), 2_000_000);
+        set_mtime(&fx.src("e/d1"), at(2_000_000));
         // The task edits a's file there: a's folder is copied into again.
         fs::write(fx.task.join("d1/d1/f0"), b"task").unwrap();
         folder.refresh(&options).unwrap();
