@@ -106,6 +106,35 @@ pub fn config(local: &Path, shared: &Path, host: &str) -> Config {
         .expect("test configuration")
 }
 
+/// The test program as a TCP worker on host `far` inside network namespace `netns`
+/// (`ip netns exec` runs it under its own pid): it reaches the spawner at `addr` over the
+/// namespace's veth pair only, and sees none of the spawner's loopback.
+pub fn far_worker_in(
+    netns: &str,
+    addr: std::net::SocketAddr,
+    secret_file: &Path,
+    local: &Path,
+    mirrored: &Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            netns,
+            env!("CARGO_BIN_EXE_parvm-vm-testprog"),
+        ])
+        .env("PARVM_CONNECT", addr.to_string())
+        .env("PARVM_SECRET_FILE", secret_file)
+        .env("PARVM_HOSTNAME", "far")
+        .env("PARALLEL_LOCAL_STORAGE", local)
+        .env("PARALLEL_MIRRORED_STORAGE", mirrored)
+        .env_remove("PARVM_TRANSPORT")
+        .env_remove("PARVM_LOCAL_SOCKET")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
 impl Harness {
     pub fn start(backend: Backend, workers: usize) -> Harness {
         Harness::start_hosts(backend, &[("alpha", workers)])

@@ -208,7 +208,6 @@ fn tcp_keeps_waiting_with_no_worker_left() {
 /// and the spawner does not wait for it for ever.
 #[test]
 fn a_tcp_worker_whose_host_vanishes_is_lost_after_the_peer_timeout() {
-    use std::process::{Command, Stdio};
     let Some(netns) = parvm_test_support::netns::NetNs::make("pvdd") else {
         eprintln!("SKIPPING: cannot make a network namespace (needs root and `ip`)");
         return;
@@ -231,24 +230,11 @@ fn a_tcp_worker_whose_host_vanishes_is_lost_after_the_peer_timeout() {
         .start()
         .unwrap();
     let addr = runtime.tcp_addr().unwrap();
-    let mut worker = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &netns.name,
-            env!("CARGO_BIN_EXE_parvm-vm-testprog"),
-        ])
-        .env("PARVM_CONNECT", addr.to_string())
-        .env("PARVM_SECRET_FILE", &secret_file)
-        .env("PARVM_HOSTNAME", "far")
-        .env("PARVM_PEER_TIMEOUT", "2")
-        .env("PARALLEL_LOCAL_STORAGE", &far_local)
-        .env("PARALLEL_MIRRORED_STORAGE", &far_local)
-        .env_remove("PARVM_TRANSPORT")
-        .env_remove("PARVM_LOCAL_SOCKET")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker =
+        crate::harness::far_worker_in(&netns.name, addr, &secret_file, &far_local, &far_local)
+            .env("PARVM_PEER_TIMEOUT", "2")
+            .spawn()
+            .unwrap();
     let _worker = PidsGuard(vec![i32::try_from(worker.id()).unwrap()]);
     runtime
         .wait_for_workers(1, crate::harness::DEADLINE)

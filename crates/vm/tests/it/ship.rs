@@ -3,7 +3,6 @@
 //! mirroring makes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -754,24 +753,8 @@ fn a_tcp_worker_in_another_network_namespace_gets_the_inputs_shipped() {
         .start()
         .unwrap();
     let addr = runtime.tcp_addr().unwrap();
-    // `ip netns exec` runs the worker in the namespace: it reaches the spawner over the
-    // veth pair only, and sees none of the spawner's loopback.
     let _worker = ChildGuard(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns.name,
-                env!("CARGO_BIN_EXE_parvm-vm-testprog"),
-            ])
-            .env("PARVM_CONNECT", addr.to_string())
-            .env("PARVM_SECRET_FILE", &secret_file)
-            .env("PARVM_HOSTNAME", "far")
-            .env("PARALLEL_LOCAL_STORAGE", &far_local)
-            .env("PARALLEL_MIRRORED_STORAGE", &far_root)
-            .env_remove("PARVM_TRANSPORT")
-            .env_remove("PARVM_LOCAL_SOCKET")
-            .stdin(Stdio::null())
+        crate::harness::far_worker_in(&netns.name, addr, &secret_file, &far_local, &far_root)
             .spawn()
             .unwrap(),
     );
