@@ -201,6 +201,19 @@ fn is_running(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// `parvm worker ARGS` on host `first`, joining the spawner at `addr`, its stderr piped.
+fn first_worker(sweep: &crate::run::Sweep, addr: &str, args: &[&str]) -> crate::run::ChildGuard {
+    crate::run::ChildGuard(
+        sweep
+            .worker(addr)
+            .args(args)
+            .env("PARVM_HOSTNAME", "first")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// What the workers that left say: on host `first`, for SIGTERM, giving a case back.
 const LEFT_ON_SIGTERM: [&str; 2] = [
     "on host `first`",
@@ -232,14 +245,7 @@ fn a_worker_sent_sigterm_gives_its_case_back_removes_its_folder_and_ends_by_the_
     let sweep = crate::run::Sweep::new();
     let case = hanging_first_try(&sweep);
     let run = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
-    let mut first = crate::run::ChildGuard(
-        sweep
-            .worker(&run.addr)
-            .env("PARVM_HOSTNAME", "first")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut first = first_worker(&sweep, &run.addr, &[]);
     let pids = first_try_pids(&sweep, &["a"]);
     let said = terminate(&mut first.0, 1);
     assert!(
@@ -257,15 +263,7 @@ fn a_worker_with_slots_passes_a_signal_on_and_every_slot_leaves() {
     let sweep = crate::run::Sweep::new();
     let case = hanging_first_try(&sweep);
     let run = sweep.start_tcp(&[&case, ":::", "a", "b"], Stdio::piped());
-    let mut first = crate::run::ChildGuard(
-        sweep
-            .worker(&run.addr)
-            .args(["--slots", "2"])
-            .env("PARVM_HOSTNAME", "first")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut first = first_worker(&sweep, &run.addr, &["--slots", "2"]);
     let pids = first_try_pids(&sweep, &["a", "b"]);
     // To the parent alone, as `kill PID` sends it; twice, as a job's processes may all
     // get it: one request, not a second that ends them at once.
@@ -294,14 +292,7 @@ fn a_second_sigterm_a_second_later_ends_a_worker_at_once() {
         second_try(&sweep).display()
     );
     let run = sweep.start_tcp(&[&case, ":::", "a"], Stdio::piped());
-    let mut first = crate::run::ChildGuard(
-        sweep
-            .worker(&run.addr)
-            .env("PARVM_HOSTNAME", "first")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut first = first_worker(&sweep, &run.addr, &[]);
     first_try_pids(&sweep, &["a"]);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(first.0.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
