@@ -30,6 +30,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write failed because the disk holding `path` is full or the user's quota there
+    /// is used up (`ENOSPC`, `EDQUOT`): the host cache or the spawner's kept hashes, both
+    /// in local storage.
+    #[error(
+        "cannot {action} `{}`: its disk is full (or your quota there is used up); free some space there, or point PARALLEL_LOCAL_STORAGE at a larger disk",
+        path.display()
+    )]
+    DiskFull {
+        /// What was being done, e.g. "write".
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A manifest cannot be built as asked (a bad name, duplicate names, too deep or too large).
     #[error("cannot describe `{}` in a manifest: {reason}", path.display())]
     ManifestInvalid {
@@ -152,16 +169,51 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// An [`Error::Io`] for `action` on `path`.
+    /// An [`Error::Io`] for `action` on `path`, or [`Error::DiskFull`] when the disk or
+    /// the quota is what failed it.
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
         source: std::io::Error,
     ) -> Error {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Error::DiskFull {
+                action,
+                path,
+                source,
+            },
+            _ => Error::Io {
+                action,
+                path,
+                source,
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_says_so_and_what_to_do() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = Error::io(
+                "write",
+                "/scratch/parvm-ann/cache/claims/2/ab",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert!(matches!(e, Error::DiskFull { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("`/scratch/parvm-ann/cache/claims/2/ab`")
+                    && text.contains("disk is full")
+                    && text.contains("PARALLEL_LOCAL_STORAGE"),
+                "{text}"
+            );
+        }
+        let other = Error::io("write", "/x", std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(other, Error::Io { .. }), "{other:?}");
     }
 }

@@ -45,25 +45,33 @@ impl Pin {
             .custom_flags(libc::O_CLOEXEC)
             .open(&staged)
             .map_err(|e| Error::io("create pin", &staged, e))?;
-        let mut lock = Flock::lock(file, FlockArg::LockShared)
-            .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))?;
-        let mut text = String::new();
-        for blob in blobs {
-            text.push_str(blob.hex().as_str());
-            text.push('\n');
-        }
-        lock.write_all(text.as_bytes())
-            .map_err(|e| Error::io("write pin", &staged, e))?;
         let path = pins.join(format!("{root}.{unique}"));
-        if let Err(e) = fs::rename(&staged, &path) {
-            let _ = fs::remove_file(&staged);
-            return Err(Error::io("place pin", &path, e));
+        let placed = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))
+            .and_then(|mut lock| {
+                let mut text = String::new();
+                for blob in blobs {
+                    text.push_str(blob.hex().as_str());
+                    text.push('\n');
+                }
+                lock.write_all(text.as_bytes())
+                    .map_err(|e| Error::io("write pin", &staged, e))?;
+                fs::rename(&staged, &path).map_err(|e| Error::io("place pin", &path, e))?;
+                Ok(lock)
+            });
+        match placed {
+            Ok(lock) => Ok(Pin {
+                path,
+                unique,
+                _lock: lock,
+            }),
+            Err(e) => {
+                // A full disk fails the write: the half-made pin goes now, not at the next
+                // eviction pass after this process ends.
+                let _ = fs::remove_file(&staged);
+                Err(e)
+            }
         }
-        Ok(Pin {
-            path,
-            unique,
-            _lock: lock,
-        })
     }
 
     /// The unique part of its name, shared with the folder a snapshot is built in.

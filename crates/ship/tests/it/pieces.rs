@@ -570,7 +570,7 @@ fn full_disk_child() {
     let (mut writer, wanted) = claim_in_pieces(&cache, &new, &old, None);
     assert_eq!(wanted, None, "no room to copy the shared pieces");
     let failed = writer.write(&data);
-    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+    assert!(matches!(failed, Err(Error::DiskFull { .. })), "{failed:?}");
     drop(writer);
     assert!(tmp_is_empty());
 

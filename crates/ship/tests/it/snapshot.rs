@@ -282,6 +282,10 @@ fn full_disk_child() {
     assert_eq!(fetch_all(&cache, &scan, &manifest), 1, "the blob fits");
     // Its snapshot links the blob: it needs no room.
     drop(cache.snapshot(&manifest).unwrap());
+    let fetched_at = fs::metadata(shared.path().join("big"))
+        .unwrap()
+        .modified()
+        .unwrap();
     // The same content with another time needs a copy, which does not fit.
     fs::File::options()
         .write(true)
@@ -318,14 +322,37 @@ fn full_disk_child() {
         panic!("not mine")
     };
     let failed = writer.write(&vec![8u8; 600 << 10]);
-    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+    match failed {
+        Err(e @ Error::DiskFull { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("claims") && text.contains("PARALLEL_LOCAL_STORAGE"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     drop(writer);
-    assert!(
-        fs::read_dir(cache.path().join("tmp"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert!(crate::work_files(&cache).is_empty());
+    // Not a byte left: the pin of a snapshot that needs no room cannot be written, and the
+    // half-made pin is removed at once.
+    let filler = mount.join("filler");
+    let mut fill = fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut fill, &[0u8; 4096]).is_ok() {}
+    drop(fill);
+    fs::File::options()
+        .write(true)
+        .open(shared.path().join("big"))
+        .unwrap()
+        .set_modified(fetched_at)
+        .unwrap();
+    let manifest = scan.manifest().unwrap();
+    match cache.snapshot(&manifest) {
+        Err(Error::DiskFull { action, .. }) => assert_eq!(action, "write pin"),
+        other => panic!("{other:?}"),
+    }
+    assert!(crate::work_files(&cache).is_empty());
+    fs::remove_file(&filler).unwrap();
     println!("full disk: checked");
 }
 
