@@ -9,21 +9,18 @@ use parvm_transport::Transport;
 
 use crate::{Error, LeaveRequest, Tasks, Worker, WorkerEnd};
 
-/// Runs the spawn loop in this worker process and exits the process; with
-/// `leave_on_signals`, SIGTERM, SIGINT and SIGHUP ask it to leave
-/// ([`Worker::leave_on`]), and it then ends by that signal.
+/// Runs the spawn loop in this worker process and exits the process; the signals
+/// `leave_on` ask it to leave ([`Worker::leave_on`]), and it then ends by that signal.
 pub(crate) fn serve_and_exit(
     tasks: Tasks,
     config: Config,
     transport: Box<dyn Transport>,
-    leave_on_signals: bool,
+    leave_on: &[i32],
 ) -> ! {
     let mut worker = Worker::new(tasks, config).capture_output(true);
-    if leave_on_signals {
-        match LeaveRequest::on_signals() {
-            Ok(request) => worker = worker.leave_on(request),
-            Err(e) => tracing::warn!(error = %e, "this worker cannot leave cleanly"),
-        }
+    match LeaveRequest::on(leave_on) {
+        Ok(request) => worker = worker.leave_on(request),
+        Err(e) => tracing::warn!(error = %e, "this worker cannot leave cleanly"),
     }
     let code = match worker.serve_to_end(transport) {
         Ok(WorkerEnd::Left { signal, .. }) => crate::leave::end_by_signal(signal),

@@ -50,8 +50,20 @@ impl LeaveRequest {
     /// # Errors
     /// A handler or its thread cannot be installed ([`Error::Signal`]).
     pub fn on_signals() -> Result<LeaveRequest, Error> {
-        let caught: Vec<i32> = LEAVE_SIGNALS
-            .into_iter()
+        LeaveRequest::on(&LEAVE_SIGNALS)
+    }
+
+    /// [`on_signals`](Self::on_signals) for the signals `signals` instead: a local
+    /// worker leaves on the signal its spawner's death sends it
+    /// ([`parvm_transport::local::SPAWNER_GONE_SIGNAL`]) and on no other, since the
+    /// signals of a terminal or a batch system are its spawner's to act on.
+    ///
+    /// # Errors
+    /// As [`on_signals`](Self::on_signals).
+    pub fn on(signals: &[i32]) -> Result<LeaveRequest, Error> {
+        let caught: Vec<i32> = signals
+            .iter()
+            .copied()
             .filter(|&signal| !ignored_by_this_process(signal))
             .collect();
         let names = || {

@@ -14,7 +14,8 @@
 //! when the spawner's connection ends (end of stream, reset, or a bad frame); every later
 //! `recv` returns `Err(Error::PeerLost { rank: 0, .. })`, and `send` fails. The worker is
 //! expected to leave then. As a backstop for a worker busy elsewhere, each worker asks the
-//! kernel (`PR_SET_PDEATHSIG`) for `SIGKILL` when the spawner dies. The children are
+//! kernel (`PR_SET_PDEATHSIG`) for [`SPAWNER_GONE_SIGNAL`] when the spawner dies, which
+//! ends it unless it catches that signal to leave in order. The children are
 //! forked by a keeper thread that lives as long as the [`LocalTransport`], because Linux
 //! sends that signal when the forking *thread* ends.
 //!
@@ -42,8 +43,8 @@ use std::fmt;
 
 pub use self::options::{
     DEFAULT_REPLACEMENTS, HOSTNAME_VAR, LocalOptions, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR,
-    SPAWNER_HOST_VAR, SPAWNER_PID_VAR, SPIN_US_VAR, STOPPED_EXIT_CODE, SimulatedHost, TOKEN_VAR,
-    WORKER_ENV_VARS,
+    SPAWNER_GONE_SIGNAL, SPAWNER_HOST_VAR, SPAWNER_PID_VAR, SPIN_US_VAR, STOPPED_EXIT_CODE,
+    SimulatedHost, TOKEN_VAR, WORKER_ENV_VARS,
 };
 use self::spawner::Spawner;
 use crate::star::Client;

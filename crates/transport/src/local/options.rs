@@ -56,6 +56,14 @@ pub const WORKER_ENV_VARS: [&str; 7] = [
 /// count toward the crash-loop limit ([`LocalOptions::replacements`]). 75 is `EX_TEMPFAIL`.
 pub const STOPPED_EXIT_CODE: i32 = 75;
 
+/// The signal a local worker gets from the kernel when its spawner dies
+/// (`PR_SET_PDEATHSIG`), as a backstop for a worker too busy to see its connection end:
+/// `SIGPWR`, which no terminal, shell or batch system sends to a job, so a worker that
+/// catches it (the VM's workers leave in order on it: the running command stopped, the
+/// task folders removed) is not also asked to leave by a signal meant for its spawner.
+/// Uncaught, it ends the worker, as `SIGKILL` did.
+pub const SPAWNER_GONE_SIGNAL: i32 = nix::libc::SIGPWR;
+
 /// Replacements per slot by default ([`LocalOptions::replacements`]): none, so a worker's
 /// death is final unless asked for; the VM's runtime asks for
 /// `PARVM_REPLACE_WORKERS` (default 3).

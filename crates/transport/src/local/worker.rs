@@ -15,8 +15,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::options::{
-    HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_HOST_VAR, SPAWNER_PID_VAR,
-    SPIN_US_VAR, TOKEN_VAR,
+    HOSTNAME_VAR, MAX_FRAME_VAR, RANK_VAR, SOCKET_VAR, SPAWNER_GONE_SIGNAL, SPAWNER_HOST_VAR,
+    SPAWNER_PID_VAR, SPIN_US_VAR, TOKEN_VAR,
 };
 use crate::star::{Client, Stream};
 use crate::{Error, Rank, frame};
@@ -80,7 +80,8 @@ pub(super) fn join_from_env() -> Result<Option<Client>, Error> {
     }
     // Set the death signal first, then check the parent: if the spawner died before the
     // signal was armed, the parent is no longer the spawner and we stop here.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|errno| Error::Io {
+    let gone = Signal::try_from(SPAWNER_GONE_SIGNAL).unwrap_or(Signal::SIGKILL);
+    nix::sys::prctl::set_pdeathsig(gone).map_err(|errno| Error::Io {
         backend: "local",
         what: "ask for a signal when the spawner dies (prctl PR_SET_PDEATHSIG)".into(),
         source: errno.into(),

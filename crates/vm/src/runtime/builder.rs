@@ -231,14 +231,19 @@ impl RuntimeBuilder {
             .map_err(|e| Error::transport("local", e))?
             .map(|t| Box::new(t) as Box<dyn Transport>);
         // A worker that joined over TCP was started by hand or by a batch system, which
-        // asks it to leave with a signal; a local worker's signals are its spawner's too.
+        // asks it to leave with a signal; a local worker's signals are its spawner's too,
+        // but for the one its spawner's death sends it.
+        let spawner_gone = [parvm_transport::local::SPAWNER_GONE_SIGNAL];
         let worker = match (worker, tcp_join) {
-            (Some(worker), _) => Some((worker, false)),
-            (None, Some(join)) => Some((Box::new(join_tcp(&join)?) as Box<dyn Transport>, true)),
+            (Some(worker), _) => Some((worker, &spawner_gone[..])),
+            (None, Some(join)) => Some((
+                Box::new(join_tcp(&join)?) as Box<dyn Transport>,
+                &crate::leave::LEAVE_SIGNALS[..],
+            )),
             (None, None) => None,
         };
-        if let Some((transport, leave_on_signals)) = worker {
-            serve_and_exit(self.tasks, config, transport, leave_on_signals);
+        if let Some((transport, leave_on)) = worker {
+            serve_and_exit(self.tasks, config, transport, leave_on);
         }
         let mut forward_names = self.forward_env.clone();
         // PARVM_FORWARD_ENV, read and split by env-config.

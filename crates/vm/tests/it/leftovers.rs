@@ -325,13 +325,11 @@ fn killed_spawner_leaves_no_task_process_and_no_worker(tcp: bool) {
         }),
         None => wait_until("the worker exits", || !alive(workers[0])),
     }
-    // A TCP worker stopped the command and removed its task folder before it left. (Local
-    // workers are killed with their spawner, `PR_SET_PDEATHSIG`; the next parvm start on
-    // the host sweeps their folders.)
-    if tcp {
-        let left = guard.task_folders();
-        assert!(left.is_empty(), "left in local storage: {left:?}");
-    }
+    // The worker stopped the command and removed its task folder before it left: a TCP
+    // worker when its connection ended, a local one on the signal its spawner's death sent
+    // it (`PR_SET_PDEATHSIG`).
+    let left = guard.task_folders();
+    assert!(left.is_empty(), "left in local storage: {left:?}");
 }
 
 #[test]
@@ -344,23 +342,38 @@ fn a_lost_tcp_spawner_leaves_no_task_process_and_no_worker() {
     killed_spawner_leaves_no_task_process_and_no_worker(true);
 }
 
-#[test]
-fn a_tcp_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
-    let marked = Marked::new("hang-tcp");
-    let (mut guard, workers) = spawner("hang", "", &marked, true);
+/// A worker computing a function task (which cannot be interrupted) ends soon after its
+/// spawner is killed: a TCP worker once its connection ends, a local one on the signal
+/// the spawner's death sends it.
+fn worker_computing_a_task_leaves_when_its_spawner_is_killed(tcp: bool) {
+    let marked = Marked::new(if tcp { "hang-tcp" } else { "hang" });
+    let (mut guard, workers) = spawner("hang", "", &marked, tcp);
     assert_eq!(workers.len(), 1);
     // READY follows the spawn of a 60-second task at once; the worker takes it meanwhile.
     guard.spawner.kill().unwrap();
     guard.spawner.wait().unwrap();
-    let worker = guard.worker.as_mut().unwrap();
+    let mut ended = || match guard.worker.as_mut() {
+        Some(worker) => !matches!(worker.try_wait(), Ok(None)),
+        None => !alive(workers[0]),
+    };
     let deadline = Instant::now() + GONE_WITHIN;
-    while matches!(worker.try_wait(), Ok(None)) {
+    while !ended() {
         assert!(
             Instant::now() < deadline,
             "the worker still runs {GONE_WITHIN:?} after its spawner was killed"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
+    worker_computing_a_task_leaves_when_its_spawner_is_killed(false);
+}
+
+#[test]
+fn a_tcp_worker_computing_a_task_leaves_when_its_spawner_is_killed() {
+    worker_computing_a_task_leaves_when_its_spawner_is_killed(true);
 }
 
 /// SIGTERM, as a batch system sends it to end a job, makes a TCP worker of the program
