@@ -214,6 +214,27 @@ pub trait Transport: Send + Sync {
     fn delivers_frames_intact(&self) -> bool {
         false
     }
+
+    /// How long a peer that stopped answering is waited for before it is given up: the TCP
+    /// backend's peer timeout (`PARVM_PEER_TIMEOUT`), the local backend's likewise. A
+    /// spawner whose worker leaves a request unanswered that long (a stop it does not
+    /// confirm: the process is stopped, or its host too busy to run it) gives it up
+    /// ([`Transport::give_up`]) rather than wait for it. `None` by default (wait for
+    /// ever), and for a timeout of zero.
+    fn peer_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Ends the connection to worker `rank` from the spawner's side, for a worker that
+    /// stopped answering: it is reported as an [`Event::PeerLost`] whose reason is
+    /// `reason`, as a worker that died is, and a worker that still runs finds its spawner
+    /// gone and leaves. Returns whether it did: false for a rank that is unknown or lost
+    /// already, on a worker's end, and on backends that cannot end one peer's connection
+    /// (MPI, the default).
+    fn give_up(&self, rank: Rank, reason: &str) -> bool {
+        let _ = (rank, reason);
+        false
+    }
 }
 
 /// The system's name for this host, else `localhost`: the default of the options that

@@ -339,6 +339,22 @@ impl Shared {
             }
         };
         let task = TaskId { slot: from, number };
+        // A take-back that crossed the start of the task it was for goes unanswered: the
+        // task now runs there as usual, on a worker that has just shown it answers.
+        if let Some(started) = state
+            .slots
+            .get(from)
+            .and_then(|slot| slot.running.as_ref())
+            .filter(|running| running.number != number)
+        {
+            let started = TaskId {
+                slot: from,
+                number: started.number,
+            };
+            if !state.stopping.contains(&started) {
+                state.answer_due.remove(&started);
+            }
+        }
         if mirrored > 0
             && let Some(notes) = state.notes.get_mut(&vm)
         {
@@ -346,7 +362,7 @@ impl Shared {
         }
         // The spawner's own record decides, not what the worker says: a task asked to
         // stop is reported stopped, even when its end crossed the stop on the way.
-        let error = if state.stopping.remove(&task) {
+        let error = if state.stop_answered(task) {
             if let Some(notes) = state.notes.get_mut(&vm) {
                 notes.stopped.insert(task);
             }
@@ -497,7 +513,7 @@ impl Shared {
                 slot: rank,
                 number: task.number,
             };
-            let stopped = state.stopping.remove(&id);
+            let stopped = state.stop_answered(id);
             if let Some(notes) = state.notes.get_mut(&task.vm) {
                 notes.lost.insert(id, started);
                 if stopped {

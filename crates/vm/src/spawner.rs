@@ -189,6 +189,46 @@ impl Shared {
         }
     }
 
+    /// Records that the worker of `task` was just asked to stop it (or to take it back
+    /// from its queue): by the peer timeout its end must have come, or the worker is given
+    /// up ([`Shared::give_up_unanswered`]).
+    pub(crate) fn expect_answer(&self, state: &mut State, task: crate::TaskId) {
+        if let Some(due) = self
+            .transport
+            .peer_timeout()
+            .and_then(|timeout| Instant::now().checked_add(timeout))
+        {
+            state.answer_due.insert(task, due);
+        }
+    }
+
+    /// Gives up every worker that has not answered a stop by its due time: stopped
+    /// (Ctrl-Z, `kill -STOP`, a batch system's suspend) or too starved to run, it would
+    /// hold up whatever waits for that task (a time limit, a halt, the end of a run) for as
+    /// long as it stays so. Its loss ends its tasks as for a worker that died. Returns the
+    /// earliest due time still ahead, for the wait.
+    fn give_up_unanswered(&self, state: &mut State) -> Option<Instant> {
+        let now = Instant::now();
+        let overdue: Vec<crate::TaskId> = state
+            .answer_due
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(task, _)| *task)
+            .collect();
+        for task in overdue {
+            state.answer_due.remove(&task);
+            let waited = self.transport.peer_timeout().unwrap_or_default();
+            let reason = format!(
+                "it did not answer within {} s (the peer timeout, PARVM_PEER_TIMEOUT) when asked to stop task {task}: its process may be stopped (Ctrl-Z, kill -STOP, a batch system's suspend) or its host too busy to run it; given up so that the run goes on (it leaves, removing its task folders, once it runs again)",
+                waited.as_secs_f64()
+            );
+            if self.transport.give_up(task.slot, &reason) {
+                tracing::debug!(rank = task.slot, %task, "gave up a worker that did not answer a stop");
+            }
+        }
+        state.answer_due.values().min().copied()
+    }
+
     /// Pumps events until `take` finds what the caller waits for, or `until` passes.
     pub(crate) fn pump<R>(
         &self,
@@ -200,6 +240,11 @@ impl Shared {
             if let Some(found) = take(&mut state) {
                 return Ok(Some(found));
             }
+            let answer_due = if state.answer_due.is_empty() {
+                None
+            } else {
+                self.give_up_unanswered(&mut state)
+            };
             let wait = match until {
                 Until::Forever => Wait::Forever,
                 Until::Now => Wait::NoWait,
@@ -207,6 +252,20 @@ impl Shared {
                     Some(left) if !left.is_zero() => Wait::For(left),
                     _ => Wait::NoWait,
                 },
+            };
+            // Wake when a stop's answer is due, to give its worker up then.
+            let wait = match (wait, answer_due) {
+                (Wait::NoWait, _) | (_, None) => wait,
+                (Wait::Forever, Some(due)) => Wait::For(
+                    due.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ),
+                (Wait::For(left), Some(due)) => Wait::For(
+                    left.min(
+                        due.saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(1)),
+                    ),
+                ),
             };
             if state.pulling {
                 if matches!(wait, Wait::NoWait) {

@@ -343,11 +343,25 @@ pub(crate) struct State {
     /// Live tasks the spawner asked to stop ([`Vm::stop`](crate::Vm::stop)): their end,
     /// however it comes, is reported as stopped.
     pub stopping: std::collections::BTreeSet<TaskId>,
+    /// When each stop (or take-back of a queued task) sent to a worker must have been
+    /// answered by the task's end, on transports with a peer timeout
+    /// ([`Transport::peer_timeout`](parvm_transport::Transport::peer_timeout)): a worker
+    /// that lets it pass is given up ([`Shared::give_up_unanswered`](crate::spawner::Shared)).
+    pub answer_due: BTreeMap<TaskId, std::time::Instant>,
     /// Returned files and captured output of the tasks that asked for them.
     pub returns: crate::returned::Returns,
     /// What running dispatches learn besides messages, by VM; only VMs that run a
     /// dispatch have an entry, so nothing is kept for plain spawns.
     pub notes: BTreeMap<u32, DispatchNotes>,
+}
+
+impl State {
+    /// Task `task` ended (or its worker was lost): its stop, if one was asked for, is
+    /// answered. Returns whether one was.
+    pub(crate) fn stop_answered(&mut self, task: TaskId) -> bool {
+        self.answer_due.remove(&task);
+        self.stopping.remove(&task)
+    }
 }
 
 /// What the router notes for a VM's dispatch, beside the messages it files.

@@ -304,6 +304,7 @@ impl Vm {
             if !state.stopping.insert(task) {
                 return Ok(());
             }
+            self.shared.expect_answer(&mut state, task);
         }
         match self.shared.send(
             task.slot,
@@ -329,7 +330,7 @@ impl Vm {
     /// more), is being stopped already, or its worker is gone.
     pub(crate) fn withdraw(&self, task: TaskId) -> bool {
         {
-            let state = self.shared.lock();
+            let mut state = self.shared.lock();
             let queued = state
                 .slots
                 .get(task.slot)
@@ -338,6 +339,7 @@ impl Vm {
             if !queued || state.stopping.contains(&task) {
                 return false;
             }
+            self.shared.expect_answer(&mut state, task);
         }
         let frame = ToWorker::Stop {
             number: task.number,

@@ -209,7 +209,7 @@ fn serve(
             }
         }
         Ok(WorkerEnd::SpawnerLost { reason }) => format!(
-            "{reason} before it ended its run (it was killed, or the network failed); this worker leaves"
+            "{reason} before it ended its run (it was killed, the network failed, or it gave this worker up for not answering within its peer timeout, as when this worker was stopped with Ctrl-Z); this worker leaves"
         ),
         Ok(_) => "the worker ended for a reason this parvm cannot name".to_owned(),
         Err(error) => format!("the worker failed: {:#}", anyhow::Error::new(error)),

@@ -193,4 +193,32 @@ impl Transport for LocalTransport {
     fn delivers_frames_intact(&self) -> bool {
         true
     }
+
+    /// [`LocalOptions::peer_timeout`]; `None` on a worker.
+    fn peer_timeout(&self) -> Option<std::time::Duration> {
+        match &self.side {
+            Side::Spawner(spawner) => Some(spawner.peer_timeout).filter(|t| !t.is_zero()),
+            Side::Worker(_) => None,
+        }
+    }
+
+    /// Also continues the worker's process, should it be stopped (`kill -STOP`), so that
+    /// it sees its connection end and leaves in order instead of staying behind, stopped.
+    fn give_up(&self, rank: Rank, reason: &str) -> bool {
+        let Side::Spawner(spawner) = &self.side else {
+            return false;
+        };
+        let given_up = spawner.hub.give_up(rank, reason);
+        if given_up
+            && let Some((_, pid)) = spawner.worker_pids().into_iter().find(|(r, _)| *r == rank)
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            // A worker that already ended is no error worth reporting.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        given_up
+    }
 }

@@ -95,6 +95,7 @@ pub struct LocalOptions {
     pub(super) spawner_host: Option<String>,
     pub(super) replacements: u32,
     pub(super) spin_window: Duration,
+    pub(super) peer_timeout: Duration,
 }
 
 impl LocalOptions {
@@ -111,6 +112,7 @@ impl LocalOptions {
             spawner_host: None,
             replacements: DEFAULT_REPLACEMENTS,
             spin_window: DEFAULT_SPIN_WINDOW,
+            peer_timeout: crate::tcp::DEFAULT_PEER_TIMEOUT,
         }
     }
 
@@ -169,6 +171,17 @@ impl LocalOptions {
     #[must_use]
     pub fn replacements(mut self, per_slot: u32) -> Self {
         self.replacements = per_slot;
+        self
+    }
+
+    /// How long a worker may leave a request unanswered before the spawner gives it up
+    /// ([`Transport::peer_timeout`](crate::Transport::peer_timeout)): a worker process
+    /// stopped (`kill -STOP`) or starved of the CPU. Zero: for ever. Default: 60 s, as the
+    /// TCP backend's ([`DEFAULT_PEER_TIMEOUT`](crate::tcp::DEFAULT_PEER_TIMEOUT); the VM
+    /// passes `PARVM_PEER_TIMEOUT`).
+    #[must_use]
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
         self
     }
 

@@ -79,6 +79,8 @@ pub(super) struct Spawner {
     /// Starts replacement workers, and holds every worker process ever started.
     pub(super) replacing: Arc<Replacing>,
     shutdown_grace: Duration,
+    /// [`LocalOptions::peer_timeout`]: zero for ever.
+    pub(super) peer_timeout: Duration,
     keeper: Option<JoinHandle<()>>,
 }
 
@@ -259,6 +261,7 @@ pub(super) fn launch(options: LocalOptions) -> Result<Spawner, Error> {
         hub: hub.clone(),
         replacing: replacing.clone(),
         shutdown_grace: options.shutdown_grace,
+        peer_timeout: options.peer_timeout,
         keeper: Some(keeper_thread),
     };
     let mut procs = Vec::with_capacity(plan.len());

@@ -30,6 +30,8 @@ struct Conn {
     /// the peer is lost.
     control: Mutex<Option<Stream>>,
     lost: Mutex<Option<String>>,
+    /// Why the spawner gave the peer up ([`Hub::give_up`]): the reason its loss reports.
+    given_up: Mutex<Option<String>>,
 }
 
 impl Conn {
@@ -132,6 +134,7 @@ impl Hub {
             writer: Mutex::new(Some(writer)),
             control: Mutex::new(Some(control)),
             lost: Mutex::new(None),
+            given_up: Mutex::new(None),
         });
         self.conns
             .write()
@@ -188,6 +191,7 @@ impl Hub {
             }
         };
         conn.shutdown();
+        let reason = lock(&conn.given_up).take().unwrap_or(reason);
         *lock(&conn.lost) = Some(reason.clone());
         // Close every descriptor of the connection now: a spawner whose workers come and
         // go for days must not collect them. Only the peer's name and the reason stay.
@@ -226,6 +230,34 @@ impl Hub {
                     .map(|conn| conn.peer.clone()),
             )
             .collect()
+    }
+
+    /// Ends the connection to `rank`, whose loss then reports `reason`; false when the
+    /// rank is unknown or lost already. The reader sees the connection end and reports the
+    /// loss as for any other end.
+    pub(crate) fn give_up(&self, rank: Rank, reason: &str) -> bool {
+        let conn = {
+            let conns = self
+                .conns
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match conns.get(&rank) {
+                Some(conn) => conn.clone(),
+                None => return false,
+            }
+        };
+        if lock(&conn.lost).is_some() || lock(&conn.control).is_none() {
+            return false;
+        }
+        {
+            let mut given_up = lock(&conn.given_up);
+            if given_up.is_some() {
+                return false;
+            }
+            *given_up = Some(reason.to_owned());
+        }
+        conn.shutdown();
+        true
     }
 
     pub(crate) fn send(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {

@@ -28,6 +28,8 @@ const FLOOD_WARNING_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct Listening {
     pub(super) hub: Arc<Hub>,
     pub(super) addr: SocketAddr,
+    /// How long a joined worker may not answer ([`super::alive`]); zero: for ever.
+    pub(super) peer_timeout: Duration,
     listener: Arc<TcpListener>,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -131,6 +133,7 @@ pub(super) fn listen(options: TcpOptions) -> Result<Listening, Error> {
     Ok(Listening {
         hub,
         addr,
+        peer_timeout: shared.peer_timeout,
         listener,
         shared,
         acceptor: Some(acceptor),

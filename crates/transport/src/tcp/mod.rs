@@ -195,4 +195,19 @@ impl Transport for TcpTransport {
     fn delivers_frames_intact(&self) -> bool {
         self.sealed
     }
+
+    /// The spawner's peer timeout ([`TcpOptions::peer_timeout`]); `None` on a worker.
+    fn peer_timeout(&self) -> Option<std::time::Duration> {
+        match &self.side {
+            Side::Spawner(spawner) => Some(spawner.peer_timeout).filter(|t| !t.is_zero()),
+            Side::Worker(_) => None,
+        }
+    }
+
+    fn give_up(&self, rank: Rank, reason: &str) -> bool {
+        match &self.side {
+            Side::Spawner(spawner) => spawner.hub.give_up(rank, reason),
+            Side::Worker(_) => false,
+        }
+    }
 }

@@ -129,6 +129,33 @@ fn killed_worker_is_lost_with_its_signal() {
     assert_eq!(ask_text(&vm, 2, "still here"), "still here");
 }
 
+/// A worker the spawner gives up (one stopped with SIGSTOP, which answers nothing) is
+/// lost with the spawner's reason, and continued, so that it sees its spawner gone and
+/// leaves instead of staying behind, stopped.
+#[test]
+fn a_stopped_worker_given_up_is_lost_with_the_reason_and_continued_to_leave() {
+    let vm = launch(2);
+    assert_eq!(
+        vm.peer_timeout(),
+        Some(parvm_transport::tcp::DEFAULT_PEER_TIMEOUT)
+    );
+    let pid = vm.worker_pids()[0].1;
+    assert_eq!(ask_text(&vm, 1, "!pid"), pid.to_string());
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    assert!(vm.give_up(1, "it did not confirm a stop"));
+    assert!(!vm.give_up(1, "twice"), "a worker is given up once");
+    let reason = lost_reason(&vm, 1);
+    assert!(
+        reason.contains("it did not confirm a stop") && reason.contains(&pid.to_string()),
+        "{reason}"
+    );
+    wait_until("the given-up worker leaves", || process_gone(pid));
+    assert_eq!(ask_text(&vm, 2, "still here"), "still here");
+    let never =
+        LocalTransport::launch(echo(LocalOptions::new(1)).peer_timeout(Duration::ZERO)).unwrap();
+    assert_eq!(never.peer_timeout(), None, "zero: wait for ever");
+}
+
 #[test]
 fn exiting_worker_is_lost_with_its_status() {
     let vm = launch(1);

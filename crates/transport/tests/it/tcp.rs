@@ -14,7 +14,9 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use parvm_transport::tcp::{ConnectOptions, Secret, TcpOptions, TcpTransport};
+use parvm_transport::tcp::{
+    ConnectOptions, DEFAULT_PEER_TIMEOUT, Secret, TcpOptions, TcpTransport,
+};
 use parvm_transport::{Error, Event, Peer, Transport, Wait, frame};
 use sha2::{Digest, Sha256};
 
@@ -988,4 +990,45 @@ fn capabilities_are_those_of_connecting_workers() {
         assert!(!end.workers_are_children(), "rank {}", end.rank());
         assert!(end.reports_dead_peers(), "rank {}", end.rank());
     }
+}
+
+/// A worker the spawner gives up (one that stopped answering) is lost with the spawner's
+/// reason, once, and finds its spawner gone; the others go on.
+#[test]
+fn a_worker_given_up_is_lost_with_the_reason_and_sees_its_spawner_gone() {
+    let (spawner, addr) = listen();
+    assert_eq!(spawner.peer_timeout(), Some(DEFAULT_PEER_TIMEOUT));
+    let silent = TcpTransport::connect(&addr.to_string(), &secret(), "stuck").unwrap();
+    assert_eq!(joined(&spawner).rank, 1);
+    let other = TcpTransport::connect(&addr.to_string(), &secret(), "fine").unwrap();
+    assert_eq!(joined(&spawner).rank, 2);
+    assert!(spawner.give_up(1, "it did not confirm a stop"));
+    assert!(!spawner.give_up(1, "twice"), "a peer is given up once");
+    assert!(!spawner.give_up(9, "unknown"));
+    let (reason, _) = lost(&spawner, 1);
+    assert!(
+        reason.contains("`stuck`") && reason.ends_with(": it did not confirm a stop"),
+        "{reason}"
+    );
+    assert!(!spawner.give_up(1, "after its loss"));
+    assert!(matches!(
+        silent.recv(Wait::For(Duration::from_secs(5))),
+        Ok(Some(Event::PeerLost { rank: 0, .. }))
+    ));
+    assert!(!silent.give_up(0, "a worker gives up nobody"));
+    other.send(0, b"still here").unwrap();
+    assert_eq!(
+        next_event(&spawner),
+        Event::Message {
+            from: 2,
+            payload: b"still here".to_vec()
+        }
+    );
+    let never = TcpTransport::listen(
+        TcpOptions::new(secret())
+            .host("hub")
+            .peer_timeout(Duration::ZERO),
+    )
+    .unwrap();
+    assert_eq!(never.peer_timeout(), None, "zero: wait for ever");
 }

@@ -340,6 +340,9 @@ impl RuntimeBuilder {
         if let Some((program, args)) = self.program.take() {
             options = options.program(program, args);
         }
+        if let Some(timeout) = config.peer_timeout() {
+            options = options.peer_timeout(timeout);
+        }
         parvm_transport::local::LocalTransport::launch(options)
             .map_err(|e| Error::transport("local", e))
     }

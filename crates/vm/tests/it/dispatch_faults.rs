@@ -358,3 +358,66 @@ fn a_lost_job_s_retry_leaves_no_slot_idle_when_the_other_host_is_full() {
         results[2]
     );
 }
+
+/// A worker stopped with SIGSTOP answers nothing (its host's kernel still does): the stop
+/// of its job past the job's time limit goes unconfirmed, and after the peer timeout the
+/// spawner gives it up. The job ends as timed out, the other jobs run on the other
+/// worker, and the dispatch ends instead of waiting for the stopped worker; continued,
+/// that worker finds its connection closed and leaves.
+fn a_stopped_worker_that_does_not_answer_a_stop_is_given_up(backend: Backend) {
+    let _timeout = crate::harness::peer_timeout(Duration::from_secs(1));
+    let h = Harness::start_hosts(backend, &[("alpha", 1), ("beta", 1)]);
+    let vm = h.vm();
+    let pids = worker_pids(&vm);
+    let _guard = PidsGuard(pids.clone());
+    let stopped = Pid::from_raw(pids[0]);
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    let jobs = (0..6i64).map(|i| {
+        if i == 0 {
+            Job::command("sleep")
+                .arg("60")
+                .hosts(["alpha"])
+                .timeout(Duration::from_millis(300))
+        } else {
+            Job::task("add", &(i, 0i64)).hosts(["beta"])
+        }
+    });
+    let start = std::time::Instant::now();
+    let results: Vec<JobResult> = within("a dispatch with a stopped worker", move || {
+        vm.dispatch(jobs).map(|r| r.unwrap()).collect()
+    });
+    assert!(
+        matches!(results[0].outcome, JobOutcome::TimedOut { .. }),
+        "{}",
+        results[0]
+    );
+    for result in &results[1..] {
+        assert_eq!(
+            value(result),
+            i64::try_from(result.index).unwrap(),
+            "{result}"
+        );
+    }
+    // The time limit, then the peer timeout: well short of the command's 60 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(h.vm().workers_lost(), 1);
+    // Given up, it leaves once it runs again (the local backend continues it itself).
+    let _ = kill(stopped, Signal::SIGCONT);
+    crate::harness::wait_until("the given-up worker leaves", || {
+        !crate::harness::alive(pids[0])
+    });
+}
+
+#[test]
+fn local_a_stopped_worker_that_does_not_answer_a_stop_is_given_up() {
+    a_stopped_worker_that_does_not_answer_a_stop_is_given_up(Backend::Local);
+}
+
+#[test]
+fn tcp_a_stopped_worker_that_does_not_answer_a_stop_is_given_up() {
+    a_stopped_worker_that_does_not_answer_a_stop_is_given_up(Backend::Tcp);
+}

@@ -79,31 +79,59 @@ pub struct Harness {
     _secret: Option<tempfile::TempDir>,
 }
 
+/// Settings the configurations [`config`] makes on a thread take instead of the defaults.
+#[derive(Clone, Copy)]
+struct Overrides {
+    /// `PARVM_SHIP`.
+    ship: ShipMode,
+    /// `PARVM_PEER_TIMEOUT`, when set.
+    peer_timeout: Option<Duration>,
+}
+
 thread_local! {
-    /// The `PARVM_SHIP` of the configurations [`config`] makes on this thread.
-    static SHIP: std::cell::Cell<ShipMode> = const { std::cell::Cell::new(ShipMode::Auto) };
+    static OVERRIDES: std::cell::Cell<Overrides> = const {
+        std::cell::Cell::new(Overrides { ship: ShipMode::Auto, peer_timeout: None })
+    };
+}
+
+/// Changes the overrides of this thread with `change` until the guard is dropped.
+fn overriding(change: impl FnOnce(&mut Overrides)) -> impl Drop {
+    struct Restore(Overrides);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDES.with(|o| o.set(self.0));
+        }
+    }
+    let before = OVERRIDES.with(std::cell::Cell::get);
+    let mut after = before;
+    change(&mut after);
+    OVERRIDES.with(|o| o.set(after));
+    Restore(before)
 }
 
 /// Makes the harnesses this thread starts (and [`config`]) use `mode` until the guard is
 /// dropped.
 pub fn ship_mode(mode: ShipMode) -> impl Drop {
-    struct Restore(ShipMode);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SHIP.with(|ship| ship.set(self.0));
-        }
-    }
-    Restore(SHIP.with(|ship| ship.replace(mode)))
+    overriding(move |o| o.ship = mode)
+}
+
+/// Makes the spawners of the harnesses this thread starts use `timeout` as their peer
+/// timeout until the guard is dropped.
+pub fn peer_timeout(timeout: Duration) -> impl Drop {
+    overriding(move |o| o.peer_timeout = Some(timeout))
 }
 
 pub fn config(local: &Path, shared: &Path, host: &str) -> Config {
-    Config::builder()
+    let overrides = OVERRIDES.with(std::cell::Cell::get);
+    let mut config = Config::builder()
         .local_root(local)
         .mirrored_roots([shared])
         .hostname(host)
-        .ship(SHIP.with(std::cell::Cell::get))
-        .build()
-        .expect("test configuration")
+        .ship(overrides.ship);
+    if let Some(timeout) = overrides.peer_timeout {
+        config = config.peer_timeout(timeout);
+    }
+    config.build().expect("test configuration")
 }
 
 /// The test program as a TCP worker on host `far` inside network namespace `netns`
@@ -456,5 +484,15 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process runs (a zombie does not).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
     }
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{CommandStatus, ExitStatus, Spawn};
 
-use crate::harness::{Backend, Harness, collect, wait_until};
+use crate::harness::{Backend, Harness, alive, collect, wait_until};
 
 /// What the tests allow a killed worker's or spawner's task processes to take to go.
 const GONE_WITHIN: Duration = Duration::from_secs(2);
@@ -93,16 +93,6 @@ impl Drop for Marked {
         for pid in self.alive() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-    }
-}
-
-/// Whether a process runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
     }
 }
 

@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{ExitStatus, HostId, Message, Spawn};
 
-use crate::harness::{Backend, Harness, collect, wait_until};
+use crate::harness::{Backend, Harness, alive, collect, wait_until};
 
 /// Kills and reaps a child process when dropped.
 struct ChildGuard(Child);
@@ -29,16 +29,6 @@ impl Drop for PidsGuard {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
         }
-    }
-}
-
-/// Whether a process runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
     }
 }
 

@@ -7,8 +7,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{Error, ExitStatus, HostId, Job, JobOutcome, JobResult, Message, Spawn, TaskId, Vm};
 
+use crate::harness::alive;
 use crate::harness::{Backend, DEADLINE, Harness, collect};
-use crate::stop::alive;
 
 /// Kills the listed processes when dropped, if still alive.
 struct PidsGuard(Vec<i32>);

@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parvm_vm::{Error, ExitStatus, Spawn};
 
-use crate::harness::{Backend, Harness, Outcome, collect, wait_until};
+use crate::harness::{Backend, Harness, Outcome, alive, collect, wait_until};
 
 /// Kills the listed processes when dropped, if still alive.
 struct PidsGuard(Vec<i32>);
@@ -19,16 +19,6 @@ impl Drop for PidsGuard {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
         }
-    }
-}
-
-/// Whether a process runs (a zombie does not).
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
     }
 }
 
