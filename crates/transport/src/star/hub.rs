@@ -232,19 +232,29 @@ impl Hub {
             .collect()
     }
 
+    /// The connection of `rank`, lost or not; `None` for a rank never seen.
+    fn conn(&self, rank: Rank) -> Option<Arc<Conn>> {
+        self.conns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&rank)
+            .cloned()
+    }
+
+    /// How many connections were ever registered.
+    fn conns_len(&self) -> usize {
+        self.conns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// Ends the connection to `rank`, whose loss then reports `reason`; false when the
     /// rank is unknown or lost already. The reader sees the connection end and reports the
     /// loss as for any other end.
     pub(crate) fn give_up(&self, rank: Rank, reason: &str) -> bool {
-        let conn = {
-            let conns = self
-                .conns
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match conns.get(&rank) {
-                Some(conn) => conn.clone(),
-                None => return false,
-            }
+        let Some(conn) = self.conn(rank) else {
+            return false;
         };
         if lock(&conn.lost).is_some() || lock(&conn.control).is_none() {
             return false;
@@ -273,20 +283,11 @@ impl Hub {
             });
             return Ok(());
         }
-        let conn = {
-            let conns = self
-                .conns
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match conns.get(&to) {
-                Some(conn) => conn.clone(),
-                None => {
-                    return Err(Error::UnknownRank {
-                        rank: to,
-                        size: conns.len() + 1,
-                    });
-                }
-            }
+        let Some(conn) = self.conn(to) else {
+            return Err(Error::UnknownRank {
+                rank: to,
+                size: self.conns_len() + 1,
+            });
         };
         if let Some(reason) = lock(&conn.lost).clone() {
             return Err(Error::PeerLost {
