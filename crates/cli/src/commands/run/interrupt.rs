@@ -16,6 +16,22 @@ use super::error::RunError;
 /// How often the watcher looks at the flag; a stop takes at most this long to begin.
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 
+/// How long cases may take to stop after a signal before the user is told what the run
+/// waits for: past a command's grace period (2 s after SIGTERM).
+const SAY_WAITING_AFTER: Duration = Duration::from_secs(3);
+
+/// What a run stopped by a signal says while `running` cases have not ended yet.
+fn waiting_for(running: usize) -> String {
+    let cases = if running == 1 {
+        "1 case".to_owned()
+    } else {
+        format!("{running} cases")
+    };
+    format!(
+        "parvm run: waiting for {cases} to stop; a worker that does not answer (stopped with Ctrl-Z, or its host gone) is given up after the peer timeout (PARVM_PEER_TIMEOUT, 60 s by default); a second Ctrl-C leaves at once (each worker then stops its case and removes its task folder as it leaves)"
+    )
+}
+
 /// Whether SIGINT, SIGTERM or SIGHUP came.
 pub struct Interrupt {
     flag: Arc<AtomicBool>,
@@ -64,16 +80,25 @@ impl Interrupt {
     /// dispatch ends soon instead of waiting for cases that could run for hours (or
     /// rerunning cases whose workers the Ctrl-C killed).
     pub fn watch(&self, vm: &Vm, halt: &HaltHandle, done: &AtomicBool) {
+        let mut stopping_since = None;
+        let mut said = false;
         while !done.load(Ordering::SeqCst) {
             if self.happened() {
                 halt.halt(true);
+                let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+                let mut running = 0;
                 for host in vm.describe().hosts {
                     for task in host.slots.into_iter().filter_map(|slot| slot.task) {
                         if task.vm == vm.index() {
+                            running += 1;
                             // A task that ended meanwhile is no error worth reporting.
                             let _ = vm.stop(task.id);
                         }
                     }
+                }
+                if running > 0 && !said && since.elapsed() >= SAY_WAITING_AFTER {
+                    said = true;
+                    crate::console::say(waiting_for(running));
                 }
             }
             std::thread::sleep(WATCH_EVERY);
@@ -86,4 +111,20 @@ fn started_ignoring_int_or_term() -> bool {
     [SIGINT, SIGTERM]
         .into_iter()
         .any(parvm_vm::leave::ignored_by_this_process)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_names_the_cases_and_the_way_out() {
+        let one = waiting_for(1);
+        assert!(one.contains("waiting for 1 case to stop"), "{one}");
+        assert!(
+            one.contains("PARVM_PEER_TIMEOUT") && one.contains("second Ctrl-C"),
+            "{one}"
+        );
+        assert!(waiting_for(3).contains("waiting for 3 cases to stop"));
+    }
 }
