@@ -9,16 +9,34 @@ use parvm_transport::Transport;
 
 use crate::{Error, LeaveRequest, Tasks, Worker, WorkerEnd};
 
-/// Runs the spawn loop in this worker process and exits the process; the signals
-/// `leave_on` ask it to leave ([`Worker::leave_on`]), and it then ends by that signal.
+/// What asks a worker process to leave in order ([`Worker::leave_on`]).
+#[derive(Clone, Copy)]
+pub(crate) enum LeaveOn {
+    /// SIGTERM, SIGINT or SIGHUP: a worker that joined over TCP, started by hand or by a
+    /// batch system, which asks it to leave with a signal.
+    Signals,
+    /// Its spawner's death alone ([`SPAWNER_GONE_SIGNAL`]): a local worker, whose other
+    /// signals are its spawner's to act on.
+    ///
+    /// [`SPAWNER_GONE_SIGNAL`]: parvm_transport::local::SPAWNER_GONE_SIGNAL
+    SpawnerDeath,
+}
+
+/// Runs the spawn loop in this worker process and exits the process; `leave_on` asks it
+/// to leave ([`Worker::leave_on`]), and it then ends by that signal.
 pub(crate) fn serve_and_exit(
     tasks: Tasks,
     config: Config,
     transport: Box<dyn Transport>,
-    leave_on: &[i32],
+    leave_on: LeaveOn,
 ) -> ! {
     let mut worker = Worker::new(tasks, config).capture_output(true);
-    match LeaveRequest::on(leave_on) {
+    let request = match leave_on {
+        LeaveOn::Signals => LeaveRequest::on_signals(),
+        LeaveOn::SpawnerDeath => LeaveRequest::on(&[parvm_transport::local::SPAWNER_GONE_SIGNAL])
+            .map(LeaveRequest::with_the_connection_end),
+    };
+    match request {
         Ok(request) => worker = worker.leave_on(request),
         Err(e) => tracing::warn!(error = %e, "this worker cannot leave cleanly"),
     }

@@ -27,6 +27,9 @@ pub const REPEAT_AFTER: Duration = Duration::from_secs(1);
 pub struct LeaveRequest {
     /// The signal number that asked, or 0 while none did.
     signal: Arc<AtomicUsize>,
+    /// Made only as the worker's connection ends ([`with_the_connection_end`](
+    /// Self::with_the_connection_end)), so an idle worker need not look for it.
+    with_connection_end: bool,
 }
 
 impl LeaveRequest {
@@ -94,6 +97,23 @@ impl LeaveRequest {
             })
             .map_err(failed)?;
         Ok(request)
+    }
+
+    /// This request is made only as the worker's connection to its spawner ends: the
+    /// signal a local worker gets when its spawner dies
+    /// ([`parvm_transport::local::SPAWNER_GONE_SIGNAL`]). The end of the connection wakes
+    /// an idle worker by itself, so it waits for its next message without looking for the
+    /// request now and then, which would cost two system calls per message.
+    #[must_use]
+    pub fn with_the_connection_end(mut self) -> LeaveRequest {
+        self.with_connection_end = true;
+        self
+    }
+
+    /// Whether an idle worker must look for this request now and then (it may come while
+    /// the spawner still talks to the worker).
+    pub(crate) fn looked_for_while_idle(&self) -> bool {
+        !self.with_connection_end
     }
 
     /// Asks the worker to leave, as signal `signal` would.

@@ -148,7 +148,13 @@ impl Worker {
             let deferred = state.deferred.borrow_mut().pop_front();
             let payload = match deferred {
                 Some(payload) => payload,
-                None => match receive(&link, &mut storage, self.leave.is_some()) {
+                None => match receive(
+                    &link,
+                    &mut storage,
+                    self.leave
+                        .as_ref()
+                        .is_some_and(LeaveRequest::looked_for_while_idle),
+                ) {
                     Ok(Some(Event::Message { from: 0, payload })) => payload,
                     Ok(Some(Event::PeerLost { rank: 0, reason })) => {
                         tracing::debug!(%reason, "spawner lost, leaving");

@@ -18,7 +18,7 @@ use super::backend::{Backend, TcpSpawner};
 use parvm_transport::launcher::launch_size as mpi_launch_size;
 use parvm_transport::started_as_worker;
 
-use crate::launch::{serve_and_exit, start_mpi};
+use crate::launch::{LeaveOn, serve_and_exit, start_mpi};
 use crate::{Error, Tasks};
 
 /// How [`Runtime`] starts: transport, worker count, configuration, log level.
@@ -233,12 +233,11 @@ impl RuntimeBuilder {
         // A worker that joined over TCP was started by hand or by a batch system, which
         // asks it to leave with a signal; a local worker's signals are its spawner's too,
         // but for the one its spawner's death sends it.
-        let spawner_gone = [parvm_transport::local::SPAWNER_GONE_SIGNAL];
         let worker = match (worker, tcp_join) {
-            (Some(worker), _) => Some((worker, &spawner_gone[..])),
+            (Some(worker), _) => Some((worker, LeaveOn::SpawnerDeath)),
             (None, Some(join)) => Some((
                 Box::new(join_tcp(&join)?) as Box<dyn Transport>,
-                &crate::leave::LEAVE_SIGNALS[..],
+                LeaveOn::Signals,
             )),
             (None, None) => None,
         };
