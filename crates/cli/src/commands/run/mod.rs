@@ -606,6 +606,15 @@ impl Reporting<'_> {
                 // the dispatch's bug, and has nothing to print.
                 continue;
             };
+            if self.interrupt.happened()
+                && matches!(result.outcome, parvm_vm::JobOutcome::NotRun)
+                && result.elapsed.is_zero()
+            {
+                // Never started, as the signal asked: one of "the others" of the summary,
+                // not a case to report.
+                swept.interrupted = true;
+                break;
+            }
             swept.reported += 1;
             let number = case.number;
             if args.json {
