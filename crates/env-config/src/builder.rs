@@ -27,6 +27,7 @@ impl Config {
 pub struct ConfigBuilder {
     pub(crate) local_root: Option<PathBuf>,
     pub(crate) create_local_root: bool,
+    pub(crate) missing_mirrored_roots: bool,
     pub(crate) mirrored_roots: Option<Vec<PathBuf>>,
     pub(crate) hostname: Option<String>,
     pub(crate) workers: Option<usize>,
@@ -53,6 +54,7 @@ impl Default for ConfigBuilder {
         ConfigBuilder {
             local_root: None,
             create_local_root: true,
+            missing_mirrored_roots: false,
             mirrored_roots: None,
             hostname: None,
             workers: None,
@@ -83,6 +85,17 @@ impl ConfigBuilder {
     #[must_use]
     pub fn create_local_root(mut self, create: bool) -> Self {
         self.create_local_root = create;
+        self
+    }
+
+    /// Whether [`ConfigBuilder::build`] accepts a mirrored root that does not exist,
+    /// keeping it as given (absolute, `~` expanded). Default: `false`, since a spawner
+    /// mirrors from its roots. A worker's roots may be missing: the spawner ships what
+    /// the tasks need from a root that is not on the worker's host (`PARVM_SHIP`). A
+    /// root that exists must still be a folder.
+    #[must_use]
+    pub fn allow_missing_mirrored_roots(mut self, allow: bool) -> Self {
+        self.missing_mirrored_roots = allow;
         self
     }
 
@@ -266,7 +279,11 @@ impl ConfigBuilder {
             .iter()
             .map(|root| {
                 let absolute = paths::expand(MIRRORED_STORAGE_VAR, root, &homes)?;
-                paths::resolve_folder(MIRRORED_STORAGE_VAR, &absolute)
+                if self.missing_mirrored_roots {
+                    paths::resolve_if_present(MIRRORED_STORAGE_VAR, &absolute)
+                } else {
+                    paths::resolve_folder(MIRRORED_STORAGE_VAR, &absolute)
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         let hostname = match self.hostname {

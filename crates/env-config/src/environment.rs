@@ -32,9 +32,34 @@ impl Config {
         Config::builder_from_lookup(lookup)?.build()
     }
 
+    /// Reads the configuration of a worker from this process's environment like
+    /// [`Config::from_env`], but accepts a mirrored root that does not exist on this host
+    /// ([`ConfigBuilder::allow_missing_mirrored_roots`]): the spawner ships the inputs
+    /// from such a root, so a worker host needs none of the spawner's folders.
+    ///
+    /// # Errors
+    /// Any variable with a bad value; the error names the variable and the entry.
+    pub fn from_env_as_worker() -> Result<Config, Error> {
+        Config::from_lookup_as_worker(|name| std::env::var_os(name))
+    }
+
+    /// Reads a worker's configuration from `lookup` like [`Config::from_lookup`], with
+    /// missing mirrored roots accepted (see [`Config::from_env_as_worker`]).
+    ///
+    /// # Errors
+    /// Any variable with a bad value; the error names the variable and the entry.
+    pub fn from_lookup_as_worker(
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, Error> {
+        Config::builder_from_lookup(lookup)?
+            .allow_missing_mirrored_roots(true)
+            .build()
+    }
+
     /// Reads the configuration from this process's environment like [`Config::from_env`],
     /// but creates nothing: a missing local root is kept as given (absolute, `~` expanded),
-    /// for commands that only look, such as `parvm storage list`.
+    /// for commands that only look, such as `parvm storage list`, and so is a missing
+    /// mirrored root (as for [`Config::from_env_as_worker`]).
     ///
     /// # Errors
     /// Any variable with a bad value; the error names the variable and the entry.
@@ -52,6 +77,7 @@ impl Config {
     ) -> Result<Config, Error> {
         Config::builder_from_lookup(lookup)?
             .create_local_root(false)
+            .allow_missing_mirrored_roots(true)
             .build()
     }
 

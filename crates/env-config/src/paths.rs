@@ -115,8 +115,9 @@ pub(crate) fn ensure_folder(variable: &'static str, path: &Path) -> Result<PathB
     resolve_folder(variable, path)
 }
 
-/// Resolves the local root when it exists; a missing one (nothing there, or a dangling
-/// symlink) is returned as given, for callers that only look.
+/// Resolves a folder when it exists; a missing one (nothing there, or a dangling symlink)
+/// is returned as given: a local root for callers that only look, a worker's mirrored
+/// root that the spawner ships.
 pub(crate) fn resolve_if_present(variable: &'static str, path: &Path) -> Result<PathBuf, Error> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),

@@ -58,7 +58,8 @@ pub fn run(args: &Args) -> Result<()> {
     if args.slots == 0 {
         bail!("--slots must be at least 1");
     }
-    let config = Config::from_env()?;
+    // This host needs none of the spawner's mirrored folders: what it lacks is shipped.
+    let config = Config::from_env_as_worker()?;
     // Every task with a task folder would fail here: said once, before joining, so the
     // spawner does not send this worker case after case to fail at once.
     parvm_local_storage::LocalStorage::from_config(&config)

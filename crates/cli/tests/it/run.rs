@@ -1186,6 +1186,44 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     sweep.assert_no_task_folder_left();
 }
 
+/// A worker host needs none of the spawner's mirrored folders: `parvm worker` whose
+/// `PARALLEL_MIRRORED_STORAGE` names a folder that does not exist there joins, and the
+/// inputs its cases map are shipped to it.
+#[test]
+fn a_worker_without_the_mirrored_folder_gets_the_inputs_shipped() {
+    let sweep = Sweep::new();
+    std::fs::create_dir(sweep.shared.join("nets")).unwrap();
+    std::fs::write(sweep.shared.join("nets/a.cir"), "R1 a b 1k\n").unwrap();
+    let TcpRun {
+        mut spawner, addr, ..
+    } = sweep.start_tcp(
+        &["-k", "--map", "nets=.", "cat nets/{}.cir", ":::", "a"],
+        Stdio::piped(),
+    );
+    let nowhere = sweep.local.join("no-such-folder");
+    let mut worker = ChildGuard(
+        sweep
+            .worker(&addr)
+            .env("PARALLEL_MIRRORED_STORAGE", &nowhere)
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded: a worker that refused to start would leave the run waiting for one.
+    let mut left = None;
+    eventually("the worker left", || {
+        left = worker.0.try_wait().unwrap();
+        left.is_some()
+    });
+    assert!(left.is_some_and(|status| status.success()), "{left:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = spawner.0.wait().unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    assert_eq!(out, "R1 a b 1k\n");
+    assert!(!nowhere.exists(), "the worker made no mirrored folder");
+    sweep.assert_no_task_folder_left();
+}
+
 #[test]
 fn a_worker_whose_spawner_is_killed_during_a_case_says_so_and_leaves() {
     let sweep = Sweep::new();

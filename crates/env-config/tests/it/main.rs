@@ -98,6 +98,34 @@ fn bad_mirrored_entries_name_variable_and_entry() {
     }
 }
 
+/// A worker's host needs none of the spawner's folders: a missing mirrored root is kept as
+/// given (the spawner ships from it); one that exists is resolved, and a file is refused.
+#[test]
+fn a_worker_accepts_a_missing_mirrored_root() {
+    let env = Env::new();
+    std::fs::create_dir(env.home().join("there")).unwrap();
+    std::fs::write(env.home().join("file"), b"x").unwrap();
+    let env = env.set("PARALLEL_MIRRORED_STORAGE", "~/missing:~/there");
+    let as_worker = |env: &Env| Config::from_lookup_as_worker(|name| env.vars.get(name).cloned());
+    let config = as_worker(&env).unwrap();
+    assert_eq!(
+        config.mirrored_roots(),
+        [env.home().join("missing"), env.home().join("there")]
+    );
+    assert!(!env.home().join("missing").exists(), "nothing was created");
+    // Reading only to look (`parvm config` on such a host) accepts it too.
+    let looked = Config::from_lookup_read_only(|name| env.vars.get(name).cloned()).unwrap();
+    assert_eq!(looked.mirrored_roots(), config.mirrored_roots());
+    // The spawner mirrors from its roots: it still refuses a missing one.
+    let message = env.config().unwrap_err().to_string();
+    assert!(
+        message.contains("missing") && message.contains("create the folder"),
+        "{message}"
+    );
+    let env = env.set("PARALLEL_MIRRORED_STORAGE", "~/file");
+    assert!(matches!(as_worker(&env), Err(Error::NotAFolder { .. })));
+}
+
 #[test]
 fn a_file_is_not_a_root() {
     let env = Env::new();

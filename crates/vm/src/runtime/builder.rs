@@ -218,6 +218,13 @@ impl RuntimeBuilder {
         let given = self.config.is_some();
         let config = match self.config.take() {
             Some(config) => config,
+            // A worker's host needs none of the spawner's mirrored folders: what it lacks
+            // is shipped.
+            None if started_as_worker()
+                || Config::connect_from_env().is_ok_and(|c| c.is_some()) =>
+            {
+                Config::from_env_as_worker().map_err(Error::Config)?
+            }
             None => Config::from_env().map_err(Error::Config)?,
         };
         let tcp_join = tcp_join_config(&config, given)?;
