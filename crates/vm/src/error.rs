@@ -198,6 +198,18 @@ pub enum Error {
         /// How many entries this host has.
         entries: usize,
     },
+    /// The mirror map reads from a mirrored storage entry that does not exist on this
+    /// worker's host, and the spawner does not ship it.
+    #[error(
+        "the mirror map reads from mirrored storage entry {index} (`{}`), which does not exist on this host, and the spawner does not ship it (PARVM_SHIP=never); mount the shared folder there, or let the spawner ship the inputs (PARVM_SHIP=auto, the default)",
+        root.display()
+    )]
+    MirroredRootMissing {
+        /// The entry of PARALLEL_MIRRORED_STORAGE.
+        index: u32,
+        /// What the entry names on this host.
+        root: PathBuf,
+    },
     /// A startup folder relative to a task folder came with a task that has none (the
     /// spawner runs another parvm build).
     #[error(

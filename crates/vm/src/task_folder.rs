@@ -450,6 +450,20 @@ impl TaskFolders {
             rmp_serde::from_slice(bytes).map_err(Error::MirrorMapDecode)?;
         let roots = self.config.mirrored_roots().to_vec();
         let shipped = self.shipping.shipped_roots(vm, &roots, &abstract_map);
+        // A worker's entry may name a folder that is not on its host (its inputs are
+        // shipped); read directly, it would fail source by source.
+        for entry in &abstract_map.entries {
+            let index = u32::try_from(entry.source.root).unwrap_or(u32::MAX);
+            if let Some(root) = roots.get(entry.source.root)
+                && !shipped.contains(&index)
+                && !root.exists()
+            {
+                return Err(Error::MirroredRootMissing {
+                    index,
+                    root: root.clone(),
+                });
+            }
+        }
         // A root shipped here need not be one this host lists: it is put in place per
         // task. The rest translate as always.
         let placeholders: Vec<(u32, &std::path::Path)> = shipped

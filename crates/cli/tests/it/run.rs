@@ -1188,38 +1188,62 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
 
 /// A worker host needs none of the spawner's mirrored folders: `parvm worker` whose
 /// `PARALLEL_MIRRORED_STORAGE` names a folder that does not exist there joins, and the
-/// inputs its cases map are shipped to it.
+/// inputs its cases map are shipped to it; with shipping off, the case fails naming the
+/// missing entry and what to do.
 #[test]
 fn a_worker_without_the_mirrored_folder_gets_the_inputs_shipped() {
     let sweep = Sweep::new();
     std::fs::create_dir(sweep.shared.join("nets")).unwrap();
     std::fs::write(sweep.shared.join("nets/a.cir"), "R1 a b 1k\n").unwrap();
-    let TcpRun {
-        mut spawner, addr, ..
-    } = sweep.start_tcp(
-        &["-k", "--map", "nets=.", "cat nets/{}.cir", ":::", "a"],
-        Stdio::piped(),
-    );
     let nowhere = sweep.local.join("no-such-folder");
-    let mut worker = ChildGuard(
-        sweep
-            .worker(&addr)
-            .env("PARALLEL_MIRRORED_STORAGE", &nowhere)
+    for ship in ["auto", "never"] {
+        let mut spawner = sweep
+            .tcp_command(&["--map", "nets=.", "cat nets/{}.cir", ":::", "a"])
+            .env("PARVM_SHIP", ship)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
-            .unwrap(),
-    );
-    // Bounded: a worker that refused to start would leave the run waiting for one.
-    let mut left = None;
-    eventually("the worker left", || {
-        left = worker.0.try_wait().unwrap();
-        left.is_some()
-    });
-    assert!(left.is_some_and(|status| status.success()), "{left:?}");
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
-    let status = spawner.0.wait().unwrap();
-    assert!(status.success(), "{status:?}: {out}");
-    assert_eq!(out, "R1 a b 1k\n");
+            .unwrap();
+        let said = stderr_lines(&mut spawner);
+        let mut spawner = ChildGuard(spawner);
+        let addr = spawner_address(&said);
+        let mut worker = ChildGuard(
+            sweep
+                .worker(&addr)
+                .env("PARALLEL_MIRRORED_STORAGE", &nowhere)
+                .spawn()
+                .unwrap(),
+        );
+        // Bounded: a worker that refused to start would leave the run waiting for one.
+        let mut left = None;
+        eventually("the worker left", || {
+            left = worker.0.try_wait().unwrap();
+            left.is_some()
+        });
+        assert!(
+            left.is_some_and(|status| status.success()),
+            "{ship}: {left:?}"
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+        let status = spawner.0.wait().unwrap();
+        let err: Vec<String> = said.iter().collect();
+        if ship == "auto" {
+            assert!(status.success(), "{status:?}: {out} {err:?}");
+            assert_eq!(out, "R1 a b 1k\n");
+        } else {
+            assert_eq!(status.code(), Some(1), "{err:?}");
+            let expected = format!(
+                "mirrored storage entry 0 (`{}`), which does not exist on this host",
+                nowhere.display()
+            );
+            assert!(
+                err.iter()
+                    .any(|line| line.contains(&expected) && line.contains("PARVM_SHIP=auto")),
+                "{err:?}"
+            );
+        }
+    }
     assert!(!nowhere.exists(), "the worker made no mirrored folder");
     sweep.assert_no_task_folder_left();
 }
