@@ -758,6 +758,60 @@ mod tests {
         }
     }
 
+    /// A take-back of the task queued behind the running one, sent as the running one ended
+    /// (so the worker started the queued one and ignores the take-back), is not awaited: a
+    /// worker that answers is never given up for it. A real stop stays awaited.
+    #[test]
+    fn a_take_back_that_crossed_the_start_of_its_task_is_not_awaited() {
+        let (shared, worker, running, _dir) = stopping();
+        let mut state = shared.lock();
+        state.stopping.clear();
+        let occupant = Occupant {
+            vm: 0,
+            label: "g",
+            send_back: true,
+            returns: None,
+            command: false,
+        };
+        let (rank, number, queued_behind) = state
+            .slots
+            .reserve_queued(None, None, &AtomicU64::new(7), &occupant)
+            .unwrap();
+        assert!(queued_behind);
+        let queued = TaskId { slot: rank, number };
+        let due = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Taken back (no `stopping` entry, as `Vm::withdraw` leaves none).
+        state.answer_due.insert(queued, due);
+        let done = FromWorker::Done {
+            number: running.number,
+            value: None,
+            error: None,
+            mirrored: 0,
+        };
+        shared.route(&mut state, frame(&done));
+        assert!(state.answer_due.is_empty(), "{:?}", state.answer_due);
+        // Asked to stop the task it now runs: awaited until its end comes.
+        state.stopping.insert(queued);
+        state.answer_due.insert(queued, due);
+        let other = FromWorker::Output {
+            number: queued.number,
+            stderr: false,
+            data: b"x".as_slice().into(),
+        };
+        shared.route(&mut state, frame(&other));
+        assert!(state.answer_due.contains_key(&queued));
+        let done = FromWorker::Done {
+            number: queued.number,
+            value: None,
+            error: None,
+            mirrored: 0,
+        };
+        shared.route(&mut state, frame(&done));
+        assert!(state.answer_due.is_empty());
+        drop(state);
+        drop(worker);
+    }
+
     /// Registers `task` as streaming its output.
     fn streaming(state: &mut State, task: TaskId, root: &std::path::Path) {
         state.returns.register(
