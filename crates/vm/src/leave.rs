@@ -59,7 +59,10 @@ impl LeaveRequest {
     /// [`on_signals`](Self::on_signals) for the signals `signals` instead: a local
     /// worker leaves on the signal its spawner's death sends it
     /// ([`parvm_transport::local::SPAWNER_GONE_SIGNAL`]) and on no other, since the
-    /// signals of a terminal or a batch system are its spawner's to act on.
+    /// signals of a terminal or a batch system are its spawner's to act on. Only SIGTERM,
+    /// SIGINT and SIGHUP stay ignored when the process was started ignoring them (a
+    /// user's choice, as with `nohup`); any other is caught even then, since only the
+    /// kernel sends it, as the worker asked.
     ///
     /// # Errors
     /// As [`on_signals`](Self::on_signals).
@@ -67,7 +70,7 @@ impl LeaveRequest {
         let caught: Vec<i32> = signals
             .iter()
             .copied()
-            .filter(|&signal| !ignored_by_this_process(signal))
+            .filter(|&signal| !(LEAVE_SIGNALS.contains(&signal) && ignored_by_this_process(signal)))
             .collect();
         let names = || {
             let names: Vec<String> = caught.iter().map(|&s| signal_name(s)).collect();
