@@ -254,18 +254,14 @@ impl Shared {
                 },
             };
             // Wake when a stop's answer is due, to give its worker up then.
+            let until_due = |due: Instant| {
+                due.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            };
             let wait = match (wait, answer_due) {
                 (Wait::NoWait, _) | (_, None) => wait,
-                (Wait::Forever, Some(due)) => Wait::For(
-                    due.saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1)),
-                ),
-                (Wait::For(left), Some(due)) => Wait::For(
-                    left.min(
-                        due.saturating_duration_since(Instant::now())
-                            .max(Duration::from_millis(1)),
-                    ),
-                ),
+                (Wait::Forever, Some(due)) => Wait::For(until_due(due)),
+                (Wait::For(left), Some(due)) => Wait::For(left.min(until_due(due))),
             };
             if state.pulling {
                 if matches!(wait, Wait::NoWait) {
