@@ -139,6 +139,38 @@ fn a_wrong_secret_without_wait_names_the_spawner_and_the_fix() {
     assert_eq!(spawner.size(), 1);
 }
 
+/// The spawner's side of a wrong secret: the worker checks the spawner's proof first and
+/// closes, and the spawner's warning says that is what a worker with another secret does.
+#[test]
+fn the_spawner_says_a_worker_with_another_secret_closed_after_its_proof() {
+    let sweep = crate::run::Sweep::new();
+    let run = sweep.start_tcp(&["true", ":::", "a"], Stdio::null());
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-secret");
+    Secret::load_or_create(&other).unwrap();
+    let output = worker(&["--connect", &run.addr], &other, dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let deadline = Instant::now() + PATIENCE;
+    let warned = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = run
+            .said
+            .recv_timeout(left)
+            .expect("the spawner warned of no dropped connection");
+        if line.contains("dropped tcp connection") {
+            break line;
+        }
+    };
+    assert!(
+        warned.contains("after this spawner's proof")
+            && warned.contains("secret file differs")
+            && warned.contains("give that worker the spawner's secret file"),
+        "{warned}"
+    );
+}
+
 #[test]
 fn bad_limits_are_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();

@@ -275,7 +275,9 @@ pub(super) fn handshake(
     let first_deadline = start + shared.timeout.min(FIRST_BYTES_TIMEOUT);
     let mut reader = stream;
     let mut stream = stream;
-    let mut read = |buf: &mut [u8], deadline: Instant| -> Result<(), String> {
+    // What a connection that ends at a step says: anywhere, a worker gone or pushed out.
+    let gone = "it closed the connection during the handshake (or it was pushed out to make room for newer connections)";
+    let mut read = |buf: &mut [u8], deadline: Instant, closed: &str| -> Result<(), String> {
         let late = || {
             format!(
                 "no handshake within {:?}; a worker on a slow network needs a longer {HANDSHAKE_TIMEOUT_VAR}",
@@ -291,13 +293,13 @@ pub(super) fn handshake(
             .map_err(|e| e.to_string())?;
         reader.read_exact(buf).map_err(|err| match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late(),
-            io::ErrorKind::UnexpectedEof => "it closed the connection during the handshake (or it was pushed out to make room for newer connections)".into(),
+            io::ErrorKind::UnexpectedEof => closed.to_owned(),
             _ => format!("handshake failed: {err}"),
         })
     };
     let mut transcript = Transcript::default();
     let mut hello = [0u8; 8 + NONCE];
-    read(&mut hello[..8], first_deadline)?;
+    read(&mut hello[..8], first_deadline, gone)?;
     if hello[..8] != shared.magic {
         // Tell a parvm of another version which one this is, then close.
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
@@ -317,7 +319,7 @@ pub(super) fn handshake(
             "it does not speak the parvm tcp protocol".into()
         });
     }
-    read(&mut hello[8..], deadline)?;
+    read(&mut hello[8..], deadline, gone)?;
     spoke.store(true, Ordering::SeqCst);
     transcript.add(&hello);
     let their_nonce = &hello[8..];
@@ -336,11 +338,14 @@ pub(super) fn handshake(
         .write_all(&answer)
         .map_err(|e| format!("handshake failed: {e}"))?;
     let mut host_len = [0u8; 1];
-    read(&mut host_len, deadline)?;
+    // A worker checks this spawner's proof first, and closes when it does not hold: its
+    // secret differs (it says so on its side).
+    let refused = "it closed the connection after this spawner's proof, as a worker whose secret file differs does (it says so on its side; or it was pushed out to make room for newer connections); give that worker the spawner's secret file";
+    read(&mut host_len, deadline, refused)?;
     let mut host = vec![0u8; usize::from(host_len[0])];
-    read(&mut host, deadline)?;
+    read(&mut host, deadline, gone)?;
     let mut their_proof = [0u8; MAC];
-    read(&mut their_proof, deadline)?;
+    read(&mut their_proof, deadline, gone)?;
     worker_proof(&shared.secret, &my_nonce, their_nonce, &host)
         .verify_slice(&their_proof)
         .map_err(|_| {
