@@ -340,12 +340,14 @@ impl Shared {
         };
         let task = TaskId { slot: from, number };
         // A take-back that crossed the start of the task it was for goes unanswered: the
-        // task now runs there as usual, on a worker that has just shown it answers.
-        if let Some(started) = state
-            .slots
-            .get(from)
-            .and_then(|slot| slot.running.as_ref())
-            .filter(|running| running.number != number)
+        // task now runs there as usual, on a worker that has just shown it answers. (Looked
+        // at only while some answer is awaited: every task's end passes here.)
+        if !state.answer_due.is_empty()
+            && let Some(started) = state
+                .slots
+                .get(from)
+                .and_then(|slot| slot.running.as_ref())
+                .filter(|running| running.number != number)
         {
             let started = TaskId {
                 slot: from,

@@ -215,9 +215,9 @@ impl Shared {
             .filter(|(_, due)| **due <= now)
             .map(|(task, _)| *task)
             .collect();
+        let waited = self.transport.peer_timeout().unwrap_or_default();
         for task in overdue {
             state.answer_due.remove(&task);
-            let waited = self.transport.peer_timeout().unwrap_or_default();
             let reason = format!(
                 "it did not answer within {} s (the peer timeout, PARVM_PEER_TIMEOUT) when asked to stop task {task}: its process may be stopped (Ctrl-Z, kill -STOP, a batch system's suspend) or its host too busy to run it; given up so that the run goes on (it leaves, removing its task folders, once it runs again)",
                 waited.as_secs_f64()

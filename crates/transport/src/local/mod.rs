@@ -210,7 +210,7 @@ impl Transport for LocalTransport {
         };
         let given_up = spawner.hub.give_up(rank, reason);
         if given_up
-            && let Some((_, pid)) = spawner.worker_pids().into_iter().find(|(r, _)| *r == rank)
+            && let Some(pid) = spawner.pid_of(rank)
             && let Ok(pid) = i32::try_from(pid)
         {
             // A worker that already ended is no error worth reporting.

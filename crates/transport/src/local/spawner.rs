@@ -98,6 +98,14 @@ impl Spawner {
             .collect()
     }
 
+    /// The process id of the worker of `rank`, when this spawner started one.
+    pub(super) fn pid_of(&self, rank: Rank) -> Option<u32> {
+        lock(&self.replacing.procs)
+            .iter()
+            .find(|p| p.rank == rank)
+            .map(|p| p.pid)
+    }
+
     /// Kills and reaps every worker still running, after `grace` for them to leave, then
     /// lets the keeper thread end. Call after the hub is closed, so no replacement starts.
     fn stop_workers(&mut self, grace: Duration) {
