@@ -40,15 +40,19 @@ pub fn set_return_hook(hook: Option<fn(&Path)>) {
 }
 
 /// Sends the files `patterns` match in `task_dir` for task `number`; `Err` with the reason
-/// (naming the file or pattern, and what to do) when returning fails.
+/// (naming the file or pattern, and what to do) when returning fails. `startup` is the
+/// folder the task ran in, to say so when a pattern names a file only there.
 pub(crate) fn send_files(
     link: &Link,
     number: u64,
     task_dir: &Path,
+    startup: &Path,
     patterns: &[String],
 ) -> Result<(), String> {
     let source = ReturnSource::open(task_dir).map_err(|e| error_chain(&e))?;
-    let files = source.expand(patterns).map_err(|e| error_chain(&e))?;
+    let files = source
+        .expand(patterns)
+        .map_err(|e| explain_missing(&source, startup, e))?;
     let (head, buf) = match wire::file_data_head(number) {
         Some(mut head) => {
             // The frame itself: the head, the length, then the chunk read in place.
@@ -69,6 +73,33 @@ pub(crate) fn send_files(
         sender.send_file(&source, &rel)?;
     }
     Ok(())
+}
+
+/// The reason returning failed with `error`; when a literal pattern named nothing in the
+/// task folder but names a file in the startup folder `startup` (where the command ran and
+/// wrote it: `parvm run --startup-dir`), it says which pattern to return instead, since
+/// patterns are relative to the task folder.
+fn explain_missing(source: &ReturnSource, startup: &Path, error: parvm_mirror_fs::Error) -> String {
+    let reason = error_chain(&error);
+    let parvm_mirror_fs::Error::ReturnMissing { pattern, .. } = &error else {
+        return reason;
+    };
+    let sub = startup
+        .strip_prefix(source.path())
+        .ok()
+        .and_then(Path::to_str)
+        .filter(|sub| !sub.is_empty() && !parvm_mirror_fs::has_glob(sub.as_bytes()));
+    let Some(sub) = sub else {
+        return reason;
+    };
+    let there = format!("{sub}/{pattern}");
+    match source.expand(std::slice::from_ref(&there)) {
+        Ok(found) if !found.is_empty() => format!(
+            "{reason}; it is in the startup folder `{sub}`, where the task ran, and return \
+             patterns are relative to the task folder: return `{there}` instead"
+        ),
+        _ => reason,
+    }
 }
 
 struct Sender<'a> {

@@ -376,6 +376,7 @@ impl Run<'_> {
                             self.link,
                             request.number,
                             dir,
+                            prepared.dir.as_deref().unwrap_or(dir),
                             &request.returning,
                         ),
                         None => Err("the task has no task folder to return files from; build the VM with `local_folder(true)`".to_owned()),

@@ -705,6 +705,52 @@ fn persistent_folders_and_startup_dir() {
 }
 
 #[test]
+fn a_return_pattern_beside_the_startup_folder_is_warned_of_and_its_failure_names_the_fix() {
+    let sweep = Sweep::new();
+    std::fs::create_dir_all(sweep.shared.join("cir")).unwrap();
+    std::fs::write(sweep.shared.join("cir/amp.cir"), "* amp").unwrap();
+    let args = |pattern| {
+        [
+            "--map",
+            "cir=.",
+            "--startup-dir",
+            "cir",
+            "--results",
+            "res",
+            "--return",
+            pattern,
+            "echo {} > gain.txt",
+            ":::",
+            "1",
+        ]
+    };
+    let out = sweep.run(&args("gain.txt"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: --return `gain.txt` is matched in the task folder, not in the startup \
+             folder `cir` where the command runs; write `cir/gain.txt`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "it is in the startup folder `cir`, where the task ran, and return patterns are \
+             relative to the task folder: return `cir/gain.txt` instead"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(sweep.shared.join("res")).unwrap();
+    let out = sweep.run(&args("cir/gain.txt"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let returned = sweep.shared.join("res/1/cir/gain.txt");
+    assert_eq!(std::fs::read_to_string(returned).unwrap(), "1\n");
+}
+
+#[test]
 fn resume_and_resume_failed_match_cases_by_command_not_position() {
     let sweep = Sweep::new();
     let marker = sweep.shared.join("fail-b");

@@ -211,6 +211,13 @@ pub fn run(args: Args) -> Result<u8, RunError> {
                 pattern: pattern.clone(),
             });
         }
+        if let Some(warning) = args
+            .startup_dir
+            .as_deref()
+            .and_then(|startup| beside_startup_warning(startup, pattern))
+        {
+            crate::console::say(format!("parvm run: {warning}"));
+        }
     }
     let maps = args
         .maps
@@ -758,6 +765,40 @@ fn leaves_folder(pattern: &str) -> bool {
     Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
 }
 
+/// The warning for a return pattern that cannot match in the startup folder `startup`,
+/// where the command runs and most likely writes: patterns are matched in the task folder
+/// (as `--map`'s destinations), so `--startup-dir run --return out.raw` would silently
+/// bring nothing back with a glob, or fail every case with a name. `None` when the pattern
+/// starts with the startup folder (or a glob that matches it).
+fn beside_startup_warning(startup: &Path, pattern: &str) -> Option<String> {
+    let folder: Vec<&str> = startup
+        .components()
+        .filter_map(|part| match part {
+            std::path::Component::Normal(name) => name.to_str(),
+            _ => None,
+        })
+        .collect();
+    if folder.is_empty() || startup.is_absolute() {
+        return None;
+    }
+    let mut parts = pattern
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".");
+    let inside = folder.iter().all(|name| {
+        parts.next().is_some_and(|part| {
+            parvm_mirror_fs::Pattern::new(part.as_bytes()).matches(name.as_bytes())
+        })
+    });
+    (!inside).then(|| {
+        let folder = folder.join("/");
+        format!(
+            "warning: --return `{pattern}` is matched in the task folder, not in the startup \
+             folder `{folder}` where the command runs; write `{folder}/{pattern}` for a file \
+             the command writes there"
+        )
+    })
+}
+
 /// "1 case", "2 cases": a count of cases for a sentence.
 fn cases(count: usize) -> String {
     if count == 1 {
@@ -808,5 +849,31 @@ mod tests {
         ] {
             assert_eq!(leaves_folder(pattern), leaves, "{pattern}");
         }
+    }
+
+    #[test]
+    fn return_patterns_beside_the_startup_folder_are_warned_of() {
+        for (startup, pattern, warned) in [
+            ("cir", "gain.txt", true),
+            ("cir", "*.txt", true),
+            ("cir", "other/gain.txt", true),
+            ("cir", "cir/gain.txt", false),
+            ("./cir/", "cir/*.raw", false),
+            ("cir", "./cir/x", false),
+            ("cir", "c*/x", false),
+            ("run/sim", "run/x", true),
+            ("run/sim", "run/sim/x", false),
+            (".", "x", false),
+            ("/abs", "x", false),
+        ] {
+            let warning = beside_startup_warning(Path::new(startup), pattern);
+            assert_eq!(warning.is_some(), warned, "{startup} {pattern}");
+        }
+        assert_eq!(
+            beside_startup_warning(Path::new("run/sim"), "*.raw").unwrap(),
+            "warning: --return `*.raw` is matched in the task folder, not in the startup \
+             folder `run/sim` where the command runs; write `run/sim/*.raw` for a file the \
+             command writes there"
+        );
     }
 }
