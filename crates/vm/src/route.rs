@@ -225,6 +225,9 @@ impl Shared {
                     // Its end was filed already (done as the stop came).
                     return None;
                 }
+                if !started {
+                    Self::note_never_started(state, task);
+                }
                 state.stopping.insert(task);
                 let owed = Self::on_done(
                     state,
@@ -307,6 +310,21 @@ impl Shared {
     /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
     /// to its VM; the slot frees when the VM receives the exit. Returns the bytes of
     /// streamed output dropped with a VM that is gone, which the worker is owed.
+    /// Notes for its VM's dispatch that `task`, stopped while queued, never started.
+    fn note_never_started(state: &mut State, task: TaskId) {
+        let vm = state.slots.get(task.slot).and_then(|slot| {
+            let running = slot.running.as_ref().map(|r| (r.number, r.vm));
+            let queued = slot.queued.as_ref().map(|q| (q.number, q.vm));
+            running
+                .into_iter()
+                .chain(queued)
+                .find_map(|(number, vm)| (number == task.number).then_some(vm))
+        });
+        if let Some(notes) = vm.and_then(|vm| state.notes.get_mut(&vm)) {
+            notes.never_started.insert(task);
+        }
+    }
+
     fn on_done(
         state: &mut State,
         from: Rank,

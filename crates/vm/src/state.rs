@@ -374,6 +374,9 @@ pub(crate) struct DispatchNotes {
     pub lost: HashMap<TaskId, bool>,
     /// Tasks that ended because the spawner asked them to stop ([`crate::Vm::stop`]).
     pub stopped: std::collections::HashSet<TaskId>,
+    /// Tasks stopped while queued at their worker, which says they never started (the
+    /// spawner takes a queued task as started once the one before it ends).
+    pub never_started: std::collections::HashSet<TaskId>,
     /// Tasks whose returning failed on their worker ([`crate::returned::Finished`]): a
     /// failure of the task itself, not results lost on the spawner.
     pub returns_failed_on_worker: std::collections::HashSet<TaskId>,

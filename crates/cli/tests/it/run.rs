@@ -975,11 +975,12 @@ fn stop_by_signal(signal: &str, whole_group: bool) {
         resume.display(),
         pids.display()
     );
+    let err_path = sweep.shared.join("stderr");
     let mut child = sweep
-        .command(&["--joblog", "jl", command.as_str(), ":::", "a", "b"])
+        .command(&["--joblog", "jl", command.as_str(), ":::", "a", "b", "c"])
         .process_group(0)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
     let _guard = GroupGuard(child.id());
@@ -1004,6 +1005,25 @@ fn stop_by_signal(signal: &str, whole_group: bool) {
     assert!(sent.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    if !whole_group {
+        // Both running cases are reported as they stop (the report used to end with the
+        // first); the third, which never started, is one of "the others".
+        for case in [1, 2] {
+            assert!(
+                stderr.contains(&format!("case {case} stopped after ")),
+                "{stderr}"
+            );
+        }
+        assert!(
+            stderr.contains(": 2 cases reported (2 did not succeed)"),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("case 3"), "{stderr}");
+    // Queued behind a running case, it was taken back before that one was stopped: its
+    // command never started.
+    assert_eq!(read_pid("c"), None);
     for name in ["a", "b"] {
         let pid = read_pid(name).unwrap();
         eventually("the case's command ended", || {
@@ -1043,9 +1063,10 @@ fn stop_by_signal(signal: &str, whole_group: bool) {
         ":::",
         "a",
         "b",
+        "c",
     ]);
     let joblog = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
-    assert_eq!(joblog.lines().count(), 3, "{joblog}");
+    assert_eq!(joblog.lines().count(), 4, "{joblog}");
 }
 
 /// Kills and reaps a child when dropped.

@@ -63,6 +63,44 @@ fn halt_now_fail_stops_the_running_cases_and_exits_with_the_failing_code() {
 }
 
 #[test]
+fn json_records_say_which_cases_a_halt_stopped_and_which_it_did_not_run() {
+    let sweep = Sweep::new();
+    let command = behaviour(&sweep, 1);
+    let out = sweep.run(&[
+        "--json",
+        "-j",
+        "2",
+        "--halt",
+        "now,fail=1",
+        &command,
+        ":::",
+        "wait",
+        "fail 3",
+        "ok 0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcomes: Vec<(u64, String)> = stdout
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                record["case"].as_u64().unwrap(),
+                record["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let outcome = |case| {
+        outcomes
+            .iter()
+            .find(|(c, _)| *c == case)
+            .map(|(_, o)| o.as_str())
+    };
+    assert_eq!(outcome(1), Some("stopped"), "{stdout}");
+    assert_eq!(outcome(2), Some("failed"), "{stdout}");
+    assert_eq!(outcome(3), Some("not run"), "{stdout}");
+}
+
+#[test]
 fn halt_soon_lets_running_cases_finish() {
     let sweep = Sweep::new();
     let dir = sweep.shared.display();

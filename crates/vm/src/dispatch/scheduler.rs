@@ -599,20 +599,22 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         }
         let withdrawn = self.withdrawing.remove(&task);
         let failed = matches!(status, ExitStatus::Failed { .. });
-        let (lost, stopped, mirrored, returns_failed_on_worker) = if failed || self.vm.mirrors() {
-            let mut state = self.vm.shared().lock();
-            let notes = state.notes.get_mut(&self.vm.index());
-            notes.map_or((None, false, 0, false), |notes| {
-                (
-                    notes.lost.remove(&task),
-                    notes.stopped.remove(&task),
-                    notes.mirrored.remove(&task).unwrap_or(0),
-                    notes.returns_failed_on_worker.remove(&task),
-                )
-            })
-        } else {
-            (None, false, 0, false)
-        };
+        let (lost, stopped, never_started, mirrored, returns_failed_on_worker) =
+            if failed || self.vm.mirrors() {
+                let mut state = self.vm.shared().lock();
+                let notes = state.notes.get_mut(&self.vm.index());
+                notes.map_or((None, false, false, 0, false), |notes| {
+                    (
+                        notes.lost.remove(&task),
+                        notes.stopped.remove(&task),
+                        notes.never_started.remove(&task),
+                        notes.mirrored.remove(&task).unwrap_or(0),
+                        notes.returns_failed_on_worker.remove(&task),
+                    )
+                })
+            } else {
+                (None, false, false, 0, false)
+            };
         let Flight {
             mut pending,
             host,
@@ -628,6 +630,8 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
         if dropped {
             return;
         }
+        // Taken as started when the task before it ended, but stopped before it could.
+        let started = started.filter(|_| !never_started);
         if withdrawn && stopped && started.is_none() {
             // Taken back before it started, for a free slot: placed again, no attempt.
             self.queued_behind.retain(|_, queued| *queued != task);
@@ -727,13 +731,17 @@ impl<'vm, I: Iterator<Item = Job>> Scheduler<'vm, I> {
     /// they end as not run.
     pub(crate) fn halt(&mut self, stop_running: bool) {
         self.halted = true;
-        let tasks: Vec<TaskId> = self
+        let mut tasks: Vec<(bool, TaskId)> = self
             .flights
             .iter()
             .filter(|(_, flight)| stop_running || flight.started.is_none())
-            .map(|(&task, _)| task)
+            .map(|(&task, flight)| (flight.started.is_some(), task))
             .collect();
-        for task in tasks {
+        // The queued ones first: a worker whose running task ends starts the one queued
+        // behind it at once, so a stop of the queued one sent after would come too late
+        // and its command would run (and be stopped) after all.
+        tasks.sort_unstable();
+        for (_, task) in tasks {
             self.stop(task);
         }
     }

@@ -13,7 +13,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::error::RunError;
 
-/// How often the watcher looks at the flag; a stop takes at most this long to begin.
+/// How often the watcher looks at the flag; a stop takes at most twice this long to begin.
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// How long cases may take to stop after a signal before the user is told what the run
@@ -85,7 +85,14 @@ impl Interrupt {
         while !done.load(Ordering::SeqCst) {
             if self.happened() {
                 halt.halt(true);
-                let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+                let Some(since) = stopping_since else {
+                    // The dispatch halts first (within its 20 ms), stopping the cases
+                    // queued at workers before the running ones; stopped from here first,
+                    // a worker would start its queued case as the running one ended.
+                    stopping_since = Some(std::time::Instant::now());
+                    std::thread::sleep(WATCH_EVERY);
+                    continue;
+                };
                 let mut running = 0;
                 for host in vm.describe().hosts {
                     for task in host.slots.into_iter().filter_map(|slot| slot.task) {

@@ -580,8 +580,8 @@ struct Reporting<'a> {
 
 impl Reporting<'_> {
     /// Prints, keeps and logs each result as it comes; halts the dispatch when `--halt`
-    /// says so; stops taking results after a signal (dropping the dispatch stops what
-    /// still runs).
+    /// says so; after a signal makes no more cases and reports each case that was running
+    /// as it stops (the interrupt's watcher stops them).
     fn report<I: Iterator<Item = Job>>(
         &self,
         mut joblog: Option<&mut joblog::Joblog>,
@@ -613,14 +613,18 @@ impl Reporting<'_> {
                 // the dispatch's bug, and has nothing to print.
                 continue;
             };
-            if self.interrupt.happened()
-                && matches!(result.outcome, parvm_vm::JobOutcome::NotRun)
-                && result.elapsed.is_zero()
-            {
-                // Never started, as the signal asked: one of "the others" of the summary,
-                // not a case to report.
+            if self.interrupt.happened() {
+                // No case is made any more: the dispatch ends once the cases handed out
+                // have ended or stopped, each reported below.
                 swept.interrupted = true;
-                break;
+                self.ledger.halt();
+                if matches!(result.outcome, parvm_vm::JobOutcome::NotRun)
+                    && result.elapsed.is_zero()
+                {
+                    // Never started, as the signal asked: one of "the others" of the
+                    // summary, not a case to report.
+                    continue;
+                }
             }
             swept.reported += 1;
             let number = case.number;
@@ -694,10 +698,6 @@ impl Reporting<'_> {
                         }
                     ));
                 });
-            }
-            if self.interrupt.happened() {
-                swept.interrupted = true;
-                break;
             }
         }
         bar.finish_and_clear();

@@ -60,6 +60,8 @@ pub fn print_record(result: &JobResult, case: usize, command: &str) -> Result<()
         JobOutcome::Failed { reason, .. } => ("failed", Some(reason.clone())),
         JobOutcome::TimedOut { .. } => ("timed out", Some(result.outcome.to_string())),
         JobOutcome::Lost { reason } => ("lost", Some(reason.clone())),
+        // Stopped while it ran (a signal, `--halt now`), as the text output says.
+        JobOutcome::NotRun if !result.elapsed.is_zero() => ("stopped", None),
         JobOutcome::NotRun => ("not run", None),
         _ => ("failed", Some(result.outcome.to_string())),
     };
