@@ -704,7 +704,7 @@ impl Reporting<'_> {
         if swept.interrupted || self.interrupt.happened() {
             swept.interrupted = true;
             crate::console::say(format!(
-                "parvm run: stopped by a signal: {} reported ({} did not succeed); the others were stopped or never started and are not in the joblog, so --resume runs them",
+                "parvm run: stopped by a signal: {} reported ({} did not succeed); cases stopped or never started are not in the joblog, so --resume runs them",
                 cases(swept.reported),
                 swept.failed,
             ));
