@@ -621,6 +621,29 @@ fn bad_input_is_refused_with_a_clear_error() {
     sweep.refuses(&missing_map, "--map inputs=.: `inputs`");
     let stderr = String::from_utf8(sweep.run(&missing_map).stderr).unwrap();
     assert!(!stderr.contains("VmBuilder"), "{stderr}");
+    // A map the mirror map refuses names its entry, not "the mirror map".
+    std::fs::create_dir_all(sweep.shared.join("inputs")).unwrap();
+    for (entry, expected) in [
+        (
+            "inputs=../up",
+            "--map inputs=../up: mirror target `../up` leaves the task folder",
+        ),
+        (
+            "inputs=/abs",
+            "--map inputs=/abs: mirror target `/abs` is absolute",
+        ),
+    ] {
+        let args = ["--map", "cases=.", "--map", entry, "echo", ":::", "a"];
+        std::fs::create_dir_all(sweep.shared.join("cases")).unwrap();
+        sweep.refuses(&args, expected);
+    }
+    let outside = sweep.local.display().to_string();
+    sweep.refuses(
+        &["--map", &format!("{outside}=."), "echo", ":::", "a"],
+        &format!("--map {outside}=.: `{outside}` is not inside any mirrored storage root"),
+    );
+    std::fs::remove_dir(sweep.shared.join("inputs")).unwrap();
+    std::fs::remove_dir(sweep.shared.join("cases")).unwrap();
     sweep.refuses(
         &["--timeout", "soon", "echo", ":::", "a"],
         "--timeout `soon`",

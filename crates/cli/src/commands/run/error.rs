@@ -164,6 +164,15 @@ pub enum RunError {
         /// What is wrong with it: missing, or a symlink to nothing.
         problem: String,
     },
+    /// A `--map` entry the mirror map refuses: its source outside the mirrored roots, a
+    /// destination that leaves the task folder.
+    #[error("--map {map}: {source}")]
+    MapRefused {
+        /// The `--map` value (or all of them, when the refusal names none).
+        map: String,
+        /// Why.
+        source: parvm_mirror_fs::Error,
+    },
     /// `--return` without `--results`.
     #[error("--return needs a folder to bring files back into; give one with --results DIR")]
     ReturnWithoutResults,

@@ -403,6 +403,10 @@ fn sweep(
             path,
             problem,
         },
+        parvm_vm::Error::Mirror(source) => RunError::MapRefused {
+            map: refused_map(maps, &source),
+            source,
+        },
         other => RunError::Vm(other),
     })?;
     let hosts = if args.each_host {
@@ -763,6 +767,30 @@ fn progress_bar(cases: Option<usize>, json: bool) -> indicatif::ProgressBar {
 /// Whether a return pattern reaches outside the task folder.
 fn leaves_folder(pattern: &str) -> bool {
     Path::new(pattern).is_absolute() || pattern.split('/').any(|part| part == "..")
+}
+
+/// The `--map` entry (or entries) the mirror map's refusal `error` is about, as given.
+fn refused_map(maps: &[(&str, &str)], error: &parvm_mirror_fs::Error) -> String {
+    use parvm_mirror_fs::Error;
+    let here = std::env::current_dir().unwrap_or_default();
+    let entry = maps.iter().find(|(src, dst)| match error {
+        Error::TargetEscapes { target } | Error::TargetAbsolute { target } => {
+            Path::new(dst) == target
+        }
+        Error::NoRoot { path, .. }
+        | Error::SourceIsRoot {
+            source_path: path, ..
+        } => Path::new(src) == path || here.join(src) == *path,
+        _ => false,
+    });
+    match entry {
+        Some((src, dst)) => format!("{src}={dst}"),
+        None => maps
+            .iter()
+            .map(|(src, dst)| format!("{src}={dst}"))
+            .collect::<Vec<_>>()
+            .join(" --map "),
+    }
 }
 
 /// The warning for a return pattern that cannot match in the startup folder `startup`,
