@@ -1092,6 +1092,42 @@ fn stop_by_signal(signal: &str, whole_group: bool) {
     assert_eq!(joblog.lines().count(), 4, "{joblog}");
 }
 
+#[test]
+fn a_signal_ends_a_run_that_waits_for_its_next_input_line() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    // Values piped in from a program that has more to say later (`tail -f`, a slow
+    // generator): a batch system's SIGTERM must not wait for its next line.
+    let sweep = Sweep::new();
+    let started = sweep.shared.join("started");
+    let command = format!("touch {}; exec sleep 60; : {{}}", started.display());
+    let err_path = sweep.shared.join("stderr");
+    let mut child = sweep
+        .command(&["-a", "-", command.as_str()])
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(child.id());
+    // Kept open: the run waits for a second line that never comes.
+    let mut values = child.stdin.take().unwrap();
+    values.write_all(b"a\n").unwrap();
+    eventually("the first case started", || started.exists());
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    eventually("parvm run ended", || child.try_wait().unwrap().is_some());
+    drop(values);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(stderr.contains("case 1 stopped after "), "{stderr}");
+    sweep.assert_no_task_folder_left();
+}
+
 /// Kills and reaps a child when dropped.
 pub(crate) struct ChildGuard(pub(crate) std::process::Child);
 

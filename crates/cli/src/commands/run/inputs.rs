@@ -7,6 +7,11 @@
 use std::ffi::OsString;
 use std::io::{self, BufRead, IsTerminal};
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -118,7 +123,10 @@ impl Split {
     ///
     /// # Errors
     /// An args file that cannot be opened or read, or a value holding a NUL byte.
-    pub fn open(self, stream_first: bool) -> Result<Inputs, RunError> {
+    ///
+    /// A streamed source that waits for its next line (a pipe, a terminal) ends as soon as
+    /// `stop` is set (by the signal that stops the run), not when the line comes.
+    pub fn open(self, stream_first: bool, stop: &Arc<AtomicBool>) -> Result<Inputs, RunError> {
         let mut stdin_used = false;
         let mut given = self.given.into_iter().peekable();
         let mut streamed = None;
@@ -128,6 +136,7 @@ impl Split {
         {
             let next_linked = given.peek().is_some_and(|(_, linked)| *linked);
             let mut first = LineSource::open(path, &mut stdin_used)?;
+            first.stop_with(stop);
             if next_linked {
                 // Linked sources move together: read it whole like them.
                 let values = first.read_all()?;
@@ -201,33 +210,87 @@ pub const FROM_MPIRUN: &str = "parvm run: no input source given, so the values o
 pub struct LineSource {
     path: PathBuf,
     /// `None` once it ended.
-    reader: Option<Box<dyn BufRead>>,
+    reader: Option<io::BufReader<Input>>,
     /// Lines read so far.
     lines: usize,
+}
+
+/// How often (ms) a read that waits for input looks whether the run stops.
+const STOP_POLL_MS: u16 = 50;
+
+/// The file of an input source (for `-`, standard input's descriptor), whose reads end
+/// once `stop` is set while they wait for bytes.
+struct Input {
+    file: std::fs::File,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+/// The error of a read ended by [`Input::stop`].
+#[derive(Debug, thiserror::Error)]
+#[error("the run stops")]
+struct Stopped;
+
+impl io::Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(stop) = &self.stop {
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    return Err(io::Error::other(Stopped));
+                }
+                let mut ready = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut ready, PollTimeout::from(STOP_POLL_MS)) {
+                    Ok(0) | Err(Errno::EINTR) => {}
+                    Ok(_) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.file.read(buf)
+    }
 }
 
 impl LineSource {
     /// Opens `path` (`-`: standard input, or nothing when it was read already).
     fn open(path: PathBuf, stdin_used: &mut bool) -> Result<LineSource, RunError> {
-        let reader: Option<Box<dyn BufRead>> = if path == Path::new("-") {
+        let fail = |source| RunError::ArgsFile {
+            path: path.clone(),
+            source,
+        };
+        let file = if path == Path::new("-") {
             let first = !std::mem::replace(stdin_used, true);
             if first && io::stdin().is_terminal() {
                 // Without it, a forgotten `:::` looks like a hang.
                 crate::console::say(FROM_THE_TERMINAL);
             }
-            first.then(|| Box::new(io::BufReader::new(io::stdin())) as Box<dyn BufRead>)
+            // The same open file as standard input, which nothing else reads.
+            first
+                .then(|| {
+                    io::stdin()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map(std::fs::File::from)
+                })
+                .transpose()
+                .map_err(fail)?
         } else {
-            let file = std::fs::File::open(&path).map_err(|source| RunError::ArgsFile {
-                path: path.clone(),
-                source,
-            })?;
-            Some(Box::new(io::BufReader::new(file)))
+            Some(std::fs::File::open(&path).map_err(fail)?)
         };
+        let reader = file.map(|file| io::BufReader::new(Input { file, stop: None }));
         Ok(LineSource {
             path,
             reader,
             lines: 0,
         })
+    }
+
+    /// From now on a wait for the next line ends the source once `stop` is set. A regular
+    /// file never makes a read wait, so it is read as it is.
+    fn stop_with(&mut self, stop: &Arc<AtomicBool>) {
+        if let Some(input) = self.reader.as_mut().map(io::BufReader::get_mut)
+            && !input.file.metadata().is_ok_and(|meta| meta.is_file())
+        {
+            input.stop = Some(Arc::clone(stop));
+        }
     }
 
     /// The next line without its `\n` (a last line without one counts too).
@@ -238,6 +301,11 @@ impl LineSource {
         let reader = self.reader.as_mut()?;
         let mut line = Vec::new();
         match reader.read_until(b'\n', &mut line) {
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Stopped>()) => {
+                // The run stops: the input ends here, as if it had ended.
+                self.reader = None;
+                None
+            }
             Ok(0) => {
                 self.reader = None;
                 None
@@ -480,7 +548,10 @@ mod tests {
             ("echo {} ::: solo", vec!["solo"]),
         ];
         for (line, expected) in table {
-            let inputs = split(&words(line), &[]).unwrap().open(true).unwrap();
+            let inputs = split(&words(line), &[])
+                .unwrap()
+                .open(true, &Arc::default())
+                .unwrap();
             assert_eq!(inputs.total(), Some(expected.len()));
             assert_eq!(flat(&all(inputs)), expected, "{line}");
         }
@@ -499,7 +570,7 @@ mod tests {
         }
         let inputs = split(&words("echo ::: a b :::+ 1"), &[])
             .unwrap()
-            .open(true)
+            .open(true, &Arc::default())
             .unwrap();
         assert!(
             inputs
@@ -515,7 +586,7 @@ mod tests {
     fn colsep_makes_linked_columns() {
         let inputs = split(&words("echo ::: a,1 b,2,x ::: p q"), &[])
             .unwrap()
-            .open(false)
+            .open(false, &Arc::default())
             .unwrap();
         let colsep = regex::bytes::Regex::new(",").unwrap();
         let inputs = inputs.columns(&colsep);
@@ -547,7 +618,10 @@ mod tests {
             "::::".into(),
             second,
         ]);
-        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        let inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
         assert_eq!((inputs.count(), inputs.total()), (3, None));
         assert_eq!(
             flat(&all(inputs)),
@@ -556,7 +630,10 @@ mod tests {
         // Linked to the next source: read whole, so the lengths are checked first.
         let mut line = words("echo ::::");
         line.extend([first.clone(), ":::+".into(), "p".into()]);
-        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        let inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
         assert!(
             inputs
                 .cases()
@@ -568,12 +645,18 @@ mod tests {
         // An empty file makes no case; a NUL byte is an error at its line.
         let mut line = words("echo ::::");
         line.push(file("empty", ""));
-        assert!(all(split(&line, &[]).unwrap().open(true).unwrap()).is_empty());
+        assert!(
+            all(split(&line, &[])
+                .unwrap()
+                .open(true, &Arc::default())
+                .unwrap())
+            .is_empty()
+        );
         let mut line = words("echo ::::");
         line.push(file("nul", "ok\nbad\0\n"));
         let mut cases = split(&line, &[])
             .unwrap()
-            .open(true)
+            .open(true, &Arc::default())
             .unwrap()
             .cases()
             .unwrap();
@@ -591,7 +674,10 @@ mod tests {
             line.push(":::".into());
             line.extend(values.iter().map(OsString::from));
         }
-        let inputs = split(&line, &[]).unwrap().open(true).unwrap();
+        let inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
         assert_eq!(inputs.total(), Some(1_000_000_000));
         let mut cases = inputs.cases().unwrap();
         assert_eq!(flat(&[cases.next().unwrap().unwrap()]), ["0,0,0"]);

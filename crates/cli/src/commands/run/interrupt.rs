@@ -45,10 +45,13 @@ impl Interrupt {
     /// so that workers keep the action they inherit (in a terminal they end with their
     /// commands; in a background job they ignore SIGINT, as their commands do).
     ///
+    /// The handlers set `flag`, which the run shares with what must end early on a signal
+    /// (a streamed input source waiting for its next line).
+    ///
     /// # Errors
     /// A handler cannot be installed.
-    pub fn install() -> Result<Interrupt, RunError> {
-        let flag = Arc::new(AtomicBool::new(false));
+    pub fn install(flag: &Arc<AtomicBool>) -> Result<Interrupt, RunError> {
+        let flag = Arc::clone(flag);
         let hangup = (!parvm_vm::leave::ignored_by_this_process(SIGHUP)).then_some(SIGHUP);
         for signal in [SIGINT, SIGTERM].into_iter().chain(hangup) {
             // The second signal finds the flag set and exits at once.

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -251,7 +252,9 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     // A first args file is read as cases start, unless its lines are all needed first:
     // for their columns, or for the total a percentage of cases needs.
     let stream = colsep.is_none() && !halt.is_some_and(|halt| halt.needs_total());
-    let mut inputs = split.open(stream)?;
+    // Set by the first SIGINT, SIGTERM or SIGHUP (`interrupt`).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut inputs = split.open(stream, &stop)?;
     if let Some(colsep) = &colsep {
         inputs = inputs.columns(colsep);
     }
@@ -308,6 +311,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         (None, _) => None,
     };
     let settings = Settings {
+        stop: &stop,
         maps: &maps,
         timeout,
         halt,
@@ -327,6 +331,8 @@ pub fn run(args: Args) -> Result<u8, RunError> {
 
 /// What `run` checked and made, for `sweep`.
 struct Settings<'a> {
+    /// The flag the signal handlers set ([`interrupt::Interrupt::install`]).
+    stop: &'a Arc<AtomicBool>,
     maps: &'a [(&'a str, &'a str)],
     timeout: Option<timeout::Limit>,
     halt: Option<halt::Halt>,
@@ -363,7 +369,7 @@ fn sweep(
     // Caught from here on where that is safe, so a SIGTERM that comes as soon as a TCP
     // spawner printed its address still ends the run cleanly; else once the runtime started.
     let caught_early = if interrupt::Interrupt::may_catch_before_start() {
-        Some(interrupt::Interrupt::install()?)
+        Some(interrupt::Interrupt::install(settings.stop)?)
     } else {
         None
     };
@@ -511,7 +517,7 @@ fn sweep(
     }
     let interrupt = match caught_early {
         Some(interrupt) => interrupt,
-        None => interrupt::Interrupt::install()?,
+        None => interrupt::Interrupt::install(settings.stop)?,
     };
     let done = AtomicBool::new(false);
     let halt = dispatch.halt_handle();
