@@ -36,7 +36,7 @@ enum Command {
     Worker(commands::worker::Args),
     /// Run a command for every case of its inputs, each in its own task folder, with GNU
     /// parallel's conventions (`parvm run echo {} ::: a b c`).
-    Run(commands::run::Args),
+    Run(Box<commands::run::Args>),
     /// Print a shell completion script: `parvm completions bash > ~/.local/share/bash-completion/completions/parvm`.
     Completions {
         /// The shell.
@@ -72,7 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(mut args) => {
             args.json = cli.json;
             // GNU parallel's exit status: failed cases, or 255 when the run itself failed.
-            return match commands::run::run(args) {
+            return match commands::run::run(*args) {
                 Ok(failed) => std::process::ExitCode::from(failed),
                 Err(error) => {
                     console::say(error_report(&error));

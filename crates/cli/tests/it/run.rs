@@ -257,6 +257,40 @@ fn args_files_stdin_and_copies() {
 }
 
 #[test]
+fn values_split_by_nul_or_another_delimiter_as_find_print0_writes_them() {
+    let sweep = Sweep::new();
+    // What `find -print0` writes for names with a space and a newline, piped in.
+    let mut child = sweep
+        .command(&["-k", "-0", "printf", "'[%s]\\n'"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"./a b.cir\0./c\nd.cir\0")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "[./a b.cir]\n[./c\nd.cir]\n"
+    );
+    // An args file, a delimiter of two characters, an escape; `:::` values are not split.
+    std::fs::write(sweep.shared.join("list"), "x::y z::w\n").unwrap();
+    let out = sweep.ok(&[
+        "-k", "-d", "::", "echo", "{1}-{2}", "::::", "list", ":::", "1,2",
+    ]);
+    assert_eq!(lines(&out), ["x-1,2", "y z-1,2", "w", "-1,2"]);
+    std::fs::write(sweep.shared.join("tabs"), "p\tq").unwrap();
+    let out = sweep.ok(&["-k", "-d", "\\t", "-a", "tabs", "echo"]);
+    assert_eq!(lines(&out), ["p", "q"]);
+    sweep.refuses(&["-d", "", "echo", ":::", "a"], "-d `` names no delimiter");
+}
+
+#[test]
 fn every_replacement_string_and_one_used_twice() {
     let sweep = Sweep::new();
     let out = sweep.ok(&[

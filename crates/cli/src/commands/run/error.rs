@@ -173,6 +173,14 @@ pub enum RunError {
         /// Why.
         source: parvm_mirror_fs::Error,
     },
+    /// A `-d` that names no delimiter.
+    #[error(
+        "-d `{given}` names no delimiter (it is empty, or an escape is cut short); give one or more characters, e.g. `,`, `\\t`, `\\0` (or -0), `\\x1e`"
+    )]
+    Delimiter {
+        /// As given.
+        given: String,
+    },
     /// `--return` without `--results`.
     #[error("--return needs a folder to bring files back into; give one with --results DIR")]
     ReturnWithoutResults,

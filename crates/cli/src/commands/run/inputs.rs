@@ -39,6 +39,8 @@ pub struct Split {
     /// The command and its arguments, before the first separator.
     pub command: Vec<OsString>,
     given: Vec<(Given, bool)>,
+    /// What ends each value of an args file or standard input (`\n` unless `-d`/`-0`).
+    delimiter: Vec<u8>,
 }
 
 /// Splits the words after the options at the separators; `-a` files come first, as
@@ -101,13 +103,81 @@ pub fn split(words: &[OsString], arg_files: &[PathBuf]) -> Result<Split, RunErro
     if command.is_empty() {
         return Err(RunError::NoCommand);
     }
-    Ok(Split { command, given })
+    Ok(Split {
+        command,
+        given,
+        delimiter: vec![b'\n'],
+    })
+}
+
+/// The bytes `-d DELIM` names: characters as given, with C-style escapes (`\n`, `\t`,
+/// `\r`, `\0`, `\\`), octal (`\NNN`) and hexadecimal (`\xHH`) ones, as GNU parallel
+/// reads them.
+///
+/// # Errors
+/// Nothing is left (an empty DELIM), or `\x` is not followed by a hexadecimal digit.
+pub fn parse_delimiter(given: &str) -> Result<Vec<u8>, RunError> {
+    let refuse = || RunError::Delimiter {
+        given: given.to_owned(),
+    };
+    let bytes = given.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' || i + 1 == bytes.len() {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escape = bytes[i + 1];
+        i += 2;
+        let digits = |radix: u32, most: usize, from: usize| {
+            bytes[from..]
+                .iter()
+                .take(most)
+                .take_while(|b| char::from(**b).is_digit(radix))
+                .count()
+        };
+        match escape {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'\\' => out.push(b'\\'),
+            b'x' => {
+                let count = digits(16, 2, i);
+                let text = std::str::from_utf8(&bytes[i..i + count]).map_err(|_| refuse())?;
+                out.push(u8::from_str_radix(text, 16).map_err(|_| refuse())?);
+                i += count;
+            }
+            b'0'..=b'7' => {
+                let count = 1 + digits(8, 2, i);
+                let text =
+                    std::str::from_utf8(&bytes[i - 1..i - 1 + count]).map_err(|_| refuse())?;
+                let value = u16::from_str_radix(text, 8).map_err(|_| refuse())?;
+                out.push(u8::try_from(value).map_err(|_| refuse())?);
+                i += count - 1;
+            }
+            other => {
+                out.push(b'\\');
+                out.push(other);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(refuse());
+    }
+    Ok(out)
 }
 
 impl Split {
     /// Whether any input source was given.
     pub fn has_inputs(&self) -> bool {
         !self.given.is_empty()
+    }
+
+    /// Values of args files and standard input end with `delimiter` instead of `\n`.
+    pub fn delimit_with(&mut self, delimiter: Vec<u8>) {
+        self.delimiter = delimiter;
     }
 
     /// Takes standard input as the one input source (`-a -`).
@@ -135,17 +205,17 @@ impl Split {
             && let Some((Given::File(path), _)) = given.next()
         {
             let next_linked = given.peek().is_some_and(|(_, linked)| *linked);
-            let mut first = LineSource::open(path, &mut stdin_used)?;
+            let mut first = LineSource::open(path, &self.delimiter, &mut stdin_used)?;
             first.stop_with(stop);
             if next_linked {
                 // Linked sources move together: read it whole like them.
                 let values = first.read_all()?;
-                return Self::hold(Some(values), 0, given, stdin_used);
+                return Self::hold(Some(values), 0, given, &self.delimiter, stdin_used);
             }
             streamed = Some(first);
         }
         let skip = usize::from(streamed.is_some());
-        let mut inputs = Self::hold(None, skip, given, stdin_used)?;
+        let mut inputs = Self::hold(None, skip, given, &self.delimiter, stdin_used)?;
         inputs.streamed = streamed;
         Ok(inputs)
     }
@@ -156,6 +226,7 @@ impl Split {
         first: Option<Vec<Vec<u8>>>,
         skip: usize,
         given: impl Iterator<Item = (Given, bool)>,
+        delimiter: &[u8],
         mut stdin_used: bool,
     ) -> Result<Inputs, RunError> {
         let mut held: Vec<Source> = first
@@ -168,7 +239,9 @@ impl Split {
         for (given, linked) in given {
             let values = match given {
                 Given::Values(values) => values,
-                Given::File(path) => LineSource::open(path, &mut stdin_used)?.read_all()?,
+                Given::File(path) => {
+                    LineSource::open(path, delimiter, &mut stdin_used)?.read_all()?
+                }
             };
             let number = skip + held.len() + 1;
             if let Some(at) = values.iter().position(|value| value.contains(&0)) {
@@ -211,6 +284,8 @@ pub struct LineSource {
     path: PathBuf,
     /// `None` once it ended.
     reader: Option<io::BufReader<Input>>,
+    /// What ends a value: `\n`, or what `-d`/`-0` gave.
+    delimiter: Vec<u8>,
     /// Lines read so far.
     lines: usize,
 }
@@ -251,7 +326,11 @@ impl io::Read for Input {
 
 impl LineSource {
     /// Opens `path` (`-`: standard input, or nothing when it was read already).
-    fn open(path: PathBuf, stdin_used: &mut bool) -> Result<LineSource, RunError> {
+    fn open(
+        path: PathBuf,
+        delimiter: &[u8],
+        stdin_used: &mut bool,
+    ) -> Result<LineSource, RunError> {
         let fail = |source| RunError::ArgsFile {
             path: path.clone(),
             source,
@@ -279,6 +358,7 @@ impl LineSource {
         Ok(LineSource {
             path,
             reader,
+            delimiter: delimiter.to_vec(),
             lines: 0,
         })
     }
@@ -293,28 +373,25 @@ impl LineSource {
         }
     }
 
-    /// The next line without its `\n` (a last line without one counts too).
+    /// The next value without its delimiter (a last value without one counts too).
     ///
     /// # Errors
-    /// The file cannot be read, or the line holds a NUL byte.
+    /// The file cannot be read, or the value holds a NUL byte.
     fn next_value(&mut self) -> Option<Result<Vec<u8>, RunError>> {
         let reader = self.reader.as_mut()?;
         let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line) {
+        match read_value(reader, &self.delimiter, &mut line) {
             Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Stopped>()) => {
                 // The run stops: the input ends here, as if it had ended.
                 self.reader = None;
                 None
             }
-            Ok(0) => {
+            Ok(false) => {
                 self.reader = None;
                 None
             }
-            Ok(_) => {
+            Ok(true) => {
                 self.lines += 1;
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
                 if line.contains(&0) {
                     self.reader = None;
                     return Some(Err(RunError::NulInInput {
@@ -340,6 +417,31 @@ impl LineSource {
             values.push(value?);
         }
         Ok(values)
+    }
+}
+
+/// Reads the next value of `reader` into `value`, without its `delimiter`; `false` at the
+/// end of the input (nothing read). A last value without a delimiter counts too.
+fn read_value(
+    reader: &mut impl BufRead,
+    delimiter: &[u8],
+    value: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let Some(&last) = delimiter.last() else {
+        return Ok(false);
+    };
+    loop {
+        if reader.read_until(last, value)? == 0 {
+            return Ok(!value.is_empty());
+        }
+        if value.ends_with(delimiter) {
+            value.truncate(value.len() - delimiter.len());
+            return Ok(true);
+        }
+        if value.last() != Some(&last) {
+            // The input ended inside a value.
+            return Ok(true);
+        }
     }
 }
 
@@ -518,6 +620,8 @@ fn groups(sources: &[Source]) -> Result<Vec<(usize, usize, usize)>, RunError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn words(text: &str) -> Vec<OsString> {
@@ -682,5 +786,63 @@ mod tests {
         let mut cases = inputs.cases().unwrap();
         assert_eq!(flat(&[cases.next().unwrap().unwrap()]), ["0,0,0"]);
         assert_eq!(flat(&[cases.nth(1000).unwrap().unwrap()]), ["0,1,1"]);
+    }
+
+    #[test]
+    fn delimiters_read_as_gnu_parallel_reads_them() {
+        for (given, bytes) in [
+            (",", &b","[..]),
+            ("::", b"::"),
+            ("\\n", b"\n"),
+            ("\\t", b"\t"),
+            ("\\0", b"\0"),
+            ("\\x1e", b"\x1e"),
+            ("\\x1E;", b"\x1e;"),
+            ("\\036", b"\x1e"),
+            ("\\012x", b"\nx"),
+            ("\\\\", b"\\"),
+            ("\\q", b"\\q"),
+            ("a\\", b"a\\"),
+        ] {
+            assert_eq!(parse_delimiter(given).unwrap(), bytes, "{given}");
+        }
+        for given in ["", "\\x", "\\xg", "\\777"] {
+            assert!(parse_delimiter(given).is_err(), "{given}");
+        }
+    }
+
+    /// The values `read_value` reads from `input` split by `delimiter`.
+    fn values_of(input: &[u8], delimiter: &[u8]) -> Vec<Vec<u8>> {
+        let mut reader = io::BufReader::with_capacity(3, input);
+        let mut values = Vec::new();
+        let mut value = Vec::new();
+        while read_value(&mut reader, delimiter, &mut value).unwrap() {
+            values.push(std::mem::take(&mut value));
+        }
+        values
+    }
+
+    #[test]
+    fn a_last_value_needs_no_delimiter_and_an_empty_one_counts() {
+        assert_eq!(values_of(b"a\0b", b"\0"), [&b"a"[..], b"b"]);
+        assert_eq!(values_of(b"a\0\0b\0", b"\0"), [&b"a"[..], b"", b"b"]);
+        assert_eq!(values_of(b"a:b::c", b"::"), [&b"a:b"[..], b"c"]);
+        assert_eq!(values_of(b"", b"\n"), Vec::<Vec<u8>>::new());
+    }
+
+    proptest! {
+        #[test]
+        fn values_joined_by_a_delimiter_split_back(
+            values in proptest::collection::vec(proptest::collection::vec(b'a'..=b'z', 0..12), 1..20),
+            delimiter in proptest::collection::vec(b'0'..=b'9', 1..4),
+        ) {
+            let mut input = values.join(&delimiter[..]);
+            // A last value may end with the delimiter or not; the values are the same.
+            let last_empty = values.last().is_some_and(Vec::is_empty);
+            if last_empty {
+                input.extend_from_slice(&delimiter);
+            }
+            prop_assert_eq!(values_of(&input, &delimiter), values);
+        }
     }
 }

@@ -40,6 +40,7 @@ pub use error::RunError;
   parvm run --line-buffer --tag ./sim.sh {} ::: a b c
   parvm run --halt now,fail=1 --timeout 300% ./test.sh {} ::: unit lint e2e
   find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
+  find . -name '*.cir' -print0 | parvm run -0 ngspice -b {}
   parvm run --each-host df -h /scratch")]
 pub struct Args {
     /// Run N workers (task slots) on this machine [default: PARVM_WORKERS, else the
@@ -51,6 +52,15 @@ pub struct Args {
     /// `parvm run` are read, as with `-a -`.
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
     pub arg_files: Vec<PathBuf>,
+    /// Values of args files and standard input end with DELIM instead of a newline: one
+    /// or more characters, with C escapes (`\t`, `\0`, `\x1e`, octal `\036`), as in GNU
+    /// parallel; the last value needs none.
+    #[arg(short = 'd', long = "delimiter", value_name = "DELIM")]
+    pub delimiter: Option<String>,
+    /// Values of args files and standard input end with a NUL byte, as `find -print0`
+    /// writes them (file names with spaces or newlines); the same as `-d '\0'`.
+    #[arg(short = '0', long = "null", conflicts_with = "delimiter")]
+    pub null: bool,
     /// Split each input value into columns where REGEX matches; `{1}`, `{2}`, ... are then
     /// the columns (of the first source, then of the next).
     #[arg(long, value_name = "REGEX")]
@@ -174,6 +184,11 @@ const SHELL: &str = "/bin/sh";
 /// Bad flags or inputs, or a sweep that cannot run (exit status 255).
 pub fn run(args: Args) -> Result<u8, RunError> {
     let mut split = inputs::split(&args.words, &args.arg_files)?;
+    if args.null {
+        split.delimit_with(vec![0]);
+    } else if let Some(delimiter) = &args.delimiter {
+        split.delimit_with(inputs::parse_delimiter(delimiter)?);
+    }
     // As GNU parallel: without an input source, values piped or redirected in are the
     // cases (`find . -name '*.cir' | parvm run ngspice -b`). With nothing piped in (a
     // terminal, /dev/null, ssh's socket) the command runs once, or `-n N` times, or once
