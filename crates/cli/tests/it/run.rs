@@ -291,6 +291,45 @@ fn values_split_by_nul_or_another_delimiter_as_find_print0_writes_them() {
 }
 
 #[test]
+fn a_header_names_the_sources_of_a_parameter_table() {
+    let sweep = Sweep::new();
+    std::fs::write(sweep.shared.join("params.csv"), "rl,cl\n1k,1p\n2k,2p\n").unwrap();
+    let out = sweep.ok(&[
+        "-k",
+        "--header",
+        ":",
+        "--colsep",
+        ",",
+        "--joblog",
+        "jl",
+        "echo",
+        "RL={rl}",
+        "CL={cl}",
+        "T={temp}",
+        "::::",
+        "params.csv",
+        ":::",
+        "temp",
+        "27",
+        "85",
+    ]);
+    assert_eq!(
+        lines(&out),
+        [
+            "RL=1k CL=1p T=27",
+            "RL=1k CL=1p T=85",
+            "RL=2k CL=2p T=27",
+            "RL=2k CL=2p T=85"
+        ]
+    );
+    // The names are no case: four lines in the joblog, numbered from 1.
+    let log = std::fs::read_to_string(sweep.shared.join("jl")).unwrap();
+    assert_eq!(log.lines().count(), 5, "{log}");
+    sweep.refuses(&["--header", "1", "echo", ":::", "a"], "only `--header :`");
+    sweep.refuses(&["--header", ":", "-n", "2", "echo"], "there are none");
+}
+
+#[test]
 fn every_replacement_string_and_one_used_twice() {
     let sweep = Sweep::new();
     let out = sweep.ok(&[

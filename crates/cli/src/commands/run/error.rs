@@ -173,6 +173,27 @@ pub enum RunError {
         /// Why.
         source: parvm_mirror_fs::Error,
     },
+    /// A `--header` other than `:`.
+    #[error(
+        "--header `{given}`: only `--header :` is understood: the first value of each input source (the first line of an args file; with --colsep, each of its columns) names it, for `{{name}}`"
+    )]
+    Header {
+        /// As given.
+        given: String,
+    },
+    /// `--header :` without input sources.
+    #[error(
+        "--header : names input sources by their first value, but there are none; give values after ::: or an args file whose first line holds the names"
+    )]
+    HeaderWithoutInputs,
+    /// `--header :` with a source that has no value.
+    #[error(
+        "--header :: input source {source_number} is empty, so it has no first value to name it; give the name first, then the values"
+    )]
+    HeaderMissing {
+        /// The source, from 1.
+        source_number: usize,
+    },
     /// A `-d` that names no delimiter.
     #[error(
         "-d `{given}` names no delimiter (it is empty, or an escape is cut short); give one or more characters, e.g. `,`, `\\t`, `\\0` (or -0), `\\x1e`"

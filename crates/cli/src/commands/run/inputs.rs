@@ -467,6 +467,31 @@ impl Inputs {
         self
     }
 
+    /// `--header :`: takes the first value of each source as its name instead of a case's
+    /// value; returns the names in source order (with `--colsep`, one per column).
+    ///
+    /// # Errors
+    /// A source without a value to name it, or a first line that cannot be read.
+    pub fn take_header(&mut self) -> Result<Vec<String>, RunError> {
+        let mut names = Vec::new();
+        if let Some(streamed) = &mut self.streamed {
+            let first = streamed
+                .next_value()
+                .ok_or(RunError::HeaderMissing { source_number: 1 })??;
+            names.push(String::from_utf8_lossy(&first).into_owned());
+        }
+        let before = names.len();
+        for (at, source) in self.held.iter_mut().enumerate() {
+            if source.values.is_empty() {
+                return Err(RunError::HeaderMissing {
+                    source_number: before + at + 1,
+                });
+            }
+            names.push(String::from_utf8_lossy(&source.values.remove(0)).into_owned());
+        }
+        Ok(names)
+    }
+
     /// The number of cases, when every source is in memory (`None` when one is read as
     /// cases are made, or the count overflows).
     pub fn total(&self) -> Option<usize> {
@@ -844,5 +869,38 @@ mod tests {
             }
             prop_assert_eq!(values_of(&input, &delimiter), values);
         }
+    }
+
+    #[test]
+    fn a_header_takes_each_sources_first_value_as_its_name() {
+        let line: Vec<OsString> = ["echo", ":::", "a", "1", "2", ":::+", "b", "x", "y"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let mut inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
+        assert_eq!(inputs.take_header().unwrap(), ["a", "b"]);
+        assert_eq!(inputs.total(), Some(2));
+        assert_eq!(flat(&all(inputs)), ["1,x", "2,y"]);
+        // A streamed args file: its first line.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("list");
+        std::fs::write(&file, "name\nu\nv\n").unwrap();
+        let line = [OsString::from("echo"), "::::".into(), file.clone().into()];
+        let mut inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
+        assert_eq!(inputs.take_header().unwrap(), ["name"]);
+        assert_eq!(flat(&all(inputs)), ["u", "v"]);
+        std::fs::write(&file, "").unwrap();
+        let mut inputs = split(&line, &[])
+            .unwrap()
+            .open(true, &Arc::default())
+            .unwrap();
+        let error = inputs.take_header().unwrap_err().to_string();
+        assert!(error.contains("input source 1 is empty"), "{error}");
     }
 }

@@ -61,6 +61,12 @@ pub struct Args {
     /// writes them (file names with spaces or newlines); the same as `-d '\0'`.
     #[arg(short = '0', long = "null", conflicts_with = "delimiter")]
     pub null: bool,
+    /// `--header :`: the first value of each input source (the first line of an args
+    /// file; with --colsep, each of its columns) is not a case but the source's name,
+    /// which `{name}` (and `{name.}`, `{name/}`, ...) is replaced with the value of, as
+    /// in GNU parallel: `--header : --colsep , ./sim --r {r} :::: params.csv`.
+    #[arg(long, value_name = ":")]
+    pub header: Option<String>,
     /// Split each input value into columns where REGEX matches; `{1}`, `{2}`, ... are then
     /// the columns (of the first source, then of the next).
     #[arg(long, value_name = "REGEX")]
@@ -273,14 +279,24 @@ pub fn run(args: Args) -> Result<u8, RunError> {
     if let Some(colsep) = &colsep {
         inputs = inputs.columns(colsep);
     }
-    let template = replace::Template::parse(&words, inputs.count(), args.quote)?;
+    let names = match args.header.as_deref() {
+        None => Vec::new(),
+        Some(":") if inputs.count() > 0 => inputs.take_header()?,
+        Some(":") => return Err(RunError::HeaderWithoutInputs),
+        Some(other) => {
+            return Err(RunError::Header {
+                given: other.to_owned(),
+            });
+        }
+    };
+    let template = replace::Template::parse(&words, inputs.count(), &names, args.quote)?;
     if let Some(warning) = replace::split_script_warning(&words, args.quote) {
         crate::console::say(format!("parvm run: {warning}"));
     }
     let returns = args
         .returns
         .iter()
-        .map(|pattern| replace::Template::pattern(pattern, inputs.count()))
+        .map(|pattern| replace::Template::pattern(pattern, inputs.count(), &names))
         .collect::<Result<Vec<_>, _>>()?;
     let (values, total): (feed::Values<'_>, Option<usize>) = if inputs.count() == 0 {
         let copies = args.copies.unwrap_or(1);

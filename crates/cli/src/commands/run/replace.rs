@@ -49,9 +49,11 @@ impl Template {
     ///
     /// # Errors
     /// A value replacement string without inputs, or `{N}` beyond the sources.
+    /// `names` are the sources' names (`--header :`), for `{name}`; empty when none.
     pub fn parse(
         words: &[String],
         sources: usize,
+        names: &[String],
         quote_words: bool,
     ) -> Result<Template, RunError> {
         let mut pieces = Vec::new();
@@ -63,7 +65,7 @@ impl Template {
                 if word.is_empty() {
                     pieces.push(Piece::Text("''".to_owned()));
                 }
-                for piece in pieces_of(word, sources)? {
+                for piece in pieces_of(word, sources, names)? {
                     pieces.push(match piece {
                         Piece::Text(text) => Piece::Text(quote(text.as_bytes())),
                         other => other,
@@ -71,7 +73,7 @@ impl Template {
                 }
             }
         } else {
-            pieces = pieces_of(&words.join(" "), sources)?;
+            pieces = pieces_of(&words.join(" "), sources, names)?;
         }
         let replaces = pieces.iter().any(|p| !matches!(p, Piece::Text(_)));
         if !replaces && sources > 0 {
@@ -87,8 +89,8 @@ impl Template {
     /// # Errors
     /// A value replacement string without inputs, `{N}` beyond the sources, or `{%}`
     /// (the slot is known only once the case runs).
-    pub fn pattern(pattern: &str, sources: usize) -> Result<Template, RunError> {
-        let pieces = pieces_of(pattern, sources)?;
+    pub fn pattern(pattern: &str, sources: usize, names: &[String]) -> Result<Template, RunError> {
+        let pieces = pieces_of(pattern, sources, names)?;
         if pieces.contains(&Piece::Slot) {
             return Err(RunError::SlotInReturn {
                 pattern: pattern.to_owned(),
@@ -100,7 +102,7 @@ impl Template {
     /// Whether `text` holds a replacement string (`{}`, `{.}`, `{#}`, `{1}`, ...).
     pub fn has_replacements(text: &str) -> bool {
         // As many sources as `{N}` can name, so that none is refused for its number.
-        pieces_of(text, usize::MAX)
+        pieces_of(text, usize::MAX, &[])
             .is_ok_and(|pieces| pieces.iter().any(|piece| !matches!(piece, Piece::Text(_))))
     }
 
@@ -164,15 +166,16 @@ fn glob_literal(value: &[u8]) -> String {
     out
 }
 
-/// The pieces of `line`: text and replacement strings, checked against `sources`.
-fn pieces_of(line: &str, sources: usize) -> Result<Vec<Piece>, RunError> {
+/// The pieces of `line`: text and replacement strings, checked against `sources` (named
+/// `names`, when given).
+fn pieces_of(line: &str, sources: usize, names: &[String]) -> Result<Vec<Piece>, RunError> {
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut rest = line;
     while let Some(open) = rest.find('{') {
         let piece = rest[open..]
             .find('}')
-            .and_then(|close| Some((piece_of(&rest[open + 1..open + close])?, close)));
+            .and_then(|close| Some((piece_of(&rest[open + 1..open + close], names)?, close)));
         let Some((piece, close)) = piece else {
             text.push_str(&rest[..=open]);
             rest = &rest[open + 1..];
@@ -205,8 +208,9 @@ fn pieces_of(line: &str, sources: usize) -> Result<Vec<Piece>, RunError> {
     Ok(pieces)
 }
 
-/// The piece a replacement string's inside names, if it is one.
-fn piece_of(inner: &str) -> Option<Piece> {
+/// The piece a replacement string's inside names, if it is one: `{name}` (and its
+/// edits, `{name.}`, `{name/}`, ...) for a source named `name` (`--header :`).
+fn piece_of(inner: &str, names: &[String]) -> Option<Piece> {
     let edit = |suffix: &str| match suffix {
         "" => Some(Edit::Whole),
         "." => Some(Edit::NoExt),
@@ -222,7 +226,21 @@ fn piece_of(inner: &str) -> Option<Piece> {
     }
     let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return edit(inner).map(|edit| Piece::Value(edit, None));
+        if let Some(edit) = edit(inner) {
+            return Some(Piece::Value(edit, None));
+        }
+        // The longest name that leaves an edit: `{r.}` of a source named `r.` is its
+        // value, of one named `r` its value without extension.
+        return names
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| !name.is_empty())
+            .filter_map(|(index, name)| {
+                let edit = edit(inner.strip_prefix(name.as_str())?)?;
+                Some((name.len(), Piece::Value(edit, Some(index))))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, piece)| piece);
     }
     let number: usize = inner[..digits].parse().ok()?;
     let index = number.checked_sub(1)?;
@@ -332,7 +350,7 @@ mod tests {
     fn fill(command: &str, values: &[&str]) -> String {
         let words: Vec<String> = command.split(' ').map(str::to_owned).collect();
         let values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
-        Template::parse(&words, values.len(), false)
+        Template::parse(&words, values.len(), &[], false)
             .unwrap()
             .fill(7, &values)
     }
@@ -364,18 +382,22 @@ mod tests {
     #[test]
     fn replacement_strings_need_inputs() {
         let words = vec!["echo".to_owned(), "{.}".to_owned()];
-        let error = Template::parse(&words, 0, false).unwrap_err().to_string();
+        let error = Template::parse(&words, 0, &[], false)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("`{.}`") && error.contains("no inputs"),
             "{error}"
         );
         let words = vec!["echo".to_owned(), "{3}".to_owned()];
-        let error = Template::parse(&words, 2, false).unwrap_err().to_string();
+        let error = Template::parse(&words, 2, &[], false)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("{3}") && error.contains("only 2"), "{error}");
         // {%} is left to the worker's shell, which knows the slot.
         let words = vec!["echo".to_owned(), "{%}".to_owned()];
         assert_eq!(
-            Template::parse(&words, 1, false)
+            Template::parse(&words, 1, &[], false)
                 .unwrap()
                 .fill(1, &[b"a".to_vec()]),
             "echo \"$PARVM_TASK_SLOT\""
@@ -383,12 +405,12 @@ mod tests {
         // {#} needs no inputs, and nothing is appended without them.
         let words = vec!["echo".to_owned(), "{#}".to_owned()];
         assert_eq!(
-            Template::parse(&words, 0, false).unwrap().fill(3, &[]),
+            Template::parse(&words, 0, &[], false).unwrap().fill(3, &[]),
             "echo 3"
         );
         let words = vec!["true".to_owned()];
         assert_eq!(
-            Template::parse(&words, 0, false).unwrap().fill(3, &[]),
+            Template::parse(&words, 0, &[], false).unwrap().fill(3, &[]),
             "true"
         );
     }
@@ -399,12 +421,12 @@ mod tests {
             .iter()
             .map(|w| (*w).to_owned())
             .collect();
-        let line = Template::parse(&words, 1, true)
+        let line = Template::parse(&words, 1, &[], true)
             .unwrap()
             .fill(1, &[b"V W".to_vec()]);
         assert_eq!(line, "printf '%s|%s\\n' a'V W'b '' 'x y'");
         let words: Vec<String> = vec!["echo".to_owned(), "a|b".to_owned()];
-        let line = Template::parse(&words, 1, true)
+        let line = Template::parse(&words, 1, &[], true)
             .unwrap()
             .fill(1, &[b"v".to_vec()]);
         assert_eq!(line, "echo 'a|b' v");
@@ -412,9 +434,9 @@ mod tests {
 
     #[test]
     fn return_patterns_escape_glob_characters_of_values() {
-        let template = Template::pattern("out/{/.}-{#}.raw", 1).unwrap();
+        let template = Template::pattern("out/{/.}-{#}.raw", 1, &[]).unwrap();
         assert_eq!(
-            Template::pattern("*.raw", 1)
+            Template::pattern("*.raw", 1, &[])
                 .unwrap()
                 .fill_pattern(1, &[b"x".to_vec()]),
             "*.raw"
@@ -426,9 +448,11 @@ mod tests {
         ] {
             assert_eq!(template.fill_pattern(3, &[value.to_vec()]), expected);
         }
-        let error = Template::pattern("{%}.raw", 1).unwrap_err().to_string();
+        let error = Template::pattern("{%}.raw", 1, &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("--return `{%}.raw`"), "{error}");
-        let error = Template::pattern("{}.raw", 0).unwrap_err().to_string();
+        let error = Template::pattern("{}.raw", 0, &[]).unwrap_err().to_string();
         assert!(error.contains("no inputs"), "{error}");
     }
 
@@ -440,7 +464,7 @@ mod tests {
             value in proptest::collection::vec(1u8..=255, 0..40)
         ) {
             let words = vec!["printf".to_owned(), "%s".to_owned(), "{}".to_owned()];
-            let line = Template::parse(&words, 1, false).unwrap().fill(1, std::slice::from_ref(&value));
+            let line = Template::parse(&words, 1, &[], false).unwrap().fill(1, std::slice::from_ref(&value));
             let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
             prop_assert!(out.status.success());
             prop_assert_eq!(out.stdout, value);
@@ -455,5 +479,35 @@ mod tests {
         for text in ["nets", "*.cir", "lib=models", "a{b}c", "{", "}"] {
             assert!(!Template::has_replacements(text), "{text}");
         }
+    }
+
+    #[test]
+    fn header_names_replace_like_numbers_and_the_longest_name_wins() {
+        let names = [
+            "r".to_owned(),
+            "r.".to_owned(),
+            "net".to_owned(),
+            String::new(),
+        ];
+        let values = [
+            b"1k".to_vec(),
+            b"2k".to_vec(),
+            b"dir/amp.cir".to_vec(),
+            b"x".to_vec(),
+        ];
+        let fill = |line: &str| {
+            Template::parse(&[line.to_owned()], 4, &names, false)
+                .unwrap()
+                .fill(7, &values)
+        };
+        assert_eq!(fill("{r} {r.} {2}"), "1k 2k 2k");
+        assert_eq!(fill("{net/.} {net//} {net.} {#}"), "amp dir dir/amp 7");
+        // Not a name: left as text, as any brace that is not a replacement string.
+        assert_eq!(fill("{R} {} {rr}"), "{R} 1k 2k dir/amp.cir x {rr}");
+        // Without names, `{r}` is text too.
+        let plain = Template::parse(&["{r} {1}".to_owned()], 1, &[], false).unwrap();
+        assert_eq!(plain.fill(1, &[b"v".to_vec()]), "{r} v");
+        let pattern = Template::pattern("{net/.}.raw", 4, &names).unwrap();
+        assert_eq!(pattern.fill_pattern(1, &values), "amp.raw");
     }
 }
