@@ -330,6 +330,17 @@ fn a_header_names_the_sources_of_a_parameter_table() {
 }
 
 #[test]
+fn jobs_relative_to_the_cores_as_gnu_parallel_counts_them() {
+    let sweep = Sweep::new();
+    // Fewer slots than cores, at least one: every case on the one slot.
+    for jobs in [["-j", "-1000"], ["-P", "1%"]] {
+        let out = sweep.ok(&[jobs[0], jobs[1], "-k", "echo {%}", ":::", "a", "b", "c"]);
+        assert_eq!(lines(&out), ["1", "1", "1"], "{jobs:?}");
+    }
+    sweep.refuses(&["-j", "half", "echo", ":::", "a"], "N% of the cores");
+}
+
+#[test]
 fn every_replacement_string_and_one_used_twice() {
     let sweep = Sweep::new();
     let out = sweep.ok(&[

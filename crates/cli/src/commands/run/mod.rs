@@ -12,6 +12,7 @@ mod halt;
 mod inputs;
 mod interrupt;
 mod joblog;
+mod jobs;
 mod output;
 mod quote;
 mod replace;
@@ -43,9 +44,17 @@ pub use error::RunError;
   find . -name '*.cir' -print0 | parvm run -0 ngspice -b {}
   parvm run --each-host df -h /scratch")]
 pub struct Args {
-    /// Run N workers (task slots) on this machine [default: PARVM_WORKERS, else the
-    /// number of cores].
-    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    /// Run N workers (task slots) on this machine; `N%` of the cores, `+N` or `-N` cores
+    /// as in GNU parallel [default: PARVM_WORKERS, else the number of cores].
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        visible_short_alias = 'P',
+        visible_alias = "max-procs",
+        value_name = "N",
+        allow_hyphen_values = true,
+        value_parser = jobs::parse_here
+    )]
     pub jobs: Option<usize>,
     /// An args file: one input value per line (`-` for standard input); repeatable, each
     /// is an input source. Without any input source, values piped or redirected into
