@@ -1396,6 +1396,43 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
     sweep.assert_no_task_folder_left();
 }
 
+#[test]
+fn env_gives_the_cases_on_another_host_the_spawners_value() {
+    let sweep = Sweep::new();
+    let mut child = sweep
+        .tcp_command(&[
+            "-k",
+            "--env",
+            "GAIN_OF_THIS_TEST",
+            "echo gain=$GAIN_OF_THIS_TEST {}",
+            ":::",
+            "a",
+        ])
+        .env("GAIN_OF_THIS_TEST", "42")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = stderr_lines(&mut child);
+    let mut spawner = ChildGuard(child);
+    let addr = spawner_address(&said);
+    let _worker = ChildGuard(
+        sweep
+            .worker(&addr)
+            .env("GAIN_OF_THIS_TEST", "worker's own")
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(spawner.0.wait().unwrap().success(), "{out}");
+    assert_eq!(lines(&out), ["gain=42 a"]);
+    sweep.refuses(
+        &["--env", "PARVM_WORKERS", "echo", ":::", "a"],
+        "--env PARVM_WORKERS: parvm reads it when a worker starts",
+    );
+}
+
 /// A worker host needs none of the spawner's mirrored folders: `parvm worker` whose
 /// `PARALLEL_MIRRORED_STORAGE` names a folder that does not exist there joins, and the
 /// inputs its cases map are shipped to it; with shipping off, the case fails naming the

@@ -173,6 +173,14 @@ pub enum RunError {
         /// Why.
         source: parvm_mirror_fs::Error,
     },
+    /// An `--env` variable that cannot be forwarded.
+    #[error("--env {name}: {reason}")]
+    EnvRefused {
+        /// The variable's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// A `--header` other than `:`.
     #[error(
         "--header `{given}`: only `--header :` is understood: the first value of each input source (the first line of an args file; with --colsep, each of its columns) names it, for `{{name}}`"

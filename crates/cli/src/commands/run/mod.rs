@@ -152,6 +152,11 @@ pub struct Args {
     /// only when they changed); removed at the end of the run.
     #[arg(long)]
     pub persistent: bool,
+    /// Give every case the spawner's value of environment variable NAME, on every host
+    /// (workers of other hosts keep their own environment otherwise); repeatable, and
+    /// added to PARVM_FORWARD_ENV, as GNU parallel's --env.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
     /// Start each case in this folder, relative to its task folder.
     #[arg(long, value_name = "DIR")]
     pub startup_dir: Option<PathBuf>,
@@ -400,6 +405,9 @@ fn sweep(
     if let Some(jobs) = args.jobs {
         builder = builder.workers(jobs);
     }
+    if !args.env.is_empty() {
+        builder = builder.forward_env(args.env.iter().cloned());
+    }
     if let Some(name) = &args.transport {
         // clap let only the three names through.
         if let Ok(kind) = name.parse::<parvm_vm::TransportKind>() {
@@ -418,6 +426,10 @@ fn sweep(
             source: parvm_transport::Error::NoWorkers,
             ..
         } if args.jobs == Some(0) => RunError::NoLocalWorkers,
+        // Said in the words of the command line when it came from --env.
+        parvm_vm::Error::ForwardEnv { name, reason } if args.env.contains(&name) => {
+            RunError::EnvRefused { name, reason }
+        }
         e => RunError::Vm(e),
     })?;
     if runtime.backend() == "local" {
