@@ -4,7 +4,10 @@
 //! Output travels with backpressure: a worker has at most [`OUTPUT_WINDOW`] bytes of
 //! [`FromWorker::Output`](crate::wire::FromWorker::Output) frames that the spawner has
 //! not yet written to its own stdout or stderr; the spawner acknowledges each frame once
-//! written (an output acknowledgement, [`wire::output_ack`]).
+//! written (an output acknowledgement, [`wire::output_ack`]). User messages of its tasks
+//! to the spawner take from the same window ([`message_share`]) and are acknowledged once
+//! the program took them, so a program that does not receive holds a flooding task back
+//! instead of growing by all it sends.
 //! Without credit, the output thread stops reading the task's pipes, the pipes fill, and the task blocks on its write: a spawner whose output
 //! nobody reads grows by at most a window per worker, not by everything its tasks print.
 //!
@@ -35,6 +38,20 @@ use crate::wire;
 
 /// The output bytes a worker may have sent and not yet had acknowledged.
 pub(crate) const OUTPUT_WINDOW: u64 = 1 << 20;
+
+/// How much of the window taken user messages may leave unacknowledged: the spawner
+/// acknowledges the messages the program took once this much is owed to a worker, so a
+/// ping-pong costs no frame more (see [`message_share`]).
+pub(crate) const MESSAGE_ACK_EVERY: u64 = OUTPUT_WINDOW / 2;
+
+/// The window a user message of `bytes` to the spawner takes, and gives back once the
+/// program took it: its size, up to [`MESSAGE_ACK_EVERY`], so that a message of any size
+/// goes as soon as the program has taken what came before (at most that much can be owed
+/// then), and the spawner holds at most a window of a worker's messages the program has
+/// not taken, or one larger message.
+pub(crate) fn message_share(bytes: usize) -> u64 {
+    (bytes as u64).min(MESSAGE_ACK_EVERY)
+}
 
 /// How long the output thread receives at a time while it waits for credit, so that the
 /// spawn loop can take over receiving soon after it wants to.

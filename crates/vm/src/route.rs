@@ -87,15 +87,15 @@ impl Shared {
             } => {
                 if to.slot == 0 {
                     let located = wire::locate(&payload, data);
-                    Self::on_user_to_spawner(
+                    let owed = Self::on_user_to_spawner(
                         state,
                         from,
                         number,
                         Payload::from_frame(payload, located),
                     );
-                } else {
-                    self.on_user_between_tasks(state, from, number, to, &data);
+                    return owed.and_then(|bytes| owed_ack(from, bytes));
                 }
+                self.on_user_between_tasks(state, from, number, to, &data);
                 None
             }
             FromWorker::Output {
@@ -437,12 +437,23 @@ impl Shared {
     }
 
     /// A user message from a task of worker `from` to the spawner: into its VM's inbox.
-    fn on_user_to_spawner(state: &mut State, from: Rank, number: Option<u64>, data: Payload) {
-        let Some((sender, vm)) = user_sender(state, from, number) else {
-            return;
-        };
-        if let Some(inbox) = vm.and_then(|vm| state.inboxes.get_mut(&vm)) {
-            inbox.push_back(Message::User { from: sender, data });
+    /// Files a user message from a task of worker `from` for its VM's program; returns
+    /// the acknowledgement owed when it is dropped instead (no such task or VM).
+    fn on_user_to_spawner(
+        state: &mut State,
+        from: Rank,
+        number: Option<u64>,
+        data: Payload,
+    ) -> Option<u64> {
+        let bytes = data.bytes().len();
+        let inbox = user_sender(state, from, number)
+            .and_then(|(sender, vm)| Some((sender, state.inboxes.get_mut(&vm?)?)));
+        match inbox {
+            Some((sender, inbox)) => {
+                inbox.push_back(Message::User { from: sender, data });
+                None
+            }
+            None => state.message_gone(from, bytes),
         }
     }
 
@@ -494,6 +505,7 @@ impl Shared {
 
     /// A worker is gone: its task fails, and its host leaves when it was the last one.
     fn on_lost(&self, state: &mut State, rank: Rank, reason: &str) {
+        state.message_owed.remove(&rank);
         let Some(slot) = state.slots.remove(rank) else {
             return;
         };

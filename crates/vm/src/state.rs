@@ -348,6 +348,9 @@ pub(crate) struct State {
     /// ([`Transport::peer_timeout`](parvm_transport::Transport::peer_timeout)): a worker
     /// that lets it pass is given up ([`Shared::give_up_unanswered`](crate::spawner::Shared)).
     pub answer_due: BTreeMap<TaskId, std::time::Instant>,
+    /// The window each worker is owed for user messages of its tasks that the program
+    /// took or that were dropped, not yet acknowledged ([`State::message_gone`]).
+    pub message_owed: HashMap<Rank, u64>,
     /// Returned files and captured output of the tasks that asked for them.
     pub returns: crate::returned::Returns,
     /// What running dispatches learn besides messages, by VM; only VMs that run a
@@ -356,6 +359,15 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A user message of `bytes` from a task of worker `rank` left the spawner (the program
+    /// took it, or it was dropped): the acknowledgement to send that worker now, once
+    /// enough of its window is owed ([`crate::link::MESSAGE_ACK_EVERY`]).
+    pub(crate) fn message_gone(&mut self, rank: Rank, bytes: usize) -> Option<u64> {
+        let owed = self.message_owed.entry(rank).or_insert(0);
+        *owed += crate::link::message_share(bytes);
+        (*owed >= crate::link::MESSAGE_ACK_EVERY).then(|| std::mem::take(owed))
+    }
+
     /// Task `task` ended (or its worker was lost): its stop, if one was asked for, is
     /// answered. Returns whether one was.
     pub(crate) fn stop_answered(&mut self, task: TaskId) -> bool {

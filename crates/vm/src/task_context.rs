@@ -144,6 +144,13 @@ impl TaskContext<'_> {
     /// # Errors
     /// The transport failed.
     pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
+        if to.slot == 0 {
+            // Waits while the spawner holds a window of this worker's messages its
+            // program has not taken (`crate::link`). A spawner that is gone gives no
+            // credit: the send below then says so.
+            self.link
+                .take_credit(crate::link::message_share(data.len()));
+        }
         let frame = FromWorker::User {
             from: Some(self.id.number),
             to,

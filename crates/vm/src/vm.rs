@@ -474,20 +474,30 @@ impl Vm {
         self.shared.check_open()?;
         let index = self.index;
         let shared = &self.shared;
+        let mut owed = None;
         let found = self.shared.pump(until, |state| {
             let Some(message) = state.inboxes.get_mut(&index).and_then(VecDeque::pop_front) else {
                 // Messages of lost workers were filed before their loss, so an empty inbox
                 // with no worker left stays empty.
                 return shared.nothing_can_arrive(state).map(Err);
             };
-            if let Message::TaskExit { task, .. } = &message {
-                state.slots.free(*task);
+            match &message {
+                Message::TaskExit { task, .. } => state.slots.free(*task),
+                Message::User { from, data } if from.slot != 0 => {
+                    owed = state
+                        .message_gone(from.slot, data.bytes().len())
+                        .map(|bytes| (from.slot, bytes));
+                }
+                _ => {}
             }
             Some(Ok(message))
         })?;
+        // Taken by the program: the worker may send as much again (`crate::link`).
         if let Some(Ok(Message::Output { task, data, .. })) = &found {
-            // Taken by the program: the worker may send as much again (`crate::link`).
             self.shared.acknowledge(task.slot, data.len() as u64);
+        }
+        if let Some((rank, bytes)) = owed {
+            self.shared.acknowledge(rank, bytes);
         }
         found.transpose()
     }
@@ -542,14 +552,27 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let (ranks, dropped) = {
+        let (ranks, dropped, owed) = {
             let mut state = self.shared.lock();
             state.ship.remove(&self.index);
-            let dropped = state.inboxes.remove(&self.index);
+            let dropped = state.inboxes.remove(&self.index).unwrap_or_default();
             state.notes.remove(&self.index);
             state.slots.release_vm(self.index);
-            (state.slots.ranks(), dropped.unwrap_or_default())
+            // Messages of its tasks nobody will take: their workers are owed them.
+            let owed: Vec<(parvm_transport::Rank, u64)> = dropped
+                .iter()
+                .filter_map(|message| match message {
+                    Message::User { from, data } if from.slot != 0 => state
+                        .message_gone(from.slot, data.bytes().len())
+                        .map(|bytes| (from.slot, bytes)),
+                    _ => None,
+                })
+                .collect();
+            (state.slots.ranks(), dropped, owed)
         };
+        for (rank, bytes) in owed {
+            self.shared.acknowledge(rank, bytes);
+        }
         // Streamed output nobody will receive: its workers are owed it.
         for message in &dropped {
             if let Message::Output { task, .. } = message {

@@ -16,6 +16,8 @@ suite!(
     error_result_fails_the_task,
     send_back_off_gives_only_the_exit,
     ping_pong_between_spawner_and_task,
+    messages_the_program_does_not_take_hold_their_task_back,
+    messages_of_a_dropped_vm_hold_back_no_later_task,
     worker_to_worker_messages_route_via_the_spawner,
     messages_to_an_ended_task_are_dropped,
     two_thousand_tasks_back_to_back,
@@ -164,6 +166,92 @@ fn ping_pong_between_spawner_and_task(backend: Backend) {
     let (outcomes, _) = collect(&vm, &ids);
     let value = outcomes[&ids[0]].ok_value();
     assert_eq!(value.decode::<u64>().unwrap(), 4);
+}
+
+/// A task's messages to the spawner take from its worker's window until the program takes
+/// them: a program busy elsewhere holds a task that sends 12.5 MiB at 1 MiB, instead of
+/// growing by all of it; once taken, every message arrives whole and in order.
+fn messages_the_program_does_not_take_hold_their_task_back(backend: Backend) {
+    const COUNT: u64 = 200;
+    const SIZE: usize = 64 << 10;
+    // What one worker's window holds of them (1 MiB).
+    const HELD: u64 = 16;
+    let h = Harness::start(backend, 1);
+    let vm = h.vm();
+    let dir = tempfile::tempdir().unwrap();
+    let progress = dir.path().join("progress");
+    let ids = vm
+        .spawn(Spawn::task(
+            "send_many",
+            &(COUNT, SIZE, progress.display().to_string()),
+        ))
+        .unwrap();
+    let sent = || {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    crate::harness::wait_until("the task filled its window", || sent() >= HELD);
+    // Not an order but a look, again and again: held, the task sends no more.
+    for _ in 0..20 {
+        assert!(sent() <= HELD, "{} messages sent untaken", sent());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for seq in 0..COUNT {
+        match vm.recv_timeout(crate::harness::DEADLINE).unwrap() {
+            Some(Message::User { from, data }) => {
+                assert_eq!(from, ids[0]);
+                assert_eq!(data.bytes().len(), SIZE, "message {seq}");
+                assert_eq!(data.bytes()[..8], seq.to_le_bytes(), "message {seq}");
+            }
+            other => panic!("expected message {seq}, got {other:?}"),
+        }
+    }
+    let (outcomes, _) = collect(&vm, &ids);
+    assert_eq!(outcomes[&ids[0]].ok_value().decode::<u64>().unwrap(), COUNT);
+}
+
+/// The messages a dropped VM's task sent, and sends on, are given back to its worker's
+/// window: the task runs to its end unobserved, and the next VM's task on that worker runs.
+fn messages_of_a_dropped_vm_hold_back_no_later_task(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let progress = dir.path().join("progress");
+    let first = h.vm();
+    first
+        .spawn(Spawn::task(
+            "send_many",
+            &(200u64, 64usize << 10, progress.display().to_string()),
+        ))
+        .unwrap();
+    let second = h.vm();
+    crate::harness::wait_until("the first task filled its window", || {
+        std::fs::read_to_string(&progress).is_ok_and(|text| text == "16")
+    });
+    // One taken; the next VM's look files what has arrived (on the memory backend, every
+    // message sent), which waits in the first VM's inbox when it is dropped. What arrives
+    // later finds no VM.
+    let taken = first.recv_timeout(crate::harness::DEADLINE).unwrap();
+    assert!(matches!(taken, Some(Message::User { .. })), "{taken:?}");
+    assert!(second.try_recv().unwrap().is_none());
+    drop(first);
+    // A dispatch waits for the worker's one slot, which the first task holds until it
+    // has sent everything.
+    let results: Vec<_> =
+        crate::harness::within("the next VM's task", crate::harness::DEADLINE, move || {
+            second
+                .dispatch([parvm_vm::Job::task("echo", &"after".to_string())])
+                .map(Result::unwrap)
+                .collect()
+        });
+    match &results[0].outcome {
+        parvm_vm::JobOutcome::Value(value) => {
+            assert_eq!(value.decode::<String>().unwrap(), "after");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&progress).unwrap(), "200");
 }
 
 fn worker_to_worker_messages_route_via_the_spawner(backend: Backend) {

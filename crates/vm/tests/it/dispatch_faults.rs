@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -64,15 +63,9 @@ impl Drop for PidsGuard {
     }
 }
 
-/// Runs `body` on another thread and fails the test instead of hanging when it takes
-/// longer than [`AT_ONCE`].
+/// [`crate::harness::within`] [`AT_ONCE`].
 fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    rx.recv_timeout(AT_ONCE)
-        .unwrap_or_else(|_| panic!("{what} did not return within {AT_ONCE:?}"))
+    crate::harness::within(what, AT_ONCE, body)
 }
 
 fn a_killed_worker_s_jobs_run_again_elsewhere(backend: Backend) {

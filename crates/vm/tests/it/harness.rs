@@ -478,6 +478,21 @@ pub fn collect(vm: &Vm, ids: &[TaskId]) -> (HashMap<TaskId, Outcome>, Vec<Messag
     (outcomes, others)
 }
 
+/// Runs `body` on another thread and returns its result, failing the test (instead of
+/// hanging it) when it takes longer than `limit`.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
 /// Waits until `condition` holds, or panics after the deadline.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;

@@ -1,7 +1,6 @@
 //! Waits that can never end fail at once: every local worker killed, or more workers asked
 //! for than the local transport has.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -34,15 +33,9 @@ fn worker_pids(vm: &Vm) -> Vec<i32> {
         .collect()
 }
 
-/// Runs `wait` on another thread and returns its result, failing the test (instead of
-/// hanging it) when it takes longer than [`AT_ONCE`].
-fn within<T: Send + 'static>(what: &str, wait: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(wait());
-    });
-    rx.recv_timeout(AT_ONCE)
-        .unwrap_or_else(|_| panic!("{what} did not return within {AT_ONCE:?}"))
+/// [`crate::harness::within`] [`AT_ONCE`].
+fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    crate::harness::within(what, AT_ONCE, body)
 }
 
 #[test]

@@ -63,6 +63,22 @@ pub fn tasks() -> Tasks {
             }
         })
         .register("bounce", bounce)
+        .register(
+            "send_many",
+            |ctx: &TaskContext, (count, size, progress): (u64, usize, String)| {
+                // `count` messages of `size` bytes to the spawner, each starting with its
+                // number; after each, how many went, in the file `progress`.
+                for seq in 0..count {
+                    let mut data = vec![b'm'; size.max(8)];
+                    data[..8].copy_from_slice(&seq.to_le_bytes());
+                    ctx.send_bytes(TaskId::SPAWNER, &data)
+                        .map_err(|e| e.to_string())?;
+                    std::fs::write(&progress, (seq + 1).to_string())
+                        .map_err(|e| format!("cannot write `{progress}`: {e}"))?;
+                }
+                Ok::<_, String>(count)
+            },
+        )
         .register("recv_one", |ctx: &TaskContext, (): ()| {
             let (_, data) = ctx.recv().map_err(|e| e.to_string())?;
             data.decode::<String>().map_err(|e| e.to_string())
