@@ -126,7 +126,9 @@ impl TaskContext<'_> {
         self.dir
     }
 
-    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`].
+    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`]. To the
+    /// spawner ([`TaskId::SPAWNER`]) it waits while the program has not taken 1 MiB of this
+    /// worker's messages yet, so a program busy elsewhere holds a fast sender back.
     ///
     /// # Errors
     /// The value cannot be encoded, or the transport failed. A message to a task that has
@@ -139,7 +141,7 @@ impl TaskContext<'_> {
         self.send_bytes(to, &data)
     }
 
-    /// Sends raw bytes to task `to`.
+    /// Sends raw bytes to task `to`; to the spawner it waits as [`TaskContext::send`] does.
     ///
     /// # Errors
     /// The transport failed.
