@@ -28,6 +28,18 @@ pub enum Backend {
     Mpi,
 }
 
+impl Backend {
+    /// Whether a large send waits until the program receives it, whatever the window: MPI
+    /// sends past its eager limit (a few KiB) meet their receive first.
+    pub fn sends_wait_for_the_receiver(self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self == Backend::Mpi {
+            return true;
+        }
+        false
+    }
+}
+
 /// A folder a harness works in: a temporary one it owns, or one it was given (under
 /// `mpirun`, the folders belong to the test that started mpirun).
 pub struct Folder {
