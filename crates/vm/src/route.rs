@@ -307,9 +307,6 @@ impl Shared {
         state.returns.failed(TaskId { slot: from, number }, reason);
     }
 
-    /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
-    /// to its VM; the slot frees when the VM receives the exit. Returns the bytes of
-    /// streamed output dropped with a VM that is gone, which the worker is owed.
     /// Notes for its VM's dispatch that `task`, stopped while queued, never started.
     fn note_never_started(state: &mut State, task: TaskId) {
         let vm = state.slots.get(task.slot).and_then(|slot| {
@@ -325,6 +322,9 @@ impl Shared {
         }
     }
 
+    /// Task `number` of worker `from` ended: its result (when sent back) and its exit go
+    /// to its VM; the slot frees when the VM receives the exit. Returns the bytes of
+    /// streamed output dropped with a VM that is gone, which the worker is owed.
     fn on_done(
         state: &mut State,
         from: Rank,
@@ -437,8 +437,7 @@ impl Shared {
     }
 
     /// A user message from a task of worker `from` to the spawner: into its VM's inbox.
-    /// Files a user message from a task of worker `from` for its VM's program; returns
-    /// the acknowledgement owed when it is dropped instead (no such task or VM).
+    /// Returns the acknowledgement owed when it is dropped instead (no such task or VM).
     fn on_user_to_spawner(
         state: &mut State,
         from: Rank,
