@@ -189,13 +189,12 @@ impl Split {
     /// standard input) and not linked to the next one is read line by line as cases are
     /// made, so a long one starts at once in bounded memory; every other source is read
     /// whole (its values come round again for every value of the sources before it).
-    /// Standard input is read once: a second `-` is empty.
+    /// Standard input is read once: a second `-` is empty. A streamed source that waits
+    /// for its next line (a pipe, a terminal) ends as soon as `stop` is set (by the signal
+    /// that stops the run), not when the line comes.
     ///
     /// # Errors
     /// An args file that cannot be opened or read, or a value holding a NUL byte.
-    ///
-    /// A streamed source that waits for its next line (a pipe, a terminal) ends as soon as
-    /// `stop` is set (by the signal that stops the run), not when the line comes.
     pub fn open(self, stream_first: bool, stop: &Arc<AtomicBool>) -> Result<Inputs, RunError> {
         let mut stdin_used = false;
         let mut given = self.given.into_iter().peekable();

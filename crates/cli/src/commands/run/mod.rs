@@ -683,8 +683,7 @@ impl Reporting<'_> {
                 if matches!(result.outcome, parvm_vm::JobOutcome::NotRun)
                     && result.elapsed.is_zero()
                 {
-                    // Never started, as the signal asked: one of "the others" of the
-                    // summary, not a case to report.
+                    // Never started, as the signal asked: not a case to report.
                     continue;
                 }
             }
