@@ -42,6 +42,7 @@ pub use error::RunError;
   parvm run --halt now,fail=1 --timeout 300% ./test.sh {} ::: unit lint e2e
   find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
   find . -name '*.cir' -print0 | parvm run -0 ngspice -b {}
+  parvm run --header : --colsep , ./sim.sh --rl {rl} --temp {temp} :::: params.csv
   parvm run --each-host df -h /scratch")]
 pub struct Args {
     /// Run N workers (task slots) on this machine; `N%` of the cores, `+N` or `-N` cores
