@@ -1,5 +1,7 @@
 //! A worker for the integration tests of parvm-transport: echoes every message, and obeys
-//! a few commands (`!pid`, `!host`, `!env:NAME`, `!exit:CODE`, `!sendto:RANK`, `!hang`).
+//! a few commands (`!pid`, `!host`, `!env:NAME`, `!exit:CODE`, `!sendto:RANK`, `!hang`,
+//! `!exit-late:MS:CODE`: once its spawner is gone, exit with CODE after MS ms, as a worker
+//! that stops its command first does).
 //!
 //! Started without worker variables and with `PARVM_ECHO_SPAWNER=N`, it is a spawner
 //! instead: it launches N copies of itself, prints their pids on one line, and waits.
@@ -9,14 +11,25 @@
 //! test replacement workers that crash at once or never connect).
 
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use parvm_transport::local::{LocalOptions, LocalTransport};
 use parvm_transport::{Event, Transport, Wait};
 
+/// What `!exit-late` armed: how long to wait and the status, once the spawner is gone.
+static EXIT_LATE: Mutex<Option<(u64, i32)>> = Mutex::new(None);
+
 fn answer(worker: &dyn Transport, payload: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).unwrap_or("");
-    if text == "!pid" {
+    if let Some(args) = text.strip_prefix("!exit-late:") {
+        let (ms, code) = args.split_once(':').unwrap_or(("0", "1"));
+        let late = (ms.parse().unwrap_or(0), code.parse().unwrap_or(1));
+        *EXIT_LATE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(late);
+        Some(b"armed".to_vec())
+    } else if text == "!pid" {
         Some(std::process::id().to_string().into_bytes())
     } else if text == "!host" {
         Some(worker.host().into_bytes())
@@ -63,7 +76,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         worker.send(from, &reply)?;
                     }
                 }
-                Ok(Some(Event::PeerLost { .. })) | Err(_) => return Ok(()),
+                Ok(Some(Event::PeerLost { .. })) | Err(_) => {
+                    let late = *EXIT_LATE
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some((ms, code)) = late {
+                        std::thread::sleep(Duration::from_millis(ms));
+                        std::process::exit(code);
+                    }
+                    return Ok(());
+                }
                 Ok(_) => {}
             }
         }

@@ -28,7 +28,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,25 @@ use super::options::{
 use super::spawner::{HostEnv, KeeperInbox, Socket, WorkerProc, accept_all, describe_status};
 use crate::star::{self, Hub, Stream, lock};
 use crate::{Error, Event, Peer, Rank};
+
+/// Longest a worker whose connection ended is waited for to exit before its replacement
+/// is given up: past a command's grace period, and then some for a loaded host.
+const LATE_EXIT_WAIT: Duration = Duration::from_secs(60);
+
+/// `proc`'s exit status, waited for up to `wait` (polling: the process is the spawner's
+/// child, reaped by whoever looks first).
+fn exit_status_within(proc: &WorkerProc, wait: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let status = proc.try_status();
+        if status.is_some() || Instant::now() >= deadline {
+            return status;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
 
 /// What starting one worker process needs, the same for every worker.
 pub(super) struct Launch {
@@ -197,36 +216,92 @@ impl Replacing {
     fn explain_loss(self: &Arc<Self>, proc: &Arc<WorkerProc>, reason: String) -> String {
         // The socket closes while the process is being torn down, a moment before it can be
         // reaped, so wait a little for the exit status.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut pause = Duration::from_micros(50);
-        let status = loop {
-            let status = proc.try_status();
-            if status.is_some() || Instant::now() >= deadline {
-                break status;
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
-        };
+        let status = exit_status_within(proc, Duration::from_secs(1));
         let fate = status.map_or_else(|| "is still running".to_string(), describe_status);
-        let mut text = format!(
+        let text = format!(
             "worker rank {} (pid {}) on host `{}`: {reason}; the process {fate}",
             proc.rank, proc.pid, proc.host
         );
-        if let Some(status) = status
-            && !status.success()
-        {
-            match status.signal().and_then(|s| Signal::try_from(s).ok()) {
-                // Told to stop from outside: Ctrl-C in a terminal reaches every worker, and
-                // a batch system cancels with SIGTERM. Replacing them would undo the stop.
-                Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => {
-                    text.push_str(&format!(
-                        "; not replaced, since {signal} asks a process to stop (Ctrl-C, or a batch system)"
-                    ));
+        match status {
+            Some(status) => text + &self.decide(proc, status),
+            None => text + &self.decide_once_it_exits(proc),
+        }
+    }
+
+    /// Whether the dead worker `proc`, which ended with `status`, is replaced: starts the
+    /// replacement when it is, and returns words for the loss's reason.
+    fn decide(self: &Arc<Self>, proc: &Arc<WorkerProc>, status: ExitStatus) -> String {
+        if status.success() {
+            return String::new();
+        }
+        match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+            // Told to stop from outside: Ctrl-C in a terminal reaches every worker, and a
+            // batch system cancels with SIGTERM. Replacing them would undo the stop.
+            Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => format!(
+                "; not replaced, since {signal} asks a process to stop (Ctrl-C, or a batch system)"
+            ),
+            _ => self.maybe_replace(proc, status.code()),
+        }
+    }
+
+    /// A worker whose connection ended while its process runs on (given up for not
+    /// answering, it first stops its command, which may take the command's grace period):
+    /// whether it is replaced is decided on a thread once it exits, and a replacement may
+    /// come until then ([`Replacing::may_join`]).
+    fn decide_once_it_exits(self: &Arc<Self>, proc: &Arc<WorkerProc>) -> String {
+        if self.hub.is_closing() {
+            return String::new();
+        }
+        lock(&self.budget).pending += 1;
+        let replacing = self.clone();
+        let dead = proc.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("parvm-local-exit{}", proc.rank))
+            .spawn(move || {
+                let status = exit_status_within(&dead, LATE_EXIT_WAIT);
+                if let Some(status) = status
+                    && !replacing.hub.is_closing()
+                {
+                    let words = replacing.decide(&dead, status);
+                    tracing::warn!(
+                        backend = "local",
+                        rank = dead.rank,
+                        host = %dead.host,
+                        "worker rank {} (pid {}) on host `{}` {}{words}",
+                        dead.rank,
+                        dead.pid,
+                        dead.host,
+                        describe_status(status)
+                    );
                 }
-                _ => text.push_str(&self.maybe_replace(proc, status.code())),
+                let none_coming = {
+                    let mut budget = lock(&replacing.budget);
+                    budget.pending -= 1;
+                    budget.pending == 0
+                };
+                if none_coming {
+                    // A loss of a rank that never joined wakes a spawner that waits with
+                    // no worker left, to find that none can come.
+                    let rank = replacing.next_rank.fetch_add(1, Ordering::Relaxed);
+                    replacing.hub.post(Event::PeerLost {
+                        rank,
+                        reason: format!(
+                            "worker rank {} on host `{}` was not replaced",
+                            dead.rank, dead.host
+                        ),
+                    });
+                }
+            });
+        match started {
+            Ok(thread) => {
+                self.hub.keep_thread(thread);
+                "; it is replaced once it exits, unless the rules say otherwise".to_owned()
+            }
+            Err(e) => {
+                lock(&self.budget).pending -= 1;
+                format!("; cannot start a thread to wait for its exit: {e}")
             }
         }
-        text
     }
 
     /// Decides whether the dead worker `dead` (which exited with `code`, or was killed)

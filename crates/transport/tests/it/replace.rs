@@ -188,3 +188,40 @@ fn a_replacement_on_its_way_is_reaped_with_its_socket_when_the_spawner_goes() {
         "the socket folder is left"
     );
 }
+
+/// A worker given up for not answering is sent SIGCONT and first stops its command, which
+/// can take longer than the second the loss waits for its exit status: it is replaced once
+/// it exits, as a worker that died at once is; one that exits 0 is not, and then a lost
+/// rank says that none comes.
+#[test]
+fn a_given_up_worker_that_exits_late_is_replaced_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = launch(dir.path(), 1);
+    let _guard = guard(&vm);
+    assert_eq!(ask_text(&vm, 1, "!exit-late:1500:3"), "armed");
+    let pid = pid_of(&vm, 1);
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    assert!(vm.give_up(1, "it did not answer a stop"));
+    let got = events(&vm, 2);
+    assert!(
+        got.iter().any(|e| matches!(e, Event::PeerLost { rank: 1, reason } if reason.contains("still running") && reason.contains("replaced once it exits"))),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::PeerJoined(Peer { rank: 3, host }) if host == "alpha")),
+        "no replacement joined: {got:?}"
+    );
+    let _guard = guard(&vm);
+    assert_eq!(ask_text(&vm, 3, "!host"), "alpha");
+    assert!(process_gone(pid));
+    // Exiting 0 late: not replaced, and the spawner learns that none comes.
+    assert_eq!(ask_text(&vm, 2, "!exit-late:1500:0"), "armed");
+    kill(Pid::from_raw(pid_of(&vm, 2) as i32), Signal::SIGSTOP).unwrap();
+    assert!(vm.give_up(2, "it did not answer a stop"));
+    assert!(matches!(next_event(&vm), Event::PeerLost { rank: 2, .. }));
+    assert!(vm.workers_can_join(), "its exit is not known yet");
+    assert!(matches!(next_event(&vm), Event::PeerLost { rank: 4, .. }));
+    assert!(!vm.workers_can_join());
+    assert_eq!(vm.replaced_workers(), 1);
+}
