@@ -292,7 +292,7 @@ pub enum Error {
         /// What it points to.
         target: PathBuf,
     },
-    /// A literal return pattern (no `*`, `?` or `[`) names nothing in the task folder.
+    /// A literal return pattern ([`crate::is_literal`]) names nothing in the task folder.
     #[error(
         "return pattern `{pattern}` names no file in the task folder `{}`; check that the \
          task writes it there, or use a glob, which may match nothing",

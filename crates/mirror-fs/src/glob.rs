@@ -22,6 +22,16 @@ pub fn has_glob(bytes: &[u8]) -> bool {
     bytes.iter().any(|b| matches!(b, b'*' | b'?' | b'['))
 }
 
+/// True when the path pattern `bytes` names at most one path: no `*` or `?`, and every
+/// class one character that is not negated, as a character is escaped in it (`[*]` is
+/// `*` itself). Such a pattern that matches nothing names something missing, where a glob
+/// may match nothing.
+pub fn is_literal(bytes: &[u8]) -> bool {
+    bytes
+        .split(|&b| b == b'/')
+        .all(|component| Pattern::new(component).is_literal())
+}
+
 /// True when any component of `path` holds a glob character.
 pub fn path_has_glob(path: &Path) -> bool {
     has_glob(path.as_os_str().as_bytes())
@@ -102,6 +112,17 @@ impl Pattern {
             }
         }
         Pattern { tokens }
+    }
+
+    /// True when it matches one name at most (see [`is_literal`]).
+    pub fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|token| match token {
+            Token::Lit(_) => true,
+            Token::Class { negated, ranges } => {
+                !negated && matches!(ranges[..], [(lo, hi)] if lo == hi)
+            }
+            Token::Star | Token::Any => false,
+        })
     }
 
     /// True when the file name `name` matches this pattern.
@@ -281,6 +302,23 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_pattern_is_literal_when_it_can_name_one_path_only() {
+        for (pattern, literal) in [
+            ("a/b.txt", true),
+            ("c[*]d/[[]x].raw", true),
+            ("[?]", true),
+            ("*.raw", false),
+            ("a?", false),
+            ("[ab]", false),
+            ("[a-b]", false),
+            ("[!a]", false),
+            ("out/*/x", false),
+        ] {
+            assert_eq!(is_literal(pattern.as_bytes()), literal, "{pattern}");
+        }
+    }
 
     #[test]
     fn matching_table() {

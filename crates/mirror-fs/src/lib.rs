@@ -91,7 +91,7 @@ mod translate;
 pub use copy::{mirror, refresh};
 pub use error::{Error, Result};
 pub use fsops::{has_openat2, open_beneath};
-pub use glob::{Pattern, has_glob};
+pub use glob::{Pattern, has_glob, is_literal};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
 pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
 pub use persistent::{

@@ -33,7 +33,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
 use crate::fsops::{Created, TaskRoot, cstring, dir_flags, special_kind};
-use crate::glob::{Pattern, has_glob};
+use crate::glob::{Pattern, has_glob, is_literal};
 
 /// Checks a return pattern: relative, not empty, without `..`. Returns it without `.`
 /// components.
@@ -150,7 +150,7 @@ impl ReturnSource {
             let given = pattern.as_ref();
             let rel = check_return_pattern(given)?;
             let found = self.expand_one(&rel, &mut out)?;
-            if found == 0 && !has_glob(given.as_bytes()) {
+            if found == 0 && is_literal(given.as_bytes()) {
                 return Err(Error::ReturnMissing {
                     pattern: given.to_owned(),
                     task_dir: self.path().to_path_buf(),
@@ -592,6 +592,23 @@ mod tests {
         assert!(
             matches!(&err, Error::ReturnMissing { pattern, .. } if pattern == "missing.txt"),
             "{err}"
+        );
+        // A value escaped into a pattern (`c*d` as `c[*]d`) stays literal: missing, it is
+        // said; a class of several characters is a glob that may match nothing.
+        std::fs::write(dir.path().join("c*d.txt"), "").unwrap();
+        assert_eq!(
+            src.expand(&["c[*]d.txt"]).unwrap(),
+            [PathBuf::from("c*d.txt")]
+        );
+        for missing in ["c[*]x.txt", "out/[[]x].txt"] {
+            assert!(
+                matches!(src.expand(&[missing]), Err(Error::ReturnMissing { .. })),
+                "{missing}"
+            );
+        }
+        assert_eq!(
+            src.expand(&["c[xy]d.txt", "c[!*]d.txt"]).unwrap(),
+            Vec::<PathBuf>::new()
         );
     }
 

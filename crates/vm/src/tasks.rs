@@ -291,7 +291,7 @@ impl Spawn {
     ///
     /// [`Vm::spawn`](crate::Vm::spawn) refuses an absolute pattern or one with `..`, a
     /// spawn without a results folder, and a VM without task folders, before anything is
-    /// sent. When the task ends, a literal pattern (no `*`, `?` or `[`) that names nothing,
+    /// sent. When the task ends, a literal pattern (no `*` or `?`, and no class but one of a single character, as `[*]`) that names nothing,
     /// a symlink, fifo or device among the matches, a file that keeps changing while it is
     /// sent, or a failure to write at the results folder (a full disk) makes the task's
     /// exit [`ExitStatus::Failed`](crate::ExitStatus::Failed) with a reason naming the file.
