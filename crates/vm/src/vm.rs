@@ -552,33 +552,30 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let (ranks, dropped, owed) = {
+        let (ranks, owed) = {
             let mut state = self.shared.lock();
             state.ship.remove(&self.index);
             let dropped = state.inboxes.remove(&self.index).unwrap_or_default();
             state.notes.remove(&self.index);
             state.slots.release_vm(self.index);
-            // Messages of its tasks nobody will take: their workers are owed them.
+            // Streamed output and messages of its tasks nobody will take: their workers
+            // are owed them (`crate::link`).
             let owed: Vec<(parvm_transport::Rank, u64)> = dropped
                 .iter()
                 .filter_map(|message| match message {
+                    Message::Output { task, .. } => {
+                        Some((task.slot, crate::streamed::unacknowledged([message])))
+                    }
                     Message::User { from, data } if from.slot != 0 => state
                         .message_gone(from.slot, data.bytes().len())
                         .map(|bytes| (from.slot, bytes)),
                     _ => None,
                 })
                 .collect();
-            (state.slots.ranks(), dropped, owed)
+            (state.slots.ranks(), owed)
         };
         for (rank, bytes) in owed {
             self.shared.acknowledge(rank, bytes);
-        }
-        // Streamed output nobody will receive: its workers are owed it.
-        for message in &dropped {
-            if let Message::Output { task, .. } = message {
-                self.shared
-                    .acknowledge(task.slot, crate::streamed::unacknowledged([message]));
-            }
         }
         if self.shared.finalized.load(Ordering::Acquire) {
             drop(self.ship.take());

@@ -95,12 +95,15 @@ impl Sweep {
     /// `parvm run ARGS` started as a TCP spawner ([`Sweep::tcp_command`]), its stdout as
     /// `stdout` says, its stderr read line by line; returned once it printed its address.
     pub(crate) fn start_tcp(&self, args: &[&str], stdout: Stdio) -> TcpRun {
-        let mut child = self
-            .tcp_command(args)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = self.tcp_command(args);
+        command.stdout(stdout);
+        Sweep::start_tcp_command(command)
+    }
+
+    /// [`Sweep::start_tcp`] of a command made with [`Sweep::tcp_command`] (and set as a test
+    /// needs it); its stderr is piped here.
+    pub(crate) fn start_tcp_command(mut command: Command) -> TcpRun {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let said = stderr_lines(&mut child);
         let spawner = ChildGuard(child);
         let addr = spawner_address(&said);
@@ -1399,23 +1402,20 @@ fn a_tcp_sweep_runs_on_a_parvm_worker() {
 #[test]
 fn env_gives_the_cases_on_another_host_the_spawners_value() {
     let sweep = Sweep::new();
-    let mut child = sweep
-        .tcp_command(&[
-            "-k",
-            "--env",
-            "GAIN_OF_THIS_TEST",
-            "echo gain=$GAIN_OF_THIS_TEST {}",
-            ":::",
-            "a",
-        ])
+    let mut command = sweep.tcp_command(&[
+        "-k",
+        "--env",
+        "GAIN_OF_THIS_TEST",
+        "echo gain=$GAIN_OF_THIS_TEST {}",
+        ":::",
+        "a",
+    ]);
+    command
         .env("GAIN_OF_THIS_TEST", "42")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = stderr_lines(&mut child);
-    let mut spawner = ChildGuard(child);
-    let addr = spawner_address(&said);
+        .stdout(Stdio::piped());
+    let TcpRun {
+        mut spawner, addr, ..
+    } = Sweep::start_tcp_command(command);
     let _worker = ChildGuard(
         sweep
             .worker(&addr)

@@ -292,14 +292,30 @@ impl Replacing {
                     });
                 }
             });
+        self.kept_or_given_back(
+            started,
+            "; it is replaced once it exits, unless the rules say otherwise",
+            "to wait for its exit",
+        )
+    }
+
+    /// Keeps `started`, a thread for which a replacement was marked pending, so that the
+    /// transport joins it, and returns `said`; when it could not start, the replacement is
+    /// no longer pending and the words say why (`what` the thread was for).
+    fn kept_or_given_back(
+        &self,
+        started: io::Result<std::thread::JoinHandle<()>>,
+        said: &str,
+        what: &str,
+    ) -> String {
         match started {
             Ok(thread) => {
                 self.hub.keep_thread(thread);
-                "; it is replaced once it exits, unless the rules say otherwise".to_owned()
+                said.to_owned()
             }
             Err(e) => {
                 lock(&self.budget).pending -= 1;
-                format!("; cannot start a thread to wait for its exit: {e}")
+                format!("; cannot start a thread {what}: {e}")
             }
         }
     }
@@ -326,16 +342,11 @@ impl Replacing {
         let started = std::thread::Builder::new()
             .name(format!("parvm-local-replace{}", dead.rank))
             .spawn(move || replacing.replace(&dead_for_thread));
-        match started {
-            Ok(thread) => {
-                self.hub.keep_thread(thread);
-                "; a replacement worker is starting".to_owned()
-            }
-            Err(e) => {
-                lock(&self.budget).pending -= 1;
-                format!("; cannot start a thread for its replacement: {e}")
-            }
-        }
+        self.kept_or_given_back(
+            started,
+            "; a replacement worker is starting",
+            "for its replacement",
+        )
     }
 
     /// Counts a replacement for `lineage` against the limit (unless `free`), and marks

@@ -83,19 +83,17 @@ impl Interrupt {
     /// dispatch ends soon instead of waiting for cases that could run for hours (or
     /// rerunning cases whose workers the Ctrl-C killed).
     pub fn watch(&self, vm: &Vm, halt: &HaltHandle, done: &AtomicBool) {
-        let mut stopping_since = None;
+        let mut stopping_since: Option<std::time::Instant> = None;
         let mut said = false;
         while !done.load(Ordering::SeqCst) {
             if self.happened() {
                 halt.halt(true);
-                let Some(since) = stopping_since else {
-                    // The dispatch halts first (within its 20 ms), stopping the cases
-                    // queued at workers before the running ones; stopped from here first,
-                    // a worker would start its queued case as the running one ended.
-                    stopping_since = Some(std::time::Instant::now());
-                    std::thread::sleep(WATCH_EVERY);
-                    continue;
-                };
+            }
+            // From the watch after the signal's: the dispatch halts first (within its
+            // 20 ms), stopping the cases queued at workers before the running ones;
+            // stopped from here first, a worker would start its queued case as the
+            // running one ended.
+            if let Some(since) = stopping_since {
                 let mut running = 0;
                 for host in vm.describe().hosts {
                     for task in host.slots.into_iter().filter_map(|slot| slot.task) {
@@ -110,6 +108,8 @@ impl Interrupt {
                     said = true;
                     crate::console::say(waiting_for(running));
                 }
+            } else if self.happened() {
+                stopping_since = Some(std::time::Instant::now());
             }
             std::thread::sleep(WATCH_EVERY);
         }
