@@ -54,7 +54,8 @@ pub struct Args {
         visible_alias = "max-procs",
         value_name = "N",
         allow_hyphen_values = true,
-        value_parser = jobs::parse_here
+        value_parser = jobs::parse_here,
+        overrides_with = "jobs"
     )]
     pub jobs: Option<usize>,
     /// An args file: one input value per line (`-` for standard input); repeatable, each
@@ -65,7 +66,12 @@ pub struct Args {
     /// Values of args files and standard input end with DELIM instead of a newline: one
     /// or more characters, with C escapes (`\t`, `\0`, `\x1e`, octal `\036`), as in GNU
     /// parallel; the last value needs none.
-    #[arg(short = 'd', long = "delimiter", value_name = "DELIM")]
+    #[arg(
+        short = 'd',
+        long = "delimiter",
+        value_name = "DELIM",
+        allow_hyphen_values = true
+    )]
     pub delimiter: Option<String>,
     /// Values of args files and standard input end with a NUL byte, as `find -print0`
     /// writes them (file names with spaces or newlines); the same as `-d '\0'`.
@@ -79,7 +85,7 @@ pub struct Args {
     pub header: Option<String>,
     /// Split each input value into columns where REGEX matches; `{1}`, `{2}`, ... are then
     /// the columns (of the first source, then of the next).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
     pub colsep: Option<String>,
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
@@ -92,12 +98,12 @@ pub struct Args {
     /// PARALLEL_MIRRORED_STORAGE) is copied into the folder DST of every case's task
     /// folder, so `--map nets=.` gives the task `nets/` and `--map nets=nets` gives
     /// `nets/nets/`; repeatable.
-    #[arg(long = "map", value_name = "SRC=DST")]
+    #[arg(long = "map", value_name = "SRC=DST", allow_hyphen_values = true)]
     pub maps: Vec<String>,
     /// Bring files matching GLOB (relative to the task folder) back into the case's
     /// results folder; repeatable; needs --results. Replacement strings work in it
     /// (`out/{/.}.raw`), their values matching literally.
-    #[arg(long = "return", value_name = "GLOB")]
+    #[arg(long = "return", value_name = "GLOB", allow_hyphen_values = true)]
     pub returns: Vec<String>,
     /// Keep each case in DIR/<case number>/: its returned files, `stdout`, `stderr` and
     /// `exit`. DIR must be new or empty.
@@ -119,7 +125,7 @@ pub struct Args {
     /// Stop a case that runs longer than this (`10s`, `500ms`, `2m`, `1h`; a bare number
     /// is seconds), or than `P%` of the median runtime of the cases that succeeded so far
     /// (from the 3rd success on; e.g. `300%`); `0` is no limit, as in GNU parallel.
-    #[arg(long, value_name = "DURATION|P%")]
+    #[arg(long, value_name = "DURATION|P%", allow_hyphen_values = true)]
     pub timeout: Option<String>,
     /// Print the output of cases in input order (default: as they end). With
     /// --line-buffer, lines still print as they come: -k orders only what is printed
@@ -168,11 +174,9 @@ pub struct Args {
     /// The command, its arguments, and the inputs: `::: VALUES` (several sources give
     /// all combinations), `:::+ VALUES` (paired with the source before), `:::: FILES`,
     /// `::::+ FILES`.
-    #[arg(
-        value_name = "COMMAND",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    // Not `allow_hyphen_values`: with it clap takes any option it cannot read whole
+    // (`-j2`, `-a/dev/null`, a misspelt `--bogus`) for the command's first word.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub words: Vec<OsString>,
     /// `parvm --json`: one JSON record per case on standard output instead of the cases'
     /// output (set from the global flag).
@@ -961,5 +965,66 @@ mod tests {
              folder `run/sim` where the command runs; write `run/sim/*.raw` for a file the \
              command writes there"
         );
+    }
+
+    /// `parvm run` as its own command, to parse its arguments alone.
+    #[derive(Debug, clap::Parser)]
+    struct RunLine {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &[&str]) -> Args {
+        use clap::Parser;
+        RunLine::try_parse_from(std::iter::once("run").chain(line.iter().copied()))
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+            .args
+    }
+
+    fn words(args: &Args) -> Vec<&str> {
+        args.words.iter().map(|w| w.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn short_options_take_their_value_attached_as_in_gnu_parallel() {
+        // `parallel -j4`, `-n1`, `-a file`: the value right after the letter. The command
+        // took `-j2` for its own first word and the shell refused it.
+        // The last -j wins, as in GNU parallel (an alias `p='parvm run -j4'` used as `p -j2`).
+        let args = parse(&["-j2", "-n1", "-a/dev/null", "-P3", "echo", "-n", "{}"]);
+        assert_eq!(args.jobs, Some(3));
+        assert_eq!(args.copies, Some(1));
+        assert_eq!(args.arg_files, [PathBuf::from("/dev/null")]);
+        assert_eq!(words(&args), ["echo", "-n", "{}"]);
+        let args = parse(&["-j-1", "-kq", "-d,", "sim", "-j2", ":::", "-a", "b"]);
+        assert!(args.jobs.is_some() && args.keep_order && args.quote);
+        assert_eq!(args.delimiter.as_deref(), Some(","));
+        assert_eq!(words(&args), ["sim", "-j2", ":::", "-a", "b"]);
+        // Values of their own that start with a hyphen reach the option, which judges them.
+        let args = parse(&["-d", "-+", "--colsep", "-+", "--timeout", "-5%", "sim"]);
+        assert_eq!(args.delimiter.as_deref(), Some("-+"));
+        assert_eq!(args.colsep.as_deref(), Some("-+"));
+        assert_eq!(args.timeout.as_deref(), Some("-5%"));
+        let args = parse(&["--map", "-in=.", "--return", "-out*", "sim"]);
+        assert_eq!(
+            (&*args.maps, &*args.returns),
+            (&["-in=.".to_owned()][..], &["-out*".to_owned()][..])
+        );
+        let args = parse(&["--jobs=2", "--", "-cmd", "-x"]);
+        assert_eq!(args.jobs, Some(2));
+        assert_eq!(words(&args), ["-cmd", "-x"]);
+    }
+
+    #[test]
+    fn an_unknown_option_before_the_command_is_refused_not_run() {
+        use clap::Parser;
+        for line in [&["--bogus", "echo"][..], &["-Z", "echo"]] {
+            let err = RunLine::try_parse_from(std::iter::once("run").chain(line.iter().copied()))
+                .expect_err("refused");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{line:?}"
+            );
+        }
     }
 }
