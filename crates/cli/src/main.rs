@@ -63,7 +63,12 @@ fn main() -> std::process::ExitCode {
         // `parvm run` exits 255 on a usage error, as GNU parallel does for errors that are
         // not failed cases (a status of 1 or 2 would read as one or two failed cases).
         Err(error) if error.use_stderr() && first_arg_is_run() => {
-            let _ = error.print();
+            match commands::run::instead_of_gnu_parallel(&error) {
+                Some(instead) => console::say(instead),
+                None => {
+                    let _ = error.print();
+                }
+            }
             return std::process::ExitCode::from(255);
         }
         Err(error) => error.exit(),

@@ -566,3 +566,42 @@ fn help_describes_every_flag_added_here() {
         );
     }
 }
+
+#[test]
+fn gnu_parallel_command_lines_run_or_say_what_to_use_instead() {
+    let sweep = Sweep::new();
+    // Attached values, and options that change nothing here.
+    assert_eq!(
+        sweep.ok(&[
+            "-j2",
+            "-k",
+            "--will-cite",
+            "--bar",
+            "--eta",
+            "echo",
+            ":::",
+            "a",
+            "b"
+        ]),
+        "a\nb\n"
+    );
+    // An option it does not have is refused, never run as the command, with what to use.
+    for (option, named, instead) in [
+        ("--pipe", "--pipe", "each value piped in is one case"),
+        ("-N2", "-N", "never several on one command line"),
+        ("-Sserver", "-S", "parvm worker --connect"),
+        ("--trc", "--trc", "--return GLOB"),
+    ] {
+        let args = [option, "echo", ":::", "a"];
+        sweep.refuses(&args, &format!("parvm run has no `{named}`"));
+        let out = sweep.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(instead), "{option}: {stderr}");
+        assert!(out.stdout.is_empty(), "{option}: ran");
+    }
+    // One it does not know at all: clap's error, not a case.
+    sweep.refuses(
+        &["--bogus", "echo", ":::", "a"],
+        "unexpected argument '--bogus'",
+    );
+}

@@ -8,6 +8,7 @@
 
 mod error;
 mod feed;
+mod gnu;
 mod halt;
 mod inputs;
 mod interrupt;
@@ -138,6 +139,20 @@ pub struct Args {
     /// prints faster than the terminal takes it waits.
     #[arg(long = "line-buffer", visible_alias = "lb")]
     pub line_buffer: bool,
+    /// GNU parallel's `--will-cite`, `--no-notice`, `--bar`, `--eta`, `--progress` and
+    /// `--cleanup` change nothing here: there is no citation notice, a progress bar is
+    /// drawn whenever standard error is a terminal, and task folders are always removed.
+    #[arg(
+        long = "will-cite",
+        alias = "no-notice",
+        alias = "bar",
+        alias = "eta",
+        alias = "progress",
+        alias = "cleanup",
+        hide = true,
+        action = clap::ArgAction::Count
+    )]
+    pub gnu_parallel_no_op: u8,
     /// Print the command lines instead of running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -197,6 +212,23 @@ pub fn serve() -> Result<(), RunError> {
     Runtime::start(Tasks::new()).map_err(RunError::Vm)?;
     // Only a spawner gets here: the caller checked that this process is a worker.
     Ok(())
+}
+
+/// For a usage error of `parvm run` naming an option of GNU parallel's it does not have,
+/// the error to print instead of clap's (whose tip would pass the option to the command):
+/// what to use instead.
+pub fn instead_of_gnu_parallel(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let ContextValue::String(option) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let instead = gnu::instead_of(option)?;
+    Some(format!(
+        "error: parvm run has no `{option}` (an option of GNU parallel's): {instead}\n\nFor the options it has, see `parvm run --help`"
+    ))
 }
 
 /// The shell each case's command line is given to, with `-c`.

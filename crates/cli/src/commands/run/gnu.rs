@@ -1,0 +1,58 @@
+//! GNU parallel's options that `parvm run` does not have: what to use instead, said after
+//! the usage error, so a command line copied from a GNU parallel script is not a dead end.
+
+/// What to write instead of GNU parallel's option `option` (as typed, value attached or
+/// not), when `parvm run` has no such option.
+pub(crate) fn instead_of(option: &str) -> Option<&'static str> {
+    let name = option.split_once('=').map_or(option, |(name, _)| name);
+    let name = match name.strip_prefix("--") {
+        Some(long) => long,
+        // A short one: its letter, whatever is attached after it.
+        None => name.strip_prefix('-')?.get(..1)?,
+    };
+    Some(match name {
+        "pipe" | "pipepart" | "block" | "block-size" | "recend" | "recstart" => {
+            "each value piped in is one case; standard input is not cut into blocks for the command"
+        }
+        "X" | "m" | "N" | "xargs" | "max-args" | "max-replace-args" => {
+            "each case gets one value of each input source, never several on one command line; pair the values of two sources with `:::+`"
+        }
+        "S" | "sshlogin" | "slf" | "sshloginfile" => {
+            "it logs in to no host: start `parvm worker --connect HOST:PORT` on each and run with --transport tcp, or run under mpirun (docs/cluster.md)"
+        }
+        "u" | "ungroup" => "--line-buffer prints output as cases write it, in whole lines",
+        "transfer" | "transferfile" | "trc" | "basefile" | "bf" | "return-file" => {
+            "--map SRC=DST copies a case's input files into its task folder on whichever host runs it, and --return GLOB with --results DIR brings files back"
+        }
+        "wd" | "workdir" => {
+            "every case runs in its own task folder, removed after it; --startup-dir DIR starts it in a folder inside that one"
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_known_in_every_spelling_and_others_are_not() {
+        for option in [
+            "--pipe",
+            "--block=10M",
+            "-X",
+            "-N2",
+            "-S",
+            "-Sserver",
+            "--sshlogin=a",
+            "-u",
+            "--trc",
+            "--wd",
+        ] {
+            assert!(instead_of(option).is_some(), "{option}");
+        }
+        for option in ["--bogus", "-Z", "-", "--", "--jobs", "-k", ""] {
+            assert_eq!(instead_of(option), None, "{option}");
+        }
+    }
+}
