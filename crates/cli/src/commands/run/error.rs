@@ -45,7 +45,8 @@ pub enum RunError {
     },
     /// `{N}` beyond the number of sources.
     #[error(
-        "the command uses `{{{index}}}` but there are only {sources} input sources; number them from {{1}}"
+        "the command uses `{{{index}}}` but {}; number them from {{1}}",
+        match sources { 1 => "there is only 1 input source".to_owned(), n => format!("there are only {n} input sources") }
     )]
     NoSuchSource {
         /// The number given.
