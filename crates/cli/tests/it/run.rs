@@ -1053,6 +1053,61 @@ fn a_worker_that_dies_leaves_no_task_folder_after_the_run() {
 }
 
 #[test]
+fn a_run_whose_workers_are_all_gone_names_the_cases_left_by_number() {
+    // One worker, not replaced: case 2 kills it, so case 2 never finishes and cases 3 to 6
+    // never start. The dispatch counts jobs from 0; a user reads case numbers.
+    let sweep = Sweep::new();
+    // Killed once per run: the marker is removed before each, and left for the resumed one.
+    let killed = sweep.shared.join("killed");
+    let case = format!(
+        "test {{}} != 2 || test -e {0} || {{ touch {0}; kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); }}; echo {{}}",
+        killed.display()
+    );
+    let cases = [":::", "1", "2", "3", "4", "5", "6"];
+    for (joblog, resume) in [(false, "with --joblog FILE"), (true, "again with --resume")] {
+        let _ = std::fs::remove_file(&killed);
+        let mut args = vec!["-j", "1", &case];
+        args.extend(cases);
+        if joblog {
+            args.splice(0..0, ["--joblog", "jl"]);
+        }
+        let out = sweep
+            .command(&args)
+            .env("PARVM_REPLACE_WORKERS", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+        // Cases queued behind case 2 on its worker did not finish either; how many were
+        // queued depends on timing.
+        let stops = err
+            .split_once("error: every worker is gone, so the run stops: ")
+            .and_then(|(_, rest)| rest.split_once(';'))
+            .map(|(stops, _)| stops)
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            [
+                "case 2 did not finish and cases 3 to 6 did not start",
+                "cases 2 and 3 did not finish and cases 4 to 6 did not start",
+                "cases 2, 3 and 4 did not finish and cases 5 and 6 did not start",
+                "cases 2, 3, 4 and 5 did not finish and case 6 did not start",
+            ]
+            .contains(&stops),
+            "{err}"
+        );
+        assert!(err.contains(resume), "{err}");
+        assert!(err.contains("caused by: nothing can arrive"), "{err}");
+        sweep.assert_no_task_folder_left();
+    }
+    // The joblog holds case 1 alone, so --resume runs the others.
+    let mut args = vec!["-j", "1", "-k", "--joblog", "jl", "--resume", &case];
+    args.extend(cases);
+    let out = sweep.ok(&args);
+    assert_eq!(out, "2\n3\n4\n5\n6\n");
+}
+
+#[test]
 fn ctrl_c_leaves_no_case_running_and_no_task_folder() {
     // What a terminal's Ctrl-C does: SIGINT to the whole foreground job.
     stop_by_signal("INT", true);

@@ -269,6 +269,19 @@ pub enum RunError {
     /// The parvm runtime failed.
     #[error("parvm could not run the sweep")]
     Vm(#[source] parvm_vm::Error),
+    /// Every worker is gone before the sweep ended: they died, or their slots reached the
+    /// replacement limit.
+    #[error("every worker is gone, so the run stops: {cases}; {resume}")]
+    WorkersGone {
+        /// The cases left, by number: "case 158 did not finish and cases 159 to 200 did
+        /// not start".
+        cases: String,
+        /// How to run them.
+        resume: &'static str,
+        /// Why no worker is left.
+        #[source]
+        source: Box<parvm_vm::Error>,
+    },
     /// `-j 0` with the local transport: no worker would run a case.
     #[error(
         "-j 0 starts no worker on this machine, so no case could run; give -j 1 or more, or leave -j out for one per core (-j 0 is for --transport tcp, where workers join with `parvm worker`)"

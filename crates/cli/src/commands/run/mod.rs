@@ -646,6 +646,18 @@ fn sweep(
     Ok(swept)
 }
 
+/// "case 7", "cases 3, 7 and 9", or the first ten of many and how many more.
+fn case_list(numbers: &[usize]) -> String {
+    const SHOWN: usize = 10;
+    let shown: Vec<String> = numbers.iter().take(SHOWN).map(usize::to_string).collect();
+    match (numbers.len(), shown.split_last()) {
+        (_, None) => String::from("no case"),
+        (1, Some((only, _))) => format!("case {only}"),
+        (n, Some((last, rest))) if n <= SHOWN => format!("cases {} and {last}", rest.join(", ")),
+        (n, _) => format!("cases {} and {} more", shown.join(", "), n - SHOWN),
+    }
+}
+
 /// How long `--each-host` waits for the workers asked for with `-j` (TCP workers join
 /// when they connect, e.g. once ssh started them).
 const EACH_HOST_WAIT: Duration = Duration::from_secs(300);
@@ -678,6 +690,46 @@ struct Reporting<'a> {
 }
 
 impl Reporting<'_> {
+    /// The error for a dispatch that every worker left with the jobs at `unfinished`
+    /// (dispatch indices) not reported: which cases, by number, did not finish or start.
+    fn workers_gone(&self, unfinished: &[usize], source: Box<parvm_vm::Error>) -> RunError {
+        let mut numbers: Vec<usize> = unfinished
+            .iter()
+            .map(|&index| self.ledger.case_tag(index).0)
+            .filter(|&number| number > 0)
+            .collect();
+        numbers.sort_unstable();
+        let made = self.ledger.made();
+        let mut cases = if numbers.is_empty() {
+            String::from("every case handed out ended")
+        } else {
+            format!("{} did not finish", case_list(&numbers))
+        };
+        match self.total {
+            Some(total) if total > made => {
+                let first = made + 1;
+                let range = match total - made {
+                    1 => format!("case {total}"),
+                    2 => format!("cases {first} and {total}"),
+                    _ => format!("cases {first} to {total}"),
+                };
+                cases.push_str(&format!(" and {range} did not start"));
+            }
+            Some(_) => {}
+            None => cases.push_str(&format!(" and no case after case {made} started")),
+        }
+        let resume = if self.args.joblog.is_some() {
+            "run the same command again with --resume to run only them (the joblog records the cases that ended)"
+        } else {
+            "the cases that ended are reported above; with --joblog FILE, a run stopped like this is resumed with --resume"
+        };
+        RunError::WorkersGone {
+            cases,
+            resume,
+            source,
+        }
+    }
+
     /// Prints, keeps and logs each result as it comes; halts the dispatch when `--halt`
     /// says so; after a signal makes no more cases and reports each case that was running
     /// as it stops (the interrupt's watcher stops them).
@@ -702,6 +754,9 @@ impl Reporting<'_> {
                 // A Ctrl-C in a terminal ends the workers too: the dispatch ends for want
                 // of them, which is the stop that was asked for.
                 Err(_) if self.interrupt.happened() => break,
+                Err(parvm_vm::Error::DispatchUnfinished { unfinished, source }) => {
+                    return Err(self.workers_gone(&unfinished, source));
+                }
                 Err(error) => return Err(RunError::Vm(error)),
             };
             if let Some(error) = self.unprinted.and_then(|u| u.borrow_mut().take()) {
@@ -1058,5 +1113,17 @@ mod tests {
                 "{line:?}"
             );
         }
+    }
+
+    #[test]
+    fn cases_are_listed_by_number() {
+        assert_eq!(case_list(&[]), "no case");
+        assert_eq!(case_list(&[7]), "case 7");
+        assert_eq!(case_list(&[3, 7, 9]), "cases 3, 7 and 9");
+        let many: Vec<usize> = (1..=12).collect();
+        assert_eq!(
+            case_list(&many),
+            "cases 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more"
+        );
     }
 }
