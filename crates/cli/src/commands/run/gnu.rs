@@ -1,9 +1,9 @@
-//! GNU parallel's options that `parvm run` does not have: what to use instead, said after
-//! the usage error, so a command line copied from a GNU parallel script is not a dead end.
+//! GNU parallel's options that `parvm run` does not have: the usage error that says what to
+//! use instead, so a command line copied from a GNU parallel script is not a dead end.
 
 /// What to write instead of GNU parallel's option `option` (as typed, value attached or
 /// not), when `parvm run` has no such option.
-pub(crate) fn instead_of(option: &str) -> Option<&'static str> {
+fn instead_of(option: &str) -> Option<&'static str> {
     let name = option.split_once('=').map_or(option, |(name, _)| name);
     let name = match name.strip_prefix("--") {
         Some(long) => long,
@@ -29,6 +29,23 @@ pub(crate) fn instead_of(option: &str) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+/// For a usage error of `parvm run` naming an option of GNU parallel's it does not have,
+/// the error to print instead of clap's (whose tip would pass the option to the command):
+/// what to use instead.
+pub fn instead_of_gnu_parallel(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let ContextValue::String(option) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let instead = instead_of(option)?;
+    Some(format!(
+        "error: parvm run has no `{option}` (an option of GNU parallel's): {instead}\n\nFor the options it has, see `parvm run --help`"
+    ))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use parvm_vm::{Job, Runtime, Tasks};
 
 pub use error::RunError;
+pub use gnu::instead_of_gnu_parallel;
 
 /// Arguments of `parvm run`. The options come first; everything from the command on is
 /// the command and its inputs.
@@ -212,23 +213,6 @@ pub fn serve() -> Result<(), RunError> {
     Runtime::start(Tasks::new()).map_err(RunError::Vm)?;
     // Only a spawner gets here: the caller checked that this process is a worker.
     Ok(())
-}
-
-/// For a usage error of `parvm run` naming an option of GNU parallel's it does not have,
-/// the error to print instead of clap's (whose tip would pass the option to the command):
-/// what to use instead.
-pub fn instead_of_gnu_parallel(error: &clap::Error) -> Option<String> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if error.kind() != ErrorKind::UnknownArgument {
-        return None;
-    }
-    let ContextValue::String(option) = error.get(ContextKind::InvalidArg)? else {
-        return None;
-    };
-    let instead = gnu::instead_of(option)?;
-    Some(format!(
-        "error: parvm run has no `{option}` (an option of GNU parallel's): {instead}\n\nFor the options it has, see `parvm run --help`"
-    ))
 }
 
 /// The shell each case's command line is given to, with `-c`.
