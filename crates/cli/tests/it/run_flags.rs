@@ -585,6 +585,28 @@ fn gnu_parallel_command_lines_run_or_say_what_to_use_instead() {
         ]),
         "a\nb\n"
     );
+    // -v: each command line before its output, on stdout; --lb: as the case is handed out.
+    assert_eq!(
+        sweep.ok(&["-k", "-v", "--group", "echo", ":::", "a", "b"]),
+        "echo a\na\necho b\nb\n"
+    );
+    let lines = sweep.ok(&["-j1", "-v", "--linebuffer", "echo", ":::", "a"]);
+    assert_eq!(lines, "echo a\na\n");
+    // --joblog -: the joblog on stdout; nothing to resume from there.
+    let out = sweep.ok(&["-k", "--joblog", "-", "echo", ":::", "a"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("Seq\tHost\t"), "{out}");
+    assert_eq!(lines[1], "a");
+    assert!(
+        lines[2].starts_with("1\t") && lines[2].ends_with("\techo a"),
+        "{out}"
+    );
+    assert!(!sweep.shared.join("-").exists());
+    sweep.refuses(
+        &["--joblog", "-", "--resume", "echo", ":::", "a"],
+        "--resume reads the joblog",
+    );
     // An option it does not have is refused, never run as the command, with what to use.
     for (option, named, instead) in [
         ("--pipe", "--pipe", "each value piped in is one case"),

@@ -252,6 +252,11 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// `--resume` with `--joblog -`: nothing to read the cases back from.
+    #[error(
+        "--resume reads the joblog of an earlier run, and `--joblog -` writes it to standard output, where it cannot be read back; give the file the earlier run wrote"
+    )]
+    ResumeFromStdout,
     /// Printing a case's output failed.
     #[error("cannot print the output of case {case}; is standard output closed?")]
     Print {

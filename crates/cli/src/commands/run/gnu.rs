@@ -24,6 +24,18 @@ fn instead_of(option: &str) -> Option<&'static str> {
         "transfer" | "transferfile" | "trc" | "basefile" | "bf" | "return-file" => {
             "--map SRC=DST copies a case's input files into its task folder on whichever host runs it, and --return GLOB with --results DIR brings files back"
         }
+        "I" | "replace" => {
+            "the value's replacement string is always `{}` (with `{.}`, `{/}`, `{//}`, `{/.}`, `{1}`, `{#}`, `{%}`)"
+        }
+        "tagstring" => "--tag prefixes each line a case prints with its values and a tab",
+        "shuf" => "cases start in the order of their inputs",
+        "onall" | "nonall" => {
+            "--each-host runs every case, or the command alone, once on each host that has workers"
+        }
+        "nice" => "run parvm run itself under `nice`: the local workers and their cases inherit it",
+        "memfree" | "load" | "noswap" | "delay" => {
+            "a case starts whenever a worker is free; -j sets how many workers run cases"
+        }
         "wd" | "workdir" => {
             "every case runs in its own task folder, removed after it; --startup-dir DIR starts it in a folder inside that one"
         }
@@ -59,6 +71,10 @@ mod tests {
             "--block=10M",
             "-X",
             "-N2",
+            "-I@@",
+            "--tagstring",
+            "--onall",
+            "--nice",
             "-S",
             "-Sserver",
             "--sshlogin=a",

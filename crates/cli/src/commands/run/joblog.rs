@@ -40,19 +40,28 @@ pub struct Entry<'a> {
 /// An open joblog.
 pub struct Joblog {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: BufWriter<Box<dyn Write>>,
+}
+
+/// `--joblog -`: the joblog goes to standard output, as in GNU parallel.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
 }
 
 impl Joblog {
-    /// Creates (or truncates) `path` and writes the header.
+    /// Creates (or truncates) `path` and writes the header; `-` is standard output.
     ///
     /// # Errors
     /// The file cannot be created or written.
     pub fn create(path: &Path) -> Result<Joblog, RunError> {
-        let file = File::create(path).map_err(|source| RunError::Joblog {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file: Box<dyn Write> = if is_stdout(path) {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(path).map_err(|source| RunError::Joblog {
+                path: path.to_owned(),
+                source,
+            })?)
+        };
         let mut log = Joblog {
             path: path.to_owned(),
             file: BufWriter::new(file),
@@ -79,7 +88,7 @@ impl Joblog {
         let empty = file.metadata().map_err(failed)?.len() == 0;
         let mut log = Joblog {
             path: path.to_owned(),
-            file: BufWriter::new(file),
+            file: BufWriter::new(Box::new(file)),
         };
         if empty {
             log.line(HEADER)?;

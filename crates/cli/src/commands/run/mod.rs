@@ -111,7 +111,8 @@ pub struct Args {
     /// `exit`. DIR must be new or empty.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
-    /// Write one line per case to FILE in GNU parallel's joblog format.
+    /// Write one line per case to FILE in GNU parallel's joblog format (`-`: standard
+    /// output).
     #[arg(long, value_name = "FILE")]
     pub joblog: Option<PathBuf>,
     /// Skip the cases the --joblog file records (matched by their command line, inputs
@@ -138,11 +139,13 @@ pub struct Args {
     /// interleave, never a part of one line with another) instead of a case's output
     /// whole when it ends. Memory stays bounded whatever a case prints: a case that
     /// prints faster than the terminal takes it waits.
-    #[arg(long = "line-buffer", visible_alias = "lb")]
+    #[arg(long = "line-buffer", visible_alias = "lb", alias = "linebuffer")]
     pub line_buffer: bool,
-    /// GNU parallel's `--will-cite`, `--no-notice`, `--bar`, `--eta`, `--progress` and
-    /// `--cleanup` change nothing here: there is no citation notice, a progress bar is
-    /// drawn whenever standard error is a terminal, and task folders are always removed.
+    /// GNU parallel's `--will-cite`, `--no-notice`, `--bar`, `--eta`, `--progress`,
+    /// `--cleanup`, `--group` and `--silent` change nothing here: there is no citation
+    /// notice, a progress bar is drawn whenever standard error is a terminal, task folders
+    /// are always removed, output is grouped unless --line-buffer, and command lines are
+    /// printed only with -v.
     #[arg(
         long = "will-cite",
         alias = "no-notice",
@@ -150,10 +153,16 @@ pub struct Args {
         alias = "eta",
         alias = "progress",
         alias = "cleanup",
+        alias = "group",
+        alias = "silent",
         hide = true,
         action = clap::ArgAction::Count
     )]
     pub gnu_parallel_no_op: u8,
+    /// Print each case's command line on standard output before its output, as GNU
+    /// parallel does (with --line-buffer, as the case is handed out).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Print the command lines instead of running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -362,6 +371,9 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         return Err(RunError::ReturnWithoutResults);
     }
     let resuming = args.resume || args.resume_failed;
+    if resuming && args.joblog.as_deref().is_some_and(joblog::is_stdout) {
+        return Err(RunError::ResumeFromStdout);
+    }
     let recorded = match (resuming, &args.joblog) {
         (true, Some(path)) => Some(joblog::recorded(path)?),
         _ => None,
@@ -552,6 +564,18 @@ fn sweep(
             }
             if let Some(host) = &case.host {
                 job = job.hosts([host.clone()]);
+            }
+            if args.verbose && streaming {
+                // With --line-buffer its lines print as they come, so it goes first.
+                let said = bar.suspend(|| writeln!(std::io::stdout(), "{}", case.line));
+                if let Err(source) = said {
+                    let number = case.number;
+                    ledger.fail(RunError::Print {
+                        case: number,
+                        source,
+                    });
+                    return None;
+                }
             }
             ledger.hand_out(case);
             return Some(job);
@@ -771,7 +795,8 @@ impl Reporting<'_> {
                 let tag = args.tag.then_some(case.tag.as_slice());
                 // With --line-buffer its lines were printed as they came.
                 let whole = self.unprinted.is_none();
-                bar.suspend(|| output::print(&result, number, tag, whole))?;
+                let command = args.verbose.then_some(case.line.as_str());
+                bar.suspend(|| output::print(&result, number, tag, whole, command))?;
             }
             bar.inc(1);
             let ran = ran_to_its_end(&result.outcome, self.interrupt.happened());

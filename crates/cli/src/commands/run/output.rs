@@ -94,7 +94,8 @@ pub fn print_record(result: &JobResult, case: usize, command: &str) -> Result<()
 
 /// Prints the case's stdout, then its stderr, each whole, so no other case's output comes
 /// between their lines (unless `whole_output` is false: with `--line-buffer` they were printed
-/// as they came); then a line on stderr when it did not end by itself.
+/// as they came); then a line on stderr when it did not end by itself. `command` (`-v`) is
+/// printed on stdout first.
 ///
 /// # Errors
 /// Standard output or error cannot be written, or a spilled stream cannot be read.
@@ -103,6 +104,7 @@ pub fn print(
     case: usize,
     tag: Option<&[u8]>,
     whole_output: bool,
+    command: Option<&str>,
 ) -> Result<(), RunError> {
     let fail = |source| RunError::Print { case, source };
     let stderr = io::stderr();
@@ -110,6 +112,9 @@ pub fn print(
     if whole_output {
         let stdout = io::stdout();
         let mut out = stdout.lock();
+        if let Some(command) = command {
+            writeln!(out, "{command}").map_err(fail)?;
+        }
         copy(whole("stdout", result.stdout.as_ref()), &mut out, tag).map_err(fail)?;
         out.flush().map_err(fail)?;
         copy(whole("stderr", result.stderr.as_ref()), &mut err, tag).map_err(fail)?;
