@@ -12,7 +12,8 @@
 //!   folder per task and into a kept (persistent) one, median of 2000;
 //! - `messaging`: ping-pong one-way latency and rate through the VM for 0 B, 1 KiB,
 //!   100 KiB and 10 MiB, next to the transport crate's raw Unix-socket ping-pong of the
-//!   same size in the same run, with the ratios.
+//!   same size in the same run, with the ratios; then between two tasks (each message
+//!   sent on by the spawner) for 0 B and 1 KiB.
 //!
 //! Other processes on the machine change these numbers a lot (a busy machine wakes a
 //! sleeping process faster than an idle one), so run it several times; `uptime` shows
@@ -24,7 +25,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use common::Res;
-use parvm_vm::{Config, Message, Runtime, Spawn, TaskContext, Tasks, Vm};
+use parvm_vm::{Config, Message, Runtime, Spawn, TaskContext, TaskId, Tasks, Vm};
 
 fn tasks() -> Tasks {
     Tasks::new()
@@ -39,6 +40,25 @@ fn tasks() -> Tasks {
                     .map_err(|e| e.to_string())?;
             }
         })
+        .register(
+            "ping_peer",
+            |ctx: &TaskContext, (peer, size, rounds): (TaskId, usize, usize)| {
+                // `rounds` round trips of `size` bytes with task `peer` (a `bounce`),
+                // through the spawner; the median one-way time, in nanoseconds.
+                let data = vec![0x5au8; size];
+                let mut samples = Vec::with_capacity(rounds);
+                for i in 0..rounds + 5 {
+                    let start = Instant::now();
+                    ctx.send_bytes(peer, &data).map_err(|e| e.to_string())?;
+                    ctx.recv().map_err(|e| e.to_string())?;
+                    if i >= 5 {
+                        samples.push(start.elapsed());
+                    }
+                }
+                let one_way = median(samples) / 2;
+                Ok::<_, String>(u64::try_from(one_way.as_nanos()).unwrap_or(u64::MAX))
+            },
+        )
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -232,6 +252,31 @@ fn messaging_part(workers: usize) -> Res<()> {
             rate(raw),
             ratio,
             100.0 / ratio
+        );
+    }
+    // Between two tasks: every message goes through the spawner, which sends it on.
+    let pinger = |size: usize, rounds: usize| -> Res<Duration> {
+        let ids = vm.spawn(Spawn::task("ping_peer", &(task, size, rounds)))?;
+        let Some(&pinger) = ids.first() else {
+            return Err("no free slot for the ping task (it needs 2 workers)".into());
+        };
+        loop {
+            match vm.recv()? {
+                Message::TaskResult { task, outcome } if task == pinger => {
+                    let nanos: u64 = outcome.map_err(|e| e.to_string())?.decode()?;
+                    wait_exit(&vm)?;
+                    return Ok(Duration::from_nanos(nanos));
+                }
+                _ => {}
+            }
+        }
+    };
+    for size in [0usize, 1024] {
+        let one_way = pinger(size, 3000)?;
+        println!(
+            "  task to task {:>5} B     : {:8.1} us (through the spawner)",
+            size,
+            us(one_way)
         );
     }
     vm.send_bytes(task, b"stop")?;

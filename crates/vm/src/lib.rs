@@ -37,6 +37,7 @@ mod clean;
 mod dispatch;
 mod envfwd;
 mod error;
+mod forward;
 mod ids;
 mod launch;
 mod layout;

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use parvm_transport::{Event, Peer, Rank};
 
+use crate::forward::Forward;
 use crate::message::{ExitStatus, Payload, TaskFailure, Value};
 use crate::ship::serve::ShipJob;
 use crate::spawner::Shared;
@@ -95,8 +96,8 @@ impl Shared {
                     );
                     return owed.and_then(|bytes| owed_ack(from, bytes));
                 }
-                self.on_user_between_tasks(state, from, number, to, &data);
-                None
+                let owed = self.on_user_between_tasks(state, from, number, to, &data);
+                owed.and_then(|bytes| owed_ack(from, bytes))
             }
             FromWorker::Output {
                 number,
@@ -456,8 +457,9 @@ impl Shared {
         }
     }
 
-    /// A user message from a task of worker `from` to task `to` of another worker:
-    /// forwarded while that task runs, else dropped.
+    /// A user message from a task of worker `from` to task `to` of another worker: handed
+    /// to the lane of `to`'s worker while that task runs (`crate::forward`), else dropped.
+    /// Returns the acknowledgement owed to `from` when it is dropped here.
     fn on_user_between_tasks(
         &self,
         state: &mut State,
@@ -465,21 +467,51 @@ impl Shared {
         number: Option<u64>,
         to: TaskId,
         data: &[u8],
-    ) {
+    ) -> Option<u64> {
         let Some((sender, _)) = user_sender(state, from, number) else {
-            return;
+            return state.message_gone(from, data.len());
         };
-        if state.slots.is_live(to) {
-            let frame = ToWorker::User {
-                from: sender,
-                to: to.number,
-                data: Cow::Borrowed(&[]),
-            };
-            if let Err(e) = self.send_with_tail(to.slot, &frame, data) {
+        if !state.slots.is_live(to) {
+            tracing::debug!(to = %to, "dropping a message for a task that has ended");
+            return state.message_gone(from, data.len());
+        }
+        let head = ToWorker::User {
+            from: sender,
+            to: to.number,
+            data: Cow::Borrowed(&[]),
+        };
+        let Some(frame) = wire::user_frame(&head, data) else {
+            return state.message_gone(from, data.len());
+        };
+        let message = Forward {
+            from,
+            to: to.slot,
+            frame,
+            bytes: data.len(),
+        };
+        let refused = match self.me() {
+            Some(me) => self.forwarder.push(me, message),
+            None => Err(message),
+        };
+        if let Err(message) = refused {
+            // No thread for its lane: sent from here, as all were before lanes.
+            if let Err(e) = self.transport.send(message.to, &message.frame) {
                 tracing::debug!(to = %to, error = %e, "cannot forward a message");
             }
-        } else {
-            tracing::debug!(to = %to, "dropping a message for a task that has ended");
+            return state.message_gone(from, data.len());
+        }
+        None
+    }
+
+    /// Sends `message` on to its receiver, from the thread of its lane (without the state
+    /// lock), and gives its sender's window back: a receiver that is gone loses it.
+    pub(crate) fn send_on(&self, message: Forward) {
+        if let Err(e) = self.transport.send(message.to, &message.frame) {
+            tracing::debug!(to = message.to, error = %e, "cannot forward a message");
+        }
+        let owed = self.lock().message_gone(message.from, message.bytes);
+        if let Some(owed) = owed {
+            self.acknowledge(message.from, owed);
         }
     }
 

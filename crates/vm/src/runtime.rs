@@ -87,7 +87,7 @@ impl Runtime {
                 what: "Runtime::from_transport",
             });
         }
-        let shared = Arc::new(Shared::new(transport, tasks, config, forward));
+        let shared = Shared::share(Shared::new(transport, tasks, config, forward));
         {
             let state = shared.lock();
             for rank in state.slots.ranks() {

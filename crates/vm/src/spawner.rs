@@ -57,6 +57,11 @@ pub(crate) struct Shared {
     cond: Condvar,
     /// The buffer frames are encoded into, reused from one send to the next.
     scratch: Mutex<Vec<u8>>,
+    /// Messages between tasks on their way to their receivers (`crate::forward`).
+    pub(crate) forwarder: std::sync::Arc<crate::forward::Forwarder>,
+    /// This spawner, for the threads it starts; set once it is shared
+    /// ([`Shared::share`]).
+    me: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
 
 impl Shared {
@@ -90,7 +95,21 @@ impl Shared {
             state: Mutex::new(state),
             cond: Condvar::new(),
             scratch: Mutex::new(Vec::new()),
+            forwarder: std::sync::Arc::default(),
+            me: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `shared`, made ready for the threads it starts (forwarding messages between tasks).
+    pub(crate) fn share(shared: Shared) -> std::sync::Arc<Shared> {
+        let shared = std::sync::Arc::new(shared);
+        let _ = shared.me.set(std::sync::Arc::downgrade(&shared));
+        shared
+    }
+
+    /// This spawner for a thread it starts; `None` while it is not shared (unit tests).
+    pub(crate) fn me(&self) -> Option<&std::sync::Weak<Shared>> {
+        self.me.get()
     }
 
     /// Whether workers can join from now on (TCP; local while a replacement may still

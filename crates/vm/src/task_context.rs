@@ -126,9 +126,12 @@ impl TaskContext<'_> {
         self.dir
     }
 
-    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`]. To the
-    /// spawner ([`TaskId::SPAWNER`]) it waits while the program has not taken 1 MiB of this
-    /// worker's messages yet, so a program busy elsewhere holds a fast sender back.
+    /// Sends `value` (MessagePack) to task `to`; decode it with [`Payload::decode`]. It
+    /// waits while 1 MiB of this worker's messages are on their way: to the spawner
+    /// ([`TaskId::SPAWNER`]), not yet taken by the program, so a program busy elsewhere
+    /// holds a fast sender back; to another task, not yet sent on by the spawner to that
+    /// task's worker, which takes them in as that task receives, so a task that floods
+    /// a busy one is held back too (and holds up no other).
     ///
     /// # Errors
     /// The value cannot be encoded, or the transport failed. A message to a task that has
@@ -146,13 +149,12 @@ impl TaskContext<'_> {
     /// # Errors
     /// The transport failed.
     pub fn send_bytes(&self, to: TaskId, data: &[u8]) -> Result<(), Error> {
-        if to.slot == 0 {
-            // Waits while the spawner holds a window of this worker's messages its
-            // program has not taken (`crate::link`). A spawner that is gone gives no
-            // credit: the send below then says so.
-            self.link
-                .take_credit(crate::link::message_share(data.len()));
-        }
+        // Waits while the spawner holds a window of this worker's messages: to the
+        // spawner, those its program has not taken; to another task, those not yet sent on
+        // (`crate::link`, `crate::forward`). A spawner that is gone gives no credit: the
+        // send below then says so.
+        self.link
+            .take_credit(crate::link::message_share(data.len()));
         let frame = FromWorker::User {
             from: Some(self.id.number),
             to,

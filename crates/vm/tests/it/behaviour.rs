@@ -18,6 +18,7 @@ suite!(
     ping_pong_between_spawner_and_task,
     messages_the_program_does_not_take_hold_their_task_back,
     messages_of_a_dropped_vm_hold_back_no_later_task,
+    a_task_flooding_a_busy_task_holds_up_no_other,
     worker_to_worker_messages_route_via_the_spawner,
     messages_to_an_ended_task_are_dropped,
     two_thousand_tasks_back_to_back,
@@ -212,6 +213,53 @@ fn messages_the_program_does_not_take_hold_their_task_back(backend: Backend) {
     }
     let (outcomes, _) = collect(&vm, &ids);
     assert_eq!(outcomes[&ids[0]].ok_value().decode::<u64>().unwrap(), COUNT);
+}
+
+/// A task that floods another task, which does not receive yet, holds up neither the
+/// spawner nor other tasks: they run and end meanwhile; then every message arrives whole
+/// and in order.
+fn a_task_flooding_a_busy_task_holds_up_no_other(backend: Backend) {
+    const COUNT: u64 = 200;
+    const SIZE: usize = 64 << 10;
+    let h = Harness::start(backend, 3);
+    let vm = h.vm();
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, progress) = (dir.path().join("gate"), dir.path().join("progress"));
+    let receiver = vm
+        .spawn(Spawn::task(
+            "recv_many_after",
+            &(gate.display().to_string(), COUNT, SIZE),
+        ))
+        .unwrap();
+    let sender = vm
+        .spawn(Spawn::task(
+            "send_many_to",
+            &(receiver[0], COUNT, SIZE, progress.display().to_string()),
+        ))
+        .unwrap();
+    if !backend.sends_wait_for_the_receiver() {
+        // Under MPI a message of this size goes only once the spawner receives, which
+        // this thread does below.
+        crate::harness::wait_until("the sender is under way", || {
+            std::fs::read_to_string(&progress)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .is_some_and(|sent| sent >= 16)
+        });
+    }
+    // The third worker's tasks run and end while the receiver takes nothing: the spawner
+    // does not wait for the receiver's worker while it forwards the flood.
+    for i in 0..5i64 {
+        let ids = vm.spawn(Spawn::task("add", &(i, 1i64))).unwrap();
+        assert_eq!(ids.len(), 1, "the third worker is free");
+        let (outcomes, _) = collect(&vm, &ids);
+        assert_eq!(outcomes[&ids[0]].ok_value().decode::<i64>().unwrap(), i + 1);
+    }
+    std::fs::write(&gate, b"").unwrap();
+    let (outcomes, _) = collect(&vm, &[receiver[0], sender[0]]);
+    for id in [receiver[0], sender[0]] {
+        assert_eq!(outcomes[&id].ok_value().decode::<u64>().unwrap(), COUNT);
+    }
 }
 
 /// The messages a dropped VM's task sent, and sends on, are given back to its worker's

@@ -66,15 +66,33 @@ pub fn tasks() -> Tasks {
         .register(
             "send_many",
             |ctx: &TaskContext, (count, size, progress): (u64, usize, String)| {
-                // `count` messages of `size` bytes to the spawner, each starting with its
-                // number; after each, how many went, in the file `progress`.
+                send_numbered(ctx, TaskId::SPAWNER, count, size, &progress)
+            },
+        )
+        .register(
+            "send_many_to",
+            |ctx: &TaskContext, (to, count, size, progress): (TaskId, u64, usize, String)| {
+                send_numbered(ctx, to, count, size, &progress)
+            },
+        )
+        .register(
+            "recv_many_after",
+            |ctx: &TaskContext, (gate, count, size): (String, u64, usize)| {
+                // Receives nothing until the file `gate` exists; then `count` messages of
+                // `size` bytes, numbered from 0 as `send_numbered` sends them.
+                while !std::path::Path::new(&gate).exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 for seq in 0..count {
-                    let mut data = vec![b'm'; size.max(8)];
-                    data[..8].copy_from_slice(&seq.to_le_bytes());
-                    ctx.send_bytes(TaskId::SPAWNER, &data)
-                        .map_err(|e| e.to_string())?;
-                    std::fs::write(&progress, (seq + 1).to_string())
-                        .map_err(|e| format!("cannot write `{progress}`: {e}"))?;
+                    let (_, data) = ctx.recv().map_err(|e| e.to_string())?;
+                    let data = data.bytes();
+                    if data.len() != size.max(8) || data[..8] != seq.to_le_bytes() {
+                        return Err(format!(
+                            "message {seq}: {} bytes numbered {:?}",
+                            data.len(),
+                            data.get(..8)
+                        ));
+                    }
                 }
                 Ok::<_, String>(count)
             },
@@ -318,4 +336,23 @@ fn tree(dir: &std::path::Path, relative: &std::path::Path) -> std::io::Result<Ve
     }
     names.sort();
     Ok(names)
+}
+
+/// Sends `count` messages of `size` bytes (at least 8) to `to`, each starting with its
+/// number; after each, how many went, in the file `progress`.
+fn send_numbered(
+    ctx: &TaskContext,
+    to: TaskId,
+    count: u64,
+    size: usize,
+    progress: &str,
+) -> Result<u64, String> {
+    for seq in 0..count {
+        let mut data = vec![b'm'; size.max(8)];
+        data[..8].copy_from_slice(&seq.to_le_bytes());
+        ctx.send_bytes(to, &data).map_err(|e| e.to_string())?;
+        std::fs::write(progress, (seq + 1).to_string())
+            .map_err(|e| format!("cannot write `{progress}`: {e}"))?;
+    }
+    Ok(count)
 }
