@@ -1030,16 +1030,23 @@ fn a_run_whose_output_is_closed_ends_even_when_its_workers_die() {
     sweep.assert_no_task_folder_left();
 }
 
+/// A case command that echoes its value, and kills its worker first when its value is
+/// `value` and the marker file (returned) does not exist yet, making it.
+fn kills_its_worker_once(sweep: &Sweep, value: &str) -> (String, PathBuf) {
+    let killed = sweep.shared.join("killed");
+    let case = format!(
+        "test {{}} != {value} || test -e {0} || {{ touch {0}; kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); }}; echo {{}}",
+        killed.display()
+    );
+    (case, killed)
+}
+
 #[test]
 fn a_worker_that_dies_leaves_no_task_folder_after_the_run() {
     // Not replaced, so no new worker on the host sweeps the dead one's folder: the run
     // removes it at its end.
     let sweep = Sweep::new();
-    let killed = sweep.shared.join("killed");
-    let case = format!(
-        "test {{}} != a || test -e {0} || {{ touch {0}; kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); }}; echo {{}}",
-        killed.display()
-    );
+    let (case, _) = kills_its_worker_once(&sweep, "a");
     let out = sweep
         .command(&["-j", "2", "-k", &case, ":::", "a", "b"])
         .env("PARVM_REPLACE_WORKERS", "0")
@@ -1058,11 +1065,7 @@ fn a_run_whose_workers_are_all_gone_names_the_cases_left_by_number() {
     // never start. The dispatch counts jobs from 0; a user reads case numbers.
     let sweep = Sweep::new();
     // Killed once per run: the marker is removed before each, and left for the resumed one.
-    let killed = sweep.shared.join("killed");
-    let case = format!(
-        "test {{}} != 2 || test -e {0} || {{ touch {0}; kill -9 $(ps -o ppid= -p $PPID | tr -d ' '); }}; echo {{}}",
-        killed.display()
-    );
+    let (case, killed) = kills_its_worker_once(&sweep, "2");
     let cases = [":::", "1", "2", "3", "4", "5", "6"];
     for (joblog, resume) in [(false, "with --joblog FILE"), (true, "again with --resume")] {
         let _ = std::fs::remove_file(&killed);
