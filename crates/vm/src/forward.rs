@@ -51,8 +51,6 @@ const SPIN: Duration = Duration::from_micros(100);
 #[derive(Default)]
 pub(crate) struct Forwarder {
     lanes: Mutex<HashMap<Rank, Lane>>,
-    /// Lane threads waiting for a message.
-    wake: Condvar,
 }
 
 #[derive(Default)]
@@ -60,6 +58,8 @@ struct Lane {
     queue: VecDeque<Forward>,
     /// Its thread waits for a message.
     waiting: bool,
+    /// Wakes its thread (used with `Forwarder::lanes`).
+    wake: Arc<Condvar>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,7 +81,7 @@ impl Forwarder {
             // Its thread runs until the lane stays empty, and takes this one too.
             lane.queue.push_back(message);
             if lane.waiting {
-                self.wake.notify_all();
+                lane.wake.notify_one();
             }
             return Ok(());
         }
@@ -133,8 +133,8 @@ impl Forwarder {
                 return None;
             }
             lane.waiting = true;
-            lanes = self
-                .wake
+            let wake = Arc::clone(&lane.wake);
+            lanes = wake
                 .wait_timeout(lanes, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
