@@ -607,10 +607,23 @@ fn gnu_parallel_command_lines_run_or_say_what_to_use_instead() {
         &["--joblog", "-", "--resume", "echo", ":::", "a"],
         "--resume reads the joblog",
     );
+    // -N: the next N values of the one source per case, the last what is left.
+    assert_eq!(
+        sweep.ok(&["-k", "-N2", "echo", "{1}-{2}", ":::", "a", "b", "c"]),
+        "a-b\nc-\n"
+    );
+    assert_eq!(
+        sweep.ok(&["-k", "--max-args", "2", "echo", ":::", "a", "b", "c"]),
+        "a b\nc\n"
+    );
+    sweep.refuses(
+        &["-N2", "echo", ":::", "a", ":::", "b"],
+        "so it takes exactly one source (here 2)",
+    );
     // An option it does not have is refused, never run as the command, with what to use.
     for (option, named, instead) in [
         ("--pipe", "--pipe", "each value piped in is one case"),
-        ("-N2", "-N", "never several on one command line"),
+        ("-X", "-X", "the next N values of the one source"),
         ("-Sserver", "-S", "parvm worker --connect"),
         ("--trc", "--trc", "--return GLOB"),
     ] {

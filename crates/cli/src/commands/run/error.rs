@@ -83,6 +83,16 @@ pub enum RunError {
         /// The `-n` value.
         copies: usize,
     },
+    /// `-N` with other than one input source, or with columns or a header.
+    #[error(
+        "-N {per_case} gives each case the next {per_case} values of one input source, so it takes exactly one source (here {sources}) and neither --colsep nor --header; give the values as one source, or drop -N and pair sources with `:::+`"
+    )]
+    MaxArgsSources {
+        /// The `-N` value.
+        per_case: usize,
+        /// How many sources there are.
+        sources: usize,
+    },
     /// An args file that cannot be read.
     #[error("cannot read the args file `{}`; check the path (use `-` for standard input)", path.display())]
     ArgsFile {

@@ -14,8 +14,8 @@ fn instead_of(option: &str) -> Option<&'static str> {
         "pipe" | "pipepart" | "block" | "block-size" | "recend" | "recstart" => {
             "each value piped in is one case; standard input is not cut into blocks for the command"
         }
-        "X" | "m" | "N" | "xargs" | "max-args" | "max-replace-args" => {
-            "each case gets one value of each input source, never several on one command line; pair the values of two sources with `:::+`"
+        "X" | "m" | "xargs" | "max-replace-args" => {
+            "a case takes one value of each input source, or with -N N the next N values of the one source; pair the values of two sources with `:::+`"
         }
         "S" | "sshlogin" | "slf" | "sshloginfile" => {
             "it logs in to no host: start `parvm worker --connect HOST:PORT` on each and run with --transport tcp, or run under mpirun (docs/cluster.md)"
@@ -70,7 +70,7 @@ mod tests {
             "--pipe",
             "--block=10M",
             "-X",
-            "-N2",
+            "-Xx",
             "-I@@",
             "--tagstring",
             "--onall",

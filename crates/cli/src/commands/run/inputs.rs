@@ -589,6 +589,27 @@ impl Iterator for Cases {
     }
 }
 
+/// `-N n`: every `n` cases of `cases` (each of one value: one source) make one case of
+/// their values, as GNU parallel's `-N`; the last takes what is left, so it may be shorter
+/// (`{3}` of a case of two values is empty).
+pub fn in_groups(
+    mut cases: Cases,
+    n: usize,
+) -> impl Iterator<Item = Result<Vec<Vec<u8>>, RunError>> {
+    std::iter::from_fn(move || {
+        let mut group = Vec::with_capacity(n);
+        while group.len() < n {
+            match cases.next() {
+                Some(Ok(mut case)) => group.append(&mut case),
+                Some(Err(error)) => return Some(Err(error)),
+                // The source ended inside the group: the short last case.
+                None => break,
+            }
+        }
+        (!group.is_empty()).then_some(Ok(group))
+    })
+}
+
 /// `--colsep`: each source becomes one source per column, its values split where
 /// `colsep` matches (a missing column is empty); the columns of a source move together.
 #[must_use]
@@ -867,6 +888,25 @@ mod tests {
                 input.extend_from_slice(&delimiter);
             }
             prop_assert_eq!(values_of(&input, &delimiter), values);
+        }
+
+        #[test]
+        fn values_in_groups_are_the_values_in_order_all_full_but_the_last(
+            count in 1usize..40,
+            n in 1usize..7,
+        ) {
+            let mut line = vec![OsString::from("echo"), OsString::from(":::")];
+            line.extend((0..count).map(|i| OsString::from(i.to_string())));
+            let stop = Arc::new(AtomicBool::new(false));
+            let cases = split(&line, &[]).unwrap().open(false, &stop).unwrap().cases().unwrap();
+            let groups: Vec<Vec<Vec<u8>>> = in_groups(cases, n).map(Result::unwrap).collect();
+            prop_assert_eq!(groups.len(), count.div_ceil(n));
+            let (last, full) = groups.split_last().unwrap();
+            prop_assert!(full.iter().all(|group| group.len() == n));
+            prop_assert!(!last.is_empty() && last.len() <= n);
+            let flat: Vec<Vec<u8>> = groups.concat();
+            let expected: Vec<Vec<u8>> = (0..count).map(|i| i.to_string().into_bytes()).collect();
+            prop_assert_eq!(flat, expected);
         }
     }
 

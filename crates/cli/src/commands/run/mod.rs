@@ -92,6 +92,10 @@ pub struct Args {
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
     pub copies: Option<usize>,
+    /// Give each case the next N values of the (one) input source, as GNU parallel's
+    /// `-N`: `{1}` ... `{N}` are they, `{}` all of them; the last case takes what is left.
+    #[arg(short = 'N', long = "max-args", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub per_case: Option<u16>,
     /// Run every case once on each host of the run (without inputs: the command once per
     /// host); under TCP, give `-j N` to wait for N workers first.
     #[arg(long)]
@@ -333,18 +337,32 @@ pub fn run(args: Args) -> Result<u8, RunError> {
             });
         }
     };
-    let template = replace::Template::parse(&words, inputs.count(), &names, args.quote)?;
+    // `-N n`: n values of the one source per case, numbered as n sources.
+    let per_case = args.per_case.map(usize::from).filter(|&n| n > 1);
+    if let Some(n) = per_case
+        && (inputs.count() != 1 || args.colsep.is_some() || args.header.is_some())
+    {
+        return Err(RunError::MaxArgsSources {
+            per_case: n,
+            sources: inputs.count(),
+        });
+    }
+    let sources = per_case.unwrap_or(inputs.count());
+    let template = replace::Template::parse(&words, sources, &names, args.quote)?;
     if let Some(warning) = replace::split_script_warning(&words, args.quote) {
         crate::console::say(format!("parvm run: {warning}"));
     }
     let returns = args
         .returns
         .iter()
-        .map(|pattern| replace::Template::pattern(pattern, inputs.count(), &names))
+        .map(|pattern| replace::Template::pattern(pattern, sources, &names))
         .collect::<Result<Vec<_>, _>>()?;
     let (values, total): (feed::Values<'_>, Option<usize>) = if inputs.count() == 0 {
         let copies = args.copies.unwrap_or(1);
         (Box::new((0..copies).map(|_| Ok(Vec::new()))), Some(copies))
+    } else if let Some(n) = per_case {
+        let total = inputs.total().map(|total| total.div_ceil(n));
+        (Box::new(inputs::in_groups(inputs.cases()?, n)), total)
     } else {
         let total = inputs.total();
         (Box::new(inputs.cases()?), total)

@@ -131,8 +131,11 @@ impl Template {
                     out.push_str(parvm_vm::TASK_SLOT_VAR);
                     out.push('"');
                 }
+                // A short last case of `-N` has no value there: nothing, as GNU parallel.
                 Piece::Value(edit, Some(index)) => {
-                    out.push_str(&quote(&apply(*edit, &values[*index])));
+                    if let Some(value) = values.get(*index) {
+                        out.push_str(&quote(&apply(*edit, value)));
+                    }
                 }
                 Piece::Value(edit, None) => {
                     let quoted: Vec<String> = values
