@@ -620,6 +620,11 @@ fn gnu_parallel_command_lines_run_or_say_what_to_use_instead() {
         &["-N2", "echo", ":::", "a", ":::", "b"],
         "so it takes exactly one source (here 2)",
     );
+    // -I: a string of one's own for the value; `{}` is then text.
+    assert_eq!(
+        sweep.ok(&["-k", "-I", "@@", "echo", "x@@y", "{}", ":::", "a", "b"]),
+        "xay {}\nxby {}\n"
+    );
     // An option it does not have is refused, never run as the command, with what to use.
     for (option, named, instead) in [
         ("--pipe", "--pipe", "each value piped in is one case"),

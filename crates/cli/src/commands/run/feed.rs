@@ -173,13 +173,14 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
+    use super::super::replace::Replacing;
     use super::*;
 
     #[test]
     fn each_host_gets_every_case_numbered_in_turn() {
         let words = vec!["echo".to_owned(), "{}".to_owned(), "{#}".to_owned()];
-        let template = Template::parse(&words, 1, &[], false).unwrap();
-        let returns = [Template::pattern("{}.out", 1, &[]).unwrap()];
+        let template = Template::parse(&words, &Replacing::new(1, &[]), false).unwrap();
+        let returns = [Template::pattern("{}.out", &Replacing::new(1, &[])).unwrap()];
         let values: Values<'_> = Box::new(
             [b"a".to_vec(), b"b".to_vec()]
                 .into_iter()

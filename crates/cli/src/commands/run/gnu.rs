@@ -24,9 +24,6 @@ fn instead_of(option: &str) -> Option<&'static str> {
         "transfer" | "transferfile" | "trc" | "basefile" | "bf" | "return-file" => {
             "--map SRC=DST copies a case's input files into its task folder on whichever host runs it, and --return GLOB with --results DIR brings files back"
         }
-        "I" | "replace" => {
-            "the value's replacement string is always `{}` (with `{.}`, `{/}`, `{//}`, `{/.}`, `{1}`, `{#}`, `{%}`)"
-        }
         "tagstring" => "--tag prefixes each line a case prints with its values and a tab",
         "shuf" => "cases start in the order of their inputs",
         "onall" | "nonall" => {
@@ -71,7 +68,6 @@ mod tests {
             "--block=10M",
             "-X",
             "-Xx",
-            "-I@@",
             "--tagstring",
             "--onall",
             "--nice",

@@ -92,6 +92,10 @@ pub struct Args {
     /// Without inputs: run the command N times.
     #[arg(short = 'n', value_name = "N")]
     pub copies: Option<usize>,
+    /// Replace STR with the value instead of `{}` (which is then text), as GNU parallel's
+    /// and xargs' `-I`: `parvm run -I @@ cp @@ @@.bak ::: a b`.
+    #[arg(short = 'I', value_name = "STR", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub replace: Option<String>,
     /// Give each case the next N values of the (one) input source, as GNU parallel's
     /// `-N`: `{1}` ... `{N}` are they, `{}` all of them; the last case takes what is left.
     #[arg(short = 'N', long = "max-args", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -348,14 +352,15 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         });
     }
     let sources = per_case.unwrap_or(inputs.count());
-    let template = replace::Template::parse(&words, sources, &names, args.quote)?;
+    let replacing = replace::Replacing::new(sources, &names).value_as(args.replace.as_deref());
+    let template = replace::Template::parse(&words, &replacing, args.quote)?;
     if let Some(warning) = replace::split_script_warning(&words, args.quote) {
         crate::console::say(format!("parvm run: {warning}"));
     }
     let returns = args
         .returns
         .iter()
-        .map(|pattern| replace::Template::pattern(pattern, sources, &names))
+        .map(|pattern| replace::Template::pattern(pattern, &replacing))
         .collect::<Result<Vec<_>, _>>()?;
     let (values, total): (feed::Values<'_>, Option<usize>) = if inputs.count() == 0 {
         let copies = args.copies.unwrap_or(1);

@@ -35,6 +35,34 @@ enum Piece {
     Slot,
 }
 
+/// What the replacement strings of a command mean: how many input sources there are, their
+/// names (`--header :`, for `{name}`), and the string that stands for the value: `{}`, or
+/// `-I`'s, as in GNU parallel (`{}` is then text).
+#[derive(Debug, Clone, Copy)]
+pub struct Replacing<'a> {
+    sources: usize,
+    names: &'a [String],
+    value: Option<&'a str>,
+}
+
+impl<'a> Replacing<'a> {
+    /// `sources` input sources named `names` (empty when not named); the value is `{}`.
+    #[must_use]
+    pub fn new(sources: usize, names: &'a [String]) -> Replacing<'a> {
+        Replacing {
+            sources,
+            names,
+            value: None,
+        }
+    }
+
+    /// `-I value`: `value` stands for the value instead of `{}`.
+    #[must_use]
+    pub fn value_as(self, value: Option<&'a str>) -> Replacing<'a> {
+        Replacing { value, ..self }
+    }
+}
+
 /// A command line with its replacement strings found.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -49,11 +77,9 @@ impl Template {
     ///
     /// # Errors
     /// A value replacement string without inputs, or `{N}` beyond the sources.
-    /// `names` are the sources' names (`--header :`), for `{name}`; empty when none.
     pub fn parse(
         words: &[String],
-        sources: usize,
-        names: &[String],
+        replacing: &Replacing<'_>,
         quote_words: bool,
     ) -> Result<Template, RunError> {
         let mut pieces = Vec::new();
@@ -65,7 +91,7 @@ impl Template {
                 if word.is_empty() {
                     pieces.push(Piece::Text("''".to_owned()));
                 }
-                for piece in pieces_of(word, sources, names)? {
+                for piece in pieces_of(word, replacing)? {
                     pieces.push(match piece {
                         Piece::Text(text) => Piece::Text(quote(text.as_bytes())),
                         other => other,
@@ -73,10 +99,10 @@ impl Template {
                 }
             }
         } else {
-            pieces = pieces_of(&words.join(" "), sources, names)?;
+            pieces = pieces_of(&words.join(" "), replacing)?;
         }
         let replaces = pieces.iter().any(|p| !matches!(p, Piece::Text(_)));
-        if !replaces && sources > 0 {
+        if !replaces && replacing.sources > 0 {
             pieces.push(Piece::Text(" ".to_owned()));
             pieces.push(Piece::Value(Edit::Whole, None));
         }
@@ -89,8 +115,8 @@ impl Template {
     /// # Errors
     /// A value replacement string without inputs, `{N}` beyond the sources, or `{%}`
     /// (the slot is known only once the case runs).
-    pub fn pattern(pattern: &str, sources: usize, names: &[String]) -> Result<Template, RunError> {
-        let pieces = pieces_of(pattern, sources, names)?;
+    pub fn pattern(pattern: &str, replacing: &Replacing<'_>) -> Result<Template, RunError> {
+        let pieces = pieces_of(pattern, replacing)?;
         if pieces.contains(&Piece::Slot) {
             return Err(RunError::SlotInReturn {
                 pattern: pattern.to_owned(),
@@ -102,7 +128,7 @@ impl Template {
     /// Whether `text` holds a replacement string (`{}`, `{.}`, `{#}`, `{1}`, ...).
     pub fn has_replacements(text: &str) -> bool {
         // As many sources as `{N}` can name, so that none is refused for its number.
-        pieces_of(text, usize::MAX, &[])
+        pieces_of(text, &Replacing::new(usize::MAX, &[]))
             .is_ok_and(|pieces| pieces.iter().any(|piece| !matches!(piece, Piece::Text(_))))
     }
 
@@ -169,16 +195,43 @@ fn glob_literal(value: &[u8]) -> String {
     out
 }
 
-/// The pieces of `line`: text and replacement strings, checked against `sources` (named
-/// `names`, when given).
-fn pieces_of(line: &str, sources: usize, names: &[String]) -> Result<Vec<Piece>, RunError> {
+/// The pieces of `line`: text and replacement strings, checked against `replacing`.
+fn pieces_of(line: &str, replacing: &Replacing<'_>) -> Result<Vec<Piece>, RunError> {
+    let Replacing {
+        sources,
+        names,
+        value,
+    } = *replacing;
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut rest = line;
-    while let Some(open) = rest.find('{') {
+    loop {
+        let open = rest.find('{');
+        // `-I`'s string, where it comes first (or at the same place: `-I {}`).
+        if let Some((own, at)) = value.and_then(|own| Some((own, rest.find(own)?)))
+            && open.is_none_or(|open| at <= open)
+        {
+            if sources == 0 {
+                return Err(RunError::ReplacementWithoutInputs {
+                    found: own.to_owned(),
+                });
+            }
+            text.push_str(&rest[..at]);
+            if !text.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(Piece::Value(Edit::Whole, None));
+            rest = &rest[at + own.len()..];
+            continue;
+        }
+        let Some(open) = open else {
+            break;
+        };
         let piece = rest[open..]
             .find('}')
-            .and_then(|close| Some((piece_of(&rest[open + 1..open + close], names)?, close)));
+            .and_then(|close| Some((piece_of(&rest[open + 1..open + close], names)?, close)))
+            // With `-I`, `{}` is text.
+            .filter(|(piece, _)| value.is_none() || *piece != Piece::Value(Edit::Whole, None));
         let Some((piece, close)) = piece else {
             text.push_str(&rest[..=open]);
             rest = &rest[open + 1..];
@@ -353,7 +406,7 @@ mod tests {
     fn fill(command: &str, values: &[&str]) -> String {
         let words: Vec<String> = command.split(' ').map(str::to_owned).collect();
         let values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
-        Template::parse(&words, values.len(), &[], false)
+        Template::parse(&words, &Replacing::new(values.len(), &[]), false)
             .unwrap()
             .fill(7, &values)
     }
@@ -385,7 +438,7 @@ mod tests {
     #[test]
     fn replacement_strings_need_inputs() {
         let words = vec!["echo".to_owned(), "{.}".to_owned()];
-        let error = Template::parse(&words, 0, &[], false)
+        let error = Template::parse(&words, &Replacing::new(0, &[]), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -393,14 +446,14 @@ mod tests {
             "{error}"
         );
         let words = vec!["echo".to_owned(), "{3}".to_owned()];
-        let error = Template::parse(&words, 2, &[], false)
+        let error = Template::parse(&words, &Replacing::new(2, &[]), false)
             .unwrap_err()
             .to_string();
         assert!(error.contains("{3}") && error.contains("only 2"), "{error}");
         // {%} is left to the worker's shell, which knows the slot.
         let words = vec!["echo".to_owned(), "{%}".to_owned()];
         assert_eq!(
-            Template::parse(&words, 1, &[], false)
+            Template::parse(&words, &Replacing::new(1, &[]), false)
                 .unwrap()
                 .fill(1, &[b"a".to_vec()]),
             "echo \"$PARVM_TASK_SLOT\""
@@ -408,12 +461,16 @@ mod tests {
         // {#} needs no inputs, and nothing is appended without them.
         let words = vec!["echo".to_owned(), "{#}".to_owned()];
         assert_eq!(
-            Template::parse(&words, 0, &[], false).unwrap().fill(3, &[]),
+            Template::parse(&words, &Replacing::new(0, &[]), false)
+                .unwrap()
+                .fill(3, &[]),
             "echo 3"
         );
         let words = vec!["true".to_owned()];
         assert_eq!(
-            Template::parse(&words, 0, &[], false).unwrap().fill(3, &[]),
+            Template::parse(&words, &Replacing::new(0, &[]), false)
+                .unwrap()
+                .fill(3, &[]),
             "true"
         );
     }
@@ -424,12 +481,12 @@ mod tests {
             .iter()
             .map(|w| (*w).to_owned())
             .collect();
-        let line = Template::parse(&words, 1, &[], true)
+        let line = Template::parse(&words, &Replacing::new(1, &[]), true)
             .unwrap()
             .fill(1, &[b"V W".to_vec()]);
         assert_eq!(line, "printf '%s|%s\\n' a'V W'b '' 'x y'");
         let words: Vec<String> = vec!["echo".to_owned(), "a|b".to_owned()];
-        let line = Template::parse(&words, 1, &[], true)
+        let line = Template::parse(&words, &Replacing::new(1, &[]), true)
             .unwrap()
             .fill(1, &[b"v".to_vec()]);
         assert_eq!(line, "echo 'a|b' v");
@@ -437,9 +494,9 @@ mod tests {
 
     #[test]
     fn return_patterns_escape_glob_characters_of_values() {
-        let template = Template::pattern("out/{/.}-{#}.raw", 1, &[]).unwrap();
+        let template = Template::pattern("out/{/.}-{#}.raw", &Replacing::new(1, &[])).unwrap();
         assert_eq!(
-            Template::pattern("*.raw", 1, &[])
+            Template::pattern("*.raw", &Replacing::new(1, &[]))
                 .unwrap()
                 .fill_pattern(1, &[b"x".to_vec()]),
             "*.raw"
@@ -451,11 +508,13 @@ mod tests {
         ] {
             assert_eq!(template.fill_pattern(3, &[value.to_vec()]), expected);
         }
-        let error = Template::pattern("{%}.raw", 1, &[])
+        let error = Template::pattern("{%}.raw", &Replacing::new(1, &[]))
             .unwrap_err()
             .to_string();
         assert!(error.contains("--return `{%}.raw`"), "{error}");
-        let error = Template::pattern("{}.raw", 0, &[]).unwrap_err().to_string();
+        let error = Template::pattern("{}.raw", &Replacing::new(0, &[]))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no inputs"), "{error}");
     }
 
@@ -467,7 +526,7 @@ mod tests {
             value in proptest::collection::vec(1u8..=255, 0..40)
         ) {
             let words = vec!["printf".to_owned(), "%s".to_owned(), "{}".to_owned()];
-            let line = Template::parse(&words, 1, &[], false).unwrap().fill(1, std::slice::from_ref(&value));
+            let line = Template::parse(&words, &Replacing::new(1, &[]), false).unwrap().fill(1, std::slice::from_ref(&value));
             let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
             prop_assert!(out.status.success());
             prop_assert_eq!(out.stdout, value);
@@ -499,7 +558,7 @@ mod tests {
             b"x".to_vec(),
         ];
         let fill = |line: &str| {
-            Template::parse(&[line.to_owned()], 4, &names, false)
+            Template::parse(&[line.to_owned()], &Replacing::new(4, &names), false)
                 .unwrap()
                 .fill(7, &values)
         };
@@ -508,9 +567,31 @@ mod tests {
         // Not a name: left as text, as any brace that is not a replacement string.
         assert_eq!(fill("{R} {} {rr}"), "{R} 1k 2k dir/amp.cir x {rr}");
         // Without names, `{r}` is text too.
-        let plain = Template::parse(&["{r} {1}".to_owned()], 1, &[], false).unwrap();
+        let plain =
+            Template::parse(&["{r} {1}".to_owned()], &Replacing::new(1, &[]), false).unwrap();
         assert_eq!(plain.fill(1, &[b"v".to_vec()]), "{r} v");
-        let pattern = Template::pattern("{net/.}.raw", 4, &names).unwrap();
+        let pattern = Template::pattern("{net/.}.raw", &Replacing::new(4, &names)).unwrap();
         assert_eq!(pattern.fill_pattern(1, &values), "amp.raw");
+    }
+
+    #[test]
+    fn a_string_of_ones_own_stands_for_the_value_and_braces_are_text() {
+        // As GNU parallel's -I: `{}` is text, the other strings keep their meaning, and a
+        // command without the string gets the value appended.
+        let fill = |own: &str, line: &str| {
+            let replacing = Replacing::new(1, &[]).value_as(Some(own));
+            Template::parse(&[line.to_owned()], &replacing, false)
+                .unwrap()
+                .fill(2, &[b"a.b".to_vec()])
+        };
+        assert_eq!(fill("@@", "cp @@ @@.bak"), "cp a.b a.b.bak");
+        assert_eq!(fill("@@", "echo x@@y {} {.} {#}"), "echo xa.by {} a 2");
+        assert_eq!(fill("@@", "echo"), "echo a.b");
+        assert_eq!(fill("{}", "echo {} {.}"), "echo a.b a");
+        // Whichever comes first: `{%}` is still the slot with `-I %`, as in GNU parallel.
+        assert_eq!(fill("%", "echo {%} %x"), "echo \"$PARVM_TASK_SLOT\" a.bx");
+        let none = Replacing::new(0, &[]).value_as(Some("@@"));
+        let error = Template::parse(&["echo @@".to_owned()], &none, false).unwrap_err();
+        assert!(error.to_string().contains("`@@`"), "{error}");
     }
 }
