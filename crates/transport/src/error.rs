@@ -233,7 +233,7 @@ pub enum Error {
     },
     /// A worker could not connect to the spawner.
     #[error(
-        "cannot connect to the spawner at `{addr}`; check PARVM_CONNECT and that the spawner listens there"
+        "cannot connect to the spawner at `{addr}`; check PARVM_CONNECT and that the spawner listens there (a worker started before its spawner keeps trying with `parvm worker --wait SECONDS` or PARVM_CONNECT_WAIT)"
     )]
     Connect {
         /// The address.
