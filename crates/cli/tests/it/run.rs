@@ -257,6 +257,20 @@ fn args_files_stdin_and_copies() {
     let mut got = lines(&out);
     got.sort_unstable();
     assert_eq!(got, ["copy 1", "copy 2", "copy 3"]);
+    // `find ... | parallel -n1 cmd` habit: -n is copies here, and says so.
+    let mut child = sweep
+        .command(&["-n", "1", "echo", "bare"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"p\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "bare\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("what is piped in is not read"), "{stderr}");
 }
 
 #[test]

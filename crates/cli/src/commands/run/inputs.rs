@@ -278,6 +278,13 @@ pub const FROM_THE_TERMINAL: &str = "parvm run: reading the values of the cases 
 /// input source was given: mpirun passes its own standard input on to rank 0.
 pub const FROM_MPIRUN: &str = "parvm run: no input source given, so the values of the cases are read from the standard input mpirun passes on, one per line (end with Ctrl-D at a prompt); give `-n 1` to run the command once, or the values after :::";
 
+/// The warning for `-n N` while values are piped in: they are not read.
+pub fn copies_leave_stdin_unread(copies: usize) -> String {
+    format!(
+        "parvm run: -n {copies} runs the command {copies} time(s) without inputs, so what is piped in is not read; to run a case per value piped in, drop -n (GNU parallel's -n, N values per case, is -N here)"
+    )
+}
+
 /// An args file (or standard input) read one line at a time.
 pub struct LineSource {
     path: PathBuf,

@@ -258,6 +258,14 @@ pub fn run(args: Args) -> Result<u8, RunError> {
             crate::console::say(inputs::FROM_MPIRUN);
         }
         split.read_stdin();
+    } else if let Some(copies) = args.copies
+        && !split.has_inputs()
+        && inputs::stdin_is_piped()
+        && !parvm_transport::launcher::launched_by_mpirun()
+    {
+        // `find ... | parallel -n1 cmd` reads the values; here -n is copies, so say that
+        // the values piped in stay unread rather than run the command bare.
+        crate::console::say(inputs::copies_leave_stdin_unread(copies));
     }
     let words = split
         .command
