@@ -27,16 +27,16 @@ use parvm_transport::Rank;
 
 use crate::spawner::Shared;
 
-/// One message on its way to another task: its whole frame, and whose window it took.
+/// One message on its way to another task, and whose window it took.
 pub(crate) struct Forward {
     /// The worker whose task sent it.
     pub from: Rank,
     /// The worker of the task it is for.
     pub to: Rank,
-    /// The frame, head and bytes.
-    pub frame: Vec<u8>,
-    /// The bytes of the message (its share of the sender's window follows from them).
-    pub bytes: usize,
+    /// The head of its frame to that worker; the message's bytes follow it.
+    pub head: Vec<u8>,
+    /// The message's bytes, in the frame they arrived in (not copied).
+    pub data: crate::Payload,
 }
 
 /// How long a lane's thread waits for the next message once its lane is empty before it

@@ -86,17 +86,14 @@ impl Shared {
                 to,
                 data,
             } => {
-                if to.slot == 0 {
-                    let located = wire::locate(&payload, data);
-                    let owed = Self::on_user_to_spawner(
-                        state,
-                        from,
-                        number,
-                        Payload::from_frame(payload, located),
-                    );
-                    return owed.and_then(|bytes| owed_ack(from, bytes));
-                }
-                let owed = self.on_user_between_tasks(state, from, number, to, &data);
+                // The message keeps the frame as its buffer: located, then no copy.
+                let located = wire::locate(&payload, data);
+                let data = Payload::from_frame(payload, located);
+                let owed = if to.slot == 0 {
+                    Self::on_user_to_spawner(state, from, number, data)
+                } else {
+                    self.on_user_between_tasks(state, from, number, to, data)
+                };
                 owed.and_then(|bytes| owed_ack(from, bytes))
             }
             FromWorker::Output {
@@ -466,52 +463,60 @@ impl Shared {
         from: Rank,
         number: Option<u64>,
         to: TaskId,
-        data: &[u8],
+        data: Payload,
     ) -> Option<u64> {
+        let bytes = data.bytes().len();
         let Some((sender, _)) = user_sender(state, from, number) else {
-            return state.message_gone(from, data.len());
+            return state.message_gone(from, bytes);
         };
         if !state.slots.is_live(to) {
             tracing::debug!(to = %to, "dropping a message for a task that has ended");
-            return state.message_gone(from, data.len());
+            return state.message_gone(from, bytes);
         }
         let head = ToWorker::User {
             from: sender,
             to: to.number,
             data: Cow::Borrowed(&[]),
         };
-        let Some(frame) = wire::user_frame(&head, data) else {
-            return state.message_gone(from, data.len());
+        let Some(head) = wire::user_head(&head) else {
+            return state.message_gone(from, bytes);
         };
         let message = Forward {
             from,
             to: to.slot,
-            frame,
-            bytes: data.len(),
+            head,
+            data,
         };
         let refused = match self.me() {
             Some(me) => self.forwarder.push(me, message),
             None => Err(message),
         };
-        if let Err(message) = refused {
+        match refused {
+            Ok(()) => None,
             // No thread for its lane: sent from here, as all were before lanes.
-            if let Err(e) = self.transport.send(message.to, &message.frame) {
-                tracing::debug!(to = %to, error = %e, "cannot forward a message");
+            Err(message) => {
+                self.send_forward(&message);
+                state.message_gone(from, bytes)
             }
-            return state.message_gone(from, data.len());
         }
-        None
     }
 
     /// Sends `message` on to its receiver, from the thread of its lane (without the state
     /// lock), and gives its sender's window back: a receiver that is gone loses it.
     pub(crate) fn send_on(&self, message: Forward) {
-        if let Err(e) = self.transport.send(message.to, &message.frame) {
-            tracing::debug!(to = message.to, error = %e, "cannot forward a message");
-        }
-        let owed = self.lock().message_gone(message.from, message.bytes);
+        self.send_forward(&message);
+        let owed = self
+            .lock()
+            .message_gone(message.from, message.data.bytes().len());
         if let Some(owed) = owed {
             self.acknowledge(message.from, owed);
+        }
+    }
+
+    fn send_forward(&self, message: &Forward) {
+        let parts = [&message.head[..], message.data.bytes()];
+        if let Err(e) = self.transport.send_parts(message.to, &parts) {
+            tracing::debug!(to = message.to, error = %e, "cannot forward a message");
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) use frames::{
     BATCH_BYTES, BLOB_CHUNK, BatchedBlob, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan,
     SpawnRequest, Startup, ToWorker, WHOLE_FILE, read_stop,
 };
-pub(crate) use send::{SendError, send_frame, send_user, user_frame};
+pub(crate) use send::{SendError, send_frame, send_user, user_head};
 pub(crate) use user::{
     Frame, USER, USER_SPAWNER, output_ack, read_output_ack, read_return_stop, return_stop,
 };

@@ -40,14 +40,11 @@ pub(crate) fn send_frame<'a, F: Frame<'a>>(
     sent
 }
 
-/// User message frame `frame` (its bytes left empty) followed by `data`, whole, to send
-/// later; `None` for a frame that is not a user message.
-pub(crate) fn user_frame<'a, F: Frame<'a>>(frame: &F, data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() + 32);
-    frame.write_user_head(&mut out).then(|| {
-        out.extend_from_slice(data);
-        out
-    })
+/// The head of user message frame `frame` (its bytes left empty), to send later with the
+/// bytes behind it; `None` for a frame that is not a user message.
+pub(crate) fn user_head<'a, F: Frame<'a>>(frame: &F) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    frame.write_user_head(&mut head).then_some(head)
 }
 
 /// Sends user message frame `frame` (its bytes left empty) followed by `data` to rank
