@@ -645,3 +645,98 @@ fn gnu_parallel_command_lines_run_or_say_what_to_use_instead() {
         "unexpected argument '--bogus'",
     );
 }
+
+#[test]
+fn results_as_a_table_have_gnu_parallels_columns_with_values_and_output() {
+    let sweep = Sweep::new();
+    // Two sources; stdout with a tab and a line break, stderr, and an exit code.
+    let case = "printf '%s\\t%s\\n' {1} {2}; echo warned >&2; exit {2}";
+    sweep.status(
+        2,
+        &[
+            "-k",
+            "--results",
+            "out.tsv",
+            case,
+            ":::",
+            "a",
+            "b c",
+            ":::",
+            "0",
+            "3",
+        ],
+    );
+    let text = std::fs::read_to_string(sweep.shared.join("out.tsv")).unwrap();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    assert_eq!(
+        lines[0],
+        "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\tV1\tV2\tStdout\tStderr\n"
+    );
+    // Each row takes three lines: its quoted stdout and stderr each end with a line break.
+    let rows: Vec<String> = lines[1..].chunks(3).map(<[&str]>::concat).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for (row, (value, exit)) in
+        rows.iter()
+            .zip([("a", "0"), ("a", "3"), ("b c", "0"), ("b c", "3")])
+    {
+        let fields: Vec<&str> = row.splitn(10, '\t').collect();
+        assert_eq!(fields[6], exit, "{row}");
+        let quoted_value = if value.contains(' ') {
+            format!("\"{value}\"")
+        } else {
+            value.to_owned()
+        };
+        assert!(
+            fields[9].starts_with(&format!(
+                "{quoted_value}\t{exit}\t\"{value}\t{exit}\n\"\t\"warned\n\""
+            )),
+            "{row}"
+        );
+    }
+    // CSV: a value with a comma is quoted; a run that would overwrite rows is refused.
+    sweep.ok(&["--results", "out.csv", "echo", ":::", "x,y"]);
+    let csv = std::fs::read_to_string(sweep.shared.join("out.csv")).unwrap();
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(",\"x,y\",\"x,y"),
+        "{csv}"
+    );
+    sweep.refuses(
+        &["--results", "out.csv", "echo", ":::", "z"],
+        "holds rows of an earlier run",
+    );
+    // Files come back into a folder only.
+    sweep.refuses(
+        &["--results", "t.tsv", "--return", "x", "true", ":::", "a"],
+        "--return needs a folder",
+    );
+    // --resume-failed adds the rows of the cases it runs again.
+    sweep.status(
+        1,
+        &[
+            "--joblog",
+            "jl",
+            "--results",
+            "r.tsv",
+            "exit",
+            ":::",
+            "0",
+            "1",
+        ],
+    );
+    sweep.status(
+        1,
+        &[
+            "--joblog",
+            "jl",
+            "--resume-failed",
+            "--results",
+            "r.tsv",
+            "exit",
+            ":::",
+            "0",
+            "1",
+        ],
+    );
+    let rows = std::fs::read_to_string(sweep.shared.join("r.tsv")).unwrap();
+    assert_eq!(rows.lines().count(), 4, "{rows}");
+}

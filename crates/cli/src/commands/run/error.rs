@@ -222,7 +222,9 @@ pub enum RunError {
         given: String,
     },
     /// `--return` without `--results`.
-    #[error("--return needs a folder to bring files back into; give one with --results DIR")]
+    #[error(
+        "--return needs a folder to bring files back into; give one with --results DIR (a `.tsv` or `.csv` file is a table, for output only)"
+    )]
     ReturnWithoutResults,
     /// The results folder cannot be made.
     #[error("cannot make the results folder `{}`; give a folder you can write to with --results", path.display())]
@@ -232,6 +234,21 @@ pub enum RunError {
         /// What went wrong.
         #[source]
         source: std::io::Error,
+    },
+    /// The results table cannot be written.
+    #[error("cannot write the results table `{}`; give a file you can write to with --results", path.display())]
+    ResultsTable {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The results table holds rows of an earlier run.
+    #[error("the results table `{}` holds rows of an earlier run; give a new file with --results, so no earlier result is overwritten (--resume adds to it)", path.display())]
+    ResultsTableNotEmpty {
+        /// The file.
+        path: PathBuf,
     },
     /// The results folder already holds something.
     #[error("the results folder `{}` is not empty; give a new or empty folder with --results, so no earlier result is overwritten", path.display())]

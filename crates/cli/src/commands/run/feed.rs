@@ -22,6 +22,8 @@ pub struct Case {
     pub line: String,
     /// Its input values joined by spaces, for `--tag`.
     pub tag: Vec<u8>,
+    /// Its input values, one per source (`-N`: its N values), for a results table.
+    pub values: Vec<Vec<u8>>,
     /// Its `--return` patterns, replacement strings filled.
     pub returns: Vec<String>,
     /// The host it must run on (`--each-host`); `None`: any.
@@ -85,6 +87,7 @@ impl Iterator for Maker<'_> {
                     number,
                     line: self.template.fill(number, &values),
                     tag: tag.clone(),
+                    values: values.clone(),
                     returns: self
                         .returns
                         .iter()
@@ -222,6 +225,7 @@ mod tests {
             number,
             line: String::new(),
             tag: Vec::new(),
+            values: Vec::new(),
             returns: Vec::new(),
             host: None,
         };

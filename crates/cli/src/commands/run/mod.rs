@@ -17,6 +17,7 @@ mod jobs;
 mod output;
 mod quote;
 mod replace;
+mod table;
 mod timeout;
 
 use std::cell::RefCell;
@@ -398,7 +399,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         }
         return Ok(0);
     }
-    if !args.returns.is_empty() && args.results.is_none() {
+    if !args.returns.is_empty() && args.results.as_deref().is_none_or(table::is_table) {
         return Err(RunError::ReturnWithoutResults);
     }
     let resuming = args.resume || args.resume_failed;
@@ -409,11 +410,15 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         (true, Some(path)) => Some(joblog::recorded(path)?),
         _ => None,
     };
-    let results = args
-        .results
-        .as_deref()
-        .map(|dir| output::Results::create(dir, resuming))
-        .transpose()?;
+    // `--results FILE.tsv` (or `.csv`): a table of the cases instead of a folder each.
+    let (results, table) = match args.results.as_deref() {
+        Some(path) if table::is_table(path) => (
+            None,
+            Some(RefCell::new(table::Table::open(path, sources, resuming)?)),
+        ),
+        Some(dir) => (Some(output::Results::create(dir, resuming)?), None),
+        None => (None, None),
+    };
     let mut joblog = match (&args.joblog, resuming) {
         (Some(path), true) => Some(joblog::Joblog::append(path)?),
         (Some(path), false) => Some(joblog::Joblog::create(path)?),
@@ -425,6 +430,7 @@ pub fn run(args: Args) -> Result<u8, RunError> {
         timeout,
         halt,
         results: results.as_ref(),
+        table: table.as_ref(),
         recorded: recorded.as_ref(),
         template: &template,
         returns: &returns,
@@ -446,6 +452,8 @@ struct Settings<'a> {
     timeout: Option<timeout::Limit>,
     halt: Option<halt::Halt>,
     results: Option<&'a output::Results>,
+    /// `--results FILE.tsv|.csv`: the table of the cases.
+    table: Option<&'a RefCell<table::Table>>,
     /// What the joblog recorded, with `--resume` or `--resume-failed`.
     recorded: Option<&'a joblog::Recorded>,
     template: &'a replace::Template,
@@ -586,10 +594,10 @@ fn sweep(
             // `/bin/sh` by its path, as `system(3)` does: no search of PATH (nine failed
             // `execve` per case on a typical PATH), and the same shell whatever PATH holds.
             // With --line-buffer the lines are printed as they come: captured only for
-            // the `stdout` and `stderr` files of --results.
+            // the `stdout` and `stderr` of --results (files, or a table's columns).
             let mut job = Job::command(SHELL)
                 .args(["-c", case.line.as_str()])
-                .capture(!streaming || results.is_some());
+                .capture(!streaming || results.is_some() || settings.table.is_some());
             for pattern in &case.returns {
                 job = job.returning(pattern.as_str());
             }
@@ -656,6 +664,7 @@ fn sweep(
             ledger: &ledger,
             total,
             results,
+            table: settings.table,
             halt: settings.halt,
             interrupt: &interrupt,
             bar: bar.clone(),
@@ -721,6 +730,7 @@ struct Reporting<'a> {
     /// How many cases the run has, when known.
     total: Option<usize>,
     results: Option<&'a output::Results>,
+    table: Option<&'a RefCell<table::Table>>,
     halt: Option<halt::Halt>,
     interrupt: &'a interrupt::Interrupt,
     bar: indicatif::ProgressBar,
@@ -868,6 +878,40 @@ impl Reporting<'_> {
                     signal,
                     command: &case.line,
                 })?;
+            }
+            if let (Some(table), true) = (self.table, logged) {
+                let host = result
+                    .host
+                    .as_ref()
+                    .map_or_else(|| ":".to_owned(), ToString::to_string);
+                let printed = |captured| {
+                    output::captured_bytes(captured).map_err(|source| RunError::Print {
+                        case: number,
+                        source,
+                    })
+                };
+                let (stdout, stderr) = (
+                    printed(result.stdout.as_ref())?,
+                    printed(result.stderr.as_ref())?,
+                );
+                table.borrow_mut().write(
+                    &joblog::Entry {
+                        seq: number,
+                        host: &host,
+                        start: SystemTime::now()
+                            .checked_sub(result.elapsed)
+                            .unwrap_or(SystemTime::now()),
+                        runtime: result.elapsed,
+                        send: result.mirrored,
+                        receive: result.returned_bytes,
+                        exit,
+                        signal,
+                        command: &case.line,
+                    },
+                    &case.values,
+                    &stdout,
+                    &stderr,
+                )?;
             }
             if let Some(halt) = self.halt
                 && halted_by.is_none()

@@ -213,6 +213,16 @@ pub fn failed_after_exit_zero(outcome: &JobOutcome) -> bool {
 }
 
 /// The stream when it is whole: a stream cut off is not printed (a line says why).
+/// The bytes a case printed on a stream: from memory, or from the file it spilled into.
+///
+/// # Errors
+/// The spilled file cannot be read.
+pub fn captured_bytes(captured: Option<&Captured>) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    copy(captured, &mut bytes, None)?;
+    Ok(bytes)
+}
+
 fn whole<'a>(name: &str, captured: Option<&'a Captured>) -> Option<&'a Captured> {
     captured.filter(|_| cut_off(name, captured).is_none())
 }
