@@ -693,6 +693,20 @@ fn results_as_a_table_have_gnu_parallels_columns_with_values_and_output() {
             "{row}"
         );
     }
+    // -N: the short last case gets an empty value column, so every row has them all.
+    sweep.ok(&[
+        "-k",
+        "-N2",
+        "--results",
+        "n.csv",
+        "echo",
+        ":::",
+        "a",
+        "b",
+        "c",
+    ]);
+    let table = std::fs::read_to_string(sweep.shared.join("n.csv")).unwrap();
+    assert!(table.contains(",\"echo c\",c,,\"c\n\","), "{table}");
     // CSV: a value with a comma is quoted; a run that would overwrite rows is refused.
     sweep.ok(&["--results", "out.csv", "echo", ":::", "x,y"]);
     let csv = std::fs::read_to_string(sweep.shared.join("out.csv")).unwrap();

@@ -34,6 +34,9 @@ pub struct Table {
     path: PathBuf,
     file: BufWriter<File>,
     separator: u8,
+    /// The value columns (`V1` ...); a case with fewer (the short last case of `-N`) gets
+    /// empty ones, so every row has every column.
+    values: usize,
 }
 
 impl Table {
@@ -64,6 +67,7 @@ impl Table {
             path: path.to_owned(),
             file: BufWriter::new(file),
             separator,
+            values,
         };
         if empty {
             let mut header: Vec<String> = [
@@ -117,6 +121,7 @@ impl Table {
         ];
         let mut fields: Vec<&[u8]> = numbers.iter().map(String::as_bytes).collect();
         fields.extend(values.iter().map(Vec::as_slice));
+        fields.resize(numbers.len() + self.values.max(values.len()), &[]);
         fields.extend([stdout, stderr]);
         self.row(&fields)
     }
