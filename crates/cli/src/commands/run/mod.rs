@@ -884,9 +884,10 @@ impl Reporting<'_> {
                     .host
                     .as_ref()
                     .map_or_else(|| ":".to_owned(), ToString::to_string);
+                // A stream that spilled into a file is read back for its cell.
                 let printed = |captured| {
-                    output::captured_bytes(captured).map_err(|source| RunError::Print {
-                        case: number,
+                    output::captured_bytes(captured).map_err(|source| RunError::ResultsTable {
+                        path: table.borrow().path().to_owned(),
                         source,
                     })
                 };

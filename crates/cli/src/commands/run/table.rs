@@ -91,6 +91,11 @@ impl Table {
         Ok(table)
     }
 
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Adds the row of one case; flushed at once, so the table is whole when the run is
     /// stopped.
     ///
