@@ -860,12 +860,12 @@ impl Reporting<'_> {
             // A case not run, whose results were not kept, or that failed with exit code
             // 0 is left out of the joblog, so `--resume` runs it.
             let logged = ran && kept && !output::failed_after_exit_zero(&result.outcome);
-            if let (Some(log), true) = (joblog.as_deref_mut(), logged) {
+            if logged && (joblog.is_some() || self.table.is_some()) {
                 let host = result
                     .host
                     .as_ref()
                     .map_or_else(|| ":".to_owned(), ToString::to_string);
-                log.write(&joblog::Entry {
+                let entry = joblog::Entry {
                     seq: number,
                     host: &host,
                     start: SystemTime::now()
@@ -877,42 +877,24 @@ impl Reporting<'_> {
                     exit,
                     signal,
                     command: &case.line,
-                })?;
-            }
-            if let (Some(table), true) = (self.table, logged) {
-                let host = result
-                    .host
-                    .as_ref()
-                    .map_or_else(|| ":".to_owned(), ToString::to_string);
-                // A stream that spilled into a file is read back for its cell.
-                let printed = |captured| {
-                    output::captured_bytes(captured).map_err(|source| RunError::ResultsTable {
-                        path: table.borrow().path().to_owned(),
-                        source,
-                    })
                 };
-                let (stdout, stderr) = (
-                    printed(result.stdout.as_ref())?,
-                    printed(result.stderr.as_ref())?,
-                );
-                table.borrow_mut().write(
-                    &joblog::Entry {
-                        seq: number,
-                        host: &host,
-                        start: SystemTime::now()
-                            .checked_sub(result.elapsed)
-                            .unwrap_or(SystemTime::now()),
-                        runtime: result.elapsed,
-                        send: result.mirrored,
-                        receive: result.returned_bytes,
-                        exit,
-                        signal,
-                        command: &case.line,
-                    },
-                    &case.values,
-                    &stdout,
-                    &stderr,
-                )?;
+                if let Some(log) = joblog.as_deref_mut() {
+                    log.write(&entry)?;
+                }
+                if let Some(table) = self.table {
+                    // A stream that spilled into a file is read back for its cell.
+                    let printed = |captured| {
+                        output::captured_bytes(captured).map_err(|source| RunError::ResultsTable {
+                            path: table.borrow().path().to_owned(),
+                            source,
+                        })
+                    };
+                    let stdout = printed(result.stdout.as_ref())?;
+                    let stderr = printed(result.stderr.as_ref())?;
+                    table
+                        .borrow_mut()
+                        .write(&entry, &case.values, &stdout, &stderr)?;
+                }
             }
             if let Some(halt) = self.halt
                 && halted_by.is_none()
