@@ -80,12 +80,7 @@ impl Joblog {
             path: path.to_owned(),
             source,
         };
-        let file = File::options()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(failed)?;
-        let empty = file.metadata().map_err(failed)?.len() == 0;
+        let (file, empty) = open_to_add(path).map_err(failed)?;
         let mut log = Joblog {
             path: path.to_owned(),
             file: BufWriter::new(Box::new(file)),
@@ -112,6 +107,14 @@ impl Joblog {
                 source,
             })
     }
+}
+
+/// Opens the file at `path` to add lines to (made when missing), and whether it is empty
+/// (then it needs its header).
+pub fn open_to_add(path: &Path) -> std::io::Result<(File, bool)> {
+    let file = File::options().append(true).create(true).open(path)?;
+    let empty = file.metadata()?.len() == 0;
+    Ok((file, empty))
 }
 
 /// The cases an earlier run recorded in a joblog: the exit value of the last entry of

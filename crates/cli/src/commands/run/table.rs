@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::error::RunError;
-use super::joblog::Entry;
+use super::joblog::{self, Entry};
 
 /// Whether `path` names a results table rather than a results folder.
 pub fn is_table(path: &Path) -> bool {
@@ -52,12 +52,7 @@ impl Table {
             source,
         };
         let separator = separator_of(path).unwrap_or(b'\t');
-        let file = File::options()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(failed)?;
-        let empty = file.metadata().map_err(failed)?.len() == 0;
+        let (file, empty) = joblog::open_to_add(path).map_err(failed)?;
         if !empty && !resuming {
             return Err(RunError::ResultsTableNotEmpty {
                 path: path.to_owned(),
@@ -70,19 +65,7 @@ impl Table {
             values,
         };
         if empty {
-            let mut header: Vec<String> = [
-                "Seq",
-                "Host",
-                "Starttime",
-                "JobRuntime",
-                "Send",
-                "Receive",
-                "Exitval",
-                "Signal",
-                "Command",
-            ]
-            .map(str::to_owned)
-            .to_vec();
+            let mut header: Vec<String> = joblog::HEADER.split('\t').map(str::to_owned).collect();
             header.extend((1..=values).map(|n| format!("V{n}")));
             header.extend(["Stdout".to_owned(), "Stderr".to_owned()]);
             let fields: Vec<&[u8]> = header.iter().map(String::as_bytes).collect();
