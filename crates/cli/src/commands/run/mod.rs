@@ -46,6 +46,8 @@ pub use gnu::instead_of_gnu_parallel;
   find . -name '*.cir' | parvm run -a - --results out --return 'out/{/.}.raw' ./sim.sh {}
   find . -name '*.cir' -print0 | parvm run -0 ngspice -b {}
   parvm run --header : --colsep , ./sim.sh --rl {rl} --temp {temp} :::: params.csv
+  parvm run --results sweep.tsv ./sim.sh {} ::: 1k 2k 5k   # one table: values, output
+  parvm run -N2 ./sim.sh --rl {1} --cl {2} :::: pairs.txt
   parvm run --each-host df -h /scratch")]
 pub struct Args {
     /// Run N workers (task slots) on this machine; `N%` of the cores, `+N` or `-N` cores
