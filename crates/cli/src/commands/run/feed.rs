@@ -75,24 +75,33 @@ impl Iterator for Maker<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.queue.is_empty() {
-            let values = match self.values.next()? {
+            let mut values = match self.values.next()? {
                 Ok(values) => values,
                 Err(error) => return Some(Err(error)),
             };
             let tag = values.join(&b' ');
-            for host in &self.hosts {
+            for (at, host) in self.hosts.iter().enumerate() {
                 self.made += 1;
                 let number = self.made;
+                let line = self.template.fill(number, &values);
+                let returns = self
+                    .returns
+                    .iter()
+                    .map(|pattern| pattern.fill_pattern(number, &values))
+                    .collect();
+                // The last case of these values (the only one but with --each-host)
+                // takes them instead of a copy.
+                let values = if at + 1 == self.hosts.len() {
+                    std::mem::take(&mut values)
+                } else {
+                    values.clone()
+                };
                 self.queue.push_back(Case {
                     number,
-                    line: self.template.fill(number, &values),
+                    line,
                     tag: tag.clone(),
-                    values: values.clone(),
-                    returns: self
-                        .returns
-                        .iter()
-                        .map(|pattern| pattern.fill_pattern(number, &values))
-                        .collect(),
+                    values,
+                    returns,
                     host: host.clone(),
                 });
             }
