@@ -191,6 +191,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A temporary task folder handed on from the previous task is not as a mirror left it
+    /// in a way renewing it in place does not mend ([`crate::MirroredFolder::renew`]).
+    #[error(
+        "task folder `{}` cannot be renewed in place: {why}; empty it and mirror into it \
+         afresh",
+        path.display()
+    )]
+    NotRenewable {
+        /// The folder found not as the mirror made it.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A source matched at the top level is a symlink to a place outside every mirrored root.
     #[error(
         "mirror source `{}` is a symlink to `{}`, outside every mirrored storage root \

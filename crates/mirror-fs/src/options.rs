@@ -168,6 +168,9 @@ pub struct MirrorReport {
     pub bytes: u64,
     /// Files and symlinks left alone because they were up to date (refresh only).
     pub skipped: u64,
+    /// Entries removed because a fresh mirror would not have them: what the last task
+    /// wrote, copies of sources gone since ([`crate::MirroredFolder::renew`] only).
+    pub removed: u64,
     /// Glob sources that matched nothing.
     #[serde(with = "crate::pathser::vec")]
     pub unmatched: Vec<PathBuf>,

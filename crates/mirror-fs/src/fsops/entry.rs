@@ -144,7 +144,9 @@ impl Sig {
 
     /// True when a destination with metadata `dst` is an intact copy of a source that had
     /// this metadata when copied: same type, permissions, size and modification time (the
-    /// copy keeps them). Symlinks are compared by type and time only.
+    /// copy keeps them), and for a file no other name (a copy is made with one; a task that
+    /// linked it elsewhere may write it through that name, which no watch of the task
+    /// folder hears). Symlinks are compared by type and time only.
     #[allow(clippy::unnecessary_cast)]
     pub(crate) fn copied_as(&self, dst: &FileStat) -> bool {
         let kind = dst.st_mode as u32 & libc::S_IFMT;
@@ -156,6 +158,7 @@ impl Sig {
         }
         kind == libc::S_IFLNK
             || (dst.st_size as i64 == self.size
-                && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777)
+                && dst.st_mode as u32 & 0o7777 == self.mode & 0o7777
+                && dst.st_nlink == 1)
     }
 }

@@ -8,7 +8,7 @@ mod beneath;
 mod entry;
 mod pair;
 
-pub(crate) use beneath::{Created, TaskRoot};
+pub(crate) use beneath::{Created, TaskRoot, remove_tree_at};
 pub use beneath::{has_openat2, open_beneath};
 pub(crate) use entry::{
     Kind, Mode_, Sig, cstring, dir_flags, entry_kind, is_dir, is_file, special_kind, times,

@@ -3,7 +3,7 @@
 //! source file.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use super::apply::batch_entries;
 use super::changes::Changes;
 use super::inotify::Broken;
 use super::manifest::{Chunk, DirRec, GlobRec, Manifest, Origin};
+use super::prune;
 use super::scan::{self, ScanPool};
 use super::srcwatch::{SourceWatch, Untrusted};
 use super::watch::{Suspects, Watch};
@@ -174,6 +175,50 @@ impl MirroredFolder {
         if self.watch.is_none() && self.inotify {
             self.watch = start_watch(&self.manifest);
             self.pending = Suspects::default();
+        }
+        self.verify_all = self.watch.is_none();
+        report.elapsed = start.elapsed();
+        self.report = report.clone();
+        Ok(report)
+    }
+
+    /// Makes the folder what [`MirroredFolder::mirror`] into an empty folder would make
+    /// now, for a temporary task folder that the previous task of the same map handed on as
+    /// it left it, at about the cost of a refresh instead of a copy of every file.
+    ///
+    /// Every copy is checked against its source and against what was written (the watch's
+    /// events, and a `stat` of each copy: type, mode, size, modification time, a single
+    /// name), and changed ones are copied again, as are new matches; then everything else
+    /// beneath the task folder is removed, never following a symlink (what the task wrote,
+    /// copies of sources gone since), but the names in `keep` at its top (its owner's own
+    /// files), and the mirrored folders entries were removed from get their source's mode
+    /// and times back. [`MirrorReport::removed`] counts what was removed.
+    ///
+    /// Not noticed, as by [`MirroredFolder::refresh`]: a copy whose content changed while
+    /// the watch on the task folder was not running with its size and modification time
+    /// put back, or through a second name the task made and removed again.
+    ///
+    /// # Errors
+    ///
+    /// As [`MirroredFolder::refresh`]; [`Error::NotRenewable`] when a folder the mirror
+    /// made is no longer a folder reached without symlinks, or has another mode. After any
+    /// error the folder may hold what a mirror would not: empty it and mirror afresh.
+    pub fn renew(&mut self, options: &MirrorOptions, keep: &[&OsStr]) -> Result<MirrorReport> {
+        let start = Instant::now();
+        self.verify_all = true;
+        let mut report = self.refresh(options)?;
+        self.verify_all = true;
+        let root = options.task_root(&self.task_dir)?;
+        let pruned = prune::prune(&self.manifest, &root, keep)?;
+        report.removed = pruned.removed as u64;
+        if !pruned.dirs.is_empty() {
+            // Only the folders' modes and times: every copy was just checked.
+            let suspects = Suspects {
+                entries: Vec::new(),
+                dirs: pruned.dirs,
+            };
+            let again = self.refresh_inner(options, false, suspects, Some(&[]))?;
+            report.dirs += again.dirs;
         }
         self.verify_all = self.watch.is_none();
         report.elapsed = start.elapsed();

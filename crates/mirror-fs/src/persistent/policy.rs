@@ -1,10 +1,11 @@
 //! The refresh policy of a process that fills task folders again and again (a worker):
 //! which folders it keeps ([`MirroredFolders`]), and for each task whether a folder gets a
-//! plain copy, a refresh of what was mirrored into it before, or a fresh mirror that is
-//! kept for next time. It must not know where task folders come from (local storage) or
+//! fresh mirror kept for next time, a refresh of what was mirrored into it before
+//! (persistent), or a renewal (temporary, handed on from the task before). It must not know where task folders come from (local storage) or
 //! what the keys name (the vm's VM ids); it only sees a folder's [`FolderState`].
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::hash::Hash;
 use std::path::Path;
 
@@ -16,7 +17,9 @@ use crate::options::{MirrorOptions, MirrorReport};
 /// What a task folder is when it is filled, as its owner knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FolderState {
-    /// Removed after the task: a plain [`crate::mirror`], nothing kept.
+    /// Removed after the task, or handed on to the next task of the same key: mirrored
+    /// afresh and kept, so that [`MirroredFolders::renew`] can make it what a fresh mirror
+    /// would make for that next task.
     Temporary,
     /// Kept across tasks and new (or emptied): mirrored afresh and kept.
     PersistentNew,
@@ -63,9 +66,9 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         MirroredFolders::default()
     }
 
-    /// Mirrors `map` into `task_dir`. A temporary folder gets a plain copy; a persistent one
-    /// is refreshed when it was filled from the same map before, else mirrored afresh and
-    /// remembered under `key` for the next reuse.
+    /// Mirrors `map` into `task_dir`. A persistent folder is refreshed when it was filled
+    /// from the same map before; any other is mirrored afresh and remembered under `key`
+    /// for the next reuse (or, temporary, for [`MirroredFolders::renew`]).
     ///
     /// # Errors
     ///
@@ -80,9 +83,6 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         state: FolderState,
         options: &MirrorOptions,
     ) -> Result<MirrorReport> {
-        if state == FolderState::Temporary {
-            return crate::mirror(map, task_dir, options);
-        }
         if state == FolderState::PersistentReused
             && let Some(mirrored) = self.kept.get_mut(&key)
             && mirrored.map() == map
@@ -95,6 +95,40 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         let report = mirrored.report().clone();
         self.kept.insert(key, mirrored);
         Ok(report)
+    }
+
+    /// Makes `task_dir`, a temporary folder that the previous task of `key` handed on as it
+    /// left it, what a fresh mirror of `map` would make, with
+    /// [`MirroredFolder::renew`] (`keep`: the names at its top that are its owner's).
+    /// `Ok(None)`: nothing is kept for that folder and map, so the caller empties it and
+    /// fills it as [`FolderState::Temporary`].
+    ///
+    /// # Errors
+    ///
+    /// As [`MirroredFolder::renew`]; nothing is kept under `key` after an error, and the
+    /// caller empties the folder and fills it afresh.
+    pub fn renew(
+        &mut self,
+        key: K,
+        map: &MirrorMap,
+        task_dir: &Path,
+        keep: &[&OsStr],
+        options: &MirrorOptions,
+    ) -> Result<Option<MirrorReport>> {
+        let Some(mirrored) = self.kept.get_mut(&key) else {
+            return Ok(None);
+        };
+        if mirrored.map() != map || mirrored.task_dir() != task_dir {
+            self.kept.remove(&key);
+            return Ok(None);
+        }
+        match mirrored.renew(options, keep) {
+            Ok(report) => Ok(Some(report)),
+            Err(e) => {
+                self.kept.remove(&key);
+                Err(e)
+            }
+        }
     }
 
     /// Drops what is kept under `key` (its folder is gone or about to be).
@@ -163,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn temporary_folders_are_not_kept() {
+    fn temporary_folders_are_kept_for_a_renewal() {
         let f = fixture();
         let mut folders = MirroredFolders::new();
         let report = folders
@@ -176,6 +210,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(report.files, 2);
+        assert!(folders.is_kept(&3));
+        let renewed = folders
+            .renew(3, &f.map, f.task.path(), &[], &MirrorOptions::new())
+            .unwrap()
+            .expect("kept for this folder and map");
+        assert_eq!((renewed.files, renewed.skipped), (0, 2));
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = folders
+            .renew(3, &f.map, other.path(), &[], &MirrorOptions::new())
+            .unwrap();
+        assert!(elsewhere.is_none(), "another folder is not renewed");
         assert!(!folders.is_kept(&3));
     }
 

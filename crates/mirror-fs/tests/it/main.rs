@@ -6,6 +6,7 @@ mod hardening;
 mod map;
 mod model;
 mod refresh;
+mod renew;
 mod srcwatch;
 mod translate;
 mod unprivileged;
