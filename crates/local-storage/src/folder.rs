@@ -78,6 +78,14 @@ impl Held {
         crate::tree::empty_folder(&self.path, (self.dev, self.ino), &[LOCK_FILE, OWNER_FILE])
     }
 
+    /// Whether the folder is as it was made ([`Held::intact`], mode 0700, the lock and the
+    /// owner marker regular files), whatever else a task left in it.
+    fn as_made(&self) -> Result<bool, Error> {
+        Ok(self.intact()
+            && crate::tree::open_as_made(&self.path, (self.dev, self.ino), &[LOCK_FILE, OWNER_FILE])?
+                .is_some())
+    }
+
     /// Renames the folder to a trash name, then deletes it; the lock is dropped last so
     /// nobody sees a half-removed folder under its live name.
     pub(crate) fn remove(self) -> Result<(), Error> {
@@ -97,8 +105,9 @@ pub(crate) type Kept = Arc<Mutex<Keeping>>;
 pub(crate) struct Keeping {
     /// Persistent folders, by VM index.
     pub(crate) persistent: HashMap<u32, Slot>,
-    /// At most one temporary folder, emptied by [`TaskFolder::release_for_next`] for the
-    /// next task of its VM index, which its releaser already holds.
+    /// At most one temporary folder, emptied by [`TaskFolder::release_for_next`] (or kept
+    /// as its task left it by [`TaskFolder::hand_on`]) for the next task of its VM index,
+    /// which its releaser already holds.
     pub(crate) spare: Option<Spare>,
     /// Cleared when the storage is dropped: nobody would hand a spare on or remove it.
     pub(crate) open: bool,
@@ -114,11 +123,13 @@ impl Default for Keeping {
     }
 }
 
-/// An emptied temporary folder waiting for the next task of `vm_index`.
+/// A temporary folder waiting for the next task of `vm_index`: emptied, or as its last
+/// task left it ([`TaskFolder::hand_on`]).
 #[derive(Debug)]
 pub(crate) struct Spare {
     pub(crate) vm_index: u32,
     pub(crate) held: Held,
+    pub(crate) as_left: bool,
 }
 
 /// A persistent folder is either waiting in the storage or lent to a [`TaskFolder`].
@@ -157,6 +168,8 @@ pub struct TaskFolder {
     vm_index: u32,
     persistence: Persistence,
     reused: bool,
+    /// Handed on by the task before as it left it ([`TaskFolder::hand_on`]).
+    handed_on: bool,
     kept: Kept,
 }
 
@@ -173,8 +186,15 @@ impl TaskFolder {
             vm_index,
             persistence,
             reused,
+            handed_on: false,
             kept,
         }
+    }
+
+    /// Marks a temporary folder taken as its last task left it.
+    pub(crate) fn left_by_last_task(mut self, handed_on: bool) -> Self {
+        self.handed_on = handed_on;
+        self
     }
 
     fn held(&self) -> &Held {
@@ -210,6 +230,38 @@ impl TaskFolder {
         self.reused
     }
 
+    /// `true` for a temporary folder that the task before, of the same VM index, handed on
+    /// with [`TaskFolder::hand_on`], holding what that task left (its own files, the lock
+    /// and the marker as made): the caller makes it what the new task needs, e.g. with
+    /// mirror-fs's renewal, or calls [`TaskFolder::empty`] first.
+    pub fn handed_on(&self) -> bool {
+        self.handed_on
+    }
+
+    /// Removes everything but the folder's lock and owner marker, never following a
+    /// symlink, as [`TaskFolder::release_for_next`] does; for a folder
+    /// [`handed_on`](TaskFolder::handed_on) that its taker cannot use as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Remove`] when something cannot be removed, or the folder is no longer as
+    /// it was made (then release it and take another).
+    pub fn empty(&mut self) -> Result<(), Error> {
+        let held = self.held();
+        match held.empty()? {
+            true => {
+                self.handed_on = false;
+                Ok(())
+            }
+            false => Err(Error::Remove {
+                path: held.path.clone(),
+                source: io::Error::other(
+                    "the task folder is no longer as it was made (its mode, lock or owner marker changed)",
+                ),
+            }),
+        }
+    }
+
     /// Ends the task's use of the folder: removes a temporary folder, hands a persistent
     /// one back to its storage. Dropping does the same but can only log errors.
     ///
@@ -243,24 +295,51 @@ impl TaskFolder {
             return Ok(());
         };
         match held.empty() {
-            Ok(true) => {
-                let mut keeping = lock_kept(&self.kept);
-                if !keeping.open {
-                    drop(keeping);
-                    return held.remove();
-                }
-                let earlier = keeping.spare.replace(Spare {
-                    vm_index: self.vm_index,
-                    held,
-                });
-                drop(keeping);
-                // Only one task runs per storage user at a time; should two release, the
-                // older spare goes.
-                earlier.map_or(Ok(()), |spare| spare.held.remove())
-            }
+            Ok(true) => self.keep_as_spare(held, false),
             // Removal tries everything again and reports what it could not remove.
             Ok(false) | Err(_) => held.remove(),
         }
+    }
+
+    /// As [`TaskFolder::release_for_next`], but a temporary folder is kept as the task left
+    /// it, not emptied: the next [`LocalStorage::take`](crate::LocalStorage::take) of the
+    /// VM index gets it [`handed_on`](TaskFolder::handed_on), for a caller that can bring
+    /// it to what the next task needs for less than emptying and filling it (mirror-fs's
+    /// renewal: what the task did not change stays). Only a folder still as it was made
+    /// (its mode, lock and marker) is kept; another is removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Remove`] when a folder that is not kept cannot be removed completely.
+    pub fn hand_on(mut self) -> Result<(), Error> {
+        if self.persistence == Persistence::Persistent {
+            return self.finish();
+        }
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        match held.as_made() {
+            Ok(true) => self.keep_as_spare(held, true),
+            Ok(false) | Err(_) => held.remove(),
+        }
+    }
+
+    /// Keeps `held` as the storage's spare for the next task of this VM index.
+    fn keep_as_spare(&self, held: Held, as_left: bool) -> Result<(), Error> {
+        let mut keeping = lock_kept(&self.kept);
+        if !keeping.open {
+            drop(keeping);
+            return held.remove();
+        }
+        let earlier = keeping.spare.replace(Spare {
+            vm_index: self.vm_index,
+            held,
+            as_left,
+        });
+        drop(keeping);
+        // Only one task runs per storage user at a time; should two release, the older
+        // spare goes.
+        earlier.map_or(Ok(()), |spare| spare.held.remove())
     }
 
     fn finish(&mut self) -> Result<(), Error> {

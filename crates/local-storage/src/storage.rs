@@ -337,9 +337,9 @@ impl LocalStorage {
     /// of `vm_index` is still held by another [`TaskFolder`].
     pub fn take(&self, vm_index: u32, persistence: Persistence) -> Result<TaskFolder, Error> {
         if persistence == Persistence::Temporary {
-            let held = match self.spare_for(vm_index) {
-                Some(held) => held,
-                None => self.create(vm_index)?,
+            let (held, as_left) = match self.spare_for(vm_index) {
+                Some(spare) => spare,
+                None => (self.create(vm_index)?, false),
             };
             return Ok(TaskFolder::new(
                 held,
@@ -347,7 +347,8 @@ impl LocalStorage {
                 persistence,
                 false,
                 self.kept.clone(),
-            ));
+            )
+            .left_by_last_task(as_left));
         }
         let mut kept = lock_kept(&self.kept);
         let (held, reused) = match borrow_kept(&mut kept.persistent, vm_index)? {
@@ -409,15 +410,16 @@ impl LocalStorage {
     }
 
     /// The kept spare folder, if it belongs to `vm_index` and is still as it was left:
-    /// the same folder, locked, with this process's marker. Any other spare is removed.
-    fn spare_for(&self, vm_index: u32) -> Option<Held> {
+    /// the same folder, locked, with this process's marker; and whether its task left it
+    /// as it was (not emptied). Any other spare is removed.
+    fn spare_for(&self, vm_index: u32) -> Option<(Held, bool)> {
         let spare = lock_kept(&self.kept).spare.take()?;
         let ours = spare.vm_index == vm_index
             && spare.held.intact()
             && OwnerMarker::read(&spare.held.path)
                 .is_ok_and(|marker| marker == Some(OwnerMarker::current(&self.host)));
         if ours {
-            return Some(spare.held);
+            return Some((spare.held, spare.as_left));
         }
         let path = spare.held.path.clone();
         if let Err(error) = spare.held.remove() {

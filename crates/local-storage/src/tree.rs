@@ -127,48 +127,61 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
 
 /// Removes every entry of the folder at `path` but the regular files named in `keep`, each
 /// as [`remove_tree`] removes a tree, leaving the folder itself. `Ok(false)`, with nothing
-/// removed: `path` is not the folder `identity` (device, inode) with mode 0700, or a name
-/// in `keep` is missing or not a regular file.
+/// removed: the folder is not as made (see [`open_as_made`]).
 pub(crate) fn empty_folder(
     path: &Path,
     identity: (u64, u64),
     keep: &[&str],
 ) -> Result<bool, Error> {
+    let Some((dir, others)) = open_as_made(path, identity, keep)? else {
+        return Ok(false);
+    };
+    for name in others {
+        remove_entry(&dir, &name, &child_path(path, &name))?;
+    }
+    Ok(true)
+}
+
+/// The folder at `path`, open, with the names in it other than `keep`, when it is as it
+/// was made: the folder `identity` (device, inode) with mode 0700, holding each name in
+/// `keep` as a regular file. `Ok(None)` otherwise.
+pub(crate) fn open_as_made(
+    path: &Path,
+    identity: (u64, u64),
+    keep: &[&str],
+) -> Result<Option<(Dir, Vec<CString>)>, Error> {
     let fail = |source: io::Error| Error::Remove {
         path: path.to_path_buf(),
         source,
     };
     let mut dir = match Dir::open(path, dir_flags(), Mode::empty()) {
         Ok(dir) => dir,
-        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(false),
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
         Err(errno) => return Err(fail(errno.into())),
     };
     let stat = fstat(dir.as_fd()).map_err(|e| fail(e.into()))?;
     let same = (stat.st_dev, stat.st_ino) == identity && stat.st_mode & 0o7777 == OWNER_RWX;
     if !same {
-        return Ok(false);
+        return Ok(None);
     }
     let mut kept = 0;
-    let mut doomed = Vec::new();
+    let mut others = Vec::new();
     for name in names(&mut dir).map_err(fail)? {
         if keep.iter().any(|k| k.as_bytes() == name.to_bytes()) {
             let stat = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| fail(e.into()))?;
             if !is_regular(&stat) {
-                return Ok(false);
+                return Ok(None);
             }
             kept += 1;
         } else {
-            doomed.push(name);
+            others.push(name);
         }
     }
     if kept != keep.len() {
-        return Ok(false);
+        return Ok(None);
     }
-    for name in doomed {
-        remove_entry(&dir, &name, &child_path(path, &name))?;
-    }
-    Ok(true)
+    Ok(Some((dir, others)))
 }
 
 /// Opens a sub-folder to empty it, making it readable and writable for its owner when

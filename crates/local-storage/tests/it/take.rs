@@ -284,6 +284,84 @@ fn a_folder_its_task_changed_is_removed_not_handed_on() {
 }
 
 #[test]
+fn a_folder_handed_on_keeps_what_its_task_left_until_the_next_task_empties_it() {
+    let (root, storage) = storage();
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("precious"), b"p").unwrap();
+
+    let first = storage.take(3, Persistence::Temporary).unwrap();
+    assert!(!first.handed_on());
+    let path = first.path().to_path_buf();
+    let made = entries(&path);
+    fs::write(path.join("input"), b"i").unwrap();
+    fs::create_dir_all(path.join("out/deep")).unwrap();
+    fs::write(path.join("out/deep/result"), b"r").unwrap();
+    fs::set_permissions(path.join("out"), fs::Permissions::from_mode(0o500)).unwrap();
+    symlink(&outside, path.join("link")).unwrap();
+    first.hand_on().unwrap();
+
+    // Between the two tasks: locked, never swept, and as the task left it.
+    assert!(storage.holds_spare());
+    assert_eq!(
+        state_of(&storage, &made_name(&path)),
+        Some(FolderState::InUse)
+    );
+    assert!(storage.sweep().unwrap().removed.is_empty());
+    let mut second = storage.take(3, Persistence::Temporary).unwrap();
+    assert_eq!(second.path(), path);
+    assert!(second.handed_on());
+    assert_eq!(fs::read(path.join("out/deep/result")).unwrap(), b"r");
+
+    // Its taker could not use it as it is.
+    second.empty().unwrap();
+    assert!(!second.handed_on());
+    assert_eq!(entries(&path), made);
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"p");
+
+    // An emptied spare is not handed on, and another VM's task gets a new folder.
+    second.release_for_next().unwrap();
+    let third = storage.take(3, Persistence::Temporary).unwrap();
+    assert!(!third.handed_on());
+    third.hand_on().unwrap();
+    let other = storage.take(4, Persistence::Temporary).unwrap();
+    assert!(!other.handed_on());
+    assert!(!exists(&path));
+    other.release().unwrap();
+    assert!(storage.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_folder_its_task_changed_is_removed_not_handed_on_as_it_is() {
+    let (_root, storage) = storage();
+    for mode in [0o755, 0o500] {
+        let first = storage.take(0, Persistence::Temporary).unwrap();
+        let path = first.path().to_path_buf();
+        fs::write(path.join("result"), b"r").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        first.hand_on().unwrap();
+        assert!(!exists(&path), "{mode:o}");
+        let second = storage.take(0, Persistence::Temporary).unwrap();
+        assert!(!second.handed_on());
+        assert!(!second.path().join("result").exists());
+        second.release().unwrap();
+    }
+    // Emptying a handed-on folder that changed since is refused, never done half.
+    let first = storage.take(0, Persistence::Temporary).unwrap();
+    let path = first.path().to_path_buf();
+    first.hand_on().unwrap();
+    let mut second = storage.take(0, Persistence::Temporary).unwrap();
+    fs::write(path.join("result"), b"r").unwrap();
+    fs::remove_file(path.join(".parvm-lock")).unwrap();
+    let err = second.empty().unwrap_err();
+    assert!(matches!(err, Error::Remove { .. }), "{err}");
+    assert!(err.to_string().contains(&made_name(&path)), "{err}");
+    assert!(path.join("result").exists());
+    second.release().unwrap();
+    assert!(!exists(&path));
+}
+
+#[test]
 fn a_persistent_folder_released_for_the_next_task_is_kept_as_always() {
     let (_root, storage) = storage();
     let first = storage.take(5, Persistence::Persistent).unwrap();
