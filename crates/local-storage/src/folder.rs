@@ -82,8 +82,12 @@ impl Held {
     /// owner marker regular files), whatever else a task left in it.
     fn as_made(&self) -> Result<bool, Error> {
         Ok(self.intact()
-            && crate::tree::open_as_made(&self.path, (self.dev, self.ino), &[LOCK_FILE, OWNER_FILE])?
-                .is_some())
+            && crate::tree::open_as_made(
+                &self.path,
+                (self.dev, self.ino),
+                &[LOCK_FILE, OWNER_FILE],
+            )?
+            .is_some())
     }
 
     /// Renames the folder to a trash name, then deletes it; the lock is dropped last so

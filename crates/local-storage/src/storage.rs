@@ -341,14 +341,10 @@ impl LocalStorage {
                 Some(spare) => spare,
                 None => (self.create(vm_index)?, false),
             };
-            return Ok(TaskFolder::new(
-                held,
-                vm_index,
-                persistence,
-                false,
-                self.kept.clone(),
-            )
-            .left_by_last_task(as_left));
+            return Ok(
+                TaskFolder::new(held, vm_index, persistence, false, self.kept.clone())
+                    .left_by_last_task(as_left),
+            );
         }
         let mut kept = lock_kept(&self.kept);
         let (held, reused) = match borrow_kept(&mut kept.persistent, vm_index)? {

@@ -5,11 +5,12 @@
 //! request and gets a prepared folder (or the crate's [`Error`] saying why not) back.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use parvm_env_config::Config;
-use parvm_local_storage::{LocalStorage, Persistence, TaskFolder};
+use parvm_local_storage::{LOCK_FILE, LocalStorage, OWNER_FILE, Persistence, TaskFolder};
 use parvm_mirror_fs::{
     AbstractMirrorMap, AbstractPath, FolderState, MirrorMap, MirrorOptions, MirrorReport,
     MirroredFolders,
@@ -116,6 +117,8 @@ pub(crate) struct Prepared {
     /// Bytes mirrored (or refreshed) into the folder for this task; 0 when nothing was.
     pub mirrored: u64,
     folder: Option<TaskFolder>,
+    /// Filled from a mirror map, which mirror-fs keeps, so the folder can be renewed.
+    renewable: bool,
 }
 
 impl Prepared {
@@ -126,9 +129,12 @@ impl Prepared {
 
     /// Removes a temporary folder, hands a persistent one back. With `next_here` (the
     /// next task of this VM, with a temporary folder, is already at hand), a temporary
-    /// folder is emptied and kept for it instead ([`TaskFolder::release_for_next`]).
+    /// folder is kept for it instead: as the task left it when it was filled from a mirror
+    /// map ([`TaskFolder::hand_on`]; the next task renews it, which costs what a refresh
+    /// costs, not a copy of every file), else emptied ([`TaskFolder::release_for_next`]).
     pub(crate) fn release(self, next_here: bool) -> Result<(), Error> {
         match self.folder {
+            Some(folder) if next_here && self.renewable => folder.hand_on().map_err(Error::Storage),
             Some(folder) if next_here => folder.release_for_next().map_err(Error::Storage),
             Some(folder) => folder.release().map_err(Error::Storage),
             None => Ok(()),
@@ -297,6 +303,7 @@ impl TaskFolders {
                 dir,
                 mirrored: 0,
                 folder: None,
+                renewable: false,
             });
         }
         let map = self.map(request.vm)?;
@@ -317,7 +324,7 @@ impl TaskFolders {
             // Remember the VM even without a map, so the folder is dropped at exit.
             self.maps.entry(request.vm).or_insert(None);
         }
-        let folder = self
+        let mut folder = self
             .local()?
             .take(request.vm, persistence)
             .map_err(Error::Storage)?;
@@ -338,16 +345,20 @@ impl TaskFolders {
         let mut mirrored = 0;
         if let Some(map) = &map {
             // On failure the folder is released by its drop (removed when temporary).
-            let report = self.fill(request.vm, &folder, map)?;
+            let (filled, report) = self.fill(request.vm, folder, map)?;
+            folder = filled;
             mirrored = report.bytes;
             tracing::debug!(
                 elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 files = report.files,
                 bytes = report.bytes,
                 skipped = report.skipped,
+                removed = report.removed,
                 "mirrored into {}",
                 folder.path().display()
             );
+        } else if folder.handed_on() {
+            folder = self.emptied(folder)?;
         }
         if clean {
             // Taken after mirroring and before the task: exactly what the next reuse keeps.
@@ -379,28 +390,64 @@ impl TaskFolders {
             dir: Some(dir),
             mirrored,
             folder: Some(folder),
+            renewable: map.is_some(),
         })
     }
 
-    /// Mirrors `map` into `folder`; mirror-fs's [`MirroredFolders`] picks between a plain
-    /// copy, a refresh and a fresh mirror from what the folder is.
+    /// Mirrors `map` into `folder`; mirror-fs's [`MirroredFolders`] picks between a fresh
+    /// mirror and a refresh from what the folder is. A temporary folder the task before
+    /// handed on is renewed (made what a fresh mirror makes, for what a refresh costs); one
+    /// that cannot be is emptied, or replaced, and mirrored afresh.
     fn fill(
         &mut self,
         vm: u32,
-        folder: &TaskFolder,
+        mut folder: TaskFolder,
         map: &MirrorMap,
-    ) -> Result<MirrorReport, Error> {
+    ) -> Result<(TaskFolder, MirrorReport), Error> {
+        let options = MirrorOptions::new();
+        if folder.handed_on() {
+            let keep = [OsStr::new(LOCK_FILE), OsStr::new(OWNER_FILE)];
+            match self.mirrored.renew(vm, map, folder.path(), &keep, &options) {
+                Ok(Some(report)) => return Ok((folder, report)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(
+                    error = %one_line(&e),
+                    "cannot renew {}; emptying it to mirror afresh",
+                    folder.path().display()
+                ),
+            }
+            folder = self.emptied(folder)?;
+        }
         let state = match (folder.persistence(), folder.reused()) {
             (Persistence::Temporary, _) => FolderState::Temporary,
             (_, false) => FolderState::PersistentNew,
             (_, true) => FolderState::PersistentReused,
         };
-        self.mirrored
-            .fill(vm, map, folder.path(), state, &MirrorOptions::new())
+        let report = self
+            .mirrored
+            .fill(vm, map, folder.path(), state, &options)
             .map_err(|source| Error::MirrorInto {
                 folder: folder.path().to_owned(),
                 source,
-            })
+            })?;
+        Ok((folder, report))
+    }
+
+    /// `folder`, handed on by the task before, emptied; when it is no longer as it was
+    /// made, it is removed and a new one taken.
+    fn emptied(&mut self, mut folder: TaskFolder) -> Result<TaskFolder, Error> {
+        match folder.empty() {
+            Ok(()) => Ok(folder),
+            Err(e) => {
+                tracing::debug!(error = %one_line(&e), "taking a new task folder instead");
+                let vm = folder.vm_index();
+                // Dropped, a temporary folder is removed.
+                drop(folder);
+                self.local()?
+                    .take(vm, Persistence::Temporary)
+                    .map_err(Error::Storage)
+            }
+        }
     }
 
     /// `map` with each root the VM ships to this host replaced by a snapshot of the

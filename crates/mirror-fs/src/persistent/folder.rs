@@ -154,8 +154,24 @@ impl MirroredFolder {
     /// [`Error::Copy`], [`Error::Read`] or [`Error::Create`] as for [`crate::mirror`]. After
     /// an error the next refresh verifies every destination.
     pub fn refresh(&mut self, options: &MirrorOptions) -> Result<MirrorReport> {
+        self.refresh_watching(options, true)
+    }
+
+    /// [`MirroredFolder::refresh`]; `watch_sources: false` for a caller that verifies every
+    /// copy each time, and so looks at every source anyway: no inotify instance is spent on
+    /// the sources (a user has 128 by default, for all their programs).
+    fn refresh_watching(
+        &mut self,
+        options: &MirrorOptions,
+        watch_sources: bool,
+    ) -> Result<MirrorReport> {
         let start = Instant::now();
-        let targets = self.source_targets(options);
+        let targets = if watch_sources {
+            self.source_targets(options)
+        } else {
+            self.sources = None;
+            None
+        };
         let mut suspects = std::mem::take(&mut self.pending);
         let mut verify = self.verify_all;
         let mut rewatch = false;
@@ -192,7 +208,8 @@ impl MirroredFolder {
     /// beneath the task folder is removed, never following a symlink (what the task wrote,
     /// copies of sources gone since), but the names in `keep` at its top (its owner's own
     /// files), and the mirrored folders entries were removed from get their source's mode
-    /// and times back. [`MirrorReport::removed`] counts what was removed.
+    /// and times back. [`MirrorReport::removed`] counts what was removed. Since it looks
+    /// at every source each time, it keeps no inotify watch on the sources.
     ///
     /// Not noticed, as by [`MirroredFolder::refresh`]: a copy whose content changed while
     /// the watch on the task folder was not running with its size and modification time
@@ -206,7 +223,7 @@ impl MirroredFolder {
     pub fn renew(&mut self, options: &MirrorOptions, keep: &[&OsStr]) -> Result<MirrorReport> {
         let start = Instant::now();
         self.verify_all = true;
-        let mut report = self.refresh(options)?;
+        let mut report = self.refresh_watching(options, false)?;
         self.verify_all = true;
         let root = options.task_root(&self.task_dir)?;
         let pruned = prune::prune(&self.manifest, &root, keep)?;

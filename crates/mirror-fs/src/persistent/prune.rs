@@ -3,12 +3,12 @@
 //! know how copies are checked or made again: the refresh before it did that.
 
 use std::collections::{BTreeSet, HashSet};
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use nix::dir::Dir;
+use nix::dir::{Dir, Type};
 use nix::sys::stat::fstat;
 
 use super::manifest::Manifest;
@@ -52,16 +52,22 @@ pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pr
         dirs: Vec::new(),
     };
     for &path in &known {
-        let fd = root.open_dir(path, path).map_err(|_| not_renewable(path, "it is no longer a folder reached without symlinks"))?;
-        let copied: Vec<u32> = m
-            .by_dst
-            .get(path)
-            .map(|ids| ids.iter().copied().filter(|&d| !m.dirs[d as usize].is_top()).collect())
-            .unwrap_or_default();
+        let fd = root.open_dir(path, path).map_err(|_| {
+            not_renewable(path, "it is no longer a folder reached without symlinks")
+        })?;
+        let landed: &[u32] = m.by_dst.get(path).map_or(&[], Vec::as_slice);
+        let copied: Vec<u32> = landed
+            .iter()
+            .copied()
+            .filter(|&d| !m.dirs[d as usize].is_top())
+            .collect();
         if copied.is_empty() && path != top {
             let mode = fstat(&fd).map_err(|e| read_error(path, e))?.st_mode & 0o7777;
             if Some(mode) != made_mode() {
-                return Err(not_renewable(path, "a task changed the mode of a folder the mirror made"));
+                return Err(not_renewable(
+                    path,
+                    "a task changed the mode of a folder the mirror made",
+                ));
             }
         }
         let mut doomed: Vec<CString> = Vec::new();
@@ -73,9 +79,11 @@ pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pr
                 continue;
             }
             let bytes = name.to_bytes();
-            let wanted = (path == top && keep.contains(bytes))
-                || known.contains(path.join(OsStr::from_bytes(bytes)).as_path())
-                || is_copy(m, path, name);
+            // Only a folder (or what the listing does not say) can be a known folder.
+            let maybe_dir = !matches!(entry.file_type(), Some(t) if t != Type::Directory);
+            let wanted = landed.iter().any(|&d| m.find(d, name).is_some())
+                || (path == top && keep.contains(bytes))
+                || (maybe_dir && known.contains(path.join(OsStr::from_bytes(bytes)).as_path()));
             if !wanted {
                 doomed.push(name.to_owned());
             }
@@ -92,13 +100,6 @@ pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pr
         }
     }
     Ok(pruned)
-}
-
-/// Whether `name` in destination folder `dst` is a copy the manifest keeps.
-fn is_copy(m: &Manifest, dst: &Path, name: &CStr) -> bool {
-    m.by_dst
-        .get(dst)
-        .is_some_and(|ids| ids.iter().any(|&d| m.find(d, name).is_some()))
 }
 
 /// The mode `mkdir` gives a folder in this process: 0777 less the umask, read once from

@@ -24,7 +24,10 @@ const OWN: &str = ".owner-file";
 /// lib/more/ → deep/er/ (folders on the way made by the mirror).
 fn setup(fx: &Fixture) -> MirrorMap {
     for i in 0..12 {
-        fx.file(format!("tree/d{}/f{i}.txt", i % 3), format!("v1 {i:02}").as_bytes());
+        fx.file(
+            format!("tree/d{}/f{i}.txt", i % 3),
+            format!("v1 {i:02}").as_bytes(),
+        );
     }
     fx.file("tree/d0/sub/deep.txt", b"deep");
     symlink("f0.txt", fx.src("tree/d0/link")).unwrap();
@@ -48,7 +51,10 @@ fn setup(fx: &Fixture) -> MirrorMap {
 /// content or link target, and the modification time of files, links and the folders a
 /// mirror copies from a source (`in/tree/...`, `deep/er/more/...`); the folders it makes are
 /// made when it runs, so their times are not compared.
-fn tree(root: &Path) -> BTreeMap<PathBuf, (char, u32, Vec<u8>, Option<(i64, i64)>)> {
+/// Kind, permission bits, content or link target, modification time when compared.
+type Seen = (char, u32, Vec<u8>, Option<(i64, i64)>);
+
+fn tree(root: &Path) -> BTreeMap<PathBuf, Seen> {
     let mut out = BTreeMap::new();
     for rel in crate::listing(root) {
         let path = root.join(&rel);
@@ -77,8 +83,11 @@ fn scribble(fx: &Fixture, watched: bool) {
     fs::create_dir_all(fx.dst("results/x")).unwrap();
     fs::write(fx.dst("results/x/y.txt"), "deep result").unwrap();
     symlink("/etc/passwd", fx.dst("evil")).unwrap();
-    nix::unistd::mkfifo(&fx.dst("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .unwrap();
+    nix::unistd::mkfifo(
+        &fx.dst("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     fs::write(fx.dst("in/tree/d0/new.txt"), "new in a copied folder").unwrap();
     fs::create_dir(fx.dst("in/tree/d1/scratch")).unwrap();
     fs::write(fx.dst("in/tree/d1/scratch/s"), "s").unwrap();
@@ -108,7 +117,10 @@ fn scribble(fx: &Fixture, watched: bool) {
 /// Writes the owner's file, with a fixed time so that two folders compare equal.
 fn own_file(task: &Path) {
     fs::write(task.join(OWN), "owner").unwrap();
-    set_mtime(&task.join(OWN), SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+    set_mtime(
+        &task.join(OWN),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(5),
+    );
 }
 
 fn keep() -> [&'static OsStr; 1] {
@@ -127,7 +139,10 @@ fn a_renewed_folder_is_what_a_fresh_mirror_makes() {
         fs::remove_file(fx.src("lib/b.lib")).unwrap();
         fx.file("lib/c.lib", b"model c");
         fs::write(fx.src("tree/d0/f0.txt"), "v2 00 longer").unwrap();
-        set_mtime(&fx.src("tree/d0"), SystemTime::UNIX_EPOCH + Duration::from_secs(7));
+        set_mtime(
+            &fx.src("tree/d0"),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+        );
 
         let report = folder.renew(&options, &keep()).unwrap();
 
@@ -139,7 +154,11 @@ fn a_renewed_folder_is_what_a_fresh_mirror_makes() {
         assert!(report.removed >= 9, "flavour {i}: {report:?}");
         // Nothing left to do: a second renewal copies and removes nothing.
         let again = folder.renew(&options, &keep()).unwrap();
-        assert_eq!((again.files, again.removed), (0, 0), "flavour {i}: {again:?}");
+        assert_eq!(
+            (again.files, again.removed),
+            (0, 0),
+            "flavour {i}: {again:?}"
+        );
         assert_eq!(tree(&fx.task), tree(&fresh_task), "flavour {i}");
     }
 }
@@ -157,14 +176,11 @@ fn a_symlink_planted_for_a_folder_is_removed_not_followed() {
         symlink(outside.path(), fx.dst("deep")).unwrap();
         fs::remove_dir_all(fx.dst("in/tree/d2")).unwrap();
         symlink(outside.path(), fx.dst("in/tree/d2")).unwrap();
-        match folder.renew(&options, &[]) {
-            Ok(_) => {
-                let fresh = Fixture::new();
-                parvm_mirror_fs::mirror(&map, &fresh.task, &options).unwrap();
-                assert_eq!(tree(&fx.task), tree(&fresh.task));
-            }
-            // The caller then empties the folder and mirrors afresh.
-            Err(_) => {}
+        // On an error the caller empties the folder and mirrors afresh.
+        if folder.renew(&options, &[]).is_ok() {
+            let fresh = Fixture::new();
+            parvm_mirror_fs::mirror(&map, &fresh.task, &options).unwrap();
+            assert_eq!(tree(&fx.task), tree(&fresh.task));
         }
         assert_eq!(
             fs::read_to_string(outside.path().join("precious")).unwrap(),
@@ -184,6 +200,9 @@ fn a_folder_the_mirror_made_with_another_mode_is_not_renewable() {
     let err = folder.renew(&options, &[]).unwrap_err();
     assert!(matches!(err, Error::NotRenewable { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("models") && text.contains("mirror into it afresh"), "{text}");
+    assert!(
+        text.contains("models") && text.contains("mirror into it afresh"),
+        "{text}"
+    );
     set_mode(&fx.dst("models"), 0o755);
 }

@@ -167,7 +167,9 @@ pub struct JobResult {
     pub attempts: u32,
     /// How long its last attempt ran, from its start on the slot to its end.
     pub elapsed: Duration,
-    /// Bytes mirrored into its task folder for its last attempt (0 when nothing was).
+    /// Bytes copied into its task folder for its last attempt by mirroring: 0 when
+    /// nothing was, or when the folder, handed on from the job before on that worker,
+    /// already held the inputs as they are at the source.
     pub mirrored: u64,
     /// The files its last attempt returned ([`Job::returning`](crate::Job::returning)),
     /// relative to its results folder `<results>/<index>/`
