@@ -1509,6 +1509,65 @@ fn env_gives_the_cases_on_another_host_the_spawners_value() {
 /// `PARALLEL_MIRRORED_STORAGE` names a folder that does not exist there joins, and the
 /// inputs its cases map are shipped to it; with shipping off, the case fails naming the
 /// missing entry and what to do.
+/// What each case of `each_case_finds_only_its_mirrored_inputs_shared_or_shipped` runs:
+/// it says what its folder holds (but local storage's own files) and what its inputs say,
+/// then edits, removes and adds, as a careless simulator script would.
+const SCRIBBLER: &str = r#"echo "{}: $(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')| $(ls -A nets | tr '\n' ' ')| $(cat nets/a.cir) $(cat nets/lib/m.lib)"; sed -i s/1k/{}/ nets/a.cir; echo junk >> nets/lib/m.lib; rm nets/b.cir; echo out > result.txt; mkdir -p nets/lib/tmp; chmod 700 nets/lib"#;
+
+#[test]
+fn each_case_finds_only_its_mirrored_inputs_shared_or_shipped() {
+    let sweep = Sweep::new();
+    std::fs::create_dir_all(sweep.shared.join("nets/lib")).unwrap();
+    std::fs::write(sweep.shared.join("nets/a.cir"), "R1 a b 1k\n").unwrap();
+    std::fs::write(sweep.shared.join("nets/b.cir"), "R2 b c 2k\n").unwrap();
+    std::fs::write(sweep.shared.join("nets/lib/m.lib"), "model\n").unwrap();
+    let values: Vec<String> = (1..=12).map(|i| format!("{i}0k")).collect();
+    let expected = |value: &str| format!("{value}: nets | a.cir b.cir lib | R1 a b 1k model\n");
+    let check = |out: &str, how: &str| {
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort();
+        let mut want: Vec<String> = values.iter().map(|v| expected(v)).collect();
+        want.sort();
+        let want: Vec<&str> = want.iter().map(|l| l.trim_end()).collect();
+        assert_eq!(lines, want, "{how}");
+    };
+    let args: Vec<&str> = ["--map", "nets=.", SCRIBBLER, ":::"]
+        .into_iter()
+        .chain(values.iter().map(String::as_str))
+        .collect();
+
+    // Local workers reading the shared folder.
+    check(&sweep.ok(&args), "shared");
+    assert_eq!(
+        std::fs::read_to_string(sweep.shared.join("nets/a.cir")).unwrap(),
+        "R1 a b 1k\n"
+    );
+
+    // A TCP worker whose host lacks the mirrored folder: the inputs are shipped.
+    let nowhere = sweep.local.join("no-such-folder");
+    let mut run = sweep.start_tcp(&args, Stdio::piped());
+    let mut worker = ChildGuard(
+        sweep
+            .worker(&run.addr)
+            .args(["--slots", "2"])
+            .env("PARALLEL_MIRRORED_STORAGE", &nowhere)
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut run.spawner.0.stdout.take().unwrap(), &mut out).unwrap();
+    let status = run.spawner.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status:?}: {out} {:?}",
+        run.said.iter().collect::<Vec<_>>()
+    );
+    check(&out, "shipped");
+    eventually("the worker left", || worker.0.try_wait().unwrap().is_some());
+    assert!(!nowhere.exists(), "the worker made no mirrored folder");
+    sweep.assert_no_task_folder_left();
+}
+
 #[test]
 fn a_worker_without_the_mirrored_folder_gets_the_inputs_shipped() {
     let sweep = Sweep::new();
