@@ -49,13 +49,19 @@ pub enum FolderState {
 /// ```
 #[derive(Debug)]
 pub struct MirroredFolders<K> {
+    /// Persistent folders, by key.
     kept: HashMap<K, MirroredFolder>,
+    /// The last temporary folder filled, for [`MirroredFolders::renew`]: a process hands
+    /// at most one on (local storage keeps one spare), and each kept folder holds an
+    /// inotify instance, of which a user has 128 by default for all their programs.
+    temporary: Option<(K, MirroredFolder)>,
 }
 
 impl<K: Hash + Eq> Default for MirroredFolders<K> {
     fn default() -> Self {
         MirroredFolders {
             kept: HashMap::new(),
+            temporary: None,
         }
     }
 }
@@ -68,7 +74,8 @@ impl<K: Hash + Eq> MirroredFolders<K> {
 
     /// Mirrors `map` into `task_dir`. A persistent folder is refreshed when it was filled
     /// from the same map before; any other is mirrored afresh and remembered under `key`
-    /// for the next reuse (or, temporary, for [`MirroredFolders::renew`]).
+    /// for the next reuse (a temporary one, for [`MirroredFolders::renew`], in place of
+    /// the temporary folder remembered before, whatever its key).
     ///
     /// # Errors
     ///
@@ -83,6 +90,14 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         state: FolderState,
         options: &MirrorOptions,
     ) -> Result<MirrorReport> {
+        if state == FolderState::Temporary {
+            // The old one's watch goes before the new one's starts.
+            self.temporary = None;
+            let mirrored = MirroredFolder::mirror(map, task_dir, options)?;
+            let report = mirrored.report().clone();
+            self.temporary = Some((key, mirrored));
+            return Ok(report);
+        }
         if state == FolderState::PersistentReused
             && let Some(mirrored) = self.kept.get_mut(&key)
             && mirrored.map() == map
@@ -115,17 +130,17 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         keep: &[&OsStr],
         options: &MirrorOptions,
     ) -> Result<Option<MirrorReport>> {
-        let Some(mirrored) = self.kept.get_mut(&key) else {
+        let Some((_, mirrored)) = self.temporary.as_mut().filter(|(k, _)| *k == key) else {
             return Ok(None);
         };
         if mirrored.map() != map || mirrored.task_dir() != task_dir {
-            self.kept.remove(&key);
+            self.temporary = None;
             return Ok(None);
         }
         match mirrored.renew(options, keep) {
             Ok(report) => Ok(Some(report)),
             Err(e) => {
-                self.kept.remove(&key);
+                self.temporary = None;
                 Err(e)
             }
         }
@@ -134,11 +149,14 @@ impl<K: Hash + Eq> MirroredFolders<K> {
     /// Drops what is kept under `key` (its folder is gone or about to be).
     pub fn forget(&mut self, key: &K) {
         self.kept.remove(key);
+        if self.temporary.as_ref().is_some_and(|(k, _)| k == key) {
+            self.temporary = None;
+        }
     }
 
     /// True when a folder is kept under `key`.
     pub fn is_kept(&self, key: &K) -> bool {
-        self.kept.contains_key(key)
+        self.temporary.as_ref().is_some_and(|(k, _)| k == key) || self.kept.contains_key(key)
     }
 }
 
@@ -222,6 +240,41 @@ mod tests {
             .unwrap();
         assert!(elsewhere.is_none(), "another folder is not renewed");
         assert!(!folders.is_kept(&3));
+    }
+
+    #[test]
+    fn one_temporary_folder_is_kept_whatever_its_key_beside_the_persistent_ones() {
+        let f = fixture();
+        let options = MirrorOptions::new();
+        let mut folders = MirroredFolders::new();
+        let persistent = tempfile::tempdir().unwrap();
+        let state = FolderState::PersistentNew;
+        folders
+            .fill(9u32, &f.map, persistent.path(), state, &options)
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let temporary = FolderState::Temporary;
+        folders
+            .fill(1, &f.map, f.task.path(), temporary, &options)
+            .unwrap();
+        folders
+            .fill(2, &f.map, other.path(), temporary, &options)
+            .unwrap();
+        assert!(
+            !folders.is_kept(&1),
+            "the later temporary folder replaced it"
+        );
+        assert!(folders.is_kept(&2) && folders.is_kept(&9));
+        let gone = folders
+            .renew(1, &f.map, f.task.path(), &[], &options)
+            .unwrap();
+        assert!(gone.is_none());
+        let renewed = folders
+            .renew(2, &f.map, other.path(), &[], &options)
+            .unwrap();
+        assert_eq!(renewed.map(|r| r.skipped), Some(2));
+        folders.forget(&2);
+        assert!(!folders.is_kept(&2) && folders.is_kept(&9));
     }
 
     #[test]
