@@ -133,28 +133,34 @@ pub(crate) fn empty_folder(
     identity: (u64, u64),
     keep: &[&str],
 ) -> Result<bool, Error> {
-    let Some((dir, others)) = open_as_made(path, identity, keep)? else {
+    let Some(mut dir) = open_as_made(path, identity, keep)? else {
         return Ok(false);
     };
-    for name in others {
-        remove_entry(&dir, &name, &child_path(path, &name))?;
-    }
-    Ok(true)
-}
-
-/// The folder at `path`, open, with the names in it other than `keep`, when it is as it
-/// was made: the folder `identity` (device, inode) with mode 0700, holding each name in
-/// `keep` as a regular file. `Ok(None)` otherwise.
-pub(crate) fn open_as_made(
-    path: &Path,
-    identity: (u64, u64),
-    keep: &[&str],
-) -> Result<Option<(Dir, Vec<CString>)>, Error> {
     let fail = |source: io::Error| Error::Remove {
         path: path.to_path_buf(),
         source,
     };
-    let mut dir = match Dir::open(path, dir_flags(), Mode::empty()) {
+    for name in names(&mut dir).map_err(fail)? {
+        if !keep.iter().any(|k| k.as_bytes() == name.to_bytes()) {
+            remove_entry(&dir, &name, &child_path(path, &name))?;
+        }
+    }
+    Ok(true)
+}
+
+/// The folder at `path`, open, when it is as it was made: the folder `identity` (device,
+/// inode) with mode 0700, holding each name in `keep` as a regular file. `Ok(None)`
+/// otherwise.
+pub(crate) fn open_as_made(
+    path: &Path,
+    identity: (u64, u64),
+    keep: &[&str],
+) -> Result<Option<Dir>, Error> {
+    let fail = |source: io::Error| Error::Remove {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match Dir::open(path, dir_flags(), Mode::empty()) {
         Ok(dir) => dir,
         Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
         Err(errno) => return Err(fail(errno.into())),
@@ -164,24 +170,14 @@ pub(crate) fn open_as_made(
     if !same {
         return Ok(None);
     }
-    let mut kept = 0;
-    let mut others = Vec::new();
-    for name in names(&mut dir).map_err(fail)? {
-        if keep.iter().any(|k| k.as_bytes() == name.to_bytes()) {
-            let stat = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(|e| fail(e.into()))?;
-            if !is_regular(&stat) {
-                return Ok(None);
-            }
-            kept += 1;
-        } else {
-            others.push(name);
+    for name in keep {
+        match fstatat(&dir, *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) if is_regular(&stat) => {}
+            Ok(_) | Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(fail(errno.into())),
         }
     }
-    if kept != keep.len() {
-        return Ok(None);
-    }
-    Ok(Some((dir, others)))
+    Ok(Some(dir))
 }
 
 /// Opens a sub-folder to empty it, making it readable and writable for its owner when
