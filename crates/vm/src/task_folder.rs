@@ -404,7 +404,12 @@ impl TaskFolders {
         mut folder: TaskFolder,
         map: &MirrorMap,
     ) -> Result<(TaskFolder, MirrorReport), Error> {
-        let options = MirrorOptions::new();
+        // A temporary folder's renewal checks every copy by a `stat` (its change time too),
+        // so it needs no inotify instance, of which a user has 128 for all their programs.
+        let options = match folder.persistence() {
+            Persistence::Temporary => MirrorOptions::new().no_inotify(),
+            Persistence::Persistent => MirrorOptions::new(),
+        };
         if folder.handed_on() {
             let keep = [OsStr::new(LOCK_FILE), OsStr::new(OWNER_FILE)];
             match self.mirrored.renew(vm, map, folder.path(), &keep, &options) {

@@ -14,7 +14,8 @@ use nix::sys::stat::{FileStat, Mode};
 use crate::error::{Error, Result};
 
 use crate::fsops::{
-    DirPair, check_opened_within, is_dir, is_file, special_kind, times, vanished_or_read,
+    DirPair, MadeAt, check_opened_within, is_dir, is_file, made_at, special_kind, times,
+    vanished_or_read,
 };
 
 /// Removes what stands at the destination so a file or symlink can take its place; a folder
@@ -141,8 +142,8 @@ pub(crate) fn unchanged(before: &FileStat, after: &FileStat) -> bool {
         && before.st_ctime_nsec == after.st_ctime_nsec
 }
 
-/// Copies one file by content, with its mode and times; returns the bytes copied and the
-/// source's metadata as copied.
+/// Copies one file by content, with its mode and times; returns the bytes copied, the
+/// source's metadata as copied and the copy's change time once made.
 ///
 /// A copy is kept only when it has the size the source had when opened and the source's
 /// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
@@ -155,7 +156,7 @@ pub(crate) fn copy_file(
     after_copy: Option<&(dyn Fn(&Path) + Send + Sync)>,
     buf: &mut Vec<u8>,
     written: &mut Vec<PathBuf>,
-) -> Result<(u64, FileStat)> {
+) -> Result<(u64, FileStat, MadeAt)> {
     let stat_err = |e: Errno| vanished_or_read(&pair.src_of(name), e);
     for _ in 0..COPY_TRIES {
         let src = open_src(pair, name, roots)?;
@@ -191,7 +192,8 @@ pub(crate) fn copy_file(
             .map_err(|e| dst_error(pair, name, e))?;
         let (atime, mtime) = times(&st);
         nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
-        return Ok((copied, st));
+        let made = nix::sys::stat::fstat(&dst).map_err(|e| dst_error(pair, name, e))?;
+        return Ok((copied, st, made_at(&made)));
     }
     Err(Error::SourceChanged {
         path: pair.src_of(name),

@@ -13,7 +13,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
 use crate::fsops::{
-    Created, Ctx, DirPair, FolderCheck, Kind, Mode_, Sig, TaskRoot, cstring, times,
+    Created, Ctx, DirPair, FolderCheck, Kind, MadeAt, Mode_, Sig, TaskRoot, cstring, times,
 };
 use crate::glob::{self, path_has_glob};
 use crate::map::MirrorMap;
@@ -79,11 +79,14 @@ pub(crate) struct DirRecord {
     pub(crate) sig: Sig,
 }
 
-/// Entries of one folder pair copied by a recording run; `sigs[i]` belongs to `names[i]`.
+/// Entries of one folder pair copied by a recording run; `sigs[i]` and `made[i]` belong to
+/// `names[i]`.
 pub(crate) struct Batch {
     pub(crate) dir: u32,
     pub(crate) names: Vec<(CString, Kind)>,
     pub(crate) sigs: Vec<Sig>,
+    /// The copy's change time once made (files only).
+    pub(crate) made: Vec<Option<MadeAt>>,
 }
 
 /// What planning a recording mirror learned about the map, for the manifest.

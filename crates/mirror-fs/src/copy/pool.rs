@@ -16,8 +16,8 @@ use super::file::{copy_file, dst_error, replace_non_dir, up_to_date};
 use super::plan::{BATCH, Batch, DirAttrs, DirRecord, Prepared, Recorded, Unit};
 use crate::error::{Error, Result};
 use crate::fsops::{
-    Created, Ctx, DirPair, Kind, Mode_, Sig, TaskRoot, dir_flags, entry_kind, is_dir, times,
-    vanished_or_read,
+    Created, Ctx, DirPair, Kind, MadeAt, Mode_, Sig, TaskRoot, dir_flags, entry_kind, is_dir,
+    times, vanished_or_read,
 };
 use crate::options::{MirrorOptions, MirrorReport, Progress, cores};
 
@@ -473,16 +473,18 @@ impl<'a> Worker<'a> {
     fn names(&mut self, pair: &DirPair, names: Vec<(CString, Kind)>) -> Result<()> {
         let bytes_before = self.total_bytes;
         let mut sigs = Vec::with_capacity(if self.shared.record { names.len() } else { 0 });
+        let mut made = Vec::with_capacity(sigs.capacity());
         for (name, kind) in &names {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let sig = match kind {
-                Kind::File => self.file(pair, name)?,
-                Kind::Link => self.link(pair, name)?,
+            let (sig, made_at) = match kind {
+                Kind::File => self.file(pair, name)?.unzip(),
+                Kind::Link => (self.link(pair, name)?, None),
             };
             if self.shared.record {
                 sigs.push(sig.unwrap_or_default());
+                made.push(made_at);
             }
         }
         let count = names.len();
@@ -491,6 +493,7 @@ impl<'a> Worker<'a> {
                 dir: pair.id,
                 names,
                 sigs,
+                made,
             });
         }
         let done = self.shared.done.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
@@ -510,13 +513,13 @@ impl<'a> Worker<'a> {
     }
 
     /// Copies one file (unless a stateless refresh finds it up to date); returns the
-    /// source's metadata as copied.
-    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<Sig>> {
+    /// source's metadata as copied and the copy's change time once made.
+    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<(Sig, MadeAt)>> {
         if self.mode == Mode_::Refresh && up_to_date(pair, name)? {
             self.skipped += 1;
             return Ok(None);
         }
-        let (bytes, st) = copy_file(
+        let (bytes, st, made) = copy_file(
             pair,
             name,
             self.shared.ctx.roots,
@@ -526,7 +529,7 @@ impl<'a> Worker<'a> {
         )?;
         self.total_bytes += bytes;
         self.files += 1;
-        Ok(Some(Sig::of(&st)))
+        Ok(Some((Sig::of(&st), made)))
     }
 
     fn link(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<Sig>> {

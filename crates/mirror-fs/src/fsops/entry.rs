@@ -99,6 +99,17 @@ pub(crate) fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
     )
 }
 
+/// A copy's change time (`st_ctime`, seconds and nanoseconds) right after it was made:
+/// every later write, `chmod`, link or change of its times moves it, and nobody can set it
+/// back.
+pub(crate) type MadeAt = (i64, i64);
+
+/// The change time of `st` as a [`MadeAt`].
+#[allow(clippy::unnecessary_cast)] // The field types differ between targets.
+pub(crate) fn made_at(st: &FileStat) -> MadeAt {
+    (st.st_ctime as i64, st.st_ctime_nsec as i64)
+}
+
 /// The metadata that tells whether a source changed since it was copied.
 ///
 /// The inode and the change time catch what size and modification time miss: a file

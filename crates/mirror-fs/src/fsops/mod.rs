@@ -11,7 +11,7 @@ mod pair;
 pub(crate) use beneath::{Created, TaskRoot, remove_tree_at};
 pub use beneath::{has_openat2, open_beneath};
 pub(crate) use entry::{
-    Kind, Mode_, Sig, cstring, dir_flags, entry_kind, is_dir, is_file, special_kind, times,
-    vanished_or_read, within,
+    Kind, MadeAt, Mode_, Sig, cstring, dir_flags, entry_kind, is_dir, is_file, made_at,
+    special_kind, times, vanished_or_read, within,
 };
 pub(crate) use pair::{Ctx, DirPair, FolderCheck, check_opened_within};

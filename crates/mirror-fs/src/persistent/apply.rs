@@ -332,12 +332,13 @@ pub(super) fn make_writable(
 pub(super) fn batch_entries(batches: Vec<copy::Batch>) -> Vec<EntryRec> {
     let mut entries = Vec::with_capacity(batches.iter().map(|b| b.names.len()).sum());
     for b in batches {
-        for ((name, kind), sig) in b.names.into_iter().zip(b.sigs) {
+        for (((name, kind), sig), made) in b.names.into_iter().zip(b.sigs).zip(b.made) {
             entries.push(EntryRec {
                 dir: b.dir,
                 name,
                 kind,
                 sig,
+                made,
             });
         }
     }

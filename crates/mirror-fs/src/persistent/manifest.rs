@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
-use crate::fsops::{Kind, Sig};
+use crate::fsops::{Kind, MadeAt, Sig};
 
 /// Where a manifest folder comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,10 @@ pub(crate) struct EntryRec {
     pub(crate) kind: Kind,
     /// The source's metadata as copied.
     pub(crate) sig: Sig,
+    /// The copy's change time once made (a file copied by this process; `None` for a
+    /// symlink or a manifest loaded from a file): a copy whose change time moved since was
+    /// touched, whatever its size and times say.
+    pub(crate) made: Option<MadeAt>,
 }
 
 /// A map entry with glob characters and what it expanded to.
@@ -321,6 +325,7 @@ mod tests {
                 size,
                 ..Sig::default()
             },
+            made: None,
         }
     }
 

@@ -52,7 +52,7 @@ pub struct MirroredFolders<K> {
     /// Persistent folders, by key.
     kept: HashMap<K, MirroredFolder>,
     /// The last temporary folder filled, for [`MirroredFolders::renew`]: a process hands
-    /// at most one on (local storage keeps one spare), and each kept folder holds an
+    /// at most one on (local storage keeps one spare), and a kept folder may hold an
     /// inotify instance, of which a user has 128 by default for all their programs.
     temporary: Option<(K, MirroredFolder)>,
 }

@@ -211,6 +211,7 @@ impl Saved {
                 name,
                 kind: if e.link { Kind::Link } else { Kind::File },
                 sig: e.sig.sig(),
+                made: None,
             });
         }
         let mut globs = Vec::with_capacity(self.globs.len());

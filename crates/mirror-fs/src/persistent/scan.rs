@@ -21,7 +21,7 @@ use nix::sys::stat::Mode;
 
 use super::manifest::{Chunk, Manifest};
 use crate::error::Error;
-use crate::fsops::{Sig, TaskRoot, dir_flags, vanished_or_read};
+use crate::fsops::{Sig, TaskRoot, dir_flags, made_at, vanished_or_read};
 
 /// Below this many entries per thread, another thread costs more than it saves.
 pub(crate) const ENTRIES_PER_THREAD: usize = 512;
@@ -347,7 +347,9 @@ fn scan_chunk(m: &Manifest, root: &TaskRoot, chunk: &Chunk, verify: bool, out: &
         if verify {
             let intact = dst.as_ref().is_some_and(|dst| {
                 nix::sys::stat::fstatat(dst, e.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| e.sig.copied_as(&st))
+                    .is_ok_and(|st| {
+                        e.sig.copied_as(&st) && e.made.is_none_or(|made| made == made_at(&st))
+                    })
             });
             if !intact {
                 out.changed.push((i, 0));
