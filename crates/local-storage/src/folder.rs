@@ -291,18 +291,8 @@ impl TaskFolder {
     /// # Errors
     ///
     /// [`Error::Remove`] when what the task left cannot be removed completely.
-    pub fn release_for_next(mut self) -> Result<(), Error> {
-        if self.persistence == Persistence::Persistent {
-            return self.finish();
-        }
-        let Some(held) = self.held.take() else {
-            return Ok(());
-        };
-        match held.empty() {
-            Ok(true) => self.keep_as_spare(held, false),
-            // Removal tries everything again and reports what it could not remove.
-            Ok(false) | Err(_) => held.remove(),
-        }
+    pub fn release_for_next(self) -> Result<(), Error> {
+        self.release_keeping(false)
     }
 
     /// As [`TaskFolder::release_for_next`], but a temporary folder is kept as the task left
@@ -315,21 +305,28 @@ impl TaskFolder {
     /// # Errors
     ///
     /// [`Error::Remove`] when a folder that is not kept cannot be removed completely.
-    pub fn hand_on(mut self) -> Result<(), Error> {
+    pub fn hand_on(self) -> Result<(), Error> {
+        self.release_keeping(true)
+    }
+
+    /// Keeps a temporary folder as the storage's spare for the next task of this VM index:
+    /// `as_left`, as its task left it, else emptied; a folder no longer as made is removed.
+    fn release_keeping(mut self, as_left: bool) -> Result<(), Error> {
         if self.persistence == Persistence::Persistent {
             return self.finish();
         }
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        match held.as_made() {
-            Ok(true) => self.keep_as_spare(held, true),
-            Ok(false) | Err(_) => held.remove(),
+        let kept = if as_left {
+            held.as_made()
+        } else {
+            held.empty()
+        };
+        if !matches!(kept, Ok(true)) {
+            // Removal tries everything again and reports what it could not remove.
+            return held.remove();
         }
-    }
-
-    /// Keeps `held` as the storage's spare for the next task of this VM index.
-    fn keep_as_spare(&self, held: Held, as_left: bool) -> Result<(), Error> {
         let mut keeping = lock_kept(&self.kept);
         if !keeping.open {
             drop(keeping);
