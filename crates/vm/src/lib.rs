@@ -33,7 +33,6 @@
 //! For tests, [`memory`] runs a whole VM in one process, with workers on threads.
 
 mod capture;
-mod clean;
 mod dispatch;
 mod envfwd;
 mod error;

@@ -19,7 +19,6 @@ use parvm_mirror_fs::{
 use parvm_ship::{CacheLimits, HostCache};
 
 use crate::Error;
-use crate::clean::Snapshot;
 use crate::error::one_line;
 use crate::ship::fetch::{self, Exchange, Shipping};
 use crate::wire::{ShipPlan, SpawnRequest, Startup, ToWorker};
@@ -162,11 +161,9 @@ pub(crate) struct TaskFolders {
     /// local storage).
     cache: Option<Result<HostCache, Arc<parvm_ship::Error>>>,
     /// What was mirrored into each VM's persistent folder, so a reuse refreshes with one
-    /// stat per source file and sees what tasks changed in the folder.
+    /// stat per source file and sees what tasks changed in the folder, and into the last
+    /// temporary folder, so the next task of its VM can renew it.
     mirrored: MirroredFolders<u32>,
-    /// What each VM's persistent folder held when its task started, for VMs that clean
-    /// their folders before reuse.
-    clean: HashMap<u32, Snapshot>,
 }
 
 impl TaskFolders {
@@ -180,7 +177,6 @@ impl TaskFolders {
             shipping: Shipping::default(),
             cache: None,
             mirrored: MirroredFolders::new(),
-            clean: HashMap::new(),
         }
     }
 
@@ -257,7 +253,6 @@ impl TaskFolders {
         self.abstracts.remove(&vm);
         self.shipping.forget(vm);
         self.mirrored.forget(&vm);
-        self.clean.remove(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)
         {
@@ -328,24 +323,13 @@ impl TaskFolders {
             .local()?
             .take(request.vm, persistence)
             .map_err(Error::Storage)?;
-        let clean = request.persistent && request.clean;
-        if clean
-            && folder.reused()
-            && let Some(snapshot) = self.clean.get(&request.vm)
-        {
-            let removed = snapshot
-                .remove_unlisted(folder.path())
-                .map_err(|source| Error::Io {
-                    what: "remove what earlier tasks wrote in persistent folder",
-                    path: folder.path().to_owned(),
-                    source,
-                })?;
-            tracing::debug!(removed, "cleaned {}", folder.path().display());
-        }
+        // A folder that must hold only its mirrored inputs but holds what a task before
+        // left: handed on from the task before, or a clean persistent one reused.
+        let renew = folder.handed_on() || (request.persistent && request.clean && folder.reused());
         let mut mirrored = 0;
         if let Some(map) = &map {
             // On failure the folder is released by its drop (removed when temporary).
-            let (filled, report) = self.fill(request.vm, folder, map)?;
+            let (filled, report) = self.fill(request.vm, folder, map, renew)?;
             folder = filled;
             mirrored = report.bytes;
             tracing::debug!(
@@ -357,17 +341,8 @@ impl TaskFolders {
                 "mirrored into {}",
                 folder.path().display()
             );
-        } else if folder.handed_on() {
+        } else if renew {
             folder = self.emptied(folder)?;
-        }
-        if clean {
-            // Taken after mirroring and before the task: exactly what the next reuse keeps.
-            let snapshot = Snapshot::take(folder.path()).map_err(|source| Error::Io {
-                what: "list persistent folder",
-                path: folder.path().to_owned(),
-                source,
-            })?;
-            self.clean.insert(request.vm, snapshot);
         }
         let dir = match &request.startup {
             None => folder.path().to_owned(),
@@ -395,14 +370,16 @@ impl TaskFolders {
     }
 
     /// Mirrors `map` into `folder`; mirror-fs's [`MirroredFolders`] picks between a fresh
-    /// mirror and a refresh from what the folder is. A temporary folder the task before
-    /// handed on is renewed (made what a fresh mirror makes, for what a refresh costs); one
-    /// that cannot be is emptied, or replaced, and mirrored afresh.
+    /// mirror and a refresh from what the folder is. With `renew` (a folder the task
+    /// before handed on, or a clean persistent folder reused), it is renewed instead: made
+    /// what a fresh mirror makes, for what a refresh costs; one that cannot be is emptied
+    /// (a temporary one that is not as made, replaced) and mirrored afresh.
     fn fill(
         &mut self,
         vm: u32,
         mut folder: TaskFolder,
         map: &MirrorMap,
+        renew: bool,
     ) -> Result<(TaskFolder, MirrorReport), Error> {
         // A temporary folder's renewal checks every copy by a `stat` (its change time too),
         // so it needs no inotify instance, of which a user has 128 for all their programs.
@@ -410,7 +387,7 @@ impl TaskFolders {
             Persistence::Temporary => MirrorOptions::new().no_inotify(),
             Persistence::Persistent => MirrorOptions::new(),
         };
-        if folder.handed_on() {
+        if renew {
             let keep = [OsStr::new(LOCK_FILE), OsStr::new(OWNER_FILE)];
             match self.mirrored.renew(vm, map, folder.path(), &keep, &options) {
                 Ok(Some(report)) => return Ok((folder, report)),
@@ -438,11 +415,13 @@ impl TaskFolders {
         Ok((folder, report))
     }
 
-    /// `folder`, handed on by the task before, emptied; when it is no longer as it was
-    /// made, it is removed and a new one taken.
+    /// `folder`, holding what a task before left, emptied; a temporary one that is no
+    /// longer as it was made is removed and a new one taken (a persistent one fails the
+    /// task: it is the VM's folder on this worker).
     fn emptied(&mut self, mut folder: TaskFolder) -> Result<TaskFolder, Error> {
         match folder.empty() {
             Ok(()) => Ok(folder),
+            Err(e) if folder.persistence() == Persistence::Persistent => Err(Error::Storage(e)),
             Err(e) => {
                 tracing::debug!(error = %one_line(&e), "taking a new task folder instead");
                 let vm = folder.vm_index();

@@ -112,11 +112,11 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         Ok(report)
     }
 
-    /// Makes `task_dir`, a temporary folder that the previous task of `key` handed on as it
-    /// left it, what a fresh mirror of `map` would make, with
-    /// [`MirroredFolder::renew`] (`keep`: the names at its top that are its owner's).
-    /// `Ok(None)`: nothing is kept for that folder and map, so the caller empties it and
-    /// fills it as [`FolderState::Temporary`].
+    /// Makes `task_dir`, a folder kept under `key` that the task before left as it was (a
+    /// temporary folder handed on, or a persistent one to be clean for each task), what a
+    /// fresh mirror of `map` would make, with [`MirroredFolder::renew`] (`keep`: the names
+    /// at its top that are its owner's). `Ok(None)`: nothing is kept for that folder and
+    /// map, so the caller empties it and fills it afresh.
     ///
     /// # Errors
     ///
@@ -130,20 +130,19 @@ impl<K: Hash + Eq> MirroredFolders<K> {
         keep: &[&OsStr],
         options: &MirrorOptions,
     ) -> Result<Option<MirrorReport>> {
-        let Some((_, mirrored)) = self.temporary.as_mut().filter(|(k, _)| *k == key) else {
+        let temporary = self.temporary.as_mut().filter(|(k, _)| *k == key);
+        let Some(mirrored) = temporary.map(|(_, m)| m).or(self.kept.get_mut(&key)) else {
             return Ok(None);
         };
-        if mirrored.map() != map || mirrored.task_dir() != task_dir {
-            self.temporary = None;
-            return Ok(None);
+        let renewed = if mirrored.map() != map || mirrored.task_dir() != task_dir {
+            None
+        } else {
+            Some(mirrored.renew(options, keep))
+        };
+        if !matches!(renewed, Some(Ok(_))) {
+            self.forget(&key);
         }
-        match mirrored.renew(options, keep) {
-            Ok(report) => Ok(Some(report)),
-            Err(e) => {
-                self.temporary = None;
-                Err(e)
-            }
-        }
+        renewed.transpose()
     }
 
     /// Drops what is kept under `key` (its folder is gone or about to be).

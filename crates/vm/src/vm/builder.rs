@@ -87,9 +87,11 @@ impl VmBuilder {
     /// so no task reads an earlier task's `result.txt` as its own. Turning it on makes the
     /// folders persistent. Default false: a reused folder keeps what tasks wrote.
     ///
-    /// The folder's tree is listed after mirroring, before each task, and anything not in
-    /// that list is removed before the next task; symlinks are removed, never followed.
-    /// It costs one walk of the folder per task.
+    /// Before each reuse the folder is renewed: made what a fresh mirror of the map makes
+    /// (every copy checked by a `stat` and copied again when a task changed it, everything
+    /// else removed, symlinks never followed, copies of sources gone since included); without
+    /// a map it is emptied. It costs a `stat` per mirrored file and a walk of the folder per
+    /// task.
     #[must_use]
     pub fn persistent_clean(mut self, on: bool) -> Self {
         self.clean = on;

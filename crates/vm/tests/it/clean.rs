@@ -11,6 +11,9 @@ const SCRIBBLE: &str = "echo old > result.txt && echo x > models/extra.lib \
     && mkdir -p run/out && echo raw > run/out/data \
     && ln -s \"$OUTSIDE\" escape && ln -s \"$OUTSIDE\" run/escape";
 
+/// A folder of outputs the task made read-only, which a renewal cannot remove in place.
+const READ_ONLY: &str = "mkdir -p ro/deep && touch ro/deep/f && chmod 500 ro/deep ro";
+
 fn tree(vm: &Vm) -> Vec<String> {
     let ids = vm.spawn(Spawn::task("tree", &())).unwrap();
     let (outcomes, _) = collect(vm, &ids);
@@ -74,6 +77,18 @@ fn clean_persistent_folders_keep_inputs_and_drop_outputs() {
         .unwrap();
     collect(&vm, &ids);
     assert_eq!(tree(&vm), inputs);
+    let ids = vm
+        .spawn(Spawn::command("sh").args(["-c", READ_ONLY]))
+        .unwrap();
+    collect(&vm, &ids);
+    assert_eq!(
+        tree(&vm),
+        inputs,
+        "a read-only folder of outputs is gone too"
+    );
+    // A source removed since: its copy goes, as a fresh mirror would not have it.
+    std::fs::remove_file(shared.join("models/a.lib")).unwrap();
+    assert_eq!(tree(&vm), ["amp.cir", "models"]);
     assert_eq!(
         std::fs::read_dir(outside.path()).unwrap().count(),
         1,
