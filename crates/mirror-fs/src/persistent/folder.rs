@@ -199,24 +199,25 @@ impl MirroredFolder {
     }
 
     /// Makes the folder what [`MirroredFolder::mirror`] into an empty folder would make
-    /// now, for a temporary task folder that the previous task of the same map handed on as
-    /// it left it, at about the cost of a refresh instead of a copy of every file.
+    /// now, for a task folder that the task before left as it was (a temporary folder
+    /// handed on to the next task, or a persistent one that must be clean for each task),
+    /// at about the cost of a refresh instead of a copy of every file.
     ///
     /// Every copy is checked against its source and against what was written (a `stat` of
     /// each copy: type, mode, size, modification time, a single name, and for a copy made
-    /// by this process its change time, which every write, `chmod`, link or change of times
-    /// moves; and the watch's events when there is one), and changed ones are copied again,
-    /// as are new matches; then everything else
-    /// beneath the task folder is removed, never following a symlink (what the task wrote,
-    /// copies of sources gone since), but the names in `keep` at its top (its owner's own
-    /// files), and the mirrored folders entries were removed from get their source's mode
-    /// and times back. [`MirrorReport::removed`] counts what was removed. Since it looks
-    /// at every source each time, it keeps no inotify watch on the sources.
+    /// by this process its change time, which every write, `chmod`, link or change of
+    /// times moves; and the watch's events when there is one), and changed ones are copied
+    /// again, as are new matches; then everything else beneath the task folder is removed,
+    /// never following a symlink (what the task wrote, copies of sources gone since), but
+    /// the names in `keep` at its top (its owner's own files), and the mirrored folders
+    /// entries were removed from get their source's mode and times back.
+    /// [`MirrorReport::removed`] counts what was removed. Since it looks at every source
+    /// each time, it keeps no inotify watch on the sources.
     ///
-    /// Not noticed: a copy changed without a watch, with its size and modification time put
-    /// back, within the clock tick in which it was made (kernels before 6.13 keep change
-    /// times to a tick, a few milliseconds), or one changed through a copy made by
-    /// another process (a manifest loaded from a file, whose change times are not kept).
+    /// Not noticed, without a watch: a copy changed with its size and modification time
+    /// put back within the clock tick in which it was made (kernels before 6.13 keep change
+    /// times to a tick, a few milliseconds), and in a folder [`MirroredFolder::load`]ed
+    /// (whose copies' change times are not kept) at any time.
     ///
     /// # Errors
     ///

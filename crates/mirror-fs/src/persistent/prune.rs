@@ -15,10 +15,12 @@ use super::manifest::Manifest;
 use crate::error::{Error, Result};
 use crate::fsops::{TaskRoot, remove_tree_at};
 
-/// What a pruning removed: the mirrored folders (copied from a source folder) it removed
-/// entries from, whose modification times moved and must be the source's again.
+/// What a pruning removed.
 pub(crate) struct Pruned {
+    /// Entries removed (a folder with what was in it counts once).
     pub(crate) removed: usize,
+    /// The folders copied from a source folder that it removed entries from: their
+    /// modification times moved and must be their source's again.
     pub(crate) dirs: Vec<u32>,
 }
 
