@@ -62,3 +62,49 @@ fn read_only_inputs_are_mirrored_refreshed_and_removed() {
         },
     );
 }
+
+/// A folder handed on to the next job is renewed, or, where a job took rights away that
+/// a renewal cannot mend as a user who is not root, emptied and mirrored afresh: every job
+/// finds exactly its inputs.
+#[test]
+fn a_folder_handed_on_is_clean_whatever_rights_a_job_took_away() {
+    as_unprivileged(
+        "unprivileged::a_folder_handed_on_is_clean_whatever_rights_a_job_took_away",
+        || {
+            let h = Harness::start(Backend::Memory, 1);
+            let models = h.shared.path().join("project/models");
+            fs::create_dir_all(&models).unwrap();
+            write_model(&models, "version 1");
+            let vm = h
+                .runtime()
+                .vm()
+                .mirror(models.display().to_string(), ".")
+                .build()
+                .unwrap();
+            // $1: what the job takes away after checking its folder.
+            let script = r#"
+                left=$(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')
+                [ "$left" = "models " ] || { echo "left by an earlier job: $left" >&2; exit 7; }
+                [ "$(cat models/m.lib)" = "version 1" ] || { echo "m.lib changed" >&2; exit 8; }
+                mkdir -p out/deep && touch out/deep/f
+                case "$1" in
+                    outputs) chmod 000 out/deep && chmod 500 out ;;
+                    inputs) chmod 000 models ;;
+                    file) chmod 200 models/m.lib ;;
+                esac"#;
+            let takes = ["outputs", "inputs", "file", "nothing"];
+            let jobs = (0..12).map(|i| {
+                parvm_vm::Job::command("sh").args(["-c", script, "sh", takes[i % takes.len()]])
+            });
+            for result in vm.dispatch(jobs) {
+                let result = result.unwrap();
+                assert!(result.outcome.is_success(), "{result}");
+            }
+            drop(vm);
+            wait_until("every task folder is removed", || {
+                h.task_folders().is_empty()
+            });
+            set_mode(&models, 0o755);
+        },
+    );
+}
