@@ -259,8 +259,12 @@ fn measure(
         let cluster = start(&local, ShipMode::Always)?;
         let vm = cluster.vm(tree)?;
         cold.push(one_task(&vm)?);
+        // Neither worker removing a folder meanwhile, either.
+        let settled = || no_folder_kept(&local).and_then(|()| no_folder_kept(&shared_local));
         for _ in 0..WARM_TASKS {
+            settled()?;
             warm.push(one_task(&vm)?);
+            settled()?;
             shared.push(one_task(&shared_vm)?);
         }
         drop(shared_vm);
@@ -268,6 +272,7 @@ fn measure(
         fs::remove_dir_all(&shared_local)?;
         for k in 0..CHANGED_TASKS {
             rewrite_one_file(&mirrored.join(tree.folder), round * CHANGED_TASKS + k)?;
+            no_folder_kept(&local)?;
             changed.push(one_task(&vm)?);
         }
         drop(vm);
@@ -382,6 +387,37 @@ impl Drop for Worker {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+/// Waits until the worker on local storage `local` holds no task folder: it keeps the last
+/// task's folder a moment for a next task and renews it then, and a timed task must start
+/// in a fresh folder, mirrored from the host cache (or the shared folder), which is what
+/// the rows compare (`bench run mirrored` times renewals).
+fn no_folder_kept(local: &Path) -> Res<()> {
+    let deadline = Instant::now() + JOIN_WAIT;
+    loop {
+        let mut kept = Vec::new();
+        // The worker's per-user folder `parvm-<user>` (the spawner's is in `spawner/`).
+        for user_dir in fs::read_dir(local)? {
+            let user_dir = user_dir?.path();
+            let named = user_dir.file_name().and_then(|n| n.to_str());
+            if user_dir.is_dir() && named.is_some_and(|n| n.starts_with("parvm-")) {
+                kept.extend(
+                    fs::read_dir(&user_dir)?
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name())
+                        .filter(|name| name != "cache"),
+                );
+            }
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the worker kept {kept:?} in {}", local.display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

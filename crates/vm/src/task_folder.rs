@@ -110,6 +110,19 @@ fn startup_without_folder(
     }
 }
 
+/// Where the next task of a VM that just had a task here will run, as far as the worker
+/// knows when it releases the task's folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Its spawn request is already here.
+    Here,
+    /// None is here yet; the program may send one as the last task's exit reaches it.
+    MayCome,
+    /// Not in a temporary folder here (the task gave its case back, or its folders are
+    /// persistent or none).
+    Elsewhere,
+}
+
 /// Where a task runs, and the folder to release after it.
 pub(crate) struct Prepared {
     pub dir: Option<PathBuf>,
@@ -126,15 +139,18 @@ impl Prepared {
         self.folder.as_ref().map(TaskFolder::path)
     }
 
-    /// Removes a temporary folder, hands a persistent one back. With `next_here` (the
-    /// next task of this VM, with a temporary folder, is already at hand), a temporary
-    /// folder is kept for it instead: as the task left it when it was filled from a mirror
-    /// map ([`TaskFolder::hand_on`]; the next task renews it, which costs what a refresh
-    /// costs, not a copy of every file), else emptied ([`TaskFolder::release_for_next`]).
-    pub(crate) fn release(self, next_here: bool) -> Result<(), Error> {
+    /// Removes a temporary folder, hands a persistent one back. When the next task of
+    /// this VM, with a temporary folder, is already at hand, or may come ([`Next`]), a
+    /// temporary folder filled from a mirror map is kept for it instead, as the task left
+    /// it ([`TaskFolder::hand_on`]; the next task renews it, which costs what a refresh
+    /// costs, not a copy of every file); another is emptied and kept when that task is
+    /// here ([`TaskFolder::release_for_next`]).
+    pub(crate) fn release(self, next: Next) -> Result<(), Error> {
         match self.folder {
-            Some(folder) if next_here && self.renewable => folder.hand_on().map_err(Error::Storage),
-            Some(folder) if next_here => folder.release_for_next().map_err(Error::Storage),
+            Some(folder) if next != Next::Elsewhere && self.renewable => {
+                folder.hand_on().map_err(Error::Storage)
+            }
+            Some(folder) if next == Next::Here => folder.release_for_next().map_err(Error::Storage),
             Some(folder) => folder.release().map_err(Error::Storage),
             None => Ok(()),
         }

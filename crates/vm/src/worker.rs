@@ -18,7 +18,7 @@ use crate::message::CommandStatus;
 use crate::ship::fetch::Exchange;
 use crate::supervise::{self, End};
 use crate::task_context::{LoopState, TaskContext};
-use crate::task_folder::TaskFolders;
+use crate::task_folder::{Next, TaskFolders};
 use crate::wire::{self, FromWorker, Job, SpawnRequest, ToWorker};
 use crate::{Error, TaskId, Tasks};
 
@@ -35,6 +35,11 @@ const COMMAND_CHECK: Duration = Duration::from_millis(50);
 
 /// How often an idle worker that may be asked to leave ([`Worker::leave_on`]) looks.
 const LEAVE_CHECK: Duration = Duration::from_millis(100);
+
+/// How long a folder kept for a next task that is not here yet waits for it: a program
+/// that spawns the next task when it receives the last one's exit sends it within a round
+/// trip, and the folder is renewed instead of mirrored afresh.
+const SPARE_WAIT: Duration = Duration::from_millis(50);
 
 /// The spawn loop of a worker process (or of an in-process worker thread).
 ///
@@ -306,16 +311,17 @@ fn say_leaving(transport: &dyn Transport, state: &LoopState, signal: i32) -> Wor
     WorkerEnd::Left { signal, gave_back }
 }
 
-/// The spawn loop's next event. A folder kept for a next task that is not here is removed
-/// before waiting, so none outlives its tasks while the worker idles. A worker that may be
-/// asked to leave waits at most [`LEAVE_CHECK`] (then `Ok(None)`), to look again.
+/// The spawn loop's next event. A folder kept for a next task waits [`SPARE_WAIT`] for it,
+/// then is removed before the worker waits on, so none outlives its tasks while the worker
+/// idles. A worker that may be asked to leave waits at most [`LEAVE_CHECK`] (then
+/// `Ok(None)`), to look again.
 fn receive(
     link: &Link,
     storage: &mut TaskFolders,
     may_leave: bool,
 ) -> Result<Option<Event>, parvm_transport::Error> {
     if storage.holds_spare() {
-        if let Some(event) = link.recv(Wait::NoWait)? {
+        if let Some(event) = link.recv(Wait::For(SPARE_WAIT))? {
             return Ok(Some(event));
         }
         storage.remove_spare();
@@ -391,11 +397,14 @@ impl Run<'_> {
                         );
                     }
                 }
-                let next_here = !given_back
-                    && !request.persistent
-                    && prepared.task_dir().is_some()
-                    && self.next_task_is_here(request.vm);
-                if let Err(e) = prepared.release(next_here) {
+                let next = if given_back || request.persistent || prepared.task_dir().is_none() {
+                    Next::Elsewhere
+                } else if self.next_task_is_here(request.vm) {
+                    Next::Here
+                } else {
+                    Next::MayCome
+                };
+                if let Err(e) = prepared.release(next) {
                     tracing::warn!(task = %id, error = %one_line(&e), "cannot remove the task folder");
                 }
                 outcome

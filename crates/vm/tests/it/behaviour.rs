@@ -25,6 +25,7 @@ suite!(
     two_vms_with_different_mirror_maps,
     every_task_of_every_worker_gets_the_mirror_map,
     temporary_folder_removed_even_when_the_task_fails,
+    a_spawn_loop_finds_its_mirror_renewed_task_after_task,
     persistent_folder_is_reused_then_removed,
     persistent_folder_never_runs_on_stale_inputs,
     describe_lists_hosts_slots_and_tasks,
@@ -481,6 +482,58 @@ fn temporary_folder_removed_even_when_the_task_fails(backend: Backend) {
         "removed after a panic: {:?}",
         h.task_folders()
     );
+}
+
+/// A program that spawns each task when the last one's exit reaches it: the worker keeps
+/// the folder a moment for it, and the next task finds it renewed (exactly its inputs, as
+/// they are at the source), not mirrored afresh.
+fn a_spawn_loop_finds_its_mirror_renewed_task_after_task(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let shared = h.shared.path();
+    let seen = shared.join("seen");
+    std::fs::create_dir_all(shared.join("lib")).unwrap();
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::write(shared.join("lib/m.lib"), "model\n").unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(shared.join("lib").to_str().unwrap(), ".")
+        .build()
+        .unwrap();
+    // $1: where to say which folder the task ran in, $2: its index.
+    let script = r#"
+        left=$(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')
+        [ "$left" = "lib out.txt " ] && exit 7
+        [ "$left" = "lib " ] || exit 8
+        [ "$(cat lib/m.lib)" = "model" ] || exit 9
+        stat -c %w .parvm-owner > "$1/$2"
+        echo out > out.txt; echo scribbled >> lib/m.lib"#;
+    for i in 0..10 {
+        let ids = vm
+            .spawn(Spawn::command("sh").args([
+                "-c",
+                script,
+                "sh",
+                seen.to_str().unwrap(),
+                &i.to_string(),
+            ]))
+            .unwrap();
+        let (outcomes, _) = collect(&vm, &ids);
+        let status: CommandStatus = outcomes[&ids[0]].value();
+        assert_eq!(status.code, Some(0), "task {i}");
+    }
+    let births: HashSet<String> = (0..10)
+        .map(|i| std::fs::read_to_string(seen.join(i.to_string())).unwrap())
+        .collect();
+    if !births.contains("-\n") {
+        assert!(
+            births.len() < 5,
+            "{} folders made for 10 tasks",
+            births.len()
+        );
+    }
+    drop(vm);
+    crate::harness::wait_until("no task folder is left", || h.task_folders().is_empty());
 }
 
 fn persistent_folder_is_reused_then_removed(backend: Backend) {
