@@ -191,8 +191,10 @@ pub struct Args {
     /// stay out of the joblog. Default: `never`.
     #[arg(long, value_name = "WHEN,WHY=COUNT")]
     pub halt: Option<String>,
-    /// Keep each worker's task folder for its next case (mirrored inputs are copied again
-    /// only when they changed); removed at the end of the run.
+    /// Keep each worker's task folder for its next case with what the cases wrote in it
+    /// (mirrored inputs are copied again only when they changed); removed at the end of the
+    /// run. Not needed for speed: without it a worker renews the folder for its next case,
+    /// which copies again only what the case before changed and removes what it wrote.
     #[arg(long)]
     pub persistent: bool,
     /// Give every case the spawner's value of environment variable NAME, on every host
