@@ -604,6 +604,53 @@ mod law {
             }
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// A renewal after any edits of the sources and of the task folder gives exactly
+        /// what a fresh mirror into an empty folder gives.
+        #[test]
+        fn a_renewal_gives_what_a_fresh_mirror_gives(
+            model in tree(),
+            rounds in proptest::collection::vec(
+                (proptest::collection::vec(source_edit(), 0..4), proptest::collection::vec(task_edit(), 0..4)),
+                1..3,
+            ),
+            inotify in any::<bool>(),
+            threads in 1usize..3,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            let task = dir.path().join("task");
+            build(&src, &model);
+            age(&src, past());
+            fs::create_dir(&task).unwrap();
+            let map = MirrorMap::new().entry(&src, ".").unwrap();
+            let mut options = MirrorOptions::new().threads(threads);
+            if !inotify {
+                options = options.no_inotify();
+            }
+            let mut folder = MirroredFolder::mirror(&map, &task, &options).unwrap();
+            let dst = task.join("src");
+            // What the task wrote: a renewal removes it, so it is not checked for.
+            let mut task_files = BTreeMap::new();
+            let mut n = 0;
+            for (round, (source_edits, task_edits)) in rounds.iter().enumerate() {
+                for edit in source_edits {
+                    apply_source(&src, edit, round as u64 + 1);
+                }
+                for edit in task_edits {
+                    apply_task(&dst, edit, n, &mut task_files);
+                    n += 1;
+                }
+                folder.renew(&options, &[]).unwrap();
+                let fresh = dir.path().join(format!("fresh-{round}"));
+                fs::create_dir(&fresh).unwrap();
+                parvm_mirror_fs::mirror(&map, &fresh, &options).unwrap();
+                prop_assert_eq!(read(&task), read(&fresh), "round {}", round);
+            }
+        }
+    }
 }
 
 #[test]
@@ -925,6 +972,7 @@ mod overlap_law {
             target in proptest::sample::select(vec![".", "d0", "d1/d0"]),
             saved in any::<bool>(),
             task_edits in proptest::collection::vec((any::<usize>(), any::<bool>()), 3),
+            renew in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let base = dir.path();
@@ -984,11 +1032,22 @@ mod overlap_law {
                     folder.save().unwrap();
                     folder = MirroredFolder::load(&map, &task, &options).unwrap().unwrap();
                 }
-                folder.refresh(&options).unwrap();
+                let manifest = std::ffi::OsStr::new(".parvm-mirror-manifest");
+                if renew {
+                    folder.renew(&options, &[manifest]).unwrap();
+                } else {
+                    folder.refresh(&options).unwrap();
+                }
                 let fresh = base.join(format!("fresh-{round}"));
                 fs::create_dir(&fresh).unwrap();
                 mirror(&map, &fresh, &options).unwrap();
                 let got = read(&task);
+                if renew {
+                    // Exactly what a fresh mirror holds, but the saved manifest it keeps.
+                    let mut exact = got.clone();
+                    exact.remove(Path::new(manifest));
+                    prop_assert_eq!(&exact, &read(&fresh), "round {}", round);
+                }
                 for (path, node) in read(&fresh) {
                     prop_assert_eq!(got.get(&path), Some(&node), "round {}: {}", round, path.display());
                     // A target folder made by the mirror has the time it was last written
