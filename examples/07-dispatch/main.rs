@@ -74,8 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             match &result.outcome {
                 JobOutcome::Value(value) => match value.decode::<f64>() {
                     Ok(gain) => {
+                        // Bytes copied into the job's folder: a worker's first job copies
+                        // the netlist; the next ones get the folder of the job before,
+                        // renewed (what it changed copied again, what it wrote removed).
                         println!(
-                            "[{done:2}/{total}] load {load:6.0} ohm: gain {gain:.3} (on {}, {} B mirrored, results/{}/result.txt)",
+                            "[{done:2}/{total}] load {load:6.0} ohm: gain {gain:.3} (on {}, {} B copied in, results/{}/result.txt)",
                             result
                                 .host
                                 .as_ref()
