@@ -558,8 +558,10 @@ mod law {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(40))]
+        /// A refresh restores every mirrored entry and keeps what the task wrote; a renewal
+        /// instead gives exactly what a fresh mirror into an empty folder gives.
         #[test]
-        fn refresh_restores_every_mirrored_entry_and_keeps_task_files(
+        fn refresh_restores_every_mirrored_entry_and_renew_gives_a_fresh_mirror(
             model in tree(),
             rounds in proptest::collection::vec(
                 (proptest::collection::vec(source_edit(), 0..4), proptest::collection::vec(task_edit(), 0..4)),
@@ -568,6 +570,7 @@ mod law {
             inotify in any::<bool>(),
             threads in 1usize..3,
             warm in any::<bool>(),
+            renew in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let src = dir.path().join("src");
@@ -597,57 +600,19 @@ mod law {
                     apply_task(&dst, edit, n, &mut task_files);
                     n += 1;
                 }
-                folder.refresh(&options).unwrap();
-                check(&src, &dst, &task_files)?;
+                if renew {
+                    folder.renew(&options, &[]).unwrap();
+                    let fresh = dir.path().join(format!("fresh-{round}"));
+                    fs::create_dir(&fresh).unwrap();
+                    parvm_mirror_fs::mirror(&map, &fresh, &options).unwrap();
+                    prop_assert_eq!(read(&task), read(&fresh), "round {}", round);
+                    task_files.clear();
+                } else {
+                    folder.refresh(&options).unwrap();
+                    check(&src, &dst, &task_files)?;
+                }
                 let again = folder.refresh(&options).unwrap();
                 prop_assert_eq!(again.files + again.symlinks, 0, "{:?}", again);
-            }
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(40))]
-        /// A renewal after any edits of the sources and of the task folder gives exactly
-        /// what a fresh mirror into an empty folder gives.
-        #[test]
-        fn a_renewal_gives_what_a_fresh_mirror_gives(
-            model in tree(),
-            rounds in proptest::collection::vec(
-                (proptest::collection::vec(source_edit(), 0..4), proptest::collection::vec(task_edit(), 0..4)),
-                1..3,
-            ),
-            inotify in any::<bool>(),
-            threads in 1usize..3,
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let src = dir.path().join("src");
-            let task = dir.path().join("task");
-            build(&src, &model);
-            age(&src, past());
-            fs::create_dir(&task).unwrap();
-            let map = MirrorMap::new().entry(&src, ".").unwrap();
-            let mut options = MirrorOptions::new().threads(threads);
-            if !inotify {
-                options = options.no_inotify();
-            }
-            let mut folder = MirroredFolder::mirror(&map, &task, &options).unwrap();
-            let dst = task.join("src");
-            // What the task wrote: a renewal removes it, so it is not checked for.
-            let mut task_files = BTreeMap::new();
-            let mut n = 0;
-            for (round, (source_edits, task_edits)) in rounds.iter().enumerate() {
-                for edit in source_edits {
-                    apply_source(&src, edit, round as u64 + 1);
-                }
-                for edit in task_edits {
-                    apply_task(&dst, edit, n, &mut task_files);
-                    n += 1;
-                }
-                folder.renew(&options, &[]).unwrap();
-                let fresh = dir.path().join(format!("fresh-{round}"));
-                fs::create_dir(&fresh).unwrap();
-                parvm_mirror_fs::mirror(&map, &fresh, &options).unwrap();
-                prop_assert_eq!(read(&task), read(&fresh), "round {}", round);
             }
         }
     }
