@@ -25,8 +25,8 @@ pub(crate) struct Pruned {
 }
 
 /// Removes every entry beneath the task folder that is neither a copy in `m`, nor a folder
-/// of `m` or one on the way to it, nor one of the names in `keep` at the top, never
-/// following a symlink.
+/// a fresh mirror of `m` makes or one on the way to it, nor one of the names in `keep` at
+/// the top, never following a symlink.
 ///
 /// # Errors
 ///
@@ -36,9 +36,18 @@ pub(crate) struct Pruned {
 /// removed.
 pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pruned> {
     let top = root.path();
-    // Every folder the mirror made or copied, and every folder on the way to one.
+    // Every folder a fresh mirror makes: the copied ones, the targets files land in (not
+    // one whose matches are all gone: a glob that matches nothing makes no folder), and
+    // every folder on the way to one.
     let mut known: BTreeSet<&Path> = BTreeSet::new();
-    for dst in m.by_dst.keys() {
+    for (dst, ids) in &m.by_dst {
+        let made = ids.iter().any(|&d| {
+            let dir = &m.dirs[d as usize];
+            !dir.is_top() || dir.start < dir.end
+        });
+        if !made {
+            continue;
+        }
         let mut at = Some(dst.as_path());
         while let Some(path) = at.filter(|p| p.starts_with(top)) {
             if !known.insert(path) {
