@@ -88,7 +88,16 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), Error> {
     remove_entry(&parent, &name, path)
 }
 
+/// Past this many nested folders a removal holds no folder open per level: a task can nest
+/// folders thousands deep, past the process's limit of open files.
+const DEEP: usize = 64;
+
 fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
+    remove_entry_at(parent, name, path, 0)
+}
+
+/// [`remove_entry`] of an entry `depth` folders below where the removal started.
+fn remove_entry_at(parent: &Dir, name: &CStr, path: &Path, depth: usize) -> Result<(), Error> {
     let fail = |errno: Errno| Error::Remove {
         path: path.to_path_buf(),
         source: errno.into(),
@@ -103,6 +112,9 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
             Err(errno) => Err(fail(errno)),
         };
     }
+    if depth >= DEEP {
+        return remove_deep(parent, name, path).map_err(fail);
+    }
     // A sweeper of another process that looked the folder up by its old name just before
     // it was moved to the trash may still make its lock file in it, microseconds later
     // (it then finds the folder gone and leaves it alone): the folder is listed again.
@@ -115,7 +127,7 @@ fn remove_entry(parent: &Dir, name: &CStr, path: &Path) -> Result<(), Error> {
             path: path.to_path_buf(),
             source: e,
         })? {
-            remove_entry(&dir, &child, &child_path(path, &child))?;
+            remove_entry_at(&dir, &child, &child_path(path, &child), depth + 1)?;
         }
         match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => return Ok(()),
@@ -180,6 +192,83 @@ pub(crate) fn open_as_made(
     Ok(Some(dir))
 }
 
+/// Removes folder `name` of `top` and everything in it holding at most two folders open
+/// at a time, however deep it goes: it goes down into one sub-folder after another,
+/// removing what else it finds, and back up through `..` once a folder is empty (checked
+/// to be the folder it came from), relisting that one. Slower than the recursion for
+/// folders with many sub-folders, so used only past [`DEEP`].
+fn remove_deep(top: &Dir, name: &CStr, path: &Path) -> nix::Result<()> {
+    let identity = |dir: &Dir| fstat(dir.as_fd()).map(|st| (st.st_dev, st.st_ino));
+    let Some(first) = open_dir_for_removal(top, name)? else {
+        return Ok(());
+    };
+    // From `name` down to the folder open now: each one's name in its parent, and identity.
+    let mut chain = vec![(name.to_owned(), identity(&first)?)];
+    let mut here = first;
+    let mut relists = 0;
+    loop {
+        let listed =
+            names(&mut here).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        let mut sub = None;
+        for child in listed {
+            match fstatat(&here, child.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_dir(&st) => {
+                    sub = Some(child);
+                    break;
+                }
+                Ok(_) => match unlinkat(&here, child.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(errno) => return Err(errno),
+                },
+                Err(Errno::ENOENT) => {}
+                Err(errno) => return Err(errno),
+            }
+        }
+        if let Some(sub) = sub {
+            if let Some(next) = open_dir_for_removal(&here, &sub)? {
+                chain.push((sub, identity(&next)?));
+                here = next;
+            }
+            continue;
+        }
+        let Some((done, _)) = chain.pop() else {
+            unreachable!("the chain holds the open folder");
+        };
+        let parent = match chain.last() {
+            Some((_, expected)) => {
+                let parent = Dir::openat(&here, c"..", dir_flags(), Mode::empty())?;
+                if identity(&parent)? != *expected {
+                    // Moved meanwhile: not the folder this removal came down through.
+                    tracing::debug!(path = %path.display(), "a folder moved during its removal");
+                    return Err(Errno::ESTALE);
+                }
+                Some(parent)
+            }
+            None => None,
+        };
+        drop(here);
+        let from = parent.as_ref().unwrap_or(top);
+        let removed = match unlinkat(from, done.as_c_str(), UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => true,
+            Err(Errno::ENOTEMPTY) if relists < LATE_ENTRY_RETRIES => false,
+            Err(errno) => return Err(errno),
+        };
+        if removed {
+            relists = 0;
+        } else if let Some(again) = open_dir_for_removal(from, &done)? {
+            // Something appeared meanwhile: list the folder again (a few times).
+            relists += 1;
+            chain.push((done, identity(&again)?));
+            here = again;
+            continue;
+        }
+        match parent {
+            Some(parent) => here = parent,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Opens a sub-folder to empty it, making it readable and writable for its owner when
 /// a task took those rights away. `None`: it vanished meanwhile (another remover).
 fn open_dir_for_removal(parent: &Dir, name: &CStr) -> nix::Result<Option<Dir>> {
@@ -217,24 +306,31 @@ pub(crate) fn tree_size(path: &Path) -> u64 {
     let Ok((parent, name)) = open_parent(path) else {
         return 0;
     };
-    entry_size(&parent, &name)
+    entry_size(&parent, &name, 0)
 }
 
-fn entry_size(parent: &Dir, name: &CStr) -> u64 {
+/// How deep a size is measured: a folder per level is held open, and a task can nest
+/// folders past the limit of open files (what lies deeper is not counted).
+const MEASURED_DEPTH: usize = 256;
+
+fn entry_size(parent: &Dir, name: &CStr, depth: usize) -> u64 {
     let Ok(stat) = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return 0;
     };
     if is_regular(&stat) {
         return u64::try_from(stat.st_size).unwrap_or(0);
     }
-    if !is_dir(&stat) {
+    if !is_dir(&stat) || depth >= MEASURED_DEPTH {
         return 0;
     }
     let Ok(mut dir) = Dir::openat(parent, name, dir_flags(), Mode::empty()) else {
         return 0;
     };
     let children = names(&mut dir).unwrap_or_default();
-    children.iter().map(|child| entry_size(&dir, child)).sum()
+    children
+        .iter()
+        .map(|child| entry_size(&dir, child, depth + 1))
+        .sum()
 }
 
 #[cfg(test)]
@@ -242,6 +338,64 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
+
+    /// Makes `depth` folders `d` nested in `top`, through descriptors (the path is far
+    /// longer than the kernel takes); a file, a symlink and a read-only folder on the way.
+    fn nest(top: &Path, depth: usize) {
+        fs::create_dir(top).unwrap();
+        let mut here = Dir::open(top, dir_flags(), Mode::empty()).unwrap();
+        for level in 0..depth {
+            nix::sys::stat::mkdirat(&here, c"d", Mode::from_bits_truncate(0o700)).unwrap();
+            if level % 1000 == 7 {
+                let file = nix::fcntl::openat(
+                    &here,
+                    c"f",
+                    OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .unwrap();
+                drop(file);
+                nix::unistd::symlinkat(c"/etc", &here, c"link").unwrap();
+            }
+            let next = Dir::openat(&here, c"d", dir_flags(), Mode::empty()).unwrap();
+            if level == depth / 2 {
+                fchmod(here.as_fd(), Mode::from_bits_truncate(0o500)).unwrap();
+            }
+            here = next;
+        }
+    }
+
+    #[test]
+    fn removes_a_tree_nested_deeper_than_the_limit_of_open_files() {
+        let tmp = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        // The soft limit of open files, as the kernel tells it.
+        let limit: usize = fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|limits| {
+                let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+                line.split_whitespace().nth(3)?.parse().ok()
+            })
+            .unwrap_or(1024);
+        // Past the limit, where the limit is not huge (then deep enough to show the way).
+        let depth = limit.min(30_000) + 100;
+        let top = tmp.path().join("top");
+        nest(&top, depth);
+        assert_eq!(tree_size(&top), 0, "measured without running out of files");
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        // Emptying a folder with such a tree in it.
+        let folder = tmp.path().join("folder");
+        fs::create_dir(&folder).unwrap();
+        fs::set_permissions(&folder, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(folder.join("keep"), b"k").unwrap();
+        nest(&folder.join("out"), depth);
+        let meta = fs::metadata(&folder).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(empty_folder(&folder, (meta.dev(), meta.ino()), &["keep"]).unwrap());
+        assert_eq!(fs::read_dir(&folder).unwrap().count(), 1);
+    }
 
     #[test]
     fn removes_nested_tree_with_read_only_folders_and_odd_names() {

@@ -351,9 +351,19 @@ fn create_error(path: &Path, from: &Path, e: Errno) -> Error {
     }
 }
 
+/// How deep [`remove_tree_at`] goes: it holds two folders open per level, and a task can
+/// nest folders past the limit of open files (and of the stack). Deeper, it fails with
+/// `ELOOP`, and its caller falls back on local storage's removal, which goes any depth.
+const REMOVAL_DEPTH: usize = 128;
+
 /// Removes `name` in `dir` and, when it is a folder, everything in it, never following a
-/// symlink (one found is removed, not its target).
+/// symlink (one found is removed, not its target); fails with `ELOOP` for folders nested
+/// more than [`REMOVAL_DEPTH`] deep.
 pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &CStr) -> nix::Result<()> {
+    remove_tree_at_depth(dir, name, 0)
+}
+
+fn remove_tree_at_depth(dir: &impl AsFd, name: &CStr, depth: usize) -> nix::Result<()> {
     use nix::unistd::{UnlinkatFlags, unlinkat};
     match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
@@ -365,6 +375,9 @@ pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &CStr) -> nix::Result<()> {
         }
         Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
         Err(e) => return Err(e),
+    }
+    if depth >= REMOVAL_DEPTH {
+        return Err(Errno::ELOOP);
     }
     let fd = nix::fcntl::openat(dir, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?;
     let mut names = Vec::new();
@@ -379,7 +392,7 @@ pub(crate) fn remove_tree_at(dir: &impl AsFd, name: &CStr) -> nix::Result<()> {
         }
     }
     for child in names {
-        remove_tree_at(&fd, &child)?;
+        remove_tree_at_depth(&fd, &child, depth + 1)?;
     }
     match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),

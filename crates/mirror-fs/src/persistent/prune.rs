@@ -31,9 +31,9 @@ pub(crate) struct Pruned {
 /// # Errors
 ///
 /// [`Error::NotRenewable`] when a folder of `m` (or on the way to one) cannot be opened as
-/// a folder beneath the task folder, or a folder the mirror made (not copied from a source)
-/// no longer has the mode it was made with; [`Error::Create`] when an entry cannot be
-/// removed.
+/// a folder beneath the task folder, a folder the mirror made (not copied from a source)
+/// no longer has the mode it was made with, or what a task left cannot be removed (a
+/// folder it made read-only, or nested deeper than a removal here goes).
 pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pruned> {
     let top = root.path();
     // Every folder a fresh mirror makes: the copied ones, the targets files land in (not
@@ -100,9 +100,9 @@ pub(crate) fn prune(m: &Manifest, root: &TaskRoot, keep: &[&OsStr]) -> Result<Pr
             }
         }
         for name in &doomed {
-            remove_tree_at(&listing, name).map_err(|e| Error::Create {
-                path: path.join(OsStr::from_bytes(name.to_bytes())),
-                source: e.into(),
+            remove_tree_at(&listing, name).map_err(|e| {
+                tracing::debug!(error = %e, "cannot remove `{}`", path.join(OsStr::from_bytes(name.to_bytes())).display());
+                not_renewable(path, "what a task left in it cannot be removed here")
             })?;
         }
         if !doomed.is_empty() {

@@ -33,6 +33,7 @@ suite!(
     one_slot_times_each_queued_job_from_its_own_start,
     every_job_gets_an_empty_folder_and_none_outlives_the_dispatch,
     every_job_gets_a_fresh_mirror_whatever_the_job_before_did,
+    a_job_nesting_folders_1500_deep_leaves_nothing_behind,
 );
 
 /// How long a test may wait for a dispatch before it counts as hung.
@@ -811,4 +812,44 @@ fn every_job_gets_a_fresh_mirror_whatever_the_job_before_did(backend: Backend) {
     }
     crate::harness::wait_until("no task folder is left", || h.task_folders().is_empty());
     assert_most_jobs_ran_in_a_folder_handed_on(&seen, 50);
+}
+
+/// A job that nests folders 1 500 deep (past the limit of open files of many users)
+/// leaves nothing behind: the next job finds a clean folder (the renewal gives way to
+/// emptying it), and no folder, trash included, outlives the dispatch.
+fn a_job_nesting_folders_1500_deep_leaves_nothing_behind(backend: Backend) {
+    let h = Harness::start(backend, 1);
+    let shared = h.shared.path();
+    std::fs::create_dir_all(shared.join("lib")).unwrap();
+    std::fs::write(shared.join("lib/m.lib"), "model\n").unwrap();
+    let vm = h
+        .runtime()
+        .vm()
+        .mirror(shared.join("lib").to_str().unwrap(), ".")
+        .build()
+        .unwrap();
+    let script = r#"
+        left=$(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')
+        [ "$left" = "lib " ] || { echo "left by an earlier job: $left" >&2; exit 7; }
+        if [ "$1" = deep ]; then
+            mkdir out && cd out && i=0
+            while [ $i -lt 1500 ]; do mkdir d && cd d && i=$((i + 1)) || exit 8; done
+        fi"#;
+    let jobs = ["deep", "plain", "deep", "plain"]
+        .into_iter()
+        .map(|what| Job::command("sh").args(["-c", script, "sh", what]));
+    for result in vm.dispatch(jobs) {
+        let result = result.unwrap();
+        assert!(result.outcome.is_success(), "{result}");
+    }
+    drop(vm);
+    crate::harness::wait_until("no task folder or trash is left", || {
+        std::fs::read_dir(h.user_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .all(|e| e.file_name() == "cache")
+            })
+            .unwrap_or(true)
+    });
 }
