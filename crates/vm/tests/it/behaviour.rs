@@ -491,15 +491,8 @@ fn a_spawn_loop_finds_its_mirror_renewed_task_after_task(backend: Backend) {
     let h = Harness::start(backend, 1);
     let shared = h.shared.path();
     let seen = shared.join("seen");
-    std::fs::create_dir_all(shared.join("lib")).unwrap();
     std::fs::create_dir_all(&seen).unwrap();
-    std::fs::write(shared.join("lib/m.lib"), "model\n").unwrap();
-    let vm = h
-        .runtime()
-        .vm()
-        .mirror(shared.join("lib").to_str().unwrap(), ".")
-        .build()
-        .unwrap();
+    let vm = h.vm_mirroring_lib();
     // $1: where to say which folder the task ran in, $2: its index.
     let script = r#"
         left=$(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')

@@ -819,15 +819,7 @@ fn every_job_gets_a_fresh_mirror_whatever_the_job_before_did(backend: Backend) {
 /// emptying it), and no folder, trash included, outlives the dispatch.
 fn a_job_nesting_folders_1500_deep_leaves_nothing_behind(backend: Backend) {
     let h = Harness::start(backend, 1);
-    let shared = h.shared.path();
-    std::fs::create_dir_all(shared.join("lib")).unwrap();
-    std::fs::write(shared.join("lib/m.lib"), "model\n").unwrap();
-    let vm = h
-        .runtime()
-        .vm()
-        .mirror(shared.join("lib").to_str().unwrap(), ".")
-        .build()
-        .unwrap();
+    let vm = h.vm_mirroring_lib();
     let script = r#"
         left=$(ls -A | grep -v '^[.]parvm-' | tr '\n' ' ')
         [ "$left" = "lib " ] || { echo "left by an earlier job: $left" >&2; exit 7; }

@@ -403,6 +403,19 @@ impl Harness {
         self.runtime().vm().build().expect("vm")
     }
 
+    /// A VM that mirrors the shared folder `lib/` (written here, holding `m.lib` with the
+    /// line `model`) into each task folder.
+    pub fn vm_mirroring_lib(&self) -> Vm {
+        let lib = self.shared.path().join("lib");
+        std::fs::create_dir_all(&lib).expect("lib folder");
+        std::fs::write(lib.join("m.lib"), "model\n").expect("m.lib");
+        self.runtime()
+            .vm()
+            .mirror(lib.to_str().expect("a UTF-8 path"), ".")
+            .build()
+            .expect("vm")
+    }
+
     /// The per-user folder of local storage.
     pub fn user_dir(&self) -> PathBuf {
         let user = parvm_env_config::current_user().expect("user");
