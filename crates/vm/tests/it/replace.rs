@@ -112,8 +112,10 @@ fn a_stopped_function_task_gets_its_worker_replaced_and_its_folder_swept() {
         "{:?}",
         outcomes[&ids[0]].result
     );
+    // Free, not only counted: the stopped worker's slot stays in the count while it leaves.
+    let free = slots - 1;
     receive_until(&vm, "the replacement joined", |vm| {
-        vm.runtime().replaced_workers() == 1 && vm.slots() == slots
+        vm.runtime().replaced_workers() == 1 && vm.slots() == slots && vm.free_slots() == free
     });
     assert!(!alive(pid), "the stopped worker is gone");
     // The replacement swept the folder the stopped worker left.
@@ -128,7 +130,7 @@ fn a_stopped_function_task_gets_its_worker_replaced_and_its_folder_swept() {
     vm.stop(ids[0]).unwrap();
     collect(&vm, &ids);
     receive_until(&vm, "the second replacement joined", |vm| {
-        vm.runtime().replaced_workers() == 2 && vm.slots() == slots
+        vm.runtime().replaced_workers() == 2 && vm.slots() == slots && vm.free_slots() == free
     });
     let (again, _) = worker_on(&vm, "beta");
     let _guard = PidsGuard(vec![again]);
