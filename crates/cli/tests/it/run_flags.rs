@@ -724,33 +724,11 @@ fn results_as_a_table_have_gnu_parallels_columns_with_values_and_output() {
         "--return needs a folder",
     );
     // --resume-failed adds the rows of the cases it runs again.
-    sweep.status(
-        1,
-        &[
-            "--joblog",
-            "jl",
-            "--results",
-            "r.tsv",
-            "exit",
-            ":::",
-            "0",
-            "1",
-        ],
-    );
-    sweep.status(
-        1,
-        &[
-            "--joblog",
-            "jl",
-            "--resume-failed",
-            "--results",
-            "r.tsv",
-            "exit",
-            ":::",
-            "0",
-            "1",
-        ],
-    );
+    for resume in [&[][..], &["--resume-failed"]] {
+        let table = ["--joblog", "jl", "--results", "r.tsv"];
+        let cases = ["exit", ":::", "0", "1"];
+        sweep.status(1, &[&table[..], resume, &cases].concat());
+    }
     let rows = std::fs::read_to_string(sweep.shared.join("r.tsv")).unwrap();
     assert_eq!(rows.lines().count(), 4, "{rows}");
 }
