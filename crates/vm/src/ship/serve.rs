@@ -35,7 +35,8 @@ const IDLE_PUMP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the spawner has shipped for one VM, as [`Vm::ship_stats`](crate::Vm::ship_stats)
 /// gives it: manifests sent, the blobs (files' contents) sent in full, and the bytes of
-/// blobs sent so far (counted as they leave, so a transfer in progress shows).
+/// blobs sent so far. Each frame is counted as it leaves, before the worker can act on it,
+/// so a transfer in progress shows, and a task that has ended finds all it received counted.
 /// Blobs a worker's host cache held already are not sent, so the counts show how much
 /// the caches spared.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +50,42 @@ pub struct ShipStats {
     /// Pieces of large files sent to a worker that had an older version of the file
     /// ([`parvm_ship::Pieces`]); their blobs are not counted in `blobs`.
     pub pieces: u64,
+}
+
+impl ShipStats {
+    fn add(&mut self, worth: &ShipStats) {
+        self.manifests += worth.manifests;
+        self.blobs += worth.blobs;
+        self.bytes += worth.bytes;
+        self.pieces += worth.pieces;
+    }
+
+    fn take_back(&mut self, worth: &ShipStats) {
+        self.manifests = self.manifests.saturating_sub(worth.manifests);
+        self.blobs = self.blobs.saturating_sub(worth.blobs);
+        self.bytes = self.bytes.saturating_sub(worth.bytes);
+        self.pieces = self.pieces.saturating_sub(worth.pieces);
+    }
+}
+
+/// Sends `frame` to worker `rank` with what it carries (`worth`) counted in the VM's
+/// [`ShipStats`] first: the worker may use the frame, run its task and report its exit
+/// before a count made after the send would show, and a program reading the stats once
+/// its task ended must find everything the task received counted. Taken back when the
+/// send fails.
+fn send_counted(
+    table: &Table,
+    shared: &Shared,
+    rank: Rank,
+    frame: &ToWorker<'_>,
+    worth: &ShipStats,
+) -> Result<(), crate::error::Error> {
+    lock(&table.stats).add(worth);
+    let sent = shared.send(rank, frame);
+    if sent.is_err() {
+        lock(&table.stats).take_back(worth);
+    }
+    sent
 }
 
 /// A request of a worker, from the router to the VM's shipping thread.
@@ -589,10 +626,13 @@ fn send_manifest(
                 root,
                 bytes: bytes.as_slice().into(),
             };
-            let sent = shared.send(rank, &frame);
+            let one = ShipStats {
+                manifests: 1,
+                ..ShipStats::default()
+            };
+            let sent = send_counted(table, shared, rank, &frame, &one);
             if sent.is_ok() {
                 lock(&table.sent).insert((rank, root), digest);
-                lock(&table.stats).manifests += 1;
                 tracing::debug!(
                     rank,
                     vm = table.vm,
@@ -683,11 +723,13 @@ impl Batch {
                 })
                 .collect(),
         };
-        let sent = shared.send(rank, &frame).is_ok();
+        let worth = ShipStats {
+            blobs: self.blobs.len() as u64,
+            bytes: self.bytes as u64,
+            ..ShipStats::default()
+        };
+        let sent = send_counted(table, shared, rank, &frame, &worth).is_ok();
         if sent {
-            let mut stats = lock(&table.stats);
-            stats.blobs += self.blobs.len() as u64;
-            stats.bytes += self.bytes as u64;
             tracing::debug!(
                 rank,
                 vm = table.vm,
@@ -753,17 +795,20 @@ fn send_blob(
         };
     }
     // Not empty: an empty blob always goes into a batch.
+    let one = ShipStats {
+        blobs: 1,
+        ..ShipStats::default()
+    };
     match stream(
         table,
         shared,
         (rank, request),
-        digest,
+        (digest, &one),
         &source,
         &[(0, size)],
         buffer,
     ) {
         Ok(_) => {
-            lock(&table.stats).blobs += 1;
             tracing::debug!(rank, vm = table.vm, %digest, bytes = size, "shipped a blob");
             true
         }
@@ -774,14 +819,15 @@ fn send_blob(
 /// Streams the byte ranges `ranges` (start, end; ascending) of blob `digest`, read from
 /// `source`, to worker `rank` as `BlobData` chunks of its request `request` at their
 /// offsets, the last one marked `end` and sent only when the source is still the file that
-/// was hashed, so that everything sent is the blob's. `Ok` with the bytes sent; `Err` when
-/// it stopped early (the VM is gone, or the file changed, shrank or cannot be read, which
-/// fails the request): whether the worker is still there.
+/// was hashed, so that everything sent is the blob's. Each chunk's bytes are counted as it
+/// leaves, and `done` (the blob, or its pieces) with the last one. `Ok` with the bytes sent;
+/// `Err` when it stopped early (the VM is gone, or the file changed, shrank or cannot be
+/// read, which fails the request): whether the worker is still there.
 fn stream(
     table: &Table,
     shared: &Shared,
     (rank, request): (Rank, u64),
-    digest: Digest,
+    (digest, done): (Digest, &ShipStats),
     source: &SourceBlob,
     ranges: &[(u64, u64)],
     buffer: &mut [u8],
@@ -826,12 +872,13 @@ fn stream(
                 data: buffer[..read].into(),
                 end: last,
             };
-            if shared.send(rank, &frame).is_err() {
+            let mut worth = if last { *done } else { ShipStats::default() };
+            worth.bytes += read as u64;
+            if send_counted(table, shared, rank, &frame, &worth).is_err() {
                 return Err(false);
             }
             at += read as u64;
             sent += read as u64;
-            lock(&table.stats).bytes += read as u64;
         }
     }
     Ok(sent)
@@ -883,17 +930,20 @@ fn send_pieces(
             (start, (start + len).min(size))
         })
         .collect();
+    let these = ShipStats {
+        pieces: pieces.len() as u64,
+        ..ShipStats::default()
+    };
     match stream(
         table,
         shared,
         (rank, request),
-        digest,
+        (digest, &these),
         &source,
         &ranges,
         buffer,
     ) {
         Ok(sent) => {
-            lock(&table.stats).pieces += pieces.len() as u64;
             tracing::debug!(rank, vm = table.vm, %digest, pieces = pieces.len(), bytes = sent, "shipped the pieces of a blob that changed");
             true
         }
@@ -1082,6 +1132,100 @@ mod tests {
             }
         }
         assert_eq!(chunks, 2, "all but the last chunk were sent");
+        served.shared.lock().ship.remove(&0);
+        drop(served.ship);
+        drop((served.w1, served.w2));
+    }
+
+    /// A worker that received a frame may have used it, run its task and reported its exit
+    /// before the send returns on the spawner's side: the frame is counted by then.
+    #[test]
+    fn what_a_worker_received_is_counted_before_the_send_returns() {
+        /// The spawner's end, which after passing each frame on waits until the test has
+        /// looked at the stats.
+        struct HoldsAfterSending {
+            end: MemoryTransport,
+            go_on: Mutex<std::sync::mpsc::Receiver<()>>,
+        }
+        impl Transport for HoldsAfterSending {
+            fn rank(&self) -> Rank {
+                self.end.rank()
+            }
+            fn peers(&self) -> Vec<parvm_transport::Peer> {
+                self.end.peers()
+            }
+            fn send(&self, to: Rank, payload: &[u8]) -> Result<(), parvm_transport::Error> {
+                self.end.send(to, payload)?;
+                // Fails once the test has ended, whatever its outcome.
+                let _ = self.go_on.lock().unwrap().recv();
+                Ok(())
+            }
+            fn recv(&self, wait: Wait) -> Result<Option<Event>, parvm_transport::Error> {
+                self.end.recv(wait)
+            }
+            fn backend(&self) -> &'static str {
+                "memory"
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let large = vec![5u8; BLOB_CHUNK + 10];
+        std::fs::write(root.path().join("large.bin"), &large).unwrap();
+        std::fs::write(root.path().join("small.txt"), "small").unwrap();
+        let (go_on, held) = std::sync::mpsc::channel();
+        let served = serve(root.path(), |end| {
+            Box::new(HoldsAfterSending {
+                end,
+                go_on: Mutex::new(held),
+            })
+        });
+        // Dropped before `served`, whose thread may wait in a send, should the test fail.
+        let go_on = go_on;
+        let stats = || served.ship.stats();
+        route(
+            &served.shared,
+            1,
+            &FromWorker::ManifestWanted { vm: 0, root: 0 },
+        );
+        let digests: Vec<Digest> = manifest(&served.w1)
+            .blobs()
+            .iter()
+            .map(|(d, _, _)| *d)
+            .collect();
+        assert_eq!(stats().manifests, 1);
+        go_on.send(()).unwrap();
+        route(
+            &served.shared,
+            1,
+            &FromWorker::BlobsWanted {
+                vm: 0,
+                root: 0,
+                request: 1,
+                digests,
+            },
+        );
+        // The large blob streams in chunks, the small one travels in a batch.
+        let (mut bytes, mut blobs) = (0, 0);
+        while blobs < 2 {
+            let (got, ended) = next(&served.w1, |frame| match frame {
+                ToWorker::BlobBatch { blobs, .. } => (blobs[0].data.len(), true),
+                ToWorker::BlobData { data, end, .. } => (data.len(), end),
+                other => panic!("{other:?}"),
+            });
+            bytes += got as u64;
+            blobs += u64::from(ended);
+            assert_eq!((stats().bytes, stats().blobs), (bytes, blobs));
+            go_on.send(()).unwrap();
+        }
+        assert_eq!(bytes, large.len() as u64 + 5);
+        assert_eq!(
+            stats(),
+            ShipStats {
+                manifests: 1,
+                blobs: 2,
+                bytes,
+                pieces: 0,
+            }
+        );
         served.shared.lock().ship.remove(&0);
         drop(served.ship);
         drop((served.w1, served.w2));
