@@ -1143,9 +1143,50 @@ fn a_closed_terminal_leaves_no_case_running_and_no_task_folder() {
     stop_by_signal("HUP", true);
 }
 
+#[test]
+fn ctrl_c_stops_a_run_started_in_the_background_of_a_script_the_same() {
+    // A script's `parvm run ... &` starts it ignoring SIGINT, and so its workers, their
+    // supervisors and their commands, as a shell's background jobs; parvm still catches
+    // the Ctrl-C that reaches the whole job. The supervisors took it anyway and stopped
+    // their commands under the worker, which then started the case queued behind one and
+    // failed it ("Connection reset by peer") on the supervisor that had left.
+    stop_by_signal_started_as("INT", true, Started::IgnoringSigint);
+}
+
 /// Sends SIG`signal` (`INT`, `TERM`, `HUP`) to `parvm run` while two cases run, to its
 /// whole process group or to it alone.
 fn stop_by_signal(signal: &str, whole_group: bool) {
+    stop_by_signal_started_as(signal, whole_group, Started::AsUsual);
+}
+
+/// `command` run by coreutils' `env --ignore-signal=INT`, which execs it (same process)
+/// with SIGINT ignored, as a non-interactive shell starts a background job.
+fn ignoring_sigint(command: &Command) -> Command {
+    let mut env = Command::new("env");
+    env.arg("--ignore-signal=INT")
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdin(Stdio::null());
+    if let Some(dir) = command.get_current_dir() {
+        env.current_dir(dir);
+    }
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => env.env(name, value),
+            None => env.env_remove(name),
+        };
+    }
+    env
+}
+
+/// How `parvm run` was started.
+enum Started {
+    AsUsual,
+    /// With SIGINT ignored, as a non-interactive shell starts a background job.
+    IgnoringSigint,
+}
+
+fn stop_by_signal_started_as(signal: &str, whole_group: bool, started: Started) {
     use std::os::unix::process::CommandExt;
     let sweep = Sweep::new();
     let pids = sweep.shared.join("pids");
@@ -1158,13 +1199,19 @@ fn stop_by_signal(signal: &str, whole_group: bool) {
         pids.display()
     );
     let err_path = sweep.shared.join("stderr");
-    let mut child = sweep
-        .command(&["--joblog", "jl", command.as_str(), ":::", "a", "b", "c"])
+    let mut parvm = sweep.command(&["--joblog", "jl", command.as_str(), ":::", "a", "b", "c"]);
+    parvm
         .process_group(0)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    if let Started::IgnoringSigint = started {
+        parvm = ignoring_sigint(&parvm);
+        parvm
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+    }
+    let mut child = parvm.spawn().unwrap();
     let _guard = GroupGuard(child.id());
     let read_pid = |name: &str| {
         std::fs::read_to_string(pids.join(name))

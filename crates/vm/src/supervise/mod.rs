@@ -20,10 +20,12 @@
 //!   then `SIGKILL` after [`KILL_GRACE`], when the command ends, when the worker asks
 //!   (finalize, spawner lost, time limit), when the worker dies or drops it (its end of the
 //!   socket closes, however it died), or when the supervisor gets `SIGTERM`, `SIGINT` or
-//!   `SIGHUP` (Ctrl-C). Only when it has no child left does it report the command's wait
-//!   status on the socket, so the task folder is removed after the last process is gone.
-//!   After a closed socket or a signal it then leaves, and the worker forks a new
-//!   supervisor for its next command.
+//!   `SIGHUP` (Ctrl-C), each unless it was started ignoring it (the worker, and so its
+//!   commands, of a run started in the background of a script ignore `SIGINT`, as a
+//!   shell's background jobs do). Only when it has no child left does it report the
+//!   command's wait status on the socket, so the task folder is removed after the last
+//!   process is gone. After a closed socket or a signal it then leaves, saying so in that
+//!   report, and the worker forks a new supervisor for its next command.
 //!
 //! Why one supervisor for all of a worker's commands: forking the worker, a multi-threaded
 //! process, copies its page tables and then takes copy-on-write faults in both processes;
@@ -82,6 +84,9 @@ const NOT_STARTED: u32 = 2;
 /// Supervisor → worker: the command and everything it started are gone; its wait status
 /// follows.
 const ENDED: u32 = 3;
+/// Supervisor → worker: as [`ENDED`], and the supervisor leaves (a signal to end came, or
+/// the worker closed its end): the next command needs a new one.
+const ENDED_LEAVING: u32 = 4;
 
 /// The longest request the supervisor takes: far above the kernel's own limit on the
 /// arguments and environment of an exec.
@@ -272,8 +277,9 @@ impl Supervised<'_> {
             Err(e) => return Err(e.into()),
         }
         match self.supervisor.reply()? {
-            Some((ENDED, raw)) => {
+            Some((kind @ (ENDED | ENDED_LEAVING), raw)) => {
                 self.ended = true;
+                self.supervisor.broken |= kind == ENDED_LEAVING;
                 Ok(Some(End::Status(ExitStatus::from_raw(raw as i32))))
             }
             Some((kind, _)) => {
@@ -507,6 +513,67 @@ mod tests {
         let supervisor = ready(&mut slot).unwrap();
         assert_ne!(supervisor.pid(), first);
         assert_eq!(run_under(supervisor, &sh("exit 6")).unwrap(), Some(6));
+    }
+
+    /// Held by the tests that send a supervisor SIGINT, one of which starts its supervisor
+    /// with SIGINT ignored in this whole process.
+    static SIGINT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_ctrl_c_ends_the_command_and_the_next_command_gets_a_new_supervisor() {
+        let _serial = SIGINT_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = None;
+        let supervisor = ready(&mut slot).unwrap();
+        let first = supervisor.pid();
+        let mut supervised = supervisor.run(&sh("sleep 30")).unwrap();
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(first as libc::pid_t, libc::SIGINT) };
+        match supervised.wait(Duration::from_secs(60)).unwrap() {
+            Some(End::Status(status)) => assert!(status.signal().is_some(), "{status}"),
+            _ => panic!("no report"),
+        }
+        drop(supervised);
+        // It said it leaves with its report, exited yet or not: the next command is not
+        // sent to it (it was, and failed with "Connection reset by peer").
+        assert!(!slot.as_mut().unwrap().usable());
+        let supervisor = ready(&mut slot).unwrap();
+        assert_ne!(supervisor.pid(), first);
+        assert_eq!(run_under(supervisor, &sh("exit 7")).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_supervisor_started_ignoring_ctrl_c_keeps_its_command_running() {
+        let _serial = SIGINT_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // As a worker of a run started in the background of a script is.
+        // SAFETY: sets and restores this process's SIGINT disposition; the tests that send
+        // SIGINT are serialised above.
+        let before = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+        let started = Supervisor::start();
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGINT, before) };
+        let mut supervisor = started.unwrap();
+        let pid = supervisor.pid();
+        let mut supervised = supervisor.run(&sh("sleep 30")).unwrap();
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        // The signal is pending before the stop is sent: a supervisor that took it would
+        // leave after this command.
+        supervised.stop();
+        match supervised.wait(Duration::from_secs(60)).unwrap() {
+            Some(End::Status(status)) => assert_eq!(status.signal(), Some(libc::SIGTERM)),
+            _ => panic!("no report"),
+        }
+        drop(supervised);
+        assert!(
+            supervisor.usable(),
+            "the supervisor took the ignored SIGINT"
+        );
+        assert_eq!(run_under(&mut supervisor, &sh("exit 8")).unwrap(), Some(8));
+        assert_eq!(supervisor.pid(), pid);
     }
 
     #[test]

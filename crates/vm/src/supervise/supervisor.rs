@@ -9,10 +9,18 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::stop::Stop;
-use super::{ENDED, MAX_REQUEST, NOT_STARTED, START, STARTED, STOP, STOP_ROUND};
+use super::{ENDED, ENDED_LEAVING, MAX_REQUEST, NOT_STARTED, START, STARTED, STOP, STOP_ROUND};
 
-/// The signals the supervisor takes through a signalfd instead of dying of them.
+/// The signals the supervisor takes through a signalfd instead of dying of them: `SIGCHLD`,
+/// and those of [`TO_END`] it was not started ignoring.
 const HANDLED: [libc::c_int; 4] = [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// The signals that make the supervisor stop its command and leave (a Ctrl-C, a batch
+/// system's end, a closed terminal), unless it inherited them ignored: a worker started in
+/// the background of a script ignores SIGINT, and so must its commands, as a shell's
+/// background jobs do. A blocked signal reaches a signalfd even while ignored, so an
+/// ignored one is left out of the mask instead.
+const TO_END: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// The `pre_exec` hook: turns this process into a supervisor, which never returns; returns
 /// only the error that kept it from setting up.
@@ -23,7 +31,13 @@ pub(super) fn become_supervisor(link: RawFd, grace: Duration) -> io::Result<()> 
         let mut mask: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut mask);
         for signal in HANDLED {
-            libc::sigaddset(&mut mask, signal);
+            let mut action: libc::sigaction = std::mem::zeroed();
+            let ignored = TO_END.contains(&signal)
+                && libc::sigaction(signal, std::ptr::null(), &raw mut action) == 0
+                && action.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut mask, signal);
+            }
         }
         // Blocked before any command is started, so that its end is not missed.
         if libc::sigprocmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) != 0 {
@@ -222,7 +236,13 @@ fn run_one(header: &Header, link: RawFd, signals: RawFd, grace: Duration) -> Nex
         Ok(pid) => {
             reply(link, STARTED, pid as u32);
             let (status, next) = supervise(pid, link, signals, grace);
-            reply(link, ENDED, status as u32);
+            // A supervisor that leaves says so with the status: the worker then forks a
+            // new one for its next command instead of sending it here.
+            let ended = match next {
+                Next::Serve => ENDED,
+                Next::Leave => ENDED_LEAVING,
+            };
+            reply(link, ended, status as u32);
             next
         }
     }
