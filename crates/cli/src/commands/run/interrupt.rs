@@ -35,41 +35,62 @@ fn waiting_for(running: usize) -> String {
 /// Whether SIGINT, SIGTERM or SIGHUP came.
 pub struct Interrupt {
     flag: Arc<AtomicBool>,
+    /// The signals to catch once the runtime started.
+    after_start: Vec<i32>,
 }
 
 impl Interrupt {
-    /// Catches SIGINT and SIGTERM in this process, and SIGHUP (a terminal that closes, an
-    /// ssh session that drops) unless it was started ignoring it (`nohup`): before the
-    /// runtime starts only when
-    /// [`may_catch_before_start`](Interrupt::may_catch_before_start) says so, else after,
-    /// so that workers keep the action they inherit (in a terminal they end with their
-    /// commands; in a background job they ignore SIGINT, as their commands do).
+    /// Catches, before the runtime starts, SIGINT and SIGTERM, and SIGHUP (a terminal that
+    /// closes, an ssh session that drops) unless this process was started ignoring it
+    /// (`nohup`), so that a signal that comes while the runtime starts (as soon as a TCP
+    /// spawner printed its address) stops the run cleanly too. Except:
+    ///
+    /// - in a process that may become a worker (an MPI rank), where all wait for
+    ///   [`install_the_rest`](Self::install_the_rest), after the start;
+    /// - SIGINT or SIGTERM that this process was started ignoring (SIGINT, in the
+    ///   background job of a script): local workers started after a handler would get the
+    ///   default action on exec, and so would their commands, where they should ignore it as
+    ///   a shell's background jobs do; caught once the runtime started.
     ///
     /// The handlers set `flag`, which the run shares with what must end early on a signal
     /// (a streamed input source waiting for its next line).
     ///
     /// # Errors
     /// A handler cannot be installed.
-    pub fn install(flag: &Arc<AtomicBool>) -> Result<Interrupt, RunError> {
-        let flag = Arc::clone(flag);
+    pub fn install_before_start(flag: &Arc<AtomicBool>) -> Result<Interrupt, RunError> {
         let hangup = (!parvm_vm::leave::ignored_by_this_process(SIGHUP)).then_some(SIGHUP);
-        for signal in [SIGINT, SIGTERM].into_iter().chain(hangup) {
-            // The second signal finds the flag set and exits at once.
-            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
-                .map_err(RunError::Signal)?;
-            signal_hook::flag::register(signal, Arc::clone(&flag)).map_err(RunError::Signal)?;
-        }
-        Ok(Interrupt { flag })
+        let wanted = [SIGINT, SIGTERM].into_iter().chain(hangup);
+        let may_become_worker = parvm_transport::launcher::launched_by_mpirun();
+        let (now, after_start): (Vec<i32>, Vec<i32>) = wanted.partition(|&signal| {
+            !may_become_worker && !parvm_vm::leave::ignored_by_this_process(signal)
+        });
+        let interrupt = Interrupt {
+            flag: Arc::clone(flag),
+            after_start,
+        };
+        interrupt.catch(&now)?;
+        Ok(interrupt)
     }
 
-    /// Whether the handlers may be installed before the runtime starts, so that a signal
-    /// that comes while it starts stops the run cleanly too. Not in a process that may
-    /// become a worker (an MPI rank). Not when this process was started with SIGINT or
-    /// SIGTERM ignored (a background job of a script): local workers started before the
-    /// handlers inherit the ignored signal, and so do their cases, as from a shell; caught,
-    /// it would be the default again in them.
-    pub fn may_catch_before_start() -> bool {
-        !parvm_transport::launcher::launched_by_mpirun() && !started_ignoring_int_or_term()
+    /// Catches the signals [`install_before_start`](Self::install_before_start) left for
+    /// after the runtime's start.
+    ///
+    /// # Errors
+    /// A handler cannot be installed.
+    pub fn install_the_rest(&mut self) -> Result<(), RunError> {
+        let rest = std::mem::take(&mut self.after_start);
+        self.catch(&rest)
+    }
+
+    fn catch(&self, signals: &[i32]) -> Result<(), RunError> {
+        for &signal in signals {
+            // The second signal finds the flag set and exits at once.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&self.flag))
+                .map_err(RunError::Signal)?;
+            signal_hook::flag::register(signal, Arc::clone(&self.flag))
+                .map_err(RunError::Signal)?;
+        }
+        Ok(())
     }
 
     /// Whether a signal came.
@@ -114,13 +135,6 @@ impl Interrupt {
             std::thread::sleep(WATCH_EVERY);
         }
     }
-}
-
-/// Whether this process was started ignoring SIGINT or SIGTERM.
-fn started_ignoring_int_or_term() -> bool {
-    [SIGINT, SIGTERM]
-        .into_iter()
-        .any(parvm_vm::leave::ignored_by_this_process)
 }
 
 #[cfg(test)]

@@ -492,11 +492,7 @@ fn sweep(
     }
     // Caught from here on where that is safe, so a SIGTERM that comes as soon as a TCP
     // spawner printed its address still ends the run cleanly; else once the runtime started.
-    let caught_early = if interrupt::Interrupt::may_catch_before_start() {
-        Some(interrupt::Interrupt::install(settings.stop)?)
-    } else {
-        None
-    };
+    let mut interrupt = interrupt::Interrupt::install_before_start(settings.stop)?;
     let runtime = builder.start().map_err(|e| match e {
         parvm_vm::Error::Transport {
             source: parvm_transport::Error::NoWorkers,
@@ -655,10 +651,7 @@ fn sweep(
             }
         });
     }
-    let interrupt = match caught_early {
-        Some(interrupt) => interrupt,
-        None => interrupt::Interrupt::install(settings.stop)?,
-    };
+    interrupt.install_the_rest()?;
     let done = AtomicBool::new(false);
     let halt = dispatch.halt_handle();
     let swept = std::thread::scope(|scope| {
