@@ -515,16 +515,28 @@ mod tests {
         assert_eq!(run_under(supervisor, &sh("exit 6")).unwrap(), Some(6));
     }
 
-    /// Held by the tests that send a supervisor SIGINT, one of which starts its supervisor
-    /// with SIGINT ignored in this whole process.
+    /// Held by the tests that send a supervisor SIGINT: each sets this whole process's
+    /// SIGINT action while it starts its supervisor.
     static SIGINT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A supervisor started with SIGINT's action `action` (`SIG_IGN`, `SIG_DFL`), whatever
+    /// the tests inherited (a script's background job ignores SIGINT).
+    fn started_with_sigint(action: libc::sighandler_t) -> Supervisor {
+        // SAFETY: sets and restores this process's SIGINT action; the tests that send
+        // SIGINT hold `SIGINT_TESTS`.
+        let before = unsafe { libc::signal(libc::SIGINT, action) };
+        let started = Supervisor::start();
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGINT, before) };
+        started.unwrap()
+    }
 
     #[test]
     fn a_ctrl_c_ends_the_command_and_the_next_command_gets_a_new_supervisor() {
         let _serial = SIGINT_TESTS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut slot = None;
+        let mut slot = Some(started_with_sigint(libc::SIG_DFL));
         let supervisor = ready(&mut slot).unwrap();
         let first = supervisor.pid();
         let mut supervised = supervisor.run(&sh("sleep 30")).unwrap();
@@ -549,13 +561,7 @@ mod tests {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // As a worker of a run started in the background of a script is.
-        // SAFETY: sets and restores this process's SIGINT disposition; the tests that send
-        // SIGINT are serialised above.
-        let before = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-        let started = Supervisor::start();
-        // SAFETY: as above.
-        unsafe { libc::signal(libc::SIGINT, before) };
-        let mut supervisor = started.unwrap();
+        let mut supervisor = started_with_sigint(libc::SIG_IGN);
         let pid = supervisor.pid();
         let mut supervised = supervisor.run(&sh("sleep 30")).unwrap();
         // SAFETY: kill on our own child.
