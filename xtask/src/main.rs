@@ -3,6 +3,7 @@
 mod bench;
 mod bench_run;
 mod demo;
+mod failures;
 mod install;
 mod test;
 
@@ -30,7 +31,19 @@ commands:
                                  against shared mirroring and rsync -a (installed when missing)
 ";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Said in one paragraph, without the backtrace `Result` from `main` adds under
+    // `RUST_BACKTRACE`: the end of a failed run's log then says what failed and why.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (command, rest) = match args.split_first() {
         Some((command, rest)) => (command.as_str(), rest),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::demo::Scratch;
+use crate::failures::exec_tests;
 use crate::{cargo, exec, on_path};
 
 /// Runs the fmt check, clippy with `-D warnings`, and every test; the MPI tests too when
@@ -41,7 +42,7 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
     // Plain `cargo test` runs unit, integration and doc tests and builds the examples;
     // `--all-targets` would also run the benchmarks, which are not tests.
     step("tests");
-    exec(cargo().args(["test", "--workspace"]))?;
+    exec_tests(cargo().args(["test", "--workspace"]))?;
     for workers in [1, 2] {
         step(&format!(
             "code blocks of README.md and docs/, {workers} worker slot(s)"
@@ -50,7 +51,7 @@ pub fn run_all(with_mpi: bool) -> Result<()> {
     }
     if with_mpi {
         step("MPI tests");
-        exec(cargo().args([
+        exec_tests(cargo().args([
             "test",
             "-p",
             "parvm-transport",
