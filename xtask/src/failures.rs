@@ -8,11 +8,17 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 /// The most lines repeated per failed test.
 const MOST_LINES: usize = 24;
+
+/// How long the output is read after `cargo test` ended: what is still in the pipe comes
+/// at once, but a process a test left behind may hold the pipe open for long.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Runs `command` (a `cargo test`), its standard output passed through line by line; on
 /// failure, repeats what each failed test said at the end.
@@ -26,22 +32,44 @@ pub fn exec_tests(command: &mut Command) -> Result<()> {
         .stdout
         .take()
         .context("the test run's output is not piped")?;
-    let mut seen = Vec::new();
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(piped).split(b'\n') {
-        let line = line.with_context(|| format!("cannot read the output of {description}"))?;
-        // Passed through whatever happens to the copy: the log is what matters.
-        let _ = out.write_all(&line);
-        let _ = out.write_all(b"\n");
-        seen.push(String::from_utf8_lossy(&line).into_owned());
-    }
-    let _ = out.flush();
-    drop(out);
+    let (lines, seen) = mpsc::channel();
+    // Not joined: it may wait on a pipe that a left-behind process holds open.
+    std::thread::spawn(move || {
+        for line in BufReader::new(piped).split(b'\n') {
+            let Ok(line) = line else { break };
+            // Locked per line, so it never holds standard output while it waits.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+            drop(out);
+            if lines
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
     let status = child
         .wait()
         .with_context(|| format!("cannot wait for {description}"))?;
+    let mut output = Vec::new();
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        match seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => output.push(line),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "xtask: a process the tests started still holds their output open {DRAIN:?} after they ended; going on without the rest of it"
+                );
+                break;
+            }
+        }
+    }
     if !status.success() {
-        let reports = reports(&seen);
+        let reports = reports(&output);
         if !reports.is_empty() {
             println!("\n== why the failed tests failed (repeated from above) ==");
             for report in reports {
