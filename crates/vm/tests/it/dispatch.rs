@@ -787,13 +787,17 @@ fn every_job_gets_a_fresh_mirror_whatever_the_job_before_did(backend: Backend) {
             &shared_str,
         ])
     };
-    let results: Vec<JobResult> = vm
-        .dispatch((0..30).map(|i| job(i, "deck v1")))
-        .map(|r| r.unwrap())
-        .collect();
-    for result in &results {
-        assert!(result.outcome.is_success(), "{result}");
-    }
+    let run = |jobs: std::ops::Range<usize>, deck: &str| -> Vec<JobResult> {
+        let results: Vec<JobResult> = vm
+            .dispatch(jobs.map(|i| job(i, deck)))
+            .map(|r| r.unwrap())
+            .collect();
+        for result in &results {
+            assert!(result.outcome.is_success(), "{result}");
+        }
+        results
+    };
+    let results = run(0..30, "deck v1");
     // A renewed folder copies only what the job before changed.
     let whole = results.iter().map(|r| r.mirrored).max().unwrap();
     let renewed = results.iter().filter(|r| r.mirrored < whole / 4).count();
@@ -803,13 +807,7 @@ fn every_job_gets_a_fresh_mirror_whatever_the_job_before_did(backend: Backend) {
     );
     // Between two dispatches the source changes: the next folders have the new deck.
     std::fs::write(shared.join("deck.cir"), "deck v2, longer\n").unwrap();
-    let results: Vec<JobResult> = vm
-        .dispatch((30..50).map(|i| job(i, "deck v2, longer")))
-        .map(|r| r.unwrap())
-        .collect();
-    for result in &results {
-        assert!(result.outcome.is_success(), "{result}");
-    }
+    run(30..50, "deck v2, longer");
     crate::harness::wait_until("no task folder is left", || h.task_folders().is_empty());
     assert_most_jobs_ran_in_a_folder_handed_on(&seen, 50);
 }

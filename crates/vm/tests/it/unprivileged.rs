@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use parvm_test_support::as_unprivileged;
 use parvm_vm::Spawn;
@@ -22,15 +22,22 @@ fn write_model(models: &Path, text: &str) {
     set_mode(models, 0o555);
 }
 
+/// A one-worker memory cluster whose shared folder holds the read-only source folder
+/// `project/models` with `m.lib` at "version 1"; with that folder's path.
+fn with_models() -> (Harness, PathBuf) {
+    let h = Harness::start(Backend::Memory, 1);
+    let models = h.shared.path().join("project/models");
+    fs::create_dir_all(&models).unwrap();
+    write_model(&models, "version 1");
+    (h, models)
+}
+
 #[test]
 fn read_only_inputs_are_mirrored_refreshed_and_removed() {
     as_unprivileged(
         "unprivileged::read_only_inputs_are_mirrored_refreshed_and_removed",
         || {
-            let h = Harness::start(Backend::Memory, 1);
-            let models = h.shared.path().join("project/models");
-            fs::create_dir_all(&models).unwrap();
-            write_model(&models, "version 1");
+            let (h, models) = with_models();
             for persistent in [false, true] {
                 let vm = h
                     .runtime()
@@ -71,10 +78,7 @@ fn a_folder_handed_on_is_clean_whatever_rights_a_job_took_away() {
     as_unprivileged(
         "unprivileged::a_folder_handed_on_is_clean_whatever_rights_a_job_took_away",
         || {
-            let h = Harness::start(Backend::Memory, 1);
-            let models = h.shared.path().join("project/models");
-            fs::create_dir_all(&models).unwrap();
-            write_model(&models, "version 1");
+            let (h, models) = with_models();
             let vm = h
                 .runtime()
                 .vm()
