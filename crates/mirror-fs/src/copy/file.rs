@@ -143,7 +143,8 @@ pub(crate) fn unchanged(before: &FileStat, after: &FileStat) -> bool {
 }
 
 /// Copies one file by content, with its mode and times; returns the bytes copied, the
-/// source's metadata as copied and the copy's change time once made.
+/// source's metadata as copied and, with `note_made` (a recording mirror, whose renewals
+/// compare it), the copy's change time once made: one more `fstat`, made only then.
 ///
 /// A copy is kept only when it has the size the source had when opened and the source's
 /// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
@@ -156,7 +157,8 @@ pub(crate) fn copy_file(
     after_copy: Option<&(dyn Fn(&Path) + Send + Sync)>,
     buf: &mut Vec<u8>,
     written: &mut Vec<PathBuf>,
-) -> Result<(u64, FileStat, MadeAt)> {
+    note_made: bool,
+) -> Result<(u64, FileStat, Option<MadeAt>)> {
     let stat_err = |e: Errno| vanished_or_read(&pair.src_of(name), e);
     for _ in 0..COPY_TRIES {
         let src = open_src(pair, name, roots)?;
@@ -192,8 +194,13 @@ pub(crate) fn copy_file(
             .map_err(|e| dst_error(pair, name, e))?;
         let (atime, mtime) = times(&st);
         nix::sys::stat::futimens(&dst, &atime, &mtime).map_err(|e| dst_error(pair, name, e))?;
-        let made = nix::sys::stat::fstat(&dst).map_err(|e| dst_error(pair, name, e))?;
-        return Ok((copied, st, made_at(&made)));
+        let made = if note_made {
+            let made = nix::sys::stat::fstat(&dst).map_err(|e| dst_error(pair, name, e))?;
+            Some(made_at(&made))
+        } else {
+            None
+        };
+        return Ok((copied, st, made));
     }
     Err(Error::SourceChanged {
         path: pair.src_of(name),

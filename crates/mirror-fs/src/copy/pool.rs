@@ -479,7 +479,10 @@ impl<'a> Worker<'a> {
                 return Ok(());
             }
             let (sig, made_at) = match kind {
-                Kind::File => self.file(pair, name)?.unzip(),
+                Kind::File => {
+                    let (sig, made_at) = self.file(pair, name)?.unzip();
+                    (sig, made_at.flatten())
+                }
                 Kind::Link => (self.link(pair, name)?, None),
             };
             if self.shared.record {
@@ -514,7 +517,7 @@ impl<'a> Worker<'a> {
 
     /// Copies one file (unless a stateless refresh finds it up to date); returns the
     /// source's metadata as copied and the copy's change time once made.
-    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<(Sig, MadeAt)>> {
+    fn file(&mut self, pair: &DirPair, name: &CStr) -> Result<Option<(Sig, Option<MadeAt>)>> {
         if self.mode == Mode_::Refresh && up_to_date(pair, name)? {
             self.skipped += 1;
             return Ok(None);
@@ -526,6 +529,7 @@ impl<'a> Worker<'a> {
             self.options.after_copy.as_deref(),
             &mut self.buf,
             &mut self.written,
+            self.shared.record,
         )?;
         self.total_bytes += bytes;
         self.files += 1;
