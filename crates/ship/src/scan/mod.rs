@@ -34,8 +34,10 @@ pub(crate) use store::FOLDER as STORE_FOLDER;
 /// the cores hash one file each: threads splitting each file as well were 1.5x slower
 /// (4 x 64 MiB on 2 cores: 67-79 ms against 44-50 ms).
 const PARALLEL_HASH: u64 = 8 << 20;
-/// Read size while hashing.
-const CHUNK: usize = 1 << 20;
+/// Read size while hashing: small enough that what a read copies is still in the core's
+/// cache when the hash reads it (64 MiB from the page cache on 2 cores: 9.4 ms with 128 KiB
+/// reads, 11.8 ms with 1 MiB ones).
+const CHUNK: usize = 128 << 10;
 /// The mode of a folder in a manifest that is only on the way to a match (and of the root).
 pub const WAY_MODE: u32 = 0o755;
 /// Times a file that keeps changing while it is hashed is tried before it is refused.
@@ -132,11 +134,18 @@ pub struct Scanner {
 }
 
 /// What hashing a file found: its digest and, for a file of several pieces, their
-/// chaining values.
+/// chaining values and prints.
 #[derive(Debug, Clone)]
 struct Content {
     digest: Digest,
     pieces: Option<Pieces>,
+    /// For a file of several pieces, the XXH3-128 of each piece; else empty. When the file
+    /// changes, a scan still reads it whole (nothing tells which bytes a write touched)
+    /// but hashes with BLAKE3 only the pieces whose print changed: 64 MiB with one piece
+    /// changed, read and hashed on 2 cores, 5.9 ms against 8.9 ms hashing every piece.
+    /// A print only tells whether a piece changed, as the signature tells whether a file
+    /// did: the chaining values and digest that travel are BLAKE3's, as before.
+    prints: Arc<[u128]>,
 }
 
 impl Content {
@@ -338,10 +347,12 @@ impl Scanner {
         collect_files(&walked, &mut files);
         let matched: std::collections::HashSet<PathBuf> =
             files.iter().map(|(path, _)| (*path).clone()).collect();
-        let stale: Vec<(PathBuf, FileSig)> = files
+        let stale: Vec<Stale> = files
             .into_iter()
-            .filter(|(path, sig)| self.hashed.get(*path).is_none_or(|(had, _)| had != *sig))
-            .map(|(path, sig)| (path.clone(), *sig))
+            .filter_map(|(path, sig)| match self.hashed.get(path) {
+                Some((had, _)) if had == sig => None,
+                had => Some((path.clone(), *sig, had.map(|(_, content)| content.clone()))),
+            })
             .collect();
         self.last_hashed = stale.len();
         for (path, sig, content) in hash_all(&stale)? {
@@ -505,8 +516,9 @@ impl Scanner {
                 return Ok(None);
             }
             let sig = FileSig::of(&meta);
-            if self.hashed.get(path).is_none_or(|(had, _)| *had != sig) {
-                stale.push((path.clone(), sig));
+            match self.hashed.get(path) {
+                Some((had, _)) if *had == sig => {}
+                had => stale.push((path.clone(), sig, had.map(|(_, content)| content.clone()))),
             }
         }
         self.last_hashed = stale.len();
@@ -736,31 +748,51 @@ fn collect_files<'a>(walked: &'a Walked, out: &mut Vec<(&'a PathBuf, &'a FileSig
     }
 }
 
+/// A file to hash: where it is read from, its signature, and what an earlier hashing of
+/// it found, if any (whose prints spare hashing its unchanged pieces again).
+type Stale = (PathBuf, FileSig, Option<Content>);
+
 /// Hashes `files` on as many threads as there are cores; each result carries the signature
 /// the file had while it was read.
-fn hash_all(files: &[(PathBuf, FileSig)]) -> Result<Vec<(PathBuf, FileSig, Content)>> {
+fn hash_all(files: &[Stale]) -> Result<Vec<(PathBuf, FileSig, Content)>> {
     let lone = files.len() == 1;
-    crate::par::each(files, |(path, sig)| {
-        // Small files are the many: no megabyte buffer for each.
+    crate::par::each(files, |(path, sig, earlier)| {
+        // Small files are the many: no buffer of a whole chunk for each.
         let mut buf = vec![0u8; CHUNK.min(sig.size as usize + 1)];
-        let (sig, content) = hash_file(path, &mut buf, lone)?;
+        let (sig, content) = hash_file(path, &mut buf, lone, earlier.as_ref())?;
         Ok((path.clone(), sig, content))
     })
 }
 
 /// Hashes one file through a descriptor opened without following a symlink (a file of
-/// several pieces piece by piece, a large lone one on every core); the signature is taken
-/// before and after, and a file that changed meanwhile is read again.
-fn hash_file(path: &Path, buf: &mut [u8], lone: bool) -> Result<(FileSig, Content)> {
+/// several pieces piece by piece, a large lone one on every core, the pieces whose print
+/// is as `earlier` found it not hashed again); the signature is taken before and after,
+/// and a file that changed meanwhile is read again.
+fn hash_file(
+    path: &Path,
+    buf: &mut [u8],
+    lone: bool,
+    earlier: Option<&Content>,
+) -> Result<(FileSig, Content)> {
     for _ in 0..TRIES {
         let file = open_nofollow(path)?;
         let before = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
         let read = match piece_len(before.size) {
             None => read_whole(&file, path, before.size, buf)?,
-            Some(len) if lone && before.size >= PARALLEL_HASH => {
-                read_pieces_on_all_cores(&file, path, before.size, len)?
+            Some(len) => {
+                let file = Pieced {
+                    file: &file,
+                    path,
+                    size: before.size,
+                    len,
+                    earlier: earlier.and_then(|content| Earlier::of(content, len)),
+                };
+                if lone && before.size >= PARALLEL_HASH {
+                    file.read_on_all_cores()?
+                } else {
+                    file.read(buf)?
+                }
             }
-            Some(len) => read_pieces(&file, path, (before.size, len), buf)?,
         };
         let after = FileSig::of(&file.metadata().map_err(|e| Error::io("read", path, e))?);
         if let Some(content) = read
@@ -776,104 +808,189 @@ fn hash_file(path: &Path, buf: &mut [u8], lone: bool) -> Result<(FileSig, Conten
 
 /// The content of a file of one piece of `size` bytes, or `None` when it was not that long
 /// (it changed while read).
-fn read_whole(file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Option<Content>> {
+fn read_whole(mut file: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Option<Content>> {
     let mut hasher = blake3::Hasher::new();
-    let read = read_to_end(file, path, buf, |data| {
-        hasher.update(data);
-    })?;
-    Ok((read == size).then(|| Content {
-        digest: hasher.finalize().into(),
-        pieces: None,
-    }))
-}
-
-/// The content of a file of `size` bytes in pieces of `len` bytes, read in order; `None`
-/// when it changed while read.
-fn read_pieces(
-    file: &File,
-    path: &Path,
-    (size, len): (u64, u64),
-    buf: &mut [u8],
-) -> Result<Option<Content>> {
-    let mut hasher = PieceHasher::new(len, 0);
-    let read = read_to_end(file, path, buf, |data| hasher.update(data))?;
-    Ok(content_of(size, read, hasher.finish()))
-}
-
-/// Reads `file` to its end through `buf`, handing each read to `take`; the bytes read.
-fn read_to_end(
-    mut file: &File,
-    path: &Path,
-    buf: &mut [u8],
-    mut take: impl FnMut(&[u8]),
-) -> Result<u64> {
     let mut read = 0u64;
     loop {
         let n = file.read(buf).map_err(|e| Error::io("read", path, e))?;
         if n == 0 {
-            return Ok(read);
+            break;
         }
         read += n as u64;
-        take(&buf[..n]);
+        hasher.update(&buf[..n]);
+    }
+    Ok((read == size).then(|| Content {
+        digest: hasher.finalize().into(),
+        pieces: None,
+        prints: Arc::from([]),
+    }))
+}
+
+/// What an earlier hashing found of a file's pieces, when they were as long as they are
+/// now (a file whose length moved to another piece length is hashed whole).
+struct Earlier<'a> {
+    size: u64,
+    cvs: &'a [[u8; 32]],
+    prints: &'a [u128],
+}
+
+impl<'a> Earlier<'a> {
+    fn of(content: &'a Content, len: u64) -> Option<Earlier<'a>> {
+        let pieces = content.pieces.as_ref()?;
+        (piece_len(pieces.size()) == Some(len) && content.prints.len() == pieces.cvs().len()).then(
+            || Earlier {
+                size: pieces.size(),
+                cvs: pieces.cvs(),
+                prints: &content.prints,
+            },
+        )
+    }
+
+    /// The chaining value piece `index` had, if it had `print` and `bytes` bytes then.
+    fn cv_if_same(&self, index: usize, len: u64, bytes: u64, print: u128) -> Option<[u8; 32]> {
+        let start = index as u64 * len;
+        let had_bytes = self.size.checked_sub(start)?.min(len);
+        (had_bytes == bytes && *self.prints.get(index)? == print).then(|| self.cvs[index])
     }
 }
 
-/// The content of a large file of pieces of `len` bytes, its pieces split between the
-/// cores (each reads and hashes a run of them); `None` when it changed while read.
-fn read_pieces_on_all_cores(
-    file: &File,
-    path: &Path,
+/// A file of several pieces being hashed.
+struct Pieced<'a> {
+    file: &'a File,
+    path: &'a Path,
     size: u64,
     len: u64,
-) -> Result<Option<Content>> {
-    let count = size.div_ceil(len) as u32;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let per = count.div_ceil(threads.max(1));
-    let runs: Vec<(u32, u32)> = (0..count)
-        .step_by(per as usize)
-        .map(|first| (first, (first + per).min(count)))
-        .collect();
-    let hashed = crate::par::each(&runs, |&(first, end)| {
-        let mut buf = vec![0u8; CHUNK];
-        let mut hasher = PieceHasher::new(len, first);
-        let mut at = u64::from(first) * len;
-        let stop = (u64::from(end) * len).min(size);
-        while at < stop {
-            let want = ((stop - at) as usize).min(buf.len());
-            let n = file
-                .read_at(&mut buf[..want], at)
-                .map_err(|e| Error::io("read", path, e))?;
-            if n == 0 {
-                // Shorter than it was: changed while read.
-                return Ok(None);
-            }
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(Some(hasher.finish()))
-    })?;
-    let mut cvs = Vec::with_capacity(count as usize);
-    for run in hashed {
-        let Some(run) = run else { return Ok(None) };
-        cvs.extend(run);
-    }
-    // Every run read to its end, or it would have given `None`.
-    Ok(content_of(size, size, cvs))
+    earlier: Option<Earlier<'a>>,
 }
 
-/// The content of a file of `size` bytes of which `read` were read, hashed into `cvs`:
-/// `None` when it was not as long as that (it changed while read).
-fn content_of(size: u64, read: u64, cvs: Vec<[u8; 32]>) -> Option<Content> {
-    if read != size || cvs.len() != piece_count(size) {
-        return None;
+impl Pieced<'_> {
+    /// The content, its pieces read in order on this thread; `None` when it was shorter
+    /// than its size (it changed while read).
+    fn read(&self, buf: &mut [u8]) -> Result<Option<Content>> {
+        let count = piece_count(self.size);
+        Ok(self
+            .read_run(0..count, buf)?
+            .and_then(|run| self.content(run)))
     }
-    let len = piece_len(size)?;
-    let digest = crate::pieces::root_of(&cvs, len, size);
-    let pieces = Pieces::new(size, digest, cvs)?;
-    Some(Content {
-        digest,
-        pieces: Some(pieces),
-    })
+
+    /// The content, its pieces split between the cores (each reads a run of them).
+    fn read_on_all_cores(&self) -> Result<Option<Content>> {
+        let count = piece_count(self.size);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = count.div_ceil(threads.max(1)).max(1);
+        let runs: Vec<std::ops::Range<usize>> = (0..count)
+            .step_by(per)
+            .map(|first| first..(first + per).min(count))
+            .collect();
+        let read = crate::par::each(&runs, |run| {
+            let mut buf = vec![0u8; CHUNK];
+            self.read_run(run.clone(), &mut buf)
+        })?;
+        let mut whole = Run::default();
+        for run in read {
+            let Some(run) = run else {
+                return Ok(None);
+            };
+            whole.cvs.extend(run.cvs);
+            whole.prints.extend(run.prints);
+        }
+        Ok(self.content(whole))
+    }
+
+    /// The chaining values and prints of pieces `run`; `None` when the file ended early.
+    fn read_run(&self, run: std::ops::Range<usize>, buf: &mut [u8]) -> Result<Option<Run>> {
+        let mut read = Run::default();
+        for index in run {
+            let start = index as u64 * self.len;
+            let bytes = self.len.min(self.size - start);
+            let mut print = xxhash_rust::xxh3::Xxh3::new();
+            // Without an earlier print to compare with, BLAKE3 hashes the piece in the
+            // same pass.
+            let mut hasher = self
+                .earlier
+                .is_none()
+                .then(|| PieceHasher::new(self.len, index as u32));
+            let whole = self.read_range(start, bytes, buf, |data| {
+                print.update(data);
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(data);
+                }
+            })?;
+            if !whole {
+                return Ok(None);
+            }
+            let print = print.digest128();
+            let known = self
+                .earlier
+                .as_ref()
+                .and_then(|earlier| earlier.cv_if_same(index, self.len, bytes, print));
+            let cv = match (known, hasher) {
+                (Some(cv), _) => cv,
+                (None, Some(hasher)) => only_piece(hasher),
+                (None, None) => {
+                    // Changed since: read again for BLAKE3 (a file that changed between
+                    // the two reads has another signature after, and is read again).
+                    let mut hasher = PieceHasher::new(self.len, index as u32);
+                    if !self.read_range(start, bytes, buf, |data| hasher.update(data))? {
+                        return Ok(None);
+                    }
+                    only_piece(hasher)
+                }
+            };
+            read.cvs.push(cv);
+            read.prints.push(print);
+        }
+        Ok(Some(read))
+    }
+
+    /// Reads `bytes` bytes from `start` through `buf`, handing each read to `take`;
+    /// `false` when the file ended before.
+    fn read_range(
+        &self,
+        start: u64,
+        bytes: u64,
+        buf: &mut [u8],
+        mut take: impl FnMut(&[u8]),
+    ) -> Result<bool> {
+        let (mut at, stop) = (start, start + bytes);
+        while at < stop {
+            let want = ((stop - at) as usize).min(buf.len());
+            let n = self
+                .file
+                .read_at(&mut buf[..want], at)
+                .map_err(|e| Error::io("read", self.path, e))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            take(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// The content the pieces read make; `None` when their number is not the file's (it
+    /// cannot be: every piece was read whole).
+    fn content(&self, read: Run) -> Option<Content> {
+        let digest = crate::pieces::root_of(&read.cvs, self.len, self.size);
+        let pieces = Pieces::new(self.size, digest, read.cvs)?;
+        Some(Content {
+            digest,
+            pieces: Some(pieces),
+            prints: Arc::from(read.prints),
+        })
+    }
+}
+
+/// What reading a run of pieces found: each piece's chaining value and print, in order.
+#[derive(Default)]
+struct Run {
+    cvs: Vec<[u8; 32]>,
+    prints: Vec<u128>,
+}
+
+/// The chaining value of the one piece `hasher` was fed.
+fn only_piece(hasher: PieceHasher) -> [u8; 32] {
+    hasher.finish().first().copied().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -945,6 +1062,91 @@ mod tests {
         let (fourth, hashed) = run();
         assert_eq!(hashed, 3);
         assert_eq!(fourth, third);
+    }
+}
+
+#[cfg(test)]
+mod print_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn data(size: usize, seed: u8) -> Vec<u8> {
+        (0..size)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    fn hashed(path: &Path, lone: bool, earlier: Option<&Content>) -> Content {
+        let mut buf = vec![0u8; CHUNK];
+        hash_file(path, &mut buf, lone, earlier).unwrap().1
+    }
+
+    #[test]
+    fn an_unchanged_piece_keeps_its_earlier_value_and_a_changed_one_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib");
+        let mut bytes = data((3 << 20) + 5, 1);
+        fs::write(&path, &bytes).unwrap();
+        let first = hashed(&path, false, None);
+        assert_eq!(first.prints.len(), 4);
+        // An earlier hashing whose first piece's value is not that piece's: kept as it
+        // is while the piece's print is unchanged, which shows it was not hashed again.
+        let mut cvs = first.pieces.as_ref().unwrap().cvs().to_vec();
+        cvs[0] = [7; 32];
+        let size = bytes.len() as u64;
+        let digest = crate::pieces::root_of(&cvs, piece_len(size).unwrap(), size);
+        let forged = Content {
+            digest,
+            pieces: Pieces::new(size, digest, cvs),
+            prints: first.prints.clone(),
+        };
+        bytes[(2 << 20) + 9] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let again = hashed(&path, false, Some(&forged));
+        let again_cvs = again.pieces.as_ref().unwrap().cvs();
+        assert_eq!(again_cvs[0], [7; 32]);
+        assert_eq!(again.prints[..2], first.prints[..2]);
+        assert_ne!(again.prints[2], first.prints[2]);
+        // The changed piece has the value a hashing from scratch gives it.
+        let fresh = hashed(&path, false, None);
+        assert_eq!(again_cvs[1..], fresh.pieces.as_ref().unwrap().cvs()[1..]);
+        assert_eq!(fresh.digest, Digest::from(blake3::hash(&bytes)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Whatever changed (bytes anywhere, a longer or shorter file), hashing with the
+        /// earlier prints gives what hashing from scratch gives: the file's BLAKE3.
+        #[test]
+        fn hashing_again_with_prints_is_hashing_from_scratch(
+            size in (1usize << 20) + 1..(5 << 20),
+            edits in proptest::collection::vec((0.0f64..1.0, any::<u8>()), 0..4),
+            resize in proptest::option::of(-(1i64 << 20)..(3 << 20)),
+            lone in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.lib");
+            let mut bytes = data(size, 3);
+            fs::write(&path, &bytes).unwrap();
+            let first = hashed(&path, lone, None);
+            for (at, value) in edits {
+                let last = bytes.len() - 1;
+                let at = ((bytes.len() as f64 * at) as usize).min(last);
+                bytes[at] ^= value | 1;
+            }
+            if let Some(by) = resize {
+                let len = (bytes.len() as i64 + by).max(1) as usize;
+                bytes.resize(len, 0x5a);
+            }
+            fs::write(&path, &bytes).unwrap();
+            let again = hashed(&path, lone, Some(&first));
+            prop_assert_eq!(again.digest, Digest::from(blake3::hash(&bytes)));
+            let fresh = hashed(&path, lone, None);
+            prop_assert_eq!(again.pieces, fresh.pieces);
+            prop_assert_eq!(&again.prints[..], &fresh.prints[..]);
+        }
     }
 }
 

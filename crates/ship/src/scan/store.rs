@@ -28,10 +28,12 @@ use crate::pieces::Pieces;
 pub(crate) const FOLDER: &str = "hashes";
 /// Files at least this long are kept in the store.
 pub(crate) const KEPT_FROM: u64 = 64 << 10;
+/// The length of a piece's print in a store.
+const PRINT_BYTES: usize = 16;
 /// A store longer than this is not read (it would hold millions of files).
 const MOST_READ: u64 = 256 << 20;
 /// Raised with every change of the format; a store of another version is ignored.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -46,6 +48,9 @@ struct Entry {
     sig: FileSig,
     digest: Digest,
     cvs: Vec<Digest>,
+    /// The pieces' prints, 16 bytes each, little-endian.
+    #[serde(with = "serde_bytes")]
+    prints: Vec<u8>,
 }
 
 /// The table a store at `path` holds; empty when there is none or it cannot be trusted
@@ -72,9 +77,18 @@ pub(super) fn load(path: &Path) -> HashMap<PathBuf, (FileSig, Content)> {
                 let cvs = entry.cvs.iter().map(|cv| *cv.as_bytes()).collect();
                 Some(Pieces::new(entry.sig.size, entry.digest, cvs)?)
             };
+            if entry.prints.len() != PRINT_BYTES * entry.cvs.len() {
+                return None;
+            }
+            let prints = entry
+                .prints
+                .chunks_exact(PRINT_BYTES)
+                .map(|print| u128::from_le_bytes(print.try_into().unwrap_or_default()))
+                .collect();
             let content = Content {
                 digest: entry.digest,
                 pieces,
+                prints,
             };
             table.insert(
                 PathBuf::from(std::ffi::OsString::from_vec(entry.path)),
@@ -102,6 +116,11 @@ pub(super) fn save(path: &Path, table: &HashMap<PathBuf, (FileSig, Content)>) {
             cvs: content.pieces.as_ref().map_or_else(Vec::new, |p| {
                 p.cvs().iter().map(|cv| Digest::from_bytes(*cv)).collect()
             }),
+            prints: content
+                .prints
+                .iter()
+                .flat_map(|print| print.to_le_bytes())
+                .collect(),
         })
         .collect::<Vec<_>>();
     if entries.is_empty() && fs::symlink_metadata(path).is_err() {
