@@ -172,6 +172,11 @@ const OLDER_LOOKED_AT: usize = 16;
 /// unrelated trees costs a new run at most this much reading.
 const OLDER_BYTES_READ: u64 = 32 << 20;
 
+/// The largest share of a manifest's files a patch of an older snapshot may make or
+/// remove for [`HostCache::older_snapshot_for`] to offer it: patching costs a link per
+/// change (and reading the older manifest), building afresh a link per file.
+const PATCH_AT_MOST: f64 = 0.5;
+
 /// The journal is compacted when it grows past this, or past three times its length
 /// after the last compaction, whichever is more.
 const COMPACT_AT_LEAST: u64 = 8 << 20;
@@ -574,11 +579,13 @@ impl HostCache {
 
     /// For a caller that holds no snapshot of an earlier version of `m` (a worker of a new
     /// run): the most recent snapshot this cache kept, with its manifest, that has an older
-    /// version of one of `pending`'s large files at the same path, sharing pieces with it
-    /// (the 16 newest snapshots at most, and 32 MiB of their manifests, are looked at). Held like
-    /// one the caller had kept, it lets those files travel as the pieces that changed
-    /// ([`reuse`](HostCache::reuse)) and is patched into the snapshot of `m`. `None` when
-    /// `pending` has no large file or no snapshot here has an older version of one.
+    /// version of one of `pending`'s large files at the same path, sharing pieces with it,
+    /// or that a patch turns into `m`'s making or removing at most half as many entries as
+    /// `m` has files (the 16 newest snapshots at most, and 32 MiB of their manifests, are
+    /// looked at). Held like one the caller had kept, it lets those large files travel as
+    /// the pieces that changed ([`reuse`](HostCache::reuse)) and is patched into the
+    /// snapshot of `m` (a run after one file was edited links that file, not every file).
+    /// `None` when `m`'s own snapshot is here, or no snapshot here is such.
     ///
     /// # Errors
     /// [`Error::Io`] when the snapshots cannot be listed or one found cannot be pinned.
@@ -587,13 +594,13 @@ impl HostCache {
         m: &Manifest,
         pending: &[(Digest, u64, PathBuf)],
     ) -> Result<Option<(Arc<Manifest>, Snapshot)>> {
+        if self.snapshot_path(&m.root_digest()).is_dir() {
+            return Ok(None);
+        }
         let large: Vec<(&Path, &Pieces)> = pending
             .iter()
             .filter_map(|(_, _, shown)| Some((shown.as_path(), m.find(shown)?.pieces()?)))
             .collect();
-        if large.is_empty() {
-            return Ok(None);
-        }
         let snapshots = self.sub("snapshots");
         let mut kept: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&snapshots).map_err(|e| Error::io("list", &snapshots, e))? {
@@ -607,6 +614,7 @@ impl HostCache {
             }
         }
         kept.sort_by_key(|(modified, _, _)| std::cmp::Reverse(*modified));
+        let patch_at_most = (m.file_count() as f64 * PATCH_AT_MOST) as usize;
         let mut budget = OLDER_BYTES_READ;
         for (_, len, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
             let Some(left) = budget.checked_sub(len) else {
@@ -616,6 +624,9 @@ impl HostCache {
             let Some(older) = read_manifest(&path) else {
                 continue;
             };
+            if older.root_digest() == m.root_digest() {
+                continue;
+            }
             let has_older_version = large.iter().any(|(shown, pieces)| {
                 older
                     .find(shown)
@@ -623,7 +634,9 @@ impl HostCache {
                     .and_then(|was| pieces.shared_with(was))
                     .is_some_and(|(shared, _)| !shared.is_empty())
             });
-            if older.root_digest() == m.root_digest() || !has_older_version {
+            if !has_older_version
+                && crate::snapshot::Patch::between(&older, m).changes() > patch_at_most
+            {
                 continue;
             }
             let root = older.root_digest();

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Node, NodeKind, Timestamp};
 
 mod patch;
-use patch::Patch;
+pub(crate) use patch::Patch;
 
 /// A materialised manifest: a tree beneath the host cache whose files have the manifest's
 /// content, modes and times. It stays pinned (never evicted) while this value lives.

@@ -19,7 +19,7 @@ use crate::manifest::{Manifest, Node, NodeKind};
 
 /// What turns the tree of one manifest into that of another.
 #[derive(Default)]
-pub(super) struct Patch<'m> {
+pub(crate) struct Patch<'m> {
     /// Entries to remove (files, symlinks, whole folders), relative to the root.
     remove: Vec<PathBuf>,
     /// Entries to make, parents before children; a folder is made empty and filled by the
@@ -31,12 +31,18 @@ pub(super) struct Patch<'m> {
 
 impl<'m> Patch<'m> {
     /// The patch from `old` to `new`.
-    pub(super) fn between(old: &Manifest, new: &'m Manifest) -> Patch<'m> {
+    pub(crate) fn between(old: &Manifest, new: &'m Manifest) -> Patch<'m> {
         let mut patch = Patch::default();
         if old.root_digest() != new.root_digest() {
             patch.folder(old.root(), new.root(), PathBuf::new());
         }
         patch
+    }
+
+    /// How many entries the patch makes or removes (a folder made counts with everything
+    /// in it; a folder removed counts once).
+    pub(crate) fn changes(&self) -> usize {
+        self.make.len() + self.remove.len()
     }
 
     /// Two folders at `at` whose digests differ.

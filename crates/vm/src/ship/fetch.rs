@@ -1029,6 +1029,62 @@ mod tests {
         assert_eq!(content(&snapshot, "a.txt"), "alpha");
     }
 
+    /// A first run over `a.txt`, `b.txt` and `lib/m0.lib`..`lib/m3.lib`, ended; then
+    /// `changed` files edited and a second run (a new worker and spawner, the same host
+    /// cache). Gives whether the first run's `lib/` folder is the second's (its snapshot
+    /// was patched, not built afresh), whether the first snapshot is still in the cache,
+    /// and how many blobs were fetched.
+    fn second_run_after_editing(changed: &[&str]) -> (bool, bool, usize) {
+        use std::os::unix::fs::MetadataExt;
+        let mut s = setup();
+        std::fs::create_dir(s.root.path().join("lib")).unwrap();
+        for k in 0..4 {
+            std::fs::write(s.root.path().join(format!("lib/m{k}.lib")), format!("model {k}"))
+                .unwrap();
+        }
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let first = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        let (first_path, first_lib) = (
+            first.path().to_path_buf(),
+            std::fs::metadata(first.path().join("lib")).unwrap().ino(),
+        );
+        drop(first);
+        drop(std::mem::take(&mut s.shipping));
+        for name in changed {
+            std::fs::write(s.root.path().join(name), format!("{name}, edited")).unwrap();
+        }
+        let user_dir = s.cache.path().parent().unwrap().to_path_buf();
+        let cache = HostCache::open(&user_dir, s.cache.limits()).unwrap();
+        let mut shipping = Shipping::default();
+        shipping.receive_plan(0, ShipPlan::Always);
+        let mut spawner = FakeSpawner::new(s.root.path());
+        let second = shipping.snapshot(&mut spawner, &cache, 0, 0).unwrap();
+        for name in ["a.txt", "b.txt", "lib/m0.lib", "lib/m3.lib"] {
+            let source = std::fs::read_to_string(s.root.path().join(name)).unwrap();
+            assert_eq!(content(&second, name), source, "{name}");
+        }
+        let patched = std::fs::metadata(second.path().join("lib")).unwrap().ino() == first_lib;
+        assert_ne!(second.path(), first_path);
+        (patched, first_path.is_dir(), spawner.sent.len())
+    }
+
+    #[test]
+    fn a_new_run_after_one_file_was_edited_patches_the_earlier_runs_snapshot() {
+        let (patched, first_kept, fetched) = second_run_after_editing(&["b.txt"]);
+        assert_eq!(fetched, 1, "only the edited file");
+        assert!(patched, "the earlier snapshot's folders are the new one's");
+        assert!(!first_kept, "the earlier snapshot became the new one");
+    }
+
+    #[test]
+    fn a_new_run_after_most_files_were_edited_builds_its_snapshot_afresh() {
+        let edited = ["a.txt", "b.txt", "lib/m0.lib", "lib/m1.lib", "lib/m2.lib"];
+        let (patched, first_kept, fetched) = second_run_after_editing(&edited);
+        assert_eq!(fetched, 5);
+        assert!(!patched);
+        assert!(first_kept, "the earlier snapshot is kept as it was");
+    }
+
     #[test]
     fn a_blob_of_the_held_snapshot_gone_meanwhile_is_fetched_again() {
         use std::os::unix::fs::PermissionsExt;
