@@ -1039,8 +1039,11 @@ mod tests {
         let mut s = setup();
         std::fs::create_dir(s.root.path().join("lib")).unwrap();
         for k in 0..4 {
-            std::fs::write(s.root.path().join(format!("lib/m{k}.lib")), format!("model {k}"))
-                .unwrap();
+            std::fs::write(
+                s.root.path().join(format!("lib/m{k}.lib")),
+                format!("model {k}"),
+            )
+            .unwrap();
         }
         let mut spawner = FakeSpawner::new(s.root.path());
         let first = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
