@@ -615,8 +615,15 @@ impl HostCache {
         }
         kept.sort_by_key(|(modified, _, _)| std::cmp::Reverse(*modified));
         let patch_at_most = (m.file_count() as f64 * PATCH_AT_MOST) as usize;
+        // A manifest several times longer or shorter than `m`'s cannot be one patch away
+        // from it: not read unless it may hold an older version of a large file.
+        let own_len = m.encode().len() as u64;
+        let similar = |len: u64| len <= 3 * own_len + 4096 && 3 * len + 4096 >= own_len;
         let mut budget = OLDER_BYTES_READ;
         for (_, len, path) in kept.into_iter().take(OLDER_LOOKED_AT) {
+            if large.is_empty() && !similar(len) {
+                continue;
+            }
             let Some(left) = budget.checked_sub(len) else {
                 break;
             };
