@@ -205,12 +205,14 @@ impl PieceHasher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    fn content(size: usize, seed: u8) -> Vec<u8> {
+    /// `size` bytes that differ from piece to piece and with `seed` (for other modules'
+    /// tests too).
+    pub(crate) fn content(size: usize, seed: u8) -> Vec<u8> {
         (0..size)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
             .collect()

@@ -1070,12 +1070,7 @@ mod print_tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn data(size: usize, seed: u8) -> Vec<u8> {
-        (0..size)
-            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 12) as u8)
-            .collect()
-    }
+    use crate::pieces::tests::content as data;
 
     fn hashed(path: &Path, lone: bool, earlier: Option<&Content>) -> Content {
         let mut buf = vec![0u8; CHUNK];
