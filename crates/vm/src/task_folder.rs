@@ -157,6 +157,20 @@ impl Prepared {
     }
 }
 
+/// The snapshots a task folder is being filled from, by root: stood by when dropped (the
+/// folder filled, or the fill failed), so another worker of the host may patch them into
+/// newer ones meanwhile; the next task resumes them first (`Shipping::snapshot`).
+#[derive(Default)]
+struct Reading(Vec<(u32, Arc<parvm_ship::Snapshot>)>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        for (_, snapshot) in &self.0 {
+            snapshot.stand_by();
+        }
+    }
+}
+
 /// A worker's local storage, opened on first use.
 pub(crate) struct TaskFolders {
     config: Config,
@@ -319,12 +333,12 @@ impl TaskFolders {
         }
         let map = self.map(request.vm)?;
         // Held until the folder is filled: the cache keeps what they use.
-        let (map, _snapshots) = match map {
+        let (map, _reading) = match map {
             Some(map) => {
-                let (map, snapshots) = self.ship(request.vm, map, exchange)?;
-                (Some(map), snapshots)
+                let (map, reading) = self.ship(request.vm, map, exchange)?;
+                (Some(map), reading)
             }
-            None => (None, Vec::new()),
+            None => (None, Reading::default()),
         };
         let persistence = if request.persistent {
             Persistence::Persistent
@@ -458,32 +472,33 @@ impl TaskFolders {
         vm: u32,
         map: MirrorMap,
         exchange: &mut dyn Exchange,
-    ) -> Result<(MirrorMap, Vec<Arc<parvm_ship::Snapshot>>), Error> {
+    ) -> Result<(MirrorMap, Reading), Error> {
         let Some(abstract_map) = self.abstracts.get(&vm) else {
-            return Ok((map, Vec::new()));
+            return Ok((map, Reading::default()));
         };
         let roots = self.config.mirrored_roots().to_vec();
         let shipped = self.shipping.shipped_roots(vm, &roots, abstract_map);
         if shipped.is_empty() {
-            return Ok((map, Vec::new()));
+            return Ok((map, Reading::default()));
         }
         let abstract_map = abstract_map.clone();
         self.cache()?;
-        let mut snapshots = Vec::new();
+        let mut reading = Reading::default();
         for &root in &shipped {
             let Some(Ok(cache)) = &self.cache else {
                 unreachable!("opened above");
             };
             let snapshot = self.shipping.snapshot(exchange, cache, vm, root)?;
-            snapshots.push((root, snapshot));
+            reading.0.push((root, snapshot));
         }
-        let paths: Vec<(u32, &std::path::Path)> = snapshots
+        let paths: Vec<(u32, &std::path::Path)> = reading
+            .0
             .iter()
             .map(|(root, s)| (*root, s.path()))
             .collect();
         let roots = fetch::roots_with(&roots, &paths);
         let map = abstract_map.to_actual(&roots).map_err(Error::Mirror)?;
-        Ok((map, snapshots.into_iter().map(|(_, s)| s).collect()))
+        Ok((map, reading))
     }
 
     /// The VM's mirror map on this host, decoded once per VM; `None` when the VM sent

@@ -42,6 +42,8 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
     let (mut entries, lines) = held.read()?;
     if reconcile {
         clean_claims(cache)?;
+        // Reading marks of processes that are gone.
+        pin::live(&cache.sub("reading"), false)?;
         for (key, bytes) in on_disk(cache, &pinned)? {
             entries.entry(key).or_insert(Use { bytes, last: 0 });
         }

@@ -194,7 +194,7 @@ impl HostCache {
         dirs::verify_private(user_dir)?;
         let dir = user_dir.join("cache");
         dirs::private_dir(&dir)?;
-        for sub in ["blobs", "claims", "pins", "snapshots", "tmp"] {
+        for sub in ["blobs", "claims", "pins", "reading", "snapshots", "tmp"] {
             dirs::private_dir(&dir.join(sub))?;
         }
         for fan in CLAIM_FANS {
@@ -289,18 +289,44 @@ impl HostCache {
         self.dir.join("snapshots").join(format!("{root}.manifest"))
     }
 
-    /// Pins snapshot `root` and `blobs` while the index is held shared, then tells whether
-    /// the snapshot is there: eviction, which holds the index exclusive, either saw the pin
-    /// or had removed the snapshot already.
+    /// Pins snapshot `root` and `blobs` while the index is held shared, marked as read
+    /// when `reading` (see [`pin`]), then tells whether the snapshot is there: eviction and
+    /// a patch, which hold the index exclusive, either saw the pin or had removed or moved
+    /// the snapshot already.
     pub(crate) fn pin(
         &self,
         root: &Digest,
         blobs: impl Iterator<Item = Digest>,
+        reading: bool,
     ) -> Result<(Pin, bool)> {
         let _shared = self.index.shared()?;
-        let pin = Pin::take(&self.sub("pins"), &self.sub("tmp"), root, blobs)?;
+        let marks = self.sub("reading");
+        let pin = Pin::take(
+            &self.sub("pins"),
+            &self.sub("tmp"),
+            root,
+            blobs,
+            reading.then_some(marks.as_path()),
+        )?;
         let present = self.snapshot_path(root).is_dir();
         Ok((pin, present))
+    }
+
+    /// Makes a snapshot kept between tasks ([`Snapshot::stand_by`]) ready to be read again:
+    /// false when it is gone (another holder patched it into a newer one, or it shared a
+    /// damaged blob); build it again then.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the index cannot be locked or the mark cannot be made.
+    pub fn resume(&self, snapshot: &Snapshot) -> Result<bool> {
+        let _shared = self.index.shared()?;
+        if snapshot.is_taken() || !snapshot.path().is_dir() {
+            return Ok(false);
+        }
+        snapshot
+            .pin()
+            .mark_reading(&self.sub("reading"), &self.sub("tmp"), snapshot.root())?;
+        Ok(true)
     }
 
     /// Blobs of `m` this host lacks (digest, size, a path for messages), each once; none
@@ -336,7 +362,7 @@ impl HostCache {
     /// is here already. A failure to pin is logged (see [`missing`](HostCache::missing)).
     fn pin_until_snapshot(&self, root: &Digest, blobs: impl Iterator<Item = Digest>) -> bool {
         let root = *root;
-        match self.pin(&root, blobs) {
+        match self.pin(&root, blobs, true) {
             Ok((pin, present)) => {
                 self.waiting
                     .lock()
@@ -647,7 +673,8 @@ impl HostCache {
                 continue;
             }
             let root = older.root_digest();
-            let (pin, present) = self.pin(&root, blob_digests(&older).into_iter())?;
+            // Never read, only patched: it does not keep another holder from patching it.
+            let (pin, present) = self.pin(&root, blob_digests(&older).into_iter(), false)?;
             if present {
                 let snapshot = Snapshot::found(self, root, pin);
                 return Ok(Some((Arc::new(older), snapshot)));
@@ -745,12 +772,13 @@ impl HostCache {
         Ok(snapshot)
     }
 
-    /// Takes snapshot `old` out of the cache, renamed to `to`, when no pin other than the
-    /// caller's (`own_pin`) holds it: decided with the index held exclusive, so nobody pins
-    /// it meanwhile. False (and nothing moved) when someone else holds it or it is gone.
+    /// Takes snapshot `old` out of the cache, renamed to `to`, when nobody but the caller
+    /// (`own_pin`) reads it: decided with the index held exclusive, so nobody marks it
+    /// meanwhile. Other holders that stood it by find it gone when they resume it. False
+    /// (and nothing moved) when someone else reads it or it is gone.
     pub(crate) fn take_over(&self, old: &Digest, own_pin: &str, to: &Path) -> Result<bool> {
         let _held = self.index.exclusive()?;
-        if pin::held_by_others(&self.sub("pins"), old, own_pin)? {
+        if pin::held_by_others(&self.sub("reading"), old, own_pin)? {
             return Ok(false);
         }
         let from = self.snapshot_path(old);

@@ -5,12 +5,21 @@
 //!
 //! A pin is locked under its temporary name and only then renamed into `pins/`, so eviction
 //! never sees a pin that is not held yet.
+//!
+//! A pin of a snapshot its holder reads (mirrors from) has a second, empty lock file of the
+//! same name in `reading/`: only a snapshot nobody else reads is taken out of the cache to
+//! be patched into a newer one ([`HostCache::take_over`](super::HostCache)). A holder that
+//! keeps a snapshot between tasks stands it by (the mark goes, the pin stays, so eviction
+//! still spares it) and resumes it before reading it again, finding it gone when another
+//! patched it meanwhile. Both are decided with the index held, shared to mark, exclusive
+//! to take over.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -19,23 +28,65 @@ use super::dirs::unique_suffix;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
-/// A held pin; dropping it removes it.
+/// A held pin; dropping it removes it, and its reading mark.
 #[derive(Debug)]
 pub(crate) struct Pin {
     path: PathBuf,
     unique: String,
     _lock: Flock<File>,
+    /// The mark in `reading/` while its holder reads the snapshot.
+    reading: Mutex<Option<Box<Pin>>>,
 }
 
 impl Pin {
-    /// Pins snapshot `root` and `blobs` (made in `tmp`, then moved to `pins`).
+    /// Pins snapshot `root` and `blobs` (made in `tmp`, then moved to `pins`), marked as
+    /// read when `reading` (the `reading/` folder) is given.
     pub(crate) fn take(
         pins: &Path,
         tmp: &Path,
         root: &Digest,
         blobs: impl Iterator<Item = Digest>,
+        reading: Option<&Path>,
     ) -> Result<Pin> {
-        let unique = unique_suffix();
+        let pin = Pin::take_as(pins, tmp, root, blobs, unique_suffix())?;
+        if let Some(reading) = reading {
+            pin.mark_reading(reading, tmp, root)?;
+        }
+        Ok(pin)
+    }
+
+    /// Marks the snapshot as read by this pin's holder (call it with the index held
+    /// shared); nothing when it is marked already.
+    pub(crate) fn mark_reading(&self, reading: &Path, tmp: &Path, root: &Digest) -> Result<()> {
+        let mut mark = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        if mark.is_none() {
+            let unique = self.unique.clone();
+            *mark = Some(Box::new(Pin::take_as(
+                reading,
+                tmp,
+                root,
+                std::iter::empty(),
+                unique,
+            )?));
+        }
+        Ok(())
+    }
+
+    /// Drops the reading mark: another holder may now take the snapshot out to patch it.
+    pub(crate) fn stand_by(&self) {
+        self.reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    fn take_as(
+        pins: &Path,
+        tmp: &Path,
+        root: &Digest,
+        blobs: impl Iterator<Item = Digest>,
+        unique: String,
+    ) -> Result<Pin> {
         let staged = tmp.join(format!("pin.{root}.{unique}"));
         let file = OpenOptions::new()
             .read(true)
@@ -64,6 +115,7 @@ impl Pin {
                 path,
                 unique,
                 _lock: lock,
+                reading: Mutex::new(None),
             }),
             Err(e) => {
                 // A full disk fails the write: the half-made pin goes now, not at the next

@@ -21,7 +21,8 @@ mod patch;
 pub(crate) use patch::Patch;
 
 /// A materialised manifest: a tree beneath the host cache whose files have the manifest's
-/// content, modes and times. It stays pinned (never evicted) while this value lives.
+/// content, modes and times. It stays pinned (never evicted) while this value lives, and
+/// nobody else patches it until it is [stood by](Snapshot::stand_by).
 /// Mirror from it; never hand it to a task or write into it (its files are hard links to
 /// the cache's blobs wherever mode and time allow, shared with other snapshots).
 #[derive(Debug)]
@@ -51,6 +52,13 @@ impl Snapshot {
             pin,
             taken: false,
         }
+    }
+
+    /// Done reading it for now (a task folder was filled from it): it stays pinned, so it
+    /// is not evicted, but another holder may patch it into a newer snapshot. Before
+    /// reading it again, [`HostCache::resume`] it.
+    pub fn stand_by(&self) {
+        self.pin.stand_by();
     }
 
     /// Whether it was taken out of the cache to be patched (no longer mirror from it).
@@ -100,7 +108,7 @@ pub(crate) fn build(
         // Pinned since before: eviction, which respects pins, cannot have removed it
         // since, so a look now is as good as one under the index's lock.
         Some(pin) => (pin, dest.is_dir()),
-        None => cache.pin(&root, blobs.iter().map(|b| b.0))?,
+        None => cache.pin(&root, blobs.iter().map(|b| b.0), true)?,
     };
     let used: Vec<_> = std::iter::once((Kind::Snapshot, root, m.total_bytes()))
         .chain(blobs.into_iter().map(|(d, size, _)| (Kind::Blob, d, size)))

@@ -516,6 +516,50 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
 }
 
 #[test]
+fn a_snapshot_another_holder_stood_by_is_patched_and_they_find_it_gone_when_they_resume() {
+    let Shipped {
+        shared,
+        user,
+        cache,
+        mut scan,
+        manifest,
+        snapshot,
+    } = shipped();
+    // Another worker of the host filled a task folder from the same snapshot and keeps it
+    // for its next task.
+    let other = HostCache::open(&user.path, ROOMY).unwrap();
+    let theirs = other.snapshot(&manifest).unwrap();
+    theirs.stand_by();
+    let theirs_path = theirs.path().to_path_buf();
+    change(shared.path(), 0);
+    let next = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &next);
+    let mine = cache
+        .snapshot_after(&next, Some((snapshot, &manifest)))
+        .unwrap();
+    assert!(!theirs_path.exists(), "patched into the new one");
+    assert_eq!(
+        fs::read(mine.path().join("lib/a.lib")).unwrap(),
+        b"model a, changed"
+    );
+    // Their next task finds it gone, and the new one here already.
+    assert!(!other.resume(&theirs).unwrap());
+    let their_next = other.snapshot(&next).unwrap();
+    assert_eq!(their_next.path(), mine.path());
+    // Resumed, it is read again: the next change is built beside it, not patched.
+    their_next.stand_by();
+    assert!(other.resume(&their_next).unwrap());
+    let before = tree(their_next.path());
+    change(shared.path(), 1);
+    let third = scan.manifest().unwrap();
+    fetch_all(&cache, &scan, &third);
+    let built = cache.snapshot_after(&third, Some((mine, &next))).unwrap();
+    assert_ne!(built.path(), their_next.path());
+    assert_eq!(tree(their_next.path()), before, "theirs is untouched");
+    assert!(built.path().join("data/ro/new").exists());
+}
+
+#[test]
 fn a_snapshot_changed_behind_the_cache_s_back_is_built_afresh_instead_of_patched() {
     let Shipped {
         shared,

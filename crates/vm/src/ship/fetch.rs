@@ -158,10 +158,13 @@ impl Shipping {
         root: u32,
     ) -> Result<Arc<Snapshot>, Error> {
         let manifest = self.manifest(exchange, vm, root)?;
-        // A held snapshot removed meanwhile (it shared a blob found damaged) is built again.
+        // A held snapshot gone meanwhile (another worker patched it into a newer one, or it
+        // shared a blob found damaged) is built again.
         if let Some((held, snapshot)) = self.held.get(&(vm, root))
             && held.root_digest() == manifest.root_digest()
-            && snapshot.path().is_dir()
+            && cache
+                .resume(snapshot)
+                .map_err(|source| Error::Ship { root, source })?
         {
             return Ok(Arc::clone(snapshot));
         }
@@ -1086,6 +1089,52 @@ mod tests {
         assert_eq!(fetched, 5);
         assert!(!patched);
         assert!(first_kept, "the earlier snapshot is kept as it was");
+    }
+
+    #[test]
+    fn of_two_workers_of_a_host_the_first_to_see_a_change_patches_the_snapshot_both_held() {
+        use std::os::unix::fs::MetadataExt;
+        let s = setup();
+        std::fs::create_dir(s.root.path().join("lib")).unwrap();
+        std::fs::write(s.root.path().join("lib/m.lib"), "model").unwrap();
+        let user_dir = s.cache.path().parent().unwrap().to_path_buf();
+        let worker = || {
+            let cache = HostCache::open(&user_dir, s.cache.limits()).unwrap();
+            let mut shipping = Shipping::default();
+            shipping.receive_plan(0, ShipPlan::Always);
+            (cache, shipping, FakeSpawner::new(s.root.path()))
+        };
+        let (mut a, mut b) = (worker(), worker());
+        let first = a.1.snapshot(&mut a.2, &a.0, 0, 0).unwrap();
+        let lib = std::fs::metadata(first.path().join("lib")).unwrap().ino();
+        let theirs = b.1.snapshot(&mut b.2, &b.0, 0, 0).unwrap();
+        assert_eq!(theirs.path(), first.path());
+        // Both filled a task folder from it and keep it for their next task.
+        first.stand_by();
+        theirs.stand_by();
+        drop((first, theirs));
+        std::fs::write(s.root.path().join("b.txt"), "bravo, edited").unwrap();
+        for (_, shipping, spawner) in [&mut a, &mut b] {
+            let bytes = spawner.scanner.manifest().unwrap().encode();
+            assert!(shipping.file(ToWorker::Manifest {
+                vm: 0,
+                root: 0,
+                bytes: bytes.into(),
+            }));
+        }
+        let patched = a.1.snapshot(&mut a.2, &a.0, 0, 0).unwrap();
+        assert_eq!(
+            std::fs::metadata(patched.path().join("lib")).unwrap().ino(),
+            lib,
+            "patched, though the other worker held it too"
+        );
+        assert_eq!(content(&patched, "b.txt"), "bravo, edited");
+        // The other worker moves on to the same snapshot, fetching nothing.
+        let sent = b.2.sent.len();
+        let found = b.1.snapshot(&mut b.2, &b.0, 0, 0).unwrap();
+        assert_eq!(found.path(), patched.path());
+        assert_eq!(b.2.sent.len(), sent);
+        assert_eq!(content(&found, "b.txt"), "bravo, edited");
     }
 
     #[test]
