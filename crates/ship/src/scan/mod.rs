@@ -131,6 +131,17 @@ pub struct Scanner {
     store: Option<(PathBuf, bool)>,
     /// The per-user folder the store is beneath, checked before each write.
     store_home: Option<PathBuf>,
+    /// Hashes of small files changed since the store was last written, written when the
+    /// scanner goes (see `store::SAVE_AT_ONCE_FROM`).
+    unsaved: bool,
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        if self.unsaved {
+            self.keep_hashes();
+        }
+    }
 }
 
 /// What hashing a file found: its digest and, for a file of several pieces, their
@@ -229,6 +240,7 @@ impl Scanner {
             last_updated: false,
             store: None,
             store_home: None,
+            unsaved: false,
         }
     }
 
@@ -267,7 +279,8 @@ impl Scanner {
 
     /// Writes the hashes to the store, if there is one (its folders made private first
     /// when it is beneath a per-user folder; without them nothing is kept, and it says so).
-    fn keep_hashes(&self) {
+    fn keep_hashes(&mut self) {
+        self.unsaved = false;
         let Some((path, _)) = &self.store else {
             return;
         };
@@ -538,7 +551,14 @@ impl Scanner {
                 .map(|(_, had)| had.digest);
             self.reblob(&path, old, sig, digest);
         }
-        self.keep_hashes();
+        if stale
+            .iter()
+            .any(|(_, sig, _)| sig.size >= store::SAVE_AT_ONCE_FROM)
+        {
+            self.keep_hashes();
+        } else {
+            self.unsaved = true;
+        }
         let manifest = current.with_replaced(changes)?;
         if manifest.root_digest() == current.root_digest() {
             return Ok(self.current.clone());
@@ -1038,9 +1058,9 @@ mod tests {
         };
         let (first, hashed) = run();
         assert_eq!(hashed, 3);
-        // The next run: only the small file (not kept) is hashed again.
+        // The next run hashes nothing again.
         let (second, hashed) = run();
-        assert_eq!(hashed, 1);
+        assert_eq!(hashed, 0);
         assert_eq!(second, first, "pieces included");
         // A file written since is hashed again, whatever its times say.
         let mtime = fs::metadata(dir.path().join("mid"))
@@ -1055,7 +1075,7 @@ mod tests {
             .set_modified(mtime)
             .unwrap();
         let (third, hashed) = run();
-        assert_eq!(hashed, 2);
+        assert_eq!(hashed, 1);
         assert_ne!(third.root_digest(), first.root_digest());
         // A damaged store is ignored: everything is hashed, the manifest is right.
         fs::write(&store, b"not a store").unwrap();
@@ -1223,6 +1243,35 @@ mod watch_tests {
             assert_eq!(*next, *fresh.manifest().unwrap(), "{what}");
             last = next;
         }
+    }
+
+    #[test]
+    fn a_small_file_changed_within_a_run_is_kept_for_the_next_when_the_scanner_goes() {
+        let Some(dir) = watchable_dir() else {
+            eprintln!("SKIPPED a_small_file_changed_within_a_run: no watchable file system");
+            return;
+        };
+        let keep = tempfile::tempdir().unwrap();
+        let store = keep.path().join("hashes");
+        let root = dir.path();
+        fs::write(root.join("small"), "small").unwrap();
+        fs::write(root.join("other"), "other").unwrap();
+        let scanner = || {
+            let mut scanner = Scanner::new(vec![root.to_path_buf()], 0, vec![b"*".to_vec()])
+                .keep_hashes_in(store.clone());
+            scanner.trust_for = Duration::from_secs(3600).min(parvm_mirror_fs::FULL_SCAN_EVERY);
+            scanner
+        };
+        let mut first = scanner();
+        first.manifest().unwrap();
+        fs::write(root.join("small"), "small, edited").unwrap();
+        let edited = first.manifest().unwrap();
+        assert!(first.last_updated && first.last_hashed == 1);
+        assert!(first.unsaved, "not written for a small file at once");
+        drop(first);
+        let mut next = scanner();
+        assert_eq!(next.manifest().unwrap(), edited);
+        assert_eq!(next.last_hashed, 0, "written when the scanner went");
     }
 
     #[test]
