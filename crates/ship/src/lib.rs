@@ -66,7 +66,7 @@ mod scan;
 mod snapshot;
 mod watch;
 
-pub use cache::{Begin, BlobWriter, CacheLimits, CacheUsage, HostCache};
+pub use cache::{Begin, BlobWriter, CacheLimits, CacheUsage, HostCache, RECONCILE_EVERY};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{

@@ -92,6 +92,9 @@ pub(crate) fn enforce(cache: &HostCache, reconcile: bool) -> Result<()> {
         held.rewrite(&kept)?;
     }
     held.remember(bytes, count);
+    if reconcile {
+        cache.note_reconciled()?;
+    }
     Ok(())
 }
 

@@ -364,8 +364,10 @@ fn a_claimant_killed_mid_write_releases_its_claim_and_what_it_wrote_is_removed()
     assert_eq!(work_files(&cache).len(), 1, "the child's half-written blob");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    // Waiting returns at once now; the next clean-up removes the dead child's claim file.
+    // Waiting returns at once now; the next reconciling clean-up removes the dead child's
+    // claim file.
     cache.wait(&digest).unwrap();
+    age_last_reconcile(&cache);
     drop(HostCache::open(&user.path, ROOMY).unwrap());
     assert!(work_files(&cache).is_empty(), "{:?}", work_files(&cache));
     let mut writer = mine(&cache, &content, "f");
@@ -552,17 +554,31 @@ fn blobs_the_index_never_heard_of_are_found_when_a_cache_opens() {
     let mut scan = scan;
     let manifest = scan.manifest().unwrap();
     assert_eq!(fetch_all(&cache, &scan, &manifest), 1);
+    let tiny = CacheLimits {
+        max_bytes: 1,
+        max_count: 10,
+    };
+    // Reopened soon over its limits: only the index is read, which never heard of it.
+    drop(HostCache::open(&user.path, tiny).unwrap());
+    assert_eq!(cache.missing(&manifest).len(), 0);
+    // Reopened once the last reconciling pass is old enough: the blob (no snapshot, no pin
+    // now) is found and evicted.
+    age_last_reconcile(&cache);
     drop(cache);
-    // Reopened over its limits: the blob (no snapshot, no pin now) is found and evicted.
-    let tiny = HostCache::open(
-        &user.path,
-        CacheLimits {
-            max_bytes: 1,
-            max_count: 10,
-        },
-    )
-    .unwrap();
+    let tiny = HostCache::open(&user.path, tiny).unwrap();
     assert_eq!(tiny.missing(&manifest).len(), 1);
+}
+
+/// Makes the last reconciling pass of `cache` look [`RECONCILE_EVERY`] old, so the next
+/// opening reconciles again.
+fn age_last_reconcile(cache: &HostCache) {
+    let past = std::time::SystemTime::now() - parvm_ship::RECONCILE_EVERY;
+    fs::File::options()
+        .write(true)
+        .open(cache.path().join("reconciled"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
 }
 
 #[test]
