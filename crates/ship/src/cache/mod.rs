@@ -644,26 +644,25 @@ impl HostCache {
     }
 
     /// For a caller that holds no snapshot of an earlier version of `m` (a worker of a new
-    /// run): the most recent snapshot this cache kept, with its manifest, that has an older
-    /// version of one of `pending`'s large files at the same path, sharing pieces with it,
-    /// or that a patch turns into `m`'s making or removing at most half as many entries as
-    /// `m` has files (the 16 newest snapshots at most, and 32 MiB of their manifests, are
+    /// run): the most recent snapshot this cache kept, with its manifest, that has another
+    /// version of one of `m`'s large files at the same path, sharing pieces with it, or
+    /// that a patch turns into `m`'s making or removing at most half as many entries as `m`
+    /// has files (the 16 newest snapshots at most, and 32 MiB of their manifests, are
     /// looked at). Held like one the caller had kept, it lets those large files travel as
-    /// the pieces that changed ([`reuse`](HostCache::reuse)) and is patched into the
-    /// snapshot of `m` (a run after one file was edited links that file, not every file).
-    /// `None` when `m`'s own snapshot is here, or no snapshot here is such.
+    /// the pieces that changed ([`reuse`](HostCache::reuse)), lets the caller look only
+    /// for the blobs of what changed since ([`missing_since`](HostCache::missing_since)),
+    /// and is patched into the snapshot of `m` (a run after one file was edited links that
+    /// file, not every file). `None` when `m`'s own snapshot is here, or no snapshot here
+    /// is such.
     ///
     /// # Errors
     /// [`Error::Io`] when the snapshots cannot be listed or one found cannot be pinned.
-    pub fn older_snapshot_for(
-        &self,
-        m: &Manifest,
-        pending: &[(Digest, u64, PathBuf)],
-    ) -> Result<Option<(Arc<Manifest>, Snapshot)>> {
+    pub fn older_snapshot_for(&self, m: &Manifest) -> Result<Option<(Arc<Manifest>, Snapshot)>> {
         if self.snapshot_path(&m.root_digest()).is_dir() {
             return Ok(None);
         }
-        let large: Vec<(&Path, &Pieces)> = pending
+        let blobs = m.blobs();
+        let large: Vec<(&Path, &Pieces)> = blobs
             .iter()
             .filter_map(|(_, _, shown)| Some((shown.as_path(), m.find(shown)?.pieces()?)))
             .collect();
@@ -704,6 +703,7 @@ impl HostCache {
                 older
                     .find(shown)
                     .and_then(Node::pieces)
+                    .filter(|was| was.digest() != pieces.digest())
                     .and_then(|was| pieces.shared_with(was))
                     .is_some_and(|(shared, _)| !shared.is_empty())
             });

@@ -479,7 +479,7 @@ fn a_new_run_finds_the_snapshot_an_earlier_run_kept_and_patches_its_blob_in_plac
     let pending = cache.missing(&new);
     assert_eq!(pending.len(), 1);
     let (older, mut held) = cache
-        .older_snapshot_for(&new, &pending)
+        .older_snapshot_for(&new)
         .unwrap()
         .expect("the earlier run's snapshot");
     assert_eq!(older.root_digest(), shipped.old.root_digest());
@@ -498,7 +498,7 @@ fn a_new_run_finds_the_snapshot_an_earlier_run_kept_and_patches_its_blob_in_plac
 }
 
 #[test]
-fn no_older_snapshot_stands_in_for_small_files_or_an_unrelated_large_one() {
+fn no_older_snapshot_stands_in_for_an_unrelated_large_file_or_when_every_file_changed() {
     let (_user, cache, mut shipped) = shipped_in_a_new_cache();
     drop(cache.snapshot(&shipped.old).unwrap());
     // Every piece different: an unrelated file of the same name.
@@ -506,25 +506,15 @@ fn no_older_snapshot_stands_in_for_small_files_or_an_unrelated_large_one() {
     let unrelated = shipped.edit(&offsets);
     let pending = cache.missing(&unrelated);
     assert_eq!(pending.len(), 1);
-    assert!(
-        cache
-            .older_snapshot_for(&unrelated, &pending)
-            .unwrap()
-            .is_none()
-    );
-    // Only small files pending.
+    assert!(cache.older_snapshot_for(&unrelated).unwrap().is_none());
+    // A small file added beside it: a patch would change every file.
     fs::write(shipped.shared.path().join("small.txt"), "small").unwrap();
     let mut both = scanner(shipped.shared.path(), &["big.dat", "small.txt"]);
     let with_small = both.manifest().unwrap();
     fetch_all(&cache, &both, &unrelated);
     let pending = cache.missing(&with_small);
     assert_eq!(pending.len(), 1, "{pending:?}");
-    assert!(
-        cache
-            .older_snapshot_for(&with_small, &pending)
-            .unwrap()
-            .is_none()
-    );
+    assert!(cache.older_snapshot_for(&with_small).unwrap().is_none());
 }
 
 /// Runs the body of [`full_disk_child`] in a private mount namespace with a 3 MiB tmpfs.

@@ -204,15 +204,19 @@ impl Shipping {
                 (pending, Some(held), previous)
             }
             None => {
-                let pending = cache.missing(manifest);
-                // A new run's worker has no snapshot of its own yet: an earlier run's with
-                // an older version of a changed large file stands in for it.
-                let older = cache
-                    .older_snapshot_for(manifest, &pending)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %crate::error::one_line(&e), "cannot look for an older snapshot");
-                        None
-                    });
+                // A new run's worker has no snapshot of its own yet: an earlier run's close
+                // to it (or with an older version of a changed large file) stands in for
+                // it, and keeps its blobs from eviction, so only what changed since is
+                // looked for.
+                let older = cache.older_snapshot_for(manifest).unwrap_or_else(|e| {
+                    tracing::warn!(error = %crate::error::one_line(&e), "cannot look for an older snapshot");
+                    None
+                });
+                let pending = match &older {
+                    Some((older, _)) => cache.missing_since(manifest, older),
+                    None => cache.missing(manifest),
+                };
+                partial = older.is_some();
                 let older_m = older.as_ref().map(|(m, _)| Arc::clone(m));
                 (pending, older_m, older.map(|(m, s)| (s, m)))
             }
