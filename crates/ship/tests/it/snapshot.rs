@@ -478,6 +478,20 @@ fn a_patched_snapshot_is_the_snapshot_built_afresh_and_costs_what_changed() {
     }
 }
 
+/// Makes change `step` to the shared tree, fetches what it needs and takes its snapshot
+/// after `held` (patched from it when nobody else reads it): the new manifest and snapshot.
+fn changed_after(
+    (shared, cache, scan): (&Path, &HostCache, &mut parvm_ship::Scanner),
+    step: usize,
+    held: (parvm_ship::Snapshot, &parvm_ship::Manifest),
+) -> (std::sync::Arc<parvm_ship::Manifest>, parvm_ship::Snapshot) {
+    change(shared, step);
+    let next = scan.manifest().unwrap();
+    fetch_all(cache, scan, &next);
+    let snapshot = cache.snapshot_after(&next, Some(held)).unwrap();
+    (next, snapshot)
+}
+
 #[test]
 fn a_snapshot_another_holder_uses_is_never_patched() {
     let Shipped {
@@ -492,12 +506,8 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
     let other = HostCache::open(&user.path, ROOMY).unwrap();
     let theirs = other.snapshot(&manifest).unwrap();
     let before = tree(theirs.path());
-    change(shared.path(), 0);
-    let next = scan.manifest().unwrap();
-    fetch_all(&cache, &scan, &next);
-    let mine = cache
-        .snapshot_after(&next, Some((snapshot, &manifest)))
-        .unwrap();
+    let here = (shared.path(), &cache, &mut scan);
+    let (next, mine) = changed_after(here, 0, (snapshot, &manifest));
     assert_ne!(mine.path(), theirs.path());
     assert_eq!(tree(theirs.path()), before, "theirs is untouched");
     assert_eq!(
@@ -506,11 +516,9 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
     );
     // Once they let go, the next change patches.
     drop(theirs);
-    change(shared.path(), 1);
-    let third = scan.manifest().unwrap();
-    fetch_all(&cache, &scan, &third);
     let mine_path = mine.path().to_path_buf();
-    let patched = cache.snapshot_after(&third, Some((mine, &next))).unwrap();
+    let here = (shared.path(), &cache, &mut scan);
+    let (_, patched) = changed_after(here, 1, (mine, &next));
     assert!(!mine_path.exists());
     assert!(patched.path().join("data/ro/new").exists());
 }
@@ -531,12 +539,8 @@ fn a_snapshot_another_holder_stood_by_is_patched_and_they_find_it_gone_when_they
     let theirs = other.snapshot(&manifest).unwrap();
     theirs.stand_by();
     let theirs_path = theirs.path().to_path_buf();
-    change(shared.path(), 0);
-    let next = scan.manifest().unwrap();
-    fetch_all(&cache, &scan, &next);
-    let mine = cache
-        .snapshot_after(&next, Some((snapshot, &manifest)))
-        .unwrap();
+    let here = (shared.path(), &cache, &mut scan);
+    let (next, mine) = changed_after(here, 0, (snapshot, &manifest));
     assert!(!theirs_path.exists(), "patched into the new one");
     assert_eq!(
         fs::read(mine.path().join("lib/a.lib")).unwrap(),
@@ -550,10 +554,8 @@ fn a_snapshot_another_holder_stood_by_is_patched_and_they_find_it_gone_when_they
     their_next.stand_by();
     assert!(other.resume(&their_next).unwrap());
     let before = tree(their_next.path());
-    change(shared.path(), 1);
-    let third = scan.manifest().unwrap();
-    fetch_all(&cache, &scan, &third);
-    let built = cache.snapshot_after(&third, Some((mine, &next))).unwrap();
+    let here = (shared.path(), &cache, &mut scan);
+    let (_, built) = changed_after(here, 1, (mine, &next));
     assert_ne!(built.path(), their_next.path());
     assert_eq!(tree(their_next.path()), before, "theirs is untouched");
     assert!(built.path().join("data/ro/new").exists());
