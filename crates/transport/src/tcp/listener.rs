@@ -188,7 +188,7 @@ fn make_room(table: &mut VecDeque<Pending>, source: IpAddr) -> u64 {
         let candidate = |p: &Pending| !same_source || p.source == source;
         let victim = table
             .iter()
-            .position(|p| candidate(p) && !p.spoke.load(Ordering::SeqCst))
+            .position(|p| candidate(p) && !p.spoke.load(Ordering::SeqCst) && !bytes_wait(p))
             .or_else(|| table.iter().position(candidate));
         match victim.and_then(|i| table.remove(i)) {
             Some(victim) => {
@@ -210,6 +210,23 @@ fn make_room(table: &mut VecDeque<Pending>, source: IpAddr) -> u64 {
         }
     }
     pushed
+}
+
+/// Whether bytes from the peer wait in the socket: a worker sends its hello at once, and
+/// one whose handshake thread has not read it yet (a spawner short of CPU under a flood)
+/// has spoken all the same. Looked at only for the oldest silent candidates, so a flood of
+/// silent connections costs about one look per connection accepted.
+fn bytes_wait(pending: &Pending) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            pending.control.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ),
+        Ok(n) if n > 0
+    )
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
@@ -383,14 +400,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut table = VecDeque::new();
         let mut conns = Vec::new();
+        // `control` is the spawner's side, as in `accept_loop`; the peer's side is kept.
         let mut add = |table: &mut VecDeque<Pending>, id: u64, source: [u8; 4], spoke: bool| {
-            let stream = TcpStream::connect(addr).unwrap();
-            conns.push(listener.accept().unwrap().0);
+            conns.push(TcpStream::connect(addr).unwrap());
             table.push_back(Pending {
                 id,
                 source: IpAddr::from(source),
                 spoke: Arc::new(AtomicBool::new(spoke)),
-                control: stream,
+                control: listener.accept().unwrap().0,
             });
         };
         // One source at its bound: its oldest idle connection goes, not the one that spoke.
@@ -414,6 +431,22 @@ mod tests {
         assert_eq!(make_room(&mut table, IpAddr::from([10, 0, 9, 9])), 1);
         assert_eq!(table.len(), MAX_PENDING - 1);
         assert!(table.iter().any(|p| p.id == 0));
+        // The oldest connection, silent as far as its handshake thread knows, but its hello
+        // waits unread: it has spoken, and a silent one goes instead.
+        let hello = TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut &hello, b"hello").unwrap();
+        table.push_front(Pending {
+            id: 999,
+            source: IpAddr::from([10, 0, 9, 8]),
+            spoke: Arc::new(AtomicBool::new(false)),
+            control: listener.accept().unwrap().0,
+        });
+        assert_eq!(make_room(&mut table, IpAddr::from([10, 0, 9, 9])), 1);
+        assert_eq!(
+            table.front().map(|p| p.id),
+            Some(999),
+            "its hello waits: it stays"
+        );
         // IPv6 sources count by /64; mapped IPv4 as IPv4.
         assert_eq!(
             source_of("2001:db8::1".parse().unwrap()),
