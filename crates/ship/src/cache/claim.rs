@@ -10,12 +10,13 @@
 //! it locked the file at the path (else it tries again), so two never hold one claim.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use super::dirs::still_at;
 use crate::error::{Error, Result};
 
 /// A held claim; dropping it unpublished removes the claim file (what was written into it)
@@ -51,14 +52,6 @@ fn open(path: &Path) -> Result<(File, bool)> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("open claim", path, e)),
         }
-    }
-}
-
-/// True when `file` is the file at `path` now.
-fn still_at(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
-        _ => false,
     }
 }
 

@@ -88,3 +88,11 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// True when `file` is the file at `path` now (not removed, nor replaced by another).
+pub(crate) fn still_at(file: &fs::File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+        _ => false,
+    }
+}

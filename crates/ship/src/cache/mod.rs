@@ -678,6 +678,9 @@ impl HostCache {
                 kept.push((modified, meta.len(), path));
             }
         }
+        if kept.is_empty() {
+            return Ok(None);
+        }
         kept.sort_by_key(|(modified, _, _)| std::cmp::Reverse(*modified));
         let patch_at_most = (m.file_count() as f64 * PATCH_AT_MOST) as usize;
         // A manifest several times longer or shorter than `m`'s cannot be one patch away

@@ -6,13 +6,15 @@
 //! A pin is locked under its temporary name and only then renamed into `pins/`, so eviction
 //! never sees a pin that is not held yet.
 //!
-//! A pin of a snapshot its holder reads (mirrors from) has a second, empty lock file of the
-//! same name in `reading/`: only a snapshot nobody else reads is taken out of the cache to
-//! be patched into a newer one ([`HostCache::take_over`](super::HostCache)). A holder that
-//! keeps a snapshot between tasks stands it by (the mark goes, the pin stays, so eviction
-//! still spares it) and resumes it before reading it again, finding it gone when another
-//! patched it meanwhile. Both are decided with the index held, shared to mark, exclusive
-//! to take over.
+//! A pin of a snapshot its holder reads (mirrors from) has a second, empty file of the same
+//! name in `reading/`, its mark, held with a shared `flock` while the holder reads: only a
+//! snapshot nobody else reads is taken out of the cache to be patched into a newer one
+//! ([`HostCache::take_over`](super::HostCache)). A holder that keeps a snapshot between
+//! tasks stands it by (the mark's lock is let go, the pin stays, so eviction still spares
+//! it) and resumes it before reading it again (locked again, the file made anew if a
+//! clean-up took it for a dead process's), finding it gone when another patched it
+//! meanwhile. The mark's file lives as long as the pin, so a task makes no file for it.
+//! Marks are taken with the index held shared and looked at with it held exclusive.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -24,7 +26,7 @@ use std::sync::{Mutex, PoisonError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::dirs::unique_suffix;
+use super::dirs::{still_at, unique_suffix};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -34,8 +36,30 @@ pub(crate) struct Pin {
     path: PathBuf,
     unique: String,
     _lock: Flock<File>,
-    /// The mark in `reading/` while its holder reads the snapshot.
-    reading: Mutex<Option<Box<Pin>>>,
+    /// Its reading mark in `reading/`, once made.
+    mark: Mutex<Option<Mark>>,
+}
+
+/// A reading mark (see the module's comment): its file, held locked while its holder
+/// reads the snapshot.
+#[derive(Debug)]
+struct Mark {
+    path: PathBuf,
+    lock: MarkLock,
+}
+
+#[derive(Debug)]
+enum MarkLock {
+    Reading(Flock<File>),
+    StoodBy(File),
+    /// Only while the lock changes hands, or after unlocking failed.
+    None,
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 impl Pin {
@@ -58,26 +82,51 @@ impl Pin {
     /// Marks the snapshot as read by this pin's holder (call it with the index held
     /// shared); nothing when it is marked already.
     pub(crate) fn mark_reading(&self, reading: &Path, tmp: &Path, root: &Digest) -> Result<()> {
-        let mut mark = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
-        if mark.is_none() {
-            let unique = self.unique.clone();
-            *mark = Some(Box::new(Pin::take_as(
-                reading,
-                tmp,
-                root,
-                std::iter::empty(),
-                unique,
-            )?));
+        let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = mark.as_mut() {
+            match std::mem::replace(&mut held.lock, MarkLock::None) {
+                MarkLock::Reading(lock) => {
+                    held.lock = MarkLock::Reading(lock);
+                    return Ok(());
+                }
+                // Still its file (not removed as a dead process's): locked again.
+                MarkLock::StoodBy(file) if still_at(&file, &held.path) => {
+                    match Flock::lock(file, FlockArg::LockShared) {
+                        Ok(lock) => {
+                            held.lock = MarkLock::Reading(lock);
+                            return Ok(());
+                        }
+                        Err((_, e)) => return Err(Error::io("lock mark", &held.path, e.into())),
+                    }
+                }
+                _ => {}
+            }
         }
+        // Its file gone (or unlocked by a failure): the old mark goes first, since the
+        // new one takes the same name.
+        drop(mark.take());
+        let (path, lock) = place_locked(reading, tmp, root, &self.unique, "")?;
+        *mark = Some(Mark {
+            path,
+            lock: MarkLock::Reading(lock),
+        });
         Ok(())
     }
 
-    /// Drops the reading mark: another holder may now take the snapshot out to patch it.
+    /// Lets the reading mark's lock go: another holder may now take the snapshot out to
+    /// patch it.
     pub(crate) fn stand_by(&self) {
-        self.reading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = mark.as_mut() {
+            held.lock = match std::mem::replace(&mut held.lock, MarkLock::None) {
+                MarkLock::Reading(lock) => match lock.unlock() {
+                    Ok(file) => MarkLock::StoodBy(file),
+                    // Closing the file lets the lock go too; the next mark is made anew.
+                    Err(_) => MarkLock::None,
+                },
+                other => other,
+            };
+        }
     }
 
     fn take_as(
@@ -87,43 +136,18 @@ impl Pin {
         blobs: impl Iterator<Item = Digest>,
         unique: String,
     ) -> Result<Pin> {
-        let staged = tmp.join(format!("pin.{root}.{unique}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&staged)
-            .map_err(|e| Error::io("create pin", &staged, e))?;
-        let path = pins.join(format!("{root}.{unique}"));
-        let placed = Flock::lock(file, FlockArg::LockShared)
-            .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))
-            .and_then(|mut lock| {
-                let mut text = String::new();
-                for blob in blobs {
-                    text.push_str(blob.hex().as_str());
-                    text.push('\n');
-                }
-                lock.write_all(text.as_bytes())
-                    .map_err(|e| Error::io("write pin", &staged, e))?;
-                fs::rename(&staged, &path).map_err(|e| Error::io("place pin", &path, e))?;
-                Ok(lock)
-            });
-        match placed {
-            Ok(lock) => Ok(Pin {
-                path,
-                unique,
-                _lock: lock,
-                reading: Mutex::new(None),
-            }),
-            Err(e) => {
-                // A full disk fails the write: the half-made pin goes now, not at the next
-                // eviction pass after this process ends.
-                let _ = fs::remove_file(&staged);
-                Err(e)
-            }
+        let mut text = String::new();
+        for blob in blobs {
+            text.push_str(blob.hex().as_str());
+            text.push('\n');
         }
+        let (path, lock) = place_locked(pins, tmp, root, &unique, &text)?;
+        Ok(Pin {
+            path,
+            unique,
+            _lock: lock,
+            mark: Mutex::new(None),
+        })
     }
 
     /// The unique part of its name, shared with the folder a snapshot is built in.
@@ -135,6 +159,44 @@ impl Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Makes `<dir>/<root>.<unique>` holding `text`, locked shared: made in `tmp`, locked,
+/// written, then renamed into `dir`, so nobody finds it there unlocked.
+fn place_locked(
+    dir: &Path,
+    tmp: &Path,
+    root: &Digest,
+    unique: &str,
+    text: &str,
+) -> Result<(PathBuf, Flock<File>)> {
+    let staged = tmp.join(format!("pin.{root}.{unique}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&staged)
+        .map_err(|e| Error::io("create pin", &staged, e))?;
+    let path = dir.join(format!("{root}.{unique}"));
+    let placed = Flock::lock(file, FlockArg::LockShared)
+        .map_err(|(_, e)| Error::io("lock pin", &staged, e.into()))
+        .and_then(|mut lock| {
+            lock.write_all(text.as_bytes())
+                .map_err(|e| Error::io("write pin", &staged, e))?;
+            fs::rename(&staged, &path).map_err(|e| Error::io("place pin", &path, e))?;
+            Ok(lock)
+        });
+    match placed {
+        Ok(lock) => Ok((path, lock)),
+        Err(e) => {
+            // A full disk fails the write: the half-made pin goes now, not at the next
+            // eviction pass after this process ends.
+            let _ = fs::remove_file(&staged);
+            Err(e)
+        }
     }
 }
 
@@ -252,5 +314,56 @@ fn look(path: &Path) -> Result<Look> {
         Ok(_free) => Ok(Look::Free),
         Err((file, Errno::EWOULDBLOCK)) => Ok(Look::Held(file)),
         Err((_, e)) => Err(Error::io("lock pin", path, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn marks(dir: &Path) -> Vec<(String, u64)> {
+        let mut found: Vec<(String, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let ino = e.metadata().unwrap().ino();
+                (e.file_name().to_string_lossy().into_owned(), ino)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_mark_keeps_its_file_while_stood_by_and_is_made_anew_when_a_clean_up_took_it() {
+        let base = tempfile::tempdir().unwrap();
+        let [pins, reading, tmp] = ["pins", "reading", "tmp"].map(|d| base.path().join(d));
+        for dir in [&pins, &reading, &tmp] {
+            fs::create_dir(dir).unwrap();
+        }
+        let root = Digest::of(b"snapshot");
+        let pin = Pin::take(&pins, &tmp, &root, std::iter::empty(), Some(&reading)).unwrap();
+        let first = marks(&reading);
+        assert_eq!(first.len(), 1);
+        assert!(held_by_others(&reading, &root, "someone else").unwrap());
+        // Stood by: the file stays, its lock goes.
+        pin.stand_by();
+        assert_eq!(marks(&reading), first);
+        assert!(!held_by_others(&reading, &root, "someone else").unwrap());
+        // Resumed: the same file, locked again.
+        pin.mark_reading(&reading, &tmp, &root).unwrap();
+        assert_eq!(marks(&reading), first);
+        assert!(held_by_others(&reading, &root, "someone else").unwrap());
+        // Stood by, then removed by a clean-up (free marks look like a dead process's).
+        pin.stand_by();
+        live(&reading, false).unwrap();
+        assert!(marks(&reading).is_empty());
+        pin.mark_reading(&reading, &tmp, &root).unwrap();
+        assert_eq!(marks(&reading).len(), 1);
+        assert!(held_by_others(&reading, &root, "someone else").unwrap());
+        drop(pin);
+        assert!(marks(&reading).is_empty() && marks(&pins).is_empty());
     }
 }
