@@ -169,6 +169,25 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether this is the mark of sources that moved while they were read, not of a
+    /// source mirroring refuses: a file that kept changing while it was hashed, or an
+    /// entry listed and gone when read (deleted, or renamed as an editor's temporary file).
+    /// Looking again a moment later finds them settled.
+    pub(crate) fn moved_while_scanned(&self) -> bool {
+        match self {
+            Error::SourceChanged { .. } => true,
+            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            Error::Source { source, .. } => match source {
+                parvm_mirror_fs::Error::SourceVanished { .. } => true,
+                parvm_mirror_fs::Error::Read { source, .. } => {
+                    source.kind() == std::io::ErrorKind::NotFound
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// An [`Error::Io`] for `action` on `path`, or [`Error::DiskFull`] when the disk or
     /// the quota is what failed it.
     pub(crate) fn io(

@@ -42,6 +42,16 @@ const CHUNK: usize = 128 << 10;
 pub const WAY_MODE: u32 = 0o755;
 /// Times a file that keeps changing while it is hashed is tried before it is refused.
 const TRIES: usize = 3;
+/// The waits before each new scan when the sources moved while they were scanned (an
+/// entry gone between its listing and its reading, as an editor's temporary file renamed
+/// over the file it saves, or a file still being written): a scan sees them as they are
+/// once the editor is done, instead of failing the task; at most about half a second.
+const RESCAN_AFTER: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+];
 
 /// What tells whether a file changed since it was hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +144,9 @@ pub struct Scanner {
     /// Hashes of small files changed since the store was last written, written when the
     /// scanner goes (see `store::SAVE_AT_ONCE_FROM`).
     unsaved: bool,
+    /// Run by a scan between its walk and its hashing: tests move the sources there.
+    #[cfg(test)]
+    after_walk: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl Drop for Scanner {
@@ -241,6 +254,8 @@ impl Scanner {
             store: None,
             store_home: None,
             unsaved: false,
+            #[cfg(test)]
+            after_walk: None,
         }
     }
 
@@ -329,6 +344,24 @@ impl Scanner {
         self.last_scanned = false;
         self.last_updated = false;
         self.last_hashed = 0;
+        let mut waits = RESCAN_AFTER.iter();
+        loop {
+            match self.look() {
+                Err(e) if e.moved_while_scanned() => {
+                    let Some(wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    tracing::debug!(error = %e, ?wait, "the sources moved while they were scanned; scanning again");
+                    std::thread::sleep(*wait);
+                }
+                looked => return looked,
+            }
+        }
+    }
+
+    /// One look at the sources for [`manifest`](Scanner::manifest): the watch, an update
+    /// along the paths it names, or a scan.
+    fn look(&mut self) -> Result<Arc<Manifest>> {
         if let (Some(current), Some(watch)) = (&self.current, &self.watch) {
             let current = Arc::clone(current);
             match watch.seen() {
@@ -352,6 +385,10 @@ impl Scanner {
         let wanted = self.wanted(&root_path, &mut watch)?;
         let root_meta = fs::metadata(&root_path).map_err(|e| Error::io("read", &root_path, e))?;
         let walked = walk_wanted(Vec::new(), &root_path, &root_meta, &wanted, &mut watch, 0)?;
+        #[cfg(test)]
+        if let Some(after_walk) = &mut self.after_walk {
+            after_walk();
+        }
         if let Some((path, loaded @ false)) = &mut self.store {
             self.hashed = store::load(path);
             *loaded = true;
@@ -416,8 +453,15 @@ impl Scanner {
             } else {
                 root_path.join(suffix)
             };
-            let expansion =
-                parvm_mirror_fs::expand_source_traced(&self.roots, &pattern).map_err(source_err)?;
+            let expansion = parvm_mirror_fs::expand_source_traced(&self.roots, &pattern).map_err(
+                |e| match e {
+                    // A glob's match gone by the time it was checked, not a source missing.
+                    parvm_mirror_fs::Error::SourceMissing { path } if path != pattern => {
+                        source_err(parvm_mirror_fs::Error::SourceVanished { path })
+                    }
+                    e => source_err(e),
+                },
+            )?;
             expansion.folders().for_each(|dir| watch.add(dir));
             // A folder that changed between its listing and its watch sent no event.
             if !expansion.unchanged() {
@@ -1082,6 +1126,80 @@ mod tests {
         let (fourth, hashed) = run();
         assert_eq!(hashed, 3);
         assert_eq!(fourth, third);
+    }
+
+    /// A scanner of everything beneath `dir` whose scans run `moves` between their walk
+    /// and their hashing, the first call on the first scan.
+    fn moved_while_scanned(dir: &Path, moves: impl FnMut() + Send + 'static) -> Scanner {
+        let mut scanner = Scanner::new(vec![dir.to_path_buf()], 0, vec![b"d".to_vec()]);
+        scanner.after_walk = Some(Box::new(moves));
+        scanner
+    }
+
+    #[test]
+    fn an_editors_temporary_file_renamed_away_while_it_was_scanned_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        fs::write(dir.path().join("d/model.lib"), "old").unwrap();
+        fs::write(dir.path().join("d/.model.lib.tmp"), "new").unwrap();
+        let (tmp, saved) = (
+            dir.path().join("d/.model.lib.tmp"),
+            dir.path().join("d/model.lib"),
+        );
+        let mut saves = 0;
+        let mut scanner = moved_while_scanned(dir.path(), move || {
+            // The editor saves once, during the first scan: listed, then gone.
+            if saves == 0 {
+                fs::rename(&tmp, &saved).unwrap();
+            }
+            saves += 1;
+        });
+        let manifest = scanner.manifest().unwrap();
+        let names: Vec<PathBuf> = manifest.entries().into_iter().map(|(p, _)| p).collect();
+        assert!(names.contains(&PathBuf::from("d/model.lib")), "{names:?}");
+        assert!(
+            !names.contains(&PathBuf::from("d/.model.lib.tmp")),
+            "{names:?}"
+        );
+        assert_eq!(fs::read(dir.path().join("d/model.lib")).unwrap(), b"new");
+        assert!(matches!(
+            manifest.find(Path::new("d/model.lib")).map(Node::kind),
+            Some(crate::manifest::NodeKind::File { size: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn sources_that_never_settle_fail_after_a_few_scans_and_a_source_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counted, d) = (Arc::clone(&scans), dir.path().join("d"));
+        let mut scanner = moved_while_scanned(dir.path(), move || {
+            // Every scan lists a file that is gone when it is read.
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = fs::remove_file(d.join(format!("tmp{n}")));
+            fs::write(d.join(format!("tmp{}", n + 1)), "x").unwrap();
+        });
+        fs::write(dir.path().join("d/tmp0"), "x").unwrap();
+        let error = scanner.manifest().unwrap_err();
+        assert!(error.moved_while_scanned(), "{error}");
+        assert!(error.to_string().contains("tmp"), "names the file: {error}");
+        assert_eq!(
+            scans.load(std::sync::atomic::Ordering::SeqCst),
+            1 + RESCAN_AFTER.len()
+        );
+
+        // A dangling symlink is refused by mirroring's rules: no scan again.
+        let refused = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(refused.path().join("gone"), refused.path().join("d")).unwrap();
+        let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&scans);
+        let mut scanner = moved_while_scanned(refused.path(), move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let error = scanner.manifest().unwrap_err();
+        assert!(!error.moved_while_scanned(), "{error}");
+        assert!(scans.load(std::sync::atomic::Ordering::SeqCst) <= 1);
     }
 }
 
