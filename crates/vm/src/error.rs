@@ -173,6 +173,16 @@ pub enum Error {
         /// What the spawner said.
         reason: String,
     },
+    /// The spawner could not send a file of a shipped root: it cannot read it, or it
+    /// changed or went at the source since the manifest and did so again after the worker
+    /// took the current one (three times); the reason names the file.
+    #[error("the spawner cannot send a file of mirrored storage entry {root}: {reason}")]
+    ShipBlobRefused {
+        /// The entry of PARALLEL_MIRRORED_STORAGE being shipped.
+        root: u32,
+        /// What the spawner said, naming the file.
+        reason: String,
+    },
     /// The host cache of shipped files could not be opened on this worker.
     #[error("the host cache of shipped files (PARVM_CACHE_MAX) cannot be used: {0}")]
     CacheUnavailable(#[source] Arc<parvm_ship::Error>),

@@ -21,6 +21,10 @@ use crate::wire::{self, FromWorker, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 /// time. Two batches are on their way at most, so a fetch holds at most twice this many
 /// files open.
 const CLAIM_BATCH: usize = 128;
+/// How many times one task's fetch takes the spawner's current manifest after a file
+/// changed at the source since the one it had: an edit saved during a sweep costs the
+/// tasks being filled one more manifest, and a file that never stops changing fails them.
+const MANIFEST_REFRESHES: u32 = 3;
 
 /// A worker's line to the spawner while it fetches.
 pub(crate) trait Exchange {
@@ -144,12 +148,17 @@ impl Shipping {
 
     /// A snapshot of root `root` of VM `vm` as the spawner has it now: the manifest (asked
     /// for when none came yet), the blobs this host's `cache` lacks, then the snapshot. A
-    /// corrupted blob found while materialising is fetched again, once.
+    /// corrupted blob found while materialising is fetched again, once. A file the spawner
+    /// can no longer send as this manifest has it (it changed or went at the source since)
+    /// is looked for in the spawner's current manifest, up to [`MANIFEST_REFRESHES`] times:
+    /// the task then sees its inputs as they are when its folder is filled, as a task of a
+    /// shared root does.
     ///
     /// # Errors
-    /// The spawner could not describe or send the root ([`Error::ShipRefused`]), the cache
-    /// failed or a blob arrived damaged ([`Error::Ship`], naming the file), or the spawner
-    /// went away ([`Error::ShipInterrupted`]).
+    /// The spawner could not describe the root ([`Error::ShipRefused`]) or send one of its
+    /// files ([`Error::ShipBlobRefused`]), the cache failed or a blob arrived damaged
+    /// ([`Error::Ship`], naming the file), or the spawner went away
+    /// ([`Error::ShipInterrupted`]).
     pub(crate) fn snapshot(
         &mut self,
         exchange: &mut dyn Exchange,
@@ -157,7 +166,39 @@ impl Shipping {
         vm: u32,
         root: u32,
     ) -> Result<Arc<Snapshot>, Error> {
-        let manifest = self.manifest(exchange, vm, root)?;
+        let mut manifest = self.manifest(exchange, vm, root)?;
+        let mut refreshes = 0;
+        loop {
+            match self.snapshot_of(exchange, cache, (vm, root), &manifest) {
+                Err(refused @ Error::ShipBlobRefused { .. }) if refreshes < MANIFEST_REFRESHES => {
+                    refreshes += 1;
+                    let used = manifest.root_digest();
+                    self.manifests.remove(&(vm, root));
+                    manifest = self.manifest(exchange, vm, root)?;
+                    if manifest.root_digest() == used {
+                        // Nothing moved at the source: the file cannot be read there.
+                        return Err(refused);
+                    }
+                    tracing::debug!(
+                        vm,
+                        root,
+                        error = %crate::error::one_line(&refused),
+                        "a file changed at the source since this manifest; fetching with the current one"
+                    );
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// [`snapshot`](Shipping::snapshot) of `manifest`, the latest this worker has of the root.
+    fn snapshot_of(
+        &mut self,
+        exchange: &mut dyn Exchange,
+        cache: &HostCache,
+        (vm, root): (u32, u32),
+        manifest: &Arc<Manifest>,
+    ) -> Result<Arc<Snapshot>, Error> {
         // A held snapshot gone meanwhile (another worker patched it into a newer one, or it
         // shared a blob found damaged) is built again.
         if let Some((held, snapshot)) = self.held.get(&(vm, root))
@@ -169,9 +210,9 @@ impl Shipping {
             return Ok(Arc::clone(snapshot));
         }
         let held = self.held.remove(&(vm, root));
-        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, &manifest, held)?);
+        let snapshot = Arc::new(self.fetch_snapshot(exchange, cache, vm, root, manifest, held)?);
         self.held
-            .insert((vm, root), (manifest, Arc::clone(&snapshot)));
+            .insert((vm, root), (Arc::clone(manifest), Arc::clone(&snapshot)));
         Ok(snapshot)
     }
 
@@ -461,7 +502,7 @@ impl Shipping {
                     reason,
                 } if of == vm && request >= first => {
                     if let Some(writing) = writers.remove(&digest) {
-                        return Err(Error::ShipRefused {
+                        return Err(Error::ShipBlobRefused {
                             root,
                             reason: format!("`{}`: {reason}", writing.shown.display()),
                         });
@@ -650,7 +691,20 @@ mod tests {
                             });
                             continue;
                         }
-                        let mut source = self.scanner.open_blob(&digest).unwrap();
+                        // As the spawner answers: a file that changed since its
+                        // manifest, or a blob no longer in it, is refused.
+                        let mut source = match self.scanner.open_blob(&digest) {
+                            Ok(source) => source,
+                            Err(e) => {
+                                self.push(&ToWorker::BlobFailed {
+                                    vm: *vm,
+                                    request: *request,
+                                    digest,
+                                    reason: e.to_string(),
+                                });
+                                continue;
+                            }
+                        };
                         let mut data = Vec::new();
                         source.file.read_to_end(&mut data).unwrap();
                         if self.damaged.contains(&digest) {
@@ -1170,6 +1224,39 @@ mod tests {
     }
 
     #[test]
+    fn a_file_edited_after_the_worker_got_its_manifest_is_fetched_as_it_is_now() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        // A task comes with a manifest of `b.txt` as first edited; the user saves it again
+        // before the worker asks for it, so the spawner cannot send that version.
+        std::fs::write(s.root.path().join("b.txt"), "bravo, edited").unwrap();
+        push_manifest(&mut s, &mut spawner);
+        std::fs::write(s.root.path().join("b.txt"), "bravo, saved again").unwrap();
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, saved again");
+        assert_eq!(content(&snapshot, "a.txt"), "alpha");
+        drop(snapshot);
+
+        // A file the spawner cannot send while the root stays as it is fails the task at
+        // once: its manifest is asked for once more, and nothing moved.
+        std::fs::write(s.root.path().join("b.txt"), "bravo, a third time").unwrap();
+        push_manifest(&mut s, &mut spawner);
+        spawner.refuse_blobs = Some("cannot read it".to_owned());
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipBlobRefused { reason, .. } if reason.contains("b.txt`: cannot read it")),
+            "{error:?}"
+        );
+        spawner.refuse_blobs = None;
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(content(&snapshot, "b.txt"), "bravo, a third time");
+    }
+
+    #[test]
     fn what_the_spawner_refuses_or_a_lost_spawner_fails_the_task() {
         let mut s = setup();
         let mut spawner = FakeSpawner::new(s.root.path());
@@ -1209,7 +1296,7 @@ mod tests {
             .snapshot(&mut spawner, &s.cache, 0, 0)
             .unwrap_err();
         assert!(
-            matches!(&error, Error::ShipRefused { reason, .. } if reason.contains(".txt`: it changed")),
+            matches!(&error, Error::ShipBlobRefused { reason, .. } if reason.contains(".txt`: it changed")),
             "{error:?}"
         );
         // The spawner goes away while the worker waits for the blobs.
