@@ -111,6 +111,14 @@ pub(crate) fn open_dst(
 
 /// How many times a file that changes while it is copied is copied again before giving up.
 pub(crate) const COPY_TRIES: u32 = 4;
+/// The waits before each copy again of a file that changed while it was copied: a file an
+/// editor or a program is still writing gets the moment it needs to finish (a quarter of a
+/// second in all) before it is refused.
+const RECOPY_AFTER: [std::time::Duration; COPY_TRIES as usize - 1] = [
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(200),
+];
 
 /// Opens a source file for reading. An entry of a copied folder is never followed (it was
 /// a file when listed: a symlink there now was put in meanwhile); a top-level match is,
@@ -148,7 +156,7 @@ pub(crate) fn unchanged(before: &FileStat, after: &FileStat) -> bool {
 ///
 /// A copy is kept only when it has the size the source had when opened and the source's
 /// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
-/// or grown during its copy is copied again, up to [`COPY_TRIES`] times, then refused with
+/// or grown during its copy is copied again after a short wait (`RECOPY_AFTER`), up to [`COPY_TRIES`] times, then refused with
 /// [`Error::SourceChanged`] rather than leaving a copy that matches no version of it.
 pub(crate) fn copy_file(
     pair: &DirPair,
@@ -160,8 +168,22 @@ pub(crate) fn copy_file(
     note_made: bool,
 ) -> Result<(u64, FileStat, Option<MadeAt>)> {
     let stat_err = |e: Errno| vanished_or_read(&pair.src_of(name), e);
-    for _ in 0..COPY_TRIES {
-        let src = open_src(pair, name, roots)?;
+    for attempt in 0..COPY_TRIES {
+        let src = match open_src(pair, name, roots) {
+            Ok(src) => src,
+            Err(e) => {
+                // The copy an earlier try made of a version that changed meanwhile is no
+                // copy of the source: not left behind for a caller that goes on.
+                if attempt > 0 {
+                    let _ = nix::unistd::unlinkat(
+                        &pair.dst,
+                        name,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+                return Err(e);
+            }
+        };
         let st = nix::sys::stat::fstat(&src).map_err(stat_err)?;
         if !is_file(&st) {
             if pair.top && !is_dir(&st) {
@@ -188,6 +210,9 @@ pub(crate) fn copy_file(
                 "`{}` changed while copied; copying again",
                 pair.src_of(name).display()
             );
+            if let Some(wait) = RECOPY_AFTER.get(attempt as usize) {
+                std::thread::sleep(*wait);
+            }
             continue;
         }
         nix::sys::stat::fchmod(&dst, Mode::from_bits_truncate(mode))

@@ -470,25 +470,43 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn names(&mut self, pair: &DirPair, names: Vec<(CString, Kind)>) -> Result<()> {
+    fn names(&mut self, pair: &DirPair, mut names: Vec<(CString, Kind)>) -> Result<()> {
         let bytes_before = self.total_bytes;
         let mut sigs = Vec::with_capacity(if self.shared.record { names.len() } else { 0 });
         let mut made = Vec::with_capacity(sigs.capacity());
-        for (name, kind) in &names {
+        let mut gone = Vec::new();
+        for (i, (name, kind)) in names.iter().enumerate() {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let (sig, made_at) = match kind {
-                Kind::File => {
-                    let (sig, made_at) = self.file(pair, name)?.unzip();
-                    (sig, made_at.flatten())
+            let copied = match kind {
+                Kind::File => self
+                    .file(pair, name)
+                    .map(|copied| copied.map_or((None, None), |(sig, made)| (Some(sig), made))),
+                Kind::Link => self.link(pair, name).map(|sig| (sig, None)),
+            };
+            let (sig, made_at) = match copied {
+                Ok(copied) => copied,
+                Err(Error::SourceVanished { .. }) if is_gone(pair, name) => {
+                    gone.push(i);
+                    continue;
                 }
-                Kind::Link => (self.link(pair, name)?, None),
+                Err(e) => return Err(e),
             };
             if self.shared.record {
                 sigs.push(sig.unwrap_or_default());
                 made.push(made_at);
             }
+        }
+        self.shared
+            .found
+            .fetch_sub(gone.len() as u64, Ordering::Relaxed);
+        for &i in gone.iter().rev() {
+            let (name, _) = names.remove(i);
+            tracing::debug!(
+                "`{}` was gone when it was to be copied; mirrored as the folder is now, without it",
+                pair.src_of(&name).display()
+            );
         }
         let count = names.len();
         if self.shared.record {
@@ -569,4 +587,14 @@ impl<'a> Worker<'a> {
         self.links += 1;
         Ok(Some(Sig::of(&st)))
     }
+}
+
+/// Whether entry `name` of a listed source folder (not a match of the map itself, which
+/// the map names) no longer exists: deleted, or renamed away as an editor's temporary file,
+/// between the listing and its copy. The folder is then mirrored as it is now, without it,
+/// as if listed a moment later; an entry replaced by another kind is still an error.
+fn is_gone(pair: &DirPair, name: &CStr) -> bool {
+    !pair.top
+        && nix::sys::stat::fstatat(&pair.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            == Err(Errno::ENOENT)
 }

@@ -357,6 +357,46 @@ fn a_source_vanishing_mid_copy_is_named() {
 }
 
 #[test]
+fn entries_of_a_mirrored_folder_gone_before_their_copy_are_left_out() {
+    let fx = Fixture::new();
+    for name in ["m.lib", ".m.lib.tmp", "n.lib"] {
+        fx.file(format!("models/{name}"), name.as_bytes());
+    }
+    let folder = fx.src("models");
+    let calls = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&calls);
+    // After the first copy, the others are deleted or renamed away (an editor saving):
+    // listed, and gone when their turn comes.
+    let options = MirrorOptions::new().threads(1).after_copy(move |copied| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            for entry in fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path != copied {
+                    fs::remove_file(path).unwrap();
+                }
+            }
+        }
+    });
+    let report = mirror(&fx.map(&[("models", "m")]), &fx.task, &options).unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one copy: the others were gone"
+    );
+    assert_eq!(report.files, 1);
+    let left: Vec<_> = fs::read_dir(fx.dst("m/models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let name = left[0].to_str().unwrap();
+    assert_eq!(
+        fs::read(fx.dst("m/models").join(name)).unwrap(),
+        name.as_bytes()
+    );
+}
+
+#[test]
 fn progress_is_reported_and_ends_complete() {
     let fx = Fixture::new();
     for i in 0..300 {
