@@ -281,7 +281,14 @@ impl TaskFolders {
         self.received.remove(&vm);
         self.maps.remove(&vm);
         self.abstracts.remove(&vm);
-        self.shipping.forget(vm);
+        if self.shipping.forget(vm)
+            && let Some(Ok(cache)) = &self.cache
+            && let Err(e) = cache.evict()
+        {
+            // Its snapshots no longer pinned, the cache comes back within its limits
+            // now, not at the next run's opening.
+            tracing::warn!(vm, error = %one_line(&e), "cannot apply the host cache's limits");
+        }
         self.mirrored.forget(&vm);
         if let Ok(local) = self.local()
             && let Err(e) = local.discard(vm)

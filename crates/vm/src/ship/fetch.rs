@@ -80,12 +80,14 @@ impl Shipping {
         self.plans.insert(vm, plan);
     }
 
-    /// Drops what is kept for VM `vm`.
-    pub(crate) fn forget(&mut self, vm: u32) {
+    /// Drops what is kept for VM `vm`; true when that let go of a snapshot it held.
+    pub(crate) fn forget(&mut self, vm: u32) -> bool {
         self.plans.remove(&vm);
         self.decided.remove(&vm);
         self.manifests.retain(|&(of, _), _| of != vm);
+        let held = self.held.len();
         self.held.retain(|&(of, _), _| of != vm);
+        self.held.len() < held
     }
 
     /// Files a manifest frame; a blob frame outside a fetch (the rest of a transfer that

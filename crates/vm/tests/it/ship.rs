@@ -691,6 +691,43 @@ fn the_host_cache_keeps_to_its_limit_across_tasks() {
 }
 
 #[test]
+fn a_vm_that_ends_lets_its_workers_bring_the_host_cache_back_within_its_limit() {
+    let limit = 3 << 20;
+    let hosts = TwoHosts::start_with(
+        ShipMode::Auto,
+        1,
+        Some(CacheMax {
+            bytes: limit,
+            count: Some(16),
+        }),
+        0,
+    );
+    let (first, second) = (hosts.path("first.bin"), hosts.path("second.bin"));
+    std::fs::write(&first, vec![1u8; 2 << 20]).unwrap();
+    std::fs::write(&second, vec![2u8; 2 << 20]).unwrap();
+    let vm_of = |source: &Path| {
+        vm_with(
+            hosts.runtime(),
+            &[(source.display().to_string(), ".")],
+            false,
+        )
+    };
+    let (ending, going_on) = (vm_of(&first), vm_of(&second));
+    describe(&ending, "beta");
+    // Both snapshots are held by the worker (one per VM) and kept over the limit.
+    describe(&going_on, "beta");
+    assert!(disk_use(&hosts.beta_cache()) > limit);
+    drop(ending);
+    // The worker reads the end of the first VM before this task.
+    describe(&going_on, "beta");
+    let used = disk_use(&hosts.beta_cache());
+    assert!(
+        used <= limit + (64 << 10),
+        "the cache holds {used} bytes, over its limit of {limit}, after the VM that held the rest ended"
+    );
+}
+
+#[test]
 fn a_tcp_worker_with_its_own_root_gets_the_inputs_shipped() {
     let mut h = crate::harness::Harness::start(crate::harness::Backend::Tcp, 0);
     std::fs::write(h.shared.path().join("in.txt"), "over tcp").unwrap();
