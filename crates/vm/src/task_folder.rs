@@ -259,13 +259,8 @@ impl TaskFolders {
     fn cache(&mut self) -> Result<&HostCache, Error> {
         if self.cache.is_none() {
             let user_dir = self.local()?.path().to_owned();
-            let limits = match self.config.cache_max() {
-                Some(max) => Ok(CacheLimits {
-                    max_bytes: max.bytes,
-                    max_count: max.count.unwrap_or(CacheLimits::DEFAULT_COUNT),
-                }),
-                None => CacheLimits::default_for(&user_dir),
-            };
+            let given = self.config.cache_max().map(|max| (max.bytes, max.count));
+            let limits = CacheLimits::given_or_default(given, &user_dir);
             let opened = limits.and_then(|limits| HostCache::open(&user_dir, limits));
             self.cache = Some(opened.map_err(Arc::new));
         }

@@ -8,7 +8,7 @@ use parvm_env_config::Config;
 use parvm_local_storage::{
     CACHE_DIR, FolderInfo, LocalStorage, SweepReport, human_size, user_folder,
 };
-use parvm_ship::{CacheUsage, HostCache};
+use parvm_ship::{CacheLimits, CacheUsage, HostCache};
 
 /// What to do with local storage.
 #[derive(Debug, clap::Subcommand)]
@@ -38,6 +38,44 @@ struct CacheReport {
     snapshots: u64,
     bytes: u64,
     bytes_human: String,
+}
+
+/// The limits the workers of this host keep the cache to, as `parvm storage cache` shows
+/// them.
+#[derive(Debug, serde::Serialize)]
+struct Limits {
+    max_bytes: u64,
+    max_bytes_human: String,
+    max_files: u64,
+    /// Whether `PARVM_CACHE_MAX` gives them (else 10% of the free space, and no count).
+    given: bool,
+}
+
+impl Limits {
+    fn of(config: &Config, user_dir: &Path) -> Result<Limits> {
+        let given = config.cache_max().map(|max| (max.bytes, max.count));
+        let limits = CacheLimits::given_or_default(given, user_dir)?;
+        Ok(Limits {
+            max_bytes: limits.max_bytes,
+            max_bytes_human: human_size(limits.max_bytes),
+            max_files: limits.max_count,
+            given: given.is_some(),
+        })
+    }
+
+    fn print(&self, report: &CacheReport) {
+        let whence = if self.given {
+            "PARVM_CACHE_MAX"
+        } else {
+            "10% of the free space; PARVM_CACHE_MAX sets it"
+        };
+        let over = if report.bytes > self.max_bytes || report.blobs > self.max_files {
+            ": over it until a worker next applies it (when it opens the cache, after each snapshot it builds, when a run ends there); what running tasks use is kept"
+        } else {
+            ""
+        };
+        println!("limit {} ({whence}){over}", self.max_bytes_human);
+    }
 }
 
 impl CacheReport {
@@ -98,10 +136,21 @@ pub fn run(action: &Action, json: bool) -> Result<()> {
         Action::Cache => {
             let folder = storage.path().join(CACHE_DIR);
             let report = CacheReport::new(&folder, CacheUsage::of(&folder)?);
+            let limits = Limits::of(&config, storage.path())?;
             if json {
-                return super::print_json(&report);
+                #[derive(serde::Serialize)]
+                struct Shown<'a> {
+                    #[serde(flatten)]
+                    report: &'a CacheReport,
+                    limits: &'a Limits,
+                }
+                return super::print_json(&Shown {
+                    report: &report,
+                    limits: &limits,
+                });
             }
             report.print();
+            limits.print(&report);
         }
         Action::ClearCache => {
             let folder = storage.path().join(CACHE_DIR);

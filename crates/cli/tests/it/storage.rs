@@ -241,11 +241,29 @@ fn the_host_cache_is_shown_and_cleared_down_to_what_is_in_use() {
         (shown["blobs"].as_u64(), shown["snapshots"].as_u64()),
         (Some(2), Some(1))
     );
+    // Without PARVM_CACHE_MAX: 10% of the free space there, and no count.
+    assert!(shown["limits"]["max_bytes"].as_u64() > Some(0), "{shown}");
+    assert_eq!(shown["limits"]["given"], false, "{shown}");
     let out = parvm(&local, &shared, &["storage", "cache"]);
+    let shown_text = text(&out.stdout);
+    assert!(shown_text.contains("2 files, 1 snapshot,"), "{shown_text}");
     assert!(
-        text(&out.stdout).contains("2 files, 1 snapshot,"),
-        "{}",
-        text(&out.stdout)
+        shown_text.contains("(10% of the free space; PARVM_CACHE_MAX sets it)"),
+        "{shown_text}"
+    );
+    // With a limit the cache is over: said, with when it is applied.
+    let out = Command::new(env!("CARGO_BIN_EXE_parvm"))
+        .env("PARALLEL_LOCAL_STORAGE", &local)
+        .env("PARALLEL_MIRRORED_STORAGE", &shared)
+        .env("PARVM_CACHE_MAX", "4")
+        .args(["storage", "cache"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let over = text(&out.stdout);
+    assert!(
+        over.contains("limit 4 B (PARVM_CACHE_MAX): over it until a worker next applies it"),
+        "{over}"
     );
     let cleared = json(&["--json", "storage", "clear-cache"]);
     assert_eq!(cleared["before"]["blobs"], 2);

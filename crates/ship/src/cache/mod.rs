@@ -70,6 +70,21 @@ impl CacheLimits {
             max_count: CacheLimits::DEFAULT_COUNT,
         })
     }
+
+    /// The limits of a cache beneath `dir` as `PARVM_CACHE_MAX` gives them (`given`:
+    /// bytes, and files when it names a count), else [`default_for`](Self::default_for).
+    ///
+    /// # Errors
+    /// As [`default_for`](Self::default_for), when nothing is given.
+    pub fn given_or_default(given: Option<(u64, Option<u64>)>, dir: &Path) -> Result<CacheLimits> {
+        match given {
+            Some((max_bytes, count)) => Ok(CacheLimits {
+                max_bytes,
+                max_count: count.unwrap_or(CacheLimits::DEFAULT_COUNT),
+            }),
+            None => CacheLimits::default_for(dir),
+        }
+    }
 }
 
 /// Bytes an unprivileged user may still write on the file system holding `dir`.
