@@ -657,18 +657,19 @@ fn disk_use(dir: &Path) -> u64 {
     total
 }
 
+/// Two hosts, `beta` with a host cache of at most 3 MiB (and 16 entries), that limit.
+fn hosts_with_a_small_cache() -> (TwoHosts, u64) {
+    let limit = 3 << 20;
+    let max = CacheMax {
+        bytes: limit,
+        count: Some(16),
+    };
+    (TwoHosts::start_with(ShipMode::Auto, 1, Some(max), 0), limit)
+}
+
 #[test]
 fn the_host_cache_keeps_to_its_limit_across_tasks() {
-    let limit = 3 << 20;
-    let hosts = TwoHosts::start_with(
-        ShipMode::Auto,
-        1,
-        Some(CacheMax {
-            bytes: limit,
-            count: Some(16),
-        }),
-        0,
-    );
+    let (hosts, limit) = hosts_with_a_small_cache();
     let source = hosts.path("input.bin");
     std::fs::write(&source, vec![0u8; 1 << 20]).unwrap();
     let vm = vm_with(
@@ -692,16 +693,7 @@ fn the_host_cache_keeps_to_its_limit_across_tasks() {
 
 #[test]
 fn a_vm_that_ends_lets_its_workers_bring_the_host_cache_back_within_its_limit() {
-    let limit = 3 << 20;
-    let hosts = TwoHosts::start_with(
-        ShipMode::Auto,
-        1,
-        Some(CacheMax {
-            bytes: limit,
-            count: Some(16),
-        }),
-        0,
-    );
+    let (hosts, limit) = hosts_with_a_small_cache();
     let (first, second) = (hosts.path("first.bin"), hosts.path("second.bin"));
     std::fs::write(&first, vec![1u8; 2 << 20]).unwrap();
     std::fs::write(&second, vec![2u8; 2 << 20]).unwrap();
