@@ -156,8 +156,9 @@ pub(crate) fn unchanged(before: &FileStat, after: &FileStat) -> bool {
 ///
 /// A copy is kept only when it has the size the source had when opened and the source's
 /// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
-/// or grown during its copy is copied again after a short wait (`RECOPY_AFTER`), up to [`COPY_TRIES`] times, then refused with
-/// [`Error::SourceChanged`] rather than leaving a copy that matches no version of it.
+/// or grown during its copy is copied again after a short wait (`RECOPY_AFTER`), up to
+/// [`COPY_TRIES`] times, then refused with [`Error::SourceChanged`] rather than leaving a
+/// copy that matches no version of it.
 pub(crate) fn copy_file(
     pair: &DirPair,
     name: &CStr,

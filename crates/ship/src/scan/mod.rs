@@ -351,7 +351,7 @@ impl Scanner {
                     let Some(wait) = waits.next() else {
                         return Err(e);
                     };
-                    tracing::debug!(error = %e, ?wait, "the sources moved while they were scanned; scanning again");
+                    tracing::debug!(error = %e, ?wait, "sources moved while scanned; scanning again");
                     std::thread::sleep(*wait);
                 }
                 looked => return looked,
@@ -1128,8 +1128,8 @@ mod tests {
         assert_eq!(fourth, third);
     }
 
-    /// A scanner of everything beneath `dir` whose scans run `moves` between their walk
-    /// and their hashing, the first call on the first scan.
+    /// A scanner of folder `d` beneath `dir` whose every scan runs `moves` between its
+    /// walk and its hashing.
     fn moved_while_scanned(dir: &Path, moves: impl FnMut() + Send + 'static) -> Scanner {
         let mut scanner = Scanner::new(vec![dir.to_path_buf()], 0, vec![b"d".to_vec()]);
         scanner.after_walk = Some(Box::new(moves));
@@ -1164,7 +1164,7 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("d/model.lib")).unwrap(), b"new");
         assert!(matches!(
             manifest.find(Path::new("d/model.lib")).map(Node::kind),
-            Some(crate::manifest::NodeKind::File { size: 3, .. })
+            Some(crate::manifest::NodeKind::File { digest, .. }) if *digest == Digest::of(b"new")
         ));
     }
 
