@@ -93,7 +93,9 @@ pub use error::{Error, Result};
 pub use fsops::{has_openat2, open_beneath};
 pub use glob::{Pattern, has_glob, is_literal};
 pub use map::{AbstractMirrorEntry, AbstractMirrorMap, MirrorEntry, MirrorMap};
-pub use options::{FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn};
+pub use options::{
+    FULL_SCAN_EVERY, MirrorOptions, MirrorReport, Progress, ProgressFn, SETTLE_WAITS,
+};
 pub use persistent::{
     FolderState, MANIFEST_FILE, MirroredFolder, MirroredFolders, source_events, watchable_source,
 };

@@ -155,6 +155,16 @@ impl MirrorOptions {
 /// often bounds how long such a change can go unseen, for about 0.5 ms per 2 000 files.
 pub const FULL_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The waits before each new look at a source that moved while it was read (a file still
+/// being written, an entry gone between a listing and its reading), so that a save in
+/// progress, an editor's or a program's, finishes first: about half a second in all before
+/// mirroring, or shipping's scan, gives up and names the file.
+pub const SETTLE_WAITS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+];
+
 /// What a [`crate::mirror`] or [`crate::refresh`] did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MirrorReport {

@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 
+use crate::SETTLE_WAITS;
 use crate::error::{Error, Result};
 
 use crate::fsops::{
@@ -110,15 +111,7 @@ pub(crate) fn open_dst(
 }
 
 /// How many times a file that changes while it is copied is copied again before giving up.
-pub(crate) const COPY_TRIES: u32 = 4;
-/// The waits before each copy again of a file that changed while it was copied: a file an
-/// editor or a program is still writing gets the moment it needs to finish (a quarter of a
-/// second in all) before it is refused.
-const RECOPY_AFTER: [std::time::Duration; COPY_TRIES as usize - 1] = [
-    std::time::Duration::from_millis(10),
-    std::time::Duration::from_millis(50),
-    std::time::Duration::from_millis(200),
-];
+pub(crate) const COPY_TRIES: u32 = 1 + SETTLE_WAITS.len() as u32;
 
 /// Opens a source file for reading. An entry of a copied folder is never followed (it was
 /// a file when listed: a symlink there now was put in meanwhile); a top-level match is,
@@ -156,7 +149,7 @@ pub(crate) fn unchanged(before: &FileStat, after: &FileStat) -> bool {
 ///
 /// A copy is kept only when it has the size the source had when opened and the source's
 /// size and times did not move meanwhile (one more `fstat`); a source written to, truncated
-/// or grown during its copy is copied again after a short wait (`RECOPY_AFTER`), up to
+/// or grown during its copy is copied again after a short wait ([`SETTLE_WAITS`]), up to
 /// [`COPY_TRIES`] times, then refused with [`Error::SourceChanged`] rather than leaving a
 /// copy that matches no version of it.
 pub(crate) fn copy_file(
@@ -211,7 +204,7 @@ pub(crate) fn copy_file(
                 "`{}` changed while copied; copying again",
                 pair.src_of(name).display()
             );
-            if let Some(wait) = RECOPY_AFTER.get(attempt as usize) {
+            if let Some(wait) = SETTLE_WAITS.get(attempt as usize) {
                 std::thread::sleep(*wait);
             }
             continue;

@@ -44,13 +44,14 @@ pub const WAY_MODE: u32 = 0o755;
 const TRIES: usize = 3;
 /// The waits before each new scan when the sources moved while they were scanned (an
 /// entry gone between its listing and its reading, as an editor's temporary file renamed
-/// over the file it saves, or a file still being written): a scan sees them as they are
-/// once the editor is done, instead of failing the task; at most about half a second.
+/// over the file it saves, or a file still being written): at once, then mirroring's
+/// [`SETTLE_WAITS`](parvm_mirror_fs::SETTLE_WAITS), so a scan sees them as they are once
+/// the editor is done instead of failing the task.
 const RESCAN_AFTER: [Duration; 4] = [
     Duration::ZERO,
-    Duration::from_millis(20),
-    Duration::from_millis(100),
-    Duration::from_millis(400),
+    parvm_mirror_fs::SETTLE_WAITS[0],
+    parvm_mirror_fs::SETTLE_WAITS[1],
+    parvm_mirror_fs::SETTLE_WAITS[2],
 ];
 
 /// What tells whether a file changed since it was hashed.
