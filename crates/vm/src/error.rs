@@ -175,7 +175,7 @@ pub enum Error {
     },
     /// The spawner could not send a file of a shipped root: it cannot read it, or it
     /// changed or went at the source since the manifest and did so again after the worker
-    /// took the current one (three times); the reason names the file.
+    /// took the current one, a few times over half a second; the reason names the file.
     #[error("the spawner cannot send a file of mirrored storage entry {root}: {reason}")]
     ShipBlobRefused {
         /// The entry of PARALLEL_MIRRORED_STORAGE being shipped.

@@ -21,10 +21,6 @@ use crate::wire::{self, FromWorker, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 /// time. Two batches are on their way at most, so a fetch holds at most twice this many
 /// files open.
 const CLAIM_BATCH: usize = 128;
-/// How many times one task's fetch takes the spawner's current manifest after a file
-/// changed at the source since the one it had: an edit saved during a sweep costs the
-/// tasks being filled one more manifest, and a file that never stops changing fails them.
-const MANIFEST_REFRESHES: u32 = 3;
 
 /// A worker's line to the spawner while it fetches.
 pub(crate) trait Exchange {
@@ -152,9 +148,10 @@ impl Shipping {
     /// for when none came yet), the blobs this host's `cache` lacks, then the snapshot. A
     /// corrupted blob found while materialising is fetched again, once. A file the spawner
     /// can no longer send as this manifest has it (it changed or went at the source since)
-    /// is looked for in the spawner's current manifest, up to [`MANIFEST_REFRESHES`] times:
-    /// the task then sees its inputs as they are when its folder is filled, as a task of a
-    /// shared root does.
+    /// is looked for in the spawner's current manifest, after each of mirroring's
+    /// [`SETTLE_WAITS`](parvm_mirror_fs::SETTLE_WAITS) (so a save in progress finishes
+    /// first): the task then sees its inputs as they are when its folder is filled, as a
+    /// task of a shared root does; a file that never stops changing fails it.
     ///
     /// # Errors
     /// The spawner could not describe the root ([`Error::ShipRefused`]) or send one of its
@@ -169,11 +166,14 @@ impl Shipping {
         root: u32,
     ) -> Result<Arc<Snapshot>, Error> {
         let mut manifest = self.manifest(exchange, vm, root)?;
-        let mut refreshes = 0;
+        let mut waits = parvm_mirror_fs::SETTLE_WAITS.iter();
         loop {
             match self.snapshot_of(exchange, cache, (vm, root), &manifest) {
-                Err(refused @ Error::ShipBlobRefused { .. }) if refreshes < MANIFEST_REFRESHES => {
-                    refreshes += 1;
+                Err(refused @ Error::ShipBlobRefused { .. }) => {
+                    let Some(wait) = waits.next() else {
+                        return Err(refused);
+                    };
+                    std::thread::sleep(*wait);
                     let used = manifest.root_digest();
                     self.manifests.remove(&(vm, root));
                     manifest = self.manifest(exchange, vm, root)?;
