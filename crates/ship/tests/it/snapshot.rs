@@ -492,22 +492,22 @@ fn changed_after(
     (next, snapshot)
 }
 
+/// [`shipped`], and the same snapshot held by another process of the host: its own cache
+/// handle and snapshot.
+fn held_by_another() -> (Shipped, (HostCache, parvm_ship::Snapshot)) {
+    let shipped = shipped();
+    let other = HostCache::open(&shipped.user.path, ROOMY).unwrap();
+    let theirs = other.snapshot(&shipped.manifest).unwrap();
+    (shipped, (other, theirs))
+}
+
 #[test]
 fn a_snapshot_another_holder_uses_is_never_patched() {
-    let Shipped {
-        shared,
-        user,
-        cache,
-        mut scan,
-        manifest,
-        snapshot,
-    } = shipped();
     // Another process of the host holds the same snapshot.
-    let other = HostCache::open(&user.path, ROOMY).unwrap();
-    let theirs = other.snapshot(&manifest).unwrap();
+    let (mut s, (_other, theirs)) = held_by_another();
     let before = tree(theirs.path());
-    let here = (shared.path(), &cache, &mut scan);
-    let (next, mine) = changed_after(here, 0, (snapshot, &manifest));
+    let here = (s.shared.path(), &s.cache, &mut s.scan);
+    let (next, mine) = changed_after(here, 0, (s.snapshot, &s.manifest));
     assert_ne!(mine.path(), theirs.path());
     assert_eq!(tree(theirs.path()), before, "theirs is untouched");
     assert_eq!(
@@ -517,7 +517,7 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
     // Once they let go, the next change patches.
     drop(theirs);
     let mine_path = mine.path().to_path_buf();
-    let here = (shared.path(), &cache, &mut scan);
+    let here = (s.shared.path(), &s.cache, &mut s.scan);
     let (_, patched) = changed_after(here, 1, (mine, &next));
     assert!(!mine_path.exists());
     assert!(patched.path().join("data/ro/new").exists());
@@ -525,22 +525,13 @@ fn a_snapshot_another_holder_uses_is_never_patched() {
 
 #[test]
 fn a_snapshot_another_holder_stood_by_is_patched_and_they_find_it_gone_when_they_resume() {
-    let Shipped {
-        shared,
-        user,
-        cache,
-        mut scan,
-        manifest,
-        snapshot,
-    } = shipped();
     // Another worker of the host filled a task folder from the same snapshot and keeps it
     // for its next task.
-    let other = HostCache::open(&user.path, ROOMY).unwrap();
-    let theirs = other.snapshot(&manifest).unwrap();
+    let (mut s, (other, theirs)) = held_by_another();
     theirs.stand_by();
     let theirs_path = theirs.path().to_path_buf();
-    let here = (shared.path(), &cache, &mut scan);
-    let (next, mine) = changed_after(here, 0, (snapshot, &manifest));
+    let here = (s.shared.path(), &s.cache, &mut s.scan);
+    let (next, mine) = changed_after(here, 0, (s.snapshot, &s.manifest));
     assert!(!theirs_path.exists(), "patched into the new one");
     assert_eq!(
         fs::read(mine.path().join("lib/a.lib")).unwrap(),
@@ -554,7 +545,7 @@ fn a_snapshot_another_holder_stood_by_is_patched_and_they_find_it_gone_when_they
     their_next.stand_by();
     assert!(other.resume(&their_next).unwrap());
     let before = tree(their_next.path());
-    let here = (shared.path(), &cache, &mut scan);
+    let here = (s.shared.path(), &s.cache, &mut s.scan);
     let (_, built) = changed_after(here, 1, (mine, &next));
     assert_ne!(built.path(), their_next.path());
     assert_eq!(tree(their_next.path()), before, "theirs is untouched");
