@@ -182,6 +182,13 @@ impl Shared {
         wire::send_frame(&*self.transport, to, bytes, frame).map_err(|e| self.send_error(to, e))
     }
 
+    /// Sends `payload`, a frame already encoded (see [`wire::head_before_bytes`]).
+    pub(crate) fn send_payload(&self, to: Rank, payload: &[u8]) -> Result<(), Error> {
+        self.transport
+            .send(to, payload)
+            .map_err(|e| self.send_error(to, SendError::Transport(e)))
+    }
+
     /// Sends user message frame `frame` (its bytes left empty) followed by `data`: large
     /// data travels from where it lies instead of being copied into the frame (see
     /// [`wire::Frame::write_user_head`]).

@@ -11,6 +11,7 @@
 //! list longer than [`MAX_BLOBS_WANTED`], a digest not in the manifest) is refused with a
 //! warning, or a `BlobFailed` naming the digest; nothing a peer announces is allocated.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -27,7 +28,9 @@ use parvm_transport::Rank;
 
 use super::probe::Marker;
 use crate::spawner::Shared;
-use crate::wire::{BATCH_BYTES, BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
+use crate::wire::{
+    self, BATCH_BYTES, BLOB_CHUNK, BatchedBlob, MAX_BLOBS_WANTED, ShipPlan, ToWorker,
+};
 
 /// How long the shipping thread waits for a request before it files what has arrived
 /// itself ([`serve`]): the longest a request waits for a program that does not receive.
@@ -86,6 +89,69 @@ fn send_counted(
         lock(&table.stats).take_back(worth);
     }
     sent
+}
+
+/// [`send_counted`] for a frame already encoded, `payload`.
+fn send_payload_counted(
+    table: &Table,
+    shared: &Shared,
+    rank: Rank,
+    payload: &[u8],
+    worth: &ShipStats,
+) -> Result<(), crate::error::Error> {
+    lock(&table.stats).add(worth);
+    let sent = shared.send_payload(rank, payload);
+    if sent.is_err() {
+        lock(&table.stats).take_back(worth);
+    }
+    sent
+}
+
+/// Where the chunks of a blob are read: behind room for each chunk's frame head, which is
+/// written there once the chunk is read, so the frame is sent from where its bytes were
+/// read instead of being encoded into another buffer (a copy of every byte shipped).
+struct ChunkBuffer {
+    bytes: Vec<u8>,
+}
+
+impl ChunkBuffer {
+    /// Room for a [`ToWorker::BlobData`] head: its variant's name, the VM, request, digest,
+    /// offset and end, and the bytes' marker and length take about 70 bytes.
+    const HEAD_ROOM: usize = 128;
+
+    /// A buffer for chunks of at most `chunk` bytes.
+    fn new(chunk: usize) -> ChunkBuffer {
+        ChunkBuffer {
+            bytes: vec![0; Self::HEAD_ROOM + chunk],
+        }
+    }
+
+    /// The most bytes a chunk may have.
+    fn chunk_len(&self) -> usize {
+        self.bytes.len() - Self::HEAD_ROOM
+    }
+
+    /// Where a chunk of `len` bytes (at most [`Self::chunk_len`]) is read.
+    fn chunk(&mut self, len: usize) -> &mut [u8] {
+        &mut self.bytes[Self::HEAD_ROOM..Self::HEAD_ROOM + len]
+    }
+
+    /// The encoded frame `head` (its bytes empty) is when it holds the `len` bytes just
+    /// read, written around them; `Err` with those bytes when its head does not fit or
+    /// the frame's bytes are not its last field (to be encoded as usual).
+    fn frame(&mut self, head: &ToWorker<'_>, len: usize) -> Result<&[u8], &[u8]> {
+        let data = Self::HEAD_ROOM..Self::HEAD_ROOM + len;
+        let encoded = wire::head_before_bytes(head)
+            .filter(|encoded| encoded.len() + 4 <= Self::HEAD_ROOM)
+            .zip(u32::try_from(len).ok());
+        let Some((encoded, len)) = encoded else {
+            return Err(&self.bytes[data]);
+        };
+        let start = Self::HEAD_ROOM - 4 - encoded.len();
+        self.bytes[start..Self::HEAD_ROOM - 4].copy_from_slice(&encoded);
+        self.bytes[Self::HEAD_ROOM - 4..Self::HEAD_ROOM].copy_from_slice(&len.to_be_bytes());
+        Ok(&self.bytes[start..data.end])
+    }
 }
 
 /// A request of a worker, from the router to the VM's shipping thread.
@@ -469,7 +535,7 @@ fn answer(table: &Table, shared: &Shared, job: ShipJob) {
                 return;
             }
             let limit = chunk_len(shared.config.max_frame());
-            let mut buffer = vec![0u8; limit];
+            let mut buffer = ChunkBuffer::new(limit);
             let mut batch = Batch::new(limit.min(BATCH_BYTES));
             for digest in digests {
                 if table.cancel.load(Ordering::Acquire)
@@ -498,7 +564,7 @@ fn answer(table: &Table, shared: &Shared, job: ShipJob) {
             let Some(scan) = checked_with_manifest(table, rank, root, "pieces") else {
                 return;
             };
-            let mut buffer = vec![0u8; chunk_len(shared.config.max_frame())];
+            let mut buffer = ChunkBuffer::new(chunk_len(shared.config.max_frame()));
             send_pieces(
                 table,
                 shared,
@@ -752,7 +818,7 @@ fn send_blob(
     scan: &Mutex<RootScan>,
     (rank, request): (Rank, u64),
     digest: Digest,
-    buffer: &mut [u8],
+    buffer: &mut ChunkBuffer,
     batch: &mut Batch,
 ) -> bool {
     let opened = lock(scan).scanner.open_blob(&digest);
@@ -816,6 +882,24 @@ fn send_blob(
     }
 }
 
+/// Chunk `data` at `offset` of blob `digest`, for request `request` of VM `vm`; `end`
+/// when it is the last.
+fn blob_chunk(
+    (vm, request, digest): (u32, u64, Digest),
+    offset: u64,
+    end: bool,
+    data: &[u8],
+) -> ToWorker<'_> {
+    ToWorker::BlobData {
+        vm,
+        request,
+        digest,
+        offset,
+        end,
+        data: Cow::Borrowed(data),
+    }
+}
+
 /// Streams the byte ranges `ranges` (start, end; ascending) of blob `digest`, read from
 /// `source`, to worker `rank` as `BlobData` chunks of its request `request` at their
 /// offsets, the last one marked `end` and sent only when the source is still the file that
@@ -830,7 +914,7 @@ fn stream(
     (digest, done): (Digest, &ShipStats),
     source: &SourceBlob,
     ranges: &[(u64, u64)],
-    buffer: &mut [u8],
+    buffer: &mut ChunkBuffer,
 ) -> Result<u64, bool> {
     let failed = |reason: String| {
         let frame = ToWorker::BlobFailed {
@@ -848,9 +932,9 @@ fn stream(
             if table.cancel.load(Ordering::Acquire) {
                 return Err(false);
             }
-            let want =
-                usize::try_from(end - at).map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = match source.file.read_at(&mut buffer[..want], at) {
+            let room = buffer.chunk_len();
+            let want = usize::try_from(end - at).map_or(room, |left| left.min(room));
+            let read = match source.file.read_at(buffer.chunk(want), at) {
                 Ok(0) => {
                     return failed(format!(
                         "the file of blob {digest} shrank while it was sent; it changed at the source, run the task again"
@@ -864,17 +948,20 @@ fn stream(
             if last && let Err(e) = source.unchanged() {
                 return failed(crate::error::one_line(&e));
             }
-            let frame = ToWorker::BlobData {
-                vm: table.vm,
-                request,
-                digest,
-                offset: at,
-                data: buffer[..read].into(),
-                end: last,
-            };
+            let blob = (table.vm, request, digest);
             let mut worth = if last { *done } else { ShipStats::default() };
             worth.bytes += read as u64;
-            if send_counted(table, shared, rank, &frame, &worth).is_err() {
+            let delivered = match buffer.frame(&blob_chunk(blob, at, last, &[]), read) {
+                Ok(payload) => send_payload_counted(table, shared, rank, payload, &worth),
+                Err(data) => send_counted(
+                    table,
+                    shared,
+                    rank,
+                    &blob_chunk(blob, at, last, data),
+                    &worth,
+                ),
+            };
+            if delivered.is_err() {
                 return Err(false);
             }
             at += read as u64;
@@ -894,7 +981,7 @@ fn send_pieces(
     scan: &Mutex<RootScan>,
     (rank, request): (Rank, u64),
     (digest, pieces): (Digest, &[u32]),
-    buffer: &mut [u8],
+    buffer: &mut ChunkBuffer,
 ) -> bool {
     let failed = |reason: String| ToWorker::BlobFailed {
         vm: table.vm,
@@ -966,6 +1053,23 @@ mod tests {
         match end.recv(Wait::For(Duration::from_secs(10))).unwrap() {
             Some(Event::Message { payload, .. }) => read(wire::decode(&payload).unwrap()),
             other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_chunk_read_behind_its_head_is_the_frame_it_names() {
+        let digest = Digest::of(b"blob");
+        let mut buffer = ChunkBuffer::new(1 << 16);
+        for (offset, end, len) in [(0, false, 0), (1 << 40, true, 1 << 16), (300, false, 17)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            buffer.chunk(len).copy_from_slice(&data);
+            let chunk = |data| blob_chunk((3, 9, digest), offset, end, data);
+            let framed = buffer
+                .frame(&chunk(&[]), len)
+                .expect("the head fits")
+                .to_vec();
+            let decoded = wire::decode::<ToWorker<'_>>(&framed).unwrap();
+            assert_eq!(format!("{decoded:?}"), format!("{:?}", chunk(&data)));
         }
     }
 

@@ -62,15 +62,17 @@ pub(crate) enum ToWorker<'a> {
     /// spawner found its source unchanged after reading all of it (a small file travels
     /// in one frame). A worker takes a chunk only for the request it is waiting for, at
     /// the offset it has written up to: the rest of a transfer it abandoned (a stop, a
-    /// full disk) arrives before the next one and is skipped, never joined to it.
+    /// full disk) arrives before the next one and is skipped, never joined to it. The
+    /// bytes come last, so the spawner reads each chunk straight into the frame behind its
+    /// head ([`super::head_before_bytes`]).
     BlobData {
         vm: u32,
         request: u64,
         digest: Digest,
         offset: u64,
+        end: bool,
         #[serde(borrow, with = "serde_bytes")]
         data: Cow<'a, [u8]>,
-        end: bool,
     },
     /// Small blobs of VM `vm`, each whole: many small files travel in one frame of at
     /// most [`BATCH_BYTES`] bytes of content.

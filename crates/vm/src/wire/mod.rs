@@ -34,8 +34,9 @@ pub(crate) use user::{
 /// 3: shipping, with the probe in the mirror frame, manifests and blobs; 4: numbered blob
 /// requests; 5: large files in pieces, and requests for the pieces that changed; 6: a stop
 /// of a queued task unless it started; 7: blob chunks name their request, and a worker on
-/// an intact transport takes what the spawner vouches for; 8: a worker says why it leaves).
-pub(crate) const VERSION: u8 = 8;
+/// an intact transport takes what the spawner vouches for; 8: a worker says why it leaves;
+/// 9: a blob chunk's bytes come last in its frame).
+pub(crate) const VERSION: u8 = 9;
 
 /// The first byte of the one frame every build reads, whatever its version: this byte, then
 /// the sender's [`VERSION`]. A worker sends it before it leaves a spawner whose frames it
@@ -78,28 +79,32 @@ pub(crate) fn encode_into<T: Serialize>(
     rmp_serde::encode::write(out, frame)
 }
 
-/// The head of a [`FromWorker::FileData`] frame of task `number`, up to and including the
-/// MessagePack `bin 32` marker: the frame is this head, the data's length (`u32`,
-/// big-endian) and the data, so a worker reads a file straight into the frame instead of
-/// copying each chunk into it. `None` if the encoder lays the frame out otherwise (the
-/// caller then encodes as usual).
+/// The head of a [`FromWorker::FileData`] frame of task `number` (see
+/// [`head_before_bytes`]), so a worker reads a file straight into the frame instead of
+/// copying each chunk into it.
 pub(crate) fn file_data_head(number: u64) -> Option<Vec<u8>> {
-    // A placeholder of at least 64 KiB is encoded as `bin 32`, as every chunk then is.
-    const PLACEHOLDER: usize = 1 << 16;
-    let data = vec![0u8; PLACEHOLDER];
-    let mut frame = encode(&FromWorker::FileData {
+    head_before_bytes(&FromWorker::FileData {
         number,
-        data: Cow::Borrowed(&data),
+        data: Cow::Borrowed(&[]),
     })
-    .ok()?;
-    let head_len = frame.len().checked_sub(PLACEHOLDER + 4)?;
-    let marker = frame.get(head_len.checked_sub(1)?)?;
-    let len = frame.get(head_len..head_len + 4)?;
-    if *marker != 0xc6 || len != (PLACEHOLDER as u32).to_be_bytes() {
+}
+
+/// The encoding of `frame`, whose last field holds bytes and is left empty, up to and
+/// including the MessagePack `bin 32` marker of those bytes: followed by their length
+/// (`u32`, big-endian) and the bytes, it is the frame holding them, so a sender reads them
+/// straight in behind it instead of copying them into an encoded frame. `None` if the
+/// encoder does not end the frame with that empty field (the caller then encodes as usual).
+pub(crate) fn head_before_bytes<T: Serialize>(frame: &T) -> Option<Vec<u8>> {
+    /// MessagePack's empty `bin 8`, how the encoder writes an empty byte field.
+    const EMPTY_BIN: [u8; 2] = [0xc4, 0x00];
+    const BIN_32: u8 = 0xc6;
+    let mut head = encode(frame).ok()?;
+    if !head.ends_with(&EMPTY_BIN) {
         return None;
     }
-    frame.truncate(head_len);
-    Some(frame)
+    head.truncate(head.len() - EMPTY_BIN.len());
+    head.push(BIN_32);
+    Some(head)
 }
 
 /// Where byte field `field` of a frame decoded from `frame` lies in `frame`, or its bytes
@@ -215,6 +220,66 @@ mod tests {
             };
             assert_eq!((number, back.as_ref()), (u64::MAX - 3, &data[..]));
         }
+    }
+
+    #[test]
+    fn blob_chunks_are_built_from_a_head_whatever_their_offset() {
+        let digest = parvm_ship::Digest::of(b"a blob");
+        for (offset, end, size) in [
+            (0u64, false, 0usize),
+            (127, true, 1),
+            (65_536, false, 65_535),
+            (u64::from(u32::MAX) + 1, true, 1 << 20),
+            (u64::MAX, false, 300),
+        ] {
+            let head = head_before_bytes(&ToWorker::BlobData {
+                vm: u32::MAX,
+                request: 7,
+                digest,
+                offset,
+                end,
+                data: Cow::Borrowed(&[]),
+            })
+            .expect("the bytes are the frame's last field");
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut frame = head;
+            frame.extend_from_slice(&(size as u32).to_be_bytes());
+            frame.extend_from_slice(&data);
+            let ToWorker::BlobData {
+                vm,
+                request,
+                digest: back_digest,
+                offset: back_offset,
+                end: back_end,
+                data: back,
+            } = decode(&frame).unwrap()
+            else {
+                panic!("not a blob chunk");
+            };
+            assert_eq!(
+                (
+                    vm,
+                    request,
+                    back_digest,
+                    back_offset,
+                    back_end,
+                    back.as_ref()
+                ),
+                (u32::MAX, 7, digest, offset, end, &data[..])
+            );
+            assert!(matches!(back, Cow::Borrowed(_)), "decoded without a copy");
+        }
+    }
+
+    #[test]
+    fn a_frame_whose_bytes_are_not_last_has_no_head() {
+        let frame = ToWorker::BlobFailed {
+            vm: 1,
+            request: 2,
+            digest: parvm_ship::Digest::of(b""),
+            reason: String::new(),
+        };
+        assert_eq!(head_before_bytes(&frame), None);
     }
 
     #[test]
