@@ -303,7 +303,7 @@ impl BlobWriter {
     ///
     /// # Errors
     /// [`Error::SizeMismatch`], [`Error::DigestMismatch`] (nothing is kept), [`Error::Io`].
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
         if !self.is_complete() {
             return Err(Error::SizeMismatch {
                 shown_as: self.shown_as.clone(),
@@ -336,17 +336,12 @@ impl BlobWriter {
         if self.start_writeback {
             super::writeback::start(file);
         }
-        // Duplicated before the claim goes with `publish`: the stamp is taken after the
-        // rename, which moves the change time on some file systems.
-        let file = file
-            .try_clone()
-            .map_err(|e| Error::io("reopen", &temp, e))?;
         // The index learns it with its snapshot (one append for all its blobs) or, when no
         // snapshot is made, when a cache opens next; meanwhile `missing`'s pin keeps it.
-        match self.in_place {
+        match &mut self.in_place {
             // Placed before the claim goes (removed unpublished), so a fetcher that
             // waited for the claim finds the blob.
-            Some(mut in_place) => {
+            Some(in_place) => {
                 fs::rename(&in_place.path, &self.dest)
                     .map_err(|e| Error::io("place blob", &self.dest, e))?;
                 in_place.placed = true;
@@ -356,7 +351,9 @@ impl BlobWriter {
                 .publish(&self.dest)
                 .map_err(|e| Error::io("place blob", &self.dest, e))?,
         }
-        if let Ok(meta) = file.metadata() {
+        // Stamped after the rename, which moves the change time on some file systems, and
+        // before the claim goes with `self`.
+        if let Ok(meta) = self.target().0.metadata() {
             self.verified.record(self.digest, Stamp::of(&meta));
         }
         Ok(())

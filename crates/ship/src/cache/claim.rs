@@ -93,9 +93,9 @@ impl Claim {
         &self.path
     }
 
-    /// Renames the claim file, holding the finished blob, to `dest`, then releases the
-    /// claim.
-    pub(crate) fn publish(mut self, dest: &Path) -> std::io::Result<()> {
+    /// Renames the claim file, holding the finished blob, to `dest`; the claim is released
+    /// when it is dropped (its file, the blob now, stays).
+    pub(crate) fn publish(&mut self, dest: &Path) -> std::io::Result<()> {
         fs::rename(&self.path, dest)?;
         self.published = true;
         Ok(())
