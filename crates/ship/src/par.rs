@@ -27,25 +27,29 @@ pub(crate) fn each_in_shares<T: Sync, R: Send, E: Send>(
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<R, E>)>> = Mutex::new(Vec::with_capacity(items.len()));
     let stop_after = AtomicUsize::new(usize::MAX);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= items.len() || i > stop_after.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let result = job(&items[i]);
-                    if result.is_err() {
-                        stop_after.fetch_min(i, Ordering::Relaxed);
-                    }
-                    results
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((i, result));
-                }
-            });
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items.len() || i > stop_after.load(Ordering::Relaxed) {
+                break;
+            }
+            let result = job(&items[i]);
+            if result.is_err() {
+                stop_after.fetch_min(i, Ordering::Relaxed);
+            }
+            results
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((i, result));
         }
+    };
+    // The calling thread is one of them: a thread fewer to start, and its core keeps
+    // working instead of handing the work over and sleeping until it is done.
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
     });
     let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
     results.sort_by_key(|(i, _)| *i);
