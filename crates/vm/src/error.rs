@@ -155,6 +155,22 @@ pub enum Error {
         #[source]
         source: parvm_mirror_fs::Error,
     },
+    /// Mirroring shipped inputs into a task folder found the disk full: besides each task
+    /// folder's copy, the host cache holds one of its own.
+    #[error(
+        "cannot mirror into task folder `{}`, whose inputs are shipped to this host: the host cache `{}` holds a copy of them besides each task folder's, so give PARALLEL_LOCAL_STORAGE a disk with room for one copy more than the tasks running at once here, or run fewer here: {source}",
+        folder.display(),
+        cache.display()
+    )]
+    MirrorIntoFull {
+        /// The task folder.
+        folder: PathBuf,
+        /// The host cache (`<local storage>/parvm-<user>/cache`).
+        cache: PathBuf,
+        /// What mirroring said ([`parvm_mirror_fs::Error::DiskFull`]).
+        #[source]
+        source: parvm_mirror_fs::Error,
+    },
     /// Shipping a mirrored root to a worker's host failed there (the host cache, a blob
     /// that arrived damaged, a snapshot).
     #[error("cannot ship mirrored storage entry {root} to this host: {source}")]

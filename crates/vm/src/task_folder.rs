@@ -360,8 +360,13 @@ impl TaskFolders {
         let renew = folder.handed_on() || (request.persistent && request.clean && folder.reused());
         let mut mirrored = 0;
         if let Some(map) = &map {
+            // Named when the disk is full: it holds a copy of the shipped inputs too.
+            let cache = match (&self.cache, _reading.0.is_empty()) {
+                (Some(Ok(cache)), false) => Some(cache.path().to_owned()),
+                _ => None,
+            };
             // On failure the folder is released by its drop (removed when temporary).
-            let (filled, report) = self.fill(request.vm, folder, map, renew)?;
+            let (filled, report) = self.fill(request.vm, folder, map, renew, cache.as_deref())?;
             folder = filled;
             mirrored = report.bytes;
             tracing::debug!(
@@ -406,12 +411,14 @@ impl TaskFolders {
     /// before handed on, or a clean persistent folder reused), it is renewed instead: made
     /// what a fresh mirror makes, for what a refresh costs; one that cannot be is emptied
     /// (a temporary one that is not as made, replaced) and mirrored afresh.
+    /// `cache` is the host cache when `map` holds roots shipped here.
     fn fill(
         &mut self,
         vm: u32,
         mut folder: TaskFolder,
         map: &MirrorMap,
         renew: bool,
+        cache: Option<&std::path::Path>,
     ) -> Result<(TaskFolder, MirrorReport), Error> {
         // A temporary folder's renewal checks every copy by a `stat` (its change time too),
         // so it needs no inotify instance, of which a user has 128 for all their programs.
@@ -440,10 +447,7 @@ impl TaskFolders {
         let report = self
             .mirrored
             .fill(vm, map, folder.path(), state, &options)
-            .map_err(|source| Error::MirrorInto {
-                folder: folder.path().to_owned(),
-                source,
-            })?;
+            .map_err(|source| mirror_into_error(folder.path(), cache, source))?;
         Ok((folder, report))
     }
 
@@ -546,9 +550,58 @@ impl TaskFolders {
     }
 }
 
+/// The error of mirroring into task folder `folder`; `cache` is the host cache when the map
+/// holds roots shipped here, named when the disk is full.
+fn mirror_into_error(
+    folder: &std::path::Path,
+    cache: Option<&std::path::Path>,
+    source: parvm_mirror_fs::Error,
+) -> Error {
+    let folder = folder.to_owned();
+    match cache {
+        Some(cache) if matches!(source, parvm_mirror_fs::Error::DiskFull { .. }) => {
+            Error::MirrorIntoFull {
+                folder,
+                cache: cache.to_owned(),
+                source,
+            }
+        }
+        _ => Error::MirrorInto { folder, source },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_under_shipped_inputs_names_the_host_cache() {
+        let full = || parvm_mirror_fs::Error::DiskFull {
+            from: "/cache/snapshots/s/lib/big.lib".into(),
+            to: "/local/parvm-u/7_vm0/lib/big.lib".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let folder = std::path::Path::new("/local/parvm-u/7_vm0");
+        let cache = std::path::Path::new("/local/parvm-u/cache");
+        let said = one_line(&mirror_into_error(folder, Some(cache), full()));
+        assert_eq!(said.matches("no space left").count(), 1, "{said}");
+        assert!(
+            said.contains("`/local/parvm-u/7_vm0/lib/big.lib`")
+                && said.contains("host cache `/local/parvm-u/cache` holds a copy")
+                && said.contains("PARALLEL_LOCAL_STORAGE"),
+            "{said}"
+        );
+        // Shared inputs: the disk holds only the task folders.
+        let said = mirror_into_error(folder, None, full()).to_string();
+        assert!(!said.contains("host cache"), "{said}");
+        // Another failure under shipped inputs says only what it is.
+        let other = parvm_mirror_fs::Error::NotAFolder {
+            path: "/local/parvm-u/7_vm0/lib".into(),
+            from: "/cache/snapshots/s/lib".into(),
+        };
+        let said = mirror_into_error(folder, Some(cache), other).to_string();
+        assert!(!said.contains("host cache"), "{said}");
+    }
 
     fn config(local: &std::path::Path, mirrored: &std::path::Path) -> Config {
         Config::builder()
