@@ -167,9 +167,10 @@ pub enum Error {
         folder: PathBuf,
         /// The host cache (`<local storage>/parvm-<user>/cache`).
         cache: PathBuf,
-        /// What mirroring said ([`parvm_mirror_fs::Error::DiskFull`]).
+        /// What mirroring said ([`parvm_mirror_fs::Error::DiskFull`]); boxed, so this
+        /// rare variant does not make every `Result` of the crate larger.
         #[source]
-        source: parvm_mirror_fs::Error,
+        source: Box<parvm_mirror_fs::Error>,
     },
     /// Shipping a mirrored root to a worker's host failed there (the host cache, a blob
     /// that arrived damaged, a snapshot).

@@ -563,7 +563,7 @@ fn mirror_into_error(
             Error::MirrorIntoFull {
                 folder,
                 cache: cache.to_owned(),
-                source,
+                source: Box::new(source),
             }
         }
         _ => Error::MirrorInto { folder, source },
