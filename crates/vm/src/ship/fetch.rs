@@ -17,6 +17,25 @@ use super::probe;
 use crate::Error;
 use crate::wire::{self, FromWorker, MAX_BLOBS_WANTED, ShipPlan, ToWorker};
 
+/// How many newer manifests one fetch takes, in all, after the spawner refused to send a
+/// file of its manifest ([`refresh_waits`]): under an editor that saves again and again,
+/// a scan may list the temporary file of a save in progress that is renamed away before
+/// the worker asks for it, so several manifests in a row may each name a file gone by its
+/// turn (three did, once in some 600 tasks of a probe saving 20 times a second).
+const MAX_REFRESHES: usize = 8;
+
+/// The waits before each newer manifest: mirror-fs's `SETTLE_WAITS` (a file being saved
+/// settles within them), then the last of them again, [`MAX_REFRESHES`] in all (about
+/// 2.5 s): bounded, as sources that never stop changing must fail the task.
+fn refresh_waits() -> impl Iterator<Item = std::time::Duration> {
+    let settle = parvm_mirror_fs::SETTLE_WAITS;
+    let last = settle.last().copied().unwrap_or_default();
+    settle
+        .into_iter()
+        .chain(std::iter::repeat(last))
+        .take(MAX_REFRESHES)
+}
+
 /// How many blobs are claimed (and written, each into its claim file) and asked for at a
 /// time. Two batches are on their way at most, so a fetch holds at most twice this many
 /// files open.
@@ -151,7 +170,9 @@ impl Shipping {
     /// is looked for in the spawner's current manifest, after each of mirroring's
     /// [`SETTLE_WAITS`](parvm_mirror_fs::SETTLE_WAITS) (so a save in progress finishes
     /// first): the task then sees its inputs as they are when its folder is filled, as a
-    /// task of a shared root does; a file that never stops changing fails it.
+    /// task of a shared root does; a file that never stops changing fails it. The last of
+    /// those waits is repeated, up to [`MAX_REFRESHES`] newer manifests in all, since busy
+    /// sources (an editor saving again and again) may refuse a file of each.
     ///
     /// # Errors
     /// The spawner could not describe the root ([`Error::ShipRefused`]) or send one of its
@@ -166,14 +187,14 @@ impl Shipping {
         root: u32,
     ) -> Result<Arc<Snapshot>, Error> {
         let mut manifest = self.manifest(exchange, vm, root)?;
-        let mut waits = parvm_mirror_fs::SETTLE_WAITS.iter();
+        let mut waits = refresh_waits();
         loop {
             match self.snapshot_of(exchange, cache, (vm, root), &manifest) {
                 Err(refused @ Error::ShipBlobRefused { .. }) => {
                     let Some(wait) = waits.next() else {
                         return Err(refused);
                     };
-                    std::thread::sleep(*wait);
+                    std::thread::sleep(wait);
                     let used = manifest.root_digest();
                     self.manifests.remove(&(vm, root));
                     manifest = self.manifest(exchange, vm, root)?;
@@ -635,6 +656,11 @@ mod tests {
         /// What [`Exchange::delivers_intact`] says: false, as over MPI, unless a test
         /// sets it.
         intact: bool,
+        /// Run when blobs are asked for, before they are answered: a user editing the
+        /// sources meanwhile.
+        on_blobs_wanted: Option<Box<dyn FnMut()>>,
+        /// How many times a manifest was asked for.
+        manifests_asked: usize,
     }
 
     impl FakeSpawner {
@@ -649,6 +675,8 @@ mod tests {
                 refuse_manifest: None,
                 before_blobs: Vec::new(),
                 intact: false,
+                on_blobs_wanted: None,
+                manifests_asked: 0,
             }
         }
 
@@ -661,6 +689,7 @@ mod tests {
         fn send(&mut self, frame: &FromWorker<'_>) -> Result<(), String> {
             match frame {
                 FromWorker::ManifestWanted { vm, root } => {
+                    self.manifests_asked += 1;
                     let frame = match &self.refuse_manifest {
                         Some(reason) => ToWorker::ManifestFailed {
                             vm: *vm,
@@ -682,6 +711,9 @@ mod tests {
                     digests,
                     ..
                 } => {
+                    if let Some(edit) = &mut self.on_blobs_wanted {
+                        edit();
+                    }
                     self.queue.extend(self.before_blobs.drain(..));
                     for &digest in digests {
                         if let Some(reason) = self.refuse_blobs.clone() {
@@ -1256,6 +1288,67 @@ mod tests {
         spawner.refuse_blobs = None;
         let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
         assert_eq!(content(&snapshot, "b.txt"), "bravo, a third time");
+    }
+
+    /// An editor that saves `c.txt` in `root` as editors do (into a temporary file,
+    /// `c.txt.saving`, renamed over it) each time blobs are asked for, `saves` times (for ever with `None`), the
+    /// first save made now: every manifest the spawner makes meanwhile lists a temporary
+    /// file gone by the time its blob is asked for.
+    fn saving_again_and_again(root: &Path, saves: Option<usize>) -> Box<dyn FnMut()> {
+        let root = root.to_owned();
+        let save = |root: &Path, n: usize| {
+            std::fs::write(root.join("c.txt.saving"), format!("save {n}")).unwrap();
+        };
+        save(&root, 1);
+        let mut saved = 1;
+        Box::new(move || {
+            if saves.is_some_and(|saves| saved > saves) {
+                return;
+            }
+            std::fs::rename(root.join("c.txt.saving"), root.join("c.txt")).unwrap();
+            saved += 1;
+            if saves.is_none_or(|saves| saved <= saves) {
+                save(&root, saved);
+            }
+        })
+    }
+
+    #[test]
+    fn temporary_files_of_saves_one_after_another_do_not_fail_the_task() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        // More saves in a row than mirroring's settle waits.
+        let saves = parvm_mirror_fs::SETTLE_WAITS.len() + 2;
+        spawner.on_blobs_wanted = Some(saving_again_and_again(s.root.path(), Some(saves)));
+        push_manifest(&mut s, &mut spawner);
+        let snapshot = s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap();
+        assert_eq!(content(&snapshot, "c.txt"), format!("save {saves}"));
+        assert!(!snapshot.path().join("c.txt.saving").exists());
+        assert_eq!(
+            spawner.manifests_asked,
+            1 + saves,
+            "a newer manifest per save"
+        );
+    }
+
+    #[test]
+    fn sources_that_never_settle_fail_the_task_after_a_bounded_number_of_manifests() {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        spawner.on_blobs_wanted = Some(saving_again_and_again(s.root.path(), None));
+        push_manifest(&mut s, &mut spawner);
+        let asked = spawner.manifests_asked;
+        let error = s
+            .shipping
+            .snapshot(&mut spawner, &s.cache, 0, 0)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::ShipBlobRefused { reason, .. } if reason.starts_with("`c.txt")),
+            "{error:?}"
+        );
+        assert_eq!(spawner.manifests_asked - asked, MAX_REFRESHES);
     }
 
     #[test]
