@@ -1291,9 +1291,9 @@ mod tests {
     }
 
     /// An editor that saves `c.txt` in `root` as editors do (into a temporary file,
-    /// `c.txt.saving`, renamed over it) each time blobs are asked for, `saves` times (for ever with `None`), the
-    /// first save made now: every manifest the spawner makes meanwhile lists a temporary
-    /// file gone by the time its blob is asked for.
+    /// `c.txt.saving`, renamed over it) each time blobs are asked for, `saves` times (for
+    /// ever with `None`), the first save made now: every manifest the spawner makes
+    /// meanwhile lists a temporary file gone by the time its blob is asked for.
     fn saving_again_and_again(root: &Path, saves: Option<usize>) -> Box<dyn FnMut()> {
         let root = root.to_owned();
         let save = |root: &Path, n: usize| {

@@ -71,11 +71,8 @@ impl ShipStats {
     }
 }
 
-/// Sends `frame` to worker `rank` with what it carries (`worth`) counted in the VM's
-/// [`ShipStats`] first: the worker may use the frame, run its task and report its exit
-/// before a count made after the send would show, and a program reading the stats once
-/// its task ended must find everything the task received counted. Taken back when the
-/// send fails.
+/// Sends `frame` to worker `rank` with what it carries (`worth`) counted (see
+/// [`counted`]).
 fn send_counted(
     table: &Table,
     shared: &Shared,
@@ -83,24 +80,20 @@ fn send_counted(
     frame: &ToWorker<'_>,
     worth: &ShipStats,
 ) -> Result<(), crate::error::Error> {
-    lock(&table.stats).add(worth);
-    let sent = shared.send(rank, frame);
-    if sent.is_err() {
-        lock(&table.stats).take_back(worth);
-    }
-    sent
+    counted(table, worth, || shared.send(rank, frame))
 }
 
-/// [`send_counted`] for a frame already encoded, `payload`.
-fn send_payload_counted(
+/// Sends with `send` what carries `worth`, counted in the VM's [`ShipStats`] first: the
+/// worker may use the frame, run its task and report its exit before a count made after
+/// the send would show, and a program reading the stats once its task ended must find
+/// everything the task received counted. Taken back when the send fails.
+fn counted(
     table: &Table,
-    shared: &Shared,
-    rank: Rank,
-    payload: &[u8],
     worth: &ShipStats,
+    send: impl FnOnce() -> Result<(), crate::error::Error>,
 ) -> Result<(), crate::error::Error> {
     lock(&table.stats).add(worth);
-    let sent = shared.send_payload(rank, payload);
+    let sent = send();
     if sent.is_err() {
         lock(&table.stats).take_back(worth);
     }
@@ -952,7 +945,7 @@ fn stream(
             let mut worth = if last { *done } else { ShipStats::default() };
             worth.bytes += read as u64;
             let delivered = match buffer.frame(&blob_chunk(blob, at, last, &[]), read) {
-                Ok(payload) => send_payload_counted(table, shared, rank, payload, &worth),
+                Ok(payload) => counted(table, &worth, || shared.send_payload(rank, payload)),
                 Err(data) => send_counted(
                     table,
                     shared,
