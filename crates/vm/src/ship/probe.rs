@@ -7,12 +7,17 @@
 //! harmless: a hidden file that `*` does not match). A live spawner removes its markers
 //! when the VM is dropped, and a spawner that writes a marker removes those that spawners
 //! of its own host and boot left behind (their process is gone).
+//!
+//! A root the spawner cannot write to (a read-only model library) gets no marker: the probe
+//! names the folder instead ([`RootFolder`]: the boot id, device and inode), so the workers
+//! of the spawner's own host that see that very folder read it directly, and every other
+//! host has it shipped.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::wire::Probe;
+use crate::wire::{Probe, RootFolder};
 
 /// The prefix of every marker's file name.
 pub(crate) const MARKER_PREFIX: &str = ".parvm-probe-";
@@ -26,7 +31,8 @@ pub(crate) struct Marker {
 
 impl Marker {
     /// Writes a new marker into mirrored root `index` at `root`. A root the spawner
-    /// cannot write gets a probe without a marker: it counts as not shared.
+    /// cannot write gets a probe without a marker, naming the folder instead: shared only
+    /// with workers of this host that see that folder.
     pub(crate) fn write(index: u32, root: &Path) -> Marker {
         let random: [u8; 16] = rand::random();
         let token = hex(&random);
@@ -51,21 +57,30 @@ impl Marker {
                     root: index,
                     marker: Some(name),
                     token,
+                    folder: None,
                 },
             },
             Err(e) => {
                 tracing::debug!(
                     root = %root.display(),
                     error = %e,
-                    "cannot write a probe marker; the root is shipped to every worker"
+                    "cannot write a probe marker; the root is read directly only by workers of this host that see the same folder, and shipped to the others"
                 );
                 let _ = std::fs::remove_file(&path);
+                let folder =
+                    boot.zip(std::fs::metadata(root).ok())
+                        .map(|(boot, meta)| RootFolder {
+                            boot,
+                            dev: meta.dev(),
+                            ino: meta.ino(),
+                        });
                 Marker {
                     path: None,
                     probe: Probe {
                         root: index,
                         marker: None,
                         token,
+                        folder,
                     },
                 }
             }
@@ -90,11 +105,18 @@ impl Drop for Marker {
 }
 
 /// Whether this host sees the root of `probe` as the spawner does: its marker is there,
-/// under this host's root of that index, with its token. Read without following a symlink,
-/// and at most a little more than the token.
+/// under this host's root of that index, with its token (read without following a symlink,
+/// and at most a little more than the token); or, for a root the spawner could not write
+/// to, this host's root of that index is the very folder the probe names.
 pub(crate) fn is_shared(roots: &[PathBuf], probe: &Probe) -> bool {
-    let (Some(name), Some(root)) = (&probe.marker, roots.get(probe.root as usize)) else {
+    let Some(root) = roots.get(probe.root as usize) else {
         return false;
+    };
+    let Some(name) = &probe.marker else {
+        return probe
+            .folder
+            .as_ref()
+            .is_some_and(|folder| is_folder(root, folder));
     };
     // A name from the spawner: one component, as written.
     if name.contains('/') || !name.starts_with(MARKER_PREFIX) {
@@ -108,6 +130,14 @@ pub(crate) fn is_shared(roots: &[PathBuf], probe: &Probe) -> bool {
         Ok(held) => held.split(|&b| b == b'\n').next() == Some(probe.token.as_bytes()),
         Err(_) => false,
     }
+}
+
+/// Whether `root` is `folder`: this kernel is the one of the folder's boot, and `root`
+/// (its symlinks followed, as mirroring follows them) has its device and inode.
+fn is_folder(root: &Path, folder: &RootFolder) -> bool {
+    boot_id().as_deref() == Some(folder.boot.as_str())
+        && std::fs::metadata(root)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == (folder.dev, folder.ino))
 }
 
 /// The longest marker read: a token, a boot id and their labels fit well within it.
@@ -276,12 +306,42 @@ mod tests {
     }
 
     #[test]
-    fn a_root_the_spawner_cannot_write_counts_as_not_shared() {
+    fn a_root_the_spawner_cannot_look_at_counts_as_not_shared() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not-there");
         let marker = Marker::write(0, &missing);
-        assert_eq!(marker.probe().marker, None);
+        assert_eq!(
+            (&marker.probe().marker, &marker.probe().folder),
+            (&None, &None)
+        );
         assert!(!is_shared(&[missing], marker.probe()));
+    }
+
+    #[test]
+    fn a_root_the_spawner_cannot_write_is_shared_only_where_it_is_the_same_folder() {
+        // Nobody can make a file in /proc, root included.
+        let proc = Path::new("/proc");
+        let marker = Marker::write(0, proc);
+        let probe = marker.probe().clone();
+        assert_eq!(probe.marker, None);
+        assert!(probe.folder.is_some(), "{probe:?}");
+        assert!(is_shared(&[proc.to_owned()], &probe));
+        // The same folder by another path (a worker's own setting of the root).
+        let links = tempfile::tempdir().unwrap();
+        let link = links.path().join("proc");
+        std::os::unix::fs::symlink(proc, &link).unwrap();
+        assert!(is_shared(&[link], &probe));
+        // Another folder, another index, another kernel.
+        assert!(!is_shared(&[links.path().to_owned()], &probe));
+        assert!(!is_shared(&[], &probe));
+        let other_boot = Probe {
+            folder: probe.folder.clone().map(|folder| RootFolder {
+                boot: "00000000-0000-0000-0000-000000000000".to_owned(),
+                ..folder
+            }),
+            ..probe.clone()
+        };
+        assert!(!is_shared(&[proc.to_owned()], &other_boot));
     }
 
     #[test]

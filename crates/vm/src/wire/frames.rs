@@ -148,10 +148,26 @@ pub(crate) struct Probe {
     /// The root's index in the mirrored roots.
     pub root: u32,
     /// The marker's file name in that root; `None` when the spawner could not write it
-    /// (the root then counts as not shared).
+    /// (a read-only model library): then only `folder` tells where it is shared.
     pub marker: Option<String>,
     /// What the marker holds.
     pub token: String,
+    /// Which folder the root is on the spawner's host, sent when no marker could be
+    /// written (and the root could be looked at).
+    pub folder: Option<RootFolder>,
+}
+
+/// A folder as the kernel of one boot knows it: a worker running on the same kernel
+/// (the same boot id) whose root has the same device and inode numbers sees that very
+/// folder, whatever path or mount leads it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RootFolder {
+    /// The boot id of the spawner's host (`/proc/sys/kernel/random/boot_id`).
+    pub boot: String,
+    /// The folder's device number.
+    pub dev: u64,
+    /// The folder's inode number.
+    pub ino: u64,
 }
 
 /// The first bytes of every encoded [`ToWorker::Stop`]: the version byte, then a

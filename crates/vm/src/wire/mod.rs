@@ -21,8 +21,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 pub(crate) use frames::{
-    BATCH_BYTES, BLOB_CHUNK, BatchedBlob, FromWorker, Job, MAX_BLOBS_WANTED, Probe, ShipPlan,
-    SpawnRequest, Startup, ToWorker, WHOLE_FILE, read_stop,
+    BATCH_BYTES, BLOB_CHUNK, BatchedBlob, FromWorker, Job, MAX_BLOBS_WANTED, Probe, RootFolder,
+    ShipPlan, SpawnRequest, Startup, ToWorker, WHOLE_FILE, read_stop,
 };
 pub(crate) use send::{SendError, send_frame, send_user, user_head};
 pub(crate) use user::{
@@ -35,7 +35,8 @@ pub(crate) use user::{
 /// requests; 5: large files in pieces, and requests for the pieces that changed; 6: a stop
 /// of a queued task unless it started; 7: blob chunks name their request, and a worker on
 /// an intact transport takes what the spawner vouches for; 8: a worker says why it leaves;
-/// 9: a blob chunk's bytes come last in its frame).
+/// 9: a blob chunk's bytes come last in its frame, and a probe names the root's folder
+/// where no marker could be written).
 pub(crate) const VERSION: u8 = 9;
 
 /// The first byte of the one frame every build reads, whatever its version: this byte, then
@@ -152,11 +153,24 @@ mod tests {
     #[test]
     fn a_mirror_map_travels_in_its_own_frame() {
         let map = [0x91u8, 0x01];
-        let plan = ShipPlan::Probe(vec![Probe {
-            root: 1,
-            marker: Some(".parvm-probe".to_owned()),
-            token: "ab".to_owned(),
-        }]);
+        let plan = ShipPlan::Probe(vec![
+            Probe {
+                root: 1,
+                marker: Some(".parvm-probe".to_owned()),
+                token: "ab".to_owned(),
+                folder: None,
+            },
+            Probe {
+                root: 2,
+                marker: None,
+                token: "cd".to_owned(),
+                folder: Some(RootFolder {
+                    boot: "b".to_owned(),
+                    dev: u64::MAX,
+                    ino: 7,
+                }),
+            },
+        ]);
         let bytes = encode(&ToWorker::Mirror {
             vm: 3,
             map: Cow::Borrowed(&map),
