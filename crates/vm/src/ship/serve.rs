@@ -104,7 +104,10 @@ fn counted(
 /// written there once the chunk is read, so the frame is sent from where its bytes were
 /// read instead of being encoded into another buffer (a copy of every byte shipped).
 struct ChunkBuffer {
+    /// Allocated on first use: a request for small files only (sent in batches) never
+    /// needs the megabyte.
     bytes: Vec<u8>,
+    chunk: usize,
 }
 
 impl ChunkBuffer {
@@ -115,17 +118,21 @@ impl ChunkBuffer {
     /// A buffer for chunks of at most `chunk` bytes.
     fn new(chunk: usize) -> ChunkBuffer {
         ChunkBuffer {
-            bytes: vec![0; Self::HEAD_ROOM + chunk],
+            bytes: Vec::new(),
+            chunk,
         }
     }
 
     /// The most bytes a chunk may have.
     fn chunk_len(&self) -> usize {
-        self.bytes.len() - Self::HEAD_ROOM
+        self.chunk
     }
 
     /// Where a chunk of `len` bytes (at most [`Self::chunk_len`]) is read.
     fn chunk(&mut self, len: usize) -> &mut [u8] {
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; Self::HEAD_ROOM + self.chunk];
+        }
         &mut self.bytes[Self::HEAD_ROOM..Self::HEAD_ROOM + len]
     }
 
