@@ -11,7 +11,8 @@
 //! A root the spawner cannot write to (a read-only model library) gets no marker: the probe
 //! names the folder instead ([`RootFolder`]: the boot id, device and inode), so the workers
 //! of the spawner's own host that see that very folder read it directly, and every other
-//! host has it shipped.
+//! host has it shipped. When every worker runs on the spawner's kernel (the local backend)
+//! that is all a probe needs, and no marker is written at all.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -67,23 +68,32 @@ impl Marker {
                     "cannot write a probe marker; the root is read directly only by workers of this host that see the same folder, and shipped to the others"
                 );
                 let _ = std::fs::remove_file(&path);
-                let folder =
-                    boot.zip(std::fs::metadata(root).ok())
-                        .map(|(boot, meta)| RootFolder {
-                            boot,
-                            dev: meta.dev(),
-                            ino: meta.ino(),
-                        });
-                Marker {
-                    path: None,
-                    probe: Probe {
-                        root: index,
-                        marker: None,
-                        token,
-                        folder,
-                    },
-                }
+                Marker::naming_folder(index, root)
             }
+        }
+    }
+
+    /// A probe of mirrored root `index` at `root` that names the folder instead of writing
+    /// a marker: enough, and nothing written into the user's folder, when every worker
+    /// runs on this kernel (the local backend's are the spawner's children); also what a
+    /// root the spawner cannot write gets. A root that cannot be looked at is named by
+    /// nothing: shipped to every worker.
+    pub(crate) fn naming_folder(index: u32, root: &Path) -> Marker {
+        let folder = boot_id()
+            .zip(std::fs::metadata(root).ok())
+            .map(|(boot, meta)| RootFolder {
+                boot,
+                dev: meta.dev(),
+                ino: meta.ino(),
+            });
+        Marker {
+            path: None,
+            probe: Probe {
+                root: index,
+                marker: None,
+                token: String::new(),
+                folder,
+            },
         }
     }
 
@@ -342,6 +352,18 @@ mod tests {
             ..probe.clone()
         };
         assert!(!is_shared(&[proc.to_owned()], &other_boot));
+    }
+
+    #[test]
+    fn a_probe_naming_the_folder_writes_nothing_and_is_shared_by_that_folder_only() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let marker = Marker::naming_folder(0, root.path());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+        assert!(is_shared(&[root.path().to_owned()], marker.probe()));
+        assert!(!is_shared(&[other.path().to_owned()], marker.probe()));
+        drop(marker);
+        assert!(root.path().exists());
     }
 
     #[test]

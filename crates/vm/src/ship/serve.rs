@@ -233,13 +233,14 @@ pub(crate) struct VmShip {
 }
 
 impl VmShip {
-    /// The shipping of VM `vm` whose map is `map`, under `mode`: markers written (`auto`)
-    /// and a scanner per root the map uses, keeping its hashes for the next run in
-    /// `user_dir` (the spawner's per-user local storage folder) when given; `None` with
-    /// `never`. Call [`VmShip::start`] to serve.
+    /// The shipping of VM `vm` whose map is `map`, under `mode`: markers written (`auto`;
+    /// with `workers_here`, every worker runs on this kernel, and the probes name the
+    /// folders instead, writing nothing into them) and a scanner per root the map uses,
+    /// keeping its hashes for the next run in `user_dir` (the spawner's per-user local
+    /// storage folder) when given; `None` with `never`. Call [`VmShip::start`] to serve.
     pub(crate) fn new(
         vm: u32,
-        (mode, user_dir): (ShipMode, Option<&std::path::Path>),
+        (mode, user_dir, workers_here): (ShipMode, Option<&std::path::Path>, bool),
         roots: &[PathBuf],
         map: &AbstractMirrorMap,
         mapped: Arc<Mutex<HashSet<Rank>>>,
@@ -258,7 +259,14 @@ impl VmShip {
         let markers: Vec<Marker> = match mode {
             ShipMode::Auto => sources
                 .keys()
-                .filter_map(|&root| Some(Marker::write(root, roots.get(root as usize)?)))
+                .filter_map(|&root| {
+                    let path = roots.get(root as usize)?;
+                    Some(if workers_here {
+                        Marker::naming_folder(root, path)
+                    } else {
+                        Marker::write(root, path)
+                    })
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -1108,7 +1116,7 @@ mod tests {
         let mapped = Arc::new(Mutex::new(HashSet::from([1])));
         let mut ship = VmShip::new(
             0,
-            (ShipMode::Always, None),
+            (ShipMode::Always, None, false),
             config.mirrored_roots(),
             &map,
             mapped,

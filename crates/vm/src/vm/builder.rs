@@ -161,9 +161,11 @@ impl VmBuilder {
                         .ok()
                 })
                 .map(|storage| storage.path().to_path_buf());
+            // The local backend's workers are this process's children: on this kernel.
+            let workers_here = self.shared.transport.workers_are_children();
             VmShip::new(
                 index,
-                (config.ship(), user_dir.as_deref()),
+                (config.ship(), user_dir.as_deref(), workers_here),
                 config.mirrored_roots(),
                 &map,
                 Arc::clone(&mirror_sent),
