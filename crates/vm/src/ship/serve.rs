@@ -261,11 +261,11 @@ impl VmShip {
                 .keys()
                 .filter_map(|&root| {
                     let path = roots.get(root as usize)?;
-                    Some(if workers_here {
-                        Marker::naming_folder(root, path)
-                    } else {
-                        Marker::write(root, path)
-                    })
+                    // A marker after all where the folder cannot be named (no boot id).
+                    let named = workers_here
+                        .then(|| Marker::naming_folder(root, path))
+                        .filter(|named| named.probe().folder.is_some());
+                    Some(named.unwrap_or_else(|| Marker::write(root, path)))
                 })
                 .collect(),
             _ => Vec::new(),
