@@ -116,8 +116,8 @@ impl Drop for Marker {
 
 /// Whether this host sees the root of `probe` as the spawner does: its marker is there,
 /// under this host's root of that index, with its token (read without following a symlink,
-/// and at most a little more than the token); or, for a root the spawner could not write
-/// to, this host's root of that index is the very folder the probe names.
+/// and at most a little more than the token); or, where the probe names a folder instead
+/// of a marker, this host's root of that index is that very folder.
 pub(crate) fn is_shared(roots: &[PathBuf], probe: &Probe) -> bool {
     let Some(root) = roots.get(probe.root as usize) else {
         return false;
