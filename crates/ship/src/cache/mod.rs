@@ -442,20 +442,23 @@ impl HostCache {
 
     /// Claims a blob to fetch it: [`Begin::Present`] when some process has put it here
     /// already, [`Begin::Mine`] with a writer, or [`Begin::Busy`] when another thread or
-    /// process of this host is fetching it. `shown_as` names the blob in errors. Meant for
-    /// blobs [`missing`](HostCache::missing) found missing: a present one costs a claim
-    /// file made and removed before it is told present.
+    /// process of this host is fetching it. `shown_as` names the blob in errors.
     ///
     /// # Errors
     /// [`Error::Io`] when the claim file cannot be made or emptied.
     pub fn begin(&self, digest: Digest, size: u64, shown_as: &Path) -> Result<Begin> {
         let dest = self.blob_path(&digest);
-        // No look before the claim: a blob asked for is one `missing` found missing a
-        // moment ago, and a look costs a walk of its path for every blob of a cold fetch.
+        // Looked for first, though `missing` just did: a blob another fetcher of the host
+        // held (`Busy`) is claimed again once it let go, when it is mostly there, and a
+        // claim file made and removed costs far more than a look on a disk that makes
+        // files slowly.
+        if dest.is_file() {
+            return Ok(Begin::Present);
+        }
         let Some(claim) = Claim::try_take(&self.claim_path(&digest))? else {
             return Ok(Begin::Busy);
         };
-        // Someone may have finished it before the claim.
+        // Someone may have finished it between the look and the claim.
         if dest.is_file() {
             return Ok(Begin::Present);
         }
