@@ -963,9 +963,7 @@ mod tests {
     #[test]
     fn a_blob_corrupted_in_the_cache_is_fetched_again_once() {
         use std::os::unix::fs::PermissionsExt;
-        let mut s = setup();
-        let mut spawner = FakeSpawner::new(s.root.path());
-        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        let (mut s, mut spawner) = after_a_first_fetch();
         // A new manifest needs a new snapshot; its new file is linked or copied from a
         // blob, which was damaged meanwhile (and with it the older snapshot's file).
         std::fs::write(s.root.path().join("c.txt"), "alpha").unwrap();
@@ -985,6 +983,15 @@ mod tests {
     }
 
     /// Files the spawner's current manifest, as it pushes one before a spawn.
+    /// [`setup`] and its spawner, after the worker fetched the root once (and let that
+    /// snapshot go).
+    fn after_a_first_fetch() -> (Setup, FakeSpawner) {
+        let mut s = setup();
+        let mut spawner = FakeSpawner::new(s.root.path());
+        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        (s, spawner)
+    }
+
     fn push_manifest(s: &mut Setup, spawner: &mut FakeSpawner) {
         let bytes = spawner.scanner.manifest().unwrap().encode();
         assert!(s.shipping.file(ToWorker::Manifest {
@@ -1259,9 +1266,7 @@ mod tests {
 
     #[test]
     fn a_file_edited_after_the_worker_got_its_manifest_is_fetched_as_it_is_now() {
-        let mut s = setup();
-        let mut spawner = FakeSpawner::new(s.root.path());
-        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        let (mut s, mut spawner) = after_a_first_fetch();
         // A task comes with a manifest of `b.txt` as first edited; the user saves it again
         // before the worker asks for it, so the spawner cannot send that version.
         std::fs::write(s.root.path().join("b.txt"), "bravo, edited").unwrap();
@@ -1315,9 +1320,7 @@ mod tests {
 
     #[test]
     fn temporary_files_of_saves_one_after_another_do_not_fail_the_task() {
-        let mut s = setup();
-        let mut spawner = FakeSpawner::new(s.root.path());
-        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        let (mut s, mut spawner) = after_a_first_fetch();
         // More saves in a row than mirroring's settle waits.
         let saves = parvm_mirror_fs::SETTLE_WAITS.len() + 2;
         spawner.on_blobs_wanted = Some(saving_again_and_again(s.root.path(), Some(saves)));
@@ -1334,9 +1337,7 @@ mod tests {
 
     #[test]
     fn sources_that_never_settle_fail_the_task_after_a_bounded_number_of_manifests() {
-        let mut s = setup();
-        let mut spawner = FakeSpawner::new(s.root.path());
-        drop(s.shipping.snapshot(&mut spawner, &s.cache, 0, 0).unwrap());
+        let (mut s, mut spawner) = after_a_first_fetch();
         spawner.on_blobs_wanted = Some(saving_again_and_again(s.root.path(), None));
         push_manifest(&mut s, &mut spawner);
         let asked = spawner.manifests_asked;
